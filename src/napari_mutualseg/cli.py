@@ -1,0 +1,408 @@
+"""Command line: ``napari-mutualseg supervise | train | predict | evaluate | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+# Mistakes a user can make; these are printed as one clear line, never as a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileExistsError,
+    FileNotFoundError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+class _Fail(Exception):
+    pass
+
+
+def _check_new(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; choose another path or add --overwrite to replace it."
+        )
+
+
+def _load_images(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """(name, 2D image) for every plane of every file; stacks are split into planes."""
+    from .io import read_image
+
+    out = []
+    for p in paths:
+        image = np.asarray(read_image(p))
+        stem = Path(p).name.split(".")[0]
+        if image.ndim == 3 and not (image.shape[-1] in (3, 4) and min(image.shape[:2]) > 4):
+            out += [(f"{stem}_plane{i:03d}", plane) for i, plane in enumerate(image)]
+        else:
+            out.append((stem, image))
+    return out
+
+
+def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[tuple[str, np.ndarray, list]]:
+    """Pair every image (or plane) with its boxes from one CSV per image or one shared CSV."""
+    from .io import read_box_table
+
+    loaded = [read_box_table(t) for t in tables]
+    if len(tables) not in (1, len(images)):
+        raise ValueError(
+            f"Got {len(images)} image(s) and {len(tables)} box table(s): give one --boxes CSV per "
+            "image, or one CSV with an 'image' column naming each image file."
+        )
+    result = []
+    for i, path in enumerate(images):
+        table = loaded[i] if len(tables) == len(images) else loaded[0]
+        planes = _load_images([path])
+        name = Path(path).name
+        stem = name.split(".")[0]
+        for j, (plane_name, plane) in enumerate(planes):
+            if len(planes) > 1:
+                boxes = table.get(j, [])
+            elif len(tables) == len(images) and None in table:
+                boxes = table[None]
+            else:
+                boxes = table.get(name, table.get(stem, []))
+            if len(boxes) == 0 and len(planes) == 1:
+                raise ValueError(
+                    f"No boxes for {path}: the box table has no rows for it (keys found: "
+                    f"{sorted(map(str, table))}). Draw at least one box on this image."
+                )
+            if boxes:
+                result.append((plane_name, plane, boxes))
+    if not result:
+        raise ValueError("No image has any boxes; draw at least one box around a cell.")
+    return result
+
+
+def _config_from(args: argparse.Namespace):
+    from .training import TrainConfig
+
+    return TrainConfig(
+        rounds=args.rounds,
+        steps_per_round=args.steps,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        width=args.width,
+        depth=args.depth,
+        learning_rate=args.lr,
+        seed=args.seed,
+        device=args.device,
+        exchange=args.exchange,
+    )
+
+
+def _train(images, supervisions, config, pair=None, on_round=None):
+    """Run the engine with a step progress bar; returns (trainer, last report)."""
+    from tqdm.auto import tqdm
+
+    from .training import MutualTrainer
+
+    trainer = MutualTrainer(images, supervisions, config, pair=pair)
+    print(f"Training on {trainer.device_name}", file=sys.stderr)
+    report = None
+    with tqdm(total=trainer.total_steps, unit="step", desc="training", leave=False) as bar:
+        for report in trainer:
+            bar.update(trainer.step - bar.n)
+            if on_round is not None:
+                bar.clear()
+                on_round(report)
+        bar.update(trainer.step - bar.n)
+    return trainer, report
+
+
+def cmd_supervise(args: argparse.Namespace) -> None:
+    from .io import write_labels
+    from .supervision import make_supervision
+
+    out = Path(args.out)
+    _check_new(out, args.overwrite)
+    (_, image, boxes), *rest = _boxes_for([args.image], [args.boxes])
+    if rest:
+        raise ValueError("supervise takes a single 2D image; use train for stacks.")
+    sup = make_supervision(image.shape, boxes, edge_width=args.edge_width)
+    write_labels(out, sup.classes, overwrite=args.overwrite)
+    print(f"Wrote {out} ({len(boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)")
+    if args.instances_out:
+        write_labels(args.instances_out, sup.instances, overwrite=args.overwrite)
+        print(f"Wrote {args.instances_out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .io import write_labels
+    from .models import ModelPair
+    from .supervision import make_supervision
+
+    out = Path(args.out)
+    _check_new(out, args.overwrite)
+    items = _boxes_for(args.images, args.boxes)
+    labels_dir = Path(args.labels_out) if args.labels_out else None
+    if labels_dir is not None:
+        for name, _, _ in items:
+            _check_new(labels_dir / f"{name}_cells.tif", args.overwrite)
+    sups = [make_supervision(img.shape, boxes) for _, img, boxes in items]
+    config = _config_from(args)
+    pair = ModelPair.load(args.resume, device=args.device) if args.resume else None
+
+    def show(r):
+        print(
+            f"round {r.round}/{r.rounds}  loss A {r.loss_a:.4f}  B {r.loss_b:.4f}  "
+            f"labels changed {100 * r.changed:.2f}%  {r.seconds:.1f} s"
+        )
+
+    trainer, report = _train([img for _, img, _ in items], sups, config, pair, show)
+    if report is None:
+        raise _Fail("Training stopped before the first round finished; nothing was saved.")
+    trainer.pair.save(out, overwrite=args.overwrite)
+    print(f"Saved the trained pair to {out}")
+    if labels_dir is not None:
+        for (name, _, _), inst in zip(items, report.instances, strict=True):
+            path = write_labels(labels_dir / f"{name}_cells.tif", inst, overwrite=args.overwrite)
+            print(f"Wrote {path} ({int(inst.max())} cells)")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from .io import write_labels
+    from .models import ModelPair
+
+    pair = ModelPair.load(args.model, device=args.device)
+    out = Path(args.out)
+    planes = _load_images(args.images)
+    targets = [out / f"{name}_cells.tif" for name, _ in planes]
+    for t in targets:
+        _check_new(t, args.overwrite)
+    for (name, image), target in tqdm(
+        list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False
+    ):
+        labels = pair.segment(
+            image,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            min_size=args.min_size,
+            name=name,
+        )
+        write_labels(target, labels, overwrite=args.overwrite)
+        print(f"Wrote {target} ({int(labels.max())} cells)")
+
+
+def _format_metrics(m: dict) -> str:
+    return (
+        f"F1@0.5 {m['f1_50']:.3f}  AP@0.5 {m['ap_50']:.3f}  AP@0.75 {m['ap_75']:.3f}  "
+        f"mAP {m['map']:.3f}  AJI {m['aji']:.3f}  Dice {m['dice']:.3f}"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .io import read_image
+    from .metrics import evaluate
+
+    pred, gt = read_image(args.pred), read_image(args.gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"Prediction {pred.shape} and ground truth {gt.shape} differ in shape.")
+    m = evaluate(np.asarray(pred), np.asarray(gt))
+    print(json.dumps(m, indent=2) if args.json else _format_metrics(m))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .metrics import evaluate
+    from .sample import load_sample
+    from .supervision import boxes_from_shapes, make_supervision
+    from .training import TrainConfig
+
+    out = Path(args.out)
+    overlay_path, metrics_path, model_path = (
+        out / "overlay.png",
+        out / "metrics.json",
+        out / "model.pt",
+    )
+    for p in (overlay_path, metrics_path, model_path):
+        _check_new(p, args.overwrite)
+    start = time.perf_counter()
+    sample = load_sample()
+    boxes = boxes_from_shapes(sample.boxes)
+    sup = make_supervision(sample.image.shape, boxes)
+    print(
+        f"Sample: {sample.name}, {sample.image.shape[1]}x{sample.image.shape[0]} px, "
+        f"{len(boxes)} boxes"
+    )
+    baseline = evaluate(sup.instances, sample.ground_truth)
+    print(f"ellipse label        {_format_metrics(baseline)}")
+    config = TrainConfig(
+        rounds=args.rounds,
+        steps_per_round=args.steps,
+        batch_size=4,
+        patch_size=128,
+        width=args.width,
+        depth=3,
+        seed=args.seed,
+        device=args.device,
+    )
+    rounds = []
+
+    def show(r):
+        m = evaluate(r.instances[0], sample.ground_truth)
+        rounds.append({"round": r.round, "seconds": r.seconds, "changed": r.changed, **m})
+        print(
+            f"round {r.round}/{r.rounds}  F1@0.5 {m['f1_50']:.3f}  mAP {m['map']:.3f}  "
+            f"AJI {m['aji']:.3f}  (loss A {r.loss_a:.3f} B {r.loss_b:.3f}, "
+            f"labels changed {100 * r.changed:.1f}%, {r.seconds:.1f} s)"
+        )
+
+    trainer, report = _train(sample.image, sup, config, on_round=show)
+    if report is None:
+        raise _Fail("Training was stopped before the first round finished.")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_overlay(overlay_path, sample.image, report.instances[0], sample.ground_truth)
+    trainer.pair.save(model_path, overwrite=args.overwrite)
+    total = time.perf_counter() - start
+    summary = {
+        "sample": sample.name,
+        "device": trainer.device_name,
+        "package_version": __version__,
+        "settings": config.to_dict(),
+        "ellipse_label": baseline,
+        "rounds": rounds,
+        "final": rounds[-1],
+        "seconds_total": total,
+    }
+    metrics_path.write_text(json.dumps(summary, indent=2))
+    final = rounds[-1]
+    print(
+        f"Final: F1@0.5 {final['f1_50']:.3f}, mAP {final['map']:.3f} after {len(rounds)} rounds "
+        f"in {total:.0f} s on {trainer.device_name}"
+    )
+    print(f"Wrote {overlay_path}, {metrics_path} and {model_path}")
+
+
+def _write_overlay(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> None:
+    """Image in gray, predicted outlines in magenta, ground-truth outlines in green."""
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+
+    from .preprocess import normalize
+
+    gray = np.clip(normalize(image), 0, 1)
+    rgb = np.stack([gray] * 3, axis=-1)
+    rgb[find_boundaries(gt, mode="inner")] = (0.2, 1.0, 0.2)
+    rgb[find_boundaries(pred, mode="inner")] = (1.0, 0.2, 1.0)
+    imsave(path, (rgb * 255).astype(np.uint8), check_contrast=False)
+
+
+def _add_training_options(p: argparse.ArgumentParser, rounds: int, steps: int, width: int) -> None:
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument(
+        "--rounds", type=int, default=rounds, help="maximum rounds (default %(default)s)"
+    )
+    p.add_argument("--steps", type=int, default=steps, help="steps per round per network")
+    p.add_argument("--width", type=int, default=width, help="U-Net channels at the first level")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, mps"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``napari-mutualseg`` command."""
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="napari-mutualseg",
+        description="Cell segmentation from boxes: two networks that teach each other.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("supervise", help="boxes -> ellipse supervision (class map TIFF)")
+    p.add_argument("image")
+    p.add_argument("--boxes", required=True, help="box CSV (napari Shapes CSV or y0,x0,y1,x1)")
+    p.add_argument("--out", required=True, help="class map TIFF to write")
+    p.add_argument("--instances-out", help="also write the per-box instance map here")
+    p.add_argument("--edge-width", type=int, default=1, help="boundary thickness in pixels")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_supervise)
+
+    p = sub.add_parser("train", help="train the pair of networks from boxes")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument(
+        "--boxes",
+        nargs="+",
+        required=True,
+        metavar="CSV",
+        help="one CSV per image, or one CSV with an 'image' column",
+    )
+    p.add_argument("--out", required=True, help="model file to write (.pt)")
+    p.add_argument("--labels-out", help="folder for each boxed image's final segmentation")
+    p.add_argument("--resume", help="continue training this saved model")
+    _add_training_options(p, d.rounds, d.steps_per_round, d.width)
+    p.add_argument("--depth", type=int, default=d.depth, help="U-Net levels")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--patch-size", type=int, default=d.patch_size)
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
+    p.add_argument("--exchange", default=d.exchange, choices=["confident", "literal"])
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment new images with a trained model")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, help="folder for the instance label TIFFs")
+    p.add_argument("--tile-size", type=int, default=d.tile_size)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="compare an instance label image with ground truth")
+    p.add_argument("pred")
+    p.add_argument("gt")
+    p.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole flow on the bundled BBBC039 sample")
+    p.add_argument("--out", default="demo_output", help="folder for overlay, metrics and model")
+    _add_training_options(p, 4, 60, 16)
+    p.add_argument("--overwrite", action="store_true", help="replace earlier demo output")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-mutualseg`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .training import TrainingError
+
+    def warn(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = warn
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (*USER_ERRORS, CheckpointError, TrainingError, _Fail) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Instance segmentation metrics against ground truth.
+
+All functions take two instance label images of the same shape: 0 is background and every other
+value is one object. Labels need not be consecutive, and the same object id has no meaning shared
+between the two images.
+
+The overlap of every (ground truth, prediction) pair is counted in one pass over the pixels; the
+matching at each IoU threshold then works on that sparse list of pairs only, so evaluating all ten
+thresholds costs little more than evaluating one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "MatchResult",
+    "evaluate",
+    "match_instances",
+    "mean_metrics",
+]
+
+#: IoU thresholds averaged by :func:`evaluate` for ``map``: 0.5, 0.55, ..., 0.95 (COCO style).
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(
+    float(t) for t in np.round(np.arange(0.5, 1.0, 0.05), 2)
+)
+
+# Above this many cells the dense contingency table would cost more memory than sorting the
+# overlapping pixels' pair keys.
+_DENSE_TABLE_LIMIT = 1 << 22
+
+
+def _ratio(num: float, den: float, empty: float) -> float:
+    """``num / den``, or ``empty`` when the denominator is zero (no division warnings)."""
+    return float(num) / float(den) if den > 0 else float(empty)
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """One-to-one matching of predicted and ground-truth instances at one IoU threshold.
+
+    Attributes
+    ----------
+    threshold : float
+        IoU threshold a pair had to reach to be matched.
+    tp, fp, fn : int
+        Matched pairs, unmatched predictions and unmatched ground-truth objects.
+    n_pred, n_gt : int
+        Number of predicted and ground-truth objects.
+    ious : numpy.ndarray
+        IoU of each matched pair, float64, shape ``(tp,)``.
+    gt_ids, pred_ids : numpy.ndarray
+        Original labels of the matched pairs, same order as ``ious``.
+    """
+
+    threshold: float
+    tp: int
+    fp: int
+    fn: int
+    n_pred: int
+    n_gt: int
+    ious: np.ndarray
+    gt_ids: np.ndarray
+    pred_ids: np.ndarray
+
+    # Convention for empty images: nothing predicted and nothing to find is a perfect result;
+    # a score whose every count is zero otherwise falls back to 0.
+    @property
+    def precision(self) -> float:
+        """TP / (TP + FP); 1.0 when both images are empty."""
+        return _ratio(self.tp, self.tp + self.fp, 1.0 if self.fn == 0 else 0.0)
+
+    @property
+    def recall(self) -> float:
+        """TP / (TP + FN); 1.0 when both images are empty."""
+        return _ratio(self.tp, self.tp + self.fn, 1.0 if self.fp == 0 else 0.0)
+
+    @property
+    def f1(self) -> float:
+        """2 TP / (2 TP + FP + FN); 1.0 when both images are empty."""
+        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, 1.0)
+
+    @property
+    def ap(self) -> float:
+        """Average precision as in the cell-segmentation literature: TP / (TP + FP + FN)."""
+        return _ratio(self.tp, self.tp + self.fp + self.fn, 1.0)
+
+    @property
+    def mean_matched_iou(self) -> float:
+        """Mean IoU of the matched pairs (0.0 without matches)."""
+        return float(self.ious.mean()) if self.tp else 0.0
+
+
+def _as_labels(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype == bool:
+        return x.astype(np.uint8)
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer label image, got dtype {x.dtype}")
+    if x.size and np.issubdtype(x.dtype, np.signedinteger) and x.min() < 0:
+        raise ValueError(f"{name} has negative labels")
+    return x
+
+
+def _consecutive(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relabel to 0..n (0 stays background); return (flat relabelled, original ids of 1..n)."""
+    flat = x.ravel()
+    top = int(flat.max()) if flat.size else 0
+    if top <= max(4 * flat.size, 1 << 16):
+        # A lookup table is linear in the pixel count, np.unique would sort them.
+        present = np.zeros(top + 1, dtype=bool)
+        present[flat] = True
+        present[0] = False
+        ids = np.flatnonzero(present)
+        lut = np.zeros(top + 1, dtype=np.int64)
+        lut[ids] = np.arange(1, ids.size + 1)
+        return lut[flat], ids
+    ids, inverse = np.unique(flat, return_inverse=True)
+    inverse = inverse.reshape(-1).astype(np.int64)
+    if ids.size and ids[0] == 0:
+        return inverse, ids[1:]
+    return inverse + 1, ids
+
+
+@dataclass(frozen=True)
+class _Overlap:
+    """Sparse overlap table of two label images (indices are 0-based object indices)."""
+
+    gt_ids: np.ndarray
+    pred_ids: np.ndarray
+    gt_area: np.ndarray
+    pred_area: np.ndarray
+    pair_gt: np.ndarray
+    pair_pred: np.ndarray
+    inter: np.ndarray
+    iou: np.ndarray
+
+
+def _overlap(pred: np.ndarray, gt: np.ndarray) -> _Overlap:
+    pred = _as_labels(pred, "pred")
+    gt = _as_labels(gt, "gt")
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt shapes differ: {pred.shape} vs {gt.shape}")
+    p, pred_ids = _consecutive(pred)
+    g, gt_ids = _consecutive(gt)
+    n_p, n_g = pred_ids.size, gt_ids.size
+    gt_area = np.bincount(g, minlength=n_g + 1)[1:]
+    pred_area = np.bincount(p, minlength=n_p + 1)[1:]
+    if (n_g + 1) * (n_p + 1) <= _DENSE_TABLE_LIMIT:
+        table = np.bincount(g * (n_p + 1) + p, minlength=(n_g + 1) * (n_p + 1))
+        table = table.reshape(n_g + 1, n_p + 1)[1:, 1:]
+        pair_gt, pair_pred = np.nonzero(table)
+        inter = table[pair_gt, pair_pred]
+    else:
+        both = (g > 0) & (p > 0)
+        keys, inter = np.unique(g[both] * (n_p + 1) + p[both], return_counts=True)
+        pair_gt, pair_pred = np.divmod(keys, n_p + 1)
+        pair_gt, pair_pred = pair_gt - 1, pair_pred - 1
+    union = gt_area[pair_gt] + pred_area[pair_pred] - inter
+    return _Overlap(
+        gt_ids=gt_ids,
+        pred_ids=pred_ids,
+        gt_area=gt_area,
+        pred_area=pred_area,
+        pair_gt=pair_gt,
+        pair_pred=pair_pred,
+        inter=inter,
+        iou=inter / union,
+    )
+
+
+def _match(ov: _Overlap, threshold: float) -> MatchResult:
+    threshold = float(threshold)
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    ok = ov.iou >= threshold
+    g, p, s = ov.pair_gt[ok], ov.pair_pred[ok], ov.iou[ok]
+    rows, g_local = np.unique(g, return_inverse=True)
+    cols, p_local = np.unique(p, return_inverse=True)
+    if rows.size != g.size or cols.size != p.size:
+        # Some object has several candidates (only possible at IoU <= 0.5): maximise the number
+        # of matches first, then their total IoU. The IoU term sums to at most 1/2 over all
+        # matches, so it can never trade a match away (same cost as StarDist's matching).
+        n = min(rows.size, cols.size)
+        sub = np.zeros((rows.size, cols.size))
+        sub[g_local, p_local] = s
+        # Candidates have IoU >= threshold > 0, so a positive entry marks an allowed pair.
+        r, c = linear_sum_assignment(-(sub > 0).astype(float) - sub / (2 * n))
+        keep = sub[r, c] > 0
+        r, c = r[keep], c[keep]
+        g, p, s = rows[r], cols[c], sub[r, c]
+    tp = int(g.size)
+    n_gt, n_pred = int(ov.gt_ids.size), int(ov.pred_ids.size)
+    return MatchResult(
+        threshold=threshold,
+        tp=tp,
+        fp=n_pred - tp,
+        fn=n_gt - tp,
+        n_pred=n_pred,
+        n_gt=n_gt,
+        ious=np.asarray(s, dtype=float),
+        gt_ids=ov.gt_ids[g],
+        pred_ids=ov.pred_ids[p],
+    )
+
+
+def match_instances(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> MatchResult:
+    """Match predicted to ground-truth instances one-to-one at IoU >= ``threshold``.
+
+    Parameters
+    ----------
+    pred, gt : numpy.ndarray
+        Integer label images of the same shape (0 = background, any non-negative ids).
+    threshold : float
+        Minimum IoU of a matched pair, in (0, 1].
+
+    Returns
+    -------
+    MatchResult
+        Counts, matched IoUs and ids; ``precision``, ``recall``, ``f1`` and
+        ``ap = TP / (TP + FP + FN)`` as properties.
+
+    Notes
+    -----
+    Above 0.5 every object has at most one candidate and the matching is unique. At lower
+    thresholds the assignment maximises the number of matches, then their summed IoU
+    (``scipy.optimize.linear_sum_assignment``), as StarDist's ``matching`` does.
+    """
+    return _match(_overlap(pred, gt), threshold)
+
+
+def _aji(ov: _Overlap) -> float:
+    """Aggregated Jaccard Index, classic variant of Kumar et al. (2017).
+
+    Every ground-truth object G is paired with the prediction S of highest IoU with it (a
+    prediction may serve several ground-truth objects); the sum of |G ∩ S| is divided by the sum
+    of |G ∪ S| plus the areas of the ground-truth objects no prediction touches and of the
+    predictions never chosen. Ties go to the lower prediction index.
+    """
+    n_g, n_p = ov.gt_ids.size, ov.pred_ids.size
+    if n_g == 0 and n_p == 0:
+        return 1.0
+    # Best pair per ground-truth object: sort by (gt, -iou, pred) and keep each gt's first row.
+    order = np.lexsort((ov.pair_pred, -ov.iou, ov.pair_gt))
+    g = ov.pair_gt[order]
+    first = np.ones(g.size, dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    best = order[first]
+    inter = int(ov.inter[best].sum())
+    union = int((ov.gt_area[ov.pair_gt[best]] + ov.pred_area[ov.pair_pred[best]]).sum()) - inter
+    unpaired_gt = np.ones(n_g, dtype=bool)
+    unpaired_gt[ov.pair_gt[best]] = False
+    unused_pred = np.ones(n_p, dtype=bool)
+    unused_pred[ov.pair_pred[best]] = False
+    union += int(ov.gt_area[unpaired_gt].sum()) + int(ov.pred_area[unused_pred].sum())
+    return _ratio(inter, union, 1.0)
+
+
+def evaluate(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    thresholds: Iterable[float] = DEFAULT_THRESHOLDS,
+) -> dict[str, float]:
+    """Score one predicted label image against its ground truth.
+
+    Parameters
+    ----------
+    pred, gt : numpy.ndarray
+        Integer label images of the same shape (0 = background).
+    thresholds : iterable of float
+        IoU thresholds whose AP values are averaged into ``map``
+        (default 0.5, 0.55, ..., 0.95).
+
+    Returns
+    -------
+    dict
+        ``precision``, ``recall``, ``f1`` (all at IoU 0.5), ``f1_50`` (same as ``f1``),
+        ``ap_50``, ``ap_75``, ``map`` (mean AP over ``thresholds``), ``aji`` (classic Aggregated
+        Jaccard Index, Kumar et al. 2017), ``dice`` (pixel Dice of the foreground), ``n_pred``
+        and ``n_gt``. Two empty images score 1.0 everywhere; one empty image scores 0.0.
+    """
+    ov = _overlap(pred, gt)
+    thresholds = [float(t) for t in thresholds]
+    if not thresholds:
+        raise ValueError("thresholds must not be empty")
+    cache: dict[float, MatchResult] = {}
+
+    def at(t: float) -> MatchResult:
+        if t not in cache:
+            cache[t] = _match(ov, t)
+        return cache[t]
+
+    m50 = at(0.5)
+    fg_inter = int(ov.inter.sum())
+    fg_sum = int(ov.gt_area.sum() + ov.pred_area.sum())
+    return {
+        "precision": m50.precision,
+        "recall": m50.recall,
+        "f1": m50.f1,
+        "f1_50": m50.f1,
+        "ap_50": m50.ap,
+        "ap_75": at(0.75).ap,
+        "map": float(np.mean([at(t).ap for t in thresholds])),
+        "aji": _aji(ov),
+        "dice": _ratio(2 * fg_inter, fg_sum, 1.0),
+        "n_pred": int(ov.pred_ids.size),
+        "n_gt": int(ov.gt_ids.size),
+    }
+
+
+def mean_metrics(results: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Average per-image metric dictionaries key by key (each image weighs the same).
+
+    Parameters
+    ----------
+    results : sequence of dict
+        Outputs of :func:`evaluate`, all with the same keys.
+
+    Returns
+    -------
+    dict
+        The mean of every key, as float.
+    """
+    if not results:
+        raise ValueError("mean_metrics needs at least one result")
+    keys = list(results[0])
+    for r in results[1:]:
+        if set(r) != set(keys):
+            raise ValueError("all results must have the same keys")
+    return {k: float(np.mean([r[k] for r in results])) for k in keys}

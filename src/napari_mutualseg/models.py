@@ -1,0 +1,285 @@
+"""The segmentation network, device selection and the trained pair of networks."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .preprocess import DEFAULT_PERCENTILES
+
+N_CLASSES = 3  # background, cell, boundary
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can train on, ``"auto"`` first.
+
+    Returns
+    -------
+    list of str
+        For example ``["auto", "cuda:0", "cpu"]``.
+    """
+    devices = ["auto"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    devices.append("cpu")
+    return devices
+
+
+def select_device(preference: str | torch.device = "auto") -> torch.device:
+    """Pick the device to compute on: CUDA, then Apple MPS, then the CPU.
+
+    Parameters
+    ----------
+    preference : str or torch.device
+        ``"auto"`` (default) or an explicit device such as ``"cpu"``, ``"cuda:1"`` or ``"mps"``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        If an explicit device is not available here.
+    """
+    if isinstance(preference, torch.device):
+        preference = str(preference)
+    preference = (preference or "auto").strip().lower()
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(preference)
+    except RuntimeError as err:
+        raise ValueError(
+            f"Unknown device {preference!r}; choose one of {', '.join(available_devices())}."
+        ) from err
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)
+    if str(device) not in available_devices():
+        raise ValueError(
+            f"Device {preference!r} is not available on this machine; choose one of "
+            f"{', '.join(available_devices())}."
+        )
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """Human-readable device name, e.g. ``"cuda:0 (NVIDIA H100 80GB HBM3)"`` or ``"cpu"``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """A plain 2D U-Net with ``depth`` resolution levels and 3 output classes.
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels (1 for grayscale).
+    n_classes : int
+        Output classes (background, cell, boundary).
+    width : int
+        Feature channels at the first level; doubled at every level down.
+    depth : int
+        Resolution levels; inputs must be divisible by ``2 ** (depth - 1)``.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, n_classes: int = N_CLASSES, width: int = 16, depth: int = 4
+    ) -> None:
+        super().__init__()
+        if width < 1 or depth < 1:
+            raise ValueError(f"width and depth must be positive, got width={width}, depth={depth}")
+        self.arch = {
+            "in_channels": in_channels,
+            "n_classes": n_classes,
+            "width": width,
+            "depth": depth,
+        }
+        chans = [width * 2**i for i in range(depth)]
+        self.down = nn.ModuleList()
+        c_prev = in_channels
+        for c in chans:
+            self.down.append(_block(c_prev, c))
+            c_prev = c
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for c in reversed(chans[:-1]):
+            self.up.append(nn.ConvTranspose2d(c_prev, c, 2, stride=2))
+            self.merge.append(_block(2 * c, c))
+            c_prev = c
+        self.head = nn.Conv2d(c_prev, n_classes, 1)
+
+    @property
+    def divisor(self) -> int:
+        """Input height and width must be multiples of this."""
+        return 2 ** (self.arch["depth"] - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = nn.functional.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1]), strict=True):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+def build_unet(arch: dict[str, int], seed: int) -> UNet:
+    """A freshly initialised U-Net; ``seed`` makes the initialisation reproducible."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return UNet(**arch)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+@dataclass
+class ModelPair:
+    """The two trained networks, with everything needed to use them on new images.
+
+    Attributes
+    ----------
+    model_a, model_b : UNet
+        The two networks. Prediction averages their softmax.
+    percentiles : tuple of float
+        Intensity percentiles mapped to 0 and 1 before the networks see an image.
+    settings : dict
+        The training settings (``TrainConfig`` as a dict), kept for resuming and provenance.
+    history : list of dict
+        One entry per completed round (losses, changed fraction, seconds).
+    device : torch.device
+        Where the networks live.
+    """
+
+    model_a: UNet
+    model_b: UNet
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    settings: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def models(self) -> tuple[UNet, UNet]:
+        """Both networks, A first."""
+        return self.model_a, self.model_b
+
+    def to(self, device: str | torch.device) -> ModelPair:
+        """Move both networks to ``device`` (in place) and return the pair."""
+        self.device = select_device(device)
+        self.model_a.to(self.device)
+        self.model_b.to(self.device)
+        return self
+
+    def copy(self) -> ModelPair:
+        """A deep copy, so that a caller's pair never changes under it."""
+        return ModelPair(
+            copy.deepcopy(self.model_a),
+            copy.deepcopy(self.model_b),
+            tuple(self.percentiles),
+            dict(self.settings),
+            [dict(h) for h in self.history],
+            self.device,
+        )
+
+    def predict_proba(
+        self, image: np.ndarray, *, tile_size: int = 512, overlap: int = 64, name: str = "image"
+    ) -> np.ndarray:
+        """Ensemble class probabilities (background, cell, boundary) of ``image``.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            A 2D single-channel image of any size (tiled in bounded memory).
+        tile_size, overlap : int
+            Sliding-window tile edge and overlap in pixels.
+        name : str
+            Name used in error messages.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(3, H, W)`` float32 mean softmax of both networks.
+        """
+        from .inference import predict_proba
+        from .preprocess import normalize
+
+        x = normalize(image, self.percentiles, name)
+        return predict_proba(self.models, x, self.device, tile_size=tile_size, overlap=overlap)
+
+    def segment(
+        self,
+        image: np.ndarray,
+        *,
+        tile_size: int = 512,
+        overlap: int = 64,
+        min_size: int | None = None,
+        name: str = "image",
+    ) -> np.ndarray:
+        """Instance segmentation of ``image``: int32 labels, 0 background, 1..N cells.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            A 2D single-channel image.
+        tile_size, overlap : int
+            Sliding-window tile edge and overlap in pixels.
+        min_size : int, optional
+            Objects smaller than this many pixels are dropped (default: the training setting).
+        name : str
+            Name used in error messages.
+        """
+        from .inference import instances_from_proba
+
+        proba = self.predict_proba(image, tile_size=tile_size, overlap=overlap, name=name)
+        if min_size is None:
+            min_size = int(self.settings.get("min_size", 16))
+        return instances_from_proba(proba, min_size=min_size)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save both networks with their architecture, normalisation and settings (one file).
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` exists and ``overwrite`` is false.
+        """
+        from .checkpoint import save_pair
+
+        return save_pair(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> ModelPair:
+        """Load a pair saved with :meth:`save`; never runs code from the file."""
+        from .checkpoint import load_pair
+
+        return load_pair(path, device=device)

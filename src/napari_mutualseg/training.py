@@ -1,0 +1,487 @@
+"""The mutual-learning engine: two networks, each learning from the other's predictions.
+
+Round 1 trains both networks on the labels made from the boxes. After round n, network A's
+prediction, combined with the box labels, becomes B's training label for round n + 1, and B's
+prediction becomes A's; neither ever learns from itself. The engine is an iterator that yields
+one :class:`RoundReport` per round and can be cancelled from another thread between two
+training steps.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .exchange import EXCHANGES, ExchangeContext, changed_fraction
+from .inference import instances_from_proba, predict_proba
+from .models import ModelPair, UNet, build_unet, describe_device, select_device
+from .preprocess import DEFAULT_PERCENTILES, as_planes, normalize
+from .supervision import IGNORE, Supervision
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example the loss became NaN)."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the mutual-learning engine; the defaults are the recommended ones.
+
+    Attributes
+    ----------
+    rounds : int
+        Maximum number of rounds (training stops earlier when labels stop changing).
+    steps_per_round : int
+        Optimiser steps per network per round.
+    batch_size, patch_size : int
+        Random crops per step and their edge in pixels.
+    width, depth : int
+        U-Net channels at the first level and number of levels (both networks).
+    learning_rate : float
+        Adam learning rate of round 1.
+    later_lr_factor : float
+        Learning rate of later rounds (and of resumed training) relative to round 1.
+    seed : int
+        Seeds weights (A uses ``seed``, B ``seed + 1``) and sampling; reproducible on the CPU.
+    device : str
+        ``"auto"`` (CUDA, then MPS, then CPU) or an explicit device.
+    exchange : str
+        How predictions become the peer's labels: ``"confident"`` or ``"literal"``.
+    core_scale : float
+        Trusted core of each ellipse, relative to its axes.
+    fg_threshold, confidence : float
+        Foreground threshold on P(cell) + P(boundary); least top probability passed on.
+    min_core_fraction, leak_fraction : float
+        Per-box fall-back to the box label when the object is tiny or fills the box.
+    min_change : float
+        Stop when fewer than this fraction of labelled pixels change class between rounds.
+    min_size : int
+        Smallest object kept in instance maps, in pixels.
+    tile_size : int
+        Tile edge for whole-image prediction.
+    percentiles : tuple of float
+        Intensity percentiles mapped to 0 and 1.
+    parallel : bool
+        On CUDA, train A and B at once in two threads with a CUDA stream each.
+    """
+
+    rounds: int = 5
+    steps_per_round: int = 200
+    batch_size: int = 8
+    patch_size: int = 256
+    width: int = 16
+    depth: int = 4
+    learning_rate: float = 1e-3
+    later_lr_factor: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    exchange: str = "confident"
+    core_scale: float = 0.5
+    fg_threshold: float = 0.5
+    confidence: float = 0.6
+    min_core_fraction: float = 0.5
+    leak_fraction: float = 0.95
+    min_change: float = 0.005
+    min_size: int = 16
+    tile_size: int = 512
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    parallel: bool = True
+
+    def __post_init__(self) -> None:
+        self.percentiles = tuple(float(p) for p in self.percentiles)
+        problems = []
+        for name in ("rounds", "steps_per_round", "batch_size", "width", "depth"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.patch_size < 2 ** (self.depth - 1) * 2:
+            problems.append(f"patch_size must be at least {2**self.depth} for depth {self.depth}")
+        if not (0 < self.learning_rate < 1) or not math.isfinite(self.learning_rate):
+            problems.append("learning_rate must be between 0 and 1 (1e-3 is a good start)")
+        if self.exchange not in EXCHANGES:
+            problems.append(f"exchange must be one of {', '.join(EXCHANGES)}")
+        for name in ("core_scale", "fg_threshold", "confidence", "later_lr_factor"):
+            if not 0 < getattr(self, name) <= 1:
+                problems.append(f"{name} must be in (0, 1]")
+        if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            problems.append("percentiles must be two increasing values in [0, 100]")
+        if problems:
+            raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
+
+    def to_dict(self) -> dict:
+        """The settings as plain Python values (stored in checkpoints)."""
+        d = asdict(self)
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Settings from :meth:`to_dict` output; unknown keys (from newer versions) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class RoundReport:
+    """What one round produced, one entry per training image in every list."""
+
+    round: int
+    rounds: int
+    loss_a: float
+    loss_b: float
+    classes_a: list[np.ndarray]
+    classes_b: list[np.ndarray]
+    instances_a: list[np.ndarray]
+    instances_b: list[np.ndarray]
+    instances: list[np.ndarray]
+    labels_a: list[np.ndarray]
+    labels_b: list[np.ndarray]
+    changed: float
+    seconds: float
+    device: str
+    converged: bool = False
+    probabilities: list[np.ndarray] = field(default_factory=list, repr=False)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _PatchSampler:
+    """Random augmented crops of (image, label) pairs, drawn on the training device."""
+
+    def __init__(
+        self, images: list[torch.Tensor], patch: int, batch: int, seed: int, device: torch.device
+    ) -> None:
+        self.images = images
+        self.patch = patch
+        self.batch = batch
+        self.device = device
+        self.rng = np.random.default_rng(seed)
+        areas = np.array([im.shape[0] * im.shape[1] for im in images], np.float64)
+        self.weights = areas / areas.sum()
+        self.labels: list[torch.Tensor] = []
+
+    def set_labels(self, labels: list[np.ndarray]) -> None:
+        self.labels = []
+        for image, lab in zip(self.images, labels, strict=True):
+            h, w = image.shape
+            padded = np.full((h, w), IGNORE, np.uint8)
+            padded[: lab.shape[0], : lab.shape[1]] = lab
+            self.labels.append(torch.from_numpy(padded).to(self.device))
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.patch
+        xs, ys = [], []
+        for i in self.rng.choice(len(self.images), size=self.batch, p=self.weights):
+            image, label = self.images[i], self.labels[i]
+            y0 = int(self.rng.integers(0, image.shape[0] - p + 1))
+            x0 = int(self.rng.integers(0, image.shape[1] - p + 1))
+            x, y = image[y0 : y0 + p, x0 : x0 + p], label[y0 : y0 + p, x0 : x0 + p]
+            k = int(self.rng.integers(4))
+            x, y = torch.rot90(x, k, (0, 1)), torch.rot90(y, k, (0, 1))
+            if self.rng.random() < 0.5:
+                x, y = x.flip(1), y.flip(1)
+            gain, offset = self.rng.uniform(0.75, 1.25), self.rng.uniform(-0.1, 0.1)
+            xs.append(x * gain + offset)
+            ys.append(y)
+        return torch.stack(xs)[:, None], torch.stack(ys).long()
+
+
+def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
+    pad_h, pad_w = max(size - image.shape[0], 0), max(size - image.shape[1], 0)
+    if pad_h or pad_w:
+        image = np.pad(image, ((0, pad_h), (0, pad_w)), mode="reflect")
+    return image
+
+
+class MutualTrainer:
+    """Train two networks that teach each other, one round at a time.
+
+    Parameters
+    ----------
+    images : numpy.ndarray or sequence of numpy.ndarray
+        One 2D image, a ``(P, H, W)`` stack of planes, or a list of 2D images.
+    supervisions : Supervision or sequence of Supervision
+        One per image (see :func:`napari_mutualseg.supervision.make_supervision`).
+    config : TrainConfig, optional
+        Settings; the defaults are the recommended ones.
+    labels : sequence of numpy.ndarray, optional
+        The supervision class maps as the user left them (painted corrections are trusted).
+    pair : ModelPair, optional
+        Resume from these trained networks (they are copied, never changed in place).
+
+    Examples
+    --------
+    >>> trainer = MutualTrainer(image, make_supervision(image.shape, boxes))
+    >>> for report in trainer:
+    ...     print(report.round, report.loss_a, report.loss_b)
+    >>> trainer.pair.save("cells.pt")
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        supervisions: Supervision | Sequence[Supervision],
+        config: TrainConfig | None = None,
+        *,
+        labels: Sequence[np.ndarray] | None = None,
+        pair: ModelPair | None = None,
+    ) -> None:
+        self.config = config = config if config is not None else TrainConfig()
+        planes = as_planes(images)
+        if isinstance(supervisions, Supervision):
+            supervisions = [supervisions]
+        supervisions = list(supervisions)
+        if len(supervisions) != len(planes):
+            raise ValueError(
+                f"Got {len(planes)} image(s) but {len(supervisions)} supervision(s): give one "
+                "supervision (set of boxes) per image."
+            )
+        if labels is not None and len(labels) != len(planes):
+            raise ValueError(f"Got {len(planes)} image(s) but {len(labels)} label map(s).")
+        for i, (plane, sup) in enumerate(zip(planes, supervisions, strict=True)):
+            if sup.classes.shape != plane.shape:
+                raise ValueError(
+                    f"Image {i} has shape {plane.shape} but its supervision has shape "
+                    f"{sup.classes.shape}; make the supervision from this image's shape."
+                )
+        self.device = select_device(config.device)
+        self.device_name = describe_device(self.device)
+        self.images = [
+            normalize(p, config.percentiles, f"image {i}") for i, p in enumerate(planes)
+        ]
+        self.contexts = [
+            ExchangeContext.build(
+                sup,
+                None if labels is None else labels[i],
+                exchange=config.exchange,
+                core_scale=config.core_scale,
+            )
+            for i, sup in enumerate(supervisions)
+        ]
+        self.resumed = pair is not None
+        if pair is None:
+            arch = {"in_channels": 1, "n_classes": 3, "width": config.width, "depth": config.depth}
+            pair = ModelPair(
+                build_unet(arch, config.seed),
+                build_unet(arch, config.seed + 1),
+                config.percentiles,
+            )
+        else:
+            pair = pair.copy()
+            pair.percentiles = config.percentiles
+        pair.settings = config.to_dict()
+        self._pair = pair.to(self.device)
+        self._cancel = threading.Event()
+        self._steps = [0, 0]
+        self.total_steps = 2 * config.rounds * config.steps_per_round
+
+    @property
+    def pair(self) -> ModelPair:
+        """The two networks as of the last completed round."""
+        return self._pair
+
+    @property
+    def step(self) -> int:
+        """Training steps done so far, both networks together (safe to read from any thread)."""
+        return sum(self._steps)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Stop training before the next step; the networks of the last completed round are kept.
+
+        Safe to call from any thread.
+        """
+        self._cancel.set()
+
+    # -- the rounds -------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[RoundReport]:
+        cfg = self.config
+        models = self._pair.models
+        divisor = models[0].divisor
+        patch = max(divisor, cfg.patch_size // divisor * divisor)
+        padded = [torch.from_numpy(_pad_to(im, patch)).to(self.device) for im in self.images]
+        samplers = [
+            _PatchSampler(padded, patch, cfg.batch_size, cfg.seed * 2 + k + 1000, self.device)
+            for k in range(2)
+        ]
+        optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.learning_rate) for m in models]
+        if self.resumed:
+            probas = [self._predict(m) for m in models]
+            targets = self._exchange(probas)
+        else:
+            initial = [ctx.initial for ctx in self.contexts]
+            targets = [initial, initial]
+        for r in range(1, cfg.rounds + 1):
+            if self.cancelled:
+                return
+            start = time.perf_counter()
+            lr = cfg.learning_rate * (cfg.later_lr_factor if (r > 1 or self.resumed) else 1.0)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            for sampler, t in zip(samplers, targets, strict=True):
+                sampler.set_labels(t)
+            snapshot = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+            try:
+                losses = self._train_round(models, optimizers, samplers, r)
+            except _Cancelled:
+                for m, state in zip(models, snapshot, strict=True):
+                    m.load_state_dict(state)
+                return
+            probas = [self._predict(m) for m in models]
+            new_targets = self._exchange(probas)
+            changed = float(
+                np.mean(
+                    [
+                        changed_fraction(old, new)
+                        for k in range(2)
+                        for old, new in zip(targets[k], new_targets[k], strict=True)
+                    ]
+                )
+            )
+            converged = r > 1 and changed < cfg.min_change
+            ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
+            report = RoundReport(
+                round=r,
+                rounds=cfg.rounds,
+                loss_a=losses[0],
+                loss_b=losses[1],
+                classes_a=[p.argmax(0).astype(np.uint8) for p in probas[0]],
+                classes_b=[p.argmax(0).astype(np.uint8) for p in probas[1]],
+                instances_a=[self._instances(p) for p in probas[0]],
+                instances_b=[self._instances(p) for p in probas[1]],
+                instances=[self._instances(p) for p in ensemble],
+                labels_a=new_targets[0],
+                labels_b=new_targets[1],
+                changed=changed,
+                seconds=time.perf_counter() - start,
+                device=str(self.device),
+                converged=converged,
+                probabilities=ensemble,
+            )
+            self._pair.history.append(
+                {
+                    "round": len(self._pair.history) + 1,
+                    "loss_a": report.loss_a,
+                    "loss_b": report.loss_b,
+                    "changed": changed,
+                    "seconds": report.seconds,
+                    "device": report.device,
+                }
+            )
+            targets = new_targets
+            yield report
+            if converged:
+                return
+
+    def _exchange(self, probas: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        """A learns from B's prediction and B from A's, each combined with the box labels."""
+        cfg = self.config
+        kw = {
+            "fg_threshold": cfg.fg_threshold,
+            "confidence": cfg.confidence,
+            "min_core_fraction": cfg.min_core_fraction,
+            "leak_fraction": cfg.leak_fraction,
+        }
+        from_b = [ctx.combine(p, **kw) for ctx, p in zip(self.contexts, probas[1], strict=True)]
+        from_a = [ctx.combine(p, **kw) for ctx, p in zip(self.contexts, probas[0], strict=True)]
+        return [from_b, from_a]
+
+    def _predict(self, model: UNet) -> list[np.ndarray]:
+        return [
+            predict_proba([model], im, self.device, tile_size=self.config.tile_size)
+            for im in self.images
+        ]
+
+    def _instances(self, proba: np.ndarray) -> np.ndarray:
+        return instances_from_proba(
+            proba, fg_threshold=self.config.fg_threshold, min_size=self.config.min_size
+        )
+
+    def _train_round(
+        self,
+        models: tuple[UNet, UNet],
+        optimizers: list[torch.optim.Optimizer],
+        samplers: list[_PatchSampler],
+        round_index: int,
+    ) -> tuple[float, float]:
+        jobs = list(zip(range(2), models, optimizers, samplers, strict=True))
+        if self.device.type == "cuda" and self.config.parallel:
+            results: list = [None, None]
+            main_stream = torch.cuda.current_stream(self.device)
+
+            def work(k, model, opt, sampler):
+                try:
+                    stream = torch.cuda.Stream(self.device)
+                    stream.wait_stream(main_stream)
+                    with torch.cuda.stream(stream):
+                        results[k] = self._train_steps(k, model, opt, sampler, round_index)
+                    stream.synchronize()
+                except BaseException as err:  # re-raised in the calling thread
+                    results[k] = err
+
+            threads = [threading.Thread(target=work, args=job, daemon=True) for job in jobs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for res in results:
+                if isinstance(res, BaseException):
+                    raise res
+            return results[0], results[1]
+        losses = [self._train_steps(*job, round_index) for job in jobs]
+        return losses[0], losses[1]
+
+    def _train_steps(
+        self,
+        k: int,
+        model: UNet,
+        opt: torch.optim.Optimizer,
+        sampler: _PatchSampler,
+        round_index: int,
+    ) -> float:
+        cfg = self.config
+        device = self.device
+        cuda = device.type == "cuda"
+        if cuda:
+            model.to(memory_format=torch.channels_last)
+        model.train()
+        total = torch.zeros((), device=device)
+        for step in range(cfg.steps_per_round):
+            if self._cancel.is_set():
+                raise _Cancelled
+            x, y = sampler.draw()
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            # autocast per step: an outer context would keep reusing the first step's cast weights
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                logits = model(x)
+            valid = (y != IGNORE).sum().clamp(min=1)
+            loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE, reduction="sum") / valid
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            self._steps[k] += 1
+            if (step + 1) % 50 == 0 and not torch.isfinite(total):
+                break
+        mean = float(total) / cfg.steps_per_round
+        if not math.isfinite(mean):
+            raise TrainingError(
+                f"The loss of network {'AB'[k]} became NaN in round {round_index}. Lower the "
+                "learning rate (e.g. 1e-4) or check the image for extreme values."
+            )
+        return mean

@@ -1,0 +1,79 @@
+import numpy as np
+import torch
+
+from napari_mutualseg.inference import instances_from_proba, predict_proba
+from napari_mutualseg.models import UNet, available_devices, select_device
+
+
+def _proba_from_labels(labels: np.ndarray) -> np.ndarray:
+    """Probabilities a perfect network would give: cell inside, boundary on the edges."""
+    from skimage.segmentation import find_boundaries
+
+    edge = find_boundaries(labels, mode="inner")
+    p = np.zeros((3, *labels.shape), np.float32)
+    p[0] = labels == 0
+    p[1] = (labels > 0) & ~edge
+    p[2] = edge
+    return p
+
+
+def test_instances_separate_touching_cells_and_drop_specks():
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:25, 5:25] = 1
+    labels[5:25, 25:45] = 2  # touches cell 1
+    labels[32:34, 50:52] = 3  # a 4-pixel speck
+    out = instances_from_proba(_proba_from_labels(labels), min_size=16)
+    assert out.max() == 2
+    assert len(np.unique(out[5:25, 5:24])) == 1 and len(np.unique(out[5:25, 26:45])) == 1
+    assert out[10, 10] != out[10, 40]
+    # the boundary band is given back to the cells: each object has its full area
+    assert abs((out == out[10, 10]).sum() - 400) <= 20
+
+
+class _Constant(torch.nn.Module):
+    """A 'network' whose output depends on position only through the input, to test tiling."""
+
+    divisor = 8
+
+    def __init__(self):
+        super().__init__()
+        self.arch = {"n_classes": 3}
+
+    def forward(self, x):
+        return torch.cat([x * 0, x * 3, -x * 3], dim=1)
+
+
+def test_tiled_prediction_matches_whole_image_and_any_size():
+    rng = np.random.default_rng(0)
+    image = rng.random((203, 317)).astype(np.float32)
+    whole = predict_proba([_Constant()], image, torch.device("cpu"), tile_size=1024)
+    tiled = predict_proba([_Constant()], image, torch.device("cpu"), tile_size=64, overlap=16)
+    assert whole.shape == tiled.shape == (3, 203, 317)
+    np.testing.assert_allclose(whole, tiled, atol=1e-5)
+    np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
+
+
+def test_unet_output_shape_and_ensemble_average():
+    torch.manual_seed(0)
+    a, b = UNet(width=4, depth=3), UNet(width=6, depth=3)
+    image = np.random.default_rng(1).random((50, 70)).astype(np.float32)
+    cpu = torch.device("cpu")
+    pa = predict_proba([a], image, cpu)
+    pb = predict_proba([b], image, cpu)
+    pab = predict_proba([a, b], image, cpu)
+    assert pab.shape == (3, 50, 70)
+    np.testing.assert_allclose(pab, (pa + pb) / 2, atol=1e-5)
+
+
+def test_device_selection():
+    assert available_devices()[0] == "auto" and "cpu" in available_devices()
+    assert select_device("cpu").type == "cpu"
+    auto = select_device("auto")
+    if torch.cuda.is_available():
+        assert auto.type == "cuda"
+    else:
+        assert auto.type in ("mps", "cpu")
+    import pytest
+
+    with pytest.raises(ValueError, match=r"not available|Unknown device"):
+        select_device("cuda:7" if not torch.cuda.is_available() else "nonsense")

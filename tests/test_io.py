@@ -1,0 +1,208 @@
+"""Images, label TIFFs and box tables (napari Shapes CSV and plain y0,x0,y1,x1 tables)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_mutualseg.io import read_box_table, read_image, write_box_table, write_labels
+from napari_mutualseg.supervision import Box, make_supervision
+
+# Exactly what napari's builtin writer produces for a Shapes layer saved as CSV: a rectangle,
+# an ellipse and a rectangle rotated by 30 degrees (vertices as napari stores them).
+NAPARI_2D_CSV = """\
+index,shape-type,vertex-index,axis-0,axis-1
+0,rectangle,0,3.5,2.5
+0,rectangle,1,3.5,19.5
+0,rectangle,2,14.5,19.5
+0,rectangle,3,14.5,2.5
+1,ellipse,0,9.5,19.5
+1,ellipse,1,9.5,39.5
+1,ellipse,2,29.5,39.5
+1,ellipse,3,29.5,19.5
+2,rectangle,0,8.839745962155614,20.901923788646684
+2,rectangle,1,5.839745962155614,26.098076211353316
+2,rectangle,2,23.160254037844386,36.098076211353316
+2,rectangle,3,26.160254037844386,30.901923788646684
+"""
+
+NAPARI_3D_CSV = """\
+index,shape-type,vertex-index,axis-0,axis-1,axis-2
+0,rectangle,0,2.0,0.5,1.0
+0,rectangle,1,2.0,0.5,5.0
+0,rectangle,2,2.0,8.0,5.0
+0,rectangle,3,2.0,8.0,1.0
+1,ellipse,0,0.0,10.0,10.0
+1,ellipse,1,0.0,10.0,20.0
+1,ellipse,2,0.0,14.0,20.0
+1,ellipse,3,0.0,14.0,10.0
+2,rectangle,0,2.0,20.0,20.0
+2,rectangle,1,2.0,20.0,24.0
+2,rectangle,2,2.0,24.0,24.0
+2,rectangle,3,2.0,24.0,20.0
+"""
+
+
+def write(path, text):
+    path.write_text(text, newline="")
+    return path
+
+
+# ---------------------------------------------------------------------- images
+
+
+def test_read_image_tif_and_png(tmp_path):
+    image = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif"), image)
+    import skimage.io
+
+    small = (image % 256).astype(np.uint8)
+    skimage.io.imsave(tmp_path / "a.png", small, check_contrast=False)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "a.png")), small)
+
+
+def test_read_image_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.tif"):
+        read_image(tmp_path / "missing.tif")
+    broken = write(tmp_path / "broken.tif", "not a tiff")
+    with pytest.raises(ValueError, match=r"Cannot read .*broken\.tif"):
+        read_image(broken)
+    other = write(tmp_path / "notes.txt", "hello")
+    with pytest.raises(ValueError, match=r"unsupported file type '\.txt'"):
+        read_image(other)
+
+
+def test_write_labels_compressed_no_overwrite(tmp_path):
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:10, 5:12] = 7
+    path = write_labels(tmp_path / "out" / "labels.tif", labels)
+    assert path == tmp_path / "out" / "labels.tif"
+    np.testing.assert_array_equal(read_image(path), labels)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert tif.pages[0].dtype == np.int32
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_labels(path, labels)
+    write_labels(path, labels + 1, overwrite=True)
+    np.testing.assert_array_equal(read_image(path), labels + 1)
+    bool_path = write_labels(tmp_path / "mask.tiff", labels > 0)
+    assert read_image(bool_path).dtype == np.uint8
+    with pytest.raises(ValueError, match="TIFF"):
+        write_labels(tmp_path / "labels.png", labels)
+    with pytest.raises(ValueError, match="integer"):
+        write_labels(tmp_path / "f.tif", labels.astype(float))
+
+
+# ---------------------------------------------------------------------- box tables
+
+
+def test_read_napari_2d_csv(tmp_path):
+    table = read_box_table(write(tmp_path / "shapes.csv", NAPARI_2D_CSV))
+    assert list(table) == [None]
+    rect, ell, rot = table[None]
+    assert rect == Box.from_corners(4, 3, 15, 20)
+    assert ell.kind == "ellipse"
+    assert ell.center == (19.5, 29.5) and ell.half_sizes == (10.0, 10.0)
+    assert rot.kind == "rectangle"
+    np.testing.assert_allclose(rot.center, (16.0, 28.5))
+    np.testing.assert_allclose(rot.half_sizes, (10.0, 3.0))
+    assert rot.angle == pytest.approx(math.radians(30))
+    # The boxes make a supervision directly.
+    sup = make_supervision((40, 45), table[None])
+    assert sup.instances.max() == 3
+
+
+def test_read_napari_3d_csv_by_plane(tmp_path):
+    table = read_box_table(write(tmp_path / "stack.csv", NAPARI_3D_CSV))
+    assert list(table) == [0, 2]
+    assert [b.kind for b in table[0]] == ["ellipse"]
+    np.testing.assert_allclose(table[0][0].center, (12, 15))
+    assert len(table[2]) == 2
+    np.testing.assert_allclose(table[2][1].center, (22, 22))
+
+
+def test_napari_csv_with_polygon_is_rejected(tmp_path):
+    text = NAPARI_2D_CSV.replace("1,ellipse", "1,polygon")
+    with pytest.raises(ValueError, match=r"shape 1 .*'polygon'.*only rectangles and ellipses"):
+        read_box_table(write(tmp_path / "poly.csv", text))
+
+
+def test_napari_csv_with_non_rectangle_is_rejected(tmp_path):
+    text = NAPARI_2D_CSV.replace("0,rectangle,2,14.5,19.5", "0,rectangle,2,18.5,25.5")
+    with pytest.raises(ValueError, match=r"bad\.csv.*Shape 0.*rectangle"):
+        read_box_table(write(tmp_path / "bad.csv", text))
+
+
+def test_read_plain_tables(tmp_path):
+    table = read_box_table(write(tmp_path / "plain.csv", "y0,x0,y1,x1\n4,3,15,20\n0,0,2,2\n"))
+    assert table == {None: [Box.from_corners(4, 3, 15, 20), Box.from_corners(0, 0, 2, 2)]}
+    text = "image,y0,x0,y1,x1\na.tif,4,3,15,20\nb.tif,1,1,5,5\na.tif,0,0,2,2\n"
+    table = read_box_table(write(tmp_path / "multi.csv", text))
+    assert list(table) == ["a.tif", "b.tif"]
+    assert table["a.tif"] == [Box.from_corners(4, 3, 15, 20), Box.from_corners(0, 0, 2, 2)]
+    # Spaces, capitals, a byte-order mark and blank lines are tolerated.
+    table = read_box_table(write(tmp_path / "loose.csv", "\ufeffY0, X0, Y1, X1\n\n4, 3, 15, 20\n"))
+    assert table == {None: [Box.from_corners(4, 3, 15, 20)]}
+
+
+def test_box_table_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.csv"):
+        read_box_table(tmp_path / "nothing.csv")
+    with pytest.raises(ValueError, match=r"unknown header.*napari Shapes CSV.*y0,x0,y1,x1"):
+        read_box_table(write(tmp_path / "odd.csv", "a,b,c\n1,2,3\n"))
+    with pytest.raises(ValueError, match="unexpected"):
+        read_box_table(write(tmp_path / "extra.csv", "y0,x0,y1,x1,label\n1,2,3,4,5\n"))
+    with pytest.raises(ValueError, match=r"line 2.*'x1' should be a number"):
+        read_box_table(write(tmp_path / "text.csv", "y0,x0,y1,x1\n1,2,3,x\n"))
+    with pytest.raises(ValueError, match=r"line 3.*inverted"):
+        read_box_table(write(tmp_path / "inv.csv", "y0,x0,y1,x1\n1,2,3,4\n9,2,3,4\n"))
+    with pytest.raises(ValueError, match="empty"):
+        read_box_table(write(tmp_path / "empty.csv", ""))
+
+
+def test_plain_round_trip(tmp_path):
+    boxes = [Box.from_corners(4, 3, 15, 20), Box.from_corners(0, 0, 2, 2)]
+    path = write_box_table(tmp_path / "sub" / "boxes.csv", boxes)
+    assert path.read_text().splitlines() == ["y0,x0,y1,x1", "4,3,15,20", "0,0,2,2"]
+    assert read_box_table(path) == {None: boxes}
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_box_table(path, boxes)
+    write_box_table(path, boxes[:1], overwrite=True)
+    assert read_box_table(path) == {None: boxes[:1]}
+
+
+def test_plain_round_trip_with_images(tmp_path):
+    boxes = {"a.tif": [Box.from_corners(4, 3, 15, 20)], "b.tif": [Box.from_corners(1, 1, 5, 5)]}
+    path = write_box_table(tmp_path / "multi.csv", boxes)
+    assert path.read_text().splitlines()[0] == "y0,x0,y1,x1,image"
+    assert read_box_table(path) == boxes
+
+
+def test_rotated_and_ellipse_boxes_round_trip_as_napari_csv(tmp_path):
+    table = read_box_table(write(tmp_path / "shapes.csv", NAPARI_2D_CSV))
+    path = write_box_table(tmp_path / "again.csv", table[None])
+    assert path.read_text().splitlines()[0] == "index,shape-type,vertex-index,axis-0,axis-1"
+    again = read_box_table(path)[None]
+    assert [b.kind for b in again] == ["rectangle", "ellipse", "rectangle"]
+    for a, b in zip(table[None], again, strict=True):
+        np.testing.assert_allclose(a.center, b.center, atol=1e-9)
+        np.testing.assert_allclose(a.half_sizes, b.half_sizes, atol=1e-9)
+        assert a.angle == pytest.approx(b.angle, abs=1e-9)
+    with pytest.raises(ValueError, match="image column"):
+        write_box_table(tmp_path / "named.csv", {"a.tif": table[None]})
+
+
+def test_planes_round_trip_as_napari_3d_csv(tmp_path):
+    table = read_box_table(write(tmp_path / "stack.csv", NAPARI_3D_CSV))
+    path = write_box_table(tmp_path / "again.csv", table)
+    assert path.read_text().splitlines()[0].endswith("axis-0,axis-1,axis-2")
+    again = read_box_table(path)
+    assert list(again) == [0, 2]
+    for p in again:
+        assert again[p] == table[p]
+    with pytest.raises(ValueError, match="keys"):
+        write_box_table(tmp_path / "mixed.csv", {0: table[0], "a": table[2]})

@@ -1,0 +1,216 @@
+import time
+
+import numpy as np
+import pytest
+
+from napari_mutualseg import metrics
+from napari_mutualseg.metrics import evaluate, match_instances, mean_metrics
+
+KEYS = {"precision", "recall", "f1", "f1_50", "ap_50", "ap_75", "map", "aji", "dice"}
+
+
+def strip(*runs, width=14):
+    """A 1 x width label row; each run is (label, first column, last column + 1)."""
+    out = np.zeros((1, width), dtype=np.int32)
+    for label, a, b in runs:
+        out[0, a:b] = label
+    return out
+
+
+def test_shifted_squares_iou_one_third():
+    gt = np.zeros((4, 5), dtype=np.uint16)
+    pred = np.zeros((4, 5), dtype=np.int32)
+    gt[0:2, 0:2] = 1
+    pred[0:2, 1:3] = 1  # shares one column: intersection 2, union 6
+    m = match_instances(pred, gt, threshold=0.5)
+    assert (m.tp, m.fp, m.fn) == (0, 1, 1)
+    assert m.precision == m.recall == m.f1 == m.ap == 0.0
+    m = match_instances(pred, gt, threshold=0.3)
+    assert (m.tp, m.fp, m.fn) == (1, 0, 0)
+    assert m.ious.tolist() == [pytest.approx(1 / 3)]
+    assert m.gt_ids.tolist() == [1] and m.pred_ids.tolist() == [1]
+    assert m.ap == m.f1 == 1.0
+    r = evaluate(pred, gt)
+    assert r["dice"] == pytest.approx(0.5)  # 2 * 2 / (4 + 4)
+    assert r["aji"] == pytest.approx(1 / 3)  # one pair: 2 / 6
+    assert r["map"] == 0.0 and r["n_pred"] == r["n_gt"] == 1
+
+
+# Three ground-truth objects on one row (columns):
+#   G1 = 0..3 (4 px), G2 = 4..7 (4 px), G3 = 10..11 (2 px)
+#   P1 = 0..5 (6 px), P2 = 6..7 (2 px), P3 = 12..13 (2 px)
+# IoU: G1-P1 = 4/6, G2-P1 = 2/8, G2-P2 = 2/4, G3 touches nothing, P3 touches nothing.
+# Matching at 0.5: G1-P1, G2-P2 -> TP 2, FP 1 (P3), FN 1 (G3): P = R = F1 = 2/3, AP = 2/4.
+# Matching at 0.75: nothing -> AP 0.
+# AJI: G1 -> P1 (I 4, U 6), G2 -> P2 (I 2, U 4), G3 unmatched (U += 2), P3 unused (U += 2):
+#   (4 + 2) / (6 + 4 + 2 + 2) = 6 / 14 = 3 / 7.
+# Dice: foreground 10 px each, overlapping on columns 0..7 -> 2 * 8 / 20 = 0.8.
+GT3 = strip((1, 0, 4), (2, 4, 8), (3, 10, 12))
+PRED3 = strip((1, 0, 6), (2, 6, 8), (3, 12, 14))
+
+
+def test_three_object_case_by_hand():
+    m = match_instances(PRED3, GT3)
+    assert (m.tp, m.fp, m.fn) == (2, 1, 1)
+    assert sorted(m.ious.tolist()) == [pytest.approx(0.5), pytest.approx(4 / 6)]
+    assert m.precision == pytest.approx(2 / 3)
+    assert m.recall == pytest.approx(2 / 3)
+    assert m.f1 == pytest.approx(2 / 3)
+    assert m.ap == pytest.approx(0.5)
+    r = evaluate(PRED3, GT3)
+    assert set(r) == KEYS | {"n_pred", "n_gt"}
+    assert r["aji"] == pytest.approx(3 / 7)
+    assert r["dice"] == pytest.approx(0.8)
+    assert r["ap_50"] == pytest.approx(0.5) and r["ap_75"] == 0.0
+    # AP: 2/4 at t = 0.5; 1/5 at 0.55, 0.6, 0.65 (only G1-P1 = 0.667: TP 1, FP 2, FN 2); then 0.
+    assert r["map"] == pytest.approx((0.5 + 3 * 0.2) / 10)
+    assert r["f1"] == r["f1_50"] == pytest.approx(2 / 3)
+
+
+def test_aji_classic_reuses_a_prediction():
+    # One prediction over two ground-truth halves: both pick it, I = 2 + 2, U = 4 + 4.
+    gt = strip((1, 0, 2), (2, 2, 4), width=4)
+    pred = strip((1, 0, 4), width=4)
+    assert evaluate(pred, gt)["aji"] == pytest.approx(0.5)
+
+
+def test_assignment_maximises_matches_below_one_half():
+    # G1 = 0..5, G2 = 6..9; P1 = 2..7, P2 = 0..1.
+    # IoU: G1-P1 = 4/8, G2-P1 = 2/8, G1-P2 = 2/6. Greedy (best first) would take G1-P1 and
+    # leave G2 alone; the optimal assignment at 0.25 matches G1-P2 and G2-P1.
+    gt = strip((1, 0, 6), (2, 6, 10), width=10)
+    pred = strip((1, 2, 8), (2, 0, 2), width=10)
+    m = match_instances(pred, gt, threshold=0.25)
+    assert m.tp == 2
+    assert dict(zip(m.gt_ids.tolist(), m.pred_ids.tolist(), strict=True)) == {1: 2, 2: 1}
+    assert sorted(m.ious.tolist()) == [pytest.approx(0.25), pytest.approx(1 / 3)]
+    assert match_instances(pred, gt, threshold=0.5).tp == 1
+
+
+def test_tie_at_one_half_counts_one_match():
+    gt = strip((1, 0, 2), (2, 2, 4), width=4)
+    pred = strip((7, 0, 4), width=4)
+    m = match_instances(pred, gt, threshold=0.5)
+    assert (m.tp, m.fp, m.fn) == (1, 0, 1)
+
+
+def random_labels(rng, shape=(64, 80), n=25):
+    out = np.zeros(shape, dtype=np.int32)
+    for k in range(1, n + 1):
+        y, x = rng.integers(0, shape[0] - 8), rng.integers(0, shape[1] - 8)
+        h, w = rng.integers(3, 9, size=2)
+        out[y : y + h, x : x + w] = k
+    return out
+
+
+def relabel(labels, ids):
+    lut = np.zeros(labels.max() + 1, dtype=np.int64)
+    lut[1:] = ids
+    return lut[labels]
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_non_consecutive_and_permuted_ids(big):
+    rng = np.random.default_rng(0)
+    gt = random_labels(rng)
+    pred = np.roll(random_labels(np.random.default_rng(0)), 1, axis=1)
+    pred[10:20, 10:20] = 99  # an extra object
+    ref = evaluate(pred, gt)
+    n_gt, n_pred = gt.max(), pred.max()
+    scale = 2**40 if big else 1000  # huge ids go through np.unique instead of a lookup table
+    gt2 = relabel(gt, rng.permutation(n_gt) * scale + 7)
+    pred2 = relabel(pred, rng.permutation(n_pred) * 3 + 5)
+    got = evaluate(pred2, gt2)
+    assert got == pytest.approx(ref)
+    assert 0 < ref["ap_50"] < 1
+
+
+def test_swapping_pred_and_gt_swaps_precision_and_recall():
+    rng = np.random.default_rng(1)
+    a = random_labels(rng)
+    b = np.roll(random_labels(rng), 1, axis=0)
+    ab, ba = evaluate(a, b), evaluate(b, a)
+    assert ab["precision"] == pytest.approx(ba["recall"])
+    assert ab["recall"] == pytest.approx(ba["precision"])
+    for k in ("f1", "ap_50", "map", "dice"):
+        assert ab[k] == pytest.approx(ba[k])
+
+
+def test_dense_and_sparse_tables_agree(monkeypatch):
+    rng = np.random.default_rng(2)
+    gt = random_labels(rng)
+    pred = np.roll(random_labels(rng), 2, axis=1)
+    ref = evaluate(pred, gt)
+    monkeypatch.setattr(metrics, "_DENSE_TABLE_LIMIT", 0)
+    assert evaluate(pred, gt) == pytest.approx(ref)
+
+
+def test_identical_images_are_perfect():
+    gt = random_labels(np.random.default_rng(3))
+    r = evaluate(gt.copy(), gt)
+    for k in KEYS:
+        assert r[k] == 1.0, k
+    assert r["n_pred"] == r["n_gt"] == len(np.unique(gt)) - 1
+
+
+@pytest.mark.filterwarnings("error")
+def test_empty_images():
+    empty = np.zeros((5, 6), dtype=np.uint16)
+    one = empty.copy()
+    one[1:3, 1:3] = 4
+    both = evaluate(empty, empty)
+    assert all(both[k] == 1.0 for k in KEYS)
+    assert both["n_pred"] == both["n_gt"] == 0
+    for pred, gt in ((empty, one), (one, empty)):
+        r = evaluate(pred, gt)
+        assert all(r[k] == 0.0 for k in KEYS), r
+        m = match_instances(pred, gt)
+        assert m.precision == m.recall == m.f1 == m.ap == 0.0
+    m = match_instances(empty, empty)
+    assert (m.tp, m.fp, m.fn) == (0, 0, 0) and m.ap == 1.0
+
+
+def test_bool_input_and_errors():
+    gt = np.zeros((4, 4), dtype=bool)
+    gt[:2, :2] = True
+    assert evaluate(gt, gt)["ap_50"] == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(gt, gt[:3])
+    with pytest.raises(TypeError):
+        evaluate(gt.astype(float), gt)
+    with pytest.raises(ValueError, match="negative"):
+        evaluate(-gt.astype(int), gt)
+    with pytest.raises(ValueError, match="threshold"):
+        match_instances(gt, gt, threshold=0.0)
+
+
+def test_mean_metrics():
+    a = {"f1": 1.0, "aji": 0.5, "n_gt": 2}
+    b = {"f1": 0.0, "aji": 0.25, "n_gt": 4}
+    assert mean_metrics([a, b]) == {"f1": 0.5, "aji": 0.375, "n_gt": 3.0}
+    with pytest.raises(ValueError):
+        mean_metrics([])
+    with pytest.raises(ValueError):
+        mean_metrics([a, {"f1": 1.0}])
+
+
+def test_fast_on_full_size_image():
+    # ~220 objects on a 520 x 696 image, predictions shifted by a pixel, some merged or missing.
+    gt = np.zeros((520, 696), dtype=np.uint16)
+    k = 0
+    for y in range(5, 505, 25):
+        for x in range(5, 690, 62):
+            k += 1
+            gt[y : y + 20, x : x + 18 + (k % 5)] = k
+    pred = np.roll(gt, 1, axis=1).astype(np.int32) * 3
+    pred[::50] = 0
+    assert k >= 200
+    evaluate(pred, gt)  # warm up
+    best = min(_timed(evaluate, pred, gt) for _ in range(3))
+    assert best < 0.25, f"evaluate took {best:.3f} s"
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t

@@ -1,0 +1,327 @@
+"""Boxes -> ellipse supervision: geometry, overlaps, region mode and input checks."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_mutualseg.supervision import (
+    BACKGROUND,
+    BOUNDARY,
+    CELL,
+    IGNORE,
+    Box,
+    Supervision,
+    boxes_by_plane,
+    boxes_from_shapes,
+    make_supervision,
+)
+
+
+def ellipse_mask(shape, cy, cx, ry, rx):
+    """Explicit formula: pixel centre (i, j) inside the axis-aligned ellipse."""
+    i, j = np.indices(shape)
+    return ((i - cy) / ry) ** 2 + ((j - cx) / rx) ** 2 <= 1
+
+
+def rotated_vertices(center, half_long, half_short, angle):
+    """Corners of a rectangle whose long axis is rotated ``angle`` from the y axis."""
+    d0 = np.array([math.cos(angle), math.sin(angle)])
+    d1 = np.array([-math.sin(angle), math.cos(angle)])
+    c = np.asarray(center, float)
+    return np.array(
+        [
+            c + s0 * half_long * d0 + s1 * half_short * d1
+            for s0, s1 in ((-1, -1), (-1, 1), (1, 1), (1, -1))
+        ]
+    )
+
+
+# ---------------------------------------------------------------------- Box
+
+
+def test_from_corners_is_half_open_pixel_range():
+    box = Box.from_corners(4, 3, 15, 20)
+    assert box.center == (9.0, 11.0)
+    assert box.half_sizes == (5.5, 8.5)
+    assert box.angle == 0.0
+    assert box.slices((100, 100)) == (slice(4, 15), slice(3, 20))
+    # Clipped to the image.
+    assert box.slices((10, 12)) == (slice(4, 10), slice(3, 12))
+    sl, u, v = box.local_coords((100, 100))
+    assert sl == box.slices((100, 100))
+    assert u.shape == v.shape == (11, 17)
+    # Every pixel centre of the range lies inside the box, none on or past its edge.
+    assert np.abs(u).max() < 1 and np.abs(v).max() < 1
+    np.testing.assert_allclose(u[:, 0], (np.arange(4, 15) - 9.0) / 5.5)
+    np.testing.assert_allclose(v[0], (np.arange(3, 20) - 11.0) / 8.5)
+
+
+def test_from_vertices_axis_aligned_matches_corners_in_any_order():
+    verts = np.array([[3.5, 2.5], [3.5, 19.5], [14.5, 19.5], [14.5, 2.5]])
+    expected = Box.from_corners(4, 3, 15, 20)
+    for order in ([0, 1, 2, 3], [2, 0, 3, 1], [1, 3, 0, 2]):
+        box = Box.from_vertices(verts[order])
+        assert box.angle == 0.0
+        np.testing.assert_allclose(box.center, expected.center)
+        np.testing.assert_allclose(box.half_sizes, expected.half_sizes)
+
+
+def test_from_vertices_rotated_recovers_angle_and_sizes():
+    verts = rotated_vertices((20, 30), 10, 3, math.radians(30))
+    box = Box.from_vertices(verts[[3, 1, 0, 2]])
+    np.testing.assert_allclose(box.center, (20, 30))
+    np.testing.assert_allclose(box.half_sizes, (10, 3))
+    assert box.angle == pytest.approx(math.radians(30))
+    np.testing.assert_allclose(np.sort(box.corners, axis=0), np.sort(verts, axis=0), atol=1e-9)
+    # The first axis is the edge nearest the y axis: at -70 degrees that is the short edge.
+    box = Box.from_vertices(rotated_vertices((0, 0), 10, 3, math.radians(-70)))
+    assert box.angle == pytest.approx(math.radians(20))
+    np.testing.assert_allclose(box.half_sizes, (3, 10))
+
+
+def test_from_vertices_rejects_non_rectangle():
+    kite = np.array([[0, 5], [4, 10], [12, 5], [4, 0]], float)
+    with pytest.raises(ValueError, match="rectangle"):
+        Box.from_vertices(kite)
+    parallelogram = np.array([[0, 0], [0, 10], [5, 13], [5, 3]], float)
+    with pytest.raises(ValueError, match="non-rectangular"):
+        Box.from_vertices(parallelogram)
+    with pytest.raises(ValueError, match="4 vertices"):
+        Box.from_vertices(np.zeros((5, 2)))
+
+
+def test_box_validates_fields():
+    with pytest.raises(ValueError, match="kind"):
+        Box((0, 0), (2, 2), kind="polygon")
+    with pytest.raises(ValueError, match="negative"):
+        Box((0, 0), (-1, 2))
+    with pytest.raises(ValueError, match="inverted"):
+        Box.from_corners(10, 0, 5, 5)
+    assert Box((1, 2), (3, 4)) == Box((1.0, 2.0), (3.0, 4.0))
+
+
+# ---------------------------------------------------------------------- shapes
+
+
+def test_boxes_from_shapes_table_and_vertices():
+    rows = np.array([[4, 3, 15, 20], [0, 0, 2, 2]])
+    boxes = boxes_from_shapes(rows)
+    assert boxes == [Box.from_corners(4, 3, 15, 20), Box.from_corners(0, 0, 2, 2)]
+    verts = [np.array([[3.5, 2.5], [3.5, 19.5], [14.5, 19.5], [14.5, 2.5]])]
+    (box,) = boxes_from_shapes(verts, ["ellipse"])
+    assert box.kind == "ellipse"
+    np.testing.assert_allclose(box.center, (9, 11))
+    assert boxes_from_shapes(verts)[0].kind == "rectangle"
+
+
+@pytest.mark.parametrize("kind", ["polygon", "path", "line"])
+def test_boxes_from_shapes_rejects_other_shape_types(kind):
+    verts = [np.array([[0, 0], [0, 5], [5, 5], [5, 0]], float)] * 2
+    with pytest.raises(ValueError, match=r"Shape 1 is a .*only rectangles and ellipses are boxes"):
+        boxes_from_shapes(verts, ["rectangle", kind])
+
+
+def test_boxes_by_plane_groups_and_checks_planes():
+    def rect(plane, y0, x0, y1, x1):
+        return np.array(
+            [[plane, y0, x0], [plane, y0, x1], [plane, y1, x1], [plane, y1, x0]], float
+        )
+
+    data = [rect(2, 0.5, 0.5, 8, 5), rect(0, 1, 1, 4, 4), rect(2, 10, 10, 14, 20)]
+    out = boxes_by_plane(data, ["rectangle", "ellipse", "rectangle"])
+    assert list(out) == [0, 2]
+    assert [b.kind for b in out[0]] == ["ellipse"]
+    assert len(out[2]) == 2
+    np.testing.assert_allclose(out[2][1].center, (12, 15))
+    bad = rect(2, 0, 0, 5, 5)
+    bad[1, 0] = 3
+    with pytest.raises(ValueError, match="one plane"):
+        boxes_by_plane([bad])
+    with pytest.raises(ValueError, match=r"\(plane, y, x\)"):
+        boxes_by_plane([np.zeros((4, 2))])
+    with pytest.raises(ValueError, match="only rectangles and ellipses"):
+        boxes_by_plane([rect(0, 0, 0, 5, 5)], ["polygon"])
+
+
+# ---------------------------------------------------------------------- supervision
+
+
+def test_single_box_ellipse_edge_interior_corners():
+    shape = (22, 26)
+    box = Box.from_corners(4, 3, 15, 20)
+    sup = make_supervision(shape, [box])
+    assert isinstance(sup, Supervision)
+    assert sup.classes.dtype == np.uint8 and sup.instances.dtype == np.int32
+    assert sup.region is None and sup.boxes == [box]
+    inside = ellipse_mask(shape, 9.0, 11.0, 5.5, 8.5)
+    np.testing.assert_array_equal(sup.instances, inside.astype(np.int32))
+    # Edge: ellipse pixels with a 4-neighbour outside the ellipse.
+    edge = inside & ~ndi.binary_erosion(inside, border_value=1)
+    np.testing.assert_array_equal(sup.classes == BOUNDARY, edge)
+    np.testing.assert_array_equal(sup.classes == CELL, inside & ~edge)
+    np.testing.assert_array_equal(sup.classes == BACKGROUND, ~inside)
+    # The box corners lie outside its ellipse: background.
+    for corner in [(4, 3), (4, 19), (14, 3), (14, 19)]:
+        assert sup.classes[corner] == BACKGROUND
+    # Extreme points of the ellipse lie on the edge, the centre inside.
+    assert sup.classes[9, 3] == BOUNDARY and sup.classes[4, 11] == BOUNDARY
+    assert sup.classes[9, 11] == CELL
+    assert not (sup.classes == IGNORE).any()
+
+
+def test_overlapping_boxes_get_dividing_line():
+    shape = (30, 45)
+    boxes = [Box.from_corners(5, 5, 25, 25), Box.from_corners(5, 18, 25, 38)]
+    sup = make_supervision(shape, boxes)
+    inst = sup.instances
+    assert set(np.unique(inst)) == {0, 1, 2}
+    # Each owned pixel goes to the ellipse it is deepest in.
+    i, j = np.indices(shape)
+    d = np.stack([((i - 14.5) / 10) ** 2 + ((j - cx) / 10) ** 2 for cx in (14.5, 27.5)])
+    inside = d <= 1
+    expected = np.where(d[0] <= d[1], 1, 2)
+    expected[inside[0] & ~inside[1]] = 1
+    expected[inside[1] & ~inside[0]] = 2
+    expected[~inside.any(0)] = 0
+    np.testing.assert_array_equal(inst, expected)
+    assert inst[15, 20] == 1 and inst[15, 22] == 2  # centres at x = 14.5 and 27.5
+    # Where the owners meet, both sides are boundary ...
+    touch1 = (inst == 1) & ndi.binary_dilation(inst == 2)
+    touch2 = (inst == 2) & ndi.binary_dilation(inst == 1)
+    assert touch1.sum() > 5 and touch2.sum() > 5
+    assert (sup.classes[touch1 | touch2] == BOUNDARY).all()
+    # ... so the two cells' interiors never touch, not even diagonally.
+    cell1 = (sup.classes == CELL) & (inst == 1)
+    cell2 = (sup.classes == CELL) & (inst == 2)
+    assert cell1.any() and cell2.any()
+    assert not (ndi.binary_dilation(cell1, np.ones((3, 3), bool)) & cell2).any()
+
+
+def test_rotated_rectangle_gives_rotated_ellipse():
+    center, long, short = (25.0, 25.0), 15.0, 5.0
+    verts = rotated_vertices(center, long, short, math.pi / 4)[[2, 0, 3, 1]]
+    (box,) = boxes_from_shapes([verts], ["rectangle"])
+    assert abs(box.angle) == pytest.approx(math.pi / 4)
+    assert sorted(box.half_sizes) == pytest.approx([short, long])
+    sup = make_supervision((50, 50), [box])
+    inst = sup.instances
+    # Along the long diagonal (y = x) 10 px from the centre is inside, along the short
+    # diagonal (y = -x) it is outside.
+    assert inst[25 + 7, 25 + 7] == 1 and inst[25 - 7, 25 - 7] == 1
+    assert inst[25 - 7, 25 + 7] == 0 and inst[25 + 7, 25 - 7] == 0
+    i, j = np.indices((50, 50))
+    a = ((i - 25) + (j - 25)) / math.sqrt(2)
+    b = ((j - 25) - (i - 25)) / math.sqrt(2)
+    expected = (a / long) ** 2 + (b / short) ** 2 <= 1
+    # Pixels within float noise of the ellipse may go either way.
+    near = np.abs((a / long) ** 2 + (b / short) ** 2 - 1) < 1e-9
+    np.testing.assert_array_equal((inst > 0)[~near], expected[~near])
+    assert sup.classes[25, 25] == CELL
+
+
+def test_ellipse_shape_kind_gives_same_ellipse():
+    verts = np.array([[3.5, 2.5], [3.5, 19.5], [14.5, 19.5], [14.5, 2.5]])
+    ell = make_supervision((20, 24), boxes_from_shapes([verts], "ellipse"))
+    rect = make_supervision((20, 24), boxes_from_shapes([verts], "rectangle"))
+    assert ell.boxes[0].kind == "ellipse"
+    np.testing.assert_array_equal(ell.classes, rect.classes)
+    np.testing.assert_array_equal(ell.instances, ellipse_mask((20, 24), 9, 11, 5.5, 8.5))
+
+
+def test_region_mode_ignores_outside_region_but_keeps_ellipses():
+    shape = (30, 40)
+    region = np.zeros(shape, bool)
+    region[:, :20] = True
+    boxes = [Box.from_corners(5, 2, 15, 14), Box.from_corners(10, 15, 24, 30)]
+    sup = make_supervision(shape, boxes, region=region)
+    inside = sup.instances > 0
+    assert (sup.classes[~region & ~inside] == IGNORE).all()
+    assert (sup.classes[region & ~inside] == BACKGROUND).all()
+    # The second ellipse reaches outside the region and stays labelled there.
+    assert ((sup.instances == 2) & ~region).any()
+    assert np.isin(sup.classes[inside], (CELL, BOUNDARY)).all()
+    assert sup.region is not None and sup.region.dtype == bool
+    with pytest.raises(ValueError, match=r"region mask has shape \(30, 20\)"):
+        make_supervision(shape, boxes, region=region[:, :20])
+
+
+def test_edge_width_thickens_boundary_inwards():
+    shape = (40, 40)
+    boxes = [Box.from_corners(5, 5, 35, 33)]
+    thin = make_supervision(shape, boxes)
+    thick = make_supervision(shape, boxes, edge_width=3)
+    np.testing.assert_array_equal(thin.instances, thick.instances)
+    assert ((thin.classes == BOUNDARY) <= (thick.classes == BOUNDARY)).all()
+    assert (thick.classes == BOUNDARY).sum() > 2.5 * (thin.classes == BOUNDARY).sum()
+    assert thick.classes[20, 7] == BOUNDARY and thick.classes[20, 9] == CELL
+    with pytest.raises(ValueError, match="edge_width"):
+        make_supervision(shape, boxes, edge_width=0)
+
+
+def test_accepts_table_rows_and_shapes():
+    rows = np.array([[4, 3, 15, 20]])
+    a = make_supervision((20, 24), rows)
+    b = make_supervision((20, 24), [Box.from_corners(4, 3, 15, 20)])
+    np.testing.assert_array_equal(a.classes, b.classes)
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_no_boxes():
+    with pytest.raises(ValueError, match="draw at least one rectangle around a cell"):
+        make_supervision((10, 10), [])
+    with pytest.raises(ValueError, match="draw at least one rectangle"):
+        make_supervision((10, 10), np.zeros((0, 4)))
+
+
+def test_box_wholly_outside_names_it():
+    boxes = [Box.from_corners(1, 1, 5, 5), Box.from_corners(20, 30, 25, 40)]
+    with pytest.raises(
+        ValueError, match=r"Box 1 \(y0, x0, y1, x1 = \(20, 30, 25, 40\)\).*outside"
+    ):
+        make_supervision((10, 10), boxes)
+
+
+def test_box_partly_outside_warns_and_is_clipped():
+    boxes = [Box.from_corners(1, 1, 5, 5), Box.from_corners(-3, 6, 6, 14)]
+    with pytest.warns(UserWarning, match=r"box 1\).*clipped"):
+        sup = make_supervision((10, 10), boxes)
+    assert (sup.instances == 2).any()
+    assert sup.instances[0, 9] == 2
+
+
+def test_box_inside_image_does_not_warn(recwarn):
+    make_supervision((10, 10), [Box.from_corners(0, 0, 10, 10)])
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_tiny_box_is_rejected():
+    with pytest.raises(ValueError, match=r"Box 1 .*1 x 6 pixels.*at least 2"):
+        make_supervision((20, 20), [Box.from_corners(1, 1, 5, 5), Box.from_corners(2, 2, 3, 8)])
+    # Two pixels is enough.
+    make_supervision((20, 20), [Box.from_corners(2, 2, 4, 4)])
+
+
+@pytest.mark.parametrize("shape", [(10,), (3, 10, 10), (10, 10, 3)])
+def test_shape_must_be_2d(shape):
+    with pytest.raises(ValueError, match="2D image shape"):
+        make_supervision(shape, [Box.from_corners(1, 1, 5, 5)])
+
+
+def test_many_boxes_on_a_large_image_are_fast():
+    rng = np.random.default_rng(0)
+    y0 = rng.integers(0, 2000, 1000)
+    x0 = rng.integers(0, 2000, 1000)
+    size = rng.integers(6, 40, (1000, 2))
+    rows = np.c_[y0, x0, np.minimum(y0 + size[:, 0], 2048), np.minimum(x0 + size[:, 1], 2048)]
+    start = time.perf_counter()
+    sup = make_supervision((2048, 2048), rows)
+    elapsed = time.perf_counter() - start
+    assert sup.instances.max() >= 990  # a few may be fully covered by larger neighbours
+    assert elapsed < 5.0, f"1000 boxes on 2048x2048 took {elapsed:.2f} s"

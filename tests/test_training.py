@@ -1,0 +1,192 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mutualseg.exchange import ExchangeContext
+from napari_mutualseg.inference import predict_proba
+from napari_mutualseg.metrics import evaluate
+from napari_mutualseg.supervision import (
+    BOUNDARY,
+    CELL,
+    IGNORE,
+    boxes_from_shapes,
+    make_supervision,
+)
+from napari_mutualseg.synthetic import synthetic_scene
+from napari_mutualseg.training import MutualTrainer, TrainConfig
+
+TINY = {
+    "rounds": 2,
+    "steps_per_round": 4,
+    "batch_size": 2,
+    "patch_size": 32,
+    "width": 4,
+    "depth": 2,
+    "device": "cpu",
+    "min_change": 0.0,
+}
+
+
+@pytest.fixture(scope="module")
+def scene():
+    image, gt, boxes = synthetic_scene((64, 64), 5, seed=3)
+    return image, gt, make_supervision(image.shape, boxes_from_shapes(boxes))
+
+
+def test_reports_one_per_round_with_everything(scene):
+    image, _, sup = scene
+    trainer = MutualTrainer([image, image[::-1].copy()], [sup, _flip(sup)], TrainConfig(**TINY))
+    reports = list(trainer)
+    assert [r.round for r in reports] == [1, 2]
+    for r in reports:
+        assert r.rounds == 2 and r.device == "cpu" and r.seconds > 0
+        assert np.isfinite([r.loss_a, r.loss_b]).all()
+        for name in ("classes_a", "classes_b", "instances_a", "instances_b", "instances"):
+            maps = getattr(r, name)
+            assert len(maps) == 2 and maps[0].shape == image.shape
+        assert set(np.unique(r.labels_a[0])) <= {0, CELL, BOUNDARY, IGNORE}
+        assert 0.0 <= r.changed <= 1.0
+    assert trainer.step == trainer.total_steps == 2 * 2 * 4
+    assert len(trainer.pair.history) == 2
+
+
+def _flip(sup):
+    return make_supervision(
+        sup.classes.shape,
+        [
+            b.__class__(
+                (sup.classes.shape[0] - 1 - b.center[0], b.center[1]), b.half_sizes, -b.angle
+            )
+            for b in sup.boxes
+        ],
+    )
+
+
+def test_each_network_learns_from_the_other(scene):
+    """A's next labels come from B's prediction and B's from A's, never from themselves."""
+    image, _, sup = scene
+    cfg = TrainConfig(**{**TINY, "rounds": 1, "steps_per_round": 25, "width": 8})
+    trainer = MutualTrainer(image, sup, cfg)
+    report = next(iter(trainer))
+    ctx: ExchangeContext = trainer.contexts[0]
+    x = trainer.images[0]
+    cpu = torch.device("cpu")
+    from_a = ctx.combine(predict_proba([trainer.pair.model_a], x, cpu))
+    from_b = ctx.combine(predict_proba([trainer.pair.model_b], x, cpu))
+    assert not np.array_equal(from_a, from_b), "the two networks should disagree somewhere"
+    np.testing.assert_array_equal(report.labels_a[0], from_b)
+    np.testing.assert_array_equal(report.labels_b[0], from_a)
+
+
+def test_reproducible_on_cpu_and_models_differ(scene):
+    image, _, sup = scene
+    runs = [list(MutualTrainer(image, sup, TrainConfig(**TINY))) for _ in range(2)]
+    assert runs[0][-1].loss_a == runs[1][-1].loss_a
+    np.testing.assert_array_equal(runs[0][-1].labels_b[0], runs[1][-1].labels_b[0])
+    assert runs[0][-1].loss_a != runs[0][-1].loss_b  # different initialisation
+
+
+def test_cancel_stops_within_a_step_and_keeps_last_round(scene):
+    image, _, sup = scene
+    cfg = TrainConfig(**{**TINY, "rounds": 50, "steps_per_round": 30})
+    trainer = MutualTrainer(image, sup, cfg)
+    reports, states = [], []
+    at_cancel = {}
+
+    def run():
+        for r in trainer:
+            reports.append(r)
+            states.append({k: v.clone() for k, v in trainer.pair.model_a.state_dict().items()})
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while trainer.step < 2 * 30 + 10:  # inside round 2
+        thread.join(0.01)
+    at_cancel["step"] = trainer.step
+    trainer.cancel()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert trainer.step <= at_cancel["step"] + 1
+    assert len(reports) == 1
+    for k, v in trainer.pair.model_a.state_dict().items():
+        torch.testing.assert_close(v, states[-1][k])
+
+
+def test_resume_continues_from_a_pair(scene):
+    image, _, sup = scene
+    first = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}))
+    list(first)
+    before = {k: v.clone() for k, v in first.pair.model_a.state_dict().items()}
+    resumed = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}), pair=first.pair)
+    report = next(iter(resumed))
+    assert report.round == 1 and len(resumed.pair.history) == 2
+    # the pair handed in is left untouched
+    for k, v in first.pair.model_a.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_user_edits_are_trusted(scene):
+    image, _, sup = scene
+    edited = sup.classes.copy()
+    edited[:4, :4] = CELL  # the user painted a cell where the boxes said background
+    ctx = ExchangeContext.build(sup, edited)
+    assert (ctx.initial[:4, :4] == CELL).all()
+    proba = np.zeros((3, *image.shape), np.float32)
+    proba[0] = 1.0  # a peer that sees only background
+    assert (ctx.combine(proba)[:4, :4] == CELL).all()
+
+
+def test_confident_exchange_ignores_unsure_pixels_and_keeps_objects_in_their_box(scene):
+    image, _, sup = scene
+    ctx = ExchangeContext.build(sup)
+    proba = np.full((3, *image.shape), 1 / 3, np.float32)  # a peer unsure everywhere
+    label = ctx.combine(proba)
+    inside_not_core = ctx.in_box & ~ctx.core
+    assert (label[inside_not_core & (ctx.initial == IGNORE)] == IGNORE).all()
+    # a peer that calls the whole image cell: objects must still stop at their boxes
+    proba = np.zeros_like(proba)
+    proba[1] = 1.0
+    label = ctx.combine(proba)
+    assert ((label == CELL) & ~ctx.in_box).sum() == 0
+
+
+def test_bad_inputs_are_refused_clearly(scene):
+    image, _, sup = scene
+    with pytest.raises(ValueError, match="one supervision"):
+        MutualTrainer([image, image], [sup], TrainConfig(**TINY))
+    with pytest.raises(ValueError, match="constant"):
+        MutualTrainer(np.ones_like(image), sup, TrainConfig(**TINY))
+    bad = image.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        MutualTrainer(bad, sup, TrainConfig(**TINY))
+    with pytest.raises(ValueError, match="RGB"):
+        MutualTrainer(np.stack([image] * 3, -1), sup, TrainConfig(**TINY))
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=5.0)
+    with pytest.raises(ValueError, match="shape"):
+        MutualTrainer(image[:40], sup, TrainConfig(**TINY))
+
+
+def test_mutual_rounds_beat_round_one_on_non_elliptical_cells():
+    """Rounded-rectangle cells: the ellipse prior is wrong, the exchange must recover shape."""
+    image, gt, boxes = synthetic_scene((96, 96), 8, kind="rounded", size=(18, 30), seed=1)
+    sup = make_supervision(image.shape, boxes_from_shapes(boxes))
+    cfg = TrainConfig(
+        rounds=4,
+        steps_per_round=60,
+        batch_size=4,
+        patch_size=64,
+        width=8,
+        depth=3,
+        device="cpu",
+        min_change=0.0,
+        seed=0,
+    )
+    scores = [evaluate(r.instances[0], gt) for r in MutualTrainer(image, sup, cfg)]
+    ellipse = evaluate(sup.instances, gt)
+    print([round(s["map"], 3) for s in scores], round(ellipse["map"], 3))
+    assert scores[-1]["map"] > scores[0]["map"] + 0.02
+    assert scores[-1]["map"] > ellipse["map"]
