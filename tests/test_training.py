@@ -171,8 +171,8 @@ def test_bad_inputs_are_refused_clearly(scene):
 
 
 def test_mutual_rounds_beat_round_one_on_non_elliptical_cells():
-    """Rounded-rectangle cells: the ellipse prior is wrong, the exchange must recover shape."""
-    image, gt, boxes = synthetic_scene((96, 96), 8, kind="rounded", size=(18, 30), seed=1)
+    """Bean-shaped cells: the ellipse prior is wrong, the exchange must recover the shape."""
+    image, gt, boxes = synthetic_scene((96, 96), 8, kind="bean", size=(18, 30), seed=1)
     sup = make_supervision(image.shape, boxes_from_shapes(boxes))
     cfg = TrainConfig(
         rounds=4,
@@ -188,5 +188,5 @@ def test_mutual_rounds_beat_round_one_on_non_elliptical_cells():
     scores = [evaluate(r.instances[0], gt) for r in MutualTrainer(image, sup, cfg)]
     ellipse = evaluate(sup.instances, gt)
     print([round(s["map"], 3) for s in scores], round(ellipse["map"], 3))
-    assert scores[-1]["map"] > scores[0]["map"] + 0.02
+    assert scores[-1]["map"] > scores[0]["map"] + 0.05
     assert scores[-1]["map"] > ellipse["map"]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 if TYPE_CHECKING:
@@ -126,13 +127,17 @@ def instances_from_proba(
     seed_threshold: float = 0.5,
     boundary_threshold: float = 0.3,
     min_size: int = 16,
+    smoothing: float = 1.0,
+    h: float = 1.0,
 ) -> np.ndarray:
     """Cell instances from class probabilities by seeded watershed.
 
-    Seeds are the connected parts of (P(cell) > ``seed_threshold`` and P(boundary) <
-    ``boundary_threshold``); they grow by watershed over the foreground (P(cell) + P(boundary)
-    > ``fg_threshold``), which gives the boundary band back to the cells. Objects smaller than
-    ``min_size`` pixels are dropped.
+    The cell cores are the pixels with P(cell) > ``seed_threshold`` and P(boundary) <
+    ``boundary_threshold``. One seed per cell is a regional maximum (of height at least ``h``
+    pixels) of their smoothed distance to the core's edge: touching cells whose cores still
+    meet at a narrow neck get a seed each, which the raw cores alone would merge. Seeds grow by
+    watershed over the foreground (P(cell) + P(boundary) > ``fg_threshold``), which gives the
+    boundary band back to the cells. Objects smaller than ``min_size`` pixels are dropped.
 
     Parameters
     ----------
@@ -142,6 +147,8 @@ def instances_from_proba(
         Probability thresholds described above.
     min_size : int
         Smallest object kept, in pixels.
+    smoothing, h : float
+        Gaussian sigma applied to the distance map and least height of a seed, in pixels.
 
     Returns
     -------
@@ -150,10 +157,10 @@ def instances_from_proba(
     """
     cell, boundary = proba[1], proba[2]
     foreground = (cell + boundary) > fg_threshold
-    seeds = (cell > seed_threshold) & (boundary < boundary_threshold) & foreground
-    markers, _ = ndi.label(seeds)
-    markers = _relabel_min_size(markers, max(2, min_size // 4))
-    labels = watershed(boundary - cell, markers, mask=foreground)
+    cores = (cell > seed_threshold) & (boundary < boundary_threshold) & foreground
+    distance = ndi.gaussian_filter(ndi.distance_transform_edt(cores), smoothing)
+    markers, _ = ndi.label(h_maxima(distance, h) & cores)
+    labels = watershed(-distance, markers, mask=foreground)
     return _relabel_min_size(labels.astype(np.int32, copy=False), min_size)
 
 
@@ -208,9 +215,18 @@ def box_objects(
 
 
 def per_box_instances(
-    proba: np.ndarray, supervision: Supervision, *, fg_threshold: float = 0.5
+    proba: np.ndarray,
+    supervision: Supervision,
+    *,
+    fg_threshold: float = 0.5,
+    core_scale: float = 0.5,
+    min_size: int = 16,
 ) -> np.ndarray:
-    """Instances of a boxed training image read box by box: exactly one object per box.
+    """Instances of a boxed image: one object per box, plus the cells nobody boxed.
+
+    Each box gets the predicted object that covers its ellipse core (or the ellipse itself
+    when the networks found nothing there: a box promises a cell). Cells the watershed finds
+    outside every box (unboxed cells in an annotated region, or beyond it) are added.
 
     Parameters
     ----------
@@ -218,13 +234,33 @@ def per_box_instances(
         ``(3, H, W)`` probabilities.
     supervision : Supervision
         The boxes of this image.
-    fg_threshold : float
-        Foreground is P(cell) + P(boundary) above this.
+    fg_threshold, core_scale : float
+        Foreground threshold and ellipse core size (see :func:`box_objects`).
+    min_size : int
+        Smallest unboxed object kept, in pixels.
 
     Returns
     -------
     numpy.ndarray
-        int32 labels, ``k + 1`` for box ``k`` (0 where a box found nothing).
+        int32 labels: ``k + 1`` for box ``k``, larger ids for unboxed cells.
     """
-    labels, _ = box_objects((proba[1] + proba[2]) > fg_threshold, supervision)
+    foreground = (proba[1] + proba[2]) > fg_threshold
+    labels, found = box_objects(foreground, supervision, core_scale=core_scale)
+    missing = np.isin(supervision.instances, np.flatnonzero(found == 0) + 1) & (labels == 0)
+    labels[missing] = supervision.instances[missing]
+    in_box = np.zeros(labels.shape, bool)
+    for box in supervision.boxes:
+        slices, u, v = box.local_coords(labels.shape)
+        in_box[slices] |= np.maximum(np.abs(u), np.abs(v)) <= 1.0
+    free = instances_from_proba(proba, fg_threshold=fg_threshold, min_size=min_size)
+    n_free = int(free.max())
+    if n_free:
+        area = np.bincount(free.ravel(), minlength=n_free + 1)
+        boxed = np.bincount(free[in_box], minlength=n_free + 1)
+        unboxed = np.flatnonzero(boxed < 0.5 * area)
+        unboxed = unboxed[unboxed > 0]
+        add = np.isin(free, unboxed) & (labels == 0)
+        lut = np.zeros(n_free + 1, np.int32)
+        lut[unboxed] = len(supervision.boxes) + np.arange(1, unboxed.size + 1, dtype=np.int32)
+        labels[add] = lut[free[add]]
     return labels

@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from .exchange import EXCHANGES, ExchangeContext, changed_fraction
-from .inference import instances_from_proba, predict_proba
+from .inference import per_box_instances, predict_proba
 from .models import ModelPair, UNet, build_unet, describe_device, select_device
 from .preprocess import DEFAULT_PERCENTILES, as_planes, normalize
 from .supervision import IGNORE, Supervision
@@ -129,7 +129,15 @@ class TrainConfig:
 
 @dataclass
 class RoundReport:
-    """What one round produced, one entry per training image in every list."""
+    """What one round produced, one entry per training image in every list.
+
+    ``classes_*`` are each network's class maps (argmax); ``instances_a``, ``instances_b``
+    and ``instances`` (the ensemble of both) are read box by box (one object per box, see
+    :func:`~napari_mutualseg.inference.per_box_instances`); ``labels_a`` / ``labels_b`` are
+    what A / B learn from in the next round (from B's / A's prediction); ``probabilities``
+    is the ensemble softmax; ``changed`` is the fraction of labelled pixels whose class
+    changed since the labels of this round.
+    """
 
     round: int
     rounds: int
@@ -361,9 +369,9 @@ class MutualTrainer:
                 loss_b=losses[1],
                 classes_a=[p.argmax(0).astype(np.uint8) for p in probas[0]],
                 classes_b=[p.argmax(0).astype(np.uint8) for p in probas[1]],
-                instances_a=[self._instances(p) for p in probas[0]],
-                instances_b=[self._instances(p) for p in probas[1]],
-                instances=[self._instances(p) for p in ensemble],
+                instances_a=self._instances(probas[0]),
+                instances_b=self._instances(probas[1]),
+                instances=self._instances(ensemble),
                 labels_a=new_targets[0],
                 labels_b=new_targets[1],
                 changed=changed,
@@ -406,10 +414,19 @@ class MutualTrainer:
             for im in self.images
         ]
 
-    def _instances(self, proba: np.ndarray) -> np.ndarray:
-        return instances_from_proba(
-            proba, fg_threshold=self.config.fg_threshold, min_size=self.config.min_size
-        )
+    def _instances(self, probas: list[np.ndarray]) -> list[np.ndarray]:
+        """Per-box instances of every training image (one object per box, unboxed cells added)."""
+        cfg = self.config
+        return [
+            per_box_instances(
+                p,
+                ctx.supervision,
+                fg_threshold=cfg.fg_threshold,
+                core_scale=cfg.core_scale,
+                min_size=cfg.min_size,
+            )
+            for p, ctx in zip(probas, self.contexts, strict=True)
+        ]
 
     def _train_round(
         self,
