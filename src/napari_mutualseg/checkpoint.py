@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .io import check_writable
 from .models import ModelPair, UNet, select_device
 
 FORMAT = "napari-mutualseg/pair"
@@ -43,16 +44,7 @@ def save_pair(pair: ModelPair, path: str | os.PathLike, *, overwrite: bool = Fal
     pathlib.Path
         The path written.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists. Choose another file name, or pass overwrite=True "
-            "(--overwrite on the command line) to replace it."
-        )
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"{path} is a folder; give a file name such as {path / 'model.pt'}"
-        )
+    path = check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .io import check_writable
 
 # Mistakes a user can make; these are printed as one clear line, never as a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -26,13 +27,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 class _Fail(Exception):
     pass
-
-
-def _check_new(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; choose another path or add --overwrite to replace it."
-        )
 
 
 def _load_images(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
@@ -126,7 +120,7 @@ def cmd_supervise(args: argparse.Namespace) -> None:
     from .supervision import make_supervision
 
     out = Path(args.out)
-    _check_new(out, args.overwrite)
+    check_writable(out, args.overwrite)
     (_, image, boxes), *rest = _boxes_for([args.image], [args.boxes])
     if rest:
         raise ValueError("supervise takes a single 2D image; use train for stacks.")
@@ -144,12 +138,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .supervision import make_supervision
 
     out = Path(args.out)
-    _check_new(out, args.overwrite)
+    check_writable(out, args.overwrite)
     items = _boxes_for(args.images, args.boxes)
     labels_dir = Path(args.labels_out) if args.labels_out else None
     if labels_dir is not None:
         for name, _, _ in items:
-            _check_new(labels_dir / f"{name}_cells.tif", args.overwrite)
+            check_writable(labels_dir / f"{name}_cells.tif", args.overwrite)
     sups = [make_supervision(img.shape, boxes) for _, img, boxes in items]
     config = _config_from(args)
     pair = ModelPair.load(args.resume, device=args.device) if args.resume else None
@@ -182,7 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     planes = _load_images(args.images)
     targets = [out / f"{name}_cells.tif" for name, _ in planes]
     for t in targets:
-        _check_new(t, args.overwrite)
+        check_writable(t, args.overwrite)
     for (name, image), target in tqdm(
         list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False
     ):
@@ -228,7 +222,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         out / "model.pt",
     )
     for p in (overlay_path, metrics_path, model_path):
-        _check_new(p, args.overwrite)
+        check_writable(p, args.overwrite)
     start = time.perf_counter()
     sample = load_sample()
     boxes = boxes_from_shapes(sample.boxes)

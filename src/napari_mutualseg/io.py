@@ -30,7 +30,7 @@ import numpy as np
 
 from .supervision import BOX_TYPES, Box, boxes_by_plane, boxes_from_shapes
 
-__all__ = ["read_box_table", "read_image", "write_box_table", "write_labels"]
+__all__ = ["check_writable", "read_box_table", "read_image", "write_box_table", "write_labels"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -101,11 +101,25 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def _check_new(path: Path, overwrite: bool) -> None:
+def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse to replace an existing file unless ``overwrite`` says so.
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` exists and ``overwrite`` is False.
+    IsADirectoryError
+        When ``path`` is a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name inside it instead.")
     if path.exists() and not overwrite:
         raise FileExistsError(
-            f"{path} already exists; pass overwrite=True to replace it or choose another path."
+            f"{path} already exists; choose another path, or pass overwrite=True "
+            "(--overwrite on the command line) to replace it."
         )
+    return path
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False) -> Path:
@@ -146,7 +160,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
         )
     if labels.ndim < 2:
         raise ValueError(f"Labels must be at least 2D, got shape {labels.shape}.")
-    _check_new(path, overwrite)
+    check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(path, labels, compression="zlib")
     return path
@@ -379,7 +393,7 @@ def write_box_table(
             "Rotated boxes, ellipses or sub-pixel boxes cannot be written with image names: "
             "napari's Shapes CSV has no image column. Write one table per image instead."
         )
-    _check_new(path, overwrite)
+    check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -1,0 +1,187 @@
+"""Every CLI verb end to end on tiny inputs, and the user mistakes it must explain."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_mutualseg.cli import main
+from napari_mutualseg.synthetic import synthetic_scene
+
+TINY = ["--rounds", "1", "--steps", "2", "--width", "4", "--depth", "2"]
+TINY += ["--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    image, gt, boxes = synthetic_scene((64, 80), 5, seed=2)
+    img = tmp_path / "cells.tif"
+    tifffile.imwrite(img, (image * 1000).astype(np.uint16))
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, (image[::-1] * 1000).astype(np.uint16))
+    plain = tmp_path / "boxes.csv"
+    plain.write_text("y0,x0,y1,x1\n" + "".join(",".join(map(str, b)) + "\n" for b in boxes))
+    # the CSV napari writes for a Shapes layer of rectangles
+    rows = ["index,shape-type,vertex-index,axis-0,axis-1"]
+    for k, (y0, x0, y1, x1) in enumerate(boxes):
+        corners = [
+            (y0 - 0.5, x0 - 0.5),
+            (y0 - 0.5, x1 - 0.5),
+            (y1 - 0.5, x1 - 0.5),
+            (y1 - 0.5, x0 - 0.5),
+        ]
+        rows += [f"{k},rectangle,{v},{y},{x}" for v, (y, x) in enumerate(corners)]
+    napari_csv = tmp_path / "napari_boxes.csv"
+    napari_csv.write_text("\n".join(rows) + "\n")
+    gt_path = tmp_path / "gt.tif"
+    tifffile.imwrite(gt_path, gt)
+    return {"image": img, "other": other, "plain": plain, "napari": napari_csv, "gt": gt_path}
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_supervise_writes_the_class_map(data, tmp_path, capsys):
+    out = tmp_path / "sup.tif"
+    code, stdout, _ = _run(
+        capsys, "supervise", data["image"], "--boxes", data["plain"], "--out", out
+    )
+    assert code == 0 and "5 boxes" in stdout
+    classes = tifffile.imread(out)
+    assert set(np.unique(classes)) == {0, 1, 2}
+
+
+def test_train_on_napari_csv_then_predict_another_image(data, tmp_path, capsys):
+    model = tmp_path / "model.pt"
+    code, stdout, err = _run(
+        capsys,
+        "train",
+        data["image"],
+        "--boxes",
+        data["napari"],
+        "--out",
+        model,
+        "--labels-out",
+        tmp_path / "labels",
+        *TINY,
+    )
+    assert code == 0, err
+    assert "round 1/1" in stdout and model.exists()
+    labels = tifffile.imread(tmp_path / "labels" / "cells_cells.tif")
+    assert labels.shape == (64, 80) and labels.max() >= 5  # one object per box at least
+    code, stdout, err = _run(
+        capsys, "predict", model, data["other"], "--out", tmp_path / "pred", "--device", "cpu"
+    )
+    assert code == 0, err
+    assert tifffile.imread(tmp_path / "pred" / "other_cells.tif").shape == (64, 80)
+    # resume from the saved model
+    code, _, err = _run(
+        capsys,
+        "train",
+        data["image"],
+        "--boxes",
+        data["plain"],
+        "--out",
+        tmp_path / "m2.pt",
+        "--resume",
+        model,
+        *TINY,
+    )
+    assert code == 0, err
+
+
+def test_evaluate_prints_metrics(data, capsys):
+    code, stdout, _ = _run(capsys, "evaluate", data["gt"], data["gt"], "--json")
+    assert code == 0
+    metrics = json.loads(stdout)
+    assert metrics["f1_50"] == 1.0 and metrics["map"] == 1.0
+
+
+def test_demo_runs_the_whole_flow(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = _run(
+        capsys,
+        "demo",
+        "--out",
+        out,
+        "--rounds",
+        "1",
+        "--steps",
+        "2",
+        "--width",
+        "4",
+        "--device",
+        "cpu",
+    )
+    assert code == 0, err
+    assert "ellipse label" in stdout and "round 1/1" in stdout and "mAP" in stdout
+    summary = json.loads((out / "metrics.json").read_text())
+    assert 0 <= summary["final"]["map"] <= 1 and summary["device"].startswith("cpu")
+    assert (out / "overlay.png").stat().st_size > 1000
+    # running it again must not overwrite the earlier results
+    code, _, err = _run(capsys, "demo", "--out", out, "--rounds", "1", "--steps", "1")
+    assert code == 2 and "already exists" in err
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda d, t: ["train", t / "missing.tif", "--boxes", d["plain"], "--out", t / "m.pt"],
+            "missing.tif",
+        ),
+        (
+            lambda d, t: ["train", d["image"], "--boxes", t / "nope.csv", "--out", t / "m.pt"],
+            "nope.csv",
+        ),
+        (lambda d, t: ["train", d["image"], "--boxes", d["gt"], "--out", t / "m.pt"], "box"),
+        (
+            lambda d, t: ["supervise", d["image"], "--boxes", d["plain"], "--out", d["gt"]],
+            "already exists",
+        ),
+        (
+            lambda d, t: ["predict", d["gt"], d["image"], "--out", t / "p"],
+            "napari-mutualseg model",
+        ),
+        (lambda d, t: ["evaluate", d["image"], t / "missing.tif"], "missing.tif"),
+    ],
+)
+def test_user_mistakes_get_a_message_not_a_traceback(data, tmp_path, capsys, make, message):
+    before = data["gt"].read_bytes()
+    code, _, err = _run(capsys, *make(data, tmp_path))
+    assert code == 2
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert data["gt"].read_bytes() == before  # nothing the user made is overwritten
+
+
+def test_bad_images_are_explained(tmp_path, data, capsys):
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.full((64, 80), 7, np.uint16))
+    code, _, err = _run(
+        capsys, "train", flat, "--boxes", data["plain"], "--out", tmp_path / "m.pt", *TINY
+    )
+    assert code == 2 and "constant" in err
+    nan = tmp_path / "nan.tif"
+    arr = np.ones((64, 80), np.float32)
+    arr[5, 5] = np.nan
+    tifffile.imwrite(nan, arr)
+    code, _, err = _run(
+        capsys, "train", nan, "--boxes", data["plain"], "--out", tmp_path / "m.pt", *TINY
+    )
+    assert code == 2 and "NaN" in err
+    outside = tmp_path / "outside.csv"
+    outside.write_text("y0,x0,y1,x1\n500,500,520,530\n")
+    code, _, err = _run(
+        capsys, "supervise", data["image"], "--boxes", outside, "--out", tmp_path / "s.tif"
+    )
+    assert code == 2 and "outside" in err
+    empty = tmp_path / "empty.csv"
+    empty.write_text("y0,x0,y1,x1\n")
+    code, _, err = _run(
+        capsys, "supervise", data["image"], "--boxes", empty, "--out", tmp_path / "s.tif"
+    )
+    assert code == 2 and "box" in err.lower()
