@@ -1,0 +1,50 @@
+"""The npe2 manifest: widgets, the Layers > Segment command and the sample data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import WIDGET_NAME
+from napari_mutualseg import _sample_data
+
+
+def test_manifest_is_valid_and_importable():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-mutualseg")
+    assert manifest.name == "napari-mutualseg"
+    manifest.validate_imports()  # every python_name resolves
+    contributions = manifest.contributions
+    widgets = {w.display_name: w for w in contributions.widgets}
+    assert WIDGET_NAME in widgets
+    assert "Boxes → ellipse supervision" in widgets
+    titles = {c.id: c.title for c in contributions.commands}
+    segment = [item.command for item in contributions.menus["napari/layers/segment"]]
+    assert any(titles[c] == "Boxes → ellipse supervision" for c in segment)
+    samples = {s.key: s for s in contributions.sample_data}
+    assert "bbbc039" in samples
+
+
+def test_sample_data_layers():
+    from napari_mutualseg.sample import load_sample
+
+    sample = load_sample()
+    (image, _image_meta, image_kind), (rects, box_meta, box_kind) = _sample_data.make_sample_data()
+    assert image_kind == "image" and box_kind == "shapes"
+    assert image.shape == sample.image.shape
+    assert box_meta["name"] == "boxes" and box_meta["shape_type"] == "rectangle"
+    assert len(rects) == len(sample.boxes)
+    # a half-open pixel box y0..y1 has edges half a pixel outside its first and last pixel
+    y0, x0, y1, x1 = sample.boxes[0]
+    np.testing.assert_allclose(rects[0].min(0), (y0 - 0.5, x0 - 0.5))
+    np.testing.assert_allclose(rects[0].max(0), (y1 - 0.5, x1 - 0.5))
+
+
+def test_sample_opens_in_napari(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-mutualseg", "bbbc039")
+    names = [layer.name for layer in viewer.layers]
+    assert names[-1] == "boxes"
+    boxes = viewer.layers["boxes"]
+    assert set(boxes.shape_type) == {"rectangle"}
+    assert viewer.layers[names[0]].data.ndim == 2

@@ -1,0 +1,408 @@
+"""The napari face: dock widget, supervision layer, live training, predict, save/load, errors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from conftest import WIDGET_NAME, disc_image, messages, rectangles, tiny_settings
+from napari_mutualseg._napari_utils import OWNER_KEY, boxes_to_supervision
+from napari_mutualseg._widget import MutualSegWidget
+from napari_mutualseg.supervision import BOUNDARY, CELL, IGNORE, make_supervision
+
+TIMEOUT = 60_000  # ms; generous for a loaded 2-core CI machine
+
+
+def same(a, b):
+    """Identity through napari's plugin proxies."""
+    return getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
+
+
+def wait_training(qtbot, widget, timeout=TIMEOUT):
+    # the last report may still be on its way into the layers after the worker ends
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout)
+
+
+# -------------------------------------------------------------------------------- loading
+
+
+def test_widget_loads_through_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    assert isinstance(widget, MutualSegWidget)
+    assert widget.lr_spin.decimals() >= 5
+    assert widget.device_combo.count() >= 2  # "auto" and at least "cpu"
+    assert widget.device_label.text().startswith("Device: ")
+    assert not widget.predict_button.isEnabled()  # nothing trained yet
+    # layer pickers follow the layer list
+    viewer.add_image(np.zeros((32, 32)), name="a")
+    viewer.add_image(np.zeros((32, 32)), name="b")
+    items = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
+    assert items == ["a", "b"]
+    viewer.layers["a"].name = "renamed"
+    assert widget.image_combo.findText("renamed") >= 0
+    del viewer.layers["renamed"]
+    assert widget.image_combo.findText("renamed") < 0
+    boxes = widget.new_boxes_layer()
+    assert boxes.name == "boxes" and boxes.mode == "add_rectangle"
+    assert widget.boxes_layer.name == boxes.name
+
+
+# -------------------------------------------------------------------------------- supervision
+
+
+def test_generate_supervision_updates_in_place(scene):
+    viewer, widget, image, boxes = scene
+    layer = widget.generate_supervision()
+    assert layer is not None and layer.name == "cells supervision"
+    assert layer.metadata[OWNER_KEY]["role"] == "supervision"
+    assert layer.data.shape == image.data.shape
+    values = set(np.unique(layer.data).tolist())
+    assert {0, CELL, BOUNDARY} <= values
+    n_layers = len(viewer.layers)
+    boxes.add_rectangles(rectangles([[2, 2, 10, 10]]))
+    again = widget.generate_supervision()
+    assert same(again, layer) and len(viewer.layers) == n_layers
+    assert again.data[6, 6] == CELL
+
+
+def test_boxes_on_another_scale_map_through_world(scene):
+    viewer, widget, image, _boxes = scene
+    expected = widget.generate_supervision().data.copy()
+    # the same image shown at twice the pixel size; boxes drawn on a scale-1 layer in world units
+    big = viewer.add_image(image.data, name="big", scale=(2, 2))
+    world_boxes = viewer.add_shapes(
+        [r * 2 + 0.5 for r in rectangles(disc_image()[1])], shape_type="rectangle", name="world"
+    )
+    widget.image_layer, widget.boxes_layer = big, world_boxes
+    layer = widget.generate_supervision()
+    assert layer.name == "big supervision"
+    np.testing.assert_array_equal(layer.scale, (2, 2))
+    # rectangles in world units land on the same pixels (within the rounding of the ellipse edge)
+    assert np.mean(layer.data == expected) > 0.98
+
+
+def test_boxes_that_miss_the_image_give_advice(scene, notes):
+    viewer, widget, _image, _boxes = scene
+    far = viewer.add_shapes(rectangles([[500, 500, 520, 520]]), shape_type="rectangle", name="far")
+    widget.boxes_layer = far
+    assert widget.generate_supervision() is None
+    assert any("scale" in m for m in messages(notes, "error"))
+
+
+def test_user_layer_with_the_same_name_is_never_touched(scene):
+    viewer, widget, image, _boxes = scene
+    mine = np.full(image.data.shape, 7, np.int32)
+    user = viewer.add_labels(mine.copy(), name="cells supervision")
+    layer = widget.generate_supervision()
+    assert not same(layer, user) and layer.name != "cells supervision"
+    np.testing.assert_array_equal(user.data, mine)
+    assert OWNER_KEY not in user.metadata
+
+
+def test_region_mode_ignores_outside_the_region(scene):
+    _viewer, widget, _image, _boxes = scene
+    region = widget.new_region_layer()
+    region.add_polygons([np.array([[0, 0], [0, 40], [40, 40], [40, 0]], float)])
+    widget.region_layer = region
+    layer = widget.generate_supervision()
+    assert layer.data[60, 60] == IGNORE  # outside the region: unknown
+    assert layer.data[2, 30] == 0  # inside the region, outside every box: background
+
+
+def test_menu_command_without_the_dock_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, rows = disc_image()
+    img = viewer.add_image(image, name="img")
+    shp = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="my boxes")
+    data, meta, kind = boxes_to_supervision(img, shp)
+    assert kind == "labels" and meta["name"] == "img supervision"
+    expected = make_supervision(image.shape, boxes_of(rows)).classes
+    np.testing.assert_array_equal(data, expected)
+    # the same command as a menu widget (Layers > Segment)
+    _, gui = viewer.window.add_plugin_dock_widget(
+        "napari-mutualseg", "Boxes → ellipse supervision"
+    )
+    gui.image.value, gui.boxes.value = img, shp
+    gui()
+    assert "img supervision" in viewer.layers
+    assert viewer.layers["img supervision"].metadata[OWNER_KEY]["role"] == "supervision"
+
+
+def boxes_of(rows):
+    from napari_mutualseg.supervision import boxes_from_shapes
+
+    return boxes_from_shapes(rectangles(rows))
+
+
+# -------------------------------------------------------------------------------- training
+
+
+def test_train_stop_resume_predict_save_load(scene, qtbot, tmp_path, notes):
+    viewer, widget, _image, _boxes = scene
+    widget.show_labels_check.setChecked(True)
+    seen = []
+    worker = widget.train()
+    assert worker is not None
+    worker.yielded.connect(lambda r: seen.append(r.round))
+
+    # every round rewrites the prediction layers
+    wait_training(qtbot, widget)
+    assert seen == [1, 2]  # one report per round
+    assert widget.applied_rounds[-1] == 2  # rounds may be coalesced, the newest always lands
+    for name in ("model A", "model B", "cells cells", "A learns from", "B learns from"):
+        assert name in viewer.layers, name
+        assert viewer.layers[name].metadata[OWNER_KEY]
+    last = widget.reports[-1]
+    np.testing.assert_array_equal(viewer.layers["model A"].data, last.classes_a[0])
+    np.testing.assert_array_equal(viewer.layers["cells cells"].data, last.instances[0])
+    assert widget.pair is not None and widget.predict_button.isEnabled()
+    assert len(widget.loss_plot.losses) == 2
+
+    # resume: a longer run, stopped mid-way; the completed rounds' models are kept
+    tiny_settings(widget, rounds=3, steps=5000)
+    before = widget.pair
+    widget.train()
+    job = widget._state.job
+    qtbot.waitUntil(lambda: job.progress()[0] >= 2, timeout=TIMEOUT)
+    t0 = time.perf_counter()
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
+    stop_seconds = time.perf_counter() - t0
+    assert stop_seconds < 5, stop_seconds
+    assert widget.pair is before  # no round completed: the previous models stay
+    assert "Stopped" in widget.status_label.text()
+    assert not messages(notes, "error")
+
+    # predict on another layer
+    other_image, _ = disc_image(centres=((32, 32), (12, 50)), seed=3)
+    other = viewer.add_image(other_image, name="other")
+    widget.predict(other, block=True)
+    result = viewer.layers["other cells"]
+    assert result.data.shape == other_image.shape and result.data.dtype == np.int32
+    assert result.metadata[OWNER_KEY]["role"] == "cells"
+
+    # save, refuse to overwrite silently, load, predict again with the loaded pair
+    path = tmp_path / "pair.pt"
+    assert widget.save_model(path) == path and path.exists()
+    assert widget.save_model(path) is None
+    assert any("exist" in m for m in messages(notes, "error"))
+    trained = widget.pair
+    widget.reset_models()
+    assert not widget.predict_button.isEnabled()
+    assert widget.load_model(path) is not None
+    assert widget.predict_button.isEnabled()
+    proba = trained.predict_proba(other_image, tile_size=64)
+    first = result.data.copy()
+    widget.predict("other", block=True)
+    assert same(viewer.layers["other cells"], result)
+    np.testing.assert_array_equal(result.data, first)
+    np.testing.assert_allclose(widget.pair.predict_proba(other_image, tile_size=64), proba)
+
+
+def fake_report(k, shape=(64, 64), rounds=3):
+    from napari_mutualseg.training import RoundReport
+
+    classes = np.full(shape, k % 3, np.uint8)
+    instances = np.full(shape, k, np.int32)
+    return RoundReport(
+        round=k,
+        rounds=rounds,
+        loss_a=1.0 / k,
+        loss_b=1.5 / k,
+        classes_a=[classes],
+        classes_b=[classes],
+        instances_a=[instances],
+        instances_b=[instances],
+        instances=[instances],
+        labels_a=[classes],
+        labels_b=[classes],
+        changed=0.1,
+        seconds=0.01,
+        device="cpu",
+    )
+
+
+def test_refreshes_are_coalesced(scene, qtbot, monkeypatch):
+    """Reports that arrive faster than the layers refresh: only the newest is drawn."""
+    from napari_mutualseg import training
+
+    viewer, widget, _image, _boxes = scene
+
+    class Instant(training.MutualTrainer):
+        def __iter__(self):
+            yield from (fake_report(k) for k in (1, 2, 3))
+
+    monkeypatch.setattr(training, "MutualTrainer", Instant)
+    widget.train(block=True)
+    widget.wait()
+    assert [r.round for r in widget.reports] == [1, 2, 3]
+    assert widget.applied_rounds[-1] == 3
+    np.testing.assert_array_equal(viewer.layers["cells cells"].data, 3)
+    # a burst, with no event-loop turn in between: only the last one reaches the layers
+    applied = len(widget.applied_rounds)
+    for k in (4, 5, 6):
+        widget._on_report(fake_report(k, rounds=6))
+    widget.wait()
+    assert widget.applied_rounds[applied:] == [6]
+    np.testing.assert_array_equal(viewer.layers["cells cells"].data, 6)
+    assert len(widget.loss_plot.losses) == 6  # the loss curve still gets every round
+
+
+def test_main_thread_stays_responsive(scene, qtbot, capsys):
+    """The event loop never waits more than 100 ms while the networks train."""
+    from qtpy.QtCore import QTimer
+
+    viewer, widget, _image, _boxes = scene
+    viewer.window._qt_window.show()
+    tiny_settings(widget, rounds=3, steps=30)
+    widget.show_labels_check.setChecked(True)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    t0 = time.perf_counter()
+    worker = widget.train()
+    started = []
+    worker.started.connect(lambda: started.append(time.perf_counter()))
+    wait_training(qtbot, widget)
+    elapsed = time.perf_counter() - started[0]
+    timer.stop()
+    ticks = np.array(ticks)
+    # From the moment the worker runs; before it, the result layers are added (napari needs
+    # about 0.1 s per new layer), one per event-loop turn.
+    gaps = np.diff(ticks[ticks >= started[0]])
+    longest = float(gaps.max())
+    setup = float(np.diff(ticks[ticks >= t0]).max())
+    per_round = elapsed / len(widget.reports)
+    with capsys.disabled():
+        print(
+            f"\n[responsiveness] {len(gaps) + 1} ticks while training, longest main-thread gap "
+            f"{longest * 1000:.0f} ms (including the layer set-up: {setup * 1000:.0f} ms), "
+            f"{per_round:.2f} s/round on {widget.reports[-1].device}"
+        )
+    assert len(widget.reports) == 3
+    assert widget.applied_rounds == [1, 2, 3]  # every round reached the layers
+    assert longest < 0.100, f"main thread blocked for {longest * 1000:.0f} ms"
+
+
+def test_stack_is_trained_plane_by_plane(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    tiny_settings(widget, rounds=1, steps=2)
+    a, rows_a = disc_image()
+    b, rows_b = disc_image(centres=((30, 30), (12, 12)), seed=1)
+    stack = viewer.add_image(np.stack([a, b, a]), name="stack")
+    widget.image_layer = stack
+    boxes = widget.new_boxes_layer()
+    assert boxes.ndim == 3
+    boxes.add_rectangles(rectangles(rows_a, plane=0) + rectangles(rows_b, plane=1))
+    sup = widget.generate_supervision()
+    assert sup.data.shape == stack.data.shape
+    assert (sup.data[2] == IGNORE).all()  # no boxes on plane 2: not annotated
+    assert (sup.data[0] == CELL).any() and (sup.data[1] == CELL).any()
+    widget.train()
+    wait_training(qtbot, widget)
+    model_a = viewer.layers["model A"]
+    assert model_a.data.shape == stack.data.shape
+    np.testing.assert_array_equal(model_a.data[1], widget.reports[-1].classes_a[1])
+
+
+def test_closing_the_viewer_during_training_stops_the_worker(scene, qtbot):
+    viewer, widget, _image, _boxes = scene
+    tiny_settings(widget, rounds=5, steps=100_000)
+    widget.train()
+    job = widget._state.job
+    qtbot.waitUntil(lambda: job.progress()[0] >= 1, timeout=TIMEOUT)
+    viewer.close()
+    qtbot.waitUntil(job.done.is_set, timeout=15_000)
+
+
+# -------------------------------------------------------------------------------- errors
+
+
+def test_user_mistakes_are_notifications(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    assert widget.train() is None  # no image at all
+    assert widget.predict() is None  # no model
+    img = viewer.add_image(disc_image()[0], name="img")
+    widget.image_layer = img
+    assert widget.generate_supervision() is None  # no boxes layer
+    empty = widget.new_boxes_layer()
+    assert widget.generate_supervision() is None  # no rectangles
+    rgb = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="rgb", rgb=True)
+    widget.image_layer = rgb
+    assert widget.generate_supervision() is None
+    vol4 = viewer.add_image(np.zeros((2, 2, 16, 16), np.float32), name="4d")
+    widget.image_layer = vol4
+    assert widget.train() is None
+    stack = viewer.add_image(np.zeros((3, 32, 32), np.float32), name="stack")
+    flat = viewer.add_shapes(rectangles([[2, 2, 9, 9]]), shape_type="rectangle", name="flat")
+    widget.image_layer, widget.boxes_layer = stack, flat
+    # a 2D boxes layer on a stack cannot say which plane a box belongs to
+    assert flat.ndim == 2
+    assert widget.generate_supervision() is None
+    # a box drawn across planes (3D view): the plugin trains on 2D planes only
+    slanted = np.array([[0, 2, 2], [0, 2, 9], [2, 9, 9], [2, 9, 2]], float)
+    across = viewer.add_shapes([slanted], shape_type="rectangle", name="across", ndim=3)
+    widget.boxes_layer = across
+    assert widget.generate_supervision() is None
+    errors = messages(notes, "error")
+    assert any("spans several planes" in m for m in errors)
+    assert any("must know its plane" in m for m in errors)
+    assert any("No image layer" in m for m in errors)
+    assert any("No trained model" in m for m in errors)
+    assert any("No boxes layer" in m for m in errors)
+    assert any("no rectangles" in m for m in errors)
+    assert any("RGB" in m for m in errors)
+    assert any("4 dimensions" in m for m in errors)
+    assert empty.name in viewer.layers and len(empty.data) == 0
+
+
+def test_painted_values_that_are_not_classes(scene, notes):
+    _viewer, widget, _image, _boxes = scene
+    sup = widget.generate_supervision()
+    sup.data[0, 0] = 5
+    assert widget.train() is None
+    assert any("not classes" in m for m in messages(notes, "error"))
+
+
+@pytest.mark.parametrize("failure", ["nan", "oom"])
+def test_training_failures_stop_cleanly_with_advice(scene, qtbot, monkeypatch, notes, failure):
+    import torch
+
+    from napari_mutualseg import training
+
+    viewer, widget, image, _boxes = scene
+    layers_before = {layer.name: layer for layer in viewer.layers}
+    image_before = image.data.copy()
+
+    class Failing(training.MutualTrainer):
+        def __iter__(self):
+            if failure == "nan":
+                raise training.TrainingError("The loss of network A became NaN in round 1.")
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    original = training.MutualTrainer
+    monkeypatch.setattr(training, "MutualTrainer", Failing)
+    worker = widget.train()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
+    errors = messages(notes, "error")
+    assert errors, "no notification"
+    if failure == "nan":
+        assert any("NaN" in m and "kept" in m for m in errors)
+    else:
+        assert any("Out of memory" in m and "cpu" in m for m in errors)
+    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+    for name, layer in layers_before.items():
+        assert same(viewer.layers[name], layer)
+    np.testing.assert_array_equal(image.data, image_before)
+    # the viewer is still usable: training again works once the failure is gone
+    monkeypatch.setattr(training, "MutualTrainer", original)
+    widget.rounds_spin.setValue(1)
+    widget.train()
+    wait_training(qtbot, widget)
+    assert widget.pair is not None
