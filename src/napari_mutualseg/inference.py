@@ -26,12 +26,20 @@ def _window(size: int, overlap: int) -> np.ndarray:
     return w
 
 
-def _starts(length: int, tile: int, step: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)
-    return starts
+def _tiling(length: int, tile: int, overlap: int, divisor: int) -> tuple[int, list[int]]:
+    """Tile edge and start positions along one axis: as few tiles as fit, all the same size.
+
+    Splitting evenly (rather than full tiles plus a sliver) means a 520-pixel axis with
+    512-pixel tiles costs two ~300-pixel tiles, not two full ones.
+    """
+    whole = -(-length // divisor) * divisor
+    if whole <= tile:
+        return whole, [0]
+    n = -(-(length - overlap) // (tile - overlap))
+    size = -(-(length + (n - 1) * overlap) // n)
+    size = min(-(-size // divisor) * divisor, length // divisor * divisor)
+    starts = np.linspace(0, length - size, n).round().astype(int).tolist()
+    return size, starts
 
 
 @torch.no_grad()
@@ -72,15 +80,13 @@ def predict_proba(
     tile_size = max(divisor, tile_size // divisor * divisor)
     overlap = min(overlap, tile_size // 2)
     # Pad so every tile is full-sized and a multiple of the divisor.
-    tile_h = min(tile_size, -(-height // divisor) * divisor)
-    tile_w = min(tile_size, -(-width // divisor) * divisor)
+    tile_h, ys = _tiling(height, tile_size, overlap, divisor)
+    tile_w, xs = _tiling(width, tile_size, overlap, divisor)
     pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
     padded = np.pad(
         image, ((0, pad_h), (0, pad_w)), mode="reflect" if min(image.shape) > 1 else "edge"
     )
     ph, pw = padded.shape
-    ys = _starts(ph, tile_h, tile_h - overlap)
-    xs = _starts(pw, tile_w, tile_w - overlap)
     weight = np.outer(
         _window(tile_h, overlap if len(ys) > 1 else 0),
         _window(tile_w, overlap if len(xs) > 1 else 0),

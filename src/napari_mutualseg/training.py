@@ -54,6 +54,9 @@ class TrainConfig:
         ``"auto"`` (CUDA, then MPS, then CPU) or an explicit device.
     exchange : str
         How predictions become the peer's labels: ``"confident"`` or ``"literal"``.
+    teacher : str
+        ``"peer"`` (mutual learning: A learns from B and B from A) or ``"self"`` (each network
+        learns from its own prediction: self-training, kept for comparison).
     core_scale : float
         Trusted core of each ellipse, relative to its axes.
     fg_threshold, confidence : float
@@ -83,6 +86,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     exchange: str = "confident"
+    teacher: str = "peer"
     core_scale: float = 0.5
     fg_threshold: float = 0.5
     confidence: float = 0.6
@@ -106,6 +110,8 @@ class TrainConfig:
             problems.append("learning_rate must be between 0 and 1 (1e-3 is a good start)")
         if self.exchange not in EXCHANGES:
             problems.append(f"exchange must be one of {', '.join(EXCHANGES)}")
+        if self.teacher not in ("peer", "self"):
+            problems.append("teacher must be 'peer' or 'self'")
         for name in ("core_scale", "fg_threshold", "confidence", "later_lr_factor"):
             if not 0 < getattr(self, name) <= 1:
                 problems.append(f"{name} must be in (0, 1]")
@@ -396,7 +402,10 @@ class MutualTrainer:
                 return
 
     def _exchange(self, probas: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-        """A learns from B's prediction and B from A's, each combined with the box labels."""
+        """A learns from B's prediction and B from A's, each combined with the box labels.
+
+        With ``teacher="self"`` each network learns from its own prediction instead.
+        """
         cfg = self.config
         kw = {
             "fg_threshold": cfg.fg_threshold,
@@ -406,7 +415,7 @@ class MutualTrainer:
         }
         from_b = [ctx.combine(p, **kw) for ctx, p in zip(self.contexts, probas[1], strict=True)]
         from_a = [ctx.combine(p, **kw) for ctx, p in zip(self.contexts, probas[0], strict=True)]
-        return [from_b, from_a]
+        return [from_a, from_b] if cfg.teacher == "self" else [from_b, from_a]
 
     def _predict(self, model: UNet) -> list[np.ndarray]:
         return [
