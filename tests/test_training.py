@@ -190,3 +190,11 @@ def test_mutual_rounds_beat_round_one_on_non_elliptical_cells():
     print([round(s["map"], 3) for s in scores], round(ellipse["map"], 3))
     assert scores[-1]["map"] > scores[0]["map"] + 0.05
     assert scores[-1]["map"] > ellipse["map"]
+
+
+def test_recommended_settings_follow_the_device():
+    cpu = TrainConfig.recommended("cpu")
+    assert (cpu.batch_size, cpu.patch_size, cpu.depth) == (4, 128, 3)
+    assert cpu.device == "cpu"
+    assert TrainConfig.recommended("cpu", rounds=2, depth=4).depth == 4
+    assert TrainConfig.from_dict(cpu.to_dict()) == cpu

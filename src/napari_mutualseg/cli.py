@@ -79,21 +79,30 @@ def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[tuple[str, 
     return result
 
 
-def _config_from(args: argparse.Namespace):
+# command-line option -> TrainConfig field
+_OPTIONS = {
+    "rounds": "rounds",
+    "steps": "steps_per_round",
+    "batch_size": "batch_size",
+    "patch_size": "patch_size",
+    "width": "width",
+    "depth": "depth",
+    "lr": "learning_rate",
+    "seed": "seed",
+    "exchange": "exchange",
+}
+
+
+def _config_from(args: argparse.Namespace, **fixed):
+    """The recommended settings for the chosen device, with the options the user gave."""
     from .training import TrainConfig
 
-    return TrainConfig(
-        rounds=args.rounds,
-        steps_per_round=args.steps,
-        batch_size=args.batch_size,
-        patch_size=args.patch_size,
-        width=args.width,
-        depth=args.depth,
-        learning_rate=args.lr,
-        seed=args.seed,
-        device=args.device,
-        exchange=args.exchange,
-    )
+    given = {
+        field: getattr(args, opt)
+        for opt, field in _OPTIONS.items()
+        if getattr(args, opt, None) is not None
+    }
+    return TrainConfig.recommended(args.device, **{**fixed, **given})
 
 
 def _train(images, supervisions, config, pair=None, on_round=None):
@@ -213,7 +222,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .metrics import evaluate
     from .sample import load_sample
     from .supervision import boxes_from_shapes, make_supervision
-    from .training import TrainConfig
 
     out = Path(args.out)
     overlay_path, metrics_path, model_path = (
@@ -233,16 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     )
     baseline = evaluate(sup.instances, sample.ground_truth)
     print(f"ellipse label        {_format_metrics(baseline)}")
-    config = TrainConfig(
-        rounds=args.rounds,
-        steps_per_round=args.steps,
-        batch_size=4,
-        patch_size=128,
-        width=args.width,
-        depth=3,
-        seed=args.seed,
-        device=args.device,
-    )
+    config = _config_from(args, rounds=4)
     rounds = []
 
     def show(r):
@@ -294,16 +293,17 @@ def _write_overlay(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarr
     imsave(path, (rgb * 255).astype(np.uint8), check_contrast=False)
 
 
-def _add_training_options(p: argparse.ArgumentParser, rounds: int, steps: int, width: int) -> None:
-    from .training import TrainConfig
-
-    d = TrainConfig()
-    p.add_argument(
-        "--rounds", type=int, default=rounds, help="maximum rounds (default %(default)s)"
-    )
-    p.add_argument("--steps", type=int, default=steps, help="steps per round per network")
-    p.add_argument("--width", type=int, default=width, help="U-Net channels at the first level")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """Training options; left out, each takes the value recommended for the device."""
+    p.add_argument("--rounds", type=int, help="maximum rounds")
+    p.add_argument("--steps", type=int, help="steps per round per network")
+    p.add_argument("--width", type=int, help="U-Net channels at the first level")
+    p.add_argument("--depth", type=int, help="U-Net levels")
+    p.add_argument("--batch-size", type=int, help="crops per training step")
+    p.add_argument("--patch-size", type=int, help="training crop edge in pixels")
+    p.add_argument("--lr", type=float, help="learning rate of round 1")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--exchange", choices=["confident", "literal"], help="exchange rule")
     p.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, mps"
     )
@@ -313,7 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``napari-mutualseg`` command."""
     from .training import TrainConfig
 
-    d = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="napari-mutualseg",
         description="Cell segmentation from boxes: two networks that teach each other.",
@@ -342,12 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--labels-out", help="folder for each boxed image's final segmentation")
     p.add_argument("--resume", help="continue training this saved model")
-    _add_training_options(p, d.rounds, d.steps_per_round, d.width)
-    p.add_argument("--depth", type=int, default=d.depth, help="U-Net levels")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--patch-size", type=int, default=d.patch_size)
-    p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
-    p.add_argument("--exchange", default=d.exchange, choices=["confident", "literal"])
+    _add_training_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_train)
 
@@ -355,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="folder for the instance label TIFFs")
-    p.add_argument("--tile-size", type=int, default=d.tile_size)
+    p.add_argument("--tile-size", type=int, default=TrainConfig.tile_size)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
     p.add_argument("--device", default="auto")
@@ -370,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole flow on the bundled BBBC039 sample")
     p.add_argument("--out", default="demo_output", help="folder for overlay, metrics and model")
-    _add_training_options(p, 4, 60, 16)
+    _add_training_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace earlier demo output")
     p.set_defaults(func=cmd_demo)
     return parser
