@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from .inference import box_objects
-from .supervision import BACKGROUND, BOUNDARY, CELL, IGNORE, Supervision
+from .supervision import BACKGROUND, BOUNDARY, CELL, IGNORE, Supervision, boxes_mask
 
 EXCHANGES = ("confident", "literal")
 
@@ -116,11 +116,10 @@ class ExchangeContext:
             )
         labels = labels.astype(np.uint8)
         edited = labels != generated
-        in_box = np.zeros(shape, bool)
+        in_box = boxes_mask(shape, supervision.boxes)
         core = np.zeros(shape, bool)
         for box in supervision.boxes:
             slices, u, v = box.local_coords(shape)
-            in_box[slices] |= np.maximum(np.abs(u), np.abs(v)) <= 1.0
             core[slices] |= u**2 + v**2 <= core_scale**2
         if exchange == "literal":
             initial = labels.copy()
@@ -201,11 +200,8 @@ class ExchangeContext:
         return (ratio < min_core) | (areas > leak * box_areas)
 
     def _box_mask(self, which: np.ndarray) -> np.ndarray:
-        mask = np.zeros(self.initial.shape, bool)
-        for k in np.flatnonzero(which):
-            slices, u, v = self.supervision.boxes[k].local_coords(mask.shape)
-            mask[slices] |= np.maximum(np.abs(u), np.abs(v)) <= 1.0
-        return mask
+        boxes = self.supervision.boxes
+        return boxes_mask(self.initial.shape, [boxes[k] for k in np.flatnonzero(which)])
 
 
 def changed_fraction(previous: np.ndarray, current: np.ndarray) -> float:

@@ -11,6 +11,8 @@ from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
+from .supervision import boxes_mask
+
 if TYPE_CHECKING:
     from .supervision import Supervision
 
@@ -254,10 +256,7 @@ def per_box_instances(
     labels, found = box_objects(foreground, supervision, core_scale=core_scale)
     missing = np.isin(supervision.instances, np.flatnonzero(found == 0) + 1) & (labels == 0)
     labels[missing] = supervision.instances[missing]
-    in_box = np.zeros(labels.shape, bool)
-    for box in supervision.boxes:
-        slices, u, v = box.local_coords(labels.shape)
-        in_box[slices] |= np.maximum(np.abs(u), np.abs(v)) <= 1.0
+    in_box = boxes_mask(labels.shape, supervision.boxes)
     free = instances_from_proba(proba, fg_threshold=fg_threshold, min_size=min_size)
     n_free = int(free.max())
     if n_free:

@@ -502,6 +502,15 @@ def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
         )
 
 
+def boxes_mask(shape: Sequence[int], boxes: Sequence[Box]) -> np.ndarray:
+    """Pixels (centres) inside any of ``boxes``, as a bool ``shape`` array."""
+    mask = np.zeros(tuple(shape), bool)
+    for box in boxes:
+        slices, u, v = box.local_coords(mask.shape)
+        mask[slices] |= np.maximum(np.abs(u), np.abs(v)) <= 1.0
+    return mask
+
+
 def make_supervision(
     shape: Sequence[int],
     boxes: Sequence[Box] | np.ndarray,
