@@ -392,6 +392,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="processes for the watershed reading (default 1 on CPU, up to 8 with CUDA)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine settings for an ablation, e.g. exchange=literal later_lr_factor=1",
+    )
+    p.add_argument("--tag", help="suffix of the output file names (ablations)")
     return p.parse_args(argv)
 
 
@@ -408,6 +416,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train_kw["rounds"] = args.rounds
     if args.steps:
         train_kw["steps_per_round"] = args.steps
+    defaults = TrainConfig()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not hasattr(defaults, key):
+            raise SystemExit(f"--set {item}: TrainConfig has no setting {key!r}")
+        kind = type(getattr(defaults, key))
+        train_kw[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     n_train, n_eval = conf["n_train"], conf["n_eval"]
     if args.max_images:
         n_train, n_eval = min(n_train, args.max_images), min(n_eval, args.max_images)
@@ -523,6 +538,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.config}_{device.type}_{args.boxes}" + ("_custom" if custom else "")
+    if args.tag:
+        stem += f"_{args.tag}"
     (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot = args.out / f"{stem}_rounds.png"
     title = f"BBBC039, {args.config} config, {device_name}: per-round metrics"
