@@ -198,3 +198,18 @@ def test_recommended_settings_follow_the_device():
     assert cpu.device == "cpu"
     assert TrainConfig.recommended("cpu", rounds=2, depth=4).depth == 4
     assert TrainConfig.from_dict(cpu.to_dict()) == cpu
+
+
+def test_network_b_can_be_wider_and_survives_a_checkpoint(scene, tmp_path):
+    image, _, sup = scene
+    trainer = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1, "width_b": 6}))
+    list(trainer)
+    assert trainer.pair.model_a.arch["width"] == 4 and trainer.pair.model_b.arch["width"] == 6
+    loaded = trainer.pair.save(tmp_path / "pair.pt")
+    from napari_mutualseg.models import ModelPair
+
+    again = ModelPair.load(loaded, device="cpu")
+    assert again.model_b.arch["width"] == 6
+    np.testing.assert_allclose(
+        again.predict_proba(image), trainer.pair.predict_proba(image), atol=1e-5
+    )

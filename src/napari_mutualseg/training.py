@@ -44,6 +44,9 @@ class TrainConfig:
         Random crops per step and their edge in pixels.
     width, depth : int
         U-Net channels at the first level and number of levels (both networks).
+    width_b : int
+        First-level channels of network B when it should differ from A (0: same as A);
+        networks of different sizes make different mistakes, which the exchange relies on.
     learning_rate : float
         Adam learning rate of round 1.
     later_lr_factor : float
@@ -80,6 +83,7 @@ class TrainConfig:
     batch_size: int = 8
     patch_size: int = 256
     width: int = 16
+    width_b: int = 0
     depth: int = 4
     learning_rate: float = 1e-3
     later_lr_factor: float = 0.5
@@ -104,6 +108,8 @@ class TrainConfig:
         for name in ("rounds", "steps_per_round", "batch_size", "width", "depth"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be at least 1")
+        if self.width_b < 0:
+            problems.append("width_b must be 0 (same as width) or positive")
         if self.patch_size < 2 ** (self.depth - 1) * 2:
             problems.append(f"patch_size must be at least {2**self.depth} for depth {self.depth}")
         if not (0 < self.learning_rate < 1) or not math.isfinite(self.learning_rate):
@@ -302,9 +308,10 @@ class MutualTrainer:
         self.resumed = pair is not None
         if pair is None:
             arch = {"in_channels": 1, "n_classes": 3, "width": config.width, "depth": config.depth}
+            arch_b = {**arch, "width": config.width_b or config.width}
             pair = ModelPair(
                 build_unet(arch, config.seed),
-                build_unet(arch, config.seed + 1),
+                build_unet(arch_b, config.seed + 1),
                 config.percentiles,
             )
         else:
