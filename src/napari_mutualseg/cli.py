@@ -32,12 +32,13 @@ class _Fail(Exception):
 def _load_images(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
     """(name, 2D image) for every plane of every file; stacks are split into planes."""
     from .io import read_image
+    from .preprocess import looks_rgb
 
     out = []
     for p in paths:
         image = np.asarray(read_image(p))
         stem = Path(p).name.split(".")[0]
-        if image.ndim == 3 and not (image.shape[-1] in (3, 4) and min(image.shape[:2]) > 4):
+        if image.ndim == 3 and not looks_rgb(image):
             out += [(f"{stem}_plane{i:03d}", plane) for i, plane in enumerate(image)]
         else:
             out.append((stem, image))

@@ -10,6 +10,11 @@ import numpy as np
 DEFAULT_PERCENTILES = (1.0, 99.8)
 
 
+def looks_rgb(array: np.ndarray) -> bool:
+    """Whether a 3D array is one RGB(A) image (H, W, 3|4) rather than a stack of planes."""
+    return array.ndim == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4
+
+
 def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     """Return ``image`` as a 2D float32 array, or raise a ``ValueError`` that says how to fix it.
 
@@ -26,7 +31,7 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
         The image as float32.
     """
     array = np.asarray(image)
-    if array.ndim == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4:
+    if looks_rgb(array):
         raise ValueError(
             f"{name} looks like an RGB(A) image (shape {array.shape}). Segmentation works on one "
             "channel: pass the nuclear or membrane channel alone (e.g. image[..., 0]) or convert "
@@ -59,7 +64,7 @@ def as_planes(images: np.ndarray | Sequence[np.ndarray], name: str = "images") -
         array = np.asarray(images)
         if array.ndim == 2:
             return [check_image(array, name)]
-        if array.ndim == 3 and not (array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4):
+        if array.ndim == 3 and not looks_rgb(array):
             return [check_image(p, f"{name}[{i}]") for i, p in enumerate(array)]
         return [check_image(array, name)]
     if len(images) == 0:
