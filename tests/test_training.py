@@ -12,6 +12,7 @@ from napari_mutualseg.supervision import (
     CELL,
     IGNORE,
     boxes_from_shapes,
+    boxes_mask,
     make_supervision,
 )
 from napari_mutualseg.synthetic import synthetic_scene
@@ -213,3 +214,86 @@ def test_network_b_can_be_wider_and_survives_a_checkpoint(scene, tmp_path):
     np.testing.assert_allclose(
         again.predict_proba(image), trainer.pair.predict_proba(image), atol=1e-5
     )
+
+
+def test_moving_average_is_the_pair_and_trails_the_trained_weights(scene):
+    image, _, sup = scene
+    cfg = TrainConfig(**{**TINY, "rounds": 1, "steps_per_round": 8, "ema": 0.9})
+    plain = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1, "steps_per_round": 8}))
+    averaged = MutualTrainer(image, sup, cfg)
+    start = [p.detach().clone() for p in averaged.pair.model_a.parameters()]
+    report = next(iter(averaged))
+    next(iter(plain))
+    # Same raw training (same seed), but the pair holds weights between the start and the end.
+    for s, a, p in zip(
+        start, averaged.pair.model_a.parameters(), plain.pair.model_a.parameters(), strict=True
+    ):
+        assert not torch.equal(a, p)
+        assert not torch.equal(a, s)
+    shown = predict_proba([averaged.pair.model_a], averaged.images[0], torch.device("cpu"))
+    np.testing.assert_array_equal(report.classes_a[0], shown.argmax(0))
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
+
+
+def test_flipped_predictions_are_flip_consistent():
+    torch.manual_seed(0)
+    from napari_mutualseg.models import build_unet
+
+    net = build_unet({"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}, 0)
+    image = np.random.default_rng(0).random((40, 56), dtype=np.float32)
+    cpu = torch.device("cpu")
+    p = predict_proba([net], image, cpu, flips=True)
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+    for axes in ((0,), (1,), (0, 1)):
+        q = predict_proba([net], np.flip(image, axes).copy(), cpu, flips=True)
+        np.testing.assert_allclose(np.flip(q, [a + 1 for a in axes]), p, atol=1e-5)
+    assert not np.allclose(predict_proba([net], image, cpu), p, atol=1e-4)
+
+
+def test_outside_the_annotated_region_stays_unlabelled_in_every_round(scene):
+    """Unboxed cells outside the region must never be taught as background."""
+    image, _, sup = scene
+    region = np.zeros(image.shape, bool)
+    region[:, :40] = True
+    boxes = [b for b in sup.boxes if b.center[1] + b.half_sizes[1] < 40]
+    assert 0 < len(boxes) < len(sup.boxes)
+    region |= boxes_mask(image.shape, boxes)
+    partial = make_supervision(image.shape, boxes, region=region)
+    trainer = MutualTrainer(image, partial, TrainConfig(**TINY))
+    assert (trainer.contexts[0].initial[~region] == IGNORE).all()
+    for report in trainer:
+        for labels in (report.labels_a[0], report.labels_b[0]):
+            assert (labels[~region] == IGNORE).all()
+
+
+def test_soft_targets_only_where_the_hard_labels_inside_boxes_are_ignored(scene):
+    image, _, sup = scene
+    trainer = MutualTrainer(image, sup, TrainConfig(**TINY, soft_weight=1.0))
+    reports = list(trainer)
+    assert np.isfinite([reports[-1].loss_a, reports[-1].loss_b]).all()
+    proba = [[reports[0].probabilities[0]]] * 2
+    targets = [reports[0].labels_a, reports[0].labels_b]
+    ctx = trainer.contexts[0]
+    for soft, labels in zip(trainer._soft_targets(proba, targets), targets, strict=True):
+        has = ~np.isnan(soft[0][0])
+        assert has.any()
+        np.testing.assert_array_equal(has, ctx.in_box & (labels[0] == IGNORE))
+
+
+def test_agreement_leaves_pixels_where_the_networks_disagree_ignored(scene):
+    image, _, sup = scene
+    trainer = MutualTrainer(image, sup, TrainConfig(**TINY, agreement=True))
+    ctx = trainer.contexts[0]
+    pa = np.zeros((3, *image.shape), np.float32)
+    pa[0] = 1.0
+    pa[1][ctx.core] = 1.0
+    pa[0][ctx.core] = 0.0
+    pb = pa.copy()
+    disagree = ctx.in_box & ~ctx.core
+    pb[:, disagree] = 0.0
+    pb[1, disagree] = 1.0  # B calls the rest of every box cell, A calls it background
+    for labels in trainer._exchange([[pa], [pb]]):
+        assert (labels[0][disagree] == IGNORE).all()
+        assert (labels[0][ctx.core] == CELL).all()
+        assert (labels[0][~ctx.in_box] == 0).all()

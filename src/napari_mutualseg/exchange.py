@@ -139,6 +139,8 @@ class ExchangeContext:
         confidence: float = 0.6,
         min_core_fraction: float = 0.5,
         leak_fraction: float = 0.95,
+        ellipse_background: bool = True,
+        object_edges: bool = False,
     ) -> np.ndarray:
         """The peer's next training label from this model's probabilities.
 
@@ -153,6 +155,11 @@ class ExchangeContext:
         min_core_fraction, leak_fraction : float
             A box falls back to its round-1 label when its object is smaller than
             ``min_core_fraction`` of its core, or covers more than ``leak_fraction`` of its box.
+        ellipse_background : bool
+            Whether confident background inside a box's ellipse is passed on (``"confident"``
+            rule); when False those pixels stay ignored.
+        object_edges : bool
+            Whether each object's inner edge is passed on as boundary (``"confident"`` rule).
 
         Returns
         -------
@@ -182,10 +189,15 @@ class ExchangeContext:
         objects = np.where(keep, objects, 0)
         label = np.full(target.shape, IGNORE, np.uint8)
         obj = objects > 0
-        label[~obj & confident & (argmax == BACKGROUND)] = BACKGROUND
+        background = ~obj & confident & (argmax == BACKGROUND)
+        if not ellipse_background:
+            background &= sup.instances == 0
+        label[background] = BACKGROUND
         label[obj & confident & (argmax != BACKGROUND)] = CELL
         label[obj & confident & (argmax == BOUNDARY)] = BOUNDARY
         label[self.core] = CELL
+        if object_edges:
+            label[find_boundaries(objects, mode="inner")] = BOUNDARY
         label[touching_lines(objects)] = BOUNDARY
         target[keep] = label[keep]
         return target

@@ -9,6 +9,7 @@ training steps.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -51,6 +52,11 @@ class TrainConfig:
         Adam learning rate of round 1.
     later_lr_factor : float
         Learning rate of later rounds (and of resumed training) relative to round 1.
+    ema : float
+        Decay of a moving average of each network's weights (0: off). When on, the averaged
+        weights (a "mean teacher") make the peer's labels, the predictions shown and the
+        trained pair, while training goes on in the raw weights. Off by default: it did not
+        gain in the validation ablation (``benchmarks/results/ablation_val.md``).
     seed : int
         Seeds weights (A uses ``seed``, B ``seed + 1``) and sampling; reproducible on the CPU.
     device : str
@@ -62,10 +68,24 @@ class TrainConfig:
         learns from its own prediction: self-training, kept for comparison).
     core_scale : float
         Trusted core of each ellipse, relative to its axes.
+    flip_labels : bool
+        Average each network's prediction over flips before it becomes its peer's labels
+        (four times the prediction cost between rounds; off: no gain in the ablation).
+    soft_weight : float
+        Weight of a second loss that pulls each network towards its teacher's probabilities
+        on the box pixels its hard labels leave ignored (deep mutual learning; 0: off, it
+        blurred object edges in the ablation).
     fg_threshold, confidence : float
         Foreground threshold on P(cell) + P(boundary); least top probability passed on.
     min_core_fraction, leak_fraction : float
         Per-box fall-back to the box label when the object is tiny or fills the box.
+    ellipse_background, object_edges : bool
+        Whether the peer's confident background inside a box's ellipse is passed on, and
+        whether each passed-on object's inner edge is labelled boundary (``"confident"``
+        rule; the defaults did as well or better in the ablation).
+    agreement : bool
+        Mutual learning only: inside the boxes, pass on only the pixels where A and B predict
+        the same class (a second opinion that self-training cannot have).
     min_change : float
         Stop when fewer than this fraction of labelled pixels change class between rounds.
     min_size : int
@@ -87,15 +107,21 @@ class TrainConfig:
     depth: int = 4
     learning_rate: float = 1e-3
     later_lr_factor: float = 0.5
+    ema: float = 0.0
     seed: int = 0
     device: str = "auto"
     exchange: str = "confident"
     teacher: str = "peer"
     core_scale: float = 0.5
+    flip_labels: bool = False
+    soft_weight: float = 0.0
     fg_threshold: float = 0.5
     confidence: float = 0.6
     min_core_fraction: float = 0.5
     leak_fraction: float = 0.95
+    ellipse_background: bool = True
+    object_edges: bool = False
+    agreement: bool = False
     min_change: float = 0.005
     min_size: int = 16
     tile_size: int = 512
@@ -121,6 +147,10 @@ class TrainConfig:
         for name in ("core_scale", "fg_threshold", "confidence", "later_lr_factor"):
             if not 0 < getattr(self, name) <= 1:
                 problems.append(f"{name} must be in (0, 1]")
+        if not (self.soft_weight >= 0 and math.isfinite(self.soft_weight)):
+            problems.append("soft_weight must be 0 (off) or positive")
+        if not 0 <= self.ema < 1:
+            problems.append("ema must be in [0, 1) (0 turns it off; 0.99 is typical)")
         if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             problems.append("percentiles must be two increasing values in [0, 100]")
         if problems:
@@ -206,31 +236,43 @@ class _PatchSampler:
         areas = np.array([im.shape[0] * im.shape[1] for im in images], np.float64)
         self.weights = areas / areas.sum()
         self.labels: list[torch.Tensor] = []
+        self.soft: list[torch.Tensor] | None = None
 
-    def set_labels(self, labels: list[np.ndarray]) -> None:
-        self.labels = []
-        for image, lab in zip(self.images, labels, strict=True):
+    def set_labels(self, labels: list[np.ndarray], soft: list[np.ndarray] | None = None) -> None:
+        """Hard labels per image and, optionally, soft targets ``(3, H, W)`` (NaN: none)."""
+        self.labels, self.soft = [], None if soft is None else []
+        for i, (image, lab) in enumerate(zip(self.images, labels, strict=True)):
             h, w = image.shape
             padded = np.full((h, w), IGNORE, np.uint8)
             padded[: lab.shape[0], : lab.shape[1]] = lab
             self.labels.append(torch.from_numpy(padded).to(self.device))
+            if soft is not None:
+                target = np.full((3, h, w), np.nan, np.float16)
+                target[:, : lab.shape[0], : lab.shape[1]] = soft[i]
+                self.soft.append(torch.from_numpy(target).to(self.device))
 
-    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         p = self.patch
-        xs, ys = [], []
+        xs, ys, ss = [], [], []
         for i in self.rng.choice(len(self.images), size=self.batch, p=self.weights):
             image, label = self.images[i], self.labels[i]
             y0 = int(self.rng.integers(0, image.shape[0] - p + 1))
             x0 = int(self.rng.integers(0, image.shape[1] - p + 1))
-            x, y = image[y0 : y0 + p, x0 : x0 + p], label[y0 : y0 + p, x0 : x0 + p]
+            crop = (slice(y0, y0 + p), slice(x0, x0 + p))
+            x, y = image[crop], label[crop]
+            s = None if self.soft is None else self.soft[i][(slice(None), *crop)]
             k = int(self.rng.integers(4))
             x, y = torch.rot90(x, k, (0, 1)), torch.rot90(y, k, (0, 1))
+            s = None if s is None else torch.rot90(s, k, (1, 2))
             if self.rng.random() < 0.5:
                 x, y = x.flip(1), y.flip(1)
+                s = None if s is None else s.flip(2)
             gain, offset = self.rng.uniform(0.75, 1.25), self.rng.uniform(-0.1, 0.1)
             xs.append(x * gain + offset)
             ys.append(y)
-        return torch.stack(xs)[:, None], torch.stack(ys).long()
+            ss.append(s)
+        soft = None if self.soft is None else torch.stack(ss).float()
+        return torch.stack(xs)[:, None], torch.stack(ys).long(), soft
 
 
 def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
@@ -350,6 +392,8 @@ class MutualTrainer:
     def __iter__(self) -> Iterator[RoundReport]:
         cfg = self.config
         models = self._pair.models
+        # With a moving average, the pair holds the averaged weights and training runs in copies.
+        students = tuple(copy.deepcopy(m) for m in models) if cfg.ema else models
         divisor = models[0].divisor
         patch = max(divisor, cfg.patch_size // divisor * divisor)
         padded = [torch.from_numpy(_pad_to(im, patch)).to(self.device) for im in self.images]
@@ -357,10 +401,12 @@ class MutualTrainer:
             _PatchSampler(padded, patch, cfg.batch_size, cfg.seed * 2 + k + 1000, self.device)
             for k in range(2)
         ]
-        optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.learning_rate) for m in models]
+        optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.learning_rate) for m in students]
+        soft = [None, None]
         if self.resumed:
             probas = [self._predict(m) for m in models]
             targets = self._exchange(probas)
+            soft = self._soft_targets(probas, targets)
         else:
             initial = [ctx.initial for ctx in self.contexts]
             targets = [initial, initial]
@@ -372,11 +418,11 @@ class MutualTrainer:
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = lr
-            for sampler, t in zip(samplers, targets, strict=True):
-                sampler.set_labels(t)
+            for sampler, t, st in zip(samplers, targets, soft, strict=True):
+                sampler.set_labels(t, st)
             snapshot = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
             try:
-                losses = self._train_round(models, optimizers, samplers, r)
+                losses = self._train_round(students, optimizers, samplers, r)
             except _Cancelled:
                 for m, state in zip(models, snapshot, strict=True):
                     m.load_state_dict(state)
@@ -423,6 +469,7 @@ class MutualTrainer:
                 }
             )
             targets = new_targets
+            soft = self._soft_targets(probas, targets)
             yield report
             if converged:
                 return
@@ -438,14 +485,40 @@ class MutualTrainer:
             "confidence": cfg.confidence,
             "min_core_fraction": cfg.min_core_fraction,
             "leak_fraction": cfg.leak_fraction,
+            "ellipse_background": cfg.ellipse_background,
+            "object_edges": cfg.object_edges,
         }
         from_b = [ctx.combine(p, **kw) for ctx, p in zip(self.contexts, probas[1], strict=True)]
         from_a = [ctx.combine(p, **kw) for ctx, p in zip(self.contexts, probas[0], strict=True)]
-        return [from_a, from_b] if cfg.teacher == "self" else [from_b, from_a]
+        if cfg.teacher == "self":
+            return [from_a, from_b]
+        if cfg.agreement:
+            for ctx, pa, pb, la, lb in zip(self.contexts, *probas, from_a, from_b, strict=True):
+                differ = pa.argmax(0) != pb.argmax(0)
+                unsure = differ & ctx.in_box & ~ctx.core & ~ctx.edited
+                la[unsure] = IGNORE
+                lb[unsure] = IGNORE
+        return [from_b, from_a]
+
+    def _soft_targets(
+        self, probas: list[list[np.ndarray]], targets: list[list[np.ndarray]]
+    ) -> list[list[np.ndarray] | None]:
+        """Each network's teacher probabilities where its hard labels inside boxes are ignored."""
+        if not self.config.soft_weight:
+            return [None, None]
+        teachers = probas if self.config.teacher == "self" else probas[::-1]
+        return [
+            [
+                np.where(ctx.in_box & ~ctx.edited & (t == IGNORE), p, np.nan).astype(np.float16)
+                for ctx, p, t in zip(self.contexts, ps, ts, strict=True)
+            ]
+            for ps, ts in zip(teachers, targets, strict=True)
+        ]
 
     def _predict(self, model: UNet) -> list[np.ndarray]:
+        cfg = self.config
         return [
-            predict_proba([model], im, self.device, tile_size=self.config.tile_size)
+            predict_proba([model], im, self.device, tile_size=cfg.tile_size, flips=cfg.flip_labels)
             for im in self.images
         ]
 
@@ -462,6 +535,21 @@ class MutualTrainer:
             )
             for p, ctx in zip(probas, self.contexts, strict=True)
         ]
+
+    @torch.no_grad()
+    def _update_average(self, k: int, model: UNet) -> None:
+        """Move the pair's network ``k`` towards the trained copy ``model``."""
+        # The warm-up keeps the first steps from averaging in the random initial weights.
+        n = self._steps[k]
+        keep = min(self.config.ema, (1 + n) / (10 + n))
+        average = self._pair.models[k]
+        for a, m in zip(average.parameters(), model.parameters(), strict=True):
+            a.lerp_(m, 1.0 - keep)
+        for a, m in zip(average.buffers(), model.buffers(), strict=True):
+            if a.is_floating_point():
+                a.lerp_(m, 1.0 - keep)
+            else:
+                a.copy_(m)
 
     def _train_round(
         self,
@@ -515,19 +603,27 @@ class MutualTrainer:
         for step in range(cfg.steps_per_round):
             if self._cancel.is_set():
                 raise _Cancelled
-            x, y = sampler.draw()
+            x, y, soft = sampler.draw()
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             # autocast per step: an outer context would keep reusing the first step's cast weights
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = model(x)
+            logits = logits.float()
             valid = (y != IGNORE).sum().clamp(min=1)
-            loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE, reduction="sum") / valid
+            loss = F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="sum") / valid
+            if soft is not None:
+                has = ~soft[:, 0].isnan()
+                q = soft.nan_to_num()
+                kl = (torch.special.xlogy(q, q) - q * F.log_softmax(logits, 1)).sum(1) * has
+                loss = loss + cfg.soft_weight * kl.sum() / has.sum().clamp(min=1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.detach()
             self._steps[k] += 1
+            if cfg.ema:
+                self._update_average(k, model)
             if (step + 1) % 50 == 0 and not torch.isfinite(total):
                 break
         mean = float(total) / cfg.steps_per_round
