@@ -99,6 +99,41 @@ def jitter_boxes(
     return np.clip(moved, 0.0, limit)
 
 
+def region_boxes(labels: np.ndarray, unboxed: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and region of the "annotated region" mode, with a share of the cells left unboxed.
+
+    The person marks the left part of the image as the region and boxes every cell that
+    reaches into it; the cells right of it stay unboxed and unlabelled. The region's right
+    edge is placed so that ``unboxed`` of the cells (by count) lie wholly outside it. The
+    returned region is the marked rectangle united with the boxes of the cells that reach
+    into it (a person boxes a cell on the region's edge whole).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer instance labels, 0 background.
+    unboxed : float
+        Share of the cells left unboxed, in ``[0, 1)``.
+
+    Returns
+    -------
+    boxes : numpy.ndarray
+        ``(N, 4)`` half-open rows ``y0, x0, y1, x1`` of the boxed cells.
+    region : numpy.ndarray
+        bool ``(H, W)`` mask of the annotated region.
+    """
+    boxes = boxes_from_labels(labels)
+    n_boxed = len(boxes) - round(unboxed * len(boxes))
+    left = np.sort(boxes[:, 1])
+    cut = int(left[n_boxed]) if n_boxed < len(boxes) else labels.shape[1]
+    boxes = boxes[boxes[:, 1] < cut]
+    region = np.zeros(labels.shape, bool)
+    region[:, :cut] = True
+    for y0, x0, y1, x1 in boxes.astype(int):
+        region[y0:y1, x0:x1] = True
+    return boxes, region
+
+
 def widen_small_boxes(boxes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Grow boxes thinner than 2 px about their centre so that they make a supervision.
 

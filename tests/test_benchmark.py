@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines.py"
 _spec = importlib.util.spec_from_file_location("bench_baselines", _PATH)
 baselines = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(baselines)
+_spec = importlib.util.spec_from_file_location("bench_summarize", _PATH.with_name("summarize.py"))
+summarize = importlib.util.module_from_spec(_spec)
+sys.path.insert(0, str(_PATH.parent))
+_spec.loader.exec_module(summarize)
 
 
 def test_jitter_stays_inside_and_moves_each_side_at_most_ten_percent():
@@ -60,3 +65,39 @@ def test_rows_have_the_documented_keys_and_make_a_table():
         assert row["map"] == 1.0
     table = baselines.markdown_table(rows)
     assert table.count("\n") == 4 and "| boxed | exact | otsu |" in table
+
+
+def test_region_mode_leaves_a_fifth_of_the_cells_unboxed_and_outside_the_region():
+    truth = synthetic_scene((128, 160), n_cells=20, seed=3)[1]
+    n = len(np.unique(truth)) - 1
+    boxes, region = baselines.region_boxes(truth, unboxed=0.2)
+    assert len(boxes) == n - round(0.2 * n)
+    # Every boxed cell lies wholly inside the region; every unboxed one wholly outside it.
+    all_boxes = baselines.boxes_from_labels(truth)
+    boxed = {tuple(b) for b in boxes.tolist()}
+    for label, box in enumerate(all_boxes.tolist(), start=1):
+        inside = region[truth == label]
+        assert inside.all() if tuple(box) in boxed else not inside.any()
+    sup = make_supervision(truth.shape, boxes, region=region)
+    assert (sup.classes[~region] == 255).all()
+
+
+def test_summary_over_seeds_gives_mean_and_spread_and_checks_targets_on_means():
+    truth = synthetic_scene((64, 64), n_cells=3, seed=2)[1]
+    perfect = baselines.score([truth], [truth])
+    empty = baselines.score([np.zeros_like(truth)], [truth])
+    runs = [
+        [
+            baselines.make_row(
+                "inductive", "mutual", "cpu", "exact", m, 1.0, seconds_per_round=[1.0]
+            ),
+            baselines.make_row("inductive", "full", "cpu", "exact", perfect, 1.0),
+        ]
+        for m in (perfect, empty)
+    ]
+    rows = summarize.mean_rows(runs)
+    mutual = next(r for r in rows if r["method"] == "mutual")
+    assert mutual["n"] == 2 and mutual["map"] == 0.5 and mutual["map_sd"] == 0.5
+    assert "| inductive | exact | mutual | 2 |" in summarize.table(rows)
+    lines = summarize.target_lines(rows)
+    assert any("mAP 0.500 ≥ 0.90 × full 1.000: **missed**" in line for line in lines)
