@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import METHODS, METRIC_KEYS, SETTINGS
 from run import target_lines
 
+BOXES = ("exact", "jittered", "region")
+
 
 def mean_rows(runs: list[list[dict]]) -> list[dict]:
     """One row per (setting, boxes, method): each metric's mean, ``<key>_sd`` and the count."""
@@ -40,12 +42,11 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
         per_round = [np.mean(r["seconds_per_round"]) for r in rows if r.get("seconds_per_round")]
         row["seconds_per_round"] = float(np.mean(per_round)) if per_round else None
         out.append(row)
-    boxes_order = ("exact", "jittered", "region")
     return sorted(
         out,
         key=lambda r: (
             SETTINGS.index(r["setting"]),
-            boxes_order.index(r["boxes"]) if r["boxes"] in boxes_order else 9,
+            BOXES.index(r["boxes"]) if r["boxes"] in BOXES else 9,
             METHODS.index(r["method"]),
         ),
     )
@@ -69,6 +70,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot(rows: list[dict], key: str = "map") -> str:
+    """One metric as a compact table: a row per method, a column per setting and boxes mode."""
+    columns = sorted(
+        {(r["setting"], r["boxes"]) for r in rows},
+        key=lambda c: (SETTINGS.index(c[0]), BOXES.index(c[1]) if c[1] in BOXES else 9),
+    )
+    cell = {(r["setting"], r["boxes"], r["method"]): r for r in rows}
+    names = {"boxed": "boxed", "inductive": "new images"}
+    lines = [
+        f"| {key} | " + " | ".join(f"{names[s]}, {b}" for s, b in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for method in METHODS:
+        values = [cell.get((s, b, method)) for s, b in columns]
+        if not any(values):
+            continue
+        text = [f"{v[key]:.3f} ± {v[key + '_sd']:.3f}" if v else "–" for v in values]
+        lines.append(f"| {method} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Read the JSONs, write the markdown summary."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         f"({', '.join(p.name for p in args.runs)}); targets checked on the means.",
         "",
         table(rows),
+        "",
+        pivot(rows, "map"),
         "",
         *target_lines(rows),
         "",
