@@ -16,7 +16,7 @@ from skimage.segmentation import find_boundaries
 
 from napari_mutualseg.inference import instances_from_proba, per_box_instances
 from napari_mutualseg.metrics import evaluate, mean_metrics
-from napari_mutualseg.supervision import BACKGROUND, BOUNDARY, CELL, Box
+from napari_mutualseg.supervision import BACKGROUND, BOUNDARY, CELL, Box, boxes_mask
 from napari_mutualseg.training import MutualTrainer
 
 #: Keys every result row carries (more keys may follow).
@@ -127,10 +127,8 @@ def region_boxes(labels: np.ndarray, unboxed: float = 0.2) -> tuple[np.ndarray, 
     left = np.sort(boxes[:, 1])
     cut = int(left[n_boxed]) if n_boxed < len(boxes) else labels.shape[1]
     boxes = boxes[boxes[:, 1] < cut]
-    region = np.zeros(labels.shape, bool)
+    region = boxes_mask(labels.shape, [Box.from_corners(*b) for b in boxes])
     region[:, :cut] = True
-    for y0, x0, y1, x1 in boxes.astype(int):
-        region[y0:y1, x0:x1] = True
     return boxes, region
 
 
