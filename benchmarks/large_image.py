@@ -15,7 +15,8 @@ import time
 import numpy as np
 import torch
 
-from napari_mutualseg.models import ModelPair, build_unet, describe_device, select_device
+from napari_mutualseg.devices import describe_device, select_device
+from napari_mutualseg.models import ModelPair, build_unet
 from napari_mutualseg.training import TrainConfig
 
 

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import asdict
 from itertools import repeat
 from pathlib import Path
 
@@ -34,11 +35,11 @@ import numpy as np
 import tifffile
 import torch
 
+from napari_mutualseg.devices import describe_device, select_device
 from napari_mutualseg.inference import predict_proba
-from napari_mutualseg.models import describe_device, select_device
 from napari_mutualseg.preprocess import normalize
 from napari_mutualseg.supervision import make_supervision
-from napari_mutualseg.training import MutualTrainer, TrainConfig
+from napari_mutualseg.training import ExchangeSettings, MutualTrainer, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import (
@@ -205,7 +206,8 @@ class _Pooled:
             return super()._instances(probas)
         cfg = self.config
         sups = [ctx.supervision for ctx in self.contexts]
-        args = (repeat(cfg.fg_threshold), repeat(cfg.core_scale), repeat(cfg.min_size))
+        ex = cfg.exchange
+        args = (repeat(ex.fg_threshold), repeat(ex.core_scale), repeat(cfg.min_size))
         return list(self.pool.map(read_boxed, probas, sups, *args, chunksize=4))
 
 
@@ -221,7 +223,8 @@ def evaluate_inductive(models, images, masks, device, cfg, pool) -> dict[str, di
     mapper = pool.map if pool is not None else _serial_map
     out = {}
     for name, probas in (("a", pa), ("b", pb), ("ensemble", ens)):
-        inst = list(mapper(read_free, probas, repeat(cfg.fg_threshold), repeat(cfg.min_size)))
+        fg = cfg.exchange.fg_threshold
+        inst = list(mapper(read_free, probas, repeat(fg), repeat(cfg.min_size)))
         out[name] = score(inst, masks)
     return out
 
@@ -233,7 +236,7 @@ def run_trained(method, ctx, sups, mode) -> dict:
     if method in ("round1", "full"):
         # Same step budget: every round's steps spent in one round.
         cfg_kw.update(rounds=1, steps_per_round=rounds * steps)
-    cfg = TrainConfig(**cfg_kw, teacher="self" if method == "self" else "peer")
+    cfg = TrainConfig.from_dict({**cfg_kw, "teacher": "self" if method == "self" else "peer"})
     device = ctx["device"]
     per_round = {"boxed": [], "inductive": []}
     seconds_per_round = []
@@ -435,12 +438,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train_kw["rounds"] = args.rounds
     if args.steps:
         train_kw["steps_per_round"] = args.steps
-    defaults = TrainConfig()
+    # TrainConfig settings, or ExchangeSettings ones by their own name (exchange=RULE: the rule)
+    defaults = {**asdict(ExchangeSettings()), **TrainConfig().to_dict()}
+    defaults["exchange"] = ExchangeSettings().rule
     for item in args.set:
         key, _, value = item.partition("=")
-        if not hasattr(defaults, key):
+        if key not in defaults:
             raise SystemExit(f"--set {item}: TrainConfig has no setting {key!r}")
-        kind = type(getattr(defaults, key))
+        kind = type(defaults[key])
         train_kw[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     n_train, n_eval = conf["n_train"], conf["n_eval"]
     if args.max_images:
@@ -517,9 +522,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 # Training on the true masks does not see the boxes: reuse the trained pair and
                 # only read the boxed images with this run's boxes.
                 res = dict(full_cache)
-                cfg = TrainConfig(**train_kw)
+                cfg = TrainConfig.from_dict(train_kw)
+                ex = cfg.exchange
                 inst = [
-                    read_boxed(p, s, cfg.fg_threshold, cfg.core_scale, cfg.min_size)
+                    read_boxed(p, s, ex.fg_threshold, ex.core_scale, cfg.min_size)
                     for p, s in zip(res["final"]["probabilities"], sups, strict=True)
                 ]
                 res["final"] = dict(res["final"], boxed=score(inst, train_masks))

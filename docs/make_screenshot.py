@@ -33,20 +33,22 @@ def main() -> None:
     import napari
     from qtpy.QtCore import QTimer
 
-    from napari_mutualseg import _widget
+    from napari_mutualseg._napari import widget as widget_module
 
     # the docs picture shows the product, not this machine's Qt-binding warning
-    _widget._binding_checked = True
+    widget_module._binding_checked = True
     viewer = napari.Viewer(title="napari-mutualseg")
     viewer.window.resize(*args.size)
     viewer.open_sample("napari-mutualseg", "bbbc039")
     _, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", "Mutual segmentation")
-    widget.rounds_spin.setValue(args.rounds)
-    widget.steps_spin.setValue(args.steps)
-    widget.batch_spin.setValue(args.batch)
-    widget.patch_spin.setValue(args.patch)
-    widget.device_combo.setCurrentText(args.device)
-    widget.show_labels_check.setChecked(False)
+    widget.settings.update(
+        rounds=args.rounds,
+        steps_per_round=args.steps,
+        batch_size=args.batch,
+        patch_size=args.patch,
+        device=args.device,
+        show_learning=False,
+    )
     viewer.layers["boxes"].opacity = 0.6
 
     ticks: list[float] = []
@@ -59,7 +61,7 @@ def main() -> None:
     started: list[float] = []
 
     def maybe_shoot() -> None:
-        if shot or len(widget.applied_rounds) < args.shot_after:
+        if shot or len(widget.controller.applied_rounds) < args.shot_after:
             return
         # the shot is taken while the next round trains
         shot["t"] = time.perf_counter()
@@ -85,7 +87,7 @@ def main() -> None:
     widget.wait()
     poll.stop()
     timer.stop()
-    reports = widget.reports
+    reports = widget.history
     t = np.asarray(ticks)
     t = t[t >= started[0]]
     gaps, begins = np.diff(t), t[:-1]
@@ -96,8 +98,8 @@ def main() -> None:
         shot_gap = float(gaps[during].max()) if during.any() else 0.0
         gaps = gaps[~during]
     print(
-        f"{len(reports)} rounds on {reports[-1].device if reports else '?'}: "
-        f"{np.mean([r.seconds for r in reports]):.2f} s/round in the engine, "
+        f"{len(reports)} rounds on {reports[-1]['device'] if reports else '?'}: "
+        f"{np.mean([r['seconds'] for r in reports]):.2f} s/round in the engine, "
         f"{(time.perf_counter() - t0) / max(len(reports), 1):.2f} s/round wall; "
         f"longest main-thread gap while training {gaps.max() * 1000:.0f} ms "
         f"(the screenshot itself: {shot_gap * 1000:.0f} ms)"

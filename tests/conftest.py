@@ -1,59 +1,64 @@
-"""Shared fixtures: tiny synthetic images, the dock widget, captured notifications."""
+"""Fixtures: the dock widget in a viewer, a scene to train on, captured notifications.
+
+GUI tests (those using a viewer or ``qtbot``, marked ``gui`` here) need a display. Under
+``make test`` they run in a virtual X server (Xvfb, started by pytest-xvfb); where there is
+neither a display nor Xvfb they are skipped with one line that says how to run them, and the
+core tests still run.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 
-import numpy as np
 import pytest
+
+from helpers import TINY, WIDGET_NAME, disc_image, rectangles
 
 # napari refuses attribute writes on its objects from any thread but the main one
 os.environ["NAPARI_ENSURE_PLUGIN_MAIN_THREAD"] = "1"
 
-WIDGET_NAME = "Mutual segmentation"
+NO_DISPLAY = (
+    "there is no display. Install Xvfb (apt-get install xvfb) and run `make test` again: "
+    "they then run in a virtual display."
+)
 
 
-def disc_image(shape=(64, 64), centres=((16, 16), (20, 46), (46, 24), (44, 48)), radius=7, seed=0):
-    """A small fluorescence-like image of bright discs and their half-open pixel boxes."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    image = np.full(shape, 0.1, np.float32)
-    boxes = []
-    for cy, cx in centres:
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 1.0
-        boxes.append((cy - radius, cx - radius, cy + radius + 1, cx + radius + 1))
-    rng = np.random.default_rng(seed)
-    image += rng.normal(0, 0.03, shape).astype(np.float32)
-    return image, np.array(boxes)
+def _has_display() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def rectangles(rows, plane=None):
-    """napari rectangle vertices for half-open box rows (optionally on a plane of a stack)."""
-    from napari_mutualseg._sample_data import box_rows_to_rectangles
-
-    rects = box_rows_to_rectangles(rows)
-    if plane is None:
-        return rects
-    return [np.column_stack([np.full(4, plane, float), r]) for r in rects]
+_GUI_FIXTURES = {"make_napari_viewer", "qtbot", "viewer_widget", "scene"}
 
 
-def tiny_settings(widget, rounds=2, steps=3):
-    """Settings small enough for a test: seconds on two CPU cores."""
-    widget.rounds_spin.setValue(rounds)
-    widget.steps_spin.setValue(steps)
-    widget.width_spin.setValue(4)
-    widget.depth_spin.setValue(2)
-    widget.patch_spin.setValue(32)
-    widget.batch_spin.setValue(2)
-    widget.tile_spin.setValue(64)
-    widget.device_combo.setCurrentText("cpu")
+def pytest_collection_modifyitems(config, items):
+    gui = [item for item in items if _GUI_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    for item in gui:
+        item.add_marker(pytest.mark.gui)
+    # pytest-xvfb has started Xvfb (and set DISPLAY) by now, where Xvfb is installed
+    if gui and not _has_display():
+        config.stash[_SKIPPED] = len(gui)
+        for item in gui:
+            item.add_marker(pytest.mark.skip(reason="no display (see the line at the end)"))
+
+
+_SKIPPED = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    skipped = config.stash.get(_SKIPPED, 0)
+    if skipped:
+        terminalreporter.write_line(f"{skipped} GUI tests skipped: {NO_DISPLAY}", yellow=True)
 
 
 @pytest.fixture
 def viewer_widget(make_napari_viewer):
-    """A viewer with the dock widget opened through the plugin manifest."""
+    """A viewer with the dock widget opened through the plugin manifest, tiny settings."""
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
-    tiny_settings(widget)
+    widget.settings.update(**TINY)
     yield viewer, widget
     widget.shutdown(timeout=30)
 
@@ -77,17 +82,6 @@ def notes():
     from napari.utils.notifications import notification_manager
 
     got = []
-
-    def grab(notification):
-        got.append(notification)
-
-    notification_manager.notification_ready.connect(grab)
+    notification_manager.notification_ready.connect(got.append)
     yield got
-    notification_manager.notification_ready.disconnect(grab)
-
-
-def messages(notes, severity=None):
-    """The text of the captured notifications (of one severity, e.g. "error")."""
-    return [
-        str(n.message) for n in notes if severity is None or str(n.severity).lower() == severity
-    ]
+    notification_manager.notification_ready.disconnect(got.append)

@@ -1,8 +1,9 @@
 import numpy as np
 import torch
 
+from napari_mutualseg.devices import available_devices, select_device
 from napari_mutualseg.inference import instances_from_proba, predict_proba
-from napari_mutualseg.models import UNet, available_devices, select_device
+from napari_mutualseg.models import UNet
 
 
 def _proba_from_labels(labels: np.ndarray) -> np.ndarray:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import WIDGET_NAME
-from napari_mutualseg import _sample_data
+from helpers import WIDGET_NAME
+from napari_mutualseg._napari import sample_data
 
 
 def test_manifest_is_valid_and_importable():
@@ -29,7 +29,7 @@ def test_sample_data_layers():
     from napari_mutualseg.sample import load_sample
 
     sample = load_sample()
-    (image, _image_meta, image_kind), (rects, box_meta, box_kind) = _sample_data.make_sample_data()
+    (image, _image_meta, image_kind), (rects, box_meta, box_kind) = sample_data.make_sample_data()
     assert image_kind == "image" and box_kind == "shapes"
     assert image.shape == sample.image.shape
     assert box_meta["name"] == "boxes" and box_meta["shape_type"] == "rectangle"

@@ -7,23 +7,20 @@ import time
 import numpy as np
 import pytest
 
-from conftest import WIDGET_NAME, disc_image, messages, rectangles, tiny_settings
-from napari_mutualseg._napari_utils import OWNER_KEY, boxes_to_supervision
-from napari_mutualseg._widget import MutualSegWidget
+from helpers import (
+    TIMEOUT,
+    WIDGET_NAME,
+    disc_image,
+    messages,
+    rectangles,
+    same,
+    wait_idle,
+)
+from napari_mutualseg._napari.commands import boxes_to_supervision
+from napari_mutualseg._napari.layers import OWNER_KEY
+from napari_mutualseg._napari.widget import MutualSegWidget
+from napari_mutualseg.boxes import boxes_from_shapes
 from napari_mutualseg.supervision import BOUNDARY, CELL, IGNORE, make_supervision
-
-TIMEOUT = 60_000  # ms; generous for a loaded 2-core CI machine
-
-
-def same(a, b):
-    """Identity through napari's plugin proxies."""
-    return getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
-
-
-def wait_training(qtbot, widget, timeout=TIMEOUT):
-    # the last report may still be on its way into the layers after the worker ends
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout)
-
 
 # -------------------------------------------------------------------------------- loading
 
@@ -32,22 +29,42 @@ def test_widget_loads_through_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
     assert isinstance(widget, MutualSegWidget)
-    assert widget.lr_spin.decimals() >= 5
-    assert widget.device_combo.count() >= 2  # "auto" and at least "cpu"
-    assert widget.device_label.text().startswith("Device: ")
-    assert not widget.predict_button.isEnabled()  # nothing trained yet
-    # layer pickers follow the layer list
-    viewer.add_image(np.zeros((32, 32)), name="a")
+    assert widget.training.device.text().startswith("Device: ")
+    assert not widget.model.predict.isEnabled()  # nothing trained yet
+    # layer pickers follow the layer list, and a renamed layer stays picked
+    a = viewer.add_image(np.zeros((32, 32)), name="a")
     viewer.add_image(np.zeros((32, 32)), name="b")
-    items = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
-    assert items == ["a", "b"]
-    viewer.layers["a"].name = "renamed"
-    assert widget.image_combo.findText("renamed") >= 0
+    assert [name for name, _ in widget.data.image._layers()] == ["a", "b"]
+    widget.image_layer = "a"
+    a.name = "renamed"
+    assert same(widget.image_layer, a)
+    assert "renamed" in [widget.data.image.native.itemText(i) for i in range(2)]
     del viewer.layers["renamed"]
-    assert widget.image_combo.findText("renamed") < 0
+    assert all(name != "renamed" for name, _ in widget.data.image._layers())
     boxes = widget.new_boxes_layer()
     assert boxes.name == "boxes" and boxes.mode == "add_rectangle"
-    assert widget.boxes_layer.name == boxes.name
+    assert same(widget.boxes_layer, boxes)
+
+
+def test_settings_are_one_object_for_panel_and_scripts(viewer_widget):
+    _viewer, widget = viewer_widget
+    editor = widget.training.form.editors["rounds"]
+    widget.settings.rounds = 7
+    assert editor.value() == 7
+    editor.setValue(4)
+    assert widget.settings.rounds == 4 and widget.config().rounds == 4
+    assert widget.training.form.editors["learning_rate"].decimals() >= 5
+    with pytest.raises(ValueError, match="rounds must be between"):
+        widget.settings.rounds = 0
+    with pytest.raises(AttributeError, match="no setting"):
+        widget.settings.round = 3
+    assert widget.settings.rounds == 4
+
+
+def test_panel_fits_a_laptop_screen(viewer_widget):
+    _viewer, widget = viewer_widget
+    # a 1366 x 768 screen leaves about 650 px for a dock; the content scrolls instead
+    assert widget.minimumSizeHint().height() < 400
 
 
 # -------------------------------------------------------------------------------- supervision
@@ -59,8 +76,7 @@ def test_generate_supervision_updates_in_place(scene):
     assert layer is not None and layer.name == "cells supervision"
     assert layer.metadata[OWNER_KEY]["role"] == "supervision"
     assert layer.data.shape == image.data.shape
-    values = set(np.unique(layer.data).tolist())
-    assert {0, CELL, BOUNDARY} <= values
+    assert {0, CELL, BOUNDARY} <= set(np.unique(layer.data).tolist())
     n_layers = len(viewer.layers)
     boxes.add_rectangles(rectangles([[2, 2, 10, 10]]))
     again = widget.generate_supervision()
@@ -119,7 +135,7 @@ def test_menu_command_without_the_dock_widget(make_napari_viewer):
     shp = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="my boxes")
     data, meta, kind = boxes_to_supervision(img, shp)
     assert kind == "labels" and meta["name"] == "img supervision"
-    expected = make_supervision(image.shape, boxes_of(rows)).classes
+    expected = make_supervision(image.shape, boxes_from_shapes(rectangles(rows))).classes
     np.testing.assert_array_equal(data, expected)
     # the same command as a menu widget (Layers > Segment)
     _, gui = viewer.window.add_plugin_dock_widget(
@@ -127,14 +143,7 @@ def test_menu_command_without_the_dock_widget(make_napari_viewer):
     )
     gui.image.value, gui.boxes.value = img, shp
     gui()
-    assert "img supervision" in viewer.layers
     assert viewer.layers["img supervision"].metadata[OWNER_KEY]["role"] == "supervision"
-
-
-def boxes_of(rows):
-    from napari_mutualseg.supervision import boxes_from_shapes
-
-    return boxes_from_shapes(rectangles(rows))
 
 
 # -------------------------------------------------------------------------------- training
@@ -142,44 +151,44 @@ def boxes_of(rows):
 
 def test_train_stop_resume_predict_save_load(scene, qtbot, tmp_path, notes):
     viewer, widget, _image, _boxes = scene
-    widget.show_labels_check.setChecked(True)
+    widget.settings.show_learning = True
     seen = []
     worker = widget.train()
     assert worker is not None
-    worker.yielded.connect(lambda r: seen.append(r.round))
+    worker.yielded.connect(lambda update: seen.append(update.report.round))
 
     # every round rewrites the prediction layers
-    wait_training(qtbot, widget)
+    wait_idle(qtbot, widget)
     assert seen == [1, 2]  # one report per round
-    assert widget.applied_rounds[-1] == 2  # rounds may be coalesced, the newest always lands
+    assert widget.controller.applied_rounds[-1] == 2  # the newest round always lands
     for name in ("model A", "model B", "cells cells", "A learns from", "B learns from"):
-        assert name in viewer.layers, name
-        assert viewer.layers[name].metadata[OWNER_KEY]
-    last = widget.reports[-1]
+        assert viewer.layers[name].metadata[OWNER_KEY], name
+    last = widget.last_report
     np.testing.assert_array_equal(viewer.layers["model A"].data, last.classes_a[0])
     np.testing.assert_array_equal(viewer.layers["cells cells"].data, last.instances[0])
-    assert widget.pair is not None and widget.predict_button.isEnabled()
-    assert len(widget.loss_plot.losses) == 2
+    assert widget.pair is not None and widget.model.predict.isEnabled()
+    assert [h["round"] for h in widget.history] == [1, 2]
+    assert len(widget.training.loss_plot.losses) == 2
 
     # resume: a longer run, stopped mid-way; the completed rounds' models are kept
-    tiny_settings(widget, rounds=3, steps=5000)
+    widget.settings.update(rounds=3, steps_per_round=5000)
     before = widget.pair
     widget.train()
-    job = widget._state.job
+    job = widget.controller.job
     qtbot.waitUntil(lambda: job.progress()[0] >= 2, timeout=TIMEOUT)
     t0 = time.perf_counter()
     widget.stop()
     qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
-    stop_seconds = time.perf_counter() - t0
-    assert stop_seconds < 5, stop_seconds
+    assert time.perf_counter() - t0 < 5
     assert widget.pair is before  # no round completed: the previous models stay
-    assert "Stopped" in widget.status_label.text()
+    assert "Stopped" in widget.status.text()
     assert not messages(notes, "error")
 
     # predict on another layer
     other_image, _ = disc_image(centres=((32, 32), (12, 50)), seed=3)
     other = viewer.add_image(other_image, name="other")
-    widget.predict(other, block=True)
+    assert same(widget.model.target.layer, other)  # a new image is picked to segment
+    widget.predict(block=True)
     result = viewer.layers["other cells"]
     assert result.data.shape == other_image.shape and result.data.dtype == np.int32
     assert result.metadata[OWNER_KEY]["role"] == "cells"
@@ -191,9 +200,9 @@ def test_train_stop_resume_predict_save_load(scene, qtbot, tmp_path, notes):
     assert any("exist" in m for m in messages(notes, "error"))
     trained = widget.pair
     widget.reset_models()
-    assert not widget.predict_button.isEnabled()
+    assert not widget.model.predict.isEnabled()
     assert widget.load_model(path) is not None
-    assert widget.predict_button.isEnabled()
+    assert widget.model.predict.isEnabled()
     proba = trained.predict_proba(other_image, tile_size=64)
     first = result.data.copy()
     widget.predict("other", block=True)
@@ -225,7 +234,7 @@ def fake_report(k, shape=(64, 64), rounds=3):
     )
 
 
-def test_refreshes_are_coalesced(scene, qtbot, monkeypatch):
+def test_refreshes_are_coalesced(scene, monkeypatch):
     """Reports that arrive faster than the layers refresh: only the newest is drawn."""
     from napari_mutualseg import training
 
@@ -237,61 +246,24 @@ def test_refreshes_are_coalesced(scene, qtbot, monkeypatch):
 
     monkeypatch.setattr(training, "MutualTrainer", Instant)
     widget.train(block=True)
-    widget.wait()
-    assert [r.round for r in widget.reports] == [1, 2, 3]
-    assert widget.applied_rounds[-1] == 3
+    assert [h["round"] for h in widget.history] == [1, 2, 3]
+    assert widget.controller.applied_rounds[-1] == 3
     np.testing.assert_array_equal(viewer.layers["cells cells"].data, 3)
-    # a burst, with no event-loop turn in between: only the last one reaches the layers
-    applied = len(widget.applied_rounds)
+    # a burst with no event-loop turn in between (the worker's yielded signal, called as the
+    # worker would): only the last one reaches the layers
+    controller = widget.controller
+    applied = len(controller.applied_rounds)
     for k in (4, 5, 6):
-        widget._on_report(fake_report(k, rounds=6))
+        controller._on_update(controller.job.update(fake_report(k, rounds=6)))
     widget.wait()
-    assert widget.applied_rounds[applied:] == [6]
+    assert controller.applied_rounds[applied:] == [6]
     np.testing.assert_array_equal(viewer.layers["cells cells"].data, 6)
-    assert len(widget.loss_plot.losses) == 6  # the loss curve still gets every round
-
-
-def test_main_thread_stays_responsive(scene, qtbot, capsys):
-    """The event loop never waits more than 100 ms while the networks train."""
-    from qtpy.QtCore import QTimer
-
-    viewer, widget, _image, _boxes = scene
-    viewer.window._qt_window.show()
-    tiny_settings(widget, rounds=3, steps=30)
-    widget.show_labels_check.setChecked(True)
-    ticks = []
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
-    t0 = time.perf_counter()
-    worker = widget.train()
-    started = []
-    worker.started.connect(lambda: started.append(time.perf_counter()))
-    wait_training(qtbot, widget)
-    elapsed = time.perf_counter() - started[0]
-    timer.stop()
-    ticks = np.array(ticks)
-    # From the moment the worker runs; before it, the result layers are added (napari needs
-    # about 0.1 s per new layer), one per event-loop turn.
-    gaps = np.diff(ticks[ticks >= started[0]])
-    longest = float(gaps.max())
-    setup = float(np.diff(ticks[ticks >= t0]).max())
-    per_round = elapsed / len(widget.reports)
-    with capsys.disabled():
-        print(
-            f"\n[responsiveness] {len(gaps) + 1} ticks while training, longest main-thread gap "
-            f"{longest * 1000:.0f} ms (including the layer set-up: {setup * 1000:.0f} ms), "
-            f"{per_round:.2f} s/round on {widget.reports[-1].device}"
-        )
-    assert len(widget.reports) == 3
-    assert widget.applied_rounds == [1, 2, 3]  # every round reached the layers
-    assert longest < 0.100, f"main thread blocked for {longest * 1000:.0f} ms"
+    assert len(widget.training.loss_plot.losses) == 6  # the loss curve still gets every round
 
 
 def test_stack_is_trained_plane_by_plane(viewer_widget, qtbot):
     viewer, widget = viewer_widget
-    tiny_settings(widget, rounds=1, steps=2)
+    widget.settings.update(rounds=1, steps_per_round=2)
     a, rows_a = disc_image()
     b, rows_b = disc_image(centres=((30, 30), (12, 12)), seed=1)
     stack = viewer.add_image(np.stack([a, b, a]), name="stack")
@@ -304,17 +276,18 @@ def test_stack_is_trained_plane_by_plane(viewer_widget, qtbot):
     assert (sup.data[2] == IGNORE).all()  # no boxes on plane 2: not annotated
     assert (sup.data[0] == CELL).any() and (sup.data[1] == CELL).any()
     widget.train()
-    wait_training(qtbot, widget)
+    wait_idle(qtbot, widget)
     model_a = viewer.layers["model A"]
     assert model_a.data.shape == stack.data.shape
-    np.testing.assert_array_equal(model_a.data[1], widget.reports[-1].classes_a[1])
+    np.testing.assert_array_equal(model_a.data[1], widget.last_report.classes_a[1])
+    assert (model_a.data[2] == IGNORE).all()
 
 
 def test_closing_the_viewer_during_training_stops_the_worker(scene, qtbot):
     viewer, widget, _image, _boxes = scene
-    tiny_settings(widget, rounds=5, steps=100_000)
+    widget.settings.update(rounds=5, steps_per_round=100_000)
     widget.train()
-    job = widget._state.job
+    job = widget.controller.job
     qtbot.waitUntil(lambda: job.progress()[0] >= 1, timeout=TIMEOUT)
     viewer.close()
     qtbot.waitUntil(job.done.is_set, timeout=15_000)
@@ -326,9 +299,10 @@ def test_closing_the_viewer_during_training_stops_the_worker(scene, qtbot):
 def test_user_mistakes_are_notifications(viewer_widget, notes):
     viewer, widget = viewer_widget
     assert widget.train() is None  # no image at all
-    assert widget.predict() is None  # no model
+    assert widget.predict() is None  # nothing to segment
     img = viewer.add_image(disc_image()[0], name="img")
     widget.image_layer = img
+    assert widget.predict() is None  # no model
     assert widget.generate_supervision() is None  # no boxes layer
     empty = widget.new_boxes_layer()
     assert widget.generate_supervision() is None  # no rectangles
@@ -350,15 +324,20 @@ def test_user_mistakes_are_notifications(viewer_widget, notes):
     widget.boxes_layer = across
     assert widget.generate_supervision() is None
     errors = messages(notes, "error")
-    assert any("spans several planes" in m for m in errors)
-    assert any("must know its plane" in m for m in errors)
-    assert any("No image layer" in m for m in errors)
-    assert any("No trained model" in m for m in errors)
-    assert any("No boxes layer" in m for m in errors)
-    assert any("no rectangles" in m for m in errors)
-    assert any("RGB" in m for m in errors)
-    assert any("4 dimensions" in m for m in errors)
+    for expected in (
+        "lie on one plane",
+        "must know its plane",
+        "No image layer",
+        "No trained model",
+        "No boxes layer",
+        "no rectangles",
+        "RGB",
+        "4 dimensions",
+    ):
+        assert any(expected in m for m in errors), expected
     assert empty.name in viewer.layers and len(empty.data) == 0
+    # the status line says the same as the latest notification
+    assert widget.status.text() == errors[-1]
 
 
 def test_painted_values_that_are_not_classes(scene, notes):
@@ -367,6 +346,15 @@ def test_painted_values_that_are_not_classes(scene, notes):
     sup.data[0, 0] = 5
     assert widget.train() is None
     assert any("not classes" in m for m in messages(notes, "error"))
+
+
+def test_load_errors_say_what_is_wrong_once(viewer_widget, tmp_path, notes):
+    _viewer, widget = viewer_widget
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a model")
+    assert widget.load_model(bad) is None
+    (error,) = messages(notes, "error")
+    assert error.count(str(bad)) == 1
 
 
 @pytest.mark.parametrize("failure", ["nan", "oom"])
@@ -387,8 +375,7 @@ def test_training_failures_stop_cleanly_with_advice(scene, qtbot, monkeypatch, n
 
     original = training.MutualTrainer
     monkeypatch.setattr(training, "MutualTrainer", Failing)
-    worker = widget.train()
-    assert worker is not None
+    assert widget.train() is not None
     qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
     errors = messages(notes, "error")
     assert errors, "no notification"
@@ -396,13 +383,14 @@ def test_training_failures_stop_cleanly_with_advice(scene, qtbot, monkeypatch, n
         assert any("NaN" in m and "kept" in m for m in errors)
     else:
         assert any("Out of memory" in m and "cpu" in m for m in errors)
-    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert widget.status.text() == errors[-1]  # not overwritten by a "Trained" line
+    assert widget.training.train.isEnabled() and not widget.training.stop.isEnabled()
     for name, layer in layers_before.items():
         assert same(viewer.layers[name], layer)
     np.testing.assert_array_equal(image.data, image_before)
     # the viewer is still usable: training again works once the failure is gone
     monkeypatch.setattr(training, "MutualTrainer", original)
-    widget.rounds_spin.setValue(1)
+    widget.settings.rounds = 1
     widget.train()
-    wait_training(qtbot, widget)
+    wait_idle(qtbot, widget)
     assert widget.pair is not None

@@ -1,7 +1,8 @@
-"""One file per trained pair: both networks, their architecture, normalisation and settings.
+"""Model files: one file per trained pair, written safely and read without running code.
 
 The file is written with :func:`torch.save` and read back with ``weights_only=True``, so loading
-a checkpoint never runs code from it.
+a checkpoint never runs code from it. This module knows the file, not the networks: the pair
+(:class:`napari_mutualseg.models.ModelPair`) says what goes in and builds itself from it.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import __version__
 from .io import check_writable
-from .models import ModelPair, UNet, select_device
 
 FORMAT = "napari-mutualseg/pair"
 FORMAT_VERSION = 1
@@ -24,16 +25,18 @@ class CheckpointError(ValueError):
     """The file is not a readable napari-mutualseg model."""
 
 
-def save_pair(pair: ModelPair, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``pair`` to ``path``.
+def write_checkpoint(
+    payload: dict[str, Any], path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write a model's ``payload`` (tensors and plain values) to ``path``.
 
     The file is written next to its destination and renamed into place, so an interrupted save
     never leaves a half-written model where a good one was.
 
     Parameters
     ----------
-    pair : ModelPair
-        The trained networks.
+    payload : dict
+        What the model stores; the format marker and versions are added here.
     path : str or os.PathLike
         Destination (``.pt`` is the usual suffix).
     overwrite : bool
@@ -50,13 +53,7 @@ def save_pair(pair: ModelPair, path: str | os.PathLike, *, overwrite: bool = Fal
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
-        "arch_a": dict(pair.model_a.arch),
-        "arch_b": dict(pair.model_b.arch),
-        "state_a": {k: v.detach().cpu() for k, v in pair.model_a.state_dict().items()},
-        "state_b": {k: v.detach().cpu() for k, v in pair.model_b.state_dict().items()},
-        "percentiles": [float(p) for p in pair.percentiles],
-        "settings": dict(pair.settings),
-        "history": [dict(h) for h in pair.history],
+        **payload,
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -69,15 +66,13 @@ def save_pair(pair: ModelPair, path: str | os.PathLike, *, overwrite: bool = Fal
     return path
 
 
-def load_pair(path: str | os.PathLike, device: str | torch.device = "auto") -> ModelPair:
-    """Read a pair written by :func:`save_pair`.
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read what :func:`write_checkpoint` wrote, never running code from the file.
 
     Parameters
     ----------
     path : str or os.PathLike
-        The checkpoint file.
-    device : str or torch.device
-        Where to put the networks (``"auto"``: CUDA, then MPS, then CPU).
+        The model file.
 
     Raises
     ------
@@ -106,19 +101,4 @@ def load_pair(path: str | os.PathLike, device: str | torch.device = "auto") -> M
             f"{path} was written by a newer napari-mutualseg ({payload.get('package_version')}); "
             "upgrade the package to read it."
         )
-    try:
-        models = []
-        for key in ("a", "b"):
-            model = UNet(**payload[f"arch_{key}"])
-            model.load_state_dict(payload[f"state_{key}"])
-            models.append(model)
-        pair = ModelPair(
-            models[0],
-            models[1],
-            tuple(payload["percentiles"]),
-            dict(payload.get("settings", {})),
-            list(payload.get("history", [])),
-        )
-    except (KeyError, TypeError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path} is damaged: {err}") from err
-    return pair.to(select_device(device))
+    return payload

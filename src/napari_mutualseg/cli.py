@@ -90,20 +90,35 @@ _OPTIONS = {
     "depth": "depth",
     "lr": "learning_rate",
     "seed": "seed",
-    "exchange": "exchange",
 }
 
 
 def _config_from(args: argparse.Namespace, **fixed):
     """The recommended settings for the chosen device, with the options the user gave."""
-    from .training import TrainConfig
+    from .config import ExchangeSettings, TrainConfig
 
     given = {
         field: getattr(args, opt)
         for opt, field in _OPTIONS.items()
         if getattr(args, opt, None) is not None
     }
+    if getattr(args, "exchange", None) is not None:
+        given["exchange"] = ExchangeSettings(rule=args.exchange)
     return TrainConfig.recommended(args.device, **{**fixed, **given})
+
+
+def _supervision(name: str, image: np.ndarray, boxes: list, **kwargs):
+    """The supervision of one image from the usable boxes; the others are named in a warning."""
+    from .boxes import usable_boxes
+    from .supervision import make_supervision
+
+    try:
+        kept, notes = usable_boxes(boxes, image.shape[:2])
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    for note in notes:
+        warnings.warn(f"{name}: {note}", UserWarning, stacklevel=2)
+    return make_supervision(image.shape, kept, **kwargs)
 
 
 def _train(images, supervisions, config, pair=None, on_round=None):
@@ -127,16 +142,15 @@ def _train(images, supervisions, config, pair=None, on_round=None):
 
 def cmd_supervise(args: argparse.Namespace) -> None:
     from .io import write_labels
-    from .supervision import make_supervision
 
     out = Path(args.out)
     check_writable(out, args.overwrite)
-    (_, image, boxes), *rest = _boxes_for([args.image], [args.boxes])
+    (name, image, boxes), *rest = _boxes_for([args.image], [args.boxes])
     if rest:
         raise ValueError("supervise takes a single 2D image; use train for stacks.")
-    sup = make_supervision(image.shape, boxes, edge_width=args.edge_width)
+    sup = _supervision(name, image, boxes, edge_width=args.edge_width)
     write_labels(out, sup.classes, overwrite=args.overwrite)
-    print(f"Wrote {out} ({len(boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)")
+    print(f"Wrote {out} ({len(sup.boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)")
     if args.instances_out:
         write_labels(args.instances_out, sup.instances, overwrite=args.overwrite)
         print(f"Wrote {args.instances_out}")
@@ -145,7 +159,6 @@ def cmd_supervise(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .io import write_labels
     from .models import ModelPair
-    from .supervision import make_supervision
 
     out = Path(args.out)
     check_writable(out, args.overwrite)
@@ -154,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if labels_dir is not None:
         for name, _, _ in items:
             check_writable(labels_dir / f"{name}_cells.tif", args.overwrite)
-    sups = [make_supervision(img.shape, boxes) for _, img, boxes in items]
+    sups = [_supervision(name, img, boxes) for name, img, boxes in items]
     config = _config_from(args)
     pair = ModelPair.load(args.resume, device=args.device) if args.resume else None
 
@@ -296,6 +309,8 @@ def _write_overlay(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarr
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     """Training options; left out, each takes the value recommended for the device."""
+    from .config import EXCHANGE_RULES
+
     p.add_argument("--rounds", type=int, help="maximum rounds")
     p.add_argument("--steps", type=int, help="steps per round per network")
     p.add_argument("--width", type=int, help="U-Net channels at the first level")
@@ -304,7 +319,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-size", type=int, help="training crop edge in pixels")
     p.add_argument("--lr", type=float, help="learning rate of round 1")
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--exchange", choices=["confident", "literal"], help="exchange rule")
+    p.add_argument("--exchange", choices=EXCHANGE_RULES, help="exchange rule")
     p.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, mps"
     )
@@ -312,7 +327,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``napari-mutualseg`` command."""
-    from .training import TrainConfig
+    from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
     parser = argparse.ArgumentParser(
         prog="napari-mutualseg",
@@ -350,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="folder for the instance label TIFFs")
-    p.add_argument("--tile-size", type=int, default=TrainConfig.tile_size)
-    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

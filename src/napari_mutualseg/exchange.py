@@ -1,6 +1,6 @@
 """How boxes become training labels, and how one network's prediction becomes its peer's labels.
 
-Two exchange rules are available (``TrainConfig.exchange``):
+Two exchange rules are available (``ExchangeSettings.rule``):
 
 ``"confident"`` (default)
     Only what the peer is sure of *and* the box agrees with is passed on; everything else
@@ -29,10 +29,17 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
+from .config import EXCHANGE_RULES, ExchangeSettings
 from .inference import box_objects
-from .supervision import BACKGROUND, BOUNDARY, CELL, IGNORE, Supervision, boxes_mask
-
-EXCHANGES = ("confident", "literal")
+from .supervision import (
+    BACKGROUND,
+    BOUNDARY,
+    CELL,
+    IGNORE,
+    Supervision,
+    boxes_mask,
+    check_class_map,
+)
 
 _CROSS = ndi.generate_binary_structure(2, 1)
 
@@ -62,6 +69,10 @@ class ExchangeContext:
         Pixels inside any ellipse core (trusted cell).
     edited : numpy.ndarray
         Pixels the user changed in the supervision layer (taken as certain).
+    rule : str
+        The exchange rule.
+    core_scale : float
+        Size of the trusted core relative to each ellipse.
     """
 
     supervision: Supervision
@@ -69,7 +80,7 @@ class ExchangeContext:
     in_box: np.ndarray
     core: np.ndarray
     edited: np.ndarray
-    exchange: str
+    rule: str
     core_scale: float
 
     @classmethod
@@ -78,7 +89,7 @@ class ExchangeContext:
         supervision: Supervision,
         labels: np.ndarray | None = None,
         *,
-        exchange: str = "confident",
+        rule: str = "confident",
         core_scale: float = 0.5,
     ) -> ExchangeContext:
         """Precompute the context of one image.
@@ -90,38 +101,25 @@ class ExchangeContext:
         labels : numpy.ndarray, optional
             The supervision as the user left it (possibly painted over); pixels that differ
             from ``supervision.classes`` are user edits.
-        exchange : {"confident", "literal"}
+        rule : {"confident", "literal"}
             The exchange rule (see the module docs).
         core_scale : float
             Size of the trusted core relative to each ellipse.
         """
-        if exchange not in EXCHANGES:
-            raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
+        if rule not in EXCHANGE_RULES:
+            raise ValueError(f"exchange rule must be one of {EXCHANGE_RULES}, got {rule!r}")
         generated = supervision.classes
         shape = generated.shape
-        if labels is None:
-            labels = generated
-        labels = np.asarray(labels)
-        if labels.shape != shape:
-            raise ValueError(
-                f"The edited supervision has shape {labels.shape} but the image is {shape}; "
-                "generate the supervision again for this image."
-            )
-        bad = ~np.isin(labels, (BACKGROUND, CELL, BOUNDARY, IGNORE))
-        if bad.any():
-            values = np.unique(labels[bad])[:5].tolist()
-            raise ValueError(
-                f"The supervision contains label values {values}; only 0 (background), 1 (cell), "
-                f"2 (boundary) and {IGNORE} (ignore) are allowed. Paint with those labels."
-            )
-        labels = labels.astype(np.uint8)
+        labels = check_class_map(
+            generated if labels is None else labels, shape, "The edited supervision"
+        )
         edited = labels != generated
         in_box = boxes_mask(shape, supervision.boxes)
         core = np.zeros(shape, bool)
         for box in supervision.boxes:
             slices, u, v = box.local_coords(shape)
             core[slices] |= u**2 + v**2 <= core_scale**2
-        if exchange == "literal":
+        if rule == "literal":
             initial = labels.copy()
         else:
             initial = generated.copy()
@@ -129,37 +127,20 @@ class ExchangeContext:
             initial[core] = CELL
             initial[touching_lines(supervision.instances)] = BOUNDARY
             initial[edited] = labels[edited]
-        return cls(supervision, initial, in_box, core, edited, exchange, core_scale)
+        return cls(supervision, initial, in_box, core, edited, rule, core_scale)
 
-    def combine(
-        self,
-        proba: np.ndarray,
-        *,
-        fg_threshold: float = 0.5,
-        confidence: float = 0.6,
-        min_core_fraction: float = 0.5,
-        leak_fraction: float = 0.95,
-        ellipse_background: bool = True,
-        object_edges: bool = False,
-    ) -> np.ndarray:
+    def combine(self, proba: np.ndarray, settings: ExchangeSettings) -> np.ndarray:
         """The peer's next training label from this model's probabilities.
 
         Parameters
         ----------
         proba : numpy.ndarray
             ``(3, H, W)`` softmax of the model whose prediction is passed on.
-        fg_threshold : float
-            Foreground is P(cell) + P(boundary) above this.
-        confidence : float
-            Pixels whose top probability is below this are not passed on (ignored).
-        min_core_fraction, leak_fraction : float
-            A box falls back to its round-1 label when its object is smaller than
-            ``min_core_fraction`` of its core, or covers more than ``leak_fraction`` of its box.
-        ellipse_background : bool
-            Whether confident background inside a box's ellipse is passed on (``"confident"``
-            rule); when False those pixels stay ignored.
-        object_edges : bool
-            Whether each object's inner edge is passed on as boundary (``"confident"`` rule).
+        settings : ExchangeSettings
+            The thresholds: foreground (``fg_threshold``), the least top probability passed
+            on (``confidence``), when a box falls back to its round-1 label
+            (``min_core_fraction``, ``leak_fraction``) and whether confident background inside
+            an ellipse is passed on (``ellipse_background``).
 
         Returns
         -------
@@ -168,13 +149,15 @@ class ExchangeContext:
         """
         sup = self.supervision
         objects, ratio = box_objects(
-            (proba[1] + proba[2]) > fg_threshold, sup, core_scale=self.core_scale
+            (proba[1] + proba[2]) > settings.fg_threshold, sup, core_scale=self.core_scale
         )
-        fallback = self._fallback_boxes(objects, ratio, min_core_fraction, leak_fraction)
-        confident = proba.max(axis=0) >= confidence
+        fallback = self._fallback_boxes(
+            objects, ratio, settings.min_core_fraction, settings.leak_fraction
+        )
+        confident = proba.max(axis=0) >= settings.confidence
         argmax = proba.argmax(axis=0)
         target = self.initial.copy()
-        if self.exchange == "literal":
+        if self.rule == "literal":
             ids = np.flatnonzero(fallback) + 1
             objects[np.isin(objects, ids)] = 0
             use_ellipse = np.isin(sup.instances, ids) | (self.core & (objects == 0))
@@ -190,14 +173,12 @@ class ExchangeContext:
         label = np.full(target.shape, IGNORE, np.uint8)
         obj = objects > 0
         background = ~obj & confident & (argmax == BACKGROUND)
-        if not ellipse_background:
+        if not settings.ellipse_background:
             background &= sup.instances == 0
         label[background] = BACKGROUND
         label[obj & confident & (argmax != BACKGROUND)] = CELL
         label[obj & confident & (argmax == BOUNDARY)] = BOUNDARY
         label[self.core] = CELL
-        if object_edges:
-            label[find_boundaries(objects, mode="inner")] = BOUNDARY
         label[touching_lines(objects)] = BOUNDARY
         target[keep] = label[keep]
         return target

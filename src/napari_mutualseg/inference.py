@@ -16,6 +16,10 @@ from .supervision import boxes_mask
 if TYPE_CHECKING:
     from .supervision import Supervision
 
+#: Default tile edge and overlap (pixels) of whole-image prediction.
+DEFAULT_TILE_SIZE = 512
+DEFAULT_OVERLAP = 64
+
 
 def _window(size: int, overlap: int) -> np.ndarray:
     """1D blending weight: flat in the middle, a raised-cosine ramp over the overlap."""
@@ -50,8 +54,8 @@ def predict_proba(
     image: np.ndarray,
     device: torch.device,
     *,
-    tile_size: int = 512,
-    overlap: int = 64,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
     flips: bool = False,
 ) -> np.ndarray:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .supervision import BOX_TYPES, Box, boxes_by_plane, boxes_from_shapes
+from .boxes import BOX_TYPES, Box, boxes_by_plane, boxes_from_shapes
 
 __all__ = ["check_writable", "read_box_table", "read_image", "write_box_table", "write_labels"]
 
@@ -315,8 +315,7 @@ def _aligned_corners(box: Box) -> tuple[int, int, int, int] | None:
     quarter = box.angle / (math.pi / 2)
     if abs(quarter - round(quarter)) > 1e-9:
         return None
-    ymin, xmin, ymax, xmax = box.bounds
-    corners = (ymin + 0.5, xmin + 0.5, ymax + 0.5, xmax + 0.5)
+    corners = box.pixel_range()
     rounded = tuple(round(c) for c in corners)
     if any(abs(c - r) > 1e-6 for c, r in zip(corners, rounded, strict=True)):
         return None

@@ -1,4 +1,4 @@
-"""The segmentation network, device selection and the trained pair of networks."""
+"""The segmentation network and the trained pair of networks."""
 
 from __future__ import annotations
 
@@ -11,77 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .preprocess import DEFAULT_PERCENTILES
+from . import checkpoint
+from .devices import select_device
+from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, instances_from_proba, predict_proba
+from .preprocess import DEFAULT_PERCENTILES, normalize
 
 N_CLASSES = 3  # background, cell, boundary
-
-
-def available_devices() -> list[str]:
-    """Devices this machine can train on, ``"auto"`` first.
-
-    Returns
-    -------
-    list of str
-        For example ``["auto", "cuda:0", "cpu"]``.
-    """
-    devices = ["auto"]
-    if torch.cuda.is_available():
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    devices.append("cpu")
-    return devices
-
-
-def select_device(preference: str | torch.device = "auto") -> torch.device:
-    """Pick the device to compute on: CUDA, then Apple MPS, then the CPU.
-
-    Parameters
-    ----------
-    preference : str or torch.device
-        ``"auto"`` (default) or an explicit device such as ``"cpu"``, ``"cuda:1"`` or ``"mps"``.
-
-    Returns
-    -------
-    torch.device
-
-    Raises
-    ------
-    ValueError
-        If an explicit device is not available here.
-    """
-    if isinstance(preference, torch.device):
-        preference = str(preference)
-    preference = (preference or "auto").strip().lower()
-    if preference == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(preference)
-    except RuntimeError as err:
-        raise ValueError(
-            f"Unknown device {preference!r}; choose one of {', '.join(available_devices())}."
-        ) from err
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", 0)
-    if str(device) not in available_devices():
-        raise ValueError(
-            f"Device {preference!r} is not available on this machine; choose one of "
-            f"{', '.join(available_devices())}."
-        )
-    return device
-
-
-def describe_device(device: torch.device) -> str:
-    """Human-readable device name, e.g. ``"cuda:0 (NVIDIA H100 80GB HBM3)"`` or ``"cpu"``."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    if device.type == "mps":
-        return "mps (Apple GPU)"
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -212,7 +147,12 @@ class ModelPair:
         )
 
     def predict_proba(
-        self, image: np.ndarray, *, tile_size: int = 512, overlap: int = 64, name: str = "image"
+        self,
+        image: np.ndarray,
+        *,
+        tile_size: int = DEFAULT_TILE_SIZE,
+        overlap: int = DEFAULT_OVERLAP,
+        name: str = "image",
     ) -> np.ndarray:
         """Ensemble class probabilities (background, cell, boundary) of ``image``.
 
@@ -230,9 +170,6 @@ class ModelPair:
         numpy.ndarray
             ``(3, H, W)`` float32 mean softmax of both networks.
         """
-        from .inference import predict_proba
-        from .preprocess import normalize
-
         x = normalize(image, self.percentiles, name)
         return predict_proba(self.models, x, self.device, tile_size=tile_size, overlap=overlap)
 
@@ -240,8 +177,8 @@ class ModelPair:
         self,
         image: np.ndarray,
         *,
-        tile_size: int = 512,
-        overlap: int = 64,
+        tile_size: int = DEFAULT_TILE_SIZE,
+        overlap: int = DEFAULT_OVERLAP,
         min_size: int | None = None,
         name: str = "image",
     ) -> np.ndarray:
@@ -258,8 +195,6 @@ class ModelPair:
         name : str
             Name used in error messages.
         """
-        from .inference import instances_from_proba
-
         proba = self.predict_proba(image, tile_size=tile_size, overlap=overlap, name=name)
         if min_size is None:
             min_size = int(self.settings.get("min_size", 16))
@@ -273,13 +208,42 @@ class ModelPair:
         FileExistsError
             If ``path`` exists and ``overwrite`` is false.
         """
-        from .checkpoint import save_pair
-
-        return save_pair(self, path, overwrite=overwrite)
+        payload = {
+            "arch_a": dict(self.model_a.arch),
+            "arch_b": dict(self.model_b.arch),
+            "state_a": {k: v.detach().cpu() for k, v in self.model_a.state_dict().items()},
+            "state_b": {k: v.detach().cpu() for k, v in self.model_b.state_dict().items()},
+            "percentiles": [float(p) for p in self.percentiles],
+            "settings": dict(self.settings),
+            "history": [dict(h) for h in self.history],
+        }
+        return checkpoint.write_checkpoint(payload, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> ModelPair:
-        """Load a pair saved with :meth:`save`; never runs code from the file."""
-        from .checkpoint import load_pair
+        """Load a pair saved with :meth:`save`; never runs code from the file.
 
-        return load_pair(path, device=device)
+        Raises
+        ------
+        FileNotFoundError
+            If there is no such file.
+        napari_mutualseg.checkpoint.CheckpointError
+            If the file is damaged or not a napari-mutualseg model.
+        """
+        payload = checkpoint.read_checkpoint(path)
+        try:
+            models = []
+            for key in ("a", "b"):
+                model = UNet(**payload[f"arch_{key}"])
+                model.load_state_dict(payload[f"state_{key}"])
+                models.append(model)
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            raise checkpoint.CheckpointError(f"{path} is damaged: {err}") from err
+        pair = cls(
+            models[0],
+            models[1],
+            tuple(payload["percentiles"]),
+            dict(payload.get("settings", {})),
+            list(payload.get("history", [])),
+        )
+        return pair.to(select_device(device))

@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def box_rows_to_rectangles(rows: np.ndarray) -> list[np.ndarray]:
-    """napari rectangles (4 vertices each) from half-open pixel boxes ``y0, x0, y1, x1``.
-
-    A pixel box covers rows ``y0 .. y1 - 1``; napari puts pixel centres on integers, so the
-    rectangle's edges lie half a pixel outside the first and last pixel centres.
-    """
-    rects = []
-    for y0, x0, y1, x1 in np.asarray(rows, dtype=float).reshape(-1, 4):
-        top, left, bottom, right = y0 - 0.5, x0 - 0.5, y1 - 0.5, x1 - 0.5
-        rects.append(
-            np.array([[top, left], [top, right], [bottom, right], [bottom, left]], dtype=float)
-        )
-    return rects
+from ..boxes import rectangle_vertices
+from ..sample import load_sample
 
 
 def make_sample_data() -> list[tuple]:
@@ -28,8 +16,6 @@ def make_sample_data() -> list[tuple]:
     list of tuple
         ``[(image, {"name": ...}, "image"), (rectangles, {"name": "boxes", ...}, "shapes")]``.
     """
-    from .sample import load_sample
-
     sample = load_sample()
     # the nuclei fill a small part of the uint16 range: show them with a readable contrast
     low, high = (float(v) for v in np.percentile(sample.image, (0.5, 99.8)))
@@ -48,5 +34,5 @@ def make_sample_data() -> list[tuple]:
     }
     return [
         (sample.image, image_meta, "image"),
-        (box_rows_to_rectangles(sample.boxes), boxes_meta, "shapes"),
+        (rectangle_vertices(sample.boxes), boxes_meta, "shapes"),
     ]

@@ -1,0 +1,60 @@
+"""Menu commands: Layers > Segment > Boxes → ellipse supervision."""
+
+from __future__ import annotations
+
+from napari.layers import Image, Shapes
+from napari.types import LayerDataTuple
+
+from .layers import class_layer_kwargs, find_own_layer, free_name, owner_tag, transform_kwargs
+from .prepare import prepare_supervision, with_edits
+
+
+def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
+    """Boxes → ellipse supervision: a Labels layer of the classes inside each box.
+
+    Every cell of the image is assumed boxed: outside the boxes is background. The result can
+    be corrected with napari's paint tools and trained on in the dock widget, which keeps the
+    painted pixels. Run again after drawing more boxes: the supervision is made again from
+    all boxes and the painted pixels are kept.
+
+    Parameters
+    ----------
+    image : napari.layers.Image
+        A 2D image or a stack of 2D planes.
+    boxes : napari.layers.Shapes
+        Rectangles around cells.
+
+    Returns
+    -------
+    napari.types.LayerDataTuple or None
+        ``(classes, {"name": "<image> supervision", ...}, "labels")``, or ``None`` (after a
+        notification) when the inputs cannot be used.
+    """
+    import napari
+    from napari.utils.notifications import show_error, show_warning
+
+    try:
+        record = prepare_supervision(image, boxes)
+    except ValueError as err:
+        show_error(str(err))
+        return None
+    for note in record.notes:
+        show_warning(note)
+    viewer = napari.current_viewer()
+    existing = find_own_layer(viewer, "supervision", image) if viewer is not None else None
+    if existing is not None:
+        data, _ = with_edits(existing, record)
+        name = existing.name  # napari updates the layer of the same name in place
+    else:
+        data, name = record.classes(), free_name(viewer, f"{image.name} supervision")
+    meta = {
+        "name": name,
+        "metadata": owner_tag("supervision", image, record=record),
+        **class_layer_kwargs(),
+        **transform_kwargs(image),
+    }
+    return (data, meta, "labels")
+
+
+# magicgui builds the menu widget from these: they must be real types, not postponed strings.
+boxes_to_supervision.__annotations__ = {"image": Image, "boxes": Shapes, "return": LayerDataTuple}

@@ -1,0 +1,516 @@
+"""One run controller per viewer: the jobs, the trained pair and the layers they write.
+
+The controller owns what outlives a panel: the worker of the running job, the trained pair
+and the per-round history. A dock widget attaches to its viewer's controller, so that closing
+the panel stops training without losing the pair, and a reopened panel shows it again. There
+is one job per viewer at a time; :class:`RunState` says which.
+
+Everything here runs on the main thread. Reports reach it through the worker's ``yielded``
+signal with their layer data already laid out (:mod:`.workers`); the controller swaps one
+layer per event-loop turn, newest round first, and says where training stands at most twice
+a second, so that the viewer keeps drawing at its own pace.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEventLoop, QObject, QTimer, Signal
+from qtpy.QtWidgets import QApplication
+
+from ..checkpoint import CheckpointError
+from .layers import find_own_layer, upsert_labels
+from .workers import (
+    LEARNING_ROLES,
+    RESULT_LAYERS,
+    Layout,
+    RoundUpdate,
+    TrainingJob,
+    WorkerFailure,
+    describe_error,
+    freeze_gc,
+    run_prediction,
+    run_training,
+    unfreeze_gc,
+)
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image, Layer
+
+    from ..config import TrainConfig
+    from ..models import ModelPair
+    from ..training import RoundReport
+    from .prepare import SupervisionRecord
+
+#: Delay between two layer swaps: lets Qt and vispy draw in between.
+_SWAP_GAP_MS = 5
+#: How often the status line follows the training steps.
+_STATUS_MS = 500
+
+_CONTROLLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class RunState(Enum):
+    """What the controller is doing."""
+
+    IDLE = "idle"
+    STARTING = "starting"  # the result layers are being made
+    TRAINING = "training"
+    STOPPING = "stopping"
+    PREDICTING = "predicting"
+
+
+@dataclass
+class TrainingRequest:
+    """Everything a training run needs, read from the layers on the main thread."""
+
+    image: Image
+    record: SupervisionRecord
+    labels: list[np.ndarray]
+    config: TrainConfig
+    show_learning: bool = False
+
+
+@dataclass
+class _Session:
+    image: Image
+    job: TrainingJob
+    worker: GeneratorWorker
+    first_round: int  # rounds the pair had before this run
+    planned: int  # the round this run trains up to
+    started: float = field(default_factory=time.perf_counter)
+    count: int = 0
+    error: str = ""
+
+
+class _TrainingWorker(GeneratorWorker):
+    """A generator worker whose ``quit`` (napari's task cancel, closing the window) stops the
+    trainer within one step instead of waiting for the round to end."""
+
+    job: TrainingJob | None = None
+
+    def quit(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+        # The generator ends by itself once the trainer is cancelled; aborting the worker
+        # here would leave the generator unfinished and its clean-up unrun.
+
+
+class LayerWriter(QObject):
+    """Writes results into the plugin's layers, one layer per event-loop turn, newest first.
+
+    A round that arrives before the previous one is shown replaces it: the layers never
+    queue behind the engine, and the viewer draws between two layer swaps.
+    """
+
+    def __init__(self, viewer: Callable[[], napari.Viewer | None]) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self.image: Layer | None = None
+        self.applied_rounds: list[int] = []
+        self._pending: tuple[int, dict[str, np.ndarray]] | None = None
+        self._steps: list[Callable[[], None]] = []
+        self._timer = QTimer(self, singleShot=True)
+        self._timer.timeout.connect(self._next)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._steps) or self._pending is not None
+
+    def prepare(self, image: Layer, roles: list[str], then: Callable[[], None]) -> None:
+        """Make the missing result layers of ``image``, then call ``then``.
+
+        Adding a layer takes a while on the main thread: they are made now, one per turn, so
+        that no layer is added while training runs.
+        """
+        self.image, self._pending = image, None
+        shape = tuple(image.data.shape)
+        self._steps = [*(partial(self._ensure, role, shape) for role in roles), then]
+        self._timer.start(0)
+
+    def show(self, round_index: int, layers: dict[str, np.ndarray]) -> None:
+        """Put one round's layer data into the layers (replacing a round not shown yet)."""
+        self._pending = (round_index, layers)
+        if not self._timer.isActive():
+            self._timer.start(0)
+
+    def stop(self) -> None:
+        self._steps, self._pending = [], None
+        self._timer.stop()
+
+    def _ensure(self, role: str, shape: tuple[int, ...]) -> None:
+        viewer = self._viewer()
+        existing = find_own_layer(viewer, role, self.image if role == "cells" else None)
+        if existing is None or tuple(existing.data.shape) != shape:
+            self._write(role, np.zeros(shape, np.uint8 if RESULT_LAYERS[role][1] else np.int32))
+
+    def _write(self, role: str, data: np.ndarray) -> None:
+        viewer, image = self._viewer(), self.image
+        source = image if role == "cells" else None
+        existing = find_own_layer(viewer, role, source)
+        active = viewer.layers.selection.active
+        upsert_labels(
+            viewer, role=role, name=f"{image.name} cells" if role == "cells" else role,
+            data=data, like=image, source=source, classes=RESULT_LAYERS[role][1],
+            visible=role == "cells",
+        )  # fmt: skip
+        if existing is None and active is not None:
+            # Keep the user's layer active, so that drawing or painting is not interrupted.
+            viewer.layers.selection.active = active
+
+    def _next(self) -> None:
+        if self._viewer() is None:
+            return
+        if self._pending is not None:
+            (round_index, layers), self._pending = self._pending, None
+            self._steps = [partial(self._write, role, data) for role, data in layers.items()]
+            self._steps.append(partial(self.applied_rounds.append, round_index))
+        if self._steps:
+            self._steps.pop(0)()
+        if self._steps or self._pending is not None:
+            self._timer.start(_SWAP_GAP_MS)
+
+
+class RunController(QObject):
+    """Runs training and prediction for one viewer; see the module docs.
+
+    Use :meth:`for_viewer` rather than the constructor, so that every panel of a viewer
+    shares one controller.
+    """
+
+    state_changed = Signal(object)  # RunState
+    message = Signal(str)  # the latest thing the user should read
+    progress = Signal(int, int)  # done, total (0, 0: no job)
+    round_applied = Signal(object)  # the history entry of each finished round
+    pair_changed = Signal()
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        super().__init__()
+        self._viewer = weakref.ref(viewer)
+        self.state = RunState.IDLE
+        self.pair: ModelPair | None = None
+        self.history: list[dict[str, Any]] = []
+        self.planned = 0  # the round the last training aimed at
+        self.trained_image: Layer | None = None
+        self.last_report: RoundReport | None = None
+        self.last_message = ""
+        self.writer = LayerWriter(self._viewer)
+        self._session: _Session | None = None
+        self._closing = False
+        self._status_timer = QTimer(self, interval=_STATUS_MS)
+        self._status_timer.timeout.connect(self._show_steps)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
+
+    @classmethod
+    def for_viewer(cls, viewer: napari.Viewer) -> RunController:
+        """The controller of ``viewer`` (made on first use)."""
+        viewer = getattr(viewer, "__wrapped__", viewer)  # napari hands plugins a proxy
+        controller = _CONTROLLERS.get(viewer)
+        if controller is None:
+            controller = _CONTROLLERS[viewer] = cls(viewer)
+        return controller
+
+    # ------------------------------------------------------------------------------ state
+
+    @property
+    def viewer(self) -> napari.Viewer | None:
+        return self._viewer()
+
+    @property
+    def job(self) -> TrainingJob | None:
+        """The running (or last) training job."""
+        return self._session.job if self._session is not None else None
+
+    @property
+    def busy(self) -> bool:
+        """A job runs, or its results are still on their way into the layers."""
+        return self.state is not RunState.IDLE or self.writer.busy
+
+    @property
+    def remaining(self) -> int:
+        """Rounds a stopped training has left to reach what it aimed at."""
+        return max(self.planned - len(self.history), 0)
+
+    def _set_state(self, state: RunState) -> None:
+        self.state = state
+        self.state_changed.emit(state)
+
+    def notify(self, text: str, level: str = "status") -> None:
+        """Tell the user: the status line always, a notification for info, warning, error."""
+        self.last_message = text
+        self.message.emit(text)
+        {"info": show_info, "warning": show_warning, "error": show_error}.get(
+            level, lambda _: None
+        )(text)
+
+    def set_pair(self, pair: ModelPair | None) -> None:
+        """Use ``pair`` from now on (a loaded model, or ``None`` to start from scratch)."""
+        self.pair = pair
+        self.history = [] if pair is None else [dict(h) for h in pair.history]
+        self.planned = len(self.history)
+        self.pair_changed.emit()
+
+    # ------------------------------------------------------------------------------ training
+
+    def train(self, request: TrainingRequest) -> GeneratorWorker | None:
+        """Start (or resume) training in a worker; ``None`` after a notification."""
+        if self.busy:
+            self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
+            return None
+        from .. import training
+
+        config, resume = request.config, self.pair
+        if resume is not None and self.remaining:
+            config = type(config).from_dict({**config.to_dict(), "rounds": self.remaining})
+        images = request.record.images(request.image.data)
+        sups, labels = request.record.supervisions, request.labels
+
+        def make_trainer() -> training.MutualTrainer:
+            # looked up at call time, so that tests can stand in for the engine
+            return training.MutualTrainer(images, sups, config, labels=labels, pair=resume)
+
+        job = TrainingJob(
+            make_trainer,
+            Layout(request.record.shape, request.record.planes),
+            request.show_learning,
+        )
+        worker = create_worker(
+            run_training, job, _worker_class=_TrainingWorker, _ignore_errors=True
+        )
+        worker.job = job
+        worker.yielded.connect(self._on_update)
+        worker.returned.connect(self._on_failure)
+        worker.errored.connect(self._on_failure)  # not expected: failures are returned
+        worker.finished.connect(self._on_training_finished)
+        first = len(self.history) if resume is not None else 0
+        self._session = _Session(request.image, job, worker, first, first + config.rounds)
+        self.planned = first + config.rounds
+        self.trained_image = request.image
+        self._set_state(RunState.STARTING)
+        what = "Resuming training" if resume is not None else "Training"
+        self.notify(f"{what} on '{request.image.name}': preparing…")
+        roles = [r for r in RESULT_LAYERS if request.show_learning or r not in LEARNING_ROLES]
+        self.writer.prepare(request.image, roles, self._start)
+        return worker
+
+    def stop(self) -> None:
+        """Stop training within one step; the models of the last completed round are kept."""
+        if self.state in (RunState.STARTING, RunState.TRAINING) and self.job is not None:
+            self.job.cancel()
+            self._set_state(RunState.STOPPING)
+            self.notify("Stopping after the current step…")
+
+    def _start(self) -> None:
+        session = self._session
+        if session is None or self._closing:
+            return
+        if session.job.cancelled.is_set():  # stopped before it began
+            session.job.done.set()
+            self._on_training_finished()
+            return
+        self._set_state(RunState.TRAINING)
+        self._status_timer.start()
+        freeze_gc()
+        session.worker.start()
+
+    def _show_steps(self) -> None:
+        session = self._session
+        if session is None or self.state is not RunState.TRAINING:
+            return
+        done, total = session.job.progress()
+        if total:
+            now = min(session.first_round + session.count + 1, session.planned)
+            self.progress.emit(done, total)
+            self.message.emit(
+                f"Training on {session.job.device_name}: round {now} of {session.planned}, "
+                f"step {done} of {total}."
+            )
+
+    def _on_update(self, update: RoundUpdate) -> None:
+        session = self._session
+        if session is None or self._closing:
+            return
+        session.count += 1
+        report = update.report
+        entry = {
+            "round": session.first_round + report.round,
+            "loss_a": report.loss_a,
+            "loss_b": report.loss_b,
+            "changed": report.changed,
+            "seconds": report.seconds,
+            "device": session.job.device_name or report.device,
+            "converged": report.converged,
+        }
+        self.history.append(entry)
+        self.last_report = report
+        self.writer.show(entry["round"], update.layers)
+        self.round_applied.emit(entry)
+
+    def _on_failure(self, value: Any) -> None:
+        if not isinstance(value, (WorkerFailure, BaseException)) or self._session is None:
+            return
+        self._session.error = describe_error(value, self._session.job.device_name)
+        self.notify(self._session.error, "error")
+
+    def _on_training_finished(self) -> None:
+        session = self._session
+        self._status_timer.stop()
+        if session is None:
+            return
+        if session.job.last_good is not None:
+            self.pair = session.job.last_good
+            self.pair_changed.emit()
+        if session.worker.is_running or session.count or session.job.done.is_set():
+            unfreeze_gc()
+        self._set_state(RunState.IDLE)
+        self.progress.emit(0, 0)
+        if self._closing or session.error:
+            return
+        seconds = time.perf_counter() - session.started
+        if session.job.cancelled.is_set():
+            self.notify(
+                f"Stopped after {len(self.history)} of {self.planned} rounds; the models of the "
+                "last completed round are kept. Train again to go on."
+            )
+            return
+        self.planned = len(self.history)
+        early = " (labels settled early)" if self.history and self.history[-1]["converged"] else ""
+        per_round = seconds / max(session.count, 1)
+        self.notify(
+            f"Trained {session.count} round(s){early} in {seconds:.1f} s ({per_round:.1f} "
+            "s/round). Predict another image or save the model."
+        )
+
+    # ------------------------------------------------------------------------------ predict
+
+    def predict(self, layer: Image, tile_size: int) -> GeneratorWorker | None:
+        """Segment ``layer`` with the pair in a worker; ``None`` after a notification."""
+        if self.pair is None:
+            self.notify(
+                "No trained model yet: train one (Train) or load one (Load model…).", "error"
+            )
+            return None
+        if self.busy:
+            self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
+            return None
+        data = layer.data
+        planes = None if layer.ndim == 2 else list(range(int(data.shape[0])))
+        worker = create_worker(
+            run_prediction, self.pair, data, planes, tile_size, layer.name, _ignore_errors=True
+        )
+        result: dict[str, Any] = {}
+        worker.yielded.connect(lambda done_total: self.progress.emit(*done_total))
+        worker.returned.connect(lambda value: result.setdefault("value", value))
+        worker.errored.connect(lambda exc: result.setdefault("value", WorkerFailure(exc)))
+        worker.finished.connect(partial(self._on_predict_finished, layer, result))
+        self._set_state(RunState.PREDICTING)
+        self.notify(f"Segmenting '{layer.name}'…")
+        freeze_gc()
+        worker.start()
+        return worker
+
+    def _on_predict_finished(self, layer: Image, result: dict) -> None:
+        unfreeze_gc()
+        self._set_state(RunState.IDLE)
+        self.progress.emit(0, 0)
+        labels = result.get("value")
+        if self._closing or self.viewer is None or labels is None:
+            return
+        if isinstance(labels, WorkerFailure):
+            self.notify(describe_error(labels, str(self.pair.device)), "error")
+            return
+        # The box-guided result of the training image stays; prediction goes beside it.
+        beside = layer is self.trained_image
+        role, name = (
+            ("prediction", f"{layer.name} cells (no boxes)")
+            if beside
+            else ("cells", f"{layer.name} cells")
+        )
+        out = upsert_labels(self.viewer, role=role, name=name, data=labels, like=layer,
+                            source=layer)  # fmt: skip
+        n = int(labels.max()) if labels.size else 0
+        if n:
+            self.notify(f"'{out.name}': {n} cells.")
+        else:
+            self.notify(
+                f"No cells found in '{layer.name}'. The networks may need more training (more "
+                "rounds or steps per round), or this image differs from the training images "
+                "(other stain, magnification or contrast).",
+                "warning",
+            )
+
+    # ------------------------------------------------------------------------------ files
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path | None:
+        """Save the pair; the path written, or ``None`` after a notification."""
+        if self.pair is None:
+            self.notify("No trained model to save: train one first.", "error")
+            return None
+        if self.busy:
+            self.notify("A job is running: stop it (or let it finish) before saving.", "warning")
+            return None
+        try:
+            out = self.pair.save(path, overwrite=overwrite)
+        except (OSError, ValueError) as err:
+            self.notify(f"Could not save the model: {err}", "error")
+            return None
+        self.notify(f"Model saved to {out}", "info")
+        return out
+
+    def load(self, path: str | Path, device: str = "auto") -> ModelPair | None:
+        """Load a pair and use it from now on; ``None`` after a notification."""
+        from ..models import ModelPair
+
+        if self.busy:
+            self.notify("A job is running: stop it before loading a model.", "warning")
+            return None
+        try:
+            pair = ModelPair.load(path, device=device)
+        except (OSError, CheckpointError) as err:
+            self.notify(str(err), "error")
+            return None
+        self.set_pair(pair)
+        self.notify(
+            f"Loaded {Path(path).name} ({len(pair.history)} round(s) trained). "
+            "Predict, or Train to continue."
+        )
+        return pair
+
+    def wait(self) -> None:
+        """Return once no job runs and every result is in the layers, running the event loop
+        meanwhile (the viewer stays responsive)."""
+        loop, timer = QEventLoop(), QTimer()
+        timer.timeout.connect(lambda: loop.quit() if not self.busy else None)
+        timer.start(20)
+        while self.busy:
+            loop.exec()
+        timer.stop()
+
+    # ------------------------------------------------------------------------------ closing
+
+    @property
+    def applied_rounds(self) -> list[int]:
+        """Rounds whose results reached the layers, in order (coalesced rounds are left out)."""
+        return self.writer.applied_rounds
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop any running job and wait up to ``timeout`` seconds for it to end."""
+        self._closing = True
+        self.writer.stop()
+        job = self.job
+        if job is not None and not job.done.is_set() and self.state is not RunState.STARTING:
+            job.cancel()
+            job.done.wait(timeout)

@@ -1,0 +1,183 @@
+"""Layers in, layers out: coordinate mapping and the layers this plugin owns.
+
+Runs on the main thread (it reads and writes napari layers) and holds no core logic. A layer
+the plugin made carries a tag in its metadata (:data:`OWNER_KEY`) with its role and the image
+it belongs to, by the image layer's ``unique_id``, so that the link survives renames; a layer
+without the tag is the user's and is never changed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..supervision import BACKGROUND, BOUNDARY, CELL, IGNORE
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Labels, Layer
+
+#: ``layer.metadata`` key marking the layers this plugin created (value: a dict with the role).
+OWNER_KEY = "napari-mutualseg"
+
+#: Class colours (RGBA): background faint so the image stays visible, ignore grey.
+CLASS_COLORS: dict[int | None, tuple[float, float, float, float]] = {
+    None: (1.0, 0.0, 1.0, 1.0),  # any other value: magenta, so stray paint stands out
+    BACKGROUND: (0.15, 0.25, 0.9, 0.25),
+    CELL: (0.1, 0.9, 0.2, 1.0),
+    BOUNDARY: (1.0, 0.8, 0.0, 1.0),
+    IGNORE: (0.55, 0.55, 0.55, 0.6),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# coordinates
+
+
+def _affine(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """Linear part and offset of the layer's data -> world transform (public API only)."""
+    nd = layer.ndim
+    origin = np.asarray(layer.data_to_world(np.zeros(nd)), dtype=float)
+    linear = np.empty((nd, nd))
+    for i in range(nd):
+        e = np.zeros(nd)
+        e[i] = 1.0
+        linear[:, i] = np.asarray(layer.data_to_world(e), dtype=float) - origin
+    return linear, origin
+
+
+def shapes_to_image_coords(shapes: Layer, image: Layer) -> list[np.ndarray]:
+    """The vertices of every shape, mapped into the image layer's data coordinates.
+
+    The mapping goes through world coordinates, so boxes drawn on a layer with another scale,
+    translation or rotation land on the right pixels. The caller checks that the shapes layer
+    has at least the image's dimensions.
+    """
+    lin_s, off_s = _affine(shapes)
+    lin_i, off_i = _affine(image)
+    if np.linalg.matrix_rank(lin_i) < image.ndim:
+        raise ValueError(f"The image layer '{image.name}' has a degenerate transform.")
+    inv_i = np.linalg.inv(lin_i)
+    out = []
+    for verts in shapes.data:
+        world = np.asarray(verts, dtype=float) @ lin_s.T + off_s
+        # napari aligns layers of different dimensionality on their trailing axes
+        world = world[:, -image.ndim :]
+        out.append((world - off_i) @ inv_i.T)
+    return out
+
+
+def transform_kwargs(layer: Layer) -> dict[str, Any]:
+    """Layer kwargs that put a new layer exactly on top of ``layer``."""
+    return {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": np.asarray(layer.affine.affine_matrix),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# layers the plugin owns
+
+
+def owner_tag(role: str, source: Layer | None, **extra: Any) -> dict[str, Any]:
+    """The metadata entry that marks a layer as the plugin's ``role`` for image ``source``."""
+    return {
+        OWNER_KEY: {
+            "role": role,
+            "source_id": None if source is None else str(source.unique_id),
+            **extra,
+        }
+    }
+
+
+def owner_info(layer: Layer) -> dict | None:
+    """The plugin's marker on ``layer``, or ``None`` for a layer the user made."""
+    info = layer.metadata.get(OWNER_KEY) if isinstance(layer.metadata, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def find_own_layer(viewer: napari.Viewer, role: str, source: Layer | None = None) -> Layer | None:
+    """The layer this plugin created for ``role`` (and image ``source``), if it still exists."""
+    source_id = None if source is None else str(source.unique_id)
+    for layer in viewer.layers:
+        info = owner_info(layer)
+        if info and info.get("role") == role and info.get("source_id") == source_id:
+            return layer
+    return None
+
+
+def free_name(viewer: napari.Viewer | None, name: str) -> str:
+    """``name``, or ``name [2]``, ``[3]``... when a layer already uses it."""
+    if viewer is None:
+        return name
+    taken = {layer.name for layer in viewer.layers}
+    if name not in taken:
+        return name
+    k = 2
+    while f"{name} [{k}]" in taken:
+        k += 1
+    return f"{name} [{k}]"
+
+
+def class_colormap() -> Any:
+    """napari colormap for class maps (background, cell, boundary, ignore)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict=dict(CLASS_COLORS))
+
+
+def class_layer_kwargs() -> dict[str, Any]:
+    """How a class map is shown: class colours, see-through."""
+    return {"colormap": class_colormap(), "opacity": 0.6}
+
+
+def upsert_labels(
+    viewer: napari.Viewer,
+    *,
+    role: str,
+    name: str,
+    data: np.ndarray,
+    like: Layer,
+    source: Layer | None = None,
+    classes: bool = False,
+    **kwargs: Any,
+) -> Labels:
+    """Update the plugin's own Labels layer for ``role`` in place, or add it if missing.
+
+    A user layer with the same name is never touched: the new layer gets a free name.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    role : str
+        What the layer shows (stored in ``layer.metadata``).
+    name : str
+        Name for a new layer.
+    data : numpy.ndarray
+        The labels, shaped like ``like``'s data.
+    like : napari.layers.Layer
+        The image layer whose transform the labels follow.
+    source : napari.layers.Layer, optional
+        The image the layer belongs to (``None``: shared by every image, e.g. "model A").
+    classes : bool
+        Class map (class colours) rather than instances (random colours).
+    **kwargs
+        Extra ``add_labels`` arguments for a new layer.
+    """
+    layer = find_own_layer(viewer, role, source)
+    if layer is not None:
+        reshaped = tuple(layer.data.shape) != tuple(data.shape)
+        layer.data = data
+        if reshaped:
+            for key, value in transform_kwargs(like).items():
+                setattr(layer, key, value)
+        return layer
+    kw: dict[str, Any] = {**transform_kwargs(like), **(class_layer_kwargs() if classes else {})}
+    kw.update(kwargs)
+    return viewer.add_labels(
+        data, name=free_name(viewer, name), metadata=owner_tag(role, source), **kw
+    )

@@ -1,0 +1,253 @@
+"""The dock widget's panels: data, training, model. Each owns its controls and nothing else.
+
+A panel shows state and emits what the user asked for; the widget (:mod:`.widget`) decides
+what happens. Layer pickers are magicgui combo boxes holding the layers themselves, so a
+renamed layer stays picked.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QWidget,
+)
+
+from .layers import free_name, owner_info
+from .loss_plot import LossPlot
+from .settings import SettingsForm, TrainingSettings
+
+if TYPE_CHECKING:
+    import napari
+
+MODE_ALL = "Every cell is boxed"
+MODE_REGION = "Only inside a drawn region"
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for k, w in enumerate(widgets):
+        row.addWidget(w, 1 if k == 0 else 0)
+    return row
+
+
+class LayerPicker(ComboBox):
+    """A combo box of the viewer's layers of one kind (the layers themselves are the values).
+
+    It follows the layer list (added, removed, moved and renamed layers) until
+    :meth:`unwatch`; with ``pick_new``, a layer added to the viewer becomes the picked one.
+    """
+
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        kind: str,
+        tooltip: str,
+        exclude: Any = None,
+        pick_new: bool = False,
+    ) -> None:
+        self._viewer, self._kind, self._exclude, self._pick_new = viewer, kind, exclude, pick_new
+        super().__init__(choices=self._layers, nullable=False, tooltip=tooltip)
+        events = viewer.layers.events
+        self._watched = [(events.inserted, self._inserted), (events.removed, self._refresh)]
+        self._watched.append((events.moved, self._refresh))
+        self._watched += [(layer.events.name, self._refresh) for layer in viewer.layers]
+        for emitter, slot in self._watched:
+            emitter.connect(slot)
+
+    def _layers(self, _: Any = None) -> list[tuple[str, Any]]:
+        from napari import layers
+
+        kind = getattr(layers, self._kind)
+        skip = self._exclude() if self._exclude is not None else None
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, kind) and owner_info(layer) is None and layer != skip
+        ]
+
+    def _refresh(self, *_: Any) -> None:
+        self.reset_choices()
+
+    def _inserted(self, event: Any) -> None:
+        layer = event.value
+        layer.events.name.connect(self._refresh)
+        self._watched.append((layer.events.name, self._refresh))
+        self.reset_choices()
+        if self._pick_new and any(value == layer for _, value in self._layers()):
+            self.value = layer
+
+    def unwatch(self) -> None:
+        """Stop following the layer list (the panel is closed)."""
+        for emitter, slot in self._watched:
+            emitter.disconnect(slot)
+        self._watched = []
+
+    @property
+    def layer(self) -> Any:
+        """The picked layer, or ``None``."""
+        return self.value if self.choices else None
+
+    @layer.setter
+    def layer(self, layer: Any) -> None:
+        if isinstance(layer, str):
+            names = dict(self._layers())
+            if layer not in names:
+                raise ValueError(f"There is no {self._kind.lower()} layer named {layer!r}.")
+            layer = names[layer]
+        self.reset_choices()
+        self.value = layer
+
+
+class DataPanel(QGroupBox):
+    """The image, its boxes, the annotation mode and the supervision button."""
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        super().__init__("Data")
+        self.viewer = viewer
+        form = QFormLayout(self)
+        self.image = LayerPicker(
+            viewer, "Image", "The image to train on: 2D, or a stack of planes"
+        )
+        self.boxes = LayerPicker(viewer, "Shapes", "A Shapes layer with a rectangle per cell")
+        self.region = LayerPicker(
+            viewer, "Shapes", "Where every cell is boxed", exclude=lambda: self.boxes.layer
+        )
+        self.mode = ComboBox(
+            choices=[MODE_ALL, MODE_REGION],
+            tooltip="Every cell is boxed: everything outside the boxes is background.\n"
+            "Only inside a drawn region: outside the region nothing is known (ignored).",
+        )
+        self.new_boxes = QPushButton("New boxes layer")
+        self.new_boxes.setToolTip("Add a Shapes layer 'boxes' in rectangle mode")
+        self.new_region = QPushButton("New region layer")
+        self.generate = QPushButton("Generate supervision")
+        self.generate.setToolTip(
+            "Make the ellipse labels from the boxes; paint on them to correct them. Pixels you "
+            "painted are kept when the supervision is made again."
+        )
+        form.addRow("Image", self.image.native)
+        form.addRow("Boxes", _row(self.boxes.native, self.new_boxes))
+        form.addRow("Annotation", self.mode.native)
+        form.addRow("Region", _row(self.region.native, self.new_region))
+        form.addRow(self.generate)
+        self.boxes.changed.connect(lambda _: self.region.reset_choices())
+        self.mode.changed.connect(lambda _: self.set_busy(False))
+        self.set_busy(False)
+
+    def new_shapes(self, name: str, color: str, mode: str) -> Any:
+        """Add an empty Shapes layer on top of the picked image, in drawing ``mode``."""
+        image = self.image.layer
+        kw: dict[str, Any] = {"edge_width": 1.0}
+        if image is not None:
+            kw.update(ndim=image.ndim, scale=image.scale, translate=image.translate)
+            kw["edge_width"] = max(1.0, float(sum(image.scale[-2:]) / 2))
+        viewer = self.viewer
+        layer = viewer.add_shapes(
+            name=free_name(viewer, name), edge_color=color, face_color="transparent", **kw
+        )
+        layer.mode = mode
+        return layer
+
+    @property
+    def pickers(self) -> tuple[LayerPicker, ...]:
+        return (self.image, self.boxes, self.region)
+
+    @property
+    def region_mode(self) -> bool:
+        return self.mode.value == MODE_REGION
+
+    def set_busy(self, busy: bool) -> None:
+        for w in (self.generate, self.new_boxes):
+            w.setEnabled(not busy)
+        self.region.enabled = self.region_mode
+        self.new_region.setEnabled(self.region_mode)
+
+
+class TrainingPanel(QGroupBox):
+    """The settings, Train / Stop / Reset, the progress of a run and the loss curve."""
+
+    def __init__(self, settings: TrainingSettings) -> None:
+        super().__init__("Training")
+        form = QFormLayout(self)
+        self.form = SettingsForm(settings)
+        form.addRow(self.form)
+        self.device = QLabel()
+        self.device.setWordWrap(True)
+        form.addRow(self.device)
+        self.train = QPushButton("Train")
+        self.stop = QPushButton("Stop")
+        self.reset = QPushButton("Reset models")
+        self.reset.setToolTip("Forget the trained models: the next Train starts fresh")
+        form.addRow(_row(self.train, self.stop, self.reset))
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(False)
+        self.progress.setMaximumHeight(8)
+        form.addRow(self.progress)
+        self.loss_plot = LossPlot()
+        form.addRow(self.loss_plot)
+        self.set_state(training=False, busy=False, has_model=False)
+
+    def set_state(self, *, training: bool, busy: bool, has_model: bool) -> None:
+        self.form.set_training(training)
+        self.train.setEnabled(not busy)
+        self.stop.setEnabled(training)
+        self.reset.setEnabled(has_model and not busy)
+        self.progress.setVisible(busy)
+
+    def set_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+
+class ModelPanel(QGroupBox):
+    """Segment another image; save and load the trained pair."""
+
+    save_requested = Signal(str)  # a path the user agreed to write (and replace)
+    load_requested = Signal(str)
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        super().__init__("Model")
+        form = QFormLayout(self)
+        # a newly opened image is the likeliest one to segment next
+        self.target = LayerPicker(
+            viewer, "Image", "The image to segment with the trained models", pick_new=True
+        )
+        self.predict = QPushButton("Predict")
+        self.save = QPushButton("Save model…")
+        self.load = QPushButton("Load model…")
+        form.addRow("Segment", _row(self.target.native, self.predict))
+        form.addRow(_row(self.save, self.load))
+        self.save.clicked.connect(self._ask_save)
+        self.load.clicked.connect(self._ask_load)
+
+    def set_state(self, *, busy: bool, has_model: bool) -> None:
+        self.predict.setEnabled(has_model and not busy)
+        self.save.setEnabled(has_model and not busy)
+        self.load.setEnabled(not busy)
+
+    def _ask_save(self) -> None:
+        dialog = QFileDialog(self, "Save model")
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setDefaultSuffix("pt")
+        dialog.setNameFilters(["napari-mutualseg model (*.pt)", "All files (*)"])
+        dialog.selectFile("mutualseg-model.pt")
+        # The dialog asks before replacing an existing file: the path is agreed on.
+        if dialog.exec() and dialog.selectedFiles():
+            self.save_requested.emit(dialog.selectedFiles()[0])
+
+    def _ask_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load model", "", "napari-mutualseg model (*.pt);;All files (*)"
+        )
+        if path:
+            self.load_requested.emit(path)

@@ -1,0 +1,202 @@
+"""The training settings, declared once: the form, the checks and the scripting surface.
+
+Each setting is one row of :data:`SETTINGS` (name, label, range, tooltip); its default comes
+from :meth:`TrainConfig.recommended` for this machine. :class:`TrainingSettings` holds the
+values (``widget.settings`` in scripts) and :class:`SettingsForm` shows them, both ways bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psygnal import Signal
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
+from superqt import QCollapsible
+
+from ..config import TrainConfig
+from ..devices import available_devices
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training setting as the widget shows it.
+
+    ``kind`` is ``int``, ``float`` (with ``decimals``), ``bool`` or ``str`` (a choice among
+    ``choices``); ``name`` is the :class:`TrainConfig` field it sets, unless ``view_only``.
+    """
+
+    name: str
+    label: str
+    tooltip: str
+    kind: type = int
+    minimum: float = 0
+    maximum: float = 0
+    step: float = 1
+    decimals: int = 0
+    advanced: bool = False
+    view_only: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("rounds", "Rounds", "Rounds of mutual learning (stops early when labels settle)",
+            minimum=1, maximum=1000),
+    Setting("steps_per_round", "Steps per round", "Training steps of each network per round",
+            minimum=1, maximum=1_000_000, step=50),
+    Setting("width", "Model width", "Channels of the first U-Net level (model size)",
+            minimum=2, maximum=256, step=4),
+    Setting("learning_rate", "Learning rate", "Adam learning rate of the first round",
+            kind=float, minimum=1e-6, maximum=0.5, step=1e-4, decimals=6),
+    Setting("seed", "Seed", "Seeds the networks and the sampling (reproducible on the CPU)",
+            minimum=0, maximum=2**31 - 1),
+    Setting("device", "Device", "auto: CUDA, then Apple MPS, then the CPU", kind=str),
+    Setting("depth", "Model depth", "U-Net levels", minimum=1, maximum=8, advanced=True),
+    Setting("patch_size", "Patch size", "Training crop edge in pixels; lower it when memory runs "
+            "out", minimum=16, maximum=4096, step=32, advanced=True),
+    Setting("batch_size", "Batch size", "Crops per training step", minimum=1, maximum=256,
+            advanced=True),
+    Setting("tile_size", "Tile size", "Tile edge for whole-image prediction; lower it for big "
+            "images", minimum=32, maximum=8192, step=64, advanced=True),
+    Setting("show_learning", "Show what A and B learn from", "Add the layers 'A learns from' "
+            "and 'B learns from'", kind=bool, view_only=True),
+)  # fmt: skip
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class TrainingSettings:
+    """The training settings shown in the widget; read and set them from scripts.
+
+    Examples
+    --------
+    >>> widget.settings.rounds = 3
+    >>> widget.settings.update(steps_per_round=50, device="cpu")
+    >>> widget.settings.to_config()
+    """
+
+    changed = Signal(str, object)
+
+    def __init__(self) -> None:
+        recommended = TrainConfig.recommended()
+        values = {s.name: getattr(recommended, s.name, False) for s in SETTINGS}
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"There is no setting {name!r}.") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setting = _BY_NAME.get(name)
+        if setting is None:
+            raise AttributeError(
+                f"There is no setting {name!r}; the settings are {', '.join(_BY_NAME)}."
+            )
+        value = _checked(setting, value)
+        if value != self._values[name]:
+            self._values[name] = value
+            self.changed.emit(name, value)
+
+    def __repr__(self) -> str:
+        return "TrainingSettings(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+    def update(self, **values: Any) -> None:
+        """Set several settings at once."""
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The values, by name."""
+        return dict(self._values)
+
+    def to_config(self) -> TrainConfig:
+        """The engine's settings: the recommended ones for the device, with these values."""
+        given = {s.name: self._values[s.name] for s in SETTINGS if not s.view_only}
+        return TrainConfig.recommended(given.pop("device"), **given)
+
+
+def _checked(setting: Setting, value: Any) -> Any:
+    if setting.kind is str:
+        choices = available_devices()
+        if value not in choices:
+            raise ValueError(f"{setting.name} must be one of {', '.join(choices)}, got {value!r}.")
+        return value
+    if setting.kind is bool:
+        return bool(value)
+    value = setting.kind(value)
+    if not setting.minimum <= value <= setting.maximum:
+        raise ValueError(
+            f"{setting.name} must be between {setting.minimum:g} and {setting.maximum:g}, "
+            f"got {value:g}."
+        )
+    return value
+
+
+class SettingsForm(QWidget):
+    """The settings as a form (the advanced ones folded away), bound both ways."""
+
+    def __init__(self, settings: TrainingSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.editors: dict[str, QWidget] = {}
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        advanced = QCollapsible("Advanced")
+        inner = QWidget()
+        advanced_form = QFormLayout(inner)
+        for setting in SETTINGS:
+            editor = self._editor(setting)
+            editor.setToolTip(setting.tooltip)
+            self.editors[setting.name] = editor
+            target = advanced_form if setting.advanced else form
+            if setting.kind is bool:
+                target.addRow(editor)
+            else:
+                target.addRow(setting.label, editor)
+        advanced.addWidget(inner)
+        form.addRow(advanced)
+        settings.changed.connect(self._show)
+
+    def _editor(self, setting: Setting) -> QWidget:
+        value = getattr(self.settings, setting.name)
+        name = setting.name
+        if setting.kind is bool:
+            editor = QCheckBox(setting.label)
+            editor.setChecked(value)
+            editor.toggled.connect(lambda v: setattr(self.settings, name, v))
+        elif setting.kind is str:
+            editor = QComboBox()
+            editor.addItems(available_devices())
+            editor.setCurrentText(value)
+            editor.currentTextChanged.connect(lambda v: setattr(self.settings, name, v))
+        else:
+            editor = (
+                QDoubleSpinBox(decimals=setting.decimals)
+                if setting.kind is float
+                else (QSpinBox())
+            )
+            editor.setRange(setting.kind(setting.minimum), setting.kind(setting.maximum))
+            editor.setSingleStep(setting.kind(setting.step))
+            editor.setValue(value)
+            editor.valueChanged.connect(lambda v: setattr(self.settings, name, v))
+        return editor
+
+    def _show(self, name: str, value: Any) -> None:
+        editor = self.editors[name]
+        editor.blockSignals(True)
+        try:
+            if isinstance(editor, QCheckBox):
+                editor.setChecked(value)
+            elif isinstance(editor, QComboBox):
+                editor.setCurrentText(value)
+            else:
+                editor.setValue(value)
+        finally:
+            editor.blockSignals(False)
+
+    def set_training(self, training: bool) -> None:
+        """Freeze the settings the running training depends on."""
+        for setting in SETTINGS:
+            if not setting.view_only:
+                self.editors[setting.name].setEnabled(not training)

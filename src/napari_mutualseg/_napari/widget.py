@@ -1,0 +1,413 @@
+"""The dock widget: boxes in, two networks trained live in a worker, cells out.
+
+The widget composes the panels (:mod:`.panels`) around the training settings
+(:mod:`.settings`) and its viewer's run controller (:mod:`.controller`), and turns the user's
+clicks (or a script's calls) into the controller's jobs. Closing the panel stops training; the
+trained pair stays with the viewer, and a reopened panel shows it again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.utils.notifications import show_warning
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+
+from ..devices import describe_device, select_device
+from .controller import RunController, RunState, TrainingRequest
+from .layers import find_own_layer
+from .panels import MODE_ALL, MODE_REGION, DataPanel, ModelPanel, TrainingPanel
+from .prepare import UserInputError, adopt, check_image_layer, outdated, write_supervision
+from .settings import TrainingSettings
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image, Labels, Shapes
+
+    from ..config import TrainConfig
+    from ..models import ModelPair
+    from ..training import RoundReport
+
+
+class MutualSegWidget(QWidget):
+    """Draw boxes, train two networks that teach each other, segment other images.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose layers the widget reads and writes.
+
+    Attributes
+    ----------
+    settings : TrainingSettings
+        The training settings shown in the panel; set them from scripts.
+    controller : RunController
+        The viewer's jobs, trained pair and round history (shared by its panels).
+
+    Examples
+    --------
+    >>> widget = MutualSegWidget(viewer)
+    >>> viewer.window.add_dock_widget(widget)
+    >>> widget.settings.rounds = 3
+    >>> widget.generate_supervision()
+    >>> widget.train(block=True)
+    >>> widget.predict(viewer.layers["other image"], block=True)
+    >>> widget.save_model("cells.pt")
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.settings = TrainingSettings()
+        self.controller = RunController.for_viewer(napari_viewer)
+        self.data = DataPanel(napari_viewer)
+        self.training = TrainingPanel(self.settings)
+        self.model = ModelPanel(napari_viewer)
+        self.status = QLabel("Draw a box around each cell, then press Train.")
+        self.status.setWordWrap(True)
+        self._docked = False
+        self._build()
+        self._connect()
+        _check_qt_binding()
+        self._show_pair()
+        self._on_state()
+
+    def _build(self) -> None:
+        inner = QWidget()
+        column = QVBoxLayout(inner)
+        for part in (self.data, self.training, self.model, self.status):
+            column.addWidget(part)
+        column.addStretch(1)
+        # A scroll area: the panel fits a laptop screen however tall its content grows.
+        scroll = QScrollArea()
+        scroll.setWidget(inner)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll)
+        self.setMinimumHeight(200)
+
+    def _connect(self) -> None:
+        d, t, m, c = self.data, self.training, self.model, self.controller
+        d.new_boxes.clicked.connect(self.new_boxes_layer)
+        d.new_region.clicked.connect(self.new_region_layer)
+        d.generate.clicked.connect(self.generate_supervision)
+        t.train.clicked.connect(lambda: self.train())
+        t.stop.clicked.connect(self.stop)
+        t.reset.clicked.connect(self.reset_models)
+        m.predict.clicked.connect(lambda: self.predict())
+        m.save_requested.connect(lambda path: self.save_model(path, overwrite=True))
+        m.load_requested.connect(self.load_model)
+        self.settings.changed.connect(self._on_setting)
+        self._controller_slots = [
+            (c.state_changed, self._on_state),
+            (c.message, self.status.setText),
+            (c.progress, t.set_progress),
+            (c.round_applied, lambda e: t.loss_plot.add(e["loss_a"], e["loss_b"])),
+            (c.pair_changed, self._show_pair),
+        ]
+        for signal, slot in self._controller_slots:
+            signal.connect(slot)
+        if c.last_message:
+            self.status.setText(c.last_message)
+        self._on_setting("device", self.settings.device)
+
+    # ------------------------------------------------------------------------------ display
+
+    def _on_state(self, *_: Any) -> None:
+        state, has_model = self.controller.state, self.pair is not None
+        training = state in (RunState.STARTING, RunState.TRAINING, RunState.STOPPING)
+        busy = state is not RunState.IDLE
+        self.data.set_busy(busy)
+        self.training.set_state(training=training, busy=busy, has_model=has_model)
+        self.model.set_state(busy=busy, has_model=has_model)
+        if state is RunState.TRAINING and self.controller.job is not None:
+            self.training.device.setText(f"Device in use: {self.controller.job.device_name}")
+
+    def _on_setting(self, name: str, value: Any) -> None:
+        if name == "device":
+            try:
+                device = describe_device(select_device(value))
+            except ValueError as err:
+                device = f"unavailable ({err})"
+            self.training.device.setText(f"Device: {device}")
+        elif name == "show_learning" and self.controller.job is not None:
+            self.controller.job.show_learning = bool(value)
+
+    def _show_pair(self) -> None:
+        history = self.controller.history
+        self.training.loss_plot.set_history([(h["loss_a"], h["loss_b"]) for h in history])
+        self._on_state()
+
+    # ------------------------------------------------------------------------------ layers
+
+    @property
+    def image_layer(self) -> Image | None:
+        """The image layer picked for training (a layer or its name when set)."""
+        return self.data.image.layer
+
+    @image_layer.setter
+    def image_layer(self, layer: Image | str) -> None:
+        self.data.image.layer = layer
+
+    @property
+    def boxes_layer(self) -> Shapes | None:
+        """The Shapes layer holding the boxes (a layer or its name when set)."""
+        return self.data.boxes.layer
+
+    @boxes_layer.setter
+    def boxes_layer(self, layer: Shapes | str) -> None:
+        self.data.boxes.layer = layer
+
+    @property
+    def region_layer(self) -> Shapes | None:
+        """The Shapes layer outlining the annotated region; ``None`` when every cell is boxed."""
+        return self.data.region.layer if self.data.region_mode else None
+
+    @region_layer.setter
+    def region_layer(self, layer: Shapes | str | None) -> None:
+        self.data.mode.value = MODE_ALL if layer is None else MODE_REGION
+        if layer is not None:
+            self.data.region.layer = layer
+
+    def new_boxes_layer(self) -> Shapes:
+        """Add an empty Shapes layer "boxes" in rectangle mode, on top of the image."""
+        layer = self.data.new_shapes("boxes", "yellow", "add_rectangle")
+        self.boxes_layer = layer
+        return layer
+
+    def new_region_layer(self) -> Shapes:
+        """Add an empty Shapes layer "region" in polygon mode."""
+        layer = self.data.new_shapes("region", "cyan", "add_polygon")
+        self.region_layer = layer
+        return layer
+
+    # ------------------------------------------------------------------------------ supervision
+
+    def generate_supervision(self) -> Labels | None:
+        """Make the ellipse supervision from the boxes and show it as "<image> supervision".
+
+        Made again, it keeps every pixel the user painted on it.
+
+        Returns
+        -------
+        napari.layers.Labels or None
+            The supervision layer, or ``None`` after a notification.
+        """
+        image = self.image_layer
+        try:
+            layer, record, kept = write_supervision(
+                self.viewer, image, self.boxes_layer, self.region_layer
+            )
+        except UserInputError as err:
+            self.controller.notify(str(err), "error")
+            return None
+        for note in record.notes:
+            show_warning(note)
+        where = "" if record.planes is None else f" on {len(record.planes)} plane(s)"
+        painted = f", keeping the {kept} pixels you painted" if kept else ""
+        self.controller.notify(
+            f"Supervision from {record.n_boxes} boxes{where}{painted}: green cell, yellow "
+            "boundary, grey ignored. Paint to correct it (labels 0/1/2/255), then press Train."
+        )
+        return layer
+
+    # ------------------------------------------------------------------------------ training
+
+    @property
+    def pair(self) -> ModelPair | None:
+        """The trained (or loaded) networks; training again resumes from them."""
+        return self.controller.pair
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per trained round (losses, changed labels, seconds, device)."""
+        return self.controller.history
+
+    @property
+    def last_report(self) -> RoundReport | None:
+        """The newest round's full report (class maps, instances, labels)."""
+        return self.controller.last_report
+
+    @property
+    def is_training(self) -> bool:
+        """Whether a training job is starting, running or stopping."""
+        return self.controller.state in (RunState.STARTING, RunState.TRAINING, RunState.STOPPING)
+
+    @property
+    def is_busy(self) -> bool:
+        """A job runs, or its results are still on their way into the layers."""
+        return self.controller.busy
+
+    def config(self) -> TrainConfig:
+        """The engine's settings as the panel shows them."""
+        return self.settings.to_config()
+
+    def train(self, *, block: bool = False) -> Any:
+        """Train (or resume training) on the picked image in a worker thread.
+
+        Uses the supervision layer with every pixel the user painted on it. It is made first
+        when missing, and made again (keeping the painted pixels) when the boxes changed.
+
+        Parameters
+        ----------
+        block : bool
+            Wait (keeping the viewer responsive) until training ends.
+
+        Returns
+        -------
+        GeneratorWorker or None
+            The worker, or ``None`` after a notification when training cannot start.
+        """
+        notify = self.controller.notify
+        if self.controller.busy:
+            notify("Busy: wait for the running job to finish, or press Stop.", "warning")
+            return None
+        image = self.image_layer
+        try:
+            check_image_layer(image)
+        except UserInputError as err:
+            notify(str(err), "error")
+            return None
+        boxes, region = self.boxes_layer, self.region_layer
+        layer = find_own_layer(self.viewer, "supervision", image)
+        if layer is None or outdated(layer, image, boxes, region):
+            layer = self.generate_supervision()  # keeps what the user painted
+            if layer is None:
+                return None
+        try:
+            record = adopt(layer, image, boxes, region)
+            labels = record.labels(layer)
+            config = self.settings.to_config()
+        except ValueError as err:
+            notify(str(err), "error")
+            return None
+        request = TrainingRequest(image, record, labels, config, self.settings.show_learning)
+        worker = self.controller.train(request)
+        if worker is not None and block:
+            self.wait()
+        return worker
+
+    def stop(self) -> None:
+        """Stop training within one step; the models of the last completed round are kept."""
+        self.controller.stop()
+
+    def reset_models(self) -> None:
+        """Forget the trained models: the next training starts from scratch."""
+        if self.controller.busy:
+            self.controller.notify("Stop the running job before resetting the models.", "warning")
+            return
+        self.controller.set_pair(None)
+        self.controller.notify("Models reset: the next Train starts from scratch.")
+
+    def wait(self) -> None:
+        """Return once every job is done and its results are in the layers (the viewer stays
+        responsive meanwhile)."""
+        self.controller.wait()
+
+    # ------------------------------------------------------------------------------ predict
+
+    def predict(self, layer: Image | str | None = None, *, block: bool = False) -> Any:
+        """Segment an image layer with the trained models in a worker ("<image> cells").
+
+        On the training image itself the result goes beside the box-guided one, as
+        "<image> cells (no boxes)".
+
+        Parameters
+        ----------
+        layer : napari.layers.Image or str, optional
+            The image (default: the one picked next to Predict). A stack is segmented plane
+            by plane.
+        block : bool
+            Wait (keeping the viewer responsive) until the labels are added.
+
+        Returns
+        -------
+        GeneratorWorker or None
+            The worker, or ``None`` after a notification.
+        """
+        if isinstance(layer, str):
+            layer = next((x for x in self.viewer.layers if x.name == layer), None)
+        elif layer is None:
+            layer = self.model.target.layer
+        try:
+            check_image_layer(layer, purpose="segment")
+        except UserInputError as err:
+            self.controller.notify(str(err), "error")
+            return None
+        worker = self.controller.predict(layer, self.settings.tile_size)
+        if worker is not None and block:
+            self.wait()
+        return worker
+
+    # ------------------------------------------------------------------------------ save / load
+
+    def save_model(self, path: str | Path, *, overwrite: bool = False) -> Path | None:
+        """Save the trained pair to one file, never replacing one unless ``overwrite``; the
+        path written, or ``None`` after a notification."""
+        return self.controller.save(path, overwrite=overwrite)
+
+    def load_model(self, path: str | Path) -> ModelPair | None:
+        """Load a saved pair for Predict (and resumed training); ``None`` after a notification."""
+        pair = self.controller.load(path, device=self.settings.device)
+        if pair is not None:
+            for key in ("width", "depth"):
+                if key in pair.settings:
+                    setattr(self.settings, key, int(pair.settings[key]))
+        return pair
+
+    # ------------------------------------------------------------------------------ closing
+
+    def event(self, event: QEvent) -> bool:
+        # napari's close button takes the widget out of its dock (parent None), it does not
+        # delete it: that is when the panel is closed.
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._docked = False
+                self.close_panel()
+        return super().event(event)
+
+    def close_panel(self) -> None:
+        """Stop training and let go of the viewer; the trained pair stays with the viewer."""
+        self.controller.stop()
+        for signal, slot in self._controller_slots:
+            signal.disconnect(slot)
+        for picker in (*self.data.pickers, self.model.target):
+            picker.unwatch()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop training and wait up to ``timeout`` seconds for the worker to end."""
+        self.controller.shutdown(timeout)
+
+
+_binding_checked = False
+
+
+def _check_qt_binding() -> None:
+    """Warn once about a Qt binding known to crash long sessions."""
+    global _binding_checked
+    if _binding_checked:
+        return
+    _binding_checked = True
+    import sys
+
+    try:
+        import PySide6
+    except ImportError:
+        return
+    if PySide6.__version__.startswith("6.12.") and sys.version_info < (3, 12):
+        # 6.12.0 drops a reference to None/True on every call that returns them; only Python
+        # 3.12+ (immortal None/True) survives it: napari aborts after minutes of training.
+        show_warning(
+            f"PySide6 {PySide6.__version__} on Python {sys.version_info.major}."
+            f"{sys.version_info.minor} crashes napari in long sessions. Install PySide6 6.11 "
+            "(pip install 'PySide6<6.12') or use Python 3.12 or newer."
+        )
+
+
+__all__ = ["MutualSegWidget"]

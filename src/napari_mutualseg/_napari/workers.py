@@ -1,0 +1,226 @@
+"""What runs in the worker threads: the engine's rounds and prediction, with their layer data.
+
+The generators here run off the main thread and touch no Qt object and no layer: they drive
+the core and lay its results out as the arrays the layers will show, so that the main thread
+only swaps them in. Failures come back as values (:class:`WorkerFailure`), never as raised
+exceptions.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..supervision import IGNORE
+
+if TYPE_CHECKING:
+    from ..models import ModelPair
+    from ..training import RoundReport
+
+#: Result layers of a training round: role -> (report attribute, is a class map).
+RESULT_LAYERS = {
+    "cells": ("instances", False),
+    "model A": ("classes_a", True),
+    "model B": ("classes_b", True),
+    "A learns from": ("labels_a", True),
+    "B learns from": ("labels_b", True),
+}
+#: The roles shown only when the user asks what the networks learn from.
+LEARNING_ROLES = ("A learns from", "B learns from")
+
+
+class WorkerFailure:
+    """An exception raised in a worker, handed back as the worker's return value.
+
+    Workers never raise: superqt treats a ``RuntimeError`` escaping a generator worker (CUDA
+    out of memory and NaN losses are ``RuntimeError`` subclasses) as "the worker was deleted"
+    and drops it without a signal, and napari 0.9's task-status slot for ``errored`` takes the
+    wrong number of arguments. A returned failure reaches the main thread reliably.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+
+    def __repr__(self) -> str:
+        return f"WorkerFailure({self.original!r})"
+
+
+@dataclass
+class Layout:
+    """Where per-plane results go in an array shaped like the image layer's data."""
+
+    shape: tuple[int, ...]
+    planes: list[int] | None
+
+    def place(self, arrays: list[np.ndarray], fill: int) -> np.ndarray:
+        """One array for the layer: ``arrays`` on their planes, ``fill`` elsewhere."""
+        if self.planes is None:
+            return arrays[0]
+        out = np.full(self.shape, fill, arrays[0].dtype)
+        for p, array in zip(self.planes, arrays, strict=True):
+            out[p] = array
+        return out
+
+
+@dataclass
+class RoundUpdate:
+    """A round's report and the layer data made from it (role -> array)."""
+
+    report: RoundReport
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class TrainingJob:
+    """What the main thread and the training thread share: the trainer and a cancel flag.
+
+    Parameters
+    ----------
+    make_trainer : callable
+        Builds the :class:`~napari_mutualseg.training.MutualTrainer` (in the worker thread).
+    layout : Layout
+        Where each trained plane's results go.
+    show_learning : bool
+        Also make the layers of what A and B learn from (the main thread may change it).
+    """
+
+    def __init__(
+        self, make_trainer: Callable[[], Any], layout: Layout, show_learning: bool = False
+    ) -> None:
+        self.make_trainer = make_trainer
+        self.layout = layout
+        self.show_learning = show_learning
+        self.trainer: Any = None
+        self.device_name: str = ""
+        self.last_good: ModelPair | None = None
+        self.cancelled = threading.Event()
+        self.done = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the trainer to stop before its next step (thread-safe)."""
+        self.cancelled.set()
+        trainer = self.trainer
+        if trainer is not None:
+            trainer.cancel()
+
+    def progress(self) -> tuple[int, int]:
+        """Steps done and planned (both networks together)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return int(trainer.step), int(trainer.total_steps)
+
+    def update(self, report: RoundReport) -> RoundUpdate:
+        """The layer data of one round, laid out like the image."""
+        layers = {}
+        for role, (attribute, classes) in RESULT_LAYERS.items():
+            if role in LEARNING_ROLES and not self.show_learning:
+                continue
+            layers[role] = self.layout.place(getattr(report, attribute), IGNORE if classes else 0)
+        return RoundUpdate(report, layers)
+
+
+def run_training(job: TrainingJob) -> Generator[RoundUpdate, None, WorkerFailure | None]:
+    """The worker: one :class:`RoundUpdate` per round, the failure (if any) as return value."""
+    try:
+        trainer = job.make_trainer()
+        job.device_name = getattr(trainer, "device_name", str(trainer.device))
+        job.trainer = trainer
+        if job.cancelled.is_set():
+            trainer.cancel()
+        for report in trainer:
+            # The trainer is paused at its own yield: the copy is consistent.
+            job.last_good = trainer.pair.copy()
+            yield job.update(report)
+    except Exception as exc:
+        return WorkerFailure(exc)
+    finally:
+        job.trainer = None
+        release_device_memory()
+        job.done.set()
+    return None
+
+
+def run_prediction(
+    pair: ModelPair, data: Any, planes: list[int] | None, tile_size: int, name: str
+) -> Generator[tuple[int, int], None, np.ndarray | WorkerFailure]:
+    """The worker: segment a 2D image or every plane of a stack; yields (done, total)."""
+    try:
+        if planes is None:
+            yield 0, 1
+            return pair.segment(np.asarray(data), tile_size=tile_size, name=name)
+        out = np.zeros(tuple(data.shape), np.int32)
+        offset = 0
+        for i, p in enumerate(planes):
+            yield i, len(planes)
+            labels = pair.segment(np.asarray(data[p]), tile_size=tile_size, name=f"{name}[{p}]")
+            # distinct ids across planes, so that each cell of the stack has its own colour
+            labels[labels > 0] += offset
+            offset = max(offset, int(labels.max()))
+            out[p] = labels
+        return out
+    except Exception as exc:
+        return WorkerFailure(exc)
+    finally:
+        release_device_memory()
+
+
+def release_device_memory() -> None:
+    """Give cached GPU memory back (else it stays reserved until napari closes)."""
+    # Only on CUDA: a full collection holds the GIL long enough to stall the viewer.
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gc.collect()
+            torch.cuda.empty_cache()
+    except Exception:  # freeing memory must never raise
+        pass
+
+
+_gc_frozen = 0
+
+
+def freeze_gc() -> None:
+    """Keep the objects that exist now out of Python's full garbage collections.
+
+    A full collection scans every object of napari, Qt and torch (0.2-0.3 s) while holding
+    the GIL; triggered in the worker thread, it freezes the viewer. Objects made during the
+    job are still collected; everything is scanned again after :func:`unfreeze_gc`.
+    """
+    global _gc_frozen
+    if _gc_frozen == 0:
+        gc.freeze()
+    _gc_frozen += 1
+
+
+def unfreeze_gc() -> None:
+    """Undo one :func:`freeze_gc`."""
+    global _gc_frozen
+    if _gc_frozen > 0:
+        _gc_frozen -= 1
+        if _gc_frozen == 0:
+            gc.unfreeze()
+
+
+def describe_error(exc: BaseException, device: str = "") -> str:
+    """A user-facing message with advice for an exception raised while training or predicting."""
+    original = getattr(exc, "original", exc)
+    text = str(original)
+    where = f" on {device}" if device else ""
+    oom = type(original).__name__ == "OutOfMemoryError" or "out of memory" in text.lower()
+    if oom:
+        return (
+            f"Out of memory{where}. Lower 'patch size' or 'batch size' (Advanced) or the tile "
+            "size, close other programs using the GPU, or choose device 'cpu'. The models of the "
+            "last completed round are kept."
+        )
+    if "nan" in text.lower() and type(original).__name__ == "TrainingError":
+        return f"{text} The models of the last completed round are kept."
+    if isinstance(original, ValueError):
+        return text
+    return f"Failed{where}: {type(original).__name__}: {text}"

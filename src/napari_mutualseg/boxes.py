@@ -1,0 +1,521 @@
+"""Boxes drawn around cells: geometry, the pixel convention and every rule a box must meet.
+
+Coordinates follow napari: pixel ``(i, j)`` is centred at ``(i, j)``; a plain box row
+``y0, x0, y1, x1`` is a half-open pixel range whose corners lie at ``(y0 - 0.5, x0 - 0.5)``
+and ``(y1 - 0.5, x1 - 0.5)``. :meth:`Box.from_corners` and :meth:`Box.pixel_range` are the
+only places that convert between the two.
+
+The rules live here once, for the Python API, the command line and the napari widget alike:
+which shapes are boxes (:data:`BOX_TYPES`), how small a box may be (:data:`MIN_BOX_SIZE`),
+how a box on a stack finds its plane (:func:`boxes_by_plane`) and which boxes of a drawing
+can be used on an image (:func:`usable_boxes`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BOX_TYPES",
+    "MIN_BOX_SIZE",
+    "PLANE_TOLERANCE",
+    "Box",
+    "boxes_by_plane",
+    "boxes_from_shapes",
+    "rectangle_vertices",
+    "usable_boxes",
+]
+
+#: napari shape types that can stand for a cell's box.
+BOX_TYPES = ("rectangle", "ellipse")
+
+#: Boxes narrower than this (pixels) have no interior once the edge is drawn: a click
+#: without a drag, not a cell.
+MIN_BOX_SIZE = 2.0
+
+#: How far (in planes) the vertices of one box may spread along the stack axis: float noise
+#: of layer transforms, never a box drawn across planes in a 3D view.
+PLANE_TOLERANCE = 1e-3
+
+# Slack for coordinates that should be exact but went through float arithmetic
+# (napari rotations, vertex averaging).
+_EPS = 1e-6
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
+
+
+@dataclass(frozen=True)
+class Box:
+    """A (possibly rotated) rectangle and its largest inscribed ellipse.
+
+    Parameters
+    ----------
+    center : tuple of float
+        ``(y, x)`` centre in napari data coordinates (pixel ``(i, j)`` is centred at ``(i, j)``).
+    half_sizes : tuple of float
+        Half extents along the box's own axes (first, second). For ``angle == 0`` the first
+        axis is the image's y axis, so ``half_sizes == (half height, half width)``.
+    angle : float
+        Radians: rotation of the box's first axis away from the image y axis (towards +x).
+    kind : {"rectangle", "ellipse"}
+        What the user drew: a rectangle around the cell, or a napari ellipse shape (then the
+        box is the ellipse's bounding rectangle and its inscribed ellipse is the shape itself).
+    """
+
+    center: tuple[float, float]
+    half_sizes: tuple[float, float]
+    angle: float = 0.0
+    kind: str = "rectangle"
+
+    def __post_init__(self) -> None:
+        center = tuple(float(c) for c in self.center)
+        half = tuple(float(h) for h in self.half_sizes)
+        if len(center) != 2 or len(half) != 2:
+            raise ValueError(
+                f"A Box needs a 2D centre and two half sizes, got center={self.center!r}, "
+                f"half_sizes={self.half_sizes!r}."
+            )
+        values = (*center, *half, float(self.angle))
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"Box coordinates must be finite numbers, got {values}.")
+        if min(half) < 0:
+            raise ValueError(f"Box half sizes must not be negative, got {half}.")
+        if self.kind not in BOX_TYPES:
+            raise ValueError(f"Box kind must be one of {BOX_TYPES}, got {self.kind!r}.")
+        # Normalise to plain floats so that boxes compare and hash by value.
+        object.__setattr__(self, "center", center)
+        object.__setattr__(self, "half_sizes", half)
+        object.__setattr__(self, "angle", float(self.angle))
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_corners(
+        cls, y0: float, x0: float, y1: float, x1: float, kind: str = "rectangle"
+    ) -> Box:
+        """The box of a half-open pixel range: rows ``y0 .. y1 - 1``, columns ``x0 .. x1 - 1``.
+
+        Parameters
+        ----------
+        y0, x0, y1, x1 : float
+            Bounding box as in ``skimage.measure.regionprops(...).bbox``.
+        kind : {"rectangle", "ellipse"}
+            See :class:`Box`.
+
+        Returns
+        -------
+        Box
+            Axis-aligned box (``angle == 0``).
+        """
+        y0, x0, y1, x1 = (float(c) for c in (y0, x0, y1, x1))
+        if y1 < y0 or x1 < x0:
+            raise ValueError(
+                f"Box y0, x0, y1, x1 = {_fmt((y0, x0, y1, x1))} is inverted: y1 must be >= y0 "
+                "and x1 >= x0 (rows y0..y1-1, columns x0..x1-1)."
+            )
+        # Pixel k spans k - 0.5 .. k + 0.5, so the range's centre is half a pixel up-left.
+        center = ((y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5)
+        return cls(center, ((y1 - y0) / 2, (x1 - x0) / 2), 0.0, kind)
+
+    @classmethod
+    def from_vertices(cls, vertices: Any, kind: str = "rectangle") -> Box:
+        """The box of a napari rectangle (or ellipse) shape: its 4 ``(y, x)`` vertices.
+
+        The vertices may come in any order and the rectangle may be rotated. The first axis
+        is the edge direction closest to the image y axis, so ``angle`` lies in
+        ``(-pi/4, pi/4]`` and an axis-aligned rectangle gets ``angle == 0``.
+
+        Parameters
+        ----------
+        vertices : array_like
+            ``(4, 2)`` corners in napari data coordinates.
+        kind : {"rectangle", "ellipse"}
+            See :class:`Box`.
+
+        Returns
+        -------
+        Box
+
+        Raises
+        ------
+        ValueError
+            When the vertices are not 4 points in 2D or do not form a rectangle.
+        """
+        v = np.asarray(vertices, dtype=np.float64)
+        if v.shape != (4, 2):
+            raise ValueError(
+                f"A box needs 4 vertices (y, x), got an array of shape {v.shape}. Draw boxes "
+                "with napari's rectangle tool."
+            )
+        if not np.isfinite(v).all():
+            raise ValueError(f"Box vertices must be finite numbers, got {v.tolist()}.")
+        p0 = v[0]
+        dist = np.linalg.norm(v[1:] - p0, axis=1)
+        opposite = 1 + int(np.argmax(dist))
+        a, b = (v[i] for i in range(1, 4) if i != opposite)
+        diag = float(dist.max())
+        tol = 1e-3 * diag + _EPS
+        # A parallelogram's diagonals bisect each other; a rectangle's are also equally long.
+        bisect = np.linalg.norm((p0 + v[opposite]) - (a + b)) / 2
+        equal = abs(np.linalg.norm(v[opposite] - p0) - np.linalg.norm(a - b))
+        if bisect > tol or equal > tol:
+            raise ValueError(
+                f"The vertices {np.round(v, 3).tolist()} do not form a rectangle (a "
+                f"non-rectangular quadrilateral); draw boxes with napari's rectangle tool."
+            )
+        center = v.mean(axis=0)
+        edges = [a - p0, b - p0]
+        # The angle of each edge folded into (-pi/2, pi/2]; the first axis is the edge nearer y.
+        angles = []
+        for e in edges:
+            t = math.atan2(e[1], e[0])
+            if t <= -math.pi / 2:
+                t += math.pi
+            elif t > math.pi / 2:
+                t -= math.pi
+            angles.append(t)
+        first = 0 if _closer_to_y(angles[0], angles[1]) else 1
+        angle = angles[first]
+        if np.linalg.norm(edges[first]) < _EPS:
+            angle = 0.0
+        half = (
+            float(np.linalg.norm(edges[first])) / 2,
+            float(np.linalg.norm(edges[1 - first])) / 2,
+        )
+        # Edge lengths below float noise: an axis-aligned degenerate box.
+        if abs(angle) < 1e-9:
+            angle = 0.0
+        return cls((float(center[0]), float(center[1])), half, angle, kind)
+
+    # ------------------------------------------------------------------ geometry
+
+    @property
+    def corners(self) -> np.ndarray:
+        """``(4, 2)`` corner vertices in napari coordinates, in order around the box."""
+        d0, d1 = self._axes()
+        c = np.asarray(self.center)
+        h0, h1 = self.half_sizes
+        signs = ((-1, -1), (-1, 1), (1, 1), (1, -1))
+        return np.array([c + s0 * h0 * d0 + s1 * h1 * d1 for s0, s1 in signs])
+
+    @property
+    def extent(self) -> tuple[float, float]:
+        """Half extents of the box's axis-aligned bounding rectangle ``(y, x)``."""
+        c, s = abs(math.cos(self.angle)), abs(math.sin(self.angle))
+        h0, h1 = self.half_sizes
+        return (c * h0 + s * h1, s * h0 + c * h1)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """Axis-aligned bounding rectangle ``(ymin, xmin, ymax, xmax)`` in napari coordinates."""
+        ey, ex = self.extent
+        cy, cx = self.center
+        return (cy - ey, cx - ex, cy + ey, cx + ex)
+
+    def pixel_range(self) -> tuple[float, float, float, float]:
+        """``y0, x0, y1, x1`` of the bounding rectangle as a half-open pixel range.
+
+        The inverse of :meth:`from_corners` for axis-aligned boxes.
+        """
+        ymin, xmin, ymax, xmax = self.bounds
+        return (ymin + 0.5, xmin + 0.5, ymax + 0.5, xmax + 0.5)
+
+    def describe(self, k: int) -> str:
+        """How messages name box ``k``: its pixel range, or centre, size and angle if rotated."""
+        if self.angle == 0.0:
+            return f"box {k} (y0, x0, y1, x1 = {_fmt(self.pixel_range())})"
+        return (
+            f"box {k} (centre {_fmt(self.center)}, size {_fmt(2 * h for h in self.half_sizes)}, "
+            f"angle {math.degrees(self.angle):g} degrees)"
+        )
+
+    @property
+    def too_small(self) -> bool:
+        """Whether the box is narrower than :data:`MIN_BOX_SIZE` along either axis."""
+        return 2 * min(self.half_sizes) < MIN_BOX_SIZE - _EPS
+
+    def overlaps(self, shape: Sequence[int]) -> bool:
+        """Whether any pixel centre of an image of ``shape`` lies in the box's bounds."""
+        return all(s.stop > s.start for s in self.slices(shape))
+
+    def within(self, shape: Sequence[int]) -> bool:
+        """Whether the whole box lies on an image of ``shape`` (nothing to clip)."""
+        ymin, xmin, ymax, xmax = self.pixel_range()
+        return min(ymin, xmin) >= -_EPS and ymax <= shape[0] + _EPS and xmax <= shape[1] + _EPS
+
+    def _axes(self) -> tuple[np.ndarray, np.ndarray]:
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        return np.array([c, s]), np.array([-s, c])
+
+    def slices(self, shape: Sequence[int]) -> tuple[slice, slice]:
+        """Bounding slices of the pixels whose centres lie in the box, clipped to ``shape``.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Image shape ``(H, W)``.
+
+        Returns
+        -------
+        tuple of slice
+            Empty slices (``start == stop``) when the box lies outside the image.
+        """
+        ymin, xmin, ymax, xmax = self.bounds
+        out = []
+        for lo, hi, n in ((ymin, ymax, shape[0]), (xmin, xmax, shape[1])):
+            start = min(max(math.ceil(lo - _EPS), 0), int(n))
+            stop = max(min(math.floor(hi + _EPS) + 1, int(n)), start)
+            out.append(slice(start, stop))
+        return out[0], out[1]
+
+    def local_coords(
+        self, shape: Sequence[int]
+    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+        """Normalised box coordinates of the pixel centres in :meth:`slices`.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Image shape ``(H, W)``.
+
+        Returns
+        -------
+        slices : tuple of slice
+            As :meth:`slices`.
+        u, v : numpy.ndarray
+            float64 arrays of the slices' shape: the coordinates along the box's first and
+            second axes divided by the half sizes. The box is ``max(|u|, |v|) <= 1``, its
+            ellipse ``u**2 + v**2 <= 1`` and the ellipse's core at scale ``s`` is
+            ``u**2 + v**2 <= s**2``.
+        """
+        sl = self.slices(shape)
+        dy = np.arange(sl[0].start, sl[0].stop, dtype=np.float64)[:, None] - self.center[0]
+        dx = np.arange(sl[1].start, sl[1].stop, dtype=np.float64)[None, :] - self.center[1]
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        # A degenerate axis would divide by zero; such boxes are rejected by make_supervision.
+        h0, h1 = (max(h, 1e-12) for h in self.half_sizes)
+        u = (dy * c + dx * s) / h0
+        v = (dx * c - dy * s) / h1
+        return sl, u, v
+
+
+def _closer_to_y(t0: float, t1: float) -> bool:
+    """Whether an edge at angle t0 (folded to (-pi/2, pi/2]) is nearer the y axis than t1.
+
+    Ties (45 degrees) go to the positive angle, so that the angle lies in (-pi/4, pi/4].
+    """
+    a0, a1 = abs(t0), abs(t1)
+    if abs(a0 - a1) > 1e-9:
+        return a0 < a1
+    return t0 >= t1
+
+
+# ---------------------------------------------------------------------- napari shapes
+
+
+def _shape_types(shape_types: str | Sequence[str] | None, n: int) -> list[str]:
+    if shape_types is None:
+        return ["rectangle"] * n
+    if isinstance(shape_types, str):
+        return [shape_types] * n
+    types = [str(t) for t in shape_types]
+    if len(types) != n:
+        raise ValueError(f"Got {n} shapes but {len(types)} shape types; give one type per shape.")
+    return types
+
+
+def _check_type(kind: str, k: int) -> None:
+    if kind not in BOX_TYPES:
+        raise ValueError(
+            f"Shape {k} is a {kind!r}: only rectangles and ellipses are boxes. Remove it from "
+            "the boxes layer (draw polygons, paths and lines on another layer) or redraw it "
+            "with the rectangle tool."
+        )
+
+
+def boxes_from_shapes(data: Any, shape_types: str | Sequence[str] | None = None) -> list[Box]:
+    """Boxes from napari Shapes data or from a table of ``y0, x0, y1, x1`` rows.
+
+    Parameters
+    ----------
+    data : list of array_like or array_like
+        Either a napari Shapes layer's ``data`` (one ``(4, 2)`` vertex array per shape, any
+        vertex order, possibly rotated), or an ``(N, 4)`` array of half-open pixel boxes
+        ``y0, x0, y1, x1``.
+    shape_types : str or sequence of str, optional
+        The layer's ``shape_type`` (one per shape, or one for all); default all rectangles.
+        Only ``"rectangle"`` and ``"ellipse"`` are boxes. Ignored for an ``(N, 4)`` table.
+
+    Returns
+    -------
+    list of Box
+
+    Raises
+    ------
+    ValueError
+        For shapes that are not rectangles or ellipses, shapes that are not 2D, or vertices
+        that do not form a rectangle.
+
+    Examples
+    --------
+    >>> boxes_from_shapes(np.array([[10, 20, 30, 40]]))[0].center
+    (19.5, 29.5)
+    """
+    if isinstance(data, np.ndarray) and data.ndim == 2 and data.shape[1] == 4:
+        return _boxes_from_rows(data)
+    if isinstance(data, np.ndarray) and data.shape == (4, 2):
+        data = [data]
+    items = list(data)
+    if items and all(np.ndim(item) == 1 and np.size(item) == 4 for item in items):
+        return _boxes_from_rows(np.asarray(items, dtype=np.float64))
+    types = _shape_types(shape_types, len(items))
+    boxes = []
+    for k, (verts, kind) in enumerate(zip(items, types, strict=True)):
+        _check_type(kind, k)
+        v = np.asarray(verts, dtype=np.float64)
+        if v.ndim == 2 and v.shape[1] == 3:
+            raise ValueError(
+                f"Shape {k} has 3D vertices {v.shape}: shapes drawn on a stack carry their "
+                "plane; use boxes_by_plane to split them by plane."
+            )
+        if v.shape != (4, 2):
+            raise ValueError(
+                f"Shape {k} ({kind}) has vertices of shape {v.shape}; a box needs 4 vertices "
+                "(y, x)."
+            )
+        try:
+            boxes.append(Box.from_vertices(v, kind=kind))
+        except ValueError as err:
+            raise ValueError(f"Shape {k}: {err}") from None
+    return boxes
+
+
+def _boxes_from_rows(rows: np.ndarray) -> list[Box]:
+    rows = np.asarray(rows, dtype=np.float64)
+    boxes = []
+    for k, row in enumerate(rows):
+        try:
+            boxes.append(Box.from_corners(*row))
+        except ValueError as err:
+            raise ValueError(f"Box {k}: {err}") from None
+    return boxes
+
+
+def boxes_by_plane(
+    data: Any, shape_types: str | Sequence[str] | None = None
+) -> dict[int, list[Box]]:
+    """Boxes drawn on the planes of a stack, grouped by plane.
+
+    Parameters
+    ----------
+    data : list of array_like
+        napari Shapes data of a 3D layer: one ``(4, 3)`` vertex array per shape, column 0 the
+        plane index (the same for all vertices of one shape).
+    shape_types : str or sequence of str, optional
+        As in :func:`boxes_from_shapes`.
+
+    Returns
+    -------
+    dict of int to list of Box
+        Boxes per plane, planes in increasing order, boxes in the order drawn.
+
+    Raises
+    ------
+    ValueError
+        For shapes that are not 3D, shapes spanning several planes, or non-box shapes.
+    """
+    items = list(data)
+    types = _shape_types(shape_types, len(items))
+    grouped: dict[int, list[Box]] = {}
+    for k, (verts, kind) in enumerate(zip(items, types, strict=True)):
+        _check_type(kind, k)
+        v = np.asarray(verts, dtype=np.float64)
+        if v.ndim != 2 or v.shape[1] != 3:
+            raise ValueError(
+                f"Shape {k} has vertices of shape {v.shape}; shapes on a stack need (plane, y, "
+                "x) vertices. Draw the boxes while the stack is shown in 2D, one plane at a time."
+            )
+        planes = v[:, 0]
+        if not np.isfinite(planes).all() or np.ptp(planes) > PLANE_TOLERANCE:
+            raise ValueError(
+                f"Shape {k} spans planes {np.unique(np.round(planes, 3)).tolist()}: a box must "
+                "lie on one plane. Draw the boxes in the 2D view (not the 3D view), one plane "
+                "at a time."
+            )
+        plane = round(float(planes.mean()))
+        boxes = boxes_from_shapes([v[:, 1:]], [kind])
+        grouped.setdefault(plane, []).extend(boxes)
+    return dict(sorted(grouped.items()))
+
+
+def rectangle_vertices(rows: Any) -> list[np.ndarray]:
+    """napari rectangles (4 ``(y, x)`` vertices each) from half-open pixel rows ``y0, x0, y1, x1``.
+
+    Examples
+    --------
+    >>> rectangle_vertices([[10, 20, 30, 40]])[0][0].tolist()
+    [9.5, 19.5]
+    """
+    return [box.corners for box in _boxes_from_rows(np.asarray(rows, np.float64).reshape(-1, 4))]
+
+
+def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box], list[str]]:
+    """The boxes of a drawing that can stand for cells of an image of ``shape``.
+
+    Boxes smaller than :data:`MIN_BOX_SIZE` (a click without a drag) and boxes wholly outside
+    the image are left out, each kind with a note that says so; the rest keep their order.
+
+    Parameters
+    ----------
+    boxes : sequence of Box
+        The boxes as drawn (or read from a table).
+    shape : tuple of int
+        ``(H, W)`` of the image they belong to.
+
+    Returns
+    -------
+    kept : list of Box
+        Boxes to use.
+    notes : list of str
+        One sentence per kind of box left out.
+
+    Raises
+    ------
+    ValueError
+        When no box is left, with a message that says why.
+    """
+    boxes = list(boxes)
+    tiny = [b for b in boxes if b.too_small]
+    outside = [b for b in boxes if not b.too_small and not b.overlaps(shape)]
+    kept = [b for b in boxes if not b.too_small and b.overlaps(shape)]
+    if not boxes:
+        raise ValueError("No boxes: draw at least one rectangle around a cell.")
+    if not kept and not outside:
+        raise ValueError(
+            f"Every box is smaller than {MIN_BOX_SIZE:g} pixels: drag the rectangle tool around "
+            "each whole cell."
+        )
+    if not kept:
+        raise ValueError(
+            f"None of the {len(boxes)} boxes lies on the image of shape {tuple(shape)}: they are "
+            f"all outside it (the first is {outside[0].describe(0)}). Check that the boxes "
+            "belong to this image and use its pixel coordinates."
+        )
+    notes = []
+    if tiny:
+        notes.append(
+            f"{len(tiny)} box(es) smaller than {MIN_BOX_SIZE:g} pixels (a click without "
+            "dragging?) were ignored."
+        )
+    if outside:
+        notes.append(
+            f"{len(outside)} of {len(boxes)} boxes lie outside the image and were ignored."
+        )
+    return kept, notes
