@@ -1,32 +1,119 @@
-"""Command line: ``napari-mutualseg supervise | train | predict | evaluate | demo``."""
+"""Command line: ``napari-mutualseg supervise | train | predict | evaluate | demo``.
+
+What the command promises about files: every output appears complete or not at all; an
+existing file is replaced only with ``--overwrite`` (a file that another program creates
+meanwhile is left alone and the result written beside it, exit status 1); every output place
+is checked before any work; Ctrl-C or SIGTERM during ``train`` saves the networks of the last
+completed round. Exit status: 0 done, 1 done but a result went to another name (the warning
+says which), 2 a mistake the message explains, 130/143 interrupted by SIGINT/SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import __version__
 from .io import check_writable
 
-# Mistakes a user can make; these are printed as one clear line, never as a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    FileExistsError,
-    FileNotFoundError,
-    IsADirectoryError,
-    PermissionError,
-)
+# Mistakes a user can make and trouble with files; printed as one clear line, never as a
+# traceback. OSError covers missing, existing, unwritable and full-disk files.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+#: How the planes of a stack are told apart in names.
+PLANE_PART = "plane{:03d}"
 
 
 class _Fail(Exception):
     pass
+
+
+class _Interrupted(KeyboardInterrupt):
+    """A signal stopped the command; ``detail`` says what was kept. A KeyboardInterrupt, so
+    that no ``except Exception`` in a library turns it into another error."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum, detail)
+        self.signum = signum
+        self.detail = detail
+
+
+@contextlib.contextmanager
+def _on_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Handle SIGINT and SIGTERM with ``handler`` inside the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise _Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _stop_gently(trainer: Any) -> Iterator[list[int]]:
+    """While training: the first SIGINT or SIGTERM cancels ``trainer``, which stops within a
+    step and keeps the networks of the last completed round; a second one stops at once.
+    Yields the signals received."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            raise _Interrupted(signum, "stopped at once on the second signal; nothing saved")
+        received.append(signum)
+        trainer.cancel()
+        print(
+            f"\n{signal.Signals(signum).name}: stopping; the last completed round will be saved "
+            "(a second Ctrl-C or SIGTERM quits without saving)",
+            file=sys.stderr,
+        )
+
+    with _on_signals(handler):
+        yield received
+
+
+def _keep(write: Callable[[Path], Path], path: Path, overwrite: bool) -> Path:
+    """``write(path)``; if another program created ``path`` meanwhile (no ``--overwrite``),
+    that file is left alone and the result written beside it under a free name."""
+    try:
+        return write(path)
+    except FileExistsError:
+        if overwrite:
+            raise
+    n = 1
+    while True:
+        n += 1
+        other = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            written = write(other)
+        except FileExistsError:
+            continue
+        warnings.warn(
+            f"{path} was created by another program while this one ran and is left as it is; "
+            f"this result was written to {other} instead.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return written
 
 
 def _load_images(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
@@ -39,13 +126,23 @@ def _load_images(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
         image = np.asarray(read_image(p))
         stem = Path(p).name.split(".")[0]
         if image.ndim == 3 and not looks_rgb(image):
-            out += [(f"{stem}_plane{i:03d}", plane) for i, plane in enumerate(image)]
+            out += [(f"{stem}_{PLANE_PART.format(i)}", plane) for i, plane in enumerate(image)]
         else:
             out.append((stem, image))
     return out
 
 
-def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[tuple[str, np.ndarray, list]]:
+class _Boxed(NamedTuple):
+    """A 2D image (or plane) with its boxes, and where it came from."""
+
+    name: str
+    image: np.ndarray
+    boxes: list
+    source: str
+    part: str
+
+
+def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[_Boxed]:
     """Pair every image (or plane) with its boxes from one CSV per image or one shared CSV."""
     from .io import read_box_table
 
@@ -55,29 +152,60 @@ def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[tuple[str, 
             f"Got {len(images)} image(s) and {len(tables)} box table(s): give one --boxes CSV per "
             "image, or one CSV with an 'image' column naming each image file."
         )
-    result = []
+    result, used = [], set()
     for i, path in enumerate(images):
-        table = loaded[i] if len(tables) == len(images) else loaded[0]
+        k = i if len(tables) == len(images) else 0
+        table, table_path = loaded[k], tables[k]
         planes = _load_images([path])
         name = Path(path).name
         stem = name.split(".")[0]
+        _check_table_fits(path, len(planes), table, table_path)
         for j, (plane_name, plane) in enumerate(planes):
             if len(planes) > 1:
                 boxes = table.get(j, [])
             elif len(tables) == len(images) and None in table:
                 boxes = table[None]
             else:
-                boxes = table.get(name, table.get(stem, []))
+                key = name if name in table else stem
+                used.add(key)
+                boxes = table.get(key, [])
             if len(boxes) == 0 and len(planes) == 1:
                 raise ValueError(
                     f"No boxes for {path}: the box table has no rows for it (keys found: "
                     f"{sorted(map(str, table))}). Draw at least one box on this image."
                 )
             if boxes:
-                result.append((plane_name, plane, boxes))
+                part = PLANE_PART.format(j) if len(planes) > 1 else ""
+                result.append(_Boxed(plane_name, plane, boxes, path, part))
+    if len(tables) == 1:
+        unused = sorted(k for k in loaded[0] if isinstance(k, str) and k not in used)
+        if unused:
+            warnings.warn(
+                f"{tables[0]} has boxes for images that were not given ({', '.join(unused)}); "
+                "they are not used. Give those images too, or check the names in the 'image' "
+                "column.",
+                UserWarning,
+                stacklevel=2,
+            )
     if not result:
         raise ValueError("No image has any boxes; draw at least one box around a cell.")
     return result
+
+
+def _check_table_fits(image: str, n_planes: int, table: dict, table_path: str) -> None:
+    """A stack needs a table with a plane column, a 2D image one without."""
+    by_plane = any(isinstance(k, int) for k in table)
+    if n_planes > 1 and not by_plane:
+        raise ValueError(
+            f"{image} is a stack of {n_planes} planes but {table_path} has no plane column. "
+            "Save the boxes from napari with the stack open (the CSV then has 'axis-0' for the "
+            "plane), or give each plane as its own 2D image file."
+        )
+    if n_planes == 1 and by_plane:
+        raise ValueError(
+            f"{table_path} holds boxes per plane of a stack, but {image} is a single 2D image; "
+            "give the stack the boxes were drawn on."
+        )
 
 
 # command-line option -> TrainConfig field
@@ -110,8 +238,10 @@ def _config_from(args: argparse.Namespace, **fixed):
 def _supervision(name: str, image: np.ndarray, boxes: list, **kwargs):
     """The supervision of one image from the usable boxes; the others are named in a warning."""
     from .boxes import usable_boxes
+    from .preprocess import check_image
     from .supervision import make_supervision
 
+    check_image(image, name)  # what training will need, said before the boxes are judged
     try:
         kept, notes = usable_boxes(boxes, image.shape[:2])
     except ValueError as err:
@@ -121,13 +251,10 @@ def _supervision(name: str, image: np.ndarray, boxes: list, **kwargs):
     return make_supervision(image.shape, kept, **kwargs)
 
 
-def _train(images, supervisions, config, pair=None, on_round=None):
-    """Run the engine with a step progress bar; returns (trainer, last report)."""
+def _train(trainer, on_round=None):
+    """Run the engine with a step progress bar; the last report (None if none finished)."""
     from tqdm.auto import tqdm
 
-    from .training import MutualTrainer
-
-    trainer = MutualTrainer(images, supervisions, config, pair=pair)
     print(f"Training on {trainer.device_name}", file=sys.stderr)
     report = None
     with tqdm(total=trainer.total_steps, unit="step", desc="training", leave=False) as bar:
@@ -137,39 +264,92 @@ def _train(images, supervisions, config, pair=None, on_round=None):
                 bar.clear()
                 on_round(report)
         bar.update(trainer.step - bar.n)
-    return trainer, report
+    return report
 
 
-def cmd_supervise(args: argparse.Namespace) -> None:
+def _written(path: Path, wanted: Path) -> int:
+    """Exit status of one output: 1 when it went to another name than asked."""
+    return int(Path(path) != Path(wanted))
+
+
+def _write_labels(path: Path, labels: np.ndarray, overwrite: bool) -> Path:
     from .io import write_labels
 
+    return _keep(lambda p: write_labels(p, labels, overwrite=overwrite), path, overwrite)
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    check_writable(out, args.overwrite)
-    (name, image, boxes), *rest = _boxes_for([args.image], [args.boxes])
+    extra = Path(args.instances_out) if args.instances_out else None
+    for path in (out, extra):
+        if path is not None:
+            check_writable(path, args.overwrite)
+    (name, image, boxes, _, _), *rest = _boxes_for([args.image], [args.boxes])
     if rest:
         raise ValueError("supervise takes a single 2D image; use train for stacks.")
     sup = _supervision(name, image, boxes, edge_width=args.edge_width)
-    write_labels(out, sup.classes, overwrite=args.overwrite)
-    print(f"Wrote {out} ({len(sup.boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)")
-    if args.instances_out:
-        write_labels(args.instances_out, sup.instances, overwrite=args.overwrite)
-        print(f"Wrote {args.instances_out}")
+    written = _write_labels(out, sup.classes, args.overwrite)
+    print(
+        f"Wrote {written} ({len(sup.boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)"
+    )
+    status = _written(written, out)
+    if extra is not None:
+        written = _write_labels(extra, sup.instances, args.overwrite)
+        print(f"Wrote {written}")
+        status |= _written(written, extra)
+    return status
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from .io import write_labels
+def _resumed(args: argparse.Namespace):
+    """The pair ``--resume`` names (or None) and the network size it fixes."""
+    if not args.resume:
+        return None, {}
     from .models import ModelPair
 
-    out = Path(args.out)
-    check_writable(out, args.overwrite)
+    pair = ModelPair.load(args.resume, device=args.device)
+    arch = pair.model_a.arch
+    for option in ("width", "depth"):
+        given = getattr(args, option)
+        if given is not None and given != arch[option]:
+            raise ValueError(
+                f"--{option} {given} does not match the model to resume ({option} "
+                f"{arch[option]}): a resumed model keeps its networks. Leave --{option} out."
+            )
+    return pair, {"width": arch["width"], "depth": arch["depth"]}
+
+
+def _save_pair(pair, out: Path, overwrite: bool) -> Path:
+    """Save a trained pair to ``out``. If that fails although it was checked before training
+    (the disk filled up meanwhile), the pair goes to the system's temporary folder and the
+    error says where: trained networks are not thrown away."""
+    try:
+        return _keep(lambda p: pair.save(p, overwrite=overwrite), out, overwrite)
+    except OSError as err:
+        try:
+            rescued = _keep(pair.save, Path(tempfile.gettempdir()) / out.name, False)
+        except OSError:
+            raise err from None
+        raise _Fail(f"{err} The trained networks were saved to {rescued} instead.") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .io import output_paths
+    from .training import MutualTrainer
+
+    pair, fixed = _resumed(args)
+    config = _config_from(args, **fixed)
+    out = check_writable(args.out, args.overwrite)
     items = _boxes_for(args.images, args.boxes)
-    labels_dir = Path(args.labels_out) if args.labels_out else None
-    if labels_dir is not None:
-        for name, _, _ in items:
-            check_writable(labels_dir / f"{name}_cells.tif", args.overwrite)
-    sups = [_supervision(name, img, boxes) for name, img, boxes in items]
-    config = _config_from(args)
-    pair = ModelPair.load(args.resume, device=args.device) if args.resume else None
+    label_paths = []
+    if args.labels_out:
+        label_paths = output_paths(
+            [i.source for i in items], args.labels_out, parts=[i.part for i in items]
+        )
+        for path in label_paths:
+            check_writable(path, args.overwrite)
+    sups = [_supervision(i.name, i.image, i.boxes) for i in items]
+    trainer = MutualTrainer([i.image for i in items], sups, config, pair=pair)
+    check_writable(out, args.overwrite, size=trainer.pair.file_size)
 
     def show(r):
         print(
@@ -177,29 +357,49 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"labels changed {100 * r.changed:.2f}%  {r.seconds:.1f} s"
         )
 
-    trainer, report = _train([img for _, img, _ in items], sups, config, pair, show)
-    if report is None:
-        raise _Fail("Training stopped before the first round finished; nothing was saved.")
-    trainer.pair.save(out, overwrite=args.overwrite)
-    print(f"Saved the trained pair to {out}")
-    if labels_dir is not None:
-        for (name, _, _), inst in zip(items, report.instances, strict=True):
-            path = write_labels(labels_dir / f"{name}_cells.tif", inst, overwrite=args.overwrite)
-            print(f"Wrote {path} ({int(inst.max())} cells)")
+    with _stop_gently(trainer) as stopped:
+        report = _train(trainer, show)
+        if report is None:
+            detail = "before the first round finished; nothing was saved"
+            if stopped:
+                raise _Interrupted(stopped[0], detail)
+            raise _Fail(f"Training stopped {detail}.")
+        saved = _save_pair(trainer.pair, out, args.overwrite)
+        done = f"round {report.round}" if stopped else "the trained pair"
+        print(f"Saved {done} to {saved}")
+        status = _written(saved, out)
+        labels = zip(label_paths, report.instances, strict=True) if label_paths else ()
+        for path, inst in labels:
+            written = _write_labels(path, inst, args.overwrite)
+            status |= _written(written, path)
+            print(f"Wrote {written} ({int(inst.max())} cells)")
+    if stopped:
+        raise _Interrupted(stopped[0], f"the networks of round {report.round} are in {saved}")
+    return status
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .io import write_labels
+    from .inference import check_tiling
+    from .io import output_paths
     from .models import ModelPair
 
+    check_tiling(args.tile_size, args.overlap)
+    if args.min_size is not None and args.min_size < 0:
+        raise ValueError(f"--min-size must be 0 or more pixels, got {args.min_size}.")
     pair = ModelPair.load(args.model, device=args.device)
-    out = Path(args.out)
-    planes = _load_images(args.images)
-    targets = [out / f"{name}_cells.tif" for name, _ in planes]
+    sources, parts, planes = [], [], []
+    for path in args.images:
+        loaded = _load_images([path])
+        for j, plane in enumerate(loaded):
+            sources.append(path)
+            parts.append(PLANE_PART.format(j) if len(loaded) > 1 else "")
+            planes.append(plane)
+    targets = output_paths(sources, args.out, parts=parts)
     for t in targets:
         check_writable(t, args.overwrite)
+    status = 0
     for (name, image), target in tqdm(
         list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False
     ):
@@ -210,8 +410,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
             min_size=args.min_size,
             name=name,
         )
-        write_labels(target, labels, overwrite=args.overwrite)
-        print(f"Wrote {target} ({int(labels.max())} cells)")
+        written = _write_labels(target, labels, args.overwrite)
+        status |= _written(written, target)
+        print(f"Wrote {written} ({int(labels.max())} cells)")
+    return status
 
 
 def _format_metrics(m: dict) -> str:
@@ -221,21 +423,43 @@ def _format_metrics(m: dict) -> str:
     )
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
+def _label_image(path: str) -> np.ndarray:
+    """An instance label image from ``path``, or a ValueError that says why it is not one."""
     from .io import read_image
+
+    image = np.asarray(read_image(path))
+    if image.dtype == bool or np.issubdtype(image.dtype, np.integer):
+        whole = True
+    else:
+        whole = np.issubdtype(image.dtype, np.floating) and bool(
+            np.all(np.isfinite(image)) and np.all(image == np.round(image))
+        )
+    if not whole or image.min() < 0:
+        raise ValueError(
+            f"{path} ({image.dtype}, values {image.min():g} to {image.max():g}) is not a label "
+            "image: evaluate compares instance labels, whole numbers from 0 (background) with "
+            "one number per object, such as predict writes."
+        )
+    return image.astype(np.int64, copy=False)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
 
-    pred, gt = read_image(args.pred), read_image(args.gt)
+    pred, gt = _label_image(args.pred), _label_image(args.gt)
     if pred.shape != gt.shape:
         raise ValueError(f"Prediction {pred.shape} and ground truth {gt.shape} differ in shape.")
-    m = evaluate(np.asarray(pred), np.asarray(gt))
+    m = evaluate(pred, gt)
     print(json.dumps(m, indent=2) if args.json else _format_metrics(m))
+    return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .io import write_text
     from .metrics import evaluate
     from .sample import load_sample
     from .supervision import boxes_from_shapes, make_supervision
+    from .training import MutualTrainer
 
     out = Path(args.out)
     overlay_path, metrics_path, model_path = (
@@ -256,6 +480,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     baseline = evaluate(sup.instances, sample.ground_truth)
     print(f"ellipse label        {_format_metrics(baseline)}")
     config = _config_from(args, rounds=4)
+    trainer = MutualTrainer(sample.image, sup, config)
+    check_writable(model_path, args.overwrite, size=trainer.pair.file_size)
     rounds = []
 
     def show(r):
@@ -267,12 +493,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
             f"labels changed {100 * r.changed:.1f}%, {r.seconds:.1f} s)"
         )
 
-    trainer, report = _train(sample.image, sup, config, on_round=show)
+    report = _train(trainer, on_round=show)
     if report is None:
         raise _Fail("Training was stopped before the first round finished.")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_overlay(overlay_path, sample.image, report.instances[0], sample.ground_truth)
-    trainer.pair.save(model_path, overwrite=args.overwrite)
+    draw = partial(
+        _write_overlay,
+        image=sample.image,
+        pred=report.instances[0],
+        gt=sample.ground_truth,
+        overwrite=args.overwrite,
+    )
+    overlay = _keep(draw, overlay_path, args.overwrite)
+    model = _save_pair(trainer.pair, model_path, args.overwrite)
     total = time.perf_counter() - start
     summary = {
         "sample": sample.name,
@@ -284,27 +516,41 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "final": rounds[-1],
         "seconds_total": total,
     }
-    metrics_path.write_text(json.dumps(summary, indent=2))
+    metrics = _keep(
+        lambda p: write_text(p, json.dumps(summary, indent=2), overwrite=args.overwrite),
+        metrics_path,
+        args.overwrite,
+    )
     final = rounds[-1]
     print(
         f"Final: F1@0.5 {final['f1_50']:.3f}, mAP {final['map']:.3f} after {len(rounds)} rounds "
         f"in {total:.0f} s on {trainer.device_name}"
     )
-    print(f"Wrote {overlay_path}, {metrics_path} and {model_path}")
+    print(f"Wrote {overlay}, {metrics} and {model}")
+    return (
+        _written(overlay, overlay_path)
+        | _written(metrics, metrics_path)
+        | _written(model, model_path)
+    )
 
 
-def _write_overlay(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> None:
-    """Image in gray, predicted outlines in magenta, ground-truth outlines in green."""
-    from skimage.io import imsave
+def _write_overlay(
+    path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray, overwrite: bool
+) -> Path:
+    """Image in gray, predicted outlines in magenta, ground-truth outlines in green (PNG)."""
+    import imageio.v3 as iio
     from skimage.segmentation import find_boundaries
 
+    from .io import atomic_write
     from .preprocess import normalize
 
     gray = np.clip(normalize(image), 0, 1)
     rgb = np.stack([gray] * 3, axis=-1)
     rgb[find_boundaries(gt, mode="inner")] = (0.2, 1.0, 0.2)
     rgb[find_boundaries(pred, mode="inner")] = (1.0, 0.2, 1.0)
-    imsave(path, (rgb * 255).astype(np.uint8), check_contrast=False)
+    with atomic_write(path, overwrite=overwrite) as f:
+        iio.imwrite(f, (rgb * 255).astype(np.uint8), extension=".png")
+    return path
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -396,16 +642,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     def warn(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)
 
-    warnings.showwarning = warn
-    try:
-        args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (*USER_ERRORS, CheckpointError, TrainingError, _Fail) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    with warnings.catch_warnings(), _on_signals(_interrupt):
+        warnings.showwarning = warn
+        try:
+            return args.func(args)
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", signal.SIGINT)
+            detail = getattr(err, "detail", "") or (
+                "every file reported as written is complete; nothing else was written"
+            )
+            print(f"interrupted ({signal.Signals(signum).name}): {detail}.", file=sys.stderr)
+            return 128 + signum
+        except MemoryError as err:
+            print(
+                f"error: out of memory ({err or 'the image is too large'}); use smaller images "
+                "or a smaller --tile-size.",
+                file=sys.stderr,
+            )
+            return 2
+        except (*USER_ERRORS, CheckpointError, TrainingError, _Fail) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
