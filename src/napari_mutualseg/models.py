@@ -308,10 +308,9 @@ def _state_problem(arch: dict[str, int], state: Any) -> str | None:
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
-        return (
-            f"has weights that do not match its architecture (missing {missing[:3]}, "
-            f"unexpected {extra[:3]})"
-        )
+        kinds = ((missing, "missing"), (extra, "unexpected"))
+        counts = [f"{len(names)} {what} (first {names[0]})" for names, what in kinds if names]
+        return f"has weights that do not match its architecture: {', '.join(counts)}"
     for name, (shape, dtype) in expected.items():
         stored = state[name]
         if stored.shape != shape:
