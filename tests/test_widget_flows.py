@@ -94,9 +94,9 @@ def test_closing_the_panel_stops_training_and_the_pair_stays(make_napari_viewer,
 def test_train_after_stop_trains_the_remaining_rounds(scene, qtbot):
     _viewer, widget, _image, _boxes = scene
     widget.settings.update(rounds=3, steps_per_round=20)
-    stop_after_first = widget.controller.round_applied.connect(lambda _: widget.stop())
+    stop_after_first = widget.controller.round_done.connect(lambda _: widget.stop())
     widget.train(block=True)
-    widget.controller.round_applied.disconnect(stop_after_first)
+    widget.controller.round_done.disconnect(stop_after_first)
     assert [h["round"] for h in widget.history] == [1]
     assert "1 of 3 rounds" in widget.status.text()
     widget.train(block=True)

@@ -7,8 +7,8 @@ is one job per viewer at a time; :class:`RunState` says which.
 
 Everything here runs on the main thread. Reports reach it through the worker's ``yielded``
 signal with their layer data already laid out (:mod:`.workers`); the controller swaps one
-layer per event-loop turn, newest round first, and says where training stands at most twice
-a second, so that the viewer keeps drawing at its own pace.
+layer per event-loop turn, newest round first (:mod:`.writer`), and says where training
+stands at most twice a second, so that the viewer keeps drawing at its own pace.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ class _Session:
     started: float = field(default_factory=time.perf_counter)
     count: int = 0
     error: str = ""
+    frozen: bool = False  # the garbage collector is frozen while the worker runs
 
 
 class _TrainingWorker(GeneratorWorker):
@@ -117,7 +118,7 @@ class RunController(QObject):
     state_changed = Signal(object)  # RunState
     message = Signal(str)  # the latest thing the user should read
     progress = Signal(int, int)  # done, total (0, 0: no job)
-    round_applied = Signal(object)  # the history entry of each finished round
+    round_done = Signal(object)  # the history entry of each finished round
     pair_changed = Signal()
 
     def __init__(self, viewer: napari.Viewer) -> None:
@@ -257,6 +258,7 @@ class RunController(QObject):
         self._set_state(RunState.TRAINING)
         self._status_timer.start()
         freeze_gc()
+        session.frozen = True
         session.worker.start()
 
     def _show_steps(self) -> None:
@@ -290,7 +292,7 @@ class RunController(QObject):
         self.history.append(entry)
         self.last_report = report
         self.writer.show(entry["round"], update.layers)
-        self.round_applied.emit(entry)
+        self.round_done.emit(entry)
 
     def _on_failure(self, value: Any) -> None:
         if not isinstance(value, (WorkerFailure, BaseException)) or self._session is None:
@@ -307,7 +309,8 @@ class RunController(QObject):
         if session.job.last_good is not None:
             self.pair = session.job.last_good
             self.pair_changed.emit()
-        if session.worker.is_running or session.count or session.job.done.is_set():
+        if session.frozen:
+            session.frozen = False
             unfreeze_gc()
         self._set_state(RunState.IDLE)
         self.progress.emit(0, 0)

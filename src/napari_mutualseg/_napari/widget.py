@@ -106,7 +106,7 @@ class MutualSegWidget(QWidget):
             (c.state_changed, self._on_state),
             (c.message, self.status.setText),
             (c.progress, t.set_progress),
-            (c.round_applied, lambda e: t.loss_plot.add(e["loss_a"], e["loss_b"])),
+            (c.round_done, lambda e: t.loss_plot.add(e["loss_a"], e["loss_b"])),
             (c.pair_changed, self._show_pair),
         ]
         for signal, slot in self._controller_slots:
