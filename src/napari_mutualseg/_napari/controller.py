@@ -29,11 +29,12 @@ from qtpy.QtCore import QEventLoop, QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
 from ..checkpoint import CheckpointError
-from .layers import upsert_labels
+from .layers import upsert_layer
 from .workers import (
     LEARNING_ROLES,
     RESULT_LAYERS,
     Layout,
+    PredictionResult,
     RoundUpdate,
     TrainingJob,
     WorkerFailure,
@@ -71,12 +72,19 @@ class RunState(Enum):
 
 
 @dataclass
-class TrainingRequest:
-    """Everything a training run needs, read from the layers on the main thread."""
+class TrainingItem:
+    """One image of the training set: its layer, its supervision and the labels to learn."""
 
     image: Image
     record: SupervisionRecord
     labels: list[np.ndarray]
+
+
+@dataclass
+class TrainingRequest:
+    """Everything a training run needs, read from the layers on the main thread."""
+
+    item: TrainingItem  # the image picked in the panel, trained from its boxes
     config: TrainConfig
     show_learning: bool = False
     painted: int = 0  # supervision pixels the user painted (trusted in every round)
@@ -84,7 +92,7 @@ class TrainingRequest:
 
 @dataclass
 class _Session:
-    image: Image
+    images: list[Image]  # the training images, the one picked in the panel first
     job: TrainingJob
     worker: GeneratorWorker
     first_round: int  # rounds the pair had before this run
@@ -130,6 +138,8 @@ class RunController(QObject):
         self.planned = 0  # the round the last training aimed at
         self.trained_image: Layer | None = None
         self.last_report: RoundReport | None = None
+        self.corrected: dict[str, TrainingItem] = {}  # images added to training, by layer id
+        self.predictions: dict[str, PredictionResult] = {}  # the last one of each image
         self.last_message = ""
         self.writer = LayerWriter(self._viewer)
         self._session: _Session | None = None
@@ -201,18 +211,18 @@ class RunController(QObject):
         config, resume = request.config, self.pair
         if resume is not None and self.remaining:
             config = type(config).from_dict({**config.to_dict(), "rounds": self.remaining})
-        images = request.record.images(request.image.data)
-        sups, labels = request.record.supervisions, request.labels
+        first_id = str(request.item.image.unique_id)
+        items = [request.item, *(c for k, c in self.corrected.items() if k != first_id)]
+        images = [im for item in items for im in item.record.images(item.image.data)]
+        sups = [s for item in items for s in item.record.supervisions]
+        labels = [lab for item in items for lab in item.labels]
 
         def make_trainer() -> training.MutualTrainer:
             # looked up at call time, so that tests can stand in for the engine
             return training.MutualTrainer(images, sups, config, labels=labels, pair=resume)
 
-        job = TrainingJob(
-            make_trainer,
-            Layout(request.record.shape, request.record.planes),
-            request.show_learning,
-        )
+        layouts = [Layout(item.record.shape, item.record.planes) for item in items]
+        job = TrainingJob(make_trainer, layouts, request.show_learning)
         worker = create_worker(
             run_training, job, _worker_class=_TrainingWorker, _ignore_errors=True
         )
@@ -222,23 +232,49 @@ class RunController(QObject):
         worker.errored.connect(self._on_failure)  # not expected: failures are returned
         worker.finished.connect(self._on_training_finished)
         first = len(self.history) if resume is not None else 0
-        self._session = _Session(request.image, job, worker, first, first + config.rounds)
+        image = request.item.image
+        self._session = _Session(
+            [i.image for i in items], job, worker, first, first + config.rounds
+        )
         self.planned = first + config.rounds
-        self.trained_image = request.image
+        self.trained_image = image
         self._set_state(RunState.STARTING)
         what = "Resuming training" if resume is not None else "Training"
         painted = f", with the {request.painted} pixels you painted" if request.painted else ""
-        self.notify(f"{what} on '{request.image.name}'{painted}: preparing…")
+        more = f" and {len(items) - 1} corrected image(s)" if len(items) > 1 else ""
+        self.notify(f"{what} on '{image.name}'{more}{painted}: preparing…")
         self.writer.defer_hidden = True
-        self.prepare_layers(request.image, request.show_learning, then=self._start)
+        self.prepare_layers([i.image for i in items], request.show_learning, then=self._start)
         return worker
 
     def prepare_layers(
-        self, image: Image, show_learning: bool, then: Callable[[], None] | None = None
+        self, images: list[Image], show_learning: bool, then: Callable[[], None] | None = None
     ) -> None:
-        """Make the result layers of ``image`` that are missing, one per event-loop turn."""
+        """Make the result layers of the training images that are missing, one per turn."""
         roles = [r for r in RESULT_LAYERS if show_learning or r not in LEARNING_ROLES]
-        self.writer.prepare(image, roles, then)
+        self.writer.prepare(images, roles, then)
+
+    def round_maps(self, image: Image) -> list[tuple[int | None, np.ndarray, np.ndarray]]:
+        """The newest round's (plane, instances, disagreement) of a training image."""
+        report, session = self.last_report, self._session
+        if report is None or session is None:
+            return []
+        start = 0
+        for item_image, layout in zip(session.images, session.job.layouts, strict=True):
+            if item_image == image:
+                planes = layout.planes or [None]
+                end = start + layout.count
+                maps = zip(
+                    planes, report.instances[start:end], report.disagreement[start:end],
+                    strict=True,
+                )  # fmt: skip
+                return list(maps)
+            start += layout.count
+        return []
+
+    def add_training(self, item: TrainingItem) -> None:
+        """Train on ``item`` too from now on (a corrected image; it replaces an earlier one)."""
+        self.corrected[str(item.image.unique_id)] = item
 
     def stop(self) -> None:
         """Stop training within one step; the models of the last completed round are kept."""
@@ -363,24 +399,32 @@ class RunController(QObject):
         unfreeze_gc()
         self._set_state(RunState.IDLE)
         self.progress.emit(0, 0)
-        labels = result.get("value")
-        if self._closing or self.viewer is None or labels is None:
+        value = result.get("value")
+        if self._closing or self.viewer is None or value is None:
             return
-        if isinstance(labels, WorkerFailure):
-            self.notify(describe_error(labels, str(self.pair.device)), "error")
+        if isinstance(value, WorkerFailure):
+            self.notify(describe_error(value, str(self.pair.device)), "error")
             return
+        self.predictions[str(layer.unique_id)] = value
+        self.writer.written[str(layer.unique_id)] = value.labels
         # The box-guided result of the training image stays; prediction goes beside it.
-        beside = layer is self.trained_image
-        role, name = (
-            ("prediction", f"{layer.name} cells (no boxes)")
-            if beside
-            else ("cells", f"{layer.name} cells")
+        beside = layer == self.trained_image
+        role, name = ("prediction", f"{layer.name} cells (no boxes)") if beside else (
+            "cells", f"{layer.name} cells"
+        )  # fmt: skip
+        out = upsert_layer(
+            self.viewer, role=role, name=name, data=value.labels, like=layer, source=layer
         )
-        out = upsert_labels(self.viewer, role=role, name=name, data=labels, like=layer,
-                            source=layer)  # fmt: skip
-        n = int(labels.max()) if labels.size else 0
+        upsert_layer(
+            self.viewer, role="disagreement", name=f"{layer.name} disagreement",
+            data=value.disagreement, like=layer, source=layer, kind="image", visible=False,
+        )  # fmt: skip
+        n = int(value.labels.max()) if value.labels.size else 0
         if n:
-            self.notify(f"'{out.name}': {n} cells.")
+            self.notify(
+                f"'{out.name}': {n} cells. 'Next cell to check' shows where the two networks "
+                "disagree most."
+            )
         else:
             self.notify(
                 f"No cells found in '{layer.name}'. The networks may need more training (more "

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
-from .layers import find_own_layer, upsert_labels
-from .workers import RESULT_LAYERS
+from .layers import find_own_layer, upsert_layer
+from .workers import PER_IMAGE, RESULT_LAYERS
 
 if TYPE_CHECKING:
     import napari
@@ -37,12 +37,14 @@ class LayerWriter(QObject):
     def __init__(self, viewer: Callable[[], napari.Viewer | None]) -> None:
         super().__init__()
         self._viewer = viewer
-        self.image: Layer | None = None
+        self.images: list[Layer] = []
         self.applied_rounds: list[int] = []
+        # the cells the plugin last wrote for each image (by layer id): what a person corrects
+        self.written: dict[str, np.ndarray] = {}
         self.defer_hidden = False
-        self._deferred: dict[str, np.ndarray] = {}
+        self._deferred: dict[tuple[str, int], np.ndarray] = {}
         self._watched: set[int] = set()
-        self._pending: tuple[int, dict[str, np.ndarray]] | None = None
+        self._pending: tuple[int, list[tuple[str, int, np.ndarray]]] | None = None
         self._steps: list[Callable[[], None]] = []
         self._timer = QTimer(self, singleShot=True)
         self._timer.timeout.connect(self._next)
@@ -51,17 +53,24 @@ class LayerWriter(QObject):
     def busy(self) -> bool:
         return bool(self._steps) or self._pending is not None
 
-    def prepare(self, image: Layer, roles: list[str], then: Callable[[], None] | None = None):
-        """Make the missing result layers of ``image``, one per turn, then call ``then``."""
-        self.image, self._deferred = image, {}
-        shape = tuple(image.data.shape)
+    def prepare(
+        self, images: list[Layer], roles: list[str], then: Callable[[], None] | None = None
+    ) -> None:
+        """Make the missing result layers of the training ``images``, one per turn, then call
+        ``then``; the first image gets every role, the others those of :data:`PER_IMAGE`."""
+        self.images, self._deferred = list(images), {}
         # after the writes still queued (the last round of a training that just ended)
-        self._steps += [partial(self._ensure, role, shape) for role in roles]
+        self._steps += [
+            partial(self._ensure, role, part)
+            for part in range(len(images))
+            for role in roles
+            if part == 0 or role in PER_IMAGE
+        ]
         if then is not None:
             self._steps.append(then)
         self._kick()
 
-    def show(self, round_index: int, layers: dict[str, np.ndarray]) -> None:
+    def show(self, round_index: int, layers: list[tuple[str, int, np.ndarray]]) -> None:
         """Put one round's layer data into the layers (replacing a round not shown yet)."""
         self._pending = (round_index, layers)
         self._kick()
@@ -70,7 +79,7 @@ class LayerWriter(QObject):
         """Training ended: hidden layers get the newest data too."""
         self.defer_hidden = False
         if self._pending is None and self._deferred:
-            self._steps += [partial(self._write, r, d) for r, d in self._deferred.items()]
+            self._steps += [partial(self._write, *key, d) for key, d in self._deferred.items()]
             self._deferred = {}
             self._kick()
 
@@ -82,35 +91,41 @@ class LayerWriter(QObject):
         if not self._timer.isActive():
             self._timer.start(0)
 
-    def _ensure(self, role: str, shape: tuple[int, ...]) -> None:
-        existing = find_own_layer(self._viewer(), role, self.image if role == "cells" else None)
+    def _ensure(self, role: str, part: int) -> None:
+        image = self.images[part]
+        shape = tuple(image.data.shape)
+        existing = find_own_layer(self._viewer(), role, image if role in PER_IMAGE else None)
         if existing is None or tuple(existing.data.shape) != shape:
-            self._write(role, np.zeros(shape, np.uint8 if RESULT_LAYERS[role][1] else np.int32))
+            kind = RESULT_LAYERS[role][1]
+            dtype = {"labels": np.int32, "classes": np.uint8, "image": np.float16}[kind]
+            self._write(role, part, np.zeros(shape, dtype))
 
-    def _write(self, role: str, data: np.ndarray) -> None:
-        viewer, image = self._viewer(), self.image
-        source = image if role == "cells" else None
+    def _write(self, role: str, part: int, data: np.ndarray) -> None:
+        viewer, image = self._viewer(), self.images[part]
+        source = image if role in PER_IMAGE else None
         existing = find_own_layer(viewer, role, source)
         if self.defer_hidden and existing is not None and not existing.visible:
-            self._deferred[role] = data
+            self._deferred[role, part] = data
             if id(existing) not in self._watched:
                 self._watched.add(id(existing))
-                existing.events.visible.connect(partial(self._shown, role))
+                existing.events.visible.connect(partial(self._shown, role, part))
             return
+        if role == "cells":
+            self.written[str(image.unique_id)] = data
         active = viewer.layers.selection.active
-        upsert_labels(
-            viewer, role=role, name=f"{image.name} cells" if role == "cells" else role,
-            data=data, like=image, source=source, classes=RESULT_LAYERS[role][1],
+        upsert_layer(
+            viewer, role=role, name=f"{image.name} {role}" if source is not None else role,
+            data=data, like=image, source=source, kind=RESULT_LAYERS[role][1],
             visible=role == "cells",
         )  # fmt: skip
         if existing is None and active is not None:
             # Keep the user's layer active, so that drawing or painting is not interrupted.
             viewer.layers.selection.active = active
 
-    def _shown(self, role: str, event: object) -> None:
-        data = self._deferred.pop(role, None)
+    def _shown(self, role: str, part: int, event: object) -> None:
+        data = self._deferred.pop((role, part), None)
         if data is not None and getattr(event, "value", True):
-            self._steps.append(partial(self._write, role, data))
+            self._steps.append(partial(self._write, role, part, data))
             self._kick()
 
     def _next(self) -> None:
@@ -118,7 +133,7 @@ class LayerWriter(QObject):
             return
         if self._pending is not None and not self._steps:
             (round_index, layers), self._pending = self._pending, None
-            self._steps = [partial(self._write, role, data) for role, data in layers.items()]
+            self._steps = [partial(self._write, *layer) for layer in layers]
             self._steps.append(partial(self.applied_rounds.append, round_index))
             if not self.defer_hidden:
                 self._deferred = {}
