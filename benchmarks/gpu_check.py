@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-import napari_mutualseg.training as engine
+import napari_mutualseg.training as training
 from napari_mutualseg.boxes import boxes_from_shapes
 from napari_mutualseg.devices import describe_device, release_cached_memory, select_device
 from napari_mutualseg.exchange import ExchangeContext
@@ -535,7 +535,7 @@ def oom_check(check: Check, sup, sample) -> dict:
     stand_in = (
         contextlib.nullcontext()
         if check.cuda
-        else replaced(engine, "PatchSampler", _OutOfMemoryDraw)
+        else replaced(training, "PatchSampler", _OutOfMemoryDraw)
     )
     try:
         with stand_in:
@@ -674,7 +674,7 @@ def step_against_bare(
 ) -> dict:
     """Seconds per step: the engine (its sampler, per step) against bare PyTorch (one batch)."""
     s, dev = check.sizes, check.device
-    engine, peak, draw, (x, y) = engine_steps(check, size, image, labels)
+    engine_s, peak, draw, (x, y) = engine_steps(check, size, image, labels)
 
     def bare_seconds() -> list[float]:
         model = build_unet(arch_of(size), 0).to(dev)
@@ -699,11 +699,11 @@ def step_against_bare(
 
     bare = bare_seconds()
     res = {
-        "engine_ms": round(1000 * median(engine), 3),
+        "engine_ms": round(1000 * median(engine_s), 3),
         "bare_ms": round(1000 * median(bare), 3),
-        "engine_over_bare": round(median(engine) / median(bare), 3),
+        "engine_over_bare": round(median(engine_s) / median(bare), 3),
         "sampler_draw_ms": round(1000 * draw, 3),
-        "engine_runs_ms": [round(1000 * v, 3) for v in engine],
+        "engine_runs_ms": [round(1000 * v, 3) for v in engine_s],
         "bare_runs_ms": [round(1000 * v, 3) for v in bare],
         "peak_mb_per_network": peak,
         "steps_timed": s.timed,
@@ -739,13 +739,13 @@ def engine_steps(check: Check, size: dict, image: np.ndarray, labels: np.ndarray
     trainer.train(s.warmup, cancel, 1)
     if check.cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    engine = [
+    engine_s = [
         check.timed(lambda: trainer.train(s.timed, cancel, 1)) / s.timed for _ in range(s.reps)
     ]
     peak = mb(torch.cuda.max_memory_allocated(dev) - base) if check.cuda else None
     sampler = trainer.sampler
     draw = check.timed(lambda: [sampler.draw() for _ in range(s.timed)]) / s.timed
-    return engine, peak, draw, sampler.draw()
+    return engine_s, peak, draw, sampler.draw()
 
 
 def threads_against_sequential(
@@ -827,7 +827,7 @@ def sample_end_to_end(check: Check, sample, sup) -> dict:
         finally:
             training_s.append(time.perf_counter() - t)
 
-    with replaced(engine, "train_round", timed_round):
+    with replaced(training, "train_round", timed_round):
         t = time.perf_counter()
         supervision = make_supervision(sample.image.shape, boxes_from_shapes(sample.boxes))
         cfg = TrainConfig.recommended(check.device, **check.sizes.sample_overrides)

@@ -44,5 +44,5 @@ The device call (the run tool), from this repository's root:
   carry:     [".bench_data"]
   timeout_s: 480
   kind:      leave it out (an H100; an H200 does as well, the results name the device)
-Its files come back read-only: copy them into benchmarks/results/gpu/ and commit them.
+Its files come back read-only: copy them into benchmarks/results/gpu/check/ and commit them.
 ARGS
