@@ -198,20 +198,40 @@ def cmd_predict(args: argparse.Namespace) -> None:
     out = Path(args.out)
     planes = _load_images(args.images)
     targets = [out / f"{name}_cells.tif" for name, _ in planes]
-    for t in targets:
+    extra = Path(args.disagreement_out) if args.disagreement_out else None
+    maps = [p for name, _ in planes for p in _disagreement_paths(extra, name)] if extra else []
+    for t in targets + maps:
         check_writable(t, args.overwrite)
     for (name, image), target in tqdm(
         list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False
     ):
-        labels = pair.segment(
+        result = pair.predict(
             image,
             tile_size=args.tile_size,
             overlap=args.overlap,
             min_size=args.min_size,
             name=name,
         )
-        write_labels(target, labels, overwrite=args.overwrite)
-        print(f"Wrote {target} ({int(labels.max())} cells)")
+        write_labels(target, result.labels, overwrite=args.overwrite)
+        print(f"Wrote {target} ({int(result.labels.max())} cells)")
+        if extra is not None:
+            _write_disagreement(extra, name, result, args.overwrite)
+
+
+def _disagreement_paths(folder: Path, name: str) -> tuple[Path, Path]:
+    return folder / f"{name}_disagreement.tif", folder / f"{name}_disagreement.csv"
+
+
+def _write_disagreement(folder: Path, name: str, result, overwrite: bool) -> None:
+    """The disagreement map as uint8 TIFF (255 = total) and the cells to check as CSV."""
+    from .disagreement import spot_table
+    from .io import write_labels, write_table
+
+    tif, csv = _disagreement_paths(folder, name)
+    quantised = np.round(result.disagreement.astype(np.float32) * 255).astype(np.uint8)
+    write_labels(tif, quantised, overwrite=overwrite)
+    write_table(csv, spot_table(result.spots), overwrite=overwrite)
+    print(f"Wrote {tif} and {csv} ({len(result.spots)} cells and regions to check)")
 
 
 def _format_metrics(m: dict) -> str:
@@ -368,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
+    p.add_argument(
+        "--disagreement-out",
+        metavar="FOLDER",
+        help="also write where the two networks disagree (TIFF) and the cells to check (CSV)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_predict)

@@ -106,7 +106,7 @@ class MutualSegWidget(QWidget):
             (c.state_changed, self._on_state),
             (c.message, self.status.setText),
             (c.progress, t.set_progress),
-            (c.round_applied, lambda e: t.loss_plot.add(e["loss_a"], e["loss_b"])),
+            (c.round_done, lambda e: t.loss_plot.add(e["loss_a"], e["loss_b"])),
             (c.pair_changed, self._show_pair),
         ]
         for signal, slot in self._controller_slots:
@@ -207,6 +207,8 @@ class MutualSegWidget(QWidget):
             return None
         for note in record.notes:
             show_warning(note)
+        # the result layers too, now: adding layers while training would stall the viewer
+        self.controller.prepare_layers(image, self.settings.show_learning)
         where = "" if record.planes is None else f" on {len(record.planes)} plane(s)"
         painted = f", keeping the {kept} pixels you painted" if kept else ""
         self.controller.notify(
@@ -263,7 +265,7 @@ class MutualSegWidget(QWidget):
             The worker, or ``None`` after a notification when training cannot start.
         """
         notify = self.controller.notify
-        if self.controller.busy:
+        if self.controller.state is not RunState.IDLE:
             notify("Busy: wait for the running job to finish, or press Stop.", "warning")
             return None
         image = self.image_layer
@@ -285,7 +287,10 @@ class MutualSegWidget(QWidget):
         except ValueError as err:
             notify(str(err), "error")
             return None
-        request = TrainingRequest(image, record, labels, config, self.settings.show_learning)
+        painted = int(record.painted(layer.data).sum())
+        request = TrainingRequest(
+            image, record, labels, config, self.settings.show_learning, painted
+        )
         worker = self.controller.train(request)
         if worker is not None and block:
             self.wait()
@@ -297,7 +302,7 @@ class MutualSegWidget(QWidget):
 
     def reset_models(self) -> None:
         """Forget the trained models: the next training starts from scratch."""
-        if self.controller.busy:
+        if self.controller.state is not RunState.IDLE:
             self.controller.notify("Stop the running job before resetting the models.", "warning")
             return
         self.controller.set_pair(None)
