@@ -20,7 +20,7 @@ tmp=.bench_data.partial
 rm -rf "$tmp"
 for split in train test; do
     mkdir -p "$tmp/$split/images" "$tmp/$split/masks"
-    find "$src/$split/images" -maxdepth 1 -name '*.tif' -printf '%f\n' | LC_ALL=C sort | head -50 |
+    find "$src/$split/images" -maxdepth 1 -name '*.tif' -printf '%f\n' | LC_ALL=C sort | awk 'NR <= 50' |
         while read -r name; do
             cp "$src/$split/images/$name" "$tmp/$split/images/"
             cp "$src/$split/masks/$name" "$tmp/$split/masks/"
