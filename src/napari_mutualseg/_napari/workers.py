@@ -204,13 +204,10 @@ def run_prediction(
 
 def release_device_memory() -> None:
     """Give cached GPU memory back (else it stays reserved until napari closes)."""
-    # Only on CUDA: a full collection holds the GIL long enough to stall the viewer.
     try:
-        import torch
+        from ..devices import release_cached_memory
 
-        if torch.cuda.is_available():
-            gc.collect()
-            torch.cuda.empty_cache()
+        release_cached_memory()
     except Exception:  # freeing memory must never raise
         pass
 
