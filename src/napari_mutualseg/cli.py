@@ -397,23 +397,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
             parts.append(PLANE_PART.format(j) if len(loaded) > 1 else "")
             planes.append(plane)
     targets = output_paths(sources, args.out, parts=parts)
-    for t in targets:
+    maps = [
+        output_paths(sources, args.disagreement_out, parts=parts, suffix=suffix)
+        for suffix in ("_disagreement.tif", "_disagreement.csv")
+        if args.disagreement_out
+    ]
+    for t in targets + [m for kind in maps for m in kind]:
         check_writable(t, args.overwrite)
     status = 0
-    for (name, image), target in tqdm(
-        list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False
+    for k, ((name, image), target) in enumerate(
+        tqdm(list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False)
     ):
-        labels = pair.segment(
+        result = pair.predict(
             image,
             tile_size=args.tile_size,
             overlap=args.overlap,
             min_size=args.min_size,
             name=name,
         )
-        written = _write_labels(target, labels, args.overwrite)
+        written = _write_labels(target, result.labels, args.overwrite)
         status |= _written(written, target)
-        print(f"Wrote {written} ({int(labels.max())} cells)")
+        print(f"Wrote {written} ({int(result.labels.max())} cells)")
+        if maps:
+            status |= _write_disagreement(maps[0][k], maps[1][k], result, args.overwrite)
     return status
+
+
+def _write_disagreement(tif: Path, csv: Path, result, overwrite: bool) -> int:
+    """The disagreement map as uint8 TIFF (255 = total) and the cells to check as CSV."""
+    from .disagreement import spot_table
+    from .io import write_table
+
+    quantised = np.round(result.disagreement.astype(np.float32) * 255).astype(np.uint8)
+    written_tif = _write_labels(tif, quantised, overwrite)
+    table = spot_table(result.spots)
+    written_csv = _keep(lambda p: write_table(p, table, overwrite=overwrite), csv, overwrite)
+    print(
+        f"Wrote {written_tif} and {written_csv} ({len(result.spots)} cells and regions to check)"
+    )
+    return _written(written_tif, tif) | _written(written_csv, csv)
 
 
 def _format_metrics(m: dict) -> str:
@@ -614,6 +636,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
+    p.add_argument(
+        "--disagreement-out",
+        metavar="FOLDER",
+        help="also write where the two networks disagree (TIFF) and the cells to check (CSV)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_predict)

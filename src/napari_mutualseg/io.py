@@ -47,6 +47,7 @@ __all__ = [
     "read_image",
     "write_box_table",
     "write_labels",
+    "write_table",
     "write_text",
 ]
 
@@ -588,6 +589,43 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
     with atomic_write(path, overwrite=overwrite) as f:
         tifffile.imwrite(f, labels, compression="zlib")
     return path
+
+
+def write_table(
+    path: str | os.PathLike, columns: Mapping[str, Sequence], *, overwrite: bool = False
+) -> Path:
+    """Write named columns of equal length as a CSV with a header line, atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Target ``.csv`` file; missing parent folders are created.
+    columns : mapping of str to sequence
+        Column name to its values, one per row.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    FileExistsError
+        When the file exists and ``overwrite`` is False.
+    ValueError
+        When the columns differ in length.
+    """
+    path = Path(path)
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"The columns of {path.name} differ in length: {sorted(lengths)}.")
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(list(columns))
+    writer.writerows(zip(*columns.values(), strict=True))
+    return write_text(path, text.getvalue(), overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------- box tables
