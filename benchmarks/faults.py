@@ -973,6 +973,8 @@ PLACES = [
      {"disk": _read_only}, ("read-only",)),
     ("predict --out on a read-only disk", PREDICT.replace("{work}/p", "{disk}/p"),
      {"disk": _read_only}, ("read-only",)),
+    ("predict --disagreement-out on a read-only disk", PREDICT + "--disagreement-out {disk}/d",
+     {"disk": _read_only}, ("read-only",)),
     ("supervise --out on a read-only disk",
      SUPERVISE.replace("{work}", "{disk}"), {"disk": _read_only},
      ("read-only",)),
@@ -1135,6 +1137,12 @@ def _same_name_cases() -> list[Case]:
             "predict a/x.tif b/x.tif",
             cli(predict, images=_inputs("a/x.tif", "b/x.tif")),
             check=_distinct("p/a/x_cells.tif", "p/b/x_cells.tif"),
+        ),
+        ok(
+            group,
+            "predict a/x.tif b/x.tif --disagreement-out",
+            cli(predict + " --disagreement-out {work}/d", images=_inputs("a/x.tif", "b/x.tif")),
+            check=_distinct("d/a/x_disagreement.tif", "d/b/x_disagreement.tif"),
         ),
         ok(
             group,
