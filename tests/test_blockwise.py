@@ -223,8 +223,13 @@ def test_command_line_predicts_block_by_block_and_keeps_the_pixel_size(tmp_path,
     model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
     image, _, _ = synthetic_scene((96, 80), 8, seed=1)
     source = tmp_path / "well.tif"
-    tifffile.imwrite(source, (image * 1000).astype(np.uint16), imagej=True,
-                     resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "um"})
+    tifffile.imwrite(
+        source,
+        (image * 1000).astype(np.uint16),
+        imagej=True,
+        resolution=(1 / 0.65, 1 / 0.65),
+        metadata={"unit": "um"},
+    )
     out = tmp_path / "pred"
     common = ["predict", model, source, "--out", out, "--device", "cpu", "--block-size", "64"]
     assert main([str(a) for a in [*common, "--halo", "32", "--out-format", "zarr"]]) == 0
