@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--block-size",
         type=int,
         help="segment block by block, reading and writing one block at a time: memory then "
-        "depends on the block (2048: about 1.5 GB), not on the image (default: whole images "
+        "depends on the block (2048: about 1.2 GB), not on the image (default: whole images "
         "up to 4096 x 4096, blocks above)",
     )
     p.add_argument(
