@@ -173,7 +173,8 @@ class ModelPair:
         Parameters
         ----------
         image : numpy.ndarray
-            A 2D single-channel image of any size (tiled in bounded memory).
+            A 2D single-channel image. The networks run tile by tile, but the result is
+            whole (12 bytes a pixel): :meth:`segment` goes block by block on large images.
         tile_size, overlap : int
             Sliding-window tile edge and overlap in pixels.
         name : str
