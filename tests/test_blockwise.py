@@ -241,3 +241,5 @@ def test_command_line_predicts_block_by_block_and_keeps_the_pixel_size(tmp_path,
     capsys.readouterr()
     assert main([str(a) for a in [*common, "--out-format", "zarr"]]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert main([str(a) for a in [*common, "--disagreement-out", tmp_path / "d"]]) == 2
+    assert "whole images" in capsys.readouterr().err

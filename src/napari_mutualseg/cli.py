@@ -201,21 +201,44 @@ def cmd_predict(args: argparse.Namespace) -> None:
     out = Path(args.out)
     planes = [(*plane, _pixel_size(args, p)) for p in args.images for plane in _load_images([p])]
     targets = [out / f"{name}_cells.tif" for name, _, _ in planes]
-    for t in targets:
+    extra = Path(args.disagreement_out) if args.disagreement_out else None
+    maps = [p for name, _, _ in planes for p in _disagreement_paths(extra, name)] if extra else []
+    for t in targets + maps:
         check_writable(t, args.overwrite)
     for (name, image, pixel_size), target in tqdm(
         list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False
     ):
-        labels = pair.segment(
-            image,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
-            min_size=args.min_size,
-            name=name,
-            halo=args.halo,
-        )
+        options = {
+            "tile_size": args.tile_size,
+            "overlap": args.overlap,
+            "min_size": args.min_size,
+            "name": name,
+        }
+        if extra is None:  # segment goes block by block above 4096 x 4096 pixels
+            labels = pair.segment(image, halo=args.halo, **options)
+        else:
+            result = pair.predict(image, **options)
+            labels = result.labels
         write_labels(target, labels, overwrite=args.overwrite, pixel_size=pixel_size)
         print(f"Wrote {target} ({int(labels.max())} cells)")
+        if extra is not None:
+            _write_disagreement(extra, name, result, args.overwrite)
+
+
+def _disagreement_paths(folder: Path, name: str) -> tuple[Path, Path]:
+    return folder / f"{name}_disagreement.tif", folder / f"{name}_disagreement.csv"
+
+
+def _write_disagreement(folder: Path, name: str, result, overwrite: bool) -> None:
+    """The disagreement map as uint8 TIFF (255 = total) and the cells to check as CSV."""
+    from .disagreement import spot_table
+    from .io import write_labels, write_table
+
+    tif, csv = _disagreement_paths(folder, name)
+    quantised = np.round(result.disagreement.astype(np.float32) * 255).astype(np.uint8)
+    write_labels(tif, quantised, overwrite=overwrite)
+    write_table(csv, spot_table(result.spots), overwrite=overwrite)
+    print(f"Wrote {tif} and {csv} ({len(result.spots)} cells and regions to check)")
 
 
 def _pixel_size(args: argparse.Namespace, path: str):
@@ -242,6 +265,10 @@ def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
     from .io import write_labels
     from .ome import check_writable_zarr, labels_zarr, open_image
 
+    if args.disagreement_out:
+        raise ValueError(
+            "--disagreement-out needs whole images: leave out --block-size and --out-format zarr."
+        )
     suffix = ".ome.zarr" if args.out_format == "zarr" else ".tif"
     jobs = []
     for path in args.images:
@@ -463,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_pixel_size_option,
         help="pixel size written with the labels, e.g. 0.65 or 0.5,0.65um (default: the "
         "input file's own)",
+    )
+    p.add_argument(
+        "--disagreement-out",
+        metavar="FOLDER",
+        help="also write where the two networks disagree (TIFF) and the cells to check (CSV); "
+        "whole images only",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

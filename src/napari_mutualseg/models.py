@@ -22,7 +22,14 @@ from .blockwise import (
     segment_blockwise,
 )
 from .devices import select_device
-from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, instances_from_proba, predict_proba
+from .disagreement import Prediction, cell_disagreement, spots_to_check
+from .inference import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    instances_from_proba,
+    predict_disagreement,
+    predict_proba,
+)
 from .preprocess import DEFAULT_PERCENTILES, normalize
 
 N_CLASSES = 3  # background, cell, boundary
@@ -240,8 +247,7 @@ class ModelPair:
         array-like
             The labels: ``out`` when given, else a numpy array.
         """
-        if min_size is None:
-            min_size = int(self.settings.get("min_size", 16))
+        min_size = self._min_size(min_size)
         pixels = math.prod(image.shape[-2:]) if hasattr(image, "shape") else 0
         if blockwise is None:
             blockwise = out is not None or pixels > AUTO_BLOCKWISE_PIXELS
@@ -273,6 +279,64 @@ class ModelPair:
                 stacklevel=2,
             )
         return result.labels
+
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        tile_size: int = DEFAULT_TILE_SIZE,
+        overlap: int = DEFAULT_OVERLAP,
+        min_size: int | None = None,
+        name: str = "image",
+    ) -> Prediction:
+        """Cells of ``image``, where the two networks disagree, and which cells to check first.
+
+        The cells are those of :meth:`segment` and the probabilities those of
+        :meth:`predict_proba`, from one pass over the image.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            A 2D single-channel image, predicted whole (:meth:`segment` goes block by block
+            on images larger than memory).
+        tile_size, overlap : int
+            Sliding-window tile edge and overlap in pixels.
+        min_size : int, optional
+            Smallest cell and smallest region of disagreement kept, in pixels (default: the
+            training setting).
+        name : str
+            Name used in error messages.
+
+        Returns
+        -------
+        Prediction
+            Probabilities, cells, the disagreement map (float16), each cell's score and the
+            cells and regions to check, most disputed first.
+
+        Examples
+        --------
+        >>> result = pair.predict(image)
+        >>> first = result.spots[0]             # the cell (or region) to check first
+        >>> first.kind, first.label, first.score, first.centroid
+        """
+        x = normalize(image, self.percentiles, name)
+        proba, disagreement = predict_disagreement(
+            self.models, x, self.device, tile_size=tile_size, overlap=overlap
+        )
+        min_size = self._min_size(min_size)
+        labels = instances_from_proba(proba, min_size=min_size)
+        disagreement = disagreement.astype(np.float16)
+        return Prediction(
+            probabilities=proba,
+            labels=labels,
+            disagreement=disagreement,
+            cell_scores=cell_disagreement(labels, disagreement),
+            spots=spots_to_check(labels, disagreement, min_size=min_size),
+        )
+
+    def _min_size(self, min_size: int | None) -> int:
+        """The smallest cell kept: as given, else the training setting."""
+        return int(self.settings.get("min_size", 16)) if min_size is None else int(min_size)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save both networks with their architecture, normalisation and settings (one file).
