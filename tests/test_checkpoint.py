@@ -19,9 +19,11 @@ def _pair() -> ModelPair:
 def test_round_trip_keeps_weights_normalisation_and_settings(tmp_path):
     pair = _pair()
     pair.history.append({"round": 1, "loss_a": 0.5})
+    pair.cell_size = 42.5
     path = pair.save(tmp_path / "m.pt")
     loaded = ModelPair.load(path, device="cpu")
     assert loaded.percentiles == (2.0, 99.0)
+    assert loaded.cell_size == 42.5
     assert loaded.settings == {"rounds": 3, "min_size": 5}
     assert loaded.history == [{"round": 1, "loss_a": 0.5}]
     image = np.random.default_rng(0).random((40, 36)).astype(np.float32) * 100

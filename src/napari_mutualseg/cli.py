@@ -195,25 +195,32 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .models import ModelPair
 
     pair = ModelPair.load(args.model, device=args.device)
+    if args.block_size is not None or args.out_format == "zarr":
+        _predict_by_blocks(pair, args)
+        return
     out = Path(args.out)
-    planes = _load_images(args.images)
-    targets = [out / f"{name}_cells.tif" for name, _ in planes]
+    planes = [(*plane, _pixel_size(args, p)) for p in args.images for plane in _load_images([p])]
+    targets = [out / f"{name}_cells.tif" for name, _, _ in planes]
     extra = Path(args.disagreement_out) if args.disagreement_out else None
-    maps = [p for name, _ in planes for p in _disagreement_paths(extra, name)] if extra else []
+    maps = [p for name, _, _ in planes for p in _disagreement_paths(extra, name)] if extra else []
     for t in targets + maps:
         check_writable(t, args.overwrite)
-    for (name, image), target in tqdm(
+    for (name, image, pixel_size), target in tqdm(
         list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False
     ):
-        result = pair.predict(
-            image,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
-            min_size=args.min_size,
-            name=name,
-        )
-        write_labels(target, result.labels, overwrite=args.overwrite)
-        print(f"Wrote {target} ({int(result.labels.max())} cells)")
+        options = {
+            "tile_size": args.tile_size,
+            "overlap": args.overlap,
+            "min_size": args.min_size,
+            "name": name,
+        }
+        if extra is None:  # segment goes block by block above 4096 x 4096 pixels
+            labels = pair.segment(image, halo=args.halo, **options)
+        else:
+            result = pair.predict(image, **options)
+            labels = result.labels
+        write_labels(target, labels, overwrite=args.overwrite, pixel_size=pixel_size)
+        print(f"Wrote {target} ({int(labels.max())} cells)")
         if extra is not None:
             _write_disagreement(extra, name, result, args.overwrite)
 
@@ -232,6 +239,77 @@ def _write_disagreement(folder: Path, name: str, result, overwrite: bool) -> Non
     write_labels(tif, quantised, overwrite=overwrite)
     write_table(csv, spot_table(result.spots), overwrite=overwrite)
     print(f"Wrote {tif} and {csv} ({len(result.spots)} cells and regions to check)")
+
+
+def _pixel_size(args: argparse.Namespace, path: str):
+    """The pixel size given on the command line, else the one the image file records."""
+    from .ome import read_pixel_size
+
+    return args.pixel_size or read_pixel_size(path)
+
+
+def _pixel_size_option(text: str):
+    from .ome import PixelSize
+
+    try:
+        return PixelSize.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
+    """Segment each 2D image block by block, read and written a block at a time."""
+    from tqdm.auto import tqdm
+
+    from .blockwise import DEFAULT_BLOCK_SIZE
+    from .io import write_labels
+    from .ome import check_writable_zarr, labels_zarr, open_image
+
+    if args.disagreement_out:
+        raise ValueError(
+            "--disagreement-out needs whole images: leave out --block-size and --out-format zarr."
+        )
+    suffix = ".ome.zarr" if args.out_format == "zarr" else ".tif"
+    jobs = []
+    for path in args.images:
+        image = open_image(path)
+        if image.ndim != 2:
+            raise ValueError(
+                f"{path} has shape {tuple(image.shape)}: block by block, each file must hold "
+                "one 2D image. Leave out --block-size and --out-format for stacks."
+            )
+        target = Path(args.out) / f"{Path(path).name.split('.')[0]}_cells{suffix}"
+        (check_writable if suffix == ".tif" else check_writable_zarr)(target, args.overwrite)
+        jobs.append((path, image, target))
+    for path, image, target in jobs:
+        options = {
+            "tile_size": args.tile_size,
+            "overlap": args.overlap,
+            "min_size": args.min_size,
+            "name": Path(path).name,
+            "blockwise": True,
+            "block_size": args.block_size or DEFAULT_BLOCK_SIZE,
+            "halo": args.halo,
+        }
+        pixel_size = _pixel_size(args, path)
+        with tqdm(desc=Path(path).name, unit="block", leave=False) as bar:
+
+            def advance(done: int, total: int, bar=bar) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            if suffix == ".tif":
+                labels = pair.segment(image, progress=advance, **options)
+                write_labels(target, labels, overwrite=args.overwrite, pixel_size=pixel_size)
+            else:
+                with labels_zarr(
+                    target, image.shape, pixel_size=pixel_size, overwrite=args.overwrite
+                ) as labels:
+                    pair.segment(image, out=labels, progress=advance, **options)
+        size = (
+            f", pixel {pixel_size.y:g} x {pixel_size.x:g} {pixel_size.unit}" if pixel_size else ""
+        )
+        print(f"Wrote {target} ({image.shape[0]} x {image.shape[1]}{size})")
 
 
 def _format_metrics(m: dict) -> str:
@@ -389,9 +467,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
     p.add_argument(
+        "--block-size",
+        type=int,
+        help="segment block by block, reading and writing one block at a time: memory then "
+        "depends on the block (2048: about 1.2 GB), not on the image (default: whole images "
+        "up to 4096 x 4096, blocks above)",
+    )
+    p.add_argument(
+        "--halo",
+        type=int,
+        help="margin read around each block, wider than a cell (default: from the model)",
+    )
+    p.add_argument(
+        "--out-format",
+        choices=("tif", "zarr"),
+        default="tif",
+        help="labels as TIFF (held in memory, 4 bytes a pixel) or OME-Zarr "
+        "(<name>_cells.ome.zarr, written block by block, with a pyramid)",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=_pixel_size_option,
+        help="pixel size written with the labels, e.g. 0.65 or 0.5,0.65um (default: the "
+        "input file's own)",
+    )
+    p.add_argument(
         "--disagreement-out",
         metavar="FOLDER",
-        help="also write where the two networks disagree (TIFF) and the cells to check (CSV)",
+        help="also write where the two networks disagree (TIFF) and the cells to check (CSV); "
+        "whole images only",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

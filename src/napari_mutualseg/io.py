@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .boxes import BOX_TYPES, Box, boxes_by_plane, boxes_from_shapes
+from .ome import PixelSize
 
 __all__ = [
     "check_writable",
@@ -129,7 +130,13 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False) -> Path:
+def write_labels(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    *,
+    overwrite: bool = False,
+    pixel_size: PixelSize | None = None,
+) -> Path:
     """Write a label or class image as a zlib-compressed TIFF.
 
     Parameters
@@ -140,6 +147,9 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
         Integer (or bool) image; bool is written as uint8.
     overwrite : bool
         Replace an existing file.
+    pixel_size : PixelSize, optional
+        Written as OME-TIFF physical size and as resolution tags (pixels per centimetre), so
+        that Fiji, napari and Bio-Formats readers all find it.
 
     Returns
     -------
@@ -169,7 +179,20 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
         raise ValueError(f"Labels must be at least 2D, got shape {labels.shape}.")
     check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, labels, compression="zlib")
+    calibration = {}
+    if pixel_size is not None:
+        calibration = {
+            "ome": True,
+            "resolution": pixel_size.per_centimeter(),
+            "resolutionunit": "CENTIMETER",
+            "metadata": {
+                "PhysicalSizeX": pixel_size.x,
+                "PhysicalSizeXUnit": pixel_size.symbol,
+                "PhysicalSizeY": pixel_size.y,
+                "PhysicalSizeYUnit": pixel_size.symbol,
+            },
+        }
+    tifffile.imwrite(path, labels, compression="zlib", **calibration)
     return path
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 #: Default percentiles mapped to 0 and 1; stored with every trained model.
 DEFAULT_PERCENTILES = (1.0, 99.8)
+
+#: Pixels per plane from which intensity percentiles are estimated on large images.
+PERCENTILE_SAMPLE = 2_000_000
 
 
 def looks_rgb(array: np.ndarray) -> bool:
@@ -72,17 +77,63 @@ def as_planes(images: np.ndarray | Sequence[np.ndarray], name: str = "images") -
     return [check_image(img, f"{name}[{i}]") for i, img in enumerate(images)]
 
 
+def subsample(image: Any, max_pixels: int = PERCENTILE_SAMPLE) -> np.ndarray:
+    """Every ``s``-th pixel along the last two axes, ``s`` the least step keeping at most about
+    ``max_pixels`` per plane; small images come back whole.
+
+    Works on any array that slices like numpy (numpy, zarr, dask, a memory map) and reads only
+    what it returns, so the intensity statistics of an image larger than memory cost one pass
+    over it and a few megabytes.
+
+    Parameters
+    ----------
+    image : array-like
+        ``(..., Y, X)`` pixels.
+    max_pixels : int
+        Largest plane kept whole; larger ones are sampled on a regular grid to about half as
+        many pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        The sample, float32, with the leading axes kept.
+    """
+    height, width = image.shape[-2:]
+    step = 1
+    if height * width > 2 * max_pixels:
+        step = math.ceil(math.sqrt(height * width / max_pixels))
+    return np.asarray(image[..., ::step, ::step]).astype(np.float32, copy=False)
+
+
 def intensity_range(
-    image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    image: Any, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
 ) -> tuple[float, float]:
-    """Low and high intensity at ``percentiles`` (subsampled on large images for speed)."""
-    flat = image.ravel()
-    if flat.size > 4_000_000:
-        flat = flat[:: flat.size // 2_000_000]
+    """Low and high intensity at ``percentiles`` of a 2D image (any array-like, see
+    :func:`subsample`; images above 4 megapixels are sampled on a regular grid)."""
+    flat = subsample(image).ravel()
     low, high = np.percentile(flat, percentiles)
     if high <= low:
         low, high = float(flat.min()), float(flat.max())
     return float(low), float(high)
+
+
+def contrast_range(
+    image: Any, percentiles: tuple[float, float] = DEFAULT_PERCENTILES, name: str = "image"
+) -> tuple[float, float]:
+    """:func:`intensity_range`, refusing a constant image.
+
+    Raises
+    ------
+    ValueError
+        If the image is constant: there is nothing to segment.
+    """
+    low, high = intensity_range(image, percentiles)
+    if high <= low:
+        raise ValueError(
+            f"{name} is constant (every pixel is {low:g}): there is nothing to segment. "
+            "Check that the right channel or plane was chosen."
+        )
+    return low, high
 
 
 def normalize(
@@ -98,10 +149,5 @@ def normalize(
         If the image is constant: there is nothing to segment.
     """
     image = check_image(image, name)
-    low, high = intensity_range(image, percentiles)
-    if high <= low:
-        raise ValueError(
-            f"{name} is constant (every pixel is {low:g}): there is nothing to segment. "
-            "Check that the right channel or plane was chosen."
-        )
+    low, high = contrast_range(image, percentiles, name)
     return (image - low) / (high - low)

@@ -159,6 +159,8 @@ class MutualTrainer:
             pair = pair.copy()
             pair.percentiles = config.percentiles
         pair.settings = config.to_dict()
+        sides = [2 * max(box.extent) for sup in supervisions for box in sup.boxes]
+        pair.cell_size = max([pair.cell_size or 0.0, *sides]) or None
         self._pair = pair.to(self.device)
         self._cancel = threading.Event()
         self._trainers: list[NetworkTrainer] = []
