@@ -29,24 +29,25 @@ class _Fail(Exception):
     pass
 
 
-def _load_images(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
-    """(name, 2D image) for every plane of every file; stacks are split into planes."""
-    from .io import read_image
-    from .preprocess import looks_rgb
+def _load_image(path: str, args: argparse.Namespace):
+    """The image of one file with its axes (from the file, or --axes); says what was read."""
+    from .images import AxisImage
 
-    out = []
-    for p in paths:
-        image = np.asarray(read_image(p))
-        stem = Path(p).name.split(".")[0]
-        if image.ndim == 3 and not looks_rgb(image):
-            out += [(f"{stem}_plane{i:03d}", plane) for i, plane in enumerate(image)]
-        else:
-            out.append((stem, image))
-    return out
+    image = AxisImage.from_file(path, axes=getattr(args, "axes", None))
+    notes = f" ({'; '.join(image.notes)})" if image.notes else ""
+    print(f"{image.describe()}{notes}", file=sys.stderr)
+    return image
 
 
-def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[tuple[str, np.ndarray, list]]:
-    """Pair every image (or plane) with its boxes from one CSV per image or one shared CSV."""
+def _boxes_for(
+    images: Sequence[str], tables: Sequence[str], args: argparse.Namespace
+) -> list[tuple[str, object, list]]:
+    """Pair every plane that has boxes with them: one CSV per image or one shared CSV.
+
+    A stack's table is a napari Shapes CSV whose first axis is the plane (planes run over z
+    within each time point); a table drawn on a single-plane image as a stack (e.g. a (C, Y, X)
+    image shown without channel_axis) gives that plane all its boxes.
+    """
     from .io import read_box_table
 
     loaded = [read_box_table(t) for t in tables]
@@ -58,26 +59,51 @@ def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[tuple[str, 
     result = []
     for i, path in enumerate(images):
         table = loaded[i] if len(tables) == len(images) else loaded[0]
-        planes = _load_images([path])
+        image = _load_image(path, args)
         name = Path(path).name
         stem = name.split(".")[0]
-        for j, (plane_name, plane) in enumerate(planes):
-            if len(planes) > 1:
+        by_plane = all(isinstance(k, int) for k in table)
+        for j in range(image.n_planes):
+            if image.n_planes > 1:
                 boxes = table.get(j, [])
+            elif by_plane:
+                if len(table) > 1:
+                    warnings.warn(
+                        f"{name} has one plane; the boxes of table planes "
+                        f"{', '.join(map(str, sorted(table)))} are all used on it.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                boxes = [b for k in sorted(table) for b in table[k]]
             elif len(tables) == len(images) and None in table:
                 boxes = table[None]
             else:
                 boxes = table.get(name, table.get(stem, []))
-            if len(boxes) == 0 and len(planes) == 1:
+            if len(boxes) == 0 and image.n_planes == 1:
                 raise ValueError(
                     f"No boxes for {path}: the box table has no rows for it (keys found: "
                     f"{sorted(map(str, table))}). Draw at least one box on this image."
                 )
             if boxes:
-                result.append((plane_name, plane, boxes))
+                suffix = image.plane_name(j)
+                result.append(
+                    (f"{stem}_{suffix}" if suffix else stem, image.plane_image(j), boxes)
+                )
     if not result:
         raise ValueError("No image has any boxes; draw at least one box around a cell.")
     return result
+
+
+def _input_options(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields of --channel and --rgb, where given."""
+    from .images import parse_channels
+
+    given = {}
+    if getattr(args, "channel", None):
+        given["channels"] = parse_channels(args.channel)
+    if getattr(args, "rgb", None):
+        given["rgb"] = args.rgb
+    return given
 
 
 # command-line option -> TrainConfig field
@@ -104,7 +130,7 @@ def _config_from(args: argparse.Namespace, **fixed):
     }
     if getattr(args, "exchange", None) is not None:
         given["exchange"] = ExchangeSettings(rule=args.exchange)
-    return TrainConfig.recommended(args.device, **{**fixed, **given})
+    return TrainConfig.recommended(args.device, **{**fixed, **given, **_input_options(args)})
 
 
 def _supervision(name: str, image: np.ndarray, boxes: list, **kwargs):
@@ -113,12 +139,12 @@ def _supervision(name: str, image: np.ndarray, boxes: list, **kwargs):
     from .supervision import make_supervision
 
     try:
-        kept, notes = usable_boxes(boxes, image.shape[:2])
+        kept, notes = usable_boxes(boxes, image.plane_shape)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
     for note in notes:
         warnings.warn(f"{name}: {note}", UserWarning, stacklevel=2)
-    return make_supervision(image.shape, kept, **kwargs)
+    return make_supervision(image.plane_shape, kept, **kwargs)
 
 
 def _train(images, supervisions, config, pair=None, on_round=None):
@@ -145,7 +171,7 @@ def cmd_supervise(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_writable(out, args.overwrite)
-    (name, image, boxes), *rest = _boxes_for([args.image], [args.boxes])
+    (name, image, boxes), *rest = _boxes_for([args.image], [args.boxes], args)
     if rest:
         raise ValueError("supervise takes a single 2D image; use train for stacks.")
     sup = _supervision(name, image, boxes, edge_width=args.edge_width)
@@ -162,14 +188,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_writable(out, args.overwrite)
-    items = _boxes_for(args.images, args.boxes)
+    items = _boxes_for(args.images, args.boxes, args)
     labels_dir = Path(args.labels_out) if args.labels_out else None
     if labels_dir is not None:
         for name, _, _ in items:
             check_writable(labels_dir / f"{name}_cells.tif", args.overwrite)
     sups = [_supervision(name, img, boxes) for name, img, boxes in items]
-    config = _config_from(args)
     pair = ModelPair.load(args.resume, device=args.device) if args.resume else None
+    # resumed networks keep their input channels unless the command says otherwise
+    kept = {k: pair.settings[k] for k in ("channels", "rgb") if pair and k in pair.settings}
+    config = _config_from(args, **kept)
 
     def show(r):
         print(
@@ -191,27 +219,32 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
+    from .images import parse_channels
     from .io import write_labels
     from .models import ModelPair
 
     pair = ModelPair.load(args.model, device=args.device)
     out = Path(args.out)
-    planes = _load_images(args.images)
-    targets = [out / f"{name}_cells.tif" for name, _ in planes]
+    targets = [out / f"{Path(p).name.split('.')[0]}_cells.tif" for p in args.images]
     for t in targets:
         check_writable(t, args.overwrite)
-    for (name, image), target in tqdm(
-        list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False
-    ):
-        labels = pair.segment(
-            image,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
-            min_size=args.min_size,
-            name=name,
-        )
+    for path, target in zip(args.images, targets, strict=True):
+        image = _load_image(path, args)
+        with tqdm(total=image.n_planes, desc="predicting", unit="plane", leave=False) as bar:
+            labels = pair.segment(
+                image,
+                channels=parse_channels(args.channel),
+                rgb=args.rgb,
+                tile_size=args.tile_size,
+                overlap=args.overlap,
+                min_size=args.min_size,
+                link=not args.no_link,
+                track=args.track,
+                progress=lambda done, _: bar.update(done - bar.n),
+            )
         write_labels(target, labels, overwrite=args.overwrite)
-        print(f"Wrote {target} ({int(labels.max())} cells)")
+        shape = " x ".join(map(str, labels.shape))
+        print(f"Wrote {target} ({int(labels.max())} cells, {shape}, axes {image.label_axes})")
 
 
 def _format_metrics(m: dict) -> str:
@@ -325,6 +358,32 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_image_options(p: argparse.ArgumentParser, channels: bool = True) -> None:
+    """How images are read: their axes and, for the networks, channels and RGB."""
+    from .images import RGB_MODES
+
+    p.add_argument(
+        "--axes",
+        help="what each axis of the images is, when the files do not say: letters from TCZYX "
+        "in the stored order, e.g. CYX (channels), ZYX (z-stack), TYX (time series), TZCYX",
+    )
+    if not channels:
+        return
+    p.add_argument(
+        "--channel",
+        action="append",
+        metavar="C",
+        help="channel(s) the networks take, by index or name; repeat or comma-separate for "
+        "several (default: every channel when training, the model's channels when predicting)",
+    )
+    p.add_argument(
+        "--rgb",
+        choices=RGB_MODES,
+        help="RGB images as three colour channels or one gray channel (default: channels when "
+        "training, the model's choice when predicting)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``napari-mutualseg`` command."""
     from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
@@ -342,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="class map TIFF to write")
     p.add_argument("--instances-out", help="also write the per-box instance map here")
     p.add_argument("--edge-width", type=int, default=1, help="boundary thickness in pixels")
+    _add_image_options(p, channels=False)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_supervise)
 
@@ -357,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--labels-out", help="folder for each boxed image's final segmentation")
     p.add_argument("--resume", help="continue training this saved model")
+    _add_image_options(p)
     _add_training_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_train)
@@ -368,6 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
+    _add_image_options(p)
+    p.add_argument(
+        "--no-link",
+        action="store_true",
+        help="z-stacks: keep each plane's labels apart instead of linking them into 3D objects",
+    )
+    p.add_argument(
+        "--track",
+        action="store_true",
+        help="time series: give a cell the same label in every frame (by overlap)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_predict)

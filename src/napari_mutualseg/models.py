@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ from torch import nn
 
 from . import checkpoint
 from .devices import select_device
+from .images import AxisImage, as_image, parse_channels
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, instances_from_proba, predict_proba
-from .preprocess import DEFAULT_PERCENTILES, normalize
+from .linking import LINK_MIN_OVERLAP, link_labels
+from .preprocess import DEFAULT_PERCENTILES, apply_ranges, check_channels
 
 N_CLASSES = 3  # background, cell, boundary
 
@@ -114,6 +117,15 @@ class ModelPair:
         One entry per completed round (losses, changed fraction, seconds).
     device : torch.device
         Where the networks live.
+    channel_names : tuple of str, optional
+        Names of the input channels the networks were trained on, when the images named them;
+        prediction then finds them by name.
+
+    Notes
+    -----
+    Which channels are the input, and how RGB images were taken, are the ``channels`` and
+    ``rgb`` training settings (:class:`~napari_mutualseg.config.TrainConfig`); prediction uses
+    the same unless told otherwise. Model files from before channels were recorded take one.
     """
 
     model_a: UNet
@@ -122,6 +134,7 @@ class ModelPair:
     settings: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    channel_names: tuple[str, ...] | None = None
 
     @property
     def models(self) -> tuple[UNet, UNet]:
@@ -144,22 +157,112 @@ class ModelPair:
             dict(self.settings),
             [dict(h) for h in self.history],
             self.device,
+            self.channel_names,
         )
+
+    @property
+    def in_channels(self) -> int:
+        """How many channels the networks take."""
+        return int(self.model_a.arch.get("in_channels", 1))
+
+    def describe_input(self) -> str:
+        """The networks' input for people, e.g. ``"2 channels (DAPI, GFP)"``."""
+        n = self.in_channels
+        text = f"{n} channel{'s' if n > 1 else ''}"
+        chosen = parse_channels(self.settings.get("channels"))
+        if self.channel_names:
+            text += f" ({', '.join(self.channel_names)})"
+        elif chosen is not None:
+            text += f" (channel {', '.join(map(str, chosen))} of the training images)"
+        if self.settings.get("rgb") == "gray":
+            text += ", RGB converted to gray"
+        return text
+
+    def network_input(
+        self,
+        image: Any,
+        *,
+        channels: Sequence[int | str] | None = None,
+        rgb: str | None = None,
+        axes: str | None = None,
+        name: str = "image",
+    ) -> AxisImage:
+        """``image`` with the channels the networks take, checked against them.
+
+        Parameters
+        ----------
+        image : array_like or AxisImage
+            See :meth:`segment`.
+        channels : sequence of int or str, optional
+            Channels to use, by index or name. Left out: the training channels, found by name
+            when both the model and the image name them, else by their index; an image with
+            just as many channels as the networks take, which cannot be searched for them
+            (e.g. a single-channel image), is used as it is.
+        rgb : {"channels", "gray"}, optional
+            How an RGB image is taken (default: as in training).
+        axes : str, optional
+            The axes of a plain array (e.g. ``"ZYX"``).
+        name : str
+            How the image is called in messages.
+
+        Raises
+        ------
+        ValueError
+            When the image gives another number of channels than the networks take.
+        """
+        img = as_image(image, axes, name=name)
+        rgb = rgb or self.settings.get("rgb", "channels")
+        if channels is not None:
+            chosen = img.select(channels, rgb)
+        else:
+            channels = parse_channels(self.settings.get("channels"))
+            known = [n.lower() for n in img.channel_names or ()]
+            if self.channel_names and all(n.lower() in known for n in self.channel_names):
+                channels = self.channel_names
+            try:
+                chosen = img.select(channels, rgb)
+            except ValueError:
+                # an image of just the channels the networks take (say, the nuclei alone)
+                if img.select(None, rgb).n_channels != self.in_channels:
+                    raise
+                chosen = img.select(None, rgb)
+        if chosen.n_channels != self.in_channels:
+            given = chosen.n_channels
+            hints = []
+            if img.rgb and self.in_channels == 1:
+                hints.append("convert RGB to gray with --rgb gray (rgb='gray')")
+            hints.append(
+                f"pick {self.in_channels} channel(s) with --channel (channels= in Python)"
+            )
+            if not isinstance(image, AxisImage) and axes is None and np.ndim(image) == 3:
+                hints.append("if the first axis is z or time, say so with axes='ZYX' or 'TYX'")
+            raise ValueError(
+                f"{img.name} gives the networks {given} channel{'s' if given > 1 else ''} but "
+                f"they were trained on {self.describe_input()}: {'; or '.join(hints)}."
+            )
+        return chosen
 
     def predict_proba(
         self,
-        image: np.ndarray,
+        image: Any,
         *,
+        channels: Sequence[int | str] | None = None,
+        rgb: str | None = None,
+        axes: str | None = None,
         tile_size: int = DEFAULT_TILE_SIZE,
         overlap: int = DEFAULT_OVERLAP,
         name: str = "image",
     ) -> np.ndarray:
-        """Ensemble class probabilities (background, cell, boundary) of ``image``.
+        """Ensemble class probabilities (background, cell, boundary) of one 2D plane.
 
         Parameters
         ----------
-        image : numpy.ndarray
-            A 2D single-channel image of any size (tiled in bounded memory).
+        image : array_like or AxisImage
+            One plane of any size (tiled in bounded memory): a 2D image, a channels-first
+            ``(C, H, W)`` image, an 8-bit RGB(A) picture, or an :class:`AxisImage` of one
+            plane.
+        channels, rgb, axes
+            See :meth:`network_input`.
         tile_size, overlap : int
             Sliding-window tile edge and overlap in pixels.
         name : str
@@ -170,35 +273,95 @@ class ModelPair:
         numpy.ndarray
             ``(3, H, W)`` float32 mean softmax of both networks.
         """
-        x = normalize(image, self.percentiles, name)
+        chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
+        if chosen.n_planes != 1:
+            raise ValueError(
+                f"{chosen.name} has {chosen.n_planes} planes; predict_proba takes one (segment "
+                "takes stacks and time series)."
+            )
+        ranges = chosen.channel_ranges(self.percentiles)
+        return self._plane_proba(chosen, 0, ranges, tile_size, overlap)
+
+    def _plane_proba(
+        self, image: AxisImage, index: int, ranges: np.ndarray, tile_size: int, overlap: int
+    ) -> np.ndarray:
+        name = f"{image.name} {image.plane_name(index)}".rstrip()
+        x = apply_ranges(check_channels(image.plane(index), name), ranges)
         return predict_proba(self.models, x, self.device, tile_size=tile_size, overlap=overlap)
 
     def segment(
         self,
-        image: np.ndarray,
+        image: Any,
         *,
+        channels: Sequence[int | str] | None = None,
+        rgb: str | None = None,
+        axes: str | None = None,
         tile_size: int = DEFAULT_TILE_SIZE,
         overlap: int = DEFAULT_OVERLAP,
         min_size: int | None = None,
+        link: bool = True,
+        track: bool = False,
+        min_overlap: float = LINK_MIN_OVERLAP,
         name: str = "image",
+        progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
-        """Instance segmentation of ``image``: int32 labels, 0 background, 1..N cells.
+        """Instance segmentation: int32 labels, 0 background, 1..N cells.
+
+        Every 2D plane (each z position of each time point) is segmented, normalised with the
+        intensity percentiles of the whole image (:meth:`AxisImage.channel_ranges`); the
+        planes of a z-stack are linked into 3D objects and, with ``track``, the frames of a
+        time series keep their labels (:func:`napari_mutualseg.linking.link_labels`).
 
         Parameters
         ----------
-        image : numpy.ndarray
-            A 2D single-channel image.
+        image : array_like or AxisImage
+            A 2D image; a channels-first ``(C, H, W)`` image; an 8-bit RGB(A) picture; a plain
+            array with ``axes``; or an :class:`AxisImage` (any of ``TCZYX``).
+        channels : sequence of int or str, optional
+            The channels to use (default: the ones the networks were trained on).
+        rgb : {"channels", "gray"}, optional
+            How an RGB image is taken (default: as in training).
+        axes : str, optional
+            The axes of a plain array, e.g. ``"ZYX"`` or ``"TCYX"``.
         tile_size, overlap : int
             Sliding-window tile edge and overlap in pixels.
         min_size : int, optional
             Objects smaller than this many pixels are dropped (default: the training setting).
+        link : bool
+            Link the planes of a z-stack into 3D objects (one label per cell through z).
+        track : bool
+            Keep a cell's label from frame to frame of a time series (by overlap).
+        min_overlap : float
+            Least overlap for linking and tracking, as a share of the smaller object
+            (:func:`napari_mutualseg.linking.link_slices`).
         name : str
             Name used in error messages.
+        progress : callable, optional
+            Called with (planes done, planes in all) after every plane.
+
+        Returns
+        -------
+        numpy.ndarray
+            Labels with the image's axes less C (``image.label_axes``): ``(H, W)`` for one
+            plane, ``(Z, H, W)`` for a z-stack, ``(T, [Z,] H, W)`` for a time series.
         """
-        proba = self.predict_proba(image, tile_size=tile_size, overlap=overlap, name=name)
+        chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
         if min_size is None:
             min_size = int(self.settings.get("min_size", 16))
-        return instances_from_proba(proba, min_size=min_size)
+        ranges = chosen.channel_ranges(self.percentiles)
+        labels = np.zeros(chosen.label_shape, np.int32)
+        for index in range(chosen.n_planes):
+            proba = self._plane_proba(chosen, index, ranges, tile_size, overlap)
+            position = chosen.plane_position(index)
+            key = tuple(
+                int(position[a]) if a in position else slice(None) for a in chosen.label_axes
+            )
+            labels[key] = instances_from_proba(proba, min_size=min_size)
+            if progress is not None:
+                progress(index + 1, chosen.n_planes)
+        return link_labels(
+            labels, chosen.label_axes, link=link, track=track, min_overlap=min_overlap
+        )
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save both networks with their architecture, normalisation and settings (one file).
@@ -216,6 +379,7 @@ class ModelPair:
             "percentiles": [float(p) for p in self.percentiles],
             "settings": dict(self.settings),
             "history": [dict(h) for h in self.history],
+            "channel_names": None if self.channel_names is None else list(self.channel_names),
         }
         return checkpoint.write_checkpoint(payload, path, overwrite=overwrite)
 
@@ -245,5 +409,8 @@ class ModelPair:
             tuple(payload["percentiles"]),
             dict(payload.get("settings", {})),
             list(payload.get("history", [])),
+            channel_names=(
+                tuple(payload["channel_names"]) if payload.get("channel_names") else None
+            ),
         )
         return pair.to(select_device(device))
