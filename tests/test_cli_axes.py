@@ -35,12 +35,12 @@ def test_a_two_channel_file_trains_on_the_chosen_channel_and_predicts_with_it(
     data = (np.stack([distractor, image]) * 1000).astype(np.uint16)
     tifffile.imwrite(two, data, imagej=True, metadata={"axes": "CYX"})
     model = tmp_path / "m.pt"
-    code, stdout, err = _run(
+    code, _, err = _run(
         capsys, "train", two, "--boxes", plain, "--channel", "1", "--out", model, *TINY
     )
     assert code == 0, err
     assert "2 channels, axes CYX" in err
-    code, stdout, err = _run(capsys, "predict", model, two, "--out", tmp_path / "pred")
+    code, _, err = _run(capsys, "predict", model, two, "--out", tmp_path / "pred")
     assert code == 0, err
     assert tifffile.imread(tmp_path / "pred" / "two_cells.tif").shape == (64, 80)
     # the nuclei alone: the one channel the networks take
