@@ -57,7 +57,7 @@ def test_a_two_channel_file_trains_on_the_chosen_channel_and_predicts_with_it(
 
 
 def test_a_3d_file_needs_its_axes_and_a_z_stack_gives_3d_labels(scene, tmp_path, capsys):
-    image, _, boxes, _ = scene
+    image, _, boxes, plain = scene
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, (np.stack([image * 0.9, image, image * 1.1]) * 1000).astype(np.uint16))
     rows = ["index,shape-type,vertex-index,axis-0,axis-1,axis-2"]
@@ -69,6 +69,10 @@ def test_a_3d_file_needs_its_axes_and_a_z_stack_gives_3d_labels(scene, tmp_path,
     model = tmp_path / "m.pt"
     code, _, err = _run(capsys, "train", stack, "--boxes", table, "--out", model, *TINY)
     assert code == 2 and "--axes" in err and "ZYX" in err and "Traceback" not in err
+    code, _, err = _run(
+        capsys, "train", stack, "--axes", "ZYX", "--boxes", plain, "--out", model, *TINY
+    )
+    assert code == 2 and "which plane" in err
     code, _, err = _run(
         capsys,
         "train",

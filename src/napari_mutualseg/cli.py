@@ -63,6 +63,12 @@ def _boxes_for(
         name = Path(path).name
         stem = name.split(".")[0]
         by_plane = all(isinstance(k, int) for k in table)
+        if image.n_planes > 1 and not by_plane:
+            raise ValueError(
+                f"{name} has {image.n_planes} planes ({image.plane_axes}) but its box table "
+                "does not say which plane a box is on: draw the boxes on the stack in napari "
+                "and save the Shapes layer as .csv (its first axis is the plane)."
+            )
         for j in range(image.n_planes):
             if image.n_planes > 1:
                 boxes = table.get(j, [])

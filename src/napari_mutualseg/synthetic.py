@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
@@ -20,6 +22,15 @@ def _bean(h: int, w: int) -> np.ndarray:
     body = u**2 + v**2 <= 1.0
     notch = (u - 1.05) ** 2 / 0.35 + v**2 / 0.12 <= 1.0
     return body & ~notch
+
+
+def _render(
+    labels: np.ndarray, n: int, rng: np.random.Generator, noise: float, blur: Any
+) -> np.ndarray:
+    """Cells of random brightness on a dim background, blurred, with Gaussian noise."""
+    brightness = np.concatenate([[0.1], rng.uniform(0.7, 1.3, n)])
+    image = ndi.gaussian_filter(brightness[labels], blur)
+    return (image + rng.normal(0, noise, labels.shape)).astype(np.float32)
 
 
 def synthetic_scene(
@@ -75,11 +86,9 @@ def synthetic_scene(
             continue
         n += 1
         window[mask] = n
-    brightness = np.concatenate([[0.1], rng.uniform(0.7, 1.3, n)])
-    image = ndi.gaussian_filter(brightness[labels], 1.0)
-    image = image + rng.normal(0, noise, shape)
+    image = _render(labels, n, rng, noise, 1.0)
     boxes = np.array([r.bbox for r in regionprops(labels)], np.int64).reshape(-1, 4)
-    return image.astype(np.float32), labels, boxes
+    return image, labels, boxes
 
 
 def synthetic_volume(
@@ -137,7 +146,4 @@ def synthetic_volume(
             continue
         n += 1
         labels[inside] = n
-    brightness = np.concatenate([[0.1], rng.uniform(0.7, 1.3, n)])
-    image = ndi.gaussian_filter(brightness[labels], (0.5, 1.0, 1.0))
-    image = image + rng.normal(0, noise, shape)
-    return image.astype(np.float32), labels
+    return _render(labels, n, rng, noise, (0.5, 1.0, 1.0)), labels
