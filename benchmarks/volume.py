@@ -119,16 +119,15 @@ def main(argv: list[str] | None = None) -> dict:
     volume, truth = synthetic_volume(SHAPE, N_CELLS, seed=100 + args.seed)
     stack = AxisImage.from_array(volume, "ZYX", name="train stack")
     boxed = list(range(BOXED_EVERY // 2, SHAPE[0], BOXED_EVERY))
-    planes, sups = [], []
-    for z in boxed:
-        rows = boxes_on(truth[z])
-        if len(rows):
-            planes.append(stack.plane_image(z))
-            sups.append(make_supervision(SHAPE[1:], rows))
-    n_boxes = sum(len(s.boxes) for s in sups)
-    log(f"training on {len(planes)} of {SHAPE[0]} planes, {n_boxes} boxes, on {device}")
+    # one supervision per plane, None where nothing is boxed
+    sups = [
+        make_supervision(SHAPE[1:], boxes_on(truth[z])) if z in boxed else None
+        for z in range(SHAPE[0])
+    ]
+    n_boxes = sum(len(s.boxes) for s in sups if s is not None)
+    log(f"training on {len(boxed)} of {SHAPE[0]} planes, {n_boxes} boxes, on {device}")
     start = time.perf_counter()
-    trainer = MutualTrainer(planes, sups, cfg)
+    trainer = MutualTrainer(stack, sups, cfg)
     for report in trainer:
         log(f"  round {report.round}: {report.seconds:.1f} s")
     train_seconds = time.perf_counter() - start

@@ -8,6 +8,7 @@ from helpers import TINY
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.metrics import evaluate
 from napari_mutualseg.models import ModelPair, build_unet
+from napari_mutualseg.preprocess import apply_ranges
 from napari_mutualseg.supervision import boxes_from_shapes, make_supervision
 from napari_mutualseg.synthetic import synthetic_scene, synthetic_volume
 from napari_mutualseg.training import MutualTrainer, TrainConfig
@@ -111,3 +112,18 @@ def test_z_stacks_become_3d_objects_and_time_series_keep_labels():
     np.testing.assert_array_equal(frames, planes)
     with pytest.raises(ValueError, match="axes='ZYX'"):
         pair.segment(volume)
+
+
+def test_a_stack_trains_on_its_boxed_planes_normalised_like_the_stack(two_channel):
+    _, image, sup = two_channel
+    volume = np.stack([image * 0.2, image, image * 3.0])  # a dim and a bright plane around
+    stack = AxisImage.from_array(volume, "ZYX")
+    trainer = MutualTrainer(stack, [None, sup, None], TrainConfig(**SETTINGS))
+    assert len(trainer.images) == 1
+    expected = apply_ranges(volume[1][None], stack.channel_ranges())
+    np.testing.assert_allclose(trainer.images[0], expected)
+    assert trainer.images[0].max() < 0.5  # not stretched to 1: the bright plane sets the top
+    with pytest.raises(ValueError, match="one supervision"):
+        MutualTrainer(stack, [sup], TrainConfig(**SETTINGS))
+    with pytest.raises(ValueError, match="at least one plane"):
+        MutualTrainer(stack, [None, None, None], TrainConfig(**SETTINGS))

@@ -39,14 +39,13 @@ def _load_image(path: str, args: argparse.Namespace):
     return image
 
 
-def _boxes_for(
-    images: Sequence[str], tables: Sequence[str], args: argparse.Namespace
-) -> list[tuple[str, object, list]]:
-    """Pair every plane that has boxes with them: one CSV per image or one shared CSV.
+def _boxes_for(images: Sequence[str], tables: Sequence[str], args: argparse.Namespace) -> list:
+    """Every image with the name and boxes of each of its planes (None: a plane without boxes).
 
-    A stack's table is a napari Shapes CSV whose first axis is the plane (planes run over z
-    within each time point); a table drawn on a single-plane image as a stack (e.g. a (C, Y, X)
-    image shown without channel_axis) gives that plane all its boxes.
+    One CSV per image or one shared CSV. A stack's table is a napari Shapes CSV whose first
+    axis is the plane (planes run over z within each time point); a table drawn on a
+    single-plane image as a stack (e.g. a (C, Y, X) image shown without channel_axis) gives
+    that plane all its boxes.
     """
     from .io import read_box_table
 
@@ -69,6 +68,7 @@ def _boxes_for(
                 "does not say which plane a box is on: draw the boxes on the stack in napari "
                 "and save the Shapes layer as .csv (its first axis is the plane)."
             )
+        planes = []
         for j in range(image.n_planes):
             if image.n_planes > 1:
                 boxes = table.get(j, [])
@@ -90,12 +90,10 @@ def _boxes_for(
                     f"No boxes for {path}: the box table has no rows for it (keys found: "
                     f"{sorted(map(str, table))}). Draw at least one box on this image."
                 )
-            if boxes:
-                suffix = image.plane_name(j)
-                result.append(
-                    (f"{stem}_{suffix}" if suffix else stem, image.plane_image(j), boxes)
-                )
-    if not result:
+            suffix = image.plane_name(j)
+            planes.append((f"{stem}_{suffix}" if suffix else stem, boxes) if boxes else None)
+        result.append((image, planes))
+    if not any(p for _, planes in result for p in planes):
         raise ValueError("No image has any boxes; draw at least one box around a cell.")
     return result
 
@@ -177,9 +175,10 @@ def cmd_supervise(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_writable(out, args.overwrite)
-    (name, image, boxes), *rest = _boxes_for([args.image], [args.boxes], args)
-    if rest:
+    ((image, planes),) = _boxes_for([args.image], [args.boxes], args)
+    if len(planes) > 1:
         raise ValueError("supervise takes a single 2D image; use train for stacks.")
+    ((name, boxes),) = planes
     sup = _supervision(name, image, boxes, edge_width=args.edge_width)
     write_labels(out, sup.classes, overwrite=args.overwrite)
     print(f"Wrote {out} ({len(sup.boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)")
@@ -194,12 +193,18 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_writable(out, args.overwrite)
-    items = _boxes_for(args.images, args.boxes, args)
+    loaded = _boxes_for(args.images, args.boxes, args)
+    boxed = [p for _, planes in loaded for p in planes if p is not None]
     labels_dir = Path(args.labels_out) if args.labels_out else None
     if labels_dir is not None:
-        for name, _, _ in items:
+        for name, _ in boxed:
             check_writable(labels_dir / f"{name}_cells.tif", args.overwrite)
-    sups = [_supervision(name, img, boxes) for name, img, boxes in items]
+    # one supervision per plane; planes without boxes are left out of training
+    sups = [
+        None if p is None else _supervision(p[0], image, p[1])
+        for image, planes in loaded
+        for p in planes
+    ]
     pair = ModelPair.load(args.resume, device=args.device) if args.resume else None
     # resumed networks keep their input channels unless the command says otherwise
     kept = {k: pair.settings[k] for k in ("channels", "rgb") if pair and k in pair.settings}
@@ -211,13 +216,13 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"labels changed {100 * r.changed:.2f}%  {r.seconds:.1f} s"
         )
 
-    trainer, report = _train([img for _, img, _ in items], sups, config, pair, show)
+    trainer, report = _train([image for image, _ in loaded], sups, config, pair, show)
     if report is None:
         raise _Fail("Training stopped before the first round finished; nothing was saved.")
     trainer.pair.save(out, overwrite=args.overwrite)
     print(f"Saved the trained pair to {out}")
     if labels_dir is not None:
-        for (name, _, _), inst in zip(items, report.instances, strict=True):
+        for (name, _), inst in zip(boxed, report.instances, strict=True):
             path = write_labels(labels_dir / f"{name}_cells.tif", inst, overwrite=args.overwrite)
             print(f"Wrote {path} ({int(inst.max())} cells)")
 

@@ -47,6 +47,7 @@ __all__ = [
     "RGB_MODES",
     "AxisImage",
     "as_image",
+    "as_images",
     "network_planes",
     "parse_axes",
     "parse_channels",
@@ -314,10 +315,11 @@ class AxisImage:
             axes = parse_axes(given, data.ndim, path.name)
             if axes != letters:
                 notes.append(f"axes {axes} as given (the file says {raw.file_axes})")
+            same_c = "C" in axes and "C" in letters and axes.index("C") == letters.index("C")
             image = cls.from_array(
                 data,
                 axes,
-                channel_names=raw.channel_names if "C" in axes else None,
+                channel_names=raw.channel_names if same_c else None,
                 pixel_size=raw.pixel_size,
                 unit=raw.unit,
                 rgb=raw.rgb if axes == letters else None,
@@ -411,11 +413,10 @@ class AxisImage:
         if not 0 <= index < self.n_planes:
             raise IndexError(f"{self.name} has {self.n_planes} plane(s); there is no {index}.")
         sizes = [self.sizes[a] for a in self.plane_axes]
-        return (
-            dict(zip(self.plane_axes, np.unravel_index(index, sizes), strict=True))
-            if sizes
-            else {}
-        )
+        if not sizes:
+            return {}
+        position = np.unravel_index(index, sizes)
+        return {a: int(i) for a, i in zip(self.plane_axes, position, strict=True)}
 
     def plane_name(self, index: int) -> str:
         """``"t002_z013"``-style name of plane ``index`` (empty for a single plane)."""
@@ -435,18 +436,6 @@ class AxisImage:
     def plane(self, index: int = 0) -> np.ndarray:
         """Plane ``index`` as a ``(C, Y, X)`` numpy array (loaded)."""
         return np.asarray(self.plane_array(index))
-
-    def plane_image(self, index: int) -> AxisImage:
-        """Plane ``index`` as an image of its own (axes ``CYX`` or ``YX``), loaded."""
-        pos = self.plane_position(index)
-        key = tuple(int(pos[a]) if a in pos else slice(None) for a in self.axes)
-        suffix = self.plane_name(index)
-        return replace(
-            self,
-            data=np.asarray(self.data[key]),
-            axes="".join(a for a in self.axes if a not in pos),
-            name=f"{self.name} [{suffix}]" if suffix else self.name,
-        )
 
     def channel_ranges(self, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
         """Low and high intensity of every channel over the whole image, for normalisation.
@@ -933,8 +922,16 @@ def as_image(data: Any, axes: str | None = None, *, name: str = "image") -> Axis
     raise ValueError(f"{name} has shape {tuple(array.shape)}: {_ASK}.")
 
 
-def _as_images(images: Any, name: str) -> list[AxisImage]:
-    """Training input as images: see :func:`network_planes`."""
+def as_images(images: Any, name: str = "images") -> list[AxisImage]:
+    """Training input as a list of images, each with one or more planes.
+
+    Parameters
+    ----------
+    images : array_like, AxisImage or sequence of them
+        See :func:`network_planes`.
+    name : str
+        How the images are called in messages.
+    """
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError(f"{name} is empty: give at least one image.")
@@ -953,6 +950,7 @@ def network_planes(
     channels: Sequence[int | str] | None = None,
     rgb: str = "channels",
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    keep: Sequence[bool] | None = None,
     name: str = "images",
 ) -> tuple[list[np.ndarray], tuple[str, ...] | None]:
     """The 2D planes of ``images`` as checked, normalised ``(C, H, W)`` network input.
@@ -969,25 +967,39 @@ def network_planes(
         How RGB images are taken.
     percentiles : tuple of float
         Mapped to 0 and 1 in every channel, over all planes of each image
-        (:meth:`AxisImage.channel_ranges`).
+        (:meth:`AxisImage.channel_ranges`), so a plane of a stack is normalised as it will be
+        when the whole stack is segmented.
+    keep : sequence of bool, optional
+        One flag per plane of all images in order: only those planes are read (every plane
+        when left out).
     name : str
         How the images are called in messages.
 
     Returns
     -------
     planes : list of numpy.ndarray
-        ``(C, H, W)`` float32, every plane with the same number of channels.
+        ``(C, H, W)`` float32 of the kept planes, every one with the same number of channels.
     channel_names : tuple of str or None
         The names of the input channels, when every image names them alike.
     """
+    items = as_images(images, name)
+    total = sum(image.n_planes for image in items)
+    keep = [True] * total if keep is None else [bool(k) for k in keep]
+    if len(keep) != total:
+        raise ValueError(f"{name} have {total} plane(s) but {len(keep)} were marked to keep.")
     planes: list[np.ndarray] = []
     names: set[tuple[str, ...] | None] = set()
-    for image in _as_images(images, name):
+    start = 0
+    for image in items:
+        wanted = [j for j in range(image.n_planes) if keep[start + j]]
+        start += image.n_planes
+        if not wanted:
+            continue
         chosen = image.select(channels, rgb)
         names.add(chosen.channel_names)
         loaded = [
             check_channels(chosen.plane(j), f"{chosen.name} {chosen.plane_name(j)}".rstrip())
-            for j in range(chosen.n_planes)
+            for j in wanted
         ]
         ranges = chosen.channel_ranges(percentiles)
         planes += [apply_ranges(plane, ranges) for plane in loaded]

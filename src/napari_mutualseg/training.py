@@ -21,7 +21,7 @@ import torch
 from .config import ExchangeSettings, TrainConfig
 from .devices import describe_device, select_device
 from .exchange import ExchangeContext, changed_fraction
-from .images import network_planes
+from .images import as_images, network_planes
 from .inference import box_objects, per_box_instances, predict_proba
 from .models import ModelPair, UNet, build_unet
 from .stepping import (
@@ -88,11 +88,14 @@ class MutualTrainer:
         images, channels-first ``(C, H, W)`` images and ``AxisImage`` s. The channels the
         networks learn from are ``config.channels`` (every channel when unset).
     supervisions : Supervision or sequence of Supervision
-        One per plane (see :func:`napari_mutualseg.supervision.make_supervision`).
+        One per plane (see :func:`napari_mutualseg.supervision.make_supervision`), in the
+        order of the images and their planes; ``None`` leaves a plane without boxes out
+        (a z-stack boxed on some planes trains on those, normalised like the whole stack).
     config : TrainConfig, optional
         Settings; the defaults are the recommended ones.
     labels : sequence of numpy.ndarray, optional
-        The supervision class maps as the user left them (painted corrections are trusted).
+        The supervision class maps as the user left them (painted corrections are trusted),
+        one per supervision (any value where the supervision is ``None``).
     pair : ModelPair, optional
         Resume from these trained networks (they are copied, never changed in place).
 
@@ -114,19 +117,31 @@ class MutualTrainer:
         pair: ModelPair | None = None,
     ) -> None:
         self.config = config = config if config is not None else TrainConfig()
-        planes, channel_names = network_planes(
-            images, channels=config.channels, rgb=config.rgb, percentiles=config.percentiles
-        )
+        images = as_images(images)
+        n_planes = sum(image.n_planes for image in images)
         if isinstance(supervisions, Supervision):
             supervisions = [supervisions]
         supervisions = list(supervisions)
-        if len(supervisions) != len(planes):
+        if len(supervisions) != n_planes:
             raise ValueError(
-                f"Got {len(planes)} image(s) but {len(supervisions)} supervision(s): give one "
-                "supervision (set of boxes) per image."
+                f"Got {n_planes} image(s) but {len(supervisions)} supervision(s): give one "
+                "supervision (set of boxes) per image, or None for a plane without boxes."
             )
-        if labels is not None and len(labels) != len(planes):
-            raise ValueError(f"Got {len(planes)} image(s) but {len(labels)} label map(s).")
+        if labels is not None and len(labels) != n_planes:
+            raise ValueError(f"Got {n_planes} image(s) but {len(labels)} label map(s).")
+        keep = [sup is not None for sup in supervisions]
+        if not any(keep):
+            raise ValueError("No image has a supervision: draw boxes on at least one plane.")
+        planes, channel_names = network_planes(
+            images,
+            channels=config.channels,
+            rgb=config.rgb,
+            percentiles=config.percentiles,
+            keep=keep,
+        )
+        supervisions = [sup for sup in supervisions if sup is not None]
+        if labels is not None:
+            labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
         for i, (plane, sup) in enumerate(zip(planes, supervisions, strict=True)):
             if sup.classes.shape != plane.shape[-2:]:
                 raise ValueError(
