@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-all lint format bench clean
+.PHONY: demo test test-all lint format bench gpu-stage gpu-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ format: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/run.py
+
+# The GPU check (benchmarks/README.md, "GPU check"): stage its data, rehearse it on the CPU.
+gpu-stage:
+	bash benchmarks/stage_gpu_data.sh
+
+gpu-smoke: $(VENV)/.core
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh --smoke
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache

@@ -11,12 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.measure import regionprops
-from skimage.segmentation import find_boundaries
 
+from napari_mutualseg.boxes import boxes_from_labels as label_boxes
 from napari_mutualseg.inference import instances_from_proba, per_box_instances
 from napari_mutualseg.metrics import evaluate, mean_metrics
-from napari_mutualseg.supervision import BACKGROUND, BOUNDARY, CELL, Box, boxes_mask
+from napari_mutualseg.supervision import Box, boxes_mask, supervision_from_masks
 from napari_mutualseg.training import MutualTrainer
 
 #: Keys every result row carries (more keys may follow).
@@ -60,7 +59,7 @@ def boxes_from_labels(labels: np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``(N, 4)`` float64 rows in the order of the instance ids.
     """
-    rows = [r.bbox for r in regionprops(np.asarray(labels))]
+    rows = [box.pixel_range() for box in label_boxes(np.asarray(labels))]
     return np.asarray(rows, np.float64).reshape(-1, 4)
 
 
@@ -208,9 +207,9 @@ def otsu_in_boxes(image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
 def true_classes(labels: np.ndarray) -> np.ndarray:
     """The fully supervised training label: 1 cell interior, 2 instance edges, 0 background.
 
-    The edge is each instance's inner boundary (``find_boundaries(mode="inner")``), the same
-    one-pixel convention as the ellipse label's boundary class, so both kinds of supervision
-    teach the network the same classes.
+    The edge is each instance's inner boundary, the same one-pixel convention as the ellipse
+    label's boundary class, so both kinds of supervision teach the network the same classes:
+    :func:`~napari_mutualseg.supervision.supervision_from_masks` with every cell trusted.
 
     Parameters
     ----------
@@ -222,11 +221,7 @@ def true_classes(labels: np.ndarray) -> np.ndarray:
     numpy.ndarray
         uint8 class map.
     """
-    labels = np.asarray(labels)
-    out = np.full(labels.shape, BACKGROUND, np.uint8)
-    out[labels > 0] = CELL
-    out[find_boundaries(labels, mode="inner") & (labels > 0)] = BOUNDARY
-    return out
+    return supervision_from_masks(labels, rest="trusted").classes
 
 
 def use_true_labels(trainer: MutualTrainer, masks: Sequence[np.ndarray]) -> MutualTrainer:

@@ -11,8 +11,8 @@ Two settings: ``boxed`` segments the boxed training images themselves (one objec
 ellipse labels, Otsu inside each box, one round on the box labels, self-training, mutual
 learning and the same networks trained on the true masks. See ``benchmarks/README.md``.
 
-Writes ``<out>/<config>_<device>_<boxes>.json`` (a list of result rows), a markdown table
-``.md`` and the per-round plot ``_rounds.png``.
+Writes ``<out>/<config>_<device>_<boxes>.json`` (a list of result rows) and a markdown table
+``.md``, both again after every finished method, and the per-round plot ``_rounds.png``.
 """
 
 from __future__ import annotations
@@ -196,15 +196,20 @@ class _Pooled:
     """Reads the engine's per-round instance maps in worker processes when a pool is given.
 
     The per-box reading (a watershed per image, three maps per round) is CPU work that a GPU
-    run would otherwise wait on, image after image.
+    run would otherwise wait on, image after image; with ``eval_last`` only the last round's
+    maps are read.
     """
 
     pool: Executor | None = None
+    eval_last = False
 
     def _instances(self, probas):
+        cfg = self.config
+        if self.eval_last and cfg.min_change == 0 and len(self.pair.history) + 1 < cfg.rounds:
+            # --eval-last scores only the last round (and no round ends the run early)
+            return [None] * len(probas)
         if self.pool is None:
             return super()._instances(probas)
-        cfg = self.config
         sups = [ctx.supervision for ctx in self.contexts]
         ex = cfg.exchange
         args = (repeat(ex.fg_threshold), repeat(ex.core_scale), repeat(cfg.min_size))
@@ -244,12 +249,17 @@ def run_trained(method, ctx, sups, mode) -> dict:
         start = time.perf_counter()
         trainer = PooledTrainer(ctx["train_images"], sups, cfg)
         trainer.pool = ctx["pool"]
+        trainer.eval_last = ctx["eval_last"]
         if method == "full":
             use_true_labels(trainer, ctx["train_masks"])
         setup = time.perf_counter() - start
         final = None
         for report in trainer:
             seconds_per_round.append(round(report.seconds, 2))
+            last = report.round == report.rounds or report.converged
+            if ctx["eval_last"] and not last:
+                log(f"  {method} round {report.round}: {report.seconds:.1f} s")
+                continue
             common = {"round": report.round, "seconds": round(report.seconds, 2)}
             for model, inst in (
                 ("a", report.instances_a),
@@ -420,6 +430,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="engine settings for an ablation, e.g. exchange=literal later_lr_factor=1",
     )
+    p.add_argument(
+        "--eval-last",
+        action="store_true",
+        help="score the last round only (no per-round curves; on a GPU the per-round scoring "
+        "of 50 + 50 images costs about as much as the training)",
+    )
     p.add_argument("--tag", help="suffix of the output file names (ablations)")
     p.add_argument("--json-only", action="store_true", help="write the JSON only (ablations)")
     return p.parse_args(argv)
@@ -469,6 +485,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "train_masks": train_masks,
         "eval_images": [normalize(im, percentiles) for im in eval_raw],
         "eval_masks": eval_masks,
+        "eval_last": args.eval_last,
     }
     modes = {"both": ["exact", "jittered"], "all": ["exact", "jittered", "region"]}.get(
         args.boxes, [args.boxes]
@@ -489,10 +506,47 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     full_cache: dict | None = None
     t_all = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.config}_{device.type}_{args.boxes}" + ("_custom" if custom else "")
+    if args.tag:
+        stem += f"_{args.tag}"
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    plot = args.out / f"{stem}_rounds.png"
+    n_runs = len(modes) * len(args.methods)
+
+    def save() -> None:
+        """The rows so far (a run stopped by a time limit keeps every finished method)."""
+        _write_text(args.out / f"{stem}.json", json.dumps(rows, indent=1) + "\n")
+        if args.json_only:
+            return
+        total = time.perf_counter() - t_all
+        steps = train_kw["rounds"] * train_kw["steps_per_round"]
+        done = len({(r["boxes"], r["method"]) for r in rows})
+        partial = f" **Partial: {done} of {n_runs} runs finished.**" if done < n_runs else ""
+        md = [
+            f"**BBBC039, `{args.config}` config, {device_name}** — {n_train} train images "
+            f"(boxed setting), {n_eval} `{args.split_eval}` images (inductive setting); U-Net "
+            f"width {train_kw['width']}, depth {train_kw['depth']}, batch "
+            f"{train_kw['batch_size']} × {train_kw['patch_size']}², {train_kw['rounds']} rounds "
+            f"× {train_kw['steps_per_round']} = {steps} steps per network; total "
+            f"{total / 60:.1f} min (torch {torch.__version__}, Python "
+            f"{platform.python_version()}). Metrics are per-image means; mAP over IoU "
+            f"0.5…0.95; AJI is the classic (Kumar et al. 2017) variant.{partial}",
+            "",
+            f"`{command.strip()}`",
+            "",
+            markdown_table(rows) if rows else "(no run finished yet)",
+            *target_lines(rows),
+            "",
+            *([] if args.eval_last else [f"![per-round metrics]({plot.name})", ""]),
+        ]
+        _write_text(args.out / f"{stem}.md", "\n".join(md))
+
     for mode in modes:
         log(f"boxes: {mode}")
         sups = supervisions(train_masks, mode, JITTER_SEED + args.seed)
         for method in args.methods:
+            save()
             if method in BOXED_ONLY:
                 with PeakMemory(device) as mem:
                     start = time.perf_counter()
@@ -562,42 +616,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     total = time.perf_counter() - t_all
     if pool is not None:
         pool.shutdown()
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.config}_{device.type}_{args.boxes}" + ("_custom" if custom else "")
-    if args.tag:
-        stem += f"_{args.tag}"
-    (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    save()
     if args.json_only:
         log(f"done in {total:.0f} s: {args.out / stem}.json")
         return rows
-    plot = args.out / f"{stem}_rounds.png"
-    title = f"BBBC039, {args.config} config, {device_name}: per-round metrics"
-    plot_rounds(rows, plot, title)
-    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    steps = train_kw["rounds"] * train_kw["steps_per_round"]
-    md = [
-        f"**BBBC039, `{args.config}` config, {device_name}** — {n_train} train images (boxed "
-        f"setting), {n_eval} `{args.split_eval}` images (inductive setting); U-Net width "
-        f"{train_kw['width']}, depth {train_kw['depth']}, batch {train_kw['batch_size']} × "
-        f"{train_kw['patch_size']}², {train_kw['rounds']} rounds × {train_kw['steps_per_round']} "
-        f"= {steps} steps per network; total {total / 60:.1f} min (torch {torch.__version__}, "
-        f"Python {platform.python_version()}). Metrics are per-image means; mAP over IoU "
-        f"0.5…0.95; AJI is the classic (Kumar et al. 2017) variant.",
-        "",
-        f"`{command.strip()}`",
-        "",
-        markdown_table(rows),
-        *target_lines(rows),
-        "",
-        f"![per-round metrics]({plot.name})",
-        "",
-    ]
-    (args.out / f"{stem}.md").write_text("\n".join(md))
+    if not args.eval_last:
+        title = f"BBBC039, {args.config} config, {device_name}: per-round metrics"
+        plot_rounds(rows, plot, title)
     print(markdown_table(rows))
     print("\n".join(target_lines(rows)))
-    log(f"done in {total:.0f} s: {args.out / stem}.json / .md / _rounds.png")
+    log(f"done in {total:.0f} s: {args.out / stem}.json / .md")
     return rows
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark's pure helpers (no data set, no training)."""
+"""The benchmark's helpers (no data set; the engine only at tiny sizes)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers import TINY
+from napari_mutualseg.boxes import boxes_from_shapes
 from napari_mutualseg.supervision import make_supervision
 from napari_mutualseg.synthetic import synthetic_scene
+from napari_mutualseg.training import TrainConfig
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines.py"
 _spec = importlib.util.spec_from_file_location("bench_baselines", _PATH)
@@ -101,3 +104,16 @@ def test_summary_over_seeds_gives_mean_and_spread_and_checks_targets_on_means():
     assert "| inductive | exact | mutual | 2 |" in summarize.table(rows)
     lines = summarize.target_lines(rows)
     assert any("mAP 0.500 ≥ 0.90 × full 1.000: **missed**" in line for line in lines)
+
+
+def test_eval_last_reads_only_the_last_rounds_instances():
+    import run
+
+    image, _, boxes = synthetic_scene((64, 64), 5, seed=3)
+    sup = make_supervision(image.shape, boxes_from_shapes(boxes))
+    trainer = run.PooledTrainer(image, sup, TrainConfig(**TINY, min_change=0.0))
+    trainer.eval_last = True
+    first, last = list(trainer)
+    assert first.instances == [None]
+    assert last.instances[0].shape == image.shape
+    assert last.instances[0].max() >= 1

@@ -13,6 +13,7 @@ from napari_mutualseg.boxes import boxes_from_shapes
 from napari_mutualseg.models import build_unet
 from napari_mutualseg.stepping import (
     Cancelled,
+    CudaStreams,
     NetworkTrainer,
     PatchSampler,
     TrainingError,
@@ -46,7 +47,8 @@ class FakeStreams:
     def current(self):
         return "main stream"
 
-    def new(self):
+    def stream(self, index):
+        self.log.append(("stream", threading.current_thread().name, index))
         return FakeStream(self.log)
 
     @contextlib.contextmanager
@@ -77,10 +79,11 @@ def test_two_threads_train_each_network_on_its_own_stream():
     assert all(np.isfinite(parallel))
     threads = {name for kind, name, _ in streams.log if kind == "use"}
     assert threads == {"network A", "network B"}
-    # each stream first waits for the work queued on the main stream, and is synchronised
-    for name in threads:
+    # each network has its own stream, which first waits for the work queued on the main
+    # stream and is synchronised before the thread ends
+    for name, index in (("network A", 0), ("network B", 1)):
         kinds = [(kind, other) for kind, who, other in streams.log if who == name]
-        assert kinds == [("wait", "main stream"), ("use", None), ("sync", None)]
+        assert kinds == [("stream", index), ("wait", "main stream"), ("use", None), ("sync", None)]
 
 
 def test_a_cancel_stops_both_threads_within_a_step():
@@ -92,10 +95,49 @@ def test_a_cancel_stops_both_threads_within_a_step():
     assert [t.steps for t in trainers] == [0, 0]
 
 
+def test_a_cancel_still_synchronises_both_streams():
+    # the engine restores the weights next: no queued step may write into them afterwards
+    cancel = threading.Event()
+    cancel.set()
+    streams = FakeStreams()
+    with pytest.raises(Cancelled):
+        train_round(_trainers(), 1000, cancel, 1, streams)
+    synced = {name for kind, name, _ in streams.log if kind == "sync"}
+    assert synced == {"network A", "network B"}
+
+
 def test_a_failure_in_one_thread_reaches_the_caller():
     image = np.full((48, 48), np.nan, np.float32)
     with pytest.raises(TrainingError, match="NaN in round 3"):
         train_round(_trainers(image), 2, threading.Event(), 3, FakeStreams())
+
+
+class OutOfMemorySampler(PatchSampler):
+    """Runs out of memory at its third batch, as a too-large batch does on a GPU."""
+
+    def draw(self):
+        self.drawn = getattr(self, "drawn", 0) + 1
+        if self.drawn == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return super().draw()
+
+
+@pytest.mark.parametrize("streams", [None, FakeStreams()], ids=["in turn", "two threads"])
+def test_out_of_memory_ends_the_round_with_a_clear_message(streams):
+    trainers = _trainers()
+    trainers[0].sampler.__class__ = OutOfMemorySampler
+    with pytest.raises(TrainingError, match=r"Out of memory on cpu in round 2 .*batch size"):
+        train_round(trainers, 1000, threading.Event(), 2, streams)
+    # the failing network stopped at once, and the other one long before the round's end
+    assert trainers[0].steps == 2
+    assert trainers[1].steps < 100
+
+
+def test_each_network_keeps_its_cuda_stream_across_rounds(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: object())
+    streams = CudaStreams(torch.device("cuda", 0))
+    assert streams.stream(0) is streams.stream(0)
+    assert streams.stream(0) is not streams.stream(1)
 
 
 def test_the_engine_runs_its_rounds_through_the_two_thread_path(monkeypatch):

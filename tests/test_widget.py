@@ -228,6 +228,7 @@ def fake_report(k, shape=(64, 64), rounds=3):
         instances=[instances],
         labels_a=[classes],
         labels_b=[classes],
+        disagreement=[np.zeros(shape, np.float16)],
         changed=0.1,
         seconds=0.01,
         device="cpu",

@@ -236,26 +236,64 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     pair = ModelPair.load(args.model, device=args.device)
     out = Path(args.out)
-    targets = [out / f"{Path(p).name.split('.')[0]}_cells.tif" for p in args.images]
-    for t in targets:
+    names = [Path(p).name.split(".")[0] for p in args.images]
+    targets = [out / f"{name}_cells.tif" for name in names]
+    extra = Path(args.disagreement_out) if args.disagreement_out else None
+    maps = [p for name in names for p in _disagreement_paths(extra, name)] if extra else []
+    for t in targets + maps:
         check_writable(t, args.overwrite)
-    for path, target in zip(args.images, targets, strict=True):
+    channels = parse_channels(args.channel)
+    for path, name, target in zip(args.images, names, targets, strict=True):
         image = _load_image(path, args)
-        with tqdm(total=image.n_planes, desc="predicting", unit="plane", leave=False) as bar:
-            labels = pair.segment(
+        if extra is not None:
+            if image.n_planes > 1:
+                raise ValueError(
+                    f"{image.name} has {image.n_planes} planes; --disagreement-out takes "
+                    "single-plane images."
+                )
+            result = pair.predict(
                 image,
-                channels=parse_channels(args.channel),
+                channels=channels,
                 rgb=args.rgb,
                 tile_size=args.tile_size,
                 overlap=args.overlap,
                 min_size=args.min_size,
-                link=not args.no_link,
-                track=args.track,
-                progress=lambda done, _: bar.update(done - bar.n),
             )
+            labels = result.labels
+        else:
+            with tqdm(total=image.n_planes, desc="predicting", unit="plane", leave=False) as bar:
+                labels = pair.segment(
+                    image,
+                    channels=channels,
+                    rgb=args.rgb,
+                    tile_size=args.tile_size,
+                    overlap=args.overlap,
+                    min_size=args.min_size,
+                    link=not args.no_link,
+                    track=args.track,
+                    progress=lambda done, _, bar=bar: bar.update(done - bar.n),
+                )
         write_labels(target, labels, overwrite=args.overwrite)
         shape = " x ".join(map(str, labels.shape))
         print(f"Wrote {target} ({int(labels.max())} cells, {shape}, axes {image.label_axes})")
+        if extra is not None:
+            _write_disagreement(extra, name, result, args.overwrite)
+
+
+def _disagreement_paths(folder: Path, name: str) -> tuple[Path, Path]:
+    return folder / f"{name}_disagreement.tif", folder / f"{name}_disagreement.csv"
+
+
+def _write_disagreement(folder: Path, name: str, result, overwrite: bool) -> None:
+    """The disagreement map as uint8 TIFF (255 = total) and the cells to check as CSV."""
+    from .disagreement import spot_table
+    from .io import write_labels, write_table
+
+    tif, csv = _disagreement_paths(folder, name)
+    quantised = np.round(result.disagreement.astype(np.float32) * 255).astype(np.uint8)
+    write_labels(tif, quantised, overwrite=overwrite)
+    write_table(csv, spot_table(result.spots), overwrite=overwrite)
+    print(f"Wrote {tif} and {csv} ({len(result.spots)} cells and regions to check)")
 
 
 def _format_metrics(m: dict) -> str:
@@ -450,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--track",
         action="store_true",
         help="time series: give a cell the same label in every frame (by overlap)",
+    )
+    p.add_argument(
+        "--disagreement-out",
+        metavar="FOLDER",
+        help="also write where the two networks disagree (TIFF) and the cells to check (CSV)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
-__all__ = ["available_devices", "describe_device", "select_device"]
+__all__ = ["available_devices", "describe_device", "release_cached_memory", "select_device"]
 
 
 def available_devices() -> list[str]:
@@ -73,3 +75,14 @@ def describe_device(device: torch.device) -> str:
     if device.type == "mps":
         return "mps (Apple GPU)"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def release_cached_memory() -> None:
+    """Give the GPU memory PyTorch keeps cached back to the driver (after a job or an error).
+
+    Only on CUDA: the full garbage collection it needs (tensors held by reference cycles, such
+    as an exception's traceback) holds the GIL for a moment.
+    """
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()

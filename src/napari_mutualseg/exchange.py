@@ -17,8 +17,9 @@ Two exchange rules are available (``ExchangeSettings.rule``):
     the rest of the box, and only unconfident pixels outside cores ignored. Round 1 learns the
     ellipse label itself. Kept for comparison in the benchmark.
 
-User edits of the supervision layer (pixels that differ from the generated ellipse label) are
-taken as certain in every round under both rules.
+User edits of the supervision layer (pixels that differ from the generated ellipse label) and
+the trusted pixels of a corrected segmentation (:attr:`Supervision.trusted`, whole cells a
+person drew or fixed) are taken as certain in every round under both rules.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class ExchangeContext:
     core : numpy.ndarray
         Pixels inside any ellipse core (trusted cell).
     edited : numpy.ndarray
-        Pixels the user changed in the supervision layer (taken as certain).
+        Pixels the user changed in the supervision layer, and the supervision's trusted
+        pixels (taken as certain).
     rule : str
         The exchange rule.
     core_scale : float
@@ -114,6 +116,8 @@ class ExchangeContext:
             generated if labels is None else labels, shape, "The edited supervision"
         )
         edited = labels != generated
+        if supervision.trusted is not None:
+            edited |= supervision.trusted
         in_box = boxes_mask(shape, supervision.boxes)
         core = np.zeros(shape, bool)
         for box in supervision.boxes:

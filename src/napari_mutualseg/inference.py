@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
+from .disagreement import disagreement_map
 from .supervision import boxes_mask
 
 if TYPE_CHECKING:
@@ -46,6 +47,81 @@ def _tiling(length: int, tile: int, overlap: int, divisor: int) -> tuple[int, li
     size = min(-(-size // divisor) * divisor, length // divisor * divisor)
     starts = np.linspace(0, length - size, n).round().astype(int).tolist()
     return size, starts
+
+
+def _softmax(
+    model: torch.nn.Module, tiles: torch.Tensor, device: torch.device, flips: bool
+) -> torch.Tensor:
+    """One network's softmax of a batch of tiles (averaged over flips when ``flips``)."""
+    flip_dims = [(), (2,), (3,), (2, 3)] if flips else [()]
+    total = None
+    for dims in flip_dims:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(tiles.flip(dims) if dims else tiles)
+        p = torch.softmax(logits.float(), dim=1)
+        p = p.flip(dims) if dims else p
+        total = p if total is None else total + p
+    return total / len(flip_dims)
+
+
+def _tiled(
+    models: Sequence[torch.nn.Module],
+    image: np.ndarray,
+    device: torch.device,
+    channels: int,
+    per_tile: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+) -> np.ndarray:
+    """``per_tile`` of an image tile by tile, blended into one ``(channels, H, W)`` map.
+
+    The image is ``(H, W)``, or ``(C, H, W)`` for networks of C input channels. Memory stays
+    bounded by the tile batch plus the result, so any image size works. Tiles overlap by
+    ``overlap`` pixels and are blended with a raised-cosine window so that tile seams do not
+    show.
+    """
+    divisor = max(int(getattr(m, "divisor", 1)) for m in models)
+    if image.ndim == 2:
+        image = image[None]
+    given, height, width = image.shape
+    expected = models[0].arch.get("in_channels", given)
+    if given != expected:
+        raise ValueError(f"The networks take {expected} channel(s); the image has {given}.")
+    tile_size = max(divisor, tile_size // divisor * divisor)
+    overlap = min(overlap, tile_size // 2)
+    # Pad so every tile is full-sized and a multiple of the divisor.
+    tile_h, ys = _tiling(height, tile_size, overlap, divisor)
+    tile_w, xs = _tiling(width, tile_size, overlap, divisor)
+    pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
+    padded = np.pad(
+        image,
+        ((0, 0), (0, pad_h), (0, pad_w)),
+        mode="reflect" if min(height, width) > 1 else "edge",
+    )
+    ph, pw = padded.shape[1:]
+    weight = np.outer(
+        _window(tile_h, overlap if len(ys) > 1 else 0),
+        _window(tile_w, overlap if len(xs) > 1 else 0),
+    )
+    out = np.zeros((channels, ph, pw), np.float32)
+    norm = np.zeros((ph, pw), np.float32)
+    for m in models:
+        m.eval()
+    corners = [(y, x) for y in ys for x in xs]
+    for i in range(0, len(corners), batch_size):
+        chunk = corners[i : i + batch_size]
+        batch = np.stack([padded[:, y : y + tile_h, x : x + tile_w] for y, x in chunk])
+        xb = torch.from_numpy(batch).to(device)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        result = per_tile(xb).cpu().numpy()
+        for (y, x), p in zip(chunk, result, strict=True):
+            out[:, y : y + tile_h, x : x + tile_w] += p * weight
+            norm[y : y + tile_h, x : x + tile_w] += weight
+    out /= np.maximum(norm, 1e-6)
+    return out[:, :height, :width]
 
 
 @torch.no_grad()
@@ -85,57 +161,74 @@ def predict_proba(
     numpy.ndarray
         ``(n_classes, H, W)`` float32 probabilities.
     """
-    divisor = max(int(getattr(m, "divisor", 1)) for m in models)
+
+    def per_tile(tiles: torch.Tensor) -> torch.Tensor:
+        return sum(_softmax(m, tiles, device, flips) for m in models) / len(models)
+
     n_classes = int(models[0].arch["n_classes"])
-    if image.ndim == 2:
-        image = image[None]
-    channels, height, width = image.shape
-    expected = models[0].arch.get("in_channels", channels)
-    if channels != expected:
-        raise ValueError(f"The networks take {expected} channel(s); the image has {channels}.")
-    tile_size = max(divisor, tile_size // divisor * divisor)
-    overlap = min(overlap, tile_size // 2)
-    # Pad so every tile is full-sized and a multiple of the divisor.
-    tile_h, ys = _tiling(height, tile_size, overlap, divisor)
-    tile_w, xs = _tiling(width, tile_size, overlap, divisor)
-    pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
-    padded = np.pad(
+    return _tiled(
+        models,
         image,
-        ((0, 0), (0, pad_h), (0, pad_w)),
-        mode="reflect" if min(height, width) > 1 else "edge",
+        device,
+        n_classes,
+        per_tile,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
     )
-    ph, pw = padded.shape[1:]
-    weight = np.outer(
-        _window(tile_h, overlap if len(ys) > 1 else 0),
-        _window(tile_w, overlap if len(xs) > 1 else 0),
+
+
+@torch.no_grad()
+def predict_disagreement(
+    models: Sequence[torch.nn.Module],
+    image: np.ndarray,
+    device: torch.device,
+    *,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mean softmax of two networks and where they disagree, in one tiled pass.
+
+    Parameters
+    ----------
+    models : sequence of torch.nn.Module
+        The two networks (A, B).
+    image : numpy.ndarray
+        Normalised float32 image, ``(H, W)`` or ``(C, H, W)``.
+    device : torch.device
+        Where to run the networks.
+    tile_size, overlap, batch_size : int
+        As in :func:`predict_proba`.
+
+    Returns
+    -------
+    proba : numpy.ndarray
+        ``(n_classes, H, W)`` float32 mean probabilities (as :func:`predict_proba`).
+    disagreement : numpy.ndarray
+        ``(H, W)`` float32 :func:`~napari_mutualseg.disagreement.disagreement_map` of the two
+        networks' softmax, blended over tiles like the probabilities (0 exactly where the two
+        agree).
+    """
+    model_a, model_b = models
+
+    def per_tile(tiles: torch.Tensor) -> torch.Tensor:
+        pa = _softmax(model_a, tiles, device, False)
+        pb = _softmax(model_b, tiles, device, False)
+        return torch.cat([(pa + pb) / 2, disagreement_map(pa, pb, 1)[:, None]], dim=1)
+
+    n_classes = int(model_a.arch["n_classes"])
+    out = _tiled(
+        models,
+        image,
+        device,
+        n_classes + 1,
+        per_tile,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
     )
-    out = np.zeros((n_classes, ph, pw), np.float32)
-    norm = np.zeros((ph, pw), np.float32)
-    use_amp = device.type == "cuda"
-    for m in models:
-        m.eval()
-    corners = [(y, x) for y in ys for x in xs]
-    flip_dims = [(), (2,), (3,), (2, 3)] if flips else [()]
-    for i in range(0, len(corners), batch_size):
-        chunk = corners[i : i + batch_size]
-        batch = np.stack([padded[:, y : y + tile_h, x : x + tile_w] for y, x in chunk])
-        xb = torch.from_numpy(batch).to(device)
-        if device.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        prob = None
-        for m in models:
-            for dims in flip_dims:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = m(xb.flip(dims) if dims else xb)
-                p = torch.softmax(logits.float(), dim=1)
-                p = p.flip(dims) if dims else p
-                prob = p if prob is None else prob + p
-        prob = (prob / (len(models) * len(flip_dims))).cpu().numpy()
-        for (y, x), p in zip(chunk, prob, strict=True):
-            out[:, y : y + tile_h, x : x + tile_w] += p * weight
-            norm[y : y + tile_h, x : x + tile_w] += weight
-    out /= np.maximum(norm, 1e-6)
-    return out[:, :height, :width]
+    return out[:n_classes], out[n_classes].clip(0.0, 1.0)
 
 
 def _relabel_min_size(labels: np.ndarray, min_size: int) -> np.ndarray:

@@ -30,7 +30,14 @@ import numpy as np
 
 from .boxes import BOX_TYPES, Box, boxes_by_plane, boxes_from_shapes
 
-__all__ = ["check_writable", "read_box_table", "read_image", "write_box_table", "write_labels"]
+__all__ = [
+    "check_writable",
+    "read_box_table",
+    "read_image",
+    "write_box_table",
+    "write_labels",
+    "write_table",
+]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -145,6 +152,45 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
     check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(path, labels, compression="zlib")
+    return path
+
+
+def write_table(
+    path: str | os.PathLike, columns: Mapping[str, Sequence], *, overwrite: bool = False
+) -> Path:
+    """Write named columns of equal length as a CSV with a header line.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Target ``.csv`` file; missing parent folders are created.
+    columns : mapping of str to sequence
+        Column name to its values, one per row.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    FileExistsError
+        When the file exists and ``overwrite`` is False.
+    ValueError
+        When the columns differ in length.
+    """
+    path = Path(path)
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"The columns of {path.name} differ in length: {sorted(lengths)}.")
+    check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(list(columns))
+        writer.writerows(zip(*columns.values(), strict=True))
     return path
 
 

@@ -14,8 +14,15 @@ from torch import nn
 
 from . import checkpoint
 from .devices import select_device
+from .disagreement import Prediction, cell_disagreement, spots_to_check
 from .images import AxisImage, as_image, parse_channels
-from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, instances_from_proba, predict_proba
+from .inference import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    instances_from_proba,
+    predict_disagreement,
+    predict_proba,
+)
 from .linking import LINK_MIN_OVERLAP, link_labels
 from .preprocess import DEFAULT_PERCENTILES, apply_ranges, check_channels
 
@@ -273,20 +280,29 @@ class ModelPair:
         numpy.ndarray
             ``(3, H, W)`` float32 mean softmax of both networks.
         """
+        chosen = self._one_plane(image, channels, rgb, axes, name, "predict_proba")
+        ranges = chosen.channel_ranges(self.percentiles)
+        return self._plane_proba(chosen, 0, ranges, tile_size, overlap)
+
+    def _one_plane(self, image, channels, rgb, axes, name: str, method: str) -> AxisImage:
+        """The network input of a one-plane image; stacks are for :meth:`segment`."""
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
         if chosen.n_planes != 1:
             raise ValueError(
-                f"{chosen.name} has {chosen.n_planes} planes; predict_proba takes one (segment "
+                f"{chosen.name} has {chosen.n_planes} planes; {method} takes one (segment "
                 "takes stacks and time series)."
             )
-        ranges = chosen.channel_ranges(self.percentiles)
-        return self._plane_proba(chosen, 0, ranges, tile_size, overlap)
+        return chosen
+
+    def _plane_input(self, image: AxisImage, index: int, ranges: np.ndarray) -> np.ndarray:
+        """Plane ``index`` checked and normalised with the image's ``ranges``."""
+        name = f"{image.name} {image.plane_name(index)}".rstrip()
+        return apply_ranges(check_channels(image.plane(index), name), ranges)
 
     def _plane_proba(
         self, image: AxisImage, index: int, ranges: np.ndarray, tile_size: int, overlap: int
     ) -> np.ndarray:
-        name = f"{image.name} {image.plane_name(index)}".rstrip()
-        x = apply_ranges(check_channels(image.plane(index), name), ranges)
+        x = self._plane_input(image, index, ranges)
         return predict_proba(self.models, x, self.device, tile_size=tile_size, overlap=overlap)
 
     def segment(
@@ -346,8 +362,7 @@ class ModelPair:
             plane, ``(Z, H, W)`` for a z-stack, ``(T, [Z,] H, W)`` for a time series.
         """
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
-        if min_size is None:
-            min_size = int(self.settings.get("min_size", 16))
+        min_size = self._min_size(min_size)
         ranges = chosen.channel_ranges(self.percentiles)
         labels = np.zeros(chosen.label_shape, np.int32)
         for index in range(chosen.n_planes):
@@ -362,6 +377,69 @@ class ModelPair:
         return link_labels(
             labels, chosen.label_axes, link=link, track=track, min_overlap=min_overlap
         )
+
+    def predict(
+        self,
+        image: Any,
+        *,
+        channels: Sequence[int | str] | None = None,
+        rgb: str | None = None,
+        axes: str | None = None,
+        tile_size: int = DEFAULT_TILE_SIZE,
+        overlap: int = DEFAULT_OVERLAP,
+        min_size: int | None = None,
+        name: str = "image",
+    ) -> Prediction:
+        """Cells of ``image``, where the two networks disagree, and which cells to check first.
+
+        The cells are those of :meth:`segment` and the probabilities those of
+        :meth:`predict_proba`, from one pass over the image.
+
+        Parameters
+        ----------
+        image : array_like or AxisImage
+            One plane of any size (tiled in bounded memory), as in :meth:`predict_proba`.
+        channels, rgb, axes
+            See :meth:`network_input`.
+        tile_size, overlap : int
+            Sliding-window tile edge and overlap in pixels.
+        min_size : int, optional
+            Smallest cell and smallest region of disagreement kept, in pixels (default: the
+            training setting).
+        name : str
+            Name used in error messages.
+
+        Returns
+        -------
+        Prediction
+            Probabilities, cells, the disagreement map (float16), each cell's score and the
+            cells and regions to check, most disputed first.
+
+        Examples
+        --------
+        >>> result = pair.predict(image)
+        >>> first = result.spots[0]             # the cell (or region) to check first
+        >>> first.kind, first.label, first.score, first.centroid
+        """
+        chosen = self._one_plane(image, channels, rgb, axes, name, "predict")
+        x = self._plane_input(chosen, 0, chosen.channel_ranges(self.percentiles))
+        proba, disagreement = predict_disagreement(
+            self.models, x, self.device, tile_size=tile_size, overlap=overlap
+        )
+        min_size = self._min_size(min_size)
+        labels = instances_from_proba(proba, min_size=min_size)
+        disagreement = disagreement.astype(np.float16)
+        return Prediction(
+            probabilities=proba,
+            labels=labels,
+            disagreement=disagreement,
+            cell_scores=cell_disagreement(labels, disagreement),
+            spots=spots_to_check(labels, disagreement, min_size=min_size),
+        )
+
+    def _min_size(self, min_size: int | None) -> int:
+        """The smallest cell kept: as given, else the training setting."""
+        return int(self.settings.get("min_size", 16)) if min_size is None else int(min_size)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save both networks with their architecture, normalisation and settings (one file).

@@ -3,7 +3,8 @@
 A round trains network A and network B for the same number of steps. On a CUDA GPU they train
 at once, in two threads with a CUDA stream each (the GPU overlaps their kernels); elsewhere one
 after the other. The stream calls go through a small object (:class:`CudaStreams`) so that the
-two-thread path also runs, and is tested, on a CPU.
+two-thread path also runs, and is tested, on a CPU. Running out of GPU memory ends the round with
+a :class:`TrainingError` that says what to change, once the memory of the failed step is freed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .devices import release_cached_memory
 from .models import UNet
 from .supervision import IGNORE
 
@@ -28,6 +30,22 @@ class TrainingError(RuntimeError):
 
 class Cancelled(Exception):
     """Raised inside a round when the trainer was cancelled between two steps."""
+
+
+class StopFlag(Protocol):
+    """What a training loop checks before every step (a :class:`threading.Event` is one)."""
+
+    def is_set(self) -> bool: ...
+
+
+class _AnySet:
+    """Set as soon as one of its flags is: the user's cancel, or the other network's failure."""
+
+    def __init__(self, *flags: StopFlag) -> None:
+        self.flags = flags
+
+    def is_set(self) -> bool:
+        return any(f.is_set() for f in self.flags)
 
 
 class PatchSampler:
@@ -121,7 +139,7 @@ class NetworkTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def train(self, n_steps: int, cancel: threading.Event, round_index: int) -> float:
+    def train(self, n_steps: int, cancel: StopFlag, round_index: int) -> float:
         """Train ``n_steps`` steps; the mean loss.
 
         Raises
@@ -185,7 +203,7 @@ class Streams(Protocol):
 
     def current(self) -> Any: ...
 
-    def new(self) -> Any: ...
+    def stream(self, index: int) -> Any: ...
 
     def use(self, stream: Any) -> contextlib.AbstractContextManager: ...
 
@@ -195,12 +213,20 @@ class CudaStreams:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self._made: dict[int, torch.cuda.Stream] = {}
 
     def current(self) -> torch.cuda.Stream:
         return torch.cuda.current_stream(self.device)
 
-    def new(self) -> torch.cuda.Stream:
-        return torch.cuda.Stream(self.device)
+    def stream(self, index: int) -> torch.cuda.Stream:
+        """The stream of network ``index``, made once and kept for every later round.
+
+        The allocator caches freed memory per stream: a new stream each round could not reuse
+        the previous round's blocks and would reserve the working memory of a round again.
+        """
+        if index not in self._made:
+            self._made[index] = torch.cuda.Stream(self.device)
+        return self._made[index]
 
     def use(self, stream: torch.cuda.Stream) -> contextlib.AbstractContextManager:
         return torch.cuda.stream(stream)
@@ -216,24 +242,62 @@ def train_round(
     """Train every network ``n_steps`` steps; their mean losses, in order.
 
     With ``streams`` each network trains in its own thread on its own stream, which waits for
-    the work queued so far on the current stream and is synchronised before the thread ends;
-    without, one after the other. An error in either thread (a cancel, a NaN loss, an
-    out-of-memory error) is raised here once both threads are done.
+    the work queued so far on the current stream and is synchronised before the thread ends
+    (also after a cancel or an error, so no queued step writes into the weights afterwards).
+    An error in either thread (a cancel, a NaN loss, running out of memory) stops the other
+    network before its next step and is raised here once both threads are done.
+
+    Raises
+    ------
+    Cancelled
+        When ``cancel`` was set.
+    TrainingError
+        When a loss became NaN, or the device ran out of memory (its cached memory is given
+        back first).
     """
-    if streams is None:
-        return [t.train(n_steps, cancel, round_index) for t in trainers]
+    try:
+        if streams is None:
+            return [t.train(n_steps, cancel, round_index) for t in trainers]
+        return _train_in_threads(trainers, n_steps, cancel, round_index, streams)
+    except torch.cuda.OutOfMemoryError:
+        # Raised below, out of this handler: leaving it drops the traceback, whose frames hold
+        # the failed step's tensors, so that their memory can be given back.
+        pass
+    first = trainers[0]
+    release_cached_memory()
+    gpu = first.device.type != "cpu"
+    raise TrainingError(
+        f"Out of memory on {first.device} in round {round_index} (batches of "
+        f"{first.sampler.batch} crops of {first.sampler.patch} x {first.sampler.patch} "
+        "pixels). Lower the batch size or the patch size"
+        + (", close other programs that use the GPU, or train on the CPU." if gpu else ".")
+    )
+
+
+def _train_in_threads(
+    trainers: Sequence[NetworkTrainer],
+    n_steps: int,
+    cancel: threading.Event,
+    round_index: int,
+    streams: Streams,
+) -> list[float]:
     results: list[Any] = [None] * len(trainers)
+    failed = threading.Event()
+    stop = _AnySet(cancel, failed)
     main = streams.current()
 
     def work(k: int, trainer: NetworkTrainer) -> None:
         try:
-            stream = streams.new()
+            stream = streams.stream(k)
             stream.wait_stream(main)
-            with streams.use(stream):
-                results[k] = trainer.train(n_steps, cancel, round_index)
-            stream.synchronize()
+            try:
+                with streams.use(stream):
+                    results[k] = trainer.train(n_steps, stop, round_index)
+            finally:
+                stream.synchronize()
         except BaseException as err:  # re-raised in the calling thread
             results[k] = err
+            failed.set()
 
     threads = [
         threading.Thread(target=work, args=(k, t), daemon=True, name=f"network {t.name}")
@@ -243,7 +307,9 @@ def train_round(
         t.start()
     for t in threads:
         t.join()
-    for res in results:
-        if isinstance(res, BaseException):
-            raise res
+    errors = [res for res in results if isinstance(res, BaseException)]
+    # the failure itself, not the Cancelled it caused in the other thread
+    errors.sort(key=lambda err: isinstance(err, Cancelled))
+    if errors:
+        raise errors[0]
     return results

@@ -7,6 +7,11 @@ normalised elliptical distance), so a dividing line of boundary pixels separates
 Outside the ellipses is background (class 0), or ignore (255) outside the annotated region
 when only part of the image has every cell boxed. Box geometry and the pixel convention are in
 :mod:`napari_mutualseg.boxes`.
+
+A corrected segmentation is supervision too (:func:`supervision_from_masks`): the cells a person
+drew or fixed are whole masks, trusted in every round, with the background around them; boxes
+drawn beside them are ordinary boxes; the rest of the image is trusted as shown or ignored.
+:func:`corrected_cells` tells which cells of a corrected segmentation the person changed.
 """
 
 from __future__ import annotations
@@ -28,19 +33,28 @@ __all__ = [
     "CELL",
     "CLASS_VALUES",
     "IGNORE",
+    "REST_MODES",
+    "TRUSTED_RING",
     "Box",
     "Supervision",
     "boxes_by_plane",
     "boxes_from_shapes",
     "boxes_mask",
     "check_class_map",
+    "corrected_cells",
     "make_supervision",
+    "supervision_from_masks",
 ]
 
 BACKGROUND, CELL, BOUNDARY, IGNORE = 0, 1, 2, 255
 
 #: The values a class map (supervision or training label) may hold.
 CLASS_VALUES = (BACKGROUND, CELL, BOUNDARY, IGNORE)
+
+#: What the unchecked part of a corrected image is: ignored, or trusted as shown.
+REST_MODES = ("ignore", "trusted")
+#: Background trusted around each corrected cell, in pixels.
+TRUSTED_RING = 2
 
 
 @dataclass
@@ -58,12 +72,17 @@ class Supervision:
         The boxes, in the order of the instance ids.
     region : numpy.ndarray or None
         bool ``(H, W)`` annotated region; ``None`` means every cell of the image is boxed.
+    trusted : numpy.ndarray or None
+        bool ``(H, W)``: pixels whose class is certain in every round (corrected cells and
+        the background around them, see :func:`supervision_from_masks`); ``None``: only the
+        boxes speak.
     """
 
     classes: np.ndarray
     instances: np.ndarray
     boxes: list[Box]
     region: np.ndarray | None = None
+    trusted: np.ndarray | None = None
 
 
 def check_class_map(labels: np.ndarray, shape: Sequence[int], name: str) -> np.ndarray:
@@ -232,17 +251,188 @@ def make_supervision(
         instances[sl][take] = k + 1
         best[sl][take] = dist[take]
 
-    # Inner boundaries mark both each ellipse's edge against background and the pixels on
-    # either side of a dividing line, so two cells never share a cell-class border.
+    classes = _cell_classes(instances, edge_width)
+    if region is not None:
+        classes[~region & (instances == 0)] = IGNORE
+    return Supervision(classes=classes, instances=instances, boxes=boxes, region=region)
+
+
+def _cell_classes(instances: np.ndarray, edge_width: int) -> np.ndarray:
+    """Class map of instances: cell inside each, boundary on its inner edge, background around.
+
+    Inner boundaries mark both each instance's edge against background and the pixels on
+    either side of a line where two instances touch, so two cells never share a cell-class
+    border.
+    """
     boundary = find_boundaries(instances, mode="inner")
     if edge_width > 1:
         boundary = ndi.binary_dilation(boundary, iterations=edge_width - 1)
-        boundary &= instances > 0
-
-    if region is None:
-        classes = np.full(shape, BACKGROUND, np.uint8)
-    else:
-        classes = np.where(region, BACKGROUND, IGNORE).astype(np.uint8)
+    boundary &= instances > 0
+    classes = np.full(instances.shape, BACKGROUND, np.uint8)
     classes[instances > 0] = CELL
     classes[boundary] = BOUNDARY
-    return Supervision(classes=classes, instances=instances, boxes=boxes, region=region)
+    return classes
+
+
+def supervision_from_masks(
+    labels: np.ndarray,
+    *,
+    cells: Sequence[int] | np.ndarray | None = None,
+    background: np.ndarray | None = None,
+    boxes: Sequence[Box] | np.ndarray = (),
+    rest: str = "ignore",
+    edge_width: int = 1,
+) -> Supervision:
+    """Supervision from a corrected segmentation: trusted whole cells, boxes, and the rest.
+
+    The trusted cells are whole masks: cell inside, boundary on their inner edge, and
+    background on the :data:`TRUSTED_RING` pixels around them that belong to no other cell.
+    These pixels (and ``background``) are :attr:`Supervision.trusted`: the engine keeps them
+    in every round, whatever the networks predict. ``boxes`` are ordinary boxes (a cell the
+    prediction missed), handled by the exchange as on a boxed image. The rest of the image is
+    either ignored (``rest="ignore"``: only what the person checked is known) or trusted as
+    shown (``rest="trusted"``: every cell of ``labels`` is right and the rest is background).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(H, W)`` integer instance labels as the person left them (0 background).
+    cells : sequence of int, optional
+        Ids of the cells of ``labels`` that are trusted with ``rest="ignore"`` (e.g. from
+        :func:`corrected_cells`); default every cell. With ``rest="trusted"`` every cell is.
+    background : numpy.ndarray, optional
+        bool ``(H, W)``: further pixels known to be background (e.g. where a wrong cell was
+        deleted).
+    boxes : sequence of Box or array_like
+        Boxes around cells that have no mask (anything :func:`make_supervision` accepts).
+    rest : {"ignore", "trusted"}
+        What the pixels that are neither trusted nor boxed are.
+    edge_width : int
+        Thickness of the boundary in pixels.
+
+    Returns
+    -------
+    Supervision
+        ``instances`` and ``boxes`` hold the boxes only; ``trusted`` the certain pixels.
+
+    Raises
+    ------
+    ValueError
+        For labels that are not a 2D integer image, an unknown ``rest``, a ``background`` of
+        another shape, an image with nothing trusted and no box, or a bad box.
+
+    Examples
+    --------
+    >>> corrected = np.zeros((64, 64), np.int32)
+    >>> corrected[10:20, 10:22] = 1             # a cell the person painted
+    >>> sup = supervision_from_masks(corrected, boxes=[Box.from_corners(30, 30, 50, 52)])
+    >>> int(sup.trusted.sum()), int((sup.classes == IGNORE).sum()) > 0
+    (212, True)
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(
+            f"A corrected segmentation must be a 2D integer label image, got shape "
+            f"{labels.shape} and dtype {labels.dtype}; pass one plane of a Labels layer."
+        )
+    if rest not in REST_MODES:
+        raise ValueError(f"rest must be one of {REST_MODES}, got {rest!r}.")
+    labels = labels.astype(np.int64, copy=False)
+    shape = labels.shape
+    if background is None:
+        background = np.zeros(shape, bool)
+    background = np.asarray(background, bool)
+    if background.shape != shape:
+        raise ValueError(
+            f"The background mask has shape {background.shape} but the labels are {shape}."
+        )
+    if isinstance(boxes, np.ndarray) or (
+        len(boxes) > 0 and not all(isinstance(b, Box) for b in boxes)
+    ):
+        boxes = boxes_from_shapes(boxes)
+    boxes = list(boxes)
+    in_box = boxes_mask(shape, boxes)
+    if rest == "trusted" or cells is None:
+        masks = labels
+    else:
+        masks = np.where(np.isin(labels, np.asarray(cells, np.int64)), labels, 0)
+    if rest == "trusted":
+        trusted = ~in_box | (masks > 0)
+    else:
+        ring = ndi.binary_dilation(masks > 0, iterations=TRUSTED_RING) & (labels == 0)
+        trusted = (masks > 0) | ((ring | background) & ~in_box)
+    if not boxes and not trusted.any():
+        raise ValueError(
+            "Nothing to learn from: no corrected cell, no background and no box. Fix, paint or "
+            "box at least one cell."
+        )
+    if boxes:
+        region = None if rest == "trusted" else trusted | in_box
+        sup = make_supervision(shape, boxes, region=region, edge_width=edge_width)
+    else:
+        fill = BACKGROUND if rest == "trusted" else IGNORE
+        sup = Supervision(
+            classes=np.full(shape, fill, np.uint8),
+            instances=np.zeros(shape, np.int32),
+            boxes=[],
+            region=None if rest == "trusted" else trusted,
+        )
+    known = _cell_classes(masks, edge_width)
+    sup.classes[trusted] = known[trusted]
+    sup.trusted = trusted
+    return sup
+
+
+def corrected_cells(predicted: np.ndarray, corrected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which cells a person changed in a predicted segmentation, and what they deleted.
+
+    A cell of ``corrected`` is unchanged when it covers exactly the pixels of one predicted
+    cell (whatever its id); every other cell (painted anew, grown, trimmed, split off, merged)
+    is changed. A cell the person painted over in part is changed too, and trusted as left.
+
+    Parameters
+    ----------
+    predicted : numpy.ndarray
+        The integer instance labels as predicted.
+    corrected : numpy.ndarray
+        The same labels after the person's corrections.
+
+    Returns
+    -------
+    cells : numpy.ndarray
+        Sorted ids (in ``corrected``) of the changed cells.
+    removed : numpy.ndarray
+        bool mask of pixels that were a cell and are background now (deleted cells, trimmed
+        edges): background the person asserted.
+
+    Examples
+    --------
+    >>> predicted = np.zeros((8, 8), np.int32)
+    >>> predicted[1:3, 1:3], predicted[5:7, 5:7] = 1, 2
+    >>> corrected = predicted.copy()
+    >>> corrected[5:7, 5:7] = 0                 # a wrong cell deleted
+    >>> corrected[1:4, 1:3] = 7                 # a cell grown, painted with another id
+    >>> cells, removed = corrected_cells(predicted, corrected)
+    >>> cells.tolist(), int(removed.sum())
+    ([7], 4)
+    """
+    predicted, corrected = np.asarray(predicted), np.asarray(corrected)
+    if predicted.shape != corrected.shape:
+        raise ValueError(
+            f"The corrected labels {corrected.shape} and the prediction {predicted.shape} "
+            "differ in shape: correct the prediction of this image."
+        )
+    c, p = corrected.ravel().astype(np.int64), predicted.ravel().astype(np.int64)
+    some = (c > 0) | (p > 0)
+    pairs = np.unique(np.stack([c[some], p[some]]), axis=1)
+    ids = np.unique(c[c > 0])
+    # (k, j) pairs with k = corrected id, j = predicted id: k is unchanged when it meets only
+    # one j, j > 0, and that j meets only k.
+    ks, k_count = np.unique(pairs[0], return_counts=True)
+    js, j_count = np.unique(pairs[1], return_counts=True)
+    one_k = pairs[0][np.isin(pairs[0], ks[k_count == 1])]
+    partner = pairs[1][np.isin(pairs[0], ks[k_count == 1])]
+    unchanged = one_k[(partner > 0) & np.isin(partner, js[j_count == 1])]
+    cells = np.setdiff1d(ids, unchanged)
+    removed = (predicted > 0) & (corrected == 0)
+    return cells, removed

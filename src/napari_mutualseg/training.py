@@ -20,6 +20,7 @@ import torch
 
 from .config import ExchangeSettings, TrainConfig
 from .devices import describe_device, select_device
+from .disagreement import disagreement_map
 from .exchange import ExchangeContext, changed_fraction
 from .images import as_images, network_planes
 from .inference import box_objects, per_box_instances, predict_proba
@@ -45,9 +46,11 @@ class RoundReport:
     and ``instances`` (the ensemble of both) are read box by box (one object per box, see
     :func:`~napari_mutualseg.inference.per_box_instances`); ``labels_a`` / ``labels_b`` are
     what A / B learn from in the next round (from B's / A's prediction); ``probabilities``
-    is the ensemble softmax; ``changed`` is the fraction of labelled pixels whose class
-    changed since the labels of this round; ``found`` the fraction of boxes in which the
-    ensemble found its cell (a round only counts as converged when most boxes have theirs).
+    is the ensemble softmax and ``disagreement`` where A and B disagree (float16 in
+    ``[0, 1]``, see :func:`~napari_mutualseg.disagreement.disagreement_map`); ``changed`` is
+    the fraction of labelled pixels whose class changed since the labels of this round;
+    ``found`` the fraction of boxes in which the ensemble found its cell (a round only counts
+    as converged when most boxes have theirs).
     """
 
     round: int
@@ -67,6 +70,7 @@ class RoundReport:
     converged: bool = False
     found: float = 1.0
     probabilities: list[np.ndarray] = field(default_factory=list, repr=False)
+    disagreement: list[np.ndarray] = field(default_factory=list, repr=False)
 
 
 def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
@@ -291,6 +295,10 @@ class MutualTrainer:
                 converged=converged,
                 found=found,
                 probabilities=ensemble,
+                disagreement=[
+                    disagreement_map(pa, pb).astype(np.float16)
+                    for pa, pb in zip(*probas, strict=True)
+                ],
             )
             self._pair.history.append(
                 {
@@ -359,7 +367,7 @@ class MutualTrainer:
         ]
 
     def _found(self, probas: list[np.ndarray]) -> float:
-        """Fraction of all boxes whose object the ensemble found (not tiny, not missing)."""
+        """Fraction of all boxes whose object the ensemble found (1 when there are no boxes)."""
         ex = self.config.exchange
         hits = total = 0
         for p, ctx in zip(probas, self.contexts, strict=True):
@@ -367,4 +375,4 @@ class MutualTrainer:
             _, ratio = box_objects(foreground, ctx.supervision, core_scale=ex.core_scale)
             hits += int((ratio >= ex.min_core_fraction).sum())
             total += ratio.size
-        return hits / max(total, 1)
+        return hits / total if total else 1.0

@@ -7,8 +7,8 @@ is one job per viewer at a time; :class:`RunState` says which.
 
 Everything here runs on the main thread. Reports reach it through the worker's ``yielded``
 signal with their layer data already laid out (:mod:`.workers`); the controller swaps one
-layer per event-loop turn, newest round first, and says where training stands at most twice
-a second, so that the viewer keeps drawing at its own pace.
+layer per event-loop turn, newest round first (:mod:`.writer`), and says where training
+stands at most twice a second, so that the viewer keeps drawing at its own pace.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from qtpy.QtCore import QEventLoop, QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
 from ..checkpoint import CheckpointError
-from .layers import find_own_layer, upsert_labels
+from .layers import upsert_layer
 from .workers import (
     LEARNING_ROLES,
     RESULT_LAYERS,
     Layout,
+    PredictionResult,
     RoundUpdate,
     TrainingJob,
     WorkerFailure,
@@ -43,6 +44,7 @@ from .workers import (
     run_training,
     unfreeze_gc,
 )
+from .writer import LayerWriter
 
 if TYPE_CHECKING:
     import napari
@@ -53,8 +55,6 @@ if TYPE_CHECKING:
     from ..training import RoundReport
     from .prepare import SupervisionRecord
 
-#: Delay between two layer swaps: lets Qt and vispy draw in between.
-_SWAP_GAP_MS = 5
 #: How often the status line follows the training steps.
 _STATUS_MS = 500
 
@@ -72,19 +72,27 @@ class RunState(Enum):
 
 
 @dataclass
-class TrainingRequest:
-    """Everything a training run needs, read from the layers on the main thread."""
+class TrainingItem:
+    """One image of the training set: its layer, its supervision and the labels to learn."""
 
     image: Image
     record: SupervisionRecord
     labels: list[np.ndarray]
+
+
+@dataclass
+class TrainingRequest:
+    """Everything a training run needs, read from the layers on the main thread."""
+
+    item: TrainingItem  # the image picked in the panel, trained from its boxes
     config: TrainConfig
     show_learning: bool = False
+    painted: int = 0  # supervision pixels the user painted (trusted in every round)
 
 
 @dataclass
 class _Session:
-    image: Image
+    images: list[Image]  # the training images, the one picked in the panel first
     job: TrainingJob
     worker: GeneratorWorker
     first_round: int  # rounds the pair had before this run
@@ -92,6 +100,7 @@ class _Session:
     started: float = field(default_factory=time.perf_counter)
     count: int = 0
     error: str = ""
+    frozen: bool = False  # the garbage collector is frozen while the worker runs
 
 
 class _TrainingWorker(GeneratorWorker):
@@ -107,81 +116,6 @@ class _TrainingWorker(GeneratorWorker):
         # here would leave the generator unfinished and its clean-up unrun.
 
 
-class LayerWriter(QObject):
-    """Writes results into the plugin's layers, one layer per event-loop turn, newest first.
-
-    A round that arrives before the previous one is shown replaces it: the layers never
-    queue behind the engine, and the viewer draws between two layer swaps.
-    """
-
-    def __init__(self, viewer: Callable[[], napari.Viewer | None]) -> None:
-        super().__init__()
-        self._viewer = viewer
-        self.image: Layer | None = None
-        self.applied_rounds: list[int] = []
-        self._pending: tuple[int, dict[str, np.ndarray]] | None = None
-        self._steps: list[Callable[[], None]] = []
-        self._timer = QTimer(self, singleShot=True)
-        self._timer.timeout.connect(self._next)
-
-    @property
-    def busy(self) -> bool:
-        return bool(self._steps) or self._pending is not None
-
-    def prepare(self, image: Layer, roles: list[str], then: Callable[[], None]) -> None:
-        """Make the missing result layers of ``image``, then call ``then``.
-
-        Adding a layer takes a while on the main thread: they are made now, one per turn, so
-        that no layer is added while training runs.
-        """
-        self.image, self._pending = image, None
-        shape = tuple(image.data.shape)
-        self._steps = [*(partial(self._ensure, role, shape) for role in roles), then]
-        self._timer.start(0)
-
-    def show(self, round_index: int, layers: dict[str, np.ndarray]) -> None:
-        """Put one round's layer data into the layers (replacing a round not shown yet)."""
-        self._pending = (round_index, layers)
-        if not self._timer.isActive():
-            self._timer.start(0)
-
-    def stop(self) -> None:
-        self._steps, self._pending = [], None
-        self._timer.stop()
-
-    def _ensure(self, role: str, shape: tuple[int, ...]) -> None:
-        viewer = self._viewer()
-        existing = find_own_layer(viewer, role, self.image if role == "cells" else None)
-        if existing is None or tuple(existing.data.shape) != shape:
-            self._write(role, np.zeros(shape, np.uint8 if RESULT_LAYERS[role][1] else np.int32))
-
-    def _write(self, role: str, data: np.ndarray) -> None:
-        viewer, image = self._viewer(), self.image
-        source = image if role == "cells" else None
-        existing = find_own_layer(viewer, role, source)
-        active = viewer.layers.selection.active
-        upsert_labels(
-            viewer, role=role, name=f"{image.name} cells" if role == "cells" else role,
-            data=data, like=image, source=source, classes=RESULT_LAYERS[role][1],
-            visible=role == "cells",
-        )  # fmt: skip
-        if existing is None and active is not None:
-            # Keep the user's layer active, so that drawing or painting is not interrupted.
-            viewer.layers.selection.active = active
-
-    def _next(self) -> None:
-        if self._viewer() is None:
-            return
-        if self._pending is not None:
-            (round_index, layers), self._pending = self._pending, None
-            self._steps = [partial(self._write, role, data) for role, data in layers.items()]
-            self._steps.append(partial(self.applied_rounds.append, round_index))
-        if self._steps:
-            self._steps.pop(0)()
-        if self._steps or self._pending is not None:
-            self._timer.start(_SWAP_GAP_MS)
-
-
 class RunController(QObject):
     """Runs training and prediction for one viewer; see the module docs.
 
@@ -192,7 +126,7 @@ class RunController(QObject):
     state_changed = Signal(object)  # RunState
     message = Signal(str)  # the latest thing the user should read
     progress = Signal(int, int)  # done, total (0, 0: no job)
-    round_applied = Signal(object)  # the history entry of each finished round
+    round_done = Signal(object)  # the history entry of each finished round
     pair_changed = Signal()
 
     def __init__(self, viewer: napari.Viewer) -> None:
@@ -204,6 +138,8 @@ class RunController(QObject):
         self.planned = 0  # the round the last training aimed at
         self.trained_image: Layer | None = None
         self.last_report: RoundReport | None = None
+        self.corrected: dict[str, TrainingItem] = {}  # images added to training, by layer id
+        self.predictions: dict[str, PredictionResult] = {}  # the last one of each image
         self.last_message = ""
         self.writer = LayerWriter(self._viewer)
         self._session: _Session | None = None
@@ -267,7 +203,7 @@ class RunController(QObject):
 
     def train(self, request: TrainingRequest) -> GeneratorWorker | None:
         """Start (or resume) training in a worker; ``None`` after a notification."""
-        if self.busy:
+        if self.state is not RunState.IDLE:
             self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
             return None
         from .. import training
@@ -275,18 +211,18 @@ class RunController(QObject):
         config, resume = request.config, self.pair
         if resume is not None and self.remaining:
             config = type(config).from_dict({**config.to_dict(), "rounds": self.remaining})
-        images = request.record.images(request.image.data)
-        sups, labels = request.record.supervisions, request.labels
+        first_id = str(request.item.image.unique_id)
+        items = [request.item, *(c for k, c in self.corrected.items() if k != first_id)]
+        images = [im for item in items for im in item.record.images(item.image.data)]
+        sups = [s for item in items for s in item.record.supervisions]
+        labels = [lab for item in items for lab in item.labels]
 
         def make_trainer() -> training.MutualTrainer:
             # looked up at call time, so that tests can stand in for the engine
             return training.MutualTrainer(images, sups, config, labels=labels, pair=resume)
 
-        job = TrainingJob(
-            make_trainer,
-            Layout(request.record.shape, request.record.planes),
-            request.show_learning,
-        )
+        layouts = [Layout(item.record.shape, item.record.planes) for item in items]
+        job = TrainingJob(make_trainer, layouts, request.show_learning)
         worker = create_worker(
             run_training, job, _worker_class=_TrainingWorker, _ignore_errors=True
         )
@@ -296,15 +232,49 @@ class RunController(QObject):
         worker.errored.connect(self._on_failure)  # not expected: failures are returned
         worker.finished.connect(self._on_training_finished)
         first = len(self.history) if resume is not None else 0
-        self._session = _Session(request.image, job, worker, first, first + config.rounds)
+        image = request.item.image
+        self._session = _Session(
+            [i.image for i in items], job, worker, first, first + config.rounds
+        )
         self.planned = first + config.rounds
-        self.trained_image = request.image
+        self.trained_image = image
         self._set_state(RunState.STARTING)
         what = "Resuming training" if resume is not None else "Training"
-        self.notify(f"{what} on '{request.image.name}': preparing…")
-        roles = [r for r in RESULT_LAYERS if request.show_learning or r not in LEARNING_ROLES]
-        self.writer.prepare(request.image, roles, self._start)
+        painted = f", with the {request.painted} pixels you painted" if request.painted else ""
+        more = f" and {len(items) - 1} corrected image(s)" if len(items) > 1 else ""
+        self.notify(f"{what} on '{image.name}'{more}{painted}: preparing…")
+        self.writer.defer_hidden = True
+        self.prepare_layers([i.image for i in items], request.show_learning, then=self._start)
         return worker
+
+    def prepare_layers(
+        self, images: list[Image], show_learning: bool, then: Callable[[], None] | None = None
+    ) -> None:
+        """Make the result layers of the training images that are missing, one per turn."""
+        roles = [r for r in RESULT_LAYERS if show_learning or r not in LEARNING_ROLES]
+        self.writer.prepare(images, roles, then)
+
+    def round_maps(self, image: Image) -> list[tuple[int | None, np.ndarray, np.ndarray]]:
+        """The newest round's (plane, instances, disagreement) of a training image."""
+        report, session = self.last_report, self._session
+        if report is None or session is None:
+            return []
+        start = 0
+        for item_image, layout in zip(session.images, session.job.layouts, strict=True):
+            if item_image == image:
+                planes = layout.planes or [None]
+                end = start + layout.count
+                maps = zip(
+                    planes, report.instances[start:end], report.disagreement[start:end],
+                    strict=True,
+                )  # fmt: skip
+                return list(maps)
+            start += layout.count
+        return []
+
+    def add_training(self, item: TrainingItem) -> None:
+        """Train on ``item`` too from now on (a corrected image; it replaces an earlier one)."""
+        self.corrected[str(item.image.unique_id)] = item
 
     def stop(self) -> None:
         """Stop training within one step; the models of the last completed round are kept."""
@@ -324,6 +294,7 @@ class RunController(QObject):
         self._set_state(RunState.TRAINING)
         self._status_timer.start()
         freeze_gc()
+        session.frozen = True
         session.worker.start()
 
     def _show_steps(self) -> None:
@@ -357,7 +328,7 @@ class RunController(QObject):
         self.history.append(entry)
         self.last_report = report
         self.writer.show(entry["round"], update.layers)
-        self.round_applied.emit(entry)
+        self.round_done.emit(entry)
 
     def _on_failure(self, value: Any) -> None:
         if not isinstance(value, (WorkerFailure, BaseException)) or self._session is None:
@@ -368,12 +339,14 @@ class RunController(QObject):
     def _on_training_finished(self) -> None:
         session = self._session
         self._status_timer.stop()
+        self.writer.finish()
         if session is None:
             return
         if session.job.last_good is not None:
             self.pair = session.job.last_good
             self.pair_changed.emit()
-        if session.worker.is_running or session.count or session.job.done.is_set():
+        if session.frozen:
+            session.frozen = False
             unfreeze_gc()
         self._set_state(RunState.IDLE)
         self.progress.emit(0, 0)
@@ -403,7 +376,7 @@ class RunController(QObject):
                 "No trained model yet: train one (Train) or load one (Load model…).", "error"
             )
             return None
-        if self.busy:
+        if self.state is not RunState.IDLE:
             self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
             return None
         data = layer.data
@@ -426,24 +399,32 @@ class RunController(QObject):
         unfreeze_gc()
         self._set_state(RunState.IDLE)
         self.progress.emit(0, 0)
-        labels = result.get("value")
-        if self._closing or self.viewer is None or labels is None:
+        value = result.get("value")
+        if self._closing or self.viewer is None or value is None:
             return
-        if isinstance(labels, WorkerFailure):
-            self.notify(describe_error(labels, str(self.pair.device)), "error")
+        if isinstance(value, WorkerFailure):
+            self.notify(describe_error(value, str(self.pair.device)), "error")
             return
+        self.predictions[str(layer.unique_id)] = value
+        self.writer.written[str(layer.unique_id)] = value.labels
         # The box-guided result of the training image stays; prediction goes beside it.
-        beside = layer is self.trained_image
-        role, name = (
-            ("prediction", f"{layer.name} cells (no boxes)")
-            if beside
-            else ("cells", f"{layer.name} cells")
+        beside = layer == self.trained_image
+        role, name = ("prediction", f"{layer.name} cells (no boxes)") if beside else (
+            "cells", f"{layer.name} cells"
+        )  # fmt: skip
+        out = upsert_layer(
+            self.viewer, role=role, name=name, data=value.labels, like=layer, source=layer
         )
-        out = upsert_labels(self.viewer, role=role, name=name, data=labels, like=layer,
-                            source=layer)  # fmt: skip
-        n = int(labels.max()) if labels.size else 0
+        upsert_layer(
+            self.viewer, role="disagreement", name=f"{layer.name} disagreement",
+            data=value.disagreement, like=layer, source=layer, kind="image", visible=False,
+        )  # fmt: skip
+        n = int(value.labels.max()) if value.labels.size else 0
         if n:
-            self.notify(f"'{out.name}': {n} cells.")
+            self.notify(
+                f"'{out.name}': {n} cells. 'Next cell to check' shows where the two networks "
+                "disagree most."
+            )
         else:
             self.notify(
                 f"No cells found in '{layer.name}'. The networks may need more training (more "
@@ -459,7 +440,7 @@ class RunController(QObject):
         if self.pair is None:
             self.notify("No trained model to save: train one first.", "error")
             return None
-        if self.busy:
+        if self.state is not RunState.IDLE:
             self.notify("A job is running: stop it (or let it finish) before saving.", "warning")
             return None
         try:
@@ -474,7 +455,7 @@ class RunController(QObject):
         """Load a pair and use it from now on; ``None`` after a notification."""
         from ..models import ModelPair
 
-        if self.busy:
+        if self.state is not RunState.IDLE:
             self.notify("A job is running: stop it before loading a model.", "warning")
             return None
         try:

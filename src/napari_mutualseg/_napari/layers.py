@@ -16,7 +16,7 @@ from ..supervision import BACKGROUND, BOUNDARY, CELL, IGNORE
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Labels, Layer
+    from napari.layers import Layer
 
 #: ``layer.metadata`` key marking the layers this plugin created (value: a dict with the role).
 OWNER_KEY = "napari-mutualseg"
@@ -135,7 +135,7 @@ def class_layer_kwargs() -> dict[str, Any]:
     return {"colormap": class_colormap(), "opacity": 0.6}
 
 
-def upsert_labels(
+def upsert_layer(
     viewer: napari.Viewer,
     *,
     role: str,
@@ -143,10 +143,10 @@ def upsert_labels(
     data: np.ndarray,
     like: Layer,
     source: Layer | None = None,
-    classes: bool = False,
+    kind: str = "labels",
     **kwargs: Any,
-) -> Labels:
-    """Update the plugin's own Labels layer for ``role`` in place, or add it if missing.
+) -> Layer:
+    """Update the plugin's own layer for ``role`` in place, or add it if missing.
 
     A user layer with the same name is never touched: the new layer gets a free name.
 
@@ -158,15 +158,16 @@ def upsert_labels(
     name : str
         Name for a new layer.
     data : numpy.ndarray
-        The labels, shaped like ``like``'s data.
+        The data, shaped like ``like``'s data.
     like : napari.layers.Layer
-        The image layer whose transform the labels follow.
+        The image layer whose transform the new layer follows.
     source : napari.layers.Layer, optional
         The image the layer belongs to (``None``: shared by every image, e.g. "model A").
-    classes : bool
-        Class map (class colours) rather than instances (random colours).
+    kind : {"labels", "classes", "image"}
+        Instances (random colours), a class map (class colours) or a map of values in
+        ``[0, 1]`` (an image layer over the others).
     **kwargs
-        Extra ``add_labels`` arguments for a new layer.
+        Extra arguments for a new layer.
     """
     layer = find_own_layer(viewer, role, source)
     if layer is not None:
@@ -176,8 +177,12 @@ def upsert_labels(
             for key, value in transform_kwargs(like).items():
                 setattr(layer, key, value)
         return layer
-    kw: dict[str, Any] = {**transform_kwargs(like), **(class_layer_kwargs() if classes else {})}
-    kw.update(kwargs)
-    return viewer.add_labels(
-        data, name=free_name(viewer, name), metadata=owner_tag(role, source), **kw
-    )
+    kw: dict[str, Any] = {**transform_kwargs(like), **kwargs}
+    meta = owner_tag(role, source)
+    name = free_name(viewer, name)
+    if kind == "image":
+        kw = {"colormap": "magma", "contrast_limits": (0, 1), "blending": "additive", **kw}
+        return viewer.add_image(data, name=name, metadata=meta, **kw)
+    if kind == "classes":
+        kw = {**class_layer_kwargs(), **kw}
+    return viewer.add_labels(data, name=name, metadata=meta, **kw)

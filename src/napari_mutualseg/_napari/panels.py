@@ -54,9 +54,10 @@ class LayerPicker(ComboBox):
         tooltip: str,
         exclude: Any = None,
         pick_new: bool = False,
+        nullable: bool = False,
     ) -> None:
         self._viewer, self._kind, self._exclude, self._pick_new = viewer, kind, exclude, pick_new
-        super().__init__(choices=self._layers, nullable=False, tooltip=tooltip)
+        super().__init__(choices=self._layers, nullable=nullable, tooltip=tooltip)
         events = viewer.layers.events
         self._watched = [(events.inserted, self._inserted), (events.removed, self._refresh)]
         self._watched.append((events.moved, self._refresh))

@@ -16,7 +16,8 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ..devices import describe_device, select_device
-from .controller import RunController, RunState, TrainingRequest
+from .controller import RunController, RunState, TrainingItem, TrainingRequest
+from .correct import CheckPanel, Corrector
 from .layers import find_own_layer
 from .panels import MODE_ALL, MODE_REGION, DataPanel, ModelPanel, TrainingPanel
 from .prepare import UserInputError, adopt, check_image_layer, outdated, write_supervision
@@ -65,6 +66,8 @@ class MutualSegWidget(QWidget):
         self.data = DataPanel(napari_viewer)
         self.training = TrainingPanel(self.settings)
         self.model = ModelPanel(napari_viewer)
+        self.correct = Corrector(napari_viewer, self.controller)
+        self.check = CheckPanel(napari_viewer, self.correct)
         self.status = QLabel("Draw a box around each cell, then press Train.")
         self.status.setWordWrap(True)
         self._docked = False
@@ -77,7 +80,7 @@ class MutualSegWidget(QWidget):
     def _build(self) -> None:
         inner = QWidget()
         column = QVBoxLayout(inner)
-        for part in (self.data, self.training, self.model, self.status):
+        for part in (self.data, self.training, self.model, self.check, self.status):
             column.addWidget(part)
         column.addStretch(1)
         # A scroll area: the panel fits a laptop screen however tall its content grows.
@@ -101,12 +104,14 @@ class MutualSegWidget(QWidget):
         m.predict.clicked.connect(lambda: self.predict())
         m.save_requested.connect(lambda path: self.save_model(path, overwrite=True))
         m.load_requested.connect(self.load_model)
+        self.check.train_requested.connect(lambda: self.train())
+        self.check.boxes_proposed.connect(self._use_proposed_boxes)
         self.settings.changed.connect(self._on_setting)
         self._controller_slots = [
             (c.state_changed, self._on_state),
             (c.message, self.status.setText),
             (c.progress, t.set_progress),
-            (c.round_applied, lambda e: t.loss_plot.add(e["loss_a"], e["loss_b"])),
+            (c.round_done, lambda e: t.loss_plot.add(e["loss_a"], e["loss_b"])),
             (c.pair_changed, self._show_pair),
         ]
         for signal, slot in self._controller_slots:
@@ -141,6 +146,10 @@ class MutualSegWidget(QWidget):
         history = self.controller.history
         self.training.loss_plot.set_history([(h["loss_a"], h["loss_b"]) for h in history])
         self._on_state()
+
+    def _use_proposed_boxes(self, image: Image, boxes: Shapes) -> None:
+        # proposed boxes make a new training image: pick both for the Data panel
+        self.image_layer, self.boxes_layer = image, boxes
 
     # ------------------------------------------------------------------------------ layers
 
@@ -207,6 +216,8 @@ class MutualSegWidget(QWidget):
             return None
         for note in record.notes:
             show_warning(note)
+        # the result layers too, now: adding layers while training would stall the viewer
+        self.controller.prepare_layers([image], self.settings.show_learning)
         where = "" if record.planes is None else f" on {len(record.planes)} plane(s)"
         painted = f", keeping the {kept} pixels you painted" if kept else ""
         self.controller.notify(
@@ -263,7 +274,7 @@ class MutualSegWidget(QWidget):
             The worker, or ``None`` after a notification when training cannot start.
         """
         notify = self.controller.notify
-        if self.controller.busy:
+        if self.controller.state is not RunState.IDLE:
             notify("Busy: wait for the running job to finish, or press Stop.", "warning")
             return None
         image = self.image_layer
@@ -285,7 +296,9 @@ class MutualSegWidget(QWidget):
         except ValueError as err:
             notify(str(err), "error")
             return None
-        request = TrainingRequest(image, record, labels, config, self.settings.show_learning)
+        painted = int(record.painted(layer.data).sum())
+        item = TrainingItem(image, record, labels)
+        request = TrainingRequest(item, config, self.settings.show_learning, painted)
         worker = self.controller.train(request)
         if worker is not None and block:
             self.wait()
@@ -297,7 +310,7 @@ class MutualSegWidget(QWidget):
 
     def reset_models(self) -> None:
         """Forget the trained models: the next training starts from scratch."""
-        if self.controller.busy:
+        if self.controller.state is not RunState.IDLE:
             self.controller.notify("Stop the running job before resetting the models.", "warning")
             return
         self.controller.set_pair(None)
@@ -379,6 +392,7 @@ class MutualSegWidget(QWidget):
             signal.disconnect(slot)
         for picker in (*self.data.pickers, self.model.target):
             picker.unwatch()
+        self.check.unwatch()
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop training and wait up to ``timeout`` seconds for the worker to end."""

@@ -11,27 +11,32 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..disagreement import Spot
 from ..supervision import IGNORE
 
 if TYPE_CHECKING:
     from ..models import ModelPair
     from ..training import RoundReport
 
-#: Result layers of a training round: role -> (report attribute, is a class map).
+#: Result layers of a training round: role -> (report attribute, layer kind). Kinds:
+#: "labels" (instances), "classes" (a class map), "image" (a map of values in [0, 1]).
 RESULT_LAYERS = {
-    "cells": ("instances", False),
-    "model A": ("classes_a", True),
-    "model B": ("classes_b", True),
-    "A learns from": ("labels_a", True),
-    "B learns from": ("labels_b", True),
+    "cells": ("instances", "labels"),
+    "disagreement": ("disagreement", "image"),
+    "model A": ("classes_a", "classes"),
+    "model B": ("classes_b", "classes"),
+    "A learns from": ("labels_a", "classes"),
+    "B learns from": ("labels_b", "classes"),
 }
 #: The roles shown only when the user asks what the networks learn from.
 LEARNING_ROLES = ("A learns from", "B learns from")
+#: Roles with a layer per training image; the others show the first training image.
+PER_IMAGE = ("cells", "disagreement")
 
 
 class WorkerFailure:
@@ -57,6 +62,11 @@ class Layout:
     shape: tuple[int, ...]
     planes: list[int] | None
 
+    @property
+    def count(self) -> int:
+        """Planes trained (entries of a report's lists)."""
+        return 1 if self.planes is None else len(self.planes)
+
     def place(self, arrays: list[np.ndarray], fill: int) -> np.ndarray:
         """One array for the layer: ``arrays`` on their planes, ``fill`` elsewhere."""
         if self.planes is None:
@@ -69,10 +79,10 @@ class Layout:
 
 @dataclass
 class RoundUpdate:
-    """A round's report and the layer data made from it (role -> array)."""
+    """A round's report and the layer data made from it: (role, training image, array)."""
 
     report: RoundReport
-    layers: dict[str, np.ndarray] = field(default_factory=dict)
+    layers: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
 
 
 class TrainingJob:
@@ -82,17 +92,17 @@ class TrainingJob:
     ----------
     make_trainer : callable
         Builds the :class:`~napari_mutualseg.training.MutualTrainer` (in the worker thread).
-    layout : Layout
-        Where each trained plane's results go.
+    layouts : list of Layout
+        Where each training image's results go (its planes are consecutive in a report).
     show_learning : bool
         Also make the layers of what A and B learn from (the main thread may change it).
     """
 
     def __init__(
-        self, make_trainer: Callable[[], Any], layout: Layout, show_learning: bool = False
+        self, make_trainer: Callable[[], Any], layouts: list[Layout], show_learning: bool = False
     ) -> None:
         self.make_trainer = make_trainer
-        self.layout = layout
+        self.layouts = layouts
         self.show_learning = show_learning
         self.trainer: Any = None
         self.device_name: str = ""
@@ -115,13 +125,20 @@ class TrainingJob:
         return int(trainer.step), int(trainer.total_steps)
 
     def update(self, report: RoundReport) -> RoundUpdate:
-        """The layer data of one round, laid out like the image."""
-        layers = {}
-        for role, (attribute, classes) in RESULT_LAYERS.items():
-            if role in LEARNING_ROLES and not self.show_learning:
-                continue
-            layers[role] = self.layout.place(getattr(report, attribute), IGNORE if classes else 0)
-        return RoundUpdate(report, layers)
+        """The layer data of one round, laid out like each training image."""
+        update = RoundUpdate(report)
+        start = 0
+        for part, layout in enumerate(self.layouts):
+            for role, (attribute, kind) in RESULT_LAYERS.items():
+                if (role in LEARNING_ROLES and not self.show_learning) or (
+                    part and role not in PER_IMAGE
+                ):
+                    continue
+                arrays = getattr(report, attribute)[start : start + layout.count]
+                fill = IGNORE if kind == "classes" else 0
+                update.layers.append((role, part, layout.place(arrays, fill)))
+            start += layout.count
+        return update
 
 
 def run_training(job: TrainingJob) -> Generator[RoundUpdate, None, WorkerFailure | None]:
@@ -145,24 +162,40 @@ def run_training(job: TrainingJob) -> Generator[RoundUpdate, None, WorkerFailure
     return None
 
 
+@dataclass
+class PredictionResult:
+    """A prediction laid out like the image: cells, disagreement and the spots to check."""
+
+    labels: np.ndarray
+    disagreement: np.ndarray
+    spots: list[tuple[int | None, Spot]]  # (plane of a stack or None, spot)
+
+
 def run_prediction(
     pair: ModelPair, data: Any, planes: list[int] | None, tile_size: int, name: str
-) -> Generator[tuple[int, int], None, np.ndarray | WorkerFailure]:
+) -> Generator[tuple[int, int], None, PredictionResult | WorkerFailure]:
     """The worker: segment a 2D image or every plane of a stack; yields (done, total)."""
     try:
         if planes is None:
             yield 0, 1
-            return pair.segment(np.asarray(data), tile_size=tile_size, name=name)
-        out = np.zeros(tuple(data.shape), np.int32)
+            p = pair.predict(np.asarray(data), tile_size=tile_size, name=name)
+            return PredictionResult(p.labels, p.disagreement, [(None, s) for s in p.spots])
+        result = PredictionResult(
+            np.zeros(tuple(data.shape), np.int32), np.zeros(tuple(data.shape), np.float16), []
+        )
         offset = 0
-        for i, p in enumerate(planes):
+        for i, plane in enumerate(planes):
             yield i, len(planes)
-            labels = pair.segment(np.asarray(data[p]), tile_size=tile_size, name=f"{name}[{p}]")
+            p = pair.predict(np.asarray(data[plane]), tile_size=tile_size, name=f"{name}[{plane}]")
             # distinct ids across planes, so that each cell of the stack has its own colour
-            labels[labels > 0] += offset
+            labels = np.where(p.labels > 0, p.labels + offset, 0)
+            result.labels[plane], result.disagreement[plane] = labels, p.disagreement
+            result.spots += [
+                (plane, replace(s, label=s.label + offset if s.label else 0)) for s in p.spots
+            ]
             offset = max(offset, int(labels.max()))
-            out[p] = labels
-        return out
+        result.spots.sort(key=lambda ps: -ps[1].score)
+        return result
     except Exception as exc:
         return WorkerFailure(exc)
     finally:
@@ -171,13 +204,10 @@ def run_prediction(
 
 def release_device_memory() -> None:
     """Give cached GPU memory back (else it stays reserved until napari closes)."""
-    # Only on CUDA: a full collection holds the GIL long enough to stall the viewer.
     try:
-        import torch
+        from ..devices import release_cached_memory
 
-        if torch.cuda.is_available():
-            gc.collect()
-            torch.cuda.empty_cache()
+        release_cached_memory()
     except Exception:  # freeing memory must never raise
         pass
 

@@ -1,0 +1,337 @@
+"""Check and correct: where the networks disagree, fixing cells, and learning from the fixes.
+
+After a prediction (or a training round) the two networks' disagreement says which cells a
+person should look at first. :class:`Corrector` steps the camera through them, adds the two
+edits napari's label tools lack (merge two cells, split one), proposes boxes from predicted
+cells, and turns a corrected image into training data: the cells the person changed are
+trusted whole masks, new boxes are ordinary boxes, and the rest of the image is trusted or
+ignored as the person says. :class:`CheckPanel` is its face in the dock widget.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QPushButton
+from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.segmentation import watershed
+
+from ..boxes import boxes_from_labels, boxes_from_shapes
+from ..disagreement import Spot, spots_to_check
+from ..supervision import corrected_cells, supervision_from_masks
+from .controller import RunController, TrainingItem
+from .layers import (
+    OWNER_KEY,
+    find_own_layer,
+    free_name,
+    owner_info,
+    shapes_to_image_coords,
+    transform_kwargs,
+)
+from .panels import LayerPicker, _row
+from .prepare import SupervisionRecord, UserInputError, check_image_layer
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image, Labels, Shapes
+
+#: Canvas pixels the cell under check spans (the camera zooms to it).
+_CELL_ON_SCREEN = 150
+
+
+class Corrector:
+    """Check, correct and learn from the cells of one image at a time (``widget.correct``).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    controller : RunController
+        The viewer's jobs and results.
+    """
+
+    def __init__(self, viewer: napari.Viewer, controller: RunController) -> None:
+        self.viewer = viewer
+        self.controller = controller
+        self._visits: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------ finding
+
+    def cells_layer(self, image: Image) -> Labels | None:
+        """The plugin's cells of ``image``: its prediction, or its training result."""
+        return find_own_layer(self.viewer, "prediction", image) or find_own_layer(
+            self.viewer, "cells", image
+        )
+
+    def spots(self, image: Image) -> list[tuple[int | None, Spot]]:
+        """Cells and regions of ``image`` to check, most disputed first, with their plane."""
+        prediction = self.controller.predictions.get(str(image.unique_id))
+        if prediction is not None:
+            return prediction.spots
+        found = [
+            (plane, spot)
+            for plane, labels, dis in self.controller.round_maps(image)
+            for spot in spots_to_check(labels, dis)
+        ]
+        return sorted(found, key=lambda ps: -ps[1].score)
+
+    def next_cell(self, image: Image) -> Spot | None:
+        """Show the next cell (or region) to check: camera on it, its label selected."""
+        spots = self.spots(image)
+        if not spots:
+            self.controller.notify(
+                f"Nothing to check on '{image.name}' yet: predict it (or train on it) first.",
+                "warning",
+            )
+            return None
+        key = str(image.unique_id)
+        k = self._visits.get(key, -1) + 1
+        k = 0 if k >= len(spots) else k
+        self._visits[key] = k
+        plane, spot = spots[k]
+        self._show(image, plane, spot)
+        what = f"Cell {spot.label}" if spot.kind == "cell" else "A region outside every cell"
+        where = "" if plane is None else f" on plane {plane}"
+        self.controller.notify(
+            f"{what}{where} ({k + 1} of {len(spots)} to check): the networks disagree "
+            f"{spot.score:.2f} there (0 agree, 1 opposite)."
+        )
+        return spot
+
+    def _show(self, image: Image, plane: int | None, spot: Spot) -> None:
+        point = spot.centroid if plane is None else (plane, *spot.centroid)
+        world = np.asarray(image.data_to_world(point), float)
+        if plane is not None:
+            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, world[-3])
+        self.viewer.camera.center = tuple(world[-2:])
+        y0, x0, y1, x1 = spot.bbox
+        size = max(y1 - y0, x1 - x0, 8) * float(max(np.abs(image.scale[-2:])))
+        self.viewer.camera.zoom = _CELL_ON_SCREEN / size
+        cells = self.cells_layer(image)
+        if cells is not None and spot.label:
+            cells.selected_label = spot.label
+
+    # ------------------------------------------------------------------------------ editing
+
+    def merge(self, image: Image, keep: int, into: int) -> None:
+        """Make cell ``into`` part of cell ``keep`` in the cells of ``image``."""
+        cells = self._editable(image)
+        data = np.asarray(cells.data).copy()
+        if keep == into or not (data == keep).any() or not (data == into).any():
+            raise UserInputError(f"Pick two different cells of '{cells.name}' to merge.")
+        data[data == into] = keep
+        cells.data = data
+        cells.selected_label = keep
+
+    def split(self, image: Image, label: int) -> int:
+        """Split cell ``label`` in two (where it narrows); the new cell's label."""
+        cells = self._editable(image)
+        data = np.asarray(cells.data).copy()
+        mask = data == label
+        if label == 0 or mask.sum() < 4:
+            raise UserInputError(f"Pick a cell of '{cells.name}' to split (label {label}).")
+        distance = ndi.distance_transform_edt(mask)
+        peaks = peak_local_max(distance, min_distance=2, num_peaks=2, labels=mask.astype(int))
+        if len(peaks) == 2:
+            markers = np.zeros(data.shape, np.int32)
+            markers[tuple(peaks.T)] = (1, 2)
+            halves = watershed(-distance, markers, mask=mask)
+        else:  # a convex cell: cut across its long axis, through its centre
+            coords = np.argwhere(mask).astype(float)
+            centred = coords - coords.mean(0)
+            axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+            halves = np.zeros(data.shape, np.int32)
+            halves[tuple(np.argwhere(mask).T)] = np.where(centred @ axis < 0, 1, 2)
+        new = int(data.max()) + 1
+        data[halves == 2] = new
+        cells.data = data
+        return new
+
+    def propose_boxes(self, image: Image) -> Shapes:
+        """A new Shapes layer with a box around every cell of ``image`` to fix by hand."""
+        cells = self._editable(image)
+        data = np.asarray(cells.data)
+        if data.ndim == 2:
+            rects = [b.corners for b in boxes_from_labels(data)]
+        else:
+            rects = [
+                np.column_stack([np.full(4, p, float), b.corners])
+                for p in range(len(data))
+                for b in boxes_from_labels(data[p])
+            ]
+        layer = self.viewer.add_shapes(
+            rects, shape_type="rectangle", name=free_name(self.viewer, f"{image.name} boxes"),
+            edge_color="yellow", face_color="transparent", ndim=data.ndim,
+            **transform_kwargs(image),
+        )  # fmt: skip
+        self.controller.notify(
+            f"{len(rects)} boxes proposed on '{layer.name}': delete the wrong ones, draw the "
+            "missing ones, then train on this image with them."
+        )
+        return layer
+
+    def _editable(self, image: Image | None) -> Labels:
+        check_image_layer(image, purpose="correct")
+        cells = self.cells_layer(image)
+        if cells is None:
+            raise UserInputError(f"'{image.name}' has no cells yet: predict it first (Predict).")
+        return cells
+
+    # ------------------------------------------------------------------------------ learning
+
+    def training_item(
+        self, image: Image, *, rest_trusted: bool = False, boxes: Shapes | None = None
+    ) -> TrainingItem:
+        """The corrected ``image`` as training data (see the module docs)."""
+        cells = self._editable(image)
+        if image == self.controller.trained_image:
+            raise UserInputError(
+                f"'{image.name}' is trained from its boxes: correct its supervision layer "
+                "instead (paint on it), then Train."
+            )
+        written = self.controller.writer.written.get(str(image.unique_id))
+        corrected = np.asarray(cells.data)
+        if written is None or corrected.ndim != 2 or written.shape != corrected.shape:
+            raise UserInputError(
+                f"Add a 2D image that was segmented in this session: predict '{image.name}', "
+                "correct its cells, then press Add to training."
+            )
+        changed, removed = corrected_cells(written, corrected)
+        drawn = []
+        if boxes is not None:
+            drawn = boxes_from_shapes(shapes_to_image_coords(boxes, image), boxes.shape_type)
+        if not (len(changed) or removed.any() or drawn or rest_trusted):
+            raise UserInputError(
+                f"Nothing on '{image.name}' was corrected: fix some cells (paint, erase, "
+                "merge, split), draw boxes around missed cells, or tick that the rest is right."
+            )
+        sup = supervision_from_masks(
+            corrected, cells=changed, background=removed, boxes=drawn,
+            rest="trusted" if rest_trusted else "ignore",
+        )  # fmt: skip
+        record = SupervisionRecord(tuple(corrected.shape), None, [sup])
+        return TrainingItem(image, record, [sup.classes])
+
+    def keep_corrections(self, image: Image) -> Labels:
+        """Hand the corrected cells layer over to the user as "<image> corrections", so that
+        training writes its new cells beside it, never over the person's work."""
+        cells = self._editable(image)
+        cells.metadata[OWNER_KEY] = {**owner_info(cells), "role": "corrections"}
+        cells.name = free_name(self.viewer, f"{image.name} corrections")
+        return cells
+
+
+class CheckPanel(QGroupBox):
+    """Check the cells where the networks disagree, correct them, add the image to training.
+
+    Merge takes the last two cells picked (with napari's colour picker or by selecting their
+    label) in one of the plugin's cells layers.
+    """
+
+    train_requested = Signal()
+    boxes_proposed = Signal(object, object)  # image, the new Shapes layer
+
+    def __init__(self, viewer: napari.Viewer, corrector: Corrector) -> None:
+        super().__init__("Check and correct")
+        self.corrector = corrector
+        form = QFormLayout(self)
+        self.image = LayerPicker(viewer, "Image", "The image whose cells to check and correct")
+        self.boxes = LayerPicker(
+            viewer, "Shapes", "Boxes drawn around cells the prediction missed", nullable=True
+        )
+        self.next = QPushButton("Next cell to check")
+        self.next.setToolTip("Go to the cell (or region) where the two networks disagree most")
+        self.merge = QPushButton("Merge cells")
+        self.merge.setToolTip("Merge the last two cells picked in the cells layer")
+        self.split = QPushButton("Split cell")
+        self.split.setToolTip("Split the picked cell in two, where it narrows")
+        self.propose = QPushButton("Propose boxes")
+        self.propose.setToolTip("A box around every predicted cell, to fix instead of drawing")
+        self.rest = QCheckBox("The rest of this image is right")
+        self.rest.setToolTip(
+            "Checked: every cell you did not change, and the background, are trusted too.\n"
+            "Unchecked: only what you changed (and your boxes) is learned from."
+        )
+        self.add = QPushButton("Add to training")
+        self.add.setToolTip(
+            "Learn from this image's corrections: training resumes over all images"
+        )
+        form.addRow("Image", self.image.native)
+        form.addRow(_row(self.next, self.propose))
+        form.addRow(_row(self.merge, self.split))
+        form.addRow("Boxes", self.boxes.native)
+        form.addRow(self.rest)
+        form.addRow(self.add)
+        self.picked: deque[tuple[int, int]] = deque(maxlen=2)  # (layer id, label)
+        self._followed: set[int] = set()
+        self._viewer = viewer
+        viewer.layers.selection.events.active.connect(self._follow)
+        self.next.clicked.connect(lambda: self._do(self.corrector.next_cell))
+        self.merge.clicked.connect(lambda: self._do(self._merge))
+        self.split.clicked.connect(lambda: self._do(self._split))
+        self.propose.clicked.connect(lambda: self._do(self._propose))
+        self.add.clicked.connect(lambda: self._do(self._add))
+
+    def unwatch(self) -> None:
+        """Stop following the viewer (the panel is closed)."""
+        self._viewer.layers.selection.events.active.disconnect(self._follow)
+        for picker in (self.image, self.boxes):
+            picker.unwatch()
+
+    def _do(self, action: Any) -> None:
+        image = self.image.layer
+        try:
+            action(image)
+        except (UserInputError, ValueError) as err:
+            self.corrector.controller.notify(str(err), "error")
+
+    def _follow(self, event: Any) -> None:
+        layer = event.value
+        info = owner_info(layer) if layer is not None else None
+        if (
+            info
+            and info.get("role") in ("cells", "prediction")
+            and id(layer) not in self._followed
+        ):
+            self._followed.add(id(layer))
+            layer.events.selected_label.connect(partial(self._picked, id(layer)))
+
+    def _picked(self, layer_id: int, event: Any) -> None:
+        label = int(event.source.selected_label)
+        if label and (not self.picked or self.picked[-1] != (layer_id, label)):
+            self.picked.append((layer_id, label))
+        if len(self.picked) == 2 and self.picked[0][0] == self.picked[1][0]:
+            self.merge.setText(f"Merge cells {self.picked[0][1]} + {self.picked[1][1]}")
+
+    def _merge(self, image: Image) -> None:
+        cells = self.corrector.cells_layer(image)
+        ids = [
+            label for layer_id, label in self.picked if cells is not None and layer_id == id(cells)
+        ]
+        if len(ids) != 2:
+            raise UserInputError(
+                "Pick the two cells to merge in the cells layer first (napari's colour picker, "
+                "or type their labels one after the other)."
+            )
+        self.corrector.merge(image, *ids)
+        self.picked.clear()
+        self.merge.setText("Merge cells")
+
+    def _split(self, image: Image) -> None:
+        cells = self.corrector.cells_layer(image)
+        self.corrector.split(image, int(cells.selected_label) if cells is not None else 0)
+
+    def _propose(self, image: Image) -> None:
+        self.boxes_proposed.emit(image, self.corrector.propose_boxes(image))
+
+    def _add(self, image: Image) -> None:
+        item = self.corrector.training_item(
+            image, rest_trusted=self.rest.isChecked(), boxes=self.boxes.layer
+        )
+        self.corrector.controller.add_training(item)
+        self.corrector.keep_corrections(image)
+        self.train_requested.emit()

@@ -1,0 +1,143 @@
+"""Results into layers at the viewer's pace: one layer per event-loop turn, newest round first.
+
+Adding a napari layer costs the main thread about 0.2 s (its visuals and controls), and
+every change of a Labels layer's data costs a canvas redraw, even of a hidden layer (under a
+software renderer 50-100 ms). So the result layers are made before training starts, one per
+turn; during training only the visible ones are rewritten each round, and a hidden one gets
+the newest data when the user shows it or when training ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer
+
+from .layers import find_own_layer, upsert_layer
+from .workers import PER_IMAGE, RESULT_LAYERS
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+#: Delay between two layer writes: lets Qt and vispy draw in between.
+_GAP_MS = 5
+
+
+class LayerWriter(QObject):
+    """Writes a training's results into the plugin's layers (see the module docs).
+
+    A round that arrives before the previous one is shown replaces it: the layers never queue
+    behind the engine.
+    """
+
+    def __init__(self, viewer: Callable[[], napari.Viewer | None]) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self.images: list[Layer] = []
+        self.applied_rounds: list[int] = []
+        # the cells the plugin last wrote for each image (by layer id): what a person corrects
+        self.written: dict[str, np.ndarray] = {}
+        self.defer_hidden = False
+        self._deferred: dict[tuple[str, int], np.ndarray] = {}
+        self._watched: set[int] = set()
+        self._pending: tuple[int, list[tuple[str, int, np.ndarray]]] | None = None
+        self._steps: list[Callable[[], None]] = []
+        self._timer = QTimer(self, singleShot=True)
+        self._timer.timeout.connect(self._next)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._steps) or self._pending is not None
+
+    def prepare(
+        self, images: list[Layer], roles: list[str], then: Callable[[], None] | None = None
+    ) -> None:
+        """Make the missing result layers of the training ``images``, one per turn, then call
+        ``then``; the first image gets every role, the others those of :data:`PER_IMAGE`."""
+        self.images, self._deferred = list(images), {}
+        # after the writes still queued (the last round of a training that just ended)
+        self._steps += [
+            partial(self._ensure, role, part)
+            for part in range(len(images))
+            for role in roles
+            if part == 0 or role in PER_IMAGE
+        ]
+        if then is not None:
+            self._steps.append(then)
+        self._kick()
+
+    def show(self, round_index: int, layers: list[tuple[str, int, np.ndarray]]) -> None:
+        """Put one round's layer data into the layers (replacing a round not shown yet)."""
+        self._pending = (round_index, layers)
+        self._kick()
+
+    def finish(self) -> None:
+        """Training ended: hidden layers get the newest data too."""
+        self.defer_hidden = False
+        if self._pending is None and self._deferred:
+            self._steps += [partial(self._write, *key, d) for key, d in self._deferred.items()]
+            self._deferred = {}
+            self._kick()
+
+    def stop(self) -> None:
+        self._steps, self._pending, self._deferred = [], None, {}
+        self._timer.stop()
+
+    def _kick(self) -> None:
+        if not self._timer.isActive():
+            self._timer.start(0)
+
+    def _ensure(self, role: str, part: int) -> None:
+        image = self.images[part]
+        shape = tuple(image.data.shape)
+        existing = find_own_layer(self._viewer(), role, image if role in PER_IMAGE else None)
+        if existing is None or tuple(existing.data.shape) != shape:
+            kind = RESULT_LAYERS[role][1]
+            dtype = {"labels": np.int32, "classes": np.uint8, "image": np.float16}[kind]
+            self._write(role, part, np.zeros(shape, dtype))
+
+    def _write(self, role: str, part: int, data: np.ndarray) -> None:
+        viewer, image = self._viewer(), self.images[part]
+        source = image if role in PER_IMAGE else None
+        existing = find_own_layer(viewer, role, source)
+        if self.defer_hidden and existing is not None and not existing.visible:
+            self._deferred[role, part] = data
+            if id(existing) not in self._watched:
+                self._watched.add(id(existing))
+                existing.events.visible.connect(partial(self._shown, role, part))
+            return
+        if role == "cells":
+            self.written[str(image.unique_id)] = data
+        active = viewer.layers.selection.active
+        upsert_layer(
+            viewer, role=role, name=f"{image.name} {role}" if source is not None else role,
+            data=data, like=image, source=source, kind=RESULT_LAYERS[role][1],
+            visible=role == "cells",
+        )  # fmt: skip
+        if existing is None and active is not None:
+            # Keep the user's layer active, so that drawing or painting is not interrupted.
+            viewer.layers.selection.active = active
+
+    def _shown(self, role: str, part: int, event: object) -> None:
+        data = self._deferred.pop((role, part), None)
+        if data is not None and getattr(event, "value", True):
+            self._steps.append(partial(self._write, role, part, data))
+            self._kick()
+
+    def _next(self) -> None:
+        if self._viewer() is None:
+            return
+        if self._pending is not None and not self._steps:
+            (round_index, layers), self._pending = self._pending, None
+            self._steps = [partial(self._write, *layer) for layer in layers]
+            self._steps.append(partial(self.applied_rounds.append, round_index))
+            if not self.defer_hidden:
+                self._deferred = {}
+        if self._steps:
+            self._steps.pop(0)()
+        if self._steps or self._pending is not None:
+            self._timer.start(_GAP_MS)

@@ -1,0 +1,141 @@
+"""Per-cell measurements: one row per cell, from scikit-image's ``regionprops_table``.
+
+A table is a dict of equally long 1D arrays (column name to values), which is what
+``regionprops_table`` returns, what napari's ``layer.features`` and pandas take, and what
+:func:`napari_mutualseg.io.write_table` writes as CSV.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+from skimage.measure import regionprops_table
+
+__all__ = ["Table", "measure_cells", "summarize"]
+
+Table = dict[str, np.ndarray]
+
+_SHAPE_2D = ("eccentricity", "solidity")
+
+
+def _unit_suffix(unit: str) -> str:
+    """A unit as it can stand in a column name: ``µm`` -> ``um``."""
+    return re.sub(r"[^0-9A-Za-z]+", "", unit.replace("µ", "u").replace("μ", "u")) or "unit"
+
+
+def measure_cells(
+    labels: np.ndarray,
+    image: np.ndarray | None = None,
+    *,
+    channel_names: Sequence[str] | None = None,
+    pixel_size: Sequence[float] | None = None,
+    unit: str = "um",
+) -> Table:
+    """Measure every cell of an instance label image.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        int labels (0 background), 2D ``(Y, X)`` or 3D ``(Z, Y, X)`` (3D cells of a stack).
+    image : numpy.ndarray, optional
+        The intensities, shaped like ``labels`` or with channels first ``(C, ...)``; the mean
+        and maximum intensity of every cell are measured in each channel.
+    channel_names : sequence of str, optional
+        Names of the channels in the column names (default ``0``, ``1``, ...).
+    pixel_size : sequence of float, optional
+        Physical size of a pixel along each axis of ``labels`` (``(y, x)`` or ``(z, y, x)``).
+        When given, area (volume in 3D) and centroid are also reported in ``unit``.
+    unit : str
+        The unit of ``pixel_size``.
+
+    Returns
+    -------
+    Table
+        Columns ``label``, ``area_px`` (``volume_px`` in 3D), ``centroid_<axis>_px``, the
+        bounding box ``bbox_<axis>0_px`` / ``bbox_<axis>1_px`` (half-open), in 2D
+        ``eccentricity`` and ``solidity``, with a pixel size ``area_<unit>2`` /
+        ``volume_<unit>3`` and ``centroid_<axis>_<unit>``, and per channel
+        ``mean_intensity_<channel>`` and ``max_intensity_<channel>``. One row per cell, in
+        label order.
+
+    Raises
+    ------
+    ValueError
+        When the shapes of labels, image and pixel size do not fit together.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim not in (2, 3) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"Labels must be a 2D or 3D integer image, got shape {labels.shape} and dtype "
+            f"{labels.dtype}."
+        )
+    axes = "yx" if labels.ndim == 2 else "zyx"
+    properties = ["label", "area", "centroid", "bbox"]
+    if labels.ndim == 2:
+        properties += list(_SHAPE_2D)
+    intensity = None
+    if image is not None:
+        intensity = np.asarray(image)
+        if intensity.shape == labels.shape:
+            intensity = intensity[None]
+        if intensity.shape[1:] != labels.shape:
+            raise ValueError(
+                f"The image has shape {np.shape(image)}; it must have the labels' shape "
+                f"{labels.shape}, or channels first (C, {', '.join(map(str, labels.shape))})."
+            )
+        properties += ["intensity_mean", "intensity_max"]
+        # regionprops wants channels last, and a single channel without a channel axis
+        intensity = intensity[0] if len(intensity) == 1 else np.moveaxis(intensity, 0, -1)
+    raw = regionprops_table(labels, intensity_image=intensity, properties=properties)
+    size = "area" if labels.ndim == 2 else "volume"
+    table: Table = {"label": raw["label"].astype(np.int64)}
+    table[f"{size}_px"] = raw["area"].astype(np.int64)  # a pixel count
+    for i, axis in enumerate(axes):
+        table[f"centroid_{axis}_px"] = raw[f"centroid-{i}"]
+    for i, axis in enumerate(axes):
+        table[f"bbox_{axis}0_px"] = raw[f"bbox-{i}"]
+        table[f"bbox_{axis}1_px"] = raw[f"bbox-{i + labels.ndim}"]
+    for name in _SHAPE_2D:
+        if name in raw:
+            table[name] = raw[name]
+    if pixel_size is not None:
+        spacing = np.asarray(pixel_size, np.float64)
+        if spacing.shape != (labels.ndim,) or not (spacing > 0).all():
+            raise ValueError(
+                f"pixel_size must give one positive size per axis ({axes}), got {pixel_size}."
+            )
+        suffix = _unit_suffix(unit)
+        table[f"{size}_{suffix}{labels.ndim}"] = raw["area"] * float(np.prod(spacing))
+        for i, axis in enumerate(axes):
+            table[f"centroid_{axis}_{suffix}"] = raw[f"centroid-{i}"] * spacing[i]
+    if intensity is not None:
+        channels = 1 if intensity.ndim == labels.ndim else intensity.shape[-1]
+        names = [str(c) for c in range(channels)] if channel_names is None else list(channel_names)
+        if len(names) != channels:
+            raise ValueError(f"Got {len(names)} channel names for {channels} channels.")
+        for c, name in enumerate(names):
+            key = "" if channels == 1 else f"-{c}"
+            table[f"mean_intensity_{name}"] = raw[f"intensity_mean{key}"]
+            table[f"max_intensity_{name}"] = raw[f"intensity_max{key}"]
+    return table
+
+
+def summarize(name: str, table: Table) -> dict[str, float | int | str]:
+    """One summary row of an image's cell table: count, median and mean size, mean intensities.
+
+    Parameters
+    ----------
+    name : str
+        The image's name (first column of the summary).
+    table : Table
+        From :func:`measure_cells`.
+    """
+    row: dict[str, float | int | str] = {"image": name, "cells": len(table["label"])}
+    for key, values in table.items():
+        if key.startswith(("area", "volume")):
+            row[f"median_{key}"] = float(np.median(values)) if len(values) else float("nan")
+        elif key.startswith("mean_intensity_"):
+            row[key] = float(np.mean(values)) if len(values) else float("nan")
+    return row

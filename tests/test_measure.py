@@ -1,0 +1,88 @@
+"""Per-cell measurements and exports on images whose cells are known exactly."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from napari_mutualseg.export import cell_outlines, fiji_roi_zip, qupath_geojson, table_csv
+from napari_mutualseg.measure import measure_cells, summarize
+
+
+@pytest.fixture
+def cells():
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 3:11] = 1  # a 4 x 8 rectangle: 32 px
+    labels[10:17, 15:22] = 2  # a 7 x 7 square: 49 px
+    nuclei = np.where(labels == 1, 100.0, np.where(labels == 2, 50.0, 1.0))
+    membrane = np.where(labels > 0, 7.0, 0.0)
+    membrane[12, 18] = 9.0
+    return labels, np.stack([nuclei, membrane])
+
+
+def test_measurements_are_the_known_values(cells):
+    labels, image = cells
+    table = measure_cells(labels, image, channel_names=["dapi", "actin"], pixel_size=(0.5, 0.25))
+    np.testing.assert_array_equal(table["label"], [1, 2])
+    np.testing.assert_array_equal(table["area_px"], [32, 49])
+    np.testing.assert_allclose(table["area_um2"], [32 * 0.125, 49 * 0.125])
+    np.testing.assert_allclose(table["centroid_y_px"], [3.5, 13.0])
+    np.testing.assert_allclose(table["centroid_x_um"], [6.5 * 0.25, 18.0 * 0.25])
+    np.testing.assert_array_equal(table["bbox_y0_px"], [2, 10])
+    np.testing.assert_array_equal(table["bbox_x1_px"], [11, 22])
+    np.testing.assert_allclose(table["mean_intensity_dapi"], [100, 50])
+    np.testing.assert_allclose(table["max_intensity_actin"], [7, 9])
+    np.testing.assert_allclose(table["solidity"], [1, 1])
+    assert table["eccentricity"][0] > table["eccentricity"][1]  # elongated vs square
+    row = summarize("img", table)
+    assert row["cells"] == 2 and row["median_area_px"] == pytest.approx(40.5)
+
+
+def test_one_channel_and_3d_stacks(cells):
+    labels, image = cells
+    table = measure_cells(labels, image[0])
+    np.testing.assert_allclose(table["mean_intensity_0"], [100, 50])
+    volume = np.stack([labels, labels, np.zeros_like(labels)])
+    table = measure_cells(volume, pixel_size=(2.0, 0.5, 0.25))
+    np.testing.assert_array_equal(table["volume_px"], [64, 98])
+    np.testing.assert_allclose(table["volume_um3"], [64 * 0.25, 98 * 0.25])
+    np.testing.assert_allclose(table["centroid_z_px"], [0.5, 0.5])
+    with pytest.raises(ValueError, match="channels first"):
+        measure_cells(labels, image[:, :10])
+    with pytest.raises(ValueError, match="one positive size per axis"):
+        measure_cells(labels, pixel_size=(1.0,))
+
+
+def test_outlines_rois_and_geojson_trace_each_cell(cells):
+    from roifile import ImagejRoi
+
+    labels, image = cells
+    outlines = cell_outlines(labels)
+    assert sorted(outlines) == [1, 2]
+    xs, ys = outlines[1][:, 0], outlines[1][:, 1]
+    # along the edges of the cell's pixels (x 3..10, y 2..5), in ImageJ's coordinates
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (3, 11, 2, 6)
+    with zipfile.ZipFile(io.BytesIO(fiji_roi_zip(labels))) as archive:
+        names = archive.namelist()
+        roi = ImagejRoi.frombytes(archive.read(names[1]))
+    assert len(names) == 2 and roi.name == "cell 2"
+    corners = roi.coordinates()
+    assert (*corners.min(0), *corners.max(0)) == (15, 10, 22, 17)
+    collection = json.loads(qupath_geojson(labels, measure_cells(labels, image)))
+    first = collection["features"][0]
+    assert first["properties"]["objectType"] == "detection"
+    assert first["properties"]["measurements"]["area_px"] == 32
+    ring = first["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1]
+
+
+def test_table_csv_has_a_header_and_a_row_per_cell(cells):
+    labels, _ = cells
+    text = table_csv(measure_cells(labels))
+    lines = text.splitlines()
+    assert lines[0].startswith("label,area_px,centroid_y_px")
+    assert len(lines) == 3 and lines[1].startswith("1,32,")

@@ -1,0 +1,111 @@
+"""Check and correct in the widget: disagreement, the next cell to check, fixes, new training."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import numpy as np
+import pytest
+
+from helpers import disc_image, messages, same
+from napari_mutualseg._napari.layers import OWNER_KEY
+from napari_mutualseg.boxes import boxes_from_labels
+from napari_mutualseg.models import ModelPair
+from napari_mutualseg.supervision import CELL
+
+
+@pytest.fixture
+def trained(scene):
+    """The scene trained for one round, and a second image of discs predicted with the pair."""
+    viewer, widget, image, _boxes = scene
+    widget.settings.update(rounds=1, steps_per_round=80, width=8)
+    widget.train(block=True)
+    other_image, _ = disc_image(centres=((16, 44), (44, 16), (44, 46)), seed=5)
+    other = viewer.add_image(other_image, name="other")
+    widget.predict(other, block=True)
+    widget.check.image.layer = other
+    return viewer, widget, image, other
+
+
+def test_disagreement_layers_follow_training_and_prediction(trained):
+    viewer, widget, _image, other = trained
+    for name in ("cells disagreement", "other disagreement"):
+        layer = viewer.layers[name]
+        assert layer.metadata[OWNER_KEY]["role"] == "disagreement" and not layer.visible
+        assert layer.data.min() >= 0 and layer.data.max() <= 1
+    # two networks that are one and the same agree everywhere
+    pair = widget.pair
+    widget.controller.set_pair(ModelPair(pair.model_a, copy.deepcopy(pair.model_a)))
+    widget.predict(other, block=True)
+    assert not np.asarray(viewer.layers["other disagreement"].data).any()
+
+
+def test_next_cell_to_check_goes_to_the_most_disputed_first(trained):
+    viewer, widget, _image, other = trained
+    spots = widget.correct.spots(other)
+    assert spots and all(a[1].score >= b[1].score for a, b in itertools.pairwise(spots))
+    first = widget.correct.next_cell(other)
+    assert first == spots[0][1]
+    np.testing.assert_allclose(viewer.camera.center[-2:], first.centroid, atol=1e-6)
+    if first.label:
+        assert viewer.layers["other cells"].selected_label == first.label
+    assert widget.correct.next_cell(other) == spots[1 % len(spots)][1]
+    assert "to check" in widget.status.text()
+
+
+def test_merge_and_split_a_cell(trained):
+    viewer, widget, _image, other = trained
+    cells = viewer.layers["other cells"]
+    ids = [int(i) for i in np.unique(cells.data) if i]
+    assert len(ids) >= 2
+    area = int(np.isin(cells.data, ids[:2]).sum())
+    widget.correct.merge(other, ids[0], ids[1])
+    assert not (cells.data == ids[1]).any() and int((cells.data == ids[0]).sum()) == area
+    new = widget.correct.split(other, ids[0])
+    assert (cells.data == new).any() and (cells.data == ids[0]).any()
+    assert int(np.isin(cells.data, [ids[0], new]).sum()) == area
+
+
+def test_proposed_boxes_are_the_predicted_cells(trained):
+    viewer, widget, _image, other = trained
+    widget.check.propose.click()
+    boxes = widget.boxes_layer
+    assert same(widget.image_layer, other) and boxes.name == "other boxes"
+    expected = boxes_from_labels(np.asarray(viewer.layers["other cells"].data))
+    assert len(boxes.data) == len(expected) > 0
+    for vertices, box in zip(boxes.data, expected, strict=True):
+        np.testing.assert_allclose(vertices, box.corners)
+
+
+def test_corrected_cells_are_learned_from_and_kept(trained, notes):
+    viewer, widget, _image, _other = trained
+    cells = viewer.layers["other cells"]
+    corrected = np.asarray(cells.data).copy()
+    corrected[corrected == corrected.max()] = 0  # a wrong cell deleted
+    corrected[2:9, 2:9] = corrected.max() + 1  # a missed cell painted
+    cells.data = corrected
+    widget.check.add.click()  # Add to training: training resumes over both images
+    widget.wait()
+    assert not messages(notes, "error")
+    report = widget.last_report
+    assert len(report.instances) == 2  # the boxed image and the corrected one
+    # the painted cell is trusted: both networks learn it as cell in the round after
+    assert (report.labels_a[1][4:7, 4:7] == CELL).all()
+    assert (report.labels_b[1][4:7, 4:7] == CELL).all()
+    # the person's layer is theirs now; the new result goes beside it
+    kept = viewer.layers["other corrections"]
+    assert same(kept, cells)
+    np.testing.assert_array_equal(kept.data, corrected)
+    assert viewer.layers["other cells"].metadata[OWNER_KEY]["role"] == "cells"
+    assert widget.history[-1]["round"] == 2
+
+
+def test_nothing_corrected_or_the_boxed_image_gets_advice(trained, notes):
+    _viewer, widget, image, _other = trained
+    widget.check.add.click()
+    widget.check.image.layer = image
+    widget.check.add.click()
+    errors = messages(notes, "error")
+    assert any("Nothing on 'other' was corrected" in m for m in errors)
+    assert any("trained from its boxes" in m for m in errors)

@@ -1,0 +1,186 @@
+"""The widget as a biologist meets it: edits kept, closing stops training, a cheap viewer."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from helpers import TIMEOUT, WIDGET_NAME, disc_image, messages, rectangles, same, wait_idle
+from napari_mutualseg._napari.layers import OWNER_KEY
+from napari_mutualseg._napari.loss_plot import LossPlot
+from napari_mutualseg.supervision import BACKGROUND, CELL
+
+
+def open_widget(viewer):
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    widget.settings.update(
+        rounds=1, steps_per_round=3, width=4, depth=2, patch_size=32, batch_size=2,
+        tile_size=64, device="cpu",
+    )  # fmt: skip
+    return dock, widget
+
+
+def close_panel(viewer, dock):
+    # what the dock's close button does
+    viewer.window.remove_dock_widget(dock)
+
+
+def test_painted_edits_survive_the_menu_command_renames_and_reopening(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, rows = disc_image()
+    img = viewer.add_image(image, name="img")
+    shapes = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="boxes")
+    _, gui = viewer.window.add_plugin_dock_widget(
+        "napari-mutualseg", "Boxes → ellipse supervision"
+    )
+    gui.image.value, gui.boxes.value = img, shapes
+    gui()
+    sup = viewer.layers["img supervision"]
+    painted = sup.data.copy()
+    assert (painted[:4, :4] == BACKGROUND).all()
+    painted[:4, :4] = CELL  # a cell the boxes missed, painted by hand
+    sup.data = painted
+    img.name = "renamed"
+    shapes.add_rectangles(rectangles([[30, 2, 40, 12]]))  # one more box after painting
+
+    dock, widget = open_widget(viewer)
+    widget.image_layer, widget.boxes_layer = img, shapes
+    said = []
+    widget.controller.message.connect(said.append)
+    widget.train(block=True)
+    assert same(widget.controller.trained_image, img)
+    assert [layer.name for layer in viewer.layers].count("img supervision") == 1
+    assert (sup.data[:4, :4] == CELL).all()  # the paint is kept
+    assert sup.data[35, 7] == CELL  # and the new box is in
+    assert any("keeping the 16 pixels you painted" in m for m in said)
+    assert any("with the 16 pixels you painted" in m for m in said)
+    assert (widget.last_report.labels_a[0][:4, :4] == CELL).all()  # trusted while training
+
+    close_panel(viewer, dock)
+    _, again = open_widget(viewer)
+    again.image_layer, again.boxes_layer = img, shapes
+    again.train(block=True)
+    assert (sup.data[:4, :4] == CELL).all()
+    assert (again.last_report.labels_b[0][:4, :4] == CELL).all()
+
+
+def test_closing_the_panel_stops_training_and_the_pair_stays(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, rows = disc_image()
+    img = viewer.add_image(image, name="img")
+    dock, widget = open_widget(viewer)
+    boxes = widget.new_boxes_layer()
+    boxes.add_rectangles(rectangles(rows))
+    widget.image_layer = img
+    widget.train(block=True)
+    trained = widget.pair
+    widget.settings.update(rounds=5, steps_per_round=100_000)
+    widget.train()
+    job = widget.controller.job
+    qtbot.waitUntil(lambda: job.progress()[0] >= 1, timeout=TIMEOUT)
+    close_panel(viewer, dock)
+    qtbot.waitUntil(job.done.is_set, timeout=15_000)
+    qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
+    assert widget.pair is trained  # the interrupted round is not kept, the last whole one is
+
+    _, reopened = open_widget(viewer)
+    assert reopened.pair is trained and not reopened.is_training
+    assert reopened.model.predict.isEnabled()
+    assert len(reopened.training.loss_plot.losses) == 1
+    assert "Stopped" in reopened.status.text()
+
+
+def test_train_after_stop_trains_the_remaining_rounds(scene, qtbot):
+    _viewer, widget, _image, _boxes = scene
+    widget.settings.update(rounds=3, steps_per_round=20)
+    stop_after_first = widget.controller.round_done.connect(lambda _: widget.stop())
+    widget.train(block=True)
+    widget.controller.round_done.disconnect(stop_after_first)
+    assert [h["round"] for h in widget.history] == [1]
+    assert "1 of 3 rounds" in widget.status.text()
+    widget.train(block=True)
+    assert [h["round"] for h in widget.history] == [1, 2, 3]
+    # a finished training goes on for the rounds set
+    widget.settings.rounds = 1
+    widget.train(block=True)
+    assert [h["round"] for h in widget.history] == [1, 2, 3, 4]
+
+
+def test_predicting_the_training_image_keeps_the_box_guided_result(scene, notes, monkeypatch):
+    viewer, widget, image, _boxes = scene
+    widget.train(block=True)
+    guided = viewer.layers["cells cells"].data.copy()
+    widget.predict(image, block=True)
+    beside = viewer.layers["cells cells (no boxes)"]
+    assert beside.metadata[OWNER_KEY]["role"] == "prediction"
+    np.testing.assert_array_equal(viewer.layers["cells cells"].data, guided)
+    # nothing found: the user is told what to try
+    monkeypatch.setattr(widget.pair, "segment", lambda data, **kw: np.zeros(data.shape, np.int32))
+    widget.predict(image, block=True)
+    assert any("No cells found" in m and "more training" in m for m in messages(notes, "warning"))
+
+
+def test_the_viewer_repaints_little_and_never_stalls_while_training(
+    make_napari_viewer, qtbot, capsys
+):
+    from qtpy.QtCore import QEvent, QObject, QTimer
+    from qtpy.QtWidgets import QOpenGLWidget
+
+    viewer = make_napari_viewer(show=True)  # a drawn window: paints are part of the cost
+    image, rows = disc_image()
+    widget = open_widget(viewer)[1]
+    widget.image_layer = viewer.add_image(image, name="cells")
+    widget.new_boxes_layer().add_rectangles(rectangles(rows))
+    widget.settings.update(rounds=3, steps_per_round=10, show_learning=True)
+    widget.generate_supervision()  # also makes the result layers, before training starts
+    widget.wait()
+
+    class Paints(QObject):
+        count = 0
+
+        def eventFilter(self, obj, event):
+            self.count += event.type() == QEvent.Type.Paint
+            return False
+
+    paints = Paints()
+    canvases = widget.window().findChildren(QOpenGLWidget)
+    assert canvases
+    for canvas in canvases:
+        canvas.installEventFilter(paints)
+    ticks = []
+    timer = QTimer(interval=10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    t0 = time.perf_counter()
+    widget.train()
+    wait_idle(qtbot, widget)
+    elapsed = time.perf_counter() - t0
+    timer.stop()
+    longest = float(np.diff([t0, *ticks]).max())
+    with capsys.disabled():
+        print(
+            f"\n[viewer cost] longest main-thread gap {longest * 1000:.0f} ms from Train on, "
+            f"{paints.count / elapsed:.1f} canvas paints/s, {elapsed / len(widget.history):.2f} "
+            "s/round"
+        )
+    # every round reached the layers (the labels may settle before the third)
+    assert widget.controller.applied_rounds[-1] == widget.history[-1]["round"]
+    assert longest < 0.100, f"main thread blocked for {longest * 1000:.0f} ms"
+    # a few paints per round (the visible result), not a spinner's 30 a second
+    assert paints.count / elapsed < 5
+
+
+def test_loss_plot_shows_a_single_round(qtbot):
+    from qtpy.QtGui import QColor, QImage
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 120)
+    plot.add(0.8, 0.5)
+    picture = QImage(plot.size(), QImage.Format.Format_ARGB32)
+    picture.fill(QColor(0, 0, 0))
+    plot.render(picture)
+    colours = {picture.pixelColor(x, y).name() for x in range(300) for y in range(120)}
+    blue, orange = (c.name() for c in LossPlot.COLORS)
+    assert blue in colours and orange in colours
