@@ -242,7 +242,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     maps = [p for name in names for p in _disagreement_paths(extra, name)] if extra else []
     for t in targets + maps:
         check_writable(t, args.overwrite)
-    channels = parse_channels(args.channel)
+    common = {
+        "channels": parse_channels(args.channel),
+        "rgb": args.rgb,
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "min_size": args.min_size,
+    }
     for path, name, target in zip(args.images, names, targets, strict=True):
         image = _load_image(path, args)
         if extra is not None:
@@ -251,24 +257,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
                     f"{image.name} has {image.n_planes} planes; --disagreement-out takes "
                     "single-plane images."
                 )
-            result = pair.predict(
-                image,
-                channels=channels,
-                rgb=args.rgb,
-                tile_size=args.tile_size,
-                overlap=args.overlap,
-                min_size=args.min_size,
-            )
+            result = pair.predict(image, **common)
             labels = result.labels
         else:
             with tqdm(total=image.n_planes, desc="predicting", unit="plane", leave=False) as bar:
                 labels = pair.segment(
                     image,
-                    channels=channels,
-                    rgb=args.rgb,
-                    tile_size=args.tile_size,
-                    overlap=args.overlap,
-                    min_size=args.min_size,
+                    **common,
                     link=not args.no_link,
                     track=args.track,
                     progress=lambda done, _, bar=bar: bar.update(done - bar.n),
