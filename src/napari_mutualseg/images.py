@@ -702,12 +702,27 @@ def _read_tiff(path: Path) -> _Raw:
         if not big:
             data = series.asarray()
     if big:
-        import dask.array as da
-        import zarr
-
-        data = da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
+        data = _lazy_tiff(path)
     notes = (f"axes {letters} from the {source}",) if source and "?" not in letters else ()
     return _Raw(data, letters, series.axes, names, scale, unit, rgb, notes)
+
+
+def _lazy_tiff(path: Path) -> Any:
+    """A large TIFF as a dask array read chunk by chunk through tifffile's zarr store."""
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    try:
+        return da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
+    except Exception as err:  # the store needs a zarr that matches tifffile
+        warnings.warn(
+            f"{path.name} is read whole into memory: zarr {zarr.__version__} cannot open it "
+            f"chunk by chunk ({type(err).__name__}: {err}).",
+            UserWarning,
+            stacklevel=3,
+        )
+        return tifffile.imread(path)
 
 
 def _ome_xml(xml: str | None) -> tuple[tuple[str, ...] | None, dict[str, float], str | None]:
