@@ -40,6 +40,20 @@ def test_a_two_channel_file_trains_on_the_chosen_channel_and_predicts_with_it(
     )
     assert code == 0, err
     assert "2 channels, axes CYX" in err
+    # resuming keeps the model's channel unless told otherwise
+    code, _, err = _run(
+        capsys,
+        "train",
+        two,
+        "--boxes",
+        plain,
+        "--resume",
+        model,
+        "--out",
+        tmp_path / "m2.pt",
+        *TINY,
+    )
+    assert code == 0, err
     code, _, err = _run(capsys, "predict", model, two, "--out", tmp_path / "pred")
     assert code == 0, err
     assert tifffile.imread(tmp_path / "pred" / "two_cells.tif").shape == (64, 80)
