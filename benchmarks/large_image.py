@@ -118,8 +118,9 @@ def run_child(args: argparse.Namespace) -> dict:
     import torch
 
     from napari_mutualseg.devices import describe_device
+    from napari_mutualseg.images import AxisImage
     from napari_mutualseg.models import ModelPair
-    from napari_mutualseg.ome import labels_zarr, open_image
+    from napari_mutualseg.ome import labels_zarr
 
     torch.set_num_threads(args.threads)
     pair = ModelPair.load(args.model, device="cpu")
@@ -130,13 +131,15 @@ def run_child(args: argparse.Namespace) -> dict:
         image = tifffile.imread(source)
         objects = int(pair.segment(image, blockwise=False).max())
     else:
-        image = open_image(source)
+        image = AxisImage.from_file(source, lazy=True)  # read a chunk at a time
         target = Path(args.work) / f"{source.stem}_cells.ome.zarr"
-        with labels_zarr(target, image.shape, overwrite=True) as out:
+        with labels_zarr(target, image.plane_shape, overwrite=True) as out:
             pair.segment(image, out=out, block_size=args.block_size)
     seconds, peak_gb = time.perf_counter() - start, _rss_gb()
     if args.mode == "blocks":  # labels are 1..N: N is the largest, read a strip at a time
-        labels = open_image(target)
+        import zarr
+
+        labels = zarr.open_group(str(target), mode="r")["0"]
         objects = max(int(labels[y : y + TILE].max()) for y in range(0, labels.shape[0], TILE))
     return {
         "size": image.shape[-1],

@@ -19,7 +19,7 @@ Only one window's image, probabilities and labels are in memory at a time; the l
 into ``out``, which may be a zarr array on disk (:func:`napari_mutualseg.ome.labels_zarr`),
 so that peak memory depends on the block size, not on the image size. Intensities are
 normalised with the percentiles of the whole image, estimated from a regular subsample
-(:func:`napari_mutualseg.preprocess.subsample`), never per block.
+(:func:`napari_mutualseg.preprocess.channel_ranges`), never per block.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .inference import instances_from_proba
-from .preprocess import DEFAULT_PERCENTILES, contrast_range, subsample
+from .preprocess import DEFAULT_PERCENTILES, apply_ranges, channel_ranges
 
 __all__ = [
     "AUTO_BLOCKWISE_PIXELS",
@@ -150,19 +150,7 @@ def _check_image(image: Any, name: str) -> None:
         raise ValueError(f"{name} has dtype {dtype}; a real-valued numeric image is needed.")
 
 
-def _ranges(image: Any, percentiles: tuple[float, float], name: str) -> tuple[Any, Any]:
-    """Low and high intensity of the whole image (per channel), from one subsample."""
-    sample = subsample(image)
-    if sample.ndim == 2:
-        return contrast_range(sample, percentiles, name)
-    lows, highs = zip(
-        *(contrast_range(c, percentiles, f"{name} channel {i}") for i, c in enumerate(sample)),
-        strict=True,
-    )
-    return np.float32(lows)[:, None, None], np.float32(highs)[:, None, None]
-
-
-def _read(image: Any, window: Window, low: Any, high: Any, name: str) -> np.ndarray:
+def _read(image: Any, window: Window, ranges: np.ndarray, name: str) -> np.ndarray:
     pixels = np.asarray(image[(..., *window)]).astype(np.float32, copy=False)
     if not np.isfinite(pixels).all():
         ys, xs = window
@@ -170,7 +158,7 @@ def _read(image: Any, window: Window, low: Any, high: Any, name: str) -> np.ndar
             f"{name} contains NaN or infinite pixels (in rows {ys.start}-{ys.stop}, columns "
             f"{xs.start}-{xs.stop}). Replace them first, e.g. with numpy.nan_to_num."
         )
-    return (pixels - low) / (high - low)
+    return apply_ranges(pixels, ranges)
 
 
 def block_labels(
@@ -210,9 +198,9 @@ def block_labels(
         int32 cells of its window (window coordinates), 0 background.
     """
     _check_image(image, name)
-    low, high = _ranges(image, percentiles, name)
+    ranges = channel_ranges(image, percentiles, name)
     for block in block_grid(tuple(image.shape[-2:]), block_size, halo):
-        proba = predict(_read(image, block.window, low, high, name))
+        proba = predict(_read(image, block.window, ranges, name))
         yield block, instances_from_proba(proba, min_size=min_size)
 
 

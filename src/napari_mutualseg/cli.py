@@ -29,24 +29,24 @@ class _Fail(Exception):
     pass
 
 
-def _load_images(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
-    """(name, 2D image) for every plane of every file; stacks are split into planes."""
-    from .io import read_image
-    from .preprocess import looks_rgb
+def _load_image(path: str, args: argparse.Namespace):
+    """The image of one file with its axes (from the file, or --axes); says what was read."""
+    from .images import AxisImage
 
-    out = []
-    for p in paths:
-        image = np.asarray(read_image(p))
-        stem = Path(p).name.split(".")[0]
-        if image.ndim == 3 and not looks_rgb(image):
-            out += [(f"{stem}_plane{i:03d}", plane) for i, plane in enumerate(image)]
-        else:
-            out.append((stem, image))
-    return out
+    image = AxisImage.from_file(path, axes=getattr(args, "axes", None))
+    notes = f" ({'; '.join(image.notes)})" if image.notes else ""
+    print(f"{image.describe()}{notes}", file=sys.stderr)
+    return image
 
 
-def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[tuple[str, np.ndarray, list]]:
-    """Pair every image (or plane) with its boxes from one CSV per image or one shared CSV."""
+def _boxes_for(images: Sequence[str], tables: Sequence[str], args: argparse.Namespace) -> list:
+    """Every image with the name and boxes of each of its planes (None: a plane without boxes).
+
+    One CSV per image or one shared CSV. A stack's table is a napari Shapes CSV whose first
+    axis is the plane (planes run over z within each time point); a table drawn on a
+    single-plane image as a stack (e.g. a (C, Y, X) image shown without channel_axis) gives
+    that plane all its boxes.
+    """
     from .io import read_box_table
 
     loaded = [read_box_table(t) for t in tables]
@@ -58,26 +58,56 @@ def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[tuple[str, 
     result = []
     for i, path in enumerate(images):
         table = loaded[i] if len(tables) == len(images) else loaded[0]
-        planes = _load_images([path])
+        image = _load_image(path, args)
         name = Path(path).name
         stem = name.split(".")[0]
-        for j, (plane_name, plane) in enumerate(planes):
-            if len(planes) > 1:
+        by_plane = all(isinstance(k, int) for k in table)
+        if image.n_planes > 1 and not by_plane:
+            raise ValueError(
+                f"{name} has {image.n_planes} planes ({image.plane_axes}) but its box table "
+                "does not say which plane a box is on: draw the boxes on the stack in napari "
+                "and save the Shapes layer as .csv (its first axis is the plane)."
+            )
+        planes = []
+        for j in range(image.n_planes):
+            if image.n_planes > 1:
                 boxes = table.get(j, [])
+            elif by_plane:
+                if len(table) > 1:
+                    warnings.warn(
+                        f"{name} has one plane; the boxes of table planes "
+                        f"{', '.join(map(str, sorted(table)))} are all used on it.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                boxes = [b for k in sorted(table) for b in table[k]]
             elif len(tables) == len(images) and None in table:
                 boxes = table[None]
             else:
                 boxes = table.get(name, table.get(stem, []))
-            if len(boxes) == 0 and len(planes) == 1:
+            if len(boxes) == 0 and image.n_planes == 1:
                 raise ValueError(
                     f"No boxes for {path}: the box table has no rows for it (keys found: "
                     f"{sorted(map(str, table))}). Draw at least one box on this image."
                 )
-            if boxes:
-                result.append((plane_name, plane, boxes))
-    if not result:
+            suffix = image.plane_name(j)
+            planes.append((f"{stem}_{suffix}" if suffix else stem, boxes) if boxes else None)
+        result.append((image, planes))
+    if not any(p for _, planes in result for p in planes):
         raise ValueError("No image has any boxes; draw at least one box around a cell.")
     return result
+
+
+def _input_options(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields of --channel and --rgb, where given."""
+    from .images import parse_channels
+
+    given = {}
+    if getattr(args, "channel", None):
+        given["channels"] = parse_channels(args.channel)
+    if getattr(args, "rgb", None):
+        given["rgb"] = args.rgb
+    return given
 
 
 # command-line option -> TrainConfig field
@@ -104,7 +134,7 @@ def _config_from(args: argparse.Namespace, **fixed):
     }
     if getattr(args, "exchange", None) is not None:
         given["exchange"] = ExchangeSettings(rule=args.exchange)
-    return TrainConfig.recommended(args.device, **{**fixed, **given})
+    return TrainConfig.recommended(args.device, **{**fixed, **given, **_input_options(args)})
 
 
 def _supervision(name: str, image: np.ndarray, boxes: list, **kwargs):
@@ -113,12 +143,12 @@ def _supervision(name: str, image: np.ndarray, boxes: list, **kwargs):
     from .supervision import make_supervision
 
     try:
-        kept, notes = usable_boxes(boxes, image.shape[:2])
+        kept, notes = usable_boxes(boxes, image.plane_shape)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
     for note in notes:
         warnings.warn(f"{name}: {note}", UserWarning, stacklevel=2)
-    return make_supervision(image.shape, kept, **kwargs)
+    return make_supervision(image.plane_shape, kept, **kwargs)
 
 
 def _train(images, supervisions, config, pair=None, on_round=None):
@@ -145,9 +175,10 @@ def cmd_supervise(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_writable(out, args.overwrite)
-    (name, image, boxes), *rest = _boxes_for([args.image], [args.boxes])
-    if rest:
+    ((image, planes),) = _boxes_for([args.image], [args.boxes], args)
+    if len(planes) > 1:
         raise ValueError("supervise takes a single 2D image; use train for stacks.")
+    ((name, boxes),) = planes
     sup = _supervision(name, image, boxes, edge_width=args.edge_width)
     write_labels(out, sup.classes, overwrite=args.overwrite)
     print(f"Wrote {out} ({len(sup.boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)")
@@ -162,14 +193,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_writable(out, args.overwrite)
-    items = _boxes_for(args.images, args.boxes)
+    loaded = _boxes_for(args.images, args.boxes, args)
+    boxed = [p for _, planes in loaded for p in planes if p is not None]
     labels_dir = Path(args.labels_out) if args.labels_out else None
     if labels_dir is not None:
-        for name, _, _ in items:
+        for name, _ in boxed:
             check_writable(labels_dir / f"{name}_cells.tif", args.overwrite)
-    sups = [_supervision(name, img, boxes) for name, img, boxes in items]
-    config = _config_from(args)
+    # one supervision per plane; planes without boxes are left out of training
+    sups = [
+        None if p is None else _supervision(p[0], image, p[1])
+        for image, planes in loaded
+        for p in planes
+    ]
     pair = ModelPair.load(args.resume, device=args.device) if args.resume else None
+    # resumed networks keep their input channels unless the command says otherwise
+    kept = {k: pair.settings[k] for k in ("channels", "rgb") if pair and k in pair.settings}
+    config = _config_from(args, **kept)
 
     def show(r):
         print(
@@ -177,13 +216,13 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"labels changed {100 * r.changed:.2f}%  {r.seconds:.1f} s"
         )
 
-    trainer, report = _train([img for _, img, _ in items], sups, config, pair, show)
+    trainer, report = _train([image for image, _ in loaded], sups, config, pair, show)
     if report is None:
         raise _Fail("Training stopped before the first round finished; nothing was saved.")
     trainer.pair.save(out, overwrite=args.overwrite)
     print(f"Saved the trained pair to {out}")
     if labels_dir is not None:
-        for (name, _, _), inst in zip(items, report.instances, strict=True):
+        for (name, _), inst in zip(boxed, report.instances, strict=True):
             path = write_labels(labels_dir / f"{name}_cells.tif", inst, overwrite=args.overwrite)
             print(f"Wrote {path} ({int(inst.max())} cells)")
 
@@ -191,6 +230,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
+    from .images import parse_channels
     from .io import write_labels
     from .models import ModelPair
 
@@ -199,28 +239,42 @@ def cmd_predict(args: argparse.Namespace) -> None:
         _predict_by_blocks(pair, args)
         return
     out = Path(args.out)
-    planes = [(*plane, _pixel_size(args, p)) for p in args.images for plane in _load_images([p])]
-    targets = [out / f"{name}_cells.tif" for name, _, _ in planes]
+    names = [Path(p).name.split(".")[0] for p in args.images]
+    targets = [out / f"{name}_cells.tif" for name in names]
     extra = Path(args.disagreement_out) if args.disagreement_out else None
-    maps = [p for name, _, _ in planes for p in _disagreement_paths(extra, name)] if extra else []
+    maps = [p for name in names for p in _disagreement_paths(extra, name)] if extra else []
     for t in targets + maps:
         check_writable(t, args.overwrite)
-    for (name, image, pixel_size), target in tqdm(
-        list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False
-    ):
-        options = {
-            "tile_size": args.tile_size,
-            "overlap": args.overlap,
-            "min_size": args.min_size,
-            "name": name,
-        }
-        if extra is None:  # segment goes block by block above 4096 x 4096 pixels
-            labels = pair.segment(image, halo=args.halo, **options)
-        else:
-            result = pair.predict(image, **options)
+    common = {
+        "channels": parse_channels(args.channel),
+        "rgb": args.rgb,
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "min_size": args.min_size,
+    }
+    for path, name, target in zip(args.images, names, targets, strict=True):
+        image = _load_image(path, args)
+        if extra is not None:
+            if image.n_planes > 1:
+                raise ValueError(
+                    f"{image.name} has {image.n_planes} planes; --disagreement-out takes "
+                    "single-plane images."
+                )
+            result = pair.predict(image, **common)
             labels = result.labels
-        write_labels(target, labels, overwrite=args.overwrite, pixel_size=pixel_size)
-        print(f"Wrote {target} ({int(labels.max())} cells)")
+        else:
+            with tqdm(total=image.n_planes, desc="predicting", unit="plane", leave=False) as bar:
+                labels = pair.segment(
+                    image,
+                    **common,
+                    link=not args.no_link,
+                    track=args.track,
+                    progress=lambda done, _, bar=bar: bar.update(done - bar.n),
+                    halo=args.halo,
+                )
+        write_labels(target, labels, overwrite=args.overwrite, pixel_size=_pixel_size(args, image))
+        shape = " x ".join(map(str, labels.shape))
+        print(f"Wrote {target} ({int(labels.max())} cells, {shape}, axes {image.label_axes})")
         if extra is not None:
             _write_disagreement(extra, name, result, args.overwrite)
 
@@ -241,11 +295,11 @@ def _write_disagreement(folder: Path, name: str, result, overwrite: bool) -> Non
     print(f"Wrote {tif} and {csv} ({len(result.spots)} cells and regions to check)")
 
 
-def _pixel_size(args: argparse.Namespace, path: str):
+def _pixel_size(args: argparse.Namespace, image):
     """The pixel size given on the command line, else the one the image file records."""
-    from .ome import read_pixel_size
+    from .ome import PixelSize
 
-    return args.pixel_size or read_pixel_size(path)
+    return args.pixel_size or PixelSize.of(image)
 
 
 def _pixel_size_option(text: str):
@@ -263,7 +317,7 @@ def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
 
     from .blockwise import DEFAULT_BLOCK_SIZE
     from .io import write_labels
-    from .ome import check_writable_zarr, labels_zarr, open_image
+    from .ome import check_writable_zarr, labels_zarr
 
     if args.disagreement_out:
         raise ValueError(
@@ -272,10 +326,10 @@ def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
     suffix = ".ome.zarr" if args.out_format == "zarr" else ".tif"
     jobs = []
     for path in args.images:
-        image = open_image(path)
-        if image.ndim != 2:
+        image = _load_image(path, args)
+        if image.n_planes != 1:
             raise ValueError(
-                f"{path} has shape {tuple(image.shape)}: block by block, each file must hold "
+                f"{path} has {image.n_planes} planes: block by block, each file must hold "
                 "one 2D image. Leave out --block-size and --out-format for stacks."
             )
         target = Path(args.out) / f"{Path(path).name.split('.')[0]}_cells{suffix}"
@@ -291,7 +345,7 @@ def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
             "block_size": args.block_size or DEFAULT_BLOCK_SIZE,
             "halo": args.halo,
         }
-        pixel_size = _pixel_size(args, path)
+        pixel_size = _pixel_size(args, image)
         with tqdm(desc=Path(path).name, unit="block", leave=False) as bar:
 
             def advance(done: int, total: int, bar=bar) -> None:
@@ -303,13 +357,13 @@ def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
                 write_labels(target, labels, overwrite=args.overwrite, pixel_size=pixel_size)
             else:
                 with labels_zarr(
-                    target, image.shape, pixel_size=pixel_size, overwrite=args.overwrite
+                    target, image.plane_shape, pixel_size=pixel_size, overwrite=args.overwrite
                 ) as labels:
                     pair.segment(image, out=labels, progress=advance, **options)
         size = (
             f", pixel {pixel_size.y:g} x {pixel_size.x:g} {pixel_size.unit}" if pixel_size else ""
         )
-        print(f"Wrote {target} ({image.shape[0]} x {image.shape[1]}{size})")
+        print(f"Wrote {target} ({image.plane_shape[0]} x {image.plane_shape[1]}{size})")
 
 
 def _format_metrics(m: dict) -> str:
@@ -423,6 +477,32 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_image_options(p: argparse.ArgumentParser, channels: bool = True) -> None:
+    """How images are read: their axes and, for the networks, channels and RGB."""
+    from .images import RGB_MODES
+
+    p.add_argument(
+        "--axes",
+        help="what each axis of the images is, when the files do not say: letters from TCZYX "
+        "in the stored order, e.g. CYX (channels), ZYX (z-stack), TYX (time series), TZCYX",
+    )
+    if not channels:
+        return
+    p.add_argument(
+        "--channel",
+        action="append",
+        metavar="C",
+        help="channel(s) the networks take, by index or name; repeat or comma-separate for "
+        "several (default: every channel when training, the model's channels when predicting)",
+    )
+    p.add_argument(
+        "--rgb",
+        choices=RGB_MODES,
+        help="RGB images as three colour channels or one gray channel (default: channels when "
+        "training, the model's choice when predicting)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``napari-mutualseg`` command."""
     from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
@@ -440,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="class map TIFF to write")
     p.add_argument("--instances-out", help="also write the per-box instance map here")
     p.add_argument("--edge-width", type=int, default=1, help="boundary thickness in pixels")
+    _add_image_options(p, channels=False)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_supervise)
 
@@ -455,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--labels-out", help="folder for each boxed image's final segmentation")
     p.add_argument("--resume", help="continue training this saved model")
+    _add_image_options(p)
     _add_training_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_train)
@@ -466,6 +548,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
+    _add_image_options(p)
+    p.add_argument(
+        "--no-link",
+        action="store_true",
+        help="z-stacks: keep each plane's labels apart instead of linking them into 3D objects",
+    )
+    p.add_argument(
+        "--track",
+        action="store_true",
+        help="time series: give a cell the same label in every frame (by overlap)",
+    )
     p.add_argument(
         "--block-size",
         type=int,

@@ -77,15 +77,19 @@ def _tiled(
 ) -> np.ndarray:
     """``per_tile`` of an image tile by tile, blended into one ``(channels, H, W)`` map.
 
-    ``image`` is ``(H, W)`` or ``(C, H, W)`` with the networks' input channels first. Memory is
+    The image is ``(H, W)``, or ``(C, H, W)`` for networks of C input channels. Memory is
     the tile batch plus the result; images whose result does not fit are segmented block by
     block (:mod:`napari_mutualseg.blockwise`, which calls this on each block). Tiles overlap
     by ``overlap`` pixels and are blended with a raised-cosine window so that tile seams do
     not show.
     """
     divisor = max(int(getattr(m, "divisor", 1)) for m in models)
-    planes = image if image.ndim == 3 else image[None]
-    height, width = planes.shape[-2:]
+    if image.ndim == 2:
+        image = image[None]
+    given, height, width = image.shape
+    expected = models[0].arch.get("in_channels", given)
+    if given != expected:
+        raise ValueError(f"The networks take {expected} channel(s); the image has {given}.")
     tile_size = max(divisor, tile_size // divisor * divisor)
     overlap = min(overlap, tile_size // 2)
     # Pad so every tile is full-sized and a multiple of the divisor.
@@ -93,11 +97,11 @@ def _tiled(
     tile_w, xs = _tiling(width, tile_size, overlap, divisor)
     pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
     padded = np.pad(
-        planes,
+        image,
         ((0, 0), (0, pad_h), (0, pad_w)),
         mode="reflect" if min(height, width) > 1 else "edge",
     )
-    ph, pw = padded.shape[-2:]
+    ph, pw = padded.shape[1:]
     weight = np.outer(
         _window(tile_h, overlap if len(ys) > 1 else 0),
         _window(tile_w, overlap if len(xs) > 1 else 0),
@@ -144,8 +148,8 @@ def predict_proba(
     models : sequence of torch.nn.Module
         Networks with a ``divisor`` attribute (input sizes must be multiples of it).
     image : numpy.ndarray
-        Normalised float32 image, ``(H, W)`` or ``(C, H, W)`` with the networks' input
-        channels first.
+        Normalised float32 image: ``(H, W)``, or ``(C, H, W)`` for networks of C input
+        channels.
     device : torch.device
         Where to run the networks.
     tile_size, overlap, batch_size : int
@@ -193,7 +197,7 @@ def predict_disagreement(
     models : sequence of torch.nn.Module
         The two networks (A, B).
     image : numpy.ndarray
-        Normalised float32 2D image.
+        Normalised float32 image, ``(H, W)`` or ``(C, H, W)``.
     device : torch.device
         Where to run the networks.
     tile_size, overlap, batch_size : int

@@ -62,7 +62,12 @@ def _suffix(path: Path) -> str:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file: TIFF via tifffile, PNG/JPEG/BMP/GIF via scikit-image.
+    """Read an image file's pixels as stored, without interpreting its axes.
+
+    TIFF via tifffile, PNG/JPEG/BMP/GIF via scikit-image, OME-Zarr folders via zarr, other
+    microscopy formats via the optional bioio. For the meaning of the axes (channels, z,
+    time), pixel size and channel names use
+    :meth:`napari_mutualseg.images.AxisImage.from_file`.
 
     Parameters
     ----------
@@ -81,32 +86,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     ValueError
         When the file is not a supported image type or cannot be read.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Image file not found: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an image file.")
-    suffix = _suffix(path)
-    if suffix not in TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES:
-        raise ValueError(
-            f"Cannot read {path}: unsupported file type {suffix or '(no suffix)'!r}; supported: "
-            f"{', '.join(TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES)}."
-        )
-    try:
-        if suffix in TIFF_SUFFIXES:
-            import tifffile
+    from .images import read_pixels
 
-            image = tifffile.imread(path)
-        else:
-            import skimage.io
-
-            image = skimage.io.imread(path)
-    except Exception as err:
-        raise ValueError(f"Cannot read {path} as an image ({type(err).__name__}: {err}).") from err
-    image = np.asarray(image)
-    if image.size == 0:
-        raise ValueError(f"{path} holds no pixels (shape {image.shape}).")
-    return image
+    return read_pixels(path)
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:

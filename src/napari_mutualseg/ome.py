@@ -1,22 +1,19 @@
-"""Physical pixel size, images read window by window, and OME-Zarr label output.
+"""Physical pixel size and OME-Zarr label output.
 
-Large images are read a window at a time (:func:`open_image`) and their labels written a
-chunk at a time (:func:`labels_zarr`), so that neither is ever whole in memory. The pixel size
-travels from the input (:func:`read_pixel_size`: OME-TIFF, ImageJ TIFF, TIFF resolution tags
-in centimetres, OME-Zarr) to every output: OME-Zarr scale, and OME-TIFF metadata plus
-resolution tags (``io.write_labels``).
+The labels of a large image are written a chunk at a time (:func:`labels_zarr`), so that they
+are never whole in memory. The pixel size travels from the input (read with the image,
+:class:`napari_mutualseg.images.AxisImage`) to every output (:meth:`PixelSize.of`): OME-Zarr
+scale, and OME-TIFF metadata plus resolution tags (``io.write_labels``).
 
 OME-Zarr output follows OME-NGFF 0.4 (zarr format 2, ``/`` chunk separator, the version the
 most viewers read): a multiscale group marked as a label image (``image-label``), the labels
 in ``0`` and nearest-neighbour levels ``1``, ``2``, ... each half the size of the one above,
-down to one chunk. Writing OME-Zarr, and reading compressed TIFFs a window at a time, needs
-the ``zarr`` package (``pip install "napari-mutualseg[zarr]"``, Python 3.11+).
+down to one chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import re
@@ -25,17 +22,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
-
-import numpy as np
 
 __all__ = [
     "NGFF_VERSION",
     "PixelSize",
     "check_writable_zarr",
     "labels_zarr",
-    "open_image",
-    "read_pixel_size",
+    "unit_symbol",
 ]
 
 #: The OME-NGFF version written.
@@ -63,9 +56,19 @@ _ALIASES = {
     "\\u00b5m": "micrometer",  # ImageJ's escaped spelling
 }
 
-_NO_ZARR = (
-    "needs the zarr package: pip install 'napari-mutualseg[zarr]' (zarr 3, Python 3.11 or newer)"
-)
+
+def unit_symbol(unit: Any) -> str | None:
+    """A length unit as people write it (``"µm"``), from any spelling; None for none or pixels.
+
+    Raises
+    ------
+    ValueError
+        For a unit that is not a length.
+    """
+    text = str(unit or "").strip()
+    if text.lower() in ("", "pixel", "pixels", "px"):
+        return None
+    return _UNITS[_unit_name(text)][0]
 
 
 def _unit_name(unit: str) -> str:
@@ -113,6 +116,14 @@ class PixelSize:
         return 0.01 / (self.x * metres), 0.01 / (self.y * metres)
 
     @classmethod
+    def of(cls, image: Any) -> PixelSize | None:
+        """The pixel size an :class:`~napari_mutualseg.images.AxisImage` knows, else None."""
+        size = image.pixel_size
+        if "Y" not in size or "X" not in size or not image.unit:
+            return None
+        return cls(size["Y"], size["X"], image.unit)
+
+    @classmethod
     def parse(cls, text: str) -> PixelSize:
         """A pixel size from text: ``"0.65"`` (square, micrometres), ``"0.5,0.65"`` (y, x),
         optionally followed by a unit (``"650 nm"``, ``"0.5,0.65um"``).
@@ -131,191 +142,6 @@ class PixelSize:
             )
         y, x, unit = match.groups()
         return cls(float(y), float(x or y), unit or "micrometer")
-
-
-# ---------------------------------------------------------------------- reading
-
-
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and (
-        path.suffix.lower() == ".zarr"
-        or any((path / f).exists() for f in (".zgroup", ".zarray", "zarr.json"))
-    )
-
-
-def _multiscale_level0(group: Any) -> tuple[Any, dict]:
-    """The full-resolution array of an OME-Zarr multiscale group and its multiscale entry."""
-    attrs = dict(group.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        raise ValueError(f"{group.store} is a zarr group without OME-NGFF multiscales metadata.")
-    entry = multiscales[0]
-    return group[entry["datasets"][0]["path"]], entry
-
-
-def _zarr_pixel_size(path: Path) -> PixelSize | None:
-    try:
-        import zarr
-    except ImportError:
-        return None
-    node = zarr.open(str(path), mode="r")
-    if not hasattr(node, "groups"):
-        return None
-    _, entry = _multiscale_level0(node)
-    axes = [a if isinstance(a, dict) else {"name": a} for a in entry.get("axes", [])]
-    scale = None
-    for transform in entry["datasets"][0].get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            scale = transform["scale"]
-    if scale is None or len(axes) != len(scale):
-        return None
-    found = {a["name"]: (s, a.get("unit")) for a, s in zip(axes, scale, strict=True)}
-    if "y" not in found or "x" not in found or not found["x"][1]:
-        return None
-    return PixelSize(found["y"][0], found["x"][0], found["x"][1])
-
-
-def _ome_tiff_pixel_size(xml: str) -> PixelSize | None:
-    root = ElementTree.fromstring(xml)
-    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"), None)
-    if pixels is None or "PhysicalSizeX" not in pixels.attrib:
-        return None
-    x = float(pixels.attrib["PhysicalSizeX"])
-    y = float(pixels.attrib.get("PhysicalSizeY", x))
-    return PixelSize(y, x, pixels.attrib.get("PhysicalSizeXUnit", "µm"))
-
-
-def _inverse(resolution: float) -> float:
-    """Pixel size from pixels per unit, to the 6 digits a TIFF rational keeps."""
-    return float(f"{1 / resolution:.6g}")
-
-
-def _tiff_pixel_size(path: Path) -> PixelSize | None:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        if tif.is_ome and tif.ome_metadata:
-            found = _ome_tiff_pixel_size(tif.ome_metadata)
-            if found is not None:
-                return found
-        page = tif.pages.first
-        x_res, y_res = page.get_resolution()
-        if not (x_res > 0 and y_res > 0):
-            return None
-        if tif.is_imagej:
-            unit = (tif.imagej_metadata or {}).get("unit")
-            if unit and unit.lower() not in ("pixel", "pixels", "inch", ""):
-                return PixelSize(_inverse(y_res), _inverse(x_res), unit)
-            return None
-        # inches are left out on purpose: 72, 96 or 300 dpi are display defaults, not optics
-        if page.resolutionunit == tifffile.RESUNIT.CENTIMETER:
-            return PixelSize(_inverse(y_res / 1e4), _inverse(x_res / 1e4), "micrometer")
-    return None
-
-
-def read_pixel_size(path: str | os.PathLike) -> PixelSize | None:
-    """The pixel size an image file records, or None where it records none.
-
-    Read from OME-TIFF metadata, ImageJ TIFF calibration, TIFF resolution tags in centimetres
-    (resolution in inches is ignored: it is a printing default, not a pixel size) and the
-    OME-Zarr scale of the full-resolution level.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A TIFF file or an OME-Zarr folder.
-    """
-    path = Path(path)
-    if _is_zarr(path):
-        return _zarr_pixel_size(path)
-    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
-        return _tiff_pixel_size(path)
-    return None
-
-
-class _TiffWindows:
-    """A TIFF read one window at a time, the file opened for that read only.
-
-    Uncompressed TIFFs are read through a memory map: one kept open would keep every page it
-    ever touched in the process's resident memory. Compressed or tiled ones are read through
-    tifffile's zarr store, which decodes only the strips or tiles under the window.
-    """
-
-    def __init__(self, path: Path) -> None:
-        import tifffile
-
-        self.path = path
-        try:
-            mapped = tifffile.memmap(path, mode="r")
-        except ValueError:  # compressed, tiled or scattered: not one block of bytes
-            self.offset = None
-            with tifffile.TiffFile(path) as tif:
-                self.shape, self.dtype = tuple(tif.series[0].shape), tif.series[0].dtype
-        else:
-            self.offset, self.shape, self.dtype = int(mapped.offset), mapped.shape, mapped.dtype
-            del mapped
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if self.offset is not None:
-            mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
-            try:
-                return np.array(mapped[key])
-            finally:
-                del mapped
-        import tifffile
-        import zarr
-
-        with tifffile.imread(self.path, aszarr=True) as store:
-            node = zarr.open(store, mode="r")
-            return np.asarray((node["0"] if hasattr(node, "groups") else node)[key])
-
-
-def open_image(path: str | os.PathLike) -> Any:
-    """An image as an array that reads only the windows sliced from it.
-
-    TIFFs are opened for each window read and closed again: uncompressed ones through a memory
-    map, compressed or tiled ones through zarr (whole, when zarr is not installed). OME-Zarr
-    gives its full-resolution level. Other files (PNG, JPEG, ...) are read whole.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The image file or OME-Zarr folder.
-
-    Returns
-    -------
-    array-like
-        Has ``shape``, ``dtype``, ``ndim`` and numpy slicing.
-
-    Raises
-    ------
-    FileNotFoundError
-        When there is no such file.
-    ValueError
-        When the file cannot be read as an image.
-    """
-    from .io import read_image
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Image file not found: {path}")
-    if _is_zarr(path):
-        try:
-            import zarr
-        except ImportError:
-            raise ValueError(f"Reading {path} {_NO_ZARR}.") from None
-        node = zarr.open(str(path), mode="r")
-        return _multiscale_level0(node)[0] if hasattr(node, "groups") else node
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return read_image(path)
-    reader = _TiffWindows(path)
-    if reader.offset is None and importlib.util.find_spec("zarr") is None:
-        return read_image(path)
-    return reader
 
 
 # ---------------------------------------------------------------------- OME-Zarr output
@@ -442,10 +268,8 @@ def labels_zarr(
     >>> with labels_zarr("slide_cells.ome.zarr", image.shape, pixel_size=size) as out:
     ...     pair.segment(image, out=out)
     """
-    try:
-        import zarr
-    except ImportError:
-        raise ValueError(f"Writing OME-Zarr {_NO_ZARR}.") from None
+    import zarr
+
     path = Path(path)
     check_writable_zarr(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
