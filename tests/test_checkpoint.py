@@ -19,9 +19,11 @@ def _pair() -> ModelPair:
 def test_round_trip_keeps_weights_normalisation_and_settings(tmp_path):
     pair = _pair()
     pair.history.append({"round": 1, "loss_a": 0.5})
+    pair.cell_size = 42.5
     path = pair.save(tmp_path / "m.pt")
     loaded = ModelPair.load(path, device="cpu")
     assert loaded.percentiles == (2.0, 99.0)
+    assert loaded.cell_size == 42.5
     assert loaded.settings == {"rounds": 3, "min_size": 5}
     assert loaded.history == [{"round": 1, "loss_a": 0.5}]
     image = np.random.default_rng(0).random((40, 36)).astype(np.float32) * 100
@@ -86,7 +88,9 @@ def _payload(path):
     [
         (lambda p: p.update(format_version="1"), "format_version"),
         (lambda p: p["arch_a"].update(n_classes=1), "n_classes"),
-        (lambda p: p["arch_b"].update(in_channels=2), "in_channels"),
+        (lambda p: [p[k].update(in_channels=1000) for k in ("arch_a", "arch_b")], "in_channels"),
+        (lambda p: p["arch_b"].update(in_channels=2), "different numbers of channels"),
+        (lambda p: p.update(cell_size=-3.0), "cell size"),
         (lambda p: p["arch_a"].update(width=True), "width"),
         (lambda p: p["state_a"]["head.weight"].fill_(float("nan")), "NaN"),
         (lambda p: p.update(percentiles=[99.0, 1.0]), "percentiles"),

@@ -230,6 +230,8 @@ def test_network_b_can_be_wider_and_survives_a_checkpoint(scene, tmp_path):
 
     again = ModelPair.load(loaded, device="cpu")
     assert again.model_b.arch["width"] == 6
+    # the largest box side, which sets the margin of block-by-block segmentation
+    assert again.cell_size == max(2 * max(box.extent) for box in sup.boxes)
     np.testing.assert_allclose(
         again.predict_proba(image), trainer.pair.predict_proba(image), atol=1e-5
     )

@@ -171,6 +171,14 @@ def _problem(payload: dict[str, Any]) -> str | None:
     history = payload.get("history", [])
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         return "its training history is not a list of rounds"
+    cell_size = payload.get("cell_size")
+    if cell_size is not None and not (_is_number(cell_size) and cell_size > 0):
+        return f"its cell size {cell_size!r} is not a positive number"
+    names = payload.get("channel_names")
+    if names is not None and not (
+        isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)
+    ):
+        return "its channel names are not a list of names"
     for name, tensor in _tensors(payload):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return f"its weights hold NaN or infinite values ({name}); the training diverged"

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -32,9 +32,6 @@ from .io import check_writable
 # Mistakes a user can make and trouble with files; printed as one clear line, never as a
 # traceback. OSError covers missing, existing, unwritable and full-disk files.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
-
-#: How the planes of a stack are told apart in names.
-PLANE_PART = "plane{:03d}"
 
 
 class _Fail(Exception):
@@ -116,34 +113,24 @@ def _keep(write: Callable[[Path], Path], path: Path, overwrite: bool) -> Path:
         return written
 
 
-def _load_images(paths: Sequence[str]) -> list[tuple[str, np.ndarray]]:
-    """(name, 2D image) for every plane of every file; stacks are split into planes."""
-    from .io import read_image
-    from .preprocess import looks_rgb
+def _load_image(path: str, args: argparse.Namespace):
+    """The image of one file with its axes (from the file, or --axes); says what was read."""
+    from .images import AxisImage
 
-    out = []
-    for p in paths:
-        image = np.asarray(read_image(p))
-        stem = Path(p).name.split(".")[0]
-        if image.ndim == 3 and not looks_rgb(image):
-            out += [(f"{stem}_{PLANE_PART.format(i)}", plane) for i, plane in enumerate(image)]
-        else:
-            out.append((stem, image))
-    return out
+    image = AxisImage.from_file(path, axes=getattr(args, "axes", None))
+    notes = f" ({'; '.join(image.notes)})" if image.notes else ""
+    print(f"{image.describe()}{notes}", file=sys.stderr)
+    return image
 
 
-class _Boxed(NamedTuple):
-    """A 2D image (or plane) with its boxes, and where it came from."""
+def _boxes_for(images: Sequence[str], tables: Sequence[str], args: argparse.Namespace) -> list:
+    """Every image with the name and boxes of each of its planes (None: a plane without boxes).
 
-    name: str
-    image: np.ndarray
-    boxes: list
-    source: str
-    part: str
-
-
-def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[_Boxed]:
-    """Pair every image (or plane) with its boxes from one CSV per image or one shared CSV."""
+    One CSV per image or one shared CSV. A stack's table is a napari Shapes CSV whose first
+    axis is the plane (planes run over z within each time point); a table drawn on a
+    single-plane image as a stack (e.g. a (C, Y, X) image shown without channel_axis) gives
+    that plane all its boxes.
+    """
     from .io import read_box_table
 
     loaded = [read_box_table(t) for t in tables]
@@ -154,29 +141,44 @@ def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[_Boxed]:
         )
     result, used = [], set()
     for i, path in enumerate(images):
-        k = i if len(tables) == len(images) else 0
-        table, table_path = loaded[k], tables[k]
-        planes = _load_images([path])
+        table = loaded[i] if len(tables) == len(images) else loaded[0]
+        image = _load_image(path, args)
         name = Path(path).name
         stem = name.split(".")[0]
-        _check_table_fits(path, len(planes), table, table_path)
-        for j, (plane_name, plane) in enumerate(planes):
-            if len(planes) > 1:
+        by_plane = all(isinstance(k, int) for k in table)
+        if image.n_planes > 1 and not by_plane:
+            raise ValueError(
+                f"{name} has {image.n_planes} planes ({image.plane_axes}) but its box table "
+                "does not say which plane a box is on: draw the boxes on the stack in napari "
+                "and save the Shapes layer as .csv (its first axis is the plane)."
+            )
+        planes = []
+        for j in range(image.n_planes):
+            if image.n_planes > 1:
                 boxes = table.get(j, [])
+            elif by_plane:
+                if len(table) > 1:
+                    warnings.warn(
+                        f"{name} has one plane; the boxes of table planes "
+                        f"{', '.join(map(str, sorted(table)))} are all used on it.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                boxes = [b for k in sorted(table) for b in table[k]]
             elif len(tables) == len(images) and None in table:
                 boxes = table[None]
             else:
                 key = name if name in table else stem
                 used.add(key)
                 boxes = table.get(key, [])
-            if len(boxes) == 0 and len(planes) == 1:
+            if len(boxes) == 0 and image.n_planes == 1:
                 raise ValueError(
                     f"No boxes for {path}: the box table has no rows for it (keys found: "
                     f"{sorted(map(str, table))}). Draw at least one box on this image."
                 )
-            if boxes:
-                part = PLANE_PART.format(j) if len(planes) > 1 else ""
-                result.append(_Boxed(plane_name, plane, boxes, path, part))
+            suffix = image.plane_name(j)
+            planes.append((f"{stem}_{suffix}" if suffix else stem, boxes) if boxes else None)
+        result.append((image, planes))
     if len(tables) == 1:
         unused = sorted(k for k in loaded[0] if isinstance(k, str) and k not in used)
         if unused:
@@ -187,25 +189,21 @@ def _boxes_for(images: Sequence[str], tables: Sequence[str]) -> list[_Boxed]:
                 UserWarning,
                 stacklevel=2,
             )
-    if not result:
+    if not any(p for _, planes in result for p in planes):
         raise ValueError("No image has any boxes; draw at least one box around a cell.")
     return result
 
 
-def _check_table_fits(image: str, n_planes: int, table: dict, table_path: str) -> None:
-    """A stack needs a table with a plane column, a 2D image one without."""
-    by_plane = any(isinstance(k, int) for k in table)
-    if n_planes > 1 and not by_plane:
-        raise ValueError(
-            f"{image} is a stack of {n_planes} planes but {table_path} has no plane column. "
-            "Save the boxes from napari with the stack open (the CSV then has 'axis-0' for the "
-            "plane), or give each plane as its own 2D image file."
-        )
-    if n_planes == 1 and by_plane:
-        raise ValueError(
-            f"{table_path} holds boxes per plane of a stack, but {image} is a single 2D image; "
-            "give the stack the boxes were drawn on."
-        )
+def _input_options(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields of --channel and --rgb, where given."""
+    from .images import parse_channels
+
+    given = {}
+    if getattr(args, "channel", None):
+        given["channels"] = parse_channels(args.channel)
+    if getattr(args, "rgb", None):
+        given["rgb"] = args.rgb
+    return given
 
 
 # command-line option -> TrainConfig field
@@ -232,23 +230,21 @@ def _config_from(args: argparse.Namespace, **fixed):
     }
     if getattr(args, "exchange", None) is not None:
         given["exchange"] = ExchangeSettings(rule=args.exchange)
-    return TrainConfig.recommended(args.device, **{**fixed, **given})
+    return TrainConfig.recommended(args.device, **{**fixed, **given, **_input_options(args)})
 
 
 def _supervision(name: str, image: np.ndarray, boxes: list, **kwargs):
     """The supervision of one image from the usable boxes; the others are named in a warning."""
     from .boxes import usable_boxes
-    from .preprocess import check_image
     from .supervision import make_supervision
 
-    check_image(image, name)  # what training will need, said before the boxes are judged
     try:
-        kept, notes = usable_boxes(boxes, image.shape[:2])
+        kept, notes = usable_boxes(boxes, image.plane_shape)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
     for note in notes:
         warnings.warn(f"{name}: {note}", UserWarning, stacklevel=2)
-    return make_supervision(image.shape, kept, **kwargs)
+    return make_supervision(image.plane_shape, kept, **kwargs)
 
 
 def _train(trainer, on_round=None):
@@ -272,10 +268,13 @@ def _written(path: Path, wanted: Path) -> int:
     return int(Path(path) != Path(wanted))
 
 
-def _write_labels(path: Path, labels: np.ndarray, overwrite: bool) -> Path:
+def _write_labels(path: Path, labels: np.ndarray, overwrite: bool, pixel_size=None) -> Path:
     from .io import write_labels
 
-    return _keep(lambda p: write_labels(p, labels, overwrite=overwrite), path, overwrite)
+    def write(p: Path) -> Path:
+        return write_labels(p, labels, overwrite=overwrite, pixel_size=pixel_size)
+
+    return _keep(write, path, overwrite)
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
@@ -284,9 +283,10 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     for path in (out, extra):
         if path is not None:
             check_writable(path, args.overwrite)
-    (name, image, boxes, _, _), *rest = _boxes_for([args.image], [args.boxes])
-    if rest:
+    ((image, planes),) = _boxes_for([args.image], [args.boxes], args)
+    if len(planes) > 1:
         raise ValueError("supervise takes a single 2D image; use train for stacks.")
+    ((name, boxes),) = planes
     sup = _supervision(name, image, boxes, edge_width=args.edge_width)
     written = _write_labels(out, sup.classes, args.overwrite)
     print(
@@ -315,7 +315,9 @@ def _resumed(args: argparse.Namespace):
                 f"--{option} {given} does not match the model to resume ({option} "
                 f"{arch[option]}): a resumed model keeps its networks. Leave --{option} out."
             )
-    return pair, {"width": arch["width"], "depth": arch["depth"]}
+    # resumed networks keep their size and input channels unless the command says otherwise
+    kept = {k: pair.settings[k] for k in ("channels", "rgb") if k in pair.settings}
+    return pair, {"width": arch["width"], "depth": arch["depth"], **kept}
 
 
 def _save_pair(pair, out: Path, overwrite: bool) -> Path:
@@ -332,23 +334,39 @@ def _save_pair(pair, out: Path, overwrite: bool) -> Path:
         raise _Fail(f"{err} The trained networks were saved to {rescued} instead.") from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _label_paths(args: argparse.Namespace, loaded: list) -> list[Path]:
+    """Where --labels-out puts each boxed plane's segmentation (checked); none without it."""
     from .io import output_paths
+
+    if not args.labels_out:
+        return []
+    sources, parts = [], []
+    for path, (image, planes) in zip(args.images, loaded, strict=True):
+        for j, plane in enumerate(planes):
+            if plane is not None:
+                sources.append(path)
+                parts.append(image.plane_name(j))
+    paths = output_paths(sources, args.labels_out, parts=parts)
+    for path in paths:
+        check_writable(path, args.overwrite)
+    return paths
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from .training import MutualTrainer
 
     pair, fixed = _resumed(args)
     config = _config_from(args, **fixed)
     out = check_writable(args.out, args.overwrite)
-    items = _boxes_for(args.images, args.boxes)
-    label_paths = []
-    if args.labels_out:
-        label_paths = output_paths(
-            [i.source for i in items], args.labels_out, parts=[i.part for i in items]
-        )
-        for path in label_paths:
-            check_writable(path, args.overwrite)
-    sups = [_supervision(i.name, i.image, i.boxes) for i in items]
-    trainer = MutualTrainer([i.image for i in items], sups, config, pair=pair)
+    loaded = _boxes_for(args.images, args.boxes, args)
+    label_paths = _label_paths(args, loaded)
+    # one supervision per plane; planes without boxes are left out of training
+    sups = [
+        None if p is None else _supervision(p[0], image, p[1])
+        for image, planes in loaded
+        for p in planes
+    ]
+    trainer = MutualTrainer([image for image, _ in loaded], sups, config, pair=pair)
     check_writable(out, args.overwrite, size=trainer.pair.file_size)
 
     def show(r):
@@ -381,6 +399,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .images import parse_channels
     from .inference import check_tiling
     from .io import output_paths
     from .models import ModelPair
@@ -389,35 +408,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.min_size is not None and args.min_size < 0:
         raise ValueError(f"--min-size must be 0 or more pixels, got {args.min_size}.")
     pair = ModelPair.load(args.model, device=args.device)
-    sources, parts, planes = [], [], []
-    for path in args.images:
-        loaded = _load_images([path])
-        for j, plane in enumerate(loaded):
-            sources.append(path)
-            parts.append(PLANE_PART.format(j) if len(loaded) > 1 else "")
-            planes.append(plane)
-    targets = output_paths(sources, args.out, parts=parts)
+    if args.block_size is not None or args.out_format == "zarr":
+        return _predict_by_blocks(pair, args)
+    targets = output_paths(args.images, args.out)
     maps = [
-        output_paths(sources, args.disagreement_out, parts=parts, suffix=suffix)
+        output_paths(args.images, args.disagreement_out, suffix=suffix)
         for suffix in ("_disagreement.tif", "_disagreement.csv")
         if args.disagreement_out
     ]
     for t in targets + [m for kind in maps for m in kind]:
         check_writable(t, args.overwrite)
+    common = {
+        "channels": parse_channels(args.channel),
+        "rgb": args.rgb,
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "min_size": args.min_size,
+    }
     status = 0
-    for k, ((name, image), target) in enumerate(
-        tqdm(list(zip(planes, targets, strict=True)), desc="predicting", unit="image", leave=False)
-    ):
-        result = pair.predict(
-            image,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
-            min_size=args.min_size,
-            name=name,
-        )
-        written = _write_labels(target, result.labels, args.overwrite)
+    for k, (path, target) in enumerate(zip(args.images, targets, strict=True)):
+        image = _load_image(path, args)
+        if maps:
+            if image.n_planes > 1:
+                raise ValueError(
+                    f"{image.name} has {image.n_planes} planes; --disagreement-out takes "
+                    "single-plane images."
+                )
+            result = pair.predict(image, **common)
+            labels = result.labels
+        else:
+            with tqdm(total=image.n_planes, desc="predicting", unit="plane", leave=False) as bar:
+                labels = pair.segment(
+                    image,
+                    **common,
+                    link=not args.no_link,
+                    track=args.track,
+                    progress=lambda done, _, bar=bar: bar.update(done - bar.n),
+                    halo=args.halo,
+                )
+        written = _write_labels(target, labels, args.overwrite, _pixel_size(args, image))
         status |= _written(written, target)
-        print(f"Wrote {written} ({int(result.labels.max())} cells)")
+        shape = " x ".join(map(str, labels.shape))
+        print(f"Wrote {written} ({int(labels.max())} cells, {shape}, axes {image.label_axes})")
         if maps:
             status |= _write_disagreement(maps[0][k], maps[1][k], result, args.overwrite)
     return status
@@ -436,6 +468,82 @@ def _write_disagreement(tif: Path, csv: Path, result, overwrite: bool) -> int:
         f"Wrote {written_tif} and {written_csv} ({len(result.spots)} cells and regions to check)"
     )
     return _written(written_tif, tif) | _written(written_csv, csv)
+
+
+def _pixel_size(args: argparse.Namespace, image):
+    """The pixel size given on the command line, else the one the image file records."""
+    from .ome import PixelSize
+
+    return args.pixel_size or PixelSize.of(image)
+
+
+def _pixel_size_option(text: str):
+    from .ome import PixelSize
+
+    try:
+        return PixelSize.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _predict_by_blocks(pair, args: argparse.Namespace) -> int:
+    """Segment each 2D image block by block, read and written a block at a time."""
+    from tqdm.auto import tqdm
+
+    from .blockwise import DEFAULT_BLOCK_SIZE
+    from .io import output_paths
+    from .ome import check_writable_zarr, labels_zarr
+
+    if args.disagreement_out:
+        raise ValueError(
+            "--disagreement-out needs whole images: leave out --block-size and --out-format zarr."
+        )
+    suffix = ".ome.zarr" if args.out_format == "zarr" else ".tif"
+    jobs = []
+    for path, target in zip(
+        args.images, output_paths(args.images, args.out, suffix=f"_cells{suffix}"), strict=True
+    ):
+        image = _load_image(path, args)
+        if image.n_planes != 1:
+            raise ValueError(
+                f"{path} has {image.n_planes} planes: block by block, each file must hold "
+                "one 2D image. Leave out --block-size and --out-format for stacks."
+            )
+        (check_writable if suffix == ".tif" else check_writable_zarr)(target, args.overwrite)
+        jobs.append((path, image, target))
+    status = 0
+    for path, image, target in jobs:
+        options = {
+            "tile_size": args.tile_size,
+            "overlap": args.overlap,
+            "min_size": args.min_size,
+            "name": Path(path).name,
+            "blockwise": True,
+            "block_size": args.block_size or DEFAULT_BLOCK_SIZE,
+            "halo": args.halo,
+        }
+        pixel_size = _pixel_size(args, image)
+        with tqdm(desc=Path(path).name, unit="block", leave=False) as bar:
+
+            def advance(done: int, total: int, bar=bar) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            if suffix == ".tif":
+                labels = pair.segment(image, progress=advance, **options)
+                written = _write_labels(target, labels, args.overwrite, pixel_size)
+                status |= _written(written, target)
+                target = written
+            else:
+                with labels_zarr(
+                    target, image.plane_shape, pixel_size=pixel_size, overwrite=args.overwrite
+                ) as labels:
+                    pair.segment(image, out=labels, progress=advance, **options)
+        size = (
+            f", pixel {pixel_size.y:g} x {pixel_size.x:g} {pixel_size.unit}" if pixel_size else ""
+        )
+        print(f"Wrote {target} ({image.plane_shape[0]} x {image.plane_shape[1]}{size})")
+    return status
 
 
 def _format_metrics(m: dict) -> str:
@@ -593,6 +701,32 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_image_options(p: argparse.ArgumentParser, channels: bool = True) -> None:
+    """How images are read: their axes and, for the networks, channels and RGB."""
+    from .images import RGB_MODES
+
+    p.add_argument(
+        "--axes",
+        help="what each axis of the images is, when the files do not say: letters from TCZYX "
+        "in the stored order, e.g. CYX (channels), ZYX (z-stack), TYX (time series), TZCYX",
+    )
+    if not channels:
+        return
+    p.add_argument(
+        "--channel",
+        action="append",
+        metavar="C",
+        help="channel(s) the networks take, by index or name; repeat or comma-separate for "
+        "several (default: every channel when training, the model's channels when predicting)",
+    )
+    p.add_argument(
+        "--rgb",
+        choices=RGB_MODES,
+        help="RGB images as three colour channels or one gray channel (default: channels when "
+        "training, the model's choice when predicting)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``napari-mutualseg`` command."""
     from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
@@ -610,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="class map TIFF to write")
     p.add_argument("--instances-out", help="also write the per-box instance map here")
     p.add_argument("--edge-width", type=int, default=1, help="boundary thickness in pixels")
+    _add_image_options(p, channels=False)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_supervise)
 
@@ -625,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--labels-out", help="folder for each boxed image's final segmentation")
     p.add_argument("--resume", help="continue training this saved model")
+    _add_image_options(p)
     _add_training_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_train)
@@ -636,10 +772,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
+    _add_image_options(p)
+    p.add_argument(
+        "--no-link",
+        action="store_true",
+        help="z-stacks: keep each plane's labels apart instead of linking them into 3D objects",
+    )
+    p.add_argument(
+        "--track",
+        action="store_true",
+        help="time series: give a cell the same label in every frame (by overlap)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        help="segment block by block, reading and writing one block at a time: memory then "
+        "depends on the block (2048: about 1.2 GB), not on the image (default: whole images "
+        "up to 4096 x 4096, blocks above)",
+    )
+    p.add_argument(
+        "--halo",
+        type=int,
+        help="margin read around each block, wider than a cell (default: from the model)",
+    )
+    p.add_argument(
+        "--out-format",
+        choices=("tif", "zarr"),
+        default="tif",
+        help="labels as TIFF (held in memory, 4 bytes a pixel) or OME-Zarr "
+        "(<name>_cells.ome.zarr, written block by block, with a pyramid)",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=_pixel_size_option,
+        help="pixel size written with the labels, e.g. 0.65 or 0.5,0.65um (default: the "
+        "input file's own)",
+    )
     p.add_argument(
         "--disagreement-out",
         metavar="FOLDER",
-        help="also write where the two networks disagree (TIFF) and the cells to check (CSV)",
+        help="also write where the two networks disagree (TIFF) and the cells to check (CSV); "
+        "whole images only",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .devices import select_device
+from .images import RGB_MODES, parse_channels
 from .inference import DEFAULT_TILE_SIZE, MIN_TILE_SIZE
 from .preprocess import DEFAULT_PERCENTILES
 
@@ -132,7 +133,13 @@ class TrainConfig:
     tile_size : int
         Tile edge for whole-image prediction.
     percentiles : tuple of float
-        Intensity percentiles mapped to 0 and 1.
+        Intensity percentiles mapped to 0 and 1 (in every channel).
+    channels : tuple of int or str, optional
+        The image channels the networks take, by index or name, in order (``None``: every
+        channel). Stored in the model file: prediction picks the same channels.
+    rgb : {"channels", "gray"}
+        How RGB images become network input: their three colours as channels, or one gray
+        channel. Stored in the model file.
     parallel : bool
         On CUDA, train A and B at once in two threads with a CUDA stream each.
     exchange : ExchangeSettings
@@ -153,11 +160,14 @@ class TrainConfig:
     min_size: int = 16
     tile_size: int = DEFAULT_TILE_SIZE
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    channels: tuple[int | str, ...] | None = None
+    rgb: str = "channels"
     parallel: bool = True
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
 
     def __post_init__(self) -> None:
         self.percentiles = tuple(float(p) for p in self.percentiles)
+        self.channels = parse_channels(self.channels)
         if isinstance(self.exchange, dict):
             self.exchange = ExchangeSettings(**self.exchange)
         problems = []
@@ -175,6 +185,8 @@ class TrainConfig:
         _check_fraction(self, ("later_lr_factor",), problems)
         if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             problems.append("percentiles must be two increasing values in [0, 100]")
+        if self.rgb not in RGB_MODES:
+            problems.append(f"rgb must be one of {', '.join(RGB_MODES)}")
         problems += self.exchange.problems()
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
@@ -202,6 +214,7 @@ class TrainConfig:
         """The settings as plain Python values (stored in model files)."""
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
+        d["channels"] = None if self.channels is None else list(self.channels)
         return d
 
     @classmethod

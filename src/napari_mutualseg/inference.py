@@ -94,14 +94,21 @@ def _tiled(
     overlap: int,
     batch_size: int,
 ) -> np.ndarray:
-    """``per_tile`` of a 2D image tile by tile, blended into one ``(channels, H, W)`` map.
+    """``per_tile`` of an image tile by tile, blended into one ``(channels, H, W)`` map.
 
-    Memory stays bounded by the tile batch plus the result, so any image size works. Tiles
-    overlap by ``overlap`` pixels and are blended with a raised-cosine window so that tile
-    seams do not show.
+    The image is ``(H, W)``, or ``(C, H, W)`` for networks of C input channels. Memory is
+    the tile batch plus the result; images whose result does not fit are segmented block by
+    block (:mod:`napari_mutualseg.blockwise`, which calls this on each block). Tiles overlap
+    by ``overlap`` pixels and are blended with a raised-cosine window so that tile seams do
+    not show.
     """
     divisor = max(int(getattr(m, "divisor", 1)) for m in models)
-    height, width = image.shape
+    if image.ndim == 2:
+        image = image[None]
+    given, height, width = image.shape
+    expected = models[0].arch.get("in_channels", given)
+    if given != expected:
+        raise ValueError(f"The networks take {expected} channel(s); the image has {given}.")
     tile_size = max(divisor, tile_size // divisor * divisor)
     overlap = min(overlap, tile_size // 2)
     # Pad so every tile is full-sized and a multiple of the divisor.
@@ -109,9 +116,11 @@ def _tiled(
     tile_w, xs = _tiling(width, tile_size, overlap, divisor)
     pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
     padded = np.pad(
-        image, ((0, pad_h), (0, pad_w)), mode="reflect" if min(image.shape) > 1 else "edge"
+        image,
+        ((0, 0), (0, pad_h), (0, pad_w)),
+        mode="reflect" if min(height, width) > 1 else "edge",
     )
-    ph, pw = padded.shape
+    ph, pw = padded.shape[1:]
     weight = np.outer(
         _window(tile_h, overlap if len(ys) > 1 else 0),
         _window(tile_w, overlap if len(xs) > 1 else 0),
@@ -123,7 +132,7 @@ def _tiled(
     corners = [(y, x) for y in ys for x in xs]
     for i in range(0, len(corners), batch_size):
         chunk = corners[i : i + batch_size]
-        batch = np.stack([padded[y : y + tile_h, x : x + tile_w] for y, x in chunk])[:, None]
+        batch = np.stack([padded[:, y : y + tile_h, x : x + tile_w] for y, x in chunk])
         xb = torch.from_numpy(batch).to(device)
         if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -147,18 +156,20 @@ def predict_proba(
     flips: bool = False,
     check: Callable[[], None] | None = None,
 ) -> np.ndarray:
-    """Mean softmax of ``models`` over a normalised 2D ``image``, tile by tile.
+    """Mean softmax of ``models`` over a normalised ``image``, tile by tile.
 
-    Memory stays bounded by the tile batch plus the ``(3, H, W)`` result, so any image size
-    works. Tiles overlap by ``overlap`` pixels and are blended with a raised-cosine window so
-    that tile seams do not show.
+    Memory is the tile batch plus the ``(3, H, W)`` result (12 bytes a pixel); images whose
+    result does not fit are segmented block by block (:mod:`napari_mutualseg.blockwise`,
+    which calls this on each block). Tiles overlap by ``overlap`` pixels and are blended with
+    a raised-cosine window so that tile seams do not show.
 
     Parameters
     ----------
     models : sequence of torch.nn.Module
         Networks with a ``divisor`` attribute (input sizes must be multiples of it).
     image : numpy.ndarray
-        Normalised float32 2D image.
+        Normalised float32 image: ``(H, W)``, or ``(C, H, W)`` for networks of C input
+        channels.
     device : torch.device
         Where to run the networks.
     tile_size, overlap, batch_size : int
@@ -215,7 +226,7 @@ def predict_disagreement(
     models : sequence of torch.nn.Module
         The two networks (A, B).
     image : numpy.ndarray
-        Normalised float32 2D image.
+        Normalised float32 image, ``(H, W)`` or ``(C, H, W)``.
     device : torch.device
         Where to run the networks.
     tile_size, overlap, batch_size : int

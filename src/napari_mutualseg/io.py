@@ -24,7 +24,6 @@ import contextlib
 import csv
 import errno
 import io
-import logging
 import math
 import os
 import secrets
@@ -37,6 +36,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .boxes import BOX_TYPES, Box, boxes_by_plane, boxes_from_shapes
+from .ome import PixelSize
 
 __all__ = [
     "OutputError",
@@ -74,7 +74,12 @@ def _suffix(path: Path) -> str:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file: TIFF via tifffile, PNG/JPEG/BMP/GIF via scikit-image.
+    """Read an image file's pixels as stored, without interpreting its axes.
+
+    TIFF via tifffile, PNG/JPEG/BMP/GIF via scikit-image, OME-Zarr folders via zarr, other
+    microscopy formats via the optional bioio. For the meaning of the axes (channels, z,
+    time), pixel size and channel names use
+    :meth:`napari_mutualseg.images.AxisImage.from_file`.
 
     Parameters
     ----------
@@ -93,95 +98,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     ValueError
         When the file is not a supported image type or cannot be read.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Image file not found: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an image file.")
-    suffix = _suffix(path)
-    if suffix not in TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES:
-        raise ValueError(
-            f"Cannot read {path}: unsupported file type {suffix or '(no suffix)'!r}; supported: "
-            f"{', '.join(TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES)}."
-        )
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is an empty file (0 bytes), not an image.")
-    if suffix in TIFF_SUFFIXES:
-        _check_tiff_size(path)
-    try:
-        if suffix in TIFF_SUFFIXES:
-            import tifffile
+    from .images import read_pixels
 
-            with _quiet("tifffile"):
-                image = tifffile.imread(path)
-        else:
-            import skimage.io
-
-            image = skimage.io.imread(path)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(
-            f"Cannot read {path} as an image ({type(err).__name__}: {reason})."
-        ) from err
-    image = np.asarray(image)
-    if image.size == 0:
-        raise ValueError(f"{path} holds no pixels (shape {image.shape}).")
-    return image
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory free for a new array (Linux), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-@contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
-    """Hold back a library's log lines (tifffile logs one per damaged strip or tile): the
-    error raised says what is wrong in one line."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def _check_tiff_size(path: Path) -> None:
-    """Refuse, before reading its pixels, a TIFF that declares more than fits in memory or
-    more uncompressed data than the file holds (a damaged header)."""
-    import tifffile
-
-    try:
-        with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape, dtype = tuple(series.shape), series.dtype
-            page = series.pages[0]  # uncompressed, its strips must hold all its pixels
-            stored = sum(page.databytecounts)
-            needed = int(np.prod(page.shape, dtype=np.float64)) * page.bitspersample // 8
-            raw = page.compression == 1
-    except Exception:
-        return  # unreadable: reading it says why
-    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    what = f"{path} declares a {'x'.join(map(str, shape))} {dtype} image ({_size(declared)})"
-    free = _available_memory()
-    if free is not None and declared > free:
-        raise ValueError(
-            f"{what}, more than the {_size(free)} of memory free; crop or downsample it first "
-            "(or the file is damaged)."
-        )
-    if raw and stored < needed:
-        raise ValueError(
-            f"{what} but holds only {_size(stored)} of pixel data for {_size(needed)}: the file "
-            "is damaged or truncated."
-        )
+    return read_pixels(path)
 
 
 # ---------------------------------------------------------------------- writing files
@@ -449,13 +368,14 @@ def check_writable(
     if free < needed:
         raise OutputError(
             errno.ENOSPC,
-            f"Not enough space for {path}: it needs about {_size(needed)} and {folder} has "
-            f"{_size(free)} free. Free some space or choose another folder.",
+            f"Not enough space for {path}: it needs about {format_size(needed)} and {folder} has "
+            f"{format_size(free)} free. Free some space or choose another folder.",
         )
     return path
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
+    """A number of bytes as people read it: ``"3.1 GiB"``."""
     units = ("bytes", "KiB", "MiB", "GiB", "TiB")
     k = 0
     while n >= 1024 and k < len(units) - 1:
@@ -546,7 +466,13 @@ def output_paths(
     return [Path(os.path.normpath(o)) for o in outputs]
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False) -> Path:
+def write_labels(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    *,
+    overwrite: bool = False,
+    pixel_size: PixelSize | None = None,
+) -> Path:
     """Write a label or class image as a zlib-compressed TIFF, atomically.
 
     Parameters
@@ -557,6 +483,9 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
         Integer (or bool) image; bool is written as uint8.
     overwrite : bool
         Replace an existing file (only once the new one is complete).
+    pixel_size : PixelSize, optional
+        Written as OME-TIFF physical size and as resolution tags (pixels per centimetre), so
+        that Fiji, napari and Bio-Formats readers all find it.
 
     Returns
     -------
@@ -586,8 +515,21 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
         )
     if labels.ndim < 2:
         raise ValueError(f"Labels must be at least 2D, got shape {labels.shape}.")
+    calibration = {}
+    if pixel_size is not None:
+        calibration = {
+            "ome": True,
+            "resolution": pixel_size.per_centimeter(),
+            "resolutionunit": "CENTIMETER",
+            "metadata": {
+                "PhysicalSizeX": pixel_size.x,
+                "PhysicalSizeXUnit": pixel_size.symbol,
+                "PhysicalSizeY": pixel_size.y,
+                "PhysicalSizeYUnit": pixel_size.symbol,
+            },
+        }
     with atomic_write(path, overwrite=overwrite) as f:
-        tifffile.imwrite(f, labels, compression="zlib")
+        tifffile.imwrite(f, labels, compression="zlib", **calibration)
     return path
 
 

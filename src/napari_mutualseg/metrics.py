@@ -1,8 +1,8 @@
 """Instance segmentation metrics against ground truth.
 
-All functions take two instance label images of the same shape: 0 is background and every other
-value is one object. Labels need not be consecutive, and the same object id has no meaning shared
-between the two images.
+All functions take two instance label images of the same shape, 2D or 3D (a z-stack's objects
+are scored as 3D objects): 0 is background and every other value is one object. Labels need not
+be consecutive, and the same object id has no meaning shared between the two images.
 
 The overlap of every (ground truth, prediction) pair is counted in one pass over the pixels; the
 matching at each IoU threshold then works on that sparse list of pairs only, so evaluating all ten
@@ -20,9 +20,11 @@ from scipy.optimize import linear_sum_assignment
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "MatchResult",
+    "Overlap",
     "evaluate",
     "match_instances",
     "mean_metrics",
+    "overlap_table",
 ]
 
 #: IoU thresholds averaged by :func:`evaluate` for ``map``: 0.5, 0.55, ..., 0.95 (COCO style).
@@ -128,8 +130,20 @@ def _consecutive(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class _Overlap:
-    """Sparse overlap table of two label images (indices are 0-based object indices)."""
+class Overlap:
+    """Sparse overlap table of two label images.
+
+    Attributes
+    ----------
+    gt_ids, pred_ids : numpy.ndarray
+        The object ids of each image; object index ``i`` stands for ``gt_ids[i]``.
+    gt_area, pred_area : numpy.ndarray
+        Pixels of each object, by object index.
+    pair_gt, pair_pred : numpy.ndarray
+        Object indices of every overlapping (gt, pred) pair.
+    inter, iou : numpy.ndarray
+        Overlapping pixels and IoU of each pair.
+    """
 
     gt_ids: np.ndarray
     pred_ids: np.ndarray
@@ -141,7 +155,19 @@ class _Overlap:
     iou: np.ndarray
 
 
-def _overlap(pred: np.ndarray, gt: np.ndarray) -> _Overlap:
+def overlap_table(pred: np.ndarray, gt: np.ndarray) -> Overlap:
+    """Every pair of overlapping objects of two label images of the same shape, in one pass.
+
+    Parameters
+    ----------
+    pred, gt : numpy.ndarray
+        Integer label images of the same shape (0 = background, any non-negative ids).
+
+    Returns
+    -------
+    Overlap
+        The areas of all objects and the overlap of every overlapping pair.
+    """
     pred = _as_labels(pred, "pred")
     gt = _as_labels(gt, "gt")
     if pred.shape != gt.shape:
@@ -162,7 +188,7 @@ def _overlap(pred: np.ndarray, gt: np.ndarray) -> _Overlap:
         pair_gt, pair_pred = np.divmod(keys, n_p + 1)
         pair_gt, pair_pred = pair_gt - 1, pair_pred - 1
     union = gt_area[pair_gt] + pred_area[pair_pred] - inter
-    return _Overlap(
+    return Overlap(
         gt_ids=gt_ids,
         pred_ids=pred_ids,
         gt_area=gt_area,
@@ -174,7 +200,7 @@ def _overlap(pred: np.ndarray, gt: np.ndarray) -> _Overlap:
     )
 
 
-def _match(ov: _Overlap, threshold: float) -> MatchResult:
+def _match(ov: Overlap, threshold: float) -> MatchResult:
     threshold = float(threshold)
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -231,10 +257,10 @@ def match_instances(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) ->
     thresholds the assignment maximises the number of matches, then their summed IoU
     (``scipy.optimize.linear_sum_assignment``), as StarDist's ``matching`` does.
     """
-    return _match(_overlap(pred, gt), threshold)
+    return _match(overlap_table(pred, gt), threshold)
 
 
-def _aji(ov: _Overlap) -> float:
+def _aji(ov: Overlap) -> float:
     """Aggregated Jaccard Index, classic variant of Kumar et al. (2017).
 
     Every ground-truth object G is paired with the prediction S of highest IoU with it (a
@@ -284,7 +310,7 @@ def evaluate(
         Jaccard Index, Kumar et al. 2017), ``dice`` (pixel Dice of the foreground), ``n_pred``
         and ``n_gt``. Two empty images score 1.0 everywhere; one empty image scores 0.0.
     """
-    ov = _overlap(pred, gt)
+    ov = overlap_table(pred, gt)
     thresholds = [float(t) for t in thresholds]
     if not thresholds:
         raise ValueError("thresholds must not be empty")

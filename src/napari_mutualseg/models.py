@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,8 +15,15 @@ import torch
 from torch import nn
 
 from . import checkpoint
+from .blockwise import (
+    AUTO_BLOCKWISE_PIXELS,
+    DEFAULT_BLOCK_SIZE,
+    default_halo,
+    segment_blockwise,
+)
 from .devices import select_device
 from .disagreement import Prediction, cell_disagreement, spots_to_check
+from .images import AxisImage, as_image, parse_channels
 from .inference import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE_SIZE,
@@ -22,7 +32,8 @@ from .inference import (
     predict_disagreement,
     predict_proba,
 )
-from .preprocess import DEFAULT_PERCENTILES, normalize
+from .linking import LINK_MIN_OVERLAP, link_labels
+from .preprocess import DEFAULT_PERCENTILES, apply_ranges, check_channels
 
 N_CLASSES = 3  # background, cell, boundary
 
@@ -122,6 +133,18 @@ class ModelPair:
         One entry per completed round (losses, changed fraction, seconds).
     device : torch.device
         Where the networks live.
+    cell_size : float or None
+        Largest box side seen in training, in pixels: sets the margin of block-by-block
+        segmentation (None for models saved before it was recorded).
+    channel_names : tuple of str, optional
+        Names of the input channels the networks were trained on, when the images named them;
+        prediction then finds them by name.
+
+    Notes
+    -----
+    Which channels are the input, and how RGB images were taken, are the ``channels`` and
+    ``rgb`` training settings (:class:`~napari_mutualseg.config.TrainConfig`); prediction uses
+    the same unless told otherwise. Model files from before channels were recorded take one.
     """
 
     model_a: UNet
@@ -130,6 +153,8 @@ class ModelPair:
     settings: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cell_size: float | None = None
+    channel_names: tuple[str, ...] | None = None
 
     @property
     def models(self) -> tuple[UNet, UNet]:
@@ -159,22 +184,114 @@ class ModelPair:
             dict(self.settings),
             [dict(h) for h in self.history],
             self.device,
+            self.cell_size,
+            self.channel_names,
         )
+
+    @property
+    def in_channels(self) -> int:
+        """How many channels the networks take."""
+        return int(self.model_a.arch.get("in_channels", 1))
+
+    def describe_input(self) -> str:
+        """The networks' input for people, e.g. ``"2 channels (DAPI, GFP)"``."""
+        n = self.in_channels
+        text = f"{n} channel{'s' if n > 1 else ''}"
+        chosen = parse_channels(self.settings.get("channels"))
+        if self.channel_names:
+            text += f" ({', '.join(self.channel_names)})"
+        elif chosen is not None:
+            text += f" (channel {', '.join(map(str, chosen))} of the training images)"
+        if self.settings.get("rgb") == "gray":
+            text += ", RGB converted to gray"
+        return text
+
+    def network_input(
+        self,
+        image: Any,
+        *,
+        channels: Sequence[int | str] | None = None,
+        rgb: str | None = None,
+        axes: str | None = None,
+        name: str = "image",
+    ) -> AxisImage:
+        """``image`` with the channels the networks take, checked against them.
+
+        Parameters
+        ----------
+        image : array_like or AxisImage
+            See :meth:`segment`.
+        channels : sequence of int or str, optional
+            Channels to use, by index or name. Left out: the training channels, found by name
+            when both the model and the image name them, else by their index; an image with
+            just as many channels as the networks take, which cannot be searched for them
+            (e.g. a single-channel image), is used as it is.
+        rgb : {"channels", "gray"}, optional
+            How an RGB image is taken (default: as in training).
+        axes : str, optional
+            The axes of a plain array (e.g. ``"ZYX"``).
+        name : str
+            How the image is called in messages.
+
+        Raises
+        ------
+        ValueError
+            When the image gives another number of channels than the networks take.
+        """
+        img = as_image(image, axes, name=name)
+        rgb = rgb or self.settings.get("rgb", "channels")
+        if channels is not None:
+            chosen = img.select(channels, rgb)
+        else:
+            channels = parse_channels(self.settings.get("channels"))
+            known = [n.lower() for n in img.channel_names or ()]
+            if self.channel_names and all(n.lower() in known for n in self.channel_names):
+                channels = self.channel_names
+            try:
+                chosen = img.select(channels, rgb)
+            except ValueError:
+                # an image of just the channels the networks take (say, the nuclei alone)
+                if img.select(None, rgb).n_channels != self.in_channels:
+                    raise
+                chosen = img.select(None, rgb)
+        if chosen.n_channels != self.in_channels:
+            given = chosen.n_channels
+            hints = []
+            if img.rgb and self.in_channels == 1:
+                hints.append("convert RGB to gray with --rgb gray (rgb='gray')")
+            hints.append(
+                f"pick {self.in_channels} channel(s) with --channel (channels= in Python)"
+            )
+            if not isinstance(image, AxisImage) and axes is None and np.ndim(image) == 3:
+                hints.append("if the first axis is z or time, say so with axes='ZYX' or 'TYX'")
+            raise ValueError(
+                f"{img.name} gives the networks {given} channel{'s' if given > 1 else ''} but "
+                f"they were trained on {self.describe_input()}: {'; or '.join(hints)}."
+            )
+        return chosen
 
     def predict_proba(
         self,
-        image: np.ndarray,
+        image: Any,
         *,
+        channels: Sequence[int | str] | None = None,
+        rgb: str | None = None,
+        axes: str | None = None,
         tile_size: int = DEFAULT_TILE_SIZE,
         overlap: int = DEFAULT_OVERLAP,
         name: str = "image",
     ) -> np.ndarray:
-        """Ensemble class probabilities (background, cell, boundary) of ``image``.
+        """Ensemble class probabilities (background, cell, boundary) of one 2D plane.
 
         Parameters
         ----------
-        image : numpy.ndarray
-            A 2D single-channel image of any size (tiled in bounded memory).
+        image : array_like or AxisImage
+            One plane: a 2D image, a channels-first ``(C, H, W)`` image, an 8-bit RGB(A)
+            picture, or an :class:`AxisImage` of one plane. The networks run tile by tile,
+            but the result is whole (12 bytes a pixel): :meth:`segment` goes block by block
+            on large images.
+        channels, rgb, axes
+            See :meth:`network_input`.
         tile_size, overlap : int
             Sliding-window tile edge and overlap in pixels.
         name : str
@@ -186,39 +303,176 @@ class ModelPair:
             ``(3, H, W)`` float32 mean softmax of both networks.
         """
         check_tiling(tile_size, overlap)
-        x = normalize(image, self.percentiles, name)
+        chosen = self._one_plane(image, channels, rgb, axes, name, "predict_proba")
+        ranges = chosen.channel_ranges(self.percentiles)
+        return self._plane_proba(chosen, 0, ranges, tile_size, overlap)
+
+    def _one_plane(self, image, channels, rgb, axes, name: str, method: str) -> AxisImage:
+        """The network input of a one-plane image; stacks are for :meth:`segment`."""
+        chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
+        if chosen.n_planes != 1:
+            raise ValueError(
+                f"{chosen.name} has {chosen.n_planes} planes; {method} takes one (segment "
+                "takes stacks and time series)."
+            )
+        return chosen
+
+    def _plane_input(self, image: AxisImage, index: int, ranges: np.ndarray) -> np.ndarray:
+        """Plane ``index`` checked and normalised with the image's ``ranges``."""
+        name = f"{image.name} {image.plane_name(index)}".rstrip()
+        return apply_ranges(check_channels(image.plane(index), name), ranges)
+
+    def _plane_proba(
+        self, image: AxisImage, index: int, ranges: np.ndarray, tile_size: int, overlap: int
+    ) -> np.ndarray:
+        x = self._plane_input(image, index, ranges)
         return predict_proba(self.models, x, self.device, tile_size=tile_size, overlap=overlap)
 
     def segment(
         self,
-        image: np.ndarray,
+        image: Any,
         *,
+        channels: Sequence[int | str] | None = None,
+        rgb: str | None = None,
+        axes: str | None = None,
         tile_size: int = DEFAULT_TILE_SIZE,
         overlap: int = DEFAULT_OVERLAP,
         min_size: int | None = None,
+        link: bool = True,
+        track: bool = False,
+        min_overlap: float = LINK_MIN_OVERLAP,
         name: str = "image",
-    ) -> np.ndarray:
-        """Instance segmentation of ``image``: int32 labels, 0 background, 1..N cells.
+        blockwise: bool | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        halo: int | None = None,
+        out: Any = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Any:
+        """Instance segmentation: int32 labels, 0 background, 1..N cells.
+
+        Every 2D plane (each z position of each time point) is segmented, normalised with the
+        intensity percentiles of the whole image (:meth:`AxisImage.channel_ranges`); the
+        planes of a z-stack are linked into 3D objects and, with ``track``, the frames of a
+        time series keep their labels (:func:`napari_mutualseg.linking.link_labels`).
+
+        Images up to :data:`~napari_mutualseg.blockwise.AUTO_BLOCKWISE_PIXELS` (4096 x 4096)
+        are segmented whole. Larger ones, or any image with ``blockwise=True`` or an ``out``
+        array, go block by block (:mod:`napari_mutualseg.blockwise`): the memory then
+        depends on ``block_size``, not on the image, and the cells are the same as the whole
+        image's (BBBC039 test: mAP equal to the third decimal, no cell split at a block face).
 
         Parameters
         ----------
-        image : numpy.ndarray
-            A 2D single-channel image.
+        image : array_like or AxisImage
+            A 2D image; a channels-first ``(C, H, W)`` image; an 8-bit RGB(A) picture; a plain
+            array with ``axes``; or an :class:`AxisImage` (any of ``TCZYX``), also a lazy one
+            (zarr, dask), read a block at a time when segmented block by block.
+        channels : sequence of int or str, optional
+            The channels to use (default: the ones the networks were trained on).
+        rgb : {"channels", "gray"}, optional
+            How an RGB image is taken (default: as in training).
+        axes : str, optional
+            The axes of a plain array, e.g. ``"ZYX"`` or ``"TCYX"``.
         tile_size, overlap : int
-            Sliding-window tile edge and overlap in pixels.
+            Sliding-window tile edge and overlap of the networks, in pixels.
         min_size : int, optional
             Objects smaller than this many pixels are dropped (default: the training setting).
+        link : bool
+            Link the planes of a z-stack into 3D objects (one label per cell through z).
+        track : bool
+            Keep a cell's label from frame to frame of a time series (by overlap).
+        min_overlap : float
+            Least overlap for linking and tracking, as a share of the smaller object
+            (:func:`napari_mutualseg.linking.link_slices`).
         name : str
             Name used in error messages.
+        blockwise : bool, optional
+            Force (True) or forbid (False) block-by-block segmentation of a single plane; by
+            default it is chosen by the plane's size.
+        block_size : int
+            Edge of a block's core in pixels.
+        halo : int, optional
+            Margin read around each block (default: from :attr:`cell_size`, see
+            :func:`~napari_mutualseg.blockwise.default_halo`).
+        out : array-like, optional
+            int32 array of zeros, shaped like the plane, to write the labels into (block by
+            block), e.g. from :func:`napari_mutualseg.ome.labels_zarr`.
+        progress : callable, optional
+            ``progress(done, total)`` after each plane (block by block: after each block).
+
+        Returns
+        -------
+        array-like
+            Labels with the image's axes less C (``image.label_axes``): ``(H, W)`` for one
+            plane, ``(Z, H, W)`` for a z-stack, ``(T, [Z,] H, W)`` for a time series; ``out``
+            when given.
         """
+        check_tiling(tile_size, overlap)
+        chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
         min_size = self._min_size(min_size)
-        proba = self.predict_proba(image, tile_size=tile_size, overlap=overlap, name=name)
-        return instances_from_proba(proba, min_size=min_size)
+        if blockwise is None:
+            blockwise = out is not None or math.prod(chosen.plane_shape) > AUTO_BLOCKWISE_PIXELS
+        if blockwise:
+            if chosen.n_planes != 1:
+                raise ValueError(
+                    f"{chosen.name} has {chosen.n_planes} planes; block by block takes one "
+                    "plane at a time (segment each plane, or a stack of smaller planes whole)."
+                )
+            return self._segment_blocks(
+                chosen, tile_size, overlap, min_size, block_size, halo, out, progress
+            )
+        ranges = chosen.channel_ranges(self.percentiles)
+        labels = np.zeros(chosen.label_shape, np.int32)
+        for index in range(chosen.n_planes):
+            proba = self._plane_proba(chosen, index, ranges, tile_size, overlap)
+            position = chosen.plane_position(index)
+            key = tuple(
+                int(position[a]) if a in position else slice(None) for a in chosen.label_axes
+            )
+            labels[key] = instances_from_proba(proba, min_size=min_size)
+            if progress is not None:
+                progress(index + 1, chosen.n_planes)
+        return link_labels(
+            labels, chosen.label_axes, link=link, track=track, min_overlap=min_overlap
+        )
+
+    def _segment_blocks(
+        self, image: AxisImage, tile_size, overlap, min_size, block_size, halo, out, progress
+    ) -> Any:
+        """One plane, block by block (:mod:`napari_mutualseg.blockwise`)."""
+
+        def predict(block: np.ndarray) -> np.ndarray:
+            return predict_proba(
+                self.models, block, self.device, tile_size=tile_size, overlap=overlap
+            )
+
+        result = segment_blockwise(
+            image.plane_array(0),
+            predict,
+            block_size=block_size,
+            halo=default_halo(self.cell_size) if halo is None else halo,
+            percentiles=self.percentiles,
+            min_size=min_size,
+            out=out,
+            progress=progress,
+            name=image.name,
+        )
+        if result.cut_off:
+            warnings.warn(
+                f"{image.name}: {result.cut_off} cell(s) reached the edge of their block's "
+                "margin and may be cut off; segment again with a larger halo (--halo).",
+                UserWarning,
+                stacklevel=3,
+            )
+        return result.labels
 
     def predict(
         self,
-        image: np.ndarray,
+        image: Any,
         *,
+        channels: Sequence[int | str] | None = None,
+        rgb: str | None = None,
+        axes: str | None = None,
         tile_size: int = DEFAULT_TILE_SIZE,
         overlap: int = DEFAULT_OVERLAP,
         min_size: int | None = None,
@@ -231,8 +485,11 @@ class ModelPair:
 
         Parameters
         ----------
-        image : numpy.ndarray
-            A 2D single-channel image of any size (tiled in bounded memory).
+        image : array_like or AxisImage
+            One plane, as in :meth:`predict_proba`, predicted whole (:meth:`segment` goes
+            block by block on images larger than memory).
+        channels, rgb, axes
+            See :meth:`network_input`.
         tile_size, overlap : int
             Sliding-window tile edge and overlap in pixels.
         min_size : int, optional
@@ -255,7 +512,8 @@ class ModelPair:
         """
         check_tiling(tile_size, overlap)
         min_size = self._min_size(min_size)
-        x = normalize(image, self.percentiles, name)
+        chosen = self._one_plane(image, channels, rgb, axes, name, "predict")
+        x = self._plane_input(chosen, 0, chosen.channel_ranges(self.percentiles))
         proba, disagreement = predict_disagreement(
             self.models, x, self.device, tile_size=tile_size, overlap=overlap
         )
@@ -292,6 +550,8 @@ class ModelPair:
             "percentiles": [float(p) for p in self.percentiles],
             "settings": dict(self.settings),
             "history": [dict(h) for h in self.history],
+            "cell_size": self.cell_size,
+            "channel_names": None if self.channel_names is None else list(self.channel_names),
         }
         return checkpoint.write_checkpoint(payload, path, overwrite=overwrite)
 
@@ -313,6 +573,15 @@ class ModelPair:
             package cannot build; the message says what is wrong in one line.
         """
         payload = checkpoint.read_checkpoint(path)
+        archs = [payload.get("arch_a"), payload.get("arch_b")]
+        if (
+            all(isinstance(a, dict) for a in archs)
+            and len({a.get("in_channels") for a in archs}) > 1
+        ):
+            raise checkpoint.CheckpointError(
+                f"{path} is not a usable napari-mutualseg model: its networks A and B take "
+                "different numbers of channels."
+            )
         models = []
         for key in ("a", "b"):
             arch, state = payload.get(f"arch_{key}"), payload.get(f"state_{key}")
@@ -336,14 +605,18 @@ class ModelPair:
             tuple(float(p) for p in payload["percentiles"]),
             dict(payload.get("settings", {})),
             [dict(h) for h in payload.get("history", [])],
+            cell_size=payload.get("cell_size"),
+            channel_names=(
+                tuple(payload["channel_names"]) if payload.get("channel_names") else None
+            ),
         )
         return pair.to(select_device(device))
 
 
-#: What a stored architecture may be: the package's networks see one channel and predict
-#: background, cell and boundary; width and depth are bounded so that a file cannot describe a
-#: network far beyond any trained one.
-ARCH_LIMITS = {"in_channels": (1, 1), "n_classes": (N_CLASSES, N_CLASSES), "width": (1, 256),
+#: What a stored architecture may be: the package's networks predict background, cell and
+#: boundary; channels, width and depth are bounded so that a file cannot describe a network
+#: far beyond any trained one.
+ARCH_LIMITS = {"in_channels": (1, 64), "n_classes": (N_CLASSES, N_CLASSES), "width": (1, 256),
                "depth": (1, 8)}  # fmt: skip
 
 

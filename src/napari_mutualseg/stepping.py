@@ -49,17 +49,21 @@ class _AnySet:
 
 
 class PatchSampler:
-    """Random augmented crops of (image, label) pairs, drawn on the training device."""
+    """Random augmented crops of (image, label) pairs, drawn on the training device.
+
+    Images are ``(C, H, W)`` tensors (a 2D one is taken as one channel); every crop, rotation
+    and flip moves all channels together.
+    """
 
     def __init__(
         self, images: list[torch.Tensor], patch: int, batch: int, seed: int, device: torch.device
     ) -> None:
-        self.images = images
+        self.images = [im[None] if im.ndim == 2 else im for im in images]
         self.patch = patch
         self.batch = batch
         self.device = device
         self.rng = np.random.default_rng(seed)
-        areas = np.array([im.shape[0] * im.shape[1] for im in images], np.float64)
+        areas = np.array([im.shape[-2] * im.shape[-1] for im in self.images], np.float64)
         self.weights = areas / areas.sum()
         self.labels: list[torch.Tensor] = []
 
@@ -67,7 +71,7 @@ class PatchSampler:
         """The label map of every image (padded like the images, with ignore)."""
         self.labels = []
         for image, lab in zip(self.images, labels, strict=True):
-            padded = np.full(tuple(image.shape), IGNORE, np.uint8)
+            padded = np.full(tuple(image.shape[-2:]), IGNORE, np.uint8)
             padded[: lab.shape[0], : lab.shape[1]] = lab
             self.labels.append(torch.from_numpy(padded).to(self.device))
 
@@ -77,17 +81,17 @@ class PatchSampler:
         xs, ys = [], []
         for i in self.rng.choice(len(self.images), size=self.batch, p=self.weights):
             image, label = self.images[i], self.labels[i]
-            y0 = int(self.rng.integers(0, image.shape[0] - p + 1))
-            x0 = int(self.rng.integers(0, image.shape[1] - p + 1))
-            x, y = image[y0 : y0 + p, x0 : x0 + p], label[y0 : y0 + p, x0 : x0 + p]
+            y0 = int(self.rng.integers(0, image.shape[-2] - p + 1))
+            x0 = int(self.rng.integers(0, image.shape[-1] - p + 1))
+            x, y = image[:, y0 : y0 + p, x0 : x0 + p], label[y0 : y0 + p, x0 : x0 + p]
             k = int(self.rng.integers(4))
-            x, y = torch.rot90(x, k, (0, 1)), torch.rot90(y, k, (0, 1))
+            x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (0, 1))
             if self.rng.random() < 0.5:
-                x, y = x.flip(1), y.flip(1)
+                x, y = x.flip(2), y.flip(1)
             gain, offset = self.rng.uniform(0.75, 1.25), self.rng.uniform(-0.1, 0.1)
             xs.append(x * gain + offset)
             ys.append(y)
-        return torch.stack(xs)[:, None], torch.stack(ys).long()
+        return torch.stack(xs), torch.stack(ys).long()
 
 
 class NetworkTrainer:

@@ -24,9 +24,9 @@ from .config import ExchangeSettings, TrainConfig
 from .devices import describe_device, select_device
 from .disagreement import disagreement_map
 from .exchange import ExchangeContext, changed_fraction
+from .images import as_images, network_planes
 from .inference import box_objects, per_box_instances, predict_proba
 from .models import ModelPair, UNet, build_unet
-from .preprocess import as_planes, normalize
 from .stepping import (
     Cancelled,
     CudaStreams,
@@ -78,9 +78,10 @@ class RoundReport:
 
 
 def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
-    pad_h, pad_w = max(size - image.shape[0], 0), max(size - image.shape[1], 0)
+    """A ``(C, H, W)`` image padded (mirrored) to at least ``size`` x ``size``."""
+    pad_h, pad_w = max(size - image.shape[-2], 0), max(size - image.shape[-1], 0)
     if pad_h or pad_w:
-        image = np.pad(image, ((0, pad_h), (0, pad_w)), mode="reflect")
+        image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
     return image
 
 
@@ -89,14 +90,20 @@ class MutualTrainer:
 
     Parameters
     ----------
-    images : numpy.ndarray or sequence of numpy.ndarray
-        One 2D image, a ``(P, H, W)`` stack of planes, or a list of 2D images.
+    images : array_like, AxisImage or sequence of them
+        One 2D image, a ``(P, H, W)`` stack of planes, an 8-bit RGB(A) picture, an
+        :class:`~napari_mutualseg.images.AxisImage` (each of its planes), or a list of 2D
+        images, channels-first ``(C, H, W)`` images and ``AxisImage`` s. The channels the
+        networks learn from are ``config.channels`` (every channel when unset).
     supervisions : Supervision or sequence of Supervision
-        One per image (see :func:`napari_mutualseg.supervision.make_supervision`).
+        One per plane (see :func:`napari_mutualseg.supervision.make_supervision`), in the
+        order of the images and their planes; ``None`` leaves a plane without boxes out
+        (a z-stack boxed on some planes trains on those, normalised like the whole stack).
     config : TrainConfig, optional
         Settings; the defaults are the recommended ones.
     labels : sequence of numpy.ndarray, optional
-        The supervision class maps as the user left them (painted corrections are trusted).
+        The supervision class maps as the user left them (painted corrections are trusted),
+        one per supervision (any value where the supervision is ``None``).
     pair : ModelPair, optional
         Resume from these trained networks (they are copied, never changed in place).
 
@@ -118,28 +125,40 @@ class MutualTrainer:
         pair: ModelPair | None = None,
     ) -> None:
         self.config = config = config if config is not None else TrainConfig()
-        planes = as_planes(images)
+        images = as_images(images)
+        n_planes = sum(image.n_planes for image in images)
         if isinstance(supervisions, Supervision):
             supervisions = [supervisions]
         supervisions = list(supervisions)
-        if len(supervisions) != len(planes):
+        if len(supervisions) != n_planes:
             raise ValueError(
-                f"Got {len(planes)} image(s) but {len(supervisions)} supervision(s): give one "
-                "supervision (set of boxes) per image."
+                f"Got {n_planes} image(s) but {len(supervisions)} supervision(s): give one "
+                "supervision (set of boxes) per image, or None for a plane without boxes."
             )
-        if labels is not None and len(labels) != len(planes):
-            raise ValueError(f"Got {len(planes)} image(s) but {len(labels)} label map(s).")
+        if labels is not None and len(labels) != n_planes:
+            raise ValueError(f"Got {n_planes} image(s) but {len(labels)} label map(s).")
+        keep = [sup is not None for sup in supervisions]
+        if not any(keep):
+            raise ValueError("No image has a supervision: draw boxes on at least one plane.")
+        planes, channel_names = network_planes(
+            images,
+            channels=config.channels,
+            rgb=config.rgb,
+            percentiles=config.percentiles,
+            keep=keep,
+        )
+        supervisions = [sup for sup in supervisions if sup is not None]
+        if labels is not None:
+            labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
         for i, (plane, sup) in enumerate(zip(planes, supervisions, strict=True)):
-            if sup.classes.shape != plane.shape:
+            if sup.classes.shape != plane.shape[-2:]:
                 raise ValueError(
-                    f"Image {i} has shape {plane.shape} but its supervision has shape "
+                    f"Image {i} has shape {plane.shape[-2:]} but its supervision has shape "
                     f"{sup.classes.shape}; make the supervision from this image's shape."
                 )
         self.device = select_device(config.device)
         self.device_name = describe_device(self.device)
-        self.images = [
-            normalize(p, config.percentiles, f"image {i}") for i, p in enumerate(planes)
-        ]
+        self.images = planes
         exchange = config.exchange
         self.contexts = [
             ExchangeContext.build(
@@ -151,8 +170,14 @@ class MutualTrainer:
             for i, sup in enumerate(supervisions)
         ]
         self.resumed = pair is not None
+        in_channels = planes[0].shape[0]
         if pair is None:
-            arch = {"in_channels": 1, "n_classes": 3, "width": config.width, "depth": config.depth}
+            arch = {
+                "in_channels": in_channels,
+                "n_classes": 3,
+                "width": config.width,
+                "depth": config.depth,
+            }
             arch_b = {**arch, "width": exchange.width_b or config.width}
             pair = ModelPair(
                 build_unet(arch, config.seed),
@@ -160,11 +185,20 @@ class MutualTrainer:
                 config.percentiles,
             )
         else:
+            if pair.in_channels != in_channels:
+                raise ValueError(
+                    f"The networks to resume take {pair.describe_input()} but the images give "
+                    f"{in_channels}: pick the channels they were trained on (--channel, or "
+                    "channels= in Python)."
+                )
             pair = pair.copy()
             pair.percentiles = config.percentiles
+        pair.channel_names = channel_names
         # a resumed pair keeps its networks: record their size, not the config's
         arch = pair.model_a.arch
         pair.settings = {**config.to_dict(), "width": arch["width"], "depth": arch["depth"]}
+        sides = [2 * max(box.extent) for sup in supervisions for box in sup.boxes]
+        pair.cell_size = max([pair.cell_size or 0.0, *sides]) or None
         self._pair = pair.to(self.device)
         self._cancel = threading.Event()
         self._trainers: list[NetworkTrainer] = []

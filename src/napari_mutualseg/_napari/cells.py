@@ -1,0 +1,242 @@
+"""The cells table: measurements of a cells layer, a click away from the cell, and its exports.
+
+A Labels layer's measurements live in ``layer.features`` (one row per cell, its ``index``
+column the cell's label, as napari shows them on hover). :class:`CellsPanel` shows the
+features of the active Labels layer, measures them when missing, goes to a cell when its row
+is clicked, and exports the table (CSV), the outlines as a Fiji ROI set and as QuPath
+GeoJSON; the npe2 writers below are the same exports from File > Save Selected Layers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QPushButton,
+    QTableView,
+)
+
+from .. import io
+from ..export import fiji_roi_zip, qupath_geojson, table_csv
+from ..measure import Table, measure_cells
+from .layers import owner_info
+from .panels import _row
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Labels, Layer
+
+#: The exports: name -> (file filter, suffix).
+EXPORTS = {
+    "table": ("CSV table (*.csv)", ".csv"),
+    "fiji": ("Fiji ROI set (*.zip)", ".zip"),
+    "qupath": ("QuPath GeoJSON (*.geojson)", ".geojson"),
+}
+
+
+def measure_layer(layer: Labels, image: Layer | None = None) -> Table:
+    """Measure the cells of ``layer`` (in ``image``'s intensities, and in the layer's units
+    where its scale has units other than pixels)."""
+    units = [f"{u:~}" for u in layer.units]
+    physical = bool(units) and units[-1] not in ("px", "pixel")
+    return measure_cells(
+        np.asarray(layer.data),
+        None if image is None else np.asarray(image.data),
+        pixel_size=tuple(float(s) for s in layer.scale) if physical else None,
+        unit=units[-1] if physical else "um",
+    )
+
+
+def cell_table(layer: Labels, image: Layer | None = None) -> Table:
+    """The layer's measurements: its features when it has them, measured now otherwise."""
+    features = layer.features
+    if "label" in features and len(features):
+        return {k: np.asarray(v) for k, v in features.items() if k != "index"}
+    return measure_layer(layer, image)
+
+
+def show_table(layer: Labels, table: Table) -> None:
+    """Give ``layer`` the measurements as its features (hover shows them per cell)."""
+    layer.features = {"index": table["label"], **table}
+
+
+def export(kind: str, path: str, layer: Labels, table: Table, *, overwrite: bool) -> str:
+    """Write one export of a cells layer (atomically); the path written."""
+    labels = np.asarray(layer.data)
+    if kind == "table":
+        return str(io.write_text(path, table_csv(table), overwrite=overwrite))
+    if labels.ndim != 2:
+        raise ValueError(
+            f"'{layer.name}' is {labels.ndim}D: outlines are exported from 2D cells only; "
+            "export the table, or one plane at a time."
+        )
+    with io.atomic_write(path, overwrite=overwrite) as f:
+        f.write(fiji_roi_zip(labels) if kind == "fiji" else qupath_geojson(labels, table).encode())
+    return str(path)
+
+
+# -- npe2 writers (File > Save Selected Layers…): napari asks before replacing a file ---------
+
+
+def _writer(kind: str):
+    def write(path: str, data: Any, meta: dict) -> list[str]:
+        from napari.layers import Labels
+
+        layer = Labels(data, features=meta.get("features"), scale=meta.get("scale"))
+        return [export(kind, path, layer, cell_table(layer), overwrite=True)]
+
+    write.__doc__ = f"Write a Labels layer's cells as {EXPORTS[kind][0]}."
+    return write
+
+
+write_table = _writer("table")
+write_fiji_rois = _writer("fiji")
+write_qupath_geojson = _writer("qupath")
+
+
+# -- the panel ----------------------------------------------------------------------------------
+
+
+class _TableModel(QAbstractTableModel):
+    """A read-only Qt view of a :data:`~napari_mutualseg.measure.Table` (columns of arrays)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: Table = {}
+
+    def set_table(self, table: Table) -> None:
+        self.beginResetModel()
+        self.table = table
+        self.endResetModel()
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008 (Qt's API)
+        return len(next(iter(self.table.values()), ()))
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return len(self.table)
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+            return None
+        value = list(self.table.values())[index.column()][index.row()]
+        return f"{value:.4g}" if isinstance(value, float | np.floating) else str(value)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = 0) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return list(self.table)[section]
+        return None
+
+
+class CellsPanel(QGroupBox):
+    """The measurements of the active Labels layer; a row goes to its cell."""
+
+    def __init__(self, viewer: napari.Viewer, notify: Any) -> None:
+        super().__init__("Cells")
+        self.viewer = viewer
+        self.notify = notify
+        self.layer: Labels | None = None
+        form = QFormLayout(self)
+        self.title = QLabel("Select a cells layer to see its cells.")
+        self.title.setWordWrap(True)
+        self.model = _TableModel()
+        self.view = QTableView()
+        self.view.setModel(self.model)
+        self.view.setMinimumHeight(120)
+        self.view.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
+        self.measure = QPushButton("Measure")
+        self.measure.setToolTip("Measure the cells of the active layer in its image")
+        self.buttons = {kind: QPushButton(label) for kind, label in (
+            ("table", "Save table…"), ("fiji", "Fiji ROIs…"), ("qupath", "QuPath GeoJSON…")
+        )}  # fmt: skip
+        form.addRow(self.title)
+        form.addRow(self.view)
+        form.addRow(_row(self.measure, *self.buttons.values()))
+        self.measure.clicked.connect(self.measure_active)
+        for kind, button in self.buttons.items():
+            button.clicked.connect(lambda _=False, k=kind: self._ask_export(k))
+        self.view.clicked.connect(self._go_to_row)
+        viewer.layers.selection.events.active.connect(self._on_active)
+        self._on_active()
+
+    def unwatch(self) -> None:
+        """Stop following the viewer (the panel is closed)."""
+        self.viewer.layers.selection.events.active.disconnect(self._on_active)
+        self._follow(None)
+
+    def _on_active(self, *_: Any) -> None:
+        from napari.layers import Labels
+
+        layer = self.viewer.layers.selection.active
+        self._follow(layer if isinstance(layer, Labels) else None)
+
+    def _follow(self, layer: Labels | None) -> None:
+        if self.layer is not None:
+            self.layer.events.features.disconnect(self._refresh)
+        self.layer = layer
+        if layer is not None:
+            layer.events.features.connect(self._refresh)
+        self._refresh()
+
+    def _refresh(self, *_: Any) -> None:
+        layer = self.layer
+        table = {} if layer is None else {
+            k: np.asarray(v) for k, v in layer.features.items() if k != "index"
+        }  # fmt: skip
+        self.model.set_table(table)
+        n = self.model.rowCount()
+        self.title.setText(
+            "Select a cells layer to see its cells." if layer is None else
+            f"'{layer.name}': {n} cells." if n else f"'{layer.name}': press Measure."
+        )  # fmt: skip
+        for button in (self.measure, *self.buttons.values()):
+            button.setEnabled(layer is not None)
+
+    def _image_of(self, layer: Labels) -> Layer | None:
+        info = owner_info(layer) or {}
+        source = info.get("source_id")
+        return next((x for x in self.viewer.layers if str(x.unique_id) == source), None)
+
+    def measure_active(self) -> Table | None:
+        """Measure the active cells layer in its image (intensities per channel)."""
+        if self.layer is None:
+            return None
+        try:
+            table = measure_layer(self.layer, self._image_of(self.layer))
+        except ValueError as err:
+            self.notify(str(err), "error")
+            return None
+        show_table(self.layer, table)
+        return table
+
+    def _go_to_row(self, index: QModelIndex) -> None:
+        table, layer = self.model.table, self.layer
+        axes = [a for a in "zyx" if f"centroid_{a}_px" in table]
+        point = [float(table[f"centroid_{a}_px"][index.row()]) for a in axes]
+        world = np.asarray(layer.data_to_world(point), float)
+        if len(axes) == 3:
+            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, world[-3])
+        self.viewer.camera.center = tuple(world[-2:])
+        layer.selected_label = int(table["label"][index.row()])
+
+    def _ask_export(self, kind: str) -> None:
+        layer = self.layer
+        if layer is None:
+            return
+        label, suffix = EXPORTS[kind]
+        path, _ = QFileDialog.getSaveFileName(self, label, f"{layer.name}{suffix}", label)
+        if not path:
+            return
+        try:
+            table = cell_table(layer, self._image_of(layer))
+            # the dialog asked before replacing an existing file
+            written = export(kind, path, layer, table, overwrite=True)
+        except (OSError, ValueError) as err:
+            self.notify(f"Could not export: {err}", "error")
+            return
+        self.notify(f"Wrote {written}", "info")

@@ -1,0 +1,125 @@
+"""3D objects from a segmented z-stack, and labels kept from frame to frame of a time series.
+
+Every 2D plane is segmented on its own. :func:`link_slices` then gives an object the label of
+the object it overlaps in the slice before: plane to plane along z (3D objects), frame to frame
+along time (tracking by overlap). Two objects are linked when their overlap covers at least
+``min_overlap`` of the smaller one, one-to-one and best overlap first, so the shrinking
+cross-section at a cell's top and bottom stays with its cell (IoU would cut it off as an object
+of its own), while two neighbouring cells, which overlap little, are never merged.
+:func:`link_labels` applies it to a label image by its axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .metrics import overlap_table
+
+__all__ = ["LINK_MIN_OVERLAP", "link_labels", "link_slices"]
+
+#: Least share of the smaller of two objects in consecutive slices that must overlap the other
+#: for both to become one (``benchmarks/volume.py`` measures it).
+LINK_MIN_OVERLAP = 0.5
+
+
+def _links(current: np.ndarray, previous: np.ndarray, min_overlap: float) -> tuple:
+    """Pairs (current id, previous id) that are one object, best overlap first, one-to-one."""
+    ov = overlap_table(current, previous)
+    smaller = np.minimum(ov.gt_area[ov.pair_gt], ov.pred_area[ov.pair_pred])
+    share = ov.inter / smaller
+    ok = np.flatnonzero(share >= min_overlap)
+    order = ok[np.lexsort((-ov.inter[ok], -share[ok]))]
+    taken_cur, taken_prev, cur, prev = set(), set(), [], []
+    for k in order:
+        c, p = int(ov.pair_pred[k]), int(ov.pair_gt[k])
+        if c not in taken_cur and p not in taken_prev:
+            taken_cur.add(c)
+            taken_prev.add(p)
+            cur.append(ov.pred_ids[c])
+            prev.append(ov.gt_ids[p])
+    return np.asarray(cur, np.int64), np.asarray(prev, np.int64)
+
+
+def link_slices(labels: np.ndarray, *, min_overlap: float = LINK_MIN_OVERLAP) -> np.ndarray:
+    """Relabel consecutive slices along axis 0 so that overlapping objects share a label.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer labels, ``(N, ...)``: N slices (planes or frames), each labelled on its own
+        (0 is background; ids need not be consecutive).
+    min_overlap : float
+        Least share, in (0, 1], of the smaller of two objects in consecutive slices that must
+        overlap the other for both to become one object.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 (int64 beyond 2**31 - 1 objects) labels of the same shape, 1..N over the whole
+        array in the order objects first appear.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim < 3:
+        raise ValueError(f"labels must be slices of 2D labels or more, got shape {labels.shape}.")
+    if not 0 < min_overlap <= 1:
+        raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}.")
+    counts = [np.bincount(s.ravel()) for s in labels]
+    total = sum(int(np.count_nonzero(c[1:])) for c in counts)
+    out = np.zeros(labels.shape, np.int32 if total < 2**31 else np.int64)
+    next_id = 1
+    for k, (current, count) in enumerate(zip(labels, counts, strict=True)):
+        present = np.flatnonzero(count)
+        present = present[present > 0]
+        lut = np.zeros(count.size, out.dtype)
+        if k and present.size:
+            cur, prev = _links(current, out[k - 1], min_overlap)
+            lut[cur] = prev
+        new = present[lut[present] == 0]
+        lut[new] = np.arange(next_id, next_id + new.size)
+        next_id += new.size
+        out[k] = lut[current]
+    return out
+
+
+def link_labels(
+    labels: np.ndarray,
+    axes: str,
+    *,
+    link: bool = True,
+    track: bool = False,
+    min_overlap: float = LINK_MIN_OVERLAP,
+) -> np.ndarray:
+    """Link the planes of a label image into 3D objects and, optionally, track them in time.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Per-plane labels with axes ``axes``.
+    axes : str
+        The label image's axes: ``"YX"``, ``"ZYX"``, ``"TYX"`` or ``"TZYX"``.
+    link : bool
+        Give a cell one label through z (3D objects).
+    track : bool
+        Give a cell (or a 3D object) one label from frame to frame.
+    min_overlap : float
+        See :func:`link_slices`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The linked labels (``labels`` itself when there is nothing to link).
+    """
+    axes = axes.upper()
+    if axes not in ("YX", "ZYX", "TYX", "TZYX") or len(axes) != np.ndim(labels):
+        raise ValueError(
+            f"Label axes must be YX, ZYX, TYX or TZYX, one per axis of the labels; got {axes!r} "
+            f"for shape {np.shape(labels)}."
+        )
+    if link and "Z" in axes:
+        if "T" in axes:
+            labels = np.stack([link_slices(frame, min_overlap=min_overlap) for frame in labels])
+        else:
+            labels = link_slices(labels, min_overlap=min_overlap)
+    if track and "T" in axes:
+        labels = link_slices(labels, min_overlap=min_overlap)
+    return labels

@@ -1,0 +1,303 @@
+"""Physical pixel size and OME-Zarr label output.
+
+The labels of a large image are written a chunk at a time (:func:`labels_zarr`), so that they
+are never whole in memory. The pixel size travels from the input (read with the image,
+:class:`napari_mutualseg.images.AxisImage`) to every output (:meth:`PixelSize.of`): OME-Zarr
+scale, and OME-TIFF metadata plus resolution tags (``io.write_labels``).
+
+OME-Zarr output follows OME-NGFF 0.4 (zarr format 2, ``/`` chunk separator, the version the
+most viewers read): a multiscale group marked as a label image (``image-label``), the labels
+in ``0`` and nearest-neighbour levels ``1``, ``2``, ... each half the size of the one above,
+down to one chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "NGFF_VERSION",
+    "PixelSize",
+    "check_writable_zarr",
+    "labels_zarr",
+    "unit_symbol",
+]
+
+#: The OME-NGFF version written.
+NGFF_VERSION = "0.4"
+
+#: Edge of the chunks (and of the smallest pyramid level) of OME-Zarr labels.
+ZARR_CHUNK = 1024
+
+# length units: the OME-NGFF (UDUNITS-2) name, its OME-XML symbol and its size in metres
+_UNITS = {
+    "nanometer": ("nm", 1e-9),
+    "micrometer": ("µm", 1e-6),
+    "millimeter": ("mm", 1e-3),
+    "centimeter": ("cm", 1e-2),
+    "meter": ("m", 1.0),
+}
+_ALIASES = {
+    **{name: name for name in _UNITS},
+    **{name + "s": name for name in _UNITS},
+    **{symbol: name for name, (symbol, _) in _UNITS.items()},
+    "um": "micrometer",
+    "μm": "micrometer",  # Greek mu, as some files spell it
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "\\u00b5m": "micrometer",  # ImageJ's escaped spelling
+}
+
+
+def unit_symbol(unit: Any) -> str | None:
+    """A length unit as people write it (``"µm"``), from any spelling; None for none or pixels.
+
+    Raises
+    ------
+    ValueError
+        For a unit that is not a length.
+    """
+    text = str(unit or "").strip()
+    if text.lower() in ("", "pixel", "pixels", "px"):
+        return None
+    return _UNITS[_unit_name(text)][0]
+
+
+def _unit_name(unit: str) -> str:
+    name = _ALIASES.get(str(unit).strip().lower()) or _ALIASES.get(str(unit).strip())
+    if name is None:
+        raise ValueError(
+            f"Unknown length unit {unit!r}; use one of {', '.join(_UNITS)} (or nm, um, mm, cm, m)."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """Physical size of one pixel along y and x.
+
+    Attributes
+    ----------
+    y, x : float
+        Pixel height and width in ``unit``.
+    unit : str
+        A length unit, stored by its OME-NGFF name (``"micrometer"``); ``"um"``, ``"µm"``,
+        ``"micron"``, ``"nm"`` and the like are accepted.
+    """
+
+    y: float
+    x: float
+    unit: str = "micrometer"
+
+    def __post_init__(self) -> None:
+        for axis in ("y", "x"):
+            value = float(getattr(self, axis))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"Pixel size along {axis} must be positive, got {value}.")
+            object.__setattr__(self, axis, value)
+        object.__setattr__(self, "unit", _unit_name(self.unit))
+
+    @property
+    def symbol(self) -> str:
+        """The unit as OME-XML writes it (``"µm"``)."""
+        return _UNITS[self.unit][0]
+
+    def per_centimeter(self) -> tuple[float, float]:
+        """Pixels per centimetre along x and y, as TIFF resolution tags store them."""
+        metres = _UNITS[self.unit][1]
+        return 0.01 / (self.x * metres), 0.01 / (self.y * metres)
+
+    @classmethod
+    def of(cls, image: Any) -> PixelSize | None:
+        """The pixel size an :class:`~napari_mutualseg.images.AxisImage` knows, else None."""
+        size = image.pixel_size
+        if "Y" not in size or "X" not in size or not image.unit:
+            return None
+        return cls(size["Y"], size["X"], image.unit)
+
+    @classmethod
+    def parse(cls, text: str) -> PixelSize:
+        """A pixel size from text: ``"0.65"`` (square, micrometres), ``"0.5,0.65"`` (y, x),
+        optionally followed by a unit (``"650 nm"``, ``"0.5,0.65um"``).
+
+        Raises
+        ------
+        ValueError
+            When the text is not one or two positive numbers and an optional unit.
+        """
+        number = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+        match = re.fullmatch(rf"\s*{number}\s*(?:,\s*{number})?\s*([^\s0-9.,]*)\s*", text)
+        if match is None:
+            raise ValueError(
+                f"Cannot read a pixel size from {text!r}: give one number (square pixels) or "
+                "y,x, optionally with a unit, e.g. 0.65 or 0.5,0.65um or 650nm."
+            )
+        y, x, unit = match.groups()
+        return cls(float(y), float(x or y), unit or "micrometer")
+
+
+# ---------------------------------------------------------------------- OME-Zarr output
+
+
+def _multiscales(name: str, levels: int, pixel_size: PixelSize | None) -> dict:
+    unit = {"unit": pixel_size.unit} if pixel_size is not None else {}
+    base = (pixel_size.y, pixel_size.x) if pixel_size is not None else (1.0, 1.0)
+    datasets = [
+        {
+            "path": str(k),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [base[0] * 2**k, base[1] * 2**k]}
+            ],
+        }
+        for k in range(levels)
+    ]
+    return {
+        "multiscales": [
+            {
+                "version": NGFF_VERSION,
+                "name": name,
+                "axes": [{"name": a, "type": "space", **unit} for a in ("y", "x")],
+                "datasets": datasets,
+                "type": "nearest",
+                "metadata": {"method": "every second pixel of the level above"},
+            }
+        ],
+        "image-label": {"version": NGFF_VERSION},
+    }
+
+
+def _new_array(group: Any, name: str, shape: Sequence[int], chunks: Sequence[int]) -> Any:
+    return group.create_array(
+        name,
+        shape=tuple(shape),
+        chunks=tuple(min(c, s) for c, s in zip(chunks, shape, strict=True)),
+        dtype="int32",
+        fill_value=0,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+
+
+def _downsample(source: Any, target: Any) -> None:
+    """``target`` = every second pixel of ``source``, one target chunk at a time."""
+    ch_y, ch_x = target.chunks
+    for y in range(0, target.shape[0], ch_y):
+        for x in range(0, target.shape[1], ch_x):
+            target[y : y + ch_y, x : x + ch_x] = source[
+                2 * y : 2 * (y + ch_y) : 2, 2 * x : 2 * (x + ch_x) : 2
+            ]
+
+
+def check_writable_zarr(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a zarr target that is not named ``*.zarr`` or exists, unless ``overwrite``.
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` exists and ``overwrite`` is False, or is a file.
+    ValueError
+        When the name does not end in ``.zarr``.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(".zarr"):
+        raise ValueError(
+            f"OME-Zarr output needs a name ending in .zarr (e.g. cells.ome.zarr), got {path}."
+        )
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a zarr folder; choose another name.")
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; choose another path, or pass overwrite=True "
+            "(--overwrite on the command line) to replace it."
+        )
+    return path
+
+
+@contextlib.contextmanager
+def labels_zarr(
+    path: str | os.PathLike,
+    shape: Sequence[int],
+    *,
+    pixel_size: PixelSize | None = None,
+    name: str = "cells",
+    chunk: int = ZARR_CHUNK,
+    overwrite: bool = False,
+) -> Iterator[Any]:
+    """A zarr array to write labels into, saved as OME-Zarr labels when the block ends.
+
+    The store is written under a temporary name in the same folder; on leaving the ``with``
+    block the pyramid levels and the OME-NGFF metadata are added and it is renamed into place.
+    If the block raises, the temporary store is removed and ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Target folder, ending in ``.zarr`` (``cells.ome.zarr``).
+    shape : sequence of int
+        ``(Y, X)`` of the labels; an image's leading (channel) axes are ignored.
+    pixel_size : PixelSize, optional
+        Written as the scale of every level (doubled per level down the pyramid).
+    name : str
+        The multiscale's name.
+    chunk : int
+        Chunk edge in pixels; the pyramid stops at the first level that fits one chunk.
+    overwrite : bool
+        Replace an existing ``path``.
+
+    Yields
+    ------
+    zarr.Array
+        int32 ``(Y, X)`` array, all 0, to write the labels into.
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` exists and ``overwrite`` is False.
+    ValueError
+        When ``path`` does not end in ``.zarr`` or zarr is not installed.
+
+    Examples
+    --------
+    >>> with labels_zarr("slide_cells.ome.zarr", image.shape, pixel_size=size) as out:
+    ...     pair.segment(image, out=out)
+    """
+    import zarr
+
+    path = Path(path)
+    check_writable_zarr(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        group = zarr.open_group(str(temp), mode="w", zarr_format=2)
+        shape = tuple(int(s) for s in shape[-2:])
+        level = _new_array(group, "0", shape, (chunk, chunk))
+        yield level
+        levels = 1
+        while max(level.shape) > chunk:
+            smaller = _new_array(
+                group, str(levels), [-(-s // 2) for s in level.shape], (chunk, chunk)
+            )
+            _downsample(level, smaller)
+            level, levels = smaller, levels + 1
+        group.attrs.update(_multiscales(name, levels, pixel_size))
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    _replace(temp, path)
+
+
+def _replace(temp: Path, path: Path) -> None:
+    """Rename ``temp`` to ``path``; a folder already there is moved aside first, then removed."""
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    if path.exists():
+        path.rename(old)
+    temp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)

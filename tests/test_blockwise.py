@@ -1,0 +1,255 @@
+"""Block-by-block segmentation: cells cut by block faces stay whole, outputs keep pixel size."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from skimage.segmentation import find_boundaries
+
+from napari_mutualseg.blockwise import block_grid, default_halo
+from napari_mutualseg.images import AxisImage
+from napari_mutualseg.io import write_labels
+from napari_mutualseg.models import ModelPair
+from napari_mutualseg.ome import PixelSize
+from napari_mutualseg.preprocess import channel_ranges
+from napari_mutualseg.synthetic import synthetic_scene
+
+BLOCK = 64
+
+
+class _PixelNet(torch.nn.Module):
+    """A 'network' that reads the class off each pixel: 0 background, 1 cell, 0.5 boundary.
+
+    Its output at a pixel depends on that pixel only, so whole-image and block-by-block
+    probabilities are equal and any difference in the labels comes from the blocks.
+    """
+
+    divisor = 1
+
+    def __init__(self):
+        super().__init__()
+        self.arch = {"in_channels": 1, "n_classes": 3}
+        self.register_buffer("centres", torch.tensor([0.0, 1.0, 0.5]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return -100 * (x - self.centres) ** 2
+
+
+def _pair() -> ModelPair:
+    return ModelPair(_PixelNet(), _PixelNet())
+
+
+def _image_of(truth: np.ndarray) -> np.ndarray:
+    """What the pixel net reads back as ``truth``: cells 1, their edges 0.5, background 0."""
+    image = (truth > 0).astype(np.float32)
+    image[find_boundaries(truth, mode="inner")] = 0.5
+    return image
+
+
+def _cells_across_faces() -> np.ndarray:
+    """Discs on block faces and corners, and touching pairs divided along a face."""
+    yy, xx = np.mgrid[:192, :192]
+    centres = [(64, 30), (30, 128), (64, 64), (128, 128), (64, 128), (128, 64), (170, 100)]
+    centres += [(118, 20), (138, 20), (20, 54), (20, 74)]  # touching, split by a face
+    truth = np.zeros((192, 192), np.int32)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        truth[((yy - cy) ** 2 + (xx - cx) ** 2 <= 9.5**2) & (truth == 0)] = k
+    return truth
+
+
+def _same_objects(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label images hold the same objects, whatever their numbers."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return (
+        np.unique(pairs[0]).size == pairs.shape[1] and np.unique(pairs[1]).size == pairs.shape[1]
+    )
+
+
+def pixel_size_of(path):
+    return PixelSize.of(AxisImage.from_file(path))
+
+
+def test_cells_across_block_faces_and_corners_get_one_label_each():
+    truth = _cells_across_faces()
+    image = _image_of(truth)
+    pair = _pair()
+    labels = pair.segment(image, blockwise=True, block_size=BLOCK, halo=32)
+    assert len(block_grid(image.shape, BLOCK, 32)) == 9
+    assert labels.max() == truth.max()  # no cell counted twice
+    for k in range(1, truth.max() + 1):
+        inside = labels[truth == k]
+        assert np.unique(inside).size == 1 and inside[0] > 0  # no cell split at a face
+    assert _same_objects(labels, pair.segment(image, blockwise=False))
+
+
+def test_small_blocks_give_the_whole_image_segmentation():
+    _, truth, _ = synthetic_scene((150, 170), 30, seed=3)
+    image = _image_of(truth) * 300 + 100  # any intensity range: the percentiles are global
+    pair = _pair()
+    whole = pair.segment(image, blockwise=False)
+    for block, halo in ((32, 32), (64, 64), (96, 32)):
+        blocks = pair.segment(image, blockwise=True, block_size=block, halo=halo)
+        assert blocks.max() == whole.max() and _same_objects(blocks, whole)
+
+
+def test_a_halo_narrower_than_the_cells_is_reported():
+    image = _image_of(_cells_across_faces())
+    with pytest.warns(UserWarning, match="larger halo"):
+        _pair().segment(image, blockwise=True, block_size=BLOCK, halo=0)
+
+
+def test_halo_follows_the_cell_size_and_large_images_go_by_blocks():
+    assert default_halo(None) == 128
+    assert default_halo(10) == 64  # the networks' context at least
+    assert default_halo(70) == 160  # twice the largest cell, on the pooling grid
+    with pytest.raises(ValueError, match="block_size"):
+        block_grid((100, 100), 0, 32)
+
+
+def test_percentiles_of_an_array_too_large_to_load_are_sampled_the_same_way(tmp_path):
+    import zarr
+
+    rng = np.random.default_rng(0)
+    image = rng.gamma(2.0, 100.0, (2100, 2100)).astype(np.uint16)  # above the 4-Mpixel sampling
+    stored = zarr.open_array(
+        str(tmp_path / "im.zarr"),
+        mode="w",
+        shape=image.shape,
+        chunks=(512, 512),
+        dtype=image.dtype,
+    )
+    stored[:] = image
+    ((low, high),) = channel_ranges(image.astype(np.float32))
+    np.testing.assert_array_equal(channel_ranges(stored), [[low, high]])
+    exact = np.percentile(image, (1, 99.8))
+    assert abs(low - exact[0]) <= 2 and abs(high - exact[1]) <= 0.02 * exact[1]
+
+
+def test_labels_written_to_ome_zarr_from_a_tiff_read_block_by_block(tmp_path):
+    import zarr
+
+    from napari_mutualseg.ome import labels_zarr
+
+    truth = _cells_across_faces()
+    raw = (_image_of(truth) * 1000).astype(np.uint16)
+    size = PixelSize(0.5, 0.25, "um")
+    source = tmp_path / "big.tif"
+    tifffile.imwrite(
+        source,
+        raw,
+        tile=(64, 64),
+        compression="zlib",
+        resolution=size.per_centimeter(),
+        resolutionunit="CENTIMETER",
+    )
+    assert pixel_size_of(source) == size
+    image = AxisImage.from_file(source, lazy=True)
+    assert not isinstance(image.data, np.ndarray) and image.plane_shape == raw.shape
+    pair = _pair()
+    target = tmp_path / "cells.ome.zarr"
+    with labels_zarr(target, image.plane_shape, pixel_size=pixel_size_of(source), chunk=64) as out:
+        pair.segment(image, out=out, block_size=BLOCK, halo=32)
+    assert not list(tmp_path.glob(".*partial"))
+    group = zarr.open_group(str(target), mode="r")
+    entry = group.attrs["multiscales"][0]
+    assert "image-label" in group.attrs and entry["version"] == "0.4"
+    assert [d["path"] for d in entry["datasets"]] == ["0", "1", "2"]  # 192 -> 96 -> 48 pixels
+    assert entry["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 0.5]
+    assert all(a["unit"] == "micrometer" for a in entry["axes"])
+    labels = group["0"][:]
+    assert _same_objects(labels, pair.segment(raw))
+    np.testing.assert_array_equal(group["1"][:], labels[::2, ::2])
+    assert pixel_size_of(target) == size
+    np.testing.assert_array_equal(AxisImage.from_file(target).plane(0)[0], labels)
+    # never replaced without overwrite; replaced with it
+    with pytest.raises(FileExistsError), labels_zarr(target, image.plane_shape):
+        pass
+    with labels_zarr(target, (8, 8), overwrite=True) as out:
+        out[:] = 1
+    assert zarr.open_group(str(target), mode="r")["0"].shape == (8, 8)
+
+
+def test_a_failed_segmentation_leaves_no_store_behind(tmp_path):
+
+    from napari_mutualseg.ome import labels_zarr
+
+    with pytest.raises(RuntimeError), labels_zarr(tmp_path / "c.ome.zarr", (64, 64)):
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uncompressed_tiff_is_read_window_by_window_with_its_calibration(tmp_path):
+    raw = np.arange(120 * 90, dtype=np.uint16).reshape(120, 90)
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(
+        path, raw, imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "micron"}
+    )
+    image = AxisImage.from_file(path, lazy=True)
+    assert image.plane_shape == raw.shape and not isinstance(image.data, np.ndarray)
+    np.testing.assert_array_equal(
+        np.asarray(image.plane_array(0))[0, 10:20, 30:35], raw[10:20, 30:35]
+    )
+    assert pixel_size_of(path) == PixelSize(0.65, 0.65)
+
+
+def test_tiff_labels_carry_the_pixel_size(tmp_path):
+    labels = _cells_across_faces()
+    size = PixelSize.parse("0.5,0.65 nm")
+    path = write_labels(tmp_path / "cells.tif", labels, pixel_size=size)
+    np.testing.assert_array_equal(tifffile.imread(path), labels)
+    assert pixel_size_of(path) == size
+    with tifffile.TiffFile(path) as tif:  # read as resolution tags too, by other readers
+        x_res, _ = tif.pages.first.get_resolution()
+    assert x_res == pytest.approx(1e7 / 0.65)
+    assert pixel_size_of(write_labels(tmp_path / "plain.tif", labels)) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.65", PixelSize(0.65, 0.65, "micrometer")),
+        ("0.5,0.65um", PixelSize(0.5, 0.65, "micrometer")),
+        ("650 nm", PixelSize(650, 650, "nanometer")),
+        ("0.5, 0.5 µm", PixelSize(0.5, 0.5)),
+    ],
+)
+def test_pixel_size_from_text(text, expected):
+    assert PixelSize.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "fast", "0.5,", "-1", "1 parsec", "0"])
+def test_bad_pixel_sizes_are_explained(text):
+    with pytest.raises(ValueError, match=r"pixel size|unit|positive"):
+        PixelSize.parse(text)
+
+
+def test_command_line_predicts_block_by_block_and_keeps_the_pixel_size(tmp_path, capsys):
+    import zarr
+
+    from napari_mutualseg.cli import main
+    from napari_mutualseg.models import build_unet
+
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    image, _, _ = synthetic_scene((96, 80), 8, seed=1)
+    source = tmp_path / "well.tif"
+    tifffile.imwrite(
+        source,
+        (image * 1000).astype(np.uint16),
+        imagej=True,
+        resolution=(1 / 0.65, 1 / 0.65),
+        metadata={"unit": "um"},
+    )
+    out = tmp_path / "pred"
+    common = ["predict", model, source, "--out", out, "--device", "cpu", "--block-size", "64"]
+    assert main([str(a) for a in [*common, "--halo", "32", "--out-format", "zarr"]]) == 0
+    group = zarr.open_group(str(out / "well_cells.ome.zarr"), mode="r")
+    assert group["0"].shape == (96, 80)
+    assert pixel_size_of(out / "well_cells.ome.zarr") == PixelSize(0.65, 0.65)
+    assert main([str(a) for a in [*common, "--pixel-size", "0.5,0.4um"]]) == 0
+    assert pixel_size_of(out / "well_cells.tif") == PixelSize(0.5, 0.4)
+    capsys.readouterr()
+    assert main([str(a) for a in [*common, "--out-format", "zarr"]]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([str(a) for a in [*common, "--disagreement-out", tmp_path / "d"]]) == 2
+    assert "whole images" in capsys.readouterr().err

@@ -1,0 +1,132 @@
+"""The command line with channels, RGB pictures, z-stacks and time series."""
+
+import numpy as np
+import pytest
+import skimage.io
+import tifffile
+
+from napari_mutualseg.cli import main
+from napari_mutualseg.synthetic import synthetic_scene
+
+TINY = ["--rounds", "1", "--steps", "2", "--width", "4", "--depth", "2"]
+TINY += ["--patch-size", "32", "--batch-size", "2", "--device", "cpu"]
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def scene(tmp_path):
+    image, _, boxes = synthetic_scene((64, 80), 5, seed=2)
+    distractor = synthetic_scene((64, 80), 5, seed=9)[0]
+    plain = tmp_path / "boxes.csv"
+    plain.write_text("y0,x0,y1,x1\n" + "".join(",".join(map(str, b)) + "\n" for b in boxes))
+    return image, distractor, boxes, plain
+
+
+def test_a_two_channel_file_trains_on_the_chosen_channel_and_predicts_with_it(
+    scene, tmp_path, capsys
+):
+    image, distractor, _, plain = scene
+    two = tmp_path / "two.tif"
+    data = (np.stack([distractor, image]) * 1000).astype(np.uint16)
+    tifffile.imwrite(two, data, imagej=True, metadata={"axes": "CYX"})
+    model = tmp_path / "m.pt"
+    code, _, err = _run(
+        capsys, "train", two, "--boxes", plain, "--channel", "1", "--out", model, *TINY
+    )
+    assert code == 0, err
+    assert "2 channels, axes CYX" in err
+    # resuming keeps the model's channel unless told otherwise
+    code, _, err = _run(
+        capsys,
+        "train",
+        two,
+        "--boxes",
+        plain,
+        "--resume",
+        model,
+        "--out",
+        tmp_path / "m2.pt",
+        *TINY,
+    )
+    assert code == 0, err
+    code, _, err = _run(capsys, "predict", model, two, "--out", tmp_path / "pred")
+    assert code == 0, err
+    assert tifffile.imread(tmp_path / "pred" / "two_cells.tif").shape == (64, 80)
+    # the nuclei alone: the one channel the networks take
+    alone = tmp_path / "alone.tif"
+    tifffile.imwrite(alone, data[1])
+    code, _, err = _run(capsys, "predict", model, alone, "--out", tmp_path / "pred")
+    assert code == 0, err
+    code, _, err = _run(
+        capsys, "predict", model, two, "--channel", "0,1", "--out", tmp_path / "p2"
+    )
+    assert code == 2 and "gives the networks 2 channels but they were trained on 1" in err
+    code, _, err = _run(capsys, "predict", model, two, "--channel", "DAPI", "--out", tmp_path)
+    assert code == 2 and "does not name its channels" in err
+
+
+def test_a_3d_file_needs_its_axes_and_a_z_stack_gives_3d_labels(scene, tmp_path, capsys):
+    image, _, boxes, plain = scene
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, (np.stack([image * 0.9, image, image * 1.1]) * 1000).astype(np.uint16))
+    rows = ["index,shape-type,vertex-index,axis-0,axis-1,axis-2"]
+    for k, (y0, x0, y1, x1) in enumerate(boxes):
+        corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
+        rows += [f"{k},rectangle,{v},1,{y - 0.5},{x - 0.5}" for v, (y, x) in enumerate(corners)]
+    table = tmp_path / "stack.csv"
+    table.write_text("\n".join(rows) + "\n")
+    model = tmp_path / "m.pt"
+    code, _, err = _run(capsys, "train", stack, "--boxes", table, "--out", model, *TINY)
+    assert code == 2 and "--axes" in err and "ZYX" in err and "Traceback" not in err
+    code, _, err = _run(
+        capsys, "train", stack, "--axes", "ZYX", "--boxes", plain, "--out", model, *TINY
+    )
+    assert code == 2 and "which plane" in err
+    code, _, err = _run(
+        capsys,
+        "train",
+        stack,
+        "--boxes",
+        table,
+        "--axes",
+        "ZYX",
+        "--out",
+        model,
+        "--labels-out",
+        tmp_path / "labels",
+        *TINY,
+    )
+    assert code == 0, err
+    assert (tmp_path / "labels" / "stack_z001_cells.tif").exists()  # the boxed plane
+    code, stdout, err = _run(
+        capsys, "predict", model, stack, "--axes", "ZYX", "--out", tmp_path / "pred"
+    )
+    assert code == 0, err
+    assert "axes ZYX" in stdout
+    assert tifffile.imread(tmp_path / "pred" / "stack_cells.tif").shape == (3, 64, 80)
+
+
+def test_rgb_pictures_train_as_colours_or_gray(scene, tmp_path, capsys):
+    image, _, _, plain = scene
+    picture = tmp_path / "he.png"
+    rgb = np.clip(np.stack([image, image * 0.6, image * 0.3], -1) * 220, 0, 255).astype(np.uint8)
+    skimage.io.imsave(picture, rgb, check_contrast=False)
+    for mode in ("channels", "gray"):
+        model = tmp_path / f"{mode}.pt"
+        code, _, err = _run(
+            capsys, "train", picture, "--boxes", plain, "--rgb", mode, "--out", model, *TINY
+        )
+        assert code == 0, err
+        assert "3 RGB colours" in err
+        code, _, err = _run(capsys, "predict", model, picture, "--out", tmp_path / mode)
+        assert code == 0, err
+        assert tifffile.imread(tmp_path / mode / "he_cells.tif").shape == (64, 80)
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, rgb[..., 0])
+    code, _, err = _run(capsys, "predict", tmp_path / "channels.pt", gray, "--out", tmp_path)
+    assert code == 2 and "trained on 3 channels" in err

@@ -1,0 +1,48 @@
+"""3D objects from per-plane labels, and labels kept across the frames of a time series."""
+
+import numpy as np
+import pytest
+from skimage.measure import label
+
+from napari_mutualseg.linking import link_labels, link_slices
+from napari_mutualseg.metrics import evaluate
+from napari_mutualseg.synthetic import synthetic_volume
+
+
+def test_a_cell_through_z_gets_one_label_and_neighbours_stay_apart():
+    planes = np.zeros((3, 20, 30), np.int32)
+    planes[0, 2:10, 2:10] = 5  # cell A, shrinking towards its top
+    planes[1, 1:12, 1:12] = 1
+    planes[2, 4:7, 4:7] = 9
+    planes[0, 2:10, 14:22] = 7  # cell B beside it, in planes 0 and 1 only
+    planes[1, 2:10, 13:22] = 3
+    planes[2, 12:18, 24:29] = 4  # a new cell in the last plane
+    out = link_slices(planes)
+    a, b = out[1, 5, 5], out[1, 5, 16]
+    assert a != b and (out[:, 5, 5] == a).all() and out[0, 5, 16] == b
+    assert out.max() == 3 and out[2, 15, 26] == 3
+    assert out.dtype == np.int32
+
+
+def test_linking_the_true_cross_sections_recovers_the_3d_cells():
+    _, truth = synthetic_volume((12, 64, 64), 6, seed=3)
+    per_plane = np.stack([label(p > 0) for p in truth])  # ids restart in every plane
+    assert evaluate(per_plane, truth)["map"] < 0.3
+    assert evaluate(link_slices(per_plane), truth)["map"] == 1.0
+
+
+def test_time_series_are_tracked_only_when_asked():
+    frames = np.zeros((3, 2, 16, 16), np.int32)  # T, Z, Y, X
+    frames[:, :, 3:9, 3:9] = 1  # a cell that stays, two planes thick
+    frames[1:, :, 10:15, 10:15] = 2  # a cell that appears in frame 1
+    frames[2, :, 3:9, 3:9] = 4  # the first cell, another id in the last frame
+    linked = link_labels(frames, "TZYX")  # each frame on its own: labels 1 and 2 again
+    assert linked[2, 0, 5, 5] == linked[2, 1, 5, 5] != linked[2, 0, 12, 12]
+    assert linked[2].max() == 2
+    tracked = link_labels(frames, "TZYX", track=True)
+    assert (tracked[:, :, 5, 5] == tracked[0, 0, 5, 5]).all()
+    assert tracked[1, 0, 12, 12] == tracked[2, 1, 12, 12] != tracked[0, 0, 5, 5]
+    unlinked = link_labels(frames, "TZYX", link=False)
+    np.testing.assert_array_equal(unlinked, frames)
+    with pytest.raises(ValueError, match="TZYX"):
+        link_labels(frames, "CZYX")
