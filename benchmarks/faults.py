@@ -396,7 +396,7 @@ def judge(case: Case, ctx: Ctx, result: Result) -> Outcome:
     if result.rc == 0:
         notes.append("accepted without an error")
     elif not lines:
-        notes.append("no message")
+        notes.append(f"no message (exit status {result.rc})")
     else:
         if len(lines) > MAX_MESSAGE_LINES:
             notes.append(f"{len(lines)} lines of output before the message")
@@ -1632,6 +1632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "group": o.case.group,
                         "case": o.case.name,
                         "verdict": o.verdict,
+                        "exit_status": o.result.rc if o.result else None,
                         "notes": o.notes,
                         "detail": o.detail,
                         "seconds": round(o.result.seconds, 2) if o.result else None,

@@ -851,7 +851,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             detail = getattr(err, "detail", "") or (
                 "every file reported as written is complete; nothing else was written"
             )
-            print(f"interrupted ({signal.Signals(signum).name}): {detail}.", file=sys.stderr)
+            # on a line of its own: the signal may have cut a progress bar (or ^C) short
+            print(f"\ninterrupted ({signal.Signals(signum).name}): {detail}.", file=sys.stderr)
             return 128 + signum
         except MemoryError as err:
             print(
