@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-all lint format bench gpu-stage gpu-smoke clean
+.PHONY: demo test test-all lint format bench faults gpu-stage gpu-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ format: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/run.py
+
+faults: $(VENV)/.dev
+	$(BIN)/python benchmarks/faults.py
 
 # The GPU check (benchmarks/README.md, "GPU check"): stage its data, rehearse it on the CPU.
 gpu-stage:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_mutualseg.checkpoint import CheckpointError
-from napari_mutualseg.models import ModelPair, build_unet
+from napari_mutualseg.models import ModelPair, UNet, build_unet
 
 ARCH = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
 
@@ -77,3 +77,56 @@ def test_loading_never_runs_code_from_the_file(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError):
         ModelPair.load(path)
     assert not (tmp_path / "PWNED").exists()
+
+
+def _payload(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p.update(format_version="1"), "format_version"),
+        (lambda p: p["arch_a"].update(n_classes=1), "n_classes"),
+        (lambda p: [p[k].update(in_channels=1000) for k in ("arch_a", "arch_b")], "in_channels"),
+        (lambda p: p["arch_b"].update(in_channels=2), "different numbers of channels"),
+        (lambda p: p.update(cell_size=-3.0), "cell size"),
+        (lambda p: p["arch_a"].update(width=True), "width"),
+        (lambda p: p["state_a"]["head.weight"].fill_(float("nan")), "NaN"),
+        (lambda p: p.update(percentiles=[99.0, 1.0]), "percentiles"),
+        (lambda p: p["settings"].update(min_size="16"), "min_size"),
+    ],
+)
+def test_a_wrong_description_is_one_clear_line(tmp_path, change, message):
+    path = _pair().save(tmp_path / "m.pt")
+    payload = _payload(path)
+    change(payload)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        ModelPair.load(path)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_a_huge_network_in_a_small_file_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    path = _pair().save(tmp_path / "m.pt")
+    payload = _payload(path)
+    payload["arch_a"]["width"] = 256
+    torch.save(payload, path)
+    built, init = [], UNet.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(torch.empty(0).device)  # where new tensors go while it is built
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet, "__init__", spy)
+    with pytest.raises(CheckpointError, match="shape"):
+        ModelPair.load(path)
+    assert built and all(device.type == "meta" for device in built)
+
+
+def test_a_file_with_code_says_so_without_advising_to_load_it(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "napari-mutualseg/pair", "payload": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused without running") as info:
+        ModelPair.load(path)
+    assert "weights_only" not in str(info.value)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-from napari_mutualseg.io import read_box_table, read_image, write_box_table, write_labels
+from napari_mutualseg.io import (
+    OutputError,
+    atomic_write,
+    check_writable,
+    output_paths,
+    read_box_table,
+    read_image,
+    write_box_table,
+    write_labels,
+    write_text,
+)
 from napari_mutualseg.supervision import Box, make_supervision
 
 # Exactly what napari's builtin writer produces for a Shapes layer saved as CSV: a rectangle,
@@ -206,3 +219,92 @@ def test_planes_round_trip_as_napari_3d_csv(tmp_path):
         assert again[p] == table[p]
     with pytest.raises(ValueError, match="keys"):
         write_box_table(tmp_path / "mixed.csv", {0: table[0], "a": table[2]})
+
+
+# ---------------------------------------------------------------------- writing safely
+
+
+@pytest.fixture(params=["unnamed", "named"])
+def temp_files(request, monkeypatch):
+    """Both ways of staging a file: unnamed (Linux) and a hidden temporary name (elsewhere)."""
+    if request.param == "named":
+        monkeypatch.setattr("napari_mutualseg.io._PROC_FD", "/no/such/folder")
+    return request.param
+
+
+def test_atomic_write_replaces_only_a_complete_file(tmp_path, temp_files):
+    path = tmp_path / "table.csv"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(path, overwrite=True) as f:
+        f.write(b"half")
+        raise RuntimeError("interrupted")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]  # no temporary file
+    with atomic_write(path, overwrite=True) as f:
+        f.write(b"new")
+    assert path.read_text() == "new"
+
+
+def test_a_file_created_meanwhile_is_never_replaced(tmp_path, temp_files):
+    path = tmp_path / "model.pt"
+    with pytest.raises(FileExistsError, match="another program"), atomic_write(path) as f:
+        f.write(b"mine")
+        path.write_text("theirs")  # another program takes the name first
+    assert path.read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_links_are_followed_but_never_when_broken(tmp_path):
+    real = tmp_path / "real.txt"
+    real.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real)
+    write_text(link, "new", overwrite=True)
+    assert link.is_symlink() and real.read_text() == "new"
+    broken = tmp_path / "broken.txt"
+    broken.symlink_to(tmp_path / "elsewhere" / "x.txt")
+    with pytest.raises(ValueError, match="broken link"):
+        write_text(broken, "x")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_new_files_follow_the_umask_and_replaced_ones_keep_their_mode(tmp_path, temp_files):
+    old = os.umask(0o022)
+    try:
+        made = write_text(tmp_path / "new.txt", "x")
+        kept = tmp_path / "kept.txt"
+        kept.write_text("x")
+        kept.chmod(0o600)
+        write_text(kept, "y", overwrite=True)
+    finally:
+        os.umask(old)
+    assert made.stat().st_mode & 0o777 == 0o644
+    assert kept.stat().st_mode & 0o777 == 0o600
+
+
+def test_check_writable_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        check_writable(tmp_path / "file" / "sub" / "out.tif")
+    with pytest.raises(IsADirectoryError):
+        check_writable(tmp_path)
+    with pytest.raises(OutputError, match="Not enough space") as info:
+        check_writable(tmp_path / "out.pt", size=2**62)
+    assert info.value.errno == errno.ENOSPC
+    assert check_writable(tmp_path / "new" / "deeper" / "out.tif").name == "out.tif"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_output_paths_never_collide(tmp_path):
+    a, b = tmp_path / "a" / "x.tif", tmp_path / "b" / "x.tif"
+    assert output_paths([a, b], "out") == [Path("out/a/x_cells.tif"), Path("out/b/x_cells.tif")]
+    dots = [tmp_path / "s.v1.tif", tmp_path / "s.v2.ome.tif"]
+    assert output_paths(dots, "out") == [Path("out/s.v1_cells.tif"), Path("out/s.v2_cells.tif")]
+    stack = output_paths([a, a], "out", parts=["plane000", "plane001"])
+    assert stack == [Path("out/x_plane000_cells.tif"), Path("out/x_plane001_cells.tif")]
+    with pytest.raises(ValueError, match="both be written"):
+        output_paths([tmp_path / "x.tif", tmp_path / "x.tiff"], "out")
+    with pytest.raises(ValueError, match="given twice"):
+        output_paths([a, a], "out")
+    with pytest.raises(ValueError, match="over the input"):
+        output_paths([a, tmp_path / "a" / "x_cells.tif"], tmp_path / "a")

@@ -308,3 +308,32 @@ def test_agreement_leaves_pixels_where_the_networks_disagree_ignored(scene):
         assert (labels[0][disagree] == IGNORE).all()
         assert (labels[0][ctx.core] == CELL).all()
         assert (labels[0][~ctx.in_box] == 0).all()
+
+
+def test_cancel_during_the_prediction_between_rounds_stops_it_and_reports_nothing(scene):
+    image, _, sup = scene
+    trainer = MutualTrainer(image, sup, TrainConfig(**TINY))
+    before = {k: v.clone() for k, v in trainer.pair.model_a.state_dict().items()}
+    predicted_by_b = []
+
+    def cancel_in_prediction(module, inputs, output):
+        if not module.training:  # round 1 is trained: this is the prediction before exchange
+            trainer.cancel()
+
+    trainer.pair.model_a.register_forward_hook(cancel_in_prediction)
+    trainer.pair.model_b.register_forward_hook(
+        lambda module, inputs, output: predicted_by_b.append(not module.training)
+    )
+    assert list(trainer) == []
+    assert not any(predicted_by_b)  # stopped before B's prediction pass
+    assert trainer.pair.history == []
+    for k, v in trainer.pair.model_a.state_dict().items():  # the round under way is dropped
+        torch.testing.assert_close(v, before[k])
+
+
+def test_a_resumed_pair_records_its_own_network_size(scene):
+    image, _, sup = scene
+    first = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}))
+    list(first)
+    resumed = MutualTrainer(image, sup, TrainConfig(**{**TINY, "width": 8}), pair=first.pair)
+    assert resumed.pair.settings["width"] == 4

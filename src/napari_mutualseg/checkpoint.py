@@ -1,28 +1,38 @@
 """Model files: one file per trained pair, written safely and read without running code.
 
-The file is written with :func:`torch.save` and read back with ``weights_only=True``, so loading
-a checkpoint never runs code from it. This module knows the file, not the networks: the pair
-(:class:`napari_mutualseg.models.ModelPair`) says what goes in and builds itself from it.
+The file is written with :func:`torch.save` through :func:`napari_mutualseg.io.atomic_write`
+(complete or not at all) and read back with ``weights_only=True``, so loading a checkpoint
+never runs code from it. What a file describes is checked before anything is built from it:
+the format and its version, the normalisation, settings and history, and that every stored
+tensor is finite. This module knows the file, not the networks: the pair
+(:class:`napari_mutualseg.models.ModelPair`) says what goes in, checks that the stored
+architecture matches the stored weights, and builds itself from it.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
-from .io import check_writable
+from .io import atomic_write
 
 FORMAT = "napari-mutualseg/pair"
 FORMAT_VERSION = 1
 
+#: Settings the package reads back from a file, and the least value each may have.
+_INT_SETTINGS = {"min_size": 0, "width": 1, "depth": 1}
+
 
 class CheckpointError(ValueError):
-    """The file is not a readable napari-mutualseg model."""
+    """The file is not a readable napari-mutualseg model; the message says what is wrong."""
 
 
 def write_checkpoint(
@@ -30,8 +40,9 @@ def write_checkpoint(
 ) -> Path:
     """Write a model's ``payload`` (tensors and plain values) to ``path``.
 
-    The file is written next to its destination and renamed into place, so an interrupted save
-    never leaves a half-written model where a good one was.
+    The file appears complete or not at all (:func:`~napari_mutualseg.io.atomic_write`): an
+    interrupted save, a full disk or a crash never leave a half-written model where a good one
+    was, nor a temporary file.
 
     Parameters
     ----------
@@ -46,24 +57,40 @@ def write_checkpoint(
     -------
     pathlib.Path
         The path written.
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` exists (or another program creates it meanwhile) and ``overwrite`` is
+        False.
+    napari_mutualseg.io.OutputError
+        When the file cannot be written (full or read-only disk, no permission).
     """
-    path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         **payload,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_write(path, overwrite=overwrite) as f:
+        try:
+            torch.save(payload, f)
+        except RuntimeError as err:
+            # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
+    return Path(path)
+
+
+def _unsafe_content(err: Exception) -> str:
+    """What a refused file held, from torch's message (whose advice is left out)."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    what = f" ({found.group(1)})" if found else ""
+    return (
+        f"it holds Python objects{what} besides tensors and plain values, which a model file "
+        "never does; it was refused without running anything from it"
+    )
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -74,31 +101,104 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path : str or os.PathLike
         The model file.
 
+    Returns
+    -------
+    dict
+        The payload, its plain fields checked (see the module docs).
+
     Raises
     ------
     FileNotFoundError
         If there is no such file.
     CheckpointError
-        If the file is damaged or not a napari-mutualseg model.
+        If the file is damaged, not a napari-mutualseg model, or describes something this
+        package cannot use; the message is one line that says what is wrong.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols, not for users
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+            reason = _unsafe_content(err)
+        else:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            reason = f"damaged, truncated or another kind of file ({type(err).__name__}: {first})"
         raise CheckpointError(
-            f"{path} is not a readable napari-mutualseg model (damaged, truncated or another "
-            f"kind of file): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from err
+            f"{path} is not a readable napari-mutualseg model: {reason}."
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a PyTorch file but not a napari-mutualseg model; save models with "
             "ModelPair.save or the plugin's Save model button."
         )
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by a newer napari-mutualseg ({payload.get('package_version')}); "
-            "upgrade the package to read it."
-        )
+    problem = _problem(payload)
+    if problem:
+        raise CheckpointError(f"{path} is not a usable napari-mutualseg model: {problem}.")
     return payload
+
+
+def _problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a payload's plain fields and tensors, or None."""
+    version = payload.get("format_version")
+    if not _is_int(version) or version < 1:
+        return f"its format_version is {version!r}, not a positive whole number"
+    if version > FORMAT_VERSION:
+        return (
+            f"it was written by a newer napari-mutualseg ({payload.get('package_version')}, "
+            f"format {version}); upgrade the package to read it"
+        )
+    percentiles = payload.get("percentiles")
+    if (
+        not isinstance(percentiles, list | tuple)
+        or len(percentiles) != 2
+        or not all(_is_number(p) for p in percentiles)
+        or not 0 <= percentiles[0] < percentiles[1] <= 100
+    ):
+        return (
+            f"its normalisation percentiles {percentiles!r} are not two increasing numbers "
+            "in [0, 100]"
+        )
+    settings = payload.get("settings", {})
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        return "its settings are not a table of named values"
+    for key, least in _INT_SETTINGS.items():
+        if key in settings and not (_is_int(settings[key]) and settings[key] >= least):
+            return f"its setting {key} is {settings[key]!r}, not a whole number >= {least}"
+    history = payload.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        return "its training history is not a list of rounds"
+    cell_size = payload.get("cell_size")
+    if cell_size is not None and not (_is_number(cell_size) and cell_size > 0):
+        return f"its cell size {cell_size!r} is not a positive number"
+    names = payload.get("channel_names")
+    if names is not None and not (
+        isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)
+    ):
+        return "its channel names are not a list of names"
+    for name, tensor in _tensors(payload):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"its weights hold NaN or infinite values ({name}); the training diverged"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _tensors(value: Any, name: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in nested dicts and lists, with where it is."""
+    if isinstance(value, torch.Tensor):
+        return [(name, value)]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in _tensors(v, f"{name}[{k!r}]")]
+    if isinstance(value, list | tuple):
+        return [t for i, v in enumerate(value) for t in _tensors(v, f"{name}[{i}]")]
+    return []

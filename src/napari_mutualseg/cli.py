@@ -1,32 +1,116 @@
-"""Command line: ``napari-mutualseg supervise | train | predict | evaluate | demo``."""
+"""Command line: ``napari-mutualseg supervise | train | predict | evaluate | demo``.
+
+What the command promises about files: every output appears complete or not at all; an
+existing file is replaced only with ``--overwrite`` (a file that another program creates
+meanwhile is left alone and the result written beside it, exit status 1); every output place
+is checked before any work; Ctrl-C or SIGTERM during ``train`` saves the networks of the last
+completed round. Exit status: 0 done, 1 done but a result went to another name (the warning
+says which), 2 a mistake the message explains, 130/143 interrupted by SIGINT/SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import __version__
 from .io import check_writable
 
-# Mistakes a user can make; these are printed as one clear line, never as a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    FileExistsError,
-    FileNotFoundError,
-    IsADirectoryError,
-    PermissionError,
-)
+# Mistakes a user can make and trouble with files; printed as one clear line, never as a
+# traceback. OSError covers missing, existing, unwritable and full-disk files.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 class _Fail(Exception):
     pass
+
+
+class _Interrupted(KeyboardInterrupt):
+    """A signal stopped the command; ``detail`` says what was kept. A KeyboardInterrupt, so
+    that no ``except Exception`` in a library turns it into another error."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum, detail)
+        self.signum = signum
+        self.detail = detail
+
+
+@contextlib.contextmanager
+def _on_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Handle SIGINT and SIGTERM with ``handler`` inside the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise _Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _stop_gently(trainer: Any) -> Iterator[list[int]]:
+    """While training: the first SIGINT or SIGTERM cancels ``trainer``, which stops within a
+    step and keeps the networks of the last completed round; a second one stops at once.
+    Yields the signals received."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            raise _Interrupted(signum, "stopped at once on the second signal; nothing saved")
+        received.append(signum)
+        trainer.cancel()
+        print(
+            f"\n{signal.Signals(signum).name}: stopping; the last completed round will be saved "
+            "(a second Ctrl-C or SIGTERM quits without saving)",
+            file=sys.stderr,
+        )
+
+    with _on_signals(handler):
+        yield received
+
+
+def _keep(write: Callable[[Path], Path], path: Path, overwrite: bool) -> Path:
+    """``write(path)``; if another program created ``path`` meanwhile (no ``--overwrite``),
+    that file is left alone and the result written beside it under a free name."""
+    try:
+        return write(path)
+    except FileExistsError:
+        if overwrite:
+            raise
+    n = 1
+    while True:
+        n += 1
+        other = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            written = write(other)
+        except FileExistsError:
+            continue
+        warnings.warn(
+            f"{path} was created by another program while this one ran and is left as it is; "
+            f"this result was written to {other} instead.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return written
 
 
 def _load_image(path: str, args: argparse.Namespace):
@@ -55,7 +139,7 @@ def _boxes_for(images: Sequence[str], tables: Sequence[str], args: argparse.Name
             f"Got {len(images)} image(s) and {len(tables)} box table(s): give one --boxes CSV per "
             "image, or one CSV with an 'image' column naming each image file."
         )
-    result = []
+    result, used = [], set()
     for i, path in enumerate(images):
         table = loaded[i] if len(tables) == len(images) else loaded[0]
         image = _load_image(path, args)
@@ -84,7 +168,9 @@ def _boxes_for(images: Sequence[str], tables: Sequence[str], args: argparse.Name
             elif len(tables) == len(images) and None in table:
                 boxes = table[None]
             else:
-                boxes = table.get(name, table.get(stem, []))
+                key = name if name in table else stem
+                used.add(key)
+                boxes = table.get(key, [])
             if len(boxes) == 0 and image.n_planes == 1:
                 raise ValueError(
                     f"No boxes for {path}: the box table has no rows for it (keys found: "
@@ -93,6 +179,16 @@ def _boxes_for(images: Sequence[str], tables: Sequence[str], args: argparse.Name
             suffix = image.plane_name(j)
             planes.append((f"{stem}_{suffix}" if suffix else stem, boxes) if boxes else None)
         result.append((image, planes))
+    if len(tables) == 1:
+        unused = sorted(k for k in loaded[0] if isinstance(k, str) and k not in used)
+        if unused:
+            warnings.warn(
+                f"{tables[0]} has boxes for images that were not given ({', '.join(unused)}); "
+                "they are not used. Give those images too, or check the names in the 'image' "
+                "column.",
+                UserWarning,
+                stacklevel=2,
+            )
     if not any(p for _, planes in result for p in planes):
         raise ValueError("No image has any boxes; draw at least one box around a cell.")
     return result
@@ -151,13 +247,10 @@ def _supervision(name: str, image: np.ndarray, boxes: list, **kwargs):
     return make_supervision(image.plane_shape, kept, **kwargs)
 
 
-def _train(images, supervisions, config, pair=None, on_round=None):
-    """Run the engine with a step progress bar; returns (trainer, last report)."""
+def _train(trainer, on_round=None):
+    """Run the engine with a step progress bar; the last report (None if none finished)."""
     from tqdm.auto import tqdm
 
-    from .training import MutualTrainer
-
-    trainer = MutualTrainer(images, supervisions, config, pair=pair)
     print(f"Training on {trainer.device_name}", file=sys.stderr)
     report = None
     with tqdm(total=trainer.total_steps, unit="step", desc="training", leave=False) as bar:
@@ -167,48 +260,114 @@ def _train(images, supervisions, config, pair=None, on_round=None):
                 bar.clear()
                 on_round(report)
         bar.update(trainer.step - bar.n)
-    return trainer, report
+    return report
 
 
-def cmd_supervise(args: argparse.Namespace) -> None:
+def _written(path: Path, wanted: Path) -> int:
+    """Exit status of one output: 1 when it went to another name than asked."""
+    return int(Path(path) != Path(wanted))
+
+
+def _write_labels(path: Path, labels: np.ndarray, overwrite: bool, pixel_size=None) -> Path:
     from .io import write_labels
 
+    def write(p: Path) -> Path:
+        return write_labels(p, labels, overwrite=overwrite, pixel_size=pixel_size)
+
+    return _keep(write, path, overwrite)
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    check_writable(out, args.overwrite)
+    extra = Path(args.instances_out) if args.instances_out else None
+    for path in (out, extra):
+        if path is not None:
+            check_writable(path, args.overwrite)
     ((image, planes),) = _boxes_for([args.image], [args.boxes], args)
     if len(planes) > 1:
         raise ValueError("supervise takes a single 2D image; use train for stacks.")
     ((name, boxes),) = planes
     sup = _supervision(name, image, boxes, edge_width=args.edge_width)
-    write_labels(out, sup.classes, overwrite=args.overwrite)
-    print(f"Wrote {out} ({len(sup.boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)")
-    if args.instances_out:
-        write_labels(args.instances_out, sup.instances, overwrite=args.overwrite)
-        print(f"Wrote {args.instances_out}")
+    written = _write_labels(out, sup.classes, args.overwrite)
+    print(
+        f"Wrote {written} ({len(sup.boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)"
+    )
+    status = _written(written, out)
+    if extra is not None:
+        written = _write_labels(extra, sup.instances, args.overwrite)
+        print(f"Wrote {written}")
+        status |= _written(written, extra)
+    return status
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from .io import write_labels
+def _resumed(args: argparse.Namespace):
+    """The pair ``--resume`` names (or None) and the network size it fixes."""
+    if not args.resume:
+        return None, {}
     from .models import ModelPair
 
-    out = Path(args.out)
-    check_writable(out, args.overwrite)
+    pair = ModelPair.load(args.resume, device=args.device)
+    arch = pair.model_a.arch
+    for option in ("width", "depth"):
+        given = getattr(args, option)
+        if given is not None and given != arch[option]:
+            raise ValueError(
+                f"--{option} {given} does not match the model to resume ({option} "
+                f"{arch[option]}): a resumed model keeps its networks. Leave --{option} out."
+            )
+    # resumed networks keep their size and input channels unless the command says otherwise
+    kept = {k: pair.settings[k] for k in ("channels", "rgb") if k in pair.settings}
+    return pair, {"width": arch["width"], "depth": arch["depth"], **kept}
+
+
+def _save_pair(pair, out: Path, overwrite: bool) -> Path:
+    """Save a trained pair to ``out``. If that fails although it was checked before training
+    (the disk filled up meanwhile), the pair goes to the system's temporary folder and the
+    error says where: trained networks are not thrown away."""
+    try:
+        return _keep(lambda p: pair.save(p, overwrite=overwrite), out, overwrite)
+    except OSError as err:
+        try:
+            rescued = _keep(pair.save, Path(tempfile.gettempdir()) / out.name, False)
+        except OSError:
+            raise err from None
+        raise _Fail(f"{err} The trained networks were saved to {rescued} instead.") from None
+
+
+def _label_paths(args: argparse.Namespace, loaded: list) -> list[Path]:
+    """Where --labels-out puts each boxed plane's segmentation (checked); none without it."""
+    from .io import output_paths
+
+    if not args.labels_out:
+        return []
+    sources, parts = [], []
+    for path, (image, planes) in zip(args.images, loaded, strict=True):
+        for j, plane in enumerate(planes):
+            if plane is not None:
+                sources.append(path)
+                parts.append(image.plane_name(j))
+    paths = output_paths(sources, args.labels_out, parts=parts)
+    for path in paths:
+        check_writable(path, args.overwrite)
+    return paths
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import MutualTrainer
+
+    pair, fixed = _resumed(args)
+    config = _config_from(args, **fixed)
+    out = check_writable(args.out, args.overwrite)
     loaded = _boxes_for(args.images, args.boxes, args)
-    boxed = [p for _, planes in loaded for p in planes if p is not None]
-    labels_dir = Path(args.labels_out) if args.labels_out else None
-    if labels_dir is not None:
-        for name, _ in boxed:
-            check_writable(labels_dir / f"{name}_cells.tif", args.overwrite)
+    label_paths = _label_paths(args, loaded)
     # one supervision per plane; planes without boxes are left out of training
     sups = [
         None if p is None else _supervision(p[0], image, p[1])
         for image, planes in loaded
         for p in planes
     ]
-    pair = ModelPair.load(args.resume, device=args.device) if args.resume else None
-    # resumed networks keep their input channels unless the command says otherwise
-    kept = {k: pair.settings[k] for k in ("channels", "rgb") if pair and k in pair.settings}
-    config = _config_from(args, **kept)
+    trainer = MutualTrainer([image for image, _ in loaded], sups, config, pair=pair)
+    check_writable(out, args.overwrite, size=trainer.pair.file_size)
 
     def show(r):
         print(
@@ -216,34 +375,48 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"labels changed {100 * r.changed:.2f}%  {r.seconds:.1f} s"
         )
 
-    trainer, report = _train([image for image, _ in loaded], sups, config, pair, show)
-    if report is None:
-        raise _Fail("Training stopped before the first round finished; nothing was saved.")
-    trainer.pair.save(out, overwrite=args.overwrite)
-    print(f"Saved the trained pair to {out}")
-    if labels_dir is not None:
-        for (name, _), inst in zip(boxed, report.instances, strict=True):
-            path = write_labels(labels_dir / f"{name}_cells.tif", inst, overwrite=args.overwrite)
-            print(f"Wrote {path} ({int(inst.max())} cells)")
+    with _stop_gently(trainer) as stopped:
+        report = _train(trainer, show)
+        if report is None:
+            detail = "before the first round finished; nothing was saved"
+            if stopped:
+                raise _Interrupted(stopped[0], detail)
+            raise _Fail(f"Training stopped {detail}.")
+        saved = _save_pair(trainer.pair, out, args.overwrite)
+        done = f"round {report.round}" if stopped else "the trained pair"
+        print(f"Saved {done} to {saved}")
+        status = _written(saved, out)
+        labels = zip(label_paths, report.instances, strict=True) if label_paths else ()
+        for path, inst in labels:
+            written = _write_labels(path, inst, args.overwrite)
+            status |= _written(written, path)
+            print(f"Wrote {written} ({int(inst.max())} cells)")
+    if stopped:
+        raise _Interrupted(stopped[0], f"the networks of round {report.round} are in {saved}")
+    return status
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .images import parse_channels
-    from .io import write_labels
+    from .inference import check_tiling
+    from .io import output_paths
     from .models import ModelPair
 
+    check_tiling(args.tile_size, args.overlap)
+    if args.min_size is not None and args.min_size < 0:
+        raise ValueError(f"--min-size must be 0 or more pixels, got {args.min_size}.")
     pair = ModelPair.load(args.model, device=args.device)
     if args.block_size is not None or args.out_format == "zarr":
-        _predict_by_blocks(pair, args)
-        return
-    out = Path(args.out)
-    names = [Path(p).name.split(".")[0] for p in args.images]
-    targets = [out / f"{name}_cells.tif" for name in names]
-    extra = Path(args.disagreement_out) if args.disagreement_out else None
-    maps = [p for name in names for p in _disagreement_paths(extra, name)] if extra else []
-    for t in targets + maps:
+        return _predict_by_blocks(pair, args)
+    targets = output_paths(args.images, args.out)
+    maps = [
+        output_paths(args.images, args.disagreement_out, suffix=suffix)
+        for suffix in ("_disagreement.tif", "_disagreement.csv")
+        if args.disagreement_out
+    ]
+    for t in targets + [m for kind in maps for m in kind]:
         check_writable(t, args.overwrite)
     common = {
         "channels": parse_channels(args.channel),
@@ -252,9 +425,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
         "overlap": args.overlap,
         "min_size": args.min_size,
     }
-    for path, name, target in zip(args.images, names, targets, strict=True):
+    status = 0
+    for k, (path, target) in enumerate(zip(args.images, targets, strict=True)):
         image = _load_image(path, args)
-        if extra is not None:
+        if maps:
             if image.n_planes > 1:
                 raise ValueError(
                     f"{image.name} has {image.n_planes} planes; --disagreement-out takes "
@@ -272,27 +446,28 @@ def cmd_predict(args: argparse.Namespace) -> None:
                     progress=lambda done, _, bar=bar: bar.update(done - bar.n),
                     halo=args.halo,
                 )
-        write_labels(target, labels, overwrite=args.overwrite, pixel_size=_pixel_size(args, image))
+        written = _write_labels(target, labels, args.overwrite, _pixel_size(args, image))
+        status |= _written(written, target)
         shape = " x ".join(map(str, labels.shape))
-        print(f"Wrote {target} ({int(labels.max())} cells, {shape}, axes {image.label_axes})")
-        if extra is not None:
-            _write_disagreement(extra, name, result, args.overwrite)
+        print(f"Wrote {written} ({int(labels.max())} cells, {shape}, axes {image.label_axes})")
+        if maps:
+            status |= _write_disagreement(maps[0][k], maps[1][k], result, args.overwrite)
+    return status
 
 
-def _disagreement_paths(folder: Path, name: str) -> tuple[Path, Path]:
-    return folder / f"{name}_disagreement.tif", folder / f"{name}_disagreement.csv"
-
-
-def _write_disagreement(folder: Path, name: str, result, overwrite: bool) -> None:
+def _write_disagreement(tif: Path, csv: Path, result, overwrite: bool) -> int:
     """The disagreement map as uint8 TIFF (255 = total) and the cells to check as CSV."""
     from .disagreement import spot_table
-    from .io import write_labels, write_table
+    from .io import write_table
 
-    tif, csv = _disagreement_paths(folder, name)
     quantised = np.round(result.disagreement.astype(np.float32) * 255).astype(np.uint8)
-    write_labels(tif, quantised, overwrite=overwrite)
-    write_table(csv, spot_table(result.spots), overwrite=overwrite)
-    print(f"Wrote {tif} and {csv} ({len(result.spots)} cells and regions to check)")
+    written_tif = _write_labels(tif, quantised, overwrite)
+    table = spot_table(result.spots)
+    written_csv = _keep(lambda p: write_table(p, table, overwrite=overwrite), csv, overwrite)
+    print(
+        f"Wrote {written_tif} and {written_csv} ({len(result.spots)} cells and regions to check)"
+    )
+    return _written(written_tif, tif) | _written(written_csv, csv)
 
 
 def _pixel_size(args: argparse.Namespace, image):
@@ -311,12 +486,12 @@ def _pixel_size_option(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
+def _predict_by_blocks(pair, args: argparse.Namespace) -> int:
     """Segment each 2D image block by block, read and written a block at a time."""
     from tqdm.auto import tqdm
 
     from .blockwise import DEFAULT_BLOCK_SIZE
-    from .io import write_labels
+    from .io import output_paths
     from .ome import check_writable_zarr, labels_zarr
 
     if args.disagreement_out:
@@ -325,16 +500,18 @@ def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
         )
     suffix = ".ome.zarr" if args.out_format == "zarr" else ".tif"
     jobs = []
-    for path in args.images:
+    for path, target in zip(
+        args.images, output_paths(args.images, args.out, suffix=f"_cells{suffix}"), strict=True
+    ):
         image = _load_image(path, args)
         if image.n_planes != 1:
             raise ValueError(
                 f"{path} has {image.n_planes} planes: block by block, each file must hold "
                 "one 2D image. Leave out --block-size and --out-format for stacks."
             )
-        target = Path(args.out) / f"{Path(path).name.split('.')[0]}_cells{suffix}"
         (check_writable if suffix == ".tif" else check_writable_zarr)(target, args.overwrite)
         jobs.append((path, image, target))
+    status = 0
     for path, image, target in jobs:
         options = {
             "tile_size": args.tile_size,
@@ -354,7 +531,9 @@ def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
 
             if suffix == ".tif":
                 labels = pair.segment(image, progress=advance, **options)
-                write_labels(target, labels, overwrite=args.overwrite, pixel_size=pixel_size)
+                written = _write_labels(target, labels, args.overwrite, pixel_size)
+                status |= _written(written, target)
+                target = written
             else:
                 with labels_zarr(
                     target, image.plane_shape, pixel_size=pixel_size, overwrite=args.overwrite
@@ -364,6 +543,7 @@ def _predict_by_blocks(pair, args: argparse.Namespace) -> None:
             f", pixel {pixel_size.y:g} x {pixel_size.x:g} {pixel_size.unit}" if pixel_size else ""
         )
         print(f"Wrote {target} ({image.plane_shape[0]} x {image.plane_shape[1]}{size})")
+    return status
 
 
 def _format_metrics(m: dict) -> str:
@@ -373,21 +553,43 @@ def _format_metrics(m: dict) -> str:
     )
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
+def _label_image(path: str) -> np.ndarray:
+    """An instance label image from ``path``, or a ValueError that says why it is not one."""
     from .io import read_image
+
+    image = np.asarray(read_image(path))
+    if image.dtype == bool or np.issubdtype(image.dtype, np.integer):
+        whole = True
+    else:
+        whole = np.issubdtype(image.dtype, np.floating) and bool(
+            np.all(np.isfinite(image)) and np.all(image == np.round(image))
+        )
+    if not whole or image.min() < 0:
+        raise ValueError(
+            f"{path} ({image.dtype}, values {image.min():g} to {image.max():g}) is not a label "
+            "image: evaluate compares instance labels, whole numbers from 0 (background) with "
+            "one number per object, such as predict writes."
+        )
+    return image.astype(np.int64, copy=False)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
 
-    pred, gt = read_image(args.pred), read_image(args.gt)
+    pred, gt = _label_image(args.pred), _label_image(args.gt)
     if pred.shape != gt.shape:
         raise ValueError(f"Prediction {pred.shape} and ground truth {gt.shape} differ in shape.")
-    m = evaluate(np.asarray(pred), np.asarray(gt))
+    m = evaluate(pred, gt)
     print(json.dumps(m, indent=2) if args.json else _format_metrics(m))
+    return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .io import write_text
     from .metrics import evaluate
     from .sample import load_sample
     from .supervision import boxes_from_shapes, make_supervision
+    from .training import MutualTrainer
 
     out = Path(args.out)
     overlay_path, metrics_path, model_path = (
@@ -408,6 +610,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     baseline = evaluate(sup.instances, sample.ground_truth)
     print(f"ellipse label        {_format_metrics(baseline)}")
     config = _config_from(args, rounds=4)
+    trainer = MutualTrainer(sample.image, sup, config)
+    check_writable(model_path, args.overwrite, size=trainer.pair.file_size)
     rounds = []
 
     def show(r):
@@ -419,12 +623,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
             f"labels changed {100 * r.changed:.1f}%, {r.seconds:.1f} s)"
         )
 
-    trainer, report = _train(sample.image, sup, config, on_round=show)
+    report = _train(trainer, on_round=show)
     if report is None:
         raise _Fail("Training was stopped before the first round finished.")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_overlay(overlay_path, sample.image, report.instances[0], sample.ground_truth)
-    trainer.pair.save(model_path, overwrite=args.overwrite)
+    draw = partial(
+        _write_overlay,
+        image=sample.image,
+        pred=report.instances[0],
+        gt=sample.ground_truth,
+        overwrite=args.overwrite,
+    )
+    overlay = _keep(draw, overlay_path, args.overwrite)
+    model = _save_pair(trainer.pair, model_path, args.overwrite)
     total = time.perf_counter() - start
     summary = {
         "sample": sample.name,
@@ -436,27 +646,41 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "final": rounds[-1],
         "seconds_total": total,
     }
-    metrics_path.write_text(json.dumps(summary, indent=2))
+    metrics = _keep(
+        lambda p: write_text(p, json.dumps(summary, indent=2), overwrite=args.overwrite),
+        metrics_path,
+        args.overwrite,
+    )
     final = rounds[-1]
     print(
         f"Final: F1@0.5 {final['f1_50']:.3f}, mAP {final['map']:.3f} after {len(rounds)} rounds "
         f"in {total:.0f} s on {trainer.device_name}"
     )
-    print(f"Wrote {overlay_path}, {metrics_path} and {model_path}")
+    print(f"Wrote {overlay}, {metrics} and {model}")
+    return (
+        _written(overlay, overlay_path)
+        | _written(metrics, metrics_path)
+        | _written(model, model_path)
+    )
 
 
-def _write_overlay(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> None:
-    """Image in gray, predicted outlines in magenta, ground-truth outlines in green."""
-    from skimage.io import imsave
+def _write_overlay(
+    path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray, overwrite: bool
+) -> Path:
+    """Image in gray, predicted outlines in magenta, ground-truth outlines in green (PNG)."""
+    import imageio.v3 as iio
     from skimage.segmentation import find_boundaries
 
+    from .io import atomic_write
     from .preprocess import normalize
 
     gray = np.clip(normalize(image), 0, 1)
     rgb = np.stack([gray] * 3, axis=-1)
     rgb[find_boundaries(gt, mode="inner")] = (0.2, 1.0, 0.2)
     rgb[find_boundaries(pred, mode="inner")] = (1.0, 0.2, 1.0)
-    imsave(path, (rgb * 255).astype(np.uint8), check_contrast=False)
+    with atomic_write(path, overwrite=overwrite) as f:
+        iio.imwrite(f, (rgb * 255).astype(np.uint8), extension=".png")
+    return path
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -618,16 +842,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     def warn(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)
 
-    warnings.showwarning = warn
-    try:
-        args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (*USER_ERRORS, CheckpointError, TrainingError, _Fail) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    with warnings.catch_warnings(), _on_signals(_interrupt):
+        warnings.showwarning = warn
+        try:
+            return args.func(args)
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", signal.SIGINT)
+            detail = getattr(err, "detail", "") or (
+                "every file reported as written is complete; nothing else was written"
+            )
+            # on a line of its own: the signal may have cut a progress bar (or ^C) short
+            print(f"\ninterrupted ({signal.Signals(signum).name}): {detail}.", file=sys.stderr)
+            return 128 + signum
+        except MemoryError as err:
+            print(
+                f"error: out of memory ({err or 'the image is too large'}); use smaller images "
+                "or a smaller --tile-size.",
+                file=sys.stderr,
+            )
+            return 2
+        except (*USER_ERRORS, CheckpointError, TrainingError, _Fail) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

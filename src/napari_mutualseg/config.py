@@ -16,7 +16,7 @@ import torch
 
 from .devices import select_device
 from .images import RGB_MODES, parse_channels
-from .inference import DEFAULT_TILE_SIZE
+from .inference import DEFAULT_TILE_SIZE, MIN_TILE_SIZE
 from .preprocess import DEFAULT_PERCENTILES
 
 __all__ = ["EXCHANGE_RULES", "ExchangeSettings", "TrainConfig"]
@@ -171,9 +171,13 @@ class TrainConfig:
         if isinstance(self.exchange, dict):
             self.exchange = ExchangeSettings(**self.exchange)
         problems = []
-        for name in ("rounds", "steps_per_round", "batch_size", "width", "depth", "tile_size"):
+        for name in ("rounds", "steps_per_round", "batch_size", "width", "depth"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be at least 1")
+        if self.tile_size < MIN_TILE_SIZE:
+            problems.append(f"tile_size must be at least {MIN_TILE_SIZE}")
+        if self.min_size < 0:
+            problems.append("min_size must be 0 or more")
         if self.patch_size < 2 ** (self.depth - 1) * 2:
             problems.append(f"patch_size must be at least {2**self.depth} for depth {self.depth}")
         if not (0 < self.learning_rate < 1) or not math.isfinite(self.learning_rate):

@@ -20,18 +20,20 @@ that are the networks' input, and turns an RGB image into three channels or one 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .io import OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES
+from .io import OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES, format_size
 from .ome import unit_symbol
 from .preprocess import (
     DEFAULT_PERCENTILES,
@@ -644,13 +646,56 @@ def _open(path: Path, lazy: bool | None = None) -> _Raw:
     suffix = path.suffix.lower()
     if suffix not in TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES:
         return _read_bioio(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is an empty file (0 bytes), not an image.")
+    if suffix in TIFF_SUFFIXES:
+        _check_tiff_data(path)
     try:
-        raw = _read_tiff(path, lazy) if suffix in TIFF_SUFFIXES else _read_picture(path)
+        with _quiet("tifffile"):
+            raw = _read_tiff(path, lazy) if suffix in TIFF_SUFFIXES else _read_picture(path)
     except Exception as err:
-        raise ValueError(f"Cannot read {path} as an image ({type(err).__name__}: {err}).") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"Cannot read {path} as an image ({type(err).__name__}: {reason})."
+        ) from err
     if 0 in raw.data.shape:
         raise ValueError(f"{path} holds no pixels (shape {tuple(raw.data.shape)}).")
     return raw
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Hold back a library's log lines (tifffile logs one per damaged strip or tile): the
+    error raised says what is wrong in one line."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _check_tiff_data(path: Path) -> None:
+    """Refuse, before reading, an uncompressed TIFF whose strips hold fewer bytes than its
+    header declares (a damaged header that would have a huge image allocated)."""
+    import tifffile
+
+    try:
+        with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
+            page = tif.series[0].pages[0]
+            shape, dtype = tuple(page.shape), page.dtype
+            stored = sum(page.databytecounts)
+            needed = int(np.prod(shape, dtype=np.float64)) * page.bitspersample // 8
+            raw = page.compression == 1
+    except Exception:
+        return  # unreadable: reading it says why
+    if raw and stored < needed:
+        raise ValueError(
+            f"{path} declares a {'x'.join(map(str, shape))} {dtype} image ({format_size(needed)}) "
+            f"but holds only {format_size(stored)} of pixel data: the file is damaged or "
+            "truncated."
+        )
 
 
 def read_pixels(path: str | os.PathLike) -> np.ndarray:

@@ -20,6 +20,25 @@ if TYPE_CHECKING:
 #: Default tile edge and overlap (pixels) of whole-image prediction.
 DEFAULT_TILE_SIZE = 512
 DEFAULT_OVERLAP = 64
+#: Smallest tile edge accepted: smaller tiles cost far more time than they save memory.
+MIN_TILE_SIZE = 32
+
+
+def check_tiling(tile_size: int, overlap: int) -> None:
+    """Raise a ``ValueError`` that says what to use when tile size or overlap are unusable.
+
+    An overlap of more than half a tile is allowed and taken as half a tile.
+    """
+    if not tile_size >= MIN_TILE_SIZE:
+        raise ValueError(
+            f"The tile size must be at least {MIN_TILE_SIZE} pixels, got {tile_size} "
+            f"({DEFAULT_TILE_SIZE} is the default; smaller tiles only make prediction slower)."
+        )
+    if not overlap >= 0:
+        raise ValueError(
+            f"The tile overlap must be 0 or more pixels, got {overlap} ({DEFAULT_OVERLAP} is the "
+            "default; more than half a tile counts as half)."
+        )
 
 
 def _window(size: int, overlap: int) -> np.ndarray:
@@ -135,6 +154,7 @@ def predict_proba(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
     flips: bool = False,
+    check: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Mean softmax of ``models`` over a normalised ``image``, tile by tile.
 
@@ -157,6 +177,9 @@ def predict_proba(
     flips : bool
         Also average over the image flipped up-down, left-right and both (test-time
         augmentation: steadier probabilities at four times the cost).
+    check : callable, optional
+        Called before each network's pass over a batch of tiles; whatever it raises stops the
+        prediction (how a cancelled training stops within one pass).
 
     Returns
     -------
@@ -165,7 +188,13 @@ def predict_proba(
     """
 
     def per_tile(tiles: torch.Tensor) -> torch.Tensor:
-        return sum(_softmax(m, tiles, device, flips) for m in models) / len(models)
+        total = None
+        for m in models:
+            if check is not None:
+                check()
+            p = _softmax(m, tiles, device, flips)
+            total = p if total is None else total + p
+        return total / len(models)
 
     n_classes = int(models[0].arch["n_classes"])
     return _tiled(

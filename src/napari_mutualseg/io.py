@@ -20,11 +20,18 @@ the file still opens in napari.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
 import math
 import os
-from collections.abc import Mapping, Sequence
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -32,16 +39,21 @@ from .boxes import BOX_TYPES, Box, boxes_by_plane, boxes_from_shapes
 from .ome import PixelSize
 
 __all__ = [
+    "OutputError",
+    "atomic_write",
     "check_writable",
+    "output_paths",
     "read_box_table",
     "read_image",
     "write_box_table",
     "write_labels",
     "write_table",
+    "write_text",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES
 
 NAPARI_2D = ("index", "shape-type", "vertex-index", "axis-0", "axis-1")
 NAPARI_3D = (*NAPARI_2D, "axis-2")
@@ -91,25 +103,367 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return read_pixels(path)
 
 
-def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse to replace an existing file unless ``overwrite`` says so.
+# ---------------------------------------------------------------------- writing files
+#
+# Every file the package writes goes through :func:`atomic_write`: the data goes to a file
+# in the destination's folder that has no name yet (Linux ``O_TMPFILE``; elsewhere a hidden
+# ``.<name>.<pid>-<random>.part``), is flushed to the disk, and only then gets its name. So a
+# destination holds its old content or the complete new one, never a part; a crash, a full
+# disk or Ctrl-C leave the old file as it was; and without ``overwrite`` the name is taken
+# with an exclusive link, so a file that appears meanwhile (another run) is never replaced.
+
+
+class OutputError(OSError):
+    """A file cannot be written; the message says why and what to do (``errno`` is kept)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _explain(err: OSError, path: Path, existed: bool = False) -> OSError:
+    """``err`` as an :class:`OutputError` whose message a user can act on."""
+    if isinstance(err, OutputError | FileExistsError):
+        return err
+    folder = path.parent
+    kept = " The earlier file is unchanged." if existed else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        text = (
+            f"Not enough space to write {path} (the disk or your quota is full); free some "
+            f"space or choose another folder.{kept}"
+        )
+    elif err.errno == errno.EROFS:
+        text = f"Cannot write {path}: {folder} is on a read-only disk; choose another folder."
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        text = (
+            f"Cannot write {path}: no permission to create files in {folder}; choose another "
+            "folder or change its permissions."
+        )
+    else:
+        text = f"Cannot write {path}: {err.strerror or err}.{kept}"
+    return OutputError(err.errno, text)
+
+
+def _destination(path: Path, overwrite: bool) -> Path:
+    """The file to write for ``path``: a link is followed to its file, never a broken one."""
+    if path.is_symlink():
+        real = Path(os.path.realpath(path))
+        if not real.exists():
+            raise ValueError(
+                f"{path} is a link to {real}, which does not exist; nothing is written through "
+                "a broken link. Remove the link or choose another name."
+            )
+        path = real
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name inside it instead.")
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} already exists; choose another path, or pass overwrite=True "
+                "(--overwrite on the command line) to replace it."
+            )
+        if not path.is_file():
+            raise ValueError(f"{path} is not a regular file; choose a file name to write.")
+    return path
+
+
+def _existing_folder(folder: Path) -> Path:
+    """The nearest folder of ``folder`` or its parents that exists (what a write would need)."""
+    folder = folder.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"Cannot write into {folder}: it is a file, not a folder.")
+    return folder
+
+
+_PROC_FD = "/proc/self/fd"
+
+#: Free bytes a disk needs at the least before anything is written to it.
+MIN_FREE = 16 * 1024
+
+
+def _temp_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+def _open_unnamed(target: Path, mode: int) -> tuple[int, Path | None]:
+    """A new empty file beside ``target``: (descriptor, its temporary name or None).
+
+    The unnamed file (Linux ``O_TMPFILE``) vanishes with the process if it is killed before
+    the file is published; elsewhere a hidden name is used and removed on every failure path.
+    The mode is ``mode`` less the umask, as for any new file.
+    """
+    if hasattr(os, "O_TMPFILE") and os.path.isdir(_PROC_FD):
+        try:
+            return os.open(target.parent, os.O_TMPFILE | os.O_RDWR, mode), None
+        except OSError:
+            pass  # this file system has no unnamed files; a named one says why if it fails too
+    name = _temp_name(target)
+    flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_BINARY", 0)
+    return os.open(name, flags, mode), name
+
+
+def _link_unnamed(fd: int, target: Path) -> None:
+    """Give the unnamed file ``fd`` the name ``target``; FileExistsError if it is taken."""
+    proc = os.open(_PROC_FD, os.O_RDONLY)
+    try:
+        # linkat with AT_SYMLINK_FOLLOW (what follow_symlinks=True with a dir fd gives)
+        os.link(str(fd), target, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+def _publish(fd: int | None, temp: Path | None, target: Path, overwrite: bool) -> None:
+    """Give the written file (unnamed: open as ``fd``; else closed, named ``temp``) the name
+    ``target``; no temporary name is left, whatever fails."""
+    if temp is None and not overwrite:
+        _link_unnamed(fd, target)  # exclusive: fails if the name was taken meanwhile
+        return
+    if temp is None:
+        temp = _temp_name(target)
+        _link_unnamed(fd, temp)
+    try:
+        if overwrite:
+            os.replace(temp, target)
+            return
+        try:
+            os.link(temp, target)  # exclusive, as above
+        except OSError as err:
+            if isinstance(err, FileExistsError) or os.path.lexists(target):
+                raise FileExistsError(target) from None
+            os.replace(temp, target)  # no hard links on this file system (FAT, some shares)
+    finally:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush the folder entry of a renamed file, where the system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[BinaryIO]:
+    """Write a file that appears complete or not at all.
+
+    Yields a binary file object; what is written to it replaces ``path`` only when the block
+    ends without an error, after the data reached the disk. A link is followed to its file
+    (never a broken link); missing parent folders are created. A new file gets the usual
+    permissions (the umask's), a replaced file keeps its own.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+    overwrite : bool
+        Replace an existing file. Without it the name is taken exclusively: a file created
+        under that name while this one was written is left alone and FileExistsError raised.
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` exists (or appears meanwhile) and ``overwrite`` is False.
+    OutputError
+        When the file cannot be written (full or read-only disk, no permission); the old file
+        is unchanged and no temporary file is left.
+
+    Examples
+    --------
+    >>> with atomic_write("table.csv") as f:
+    ...     f.write(b"y0,x0,y1,x1\n")
+    """
+    path = Path(path)
+    target = _destination(path, overwrite)
+    existed = target.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        mode = stat.S_IMODE(target.stat().st_mode) if existed else 0o666
+        fd, temp = _open_unnamed(target, mode)
+    except OSError as err:
+        raise _explain(err, path, existed) from err
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            f.raw.name = str(target)  # writers that ask for the file's name get the target's
+            if existed and hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)  # the umask applies to a new file, not to a replaced one
+            yield f
+            f.flush()
+            os.fsync(fd)
+            if temp is None:
+                _publish(fd, None, target, overwrite)  # named through its open descriptor
+        if temp is not None:
+            _publish(None, temp, target, overwrite)  # closed first: Windows renames no open file
+        _sync_folder(target.parent)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{path} was created by another program while this one was writing it; it was "
+            "left as it is."
+        ) from None
+    except OSError as err:
+        raise _explain(err, path, existed) from err
+    finally:
+        if temp is not None and os.path.lexists(temp):
+            os.unlink(temp)
+
+
+def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write ``text`` (UTF-8) with :func:`atomic_write`; the path written."""
+    with atomic_write(path, overwrite=overwrite) as f:
+        f.write(text.encode("utf-8"))
+    return Path(path)
+
+
+def check_writable(
+    path: str | os.PathLike, overwrite: bool = False, *, size: int | None = None
+) -> Path:
+    """Check, before any work, that ``path`` can be written.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to be written later.
+    overwrite : bool
+        Whether an existing file may be replaced.
+    size : int, optional
+        Bytes the file will take, when known: the disk must have that much free (and never
+        less than :data:`MIN_FREE`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
 
     Raises
     ------
     FileExistsError
         When ``path`` exists and ``overwrite`` is False.
-    IsADirectoryError
-        When ``path`` is a folder.
+    IsADirectoryError, NotADirectoryError
+        When ``path`` is a folder, or a parent of it a file.
+    OutputError
+        When the folder is read-only or not writable, or the disk has less than ``size`` free.
+    ValueError
+        When ``path`` is a broken link or not a regular file.
     """
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a file name inside it instead.")
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; choose another path, or pass overwrite=True "
-            "(--overwrite on the command line) to replace it."
+    target = _destination(path, overwrite)
+    folder = _existing_folder(target.parent)
+    try:
+        fd, temp = _open_unnamed(folder / target.name, 0o600)
+        os.close(fd)
+        if temp is not None:
+            os.unlink(temp)
+        free = shutil.disk_usage(folder).free
+    except OSError as err:
+        raise _explain(err, path) from err
+    needed = max(size or 0, MIN_FREE)
+    if free < needed:
+        raise OutputError(
+            errno.ENOSPC,
+            f"Not enough space for {path}: it needs about {format_size(needed)} and {folder} has "
+            f"{format_size(free)} free. Free some space or choose another folder.",
         )
     return path
+
+
+def format_size(n: float) -> str:
+    """A number of bytes as people read it: ``"3.1 GiB"``."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB")
+    k = 0
+    while n >= 1024 and k < len(units) - 1:
+        n /= 1024
+        k += 1
+    return f"{n:.0f} bytes" if k == 0 else f"{n:.1f} {units[k]}"
+
+
+def output_paths(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    suffix: str = "_cells.tif",
+    parts: Sequence[str] | None = None,
+) -> list[Path]:
+    """Where the result of each input goes: one distinct file per input, never an input.
+
+    Each result is ``out_dir / <folder> / <name><_part><suffix>``: ``<folder>`` is the input's
+    folder below the common parent of all inputs (empty when they share one folder), and
+    ``<name>`` the file name without its image suffix (``s.v1.tif`` gives ``s.v1``). So
+    ``a/x.tif`` and ``b/x.tif`` go to ``out/a/x_cells.tif`` and ``out/b/x_cells.tif``.
+
+    Parameters
+    ----------
+    inputs : sequence of str or path-like
+        Input files; a file may repeat when ``parts`` tells its pieces apart.
+    out_dir : str or path-like
+        The output folder.
+    suffix : str
+        Ending of every output name.
+    parts : sequence of str, optional
+        One per input: a piece of the input (e.g. ``"plane003"``) added to the name, or
+        ``""`` for the whole file.
+
+    Returns
+    -------
+    list of pathlib.Path
+        One output path per input, in order.
+
+    Raises
+    ------
+    ValueError
+        When two inputs would still get the same output (``x.tif`` beside ``x.tiff``, the
+        same file given twice, names differing only in case) or an output would be an input.
+    """
+    sources = [Path(p) for p in inputs]
+    parts = [""] * len(sources) if parts is None else list(parts)
+    if len(parts) != len(sources):
+        raise ValueError(f"Got {len(sources)} inputs but {len(parts)} parts.")
+    if not sources:
+        return []
+    folders = [os.path.abspath(p.parent) for p in sources]
+    try:
+        common = os.path.commonpath(folders)
+    except ValueError:
+        raise ValueError(
+            "The inputs are on different drives, so their folders cannot be kept below one "
+            "output folder; run them one drive at a time."
+        ) from None
+    out_dir = Path(out_dir)
+    outputs = []
+    for source, folder, part in zip(sources, folders, parts, strict=True):
+        name = source.name
+        if name.lower().endswith(IMAGE_SUFFIXES):
+            name = name[: name.rindex(".")]
+            name = name.removesuffix(".ome")
+        below = os.path.relpath(folder, common)
+        outputs.append(out_dir / below / f"{name}{'_' + part if part else ''}{suffix}")
+    seen: dict[str, Path] = {}
+    inputs_at = {os.path.normcase(os.path.realpath(p)).lower(): p for p in sources}
+    for source, out in zip(sources, outputs, strict=True):
+        out = Path(os.path.normpath(out))
+        key = os.path.normcase(os.path.abspath(out)).lower()
+        if key in seen and seen[key] != source:
+            raise ValueError(
+                f"{seen[key]} and {source} would both be written to {out}; rename one of them "
+                "(names that differ only in their suffix or in case clash)."
+            )
+        if key in seen:
+            raise ValueError(f"{source} is given twice; give each image once.")
+        seen[key] = source
+        real = os.path.normcase(os.path.realpath(out)).lower()
+        if real in inputs_at:
+            raise ValueError(
+                f"The result of {source} would be written over the input {inputs_at[real]}; "
+                "choose another output folder."
+            )
+    return [Path(os.path.normpath(o)) for o in outputs]
 
 
 def write_labels(
@@ -119,7 +473,7 @@ def write_labels(
     overwrite: bool = False,
     pixel_size: PixelSize | None = None,
 ) -> Path:
-    """Write a label or class image as a zlib-compressed TIFF.
+    """Write a label or class image as a zlib-compressed TIFF, atomically.
 
     Parameters
     ----------
@@ -128,7 +482,7 @@ def write_labels(
     labels : numpy.ndarray
         Integer (or bool) image; bool is written as uint8.
     overwrite : bool
-        Replace an existing file.
+        Replace an existing file (only once the new one is complete).
     pixel_size : PixelSize, optional
         Written as OME-TIFF physical size and as resolution tags (pixels per centimetre), so
         that Fiji, napari and Bio-Formats readers all find it.
@@ -142,6 +496,8 @@ def write_labels(
     ------
     FileExistsError
         When the file exists and ``overwrite`` is False.
+    OutputError
+        When the file cannot be written (the old one is then unchanged).
     ValueError
         When the path is not a TIFF name or the labels are not an integer image.
     """
@@ -159,8 +515,6 @@ def write_labels(
         )
     if labels.ndim < 2:
         raise ValueError(f"Labels must be at least 2D, got shape {labels.shape}.")
-    check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     calibration = {}
     if pixel_size is not None:
         calibration = {
@@ -174,14 +528,15 @@ def write_labels(
                 "PhysicalSizeYUnit": pixel_size.symbol,
             },
         }
-    tifffile.imwrite(path, labels, compression="zlib", **calibration)
+    with atomic_write(path, overwrite=overwrite) as f:
+        tifffile.imwrite(f, labels, compression="zlib", **calibration)
     return path
 
 
 def write_table(
     path: str | os.PathLike, columns: Mapping[str, Sequence], *, overwrite: bool = False
 ) -> Path:
-    """Write named columns of equal length as a CSV with a header line.
+    """Write named columns of equal length as a CSV with a header line, atomically.
 
     Parameters
     ----------
@@ -208,13 +563,11 @@ def write_table(
     lengths = {len(v) for v in columns.values()}
     if len(lengths) > 1:
         raise ValueError(f"The columns of {path.name} differ in length: {sorted(lengths)}.")
-    check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(list(columns))
-        writer.writerows(zip(*columns.values(), strict=True))
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(list(columns))
+    writer.writerows(zip(*columns.values(), strict=True))
+    return write_text(path, text.getvalue(), overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------- box tables
@@ -443,22 +796,21 @@ def write_box_table(
             "Rotated boxes, ellipses or sub-pixel boxes cannot be written with image names: "
             "napari's Shapes CSV has no image column. Write one table per image instead."
         )
-    check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        if plain:
-            writer.writerow([*PLAIN, "image"] if key_kind == "image" else list(PLAIN))
-            for key, cs in corners.items():
-                for c in cs:
-                    writer.writerow([*c, key] if key_kind == "image" else list(c))
-        else:
-            writer.writerow(list(NAPARI_3D if key_kind == "plane" else NAPARI_2D))
-            index = 0
-            for key, group in groups.items():
-                for box in group:
-                    for vertex, (y, x) in enumerate(box.corners):
-                        plane = [_num(float(key))] if key_kind == "plane" else []
-                        writer.writerow([index, box.kind, vertex, *plane, _num(y), _num(x)])
-                    index += 1
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    if plain:
+        writer.writerow([*PLAIN, "image"] if key_kind == "image" else list(PLAIN))
+        for key, cs in corners.items():
+            for c in cs:
+                writer.writerow([*c, key] if key_kind == "image" else list(c))
+    else:
+        writer.writerow(list(NAPARI_3D if key_kind == "plane" else NAPARI_2D))
+        index = 0
+        for key, group in groups.items():
+            for box in group:
+                for vertex, (y, x) in enumerate(box.corners):
+                    plane = [_num(float(key))] if key_kind == "plane" else []
+                    writer.writerow([index, box.kind, vertex, *plane, _num(y), _num(x)])
+                index += 1
+    write_text(path, text.getvalue(), overwrite=overwrite)
     return path

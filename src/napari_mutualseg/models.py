@@ -27,6 +27,7 @@ from .images import AxisImage, as_image, parse_channels
 from .inference import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE_SIZE,
+    check_tiling,
     instances_from_proba,
     predict_disagreement,
     predict_proba,
@@ -159,6 +160,13 @@ class ModelPair:
     def models(self) -> tuple[UNet, UNet]:
         """Both networks, A first."""
         return self.model_a, self.model_b
+
+    @property
+    def file_size(self) -> int:
+        """Bytes the saved file takes at most: the weights plus the file's own bookkeeping
+        (about 1 KiB per tensor and 64 KiB in all, an upper bound)."""
+        tensors = [t for m in self.models for t in m.state_dict().values()]
+        return sum(t.numel() * t.element_size() + 1024 for t in tensors) + 65536
 
     def to(self, device: str | torch.device) -> ModelPair:
         """Move both networks to ``device`` (in place) and return the pair."""
@@ -294,6 +302,7 @@ class ModelPair:
         numpy.ndarray
             ``(3, H, W)`` float32 mean softmax of both networks.
         """
+        check_tiling(tile_size, overlap)
         chosen = self._one_plane(image, channels, rgb, axes, name, "predict_proba")
         ranges = chosen.channel_ranges(self.percentiles)
         return self._plane_proba(chosen, 0, ranges, tile_size, overlap)
@@ -398,6 +407,7 @@ class ModelPair:
             plane, ``(Z, H, W)`` for a z-stack, ``(T, [Z,] H, W)`` for a time series; ``out``
             when given.
         """
+        check_tiling(tile_size, overlap)
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
         min_size = self._min_size(min_size)
         if blockwise is None:
@@ -500,12 +510,13 @@ class ModelPair:
         >>> first = result.spots[0]             # the cell (or region) to check first
         >>> first.kind, first.label, first.score, first.centroid
         """
+        check_tiling(tile_size, overlap)
+        min_size = self._min_size(min_size)
         chosen = self._one_plane(image, channels, rgb, axes, name, "predict")
         x = self._plane_input(chosen, 0, chosen.channel_ranges(self.percentiles))
         proba, disagreement = predict_disagreement(
             self.models, x, self.device, tile_size=tile_size, overlap=overlap
         )
-        min_size = self._min_size(min_size)
         labels = instances_from_proba(proba, min_size=min_size)
         disagreement = disagreement.astype(np.float16)
         return Prediction(
@@ -518,7 +529,10 @@ class ModelPair:
 
     def _min_size(self, min_size: int | None) -> int:
         """The smallest cell kept: as given, else the training setting."""
-        return int(self.settings.get("min_size", 16)) if min_size is None else int(min_size)
+        min_size = int(self.settings.get("min_size", 16)) if min_size is None else int(min_size)
+        if min_size < 0:
+            raise ValueError(f"min_size must be 0 or more pixels, got {min_size}.")
+        return min_size
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save both networks with their architecture, normalisation and settings (one file).
@@ -545,31 +559,97 @@ class ModelPair:
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> ModelPair:
         """Load a pair saved with :meth:`save`; never runs code from the file.
 
+        What the file describes is checked before anything is built: the architecture of
+        each network (within :data:`ARCH_LIMITS`), that the stored weights have exactly the
+        shapes it implies (so nothing larger than the file is ever allocated), and that they
+        are finite.
+
         Raises
         ------
         FileNotFoundError
             If there is no such file.
         napari_mutualseg.checkpoint.CheckpointError
-            If the file is damaged or not a napari-mutualseg model.
+            If the file is damaged, not a napari-mutualseg model, or describes networks this
+            package cannot build; the message says what is wrong in one line.
         """
         payload = checkpoint.read_checkpoint(path)
-        try:
-            models = []
-            for key in ("a", "b"):
-                model = UNet(**payload[f"arch_{key}"])
-                model.load_state_dict(payload[f"state_{key}"])
-                models.append(model)
-        except (KeyError, TypeError, RuntimeError, ValueError) as err:
-            raise checkpoint.CheckpointError(f"{path} is damaged: {err}") from err
+        archs = [payload.get("arch_a"), payload.get("arch_b")]
+        if (
+            all(isinstance(a, dict) for a in archs)
+            and len({a.get("in_channels") for a in archs}) > 1
+        ):
+            raise checkpoint.CheckpointError(
+                f"{path} is not a usable napari-mutualseg model: its networks A and B take "
+                "different numbers of channels."
+            )
+        models = []
+        for key in ("a", "b"):
+            arch, state = payload.get(f"arch_{key}"), payload.get(f"state_{key}")
+            problem = _arch_problem(arch) or _state_problem(arch, state)
+            if problem:
+                raise checkpoint.CheckpointError(
+                    f"{path} is not a usable napari-mutualseg model: network {key.upper()} "
+                    f"{problem}."
+                )
+            model = UNet(**arch)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                raise checkpoint.CheckpointError(
+                    f"{path} is damaged: {str(err).splitlines()[0]}"
+                ) from None
+            models.append(model)
         pair = cls(
             models[0],
             models[1],
-            tuple(payload["percentiles"]),
+            tuple(float(p) for p in payload["percentiles"]),
             dict(payload.get("settings", {})),
-            list(payload.get("history", [])),
+            [dict(h) for h in payload.get("history", [])],
             cell_size=payload.get("cell_size"),
             channel_names=(
                 tuple(payload["channel_names"]) if payload.get("channel_names") else None
             ),
         )
         return pair.to(select_device(device))
+
+
+#: What a stored architecture may be: the package's networks predict background, cell and
+#: boundary; channels, width and depth are bounded so that a file cannot describe a network
+#: far beyond any trained one.
+ARCH_LIMITS = {"in_channels": (1, 64), "n_classes": (N_CLASSES, N_CLASSES), "width": (1, 256),
+               "depth": (1, 8)}  # fmt: skip
+
+
+def _arch_problem(arch: Any) -> str | None:
+    """What is wrong with a stored architecture, or None."""
+    if not isinstance(arch, dict) or set(arch) != set(ARCH_LIMITS):
+        return f"has no valid architecture (expected the keys {', '.join(ARCH_LIMITS)})"
+    for name, (low, high) in ARCH_LIMITS.items():
+        value = arch[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            allowed = str(low) if low == high else f"a whole number from {low} to {high}"
+            return f"has {name} = {value!r}; this package needs {allowed}"
+    return None
+
+
+def _state_problem(arch: dict[str, int], state: Any) -> str | None:
+    """What is wrong with stored weights for ``arch``, or None; nothing is allocated."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "has no weights"
+    with torch.device("meta"):  # the shapes the architecture implies, without memory
+        expected = {k: (v.shape, v.dtype) for k, v in UNet(**arch).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        kinds = ((missing, "missing"), (extra, "unexpected"))
+        counts = [f"{len(names)} {what} (first {names[0]})" for names, what in kinds if names]
+        return f"has weights that do not match its architecture: {', '.join(counts)}"
+    for name, (shape, dtype) in expected.items():
+        stored = state[name]
+        if stored.shape != shape:
+            return (
+                f"has {name} of shape {tuple(stored.shape)}, its architecture needs {tuple(shape)}"
+            )
+        if stored.is_floating_point() != dtype.is_floating_point:
+            return f"has {name} of type {stored.dtype}, its architecture needs {dtype}"
+    return None

@@ -3,8 +3,9 @@
 Round 1 trains both networks on the labels made from the boxes. After round n, network A's
 prediction, combined with the box labels, becomes B's training label for round n + 1, and B's
 prediction becomes A's; neither ever learns from itself. The engine is an iterator that yields
-one :class:`RoundReport` per round and can be cancelled from another thread between two
-training steps.
+one :class:`RoundReport` per round and can be cancelled from another thread: it stops before
+the next training step or prediction pass, keeps the networks of the last reported round, and
+reports nothing more.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +36,8 @@ from .stepping import (
     train_round,
 )
 from .supervision import IGNORE, Supervision
+
+T = TypeVar("T")
 
 __all__ = ["ExchangeSettings", "MutualTrainer", "RoundReport", "TrainConfig", "TrainingError"]
 
@@ -190,7 +194,9 @@ class MutualTrainer:
             pair = pair.copy()
             pair.percentiles = config.percentiles
         pair.channel_names = channel_names
-        pair.settings = config.to_dict()
+        # a resumed pair keeps its networks: record their size, not the config's
+        arch = pair.model_a.arch
+        pair.settings = {**config.to_dict(), "width": arch["width"], "depth": arch["depth"]}
         sides = [2 * max(box.extent) for sup in supervisions for box in sup.boxes]
         pair.cell_size = max([pair.cell_size or 0.0, *sides]) or None
         self._pair = pair.to(self.device)
@@ -214,11 +220,18 @@ class MutualTrainer:
         return self._cancel.is_set()
 
     def cancel(self) -> None:
-        """Stop training before the next step; the networks of the last completed round are kept.
+        """Stop before the next training step or prediction pass (within about a second).
 
-        Safe to call from any thread.
+        The networks of the last reported round are kept in :attr:`pair` (the round under way
+        is dropped, with its history entry) and no report follows. Safe to call from any
+        thread; the CLI's Ctrl-C and the widget's Stop both come here.
         """
         self._cancel.set()
+
+    def _check(self) -> None:
+        """Raise :class:`Cancelled` once :meth:`cancel` was called (between work units)."""
+        if self._cancel.is_set():
+            raise Cancelled
 
     # -- the rounds -------------------------------------------------------------------------
 
@@ -245,77 +258,95 @@ class MutualTrainer:
         ]
         streams = self._streams()
         if self.resumed:
-            targets = self._exchange([self._predict(m) for m in models])
+            try:
+                targets = self._exchange([self._predict(m) for m in models])
+            except Cancelled:
+                return
         else:
             initial = [ctx.initial for ctx in self.contexts]
             targets = [initial, initial]
         for r in range(1, cfg.rounds + 1):
             if self.cancelled:
                 return
-            start = time.perf_counter()
-            lr = cfg.learning_rate * (cfg.later_lr_factor if (r > 1 or self.resumed) else 1.0)
-            for trainer, t in zip(self._trainers, targets, strict=True):
-                trainer.set_learning_rate(lr)
-                trainer.sampler.set_labels(t)
             snapshot = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
             try:
-                losses = train_round(self._trainers, cfg.steps_per_round, self._cancel, r, streams)
+                report = self._round(r, targets, streams)
             except Cancelled:
                 for m, state in zip(models, snapshot, strict=True):
                     m.load_state_dict(state)
                 return
-            probas = [self._predict(m) for m in models]
-            new_targets = self._exchange(probas)
-            changed = float(
-                np.mean(
-                    [
-                        changed_fraction(old, new)
-                        for k in range(2)
-                        for old, new in zip(targets[k], new_targets[k], strict=True)
-                    ]
-                )
-            )
-            ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
-            found = self._found(ensemble)
-            # labels that stop changing because the networks find nothing have not converged
-            converged = r > 1 and changed < cfg.min_change and found >= 0.5
-            report = RoundReport(
-                round=r,
-                rounds=cfg.rounds,
-                loss_a=losses[0],
-                loss_b=losses[1],
-                classes_a=[p.argmax(0).astype(np.uint8) for p in probas[0]],
-                classes_b=[p.argmax(0).astype(np.uint8) for p in probas[1]],
-                instances_a=self._instances(probas[0]),
-                instances_b=self._instances(probas[1]),
-                instances=self._instances(ensemble),
-                labels_a=new_targets[0],
-                labels_b=new_targets[1],
-                changed=changed,
-                seconds=time.perf_counter() - start,
-                device=str(self.device),
-                converged=converged,
-                found=found,
-                probabilities=ensemble,
-                disagreement=[
-                    disagreement_map(pa, pb).astype(np.float16)
-                    for pa, pb in zip(*probas, strict=True)
-                ],
-            )
             self._pair.history.append(
                 {
                     "round": len(self._pair.history) + 1,
                     "loss_a": report.loss_a,
                     "loss_b": report.loss_b,
-                    "changed": changed,
+                    "changed": report.changed,
                     "seconds": report.seconds,
                     "device": report.device,
                 }
             )
-            targets = new_targets
+            targets = [report.labels_a, report.labels_b]
             yield report
-            if converged:
+            if report.converged:
                 return
+
+    def _round(
+        self, r: int, targets: list[list[np.ndarray]], streams: CudaStreams | None
+    ) -> RoundReport:
+        """Train round ``r`` on ``targets`` (A's, B's) and exchange: the round's report.
+
+        Raises
+        ------
+        Cancelled
+            When the trainer is cancelled before the round is complete.
+        """
+        cfg = self.config
+        models = self._pair.models
+        start = time.perf_counter()
+        lr = cfg.learning_rate * (cfg.later_lr_factor if (r > 1 or self.resumed) else 1.0)
+        for trainer, t in zip(self._trainers, targets, strict=True):
+            trainer.set_learning_rate(lr)
+            trainer.sampler.set_labels(t)
+        losses = train_round(self._trainers, cfg.steps_per_round, self._cancel, r, streams)
+        probas = [self._predict(m) for m in models]
+        new_targets = self._exchange(probas)
+        changed = float(
+            np.mean(
+                [
+                    changed_fraction(old, new)
+                    for k in range(2)
+                    for old, new in zip(targets[k], new_targets[k], strict=True)
+                ]
+            )
+        )
+        ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
+        found = self._found(ensemble)
+        # labels that stop changing because the networks find nothing have not converged
+        converged = r > 1 and changed < cfg.min_change and found >= 0.5
+        report = RoundReport(
+            round=r,
+            rounds=cfg.rounds,
+            loss_a=losses[0],
+            loss_b=losses[1],
+            classes_a=[p.argmax(0).astype(np.uint8) for p in probas[0]],
+            classes_b=[p.argmax(0).astype(np.uint8) for p in probas[1]],
+            instances_a=self._instances(probas[0]),
+            instances_b=self._instances(probas[1]),
+            instances=self._instances(ensemble),
+            labels_a=new_targets[0],
+            labels_b=new_targets[1],
+            changed=changed,
+            seconds=time.perf_counter() - start,
+            device=str(self.device),
+            converged=converged,
+            found=found,
+            probabilities=ensemble,
+            disagreement=[
+                disagreement_map(pa, pb).astype(np.float16) for pa, pb in zip(*probas, strict=True)
+            ],
+        )
+        self._check()  # cancelled during the round's last pass: no report
+        return report
 
     def _streams(self) -> CudaStreams | None:
         """On CUDA (with ``parallel``) A and B train at once, each on its own stream."""
@@ -329,12 +360,13 @@ class MutualTrainer:
         With ``teacher="self"`` each network learns from its own prediction instead.
         """
         settings = self.config.exchange
-        from_b = [
-            ctx.combine(p, settings) for ctx, p in zip(self.contexts, probas[1], strict=True)
-        ]
-        from_a = [
-            ctx.combine(p, settings) for ctx, p in zip(self.contexts, probas[0], strict=True)
-        ]
+        from_b, from_a = (
+            [
+                self._checked(ctx.combine, p, settings)
+                for ctx, p in zip(self.contexts, ps, strict=True)
+            ]
+            for ps in (probas[1], probas[0])
+        )
         if settings.teacher == "self":
             return [from_a, from_b]
         if settings.agreement:
@@ -349,7 +381,12 @@ class MutualTrainer:
         cfg = self.config
         return [
             predict_proba(
-                [model], im, self.device, tile_size=cfg.tile_size, flips=cfg.exchange.flip_labels
+                [model],
+                im,
+                self.device,
+                tile_size=cfg.tile_size,
+                flips=cfg.exchange.flip_labels,
+                check=self._check,
             )
             for im in self.images
         ]
@@ -358,7 +395,8 @@ class MutualTrainer:
         """Per-box instances of every training image (one object per box, unboxed cells added)."""
         cfg = self.config
         return [
-            per_box_instances(
+            self._checked(
+                per_box_instances,
                 p,
                 ctx.supervision,
                 fg_threshold=cfg.exchange.fg_threshold,
@@ -367,6 +405,11 @@ class MutualTrainer:
             )
             for p, ctx in zip(probas, self.contexts, strict=True)
         ]
+
+    def _checked(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``work(*args, **kwargs)`` unless the trainer was cancelled: one image at a time."""
+        self._check()
+        return work(*args, **kwargs)
 
     def _found(self, probas: list[np.ndarray]) -> float:
         """Fraction of all boxes whose object the ensemble found (1 when there are no boxes)."""
