@@ -29,6 +29,7 @@ from qtpy.QtCore import QEventLoop, QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
 from ..checkpoint import CheckpointError
+from .cells import show_table
 from .layers import upsert_layer
 from .workers import (
     LEARNING_ROLES,
@@ -222,7 +223,8 @@ class RunController(QObject):
             return training.MutualTrainer(images, sups, config, labels=labels, pair=resume)
 
         layouts = [Layout(item.record.shape, item.record.planes) for item in items]
-        job = TrainingJob(make_trainer, layouts, request.show_learning)
+        pixels = [item.image.data for item in items]
+        job = TrainingJob(make_trainer, layouts, pixels, request.show_learning)
         worker = create_worker(
             run_training, job, _worker_class=_TrainingWorker, _ignore_errors=True
         )
@@ -327,7 +329,7 @@ class RunController(QObject):
         }
         self.history.append(entry)
         self.last_report = report
-        self.writer.show(entry["round"], update.layers)
+        self.writer.show(entry["round"], update.layers, update.tables)
         self.round_done.emit(entry)
 
     def _on_failure(self, value: Any) -> None:
@@ -415,6 +417,7 @@ class RunController(QObject):
         out = upsert_layer(
             self.viewer, role=role, name=name, data=value.labels, like=layer, source=layer
         )
+        show_table(out, value.table)
         upsert_layer(
             self.viewer, role="disagreement", name=f"{layer.name} disagreement",
             data=value.disagreement, like=layer, source=layer, kind="image", visible=False,

@@ -16,6 +16,7 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ..devices import describe_device, select_device
+from .cells import CellsPanel
 from .controller import RunController, RunState, TrainingItem, TrainingRequest
 from .correct import CheckPanel, Corrector
 from .layers import find_own_layer
@@ -68,6 +69,7 @@ class MutualSegWidget(QWidget):
         self.model = ModelPanel(napari_viewer)
         self.correct = Corrector(napari_viewer, self.controller)
         self.check = CheckPanel(napari_viewer, self.correct)
+        self.cells = CellsPanel(napari_viewer, self.controller.notify)
         self.status = QLabel("Draw a box around each cell, then press Train.")
         self.status.setWordWrap(True)
         self._docked = False
@@ -80,7 +82,7 @@ class MutualSegWidget(QWidget):
     def _build(self) -> None:
         inner = QWidget()
         column = QVBoxLayout(inner)
-        for part in (self.data, self.training, self.model, self.check, self.status):
+        for part in (self.data, self.training, self.model, self.check, self.cells, self.status):
             column.addWidget(part)
         column.addStretch(1)
         # A scroll area: the panel fits a laptop screen however tall its content grows.
@@ -393,6 +395,7 @@ class MutualSegWidget(QWidget):
         for picker in (*self.data.pickers, self.model.target):
             picker.unwatch()
         self.check.unwatch()
+        self.cells.unwatch()
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop training and wait up to ``timeout`` seconds for the worker to end."""

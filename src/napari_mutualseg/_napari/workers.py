@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..disagreement import Spot
+from ..measure import Table, measure_cells
 from ..supervision import IGNORE
 
 if TYPE_CHECKING:
@@ -79,10 +80,12 @@ class Layout:
 
 @dataclass
 class RoundUpdate:
-    """A round's report and the layer data made from it: (role, training image, array)."""
+    """A round's report and the layer data made from it: (role, training image, array), and
+    the measurements of each training image's cells."""
 
     report: RoundReport
     layers: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
+    tables: dict[int, Table] = field(default_factory=dict)
 
 
 class TrainingJob:
@@ -94,15 +97,22 @@ class TrainingJob:
         Builds the :class:`~napari_mutualseg.training.MutualTrainer` (in the worker thread).
     layouts : list of Layout
         Where each training image's results go (its planes are consecutive in a report).
+    images : list of array_like
+        Each training image's pixels, to measure its cells in.
     show_learning : bool
         Also make the layers of what A and B learn from (the main thread may change it).
     """
 
     def __init__(
-        self, make_trainer: Callable[[], Any], layouts: list[Layout], show_learning: bool = False
+        self,
+        make_trainer: Callable[[], Any],
+        layouts: list[Layout],
+        images: list[Any],
+        show_learning: bool = False,
     ) -> None:
         self.make_trainer = make_trainer
         self.layouts = layouts
+        self.images = images
         self.show_learning = show_learning
         self.trainer: Any = None
         self.device_name: str = ""
@@ -137,6 +147,8 @@ class TrainingJob:
                 arrays = getattr(report, attribute)[start : start + layout.count]
                 fill = IGNORE if kind == "classes" else 0
                 update.layers.append((role, part, layout.place(arrays, fill)))
+                if role == "cells":
+                    update.tables[part] = measure(update.layers[-1][2], self.images[part])
             start += layout.count
         return update
 
@@ -169,6 +181,7 @@ class PredictionResult:
     labels: np.ndarray
     disagreement: np.ndarray
     spots: list[tuple[int | None, Spot]]  # (plane of a stack or None, spot)
+    table: Table = field(default_factory=dict)
 
 
 def run_prediction(
@@ -179,7 +192,8 @@ def run_prediction(
         if planes is None:
             yield 0, 1
             p = pair.predict(np.asarray(data), tile_size=tile_size, name=name)
-            return PredictionResult(p.labels, p.disagreement, [(None, s) for s in p.spots])
+            spots = [(None, s) for s in p.spots]
+            return PredictionResult(p.labels, p.disagreement, spots, measure(p.labels, data))
         result = PredictionResult(
             np.zeros(tuple(data.shape), np.int32), np.zeros(tuple(data.shape), np.float16), []
         )
@@ -195,11 +209,18 @@ def run_prediction(
             ]
             offset = max(offset, int(labels.max()))
         result.spots.sort(key=lambda ps: -ps[1].score)
+        result.table = measure(result.labels, data)
         return result
     except Exception as exc:
         return WorkerFailure(exc)
     finally:
         release_device_memory()
+
+
+def measure(labels: np.ndarray, image: Any) -> Table:
+    """The cells' measurements in the image's intensities (see :mod:`napari_mutualseg.measure`)."""
+    pixels = np.asarray(image)
+    return measure_cells(labels, pixels if pixels.shape == labels.shape else None)
 
 
 def release_device_memory() -> None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
+from ..measure import Table
+from .cells import show_table
 from .layers import find_own_layer, upsert_layer
 from .workers import PER_IMAGE, RESULT_LAYERS
 
@@ -44,7 +46,7 @@ class LayerWriter(QObject):
         self.defer_hidden = False
         self._deferred: dict[tuple[str, int], np.ndarray] = {}
         self._watched: set[int] = set()
-        self._pending: tuple[int, list[tuple[str, int, np.ndarray]]] | None = None
+        self._pending: tuple[int, list[tuple[str, int, np.ndarray]], dict] | None = None
         self._steps: list[Callable[[], None]] = []
         self._timer = QTimer(self, singleShot=True)
         self._timer.timeout.connect(self._next)
@@ -70,9 +72,15 @@ class LayerWriter(QObject):
             self._steps.append(then)
         self._kick()
 
-    def show(self, round_index: int, layers: list[tuple[str, int, np.ndarray]]) -> None:
-        """Put one round's layer data into the layers (replacing a round not shown yet)."""
-        self._pending = (round_index, layers)
+    def show(
+        self,
+        round_index: int,
+        layers: list[tuple[str, int, np.ndarray]],
+        tables: dict[int, Table] | None = None,
+    ) -> None:
+        """Put one round's layer data into the layers (replacing a round not shown yet), with
+        the measurements of each training image's cells."""
+        self._pending = (round_index, layers, tables or {})
         self._kick()
 
     def finish(self) -> None:
@@ -122,6 +130,11 @@ class LayerWriter(QObject):
             # Keep the user's layer active, so that drawing or painting is not interrupted.
             viewer.layers.selection.active = active
 
+    def _measured(self, part: int, table: Table) -> None:
+        layer = find_own_layer(self._viewer(), "cells", self.images[part])
+        if layer is not None:
+            show_table(layer, table)
+
     def _shown(self, role: str, part: int, event: object) -> None:
         data = self._deferred.pop((role, part), None)
         if data is not None and getattr(event, "value", True):
@@ -132,8 +145,9 @@ class LayerWriter(QObject):
         if self._viewer() is None:
             return
         if self._pending is not None and not self._steps:
-            (round_index, layers), self._pending = self._pending, None
+            (round_index, layers, tables), self._pending = self._pending, None
             self._steps = [partial(self._write, *layer) for layer in layers]
+            self._steps += [partial(self._measured, part, t) for part, t in tables.items()]
             self._steps.append(partial(self.applied_rounds.append, round_index))
             if not self.defer_hidden:
                 self._deferred = {}

@@ -1,0 +1,74 @@
+"""The cells table in napari: measurements in layer.features, a row a click from its cell,
+and the exports (panel buttons and File > Save)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import disc_image
+from napari_mutualseg._napari.cells import cell_table, export
+
+
+@pytest.fixture
+def predicted(scene):
+    viewer, widget, image, _boxes = scene
+    widget.settings.update(rounds=1, steps_per_round=80, width=8)
+    widget.train(block=True)
+    other_image, _ = disc_image(centres=((16, 44), (44, 16), (44, 46)), seed=5)
+    other = viewer.add_image(other_image, name="other")
+    widget.predict(other, block=True)
+    return viewer, widget, image, viewer.layers["other cells"]
+
+
+def test_results_carry_their_measurements(predicted):
+    viewer, _widget, _image, cells = predicted
+    labels = np.asarray(cells.data)
+    n = len(np.unique(labels[labels > 0]))
+    features = cells.features
+    assert n and len(features) == n
+    np.testing.assert_array_equal(features["index"], features["label"])
+    first = int(features["label"][0])
+    assert features["area_px"][0] == (labels == first).sum()
+    assert features["mean_intensity_0"][0] > 0.5  # the discs are bright
+    trained = viewer.layers["cells cells"].features  # the training result is measured too
+    assert len(trained) and "area_px" in trained
+
+
+def test_the_table_follows_the_active_layer_and_goes_to_a_cell(predicted):
+    viewer, widget, _image, cells = predicted
+    viewer.layers.selection.active = cells
+    panel = widget.cells
+    n = len(cells.features)
+    assert panel.model.rowCount() == n and f"{n} cells" in panel.title.text()
+    row = n - 1
+    panel.view.clicked.emit(panel.model.index(row, 0))
+    expected = (cells.features["centroid_y_px"][row], cells.features["centroid_x_px"][row])
+    np.testing.assert_allclose(viewer.camera.center[-2:], expected)
+    assert cells.selected_label == cells.features["label"][row]
+    viewer.layers.selection.active = viewer.layers["other"]  # an image: no table
+    assert panel.model.rowCount() == 0
+
+
+def test_exports_from_the_panel_and_from_file_save(predicted, tmp_path):
+    from roifile import ImagejRoi
+
+    _viewer, _widget, _image, cells = predicted
+    table = cell_table(cells)
+    n = len(table["label"])
+    csv = export("table", tmp_path / "cells.csv", cells, table, overwrite=False)
+    assert Path(csv).read_text().splitlines()[0].startswith("label,area_px")
+    with pytest.raises(FileExistsError):  # never replaced unless asked
+        export("table", tmp_path / "cells.csv", cells, table, overwrite=False)
+    rois = export("fiji", tmp_path / "cells.zip", cells, table, overwrite=False)
+    with zipfile.ZipFile(rois) as archive:
+        assert len(archive.namelist()) == n
+        ImagejRoi.frombytes(archive.read(archive.namelist()[0]))
+    # File > Save Selected Layers with a .geojson name goes through the plugin's writer
+    written = cells.save(str(tmp_path / "cells.geojson"), plugin="napari-mutualseg")
+    features = json.loads(Path(written[0]).read_text())["features"]
+    assert len(features) == n and features[0]["properties"]["measurements"]["area_px"] > 0
