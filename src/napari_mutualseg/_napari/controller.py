@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from ..config import TrainConfig
     from ..models import ModelPair
-    from ..training import RoundReport
+    from ..training import MutualTrainer, RoundReport
     from .prepare import SupervisionRecord
 
 #: How often the status line follows the training steps.
@@ -207,8 +207,6 @@ class RunController(QObject):
         if self.state is not RunState.IDLE:
             self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
             return None
-        from .. import training
-
         config, resume = request.config, self.pair
         if resume is not None and self.remaining:
             config = type(config).from_dict({**config.to_dict(), "rounds": self.remaining})
@@ -218,8 +216,11 @@ class RunController(QObject):
         sups = [s for item in items for s in item.record.supervisions]
         labels = [lab for item in items for lab in item.labels]
 
-        def make_trainer() -> training.MutualTrainer:
-            # looked up at call time, so that tests can stand in for the engine
+        def make_trainer() -> MutualTrainer:
+            # Imported here, in the worker: the engine's first import takes 0.3 s (scipy), too
+            # long for the main thread; and looked up at call time, so tests can stand in.
+            from .. import training
+
             return training.MutualTrainer(images, sups, config, labels=labels, pair=resume)
 
         layouts = [Layout(item.record.shape, item.record.planes) for item in items]
