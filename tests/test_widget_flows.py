@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from helpers import TIMEOUT, WIDGET_NAME, disc_image, messages, rectangles, same, wait_idle
@@ -121,10 +119,10 @@ def test_predicting_the_training_image_keeps_the_box_guided_result(scene, notes,
     assert any("No cells found" in m and "more training" in m for m in messages(notes, "warning"))
 
 
-def test_the_viewer_repaints_little_and_never_stalls_while_training(
-    make_napari_viewer, qtbot, capsys
-):
-    from qtpy.QtCore import QEvent, QObject, QTimer
+def test_the_viewer_repaints_only_when_a_round_is_shown(make_napari_viewer, qtbot, capsys):
+    # Counts, not clocks: how long a round or a stall takes is measured in
+    # benchmarks/viewer_cost.py on an otherwise idle machine.
+    from qtpy.QtCore import QEvent, QObject
     from qtpy.QtWidgets import QOpenGLWidget
 
     viewer = make_napari_viewer(show=True)  # a drawn window: paints are part of the cost
@@ -148,27 +146,15 @@ def test_the_viewer_repaints_little_and_never_stalls_while_training(
     assert canvases
     for canvas in canvases:
         canvas.installEventFilter(paints)
-    ticks = []
-    timer = QTimer(interval=10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
-    t0 = time.perf_counter()
     widget.train()
     wait_idle(qtbot, widget)
-    elapsed = time.perf_counter() - t0
-    timer.stop()
-    longest = float(np.diff([t0, *ticks]).max())
+    rounds = len(widget.history)
     with capsys.disabled():
-        print(
-            f"\n[viewer cost] longest main-thread gap {longest * 1000:.0f} ms from Train on, "
-            f"{paints.count / elapsed:.1f} canvas paints/s, {elapsed / len(widget.history):.2f} "
-            "s/round"
-        )
+        print(f"\n[viewer cost] {paints.count} canvas paints for {rounds} rounds")
     # every round reached the layers (the labels may settle before the third)
     assert widget.controller.applied_rounds[-1] == widget.history[-1]["round"]
-    assert longest < 0.100, f"main thread blocked for {longest * 1000:.0f} ms"
-    # a few paints per round (the visible result), not a spinner's 30 a second
-    assert paints.count / elapsed < 5
+    # a few paints per shown round, not an activity spinner's 30 a second for the whole run
+    assert paints.count <= 4 * rounds + 2
 
 
 def test_loss_plot_shows_a_single_round(qtbot):
