@@ -12,6 +12,7 @@ import pytest
 
 from helpers import disc_image
 from napari_mutualseg._napari.cells import cell_table, export
+from napari_mutualseg._napari.layers import camera
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_the_table_follows_the_active_layer_and_goes_to_a_cell(predicted):
     row = n - 1
     panel.view.clicked.emit(panel.model.index(row, 0))
     expected = (cells.features["centroid_y_px"][row], cells.features["centroid_x_px"][row])
-    np.testing.assert_allclose(viewer.camera.center[-2:], expected)
+    np.testing.assert_allclose(camera(viewer).center[-2:], expected)
     assert cells.selected_label == cells.features["label"][row]
     viewer.layers.selection.active = viewer.layers["other"]  # an image: no table
     assert panel.model.rowCount() == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import disc_image, messages, same
-from napari_mutualseg._napari.layers import OWNER_KEY
+from napari_mutualseg._napari.layers import OWNER_KEY, camera
 from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.models import ModelPair
 from napari_mutualseg.supervision import CELL
@@ -47,7 +47,7 @@ def test_next_cell_to_check_goes_to_the_most_disputed_first(trained):
     assert spots and all(a[1].score >= b[1].score for a, b in itertools.pairwise(spots))
     first = widget.correct.next_cell(other)
     assert first == spots[0][1]
-    np.testing.assert_allclose(viewer.camera.center[-2:], first.centroid, atol=1e-6)
+    np.testing.assert_allclose(camera(viewer).center[-2:], first.centroid, atol=1e-6)
     if first.label:
         assert viewer.layers["other cells"].selected_label == first.label
     assert widget.correct.next_cell(other) == spots[1 % len(spots)][1]

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 from .. import io
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
 from ..measure import Table, measure_cells
-from .layers import owner_info
+from .layers import camera, owner_info
 from .panels import _row
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ class CellsPanel(QGroupBox):
         world = np.asarray(layer.data_to_world(point), float)
         if len(axes) == 3:
             self.viewer.dims.set_point(self.viewer.dims.ndim - 3, world[-3])
-        self.viewer.camera.center = tuple(world[-2:])
+        camera(self.viewer).center = tuple(world[-2:])
         layer.selected_label = int(table["label"][index.row()])
 
     def _ask_export(self, kind: str) -> None:

@@ -27,6 +27,7 @@ from ..supervision import corrected_cells, supervision_from_masks
 from .controller import RunController, TrainingItem
 from .layers import (
     OWNER_KEY,
+    camera,
     find_own_layer,
     free_name,
     owner_info,
@@ -107,10 +108,10 @@ class Corrector:
         world = np.asarray(image.data_to_world(point), float)
         if plane is not None:
             self.viewer.dims.set_point(self.viewer.dims.ndim - 3, world[-3])
-        self.viewer.camera.center = tuple(world[-2:])
+        camera(self.viewer).center = tuple(world[-2:])
         y0, x0, y1, x1 = spot.bbox
         size = max(y1 - y0, x1 - x0, 8) * float(max(np.abs(image.scale[-2:])))
-        self.viewer.camera.zoom = _CELL_ON_SCREEN / size
+        camera(self.viewer).zoom = _CELL_ON_SCREEN / size
         cells = self.cells_layer(image)
         if cells is not None and spot.label:
             cells.selected_label = spot.label

@@ -110,6 +110,11 @@ def find_own_layer(viewer: napari.Viewer, role: str, source: Layer | None = None
     return None
 
 
+def camera(viewer: napari.Viewer) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9 on)."""
+    return getattr(viewer, "scene", viewer).camera
+
+
 def free_name(viewer: napari.Viewer | None, name: str) -> str:
     """``name``, or ``name [2]``, ``[3]``... when a layer already uses it."""
     if viewer is None:
