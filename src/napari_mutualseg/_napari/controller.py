@@ -143,6 +143,7 @@ class RunController(QObject):
         self.predictions: dict[str, PredictionResult] = {}  # the last one of each image
         self.last_message = ""
         self.writer = LayerWriter(self._viewer)
+        self.writer.on_round_shown = self._round_shown
         self._session: _Session | None = None
         self._closing = False
         self._status_timer = QTimer(self, interval=_STATUS_MS)
@@ -332,6 +333,10 @@ class RunController(QObject):
         self.last_report = report
         self.writer.show(entry["round"], update.layers, update.tables)
         self.round_done.emit(entry)
+
+    def _round_shown(self) -> None:
+        if self.job is not None:
+            self.job.shown.set()
 
     def _on_failure(self, value: Any) -> None:
         if not isinstance(value, (WorkerFailure, BaseException)) or self._session is None:

@@ -38,6 +38,8 @@ RESULT_LAYERS = {
 LEARNING_ROLES = ("A learns from", "B learns from")
 #: Roles with a layer per training image; the others show the first training image.
 PER_IMAGE = ("cells", "disagreement")
+#: Longest wait of the training thread for the viewer to show a round.
+SHOW_WAIT_S = 1.0
 
 
 class WorkerFailure:
@@ -119,6 +121,7 @@ class TrainingJob:
         self.last_good: ModelPair | None = None
         self.cancelled = threading.Event()
         self.done = threading.Event()
+        self.shown = threading.Event()  # the main thread has drawn the last round
 
     def cancel(self) -> None:
         """Ask the trainer to stop before its next step (thread-safe)."""
@@ -164,7 +167,11 @@ def run_training(job: TrainingJob) -> Generator[RoundUpdate, None, WorkerFailure
         for report in trainer:
             # The trainer is paused at its own yield: the copy is consistent.
             job.last_good = trainer.pair.copy()
+            job.shown.clear()
             yield job.update(report)
+            # The next round waits (at most a second) while the viewer draws this one: a
+            # redraw that competes with training for the CPU takes several times as long.
+            job.shown.wait(SHOW_WAIT_S)
     except Exception as exc:
         return WorkerFailure(exc)
     finally:

@@ -41,6 +41,7 @@ class LayerWriter(QObject):
         self._viewer = viewer
         self.images: list[Layer] = []
         self.applied_rounds: list[int] = []
+        self.on_round_shown: Callable[[], None] | None = None  # called once a round is drawn
         # the cells the plugin last wrote for each image (by layer id): what a person corrects
         self.written: dict[str, np.ndarray] = {}
         self.defer_hidden = False
@@ -130,6 +131,12 @@ class LayerWriter(QObject):
             # Keep the user's layer active, so that drawing or painting is not interrupted.
             viewer.layers.selection.active = active
 
+    def _round_shown(self, round_index: int) -> None:
+        self.applied_rounds.append(round_index)
+        if self.on_round_shown is not None:
+            # after this turn's drawing: a zero timer runs once the paint events are handled
+            QTimer.singleShot(0, self.on_round_shown)
+
     def _measured(self, part: int, table: Table) -> None:
         layer = find_own_layer(self._viewer(), "cells", self.images[part])
         if layer is not None:
@@ -148,7 +155,7 @@ class LayerWriter(QObject):
             (round_index, layers, tables), self._pending = self._pending, None
             self._steps = [partial(self._write, *layer) for layer in layers]
             self._steps += [partial(self._measured, part, t) for part, t in tables.items()]
-            self._steps.append(partial(self.applied_rounds.append, round_index))
+            self._steps.append(partial(self._round_shown, round_index))
             if not self.defer_hidden:
                 self._deferred = {}
         if self._steps:
