@@ -1023,12 +1023,16 @@ PLACES = [
     ("supervise --out an existing file",
      "supervise {fx}/cells.tif --boxes {fx}/boxes.csv --out {old}",
      {"old": _protected("gt.tif", "old.tif")}, ("already exists",)),
-    ("predict onto an existing result", PREDICT,
-     {"old": _protected("gt.tif", "p/cells_cells.tif")}, ("already exists",)),
     ("train --labels-out onto an existing result", TRAIN + "--labels-out {work}/l",
      {"old": _protected("gt.tif", "l/cells_cells.tif")}, ("already exists",)),
 ]
 # fmt: on
+
+
+def _kept_and_measured(c: Ctx, result: Result) -> list[str]:
+    """The protected earlier result is measured (its table written), not replaced."""
+    problems = [] if "labels kept" in result.out else ["not reported as kept"]
+    return problems + ([] if (c.work / "p" / "cells_cells.csv").exists() else ["no table"])
 
 
 def _place_cases() -> list[Case]:
@@ -1045,6 +1049,12 @@ def _place_cases() -> list[Case]:
                 link=_link(lambda c: c.copy("model.pt", c.work / "real.pt")),
             ),
             check=_link_kept,
+        ),
+        ok(
+            group,
+            "predict onto an existing result: kept and measured, not segmented again",
+            cli(PREDICT, old=_protected("gt.tif", "p/cells_cells.tif")),
+            check=_kept_and_measured,
         ),
         ok(
             group,
@@ -1202,11 +1212,11 @@ def _same_name_cases() -> list[Case]:
             cli(predict, images=_inputs("X.tif", "x.tif")),
             "both be written",
         ),
-        error(
+        ok(
             group,
-            "predict the same file twice",
+            "predict the same file twice: segmented once",
             cli(predict, images=lambda c: f"{c.fx}/cells.tif {c.fx}/cells.tif"),
-            "given twice",
+            check=_distinct("p/cells_cells.tif"),
         ),
         error(
             group,

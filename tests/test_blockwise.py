@@ -241,15 +241,20 @@ def test_command_line_predicts_block_by_block_and_keeps_the_pixel_size(tmp_path,
         metadata={"unit": "um"},
     )
     out = tmp_path / "pred"
-    common = ["predict", model, source, "--out", out, "--device", "cpu", "--block-size", "64"]
-    assert main([str(a) for a in [*common, "--halo", "32", "--out-format", "zarr"]]) == 0
-    group = zarr.open_group(str(out / "well_cells.ome.zarr"), mode="r")
+    common = ["predict", model, source, "--device", "cpu", "--block-size", "64"]
+    zarr_run = [*common, "--out", out / "zarr", "--out-format", "zarr"]
+    assert main([str(a) for a in [*zarr_run, "--halo", "32"]]) == 0
+    group = zarr.open_group(str(out / "zarr" / "well_cells.ome.zarr"), mode="r")
     assert group["0"].shape == (96, 80)
-    assert pixel_size_of(out / "well_cells.ome.zarr") == PixelSize(0.65, 0.65)
-    assert main([str(a) for a in [*common, "--pixel-size", "0.5,0.4um"]]) == 0
+    assert pixel_size_of(out / "zarr" / "well_cells.ome.zarr") == PixelSize(0.65, 0.65)
+    table = (out / "zarr" / "well_cells.csv").read_text().splitlines()
+    assert "area_um2" in table[0] and len(table) - 1 == group["0"][:].max()
+    assert main([str(a) for a in [*common, "--out", out, "--pixel-size", "0.5,0.4um"]]) == 0
     assert pixel_size_of(out / "well_cells.tif") == PixelSize(0.5, 0.4)
     capsys.readouterr()
-    assert main([str(a) for a in [*common, "--out-format", "zarr"]]) == 2
-    assert "already exists" in capsys.readouterr().err
+    # a second run finds the image complete and leaves it as it is
+    assert main([str(a) for a in zarr_run]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    common += ["--out", out]
     assert main([str(a) for a in [*common, "--disagreement-out", tmp_path / "d"]]) == 2
     assert "whole images" in capsys.readouterr().err

@@ -236,6 +236,8 @@ def test_predict_writes_the_disagreement_map_and_the_cells_to_check(scene, tmp_p
     assert len(rows) == 1 and list(rows[0])[:4] == ["rank", "kind", "label", "score"]
     assert (rows[0]["rank"], rows[0]["kind"], rows[0]["label"]) == ("1", "cell", "1")
     assert float(rows[0]["score"]) == pytest.approx(spots[0].score, abs=1e-4)
-    # outputs are never replaced without --overwrite, and checked before any work
-    assert main([str(a) for a in argv]) == 2
-    assert "already exists" in capsys.readouterr().err
+    # a complete image is never done again without --overwrite
+    before = (maps / "new_disagreement.csv").stat().st_mtime_ns
+    assert main([str(a) for a in argv]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    assert (maps / "new_disagreement.csv").stat().st_mtime_ns == before

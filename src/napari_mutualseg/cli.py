@@ -4,8 +4,10 @@ What the command promises about files: every output appears complete or not at a
 existing file is replaced only with ``--overwrite`` (a file that another program creates
 meanwhile is left alone and the result written beside it, exit status 1); every output place
 is checked before any work; Ctrl-C or SIGTERM during ``train`` saves the networks of the last
-completed round. Exit status: 0 done, 1 done but a result went to another name (the warning
-says which), 2 a mistake the message explains, 130/143 interrupted by SIGINT/SIGTERM.
+completed round; ``predict`` keeps every finished image and skips it when run again
+(:mod:`napari_mutualseg.batch`). Exit status: 0 done, 1 done but a result went to another name
+(the warning says which) or, for ``predict``, some images failed (``run_report.csv`` says why),
+2 a mistake the message explains, 130/143 interrupted by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -396,85 +398,73 @@ def cmd_train(args: argparse.Namespace) -> int:
     return status
 
 
+def _batch_options(args: argparse.Namespace):
+    from .batch import BatchOptions
+    from .images import parse_channels
+
+    return BatchOptions(
+        axes=args.axes,
+        channels=parse_channels(args.channel),
+        rgb=args.rgb,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        min_size=args.min_size,
+        link=not args.no_link,
+        track=args.track,
+        block_size=args.block_size,
+        halo=args.halo,
+        out_format=args.out_format,
+        pixel_size=args.pixel_size,
+        disagreement=bool(args.disagreement_out),
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .images import parse_channels
-    from .inference import check_tiling
-    from .io import output_paths
-    from .models import ModelPair
+    from .batch import REPORT_NAME, SUMMARY_NAME, BatchRun
 
-    check_tiling(args.tile_size, args.overlap)
-    if args.min_size is not None and args.min_size < 0:
-        raise ValueError(f"--min-size must be 0 or more pixels, got {args.min_size}.")
-    pair = ModelPair.load(args.model, device=args.device)
-    if args.block_size is not None or args.out_format == "zarr":
-        return _predict_by_blocks(pair, args)
-    targets = output_paths(args.images, args.out)
-    maps = [
-        output_paths(args.images, args.disagreement_out, suffix=suffix)
-        for suffix in ("_disagreement.tif", "_disagreement.csv")
-        if args.disagreement_out
-    ]
-    for t in targets + [m for kind in maps for m in kind]:
-        check_writable(t, args.overwrite)
-    common = {
-        "channels": parse_channels(args.channel),
-        "rgb": args.rgb,
-        "tile_size": args.tile_size,
-        "overlap": args.overlap,
-        "min_size": args.min_size,
-    }
-    status = 0
-    for k, (path, target) in enumerate(zip(args.images, targets, strict=True)):
-        image = _load_image(path, args)
-        if maps:
-            if image.n_planes > 1:
-                raise ValueError(
-                    f"{image.name} has {image.n_planes} planes; --disagreement-out takes "
-                    "single-plane images."
-                )
-            result = pair.predict(image, **common)
-            labels = result.labels
-        else:
-            with tqdm(total=image.n_planes, desc="predicting", unit="plane", leave=False) as bar:
-                labels = pair.segment(
-                    image,
-                    **common,
-                    link=not args.no_link,
-                    track=args.track,
-                    progress=lambda done, _, bar=bar: bar.update(done - bar.n),
-                    halo=args.halo,
-                )
-        written = _write_labels(target, labels, args.overwrite, _pixel_size(args, image))
-        status |= _written(written, target)
-        shape = " x ".join(map(str, labels.shape))
-        print(f"Wrote {written} ({int(labels.max())} cells, {shape}, axes {image.label_axes})")
-        if maps:
-            status |= _write_disagreement(maps[0][k], maps[1][k], result, args.overwrite)
-    return status
-
-
-def _write_disagreement(tif: Path, csv: Path, result, overwrite: bool) -> int:
-    """The disagreement map as uint8 TIFF (255 = total) and the cells to check as CSV."""
-    from .disagreement import spot_table
-    from .io import write_table
-
-    quantised = np.round(result.disagreement.astype(np.float32) * 255).astype(np.uint8)
-    written_tif = _write_labels(tif, quantised, overwrite)
-    table = spot_table(result.spots)
-    written_csv = _keep(lambda p: write_table(p, table, overwrite=overwrite), csv, overwrite)
-    print(
-        f"Wrote {written_tif} and {written_csv} ({len(result.spots)} cells and regions to check)"
+    run = BatchRun(
+        args.model,
+        args.images,
+        args.out,
+        _batch_options(args),
+        overwrite=args.overwrite,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        device=args.device,
+        disagreement_dir=args.disagreement_out,
     )
-    return _written(written_tif, tif) | _written(written_csv, csv)
-
-
-def _pixel_size(args: argparse.Namespace, image):
-    """The pixel size given on the command line, else the one the image file records."""
-    from .ome import PixelSize
-
-    return args.pixel_size or PixelSize.of(image)
+    results = iter(run)
+    with (
+        contextlib.closing(results),
+        tqdm(total=len(run.jobs), desc="images", unit="image", leave=False) as bar,
+    ):
+        for result in results:
+            bar.update()
+            bar.set_postfix(failed=run.counts()["failed"], refresh=False)
+            name = result.job.name
+            if result.status == "failed":
+                bar.write(f"failed: {name}: {result.reason}", file=sys.stderr)
+            elif result.status == "done":
+                shape = " x ".join(map(str, result.shape))
+                notes = f"; {result.reason}" if result.reason else ""
+                bar.write(
+                    f"Wrote {result.job.labels} ({result.cells} cells, {shape}, axes "
+                    f"{result.axes}{notes})"
+                )
+    counts = run.counts()
+    parts = [f"{counts['done']} segmented {run.where}".rstrip()]
+    if counts["skipped"]:
+        parts.append(f"{counts['skipped']} skipped (complete from an earlier run)")
+    if counts["failed"]:
+        parts.append(f"{counts['failed']} failed (reasons in {run.out_dir / REPORT_NAME})")
+    cells = sum(r.cells for r in run.results)
+    print(
+        f"{len(run.jobs)} image{'s' if len(run.jobs) > 1 else ''}: {', '.join(parts)}; "
+        f"{cells} cells. Tables per image beside the labels, {run.out_dir / SUMMARY_NAME}."
+    )
+    return 1 if counts["failed"] else 0
 
 
 def _pixel_size_option(text: str):
@@ -484,66 +474,6 @@ def _pixel_size_option(text: str):
         return PixelSize.parse(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _predict_by_blocks(pair, args: argparse.Namespace) -> int:
-    """Segment each 2D image block by block, read and written a block at a time."""
-    from tqdm.auto import tqdm
-
-    from .blockwise import DEFAULT_BLOCK_SIZE
-    from .io import output_paths
-    from .ome import check_writable_zarr, labels_zarr
-
-    if args.disagreement_out:
-        raise ValueError(
-            "--disagreement-out needs whole images: leave out --block-size and --out-format zarr."
-        )
-    suffix = ".ome.zarr" if args.out_format == "zarr" else ".tif"
-    jobs = []
-    for path, target in zip(
-        args.images, output_paths(args.images, args.out, suffix=f"_cells{suffix}"), strict=True
-    ):
-        image = _load_image(path, args)
-        if image.n_planes != 1:
-            raise ValueError(
-                f"{path} has {image.n_planes} planes: block by block, each file must hold "
-                "one 2D image. Leave out --block-size and --out-format for stacks."
-            )
-        (check_writable if suffix == ".tif" else check_writable_zarr)(target, args.overwrite)
-        jobs.append((path, image, target))
-    status = 0
-    for path, image, target in jobs:
-        options = {
-            "tile_size": args.tile_size,
-            "overlap": args.overlap,
-            "min_size": args.min_size,
-            "name": Path(path).name,
-            "blockwise": True,
-            "block_size": args.block_size or DEFAULT_BLOCK_SIZE,
-            "halo": args.halo,
-        }
-        pixel_size = _pixel_size(args, image)
-        with tqdm(desc=Path(path).name, unit="block", leave=False) as bar:
-
-            def advance(done: int, total: int, bar=bar) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            if suffix == ".tif":
-                labels = pair.segment(image, progress=advance, **options)
-                written = _write_labels(target, labels, args.overwrite, pixel_size)
-                status |= _written(written, target)
-                target = written
-            else:
-                with labels_zarr(
-                    target, image.plane_shape, pixel_size=pixel_size, overwrite=args.overwrite
-                ) as labels:
-                    pair.segment(image, out=labels, progress=advance, **options)
-        size = (
-            f", pixel {pixel_size.y:g} x {pixel_size.x:g} {pixel_size.unit}" if pixel_size else ""
-        )
-        print(f"Wrote {target} ({image.plane_shape[0]} x {image.plane_shape[1]}{size})")
-    return status
 
 
 def _format_metrics(m: dict) -> str:
@@ -767,8 +697,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment new images with a trained model")
     p.add_argument("model")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--out", required=True, help="folder for the instance label TIFFs")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched with their subfolders), glob patterns "
+        "('plate1/**/*.tif', quoted) or OME-Zarr stores",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for <name>_cells.tif and <name>_cells.csv per image (the inputs' "
+        "folders are kept below it), summary.csv and run_report.csv",
+    )
     p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
@@ -814,8 +755,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write where the two networks disagree (TIFF) and the cells to check (CSV); "
         "whole images only",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="dask workers started on this machine (0: in this process; default: one per "
+        "GPU, else one per two CPU cores, in this process when that is one)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on an existing dask cluster, e.g. tcp://10.0.0.5:8786 (dask scheduler and "
+        "dask worker, or dask-jobqueue); the workers must see the input and output folders",
+    )
     p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="segment every image again and replace its outputs (default: images whose "
+        "outputs are complete are skipped)",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="compare an instance label image with ground truth")

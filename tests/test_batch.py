@@ -1,0 +1,198 @@
+"""Whole experiments: folders of images, failures recorded, reruns that skip finished work,
+measurements beside the labels, and the same run on a real dask cluster."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_mutualseg.batch import (
+    REPORT_NAME,
+    SUMMARY_NAME,
+    BatchOptions,
+    BatchRun,
+    find_images,
+    measure_image,
+    read_table,
+)
+from napari_mutualseg.cli import main
+from napari_mutualseg.images import AxisImage
+from napari_mutualseg.models import ModelPair, build_unet
+from napari_mutualseg.synthetic import synthetic_scene
+
+OPTIONS = BatchOptions(tile_size=64, overlap=16)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    folder = tmp_path_factory.mktemp("model")
+    return ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(folder / "pair.pt")
+
+
+def _image(path: Path, seed: int, shape=(48, 56)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image, _, _ = synthetic_scene(shape, 5, seed=seed)
+    tifffile.imwrite(path, (image * 1000).astype(np.uint16))
+    return path
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_folder_with_a_corrupt_file_and_same_named_files(model, tmp_path, capsys):
+    plate = tmp_path / "plate"
+    _image(plate / "a" / "x.tif", 1)
+    _image(plate / "b" / "x.tif", 2, shape=(40, 64))
+    _image(plate / "s.v1.tif", 3)
+    _image(plate / "s.v2.tif", 4)
+    (plate / "broken.tif").write_bytes(b"II*\0 not really a tiff")
+    (plate / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    args = [
+        "predict",
+        model,
+        plate,
+        "--out",
+        out,
+        "--tile-size",
+        "64",
+        "--overlap",
+        "16",
+        "--device",
+        "cpu",
+    ]
+    assert main([str(a) for a in args]) == 1  # something failed
+    captured = capsys.readouterr()
+    assert "failed: broken.tif" in captured.err
+    assert "5 images: 4 segmented in this process, 1 failed" in captured.out
+    # one result per input, in the inputs' folders: nothing replaced another
+    shapes = {
+        name: tifffile.imread(out / name).shape
+        for name in ("a/x_cells.tif", "b/x_cells.tif", "s.v1_cells.tif", "s.v2_cells.tif")
+    }
+    assert shapes["a/x_cells.tif"] == (48, 56) and shapes["b/x_cells.tif"] == (40, 64)
+    report = {row["image"]: row for row in _rows(out / REPORT_NAME)}
+    assert report["broken.tif"]["status"] == "failed" and report["broken.tif"]["reason"]
+    assert {report[n]["status"] for n in ("a/x.tif", "b/x.tif", "s.v1.tif", "s.v2.tif")} == {
+        "done"
+    }
+    # every image's table has a row per cell, and the summary a row per image
+    summary = {row["image"]: row for row in _rows(out / SUMMARY_NAME)}
+    assert set(summary) == {"a/x.tif", "b/x.tif", "s.v1.tif", "s.v2.tif"}
+    for name, row in summary.items():
+        table = read_table(out / name.replace(".tif", "_cells.csv"))
+        labels = tifffile.imread(out / name.replace(".tif", "_cells.tif"))
+        assert int(row["cells"]) == len(table["label"]) == len(np.unique(labels)) - 1
+        assert int(report[name]["cells"]) == int(row["cells"])
+    # a rerun skips what is complete and tries the failed image again
+    assert main([str(a) for a in args]) == 1
+    assert "4 skipped (complete from an earlier run), 1 failed" in capsys.readouterr().out
+
+
+def test_inputs_are_files_folders_and_patterns_but_never_the_results(model, tmp_path):
+    first = _image(tmp_path / "in" / "one.tif", 1)
+    second = _image(tmp_path / "in" / "deep" / "two.tif", 2)
+    (tmp_path / "in" / ".hidden.tif").write_bytes(b"")
+    assert find_images([tmp_path / "in"]) == [second, first]
+    pattern = str(tmp_path / "in" / "**" / "*.tif")
+    assert find_images([pattern, first]) == [second, first]  # each image once
+    # results written into the input folder are not taken for inputs the next time
+    list(BatchRun(model, [tmp_path / "in"], tmp_path / "in", OPTIONS, workers=0))
+    assert (tmp_path / "in" / "one_cells.tif").exists()
+    assert find_images([tmp_path / "in"], tmp_path / "in") == [second, first]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        find_images([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No images"):
+        find_images([tmp_path / "empty"])
+
+
+def test_a_killed_run_keeps_finished_images_and_a_rerun_does_the_rest(model, tmp_path):
+    images = [_image(tmp_path / "in" / f"i{k}.tif", k, shape=(256, 256)) for k in range(12)]
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_mutualseg.cli", "predict", str(model)]
+    command += [str(p) for p in images] + ["--out", str(out), "--device", "cpu", "--workers", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "i1_cells.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = sorted(p.name for p in out.glob("*_cells.csv"))
+    assert finished and len(finished) < 12, "kill landed too late to test anything"
+    # nothing half-written: every file there reads (a temporary one would have a hidden name)
+    visible = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert all(p.suffix in (".tif", ".csv") for p in visible), visible
+    for table in out.glob("*_cells.csv"):
+        tifffile.imread(table.with_name(table.name.replace(".csv", ".tif")))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    skipped = len(finished)
+    assert f"{12 - skipped} segmented" in result.stdout and f"{skipped} skipped" in result.stdout
+    assert len(_rows(out / SUMMARY_NAME)) == 12
+
+
+def test_a_time_series_is_measured_frame_by_frame_in_every_channel():
+    labels = np.zeros((2, 6, 8), np.int32)
+    labels[0, 1:3, 1:3] = 1
+    labels[1, 2:5, 4:8] = 1
+    labels[1, 0:1, 0:2] = 2
+    data = np.stack([labels * 10, labels + 1], axis=1).astype(np.uint16)  # (T, C, Y, X)
+    image = AxisImage.from_array(data, "TCYX", channel_names=("dna", "actin"))
+    table = measure_image(labels, image, None)
+    assert table["t"].tolist() == [0, 1, 1]
+    assert table["area_px"].tolist() == [4, 12, 2]
+    assert table["mean_intensity_dna"].tolist() == [10, 10, 20]
+    assert table["max_intensity_actin"].tolist() == [2, 2, 3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_same_run_on_a_separately_started_dask_cluster(model, tmp_path):
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    start = [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+    scheduler = subprocess.Popen([*start, "--no-dashboard", "--no-show"], **quiet)
+    join = [bin_dir / "dask", "worker", address, "--nthreads", "1", "--no-dashboard"]
+    local = ["--local-directory", str(tmp_path / "worker")]
+    worker = subprocess.Popen([*join, *local], **quiet)
+    try:
+        run = BatchRun(model, [tmp_path / "in"], tmp_path / "out", OPTIONS, scheduler=address)
+        results = list(run)
+        assert run.where == f"on the dask cluster at {address}"
+        assert [r.status for r in results] == ["done"] * 3, [r.reason for r in results]
+        assert all(r.worker.startswith("tcp://127.0.0.1") for r in results)
+        # the result is the one this process computes
+        here = BatchRun(model, images, tmp_path / "here", OPTIONS, workers=0)
+        by_name = sorted(results, key=lambda r: r.job.name)
+        assert [r.cells for r in here] == [r.cells for r in by_name]
+        for k in range(3):
+            np.testing.assert_array_equal(
+                tifffile.imread(tmp_path / "out" / f"w{k}_cells.tif"),
+                tifffile.imread(tmp_path / "here" / f"w{k}_cells.tif"),
+            )
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+            process.wait(timeout=30)
