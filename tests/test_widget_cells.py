@@ -73,3 +73,34 @@ def test_exports_from_the_panel_and_from_file_save(predicted, tmp_path):
     written = cells.save(str(tmp_path / "cells.geojson"), plugin="napari-mutualseg")
     features = json.loads(Path(written[0]).read_text())["features"]
     assert len(features) == n and features[0]["properties"]["measurements"]["area_px"] > 0
+
+
+def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted, tmp_path, notes):
+    import tifffile
+
+    from helpers import messages
+
+    viewer, widget, _image, _cells = predicted
+    folder = tmp_path / "plate"
+    (folder / "B02").mkdir(parents=True)
+    for name, seed in (("A01.tif", 1), ("B02/A01.tif", 2)):
+        tifffile.imwrite(folder / name, (disc_image(seed=seed)[0] * 1000).astype(np.uint16))
+    (folder / "broken.tif").write_bytes(b"II*\0 not a tiff")
+    out = tmp_path / "results"
+    widget.segment_folder(folder, out, block=True)
+    assert (out / "A01_cells.tif").exists() and (out / "B02" / "A01_cells.csv").exists()
+    assert any("Folder done: 2 segmented, 1 failed" in m for m in messages(notes, "warning"))
+    summary = widget.summary
+    assert [r.job.name for r in summary.results] == ["A01.tif", "B02/A01.tif", "broken.tif"]
+    assert [r.status for r in summary.results] == ["done", "done", "failed"]
+    assert summary.model.rowCount() == 3
+    # a click opens the image with its cells and their table
+    layer = summary.open(1)
+    assert layer.name == "B02/A01.tif cells" and viewer.layers[-2].name == "B02/A01.tif"
+    np.testing.assert_array_equal(layer.data, tifffile.imread(out / "B02" / "A01_cells.tif"))
+    assert len(layer.features) == len(np.unique(layer.data)) - 1
+    assert summary.open(2) is None  # the broken file: its reason, no layer
+    assert any("broken.tif: failed" in m for m in messages(notes, "warning"))
+    # run again: the finished images are kept
+    widget.segment_folder(folder, out, block=True)
+    assert [r.status for r in widget.summary.results] == ["skipped", "skipped", "failed"]

@@ -30,6 +30,7 @@ import csv
 import glob
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -60,6 +61,7 @@ __all__ = [
     "ImageResult",
     "find_images",
     "process_image",
+    "read_labels",
     "read_table",
 ]
 
@@ -331,7 +333,7 @@ def plan_jobs(
 
 
 def read_table(path: str | os.PathLike) -> Table:
-    """A table written by :func:`napari_mutualseg.io.write_table` (numbers as floats)."""
+    """A table of numbers written by :func:`napari_mutualseg.io.write_table`."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
@@ -339,7 +341,15 @@ def read_table(path: str | os.PathLike) -> Table:
     header, body = rows[0], rows[1:]
     if any(len(row) != len(header) for row in body):
         raise ValueError(f"{path} has rows of another length than its header.")
-    return {name: np.asarray([r[i] for r in body], np.float64) for i, name in enumerate(header)}
+    return {name: _numbers([r[i] for r in body]) for i, name in enumerate(header)}
+
+
+def _numbers(texts: list[str]) -> np.ndarray:
+    """A column of a table: int64 when every value is a whole number as written, else float."""
+    try:
+        return np.asarray([int(t) for t in texts], np.int64)
+    except ValueError:
+        return np.asarray(texts, np.float64)
 
 
 # ---------------------------------------------------------------------- one image
@@ -379,12 +389,21 @@ def measure_image(labels: np.ndarray, image: AxisImage, pixel_size: PixelSize | 
 
 
 def _peak_memory() -> int | None:
+    """Peak resident memory of this process in bytes (Linux: VmHWM, which, unlike
+    ``ru_maxrss``, does not carry over the parent's peak into a spawned worker)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if os.uname().sysname == "Darwin" else peak * 1024)
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _reason(err: BaseException) -> str:
@@ -394,7 +413,9 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _read_labels(path: Path) -> np.ndarray:
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """The labels a run wrote: a TIFF, or level 0 of an OME-Zarr store."""
+    path = Path(path)
     if path.suffix == ".zarr":
         import zarr
 
@@ -445,7 +466,7 @@ def _segment(
                 job.labels, image.plane_shape, pixel_size=pixel_size, overwrite=overwrite
             ) as out:
                 pair.segment(image, out=out, **common, **more)
-            return _read_labels(job.labels), notes
+            return read_labels(job.labels), notes
         labels = pair.segment(image, **common, **more)
     write_labels(job.labels, labels, overwrite=overwrite, pixel_size=pixel_size)
     if job.disagreement is not None:
@@ -493,7 +514,7 @@ def process_image(
             image = AxisImage.from_file(job.source, axes=options.axes)
             pixel_size = options.pixel_size or PixelSize.of(image)
             if job.labels.exists() and not overwrite:
-                labels, notes = _read_labels(job.labels), ["labels kept from an earlier run"]
+                labels, notes = read_labels(job.labels), ["labels kept from an earlier run"]
             elif job.table.exists() and not overwrite:
                 raise FileExistsError(
                     f"{job.table} exists without the labels {job.labels.name}; move it away, "
@@ -542,6 +563,7 @@ class _ModelPlugin(WorkerPlugin):
         self.device = device
         self.ranks = ranks  # worker address -> (index on its host, task threads on its host)
         self.pair: ModelPair | None = None
+        self.threads: int | None = None  # torch CPU threads per task
 
     def setup(self, worker: Any) -> None:
         import torch
@@ -550,10 +572,11 @@ class _ModelPlugin(WorkerPlugin):
 
         rank, host_threads = self.ranks.get(worker.address, (0, worker.state.nthreads))
         device = self.device
+        self.threads = None
         if device == "auto" and torch.cuda.is_available():
             device = f"cuda:{rank % torch.cuda.device_count()}"
         elif device in ("auto", "cpu"):
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, host_threads)))
+            self.threads = max(1, (os.cpu_count() or 1) // max(1, host_threads))
         with tempfile.TemporaryDirectory(dir=worker.local_directory) as folder:
             path = Path(folder) / "model.pt"
             path.write_bytes(self.model)
@@ -567,7 +590,14 @@ def _on_worker(job: ImageJob, options: BatchOptions, overwrite: bool) -> ImageRe
     from distributed import get_worker
 
     worker = get_worker()
-    result = process_image(worker.plugins[_PLUGIN].pair, job, options, overwrite=overwrite)
+    plugin = worker.plugins[_PLUGIN]
+    if plugin.threads is not None:
+        import torch
+
+        # Per calling thread (OpenMP), and dask starts workers with OMP_NUM_THREADS=1: set
+        # in the thread that runs the task, the cores of the host shared among its workers.
+        torch.set_num_threads(plugin.threads)
+    result = process_image(plugin.pair, job, options, overwrite=overwrite)
     result.worker = worker.address
     return result
 

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Labels, Layer
 
+    from ..batch import BatchRun
+
 #: The exports: name -> (file filter, suffix).
 EXPORTS = {
     "table": ("CSV table (*.csv)", ".csv"),
@@ -240,3 +242,73 @@ class CellsPanel(QGroupBox):
             self.notify(f"Could not export: {err}", "error")
             return
         self.notify(f"Wrote {written}", "info")
+
+
+class FolderSummary(QGroupBox):
+    """What a folder batch did, one row per image; a click opens the image and its cells."""
+
+    def __init__(self, viewer: napari.Viewer, run: BatchRun, notify: Any) -> None:
+        from ..batch import REPORT_NAME, SUMMARY_NAME
+
+        super().__init__(f"Summary: {run.out_dir}")
+        self.viewer = viewer
+        self.notify = notify
+        order = {job: i for i, job in enumerate(run.jobs)}
+        self.results = sorted(run.results, key=lambda r: order[r.job])
+        rows = [
+            {
+                "image": r.job.name,
+                "status": r.status,
+                **{k: v for k, v in (r.summary or {}).items() if k != "image"},
+                "reason": r.reason,
+            }
+            for r in self.results
+        ]
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        self.model = _TableModel()
+        self.model.set_table(
+            {c: np.asarray([row.get(c, "") for row in rows], dtype=object) for c in columns}
+        )
+        layout = QFormLayout(self)
+        counts = run.counts()
+        layout.addRow(
+            QLabel(
+                ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+                + f". Click an image to open it with its cells; {SUMMARY_NAME} and "
+                f"{REPORT_NAME} are in the results folder."
+            )
+        )
+        self.view = QTableView()
+        self.view.setModel(self.model)
+        self.view.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
+        self.view.clicked.connect(lambda index: self.open(index.row()))
+        layout.addRow(self.view)
+
+    def open(self, row: int) -> Labels | None:
+        """Add the image of ``row`` and its cells (with their table) to the viewer."""
+        from ..batch import read_labels, read_table
+        from ..images import AxisImage
+
+        result = self.results[row]
+        job = result.job
+        if result.status not in ("done", "skipped"):
+            self.notify(f"{job.name}: {result.status}. {result.reason}".strip(), "warning")
+            return None
+        try:
+            image = AxisImage.from_file(job.source, lazy=True)
+            labels = read_labels(job.labels)
+            table = read_table(job.table)
+        except (OSError, ValueError) as err:
+            self.notify(f"Could not open {job.name}: {err}", "error")
+            return None
+        data, kwargs = image.data, {}
+        if "C" in image.axes:
+            axis = image.axes.index("C")
+            if image.rgb:
+                data, kwargs = np.moveaxis(data, axis, -1), {"rgb": True}
+            else:
+                kwargs = {"channel_axis": axis}
+        self.viewer.add_image(data, name=job.name, **kwargs)
+        layer = self.viewer.add_labels(labels, name=f"{job.name} cells")
+        show_table(layer, table)
+        return layer

@@ -13,6 +13,7 @@ stands at most twice a second, so that the viewer keeps drawing at its own pace.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from .workers import (
     WorkerFailure,
     describe_error,
     freeze_gc,
+    run_batch,
     run_prediction,
     run_training,
     unfreeze_gc,
@@ -70,6 +72,7 @@ class RunState(Enum):
     TRAINING = "training"
     STOPPING = "stopping"
     PREDICTING = "predicting"
+    BATCH = "segmenting a folder"
 
 
 @dataclass
@@ -129,6 +132,7 @@ class RunController(QObject):
     progress = Signal(int, int)  # done, total (0, 0: no job)
     round_done = Signal(object)  # the history entry of each finished round
     pair_changed = Signal()
+    batch_done = Signal(object)  # the finished (or stopped) BatchRun
 
     def __init__(self, viewer: napari.Viewer) -> None:
         super().__init__()
@@ -145,6 +149,7 @@ class RunController(QObject):
         self.writer = LayerWriter(self._viewer)
         self.writer.on_round_shown = self._round_shown
         self._session: _Session | None = None
+        self._batch_stop = threading.Event()
         self._closing = False
         self._status_timer = QTimer(self, interval=_STATUS_MS)
         self._status_timer.timeout.connect(self._show_steps)
@@ -281,7 +286,12 @@ class RunController(QObject):
         self.corrected[str(item.image.unique_id)] = item
 
     def stop(self) -> None:
-        """Stop training within one step; the models of the last completed round are kept."""
+        """Stop training within one step (the models of the last completed round are kept),
+        or a folder batch after the image at hand (the finished images are kept)."""
+        if self.state is RunState.BATCH:
+            self._batch_stop.set()
+            self.notify("Stopping after the current image…")
+            return
         if self.state in (RunState.STARTING, RunState.TRAINING) and self.job is not None:
             self.job.cancel()
             self._set_state(RunState.STOPPING)
@@ -441,6 +451,70 @@ class RunController(QObject):
                 "(other stain, magnification or contrast).",
                 "warning",
             )
+
+    # ------------------------------------------------------------------------------ folders
+
+    def segment_folder(
+        self, inputs: list[str], out_dir: str, tile_size: int
+    ) -> GeneratorWorker | None:
+        """Segment and measure every image of ``inputs`` into ``out_dir`` in a worker, as
+        ``napari-mutualseg predict`` does (:class:`napari_mutualseg.batch.BatchRun`, in this
+        process); ``batch_done`` carries the run. ``None`` after a notification."""
+        from ..batch import BatchOptions, BatchRun
+
+        if self.pair is None:
+            self.notify(
+                "No trained model yet: train one (Train) or load one (Load model…).", "error"
+            )
+            return None
+        if self.state is not RunState.IDLE:
+            self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
+            return None
+        pair, options = self.pair, BatchOptions(tile_size=tile_size)
+        self._batch_stop.clear()
+        worker = create_worker(
+            run_batch,
+            lambda: BatchRun(pair, inputs, out_dir, options, workers=0),
+            self._batch_stop,
+            _ignore_errors=True,
+        )
+        outcome: dict[str, Any] = {}
+        worker.yielded.connect(self._on_batch_image)
+        worker.returned.connect(lambda value: outcome.setdefault("value", value))
+        worker.errored.connect(lambda exc: outcome.setdefault("value", WorkerFailure(exc)))
+        worker.finished.connect(partial(self._on_batch_finished, outcome))
+        self._set_state(RunState.BATCH)
+        self.notify(f"Looking for images in {', '.join(inputs)}…")
+        worker.start()
+        return worker
+
+    def _on_batch_image(self, update: tuple[Any, Any]) -> None:
+        run, result = update
+        counts = run.counts()
+        done = sum(counts.values())
+        self.progress.emit(done, len(run.jobs))
+        failed = f", {counts['failed']} failed" if counts["failed"] else ""
+        last = f" (last: {result.job.name})" if result is not None else ""
+        self.notify(f"Folder: {done} of {len(run.jobs)} images{failed}{last}.")
+
+    def _on_batch_finished(self, outcome: dict) -> None:
+        self._set_state(RunState.IDLE)
+        self.progress.emit(0, 0)
+        run = outcome.get("value")
+        if self._closing or run is None:
+            return
+        if isinstance(run, WorkerFailure):
+            self.notify(describe_error(run, str(self.pair.device)), "error")
+            return
+        counts = run.counts()
+        parts = [f"{counts['done']} segmented"]
+        parts += [f"{counts[k]} {k}" for k in ("skipped", "failed", "not done") if counts[k]]
+        self.notify(
+            f"Folder {'stopped' if run.cancelled else 'done'}: {', '.join(parts)}; tables and "
+            f"summary in {run.out_dir}.",
+            "warning" if counts["failed"] else "info",
+        )
+        self.batch_done.emit(run)
 
     # ------------------------------------------------------------------------------ files
 

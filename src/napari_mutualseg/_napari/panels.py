@@ -198,10 +198,12 @@ class TrainingPanel(QGroupBox):
         form.addRow(self.loss_plot)
         self.set_state(training=False, busy=False, has_model=False)
 
-    def set_state(self, *, training: bool, busy: bool, has_model: bool) -> None:
+    def set_state(
+        self, *, training: bool, busy: bool, has_model: bool, stoppable: bool = False
+    ) -> None:
         self.form.set_training(training)
         self.train.setEnabled(not busy)
-        self.stop.setEnabled(training)
+        self.stop.setEnabled(training or stoppable)
         self.reset.setEnabled(has_model and not busy)
         self.progress.setVisible(busy)
 
@@ -215,6 +217,7 @@ class ModelPanel(QGroupBox):
 
     save_requested = Signal(str)  # a path the user agreed to write (and replace)
     load_requested = Signal(str)
+    folder_requested = Signal(str, str)  # a folder of images, the folder for the results
 
     def __init__(self, viewer: napari.Viewer) -> None:
         super().__init__("Model")
@@ -226,13 +229,21 @@ class ModelPanel(QGroupBox):
         self.predict = QPushButton("Predict")
         self.save = QPushButton("Save model…")
         self.load = QPushButton("Load model…")
+        self.folder = QPushButton("Segment a folder…")
+        self.folder.setToolTip(
+            "Segment and measure every image of a folder (and its subfolders) in the "
+            "background: labels and a cell table per image, and a summary"
+        )
         form.addRow("Segment", _row(self.target.native, self.predict))
+        form.addRow(self.folder)
         form.addRow(_row(self.save, self.load))
         self.save.clicked.connect(self._ask_save)
         self.load.clicked.connect(self._ask_load)
+        self.folder.clicked.connect(self._ask_folder)
 
     def set_state(self, *, busy: bool, has_model: bool) -> None:
         self.predict.setEnabled(has_model and not busy)
+        self.folder.setEnabled(has_model and not busy)
         self.save.setEnabled(has_model and not busy)
         self.load.setEnabled(not busy)
 
@@ -252,3 +263,13 @@ class ModelPanel(QGroupBox):
         )
         if path:
             self.load_requested.emit(path)
+
+    def _ask_folder(self) -> None:
+        images = QFileDialog.getExistingDirectory(self, "Folder of images to segment")
+        if not images:
+            return
+        out = QFileDialog.getExistingDirectory(
+            self, "Folder for the results (labels, tables, summary)", images
+        )
+        if out:
+            self.folder_requested.emit(images, out)

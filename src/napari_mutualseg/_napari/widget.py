@@ -16,7 +16,7 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ..devices import describe_device, select_device
-from .cells import CellsPanel
+from .cells import CellsPanel, FolderSummary
 from .controller import RunController, RunState, TrainingItem, TrainingRequest
 from .correct import CheckPanel, Corrector
 from .layers import find_own_layer
@@ -70,6 +70,7 @@ class MutualSegWidget(QWidget):
         self.correct = Corrector(napari_viewer, self.controller)
         self.check = CheckPanel(napari_viewer, self.correct)
         self.cells = CellsPanel(napari_viewer, self.controller.notify)
+        self.summary: FolderSummary | None = None  # of the last folder segmented
         self.status = QLabel("Draw a box around each cell, then press Train.")
         self.status.setWordWrap(True)
         self._docked = False
@@ -106,6 +107,7 @@ class MutualSegWidget(QWidget):
         m.predict.clicked.connect(lambda: self.predict())
         m.save_requested.connect(lambda path: self.save_model(path, overwrite=True))
         m.load_requested.connect(self.load_model)
+        m.folder_requested.connect(lambda images, out: self.segment_folder(images, out))
         self.check.train_requested.connect(lambda: self.train())
         self.check.boxes_proposed.connect(self._use_proposed_boxes)
         self.settings.changed.connect(self._on_setting)
@@ -115,6 +117,7 @@ class MutualSegWidget(QWidget):
             (c.progress, t.set_progress),
             (c.round_done, lambda e: t.loss_plot.add(e["loss_a"], e["loss_b"])),
             (c.pair_changed, self._show_pair),
+            (c.batch_done, self._show_summary),
         ]
         for signal, slot in self._controller_slots:
             signal.connect(slot)
@@ -129,7 +132,10 @@ class MutualSegWidget(QWidget):
         training = state in (RunState.STARTING, RunState.TRAINING, RunState.STOPPING)
         busy = state is not RunState.IDLE
         self.data.set_busy(busy)
-        self.training.set_state(training=training, busy=busy, has_model=has_model)
+        self.training.set_state(
+            training=training, busy=busy, has_model=has_model,
+            stoppable=training or state is RunState.BATCH,
+        )  # fmt: skip
         self.model.set_state(busy=busy, has_model=has_model)
         if state is RunState.TRAINING and self.controller.job is not None:
             self.training.device.setText(f"Device in use: {self.controller.job.device_name}")
@@ -357,6 +363,40 @@ class MutualSegWidget(QWidget):
         if worker is not None and block:
             self.wait()
         return worker
+
+    def segment_folder(
+        self, images: str | Path | list, out_dir: str | Path, *, block: bool = False
+    ) -> Any:
+        """Segment and measure every image of a folder in the background, as the command
+        ``napari-mutualseg predict MODEL FOLDER --out OUT`` does: ``<name>_cells.tif`` and
+        ``<name>_cells.csv`` per image, ``summary.csv`` and ``run_report.csv``; images already
+        done are skipped. Stop ends it after the image at hand; the summary opens when done.
+
+        Parameters
+        ----------
+        images : str, path or list of them
+            Folders (searched with their subfolders), image files or glob patterns.
+        out_dir : str or path
+            Folder for the results.
+        block : bool
+            Wait (keeping the viewer responsive) until the run is over.
+
+        Returns
+        -------
+        GeneratorWorker or None
+            The worker, or ``None`` after a notification.
+        """
+        inputs = [str(p) for p in (images if isinstance(images, list) else [images])]
+        worker = self.controller.segment_folder(inputs, str(out_dir), self.settings.tile_size)
+        if worker is not None and block:
+            self.wait()
+        return worker
+
+    def _show_summary(self, run: Any) -> None:
+        self.summary = FolderSummary(self.viewer, run, self.controller.notify)
+        self.viewer.window.add_dock_widget(
+            self.summary, name=f"Summary of {Path(run.out_dir).name}", area="right"
+        )
 
     # ------------------------------------------------------------------------------ save / load
 

@@ -21,6 +21,7 @@ from ..measure import Table, measure_cells
 from ..supervision import IGNORE
 
 if TYPE_CHECKING:
+    from ..batch import BatchRun, ImageResult
     from ..models import ModelPair
     from ..training import RoundReport
 
@@ -224,6 +225,26 @@ def run_prediction(
         release_device_memory()
 
 
+def run_batch(
+    make_run: Callable[[], BatchRun], stop: threading.Event
+) -> Generator[tuple[BatchRun, ImageResult | None], None, BatchRun | WorkerFailure]:
+    """The worker: a folder batch (:mod:`napari_mutualseg.batch`) in this process; yields
+    (run, None) once the images are found, then (run, result) per image. ``stop`` ends it
+    between images; the images finished are kept."""
+    try:
+        run = make_run()
+        yield run, None
+        for result in run:
+            if stop.is_set():
+                run.cancel()
+            yield run, result
+        return run
+    except Exception as exc:
+        return WorkerFailure(exc)
+    finally:
+        release_device_memory()
+
+
 def measure(labels: np.ndarray, image: Any) -> Table:
     """The cells' measurements in the image's intensities (see :mod:`napari_mutualseg.measure`)."""
     pixels = np.asarray(image)
@@ -279,6 +300,6 @@ def describe_error(exc: BaseException, device: str = "") -> str:
         )
     if "nan" in text.lower() and type(original).__name__ == "TrainingError":
         return f"{text} The models of the last completed round are kept."
-    if isinstance(original, ValueError):
+    if isinstance(original, (ValueError, OSError)):
         return text
     return f"Failed{where}: {type(original).__name__}: {text}"
