@@ -4,6 +4,10 @@ Run under a display (or Xvfb)::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshot.py   # CPU: minutes
     python docs/make_screenshot.py --device cuda:0 --steps 200
+    # also the correction step: a new image predicted, its disagreement shown, the camera on
+    # the first cell to check (docs/correction.png)
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshot.py \
+        --correction docs/correction.png --new-image ../shared/data/bbbc039/test/images/X.tif
 
 It also prints what it measured: seconds per round and the longest time the main thread
 (the event loop) went without running a 10 ms timer while the networks trained.
@@ -28,6 +32,8 @@ def main() -> None:
     parser.add_argument("--shot-after", type=int, default=2, help="round to take the shot at")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, nargs=2, default=(1500, 900), metavar=("W", "H"))
+    parser.add_argument("--correction", type=Path, help="also take the correction shot here")
+    parser.add_argument("--new-image", type=Path, help="the image predicted for that shot")
     args = parser.parse_args()
 
     import napari
@@ -104,7 +110,33 @@ def main() -> None:
         f"longest main-thread gap while training {gaps.max() * 1000:.0f} ms "
         f"(the screenshot itself: {shot_gap * 1000:.0f} ms)"
     )
+    if args.correction is not None:
+        correction_shot(viewer, widget, args.new_image, args.correction)
     viewer.close()
+
+
+def correction_shot(viewer, widget, path: Path, out: Path) -> None:
+    """Predict a new image, show where A and B disagree, go to the first cell to check."""
+    import tifffile
+    from skimage.io import imsave
+
+    for layer in viewer.layers:
+        layer.visible = False
+    image = viewer.add_image(tifffile.imread(path), name=path.stem, colormap="gray")
+    widget.predict(image, block=True)
+    cells = viewer.layers[f"{path.stem} cells"]
+    cells.contour = 2
+    disagreement = viewer.layers[f"{path.stem} disagreement"]
+    disagreement.visible, disagreement.colormap, disagreement.opacity = True, "magma", 0.5
+    disagreement.blending = "additive"
+    spot = widget.correct.next_cell(image)
+    viewer.layers.selection.active = cells
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    imsave(out, shot, check_contrast=False)
+    print(
+        f"correction screenshot ({shot.shape[1]}x{shot.shape[0]}) -> {out}; first cell to "
+        f"check: label {spot.label if spot else '-'} (score {spot.score if spot else 0:.2f})"
+    )
 
 
 if __name__ == "__main__":
