@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_mutualseg._napari.layers import camera
 from napari_mutualseg.boxes import boxes_from_shapes
 from napari_mutualseg.config import TrainConfig
 from napari_mutualseg.devices import describe_device, select_device
@@ -84,13 +85,14 @@ def in_viewer(config: TrainConfig, pan_zoom: bool) -> dict:
     timer = QTimer(interval=10)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     mover = QTimer(interval=16)
-    start_zoom = viewer.camera.zoom
+    view = camera(viewer)
+    start_zoom = view.zoom
     phase = [0.0]
 
     def move() -> None:
         phase[0] += 0.05
-        viewer.camera.zoom = start_zoom * (1.2 + 0.2 * math.sin(phase[0]))
-        viewer.camera.center = (260 + 40 * math.sin(phase[0] / 2), 348 + 40 * math.cos(phase[0]))
+        view.zoom = start_zoom * (1.2 + 0.2 * math.sin(phase[0]))
+        view.center = (260 + 40 * math.sin(phase[0] / 2), 348 + 40 * math.cos(phase[0]))
 
     mover.timeout.connect(move)
     timer.start()
