@@ -196,3 +196,28 @@ def test_the_same_run_on_a_separately_started_dask_cluster(model, tmp_path):
         for process in (worker, scheduler):
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_an_ome_zarr_store_in_a_folder_is_one_image_with_its_pixel_size(model, tmp_path):
+    import zarr
+
+    image, _, _ = synthetic_scene((48, 56), 5, seed=3)
+    group = zarr.open_group(str(tmp_path / "in" / "well.ome.zarr"), mode="w")
+    group.create_array("0", shape=image.shape, chunks=(16, 16), dtype=np.uint16)[:] = (
+        image * 1000
+    ).astype(np.uint16)
+    space = {"type": "space", "unit": "micrometer"}
+    scale = [{"type": "scale", "scale": [0.5, 0.5]}]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "y", **space}, {"name": "x", **space}],
+            "datasets": [{"path": "0", "coordinateTransformations": scale}],
+        }
+    ]
+    _image(tmp_path / "in" / "plain.tif", 4)
+    run = BatchRun(model, [tmp_path / "in"], tmp_path / "out", OPTIONS, workers=0)
+    assert [r.status for r in run] == ["done", "done"]
+    assert [j.name for j in run.jobs] == ["plain.tif", "well.ome.zarr"]
+    table = read_table(tmp_path / "out" / "well_cells.csv")
+    np.testing.assert_allclose(table["area_um2"], table["area_px"] * 0.25)

@@ -44,7 +44,14 @@ import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, check_tiling
-from .io import IMAGE_SUFFIXES, check_writable, output_paths, write_labels, write_table
+from .io import (
+    BIOIO_SUFFIXES,
+    IMAGE_SUFFIXES,
+    check_writable,
+    output_paths,
+    write_labels,
+    write_table,
+)
 from .measure import Table, measure_cells, summarize
 
 if TYPE_CHECKING:
@@ -69,7 +76,7 @@ __all__ = [
 SUMMARY_NAME = "summary.csv"
 REPORT_NAME = "run_report.csv"
 #: Image files a folder is searched for (besides OME-Zarr stores); bioio formats included.
-FOLDER_SUFFIXES = (*IMAGE_SUFFIXES, ".czi", ".nd2", ".lif")
+FOLDER_SUFFIXES = (*IMAGE_SUFFIXES, *BIOIO_SUFFIXES)
 #: How results are named; a search of a folder leaves them out.
 OUTPUT_SUFFIXES = ("_cells.tif", "_cells.ome.zarr", "_disagreement.tif")
 _PLUGIN = "napari-mutualseg-model"

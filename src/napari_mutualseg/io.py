@@ -54,6 +54,8 @@ __all__ = [
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES
+#: Microscope formats read through the optional bioio extra.
+BIOIO_SUFFIXES = (".czi", ".nd2", ".lif")
 
 NAPARI_2D = ("index", "shape-type", "vertex-index", "axis-0", "axis-1")
 NAPARI_3D = (*NAPARI_2D, "axis-2")
@@ -439,7 +441,7 @@ def output_paths(
     outputs = []
     for source, folder, part in zip(sources, folders, parts, strict=True):
         name = source.name
-        if name.lower().endswith(IMAGE_SUFFIXES):
+        if name.lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr")):
             name = name[: name.rindex(".")]
             name = name.removesuffix(".ome")
         below = os.path.relpath(folder, common)

@@ -387,15 +387,21 @@ class RunController(QObject):
 
     # ------------------------------------------------------------------------------ predict
 
-    def predict(self, layer: Image, tile_size: int) -> GeneratorWorker | None:
-        """Segment ``layer`` with the pair in a worker; ``None`` after a notification."""
+    def _can_segment(self) -> bool:
+        """A trained pair and no running job; else a notification that says what to do."""
         if self.pair is None:
             self.notify(
                 "No trained model yet: train one (Train) or load one (Load model…).", "error"
             )
-            return None
+            return False
         if self.state is not RunState.IDLE:
             self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
+            return False
+        return True
+
+    def predict(self, layer: Image, tile_size: int) -> GeneratorWorker | None:
+        """Segment ``layer`` with the pair in a worker; ``None`` after a notification."""
+        if not self._can_segment():
             return None
         data = layer.data
         planes = None if layer.ndim == 2 else list(range(int(data.shape[0])))
@@ -462,13 +468,7 @@ class RunController(QObject):
         process); ``batch_done`` carries the run. ``None`` after a notification."""
         from ..batch import BatchOptions, BatchRun
 
-        if self.pair is None:
-            self.notify(
-                "No trained model yet: train one (Train) or load one (Load model…).", "error"
-            )
-            return None
-        if self.state is not RunState.IDLE:
-            self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
+        if not self._can_segment():
             return None
         pair, options = self.pair, BatchOptions(tile_size=tile_size)
         self._batch_stop.clear()
