@@ -4,10 +4,11 @@ Run under a display (or Xvfb)::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshot.py   # CPU: minutes
     python docs/make_screenshot.py --device cuda:0 --steps 200
-    # also the correction step: a new image predicted, its disagreement shown, the camera on
-    # the first cell to check (docs/correction.png)
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshot.py \
-        --correction docs/correction.png --new-image ../shared/data/bbbc039/test/images/X.tif
+    # the correction step only, with a saved pair: a new image predicted, its disagreement
+    # shown, the camera on the first cell to check (docs/correction.png)
+    xvfb-run -a -s "-screen 0 1920x1080x24" python docs/make_screenshot.py --size 1900 1000 \
+        --model pair.pt --correction docs/correction.png \
+        --new-image ../shared/data/bbbc039/test/images/IXMtest_A02_s1_w1051DAA7C-....tif
 
 It also prints what it measured: seconds per round and the longest time the main thread
 (the event loop) went without running a 10 ms timer while the networks trained.
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(1500, 900), metavar=("W", "H"))
     parser.add_argument("--correction", type=Path, help="also take the correction shot here")
     parser.add_argument("--new-image", type=Path, help="the image predicted for that shot")
+    parser.add_argument("--model", type=Path, help="a saved pair: only the correction shot")
     args = parser.parse_args()
 
     import napari
@@ -56,6 +58,11 @@ def main() -> None:
         show_learning=False,
     )
     viewer.layers["boxes"].opacity = 0.6
+    if args.model is not None:
+        widget.load_model(args.model)
+        correction_shot(viewer, widget, args.new_image, args.correction)
+        viewer.close()
+        return
 
     ticks: list[float] = []
     timer = QTimer()
@@ -120,16 +127,20 @@ def correction_shot(viewer, widget, path: Path, out: Path) -> None:
     import tifffile
     from skimage.io import imsave
 
+    from napari_mutualseg._napari.layers import camera
+
     for layer in viewer.layers:
         layer.visible = False
-    image = viewer.add_image(tifffile.imread(path), name=path.stem, colormap="gray")
+    name = "_".join(path.stem.split("_")[:3])  # IXMtest_A02_s1
+    image = viewer.add_image(tifffile.imread(path), name=name, colormap="gray")
     widget.predict(image, block=True)
-    cells = viewer.layers[f"{path.stem} cells"]
+    cells = viewer.layers[f"{name} cells"]
     cells.contour = 2
-    disagreement = viewer.layers[f"{path.stem} disagreement"]
+    disagreement = viewer.layers[f"{name} disagreement"]
     disagreement.visible, disagreement.colormap, disagreement.opacity = True, "magma", 0.5
     disagreement.blending = "additive"
     spot = widget.correct.next_cell(image)
+    camera(viewer).zoom /= 3  # the cell to check with the cells around it
     viewer.layers.selection.active = cells
     shot = viewer.screenshot(canvas_only=False, flash=False)
     imsave(out, shot, check_contrast=False)
