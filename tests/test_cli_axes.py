@@ -56,6 +56,7 @@ def test_a_two_channel_file_trains_on_the_chosen_channel_and_predicts_with_it(
     assert code == 0, err
     code, _, err = _run(capsys, "predict", model, two, "--out", tmp_path / "pred")
     assert code == 0, err
+    assert "2 channels, axes CYX" in err  # it says what it read
     assert tifffile.imread(tmp_path / "pred" / "two_cells.tif").shape == (64, 80)
     # the nuclei alone: the one channel the networks take
     alone = tmp_path / "alone.tif"

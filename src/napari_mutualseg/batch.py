@@ -193,6 +193,8 @@ class ImageResult:
         Shape of the labels written.
     axes : str
         Axes of the labels written (the image's, less C).
+    read : str
+        What was read: size, channels, axes, pixel size and where the axes came from.
     """
 
     job: ImageJob
@@ -205,6 +207,7 @@ class ImageResult:
     worker: str = "local"
     shape: tuple[int, ...] = ()
     axes: str = ""
+    read: str = ""
 
     def report_row(self) -> dict[str, Any]:
         return {
@@ -550,6 +553,7 @@ def process_image(
         peak_memory=_peak_memory(),
         shape=tuple(labels.shape),
         axes=image.label_axes,
+        read=image.describe() + (f" ({'; '.join(image.notes)})" if image.notes else ""),
     )
 
 

@@ -447,6 +447,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if result.status == "failed":
                 bar.write(f"failed: {name}: {result.reason}", file=sys.stderr)
             elif result.status == "done":
+                bar.write(result.read, file=sys.stderr)
                 shape = " x ".join(map(str, result.shape))
                 notes = f"; {result.reason}" if result.reason else ""
                 bar.write(
