@@ -77,6 +77,18 @@ def scene(viewer_widget):
 
 
 @pytest.fixture
+def second_image(scene):
+    """The scene trained for one round, and a second image of discs ("other") predicted."""
+    viewer, widget, image, _boxes = scene
+    widget.settings.update(rounds=1, steps_per_round=80, width=8)
+    widget.train(block=True)
+    other_image, _ = disc_image(centres=((16, 44), (44, 16), (44, 46)), seed=5)
+    other = viewer.add_image(other_image, name="other")
+    widget.predict(other, block=True)
+    return viewer, widget, image, other
+
+
+@pytest.fixture
 def notes():
     """Every napari notification raised during the test."""
     from napari.utils.notifications import notification_manager

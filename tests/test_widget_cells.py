@@ -16,13 +16,8 @@ from napari_mutualseg._napari.layers import camera
 
 
 @pytest.fixture
-def predicted(scene):
-    viewer, widget, image, _boxes = scene
-    widget.settings.update(rounds=1, steps_per_round=80, width=8)
-    widget.train(block=True)
-    other_image, _ = disc_image(centres=((16, 44), (44, 16), (44, 46)), seed=5)
-    other = viewer.add_image(other_image, name="other")
-    widget.predict(other, block=True)
+def predicted(second_image):
+    viewer, widget, image, _other = second_image
     return viewer, widget, image, viewer.layers["other cells"]
 
 

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from helpers import disc_image, messages, same
+from helpers import messages, same
 from napari_mutualseg._napari.layers import OWNER_KEY, camera
 from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.models import ModelPair
@@ -16,14 +16,9 @@ from napari_mutualseg.supervision import CELL
 
 
 @pytest.fixture
-def trained(scene):
-    """The scene trained for one round, and a second image of discs predicted with the pair."""
-    viewer, widget, image, _boxes = scene
-    widget.settings.update(rounds=1, steps_per_round=80, width=8)
-    widget.train(block=True)
-    other_image, _ = disc_image(centres=((16, 44), (44, 16), (44, 46)), seed=5)
-    other = viewer.add_image(other_image, name="other")
-    widget.predict(other, block=True)
+def trained(second_image):
+    """``second_image`` with the check panel on the second image."""
+    viewer, widget, image, other = second_image
     widget.check.image.layer = other
     return viewer, widget, image, other
 
