@@ -723,7 +723,8 @@ class BatchRun:
         channel is one message now, not a failure on every image later."""
         from .images import AxisImage
 
-        for job in self.todo:
+        # stops at the first image to do: completeness is not checked for the whole list here
+        for job in filter(self._to_do, self.jobs):
             try:
                 image = AxisImage.from_file(job.source, axes=self.options.axes, lazy=True)
             except Exception:  # that image will be reported as failed; try the next one
@@ -736,7 +737,10 @@ class BatchRun:
     @property
     def todo(self) -> list[ImageJob]:
         """The jobs this run segments (all with ``overwrite``, else the incomplete ones)."""
-        return [j for j in self.jobs if self.overwrite or not j.complete()]
+        return list(filter(self._to_do, self.jobs))
+
+    def _to_do(self, job: ImageJob) -> bool:
+        return self.overwrite or not job.complete()
 
     def cancel(self) -> None:
         """Stop between images (thread-safe); finished images are kept."""
@@ -849,14 +853,18 @@ class BatchRun:
             counts[result.status] += 1
         return counts
 
+    def results_in_order(self) -> list[ImageResult]:
+        """The results so far in the order of the inputs (they arrive as images finish)."""
+        order = {job: i for i, job in enumerate(self.jobs)}
+        return sorted(self.results, key=lambda r: order[r.job])
+
     def write_reports(self) -> tuple[Path, Path]:
         """Write ``summary.csv`` (one row per image with cells) and ``run_report.csv`` (every
         image's status and reason), in the inputs' order; both replaced at every run."""
         from .export import table_csv
         from .io import write_text
 
-        order = {job: i for i, job in enumerate(self.jobs)}
-        results = sorted(self.results, key=lambda r: order[r.job])
+        results = self.results_in_order()
         rows = [r.summary for r in results if r.summary is not None]
         columns = list(dict.fromkeys(k for row in rows for k in row)) or ["image", "cells"]
         summary = [{k: row.get(k, "") for k in columns} for row in rows]

@@ -253,8 +253,7 @@ class FolderSummary(QGroupBox):
         super().__init__(f"Summary: {run.out_dir}")
         self.viewer = viewer
         self.notify = notify
-        order = {job: i for i, job in enumerate(run.jobs)}
-        self.results = sorted(run.results, key=lambda r: order[r.job])
+        self.results = run.results_in_order()
         rows = [
             {
                 "image": r.job.name,
