@@ -255,7 +255,7 @@ def test_refreshes_are_coalesced(scene, monkeypatch):
     controller = widget.controller
     applied = len(controller.applied_rounds)
     for k in (4, 5, 6):
-        controller._on_update(controller.job.update(fake_report(k, rounds=6)))
+        controller.training.on_update(controller.job.update(fake_report(k, rounds=6)))
     widget.wait()
     assert controller.applied_rounds[applied:] == [6]
     np.testing.assert_array_equal(viewer.layers["cells cells"].data, 6)

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 from .. import io
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
 from ..measure import Table, measure_cells
-from .layers import camera, owner_info
+from .layers import camera, owner_info, show_table
 from .panels import _row
 
 if TYPE_CHECKING:
@@ -61,11 +61,6 @@ def cell_table(layer: Labels, image: Layer | None = None) -> Table:
     if "label" in features and len(features):
         return {k: np.asarray(v) for k, v in features.items() if k != "index"}
     return measure_layer(layer, image)
-
-
-def show_table(layer: Labels, table: Table) -> None:
-    """Give ``layer`` the measurements as its features (hover shows them per cell)."""
-    layer.features = {"index": table["label"], **table}
 
 
 def export(kind: str, path: str, layer: Labels, table: Table, *, overwrite: bool) -> str:

@@ -24,7 +24,7 @@ from skimage.segmentation import watershed
 from ..boxes import boxes_from_labels, boxes_from_shapes
 from ..disagreement import Spot, spots_to_check
 from ..supervision import corrected_cells, supervision_from_masks
-from .controller import RunController, TrainingItem
+from .controller import RunController
 from .layers import (
     OWNER_KEY,
     camera,
@@ -35,7 +35,7 @@ from .layers import (
     transform_kwargs,
 )
 from .panels import LayerPicker, _row
-from .prepare import SupervisionRecord, UserInputError, check_image_layer
+from .prepare import SupervisionRecord, TrainingItem, UserInputError, check_image_layer
 
 if TYPE_CHECKING:
     import napari

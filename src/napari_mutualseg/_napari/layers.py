@@ -16,7 +16,9 @@ from ..supervision import BACKGROUND, BOUNDARY, CELL, IGNORE
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Layer
+    from napari.layers import Labels, Layer
+
+    from ..measure import Table
 
 #: ``layer.metadata`` key marking the layers this plugin created (value: a dict with the role).
 OWNER_KEY = "napari-mutualseg"
@@ -191,3 +193,8 @@ def upsert_layer(
     if kind == "classes":
         kw = {**class_layer_kwargs(), **kw}
     return viewer.add_labels(data, name=name, metadata=meta, **kw)
+
+
+def show_table(layer: Labels, table: Table) -> None:
+    """Give ``layer`` the measurements as its features (hover shows them per cell)."""
+    layer.features = {"index": table["label"], **table}

@@ -1,8 +1,8 @@
 """The dock widget's panels: data, training, model. Each owns its controls and nothing else.
 
-A panel shows state and emits what the user asked for; the widget (:mod:`.widget`) decides
-what happens. Layer pickers are magicgui combo boxes holding the layers themselves, so a
-renamed layer stays picked.
+A panel shows its viewer's run controller (:class:`PanelsView`) and emits what the user asked for;
+the widget (:mod:`.widget`) decides what happens. Layer pickers are magicgui combo boxes
+holding the layers themselves, so a renamed layer stays picked.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -22,12 +22,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..devices import describe_device, select_device
+from .jobs import RunState
 from .layers import free_name, owner_info
 from .loss_plot import LossPlot
 from .settings import SettingsForm, TrainingSettings
 
 if TYPE_CHECKING:
     import napari
+    from napari.layers import Image, Shapes
+
+    from .controller import RunController
 
 MODE_ALL = "Every cell is boxed"
 MODE_REGION = "Only inside a drawn region"
@@ -141,6 +146,8 @@ class DataPanel(QGroupBox):
         form.addRow("Annotation", self.mode.native)
         form.addRow("Region", _row(self.region.native, self.new_region))
         form.addRow(self.generate)
+        self.new_boxes.clicked.connect(self.new_boxes_layer)
+        self.new_region.clicked.connect(self.new_region_layer)
         self.boxes.changed.connect(lambda _: self.region.reset_choices())
         self.mode.changed.connect(lambda _: self.set_busy(False))
         self.set_busy(False)
@@ -157,6 +164,45 @@ class DataPanel(QGroupBox):
             name=free_name(viewer, name), edge_color=color, face_color="transparent", **kw
         )
         layer.mode = mode
+        return layer
+
+    @property
+    def image_layer(self) -> Image | None:
+        """The image layer picked for training (a layer or its name when set)."""
+        return self.image.layer
+
+    @image_layer.setter
+    def image_layer(self, layer: Image | str) -> None:
+        self.image.layer = layer
+
+    @property
+    def boxes_layer(self) -> Shapes | None:
+        """The Shapes layer holding the boxes (a layer or its name when set)."""
+        return self.boxes.layer
+
+    @boxes_layer.setter
+    def boxes_layer(self, layer: Shapes | str) -> None:
+        self.boxes.layer = layer
+
+    @property
+    def region_layer(self) -> Shapes | None:
+        """The Shapes layer outlining the annotated region; ``None`` when every cell is boxed."""
+        return self.region.layer if self.region_mode else None
+
+    @region_layer.setter
+    def region_layer(self, layer: Shapes | str | None) -> None:
+        self.mode.value = MODE_ALL if layer is None else MODE_REGION
+        if layer is not None:
+            self.region.layer = layer
+
+    def new_boxes_layer(self) -> Shapes:
+        """Add an empty Shapes layer "boxes" in rectangle mode, on top of the image; pick it."""
+        self.boxes_layer = layer = self.new_shapes("boxes", "yellow", "add_rectangle")
+        return layer
+
+    def new_region_layer(self) -> Shapes:
+        """Add an empty Shapes layer "region" in polygon mode; pick it."""
+        self.region_layer = layer = self.new_shapes("region", "cyan", "add_polygon")
         return layer
 
     @property
@@ -273,3 +319,75 @@ class ModelPanel(QGroupBox):
         )
         if out:
             self.folder_requested.emit(images, out)
+
+
+class PanelsView(QObject):
+    """Keeps the panels showing what a controller does and the device the settings pick.
+
+    A child of the dock widget: deleted with it, so the controller (which outlives the panel)
+    never calls into deleted controls.
+    """
+
+    def __init__(
+        self,
+        controller: RunController,
+        settings: TrainingSettings,
+        panels: tuple[DataPanel, TrainingPanel, ModelPanel],
+        status: QLabel,
+        parent: QWidget,
+    ) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.data, self.training, self.model = panels
+        self._links = [
+            (controller.state_changed, self.show_state),
+            (controller.message, status.setText),
+            (controller.progress, self.training.set_progress),
+            (controller.round_done, self._add_round),
+            (controller.pair_changed, self.show_pair),
+            (settings.changed, self._show_device),
+        ]
+        for signal, slot in self._links:
+            signal.connect(slot)
+        if controller.last_message:
+            status.setText(controller.last_message)
+        self._show_device("device", settings.device)
+        self.show_pair()
+
+    def show_state(self, *_: Any) -> None:
+        """Enable what can be done now."""
+        controller = self.controller
+        state, has_model = controller.state, controller.pair is not None
+        busy = state is not RunState.IDLE
+        trains = state in (RunState.STARTING, RunState.TRAINING, RunState.STOPPING)
+        stoppable = trains or state is RunState.BATCH
+        self.data.set_busy(busy)
+        self.training.set_state(
+            training=trains, busy=busy, has_model=has_model, stoppable=stoppable
+        )
+        self.model.set_state(busy=busy, has_model=has_model)
+        if state is RunState.TRAINING and controller.job is not None:
+            self.training.device.setText(f"Device in use: {controller.job.device_name}")
+
+    def show_pair(self) -> None:
+        """The loss curve of the pair's rounds."""
+        history = self.controller.history
+        self.training.loss_plot.set_history([(h["loss_a"], h["loss_b"]) for h in history])
+        self.show_state()
+
+    def _add_round(self, entry: dict[str, Any]) -> None:
+        self.training.loss_plot.add(entry["loss_a"], entry["loss_b"])
+
+    def _show_device(self, name: str, value: Any) -> None:
+        if name != "device":
+            return
+        try:
+            device = describe_device(select_device(value))
+        except ValueError as err:
+            device = f"unavailable ({err})"
+        self.training.device.setText(f"Device: {device}")
+
+    def unfollow(self) -> None:
+        """Stop following (the panel is closed; the controller lives on)."""
+        for signal, slot in self._links:
+            signal.disconnect(slot)

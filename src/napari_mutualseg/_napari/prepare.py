@@ -375,3 +375,29 @@ def adopt(
         record = prepare_supervision(image, boxes, region)
         layer.metadata.update(owner_tag("supervision", image, record=record))
     return record
+
+
+@dataclass
+class TrainingItem:
+    """One image of the training set: its layer, its supervision and the labels to learn."""
+
+    image: Image
+    record: SupervisionRecord
+    labels: list[np.ndarray]
+    painted: int = 0  # supervision pixels the user painted (trusted in every round)
+
+
+def training_item(
+    layer: Labels, image: Image, boxes: Shapes | None, region: Shapes | None
+) -> TrainingItem:
+    """The image and its supervision layer, as painted, ready to train on.
+
+    Raises
+    ------
+    ValueError
+        When the supervision cannot be used (:class:`UserInputError` for the inputs, a
+        class-map error for painted values the networks cannot learn).
+    """
+    record = adopt(layer, image, boxes, region)
+    labels = record.labels(layer)
+    return TrainingItem(image, record, labels, int(record.painted(layer.data).sum()))

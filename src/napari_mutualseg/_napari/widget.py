@@ -15,13 +15,18 @@ from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
-from ..devices import describe_device, select_device
 from .cells import CellsPanel, FolderSummary
-from .controller import RunController, RunState, TrainingItem, TrainingRequest
+from .controller import RunController, RunState, TrainingRequest
 from .correct import CheckPanel, Corrector
 from .layers import find_own_layer
-from .panels import MODE_ALL, MODE_REGION, DataPanel, ModelPanel, TrainingPanel
-from .prepare import UserInputError, adopt, check_image_layer, outdated, write_supervision
+from .panels import DataPanel, ModelPanel, PanelsView, TrainingPanel
+from .prepare import (
+    UserInputError,
+    check_image_layer,
+    outdated,
+    training_item,
+    write_supervision,
+)
 from .settings import TrainingSettings
 
 if TYPE_CHECKING:
@@ -31,6 +36,15 @@ if TYPE_CHECKING:
     from ..config import TrainConfig
     from ..models import ModelPair
     from ..training import RoundReport
+
+
+def _forward(panel: str, prop: property) -> property:
+    """A panel's property, offered by the widget to scripts (same name, same docs)."""
+    return property(
+        lambda self: prop.fget(getattr(self, panel)),
+        lambda self, value: prop.fset(getattr(self, panel), value),
+        doc=prop.__doc__,
+    )
 
 
 class MutualSegWidget(QWidget):
@@ -77,8 +91,6 @@ class MutualSegWidget(QWidget):
         self._build()
         self._connect()
         _check_qt_binding()
-        self._show_pair()
-        self._on_state()
 
     def _build(self) -> None:
         inner = QWidget()
@@ -98,8 +110,6 @@ class MutualSegWidget(QWidget):
 
     def _connect(self) -> None:
         d, t, m, c = self.data, self.training, self.model, self.controller
-        d.new_boxes.clicked.connect(self.new_boxes_layer)
-        d.new_region.clicked.connect(self.new_region_layer)
         d.generate.clicked.connect(self.generate_supervision)
         t.train.clicked.connect(lambda: self.train())
         t.stop.clicked.connect(self.stop)
@@ -111,96 +121,30 @@ class MutualSegWidget(QWidget):
         self.check.train_requested.connect(lambda: self.train())
         self.check.boxes_proposed.connect(self._use_proposed_boxes)
         self.settings.changed.connect(self._on_setting)
-        self._controller_slots = [
-            (c.state_changed, self._on_state),
-            (c.message, self.status.setText),
-            (c.progress, t.set_progress),
-            (c.round_done, lambda e: t.loss_plot.add(e["loss_a"], e["loss_b"])),
-            (c.pair_changed, self._show_pair),
-            (c.batch_done, self._show_summary),
-        ]
-        for signal, slot in self._controller_slots:
-            signal.connect(slot)
-        if c.last_message:
-            self.status.setText(c.last_message)
-        self._on_setting("device", self.settings.device)
-
-    # ------------------------------------------------------------------------------ display
-
-    def _on_state(self, *_: Any) -> None:
-        state, has_model = self.controller.state, self.pair is not None
-        training = state in (RunState.STARTING, RunState.TRAINING, RunState.STOPPING)
-        busy = state is not RunState.IDLE
-        self.data.set_busy(busy)
-        self.training.set_state(
-            training=training, busy=busy, has_model=has_model,
-            stoppable=training or state is RunState.BATCH,
-        )  # fmt: skip
-        self.model.set_state(busy=busy, has_model=has_model)
-        if state is RunState.TRAINING and self.controller.job is not None:
-            self.training.device.setText(f"Device in use: {self.controller.job.device_name}")
+        self._view = PanelsView(c, self.settings, (d, t, m), self.status, self)
+        c.batch_done.connect(self._show_summary)
 
     def _on_setting(self, name: str, value: Any) -> None:
-        if name == "device":
-            try:
-                device = describe_device(select_device(value))
-            except ValueError as err:
-                device = f"unavailable ({err})"
-            self.training.device.setText(f"Device: {device}")
-        elif name == "show_learning" and self.controller.job is not None:
+        if name == "show_learning" and self.controller.job is not None:
             self.controller.job.show_learning = bool(value)
-
-    def _show_pair(self) -> None:
-        history = self.controller.history
-        self.training.loss_plot.set_history([(h["loss_a"], h["loss_b"]) for h in history])
-        self._on_state()
 
     def _use_proposed_boxes(self, image: Image, boxes: Shapes) -> None:
         # proposed boxes make a new training image: pick both for the Data panel
-        self.image_layer, self.boxes_layer = image, boxes
+        self.data.image_layer, self.data.boxes_layer = image, boxes
 
     # ------------------------------------------------------------------------------ layers
 
-    @property
-    def image_layer(self) -> Image | None:
-        """The image layer picked for training (a layer or its name when set)."""
-        return self.data.image.layer
-
-    @image_layer.setter
-    def image_layer(self, layer: Image | str) -> None:
-        self.data.image.layer = layer
-
-    @property
-    def boxes_layer(self) -> Shapes | None:
-        """The Shapes layer holding the boxes (a layer or its name when set)."""
-        return self.data.boxes.layer
-
-    @boxes_layer.setter
-    def boxes_layer(self, layer: Shapes | str) -> None:
-        self.data.boxes.layer = layer
-
-    @property
-    def region_layer(self) -> Shapes | None:
-        """The Shapes layer outlining the annotated region; ``None`` when every cell is boxed."""
-        return self.data.region.layer if self.data.region_mode else None
-
-    @region_layer.setter
-    def region_layer(self, layer: Shapes | str | None) -> None:
-        self.data.mode.value = MODE_ALL if layer is None else MODE_REGION
-        if layer is not None:
-            self.data.region.layer = layer
+    image_layer = _forward("data", DataPanel.image_layer)
+    boxes_layer = _forward("data", DataPanel.boxes_layer)
+    region_layer = _forward("data", DataPanel.region_layer)
 
     def new_boxes_layer(self) -> Shapes:
         """Add an empty Shapes layer "boxes" in rectangle mode, on top of the image."""
-        layer = self.data.new_shapes("boxes", "yellow", "add_rectangle")
-        self.boxes_layer = layer
-        return layer
+        return self.data.new_boxes_layer()
 
     def new_region_layer(self) -> Shapes:
         """Add an empty Shapes layer "region" in polygon mode."""
-        layer = self.data.new_shapes("region", "cyan", "add_polygon")
-        self.region_layer = layer
-        return layer
+        return self.data.new_region_layer()
 
     # ------------------------------------------------------------------------------ supervision
 
@@ -298,15 +242,11 @@ class MutualSegWidget(QWidget):
             if layer is None:
                 return None
         try:
-            record = adopt(layer, image, boxes, region)
-            labels = record.labels(layer)
-            config = self.settings.to_config()
+            item = training_item(layer, image, boxes, region)
+            request = TrainingRequest(item, self.settings.to_config(), self.settings.show_learning)
         except ValueError as err:
             notify(str(err), "error")
             return None
-        painted = int(record.painted(layer.data).sum())
-        item = TrainingItem(image, record, labels)
-        request = TrainingRequest(item, config, self.settings.show_learning, painted)
         worker = self.controller.train(request)
         if worker is not None and block:
             self.wait()
@@ -430,8 +370,8 @@ class MutualSegWidget(QWidget):
     def close_panel(self) -> None:
         """Stop training and let go of the viewer; the trained pair stays with the viewer."""
         self.controller.stop()
-        for signal, slot in self._controller_slots:
-            signal.disconnect(slot)
+        self._view.unfollow()
+        self.controller.batch_done.disconnect(self._show_summary)
         for picker in (*self.data.pickers, self.model.target):
             picker.unwatch()
         self.check.unwatch()

@@ -17,8 +17,7 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
 from ..measure import Table
-from .cells import show_table
-from .layers import find_own_layer, upsert_layer
+from .layers import find_own_layer, show_table, upsert_layer
 from .workers import PER_IMAGE, RESULT_LAYERS
 
 if TYPE_CHECKING:

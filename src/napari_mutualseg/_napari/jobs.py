@@ -1,0 +1,335 @@
+"""The viewer's jobs on the main thread: a training run, an image's prediction, a folder.
+
+Each job wires one worker (:mod:`.workers`) to its viewer's
+:class:`~.controller.RunController`: it starts the worker, turns what the worker yields into
+progress and layers, and hands the outcome back when the worker ends. The controller decides
+which job may start (one per viewer at a time) and keeps what outlives a job: the pair, the
+round history, the last prediction of each image.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from napari.qt.threading import GeneratorWorker, create_worker
+from qtpy.QtCore import QObject, QTimer
+
+from .layers import show_table, upsert_layer
+from .workers import (
+    Layout,
+    PredictionResult,
+    RoundUpdate,
+    TrainingJob,
+    WorkerFailure,
+    describe_error,
+    freeze_gc,
+    run_batch,
+    run_prediction,
+    run_training,
+    unfreeze_gc,
+)
+
+if TYPE_CHECKING:
+    from napari.layers import Image
+
+    from ..batch import BatchRun
+    from ..config import TrainConfig
+    from ..models import ModelPair
+    from ..training import MutualTrainer
+    from .controller import RunController
+    from .prepare import TrainingItem
+
+#: How often the status line follows the training steps.
+_STATUS_MS = 500
+
+
+class RunState(Enum):
+    """What a viewer's controller is doing."""
+
+    IDLE = "idle"
+    STARTING = "starting"  # the result layers are being made
+    TRAINING = "training"
+    STOPPING = "stopping"
+    PREDICTING = "predicting"
+    BATCH = "segmenting a folder"
+
+
+class _TrainingWorker(GeneratorWorker):
+    """A generator worker whose ``quit`` (napari's task cancel, closing the window) stops the
+    trainer within one step instead of waiting for the round to end."""
+
+    job: TrainingJob | None = None
+
+    def quit(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+        # The generator ends by itself once the trainer is cancelled; aborting the worker
+        # here would leave the generator unfinished and its clean-up unrun.
+
+
+class TrainingRun(QObject):
+    """One training run: its worker, its rounds and how it ended.
+
+    Parameters
+    ----------
+    controller : RunController
+        Receives each round (:meth:`RunController.add_round`) and the end of the run.
+    items : list of TrainingItem
+        The training images, the one picked in the panel first.
+    config : TrainConfig
+        The engine's settings for this run (its ``rounds`` are the rounds to train now).
+    resume : ModelPair or None
+        The pair to go on training, or ``None`` to start from scratch.
+    show_learning : bool
+        Also lay out what A and B learn from.
+    """
+
+    def __init__(
+        self,
+        controller: RunController,
+        items: list[TrainingItem],
+        config: TrainConfig,
+        resume: ModelPair | None,
+        show_learning: bool,
+    ) -> None:
+        super().__init__()  # no Qt parent: the controller keeps only the newest job
+        self.controller = controller
+        images = [im for item in items for im in item.record.images(item.image.data)]
+        sups = [s for item in items for s in item.record.supervisions]
+        labels = [lab for item in items for lab in item.labels]
+
+        def make_trainer() -> MutualTrainer:
+            # Imported here, in the worker: the engine's first import takes 0.3 s (scipy), too
+            # long for the main thread; and looked up at call time, so tests can stand in.
+            from .. import training
+
+            return training.MutualTrainer(images, sups, config, labels=labels, pair=resume)
+
+        layouts = [Layout(item.record.shape, item.record.planes) for item in items]
+        pixels = [item.image.data for item in items]
+        self.images: list[Image] = [item.image for item in items]
+        self.job = TrainingJob(make_trainer, layouts, pixels, show_learning)
+        self.worker = create_worker(
+            run_training, self.job, _worker_class=_TrainingWorker, _ignore_errors=True
+        )
+        self.worker.job = self.job
+        self.worker.yielded.connect(self.on_update)
+        self.worker.returned.connect(self._on_failure)
+        self.worker.errored.connect(self._on_failure)  # not expected: failures are returned
+        self.worker.finished.connect(self._on_finished)
+        self.first_round = len(controller.history) if resume is not None else 0
+        self.planned = self.first_round + config.rounds  # the round this run trains up to
+        self.started = time.perf_counter()
+        self.count = 0  # rounds reported
+        self.error = ""
+        self._frozen = False  # the garbage collector is frozen while the worker runs
+        self._status = QTimer(self, interval=_STATUS_MS)
+        self._status.timeout.connect(self._show_steps)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was asked to stop."""
+        return self.job.cancelled.is_set()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds since the run was set up."""
+        return time.perf_counter() - self.started
+
+    def start(self) -> None:
+        """Start the worker (once the result layers exist)."""
+        if self.controller.closing:
+            return
+        if self.cancelled:  # stopped before it began
+            self.job.done.set()
+            self._on_finished()
+            return
+        self.controller.set_state(RunState.TRAINING)
+        self._status.start()
+        freeze_gc()
+        self._frozen = True
+        self.worker.start()
+
+    def _show_steps(self) -> None:
+        if self.controller.state is not RunState.TRAINING:
+            return
+        done, total = self.job.progress()
+        if total:
+            now = min(self.first_round + self.count + 1, self.planned)
+            self.controller.progress.emit(done, total)
+            self.controller.message.emit(
+                f"Training on {self.job.device_name}: round {now} of {self.planned}, "
+                f"step {done} of {total}."
+            )
+
+    def on_update(self, update: RoundUpdate) -> None:
+        """Record a round the worker reported and show it."""
+        if self.controller.closing:
+            return
+        self.count += 1
+        report = update.report
+        entry = {
+            "round": self.first_round + report.round,
+            "loss_a": report.loss_a,
+            "loss_b": report.loss_b,
+            "changed": report.changed,
+            "seconds": report.seconds,
+            "device": self.job.device_name or report.device,
+            "converged": report.converged,
+        }
+        self.controller.add_round(entry, update)
+
+    def _on_failure(self, value: Any) -> None:
+        if isinstance(value, (WorkerFailure, BaseException)):
+            self.error = describe_error(value, self.job.device_name)
+            self.controller.notify(self.error, "error")
+
+    def _on_finished(self) -> None:
+        self._status.stop()
+        if self._frozen:
+            self._frozen = False
+            unfreeze_gc()
+        self.controller.training_ended(self)
+
+
+class _SegmentJob(QObject):
+    """A job that segments with the trained pair: what its worker yields is progress, what it
+    returns (or a failure) ends it."""
+
+    state = RunState.IDLE
+
+    def __init__(self, controller: RunController, worker: GeneratorWorker, message: str) -> None:
+        super().__init__()  # no Qt parent: the controller keeps only the newest job
+        self.controller = controller
+        self.worker = worker
+        self._outcome: Any = None
+        worker.yielded.connect(self.on_progress)
+        worker.returned.connect(self._keep)
+        worker.errored.connect(lambda exc: self._keep(WorkerFailure(exc)))
+        worker.finished.connect(self._on_finished)
+        controller.set_state(self.state)
+        controller.notify(message)
+        freeze_gc()
+        worker.start()
+
+    def _keep(self, value: Any) -> None:
+        if self._outcome is None:
+            self._outcome = value
+
+    def _on_finished(self) -> None:
+        unfreeze_gc()
+        controller, value = self.controller, self._outcome
+        controller.set_state(RunState.IDLE)
+        controller.progress.emit(0, 0)
+        if controller.closing or controller.viewer is None or value is None:
+            return
+        if isinstance(value, WorkerFailure):
+            controller.notify(describe_error(value, str(controller.pair.device)), "error")
+            return
+        self.done(value)
+
+    def on_progress(self, value: Any) -> None:
+        """What the worker yielded."""
+
+    def done(self, value: Any) -> None:
+        """What the worker returned, on the main thread."""
+
+
+class PredictionRun(_SegmentJob):
+    """Segment one image layer with the pair and show its cells, table and disagreement."""
+
+    state = RunState.PREDICTING
+
+    def __init__(self, controller: RunController, layer: Image, tile_size: int) -> None:
+        self.layer = layer
+        data = layer.data
+        planes = None if layer.ndim == 2 else list(range(int(data.shape[0])))
+        worker = create_worker(
+            run_prediction, controller.pair, data, planes, tile_size, layer.name,
+            _ignore_errors=True,
+        )  # fmt: skip
+        super().__init__(controller, worker, f"Segmenting '{layer.name}'…")
+
+    def on_progress(self, value: tuple[int, int]) -> None:
+        self.controller.progress.emit(*value)
+
+    def done(self, value: PredictionResult) -> None:
+        controller, layer = self.controller, self.layer
+        viewer = controller.viewer
+        controller.predictions[str(layer.unique_id)] = value
+        controller.writer.written[str(layer.unique_id)] = value.labels
+        # The box-guided result of the training image stays; prediction goes beside it.
+        beside = layer == controller.trained_image
+        role, name = ("prediction", f"{layer.name} cells (no boxes)") if beside else (
+            "cells", f"{layer.name} cells"
+        )  # fmt: skip
+        out = upsert_layer(
+            viewer, role=role, name=name, data=value.labels, like=layer, source=layer
+        )
+        show_table(out, value.table)
+        upsert_layer(
+            viewer, role="disagreement", name=f"{layer.name} disagreement",
+            data=value.disagreement, like=layer, source=layer, kind="image", visible=False,
+        )  # fmt: skip
+        n = int(value.labels.max()) if value.labels.size else 0
+        if n:
+            controller.notify(
+                f"'{out.name}': {n} cells. 'Next cell to check' shows where the two networks "
+                "disagree most."
+            )
+        else:
+            controller.notify(
+                f"No cells found in '{layer.name}'. The networks may need more training (more "
+                "rounds or steps per round), or this image differs from the training images "
+                "(other stain, magnification or contrast).",
+                "warning",
+            )
+
+
+class FolderRun(_SegmentJob):
+    """Segment and measure every image of a folder into an output folder, in this process, as
+    ``napari-mutualseg predict`` does (:class:`napari_mutualseg.batch.BatchRun`)."""
+
+    state = RunState.BATCH
+
+    def __init__(
+        self, controller: RunController, inputs: list[str], out_dir: str, tile_size: int
+    ) -> None:
+        from ..batch import BatchOptions, BatchRun
+
+        pair, options = controller.pair, BatchOptions(tile_size=tile_size)
+        self._stop = threading.Event()
+        worker = create_worker(
+            run_batch,
+            lambda: BatchRun(pair, inputs, out_dir, options, workers=0),
+            self._stop,
+            _ignore_errors=True,
+        )
+        super().__init__(controller, worker, f"Looking for images in {', '.join(inputs)}…")
+
+    def stop(self) -> None:
+        """End the run after the image at hand; the images finished are kept."""
+        self._stop.set()
+
+    def on_progress(self, value: tuple[BatchRun, Any]) -> None:
+        run, result = value
+        counts = run.counts()
+        done = sum(counts.values())
+        self.controller.progress.emit(done, len(run.jobs))
+        failed = f", {counts['failed']} failed" if counts["failed"] else ""
+        last = f" (last: {result.job.name})" if result is not None else ""
+        self.controller.notify(f"Folder: {done} of {len(run.jobs)} images{failed}{last}.")
+
+    def done(self, run: BatchRun) -> None:
+        counts = run.counts()
+        parts = [f"{counts['done']} segmented"]
+        parts += [f"{counts[k]} {k}" for k in ("skipped", "failed", "not done") if counts[k]]
+        self.controller.notify(
+            f"Folder {'stopped' if run.cancelled else 'done'}: {', '.join(parts)}; tables and "
+            f"summary in {run.out_dir}.",
+            "warning" if counts["failed"] else "info",
+        )
+        self.controller.batch_done.emit(run)
