@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_mutualseg import images
-from napari_mutualseg.images import AxisImage, as_image, network_planes, parse_channels
+from napari_mutualseg import readers
+from napari_mutualseg.images import AxisImage, as_image, parse_channels
 from napari_mutualseg.io import read_image
+from napari_mutualseg.network_input import network_planes
 from napari_mutualseg.preprocess import apply_ranges, channel_ranges, normalize
 
 
@@ -160,7 +161,7 @@ def test_ome_zarr_is_read_lazily_with_its_metadata(tmp_path):
 def test_large_tiffs_are_opened_lazily(tmp_path, monkeypatch):
     data = _ramp((2, 64, 48))
     tifffile.imwrite(tmp_path / "big.tif", data, metadata={"axes": "CYX"}, tile=(16, 16))
-    monkeypatch.setattr(images, "LAZY_BYTES", 1024)
+    monkeypatch.setattr(readers, "LAZY_BYTES", 1024)
     image = AxisImage.from_file(tmp_path / "big.tif")
     assert not isinstance(image.data, np.ndarray)
     np.testing.assert_array_equal(image.plane(0), data)

@@ -228,7 +228,7 @@ def test_planes_round_trip_as_napari_3d_csv(tmp_path):
 def temp_files(request, monkeypatch):
     """Both ways of staging a file: unnamed (Linux) and a hidden temporary name (elsewhere)."""
     if request.param == "named":
-        monkeypatch.setattr("napari_mutualseg.io._PROC_FD", "/no/such/folder")
+        monkeypatch.setattr("napari_mutualseg.files._PROC_FD", "/no/such/folder")
     return request.param
 
 

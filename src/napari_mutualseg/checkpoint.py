@@ -4,9 +4,10 @@ The file is written with :func:`torch.save` through :func:`napari_mutualseg.io.a
 (complete or not at all) and read back with ``weights_only=True``, so loading a checkpoint
 never runs code from it. What a file describes is checked before anything is built from it:
 the format and its version, the normalisation, settings and history, and that every stored
-tensor is finite. This module knows the file, not the networks: the pair
-(:class:`napari_mutualseg.models.ModelPair`) says what goes in, checks that the stored
-architecture matches the stored weights, and builds itself from it.
+tensor is finite. :func:`read_networks` also checks each network's stored architecture
+(within :data:`ARCH_LIMITS`) against its stored weights before it builds the network. The
+pair (:class:`napari_mutualseg.models.ModelPair`) says what else goes in the file and builds
+itself from the networks and those fields.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import pickle
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,19 @@ import torch
 
 from . import __version__
 from .io import atomic_write
+from .unet import N_CLASSES, UNet
 
 FORMAT = "napari-mutualseg/pair"
 FORMAT_VERSION = 1
 
 #: Settings the package reads back from a file, and the least value each may have.
 _INT_SETTINGS = {"min_size": 0, "width": 1, "depth": 1}
+
+#: What a stored architecture may be: the package's networks predict background, cell and
+#: boundary; channels, width and depth are bounded so that a file cannot describe a network
+#: far beyond any trained one.
+ARCH_LIMITS = {"in_channels": (1, 64), "n_classes": (N_CLASSES, N_CLASSES), "width": (1, 256),
+               "depth": (1, 8)}  # fmt: skip
 
 
 class CheckpointError(ValueError):
@@ -81,6 +90,47 @@ def write_checkpoint(
                 raise err.__context__ from None
             raise
     return Path(path)
+
+
+def write_networks(
+    networks: Sequence[UNet],
+    fields: dict[str, Any],
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write networks A and B (architecture and weights) and a pair's other ``fields``.
+
+    Parameters
+    ----------
+    networks : sequence of UNet
+        Networks A and B; their weights are stored from the CPU, wherever they live.
+    fields : dict
+        The pair's plain values (normalisation, settings, history...).
+    path : str or os.PathLike
+        Destination.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    FileExistsError, napari_mutualseg.io.OutputError
+        As :func:`write_checkpoint`.
+    """
+    model_a, model_b = networks
+    payload = {
+        "arch_a": dict(model_a.arch),
+        "arch_b": dict(model_b.arch),
+        "state_a": {k: v.detach().cpu() for k, v in model_a.state_dict().items()},
+        "state_b": {k: v.detach().cpu() for k, v in model_b.state_dict().items()},
+        **fields,
+    }
+    return write_checkpoint(payload, path, overwrite=overwrite)
 
 
 def _unsafe_content(err: Exception) -> str:
@@ -141,6 +191,57 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def read_networks(path: str | os.PathLike) -> tuple[dict[str, Any], tuple[UNet, UNet]]:
+    """Read what :func:`write_networks` wrote and build its networks, never running code.
+
+    Besides what :func:`read_checkpoint` checks, the architecture of each network must be
+    within :data:`ARCH_LIMITS` and the stored weights must have exactly the shapes it implies
+    (so nothing larger than the file is ever allocated) before a network is built.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The model file.
+
+    Returns
+    -------
+    payload : dict
+        The file's fields, as :func:`read_checkpoint` returns them.
+    networks : tuple of UNet
+        Networks A and B with the stored weights, on the CPU.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    CheckpointError
+        If the file is damaged, not a napari-mutualseg model, or describes networks this
+        package cannot build; the message says what is wrong in one line.
+    """
+    payload = read_checkpoint(path)
+    archs = [payload.get("arch_a"), payload.get("arch_b")]
+    if all(isinstance(a, dict) for a in archs) and len({a.get("in_channels") for a in archs}) > 1:
+        raise CheckpointError(
+            f"{path} is not a usable napari-mutualseg model: its networks A and B take "
+            "different numbers of channels."
+        )
+    networks = []
+    for key in ("a", "b"):
+        arch, state = payload.get(f"arch_{key}"), payload.get(f"state_{key}")
+        problem = _arch_problem(arch) or _state_problem(arch, state)
+        if problem:
+            raise CheckpointError(
+                f"{path} is not a usable napari-mutualseg model: network {key.upper()} {problem}."
+            )
+        network = UNet(**arch)
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path} is damaged: {str(err).splitlines()[0]}") from None
+        networks.append(network)
+    return payload, (networks[0], networks[1])
+
+
 def _problem(payload: dict[str, Any]) -> str | None:
     """What is wrong with a payload's plain fields and tensors, or None."""
     version = payload.get("format_version")
@@ -182,6 +283,41 @@ def _problem(payload: dict[str, Any]) -> str | None:
     for name, tensor in _tensors(payload):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return f"its weights hold NaN or infinite values ({name}); the training diverged"
+    return None
+
+
+def _arch_problem(arch: Any) -> str | None:
+    """What is wrong with a stored architecture, or None."""
+    if not isinstance(arch, dict) or set(arch) != set(ARCH_LIMITS):
+        return f"has no valid architecture (expected the keys {', '.join(ARCH_LIMITS)})"
+    for name, (low, high) in ARCH_LIMITS.items():
+        value = arch[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            allowed = str(low) if low == high else f"a whole number from {low} to {high}"
+            return f"has {name} = {value!r}; this package needs {allowed}"
+    return None
+
+
+def _state_problem(arch: dict[str, int], state: Any) -> str | None:
+    """What is wrong with stored weights for ``arch``, or None; nothing is allocated."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "has no weights"
+    with torch.device("meta"):  # the shapes the architecture implies, without memory
+        expected = {k: (v.shape, v.dtype) for k, v in UNet(**arch).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        kinds = ((missing, "missing"), (extra, "unexpected"))
+        counts = [f"{len(names)} {what} (first {names[0]})" for names, what in kinds if names]
+        return f"has weights that do not match its architecture: {', '.join(counts)}"
+    for name, (shape, dtype) in expected.items():
+        stored = state[name]
+        if stored.shape != shape:
+            return (
+                f"has {name} of shape {tuple(stored.shape)}, its architecture needs {tuple(shape)}"
+            )
+        if stored.is_floating_point() != dtype.is_floating_point:
+            return f"has {name} of type {stored.dtype}, its architecture needs {dtype}"
     return None
 
 

@@ -24,6 +24,7 @@ person drew or fixed) are taken as certain in every round under both rules.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,3 +207,86 @@ def changed_fraction(previous: np.ndarray, current: np.ndarray) -> float:
     labelled = (previous != IGNORE) | (current != IGNORE)
     n = int(labelled.sum())
     return float((previous[labelled] != current[labelled]).sum() / n) if n else 0.0
+
+
+def exchange_labels(
+    contexts: Sequence[ExchangeContext],
+    probas: Sequence[Sequence[np.ndarray]],
+    settings: ExchangeSettings,
+    *,
+    check: Callable[[], None] | None = None,
+) -> list[list[np.ndarray]]:
+    """The next training labels of A and B: A learns from B's prediction and B from A's.
+
+    Each prediction is combined with the box labels (:meth:`ExchangeContext.combine`). With
+    ``teacher="self"`` each network learns from its own prediction instead; with
+    ``agreement`` the pixels where A and B disagree, inside a box but outside its core and
+    not edited, stay ignored for both.
+
+    Parameters
+    ----------
+    contexts : sequence of ExchangeContext
+        One per training image.
+    probas : sequence of two sequences of numpy.ndarray
+        A's and B's ``(3, H, W)`` probabilities of every image.
+    settings : ExchangeSettings
+        The exchange settings.
+    check : callable, optional
+        Called before each image is combined; whatever it raises stops the exchange (how a
+        cancelled training stops).
+
+    Returns
+    -------
+    list of two lists of numpy.ndarray
+        A's labels and B's labels, one uint8 map per image.
+    """
+
+    def combined(ps: Sequence[np.ndarray]) -> list[np.ndarray]:
+        labels = []
+        for ctx, p in zip(contexts, ps, strict=True):
+            if check is not None:
+                check()
+            labels.append(ctx.combine(p, settings))
+        return labels
+
+    from_b, from_a = combined(probas[1]), combined(probas[0])
+    if settings.teacher == "self":
+        return [from_a, from_b]
+    if settings.agreement:
+        for ctx, pa, pb, la, lb in zip(contexts, *probas, from_a, from_b, strict=True):
+            differ = pa.argmax(0) != pb.argmax(0)
+            unsure = differ & ctx.in_box & ~ctx.core & ~ctx.edited
+            la[unsure] = IGNORE
+            lb[unsure] = IGNORE
+    return [from_b, from_a]
+
+
+def found_fraction(
+    probas: Sequence[np.ndarray], contexts: Sequence[ExchangeContext], settings: ExchangeSettings
+) -> float:
+    """Fraction of all boxes whose object the prediction found (1 when there are no boxes).
+
+    A box's object (:func:`~napari_mutualseg.inference.box_objects`) counts as found when its
+    area is at least ``settings.min_core_fraction`` of the area of the box's core.
+
+    Parameters
+    ----------
+    probas : sequence of numpy.ndarray
+        ``(3, H, W)`` probabilities of every image.
+    contexts : sequence of ExchangeContext
+        One per image.
+    settings : ExchangeSettings
+        The foreground threshold, core size and least core fraction.
+
+    Returns
+    -------
+    float
+        Boxes found over all boxes.
+    """
+    hits = total = 0
+    for p, ctx in zip(probas, contexts, strict=True):
+        foreground = (p[1] + p[2]) > settings.fg_threshold
+        _, ratio = box_objects(foreground, ctx.supervision, core_scale=settings.core_scale)
+        hits += int((ratio >= settings.min_core_fraction).sum())
+        total += ratio.size
+    return hits / total if total else 1.0

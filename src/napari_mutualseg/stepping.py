@@ -20,8 +20,8 @@ import torch
 from torch.nn import functional as F
 
 from .devices import release_cached_memory
-from .models import UNet
 from .supervision import IGNORE
+from .unet import UNet
 
 
 class TrainingError(RuntimeError):

@@ -23,10 +23,11 @@ import torch
 from .config import ExchangeSettings, TrainConfig
 from .devices import describe_device, select_device
 from .disagreement import disagreement_map
-from .exchange import ExchangeContext, changed_fraction
-from .images import as_images, network_planes
-from .inference import box_objects, per_box_instances, predict_proba
-from .models import ModelPair, UNet, build_unet
+from .exchange import ExchangeContext, changed_fraction, exchange_labels, found_fraction
+from .images import as_images
+from .inference import per_box_instances, predict_proba
+from .models import ModelPair
+from .network_input import network_planes
 from .stepping import (
     Cancelled,
     CudaStreams,
@@ -35,7 +36,8 @@ from .stepping import (
     TrainingError,
     train_round,
 )
-from .supervision import IGNORE, Supervision
+from .supervision import Supervision
+from .unet import N_CLASSES, UNet, build_unet
 
 T = TypeVar("T")
 
@@ -83,6 +85,30 @@ def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
     if pad_h or pad_w:
         image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
     return image
+
+
+def _starting_pair(pair: ModelPair | None, in_channels: int, config: TrainConfig) -> ModelPair:
+    """The networks a run starts from: new ones, or a copy of ``pair`` to resume."""
+    if pair is None:
+        arch = {
+            "in_channels": in_channels,
+            "n_classes": N_CLASSES,
+            "width": config.width,
+            "depth": config.depth,
+        }
+        arch_b = {**arch, "width": config.exchange.width_b or config.width}
+        return ModelPair(
+            build_unet(arch, config.seed), build_unet(arch_b, config.seed + 1), config.percentiles
+        )
+    if pair.in_channels != in_channels:
+        raise ValueError(
+            f"The networks to resume take {pair.describe_input()} but the images give "
+            f"{in_channels}: pick the channels they were trained on (--channel, or channels= "
+            "in Python)."
+        )
+    pair = pair.copy()
+    pair.percentiles = config.percentiles
+    return pair
 
 
 class MutualTrainer:
@@ -170,29 +196,7 @@ class MutualTrainer:
             for i, sup in enumerate(supervisions)
         ]
         self.resumed = pair is not None
-        in_channels = planes[0].shape[0]
-        if pair is None:
-            arch = {
-                "in_channels": in_channels,
-                "n_classes": 3,
-                "width": config.width,
-                "depth": config.depth,
-            }
-            arch_b = {**arch, "width": exchange.width_b or config.width}
-            pair = ModelPair(
-                build_unet(arch, config.seed),
-                build_unet(arch_b, config.seed + 1),
-                config.percentiles,
-            )
-        else:
-            if pair.in_channels != in_channels:
-                raise ValueError(
-                    f"The networks to resume take {pair.describe_input()} but the images give "
-                    f"{in_channels}: pick the channels they were trained on (--channel, or "
-                    "channels= in Python)."
-                )
-            pair = pair.copy()
-            pair.percentiles = config.percentiles
+        pair = _starting_pair(pair, planes[0].shape[0], config)
         pair.channel_names = channel_names
         # a resumed pair keeps its networks: record their size, not the config's
         arch = pair.model_a.arch
@@ -355,27 +359,8 @@ class MutualTrainer:
         return None
 
     def _exchange(self, probas: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-        """A learns from B's prediction and B from A's, each combined with the box labels.
-
-        With ``teacher="self"`` each network learns from its own prediction instead.
-        """
-        settings = self.config.exchange
-        from_b, from_a = (
-            [
-                self._checked(ctx.combine, p, settings)
-                for ctx, p in zip(self.contexts, ps, strict=True)
-            ]
-            for ps in (probas[1], probas[0])
-        )
-        if settings.teacher == "self":
-            return [from_a, from_b]
-        if settings.agreement:
-            for ctx, pa, pb, la, lb in zip(self.contexts, *probas, from_a, from_b, strict=True):
-                differ = pa.argmax(0) != pb.argmax(0)
-                unsure = differ & ctx.in_box & ~ctx.core & ~ctx.edited
-                la[unsure] = IGNORE
-                lb[unsure] = IGNORE
-        return [from_b, from_a]
+        """A's and B's next labels (:func:`~napari_mutualseg.exchange.exchange_labels`)."""
+        return exchange_labels(self.contexts, probas, self.config.exchange, check=self._check)
 
     def _predict(self, model: UNet) -> list[np.ndarray]:
         cfg = self.config
@@ -413,11 +398,4 @@ class MutualTrainer:
 
     def _found(self, probas: list[np.ndarray]) -> float:
         """Fraction of all boxes whose object the ensemble found (1 when there are no boxes)."""
-        ex = self.config.exchange
-        hits = total = 0
-        for p, ctx in zip(probas, self.contexts, strict=True):
-            foreground = (p[1] + p[2]) > ex.fg_threshold
-            _, ratio = box_objects(foreground, ctx.supervision, core_scale=ex.core_scale)
-            hits += int((ratio >= ex.min_core_fraction).sum())
-            total += ratio.size
-        return hits / total if total else 1.0
+        return found_fraction(probas, self.contexts, self.config.exchange)

@@ -1,0 +1,291 @@
+"""Box tables: the CSV files that hold the boxes drawn around cells, read and written.
+
+Two formats are read (CSV, first line a header):
+
+napari Shapes CSV
+    What napari writes when a Shapes layer is saved as ``.csv``: one row per vertex,
+    ``index,shape-type,vertex-index,axis-0,axis-1``; shapes drawn on a stack add ``axis-2``
+    and ``axis-0`` is then the plane. Only rectangles and ellipses are boxes; rotated ones
+    keep their rotation.
+plain table
+    One row per box, columns ``y0,x0,y1,x1`` (half-open pixel ranges as in
+    ``skimage.measure.regionprops(...).bbox``) and optionally ``image``, the name of the image
+    file the box belongs to (several images in one table).
+
+:func:`write_box_table` writes the plain table when every box is an axis-aligned rectangle
+on whole pixels (the common case, and the easiest to edit by hand), and napari's Shapes CSV
+otherwise, so that rotated boxes, ellipses and sub-pixel corners survive the round trip and
+the file still opens in napari.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .boxes import BOX_TYPES, Box, boxes_by_plane, boxes_from_shapes
+from .files import write_text
+
+__all__ = ["BoxKey", "read_box_table", "write_box_table"]
+
+NAPARI_2D = ("index", "shape-type", "vertex-index", "axis-0", "axis-1")
+NAPARI_3D = (*NAPARI_2D, "axis-2")
+PLAIN = ("y0", "x0", "y1", "x1")
+
+_FORMATS = (
+    "accepted box tables: (a) a napari Shapes CSV with header "
+    "'index,shape-type,vertex-index,axis-0,axis-1' (stacks add 'axis-2'), as written by "
+    "File > Save Selected Layers with a .csv name; (b) a plain table with columns "
+    "'y0,x0,y1,x1' and optionally 'image' (half-open pixel ranges, one box per row)"
+)
+
+BoxKey = str | int | None
+
+
+def _number(text: str, path: Path, line: int, column: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(
+            f"{path}, line {line}: column {column!r} should be a number, got {text!r}."
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"{path}, line {line}: column {column!r} is {text!r}, not a number.")
+    return value
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text (CSV) file; {_FORMATS}.") from None
+    rows = [(n, r) for n, r in rows if any(cell.strip() for cell in r)]
+    if not rows:
+        raise ValueError(f"{path} is empty; {_FORMATS}.")
+    header = [cell.strip().lower() for cell in rows[0][1]]
+    return header, rows[1:]
+
+
+def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
+    """Read boxes from a napari Shapes CSV or a plain ``y0,x0,y1,x1[,image]`` CSV.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The CSV file (see the module docs for the two formats).
+
+    Returns
+    -------
+    dict
+        Boxes per key: ``None`` for a 2D table (napari 2D CSV or plain table without
+        ``image`` column), the plane index (int) for a napari CSV of a stack, the image
+        name (str) for a plain table with an ``image`` column. Boxes keep the file's order.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
+    ValueError
+        For an unknown header (the message lists the accepted formats), malformed rows or
+        shapes that are not rectangles or ellipses.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Box table not found: {path}")
+    header, rows = _read_rows(path)
+    if tuple(header) in (NAPARI_2D, NAPARI_3D):
+        return _read_napari(path, header, rows)
+    if set(PLAIN) <= set(header):
+        extra = [c for c in header if c not in (*PLAIN, "image")]
+        if extra or len(set(header)) != len(header):
+            raise ValueError(
+                f"{path}: unexpected or repeated columns {extra or header} in a plain box "
+                f"table; {_FORMATS}."
+            )
+        return _read_plain(path, header, rows)
+    raise ValueError(f"{path}: unknown header {','.join(header)!r}; {_FORMATS}.")
+
+
+def _read_plain(
+    path: Path, header: list[str], rows: list[tuple[int, list[str]]]
+) -> dict[BoxKey, list[Box]]:
+    col = {name: header.index(name) for name in header}
+    with_image = "image" in col
+    out: dict[BoxKey, list[Box]] = {}
+    if not with_image:
+        out[None] = []
+    for line, row in rows:
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path}, line {line}: {len(row)} values for {len(header)} columns "
+                f"({','.join(header)})."
+            )
+        y0, x0, y1, x1 = (_number(row[col[c]], path, line, c) for c in PLAIN)
+        key: BoxKey = row[col["image"]].strip() if with_image else None
+        if with_image and not key:
+            raise ValueError(f"{path}, line {line}: the 'image' column is empty.")
+        try:
+            box = Box.from_corners(y0, x0, y1, x1)
+        except ValueError as err:
+            raise ValueError(f"{path}, line {line}: {err}") from None
+        out.setdefault(key, []).append(box)
+    return out
+
+
+def _read_napari(
+    path: Path, header: list[str], rows: list[tuple[int, list[str]]]
+) -> dict[BoxKey, list[Box]]:
+    ndim = len(header) - 3
+    shapes: dict[int, dict] = {}
+    for line, row in rows:
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path}, line {line}: {len(row)} values for {len(header)} columns "
+                f"({','.join(header)})."
+            )
+        index = _number(row[0], path, line, "index")
+        vertex = _number(row[2], path, line, "vertex-index")
+        kind = row[1].strip().lower()
+        coords = [_number(row[3 + d], path, line, f"axis-{d}") for d in range(ndim)]
+        shape = shapes.setdefault(int(index), {"kind": kind, "vertices": [], "line": line})
+        if shape["kind"] != kind:
+            raise ValueError(
+                f"{path}, line {line}: shape {int(index)} changes type from {shape['kind']!r} "
+                f"to {kind!r}."
+            )
+        shape["vertices"].append((vertex, coords))
+    data, kinds = [], []
+    for index in sorted(shapes):
+        shape = shapes[index]
+        if shape["kind"] not in BOX_TYPES:
+            raise ValueError(
+                f"{path}: shape {index} (line {shape['line']}) is a {shape['kind']!r}; only "
+                "rectangles and ellipses are boxes. Delete the other shapes from the layer "
+                "before saving it, or keep them on another layer."
+            )
+        vertices = [c for _, c in sorted(shape["vertices"], key=lambda vc: vc[0])]
+        if len(vertices) != 4:
+            raise ValueError(
+                f"{path}: shape {index} (line {shape['line']}) has {len(vertices)} vertices; "
+                "a rectangle or ellipse has 4."
+            )
+        data.append(np.asarray(vertices, dtype=np.float64))
+        kinds.append(shape["kind"])
+    try:
+        if ndim == 2:
+            return {None: boxes_from_shapes(data, kinds)}
+        return dict(boxes_by_plane(data, kinds))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def _aligned_corners(box: Box) -> tuple[int, int, int, int] | None:
+    """The integer ``y0, x0, y1, x1`` of an axis-aligned rectangle on whole pixels, else None."""
+    if box.kind != "rectangle":
+        return None
+    quarter = box.angle / (math.pi / 2)
+    if abs(quarter - round(quarter)) > 1e-9:
+        return None
+    corners = box.pixel_range()
+    rounded = tuple(round(c) for c in corners)
+    if any(abs(c - r) > 1e-6 for c, r in zip(corners, rounded, strict=True)):
+        return None
+    return rounded  # type: ignore[return-value]
+
+
+def _num(value: float) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def write_box_table(
+    path: str | os.PathLike,
+    boxes: Sequence[Box] | Mapping[BoxKey, Sequence[Box]],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write boxes as a CSV that :func:`read_box_table` reads back.
+
+    Axis-aligned rectangles on whole pixels are written as the plain ``y0,x0,y1,x1`` table
+    (with an ``image`` column for several named images). Any rotated box, ellipse or box with
+    sub-pixel corners switches the file to napari's Shapes CSV, which keeps them exactly and
+    opens in napari; boxes per plane (int keys) are always written that way, with the plane as
+    ``axis-0``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Target CSV file; missing parent folders are created.
+    boxes : sequence of Box or mapping
+        The boxes of one image, or boxes per key as returned by :func:`read_box_table`
+        (``None``, plane ints, or image names; one kind of key per file).
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    FileExistsError
+        When the file exists and ``overwrite`` is False.
+    ValueError
+        For mixed key kinds, or rotated boxes keyed by image name (napari's format has no
+        image column).
+    """
+    path = Path(path)
+    groups: dict[BoxKey, list[Box]] = (
+        {k: list(v) for k, v in boxes.items()}
+        if isinstance(boxes, Mapping)
+        else {None: list(boxes)}
+    )
+    for key, group in groups.items():
+        for k, box in enumerate(group):
+            if not isinstance(box, Box):
+                raise TypeError(f"boxes[{key!r}][{k}] is a {type(box).__name__}, not a Box.")
+    keys = list(groups)
+    if keys == [None]:
+        key_kind = "none"
+    elif all(isinstance(k, str) for k in keys):
+        key_kind = "image"
+    elif all(isinstance(k, int | np.integer) and not isinstance(k, bool) for k in keys):
+        key_kind = "plane"
+    else:
+        raise ValueError(
+            f"Box table keys must be all image names, all plane indices, or just None; got {keys}."
+        )
+    corners = {k: [_aligned_corners(b) for b in g] for k, g in groups.items()}
+    plain = key_kind != "plane" and all(c is not None for cs in corners.values() for c in cs)
+    if not plain and key_kind == "image":
+        raise ValueError(
+            "Rotated boxes, ellipses or sub-pixel boxes cannot be written with image names: "
+            "napari's Shapes CSV has no image column. Write one table per image instead."
+        )
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    if plain:
+        writer.writerow([*PLAIN, "image"] if key_kind == "image" else list(PLAIN))
+        for key, cs in corners.items():
+            for c in cs:
+                writer.writerow([*c, key] if key_kind == "image" else list(c))
+    else:
+        writer.writerow(list(NAPARI_3D if key_kind == "plane" else NAPARI_2D))
+        index = 0
+        for key, group in groups.items():
+            for box in group:
+                for vertex, (y, x) in enumerate(box.corners):
+                    plane = [_num(float(key))] if key_kind == "plane" else []
+                    writer.writerow([index, box.kind, vertex, *plane, _num(y), _num(x)])
+                index += 1
+    write_text(path, text.getvalue(), overwrite=overwrite)
+    return path

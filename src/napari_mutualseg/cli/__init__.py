@@ -1,0 +1,66 @@
+"""Command line: ``napari-mutualseg supervise | train | predict | evaluate | demo``.
+
+What the command promises about files: every output appears complete or not at all; an
+existing file is replaced only with ``--overwrite`` (a file that another program creates
+meanwhile is left alone and the result written beside it, exit status 1); every output place
+is checked before any work; Ctrl-C or SIGTERM during ``train`` saves the networks of the last
+completed round; ``predict`` keeps every finished image and skips it when run again
+(:mod:`napari_mutualseg.batch`). Exit status: 0 done, 1 done but a result went to another name
+(the warning says which) or, for ``predict``, some images failed (``run_report.csv`` says why),
+2 a mistake the message explains, 130/143 interrupted by SIGINT/SIGTERM.
+
+The options are in :mod:`.parser`, the commands in :mod:`.labels` (``supervise``,
+``evaluate``), :mod:`.train` (``train``, ``demo``) and :mod:`.predict`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+
+from .errors import USER_ERRORS, CommandFailed
+from .parser import build_parser
+from .signals import interrupt, on_signals, report_interrupt
+
+__all__ = ["USER_ERRORS", "build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-mutualseg`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the command's name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status (see the module docs); mistakes are printed as one line, never as a
+        traceback.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ..checkpoint import CheckpointError
+    from ..training import TrainingError
+
+    def warn(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings(), on_signals(interrupt):
+        warnings.showwarning = warn
+        try:
+            return args.func(args)
+        except KeyboardInterrupt as err:
+            return report_interrupt(err)
+        except MemoryError as err:
+            print(
+                f"error: out of memory ({err or 'the image is too large'}); use smaller images "
+                "or a smaller --tile-size.",
+                file=sys.stderr,
+            )
+            return 2
+        except (*USER_ERRORS, CheckpointError, TrainingError, CommandFailed) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2

@@ -1,0 +1,188 @@
+"""What the commands read: images with their axes, box tables matched to each image and
+plane, the supervision of a plane, and the training settings of the options given."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..boxes import Box
+    from ..config import TrainConfig
+    from ..images import AxisImage
+    from ..supervision import Supervision
+
+    #: A plane's name and boxes, or None for a plane without boxes.
+    PlaneBoxes = tuple[str, list[Box]] | None
+
+# command-line option -> TrainConfig field
+_OPTIONS = {
+    "rounds": "rounds",
+    "steps": "steps_per_round",
+    "batch_size": "batch_size",
+    "patch_size": "patch_size",
+    "width": "width",
+    "depth": "depth",
+    "lr": "learning_rate",
+    "seed": "seed",
+}
+
+
+def load_image(path: str, args: argparse.Namespace) -> AxisImage:
+    """The image of one file with its axes (from the file, or --axes); says what was read."""
+    from ..images import AxisImage
+
+    image = AxisImage.from_file(path, axes=getattr(args, "axes", None))
+    notes = f" ({'; '.join(image.notes)})" if image.notes else ""
+    print(f"{image.describe()}{notes}", file=sys.stderr)
+    return image
+
+
+def boxes_for(
+    images: Sequence[str], tables: Sequence[str], args: argparse.Namespace
+) -> list[tuple[AxisImage, list[PlaneBoxes]]]:
+    """Every image with the name and boxes of each of its planes.
+
+    One CSV per image or one shared CSV. A stack's table is a napari Shapes CSV whose first
+    axis is the plane (planes run over z within each time point); a table drawn on a
+    single-plane image as a stack (e.g. a (C, Y, X) image shown without channel_axis) gives
+    that plane all its boxes.
+
+    Parameters
+    ----------
+    images : sequence of str
+        The image files.
+    tables : sequence of str
+        One box CSV per image, or one CSV with an ``image`` column.
+    args : argparse.Namespace
+        The command's options (``--axes``).
+
+    Returns
+    -------
+    list of (AxisImage, list)
+        Each image with one entry per plane: ``(name, boxes)``, or None for a plane without
+        boxes.
+
+    Raises
+    ------
+    ValueError
+        When the tables do not fit the images, or no image has any boxes.
+    """
+    from ..io import read_box_table
+
+    loaded = [read_box_table(t) for t in tables]
+    if len(tables) not in (1, len(images)):
+        raise ValueError(
+            f"Got {len(images)} image(s) and {len(tables)} box table(s): give one --boxes CSV per "
+            "image, or one CSV with an 'image' column naming each image file."
+        )
+    result, used = [], set()
+    for i, path in enumerate(images):
+        table = loaded[i] if len(tables) == len(images) else loaded[0]
+        image = load_image(path, args)
+        name = Path(path).name
+        stem = name.split(".")[0]
+        by_plane = all(isinstance(k, int) for k in table)
+        if image.n_planes > 1 and not by_plane:
+            raise ValueError(
+                f"{name} has {image.n_planes} planes ({image.plane_axes}) but its box table "
+                "does not say which plane a box is on: draw the boxes on the stack in napari "
+                "and save the Shapes layer as .csv (its first axis is the plane)."
+            )
+        planes = []
+        for j in range(image.n_planes):
+            if image.n_planes > 1:
+                boxes = table.get(j, [])
+            elif by_plane:
+                if len(table) > 1:
+                    warnings.warn(
+                        f"{name} has one plane; the boxes of table planes "
+                        f"{', '.join(map(str, sorted(table)))} are all used on it.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                boxes = [b for k in sorted(table) for b in table[k]]
+            elif len(tables) == len(images) and None in table:
+                boxes = table[None]
+            else:
+                key = name if name in table else stem
+                used.add(key)
+                boxes = table.get(key, [])
+            if len(boxes) == 0 and image.n_planes == 1:
+                raise ValueError(
+                    f"No boxes for {path}: the box table has no rows for it (keys found: "
+                    f"{sorted(map(str, table))}). Draw at least one box on this image."
+                )
+            suffix = image.plane_name(j)
+            planes.append((f"{stem}_{suffix}" if suffix else stem, boxes) if boxes else None)
+        result.append((image, planes))
+    if len(tables) == 1:
+        unused = sorted(k for k in loaded[0] if isinstance(k, str) and k not in used)
+        if unused:
+            warnings.warn(
+                f"{tables[0]} has boxes for images that were not given ({', '.join(unused)}); "
+                "they are not used. Give those images too, or check the names in the 'image' "
+                "column.",
+                UserWarning,
+                stacklevel=2,
+            )
+    if not any(p for _, planes in result for p in planes):
+        raise ValueError("No image has any boxes; draw at least one box around a cell.")
+    return result
+
+
+def supervision(name: str, image: AxisImage, boxes: list[Box], **kwargs: Any) -> Supervision:
+    """The supervision of one plane from its usable boxes; the others are named in a warning."""
+    from ..boxes import usable_boxes
+    from ..supervision import make_supervision
+
+    try:
+        kept, notes = usable_boxes(boxes, image.plane_shape)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    for note in notes:
+        warnings.warn(f"{name}: {note}", UserWarning, stacklevel=2)
+    return make_supervision(image.plane_shape, kept, **kwargs)
+
+
+def _input_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields of --channel and --rgb, where given."""
+    from ..images import parse_channels
+
+    given: dict[str, Any] = {}
+    if getattr(args, "channel", None):
+        given["channels"] = parse_channels(args.channel)
+    if getattr(args, "rgb", None):
+        given["rgb"] = args.rgb
+    return given
+
+
+def config_from(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
+    """The recommended settings for the chosen device, with the options the user gave.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The command's options; those left out keep the recommended value.
+    **fixed
+        Settings the command fixes (a resumed model's size, the demo's rounds); an option the
+        user gave wins over them.
+
+    Returns
+    -------
+    TrainConfig
+    """
+    from ..config import ExchangeSettings, TrainConfig
+
+    given: dict[str, Any] = {
+        field: getattr(args, opt)
+        for opt, field in _OPTIONS.items()
+        if getattr(args, opt, None) is not None
+    }
+    if getattr(args, "exchange", None) is not None:
+        given["exchange"] = ExchangeSettings(rule=args.exchange)
+    return TrainConfig.recommended(args.device, **{**fixed, **given, **_input_options(args)})

@@ -1,0 +1,221 @@
+"""The options of the ``napari-mutualseg`` command and its subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from .labels import cmd_evaluate, cmd_supervise
+from .predict import cmd_predict
+from .train import cmd_demo, cmd_train
+
+if TYPE_CHECKING:
+    from ..ome import PixelSize
+
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _pixel_size_option(text: str) -> PixelSize:
+    from ..ome import PixelSize
+
+    try:
+        return PixelSize.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """Training options; left out, each takes the value recommended for the device."""
+    from ..config import EXCHANGE_RULES
+
+    p.add_argument("--rounds", type=int, help="maximum rounds")
+    p.add_argument("--steps", type=int, help="steps per round per network")
+    p.add_argument("--width", type=int, help="U-Net channels at the first level")
+    p.add_argument("--depth", type=int, help="U-Net levels")
+    p.add_argument("--batch-size", type=int, help="crops per training step")
+    p.add_argument("--patch-size", type=int, help="training crop edge in pixels")
+    p.add_argument("--lr", type=float, help="learning rate of round 1")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--exchange", choices=EXCHANGE_RULES, help="exchange rule")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, mps"
+    )
+
+
+def _add_image_options(p: argparse.ArgumentParser, channels: bool = True) -> None:
+    """How images are read: their axes and, for the networks, channels and RGB."""
+    from ..images import RGB_MODES
+
+    p.add_argument(
+        "--axes",
+        help="what each axis of the images is, when the files do not say: letters from TCZYX "
+        "in the stored order, e.g. CYX (channels), ZYX (z-stack), TYX (time series), TZCYX",
+    )
+    if not channels:
+        return
+    p.add_argument(
+        "--channel",
+        action="append",
+        metavar="C",
+        help="channel(s) the networks take, by index or name; repeat or comma-separate for "
+        "several (default: every channel when training, the model's channels when predicting)",
+    )
+    p.add_argument(
+        "--rgb",
+        choices=RGB_MODES,
+        help="RGB images as three colour channels or one gray channel (default: channels when "
+        "training, the model's choice when predicting)",
+    )
+
+
+def _add_supervise(sub: Subparsers) -> None:
+    p = sub.add_parser("supervise", help="boxes -> ellipse supervision (class map TIFF)")
+    p.add_argument("image")
+    p.add_argument("--boxes", required=True, help="box CSV (napari Shapes CSV or y0,x0,y1,x1)")
+    p.add_argument("--out", required=True, help="class map TIFF to write")
+    p.add_argument("--instances-out", help="also write the per-box instance map here")
+    p.add_argument("--edge-width", type=int, default=1, help="boundary thickness in pixels")
+    _add_image_options(p, channels=False)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_supervise)
+
+
+def _add_train(sub: Subparsers) -> None:
+    p = sub.add_parser("train", help="train the pair of networks from boxes")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument(
+        "--boxes",
+        nargs="+",
+        required=True,
+        metavar="CSV",
+        help="one CSV per image, or one CSV with an 'image' column",
+    )
+    p.add_argument("--out", required=True, help="model file to write (.pt)")
+    p.add_argument("--labels-out", help="folder for each boxed image's final segmentation")
+    p.add_argument("--resume", help="continue training this saved model")
+    _add_image_options(p)
+    _add_training_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_predict(sub: Subparsers) -> None:
+    from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
+
+    p = sub.add_parser("predict", help="segment new images with a trained model")
+    p.add_argument("model")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched with their subfolders), glob patterns "
+        "('plate1/**/*.tif', quoted) or OME-Zarr stores",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for <name>_cells.tif and <name>_cells.csv per image (the inputs' "
+        "folders are kept below it), summary.csv and run_report.csv",
+    )
+    p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
+    p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
+    _add_image_options(p)
+    p.add_argument(
+        "--no-link",
+        action="store_true",
+        help="z-stacks: keep each plane's labels apart instead of linking them into 3D objects",
+    )
+    p.add_argument(
+        "--track",
+        action="store_true",
+        help="time series: give a cell the same label in every frame (by overlap)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        help="segment block by block, reading and writing one block at a time: memory then "
+        "depends on the block (2048: about 1.2 GB), not on the image (default: whole images "
+        "up to 4096 x 4096, blocks above)",
+    )
+    p.add_argument(
+        "--halo",
+        type=int,
+        help="margin read around each block, wider than a cell (default: from the model)",
+    )
+    p.add_argument(
+        "--out-format",
+        choices=("tif", "zarr"),
+        default="tif",
+        help="labels as TIFF (held in memory, 4 bytes a pixel) or OME-Zarr "
+        "(<name>_cells.ome.zarr, written block by block, with a pyramid)",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=_pixel_size_option,
+        help="pixel size written with the labels, e.g. 0.65 or 0.5,0.65um (default: the "
+        "input file's own)",
+    )
+    p.add_argument(
+        "--disagreement-out",
+        metavar="FOLDER",
+        help="also write where the two networks disagree (TIFF) and the cells to check (CSV); "
+        "whole images only",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="dask workers started on this machine (0: in this process; default: one per "
+        "GPU, else one per two CPU cores, in this process when that is one)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on an existing dask cluster, e.g. tcp://10.0.0.5:8786 (dask scheduler and "
+        "dask worker, or dask-jobqueue); the workers must see the input and output folders",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="segment every image again and replace its outputs (default: images whose "
+        "outputs are complete are skipped)",
+    )
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_evaluate(sub: Subparsers) -> None:
+    p = sub.add_parser("evaluate", help="compare an instance label image with ground truth")
+    p.add_argument("pred")
+    p.add_argument("gt")
+    p.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_demo(sub: Subparsers) -> None:
+    p = sub.add_parser("demo", help="the whole flow on the bundled BBBC039 sample")
+    p.add_argument("--out", default="demo_output", help="folder for overlay, metrics and model")
+    _add_training_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace earlier demo output")
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``napari-mutualseg`` command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Its parsed arguments name the subcommand's function as ``func``, which takes them and
+        returns the exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="napari-mutualseg",
+        description="Cell segmentation from boxes: two networks that teach each other.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_supervise, _add_train, _add_predict, _add_evaluate, _add_demo):
+        add(sub)
+    return parser

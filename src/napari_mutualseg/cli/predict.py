@@ -1,0 +1,85 @@
+"""``predict``: segment many images with a trained model (:mod:`napari_mutualseg.batch`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..batch import BatchOptions
+
+
+def _batch_options(args: argparse.Namespace) -> BatchOptions:
+    from ..batch import BatchOptions
+    from ..images import parse_channels
+
+    return BatchOptions(
+        axes=args.axes,
+        channels=parse_channels(args.channel),
+        rgb=args.rgb,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        min_size=args.min_size,
+        link=not args.no_link,
+        track=args.track,
+        block_size=args.block_size,
+        halo=args.halo,
+        out_format=args.out_format,
+        pixel_size=args.pixel_size,
+        disagreement=bool(args.disagreement_out),
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``predict``: segment every input, report each image and sum up; the exit status.
+
+    The status is 1 when some images failed (``run_report.csv`` says why), else 0.
+    """
+    from tqdm.auto import tqdm
+
+    from ..batch import REPORT_NAME, SUMMARY_NAME, BatchRun
+
+    run = BatchRun(
+        args.model,
+        args.images,
+        args.out,
+        _batch_options(args),
+        overwrite=args.overwrite,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        device=args.device,
+        disagreement_dir=args.disagreement_out,
+    )
+    results = iter(run)
+    with (
+        contextlib.closing(results),
+        tqdm(total=len(run.jobs), desc="images", unit="image", leave=False) as bar,
+    ):
+        for result in results:
+            bar.update()
+            bar.set_postfix(failed=run.counts()["failed"], refresh=False)
+            name = result.job.name
+            if result.status == "failed":
+                bar.write(f"failed: {name}: {result.reason}", file=sys.stderr)
+            elif result.status == "done":
+                bar.write(result.read, file=sys.stderr)
+                shape = " x ".join(map(str, result.shape))
+                notes = f"; {result.reason}" if result.reason else ""
+                bar.write(
+                    f"Wrote {result.job.labels} ({result.cells} cells, {shape}, axes "
+                    f"{result.axes}{notes})"
+                )
+    counts = run.counts()
+    parts = [f"{counts['done']} segmented {run.where}".rstrip()]
+    if counts["skipped"]:
+        parts.append(f"{counts['skipped']} skipped (complete from an earlier run)")
+    if counts["failed"]:
+        parts.append(f"{counts['failed']} failed (reasons in {run.out_dir / REPORT_NAME})")
+    cells = sum(r.cells for r in run.results)
+    print(
+        f"{len(run.jobs)} image{'s' if len(run.jobs) > 1 else ''}: {', '.join(parts)}; "
+        f"{cells} cells. Tables per image beside the labels, {run.out_dir / SUMMARY_NAME}."
+    )
+    return 1 if counts["failed"] else 0

@@ -1,0 +1,101 @@
+"""Ctrl-C and SIGTERM: the command stops with one line that says what was kept.
+
+Outside training a signal stops the command at once (:func:`interrupt`); during training the
+first one lets the trainer end its step and keep the last completed round
+(:func:`stop_gently`). Either way the exit status is 128 plus the signal's number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..training import MutualTrainer
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the command; ``detail`` says what was kept.
+
+    A KeyboardInterrupt, so that no ``except Exception`` in a library turns it into another
+    error.
+    """
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum, detail)
+        self.signum = signum
+        self.detail = detail
+
+
+@contextlib.contextmanager
+def on_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Handle SIGINT and SIGTERM with ``handler`` inside the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def interrupt(signum: int, frame: Any) -> None:
+    """Signal handler that stops the command at once."""
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_gently(trainer: MutualTrainer) -> Iterator[list[int]]:
+    """While training: the first SIGINT or SIGTERM cancels ``trainer``.
+
+    The trainer then stops within a step and keeps the networks of the last completed round;
+    a second signal stops at once.
+
+    Yields
+    ------
+    list of int
+        The signals received so far.
+    """
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            raise Interrupted(signum, "stopped at once on the second signal; nothing saved")
+        received.append(signum)
+        trainer.cancel()
+        print(
+            f"\n{signal.Signals(signum).name}: stopping; the last completed round will be saved "
+            "(a second Ctrl-C or SIGTERM quits without saving)",
+            file=sys.stderr,
+        )
+
+    with on_signals(handler):
+        yield received
+
+
+def report_interrupt(err: KeyboardInterrupt) -> int:
+    """Say on stderr that the command was interrupted and what was kept.
+
+    Parameters
+    ----------
+    err : KeyboardInterrupt
+        A plain Ctrl-C, or an :class:`Interrupted` that names its signal and what was kept.
+
+    Returns
+    -------
+    int
+        The exit status, 128 plus the signal's number.
+    """
+    signum = getattr(err, "signum", signal.SIGINT)
+    detail = getattr(err, "detail", "") or (
+        "every file reported as written is complete; nothing else was written"
+    )
+    # on a line of its own: the signal may have cut a progress bar (or ^C) short
+    print(f"\ninterrupted ({signal.Signals(signum).name}): {detail}.", file=sys.stderr)
+    return 128 + signum

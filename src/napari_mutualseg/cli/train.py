@@ -1,0 +1,207 @@
+"""``train`` and ``demo``: the pair of networks trained from boxes, round by round."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..io import check_writable
+from .errors import CommandFailed
+from .inputs import boxes_for, config_from, supervision
+from .labels import format_metrics
+from .outputs import Outputs, write_overlay
+from .signals import Interrupted, stop_gently
+
+if TYPE_CHECKING:
+    from ..images import AxisImage
+    from ..models import ModelPair
+    from ..training import MutualTrainer, RoundReport
+    from .inputs import PlaneBoxes
+
+
+def run_rounds(
+    trainer: MutualTrainer, on_round: Callable[[RoundReport], None] | None = None
+) -> RoundReport | None:
+    """Run the engine with a step progress bar, calling ``on_round`` after each round.
+
+    Returns
+    -------
+    RoundReport or None
+        The report of the last round, None if none finished.
+    """
+    from tqdm.auto import tqdm
+
+    print(f"Training on {trainer.device_name}", file=sys.stderr)
+    report = None
+    with tqdm(total=trainer.total_steps, unit="step", desc="training", leave=False) as bar:
+        for report in trainer:
+            bar.update(trainer.step - bar.n)
+            if on_round is not None:
+                bar.clear()
+                on_round(report)
+        bar.update(trainer.step - bar.n)
+    return report
+
+
+def _resumed(args: argparse.Namespace) -> tuple[ModelPair | None, dict[str, Any]]:
+    """The pair ``--resume`` names (or None) and the network size it fixes."""
+    if not args.resume:
+        return None, {}
+    from ..models import ModelPair
+
+    pair = ModelPair.load(args.resume, device=args.device)
+    arch = pair.model_a.arch
+    for option in ("width", "depth"):
+        given = getattr(args, option)
+        if given is not None and given != arch[option]:
+            raise ValueError(
+                f"--{option} {given} does not match the model to resume ({option} "
+                f"{arch[option]}): a resumed model keeps its networks. Leave --{option} out."
+            )
+    # resumed networks keep their size and input channels unless the command says otherwise
+    kept = {k: pair.settings[k] for k in ("channels", "rgb") if k in pair.settings}
+    return pair, {"width": arch["width"], "depth": arch["depth"], **kept}
+
+
+def _label_paths(
+    args: argparse.Namespace, loaded: list[tuple[AxisImage, list[PlaneBoxes]]]
+) -> list[Path]:
+    """Where --labels-out puts each boxed plane's segmentation (checked); none without it."""
+    from ..io import output_paths
+
+    if not args.labels_out:
+        return []
+    sources, parts = [], []
+    for path, (image, planes) in zip(args.images, loaded, strict=True):
+        for j, plane in enumerate(planes):
+            if plane is not None:
+                sources.append(path)
+                parts.append(image.plane_name(j))
+    paths = output_paths(sources, args.labels_out, parts=parts)
+    for path in paths:
+        check_writable(path, args.overwrite)
+    return paths
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``train``: train the pair on boxed images and save it; the exit status.
+
+    The first Ctrl-C or SIGTERM saves the networks of the last completed round.
+    """
+    from ..training import MutualTrainer
+
+    pair, fixed = _resumed(args)
+    config = config_from(args, **fixed)
+    out = check_writable(args.out, args.overwrite)
+    loaded = boxes_for(args.images, args.boxes, args)
+    label_paths = _label_paths(args, loaded)
+    # one supervision per plane; planes without boxes are left out of training
+    sups = [
+        None if p is None else supervision(p[0], image, p[1])
+        for image, planes in loaded
+        for p in planes
+    ]
+    trainer = MutualTrainer([image for image, _ in loaded], sups, config, pair=pair)
+    check_writable(out, args.overwrite, size=trainer.pair.file_size)
+
+    def show(r: RoundReport) -> None:
+        print(
+            f"round {r.round}/{r.rounds}  loss A {r.loss_a:.4f}  B {r.loss_b:.4f}  "
+            f"labels changed {100 * r.changed:.2f}%  {r.seconds:.1f} s"
+        )
+
+    outputs = Outputs(args.overwrite)
+    with stop_gently(trainer) as stopped:
+        report = run_rounds(trainer, show)
+        if report is None:
+            detail = "before the first round finished; nothing was saved"
+            if stopped:
+                raise Interrupted(stopped[0], detail)
+            raise CommandFailed(f"Training stopped {detail}.")
+        saved = outputs.pair(trainer.pair, out)
+        done = f"round {report.round}" if stopped else "the trained pair"
+        print(f"Saved {done} to {saved}")
+        labels = zip(label_paths, report.instances, strict=True) if label_paths else ()
+        for path, inst in labels:
+            written = outputs.labels(path, inst)
+            print(f"Wrote {written} ({int(inst.max())} cells)")
+    if stopped:
+        raise Interrupted(stopped[0], f"the networks of round {report.round} are in {saved}")
+    return outputs.status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``demo``: the whole flow on the bundled sample, scored each round; the exit status."""
+    from ..io import write_text
+    from ..metrics import evaluate
+    from ..sample import load_sample
+    from ..supervision import boxes_from_shapes, make_supervision
+    from ..training import MutualTrainer
+
+    out = Path(args.out)
+    overlay_path, metrics_path, model_path = (
+        out / "overlay.png",
+        out / "metrics.json",
+        out / "model.pt",
+    )
+    for p in (overlay_path, metrics_path, model_path):
+        check_writable(p, args.overwrite)
+    start = time.perf_counter()
+    sample = load_sample()
+    boxes = boxes_from_shapes(sample.boxes)
+    sup = make_supervision(sample.image.shape, boxes)
+    print(
+        f"Sample: {sample.name}, {sample.image.shape[1]}x{sample.image.shape[0]} px, "
+        f"{len(boxes)} boxes"
+    )
+    baseline = evaluate(sup.instances, sample.ground_truth)
+    print(f"ellipse label        {format_metrics(baseline)}")
+    config = config_from(args, rounds=4)
+    trainer = MutualTrainer(sample.image, sup, config)
+    check_writable(model_path, args.overwrite, size=trainer.pair.file_size)
+    rounds = []
+
+    def show(r: RoundReport) -> None:
+        m = evaluate(r.instances[0], sample.ground_truth)
+        rounds.append({"round": r.round, "seconds": r.seconds, "changed": r.changed, **m})
+        print(
+            f"round {r.round}/{r.rounds}  F1@0.5 {m['f1_50']:.3f}  mAP {m['map']:.3f}  "
+            f"AJI {m['aji']:.3f}  (loss A {r.loss_a:.3f} B {r.loss_b:.3f}, "
+            f"labels changed {100 * r.changed:.1f}%, {r.seconds:.1f} s)"
+        )
+
+    report = run_rounds(trainer, on_round=show)
+    if report is None:
+        raise CommandFailed("Training was stopped before the first round finished.")
+    outputs = Outputs(args.overwrite)
+    draw = partial(
+        write_overlay, image=sample.image, pred=report.instances[0], gt=sample.ground_truth
+    )
+    overlay = outputs.write(draw, overlay_path)
+    model = outputs.pair(trainer.pair, model_path)
+    total = time.perf_counter() - start
+    summary = {
+        "sample": sample.name,
+        "device": trainer.device_name,
+        "package_version": __version__,
+        "settings": config.to_dict(),
+        "ellipse_label": baseline,
+        "rounds": rounds,
+        "final": rounds[-1],
+        "seconds_total": total,
+    }
+    metrics = outputs.write(partial(write_text, text=json.dumps(summary, indent=2)), metrics_path)
+    final = rounds[-1]
+    print(
+        f"Final: F1@0.5 {final['f1_50']:.3f}, mAP {final['map']:.3f} after {len(rounds)} rounds "
+        f"in {total:.0f} s on {trainer.device_name}"
+    )
+    print(f"Wrote {overlay}, {metrics} and {model}")
+    return outputs.status

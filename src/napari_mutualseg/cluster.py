@@ -1,0 +1,193 @@
+"""The dask side of a batch run: a cluster to run on, the model on every worker, one task
+per image.
+
+:func:`dask_client` starts a LocalCluster for the run or connects to an existing scheduler;
+:func:`submit_jobs` sends the model file to each worker once, as a worker plugin that loads it
+there (checked as :meth:`ModelPair.load` checks it), and then one task per image, which
+carries only file names. Workers must see the input and output folders under the same paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from .image_task import process_image
+from .jobs import BatchOptions, ImageJob, ImageResult
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+    from .models import ModelPair
+
+__all__ = ["dask_client", "default_workers", "submit_jobs"]
+
+_PLUGIN = "napari-mutualseg-model"
+
+
+class _ModelPlugin(WorkerPlugin):
+    """Loads the model once on every worker (also on workers that join later).
+
+    Carries the model file's bytes, so that workers need not see the file; on a worker with
+    GPUs, each worker of a host takes its own GPU, and CPU workers share the host's cores.
+    """
+
+    name = _PLUGIN
+
+    def __init__(self, model: bytes, device: str, ranks: dict[str, tuple[int, int]]) -> None:
+        self.model = model
+        self.device = device
+        self.ranks = ranks  # worker address -> (index on its host, task threads on its host)
+        self.pair: ModelPair | None = None
+        self.threads: int | None = None  # torch CPU threads per task
+
+    def setup(self, worker: Any) -> None:
+        import torch
+
+        from .models import ModelPair
+
+        rank, host_threads = self.ranks.get(worker.address, (0, worker.state.nthreads))
+        device = self.device
+        self.threads = None
+        if device == "auto" and torch.cuda.is_available():
+            device = f"cuda:{rank % torch.cuda.device_count()}"
+        elif device in ("auto", "cpu"):
+            self.threads = max(1, (os.cpu_count() or 1) // max(1, host_threads))
+        with tempfile.TemporaryDirectory(dir=worker.local_directory) as folder:
+            path = Path(folder) / "model.pt"
+            path.write_bytes(self.model)
+            self.pair = ModelPair.load(path, device=device)
+
+    def teardown(self, worker: Any) -> None:
+        self.pair = None
+
+
+def _on_worker(job: ImageJob, options: BatchOptions, overwrite: bool) -> ImageResult:
+    from distributed import get_worker
+
+    worker = get_worker()
+    plugin = worker.plugins[_PLUGIN]
+    if plugin.threads is not None:
+        import torch
+
+        # Per calling thread (OpenMP), and dask starts workers with OMP_NUM_THREADS=1: set
+        # in the thread that runs the task, the cores of the host shared among its workers.
+        torch.set_num_threads(plugin.threads)
+    result = process_image(plugin.pair, job, options, overwrite=overwrite)
+    result.worker = worker.address
+    return result
+
+
+def _ranks(client: Any) -> dict[str, tuple[int, int]]:
+    """Each worker's index among the workers of its host, and the task threads of that host."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    by_host: dict[str, list[str]] = {}
+    for address, info in sorted(workers.items()):
+        by_host.setdefault(info["host"], []).append(address)
+    ranks = {}
+    for addresses in by_host.values():
+        threads = sum(workers[a]["nthreads"] for a in addresses)
+        ranks.update({a: (i, threads) for i, a in enumerate(addresses)})
+    return ranks
+
+
+def default_workers() -> int:
+    """Local workers for a run: one per GPU; on CPUs one per two cores (at least one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, str]]:
+    """A dask client for a run, closed (with the cluster it started) when the block ends.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of an existing scheduler (``tcp://host:8786``). Without it a LocalCluster is
+        started: ``workers`` processes of one thread each.
+    workers : int
+        Worker processes of the LocalCluster.
+
+    Yields
+    ------
+    tuple of (distributed.Client, str)
+        The client, and where the tasks run, in words (``"on 4 local dask workers"``).
+    """
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    cluster = None
+    if scheduler is not None:
+        client = Client(scheduler, timeout="30s")
+        where = f"on the dask cluster at {scheduler}"
+    else:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+        where = f"on {workers} local dask worker{'s' if workers > 1 else ''}"
+    try:
+        yield client, where
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def submit_jobs(
+    client: Client,
+    jobs: Sequence[ImageJob],
+    options: BatchOptions,
+    *,
+    overwrite: bool,
+    model: bytes,
+    device: str,
+) -> list[Future]:
+    """Load the model on every worker, then start one task per image.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster to run on; it must get a worker within two minutes.
+    jobs : sequence of ImageJob
+        The images.
+    options : BatchOptions
+        How to read and segment them.
+    overwrite : bool
+        Replace existing outputs.
+    model : bytes
+        The model file's content.
+    device : str
+        ``"auto"`` (each worker of a host its own GPU, else CPU workers sharing the cores),
+        or e.g. ``"cpu"``.
+
+    Returns
+    -------
+    list of distributed.Future
+        One per job, in order; each gives the image's :class:`ImageResult`.
+    """
+    client.wait_for_workers(1, timeout=120)
+    client.register_plugin(_ModelPlugin(model, device, _ranks(client)))
+    return client.map(
+        _on_worker,
+        jobs,
+        options=options,
+        overwrite=overwrite,
+        pure=False,
+        key=[f"segment-{i}-{j.name}" for i, j in enumerate(jobs)],
+    )

@@ -1,0 +1,243 @@
+"""One image of a batch run: read, segment, write the labels, measure, write the table.
+
+:func:`process_image` never raises for a problem with the image: the failure is its result,
+so that a run goes on with the other images. The table is written last and so marks an image
+complete; :func:`read_labels` and :func:`read_table` read back what an earlier run wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .io import write_labels, write_table
+from .jobs import BatchOptions, ImageJob, ImageResult
+from .measure import Table, measure_cells, summarize
+
+if TYPE_CHECKING:
+    from .images import AxisImage
+    from .models import ModelPair
+    from .ome import PixelSize
+
+__all__ = ["error_reason", "measure_image", "process_image", "read_labels", "read_table"]
+
+
+def read_table(path: str | os.PathLike) -> Table:
+    """A table of numbers written by :func:`napari_mutualseg.io.write_table`."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError(f"{path} is empty; it is not a cell table.")
+    header, body = rows[0], rows[1:]
+    if any(len(row) != len(header) for row in body):
+        raise ValueError(f"{path} has rows of another length than its header.")
+    return {name: _numbers([r[i] for r in body]) for i, name in enumerate(header)}
+
+
+def _numbers(texts: list[str]) -> np.ndarray:
+    """A column of a table: int64 when every value is a whole number as written, else float."""
+    try:
+        return np.asarray([int(t) for t in texts], np.int64)
+    except ValueError:
+        return np.asarray(texts, np.float64)
+
+
+def measure_image(labels: np.ndarray, image: AxisImage, pixel_size: PixelSize | None) -> Table:
+    """Measure the cells of ``labels`` (``image.label_axes``) in every channel of ``image``.
+
+    A time series is measured frame by frame, with the frame in a first column ``t``.
+    """
+    data = image.data
+    names = image.channel_names
+    if "C" in image.axes and names is None:
+        names = tuple("RGBA"[: image.n_channels]) if image.rgb else None
+    axes = image.label_axes
+    spacing = None
+    unit = "um"
+    if pixel_size is not None:
+        spacing = [pixel_size.y, pixel_size.x]
+        if "Z" in axes:
+            spacing = [image.pixel_size["Z"], *spacing] if "Z" in image.pixel_size else None
+        unit = pixel_size.symbol
+    frames = range(labels.shape[0]) if "T" in axes else [None]
+    tables = []
+    for t in frames:
+        frame_labels = labels if t is None else labels[t]
+        frame = np.asarray(data if t is None else data[t])
+        table = measure_cells(
+            np.asarray(frame_labels), frame, channel_names=names, pixel_size=spacing, unit=unit
+        )
+        if t is not None:
+            table = {"t": np.full(len(table["label"]), t, np.int64), **table}
+        tables.append(table)
+    if len(tables) == 1:
+        return tables[0]
+    return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+
+
+def _peak_memory() -> int | None:
+    """Peak resident memory of this process in bytes (Linux: VmHWM, which, unlike
+    ``ru_maxrss``, does not carry over the parent's peak into a spawned worker)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def error_reason(err: BaseException) -> str:
+    """The first line of ``err``'s message, for a report; the exception's name is added
+    unless it is a ValueError or OSError, whose messages say themselves what went wrong."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, (ValueError, OSError)) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """The labels a run wrote: a TIFF, or level 0 of an OME-Zarr store."""
+    path = Path(path)
+    if path.suffix == ".zarr":
+        import zarr
+
+        return np.asarray(zarr.open_group(str(path), mode="r")["0"])
+    from .io import read_image
+
+    return np.asarray(read_image(path))
+
+
+def _segment(
+    pair: ModelPair, image: AxisImage, job: ImageJob, options: BatchOptions, pixel_size, overwrite
+) -> tuple[np.ndarray, list[str]]:
+    """Segment one image and write its labels (and disagreement map); the labels."""
+    notes: list[str] = []
+    common = {
+        "channels": options.channels,
+        "rgb": options.rgb,
+        "tile_size": options.tile_size,
+        "overlap": options.overlap,
+        "min_size": options.min_size,
+        "name": job.name,
+    }
+    if job.disagreement is not None:
+        if image.n_planes > 1:
+            raise ValueError(
+                f"{image.n_planes} planes: disagreement maps take single-plane images."
+            )
+        result = pair.predict(image, **common)
+        labels = result.labels
+    else:
+        blocks = options.block_size is not None or options.out_format == "zarr"
+        more = {"halo": options.halo}
+        if blocks:
+            from .blockwise import DEFAULT_BLOCK_SIZE
+
+            if image.n_planes != 1:
+                raise ValueError(
+                    f"{image.n_planes} planes: block by block takes one 2D image per file; "
+                    "leave out the block size and the zarr format for stacks."
+                )
+            more.update(blockwise=True, block_size=options.block_size or DEFAULT_BLOCK_SIZE)
+        else:
+            more.update(link=options.link, track=options.track)
+        if options.out_format == "zarr":
+            from .ome import labels_zarr
+
+            with labels_zarr(
+                job.labels, image.plane_shape, pixel_size=pixel_size, overwrite=overwrite
+            ) as out:
+                pair.segment(image, out=out, **common, **more)
+            return read_labels(job.labels), notes
+        labels = pair.segment(image, **common, **more)
+    write_labels(job.labels, labels, overwrite=overwrite, pixel_size=pixel_size)
+    if job.disagreement is not None:
+        from .disagreement import spot_table
+
+        tif, table = job.disagreement
+        quantised = np.round(result.disagreement.astype(np.float32) * 255).astype(np.uint8)
+        write_labels(tif, quantised, overwrite=overwrite)
+        write_table(table, spot_table(result.spots), overwrite=overwrite)
+        notes.append(f"{len(result.spots)} cells and regions to check")
+    return labels, notes
+
+
+def process_image(
+    pair: ModelPair, job: ImageJob, options: BatchOptions, *, overwrite: bool = False
+) -> ImageResult:
+    """Segment, write, measure one image; never raises for a problem with the image.
+
+    Labels that an earlier, interrupted run wrote (without ``overwrite``) are measured, not
+    segmented again.
+
+    Parameters
+    ----------
+    pair : ModelPair
+        The trained networks.
+    job : ImageJob
+        The image and its outputs.
+    options : BatchOptions
+        How to read and segment it.
+    overwrite : bool
+        Replace existing outputs.
+
+    Returns
+    -------
+    ImageResult
+        ``status`` ``"done"``, or ``"failed"`` with the reason.
+    """
+    from .images import AxisImage
+    from .ome import PixelSize
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            image = AxisImage.from_file(job.source, axes=options.axes)
+            pixel_size = options.pixel_size or PixelSize.of(image)
+            if job.labels.exists() and not overwrite:
+                labels, notes = read_labels(job.labels), ["labels kept from an earlier run"]
+            elif job.table.exists() and not overwrite:
+                raise FileExistsError(
+                    f"{job.table} exists without the labels {job.labels.name}; move it away, "
+                    "or segment again with --overwrite."
+                )
+            else:
+                labels, notes = _segment(pair, image, job, options, pixel_size, overwrite)
+            table = measure_image(labels, image, pixel_size)
+            write_table(job.table, table, overwrite=overwrite)  # last: marks the image complete
+        except Exception as err:
+            return ImageResult(
+                job,
+                "failed",
+                seconds=time.perf_counter() - t0,
+                reason=error_reason(err),
+                peak_memory=_peak_memory(),
+            )
+    notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    return ImageResult(
+        job,
+        "done",
+        cells=len(table["label"]),
+        seconds=time.perf_counter() - t0,
+        reason="; ".join(notes),
+        summary=summarize(job.name, table),
+        peak_memory=_peak_memory(),
+        shape=tuple(labels.shape),
+        axes=image.label_axes,
+        read=image.describe() + (f" ({'; '.join(image.notes)})" if image.notes else ""),
+    )

@@ -1,0 +1,293 @@
+"""The jobs of a batch run: which images the inputs name, where each one's results go, how
+they are segmented, and what happened to each.
+
+:func:`find_images` turns files, folders (searched with their subfolders), glob patterns and
+OME-Zarr stores into a list of images, leaving out the results of earlier runs;
+:func:`plan_jobs` gives each image its outputs, which keep the images' folders below the
+output folder, so that same-named files in different folders never collide.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, check_tiling
+from .io import BIOIO_SUFFIXES, IMAGE_SUFFIXES, output_paths
+from .readers import is_zarr
+
+if TYPE_CHECKING:
+    from .ome import PixelSize
+
+__all__ = [
+    "FOLDER_SUFFIXES",
+    "OUTPUT_SUFFIXES",
+    "BatchOptions",
+    "ImageJob",
+    "ImageResult",
+    "Status",
+    "find_images",
+    "plan_jobs",
+]
+
+#: Image files a folder is searched for (besides OME-Zarr stores); bioio formats included.
+FOLDER_SUFFIXES = (*IMAGE_SUFFIXES, *BIOIO_SUFFIXES)
+#: How results are named; a search of a folder leaves them out.
+OUTPUT_SUFFIXES = ("_cells.tif", "_cells.ome.zarr", "_disagreement.tif")
+
+Status = Literal["done", "skipped", "failed", "not done"]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How every image of a run is read and segmented (see :meth:`ModelPair.segment`).
+
+    Attributes
+    ----------
+    axes : str, optional
+        Axes of files that do not record them (e.g. ``"ZYX"``).
+    channels : tuple, optional
+        The channels the networks take (default: as trained).
+    rgb : {"channels", "gray"}, optional
+        How RGB pictures are taken (default: as trained).
+    tile_size, overlap : int
+        Sliding-window tile edge and overlap in pixels.
+    min_size : int, optional
+        Drop smaller objects (pixels; default: the training setting).
+    link, track : bool
+        Link z-planes into 3D cells; keep labels through time.
+    block_size, halo : int, optional
+        Segment block by block with this block edge (default: only images above 4096 x 4096).
+    out_format : {"tif", "zarr"}
+        Labels as TIFF or as OME-Zarr written block by block (2D images).
+    pixel_size : PixelSize, optional
+        Written with the labels and used for the measurements (default: each file's own).
+    disagreement : bool
+        Also write where the two networks disagree (``_disagreement.tif``, uint8, 255 =
+        opposite) and the cells to check (``_disagreement.csv``); single-plane images only.
+    """
+
+    axes: str | None = None
+    channels: tuple[int | str, ...] | None = None
+    rgb: str | None = None
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    min_size: int | None = None
+    link: bool = True
+    track: bool = False
+    block_size: int | None = None
+    halo: int | None = None
+    out_format: Literal["tif", "zarr"] = "tif"
+    pixel_size: PixelSize | None = None
+    disagreement: bool = False
+
+    def __post_init__(self) -> None:
+        check_tiling(self.tile_size, self.overlap)
+        if self.min_size is not None and self.min_size < 0:
+            raise ValueError(
+                f"min_size (--min-size) must be 0 or more pixels, got {self.min_size}."
+            )
+        if self.out_format not in ("tif", "zarr"):
+            raise ValueError(f"out_format must be 'tif' or 'zarr', got {self.out_format!r}.")
+        if self.disagreement and (self.block_size is not None or self.out_format == "zarr"):
+            raise ValueError(
+                "Disagreement maps need whole images: leave out the block size and the zarr "
+                "output format."
+            )
+
+    @property
+    def label_suffix(self) -> str:
+        return "_cells.ome.zarr" if self.out_format == "zarr" else "_cells.tif"
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One input image and where its results go."""
+
+    source: Path
+    labels: Path
+    table: Path
+    disagreement: tuple[Path, Path] | None = None
+    #: How the image is called in reports: its path below the inputs' common folder.
+    name: str = ""
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.labels, *(self.disagreement or ()), self.table)
+
+    def complete(self) -> bool:
+        """Every output is there (each is written whole or not at all, the table last)."""
+        return all(p.exists() for p in self.outputs)
+
+
+@dataclass
+class ImageResult:
+    """What happened to one image.
+
+    Attributes
+    ----------
+    job : ImageJob
+        The image and its outputs.
+    status : {"done", "skipped", "failed", "not done"}
+        Segmented now; complete from an earlier run; failed (see ``reason``); not reached
+        because the run was stopped.
+    cells : int
+        Cells found (0 unless done or skipped).
+    seconds : float
+        Time spent on the image.
+    reason : str
+        Why it failed, or notes (a cut-off cell, labels kept from an earlier run).
+    summary : dict, optional
+        The image's row of ``summary.csv``.
+    peak_memory : int, optional
+        Peak resident memory of the process that did the image, in bytes.
+    worker : str
+        Where it ran (``"local"`` or a dask worker's address).
+    shape : tuple of int
+        Shape of the labels written.
+    axes : str
+        Axes of the labels written (the image's, less C).
+    read : str
+        What was read: size, channels, axes, pixel size and where the axes came from.
+    """
+
+    job: ImageJob
+    status: Status
+    cells: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+    summary: dict[str, Any] | None = None
+    peak_memory: int | None = None
+    worker: str = "local"
+    shape: tuple[int, ...] = ()
+    axes: str = ""
+    read: str = ""
+
+    def report_row(self) -> dict[str, Any]:
+        return {
+            "image": self.job.name,
+            "status": self.status,
+            "cells": self.cells,
+            "seconds": round(self.seconds, 3),
+            "labels": str(self.job.labels),
+            "table": str(self.job.table),
+            "reason": self.reason,
+        }
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files and OME-Zarr stores in ``folder`` and its subfolders, sorted; hidden
+    entries (temporary files among them) are left out."""
+    found: list[Path] = []
+    for here, dirs, files in os.walk(folder):
+        base = Path(here)
+        visible = [d for d in sorted(dirs) if not d.startswith(".")]
+        found += [base / d for d in visible if is_zarr(base / d)]
+        dirs[:] = [d for d in visible if not is_zarr(base / d)]
+        found += [
+            base / name
+            for name in files
+            if not name.startswith(".") and name.lower().endswith(FOLDER_SUFFIXES)
+        ]
+    return sorted(found)
+
+
+def _an_output(path: Path, out_dir: Path | None) -> bool:
+    """A result of an earlier run (in the output folder, named as results are)."""
+    return (
+        out_dir is not None
+        and path.name.endswith(OUTPUT_SUFFIXES)
+        and out_dir in path.resolve().parents
+    )
+
+
+def find_images(
+    inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None
+) -> list[Path]:
+    """The image files that inputs name: files, folders (searched with their subfolders)
+    and glob patterns (``plate1/**/*.tif``), each image once, in the order given.
+
+    Parameters
+    ----------
+    inputs : sequence of str or path-like
+        What to segment.
+    out_dir : str or path-like, optional
+        The output folder: the results in it are not taken for inputs when a folder or a
+        pattern is searched (it may be, or lie inside, an input folder).
+
+    Returns
+    -------
+    list of pathlib.Path
+
+    Raises
+    ------
+    FileNotFoundError
+        When an input names nothing.
+    ValueError
+        When the inputs hold no image at all.
+    """
+    results = Path(out_dir).resolve() if out_dir is not None else None
+    found: list[Path] = []
+    for given in inputs:
+        text = os.fspath(given)
+        if glob.has_magic(text):
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+            if not matches:
+                raise FileNotFoundError(f"Nothing matches {text}: no file or folder found.")
+        else:
+            path = Path(text)
+            if not path.exists():
+                raise FileNotFoundError(f"{text} not found: no such file or folder.")
+            if not path.is_dir() or is_zarr(path):
+                found.append(path)  # named by the user: taken as it is
+                continue
+            matches = [path]
+        for path in matches:
+            searched = _images_in(path) if path.is_dir() and not is_zarr(path) else [path]
+            found += [p for p in searched if not _an_output(p, results)]
+    seen: set[str] = set()
+    unique = []
+    for path in found:  # a folder and a pattern may name the same file
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            unique.append(path)
+    if not unique:
+        raise ValueError(
+            f"No images in {', '.join(map(os.fspath, inputs))}: give image files, folders "
+            f"holding {', '.join(sorted({s.lstrip('.') for s in FOLDER_SUFFIXES}))} files or "
+            "OME-Zarr stores, or patterns such as 'plate1/*.tif'."
+        )
+    return unique
+
+
+def plan_jobs(
+    images: Sequence[Path],
+    out_dir: str | os.PathLike,
+    options: BatchOptions,
+    disagreement_dir: str | os.PathLike | None = None,
+) -> list[ImageJob]:
+    """One job per image: outputs keep the images' folders below ``out_dir``
+    (:func:`napari_mutualseg.io.output_paths`), so they never collide."""
+    labels = output_paths(images, out_dir, suffix=options.label_suffix)
+    tables = output_paths(images, out_dir, suffix="_cells.csv")
+    maps: list[Any] = [None] * len(images)
+    if options.disagreement:
+        folder = out_dir if disagreement_dir is None else disagreement_dir
+        tifs = output_paths(images, folder, suffix="_disagreement.tif")
+        csvs = output_paths(images, folder, suffix="_disagreement.csv")
+        maps = list(zip(tifs, csvs, strict=True))
+    common = os.path.commonpath([os.path.abspath(p.parent) for p in images])
+    return [
+        ImageJob(
+            Path(source),
+            label,
+            table,
+            pair,
+            os.path.relpath(os.path.abspath(source), common),
+        )
+        for source, label, table, pair in zip(images, labels, tables, maps, strict=True)
+    ]

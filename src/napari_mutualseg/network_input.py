@@ -1,0 +1,174 @@
+"""From images to the networks' input: the chosen channels, RGB as colours or gray, and the
+normalised 2D planes training takes.
+
+The channels are chosen by index or name (:func:`select_channels`, also
+:meth:`AxisImage.select <napari_mutualseg.images.AxisImage.select>`); the choice and how RGB is
+taken are stored in the model file, so prediction feeds the networks what they were trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from .images import GRAY_WEIGHTS, RGB_MODES, AxisImage, _take, as_images, parse_channels
+from .preprocess import DEFAULT_PERCENTILES, apply_ranges, check_channels
+
+__all__ = ["channel_index", "network_planes", "select_channels"]
+
+
+def select_channels(
+    image: AxisImage, channels: Sequence[int | str] | None = None, rgb: str = "channels"
+) -> AxisImage:
+    """The network input of ``image``; see :meth:`napari_mutualseg.images.AxisImage.select`."""
+    if rgb not in RGB_MODES:
+        raise ValueError(f"rgb must be one of {', '.join(RGB_MODES)}, got {rgb!r}.")
+    channels = parse_channels(channels)
+    if "C" not in image.axes:
+        k = sum(a in image.axes for a in "T")
+        data = image.data[(slice(None),) * k + (None,)]
+        image = replace(image, data=data, axes=image.axes[:k] + "C" + image.axes[k:])
+    if image.rgb and rgb == "gray":
+        if channels is not None:
+            raise ValueError(
+                f"{image.name}: gray conversion makes one channel of the colours; leave the "
+                "channels unset, or keep the colours as channels to pick some."
+            )
+        return _gray(image)
+    return _pick_channels(image, channels)
+
+
+def channel_index(image: AxisImage, channel: int | str) -> int:
+    """Index of one channel given by index or by name (names ignore case)."""
+    n = image.n_channels
+    if isinstance(channel, str) and channel.strip().isdigit():
+        channel = int(channel)
+    if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+        if not 0 <= channel < n:
+            raise ValueError(
+                f"{image.name} has {n} channel(s) (0 to {n - 1}); there is no channel {channel}."
+            )
+        return int(channel)
+    if not image.channel_names:
+        raise ValueError(
+            f"{image.name} does not name its channels, so channel {channel!r} cannot be "
+            f"found: give its index (0 to {n - 1}) instead."
+        )
+    lowered = [c.lower() for c in image.channel_names]
+    if str(channel).lower() not in lowered:
+        raise ValueError(
+            f"{image.name} has no channel {channel!r}; its channels are "
+            f"{', '.join(image.channel_names)} (or give an index 0 to {n - 1})."
+        )
+    return lowered.index(str(channel).lower())
+
+
+def _gray(image: AxisImage) -> AxisImage:
+    """An RGB image's colours as one gray channel (luma, :data:`GRAY_WEIGHTS`), lazily for
+    lazy data."""
+    c = image.axes.index("C")
+    weights = np.asarray(GRAY_WEIGHTS, np.float32).reshape((3,) + (1,) * (image.data.ndim - c - 1))
+    colours = _take(image.data, c, slice(0, 3))
+    gray = (colours * weights).sum(axis=c, keepdims=True).astype(np.float32)
+    note = "RGB converted to one gray channel"
+    return replace(
+        image, data=gray, channel_names=("gray",), rgb=False, notes=(*image.notes, note)
+    )
+
+
+def _pick_channels(image: AxisImage, channels: tuple[int | str, ...] | None) -> AxisImage:
+    """The chosen channels of an image with a C axis, and notes of what was chosen; every
+    channel when none are chosen, except the alpha of an RGBA picture."""
+    notes = list(image.notes)
+    if channels is None:
+        if not (image.rgb and image.n_channels == 4):
+            return image
+        indices = [0, 1, 2]
+        notes.append("RGBA: the alpha channel is left out")
+    else:
+        indices = [channel_index(image, ch) for ch in channels]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"{image.name}: channels {list(channels)} name one channel twice.")
+    if indices == list(range(image.n_channels)):
+        return replace(image, notes=tuple(notes))
+    names = tuple(image.channel_names[i] for i in indices) if image.channel_names else None
+    chosen = ", ".join(names) if names else ", ".join(map(str, indices))
+    if channels is not None:
+        notes.append(f"network input: channel(s) {chosen}")
+    return replace(
+        image,
+        data=_take(image.data, image.axes.index("C"), indices),
+        channel_names=names,
+        notes=tuple(notes),
+    )
+
+
+def network_planes(
+    images: Any,
+    *,
+    channels: Sequence[int | str] | None = None,
+    rgb: str = "channels",
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    keep: Sequence[bool] | None = None,
+    name: str = "images",
+) -> tuple[list[np.ndarray], tuple[str, ...] | None]:
+    """The 2D planes of ``images`` as checked, normalised ``(C, H, W)`` network input.
+
+    Parameters
+    ----------
+    images : array_like, AxisImage or sequence of them
+        One 2D image; a ``(P, H, W)`` array (a stack of P planes); an 8-bit ``(H, W, 3|4)``
+        RGB(A) image; an :class:`AxisImage` (each of its planes); or a list of 2D images,
+        channels-first ``(C, H, W)`` images and :class:`AxisImage` s.
+    channels : sequence of int or str, optional
+        The channels to keep (see :meth:`AxisImage.select`); every channel when left out.
+    rgb : {"channels", "gray"}
+        How RGB images are taken.
+    percentiles : tuple of float
+        Mapped to 0 and 1 in every channel, over all planes of each image
+        (:meth:`AxisImage.channel_ranges`), so a plane of a stack is normalised as it will be
+        when the whole stack is segmented.
+    keep : sequence of bool, optional
+        One flag per plane of all images in order: only those planes are read (every plane
+        when left out).
+    name : str
+        How the images are called in messages.
+
+    Returns
+    -------
+    planes : list of numpy.ndarray
+        ``(C, H, W)`` float32 of the kept planes, every one with the same number of channels.
+    channel_names : tuple of str or None
+        The names of the input channels, when every image names them alike.
+    """
+    items = as_images(images, name)
+    total = sum(image.n_planes for image in items)
+    keep = [True] * total if keep is None else [bool(k) for k in keep]
+    if len(keep) != total:
+        raise ValueError(f"{name} have {total} plane(s) but {len(keep)} were marked to keep.")
+    planes: list[np.ndarray] = []
+    names: set[tuple[str, ...] | None] = set()
+    start = 0
+    for image in items:
+        wanted = [j for j in range(image.n_planes) if keep[start + j]]
+        start += image.n_planes
+        if not wanted:
+            continue
+        chosen = image.select(channels, rgb)
+        names.add(chosen.channel_names)
+        loaded = [
+            check_channels(chosen.plane(j), f"{chosen.name} {chosen.plane_name(j)}".rstrip())
+            for j in wanted
+        ]
+        ranges = chosen.channel_ranges(percentiles)
+        planes += [apply_ranges(plane, ranges) for plane in loaded]
+    counts = sorted({p.shape[0] for p in planes})
+    if len(counts) > 1:
+        raise ValueError(
+            f"The images give different numbers of channels ({', '.join(map(str, counts))}): "
+            "pick the same channels in every image (--channel, or channels= in Python)."
+        )
+    return planes, (names.pop() if len(names) == 1 else None)

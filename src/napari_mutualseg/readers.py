@@ -1,0 +1,470 @@
+"""Reading image files with their axes and metadata.
+
+One reader per kind of file: TIFF (ImageJ and OME metadata) through tifffile, PNG, JPEG and
+other pictures through scikit-image, OME-Zarr through zarr, and CZI, ND2, LIF and more through
+the optional ``bioio`` package. Each gives the stored array, its axes ('?' where the file does
+not say), channel names and pixel size; :func:`read_axis_image` makes an
+:class:`~napari_mutualseg.images.AxisImage` of them, or of the axes the caller gives. Large
+TIFFs and every zarr store are opened lazily, a chunk at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .images import ASK_AXES, AXES, PLANE_AXES, AxisImage, parse_axes, rgb_like
+from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES, format_size
+from .ome import unit_symbol
+
+__all__ = ["LAZY_BYTES", "is_zarr", "read_axis_image", "read_pixels"]
+
+#: Files up to this size are read into memory; larger ones are opened lazily (chunk by chunk).
+LAZY_BYTES = 256 * 2**20
+
+
+def read_axis_image(
+    path: str | os.PathLike, axes: str | None = None, *, lazy: bool | None = None
+) -> AxisImage:
+    """An image file (or OME-Zarr folder) with the meaning of its axes.
+
+    What :meth:`AxisImage.from_file <napari_mutualseg.images.AxisImage.from_file>` does: see
+    there for the formats read and what is taken from their metadata.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file or OME-Zarr folder.
+    axes : str, optional
+        One letter per axis of the stored array (overrides the file's metadata).
+    lazy : bool, optional
+        Open a TIFF lazily (True) or read it whole (False); by default by its size.
+
+    Returns
+    -------
+    AxisImage
+        The pixels, their axes in ``TCZYX`` order without single time points or z positions,
+        and notes of where the axes came from.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no such file.
+    ValueError
+        When the file cannot be read, or its axes are unknown and not given.
+    """
+    path = Path(path)
+    raw = _open(path, lazy)
+    data, letters = raw.data, raw.axes
+    notes = list(raw.notes)
+    if axes is not None:
+        given = parse_axes(axes, None, path.name)
+        if len(given) != data.ndim:
+            data, letters = _drop_single(data, letters, "?")
+        axes = parse_axes(given, data.ndim, path.name)
+        if axes != letters:
+            notes.append(f"axes {axes} as given (the file says {raw.file_axes})")
+        same_c = "C" in axes and "C" in letters and axes.index("C") == letters.index("C")
+        image = AxisImage.from_array(
+            data,
+            axes,
+            channel_names=raw.channel_names if same_c else None,
+            pixel_size=raw.pixel_size,
+            unit=raw.unit,
+            rgb=raw.rgb if axes == letters else None,
+            name=path.name,
+        )
+    else:
+        data, letters = _drop_single(data, letters, "?")
+        if "?" in letters:
+            if not (letters[:-1] == "YX" and rgb_like(data)):
+                raise ValueError(
+                    f"{path.name} holds an array of shape {tuple(data.shape)} whose axes the "
+                    f"file does not say (read as {raw.file_axes!r}): {ASK_AXES}."
+                )
+            letters = letters[:-1] + "C"
+            note = "8-bit pixels with 3 or 4 values last taken as one RGB(A) picture"
+            # stacklevel: the warning points at the caller of AxisImage.from_file
+            warnings.warn(f"{path.name}: {note}", UserWarning, stacklevel=3)
+            notes.append(note)
+            raw = replace(raw, rgb=True)
+        image = AxisImage.from_array(
+            data,
+            letters,
+            channel_names=raw.channel_names,
+            pixel_size=raw.pixel_size,
+            unit=raw.unit,
+            rgb=raw.rgb,
+            name=path.name,
+        )
+    data, letters = _drop_single(image.data, image.axes, PLANE_AXES)
+    return replace(image, data=data, axes=letters, notes=tuple(notes) + image.notes)
+
+
+def read_pixels(path: str | os.PathLike) -> np.ndarray:
+    """The pixels of an image file as stored, loaded (:func:`napari_mutualseg.io.read_image`)."""
+    return np.asarray(_open(Path(path)).data)
+
+
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a zarr store (a folder named ``.zarr`` or holding zarr metadata)."""
+    return path.is_dir() and (
+        path.suffix.lower() == ".zarr"
+        or any((path / f).exists() for f in ("zarr.json", ".zattrs", ".zgroup", ".zarray"))
+    )
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """What a reader found: the stored array, its axes ('?' where unknown) and metadata."""
+
+    data: Any
+    axes: str
+    file_axes: str
+    channel_names: tuple[str, ...] | None = None
+    pixel_size: dict[str, float] = field(default_factory=dict)
+    unit: str | None = None
+    rgb: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def _drop_single(data: Any, axes: str, letters: str) -> tuple[Any, str]:
+    """``data`` and its ``axes`` without the axes of length 1 named by one of ``letters``."""
+    drop = tuple(k for k, a in enumerate(axes) if a in letters and data.shape[k] == 1)
+    if not drop:
+        return data, axes
+    return data.squeeze(axis=drop), "".join(a for k, a in enumerate(axes) if k not in drop)
+
+
+def _open(path: Path, lazy: bool | None = None) -> _Raw:
+    """Read ``path`` with the reader its type needs; the one place that picks a reader."""
+    if not path.exists():
+        raise FileNotFoundError(f"Image file not found: {path}")
+    if is_zarr(path):
+        return _read_zarr(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file.")
+    suffix = path.suffix.lower()
+    if suffix not in TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES:
+        return _read_bioio(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is an empty file (0 bytes), not an image.")
+    if suffix in TIFF_SUFFIXES:
+        _check_tiff_data(path)
+    try:
+        with _quiet("tifffile"):
+            raw = _read_tiff(path, lazy) if suffix in TIFF_SUFFIXES else _read_picture(path)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"Cannot read {path} as an image ({type(err).__name__}: {reason})."
+        ) from err
+    if 0 in raw.data.shape:
+        raise ValueError(f"{path} holds no pixels (shape {tuple(raw.data.shape)}).")
+    return raw
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Hold back a library's log lines (tifffile logs one per damaged strip or tile): the
+    error raised says what is wrong in one line."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _check_tiff_data(path: Path) -> None:
+    """Refuse, before reading, an uncompressed TIFF whose strips hold fewer bytes than its
+    header declares (a damaged header that would have a huge image allocated)."""
+    import tifffile
+
+    try:
+        with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
+            page = tif.series[0].pages[0]
+            shape, dtype = tuple(page.shape), page.dtype
+            stored = sum(page.databytecounts)
+            needed = int(np.prod(shape, dtype=np.float64)) * page.bitspersample // 8
+            raw = page.compression == 1
+    except Exception:
+        return  # unreadable: reading it says why
+    if raw and stored < needed:
+        raise ValueError(
+            f"{path} declares a {'x'.join(map(str, shape))} {dtype} image ({format_size(needed)}) "
+            f"but holds only {format_size(stored)} of pixel data: the file is damaged or "
+            "truncated."
+        )
+
+
+def _unit(text: Any) -> str | None:
+    """A length unit as ``"µm"``; None for none, pixels, or what is not a length."""
+    try:
+        return unit_symbol(text)
+    except ValueError:
+        return None
+
+
+def _tiff_letters(series: Any, rgb: bool) -> str:
+    """tifffile's axis codes as ours: S is the colours of RGB, unknown codes become '?'."""
+    letters = []
+    for code in series.axes:
+        if code == "S":
+            letters.append("C" if rgb else "?")
+        elif code in AXES:
+            letters.append(code)
+        else:
+            letters.append("?")
+    return "".join(letters)
+
+
+def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        page = series.pages[0]
+        rgb = (
+            "S" in series.axes
+            and int(page.photometric) == int(tifffile.PHOTOMETRIC.RGB)
+            and series.dtype == np.uint8
+            and series.shape[series.axes.index("S")] in (3, 4)
+        )
+        letters = _tiff_letters(series, rgb)
+        names, scale, unit, source = None, {}, None, None
+        if tif.is_ome:
+            names, scale, unit = _ome_xml(tif.ome_metadata)
+            source = "OME metadata"
+        elif tif.is_imagej:
+            scale, unit = _imagej_scale(tif.imagej_metadata or {}, page)
+            source = "ImageJ metadata"
+        elif tif.is_shaped and (tif.shaped_metadata or [{}])[0].get("axes"):
+            source = "file's metadata"
+        elif "S" in series.axes and rgb:
+            source = "RGB photometric tag"
+        if not scale:
+            scale, unit = _resolution_scale(page, tifffile) or ({}, unit)
+        big = series.size * series.dtype.itemsize > LAZY_BYTES if lazy is None else lazy
+        if not big:
+            data = series.asarray()
+    if big:
+        data = _lazy_tiff(path)
+    notes = (f"axes {letters} from the {source}",) if source and "?" not in letters else ()
+    return _Raw(data, letters, series.axes, names, scale, unit, rgb, notes)
+
+
+def _lazy_tiff(path: Path) -> Any:
+    """A large TIFF as a dask array read chunk by chunk through tifffile's zarr store."""
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    try:
+        return da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
+    except Exception as err:  # the store needs a zarr that matches tifffile
+        warnings.warn(
+            f"{path.name} is read whole into memory: zarr {zarr.__version__} cannot open it "
+            f"chunk by chunk ({type(err).__name__}: {err}).",
+            UserWarning,
+            stacklevel=3,
+        )
+        return tifffile.imread(path)
+
+
+def _ome_xml(xml: str | None) -> tuple[tuple[str, ...] | None, dict[str, float], str | None]:
+    """Channel names, pixel size and unit from OME-XML."""
+    if not xml:
+        return None, {}, None
+    root = ET.fromstring(xml)
+    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels")), None)
+    if pixels is None:
+        return None, {}, None
+    scale, unit = {}, None
+    for letter in "ZYX":
+        value = pixels.get(f"PhysicalSize{letter}")
+        if value is not None:
+            scale[letter] = float(value)
+            unit = unit or _unit(pixels.get(f"PhysicalSize{letter}Unit", "µm"))
+    channels = [e for e in pixels if e.tag.endswith("}Channel")]
+    names = tuple(e.get("Name", "") for e in channels)
+    return (names if names and all(names) else None), scale, unit
+
+
+def _imagej_scale(meta: Mapping[str, Any], page: Any) -> tuple[dict[str, float], str | None]:
+    """Pixel size from ImageJ's resolution tags, ``unit`` and ``spacing`` (when a unit is set)."""
+    unit = _unit(meta.get("unit"))
+    if not unit or unit == "pixel":
+        return {}, None
+    scale = {}
+    for letter, tag in (("X", "XResolution"), ("Y", "YResolution")):
+        if tag in page.tags:
+            num, den = page.tags[tag].value
+            if num:
+                scale[letter] = den / num
+    if meta.get("spacing"):
+        scale["Z"] = float(meta["spacing"])
+    return scale, unit
+
+
+def _resolution_scale(page: Any, tifffile: Any) -> tuple[dict[str, float], str] | None:
+    """Pixel size from plain TIFF resolution tags in centimetres (inches are left out: 72, 96
+    or 300 dpi are display and print defaults, not optics)."""
+    if page.resolutionunit != tifffile.RESUNIT.CENTIMETER:
+        return None
+    x_res, y_res = page.get_resolution()
+    if not (x_res > 0 and y_res > 0):
+        return None
+    # to the 6 digits a TIFF rational keeps
+    return {"Y": float(f"{1e4 / y_res:.6g}"), "X": float(f"{1e4 / x_res:.6g}")}, "µm"
+
+
+def _read_picture(path: Path) -> _Raw:
+    import skimage.io
+
+    data = np.asarray(skimage.io.imread(path))
+    # A picture's last axis is its colours, and a leading one the frames of an animation.
+    letters = {2: "YX", 3: "YXC", 4: "TYXC"}.get(data.ndim, "?" * data.ndim)
+    rgb = "C" in letters and data.shape[-1] in (3, 4)
+    return _Raw(data, letters, letters, rgb=rgb)
+
+
+def _read_zarr(path: Path) -> _Raw:
+    import dask.array as da
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as err:
+        raise ValueError(f"Cannot read {path} as zarr ({type(err).__name__}: {err}).") from err
+    if not hasattr(node, "attrs") or hasattr(node, "shape"):
+        data = da.from_zarr(node)
+        return _Raw(data, "?" * data.ndim, "?" * data.ndim)
+    attrs = dict(node.attrs)
+    ome = attrs.get("ome", attrs)
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        raise ValueError(
+            f"{path.name} is a zarr group without OME-Zarr 'multiscales' metadata; give the "
+            "path of the array inside it (and --axes)."
+        )
+    ms = multiscales[0]
+    names = [a if isinstance(a, str) else a.get("name", "") for a in ms.get("axes", [])]
+    types = [None if isinstance(a, str) else a.get("type") for a in ms.get("axes", [])]
+    letters = "".join(
+        "C" if t == "channel" else (n.upper() if n.upper() in AXES else "?")
+        for n, t in zip(names, types, strict=True)
+    )
+    dataset = ms["datasets"][0]
+    data = da.from_zarr(node[dataset["path"]])
+    if len(letters) != data.ndim:
+        letters = "?" * data.ndim
+    scale = None
+    for transforms in (
+        dataset.get("coordinateTransformations", []),
+        ms.get("coordinateTransformations", []),
+    ):
+        for t in transforms:
+            if t.get("type") == "scale" and len(t.get("scale", [])) == data.ndim:
+                scale = np.asarray(t["scale"], float) * (1 if scale is None else scale)
+    pixel_size = {}
+    if scale is not None:
+        pixel_size = {a: float(v) for a, v in zip(letters, scale, strict=True) if a in "TZYX"}
+    units = [
+        a.get("unit")
+        for a in ms.get("axes", [])
+        if isinstance(a, dict) and a.get("type") == "space"
+    ]
+    omero = ome.get("omero", attrs.get("omero", {})) or {}
+    labels = tuple(str(c.get("label", "")) for c in omero.get("channels", []))
+    channel_names = labels if labels and all(labels) and "C" in letters else None
+    if channel_names and len(channel_names) != data.shape[letters.index("C")]:
+        channel_names = None
+    levels = len(ms["datasets"])
+    notes = [f"axes {letters} from the OME-Zarr metadata"]
+    if levels > 1:
+        notes.append(f"full resolution, level 0 of {levels}")
+    return _Raw(
+        data,
+        letters,
+        letters,
+        channel_names,
+        pixel_size,
+        _unit(units[0] if units else None),
+        False,
+        tuple(notes),
+    )
+
+
+def _read_bioio(path: Path) -> _Raw:
+    suffix = path.suffix.lower() or "(no suffix)"
+    known = ", ".join((*TIFF_SUFFIXES, *OTHER_IMAGE_SUFFIXES, ".zarr"))
+    try:
+        from bioio import BioImage
+    except ImportError:
+        if suffix in BIOIO_SUFFIXES:
+            raise ValueError(
+                f"Cannot read {path}: {suffix} files are read through bioio, which is not "
+                "installed: pip install 'napari-mutualseg[bioio]'."
+            ) from None
+        raise ValueError(
+            f"Cannot read {path}: unsupported file type {suffix!r}; supported: {known}, and "
+            f"{', '.join(BIOIO_SUFFIXES)} and more with pip install 'napari-mutualseg[bioio]'."
+        ) from None
+    try:
+        image = BioImage(path)
+        order = str(image.dims.order).upper()
+        data = image.dask_data
+        names = tuple(str(n) for n in (image.channel_names or ()))
+        sizes = image.physical_pixel_sizes
+    except Exception as err:
+        raise ValueError(
+            f"Cannot read {path}: unsupported file type {suffix!r}, or its bioio reader (e.g. "
+            f"bioio-czi, bioio-nd2, bioio-lif) is not installed ({type(err).__name__}: {err})."
+        ) from err
+    rgb = False
+    if "S" in order:
+        s = order.index("S")
+        c = order.index("C") if "C" in order else None
+        if c is not None and data.shape[c] != 1:
+            raise ValueError(f"{path.name}: several channels of RGB colours are not supported.")
+        if c is not None:
+            data, order = data.squeeze(axis=c), order[:c] + order[c + 1 :]
+            s = order.index("S")
+        order = order[:s] + "C" + order[s + 1 :]
+        rgb = data.shape[s] in (3, 4)
+        names = ()
+    letters = "".join(a if a in AXES else "?" for a in order)
+    scale = {
+        a: float(v)
+        for a, v in zip("ZYX", (sizes.Z, sizes.Y, sizes.X), strict=True)
+        if v is not None
+    }
+    channel_names = (
+        names
+        if names and "C" in letters and len(names) == data.shape[letters.index("C")]
+        else None
+    )
+    return _Raw(
+        data,
+        letters,
+        order,
+        channel_names,
+        scale,
+        "µm" if scale else None,
+        rgb,
+        (f"axes {letters} from bioio",),
+    )
+
+
+# ---------------------------------------------------------------------- network input
