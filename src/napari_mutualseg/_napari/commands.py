@@ -20,7 +20,7 @@ def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
     Parameters
     ----------
     image : napari.layers.Image
-        A 2D image or a stack of 2D planes.
+        A 2D image, with channels, z or time (axes as in the dock widget), or RGB.
     boxes : napari.layers.Shapes
         Rectangles around cells.
 
@@ -51,7 +51,7 @@ def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
         "name": name,
         "metadata": owner_tag("supervision", image, record=record),
         **class_layer_kwargs(),
-        **transform_kwargs(image),
+        **transform_kwargs(image, data.ndim),
     }
     return (data, meta, "labels")
 

@@ -1,6 +1,6 @@
 """One run controller per viewer: its jobs, the trained pair and the layers they write.
 
-The controller owns what outlives a panel: the running job (:mod:`.jobs`), the trained pair
+The controller owns what outlives a panel: the running job (:mod:`.runs`), the trained pair
 and the per-round history. A dock widget attaches to its viewer's controller, so that closing
 the panel stops training without losing the pair, and a reopened panel shows it again. There
 is one job per viewer at a time; :class:`RunState` says which.
@@ -25,7 +25,7 @@ from qtpy.QtCore import QEventLoop, QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
 from ..checkpoint import CheckpointError
-from .jobs import FolderRun, PredictionRun, RunState, TrainingRun
+from .runs import FolderRun, PredictionRun, RunState, TrainingRun
 from .workers import LEARNING_ROLES, RESULT_LAYERS, PredictionResult, RoundUpdate, TrainingJob
 from .writer import LayerWriter
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..config import TrainConfig
     from ..models import ModelPair
     from ..training import RoundReport
+    from .axes import LayerAxes
     from .prepare import TrainingItem
 
 _CONTROLLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -138,10 +139,15 @@ class RunController(QObject):
 
     # ------------------------------------------------------------------------------ training
 
-    def train(self, request: TrainingRequest) -> GeneratorWorker | None:
-        """Start (or resume) training in a worker; ``None`` after a notification."""
+    def idle(self) -> bool:
+        """Whether a job may start; else a notification that says to wait or stop."""
         if self.state is not RunState.IDLE:
             self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
+        return self.state is RunState.IDLE
+
+    def train(self, request: TrainingRequest) -> GeneratorWorker | None:
+        """Start (or resume) training in a worker; ``None`` after a notification."""
+        if not self.idle():
             return None
         config, resume = request.config, self.pair
         if resume is not None and self.remaining:
@@ -247,16 +253,14 @@ class RunController(QObject):
                 "No trained model yet: train one (Train) or load one (Load model…).", "error"
             )
             return False
-        if self.state is not RunState.IDLE:
-            self.notify("Busy: wait for the running job to finish, or press Stop.", "warning")
-            return False
-        return True
+        return self.idle()
 
-    def predict(self, layer: Image, tile_size: int) -> GeneratorWorker | None:
-        """Segment ``layer`` with the pair in a worker; ``None`` after a notification."""
+    def predict(self, layer: Image, axes: LayerAxes, tile_size: int) -> GeneratorWorker | None:
+        """Segment ``layer`` (its ``axes`` read) with the pair in a worker; ``None`` after a
+        notification."""
         if not self._can_segment():
             return None
-        self.segmenting = PredictionRun(self, layer, tile_size)
+        self.segmenting = PredictionRun(self, layer, axes, tile_size)
         return self.segmenting.worker
 
     def segment_folder(

@@ -24,6 +24,7 @@ from skimage.segmentation import watershed
 from ..boxes import boxes_from_labels, boxes_from_shapes
 from ..disagreement import Spot, spots_to_check
 from ..supervision import corrected_cells, supervision_from_masks
+from .axes import layer_axes
 from .controller import RunController
 from .layers import (
     OWNER_KEY,
@@ -104,10 +105,12 @@ class Corrector:
         return spot
 
     def _show(self, image: Image, plane: int | None, spot: Spot) -> None:
-        point = spot.centroid if plane is None else (plane, *spot.centroid)
-        world = np.asarray(image.data_to_world(point), float)
-        if plane is not None:
-            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, world[-3])
+        axes = layer_axes(image)
+        world = np.asarray(image.data_to_world(axes.data_point(plane, spot.centroid)), float)
+        first = self.viewer.dims.ndim - image.ndim
+        for k, letter in enumerate(axes.axes[:-2]):
+            if letter != "C":  # the channel shown stays
+                self.viewer.dims.set_point(first + k, world[k])
         camera(self.viewer).center = tuple(world[-2:])
         y0, x0, y1, x1 = spot.bbox
         size = max(y1 - y0, x1 - x0, 8) * float(max(np.abs(image.scale[-2:])))
@@ -160,14 +163,14 @@ class Corrector:
             rects = [b.corners for b in boxes_from_labels(data)]
         else:
             rects = [
-                np.column_stack([np.full(4, p, float), b.corners])
-                for p in range(len(data))
+                np.column_stack([np.tile(np.asarray(p, float), (4, 1)), b.corners])
+                for p in np.ndindex(data.shape[:-2])
                 for b in boxes_from_labels(data[p])
             ]
         layer = self.viewer.add_shapes(
             rects, shape_type="rectangle", name=free_name(self.viewer, f"{image.name} boxes"),
             edge_color="yellow", face_color="transparent", ndim=data.ndim,
-            **transform_kwargs(image),
+            **transform_kwargs(image, data.ndim),
         )  # fmt: skip
         self.controller.notify(
             f"{len(rects)} boxes proposed on '{layer.name}': delete the wrong ones, draw the "

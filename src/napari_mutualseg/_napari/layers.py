@@ -54,7 +54,7 @@ def shapes_to_image_coords(shapes: Layer, image: Layer) -> list[np.ndarray]:
 
     The mapping goes through world coordinates, so boxes drawn on a layer with another scale,
     translation or rotation land on the right pixels. The caller checks that the shapes layer
-    has at least the image's dimensions.
+    has the image's dimensions, or all but its channel axis (which then reads as channel 0).
     """
     lin_s, off_s = _affine(shapes)
     lin_i, off_i = _affine(image)
@@ -66,19 +66,29 @@ def shapes_to_image_coords(shapes: Layer, image: Layer) -> list[np.ndarray]:
         world = np.asarray(verts, dtype=float) @ lin_s.T + off_s
         # napari aligns layers of different dimensionality on their trailing axes
         world = world[:, -image.ndim :]
+        missing = image.ndim - world.shape[1]
+        if missing > 0:
+            world = np.hstack([np.tile(off_i[:missing], (len(world), 1)), world])
         out.append((world - off_i) @ inv_i.T)
     return out
 
 
-def transform_kwargs(layer: Layer) -> dict[str, Any]:
-    """Layer kwargs that put a new layer exactly on top of ``layer``."""
-    return {
-        "scale": tuple(layer.scale),
-        "translate": tuple(layer.translate),
-        "rotate": np.asarray(layer.rotate),
-        "shear": np.asarray(layer.shear),
-        "affine": np.asarray(layer.affine.affine_matrix),
-    }
+def transform_kwargs(layer: Layer, ndim: int | None = None) -> dict[str, Any]:
+    """Layer kwargs that put a new layer exactly on top of ``layer``, or of its trailing
+    ``ndim`` axes (a result without the image's channel axis)."""
+    if ndim is None or ndim == layer.ndim:
+        return {
+            "scale": tuple(layer.scale),
+            "translate": tuple(layer.translate),
+            "rotate": np.asarray(layer.rotate),
+            "shear": np.asarray(layer.shear),
+            "affine": np.asarray(layer.affine.affine_matrix),
+        }
+    linear, origin = _affine(layer)
+    affine = np.eye(ndim + 1)
+    affine[:ndim, :ndim] = linear[-ndim:, -ndim:]
+    affine[:ndim, ndim] = origin[-ndim:]
+    return {"affine": affine}
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +175,7 @@ def upsert_layer(
     name : str
         Name for a new layer.
     data : numpy.ndarray
-        The data, shaped like ``like``'s data.
+        The data, shaped like ``like``'s data (without its channel axis).
     like : napari.layers.Layer
         The image layer whose transform the new layer follows.
     source : napari.layers.Layer, optional
@@ -181,10 +191,10 @@ def upsert_layer(
         reshaped = tuple(layer.data.shape) != tuple(data.shape)
         layer.data = data
         if reshaped:
-            for key, value in transform_kwargs(like).items():
+            for key, value in transform_kwargs(like, data.ndim).items():
                 setattr(layer, key, value)
         return layer
-    kw: dict[str, Any] = {**transform_kwargs(like), **kwargs}
+    kw: dict[str, Any] = {**transform_kwargs(like, data.ndim), **kwargs}
     meta = owner_tag(role, source)
     name = free_name(viewer, name)
     if kind == "image":

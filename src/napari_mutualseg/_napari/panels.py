@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -17,15 +18,17 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QWidget,
 )
 
 from ..devices import describe_device, select_device
-from .jobs import RunState
+from .axes import layer_axes, set_layer_axes
 from .layers import free_name, owner_info
 from .loss_plot import LossPlot
+from .runs import RunState
 from .settings import SettingsForm, TrainingSettings
 
 if TYPE_CHECKING:
@@ -122,7 +125,12 @@ class DataPanel(QGroupBox):
         self.viewer = viewer
         form = QFormLayout(self)
         self.image = LayerPicker(
-            viewer, "Image", "The image to train on: 2D, or a stack of planes"
+            viewer, "Image", "The image to train on: 2D, with channels, z or time, or RGB"
+        )
+        self.axes = QLineEdit()
+        self.axes.setToolTip(
+            "What each axis of the image is, e.g. CYX (channels), ZYX (z-stack), TYX (time), "
+            "CZYX. Stored in the layer's axis labels; empty: as the layer says"
         )
         self.boxes = LayerPicker(viewer, "Shapes", "A Shapes layer with a rectangle per cell")
         self.region = LayerPicker(
@@ -142,15 +150,19 @@ class DataPanel(QGroupBox):
             "painted are kept when the supervision is made again."
         )
         form.addRow("Image", self.image.native)
+        form.addRow("Axes", self.axes)
         form.addRow("Boxes", _row(self.boxes.native, self.new_boxes))
         form.addRow("Annotation", self.mode.native)
         form.addRow("Region", _row(self.region.native, self.new_region))
         form.addRow(self.generate)
+        self.axes.editingFinished.connect(self._axes_entered)
+        self.image.changed.connect(lambda _: self.show_axes())
         self.new_boxes.clicked.connect(self.new_boxes_layer)
         self.new_region.clicked.connect(self.new_region_layer)
         self.boxes.changed.connect(lambda _: self.region.reset_choices())
         self.mode.changed.connect(lambda _: self.set_busy(False))
         self.set_busy(False)
+        self.show_axes()
 
     def new_shapes(self, name: str, color: str, mode: str) -> Any:
         """Add an empty Shapes layer on top of the picked image, in drawing ``mode``."""
@@ -174,6 +186,45 @@ class DataPanel(QGroupBox):
     @image_layer.setter
     def image_layer(self, layer: Image | str) -> None:
         self.image.layer = layer
+
+    @property
+    def image_axes(self) -> str:
+        """The picked image's axes, e.g. ``"CYX"`` (set them as letters; ``""`` forgets them).
+
+        They are kept in the layer's axis labels. A 3D image without them counts as a stack
+        of planes (``ZYX``), and the user is told so.
+        """
+        layer = self.image.layer
+        return "" if layer is None else layer_axes(layer).axes
+
+    @image_axes.setter
+    def image_axes(self, text: str) -> None:
+        layer = self.image.layer
+        if layer is None:
+            raise ValueError("Pick an image first.")
+        set_layer_axes(layer, text)
+        self.show_axes()
+
+    def show_axes(self) -> None:
+        """Show what the picked image's axes are (or are taken to be)."""
+        layer, text, hint = self.image.layer, "", "pick an image"
+        if layer is not None:
+            try:
+                axes = layer_axes(layer)
+                text, hint = ("", f"{axes.axes} (assumed)") if axes.note else (axes.axes, "")
+            except ValueError:
+                hint = "needed, e.g. CZYX"
+        self.axes.setText(text)
+        self.axes.setPlaceholderText(hint)
+
+    def _axes_entered(self) -> None:
+        if self.image.layer is None or self.axes.text() == self.image_axes:
+            return
+        try:
+            self.image_axes = self.axes.text()
+        except ValueError as err:
+            show_error(str(err))
+            self.show_axes()
 
     @property
     def boxes_layer(self) -> Shapes | None:
@@ -359,7 +410,7 @@ class PanelsView(QObject):
         controller = self.controller
         state, has_model = controller.state, controller.pair is not None
         busy = state is not RunState.IDLE
-        trains = state in (RunState.STARTING, RunState.TRAINING, RunState.STOPPING)
+        trains = state.trains
         stoppable = trains or state is RunState.BATCH
         self.data.set_busy(busy)
         self.training.set_state(

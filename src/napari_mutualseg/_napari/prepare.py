@@ -11,13 +11,16 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..boxes import BOX_TYPES, boxes_by_plane, boxes_from_shapes, usable_boxes
+from ..images import AxisImage
 from ..supervision import IGNORE, Supervision, check_class_map, make_supervision
+from .axes import LayerAxes, layer_axes
 from .layers import (
+    OWNER_KEY,
     class_layer_kwargs,
     find_own_layer,
     free_name,
@@ -43,15 +46,18 @@ class SupervisionRecord:
     Attributes
     ----------
     shape : tuple of int
-        Shape of the image layer's data (2D, or a stack of planes).
+        Shape of the supervision: the image layer's data without its channels.
     planes : list of int or None
-        Planes of a stack that carry boxes, or ``None`` for a 2D image.
+        Planes (counted over time and z) that carry boxes, in order, or ``None`` for an
+        image of one plane.
     supervisions : list of Supervision
-        One per trained image (plane).
+        One per trained plane.
     boxes_key : bytes
         Fingerprint of the boxes (and region) layers used, to notice later edits.
     notes : list of str
-        Things the user should know (ignored shapes, boxes outside the image).
+        Things the user should know (ignored shapes, boxes outside the image, assumed axes).
+    axes : LayerAxes, optional
+        What each axis of the image layer is (``None``: a 2D image of one channel).
     """
 
     shape: tuple[int, ...]
@@ -59,6 +65,7 @@ class SupervisionRecord:
     supervisions: list[Supervision]
     boxes_key: bytes = b""
     notes: list[str] = field(default_factory=list)
+    axes: LayerAxes | None = None
 
     @property
     def n_boxes(self) -> int:
@@ -70,15 +77,15 @@ class SupervisionRecord:
         if self.planes is None:
             return self.supervisions[0].classes.copy()
         out = np.full(self.shape, IGNORE, np.uint8)
+        flat = out.reshape((-1, *self.shape[-2:]))
         for p, sup in zip(self.planes, self.supervisions, strict=True):
-            out[p] = sup.classes
+            flat[p] = sup.classes
         return out
 
-    def images(self, data: np.ndarray) -> list[np.ndarray]:
-        """The trained planes of the image layer's data."""
-        if self.planes is None:
-            return [np.asarray(data)]
-        return [np.asarray(data[p]) for p in self.planes]
+    def images(self, data: Any) -> list[AxisImage]:
+        """The trained planes of the image layer's data, with their channels."""
+        axes = self.axes or LayerAxes("YX", tuple(data.shape))
+        return [axes.plane(data, p) for p in self.planes or [0]]
 
     def labels(self, layer: Labels) -> list[np.ndarray]:
         """The supervision as the user left it, one class map per trained plane.
@@ -93,7 +100,21 @@ class SupervisionRecord:
             data = check_class_map(data, self.shape, f"'{layer.name}'")
         except ValueError as err:
             raise UserInputError(str(err)) from None
-        return self.images(data)
+        if self.planes is None:
+            return [data]
+        flat = data.reshape((-1, *self.shape[-2:]))
+        return [flat[p] for p in self.planes]
+
+    def summary(self, kept: int = 0) -> str:
+        """What was made, for the status line (``kept``: painted pixels carried over)."""
+        where = "" if self.planes is None else f" on {len(self.planes)} plane(s)"
+        if self.axes is not None and self.axes.axes != "YX":
+            where += f" of {self.axes.describe()}"
+        painted = f", keeping the {kept} pixels you painted" if kept else ""
+        return (
+            f"Supervision from {self.n_boxes} boxes{where}{painted}: green cell, yellow "
+            "boundary, grey ignored. Paint to correct it (labels 0/1/2/255), then press Train."
+        )
 
     def painted(self, data: np.ndarray) -> np.ndarray:
         """Where ``data`` (the layer's labels) differs from the generated supervision."""
@@ -134,8 +155,9 @@ def with_edits(layer: Labels, new: SupervisionRecord) -> tuple[np.ndarray, int]:
 # checks
 
 
-def check_image_layer(layer: Layer | None, *, purpose: str = "train") -> None:
-    """Raise :class:`UserInputError` when ``layer`` cannot be segmented, saying what to do."""
+def check_image_layer(layer: Layer | None, *, purpose: str = "train") -> LayerAxes:
+    """The axes of ``layer`` (:mod:`.axes`); :class:`UserInputError` when it cannot be used,
+    saying what to do."""
     from napari.layers import Image
 
     if layer is None:
@@ -145,29 +167,36 @@ def check_image_layer(layer: Layer | None, *, purpose: str = "train") -> None:
         )
     if not isinstance(layer, Image):
         raise UserInputError(f"'{layer.name}' is not an image layer; pick an image layer.")
-    if layer.rgb:
-        raise UserInputError(
-            f"'{layer.name}' is an RGB image; the networks work on one channel. Right-click the "
-            "layer > Split RGB, then pick the nuclear (or membrane) channel."
-        )
     if layer.multiscale:
         raise UserInputError(
             f"'{layer.name}' is a multiscale (pyramid) image; open the full-resolution level as "
-            "an ordinary image layer first."
+            f"an ordinary image layer to {purpose} on it, or segment the file with "
+            "'Segment a folder…' (block by block, any size)."
         )
-    if layer.ndim not in (2, 3):
-        raise UserInputError(
-            f"'{layer.name}' has {layer.ndim} dimensions {tuple(layer.data.shape)}; the plugin "
-            f"can {purpose} on a 2D image or a stack of 2D planes (3D). Take one time point or "
-            "channel first (e.g. Layers > Data > Split Stack)."
-        )
+    try:
+        return layer_axes(layer)
+    except ValueError as err:
+        raise UserInputError(str(err)) from None
 
 
-def _region_mask(region: Shapes, image: Image, shape: tuple[int, ...]) -> np.ndarray:
-    """Rasterise the region shapes (polygons, rectangles, ellipses) in image data coordinates."""
+def _plane_coords(verts: list[np.ndarray], axes: LayerAxes) -> list[np.ndarray]:
+    """Vertices in image data coordinates as (plane, y, x), the plane counted over time and z
+    (channels dropped), or as (y, x) for an image of one plane."""
+    if not axes.stacked:
+        return [v[:, -2:] for v in verts]
+    return [np.array([[axes.plane_of(p), *p[-2:]] for p in v]) for v in verts]
+
+
+def _region_mask(region: Shapes, image: Image, axes: LayerAxes) -> np.ndarray:
+    """Rasterise the region shapes (polygons, rectangles, ellipses) on every plane, as
+    ``(planes, Y, X)`` (or ``(Y, X)``: a region drawn in 2D holds for every plane)."""
     from napari.layers import Shapes as ShapesLayer
 
+    per_plane = axes.stacked and region.ndim >= len(axes.label_shape)
+    plane = axes.label_shape[-2:]
+    shape = (axes.n_planes, *plane) if per_plane else plane
     verts = shapes_to_image_coords(region, image)
+    verts = _plane_coords(verts, axes) if per_plane else [v[:, -2:] for v in verts]
     kinds = list(region.shape_type)
     usable = [(v, t) for v, t in zip(verts, kinds, strict=True) if t not in ("line", "path")]
     if not usable:
@@ -177,8 +206,8 @@ def _region_mask(region: Shapes, image: Image, shape: tuple[int, ...]) -> np.nda
 
 
 def fingerprint(image: Layer, *shapes: Shapes | None) -> bytes:
-    """Changes whenever the boxes, the region or the image's placement change."""
-    h = hashlib.sha1()
+    """Changes whenever the boxes, the region, the image's placement or its axes change."""
+    h = hashlib.sha1(repr(tuple(image.axis_labels)).encode())
     for layer in (image, *shapes):
         if layer is None:
             h.update(b"none")
@@ -194,20 +223,22 @@ def fingerprint(image: Layer, *shapes: Shapes | None) -> bytes:
 
 
 def _boxes_per_plane(
-    boxes: Shapes, image: Image, keep: list[int], kinds: list[str]
+    boxes: Shapes, image: Image, axes: LayerAxes, keep: list[int], kinds: list[str]
 ) -> dict[int | None, list]:
-    if boxes.ndim < image.ndim:
+    if boxes.ndim < len(axes.label_shape):
         raise UserInputError(
             f"The shapes layer '{boxes.name}' has {boxes.ndim} dimensions but the image "
-            f"'{image.name}' has {image.ndim}: each box must know its plane. Select the image, "
-            "press 'New boxes layer' (or create a Shapes layer while the stack is shown) and draw "
-            "the boxes on the planes."
+            f"'{image.name}' has {len(axes.label_shape)} besides its channels "
+            f"({axes.describe()}): each box must know its plane. Select the image, press 'New "
+            "boxes layer' (or create a Shapes layer while the stack is shown) and draw the boxes "
+            "on the planes."
         )
     try:
         verts = [v for k, v in enumerate(shapes_to_image_coords(boxes, image)) if k in keep]
-        if image.ndim == 2:
-            return {None: boxes_from_shapes(verts, kinds)}
-        return dict(boxes_by_plane(verts, kinds))
+        if not axes.stacked:
+            return {None: boxes_from_shapes([v[:, -2:] for v in verts], kinds)}
+        # a box whose vertices lie on different planes is refused there
+        return dict(boxes_by_plane(_plane_coords(verts, axes), kinds))
     except ValueError as err:
         raise UserInputError(f"'{boxes.name}': {err}") from None
 
@@ -224,9 +255,10 @@ def prepare_supervision(
     Parameters
     ----------
     image : napari.layers.Image
-        A 2D image or a stack of 2D planes.
+        A 2D image, with channels, z, time (see :mod:`.axes`), or RGB.
     boxes : napari.layers.Shapes
-        Rectangles (or ellipses) around cells, in any layer transform.
+        Rectangles (or ellipses) around cells, in any layer transform; on a stack or time
+        series each on the plane it was drawn on.
     region : napari.layers.Shapes, optional
         Where annotation is complete; ``None`` means every cell of the image is boxed.
     edge_width : int
@@ -237,7 +269,7 @@ def prepare_supervision(
     UserInputError
         With a message that says what to change.
     """
-    check_image_layer(image)
+    layout = check_image_layer(image)
     if boxes is None:
         raise UserInputError(
             "No boxes layer selected. Press 'New boxes layer' and draw a rectangle around each "
@@ -263,18 +295,20 @@ def prepare_supervision(
             f"rectangles on '{region.name}' around the area where every cell is boxed, or "
             "switch the mode to 'every cell is boxed'."
         )
-    shape = tuple(int(s) for s in image.data.shape)
-    groups = _boxes_per_plane(boxes, image, keep, kinds)
-    outside = [p for p in groups if p is not None and not 0 <= p < shape[0]]
+    if layout.note:
+        notes.append(layout.note)
+    shape = layout.label_shape
+    groups = _boxes_per_plane(boxes, image, layout, keep, kinds)
+    outside = [p for p in groups if p is not None and not 0 <= p < layout.n_planes]
     for p in outside:
         del groups[p]
     if outside:
         notes.append(f"Boxes on {len(outside)} plane(s) outside the stack were ignored.")
-    region_mask = _region_mask(region, image, shape) if region is not None else None
+    region_mask = _region_mask(region, image, layout) if region is not None else None
     planes, sups = [], []
-    for p, plane_boxes in groups.items():
+    for p, plane_boxes in sorted(groups.items(), key=lambda item: item[0] or 0):
         where = "" if p is None else f" on plane {p}"
-        plane_shape = shape if p is None else shape[1:]
+        plane_shape = shape[-2:]
         if not any(b.overlaps(plane_shape) for b in plane_boxes):
             notes.append(
                 f"None of the {len(plane_boxes)} boxes{where} lies on the image '{image.name}'."
@@ -286,7 +320,9 @@ def prepare_supervision(
             notes.append(f"{err}{where}")
             continue
         notes += [f"{note[:-1]}{where}." for note in plane_notes]
-        mask = None if region_mask is None else region_mask[() if p is None else p]
+        mask = region_mask
+        if mask is not None and mask.ndim == 3:
+            mask = mask[p]
         if mask is not None and not mask.any():
             notes.append(f"Plane {p} has boxes but no region: the whole plane is annotated.")
             mask = None
@@ -304,10 +340,11 @@ def prepare_supervision(
         )
     return SupervisionRecord(
         shape=shape,
-        planes=None if image.ndim == 2 else planes,
+        planes=planes if layout.stacked else None,
         supervisions=sups,
         boxes_key=fingerprint(image, boxes, region),
         notes=notes,
+        axes=layout,
     )
 
 
@@ -316,9 +353,15 @@ def prepare_supervision(
 
 
 def write_supervision(
-    viewer: napari.Viewer, image: Image, boxes: Shapes | None, region: Shapes | None
+    viewer: napari.Viewer,
+    image: Image,
+    boxes: Shapes | None,
+    region: Shapes | None,
 ) -> tuple[Labels, SupervisionRecord, int]:
     """Make the supervision of ``image`` from the boxes, or make it again keeping the paint.
+
+    A painted supervision that no longer fits (the image's axes were changed) is left to the
+    user, untouched, and a new one is made.
 
     Returns
     -------
@@ -337,10 +380,16 @@ def write_supervision(
     record = prepare_supervision(image, boxes, region)
     tag = owner_tag("supervision", image, record=record)
     layer = find_own_layer(viewer, "supervision", image)
+    old = record_of(layer) if layer is not None else None
+    if old is not None and old.shape != record.shape and old.painted(layer.data).any():
+        del layer.metadata[OWNER_KEY]
+        record.notes.append(f"'{layer.name}' no longer fits the image's axes; it is kept as is.")
+        layer = None
     if layer is None:
         name = free_name(viewer, f"{image.name} supervision")
-        kw = {**class_layer_kwargs(), **transform_kwargs(image)}
-        return viewer.add_labels(record.classes(), name=name, metadata=tag, **kw), record, 0
+        classes = record.classes()
+        kw = {**class_layer_kwargs(), **transform_kwargs(image, classes.ndim)}
+        return viewer.add_labels(classes, name=name, metadata=tag, **kw), record, 0
     data, kept = with_edits(layer, record)
     layer.metadata.update(tag)
     layer.data = data
@@ -348,7 +397,8 @@ def write_supervision(
 
 
 def outdated(layer: Labels, image: Image, boxes: Shapes | None, region: Shapes | None) -> bool:
-    """Whether the boxes (or region) changed since the supervision layer was made from them."""
+    """Whether the boxes (or region, or the image's axes) changed since the supervision layer
+    was made from them."""
     record = record_of(layer)
     return (
         record is not None

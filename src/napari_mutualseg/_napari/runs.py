@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..config import TrainConfig
     from ..models import ModelPair
     from ..training import MutualTrainer
+    from .axes import LayerAxes
     from .controller import RunController
     from .prepare import TrainingItem
 
@@ -55,6 +56,11 @@ class RunState(Enum):
     STOPPING = "stopping"
     PREDICTING = "predicting"
     BATCH = "segmenting a folder"
+
+    @property
+    def trains(self) -> bool:
+        """Whether a training run is starting, running or stopping."""
+        return self in (RunState.STARTING, RunState.TRAINING, RunState.STOPPING)
 
 
 class _TrainingWorker(GeneratorWorker):
@@ -243,12 +249,12 @@ class PredictionRun(_SegmentJob):
 
     state = RunState.PREDICTING
 
-    def __init__(self, controller: RunController, layer: Image, tile_size: int) -> None:
+    def __init__(
+        self, controller: RunController, layer: Image, axes: LayerAxes, tile_size: int
+    ) -> None:
         self.layer = layer
-        data = layer.data
-        planes = None if layer.ndim == 2 else list(range(int(data.shape[0])))
         worker = create_worker(
-            run_prediction, controller.pair, data, planes, tile_size, layer.name,
+            run_prediction, controller.pair, layer.data, axes, tile_size, layer.name,
             _ignore_errors=True,
         )  # fmt: skip
         super().__init__(controller, worker, f"Segmenting '{layer.name}'…")

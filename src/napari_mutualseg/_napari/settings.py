@@ -7,23 +7,35 @@ values (``widget.settings`` in scripts) and :class:`SettingsForm` shows them, bo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from napari.utils.notifications import show_error
 from psygnal import Signal
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLineEdit,
+    QSpinBox,
+    QWidget,
+)
 from superqt import QCollapsible
 
 from ..config import TrainConfig
 from ..devices import available_devices
+from ..images import RGB_MODES, parse_channels
 
 
 @dataclass(frozen=True)
 class Setting:
     """One training setting as the widget shows it.
 
-    ``kind`` is ``int``, ``float`` (with ``decimals``), ``bool`` or ``str`` (a choice among
-    ``choices``); ``name`` is the :class:`TrainConfig` field it sets, unless ``view_only``.
+    ``kind`` is ``int``, ``float`` (with ``decimals``), ``bool`` or ``str``: a choice among
+    ``choices()`` or, without choices, free text; ``name`` is the :class:`TrainConfig` field it
+    sets, unless ``view_only``.
     """
 
     name: str
@@ -36,6 +48,7 @@ class Setting:
     decimals: int = 0
     advanced: bool = False
     view_only: bool = False
+    choices: Callable[[], Sequence[str]] | None = None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -49,7 +62,14 @@ SETTINGS: tuple[Setting, ...] = (
             kind=float, minimum=1e-6, maximum=0.5, step=1e-4, decimals=6),
     Setting("seed", "Seed", "Seeds the networks and the sampling (reproducible on the CPU)",
             minimum=0, maximum=2**31 - 1),
-    Setting("device", "Device", "auto: CUDA, then Apple MPS, then the CPU", kind=str),
+    Setting("device", "Device", "auto: CUDA, then Apple MPS, then the CPU", kind=str,
+            choices=available_devices),
+    Setting("channels", "Channels", "The image channels the networks take, by index or name, "
+            "comma-separated (e.g. 0 or DAPI,GFP); empty: every channel. Stored in the model "
+            "file", kind=str),
+    Setting("rgb", "RGB images as", "channels: the three colours as input; gray: one gray "
+            "channel. Stored in the model file", kind=str, choices=lambda: RGB_MODES,
+            advanced=True),
     Setting("depth", "Model depth", "U-Net levels", minimum=1, maximum=8, advanced=True),
     Setting("patch_size", "Patch size", "Training crop edge in pixels; lower it when memory runs "
             "out", minimum=16, maximum=4096, step=32, advanced=True),
@@ -79,6 +99,7 @@ class TrainingSettings:
     def __init__(self) -> None:
         recommended = TrainConfig.recommended()
         values = {s.name: getattr(recommended, s.name, False) for s in SETTINGS}
+        values["channels"] = _channels_text(recommended.channels)
         object.__setattr__(self, "_values", values)
 
     def __getattr__(self, name: str) -> Any:
@@ -113,15 +134,24 @@ class TrainingSettings:
     def to_config(self) -> TrainConfig:
         """The engine's settings: the recommended ones for the device, with these values."""
         given = {s.name: self._values[s.name] for s in SETTINGS if not s.view_only}
+        given["channels"] = parse_channels(given["channels"])
         return TrainConfig.recommended(given.pop("device"), **given)
 
 
+def _channels_text(channels: Any) -> str:
+    """Channels as the form shows them: ``"0, DAPI"``; ``""`` for every channel."""
+    chosen = parse_channels(channels)
+    return "" if chosen is None else ", ".join(map(str, chosen))
+
+
 def _checked(setting: Setting, value: Any) -> Any:
-    if setting.kind is str:
-        choices = available_devices()
+    if setting.choices is not None:
+        choices = list(setting.choices())
         if value not in choices:
             raise ValueError(f"{setting.name} must be one of {', '.join(choices)}, got {value!r}.")
         return value
+    if setting.kind is str:  # free text: the channels are the one such setting
+        return _channels_text(value)
     if setting.kind is bool:
         return bool(value)
     value = setting.kind(value)
@@ -165,11 +195,15 @@ class SettingsForm(QWidget):
             editor = QCheckBox(setting.label)
             editor.setChecked(value)
             editor.toggled.connect(lambda v: setattr(self.settings, name, v))
-        elif setting.kind is str:
+        elif setting.choices is not None:
             editor = QComboBox()
-            editor.addItems(available_devices())
+            editor.addItems(list(setting.choices()))
             editor.setCurrentText(value)
             editor.currentTextChanged.connect(lambda v: setattr(self.settings, name, v))
+        elif setting.kind is str:
+            editor = QLineEdit(value)
+            editor.setPlaceholderText("every channel")
+            editor.editingFinished.connect(lambda: self._set_text(name, editor))
         else:
             editor = (
                 QDoubleSpinBox(decimals=setting.decimals)
@@ -182,6 +216,13 @@ class SettingsForm(QWidget):
             editor.valueChanged.connect(lambda v: setattr(self.settings, name, v))
         return editor
 
+    def _set_text(self, name: str, editor: QLineEdit) -> None:
+        try:
+            setattr(self.settings, name, editor.text())
+        except ValueError as err:
+            show_error(str(err))
+            editor.setText(getattr(self.settings, name))
+
     def _show(self, name: str, value: Any) -> None:
         editor = self.editors[name]
         editor.blockSignals(True)
@@ -190,6 +231,8 @@ class SettingsForm(QWidget):
                 editor.setChecked(value)
             elif isinstance(editor, QComboBox):
                 editor.setCurrentText(value)
+            elif isinstance(editor, QLineEdit):
+                editor.setText(value)
             else:
                 editor.setValue(value)
         finally:

@@ -135,6 +135,7 @@ class MutualSegWidget(QWidget):
     # ------------------------------------------------------------------------------ layers
 
     image_layer = _forward("data", DataPanel.image_layer)
+    image_axes = _forward("data", DataPanel.image_axes)
     boxes_layer = _forward("data", DataPanel.boxes_layer)
     region_layer = _forward("data", DataPanel.region_layer)
 
@@ -170,12 +171,7 @@ class MutualSegWidget(QWidget):
             show_warning(note)
         # the result layers too, now: adding layers while training would stall the viewer
         self.controller.prepare_layers([image], self.settings.show_learning)
-        where = "" if record.planes is None else f" on {len(record.planes)} plane(s)"
-        painted = f", keeping the {kept} pixels you painted" if kept else ""
-        self.controller.notify(
-            f"Supervision from {record.n_boxes} boxes{where}{painted}: green cell, yellow "
-            "boundary, grey ignored. Paint to correct it (labels 0/1/2/255), then press Train."
-        )
+        self.controller.notify(record.summary(kept))
         return layer
 
     # ------------------------------------------------------------------------------ training
@@ -198,7 +194,7 @@ class MutualSegWidget(QWidget):
     @property
     def is_training(self) -> bool:
         """Whether a training job is starting, running or stopping."""
-        return self.controller.state in (RunState.STARTING, RunState.TRAINING, RunState.STOPPING)
+        return self.controller.state.trains
 
     @property
     def is_busy(self) -> bool:
@@ -226,8 +222,7 @@ class MutualSegWidget(QWidget):
             The worker, or ``None`` after a notification when training cannot start.
         """
         notify = self.controller.notify
-        if self.controller.state is not RunState.IDLE:
-            notify("Busy: wait for the running job to finish, or press Stop.", "warning")
+        if not self.controller.idle():
             return None
         image = self.image_layer
         try:
@@ -280,8 +275,9 @@ class MutualSegWidget(QWidget):
         Parameters
         ----------
         layer : napari.layers.Image or str, optional
-            The image (default: the one picked next to Predict). A stack is segmented plane
-            by plane.
+            The image (default: the one picked next to Predict). A stack or time series is
+            segmented plane by plane, read one plane at a time, with the channels the
+            networks were trained on.
         block : bool
             Wait (keeping the viewer responsive) until the labels are added.
 
@@ -295,11 +291,13 @@ class MutualSegWidget(QWidget):
         elif layer is None:
             layer = self.model.target.layer
         try:
-            check_image_layer(layer, purpose="segment")
+            axes = check_image_layer(layer, purpose="segment")
         except UserInputError as err:
             self.controller.notify(str(err), "error")
             return None
-        worker = self.controller.predict(layer, self.settings.tile_size)
+        if axes.note:
+            show_warning(axes.note)
+        worker = self.controller.predict(layer, axes, self.settings.tile_size)
         if worker is not None and block:
             self.wait()
         return worker

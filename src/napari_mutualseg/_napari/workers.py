@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..batch import BatchRun, ImageResult
     from ..models import ModelPair
     from ..training import RoundReport
+    from .axes import LayerAxes
 
 #: Result layers of a training round: role -> (report attribute, layer kind). Kinds:
 #: "labels" (instances), "classes" (a class map), "image" (a map of values in [0, 1]).
@@ -64,7 +65,7 @@ class Layout:
     """Where per-plane results go in an array shaped like the image layer's data."""
 
     shape: tuple[int, ...]
-    planes: list[int] | None
+    planes: list[int] | None  # counted over time and z, or None for one plane
 
     @property
     def count(self) -> int:
@@ -76,8 +77,9 @@ class Layout:
         if self.planes is None:
             return arrays[0]
         out = np.full(self.shape, fill, arrays[0].dtype)
+        flat = out.reshape((-1, *self.shape[-2:]))
         for p, array in zip(self.planes, arrays, strict=True):
-            out[p] = array
+            flat[p] = array
         return out
 
 
@@ -193,29 +195,30 @@ class PredictionResult:
 
 
 def run_prediction(
-    pair: ModelPair, data: Any, planes: list[int] | None, tile_size: int, name: str
+    pair: ModelPair, data: Any, axes: LayerAxes, tile_size: int, name: str
 ) -> Generator[tuple[int, int], None, PredictionResult | WorkerFailure]:
-    """The worker: segment a 2D image or every plane of a stack; yields (done, total)."""
+    """The worker: segment every plane of an image layer's data (read one plane at a time, with
+    the channels the networks take); yields (done, total)."""
     try:
-        if planes is None:
-            yield 0, 1
-            p = pair.predict(np.asarray(data), tile_size=tile_size, name=name)
-            spots = [(None, s) for s in p.spots]
-            return PredictionResult(p.labels, p.disagreement, spots, measure(p.labels, data))
-        result = PredictionResult(
-            np.zeros(tuple(data.shape), np.int32), np.zeros(tuple(data.shape), np.float16), []
-        )
+        shape, n = axes.label_shape, axes.n_planes
+        result = PredictionResult(np.zeros(shape, np.int32), np.zeros(shape, np.float16), [])
+        labels = result.labels.reshape((-1, *shape[-2:]))
+        disagreement = result.disagreement.reshape((-1, *shape[-2:]))
         offset = 0
-        for i, plane in enumerate(planes):
-            yield i, len(planes)
-            p = pair.predict(np.asarray(data[plane]), tile_size=tile_size, name=f"{name}[{plane}]")
-            # distinct ids across planes, so that each cell of the stack has its own colour
-            labels = np.where(p.labels > 0, p.labels + offset, 0)
-            result.labels[plane], result.disagreement[plane] = labels, p.disagreement
+        for p in range(n):
+            yield p, n
+            where = f"{name} plane {p}" if axes.stacked else name
+            image = axes.plane(data, p)
+            prediction = pair.predict(image, tile_size=tile_size, name=where)
+            # distinct ids across planes, so that each cell of a stack has its own colour
+            labels[p] = np.where(prediction.labels > 0, prediction.labels + offset, 0)
+            disagreement[p] = prediction.disagreement
+            plane = p if axes.stacked else None
             result.spots += [
-                (plane, replace(s, label=s.label + offset if s.label else 0)) for s in p.spots
+                (plane, replace(s, label=s.label + offset if s.label else 0))
+                for s in prediction.spots
             ]
-            offset = max(offset, int(labels.max()))
+            offset = max(offset, int(labels[p].max()))
         result.spots.sort(key=lambda ps: -ps[1].score)
         result.table = measure(result.labels, data)
         return result

@@ -17,6 +17,7 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
 from ..measure import Table
+from .axes import layer_axes
 from .layers import find_own_layer, show_table, upsert_layer
 from .workers import PER_IMAGE, RESULT_LAYERS
 
@@ -101,7 +102,7 @@ class LayerWriter(QObject):
 
     def _ensure(self, role: str, part: int) -> None:
         image = self.images[part]
-        shape = tuple(image.data.shape)
+        shape = layer_axes(image).label_shape
         existing = find_own_layer(self._viewer(), role, image if role in PER_IMAGE else None)
         if existing is None or tuple(existing.data.shape) != shape:
             kind = RESULT_LAYERS[role][1]

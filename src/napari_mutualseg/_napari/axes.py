@@ -1,0 +1,171 @@
+"""What each axis of an image layer is, and where a box drawn on it belongs.
+
+The axes are the layer's own axis labels when they are axis letters: the *Axes* field of the
+Data panel sets them (:func:`set_layer_axes`), and so can readers and scripts
+(``viewer.add_image(data, axis_labels=("c", "y", "x"))``); napari then names its sliders
+after them. Otherwise the layer's shape decides where it is unambiguous: a 2D layer is ``YX``
+and an RGB layer holds colours. A 3D layer without names is taken as a stack of planes
+(``ZYX``, as napari shows it) and the user is told so; a layer with more axes must be named.
+
+Results are laid out on the layer's axes without channels, so a channel axis comes first
+(where napari's ``channel_axis`` puts it when it splits a file, and where the result layers
+align with it): a supervision or cells layer then lines up with every channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..images import AxisImage, parse_axes
+
+if TYPE_CHECKING:
+    from napari.layers import Image
+
+
+@dataclass(frozen=True)
+class LayerAxes:
+    """The axes of an image layer's data.
+
+    Attributes
+    ----------
+    axes : str
+        One letter per axis of the layer's data, in the data's order (``C`` first when
+        present, ``YX`` last; an RGB layer's colours are not named here).
+    shape : tuple of int
+        The layer's data shape.
+    rgb : bool
+        The layer is RGB(A): its last axis holds colours.
+    note : str
+        What was assumed, for the user ("" when the axes were known).
+    """
+
+    axes: str
+    shape: tuple[int, ...]
+    rgb: bool = False
+    note: str = ""
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """Shape of the layers that show results: the data's, without channels or colours."""
+        sizes = self.shape[: len(self.axes)]
+        return tuple(n for a, n in zip(self.axes, sizes, strict=True) if a != "C")
+
+    @property
+    def plane_axes(self) -> str:
+        """The axes that number the 2D planes (time, z), in order."""
+        return "".join(a for a in self.axes if a in "TZ")
+
+    @property
+    def n_planes(self) -> int:
+        """Number of 2D planes (1 for a single image)."""
+        return int(np.prod(self.label_shape[:-2], dtype=int))
+
+    @property
+    def stacked(self) -> bool:
+        """Whether the image has more than its 2D plane (planes are numbered)."""
+        return bool(self.plane_axes)
+
+    def plane(self, data: Any, index: int) -> AxisImage:
+        """Plane ``index`` (counted over time and z) as an image with its channels, lazily."""
+        channel_first = self.axes[0] == "C"
+        where = np.unravel_index(index, self.label_shape[:-2]) if self.stacked else ()
+        key = (slice(None),) * channel_first + tuple(int(i) for i in where)
+        axes = ("C" if channel_first else "") + "YX" + ("C" if self.rgb else "")
+        return AxisImage.from_array(data[key], axes, rgb=self.rgb, name="plane")
+
+    def plane_of(self, point: np.ndarray) -> int:
+        """The plane a point of the layer's data coordinates lies on (rounded)."""
+        if not self.stacked:
+            return 0
+        leading = [c for a, c in zip(self.axes[:-2], point, strict=False) if a != "C"]
+        index = tuple(int(np.round(c)) for c in leading)
+        if any(not 0 <= i < n for i, n in zip(index, self.label_shape[:-2], strict=True)):
+            return -1
+        return int(np.ravel_multi_index(index, self.label_shape[:-2]))
+
+    def data_point(self, plane: int | None, yx: tuple[float, float]) -> tuple[float, ...]:
+        """A point of plane ``plane`` in the layer's data coordinates (on channel 0)."""
+        where = np.unravel_index(plane or 0, self.label_shape[:-2]) if self.stacked else ()
+        return (0.0,) * (self.axes[0] == "C") + tuple(float(i) for i in where) + tuple(yx)
+
+    def describe(self) -> str:
+        """The axes for people, e.g. ``"CZYX (2 channels, 12 z-planes)"``."""
+        sizes = dict(zip(self.axes, self.shape, strict=False))
+        words = {"C": "channels", "T": "time points", "Z": "z-planes"}
+        parts = [f"{sizes[a]} {w}" for a, w in words.items() if a in sizes]
+        parts += ["RGB colours"] if self.rgb else []
+        return self.axes + (f" ({', '.join(parts)})" if parts else "")
+
+
+def layer_axes(layer: Image, given: str = "") -> LayerAxes:
+    """The axes of ``layer``: ``given`` (letters, e.g. ``"CYX"``), else the layer's own.
+
+    Raises
+    ------
+    ValueError
+        When the axes cannot be known or cannot be used; the message says what to set.
+    """
+    shape = tuple(int(n) for n in layer.data.shape) if not layer.multiscale else ()
+    shape = shape or tuple(int(n) for n in layer.data[0].shape)
+    rgb = bool(layer.rgb)
+    ndim = len(shape) - rgb
+    note = ""
+    if given.strip():
+        axes = parse_axes(given, ndim, f"'{layer.name}'")
+    elif (named := _named(layer.axis_labels[-ndim:])) is not None:
+        axes = named
+    elif ndim == 2:
+        axes = "YX"
+    elif ndim == 3:
+        axes = "ZYX"
+        note = (
+            f"'{layer.name}' has three axes {shape} without names: it is taken as a stack of "
+            "2D planes (Z, Y, X). If its first axis holds channels or time points, set Axes to "
+            "CYX or TYX."
+        )
+    else:
+        raise ValueError(
+            f"'{layer.name}' has {ndim} axes {shape[:ndim]} without names: set Axes to say "
+            "what each one is, e.g. CZYX (channels, z), TZYX (time, z) or TYX."
+        )
+    if rgb and "C" in axes:
+        raise ValueError(
+            f"'{layer.name}' is RGB: its colours are its channels. Leave C out of Axes."
+        )
+    if axes[-2:] != "YX":
+        raise ValueError(f"Axes {axes} of '{layer.name}': Y and X must be the last two axes.")
+    if "C" in axes[1:]:
+        raise ValueError(
+            f"Axes {axes} of '{layer.name}': the channel axis must come first, so that the "
+            "result layers line up with every channel. Open the file with its channels as "
+            "separate layers (napari's channel_axis), or move the axis first (numpy.moveaxis)."
+        )
+    return LayerAxes(axes, shape, rgb, note)
+
+
+def _named(labels: Any) -> str | None:
+    """The axes a layer's axis labels name (``"c"``, ``"z"``, ``"y"``, ``"x"``, ``"t"``,
+    ``"time"``, ``"channel"``…), or ``None`` when they do not name them all."""
+    words = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
+    letters = [words.get(str(label).strip().lower()) for label in labels]
+    if None in letters or len(set(letters)) != len(letters):
+        return None
+    return "".join(letters)
+
+
+def set_layer_axes(layer: Image, text: str) -> None:
+    """Name the axes of ``layer`` (e.g. ``"CYX"``) in its axis labels; ``""`` forgets them.
+
+    Raises
+    ------
+    ValueError
+        When the letters do not fit the layer; nothing is changed then.
+    """
+    if text.strip():
+        labels = tuple(a.lower() for a in layer_axes(layer, text).axes)
+    else:
+        labels = tuple(str(k - layer.ndim) for k in range(layer.ndim))  # napari's defaults
+    layer.axis_labels = labels

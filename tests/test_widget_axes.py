@@ -1,0 +1,128 @@
+"""The widget with the images microscopes make: channels, z, time, RGB; axes never guessed
+silently."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import disc_image, messages, rectangles
+from napari_mutualseg._napari.axes import layer_axes
+from napari_mutualseg.supervision import CELL, IGNORE
+
+
+def two_channels():
+    """(C, Y, X): discs in channel 1, a distracting pattern in channel 0; the disc boxes."""
+    nuclei, rows = disc_image()
+    rng = np.random.default_rng(3)
+    distract = rng.random(nuclei.shape).astype(np.float32)
+    return np.stack([distract, nuclei]), rows
+
+
+def test_a_channel_image_trains_on_the_picked_channel_and_predicts_2d_cells(viewer_widget):
+    viewer, widget = viewer_widget
+    data, rows = two_channels()
+    image = viewer.add_image(data, name="cyx")
+    widget.image_layer = image
+    assert widget.data.axes.placeholderText() == "ZYX (assumed)"  # said, not hidden
+    widget.image_axes = "CYX"
+    assert tuple(image.axis_labels) == ("c", "y", "x")  # the layer carries its axes
+    assert widget.data.axes.text() == "CYX"
+    boxes = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="b")  # 2D boxes
+    widget.boxes_layer = boxes
+    widget.settings.update(rounds=1, channels="1")
+    sup = widget.generate_supervision()
+    assert sup.data.shape == data.shape[1:]  # one plane, not two "planes" of channels
+    assert (sup.data == CELL).sum() > 0
+    widget.train(block=True)
+    assert widget.pair is not None and widget.pair.in_channels == 1
+    assert list(widget.pair.settings["channels"]) == [1]
+    cells = viewer.layers["cyx cells"]
+    assert cells.data.shape == data.shape[1:]
+    widget.predict(image, block=True)
+    assert viewer.layers["cyx cells (no boxes)"].data.shape == data.shape[1:]
+
+
+def test_both_channels_as_input_and_a_wrong_channel_count_is_explained(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    data, rows = two_channels()
+    image = viewer.add_image(data, name="cyx", axis_labels=("c", "y", "x"))
+    widget.image_layer = image
+    assert widget.image_axes == "CYX"  # read from the layer, no field to fill
+    boxes = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="b")
+    widget.boxes_layer = boxes
+    widget.settings.rounds = 1
+    widget.train(block=True)
+    assert widget.pair.in_channels == 2
+    gray = viewer.add_image(data[1], name="one channel")
+    assert widget.predict(gray, block=True) is not None
+    assert any("trained on 2 channels" in m for m in messages(notes, "error"))
+    assert "one channel cells" not in [layer.name for layer in viewer.layers]
+
+
+def test_unnamed_3d_image_is_a_stack_and_the_user_is_told(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    a, rows = disc_image()
+    stack = viewer.add_image(np.stack([a, a]), name="stack")
+    widget.image_layer = stack
+    boxes = widget.new_boxes_layer()
+    boxes.add_rectangles(rectangles(rows, plane=1))
+    sup = widget.generate_supervision()
+    assert sup.data.shape == stack.data.shape
+    assert (sup.data[0] == IGNORE).all() and (sup.data[1] == CELL).any()
+    assert any("taken as a stack of 2D planes" in m for m in messages(notes, "warning"))
+
+
+def test_time_series_of_z_stacks_boxes_land_on_their_plane(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    a, rows = disc_image()
+    data = np.zeros((2, 3, *a.shape), np.float32)
+    data[1, 2] = a
+    movie = viewer.add_image(data, name="movie")
+    widget.image_layer = movie
+    boxes = widget.new_boxes_layer()
+    assert boxes.ndim == 4
+    boxes.add_rectangles([np.column_stack([np.full(4, 1.0), r]) for r in rectangles(rows, 2)])
+    assert widget.generate_supervision() is None  # 4 axes without names: asked, not guessed
+    assert any("set Axes" in m for m in messages(notes, "error"))
+    with pytest.raises(ValueError, match="channel axis must come first"):
+        widget.image_axes = "TCYX"
+    widget.image_axes = "TZYX"
+    sup = widget.generate_supervision()
+    assert sup.data.shape == data.shape
+    assert (sup.data[1, 2] == CELL).any() and (sup.data[0] == IGNORE).all()
+    assert (sup.data[1, :2] == IGNORE).all()
+
+
+def test_boxes_drawn_on_any_channel_of_a_channel_z_stack_train_that_z_plane(viewer_widget):
+    viewer, widget = viewer_widget
+    a, rows = disc_image()
+    data = np.zeros((2, 3, *a.shape), np.float32)
+    data[:, 1] = a
+    image = viewer.add_image(data, name="czyx", axis_labels=("c", "z", "y", "x"))
+    widget.image_layer = image
+    boxes = widget.new_boxes_layer()
+    # drawn while channel 1 and z-plane 1 were shown
+    boxes.add_rectangles([np.column_stack([np.full((4, 2), (1.0, 1.0)), r]) for r in
+                          rectangles(rows)])  # fmt: skip
+    sup = widget.generate_supervision()
+    assert sup.data.shape == data.shape[1:]  # (Z, Y, X): the channels share one supervision
+    assert (sup.data[1] == CELL).any() and (sup.data[0] == IGNORE).all()
+    widget.settings.rounds = 1
+    widget.train(block=True)
+    assert viewer.layers["czyx cells"].data.shape == data.shape[1:]
+
+
+def test_rgb_image_is_accepted_as_colours_or_gray(viewer_widget):
+    viewer, widget = viewer_widget
+    a, rows = disc_image()
+    rgb = (np.clip(np.stack([a, a * 0.5, a * 0.2], axis=-1), 0, 1) * 255).astype(np.uint8)
+    image = viewer.add_image(rgb, name="he", rgb=True)
+    assert layer_axes(image).rgb and layer_axes(image).axes == "YX"
+    widget.image_layer = image
+    boxes = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="b")
+    widget.boxes_layer = boxes
+    widget.settings.update(rounds=1, rgb="gray")
+    widget.train(block=True)
+    assert widget.pair.in_channels == 1
+    assert viewer.layers["he cells"].data.shape == rgb.shape[:2]
