@@ -126,3 +126,26 @@ def test_rgb_image_is_accepted_as_colours_or_gray(viewer_widget):
     widget.train(block=True)
     assert widget.pair.in_channels == 1
     assert viewer.layers["he cells"].data.shape == rgb.shape[:2]
+
+
+def test_a_dask_layer_larger_than_the_whole_image_limit_goes_block_by_block(scene, monkeypatch):
+    import dask.array as da
+
+    from napari_mutualseg._napari import workers
+
+    viewer, widget, image, _boxes = scene
+    widget.settings.rounds = 1
+    widget.train(block=True)
+    lazy = viewer.add_image(da.from_array(np.asarray(image.data), chunks=32), name="lazy")
+    monkeypatch.setattr(workers, "AUTO_BLOCKWISE_PIXELS", 32 * 32)  # as a slide scan would
+    calls = []
+    segment = type(widget.pair).segment
+    monkeypatch.setattr(
+        type(widget.pair),
+        "segment",
+        lambda self, *a, **k: calls.append(k) or segment(self, *a, **k),
+    )
+    widget.predict(lazy, block=True)
+    cells = viewer.layers["lazy cells"]
+    assert calls and calls[0]["out"].shape == cells.data.shape == image.data.shape
+    assert widget.controller.predictions[str(lazy.unique_id)].spots == []

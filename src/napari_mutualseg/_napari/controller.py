@@ -137,6 +137,14 @@ class RunController(QObject):
         self.planned = len(self.history)
         self.pair_changed.emit()
 
+    def reset(self) -> None:
+        """Forget the pair: the next training starts from scratch."""
+        if self.state is not RunState.IDLE:
+            self.notify("Stop the running job before resetting the models.", "warning")
+            return
+        self.set_pair(None)
+        self.notify("Models reset: the next Train starts from scratch.")
+
     # ------------------------------------------------------------------------------ training
 
     def idle(self) -> bool:

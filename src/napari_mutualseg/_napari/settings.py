@@ -127,6 +127,14 @@ class TrainingSettings:
         for name, value in values.items():
             setattr(self, name, value)
 
+    def take_model(self, stored: dict[str, Any]) -> None:
+        """Follow a loaded model's settings that resumed training must keep: its networks'
+        size and the channels it takes."""
+        for name in ("width", "depth", "channels", "rgb"):
+            # a model that takes every channel stores None for its channels
+            if name in stored and (stored[name] is not None or name == "channels"):
+                setattr(self, name, stored[name])
+
     def as_dict(self) -> dict[str, Any]:
         """The values, by name."""
         return dict(self._values)

@@ -16,7 +16,7 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from .cells import CellsPanel, FolderSummary
-from .controller import RunController, RunState, TrainingRequest
+from .controller import RunController, TrainingRequest
 from .correct import CheckPanel, Corrector
 from .layers import find_own_layer
 from .panels import DataPanel, ModelPanel, PanelsView, TrainingPanel
@@ -243,9 +243,7 @@ class MutualSegWidget(QWidget):
             notify(str(err), "error")
             return None
         worker = self.controller.train(request)
-        if worker is not None and block:
-            self.wait()
-        return worker
+        return self._waited(worker, block)
 
     def stop(self) -> None:
         """Stop training within one step; the models of the last completed round are kept."""
@@ -253,11 +251,12 @@ class MutualSegWidget(QWidget):
 
     def reset_models(self) -> None:
         """Forget the trained models: the next training starts from scratch."""
-        if self.controller.state is not RunState.IDLE:
-            self.controller.notify("Stop the running job before resetting the models.", "warning")
-            return
-        self.controller.set_pair(None)
-        self.controller.notify("Models reset: the next Train starts from scratch.")
+        self.controller.reset()
+
+    def _waited(self, worker: Any, block: bool) -> Any:
+        if worker is not None and block:
+            self.wait()
+        return worker
 
     def wait(self) -> None:
         """Return once every job is done and its results are in the layers (the viewer stays
@@ -298,9 +297,7 @@ class MutualSegWidget(QWidget):
         if axes.note:
             show_warning(axes.note)
         worker = self.controller.predict(layer, axes, self.settings.tile_size)
-        if worker is not None and block:
-            self.wait()
-        return worker
+        return self._waited(worker, block)
 
     def segment_folder(
         self, images: str | Path | list, out_dir: str | Path, *, block: bool = False
@@ -326,9 +323,7 @@ class MutualSegWidget(QWidget):
         """
         inputs = [str(p) for p in (images if isinstance(images, list) else [images])]
         worker = self.controller.segment_folder(inputs, str(out_dir), self.settings.tile_size)
-        if worker is not None and block:
-            self.wait()
-        return worker
+        return self._waited(worker, block)
 
     def _show_summary(self, run: Any) -> None:
         self.summary = FolderSummary(self.viewer, run, self.controller.notify)
@@ -347,9 +342,7 @@ class MutualSegWidget(QWidget):
         """Load a saved pair for Predict (and resumed training); ``None`` after a notification."""
         pair = self.controller.load(path, device=self.settings.device)
         if pair is not None:
-            for key in ("width", "depth"):
-                if key in pair.settings:
-                    setattr(self.settings, key, int(pair.settings[key]))
+            self.settings.take_model(pair.settings)
         return pair
 
     # ------------------------------------------------------------------------------ closing

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..blockwise import AUTO_BLOCKWISE_PIXELS
 from ..disagreement import Spot
 from ..measure import Table, measure_cells
 from ..supervision import IGNORE
@@ -205,18 +206,25 @@ def run_prediction(
         labels = result.labels.reshape((-1, *shape[-2:]))
         disagreement = result.disagreement.reshape((-1, *shape[-2:]))
         offset = 0
+        whole = int(np.prod(shape[-2:])) <= AUTO_BLOCKWISE_PIXELS
         for p in range(n):
             yield p, n
             where = f"{name} plane {p}" if axes.stacked else name
             image = axes.plane(data, p)
-            prediction = pair.predict(image, tile_size=tile_size, name=where)
-            # distinct ids across planes, so that each cell of a stack has its own colour
-            labels[p] = np.where(prediction.labels > 0, prediction.labels + offset, 0)
-            disagreement[p] = prediction.disagreement
+            if whole:
+                prediction = pair.predict(image, tile_size=tile_size, name=where)
+                found, spots = prediction.labels, prediction.spots
+                disagreement[p] = prediction.disagreement
+            else:
+                # a slide scan: block by block, read a block at a time (no disagreement map)
+                found = pair.segment(image, tile_size=tile_size, out=labels[p], name=where)
+                spots = []
+            if offset:  # distinct ids across planes: each cell of a stack has its own colour
+                found[found > 0] += offset
+            labels[p] = found
             plane = p if axes.stacked else None
             result.spots += [
-                (plane, replace(s, label=s.label + offset if s.label else 0))
-                for s in prediction.spots
+                (plane, replace(s, label=s.label + offset if s.label else 0)) for s in spots
             ]
             offset = max(offset, int(labels[p].max()))
         result.spots.sort(key=lambda ps: -ps[1].score)
@@ -250,8 +258,8 @@ def run_batch(
 
 def measure(labels: np.ndarray, image: Any) -> Table:
     """The cells' measurements in the image's intensities (see :mod:`napari_mutualseg.measure`)."""
-    pixels = np.asarray(image)
-    return measure_cells(labels, pixels if pixels.shape == labels.shape else None)
+    same = tuple(image.shape) == labels.shape  # a one-channel image: its intensities too
+    return measure_cells(labels, np.asarray(image) if same else None)
 
 
 def release_device_memory() -> None:
