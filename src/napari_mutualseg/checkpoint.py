@@ -1,6 +1,6 @@
 """Model files: one file per trained pair, written safely and read without running code.
 
-The file is written with :func:`torch.save` through :func:`napari_mutualseg.io.atomic_write`
+The file is written with :func:`torch.save` through :func:`napari_mutualseg.files.atomic_write`
 (complete or not at all) and read back with ``weights_only=True``, so loading a checkpoint
 never runs code from it. What a file describes is checked before anything is built from it:
 the format and its version, the normalisation, settings and history, and that every stored
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .io import atomic_write
+from .files import atomic_write
 from .unet import N_CLASSES, UNet
 
 FORMAT = "napari-mutualseg/pair"
@@ -49,7 +49,7 @@ def write_checkpoint(
 ) -> Path:
     """Write a model's ``payload`` (tensors and plain values) to ``path``.
 
-    The file appears complete or not at all (:func:`~napari_mutualseg.io.atomic_write`): an
+    The file appears complete or not at all (:func:`~napari_mutualseg.files.atomic_write`): an
     interrupted save, a full disk or a crash never leave a half-written model where a good one
     was, nor a temporary file.
 
@@ -72,7 +72,7 @@ def write_checkpoint(
     FileExistsError
         When ``path`` exists (or another program creates it meanwhile) and ``overwrite`` is
         False.
-    napari_mutualseg.io.OutputError
+    napari_mutualseg.files.OutputError
         When the file cannot be written (full or read-only disk, no permission).
     """
     payload = {
@@ -119,7 +119,7 @@ def write_networks(
 
     Raises
     ------
-    FileExistsError, napari_mutualseg.io.OutputError
+    FileExistsError, napari_mutualseg.files.OutputError
         As :func:`write_checkpoint`.
     """
     model_a, model_b = networks

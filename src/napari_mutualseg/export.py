@@ -1,6 +1,6 @@
 """Cells for the next tool: outlines as Fiji ROI sets and QuPath GeoJSON, tables as CSV.
 
-The functions here make the files' contents; :mod:`napari_mutualseg.io` writes them (safely).
+The functions here make the files' contents; :mod:`napari_mutualseg.files` writes them (safely).
 """
 
 from __future__ import annotations

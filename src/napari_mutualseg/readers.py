@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from .files import format_size
 from .images import ASK_AXES, AXES, PLANE_AXES, AxisImage, parse_axes, rgb_like
-from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES, format_size
+from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES
 from .ome import unit_symbol
 
 __all__ = ["LAZY_BYTES", "is_zarr", "read_axis_image", "read_pixels"]

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QTableView,
 )
 
-from .. import io
+from .. import files
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
 from ..measure import Table, measure_cells
 from .layers import camera, owner_info, show_table
@@ -67,13 +67,13 @@ def export(kind: str, path: str, layer: Labels, table: Table, *, overwrite: bool
     """Write one export of a cells layer (atomically); the path written."""
     labels = np.asarray(layer.data)
     if kind == "table":
-        return str(io.write_text(path, table_csv(table), overwrite=overwrite))
+        return str(files.write_text(path, table_csv(table), overwrite=overwrite))
     if labels.ndim != 2:
         raise ValueError(
             f"'{layer.name}' is {labels.ndim}D: outlines are exported from 2D cells only; "
             "export the table, or one plane at a time."
         )
-    with io.atomic_write(path, overwrite=overwrite) as f:
+    with files.atomic_write(path, overwrite=overwrite) as f:
         f.write(fiji_roi_zip(labels) if kind == "fiji" else qupath_geojson(labels, table).encode())
     return str(path)
 
@@ -280,7 +280,7 @@ class FolderSummary(QGroupBox):
 
     def open(self, row: int) -> Labels | None:
         """Add the image of ``row`` and its cells (with their table) to the viewer."""
-        from ..batch import read_labels, read_table
+        from ..image_task import read_labels, read_table
         from ..images import AxisImage
 
         result = self.results[row]

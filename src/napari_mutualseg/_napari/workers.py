@@ -22,7 +22,8 @@ from ..measure import Table, measure_cells
 from ..supervision import IGNORE
 
 if TYPE_CHECKING:
-    from ..batch import BatchRun, ImageResult
+    from ..batch import BatchRun
+    from ..jobs import ImageResult
     from ..models import ModelPair
     from ..training import RoundReport
     from .axes import LayerAxes

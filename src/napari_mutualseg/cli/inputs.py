@@ -72,7 +72,7 @@ def boxes_for(
     ValueError
         When the tables do not fit the images, or no image has any boxes.
     """
-    from ..io import read_box_table
+    from ..box_tables import read_box_table
 
     loaded = [read_box_table(t) for t in tables]
     if len(tables) not in (1, len(images)):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import check_writable
+from ..files import check_writable
 from .inputs import boxes_for, supervision
 from .outputs import Outputs
 

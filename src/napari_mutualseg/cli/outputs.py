@@ -122,7 +122,7 @@ def write_overlay(
     import imageio.v3 as iio
     from skimage.segmentation import find_boundaries
 
-    from ..io import atomic_write
+    from ..files import atomic_write
     from ..preprocess import normalize
 
     gray = np.clip(normalize(image), 0, 1)

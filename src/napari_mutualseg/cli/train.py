@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..io import check_writable
+from ..files import check_writable
 from .errors import CommandFailed
 from .inputs import boxes_for, config_from, supervision
 from .labels import format_metrics
@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``demo``: the whole flow on the bundled sample, scored each round; the exit status."""
-    from ..io import write_text
+    from ..files import write_text
     from ..metrics import evaluate
     from ..sample import load_sample
     from ..supervision import boxes_from_shapes, make_supervision
