@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mutualseg.exchange import ExchangeContext
+from napari_mutualseg.exchange import ExchangeContext, exchange_labels
 from napari_mutualseg.inference import predict_proba
 from napari_mutualseg.metrics import evaluate
 from napari_mutualseg.supervision import (
@@ -304,7 +304,7 @@ def test_agreement_leaves_pixels_where_the_networks_disagree_ignored(scene):
     disagree = ctx.in_box & ~ctx.core
     pb[:, disagree] = 0.0
     pb[1, disagree] = 1.0  # B calls the rest of every box cell, A calls it background
-    for labels in trainer._exchange([[pa], [pb]]):
+    for labels in exchange_labels(trainer.contexts, [[pa], [pb]], trainer.config.exchange):
         assert (labels[0][disagree] == IGNORE).all()
         assert (labels[0][ctx.core] == CELL).all()
         assert (labels[0][~ctx.in_box] == 0).all()
