@@ -149,3 +149,19 @@ def test_a_dask_layer_larger_than_the_whole_image_limit_goes_block_by_block(scen
     cells = viewer.layers["lazy cells"]
     assert calls and calls[0]["out"].shape == cells.data.shape == image.data.shape
     assert widget.controller.predictions[str(lazy.unique_id)].spots == []
+
+
+def test_a_predicted_z_stack_is_linked_into_3d_cells_with_their_table(second_image):
+    viewer, widget, _image, other = second_image
+    flat = viewer.layers["other cells"].data
+    assert flat.max() > 0  # the pair finds the discs
+    stack = viewer.add_image(np.stack([other.data] * 3), name="stack")
+    widget.predict(stack, block=True)
+    cells = viewer.layers["stack cells"].data
+    assert cells.shape == (3, *flat.shape)
+    # one label per disc through z, not one per disc and plane
+    assert len(np.unique(cells[cells > 0])) == len(np.unique(flat[flat > 0]))
+    table = viewer.layers["stack cells"].features
+    assert "volume_px" in table and len(table) == len(np.unique(flat[flat > 0]))
+    spots = widget.controller.predictions[str(stack.unique_id)].spots
+    assert all(s.label in set(np.unique(cells)) for _, s in spots)

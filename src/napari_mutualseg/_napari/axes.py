@@ -137,6 +137,11 @@ def layer_axes(layer: Image, given: str = "") -> LayerAxes:
         )
     if axes[-2:] != "YX":
         raise ValueError(f"Axes {axes} of '{layer.name}': Y and X must be the last two axes.")
+    if axes.find("T") > axes.find("Z") >= 0:
+        raise ValueError(
+            f"Axes {axes} of '{layer.name}': time must come before z (TZYX), as the result "
+            "layers are laid out."
+        )
     if "C" in axes[1:]:
         raise ValueError(
             f"Axes {axes} of '{layer.name}': the channel axis must come first, so that the "

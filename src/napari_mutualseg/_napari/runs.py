@@ -114,7 +114,7 @@ class TrainingRun(QObject):
 
             return training.MutualTrainer(images, sups, config, labels=labels, pair=resume)
 
-        layouts = [Layout(item.record.shape, item.record.planes) for item in items]
+        layouts = [Layout(it.record.shape, it.record.planes, it.record.axes) for it in items]
         pixels = [item.image.data for item in items]
         self.images: list[Image] = [item.image for item in items]
         self.job = TrainingJob(make_trainer, layouts, pixels, show_learning)

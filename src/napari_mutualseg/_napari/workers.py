@@ -18,15 +18,18 @@ import numpy as np
 
 from ..blockwise import AUTO_BLOCKWISE_PIXELS
 from ..disagreement import Spot
+from ..image_task import measure_image
+from ..images import AxisImage
+from ..linking import link_labels
 from ..measure import Table, measure_cells
 from ..supervision import IGNORE
+from .axes import LayerAxes
 
 if TYPE_CHECKING:
     from ..batch import BatchRun
     from ..jobs import ImageResult
     from ..models import ModelPair
     from ..training import RoundReport
-    from .axes import LayerAxes
 
 #: Result layers of a training round: role -> (report attribute, layer kind). Kinds:
 #: "labels" (instances), "classes" (a class map), "image" (a map of values in [0, 1]).
@@ -64,10 +67,12 @@ class WorkerFailure:
 
 @dataclass
 class Layout:
-    """Where per-plane results go in an array shaped like the image layer's data."""
+    """Where per-plane results go in an array shaped like the image layer's data (without
+    its channels)."""
 
     shape: tuple[int, ...]
     planes: list[int] | None  # counted over time and z, or None for one plane
+    axes: LayerAxes | None = None  # None: a 2D image of one channel
 
     @property
     def count(self) -> int:
@@ -156,7 +161,8 @@ class TrainingJob:
                 fill = IGNORE if kind == "classes" else 0
                 update.layers.append((role, part, layout.place(arrays, fill)))
                 if role == "cells":
-                    update.tables[part] = measure(update.layers[-1][2], self.images[part])
+                    cells = update.layers[-1][2]
+                    update.tables[part] = measure(cells, self.images[part], layout.axes)
             start += layout.count
         return update
 
@@ -229,7 +235,9 @@ def run_prediction(
             ]
             offset = max(offset, int(labels[p].max()))
         result.spots.sort(key=lambda ps: -ps[1].score)
-        result.table = measure(result.labels, data)
+        if "Z" in axes.plane_axes:  # the planes of a stack are one 3D image: 3D cells
+            result = _linked(result, axes)
+        result.table = measure(result.labels, data, axes)
         return result
     except Exception as exc:
         return WorkerFailure(exc)
@@ -257,10 +265,27 @@ def run_batch(
         release_device_memory()
 
 
-def measure(labels: np.ndarray, image: Any) -> Table:
-    """The cells' measurements in the image's intensities (see :mod:`napari_mutualseg.measure`)."""
-    same = tuple(image.shape) == labels.shape  # a one-channel image: its intensities too
-    return measure_cells(labels, np.asarray(image) if same else None)
+def measure(labels: np.ndarray, data: Any, axes: LayerAxes | None = None) -> Table:
+    """The cells' measurements in the image's intensities, every channel, a time series frame
+    by frame (:func:`napari_mutualseg.image_task.measure_image`). A plane larger than
+    4096² (a slide scan) gets shapes and positions only: its pixels are not read again."""
+    if axes is None:
+        axes = LayerAxes("YX", tuple(labels.shape))
+    if labels.ndim == 2 and labels.size > AUTO_BLOCKWISE_PIXELS:
+        return measure_cells(labels)
+    letters = axes.axes + ("C" if axes.rgb else "")
+    image = AxisImage.from_array(data, letters, rgb=axes.rgb)
+    return measure_image(labels, image, None)
+
+
+def _linked(result: PredictionResult, axes: LayerAxes) -> PredictionResult:
+    """The planes' cells linked into 3D objects (per time point), and the spots relabelled."""
+    label_axes = "".join(a for a in axes.axes if a != "C")
+    linked = link_labels(result.labels, label_axes)
+    new = np.zeros(int(result.labels.max()) + 1, linked.dtype)
+    new[result.labels.ravel()] = linked.ravel()  # each plane's cell is in one 3D cell
+    spots = [(p, replace(s, label=int(new[s.label]) if s.label else 0)) for p, s in result.spots]
+    return replace(result, labels=linked, spots=spots)
 
 
 def release_device_memory() -> None:
