@@ -165,3 +165,25 @@ def test_a_predicted_z_stack_is_linked_into_3d_cells_with_their_table(second_ima
     assert "volume_px" in table and len(table) == len(np.unique(flat[flat > 0]))
     spots = widget.controller.predictions[str(stack.unique_id)].spots
     assert all(s.label in set(np.unique(cells)) for _, s in spots)
+
+
+def test_a_file_opens_with_its_axes_and_pixel_size(viewer_widget, tmp_path, notes):
+    import tifffile
+
+    viewer, widget = viewer_widget
+    data, _rows = two_channels()
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(
+        path, data, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"axes": "CYX", "unit": "um"},
+    )  # fmt: skip
+    [layer] = viewer.open(path, plugin="napari-mutualseg")
+    assert tuple(layer.axis_labels) == ("c", "y", "x")
+    np.testing.assert_allclose(layer.scale[-2:], (0.5, 0.5))
+    widget.image_layer = layer
+    assert widget.image_axes == "CYX"
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, data)  # no axes written: opened as stored, the user is told
+    [unnamed] = viewer.open(plain, plugin="napari-mutualseg")
+    assert unnamed.data.shape == data.shape
+    assert any("set Axes" in m for m in messages(notes, "warning"))

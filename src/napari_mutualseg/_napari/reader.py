@@ -1,0 +1,68 @@
+"""Open image files in napari with their axes (the reader contribution).
+
+A file is read as the command line and the Python API read it
+(:meth:`napari_mutualseg.images.AxisImage.from_file`): axes, channel names and pixel size
+from its metadata (ImageJ and OME-TIFF, OME-Zarr, CZI / ND2 / LIF with the ``bioio`` extra),
+large files lazily. The layer gets the axes as its axis labels (which the dock widget reads
+and napari names its sliders after), the channel axis first, the pixel size as its scale.
+A file whose axes are not written in it opens as stored, and a warning says to set its axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import BIOIO_SUFFIXES, TIFF_SUFFIXES
+from ..readers import is_zarr
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
+    """The reader of ``path`` when it is a TIFF, an OME-Zarr store or a bioio format."""
+    if isinstance(path, list):
+        return None
+    p = Path(path)
+    if p.suffix.lower() in (*TIFF_SUFFIXES, *BIOIO_SUFFIXES) or is_zarr(p):
+        return read_layers
+    return None
+
+
+def read_layers(path: str) -> list[LayerData]:
+    """One image layer of the file, its axes in its axis labels and its pixel size as scale."""
+    from napari.utils.notifications import show_warning
+
+    from ..images import AxisImage
+    from ..readers import read_pixels
+
+    name = Path(path).name.split(".")[0]
+    try:
+        image = AxisImage.from_file(path)
+    except ValueError as err:
+        # axes not written in the file: as stored, for the user to name in the dock widget
+        show_warning(f"{Path(path).name}: {err} In the dock widget, set Axes instead.")
+        return [(read_pixels(path), {"name": name}, "image")]
+    data, axes = image.data, image.axes
+    if "C" in axes:
+        # colours last (napari's RGB), other channels first (where results line up)
+        data = np.moveaxis(data, axes.index("C"), -1 if image.rgb else 0)
+        axes = axes.replace("C", "") + "C" if image.rgb else "C" + axes.replace("C", "")
+    named = axes.replace("C", "") if image.rgb else axes
+    meta = {
+        "channel_names": image.channel_names,
+        "pixel_size": dict(image.pixel_size),
+        "unit": image.unit,
+        "notes": list(image.notes),
+    }
+    kwargs = {
+        "name": name,
+        "rgb": image.rgb,
+        "axis_labels": tuple(a.lower() for a in named),
+        "scale": tuple(float(image.pixel_size.get(a, 1.0)) for a in named),
+        "metadata": meta,
+    }
+    return [(data, kwargs, "image")]
