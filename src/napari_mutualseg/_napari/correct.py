@@ -207,7 +207,8 @@ class Corrector:
         changed, removed = corrected_cells(written, corrected)
         drawn = []
         if boxes is not None:
-            drawn = boxes_from_shapes(shapes_to_image_coords(boxes, image), boxes.shape_type)
+            verts = [v[:, -2:] for v in shapes_to_image_coords(boxes, image)]  # no channel
+            drawn = boxes_from_shapes(verts, boxes.shape_type)
         if not (len(changed) or removed.any() or drawn or rest_trusted):
             raise UserInputError(
                 f"Nothing on '{image.name}' was corrected: fix some cells (paint, erase, "
@@ -217,7 +218,7 @@ class Corrector:
             corrected, cells=changed, background=removed, boxes=drawn,
             rest="trusted" if rest_trusted else "ignore",
         )  # fmt: skip
-        record = SupervisionRecord(tuple(corrected.shape), None, [sup])
+        record = SupervisionRecord(tuple(corrected.shape), None, [sup], axes=layer_axes(image))
         return TrainingItem(image, record, [sup.classes])
 
     def keep_corrections(self, image: Image) -> Labels:
