@@ -170,3 +170,23 @@ def test_loss_plot_shows_a_single_round(qtbot):
     colours = {picture.pixelColor(x, y).name() for x in range(300) for y in range(120)}
     blue, orange = (c.name() for c in LossPlot.COLORS)
     assert blue in colours and orange in colours
+
+
+def test_a_result_layer_napari_refuses_is_reported_and_training_still_runs(
+    scene, notes, monkeypatch
+):
+    from napari_mutualseg._napari import writer
+
+    _viewer, widget, _image, _boxes = scene
+    real = writer.upsert_layer
+
+    def refuse_model_a(viewer, **kwargs):
+        if kwargs["role"] == "model A":
+            raise ValueError("no such colormap")
+        return real(viewer, **kwargs)
+
+    monkeypatch.setattr(writer, "upsert_layer", refuse_model_a)
+    widget.settings.rounds = 1
+    widget.train(block=True)
+    assert len(widget.history) == 1  # the job did not stall on the layer
+    assert any("could not be shown: no such colormap" in m for m in messages(notes, "error"))

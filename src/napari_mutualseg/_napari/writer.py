@@ -42,6 +42,7 @@ class LayerWriter(QObject):
         self.images: list[Layer] = []
         self.applied_rounds: list[int] = []
         self.on_round_shown: Callable[[], None] | None = None  # called once a round is drawn
+        self.on_error: Callable[[str], None] | None = None  # a write failed: for the user
         # the cells the plugin last wrote for each image (by layer id): what a person corrects
         self.written: dict[str, np.ndarray] = {}
         self.defer_hidden = False
@@ -159,6 +160,11 @@ class LayerWriter(QObject):
             if not self.defer_hidden:
                 self._deferred = {}
         if self._steps:
-            self._steps.pop(0)()
+            step = self._steps.pop(0)
+            try:
+                step()
+            except Exception as err:  # a layer napari refused: said, and the job goes on
+                if self.on_error is not None:
+                    self.on_error(f"A result could not be shown: {err}")
         if self._steps or self._pending is not None:
             self._timer.start(_GAP_MS)
