@@ -1,12 +1,15 @@
 """Block-by-block segmentation: cells cut by block faces stay whole, outputs keep pixel size."""
 
+import weakref
+
 import numpy as np
 import pytest
 import tifffile
 import torch
 from skimage.segmentation import find_boundaries
 
-from napari_mutualseg.blockwise import block_grid, default_halo
+from napari_mutualseg import blockwise
+from napari_mutualseg.blockwise import block_grid, default_halo, segment_blockwise
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.io import write_labels
 from napari_mutualseg.models import ModelPair
@@ -104,6 +107,31 @@ def test_halo_follows_the_cell_size_and_large_images_go_by_blocks():
     assert default_halo(70) == 160  # twice the largest cell, on the pooling grid
     with pytest.raises(ValueError, match="block_size"):
         block_grid((100, 100), 0, 32)
+
+
+def test_a_block_is_freed_and_trimmed_before_the_next_is_predicted(monkeypatch):
+    """What a block holds does not pile up: memory stays that of one block, not the image's."""
+    truth = _cells_across_faces()
+    alive, trims = [], []
+    find_cells = blockwise.instances_from_proba
+
+    def cells(proba, **kwargs):
+        labels = find_cells(proba, **kwargs)
+        alive.append(weakref.ref(labels))
+        return labels
+
+    def predict(window):
+        assert all(ref() is None for ref in alive)  # earlier probabilities and labels gone
+        assert 2 * len(trims) == len(alive)  # and their memory given back
+        cell = window.reshape(window.shape[-2:])
+        proba = np.stack([1 - cell, cell, np.zeros_like(cell)])
+        alive.append(weakref.ref(proba))
+        return proba
+
+    monkeypatch.setattr(blockwise, "instances_from_proba", cells)
+    monkeypatch.setattr(blockwise, "_release_freed_memory", lambda: trims.append(1))
+    result = segment_blockwise((truth > 0).astype(np.float32), predict, block_size=BLOCK, halo=32)
+    assert result.blocks == len(trims) == 9 and result.objects == truth.max()
 
 
 def test_percentiles_of_an_array_too_large_to_load_are_sampled_the_same_way(tmp_path):
