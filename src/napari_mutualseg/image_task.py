@@ -239,5 +239,5 @@ def process_image(
         peak_memory=_peak_memory(),
         shape=tuple(labels.shape),
         axes=image.label_axes,
-        read=image.describe() + (f" ({'; '.join(image.notes)})" if image.notes else ""),
+        read=image.describe(notes=True),
     )

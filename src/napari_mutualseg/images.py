@@ -392,8 +392,9 @@ class AxisImage:
         )
         return channel_ranges(sample, percentiles, self.name)
 
-    def describe(self) -> str:
-        """One line for people: name, channels, plane size, planes, axes and pixel size."""
+    def describe(self, *, notes: bool = False) -> str:
+        """One line for people: name, channels, plane size, planes, axes and pixel size, and
+        with ``notes`` where the axes came from and what was chosen."""
         parts = [f"{self.name}: {self.plane_shape[0]} x {self.plane_shape[1]} px"]
         if "C" in self.axes:
             n = self.n_channels
@@ -407,7 +408,8 @@ class AxisImage:
         spatial = [f"{a} {self.pixel_size[a]:g}" for a in "ZYX" if a in self.pixel_size]
         if spatial:
             parts.append(f"pixel size {', '.join(spatial)} {self.unit or ''}".rstrip())
-        return ", ".join(parts)
+        said = f" ({'; '.join(self.notes)})" if notes and self.notes else ""
+        return ", ".join(parts) + said
 
     def select(
         self, channels: Sequence[int | str] | None = None, rgb: str = "channels"

@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write",
     "check_writable",
     "format_size",
+    "image_stem",
     "output_paths",
     "read_box_table",
     "read_image",
@@ -81,6 +82,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     from .readers import read_pixels
 
     return read_pixels(path)
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """An image file's name without its image suffix (``a.ome.tif``, ``a.zarr`` → ``a``)."""
+    name = Path(path).name
+    if name.lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr")):
+        name = name[: name.rindex(".")].removesuffix(".ome")
+    return name
 
 
 def output_paths(
@@ -137,10 +146,7 @@ def output_paths(
     out_dir = Path(out_dir)
     outputs = []
     for source, folder, part in zip(sources, folders, parts, strict=True):
-        name = source.name
-        if name.lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr")):
-            name = name[: name.rindex(".")]
-            name = name.removesuffix(".ome")
+        name = image_stem(source)
         below = os.path.relpath(folder, common)
         outputs.append(out_dir / below / f"{name}{'_' + part if part else ''}{suffix}")
     seen: dict[str, Path] = {}

@@ -48,6 +48,11 @@ class LayerAxes:
     note: str = ""
 
     @property
+    def label_axes(self) -> str:
+        """Axes of the layers that show results: the data's, without channels."""
+        return self.axes.replace("C", "")
+
+    @property
     def label_shape(self) -> tuple[int, ...]:
         """Shape of the layers that show results: the data's, without channels or colours."""
         sizes = self.shape[: len(self.axes)]
@@ -68,11 +73,16 @@ class LayerAxes:
         """Whether the image has more than its 2D plane (planes are numbered)."""
         return bool(self.plane_axes)
 
+    def _position(self, index: int) -> tuple[int, ...]:
+        """The (time, z) indices of plane ``index``; () for an image of one plane."""
+        if not self.stacked:
+            return ()
+        return tuple(int(i) for i in np.unravel_index(index, self.label_shape[:-2]))
+
     def plane(self, data: Any, index: int) -> AxisImage:
         """Plane ``index`` (counted over time and z) as an image with its channels, lazily."""
         channel_first = self.axes[0] == "C"
-        where = np.unravel_index(index, self.label_shape[:-2]) if self.stacked else ()
-        key = (slice(None),) * channel_first + tuple(int(i) for i in where)
+        key = (slice(None),) * channel_first + self._position(index)
         axes = ("C" if channel_first else "") + "YX" + ("C" if self.rgb else "")
         return AxisImage.from_array(data[key], axes, rgb=self.rgb, name="plane")
 
@@ -88,7 +98,7 @@ class LayerAxes:
 
     def data_point(self, plane: int | None, yx: tuple[float, float]) -> tuple[float, ...]:
         """A point of plane ``plane`` in the layer's data coordinates (on channel 0)."""
-        where = np.unravel_index(plane or 0, self.label_shape[:-2]) if self.stacked else ()
+        where = self._position(plane or 0)
         return (0.0,) * (self.axes[0] == "C") + tuple(float(i) for i in where) + tuple(yx)
 
     def describe(self) -> str:
@@ -108,8 +118,8 @@ def layer_axes(layer: Image, given: str = "") -> LayerAxes:
     ValueError
         When the axes cannot be known or cannot be used; the message says what to set.
     """
-    shape = tuple(int(n) for n in layer.data.shape) if not layer.multiscale else ()
-    shape = shape or tuple(int(n) for n in layer.data[0].shape)
+    data = layer.data[0] if layer.multiscale else layer.data  # a pyramid: its full level
+    shape = tuple(int(n) for n in data.shape)
     rgb = bool(layer.rgb)
     ndim = len(shape) - rgb
     note = ""

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import BIOIO_SUFFIXES, TIFF_SUFFIXES
+from ..io import BIOIO_SUFFIXES, TIFF_SUFFIXES, image_stem
 from ..readers import is_zarr
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -39,7 +39,7 @@ def read_layers(path: str) -> list[LayerData]:
     from ..images import AxisImage
     from ..readers import read_pixels
 
-    name = Path(path).name.split(".")[0]
+    name = image_stem(path)
     try:
         image = AxisImage.from_file(path)
     except ValueError as err:
@@ -47,11 +47,11 @@ def read_layers(path: str) -> list[LayerData]:
         show_warning(f"{Path(path).name}: {err} In the dock widget, set Axes instead.")
         return [(read_pixels(path), {"name": name}, "image")]
     data, axes = image.data, image.axes
+    named = axes.replace("C", "")  # the axes napari labels: RGB colours are not one of them
     if "C" in axes:
         # colours last (napari's RGB), other channels first (where results line up)
         data = np.moveaxis(data, axes.index("C"), -1 if image.rgb else 0)
-        axes = axes.replace("C", "") + "C" if image.rgb else "C" + axes.replace("C", "")
-    named = axes.replace("C", "") if image.rgb else axes
+        named = named if image.rgb else "C" + named
     meta = {
         "channel_names": image.channel_names,
         "pixel_size": dict(image.pixel_size),

@@ -280,8 +280,7 @@ def measure(labels: np.ndarray, data: Any, axes: LayerAxes | None = None) -> Tab
 
 def _linked(result: PredictionResult, axes: LayerAxes) -> PredictionResult:
     """The planes' cells linked into 3D objects (per time point), and the spots relabelled."""
-    label_axes = "".join(a for a in axes.axes if a != "C")
-    linked = link_labels(result.labels, label_axes)
+    linked = link_labels(result.labels, axes.label_axes)
     new = np.zeros(int(result.labels.max()) + 1, linked.dtype)
     new[result.labels.ravel()] = linked.ravel()  # each plane's cell is in one 3D cell
     spots = [(p, replace(s, label=int(new[s.label]) if s.label else 0)) for p, s in result.spots]

@@ -37,8 +37,7 @@ def load_image(path: str, args: argparse.Namespace) -> AxisImage:
     from ..images import AxisImage
 
     image = AxisImage.from_file(path, axes=getattr(args, "axes", None))
-    notes = f" ({'; '.join(image.notes)})" if image.notes else ""
-    print(f"{image.describe()}{notes}", file=sys.stderr)
+    print(image.describe(notes=True), file=sys.stderr)
     return image
 
 
