@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -18,6 +19,7 @@ from napari_mutualseg.supervision import (
     Supervision,
     boxes_by_plane,
     boxes_from_shapes,
+    check_class_map,
     make_supervision,
 )
 
@@ -325,3 +327,23 @@ def test_many_boxes_on_a_large_image_are_fast():
     elapsed = time.perf_counter() - start
     assert sup.instances.max() >= 990  # a few may be fully covered by larger neighbours
     assert elapsed < 5.0, f"1000 boxes on 2048x2048 took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, np.float32])
+def test_check_class_map_gives_uint8_classes(dtype):
+    classes = np.array([[BACKGROUND, CELL], [BOUNDARY, IGNORE]])
+    out = check_class_map(classes.astype(dtype), (2, 2), "'sup'")
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, classes)
+
+
+@pytest.mark.parametrize(
+    ("painted", "listed"), [(3, "[3, 9]"), (254, "[9, 254]"), (-1, "[-1, 9]"), (300, "[9, 300]")]
+)
+def test_check_class_map_names_every_value_that_is_not_a_class(painted, listed):
+    labels = np.zeros((4, 4), np.int32)
+    labels[0, 0], labels[1, 1] = painted, 9
+    with pytest.raises(ValueError, match=re.escape(f"'sup' contains label values {listed} that")):
+        check_class_map(labels, (4, 4), "'sup'")
+    with pytest.raises(ValueError, match="has shape"):
+        check_class_map(labels, (4, 5), "'sup'")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from helpers import TIMEOUT, WIDGET_NAME, disc_image, messages, rectangles, same, wait_idle
@@ -134,27 +136,51 @@ def test_the_viewer_repaints_only_when_a_round_is_shown(make_napari_viewer, qtbo
     widget.generate_supervision()  # also makes the result layers, before training starts
     widget.wait()
 
-    class Paints(QObject):
-        count = 0
+    class Counter(QObject):
+        def __init__(self, kind):
+            super().__init__()
+            self.kind, self.count = kind, 0
 
         def eventFilter(self, obj, event):
-            self.count += event.type() == QEvent.Type.Paint
+            self.count += event.type() == self.kind
             return False
 
-    paints = Paints()
+    paints = Counter(QEvent.Type.Paint)
     canvases = widget.window().findChildren(QOpenGLWidget)
     assert canvases
     for canvas in canvases:
         canvas.installEventFilter(paints)
+    # any change in the panel redraws the whole window (it holds the OpenGL canvas)
+    redraws = Counter(QEvent.Type.Paint)
+    widget.window().installEventFilter(redraws)
+    started = time.perf_counter()
     widget.train()
     wait_idle(qtbot, widget)
+    seconds = time.perf_counter() - started
     rounds = len(widget.history)
     with capsys.disabled():
-        print(f"\n[viewer cost] {paints.count} canvas paints for {rounds} rounds")
+        print(
+            f"\n[viewer cost] {paints.count} canvas paints, {redraws.count} window redraws "
+            f"for {rounds} rounds in {seconds:.1f} s"
+        )
     # every round reached the layers (the labels may settle before the third)
     assert widget.controller.applied_rounds[-1] == widget.history[-1]["round"]
     # a few paints per shown round, not an activity spinner's 30 a second for the whole run
     assert paints.count <= 4 * rounds + 2
+    # the status line follows the steps at a timer's pace, not at every step
+    assert redraws.count <= 6 * rounds + 2 * seconds + 4
+    # cells come as uint16, which napari draws without recasting the whole array at each write
+    assert viewer.layers["cells cells"].data.dtype == np.uint16
+
+
+def test_small_labels_keeps_ids_that_need_more_than_16_bits():
+    from napari_mutualseg._napari.workers import small_labels
+
+    few = np.array([[0, 3], [65534, 1]], np.int32)
+    assert small_labels(few).dtype == np.uint16
+    np.testing.assert_array_equal(small_labels(few), few)
+    many = np.array([[0, 70000]], np.int32)
+    assert small_labels(many) is many
 
 
 def test_loss_plot_shows_a_single_round(qtbot):

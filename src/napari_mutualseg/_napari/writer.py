@@ -107,7 +107,7 @@ class LayerWriter(QObject):
         existing = find_own_layer(self._viewer(), role, image if role in PER_IMAGE else None)
         if existing is None or tuple(existing.data.shape) != shape:
             kind = RESULT_LAYERS[role][1]
-            dtype = {"labels": np.int32, "classes": np.uint8, "image": np.float16}[kind]
+            dtype = {"labels": np.uint16, "classes": np.uint8, "image": np.float16}[kind]
             self._write(role, part, np.zeros(shape, dtype))
 
     def _write(self, role: str, part: int, data: np.ndarray) -> None:
