@@ -108,19 +108,20 @@ def check_class_map(labels: np.ndarray, shape: Sequence[int], name: str) -> np.n
             f"{name} has shape {labels.shape} but its image has {tuple(shape)}; make the "
             "supervision again for this image."
         )
-    classes = labels.astype(np.uint8)
-    if labels.dtype == np.uint8 or np.array_equal(classes, labels):
-        # the classes are 0, 1, 2 and 255: two comparisons take 3 ms at 2048² where np.isin
+    if labels.dtype.kind in "iu":
+        # the classes are 0, 1, 2 and 255: comparisons take a few ms at 2048² where np.isin
         # takes 30-70, and Train runs this on the main thread
-        bad = np.unique(classes[(classes > BOUNDARY) & (classes != IGNORE)])
-    else:  # values beyond one byte, or not whole numbers
-        bad = np.unique(labels[~np.isin(labels, CLASS_VALUES)])
-    if bad.size:
+        small = labels.astype(np.uint8)
+        outside = ((small > BOUNDARY) & (small != IGNORE)) | (small != labels)
+    else:  # floats: only whole class values
+        outside = ~np.isin(labels, CLASS_VALUES)
+    if outside.any():
         raise ValueError(
-            f"{name} contains label values {bad[:5].tolist()} that are not classes; paint with "
-            f"0 (background), 1 (cell), 2 (boundary) or {IGNORE} (ignore)."
+            f"{name} contains label values {np.unique(labels[outside])[:5].tolist()} that are "
+            f"not classes; paint with 0 (background), 1 (cell), 2 (boundary) or {IGNORE} "
+            "(ignore)."
         )
-    return classes
+    return labels.astype(np.uint8)
 
 
 def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
