@@ -174,9 +174,11 @@ def train_from_boxes(config: TrainConfig) -> dict:
     viewer, widget, watch = open_window(config)
     watch.start()
     widget.train()
-    while widget.controller.state is not RunState.TRAINING:
+    while widget.controller.state is RunState.STARTING:
         settle(0.01)
     start = watch.stop()
+    if widget.controller.state is not RunState.TRAINING:
+        raise RuntimeError(f"Training did not start: {widget.controller.last_message}")
     widget.stop()
     widget.wait()
     widget.shutdown()
