@@ -74,7 +74,8 @@ def test_a_two_channel_file_trains_on_the_chosen_channel_and_predicts_with_it(
 def test_a_3d_file_needs_its_axes_and_a_z_stack_gives_3d_labels(scene, tmp_path, capsys):
     image, _, boxes, plain = scene
     stack = tmp_path / "stack.tif"
-    tifffile.imwrite(stack, (np.stack([image * 0.9, image, image * 1.1]) * 1000).astype(np.uint16))
+    data = (np.stack([image * 0.9, image, image * 1.1]) * 1000).astype(np.uint16)
+    tifffile.imwrite(stack, data, photometric="minisblack")  # three planes, not RGB
     rows = ["index,shape-type,vertex-index,axis-0,axis-1,axis-2"]
     for k, (y0, x0, y1, x1) in enumerate(boxes):
         corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
