@@ -113,15 +113,16 @@ def check_class_map(labels: np.ndarray, shape: Sequence[int], name: str) -> np.n
         # takes 30-70, and Train runs this on the main thread
         small = labels.astype(np.uint8)
         outside = ((small > BOUNDARY) & (small != IGNORE)) | (small != labels)
-    else:  # floats: only whole class values
+    else:  # floats: only whole class values, cast once they are known to be (NaN warns)
         outside = ~np.isin(labels, CLASS_VALUES)
+        small = None
     if outside.any():
         raise ValueError(
             f"{name} contains label values {np.unique(labels[outside])[:5].tolist()} that are "
             f"not classes; paint with 0 (background), 1 (cell), 2 (boundary) or {IGNORE} "
             "(ignore)."
         )
-    return labels.astype(np.uint8)
+    return labels.astype(np.uint8) if small is None else small
 
 
 def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
