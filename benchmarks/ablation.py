@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_mutualseg.files import write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run
 
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in SEEDS:
                 run_variant(name, seed)
     rows = [aggregate(name) for name in VARIANTS]
-    (RESULTS / "ablation_val.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_text(RESULTS / "ablation_val.json", json.dumps(rows, indent=1) + "\n", overwrite=True)
     md = [
         "**Exchange ablation on BBBC039 val** (`python benchmarks/ablation.py`): `reduced` "
         "config (8 boxed train images, exact boxes, 3 rounds × 80 steps per network, U-Net "
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         table(rows),
         "",
     ]
-    (RESULTS / "ablation_val.md").write_text("\n".join(md))
+    write_text(RESULTS / "ablation_val.md", "\n".join(md), overwrite=True)
     print("\n".join(md))
 
 

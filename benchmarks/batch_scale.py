@@ -41,6 +41,7 @@ import numpy as np
 
 from napari_mutualseg.batch import BatchOptions, BatchRun, plan_jobs, process_image
 from napari_mutualseg.devices import describe_device, select_device
+from napari_mutualseg.files import write_text
 from napari_mutualseg.models import ModelPair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -251,8 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
         screen_cpu_rest_h=SCREEN * (split["image_s"] - split["network_s"]) / 3600,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(result))
+    write_text(args.out / f"{stem}.json", json.dumps(result, indent=2), overwrite=True)
+    write_text(args.out / f"{stem}.md", markdown(result), overwrite=True)
     print(markdown(result))
     return result
 

@@ -44,6 +44,7 @@ from scipy.sparse.csgraph import connected_components
 
 from napari_mutualseg.blockwise import block_grid, default_halo, keep_owned_cells
 from napari_mutualseg.devices import describe_device, select_device
+from napari_mutualseg.files import write_text
 from napari_mutualseg.inference import DEFAULT_TILE_SIZE, instances_from_proba
 from napari_mutualseg.metrics import evaluate, match_instances, mean_metrics
 from napari_mutualseg.models import ModelPair
@@ -260,11 +261,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if len(images) == 50 else f"_{len(images)}img"
-    (args.out / f"blockwise_quality{suffix}.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2)
+    write_text(
+        args.out / f"blockwise_quality{suffix}.json",
+        json.dumps({"meta": meta, "rows": rows}, indent=2),
+        overwrite=True,
     )
     table = markdown(rows, meta)
-    (args.out / f"blockwise_quality{suffix}.md").write_text(table)
+    write_text(args.out / f"blockwise_quality{suffix}.md", table, overwrite=True)
     print(table)
     return rows
 

@@ -38,6 +38,7 @@ import tifffile
 import torch
 
 from napari_mutualseg.devices import describe_device, select_device
+from napari_mutualseg.files import write_text
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.models import ModelPair
 from napari_mutualseg.training import MutualTrainer, TrainConfig
@@ -140,7 +141,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "settings": {k: v for k, v in train_kw.items() if k != "device"},
         "torch": torch.__version__,
     }
-    (args.out / f"channels{custom}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    write_text(
+        args.out / f"channels{custom}.json",
+        json.dumps({**meta, "rows": rows}, indent=2),
+        overwrite=True,
+    )
     lines = [
         f"BBBC039, reduced configuration ({n} boxed train images, {n} test images, "
         f"{train_kw['rounds']} x {train_kw['steps_per_round']} steps), {meta['device']}.",
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"| {r['variant']} | {r['in_channels']} | {b['map']:.3f} | {b['aji']:.3f} "
             f"| {m['f1_50']:.3f} | {m['map']:.3f} | {m['aji']:.3f} | {r['train_seconds']} |"
         )
-    (args.out / f"channels{custom}.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / f"channels{custom}.md", "\n".join(lines) + "\n", overwrite=True)
     print("\n".join(lines))
     return rows
 

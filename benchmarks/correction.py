@@ -55,6 +55,7 @@ import torch
 
 from napari_mutualseg.devices import describe_device, select_device
 from napari_mutualseg.disagreement import REGION_THRESHOLD, RIM, Spot
+from napari_mutualseg.files import write_text
 from napari_mutualseg.models import ModelPair
 from napari_mutualseg.preprocess import normalize
 from napari_mutualseg.supervision import supervision_from_masks
@@ -517,11 +518,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"correction_{args.split_eval}_{device.type}" + (f"_{args.tag}" if args.tag else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text(args.out / f"{stem}.json", json.dumps(result, indent=1) + "\n", overwrite=True)
     plot(result, args.out / f"{stem}.png")
     command = "python benchmarks/correction.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = markdown(result, command.strip(), f"{stem}.png")
-    (args.out / f"{stem}.md").write_text(md)
+    write_text(args.out / f"{stem}.md", md, overwrite=True)
     print(md)
     log(f"done in {result['seconds'] / 60:.1f} min: {args.out / stem}.json / .md / .png")
     return result

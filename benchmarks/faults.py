@@ -1633,9 +1633,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(outcomes)} cases in {minutes:.1f} min\n\n{text}")
     out = Path(args.out)
     if not args.fast and not args.group:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "faults.md").write_text(f"{text}\n")
-        (out / "faults.json").write_text(
+        from napari_mutualseg.files import write_text
+
+        write_text(out / "faults.md", f"{text}\n", overwrite=True)
+        write_text(
+            out / "faults.json",
             json.dumps(
                 [
                     {
@@ -1653,7 +1655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for o in outcomes
                 ],
                 indent=1,
-            )
+            ),
+            overwrite=True,
         )
     bad = sum(o.verdict in ("traceback", "data loss", "hang") for o in outcomes)
     return 1 if bad else 0

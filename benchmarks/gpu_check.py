@@ -55,6 +55,7 @@ import napari_mutualseg.training as training
 from napari_mutualseg.boxes import boxes_from_shapes
 from napari_mutualseg.devices import describe_device, release_cached_memory, select_device
 from napari_mutualseg.exchange import ExchangeContext
+from napari_mutualseg.files import write_text
 from napari_mutualseg.inference import predict_proba
 from napari_mutualseg.metrics import evaluate
 from napari_mutualseg.models import ModelPair, build_unet
@@ -199,7 +200,9 @@ class Check:
 
     def save(self) -> None:
         self.results["elapsed_s"] = round(self.elapsed(), 1)
-        write_text(self.out / "gpu_check.json", json.dumps(self.results, indent=1) + "\n")
+        write_text(
+            self.out / "gpu_check.json", json.dumps(self.results, indent=1) + "\n", overwrite=True
+        )
 
     def sync(self) -> None:
         if self.cuda:
@@ -280,14 +283,6 @@ def replaced(owner: Any, name: str, value: Any):
 
 def mb(n_bytes: float) -> float:
     return round(n_bytes / 2**20, 1)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def sample_setup():
@@ -950,7 +945,7 @@ def part_profile(check: Check) -> None:
             events.table(sort_by=sort, row_limit=30),
         ]
         check.log(f"profile {name}: {summary[name]}")
-    write_text(check.out / "gpu_profile.txt", "\n".join(text) + "\n")
+    write_text(check.out / "gpu_profile.txt", "\n".join(text) + "\n", overwrite=True)
     check.results["profile"] = {"size": size, "steps": n, "runs": summary}
 
 

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_mutualseg.files import write_text
+
 HERE = Path(__file__).resolve().parent
 #: Edge of the synthetic image's tiles (and of its TIFF tiles).
 TILE = 1024
@@ -321,9 +323,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 r["projected_gb"] = last["baseline_rss_gb"] + bpp * r["size"] ** 2 / 2**30
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"large_image{args.tag}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_text(
+        stem.with_suffix(".json"),
+        json.dumps({"meta": meta, "rows": rows}, indent=2),
+        overwrite=True,
+    )
     table = markdown(rows, meta)
-    stem.with_suffix(".md").write_text(table)
+    write_text(stem.with_suffix(".md"), table, overwrite=True)
     plot(rows, stem.with_suffix(".png"))
     print(table)
     return rows

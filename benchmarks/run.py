@@ -36,6 +36,7 @@ import tifffile
 import torch
 
 from napari_mutualseg.devices import describe_device, select_device
+from napari_mutualseg.files import write_text
 from napari_mutualseg.inference import predict_proba
 from napari_mutualseg.preprocess import normalize
 from napari_mutualseg.supervision import make_supervision
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     def save() -> None:
         """The rows so far (a run stopped by a time limit keeps every finished method)."""
-        _write_text(args.out / f"{stem}.json", json.dumps(rows, indent=1) + "\n")
+        write_text(args.out / f"{stem}.json", json.dumps(rows, indent=1) + "\n", overwrite=True)
         if args.json_only:
             return
         total = time.perf_counter() - t_all
@@ -540,7 +541,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "",
             *([] if args.eval_last else [f"![per-round metrics]({plot.name})", ""]),
         ]
-        _write_text(args.out / f"{stem}.md", "\n".join(md))
+        write_text(args.out / f"{stem}.md", "\n".join(md), overwrite=True)
 
     for mode in modes:
         log(f"boxes: {mode}")
@@ -627,13 +628,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("\n".join(target_lines(rows)))
     log(f"done in {total:.0f} s: {args.out / stem}.json / .md")
     return rows
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

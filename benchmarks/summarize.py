@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_mutualseg.files import write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import METHODS, METRIC_KEYS, SETTINGS
 from run import target_lines
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     text = "\n".join(md)
     if args.out:
-        args.out.write_text(text)
+        write_text(args.out, text, overwrite=True)
     print(text)
 
 

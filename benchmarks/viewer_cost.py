@@ -36,6 +36,7 @@ from napari_mutualseg._napari.layers import camera
 from napari_mutualseg.boxes import boxes_from_shapes
 from napari_mutualseg.config import TrainConfig
 from napari_mutualseg.devices import describe_device, select_device
+from napari_mutualseg.files import write_text
 from napari_mutualseg.sample import load_sample
 from napari_mutualseg.supervision import make_supervision
 from napari_mutualseg.training import MutualTrainer
@@ -231,8 +232,11 @@ def table(rows: list[dict]) -> list[str]:
 def write_results(rows: list[dict], meta: dict, out: Path) -> None:
     """``viewer_cost.json`` and ``viewer_cost.md`` in ``out``."""
     meta["hands_off_ratio"] = ratio = with_ratios(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "viewer_cost.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_text(
+        out / "viewer_cost.json",
+        json.dumps({"meta": meta, "rows": rows}, indent=2),
+        overwrite=True,
+    )
     runs = sum(r["mode"] == HANDS_OFF for r in rows)
     lines = [
         f"Bundled sample, CPU defaults ({meta['config']}), {meta['device']}, {meta['machine']}, "
@@ -241,7 +245,7 @@ def write_results(rows: list[dict], meta: dict, out: Path) -> None:
         "",
         *table(rows),
     ]
-    (out / "viewer_cost.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "viewer_cost.md", "\n".join(lines) + "\n", overwrite=True)
     print("\n".join(lines))
 
 

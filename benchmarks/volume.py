@@ -34,6 +34,7 @@ import torch
 from skimage.measure import label, regionprops
 
 from napari_mutualseg.devices import describe_device, select_device
+from napari_mutualseg.files import write_text
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.linking import link_slices
 from napari_mutualseg.metrics import evaluate, match_instances, mean_metrics
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     custom = "_custom" if args.steps else ""
-    (args.out / f"volume{custom}.json").write_text(json.dumps(result, indent=2))
+    write_text(args.out / f"volume{custom}.json", json.dumps(result, indent=2), overwrite=True)
     lines = [
         f"Synthetic z-stacks {SHAPE[0]} x {SHAPE[1]} x {SHAPE[2]}, {N_CELLS} ellipsoidal cells "
         f"each; trained on boxes of planes {boxed} of one stack ({n_boxes} boxes), scored on "
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {name} | {m['f1_50']:.3f} | {m['ap_50']:.3f} | {m['ap_75']:.3f} | {m['map']:.3f} "
             f"| {m['aji']:.3f} | {m['n_pred']:.1f} ({m['n_gt']:.1f}) |"
         )
-    (args.out / f"volume{custom}.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / f"volume{custom}.md", "\n".join(lines) + "\n", overwrite=True)
     print("\n".join(lines))
     return result
 
