@@ -59,19 +59,17 @@ class Watch:
         from qtpy.QtCore import QEvent, QObject, QTimer
         from qtpy.QtWidgets import QOpenGLWidget
 
-        class Counter(QObject):
-            def __init__(self, kind) -> None:
-                super().__init__()
-                self.kind, self.count = kind, 0
+        class Paints(QObject):
+            count = 0
 
             def eventFilter(self, obj, event):
-                self.count += event.type() == self.kind
+                self.count += event.type() == QEvent.Type.Paint
                 return False
 
         window = widget.window()
-        self.window = Counter(QEvent.Type.Paint)  # the main window's own paints: its redraws
+        self.window = Paints()  # the main window's own paints: its redraws
         window.installEventFilter(self.window)
-        self.canvas = Counter(QEvent.Type.Paint)
+        self.canvas = Paints()
         for canvas in window.findChildren(QOpenGLWidget):
             canvas.installEventFilter(self.canvas)
         self.ticks: list[float] = []

@@ -136,22 +136,20 @@ def test_the_viewer_repaints_only_when_a_round_is_shown(make_napari_viewer, qtbo
     widget.generate_supervision()  # also makes the result layers, before training starts
     widget.wait()
 
-    class Counter(QObject):
-        def __init__(self, kind):
-            super().__init__()
-            self.kind, self.count = kind, 0
+    class Paints(QObject):
+        count = 0
 
         def eventFilter(self, obj, event):
-            self.count += event.type() == self.kind
+            self.count += event.type() == QEvent.Type.Paint
             return False
 
-    paints = Counter(QEvent.Type.Paint)
+    paints = Paints()
     canvases = widget.window().findChildren(QOpenGLWidget)
     assert canvases
     for canvas in canvases:
         canvas.installEventFilter(paints)
     # any change in the panel redraws the whole window (it holds the OpenGL canvas)
-    redraws = Counter(QEvent.Type.Paint)
+    redraws = Paints()
     widget.window().installEventFilter(redraws)
     started = time.perf_counter()
     widget.train()
