@@ -167,6 +167,16 @@ def test_large_tiffs_are_opened_lazily(tmp_path, monkeypatch):
     np.testing.assert_array_equal(image.plane(0), data)
 
 
+def test_a_file_without_axes_is_refused_with_its_pixels_as_stored(tmp_path, monkeypatch):
+    data = _ramp((2, 3, 64, 48))
+    tifffile.imwrite(tmp_path / "plain.tif", data, photometric="minisblack", tile=(16, 16))
+    monkeypatch.setattr(readers, "LAZY_BYTES", 1024)
+    with pytest.raises(readers.AxesUnknownError, match="whose axes the file does not say") as err:
+        AxisImage.from_file(tmp_path / "plain.tif")
+    assert not isinstance(err.value.data, np.ndarray)  # still lazy: a caller may show it
+    np.testing.assert_array_equal(np.asarray(err.value.data), data)
+
+
 def test_bioio_formats_keep_axes_names_and_pixel_size(tmp_path, monkeypatch):
     data = _ramp((1, 2, 4, 16, 20))
 

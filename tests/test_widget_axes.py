@@ -186,4 +186,9 @@ def test_a_file_opens_with_its_axes_and_pixel_size(viewer_widget, tmp_path, note
     tifffile.imwrite(plain, data)  # no axes written: opened as stored, the user is told
     [unnamed] = viewer.open(plain, plugin="napari-mutualseg")
     assert unnamed.data.shape == data.shape
-    assert any("set Axes" in m for m in messages(notes, "warning"))
+    assert sum("set Axes" in m for m in messages(notes, "warning")) == 1
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a TIFF")  # unreadable: napari says why, no advice on axes
+    with pytest.raises(Exception, match="Cannot read"):
+        viewer.open(broken, plugin="napari-mutualseg")
+    assert sum("set Axes" in m for m in messages(notes, "warning")) == 1

@@ -283,7 +283,8 @@ class AxisImage:
         FileNotFoundError
             When there is no such file.
         ValueError
-            When the file cannot be read, or its axes are unknown and not given.
+            When the file cannot be read, or its axes are unknown and not given
+            (:class:`~napari_mutualseg.readers.AxesUnknownError`, which holds the pixels).
         """
         # the readers build on this module, so they are imported when first needed
         from .readers import read_axis_image

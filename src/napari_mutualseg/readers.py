@@ -27,10 +27,24 @@ from .images import ASK_AXES, AXES, PLANE_AXES, AxisImage, parse_axes, rgb_like
 from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES
 from .ome import unit_symbol
 
-__all__ = ["LAZY_BYTES", "is_zarr", "read_axis_image", "read_pixels"]
+__all__ = ["LAZY_BYTES", "AxesUnknownError", "is_zarr", "read_axis_image", "read_pixels"]
 
 #: Files up to this size are read into memory; larger ones are opened lazily (chunk by chunk).
 LAZY_BYTES = 256 * 2**20
+
+
+class AxesUnknownError(ValueError):
+    """The file was read, but it does not say what its axes are and none were given.
+
+    Attributes
+    ----------
+    data : array-like
+        The pixels as stored (lazy for a large file), for a caller that shows them as they are.
+    """
+
+    def __init__(self, message: str, data: Any) -> None:
+        super().__init__(message)
+        self.data = data
 
 
 def read_axis_image(
@@ -60,8 +74,10 @@ def read_axis_image(
     ------
     FileNotFoundError
         When there is no such file.
+    AxesUnknownError
+        When the file's axes are unknown and not given (a ``ValueError``).
     ValueError
-        When the file cannot be read, or its axes are unknown and not given.
+        When the file cannot be read.
     """
     path = Path(path)
     raw = _open(path, lazy)
@@ -88,9 +104,10 @@ def read_axis_image(
         data, letters = _drop_single(data, letters, "?")
         if "?" in letters:
             if not (letters[:-1] == "YX" and rgb_like(data)):
-                raise ValueError(
+                raise AxesUnknownError(
                     f"{path.name} holds an array of shape {tuple(data.shape)} whose axes the "
-                    f"file does not say (read as {raw.file_axes!r}): {ASK_AXES}."
+                    f"file does not say (read as {raw.file_axes!r}): {ASK_AXES}.",
+                    raw.data,
                 )
             letters = letters[:-1] + "C"
             note = "8-bit pixels with 3 or 4 values last taken as one RGB(A) picture"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..io import BIOIO_SUFFIXES, TIFF_SUFFIXES, image_stem
-from ..readers import is_zarr
+from ..readers import AxesUnknownError, is_zarr
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -37,15 +37,15 @@ def read_layers(path: str) -> list[LayerData]:
     from napari.utils.notifications import show_warning
 
     from ..images import AxisImage
-    from ..readers import read_pixels
 
     name = image_stem(path)
     try:
         image = AxisImage.from_file(path)
-    except ValueError as err:
-        # axes not written in the file: as stored, for the user to name in the dock widget
+    except AxesUnknownError as err:
+        # as stored, for the user to name in the dock widget (a file that cannot be read at
+        # all raises: napari says why)
         show_warning(f"{Path(path).name}: {err} In the dock widget, set Axes instead.")
-        return [(read_pixels(path), {"name": name}, "image")]
+        return [(err.data, {"name": name}, "image")]
     data, axes = image.data, image.axes
     named = axes.replace("C", "")  # the axes napari labels: RGB colours are not one of them
     if "C" in axes:
