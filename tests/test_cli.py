@@ -158,6 +158,34 @@ def test_user_mistakes_get_a_message_not_a_traceback(data, tmp_path, capsys, mak
     assert data["gt"].read_bytes() == before  # nothing the user made is overwritten
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: ["supervise", d["image"], "--boxes", d["plain"], "--out", d["image"]],
+        lambda d: ["supervise", d["image"], "--boxes", d["plain"], "--out", d["plain"]],
+        lambda d: ["train", d["image"], "--boxes", d["plain"], "--out", d["image"], *TINY],
+        lambda d: ["train", d["image"], "--boxes", d["plain"], "--out", d["plain"], *TINY],
+    ],
+)
+def test_an_input_is_never_written_over_even_with_overwrite(data, capsys, make):
+    before = {key: path.read_bytes() for key, path in data.items()}
+    code, _, err = _run(capsys, *make(data), "--overwrite")
+    assert code == 2 and "is an input" in err
+    assert {key: path.read_bytes() for key, path in data.items()} == before
+
+
+def test_two_results_of_one_command_never_share_a_name(data, tmp_path, capsys):
+    same = tmp_path / "same.tif"
+    argv = ["supervise", data["image"], "--boxes", data["plain"], "--out", same]
+    code, _, err = _run(capsys, *argv, "--instances-out", same)
+    assert code == 2 and "Two results" in err and not same.exists()
+    labels = tmp_path / "seg"
+    model = labels / "cells_cells.tif"  # where --labels-out puts the image's segmentation
+    argv = ["train", data["image"], "--boxes", data["plain"], "--out", model, *TINY]
+    code, _, err = _run(capsys, *argv, "--labels-out", labels)
+    assert code == 2 and "Two results" in err and not labels.exists()
+
+
 def test_bad_images_are_explained(tmp_path, data, capsys):
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, np.full((64, 80), 7, np.uint16))

@@ -17,7 +17,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +25,7 @@ __all__ = [
     "MIN_FREE",
     "OutputError",
     "atomic_write",
+    "check_outputs",
     "check_writable",
     "format_size",
     "write_text",
@@ -290,6 +291,59 @@ def check_writable(
             f"{format_size(free)} free. Free some space or choose another folder.",
         )
     return path
+
+
+def _same_file_key(path: str | os.PathLike) -> str:
+    """One key per place on the disk (links resolved; case folded, for case-blind disks)."""
+    return os.path.normcase(os.path.realpath(path)).lower()
+
+
+def check_outputs(
+    outputs: Sequence[str | os.PathLike],
+    inputs: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
+) -> list[Path]:
+    """Check, before any work, every file a command will write: each can be written
+    (:func:`check_writable`), no two share a name, and none is an input, even with
+    ``overwrite``.
+
+    Parameters
+    ----------
+    outputs : sequence of str or path-like
+        The files to be written.
+    inputs : sequence of str or path-like
+        The files the work reads (images, box tables, a model to resume).
+    overwrite : bool
+        Whether an existing output may be replaced.
+
+    Returns
+    -------
+    list of pathlib.Path
+        ``outputs``.
+
+    Raises
+    ------
+    ValueError
+        When two outputs are one file, or an output is an input.
+    FileExistsError, OSError
+        As :func:`check_writable`.
+    """
+    reads = {_same_file_key(p): Path(p) for p in inputs}
+    seen: dict[str, Path] = {}
+    for out in map(Path, outputs):
+        key = _same_file_key(out)
+        if key in reads:
+            raise ValueError(
+                f"{out} is an input ({reads[key]}); writing there would destroy it. Choose "
+                "another output name."
+            )
+        if key in seen:
+            raise ValueError(
+                f"Two results would be written to {out}; give each output its own name."
+            )
+        seen[key] = out
+        check_writable(out, overwrite)
+    return [Path(p) for p in outputs]
 
 
 def format_size(n: float) -> str:

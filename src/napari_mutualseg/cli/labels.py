@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import check_writable
+from ..files import check_outputs
 from .inputs import boxes_for, supervision
 from .outputs import Outputs
 
@@ -18,9 +18,9 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     """``supervise``: the ellipse supervision of one image's boxes; the exit status."""
     out = Path(args.out)
     extra = Path(args.instances_out) if args.instances_out else None
-    for path in (out, extra):
-        if path is not None:
-            check_writable(path, args.overwrite)
+    check_outputs(
+        [p for p in (out, extra) if p is not None], [args.image, args.boxes], args.overwrite
+    )
     ((image, planes),) = boxes_for([args.image], [args.boxes], args)
     if len(planes) > 1:
         raise ValueError("supervise takes a single 2D image; use train for stacks.")

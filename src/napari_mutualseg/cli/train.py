@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..files import check_writable
+from ..files import check_outputs, check_writable
 from .errors import CommandFailed
 from .inputs import boxes_for, config_from, supervision
 from .labels import format_metrics
@@ -73,7 +73,7 @@ def _resumed(args: argparse.Namespace) -> tuple[ModelPair | None, dict[str, Any]
 def _label_paths(
     args: argparse.Namespace, loaded: list[tuple[AxisImage, list[PlaneBoxes]]]
 ) -> list[Path]:
-    """Where --labels-out puts each boxed plane's segmentation (checked); none without it."""
+    """Where --labels-out puts each boxed plane's segmentation; none without it."""
     from ..io import output_paths
 
     if not args.labels_out:
@@ -84,10 +84,7 @@ def _label_paths(
             if plane is not None:
                 sources.append(path)
                 parts.append(image.plane_name(j))
-    paths = output_paths(sources, args.labels_out, parts=parts)
-    for path in paths:
-        check_writable(path, args.overwrite)
-    return paths
+    return output_paths(sources, args.labels_out, parts=parts)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -99,9 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     pair, fixed = _resumed(args)
     config = config_from(args, **fixed)
-    out = check_writable(args.out, args.overwrite)
     loaded = boxes_for(args.images, args.boxes, args)
     label_paths = _label_paths(args, loaded)
+    # the model may be saved over the one it resumes (with --overwrite); nothing else is read
+    out, *_ = check_outputs([args.out, *label_paths], [*args.images, *args.boxes], args.overwrite)
     # one supervision per plane; planes without boxes are left out of training
     sups = [
         None if p is None else supervision(p[0], image, p[1])
