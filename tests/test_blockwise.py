@@ -286,3 +286,18 @@ def test_command_line_predicts_block_by_block_and_keeps_the_pixel_size(tmp_path,
     common += ["--out", out]
     assert main([str(a) for a in [*common, "--disagreement-out", tmp_path / "d"]]) == 2
     assert "whole images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"block_size": 10}, "at least 32"),
+        ({"block_size": -5}, "at least 32"),
+        ({"halo": -3}, "0 or more"),
+    ],
+)
+def test_block_settings_are_refused_before_any_image(settings, message):
+    from napari_mutualseg.batch import BatchOptions
+
+    with pytest.raises(ValueError, match=message):
+        BatchOptions(**settings)

@@ -45,6 +45,7 @@ __all__ = [
     "BlockwiseResult",
     "block_grid",
     "block_labels",
+    "check_blocks",
     "default_halo",
     "keep_owned_cells",
     "segment_blockwise",
@@ -111,6 +112,23 @@ class Block:
     inner: tuple[bool, bool, bool, bool]
 
 
+def check_blocks(block_size: int | None, halo: int | None) -> None:
+    """Refuse a block edge under :data:`ALIGN` pixels or a negative halo (None: the default).
+
+    Raises
+    ------
+    ValueError
+        Saying which setting is wrong and what it may be.
+    """
+    if block_size is not None and block_size < ALIGN:
+        raise ValueError(
+            f"block_size (--block-size) must be at least {ALIGN} pixels, got {block_size}; "
+            f"blocks of {DEFAULT_BLOCK_SIZE} keep memory near 1 GB."
+        )
+    if halo is not None and halo < 0:
+        raise ValueError(f"halo (--halo) must be 0 or more pixels, wider than a cell, got {halo}.")
+
+
 def block_grid(shape: tuple[int, int], block_size: int, halo: int) -> list[Block]:
     """The blocks covering an image of ``shape`` (rows of blocks, top to bottom).
 
@@ -121,10 +139,9 @@ def block_grid(shape: tuple[int, int], block_size: int, halo: int) -> list[Block
     block_size, halo : int
         Core edge and margin in pixels, rounded up to multiples of :data:`ALIGN`.
     """
-    if block_size < 1:
-        raise ValueError(f"block_size must be a positive number of pixels, got {block_size}.")
+    check_blocks(block_size, halo)
     height, width = shape
-    block_size, halo = _round_up(block_size, ALIGN), _round_up(max(halo, 0), ALIGN)
+    block_size, halo = _round_up(block_size, ALIGN), _round_up(halo, ALIGN)
     blocks = []
     for y0 in range(0, height, block_size):
         for x0 in range(0, width, block_size):

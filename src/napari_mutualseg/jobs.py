@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .blockwise import check_blocks
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, check_tiling
 from .io import BIOIO_SUFFIXES, IMAGE_SUFFIXES, output_paths
 from .readers import is_zarr
@@ -87,6 +88,7 @@ class BatchOptions:
 
     def __post_init__(self) -> None:
         check_tiling(self.tile_size, self.overlap)
+        check_blocks(self.block_size, self.halo)
         if self.min_size is not None and self.min_size < 0:
             raise ValueError(
                 f"min_size (--min-size) must be 0 or more pixels, got {self.min_size}."
