@@ -112,7 +112,7 @@ def test_inputs_are_files_folders_and_patterns_but_never_the_results(model, tmp_
     # results written into the input folder are not taken for inputs the next time
     list(BatchRun(model, [tmp_path / "in"], tmp_path / "in", OPTIONS, workers=0))
     assert (tmp_path / "in" / "one_cells.tif").exists()
-    assert find_images([tmp_path / "in"], tmp_path / "in") == [second, first]
+    assert find_images([tmp_path / "in"]) == [second, first]
     with pytest.raises(FileNotFoundError, match="not found"):
         find_images([tmp_path / "nope"])
     (tmp_path / "empty").mkdir()
@@ -135,7 +135,7 @@ def test_a_killed_run_keeps_finished_images_and_a_rerun_does_the_rest(model, tmp
     assert finished and len(finished) < 12, "kill landed too late to test anything"
     # nothing half-written: every file there reads (a temporary one would have a hidden name)
     visible = [p for p in out.iterdir() if not p.name.startswith(".")]
-    assert all(p.suffix in (".tif", ".csv") for p in visible), visible
+    assert all(p.suffix in (".tif", ".csv", ".json") for p in visible), visible
     for table in out.glob("*_cells.csv"):
         tifffile.imread(table.with_name(table.name.replace(".csv", ".tif")))
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -159,14 +159,86 @@ def test_a_time_series_is_measured_frame_by_frame_in_every_channel():
     assert table["max_intensity_actin"].tolist() == [2, 2, 3]
 
 
+def _predict(capsys, model, *argv) -> tuple[int, str]:
+    code = main(
+        [str(a) for a in ["predict", model, *argv, "--device", "cpu", "--tile-size", "64"]]
+    )
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_results_from_another_image_or_model_are_never_taken_for_this_one(model, tmp_path, capsys):
+    _image(tmp_path / "p1" / "x.tif", 1)
+    _image(tmp_path / "p2" / "x.tif", 2, shape=(40, 64))
+    out = tmp_path / "out"
+    assert _predict(capsys, model, tmp_path / "p1", "--out", out)[0] == 0
+    first = (out / "x_cells.tif").read_bytes()
+    # plate 2 has an image of the same name: refused before any work, plate 1's kept
+    code, text = _predict(capsys, model, tmp_path / "p2", "--out", out)
+    assert code == 2 and f"was made from {tmp_path / 'p1' / 'x.tif'}" in text
+    assert (out / "x_cells.tif").read_bytes() == first
+    # another model, or other options: refused too, and replaced only when asked
+    other = tmp_path / "other.pt"
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    ModelPair(build_unet(arch, 5), build_unet(arch, 6)).save(other)
+    code, text = _predict(capsys, other, tmp_path / "p1", "--out", out)
+    assert code == 2 and "another model" in text
+    code, text = _predict(capsys, model, tmp_path / "p1", "--out", out, "--min-size", "3")
+    assert code == 2 and "other options (min_size None -> 3)" in text
+    code, text = _predict(capsys, other, tmp_path / "p1", "--out", out, "--overwrite")
+    assert code == 0 and "1 segmented" in text
+    # the same command again skips the image
+    code, text = _predict(capsys, other, tmp_path / "p1", "--out", out)
+    assert code == 0 and "1 skipped" in text
+
+
+def test_a_second_plate_adds_to_the_summary_of_the_first(model, tmp_path, capsys):
+    _image(tmp_path / "p1" / "a.tif", 1)
+    _image(tmp_path / "p2" / "b.tif", 2)
+    out = tmp_path / "out"
+    for plate in ("p1", "p2"):
+        assert _predict(capsys, model, tmp_path / plate, "--out", out)[0] == 0
+    assert [row["image"] for row in _rows(out / SUMMARY_NAME)] == ["b.tif", "a.tif"]
+    assert [row["image"] for row in _rows(out / REPORT_NAME)] == ["b.tif"]  # this run's
+
+
+def test_a_users_file_is_neither_taken_for_a_result_nor_replaced(model, tmp_path, capsys):
+    folder = tmp_path / "same"
+    _image(folder / "hela.tif", 1)
+    _image(folder / "hela_cells.tif", 2)  # the user's image, not a result
+    code, text = _predict(capsys, model, folder, "--out", folder)
+    assert code == 2 and "would be written over the input" in text
+    own = tmp_path / "analysis"
+    own.mkdir()
+    (own / SUMMARY_NAME).write_text("my precious results\n")
+    code, text = _predict(capsys, model, folder / "hela.tif", "--out", own)
+    assert code == 2 and "not a summary.csv of an earlier run" in text
+    assert (own / SUMMARY_NAME).read_text() == "my precious results\n"
+
+
+def test_named_files_and_maps_beside_the_inputs_are_taken_as_they_should(model, tmp_path, capsys):
+    folder = tmp_path / "exp"
+    _image(folder / "a.tif", 1)
+    bracketed = _image(tmp_path / "Image [1].tif", 2)
+    code, text = _predict(capsys, model, bracketed, "--out", tmp_path / "b")
+    assert code == 0 and (tmp_path / "b" / "Image [1]_cells.tif").exists(), text
+    maps = ["--out", folder / "res", "--disagreement-out", folder / "checks"]
+    assert _predict(capsys, model, folder, *maps)[0] == 0
+    code, text = _predict(capsys, model, folder, *maps)
+    assert code == 0 and "1 skipped" in text  # the same command again
+    # results of earlier runs found in a searched folder are not images
+    assert find_images([folder]) == [folder / "a.tif"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_the_same_run_on_a_separately_started_dask_cluster(model, tmp_path):
+def test_the_same_run_on_a_separately_started_dask_cluster(model, tmp_path, monkeypatch):
     images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
+    monkeypatch.chdir(tmp_path)  # relative paths, and the worker runs in another folder
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent
@@ -176,9 +248,10 @@ def test_the_same_run_on_a_separately_started_dask_cluster(model, tmp_path):
     scheduler = subprocess.Popen([*start, "--no-dashboard", "--no-show"], **quiet)
     join = [bin_dir / "dask", "worker", address, "--nthreads", "1", "--no-dashboard"]
     local = ["--local-directory", str(tmp_path / "worker")]
-    worker = subprocess.Popen([*join, *local], **quiet)
+    (tmp_path / "worker").mkdir()
+    worker = subprocess.Popen([*join, *local], cwd=tmp_path / "worker", **quiet)
     try:
-        run = BatchRun(model, [tmp_path / "in"], tmp_path / "out", OPTIONS, scheduler=address)
+        run = BatchRun(model, ["in"], "out", OPTIONS, scheduler=address)
         results = list(run)
         assert run.where == f"on the dask cluster at {address}"
         assert [r.status for r in results] == ["done"] * 3, [r.reason for r in results]

@@ -270,8 +270,8 @@ def test_command_line_predicts_block_by_block_and_keeps_the_pixel_size(tmp_path,
     )
     out = tmp_path / "pred"
     common = ["predict", model, source, "--device", "cpu", "--block-size", "64"]
-    zarr_run = [*common, "--out", out / "zarr", "--out-format", "zarr"]
-    assert main([str(a) for a in [*zarr_run, "--halo", "32"]]) == 0
+    zarr_run = [*common, "--out", out / "zarr", "--out-format", "zarr", "--halo", "32"]
+    assert main([str(a) for a in zarr_run]) == 0
     group = zarr.open_group(str(out / "zarr" / "well_cells.ome.zarr"), mode="r")
     assert group["0"].shape == (96, 80)
     assert pixel_size_of(out / "zarr" / "well_cells.ome.zarr") == PixelSize(0.65, 0.65)

@@ -16,12 +16,14 @@ as :meth:`ModelPair.load` checks it); tasks carry only file names. Workers must 
 and output folders under the same paths.
 
 What survives real life: outputs keep the inputs' folders below DIR, so same-named files in
-different folders never collide; every file is written atomically and the table last, so a
-killed run leaves complete images and nothing half-written; a rerun skips images whose outputs
-are complete (and measures an image whose labels were written but not its table); a bad image
-is recorded as failed with its reason and the others go on. ``summary.csv`` (one row per image)
-and ``run_report.csv`` (what happened to each image) are written in DIR at the end of every
-run, also an interrupted one.
+different folders never collide; every file is written atomically, a record of what makes the
+results first (``<name>_cells.json``: source, model fingerprint, options) and the table last,
+so a killed run leaves complete images and nothing half-written; a rerun skips images whose
+outputs are complete (and measures an image whose labels were written but not its table),
+after checking that the files there are its own results, not another image's, model's or
+user's; a bad image is recorded as failed with its reason and the others go on.
+``summary.csv`` (one row per image with results in DIR) and ``run_report.csv`` (what this run
+did to each image) are written in DIR at the end of every run, also an interrupted one.
 
 The parts live beside this module: :mod:`napari_mutualseg.jobs` finds the images and plans
 their outputs, :mod:`napari_mutualseg.image_task` does one image, and
@@ -30,6 +32,8 @@ their outputs, :mod:`napari_mutualseg.image_task` does one image, and
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tempfile
 import threading
@@ -41,7 +45,15 @@ from typing import TYPE_CHECKING, Any
 from .cluster import dask_client, default_workers, submit_jobs
 from .image_task import error_reason, measure_image, process_image, read_labels, read_table
 from .io import check_writable
-from .jobs import BatchOptions, ImageJob, ImageResult, find_images, plan_jobs
+from .jobs import (
+    RECORD_SUFFIX,
+    BatchOptions,
+    ImageJob,
+    ImageResult,
+    Status,
+    find_images,
+    plan_jobs,
+)
 from .measure import summarize
 
 if TYPE_CHECKING:
@@ -127,13 +139,16 @@ class BatchRun:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        images = find_images(self.inputs, self.out_dir)
+        images = find_images(self.inputs)
         self.jobs = plan_jobs(images, self.out_dir, self.options, self.disagreement_dir)
         for path in (self.out_dir / SUMMARY_NAME, self.out_dir / REPORT_NAME):
-            check_writable(path, overwrite=True)
+            _check_report_place(path)
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}.")
         self.pair = self._load(self.model)
+        self.fingerprint = self.pair.fingerprint()
+        if not self.overwrite:
+            self._check_earlier_results()
         self._check_options()
         self.results: list[ImageResult] = []
         self._cancelled = threading.Event()
@@ -146,6 +161,21 @@ class BatchRun:
             return model
         # checked here, so that a bad file is one message, not a failure on every worker
         return ModelPair.load(model, device=self.device)
+
+    def _check_earlier_results(self) -> None:
+        """Files at the outputs' places must be this run's own earlier results (same image,
+        model and options), never another image's or the user's: a rerun then skips them."""
+        conflicts = [
+            reason
+            for job in self.jobs
+            if (reason := job.conflict(job.provenance(self.fingerprint, self.options)))
+        ]
+        if conflicts:
+            more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+            raise FileExistsError(
+                f"{conflicts[0]}{more}. Choose another output folder, or segment again with "
+                "overwrite (--overwrite on the command line) to replace these results."
+            )
 
     def _check_options(self) -> None:
         """The options against the model, on the first image to do that opens: a wrong
@@ -184,7 +214,7 @@ class BatchRun:
         try:
             for job in self.jobs:
                 if job not in todo:
-                    yield self._record(self._skipped(job))
+                    yield self._record(self._from_disk(job, "skipped"))
             pending = [j for j in self.jobs if j in todo]
             workers = self.workers
             if workers is None:  # a cluster of one worker only adds its start-up
@@ -200,27 +230,37 @@ class BatchRun:
                 yield self._record(result)
         finally:
             for job in self.jobs:
-                if job in todo:
-                    self._record(ImageResult(job, "not done"))
+                if job in todo:  # a worker may have finished it after the stop
+                    done = job.complete()
+                    self._record(
+                        self._from_disk(job, "done") if done else ImageResult(job, "not done")
+                    )
             self.write_reports()
 
     def _record(self, result: ImageResult) -> ImageResult:
         self.results.append(result)
         return result
 
-    def _skipped(self, job: ImageJob) -> ImageResult:
+    def _from_disk(self, job: ImageJob, status: Status) -> ImageResult:
+        """The result of a complete image, read from its table."""
         try:
             table = read_table(job.table)
         except (OSError, ValueError) as err:
             return ImageResult(job, "failed", reason=f"{job.table}: {error_reason(err)}")
         summary = summarize(job.name, table)
-        return ImageResult(job, "skipped", cells=int(summary["cells"]), summary=summary)
+        return ImageResult(job, status, cells=int(summary["cells"]), summary=summary)
 
     def _here(self, jobs: list[ImageJob]) -> Iterator[ImageResult]:
         for job in jobs:
             if self.cancelled:
                 return
-            yield process_image(self.pair, job, self.options, overwrite=self.overwrite)
+            yield process_image(
+                self.pair,
+                job,
+                self.options,
+                overwrite=self.overwrite,
+                fingerprint=self.fingerprint,
+            )
 
     def _on_dask(self, jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
         from distributed import as_completed
@@ -231,21 +271,24 @@ class BatchRun:
             self.where = where
             futures = submit_jobs(
                 client,
-                jobs,
+                [job.absolute() for job in jobs],  # workers may run in other folders
                 self.options,
                 overwrite=self.overwrite,
                 model=self._model_bytes(),
                 device=self.device,
+                fingerprint=self.fingerprint,
             )
             by_key = {f.key: job for f, job in zip(futures, jobs, strict=True)}
             for future in as_completed(futures):
                 if self.cancelled:
                     client.cancel(futures)
                     return
+                job = by_key[future.key]
                 try:
-                    yield future.result()
+                    result = dataclasses.replace(future.result(), job=job)
                 except Exception as err:  # the worker died (memory, a crash): the image failed
-                    yield ImageResult(by_key[future.key], "failed", reason=error_reason(err))
+                    result = ImageResult(job, "failed", reason=error_reason(err))
+                yield result
 
     def _model_bytes(self) -> bytes:
         if isinstance(self.model, (str, os.PathLike)):
@@ -268,13 +311,17 @@ class BatchRun:
         return sorted(self.results, key=lambda r: order[r.job])
 
     def write_reports(self) -> tuple[Path, Path]:
-        """Write ``summary.csv`` (one row per image with cells) and ``run_report.csv`` (every
-        image's status and reason), in the inputs' order; both replaced at every run."""
+        """Write ``summary.csv`` and ``run_report.csv`` in ``out_dir``.
+
+        ``summary.csv`` has one row per image whose results are in ``out_dir``: this run's in
+        the inputs' order, then those of earlier runs into the same folder (a second plate
+        adds to the first). ``run_report.csv`` says what this run did to each image.
+        """
         from .export import table_csv
         from .io import write_text
 
         results = self.results_in_order()
-        rows = [r.summary for r in results if r.summary is not None]
+        rows = [r.summary for r in results if r.summary is not None] + self._earlier_rows()
         columns = list(dict.fromkeys(k for row in rows for k in row)) or ["image", "cells"]
         summary = [{k: row.get(k, "") for k in columns} for row in rows]
         text = table_csv(summary) if summary else ",".join(columns) + "\n"
@@ -282,3 +329,32 @@ class BatchRun:
         report = [r.report_row() for r in results]
         report_path = write_text(self.out_dir / REPORT_NAME, table_csv(report), overwrite=True)
         return summary_path, report_path
+
+    def _earlier_rows(self) -> list[dict[str, Any]]:
+        """Summary rows of the complete images in ``out_dir`` that this run did not plan."""
+        ours = {os.path.realpath(job.record) for job in self.jobs}
+        rows = []
+        for record in sorted(self.out_dir.rglob(f"*{RECORD_SUFFIX}")):
+            table = record.with_suffix(".csv")
+            if os.path.realpath(record) in ours or not table.exists():
+                continue
+            try:
+                name = json.loads(record.read_text())["image"]
+                rows.append(summarize(name, read_table(table)))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a result of this package: not summed up
+        return rows
+
+
+def _check_report_place(path: Path) -> None:
+    """The summary and the report are replaced at every run, so an existing file must be one
+    an earlier run wrote (its first column ``image``), never a file of the user's."""
+    check_writable(path, overwrite=True)
+    if path.exists():
+        with open(path, newline="") as f:
+            first = f.readline()
+        if not first.startswith("image,"):
+            raise FileExistsError(
+                f"{path} exists and is not a {path.name} of an earlier run; move it away or "
+                "choose another output folder."
+            )

@@ -69,7 +69,9 @@ class _ModelPlugin(WorkerPlugin):
         self.pair = None
 
 
-def _on_worker(job: ImageJob, options: BatchOptions, overwrite: bool) -> ImageResult:
+def _on_worker(
+    job: ImageJob, options: BatchOptions, overwrite: bool, fingerprint: str
+) -> ImageResult:
     from distributed import get_worker
 
     worker = get_worker()
@@ -80,7 +82,7 @@ def _on_worker(job: ImageJob, options: BatchOptions, overwrite: bool) -> ImageRe
         # Per calling thread (OpenMP), and dask starts workers with OMP_NUM_THREADS=1: set
         # in the thread that runs the task, the cores of the host shared among its workers.
         torch.set_num_threads(plugin.threads)
-    result = process_image(plugin.pair, job, options, overwrite=overwrite)
+    result = process_image(plugin.pair, job, options, overwrite=overwrite, fingerprint=fingerprint)
     result.worker = worker.address
     return result
 
@@ -157,6 +159,7 @@ def submit_jobs(
     overwrite: bool,
     model: bytes,
     device: str,
+    fingerprint: str,
 ) -> list[Future]:
     """Load the model on every worker, then start one task per image.
 
@@ -175,6 +178,9 @@ def submit_jobs(
     device : str
         ``"auto"`` (each worker of a host its own GPU, else CPU workers sharing the cores),
         or e.g. ``"cpu"``.
+    fingerprint : str
+        The model's :meth:`~napari_mutualseg.models.ModelPair.fingerprint`, recorded with
+        each image's results.
 
     Returns
     -------
@@ -188,6 +194,7 @@ def submit_jobs(
         jobs,
         options=options,
         overwrite=overwrite,
+        fingerprint=fingerprint,
         pure=False,
         key=[f"segment-{i}-{j.name}" for i, j in enumerate(jobs)],
     )

@@ -8,6 +8,7 @@ complete; :func:`read_labels` and :func:`read_table` read back what an earlier r
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .io import write_labels, write_table
+from .io import write_labels, write_table, write_text
 from .jobs import BatchOptions, ImageJob, ImageResult
 from .measure import Table, measure_cells, summarize
 
@@ -177,12 +178,19 @@ def _segment(
 
 
 def process_image(
-    pair: ModelPair, job: ImageJob, options: BatchOptions, *, overwrite: bool = False
+    pair: ModelPair,
+    job: ImageJob,
+    options: BatchOptions,
+    *,
+    overwrite: bool = False,
+    fingerprint: str | None = None,
 ) -> ImageResult:
     """Segment, write, measure one image; never raises for a problem with the image.
 
+    The record of what makes the results (:meth:`ImageJob.provenance`) is written first.
     Labels that an earlier, interrupted run wrote (without ``overwrite``) are measured, not
-    segmented again.
+    segmented again: :class:`~napari_mutualseg.batch.BatchRun` checks first that they are
+    this image's, by this model, with these options.
 
     Parameters
     ----------
@@ -194,6 +202,8 @@ def process_image(
         How to read and segment it.
     overwrite : bool
         Replace existing outputs.
+    fingerprint : str, optional
+        ``pair.fingerprint()``, when the caller has it already.
 
     Returns
     -------
@@ -209,6 +219,8 @@ def process_image(
         try:
             image = AxisImage.from_file(job.source, axes=options.axes)
             pixel_size = options.pixel_size or PixelSize.of(image)
+            record = job.provenance(fingerprint or pair.fingerprint(), options)
+            write_text(job.record, json.dumps(record, indent=2), overwrite=True)
             if job.labels.exists() and not overwrite:
                 labels, notes = read_labels(job.labels), ["labels kept from an earlier run"]
             elif job.table.exists() and not overwrite:

@@ -9,7 +9,9 @@ output folder, so that same-named files in different folders never collide.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FOLDER_SUFFIXES",
     "OUTPUT_SUFFIXES",
+    "RECORD_SUFFIX",
     "BatchOptions",
     "ImageJob",
     "ImageResult",
@@ -39,6 +42,8 @@ __all__ = [
 FOLDER_SUFFIXES = (*IMAGE_SUFFIXES, *BIOIO_SUFFIXES)
 #: How results are named; a search of a folder leaves them out.
 OUTPUT_SUFFIXES = ("_cells.tif", "_cells.ome.zarr", "_disagreement.tif")
+#: The record of what made an image's results (:meth:`ImageJob.provenance`).
+RECORD_SUFFIX = "_cells.json"
 
 Status = Literal["done", "skipped", "failed", "not done"]
 
@@ -121,9 +126,73 @@ class ImageJob:
     def outputs(self) -> tuple[Path, ...]:
         return (self.labels, *(self.disagreement or ()), self.table)
 
+    @property
+    def record(self) -> Path:
+        """``<name>_cells.json`` beside the table: which image, model and settings made the
+        outputs, written before them."""
+        return self.table.with_suffix(".json")
+
+    def absolute(self) -> ImageJob:
+        """The job with absolute paths, for a worker that may run in another folder."""
+        maps = self.disagreement
+        return dataclasses.replace(
+            self,
+            source=Path(os.path.abspath(self.source)),
+            labels=Path(os.path.abspath(self.labels)),
+            table=Path(os.path.abspath(self.table)),
+            disagreement=None if maps is None else tuple(Path(os.path.abspath(p)) for p in maps),
+        )
+
     def complete(self) -> bool:
         """Every output is there (each is written whole or not at all, the table last)."""
-        return all(p.exists() for p in self.outputs)
+        return all(p.exists() for p in (self.record, *self.outputs))
+
+    def provenance(self, model: str, options: BatchOptions) -> dict[str, Any]:
+        """The record of this image's outputs: the source as it is now, the model's
+        :meth:`~napari_mutualseg.models.ModelPair.fingerprint` and the options."""
+        stat = os.stat(self.source)
+        settings = dataclasses.asdict(options)
+        if options.pixel_size is not None:
+            settings["pixel_size"] = str(options.pixel_size)
+        return {
+            "image": self.name,
+            "source": os.path.realpath(self.source),
+            "source_bytes": stat.st_size,
+            "source_modified_ns": stat.st_mtime_ns,
+            "model": model,
+            # JSON has lists, not tuples: compared as read back
+            "options": json.loads(json.dumps(settings)),
+        }
+
+    def conflict(self, expected: dict[str, Any]) -> str | None:
+        """Why the files already at this job's outputs are not its results (made from
+        another image, by another model, with other options, or not by this package);
+        None when there are none or they are."""
+        there = [p for p in (self.record, *self.outputs) if p.exists()]
+        if not there:
+            return None
+        try:
+            found = json.loads(self.record.read_text())
+        except FileNotFoundError:
+            return f"{there[0]} was not written by a run on {self.source} (no {self.record.name})"
+        except (OSError, ValueError):
+            return f"{self.record} is not a record of this package's results"
+        if not isinstance(found, dict) or found.get("source") != expected["source"]:
+            made = found.get("source") if isinstance(found, dict) else None
+            return f"{self.labels} was made from {made or 'another image'}, not {self.source}"
+        if any(found.get(k) != expected[k] for k in ("source_bytes", "source_modified_ns")):
+            return f"{self.source} has changed since {self.labels} was made from it"
+        if found.get("model") != expected["model"]:
+            return f"{self.labels} was made by another model"
+        old = found.get("options")
+        if old != expected["options"]:
+            changed = [
+                f"{k} {old.get(k) if isinstance(old, dict) else None} -> {v}"
+                for k, v in expected["options"].items()
+                if not isinstance(old, dict) or old.get(k) != v
+            ]
+            return f"{self.labels} was made with other options ({', '.join(changed)})"
+        return None
 
 
 @dataclass
@@ -198,28 +267,27 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _an_output(path: Path, out_dir: Path | None) -> bool:
-    """A result of an earlier run (in the output folder, named as results are)."""
-    return (
-        out_dir is not None
-        and path.name.endswith(OUTPUT_SUFFIXES)
-        and out_dir in path.resolve().parents
-    )
+def _an_output(path: Path) -> bool:
+    """A result of an earlier run: named as results are, with its record or table beside it
+    (written with it), so that a user's image that happens to be called ``*_cells.tif`` is
+    still an image."""
+    for suffix in OUTPUT_SUFFIXES:
+        if path.name.endswith(suffix):
+            stem = path.name.removesuffix(suffix)
+            kind = suffix.split(".")[0]  # "_cells" or "_disagreement"
+            return any((path.parent / f"{stem}{kind}{end}").exists() for end in (".json", ".csv"))
+    return False
 
 
-def find_images(
-    inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None
-) -> list[Path]:
+def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """The image files that inputs name: files, folders (searched with their subfolders)
-    and glob patterns (``plate1/**/*.tif``), each image once, in the order given.
+    and glob patterns (``plate1/**/*.tif``), each image once, in the order given. The results
+    of earlier runs found by a search are left out; a file named by the user is taken as it is.
 
     Parameters
     ----------
     inputs : sequence of str or path-like
         What to segment.
-    out_dir : str or path-like, optional
-        The output folder: the results in it are not taken for inputs when a folder or a
-        pattern is searched (it may be, or lie inside, an input folder).
 
     Returns
     -------
@@ -232,11 +300,11 @@ def find_images(
     ValueError
         When the inputs hold no image at all.
     """
-    results = Path(out_dir).resolve() if out_dir is not None else None
     found: list[Path] = []
     for given in inputs:
         text = os.fspath(given)
-        if glob.has_magic(text):
+        # a file whose name holds [ ] or * is itself, not a pattern
+        if glob.has_magic(text) and not os.path.exists(text):
             matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
             if not matches:
                 raise FileNotFoundError(f"Nothing matches {text}: no file or folder found.")
@@ -250,7 +318,7 @@ def find_images(
             matches = [path]
         for path in matches:
             searched = _images_in(path) if path.is_dir() and not is_zarr(path) else [path]
-            found += [p for p in searched if not _an_output(p, results)]
+            found += [p for p in searched if not _an_output(p)]
     seen: set[str] = set()
     unique = []
     for path in found:  # a folder and a pattern may name the same file

@@ -8,6 +8,8 @@ What the pair does with images (probabilities, cells, disagreement) is
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +181,23 @@ class ModelPair(Segmenter):
                 f"they were trained on {self.describe_input()}: {'; or '.join(hints)}."
             )
         return chosen
+
+    def fingerprint(self) -> str:
+        """A digest of what decides the segmentation: both networks' weights, the intensity
+        scaling and the input channels. The same trained pair gives the same digest, in a
+        file or in memory, on any device."""
+        digest = hashlib.sha256()
+        for model in self.models:
+            for name, tensor in model.state_dict().items():
+                values = tensor.detach().cpu()
+                if values.dtype == torch.bfloat16:  # NumPy has no bfloat16
+                    values = values.float()
+                digest.update(name.encode())
+                digest.update(values.contiguous().numpy().tobytes())
+        scaling = [list(map(float, self.percentiles)), self.settings.get("channels")]
+        scaling += [self.settings.get("rgb"), self.channel_names]
+        digest.update(json.dumps(scaling).encode())  # a tuple and its loaded list agree
+        return digest.hexdigest()[:16]
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save both networks with their architecture, normalisation and settings (one file).
