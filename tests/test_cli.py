@@ -186,6 +186,19 @@ def test_two_results_of_one_command_never_share_a_name(data, tmp_path, capsys):
     assert code == 2 and "Two results" in err and not labels.exists()
 
 
+def test_a_shared_table_never_gives_two_images_the_same_boxes(data, tmp_path, capsys):
+    rows = data["plain"].read_text().splitlines()
+    shared = tmp_path / "shared.csv"
+    shared.write_text("\n".join(["image," + rows[0], *("x.tif," + r for r in rows[1:])]))
+    for plate in ("p1", "p2"):
+        (tmp_path / plate).mkdir()
+        (tmp_path / plate / "x.tif").write_bytes(data["image"].read_bytes())
+    images = [tmp_path / "p1" / "x.tif", tmp_path / "p2" / "x.tif"]
+    argv = ["train", *images, "--boxes", shared, "--out", tmp_path / "m.pt", *TINY]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "both match 'x.tif'" in err
+
+
 def test_bad_images_are_explained(tmp_path, data, capsys):
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, np.full((64, 80), 7, np.uint16))

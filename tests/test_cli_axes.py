@@ -89,6 +89,15 @@ def test_a_3d_file_needs_its_axes_and_a_z_stack_gives_3d_labels(scene, tmp_path,
         capsys, "train", stack, "--axes", "ZYX", "--boxes", plain, "--out", model, *TINY
     )
     assert code == 2 and "which plane" in err
+    beyond = tmp_path / "beyond.csv"  # boxes on plane 7 of a three-plane stack
+    y0, x0, y1, x1 = boxes[0]
+    corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
+    moved = [f"99,rectangle,{v},7,{y - 0.5},{x - 0.5}" for v, (y, x) in enumerate(corners)]
+    beyond.write_text("\n".join([*rows, *moved]) + "\n")
+    code, _, err = _run(
+        capsys, "train", stack, "--axes", "ZYX", "--boxes", beyond, "--out", model, *TINY
+    )
+    assert code == 2 and "boxes on plane 7" in err
     code, _, err = _run(
         capsys,
         "train",

@@ -79,7 +79,8 @@ def boxes_for(
             f"Got {len(images)} image(s) and {len(tables)} box table(s): give one --boxes CSV per "
             "image, or one CSV with an 'image' column naming each image file."
         )
-    result, used = [], set()
+    result: list[tuple[AxisImage, list[PlaneBoxes]]] = []
+    used: dict[str, str] = {}  # a key of the 'image' column: the image it went to
     for i, path in enumerate(images):
         table = loaded[i] if len(tables) == len(images) else loaded[0]
         image = load_image(path, args)
@@ -91,6 +92,13 @@ def boxes_for(
                 f"{name} has {image.n_planes} planes ({image.plane_axes}) but its box table "
                 "does not say which plane a box is on: draw the boxes on the stack in napari "
                 "and save the Shapes layer as .csv (its first axis is the plane)."
+            )
+        beyond = sorted(k for k in table if isinstance(k, int) and k >= image.n_planes)
+        if image.n_planes > 1 and beyond:
+            raise ValueError(
+                f"{name} has {image.n_planes} planes (0 to {image.n_planes - 1}) but its box "
+                f"table has boxes on plane {', '.join(map(str, beyond))}: check --axes, or "
+                "that the table was drawn on this stack."
             )
         planes = []
         for j in range(image.n_planes):
@@ -109,7 +117,11 @@ def boxes_for(
                 boxes = table[None]
             else:
                 key = name if name in table else stem
-                used.add(key)
+                if key in table and used.setdefault(key, path) != path:
+                    raise ValueError(
+                        f"{used[key]} and {path} both match '{key}' in the 'image' column of "
+                        f"{tables[0]}: give one box table per image (--boxes a.csv b.csv)."
+                    )
                 boxes = table.get(key, [])
             if len(boxes) == 0 and image.n_planes == 1:
                 raise ValueError(
