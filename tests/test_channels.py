@@ -63,6 +63,20 @@ def test_the_chosen_channel_is_the_input_and_is_found_again_by_name(two_channel,
         pair.segment(swapped, channels=["DNA"])
 
 
+def test_channels_named_by_wavelength_are_found_by_name(two_channel, tmp_path):
+    stack, image, sup = two_channel
+    named = AxisImage.from_array(stack, "CYX", channel_names=["405", "488"])
+    trainer = MutualTrainer(named, sup, TrainConfig(**SETTINGS, channels=["488"]))
+    list(trainer)
+    pair = ModelPair.load(trainer.pair.save(tmp_path / "488.pt"), device="cpu")
+    assert pair.channel_names == ("488",)
+    expected = pair.segment(image)
+    np.testing.assert_array_equal(pair.segment(named), expected)  # its own training image
+    swapped = AxisImage.from_array(stack[::-1], "CYX", channel_names=["488", "405"])
+    np.testing.assert_array_equal(pair.segment(swapped), expected)
+    np.testing.assert_array_equal(pair.segment(named, channels="488"), expected)
+
+
 def test_rgb_as_colours_or_gray_and_old_single_channel_models():
     image, _, boxes = synthetic_scene((64, 64), 5, seed=3)
     sup = make_supervision(image.shape, boxes_from_shapes(boxes))

@@ -158,7 +158,8 @@ class ModelPair(Segmenter):
             channels = parse_channels(self.settings.get("channels"))
             known = [n.lower() for n in img.channel_names or ()]
             if self.channel_names and all(n.lower() in known for n in self.channel_names):
-                channels = self.channel_names
+                # as indices: a name may be a number ("405") that would be read as an index
+                channels = tuple(known.index(n.lower()) for n in self.channel_names)
             try:
                 chosen = img.select(channels, rgb)
             except ValueError:

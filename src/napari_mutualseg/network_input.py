@@ -42,11 +42,18 @@ def select_channels(
 
 
 def channel_index(image: AxisImage, channel: int | str) -> int:
-    """Index of one channel given by index or by name (names ignore case)."""
+    """Index of one channel given by index or by name (names ignore case).
+
+    A number that is no index of the image but one of its channels' names (a wavelength,
+    ``405``) is that channel.
+    """
     n = image.n_channels
+    lowered = [c.lower() for c in image.channel_names or ()]
     if isinstance(channel, str) and channel.strip().isdigit():
         channel = int(channel)
     if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+        if not 0 <= channel < n and str(channel) in lowered:
+            return lowered.index(str(channel))
         if not 0 <= channel < n:
             raise ValueError(
                 f"{image.name} has {n} channel(s) (0 to {n - 1}); there is no channel {channel}."
@@ -57,7 +64,6 @@ def channel_index(image: AxisImage, channel: int | str) -> int:
             f"{image.name} does not name its channels, so channel {channel!r} cannot be "
             f"found: give its index (0 to {n - 1}) instead."
         )
-    lowered = [c.lower() for c in image.channel_names]
     if str(channel).lower() not in lowered:
         raise ValueError(
             f"{image.name} has no channel {channel!r}; its channels are "
