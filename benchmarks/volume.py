@@ -36,7 +36,7 @@ from skimage.measure import label, regionprops
 from napari_mutualseg.devices import describe_device, select_device
 from napari_mutualseg.files import write_text
 from napari_mutualseg.images import AxisImage
-from napari_mutualseg.linking import link_slices
+from napari_mutualseg.linking import link_slices, separate_planes
 from napari_mutualseg.metrics import evaluate, match_instances, mean_metrics
 from napari_mutualseg.supervision import make_supervision
 from napari_mutualseg.synthetic import synthetic_volume
@@ -68,17 +68,6 @@ def boxes_on(truth_plane: np.ndarray) -> np.ndarray:
     """Bounding boxes of the true cross-sections of one plane (at least 3 px wide)."""
     rows = [r.bbox for r in regionprops(truth_plane)]
     return np.array([b for b in rows if min(b[2] - b[0], b[3] - b[1]) >= 3]).reshape(-1, 4)
-
-
-def separate_planes(labels: np.ndarray) -> np.ndarray:
-    """Per-plane labels with ids unique over the stack: every plane's objects on their own."""
-    out = labels.astype(np.int64)
-    offset = 0
-    for k in range(out.shape[0]):
-        plane = out[k]
-        plane[plane > 0] += offset
-        offset = max(offset, int(plane.max()))
-    return out
 
 
 def link_by_iou(labels: np.ndarray, min_iou: float) -> np.ndarray:

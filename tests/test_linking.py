@@ -42,7 +42,10 @@ def test_time_series_are_tracked_only_when_asked():
     tracked = link_labels(frames, "TZYX", track=True)
     assert (tracked[:, :, 5, 5] == tracked[0, 0, 5, 5]).all()
     assert tracked[1, 0, 12, 12] == tracked[2, 1, 12, 12] != tracked[0, 0, 5, 5]
-    unlinked = link_labels(frames, "TZYX", link=False)
-    np.testing.assert_array_equal(unlinked, frames)
+    unlinked = link_labels(frames, "TZYX", link=False)  # planes apart within each frame
+    np.testing.assert_array_equal(unlinked[:, 0], frames[:, 0])
+    np.testing.assert_array_equal(
+        unlinked[:, 1], np.where(frames[:, 1] > 0, frames[:, 1] + [[[1]], [[2]], [[4]]], 0)
+    )
     with pytest.raises(ValueError, match="TZYX"):
         link_labels(frames, "CZYX")

@@ -11,11 +11,13 @@ of its own), while two neighbouring cells, which overlap little, are never merge
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .metrics import overlap_table
 
-__all__ = ["LINK_MIN_OVERLAP", "link_labels", "link_slices"]
+__all__ = ["LINK_MIN_OVERLAP", "link_labels", "link_slices", "separate_planes"]
 
 #: Least share of the smaller of two objects in consecutive slices that must overlap the other
 #: for both to become one (``benchmarks/volume.py`` measures it).
@@ -98,7 +100,9 @@ def link_labels(
     axes : str
         The label image's axes: ``"YX"``, ``"ZYX"``, ``"TYX"`` or ``"TZYX"``.
     link : bool
-        Give a cell one label through z (3D objects).
+        Give a cell one label through z (3D objects); without it each plane's objects keep
+        labels of their own, unique in the stack (:func:`separate_planes`), so that no two
+        planes' cells are counted or measured as one.
     track : bool
         Give a cell (or a 3D object) one label from frame to frame.
     min_overlap : float
@@ -115,11 +119,20 @@ def link_labels(
             f"Label axes must be YX, ZYX, TYX or TZYX, one per axis of the labels; got {axes!r} "
             f"for shape {np.shape(labels)}."
         )
-    if link and "Z" in axes:
-        if "T" in axes:
-            labels = np.stack([link_slices(frame, min_overlap=min_overlap) for frame in labels])
-        else:
-            labels = link_slices(labels, min_overlap=min_overlap)
+    if "Z" in axes:
+        join = partial(link_slices, min_overlap=min_overlap) if link else separate_planes
+        labels = np.stack([join(frame) for frame in labels]) if "T" in axes else join(labels)
     if track and "T" in axes:
         labels = link_slices(labels, min_overlap=min_overlap)
     return labels
+
+
+def separate_planes(labels: np.ndarray) -> np.ndarray:
+    """Per-plane labels (each plane numbered from 1) made unique over the stack: every
+    plane's objects on their own, plane 0's first."""
+    out = np.array(labels, dtype=np.promote_types(labels.dtype, np.int32))  # room for all
+    offset = 0
+    for plane in out:
+        plane[plane > 0] += offset
+        offset = max(offset, int(plane.max()))
+    return out
