@@ -301,3 +301,17 @@ def test_block_settings_are_refused_before_any_image(settings, message):
 
     with pytest.raises(ValueError, match=message):
         BatchOptions(**settings)
+
+
+def test_measuring_block_by_block_gives_the_whole_image_table():
+    from napari_mutualseg.blockwise import measure_blockwise
+    from napari_mutualseg.measure import measure_cells
+
+    image, truth, _ = synthetic_scene((300, 260), 40, seed=1)
+    intensities = np.stack([image, 2 * image])
+    settings = {"channel_names": ["dna", "actin"], "pixel_size": (0.5, 0.25)}
+    whole = measure_cells(truth.astype(np.int32), intensities, **settings)
+    blocks = measure_blockwise(truth, intensities, block_size=64, halo=64, **settings)
+    assert list(blocks) == list(whole) and len(whole["label"]) == 40
+    for key, values in whole.items():
+        np.testing.assert_allclose(blocks[key], values, err_msg=key)

@@ -29,13 +29,14 @@ import ctypes.util
 import functools
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .inference import instances_from_proba
+from .measure import Table, measure_cells
 from .preprocess import DEFAULT_PERCENTILES, apply_ranges, channel_ranges
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "check_blocks",
     "default_halo",
     "keep_owned_cells",
+    "measure_blockwise",
     "segment_blockwise",
 ]
 
@@ -400,3 +402,66 @@ def segment_blockwise(
         if progress is not None:
             progress(done, total)
     return BlockwiseResult(out, next_id - 1, total, cut_off)
+
+
+def measure_blockwise(
+    labels: Any,
+    image: Any = None,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    halo: int = FALLBACK_HALO,
+    channel_names: Sequence[str] | None = None,
+    pixel_size: Sequence[float] | None = None,
+    unit: str = "um",
+) -> Table:
+    """:func:`~napari_mutualseg.measure.measure_cells` of a 2D label image read one block at
+    a time, so that memory is that of a block, not of the image (an OME-Zarr written block by
+    block stays on the disk).
+
+    Each cell is measured in the window of the block that holds its centroid, as
+    :func:`segment_blockwise` keeps it: whole when it is no wider than the halo.
+
+    Parameters
+    ----------
+    labels : array-like
+        ``(Y, X)`` labels, e.g. a zarr array; read a window at a time.
+    image : array-like, optional
+        ``(C, Y, X)`` intensities (e.g. :meth:`AxisImage.plane_array`), read likewise.
+    block_size, halo : int
+        Core edge and margin in pixels (:func:`block_grid`).
+    channel_names, pixel_size, unit
+        As :func:`~napari_mutualseg.measure.measure_cells`.
+
+    Returns
+    -------
+    Table
+        The columns of :func:`~napari_mutualseg.measure.measure_cells`, in image coordinates,
+        one row per cell in label order.
+    """
+    spacing = (1.0, 1.0) if pixel_size is None else tuple(map(float, pixel_size))
+    tables = []
+    for block in block_grid(tuple(labels.shape), block_size, halo):
+        pixels = None if image is None else np.asarray(image[(slice(None), *block.window)])
+        table = measure_cells(
+            np.asarray(labels[block.window]),
+            pixels,
+            channel_names=channel_names,
+            pixel_size=pixel_size,
+            unit=unit,
+        )
+        area = table["area_px"]
+        keep = np.ones(len(area), bool)
+        for axis, core, window, size in zip("yx", block.core, block.window, spacing, strict=True):
+            # the cell's coordinate sum, a whole number: the owner is decided exactly, as
+            # keep_owned_cells decides it
+            total = np.rint(table[f"centroid_{axis}_px"] * area) + area * window.start
+            keep &= (area * core.start <= total) & (total < area * core.stop)
+            for key in list(table):  # window coordinates to image coordinates
+                if key.startswith(f"centroid_{axis}_"):
+                    table[key] = table[key] + window.start * (1 if key.endswith("_px") else size)
+                elif key.startswith(f"bbox_{axis}"):
+                    table[key] = table[key] + window.start
+        tables.append({key: values[keep] for key, values in table.items()})
+    merged = {key: np.concatenate([t[key] for t in tables]) for key in tables[0]}
+    order = np.argsort(merged["label"], kind="stable")
+    return {key: values[order] for key, values in merged.items()}

@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,10 +50,19 @@ def _numbers(texts: list[str]) -> np.ndarray:
         return np.asarray(texts, np.float64)
 
 
-def measure_image(labels: np.ndarray, image: AxisImage, pixel_size: PixelSize | None) -> Table:
+def measure_image(
+    labels: Any,
+    image: AxisImage,
+    pixel_size: PixelSize | None,
+    *,
+    blocks: tuple[int, int] | None = None,
+) -> Table:
     """Measure the cells of ``labels`` (``image.label_axes``) in every channel of ``image``.
 
-    A time series is measured frame by frame, with the frame in a first column ``t``.
+    A time series is measured frame by frame, with the frame in a first column ``t``. With
+    ``blocks`` (block size, halo), a single plane is measured a block at a time
+    (:func:`~napari_mutualseg.blockwise.measure_blockwise`): neither the labels nor the image
+    are loaded whole.
     """
     data = image.data
     names = image.channel_names
@@ -67,6 +76,19 @@ def measure_image(labels: np.ndarray, image: AxisImage, pixel_size: PixelSize | 
         if "Z" in axes:
             spacing = [image.pixel_size["Z"], *spacing] if "Z" in image.pixel_size else None
         unit = pixel_size.symbol
+    if blocks is not None and axes == "YX":
+        from .blockwise import measure_blockwise
+
+        block_size, halo = blocks
+        return measure_blockwise(
+            labels,
+            image.plane_array(0),
+            block_size=block_size,
+            halo=halo,
+            channel_names=names,
+            pixel_size=spacing,
+            unit=unit,
+        )
     frames = range(labels.shape[0]) if "T" in axes else [None]
     tables = []
     for t in frames:
@@ -112,14 +134,33 @@ def error_reason(err: BaseException) -> str:
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
     """The labels a run wrote: a TIFF, or level 0 of an OME-Zarr store."""
+    return np.asarray(_open_labels(path))
+
+
+def _open_labels(path: str | os.PathLike) -> Any:
+    """The labels a run wrote, level 0 of an OME-Zarr store left on the disk (read a window
+    at a time)."""
     path = Path(path)
     if path.suffix == ".zarr":
         import zarr
 
-        return np.asarray(zarr.open_group(str(path), mode="r")["0"])
+        return zarr.open_group(str(path), mode="r")["0"]
     from .io import read_image
 
     return np.asarray(read_image(path))
+
+
+def _blocks(pair: ModelPair, image: AxisImage, options: BatchOptions) -> tuple[int, int] | None:
+    """Block size and halo when an image is segmented block by block, so also measured so."""
+    from .blockwise import AUTO_BLOCKWISE_PIXELS, DEFAULT_BLOCK_SIZE, default_halo
+
+    by_blocks = options.block_size is not None or options.out_format == "zarr"
+    if image.n_planes != 1 or not (
+        by_blocks or np.prod(image.plane_shape) > AUTO_BLOCKWISE_PIXELS
+    ):
+        return None
+    halo = default_halo(pair.cell_size) if options.halo is None else options.halo
+    return options.block_size or DEFAULT_BLOCK_SIZE, halo
 
 
 def _segment(
@@ -163,7 +204,7 @@ def _segment(
                 job.labels, image.plane_shape, pixel_size=pixel_size, overwrite=overwrite
             ) as out:
                 pair.segment(image, out=out, **common, **more)
-            return read_labels(job.labels), notes
+            return _open_labels(job.labels), notes
         labels = pair.segment(image, **common, **more)
     write_labels(job.labels, labels, overwrite=overwrite, pixel_size=pixel_size)
     if job.disagreement is not None:
@@ -222,7 +263,7 @@ def process_image(
             record = job.provenance(fingerprint or pair.fingerprint(), options)
             write_text(job.record, json.dumps(record, indent=2), overwrite=True)
             if job.labels.exists() and not overwrite:
-                labels, notes = read_labels(job.labels), ["labels kept from an earlier run"]
+                labels, notes = _open_labels(job.labels), ["labels kept from an earlier run"]
             elif job.table.exists() and not overwrite:
                 raise FileExistsError(
                     f"{job.table} exists without the labels {job.labels.name}; move it away, "
@@ -230,7 +271,8 @@ def process_image(
                 )
             else:
                 labels, notes = _segment(pair, image, job, options, pixel_size, overwrite)
-            table = measure_image(labels, image, pixel_size)
+            blocks = _blocks(pair, image, options)
+            table = measure_image(labels, image, pixel_size, blocks=blocks)
             write_table(job.table, table, overwrite=overwrite)  # last: marks the image complete
         except Exception as err:
             return ImageResult(
