@@ -141,3 +141,26 @@ def test_rgb_pictures_train_as_colours_or_gray(scene, tmp_path, capsys):
     tifffile.imwrite(gray, rgb[..., 0])
     code, _, err = _run(capsys, "predict", tmp_path / "channels.pt", gray, "--out", tmp_path)
     assert code == 2 and "trained on 3 channels" in err
+
+
+def test_boxes_napari_saved_on_a_time_series_of_stacks_train_their_plane(scene, tmp_path, capsys):
+    image, _, boxes, _ = scene
+    movie = tmp_path / "movie.tif"
+    data = np.stack([np.stack([image * 0.9, image]), np.stack([image, image * 1.1])])
+    tifffile.imwrite(movie, (data * 1000).astype(np.uint16), photometric="minisblack")
+    rows = ["index,shape-type,vertex-index,axis-0,axis-1,axis-2,axis-3"]  # napari's 4D CSV
+    for k, (y0, x0, y1, x1) in enumerate(boxes):
+        corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
+        rows += [f"{k},rectangle,{v},1,0,{y - 0.5},{x - 0.5}" for v, (y, x) in enumerate(corners)]
+    table = tmp_path / "movie.csv"
+    table.write_text("\n".join(rows) + "\n")
+    labels = tmp_path / "labels"
+    argv = ["train", movie, "--axes", "TZYX", "--boxes", table, "--out", tmp_path / "m.pt"]
+    code, _, err = _run(capsys, *argv, "--labels-out", labels, *TINY)
+    assert code == 0, err
+    assert [p.name for p in labels.iterdir()] == ["movie_t001_z000_cells.tif"]
+    stack = tmp_path / "stack.tif"  # one time point: the table was not drawn on it
+    tifffile.imwrite(stack, (data[0] * 1000).astype(np.uint16), photometric="minisblack")
+    argv = ["train", stack, "--axes", "ZYX", "--boxes", table, "--out", tmp_path / "s.pt"]
+    code, _, err = _run(capsys, *argv, *TINY)
+    assert code == 2 and "boxes at (1, 0)" in err

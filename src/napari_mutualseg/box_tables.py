@@ -5,8 +5,9 @@ Two formats are read (CSV, first line a header):
 napari Shapes CSV
     What napari writes when a Shapes layer is saved as ``.csv``: one row per vertex,
     ``index,shape-type,vertex-index,axis-0,axis-1``; shapes drawn on a stack add ``axis-2``
-    and ``axis-0`` is then the plane. Only rectangles and ellipses are boxes; rotated ones
-    keep their rotation.
+    and ``axis-0`` is then the plane; shapes drawn on a time series of stacks add ``axis-3``
+    and ``axis-0``, ``axis-1`` are then the time point and the plane. Only rectangles and
+    ellipses are boxes; rotated ones keep their rotation.
 plain table
     One row per box, columns ``y0,x0,y1,x1`` (half-open pixel ranges as in
     ``skimage.measure.regionprops(...).bbox``) and optionally ``image``, the name of the image
@@ -36,16 +37,18 @@ __all__ = ["BoxKey", "read_box_table", "write_box_table"]
 
 NAPARI_2D = ("index", "shape-type", "vertex-index", "axis-0", "axis-1")
 NAPARI_3D = (*NAPARI_2D, "axis-2")
+NAPARI_4D = (*NAPARI_3D, "axis-3")
 PLAIN = ("y0", "x0", "y1", "x1")
 
 _FORMATS = (
     "accepted box tables: (a) a napari Shapes CSV with header "
-    "'index,shape-type,vertex-index,axis-0,axis-1' (stacks add 'axis-2'), as written by "
+    "'index,shape-type,vertex-index,axis-0,axis-1' (stacks add 'axis-2', time series of "
+    "stacks 'axis-3'), as written by "
     "File > Save Selected Layers with a .csv name; (b) a plain table with columns "
     "'y0,x0,y1,x1' and optionally 'image' (half-open pixel ranges, one box per row)"
 )
 
-BoxKey = str | int | None
+BoxKey = str | int | tuple[int, ...] | None
 
 
 def _number(text: str, path: Path, line: int, column: str) -> float:
@@ -86,8 +89,9 @@ def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
     -------
     dict
         Boxes per key: ``None`` for a 2D table (napari 2D CSV or plain table without
-        ``image`` column), the plane index (int) for a napari CSV of a stack, the image
-        name (str) for a plain table with an ``image`` column. Boxes keep the file's order.
+        ``image`` column), the plane index (int) for a napari CSV of a stack, ``(t, z)``
+        for one of a time series of stacks, the image name (str) for a plain table with an
+        ``image`` column. Boxes keep the file's order.
 
     Raises
     ------
@@ -101,7 +105,7 @@ def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
     if not path.exists():
         raise FileNotFoundError(f"Box table not found: {path}")
     header, rows = _read_rows(path)
-    if tuple(header) in (NAPARI_2D, NAPARI_3D):
+    if tuple(header) in (NAPARI_2D, NAPARI_3D, NAPARI_4D):
         return _read_napari(path, header, rows)
     if set(PLAIN) <= set(header):
         extra = [c for c in header if c not in (*PLAIN, "image")]

@@ -412,48 +412,52 @@ def _boxes_from_rows(rows: np.ndarray) -> list[Box]:
 
 def boxes_by_plane(
     data: Any, shape_types: str | Sequence[str] | None = None
-) -> dict[int, list[Box]]:
+) -> dict[Any, list[Box]]:
     """Boxes drawn on the planes of a stack, grouped by plane.
 
     Parameters
     ----------
     data : list of array_like
         napari Shapes data of a 3D layer: one ``(4, 3)`` vertex array per shape, column 0 the
-        plane index (the same for all vertices of one shape).
+        plane index (the same for all vertices of one shape). A layer of more dimensions
+        (e.g. ``(t, z, y, x)`` vertices) is grouped by its leading coordinates.
     shape_types : str or sequence of str, optional
         As in :func:`boxes_from_shapes`.
 
     Returns
     -------
-    dict of int to list of Box
-        Boxes per plane, planes in increasing order, boxes in the order drawn.
+    dict of int (or tuple of int) to list of Box
+        Boxes per plane (per ``(t, z)``, ... with more leading axes), planes in increasing
+        order, boxes in the order drawn.
 
     Raises
     ------
     ValueError
-        For shapes that are not 3D, shapes spanning several planes, or non-box shapes.
+        For shapes that are not 3D or more, shapes spanning several planes, or non-box shapes.
     """
     items = list(data)
     types = _shape_types(shape_types, len(items))
-    grouped: dict[int, list[Box]] = {}
+    grouped: dict[Any, list[Box]] = {}
     for k, (verts, kind) in enumerate(zip(items, types, strict=True)):
         _check_type(kind, k)
         v = np.asarray(verts, dtype=np.float64)
-        if v.ndim != 2 or v.shape[1] != 3:
+        if v.ndim != 2 or v.shape[1] < 3:
             raise ValueError(
                 f"Shape {k} has vertices of shape {v.shape}; shapes on a stack need (plane, y, "
                 "x) vertices. Draw the boxes while the stack is shown in 2D, one plane at a time."
             )
-        planes = v[:, 0]
-        if not np.isfinite(planes).all() or np.ptp(planes) > PLANE_TOLERANCE:
+        leading = v[:, :-2]
+        if not np.isfinite(leading).all() or np.ptp(leading, axis=0).max() > PLANE_TOLERANCE:
+            spans = np.unique(np.round(leading, 3), axis=0)
+            spans = spans[:, 0] if spans.shape[1] == 1 else spans
             raise ValueError(
-                f"Shape {k} spans planes {np.unique(np.round(planes, 3)).tolist()}: a box must "
-                "lie on one plane. Draw the boxes in the 2D view (not the 3D view), one plane "
-                "at a time."
+                f"Shape {k} spans planes {spans.tolist()}: "
+                "a box must lie on one plane. Draw the boxes in the 2D view (not the 3D view), "
+                "one plane at a time."
             )
-        plane = round(float(planes.mean()))
-        boxes = boxes_from_shapes([v[:, 1:]], [kind])
-        grouped.setdefault(plane, []).extend(boxes)
+        where = tuple(round(float(c)) for c in leading.mean(axis=0))
+        boxes = boxes_from_shapes([v[:, -2:]], [kind])
+        grouped.setdefault(where[0] if len(where) == 1 else where, []).extend(boxes)
     return dict(sorted(grouped.items()))
 
 

@@ -86,6 +86,7 @@ def boxes_for(
         image = load_image(path, args)
         name = Path(path).name
         stem = name.split(".")[0]
+        table = _flat_planes(table, image, name)
         by_plane = all(isinstance(k, int) for k in table)
         if image.n_planes > 1 and not by_plane:
             raise ValueError(
@@ -144,6 +145,26 @@ def boxes_for(
     if not any(p for _, planes in result for p in planes):
         raise ValueError("No image has any boxes; draw at least one box around a cell.")
     return result
+
+
+def _flat_planes(table: dict, image: AxisImage, name: str) -> dict:
+    """A table drawn on a time series of stacks, its ``(t, z)`` keys as the image's plane
+    numbers (z within each time point); other tables as they are."""
+    if not any(isinstance(k, tuple) for k in table):
+        return table
+    import numpy as np
+
+    sizes = [image.sizes[a] for a in image.plane_axes]
+    flat = {}
+    for key, boxes in table.items():
+        if len(key) != len(sizes) or any(not 0 <= i < n for i, n in zip(key, sizes, strict=True)):
+            raise ValueError(
+                f"{name} has {' x '.join(map(str, sizes)) or 'no'} planes "
+                f"({image.plane_axes or 'one plane'}) but its box table has boxes at "
+                f"{key}: check --axes, or that the table was drawn on this image."
+            )
+        flat[int(np.ravel_multi_index(key, sizes))] = boxes
+    return flat
 
 
 def supervision(name: str, image: AxisImage, boxes: list[Box], **kwargs: Any) -> Supervision:
