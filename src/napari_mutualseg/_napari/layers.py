@@ -1,9 +1,11 @@
 """Layers in, layers out: coordinate mapping and the layers this plugin owns.
 
 Runs on the main thread (it reads and writes napari layers) and holds no core logic. A layer
-the plugin made carries a tag in its metadata (:data:`OWNER_KEY`) with its role and the image
-it belongs to, by the image layer's ``unique_id``, so that the link survives renames; a layer
-without the tag is the user's and is never changed.
+the plugin made carries a tag in its metadata (:data:`OWNER_KEY`) with its role, the image
+it belongs to (by the image layer's ``unique_id``, so that the link survives renames) and the
+layer's own ``unique_id``. A layer without the tag is the user's and is never changed; so is
+a layer whose tag names another layer: napari copies the metadata into a duplicated layer
+(Layers > Duplicate Layer), and the copy is the person's, not the plugin's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 
 #: ``layer.metadata`` key marking the layers this plugin created (value: a dict with the role).
 OWNER_KEY = "napari-mutualseg"
+#: Key in the tag: the ``unique_id`` of the layer the tag was made for.
+LAYER_ID = "layer_id"
 
 #: Class colours (RGBA): background faint so the image stays visible, ignore grey.
 CLASS_COLORS: dict[int | None, tuple[float, float, float, float]] = {
@@ -96,7 +100,11 @@ def transform_kwargs(layer: Layer, ndim: int | None = None) -> dict[str, Any]:
 
 
 def owner_tag(role: str, source: Layer | None, **extra: Any) -> dict[str, Any]:
-    """The metadata entry that marks a layer as the plugin's ``role`` for image ``source``."""
+    """The metadata entry that marks a layer as the plugin's ``role`` for image ``source``.
+
+    The layer does not exist yet, so the tag names no layer: :func:`claim` binds it to the
+    layer once it is made (else the first look at the layer does, see :func:`owner_info`).
+    """
     return {
         OWNER_KEY: {
             "role": role,
@@ -106,10 +114,36 @@ def owner_tag(role: str, source: Layer | None, **extra: Any) -> dict[str, Any]:
     }
 
 
-def owner_info(layer: Layer) -> dict | None:
-    """The plugin's marker on ``layer``, or ``None`` for a layer the user made."""
+def claim(layer: Layer) -> Layer:
+    """Bind the plugin's tag on ``layer`` (just made from :func:`owner_tag`) to this layer.
+
+    A new dict replaces the tag: napari's duplicate shares the tag's dict with the copy (it
+    copies ``metadata`` shallowly), so changing it in place would bind the copy as well.
+    """
     info = layer.metadata.get(OWNER_KEY) if isinstance(layer.metadata, dict) else None
-    return info if isinstance(info, dict) else None
+    if isinstance(info, dict) and info.get(LAYER_ID) is None:
+        layer.metadata[OWNER_KEY] = {**info, LAYER_ID: str(layer.unique_id)}
+    return layer
+
+
+def owner_info(layer: Layer) -> dict | None:
+    """The plugin's marker on ``layer``, or ``None`` for a layer the user made.
+
+    The marker counts only on the layer it was made for: one naming another layer was copied
+    with the metadata (a duplicated layer, or one from another session) and is the user's. A
+    marker that names no layer yet (a layer napari made from the plugin's layer data, as the
+    Layers > Segment menu returns it) is bound to the first layer seen carrying it, unless
+    napari made that layer from another one (its ``source.parent``): that is a copy.
+    """
+    info = layer.metadata.get(OWNER_KEY) if isinstance(layer.metadata, dict) else None
+    if not isinstance(info, dict):
+        return None
+    layer_id = info.get(LAYER_ID)
+    if layer_id is None:
+        if getattr(getattr(layer, "source", None), "parent", None) is not None:
+            return None
+        return claim(layer).metadata[OWNER_KEY]
+    return info if layer_id == str(layer.unique_id) else None
 
 
 def find_own_layer(viewer: napari.Viewer, role: str, source: Layer | None = None) -> Layer | None:
@@ -199,10 +233,10 @@ def upsert_layer(
     name = free_name(viewer, name)
     if kind == "image":
         kw = {"colormap": "magma", "contrast_limits": (0, 1), "blending": "additive", **kw}
-        return viewer.add_image(data, name=name, metadata=meta, **kw)
+        return claim(viewer.add_image(data, name=name, metadata=meta, **kw))
     if kind == "classes":
         kw = {**class_layer_kwargs(), **kw}
-    return viewer.add_labels(data, name=name, metadata=meta, **kw)
+    return claim(viewer.add_labels(data, name=name, metadata=meta, **kw))
 
 
 def show_table(layer: Labels, table: Table) -> None:

@@ -1,0 +1,82 @@
+"""The layers the plugin owns: its results and supervision are rewritten, the user's never."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from napari.layers._layer_actions import _duplicate_layer
+
+from helpers import disc_image, same
+from napari_mutualseg._napari.layers import OWNER_KEY
+from napari_mutualseg.models import ModelPair
+
+
+class _Threshold(torch.nn.Module):
+    """A "network" that calls bright pixels cells: predictions without training."""
+
+    divisor = 1
+
+    def __init__(self):
+        super().__init__()
+        self.arch = {"in_channels": 1, "n_classes": 3}
+
+    def forward(self, x):
+        return torch.cat([(0.5 - x) * 8, (x - 0.5) * 8, x * 0 - 8], dim=1)
+
+
+def _duplicate(viewer, layer):
+    """Layers > Duplicate Layer on ``layer``: the copy."""
+    viewer.layers.selection = {layer}
+    _duplicate_layer(viewer.layers)
+    return viewer.layers[f"{layer.name} copy"]
+
+
+def test_a_duplicated_result_layer_is_the_users(viewer_widget):
+    viewer, widget = viewer_widget
+    widget.controller.set_pair(ModelPair(_Threshold(), _Threshold(), settings={"min_size": 4}))
+    image = viewer.add_image(disc_image()[0], name="x")
+    widget.predict(image, block=True)
+    copies = {}
+    for name in ("x cells", "x disagreement"):
+        original = viewer.layers[name]
+        copy = _duplicate(viewer, original)
+        copy.data = np.full(copy.data.shape, 7, copy.data.dtype)  # the person's edit
+        copies[name] = copy
+        viewer.layers.remove(original)
+    widget.predict(image, block=True)
+    for name, copy in copies.items():
+        assert (copy.data == 7).all(), f"the copy of '{name}' was overwritten"
+        assert not same(viewer.layers[name], copy)  # the new result went beside it
+    assert (viewer.layers["x cells"].data > 0).any()
+    # a tag naming another layer (one saved in another session) is not the plugin's either
+    cells = viewer.layers["x cells"]
+    kept = viewer.add_labels(np.zeros_like(cells.data), name="kept", metadata=dict(cells.metadata))
+    viewer.layers.remove(cells)
+    widget.predict(image, block=True)
+    assert not kept.data.any() and not same(viewer.layers["x cells"], kept)
+
+
+def test_a_duplicated_supervision_layer_is_the_users(scene, make_napari_viewer):
+    viewer, widget, _image, boxes = scene
+    sup = widget.generate_supervision()
+    copy = _duplicate(viewer, sup)
+    copy.data = np.full(copy.data.shape, 2, copy.data.dtype)
+    viewer.layers.remove(sup)
+    again = widget.generate_supervision()
+    assert not same(again, copy) and (copy.data == 2).all()
+    assert again.metadata[OWNER_KEY]["role"] == "supervision"
+    # the menu command's layer, duplicated before the plugin looked at it
+    menu_viewer = make_napari_viewer()
+    img = menu_viewer.add_image(disc_image()[0], name="img")
+    shapes = menu_viewer.add_shapes(boxes.data, shape_type="rectangle", name="boxes")
+    _, gui = menu_viewer.window.add_plugin_dock_widget(
+        "napari-mutualseg", "Boxes → ellipse supervision"
+    )
+    gui.image.value, gui.boxes.value = img, shapes
+    gui()
+    made = menu_viewer.layers["img supervision"]
+    copy = _duplicate(menu_viewer, made)
+    copy.data = np.full(copy.data.shape, 2, copy.data.dtype)
+    menu_viewer.layers.remove(made)
+    gui()
+    assert (copy.data == 2).all() and not same(menu_viewer.layers["img supervision"], copy)
