@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from helpers import disc_image
+from helpers import disc_image, messages
 from napari_mutualseg._napari.cells import cell_table, export
 from napari_mutualseg._napari.layers import camera
+from napari_mutualseg.models import ModelPair
 
 
 @pytest.fixture
@@ -73,8 +75,6 @@ def test_exports_from_the_panel_and_from_file_save(predicted, tmp_path):
 def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted, tmp_path, notes):
     import tifffile
 
-    from helpers import messages
-
     viewer, widget, _image, _cells = predicted
     folder = tmp_path / "plate"
     (folder / "B02").mkdir(parents=True)
@@ -99,3 +99,65 @@ def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted
     # run again: the finished images are kept
     widget.segment_folder(folder, out, block=True)
     assert [r.status for r in widget.summary.results] == ["skipped", "skipped", "failed"]
+
+
+class _Threshold(torch.nn.Module):
+    """A "network" that calls bright pixels cells: predictions without training."""
+
+    divisor = 1
+
+    def __init__(self):
+        super().__init__()
+        self.arch = {"in_channels": 1, "n_classes": 3}
+
+    def forward(self, x):
+        return torch.cat([(0.5 - x) * 8, (x - 0.5) * 8, x * 0 - 8], dim=1)
+
+
+@pytest.fixture
+def thresholded(viewer_widget):
+    """The widget with a pair that needs no training (bright is cell)."""
+    viewer, widget = viewer_widget
+    widget.controller.set_pair(
+        ModelPair(_Threshold(), _Threshold(), settings={"min_size": 4, "rgb": "gray"})
+    )
+    return viewer, widget
+
+
+def _frames():
+    first, _ = disc_image()
+    second, _ = disc_image(centres=((16, 44), (44, 16), (44, 46)), seed=5)
+    return np.stack([first, second])
+
+
+def test_measure_follows_the_images_axes(thresholded, notes):
+    viewer, widget = thresholded
+    panel = widget.cells
+    movie = viewer.add_image(_frames(), name="movie", axis_labels=("t", "y", "x"))
+    widget.predict(movie, block=True)
+    cells = viewer.layers["movie cells"]
+    predicted = {k: np.asarray(v) for k, v in cells.features.items()}
+    assert "t" in predicted and set(predicted["t"]) == {0, 1}
+    viewer.layers.selection.active = cells
+    panel.measure.click()  # frame by frame again, not one 3D image with time as z
+    assert list(cells.features.columns) == list(predicted)
+    for column, values in predicted.items():
+        np.testing.assert_allclose(np.asarray(cells.features[column], float), values)
+    # a time series of z-stacks: 3D cells per time point
+    stacks = np.stack([np.stack([frame] * 3) for frame in _frames()])
+    tz = viewer.add_image(stacks, name="tz", axis_labels=("t", "z", "y", "x"))
+    widget.predict(tz, block=True)
+    viewer.layers.selection.active = viewer.layers["tz cells"]
+    viewer.layers["tz cells"].features = {}
+    panel.measure.click()
+    table = viewer.layers["tz cells"].features
+    assert {"t", "centroid_z_px", "volume_px"} <= set(table.columns) and len(table)
+    # RGB: every colour
+    rgb = (np.repeat(_frames()[0][..., None], 3, axis=-1).clip(0, 1) * 255).astype(np.uint8)
+    photo = viewer.add_image(rgb, name="photo", rgb=True)
+    widget.predict(photo, block=True)
+    viewer.layers.selection.active = viewer.layers["photo cells"]
+    viewer.layers["photo cells"].features = {}
+    panel.measure.click()
+    assert "mean_intensity_R" in viewer.layers["photo cells"].features
+    assert not messages(notes, "error")

@@ -25,8 +25,10 @@ from qtpy.QtWidgets import (
 from .. import files
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
 from ..measure import Table, measure_cells
+from .axes import layer_axes
 from .layers import camera, owner_info, show_table
 from .panels import _row
+from .workers import measure
 
 if TYPE_CHECKING:
     import napari
@@ -43,13 +45,32 @@ EXPORTS = {
 
 
 def measure_layer(layer: Labels, image: Layer | None = None) -> Table:
-    """Measure the cells of ``layer`` (in ``image``'s intensities, and in the layer's units
-    where its scale has units other than pixels)."""
+    """Measure the cells of ``layer``.
+
+    With its ``image``, the cells are measured as a prediction measures them: on the image's
+    axes (a time series frame by frame, a z-stack as 3D cells, RGB and channel images in every
+    channel). Without one, the layer is a plane or a stack of 3D cells, measured in the
+    layer's units where its scale has units other than pixels.
+
+    Raises
+    ------
+    ValueError
+        When the cells cannot be measured (the message says why and what to do).
+    """
+    labels = np.asarray(layer.data)
+    if image is not None:
+        axes = layer_axes(image)
+        if labels.shape != axes.label_shape:
+            raise ValueError(
+                f"'{layer.name}' {labels.shape} no longer fits its image '{image.name}' "
+                f"({axes.describe()}, cells {axes.label_shape}): predict '{image.name}' again "
+                "to measure its cells."
+            )
+        return measure(labels, image.data, axes)
     units = [f"{u:~}" for u in layer.units]
     physical = bool(units) and units[-1] not in ("px", "pixel")
     return measure_cells(
-        np.asarray(layer.data),
-        None if image is None else np.asarray(image.data),
+        labels,
         pixel_size=tuple(float(s) for s in layer.scale) if physical else None,
         unit=units[-1] if physical else "um",
     )
