@@ -192,3 +192,27 @@ def test_a_file_opens_with_its_axes_and_pixel_size(viewer_widget, tmp_path, note
     with pytest.raises(Exception, match="Cannot read"):
         viewer.open(broken, plugin="napari-mutualseg")
     assert sum("set Axes" in m for m in messages(notes, "warning")) == 1
+
+
+def test_channels_named_in_the_file_are_picked_by_name(viewer_widget, tmp_path, notes):
+    import tifffile
+
+    viewer, widget = viewer_widget
+    data, rows = two_channels()  # the discs are in channel 1, "GFP"
+    path = tmp_path / "named.ome.tif"
+    tifffile.imwrite(
+        path, data, ome=True, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP"]}}
+    )
+    [layer] = viewer.open(path, plugin="napari-mutualseg")
+    assert tuple(layer.metadata["channel_names"]) == ("DAPI", "GFP")
+    widget.image_layer = layer
+    widget.boxes_layer = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="b")
+    widget.settings.update(rounds=1, channels="GFP")
+    widget.train(block=True)
+    assert messages(notes, "error") == []
+    assert widget.pair is not None and widget.pair.in_channels == 1
+    widget.predict(layer, block=True)
+    assert messages(notes, "error") == []
+    table = viewer.layers["named cells (no boxes)"].features
+    # measured in every channel, each called by its name
+    assert {"mean_intensity_DAPI", "mean_intensity_GFP"} <= set(table.columns)

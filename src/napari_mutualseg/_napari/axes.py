@@ -40,12 +40,16 @@ class LayerAxes:
         The layer is RGB(A): its last axis holds colours.
     note : str
         What was assumed, for the user ("" when the axes were known).
+    channel_names : tuple of str, optional
+        One name per channel (or colour), from the layer's metadata where a reader put them
+        (``layer.metadata["channel_names"]``), so that channels can be picked by name.
     """
 
     axes: str
     shape: tuple[int, ...]
     rgb: bool = False
     note: str = ""
+    channel_names: tuple[str, ...] | None = None
 
     @property
     def label_axes(self) -> str:
@@ -84,7 +88,9 @@ class LayerAxes:
         channel_first = self.axes[0] == "C"
         key = (slice(None),) * channel_first + self._position(index)
         axes = ("C" if channel_first else "") + "YX" + ("C" if self.rgb else "")
-        return AxisImage.from_array(data[key], axes, rgb=self.rgb, name="plane")
+        return AxisImage.from_array(
+            data[key], axes, rgb=self.rgb, channel_names=self.channel_names, name="plane"
+        )
 
     def plane_of(self, point: np.ndarray) -> int:
         """The plane a point of the layer's data coordinates lies on (rounded)."""
@@ -158,7 +164,25 @@ def layer_axes(layer: Image, given: str = "") -> LayerAxes:
             "result layers line up with every channel. Open the file with its channels as "
             "separate layers (napari's channel_axis), or move the axis first (numpy.moveaxis)."
         )
-    return LayerAxes(axes, shape, rgb, note)
+    return LayerAxes(axes, shape, rgb, note, _channel_names(layer, axes, shape, rgb))
+
+
+def _channel_names(
+    layer: Image, axes: str, shape: tuple[int, ...], rgb: bool
+) -> tuple[str, ...] | None:
+    """The names of the layer's channels (or colours) in its metadata, as the plugin's reader
+    puts them; ``None`` when there are none or they do not fit, e.g. one channel of a file
+    that napari split into a layer per channel keeps the names of all of them."""
+    names = layer.metadata.get("channel_names") if layer.metadata else None
+    if rgb:
+        count = shape[-1]
+    elif "C" in axes:
+        count = shape[axes.index("C")]
+    else:
+        return None
+    if not isinstance(names, (list, tuple)) or len(names) != count:
+        return None
+    return tuple(str(n) for n in names)
 
 
 def _named(labels: Any) -> str | None:

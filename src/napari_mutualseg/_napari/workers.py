@@ -284,7 +284,7 @@ def measure(labels: np.ndarray, data: Any, axes: LayerAxes | None = None) -> Tab
     if labels.ndim == 2 and labels.size > AUTO_BLOCKWISE_PIXELS:
         return measure_cells(labels)
     letters = axes.axes + ("C" if axes.rgb else "")
-    image = AxisImage.from_array(data, letters, rgb=axes.rgb)
+    image = AxisImage.from_array(data, letters, rgb=axes.rgb, channel_names=axes.channel_names)
     return measure_image(labels, image, None)
 
 
