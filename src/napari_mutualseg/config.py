@@ -9,6 +9,8 @@ measured (``benchmarks/results/ablation_val.md``); their defaults are the recomm
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -24,11 +26,62 @@ __all__ = ["EXCHANGE_RULES", "ExchangeSettings", "TrainConfig"]
 #: How predictions become the peer's labels (see :mod:`napari_mutualseg.exchange`).
 EXCHANGE_RULES = ("confident", "literal")
 
+#: Seeds go to torch and NumPy (B's is ``seed + 1``): the usual 32-bit range, which both take.
+_MAX_SEED = 2**32 - 1
+
+#: Whole-number settings and the least value of each.
+_COUNTS = {
+    "rounds": 1,
+    "steps_per_round": 1,
+    "batch_size": 1,
+    "patch_size": 1,
+    "width": 1,
+    "depth": 1,
+    "min_size": 0,
+}
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_whole(
+    obj: Any, name: str, low: int, high: int | None, problems: list[str], hint: str = ""
+) -> bool:
+    """Note a problem unless ``obj.name`` is a whole number in ``[low, high]``; whether it is."""
+    value = getattr(obj, name)
+    if _is_whole(value) and low <= value and (high is None or value <= high):
+        return True
+    allowed = f"of at least {low}" if high is None else f"from {low} to {high}"
+    problems.append(f"{name} must be a whole number {allowed}{hint}, got {value!r}")
+    return False
+
+
+def _check_range(
+    obj: Any,
+    name: str,
+    interval: str,
+    problems: list[str],
+    hint: str = "",
+) -> None:
+    """Note a problem unless ``obj.name`` is a number in ``interval``, such as ``"(0, 1]"``."""
+    value = getattr(obj, name)
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    if _is_number(value):
+        above = low < value if interval[0] == "(" else low <= value
+        below = value < high if interval[-1] == ")" else value <= high
+        if above and below:
+            return
+    problems.append(f"{name} must be a number in {interval}{hint}, got {value!r}")
+
 
 def _check_fraction(obj: Any, names: tuple[str, ...], problems: list[str]) -> None:
     for name in names:
-        if not 0 < getattr(obj, name) <= 1:
-            problems.append(f"{name} must be in (0, 1]")
+        _check_range(obj, name, "(0, 1]", problems)
 
 
 @dataclass
@@ -51,7 +104,8 @@ class ExchangeSettings:
         Least top probability of a pixel that is passed on.
     min_core_fraction, leak_fraction : float
         A box falls back to its round-1 label when its object is smaller than this fraction
-        of its core, or covers more than this fraction of its box.
+        of its core (in ``[0, 1]``; 0: never for being small), or covers more than this
+        fraction of its box (in ``(0, 1]``; 1: never for leaking).
     ellipse_background : bool
         Pass on the peer's confident background inside a box's ellipse.
     agreement : bool
@@ -89,14 +143,16 @@ class ExchangeSettings:
         """What is wrong with these settings (empty when they are valid)."""
         problems = []
         if self.rule not in EXCHANGE_RULES:
-            problems.append(f"exchange rule must be one of {', '.join(EXCHANGE_RULES)}")
+            problems.append(
+                f"exchange rule must be one of {', '.join(EXCHANGE_RULES)}, got {self.rule!r}"
+            )
         if self.teacher not in ("peer", "self"):
-            problems.append("teacher must be 'peer' or 'self'")
+            problems.append(f"teacher must be 'peer' or 'self', got {self.teacher!r}")
         _check_fraction(self, ("core_scale", "fg_threshold", "confidence"), problems)
-        if not 0 <= self.ema < 1:
-            problems.append("ema must be in [0, 1) (0 turns it off; 0.99 is typical)")
-        if self.width_b < 0:
-            problems.append("width_b must be 0 (same as width) or positive")
+        _check_range(self, "min_core_fraction", "[0, 1]", problems)
+        _check_fraction(self, ("leak_fraction",), problems)
+        _check_range(self, "ema", "[0, 1)", problems, " (0 turns it off; 0.99 is typical)")
+        _check_whole(self, "width_b", 0, None, problems, " (0: the same as width)")
         return problems
 
 
@@ -124,6 +180,7 @@ class TrainConfig:
         Learning rate of later rounds (and of resumed training) relative to round 1.
     seed : int
         Seeds weights (A uses ``seed``, B ``seed + 1``) and sampling; reproducible on the CPU.
+        From 0 to 2**32 - 1.
     device : str
         ``"auto"`` (CUDA, then MPS, then CPU) or an explicit device.
     min_change : float
@@ -133,7 +190,8 @@ class TrainConfig:
     tile_size : int
         Tile edge for whole-image prediction.
     percentiles : tuple of float
-        Intensity percentiles mapped to 0 and 1 (in every channel).
+        Intensity percentiles mapped to 0 and 1 (in every channel), ``0 <= low < high <=
+        100``.
     channels : tuple of int or str, optional
         The image channels the networks take, by index or name, in order (``None``: every
         channel). Stored in the model file: prediction picks the same channels.
@@ -144,6 +202,7 @@ class TrainConfig:
         On CUDA, train A and B at once in two threads with a CUDA stream each.
     exchange : ExchangeSettings
         How predictions become the peer's labels, and the research switches.
+
     """
 
     rounds: int = 5
@@ -166,30 +225,58 @@ class TrainConfig:
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
 
     def __post_init__(self) -> None:
-        self.percentiles = tuple(float(p) for p in self.percentiles)
         self.channels = parse_channels(self.channels)
-        if isinstance(self.exchange, dict):
-            self.exchange = ExchangeSettings(**self.exchange)
-        problems = []
-        for name in ("rounds", "steps_per_round", "batch_size", "width", "depth"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be at least 1")
-        if self.tile_size < MIN_TILE_SIZE:
-            problems.append(f"tile_size must be at least {MIN_TILE_SIZE}")
-        if self.min_size < 0:
-            problems.append("min_size must be 0 or more")
-        if self.patch_size < 2 ** (self.depth - 1) * 2:
-            problems.append(f"patch_size must be at least {2**self.depth} for depth {self.depth}")
-        if not (0 < self.learning_rate < 1) or not math.isfinite(self.learning_rate):
-            problems.append("learning_rate must be between 0 and 1 (1e-3 is a good start)")
+        problems = self._percentile_problems()
+        counted = {n: _check_whole(self, n, least, None, problems) for n, least in _COUNTS.items()}
+        _check_whole(self, "tile_size", MIN_TILE_SIZE, None, problems)
+        if counted["depth"] and counted["patch_size"] and self.patch_size < 2**self.depth:
+            problems.append(
+                f"patch_size must be at least {2**self.depth} for depth {self.depth}, got "
+                f"{self.patch_size}"
+            )
+        _check_whole(self, "seed", 0, _MAX_SEED, problems)
+        _check_range(self, "learning_rate", "(0, 1)", problems, " (1e-3 is a good start)")
         _check_fraction(self, ("later_lr_factor",), problems)
-        if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
-            problems.append("percentiles must be two increasing values in [0, 100]")
+        _check_range(self, "min_change", "[0, 1]", problems, " (a fraction of the labels)")
         if self.rgb not in RGB_MODES:
-            problems.append(f"rgb must be one of {', '.join(RGB_MODES)}")
-        problems += self.exchange.problems()
+            problems.append(f"rgb must be one of {', '.join(RGB_MODES)}, got {self.rgb!r}")
+        problems += self._exchange_problems()
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
+        for name in [*_COUNTS, "tile_size", "seed"]:
+            # plain ints (not NumPy's) in the settings stored in model files and JSON
+            setattr(self, name, int(getattr(self, name)))
+
+    def _percentile_problems(self) -> list[str]:
+        """Check ``percentiles`` and store them as floats."""
+        given = self.percentiles
+        values = tuple(given) if isinstance(given, Iterable) and not isinstance(given, str) else ()
+        if len(values) == 2 and all(_is_number(v) for v in values):
+            self.percentiles = (float(values[0]), float(values[1]))
+            if 0 <= values[0] < values[1] <= 100:
+                return []
+        return [
+            "percentiles must be two numbers (low, high) with 0 <= low < high <= 100, got "
+            f"{given!r}"
+        ]
+
+    def _exchange_problems(self) -> list[str]:
+        """Check ``exchange`` (a dict of its settings becomes :class:`ExchangeSettings`)."""
+        if isinstance(self.exchange, dict):
+            known = [f.name for f in fields(ExchangeSettings)]
+            unknown = sorted(set(self.exchange) - set(known), key=str)
+            if unknown:
+                return [
+                    f"exchange has no setting {', '.join(map(repr, unknown))}; its settings are "
+                    f"{', '.join(known)}"
+                ]
+            self.exchange = ExchangeSettings(**self.exchange)
+        if not isinstance(self.exchange, ExchangeSettings):
+            return [
+                "exchange must be an ExchangeSettings (or a dict of its settings), got "
+                f"{self.exchange!r}; for a rule alone give ExchangeSettings(rule=...)"
+            ]
+        return self.exchange.problems()
 
     @classmethod
     def recommended(cls, device: str | torch.device = "auto", **overrides: Any) -> TrainConfig:

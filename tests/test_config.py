@@ -1,0 +1,46 @@
+"""Training settings: what TrainConfig refuses, and what it says when it does."""
+
+import numpy as np
+import pytest
+
+from napari_mutualseg.config import ExchangeSettings, TrainConfig
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ({"rounds": 2.5}, r"rounds must be a whole number of at least 1, got 2\.5"),
+        ({"rounds": "2"}, r"rounds must be a whole number of at least 1, got '2'"),
+        ({"rounds": True}, r"rounds must be a whole number of at least 1, got True"),
+        ({"steps_per_round": 1.5}, r"steps_per_round must be a whole number .* got 1\.5"),
+        ({"seed": -1_000_000}, r"seed must be a whole number from 0 to \d+, got -1000000"),
+        ({"seed": 1.5}, r"seed must be a whole number from 0 to \d+, got 1\.5"),
+        ({"percentiles": (1,)}, r"percentiles must be two numbers .*0 <= low < high <= 100"),
+        ({"percentiles": (99, 1)}, r"percentiles must be two numbers .* got \(99, 1\)"),
+        ({"min_change": -1}, r"min_change must be a number in \[0, 1\].* got -1"),
+        ({"min_change": 5}, r"min_change must be a number in \[0, 1\].* got 5"),
+        ({"exchange": "literal"}, r"exchange must be an ExchangeSettings .* got 'literal'"),
+        ({"exchange": {"treshold": 1}}, r"exchange has no setting 'treshold'"),
+        (
+            {"exchange": ExchangeSettings(min_core_fraction=-1)},
+            r"min_core_fraction must be a number in \[0, 1\], got -1",
+        ),
+        (
+            {"exchange": ExchangeSettings(leak_fraction=0)},
+            r"leak_fraction must be a number in \(0, 1\], got 0",
+        ),
+        (
+            {"exchange": ExchangeSettings(leak_fraction=-3)},
+            r"leak_fraction must be a number in \(0, 1\], got -3",
+        ),
+    ],
+)
+def test_bad_settings_are_refused_with_the_setting_value_and_range(settings, said):
+    with pytest.raises(ValueError, match=said):
+        TrainConfig(**settings)
+
+
+def test_numpy_whole_numbers_are_taken_as_plain_ints():
+    config = TrainConfig(rounds=np.int64(3), seed=np.uint32(7))
+    assert (config.rounds, config.seed) == (3, 7)
+    assert type(config.rounds) is int and type(config.seed) is int
