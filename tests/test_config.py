@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
+from napari_mutualseg.checkpoint import ARCH_LIMITS
 from napari_mutualseg.config import ExchangeSettings, TrainConfig
+
+MOST_WIDTH = ARCH_LIMITS["width"][1]
+MOST_DEPTH = ARCH_LIMITS["depth"][1]
 
 
 @pytest.mark.parametrize(
@@ -38,6 +42,30 @@ from napari_mutualseg.config import ExchangeSettings, TrainConfig
 def test_bad_settings_are_refused_with_the_setting_value_and_range(settings, said):
     with pytest.raises(ValueError, match=said):
         TrainConfig(**settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ({"width": MOST_WIDTH + 1}, rf"width must be a whole number from 1 to {MOST_WIDTH}"),
+        (
+            {"depth": MOST_DEPTH + 1, "patch_size": 2 ** (MOST_DEPTH + 1)},
+            rf"depth must be a whole number from 1 to {MOST_DEPTH}",
+        ),
+        (
+            {"exchange": ExchangeSettings(width_b=MOST_WIDTH + 1)},
+            rf"width_b must be a whole number from 1 to {MOST_WIDTH}",
+        ),
+    ],
+)
+def test_networks_a_model_file_would_refuse_are_refused_before_training(settings, said):
+    with pytest.raises(ValueError, match=said):
+        TrainConfig(**settings)
+
+
+def test_the_largest_networks_a_model_file_takes_are_accepted():
+    config = TrainConfig(width=MOST_WIDTH, depth=MOST_DEPTH, patch_size=2**MOST_DEPTH)
+    assert (config.width, config.depth) == (MOST_WIDTH, MOST_DEPTH)
 
 
 def test_numpy_whole_numbers_are_taken_as_plain_ints():

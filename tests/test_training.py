@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_mutualseg.checkpoint import ARCH_LIMITS
 from napari_mutualseg.exchange import ExchangeContext, exchange_labels
 from napari_mutualseg.inference import predict_proba
 from napari_mutualseg.metrics import evaluate
@@ -337,3 +338,11 @@ def test_a_resumed_pair_records_its_own_network_size(scene):
     list(first)
     resumed = MutualTrainer(image, sup, TrainConfig(**{**TINY, "width": 8}), pair=first.pair)
     assert resumed.pair.settings["width"] == 4
+
+
+def test_images_with_more_channels_than_a_network_takes_are_refused(scene):
+    image, _, sup = scene
+    most = ARCH_LIMITS["in_channels"][1]
+    many = np.stack([image * (1 + k) for k in range(most + 1)])
+    with pytest.raises(ValueError, match=rf"{most + 1} channels, more than the {most}"):
+        MutualTrainer([many], sup, TrainConfig(**TINY))

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import ARCH_LIMITS
 from .devices import select_device
 from .images import RGB_MODES, parse_channels
 from .inference import DEFAULT_TILE_SIZE, MIN_TILE_SIZE
@@ -29,16 +30,8 @@ EXCHANGE_RULES = ("confident", "literal")
 #: Seeds go to torch and NumPy (B's is ``seed + 1``): the usual 32-bit range, which both take.
 _MAX_SEED = 2**32 - 1
 
-#: Whole-number settings and the least value of each.
-_COUNTS = {
-    "rounds": 1,
-    "steps_per_round": 1,
-    "batch_size": 1,
-    "patch_size": 1,
-    "width": 1,
-    "depth": 1,
-    "min_size": 0,
-}
+#: Whole-number settings and the least value of each (the network's size: :data:`ARCH_LIMITS`).
+_COUNTS = {"rounds": 1, "steps_per_round": 1, "batch_size": 1, "patch_size": 1, "min_size": 0}
 
 
 def _is_whole(value: Any) -> bool:
@@ -152,7 +145,11 @@ class ExchangeSettings:
         _check_range(self, "min_core_fraction", "[0, 1]", problems)
         _check_fraction(self, ("leak_fraction",), problems)
         _check_range(self, "ema", "[0, 1)", problems, " (0 turns it off; 0.99 is typical)")
-        _check_whole(self, "width_b", 0, None, problems, " (0: the same as width)")
+        # B is saved like A: its width must be one the model file accepts
+        if not (_is_whole(self.width_b) and self.width_b == 0):
+            _check_whole(
+                self, "width_b", *ARCH_LIMITS["width"], problems, " (or 0: the same as width)"
+            )
         return problems
 
 
@@ -229,7 +226,9 @@ class TrainConfig:
         problems = self._percentile_problems()
         counted = {n: _check_whole(self, n, least, None, problems) for n, least in _COUNTS.items()}
         _check_whole(self, "tile_size", MIN_TILE_SIZE, None, problems)
-        if counted["depth"] and counted["patch_size"] and self.patch_size < 2**self.depth:
+        # a network larger than the model file accepts would train, then never load again
+        arch = [_check_whole(self, n, *ARCH_LIMITS[n], problems) for n in ("width", "depth")]
+        if all(arch) and counted["patch_size"] and self.patch_size < 2**self.depth:
             problems.append(
                 f"patch_size must be at least {2**self.depth} for depth {self.depth}, got "
                 f"{self.patch_size}"
@@ -243,7 +242,7 @@ class TrainConfig:
         problems += self._exchange_problems()
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
-        for name in [*_COUNTS, "tile_size", "seed"]:
+        for name in [*_COUNTS, "width", "depth", "tile_size", "seed"]:
             # plain ints (not NumPy's) in the settings stored in model files and JSON
             setattr(self, name, int(getattr(self, name)))
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from .checkpoint import ARCH_LIMITS
 from .config import ExchangeSettings, TrainConfig
 from .devices import describe_device, select_device
 from .disagreement import disagreement_map
@@ -90,6 +91,14 @@ def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
 def _starting_pair(pair: ModelPair | None, in_channels: int, config: TrainConfig) -> ModelPair:
     """The networks a run starts from: new ones, or a copy of ``pair`` to resume."""
     if pair is None:
+        most = ARCH_LIMITS["in_channels"][1]
+        if in_channels > most:
+            # the model file takes at most this many: such networks would never load again
+            raise ValueError(
+                f"The images give the networks {in_channels} channels, more than the {most} "
+                "they can take: pick the channels to learn from (--channel, or channels= in "
+                "Python)."
+            )
         arch = {
             "in_channels": in_channels,
             "n_classes": N_CLASSES,
