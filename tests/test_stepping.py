@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_mutualseg import stepping
 from napari_mutualseg.boxes import boxes_from_shapes
 from napari_mutualseg.models import build_unet
 from napari_mutualseg.stepping import (
@@ -131,6 +132,51 @@ def test_out_of_memory_ends_the_round_with_a_clear_message(streams):
     # the failing network stopped at once, and the other one long before the round's end
     assert trainers[0].steps == 2
     assert trainers[1].steps < 100
+
+
+class FailingSampler(PatchSampler):
+    """Raises ``error`` at its third batch."""
+
+    error: BaseException
+
+    def draw(self):
+        self.drawn = getattr(self, "drawn", 0) + 1
+        if self.drawn == 3:
+            raise self.error
+        return super().draw()
+
+
+def _failing_at_step_3(error):
+    trainers = _trainers()
+    trainers[0].sampler.__class__ = FailingSampler
+    trainers[0].sampler.error = error
+    return trainers
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 85899345920 bytes. Error code 12"
+        ),
+        RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations)"),
+    ],
+    ids=["cpu", "mps"],
+)
+def test_running_out_of_cpu_or_mps_memory_ends_the_round_with_a_clear_message(error, monkeypatch):
+    released = []
+    monkeypatch.setattr(stepping, "release_cached_memory", lambda: released.append(True))
+    with pytest.raises(TrainingError, match=r"Out of memory on cpu in round 2 .*batch size"):
+        train_round(_failing_at_step_3(error), 1000, threading.Event(), 2)
+    assert released == [True]  # the GPU's cached memory is given back, as after a CUDA one
+
+
+def test_other_runtime_errors_are_not_taken_for_running_out_of_memory():
+    error = RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as raised:
+        train_round(_failing_at_step_3(error), 1000, threading.Event(), 2)
+    assert raised.value is error
 
 
 def test_each_network_keeps_its_cuda_stream_across_rounds(monkeypatch):

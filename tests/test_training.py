@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_mutualseg import training
 from napari_mutualseg.checkpoint import ARCH_LIMITS
 from napari_mutualseg.exchange import ExchangeContext, exchange_labels
 from napari_mutualseg.inference import predict_proba
@@ -17,7 +18,7 @@ from napari_mutualseg.supervision import (
     make_supervision,
 )
 from napari_mutualseg.synthetic import synthetic_scene
-from napari_mutualseg.training import ExchangeSettings, MutualTrainer, TrainConfig
+from napari_mutualseg.training import ExchangeSettings, MutualTrainer, TrainConfig, TrainingError
 
 TINY = {
     "rounds": 2,
@@ -346,3 +347,25 @@ def test_images_with_more_channels_than_a_network_takes_are_refused(scene):
     many = np.stack([image * (1 + k) for k in range(most + 1)])
     with pytest.raises(ValueError, match=rf"{most + 1} channels, more than the {most}"):
         MutualTrainer([many], sup, TrainConfig(**TINY))
+
+
+CPU_OUT_OF_MEMORY = RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 80000000000 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+def test_out_of_memory_in_the_prediction_between_rounds_says_to_lower_the_tile_size(
+    scene, monkeypatch
+):
+    image, _, sup = scene
+
+    def predict_out_of_memory(*args, **kwargs):
+        raise CPU_OUT_OF_MEMORY
+
+    monkeypatch.setattr(training, "predict_proba", predict_out_of_memory)
+    trainer = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}))
+    with pytest.raises(
+        TrainingError, match=r"Out of memory on cpu predicting .* after round 1 .* tile size"
+    ):
+        list(trainer)

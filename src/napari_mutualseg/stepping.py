@@ -3,8 +3,9 @@
 A round trains network A and network B for the same number of steps. On a CUDA GPU they train
 at once, in two threads with a CUDA stream each (the GPU overlaps their kernels); elsewhere one
 after the other. The stream calls go through a small object (:class:`CudaStreams`) so that the
-two-thread path also runs, and is tested, on a CPU. Running out of GPU memory ends the round with
-a :class:`TrainingError` that says what to change, once the memory of the failed step is freed.
+two-thread path also runs, and is tested, on a CPU. Running out of memory (on the GPU, or on the
+CPU) ends the round with a :class:`TrainingError` that says what to change, once the memory of
+the failed step is freed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,40 @@ class TrainingError(RuntimeError):
 
 class Cancelled(Exception):
     """Raised inside a round when the trainer was cancelled between two steps."""
+
+
+#: What PyTorch's CPU and MPS allocators say when they fail: unlike CUDA's, their error is a
+#: plain RuntimeError, known only by its message.
+_OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a failed allocation, on any device.
+
+    CUDA raises :class:`torch.cuda.OutOfMemoryError`, NumPy and Python :class:`MemoryError`;
+    the CPU and MPS allocators raise a :class:`RuntimeError` that says so in its message.
+    """
+    if isinstance(err, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    if isinstance(err, TrainingError) or not isinstance(err, RuntimeError):
+        return False  # a TrainingError may itself say "Out of memory"
+    message = str(err).lower()
+    return any(words in message for words in _OUT_OF_MEMORY_MESSAGES)
+
+
+def out_of_memory_error(device: torch.device, doing: str, advice: str) -> TrainingError:
+    """The error that reports running out of memory on ``device`` while ``doing``, with
+    ``advice`` (what to lower) and, on a GPU, the other ways out.
+
+    Call it once the failed work's exception is handled: the GPU memory that PyTorch keeps
+    cached is given back first, and the failed work's tensors must be gone by then.
+    """
+    release_cached_memory()
+    gpu = device.type != "cpu"
+    return TrainingError(
+        f"Out of memory on {device} {doing}. {advice}"
+        + (", close other programs that use the GPU, or train on the CPU." if gpu else ".")
+    )
 
 
 class StopFlag(Protocol):
@@ -252,25 +287,25 @@ def train_round(
     Cancelled
         When ``cancel`` was set.
     TrainingError
-        When a loss became NaN, or the device ran out of memory (its cached memory is given
-        back first).
+        When a loss became NaN, or the device ran out of memory (:func:`out_of_memory`; its
+        cached memory is given back first).
     """
     try:
         if streams is None:
             return [t.train(n_steps, cancel, round_index) for t in trainers]
         return _train_in_threads(trainers, n_steps, cancel, round_index, streams)
-    except torch.cuda.OutOfMemoryError:
-        # Raised below, out of this handler: leaving it drops the traceback, whose frames hold
-        # the failed step's tensors, so that their memory can be given back.
-        pass
+    except Exception as err:
+        if not out_of_memory(err):
+            raise
+    # Raised here, out of the handler: leaving it drops the traceback, whose frames hold the
+    # failed step's tensors, so that their memory can be given back.
     first = trainers[0]
-    release_cached_memory()
-    gpu = first.device.type != "cpu"
-    raise TrainingError(
-        f"Out of memory on {first.device} in round {round_index} (batches of "
-        f"{first.sampler.batch} crops of {first.sampler.patch} x {first.sampler.patch} "
-        "pixels). Lower the batch size or the patch size"
-        + (", close other programs that use the GPU, or train on the CPU." if gpu else ".")
+    patch = first.sampler.patch
+    raise out_of_memory_error(
+        first.device,
+        f"in round {round_index} (batches of {first.sampler.batch} crops of {patch} x {patch} "
+        "pixels)",
+        "Lower the batch size or the patch size",
     )
 
 

@@ -35,6 +35,8 @@ from .stepping import (
     NetworkTrainer,
     PatchSampler,
     TrainingError,
+    out_of_memory,
+    out_of_memory_error,
     train_round,
 )
 from .supervision import Supervision
@@ -272,7 +274,10 @@ class MutualTrainer:
         streams = self._streams()
         if self.resumed:
             try:
-                targets = self._exchange([self._predict(m) for m in models])
+                targets = self._guarded(
+                    lambda: self._exchange([self._predict(m) for m in models]),
+                    "predicting the training images with the networks to resume",
+                )
             except Cancelled:
                 return
         else:
@@ -312,15 +317,28 @@ class MutualTrainer:
         ------
         Cancelled
             When the trainer is cancelled before the round is complete.
+        TrainingError
+            When a loss became NaN, or memory ran out in training or in the prediction and
+            exchange after it.
         """
         cfg = self.config
-        models = self._pair.models
         start = time.perf_counter()
         lr = cfg.learning_rate * (cfg.later_lr_factor if (r > 1 or self.resumed) else 1.0)
         for trainer, t in zip(self._trainers, targets, strict=True):
             trainer.set_learning_rate(lr)
             trainer.sampler.set_labels(t)
         losses = train_round(self._trainers, cfg.steps_per_round, self._cancel, r, streams)
+        return self._guarded(
+            lambda: self._report(r, targets, losses, start),
+            f"predicting the training images after round {r}",
+        )
+
+    def _report(
+        self, r: int, targets: list[list[np.ndarray]], losses: list[float], start: float
+    ) -> RoundReport:
+        """Predict, exchange and report round ``r``, trained on ``targets`` from ``start``."""
+        cfg = self.config
+        models = self._pair.models
         probas = [self._predict(m) for m in models]
         new_targets = self._exchange(probas)
         changed = float(
@@ -360,6 +378,28 @@ class MutualTrainer:
         )
         self._check()  # cancelled during the round's last pass: no report
         return report
+
+    def _guarded(self, work: Callable[[], T], doing: str) -> T:
+        """``work()``, with running out of memory while ``doing`` it as a
+        :class:`TrainingError` that says what to change.
+
+        Raises
+        ------
+        TrainingError
+            When the device (or the computer) runs out of memory.
+        """
+        try:
+            return work()
+        except Exception as err:
+            if not out_of_memory(err):
+                raise
+        # Raised here, out of the handler: leaving it drops the traceback, whose frames hold
+        # the failed pass's tensors, so that their memory can be given back.
+        raise out_of_memory_error(
+            self.device,
+            f"{doing} (tiles of {self.config.tile_size} x {self.config.tile_size} pixels)",
+            "Lower the tile size",
+        )
 
     def _streams(self) -> CudaStreams | None:
         """On CUDA (with ``parallel``) A and B train at once, each on its own stream."""
