@@ -369,3 +369,23 @@ def test_out_of_memory_in_the_prediction_between_rounds_says_to_lower_the_tile_s
         TrainingError, match=r"Out of memory on cpu predicting .* after round 1 .* tile size"
     ):
         list(trainer)
+
+
+def test_a_failed_round_leaves_the_pair_as_of_the_last_completed_round(scene, monkeypatch):
+    image, _, sup = scene
+    trainer = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}))
+    before = {k: v.clone() for k, v in trainer.pair.model_a.state_dict().items()}
+    trained = []
+
+    def train_then_fail(trainers, *args, **kwargs):
+        real_train_round(trainers, *args, **kwargs)
+        trained.append({k: v.clone() for k, v in trainers[0].model.state_dict().items()})
+        raise TrainingError("The loss of network B became NaN in round 1.")
+
+    real_train_round = training.train_round
+    monkeypatch.setattr(training, "train_round", train_then_fail)
+    with pytest.raises(TrainingError, match="NaN"):
+        list(trainer)
+    assert any(not torch.equal(v, before[k]) for k, v in trained[0].items())
+    for k, v in trainer.pair.model_a.state_dict().items():
+        torch.testing.assert_close(v, before[k])

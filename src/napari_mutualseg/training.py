@@ -221,7 +221,8 @@ class MutualTrainer:
 
     @property
     def pair(self) -> ModelPair:
-        """The two networks as of the last completed round."""
+        """The two networks as of the last completed round (a round cancelled or failed,
+        for example by a NaN loss, is dropped)."""
         return self._pair
 
     @property
@@ -289,10 +290,14 @@ class MutualTrainer:
             snapshot = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
             try:
                 report = self._round(r, targets, streams)
-            except Cancelled:
+            except BaseException as err:
+                # cancelled or failed (a NaN loss, out of memory): the pair stays as of the
+                # last completed round, as :attr:`pair` promises
                 for m, state in zip(models, snapshot, strict=True):
                     m.load_state_dict(state)
-                return
+                if isinstance(err, Cancelled):
+                    return
+                raise
             self._pair.history.append(
                 {
                     "round": len(self._pair.history) + 1,
