@@ -216,3 +216,36 @@ def test_channels_named_in_the_file_are_picked_by_name(viewer_widget, tmp_path, 
     table = viewer.layers["named cells (no boxes)"].features
     # measured in every channel, each called by its name
     assert {"mean_intensity_DAPI", "mean_intensity_GFP"} <= set(table.columns)
+
+
+def test_messages_name_the_layer_and_plane_and_give_the_panels_advice(scene, notes):
+    viewer, widget, image, _boxes = scene
+    widget.settings.rounds = 1
+    widget.train(block=True)
+    nan_stack = np.stack([image.data] * 3)
+    nan_stack[1, 5, 5] = np.nan
+    widget.predict(viewer.add_image(nan_stack, name="nuclei"), block=True)
+    widget.predict(viewer.add_image(np.zeros((32, 32)), name="empty"), block=True)
+    rgb = (np.stack([image.data] * 3, axis=-1).clip(0, 1) * 255).astype(np.uint8)
+    widget.predict(viewer.add_image(rgb, name="he", rgb=True), block=True)
+    errors = messages(notes, "error")
+    assert any(m.startswith("'nuclei' (z-plane 1) contains NaN") for m in errors)
+    assert any(m.startswith("'empty' is constant") for m in errors)
+    [channels] = [m for m in errors if m.startswith("'he' gives the networks 3 channels")]
+    assert "Channels setting" in channels and "RGB images as" in channels
+    assert not any("plane is" in m or "--" in m or "in Python" in m for m in errors)
+
+
+def test_a_constant_channel_in_training_is_left_out_with_the_channels_setting(
+    viewer_widget, notes
+):
+    viewer, widget = viewer_widget
+    data, rows = two_channels()
+    data[0] = 0.5  # a channel with nothing in it
+    image = viewer.add_image(data, name="cyx", axis_labels=("c", "y", "x"))
+    widget.image_layer = image
+    widget.boxes_layer = viewer.add_shapes(rectangles(rows), shape_type="rectangle")
+    widget.train(block=True)
+    [error] = messages(notes, "error")
+    assert "channel 0 of 'cyx' is constant" in error
+    assert "(the Channels setting)" in error and "--channel" not in error

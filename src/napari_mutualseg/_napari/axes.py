@@ -43,6 +43,8 @@ class LayerAxes:
     channel_names : tuple of str, optional
         One name per channel (or colour), from the layer's metadata where a reader put them
         (``layer.metadata["channel_names"]``), so that channels can be picked by name.
+    name : str
+        The layer's name, for messages about its planes.
     """
 
     axes: str
@@ -50,6 +52,7 @@ class LayerAxes:
     rgb: bool = False
     note: str = ""
     channel_names: tuple[str, ...] | None = None
+    name: str = "image"
 
     @property
     def label_axes(self) -> str:
@@ -83,13 +86,26 @@ class LayerAxes:
             return ()
         return tuple(int(i) for i in np.unravel_index(index, self.label_shape[:-2]))
 
+    def where(self, index: int) -> str:
+        """Plane ``index`` for people, as napari's sliders number it: ``"z-plane 3"``,
+        ``"time point 2, z-plane 5"`` ("" for an image of one plane)."""
+        words = {"T": "time point", "Z": "z-plane"}
+        position = zip(self.plane_axes, self._position(index), strict=True)
+        return ", ".join(f"{words[a]} {i}" for a, i in position)
+
     def plane(self, data: Any, index: int) -> AxisImage:
-        """Plane ``index`` (counted over time and z) as an image with its channels, lazily."""
+        """Plane ``index`` (counted over time and z) as an image with its channels, lazily.
+
+        It is called after the layer (and the plane, in a stack) in the core's messages, e.g.
+        "'nuclei' (z-plane 3) is constant".
+        """
         channel_first = self.axes[0] == "C"
         key = (slice(None),) * channel_first + self._position(index)
         axes = ("C" if channel_first else "") + "YX" + ("C" if self.rgb else "")
+        where = self.where(index)
+        name = f"'{self.name}'" + (f" ({where})" if where else "")
         return AxisImage.from_array(
-            data[key], axes, rgb=self.rgb, channel_names=self.channel_names, name="plane"
+            data[key], axes, rgb=self.rgb, channel_names=self.channel_names, name=name
         )
 
     def plane_of(self, point: np.ndarray) -> int:
@@ -164,7 +180,8 @@ def layer_axes(layer: Image, given: str = "") -> LayerAxes:
             "result layers line up with every channel. Open the file with its channels as "
             "separate layers (napari's channel_axis), or move the axis first (numpy.moveaxis)."
         )
-    return LayerAxes(axes, shape, rgb, note, _channel_names(layer, axes, shape, rgb))
+    names = _channel_names(layer, axes, shape, rgb)
+    return LayerAxes(axes, shape, rgb, note, names, str(layer.name))
 
 
 def _channel_names(

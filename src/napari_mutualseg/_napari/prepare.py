@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -449,5 +449,8 @@ def training_item(
         class-map error for painted values the networks cannot learn).
     """
     record = adopt(layer, image, boxes, region)
+    if record.axes is not None and record.axes.name != image.name:
+        # the engine's messages call the planes after the layer as it is named now
+        record = replace(record, axes=replace(record.axes, name=image.name))
     labels = record.labels(layer)
     return TrainingItem(image, record, labels, int(record.painted(layer.data).sum()))

@@ -9,6 +9,7 @@ exceptions.
 from __future__ import annotations
 
 import gc
+import re
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
@@ -218,6 +219,7 @@ def run_prediction(
     """The worker: segment every plane of an image layer's data (read one plane at a time, with
     the channels the networks take); yields (done, total)."""
     try:
+        axes = replace(axes, name=name)  # the messages call the planes after the layer
         shape, n = axes.label_shape, axes.n_planes
         result = PredictionResult(np.zeros(shape, np.int32), np.zeros(shape, np.float16), [])
         labels = result.labels.reshape((-1, *shape[-2:]))
@@ -226,15 +228,14 @@ def run_prediction(
         whole = int(np.prod(shape[-2:])) <= AUTO_BLOCKWISE_PIXELS
         for p in range(n):
             yield p, n
-            where = f"{name} plane {p}" if axes.stacked else name
             image = axes.plane(data, p)
             if whole:
-                prediction = pair.predict(image, tile_size=tile_size, name=where)
+                prediction = pair.predict(image, tile_size=tile_size)
                 found, spots = prediction.labels, prediction.spots
                 disagreement[p] = prediction.disagreement
             else:
                 # a slide scan: block by block, read a block at a time (no disagreement map)
-                found = pair.segment(image, tile_size=tile_size, out=labels[p], name=where)
+                found = pair.segment(image, tile_size=tile_size, out=labels[p])
                 spots = []
             if offset:  # distinct ids across planes: each cell of a stack has its own colour
                 found[found > 0] += offset
@@ -347,5 +348,26 @@ def describe_error(exc: BaseException, device: str = "") -> str:
     if "nan" in text.lower() and type(original).__name__ == "TrainingError":
         return f"{text} The models of the last completed round are kept."
     if isinstance(original, (ValueError, OSError)):
-        return text
+        return in_panel_words(text)
     return f"Failed{where}: {type(original).__name__}: {text}"
+
+
+#: The core's advice names command-line options and Python arguments; in the panel the same
+#: choices are settings, and a model takes the channels it was trained on (Predict has no
+#: channel choice of its own). Pairs of (pattern, the panel's words).
+_PANEL_ADVICE = (
+    (
+        r"(gives the networks \d+ channels? but they were trained on [^:]+): .*",
+        r"\1. Segment images with those channels, or train models for this kind of image: "
+        "press 'Reset models', give them the channels you want with the Channels setting (or "
+        "'RGB images as' gray, under Advanced, for an RGB image) and press Train.",
+    ),
+    (r"\(--channel, or channels= in Python\)", "(the Channels setting)"),
+)
+
+
+def in_panel_words(text: str) -> str:
+    """A core message with its command-line advice said as the panel's settings."""
+    for pattern, words in _PANEL_ADVICE:
+        text = re.sub(pattern, words, text, flags=re.DOTALL)
+    return text
