@@ -249,3 +249,34 @@ def test_a_constant_channel_in_training_is_left_out_with_the_channels_setting(
     [error] = messages(notes, "error")
     assert "channel 0 of 'cyx' is constant" in error
     assert "(the Channels setting)" in error and "--channel" not in error
+
+
+def test_axes_typed_in_the_field_name_an_unnamed_image(viewer_widget, qtbot, notes):
+    from qtpy.QtCore import Qt
+
+    viewer, widget = viewer_widget
+    a, rows = disc_image()
+    field = widget.data.axes
+
+    def type_axes(text):
+        field.clear()
+        qtbot.keyClicks(field, text)
+        qtbot.keyClick(field, Qt.Key.Key_Return)
+
+    movie = viewer.add_image(np.zeros((2, 3, *a.shape), np.float32), name="movie")
+    widget.image_layer = movie
+    assert field.placeholderText() == "needed, e.g. CZYX"
+    type_axes("TZYX")  # four axes without names: typing them is how they are named
+    assert tuple(movie.axis_labels) == ("t", "z", "y", "x")
+    assert field.text() == "TZYX"
+
+    stack = viewer.add_image(np.stack([a, a]), name="stack")
+    widget.image_layer = stack
+    assert field.placeholderText() == "ZYX (assumed)"
+    type_axes("ZYX")  # confirming what was assumed names it: no more warnings
+    assert tuple(stack.axis_labels) == ("z", "y", "x")
+    boxes = widget.new_boxes_layer()
+    boxes.add_rectangles(rectangles(rows, plane=1))
+    assert widget.generate_supervision() is not None
+    assert not any("taken as a stack" in m for m in messages(notes))
+    assert messages(notes, "error") == []

@@ -217,8 +217,18 @@ class DataPanel(QGroupBox):
         self.axes.setText(text)
         self.axes.setPlaceholderText(hint)
 
+    def _named_axes(self) -> str:
+        """The axes the picked image's labels name; "" while they are unknown or only assumed
+        (an unnamed 3D image), so that typing them names them."""
+        layer = self.image.layer
+        try:
+            axes = layer_axes(layer)
+        except ValueError:
+            return ""
+        return "" if axes.note else axes.axes
+
     def _axes_entered(self) -> None:
-        if self.image.layer is None or self.axes.text() == self.image_axes:
+        if self.image.layer is None or self.axes.text().strip() == self._named_axes():
             return
         try:
             self.image_axes = self.axes.text()
