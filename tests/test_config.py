@@ -72,3 +72,11 @@ def test_numpy_whole_numbers_are_taken_as_plain_ints():
     config = TrainConfig(rounds=np.int64(3), seed=np.uint32(7))
     assert (config.rounds, config.seed) == (3, 7)
     assert type(config.rounds) is int and type(config.seed) is int
+
+
+def test_input_settings_left_out_hold_their_defaults_and_are_marked_unset():
+    config = TrainConfig()
+    assert config.percentiles == (1.0, 99.8) and config.rgb == "channels"
+    assert config.unset == {"percentiles", "channels", "rgb"}
+    given = TrainConfig(percentiles=(1, 99.8), channels=[0], rgb="channels")
+    assert given.unset == frozenset() and given.percentiles == config.percentiles

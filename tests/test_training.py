@@ -7,6 +7,7 @@ import torch
 from napari_mutualseg import training
 from napari_mutualseg.checkpoint import ARCH_LIMITS
 from napari_mutualseg.exchange import ExchangeContext, exchange_labels
+from napari_mutualseg.images import AxisImage
 from napari_mutualseg.inference import predict_proba
 from napari_mutualseg.metrics import evaluate
 from napari_mutualseg.supervision import (
@@ -347,6 +348,60 @@ def test_images_with_more_channels_than_a_network_takes_are_refused(scene):
     many = np.stack([image * (1 + k) for k in range(most + 1)])
     with pytest.raises(ValueError, match=rf"{most + 1} channels, more than the {most}"):
         MutualTrainer([many], sup, TrainConfig(**TINY))
+
+
+@pytest.fixture(scope="module")
+def narrow_pair(scene):
+    """A pair trained on images scaled to their 5th and 95th percentiles."""
+    image, _, sup = scene
+    trainer = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}, percentiles=(5, 95)))
+    list(trainer)
+    return trainer.pair
+
+
+def test_a_resumed_pair_keeps_its_percentiles(scene, narrow_pair):
+    image, _, sup = scene
+    resumed = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}), pair=narrow_pair)
+    next(iter(resumed))
+    assert resumed.pair.percentiles == (5.0, 95.0)
+    assert resumed.pair.settings["percentiles"] == [5.0, 95.0]
+
+
+def test_resuming_with_other_percentiles_is_refused(scene, narrow_pair):
+    image, _, sup = scene
+    config = TrainConfig(**TINY, percentiles=(1, 99.8))
+    with pytest.raises(ValueError, match=r"trained on images scaled to their 5 and 95 perc"):
+        MutualTrainer(image, sup, config, pair=narrow_pair)
+
+
+def test_a_resumed_pair_keeps_its_channels(scene):
+    image, _, sup = scene
+    stack = np.stack([image[::-1].copy(), image])
+    first = MutualTrainer([stack], sup, TrainConfig(**{**TINY, "rounds": 1}, channels=[1]))
+    list(first)
+    resumed = MutualTrainer([stack], sup, TrainConfig(**{**TINY, "rounds": 1}), pair=first.pair)
+    next(iter(resumed))
+    assert resumed.config.channels == (1,) and resumed.pair.settings["channels"] == [1]
+
+
+def test_a_resumed_pair_keeps_its_rgb_mode(scene):
+    image, _, sup = scene
+    picture = np.repeat((image / image.max() * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    first = MutualTrainer(picture, sup, TrainConfig(**{**TINY, "rounds": 1}, rgb="gray"))
+    list(first)
+    resumed = MutualTrainer(picture, sup, TrainConfig(**{**TINY, "rounds": 1}), pair=first.pair)
+    assert resumed.config.rgb == "gray" and resumed.pair.settings["rgb"] == "gray"
+
+
+def test_a_pair_of_one_named_channel_resumes_on_an_image_of_that_channel_alone(scene):
+    image, _, sup = scene
+    named = AxisImage.from_array(np.stack([image[::-1], image]), "CYX", channel_names=["m", "n"])
+    first = MutualTrainer(named, sup, TrainConfig(**{**TINY, "rounds": 1}, channels=["n"]))
+    list(first)
+    resumed = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}), pair=first.pair)
+    next(iter(resumed))
+    # the choice stays recorded: prediction still finds the channel by name in named images
+    assert resumed.pair.settings["channels"] == ["n"]
 
 
 CPU_OUT_OF_MEMORY = RuntimeError(

@@ -22,10 +22,14 @@ from .images import RGB_MODES, parse_channels
 from .inference import DEFAULT_TILE_SIZE, MIN_TILE_SIZE
 from .preprocess import DEFAULT_PERCENTILES
 
-__all__ = ["EXCHANGE_RULES", "ExchangeSettings", "TrainConfig"]
+__all__ = ["EXCHANGE_RULES", "PAIR_INPUT_SETTINGS", "ExchangeSettings", "TrainConfig"]
 
 #: How predictions become the peer's labels (see :mod:`napari_mutualseg.exchange`).
 EXCHANGE_RULES = ("confident", "literal")
+
+#: The settings that decide what a network sees: a resumed pair keeps its own unless they are
+#: given (see :class:`~napari_mutualseg.training.MutualTrainer`).
+PAIR_INPUT_SETTINGS = ("percentiles", "channels", "rgb")
 
 #: Seeds go to torch and NumPy (B's is ``seed + 1``): the usual 32-bit range, which both take.
 _MAX_SEED = 2**32 - 1
@@ -186,20 +190,26 @@ class TrainConfig:
         Smallest object kept in instance maps, in pixels.
     tile_size : int
         Tile edge for whole-image prediction.
-    percentiles : tuple of float
+    percentiles : tuple of float, optional
         Intensity percentiles mapped to 0 and 1 (in every channel), ``0 <= low < high <=
-        100``.
+        100``; left out: ``(1, 99.8)``.
     channels : tuple of int or str, optional
         The image channels the networks take, by index or name, in order (``None``: every
         channel). Stored in the model file: prediction picks the same channels.
-    rgb : {"channels", "gray"}
-        How RGB images become network input: their three colours as channels, or one gray
-        channel. Stored in the model file.
+    rgb : {"channels", "gray"}, optional
+        How RGB images become network input: their three colours as channels (the default),
+        or one gray channel. Stored in the model file.
     parallel : bool
         On CUDA, train A and B at once in two threads with a CUDA stream each.
     exchange : ExchangeSettings
         How predictions become the peer's labels, and the research switches.
 
+    Notes
+    -----
+    ``percentiles``, ``channels`` and ``rgb`` decide what the networks see. When training
+    resumes from a pair, those left out (``None``) are the pair's, so the networks keep seeing
+    what they were trained on; :attr:`unset` says which were left out. After construction
+    every setting holds its value: ``TrainConfig().percentiles`` is ``(1.0, 99.8)``.
     """
 
     rounds: int = 5
@@ -215,13 +225,16 @@ class TrainConfig:
     min_change: float = 0.005
     min_size: int = 16
     tile_size: int = DEFAULT_TILE_SIZE
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    percentiles: tuple[float, float] | None = None
     channels: tuple[int | str, ...] | None = None
-    rgb: str = "channels"
+    rgb: str | None = None
     parallel: bool = True
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
 
     def __post_init__(self) -> None:
+        self._unset = frozenset(n for n in PAIR_INPUT_SETTINGS if getattr(self, n) is None)
+        if self.rgb is None:
+            self.rgb = "channels"
         self.channels = parse_channels(self.channels)
         problems = self._percentile_problems()
         counted = {n: _check_whole(self, n, least, None, problems) for n, least in _COUNTS.items()}
@@ -247,8 +260,11 @@ class TrainConfig:
             setattr(self, name, int(getattr(self, name)))
 
     def _percentile_problems(self) -> list[str]:
-        """Check ``percentiles`` and store them as floats."""
+        """Check ``percentiles`` (the default when left out) and store them as floats."""
         given = self.percentiles
+        if given is None:
+            self.percentiles = DEFAULT_PERCENTILES
+            return []
         values = tuple(given) if isinstance(given, Iterable) and not isinstance(given, str) else ()
         if len(values) == 2 and all(_is_number(v) for v in values):
             self.percentiles = (float(values[0]), float(values[1]))
@@ -276,6 +292,14 @@ class TrainConfig:
                 f"{self.exchange!r}; for a rule alone give ExchangeSettings(rule=...)"
             ]
         return self.exchange.problems()
+
+    @property
+    def unset(self) -> frozenset[str]:
+        """The input settings (``percentiles``, ``channels``, ``rgb``) left out, as ``None``.
+
+        A pair that training resumes from keeps its own values for these.
+        """
+        return self._unset
 
     @classmethod
     def recommended(cls, device: str | torch.device = "auto", **overrides: Any) -> TrainConfig:

@@ -11,6 +11,7 @@ reports nothing more.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,7 @@ from .config import ExchangeSettings, TrainConfig
 from .devices import describe_device, select_device
 from .disagreement import disagreement_map
 from .exchange import ExchangeContext, changed_fraction, exchange_labels, found_fraction
-from .images import as_images
+from .images import AxisImage, as_images, parse_channels
 from .inference import per_box_instances, predict_proba
 from .models import ModelPair
 from .network_input import network_planes
@@ -90,6 +91,48 @@ def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
     return image
 
 
+def _resumed_config(config: TrainConfig, pair: ModelPair) -> TrainConfig:
+    """``config`` with the pair's input settings where it leaves them unset.
+
+    Raises
+    ------
+    ValueError
+        When ``config`` gives percentiles other than those the networks were trained with.
+    """
+    trained = tuple(float(p) for p in pair.percentiles)
+    if "percentiles" not in config.unset and config.percentiles != trained:
+        raise ValueError(
+            f"The networks to resume were trained on images scaled to their {trained[0]:g} and "
+            f"{trained[1]:g} percentiles, but percentiles={config.percentiles} was given: "
+            "resumed networks must see their input scaled as in training. Leave percentiles "
+            "out (the pair's are then used), or train new networks."
+        )
+    kept: dict[str, Any] = {"percentiles": trained}
+    if "channels" in config.unset:
+        kept["channels"] = parse_channels(pair.settings.get("channels"))
+    if "rgb" in config.unset:
+        kept["rgb"] = pair.settings.get("rgb") or "channels"
+    return dataclasses.replace(config, **kept)
+
+
+def _resumed_selection(
+    images: list[AxisImage], config: TrainConfig, pair: ModelPair
+) -> tuple[int | str, ...] | None:
+    """The channels to take from ``images`` for the pair's own channel choice.
+
+    Images that lack the chosen channels but give just as many channels as the networks take
+    (say, the nuclei alone for a pair trained on the nuclei channel) are taken whole, as
+    prediction takes them.
+    """
+    try:
+        for image in images:
+            image.select(config.channels, config.rgb)
+    except ValueError:
+        if all(im.select(None, config.rgb).n_channels == pair.in_channels for im in images):
+            return None
+    return config.channels
+
+
 def _starting_pair(pair: ModelPair | None, in_channels: int, config: TrainConfig) -> ModelPair:
     """The networks a run starts from: new ones, or a copy of ``pair`` to resume."""
     if pair is None:
@@ -117,9 +160,7 @@ def _starting_pair(pair: ModelPair | None, in_channels: int, config: TrainConfig
             f"{in_channels}: pick the channels they were trained on (--channel, or channels= "
             "in Python)."
         )
-    pair = pair.copy()
-    pair.percentiles = config.percentiles
-    return pair
+    return pair.copy()
 
 
 class MutualTrainer:
@@ -137,12 +178,20 @@ class MutualTrainer:
         order of the images and their planes; ``None`` leaves a plane without boxes out
         (a z-stack boxed on some planes trains on those, normalised like the whole stack).
     config : TrainConfig, optional
-        Settings; the defaults are the recommended ones.
+        Settings; the defaults are the recommended ones. Resuming from ``pair``, the input
+        settings it leaves unset (``percentiles``, ``channels``, ``rgb``) are the pair's; the
+        resulting settings are :attr:`config`.
     labels : sequence of numpy.ndarray, optional
         The supervision class maps as the user left them (painted corrections are trusted),
         one per supervision (any value where the supervision is ``None``).
     pair : ModelPair, optional
         Resume from these trained networks (they are copied, never changed in place).
+
+    Raises
+    ------
+    ValueError
+        When the images, supervisions or labels do not fit together, or do not fit ``pair``
+        (another number of channels, other percentiles).
 
     Examples
     --------
@@ -161,8 +210,17 @@ class MutualTrainer:
         labels: Sequence[np.ndarray] | None = None,
         pair: ModelPair | None = None,
     ) -> None:
-        self.config = config = config if config is not None else TrainConfig()
+        config = config if config is not None else TrainConfig()
         images = as_images(images)
+        selection = config.channels
+        if pair is not None:
+            unset = config.unset
+            config = _resumed_config(config, pair)
+            # channels the caller gave are taken as given; the pair's as prediction takes them
+            selection = config.channels
+            if "channels" in unset:
+                selection = _resumed_selection(images, config, pair)
+        self.config = config
         n_planes = sum(image.n_planes for image in images)
         if isinstance(supervisions, Supervision):
             supervisions = [supervisions]
@@ -179,7 +237,7 @@ class MutualTrainer:
             raise ValueError("No image has a supervision: draw boxes on at least one plane.")
         planes, channel_names = network_planes(
             images,
-            channels=config.channels,
+            channels=selection,
             rgb=config.rgb,
             percentiles=config.percentiles,
             keep=keep,
