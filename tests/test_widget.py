@@ -128,6 +128,41 @@ def test_region_mode_ignores_outside_the_region(scene):
     assert layer.data[2, 30] == 0  # inside the region, outside every box: background
 
 
+def test_region_mode_needs_a_region_and_takes_a_closed_path(scene, notes):
+    from napari_mutualseg._napari.panels import MODE_REGION
+
+    _viewer, widget, _image, _boxes = scene
+    widget.data.mode.value = MODE_REGION  # chosen before any region layer exists
+    assert widget.generate_supervision() is None  # not "every cell is boxed" in silence
+    assert widget.train() is None
+    errors = messages(notes, "error")
+    assert len(errors) == 2 and all("New region layer" in m for m in errors)
+    region = widget.new_region_layer()
+    region.add_paths([np.array([[0, 0], [0, 40], [40, 40], [40, 0], [1, 0]], float)])
+    layer = widget.generate_supervision()  # outlined with the path tool, ends meeting
+    assert layer.data[60, 60] == IGNORE and layer.data[2, 30] == 0
+    region.data = []
+    region.add_paths([np.array([[0, 0], [0, 40], [40, 40]], float)])  # open: no area
+    assert widget.generate_supervision() is None
+    assert "outlines an area" in messages(notes, "error")[-1]
+    assert not any("None" in m for m in messages(notes))
+
+
+def test_a_stack_plane_boxed_without_a_region_is_named_as_the_slider_does(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    a, rows = disc_image()
+    widget.image_layer = viewer.add_image(
+        np.stack([a, a]), name="stack", axis_labels=("z", "y", "x")
+    )
+    boxes = widget.new_boxes_layer()
+    boxes.add_rectangles(rectangles(rows, plane=0) + rectangles(rows, plane=1))
+    region = widget.new_region_layer()
+    region.add_polygons([np.array([[0, 0, 0], [0, 0, 40], [0, 40, 40], [0, 40, 0]], float)])
+    sup = widget.generate_supervision()
+    assert sup.data[0, 60, 60] == IGNORE and sup.data[1, 60, 60] == 0
+    assert any("The boxes on z-plane 1 have no region" in m for m in messages(notes, "warning"))
+
+
 def test_menu_command_without_the_dock_widget(make_napari_viewer):
     viewer = make_napari_viewer()
     image, rows = disc_image()

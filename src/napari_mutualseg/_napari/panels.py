@@ -28,6 +28,7 @@ from ..devices import describe_device, select_device
 from .axes import layer_axes, set_layer_axes
 from .layers import free_name, owner_info
 from .loss_plot import LossPlot
+from .prepare import UserInputError
 from .runs import RunState
 from .settings import SettingsForm, TrainingSettings
 
@@ -247,8 +248,28 @@ class DataPanel(QGroupBox):
 
     @property
     def region_layer(self) -> Shapes | None:
-        """The Shapes layer outlining the annotated region; ``None`` when every cell is boxed."""
+        """The Shapes layer outlining the annotated region; ``None`` when every cell is boxed
+        (or no region layer is picked yet)."""
         return self.region.layer if self.region_mode else None
+
+    def picked_region(self) -> Shapes | None:
+        """The region to make the supervision with; ``None`` when every cell is boxed.
+
+        Raises
+        ------
+        UserInputError
+            In the mode *Only inside a drawn region* without a region layer: nothing says
+            where the cells are all boxed, and taking the whole image would make every
+            unboxed cell background.
+        """
+        if self.region_mode and self.region.layer is None:
+            raise UserInputError(
+                f"Annotation '{MODE_REGION}' needs a region: press 'New region layer' and "
+                "draw a polygon, rectangle or ellipse around the area where every cell is "
+                "boxed (or pick a Shapes layer under 'Region'), or set Annotation to "
+                f"'{MODE_ALL}'."
+            )
+        return self.region_layer
 
     @region_layer.setter
     def region_layer(self, layer: Shapes | str | None) -> None:

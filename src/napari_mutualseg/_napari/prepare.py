@@ -187,9 +187,27 @@ def _plane_coords(verts: list[np.ndarray], axes: LayerAxes) -> list[np.ndarray]:
     return [np.array([[axes.plane_of(p), *p[-2:]] for p in v]) for v in verts]
 
 
-def _region_mask(region: Shapes, image: Image, axes: LayerAxes) -> np.ndarray:
-    """Rasterise the region shapes (polygons, rectangles, ellipses) on every plane, as
-    ``(planes, Y, X)`` (or ``(Y, X)``: a region drawn in 2D holds for every plane)."""
+#: Shapes that outline a region (a path counts when its ends meet: :func:`_closed`).
+REGION_TYPES = ("polygon", "rectangle", "ellipse")
+
+
+def _closed(verts: np.ndarray) -> np.ndarray | None:
+    """A path drawn around an area, as a polygon: its ends meet (within a tenth of its size,
+    at least 2 pixels: a hand-drawn outline rarely ends on its first vertex); else ``None``."""
+    yx = verts[:, -2:]
+    if len(verts) > 2 and np.allclose(yx[0], yx[-1]):
+        verts, yx = verts[:-1], yx[:-1]
+    if len(verts) < 3:
+        return None
+    size = float(np.linalg.norm(yx.max(axis=0) - yx.min(axis=0)))
+    gap = float(np.linalg.norm(yx[-1] - yx[0]))
+    return verts if gap <= max(2.0, size / 10) else None
+
+
+def _region_mask(region: Shapes, image: Image, axes: LayerAxes) -> tuple[np.ndarray, int]:
+    """Rasterise the region shapes (polygons, rectangles, ellipses, closed paths) on every
+    plane, as ``(planes, Y, X)`` (or ``(Y, X)``: a region drawn in 2D holds for every plane),
+    and count the shapes that outline no area (lines, open paths)."""
     from napari.layers import Shapes as ShapesLayer
 
     per_plane = axes.stacked and region.ndim >= len(axes.label_shape)
@@ -197,12 +215,17 @@ def _region_mask(region: Shapes, image: Image, axes: LayerAxes) -> np.ndarray:
     shape = (axes.n_planes, *plane) if per_plane else plane
     verts = shapes_to_image_coords(region, image)
     verts = _plane_coords(verts, axes) if per_plane else [v[:, -2:] for v in verts]
-    kinds = list(region.shape_type)
-    usable = [(v, t) for v, t in zip(verts, kinds, strict=True) if t not in ("line", "path")]
+    usable = []
+    for v, kind in zip(verts, region.shape_type, strict=True):
+        if kind == "path" and (outline := _closed(v)) is not None:
+            usable.append((outline, "polygon"))
+        elif kind in REGION_TYPES:
+            usable.append((v, kind))
+    ignored = len(verts) - len(usable)
     if not usable:
-        return np.zeros(shape, bool)
+        return np.zeros(shape, bool), ignored
     tmp = ShapesLayer([v for v, _ in usable], shape_type=[t for _, t in usable])
-    return np.asarray(tmp.to_masks(mask_shape=shape)).any(axis=0)
+    return np.asarray(tmp.to_masks(mask_shape=shape)).any(axis=0), ignored
 
 
 def fingerprint(image: Layer, *shapes: Shapes | None) -> bytes:
@@ -304,7 +327,22 @@ def prepare_supervision(
         del groups[p]
     if outside:
         notes.append(f"Boxes on {len(outside)} plane(s) outside the stack were ignored.")
-    region_mask = _region_mask(region, image, layout) if region is not None else None
+    region_mask = None
+    if region is not None:
+        region_mask, ignored = _region_mask(region, image, layout)
+        if ignored:
+            notes.append(
+                f"{ignored} shape(s) of '{region.name}' outline no area (lines, or paths whose "
+                "ends do not meet) and were ignored: a region is a polygon, rectangle or "
+                "ellipse."
+            )
+        if not region_mask.any():
+            raise UserInputError(
+                f"No shape of '{region.name}' outlines an area of '{image.name}': draw a "
+                "polygon, rectangle or ellipse around the area where every cell is boxed (a "
+                "path counts when it ends where it began), or set Annotation to 'Every cell "
+                "is boxed'."
+            )
     planes, sups = [], []
     for p, plane_boxes in sorted(groups.items(), key=lambda item: item[0] or 0):
         where = "" if p is None else f" on plane {p}"
@@ -324,7 +362,10 @@ def prepare_supervision(
         if mask is not None and mask.ndim == 3:
             mask = mask[p]
         if mask is not None and not mask.any():
-            notes.append(f"Plane {p} has boxes but no region: the whole plane is annotated.")
+            notes.append(
+                f"The boxes on {layout.where(p)} have no region around them: every cell of "
+                "that plane counts as boxed."
+            )
             mask = None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -162,7 +162,7 @@ class MutualSegWidget(QWidget):
         image = self.image_layer
         try:
             layer, record, kept = write_supervision(
-                self.viewer, image, self.boxes_layer, self.region_layer
+                self.viewer, image, self.boxes_layer, self.data.picked_region()
             )
         except UserInputError as err:
             self.controller.notify(str(err), "error")
@@ -227,10 +227,10 @@ class MutualSegWidget(QWidget):
         image = self.image_layer
         try:
             check_image_layer(image)
+            boxes, region = self.boxes_layer, self.data.picked_region()
         except UserInputError as err:
             notify(str(err), "error")
             return None
-        boxes, region = self.boxes_layer, self.region_layer
         layer = find_own_layer(self.viewer, "supervision", image)
         if layer is None or outdated(layer, image, boxes, region):
             layer = self.generate_supervision()  # keeps what the user painted
