@@ -161,3 +161,38 @@ def test_measure_follows_the_images_axes(thresholded, notes):
     panel.measure.click()
     assert "mean_intensity_R" in viewer.layers["photo cells"].features
     assert not messages(notes, "error")
+
+
+def test_tables_and_exports_follow_the_edited_cells(thresholded, qtbot, tmp_path):
+    viewer, widget = thresholded
+    panel = widget.cells
+    image = viewer.add_image(disc_image()[0], name="x")
+    widget.predict(image, block=True)
+    cells = viewer.layers["x cells"]
+    first = int(cells.features["label"][0])
+    edited = np.asarray(cells.data).copy()
+    edited[edited == first] = 0  # a wrong cell erased
+    edited[28:34, 2:8] = 99  # a missed cell painted
+    viewer.layers.selection.active = image  # while the panel shows another layer
+    cells.data = edited
+    expected = sorted(int(i) for i in np.unique(edited) if i)
+    # File > Save Selected Layers: the cells as they are now, not the table of the prediction
+    written = cells.save(str(tmp_path / "cells.csv"), plugin="napari-mutualseg")
+    rows = Path(written[0]).read_text().splitlines()[1:]
+    assert sorted(int(r.split(",")[0]) for r in rows) == expected
+    written = cells.save(str(tmp_path / "cells.geojson"), plugin="napari-mutualseg")
+    found = json.loads(Path(written[0]).read_text())["features"]
+    painted = [f for f in found if f["id"] == "cell-99"]
+    assert painted and painted[0]["properties"]["measurements"]["area_px"] == 36
+    # the panel measures a changed layer when it shows it
+    viewer.layers.selection.active = cells
+    assert sorted(panel.model.table["label"].tolist()) == expected
+    assert f"{len(expected)} cells." in panel.title.text()
+    assert "mean_intensity_0" in panel.model.table  # in the image's intensities
+    # and after each edit, painting included (a cell grows: the same cells, another size)
+    before = int(cells.features["area_px"][cells.features["label"] == 99].iloc[0])
+    cells.paint((27, 4), 99)
+    qtbot.waitUntil(
+        lambda: int(cells.features["area_px"][cells.features["label"] == 99].iloc[0]) > before,
+        timeout=5000,
+    )

@@ -57,9 +57,15 @@ def test_merge_and_split_a_cell(trained):
     area = int(np.isin(cells.data, ids[:2]).sum())
     widget.correct.merge(other, ids[0], ids[1])
     assert not (cells.data == ids[1]).any() and int((cells.data == ids[0]).sum()) == area
+    table = cells.features  # the table (and what is exported from it) follows
+    assert ids[1] not in table["label"].tolist()
+    assert int(table["area_px"][table["label"] == ids[0]].iloc[0]) == area
     new = widget.correct.split(other, ids[0])
     assert (cells.data == new).any() and (cells.data == ids[0]).any()
     assert int(np.isin(cells.data, [ids[0], new]).sum()) == area
+    table = cells.features
+    assert {ids[0], new} <= set(table["label"].tolist())
+    assert int(table["area_px"][table["label"].isin([ids[0], new])].sum()) == area
 
 
 def test_proposed_boxes_are_the_predicted_cells(trained):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -26,7 +26,7 @@ from .. import files
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
 from ..measure import Table, measure_cells
 from .axes import layer_axes
-from .layers import camera, owner_info, show_table
+from .layers import OWNER_KEY, camera, show_table
 from .panels import _row
 from .workers import measure
 
@@ -42,6 +42,11 @@ EXPORTS = {
     "fiji": ("Fiji ROI set (*.zip)", ".zip"),
     "qupath": ("QuPath GeoJSON (*.geojson)", ".geojson"),
 }
+#: Largest cells layer the panel measures again by itself after an edit (2048², a few tenths
+#: of a second on the main thread); a larger one is measured when Measure is pressed.
+_AUTO_MEASURE_PIXELS = 2048 * 2048
+#: Quiet time after an edit before the table is checked: one check per burst of edits.
+_RECHECK_MS = 300
 
 
 def measure_layer(layer: Labels, image: Layer | None = None) -> Table:
@@ -76,12 +81,81 @@ def measure_layer(layer: Labels, image: Layer | None = None) -> Table:
     )
 
 
-def cell_table(layer: Labels, image: Layer | None = None) -> Table:
-    """The layer's measurements: its features when it has them, measured now otherwise."""
+def _cell_sizes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The labels present in ``labels`` (0 left out), ascending, and their pixel counts."""
+    flat = np.asarray(labels).ravel()
+    if not flat.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if flat.min() >= 0 and flat.max() < max(flat.size, 1 << 16):
+        # counting is linear; its array of counts is no larger than the labels
+        counts = np.bincount(flat.astype(np.intp, copy=False))
+        ids = np.flatnonzero(counts)
+        sizes = counts[ids]
+    else:
+        ids, sizes = np.unique(flat, return_counts=True)
+    cells = ids != 0
+    return ids[cells].astype(np.int64), sizes[cells].astype(np.int64)
+
+
+def table_is_current(layer: Labels) -> bool:
+    """Whether ``layer.features`` are the measurements of the layer's cells as they are now.
+
+    Every cell painted, erased, merged or split since the table was made changes the cells
+    present or their pixel counts, which one pass over the labels compares with the table's
+    ``label`` and ``area_px`` / ``volume_px`` columns (a time series has a row per cell and
+    frame: its sizes add up). A layer without a table has no current one.
+    """
     features = layer.features
-    if "label" in features and len(features):
-        return {k: np.asarray(v) for k, v in features.items() if k != "index"}
+    if "label" not in features or not len(features):
+        return False
+    ids, counts = _cell_sizes(layer.data)
+    rows = np.asarray(features["label"]).astype(np.int64)
+    labels, row_cell = np.unique(rows, return_inverse=True)
+    if not np.array_equal(labels, ids):
+        return False
+    size = next((c for c in ("area_px", "volume_px") if c in features), None)
+    if size is None:
+        return True
+    sizes = np.asarray(features[size], float)
+    return np.array_equal(np.bincount(row_cell, weights=sizes, minlength=len(labels)), counts)
+
+
+def cell_table(layer: Labels, image: Layer | None = None) -> Table:
+    """The layer's measurements: its features when they are current, measured now otherwise
+    (the cells changed since, or were never measured)."""
+    if table_is_current(layer):
+        return {k: np.asarray(v) for k, v in layer.features.items() if k != "index"}
     return measure_layer(layer, image)
+
+
+def refresh_table(layer: Labels, image: Layer | None = None) -> Table:
+    """Measure the layer's cells again when they changed since its table was made, and keep
+    the new table in its features; the current table.
+
+    Raises
+    ------
+    ValueError
+        When the cells cannot be measured (the message says why and what to do).
+    """
+    if table_is_current(layer):
+        return {k: np.asarray(v) for k, v in layer.features.items() if k != "index"}
+    table = measure_layer(layer, image)
+    show_table(layer, table)
+    return table
+
+
+def image_of(viewer: napari.Viewer | None, layer: Layer) -> Layer | None:
+    """The image ``layer``'s cells were found in, while it is in ``viewer``.
+
+    Read from the plugin's tag even where the layer is no longer the plugin's (a copy the
+    user made): the image is only read, to measure the cells in its intensities.
+    """
+    meta = layer.metadata if isinstance(layer.metadata, dict) else {}
+    info = meta.get(OWNER_KEY)
+    source = info.get("source_id") if isinstance(info, dict) else None
+    if viewer is None or source is None:
+        return None
+    return next((x for x in viewer.layers if str(x.unique_id) == source), None)
 
 
 def export(kind: str, path: str, layer: Labels, table: Table, *, overwrite: bool) -> str:
@@ -104,10 +178,18 @@ def export(kind: str, path: str, layer: Labels, table: Table, *, overwrite: bool
 
 def _writer(kind: str):
     def write(path: str, data: Any, meta: dict) -> list[str]:
+        import napari
         from napari.layers import Labels
 
-        layer = Labels(data, features=meta.get("features"), scale=meta.get("scale"))
-        return [export(kind, path, layer, cell_table(layer), overwrite=True)]
+        layer = Labels(
+            data,
+            features=meta.get("features"),
+            scale=meta.get("scale"),
+            metadata=meta.get("metadata"),
+        )
+        # cells changed since they were measured are measured again, in their image if open
+        table = cell_table(layer, image_of(napari.current_viewer(), layer))
+        return [export(kind, path, layer, table, overwrite=True)]
 
     write.__doc__ = f"Write a Labels layer's cells as {EXPORTS[kind][0]}."
     return write
@@ -159,6 +241,9 @@ class CellsPanel(QGroupBox):
         self.viewer = viewer
         self.notify = notify
         self.layer: Labels | None = None
+        self._stale = False  # the cells changed since the table shown, which was kept
+        self._recheck = QTimer(self, singleShot=True, interval=_RECHECK_MS)
+        self._recheck.timeout.connect(self._check)
         form = QFormLayout(self)
         self.title = QLabel("Select a cells layer to see its cells.")
         self.title.setWordWrap(True)
@@ -193,13 +278,55 @@ class CellsPanel(QGroupBox):
         layer = self.viewer.layers.selection.active
         self._follow(layer if isinstance(layer, Labels) else None)
 
+    def _edit_events(self, layer: Labels) -> list[Any]:
+        # painting and erasing (paint), a script or merge/split (data), undo and redo: napari
+        # emits no edit event for those, only the redraw's set_data
+        events = layer.events
+        return [events.features, events.paint, events.data, events.set_data]
+
     def _follow(self, layer: Labels | None) -> None:
         if self.layer is not None:
-            self.layer.events.features.disconnect(self._refresh)
+            for emitter in self._edit_events(self.layer):
+                emitter.disconnect(self._changed)
         self.layer = layer
+        self._stale = False
         if layer is not None:
-            layer.events.features.connect(self._refresh)
+            for emitter in self._edit_events(layer):
+                emitter.connect(self._changed)
         self._refresh()
+        self._check()
+
+    def _changed(self, event: Any) -> None:
+        if event.type == "features":
+            self._refresh()
+        else:  # once the person stops editing (a stroke emits one event, a fill several)
+            self._recheck.start()
+
+    def _check(self) -> None:
+        """Measure the followed layer again when its cells changed since its table was made.
+
+        A table only: a layer never measured waits for Measure. Measuring runs here, on the
+        main thread, so a layer above :data:`_AUTO_MEASURE_PIXELS` is left to Measure and the
+        exports, which measure a changed layer before they write.
+        """
+        layer = self.layer
+        if layer is None or "label" not in layer.features or not len(layer.features):
+            return
+        if np.prod(layer.data.shape, dtype=float) > _AUTO_MEASURE_PIXELS:
+            return
+        stale = not table_is_current(layer)
+        image = image_of(self.viewer, layer)
+        # without its image, a time series' table (a row per cell and frame) cannot be made
+        # again: the labels alone do not say which axis is time
+        if stale and (image is not None or "t" not in layer.features):
+            try:
+                show_table(layer, measure_layer(layer, image))
+                stale = False
+            except ValueError:  # said when the person presses Measure
+                pass
+        if stale != self._stale:
+            self._stale = stale
+            self._refresh()
 
     def _refresh(self, *_: Any) -> None:
         layer = self.layer
@@ -210,25 +337,23 @@ class CellsPanel(QGroupBox):
         n = self.model.rowCount()
         self.title.setText(
             "Select a cells layer to see its cells." if layer is None else
-            f"'{layer.name}': {n} cells." if n else f"'{layer.name}': press Measure."
+            f"'{layer.name}': press Measure." if not n else
+            f"'{layer.name}': {n} cells when last measured; its cells changed since: press "
+            "Measure." if self._stale else f"'{layer.name}': {n} cells."
         )  # fmt: skip
         for button in (self.measure, *self.buttons.values()):
             button.setEnabled(layer is not None)
-
-    def _image_of(self, layer: Labels) -> Layer | None:
-        info = owner_info(layer) or {}
-        source = info.get("source_id")
-        return next((x for x in self.viewer.layers if str(x.unique_id) == source), None)
 
     def measure_active(self) -> Table | None:
         """Measure the active cells layer in its image (intensities per channel)."""
         if self.layer is None:
             return None
         try:
-            table = measure_layer(self.layer, self._image_of(self.layer))
+            table = measure_layer(self.layer, image_of(self.viewer, self.layer))
         except ValueError as err:
             self.notify(str(err), "error")
             return None
+        self._stale = False
         show_table(self.layer, table)
         return table
 
@@ -251,7 +376,8 @@ class CellsPanel(QGroupBox):
         if not path:
             return
         try:
-            table = cell_table(layer, self._image_of(layer))
+            # the table shown is the one written: measured again if the cells changed
+            table = refresh_table(layer, image_of(self.viewer, layer))
             # the dialog asked before replacing an existing file
             written = export(kind, path, layer, table, overwrite=True)
         except (OSError, ValueError) as err:

@@ -25,6 +25,7 @@ from ..boxes import boxes_from_labels, boxes_from_shapes
 from ..disagreement import Spot, spots_to_check
 from ..supervision import corrected_cells, supervision_from_masks
 from .axes import layer_axes
+from .cells import refresh_table
 from .controller import RunController
 from .layers import (
     OWNER_KEY,
@@ -129,6 +130,7 @@ class Corrector:
             raise UserInputError(f"Pick two different cells of '{cells.name}' to merge.")
         data[data == into] = keep
         cells.data = data
+        refresh_table(cells, image)  # the table and its exports show the merged cell
         cells.selected_label = keep
 
     def split(self, image: Image, label: int) -> int:
@@ -153,6 +155,7 @@ class Corrector:
         new = int(data.max()) + 1
         data[halves == 2] = new
         cells.data = data
+        refresh_table(cells, image)  # the table and its exports show both halves
         return new
 
     def propose_boxes(self, image: Image) -> Shapes:
