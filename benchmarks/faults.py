@@ -1029,12 +1029,6 @@ PLACES = [
 # fmt: on
 
 
-def _kept_and_measured(c: Ctx, result: Result) -> list[str]:
-    """The protected earlier result is measured (its table written), not replaced."""
-    problems = [] if "labels kept" in result.out else ["not reported as kept"]
-    return problems + ([] if (c.work / "p" / "cells_cells.csv").exists() else ["no table"])
-
-
 def _place_cases() -> list[Case]:
     group = "output places"
     return [
@@ -1050,11 +1044,13 @@ def _place_cases() -> list[Case]:
             ),
             check=_link_kept,
         ),
-        ok(
+        error(
             group,
-            "predict onto an existing result: kept and measured, not segmented again",
+            "predict onto a label file it did not write: refused before work, the file kept",
             cli(PREDICT, old=_protected("gt.tif", "p/cells_cells.tif")),
-            check=_kept_and_measured,
+            "was not written by a run",
+            "--overwrite",
+            wrong=_before_work,
         ),
         ok(
             group,
