@@ -65,6 +65,30 @@ def test_painted_edits_survive_the_menu_command_renames_and_reopening(make_napar
     assert (again.last_report.labels_b[0][:4, :4] == CELL).all()
 
 
+def test_the_menu_command_keeps_paint_that_no_longer_fits_the_image(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    a, rows = disc_image()
+    img = viewer.add_image(np.stack([a, a]), name="two")  # unnamed: taken as a z-stack
+    boxes = viewer.add_shapes(rectangles(rows, plane=0), shape_type="rectangle", ndim=3)
+    _, gui = viewer.window.add_plugin_dock_widget(
+        "napari-mutualseg", "Boxes → ellipse supervision"
+    )
+    gui.image.value, gui.boxes.value = img, boxes
+    gui()
+    sup = viewer.layers["two supervision"]
+    painted = sup.data.copy()
+    painted[0, :4, :4] = CELL
+    sup.data = painted
+    img.axis_labels = ("c", "y", "x")  # its first axis was channels after all
+    gui.boxes.value = viewer.add_shapes(rectangles(rows), shape_type="rectangle")
+    gui()
+    np.testing.assert_array_equal(sup.data, painted)  # the paint is the user's, untouched
+    assert OWNER_KEY not in sup.metadata
+    new = viewer.layers["two supervision [2]"]
+    assert new.data.shape == a.shape and new.metadata[OWNER_KEY]["role"] == "supervision"
+    assert any("no longer fits" in m for m in messages(notes, "warning"))
+
+
 def test_closing_the_panel_stops_training_and_the_pair_stays(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     image, rows = disc_image()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from napari.layers import Image, Shapes
 from napari.types import LayerDataTuple
 
-from .layers import class_layer_kwargs, find_own_layer, free_name, owner_tag, transform_kwargs
-from .prepare import prepare_supervision, with_edits
+from .layers import class_layer_kwargs, free_name, owner_tag, transform_kwargs
+from .prepare import prepare_supervision, supervision_to_update, with_edits
 
 
 def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
@@ -38,10 +38,10 @@ def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
     except ValueError as err:
         show_error(str(err))
         return None
+    viewer = napari.current_viewer()
+    existing = supervision_to_update(viewer, image, record)
     for note in record.notes:
         show_warning(note)
-    viewer = napari.current_viewer()
-    existing = find_own_layer(viewer, "supervision", image) if viewer is not None else None
     if existing is not None:
         data, _ = with_edits(existing, record)
         name = existing.name  # napari updates the layer of the same name in place

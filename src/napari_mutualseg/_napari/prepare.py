@@ -420,12 +420,7 @@ def write_supervision(
     """
     record = prepare_supervision(image, boxes, region)
     tag = owner_tag("supervision", image, record=record)
-    layer = find_own_layer(viewer, "supervision", image)
-    old = record_of(layer) if layer is not None else None
-    if old is not None and old.shape != record.shape and old.painted(layer.data).any():
-        del layer.metadata[OWNER_KEY]
-        record.notes.append(f"'{layer.name}' no longer fits the image's axes; it is kept as is.")
-        layer = None
+    layer = supervision_to_update(viewer, image, record)
     if layer is None:
         name = free_name(viewer, f"{image.name} supervision")
         classes = record.classes()
@@ -435,6 +430,25 @@ def write_supervision(
     layer.metadata.update(tag)
     layer.data = data
     return layer, record, kept
+
+
+def supervision_to_update(
+    viewer: napari.Viewer | None, image: Image, record: SupervisionRecord
+) -> Labels | None:
+    """The plugin's supervision layer of ``image`` that ``record`` may be written into, or
+    ``None`` when a new layer must be made.
+
+    A supervision the user painted on that no longer fits (the image's axes were changed)
+    is handed over to the user untouched (no longer the plugin's), and ``record`` notes so:
+    writing into it would lose the paint, as nothing painted can be carried to another shape.
+    """
+    layer = find_own_layer(viewer, "supervision", image) if viewer is not None else None
+    old = record_of(layer) if layer is not None else None
+    if old is not None and old.shape != record.shape and old.painted(layer.data).any():
+        del layer.metadata[OWNER_KEY]
+        record.notes.append(f"'{layer.name}' no longer fits the image's axes; it is kept as is.")
+        return None
+    return layer
 
 
 def outdated(layer: Labels, image: Image, boxes: Shapes | None, region: Shapes | None) -> bool:
