@@ -160,7 +160,11 @@ class RunController(QObject):
             return None
         config, resume = request.config, self.pair
         if resume is not None and self.remaining:
-            config = type(config).from_dict({**config.to_dict(), "rounds": self.remaining})
+            # settings left out stay left out, so that they are the resumed pair's
+            unset = dict.fromkeys(config.unset)
+            config = type(config).from_dict(
+                {**config.to_dict(), **unset, "rounds": self.remaining}
+            )
         first_id = str(request.item.image.unique_id)
         items = [request.item, *(c for k, c in self.corrected.items() if k != first_id)]
         run = self.training = TrainingRun(self, items, config, resume, request.show_learning)
