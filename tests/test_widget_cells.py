@@ -196,3 +196,23 @@ def test_tables_and_exports_follow_the_edited_cells(thresholded, qtbot, tmp_path
         lambda: int(cells.features["area_px"][cells.features["label"] == 99].iloc[0]) > before,
         timeout=5000,
     )
+
+
+def test_a_row_goes_to_its_cells_frame_and_plane(thresholded):
+    viewer, widget = thresholded
+    panel = widget.cells
+    stacks = np.stack([np.stack([frame] * 3) for frame in _frames()])
+    tz = viewer.add_image(stacks, name="tz", axis_labels=("t", "z", "y", "x"))
+    widget.predict(tz, block=True)
+    cells = viewer.layers["tz cells"]
+    viewer.layers.selection.active = cells
+    table = panel.model.table
+    row = int(np.flatnonzero(table["t"] == 1)[0])  # a cell of the second frame
+    viewer.dims.set_point(0, 0)
+    viewer.dims.set_point(1, 0)
+    panel.view.clicked.emit(panel.model.index(row, 0))
+    assert viewer.dims.point[0] == 1  # its frame
+    assert viewer.dims.point[1] == pytest.approx(table["centroid_z_px"][row])  # its plane
+    expected = (table["centroid_y_px"][row], table["centroid_x_px"][row])
+    np.testing.assert_allclose(camera(viewer).center[-2:], expected)
+    assert cells.selected_label == table["label"][row]

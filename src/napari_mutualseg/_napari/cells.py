@@ -358,14 +358,24 @@ class CellsPanel(QGroupBox):
         return table
 
     def _go_to_row(self, index: QModelIndex) -> None:
-        table, layer = self.model.table, self.layer
-        axes = [a for a in "zyx" if f"centroid_{a}_px" in table]
-        point = [float(table[f"centroid_{a}_px"][index.row()]) for a in axes]
-        world = np.asarray(layer.data_to_world(point), float)
-        if len(axes) == 3:
-            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, world[-3])
+        table, layer, row = self.model.table, self.layer, index.row()
+        if layer is None:
+            return
+        # the cell's place in the layer's data: its frame (a time series' table has a row per
+        # cell and frame), its z, its centre
+        point = [float(table["t"][row])] if "t" in table else []
+        point += [
+            float(table[f"centroid_{a}_px"][row]) for a in "zyx" if f"centroid_{a}_px" in table
+        ]
+        point = point[-layer.ndim :]
+        unnamed = layer.ndim - len(point)  # leading axes the table does not name stay as shown
+        world = np.asarray(layer.data_to_world([0.0] * unnamed + point), float)
+        first = self.viewer.dims.ndim - layer.ndim
+        for k in range(unnamed, layer.ndim - 2):
+            if first + k not in self.viewer.dims.displayed:
+                self.viewer.dims.set_point(first + k, world[k])
         camera(self.viewer).center = tuple(world[-2:])
-        layer.selected_label = int(table["label"][index.row()])
+        layer.selected_label = int(table["label"][row])
 
     def _ask_export(self, kind: str) -> None:
         layer = self.layer
