@@ -216,3 +216,21 @@ def test_a_row_goes_to_its_cells_frame_and_plane(thresholded):
     expected = (table["centroid_y_px"][row], table["centroid_x_px"][row])
     np.testing.assert_allclose(camera(viewer).center[-2:], expected)
     assert cells.selected_label == table["label"][row]
+
+
+def test_a_save_that_cannot_be_done_says_why(viewer_widget, tmp_path, notes):
+    viewer, _widget = viewer_widget
+    stack = np.zeros((2, 32, 32), np.int32)
+    stack[:, 5:9, 5:9] = 1
+    layer = viewer.add_labels(stack, name="stack cells")
+    viewer.layers.selection = {layer}
+    for name in ("rois.zip", "cells.geojson"):
+        with pytest.warns(UserWarning):  # napari's own: the plugin wrote nothing
+            assert viewer.layers.save(str(tmp_path / name), selected=True) == []
+        assert not (tmp_path / name).exists()
+    errors = messages(notes, "error")
+    assert len(errors) == 2
+    for error in errors:
+        assert "'stack cells' is 3D" in error and "export the table" in error
+    # the table of a stack is written
+    assert viewer.layers.save(str(tmp_path / "cells.csv"), selected=True)

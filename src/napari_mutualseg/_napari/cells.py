@@ -180,16 +180,28 @@ def _writer(kind: str):
     def write(path: str, data: Any, meta: dict) -> list[str]:
         import napari
         from napari.layers import Labels
+        from napari.utils.notifications import show_error
 
         layer = Labels(
             data,
+            name=meta.get("name"),  # messages name the layer, not "data"
             features=meta.get("features"),
             scale=meta.get("scale"),
             metadata=meta.get("metadata"),
         )
-        # cells changed since they were measured are measured again, in their image if open
-        table = cell_table(layer, image_of(napari.current_viewer(), layer))
-        return [export(kind, path, layer, table, overwrite=True)]
+        try:
+            # cells changed since they were measured are measured again, in their image if open
+            table = cell_table(layer, image_of(napari.current_viewer(), layer))
+            return [export(kind, path, layer, table, overwrite=True)]
+        except ValueError as err:
+            # napari takes a ValueError from a writer for "no plugin can write this" and says
+            # only that: napari 0.9.2 napari/plugins/_npe2.py write_layers, lines 94-95
+            # (`except ValueError: return [], ''`), then napari/plugins/io.py save_layers,
+            # lines 120-122 ("No data written! A plugin could not be found…"). So the reason
+            # is shown here and nothing written is returned (napari then says the plugin
+            # wrote nothing). This can go once napari reports a writer's own errors.
+            show_error(f"{path} was not written: {err}")
+            return []
 
     write.__doc__ = f"Write a Labels layer's cells as {EXPORTS[kind][0]}."
     return write
