@@ -280,3 +280,23 @@ def test_axes_typed_in_the_field_name_an_unnamed_image(viewer_widget, qtbot, not
     assert widget.generate_supervision() is not None
     assert not any("taken as a stack" in m for m in messages(notes))
     assert messages(notes, "error") == []
+
+
+def test_a_blank_plane_of_a_stack_is_left_empty_and_said(scene, notes):
+    viewer, widget, image, _boxes = scene
+    widget.settings.rounds = 1
+    widget.train(block=True)
+    cells = np.asarray(image.data)
+    padded = np.stack([np.zeros_like(cells), cells, cells])
+    widget.predict(viewer.add_image(padded, name="padded", axis_labels=tuple("tyx")), block=True)
+    labels = viewer.layers["padded cells"].data
+    assert labels.shape == padded.shape and (labels[0] == 0).all()
+    assert messages(notes, "error") == []
+    [note] = [m for m in messages(notes, "warning") if "constant" in m]
+    assert note.startswith("'padded': time point 0 is constant")
+    blank = viewer.add_image(np.zeros((2, 32, 32)), name="blank", axis_labels=tuple("zyx"))
+    widget.predict(blank, block=True)  # nothing but blank planes: the clear error
+    assert any(
+        m.startswith("Every plane of 'blank' is constant") for m in messages(notes, "error")
+    )
+    assert "blank cells" not in viewer.layers

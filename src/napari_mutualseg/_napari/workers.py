@@ -211,6 +211,7 @@ class PredictionResult:
     disagreement: np.ndarray
     spots: list[tuple[int | None, Spot]]  # (plane of a stack or None, spot)
     table: Table = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # for the user, e.g. planes left empty
 
 
 def run_prediction(
@@ -226,17 +227,33 @@ def run_prediction(
         disagreement = result.disagreement.reshape((-1, *shape[-2:]))
         offset = 0
         whole = int(np.prod(shape[-2:])) <= AUTO_BLOCKWISE_PIXELS
+        blank: list[int] = []  # constant planes of a stack, left without cells
         for p in range(n):
             yield p, n
             image = axes.plane(data, p)
-            if whole:
-                prediction = pair.predict(image, tile_size=tile_size)
-                found, spots = prediction.labels, prediction.spots
-                disagreement[p] = prediction.disagreement
-            else:
-                # a slide scan: block by block, read a block at a time (no disagreement map)
-                found = pair.segment(image, tile_size=tile_size, out=labels[p])
-                spots = []
+            try:
+                if whole:
+                    prediction = pair.predict(image, tile_size=tile_size)
+                    found, spots = prediction.labels, prediction.spots
+                    disagreement[p] = prediction.disagreement
+                else:
+                    # a slide scan: block by block, read a block at a time (no disagreement)
+                    found = pair.segment(image, tile_size=tile_size, out=labels[p])
+                    spots = []
+            except ValueError:
+                # A blank plane (padding, a frame the microscope skipped) has nothing to
+                # segment; it must not cost the whole stack. A single image still gets the
+                # core's clear error.
+                if not axes.stacked or not _constant(pair, image):
+                    raise
+                blank.append(p)
+                if len(blank) == n:
+                    raise ValueError(
+                        f"Every plane of '{name}' is constant (every pixel the same): there "
+                        "is nothing to segment. Check that the right image was picked."
+                    ) from None
+                labels[p] = 0
+                continue
             if offset:  # distinct ids across planes: each cell of a stack has its own colour
                 found[found > 0] += offset
             labels[p] = found
@@ -246,6 +263,8 @@ def run_prediction(
             ]
             offset = max(offset, int(labels[p].max()))
         result.spots.sort(key=lambda ps: -ps[1].score)
+        if blank:
+            result.notes.append(_blank_note(name, axes, blank))
         if "Z" in axes.plane_axes:  # the planes of a stack are one 3D image: 3D cells
             result = _linked(result, axes)
         result.table = measure(result.labels, data, axes)
@@ -254,6 +273,25 @@ def run_prediction(
         return WorkerFailure(exc)
     finally:
         release_device_memory()
+
+
+def _constant(pair: ModelPair, image: AxisImage) -> bool:
+    """Whether a channel the networks take from ``image`` (one plane) has one value only."""
+    plane = pair.network_input(image).plane_array(0)
+    low = np.asarray(plane.min(axis=(-2, -1)))  # a dask plane is read here, chunk by chunk
+    high = np.asarray(plane.max(axis=(-2, -1)))
+    return bool(np.any(low == high))  # NaN is never equal: that error is not this one
+
+
+def _blank_note(name: str, axes: LayerAxes, blank: list[int]) -> str:
+    """What the user is told about the constant planes of a stack left without cells."""
+    shown = [axes.where(p) for p in blank[:5]]
+    more = f" and {len(blank) - 5} more" if len(blank) > 5 else ""
+    return (
+        f"'{name}': {', '.join(shown)}{more} {'is' if len(blank) == 1 else 'are'} constant "
+        "(every pixel the same, e.g. blank padding): nothing to segment there, so "
+        f"{'it has' if len(blank) == 1 else 'they have'} no cells."
+    )
 
 
 def run_batch(
