@@ -238,3 +238,23 @@ def test_a_result_layer_napari_refuses_is_reported_and_training_still_runs(
     widget.train(block=True)
     assert len(widget.history) == 1  # the job did not stall on the layer
     assert any("could not be shown: no such colormap" in m for m in messages(notes, "error"))
+
+
+def test_supervision_of_another_image_waits_for_the_running_training(scene, qtbot, notes):
+    viewer, widget, image, _boxes = scene
+    widget.settings.update(rounds=3, steps_per_round=100_000)
+    widget.train()
+    job = widget.controller.job
+    qtbot.waitUntil(lambda: job.progress()[0] >= 1, timeout=TIMEOUT)
+    other_image, rows = disc_image(shape=(48, 80), centres=((20, 20), (24, 56)), seed=2)
+    other = viewer.add_image(other_image, name="other")
+    other_boxes = viewer.add_shapes(rectangles(rows), shape_type="rectangle")
+    widget.image_layer, widget.boxes_layer = other, other_boxes
+    assert widget.generate_supervision() is None  # refused, as the button is disabled
+    assert not widget.data.generate.isEnabled()
+    assert any("Busy" in m for m in messages(notes, "warning"))
+    names = [layer.name for layer in viewer.layers]
+    assert "other supervision" not in names and "other cells" not in names
+    widget.stop()
+    wait_idle(qtbot, widget)
+    assert viewer.layers["cells cells"].data.shape == image.data.shape

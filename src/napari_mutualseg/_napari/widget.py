@@ -152,13 +152,16 @@ class MutualSegWidget(QWidget):
     def generate_supervision(self) -> Labels | None:
         """Make the ellipse supervision from the boxes and show it as "<image> supervision".
 
-        Made again, it keeps every pixel the user painted on it.
+        Made again, it keeps every pixel the user painted on it. Refused while a job runs
+        (as the button is): the result layers it prepares are the ones a training writes.
 
         Returns
         -------
         napari.layers.Labels or None
             The supervision layer, or ``None`` after a notification.
         """
+        if not self.controller.idle():
+            return None
         image = self.image_layer
         try:
             layer, record, kept = write_supervision(
