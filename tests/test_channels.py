@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
-from helpers import TINY
+from helpers import TINY, ThresholdNet
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.metrics import evaluate
 from napari_mutualseg.models import ModelPair, build_unet
@@ -95,22 +94,9 @@ def test_rgb_as_colours_or_gray_and_old_single_channel_models():
     assert old.segment(rgb, rgb="gray").shape == (64, 64)
 
 
-class _Threshold(torch.nn.Module):
-    """A 'network' that calls every pixel brighter than the middle of the range cell."""
-
-    divisor = 1
-
-    def __init__(self):
-        super().__init__()
-        self.arch = {"in_channels": 1, "n_classes": 3}
-
-    def forward(self, x):
-        return torch.cat([(0.5 - x) * 8, (x - 0.5) * 8, x * 0 - 8], dim=1)
-
-
 def test_z_stacks_become_3d_objects_and_time_series_keep_labels():
     volume, truth = synthetic_volume((10, 64, 64), 5, noise=0.02, seed=4)
-    pair = ModelPair(_Threshold(), _Threshold(), settings={"min_size": 4})
+    pair = ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4})
     stack = AxisImage.from_array(volume, "ZYX")
     labels = pair.segment(stack)
     assert labels.shape == volume.shape

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from helpers import disc_image, messages
+from helpers import ThresholdNet, disc_image, messages
 from napari_mutualseg._napari.cells import cell_table, export
 from napari_mutualseg._napari.layers import camera
 from napari_mutualseg.models import ModelPair
@@ -101,25 +100,12 @@ def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted
     assert [r.status for r in widget.summary.results] == ["skipped", "skipped", "failed"]
 
 
-class _Threshold(torch.nn.Module):
-    """A "network" that calls bright pixels cells: predictions without training."""
-
-    divisor = 1
-
-    def __init__(self):
-        super().__init__()
-        self.arch = {"in_channels": 1, "n_classes": 3}
-
-    def forward(self, x):
-        return torch.cat([(0.5 - x) * 8, (x - 0.5) * 8, x * 0 - 8], dim=1)
-
-
 @pytest.fixture
 def thresholded(viewer_widget):
     """The widget with a pair that needs no training (bright is cell)."""
     viewer, widget = viewer_widget
     widget.controller.set_pair(
-        ModelPair(_Threshold(), _Threshold(), settings={"min_size": 4, "rgb": "gray"})
+        ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4, "rgb": "gray"})
     )
     return viewer, widget
 

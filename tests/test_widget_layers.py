@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from napari.layers._layer_actions import _duplicate_layer
 
-from helpers import disc_image, same
+from helpers import ThresholdNet, disc_image, same
 from napari_mutualseg._napari.layers import OWNER_KEY
 from napari_mutualseg.models import ModelPair
-
-
-class _Threshold(torch.nn.Module):
-    """A "network" that calls bright pixels cells: predictions without training."""
-
-    divisor = 1
-
-    def __init__(self):
-        super().__init__()
-        self.arch = {"in_channels": 1, "n_classes": 3}
-
-    def forward(self, x):
-        return torch.cat([(0.5 - x) * 8, (x - 0.5) * 8, x * 0 - 8], dim=1)
 
 
 def _duplicate(viewer, layer):
@@ -33,7 +19,7 @@ def _duplicate(viewer, layer):
 
 def test_a_duplicated_result_layer_is_the_users(viewer_widget):
     viewer, widget = viewer_widget
-    widget.controller.set_pair(ModelPair(_Threshold(), _Threshold(), settings={"min_size": 4}))
+    widget.controller.set_pair(ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4}))
     image = viewer.add_image(disc_image()[0], name="x")
     widget.predict(image, block=True)
     copies = {}

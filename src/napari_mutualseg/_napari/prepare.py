@@ -21,6 +21,7 @@ from ..supervision import IGNORE, Supervision, check_class_map, make_supervision
 from .axes import LayerAxes, layer_axes
 from .layers import (
     OWNER_KEY,
+    claim,
     class_layer_kwargs,
     find_own_layer,
     free_name,
@@ -425,9 +426,10 @@ def write_supervision(
         name = free_name(viewer, f"{image.name} supervision")
         classes = record.classes()
         kw = {**class_layer_kwargs(), **transform_kwargs(image, classes.ndim)}
-        return viewer.add_labels(classes, name=name, metadata=tag, **kw), record, 0
+        return claim(viewer.add_labels(classes, name=name, metadata=tag, **kw)), record, 0
     data, kept = with_edits(layer, record)
     layer.metadata.update(tag)
+    claim(layer)  # the new tag names no layer yet
     layer.data = data
     return layer, record, kept
 
@@ -479,6 +481,7 @@ def adopt(
     if record is None:
         record = prepare_supervision(image, boxes, region)
         layer.metadata.update(owner_tag("supervision", image, record=record))
+        claim(layer)
     return record
 
 
