@@ -18,6 +18,20 @@ def _run(capsys, *argv):
     return code, out.out, out.err
 
 
+def _napari_csv(path, boxes, *plane):
+    """The Shapes CSV napari saves for rectangles drawn on ``plane`` (leading coordinates)."""
+    axes = ",".join(f"axis-{d}" for d in range(len(plane) + 2))
+    rows = [f"index,shape-type,vertex-index,{axes}"]
+    lead = "".join(f"{p}," for p in plane)
+    for k, (y0, x0, y1, x1) in enumerate(boxes):
+        corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
+        rows += [
+            f"{k},rectangle,{v},{lead}{y - 0.5},{x - 0.5}" for v, (y, x) in enumerate(corners)
+        ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 @pytest.fixture
 def scene(tmp_path):
     image, _, boxes = synthetic_scene((64, 80), 5, seed=2)
@@ -76,12 +90,7 @@ def test_a_3d_file_needs_its_axes_and_a_z_stack_gives_3d_labels(scene, tmp_path,
     stack = tmp_path / "stack.tif"
     data = (np.stack([image * 0.9, image, image * 1.1]) * 1000).astype(np.uint16)
     tifffile.imwrite(stack, data, photometric="minisblack")  # three planes, not RGB
-    rows = ["index,shape-type,vertex-index,axis-0,axis-1,axis-2"]
-    for k, (y0, x0, y1, x1) in enumerate(boxes):
-        corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
-        rows += [f"{k},rectangle,{v},1,{y - 0.5},{x - 0.5}" for v, (y, x) in enumerate(corners)]
-    table = tmp_path / "stack.csv"
-    table.write_text("\n".join(rows) + "\n")
+    table = _napari_csv(tmp_path / "stack.csv", boxes, 1)
     model = tmp_path / "m.pt"
     code, _, err = _run(capsys, "train", stack, "--boxes", table, "--out", model, *TINY)
     assert code == 2 and "--axes" in err and "ZYX" in err and "Traceback" not in err
@@ -89,11 +98,7 @@ def test_a_3d_file_needs_its_axes_and_a_z_stack_gives_3d_labels(scene, tmp_path,
         capsys, "train", stack, "--axes", "ZYX", "--boxes", plain, "--out", model, *TINY
     )
     assert code == 2 and "which plane" in err
-    beyond = tmp_path / "beyond.csv"  # boxes on plane 7 of a three-plane stack
-    y0, x0, y1, x1 = boxes[0]
-    corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
-    moved = [f"99,rectangle,{v},7,{y - 0.5},{x - 0.5}" for v, (y, x) in enumerate(corners)]
-    beyond.write_text("\n".join([*rows, *moved]) + "\n")
+    beyond = _napari_csv(tmp_path / "beyond.csv", boxes, 7)  # plane 7 of a three-plane stack
     code, _, err = _run(
         capsys, "train", stack, "--axes", "ZYX", "--boxes", beyond, "--out", model, *TINY
     )
@@ -148,12 +153,7 @@ def test_boxes_napari_saved_on_a_time_series_of_stacks_train_their_plane(scene, 
     movie = tmp_path / "movie.tif"
     data = np.stack([np.stack([image * 0.9, image]), np.stack([image, image * 1.1])])
     tifffile.imwrite(movie, (data * 1000).astype(np.uint16), photometric="minisblack")
-    rows = ["index,shape-type,vertex-index,axis-0,axis-1,axis-2,axis-3"]  # napari's 4D CSV
-    for k, (y0, x0, y1, x1) in enumerate(boxes):
-        corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
-        rows += [f"{k},rectangle,{v},1,0,{y - 0.5},{x - 0.5}" for v, (y, x) in enumerate(corners)]
-    table = tmp_path / "movie.csv"
-    table.write_text("\n".join(rows) + "\n")
+    table = _napari_csv(tmp_path / "movie.csv", boxes, 1, 0)  # napari's 4D CSV: t 1, z 0
     labels = tmp_path / "labels"
     argv = ["train", movie, "--axes", "TZYX", "--boxes", table, "--out", tmp_path / "m.pt"]
     code, _, err = _run(capsys, *argv, "--labels-out", labels, *TINY)

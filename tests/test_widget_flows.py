@@ -21,6 +21,16 @@ def open_widget(viewer):
     return dock, widget
 
 
+def menu_supervision(viewer, image, boxes):
+    """Run the Boxes → ellipse supervision command on ``image`` and ``boxes``; its form."""
+    _, gui = viewer.window.add_plugin_dock_widget(
+        "napari-mutualseg", "Boxes → ellipse supervision"
+    )
+    gui.image.value, gui.boxes.value = image, boxes
+    gui()
+    return gui
+
+
 def close_panel(viewer, dock):
     # what the dock's close button does
     viewer.window.remove_dock_widget(dock)
@@ -31,11 +41,7 @@ def test_painted_edits_survive_the_menu_command_renames_and_reopening(make_napar
     image, rows = disc_image()
     img = viewer.add_image(image, name="img")
     shapes = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="boxes")
-    _, gui = viewer.window.add_plugin_dock_widget(
-        "napari-mutualseg", "Boxes → ellipse supervision"
-    )
-    gui.image.value, gui.boxes.value = img, shapes
-    gui()
+    menu_supervision(viewer, img, shapes)
     sup = viewer.layers["img supervision"]
     painted = sup.data.copy()
     assert (painted[:4, :4] == BACKGROUND).all()
@@ -70,11 +76,7 @@ def test_the_menu_command_keeps_paint_that_no_longer_fits_the_image(make_napari_
     a, rows = disc_image()
     img = viewer.add_image(np.stack([a, a]), name="two")  # unnamed: taken as a z-stack
     boxes = viewer.add_shapes(rectangles(rows, plane=0), shape_type="rectangle", ndim=3)
-    _, gui = viewer.window.add_plugin_dock_widget(
-        "napari-mutualseg", "Boxes → ellipse supervision"
-    )
-    gui.image.value, gui.boxes.value = img, boxes
-    gui()
+    gui = menu_supervision(viewer, img, boxes)
     sup = viewer.layers["two supervision"]
     painted = sup.data.copy()
     painted[0, :4, :4] = CELL
