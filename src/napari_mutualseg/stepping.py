@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ class TrainingError(RuntimeError):
 class Cancelled(Exception):
     """Raised inside a round when the trainer was cancelled between two steps."""
 
+
+T = TypeVar("T")
 
 #: What PyTorch's CPU and MPS allocators say when they fail: unlike CUDA's, their error is a
 #: plain RuntimeError, known only by its message.
@@ -52,16 +54,26 @@ def out_of_memory(err: BaseException) -> bool:
     return any(words in message for words in _OUT_OF_MEMORY_MESSAGES)
 
 
-def out_of_memory_error(device: torch.device, doing: str, advice: str) -> TrainingError:
-    """The error that reports running out of memory on ``device`` while ``doing``, with
-    ``advice`` (what to lower) and, on a GPU, the other ways out.
+def guard_memory(work: Callable[[], T], device: torch.device, doing: str, advice: str) -> T:
+    """``work()``, with running out of memory (:func:`out_of_memory`) while ``doing`` it as a
+    :class:`TrainingError` on ``device`` that gives ``advice`` (what to lower) and, on a GPU,
+    the other ways out. The GPU memory that PyTorch keeps cached is given back first.
 
-    Call it once the failed work's exception is handled: the GPU memory that PyTorch keeps
-    cached is given back first, and the failed work's tensors must be gone by then.
+    Raises
+    ------
+    TrainingError
+        When the device (or the computer) runs out of memory.
     """
+    try:
+        return work()
+    except Exception as err:
+        if not out_of_memory(err):
+            raise
+    # Raised here, out of the handler: leaving it drops the traceback, whose frames hold the
+    # failed work's tensors, so that their memory can be given back.
     release_cached_memory()
     gpu = device.type != "cpu"
-    return TrainingError(
+    raise TrainingError(
         f"Out of memory on {device} {doing}. {advice}"
         + (", close other programs that use the GPU, or train on the CPU." if gpu else ".")
     )
@@ -290,18 +302,16 @@ def train_round(
         When a loss became NaN, or the device ran out of memory (:func:`out_of_memory`; its
         cached memory is given back first).
     """
-    try:
+    first = trainers[0]
+    patch = first.sampler.patch
+
+    def train() -> list[float]:
         if streams is None:
             return [t.train(n_steps, cancel, round_index) for t in trainers]
         return _train_in_threads(trainers, n_steps, cancel, round_index, streams)
-    except Exception as err:
-        if not out_of_memory(err):
-            raise
-    # Raised here, out of the handler: leaving it drops the traceback, whose frames hold the
-    # failed step's tensors, so that their memory can be given back.
-    first = trainers[0]
-    patch = first.sampler.patch
-    raise out_of_memory_error(
+
+    return guard_memory(
+        train,
         first.device,
         f"in round {round_index} (batches of {first.sampler.batch} crops of {patch} x {patch} "
         "pixels)",

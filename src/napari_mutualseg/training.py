@@ -36,8 +36,7 @@ from .stepping import (
     NetworkTrainer,
     PatchSampler,
     TrainingError,
-    out_of_memory,
-    out_of_memory_error,
+    guard_memory,
     train_round,
 )
 from .supervision import Supervision
@@ -212,15 +211,14 @@ class MutualTrainer:
     ) -> None:
         config = config if config is not None else TrainConfig()
         images = as_images(images)
-        selection = config.channels
+        unset = config.unset
         if pair is not None:
-            unset = config.unset
             config = _resumed_config(config, pair)
-            # channels the caller gave are taken as given; the pair's as prediction takes them
-            selection = config.channels
-            if "channels" in unset:
-                selection = _resumed_selection(images, config, pair)
         self.config = config
+        # channels the caller gave are taken as given; the pair's as prediction takes them
+        selection = config.channels
+        if pair is not None and "channels" in unset:
+            selection = _resumed_selection(images, config, pair)
         n_planes = sum(image.n_planes for image in images)
         if isinstance(supervisions, Supervision):
             supervisions = [supervisions]
@@ -443,25 +441,11 @@ class MutualTrainer:
         return report
 
     def _guarded(self, work: Callable[[], T], doing: str) -> T:
-        """``work()``, with running out of memory while ``doing`` it as a
-        :class:`TrainingError` that says what to change.
-
-        Raises
-        ------
-        TrainingError
-            When the device (or the computer) runs out of memory.
-        """
-        try:
-            return work()
-        except Exception as err:
-            if not out_of_memory(err):
-                raise
-        # Raised here, out of the handler: leaving it drops the traceback, whose frames hold
-        # the failed pass's tensors, so that their memory can be given back.
-        raise out_of_memory_error(
-            self.device,
-            f"{doing} (tiles of {self.config.tile_size} x {self.config.tile_size} pixels)",
-            "Lower the tile size",
+        """``work()`` (a prediction over the training images), running out of memory while
+        ``doing`` it a :class:`TrainingError` that says to lower the tile size."""
+        tile = self.config.tile_size
+        return guard_memory(
+            work, self.device, f"{doing} (tiles of {tile} x {tile} pixels)", "Lower the tile size"
         )
 
     def _streams(self) -> CudaStreams | None:
