@@ -28,6 +28,7 @@ __all__ = [
     "check_outputs",
     "check_writable",
     "format_size",
+    "same_file_key",
     "write_text",
 ]
 
@@ -293,7 +294,7 @@ def check_writable(
     return path
 
 
-def _same_file_key(path: str | os.PathLike) -> str:
+def same_file_key(path: str | os.PathLike) -> str:
     """One key per place on the disk (links resolved; case folded, for case-blind disks)."""
     return os.path.normcase(os.path.realpath(path)).lower()
 
@@ -328,10 +329,10 @@ def check_outputs(
     FileExistsError, OSError
         As :func:`check_writable`.
     """
-    reads = {_same_file_key(p): Path(p) for p in inputs}
+    reads = {same_file_key(p): Path(p) for p in inputs}
     seen: dict[str, Path] = {}
     for out in map(Path, outputs):
-        key = _same_file_key(out)
+        key = same_file_key(out)
         if key in reads:
             raise ValueError(
                 f"{out} is an input ({reads[key]}); writing there would destroy it. Choose "

@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from .box_tables import NAPARI_2D, NAPARI_3D, PLAIN, BoxKey, read_box_table, write_box_table
-from .files import MIN_FREE, OutputError, atomic_write, check_writable, format_size, write_text
+from .files import (
+    MIN_FREE,
+    OutputError,
+    atomic_write,
+    check_writable,
+    format_size,
+    same_file_key,
+    write_text,
+)
 from .ome import PixelSize
 
 __all__ = [
@@ -150,7 +158,7 @@ def output_paths(
         below = os.path.relpath(folder, common)
         outputs.append(out_dir / below / f"{name}{'_' + part if part else ''}{suffix}")
     seen: dict[str, Path] = {}
-    inputs_at = {os.path.normcase(os.path.realpath(p)).lower(): p for p in sources}
+    inputs_at = {same_file_key(p): p for p in sources}
     for source, out in zip(sources, outputs, strict=True):
         out = Path(os.path.normpath(out))
         key = os.path.normcase(os.path.abspath(out)).lower()
@@ -162,7 +170,7 @@ def output_paths(
         if key in seen:
             raise ValueError(f"{source} is given twice; give each image once.")
         seen[key] = source
-        real = os.path.normcase(os.path.realpath(out)).lower()
+        real = same_file_key(out)
         if real in inputs_at:
             raise ValueError(
                 f"The result of {source} would be written over the input {inputs_at[real]}; "
