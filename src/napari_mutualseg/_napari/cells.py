@@ -123,9 +123,12 @@ def table_is_current(layer: Labels) -> bool:
 def cell_table(layer: Labels, image: Layer | None = None) -> Table:
     """The layer's measurements: its features when they are current, measured now otherwise
     (the cells changed since, or were never measured)."""
-    if table_is_current(layer):
-        return {k: np.asarray(v) for k, v in layer.features.items() if k != "index"}
-    return measure_layer(layer, image)
+    return _features(layer) if table_is_current(layer) else measure_layer(layer, image)
+
+
+def _features(layer: Labels) -> Table:
+    """The layer's features as a table (napari's ``index`` column left out)."""
+    return {k: np.asarray(v) for k, v in layer.features.items() if k != "index"}
 
 
 def refresh_table(layer: Labels, image: Layer | None = None) -> Table:
@@ -138,7 +141,7 @@ def refresh_table(layer: Labels, image: Layer | None = None) -> Table:
         When the cells cannot be measured (the message says why and what to do).
     """
     if table_is_current(layer):
-        return {k: np.asarray(v) for k, v in layer.features.items() if k != "index"}
+        return _features(layer)
     table = measure_layer(layer, image)
     show_table(layer, table)
     return table
@@ -342,10 +345,7 @@ class CellsPanel(QGroupBox):
 
     def _refresh(self, *_: Any) -> None:
         layer = self.layer
-        table = {} if layer is None else {
-            k: np.asarray(v) for k, v in layer.features.items() if k != "index"
-        }  # fmt: skip
-        self.model.set_table(table)
+        self.model.set_table({} if layer is None else _features(layer))
         n = self.model.rowCount()
         self.title.setText(
             "Select a cells layer to see its cells." if layer is None else
