@@ -295,6 +295,8 @@ class PredictionRun(_SegmentJob):
                 "(other stain, magnification or contrast).",
                 "warning",
             )
+        for note in value.notes:  # e.g. blank planes of a stack left without cells
+            controller.notify(note, "warning")
 
 
 class FolderRun(_SegmentJob):

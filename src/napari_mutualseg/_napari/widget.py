@@ -300,19 +300,7 @@ class MutualSegWidget(QWidget):
         if axes.note:
             show_warning(axes.note)
         worker = self.controller.predict(layer, axes, self.settings.tile_size)
-        if worker is not None:
-            # after the cells are shown (connected later, so called later): what the user
-            # should know about them, e.g. blank planes of a stack left without cells
-            outcome: list[Any] = []
-            worker.returned.connect(outcome.append)
-            worker.finished.connect(lambda: self._tell_notes(outcome))
         return self._waited(worker, block)
-
-    def _tell_notes(self, outcome: list[Any]) -> None:
-        notes = getattr(outcome[0], "notes", []) if outcome else []
-        if not self.controller.closing:
-            for note in notes:
-                self.controller.notify(note, "warning")
 
     def segment_folder(
         self, images: str | Path | list, out_dir: str | Path, *, block: bool = False
