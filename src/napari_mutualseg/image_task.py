@@ -152,15 +152,13 @@ def _open_labels(path: str | os.PathLike) -> Any:
 
 def _blocks(pair: ModelPair, image: AxisImage, options: BatchOptions) -> tuple[int, int] | None:
     """Block size and halo when an image is segmented block by block, so also measured so."""
-    from .blockwise import AUTO_BLOCKWISE_PIXELS, DEFAULT_BLOCK_SIZE, default_halo
+    from .blockwise import AUTO_BLOCKWISE_PIXELS, default_halo
 
-    by_blocks = options.block_size is not None or options.out_format == "zarr"
-    if image.n_planes != 1 or not (
-        by_blocks or np.prod(image.plane_shape) > AUTO_BLOCKWISE_PIXELS
-    ):
+    large = np.prod(image.plane_shape) > AUTO_BLOCKWISE_PIXELS
+    if image.n_planes != 1 or not (options.by_blocks or large):
         return None
     halo = default_halo(pair.cell_size) if options.halo is None else options.halo
-    return options.block_size or DEFAULT_BLOCK_SIZE, halo
+    return options.block_edge, halo
 
 
 def _segment(
@@ -184,17 +182,14 @@ def _segment(
         result = pair.predict(image, **common)
         labels = result.labels
     else:
-        blocks = options.block_size is not None or options.out_format == "zarr"
         more = {"halo": options.halo}
-        if blocks:
-            from .blockwise import DEFAULT_BLOCK_SIZE
-
+        if options.by_blocks:
             if image.n_planes != 1:
                 raise ValueError(
                     f"{image.n_planes} planes: block by block takes one 2D image per file; "
                     "leave out the block size and the zarr format for stacks."
                 )
-            more.update(blockwise=True, block_size=options.block_size or DEFAULT_BLOCK_SIZE)
+            more.update(blockwise=True, block_size=options.block_edge)
         else:
             more.update(link=options.link, track=options.track)
         if options.out_format == "zarr":

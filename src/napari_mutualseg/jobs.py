@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .blockwise import check_blocks
+from .blockwise import DEFAULT_BLOCK_SIZE, check_blocks
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, check_tiling
 from .io import BIOIO_SUFFIXES, IMAGE_SUFFIXES, output_paths
 from .readers import is_zarr
@@ -109,6 +109,16 @@ class BatchOptions:
     @property
     def label_suffix(self) -> str:
         return "_cells.ome.zarr" if self.out_format == "zarr" else "_cells.tif"
+
+    @property
+    def by_blocks(self) -> bool:
+        """Block by block asked for: a block size given, or labels written to OME-Zarr."""
+        return self.block_size is not None or self.out_format == "zarr"
+
+    @property
+    def block_edge(self) -> int:
+        """The block size, the default one when none is given."""
+        return self.block_size or DEFAULT_BLOCK_SIZE
 
 
 @dataclass(frozen=True)
