@@ -193,10 +193,14 @@ class DataPanel(QGroupBox):
         """The picked image's axes, e.g. ``"CYX"`` (set them as letters; ``""`` forgets them).
 
         They are kept in the layer's axis labels. A 3D image without them counts as a stack
-        of planes (``ZYX``), and the user is told so.
+        of planes (``ZYX``), and the user is told so; ``""`` while no image is picked or its
+        axes are still to be set (an unnamed 4D image).
         """
         layer = self.image.layer
-        return "" if layer is None else layer_axes(layer).axes
+        try:
+            return "" if layer is None else layer_axes(layer).axes
+        except ValueError:  # axes it cannot do without
+            return ""
 
     @image_axes.setter
     def image_axes(self, text: str) -> None:
