@@ -27,6 +27,7 @@ __all__ = [
     "NGFF_VERSION",
     "PixelSize",
     "check_writable_zarr",
+    "convert_length",
     "labels_zarr",
     "unit_symbol",
 ]
@@ -69,6 +70,20 @@ def unit_symbol(unit: Any) -> str | None:
     if text.lower() in ("", "pixel", "pixels", "px"):
         return None
     return _UNITS[_unit_name(text)][0]
+
+
+def convert_length(value: float, unit: Any, to: Any) -> float:
+    """``value`` in ``unit`` expressed in ``to`` (both in any spelling :func:`unit_symbol`
+    takes): ``convert_length(650, "nm", "µm")`` is 0.65.
+
+    Raises
+    ------
+    ValueError
+        For a unit that is not a length.
+    """
+    factor = _UNITS[_unit_name(str(unit))][1] / _UNITS[_unit_name(str(to))][1]
+    # to 12 digits, so that 650 nm is 0.65 µm and not 0.6500000000000001
+    return float(f"{float(value) * factor:.12g}")
 
 
 def _unit_name(unit: str) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 from .files import format_size
 from .images import ASK_AXES, AXES, PLANE_AXES, AxisImage, parse_axes, rgb_like
 from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES
-from .ome import unit_symbol
+from .ome import convert_length, unit_symbol
 
 __all__ = ["LAZY_BYTES", "AxesUnknownError", "is_zarr", "read_axis_image", "read_pixels"]
 
@@ -308,15 +308,33 @@ def _ome_xml(xml: str | None) -> tuple[tuple[str, ...] | None, dict[str, float],
     pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels")), None)
     if pixels is None:
         return None, {}, None
-    scale, unit = {}, None
+    sizes = {}
     for letter in "ZYX":
         value = pixels.get(f"PhysicalSize{letter}")
         if value is not None:
-            scale[letter] = float(value)
-            unit = unit or _unit(pixels.get(f"PhysicalSize{letter}Unit", "µm"))
+            # OME's default unit is the micrometre; each axis may have its own
+            sizes[letter] = (float(value), _unit(pixels.get(f"PhysicalSize{letter}Unit", "µm")))
+    scale, unit = _one_unit(sizes)
     channels = [e for e in pixels if e.tag.endswith("}Channel")]
     names = tuple(e.get("Name", "") for e in channels)
     return (names if names and all(names) else None), scale, unit
+
+
+def _one_unit(
+    sizes: Mapping[str, tuple[float, str | None]],
+) -> tuple[dict[str, float], str | None]:
+    """Step sizes by axis, each with its own unit, in one unit: that of x (else y, else z).
+
+    OME metadata give every axis its own unit (x and y in nm, z in µm is common); an
+    :class:`~napari_mutualseg.images.AxisImage` has one. An axis without a unit keeps its
+    value.
+    """
+    unit = next((sizes[a][1] for a in "XYZ" if a in sizes and sizes[a][1]), None)
+    scale = {
+        a: convert_length(value, own, unit) if own and unit else value
+        for a, (value, own) in sizes.items()
+    }
+    return scale, unit
 
 
 def _imagej_scale(meta: Mapping[str, Any], page: Any) -> tuple[dict[str, float], str | None]:
@@ -395,14 +413,18 @@ def _read_zarr(path: Path) -> _Raw:
         for t in transforms:
             if t.get("type") == "scale" and len(t.get("scale", [])) == data.ndim:
                 scale = np.asarray(t["scale"], float) * (1 if scale is None else scale)
-    pixel_size = {}
+    pixel_size, unit = {}, None
     if scale is not None:
-        pixel_size = {a: float(v) for a, v in zip(letters, scale, strict=True) if a in "TZYX"}
-    units = [
-        a.get("unit")
-        for a in ms.get("axes", [])
-        if isinstance(a, dict) and a.get("type") == "space"
-    ]
+        units = [a.get("unit") if isinstance(a, dict) else None for a in ms.get("axes", [])]
+        units += [None] * (len(letters) - len(units))
+        space = {
+            a: (float(v), _unit(u))
+            for a, v, u in zip(letters, scale, units, strict=True)
+            if a in "ZYX"
+        }
+        pixel_size, unit = _one_unit(space)
+        # a time step is no length: kept as it is
+        pixel_size.update({a: float(v) for a, v in zip(letters, scale, strict=True) if a == "T"})
     omero = ome.get("omero", attrs.get("omero", {})) or {}
     labels = tuple(str(c.get("label", "")) for c in omero.get("channels", []))
     channel_names = labels if labels and all(labels) and "C" in letters else None
@@ -418,7 +440,7 @@ def _read_zarr(path: Path) -> _Raw:
         letters,
         channel_names,
         pixel_size,
-        _unit(units[0] if units else None),
+        unit,
         False,
         tuple(notes),
     )
