@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from napari_mutualseg.devices import available_devices, select_device
@@ -52,6 +53,22 @@ def test_tiled_prediction_matches_whole_image_and_any_size():
     assert whole.shape == tiled.shape == (3, 203, 317)
     np.testing.assert_allclose(whole, tiled, atol=1e-5)
     np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "tiling"),
+    [((600, 700), {}), ((97, 131), {"tile_size": 64, "overlap": 64})],
+)
+def test_tiled_prediction_is_right_in_the_image_corners(shape, tiling):
+    # Where the ramps of two tile edges meet at an image corner, the blending weights sum to
+    # less than 1e-6 (with the default tile size and overlap too): the probabilities there
+    # must still be the network's, not scaled down towards 0.
+    image = np.random.default_rng(2).random(shape).astype(np.float32)
+    cpu = torch.device("cpu")
+    whole = predict_proba([_Constant()], image, cpu, tile_size=1024)
+    tiled = predict_proba([_Constant()], image, cpu, **tiling)
+    np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
 
 
 def test_unet_output_shape_and_ensemble_average():

@@ -42,12 +42,16 @@ def check_tiling(tile_size: int, overlap: int) -> None:
 
 
 def _window(size: int, overlap: int) -> np.ndarray:
-    """1D blending weight: flat in the middle, a raised-cosine ramp over the overlap."""
+    """1D blending weight: flat in the middle, a raised-cosine ramp over the overlap.
+
+    Every weight is positive (``sin**2`` keeps the smallest ones from rounding to zero), so the
+    weights of the tiles over any pixel have a positive sum to divide by.
+    """
     w = np.ones(size, np.float32)
     ramp = min(overlap, size // 2)
     if ramp > 0:
-        t = (np.arange(ramp, dtype=np.float32) + 0.5) / ramp
-        w[:ramp] = 0.5 - 0.5 * np.cos(np.pi * t)
+        t = (np.arange(ramp, dtype=np.float64) + 0.5) / ramp
+        w[:ramp] = np.sin(0.5 * np.pi * t) ** 2  # = 0.5 - 0.5 * cos(pi * t)
         w[-ramp:] = w[:ramp][::-1]
     return w
 
@@ -140,7 +144,10 @@ def _tiled(
         for (y, x), p in zip(chunk, result, strict=True):
             out[:, y : y + tile_h, x : x + tile_w] += p * weight
             norm[y : y + tile_h, x : x + tile_w] += weight
-    out /= np.maximum(norm, 1e-6)
+    # Every pixel lies in a tile and every weight is positive: the sum is never 0. At an image
+    # corner it is the product of two ramp ends (below 1e-6 with the default overlap), so a
+    # floor there would scale the probabilities of the corner pixels down.
+    out /= norm
     return out[:, :height, :width]
 
 
