@@ -75,3 +75,35 @@ def test_ome_zarr_axes_in_different_units_are_read_in_one_unit(tmp_path):
     image = AxisImage.from_file(path)
     assert image.unit == "nm"
     assert image.pixel_size == pytest.approx({"T": 60.0, "Z": 300.0, "Y": 65.0, "X": 65.0})
+
+
+def test_labels_of_a_stack_keep_their_axes_and_z_step(tmp_path):
+    from napari_mutualseg.io import write_labels
+    from napari_mutualseg.ome import PixelSize
+
+    labels = np.zeros((3, 8, 10), np.int32)
+    labels[1, 2:5, 3:6] = 1
+    size = PixelSize(0.5, 0.5, "µm", z=2.0)
+    path = write_labels(tmp_path / "zyx.tif", labels, pixel_size=size, axes="ZYX")
+    image = AxisImage.from_file(path)
+    assert image.axes == "ZYX" and image.shape == (3, 8, 10)
+    assert image.pixel_size == {"Z": 2.0, "Y": 0.5, "X": 0.5} and image.unit == "µm"
+    np.testing.assert_array_equal(image.data, labels)
+
+    # axes unknown: the file must not say that the planes are channels
+    path = write_labels(tmp_path / "unknown.tif", labels, pixel_size=size)
+    with tifffile.TiffFile(path) as tif:
+        assert "C" not in tif.series[0].axes
+    image = AxisImage.from_file(path, axes="ZYX")
+    assert image.pixel_size == {"Y": 0.5, "X": 0.5} and image.unit == "µm"
+    with pytest.raises(ValueError, match="labels have no channels"):
+        write_labels(tmp_path / "bad.tif", labels, axes="CYX")
+
+
+def test_pixel_size_of_an_image_keeps_its_z_step():
+    from napari_mutualseg.ome import PixelSize
+
+    image = AxisImage.from_array(
+        np.zeros((3, 8, 10)), "ZYX", pixel_size={"Z": 2.0, "Y": 0.5, "X": 0.25}, unit="µm"
+    )
+    assert PixelSize.of(image) == PixelSize(0.5, 0.25, "micrometer", z=2.0)

@@ -185,8 +185,14 @@ def write_labels(
     *,
     overwrite: bool = False,
     pixel_size: PixelSize | None = None,
+    axes: str | None = None,
 ) -> Path:
     """Write a label or class image as a zlib-compressed TIFF, atomically.
+
+    A 2D image, and one whose ``axes`` are given, is written as OME-TIFF when there is
+    something to say (a pixel size, axes beyond ``YX``), so that it opens as the stack or
+    time series it is. Labels of more than two axes without ``axes`` get no OME metadata:
+    it would call their first axis channels.
 
     Parameters
     ----------
@@ -197,8 +203,11 @@ def write_labels(
     overwrite : bool
         Replace an existing file (only once the new one is complete).
     pixel_size : PixelSize, optional
-        Written as OME-TIFF physical size and as resolution tags (pixels per centimetre), so
-        that Fiji, napari and Bio-Formats readers all find it.
+        Written as OME-TIFF physical size (with the z step of a z-stack) and as resolution
+        tags (pixels per centimetre), so that Fiji, napari and Bio-Formats readers all find it.
+    axes : str, optional
+        One letter per axis of ``labels`` from ``TZYX`` (``AxisImage.label_axes``), e.g.
+        ``"ZYX"``; a 2D image is ``"YX"``.
 
     Returns
     -------
@@ -228,22 +237,37 @@ def write_labels(
         )
     if labels.ndim < 2:
         raise ValueError(f"Labels must be at least 2D, got shape {labels.shape}.")
-    calibration = {}
+    axes = _label_axes(axes, labels.ndim, path.name)
+    options: dict = {}
+    metadata: dict = {}
     if pixel_size is not None:
-        calibration = {
-            "ome": True,
-            "resolution": pixel_size.per_centimeter(),
-            "resolutionunit": "CENTIMETER",
-            "metadata": {
-                "PhysicalSizeX": pixel_size.x,
-                "PhysicalSizeXUnit": pixel_size.symbol,
-                "PhysicalSizeY": pixel_size.y,
-                "PhysicalSizeYUnit": pixel_size.symbol,
-            },
-        }
+        options.update(resolution=pixel_size.per_centimeter(), resolutionunit="CENTIMETER")
+        for letter in "XY" + ("Z" if axes and "Z" in axes and pixel_size.z else ""):
+            metadata[f"PhysicalSize{letter}"] = getattr(pixel_size, letter.lower())
+            metadata[f"PhysicalSize{letter}Unit"] = pixel_size.symbol
+    if axes and (metadata or len(axes) > 2):
+        options.update(ome=True, metadata={"axes": axes, **metadata})
     with atomic_write(path, overwrite=overwrite) as f:
-        tifffile.imwrite(f, labels, compression="zlib", **calibration)
+        tifffile.imwrite(f, labels, compression="zlib", **options)
     return path
+
+
+def _label_axes(axes: str | None, ndim: int, name: str) -> str | None:
+    """The axes of a label image: those given (checked), ``YX`` for 2D, else unknown."""
+    if axes is None:
+        return "YX" if ndim == 2 else None
+    letters = str(axes).strip().upper()
+    if (
+        len(letters) != ndim
+        or not letters.endswith("YX")
+        or len(set(letters)) != len(letters)
+        or set(letters) - set("TZYX")
+    ):
+        raise ValueError(
+            f"Axes {axes!r} for the labels {name} of {ndim} axes: give one letter per axis from "
+            "T, Z, Y and X (labels have no channels), ending in YX, e.g. ZYX."
+        )
+    return letters
 
 
 def write_table(

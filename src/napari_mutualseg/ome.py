@@ -97,7 +97,7 @@ def _unit_name(unit: str) -> str:
 
 @dataclass(frozen=True)
 class PixelSize:
-    """Physical size of one pixel along y and x.
+    """Physical size of one pixel along y and x (and of a z step, when known).
 
     Attributes
     ----------
@@ -106,14 +106,19 @@ class PixelSize:
     unit : str
         A length unit, stored by its OME-NGFF name (``"micrometer"``); ``"um"``, ``"µm"``,
         ``"micron"``, ``"nm"`` and the like are accepted.
+    z : float, optional
+        The distance between the planes of a z-stack, in ``unit``.
     """
 
     y: float
     x: float
     unit: str = "micrometer"
+    z: float | None = None
 
     def __post_init__(self) -> None:
-        for axis in ("y", "x"):
+        for axis in ("y", "x", "z"):
+            if axis == "z" and self.z is None:
+                continue
             value = float(getattr(self, axis))
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"Pixel size along {axis} must be positive, got {value}.")
@@ -132,11 +137,12 @@ class PixelSize:
 
     @classmethod
     def of(cls, image: Any) -> PixelSize | None:
-        """The pixel size an :class:`~napari_mutualseg.images.AxisImage` knows, else None."""
+        """The pixel size an :class:`~napari_mutualseg.images.AxisImage` knows (its z step
+        too, when it has one), else None."""
         size = image.pixel_size
         if "Y" not in size or "X" not in size or not image.unit:
             return None
-        return cls(size["Y"], size["X"], image.unit)
+        return cls(size["Y"], size["X"], image.unit, size.get("Z"))
 
     @classmethod
     def parse(cls, text: str) -> PixelSize:
