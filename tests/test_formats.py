@@ -107,3 +107,11 @@ def test_pixel_size_of_an_image_keeps_its_z_step():
         np.zeros((3, 8, 10)), "ZYX", pixel_size={"Z": 2.0, "Y": 0.5, "X": 0.25}, unit="µm"
     )
     assert PixelSize.of(image) == PixelSize(0.5, 0.25, "micrometer", z=2.0)
+
+
+def test_pixel_size_text_is_unchanged_without_a_z_step():
+    from napari_mutualseg.ome import PixelSize
+
+    # batch records keep this text to recognise their own results
+    assert str(PixelSize(0.5, 0.65)) == "PixelSize(y=0.5, x=0.65, unit='micrometer')"
+    assert str(PixelSize(0.5, 0.65, z=2)).endswith(", z=2.0)")

@@ -95,7 +95,7 @@ def _unit_name(unit: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PixelSize:
     """Physical size of one pixel along y and x (and of a z step, when known).
 
@@ -124,6 +124,11 @@ class PixelSize:
                 raise ValueError(f"Pixel size along {axis} must be positive, got {value}.")
             object.__setattr__(self, axis, value)
         object.__setattr__(self, "unit", _unit_name(self.unit))
+
+    def __repr__(self) -> str:
+        # without a z step as before it had one: batch records compare this text
+        z = f", z={self.z!r}" if self.z is not None else ""
+        return f"PixelSize(y={self.y!r}, x={self.x!r}, unit={self.unit!r}{z})"
 
     @property
     def symbol(self) -> str:
