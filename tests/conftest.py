@@ -53,6 +53,22 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(f"{skipped} GUI tests skipped: {NO_DISPLAY}", yellow=True)
 
 
+@pytest.fixture(autouse=True)
+def preferences(request, tmp_path, monkeypatch):
+    """GUI tests: the plugin's napari Preferences, kept in the test's folder (never the
+    user's own, which would change the panel's starting settings); ``None`` in core tests."""
+    if request.node.get_closest_marker("gui") is None:
+        yield None
+        return
+    from napari import settings
+
+    # napari's own `plugin_settings` fixture does the same, but blocks plugin discovery
+    monkeypatch.setattr(settings, "_CFG_PATH", str(tmp_path / "settings.yaml"))
+    settings._clear_plugin_settings_cache()
+    yield settings.get_plugin_settings("napari-mutualseg")
+    settings._clear_plugin_settings_cache()
+
+
 @pytest.fixture
 def viewer_widget(make_napari_viewer):
     """A viewer with the dock widget opened through the plugin manifest, tiny settings."""

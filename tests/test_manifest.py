@@ -50,3 +50,50 @@ def test_sample_opens_in_napari(make_napari_viewer):
     boxes = viewer.layers["boxes"]
     assert set(boxes.shape_type) == {"rectangle"}
     assert viewer.layers[names[0]].data.ndim == 2
+
+
+def test_preferences_are_the_panels_settings():
+    """The starting settings in napari's Preferences are rows of the panel's one table:
+    the same names and upper limits, 0 / "auto" meaning the recommended value."""
+    from npe2 import PluginManifest
+
+    from napari_mutualseg._napari.settings import PREFERENCES, SETTINGS
+
+    rows = {s.name: s for s in SETTINGS}
+    manifest = PluginManifest.from_distribution("napari-mutualseg")
+    properties = manifest.contributions.configurations[PREFERENCES].properties
+    assert {"device", "rounds", "patch_size", "show_learning"} <= set(properties)
+    for name, prop in properties.items():
+        row = rows[name]
+        assert prop.title == row.label
+        if row.kind is int:
+            assert (prop.type, prop.minimum, prop.maximum, prop.default) == (
+                "integer",
+                0,
+                row.maximum,
+                0,
+            )
+        elif row.kind is bool:
+            assert (prop.type, prop.default) == ("boolean", False)
+        else:
+            assert prop.default == "auto" and set(prop.enum) == {"auto", "cuda", "mps", "cpu"}
+
+
+def test_panel_starts_with_the_preferences(make_napari_viewer, preferences, notes):
+    from napari_mutualseg.config import TrainConfig
+
+    preferences.starting_settings.rounds = 7
+    preferences.starting_settings.device = "cpu"
+    preferences.starting_settings.show_learning = True
+    preferences.starting_settings.patch_size = 8  # below the least a network takes
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    recommended = TrainConfig.recommended("cpu")
+    assert widget.settings.rounds == 7 and widget.settings.device == "cpu"
+    assert widget.settings.show_learning is True
+    assert widget.settings.patch_size == recommended.patch_size
+    assert widget.settings.steps_per_round == recommended.steps_per_round  # left at 0
+    assert widget.training.form.editors["rounds"].value() == 7
+    [warning] = [str(n.message) for n in notes if "Preferences" in str(n.message)]
+    assert "patch_size" in warning and "8" in warning
+    widget.shutdown(timeout=30)

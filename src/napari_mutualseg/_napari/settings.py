@@ -1,17 +1,19 @@
 """The training settings, declared once: the form, the checks and the scripting surface.
 
 Each setting is one row of :data:`SETTINGS` (name, label, range, tooltip); its default comes
-from :meth:`TrainConfig.recommended` for this machine. :class:`TrainingSettings` holds the
-values (``widget.settings`` in scripts) and :class:`SettingsForm` shows them, both ways bound.
+from :meth:`TrainConfig.recommended` for this machine, or from the user's own starting value
+in napari's Preferences (:func:`preferred_settings`; the manifest declares those, and a test
+holds them to these rows). :class:`TrainingSettings` holds the values (``widget.settings`` in
+scripts) and :class:`SettingsForm` shows them, both ways bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 from psygnal import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -83,6 +85,43 @@ SETTINGS: tuple[Setting, ...] = (
 
 _BY_NAME = {s.name: s for s in SETTINGS}
 
+#: The manifest's ``configurations`` entry with the user's starting settings (napari's
+#: Preferences, page napari-mutualseg); there 0 and "auto" mean "recommended for the device".
+PREFERENCES = "starting_settings"
+
+
+def preferred_settings() -> dict[str, Any]:
+    """The starting settings the user chose in napari's Preferences, by setting name.
+
+    Only the values the user set are returned (not 0 or "auto"); ``{}`` where this napari
+    has no plugin preferences or the plugin is not registered. A value the panel cannot take
+    (a device this machine lacks, a patch size below the least) is left out with a warning
+    that says which, so that the panel still opens.
+    """
+    try:
+        from napari.settings import get_plugin_settings
+
+        chosen = getattr(get_plugin_settings("napari-mutualseg"), PREFERENCES).model_dump()
+    except (ImportError, KeyError, AttributeError):  # napari before plugin preferences
+        return {}
+    values, refused = {}, []
+    for name, value in chosen.items():
+        recommended = value == "auto" or (value == 0 and not isinstance(value, bool))
+        if recommended or name not in _BY_NAME:
+            continue
+        if name == "device":  # "cuda" in Preferences: this machine's first CUDA device
+            value = next((d for d in available_devices() if d.startswith(f"{value}:")), value)
+        try:
+            values[name] = _checked(_BY_NAME[name], value)
+        except ValueError as err:
+            refused.append(str(err))
+    if refused:
+        show_warning(
+            "Some of your starting settings (Preferences › napari-mutualseg) do not apply "
+            f"here; the recommended ones are used instead: {' '.join(refused)}"
+        )
+    return values
+
 
 class TrainingSettings:
     """The training settings shown in the widget; read and set them from scripts.
@@ -96,11 +135,15 @@ class TrainingSettings:
 
     changed = Signal(str, object)
 
-    def __init__(self) -> None:
-        recommended = TrainConfig.recommended()
+    def __init__(self, preferred: Mapping[str, Any] | None = None) -> None:
+        """Start from the recommended settings for the device, with ``preferred`` values
+        (by setting name, e.g. :func:`preferred_settings`) in place of them."""
+        preferred = dict(preferred or {})
+        recommended = TrainConfig.recommended(preferred.get("device", "auto"))
         values = {s.name: getattr(recommended, s.name, False) for s in SETTINGS}
         values["channels"] = _channels_text(recommended.channels)
         object.__setattr__(self, "_values", values)
+        self.update(**preferred)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -27,7 +27,7 @@ from .prepare import (
     training_item,
     write_supervision,
 )
-from .settings import TrainingSettings
+from .settings import TrainingSettings, preferred_settings
 
 if TYPE_CHECKING:
     import napari
@@ -76,7 +76,7 @@ class MutualSegWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.settings = TrainingSettings()
+        self.settings = TrainingSettings(preferred_settings())
         self.controller = RunController.for_viewer(napari_viewer)
         self.data = DataPanel(napari_viewer)
         self.training = TrainingPanel(self.settings)
