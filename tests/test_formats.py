@@ -1,5 +1,7 @@
 """Files as microscopes and the field's libraries write them: units, series, pyramids."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -115,3 +117,18 @@ def test_pixel_size_text_is_unchanged_without_a_z_step():
     # batch records keep this text to recognise their own results
     assert str(PixelSize(0.5, 0.65)) == "PixelSize(y=0.5, x=0.65, unit='micrometer')"
     assert str(PixelSize(0.5, 0.65, z=2)).endswith(", z=2.0)")
+
+
+def test_a_pyramidal_ome_tiff_is_opened_lazily_at_full_resolution(tmp_path):
+    data = np.arange(2 * 128 * 128, dtype=np.uint16).reshape(2, 128, 128)
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        metadata = {"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP"]}}
+        tif.write(data, subifds=1, tile=(64, 64), metadata=metadata)
+        tif.write(data[:, ::2, ::2], subfiletype=1, tile=(64, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not read whole into memory, with a warning
+        image = AxisImage.from_file(path, lazy=True)
+    assert type(image.data).__module__.startswith("dask")
+    assert image.axes == "CYX" and image.channel_names == ("DAPI", "GFP")
+    np.testing.assert_array_equal(np.asarray(image.data), data)

@@ -283,13 +283,16 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
 
 
 def _lazy_tiff(path: Path) -> Any:
-    """A large TIFF as a dask array read chunk by chunk through tifffile's zarr store."""
+    """A large TIFF as a dask array read chunk by chunk through tifffile's zarr store: its
+    first series (the one whose metadata were read) at full resolution."""
     import dask.array as da
     import tifffile
     import zarr
 
     try:
-        return da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
+        # level 0: the store of a pyramid (slide scans, SubIFDs) is otherwise a zarr group
+        store = tifffile.imread(path, aszarr=True, series=0, level=0)
+        return da.from_zarr(zarr.open(store, mode="r"))
     except Exception as err:  # the store needs a zarr that matches tifffile
         warnings.warn(
             f"{path.name} is read whole into memory: zarr {zarr.__version__} cannot open it "
