@@ -132,3 +132,17 @@ def test_a_pyramidal_ome_tiff_is_opened_lazily_at_full_resolution(tmp_path):
     assert type(image.data).__module__.startswith("dask")
     assert image.axes == "CYX" and image.channel_names == ("DAPI", "GFP")
     np.testing.assert_array_equal(np.asarray(image.data), data)
+
+
+@pytest.mark.parametrize("plane", ["-1.0", "1.5"])
+def test_a_napari_csv_with_boxes_off_the_planes_is_refused(tmp_path, plane):
+    from napari_mutualseg.box_tables import read_box_table
+
+    rows = ["index,shape-type,vertex-index,axis-0,axis-1,axis-2"]
+    corners = [(2, 3), (2, 30), (20, 30), (20, 3)]
+    rows += [f"0,rectangle,{v},{plane},{y},{x}" for v, (y, x) in enumerate(corners)]
+    path = tmp_path / "boxes.csv"
+    path.write_text("\n".join(rows) + "\n")
+    # they were dropped (plane -1: "no image has any boxes") or put on a neighbour plane
+    with pytest.raises(ValueError, match=f"plane {float(plane)}, which is no plane"):
+        read_box_table(path)

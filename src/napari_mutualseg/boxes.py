@@ -433,7 +433,8 @@ def boxes_by_plane(
     Raises
     ------
     ValueError
-        For shapes that are not 3D or more, shapes spanning several planes, or non-box shapes.
+        For shapes that are not 3D or more, shapes spanning several planes or lying between
+        planes or before the first, or non-box shapes.
     """
     items = list(data)
     types = _shape_types(shape_types, len(items))
@@ -455,7 +456,17 @@ def boxes_by_plane(
                 "a box must lie on one plane. Draw the boxes in the 2D view (not the 3D view), "
                 "one plane at a time."
             )
-        where = tuple(round(float(c)) for c in leading.mean(axis=0))
+        at = leading.mean(axis=0)
+        if np.abs(at - np.round(at)).max() > PLANE_TOLERANCE or np.round(at).min() < 0:
+            position = [float(f"{c:.4g}") for c in at]
+            raise ValueError(
+                f"Shape {k} lies at {'plane' if len(at) == 1 else 'position'} "
+                f"{position[0] if len(at) == 1 else position}, which is no plane of a stack "
+                "(planes are 0, 1, 2, ...): the boxes were drawn on a Shapes layer whose scale "
+                "or translate differs from the image's. Draw them on a Shapes layer made with "
+                "the image open (New shapes layer), or give it the image's scale."
+            )
+        where = tuple(int(c) for c in np.round(at))
         boxes = boxes_from_shapes([v[:, -2:]], [kind])
         grouped.setdefault(where[0] if len(where) == 1 else where, []).extend(boxes)
     return dict(sorted(grouped.items()))
