@@ -6,7 +6,7 @@ import torch
 
 from napari_mutualseg import training
 from napari_mutualseg.checkpoint import ARCH_LIMITS
-from napari_mutualseg.exchange import ExchangeContext, exchange_labels
+from napari_mutualseg.exchange import ExchangeContext, exchange_labels, found_fraction
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.inference import predict_proba
 from napari_mutualseg.metrics import evaluate
@@ -444,3 +444,32 @@ def test_a_failed_round_leaves_the_pair_as_of_the_last_completed_round(scene, mo
     assert any(not torch.equal(v, before[k]) for k, v in trained[0].items())
     for k, v in trainer.pair.model_a.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_networks_that_call_every_box_foreground_have_not_converged(scene, monkeypatch):
+    # Early networks often call everything foreground: every box then leaks, falls back to
+    # its round-1 label and the labels stop changing. That is not convergence.
+    image, _, sup = scene
+
+    def everything_foreground(model, *args, **kwargs):
+        p = np.zeros((3, *image.shape), np.float32)
+        p[1] = 1.0
+        return p
+
+    monkeypatch.setattr(training, "predict_proba", everything_foreground)
+    cfg = TrainConfig(**{**TINY, "rounds": 3, "steps_per_round": 1, "min_change": 0.005})
+    reports = list(MutualTrainer(image, sup, cfg))
+    assert [r.round for r in reports] == [1, 2, 3]
+    assert all(r.changed == 0.0 and r.found == 0.0 and not r.converged for r in reports)
+
+
+def test_found_counts_the_boxes_whose_object_is_passed_on(scene):
+    _, gt, sup = scene
+    ctx = ExchangeContext.build(sup)
+    settings = ExchangeSettings()
+    right = np.stack([gt == 0, gt > 0, np.zeros_like(gt, bool)]).astype(np.float32)
+    leaking = np.stack([right[2], right[0] + right[1], right[2]])
+    nothing = np.stack([right[0] + right[1], right[2], right[2]])
+    assert found_fraction([right], [ctx], settings) == 1.0
+    assert found_fraction([leaking], [ctx], settings) == 0.0
+    assert found_fraction([nothing], [ctx], settings) == 0.0

@@ -266,8 +266,11 @@ def found_fraction(
 ) -> float:
     """Fraction of all boxes whose object the prediction found (1 when there are no boxes).
 
-    A box's object (:func:`~napari_mutualseg.inference.box_objects`) counts as found when its
-    area is at least ``settings.min_core_fraction`` of the area of the box's core.
+    A box's object (:func:`~napari_mutualseg.inference.box_objects`) counts as found when the
+    exchange would pass it on: its area is at least ``settings.min_core_fraction`` of the area
+    of the box's core and at most ``settings.leak_fraction`` of the box. A prediction that
+    calls a whole box foreground has not found the cell in it (networks early in training do
+    this everywhere, and their labels then stay those of round 1 without having settled).
 
     Parameters
     ----------
@@ -276,7 +279,7 @@ def found_fraction(
     contexts : sequence of ExchangeContext
         One per image.
     settings : ExchangeSettings
-        The foreground threshold, core size and least core fraction.
+        The foreground threshold, core size, least core fraction and leak fraction.
 
     Returns
     -------
@@ -286,7 +289,10 @@ def found_fraction(
     hits = total = 0
     for p, ctx in zip(probas, contexts, strict=True):
         foreground = (p[1] + p[2]) > settings.fg_threshold
-        _, ratio = box_objects(foreground, ctx.supervision, core_scale=settings.core_scale)
-        hits += int((ratio >= settings.min_core_fraction).sum())
+        objects, ratio = box_objects(foreground, ctx.supervision, core_scale=settings.core_scale)
+        fallback = ctx._fallback_boxes(
+            objects, ratio, settings.min_core_fraction, settings.leak_fraction
+        )
+        hits += int((~fallback).sum())
         total += ratio.size
     return hits / total if total else 1.0
