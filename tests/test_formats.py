@@ -146,3 +146,14 @@ def test_a_napari_csv_with_boxes_off_the_planes_is_refused(tmp_path, plane):
     # they were dropped (plane -1: "no image has any boxes") or put on a neighbour plane
     with pytest.raises(ValueError, match=f"plane {float(plane)}, which is no plane"):
         read_box_table(path)
+
+
+def test_a_tiff_of_several_images_says_that_only_the_first_is_read(tmp_path):
+    path = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(np.zeros((2, 16, 20), np.uint8), metadata={"axes": "CYX"})
+        tif.write(np.ones((3, 12, 10), np.uint16), metadata={"axes": "ZYX"})
+    with pytest.warns(UserWarning, match="holds 2 images; the first .CYX 2x16x20. is read"):
+        image = AxisImage.from_file(path)
+    assert image.axes == "CYX" and image.shape == (2, 16, 20)
+    assert any("holds 2 images" in note for note in image.notes)

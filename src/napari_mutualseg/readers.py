@@ -252,6 +252,7 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        others = len(tif.series) - 1
         page = series.pages[0]
         rgb = (
             "S" in series.axes
@@ -279,6 +280,16 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
     if big:
         data = _lazy_tiff(path)
     notes = (f"axes {letters} from the {source}",) if source and "?" not in letters else ()
+    if others:
+        # several images in one file (positions, wells, a slide's label and overview): only
+        # the first is read, which is said, never silent
+        note = (
+            f"the file holds {others + 1} images; the first "
+            f"({series.axes} {'x'.join(map(str, series.shape))}) is read: save each image to "
+            "a file of its own to segment the others"
+        )
+        warnings.warn(f"{path.name}: {note}", UserWarning, stacklevel=4)
+        notes += (note,)
     return _Raw(data, letters, series.axes, names, scale, unit, rgb, notes)
 
 
