@@ -94,6 +94,47 @@ def test_train_on_napari_csv_then_predict_another_image(data, tmp_path, capsys):
     assert code == 0, err
 
 
+def test_train_from_a_painted_supervision(data, tmp_path, capsys):
+    sup = tmp_path / "sup.tif"
+    _run(capsys, "supervise", data["image"], "--boxes", data["plain"], "--out", sup)
+    classes = tifffile.imread(sup)
+    painted = classes.copy()
+    painted[:10, :10] = 255  # a corner the user is unsure of
+    painted[30:34, 40:44] = 1  # a cell the boxes missed
+    edits = int((painted != classes).sum())
+    tifffile.imwrite(sup, painted)
+    argv = ["train", data["image"], "--boxes", data["plain"], "--out", tmp_path / "m.pt", *TINY]
+    code, stdout, err = _run(capsys, *argv, "--supervision", sup)
+    assert code == 0, err
+    assert f"{edits:,} pixels differ from the boxes' ellipse labels" in err
+    assert "round 1/1" in stdout
+    assert np.array_equal(tifffile.imread(sup), painted)  # read, never written
+
+
+@pytest.mark.parametrize(
+    ("paint", "message"),
+    [
+        (lambda sup, t: [sup, sup], "--supervision got 2 file(s) for 1 image(s)"),
+        (lambda sup, t: [_written(t / "bad.tif", np.full((64, 80), 7, np.uint8))], "values"),
+        (lambda sup, t: [_written(t / "small.tif", np.zeros((32, 80), np.uint8))], "shape"),
+    ],
+)
+def test_a_painted_supervision_that_does_not_fit_is_explained(
+    data, tmp_path, capsys, paint, message
+):
+    sup = tmp_path / "sup.tif"
+    _run(capsys, "supervise", data["image"], "--boxes", data["plain"], "--out", sup)
+    argv = ["train", data["image"], "--boxes", data["plain"], "--out", tmp_path / "m.pt", *TINY]
+    code, _, err = _run(capsys, *argv, "--supervision", *paint(sup, tmp_path))
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def _written(path, data):
+    tifffile.imwrite(path, data)
+    return path
+
+
 def test_evaluate_prints_metrics(data, capsys):
     code, stdout, _ = _run(capsys, "evaluate", data["gt"], data["gt"], "--json")
     assert code == 0

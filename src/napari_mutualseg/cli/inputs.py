@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..boxes import Box
     from ..config import TrainConfig
     from ..images import AxisImage
@@ -179,6 +181,27 @@ def supervision(name: str, image: AxisImage, boxes: list[Box], **kwargs: Any) ->
     for note in notes:
         warnings.warn(f"{name}: {note}", UserWarning, stacklevel=2)
     return make_supervision(image.plane_shape, kept, **kwargs)
+
+
+def painted_supervisions(
+    paths: list[str], loaded: list[tuple[AxisImage, list[PlaneBoxes]]]
+) -> list[np.ndarray | None]:
+    """The class maps of ``--supervision``, one per plane of the images, as the engine's
+    ``labels``: each file holds its image's labels shape (a stack: every plane)."""
+    from ..io import read_image
+    from ..supervision import check_class_map
+
+    if len(paths) != len(loaded):
+        raise ValueError(
+            f"--supervision got {len(paths)} file(s) for {len(loaded)} image(s): give one "
+            "class map per image, in the order of the images."
+        )
+    labels: list[np.ndarray | None] = []
+    for path, (image, planes) in zip(paths, loaded, strict=True):
+        data = check_class_map(read_image(path), image.label_shape, path)
+        flat = data.reshape(-1, *image.plane_shape)
+        labels += [None if p is None else flat[j] for j, p in enumerate(planes)]
+    return labels
 
 
 def _input_options(args: argparse.Namespace) -> dict[str, Any]:

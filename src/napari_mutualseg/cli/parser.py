@@ -92,6 +92,14 @@ def _add_train(sub: Subparsers) -> None:
         help="one CSV per image, or one CSV with an 'image' column",
     )
     p.add_argument("--out", required=True, help="model file to write (.pt)")
+    p.add_argument(
+        "--supervision",
+        nargs="+",
+        metavar="TIF",
+        help="one class map per image, as `supervise` writes it, after you painted on it (0 "
+        "background, 1 cell, 2 boundary, 255 ignore): trained from as it is, every pixel that "
+        "differs from the boxes' ellipse labels trusted; --boxes are the boxes it was made from",
+    )
     p.add_argument("--labels-out", help="folder for each boxed image's final segmentation")
     p.add_argument("--resume", help="continue training this saved model")
     _add_image_options(p)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..files import check_outputs, check_writable
 from .errors import CommandFailed
-from .inputs import boxes_for, config_from, supervision
+from .inputs import boxes_for, config_from, painted_supervisions, supervision
 from .labels import format_metrics
 from .outputs import Outputs, write_overlay
 from .signals import Interrupted, stop_gently
@@ -99,14 +99,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     loaded = boxes_for(args.images, args.boxes, args)
     label_paths = _label_paths(args, loaded)
     # the model may be saved over the one it resumes (with --overwrite); nothing else is read
-    out, *_ = check_outputs([args.out, *label_paths], [*args.images, *args.boxes], args.overwrite)
+    painted = args.supervision or []
+    read = [*args.images, *args.boxes, *painted]
+    out, *_ = check_outputs([args.out, *label_paths], read, args.overwrite)
     # one supervision per plane; planes without boxes are left out of training
     sups = [
         None if p is None else supervision(p[0], image, p[1])
         for image, planes in loaded
         for p in planes
     ]
-    trainer = MutualTrainer([image for image, _ in loaded], sups, config, pair=pair)
+    labels = painted_supervisions(painted, loaded) if painted else None
+    if labels is not None:
+        edits = sum(
+            int((lab != s.classes).sum())
+            for lab, s in zip(labels, sups, strict=True)
+            if s is not None
+        )
+        print(
+            f"Training from {', '.join(painted)}: {edits:,} pixels differ from the boxes' "
+            "ellipse labels and are trusted as painted.",
+            file=sys.stderr,
+        )
+    trainer = MutualTrainer([image for image, _ in loaded], sups, config, labels=labels, pair=pair)
     check_writable(out, args.overwrite, size=trainer.pair.file_size)
 
     def show(r: RoundReport) -> None:
