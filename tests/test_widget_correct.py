@@ -102,6 +102,32 @@ def test_corrected_cells_are_learned_from_and_kept(trained, notes):
     assert widget.history[-1]["round"] == 2
 
 
+def test_corrections_of_an_image_added_again_keep_the_earlier_ones(trained, notes):
+    viewer, widget, _image, _other = trained
+    cells = viewer.layers["other cells"]
+    corrected = np.asarray(cells.data).copy()
+    corrected[2:9, 2:9] = corrected.max() + 1  # a missed cell painted
+    cells.data = corrected
+    widget.check.add.click()
+    widget.wait()
+    # the new result of the image need not show the painted cell; the person fixes another
+    again = viewer.layers["other cells"]
+    assert again is not cells
+    fixed = np.asarray(again.data).copy()
+    wrong = int(fixed[44, 46])
+    assert wrong
+    fixed[fixed == wrong] = 0  # a wrong cell deleted this time
+    again.data = fixed
+    widget.check.add.click()
+    widget.wait()
+    assert not messages(notes, "error")
+    report = widget.last_report
+    for labels in (report.labels_a[1], report.labels_b[1]):
+        assert (labels[4:7, 4:7] == CELL).all()  # the first correction is still learned
+        assert labels[44, 46] == 0  # and the second one
+    assert widget.history[-1]["round"] == 3
+
+
 def test_nothing_corrected_or_the_boxed_image_gets_advice(trained, notes):
     _viewer, widget, image, _other = trained
     widget.check.add.click()

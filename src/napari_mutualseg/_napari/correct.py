@@ -23,7 +23,13 @@ from skimage.segmentation import watershed
 
 from ..boxes import boxes_from_labels, boxes_from_shapes
 from ..disagreement import Spot, spots_to_check
-from ..supervision import corrected_cells, supervision_from_masks
+from ..supervision import (
+    BACKGROUND,
+    Supervision,
+    boxes_mask,
+    corrected_cells,
+    supervision_from_masks,
+)
 from .axes import layer_axes
 from .cells import refresh_table
 from .controller import RunController
@@ -217,10 +223,24 @@ class Corrector:
                 f"Nothing on '{image.name}' was corrected: fix some cells (paint, erase, "
                 "merge, split), draw boxes around missed cells, or tick that the rest is right."
             )
+        rest = "trusted" if rest_trusted else "ignore"
         sup = supervision_from_masks(
-            corrected, cells=changed, background=removed, boxes=drawn,
-            rest="trusted" if rest_trusted else "ignore",
-        )  # fmt: skip
+            corrected, cells=changed, background=removed, boxes=drawn, rest=rest
+        )
+        earlier = self.controller.corrected.get(str(image.unique_id))
+        if earlier is not None and len(earlier.record.supervisions) == 1:
+            # the image was added before: its earlier corrections are not in the cells
+            # corrected now (a new prediction, which need not show them), so they are kept
+            # wherever the new corrections do not speak
+            before = earlier.record.supervisions[0]
+            if before.classes.shape == corrected.shape:
+                old_boxes = [b for b in before.boxes if not _overlaps(b, sup, drawn)]
+                if old_boxes:
+                    sup = supervision_from_masks(
+                        corrected, cells=changed, background=removed,
+                        boxes=[*drawn, *old_boxes], rest=rest,
+                    )  # fmt: skip
+                sup = _with_earlier(sup, before)
         record = SupervisionRecord(tuple(corrected.shape), None, [sup], axes=layer_axes(image))
         return TrainingItem(image, record, [sup.classes])
 
@@ -231,6 +251,37 @@ class Corrector:
         cells.metadata[OWNER_KEY] = {**owner_info(cells), "role": "corrections"}
         cells.name = free_name(self.viewer, f"{image.name} corrections")
         return cells
+
+
+def _overlaps(box, sup: Supervision, drawn: list) -> bool:
+    """Whether ``box`` (drawn on an earlier correction) meets what the new one says: its
+    trusted pixels or one of its boxes. Such a box is replaced by the new corrections."""
+    inside = boxes_mask(sup.classes.shape, [box])
+    return bool((inside & sup.trusted).any() or (inside & boxes_mask(inside.shape, drawn)).any())
+
+
+def _with_earlier(sup: Supervision, before: Supervision) -> Supervision:
+    """``sup`` with the trusted pixels of an earlier correction of the same image where it
+    says nothing (neither trusted nor boxed).
+
+    A later correction wins where the two meet: an earlier trusted cell that touches the new
+    trusted pixels is dropped whole (half a cell would teach a cell without its edge), its
+    background ring and other earlier background stay where the new says nothing.
+    """
+    if before.trusted is None or not before.trusted.any():
+        return sup
+    now = sup.trusted if sup.trusted is not None else np.zeros(sup.classes.shape, bool)
+    free = ~now & (sup.instances == 0) & ~boxes_mask(sup.classes.shape, sup.boxes)
+    cells, n = ndi.label(before.trusted & (before.classes != BACKGROUND))
+    if n:
+        met = np.unique(cells[now & (cells > 0)])
+        free &= ~np.isin(cells, met[met > 0])
+    keep = before.trusted & free
+    sup.classes[keep] = before.classes[keep]
+    sup.trusted = now | keep
+    if sup.region is not None:
+        sup.region = sup.region | keep
+    return sup
 
 
 class CheckPanel(QGroupBox):
