@@ -14,6 +14,7 @@ from napari_mutualseg.supervision import (
     BOUNDARY,
     CELL,
     IGNORE,
+    Box,
     boxes_from_shapes,
     boxes_mask,
     make_supervision,
@@ -473,3 +474,16 @@ def test_found_counts_the_boxes_whose_object_is_passed_on(scene):
     assert found_fraction([right], [ctx], settings) == 1.0
     assert found_fraction([leaking], [ctx], settings) == 0.0
     assert found_fraction([nothing], [ctx], settings) == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:.*past the image border")
+@pytest.mark.parametrize("corners", [(10, 10, 30, 30), (-10, 10, 10, 30), (-10, -10, 10, 10)])
+def test_a_box_past_the_image_border_leaks_like_a_whole_one(corners):
+    # A peer that calls everything cell: each box's object fills the box, which is a leak, and
+    # the box keeps its round-1 label, also where the box reaches past the image border.
+    ctx = ExchangeContext.build(make_supervision((48, 48), [Box.from_corners(*corners)]))
+    everything_cell = np.zeros((3, 48, 48), np.float32)
+    everything_cell[1] = 1.0
+    settings = ExchangeSettings()
+    np.testing.assert_array_equal(ctx.combine(everything_cell, settings), ctx.initial)
+    assert found_fraction([everything_cell], [ctx], settings) == 0.0

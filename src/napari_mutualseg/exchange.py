@@ -191,9 +191,19 @@ class ExchangeContext:
     def _fallback_boxes(
         self, objects: np.ndarray, ratio: np.ndarray, min_core: float, leak: float
     ) -> np.ndarray:
+        """Which boxes keep their round-1 label: object too small for its core, or leaking.
+
+        A leak is measured against the box's pixels on the image: a box that reaches past the
+        border has fewer, and an object filling all of them leaks as much as in a whole box.
+        """
         areas = np.bincount(objects.ravel(), minlength=len(ratio) + 1)[1:]
+        shape = objects.shape
         box_areas = np.array(
-            [4.0 * b.half_sizes[0] * b.half_sizes[1] for b in self.supervision.boxes]
+            [
+                np.count_nonzero(np.maximum(np.abs(u), np.abs(v)) <= 1.0)
+                for _, u, v in (b.local_coords(shape) for b in self.supervision.boxes)
+            ],
+            dtype=np.float64,
         )
         return (ratio < min_core) | (areas > leak * box_areas)
 
