@@ -71,6 +71,46 @@ def test_painted_edits_survive_the_menu_command_renames_and_reopening(make_napar
     assert (again.last_report.labels_b[0][:4, :4] == CELL).all()
 
 
+def test_paint_saved_yesterday_is_reused_and_new_boxes_keep_their_ellipse(
+    make_napari_viewer, tmp_path, notes
+):
+    viewer = make_napari_viewer()
+    image, rows = disc_image()
+    img = viewer.add_image(image, name="img")
+    shapes = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="boxes")
+    dock, widget = open_widget(viewer)
+    widget.image_layer, widget.boxes_layer = img, shapes
+    sup = widget.generate_supervision()
+    painted = sup.data.copy()
+    painted[:4, :4] = CELL  # a cell the boxes missed, painted by hand
+    sup.data = painted
+    sup.save(str(tmp_path / "img supervision.tif"))  # napari's own writer: no plugin tag
+    close_panel(viewer, dock)
+    viewer.layers.clear()
+
+    # the next day: the image, the boxes, one box more, and the saved supervision
+    img = viewer.add_image(image, name="img")
+    shapes = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="boxes")
+    shapes.add_rectangles(rectangles([[30, 2, 40, 12]]))
+    [saved] = viewer.open(str(tmp_path / "img supervision.tif"), plugin="napari")
+    before = saved.data.copy()
+    _, widget = open_widget(viewer)
+    widget.image_layer, widget.boxes_layer = img, shapes
+    assert widget.earlier_supervision is None  # never taken unasked
+    widget.earlier_supervision = saved
+    said = []
+    widget.controller.message.connect(said.append)
+    layer = widget.generate_supervision()
+    assert layer is not saved and np.array_equal(saved.data, before)  # the user's, untouched
+    assert (layer.data[:4, :4] == CELL).all()  # the paint is reused
+    assert layer.data[35, 7] == CELL  # the box drawn since gets its ellipse
+    assert any("keeping the 16 pixels you painted" in m for m in said)
+    assert any("1 box(es) have no cell in 'img supervision'" in m for m in messages(notes))
+    assert widget.earlier_supervision is None  # taken once
+    widget.train(block=True)
+    assert (widget.last_report.labels_a[0][:4, :4] == CELL).all()
+
+
 def test_the_menu_command_keeps_paint_that_no_longer_fits_the_image(make_napari_viewer, notes):
     viewer = make_napari_viewer()
     a, rows = disc_image()

@@ -34,7 +34,7 @@ from .settings import SettingsForm, TrainingSettings
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image, Shapes
+    from napari.layers import Image, Labels, Shapes
 
     from .controller import RunController
 
@@ -145,6 +145,14 @@ class DataPanel(QGroupBox):
         self.new_boxes = QPushButton("New boxes layer")
         self.new_boxes.setToolTip("Add a Shapes layer 'boxes' in rectangle mode")
         self.new_region = QPushButton("New region layer")
+        self.earlier = LayerPicker(
+            viewer,
+            "Labels",
+            "A supervision you painted and saved earlier, opened as a labels layer: Generate "
+            "supervision keeps what you painted on it (the layer itself is not changed)",
+            nullable=True,
+        )
+        self.earlier.value = None
         self.generate = QPushButton("Generate supervision")
         self.generate.setToolTip(
             "Make the ellipse labels from the boxes; paint on them to correct them. Pixels you "
@@ -155,6 +163,7 @@ class DataPanel(QGroupBox):
         form.addRow("Boxes", _row(self.boxes.native, self.new_boxes))
         form.addRow("Annotation", self.mode.native)
         form.addRow("Region", _row(self.region.native, self.new_region))
+        form.addRow("Reuse paint", self.earlier.native)
         form.addRow(self.generate)
         self.axes.editingFinished.connect(self._axes_entered)
         self.image.changed.connect(lambda _: self.show_axes())
@@ -251,6 +260,19 @@ class DataPanel(QGroupBox):
         self.boxes.layer = layer
 
     @property
+    def earlier_supervision(self) -> Labels | None:
+        """A supervision painted earlier (saved, then opened as a labels layer) whose paint
+        the next supervision keeps; ``None`` (the default) for none. Used once."""
+        return self.earlier.layer
+
+    @earlier_supervision.setter
+    def earlier_supervision(self, layer: Labels | str | None) -> None:
+        if layer is None:
+            self.earlier.value = None
+        else:
+            self.earlier.layer = layer
+
+    @property
     def region_layer(self) -> Shapes | None:
         """The Shapes layer outlining the annotated region; ``None`` when every cell is boxed
         (or no region layer is picked yet)."""
@@ -293,7 +315,7 @@ class DataPanel(QGroupBox):
 
     @property
     def pickers(self) -> tuple[LayerPicker, ...]:
-        return (self.image, self.boxes, self.region)
+        return (self.image, self.boxes, self.region, self.earlier)
 
     @property
     def region_mode(self) -> bool:

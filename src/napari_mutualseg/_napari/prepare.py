@@ -17,7 +17,7 @@ import numpy as np
 
 from ..boxes import BOX_TYPES, boxes_by_plane, boxes_from_shapes, usable_boxes
 from ..images import AxisImage
-from ..supervision import IGNORE, Supervision, check_class_map, make_supervision
+from ..supervision import CELL, IGNORE, Supervision, check_class_map, make_supervision
 from .axes import LayerAxes, layer_axes
 from .layers import (
     OWNER_KEY,
@@ -150,6 +150,42 @@ def with_edits(layer: Labels, new: SupervisionRecord) -> tuple[np.ndarray, int]:
     painted = old.painted(current)
     data[painted] = current[painted]
     return data, int(painted.sum())
+
+
+def paint_from(data: np.ndarray, earlier: Labels, record: SupervisionRecord) -> int:
+    """Carry the pixels painted on ``earlier`` (a supervision saved and opened again, which
+    lost what it was made from) into ``data``, ``record``'s class map; the pixels taken.
+
+    A pixel counts as painted where ``earlier`` differs from what the boxes give now, except
+    in the ellipse of a box that has no cell pixel in ``earlier``: such a box was drawn after
+    it was saved, and its ellipse is kept (``record`` notes how many).
+
+    Raises
+    ------
+    UserInputError
+        When ``earlier`` has another shape than the image or values that are not classes.
+    """
+    try:
+        given = check_class_map(np.asarray(earlier.data), record.shape, f"'{earlier.name}'")
+    except ValueError as err:
+        raise UserInputError(str(err)) from None
+    painted = given != record.classes()
+    flat_given = given.reshape((-1, *record.shape[-2:]))
+    flat_painted = painted.reshape(flat_given.shape)
+    drawn_since = 0
+    for plane, sup in zip(record.planes or [0], record.supervisions, strict=True):
+        n = len(sup.boxes)
+        with_cell = np.bincount(sup.instances[flat_given[plane] == CELL], minlength=n + 1)
+        new = np.flatnonzero(with_cell[1:] == 0) + 1
+        flat_painted[plane][np.isin(sup.instances, new)] = False
+        drawn_since += len(new)
+    if drawn_since:
+        record.notes.append(
+            f"{drawn_since} box(es) have no cell in '{earlier.name}' (drawn after it was "
+            "saved?): they get their ellipse."
+        )
+    data[painted] = given[painted]
+    return int(painted.sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,11 +435,14 @@ def write_supervision(
     image: Image,
     boxes: Shapes | None,
     region: Shapes | None,
+    earlier: Labels | None = None,
 ) -> tuple[Labels, SupervisionRecord, int]:
     """Make the supervision of ``image`` from the boxes, or make it again keeping the paint.
 
     A painted supervision that no longer fits (the image's axes were changed) is left to the
-    user, untouched, and a new one is made.
+    user, untouched, and a new one is made. The pixels painted on ``earlier``, a supervision
+    saved and opened again, are carried over as well (:func:`paint_from`); that layer is left
+    as it is.
 
     Returns
     -------
@@ -422,12 +461,17 @@ def write_supervision(
     record = prepare_supervision(image, boxes, region)
     tag = owner_tag("supervision", image, record=record)
     layer = supervision_to_update(viewer, image, record)
+    data = record.classes()
+    kept = 0 if earlier is None else paint_from(data, earlier, record)
+    if layer is not None:  # what was painted on the layer itself wins: it is newer
+        edited, painted = with_edits(layer, record)
+        mine = edited != record.classes()
+        data[mine] = edited[mine]
+        kept += painted
     if layer is None:
         name = free_name(viewer, f"{image.name} supervision")
-        classes = record.classes()
-        kw = {**class_layer_kwargs(), **transform_kwargs(image, classes.ndim)}
-        return claim(viewer.add_labels(classes, name=name, metadata=tag, **kw)), record, 0
-    data, kept = with_edits(layer, record)
+        kw = {**class_layer_kwargs(), **transform_kwargs(image, data.ndim)}
+        return claim(viewer.add_labels(data, name=name, metadata=tag, **kw)), record, kept
     layer.metadata.update(tag)
     claim(layer)  # the new tag names no layer yet
     layer.data = data

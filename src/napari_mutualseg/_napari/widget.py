@@ -138,6 +138,7 @@ class MutualSegWidget(QWidget):
     image_axes = _forward("data", DataPanel.image_axes)
     boxes_layer = _forward("data", DataPanel.boxes_layer)
     region_layer = _forward("data", DataPanel.region_layer)
+    earlier_supervision = _forward("data", DataPanel.earlier_supervision)
 
     def new_boxes_layer(self) -> Shapes:
         """Add an empty Shapes layer "boxes" in rectangle mode, on top of the image."""
@@ -162,14 +163,15 @@ class MutualSegWidget(QWidget):
         """
         if not self.controller.idle():
             return None
-        image = self.image_layer
+        image, earlier = self.image_layer, self.earlier_supervision
         try:
             layer, record, kept = write_supervision(
-                self.viewer, image, self.boxes_layer, self.data.picked_region()
+                self.viewer, image, self.boxes_layer, self.data.picked_region(), earlier
             )
         except UserInputError as err:
             self.controller.notify(str(err), "error")
             return None
+        self.earlier_supervision = None  # its paint is in the layer now; taken once
         for note in record.notes:
             show_warning(note)
         # the result layers too, now: adding layers while training would stall the viewer
