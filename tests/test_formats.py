@@ -157,3 +157,46 @@ def test_a_tiff_of_several_images_says_that_only_the_first_is_read(tmp_path):
         image = AxisImage.from_file(path)
     assert image.axes == "CYX" and image.shape == (2, 16, 20)
     assert any("holds 2 images" in note for note in image.notes)
+
+
+def _shoelace(ring):
+    x, y = np.asarray(ring, float).T
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def test_exported_outlines_enclose_exactly_the_cells_pixels(tmp_path):
+    import json
+
+    import roifile
+
+    from napari_mutualseg.export import fiji_roi_zip, qupath_geojson
+
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:5, 3:9] = 1  # a rectangle: rows 2-4, columns 3-8
+    labels[10, 20] = 2  # one pixel
+    labels[12:18, 0:4] = 3  # at the border
+    labels[12:15, 10:13] = 4
+    labels[13, 11] = 0  # a ring: the hole is not traced
+    labels[7, 24:27] = 5
+    labels[8, 26] = 5  # an L
+    areas = {k: int((labels == k).sum()) for k in range(1, 6)}
+    areas[4] += 1
+
+    path = tmp_path / "cells.zip"
+    path.write_bytes(fiji_roi_zip(labels))
+    rois = {r.name: r for r in roifile.roiread(path)}
+    for k, area in areas.items():
+        # ImageJ's pixel edges: pixel (i, j) covers [j, j + 1) x [i, i + 1)
+        assert _shoelace(rois[f"cell {k}"].coordinates()) == area
+    corners = rois["cell 1"].coordinates().tolist()
+    assert sorted(corners) == [[3, 2], [3, 5], [9, 2], [9, 5]]
+    assert rois["cell 2"].coordinates().tolist() == [[20, 10], [21, 10], [21, 11], [20, 11]]
+
+    collection = json.loads(qupath_geojson(labels))
+    assert collection["type"] == "FeatureCollection"
+    for feature in collection["features"]:
+        assert feature["properties"]["objectType"] == "detection"
+        (ring,) = feature["geometry"]["coordinates"]
+        assert ring[0] == ring[-1]  # closed
+        k = int(feature["properties"]["name"].split()[-1])
+        assert _shoelace(ring[:-1]) == areas[k]

@@ -12,7 +12,6 @@ import zipfile
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import find_contours
 
 from .measure import Table
 
@@ -26,9 +25,12 @@ def cell_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
     -------
     dict of int to numpy.ndarray
         Label to an ``(N, 2)`` array of ``(x, y)`` vertices along the outer edge of the
-        cell's pixels (holes are not traced; the first vertex is not repeated), in the
-        pixel-edge coordinates of ImageJ and QuPath: pixel ``(i, j)`` covers
-        ``[j, j + 1) x [i, i + 1)``, where napari centres it on ``(i, j)``.
+        cell's pixels, a corner wherever the edge turns (the first vertex is not repeated),
+        in the pixel-edge coordinates of ImageJ and QuPath: pixel ``(i, j)`` covers
+        ``[j, j + 1) x [i, i + 1)``, where napari centres it on ``(i, j)``. The polygon
+        encloses exactly the cell's pixels, so its area is the cell's pixel count. Holes are
+        not traced; a cell in several pieces (touching at most by a corner) is outlined by
+        its largest piece.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -37,14 +39,55 @@ def cell_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
     for k, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
             continue
-        # a one-pixel margin closes contours at the crop's border
-        mask = np.pad(labels[sl] == k, 1)
-        contours = find_contours(mask.astype(np.float32), 0.5)
-        longest = max(contours, key=len)[:-1]
-        # the contour runs between pixel centres: -1 for the margin, +0.5 to pixel edges
-        y0, x0 = sl[0].start - 0.5, sl[1].start - 0.5
-        out[k] = np.column_stack([longest[:, 1] + x0, longest[:, 0] + y0])
+        pieces, n = ndi.label(labels[sl] == k)
+        if n > 1:
+            sizes = np.bincount(pieces.ravel())[1:]
+            mask = pieces == 1 + int(np.argmax(sizes))
+        else:
+            mask = pieces > 0
+        outline = _pixel_edges(mask)
+        out[k] = outline + np.array([sl[1].start, sl[0].start], dtype=np.float64)
     return out
+
+
+def _pixel_edges(mask: np.ndarray) -> np.ndarray:
+    """The outer boundary of a 4-connected region of ``mask`` along its pixels' edges.
+
+    ``(x, y)`` corners, clockwise on screen (y down) from the top-left corner of the
+    region's first pixel, the region on the right of every step.
+    """
+    inside = np.pad(mask, 1)
+    steps: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    # each pixel edge with the outside across it, directed to keep the pixel on its right
+    for (dy, dx), (start, end) in (
+        ((-1, 0), ((0, 0), (1, 0))),  # top edge, walked right
+        ((0, 1), ((1, 0), (1, 1))),  # right edge, walked down
+        ((1, 0), ((1, 1), (0, 1))),  # bottom edge, walked left
+        ((0, -1), ((0, 1), (0, 0))),  # left edge, walked up
+    ):
+        outside = ~np.roll(inside, (-dy, -dx), axis=(0, 1))
+        for r, c in zip(*np.nonzero(inside & outside), strict=True):
+            steps.setdefault((c + start[0], r + start[1]), []).append(
+                (end[0] - start[0], end[1] - start[1])
+            )
+    r0, c0 = (int(i[0]) for i in np.nonzero(inside))
+    first = (c0, r0)
+    corners = [first]
+    here, step = first, (1, 0)
+    while True:
+        here = (here[0] + step[0], here[1] + step[1])
+        if here == first:
+            break
+        ways = steps[here]
+        # where two pixels of the region touch only by this corner, turn right: pieces stay
+        # apart (4-connected) and the outline never crosses itself (it may touch itself here)
+        right = (-step[1], step[0])
+        turn = right if len(ways) > 1 and right in ways else ways[0]
+        if turn != step:
+            corners.append(here)
+        step = turn
+    # -1: the margin added above
+    return np.asarray(corners, dtype=np.float64) - 1
 
 
 def fiji_roi_zip(labels: np.ndarray) -> bytes:
@@ -54,7 +97,8 @@ def fiji_roi_zip(labels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for k, outline in cell_outlines(labels).items():
-            roi = ImagejRoi.frompoints(outline, name=f"cell {k}")
+            # whole-pixel corners: an integer polygon, as ImageJ's own traced outlines
+            roi = ImagejRoi.frompoints(np.round(outline).astype(np.int32), name=f"cell {k}")
             archive.writestr(f"cell-{k:05d}.roi", roi.tobytes())
     return buffer.getvalue()
 
