@@ -200,3 +200,14 @@ def test_exported_outlines_enclose_exactly_the_cells_pixels(tmp_path):
         assert ring[0] == ring[-1]  # closed
         k = int(feature["properties"]["name"].split()[-1])
         assert _shoelace(ring[:-1]) == areas[k]
+
+
+def test_a_16_bit_rgb_tiff_is_read_as_its_colours(tmp_path):
+    data = np.arange(40 * 50 * 3, dtype=np.uint16).reshape(40, 50, 3)
+    path = tmp_path / "he16.tif"
+    tifffile.imwrite(path, data, photometric="rgb")
+    image = AxisImage.from_file(path)  # was refused: axes unknown, read as 'YXS'
+    assert image.axes == "CYX" and image.rgb and image.dtype == np.uint16
+    assert "RGB photometric tag" in image.notes[0]
+    np.testing.assert_array_equal(image.data, np.moveaxis(data, -1, 0))
+    assert image.select(rgb="gray").n_channels == 1

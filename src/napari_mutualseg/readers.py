@@ -254,10 +254,11 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         series = tif.series[0]
         others = len(tif.series) - 1
         page = series.pages[0]
+        # the photometric tag says that the samples are colours, whatever their bit depth
+        # (16-bit RGB from brightfield and slide cameras)
         rgb = (
             "S" in series.axes
             and int(page.photometric) == int(tifffile.PHOTOMETRIC.RGB)
-            and series.dtype == np.uint8
             and series.shape[series.axes.index("S")] in (3, 4)
         )
         letters = _tiff_letters(series, rgb)
