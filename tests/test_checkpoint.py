@@ -2,6 +2,7 @@ import pickle
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from napari_mutualseg.checkpoint import CheckpointError
@@ -49,6 +50,18 @@ def test_bad_files_give_a_clear_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match="napari-mutualseg"):
         ModelPair.load(path)
+
+
+def test_an_image_given_for_a_model_is_named_as_one(tmp_path):
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(image, np.zeros((8, 8), np.uint16))
+    with pytest.raises(CheckpointError, match=r"cells.tif is a TIFF image, not a napari-mutual"):
+        ModelPair.load(image)
+    other = tmp_path / "notes.pt"
+    other.write_bytes(b"I am not a model")  # starts like no image, nor like a pickle
+    with pytest.raises(CheckpointError, match="another kind of file") as info:
+        ModelPair.load(other)
+    assert "Python objects" not in str(info.value)
 
 
 def test_truncated_and_foreign_files(tmp_path):

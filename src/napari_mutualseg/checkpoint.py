@@ -143,6 +143,24 @@ def _unsafe_content(err: Exception) -> str:
     )
 
 
+#: How image files start: one given where a model is asked for is named as what it is.
+_IMAGE_MAGIC = {
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"II+\x00": "a TIFF image",
+    b"MM\x00+": "a TIFF image",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+}
+
+
+def _image_kind(path: Path) -> str:
+    """ "a TIFF image" (PNG, JPEG) when the file starts like one; "" otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return next((kind for magic, kind in _IMAGE_MAGIC.items() if head.startswith(magic)), "")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read what :func:`write_checkpoint` wrote, never running code from the file.
 
@@ -167,12 +185,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
+    kind = _image_kind(path)
+    if kind:
+        raise CheckpointError(f"{path} is {kind}, not a napari-mutualseg model file (.pt).")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols, not for users
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
             reason = _unsafe_content(err)
         else:
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
