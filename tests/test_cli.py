@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from napari_mutualseg.cli import main
+from napari_mutualseg.models import ModelPair
 from napari_mutualseg.synthetic import synthetic_scene
 
 TINY = ["--rounds", "1", "--steps", "2", "--width", "4", "--depth", "2"]
@@ -133,6 +134,21 @@ def test_a_painted_supervision_that_does_not_fit_is_explained(
 def _written(path, data):
     tifffile.imwrite(path, data)
     return path
+
+
+def test_info_says_what_a_model_holds(data, tmp_path, capsys):
+    model = tmp_path / "m.pt"
+    _run(capsys, "train", data["image"], "--boxes", data["plain"], "--out", model, *TINY)
+    code, stdout, err = _run(capsys, "info", model)
+    assert code == 0, err
+    assert "input: 1 channel" in stdout and "width 4 and depth 2" in stdout
+    assert "trained: 1 round(s) on cpu" in stdout
+    code, stdout, _ = _run(capsys, "info", model, "--json")
+    card = json.loads(stdout)
+    assert card["fingerprint"] == ModelPair.load(model).fingerprint()
+    assert card["rounds_trained"] == 1 and card["network"]["depth"] == 2
+    code, _, err = _run(capsys, "info", data["image"])  # the image given for the model
+    assert code == 2 and "is a TIFF image, not a napari-mutualseg model" in err
 
 
 def test_evaluate_prints_metrics(data, capsys):

@@ -1,4 +1,4 @@
-"""Command line: ``napari-mutualseg supervise | train | predict | evaluate | demo``.
+"""Command line: ``napari-mutualseg supervise | train | predict | evaluate | info | demo``.
 
 What the command promises about files: every output appears complete or not at all; an
 existing file is replaced only with ``--overwrite`` (a file that another program creates
@@ -10,7 +10,7 @@ completed round; ``predict`` keeps every finished image and skips it when run ag
 2 a mistake the message explains, 130/143 interrupted by SIGINT/SIGTERM.
 
 The options are in :mod:`.parser`, the commands in :mod:`.labels` (``supervise``,
-``evaluate``), :mod:`.train` (``train``, ``demo``) and :mod:`.predict`.
+``evaluate``), :mod:`.train` (``train``, ``demo``), :mod:`.predict` and :mod:`.info`.
 """
 
 from __future__ import annotations

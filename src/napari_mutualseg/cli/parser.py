@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from .info import cmd_info
 from .labels import cmd_evaluate, cmd_supervise
 from .predict import cmd_predict
 from .train import cmd_demo, cmd_train
@@ -201,6 +202,13 @@ def _add_evaluate(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _add_info(sub: Subparsers) -> None:
+    p = sub.add_parser("info", help="what a model file holds: input, networks, training")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=cmd_info)
+
+
 def _add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="the whole flow on the bundled BBBC039 sample")
     p.add_argument("--out", default="demo_output", help="folder for overlay, metrics and model")
@@ -224,6 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_supervise, _add_train, _add_predict, _add_evaluate, _add_demo):
+    for add in (_add_supervise, _add_train, _add_predict, _add_evaluate, _add_info, _add_demo):
         add(sub)
     return parser

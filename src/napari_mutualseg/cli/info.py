@@ -1,0 +1,91 @@
+"""``info``: what a model file holds, for the person about to use it or pass it on."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def model_card(path: str) -> dict[str, Any]:
+    """What the model file at ``path`` says about itself, as plain values.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    napari_mutualseg.checkpoint.CheckpointError
+        If it is not a usable model (the message says why).
+    """
+    from ..blockwise import default_halo
+    from ..checkpoint import read_checkpoint
+    from ..models import ModelPair
+
+    payload = read_checkpoint(path)
+    pair = ModelPair.load(path, device="cpu")
+    history = pair.history
+    settings = pair.settings
+    return {
+        "file": str(path),
+        "package_version": payload.get("package_version"),
+        "format_version": payload.get("format_version"),
+        "fingerprint": pair.fingerprint(),
+        "input": pair.describe_input(),
+        "channels": settings.get("channels"),
+        "channel_names": None if pair.channel_names is None else list(pair.channel_names),
+        "rgb": settings.get("rgb"),
+        "percentiles": list(pair.percentiles),
+        "network": {k: pair.model_a.arch[k] for k in ("width", "depth", "in_channels")},
+        "parameters_per_network": sum(p.numel() for p in pair.model_a.parameters()),
+        "rounds_trained": len(history),
+        "trained_on": sorted({str(h["device"]) for h in history if "device" in h}),
+        "training_seconds": round(sum(float(h.get("seconds", 0)) for h in history), 1),
+        "last_losses": (
+            None if not history else [history[-1].get("loss_a"), history[-1].get("loss_b")]
+        ),
+        "cell_size": pair.cell_size,
+        "halo": default_halo(pair.cell_size),
+        "settings": settings,
+    }
+
+
+def _text(card: dict[str, Any]) -> str:
+    net = card["network"]
+    s = card["settings"]
+    lines = [
+        f"{card['file']}: napari-mutualseg model (written by version "
+        f"{card['package_version']}, format {card['format_version']})",
+        f"input: {card['input']}; intensities scaled between percentiles "
+        f"{card['percentiles'][0]:g} and {card['percentiles'][1]:g} of each image",
+        f"networks: A and B, U-Nets of width {net['width']} and depth {net['depth']}, "
+        f"{card['parameters_per_network']:,} parameters each",
+    ]
+    if card["rounds_trained"]:
+        loss_a, loss_b = card["last_losses"]
+        where = ", ".join(card["trained_on"]) or "an unrecorded device"
+        lines.append(
+            f"trained: {card['rounds_trained']} round(s) on {where}, "
+            f"{card['training_seconds']:g} s; last losses A {loss_a:.4f}, B {loss_b:.4f}"
+        )
+    else:
+        lines.append("trained: no round recorded")
+    keys = ("rounds", "steps_per_round", "batch_size", "patch_size", "learning_rate", "seed")
+    given = [f"{k} {s[k]}" for k in keys if k in s]
+    exchange = s.get("exchange")
+    if isinstance(exchange, dict) and "rule" in exchange:
+        given.append(f"exchange {exchange['rule']}")
+    lines.append(f"settings: {', '.join(given)}")
+    if card["cell_size"]:
+        lines.append(
+            f"cells: up to {card['cell_size']:g} px across in training; images are segmented "
+            f"block by block with a margin of {card['halo']} px"
+        )
+    lines.append(f"fingerprint: {card['fingerprint']} (in the record of every result it makes)")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``info``: print what a model file holds; the exit status."""
+    card = model_card(args.model)
+    print(json.dumps(card, indent=2) if args.json else _text(card))
+    return 0
