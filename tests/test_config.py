@@ -80,3 +80,44 @@ def test_input_settings_left_out_hold_their_defaults_and_are_marked_unset():
     assert config.unset == {"percentiles", "channels", "rgb"}
     given = TrainConfig(percentiles=(1, 99.8), channels=[0], rgb="channels")
     assert given.unset == frozenset() and given.percentiles == config.percentiles
+
+
+def test_numpy_numbers_and_switches_are_taken_as_plain_values():
+    # the settings go into the model file, which refuses NumPy objects when it is read
+    config = TrainConfig(
+        learning_rate=np.float32(1e-3),
+        later_lr_factor=np.float64(0.5),
+        min_change=np.float32(0.01),
+        parallel=np.True_,
+        exchange=ExchangeSettings(
+            confidence=np.float32(0.6), width_b=np.int64(8), agreement=np.bool_(True)
+        ),
+    )
+    values = config.to_dict()
+    plain = [*values.values(), *values.pop("exchange").values()]
+    assert not [v for v in plain if type(v).__module__ == "numpy"]
+    assert config.learning_rate == pytest.approx(1e-3) and config.exchange.width_b == 8
+    assert config.exchange.agreement is True and config.parallel is True
+
+
+def test_a_pair_trained_with_numpy_settings_loads_again(tmp_path):
+    from napari_mutualseg.models import ModelPair
+    from napari_mutualseg.unet import build_unet
+
+    config = TrainConfig(learning_rate=np.float32(1e-3), exchange={"ema": np.float64(0.5)})
+    arch = {"in_channels": 1, "n_classes": 3, "width": 2, "depth": 1}
+    pair = ModelPair(build_unet(arch, 0), build_unet(arch, 1), settings=config.to_dict())
+    loaded = ModelPair.load(pair.save(tmp_path / "pair.pt"), device="cpu")
+    assert loaded.settings["exchange"]["ema"] == 0.5
+
+
+@pytest.mark.parametrize("switch", ["agreement", "flip_labels", "ellipse_background"])
+def test_exchange_switches_must_be_true_or_false(switch):
+    with pytest.raises(ValueError, match=rf"{switch} must be True or False, got 'no'"):
+        TrainConfig(exchange={switch: "no"})
+
+
+def test_parallel_must_be_true_or_false():
+    with pytest.raises(ValueError, match=r"parallel must be True or False, got 2"):
+        TrainConfig(parallel=2)
+    assert TrainConfig(parallel=0).parallel is False

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 
 from .checkpoint import ARCH_LIMITS
@@ -74,6 +75,13 @@ def _check_range(
         if above and below:
             return
     problems.append(f"{name} must be a number in {interval}{hint}, got {value!r}")
+
+
+def _check_switch(obj: Any, name: str, problems: list[str]) -> None:
+    """Note a problem unless ``obj.name`` is True or False (NumPy's, or 0 and 1, too)."""
+    value = getattr(obj, name)
+    if not (isinstance(value, bool | np.bool_) or (_is_whole(value) and value in (0, 1))):
+        problems.append(f"{name} must be True or False, got {value!r}")
 
 
 def _check_fraction(obj: Any, names: tuple[str, ...], problems: list[str]) -> None:
@@ -154,8 +162,33 @@ class ExchangeSettings:
             _check_whole(
                 self, "width_b", *ARCH_LIMITS["width"], problems, " (or 0: the same as width)"
             )
+        for name in _EXCHANGE_SWITCHES:
+            _check_switch(self, name, problems)
         return problems
 
+    def _plain(self) -> None:
+        """Hold every setting as a plain Python value, once they are known to be valid.
+
+        The settings go into model files, which hold no NumPy objects: a NumPy number left
+        here would make a model that trains and saves but never loads again.
+        """
+        for name in _EXCHANGE_NUMBERS:
+            setattr(self, name, float(getattr(self, name)))
+        for name in _EXCHANGE_SWITCHES:
+            setattr(self, name, bool(getattr(self, name)))
+        self.width_b = int(self.width_b)
+
+
+#: The numbers and the switches of an :class:`ExchangeSettings`.
+_EXCHANGE_NUMBERS = (
+    "core_scale",
+    "fg_threshold",
+    "confidence",
+    "min_core_fraction",
+    "leak_fraction",
+    "ema",
+)
+_EXCHANGE_SWITCHES = ("ellipse_background", "agreement", "flip_labels")
 
 #: Keys of an :class:`ExchangeSettings` that older model files stored flat in their settings.
 _FLAT_EXCHANGE_KEYS = {f.name for f in fields(ExchangeSettings)} - {"rule"}
@@ -252,12 +285,17 @@ class TrainConfig:
         _check_range(self, "min_change", "[0, 1]", problems, " (a fraction of the labels)")
         if self.rgb not in RGB_MODES:
             problems.append(f"rgb must be one of {', '.join(RGB_MODES)}, got {self.rgb!r}")
+        _check_switch(self, "parallel", problems)
         problems += self._exchange_problems()
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
+        # plain numbers (not NumPy's) in the settings stored in model files and JSON
         for name in [*_COUNTS, "width", "depth", "tile_size", "seed"]:
-            # plain ints (not NumPy's) in the settings stored in model files and JSON
             setattr(self, name, int(getattr(self, name)))
+        for name in ("learning_rate", "later_lr_factor", "min_change"):
+            setattr(self, name, float(getattr(self, name)))
+        self.parallel = bool(self.parallel)
+        self.exchange._plain()
 
     def _percentile_problems(self) -> list[str]:
         """Check ``percentiles`` (the default when left out) and store them as floats."""
