@@ -8,9 +8,11 @@ import zipfile
 
 import numpy as np
 import pytest
+from skimage.measure import regionprops_table
 
 from napari_mutualseg.export import cell_outlines, fiji_roi_zip, qupath_geojson, table_csv
-from napari_mutualseg.measure import measure_cells, summarize
+from napari_mutualseg.measure import measure_cells, summarize, with_pixel_size
+from napari_mutualseg.synthetic import synthetic_volume
 
 
 @pytest.fixture
@@ -86,3 +88,22 @@ def test_table_csv_has_a_header_and_a_row_per_cell(cells):
     lines = text.splitlines()
     assert lines[0].startswith("label,area_px,centroid_y_px")
     assert len(lines) == 3 and lines[1].startswith("1,32,")
+
+
+def test_physical_units_match_regionprops_with_anisotropic_spacing():
+    image, labels = synthetic_volume((6, 32, 32), 3, seed=2)
+    spacing = (2.0, 0.5, 0.25)
+    table = measure_cells(labels, image, pixel_size=spacing, unit="µm")
+    expected = regionprops_table(
+        labels, image, properties=("label", "area", "centroid"), spacing=spacing
+    )
+    np.testing.assert_allclose(table["volume_um3"], expected["area"])
+    for i, axis in enumerate("zyx"):
+        np.testing.assert_allclose(table[f"centroid_{axis}_um"], expected[f"centroid-{i}"])
+    # the same columns, in the same order, added to a table measured in pixels
+    added = with_pixel_size(measure_cells(labels, image), spacing, "µm")
+    assert list(added) == list(table)
+    for column, values in table.items():
+        np.testing.assert_array_equal(added[column], values)
+    with pytest.raises(ValueError, match="zyx"):
+        with_pixel_size(table, (0.5, 0.5))

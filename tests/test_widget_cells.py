@@ -149,6 +149,57 @@ def test_measure_follows_the_images_axes(thresholded, notes):
     assert not messages(notes, "error")
 
 
+def test_measure_gives_physical_units_where_the_pixel_size_is_known(thresholded, notes):
+    from skimage.measure import regionprops_table
+
+    viewer, widget = thresholded
+    panel = widget.cells
+    stack = np.stack([_frames()[0]] * 3)
+    spacing = (2.0, 0.5, 0.25)  # z steps coarser than the pixels
+    image = viewer.add_image(
+        stack, name="stack", axis_labels=("z", "y", "x"), scale=spacing, units=("µm",) * 3
+    )
+    widget.predict(image, block=True)
+    cells = viewer.layers["stack cells"]
+    viewer.layers.selection.active = cells
+    panel.measure.click()
+    table = cells.features
+    expected = regionprops_table(
+        np.asarray(cells.data), stack, properties=("label", "area", "centroid"), spacing=spacing
+    )
+    np.testing.assert_array_equal(table["label"], expected["label"])
+    np.testing.assert_allclose(table["volume_um3"], expected["area"])  # µm³
+    for i, axis in enumerate("zyx"):
+        np.testing.assert_allclose(table[f"centroid_{axis}_um"], expected[f"centroid-{i}"])
+    # units of another size are converted to the unit of x
+    image.units = ("nm", "µm", "µm")
+    image.scale = (2000.0, 0.5, 0.25)
+    panel.measure.click()
+    np.testing.assert_allclose(cells.features["volume_um3"], expected["area"])
+    # a time series: areas per cell and frame
+    movie = viewer.add_image(
+        _frames(), name="movie", axis_labels=("t", "y", "x"), scale=(1.0, 0.5, 0.5),
+        units=("s", "µm", "µm"),
+    )  # fmt: skip
+    widget.predict(movie, block=True)
+    viewer.layers.selection.active = viewer.layers["movie cells"]
+    panel.measure.click()
+    table = viewer.layers["movie cells"].features
+    assert "t" in table and set(table["t"]) == {0, 1}
+    np.testing.assert_allclose(table["area_um2"], table["area_px"] * 0.25)
+    # a reader's pixel size without a z step: no volume in µm³ is made up
+    opened = viewer.add_image(
+        stack, name="opened", axis_labels=("z", "y", "x"), scale=(1.0, 0.5, 0.5),
+        metadata={"pixel_size": {"Y": 0.5, "X": 0.5}, "unit": "micrometer"},
+    )  # fmt: skip
+    widget.predict(opened, block=True)
+    viewer.layers.selection.active = viewer.layers["opened cells"]
+    panel.measure.click()
+    columns = set(viewer.layers["opened cells"].features.columns)
+    assert "volume_px" in columns and not any(c.endswith("_um") for c in columns)
+    assert not messages(notes, "error")
+
+
 def test_tables_and_exports_follow_the_edited_cells(thresholded, qtbot, tmp_path):
     viewer, widget = thresholded
     panel = widget.cells

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.measure import regionprops_table
 
-__all__ = ["Table", "measure_cells", "summarize"]
+__all__ = ["Table", "measure_cells", "summarize", "with_pixel_size"]
 
 Table = dict[str, np.ndarray]
 
@@ -101,15 +101,7 @@ def measure_cells(
         if name in raw:
             table[name] = raw[name]
     if pixel_size is not None:
-        spacing = np.asarray(pixel_size, np.float64)
-        if spacing.shape != (labels.ndim,) or not (spacing > 0).all():
-            raise ValueError(
-                f"pixel_size must give one positive size per axis ({axes}), got {pixel_size}."
-            )
-        suffix = _unit_suffix(unit)
-        table[f"{size}_{suffix}{labels.ndim}"] = raw["area"] * float(np.prod(spacing))
-        for i, axis in enumerate(axes):
-            table[f"centroid_{axis}_{suffix}"] = raw[f"centroid-{i}"] * spacing[i]
+        table = with_pixel_size(table, pixel_size, unit)
     if intensity is not None:
         channels = 1 if intensity.ndim == labels.ndim else intensity.shape[-1]
         names = [str(c) for c in range(channels)] if channel_names is None else list(channel_names)
@@ -120,6 +112,68 @@ def measure_cells(
             table[f"mean_intensity_{name}"] = raw[f"intensity_mean{key}"]
             table[f"max_intensity_{name}"] = raw[f"intensity_max{key}"]
     return table
+
+
+def with_pixel_size(table: Table, pixel_size: Sequence[float], unit: str = "um") -> Table:
+    """A cell table with its sizes and centroids in physical units too.
+
+    Parameters
+    ----------
+    table : Table
+        From :func:`measure_cells` (in pixels; a time series' table with its ``t`` column
+        alike).
+    pixel_size : sequence of float
+        Physical size of a pixel along each axis of the cells: ``(y, x)`` for 2D cells,
+        ``(z, y, x)`` for 3D cells (a table with ``centroid_z_px``).
+    unit : str
+        The unit of ``pixel_size``.
+
+    Returns
+    -------
+    Table
+        A new table: ``area_<unit>2`` (``volume_<unit>3`` for 3D cells) and
+        ``centroid_<axis>_<unit>`` after the pixel columns and before the intensities,
+        replacing any physical columns the table had.
+
+    Raises
+    ------
+    ValueError
+        When ``pixel_size`` does not give one positive size per axis of the cells.
+
+    Examples
+    --------
+    >>> table = {"label": np.array([1]), "volume_px": np.array([10]),
+    ...          "centroid_z_px": np.array([2.0]), "centroid_y_px": np.array([4.0]),
+    ...          "centroid_x_px": np.array([6.0])}
+    >>> out = with_pixel_size(table, (2.0, 0.5, 0.5), "µm")
+    >>> float(out["volume_um3"][0]), float(out["centroid_z_um"][0])
+    (5.0, 4.0)
+    """
+    axes = "zyx" if "centroid_z_px" in table else "yx"
+    spacing = np.asarray(pixel_size, np.float64)
+    if spacing.shape != (len(axes),) or not (np.isfinite(spacing) & (spacing > 0)).all():
+        raise ValueError(
+            f"pixel_size must give one positive size per axis of the cells ({axes}), got "
+            f"{tuple(pixel_size)}."
+        )
+    size = "volume" if axes == "zyx" else "area"
+    suffix = _unit_suffix(unit)
+    physical = {f"{size}_{suffix}{len(axes)}": table[f"{size}_px"] * float(np.prod(spacing))}
+    for i, axis in enumerate(axes):
+        physical[f"centroid_{axis}_{suffix}"] = table[f"centroid_{axis}_px"] * spacing[i]
+    # physical columns go where measure_cells puts them: before the intensities
+    pixels = {
+        k: v
+        for k, v in table.items()
+        if not k.startswith(("mean_intensity_", "max_intensity_")) and not _is_physical(k)
+    }
+    rest = {k: v for k, v in table.items() if k not in pixels and not _is_physical(k)}
+    return {**pixels, **physical, **rest}
+
+
+def _is_physical(column: str) -> bool:
+    """Whether ``column`` is a size or centroid in physical units (not pixels)."""
+    return column.startswith(("area_", "volume_", "centroid_")) and not column.endswith("_px")
 
 
 def summarize(name: str, table: Table) -> dict[str, float | int | str]:
