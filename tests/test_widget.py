@@ -238,6 +238,7 @@ def test_train_stop_resume_predict_save_load(scene, qtbot, tmp_path, notes):
     assert not widget.model.predict.isEnabled()
     assert widget.load_model(path) is not None
     assert widget.model.predict.isEnabled()
+    assert "pair.pt (2 round(s) trained; it takes 1 channel)" in widget.status.text()
     proba = trained.predict_proba(other_image, tile_size=64)
     first = result.data.copy()
     widget.predict("other", block=True)

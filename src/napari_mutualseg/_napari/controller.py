@@ -319,8 +319,8 @@ class RunController(QObject):
             return None
         self.set_pair(pair)
         self.notify(
-            f"Loaded {Path(path).name} ({len(pair.history)} round(s) trained). "
-            "Predict, or Train to continue."
+            f"Loaded {Path(path).name} ({len(pair.history)} round(s) trained; it takes "
+            f"{pair.describe_input()}). Predict, or Train to continue."
         )
         return pair
 
