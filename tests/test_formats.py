@@ -211,3 +211,21 @@ def test_a_16_bit_rgb_tiff_is_read_as_its_colours(tmp_path):
     assert "RGB photometric tag" in image.notes[0]
     np.testing.assert_array_equal(image.data, np.moveaxis(data, -1, 0))
     assert image.select(rgb="gray").n_channels == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "y0;x0;y1;x1;image\n3;11,5;23;31;a.tif\n",  # a spreadsheet set to a decimal comma
+        "y0\tx0\ty1\tx1\timage\n3\t11.5\t23\t31\ta.tif\n",  # tab-separated
+        "y0,x0,y1,x1,image,,\n3,11.5,23,31,a.tif,,\n",  # empty columns after the last
+        "y0,x0,y1,x1,image\n3,11.5,23,31,a.tif,\n",  # a comma after the last value
+    ],
+)
+def test_box_tables_as_spreadsheets_save_them(tmp_path, text):
+    from napari_mutualseg.box_tables import read_box_table
+
+    path = tmp_path / "boxes.csv"
+    path.write_text(text)
+    (box,) = read_box_table(path)["a.tif"]
+    assert box.pixel_range() == pytest.approx((3, 11.5, 23, 31))

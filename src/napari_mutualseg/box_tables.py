@@ -1,6 +1,7 @@
 """Box tables: the CSV files that hold the boxes drawn around cells, read and written.
 
-Two formats are read (CSV, first line a header):
+Two formats are read (CSV, first line a header; separated by commas, or by semicolons with
+decimal commas or by tabs, as spreadsheets save them):
 
 napari Shapes CSV
     What napari writes when a Shapes layer is saved as ``.csv``: one row per vertex,
@@ -66,15 +67,45 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            rows = [(reader.line_num, row) for row in reader]
+            text = f.read()
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not a text (CSV) file; {_FORMATS}.") from None
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    # spreadsheets set to a decimal comma save their CSV with semicolons; others save tabs
+    delimiter = next((d for d in ",;\t" if d in first), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = [(reader.line_num, row) for row in reader]
     rows = [(n, r) for n, r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise ValueError(f"{path} is empty; {_FORMATS}.")
     header = [cell.strip().lower() for cell in rows[0][1]]
-    return header, rows[1:]
+    rows = rows[1:]
+    # the empty columns a spreadsheet leaves after the last one ("y0,x0,y1,x1,,")
+    while (
+        header
+        and not header[-1]
+        and all(not "".join(r[len(header) - 1 :]).strip() for _, r in rows)
+    ):
+        header.pop()
+    rows = [(n, _trim(r, len(header))) for n, r in rows]
+    if delimiter == ";":
+        rows = [(n, [_decimal_point(c) for c in r]) for n, r in rows]
+    return header, rows
+
+
+def _trim(row: list[str], width: int) -> list[str]:
+    """``row`` without the empty cells past the table's last column."""
+    while len(row) > width and not row[-1].strip():
+        row = row[:-1]
+    return row
+
+
+def _decimal_point(cell: str) -> str:
+    """``"3,5"`` (a decimal comma) as ``"3.5"``."""
+    text = cell.strip()
+    if text.count(",") == 1 and text.replace(",", "", 1).lstrip("+-").isdigit():
+        return text.replace(",", ".")
+    return cell
 
 
 def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
