@@ -1,4 +1,5 @@
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -487,3 +488,16 @@ def test_a_box_past_the_image_border_leaks_like_a_whole_one(corners):
     settings = ExchangeSettings()
     np.testing.assert_array_equal(ctx.combine(everything_cell, settings), ctx.initial)
     assert found_fraction([everything_cell], [ctx], settings) == 0.0
+
+
+def test_labels_without_any_background_are_warned_about(scene):
+    image, _, sup = scene
+    whole = make_supervision(image.shape, [Box.from_corners(0, 0, *image.shape)])
+    with pytest.warns(UserWarning, match="no background pixel .* paint some background"):
+        MutualTrainer(image, whole, TrainConfig(**TINY))
+    painted = whole.classes.copy()
+    painted[:2] = 0  # painted background is background
+    for labels, supervision in (([painted], whole), (None, sup)):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "The training labels have no background")
+            MutualTrainer(image, supervision, TrainConfig(**TINY), labels=labels)

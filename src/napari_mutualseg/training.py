@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -39,7 +40,7 @@ from .stepping import (
     guard_memory,
     train_round,
 )
-from .supervision import Supervision
+from .supervision import BACKGROUND, Supervision
 from .unet import N_CLASSES, UNet, build_unet
 
 T = TypeVar("T")
@@ -262,6 +263,15 @@ class MutualTrainer:
             )
             for i, sup in enumerate(supervisions)
         ]
+        if not any((ctx.initial == BACKGROUND).any() for ctx in self.contexts):
+            warnings.warn(
+                "The training labels have no background pixel (the boxes, or the annotated "
+                "region, cover every image): the networks cannot learn where cells end and "
+                "will call everything cell. Draw the region larger than the boxes, or paint "
+                "some background (0) into the supervision.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.resumed = pair is not None
         pair = _starting_pair(pair, planes[0].shape[0], config)
         pair.channel_names = channel_names
