@@ -229,3 +229,19 @@ def test_box_tables_as_spreadsheets_save_them(tmp_path, text):
     path.write_text(text)
     (box,) = read_box_table(path)["a.tif"]
     assert box.pixel_range() == pytest.approx((3, 11.5, 23, 31))
+
+
+def test_64_bit_labels_are_written_as_32_bit(tmp_path):
+    from napari_mutualseg.io import write_labels
+    from napari_mutualseg.ome import PixelSize
+
+    labels = np.arange(120, dtype=np.int64).reshape(10, 12)  # numpy's default integer
+    # with a pixel size this raised OmeXmlError: data type 'int64' not supported
+    path = write_labels(tmp_path / "cells.tif", labels, pixel_size=PixelSize(0.5, 0.5))
+    written = tifffile.imread(path)
+    assert written.dtype == np.int32
+    np.testing.assert_array_equal(written, labels)
+    path = write_labels(tmp_path / "big.tif", labels.astype(np.uint64) + 2**31)
+    assert tifffile.imread(path).dtype == np.uint32
+    with pytest.raises(ValueError, match="beyond the 32 bits"):
+        write_labels(tmp_path / "huge.tif", labels + 2**40)

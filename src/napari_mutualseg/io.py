@@ -199,7 +199,8 @@ def write_labels(
     path : str or path-like
         Target ``.tif``/``.tiff`` file; missing parent folders are created.
     labels : numpy.ndarray
-        Integer (or bool) image; bool is written as uint8.
+        Integer (or bool) image; bool is written as uint8, 64-bit integers as 32-bit (int32,
+        or uint32 for labels above 2**31 - 1).
     overwrite : bool
         Replace an existing file (only once the new one is complete).
     pixel_size : PixelSize, optional
@@ -237,6 +238,7 @@ def write_labels(
         )
     if labels.ndim < 2:
         raise ValueError(f"Labels must be at least 2D, got shape {labels.shape}.")
+    labels = _to_32_bits(labels, path.name)
     axes = _label_axes(axes, labels.ndim, path.name)
     options: dict = {}
     metadata: dict = {}
@@ -250,6 +252,24 @@ def write_labels(
     with atomic_write(path, overwrite=overwrite) as f:
         tifffile.imwrite(f, labels, compression="zlib", **options)
     return path
+
+
+def _to_32_bits(labels: np.ndarray, name: str) -> np.ndarray:
+    """64-bit labels (numpy's default integer) as int32, or uint32 above 2**31 - 1.
+
+    Fiji, QuPath and Bio-Formats read no 64-bit integer TIFF, and OME metadata has no such
+    pixel type.
+    """
+    if labels.dtype.itemsize < 8 or labels.size == 0:
+        return labels
+    low, high = int(labels.min()), int(labels.max())
+    for dtype in (np.int32, np.uint32):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return labels.astype(dtype)
+    raise ValueError(
+        f"The labels for {name} range from {low} to {high}, beyond the 32 bits TIFF readers "
+        "take; number them from 1 (skimage.segmentation.relabel_sequential) first."
+    )
 
 
 def _label_axes(axes: str | None, ndim: int, name: str) -> str | None:
