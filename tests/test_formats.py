@@ -245,3 +245,15 @@ def test_64_bit_labels_are_written_as_32_bit(tmp_path):
     assert tifffile.imread(path).dtype == np.uint32
     with pytest.raises(ValueError, match="beyond the 32 bits"):
         write_labels(tmp_path / "huge.tif", labels + 2**40)
+
+
+def test_an_rgb_ome_tiff_with_a_named_channel_opens(tmp_path):
+    # one OME channel of three samples, as slide scanners and QuPath write brightfield
+    rgb = np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)
+    path = tmp_path / "he.ome.tif"
+    metadata = {"Channel": {"Name": ["brightfield"]}, "PhysicalSizeX": 0.25}
+    metadata["PhysicalSizeY"] = 0.25
+    tifffile.imwrite(path, rgb, ome=True, photometric="rgb", metadata=metadata)
+    image = AxisImage.from_file(path)  # raised: 3 channel(s) but 1 channel name(s)
+    assert image.axes == "CYX" and image.rgb and image.channel_names is None
+    assert image.pixel_size == {"Y": 0.25, "X": 0.25}

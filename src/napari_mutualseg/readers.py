@@ -266,6 +266,9 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         if tif.is_ome:
             names, scale, unit = _ome_xml(tif.ome_metadata)
             source = "OME metadata"
+            if names and len(names) != (series.shape[letters.index("C")] if "C" in letters else 1):
+                # one OME channel of RGB samples (brightfield, H&E) names no colour
+                names = None
         elif tif.is_imagej:
             scale, unit = _imagej_scale(tif.imagej_metadata or {}, page)
             source = "ImageJ metadata"
