@@ -1,3 +1,4 @@
+import dataclasses
 import threading
 import warnings
 
@@ -342,6 +343,22 @@ def test_a_resumed_pair_records_its_own_network_size(scene):
     list(first)
     resumed = MutualTrainer(image, sup, TrainConfig(**{**TINY, "width": 8}), pair=first.pair)
     assert resumed.pair.settings["width"] == 4
+
+
+@pytest.mark.parametrize("width_b", [0, 16])
+def test_a_resumed_pair_records_the_width_of_its_own_network_b(scene, width_b):
+    image, _, sup = scene
+    cfg = TrainConfig(**{**TINY, "rounds": 1, "steps_per_round": 1})
+    first = MutualTrainer(image, sup, dataclasses.replace(cfg, exchange={"width_b": 8}))
+    assert first.pair.settings["exchange"]["width_b"] == 8
+    again = dataclasses.replace(cfg, exchange=ExchangeSettings(width_b=width_b))
+    resumed = MutualTrainer(image, sup, again, pair=first.pair)
+    assert resumed.pair.model_b.arch["width"] == 8
+    assert resumed.pair.settings["exchange"]["width_b"] == 8
+    # the settings say A's width, and B's where it differs
+    wide = MutualTrainer(image, sup, dataclasses.replace(cfg, width=8), pair=resumed.pair)
+    assert wide.pair.settings["width"] == 4
+    assert wide.pair.settings["exchange"]["width_b"] == 8
 
 
 def test_images_with_more_channels_than_a_network_takes_are_refused(scene):

@@ -276,8 +276,11 @@ class MutualTrainer:
         pair = _starting_pair(pair, planes[0].shape[0], config)
         pair.channel_names = channel_names
         # a resumed pair keeps its networks: record their size, not the config's
-        arch = pair.model_a.arch
-        pair.settings = {**config.to_dict(), "width": arch["width"], "depth": arch["depth"]}
+        arch, width_b = pair.model_a.arch, pair.model_b.arch["width"]
+        settings = config.to_dict()
+        if width_b != (config.exchange.width_b or arch["width"]):
+            settings["exchange"]["width_b"] = 0 if width_b == arch["width"] else width_b
+        pair.settings = {**settings, "width": arch["width"], "depth": arch["depth"]}
         sides = [2 * max(box.extent) for sup in supervisions for box in sup.boxes]
         pair.cell_size = max([pair.cell_size or 0.0, *sides]) or None
         self._pair = pair.to(self.device)
