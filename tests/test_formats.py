@@ -257,3 +257,26 @@ def test_an_rgb_ome_tiff_with_a_named_channel_opens(tmp_path):
     image = AxisImage.from_file(path)  # raised: 3 channel(s) but 1 channel name(s)
     assert image.axes == "CYX" and image.rgb and image.channel_names is None
     assert image.pixel_size == {"Y": 0.25, "X": 0.25}
+
+
+def test_an_ome_zarr_plate_names_the_images_to_give(tmp_path):
+    import zarr
+
+    plate = tmp_path / "plate.ome.zarr"
+    group = zarr.open_group(str(plate), mode="w", zarr_format=2)
+    group.attrs["plate"] = {
+        "version": "0.4",
+        "rows": [{"name": "A"}],
+        "columns": [{"name": "1"}],
+        "wells": [{"path": "A/1", "rowIndex": 0, "columnIndex": 0}],
+    }
+    well = group.create_group("A").create_group("1")
+    well.attrs["well"] = {"version": "0.4", "images": [{"path": "0"}]}
+    _ome_zarr(plate / "A" / "1" / "0", np.ones((16, 20), np.uint16), "yx", [0.5, 0.5], {})
+    field = str(plate / "A" / "1" / "0")
+    with pytest.raises(ValueError, match="OME-Zarr plate of 1 well") as err:
+        AxisImage.from_file(plate)
+    assert field in str(err.value) and str(plate / "*/*/*") in str(err.value)
+    with pytest.raises(ValueError, match="OME-Zarr well, not one image"):
+        AxisImage.from_file(plate / "A" / "1")
+    assert AxisImage.from_file(field).shape == (16, 20)

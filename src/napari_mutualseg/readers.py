@@ -407,6 +407,8 @@ def _read_zarr(path: Path) -> _Raw:
     attrs = dict(node.attrs)
     ome = attrs.get("ome", attrs)
     multiscales = ome.get("multiscales")
+    if not multiscales and ("plate" in ome or "well" in ome):
+        raise ValueError(_collection_message(path, node, ome))
     if not multiscales:
         raise ValueError(
             f"{path.name} is a zarr group without OME-Zarr 'multiscales' metadata; give the "
@@ -461,6 +463,28 @@ def _read_zarr(path: Path) -> _Raw:
         unit,
         False,
         tuple(notes),
+    )
+
+
+def _collection_message(path: Path, node: Any, ome: Mapping[str, Any]) -> str:
+    """What to give instead of an OME-Zarr plate or well: the paths of its images."""
+    if "plate" in ome:
+        wells = [str(w.get("path", "")) for w in ome["plate"].get("wells", [])]
+        kind, pattern = f"plate of {len(wells)} well(s)", "*/*/*"
+    else:
+        wells, kind, pattern = [""], "well", "*"
+    fields = []
+    for well in wells:
+        try:
+            attrs = dict(node[well].attrs) if well else dict(node.attrs)
+        except Exception:  # a well listed but missing: the others are named
+            continue
+        images = attrs.get("ome", attrs).get("well", {}).get("images", [])
+        fields += [path / well / str(i.get("path", "")) for i in images]
+    example = f", e.g. {fields[0]}" if fields else ""
+    return (
+        f"{path.name} is an OME-Zarr {kind}, not one image: give its field images{example}, "
+        f"or all of them as the pattern '{path / pattern}'."
     )
 
 
