@@ -280,3 +280,11 @@ def test_an_ome_zarr_plate_names_the_images_to_give(tmp_path):
     with pytest.raises(ValueError, match="OME-Zarr well, not one image"):
         AxisImage.from_file(plate / "A" / "1")
     assert AxisImage.from_file(field).shape == (16, 20)
+
+
+def test_image_names_in_capitals_lose_their_ome_suffix():
+    from napari_mutualseg.io import image_stem, output_paths
+
+    assert image_stem("WELL_A01.OME.TIF") == "WELL_A01"
+    assert image_stem("s.Ome.Zarr") == "s" and image_stem("a.ome.tif") == "a"
+    assert output_paths(["x/B2.OME.TIFF"], "out")[0].name == "B2_cells.tif"

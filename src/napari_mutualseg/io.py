@@ -96,7 +96,10 @@ def image_stem(path: str | os.PathLike) -> str:
     """An image file's name without its image suffix (``a.ome.tif``, ``a.zarr`` → ``a``)."""
     name = Path(path).name
     if name.lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr")):
-        name = name[: name.rindex(".")].removesuffix(".ome")
+        name = name[: name.rindex(".")]
+        # microscopes and Windows write A.OME.TIF as often as a.ome.tif
+        if name.lower().endswith(".ome"):
+            name = name[: -len(".ome")]
     return name
 
 
