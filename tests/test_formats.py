@@ -288,3 +288,13 @@ def test_image_names_in_capitals_lose_their_ome_suffix():
     assert image_stem("WELL_A01.OME.TIF") == "WELL_A01"
     assert image_stem("s.Ome.Zarr") == "s" and image_stem("a.ome.tif") == "a"
     assert output_paths(["x/B2.OME.TIFF"], "out")[0].name == "B2_cells.tif"
+
+
+def test_results_are_never_written_inside_an_ome_zarr_input(tmp_path):
+    from napari_mutualseg.io import output_paths
+
+    store = _ome_zarr(tmp_path / "w.ome.zarr", np.ones((16, 20), np.uint16), "yx", [1, 1], {})
+    for out in (store, store / "results"):
+        with pytest.raises(ValueError, match=r"inside the image .*w\.ome\.zarr"):
+            output_paths([store], out)
+    assert output_paths([store], tmp_path / "out")[0] == tmp_path / "out" / "w_cells.tif"

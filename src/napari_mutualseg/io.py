@@ -138,7 +138,8 @@ def output_paths(
     ------
     ValueError
         When two inputs would still get the same output (``x.tif`` beside ``x.tiff``, the
-        same file given twice, names differing only in case) or an output would be an input.
+        same file given twice, names differing only in case), an output would be an input or
+        lie inside an input folder (an OME-Zarr image).
     """
     sources = [Path(p) for p in inputs]
     parts = [""] * len(sources) if parts is None else list(parts)
@@ -179,6 +180,15 @@ def output_paths(
                 f"The result of {source} would be written over the input {inputs_at[real]}; "
                 "choose another output folder."
             )
+    # an image that is a folder (OME-Zarr) gets no foreign files in it
+    stores = {os.path.realpath(p): p for p in sources if p.is_dir()}
+    for out in outputs:
+        for parent in Path(os.path.realpath(out)).parents:
+            if str(parent) in stores:
+                raise ValueError(
+                    f"Results would be written inside the image {stores[str(parent)]} (an "
+                    "OME-Zarr folder); choose an output folder outside it."
+                )
     return [Path(os.path.normpath(o)) for o in outputs]
 
 
