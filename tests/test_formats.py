@@ -298,3 +298,12 @@ def test_results_are_never_written_inside_an_ome_zarr_input(tmp_path):
         with pytest.raises(ValueError, match=r"inside the image .*w\.ome\.zarr"):
             output_paths([store], out)
     assert output_paths([store], tmp_path / "out")[0] == tmp_path / "out" / "w_cells.tif"
+
+
+def test_a_level_of_an_ome_zarr_is_read_with_the_images_metadata(tmp_path):
+    data = np.zeros((2, 16, 20), np.uint16)
+    units = {"y": "micrometer", "x": "micrometer"}
+    store = _ome_zarr(tmp_path / "a.ome.zarr", data, "cyx", [1.0, 0.5, 0.5], units)
+    # the array itself: its axes were unknown
+    image = AxisImage.from_file(store / "0")
+    assert image.axes == "CYX" and image.pixel_size == {"Y": 0.5, "X": 0.5}

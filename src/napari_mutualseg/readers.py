@@ -393,7 +393,7 @@ def _read_picture(path: Path) -> _Raw:
     return _Raw(data, letters, letters, rgb=rgb)
 
 
-def _read_zarr(path: Path) -> _Raw:
+def _read_zarr(path: Path, level: int = 0) -> _Raw:
     import dask.array as da
     import zarr
 
@@ -402,6 +402,10 @@ def _read_zarr(path: Path) -> _Raw:
     except Exception as err:
         raise ValueError(f"Cannot read {path} as zarr ({type(err).__name__}: {err}).") from err
     if not hasattr(node, "attrs") or hasattr(node, "shape"):
+        # one level of an OME-Zarr image (x.ome.zarr/0): its metadata are in the folder above
+        of_image = _level_of(path)
+        if of_image is not None:
+            return _read_zarr(path.parent, of_image)
         data = da.from_zarr(node)
         return _Raw(data, "?" * data.ndim, "?" * data.ndim)
     attrs = dict(node.attrs)
@@ -421,7 +425,7 @@ def _read_zarr(path: Path) -> _Raw:
         "C" if t == "channel" else (n.upper() if n.upper() in AXES else "?")
         for n, t in zip(names, types, strict=True)
     )
-    dataset = ms["datasets"][0]
+    dataset = ms["datasets"][level]
     data = da.from_zarr(node[dataset["path"]])
     if len(letters) != data.ndim:
         letters = "?" * data.ndim
@@ -452,7 +456,9 @@ def _read_zarr(path: Path) -> _Raw:
         channel_names = None
     levels = len(ms["datasets"])
     notes = [f"axes {letters} from the OME-Zarr metadata"]
-    if levels > 1:
+    if level:
+        notes.append(f"level {level} of {levels}, not the full resolution (level 0)")
+    elif levels > 1:
         notes.append(f"full resolution, level 0 of {levels}")
     return _Raw(
         data,
@@ -464,6 +470,18 @@ def _read_zarr(path: Path) -> _Raw:
         False,
         tuple(notes),
     )
+
+
+def _level_of(path: Path) -> int | None:
+    """Which level of the OME-Zarr image in the folder above the array ``path`` is, if any."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(str(path.parent), mode="r").attrs)
+        datasets = attrs.get("ome", attrs)["multiscales"][0]["datasets"]
+        return [str(d["path"]) for d in datasets].index(path.name)
+    except Exception:  # no OME-Zarr image above: the array alone, its axes to be given
+        return None
 
 
 def _collection_message(path: Path, node: Any, ome: Mapping[str, Any]) -> str:
