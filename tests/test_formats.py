@@ -307,3 +307,22 @@ def test_a_level_of_an_ome_zarr_is_read_with_the_images_metadata(tmp_path):
     # the array itself: its axes were unknown
     image = AxisImage.from_file(store / "0")
     assert image.axes == "CYX" and image.pixel_size == {"Y": 0.5, "X": 0.5}
+
+
+def test_qupath_export_keeps_text_columns_as_metadata():
+    import json
+
+    from napari_mutualseg.export import qupath_geojson
+
+    labels = np.zeros((10, 10), np.int32)
+    labels[2:5, 2:5], labels[6:9, 6:9] = 1, 2
+    table = {
+        "label": np.array([1, 2]),
+        "area_px": np.array([9, 9]),
+        "class": np.array(["tumor", "stroma"], dtype=object),  # given by a person or a tool
+        "checked": np.array([True, False]),
+    }
+    features = json.loads(qupath_geojson(labels, table))["features"]  # raised ValueError
+    first = features[0]["properties"]
+    assert first["measurements"] == {"area_px": 9.0, "checked": 1.0}
+    assert first["metadata"] == {"class": "tumor"}

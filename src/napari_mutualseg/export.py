@@ -111,13 +111,18 @@ def qupath_geojson(labels: np.ndarray, table: Table | None = None) -> str:
     labels : numpy.ndarray
         2D instance labels.
     table : Table, optional
-        Measurements (with a ``label`` column) to attach to each cell.
+        Measurements (with a ``label`` column) to attach to each cell: numbers (and yes/no
+        columns, as 1 and 0) as its QuPath measurements, other columns (a class a person or
+        another tool gave) as its metadata, text QuPath keeps beside them.
     """
-    rows = {}
+    rows: dict[int, dict[str, float]] = {}
+    texts: dict[int, dict[str, str]] = {}
     if table is not None:
-        keys = [k for k in table if k != "label"]
+        columns = {k: np.asarray(v) for k, v in table.items() if k != "label"}
+        numeric = {k for k, v in columns.items() if v.dtype.kind in "biuf"}
         for i, label in enumerate(table["label"]):
-            rows[int(label)] = {k: float(table[k][i]) for k in keys}
+            rows[int(label)] = {k: float(columns[k][i]) for k in columns if k in numeric}
+            texts[int(label)] = {k: str(columns[k][i]) for k in columns if k not in numeric}
     features = []
     for k, outline in cell_outlines(labels).items():
         ring = [[float(x), float(y)] for x, y in outline]
@@ -130,6 +135,7 @@ def qupath_geojson(labels: np.ndarray, table: Table | None = None) -> str:
                     "objectType": "detection",
                     "name": f"cell {k}",
                     "measurements": rows.get(k, {}),
+                    **({"metadata": texts[k]} if texts.get(k) else {}),
                 },
             }
         )
