@@ -211,6 +211,10 @@ def test_train_stop_resume_predict_save_load(scene, qtbot, tmp_path, notes):
     widget.train()
     job = widget.controller.job
     qtbot.waitUntil(lambda: job.progress()[0] >= 2, timeout=TIMEOUT)
+    # the device the running networks are on, once the worker has built them
+    qtbot.waitUntil(
+        lambda: widget.training.device.text().startswith("Device in use: cpu"), timeout=TIMEOUT
+    )
     t0 = time.perf_counter()
     widget.stop()
     qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)

@@ -450,7 +450,7 @@ class PanelsView(QObject):
         self._links = [
             (controller.state_changed, self.show_state),
             (controller.message, status.setText),
-            (controller.progress, self.training.set_progress),
+            (controller.progress, self._show_progress),
             (controller.round_done, self._add_round),
             (controller.pair_changed, self.show_pair),
             (settings.changed, self._show_device),
@@ -474,8 +474,17 @@ class PanelsView(QObject):
             training=trains, busy=busy, has_model=has_model, stoppable=stoppable
         )
         self.model.set_state(busy=busy, has_model=has_model)
-        if state is RunState.TRAINING and controller.job is not None:
-            self.training.device.setText(f"Device in use: {controller.job.device_name}")
+        self._show_job_device()
+
+    def _show_progress(self, done: int, total: int) -> None:
+        self.training.set_progress(done, total)
+        self._show_job_device()
+
+    def _show_job_device(self) -> None:
+        # the worker names the device once its trainer is built, after the run has started
+        job = self.controller.job
+        if self.controller.state is RunState.TRAINING and job is not None and job.device_name:
+            self.training.device.setText(f"Device in use: {job.device_name}")
 
     def show_pair(self) -> None:
         """The loss curve of the pair's rounds."""
