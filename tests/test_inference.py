@@ -71,6 +71,36 @@ def test_tiled_prediction_is_right_in_the_image_corners(shape, tiling):
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
 
 
+class _Blocks(torch.nn.Module):
+    """A 'network' that sees its input in 4 x 4 blocks, like a U-Net's pooling grid."""
+
+    divisor = 4
+
+    def __init__(self):
+        super().__init__()
+        self.arch = {"n_classes": 3}
+
+    def forward(self, x):
+        x = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 4), scale_factor=4)
+        return torch.cat([x * 0, x * 3, -x * 3], dim=1)
+
+
+@pytest.mark.parametrize("shape", [(97, 131), (130, 90)])
+def test_tiles_lie_on_the_networks_pooling_grid(shape):
+    # A tile that starts off the grid of the divisor sees other blocks than the whole image:
+    # its probabilities differ everywhere, not only at its edges.
+    image = np.random.default_rng(3).random(shape).astype(np.float32)
+    cpu = torch.device("cpu")
+    whole = predict_proba([_Blocks()], image, cpu, tile_size=1024)
+    tiled = predict_proba([_Blocks()], image, cpu, tile_size=48, overlap=16)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    torch.manual_seed(0)
+    unet = UNet(width=4, depth=3)
+    whole = predict_proba([unet], image, cpu, tile_size=1024)
+    tiled = predict_proba([unet], image, cpu, tile_size=64, overlap=32)
+    np.testing.assert_allclose(tiled, whole, atol=2e-4)
+
+
 def test_unet_output_shape_and_ensemble_average():
     torch.manual_seed(0)
     a, b = UNet(width=4, depth=3), UNet(width=6, depth=3)

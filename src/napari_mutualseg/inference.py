@@ -60,16 +60,20 @@ def _tiling(length: int, tile: int, overlap: int, divisor: int) -> tuple[int, li
     """Tile edge and start positions along one axis: as few tiles as fit, all the same size.
 
     Splitting evenly (rather than full tiles plus a sliver) means a 520-pixel axis with
-    512-pixel tiles costs two ~300-pixel tiles, not two full ones.
+    512-pixel tiles costs two ~300-pixel tiles, not two full ones. The tiles cover the axis
+    padded to a multiple of ``divisor`` and start at multiples of it: a U-Net's pooling grid
+    then lies on every tile as on the whole image, so a tile predicts what the whole image
+    would (a tile shifted off that grid predicts other probabilities, not only at its edges).
     """
     whole = -(-length // divisor) * divisor
     if whole <= tile:
         return whole, [0]
-    n = -(-(length - overlap) // (tile - overlap))
-    size = -(-(length + (n - 1) * overlap) // n)
-    size = min(-(-size // divisor) * divisor, length // divisor * divisor)
-    starts = np.linspace(0, length - size, n).round().astype(int).tolist()
-    return size, starts
+    n = -(-(whole - overlap) // (tile - overlap))
+    size = -(-(whole + (n - 1) * overlap) // n)
+    size = min(-(-size // divisor) * divisor, whole)
+    # Rounded to the grid, neighbours stay at most ``size`` apart: no pixel is left out.
+    starts = np.round(np.linspace(0, whole - size, n) / divisor).astype(int) * divisor
+    return size, starts.tolist()
 
 
 def _softmax(
@@ -115,10 +119,10 @@ def _tiled(
         raise ValueError(f"The networks take {expected} channel(s); the image has {given}.")
     tile_size = max(divisor, tile_size // divisor * divisor)
     overlap = min(overlap, tile_size // 2)
-    # Pad so every tile is full-sized and a multiple of the divisor.
+    # Pad to a multiple of the divisor, which the tiles cover (see _tiling).
     tile_h, ys = _tiling(height, tile_size, overlap, divisor)
     tile_w, xs = _tiling(width, tile_size, overlap, divisor)
-    pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
+    pad_h, pad_w = ys[-1] + tile_h - height, xs[-1] + tile_w - width
     padded = np.pad(
         image,
         ((0, 0), (0, pad_h), (0, pad_w)),
