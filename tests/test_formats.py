@@ -326,3 +326,16 @@ def test_qupath_export_keeps_text_columns_as_metadata():
     first = features[0]["properties"]
     assert first["measurements"] == {"area_px": 9.0, "checked": 1.0}
     assert first["metadata"] == {"class": "tumor"}
+
+
+def test_a_napari_csv_of_a_five_axis_layer_is_read(tmp_path):
+    from napari_mutualseg.box_tables import read_box_table
+
+    # a Shapes layer on a (C, T, Z, Y, X) layer, as napari saves it
+    rows = ["index,shape-type,vertex-index,axis-0,axis-1,axis-2,axis-3,axis-4"]
+    corners = [(2, 3), (2, 30), (20, 30), (20, 3)]
+    rows += [f"0,rectangle,{v},1.0,0.0,2.0,{y},{x}" for v, (y, x) in enumerate(corners)]
+    path = tmp_path / "boxes.csv"
+    path.write_text("\n".join(rows) + "\n")
+    (box,) = read_box_table(path)[(1, 0, 2)]  # was refused as an unknown header
+    assert box.pixel_range() == pytest.approx((2.5, 3.5, 20.5, 30.5))

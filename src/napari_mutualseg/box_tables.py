@@ -7,8 +7,9 @@ napari Shapes CSV
     What napari writes when a Shapes layer is saved as ``.csv``: one row per vertex,
     ``index,shape-type,vertex-index,axis-0,axis-1``; shapes drawn on a stack add ``axis-2``
     and ``axis-0`` is then the plane; shapes drawn on a time series of stacks add ``axis-3``
-    and ``axis-0``, ``axis-1`` are then the time point and the plane. Only rectangles and
-    ellipses are boxes; rotated ones keep their rotation.
+    and ``axis-0``, ``axis-1`` are then the time point and the plane (a layer of more axes
+    gives one more leading coordinate per axis). Only rectangles and ellipses are boxes;
+    rotated ones keep their rotation.
 plain table
     One row per box, columns ``y0,x0,y1,x1`` (half-open pixel ranges as in
     ``skimage.measure.regionprops(...).bbox``) and optionally ``image``, the name of the image
@@ -108,6 +109,17 @@ def _decimal_point(cell: str) -> str:
     return cell
 
 
+def _is_napari(header: list[str]) -> bool:
+    """A napari Shapes CSV header, of a layer of any number of axes (2 or more): a layer on
+    a multichannel time series has five."""
+    axes = header[3:]
+    return (
+        tuple(header[:3]) == NAPARI_2D[:3]
+        and len(axes) >= 2
+        and axes == [f"axis-{d}" for d in range(len(axes))]
+    )
+
+
 def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
     """Read boxes from a napari Shapes CSV or a plain ``y0,x0,y1,x1[,image]`` CSV.
 
@@ -121,8 +133,9 @@ def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
     dict
         Boxes per key: ``None`` for a 2D table (napari 2D CSV or plain table without
         ``image`` column), the plane index (int) for a napari CSV of a stack, ``(t, z)``
-        for one of a time series of stacks, the image name (str) for a plain table with an
-        ``image`` column. Boxes keep the file's order.
+        for one of a time series of stacks (a tuple of every leading coordinate of a layer
+        of more axes), the image name (str) for a plain table with an ``image`` column.
+        Boxes keep the file's order.
 
     Raises
     ------
@@ -136,7 +149,7 @@ def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
     if not path.exists():
         raise FileNotFoundError(f"Box table not found: {path}")
     header, rows = _read_rows(path)
-    if tuple(header) in (NAPARI_2D, NAPARI_3D, NAPARI_4D):
+    if _is_napari(header):
         return _read_napari(path, header, rows)
     if set(PLAIN) <= set(header):
         extra = [c for c in header if c not in (*PLAIN, "image")]
