@@ -518,3 +518,29 @@ def test_labels_without_any_background_are_warned_about(scene):
         with warnings.catch_warnings():
             warnings.filterwarnings("error", "The training labels have no background")
             MutualTrainer(image, supervision, TrainConfig(**TINY), labels=labels)
+
+
+def test_changed_counts_the_labelled_pixels_of_all_images_together(scene, monkeypatch):
+    # A boxed image whose labels change, and a small one with a few known pixels that never
+    # change (a corrected image): the small one must not halve the changed fraction.
+    image, _, sup = scene
+    small = np.full((16, 16), IGNORE, np.uint8)
+    small[:2] = 0
+    trainer = MutualTrainer(
+        [image, image[:16, :16].copy()],
+        [sup, sup.__class__(small, np.zeros((16, 16), np.int32), [])],
+        TrainConfig(**{**TINY, "rounds": 1, "steps_per_round": 1}),
+        labels=[sup.classes, small],
+    )
+    initial = [ctx.initial for ctx in trainer.contexts]
+    changed = initial[0].copy()
+    labelled = np.flatnonzero(changed != IGNORE)
+    changed.flat[labelled[:100]] = np.where(changed.flat[labelled[:100]] == CELL, 0, CELL)
+
+    def exchange(*args, **kwargs):
+        return [[changed, initial[1]], [initial[0], initial[1]]]
+
+    monkeypatch.setattr(training, "exchange_labels", exchange)
+    report = next(iter(trainer))
+    a = 100 / (labelled.size + 32)  # A's labels: 100 of all labelled pixels; B's: none
+    assert report.changed == pytest.approx(a / 2)

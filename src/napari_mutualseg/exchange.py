@@ -212,11 +212,31 @@ class ExchangeContext:
         return boxes_mask(self.initial.shape, [boxes[k] for k in np.flatnonzero(which)])
 
 
-def changed_fraction(previous: np.ndarray, current: np.ndarray) -> float:
-    """Fraction of labelled pixels (in either map) whose class differs between two label maps."""
-    labelled = (previous != IGNORE) | (current != IGNORE)
-    n = int(labelled.sum())
-    return float((previous[labelled] != current[labelled]).sum() / n) if n else 0.0
+def changed_fraction(
+    previous: np.ndarray | Sequence[np.ndarray], current: np.ndarray | Sequence[np.ndarray]
+) -> float:
+    """Fraction of labelled pixels (in either map) whose class differs between two label maps.
+
+    Parameters
+    ----------
+    previous, current : numpy.ndarray or sequence of numpy.ndarray
+        Two label maps, or the label maps of several images in the same order: their pixels
+        are counted together, so that each image weighs by its labelled pixels (a corrected
+        image with a few trusted cells does not count as much as a boxed one).
+
+    Returns
+    -------
+    float
+        Changed over labelled pixels (0 when no pixel is labelled).
+    """
+    if isinstance(previous, np.ndarray):
+        previous, current = [previous], [current]
+    changed = labelled = 0
+    for before, after in zip(previous, current, strict=True):
+        known = (before != IGNORE) | (after != IGNORE)
+        labelled += int(known.sum())
+        changed += int((before[known] != after[known]).sum())
+    return changed / labelled if labelled else 0.0
 
 
 def exchange_labels(

@@ -58,7 +58,8 @@ class RoundReport:
     what A / B learn from in the next round (from B's / A's prediction); ``probabilities``
     is the ensemble softmax and ``disagreement`` where A and B disagree (float16 in
     ``[0, 1]``, see :func:`~napari_mutualseg.disagreement.disagreement_map`); ``changed`` is
-    the fraction of labelled pixels whose class changed since the labels of this round;
+    the fraction of labelled pixels whose class changed since the labels of this round (the
+    pixels of all images counted together, the mean of A's and B's labels);
     ``found`` the fraction of boxes in which the ensemble found its cell (a round only counts
     as converged when most boxes have theirs).
     """
@@ -415,15 +416,8 @@ class MutualTrainer:
         models = self._pair.models
         probas = [self._predict(m) for m in models]
         new_targets = self._exchange(probas)
-        changed = float(
-            np.mean(
-                [
-                    changed_fraction(old, new)
-                    for k in range(2)
-                    for old, new in zip(targets[k], new_targets[k], strict=True)
-                ]
-            )
-        )
+        # each network's labels over all images together, then the mean of A and B
+        changed = float(np.mean([changed_fraction(targets[k], new_targets[k]) for k in range(2)]))
         ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
         found = self._found(ensemble)
         # labels that stop changing because the networks find nothing have not converged
