@@ -339,3 +339,24 @@ def test_a_napari_csv_of_a_five_axis_layer_is_read(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     (box,) = read_box_table(path)[(1, 0, 2)]  # was refused as an unknown header
     assert box.pixel_range() == pytest.approx((2.5, 3.5, 20.5, 30.5))
+
+
+def test_a_tiff_whose_codec_is_missing_says_what_to_install(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "lzw.tif"
+    Image.fromarray(np.zeros((32, 40), np.uint8)).save(path, compression="tiff_lzw")
+    # as where imagecodecs is not installed (it is no dependency)
+    missing = {5}
+    decompressors = tifffile.TIFF.DECOMPRESSORS
+
+    class Codecs:
+        def __getitem__(self, key):
+            if key in missing:
+                raise KeyError(f"{key} requires the 'imagecodecs' package")
+            return decompressors[key]
+
+    monkeypatch.setattr(tifffile.TIFF, "DECOMPRESSORS", Codecs())
+    for lazy in (False, True):  # lazily it failed later, in the middle of the work
+        with pytest.raises(ValueError, match=r"LZW-compressed.*pip install imagecodecs"):
+            AxisImage.from_file(path, lazy=lazy)

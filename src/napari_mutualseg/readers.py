@@ -141,6 +141,10 @@ def is_zarr(path: Path) -> bool:
     )
 
 
+class _CodecMissing(ValueError):
+    """A TIFF's compression needs a package that is not installed (the message says which)."""
+
+
 @dataclass(frozen=True)
 class _Raw:
     """What a reader found: the stored array, its axes ('?' where unknown) and metadata."""
@@ -181,6 +185,8 @@ def _open(path: Path, lazy: bool | None = None) -> _Raw:
     try:
         with _quiet("tifffile"):
             raw = _read_tiff(path, lazy) if suffix in TIFF_SUFFIXES else _read_picture(path)
+    except _CodecMissing:
+        raise  # says what to install
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(
@@ -254,6 +260,7 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         series = tif.series[0]
         others = len(tif.series) - 1
         page = series.pages[0]
+        _check_codec(path, page, tifffile)
         # the photometric tag says that the samples are colours, whatever their bit depth
         # (16-bit RGB from brightfield and slide cameras)
         rgb = (
@@ -295,6 +302,19 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         warnings.warn(f"{path.name}: {note}", UserWarning, stacklevel=4)
         notes += (note,)
     return _Raw(data, letters, series.axes, names, scale, unit, rgb, notes)
+
+
+def _check_codec(path: Path, page: Any, tifffile: Any) -> None:
+    """Refuse, before any pixel is read (a lazy read would fail later, in the middle of the
+    work), a TIFF compressed with a codec that tifffile takes from ``imagecodecs``."""
+    try:
+        tifffile.TIFF.DECOMPRESSORS[page.compression]
+    except KeyError:
+        name = getattr(page.compression, "name", str(page.compression))
+        raise _CodecMissing(
+            f"{path.name} is {name}-compressed, which is read with the imagecodecs package: "
+            "pip install imagecodecs (or save the image uncompressed or zlib-compressed)."
+        ) from None
 
 
 def _lazy_tiff(path: Path) -> Any:
