@@ -360,3 +360,15 @@ def test_a_tiff_whose_codec_is_missing_says_what_to_install(tmp_path, monkeypatc
     for lazy in (False, True):  # lazily it failed later, in the middle of the work
         with pytest.raises(ValueError, match=r"LZW-compressed.*pip install imagecodecs"):
             AxisImage.from_file(path, lazy=lazy)
+
+
+def test_a_pixel_size_of_zero_in_a_file_is_left_out(tmp_path):
+    from napari_mutualseg.ome import PixelSize
+
+    path = tmp_path / "zero.ome.tif"
+    metadata = {"PhysicalSizeX": 0, "PhysicalSizeY": 0, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(path, np.zeros((2, 16, 20), np.uint16), ome=True, metadata=metadata)
+    image = AxisImage.from_file(path)
+    assert image.pixel_size == {"Z": 2.0}
+    assert PixelSize.of(image) is None  # raised: pixel size along y must be positive
+    assert any("Y 0, X 0 is no size" in note for note in image.notes)

@@ -194,7 +194,20 @@ def _open(path: Path, lazy: bool | None = None) -> _Raw:
         ) from err
     if 0 in raw.data.shape:
         raise ValueError(f"{path} holds no pixels (shape {tuple(raw.data.shape)}).")
-    return raw
+    return _sizes_that_are_sizes(raw)
+
+
+def _sizes_that_are_sizes(raw: _Raw) -> _Raw:
+    """``raw`` without the step sizes that are none (0, negative, NaN: what some software
+    writes when it does not know), with a note: they would stop every use of the pixel size."""
+    bad = {a: v for a, v in raw.pixel_size.items() if not (np.isfinite(v) and v > 0)}
+    if not bad:
+        return raw
+    sizes = {a: v for a, v in raw.pixel_size.items() if a not in bad}
+    said = ", ".join(f"{a} {v:g}" for a, v in bad.items())
+    note = f"the file's pixel size {said} is no size and is left out (--pixel-size sets one)"
+    unit = raw.unit if any(a in sizes for a in "ZYX") else None
+    return replace(raw, pixel_size=sizes, unit=unit, notes=(*raw.notes, note))
 
 
 @contextlib.contextmanager
