@@ -366,7 +366,7 @@ def test_a_pixel_size_of_zero_in_a_file_is_left_out(tmp_path):
     from napari_mutualseg.ome import PixelSize
 
     path = tmp_path / "zero.ome.tif"
-    metadata = {"PhysicalSizeX": 0, "PhysicalSizeY": 0, "PhysicalSizeZ": 2.0}
+    metadata = {"axes": "ZYX", "PhysicalSizeX": 0, "PhysicalSizeY": 0, "PhysicalSizeZ": 2.0}
     tifffile.imwrite(path, np.zeros((2, 16, 20), np.uint16), ome=True, metadata=metadata)
     image = AxisImage.from_file(path)
     assert image.pixel_size == {"Z": 2.0}
