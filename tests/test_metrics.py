@@ -214,3 +214,73 @@ def _timed(fn, *args):
     t = time.perf_counter()
     fn(*args)
     return time.perf_counter() - t
+
+
+def _reference(pred, gt, thresholds):
+    """Every score from its definition: an IoU matrix of every pair, one-to-one matching that
+    maximises the matches at IoU >= t, and AJI as Kumar et al. (2017)."""
+    from scipy.optimize import linear_sum_assignment
+
+    gt_ids = [i for i in np.unique(gt) if i]
+    pred_ids = [j for j in np.unique(pred) if j]
+    iou = np.zeros((len(gt_ids), len(pred_ids)))
+    for a, g in enumerate(gt_ids):
+        for b, p in enumerate(pred_ids):
+            iou[a, b] = ((gt == g) & (pred == p)).sum() / ((gt == g) | (pred == p)).sum()
+
+    def counts(t):
+        allowed = (iou >= t).astype(float)
+        tp = int(allowed[linear_sum_assignment(-allowed)].sum()) if iou.size else 0
+        return tp, len(pred_ids) - tp, len(gt_ids) - tp
+
+    def ap(t):
+        tp, fp, fn = counts(t)
+        return tp / (tp + fp + fn) if tp + fp + fn else 1.0
+
+    tp, fp, fn = counts(0.5)
+    inter = union = 0
+    used = set()
+    for a, g in enumerate(gt_ids):
+        if not pred_ids or iou[a].max() == 0:
+            union += (gt == g).sum()
+            continue
+        b = int(np.argmax(iou[a]))
+        used.add(b)
+        inter += ((gt == g) & (pred == pred_ids[b])).sum()
+        union += ((gt == g) | (pred == pred_ids[b])).sum()
+    union += sum((pred == p).sum() for b, p in enumerate(pred_ids) if b not in used)
+    both = (pred > 0).sum() + (gt > 0).sum()
+    return {
+        "precision": tp / (tp + fp) if tp + fp else float(fn == 0),
+        "recall": tp / (tp + fn) if tp + fn else float(fp == 0),
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+        "ap_50": ap(0.5),
+        "ap_75": ap(0.75),
+        "map": float(np.mean([ap(t) for t in thresholds])),
+        "aji": inter / union if union else 1.0,
+        "dice": 2 * ((pred > 0) & (gt > 0)).sum() / both if both else 1.0,
+        "n_pred": len(pred_ids),
+        "n_gt": len(gt_ids),
+    }
+
+
+def _boxes(rng, shape, n, most):
+    """Up to ``n`` overlapping random boxes with random non-consecutive ids below ``most``."""
+    out = np.zeros(shape, np.int64)
+    for label in rng.choice(np.arange(1, most), size=n, replace=False):
+        start = [int(rng.integers(0, s)) for s in shape]
+        stop = [c + int(rng.integers(1, s // 2 + 2)) for c, s in zip(start, shape, strict=True)]
+        out[tuple(map(slice, start, stop))] = label
+    return out
+
+
+def test_every_score_agrees_with_its_definition_on_random_labels():
+    rng = np.random.default_rng(7)
+    for case in range(120):
+        shape = tuple(rng.integers(3, 14, size=2 if case % 3 else 3))
+        gt = _boxes(rng, shape, rng.integers(0, 6), rng.choice([7, 10**6]))
+        pred = gt if case % 5 == 0 else _boxes(rng, shape, rng.integers(0, 6), 1000)
+        pred = np.where(rng.random(shape) < 0.1, 0, pred).astype(rng.choice([np.uint16, np.int32]))
+        got = evaluate(pred, gt)
+        for key, value in _reference(pred, gt, metrics.DEFAULT_THRESHOLDS).items():
+            assert got[key] == pytest.approx(value), (case, key)

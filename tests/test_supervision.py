@@ -347,3 +347,25 @@ def test_check_class_map_names_every_value_that_is_not_a_class(painted, listed):
         check_class_map(labels, (4, 4), "'sup'")
     with pytest.raises(ValueError, match="has shape"):
         check_class_map(labels, (4, 5), "'sup'")
+
+
+@pytest.mark.filterwarnings("ignore:.*past the image border")
+def test_ellipses_are_those_of_skimage_draw_for_any_box_on_or_past_the_border():
+    # skimage.draw.ellipse of the box's pixel centre and half sizes: the same pixels, for
+    # boxes of 2 pixels and more, inside, on and past the border, and odd and even sizes.
+    from skimage.draw import ellipse
+
+    rng = np.random.default_rng(4)
+    for _ in range(150):
+        h, w = (int(s) for s in rng.integers(8, 40, 2))
+        y0, x0 = int(rng.integers(-6, h - 1)), int(rng.integers(-6, w - 1))
+        y1, x1 = y0 + int(rng.integers(2, 25)), x0 + int(rng.integers(2, 25))
+        if min(y1, x1) <= 0:
+            continue  # wholly outside the image: refused
+        sup = make_supervision((h, w), [Box.from_corners(y0, x0, y1, x1)])
+        expected = np.zeros((h, w), bool)
+        rows, cols = ellipse(
+            (y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2, (y1 - y0) / 2, (x1 - x0) / 2, shape=(h, w)
+        )
+        expected[rows, cols] = True
+        np.testing.assert_array_equal(sup.instances > 0, expected, err_msg=str((y0, x0, y1, x1)))
