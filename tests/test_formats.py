@@ -372,3 +372,13 @@ def test_a_pixel_size_of_zero_in_a_file_is_left_out(tmp_path):
     assert image.pixel_size == {"Z": 2.0}
     assert PixelSize.of(image) is None  # raised: pixel size along y must be positive
     assert any("Y 0, X 0 is no size" in note for note in image.notes)
+
+
+def test_table_rows_with_columns_of_their_own_are_written():
+    from napari_mutualseg.export import table_csv
+
+    rows = [
+        {"image": "a", "median_area_um2": 1.5},
+        {"image": "b", "median_area_nm2": 5.0},  # raised: fields not in fieldnames
+    ]
+    assert table_csv(rows) == "image,median_area_um2,median_area_nm2\na,1.5,\nb,,5.0\n"

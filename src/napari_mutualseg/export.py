@@ -143,7 +143,8 @@ def qupath_geojson(labels: np.ndarray, table: Table | None = None) -> str:
 
 
 def table_csv(table: Table | list[dict]) -> str:
-    """A table as CSV text: columns of a :data:`~napari_mutualseg.measure.Table`, or rows."""
+    """A table as CSV text: columns of a :data:`~napari_mutualseg.measure.Table`, or rows (a
+    column for every key of any row, empty where a row has none)."""
     rows = (
         table
         if isinstance(table, list)
@@ -151,9 +152,10 @@ def table_csv(table: Table | list[dict]) -> str:
             dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)
         ]
     )
-    columns = list(rows[0]) if rows else list(table)
+    # rows of images measured differently (another unit, 3D) have columns of their own
+    columns = list(dict.fromkeys(k for row in rows for k in row)) if rows else list(table)
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()})
