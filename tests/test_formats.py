@@ -382,3 +382,30 @@ def test_table_rows_with_columns_of_their_own_are_written():
         {"image": "b", "median_area_nm2": 5.0},  # raised: fields not in fieldnames
     ]
     assert table_csv(rows) == "image,median_area_um2,median_area_nm2\na,1.5,\nb,,5.0\n"
+
+
+def test_fiji_rois_of_a_stack_carry_their_plane(tmp_path):
+    import roifile
+
+    from napari_mutualseg.export import fiji_roi_zip
+
+    labels = np.zeros((2, 3, 10, 12), np.int32)  # T, Z, Y, X
+    labels[1, 2, 2:5, 3:7] = 4
+    labels[0, 0, 6:8, 6:8] = 1
+    with pytest.raises(ValueError, match="axes='ZYX'"):
+        fiji_roi_zip(labels)
+    path = tmp_path / "cells.zip"
+    path.write_bytes(fiji_roi_zip(labels, axes="TZYX"))
+    rois = {r.name: r for r in roifile.roiread(path)}
+    assert sorted(rois) == ["cell 1 t000 z000", "cell 4 t001 z002"]
+    roi = rois["cell 4 t001 z002"]
+    # ImageJ's 1-based stack index (z within t), slice and frame
+    assert (roi.position, roi.z_position, roi.t_position) == (6, 3, 2)
+    assert sorted(roi.coordinates().tolist()) == [[3, 2], [3, 5], [7, 2], [7, 5]]
+    (roi,) = roifile.roiread(_write(tmp_path / "z.zip", fiji_roi_zip(labels[1], axes="ZYX")))
+    assert (roi.name, roi.position, roi.z_position) == ("cell 4 z002", 3, 3)
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path

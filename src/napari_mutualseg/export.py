@@ -90,17 +90,56 @@ def _pixel_edges(mask: np.ndarray) -> np.ndarray:
     return np.asarray(corners, dtype=np.float64) - 1
 
 
-def fiji_roi_zip(labels: np.ndarray) -> bytes:
-    """A Fiji / ImageJ ROI set (the ``.zip`` the ROI Manager opens), one polygon per cell."""
+def fiji_roi_zip(labels: np.ndarray, axes: str | None = None) -> bytes:
+    """A Fiji / ImageJ ROI set (the ``.zip`` the ROI Manager opens), one polygon per cell.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Instance labels: 2D, or a z-stack or time series of planes (``axes``).
+    axes : str, optional
+        The axes of ``labels`` from ``TZYX`` (``"ZYX"``, ``"TYX"``, ``"TZYX"``), needed for
+        more than two. Each plane's cells then carry their place in the stack: ImageJ's stack
+        position (1-based, planes over z within each time point) and their z slice and time
+        frame, and ``z004``-style plane names.
+    """
     from roifile import ImagejRoi
 
+    labels = np.asarray(labels)
+    lead = _stack_axes(labels, axes)
+    planes = labels.reshape(-1, *labels.shape[-2:])
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for k, outline in cell_outlines(labels).items():
-            # whole-pixel corners: an integer polygon, as ImageJ's own traced outlines
-            roi = ImagejRoi.frompoints(np.round(outline).astype(np.int32), name=f"cell {k}")
-            archive.writestr(f"cell-{k:05d}.roi", roi.tobytes())
+        for j, plane in enumerate(planes):
+            where = dict(zip(lead, np.unravel_index(j, labels.shape[:-2]), strict=True))
+            tag = "".join(f"-{a.lower()}{int(i):03d}" for a, i in where.items())
+            place = {"position": j} if lead else {}
+            place.update({a.lower(): int(i) for a, i in where.items()})
+            for k, outline in cell_outlines(plane).items():
+                # whole-pixel corners: an integer polygon, as ImageJ's own traced outlines
+                roi = ImagejRoi.frompoints(
+                    np.round(outline).astype(np.int32),
+                    name=f"cell {k}{tag.replace('-', ' ')}",
+                    **place,
+                )
+                archive.writestr(f"cell-{k:05d}{tag}.roi", roi.tobytes())
     return buffer.getvalue()
+
+
+def _stack_axes(labels: np.ndarray, axes: str | None) -> str:
+    """The axes of ``labels`` before ``YX`` (``""`` for 2D), checked."""
+    letters = "YX" if axes is None and labels.ndim == 2 else str(axes or "").upper()
+    if (
+        len(letters) != labels.ndim
+        or not letters.endswith("YX")
+        or len(set(letters)) != len(letters)
+        or set(letters[:-2]) - set("TZ")
+    ):
+        raise ValueError(
+            f"Labels of shape {labels.shape} need their axes from T, Z, Y and X, one per axis "
+            "and ending in YX (e.g. axes='ZYX' for a z-stack)."
+        )
+    return letters[:-2]
 
 
 def qupath_geojson(labels: np.ndarray, table: Table | None = None) -> str:
