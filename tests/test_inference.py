@@ -125,3 +125,26 @@ def test_device_selection():
 
     with pytest.raises(ValueError, match=r"not available|Unknown device"):
         select_device("cuda:7" if not torch.cuda.is_available() else "nonsense")
+
+
+@pytest.mark.parametrize(
+    ("tiling", "said"),
+    [
+        (
+            {"tile_size": 64.5},
+            r"tile size must be a whole number of at least 32 pixels, got 64\.5",
+        ),
+        ({"tile_size": 16}, r"tile size must be a whole number of at least 32 pixels, got 16"),
+        ({"overlap": 8.5}, r"tile overlap must be a whole number of 0 or more pixels, got 8\.5"),
+        ({"overlap": -1}, r"tile overlap must be a whole number of 0 or more pixels, got -1"),
+    ],
+)
+def test_a_tiling_that_cannot_be_used_is_refused_with_what_to_use(tiling, said):
+    from napari_mutualseg.models import ModelPair
+
+    pair = ModelPair(UNet(width=2, depth=1), UNet(width=2, depth=1))
+    image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    with pytest.raises(ValueError, match=said):
+        pair.segment(image, **tiling)
+    # NumPy whole numbers are whole numbers
+    assert pair.segment(image, tile_size=np.int64(32), overlap=np.int32(8)).shape == (40, 40)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -29,16 +30,22 @@ def check_tiling(tile_size: int, overlap: int) -> None:
 
     An overlap of more than half a tile is allowed and taken as half a tile.
     """
-    if not tile_size >= MIN_TILE_SIZE:
+    if not (_is_whole(tile_size) and tile_size >= MIN_TILE_SIZE):
         raise ValueError(
-            f"The tile size must be at least {MIN_TILE_SIZE} pixels, got {tile_size} "
-            f"({DEFAULT_TILE_SIZE} is the default; smaller tiles only make prediction slower)."
+            f"The tile size must be a whole number of at least {MIN_TILE_SIZE} pixels, got "
+            f"{tile_size!r} ({DEFAULT_TILE_SIZE} is the default; smaller tiles only make "
+            "prediction slower)."
         )
-    if not overlap >= 0:
+    if not (_is_whole(overlap) and overlap >= 0):
         raise ValueError(
-            f"The tile overlap must be 0 or more pixels, got {overlap} ({DEFAULT_OVERLAP} is the "
-            "default; more than half a tile counts as half)."
+            f"The tile overlap must be a whole number of 0 or more pixels, got {overlap!r} "
+            f"({DEFAULT_OVERLAP} is the default; more than half a tile counts as half)."
         )
+
+
+def _is_whole(value: object) -> bool:
+    """Whether ``value`` is an integer (NumPy's too), not a bool or a float."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 def _window(size: int, overlap: int) -> np.ndarray:
