@@ -409,3 +409,15 @@ def test_fiji_rois_of_a_stack_carry_their_plane(tmp_path):
 def _write(path, data):
     path.write_bytes(data)
     return path
+
+
+def test_a_gray_picture_with_transparency_is_one_channel(tmp_path):
+    import imageio.v3 as iio
+
+    gray = np.arange(40 * 50, dtype=np.uint8).reshape(40, 50)
+    path = tmp_path / "la.png"
+    iio.imwrite(path, np.dstack([gray, np.full_like(gray, 255)]))  # gray and alpha
+    image = AxisImage.from_file(path)  # was two channels, the alpha one of them
+    assert image.axes == "YX" and not image.rgb
+    np.testing.assert_array_equal(image.data, gray)
+    assert "alpha" in image.notes[0]

@@ -422,8 +422,13 @@ def _read_picture(path: Path) -> _Raw:
     data = np.asarray(skimage.io.imread(path))
     # A picture's last axis is its colours, and a leading one the frames of an animation.
     letters = {2: "YX", 3: "YXC", 4: "TYXC"}.get(data.ndim, "?" * data.ndim)
+    notes: tuple[str, ...] = ()
+    if letters.endswith("C") and data.shape[-1] == 2:
+        # gray and alpha: transparency is no channel to learn from (as an RGBA's alpha)
+        data, letters = data[..., 0], letters[:-1]
+        notes = ("gray picture: its alpha (transparency) is left out",)
     rgb = "C" in letters and data.shape[-1] in (3, 4)
-    return _Raw(data, letters, letters, rgb=rgb)
+    return _Raw(data, letters, letters, rgb=rgb, notes=notes)
 
 
 def _read_zarr(path: Path, level: int = 0) -> _Raw:
