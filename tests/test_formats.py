@@ -421,3 +421,13 @@ def test_a_gray_picture_with_transparency_is_one_channel(tmp_path):
     assert image.axes == "YX" and not image.rgb
     np.testing.assert_array_equal(image.data, gray)
     assert "alpha" in image.notes[0]
+
+
+def test_boxes_of_a_time_series_of_stacks_are_written_back(tmp_path):
+    from napari_mutualseg.box_tables import read_box_table, write_box_table
+    from napari_mutualseg.boxes import Box
+
+    boxes = {(0, 2): [Box.from_corners(2, 3, 20, 30)], (1, 0): [Box.from_corners(5, 5, 9, 9)]}
+    path = write_box_table(tmp_path / "tz.csv", boxes)  # raised: keys must be ... plane indices
+    assert path.read_text().splitlines()[0].endswith("axis-2,axis-3")
+    assert read_box_table(path) == boxes

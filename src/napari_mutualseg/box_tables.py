@@ -249,6 +249,10 @@ def _aligned_corners(box: Box) -> tuple[int, int, int, int] | None:
     return rounded  # type: ignore[return-value]
 
 
+def _is_index(key: object) -> bool:
+    return isinstance(key, int | np.integer) and not isinstance(key, bool)
+
+
 def _num(value: float) -> str:
     value = float(value)
     return str(int(value)) if value.is_integer() else repr(value)
@@ -266,7 +270,7 @@ def write_box_table(
     (with an ``image`` column for several named images). Any rotated box, ellipse or box with
     sub-pixel corners switches the file to napari's Shapes CSV, which keeps them exactly and
     opens in napari; boxes per plane (int keys) are always written that way, with the plane as
-    ``axis-0``.
+    ``axis-0`` (and per ``(t, z)`` with those as ``axis-0`` and ``axis-1``).
 
     Parameters
     ----------
@@ -274,7 +278,7 @@ def write_box_table(
         Target CSV file; missing parent folders are created.
     boxes : sequence of Box or mapping
         The boxes of one image, or boxes per key as returned by :func:`read_box_table`
-        (``None``, plane ints, or image names; one kind of key per file).
+        (``None``, plane ints, ``(t, z)`` tuples, or image names; one kind of key per file).
     overwrite : bool
         Replace an existing file.
 
@@ -306,14 +310,21 @@ def write_box_table(
         key_kind = "none"
     elif all(isinstance(k, str) for k in keys):
         key_kind = "image"
-    elif all(isinstance(k, int | np.integer) and not isinstance(k, bool) for k in keys):
+    elif all(_is_index(k) for k in keys):
         key_kind = "plane"
+    elif all(
+        isinstance(k, tuple) and k and len(k) == len(keys[0]) and all(map(_is_index, k))
+        for k in keys
+    ):
+        key_kind = "position"  # (t, z), ... of a time series of stacks
     else:
         raise ValueError(
-            f"Box table keys must be all image names, all plane indices, or just None; got {keys}."
+            "Box table keys must be all image names, all plane indices, all (t, z)-like tuples "
+            f"of one length, or just None; got {keys}."
         )
+    stacked = key_kind in ("plane", "position")
     corners = {k: [_aligned_corners(b) for b in g] for k, g in groups.items()}
-    plain = key_kind != "plane" and all(c is not None for cs in corners.values() for c in cs)
+    plain = not stacked and all(c is not None for cs in corners.values() for c in cs)
     if not plain and key_kind == "image":
         raise ValueError(
             "Rotated boxes, ellipses or sub-pixel boxes cannot be written with image names: "
@@ -327,12 +338,14 @@ def write_box_table(
             for c in cs:
                 writer.writerow([*c, key] if key_kind == "image" else list(c))
     else:
-        writer.writerow(list(NAPARI_3D if key_kind == "plane" else NAPARI_2D))
+        lead = len(keys[0]) if key_kind == "position" else int(key_kind == "plane")
+        writer.writerow([*NAPARI_2D[:3], *(f"axis-{d}" for d in range(lead + 2))])
         index = 0
         for key, group in groups.items():
+            where = [] if not stacked else list(key) if key_kind == "position" else [key]
             for box in group:
                 for vertex, (y, x) in enumerate(box.corners):
-                    plane = [_num(float(key))] if key_kind == "plane" else []
+                    plane = [_num(float(c)) for c in where]
                     writer.writerow([index, box.kind, vertex, *plane, _num(y), _num(x)])
                 index += 1
     write_text(path, text.getvalue(), overwrite=overwrite)
