@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from napari_mutualseg.cli import main
-from napari_mutualseg.models import ModelPair
+from napari_mutualseg.models import ModelPair, build_unet
 from napari_mutualseg.synthetic import synthetic_scene
 
 TINY = ["--rounds", "1", "--steps", "2", "--width", "4", "--depth", "2"]
@@ -146,7 +146,13 @@ def test_info_says_what_a_model_holds(data, tmp_path, capsys):
     code, stdout, _ = _run(capsys, "info", model, "--json")
     card = json.loads(stdout)
     assert card["fingerprint"] == ModelPair.load(model).fingerprint()
-    assert card["rounds_trained"] == 1 and card["network"]["depth"] == 2
+    assert card["rounds_trained"] == 1 and card["networks"]["b"]["depth"] == 2
+    wide_b = tmp_path / "wide_b.pt"
+    pair = ModelPair.load(model)
+    ModelPair(pair.model_a, build_unet({**pair.model_b.arch, "width": 8}, 1), pair.percentiles,
+              pair.settings).save(wide_b)  # fmt: skip
+    code, stdout, _ = _run(capsys, "info", wide_b)
+    assert "A, a U-Net of width 4 and depth 2" in stdout and "B, a U-Net of width 8" in stdout
     code, _, err = _run(capsys, "info", data["image"])  # the image given for the model
     assert code == 2 and "is a TIFF image, not a napari-mutualseg model" in err
 

@@ -35,8 +35,13 @@ def model_card(path: str) -> dict[str, Any]:
         "channel_names": None if pair.channel_names is None else list(pair.channel_names),
         "rgb": settings.get("rgb"),
         "percentiles": list(pair.percentiles),
-        "network": {k: pair.model_a.arch[k] for k in ("width", "depth", "in_channels")},
-        "parameters_per_network": sum(p.numel() for p in pair.model_a.parameters()),
+        "networks": {
+            name: {
+                **{k: model.arch[k] for k in ("width", "depth", "in_channels")},
+                "parameters": sum(p.numel() for p in model.parameters()),
+            }
+            for name, model in (("a", pair.model_a), ("b", pair.model_b))
+        },
         "rounds_trained": len(history),
         "trained_on": sorted({str(h["device"]) for h in history if "device" in h}),
         "training_seconds": round(sum(float(h.get("seconds", 0)) for h in history), 1),
@@ -50,15 +55,21 @@ def model_card(path: str) -> dict[str, Any]:
 
 
 def _text(card: dict[str, Any]) -> str:
-    net = card["network"]
+    nets = card["networks"]
     s = card["settings"]
+    shapes = [
+        f"width {net['width']} and depth {net['depth']}, {net['parameters']:,} parameters"
+        for net in nets.values()
+    ]
+    same = shapes[0] == shapes[1]
     lines = [
         f"{card['file']}: napari-mutualseg model (written by version "
         f"{card['package_version']}, format {card['format_version']})",
         f"input: {card['input']}; intensities scaled between percentiles "
         f"{card['percentiles'][0]:g} and {card['percentiles'][1]:g} of each image",
-        f"networks: A and B, U-Nets of width {net['width']} and depth {net['depth']}, "
-        f"{card['parameters_per_network']:,} parameters each",
+        f"networks: A and B, U-Nets of {shapes[0]} each"
+        if same
+        else f"networks: A, a U-Net of {shapes[0]}; B, a U-Net of {shapes[1]}",
     ]
     if card["rounds_trained"]:
         loss_a, loss_b = card["last_losses"]
