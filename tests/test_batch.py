@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from helpers import ThresholdNet
 from napari_mutualseg.batch import (
     REPORT_NAME,
     SUMMARY_NAME,
@@ -26,8 +27,11 @@ from napari_mutualseg.batch import (
     read_table,
 )
 from napari_mutualseg.cli import main
+from napari_mutualseg.image_task import process_image
 from napari_mutualseg.images import AxisImage
+from napari_mutualseg.jobs import plan_jobs
 from napari_mutualseg.models import ModelPair, build_unet
+from napari_mutualseg.ome import PixelSize
 from napari_mutualseg.synthetic import synthetic_scene
 
 OPTIONS = BatchOptions(tile_size=64, overlap=16)
@@ -294,3 +298,25 @@ def test_an_ome_zarr_store_in_a_folder_is_one_image_with_its_pixel_size(model, t
     assert [j.name for j in run.jobs] == ["plain.tif", "well.ome.zarr"]
     table = read_table(tmp_path / "out" / "well_cells.csv")
     np.testing.assert_allclose(table["area_um2"], table["area_px"] * 0.25)
+
+
+def test_a_z_stacks_labels_and_volumes_keep_its_z_step_in_the_unit_given(tmp_path):
+    stack = np.zeros((4, 32, 32), np.uint16)
+    stack[1:3, 8:16, 8:16] = 1000  # one cell: 2 planes of 8 x 8 pixels
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(
+        path,
+        stack,
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2},
+    )
+    pair = ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4})
+    options = BatchOptions(tile_size=64, overlap=16, pixel_size=PixelSize.parse("500nm"))
+    [job] = plan_jobs([path], tmp_path / "out", options)
+    result = process_image(pair, job, options)
+    assert result.status == "done", result.reason
+    with tifffile.TiffFile(job.labels) as tif:  # a stack for Fiji and Bio-Formats, not channels
+        assert tif.series[0].axes == "ZYX"
+        assert 'PhysicalSizeZ="2000' in tif.ome_metadata
+    [row] = _rows(job.table)
+    assert float(row["volume_nm3"]) == pytest.approx(128 * 500 * 500 * 2000)  # z in nm too
+    assert float(row["centroid_z_nm"]) == pytest.approx(1.5 * 2000)

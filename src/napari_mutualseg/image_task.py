@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +75,7 @@ def measure_image(
     if pixel_size is not None:
         spacing = [pixel_size.y, pixel_size.x]
         if "Z" in axes:
-            spacing = [image.pixel_size["Z"], *spacing] if "Z" in image.pixel_size else None
+            spacing = None if pixel_size.z is None else [pixel_size.z, *spacing]
         unit = pixel_size.symbol
     if blocks is not None and axes == "YX":
         from .blockwise import measure_blockwise
@@ -150,6 +151,17 @@ def _open_labels(path: str | os.PathLike) -> Any:
     return np.asarray(read_image(path))
 
 
+def results_pixel_size(given: PixelSize | None, image: AxisImage) -> PixelSize | None:
+    """The pixel size an image's results get: ``given`` (``--pixel-size``), with the image's
+    own z step in its unit where it names none, else the image's own."""
+    from .ome import PixelSize, convert_length
+
+    own = PixelSize.of(image)
+    if given is None or given.z is not None or own is None or own.z is None:
+        return given or own
+    return replace(given, z=convert_length(own.z, own.unit, given.unit))
+
+
 def _blocks(pair: ModelPair, image: AxisImage, options: BatchOptions) -> tuple[int, int] | None:
     """Block size and halo when an image is segmented block by block, so also measured so."""
     from .blockwise import AUTO_BLOCKWISE_PIXELS, default_halo
@@ -201,7 +213,9 @@ def _segment(
                 pair.segment(image, out=out, **common, **more)
             return _open_labels(job.labels), notes
         labels = pair.segment(image, **common, **more)
-    write_labels(job.labels, labels, overwrite=overwrite, pixel_size=pixel_size)
+    write_labels(
+        job.labels, labels, overwrite=overwrite, pixel_size=pixel_size, axes=image.label_axes
+    )
     if job.disagreement is not None:
         from .disagreement import spot_table
 
@@ -247,14 +261,13 @@ def process_image(
         ``status`` ``"done"``, or ``"failed"`` with the reason.
     """
     from .images import AxisImage
-    from .ome import PixelSize
 
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             image = AxisImage.from_file(job.source, axes=options.axes)
-            pixel_size = options.pixel_size or PixelSize.of(image)
+            pixel_size = results_pixel_size(options.pixel_size, image)
             record = job.provenance(fingerprint or pair.fingerprint(), options)
             write_text(job.record, json.dumps(record, indent=2), overwrite=True)
             if job.labels.exists() and not overwrite:
