@@ -56,6 +56,20 @@ def test_supervise_writes_the_class_map(data, tmp_path, capsys):
     assert set(np.unique(classes)) == {0, 1, 2}
 
 
+def test_supervision_and_training_labels_keep_the_pixel_size(data, tmp_path, capsys):
+    image = tmp_path / "calibrated.ome.tif"
+    pixels = tifffile.imread(data["image"])
+    tifffile.imwrite(image, pixels, metadata={"PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65})
+    sup, labels = tmp_path / "sup.tif", tmp_path / "labels"
+    _run(capsys, "supervise", image, "--boxes", data["plain"], "--out", sup)
+    argv = ["train", image, "--boxes", data["plain"], "--out", tmp_path / "m.pt", *TINY]
+    code, _, err = _run(capsys, *argv, "--labels-out", labels)
+    assert code == 0, err
+    for written in (sup, labels / "calibrated_cells.tif"):
+        with tifffile.TiffFile(written) as tif:
+            assert 'PhysicalSizeX="0.65"' in tif.ome_metadata, written
+
+
 def test_train_on_napari_csv_then_predict_another_image(data, tmp_path, capsys):
     model = tmp_path / "model.pt"
     code, stdout, err = _run(

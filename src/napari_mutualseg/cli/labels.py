@@ -16,6 +16,8 @@ from .outputs import Outputs
 
 def cmd_supervise(args: argparse.Namespace) -> int:
     """``supervise``: the ellipse supervision of one image's boxes; the exit status."""
+    from ..ome import PixelSize
+
     out = Path(args.out)
     extra = Path(args.instances_out) if args.instances_out else None
     check_outputs(
@@ -27,12 +29,13 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     ((name, boxes),) = planes
     sup = supervision(name, image, boxes, edge_width=args.edge_width)
     outputs = Outputs(args.overwrite)
-    written = outputs.labels(out, sup.classes)
+    size = PixelSize.of(image)
+    written = outputs.labels(out, sup.classes, size)
     print(
         f"Wrote {written} ({len(sup.boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)"
     )
     if extra is not None:
-        print(f"Wrote {outputs.labels(extra, sup.instances)}")
+        print(f"Wrote {outputs.labels(extra, sup.instances, size)}")
     return outputs.status
 
 

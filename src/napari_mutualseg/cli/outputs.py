@@ -20,6 +20,7 @@ from .errors import CommandFailed
 
 if TYPE_CHECKING:
     from ..models import ModelPair
+    from ..ome import PixelSize
 
 #: ``write(path, overwrite=...)``: writes one file and returns the path written.
 Writer = Callable[..., Path]
@@ -90,11 +91,12 @@ class Outputs:
         self.status |= int(Path(written) != Path(path))
         return written
 
-    def labels(self, path: Path, labels: np.ndarray) -> Path:
-        """Write a label or class image as TIFF; the path written."""
+    def labels(self, path: Path, labels: np.ndarray, pixel_size: PixelSize | None = None) -> Path:
+        """Write a 2D label or class image as TIFF, with the pixel size of its image when
+        known; the path written."""
         from ..io import write_labels
 
-        return self.write(partial(write_labels, labels=labels), path)
+        return self.write(partial(write_labels, labels=labels, pixel_size=pixel_size), path)
 
     def pair(self, pair: ModelPair, path: Path) -> Path:
         """Save a trained pair; the path written.

@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     The first Ctrl-C or SIGTERM saves the networks of the last completed round.
     """
+    from ..ome import PixelSize
     from ..training import MutualTrainer
 
     pair, fixed = _resumed(args)
@@ -140,9 +141,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = outputs.pair(trainer.pair, out)
         done = f"round {report.round}" if stopped else "the trained pair"
         print(f"Saved {done} to {saved}")
-        labels = zip(label_paths, report.instances, strict=True) if label_paths else ()
-        for path, inst in labels:
-            written = outputs.labels(path, inst)
+        sizes = [PixelSize.of(image) for image, planes in loaded for p in planes if p is not None]
+        labels = zip(label_paths, report.instances, sizes, strict=True) if label_paths else ()
+        for path, inst, size in labels:
+            written = outputs.labels(path, inst, size)
             print(f"Wrote {written} ({int(inst.max())} cells)")
     if stopped:
         raise Interrupted(stopped[0], f"the networks of round {report.round} are in {saved}")
