@@ -164,3 +164,19 @@ def test_boxes_napari_saved_on_a_time_series_of_stacks_train_their_plane(scene, 
     argv = ["train", stack, "--axes", "ZYX", "--boxes", table, "--out", tmp_path / "s.pt"]
     code, _, err = _run(capsys, *argv, *TINY)
     assert code == 2 and "boxes at (1, 0)" in err
+
+
+def test_boxes_saved_on_a_channel_z_stack_as_napari_shows_it_train_their_z_plane(
+    scene, tmp_path, capsys
+):
+    image, _, boxes, _ = scene
+    stack = tmp_path / "czyx.tif"
+    data = np.stack([np.stack([image * 0.5, image, image * 0.8])] * 2)  # (C, Z, Y, X)
+    tifffile.imwrite(stack, (data * 1000).astype(np.uint16), photometric="minisblack")
+    # a 4D Shapes layer over (C, Z, Y, X), the channel first: boxes on z 1, drawn on channel 1
+    table = _napari_csv(tmp_path / "czyx.csv", boxes, 1, 1)
+    labels = tmp_path / "labels"
+    argv = ["train", stack, "--axes", "CZYX", "--boxes", table, "--out", tmp_path / "m.pt"]
+    code, _, err = _run(capsys, *argv, "--labels-out", labels, *TINY)
+    assert code == 0, err
+    assert [p.name for p in labels.iterdir()] == ["czyx_z001_cells.tif"]

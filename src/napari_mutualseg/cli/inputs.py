@@ -49,7 +49,8 @@ def boxes_for(
     """Every image with the name and boxes of each of its planes.
 
     One CSV per image or one shared CSV. A stack's table is a napari Shapes CSV whose first
-    axis is the plane (planes run over z within each time point); a table drawn on a
+    axis is the plane (planes run over z within each time point), after the channel when it
+    was drawn on the image with its channels (see :func:`_flat_planes`); a table drawn on a
     single-plane image as a stack (e.g. a (C, Y, X) image shown without channel_axis) gives
     that plane all its boxes.
 
@@ -151,12 +152,24 @@ def boxes_for(
 
 def _flat_planes(table: dict, image: AxisImage, name: str) -> dict:
     """A table drawn on a time series of stacks, its ``(t, z)`` keys as the image's plane
-    numbers (z within each time point); other tables as they are."""
-    if not any(isinstance(k, tuple) for k in table):
-        return table
+    numbers (z within each time point); other tables as they are.
+
+    A table drawn on an image with channels, opened in napari with its channel axis first
+    (as this package's reader does), has the channel first in its keys: a box belongs to its
+    plane whichever channel was shown.
+    """
     import numpy as np
 
     sizes = [image.sizes[a] for a in image.plane_axes]
+    keys = list(table)
+    channel_first = "C" in image.axes and not image.rgb and sizes and keys
+    if channel_first and all(isinstance(k, tuple) and len(k) == len(sizes) + 1 for k in keys):
+        by_plane: dict = {}
+        for key, boxes in table.items():
+            by_plane.setdefault(key[1:] if len(key) > 2 else key[1], []).extend(boxes)
+        table = by_plane
+    if not any(isinstance(k, tuple) for k in table):
+        return table
     flat = {}
     for key, boxes in table.items():
         if len(key) != len(sizes) or any(not 0 <= i < n for i, n in zip(key, sizes, strict=True)):
