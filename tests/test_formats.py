@@ -341,12 +341,23 @@ def test_a_napari_csv_of_a_five_axis_layer_is_read(tmp_path):
     assert box.pixel_range() == pytest.approx((2.5, 3.5, 20.5, 30.5))
 
 
+def test_an_lzw_tiff_is_read(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "lzw.tif"
+    pixels = np.arange(32 * 40, dtype=np.uint16).reshape(32, 40)
+    Image.fromarray(pixels).save(path, compression="tiff_lzw")
+    for lazy in (False, True):
+        image = AxisImage.from_file(path, lazy=lazy)
+        np.testing.assert_array_equal(np.asarray(image.data), pixels)
+
+
 def test_a_tiff_whose_codec_is_missing_says_what_to_install(tmp_path, monkeypatch):
     from PIL import Image
 
     path = tmp_path / "lzw.tif"
     Image.fromarray(np.zeros((32, 40), np.uint8)).save(path, compression="tiff_lzw")
-    # as where imagecodecs is not installed (it is no dependency)
+    # as where imagecodecs is missing (an environment installed without the dependencies)
     missing = {5}
     decompressors = tifffile.TIFF.DECOMPRESSORS
 
