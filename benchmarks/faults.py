@@ -851,7 +851,7 @@ BAD_MODELS = [
      ("not a readable",)),
     ("random bytes", lambda c: c.write("r.pt", os.urandom(4096)), ("not a readable",)),
     ("another PyTorch file", lambda c: c.fx / "foreign.pt", ("not a napari-mutualseg",)),
-    ("an image", lambda c: c.fx / "cells.tif", ("not a readable",)),
+    ("an image", lambda c: c.fx / "cells.tif", ("is a TIFF image, not a napari-mutualseg",)),
     ("format_version a string", _model(_set("format_version", "1")), ("format_version",)),
     ("format_version 99", _model(_set("format_version", 99)), ("newer",)),
     ("format_version missing", _model(_drop("format_version")), ("format_version",)),

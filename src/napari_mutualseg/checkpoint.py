@@ -143,7 +143,9 @@ def _unsafe_content(err: Exception) -> str:
     )
 
 
-#: How image files start: one given where a model is asked for is named as what it is.
+#: How files start: a model file is a zip archive (or, from old PyTorch, a pickle); an image
+#: given where a model is asked for is named as what it is.
+_PICKLED = (b"PK\x03\x04", b"\x80")
 _IMAGE_MAGIC = {
     b"II*\x00": "a TIFF image",
     b"MM\x00*": "a TIFF image",
@@ -154,11 +156,9 @@ _IMAGE_MAGIC = {
 }
 
 
-def _image_kind(path: Path) -> str:
-    """ "a TIFF image" (PNG, JPEG) when the file starts like one; "" otherwise."""
+def _head(path: Path) -> bytes:
     with open(path, "rb") as f:
-        head = f.read(4)
-    return next((kind for magic, kind in _IMAGE_MAGIC.items() if head.startswith(magic)), "")
+        return f.read(4)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -185,7 +185,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
-    kind = _image_kind(path)
+    head = _head(path)
+    kind = next((kind for magic, kind in _IMAGE_MAGIC.items() if head.startswith(magic)), "")
     if kind:
         raise CheckpointError(f"{path} is {kind}, not a napari-mutualseg model file (.pt).")
     try:
@@ -193,10 +194,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols, not for users
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
+        # torch's refusal advises loading the file unsafely: that advice is never passed on
+        text = str(err)
+        refused = isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text
+        if refused and head.startswith(_PICKLED):
             reason = _unsafe_content(err)
+        elif refused:
+            reason = "damaged, truncated or another kind of file"
         else:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            first = text.strip().splitlines()[0] if text.strip() else ""
             reason = f"damaged, truncated or another kind of file ({type(err).__name__}: {first})"
         raise CheckpointError(
             f"{path} is not a readable napari-mutualseg model: {reason}."
