@@ -95,7 +95,8 @@ def test_labels_of_a_stack_keep_their_axes_and_z_step(tmp_path):
     # axes unknown: the file must not say that the planes are channels
     path = write_labels(tmp_path / "unknown.tif", labels, pixel_size=size)
     with tifffile.TiffFile(path) as tif:
-        assert "C" not in tif.series[0].axes
+        assert "C" not in tif.series[0].axes and "S" not in tif.series[0].axes  # no colours
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
     image = AxisImage.from_file(path, axes="ZYX")
     assert image.pixel_size == {"Y": 0.5, "X": 0.5} and image.unit == "µm"
     with pytest.raises(ValueError, match="labels have no channels"):

@@ -263,7 +263,8 @@ def write_labels(
     if axes and (metadata or len(axes) > 2):
         options.update(ome=True, metadata={"axes": axes, **metadata})
     with atomic_write(path, overwrite=overwrite) as f:
-        tifffile.imwrite(f, labels, compression="zlib", **options)
+        # minisblack: tifffile takes a (3, H, W) or (H, W, 3) array for RGB colours otherwise
+        tifffile.imwrite(f, labels, compression="zlib", photometric="minisblack", **options)
     return path
 
 
