@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from helpers import messages, same
+from helpers import ThresholdNet, disc_image, messages, same
 from napari_mutualseg._napari.layers import OWNER_KEY, camera
 from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.models import ModelPair
@@ -136,3 +136,55 @@ def test_nothing_corrected_or_the_boxed_image_gets_advice(trained, notes):
     errors = messages(notes, "error")
     assert any("Nothing on 'other' was corrected" in m for m in errors)
     assert any("trained from its boxes" in m for m in errors)
+
+
+@pytest.fixture
+def thresholded(viewer_widget):
+    """The widget with a pair that needs no training (bright is cell), no boxed image."""
+    viewer, widget = viewer_widget
+    widget.controller.set_pair(
+        ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4, "rgb": "gray"})
+    )
+    return viewer, widget
+
+
+def _corrected(viewer, widget, image):
+    """``image`` predicted, picked in the check panel, a cell painted on its cells."""
+    widget.predict(image, block=True)
+    widget.check.image.layer = image
+    cells = viewer.layers[f"{image.name} cells"]
+    data = np.asarray(cells.data).copy()
+    data[..., 2:8, 2:8] = data.max() + 1
+    cells.data = data
+    return cells
+
+
+def test_corrections_that_cannot_be_added_say_why_and_stay(thresholded, notes):
+    viewer, widget = thresholded
+    image = disc_image()[0]
+    # a z-stack: predicting it again would not help
+    stack = viewer.add_image(np.stack([image] * 3), name="st", axis_labels=("z", "y", "x"))
+    _corrected(viewer, widget, stack)
+    widget.check.add.click()
+    assert (
+        "'st' is ZYX (3 z-planes): corrections are added to training from 2D images only"
+        in (messages(notes, "error")[-1])
+    )
+    # an image whose data changed since it was segmented
+    flat = viewer.add_image(image, name="flat")
+    cells = _corrected(viewer, widget, flat)
+    role = cells.metadata[OWNER_KEY]["role"]
+    flat.data = np.pad(image, ((0, 16), (0, 16)), constant_values=0.1)
+    widget.check.add.click()
+    assert (
+        "'flat' changed since its cells were found (cells 64 x 64, image now 80 x 80)"
+        in (messages(notes, "error")[-1])
+    )
+    # training cannot start (no image trained from boxes): nothing is added, the cells stay
+    flat.data = image
+    widget.check.add.click()
+    assert "corrections of 'flat' were not added" in messages(notes, "error")[-1]
+    assert not widget.controller.corrected
+    assert cells.name == "flat cells" and cells.metadata[OWNER_KEY]["role"] == role
+    widget.check.add.click()  # the same cells can be added again once training can start
+    assert "corrections of 'flat' were not added" in messages(notes, "error")[-1]

@@ -44,6 +44,7 @@ from .layers import (
 )
 from .panels import LayerPicker, _row
 from .prepare import SupervisionRecord, TrainingItem, UserInputError, check_image_layer
+from .runs import RunState
 
 if TYPE_CHECKING:
     import napari
@@ -208,7 +209,21 @@ class Corrector:
             )
         written = self.controller.writer.written.get(str(image.unique_id))
         corrected = np.asarray(cells.data)
-        if written is None or corrected.ndim != 2 or written.shape != corrected.shape:
+        axes = layer_axes(image)
+        if corrected.ndim != 2 or axes.stacked:
+            raise UserInputError(
+                f"'{image.name}' is {axes.describe()}: corrections are added to training from "
+                "2D images only. Draw boxes on the planes of this image and train on it, or "
+                "correct a 2D image."
+            )
+        if axes.label_shape != corrected.shape:
+            raise UserInputError(
+                f"'{image.name}' changed since its cells were found (cells "
+                f"{' x '.join(map(str, corrected.shape))}, image now "
+                f"{' x '.join(map(str, axes.label_shape))}): "
+                f"predict '{image.name}' again, correct its cells, then press Add to training."
+            )
+        if written is None or written.shape != corrected.shape:
             raise UserInputError(
                 f"Add a 2D image that was segmented in this session: predict '{image.name}', "
                 "correct its cells, then press Add to training."
@@ -388,9 +403,28 @@ class CheckPanel(QGroupBox):
         self.boxes_proposed.emit(image, self.corrector.propose_boxes(image))
 
     def _add(self, image: Image) -> None:
+        controller = self.corrector.controller
+        if not controller.idle():
+            return
         item = self.corrector.training_item(
             image, rest_trusted=self.rest.isChecked(), boxes=self.boxes.layer
         )
-        self.corrector.controller.add_training(item)
-        self.corrector.keep_corrections(image)
+        key = str(image.unique_id)
+        earlier = controller.corrected.get(key)
+        controller.add_training(item)
         self.train_requested.emit()
+        if controller.state is RunState.IDLE:
+            # training did not start (the reason was said): the image is not added, and its
+            # cells layer stays the one to correct and to add again
+            if earlier is None:
+                controller.corrected.pop(key, None)
+            else:
+                controller.add_training(earlier)
+            controller.notify(
+                f"The corrections of '{image.name}' were not added: training could not start. "
+                "Fix what was said, then press Add to training again.",
+                "error",
+            )
+            return
+        # the new results of the image are written one event-loop turn later, beside it
+        self.corrector.keep_corrections(image)
