@@ -1,5 +1,6 @@
 """Every CLI verb end to end on tiny inputs, and the user mistakes it must explain."""
 
+import argparse
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import tifffile
 
 from napari_mutualseg.cli import main
+from napari_mutualseg.cli.inputs import boxes_for
 from napari_mutualseg.models import ModelPair, build_unet
 from napari_mutualseg.synthetic import synthetic_scene
 
@@ -274,6 +276,22 @@ def test_a_shared_table_never_gives_two_images_the_same_boxes(data, tmp_path, ca
     argv = ["train", *images, "--boxes", shared, "--out", tmp_path / "m.pt", *TINY]
     code, _, err = _run(capsys, *argv)
     assert code == 2 and "both match 'x.tif'" in err
+
+
+def test_a_shared_table_names_images_by_their_paths(data, tmp_path, capsys):
+    rows = data["plain"].read_text().splitlines()
+    images = []
+    for plate in ("plate1", "plate2"):
+        (tmp_path / plate).mkdir()
+        images.append(tmp_path / plate / "x.tif")
+        images[-1].write_bytes(data["image"].read_bytes())
+    shared = tmp_path / "shared.csv"
+    lines = ["image," + rows[0]]
+    lines += [f"plate1/x.tif,{r}" for r in rows[1:3]]  # relative: two boxes
+    lines += [f"{images[1]},{r}" for r in rows[1:]]  # absolute: five boxes
+    shared.write_text("\n".join(lines) + "\n")
+    loaded = boxes_for([str(i) for i in images], [str(shared)], argparse.Namespace(axes=None))
+    assert [len(planes[0][1]) for _, planes in loaded] == [2, 5]
 
 
 def test_bad_images_are_explained(tmp_path, data, capsys):

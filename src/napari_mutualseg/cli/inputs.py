@@ -120,7 +120,7 @@ def boxes_for(
             elif len(tables) == len(images) and None in table:
                 boxes = table[None]
             else:
-                key = name if name in table else stem
+                key = _table_key(table, path)
                 if key in table and used.setdefault(key, path) != path:
                     raise ValueError(
                         f"{used[key]} and {path} both match '{key}' in the 'image' column of "
@@ -148,6 +148,25 @@ def boxes_for(
     if not any(p for _, planes in result for p in planes):
         raise ValueError("No image has any boxes; draw at least one box around a cell.")
     return result
+
+
+def _table_key(table: dict, path: str) -> str:
+    """The key of a shared table's ``image`` column that names the image at ``path``: its
+    file name, its name without extensions, or a path that ends like the image's (``plate1/
+    a.tif``, or absolute); the stem when none does."""
+    name = Path(path).name
+    stem = name.split(".")[0]
+    if name in table or stem in table:
+        return name if name in table else stem
+    image_parts = Path(path).resolve().parts
+    for key in table:
+        if not isinstance(key, str) or "/" not in key.replace("\\", "/"):
+            continue
+        key_path = Path(key.replace("\\", "/"))
+        parts = key_path.resolve().parts if key_path.is_absolute() else key_path.parts
+        if image_parts[-len(parts) :] == parts:
+            return key
+    return stem
 
 
 def _flat_planes(table: dict, image: AxisImage, name: str) -> dict:
