@@ -124,7 +124,8 @@ def boxes_for(
                 if key in table and used.setdefault(key, path) != path:
                     raise ValueError(
                         f"{used[key]} and {path} both match '{key}' in the 'image' column of "
-                        f"{tables[0]}: give one box table per image (--boxes a.csv b.csv)."
+                        f"{tables[0]}: name each by its path there (plate1/x.tif), or give "
+                        "one box table per image (--boxes a.csv b.csv)."
                     )
                 boxes = table.get(key, [])
             if len(boxes) == 0 and image.n_planes == 1:
