@@ -49,3 +49,19 @@ def test_time_series_are_tracked_only_when_asked():
     )
     with pytest.raises(ValueError, match="TZYX"):
         link_labels(frames, "CZYX")
+
+
+def test_a_tracked_cell_missed_in_one_frame_keeps_its_label():
+    frames = np.zeros((5, 24, 24), np.int32)
+    frames[:, 2:8, 2:8] = 1  # a cell in every frame
+    frames[[0, 1, 3, 4], 14:20, 14:20] = 2  # a cell the segmentation missed in frame 2
+    frames[4, 14:20, 2:8] = 3  # a new cell in the last frame
+    tracked = link_labels(frames, "TYX", track=True)
+    assert (tracked[:, 16, 16][[0, 1, 3, 4]] == tracked[0, 16, 16]).all()
+    assert tracked[4, 16, 4] not in (tracked[0, 4, 4], tracked[0, 16, 16])
+    # a longer gap, or none allowed: a new label
+    assert link_labels(frames, "TYX", track=True, max_gap=0)[3, 16, 16] != tracked[0, 16, 16]
+    frames[3, 14:20, 14:20] = 0
+    assert link_labels(frames, "TYX", track=True)[4, 16, 16] != tracked[0, 16, 16]
+    with pytest.raises(ValueError, match="max_gap"):
+        link_slices(frames, max_gap=-1)

@@ -42,7 +42,9 @@ def _links(current: np.ndarray, previous: np.ndarray, min_overlap: float) -> tup
     return np.asarray(cur, np.int64), np.asarray(prev, np.int64)
 
 
-def link_slices(labels: np.ndarray, *, min_overlap: float = LINK_MIN_OVERLAP) -> np.ndarray:
+def link_slices(
+    labels: np.ndarray, *, min_overlap: float = LINK_MIN_OVERLAP, max_gap: int = 0
+) -> np.ndarray:
     """Relabel consecutive slices along axis 0 so that overlapping objects share a label.
 
     Parameters
@@ -53,6 +55,11 @@ def link_slices(labels: np.ndarray, *, min_overlap: float = LINK_MIN_OVERLAP) ->
     min_overlap : float
         Least share, in (0, 1], of the smaller of two objects in consecutive slices that must
         overlap the other for both to become one object.
+    max_gap : int
+        Slices an object may be missing from and keep its label: an object of a slice that
+        continues none of the slice before takes the label of an object that ended at most
+        ``max_gap`` slices earlier, where they overlap as above (a cell the segmentation
+        missed in one frame of a time series stays one track).
 
     Returns
     -------
@@ -65,6 +72,8 @@ def link_slices(labels: np.ndarray, *, min_overlap: float = LINK_MIN_OVERLAP) ->
         raise ValueError(f"labels must be slices of 2D labels or more, got shape {labels.shape}.")
     if not 0 < min_overlap <= 1:
         raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}.")
+    if max_gap < 0:
+        raise ValueError(f"max_gap must be 0 or more slices, got {max_gap}.")
     counts = [np.bincount(s.ravel()) for s in labels]
     total = sum(int(np.count_nonzero(c[1:])) for c in counts)
     out = np.zeros(labels.shape, np.int32 if total < 2**31 else np.int64)
@@ -76,6 +85,21 @@ def link_slices(labels: np.ndarray, *, min_overlap: float = LINK_MIN_OVERLAP) ->
         if k and present.size:
             cur, prev = _links(current, out[k - 1], min_overlap)
             lut[cur] = prev
+            for back in range(2, min(max_gap + 1, k) + 1):
+                left = present[lut[present] == 0]
+                if not left.size:
+                    break
+                # objects of slice k - back that are in no slice since, nor linked just now
+                since = np.unique(out[k - back + 1 : k])
+                ended = np.setdiff1d(np.unique(out[k - back]), np.union1d(since, lut))
+                if not ended.size:
+                    continue
+                cur, prev = _links(
+                    np.where(np.isin(current, left), current, 0),
+                    np.where(np.isin(out[k - back], ended), out[k - back], 0),
+                    min_overlap,
+                )
+                lut[cur] = prev
         new = present[lut[present] == 0]
         lut[new] = np.arange(next_id, next_id + new.size)
         next_id += new.size
@@ -90,6 +114,7 @@ def link_labels(
     link: bool = True,
     track: bool = False,
     min_overlap: float = LINK_MIN_OVERLAP,
+    max_gap: int = 1,
 ) -> np.ndarray:
     """Link the planes of a label image into 3D objects and, optionally, track them in time.
 
@@ -107,6 +132,9 @@ def link_labels(
         Give a cell (or a 3D object) one label from frame to frame.
     min_overlap : float
         See :func:`link_slices`.
+    max_gap : int
+        Frames a tracked cell may be missing from and keep its label (see
+        :func:`link_slices`); planes along z are linked without gaps.
 
     Returns
     -------
@@ -123,7 +151,7 @@ def link_labels(
         join = partial(link_slices, min_overlap=min_overlap) if link else separate_planes
         labels = np.stack([join(frame) for frame in labels]) if "T" in axes else join(labels)
     if track and "T" in axes:
-        labels = link_slices(labels, min_overlap=min_overlap)
+        labels = link_slices(labels, min_overlap=min_overlap, max_gap=max_gap)
     return labels
 
 
