@@ -107,3 +107,14 @@ def test_physical_units_match_regionprops_with_anisotropic_spacing():
         np.testing.assert_array_equal(added[column], values)
     with pytest.raises(ValueError, match="zyx"):
         with_pixel_size(table, (0.5, 0.5))
+
+
+def test_a_time_series_summary_counts_each_tracked_cell_once():
+    table = {
+        "t": np.array([0, 0, 1, 1, 2]),
+        "label": np.array([1, 2, 1, 2, 1]),  # two cells tracked over three frames
+        "area_px": np.array([10, 20, 12, 22, 14]),
+    }
+    row = summarize("movie", table)
+    assert row["cells"] == 2 and row["frames"] == 3
+    assert row["median_area_px"] == 14.0

@@ -184,9 +184,14 @@ def summarize(name: str, table: Table) -> dict[str, float | int | str]:
     name : str
         The image's name (first column of the summary).
     table : Table
-        From :func:`measure_cells`.
+        From :func:`measure_cells`. A time series' table (a row per cell and frame, its frame
+        in ``t``) counts its cells by label (a tracked cell is one cell in every frame) and
+        its frames in ``frames``; sizes and intensities are over all its rows.
     """
-    row: dict[str, float | int | str] = {"image": name, "cells": len(table["label"])}
+    cells = len(np.unique(table["label"])) if "t" in table else len(table["label"])
+    row: dict[str, float | int | str] = {"image": name, "cells": cells}
+    if "t" in table:
+        row["frames"] = len(np.unique(table["t"]))
     for key, values in table.items():
         if key.startswith(("area", "volume")):
             row[f"median_{key}"] = float(np.median(values)) if len(values) else float("nan")
