@@ -12,7 +12,7 @@ from helpers import ThresholdNet, disc_image, messages, same
 from napari_mutualseg._napari.layers import OWNER_KEY, camera
 from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.models import ModelPair
-from napari_mutualseg.supervision import CELL
+from napari_mutualseg.supervision import BACKGROUND, CELL
 
 
 @pytest.fixture
@@ -100,6 +100,18 @@ def test_corrected_cells_are_learned_from_and_kept(trained, notes):
     np.testing.assert_array_equal(kept.data, corrected)
     assert viewer.layers["other cells"].metadata[OWNER_KEY]["role"] == "cells"
     assert widget.history[-1]["round"] == 2
+
+
+def test_corrections_painted_in_place_with_napari_tools_are_seen(trained, notes):
+    viewer, widget, _image, _other = trained
+    cells = viewer.layers["other cells"]
+    assert cells.data[16, 44] > 0  # a predicted cell
+    cells.fill((16, 44), 0)  # erased with the fill tool: napari changes the array in place
+    cells.paint((5, 5), int(cells.data.max()) + 1)  # a missed cell, with the brush
+    widget.check.add.click()
+    widget.wait()
+    assert not messages(notes, "error")
+    assert widget.last_report.labels_a[1][16, 44] == BACKGROUND  # learned as erased
 
 
 def test_corrections_of_an_image_added_again_keep_the_earlier_ones(trained, notes):

@@ -268,7 +268,7 @@ class PredictionRun(_SegmentJob):
         controller, layer = self.controller, self.layer
         viewer = controller.viewer
         controller.predictions[str(layer.unique_id)] = value
-        controller.writer.written[str(layer.unique_id)] = value.labels
+        controller.writer.remember(layer, value.labels)
         # The box-guided result of the training image stays; prediction goes beside it.
         beside = layer == controller.trained_image
         role, name = ("prediction", f"{layer.name} cells (no boxes)") if beside else (

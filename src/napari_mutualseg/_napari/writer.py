@@ -110,6 +110,16 @@ class LayerWriter(QObject):
             dtype = {"labels": np.uint16, "classes": np.uint8, "image": np.float16}[kind]
             self._write(role, part, np.zeros(shape, dtype))
 
+    def remember(self, image: Layer, cells: np.ndarray) -> None:
+        """Keep the cells just written for ``image`` as :attr:`written`: a copy, as napari's
+        paint, fill and erase tools change the layer's own array in place. Only a 2D image's,
+        the only ones a correction is added from (a stack's would double its memory)."""
+        key = str(image.unique_id)
+        if isinstance(cells, np.ndarray) and cells.ndim == 2:
+            self.written[key] = cells.copy()
+        else:
+            self.written.pop(key, None)
+
     def _write(self, role: str, part: int, data: np.ndarray) -> None:
         viewer, image = self._viewer(), self.images[part]
         source = image if role in PER_IMAGE else None
@@ -121,7 +131,7 @@ class LayerWriter(QObject):
                 existing.events.visible.connect(partial(self._shown, role, part))
             return
         if role == "cells":
-            self.written[str(image.unique_id)] = data
+            self.remember(image, data)
         active = viewer.layers.selection.active
         upsert_layer(
             viewer, role=role, name=f"{image.name} {role}" if source is not None else role,
