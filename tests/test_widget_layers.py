@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers._layer_actions import _duplicate_layer
 
-from helpers import ThresholdNet, disc_image, same
+from helpers import ThresholdNet, disc_image, rectangles, same
 from napari_mutualseg._napari.layers import OWNER_KEY
 from napari_mutualseg.models import ModelPair
 
@@ -66,3 +66,16 @@ def test_a_duplicated_supervision_layer_is_the_users(scene, make_napari_viewer):
     menu_viewer.layers.remove(made)
     gui()
     assert (copy.data == 2).all() and not same(menu_viewer.layers["img supervision"], copy)
+
+
+def test_result_layers_are_in_the_images_units(viewer_widget):
+    viewer, widget = viewer_widget
+    image, rows = disc_image()
+    layer = viewer.add_image(image, name="cells", scale=(0.5, 0.5), units="micrometer")
+    widget.image_layer = layer
+    boxes = widget.new_boxes_layer()
+    boxes.add_rectangles(rectangles(rows))
+    supervision = widget.generate_supervision()
+    assert supervision is not None
+    assert [str(u) for u in supervision.units] == ["micrometer"] * 2
+    np.testing.assert_allclose(supervision.scale, layer.scale)

@@ -79,7 +79,10 @@ def shapes_to_image_coords(shapes: Layer, image: Layer) -> list[np.ndarray]:
 
 def transform_kwargs(layer: Layer, ndim: int | None = None) -> dict[str, Any]:
     """Layer kwargs that put a new layer exactly on top of ``layer``, or of its trailing
-    ``ndim`` axes (a result without the image's channel axis)."""
+    ``ndim`` axes (a result without the image's channel axis), in the same units."""
+    units = {}
+    if hasattr(layer, "units"):  # napari before 0.6 has no units on layers
+        units["units"] = tuple(map(str, layer.units))[-(ndim or layer.ndim) :]
     if ndim is None or ndim == layer.ndim:
         return {
             "scale": tuple(layer.scale),
@@ -87,12 +90,13 @@ def transform_kwargs(layer: Layer, ndim: int | None = None) -> dict[str, Any]:
             "rotate": np.asarray(layer.rotate),
             "shear": np.asarray(layer.shear),
             "affine": np.asarray(layer.affine.affine_matrix),
+            **units,
         }
     linear, origin = _affine(layer)
     affine = np.eye(ndim + 1)
     affine[:ndim, :ndim] = linear[-ndim:, -ndim:]
     affine[:ndim, ndim] = origin[-ndim:]
-    return {"affine": affine}
+    return {"affine": affine, **units}
 
 
 # --------------------------------------------------------------------------------------------
