@@ -161,6 +161,7 @@ def test_measure_gives_physical_units_where_the_pixel_size_is_known(thresholded,
     )
     widget.predict(image, block=True)
     cells = viewer.layers["stack cells"]
+    predicted = cells.features.copy()  # the prediction's own table is in µm already
     viewer.layers.selection.active = cells
     panel.measure.click()
     table = cells.features
@@ -169,6 +170,7 @@ def test_measure_gives_physical_units_where_the_pixel_size_is_known(thresholded,
     )
     np.testing.assert_array_equal(table["label"], expected["label"])
     np.testing.assert_allclose(table["volume_um3"], expected["area"])  # µm³
+    np.testing.assert_allclose(predicted["volume_um3"], expected["area"])
     for i, axis in enumerate("zyx"):
         np.testing.assert_allclose(table[f"centroid_{axis}_um"], expected[f"centroid-{i}"])
     # units of another size are converted to the unit of x

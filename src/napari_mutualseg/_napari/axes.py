@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..images import AxisImage, parse_axes
+from ..ome import convert_length, unit_symbol
 
 if TYPE_CHECKING:
     from napari.layers import Image
@@ -45,6 +46,9 @@ class LayerAxes:
         (``layer.metadata["channel_names"]``), so that channels can be picked by name.
     name : str
         The layer's name, for messages about its planes.
+    pixel_size : tuple, optional
+        ``(sizes, unit)``: the physical size of a pixel along each spatial axis of the cells
+        (``(y, x)``, or ``(z, y, x)`` for a stack) in one length unit, where it is known.
     """
 
     axes: str
@@ -53,6 +57,7 @@ class LayerAxes:
     note: str = ""
     channel_names: tuple[str, ...] | None = None
     name: str = "image"
+    pixel_size: tuple[tuple[float, ...], str] | None = None
 
     @property
     def label_axes(self) -> str:
@@ -181,7 +186,38 @@ def layer_axes(layer: Image, given: str = "") -> LayerAxes:
             "separate layers (napari's channel_axis), or move the axis first (numpy.moveaxis)."
         )
     names = _channel_names(layer, axes, shape, rgb)
-    return LayerAxes(axes, shape, rgb, note, names, str(layer.name))
+    return LayerAxes(axes, shape, rgb, note, names, str(layer.name), _pixel_size(layer, axes))
+
+
+def _pixel_size(layer: Image, axes: str) -> tuple[tuple[float, ...], str] | None:
+    """The physical size of a pixel of ``layer`` along each spatial axis of its cells, and
+    its unit, where it is known; else None.
+
+    Known means a length unit for every one of those axes: napari's ``units`` of the layer
+    (converted to the unit of x where they differ), or, for a layer in pixels, the unit a
+    reader put in its metadata with a size for each axis (the layer's scale, as set from it).
+    """
+    letters = [a for a in axes if a in "ZYX"]
+    where = [axes.index(a) for a in letters]
+    if any(i >= len(layer.scale) for i in where):
+        return None
+    scale = [abs(float(layer.scale[i])) for i in where]
+    units = getattr(layer, "units", None)  # napari before 0.6 has no units on layers
+    units = [unit_symbol(str(units[i])) for i in where] if units else []
+    meta = layer.metadata if isinstance(layer.metadata, dict) else {}
+    try:
+        if units and all(units):
+            unit = units[-1]
+            return tuple(
+                convert_length(s, u, unit) for s, u in zip(scale, units, strict=True)
+            ), unit
+        known = meta.get("pixel_size")
+        unit = unit_symbol(meta.get("unit"))
+        if unit and isinstance(known, dict) and all(a in known for a in letters):
+            return tuple(scale), unit
+    except ValueError:  # a unit that is not a length: the cells stay in pixels
+        pass
+    return None
 
 
 def _channel_names(

@@ -24,8 +24,7 @@ from qtpy.QtWidgets import (
 
 from .. import files
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
-from ..measure import Table, measure_cells, with_pixel_size
-from ..ome import convert_length, unit_symbol
+from ..measure import Table, measure_cells
 from .axes import layer_axes
 from .layers import OWNER_KEY, camera, show_table
 from .panels import _row
@@ -50,45 +49,14 @@ _AUTO_MEASURE_PIXELS = 2048 * 2048
 _RECHECK_MS = 300
 
 
-def pixel_size(image: Layer) -> tuple[tuple[float, ...], str] | None:
-    """The physical size of a pixel of ``image`` along each axis of its cells (``(y, x)``, or
-    ``(z, y, x)`` for a stack) and its unit, where it is known; else None.
-
-    Known means a length unit for every one of those axes: napari's ``units`` of the layer
-    (converted to the unit of x where they differ), or, for a layer in pixels, the unit a
-    reader put in its metadata with a size for each axis (the layer's scale, as set from it).
-    """
-    axes = layer_axes(image)
-    letters = [a for a in axes.label_axes if a in "ZYX"]
-    where = [axes.axes.index(a) for a in letters]
-    if any(i >= len(image.scale) for i in where):
-        return None
-    scale = [abs(float(image.scale[i])) for i in where]
-    units = [unit_symbol(str(image.units[i])) for i in where] if image.units else []
-    meta = image.metadata if isinstance(image.metadata, dict) else {}
-    try:
-        if units and all(units):
-            unit = units[-1]
-            return tuple(
-                convert_length(s, u, unit) for s, u in zip(scale, units, strict=True)
-            ), unit
-        known = meta.get("pixel_size")
-        unit = unit_symbol(meta.get("unit"))
-        if unit and isinstance(known, dict) and all(a in known for a in letters):
-            return tuple(scale), unit
-    except ValueError:  # a unit that is not a length: the cells stay in pixels
-        pass
-    return None
-
-
 def measure_layer(layer: Labels, image: Layer | None = None) -> Table:
     """Measure the cells of ``layer``.
 
     With its ``image``, the cells are measured as a prediction measures them: on the image's
     axes (a time series frame by frame, a z-stack as 3D cells, RGB and channel images in every
     channel), and in physical units too where the image's pixel size is known
-    (:func:`pixel_size`). Without one, the layer is a plane or a stack of 3D cells, measured
-    in the layer's units where its scale has units other than pixels.
+    (:attr:`~.axes.LayerAxes.pixel_size`). Without one, the layer is a plane or a stack of 3D
+    cells, measured in the layer's units where its scale has units other than pixels.
 
     Raises
     ------
@@ -104,9 +72,7 @@ def measure_layer(layer: Labels, image: Layer | None = None) -> Table:
                 f"({axes.describe()}, cells {axes.label_shape}): predict '{image.name}' again "
                 "to measure its cells."
             )
-        table = measure(labels, image.data, axes)
-        known = pixel_size(image)
-        return table if known is None else with_pixel_size(table, *known)
+        return measure(labels, image.data, axes)
     units = [f"{u:~}" for u in layer.units]
     physical = bool(units) and units[-1] not in ("px", "pixel")
     return measure_cells(

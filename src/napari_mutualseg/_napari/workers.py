@@ -22,7 +22,7 @@ from ..disagreement import Spot
 from ..image_task import measure_image
 from ..images import AxisImage
 from ..linking import link_labels
-from ..measure import Table, measure_cells
+from ..measure import Table, measure_cells, with_pixel_size
 from ..supervision import IGNORE
 from .axes import LayerAxes
 
@@ -316,15 +316,18 @@ def run_batch(
 
 def measure(labels: np.ndarray, data: Any, axes: LayerAxes | None = None) -> Table:
     """The cells' measurements in the image's intensities, every channel, a time series frame
-    by frame (:func:`napari_mutualseg.image_task.measure_image`). A plane larger than
-    4096² (a slide scan) gets shapes and positions only: its pixels are not read again."""
+    by frame (:func:`napari_mutualseg.image_task.measure_image`), and in physical units where
+    the image's pixel size is known. A plane larger than 4096² (a slide scan) gets shapes and
+    positions only: its pixels are not read again."""
     if axes is None:
         axes = LayerAxes("YX", tuple(labels.shape))
     if labels.ndim == 2 and labels.size > AUTO_BLOCKWISE_PIXELS:
-        return measure_cells(labels)
-    letters = axes.axes + ("C" if axes.rgb else "")
-    image = AxisImage.from_array(data, letters, rgb=axes.rgb, channel_names=axes.channel_names)
-    return measure_image(labels, image, None)
+        table = measure_cells(labels)
+    else:
+        letters = axes.axes + ("C" if axes.rgb else "")
+        image = AxisImage.from_array(data, letters, rgb=axes.rgb, channel_names=axes.channel_names)
+        table = measure_image(labels, image, None)
+    return table if axes.pixel_size is None else with_pixel_size(table, *axes.pixel_size)
 
 
 def _linked(result: PredictionResult, axes: LayerAxes) -> PredictionResult:
