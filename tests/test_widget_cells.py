@@ -257,6 +257,21 @@ def test_a_row_goes_to_its_cells_frame_and_plane(thresholded):
     assert cells.selected_label == table["label"][row]
 
 
+def test_a_stacks_cells_go_to_fiji_with_their_planes(thresholded, tmp_path):
+    from roifile import roiread
+
+    viewer, widget = thresholded
+    stack = np.stack([_frames()[0]] * 3)
+    image = viewer.add_image(stack, name="stack", axis_labels=("z", "y", "x"))
+    widget.predict(image, block=True)
+    cells = viewer.layers["stack cells"]
+    path = export("fiji", tmp_path / "stack.zip", cells, cells.features, overwrite=False,
+                  image=image)  # fmt: skip
+    rois = roiread(path)
+    assert sorted({roi.z_position for roi in rois}) == [1, 2, 3]  # ImageJ counts from 1
+    assert len(rois) == 3 * len(np.unique(np.asarray(cells.data)[0])[1:])
+
+
 def test_a_save_that_cannot_be_done_says_why(viewer_widget, tmp_path, notes):
     viewer, _widget = viewer_widget
     stack = np.zeros((2, 32, 32), np.int32)

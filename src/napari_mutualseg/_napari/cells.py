@@ -162,18 +162,42 @@ def image_of(viewer: napari.Viewer | None, layer: Layer) -> Layer | None:
     return next((x for x in viewer.layers if str(x.unique_id) == source), None)
 
 
-def export(kind: str, path: str, layer: Labels, table: Table, *, overwrite: bool) -> str:
-    """Write one export of a cells layer (atomically); the path written."""
+def export(
+    kind: str,
+    path: str,
+    layer: Labels,
+    table: Table,
+    *,
+    overwrite: bool,
+    image: Layer | None = None,
+) -> str:
+    """Write one export of a cells layer (atomically); the path written.
+
+    A z-stack's or time series' cells go to Fiji with their planes, which the axes of their
+    ``image`` name; QuPath takes 2D cells only.
+    """
     labels = np.asarray(layer.data)
     if kind == "table":
         return str(files.write_text(path, table_csv(table), overwrite=overwrite))
-    if labels.ndim != 2:
+    axes = None
+    if labels.ndim != 2 and kind == "fiji" and image is not None:
+        axes = layer_axes(image).label_axes
+        axes = axes if len(axes) == labels.ndim else None
+    if labels.ndim != 2 and axes is None:
+        what = (
+            "a Fiji ROI set of a stack's cells needs the image they were found in, open in "
+            "the viewer (its axes name the planes)"
+            if kind == "fiji"
+            else "QuPath GeoJSON takes 2D cells only"
+        )
         raise ValueError(
-            f"'{layer.name}' is {labels.ndim}D: outlines are exported from 2D cells only; "
-            "export the table, or one plane at a time."
+            f"'{layer.name}' is {labels.ndim}D: {what}; export the table, or one plane at a time."
         )
     with files.atomic_write(path, overwrite=overwrite) as f:
-        f.write(fiji_roi_zip(labels) if kind == "fiji" else qupath_geojson(labels, table).encode())
+        if kind == "fiji":
+            f.write(fiji_roi_zip(labels, axes))
+        else:
+            f.write(qupath_geojson(labels, table).encode())
     return str(path)
 
 
@@ -195,8 +219,9 @@ def _writer(kind: str):
         )
         try:
             # cells changed since they were measured are measured again, in their image if open
-            table = cell_table(layer, image_of(napari.current_viewer(), layer))
-            return [export(kind, path, layer, table, overwrite=True)]
+            image = image_of(napari.current_viewer(), layer)
+            table = cell_table(layer, image)
+            return [export(kind, path, layer, table, overwrite=True, image=image)]
         except ValueError as err:
             # napari takes a ValueError from a writer for "no plugin can write this" and says
             # only that: napari 0.9.2 napari/plugins/_npe2.py write_layers, lines 94-95
@@ -400,9 +425,10 @@ class CellsPanel(QGroupBox):
             return
         try:
             # the table shown is the one written: measured again if the cells changed
-            table = refresh_table(layer, image_of(self.viewer, layer))
+            image = image_of(self.viewer, layer)
+            table = refresh_table(layer, image)
             # the dialog asked before replacing an existing file
-            written = export(kind, path, layer, table, overwrite=True)
+            written = export(kind, path, layer, table, overwrite=True, image=image)
         except (OSError, ValueError) as err:
             self.notify(f"Could not export: {err}", "error")
             return
