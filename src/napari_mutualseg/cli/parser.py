@@ -139,7 +139,8 @@ def _add_predict(sub: Subparsers) -> None:
     p.add_argument(
         "--track",
         action="store_true",
-        help="time series: give a cell the same label in every frame (by overlap)",
+        help="time series: give a cell the same label in every frame (by overlap; a cell "
+        "missed in one frame keeps its label)",
     )
     p.add_argument(
         "--block-size",
