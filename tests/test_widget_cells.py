@@ -257,6 +257,20 @@ def test_a_row_goes_to_its_cells_frame_and_plane(thresholded):
     assert cells.selected_label == table["label"][row]
 
 
+def test_cells_of_a_time_series_are_tracked_when_asked(thresholded):
+    viewer, widget = thresholded
+    first = _frames()[0]
+    movie = viewer.add_image(np.stack([first, first]), name="movie", axis_labels=("t", "y", "x"))
+    widget.predict(movie, block=True)
+    cells = np.asarray(viewer.layers["movie cells"].data)
+    assert not set(np.unique(cells[0])[1:]) & set(np.unique(cells[1])[1:])  # apart by default
+    widget.settings.track = True
+    widget.predict(movie, block=True)
+    cells = np.asarray(viewer.layers["movie cells"].data)
+    np.testing.assert_array_equal(cells[0], cells[1])  # the same cells keep their labels
+    assert set(viewer.layers["movie cells"].features["t"]) == {0, 1}
+
+
 def test_a_stacks_cells_go_to_fiji_with_their_planes(thresholded, tmp_path):
     from roifile import roiread
 

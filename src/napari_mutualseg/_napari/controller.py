@@ -268,23 +268,25 @@ class RunController(QObject):
             return False
         return self.idle()
 
-    def predict(self, layer: Image, axes: LayerAxes, tile_size: int) -> GeneratorWorker | None:
-        """Segment ``layer`` (its ``axes`` read) with the pair in a worker; ``None`` after a
-        notification."""
+    def predict(
+        self, layer: Image, axes: LayerAxes, tile_size: int, *, track: bool = False
+    ) -> GeneratorWorker | None:
+        """Segment ``layer`` (its ``axes`` read) with the pair in a worker, a time series'
+        cells tracked with ``track``; ``None`` after a notification."""
         if not self._can_segment():
             return None
-        self.segmenting = PredictionRun(self, layer, axes, tile_size)
+        self.segmenting = PredictionRun(self, layer, axes, tile_size, track)
         return self.segmenting.worker
 
     def segment_folder(
-        self, inputs: list[str], out_dir: str, tile_size: int
+        self, inputs: list[str], out_dir: str, tile_size: int, *, track: bool = False
     ) -> GeneratorWorker | None:
         """Segment and measure every image of ``inputs`` into ``out_dir`` in a worker, as
         ``napari-mutualseg predict`` does (:class:`napari_mutualseg.batch.BatchRun`, in this
         process); ``batch_done`` carries the run. ``None`` after a notification."""
         if not self._can_segment():
             return None
-        self.segmenting = FolderRun(self, inputs, out_dir, tile_size)
+        self.segmenting = FolderRun(self, inputs, out_dir, tile_size, track)
         return self.segmenting.worker
 
     # ------------------------------------------------------------------------------ files

@@ -252,11 +252,16 @@ class PredictionRun(_SegmentJob):
     state = RunState.PREDICTING
 
     def __init__(
-        self, controller: RunController, layer: Image, axes: LayerAxes, tile_size: int
+        self,
+        controller: RunController,
+        layer: Image,
+        axes: LayerAxes,
+        tile_size: int,
+        track: bool = False,
     ) -> None:
         self.layer = layer
         worker = create_worker(
-            run_prediction, controller.pair, layer.data, axes, tile_size, layer.name,
+            run_prediction, controller.pair, layer.data, axes, tile_size, layer.name, track,
             _ignore_errors=True,
         )  # fmt: skip
         super().__init__(controller, worker, f"Segmenting '{layer.name}'…")
@@ -306,11 +311,16 @@ class FolderRun(_SegmentJob):
     state = RunState.BATCH
 
     def __init__(
-        self, controller: RunController, inputs: list[str], out_dir: str, tile_size: int
+        self,
+        controller: RunController,
+        inputs: list[str],
+        out_dir: str,
+        tile_size: int,
+        track: bool = False,
     ) -> None:
         from ..batch import BatchOptions, BatchRun
 
-        pair, options = controller.pair, BatchOptions(tile_size=tile_size)
+        pair, options = controller.pair, BatchOptions(tile_size=tile_size, track=track)
         self._stop = threading.Event()
         worker = create_worker(
             run_batch,

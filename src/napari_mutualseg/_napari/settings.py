@@ -81,6 +81,9 @@ SETTINGS: tuple[Setting, ...] = (
             "images", minimum=32, maximum=8192, step=64, advanced=True),
     Setting("show_learning", "Show what A and B learn from", "Add the layers 'A learns from' "
             "and 'B learns from'", kind=bool, view_only=True),
+    Setting("track", "Track cells in time series", "Predict and Segment a folder: a cell "
+            "keeps its label from frame to frame (by overlap, also across one frame where it "
+            "was missed)", kind=bool, view_only=True),
 )  # fmt: skip
 
 _BY_NAME = {s.name: s for s in SETTINGS}

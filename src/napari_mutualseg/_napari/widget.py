@@ -301,7 +301,9 @@ class MutualSegWidget(QWidget):
             return None
         if axes.note:
             show_warning(axes.note)
-        worker = self.controller.predict(layer, axes, self.settings.tile_size)
+        worker = self.controller.predict(
+            layer, axes, self.settings.tile_size, track=self.settings.track
+        )
         return self._waited(worker, block)
 
     def segment_folder(
@@ -327,7 +329,9 @@ class MutualSegWidget(QWidget):
             The worker, or ``None`` after a notification.
         """
         inputs = [str(p) for p in (images if isinstance(images, list) else [images])]
-        worker = self.controller.segment_folder(inputs, str(out_dir), self.settings.tile_size)
+        worker = self.controller.segment_folder(
+            inputs, str(out_dir), self.settings.tile_size, track=self.settings.track
+        )
         return self._waited(worker, block)
 
     def _show_summary(self, run: Any) -> None:

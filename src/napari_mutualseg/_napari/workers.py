@@ -215,10 +215,11 @@ class PredictionResult:
 
 
 def run_prediction(
-    pair: ModelPair, data: Any, axes: LayerAxes, tile_size: int, name: str
+    pair: ModelPair, data: Any, axes: LayerAxes, tile_size: int, name: str, track: bool = False
 ) -> Generator[tuple[int, int], None, PredictionResult | WorkerFailure]:
     """The worker: segment every plane of an image layer's data (read one plane at a time, with
-    the channels the networks take); yields (done, total)."""
+    the channels the networks take), a time series' cells tracked with ``track``; yields
+    (done, total)."""
     try:
         axes = replace(axes, name=name)  # the messages call the planes after the layer
         shape, n = axes.label_shape, axes.n_planes
@@ -265,8 +266,9 @@ def run_prediction(
         result.spots.sort(key=lambda ps: -ps[1].score)
         if blank:
             result.notes.append(_blank_note(name, axes, blank))
-        if "Z" in axes.plane_axes:  # the planes of a stack are one 3D image: 3D cells
-            result = _linked(result, axes)
+        tracked = track and "T" in axes.plane_axes
+        if "Z" in axes.plane_axes or tracked:  # a stack's planes are one 3D image: 3D cells
+            result = _linked(result, axes, tracked)
         result.table = measure(result.labels, data, axes)
         return result
     except Exception as exc:
@@ -330,11 +332,12 @@ def measure(labels: np.ndarray, data: Any, axes: LayerAxes | None = None) -> Tab
     return table if axes.pixel_size is None else with_pixel_size(table, *axes.pixel_size)
 
 
-def _linked(result: PredictionResult, axes: LayerAxes) -> PredictionResult:
-    """The planes' cells linked into 3D objects (per time point), and the spots relabelled."""
-    linked = link_labels(result.labels, axes.label_axes)
+def _linked(result: PredictionResult, axes: LayerAxes, track: bool = False) -> PredictionResult:
+    """The planes' cells linked into 3D objects (per time point) and, with ``track``, from
+    frame to frame; the spots relabelled."""
+    linked = link_labels(result.labels, axes.label_axes, track=track)
     new = np.zeros(int(result.labels.max()) + 1, linked.dtype)
-    new[result.labels.ravel()] = linked.ravel()  # each plane's cell is in one 3D cell
+    new[result.labels.ravel()] = linked.ravel()  # each plane's cell is in one linked cell
     spots = [(p, replace(s, label=int(new[s.label]) if s.label else 0)) for p, s in result.spots]
     return replace(result, labels=linked, spots=spots)
 
