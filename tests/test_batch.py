@@ -320,3 +320,31 @@ def test_a_z_stacks_labels_and_volumes_keep_its_z_step_in_the_unit_given(tmp_pat
     [row] = _rows(job.table)
     assert float(row["volume_nm3"]) == pytest.approx(128 * 500 * 500 * 2000)  # z in nm too
     assert float(row["centroid_z_nm"]) == pytest.approx(1.5 * 2000)
+
+
+def test_one_image_that_does_not_fit_the_model_fails_alone_also_when_run_again(
+    model, tmp_path, capsys
+):
+    plate = tmp_path / "plate"
+    plate.mkdir()
+    two = np.stack([synthetic_scene((48, 56), 5, seed=7)[0]] * 2)
+    tifffile.imwrite(
+        plate / "a_overview.ome.tif", (two * 1000).astype(np.uint16), metadata={"axes": "CYX"}
+    )
+    for k in range(2):
+        _image(plate / f"field{k}.tif", k)
+    out = tmp_path / "out"
+    argv = ["predict", model, plate, "--out", out, "--workers", "0", "--tile-size", "64"]
+    assert main([str(a) for a in argv]) == 1  # the overview failed, the fields are done
+    assert (out / "field1_cells.csv").exists()
+    (out / "field1_cells.csv").unlink()  # as if stopped before the last field was finished
+    assert main([str(a) for a in argv]) == 1  # the overview, to do again, refuses no run
+    assert (out / "field1_cells.csv").exists()
+    report = {r["image"]: r for r in _rows(out / REPORT_NAME)}
+    assert report["a_overview.ome.tif"]["status"] == "failed"
+    assert "2 channels" in report["a_overview.ome.tif"]["reason"]
+    # when none of the first images fits, the options are wrong: refused before any work
+    argv = ["predict", model, plate, "--out", tmp_path / "o2", "--channel", "5", "--workers", "0"]
+    assert main([str(a) for a in argv]) == 2
+    assert not (tmp_path / "o2" / "field0_cells.tif").exists()
+    capsys.readouterr()

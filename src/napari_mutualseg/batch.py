@@ -77,6 +77,8 @@ __all__ = [
 #: Written in the output folder at the end of every run.
 SUMMARY_NAME = "summary.csv"
 REPORT_NAME = "run_report.csv"
+#: Images the options are checked on before any work: the run is refused only when none fits.
+_CHECKED_IMAGES = 3
 
 
 @dataclass
@@ -116,7 +118,7 @@ class BatchRun:
     FileNotFoundError, ValueError
         When an input names nothing, the inputs hold no image, two images would write the
         same output, the model cannot be read, or the options do not fit the model (checked
-        on the first image that opens, before any work).
+        on the first images that open, before any work: refused when none of them fits).
     OSError
         When the output folder cannot be written.
 
@@ -178,20 +180,35 @@ class BatchRun:
             )
 
     def _check_options(self) -> None:
-        """The options against the model, on the first image to do that opens: a wrong
-        channel is one message now, not a failure on every image later."""
+        """The options against the model, on the first images to do that open: a wrong
+        channel is one message now, not a failure on every image later.
+
+        Refused when none of the first :data:`_CHECKED_IMAGES` fits the model; one image that
+        does not fit (an overview among a plate's fields, or one that failed in an earlier run
+        and is to do again) is reported failed in its turn, and the others are segmented.
+        """
         from .images import AxisImage
 
-        # stops at the first image to do: completeness is not checked for the whole list here
+        first: ValueError | None = None
+        checked = 0
+        # stops at the first image that fits: completeness is not checked for the whole list
         for job in filter(self._to_do, self.jobs):
             try:
                 image = AxisImage.from_file(job.source, axes=self.options.axes, lazy=True)
             except Exception:  # that image will be reported as failed; try the next one
                 continue
-            self.pair.network_input(
-                image, channels=self.options.channels, rgb=self.options.rgb, name=job.name
-            )
-            return
+            try:
+                self.pair.network_input(
+                    image, channels=self.options.channels, rgb=self.options.rgb, name=job.name
+                )
+                return
+            except ValueError as err:
+                first = first or err
+                checked += 1
+                if checked == _CHECKED_IMAGES:
+                    break
+        if first is not None:
+            raise first
 
     @property
     def todo(self) -> list[ImageJob]:
