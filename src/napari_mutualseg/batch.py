@@ -184,11 +184,14 @@ class BatchRun:
         channel is one message now, not a failure on every image later.
 
         Refused when none of the first :data:`_CHECKED_IMAGES` fits the model; one image that
-        does not fit (an overview among a plate's fields, or one that failed in an earlier run
-        and is to do again) is reported failed in its turn, and the others are segmented.
+        does not fit (an overview among a plate's fields) is reported failed in its turn, and
+        the others are segmented. Not checked when images of the run are complete already:
+        their records say that this model and these options made them.
         """
         from .images import AxisImage
 
+        if not all(map(self._to_do, self.jobs)):
+            return
         first: ValueError | None = None
         checked = 0
         # stops at the first image that fits: completeness is not checked for the whole list
