@@ -80,14 +80,21 @@ def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted
     for name, seed in (("A01.tif", 1), ("B02/A01.tif", 2)):
         tifffile.imwrite(folder / name, (disc_image(seed=seed)[0] * 1000).astype(np.uint16))
     (folder / "broken.tif").write_bytes(b"II*\0 not a tiff")
+    two = np.stack([disc_image(seed=3)[0]] * 2)  # two channels; the networks take one
+    tifffile.imwrite(
+        folder / "two.ome.tif", (two * 1000).astype(np.uint16), metadata={"axes": "CYX"}
+    )
     out = tmp_path / "results"
     widget.segment_folder(folder, out, block=True)
     assert (out / "A01_cells.tif").exists() and (out / "B02" / "A01_cells.csv").exists()
-    assert any("Folder done: 2 segmented, 1 failed" in m for m in messages(notes, "warning"))
+    assert any("Folder done: 2 segmented, 2 failed" in m for m in messages(notes, "warning"))
     summary = widget.summary
-    assert [r.job.name for r in summary.results] == ["A01.tif", "B02/A01.tif", "broken.tif"]
-    assert [r.status for r in summary.results] == ["done", "done", "failed"]
-    assert summary.model.rowCount() == 3
+    names = ["A01.tif", "B02/A01.tif", "broken.tif", "two.ome.tif"]
+    assert [r.job.name for r in summary.results] == names
+    assert [r.status for r in summary.results] == ["done", "done", "failed", "failed"]
+    assert summary.model.rowCount() == 4
+    reason = summary.model.data(summary.model.index(3, summary.model.columnCount() - 1))
+    assert "2 channels" in reason and "Channels setting" in reason and "--" not in reason
     # a click opens the image with its cells and their table
     layer = summary.open(1)
     assert layer.name == "B02/A01.tif cells" and viewer.layers[-2].name == "B02/A01.tif"
@@ -97,7 +104,7 @@ def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted
     assert any("broken.tif: failed" in m for m in messages(notes, "warning"))
     # run again: the finished images are kept
     widget.segment_folder(folder, out, block=True)
-    assert [r.status for r in widget.summary.results] == ["skipped", "skipped", "failed"]
+    assert [r.status for r in widget.summary.results] == ["skipped", "skipped", "failed", "failed"]
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from ..measure import Table, measure_cells
 from .axes import layer_axes
 from .layers import OWNER_KEY, camera, show_table
 from .panels import _row
-from .workers import measure
+from .workers import in_panel_words, measure
 
 if TYPE_CHECKING:
     import napari
@@ -450,7 +450,7 @@ class FolderSummary(QGroupBox):
                 "image": r.job.name,
                 "status": r.status,
                 **{k: v for k, v in (r.summary or {}).items() if k != "image"},
-                "reason": r.reason,
+                "reason": in_panel_words(r.reason),
             }
             for r in self.results
         ]
@@ -482,7 +482,8 @@ class FolderSummary(QGroupBox):
         result = self.results[row]
         job = result.job
         if result.status not in ("done", "skipped"):
-            self.notify(f"{job.name}: {result.status}. {result.reason}".strip(), "warning")
+            reason = in_panel_words(result.reason)
+            self.notify(f"{job.name}: {result.status}. {reason}".strip(), "warning")
             return None
         try:
             image = AxisImage.from_file(job.source, lazy=True)
