@@ -11,7 +11,7 @@ import pytest
 from helpers import ThresholdNet, disc_image, messages, same
 from napari_mutualseg._napari.layers import OWNER_KEY, camera
 from napari_mutualseg.boxes import boxes_from_labels
-from napari_mutualseg.models import ModelPair
+from napari_mutualseg.models import ModelPair, build_unet
 from napari_mutualseg.supervision import BACKGROUND, CELL
 
 
@@ -193,11 +193,27 @@ def test_corrections_that_cannot_be_added_say_why_and_stay(thresholded, notes):
         "'flat' changed since its cells were found (cells 64 x 64, image now 80 x 80)"
         in (messages(notes, "error")[-1])
     )
-    # training cannot start (no image trained from boxes): nothing is added, the cells stay
+    # training cannot start (no models left, no boxes): nothing is added, the cells stay
     flat.data = image
+    widget.reset_models()
     widget.check.add.click()
     assert "corrections of 'flat' were not added" in messages(notes, "error")[-1]
     assert not widget.controller.corrected
     assert cells.name == "flat cells" and cells.metadata[OWNER_KEY]["role"] == role
     widget.check.add.click()  # the same cells can be added again once training can start
     assert "corrections of 'flat' were not added" in messages(notes, "error")[-1]
+
+
+def test_a_loaded_pair_is_refined_by_corrections_alone(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    widget.controller.set_pair(ModelPair(build_unet(arch, 0), build_unet(arch, 1)))  # loaded
+    image = viewer.add_image(disc_image()[0], name="new")
+    _corrected(viewer, widget, image)  # no image with boxes in the viewer
+    widget.check.add.click()
+    widget.wait()
+    assert not messages(notes, "error")
+    assert [h["round"] for h in widget.history] == [1, 2]
+    report = widget.last_report
+    assert len(report.instances) == 1  # the corrected image alone
+    assert (report.labels_a[0][3:7, 3:7] == CELL).all()  # the painted cell is trusted

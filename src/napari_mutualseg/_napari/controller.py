@@ -47,7 +47,8 @@ _CONTROLLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class TrainingRequest:
     """Everything a training run needs, read from the layers on the main thread."""
 
-    item: TrainingItem  # the image picked in the panel, trained from its boxes
+    item: TrainingItem | None  # the image picked in the panel, trained from its boxes;
+    # None: the corrected images alone (a loaded model refined by corrections)
     config: TrainConfig
     show_learning: bool = False
 
@@ -165,17 +166,26 @@ class RunController(QObject):
             config = type(config).from_dict(
                 {**config.to_dict(), **unset, "rounds": self.remaining}
             )
-        first_id = str(request.item.image.unique_id)
-        items = [request.item, *(c for k, c in self.corrected.items() if k != first_id)]
+        boxed = request.item
+        first_id = None if boxed is None else str(boxed.image.unique_id)
+        corrected = [c for k, c in self.corrected.items() if k != first_id]
+        items = corrected if boxed is None else [boxed, *corrected]
+        if not items:
+            self.notify("Nothing to train on: draw boxes on an image, or correct one.", "error")
+            return None
         run = self.training = TrainingRun(self, items, config, resume, request.show_learning)
         self.planned = run.planned
-        self.trained_image = image = request.item.image
+        if boxed is not None:
+            self.trained_image = boxed.image
         self.set_state(RunState.STARTING)
         what = "Resuming training" if resume is not None else "Training"
-        n = request.item.painted
-        painted = f", with the {n} pixels you painted" if n else ""
-        more = f" and {len(items) - 1} corrected image(s)" if len(items) > 1 else ""
-        self.notify(f"{what} on '{image.name}'{more}{painted}: preparing…")
+        if boxed is None:
+            on = f"{len(items)} corrected image(s)"
+        else:
+            painted = f", with the {boxed.painted} pixels you painted" if boxed.painted else ""
+            more = f" and {len(items) - 1} corrected image(s)" if len(items) > 1 else ""
+            on = f"'{boxed.image.name}'{more}{painted}"
+        self.notify(f"{what} on {on}: preparing…")
         self.writer.defer_hidden = True
         self.prepare_layers(run.images, request.show_learning, then=run.start)
         return run.worker

@@ -215,6 +215,8 @@ class MutualSegWidget(QWidget):
 
         Uses the supervision layer with every pixel the user painted on it. It is made first
         when missing, and made again (keeping the painted pixels) when the boxes changed.
+        Images added by *Check and correct* train along; with no image or boxes picked, the
+        trained (or loaded) pair goes on with those corrected images alone.
 
         Parameters
         ----------
@@ -230,6 +232,12 @@ class MutualSegWidget(QWidget):
         if not self.controller.idle():
             return None
         image = self.image_layer
+        config, show = self.settings.to_config, self.settings.show_learning
+        unboxed = image is None or self.boxes_layer is None
+        if unboxed and self.controller.corrected and self.controller.pair is not None:
+            # a loaded (or trained) pair refined by the corrected images alone
+            worker = self.controller.train(TrainingRequest(None, config(), show))
+            return self._waited(worker, block)
         try:
             check_image_layer(image)
             boxes, region = self.boxes_layer, self.data.picked_region()
@@ -243,7 +251,7 @@ class MutualSegWidget(QWidget):
                 return None
         try:
             item = training_item(layer, image, boxes, region)
-            request = TrainingRequest(item, self.settings.to_config(), self.settings.show_learning)
+            request = TrainingRequest(item, config(), show)
         except ValueError as err:
             notify(str(err), "error")
             return None
