@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from helpers import TINY, WIDGET_NAME, disc_image, rectangles
+from helpers import TINY, WIDGET_NAME, ThresholdNet, disc_image, rectangles
 
 # napari refuses attribute writes on its objects from any thread but the main one
 os.environ["NAPARI_ENSURE_PLUGIN_MAIN_THREAD"] = "1"
@@ -90,6 +90,18 @@ def scene(viewer_widget):
     widget.image_layer = layer
     widget.boxes_layer = boxes
     return viewer, widget, layer, boxes
+
+
+@pytest.fixture
+def thresholded(viewer_widget):
+    """The widget with a pair that needs no training (bright is cell), no boxed image."""
+    from napari_mutualseg.models import ModelPair
+
+    viewer, widget = viewer_widget
+    widget.controller.set_pair(
+        ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4, "rgb": "gray"})
+    )
+    return viewer, widget
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ThresholdNet, disc_image, messages
+from helpers import disc_image, messages
 from napari_mutualseg._napari.cells import cell_table, export
 from napari_mutualseg._napari.layers import camera
-from napari_mutualseg.models import ModelPair
 
 
 @pytest.fixture
@@ -105,16 +104,6 @@ def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted
     # run again: the finished images are kept
     widget.segment_folder(folder, out, block=True)
     assert [r.status for r in widget.summary.results] == ["skipped", "skipped", "failed", "failed"]
-
-
-@pytest.fixture
-def thresholded(viewer_widget):
-    """The widget with a pair that needs no training (bright is cell)."""
-    viewer, widget = viewer_widget
-    widget.controller.set_pair(
-        ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4, "rgb": "gray"})
-    )
-    return viewer, widget
 
 
 def _frames():

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from helpers import ThresholdNet, disc_image, messages, same
+from helpers import disc_image, messages, same
 from napari_mutualseg._napari.layers import OWNER_KEY, camera
 from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.models import ModelPair, build_unet
@@ -149,16 +149,6 @@ def test_nothing_corrected_or_the_boxed_image_gets_advice(trained, notes):
     errors = messages(notes, "error")
     assert any("Nothing on 'other' was corrected" in m for m in errors)
     assert any("trained from its boxes" in m for m in errors)
-
-
-@pytest.fixture
-def thresholded(viewer_widget):
-    """The widget with a pair that needs no training (bright is cell), no boxed image."""
-    viewer, widget = viewer_widget
-    widget.controller.set_pair(
-        ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4, "rgb": "gray"})
-    )
-    return viewer, widget
 
 
 def _corrected(viewer, widget, image):
