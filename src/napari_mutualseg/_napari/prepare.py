@@ -154,7 +154,8 @@ def with_edits(layer: Labels, new: SupervisionRecord) -> tuple[np.ndarray, int]:
 
 def paint_from(data: np.ndarray, earlier: Labels, record: SupervisionRecord) -> int:
     """Carry the pixels painted on ``earlier`` (a supervision saved and opened again, which
-    lost what it was made from) into ``data``, ``record``'s class map; the pixels taken.
+    lost what it was made from) into ``data``, the class map ``record`` generates (not yet
+    painted on); the pixels taken.
 
     A pixel counts as painted where ``earlier`` differs from what the boxes give now, except
     in the ellipse of a box that has no cell pixel in ``earlier``: such a box was drawn after
@@ -169,7 +170,7 @@ def paint_from(data: np.ndarray, earlier: Labels, record: SupervisionRecord) -> 
         given = check_class_map(np.asarray(earlier.data), record.shape, f"'{earlier.name}'")
     except ValueError as err:
         raise UserInputError(str(err)) from None
-    painted = given != record.classes()
+    painted = given != data
     flat_given = given.reshape((-1, *record.shape[-2:]))
     flat_painted = painted.reshape(flat_given.shape)
     drawn_since = 0
@@ -461,11 +462,12 @@ def write_supervision(
     record = prepare_supervision(image, boxes, region)
     tag = owner_tag("supervision", image, record=record)
     layer = supervision_to_update(viewer, image, record)
-    data = record.classes()
+    generated = record.classes()
+    data = generated.copy()
     kept = 0 if earlier is None else paint_from(data, earlier, record)
     if layer is not None:  # what was painted on the layer itself wins: it is newer
         edited, painted = with_edits(layer, record)
-        mine = edited != record.classes()
+        mine = edited != generated
         data[mine] = edited[mine]
         kept += painted
     if layer is None:
