@@ -234,6 +234,21 @@ class ModelPair(Segmenter):
             If the file is damaged, not a napari-mutualseg model, or describes networks this
             package cannot build; the message says what is wrong in one line.
         """
+        pair, _ = cls.read(path)
+        return pair.to(select_device(device))
+
+    @classmethod
+    def read(cls, path: str | Path) -> tuple[ModelPair, dict[str, Any]]:
+        """The pair saved at ``path`` on the CPU, checked as :meth:`load` checks it, and the
+        file's fields as stored (its format and package versions among them).
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no such file.
+        napari_mutualseg.checkpoint.CheckpointError
+            If the file is not a usable model (see :meth:`load`).
+        """
         payload, (model_a, model_b) = checkpoint.read_networks(path)
         pair = cls(
             model_a,
@@ -246,4 +261,4 @@ class ModelPair(Segmenter):
                 tuple(payload["channel_names"]) if payload.get("channel_names") else None
             ),
         )
-        return pair.to(select_device(device))
+        return pair, payload

@@ -18,11 +18,9 @@ def model_card(path: str) -> dict[str, Any]:
         If it is not a usable model (the message says why).
     """
     from ..blockwise import default_halo
-    from ..checkpoint import read_checkpoint
     from ..models import ModelPair
 
-    payload = read_checkpoint(path)
-    pair = ModelPair.load(path, device="cpu")
+    pair, payload = ModelPair.read(path)
     history = pair.history
     settings = pair.settings
     return {
