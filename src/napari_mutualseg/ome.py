@@ -18,7 +18,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "PixelSize",
     "check_writable_zarr",
     "convert_length",
+    "in_one_unit",
     "labels_zarr",
     "unit_symbol",
 ]
@@ -84,6 +85,23 @@ def convert_length(value: float, unit: Any, to: Any) -> float:
     factor = _UNITS[_unit_name(str(unit))][1] / _UNITS[_unit_name(str(to))][1]
     # to 12 digits, so that 650 nm is 0.65 µm and not 0.6500000000000001
     return float(f"{float(value) * factor:.12g}")
+
+
+def in_one_unit(
+    sizes: Mapping[str, tuple[float, str | None]],
+) -> tuple[dict[str, float], str | None]:
+    """Step sizes by axis (``"Z"``, ``"Y"``, ``"X"``), each with its own unit, in one unit:
+    that of x (else y, else z).
+
+    OME metadata and napari layers give every axis its own unit (x and y in nm, z in µm is
+    common); an image's pixel size has one. An axis without a unit keeps its value.
+    """
+    unit = next((sizes[a][1] for a in "XYZ" if a in sizes and sizes[a][1]), None)
+    scale = {
+        a: convert_length(value, own, unit) if own and unit else value
+        for a, (value, own) in sizes.items()
+    }
+    return scale, unit
 
 
 def _unit_name(unit: str) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 from .files import format_size
 from .images import ASK_AXES, AXES, PLANE_AXES, AxisImage, parse_axes, rgb_like
 from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES
-from .ome import convert_length, unit_symbol
+from .ome import in_one_unit, unit_symbol
 
 __all__ = ["LAZY_BYTES", "AxesUnknownError", "is_zarr", "read_axis_image", "read_pixels"]
 
@@ -365,27 +365,10 @@ def _ome_xml(xml: str | None) -> tuple[tuple[str, ...] | None, dict[str, float],
         if value is not None:
             # OME's default unit is the micrometre; each axis may have its own
             sizes[letter] = (float(value), _unit(pixels.get(f"PhysicalSize{letter}Unit", "µm")))
-    scale, unit = _one_unit(sizes)
+    scale, unit = in_one_unit(sizes)
     channels = [e for e in pixels if e.tag.endswith("}Channel")]
     names = tuple(e.get("Name", "") for e in channels)
     return (names if names and all(names) else None), scale, unit
-
-
-def _one_unit(
-    sizes: Mapping[str, tuple[float, str | None]],
-) -> tuple[dict[str, float], str | None]:
-    """Step sizes by axis, each with its own unit, in one unit: that of x (else y, else z).
-
-    OME metadata give every axis its own unit (x and y in nm, z in µm is common); an
-    :class:`~napari_mutualseg.images.AxisImage` has one. An axis without a unit keeps its
-    value.
-    """
-    unit = next((sizes[a][1] for a in "XYZ" if a in sizes and sizes[a][1]), None)
-    scale = {
-        a: convert_length(value, own, unit) if own and unit else value
-        for a, (value, own) in sizes.items()
-    }
-    return scale, unit
 
 
 def _imagej_scale(meta: Mapping[str, Any], page: Any) -> tuple[dict[str, float], str | None]:
@@ -484,7 +467,7 @@ def _read_zarr(path: Path, level: int = 0) -> _Raw:
             for a, v, u in zip(letters, scale, units, strict=True)
             if a in "ZYX"
         }
-        pixel_size, unit = _one_unit(space)
+        pixel_size, unit = in_one_unit(space)
         # a time step is no length: kept as it is
         pixel_size.update({a: float(v) for a, v in zip(letters, scale, strict=True) if a == "T"})
     omero = ome.get("omero", attrs.get("omero", {})) or {}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..images import AxisImage, parse_axes
-from ..ome import convert_length, unit_symbol
+from ..ome import in_one_unit, unit_symbol
 
 if TYPE_CHECKING:
     from napari.layers import Image
@@ -194,8 +194,9 @@ def _pixel_size(layer: Image, axes: str) -> tuple[tuple[float, ...], str] | None
     its unit, where it is known; else None.
 
     Known means a length unit for every one of those axes: napari's ``units`` of the layer
-    (converted to the unit of x where they differ), or, for a layer in pixels, the unit a
-    reader put in its metadata with a size for each axis (the layer's scale, as set from it).
+    (in the unit of x where they differ, :func:`~napari_mutualseg.ome.in_one_unit`), or, for
+    a layer in pixels, the unit a reader put in its metadata with a size for each axis (the
+    layer's scale, as set from it).
     """
     letters = [a for a in axes if a in "ZYX"]
     where = [axes.index(a) for a in letters]
@@ -207,10 +208,9 @@ def _pixel_size(layer: Image, axes: str) -> tuple[tuple[float, ...], str] | None
     meta = layer.metadata if isinstance(layer.metadata, dict) else {}
     try:
         if units and all(units):
-            unit = units[-1]
-            return tuple(
-                convert_length(s, u, unit) for s, u in zip(scale, units, strict=True)
-            ), unit
+            steps = {a: (s, u) for a, s, u in zip(letters, scale, units, strict=True)}
+            sizes, unit = in_one_unit(steps)
+            return tuple(sizes[a] for a in letters), unit
         known = meta.get("pixel_size")
         unit = unit_symbol(meta.get("unit"))
         if unit and isinstance(known, dict) and all(a in known for a in letters):
