@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -191,21 +192,24 @@ class ExchangeContext:
     def _fallback_boxes(
         self, objects: np.ndarray, ratio: np.ndarray, min_core: float, leak: float
     ) -> np.ndarray:
-        """Which boxes keep their round-1 label: object too small for its core, or leaking.
-
-        A leak is measured against the box's pixels on the image: a box that reaches past the
-        border has fewer, and an object filling all of them leaks as much as in a whole box.
-        """
+        """Which boxes keep their round-1 label: object too small for its core, or leaking
+        (more than ``leak`` of :attr:`box_pixels`)."""
         areas = np.bincount(objects.ravel(), minlength=len(ratio) + 1)[1:]
-        shape = objects.shape
-        box_areas = np.array(
+        return (ratio < min_core) | (areas > leak * self.box_pixels)
+
+    @cached_property
+    def box_pixels(self) -> np.ndarray:
+        """Each box's pixels on the image (float64), against which a leak is measured: a box
+        that reaches past the border has fewer, and an object filling all of them leaks as
+        much as in a whole box. Fixed across rounds, so counted once."""
+        shape = self.initial.shape
+        return np.array(
             [
                 np.count_nonzero(np.maximum(np.abs(u), np.abs(v)) <= 1.0)
                 for _, u, v in (b.local_coords(shape) for b in self.supervision.boxes)
             ],
             dtype=np.float64,
         )
-        return (ratio < min_core) | (areas > leak * box_areas)
 
     def _box_mask(self, which: np.ndarray) -> np.ndarray:
         boxes = self.supervision.boxes
