@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from napari_mutualseg.boxes import usable_boxes
 from napari_mutualseg.supervision import (
     BACKGROUND,
     BOUNDARY,
@@ -369,3 +370,21 @@ def test_ellipses_are_those_of_skimage_draw_for_any_box_on_or_past_the_border():
         )
         expected[rows, cols] = True
         np.testing.assert_array_equal(sup.instances > 0, expected, err_msg=str((y0, x0, y1, x1)))
+
+
+def test_a_cell_boxed_twice_is_counted_once():
+    cell = Box.from_corners(10, 10, 30, 34)
+    again = Box.from_vertices(cell.corners[::-1] + 0.2)  # drawn from another corner
+    other = Box.from_corners(50, 50, 70, 70)
+    with pytest.warns(UserWarning, match=r"box 1 repeats box 0"):
+        sup = make_supervision((100, 100), [cell, again, other])
+    assert sup.boxes == [cell, other]
+    assert set(np.unique(sup.instances)) == {0, 1, 2}
+
+
+def test_usable_boxes_leaves_repeats_out_with_a_note():
+    cell = Box.from_corners(10, 10, 30, 34)
+    near = Box.from_corners(11, 10, 30, 34)  # one pixel off: another drawing, kept
+    kept, notes = usable_boxes([cell, near, cell, Box.from_corners(10, 10, 30, 34)], (64, 64))
+    assert kept == [cell, near]
+    assert notes == ["2 box(es) repeat another box on the same cell and were counted once."]

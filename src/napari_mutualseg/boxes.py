@@ -7,8 +7,9 @@ only places that convert between the two.
 
 The rules live here once, for the Python API, the command line and the napari widget alike:
 which shapes are boxes (:data:`BOX_TYPES`), how small a box may be (:data:`MIN_BOX_SIZE`),
-how a box on a stack finds its plane (:func:`boxes_by_plane`) and which boxes of a drawing
-can be used on an image (:func:`usable_boxes`).
+how a box on a stack finds its plane (:func:`boxes_by_plane`), when a box repeats another
+(:func:`repeated_boxes`) and which boxes of a drawing can be used on an image
+(:func:`usable_boxes`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "boxes_from_labels",
     "boxes_from_shapes",
     "rectangle_vertices",
+    "repeated_boxes",
     "usable_boxes",
 ]
 
@@ -237,6 +239,19 @@ class Box:
             f"box {k} (centre {_fmt(self.center)}, size {_fmt(2 * h for h in self.half_sizes)}, "
             f"angle {math.degrees(self.angle):g} degrees)"
         )
+
+    def repeats(self, other: Box) -> bool:
+        """Whether this box covers the same pixels as ``other``: the same cell drawn twice.
+
+        Corners within half a pixel of each other count as the same box (a copy, a table row
+        given twice); the later of two such boxes would get none of the cell's pixels.
+        """
+        if self.kind != other.kind:
+            return False
+        gaps = np.abs(self.corners[:, None] - other.corners[None]).max(axis=2)
+        # Each corner close to some corner of the other box: the same rectangle, whatever
+        # corner each drawing started from.
+        return bool((gaps.min(axis=1) < 0.5).all() and (gaps.min(axis=0) < 0.5).all())
 
     @property
     def too_small(self) -> bool:
@@ -516,11 +531,42 @@ def rectangle_vertices(rows: Any) -> list[np.ndarray]:
     return [box.corners for box in _boxes_from_rows(np.asarray(rows, np.float64).reshape(-1, 4))]
 
 
+def repeated_boxes(boxes: Sequence[Box]) -> dict[int, int]:
+    """Which boxes repeat an earlier one (:meth:`Box.repeats`): the same cell boxed twice.
+
+    Parameters
+    ----------
+    boxes : sequence of Box
+        The boxes of one image plane.
+
+    Returns
+    -------
+    dict of int to int
+        The index of each repeat and the index of the earlier box it repeats.
+    """
+    # Repeats have centres within half a pixel: only boxes in neighbouring cells of a
+    # one-pixel grid are compared, so a plate of thousands of boxes stays linear.
+    grid: dict[tuple[int, int], list[int]] = {}
+    found: dict[int, int] = {}
+    for k, box in enumerate(boxes):
+        cy, cx = (math.floor(c) for c in box.center)
+        near = (
+            j for dy in (-1, 0, 1) for dx in (-1, 0, 1) for j in grid.get((cy + dy, cx + dx), ())
+        )
+        first = next((j for j in sorted(near) if box.repeats(boxes[j])), None)
+        if first is None:
+            grid.setdefault((cy, cx), []).append(k)
+        else:
+            found[k] = first
+    return found
+
+
 def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box], list[str]]:
     """The boxes of a drawing that can stand for cells of an image of ``shape``.
 
-    Boxes smaller than :data:`MIN_BOX_SIZE` (a click without a drag) and boxes wholly outside
-    the image are left out, each kind with a note that says so; the rest keep their order.
+    Boxes smaller than :data:`MIN_BOX_SIZE` (a click without a drag), boxes wholly outside
+    the image and boxes that repeat an earlier one (:meth:`Box.repeats`) are left out, each
+    kind with a note that says so; the rest keep their order.
 
     Parameters
     ----------
@@ -545,6 +591,8 @@ def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box],
     tiny = [b for b in boxes if b.too_small]
     outside = [b for b in boxes if not b.too_small and not b.overlaps(shape)]
     kept = [b for b in boxes if not b.too_small and b.overlaps(shape)]
+    repeated = repeated_boxes(kept)
+    kept = [b for k, b in enumerate(kept) if k not in repeated]
     if not boxes:
         raise ValueError("No boxes: draw at least one rectangle around a cell.")
     if not kept and not outside:
@@ -567,5 +615,9 @@ def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box],
     if outside:
         notes.append(
             f"{len(outside)} of {len(boxes)} boxes lie outside the image and were ignored."
+        )
+    if repeated:
+        notes.append(
+            f"{len(repeated)} box(es) repeat another box on the same cell and were counted once."
         )
     return kept, notes

@@ -24,7 +24,14 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from .boxes import BOX_TYPES, MIN_BOX_SIZE, Box, boxes_by_plane, boxes_from_shapes
+from .boxes import (
+    BOX_TYPES,
+    MIN_BOX_SIZE,
+    Box,
+    boxes_by_plane,
+    boxes_from_shapes,
+    repeated_boxes,
+)
 
 __all__ = [
     "BACKGROUND",
@@ -182,7 +189,9 @@ def make_supervision(
     inside several ellipses belongs to the one with the smallest normalised distance
     ``u**2 + v**2`` (ties: the earlier box). Every instance's inner edge, which includes the
     dividing lines where the owner changes, is boundary. The box corners outside the ellipse
-    are background like the rest of the image; the engine decides how to trust them.
+    are background like the rest of the image; the engine decides how to trust them. A box
+    that repeats an earlier one (:func:`~napari_mutualseg.boxes.repeated_boxes`, the same cell
+    boxed twice) is left out with a warning: it would get none of the cell's pixels.
 
     Parameters
     ----------
@@ -247,6 +256,16 @@ def make_supervision(
         region = region.astype(bool, copy=False)
     h, w = shape
     _check_boxes((h, w), boxes)
+    repeated = repeated_boxes(boxes)
+    if repeated:
+        shown = ", ".join(f"box {k} repeats box {j}" for k, j in list(repeated.items())[:5])
+        warnings.warn(
+            f"{len(repeated)} box(es) repeat an earlier box on the same cell ({shown}); each "
+            "cell is counted once.",
+            UserWarning,
+            stacklevel=2,
+        )
+        boxes = [b for k, b in enumerate(boxes) if k not in repeated]
 
     instances = np.zeros(shape, np.int32)
     best = np.full(shape, np.inf, np.float64)
