@@ -244,10 +244,10 @@ class Box:
         """Whether this box covers the same pixels as ``other``: the same cell drawn twice.
 
         Corners within half a pixel of each other count as the same box (a copy, a table row
-        given twice); the later of two such boxes would get none of the cell's pixels.
+        given twice), whichever shape drew them: a rectangle's inscribed ellipse is the same
+        as an ellipse drawn in it. The later of two such boxes would get none of the cell's
+        pixels.
         """
-        if self.kind != other.kind:
-            return False
         gaps = np.abs(self.corners[:, None] - other.corners[None]).max(axis=2)
         # Each corner close to some corner of the other box: the same rectangle, whatever
         # corner each drawing started from.
