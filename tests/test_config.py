@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
+from napari_mutualseg import config as config_module
 from napari_mutualseg.checkpoint import ARCH_LIMITS
 from napari_mutualseg.config import ExchangeSettings, TrainConfig
 
@@ -121,3 +123,14 @@ def test_parallel_must_be_true_or_false():
     with pytest.raises(ValueError, match=r"parallel must be True or False, got 2"):
         TrainConfig(parallel=2)
     assert TrainConfig(parallel=0).parallel is False
+
+
+def test_sizes_left_out_are_those_recommended_for_the_device(monkeypatch):
+    # TrainConfig(rounds=3) on a laptop must not train a GPU-sized pair for half an hour
+    cpu = TrainConfig(device="cpu", rounds=3)
+    assert (cpu.steps_per_round, cpu.batch_size, cpu.patch_size, cpu.depth) == (100, 4, 128, 3)
+    assert cpu == TrainConfig.recommended("cpu", rounds=3)
+    assert TrainConfig(device="cpu", depth=4, batch_size=2).depth == 4
+    monkeypatch.setattr(config_module, "select_device", lambda device: torch.device("cuda", 0))
+    gpu = TrainConfig()
+    assert (gpu.steps_per_round, gpu.batch_size, gpu.patch_size, gpu.depth) == (200, 8, 256, 4)

@@ -23,7 +23,13 @@ from .images import RGB_MODES, parse_channels
 from .inference import DEFAULT_TILE_SIZE, MIN_TILE_SIZE
 from .preprocess import DEFAULT_PERCENTILES
 
-__all__ = ["EXCHANGE_RULES", "PAIR_INPUT_SETTINGS", "ExchangeSettings", "TrainConfig"]
+__all__ = [
+    "DEVICE_SIZES",
+    "EXCHANGE_RULES",
+    "PAIR_INPUT_SETTINGS",
+    "ExchangeSettings",
+    "TrainConfig",
+]
 
 #: How predictions become the peer's labels (see :mod:`napari_mutualseg.exchange`).
 EXCHANGE_RULES = ("confident", "literal")
@@ -34,6 +40,15 @@ PAIR_INPUT_SETTINGS = ("percentiles", "channels", "rgb")
 
 #: Seeds go to torch and NumPy (B's is ``seed + 1``): the usual 32-bit range, which both take.
 _MAX_SEED = 2**32 - 1
+
+#: The sizes recommended for a GPU and for a CPU, where a :class:`TrainConfig` leaves them out.
+#: On a CPU, smaller crops, smaller batches and a shallower network keep a round to about half
+#: a minute per 520 x 696 image on two cores (the bundled sample reaches a per-box mAP above
+#: 0.8 with them in four rounds).
+DEVICE_SIZES = {
+    "gpu": {"steps_per_round": 200, "batch_size": 8, "patch_size": 256, "depth": 4},
+    "cpu": {"steps_per_round": 100, "batch_size": 4, "patch_size": 128, "depth": 3},
+}
 
 #: Whole-number settings and the least value of each (the network's size: :data:`ARCH_LIMITS`).
 _COUNTS = {"rounds": 1, "steps_per_round": 1, "batch_size": 1, "patch_size": 1, "min_size": 0}
@@ -202,12 +217,14 @@ class TrainConfig:
     ----------
     rounds : int
         Maximum number of rounds (training stops earlier when labels stop changing).
-    steps_per_round : int
+    steps_per_round : int, optional
         Optimiser steps per network per round.
-    batch_size, patch_size : int
+    batch_size, patch_size : int, optional
         Random crops per step and their edge in pixels.
-    width, depth : int
-        U-Net channels at the first level and number of levels (both networks).
+    width : int
+        U-Net channels at the first level (both networks).
+    depth : int, optional
+        Number of U-Net levels (both networks).
     learning_rate : float
         Adam learning rate of round 1.
     later_lr_factor : float
@@ -239,6 +256,10 @@ class TrainConfig:
 
     Notes
     -----
+    ``steps_per_round``, ``batch_size``, ``patch_size`` and ``depth`` left out are those
+    recommended for ``device`` (:data:`DEVICE_SIZES`): ``TrainConfig(rounds=3)`` trains a
+    CPU-sized pair on a laptop and a GPU-sized one on a GPU workstation.
+
     ``percentiles``, ``channels`` and ``rgb`` decide what the networks see. When training
     resumes from a pair, those left out (``None``) are the pair's, so the networks keep seeing
     what they were trained on; :attr:`unset` says which were left out. After construction
@@ -246,11 +267,11 @@ class TrainConfig:
     """
 
     rounds: int = 5
-    steps_per_round: int = 200
-    batch_size: int = 8
-    patch_size: int = 256
+    steps_per_round: int | None = None
+    batch_size: int | None = None
+    patch_size: int | None = None
     width: int = 16
-    depth: int = 4
+    depth: int | None = None
     learning_rate: float = 1e-3
     later_lr_factor: float = 0.5
     seed: int = 0
@@ -265,6 +286,11 @@ class TrainConfig:
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
 
     def __post_init__(self) -> None:
+        unsized = [n for n in DEVICE_SIZES["gpu"] if getattr(self, n) is None]
+        if unsized:
+            kind = "cpu" if select_device(self.device).type == "cpu" else "gpu"
+            for name in unsized:
+                setattr(self, name, DEVICE_SIZES[kind][name])
         self._unset = frozenset(n for n in PAIR_INPUT_SETTINGS if getattr(self, n) is None)
         if self.rgb is None:
             self.rgb = "channels"
@@ -341,11 +367,7 @@ class TrainConfig:
 
     @classmethod
     def recommended(cls, device: str | torch.device = "auto", **overrides: Any) -> TrainConfig:
-        """The recommended settings for ``device``.
-
-        On a GPU these are the class defaults. On a CPU, smaller crops, smaller batches and a
-        shallower network keep a round to about half a minute per 520 x 696 image on two cores
-        (the bundled sample reaches a per-box mAP above 0.8 with them in four rounds).
+        """The recommended settings for ``device`` (:data:`DEVICE_SIZES`), with ``overrides``.
 
         Parameters
         ----------
@@ -354,9 +376,7 @@ class TrainConfig:
         **overrides
             Settings that replace the recommended ones.
         """
-        light = {"batch_size": 4, "patch_size": 128, "depth": 3, "steps_per_round": 100}
-        base = light if select_device(device).type == "cpu" else {}
-        return cls(**{**base, "device": str(device), **overrides})
+        return cls(**{"device": str(device), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain Python values (stored in model files)."""
