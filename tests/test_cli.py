@@ -321,3 +321,27 @@ def test_bad_images_are_explained(tmp_path, data, capsys):
         capsys, "supervise", data["image"], "--boxes", empty, "--out", tmp_path / "s.tif"
     )
     assert code == 2 and "box" in err.lower()
+
+
+def _actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((name, a) for a in sub._actions)
+
+
+def test_every_option_is_explained_with_its_default(capsys):
+    from napari_mutualseg.cli import build_parser
+    from napari_mutualseg.config import DEVICE_SIZES, TrainConfig
+
+    parser = build_parser()
+    unexplained = [(cmd, a.dest) for cmd, a in _actions(parser) if a.dest != "help" and not a.help]
+    assert unexplained == []
+    helps = {(cmd, a.dest): a.help for cmd, a in _actions(parser)}
+    assert f"default: {TrainConfig.rounds}" in helps["train", "rounds"]
+    assert "default: 4" in helps["demo", "rounds"]
+    steps = DEVICE_SIZES["gpu"]["steps_per_round"], DEVICE_SIZES["cpu"]["steps_per_round"]
+    assert "{} on a GPU, {} on the CPU".format(*steps) in helps["train", "steps"]
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "(default: 512)" in " ".join(capsys.readouterr().out.split())

@@ -9,12 +9,16 @@ from .. import __version__
 from .info import cmd_info
 from .labels import cmd_evaluate, cmd_supervise
 from .predict import cmd_predict
-from .train import cmd_demo, cmd_train
+from .train import DEMO_ROUNDS, cmd_demo, cmd_train
 
 if TYPE_CHECKING:
     from ..ome import PixelSize
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+#: The model argument of ``predict`` and ``info``.
+_MODEL_HELP = "model file (.pt) written by train, demo or the plugin's Save model"
 
 
 def _pixel_size_option(text: str) -> PixelSize:
@@ -26,21 +30,59 @@ def _pixel_size_option(text: str) -> PixelSize:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _add_training_options(p: argparse.ArgumentParser) -> None:
-    """Training options; left out, each takes the value recommended for the device."""
-    from ..config import EXCHANGE_RULES
+def _add_training_options(
+    p: argparse.ArgumentParser, rounds: int | None = None, resume: bool = False
+) -> None:
+    """Training options; left out, each takes the value recommended for the device.
 
-    p.add_argument("--rounds", type=int, help="maximum rounds")
-    p.add_argument("--steps", type=int, help="steps per round per network")
-    p.add_argument("--width", type=int, help="U-Net channels at the first level")
-    p.add_argument("--depth", type=int, help="U-Net levels")
-    p.add_argument("--batch-size", type=int, help="crops per training step")
-    p.add_argument("--patch-size", type=int, help="training crop edge in pixels")
-    p.add_argument("--lr", type=float, help="learning rate of round 1")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--exchange", choices=EXCHANGE_RULES, help="exchange rule")
+    Their help shows those values: ``rounds`` is the command's own default round count (None:
+    :class:`TrainConfig`'s); with ``resume``, the network size is the resumed model's.
+    """
+    from dataclasses import fields
+
+    from ..config import DEVICE_SIZES, EXCHANGE_RULES, ExchangeSettings, TrainConfig
+
+    default = {f.name: f.default for f in fields(TrainConfig)}
+
+    def sized(name: str) -> str:
+        gpu, cpu = DEVICE_SIZES["gpu"][name], DEVICE_SIZES["cpu"][name]
+        return f"default: {gpu} on a GPU, {cpu} on the CPU"
+
+    resumed = "; with --resume, the model's" if resume else ""
+    rounds = default["rounds"] if rounds is None else rounds
+    p.add_argument("--rounds", type=int, help=f"maximum rounds (default: {rounds})")
     p.add_argument(
-        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, mps"
+        "--steps", type=int, help=f"steps per round per network ({sized('steps_per_round')})"
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        help=f"U-Net channels at the first level (default: {default['width']}{resumed})",
+    )
+    p.add_argument("--depth", type=int, help=f"U-Net levels ({sized('depth')}{resumed})")
+    p.add_argument(
+        "--batch-size", type=int, help=f"crops per training step ({sized('batch_size')})"
+    )
+    p.add_argument(
+        "--patch-size", type=int, help=f"training crop edge in pixels ({sized('patch_size')})"
+    )
+    p.add_argument(
+        "--lr", type=float, help=f"learning rate of round 1 (default: {default['learning_rate']})"
+    )
+    p.add_argument("--seed", type=int, help=f"random seed (default: {default['seed']})")
+    p.add_argument(
+        "--exchange",
+        choices=EXCHANGE_RULES,
+        help=f"exchange rule (default: {ExchangeSettings().rule})",
+    )
+    _add_device_option(p)
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU; the default), cpu, cuda:0, mps",
     )
 
 
@@ -72,11 +114,16 @@ def _add_image_options(p: argparse.ArgumentParser, channels: bool = True) -> Non
 
 def _add_supervise(sub: Subparsers) -> None:
     p = sub.add_parser("supervise", help="boxes -> ellipse supervision (class map TIFF)")
-    p.add_argument("image")
+    p.add_argument("image", help="the image the boxes were drawn on")
     p.add_argument("--boxes", required=True, help="box CSV (napari Shapes CSV or y0,x0,y1,x1)")
     p.add_argument("--out", required=True, help="class map TIFF to write")
     p.add_argument("--instances-out", help="also write the per-box instance map here")
-    p.add_argument("--edge-width", type=int, default=1, help="boundary thickness in pixels")
+    p.add_argument(
+        "--edge-width",
+        type=int,
+        default=1,
+        help="boundary thickness in pixels (default: %(default)s)",
+    )
     _add_image_options(p, channels=False)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_supervise)
@@ -84,7 +131,7 @@ def _add_supervise(sub: Subparsers) -> None:
 
 def _add_train(sub: Subparsers) -> None:
     p = sub.add_parser("train", help="train the pair of networks from boxes")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="the boxed images")
     p.add_argument(
         "--boxes",
         nargs="+",
@@ -104,7 +151,7 @@ def _add_train(sub: Subparsers) -> None:
     p.add_argument("--labels-out", help="folder for each boxed image's final segmentation")
     p.add_argument("--resume", help="continue training this saved model")
     _add_image_options(p)
-    _add_training_options(p)
+    _add_training_options(p, resume=True)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_train)
 
@@ -113,7 +160,7 @@ def _add_predict(sub: Subparsers) -> None:
     from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
     p = sub.add_parser("predict", help="segment new images with a trained model")
-    p.add_argument("model")
+    p.add_argument("model", help=_MODEL_HELP)
     p.add_argument(
         "images",
         nargs="+",
@@ -127,9 +174,24 @@ def _add_predict(sub: Subparsers) -> None:
         help="folder for <name>_cells.tif and <name>_cells.csv per image (the inputs' "
         "folders are kept below it), summary.csv and run_report.csv",
     )
-    p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
-    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
-    p.add_argument("--min-size", type=int, default=None, help="drop smaller objects (pixels)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=DEFAULT_TILE_SIZE,
+        help="edge of the tiles the networks see at once, in pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=DEFAULT_OVERLAP,
+        help="pixels neighbouring tiles share (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        help="drop smaller objects, in pixels (default: the model's training setting)",
+    )
     _add_image_options(p)
     p.add_argument(
         "--no-link",
@@ -185,7 +247,7 @@ def _add_predict(sub: Subparsers) -> None:
         help="run on an existing dask cluster, e.g. tcp://10.0.0.5:8786 (dask scheduler and "
         "dask worker, or dask-jobqueue); the workers must see the input and output folders",
     )
-    p.add_argument("--device", default="auto")
+    _add_device_option(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -197,23 +259,27 @@ def _add_predict(sub: Subparsers) -> None:
 
 def _add_evaluate(sub: Subparsers) -> None:
     p = sub.add_parser("evaluate", help="compare an instance label image with ground truth")
-    p.add_argument("pred")
-    p.add_argument("gt")
+    p.add_argument("pred", help="the segmentation: an instance label image (0 background)")
+    p.add_argument("gt", help="the ground truth: an instance label image of the same size")
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
 
 def _add_info(sub: Subparsers) -> None:
     p = sub.add_parser("info", help="what a model file holds: input, networks, training")
-    p.add_argument("model")
+    p.add_argument("model", help=_MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=cmd_info)
 
 
 def _add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="the whole flow on the bundled BBBC039 sample")
-    p.add_argument("--out", default="demo_output", help="folder for overlay, metrics and model")
-    _add_training_options(p)
+    p.add_argument(
+        "--out",
+        default="demo_output",
+        help="folder for overlay, metrics and model (default: %(default)s)",
+    )
+    _add_training_options(p, rounds=DEMO_ROUNDS)
     p.add_argument("--overwrite", action="store_true", help="replace earlier demo output")
     p.set_defaults(func=cmd_demo)
 

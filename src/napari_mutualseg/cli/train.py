@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from ..training import MutualTrainer, RoundReport
     from .inputs import PlaneBoxes
 
+#: Rounds of ``demo`` unless --rounds says otherwise.
+DEMO_ROUNDS = 4
+
 
 def run_rounds(
     trainer: MutualTrainer, on_round: Callable[[RoundReport], None] | None = None
@@ -177,7 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     baseline = evaluate(sup.instances, sample.ground_truth)
     print(f"ellipse label        {format_metrics(baseline)}")
-    config = config_from(args, rounds=4)
+    config = config_from(args, rounds=DEMO_ROUNDS)
     trainer = MutualTrainer(sample.image, sup, config)
     check_writable(model_path, args.overwrite, size=trainer.pair.file_size)
     rounds = []
