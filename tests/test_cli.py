@@ -345,3 +345,19 @@ def test_every_option_is_explained_with_its_default(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     assert "(default: 512)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_predict_says_what_to_try_when_no_cell_is_found(data, tmp_path, capsys):
+    import torch
+
+    model = tmp_path / "m.pt"
+    _run(capsys, "train", data["image"], "--boxes", data["plain"], "--out", model, *TINY)
+    pair = ModelPair.load(model)
+    for net in (pair.model_a, pair.model_b):  # every pixel background
+        with torch.no_grad():
+            net.head.weight.zero_()
+            net.head.bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
+    blind = pair.save(tmp_path / "blind.pt")
+    code, stdout, err = _run(capsys, "predict", blind, data["image"], "--out", tmp_path / "p")
+    assert code == 0 and "0 cells" in stdout
+    assert "no cells found in cells.tif: the networks may need more training" in err

@@ -28,6 +28,12 @@ from .inference import (
 from .linking import LINK_MIN_OVERLAP, link_labels
 from .preprocess import apply_ranges, check_channels
 
+#: What to try when a trained pair finds no cell in an image, for every face to say.
+NO_CELLS_ADVICE = (
+    "the networks may need more training (more rounds or steps per round), or the images "
+    "differ from those they were trained on (other stain, magnification or contrast)"
+)
+
 
 class Segmenter:
     """The methods of :class:`~napari_mutualseg.models.ModelPair` that use its networks on images.

@@ -40,6 +40,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..batch import REPORT_NAME, SUMMARY_NAME, BatchRun
+    from ..segmenter import NO_CELLS_ADVICE
 
     run = BatchRun(
         args.model,
@@ -78,6 +79,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if counts["failed"]:
         parts.append(f"{counts['failed']} failed (reasons in {run.out_dir / REPORT_NAME})")
     cells = sum(r.cells for r in run.results)
+    empty = [r.job.name for r in run.results if r.status == "done" and not r.cells]
+    if empty:
+        where = empty[0] if len(empty) == 1 else f"{len(empty)} images ({empty[0]}, ...)"
+        print(f"warning: no cells found in {where}: {NO_CELLS_ADVICE}.", file=sys.stderr)
     print(
         f"{len(run.jobs)} image{'s' if len(run.jobs) > 1 else ''}: {', '.join(parts)}; "
         f"{cells} cells. Tables per image beside the labels, {run.out_dir / SUMMARY_NAME}."
