@@ -159,6 +159,7 @@ def test_info_says_what_a_model_holds(data, tmp_path, capsys):
     assert code == 0, err
     assert "input: 1 channel" in stdout and "width 4 and depth 2" in stdout
     assert "trained: 1 round(s) on cpu" in stdout
+    assert "images above 4096 x 4096 px (or with --block-size) are segmented block by" in stdout
     code, stdout, _ = _run(capsys, "info", model, "--json")
     card = json.loads(stdout)
     assert card["fingerprint"] == ModelPair.load(model).fingerprint()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 
@@ -53,6 +54,8 @@ def model_card(path: str) -> dict[str, Any]:
 
 
 def _text(card: dict[str, Any]) -> str:
+    from ..blockwise import AUTO_BLOCKWISE_PIXELS
+
     nets = card["networks"]
     s = card["settings"]
     shapes = [
@@ -85,9 +88,11 @@ def _text(card: dict[str, Any]) -> str:
         given.append(f"exchange {exchange['rule']}")
     lines.append(f"settings: {', '.join(given)}")
     if card["cell_size"]:
+        side = math.isqrt(AUTO_BLOCKWISE_PIXELS)
         lines.append(
-            f"cells: up to {card['cell_size']:g} px across in training; images are segmented "
-            f"block by block with a margin of {card['halo']} px"
+            f"cells: up to {card['cell_size']:g} px across in training; images above {side} x "
+            f"{side} px (or with --block-size) are segmented block by block with a margin of "
+            f"{card['halo']} px"
         )
     lines.append(f"fingerprint: {card['fingerprint']} (in the record of every result it makes)")
     return "\n".join(lines)
