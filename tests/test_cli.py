@@ -199,6 +199,8 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
     )
     assert code == 0, err
     assert "ellipse label" in stdout and "round 1/1" in stdout and "mAP" in stdout
+    assert "520 x 696 px, 73 boxes" in stdout  # height x width, as every image is described
+    assert "after 1 round in" in stdout
     summary = json.loads((out / "metrics.json").read_text())
     assert 0 <= summary["final"]["map"] <= 1 and summary["device"].startswith("cpu")
     assert (out / "overlay.png").stat().st_size > 1000

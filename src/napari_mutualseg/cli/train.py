@@ -175,7 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     boxes = boxes_from_shapes(sample.boxes)
     sup = make_supervision(sample.image.shape, boxes)
     print(
-        f"Sample: {sample.name}, {sample.image.shape[1]}x{sample.image.shape[0]} px, "
+        f"Sample: {sample.name}, {sample.image.shape[0]} x {sample.image.shape[1]} px, "
         f"{len(boxes)} boxes"
     )
     baseline = evaluate(sup.instances, sample.ground_truth)
@@ -217,8 +217,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metrics = outputs.write(partial(write_text, text=json.dumps(summary, indent=2)), metrics_path)
     final = rounds[-1]
     print(
-        f"Final: F1@0.5 {final['f1_50']:.3f}, mAP {final['map']:.3f} after {len(rounds)} rounds "
-        f"in {total:.0f} s on {trainer.device_name}"
+        f"Final: F1@0.5 {final['f1_50']:.3f}, mAP {final['map']:.3f} after {len(rounds)} "
+        f"round{'s' if len(rounds) > 1 else ''} in {total:.0f} s on {trainer.device_name}"
     )
     print(f"Wrote {overlay}, {metrics} and {model}")
     return outputs.status
