@@ -364,3 +364,17 @@ def test_predict_says_what_to_try_when_no_cell_is_found(data, tmp_path, capsys):
     code, stdout, err = _run(capsys, "predict", blind, data["image"], "--out", tmp_path / "p")
     assert code == 0 and "0 cells" in stdout
     assert "no cells found in cells.tif: the networks may need more training" in err
+
+
+def test_output_closed_by_its_reader_stops_quietly(data):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "napari_mutualseg.cli", "evaluate", data["gt"], data["gt"]]
+    # the reader is gone before anything is written, as with `... --json | head -1`
+    proc = subprocess.Popen(
+        [*map(str, argv), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

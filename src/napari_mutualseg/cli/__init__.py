@@ -7,7 +7,8 @@ is checked before any work; Ctrl-C or SIGTERM during ``train`` saves the network
 completed round; ``predict`` keeps every finished image and skips it when run again
 (:mod:`napari_mutualseg.batch`). Exit status: 0 done, 1 done but a result went to another name
 (the warning says which) or, for ``predict``, some images failed (``run_report.csv`` says why),
-2 a mistake the message explains, 130/143 interrupted by SIGINT/SIGTERM.
+2 a mistake the message explains, 130/143 interrupted by SIGINT/SIGTERM, 141 (as for
+SIGPIPE) when the reader of the output closed it (``info --json | head``), without a word.
 
 The options are in :mod:`.parser`, the commands in :mod:`.labels` (``supervise``,
 ``evaluate``), :mod:`.train` (``train``, ``demo``), :mod:`.predict` and :mod:`.info`.
@@ -15,6 +16,8 @@ The options are in :mod:`.parser`, the commands in :mod:`.labels` (``supervise``
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -51,9 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings(), on_signals(interrupt):
         warnings.showwarning = warn
         try:
-            return args.func(args)
+            status = args.func(args)
+            sys.stdout.flush()  # a closed output shows here, not at exit
+            return status
         except KeyboardInterrupt as err:
             return report_interrupt(err)
+        except BrokenPipeError:
+            return _output_closed()
         except MemoryError as err:
             print(
                 f"error: out of memory ({err or 'the image is too large'}); use smaller images "
@@ -64,3 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (*USER_ERRORS, CheckpointError, TrainingError, CommandFailed) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+
+
+def _output_closed() -> int:
+    """The reader of stdout went away: stop quietly, as a command killed by SIGPIPE does."""
+    # what is still buffered must not fail again when Python flushes stdout at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + getattr(signal, "SIGPIPE", 13)  # 13 where the system has no SIGPIPE
