@@ -88,7 +88,9 @@ def read_axis_image(
         if len(given) != data.ndim:
             data, letters = _drop_single(data, letters, "?")
         axes = parse_axes(given, data.ndim, path.name)
-        if axes != letters:
+        if "?" in letters:
+            notes.append(f"axes {axes} as given (the file does not say)")
+        elif axes != letters:
             notes.append(f"axes {axes} as given (the file says {raw.file_axes})")
         same_c = "C" in axes and "C" in letters and axes.index("C") == letters.index("C")
         image = AxisImage.from_array(
