@@ -308,3 +308,17 @@ def test_output_paths_never_collide(tmp_path):
         output_paths([a, a], "out")
     with pytest.raises(ValueError, match="over the input"):
         output_paths([a, tmp_path / "a" / "x_cells.tif"], tmp_path / "a")
+
+
+def test_the_entry_points_the_package_help_names_exist():
+    import importlib
+    import re
+
+    import napari_mutualseg
+
+    named = re.findall(r"``([a-z_]+)\.([A-Za-z_.]+)``", napari_mutualseg.__doc__)
+    assert len(named) >= 10
+    for module, attribute in named:
+        obj = importlib.import_module(f"napari_mutualseg.{module}")
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
