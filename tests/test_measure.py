@@ -118,3 +118,12 @@ def test_a_time_series_summary_counts_each_tracked_cell_once():
     row = summarize("movie", table)
     assert row["cells"] == 2 and row["frames"] == 3
     assert row["median_area_px"] == 14.0
+
+
+@pytest.mark.parametrize("module", ["measure", "segmenter", "io", "box_tables", "export"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"napari_mutualseg.{module}")
+    assert doctest.testmod(mod, optionflags=doctest.ELLIPSIS).failed == 0

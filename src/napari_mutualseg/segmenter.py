@@ -278,9 +278,13 @@ class Segmenter:
 
         Examples
         --------
-        >>> result = pair.predict(image)
-        >>> first = result.spots[0]             # the cell (or region) to check first
-        >>> first.kind, first.label, first.score, first.centroid
+        >>> from napari_mutualseg.io import read_image
+        >>> from napari_mutualseg.models import ModelPair
+        >>> pair = ModelPair.load("cells.pt")  # doctest: +SKIP
+        >>> result = pair.predict(read_image("new.tif"))  # doctest: +SKIP
+        >>> first = result.spots[0]  # the cell (or region) to check first  # doctest: +SKIP
+        >>> first.kind, first.label, round(first.score, 2)  # doctest: +SKIP
+        ('cell', 12, 0.18)
         """
         check_tiling(tile_size, overlap)
         min_size = self._min_size(min_size)
