@@ -230,6 +230,10 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
             "napari-mutualseg model",
         ),
         (lambda d, t: ["evaluate", d["image"], t / "missing.tif"], "missing.tif"),
+        (  # one plain table for two images: which image is a box on?
+            lambda d, t: ["train", d["image"], d["other"], "--boxes", d["plain"], "--out", t],
+            "has no 'image' column, so it cannot say which of the 2 images a box is on",
+        ),
     ],
 )
 def test_user_mistakes_get_a_message_not_a_traceback(data, tmp_path, capsys, make, message):

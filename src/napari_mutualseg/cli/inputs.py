@@ -82,6 +82,12 @@ def boxes_for(
             f"Got {len(images)} image(s) and {len(tables)} box table(s): give one --boxes CSV per "
             "image, or one CSV with an 'image' column naming each image file."
         )
+    if len(tables) < len(images) and not any(isinstance(k, str) for k in loaded[0]):
+        raise ValueError(
+            f"{tables[0]} has no 'image' column, so it cannot say which of the {len(images)} "
+            "images a box is on: give one --boxes CSV per image (in the order of the images), "
+            "or add an 'image' column naming each box's image file."
+        )
     result: list[tuple[AxisImage, list[PlaneBoxes]]] = []
     used: dict[str, str] = {}  # a key of the 'image' column: the image it went to
     for i, path in enumerate(images):
