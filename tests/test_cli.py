@@ -230,6 +230,11 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
             "napari-mutualseg model",
         ),
         (lambda d, t: ["evaluate", d["image"], t / "missing.tif"], "missing.tif"),
+        (
+            lambda d, t: ["train", d["image"], "--boxes", d["plain"], "--out", t, "--steps", 0],
+            "--steps must be a whole number of at least 1, got 0",
+        ),
+        (lambda d, t: ["demo", "--out", t, "--lr", "5"], "--lr must be a number in (0, 1)"),
         (  # one plain table for two images: which image is a box on?
             lambda d, t: ["train", d["image"], d["other"], "--boxes", d["plain"], "--out", t],
             "has no 'image' column, so it cannot say which of the 2 images a box is on",

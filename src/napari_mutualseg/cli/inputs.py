@@ -4,6 +4,7 @@ plane, the supervision of a plane, and the training settings of the options give
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -279,4 +280,12 @@ def config_from(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
     }
     if getattr(args, "exchange", None) is not None:
         given["exchange"] = ExchangeSettings(rule=args.exchange)
-    return TrainConfig.recommended(args.device, **{**fixed, **given, **_input_options(args)})
+    try:
+        return TrainConfig.recommended(args.device, **{**fixed, **given, **_input_options(args)})
+    except ValueError as err:
+        # the settings' problems named as the options the user typed (--steps, not
+        # steps_per_round)
+        text = str(err)
+        for option, field in _OPTIONS.items():
+            text = re.sub(rf"\b{field} must", f"--{option.replace('_', '-')} must", text)
+        raise ValueError(text) from None
