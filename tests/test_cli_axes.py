@@ -181,3 +181,24 @@ def test_boxes_saved_on_a_channel_z_stack_as_napari_shows_it_train_their_z_plane
     code, _, err = _run(capsys, *argv, "--labels-out", labels, *TINY)
     assert code == 0, err
     assert [p.name for p in labels.iterdir()] == ["czyx_z001_cells.tif"]
+
+
+def test_supervise_writes_a_stack_class_map_that_train_takes(scene, tmp_path, capsys):
+    image, _, boxes, _ = scene
+    stack = tmp_path / "stack.tif"
+    data = (np.stack([image * 0.9, image, image * 1.1]) * 1000).astype(np.uint16)
+    tifffile.imwrite(stack, data, photometric="minisblack")
+    table = _napari_csv(tmp_path / "stack.csv", boxes, 1)
+    sup = tmp_path / "sup.tif"
+    code, stdout, err = _run(
+        capsys, "supervise", stack, "--axes", "ZYX", "--boxes", table, "--out", sup
+    )
+    assert code == 0, err
+    assert f"{len(boxes)} boxes on 1 of 3 planes" in stdout
+    classes = tifffile.imread(sup)
+    assert classes.shape == (3, 64, 80)
+    assert (classes[0] == 255).all() and (classes[2] == 255).all()  # no boxes: ignored
+    assert set(np.unique(classes[1])) == {0, 1, 2}
+    argv = ["train", stack, "--axes", "ZYX", "--boxes", table, "--supervision", sup]
+    code, _, err = _run(capsys, *argv, "--out", tmp_path / "m.pt", *TINY)
+    assert code == 0, err

@@ -15,8 +15,13 @@ from .outputs import Outputs
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    """``supervise``: the ellipse supervision of one image's boxes; the exit status."""
+    """``supervise``: the ellipse supervision of one image's boxes; the exit status.
+
+    A stack's class map holds all its planes, as ``train --supervision`` takes it; planes
+    without boxes are ignored (255) there, as training leaves them out.
+    """
     from ..ome import PixelSize
+    from ..supervision import IGNORE
 
     out = Path(args.out)
     extra = Path(args.instances_out) if args.instances_out else None
@@ -24,18 +29,25 @@ def cmd_supervise(args: argparse.Namespace) -> int:
         [p for p in (out, extra) if p is not None], [args.image, args.boxes], args.overwrite
     )
     ((image, planes),) = boxes_for([args.image], [args.boxes], args)
-    if len(planes) > 1:
-        raise ValueError("supervise takes a single 2D image; use train for stacks.")
-    ((name, boxes),) = planes
-    sup = supervision(name, image, boxes, edge_width=args.edge_width)
+    classes = np.full((len(planes), *image.plane_shape), IGNORE, np.uint8)
+    instances = np.zeros(classes.shape, np.int32)
+    n_boxes = 0
+    for j, plane in enumerate(planes):
+        if plane is not None:
+            name, boxes = plane
+            sup = supervision(name, image, boxes, edge_width=args.edge_width)
+            classes[j], instances[j] = sup.classes, sup.instances
+            n_boxes += len(sup.boxes)
+    boxed = sum(p is not None for p in planes)
+    where = "" if len(planes) == 1 else f" on {boxed} of {len(planes)} planes"
     outputs = Outputs(args.overwrite)
-    size = PixelSize.of(image)
-    written = outputs.labels(out, sup.classes, size)
+    size, axes = PixelSize.of(image), image.label_axes
+    written = outputs.labels(out, classes.reshape(image.label_shape), size, axes)
     print(
-        f"Wrote {written} ({len(sup.boxes)} boxes; 0 background, 1 cell, 2 boundary, 255 ignore)"
+        f"Wrote {written} ({n_boxes} boxes{where}; 0 background, 1 cell, 2 boundary, 255 ignore)"
     )
     if extra is not None:
-        print(f"Wrote {outputs.labels(extra, sup.instances, size)}")
+        print(f"Wrote {outputs.labels(extra, instances.reshape(image.label_shape), size, axes)}")
     return outputs.status
 
 

@@ -91,12 +91,19 @@ class Outputs:
         self.status |= int(Path(written) != Path(path))
         return written
 
-    def labels(self, path: Path, labels: np.ndarray, pixel_size: PixelSize | None = None) -> Path:
-        """Write a 2D label or class image as TIFF, with the pixel size of its image when
-        known; the path written."""
+    def labels(
+        self,
+        path: Path,
+        labels: np.ndarray,
+        pixel_size: PixelSize | None = None,
+        axes: str | None = None,
+    ) -> Path:
+        """Write a label or class image as TIFF, with the pixel size of its image when known
+        and, for a stack, its axes (``ZYX``, ``TYX``...); the path written."""
         from ..io import write_labels
 
-        return self.write(partial(write_labels, labels=labels, pixel_size=pixel_size), path)
+        write = partial(write_labels, labels=labels, pixel_size=pixel_size, axes=axes)
+        return self.write(write, path)
 
     def pair(self, pair: ModelPair, path: Path) -> Path:
         """Save a trained pair; the path written.
