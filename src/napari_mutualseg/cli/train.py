@@ -95,9 +95,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     The first Ctrl-C or SIGTERM saves the networks of the last completed round.
     """
+    from ..io import BIOIO_SUFFIXES, IMAGE_SUFFIXES
     from ..ome import PixelSize
     from ..training import MutualTrainer
 
+    model = Path(args.out)
+    if model.name.lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr", ".csv")):
+        # a model named like an image or a table would be taken for one (predict's folders)
+        raise ValueError(
+            f"--out {args.out} names an image or table file, but train writes a model: give "
+            f"it a .pt name, e.g. {model.with_suffix('.pt').name}."
+        )
     pair, fixed = _resumed(args)
     config = config_from(args, **fixed)
     loaded = boxes_for(args.images, args.boxes, args)
