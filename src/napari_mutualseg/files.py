@@ -199,7 +199,7 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     Examples
     --------
     >>> with atomic_write("table.csv") as f:
-    ...     f.write(b"y0,x0,y1,x1\n")
+    ...     _ = f.write(b"y0,x0,y1,x1\\n")
     """
     path = Path(path)
     target = _destination(path, overwrite)
