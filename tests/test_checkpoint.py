@@ -143,3 +143,20 @@ def test_a_file_with_code_says_so_without_advising_to_load_it(tmp_path):
     with pytest.raises(CheckpointError, match="refused without running") as info:
         ModelPair.load(path)
     assert "weights_only" not in str(info.value)
+
+
+def test_weights_damaged_after_saving_are_found(tmp_path):
+    import zipfile
+
+    path = _pair().save(tmp_path / "m.pt")
+    with zipfile.ZipFile(path) as archive:  # the largest tensor record, stored uncompressed
+        tensors = [i for i in archive.infolist() if "/data/" in i.filename]
+        record = max(tensors, key=lambda i: i.file_size)
+        start = record.header_offset + 30 + len(record.filename) + len(record.extra)
+    data = bytearray(path.read_bytes())
+    data[start : start + 64] = bytes(64)  # as a bad copy or a failing disk leaves them
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged: its weights changed after it was saved"):
+        ModelPair.load(damaged)
+    ModelPair.load(path)  # the intact file still loads

@@ -5,13 +5,16 @@ The file is written with :func:`torch.save` through :func:`napari_mutualseg.file
 never runs code from it. What a file describes is checked before anything is built from it:
 the format and its version, the normalisation, settings and history, and that every stored
 tensor is finite. :func:`read_networks` also checks each network's stored architecture
-(within :data:`ARCH_LIMITS`) against its stored weights before it builds the network. The
+(within :data:`ARCH_LIMITS`) against its stored weights before it builds the network. A
+checksum of the tensors, written with them, finds weights damaged after saving (a bad copy,
+a failing disk), which the zip container itself lets through. The
 pair (:class:`napari_mutualseg.models.ModelPair`) says what else goes in the file and builds
 itself from the networks and those fields.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -81,6 +84,7 @@ def write_checkpoint(
         "package_version": __version__,
         **payload,
     }
+    payload[_CHECKSUM] = _checksum(payload)
     with atomic_write(path, overwrite=overwrite) as f:
         try:
             torch.save(payload, f)
@@ -215,6 +219,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     problem = _problem(payload)
     if problem:
         raise CheckpointError(f"{path} is not a usable napari-mutualseg model: {problem}.")
+    # files of older versions have no checksum
+    if _CHECKSUM in payload and payload[_CHECKSUM] != _checksum(payload):
+        raise CheckpointError(
+            f"{path} is damaged: its weights changed after it was saved (they no longer match "
+            "the checksum saved with them). Copy the file again from where it was saved, or "
+            "train the model again."
+        )
     return payload
 
 
@@ -354,6 +365,20 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The payload key of the tensors' checksum.
+_CHECKSUM = "tensors_sha256"
+
+
+def _checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 of every tensor in ``payload``: where it is, its type, shape and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in _tensors(payload):
+        values = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {values.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(values.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _tensors(value: Any, name: str = "") -> list[tuple[str, torch.Tensor]]:
