@@ -7,9 +7,9 @@ the format and its version, the normalisation, settings and history, and that ev
 tensor is finite. :func:`read_networks` also checks each network's stored architecture
 (within :data:`ARCH_LIMITS`) against its stored weights before it builds the network. A
 checksum of the tensors, written with them, finds weights damaged after saving (a bad copy,
-a failing disk), which the zip container itself lets through. The
-pair (:class:`napari_mutualseg.models.ModelPair`) says what else goes in the file and builds
-itself from the networks and those fields.
+a failing disk), which the zip container itself lets through. The pair
+(:class:`napari_mutualseg.models.ModelPair`) says what else goes in the file and builds itself
+from the networks and those fields.
 """
 
 from __future__ import annotations
