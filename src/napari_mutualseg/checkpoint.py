@@ -219,13 +219,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     problem = _problem(payload)
     if problem:
         raise CheckpointError(f"{path} is not a usable napari-mutualseg model: {problem}.")
-    # files of older versions have no checksum
-    if _CHECKSUM in payload and payload[_CHECKSUM] != _checksum(payload):
-        raise CheckpointError(
-            f"{path} is damaged: its weights changed after it was saved (they no longer match "
-            "the checksum saved with them). Copy the file again from where it was saved, or "
-            "train the model again."
-        )
     return payload
 
 
@@ -234,7 +227,8 @@ def read_networks(path: str | os.PathLike) -> tuple[dict[str, Any], tuple[UNet, 
 
     Besides what :func:`read_checkpoint` checks, the architecture of each network must be
     within :data:`ARCH_LIMITS` and the stored weights must have exactly the shapes it implies
-    (so nothing larger than the file is ever allocated) before a network is built.
+    (so nothing larger than the file is ever allocated) before a network is built, and the
+    weights must match the checksum written with them.
 
     Parameters
     ----------
@@ -277,6 +271,14 @@ def read_networks(path: str | os.PathLike) -> tuple[dict[str, Any], tuple[UNet, 
         except RuntimeError as err:
             raise CheckpointError(f"{path} is damaged: {str(err).splitlines()[0]}") from None
         networks.append(network)
+    # last, so that a file edited by hand is told what it lacks; files of older versions have
+    # no checksum
+    if _CHECKSUM in payload and payload[_CHECKSUM] != _checksum(payload):
+        raise CheckpointError(
+            f"{path} is damaged: its weights changed after it was saved (they no longer match "
+            "the checksum saved with them). Copy the file again from where it was saved, or "
+            "train the model again."
+        )
     return payload, (networks[0], networks[1])
 
 
