@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import napari
 from napari.layers import Image, Shapes
 from napari.types import LayerDataTuple
 
@@ -9,7 +10,9 @@ from .layers import class_layer_kwargs, free_name, owner_tag, transform_kwargs
 from .prepare import prepare_supervision, supervision_to_update, with_edits
 
 
-def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
+def boxes_to_supervision(
+    image: Image, boxes: Shapes, viewer: napari.Viewer | None = None
+) -> LayerDataTuple | None:
     """Boxes → ellipse supervision: a Labels layer of the classes inside each box.
 
     Every cell of the image is assumed boxed: outside the boxes is background. The result can
@@ -23,6 +26,9 @@ def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
         A 2D image, with channels, z or time (axes as in the dock widget), or RGB.
     boxes : napari.layers.Shapes
         Rectangles around cells.
+    viewer : napari.Viewer, optional
+        The viewer the result goes to; napari gives the menu command the viewer it was run
+        in (which need not be the current one). Default: the current viewer.
 
     Returns
     -------
@@ -30,7 +36,6 @@ def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
         ``(classes, {"name": "<image> supervision", ...}, "labels")``, or ``None`` (after a
         notification) when the inputs cannot be used.
     """
-    import napari
     from napari.utils.notifications import show_error, show_warning
 
     try:
@@ -38,7 +43,9 @@ def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
     except ValueError as err:
         show_error(str(err))
         return None
-    viewer = napari.current_viewer()
+    # napari updates a layer of the returned name in place: the name must be free, or the
+    # plugin's own, in the viewer the result goes to
+    viewer = viewer if viewer is not None else napari.current_viewer()
     existing = supervision_to_update(viewer, image, record)
     for note in record.notes:
         show_warning(note)
@@ -57,4 +64,9 @@ def boxes_to_supervision(image: Image, boxes: Shapes) -> LayerDataTuple | None:
 
 
 # magicgui builds the menu widget from these: they must be real types, not postponed strings.
-boxes_to_supervision.__annotations__ = {"image": Image, "boxes": Shapes, "return": LayerDataTuple}
+boxes_to_supervision.__annotations__ = {
+    "image": Image,
+    "boxes": Shapes,
+    "viewer": napari.Viewer,
+    "return": LayerDataTuple,
+}
