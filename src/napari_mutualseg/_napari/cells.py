@@ -222,13 +222,14 @@ def _writer(kind: str):
             image = image_of(napari.current_viewer(), layer)
             table = cell_table(layer, image)
             return [export(kind, path, layer, table, overwrite=True, image=image)]
-        except ValueError as err:
+        except (OSError, ValueError) as err:
             # napari takes a ValueError from a writer for "no plugin can write this" and says
             # only that: napari 0.9.2 napari/plugins/_npe2.py write_layers, lines 94-95
             # (`except ValueError: return [], ''`), then napari/plugins/io.py save_layers,
             # lines 120-122 ("No data written! A plugin could not be found…"). So the reason
             # is shown here and nothing written is returned (napari then says the plugin
-            # wrote nothing). This can go once napari reports a writer's own errors.
+            # wrote nothing). An OSError (a folder's name, no space) would reach napari as a
+            # traceback. This can go once napari reports a writer's own errors.
             show_error(f"{path} was not written: {err}")
             return []
 
