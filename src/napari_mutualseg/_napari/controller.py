@@ -81,7 +81,7 @@ class RunController(QObject):
         self.last_message = ""
         self.writer = LayerWriter(self._viewer)
         self.writer.on_round_shown = self._round_shown
-        self.writer.on_error = lambda text: self.notify(text, "error")
+        self.writer.notify = self.notify
         self.training: TrainingRun | None = None  # the running (or last) training
         self.segmenting: PredictionRun | FolderRun | None = None
         self.closing = False  # the viewer (or the application) is closing

@@ -42,7 +42,8 @@ class LayerWriter(QObject):
         self.images: list[Layer] = []
         self.applied_rounds: list[int] = []
         self.on_round_shown: Callable[[], None] | None = None  # called once a round is drawn
-        self.on_error: Callable[[str], None] | None = None  # a write failed: for the user
+        self.notify: Callable[[str, str], None] | None = None  # (text, level) for the user
+        self._gone: set[str] = set()  # images removed from the viewer, the user told
         # the cells the plugin last wrote for each image (by layer id): what a person corrects
         self.written: dict[str, np.ndarray] = {}
         self.defer_hidden = False
@@ -62,7 +63,7 @@ class LayerWriter(QObject):
     ) -> None:
         """Make the missing result layers of the training ``images``, one per turn, then call
         ``then``; the first image gets every role, the others those of :data:`PER_IMAGE`."""
-        self.images, self._deferred = list(images), {}
+        self.images, self._deferred, self._gone = list(images), {}, set()
         # after the writes still queued (the last round of a training that just ended)
         self._steps += [
             partial(self._ensure, role, part)
@@ -103,6 +104,8 @@ class LayerWriter(QObject):
 
     def _ensure(self, role: str, part: int) -> None:
         image = self.images[part]
+        if not self._in_viewer(image):
+            return
         shape = layer_axes(image).label_shape
         existing = find_own_layer(self._viewer(), role, image if role in PER_IMAGE else None)
         if existing is None or tuple(existing.data.shape) != shape:
@@ -120,8 +123,27 @@ class LayerWriter(QObject):
         else:
             self.written.pop(key, None)
 
+    def _in_viewer(self, image: Layer) -> bool:
+        """Whether ``image`` is still in the viewer; the first time it is not, the user is told
+        that its results are no longer shown (a result layer is never made for an image the
+        person removed, nor in a viewer whose layers were cleared as it closed)."""
+        viewer = self._viewer()
+        if viewer is not None and image in viewer.layers:
+            return True
+        key = str(image.unique_id)
+        if viewer is not None and key not in self._gone and self.notify is not None:
+            self.notify(
+                f"'{image.name}' is no longer in the viewer: its training results are not "
+                "shown. Training goes on; press Stop to end it.",
+                "warning",
+            )
+        self._gone.add(key)
+        return False
+
     def _write(self, role: str, part: int, data: np.ndarray) -> None:
         viewer, image = self._viewer(), self.images[part]
+        if not self._in_viewer(image):
+            return
         source = image if role in PER_IMAGE else None
         existing = find_own_layer(viewer, role, source)
         if self.defer_hidden and existing is not None and not existing.visible:
@@ -149,6 +171,8 @@ class LayerWriter(QObject):
             QTimer.singleShot(0, self.on_round_shown)
 
     def _measured(self, part: int, table: Table) -> None:
+        if not self._in_viewer(self.images[part]):
+            return
         layer = find_own_layer(self._viewer(), "cells", self.images[part])
         if layer is not None:
             show_table(layer, table)
@@ -174,7 +198,7 @@ class LayerWriter(QObject):
             try:
                 step()
             except Exception as err:  # a layer napari refused: said, and the job goes on
-                if self.on_error is not None:
-                    self.on_error(f"A result could not be shown: {err}")
+                if self.notify is not None:
+                    self.notify(f"A result could not be shown: {err}", "error")
         if self._steps or self._pending is not None:
             self._timer.start(_GAP_MS)
