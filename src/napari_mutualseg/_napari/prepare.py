@@ -267,8 +267,9 @@ def _region_mask(region: Shapes, image: Image, axes: LayerAxes) -> tuple[np.ndar
 
 
 def fingerprint(image: Layer, *shapes: Shapes | None) -> bytes:
-    """Changes whenever the boxes, the region, the image's placement or its axes change."""
-    h = hashlib.sha1(repr(tuple(image.axis_labels)).encode())
+    """Changes whenever the boxes, the region, the image's placement, its axes or its shape
+    change (other pixels put into the layer: the supervision must be made for them)."""
+    h = hashlib.sha1(repr((tuple(image.axis_labels), tuple(image.data.shape))).encode())
     for layer in (image, *shapes):
         if layer is None:
             h.update(b"none")
