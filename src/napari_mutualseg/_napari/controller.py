@@ -221,10 +221,12 @@ class RunController(QObject):
 
     def stop(self) -> None:
         """Stop training within one step (the models of the last completed round are kept),
-        or a folder batch after the image at hand (the finished images are kept)."""
-        if self.state is RunState.BATCH and isinstance(self.segmenting, FolderRun):
+        a folder batch after the image at hand (the finished images are kept), or a
+        prediction after the plane at hand (nothing is shown)."""
+        if self.state in (RunState.BATCH, RunState.PREDICTING) and self.segmenting is not None:
             self.segmenting.stop()
-            self.notify("Stopping after the current image…")
+            where = "image" if self.state is RunState.BATCH else "plane"
+            self.notify(f"Stopping after the current {where}…")
             return
         if self.state in (RunState.STARTING, RunState.TRAINING) and self.job is not None:
             self.job.cancel()

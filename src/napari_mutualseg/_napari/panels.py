@@ -468,7 +468,7 @@ class PanelsView(QObject):
         state, has_model = controller.state, controller.pair is not None
         busy = state is not RunState.IDLE
         trains = state.trains
-        stoppable = trains or state is RunState.BATCH
+        stoppable = trains or state in (RunState.BATCH, RunState.PREDICTING)
         self.data.set_busy(busy)
         self.training.set_state(
             training=trains, busy=busy, has_model=has_model, stoppable=stoppable

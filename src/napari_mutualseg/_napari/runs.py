@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -65,17 +66,20 @@ class RunState(Enum):
         return self in (RunState.STARTING, RunState.TRAINING, RunState.STOPPING)
 
 
-class _TrainingWorker(GeneratorWorker):
-    """A generator worker whose ``quit`` (napari's task cancel, closing the window) stops the
-    trainer within one step instead of waiting for the round to end."""
+class _StoppableWorker(GeneratorWorker):
+    """A generator worker whose ``quit`` (napari cancels a window's tasks when it closes) asks
+    its job to stop: a training within one step, a prediction after the plane at hand, a
+    folder after the image at hand.
 
-    job: TrainingJob | None = None
+    The generator then ends by itself. Aborting it, as a plain worker's ``quit`` does, would
+    leave it unfinished: its clean-up unrun, a folder's summary and run report unwritten.
+    """
+
+    stop: Callable[[], None] | None = None
 
     def quit(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
-        # The generator ends by itself once the trainer is cancelled; aborting the worker
-        # here would leave the generator unfinished and its clean-up unrun.
+        if self.stop is not None:
+            self.stop()
 
 
 class TrainingRun(QObject):
@@ -121,9 +125,9 @@ class TrainingRun(QObject):
         self.images: list[Image] = [item.image for item in items]
         self.job = TrainingJob(make_trainer, layouts, pixels, show_learning)
         self.worker = create_worker(
-            run_training, self.job, _worker_class=_TrainingWorker, _ignore_errors=True
+            run_training, self.job, _worker_class=_StoppableWorker, _ignore_errors=True
         )
-        self.worker.job = self.job
+        self.worker.stop = self.job.cancel
         self.worker.yielded.connect(self.on_update)
         self.worker.returned.connect(self._on_failure)
         self.worker.errored.connect(self._on_failure)  # not expected: failures are returned
@@ -213,6 +217,7 @@ class _SegmentJob(QObject):
         super().__init__()  # no Qt parent: the controller keeps only the newest job
         self.controller = controller
         self.worker = worker
+        worker.stop = self.stop
         self._outcome: Any = None
         worker.yielded.connect(self.on_progress)
         worker.returned.connect(self._keep)
@@ -232,18 +237,21 @@ class _SegmentJob(QObject):
         controller, value = self.controller, self._outcome
         controller.set_state(RunState.IDLE)
         controller.progress.emit(0, 0)
-        if controller.closing or controller.viewer is None or value is None:
+        if controller.closing or controller.viewer is None:
             return
         if isinstance(value, WorkerFailure):
             controller.notify(describe_error(value, str(controller.pair.device)), "error")
             return
         self.done(value)
 
+    def stop(self) -> None:
+        """Ask the worker to end after the plane or image at hand (thread-safe)."""
+
     def on_progress(self, value: Any) -> None:
         """What the worker yielded."""
 
     def done(self, value: Any) -> None:
-        """What the worker returned, on the main thread."""
+        """What the worker returned (``None`` when it stopped early), on the main thread."""
 
 
 class PredictionRun(_SegmentJob):
@@ -259,19 +267,41 @@ class PredictionRun(_SegmentJob):
         tile_size: int,
         track: bool = False,
     ) -> None:
-        self.layer = layer
+        self.layer, self.data = layer, layer.data
+        self._stop = threading.Event()
         worker = create_worker(
-            run_prediction, controller.pair, layer.data, axes, tile_size, layer.name, track,
-            _ignore_errors=True,
+            run_prediction, controller.pair, self.data, axes, tile_size, layer.name, track,
+            self._stop, _worker_class=_StoppableWorker, _ignore_errors=True,
         )  # fmt: skip
         super().__init__(controller, worker, f"Segmenting '{layer.name}'…")
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def on_progress(self, value: tuple[int, int]) -> None:
         self.controller.progress.emit(*value)
 
-    def done(self, value: PredictionResult) -> None:
+    def done(self, value: PredictionResult | None) -> None:
         controller, layer = self.controller, self.layer
         viewer = controller.viewer
+        if value is None:
+            controller.notify(f"Stopped segmenting '{layer.name}': no cells were shown.")
+            return
+        # the cells are those of the pixels segmented: never laid over a layer that is gone
+        # or now holds other pixels (another file opened into it, a script's change)
+        if layer not in viewer.layers:
+            controller.notify(
+                f"'{layer.name}' was removed while it was segmented: its cells are not shown.",
+                "warning",
+            )
+            return
+        if layer.data is not self.data:
+            controller.notify(
+                f"'{layer.name}' changed while it was segmented: its cells are not shown. "
+                "Predict it again.",
+                "warning",
+            )
+            return
         controller.predictions[str(layer.unique_id)] = value
         controller.writer.remember(layer, value.labels)
         # The box-guided result of the training image stays; prediction goes beside it.
@@ -326,6 +356,7 @@ class FolderRun(_SegmentJob):
             run_batch,
             lambda: BatchRun(pair, inputs, out_dir, options, workers=0),
             self._stop,
+            _worker_class=_StoppableWorker,
             _ignore_errors=True,
         )
         super().__init__(controller, worker, f"Looking for images in {', '.join(inputs)}…")
@@ -343,7 +374,9 @@ class FolderRun(_SegmentJob):
         last = f" (last: {result.job.name})" if result is not None else ""
         self.controller.notify(f"Folder: {done} of {len(run.jobs)} images{failed}{last}.")
 
-    def done(self, run: BatchRun) -> None:
+    def done(self, run: BatchRun | None) -> None:
+        if run is None:  # nothing returned: the worker was ended from outside
+            return
         counts = run.counts()
         parts = [f"{counts['done']} segmented"]
         parts += [f"{counts[k]} {k}" for k in ("skipped", "failed", "not done") if counts[k]]

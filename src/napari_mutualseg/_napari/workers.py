@@ -215,11 +215,17 @@ class PredictionResult:
 
 
 def run_prediction(
-    pair: ModelPair, data: Any, axes: LayerAxes, tile_size: int, name: str, track: bool = False
-) -> Generator[tuple[int, int], None, PredictionResult | WorkerFailure]:
+    pair: ModelPair,
+    data: Any,
+    axes: LayerAxes,
+    tile_size: int,
+    name: str,
+    track: bool = False,
+    stop: threading.Event | None = None,
+) -> Generator[tuple[int, int], None, PredictionResult | WorkerFailure | None]:
     """The worker: segment every plane of an image layer's data (read one plane at a time, with
     the channels the networks take), a time series' cells tracked with ``track``; yields
-    (done, total)."""
+    (done, total). ``stop`` ends it before the next plane, with ``None``."""
     try:
         axes = replace(axes, name=name)  # the messages call the planes after the layer
         shape, n = axes.label_shape, axes.n_planes
@@ -231,6 +237,8 @@ def run_prediction(
         blank: list[int] = []  # constant planes of a stack, left without cells
         for p in range(n):
             yield p, n
+            if stop is not None and stop.is_set():
+                return None
             image = axes.plane(data, p)
             try:
                 if whole:
