@@ -85,6 +85,7 @@ class RunController(QObject):
         self.training: TrainingRun | None = None  # the running (or last) training
         self.segmenting: PredictionRun | FolderRun | None = None
         self.closing = False  # the viewer (or the application) is closing
+        self._windows: set[int] = set()  # the windows whose closing ends the jobs
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
@@ -355,11 +356,29 @@ class RunController(QObject):
         """Rounds whose results reached the layers, in order (coalesced rounds are left out)."""
         return self.writer.applied_rounds
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop any running job and wait up to ``timeout`` seconds for it to end."""
+    def watch_window(self, window: QObject) -> None:
+        """End the jobs when ``window``, the viewer's window, is closed (and deleted).
+
+        napari cancels the tasks of the window that was current when a job started, which is
+        another viewer's when a script drives this one: that one's closing is not this
+        viewer's, and this one's alone would leave the job writing into a closed viewer.
+        """
+        if id(window) not in self._windows:
+            self._windows.add(id(window))
+            window.destroyed.connect(self.viewer_closed)
+
+    def viewer_closed(self, *_: Any) -> None:
+        """The viewer closed: end the running job (without waiting) and show nothing more."""
         self.closing = True
         self.writer.stop()
+        if self.job is not None:
+            self.job.cancel()
+        if self.segmenting is not None:
+            self.segmenting.stop()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop any running job and wait up to ``timeout`` seconds for it to end."""
+        self.viewer_closed()
         job = self.job
-        if job is not None and not job.done.is_set() and self.state is not RunState.STARTING:
-            job.cancel()
+        if job is not None and self.state is not RunState.STARTING:  # a started training
             job.done.wait(timeout)

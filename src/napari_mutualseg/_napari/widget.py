@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QLabel, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 from .cells import CellsPanel, FolderSummary
 from .controller import RunController, TrainingRequest
@@ -237,7 +237,7 @@ class MutualSegWidget(QWidget):
         if unboxed and self.controller.corrected and self.controller.pair is not None:
             # a loaded (or trained) pair refined by the corrected images alone
             worker = self.controller.train(TrainingRequest(None, config(), show))
-            return self._waited(worker, block)
+            return self._started(worker, block)
         try:
             check_image_layer(image)
             boxes, region = self.boxes_layer, self.data.picked_region()
@@ -256,7 +256,7 @@ class MutualSegWidget(QWidget):
             notify(str(err), "error")
             return None
         worker = self.controller.train(request)
-        return self._waited(worker, block)
+        return self._started(worker, block)
 
     def stop(self) -> None:
         """Stop training within one step; the models of the last completed round are kept."""
@@ -266,7 +266,12 @@ class MutualSegWidget(QWidget):
         """Forget the trained models: the next training starts from scratch."""
         self.controller.reset()
 
-    def _waited(self, worker: Any, block: bool) -> Any:
+    def _started(self, worker: Any, block: bool) -> Any:
+        """A job was asked for: if it started, it ends when the viewer's window closes; wait
+        for it with ``block``."""
+        window = self.window()
+        if worker is not None and isinstance(window, QMainWindow):  # docked in the viewer
+            self.controller.watch_window(window)
         if worker is not None and block:
             self.wait()
         return worker
@@ -312,7 +317,7 @@ class MutualSegWidget(QWidget):
         worker = self.controller.predict(
             layer, axes, self.settings.tile_size, track=self.settings.track
         )
-        return self._waited(worker, block)
+        return self._started(worker, block)
 
     def segment_folder(
         self, images: str | Path | list, out_dir: str | Path, *, block: bool = False
@@ -340,7 +345,7 @@ class MutualSegWidget(QWidget):
         worker = self.controller.segment_folder(
             inputs, str(out_dir), self.settings.tile_size, track=self.settings.track
         )
-        return self._waited(worker, block)
+        return self._started(worker, block)
 
     def _show_summary(self, run: Any) -> None:
         self.summary = FolderSummary(self.viewer, run, self.controller.notify)
