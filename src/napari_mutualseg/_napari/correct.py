@@ -131,7 +131,7 @@ class Corrector:
 
     def merge(self, image: Image, keep: int, into: int) -> None:
         """Make cell ``into`` part of cell ``keep`` in the cells of ``image``."""
-        cells = self._editable(image)
+        cells = self._editable(image, edit=True)
         data = np.asarray(cells.data).copy()
         if keep == into or not (data == keep).any() or not (data == into).any():
             raise UserInputError(f"Pick two different cells of '{cells.name}' to merge.")
@@ -142,7 +142,7 @@ class Corrector:
 
     def split(self, image: Image, label: int) -> int:
         """Split cell ``label`` in two (where it narrows); the new cell's label."""
-        cells = self._editable(image)
+        cells = self._editable(image, edit=True)
         data = np.asarray(cells.data).copy()
         mask = data == label
         if label == 0 or mask.sum() < 4:
@@ -188,11 +188,19 @@ class Corrector:
         )
         return layer
 
-    def _editable(self, image: Image | None) -> Labels:
+    def _editable(self, image: Image | None, *, edit: bool = False) -> Labels:
         check_image_layer(image, purpose="correct")
         cells = self.cells_layer(image)
         if cells is None:
             raise UserInputError(f"'{image.name}' has no cells yet: predict it first (Predict).")
+        run = self.controller.training
+        trained = run is not None and self.controller.state.trains and image in run.images
+        if edit and trained and owner_info(cells).get("role") == "cells":
+            # the training writes this layer again every round: the edit would be lost
+            raise UserInputError(
+                f"'{image.name}' is being trained on: its cells are written again every "
+                "round. Press Stop (or wait for the training to end), then edit them."
+            )
         return cells
 
     # ------------------------------------------------------------------------------ learning
@@ -341,7 +349,8 @@ class CheckPanel(QGroupBox):
         form.addRow(self.rest)
         form.addRow(self.add)
         self.picked: deque[tuple[int, int]] = deque(maxlen=2)  # (layer id, label)
-        self._followed: set[int] = set()
+        # cells layers whose picked label is followed: layer id -> (emitter, callback)
+        self._followed: dict[int, tuple[Any, Any]] = {}
         self._viewer = viewer
         viewer.layers.selection.events.active.connect(self._follow)
         self.next.clicked.connect(lambda: self._do(self.corrector.next_cell))
@@ -353,8 +362,15 @@ class CheckPanel(QGroupBox):
     def unwatch(self) -> None:
         """Stop following the viewer (the panel is closed)."""
         self._viewer.layers.selection.events.active.disconnect(self._follow)
+        for emitter, callback in self._followed.values():
+            emitter.disconnect(callback)
+        self._followed = {}
         for picker in (self.image, self.boxes):
             picker.unwatch()
+
+    def set_busy(self, busy: bool) -> None:
+        """While a job runs, nothing is added to training (it starts one)."""
+        self.add.setEnabled(not busy)
 
     def _do(self, action: Any) -> None:
         image = self.image.layer
@@ -371,8 +387,9 @@ class CheckPanel(QGroupBox):
             and info.get("role") in ("cells", "prediction")
             and id(layer) not in self._followed
         ):
-            self._followed.add(id(layer))
-            layer.events.selected_label.connect(partial(self._picked, id(layer)))
+            callback = partial(self._picked, id(layer))
+            layer.events.selected_label.connect(callback)
+            self._followed[id(layer)] = (layer.events.selected_label, callback)
 
     def _picked(self, layer_id: int, event: Any) -> None:
         label = int(event.source.selected_label)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from napari.layers import Image, Labels, Shapes
 
     from .controller import RunController
+    from .correct import CheckPanel
 
 MODE_ALL = "Every cell is boxed"
 MODE_REGION = "Only inside a drawn region"
@@ -440,13 +441,14 @@ class PanelsView(QObject):
         self,
         controller: RunController,
         settings: TrainingSettings,
-        panels: tuple[DataPanel, TrainingPanel, ModelPanel],
+        panels: tuple[DataPanel, TrainingPanel, ModelPanel, CheckPanel],
         status: QLabel,
         parent: QWidget,
     ) -> None:
         super().__init__(parent)
         self.controller = controller
-        self.data, self.training, self.model = panels
+        self.settings = settings
+        self.data, self.training, self.model, self.check = panels
         self._links = [
             (controller.state_changed, self.show_state),
             (controller.message, status.setText),
@@ -474,7 +476,11 @@ class PanelsView(QObject):
             training=trains, busy=busy, has_model=has_model, stoppable=stoppable
         )
         self.model.set_state(busy=busy, has_model=has_model)
-        self._show_job_device()
+        self.check.set_busy(busy)
+        if state is RunState.TRAINING:
+            self._show_job_device()
+        else:  # no network is in use: the device the settings pick
+            self._show_device("device", self.settings.device)
 
     def _show_progress(self, done: int, total: int) -> None:
         self.training.set_progress(done, total)

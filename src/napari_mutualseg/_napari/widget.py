@@ -121,7 +121,7 @@ class MutualSegWidget(QWidget):
         self.check.train_requested.connect(lambda: self.train())
         self.check.boxes_proposed.connect(self._use_proposed_boxes)
         self.settings.changed.connect(self._on_setting)
-        self._view = PanelsView(c, self.settings, (d, t, m), self.status, self)
+        self._view = PanelsView(c, self.settings, (d, t, m, self.check), self.status, self)
         c.batch_done.connect(self._show_summary)
 
     def _on_setting(self, name: str, value: Any) -> None:
