@@ -87,7 +87,10 @@ class LayerPicker(ComboBox):
         ]
 
     def _refresh(self, *_: Any) -> None:
+        had = self.layer
         self.reset_choices()
+        if had is not None and self.layer is None:  # the last one went: the combo box is silent
+            self.changed.emit(None)
 
     def _inserted(self, event: Any) -> None:
         layer = event.value
@@ -382,6 +385,12 @@ class ModelPanel(QGroupBox):
             viewer, "Image", "The image to segment with the trained models", pick_new=True
         )
         self.predict = QPushButton("Predict")
+        self.predict.setToolTip(
+            "Segment the picked image with the trained models (train or load a model, and "
+            "open an image, first)"
+        )
+        self._can_segment = False  # a model and no running job
+        self.target.changed.connect(lambda _: self._show_predict())
         self.save = QPushButton("Save model…")
         self.load = QPushButton("Load model…")
         self.folder = QPushButton("Segment a folder…")
@@ -397,10 +406,15 @@ class ModelPanel(QGroupBox):
         self.folder.clicked.connect(self._ask_folder)
 
     def set_state(self, *, busy: bool, has_model: bool) -> None:
-        self.predict.setEnabled(has_model and not busy)
+        self._can_segment = has_model and not busy
+        self._show_predict()
         self.folder.setEnabled(has_model and not busy)
         self.save.setEnabled(has_model and not busy)
         self.load.setEnabled(not busy)
+
+    def _show_predict(self) -> None:
+        # Predict needs an image to segment as well
+        self.predict.setEnabled(self._can_segment and self.target.layer is not None)
 
     def _ask_save(self) -> None:
         dialog = QFileDialog(self, "Save model")

@@ -199,9 +199,11 @@ def check_image_layer(layer: Layer | None, *, purpose: str = "train") -> LayerAx
     from napari.layers import Image
 
     if layer is None:
+        where = {"segment": "in the list next to Predict", "correct": "under Check and correct"}
+        pick = where.get(purpose, "in the 'Image' list")
         raise UserInputError(
             "No image layer selected. Open an image (File > Open) or the sample (File > Open "
-            "Sample > napari-mutualseg) and pick it in the 'Image' list."
+            f"Sample > napari-mutualseg) and pick it {pick}."
         )
     if not isinstance(layer, Image):
         raise UserInputError(f"'{layer.name}' is not an image layer; pick an image layer.")
