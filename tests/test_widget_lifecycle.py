@@ -1,0 +1,294 @@
+"""Layers and panels coming and going while jobs run: the user's layers are never written, jobs
+end with their viewer, closed panels leave nothing behind, and every refusal is said."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from helpers import TIMEOUT, WIDGET_NAME, ThresholdNet, disc_image, messages, rectangles, same
+from napari_mutualseg._napari.layers import OWNER_KEY
+from napari_mutualseg.models import ModelPair
+
+
+def threshold_pair():
+    return ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4, "rgb": "gray"})
+
+
+def boxed_widget(viewer):
+    """The dock widget on ``viewer`` with the disc image "cells" and its boxes picked."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    widget.settings.update(device="cpu", tile_size=64)
+    image, rows = disc_image()
+    layer = viewer.add_image(image, name="cells")
+    boxes = widget.new_boxes_layer()
+    boxes.add_rectangles(rectangles(rows))
+    widget.image_layer, widget.boxes_layer = layer, boxes
+    return widget, layer
+
+
+@pytest.fixture
+def slow_rounds(monkeypatch):
+    """Training whose rounds take half a second each (five of them) and honour Stop."""
+    from napari_mutualseg import training
+    from test_widget import fake_report
+
+    class Slow(training.MutualTrainer):
+        def __iter__(self):
+            for k in range(1, 6):
+                for _ in range(10):
+                    if self.cancelled:
+                        return
+                    time.sleep(0.05)
+                yield fake_report(k, rounds=5)
+
+    monkeypatch.setattr(training, "MutualTrainer", Slow)
+
+
+@pytest.fixture
+def slow_planes(monkeypatch):
+    """Prediction that takes a fifth of a second per plane."""
+    real = ModelPair.predict
+
+    def slow(self, image, **kwargs):
+        time.sleep(0.2)
+        return real(self, image, **kwargs)
+
+    monkeypatch.setattr(ModelPair, "predict", slow)
+
+
+def plugin_callbacks(viewer):
+    """The callbacks of the plugin's objects on the viewer's and its layers' events."""
+    groups = [viewer.events, viewer.dims.events, viewer.layers.events]
+    groups += [viewer.layers.selection.events, *(layer.events for layer in viewer.layers)]
+    found = []
+    for group in groups:
+        for name, emitter in group.emitters.items():
+            for callback in emitter.callbacks:
+                if isinstance(callback, tuple):  # (weak reference to an object, method name)
+                    callback = callback[0]()
+                owner = getattr(callback, "func", callback)  # a partial
+                owner = getattr(owner, "__self__", owner)  # a bound method
+                if type(owner).__module__.startswith("napari_mutualseg"):
+                    found.append((name, callback))
+    return found
+
+
+# -------------------------------------------------------------------------------- the manifest
+
+
+def test_the_manifest_passes_npe2_validate():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-mutualseg")
+    PluginManifest.validate(manifest.model_dump())  # what `npe2 validate` checks
+    writers = {w.command.rsplit(".", 1)[-1]: w for w in manifest.contributions.writers}
+    for name, suffix in (("table", ".csv"), ("fiji_rois", ".zip"), ("qupath_geojson", ".geojson")):
+        writer = writers[f"write_{name}"]
+        assert [str(t) for t in writer.layer_types] == ["labels"]
+        assert writer.filename_extensions == [suffix]
+
+
+def test_the_menu_command_writes_into_its_own_viewer(make_napari_viewer):
+    """Run in one viewer while another is current, it never takes a layer of its viewer for
+    its result because the other viewer has no layer of that name."""
+    viewer = make_napari_viewer()
+    image, rows = disc_image()
+    img = viewer.add_image(image, name="img")
+    shapes = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="boxes")
+    mine = viewer.add_labels(np.full(image.shape, 7, np.int32), name="img supervision")
+    _, gui = viewer.window.add_plugin_dock_widget(
+        "napari-mutualseg", "Boxes → ellipse supervision"
+    )
+    make_napari_viewer()  # now the current viewer
+    gui.image.value, gui.boxes.value = img, shapes
+    gui()
+    assert (mine.data == 7).all() and OWNER_KEY not in mine.metadata
+    made = viewer.layers["img supervision [2]"]
+    assert made.metadata[OWNER_KEY]["role"] == "supervision"
+
+
+def test_a_writer_that_cannot_write_says_why_and_raises_nothing(
+    make_napari_viewer, tmp_path, notes
+):
+    viewer = make_napari_viewer()
+    cells = np.zeros((16, 16), np.int32)
+    cells[2:6, 2:6] = 1
+    layer = viewer.add_labels(cells, name="cells")
+    folder = tmp_path / "cells.csv"
+    folder.mkdir()  # a folder of the name chosen
+    with pytest.warns(UserWarning):  # napari's own: the plugin wrote nothing
+        assert layer.save(str(folder), plugin="napari-mutualseg") == []
+    [error] = messages(notes, "error")
+    assert error.startswith(f"{folder} was not written") and "is a folder" in error
+
+
+# -------------------------------------------------------------------------------- predictions
+
+
+@pytest.mark.parametrize("change", ["removed", "changed"])
+def test_cells_of_an_image_removed_or_changed_while_segmented_are_not_shown(
+    thresholded, slow_planes, notes, change
+):
+    viewer, widget = thresholded
+    a = disc_image()[0]
+    image = viewer.add_image(np.stack([a, a, a]), name="st", axis_labels=("z", "y", "x"))
+    assert widget.predict(image) is not None
+    if change == "removed":
+        viewer.layers.remove(image)
+    else:  # another file opened into the same layer
+        image.data = disc_image(shape=(48, 80), centres=((20, 20),))[0]
+    widget.wait()
+    assert [layer.name for layer in viewer.layers] == ([] if change == "removed" else ["st"])
+    [warning] = messages(notes, "warning")
+    assert "while it was segmented: its cells are not shown" in warning
+    assert warning.startswith("'st' was removed" if change == "removed" else "'st' changed")
+    assert ("Predict it again" in warning) == (change == "changed")
+    assert widget.status.text() == warning
+
+
+def test_a_prediction_stops_after_the_plane_at_hand(thresholded, slow_planes, qtbot):
+    viewer, widget = thresholded
+    a = disc_image()[0]
+    image = viewer.add_image(np.stack([a] * 20), name="st", axis_labels=("z", "y", "x"))
+    widget.predict(image)
+    qtbot.waitUntil(lambda: widget.training.progress.value() >= 1, timeout=TIMEOUT)
+    assert widget.training.stop.isEnabled()  # a long stack can be stopped
+    widget.stop()
+    widget.wait()
+    assert "st cells" not in [layer.name for layer in viewer.layers]
+    assert "Stopped segmenting 'st'" in widget.status.text()
+    assert widget.model.predict.isEnabled() and not widget.training.stop.isEnabled()
+
+
+def test_predict_is_enabled_only_with_an_image_to_segment(thresholded, notes):
+    viewer, widget = thresholded
+    assert not widget.model.predict.isEnabled()  # a model, but no image
+    assert widget.predict() is None
+    assert "pick it in the list next to Predict" in messages(notes, "error")[-1]
+    image = viewer.add_image(disc_image()[0], name="x")
+    assert widget.model.predict.isEnabled()
+    viewer.layers.remove(image)
+    assert not widget.model.predict.isEnabled()
+
+
+# -------------------------------------------------------------------------------- training
+
+
+def test_results_of_an_image_removed_while_training_are_not_shown(
+    make_napari_viewer, slow_rounds, qtbot, notes
+):
+    viewer = make_napari_viewer()
+    widget, _image = boxed_widget(viewer)
+    widget.train()
+    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=TIMEOUT)
+    for name in [layer.name for layer in viewer.layers if layer.name != "boxes"]:
+        viewer.layers.remove(name)  # the image and every layer made for it
+    widget.wait()
+    assert len(widget.history) == 5  # training went on; its pair is kept
+    assert [layer.name for layer in viewer.layers] == ["boxes"]  # nothing made again
+    [warning] = messages(notes, "warning")
+    assert "'cells' is no longer in the viewer" in warning and "Stop" in warning
+    assert not messages(notes, "error")
+
+
+def test_a_supervision_is_made_again_for_other_pixels_of_another_shape(scene, notes):
+    viewer, widget, image, _boxes = scene
+    widget.settings.rounds = 1
+    widget.generate_supervision()
+    other, _ = disc_image(shape=(48, 80), centres=((16, 16), (20, 46)))
+    image.data = other  # another file opened into the same layer
+    assert widget.train(block=True) is not None
+    assert viewer.layers["cells supervision"].data.shape == other.shape
+    assert viewer.layers["cells cells"].data.shape == other.shape
+    assert not messages(notes, "error")
+
+
+def test_editing_the_cells_being_trained_on_is_refused(
+    make_napari_viewer, slow_rounds, qtbot, notes
+):
+    viewer = make_napari_viewer()
+    widget, image = boxed_widget(viewer)
+    widget.train()
+    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=TIMEOUT)
+    assert not widget.check.add.isEnabled()  # Add to training starts a job: not now
+    widget.check.image.value = image
+    widget.check.split.click()
+    assert "is being trained on" in messages(notes, "error")[-1]
+    widget.stop()
+    widget.wait()
+    assert widget.check.add.isEnabled()
+
+
+def test_the_device_line_says_in_use_only_while_training(scene):
+    _viewer, widget, _image, _boxes = scene
+    widget.settings.rounds = 1
+    idle = widget.training.device.text()
+    assert idle.startswith("Device: ")
+    widget.train(block=True)
+    assert widget.training.device.text() == idle
+
+
+# -------------------------------------------------------------------------------- closing
+
+
+def test_a_closed_panel_leaves_no_callbacks_on_the_viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    widget.controller.set_pair(threshold_pair())
+    image = viewer.add_image(disc_image()[0], name="x")
+    widget.predict(image, block=True)
+    cells = viewer.layers["x cells"]
+    viewer.layers.selection.active = cells  # the Check panel follows its picked cells
+    assert plugin_callbacks(viewer)
+    viewer.window.remove_dock_widget(dock)  # the dock's close button
+    assert plugin_callbacks(viewer) == []
+    cells.selected_label = 2  # nothing of the closed panel answers
+    viewer.add_image(np.zeros((8, 8)), name="later").name = "renamed"
+    viewer.layers.selection.active = viewer.layers["renamed"]
+    # opened again, it follows the viewer again
+    _, again = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    assert same(again.pair, widget.pair) and again.model.predict.isEnabled()
+    viewer.add_image(np.zeros((8, 8)), name="newest")
+    assert again.model.target.layer.name == "newest"
+
+
+def test_a_viewer_closed_while_another_is_current_ends_its_training(
+    make_napari_viewer, slow_rounds, qtbot
+):
+    viewer = make_napari_viewer()
+    widget, _image = boxed_widget(viewer)
+    make_napari_viewer()  # now the current viewer: napari files the job under it
+    widget.train()
+    job = widget.controller.job
+    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=TIMEOUT)
+    viewer.close()
+    qtbot.waitUntil(job.done.is_set, timeout=TIMEOUT)
+    assert len(widget.history) < 5
+
+
+def test_a_folder_run_ended_by_closing_the_viewer_writes_its_summary(
+    make_napari_viewer, slow_planes, qtbot, tmp_path
+):
+    import tifffile
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    widget.settings.update(device="cpu", tile_size=64)
+    widget.controller.set_pair(threshold_pair())
+    folder, out = tmp_path / "plate", tmp_path / "results"
+    folder.mkdir()
+    for k in range(20):
+        tifffile.imwrite(folder / f"f{k:02d}.tif", disc_image(seed=k)[0])
+    widget.segment_folder(folder, out)
+    qtbot.waitUntil(lambda: any(out.glob("*_cells.csv")), timeout=TIMEOUT)
+    viewer.close()
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    done = len(list(out.glob("*_cells.csv")))
+    assert 1 <= done < 20  # it ended after the image at hand
+    # the run's reports, as at the end of every run
+    assert len((out / "summary.csv").read_text().splitlines()) == 1 + done
+    report = (out / "run_report.csv").read_text().splitlines()
+    assert len(report) == 1 + 20 and sum("not done" in row for row in report) == 20 - done
