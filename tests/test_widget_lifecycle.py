@@ -177,13 +177,18 @@ def test_predict_is_enabled_only_with_an_image_to_segment(thresholded, notes):
 # -------------------------------------------------------------------------------- training
 
 
-def test_results_of_an_image_removed_while_training_are_not_shown(
-    make_napari_viewer, slow_rounds, qtbot, notes
-):
+@pytest.fixture
+def training(make_napari_viewer, slow_rounds, qtbot):
+    """A viewer, the widget and its image "cells", training past its first (slow) round."""
     viewer = make_napari_viewer()
-    widget, _image = boxed_widget(viewer)
+    widget, image = boxed_widget(viewer)
     widget.train()
     qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=TIMEOUT)
+    return viewer, widget, image
+
+
+def test_results_of_an_image_removed_while_training_are_not_shown(training, notes):
+    viewer, widget, _image = training
     for name in [layer.name for layer in viewer.layers if layer.name != "boxes"]:
         viewer.layers.remove(name)  # the image and every layer made for it
     widget.wait()
@@ -206,13 +211,8 @@ def test_a_supervision_is_made_again_for_other_pixels_of_another_shape(scene, no
     assert not messages(notes, "error")
 
 
-def test_editing_the_cells_being_trained_on_is_refused(
-    make_napari_viewer, slow_rounds, qtbot, notes
-):
-    viewer = make_napari_viewer()
-    widget, image = boxed_widget(viewer)
-    widget.train()
-    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=TIMEOUT)
+def test_editing_the_cells_being_trained_on_is_refused(training, notes):
+    _viewer, widget, image = training
     assert not widget.check.add.isEnabled()  # Add to training starts a job: not now
     widget.check.image.value = image
     widget.check.split.click()
