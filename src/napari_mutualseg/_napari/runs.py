@@ -324,10 +324,10 @@ class PredictionRun(_SegmentJob):
                 "disagree most."
             )
         else:
+            from ..segmenter import NO_CELLS_ADVICE
+
             controller.notify(
-                f"No cells found in '{layer.name}'. The networks may need more training (more "
-                "rounds or steps per round), or this image differs from the training images "
-                "(other stain, magnification or contrast).",
+                f"No cells found in '{layer.name}': {NO_CELLS_ADVICE}.",
                 "warning",
             )
         for note in value.notes:  # e.g. blank planes of a stack left without cells
