@@ -232,7 +232,8 @@ class Segmenter:
         if result.cut_off:
             warnings.warn(
                 f"{image.name}: {result.cut_off} cell(s) reached the edge of their block's "
-                "margin and may be cut off; segment again with a larger halo (--halo).",
+                "margin and may be cut off; a larger halo keeps them whole (halo= in Python, "
+                "--halo on the command line).",
                 UserWarning,
                 stacklevel=3,
             )
