@@ -77,7 +77,10 @@ def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted
     folder = tmp_path / "plate"
     (folder / "B02").mkdir(parents=True)
     for name, seed in (("A01.tif", 1), ("B02/A01.tif", 2)):
-        tifffile.imwrite(folder / name, (disc_image(seed=seed)[0] * 1000).astype(np.uint16))
+        pixels = (disc_image(seed=seed)[0] * 1000).astype(np.uint16)
+        # 0.5 µm pixels, written as Fiji writes them
+        tifffile.imwrite(folder / name, pixels, imagej=True, resolution=(2.0, 2.0),
+                         metadata={"unit": "um"})  # fmt: skip
     (folder / "broken.tif").write_bytes(b"II*\0 not a tiff")
     two = np.stack([disc_image(seed=3)[0]] * 2)  # two channels; the networks take one
     tifffile.imwrite(
@@ -97,6 +100,8 @@ def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted
     # a click opens the image with its cells and their table
     layer = summary.open(1)
     assert layer.name == "B02/A01.tif cells" and viewer.layers[-2].name == "B02/A01.tif"
+    # in µm, as File > Open shows the image, so that it lines up with the images open
+    assert tuple(viewer.layers[-2].scale) == tuple(layer.scale) == (0.5, 0.5)
     np.testing.assert_array_equal(layer.data, tifffile.imread(out / "B02" / "A01_cells.tif"))
     assert len(layer.features) == len(np.unique(layer.data)) - 1
     assert summary.open(2) is None  # the broken file: its reason, no layer

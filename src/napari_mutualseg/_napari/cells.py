@@ -479,6 +479,7 @@ class FolderSummary(QGroupBox):
         """Add the image of ``row`` and its cells (with their table) to the viewer."""
         from ..image_task import read_labels, read_table
         from ..images import AxisImage
+        from .reader import image_layer
 
         result = self.results[row]
         job = result.job
@@ -493,14 +494,10 @@ class FolderSummary(QGroupBox):
         except (OSError, ValueError) as err:
             self.notify(f"Could not open {job.name}: {err}", "error")
             return None
-        data, kwargs = image.data, {}
-        if "C" in image.axes:
-            axis = image.axes.index("C")
-            if image.rgb:
-                data, kwargs = np.moveaxis(data, axis, -1), {"rgb": True}
-            else:
-                kwargs = {"channel_axis": axis}
-        self.viewer.add_image(data, name=job.name, **kwargs)
-        layer = self.viewer.add_labels(labels, name=f"{job.name} cells")
+        # as File > Open shows it: axes and pixel size, so that it lines up with other images
+        data, kwargs, _ = image_layer(image, job.name)
+        self.viewer.add_image(data, **kwargs)
+        scale = kwargs["scale"][-labels.ndim :]
+        layer = self.viewer.add_labels(labels, name=f"{job.name} cells", scale=scale)
         show_table(layer, table)
         return layer

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..io import BIOIO_SUFFIXES, TIFF_SUFFIXES, image_stem
 from ..readers import AxesUnknownError, is_zarr
+
+if TYPE_CHECKING:
+    from ..images import AxisImage
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -46,6 +49,12 @@ def read_layers(path: str) -> list[LayerData]:
         # all raises: napari says why)
         show_warning(f"{Path(path).name}: {err} In the dock widget, set Axes instead.")
         return [(err.data, {"name": name}, "image")]
+    return [image_layer(image, name)]
+
+
+def image_layer(image: AxisImage, name: str) -> LayerData:
+    """``image`` as a layer: its axes as axis labels (the channel axis first, RGB colours
+    last) and its pixel size as scale, as the reader opens a file."""
     data, axes = image.data, image.axes
     named = axes.replace("C", "")  # the axes napari labels: RGB colours are not one of them
     if "C" in axes:
@@ -65,4 +74,4 @@ def read_layers(path: str) -> list[LayerData]:
         "scale": tuple(float(image.pixel_size.get(a, 1.0)) for a in named),
         "metadata": meta,
     }
-    return [(data, kwargs, "image")]
+    return data, kwargs, "image"
