@@ -315,3 +315,45 @@ def test_measuring_block_by_block_gives_the_whole_image_table():
     assert list(blocks) == list(whole) and len(whole["label"]) == 40
     for key, values in whole.items():
         np.testing.assert_allclose(blocks[key], values, err_msg=key)
+
+
+def test_stacks_and_time_series_go_block_by_block_plane_after_plane():
+    """The large planes of a z-stack or a time series are segmented block by block, and the
+    planes are linked as when the stack is segmented whole."""
+    image = _image_of(_cells_across_faces())
+    stack = np.stack([image, np.roll(image, 3, axis=1), np.roll(image, 6, axis=1)])
+    pair = _pair()
+    steps = []
+    for axes, linking in (("ZYX", {}), ("TYX", {"track": True})):
+        whole = pair.segment(stack, axes=axes, blockwise=False, **linking)
+        blocks = pair.segment(
+            stack,
+            axes=axes,
+            blockwise=True,
+            block_size=BLOCK,
+            halo=32,
+            progress=lambda done, total: steps.append((done, total)),
+            **linking,
+        )
+        assert blocks.max() == whole.max() == 11  # one label per cell through the stack
+        assert _same_objects(blocks, whole)
+    assert steps[-1] == (27, 27)  # three planes of nine blocks
+    with pytest.raises(ValueError, match="out= takes the labels of one plane"):
+        pair.segment(stack, axes="ZYX", out=np.zeros(image.shape, np.int32))
+
+
+def test_a_stack_segmented_by_blocks_in_a_batch_is_written_as_tiff(tmp_path):
+    from napari_mutualseg.batch import BatchOptions, BatchRun
+
+    image = _image_of(_cells_across_faces())
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", np.stack([image] * 2))
+    results = {}
+    for out_format in ("tif", "zarr"):
+        options = BatchOptions(axes="ZYX", block_size=BLOCK, halo=32, out_format=out_format)
+        run = BatchRun(_pair(), [tmp_path / "in"], tmp_path / out_format, options, workers=0)
+        (results[out_format],) = list(run)
+    assert results["tif"].status == "done" and results["tif"].cells == 11
+    assert tifffile.imread(tmp_path / "tif" / "stack_cells.tif").shape == (2, *image.shape)
+    assert results["zarr"].status == "failed"
+    assert "write the labels of a stack as TIFF" in results["zarr"].reason

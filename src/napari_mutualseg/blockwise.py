@@ -193,6 +193,7 @@ def block_labels(
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     min_size: int = 16,
     name: str = "image",
+    ranges: np.ndarray | None = None,
 ) -> Iterator[tuple[Block, np.ndarray]]:
     """Each block with the cells found in its window, one block at a time.
 
@@ -212,6 +213,10 @@ def block_labels(
         Smallest object kept, in pixels.
     name : str
         How the image is called in error messages.
+    ranges : numpy.ndarray, optional
+        ``(C, 2)`` intensities mapped to 0 and 1, when they are known already (those of a
+        whole stack, :meth:`AxisImage.channel_ranges`); by default ``image``'s own
+        ``percentiles``.
 
     Yields
     ------
@@ -221,7 +226,8 @@ def block_labels(
         int32 cells of its window (window coordinates), 0 background.
     """
     _check_image(image, name)
-    ranges = channel_ranges(image, percentiles, name)
+    if ranges is None:
+        ranges = channel_ranges(image, percentiles, name)
     for block in block_grid(tuple(image.shape[-2:]), block_size, halo):
         # no local names: they would keep the probabilities and labels alive while the
         # generator waits at ``yield``, and so through the next window's prediction
@@ -356,12 +362,13 @@ def segment_blockwise(
     out: Any = None,
     progress: Callable[[int, int], None] | None = None,
     name: str = "image",
+    ranges: np.ndarray | None = None,
 ) -> BlockwiseResult:
     """Instance segmentation of ``image`` block by block (see the module notes).
 
     Parameters
     ----------
-    image, predict, block_size, halo, percentiles, min_size, name
+    image, predict, block_size, halo, percentiles, min_size, name, ranges
         As in :func:`block_labels`.
     out : array-like, optional
         int32 ``(Y, X)`` array of zeros to write the labels into, e.g. from
@@ -389,6 +396,7 @@ def segment_blockwise(
         percentiles=percentiles,
         min_size=min_size,
         name=name,
+        ranges=ranges,
     )
     # counted by hand: enumerate (and zip) keep their last result, and with it the labels of
     # the block before, alive through the next window's prediction

@@ -194,17 +194,15 @@ def _segment(
         result = pair.predict(image, **common)
         labels = result.labels
     else:
-        more = {"halo": options.halo}
+        more = {"halo": options.halo, "link": options.link, "track": options.track}
         if options.by_blocks:
+            more.update(blockwise=True, block_size=options.block_edge)
+        if options.out_format == "zarr":
             if image.n_planes != 1:
                 raise ValueError(
-                    f"{image.n_planes} planes: block by block takes one 2D image per file; "
-                    "leave out the block size and the zarr format for stacks."
+                    f"{image.n_planes} planes: OME-Zarr labels take one 2D image per file; "
+                    "write the labels of a stack as TIFF (--out-format tif)."
                 )
-            more.update(blockwise=True, block_size=options.block_edge)
-        else:
-            more.update(link=options.link, track=options.track)
-        if options.out_format == "zarr":
             from .ome import labels_zarr
 
             with labels_zarr(

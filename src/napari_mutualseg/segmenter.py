@@ -12,6 +12,7 @@ import numpy as np
 from .blockwise import (
     AUTO_BLOCKWISE_PIXELS,
     DEFAULT_BLOCK_SIZE,
+    block_grid,
     default_halo,
     segment_blockwise,
 )
@@ -33,6 +34,12 @@ NO_CELLS_ADVICE = (
     "the networks may need more training (more rounds or steps per round), or the images "
     "differ from those they were trained on (other stain, magnification or contrast)"
 )
+
+
+def _label_key(image: AxisImage, index: int) -> tuple:
+    """Where plane ``index`` of ``image`` lies in its labels (``image.label_axes``)."""
+    position = image.plane_position(index)
+    return tuple(int(position[a]) if a in position else slice(None) for a in image.label_axes)
 
 
 class Segmenter:
@@ -159,8 +166,9 @@ class Segmenter:
         name : str
             Name used in error messages.
         blockwise : bool, optional
-            Force (True) or forbid (False) block-by-block segmentation of a single plane; by
-            default it is chosen by the plane's size.
+            Force (True) or forbid (False) block-by-block segmentation of every plane; by
+            default it is chosen by the plane's size. A stack's planes are then segmented one
+            after another, block by block, and linked as a stack segmented whole.
         block_size : int
             Edge of a block's core in pixels.
         halo : int, optional
@@ -168,7 +176,8 @@ class Segmenter:
             :func:`~napari_mutualseg.blockwise.default_halo`).
         out : array-like, optional
             int32 array of zeros, shaped like the plane, to write the labels into (block by
-            block), e.g. from :func:`napari_mutualseg.ome.labels_zarr`.
+            block), e.g. from :func:`napari_mutualseg.ome.labels_zarr`; single-plane images
+            only.
         progress : callable, optional
             ``progress(done, total)`` after each plane (block by block: after each block).
 
@@ -184,24 +193,25 @@ class Segmenter:
         min_size = self._min_size(min_size)
         if blockwise is None:
             blockwise = out is not None or math.prod(chosen.plane_shape) > AUTO_BLOCKWISE_PIXELS
-        if blockwise:
-            if chosen.n_planes != 1:
-                raise ValueError(
-                    f"{chosen.name} has {chosen.n_planes} planes; block by block takes one "
-                    "plane at a time (segment each plane, or a stack of smaller planes whole)."
-                )
-            return self._segment_blocks(
-                chosen, tile_size, overlap, min_size, block_size, halo, out, progress
-            )
         ranges = chosen.channel_ranges(self.percentiles)
+        if blockwise:
+            if out is not None and chosen.n_planes != 1:
+                raise ValueError(
+                    f"{chosen.name} has {chosen.n_planes} planes; out= takes the labels of one "
+                    "plane (leave it out for a stack: its labels are returned)."
+                )
+            labels = self._segment_blocks(
+                chosen, ranges, tile_size, overlap, min_size, block_size, halo, out, progress
+            )
+            if out is not None:
+                return labels
+            return link_labels(
+                labels, chosen.label_axes, link=link, track=track, min_overlap=min_overlap
+            )
         labels = np.zeros(chosen.label_shape, np.int32)
         for index in range(chosen.n_planes):
             proba = self._plane_proba(chosen, index, ranges, tile_size, overlap)
-            position = chosen.plane_position(index)
-            key = tuple(
-                int(position[a]) if a in position else slice(None) for a in chosen.label_axes
-            )
-            labels[key] = instances_from_proba(proba, min_size=min_size)
+            labels[_label_key(chosen, index)] = instances_from_proba(proba, min_size=min_size)
             if progress is not None:
                 progress(index + 1, chosen.n_planes)
         return link_labels(
@@ -209,35 +219,58 @@ class Segmenter:
         )
 
     def _segment_blocks(
-        self, image: AxisImage, tile_size, overlap, min_size, block_size, halo, out, progress
+        self,
+        image: AxisImage,
+        ranges: np.ndarray,
+        tile_size,
+        overlap,
+        min_size,
+        block_size,
+        halo,
+        out,
+        progress,
     ) -> Any:
-        """One plane, block by block (:mod:`napari_mutualseg.blockwise`)."""
+        """Every plane, block by block (:mod:`napari_mutualseg.blockwise`), each normalised
+        with ``ranges`` (the whole image's); the labels of each plane on their own."""
 
         def predict(block: np.ndarray) -> np.ndarray:
             return predict_proba(
                 self.models, block, self.device, tile_size=tile_size, overlap=overlap
             )
 
-        result = segment_blockwise(
-            image.plane_array(0),
-            predict,
-            block_size=block_size,
-            halo=default_halo(self.cell_size) if halo is None else halo,
-            percentiles=self.percentiles,
-            min_size=min_size,
-            out=out,
-            progress=progress,
-            name=image.name,
-        )
-        if result.cut_off:
+        labels = np.zeros(image.label_shape, np.int32) if out is None else out
+        halo = default_halo(self.cell_size) if halo is None else halo
+        planes = image.n_planes
+        blocks = len(block_grid(image.plane_shape, block_size, halo))
+        cut_off = 0
+        for index in range(planes):
+            plane_progress = None
+            if progress is not None:
+
+                def plane_progress(done: int, total: int, index: int = index) -> None:
+                    progress(index * blocks + done, planes * blocks)
+
+            result = segment_blockwise(
+                image.plane_array(index),
+                predict,
+                block_size=block_size,
+                halo=halo,
+                min_size=min_size,
+                out=labels if out is not None else labels[_label_key(image, index)],
+                progress=plane_progress,
+                name=image.name,
+                ranges=ranges,
+            )
+            cut_off += result.cut_off
+        if cut_off:
             warnings.warn(
-                f"{image.name}: {result.cut_off} cell(s) reached the edge of their block's "
+                f"{image.name}: {cut_off} cell(s) reached the edge of their block's "
                 "margin and may be cut off; a larger halo keeps them whole (halo= in Python, "
                 "--halo on the command line).",
                 UserWarning,
                 stacklevel=3,
             )
-        return result.labels
+        return labels
 
     def predict(
         self,
