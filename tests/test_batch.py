@@ -4,6 +4,7 @@ measurements beside the labels, and the same run on a real dask cluster."""
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import signal
 import socket
@@ -275,11 +276,12 @@ def test_the_same_run_on_a_separately_started_dask_cluster(model, tmp_path, monk
             process.wait(timeout=30)
 
 
-def test_an_ome_zarr_store_in_a_folder_is_one_image_with_its_pixel_size(model, tmp_path):
+def _zarr_image(path: Path, seed: int) -> Path:
+    """An OME-Zarr image (read lazily, as a dask array) of 0.5 µm pixels."""
     import zarr
 
-    image, _, _ = synthetic_scene((48, 56), 5, seed=3)
-    group = zarr.open_group(str(tmp_path / "in" / "well.ome.zarr"), mode="w")
+    image, _, _ = synthetic_scene((48, 56), 5, seed=seed)
+    group = zarr.open_group(str(path), mode="w")
     group.create_array("0", shape=image.shape, chunks=(16, 16), dtype=np.uint16)[:] = (
         image * 1000
     ).astype(np.uint16)
@@ -292,6 +294,11 @@ def test_an_ome_zarr_store_in_a_folder_is_one_image_with_its_pixel_size(model, t
             "datasets": [{"path": "0", "coordinateTransformations": scale}],
         }
     ]
+    return path
+
+
+def test_an_ome_zarr_store_in_a_folder_is_one_image_with_its_pixel_size(model, tmp_path):
+    _zarr_image(tmp_path / "in" / "well.ome.zarr", 3)
     _image(tmp_path / "in" / "plain.tif", 4)
     run = BatchRun(model, [tmp_path / "in"], tmp_path / "out", OPTIONS, workers=0)
     assert [r.status for r in run] == ["done", "done"]
@@ -348,3 +355,30 @@ def test_one_image_that_does_not_fit_the_model_fails_alone_also_when_run_again(
     assert main([str(a) for a in argv]) == 2
     assert not (tmp_path / "o2" / "field0_cells.tif").exists()
     capsys.readouterr()
+
+
+def _cluster(n_workers: int):
+    """A LocalCluster of its own for a test, on TCP as a remote one."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},
+    )
+
+
+def test_a_worker_finishes_each_image_before_it_starts_the_next_also_from_lazy_files(
+    model, tmp_path
+):
+    """Reading a lazy image (a dask array) on a worker must not hand the worker its next
+    image: all of them would be in progress at once, with the memory of all of them."""
+    for k in range(3):
+        _zarr_image(tmp_path / "in" / f"w{k}.ome.zarr", k)
+    run = BatchRun(model, [tmp_path / "in"], tmp_path / "out", OPTIONS, workers=1)
+    assert [r.status for r in run] == ["done"] * 3
+    # the record is written as an image starts, its table as it ends
+    spans = sorted((j.record.stat().st_mtime_ns, j.table.stat().st_mtime_ns) for j in run.jobs)
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))

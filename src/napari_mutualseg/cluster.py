@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .image_task import process_image
@@ -82,7 +83,15 @@ def _on_worker(
         # Per calling thread (OpenMP), and dask starts workers with OMP_NUM_THREADS=1: set
         # in the thread that runs the task, the cores of the host shared among its workers.
         torch.set_num_threads(plugin.threads)
-    result = process_image(plugin.pair, job, options, overwrite=overwrite, fingerprint=fingerprint)
+    # A lazy image (OME-Zarr, a large TIFF) is a dask array. Computed with the worker's own
+    # client, each read would become tasks of the cluster, and the task waiting for them
+    # would leave its thread, letting the worker start its next image: every image of the
+    # run in progress at once, with the memory of all of them and none finished before the
+    # last. Read in this thread, one image at a time per worker thread.
+    with dask.config.set(scheduler="synchronous"):
+        result = process_image(
+            plugin.pair, job, options, overwrite=overwrite, fingerprint=fingerprint
+        )
     result.worker = worker.address
     return result
 
