@@ -382,3 +382,28 @@ def test_a_worker_finishes_each_image_before_it_starts_the_next_also_from_lazy_f
     # the record is written as an image starts, its table as it ends
     spans = sorted((j.record.stat().st_mtime_ns, j.table.stat().st_mtime_ns) for j in run.jobs)
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
+
+
+def test_runs_that_share_a_cluster_keep_their_own_model_and_results(model, tmp_path):
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    other = ModelPair(build_unet(arch, 7), build_unet(arch, 8)).save(tmp_path / "other.pt")
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
+    with _cluster(1) as cluster:
+        address = cluster.scheduler_address
+        first = iter(BatchRun(model, images, tmp_path / "a", OPTIONS, scheduler=address))
+        next(first)  # its other images are on the cluster, or done and held there
+        second = list(BatchRun(other, images, tmp_path / "b", OPTIONS, scheduler=address))
+        assert len(list(first)) == 2 and [r.status for r in second] == ["done"] * 3
+        from distributed import Client
+
+        with Client(address) as client:  # each run took its model off the workers again
+            plugins = client.run(lambda dask_worker: list(dask_worker.plugins))
+        assert not [p for names in plugins.values() for p in names if "mutualseg" in p]
+    for pair, folder in ((model, "a"), (other, "b")):
+        here = BatchRun(pair, images, tmp_path / f"here_{folder}", OPTIONS, workers=0)
+        assert all(r.status == "done" for r in here)
+        for k in range(3):
+            np.testing.assert_array_equal(
+                tifffile.imread(tmp_path / folder / f"w{k}_cells.tif"),
+                tifffile.imread(tmp_path / f"here_{folder}" / f"w{k}_cells.tif"),
+            )

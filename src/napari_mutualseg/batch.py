@@ -287,9 +287,9 @@ class BatchRun:
 
         if not jobs:
             return
-        with dask_client(self.scheduler, workers) as (client, where):
-            self.where = where
-            futures = submit_jobs(
+        with (
+            dask_client(self.scheduler, workers) as (client, where),
+            submit_jobs(
                 client,
                 [job.absolute() for job in jobs],  # workers may run in other folders
                 self.options,
@@ -297,12 +297,13 @@ class BatchRun:
                 model=self._model_bytes(),
                 device=self.device,
                 fingerprint=self.fingerprint,
-            )
+            ) as futures,
+        ):
+            self.where = where
             by_key = {f.key: job for f, job in zip(futures, jobs, strict=True)}
             for future in as_completed(futures):
                 if self.cancelled:
-                    client.cancel(futures)
-                    return
+                    return  # what is left is cancelled on leaving the block
                 job = by_key[future.key]
                 try:
                     result = dataclasses.replace(future.result(), job=job)

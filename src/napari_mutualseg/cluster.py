@@ -5,6 +5,9 @@ per image.
 :func:`submit_jobs` sends the model file to each worker once, as a worker plugin that loads it
 there (checked as :meth:`ModelPair.load` checks it), and then one task per image, which
 carries only file names. Workers must see the input and output folders under the same paths.
+
+Runs may share a cluster: each run's plugin and tasks have names of their own, so that one
+run never takes another's model or results, and the plugin is removed when the run ends.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,9 +44,10 @@ class _ModelPlugin(WorkerPlugin):
     GPUs, each worker of a host takes its own GPU, and CPU workers share the host's cores.
     """
 
-    name = _PLUGIN
-
-    def __init__(self, model: bytes, device: str, ranks: dict[str, tuple[int, int]]) -> None:
+    def __init__(
+        self, name: str, model: bytes, device: str, ranks: dict[str, tuple[int, int]]
+    ) -> None:
+        self.name = name  # one per run: runs that share a cluster keep their own model
         self.model = model
         self.device = device
         self.ranks = ranks  # worker address -> (index on its host, task threads on its host)
@@ -71,12 +76,12 @@ class _ModelPlugin(WorkerPlugin):
 
 
 def _on_worker(
-    job: ImageJob, options: BatchOptions, overwrite: bool, fingerprint: str
+    job: ImageJob, options: BatchOptions, overwrite: bool, fingerprint: str, plugin_name: str
 ) -> ImageResult:
     from distributed import get_worker
 
     worker = get_worker()
-    plugin = worker.plugins[_PLUGIN]
+    plugin = worker.plugins[plugin_name]
     if plugin.threads is not None:
         import torch
 
@@ -160,6 +165,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
             cluster.close()
 
 
+@contextlib.contextmanager
 def submit_jobs(
     client: Client,
     jobs: Sequence[ImageJob],
@@ -169,8 +175,9 @@ def submit_jobs(
     model: bytes,
     device: str,
     fingerprint: str,
-) -> list[Future]:
-    """Load the model on every worker, then start one task per image.
+) -> Iterator[list[Future]]:
+    """Load the model on every worker, then start one task per image; when the block ends,
+    cancel what is left and remove the model from the workers.
 
     Parameters
     ----------
@@ -191,19 +198,29 @@ def submit_jobs(
         The model's :meth:`~napari_mutualseg.models.ModelPair.fingerprint`, recorded with
         each image's results.
 
-    Returns
-    -------
+    Yields
+    ------
     list of distributed.Future
         One per job, in order; each gives the image's :class:`ImageResult`.
     """
     client.wait_for_workers(1, timeout=120)
-    client.register_plugin(_ModelPlugin(model, device, _ranks(client)))
-    return client.map(
-        _on_worker,
-        jobs,
-        options=options,
-        overwrite=overwrite,
-        fingerprint=fingerprint,
-        pure=False,
-        key=[f"segment-{i}-{j.name}" for i, j in enumerate(jobs)],
-    )
+    run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
+    name = f"{_PLUGIN}-{run}"
+    client.register_plugin(_ModelPlugin(name, model, device, _ranks(client)))
+    futures: list[Future] = []
+    try:
+        futures = client.map(
+            _on_worker,
+            jobs,
+            options=options,
+            overwrite=overwrite,
+            fingerprint=fingerprint,
+            plugin_name=name,
+            pure=False,
+            key=[f"segment-{j.name}-{run}-{i}" for i, j in enumerate(jobs)],
+        )
+        yield futures
+    finally:
+        client.cancel(futures)
+        with contextlib.suppress(Exception):  # the cluster may be gone: nothing to remove
+            client.unregister_worker_plugin(name)
