@@ -3,6 +3,7 @@ measurements beside the labels, and the same run on a real dask cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 import tifffile
 
 from helpers import ThresholdNet
+from napari_mutualseg import cluster
 from napari_mutualseg.batch import (
     REPORT_NAME,
     SUMMARY_NAME,
@@ -28,6 +31,7 @@ from napari_mutualseg.batch import (
     read_table,
 )
 from napari_mutualseg.cli import main
+from napari_mutualseg.cluster import check_scheduler
 from napari_mutualseg.image_task import process_image
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.jobs import plan_jobs
@@ -407,3 +411,54 @@ def test_runs_that_share_a_cluster_keep_their_own_model_and_results(model, tmp_p
                 tifffile.imread(tmp_path / folder / f"w{k}_cells.tif"),
                 tifffile.imread(tmp_path / f"here_{folder}" / f"w{k}_cells.tif"),
             )
+
+
+def _serve_once(reply: bytes | None) -> tuple[socket.socket, str]:
+    """A server that is no dask scheduler: it answers ``reply`` (or nothing) and hangs on."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        with contextlib.suppress(OSError):
+            connection, _ = server.accept()
+            connection.recv(1024)
+            if reply:
+                connection.sendall(reply)
+            connection.recv(1024)  # until the client gives up
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, f"tcp://127.0.0.1:{server.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.0 404 Not Found\r\n\r\nNothing here"])
+def test_an_address_that_is_no_scheduler_is_refused_within_the_timeout(reply):
+    server, address = _serve_once(reply)
+    start = time.monotonic()
+    with server, pytest.raises(ConnectionError, match="not the dashboard's 8787"):
+        check_scheduler(address, timeout=2)
+    assert time.monotonic() - start < 15
+
+
+def test_a_wrong_scheduler_address_is_one_line_before_any_work(
+    model, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(cluster, "REFUSED_SECONDS", 0.5)
+    image = _image(tmp_path / "in" / "a.tif", 0)
+    with pytest.raises(ValueError, match="give it as tcp://host:port"):
+        check_scheduler("localhost")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    code = main(
+        ["predict", str(model), str(image), "--out", str(tmp_path / "out"), "--scheduler", address]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and f"Nothing listens at {address}" in err and "Traceback" not in err
+    assert not list((tmp_path / "out").glob("*_cells*"))
+
+
+def test_a_cluster_without_workers_says_so(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster, "WORKER_SECONDS", 1)
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(2)]
+    with _cluster(0) as empty:
+        run = BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=empty.scheduler_address)
+        with pytest.raises(TimeoutError, match="No dask worker joined"):
+            list(run)
+    assert [r.status for r in run.results] == ["not done"] * 2

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cluster import dask_client, default_workers, submit_jobs
+from .cluster import check_scheduler, dask_client, default_workers, submit_jobs
 from .image_task import error_reason, measure_image, process_image, read_labels, read_table
 from .io import check_writable
 from .jobs import (
@@ -120,7 +120,8 @@ class BatchRun:
         same output, the model cannot be read, or the options do not fit the model (checked
         on the first images that open, before any work: refused when none of them fits).
     OSError
-        When the output folder cannot be written.
+        When the output folder cannot be written, or no dask scheduler answers at
+        ``scheduler`` (:func:`~napari_mutualseg.cluster.check_scheduler`).
 
     Examples
     --------
@@ -147,6 +148,8 @@ class BatchRun:
             _check_report_place(path)
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}.")
+        if self.scheduler is not None:
+            check_scheduler(self.scheduler)  # a wrong address is refused before any work
         self.pair = self._load(self.model)
         self.fingerprint = self.pair.fingerprint()
         if not self.overwrite:

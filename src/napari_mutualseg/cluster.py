@@ -1,7 +1,8 @@
 """The dask side of a batch run: a cluster to run on, the model on every worker, one task
 per image.
 
-:func:`dask_client` starts a LocalCluster for the run or connects to an existing scheduler;
+:func:`dask_client` starts a LocalCluster for the run or connects to an existing scheduler
+(checked first by :func:`check_scheduler`: a wrong address is one clear error within seconds);
 :func:`submit_jobs` sends the model file to each worker once, as a worker plugin that loads it
 there (checked as :meth:`ModelPair.load` checks it), and then one task per image, which
 carries only file names. Workers must see the input and output folders under the same paths.
@@ -12,10 +13,14 @@ run never takes another's model or results, and the plugin is removed when the r
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,9 +37,18 @@ if TYPE_CHECKING:
 
     from .models import ModelPair
 
-__all__ = ["dask_client", "default_workers", "submit_jobs"]
+__all__ = ["CONNECT_SECONDS", "check_scheduler", "dask_client", "default_workers", "submit_jobs"]
 
 _PLUGIN = "napari-mutualseg-model"
+
+#: Seconds an existing scheduler has to answer.
+CONNECT_SECONDS = 30
+
+#: Seconds a refused connection to a scheduler is tried again.
+REFUSED_SECONDS = 10
+
+#: Seconds a cluster has to get its first worker.
+WORKER_SECONDS = 120
 
 
 class _ModelPlugin(WorkerPlugin):
@@ -123,6 +137,97 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+def _not_a_scheduler(address: str, what: str) -> ConnectionError:
+    return ConnectionError(
+        f"{address} {what}: give the address of a dask scheduler (`dask scheduler` prints it, "
+        "port 8786 by default; not the dashboard's 8787)."
+    )
+
+
+def _reach(host: str, port: int, timeout: float) -> None:
+    """Open and close a connection; a refused one is tried again for :data:`REFUSED_SECONDS`
+    (a scheduler started at the same moment may not listen yet)."""
+    deadline = time.monotonic() + REFUSED_SECONDS
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            return
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def check_scheduler(address: str, timeout: float = CONNECT_SECONDS) -> None:
+    """Refuse an address where no dask scheduler answers, within ``timeout`` seconds.
+
+    A port where nothing listens is refused after :data:`REFUSED_SECONDS`, a host that does
+    not answer after ``timeout``; a service that is not a dask scheduler (its dashboard, a web
+    server, a worker) within ``timeout`` too, where a dask client alone may wait for ever or
+    take the service's answer for the length of a message of exabytes.
+
+    Parameters
+    ----------
+    address : str
+        ``tcp://host:8786`` (or another address dask takes).
+    timeout : float
+        Seconds to wait for the scheduler's answer.
+
+    Raises
+    ------
+    ValueError
+        When ``address`` is not an address.
+    ConnectionError, TimeoutError
+        Saying what answered (or did not) and what to give instead.
+    """
+    from distributed.comm import parse_address, parse_host_port
+    from distributed.core import rpc
+    from distributed.security import Security
+
+    try:
+        scheme, location = parse_address(address)
+        host, port = parse_host_port(location)
+    except ValueError as err:
+        raise ValueError(
+            f"{address!r} is not a dask scheduler address ({err}); give it as "
+            "tcp://host:port, e.g. tcp://10.0.0.5:8786."
+        ) from None
+    if scheme in ("tcp", "tls"):
+        try:
+            _reach(host, port, timeout)
+        except ConnectionRefusedError:
+            raise ConnectionError(
+                f"Nothing listens at {address} (connection refused for {REFUSED_SECONDS} s): "
+                "start the scheduler there (dask scheduler), or check the host and port."
+            ) from None
+        except TimeoutError:
+            raise TimeoutError(
+                f"No answer from {host} within {timeout:g} s for {address}: check the address, "
+                "and that the network or a firewall lets this machine reach it."
+            ) from None
+        except OSError as err:  # an unknown host, no route
+            raise ConnectionError(
+                f"Cannot reach {address} ({err.strerror or err}): check the address."
+            ) from None
+
+    async def identity() -> dict:
+        args = Security().get_connection_args("client")  # TLS settings from dask's config
+        async with rpc(address, connection_args=args) as scheduler:
+            return await asyncio.wait_for(scheduler.identity(), timeout)
+
+    # in a thread of its own: the caller may be running an event loop (Jupyter)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            answer = pool.submit(asyncio.run, identity()).result()
+        except TimeoutError:
+            raise _not_a_scheduler(address, f"gave no dask answer within {timeout:g} s") from None
+        except Exception:  # a service that speaks another protocol
+            raise _not_a_scheduler(address, "does not answer as a dask scheduler") from None
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind != "Scheduler":
+        raise _not_a_scheduler(address, f"is a dask {kind or 'service'}, not the scheduler")
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, str]]:
     """A dask client for a run, closed (with the cluster it started) when the block ends.
@@ -130,8 +235,9 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
     Parameters
     ----------
     scheduler : str, optional
-        Address of an existing scheduler (``tcp://host:8786``). Without it a LocalCluster is
-        started: ``workers`` processes of one thread each.
+        Address of an existing scheduler (``tcp://host:8786``), checked with
+        :func:`check_scheduler`. Without it a LocalCluster is started: ``workers`` processes
+        of one thread each.
     workers : int
         Worker processes of the LocalCluster.
 
@@ -145,7 +251,8 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
     logging.getLogger("distributed").setLevel(logging.ERROR)
     cluster = None
     if scheduler is not None:
-        client = Client(scheduler, timeout="30s")
+        check_scheduler(scheduler)
+        client = Client(scheduler, timeout=f"{CONNECT_SECONDS}s")
         where = f"on the dask cluster at {scheduler}"
     else:
         cluster = LocalCluster(
@@ -182,7 +289,7 @@ def submit_jobs(
     Parameters
     ----------
     client : distributed.Client
-        The cluster to run on; it must get a worker within two minutes.
+        The cluster to run on; it must get a worker within :data:`WORKER_SECONDS`.
     jobs : sequence of ImageJob
         The images.
     options : BatchOptions
@@ -202,8 +309,20 @@ def submit_jobs(
     ------
     list of distributed.Future
         One per job, in order; each gives the image's :class:`ImageResult`.
+
+    Raises
+    ------
+    TimeoutError
+        When no worker joins the cluster in time.
     """
-    client.wait_for_workers(1, timeout=120)
+    try:
+        client.wait_for_workers(1, timeout=WORKER_SECONDS)
+    except TimeoutError:
+        address = client.scheduler.address
+        raise TimeoutError(
+            f"No dask worker joined the scheduler at {address} within {WORKER_SECONDS} s: "
+            f"start workers (dask worker {address}) or scale the cluster, then run again."
+        ) from None
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
     name = f"{_PLUGIN}-{run}"
     client.register_plugin(_ModelPlugin(name, model, device, _ranks(client)))
