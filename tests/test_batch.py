@@ -462,3 +462,21 @@ def test_a_cluster_without_workers_says_so(model, tmp_path, monkeypatch):
         with pytest.raises(TimeoutError, match="No dask worker joined"):
             list(run)
     assert [r.status for r in run.results] == ["not done"] * 2
+
+
+def test_ctrl_c_stops_a_run_on_local_workers_in_one_line(model, tmp_path):
+    """Ctrl-C reaches the whole process group: the workers leave it to the command."""
+    images = [_image(tmp_path / "in" / f"i{k}.tif", k, shape=(512, 512)) for k in range(6)]
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_mutualseg.cli", "predict", str(model)]
+    command += [str(p) for p in images] + ["--out", str(out), "--device", "cpu", "--workers", "1"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*_cells.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal sends it
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert (
+        "interrupted (SIGINT)" in err and "Traceback" not in err and "KeyboardInterrupt" not in err
+    )

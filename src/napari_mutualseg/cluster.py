@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -137,6 +138,12 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+def _ignore_sigint() -> None:
+    """Run on each local worker: Ctrl-C in a terminal reaches the whole process group, and
+    this process stops the workers itself, so they need not print its KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _not_a_scheduler(address: str, what: str) -> ConnectionError:
     return ConnectionError(
         f"{address} {what}: give the address of a dask scheduler (`dask scheduler` prints it, "
@@ -237,7 +244,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
     scheduler : str, optional
         Address of an existing scheduler (``tcp://host:8786``), checked with
         :func:`check_scheduler`. Without it a LocalCluster is started: ``workers`` processes
-        of one thread each.
+        of one thread each, which leave Ctrl-C to this process.
     workers : int
         Worker processes of the LocalCluster.
 
@@ -260,9 +267,13 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # its HTTP server on a free port: 8787, its default, is often taken (another
+            # cluster, a notebook's), which it would say in a warning
+            scheduler_kwargs={"dashboard_address": ":0"},
             silence_logs=logging.ERROR,
         )
         client = Client(cluster)
+        client.run(_ignore_sigint)
         where = f"on {workers} local dask worker{'s' if workers > 1 else ''}"
     try:
         yield client, where
