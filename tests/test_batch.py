@@ -480,3 +480,17 @@ def test_ctrl_c_stops_a_run_on_local_workers_in_one_line(model, tmp_path):
     assert (
         "interrupted (SIGINT)" in err and "Traceback" not in err and "KeyboardInterrupt" not in err
     )
+
+
+def test_local_workers_that_do_not_start_are_explained(monkeypatch):
+    import distributed
+
+    def fails(**kwargs):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(distributed, "LocalCluster", fails)
+    with (
+        pytest.raises(RuntimeError, match='under `if __name__ == "__main__":`'),
+        cluster.dask_client(None, 2),
+    ):
+        pass

@@ -125,6 +125,9 @@ class BatchRun:
 
     Examples
     --------
+    In a script, under ``if __name__ == "__main__":``: local dask workers start by importing
+    the script again.
+
     >>> run = BatchRun("model.pt", ["plate1/"], "results/", BatchOptions())
     >>> for result in run:
     ...     print(result.job.name, result.status, result.cells)

@@ -262,16 +262,25 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
         client = Client(scheduler, timeout=f"{CONNECT_SECONDS}s")
         where = f"on the dask cluster at {scheduler}"
     else:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            # its HTTP server on a free port: 8787, its default, is often taken (another
-            # cluster, a notebook's), which it would say in a warning
-            scheduler_kwargs={"dashboard_address": ":0"},
-            silence_logs=logging.ERROR,
-        )
+        try:
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                # its HTTP server on a free port: 8787, its default, is often taken (another
+                # cluster, a notebook's), which it would say in a warning
+                scheduler_kwargs={"dashboard_address": ":0"},
+                silence_logs=logging.ERROR,
+            )
+        except RuntimeError as err:
+            # each worker process starts by importing the main script again, which without
+            # the guard starts the run (and a cluster) again in every worker
+            raise RuntimeError(
+                f"The local dask workers did not start ({str(err).rstrip('.')}). In a Python "
+                'script, run the batch under `if __name__ == "__main__":`, or pass workers=0 '
+                "to run it in this process."
+            ) from None
         client = Client(cluster)
         client.run(_ignore_sigint)
         where = f"on {workers} local dask worker{'s' if workers > 1 else ''}"
