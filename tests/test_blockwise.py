@@ -1,5 +1,6 @@
 """Block-by-block segmentation: cells cut by block faces stay whole, outputs keep pixel size."""
 
+import os
 import weakref
 
 import numpy as np
@@ -357,3 +358,27 @@ def test_a_stack_segmented_by_blocks_in_a_batch_is_written_as_tiff(tmp_path):
     assert tifffile.imread(tmp_path / "tif" / "stack_cells.tif").shape == (2, *image.shape)
     assert results["zarr"].status == "failed"
     assert "write the labels of a stack as TIFF" in results["zarr"].reason
+
+
+def test_a_store_a_killed_process_left_is_removed_and_a_running_ones_kept(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from napari_mutualseg.ome import labels_zarr
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = socket.gethostname()
+    target = tmp_path / "c.ome.zarr"
+    stale = tmp_path / f".c.ome.zarr.{host}.{int(gone.stdout)}.partial"
+    running = tmp_path / f".c.ome.zarr.{host}.{os.getppid()}.partial"  # e.g. another run's
+    elsewhere = tmp_path / f".c.ome.zarr.other-node.{int(gone.stdout)}.partial"
+    for temp in (stale, running, elsewhere):
+        (temp / "0").mkdir(parents=True)
+    with labels_zarr(target, (16, 16)) as out:
+        out[:] = 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [target.name, running.name, elsewhere.name]
+    )

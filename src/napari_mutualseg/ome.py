@@ -14,10 +14,12 @@ down to one chunk.
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,7 +280,8 @@ def labels_zarr(
 
     The store is written under a temporary name in the same folder; on leaving the ``with``
     block the pyramid levels and the OME-NGFF metadata are added and it is renamed into place.
-    If the block raises, the temporary store is removed and ``path`` is left as it was.
+    If the block raises, the temporary store is removed and ``path`` is left as it was; one
+    that a killed process of this machine left for ``path`` is removed at the start.
 
     Parameters
     ----------
@@ -317,7 +320,8 @@ def labels_zarr(
     path = Path(path)
     check_writable_zarr(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    _remove_stale_stores(path)
+    temp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.partial")
     shutil.rmtree(temp, ignore_errors=True)
     try:
         group = zarr.open_group(str(temp), mode="w", zarr_format=2)
@@ -336,6 +340,19 @@ def labels_zarr(
         shutil.rmtree(temp, ignore_errors=True)
         raise
     _replace(temp, path)
+
+
+def _remove_stale_stores(path: Path) -> None:
+    """Remove the temporary stores of ``path`` that killed processes of this machine left
+    (a stopped run's workers): a store is labels of a whole image, too large to leave behind.
+    Those of running processes, and of other machines sharing the folder, are left alone."""
+    import psutil
+
+    host = socket.gethostname()
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        owner, _, pid = temp.name[len(path.name) + 2 : -len(".partial")].rpartition(".")
+        if owner == host and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _replace(temp: Path, path: Path) -> None:
