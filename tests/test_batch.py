@@ -192,6 +192,7 @@ def test_results_from_another_image_or_model_are_never_taken_for_this_one(model,
     ModelPair(build_unet(arch, 5), build_unet(arch, 6)).save(other)
     code, text = _predict(capsys, other, tmp_path / "p1", "--out", out)
     assert code == 2 and "another model" in text
+    assert "add --overwrite to replace these results" in text and "overwrite=True" not in text
     code, text = _predict(capsys, model, tmp_path / "p1", "--out", out, "--min-size", "3")
     assert code == 2 and "other options (min_size None -> 3)" in text
     code, text = _predict(capsys, other, tmp_path / "p1", "--out", out, "--overwrite")

@@ -207,6 +207,7 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
     # running it again must not overwrite the earlier results
     code, _, err = _run(capsys, "demo", "--out", out, "--rounds", "1", "--steps", "1")
     assert code == 2 and "already exists" in err
+    assert "add --overwrite to replace it" in err and "overwrite=True" not in err
 
 
 @pytest.mark.parametrize(

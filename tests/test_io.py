@@ -322,3 +322,22 @@ def test_the_entry_points_the_package_help_names_exist():
         obj = importlib.import_module(f"napari_mutualseg.{module}")
         for part in attribute.split("."):
             obj = getattr(obj, part)
+
+
+def test_an_existing_result_is_explained_in_each_face_s_words(tmp_path):
+    from napari_mutualseg.files import ResultExistsError
+    from napari_mutualseg.image_task import error_reason
+
+    path = write_text(tmp_path / "a.csv", "x\n")
+    with pytest.raises(ResultExistsError) as info:
+        write_text(path, "y\n")
+    err = info.value
+    assert isinstance(err, FileExistsError)  # callers catching the builtin still do
+    assert (
+        str(err)
+        == f"{path} already exists; choose another path, or pass overwrite=True to replace it."
+    )
+    assert err.advice("add --overwrite").endswith("or add --overwrite to replace it.")
+    # a batch's failed image names the batch's own option, not Python's or the command line's
+    assert error_reason(err).endswith("or segment again with overwrite to replace it.")
+    assert path.read_text() == "x\n"

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cluster import check_scheduler, dask_client, default_workers, submit_jobs
+from .files import ResultExistsError
 from .image_task import error_reason, measure_image, process_image, read_labels, read_table
 from .io import check_writable
 from .jobs import (
@@ -180,9 +181,10 @@ class BatchRun:
         ]
         if conflicts:
             more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-            raise FileExistsError(
-                f"{conflicts[0]}{more}. Choose another output folder, or segment again with "
-                "overwrite (--overwrite on the command line) to replace these results."
+            raise ResultExistsError(
+                f"{conflicts[0]}{more}",
+                remedy="choose another output folder",
+                what="these results",
             )
 
     def _check_options(self) -> None:

@@ -24,6 +24,7 @@ from typing import BinaryIO
 __all__ = [
     "MIN_FREE",
     "OutputError",
+    "ResultExistsError",
     "atomic_write",
     "check_outputs",
     "check_writable",
@@ -38,6 +39,36 @@ class OutputError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class ResultExistsError(FileExistsError):
+    """A result is already there and replacing it was not asked for.
+
+    ``str()`` gives the Python remedy (``overwrite=True``); the command line and the panel
+    word their own with :meth:`advice`.
+
+    Parameters
+    ----------
+    reason : str
+        What is there, e.g. ``"cells.tif already exists"``.
+    remedy : str
+        What to do instead of replacing it.
+    what : str
+        What replacing would replace ("it", "these results").
+    """
+
+    def __init__(
+        self, reason: str, *, remedy: str = "choose another path", what: str = "it"
+    ) -> None:
+        super().__init__(errno.EEXIST, reason)
+        self.reason, self.remedy, self.what = reason, remedy, what
+
+    def advice(self, how: str) -> str:
+        """The message with ``how`` as the way to replace (e.g. ``"add --overwrite"``)."""
+        return f"{self.reason}; {self.remedy}, or {how} to replace {self.what}."
+
+    def __str__(self) -> str:
+        return self.advice("pass overwrite=True")
 
 
 def _explain(err: OSError, path: Path, existed: bool = False) -> OSError:
@@ -77,10 +108,7 @@ def _destination(path: Path, overwrite: bool) -> Path:
         raise IsADirectoryError(f"{path} is a folder; give a file name inside it instead.")
     if path.exists():
         if not overwrite:
-            raise FileExistsError(
-                f"{path} already exists; choose another path, or pass overwrite=True "
-                "(--overwrite on the command line) to replace it."
-            )
+            raise ResultExistsError(f"{path} already exists")
         if not path.is_file():
             raise ValueError(f"{path} is not a regular file; choose a file name to write.")
     return path

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .files import ResultExistsError
 from .io import write_labels, write_table, write_text
 from .jobs import BatchOptions, ImageJob, ImageResult
 from .measure import Table, measure_cells, summarize
@@ -127,6 +128,8 @@ def _peak_memory() -> int | None:
 def error_reason(err: BaseException) -> str:
     """The first line of ``err``'s message, for a report; the exception's name is added
     unless it is a ValueError or OSError, whose messages say themselves what went wrong."""
+    if isinstance(err, ResultExistsError):  # a batch replaces with its own overwrite option
+        return err.advice("segment again with overwrite")
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, (ValueError, OSError)) and text:
         return text
@@ -271,9 +274,9 @@ def process_image(
             if job.labels.exists() and not overwrite:
                 labels, notes = _open_labels(job.labels), ["labels kept from an earlier run"]
             elif job.table.exists() and not overwrite:
-                raise FileExistsError(
-                    f"{job.table} exists without the labels {job.labels.name}; move it away, "
-                    "or segment again with --overwrite."
+                raise ResultExistsError(
+                    f"{job.table} exists without the labels {job.labels.name}",
+                    remedy="move it away",
                 )
             else:
                 labels, notes = _segment(pair, image, job, options, pixel_size, overwrite)

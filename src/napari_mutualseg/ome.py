@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import ResultExistsError
+
 __all__ = [
     "NGFF_VERSION",
     "PixelSize",
@@ -259,10 +261,7 @@ def check_writable_zarr(path: str | os.PathLike, overwrite: bool = False) -> Pat
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a zarr folder; choose another name.")
     if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; choose another path, or pass overwrite=True "
-            "(--overwrite on the command line) to replace it."
-        )
+        raise ResultExistsError(f"{path} already exists")
     return path
 
 

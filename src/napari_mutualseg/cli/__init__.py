@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from ..checkpoint import CheckpointError
+    from ..files import ResultExistsError
     from ..training import TrainingError
 
     def warn(message, category, filename, lineno, file=None, line=None):
@@ -67,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "or a smaller --tile-size.",
                 file=sys.stderr,
             )
+            return 2
+        except ResultExistsError as err:
+            print(f"error: {err.advice('add --overwrite')}", file=sys.stderr)
             return 2
         except (*USER_ERRORS, CheckpointError, TrainingError, CommandFailed) as err:
             print(f"error: {err}", file=sys.stderr)
