@@ -495,3 +495,175 @@ def test_local_workers_that_do_not_start_are_explained(monkeypatch):
         cluster.dask_client(None, 2),
     ):
         pass
+
+
+def test_workers_with_a_scheduler_are_refused_in_one_line(model, tmp_path, capsys):
+    image = _image(tmp_path / "in" / "a.tif", 0)
+    address = f"tcp://127.0.0.1:{_free_port()}"  # refused before anyone asks it
+    with pytest.raises(ValueError, match="give one of them"):
+        BatchRun(model, [image], tmp_path / "out", OPTIONS, workers=2, scheduler=address)
+    argv = ["predict", model, image, "--out", tmp_path / "out", "--workers", "0"]
+    assert main([str(a) for a in [*argv, "--scheduler", address]]) == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and "--scheduler" in err and "Traceback" not in err
+
+
+class _Answers:
+    """A client whose workers answer the version check with what a test gives."""
+
+    def __init__(self, answers: dict, workers: set[str] | None = None) -> None:
+        self.answers = answers
+        self.workers = workers or set(answers)
+
+    def run(self, function, *args, on_error="raise"):
+        return {a: v(*args) if callable(v) else v for a, v in self.answers.items()}
+
+    def scheduler_info(self, n_workers=0):
+        return {"workers": {a: {} for a in self.workers}}
+
+
+def test_workers_of_other_versions_are_named_with_what_to_install():
+    here = cluster._version_probe()(cluster._MATCHED)
+    same_release = {**here, "torch": here["torch"].split("+")[0] + "+cu121"}
+    assert cluster.version_problem(_Answers({"tcp://a:1": same_release})) is None
+    old = {**here, "napari-mutualseg": "0.0.1"}
+    answers = {"tcp://a:1": here, "tcp://b:1": old, "tcp://c:1": ModuleNotFoundError("x")}
+    problem = cluster.version_problem(_Answers(answers))
+    assert problem.startswith("The dask worker tcp://b:1 (and 1 more of the workers) has ")
+    assert f"napari-mutualseg 0.0.1 (here {here['napari-mutualseg']})" in problem
+    assert f"pip install napari-mutualseg=={here['napari-mutualseg']} " in problem
+    # a worker that joins a running run is asked when a task fails, once
+    seen = {"tcp://a:1"}
+    client = _Answers(answers, workers={"tcp://a:1"})
+    assert BatchRun._recheck(client, seen) is None
+    client.workers = {"tcp://a:1", "tcp://b:1"}
+    assert "tcp://b:1" in BatchRun._recheck(client, seen)
+    assert BatchRun._recheck(client, seen) is None and seen == client.workers
+
+
+def test_a_worker_of_another_version_is_refused_before_any_image(model, tmp_path):
+    """The check runs on the worker whatever it has installed (here: another version)."""
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(2)]
+    other = tmp_path / "other"
+    (other / "napari_mutualseg-0.0.1.dist-info").mkdir(parents=True)
+    (other / "napari_mutualseg-0.0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: napari-mutualseg\nVersion: 0.0.1\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(other)}
+    with _cluster(0) as empty:
+        address = empty.scheduler_address
+        join = [Path(sys.executable).parent / "dask", "worker", address, "--nthreads", "1"]
+        worker = subprocess.Popen(
+            [*join, "--no-dashboard", "--local-directory", str(tmp_path / "w")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        try:
+            run = BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=address)
+            with pytest.raises(cluster.WorkerVersionError, match=r"napari-mutualseg 0\.0\.1"):
+                list(run)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    assert [r.status for r in run.results] == ["not done"] * 2
+    assert not list((tmp_path / "out").glob("*_cells*"))
+
+
+def test_each_worker_of_a_host_claims_a_gpu_of_its_own_also_when_it_joins_later(
+    tmp_path, monkeypatch
+):
+    pytest.importorskip("fcntl")
+    ids = ["GPU-a", "GPU-b"]
+    monkeypatch.setattr(cluster, "_GPU_HELD", {})  # a first worker process
+    assert cluster._claim_gpu(ids, str(tmp_path)) == 0
+    assert cluster._claim_gpu(ids, str(tmp_path)) == 0  # the same process keeps its GPU
+    first = cluster._GPU_HELD
+    monkeypatch.setattr(cluster, "_GPU_HELD", {})  # a second one, joining later
+    assert cluster._claim_gpu(ids, str(tmp_path)) == 1
+    # a worker whose CUDA_VISIBLE_DEVICES puts its GPU first (dask-cuda) takes that one
+    monkeypatch.setattr(cluster, "_GPU_HELD", {})
+    assert cluster._claim_gpu(["GPU-c", *ids], str(tmp_path)) == 0
+    monkeypatch.setattr(cluster, "_GPU_HELD", {})
+    assert cluster._claim_gpu(ids, str(tmp_path)) is None  # more workers than GPUs
+    os.close(first.pop("GPU-a"))  # the first worker ended: its GPU is free again
+    assert cluster._claim_gpu(ids, str(tmp_path)) == 0
+    for fd in cluster._GPU_HELD.values():
+        os.close(fd)
+
+
+class _CallingNet(ThresholdNet):
+    """ThresholdNet that calls ``hook`` on every prediction (to stop a run mid-image)."""
+
+    hook = None
+
+    def forward(self, x):
+        if self.hook is not None:
+            self.hook()
+        return super().forward(x)
+
+
+def _stack(path: Path, planes: int, size: int = 64) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image, _, _ = synthetic_scene((size, size), 5, seed=planes)
+    pixels = np.stack([(image * 1000).astype(np.uint16)] * planes)
+    tifffile.imwrite(path, pixels, photometric="minisblack")
+    return path
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        BatchOptions(tile_size=64, overlap=16, axes="ZYX"),
+        BatchOptions(tile_size=64, overlap=16, block_size=32, out_format="zarr"),
+    ],
+    ids=["stack", "zarr-blocks"],
+)
+def test_a_stop_leaves_the_image_in_progress_between_planes_without_a_trace(tmp_path, options):
+    images = [_stack(tmp_path / "in" / f"s{k}.tif", 3 if options.axes else 1) for k in range(2)]
+    net = _CallingNet()
+    pair = ModelPair(net, ThresholdNet(), settings={"min_size": 4})
+    run = BatchRun(pair, images, tmp_path / "out", options, workers=0)
+    net.hook = run.cancel  # stopped while the first plane (or block) is predicted
+    assert [r.status for r in run] == ["not done"]
+    assert [r.status for r in run.results_in_order()] == ["not done"] * 2
+    left = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert left == [REPORT_NAME, SUMMARY_NAME]  # no labels, record or temporary store
+    net.hook = None
+    rerun = BatchRun(pair, images, tmp_path / "out", options, workers=0)
+    assert [r.status for r in rerun] == ["done"] * 2
+
+
+def test_a_stopped_run_leaves_the_image_in_progress_on_a_cluster_that_goes_on(model, tmp_path):
+    """The cluster outlives the run: its worker must not finish the image for minutes and
+    write it after the run ended."""
+    from distributed import Client
+
+    stack = _stack(tmp_path / "in" / "long.tif", 200, size=128)
+    options = BatchOptions(tile_size=128, overlap=16, axes="ZYX")
+    with _cluster(1) as shared, Client(shared.scheduler_address) as client:
+        run = BatchRun(
+            model, [stack], tmp_path / "out", options, scheduler=shared.scheduler_address
+        )
+        results = iter(run)
+        threading.Thread(target=lambda: (_wait_for(run.jobs[0].record), run.cancel())).start()
+        assert list(results) == []
+        _wait_for_idle(client)
+    assert [r.status for r in run.results] == ["not done"]
+    assert not run.jobs[0].labels.exists() and not run.jobs[0].record.exists()
+
+
+def _wait_for(path: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _wait_for_idle(client, seconds: float = 120) -> None:
+    """Until no worker runs a task (a cancelled task runs on until it returns)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        executing = client.run(lambda dask_worker: dask_worker.state.executing_count)
+        if not any(executing.values()):
+            return
+        time.sleep(0.1)

@@ -106,9 +106,10 @@ class BatchRun:
     workers : int, optional
         ``0``: in this process, one image after another. ``n``: a LocalCluster of ``n``
         worker processes. Default: in this process for a single image, else
-        :func:`default_workers`.
+        :func:`default_workers`. Not with ``scheduler``.
     scheduler : str, optional
-        Address of an existing dask scheduler (``tcp://host:8786``) to run on instead.
+        Address of an existing dask scheduler (``tcp://host:8786``) to run on instead, on
+        the workers it has (and those that join it).
     device : str
         ``"auto"`` (CUDA, MPS, CPU), or e.g. ``"cpu"`` or ``"cuda:1"``.
     disagreement_dir : str or path-like, optional
@@ -123,6 +124,10 @@ class BatchRun:
     OSError
         When the output folder cannot be written, or no dask scheduler answers at
         ``scheduler`` (:func:`~napari_mutualseg.cluster.check_scheduler`).
+
+    Iterating raises :class:`~napari_mutualseg.cluster.WorkerVersionError` (a ValueError)
+    when the dask workers run other versions of this package, torch or numpy, before any
+    image is started.
 
     Examples
     --------
@@ -152,6 +157,13 @@ class BatchRun:
             _check_report_place(path)
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}.")
+        if self.workers is not None and self.scheduler is not None:
+            # a user who asks for both expects n workers on the cluster: say who decides that
+            raise ValueError(
+                "workers (--workers) starts dask workers on this machine, scheduler "
+                "(--scheduler) runs on the cluster's own workers: give one of them (more "
+                "workers on a cluster: start them there with dask worker, or scale it)."
+            )
         if self.scheduler is not None:
             check_scheduler(self.scheduler)  # a wrong address is refused before any work
         self.pair = self._load(self.model)
@@ -288,6 +300,7 @@ class BatchRun:
                 self.options,
                 overwrite=self.overwrite,
                 fingerprint=self.fingerprint,
+                stop=self._cancelled.is_set,  # a large image is left between planes or blocks
             )
 
     def _on_dask(self, jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
@@ -309,15 +322,38 @@ class BatchRun:
         ):
             self.where = where
             by_key = {f.key: job for f, job in zip(futures, jobs, strict=True)}
-            for future in as_completed(futures):
-                if self.cancelled:
-                    return  # what is left is cancelled on leaving the block
-                job = by_key[future.key]
-                try:
-                    result = dataclasses.replace(future.result(), job=job)
-                except Exception as err:  # the worker died (memory, a crash): the image failed
-                    result = ImageResult(job, "failed", reason=error_reason(err))
-                yield result
+            pending = as_completed(futures)
+            # the workers whose versions were checked (submit_jobs checks them at the start)
+            seen = set(client.scheduler_info(n_workers=-1)["workers"])
+            problem: str | None = None
+            while not pending.is_empty():
+                # a stop is seen while images are in progress, not when the next one ends;
+                # leaving the block removes the model from the workers, which leave their
+                # images between two planes or blocks
+                if self._cancelled.wait(0 if pending.has_ready() else 0.2):
+                    return
+                for future in pending.next_batch(block=False):
+                    job = by_key[future.key]
+                    try:
+                        result = dataclasses.replace(future.result(), job=job)
+                    except Exception as err:  # a worker died (memory, a crash), or runs
+                        # another version (one that joined since the start)
+                        problem = self._recheck(client, seen) or problem
+                        reason = error_reason(err) + (f"; {problem}" if problem else "")
+                        result = ImageResult(job, "failed", reason=reason)
+                    yield result
+
+    @staticmethod
+    def _recheck(client: Any, seen: set[str]) -> str | None:
+        """The versions of the workers that joined since the last check, when a task failed:
+        a worker of another version fails in its own code. Asked once per set of workers."""
+        from .cluster import version_problem
+
+        workers = set(client.scheduler_info(n_workers=-1)["workers"])
+        if workers <= seen:
+            return None
+        seen.update(workers)
+        return version_problem(client)
 
     def _model_bytes(self) -> bytes:
         if isinstance(self.model, (str, os.PathLike)):

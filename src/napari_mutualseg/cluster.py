@@ -9,6 +9,8 @@ carries only file names. Workers must see the input and output folders under the
 
 Runs may share a cluster: each run's plugin and tasks have names of their own, so that one
 run never takes another's model or results, and the plugin is removed when the run ends.
+Before any task, :func:`check_versions` asks every worker for its versions of this package,
+torch and numpy: a worker with others would fail every image with an error of its own code.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +41,16 @@ if TYPE_CHECKING:
 
     from .models import ModelPair
 
-__all__ = ["CONNECT_SECONDS", "check_scheduler", "dask_client", "default_workers", "submit_jobs"]
+__all__ = [
+    "CONNECT_SECONDS",
+    "WorkerVersionError",
+    "check_scheduler",
+    "check_versions",
+    "dask_client",
+    "default_workers",
+    "submit_jobs",
+    "version_problem",
+]
 
 _PLUGIN = "napari-mutualseg-model"
 
@@ -52,11 +64,92 @@ REFUSED_SECONDS = 10
 WORKER_SECONDS = 120
 
 
+#: Packages whose versions must agree between this process and the workers: this one
+#: exactly (its tasks and plugin are its own code on each side), torch and numpy in their
+#: major.minor release (a CUDA and a CPU build of one release agree).
+_MATCHED = ("napari-mutualseg", "torch", "numpy")
+
+#: Per worker process: the GPU it holds (its id) and the open lock file that says so to the
+#: other processes of its host. Released by the system when the process ends.
+_GPU_HELD: dict[str, int] = {}
+
+
+class WorkerVersionError(ValueError):
+    """Workers run other versions of napari-mutualseg, torch or numpy than this process."""
+
+
+def _gpu_ids(torch: Any) -> list[str] | None:
+    """A host-wide id of each visible GPU (its UUID), whatever CUDA_VISIBLE_DEVICES orders."""
+    try:
+        ids = [
+            str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())
+        ]
+    except (AttributeError, RuntimeError):  # a torch without UUIDs, a GPU that fails
+        return None
+    return ids if all(ids) else None
+
+
+def _claim_gpu(ids: list[str], folder: str) -> int | None:
+    """The index (among ``ids``, in this process's order) of a GPU no other process of this
+    host claimed, claimed now; the one this process holds already; None when all are taken.
+
+    The claim is an exclusive ``flock`` on ``<folder>/napari-mutualseg-gpu-<id>.lock``, held
+    for the life of the process: a worker that joins a cluster later, or replaces one that
+    died, takes a free GPU, where an index given at the start would send it to GPU 0. Trying
+    the GPUs in the process's own order lets each worker of dask-cuda (which puts each
+    worker's GPU first in its CUDA_VISIBLE_DEVICES) take its own.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: the caller falls back to the worker's index
+        return None
+    for index, gpu in enumerate(ids):
+        if gpu in _GPU_HELD:
+            return index
+    for index, gpu in enumerate(ids):
+        path = os.path.join(
+            folder, f"napari-mutualseg-gpu-{re.sub(r'[^A-Za-z0-9-]', '_', gpu)}.lock"
+        )
+        try:
+            # without O_CREAT first: a lock file another user made in /tmp may be opened
+            # for reading only (fs.protected_regular refuses O_CREAT on it)
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+            except OSError:
+                continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another process of this host holds that GPU
+            os.close(fd)
+            continue
+        _GPU_HELD[gpu] = fd
+        return index
+    return None
+
+
+def _pick_gpu(torch: Any, rank: int | None) -> int:
+    """This worker's GPU: a free one of its host (:func:`_claim_gpu`), else its index among
+    the host's workers at the start, else one by its process id (more workers than GPUs)."""
+    count = torch.cuda.device_count()
+    if count == 1:
+        return 0
+    ids = _gpu_ids(torch)
+    index = None if ids is None else _claim_gpu(ids, tempfile.gettempdir())
+    if index is not None:
+        return index
+    return (os.getpid() if rank is None else rank) % count
+
+
 class _ModelPlugin(WorkerPlugin):
     """Loads the model once on every worker (also on workers that join later).
 
-    Carries the model file's bytes, so that workers need not see the file; on a worker with
-    GPUs, each worker of a host takes its own GPU, and CPU workers share the host's cores.
+    Carries the model file's bytes, so that workers need not see the file; on a host with
+    GPUs, each worker takes a GPU no other worker of the host holds (:func:`_claim_gpu`, also
+    when it joins later), and CPU workers share the host's cores.
     """
 
     def __init__(
@@ -74,11 +167,11 @@ class _ModelPlugin(WorkerPlugin):
 
         from .models import ModelPair
 
-        rank, host_threads = self.ranks.get(worker.address, (0, worker.state.nthreads))
+        rank, host_threads = self.ranks.get(worker.address, (None, worker.state.nthreads))
         device = self.device
         self.threads = None
         if device == "auto" and torch.cuda.is_available():
-            device = f"cuda:{rank % torch.cuda.device_count()}"
+            device = f"cuda:{_pick_gpu(torch, rank)}"
         elif device in ("auto", "cpu"):
             self.threads = max(1, (os.cpu_count() or 1) // max(1, host_threads))
         with tempfile.TemporaryDirectory(dir=worker.local_directory) as folder:
@@ -110,7 +203,15 @@ def _on_worker(
     # last. Read in this thread, one image at a time per worker thread.
     with dask.config.set(scheduler="synchronous"):
         result = process_image(
-            plugin.pair, job, options, overwrite=overwrite, fingerprint=fingerprint
+            plugin.pair,
+            job,
+            options,
+            overwrite=overwrite,
+            fingerprint=fingerprint,
+            # the run's plugin is removed when the run ends, however it ends (done, stopped,
+            # Ctrl-C): an image in progress is then left between two planes or blocks,
+            # where the task would go on for minutes on a cluster that outlives the run
+            stop=lambda: plugin_name not in worker.plugins,
         )
     result.worker = worker.address
     return result
@@ -127,6 +228,98 @@ def _ranks(client: Any) -> dict[str, tuple[int, int]]:
         threads = sum(workers[a]["nthreads"] for a in addresses)
         ranks.update({a: (i, threads) for i, a in enumerate(addresses)})
     return ranks
+
+
+def _version_probe() -> Callable[[tuple[str, ...]], dict[str, str | None]]:
+    """A function that gives the installed versions of the packages it is given (None for
+    one not installed), made here so that it travels to a worker by value: a worker without
+    this package, or with another version of it, runs it all the same."""
+
+    def probe(names: tuple[str, ...]) -> dict[str, str | None]:
+        from importlib import metadata
+
+        found: dict[str, str | None] = {}
+        for name in names:
+            try:
+                found[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                found[name] = None
+        return found
+
+    return probe
+
+
+def _release(version: str) -> tuple[str, ...]:
+    """``major.minor`` of a version (``2.5.1+cu121`` -> ``("2", "5")``)."""
+    return tuple(version.split("+")[0].split(".")[:2])
+
+
+def _mismatch(here: dict[str, str | None], there: dict[str, str | None]) -> list[str]:
+    """What differs between this process's versions and a worker's, in words."""
+    differs = []
+    for name in _MATCHED:
+        mine, theirs = here.get(name), there.get(name)
+        if theirs is None:
+            differs.append(f"no {name}")
+        elif mine is not None and (
+            theirs != mine if name == "napari-mutualseg" else _release(theirs) != _release(mine)
+        ):
+            differs.append(f"{name} {theirs} (here {mine})")
+    return differs
+
+
+def version_problem(client: Client) -> str | None:
+    """Why the cluster's workers cannot run this process's tasks, or None when they can.
+
+    Every worker must have this package at the version of this process, and torch and numpy
+    of the same major.minor release: a task or the model plugin of another version fails
+    on every image with an error of its own code (``TypeError: _on_worker() got an
+    unexpected keyword argument``).
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster's client.
+
+    Returns
+    -------
+    str or None
+        One line naming the first worker that differs, how many do, and what to install.
+    """
+    here = _version_probe()(_MATCHED)
+    answers = client.run(_version_probe(), _MATCHED, on_error="return")
+    bad: dict[str, list[str]] = {}
+    for address, found in sorted(answers.items()):
+        if isinstance(found, BaseException) or not isinstance(found, dict):
+            bad[address] = [f"no answer to a version check ({type(found).__name__})"]
+        elif differs := _mismatch(here, found):
+            bad[address] = differs
+    if not bad:
+        return None
+    first = next(iter(bad))
+    more = f" (and {len(bad) - 1} more of the workers)" if len(bad) > 1 else ""
+    pins = " ".join(
+        f"{n}=={v}" if n == "napari-mutualseg" else f'"{n}=={".".join(_release(v))}.*"'
+        for n, v in here.items()
+        if v is not None
+    )
+    return (
+        f"The dask worker {first}{more} has {', '.join(bad[first])}: install the versions of "
+        f"this machine on every worker (pip install {pins}) and start the workers again."
+    )
+
+
+def check_versions(client: Client) -> None:
+    """Refuse a cluster whose workers run other versions (:func:`version_problem`).
+
+    Raises
+    ------
+    WorkerVersionError
+        A ValueError saying which worker differs, in what, and what to install.
+    """
+    problem = version_problem(client)
+    if problem is not None:
+        raise WorkerVersionError(problem)
 
 
 def default_workers() -> int:
@@ -334,6 +527,9 @@ def submit_jobs(
     ------
     TimeoutError
         When no worker joins the cluster in time.
+    WorkerVersionError
+        When workers run other versions of this package, torch or numpy
+        (:func:`check_versions`).
     """
     try:
         client.wait_for_workers(1, timeout=WORKER_SECONDS)
@@ -343,6 +539,7 @@ def submit_jobs(
             f"No dask worker joined the scheduler at {address} within {WORKER_SECONDS} s: "
             f"start workers (dask worker {address}) or scale the cluster, then run again."
         ) from None
+    check_versions(client)  # before the plugin: another version's setup fails in its own way
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
     name = f"{_PLUGIN}-{run}"
     client.register_plugin(_ModelPlugin(name, model, device, _ranks(client)))

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,6 +166,23 @@ def results_pixel_size(given: PixelSize | None, image: AxisImage) -> PixelSize |
     return replace(given, z=convert_length(own.z, own.unit, given.unit))
 
 
+class _Stopped(Exception):
+    """The run was stopped while an image was being segmented."""
+
+
+def _stopper(stop: Callable[[], bool] | None) -> Callable[[int, int], None] | None:
+    """A ``progress`` callback for :meth:`ModelPair.segment` that ends the segmentation
+    between planes or blocks once ``stop()`` is true."""
+    if stop is None:
+        return None
+
+    def check(done: int, total: int) -> None:
+        if done < total and stop():
+            raise _Stopped
+
+    return check
+
+
 def _blocks(pair: ModelPair, image: AxisImage, options: BatchOptions) -> tuple[int, int] | None:
     """Block size and halo when an image is segmented block by block, so also measured so."""
     from .blockwise import AUTO_BLOCKWISE_PIXELS, default_halo
@@ -177,9 +195,17 @@ def _blocks(pair: ModelPair, image: AxisImage, options: BatchOptions) -> tuple[i
 
 
 def _segment(
-    pair: ModelPair, image: AxisImage, job: ImageJob, options: BatchOptions, pixel_size, overwrite
+    pair: ModelPair,
+    image: AxisImage,
+    job: ImageJob,
+    options: BatchOptions,
+    pixel_size,
+    overwrite,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Segment one image and write its labels (and disagreement map); the labels."""
+    """Segment one image and write its labels (and disagreement map); the labels. Raises
+    :class:`_Stopped` between planes or blocks once ``stop()`` is true; nothing is written
+    then (labels go to their file at the end, an OME-Zarr store is removed)."""
     notes: list[str] = []
     common = {
         "channels": options.channels,
@@ -197,7 +223,12 @@ def _segment(
         result = pair.predict(image, **common)
         labels = result.labels
     else:
-        more = {"halo": options.halo, "link": options.link, "track": options.track}
+        more = {
+            "halo": options.halo,
+            "link": options.link,
+            "track": options.track,
+            "progress": _stopper(stop),
+        }
         if options.by_blocks:
             more.update(blockwise=True, block_size=options.block_edge)
         if options.out_format == "zarr":
@@ -235,6 +266,7 @@ def process_image(
     *,
     overwrite: bool = False,
     fingerprint: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> ImageResult:
     """Segment, write, measure one image; never raises for a problem with the image.
 
@@ -255,11 +287,15 @@ def process_image(
         Replace existing outputs.
     fingerprint : str, optional
         ``pair.fingerprint()``, when the caller has it already.
+    stop : callable, optional
+        Asked between the planes or blocks of the segmentation; once it returns True the
+        image is left: nothing of it is written (its record is removed again) and the
+        result is ``"not done"``.
 
     Returns
     -------
     ImageResult
-        ``status`` ``"done"``, or ``"failed"`` with the reason.
+        ``status`` ``"done"``, ``"failed"`` with the reason, or ``"not done"`` when stopped.
     """
     from .images import AxisImage
 
@@ -279,10 +315,16 @@ def process_image(
                     remedy="move it away",
                 )
             else:
-                labels, notes = _segment(pair, image, job, options, pixel_size, overwrite)
+                labels, notes = _segment(pair, image, job, options, pixel_size, overwrite, stop)
             blocks = _blocks(pair, image, options)
             table = measure_image(labels, image, pixel_size, blocks=blocks)
             write_table(job.table, table, overwrite=overwrite)  # last: marks the image complete
+        except _Stopped:
+            # nothing was written: a record alone would stand for results that are not
+            # there (and refuse a rerun with other options)
+            if not any(p.exists() for p in job.outputs):
+                job.record.unlink(missing_ok=True)
+            return ImageResult(job, "not done", seconds=time.perf_counter() - t0)
         except Exception as err:
             return ImageResult(
                 job,

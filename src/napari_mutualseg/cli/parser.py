@@ -239,7 +239,8 @@ def _add_predict(sub: Subparsers) -> None:
         "--workers",
         type=int,
         help="dask workers started on this machine (0: in this process; default: one per "
-        "GPU, else one per two CPU cores, in this process when that is one)",
+        "GPU, else one per two CPU cores, in this process when that is one); not with "
+        "--scheduler, whose cluster has its own workers",
     )
     p.add_argument(
         "--scheduler",
