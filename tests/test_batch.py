@@ -667,3 +667,22 @@ def _wait_for_idle(client, seconds: float = 120) -> None:
         if not any(executing.values()):
             return
         time.sleep(0.1)
+
+
+def test_results_being_overwritten_are_never_kept_as_the_new_models(tmp_path):
+    """An overwrite run stopped (or killed) in an image had recorded the new model for the
+    old model's labels: the next run skipped them as complete."""
+    images = [_stack(tmp_path / "in" / "s.tif", 3)]
+    options = BatchOptions(tile_size=64, overlap=16, axes="ZYX")
+    first = ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4})
+    assert [r.status for r in BatchRun(first, images, tmp_path / "out", options, workers=0)] == [
+        "done"
+    ]
+    net = _CallingNet()
+    second = ModelPair(net, _CallingNet(), settings={"min_size": 8})
+    run = BatchRun(second, images, tmp_path / "out", options, overwrite=True, workers=0)
+    net.hook = run.cancel
+    assert [r.status for r in run] == ["not done"]
+    net.hook = None
+    rerun = BatchRun(second, images, tmp_path / "out", options, workers=0)
+    assert [r.status for r in rerun] == ["done"]

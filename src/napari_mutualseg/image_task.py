@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -166,6 +167,15 @@ def results_pixel_size(given: PixelSize | None, image: AxisImage) -> PixelSize |
     return replace(given, z=convert_length(own.z, own.unit, given.unit))
 
 
+def _remove_results(job: ImageJob) -> None:
+    """Remove an image's earlier results, the table first (it marks them complete)."""
+    for path in (job.table, *reversed(job.outputs[:-1])):
+        if path.is_dir() and not path.is_symlink():  # an OME-Zarr store
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 class _Stopped(Exception):
     """The run was stopped while an image was being segmented."""
 
@@ -306,6 +316,10 @@ def process_image(
             image = AxisImage.from_file(job.source, axes=options.axes)
             pixel_size = results_pixel_size(options.pixel_size, image)
             record = job.provenance(fingerprint or pair.fingerprint(), options)
+            if overwrite:
+                # the new record must not stand for the old results: stopped or killed
+                # before they are replaced, a rerun would skip them as this model's
+                _remove_results(job)
             write_text(job.record, json.dumps(record, indent=2), overwrite=True)
             if job.labels.exists() and not overwrite:
                 labels, notes = _open_labels(job.labels), ["labels kept from an earlier run"]
