@@ -160,3 +160,36 @@ def test_weights_damaged_after_saving_are_found(tmp_path):
     with pytest.raises(CheckpointError, match="damaged: its weights changed after it was saved"):
         ModelPair.load(damaged)
     ModelPair.load(path)  # the intact file still loads
+
+
+def test_a_damaged_file_is_told_without_the_readers_internals(tmp_path):
+    # bytes changed anywhere in the file (a bad copy, a failing disk) or a file cut short:
+    # the zip reader and the unpickler fail with "KeyError: 105", "internal miniz error",
+    # "UnicodeDecodeError", which said nothing to a user
+    data = _pair().save(tmp_path / "m.pt").read_bytes()
+    rng = np.random.default_rng(0)
+    damaged = tmp_path / "damaged.pt"
+    messages = set()
+    for cut in (10, 300, len(data) // 2, len(data) - 10):
+        damaged.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError) as info:
+            ModelPair.load(damaged)
+        messages.add(str(info.value))
+    for _ in range(40):
+        flipped = np.frombuffer(data, np.uint8).copy()
+        flipped[rng.integers(0, len(data), 5)] = rng.integers(0, 256, 5, dtype=np.uint8)
+        damaged.write_bytes(flipped.tobytes())
+        with pytest.raises(CheckpointError) as info:
+            ModelPair.load(damaged)
+        messages.add(str(info.value))
+    for message in messages:
+        assert "\n" not in message
+        assert not any(word in message for word in ("Error", "miniz", "Python objects"))
+    assert any("damaged or incomplete" in m and "copy it again" in m for m in messages)
+
+
+def test_an_empty_model_file_is_called_empty(tmp_path):
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"not a readable .* empty \(0 bytes\)"):
+        ModelPair.load(path)

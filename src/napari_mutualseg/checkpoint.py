@@ -147,6 +147,13 @@ def _unsafe_content(err: Exception) -> str:
     )
 
 
+def _names_code(text: str) -> bool:
+    """Whether torch's refusal names something a model file never holds (a function or a
+    class to import); its other refusals (an unknown opcode, a tensor called as a function)
+    come from bytes damaged in the pickle."""
+    return "Unsupported global" in text
+
+
 #: How files start: a model file is a zip archive (or, from old PyTorch, a pickle); an image
 #: given where a model is asked for is named as what it is.
 _PICKLED = (b"PK\x03\x04", b"\x80")
@@ -198,16 +205,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols, not for users
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        # torch's refusal advises loading the file unsafely: that advice is never passed on
+        # torch's refusal advises loading the file unsafely: that advice is never passed on,
+        # and neither are the zip reader's and unpickler's internals (a damaged file's message
+        # ended in "(KeyError: 105)" or "internal miniz error"), which tell a user nothing
         text = str(err)
         refused = isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text
-        if refused and head.startswith(_PICKLED):
+        if refused and head.startswith(_PICKLED) and _names_code(text):
             reason = _unsafe_content(err)
-        elif refused:
-            reason = "damaged, truncated or another kind of file"
+        elif not head:
+            reason = "the file is empty (0 bytes)"
+        elif head.startswith(_PICKLED):
+            reason = (
+                "the file is damaged or incomplete (a broken copy or download, or a save that "
+                "did not finish); copy it again from where it was saved, or train the model "
+                "again"
+            )
         else:
-            first = text.strip().splitlines()[0] if text.strip() else ""
-            reason = f"damaged, truncated or another kind of file ({type(err).__name__}: {first})"
+            reason = "another kind of file, or a damaged one"
         raise CheckpointError(
             f"{path} is not a readable napari-mutualseg model: {reason}."
         ) from None
