@@ -383,7 +383,18 @@ def test_a_pixel_size_of_zero_in_a_file_is_left_out(tmp_path):
     image = AxisImage.from_file(path)
     assert image.pixel_size == {"Z": 2.0}
     assert PixelSize.of(image) is None  # raised: pixel size along y must be positive
-    assert any("Y 0, X 0 is no size" in note for note in image.notes)
+    (note,) = [note for note in image.notes if "Y 0, X 0 is no size" in note]
+    # the note reaches the panel and scripts too: every face's setting is named
+    assert "--pixel-size on the command line or pixel_size= in Python" in note
+
+
+def test_a_zarr_group_without_metadata_names_the_axes_setting_of_each_face(tmp_path):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    group.create_array("0", shape=(2, 8, 8), dtype="uint8")
+    with pytest.raises(ValueError, match=r"--axes on the command line or axes= in Python"):
+        AxisImage.from_file(tmp_path / "plain.zarr")
 
 
 def test_table_rows_with_columns_of_their_own_are_written():

@@ -207,7 +207,11 @@ def _sizes_that_are_sizes(raw: _Raw) -> _Raw:
         return raw
     sizes = {a: v for a, v in raw.pixel_size.items() if a not in bad}
     said = ", ".join(f"{a} {v:g}" for a, v in bad.items())
-    note = f"the file's pixel size {said} is no size and is left out (--pixel-size sets one)"
+    # the note reaches the command line, the napari panel and scripts: each setting named
+    note = (
+        f"the file's pixel size {said} is no size and is left out (set one with --pixel-size "
+        "on the command line or pixel_size= in Python)"
+    )
     unit = raw.unit if any(a in sizes for a in "ZYX") else None
     return replace(raw, pixel_size=sizes, unit=unit, notes=(*raw.notes, note))
 
@@ -439,7 +443,8 @@ def _read_zarr(path: Path, level: int = 0) -> _Raw:
     if not multiscales:
         raise ValueError(
             f"{path.name} is a zarr group without OME-Zarr 'multiscales' metadata; give the "
-            "path of the array inside it (and --axes)."
+            "path of the array inside it, with its axes (--axes on the command line or axes= "
+            "in Python)."
         )
     ms = multiscales[0]
     names = [a if isinstance(a, str) else a.get("name", "") for a in ms.get("axes", [])]
