@@ -686,3 +686,28 @@ def test_results_being_overwritten_are_never_kept_as_the_new_models(tmp_path):
     net.hook = None
     rerun = BatchRun(second, images, tmp_path / "out", options, workers=0)
     assert [r.status for r in rerun] == ["done"]
+
+
+def test_a_worker_that_joins_a_run_shares_the_cores_of_its_host(model, tmp_path):
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores to share")
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
+    with _cluster(1) as shared:
+        from distributed import Client
+
+        run = iter(
+            BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address)
+        )
+        next(run)  # the run's model is on the first worker
+        first = set(shared.scheduler_info["workers"])
+        shared.scale(2)
+        with Client(shared.scheduler_address) as client:
+            client.wait_for_workers(2, timeout=120)
+
+            def threads(dask_worker):
+                return [p.threads for n, p in dask_worker.plugins.items() if "mutualseg" in n]
+
+            [late] = [v for a, v in client.run(threads).items() if a not in first]
+        list(run)
+    # two workers of one thread each on this host: each task takes half of the cores
+    assert late == [(os.cpu_count() or 1) // 2]

@@ -133,7 +133,7 @@ def _claim_gpu(ids: list[str], folder: str) -> int | None:
 
 def _pick_gpu(torch: Any, rank: int | None) -> int:
     """This worker's GPU: a free one of its host (:func:`_claim_gpu`), else its index among
-    the host's workers at the start, else one by its process id (more workers than GPUs)."""
+    the host's workers as it joined, else one by its process id (more workers than GPUs)."""
     count = torch.cuda.device_count()
     if count == 1:
         return 0
@@ -152,22 +152,28 @@ class _ModelPlugin(WorkerPlugin):
     when it joins later), and CPU workers share the host's cores.
     """
 
-    def __init__(
-        self, name: str, model: bytes, device: str, ranks: dict[str, tuple[int, int]]
-    ) -> None:
+    def __init__(self, name: str, model: bytes, device: str) -> None:
         self.name = name  # one per run: runs that share a cluster keep their own model
         self.model = model
         self.device = device
-        self.ranks = ranks  # worker address -> (index on its host, task threads on its host)
         self.pair: ModelPair | None = None
         self.threads: int | None = None  # torch CPU threads per task
 
-    def setup(self, worker: Any) -> None:
+    async def setup(self, worker: Any) -> None:
+        # the host's workers as they are now, asked by each worker as its model is loaded:
+        # one that joins later counts those already there, and itself
+        try:
+            info = await worker.scheduler.identity(n_workers=-1)
+            workers = info["workers"]
+        except Exception:  # a scheduler that does not say: this worker alone
+            workers = {}
+        self._load(worker, *_host_share(worker.address, worker.state.nthreads, workers))
+
+    def _load(self, worker: Any, rank: int | None, host_threads: int) -> None:
         import torch
 
         from .models import ModelPair
 
-        rank, host_threads = self.ranks.get(worker.address, (None, worker.state.nthreads))
         device = self.device
         self.threads = None
         if device == "auto" and torch.cuda.is_available():
@@ -217,17 +223,14 @@ def _on_worker(
     return result
 
 
-def _ranks(client: Any) -> dict[str, tuple[int, int]]:
-    """Each worker's index among the workers of its host, and the task threads of that host."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    by_host: dict[str, list[str]] = {}
-    for address, info in sorted(workers.items()):
-        by_host.setdefault(info["host"], []).append(address)
-    ranks = {}
-    for addresses in by_host.values():
-        threads = sum(workers[a]["nthreads"] for a in addresses)
-        ranks.update({a: (i, threads) for i, a in enumerate(addresses)})
-    return ranks
+def _host_share(address: str, nthreads: int, workers: dict[str, Any]) -> tuple[int | None, int]:
+    """A worker's index among the workers of its host (None when the scheduler does not
+    know it) and the task threads of that host, from the scheduler's ``workers``."""
+    me = workers.get(address)
+    if me is None:
+        return None, nthreads
+    mates = sorted(a for a, info in workers.items() if info.get("host") == me.get("host"))
+    return mates.index(address), sum(workers[a].get("nthreads", 1) for a in mates)
 
 
 def _version_probe() -> Callable[[tuple[str, ...]], dict[str, str | None]]:
@@ -542,7 +545,7 @@ def submit_jobs(
     check_versions(client)  # before the plugin: another version's setup fails in its own way
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
     name = f"{_PLUGIN}-{run}"
-    client.register_plugin(_ModelPlugin(name, model, device, _ranks(client)))
+    client.register_plugin(_ModelPlugin(name, model, device))
     futures: list[Future] = []
     try:
         futures = client.map(
