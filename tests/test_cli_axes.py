@@ -202,3 +202,30 @@ def test_supervise_writes_a_stack_class_map_that_train_takes(scene, tmp_path, ca
     argv = ["train", stack, "--axes", "ZYX", "--boxes", table, "--supervision", sup]
     code, _, err = _run(capsys, *argv, "--out", tmp_path / "m.pt", *TINY)
     assert code == 0, err
+
+
+def test_a_supervision_is_marked_and_evaluate_refuses_it_and_masks(scene, tmp_path, capsys):
+    # evaluate scored a class map (0/1/2/255, what supervise writes) as instance labels,
+    # without a word, and a binary mask as one object
+    from napari_mutualseg.io import written_as
+    from napari_mutualseg.synthetic import synthetic_scene
+
+    image, _, _, plain = scene
+    truth = synthetic_scene((64, 80), 5, seed=2)[1]
+    tif = tmp_path / "x.tif"
+    tifffile.imwrite(tif, (image * 1000).astype(np.uint16))
+    tifffile.imwrite(tmp_path / "truth.tif", truth.astype(np.uint16))
+    sup = tmp_path / "x_supervision.tif"
+    code, _, _ = _run(capsys, "supervise", tif, "--boxes", plain, "--out", sup)
+    assert code == 0 and written_as(sup) == "supervision" and written_as(tif) is None
+    code, out, err = _run(capsys, "evaluate", sup, tmp_path / "truth.tif")
+    assert code == 2 and "mAP" not in out and "supervision (class map)" in err
+    # the same class map saved again by another program (Fiji, napari) has lost the mark
+    tifffile.imwrite(tmp_path / "painted.tif", tifffile.imread(sup))
+    code, out, err = _run(capsys, "evaluate", tmp_path / "painted.tif", tmp_path / "truth.tif")
+    assert code == 2 and "mAP" not in out and "class map" in err
+    tifffile.imwrite(tmp_path / "mask.tif", ((truth > 0) * 255).astype(np.uint8))
+    code, out, err = _run(capsys, "evaluate", tmp_path / "truth.tif", tmp_path / "mask.tif")
+    assert code == 2 and "a mask, not instance labels" in err and "skimage.measure.label" in err
+    code, out, _ = _run(capsys, "evaluate", tmp_path / "truth.tif", tmp_path / "truth.tif")
+    assert code == 0 and "mAP 1.000" in out

@@ -341,3 +341,21 @@ def test_an_existing_result_is_explained_in_each_face_s_words(tmp_path):
     # a batch's failed image names the batch's own option, not Python's or the command line's
     assert error_reason(err).endswith("or segment again with overwrite to replace it.")
     assert path.read_text() == "x\n"
+
+
+def test_label_files_say_what_they_hold(tmp_path):
+    # a supervision saved into a folder of images was taken for an image by a later search
+    # of that folder; the package's own label files now say what they are
+    from napari_mutualseg.io import written_as
+
+    labels = np.zeros((2, 8, 10), np.uint8)
+    assert written_as(write_labels(tmp_path / "cells.tif", labels[0])) == "labels"
+    sup = write_labels(tmp_path / "sup.tif", labels, axes="ZYX", kind="supervision")
+    assert written_as(sup) == "supervision"
+    assert tifffile.imread(sup).shape == (2, 8, 10)  # the mark changes nothing else
+    tifffile.imwrite(tmp_path / "image.tif", labels)
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00junk")
+    for other in ("image.tif", "broken.tif", "missing.tif", "notes.txt"):
+        assert written_as(tmp_path / other) is None
+    with pytest.raises(ValueError, match="kind must be one of"):
+        write_labels(tmp_path / "x.tif", labels[0], kind="classes")

@@ -284,3 +284,23 @@ def test_every_score_agrees_with_its_definition_on_random_labels():
         got = evaluate(pred, gt)
         for key, value in _reference(pred, gt, metrics.DEFAULT_THRESHOLDS).items():
             assert got[key] == pytest.approx(value), (case, key)
+
+
+def test_class_maps_and_masks_are_not_taken_for_instance_labels():
+    from napari_mutualseg.metrics import not_instance_labels
+    from napari_mutualseg.supervision import make_supervision
+
+    truth = np.zeros((40, 60), np.int32)
+    for k, x in enumerate(range(2, 58, 12)):
+        truth[5:15, x : x + 8] = k + 1
+    boxes = np.array([(5, x, 15, x + 8) for x in range(2, 58, 12)])
+    classes = make_supervision(truth.shape, boxes).classes
+    assert "class map" in not_instance_labels(classes)
+    assert "a mask" in not_instance_labels((truth > 0).astype(np.uint8))
+    assert "a mask" in not_instance_labels((truth > 0) * 255)
+    assert not_instance_labels(truth) is None
+    two = np.where(truth > 2, 0, truth)  # two objects, labels 1 and 2: instances
+    assert not_instance_labels(two) is None
+    assert not_instance_labels(np.zeros((8, 8), np.uint8)) is None
+    with pytest.warns(UserWarning, match="gt does not look like instance labels.*class map"):
+        evaluate(truth, classes)

@@ -30,6 +30,7 @@ from .ome import PixelSize
 __all__ = [
     "BIOIO_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "LABEL_KINDS",
     "MIN_FREE",
     "NAPARI_2D",
     "NAPARI_3D",
@@ -49,6 +50,7 @@ __all__ = [
     "write_labels",
     "write_table",
     "write_text",
+    "written_as",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -56,6 +58,14 @@ OTHER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES
 #: Microscope formats read through the optional bioio extra.
 BIOIO_SUFFIXES = (".czi", ".nd2", ".lif")
+
+#: What a label TIFF written by :func:`write_labels` holds: instance labels (a segmentation),
+#: a supervision (class map: 0 background, 1 cell, 2 boundary, 255 ignore) or a disagreement
+#: map. The kind is written in the file's TIFF ``Software`` tag as ``napari-mutualseg <kind>``,
+#: which survives copies and renames and which :func:`written_as` reads back, so that these
+#: files are not taken for images (a supervision saved into a folder of images).
+LABEL_KINDS = ("labels", "supervision", "disagreement")
+_SOFTWARE = "napari-mutualseg"
 
 
 def _suffix(path: Path) -> str:
@@ -199,6 +209,7 @@ def write_labels(
     overwrite: bool = False,
     pixel_size: PixelSize | None = None,
     axes: str | None = None,
+    kind: str = "labels",
 ) -> Path:
     """Write a label or class image as a zlib-compressed TIFF, atomically.
 
@@ -222,6 +233,10 @@ def write_labels(
     axes : str, optional
         One letter per axis of ``labels`` from ``TZYX`` (``AxisImage.label_axes``), e.g.
         ``"ZYX"``; a 2D image is ``"YX"``.
+    kind : {"labels", "supervision", "disagreement"}
+        What the file holds (:data:`LABEL_KINDS`), written in its TIFF ``Software`` tag and
+        read back by :func:`written_as`: a supervision is a class map (0 background, 1 cell,
+        2 boundary, 255 ignore), not instance labels.
 
     Returns
     -------
@@ -239,6 +254,8 @@ def write_labels(
     """
     import tifffile
 
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(LABEL_KINDS)}, not {kind!r}.")
     path = Path(path)
     if _suffix(path) not in TIFF_SUFFIXES:
         raise ValueError(f"Labels are written as TIFF: give {path} a .tif or .tiff suffix.")
@@ -264,8 +281,44 @@ def write_labels(
         options.update(ome=True, metadata={"axes": axes, **metadata})
     with atomic_write(path, overwrite=overwrite) as f:
         # minisblack: tifffile takes a (3, H, W) or (H, W, 3) array for RGB colours otherwise
-        tifffile.imwrite(f, labels, compression="zlib", photometric="minisblack", **options)
+        tifffile.imwrite(
+            f,
+            labels,
+            compression="zlib",
+            photometric="minisblack",
+            software=f"{_SOFTWARE} {kind}",
+            **options,
+        )
     return path
+
+
+def written_as(path: str | os.PathLike) -> str | None:
+    """What a TIFF written by :func:`write_labels` holds, from its header alone.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Any file.
+
+    Returns
+    -------
+    str or None
+        One of :data:`LABEL_KINDS` (``"supervision"``: a class map), or None for any other
+        file: an image, a TIFF saved again by another program, a file that cannot be read.
+        Never raises.
+    """
+    path = Path(path)
+    if _suffix(path) not in TIFF_SUFFIXES or not path.is_file():
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            software = str(tif.pages[0].software or "")
+    except Exception:  # unreadable: not this package's, and reading it as an image says why
+        return None
+    name, _, kind = software.partition(" ")
+    return kind if name == _SOFTWARE and kind in LABEL_KINDS else None
 
 
 def _to_32_bits(labels: np.ndarray, name: str) -> np.ndarray:

@@ -11,6 +11,7 @@ thresholds costs little more than evaluating one.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ __all__ = [
     "evaluate",
     "match_instances",
     "mean_metrics",
+    "not_instance_labels",
     "overlap_table",
 ]
 
@@ -107,6 +109,63 @@ def _as_labels(x: np.ndarray, name: str) -> np.ndarray:
     if x.size and np.issubdtype(x.dtype, np.signedinteger) and x.min() < 0:
         raise ValueError(f"{name} has negative labels")
     return x
+
+
+#: A class map's values (:data:`napari_mutualseg.supervision.CLASS_VALUES`: background, cell,
+#: boundary, ignore); kept here so that scoring needs nothing of supervision.
+_CLASS_VALUES = (0, 1, 2, 255)
+
+#: Pieces one label may hold and still be taken for one object (a cell cut by the image
+#: border, a stray pixel); a value in more pieces than this stands for many objects.
+_PIECES_OF_ONE_OBJECT = 2
+
+
+def not_instance_labels(labels: np.ndarray) -> str | None:
+    """Why ``labels`` look like a class map or a mask rather than instance labels, or None.
+
+    Instance labels give every object a number of its own. A supervision's class map (0
+    background, 1 cell, 2 boundary, 255 ignore) or a binary mask (every object 1, or 255)
+    gives many objects one value; scored as instances, they are a few huge objects and every
+    score is meaningless. Only images holding nothing but class values are looked at (an image
+    of three objects or fewer, as instances), so real label images cost one pass.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        An integer image, 2D or 3D.
+
+    Returns
+    -------
+    str or None
+        What the image looks like and how to make instance labels of it, for a message.
+    """
+    x = np.asarray(labels)
+    if x.size == 0 or x.dtype.kind not in "biu" or int(x.max()) > 255:
+        return None
+    counts = np.bincount(x.ravel().astype(np.intp), minlength=256)
+    present = [v for v in np.flatnonzero(counts) if v != 0]
+    if not present or set(present) - set(_CLASS_VALUES):
+        return None
+    from scipy import ndimage as ndi
+
+    structure = ndi.generate_binary_structure(x.ndim, x.ndim)
+    pieces = {int(v): int(ndi.label(x == v, structure)[1]) for v in present}
+    many = [v for v, n in pieces.items() if n > _PIECES_OF_ONE_OBJECT]
+    classes = {1, 2} <= set(pieces) or (255 in pieces and len(pieces) > 1)
+    if classes and (many or 255 in pieces):
+        return (
+            f"its values {', '.join(map(str, sorted(pieces)))} are those of a class map (0 "
+            "background, 1 cell, 2 boundary, 255 ignore, as supervise writes), not instance "
+            "labels; compare the labels that predict or train --labels-out write"
+        )
+    if many:
+        v = many[0]
+        return (
+            f"every object in it has the value {v} ({pieces[v]} separate objects): a mask, not "
+            "instance labels; give each object a number of its own first (e.g. "
+            "skimage.measure.label)"
+        )
+    return None
 
 
 def _consecutive(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +368,20 @@ def evaluate(
         ``ap_50``, ``ap_75``, ``map`` (mean AP over ``thresholds``), ``aji`` (classic Aggregated
         Jaccard Index, Kumar et al. 2017), ``dice`` (pixel Dice of the foreground), ``n_pred``
         and ``n_gt``. Two empty images score 1.0 everywhere; one empty image scores 0.0.
+
+    Warns
+    -----
+    UserWarning
+        When either image looks like a class map or a mask rather than instance labels
+        (:func:`not_instance_labels`): its scores mean nothing.
     """
+    for name, labels in (("pred", pred), ("gt", gt)):
+        problem = not_instance_labels(_as_labels(labels, name))
+        if problem:
+            # a warning, not an error: scripts score what they were given, but are told
+            warnings.warn(
+                f"{name} does not look like instance labels: {problem}.", UserWarning, stacklevel=2
+            )
     ov = overlap_table(pred, gt)
     thresholds = [float(t) for t in thresholds]
     if not thresholds:

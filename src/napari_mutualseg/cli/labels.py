@@ -42,7 +42,9 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     where = "" if len(planes) == 1 else f" on {boxed} of {len(planes)} planes"
     outputs = Outputs(args.overwrite)
     size, axes = PixelSize.of(image), image.label_axes
-    written = outputs.labels(out, classes.reshape(image.label_shape), size, axes)
+    # marked as a supervision, so that a search of its folder for images leaves it out and
+    # evaluate refuses it as instance labels
+    written = outputs.labels(out, classes.reshape(image.label_shape), size, axes, "supervision")
     print(
         f"Wrote {written} ({n_boxes} boxes{where}; 0 background, 1 cell, 2 boundary, 255 ignore)"
     )
@@ -61,8 +63,16 @@ def format_metrics(m: dict[str, float]) -> str:
 
 def _label_image(path: str) -> np.ndarray:
     """An instance label image from ``path``, or a ValueError that says why it is not one."""
-    from ..io import read_image
+    from ..io import read_image, written_as
+    from ..metrics import not_instance_labels
 
+    kind = written_as(path)
+    if kind in ("supervision", "disagreement"):
+        what = "a supervision (class map)" if kind == "supervision" else "a disagreement map"
+        raise ValueError(
+            f"{path} is {what} written by napari-mutualseg, not instance labels: evaluate "
+            "compares instance labels, such as predict and train --labels-out write."
+        )
     image = np.asarray(read_image(path))
     if image.dtype == bool or np.issubdtype(image.dtype, np.integer):
         whole = True
@@ -76,7 +86,12 @@ def _label_image(path: str) -> np.ndarray:
             "image: evaluate compares instance labels, whole numbers from 0 (background) with "
             "one number per object, such as predict writes."
         )
-    return image.astype(np.int64, copy=False)
+    image = image.astype(np.int64, copy=False)
+    # scores of a class map or a mask mean nothing: refused, where Python only warns
+    problem = not_instance_labels(image)
+    if problem:
+        raise ValueError(f"{path} is not an instance label image: {problem}.")
+    return image
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

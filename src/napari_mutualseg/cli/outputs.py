@@ -97,12 +97,14 @@ class Outputs:
         labels: np.ndarray,
         pixel_size: PixelSize | None = None,
         axes: str | None = None,
+        kind: str = "labels",
     ) -> Path:
         """Write a label or class image as TIFF, with the pixel size of its image when known
-        and, for a stack, its axes (``ZYX``, ``TYX``...); the path written."""
+        and, for a stack, its axes (``ZYX``, ``TYX``...); ``kind`` says what it holds
+        (:data:`napari_mutualseg.io.LABEL_KINDS`). The path written."""
         from ..io import write_labels
 
-        write = partial(write_labels, labels=labels, pixel_size=pixel_size, axes=axes)
+        write = partial(write_labels, labels=labels, pixel_size=pixel_size, axes=axes, kind=kind)
         return self.write(write, path)
 
     def pair(self, pair: ModelPair, path: Path) -> Path:
