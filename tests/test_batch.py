@@ -711,3 +711,28 @@ def test_a_worker_that_joins_a_run_shares_the_cores_of_its_host(model, tmp_path)
         list(run)
     # two workers of one thread each on this host: each task takes half of the cores
     assert late == [(os.cpu_count() or 1) // 2]
+
+
+def test_a_plate_still_being_acquired_keeps_its_layout_when_wells_are_added(model, tmp_path):
+    """With one well's folder so far, its images went straight into the output folder; a
+    rerun once the next well was there segmented the first well again into out/A01."""
+    plate = tmp_path / "plate"
+    _image(plate / "A01" / "f0.tif", 0)
+    first = BatchRun(model, [plate], tmp_path / "out", OPTIONS, workers=0)
+    assert [r.status for r in first] == ["done"]
+    assert (tmp_path / "out" / "A01" / "f0_cells.tif").exists()
+    _image(plate / "A02" / "f0.tif", 1)
+    again = BatchRun(model, [plate], tmp_path / "out", OPTIONS, workers=0)
+    assert [(r.job.name, r.status) for r in again] == [
+        ("A01/f0.tif", "skipped"),
+        ("A02/f0.tif", "done"),
+    ]
+    assert [row["image"] for row in _rows(tmp_path / "out" / SUMMARY_NAME)] == [
+        "A01/f0.tif",
+        "A02/f0.tif",
+    ]
+    # a pattern keeps the folders below its first wildcard; files their own folder
+    pattern = BatchRun(model, [str(plate / "*" / "f0.tif")], tmp_path / "p", OPTIONS, workers=0)
+    assert [j.name for j in pattern.jobs] == ["A01/f0.tif", "A02/f0.tif"]
+    one = BatchRun(model, [plate / "A02" / "f0.tif"], tmp_path / "one", OPTIONS, workers=0)
+    assert one.jobs[0].labels == tmp_path / "one" / "f0_cells.tif"

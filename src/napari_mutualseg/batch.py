@@ -53,6 +53,7 @@ from .jobs import (
     ImageResult,
     Status,
     find_images,
+    layout_base,
     plan_jobs,
 )
 from .measure import summarize
@@ -152,7 +153,13 @@ class BatchRun:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         images = find_images(self.inputs)
-        self.jobs = plan_jobs(images, self.out_dir, self.options, self.disagreement_dir)
+        self.jobs = plan_jobs(
+            images,
+            self.out_dir,
+            self.options,
+            self.disagreement_dir,
+            base=layout_base(self.inputs),
+        )
         for path in (self.out_dir / SUMMARY_NAME, self.out_dir / REPORT_NAME):
             _check_report_place(path)
         if self.workers is not None and self.workers < 0:

@@ -35,6 +35,7 @@ __all__ = [
     "ImageResult",
     "Status",
     "find_images",
+    "layout_base",
     "plan_jobs",
 ]
 
@@ -344,14 +345,51 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return unique
 
 
+def layout_base(inputs: Sequence[str | os.PathLike]) -> Path:
+    """The folder whose subfolders a run's outputs keep: the common parent of the inputs as
+    given, a folder counting as itself, a file (or OME-Zarr store) as its folder and a glob
+    pattern as the folder before its first wildcard.
+
+    Taken from the inputs, not from the images found in them, so that the layout does not
+    depend on what a folder holds: a plate folder with one well's folder so far (while the
+    microscope is still acquiring) gives ``out/A01/...`` as it will once the other wells
+    are there, and a rerun finds the results of the first run.
+    """
+    folders = []
+    for given in inputs:
+        text = os.fspath(given)
+        if glob.has_magic(text) and not os.path.exists(text):
+            parts = Path(text).parts
+            fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            folder = Path(*parts[:fixed]) if fixed else Path(".")
+        else:
+            path = Path(text)
+            folder = path if path.is_dir() and not is_zarr(path) else path.parent
+        folders.append(os.path.abspath(folder))
+    return Path(os.path.commonpath(folders))
+
+
 def plan_jobs(
     images: Sequence[Path],
     out_dir: str | os.PathLike,
     options: BatchOptions,
     disagreement_dir: str | os.PathLike | None = None,
+    *,
+    base: str | os.PathLike | None = None,
 ) -> list[ImageJob]:
-    """One job per image: outputs keep the images' folders below ``out_dir``
-    (:func:`napari_mutualseg.io.output_paths`), so they never collide."""
+    """One job per image: outputs keep the images' folders below ``base`` (default: the
+    images' common folder; :func:`layout_base` of the inputs in a run), so they never
+    collide (:func:`napari_mutualseg.io.output_paths`)."""
+    common = os.path.commonpath([os.path.abspath(p.parent) for p in images])
+    if base is not None:
+        below = os.path.relpath(common, os.path.abspath(base))
+        if below != os.curdir and not below.startswith(os.pardir):
+            # output_paths keeps the folders below the images' common folder: the part of
+            # it below ``base`` goes into the output folder's path
+            out_dir = Path(out_dir) / below
+            if disagreement_dir is not None:
+                disagreement_dir = Path(disagreement_dir) / below
+            common = os.path.abspath(base)
     labels = output_paths(images, out_dir, suffix=options.label_suffix)
     tables = output_paths(images, out_dir, suffix="_cells.csv")
     maps: list[Any] = [None] * len(images)
@@ -360,7 +398,6 @@ def plan_jobs(
         tifs = output_paths(images, folder, suffix="_disagreement.tif")
         csvs = output_paths(images, folder, suffix="_disagreement.csv")
         maps = list(zip(tifs, csvs, strict=True))
-    common = os.path.commonpath([os.path.abspath(p.parent) for p in images])
     return [
         ImageJob(
             Path(source),
