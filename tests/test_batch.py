@@ -736,3 +736,11 @@ def test_a_plate_still_being_acquired_keeps_its_layout_when_wells_are_added(mode
     assert [j.name for j in pattern.jobs] == ["A01/f0.tif", "A02/f0.tif"]
     one = BatchRun(model, [plate / "A02" / "f0.tif"], tmp_path / "one", OPTIONS, workers=0)
     assert one.jobs[0].labels == tmp_path / "one" / "f0_cells.tif"
+
+
+def test_no_more_local_workers_start_than_images_are_left(model, tmp_path):
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
+    list(BatchRun(model, images[:2], tmp_path / "out", OPTIONS, workers=0))
+    run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=4)
+    assert [r.status for r in run] == ["skipped", "skipped", "done"]
+    assert run.where == "on 1 local dask worker"

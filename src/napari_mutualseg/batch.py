@@ -267,6 +267,8 @@ class BatchRun:
             if workers is None:  # a cluster of one worker only adds its start-up
                 workers = default_workers() if len(pending) > 1 else 0
                 workers = 0 if workers == 1 else workers
+            if pending:  # a worker without an image only loads torch and the model
+                workers = min(workers, len(pending))
             if self.scheduler is None and workers == 0:
                 self.where = "in this process"
                 results: Iterator[ImageResult] = self._here(pending)
