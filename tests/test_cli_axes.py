@@ -229,3 +229,26 @@ def test_a_supervision_is_marked_and_evaluate_refuses_it_and_masks(scene, tmp_pa
     assert code == 2 and "a mask, not instance labels" in err and "skimage.measure.label" in err
     code, out, _ = _run(capsys, "evaluate", tmp_path / "truth.tif", tmp_path / "truth.tif")
     assert code == 0 and "mAP 1.000" in out
+
+
+def test_fiji_rois_on_time_points_supervise_their_frames(scene, tmp_path, capsys):
+    import roifile
+
+    image, _, boxes, _ = scene
+    movie = tmp_path / "movie.tif"
+    data = (np.stack([image] * 3) * 1000).astype(np.uint16)
+    tifffile.imwrite(movie, data, imagej=True, metadata={"axes": "TYX"})
+    rois = []
+    for k, (y0, x0, y1, x1) in enumerate(boxes[:3]):
+        # a hyperstack's ROI: channel 1, z 1, time point k + 1 (Fiji counts from 1)
+        roi = roifile.ImagejRoi(version=228, c_position=1, z_position=1, t_position=k + 1)
+        roi.roitype = roifile.ROI_TYPE.RECT
+        roi.top, roi.left, roi.bottom, roi.right = (int(v) for v in (y0, x0, y1, x1))
+        rois.append(roi)
+    roifile.roiwrite(tmp_path / "RoiSet.zip", rois, mode="w")
+    out = tmp_path / "sup.tif"
+    code, out_text, _ = _run(capsys, "supervise", movie, "--boxes", tmp_path / "RoiSet.zip",
+                             "--out", out)  # fmt: skip
+    assert code == 0 and "3 boxes on 3 of 3 planes" in out_text
+    classes = tifffile.imread(out)
+    assert all((classes[t] == 1).any() for t in range(3))

@@ -359,3 +359,59 @@ def test_label_files_say_what_they_hold(tmp_path):
         assert written_as(tmp_path / other) is None
     with pytest.raises(ValueError, match="kind must be one of"):
         write_labels(tmp_path / "x.tif", labels[0], kind="classes")
+
+
+def _fiji_rois(path, boxes, kinds=None, **positions):
+    """A ROI Manager's RoiSet.zip of rectangles (or ovals) at ``positions`` (lists, from 1)."""
+    import roifile
+
+    rois = []
+    for k, (y0, x0, y1, x1) in enumerate(boxes):
+        roi = roifile.ImagejRoi(version=228, name=f"cell {k + 1}")
+        roi.roitype = roifile.ROI_TYPE[(kinds or ["RECT"] * len(boxes))[k]]
+        roi.top, roi.left, roi.bottom, roi.right = y0, x0, y1, x1
+        for field, values in positions.items():
+            setattr(roi, field, values[k])
+        rois.append(roi)
+    roifile.roiwrite(path, rois, mode="w")
+    return path
+
+
+def test_fiji_roi_sets_are_box_tables(tmp_path):
+    # a Fiji ROI set was refused as "not a text (CSV) file"
+    boxes = [(2, 3, 12, 15), (20, 4, 30, 10), (5, 30, 9, 38)]
+    plain = tmp_path / "boxes.csv"
+    plain.write_text("y0,x0,y1,x1\n" + "".join(",".join(map(str, b)) + "\n" for b in boxes))
+    rois = _fiji_rois(tmp_path / "RoiSet.zip", boxes, ["RECT", "OVAL", "RECT"])
+    read = read_box_table(rois)[None]
+    assert [b.kind for b in read] == ["rectangle", "ellipse", "rectangle"]
+    expected = read_box_table(plain)[None]
+    assert [b.pixel_range() for b in read] == [b.pixel_range() for b in expected]
+    # a stack's slices, and a hyperstack's z and time positions (the channel does not count)
+    stack = _fiji_rois(tmp_path / "stack.zip", boxes, position=[1, 3, 3])
+    assert {k: len(v) for k, v in read_box_table(stack).items()} == {0: 1, 2: 2}
+    hyper = _fiji_rois(
+        tmp_path / "hyper.zip", boxes, c_position=[2, 1, 1], z_position=[4, 1, 2],
+        t_position=[1, 1, 3],
+    )  # fmt: skip
+    assert {k: len(v) for k, v in read_box_table(hyper).items()} == {3: 1, 0: 1, (2, 1): 1}
+
+
+def test_fiji_rois_that_are_no_boxes_are_named(tmp_path):
+    from napari_mutualseg.export import fiji_roi_zip
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:8, 3:9] = 1
+    outlines = tmp_path / "cells.zip"
+    outlines.write_bytes(fiji_roi_zip(labels))
+    with pytest.raises(ValueError, match=r"ROI 1 \('cell 1'\) is a freehand; only rectangles"):
+        read_box_table(outlines)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("notes.txt", "hello")
+    with pytest.raises(ValueError, match=r"not a Fiji ROI set, or a damaged one; accepted"):
+        read_box_table(tmp_path / "other.zip")
+    mixed = _fiji_rois(tmp_path / "mixed.zip", [(2, 3, 12, 15), (4, 4, 9, 9)], position=[0, 2])
+    with pytest.raises(ValueError, match=r"1 ROI\(s\) have no slice position"):
+        read_box_table(mixed)

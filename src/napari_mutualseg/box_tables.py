@@ -1,7 +1,7 @@
 """Box tables: the CSV files that hold the boxes drawn around cells, read and written.
 
-Two formats are read (CSV, first line a header; separated by commas, or by semicolons with
-decimal commas or by tabs, as spreadsheets save them):
+Three formats are read: two CSV tables (first line a header; separated by commas, or by
+semicolons with decimal commas or by tabs, as spreadsheets save them) and Fiji's ROIs:
 
 napari Shapes CSV
     What napari writes when a Shapes layer is saved as ``.csv``: one row per vertex,
@@ -14,6 +14,11 @@ plain table
     One row per box, columns ``y0,x0,y1,x1`` (half-open pixel ranges as in
     ``skimage.measure.regionprops(...).bbox``) and optionally ``image``, the name of the image
     file the box belongs to (several images in one table).
+Fiji ROI set
+    What Fiji's ROI Manager saves (*More > Save...*: ``RoiSet.zip``, or one ``.roi``):
+    rectangles and ovals are boxes, on the plane they were drawn on (their z and time
+    position; a stack's slice), whichever channel was shown. Other ROIs (polygons, freehand,
+    lines, points, rotated rectangles) are refused with their name.
 
 :func:`write_box_table` writes the plain table when every box is an axis-aligned rectangle
 on whole pixels (the common case, and the easiest to edit by hand), and napari's Shapes CSV
@@ -47,8 +52,12 @@ _FORMATS = (
     "'index,shape-type,vertex-index,axis-0,axis-1' (stacks add 'axis-2', time series of "
     "stacks 'axis-3'), as written by "
     "File > Save Selected Layers with a .csv name; (b) a plain table with columns "
-    "'y0,x0,y1,x1' and optionally 'image' (half-open pixel ranges, one box per row)"
+    "'y0,x0,y1,x1' and optionally 'image' (half-open pixel ranges, one box per row); (c) a "
+    "Fiji ROI set (.zip) or ROI (.roi) of rectangles and ovals"
 )
+
+#: Suffixes of Fiji's ROI files: a ROI Manager's set, or one ROI.
+ROI_SUFFIXES = (".zip", ".roi")
 
 BoxKey = str | int | tuple[int, ...] | None
 
@@ -121,21 +130,22 @@ def _is_napari(header: list[str]) -> bool:
 
 
 def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
-    """Read boxes from a napari Shapes CSV or a plain ``y0,x0,y1,x1[,image]`` CSV.
+    """Read boxes from a napari Shapes CSV, a plain ``y0,x0,y1,x1[,image]`` CSV or Fiji ROIs.
 
     Parameters
     ----------
     path : str or path-like
-        The CSV file (see the module docs for the two formats).
+        The CSV file, Fiji ROI set (``.zip``) or ROI (``.roi``); see the module docs.
 
     Returns
     -------
     dict
         Boxes per key: ``None`` for a 2D table (napari 2D CSV or plain table without
-        ``image`` column), the plane index (int) for a napari CSV of a stack, ``(t, z)``
-        for one of a time series of stacks (a tuple of every leading coordinate of a layer
-        of more axes), the image name (str) for a plain table with an ``image`` column.
-        Boxes keep the file's order.
+        ``image`` column, Fiji ROIs without a position), the plane index (int) for a napari
+        CSV of a stack (and Fiji ROIs with a slice, z or time position), ``(t, z)`` for one
+        of a time series of stacks (a tuple of every leading coordinate of a layer of more
+        axes; Fiji ROIs with both a time and a z position), the image name (str) for a
+        plain table with an ``image`` column. Boxes keep the file's order.
 
     Raises
     ------
@@ -148,6 +158,8 @@ def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Box table not found: {path}")
+    if path.suffix.lower() in ROI_SUFFIXES:
+        return _read_rois(path)
     header, rows = _read_rows(path)
     if _is_napari(header):
         return _read_napari(path, header, rows)
@@ -233,6 +245,66 @@ def _read_napari(
         return dict(boxes_by_plane(data, kinds))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def _read_rois(path: Path) -> dict[BoxKey, list[Box]]:
+    """Fiji's rectangles and ovals as boxes, by the plane they were drawn on."""
+    import roifile
+
+    try:
+        rois = roifile.roiread(path)
+    except Exception:  # a zip of other files, a damaged ROI: what it is not, and what is read
+        raise ValueError(
+            f"{path} is not a Fiji ROI {'set' if path.suffix.lower() == '.zip' else 'file'}, "
+            f"or a damaged one; {_FORMATS}."
+        ) from None
+    rois = rois if isinstance(rois, list) else [rois]
+    if not rois:
+        raise ValueError(f"{path} holds no ROI; draw rectangles in Fiji's ROI Manager first.")
+    out: dict[BoxKey, list[Box]] = {}
+    for k, roi in enumerate(rois):
+        name = f"ROI {k + 1}" + (f" ({roi.name!r})" if roi.name else "")
+        kind = {roifile.ROI_TYPE.RECT: "rectangle", roifile.ROI_TYPE.OVAL: "ellipse"}.get(
+            roi.roitype
+        )
+        # a text or an image overlay and a composite shape are stored as rectangles too
+        if kind is None or roi.subtype not in (0, -1) or roi.shape_roi_size:
+            what = getattr(roi.subtype, "name", "") if roi.subtype not in (0, -1) else ""
+            what = what or ("composite" if roi.shape_roi_size else roi.roitype.name)
+            raise ValueError(
+                f"{path}: {name} is a {what.lower().replace('_', ' ')}; only rectangles and "
+                "ovals are boxes. Delete the other ROIs from the ROI Manager before saving, "
+                "or save them to another file."
+            )
+        try:
+            box = Box.from_corners(roi.top, roi.left, roi.bottom, roi.right, kind)
+        except ValueError as err:
+            raise ValueError(f"{path}: {name}: {err}") from None
+        out.setdefault(_roi_plane(roi), []).append(box)
+    if None in out and len(out) > 1:
+        raise ValueError(
+            f"{path}: {len(out[None])} ROI(s) have no slice position while others have one; "
+            "in Fiji, add every ROI with its slice shown (ROI Manager: More > Options, "
+            "'Associate with slices')."
+        )
+    return out
+
+
+def _roi_plane(roi: object) -> BoxKey:
+    """The plane a Fiji ROI was drawn on: a plane number, ``(t, z)``, or None for none.
+
+    A hyperstack's ROI has its channel, z and time positions (from 1, 0 for none); the
+    channel does not matter to a box. On the first time point the z position is the plane
+    number, in a z-stack and in a time series of stacks alike; a later time point is
+    ``(t, z)`` (``(t, 0)`` in a time series without z, where the command line takes it as
+    plane ``t``). A plain stack's ROI has its slice (``position``)."""
+    t, z = int(roi.t_position), int(roi.z_position)  # type: ignore[attr-defined]
+    if t > 1:
+        return (t - 1, max(z, 1) - 1)
+    if t > 0 or z > 0:
+        return max(z, 1) - 1
+    position = int(roi.position)  # type: ignore[attr-defined]
+    return position - 1 if position > 0 else None
 
 
 def _aligned_corners(box: Box) -> tuple[int, int, int, int] | None:

@@ -189,6 +189,14 @@ def _flat_planes(table: dict, image: AxisImage, name: str) -> dict:
 
     sizes = [image.sizes[a] for a in image.plane_axes]
     keys = list(table)
+    plain_t = image.plane_axes == "T" and ("C" not in image.axes or image.rgb)
+    if plain_t and any(isinstance(k, tuple) for k in keys) and all(map(_t_of_no_z, keys)):
+        # Fiji ROIs of a time series without z: (t, 0) on later time points, as a time series
+        # of stacks gives them; the first time point's are plane numbers already
+        flat: dict = {}
+        for key, boxes in table.items():
+            flat.setdefault(key[0] if isinstance(key, tuple) else key, []).extend(boxes)
+        return flat
     channel_first = "C" in image.axes and not image.rgb and sizes and keys
     if channel_first and all(isinstance(k, tuple) and len(k) == len(sizes) + 1 for k in keys):
         by_plane: dict = {}
@@ -197,16 +205,26 @@ def _flat_planes(table: dict, image: AxisImage, name: str) -> dict:
         table = by_plane
     if not any(isinstance(k, tuple) for k in table):
         return table
-    flat = {}
+    flat: dict = {}
     for key, boxes in table.items():
+        if isinstance(key, int):
+            # Fiji ROIs of the first time point beside later ones: their plane number (z
+            # within time point 0) is the flat one already
+            flat.setdefault(key, []).extend(boxes)
+            continue
         if len(key) != len(sizes) or any(not 0 <= i < n for i, n in zip(key, sizes, strict=True)):
             raise ValueError(
                 f"{name} has {' x '.join(map(str, sizes)) or 'no'} planes "
                 f"({image.plane_axes or 'one plane'}) but its box table has boxes at "
                 f"{key}: check --axes, or that the table was drawn on this image."
             )
-        flat[int(np.ravel_multi_index(key, sizes))] = boxes
+        flat.setdefault(int(np.ravel_multi_index(key, sizes)), []).extend(boxes)
     return flat
+
+
+def _t_of_no_z(key: object) -> bool:
+    """A ``(t, 0)`` key (a Fiji ROI on a later time point) or a plain plane number."""
+    return isinstance(key, int) or (isinstance(key, tuple) and len(key) == 2 and key[1] == 0)
 
 
 def supervision(name: str, image: AxisImage, boxes: list[Box], **kwargs: Any) -> Supervision:
