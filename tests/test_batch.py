@@ -744,3 +744,21 @@ def test_no_more_local_workers_start_than_images_are_left(model, tmp_path):
     run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=4)
     assert [r.status for r in run] == ["skipped", "skipped", "done"]
     assert run.where == "on 1 local dask worker"
+
+
+def test_an_image_that_kills_its_worker_fails_alone_and_says_why(model, tmp_path):
+    """A worker had its next image queued behind the one at hand: an image that killed it
+    (out of memory) took that one along, both 'KilledWorker: Attempted to run task ...'."""
+    from types import SimpleNamespace
+
+    from distributed.scheduler import KilledWorker
+
+    from napari_mutualseg.batch import _task_failure
+
+    died = KilledWorker("segment-x", SimpleNamespace(address="tcp://a:1"), 3)
+    assert _task_failure(died).startswith("the dask worker segmenting it died, 4 times (out")
+    with cluster.dask_client(None, 1) as (client, _):
+        saturation = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.WORKER_SATURATION
+        )
+    assert saturation == 1.0  # no image waits on a worker behind another

@@ -348,7 +348,7 @@ class BatchRun:
                     except Exception as err:  # a worker died (memory, a crash), or runs
                         # another version (one that joined since the start)
                         problem = self._recheck(client, seen) or problem
-                        reason = error_reason(err) + (f"; {problem}" if problem else "")
+                        reason = _task_failure(err) + (f"; {problem}" if problem else "")
                         result = ImageResult(job, "failed", reason=reason)
                     yield result
 
@@ -418,6 +418,21 @@ class BatchRun:
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not a result of this package: not summed up
         return rows
+
+
+def _task_failure(err: BaseException) -> str:
+    """Why an image's task failed on dask, for the report: dask's KilledWorker in the
+    words of a person who has to do something about it."""
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(err, KilledWorker):
+        tries = getattr(err, "allowed_failures", 0) + 1
+        return (
+            f"the dask worker segmenting it died, {tries} times (out of "
+            "memory, most often; the workers' logs say why): give the workers more memory, "
+            "or segment it block by block (--block-size)"
+        )
+    return error_reason(err)
 
 
 def _check_report_place(path: Path) -> None:

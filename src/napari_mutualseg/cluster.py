@@ -459,16 +459,20 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
         where = f"on the dask cluster at {scheduler}"
     else:
         try:
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                # its HTTP server on a free port: 8787, its default, is often taken (another
-                # cluster, a notebook's), which it would say in a warning
-                scheduler_kwargs={"dashboard_address": ":0"},
-                silence_logs=logging.ERROR,
-            )
+            # the scheduler sends a worker its next image only when it has a thread free:
+            # with one queued behind it, a worker killed by its image (out of memory) takes
+            # the next one along, failed after as many deaths as the image that kills it
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    # its HTTP server on a free port: 8787, its default, is often taken (another
+                    # cluster, a notebook's), which it would say in a warning
+                    scheduler_kwargs={"dashboard_address": ":0"},
+                    silence_logs=logging.ERROR,
+                )
         except RuntimeError as err:
             # each worker process starts by importing the main script again, which without
             # the guard starts the run (and a cluster) again in every worker
