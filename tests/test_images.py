@@ -156,6 +156,9 @@ def test_ome_zarr_is_read_lazily_with_its_metadata(tmp_path):
     assert not isinstance(image.select(["membrane"]).plane_array(1), np.ndarray)
     np.testing.assert_array_equal(image.plane(1), data[0, :, 1])
     assert "level 0 of 2" in " ".join(image.notes)
+    # one level given by its path: named with its image, where it was called "1"
+    level = AxisImage.from_file(tmp_path / "cells.zarr" / "1")
+    assert level.name == "cells.zarr/1" and level.describe().startswith("cells.zarr/1: 16 x 20")
 
 
 def test_large_tiffs_are_opened_lazily(tmp_path, monkeypatch):
@@ -264,3 +267,13 @@ def test_describe_says_what_was_read():
     assert text == (
         "x.tif: 8 x 10 px, 2 channels (a, b), 3 z-planes, axes CZYX, pixel size Y 0.5, X 0.5 µm"
     )
+
+
+def test_a_file_without_axes_is_told_in_words_not_the_readers_codes(tmp_path):
+    # the message said "(read as 'QQQYX')": tifffile's codes for axes it does not know
+    tifffile.imwrite(tmp_path / "hyper.tif", _ramp((3, 4, 2, 16, 20)))
+    with pytest.raises(readers.AxesUnknownError) as err:
+        AxisImage.from_file(tmp_path / "hyper.tif")
+    message = str(err.value)
+    assert "QQQ" not in message and "it names only Y and X" in message
+    assert "5 letters for this file" in message

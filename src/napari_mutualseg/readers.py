@@ -83,11 +83,13 @@ def read_axis_image(
     raw = _open(path, lazy)
     data, letters = raw.data, raw.axes
     notes = list(raw.notes)
+    # one level of an OME-Zarr image was called "0" or "1" in every message
+    name = f"{path.parent.name}/{path.name}" if is_zarr(path.parent) else path.name
     if axes is not None:
-        given = parse_axes(axes, None, path.name)
+        given = parse_axes(axes, None, name)
         if len(given) != data.ndim:
             data, letters = _drop_single(data, letters, "?")
-        axes = parse_axes(given, data.ndim, path.name)
+        axes = parse_axes(given, data.ndim, name)
         if "?" in letters:
             notes.append(f"axes {axes} as given (the file does not say)")
         elif axes != letters:
@@ -100,21 +102,22 @@ def read_axis_image(
             pixel_size=raw.pixel_size,
             unit=raw.unit,
             rgb=raw.rgb if axes == letters else None,
-            name=path.name,
+            name=name,
         )
     else:
         data, letters = _drop_single(data, letters, "?")
         if "?" in letters:
             if not (letters[:-1] == "YX" and rgb_like(data)):
                 raise AxesUnknownError(
-                    f"{path.name} holds an array of shape {tuple(data.shape)} whose axes the "
-                    f"file does not say (read as {raw.file_axes!r}): {ASK_AXES}.",
+                    f"{name} holds an array of shape {tuple(data.shape)} whose axes the "
+                    f"file does not say ({_named(letters)}): {ASK_AXES}; "
+                    f"{data.ndim} letters for this file.",
                     raw.data,
                 )
             letters = letters[:-1] + "C"
             note = "8-bit pixels with 3 or 4 values last taken as one RGB(A) picture"
             # stacklevel: the warning points at the caller of AxisImage.from_file
-            warnings.warn(f"{path.name}: {note}", UserWarning, stacklevel=3)
+            warnings.warn(f"{name}: {note}", UserWarning, stacklevel=3)
             notes.append(note)
             raw = replace(raw, rgb=True)
         image = AxisImage.from_array(
@@ -124,10 +127,19 @@ def read_axis_image(
             pixel_size=raw.pixel_size,
             unit=raw.unit,
             rgb=raw.rgb,
-            name=path.name,
+            name=name,
         )
     data, letters = _drop_single(image.data, image.axes, PLANE_AXES)
     return replace(image, data=data, axes=letters, notes=tuple(notes) + image.notes)
+
+
+def _named(letters: str) -> str:
+    """What a file names of its axes, for people: the reader's codes for the rest ('Q',
+    'I', '?') mean nothing to them."""
+    known = [a for a in letters if a != "?"]
+    if not known:
+        return "it names none"
+    return f"it names only {' and '.join(known) if len(known) < 3 else ', '.join(known)}"
 
 
 def read_pixels(path: str | os.PathLike) -> np.ndarray:
