@@ -762,3 +762,13 @@ def test_an_image_that_kills_its_worker_fails_alone_and_says_why(model, tmp_path
             lambda dask_scheduler: dask_scheduler.WORKER_SATURATION
         )
     assert saturation == 1.0  # no image waits on a worker behind another
+
+
+def test_workers_that_do_not_see_the_folders_are_named_before_any_image(tmp_path):
+    """Each image failed on its own with 'Image file not found', a screen's worth of them."""
+    here = str(tmp_path)
+    seeing = _Answers({"tcp://a:1": os.path.exists})
+    cluster.check_paths(seeing, [here])
+    blind = _Answers({"tcp://a:1": os.path.exists, "tcp://b:1": lambda path: False})
+    with pytest.raises(FileNotFoundError, match=r"tcp://b:1 does not see .*shared file system"):
+        cluster.check_paths(blind, [here])

@@ -317,16 +317,21 @@ class BatchRun:
 
         if not jobs:
             return
+        sent = [job.absolute() for job in jobs]  # workers may run in other folders
+        # the reports go there at the end anyway; made now, so that the workers can be
+        # asked whether they see it
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         with (
             dask_client(self.scheduler, workers) as (client, where),
             submit_jobs(
                 client,
-                [job.absolute() for job in jobs],  # workers may run in other folders
+                sent,
                 self.options,
                 overwrite=self.overwrite,
                 model=self._model_bytes(),
                 device=self.device,
                 fingerprint=self.fingerprint,
+                visible=[sent[0].source, os.path.abspath(self.out_dir)],
             ) as futures,
         ):
             self.where = where

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONNECT_SECONDS",
     "WorkerVersionError",
+    "check_paths",
     "check_scheduler",
     "check_versions",
     "dask_client",
@@ -431,6 +432,28 @@ def check_scheduler(address: str, timeout: float = CONNECT_SECONDS) -> None:
         raise _not_a_scheduler(address, f"is a dask {kind or 'service'}, not the scheduler")
 
 
+def check_paths(client: Client, paths: Sequence[str | os.PathLike]) -> None:
+    """Refuse a cluster whose workers do not see ``paths`` (absolute: the first input image
+    and the output folder) where this process sees them: every image would fail there
+    with 'Image file not found'.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the first worker and path, and what the workers need.
+    """
+    for path in map(os.fspath, paths):
+        answers = client.run(os.path.exists, path, on_error="return")
+        blind = sorted(a for a, seen in answers.items() if seen is not True)
+        if blind:
+            more = f" (and {len(blind) - 1} more of the workers)" if len(blind) > 1 else ""
+            raise FileNotFoundError(
+                f"The dask worker {blind[0]}{more} does not see {path}: the workers must see "
+                "the input and output folders under the same paths as this machine (a shared "
+                "file system, mounted at the same place)."
+            )
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, str]]:
     """A dask client for a run, closed (with the cluster it started) when the block ends.
@@ -502,6 +525,7 @@ def submit_jobs(
     model: bytes,
     device: str,
     fingerprint: str,
+    visible: Sequence[str | os.PathLike] = (),
 ) -> Iterator[list[Future]]:
     """Load the model on every worker, then start one task per image; when the block ends,
     cancel what is left and remove the model from the workers.
@@ -524,6 +548,9 @@ def submit_jobs(
     fingerprint : str
         The model's :meth:`~napari_mutualseg.models.ModelPair.fingerprint`, recorded with
         each image's results.
+    visible : sequence of path-like
+        Absolute paths every worker must see (:func:`check_paths`), e.g. the first image
+        and the output folder.
 
     Yields
     ------
@@ -537,6 +564,8 @@ def submit_jobs(
     WorkerVersionError
         When workers run other versions of this package, torch or numpy
         (:func:`check_versions`).
+    FileNotFoundError
+        When a worker does not see a path of ``visible``.
     """
     try:
         client.wait_for_workers(1, timeout=WORKER_SECONDS)
@@ -547,6 +576,7 @@ def submit_jobs(
             f"start workers (dask worker {address}) or scale the cluster, then run again."
         ) from None
     check_versions(client)  # before the plugin: another version's setup fails in its own way
+    check_paths(client, visible)
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
     name = f"{_PLUGIN}-{run}"
     client.register_plugin(_ModelPlugin(name, model, device))
