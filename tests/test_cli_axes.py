@@ -252,3 +252,21 @@ def test_fiji_rois_on_time_points_supervise_their_frames(scene, tmp_path, capsys
     assert code == 0 and "3 boxes on 3 of 3 planes" in out_text
     classes = tifffile.imread(out)
     assert all((classes[t] == 1).any() for t in range(3))
+
+
+def test_cell_labels_given_as_a_supervision_are_refused(scene, tmp_path, capsys):
+    # predicted labels of two cells (values 0, 1, 2) passed as classes: cell 2 was trained
+    # as boundary, without a word
+    from napari_mutualseg.io import write_labels
+
+    image, _, boxes, plain = scene
+    tif = tmp_path / "x.tif"
+    tifffile.imwrite(tif, (image * 1000).astype(np.uint16))
+    cells = np.zeros(image.shape, np.int32)
+    for k, (y0, x0, y1, x1) in enumerate(boxes[:2]):
+        cells[y0:y1, x0:x1] = k + 1
+    labels = write_labels(tmp_path / "x_cells.tif", cells)
+    code, _, err = _run(capsys, "train", tif, "--boxes", plain, "--supervision", labels,
+                        "--out", tmp_path / "m.pt", *TINY)  # fmt: skip
+    assert code == 2 and "holds cell labels written by napari-mutualseg" in err
+    assert not (tmp_path / "m.pt").exists()
