@@ -765,10 +765,14 @@ def test_an_image_that_kills_its_worker_fails_alone_and_says_why(model, tmp_path
 
 
 def test_workers_that_do_not_see_the_folders_are_named_before_any_image(tmp_path):
-    """Each image failed on its own with 'Image file not found', a screen's worth of them."""
+    """Each image failed on its own ('Image file not found', 'read-only disk'), a screen's
+    worth of them."""
     here = str(tmp_path)
     seeing = _Answers({"tcp://a:1": os.path.exists})
     cluster.check_paths(seeing, [here])
     blind = _Answers({"tcp://a:1": os.path.exists, "tcp://b:1": lambda path: False})
     with pytest.raises(FileNotFoundError, match=r"tcp://b:1 does not see .*shared file system"):
         cluster.check_paths(blind, [here])
+    read_only = _Answers({"tcp://a:1": os.access, "tcp://b:1": lambda path, mode: False})
+    with pytest.raises(PermissionError, match=r"tcp://b:1 cannot write in "):
+        cluster.check_paths(read_only, [], [here])

@@ -332,6 +332,7 @@ class BatchRun:
                 device=self.device,
                 fingerprint=self.fingerprint,
                 visible=[sent[0].source, os.path.abspath(self.out_dir)],
+                writable=[os.path.abspath(self.out_dir)],
             ) as futures,
         ):
             self.where = where

@@ -432,26 +432,38 @@ def check_scheduler(address: str, timeout: float = CONNECT_SECONDS) -> None:
         raise _not_a_scheduler(address, f"is a dask {kind or 'service'}, not the scheduler")
 
 
-def check_paths(client: Client, paths: Sequence[str | os.PathLike]) -> None:
+def check_paths(
+    client: Client,
+    paths: Sequence[str | os.PathLike],
+    writable: Sequence[str | os.PathLike] = (),
+) -> None:
     """Refuse a cluster whose workers do not see ``paths`` (absolute: the first input image
-    and the output folder) where this process sees them: every image would fail there
-    with 'Image file not found'.
+    and the output folder) where this process sees them, or cannot write in the folders
+    ``writable``: every image would fail there ('Image file not found', 'read-only disk').
 
     Raises
     ------
-    FileNotFoundError
+    FileNotFoundError, PermissionError
         Naming the first worker and path, and what the workers need.
     """
-    for path in map(os.fspath, paths):
-        answers = client.run(os.path.exists, path, on_error="return")
-        blind = sorted(a for a, seen in answers.items() if seen is not True)
-        if blind:
-            more = f" (and {len(blind) - 1} more of the workers)" if len(blind) > 1 else ""
-            raise FileNotFoundError(
-                f"The dask worker {blind[0]}{more} does not see {path}: the workers must see "
-                "the input and output folders under the same paths as this machine (a shared "
-                "file system, mounted at the same place)."
+    checks = [(os.path.exists, (p,), "does not see") for p in map(os.fspath, paths)]
+    checks += [(os.access, (p, os.W_OK), "cannot write in") for p in map(os.fspath, writable)]
+    for function, args, what in checks:
+        answers = client.run(function, *args, on_error="return")
+        failing = sorted(a for a, ok in answers.items() if ok is not True)
+        if not failing:
+            continue
+        more = f" (and {len(failing) - 1} more of the workers)" if len(failing) > 1 else ""
+        where = f"The dask worker {failing[0]}{more} {what} {args[0]}"
+        if function is os.access:
+            raise PermissionError(
+                f"{where}: the workers must be able to write the results there (a folder "
+                "that the user the workers run as may write, on a disk mounted writable)."
             )
+        raise FileNotFoundError(
+            f"{where}: the workers must see the input and output folders under the same paths "
+            "as this machine (a shared file system, mounted at the same place)."
+        )
 
 
 @contextlib.contextmanager
@@ -526,6 +538,7 @@ def submit_jobs(
     device: str,
     fingerprint: str,
     visible: Sequence[str | os.PathLike] = (),
+    writable: Sequence[str | os.PathLike] = (),
 ) -> Iterator[list[Future]]:
     """Load the model on every worker, then start one task per image; when the block ends,
     cancel what is left and remove the model from the workers.
@@ -548,9 +561,9 @@ def submit_jobs(
     fingerprint : str
         The model's :meth:`~napari_mutualseg.models.ModelPair.fingerprint`, recorded with
         each image's results.
-    visible : sequence of path-like
-        Absolute paths every worker must see (:func:`check_paths`), e.g. the first image
-        and the output folder.
+    visible, writable : sequence of path-like
+        Absolute paths every worker must see, and folders every worker must be able to
+        write in (:func:`check_paths`): the first image and the output folder.
 
     Yields
     ------
@@ -564,8 +577,8 @@ def submit_jobs(
     WorkerVersionError
         When workers run other versions of this package, torch or numpy
         (:func:`check_versions`).
-    FileNotFoundError
-        When a worker does not see a path of ``visible``.
+    FileNotFoundError, PermissionError
+        When a worker does not see a path of ``visible`` or cannot write in ``writable``.
     """
     try:
         client.wait_for_workers(1, timeout=WORKER_SECONDS)
@@ -576,7 +589,7 @@ def submit_jobs(
             f"start workers (dask worker {address}) or scale the cluster, then run again."
         ) from None
     check_versions(client)  # before the plugin: another version's setup fails in its own way
-    check_paths(client, visible)
+    check_paths(client, visible, writable)
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
     name = f"{_PLUGIN}-{run}"
     client.register_plugin(_ModelPlugin(name, model, device))
