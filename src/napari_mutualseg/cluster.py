@@ -153,22 +153,30 @@ class _ModelPlugin(WorkerPlugin):
     when it joins later), and CPU workers share the host's cores.
     """
 
-    def __init__(self, name: str, model: bytes, device: str) -> None:
+    def __init__(
+        self, name: str, model: bytes, device: str, shares: dict[str, tuple[int | None, int]]
+    ) -> None:
         self.name = name  # one per run: runs that share a cluster keep their own model
         self.model = model
         self.device = device
+        # worker address -> (index on its host, task threads on its host) at the start
+        self.shares = shares
         self.pair: ModelPair | None = None
         self.threads: int | None = None  # torch CPU threads per task
 
     async def setup(self, worker: Any) -> None:
-        # the host's workers as they are now, asked by each worker as its model is loaded:
-        # one that joins later counts those already there, and itself
-        try:
-            info = await worker.scheduler.identity(n_workers=-1)
-            workers = info["workers"]
-        except Exception:  # a scheduler that does not say: this worker alone
-            workers = {}
-        self._load(worker, *_host_share(worker.address, worker.state.nthreads, workers))
+        share = self.shares.get(worker.address)
+        if share is None:
+            # a worker that joined since the start counts the workers of its host as they
+            # are now, itself included (asked only by such a worker: on a cluster of
+            # thousands, every worker asking would each fetch all of them)
+            try:
+                info = await worker.scheduler.identity(n_workers=-1)
+                workers = info["workers"]
+            except Exception:  # a scheduler that does not say: this worker alone
+                workers = {}
+            share = _host_share(worker.address, worker.state.nthreads, workers)
+        self._load(worker, *share)
 
     def _load(self, worker: Any, rank: int | None, host_threads: int) -> None:
         import torch
@@ -232,6 +240,12 @@ def _host_share(address: str, nthreads: int, workers: dict[str, Any]) -> tuple[i
         return None, nthreads
     mates = sorted(a for a, info in workers.items() if info.get("host") == me.get("host"))
     return mates.index(address), sum(workers[a].get("nthreads", 1) for a in mates)
+
+
+def _host_shares(client: Any) -> dict[str, tuple[int | None, int]]:
+    """:func:`_host_share` of every worker of the cluster now."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {a: _host_share(a, info.get("nthreads", 1), workers) for a, info in workers.items()}
 
 
 def _version_probe() -> Callable[[tuple[str, ...]], dict[str, str | None]]:
@@ -592,7 +606,7 @@ def submit_jobs(
     check_paths(client, visible, writable)
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
     name = f"{_PLUGIN}-{run}"
-    client.register_plugin(_ModelPlugin(name, model, device))
+    client.register_plugin(_ModelPlugin(name, model, device, _host_shares(client)))
     futures: list[Future] = []
     try:
         futures = client.map(
