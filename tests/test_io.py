@@ -415,3 +415,37 @@ def test_fiji_rois_that_are_no_boxes_are_named(tmp_path):
     mixed = _fiji_rois(tmp_path / "mixed.zip", [(2, 3, 12, 15), (4, 4, 9, 9)], position=[0, 2])
     with pytest.raises(ValueError, match=r"1 ROI\(s\) have no slice position"):
         read_box_table(mixed)
+
+
+def test_qupath_rectangles_are_boxes_and_its_other_shapes_named(tmp_path):
+    import json
+
+    from napari_mutualseg.export import qupath_geojson
+
+    labels = np.zeros((40, 50), np.int32)
+    labels[2:12, 3:15] = 1
+    labels[20:30, 4:10] = 2
+    # QuPath's export: a list of features (or a FeatureCollection), closed rings
+    features = json.loads(qupath_geojson(labels))["features"]
+    (tmp_path / "rects.geojson").write_text(json.dumps(features))
+    boxes = read_box_table(tmp_path / "rects.geojson")[None]
+    assert [b.pixel_range() for b in boxes] == [(2, 3, 12, 15), (20, 4, 30, 10)]
+    labels[12, 3] = 1  # no rectangle any more
+    (tmp_path / "shapes.json").write_text(qupath_geojson(labels))
+    with pytest.raises(ValueError, match=r"object 1 \('cell 1'\) is a polygon of 6 corners"):
+        read_box_table(tmp_path / "shapes.json")
+    (tmp_path / "cut.geojson").write_text('{"type": "FeatureCollection", "features": [')
+    with pytest.raises(ValueError, match="not valid GeoJSON"):
+        read_box_table(tmp_path / "cut.geojson")
+
+
+def test_a_box_table_of_another_kind_is_named_in_a_line(tmp_path):
+    results = tmp_path / "Results.csv"
+    results.write_text(" ,Area,Mean,BX,BY,Width,Height\n1,25,3.2,1.5,2.5,5,5\n")
+    with pytest.raises(ValueError, match=r"Fiji Results table.*calibrated units.*More > Save"):
+        read_box_table(results)
+    # the unknown header was quoted whole: a file on one line filled the screen
+    (tmp_path / "long.csv").write_text(",".join(f"column{k}" for k in range(2000)) + "\n1\n")
+    with pytest.raises(ValueError, match="unknown header") as info:
+        read_box_table(tmp_path / "long.csv")
+    assert len(str(info.value)) < 1000

@@ -19,6 +19,11 @@ Fiji ROI set
     rectangles and ovals are boxes, on the plane they were drawn on (their z and time
     position; a stack's slice), whichever channel was shown. Other ROIs (polygons, freehand,
     lines, points, rotated rectangles) are refused with their name.
+QuPath GeoJSON
+    What QuPath writes with *File > Export objects as GeoJSON* (``.geojson`` or ``.json``):
+    its rectangles are boxes (half-open pixel ranges, as QuPath's pixel-edge coordinates
+    are). QuPath stores ellipses and every other shape as polygons, which are refused with
+    their name, as they would be taken for boxes only by a guess.
 
 :func:`write_box_table` writes the plain table when every box is an axis-aligned rectangle
 on whole pixels (the common case, and the easiest to edit by hand), and napari's Shapes CSV
@@ -53,11 +58,17 @@ _FORMATS = (
     "stacks 'axis-3'), as written by "
     "File > Save Selected Layers with a .csv name; (b) a plain table with columns "
     "'y0,x0,y1,x1' and optionally 'image' (half-open pixel ranges, one box per row); (c) a "
-    "Fiji ROI set (.zip) or ROI (.roi) of rectangles and ovals"
+    "Fiji ROI set (.zip) or ROI (.roi) of rectangles and ovals; (d) QuPath GeoJSON of "
+    "rectangles"
 )
 
 #: Suffixes of Fiji's ROI files: a ROI Manager's set, or one ROI.
 ROI_SUFFIXES = (".zip", ".roi")
+#: Suffixes of GeoJSON files (QuPath's export).
+GEOJSON_SUFFIXES = (".geojson", ".json")
+
+#: Fiji's Results table of ROIs measured with 'Bounding rectangle' (calibrated units).
+_FIJI_RESULTS = {"bx", "by", "width", "height"}
 
 BoxKey = str | int | tuple[int, ...] | None
 
@@ -160,6 +171,8 @@ def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
         raise FileNotFoundError(f"Box table not found: {path}")
     if path.suffix.lower() in ROI_SUFFIXES:
         return _read_rois(path)
+    if path.suffix.lower() in GEOJSON_SUFFIXES or _starts_like_json(path):
+        return _read_geojson(path)
     header, rows = _read_rows(path)
     if _is_napari(header):
         return _read_napari(path, header, rows)
@@ -171,7 +184,16 @@ def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
                 f"table; {_FORMATS}."
             )
         return _read_plain(path, header, rows)
-    raise ValueError(f"{path}: unknown header {','.join(header)!r}; {_FORMATS}.")
+    if set(header) >= _FIJI_RESULTS:
+        raise ValueError(
+            f"{path} is a Fiji Results table: its BX, BY, Width and Height are in the image's "
+            "calibrated units (such as µm), not pixels. Save the ROIs themselves instead (ROI "
+            "Manager: More > Save...) and give that .zip."
+        )
+    # a long first line (a whole file on one line) is shown in part
+    said = ",".join(header)
+    said = said if len(said) <= 120 else said[:120] + "..."
+    raise ValueError(f"{path}: unknown header {said!r}; {_FORMATS}.")
 
 
 def _read_plain(
@@ -288,6 +310,88 @@ def _read_rois(path: Path) -> dict[BoxKey, list[Box]]:
             "'Associate with slices')."
         )
     return out
+
+
+def _starts_like_json(path: Path) -> bool:
+    """Whether a file's first character opens a JSON object or array (GeoJSON named .txt)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read(64).lstrip()[:1] in ("{", "[")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _read_geojson(path: Path) -> dict[BoxKey, list[Box]]:
+    """QuPath's rectangles as boxes: its objects exported as GeoJSON (a FeatureCollection or
+    a list of features), axis-aligned four-cornered polygons in pixel-edge coordinates."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f" (line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise ValueError(f"{path} is not valid GeoJSON{where}; {_FORMATS}.") from None
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features")
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        features = [data]
+    else:
+        features = data
+    if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+        raise ValueError(f"{path} holds no GeoJSON features; {_FORMATS}.")
+    if not features:
+        raise ValueError(f"{path} holds no objects; draw rectangles in QuPath first.")
+    boxes = []
+    for k, feature in enumerate(features):
+        props = feature.get("properties") or {}
+        name = f"object {k + 1}" + (f" ({props['name']!r})" if props.get("name") else "")
+        geometry = feature.get("geometry") or {}
+        corners = _rectangle(geometry)
+        if corners is None:
+            kind = geometry.get("type", "no geometry")
+            n = len(_ring(geometry) or ()) - 1
+            what = f"a polygon of {n} corners" if kind == "Polygon" and n > 0 else repr(kind)
+            raise ValueError(
+                f"{path}: {name} is {what}; only rectangles are boxes (QuPath stores ellipses "
+                "as polygons). Export the rectangles alone (select them, then File > Export "
+                "objects as GeoJSON > Selected objects)."
+            )
+        (x0, y0), (x1, y1) = corners
+        try:
+            boxes.append(Box.from_corners(y0, x0, y1, x1))
+        except ValueError as err:
+            raise ValueError(f"{path}: {name}: {err}") from None
+    return {None: boxes}
+
+
+def _ring(geometry: Mapping) -> list | None:
+    """The outer ring of a GeoJSON polygon, or None."""
+    coords = geometry.get("coordinates")
+    if geometry.get("type") != "Polygon" or not isinstance(coords, list) or not coords:
+        return None
+    ring = coords[0]
+    return ring if isinstance(ring, list) else None
+
+
+def _rectangle(geometry: Mapping) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """``((x0, y0), (x1, y1))`` of an axis-aligned rectangle polygon, else None."""
+    ring = _ring(geometry)
+    try:
+        points = np.asarray(ring, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
+        return None
+    if len(points) > 1 and (points[0] == points[-1]).all():
+        points = points[:-1]  # the ring closes on its first corner
+    xs, ys = np.unique(points[:, 0]), np.unique(points[:, 1])
+    if len(points) != 4 or len(xs) != 2 or len(ys) != 2:
+        return None
+    # each corner once: four corners on two x and two y values are the rectangle's
+    if len({(float(x), float(y)) for x, y in points}) != 4:
+        return None
+    return (float(xs[0]), float(ys[0])), (float(xs[1]), float(ys[1]))
 
 
 def _roi_plane(roi: object) -> BoxKey:
