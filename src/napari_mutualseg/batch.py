@@ -21,7 +21,9 @@ results first (``<name>_cells.json``: source, model fingerprint, options) and th
 so a killed run leaves complete images and nothing half-written; a rerun skips images whose
 outputs are complete (and measures an image whose labels were written but not its table),
 after checking that the files there are its own results, not another image's, model's or
-user's; a bad image is recorded as failed with its reason and the others go on.
+user's; a bad image is recorded as failed with its reason and the others go on. On dask, the
+workers are checked before any image: their versions of this package, torch and numpy, and
+that they see the first image and can write in DIR.
 ``summary.csv`` (one row per image with results in DIR) and ``run_report.csv`` (what this run
 did to each image) are written in DIR at the end of every run, also an interrupted one.
 
@@ -88,8 +90,9 @@ class BatchRun:
     """A run over many images: iterate to get an :class:`ImageResult` per image.
 
     Complete images (from an earlier run) come first as ``"skipped"``, then one result as each
-    image is finished, in any order. :meth:`cancel` (thread-safe) stops the run between
-    images; the images not reached come as ``"not done"``. ``summary.csv`` and
+    image is finished, in any order. :meth:`cancel` (thread-safe) stops the run: images in
+    progress are left between two planes or blocks, with nothing of them written, and they
+    and the images not reached come as ``"not done"``. ``summary.csv`` and
     ``run_report.csv`` are written in ``out_dir`` when the iteration ends, however it ends.
 
     Parameters
@@ -249,7 +252,8 @@ class BatchRun:
         return self.overwrite or not job.complete()
 
     def cancel(self) -> None:
-        """Stop between images (thread-safe); finished images are kept."""
+        """Stop the run (thread-safe): images in progress are left between two planes or
+        blocks, with nothing of them written; finished images are kept."""
         self._cancelled.set()
 
     @property
