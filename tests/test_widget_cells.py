@@ -303,3 +303,26 @@ def test_a_save_that_cannot_be_done_says_why(viewer_widget, tmp_path, notes):
         assert "'stack cells' is 3D" in error and "export the table" in error
     # the table of a stack is written
     assert viewer.layers.save(str(tmp_path / "cells.csv"), selected=True)
+
+
+def test_a_layer_without_cells_is_not_exported_and_says_so(
+    viewer_widget, tmp_path, notes, monkeypatch
+):
+    """Every format alike: an empty table, ROI set or GeoJSON is refused, from the panel and
+    from File > Save, with the reason."""
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, widget = viewer_widget
+    layer = viewer.add_labels(np.zeros((32, 32), np.int32), name="x cells")
+    viewer.layers.selection.active = layer
+    for kind, name in (("table", "c.csv"), ("fiji", "r.zip"), ("qupath", "g.geojson")):
+        path = str(tmp_path / f"panel_{name}")
+        monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, p=path: (p, ""))
+        widget.cells.buttons[kind].click()
+        with pytest.warns(UserWarning):  # napari's own: the plugin wrote nothing
+            assert layer.save(str(tmp_path / name), plugin="napari-mutualseg") == []
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".csv", ".zip", ".geojson")]
+    errors = messages(notes, "error")
+    assert len(errors) == 6
+    for error in errors:
+        assert "'x cells' has no cells" in error and "nothing to export" in error

@@ -175,8 +175,20 @@ def export(
 
     A z-stack's or time series' cells go to Fiji with their planes, which the axes of their
     ``image`` name; QuPath takes 2D cells only.
+
+    Raises
+    ------
+    ValueError
+        When the layer has no cells (every format alike: an empty table, ROI set or
+        GeoJSON is most often the wrong layer picked, and Fiji refuses an empty ROI set),
+        or when the format cannot hold them.
     """
     labels = np.asarray(layer.data)
+    if not labels.any():
+        raise ValueError(
+            f"'{layer.name}' has no cells (every pixel is 0), so there is nothing to export; "
+            "select the layer that holds the cells."
+        )
     if kind == "table":
         return str(files.write_text(path, table_csv(table), overwrite=overwrite))
     axes = None
