@@ -41,6 +41,12 @@ def select_channels(
     return _pick_channels(image, channels)
 
 
+#: Where the channels are chosen, as each face calls it: the message of a channel that is not
+#: found reaches the command line, the napari panel and scripts. (A model's own channel, not
+#: found in an image, was named there without saying where another one is picked.)
+_SETTING = "--channel on the command line, channels= in Python"
+
+
 def channel_index(image: AxisImage, channel: int | str) -> int:
     """Index of one channel given by index or by name (names ignore case).
 
@@ -62,12 +68,13 @@ def channel_index(image: AxisImage, channel: int | str) -> int:
     if not image.channel_names:
         raise ValueError(
             f"{image.name} does not name its channels, so channel {channel!r} cannot be "
-            f"found: give its index (0 to {n - 1}) instead."
+            f"found: give its index (0 to {n - 1}) instead ({_SETTING})."
         )
     if str(channel).lower() not in lowered:
         raise ValueError(
             f"{image.name} has no channel {channel!r}; its channels are "
-            f"{', '.join(image.channel_names)} (or give an index 0 to {n - 1})."
+            f"{', '.join(image.channel_names)}: pick one by name or by index, 0 to {n - 1} "
+            f"({_SETTING})."
         )
     return lowered.index(str(channel).lower())
 
