@@ -156,7 +156,8 @@ def not_instance_labels(labels: np.ndarray) -> str | None:
         return (
             f"its values {', '.join(map(str, sorted(pieces)))} are those of a class map (0 "
             "background, 1 cell, 2 boundary, 255 ignore, as supervise writes), not instance "
-            "labels; compare the labels that predict or train --labels-out write"
+            "labels; score the cell labels of a segmentation (the _cells.tif files predict "
+            "writes, ModelPair.segment in Python)"
         )
     if many:
         v = many[0]
