@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import disc_image, messages
+from helpers import TIMEOUT, disc_image, messages
 from napari_mutualseg._napari.cells import cell_table, export
 from napari_mutualseg._napari.layers import camera
 
@@ -326,3 +326,66 @@ def test_a_layer_without_cells_is_not_exported_and_says_so(
     assert len(errors) == 6
     for error in errors:
         assert "'x cells' has no cells" in error and "nothing to export" in error
+
+
+def test_results_of_other_options_in_the_folder_are_replaced_only_when_the_user_agrees(
+    thresholded, tmp_path, notes, qtbot, monkeypatch
+):
+    """The panel asks (Replace / Cancel) instead of giving command-line advice; a script is
+    told to pass overwrite=True."""
+    import json
+
+    import tifffile
+    from qtpy.QtWidgets import QMessageBox
+
+    _viewer, widget = thresholded
+    folder, out = tmp_path / "plate", tmp_path / "results"
+    folder.mkdir()
+    for k in range(2):
+        tifffile.imwrite(folder / f"f{k}.tif", disc_image(seed=k)[0])
+    widget.segment_folder(folder, out, block=True)
+    record = out / "f0_cells.json"
+    assert json.loads(record.read_text())["options"]["tile_size"] == 64
+    widget.settings.tile_size = 48  # other options: the results there are not this run's
+    asked = []
+
+    def answer(reply):
+        def exec_(box):
+            asked.append(box.text())
+            return reply
+
+        monkeypatch.setattr(QMessageBox, "exec", exec_)
+
+    answer(QMessageBox.StandardButton.Cancel)
+    widget.model.folder_requested.emit(str(folder), str(out))  # the panel's dialogs' answer
+    qtbot.waitUntil(lambda: len(asked) == 1 and not widget.is_busy, timeout=TIMEOUT)
+    assert "made with other options (tile_size 64 -> 48)" in asked[0]
+    assert "--" not in asked[0] and "overwrite=True" not in asked[0]
+    assert json.loads(record.read_text())["options"]["tile_size"] == 64  # kept
+    warning = messages(notes, "warning")[-1]
+    assert "nothing was segmented and those results are kept" in warning
+    assert "choose another output folder" in warning and not messages(notes, "error")
+    answer(QMessageBox.StandardButton.Yes)
+    widget.model.folder_requested.emit(str(folder), str(out))
+    qtbot.waitUntil(
+        lambda: len(asked) == 2 and "Folder done" in widget.status.text(), timeout=TIMEOUT
+    )
+    widget.wait()
+    assert json.loads(record.read_text())["options"]["tile_size"] == 48  # replaced
+    assert [r.status for r in widget.summary.results] == ["done", "done"]
+    # a script is not asked: told how to replace them in Python
+    widget.settings.tile_size = 64
+    widget.segment_folder(folder, out, block=True)
+    assert len(asked) == 2
+    [error] = messages(notes, "error")
+    assert "made with other options" in error and "pass overwrite=True" in error
+    widget.segment_folder(folder, out, overwrite=True, block=True)
+    assert json.loads(record.read_text())["options"]["tile_size"] == 64
+    # an image's result that another program wrote meanwhile fails that image alone; its
+    # reason in the summary says what to do in the panel
+    from napari_mutualseg._napari.workers import in_panel_words
+    from napari_mutualseg.files import ResultExistsError
+    from napari_mutualseg.image_task import error_reason
+
+    reason = in_panel_words(error_reason(ResultExistsError(f"{out}/f0_cells.tif already exists")))
+    assert "segment the folder again and answer Replace" in reason and "overwrite" not in reason

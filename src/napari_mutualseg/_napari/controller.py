@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
 
     from ..config import TrainConfig
+    from ..files import ResultExistsError
     from ..models import ModelPair
     from ..training import RoundReport
     from .axes import LayerAxes
@@ -292,14 +293,27 @@ class RunController(QObject):
         return self.segmenting.worker
 
     def segment_folder(
-        self, inputs: list[str], out_dir: str, tile_size: int, *, track: bool = False
+        self,
+        inputs: list[str],
+        out_dir: str,
+        tile_size: int,
+        *,
+        track: bool = False,
+        overwrite: bool = False,
+        on_conflict: Callable[[ResultExistsError], None] | None = None,
     ) -> GeneratorWorker | None:
         """Segment and measure every image of ``inputs`` into ``out_dir`` in a worker, as
         ``napari-mutualseg predict`` does (:class:`napari_mutualseg.batch.BatchRun`, in this
-        process); ``batch_done`` carries the run. ``None`` after a notification."""
+        process); ``batch_done`` carries the run. ``None`` after a notification.
+
+        Results in ``out_dir`` that this run did not make (another model, other options)
+        are replaced with ``overwrite``; otherwise they go to ``on_conflict`` (on the main
+        thread, once the run has ended) or, without it, are said as an error."""
         if not self._can_segment():
             return None
-        self.segmenting = FolderRun(self, inputs, out_dir, tile_size, track)
+        self.segmenting = FolderRun(
+            self, inputs, out_dir, tile_size, track, overwrite=overwrite, on_conflict=on_conflict
+        )
         return self.segmenting.worker
 
     # ------------------------------------------------------------------------------ files

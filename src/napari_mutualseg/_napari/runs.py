@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from ..batch import BatchRun
     from ..config import TrainConfig
+    from ..files import ResultExistsError
     from ..models import ModelPair
     from ..training import MutualTrainer
     from .axes import LayerAxes
@@ -240,9 +241,14 @@ class _SegmentJob(QObject):
         if controller.closing or controller.viewer is None:
             return
         if isinstance(value, WorkerFailure):
-            controller.notify(describe_error(value, str(controller.pair.device)), "error")
+            if not self.failed(value.original):
+                controller.notify(describe_error(value, str(controller.pair.device)), "error")
             return
         self.done(value)
+
+    def failed(self, error: BaseException) -> bool:
+        """Whether the job answered its own failure (else the user is told about it)."""
+        return False
 
     def stop(self) -> None:
         """Ask the worker to end after the plane or image at hand (thread-safe)."""
@@ -347,14 +353,17 @@ class FolderRun(_SegmentJob):
         out_dir: str,
         tile_size: int,
         track: bool = False,
+        overwrite: bool = False,
+        on_conflict: Callable[[ResultExistsError], None] | None = None,
     ) -> None:
         from ..batch import BatchOptions, BatchRun
 
         pair, options = controller.pair, BatchOptions(tile_size=tile_size, track=track)
         self._stop = threading.Event()
+        self.on_conflict = on_conflict
         worker = create_worker(
             run_batch,
-            lambda: BatchRun(pair, inputs, out_dir, options, workers=0),
+            lambda: BatchRun(pair, inputs, out_dir, options, workers=0, overwrite=overwrite),
             self._stop,
             _worker_class=_StoppableWorker,
             _ignore_errors=True,
@@ -364,6 +373,16 @@ class FolderRun(_SegmentJob):
     def stop(self) -> None:
         """End the run after the image at hand; the images finished are kept."""
         self._stop.set()
+
+    def failed(self, error: BaseException) -> bool:
+        # results of another model, options or image in the output folder: the panel asks
+        # whether to replace them (a script is told to pass overwrite=True)
+        from ..files import ResultExistsError
+
+        if isinstance(error, ResultExistsError) and self.on_conflict is not None:
+            self.on_conflict(error)
+            return True
+        return False
 
     def on_progress(self, value: tuple[BatchRun, Any]) -> None:
         run, result = value

@@ -8,12 +8,21 @@ trained pair stays with the viewer, and a reopened panel shows it again.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QFrame, QLabel, QMainWindow, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFrame,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .cells import CellsPanel, FolderSummary
 from .controller import RunController, TrainingRequest
@@ -34,6 +43,7 @@ if TYPE_CHECKING:
     from napari.layers import Image, Labels, Shapes
 
     from ..config import TrainConfig
+    from ..files import ResultExistsError
     from ..models import ModelPair
     from ..training import RoundReport
 
@@ -88,6 +98,7 @@ class MutualSegWidget(QWidget):
         self.status = QLabel("Draw a box around each cell, then press Train.")
         self.status.setWordWrap(True)
         self._docked = False
+        self._closed = False
         self._build()
         self._connect()
         _check_qt_binding()
@@ -117,7 +128,7 @@ class MutualSegWidget(QWidget):
         m.predict.clicked.connect(lambda: self.predict())
         m.save_requested.connect(lambda path: self.save_model(path, overwrite=True))
         m.load_requested.connect(self.load_model)
-        m.folder_requested.connect(lambda images, out: self.segment_folder(images, out))
+        m.folder_requested.connect(self._segment_folder_asked)
         self.check.train_requested.connect(lambda: self.train())
         self.check.boxes_proposed.connect(self._use_proposed_boxes)
         self.settings.changed.connect(self._on_setting)
@@ -320,7 +331,12 @@ class MutualSegWidget(QWidget):
         return self._started(worker, block)
 
     def segment_folder(
-        self, images: str | Path | list, out_dir: str | Path, *, block: bool = False
+        self,
+        images: str | Path | list,
+        out_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        block: bool = False,
     ) -> Any:
         """Segment and measure every image of a folder in the background, as the command
         ``napari-mutualseg predict MODEL FOLDER --out OUT`` does: ``<name>_cells.tif`` and
@@ -333,6 +349,10 @@ class MutualSegWidget(QWidget):
             Folders (searched with their subfolders), image files or glob patterns.
         out_dir : str or path
             Folder for the results.
+        overwrite : bool
+            Segment every image again, replacing results already in ``out_dir`` (those of
+            another model or other options among them: without it, they are refused, with
+            an error notification).
         block : bool
             Wait (keeping the viewer responsive) until the run is over.
 
@@ -341,11 +361,68 @@ class MutualSegWidget(QWidget):
         GeneratorWorker or None
             The worker, or ``None`` after a notification.
         """
+        return self._segment_folder(images, out_dir, overwrite=overwrite, block=block)
+
+    def _segment_folder(
+        self,
+        images: str | Path | list,
+        out_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        block: bool = False,
+        ask: bool = False,
+    ) -> Any:
         inputs = [str(p) for p in (images if isinstance(images, list) else [images])]
-        worker = self.controller.segment_folder(
-            inputs, str(out_dir), self.settings.tile_size, track=self.settings.track
+        controller, on_conflict = self.controller, None
+        if ask:  # weakly: the run outlives a closed panel, which then asks nothing
+            this = weakref.ref(self)
+
+            def on_conflict(err: ResultExistsError) -> None:
+                widget = this()
+                if widget is None or widget._closed:
+                    how = "segment the folder again from the panel and answer Replace"
+                    controller.notify(err.advice(how), "error")
+                else:
+                    widget._replace_results(inputs, out_dir, err)
+
+        worker = controller.segment_folder(
+            inputs,
+            str(out_dir),
+            self.settings.tile_size,
+            track=self.settings.track,
+            overwrite=overwrite,
+            on_conflict=on_conflict,
         )
         return self._started(worker, block)
+
+    def _segment_folder_asked(self, images: str, out_dir: str) -> None:
+        # the panel's button: results in the way are the user's to replace, asked in a dialog
+        self._segment_folder(images, out_dir, ask=True)
+
+    def _replace_results(self, inputs: list[str], out_dir: str | Path, err: Any) -> None:
+        """Ask whether to replace the results in the way; segment again, replacing them, on
+        yes."""
+        if self._confirm_replace(err):
+            self._segment_folder(inputs, out_dir, overwrite=True)
+        else:
+            self.controller.notify(
+                f"{err.reason}; nothing was segmented and those results are kept. "
+                f"To segment this folder, {err.remedy}.",
+                "warning",
+            )
+
+    def _confirm_replace(self, err: Any) -> bool:
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Results already there",
+            f"{err.reason}.\n\nReplace {err.what} with this model's, segmenting every image "
+            f"again? Cancel keeps them: then {err.remedy}.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        box.button(QMessageBox.StandardButton.Yes).setText("Replace")
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        return box.exec() == QMessageBox.StandardButton.Yes
 
     def _show_summary(self, run: Any) -> None:
         self.summary = FolderSummary(self.viewer, run, self.controller.notify)
@@ -382,6 +459,7 @@ class MutualSegWidget(QWidget):
 
     def close_panel(self) -> None:
         """Stop training and let go of the viewer; the trained pair stays with the viewer."""
+        self._closed = True
         self.controller.stop()
         self._view.unfollow()
         self.controller.batch_done.disconnect(self._show_summary)
