@@ -361,6 +361,16 @@ def test_label_files_say_what_they_hold(tmp_path):
         write_labels(tmp_path / "x.tif", labels[0], kind="classes")
 
 
+def test_ome_zarr_labels_say_what_they_hold(tmp_path):
+    from napari_mutualseg.io import written_as
+    from napari_mutualseg.ome import labels_zarr
+
+    with labels_zarr(tmp_path / "x_cells.ome.zarr", (40, 30)) as out:
+        out[:] = 1
+    assert written_as(tmp_path / "x_cells.ome.zarr") == "labels"
+    assert written_as(tmp_path) is None  # a folder of images
+
+
 def _fiji_rois(path, boxes, kinds=None, **positions):
     """A ROI Manager's RoiSet.zip of rectangles (or ovals) at ``positions`` (lists, from 1)."""
     import roifile

@@ -293,21 +293,25 @@ def write_labels(
 
 
 def written_as(path: str | os.PathLike) -> str | None:
-    """What a TIFF written by :func:`write_labels` holds, from its header alone.
+    """What a label file holds: a TIFF written by :func:`write_labels` (from its header
+    alone), or an OME-Zarr label image (:func:`napari_mutualseg.ome.labels_zarr`'s, or any
+    marked ``image-label`` as OME-NGFF has it).
 
     Parameters
     ----------
     path : str or path-like
-        Any file.
+        Any file or folder.
 
     Returns
     -------
     str or None
-        One of :data:`LABEL_KINDS` (``"supervision"``: a class map), or None for any other
-        file: an image, a TIFF saved again by another program, a file that cannot be read.
+        One of :data:`LABEL_KINDS` (``"supervision"``: a class map), or None for anything
+        else: an image, a TIFF saved again by another program, a file that cannot be read.
         Never raises.
     """
     path = Path(path)
+    if path.is_dir():
+        return "labels" if _ngff_label_image(path) else None
     if _suffix(path) not in TIFF_SUFFIXES or not path.is_file():
         return None
     try:
@@ -319,6 +323,25 @@ def written_as(path: str | os.PathLike) -> str | None:
         return None
     name, _, kind = software.partition(" ")
     return kind if name == _SOFTWARE and kind in LABEL_KINDS else None
+
+
+def _ngff_label_image(folder: Path) -> bool:
+    """Whether a zarr folder's own metadata (zarr 2 ``.zattrs``, zarr 3 ``zarr.json``) mark
+    it as an OME-NGFF label image; read as JSON, without opening the store."""
+    import json
+
+    for name in (".zattrs", "zarr.json"):
+        try:
+            attrs = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(attrs, dict):
+            continue
+        attrs = attrs.get("attributes", attrs)  # zarr 3 keeps them in 'attributes'
+        ome = attrs.get("ome", attrs) if isinstance(attrs, dict) else {}
+        if isinstance(ome, dict) and "image-label" in ome:
+            return True
+    return False
 
 
 def _to_32_bits(labels: np.ndarray, name: str) -> np.ndarray:
