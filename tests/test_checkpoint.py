@@ -193,3 +193,16 @@ def test_an_empty_model_file_is_called_empty(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"not a readable .* empty \(0 bytes\)"):
         ModelPair.load(path)
+
+
+def test_a_folder_or_a_zip_of_other_files_given_as_a_model_is_named(tmp_path):
+    import zipfile
+
+    # a Fiji ROI set was called a damaged model; a folder was "no model file"
+    rois = tmp_path / "RoiSet.zip"
+    with zipfile.ZipFile(rois, "w") as archive:
+        archive.writestr("cell-00001.roi", b"Iout")
+    with pytest.raises(CheckpointError, match=r"zip archive of other files \(cell-00001.roi\)"):
+        ModelPair.load(rois)
+    with pytest.raises(CheckpointError, match="is a folder, not a napari-mutualseg model"):
+        ModelPair.load(tmp_path)

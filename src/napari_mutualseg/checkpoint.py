@@ -167,6 +167,23 @@ _IMAGE_MAGIC = {
 }
 
 
+def _other_zip(path: Path) -> str:
+    """The first names in a whole zip archive that is no PyTorch file (a Fiji ROI set given
+    where a model is asked for), or ``""``: a model's archive holds ``data.pkl``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return ""  # not a whole zip: a damaged model, or no zip at all
+    # a model whose names were damaged still has its tensors under data/ and its version
+    if not names or any(n.endswith(("data.pkl", "/version", "/byteorder")) or "/data/" in n
+                        for n in names):  # fmt: skip
+        return ""
+    return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+
+
 def _head(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read(4)
@@ -194,6 +211,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         package cannot use; the message is one line that says what is wrong.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a napari-mutualseg model file (.pt).")
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
     head = _head(path)
@@ -214,6 +233,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             reason = _unsafe_content(err)
         elif not head:
             reason = "the file is empty (0 bytes)"
+        elif _other_zip(path):
+            reason = f"it is a zip archive of other files ({_other_zip(path)}), not a model"
         elif head.startswith(_PICKLED):
             reason = (
                 "the file is damaged or incomplete (a broken copy or download, or a save that "
