@@ -776,3 +776,28 @@ def test_workers_that_do_not_see_the_folders_are_named_before_any_image(tmp_path
     read_only = _Answers({"tcp://a:1": os.access, "tcp://b:1": lambda path, mode: False})
     with pytest.raises(PermissionError, match=r"tcp://b:1 cannot write in "):
         cluster.check_paths(read_only, [], [here])
+
+
+def test_a_run_whose_cluster_loses_all_its_workers_says_so(model, tmp_path, monkeypatch):
+    """It waited for them for ever, saying nothing (their jobs' walltime was up)."""
+    from napari_mutualseg import batch
+
+    monkeypatch.setattr(cluster, "WORKER_SECONDS", 1)
+    monkeypatch.setattr(batch._Absence, "LOOK_SECONDS", 0.1)
+    stack = _stack(tmp_path / "in" / "long.tif", 200, size=128)
+    options = BatchOptions(tile_size=128, overlap=16, axes="ZYX")
+    with _cluster(1) as shared:
+        run = BatchRun(
+            model, [stack], tmp_path / "out", options, scheduler=shared.scheduler_address
+        )
+
+        def leave():
+            _wait_for(run.jobs[0].record)
+            shared.scale(0)
+            time.sleep(60)
+            run.cancel()  # what waited for ever is not this test's to wait for
+
+        threading.Thread(target=leave, daemon=True).start()
+        with pytest.raises(TimeoutError, match="has had no worker for 1 s, with 1 image not"):
+            list(run)
+    assert [r.status for r in run.results] == ["not done"]

@@ -39,11 +39,13 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import cluster
 from .cluster import check_scheduler, dask_client, default_workers, submit_jobs
 from .files import ResultExistsError
 from .image_task import error_reason, measure_image, process_image, read_labels, read_table
@@ -345,12 +347,15 @@ class BatchRun:
             # the workers whose versions were checked (submit_jobs checks them at the start)
             seen = set(client.scheduler_info(n_workers=-1)["workers"])
             problem: str | None = None
+            workers_gone = _Absence(client)
             while not pending.is_empty():
                 # a stop is seen while images are in progress, not when the next one ends;
                 # leaving the block removes the model from the workers, which leave their
                 # images between two planes or blocks
                 if self._cancelled.wait(0 if pending.has_ready() else 0.2):
                     return
+                if not pending.has_ready():
+                    workers_gone.check(pending.count())
                 for future in pending.next_batch(block=False):
                     job = by_key[future.key]
                     try:
@@ -428,6 +433,39 @@ class BatchRun:
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not a result of this package: not summed up
         return rows
+
+
+class _Absence:
+    """Notices a cluster left without workers (their jobs' time is up, they were stopped):
+    the run would wait for them for ever, saying nothing."""
+
+    #: Seconds between two looks at the number of workers.
+    LOOK_SECONDS = 5.0
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.since: float | None = None
+        self.next_look = time.monotonic() + self.LOOK_SECONDS
+
+    def check(self, left: int) -> None:
+        """Raise TimeoutError once the cluster has had no worker for
+        :data:`~napari_mutualseg.cluster.WORKER_SECONDS`; ``left``: images not done."""
+        now = time.monotonic()
+        if now < self.next_look:
+            return
+        self.next_look = now + self.LOOK_SECONDS
+        if self.client.scheduler_info(n_workers=0)["n_workers"]:
+            self.since = None
+            return
+        self.since = self.since or now
+        if now - self.since >= cluster.WORKER_SECONDS:
+            address = self.client.scheduler.address
+            raise TimeoutError(
+                f"The dask cluster at {address} has had no worker for "
+                f"{cluster.WORKER_SECONDS} s, with {left} image{'s' if left > 1 else ''} not "
+                f"done: start workers (dask worker {address}) or scale the cluster, then run "
+                "again; the finished images are kept."
+            )
 
 
 def _task_failure(err: BaseException) -> str:
