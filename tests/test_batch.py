@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import tifffile
@@ -738,15 +739,21 @@ def test_a_plate_still_being_acquired_keeps_its_layout_when_wells_are_added(mode
     assert one.jobs[0].labels == tmp_path / "one" / "f0_cells.tif"
 
 
-def test_no_more_local_workers_start_than_images_are_left(model, tmp_path):
+def test_no_more_local_workers_start_than_images_are_left(model, tmp_path, monkeypatch):
     images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
     list(BatchRun(model, images[:2], tmp_path / "out", OPTIONS, workers=0))
-    run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=4)
-    assert [r.status for r in run] == ["skipped", "skipped", "done"]
-    assert run.where == "on 1 local dask worker"
+    started = []
+
+    def on_dask(self, jobs, workers):
+        started.append(workers)
+        return iter(())
+
+    monkeypatch.setattr(BatchRun, "_on_dask", on_dask)
+    list(BatchRun(model, images, tmp_path / "out", OPTIONS, workers=4))
+    assert started == [1]  # one image left
 
 
-def test_an_image_that_kills_its_worker_fails_alone_and_says_why(model, tmp_path):
+def test_an_image_that_kills_its_worker_fails_alone_and_says_why(monkeypatch):
     """A worker had its next image queued behind the one at hand: an image that killed it
     (out of memory) took that one along, both 'KilledWorker: Attempted to run task ...'."""
     from types import SimpleNamespace
@@ -757,10 +764,17 @@ def test_an_image_that_kills_its_worker_fails_alone_and_says_why(model, tmp_path
 
     died = KilledWorker("segment-x", SimpleNamespace(address="tcp://a:1"), 3)
     assert _task_failure(died).startswith("the dask worker segmenting it died, 4 times (out")
-    with cluster.dask_client(None, 1) as (client, _):
-        saturation = client.run_on_scheduler(
-            lambda dask_scheduler: dask_scheduler.WORKER_SATURATION
-        )
+    import distributed
+
+    def started(**kwargs):
+        seen.append(dask.config.get("distributed.scheduler.worker-saturation"))
+        raise RuntimeError("not started here")
+
+    seen = []
+    monkeypatch.setattr(distributed, "LocalCluster", started)
+    with pytest.raises(RuntimeError), cluster.dask_client(None, 1):
+        pass
+    [saturation] = seen
     assert saturation == 1.0  # no image waits on a worker behind another
 
 
