@@ -345,7 +345,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return unique
 
 
-def layout_base(inputs: Sequence[str | os.PathLike]) -> Path:
+def layout_base(inputs: Sequence[str | os.PathLike]) -> Path | None:
     """The folder whose subfolders a run's outputs keep: the common parent of the inputs as
     given, a folder counting as itself, a file (or OME-Zarr store) as its folder and a glob
     pattern as the folder before its first wildcard.
@@ -353,7 +353,8 @@ def layout_base(inputs: Sequence[str | os.PathLike]) -> Path:
     Taken from the inputs, not from the images found in them, so that the layout does not
     depend on what a folder holds: a plate folder with one well's folder so far (while the
     microscope is still acquiring) gives ``out/A01/...`` as it will once the other wells
-    are there, and a rerun finds the results of the first run.
+    are there, and a rerun finds the results of the first run. None for inputs on different
+    drives (Windows), which :func:`plan_jobs` refuses.
     """
     folders = []
     for given in inputs:
@@ -366,7 +367,10 @@ def layout_base(inputs: Sequence[str | os.PathLike]) -> Path:
             path = Path(text)
             folder = path if path.is_dir() and not is_zarr(path) else path.parent
         folders.append(os.path.abspath(folder))
-    return Path(os.path.commonpath(folders))
+    try:
+        return Path(os.path.commonpath(folders))
+    except ValueError:  # inputs on two drives: plan_jobs says so in its words
+        return None
 
 
 def plan_jobs(
