@@ -815,3 +815,30 @@ def test_a_run_whose_cluster_loses_all_its_workers_says_so(model, tmp_path, monk
         with pytest.raises(TimeoutError, match="has had no worker for 1 s, with 1 image not"):
             list(run)
     assert [r.status for r in run.results] == ["not done"]
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_a_worker_on_a_host_of_gpus_loads_the_model_on_a_gpu_no_other_worker_holds(
+    model, tmp_path, monkeypatch, device
+):
+    """--device cuda sent every worker to GPU 0 (torch's 'cuda')."""
+    pytest.importorskip("fcntl")
+    import torch
+
+    from napari_mutualseg.models import ModelPair as Pair
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(cluster, "_gpu_ids", lambda torch: ["GPU-a", "GPU-b"])
+    monkeypatch.setattr(cluster.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(Pair, "load", staticmethod(lambda path, device: device))
+    monkeypatch.setattr(cluster, "_GPU_HELD", {})
+    assert cluster._claim_gpu(["GPU-a"], str(tmp_path)) == 0  # another worker of the host
+    other = cluster._GPU_HELD
+    monkeypatch.setattr(cluster, "_GPU_HELD", {})  # this one
+    plugin = cluster._ModelPlugin("run", model.read_bytes(), device, {})
+    worker = type("Worker", (), {"local_directory": str(tmp_path)})()
+    plugin._load(worker, None, 1)
+    assert plugin.pair == "cuda:1"
+    for fd in [*cluster._GPU_HELD.values(), *other.values()]:
+        os.close(fd)

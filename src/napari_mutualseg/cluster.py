@@ -185,7 +185,8 @@ class _ModelPlugin(WorkerPlugin):
 
         device = self.device
         self.threads = None
-        if device == "auto" and torch.cuda.is_available():
+        # "cuda" without an index is GPU 0 to torch: on a worker it means "a GPU", its own
+        if device in ("auto", "cuda") and torch.cuda.is_available():
             device = f"cuda:{_pick_gpu(torch, rank)}"
         elif device in ("auto", "cpu"):
             self.threads = max(1, (os.cpu_count() or 1) // max(1, host_threads))
