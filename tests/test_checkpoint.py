@@ -206,3 +206,19 @@ def test_a_folder_or_a_zip_of_other_files_given_as_a_model_is_named(tmp_path):
         ModelPair.load(rois)
     with pytest.raises(CheckpointError, match="is a folder, not a napari-mutualseg model"):
         ModelPair.load(tmp_path)
+
+
+class _System:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+def test_a_file_calling_a_blocked_module_says_it_holds_python_objects(tmp_path):
+    # torch words this refusal "unsupported GLOBAL posix.system whose module posix is
+    # blocked": it was called a damaged file
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "napari-mutualseg/pair", "settings": {"x": _System()}}, path)
+    with pytest.raises(CheckpointError, match=r"Python objects \(\w+\.system\).*refused"):
+        ModelPair.load(path)

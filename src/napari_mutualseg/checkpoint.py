@@ -139,7 +139,7 @@ def write_networks(
 
 def _unsafe_content(err: Exception) -> str:
     """What a refused file held, from torch's message (whose advice is left out)."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    found = re.search(r"\bGLOBAL\s+(\S+)", str(err))
     what = f" ({found.group(1)})" if found else ""
     return (
         f"it holds Python objects{what} besides tensors and plain values, which a model file "
@@ -151,7 +151,9 @@ def _names_code(text: str) -> bool:
     """Whether torch's refusal names something a model file never holds (a function or a
     class to import); its other refusals (an unknown opcode, a tensor called as a function)
     come from bytes damaged in the pickle."""
-    return "Unsupported global" in text
+    # "Unsupported global: GLOBAL builtins.exec", or "unsupported GLOBAL posix.system whose
+    # module posix is blocked": the pickle's GLOBAL opcode naming what it would import
+    return re.search(r"\bGLOBAL\s+\S", text) is not None
 
 
 #: How files start: a model file is a zip archive (or, from old PyTorch, a pickle); an image
