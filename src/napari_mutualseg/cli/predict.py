@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,13 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
         pixel_size=args.pixel_size,
         disagreement=bool(args.disagreement_out),
     )
+
+
+def _with_folder(read: str, name: str) -> str:
+    """What was read of an image, named by its path below the inputs' folder (a plate's
+    wells all hold an ``f1.tif``), not by its file name alone."""
+    own = f"{name.replace(os.sep, '/').rsplit('/', 1)[-1]}: "
+    return f"{name}: {read.removeprefix(own)}" if read.startswith(own) else read
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -65,7 +73,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if result.status == "failed":
                 bar.write(f"failed: {name}: {result.reason}", file=sys.stderr)
             elif result.status == "done":
-                bar.write(result.read, file=sys.stderr)
+                bar.write(_with_folder(result.read, name), file=sys.stderr)
                 shape = " x ".join(map(str, result.shape))
                 notes = f"; {result.reason}" if result.reason else ""
                 bar.write(
