@@ -127,3 +127,13 @@ def test_docstring_examples_run(module):
 
     mod = importlib.import_module(f"napari_mutualseg.{module}")
     assert doctest.testmod(mod, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_channels_sharing_a_name_keep_a_column_each():
+    # two channels named GFP: the second's columns replaced the first's
+    labels = np.zeros((12, 12), np.int32)
+    labels[2:6, 2:6] = 1
+    image = np.stack([np.full((12, 12), v, np.float32) for v in (1.0, 2.0, 3.0)])
+    table = measure_cells(labels, image, channel_names=["GFP", "GFP", "DAPI"])
+    assert table["mean_intensity_GFP_0"][0] == 1.0 and table["mean_intensity_GFP_1"][0] == 2.0
+    assert table["mean_intensity_DAPI"][0] == 3.0 and "mean_intensity_GFP" not in table

@@ -107,6 +107,9 @@ def measure_cells(
         names = [str(c) for c in range(channels)] if channel_names is None else list(channel_names)
         if len(names) != channels:
             raise ValueError(f"Got {len(names)} channel names for {channels} channels.")
+        # a name that several channels share (a fluorophore imaged twice) gets each channel's
+        # index: its columns overwrote one another, and the first channel was lost
+        names = [f"{n}_{c}" if names.count(n) > 1 else n for c, n in enumerate(names)]
         for c, name in enumerate(names):
             key = "" if channels == 1 else f"-{c}"
             table[f"mean_intensity_{name}"] = raw[f"intensity_mean{key}"]
