@@ -131,3 +131,20 @@ def test_a_stack_trains_on_its_boxed_planes_normalised_like_the_stack(two_channe
         MutualTrainer(stack, [sup], TrainConfig(**SETTINGS))
     with pytest.raises(ValueError, match="at least one plane"):
         MutualTrainer(stack, [None, None, None], TrainConfig(**SETTINGS))
+
+
+def test_channels_sharing_a_name_are_never_picked_by_that_name():
+    rng = np.random.default_rng(0)
+    data = rng.random((3, 16, 20)).astype(np.float32)
+    image = AxisImage.from_array(data, "CYX", channel_names=["DAPI", "GFP", "gfp"])
+    with pytest.raises(ValueError, match=r"2 channels called 'GFP' \(indices 1, 2\).*index"):
+        image.select(["GFP"])
+    np.testing.assert_array_equal(image.select([2]).plane(0)[0], data[2])
+    # a model trained on channel 2 of such an image (its name GFP stored with it) was given
+    # channel 1, the first called GFP, without a word
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    pair = ModelPair(
+        build_unet(arch, 0), build_unet(arch, 1), settings={"channels": [2]},
+        channel_names=("GFP",),
+    )  # fmt: skip
+    np.testing.assert_array_equal(pair.network_input(image).plane(0)[0], data[2])

@@ -157,7 +157,9 @@ class ModelPair(Segmenter):
         else:
             channels = parse_channels(self.settings.get("channels"))
             known = [n.lower() for n in img.channel_names or ()]
-            if self.channel_names and all(n.lower() in known for n in self.channel_names):
+            # a name that several of the image's channels share (GFP twice) finds none: the
+            # first of them was taken, whichever the networks were trained on
+            if self.channel_names and all(known.count(n.lower()) == 1 for n in self.channel_names):
                 # as indices: a name may be a number ("405") that would be read as an index
                 channels = tuple(known.index(n.lower()) for n in self.channel_names)
             try:

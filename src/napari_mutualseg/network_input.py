@@ -76,7 +76,14 @@ def channel_index(image: AxisImage, channel: int | str) -> int:
             f"{', '.join(image.channel_names)}: pick one by name or by index, 0 to {n - 1} "
             f"({_SETTING})."
         )
-    return lowered.index(str(channel).lower())
+    same = [i for i, name in enumerate(lowered) if name == str(channel).lower()]
+    if len(same) > 1:
+        # the first was taken without a word, whichever was meant
+        raise ValueError(
+            f"{image.name} has {len(same)} channels called {channel!r} (indices "
+            f"{', '.join(map(str, same))}): pick one by its index ({_SETTING})."
+        )
+    return same[0]
 
 
 def _gray(image: AxisImage) -> AxisImage:
