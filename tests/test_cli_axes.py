@@ -229,6 +229,10 @@ def test_a_supervision_is_marked_and_evaluate_refuses_it_and_masks(scene, tmp_pa
     assert code == 2 and "a mask, not instance labels" in err and "skimage.measure.label" in err
     code, out, _ = _run(capsys, "evaluate", tmp_path / "truth.tif", tmp_path / "truth.tif")
     assert code == 0 and "mAP 1.000" in out
+    # the truth saved as a stack of one plane: refused as of another shape
+    tifffile.imwrite(tmp_path / "one.tif", truth[None].astype(np.uint16))
+    code, out, _ = _run(capsys, "evaluate", tmp_path / "truth.tif", tmp_path / "one.tif")
+    assert code == 0 and "mAP 1.000" in out
 
 
 def test_fiji_rois_on_time_points_supervise_their_frames(scene, tmp_path, capsys):

@@ -74,6 +74,8 @@ def _label_image(path: str) -> np.ndarray:
             "compares instance labels, such as predict and train --labels-out write."
         )
     image = np.asarray(read_image(path))
+    while image.ndim > 2 and image.shape[0] == 1:
+        image = image[0]  # a plane saved as a stack of one, (1, H, W), is that plane
     if image.dtype == bool or np.issubdtype(image.dtype, np.integer):
         whole = True
     else:
