@@ -358,6 +358,11 @@ def test_one_image_that_does_not_fit_the_model_fails_alone_also_when_run_again(
     report = {r["image"]: r for r in _rows(out / REPORT_NAME)}
     assert report["a_overview.ome.tif"]["status"] == "failed"
     assert "2 channels" in report["a_overview.ome.tif"]["reason"]
+    # nothing of it was written, so nothing stands in the way of trying it with other options
+    # (its record was left, 'out/a_overview_cells.tif was made with other options')
+    assert not (out / "a_overview_cells.json").exists()
+    again = ["predict", model, plate / "a_overview.ome.tif", "--out", out, "--channel", "0"]
+    assert main([str(a) for a in [*again, "--workers", "0", "--tile-size", "64"]]) == 0
     # when none of the first images fits, the options are wrong: refused before any work
     argv = ["predict", model, plate, "--out", tmp_path / "o2", "--channel", "5", "--workers", "0"]
     assert main([str(a) for a in argv]) == 2
@@ -844,3 +849,14 @@ def test_a_worker_on_a_host_of_gpus_loads_the_model_on_a_gpu_no_other_worker_hol
     assert plugin.pair == "cuda:1"
     for fd in [*cluster._GPU_HELD.values(), *other.values()]:
         os.close(fd)
+
+
+def test_a_record_alone_refuses_no_run(model, tmp_path):
+    """A process killed in an image leaves its record, but no result to protect."""
+    image = _image(tmp_path / "in" / "a.tif", 0)
+    list(BatchRun(model, [image], tmp_path / "out", OPTIONS, workers=0))
+    (tmp_path / "out" / "a_cells.tif").unlink()
+    (tmp_path / "out" / "a_cells.csv").unlink()
+    other = BatchOptions(tile_size=64, overlap=16, min_size=3)
+    run = BatchRun(model, [image], tmp_path / "out", other, workers=0)
+    assert [r.status for r in run] == ["done"]

@@ -167,6 +167,13 @@ def results_pixel_size(given: PixelSize | None, image: AxisImage) -> PixelSize |
     return replace(given, z=convert_length(own.z, own.unit, given.unit))
 
 
+def _drop_lone_record(job: ImageJob) -> None:
+    """Remove the record of an image of which nothing was written (it failed, or was
+    stopped): it would stand for results that are not there."""
+    if not any(p.exists() for p in job.outputs):
+        job.record.unlink(missing_ok=True)
+
+
 def _remove_results(job: ImageJob) -> None:
     """Remove an image's earlier results, the table first (it marks them complete)."""
     for path in (job.table, *reversed(job.outputs[:-1])):
@@ -334,12 +341,10 @@ def process_image(
             table = measure_image(labels, image, pixel_size, blocks=blocks)
             write_table(job.table, table, overwrite=overwrite)  # last: marks the image complete
         except _Stopped:
-            # nothing was written: a record alone would stand for results that are not
-            # there (and refuse a rerun with other options)
-            if not any(p.exists() for p in job.outputs):
-                job.record.unlink(missing_ok=True)
+            _drop_lone_record(job)
             return ImageResult(job, "not done", seconds=time.perf_counter() - t0)
         except Exception as err:
+            _drop_lone_record(job)
             return ImageResult(
                 job,
                 "failed",

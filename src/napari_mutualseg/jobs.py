@@ -180,7 +180,9 @@ class ImageJob:
         another image, by another model, with other options, or not by this package);
         None when there are none or they are."""
         there = [p for p in (self.record, *self.outputs) if p.exists()]
-        if not there:
+        if there in ([], [self.record]):
+            # a record alone stands for no result (its image failed, or was stopped or
+            # killed before its labels were written): nothing there to be taken for this one's
             return None
         try:
             found = json.loads(self.record.read_text())
