@@ -601,9 +601,16 @@ def test_each_worker_of_a_host_claims_a_gpu_of_its_own_also_when_it_joins_later(
 
 
 class _CallingNet(ThresholdNet):
-    """ThresholdNet that calls ``hook`` on every prediction (to stop a run mid-image)."""
+    """ThresholdNet that calls ``hook`` on every prediction (to stop a run mid-image); a
+    buffer makes it another model than ThresholdNet (its fingerprint)."""
 
     hook = None
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        self.register_buffer("tag", torch.ones(1))
 
     def forward(self, x):
         if self.hook is not None:
@@ -686,14 +693,23 @@ def test_results_being_overwritten_are_never_kept_as_the_new_models(tmp_path):
     assert [r.status for r in BatchRun(first, images, tmp_path / "out", options, workers=0)] == [
         "done"
     ]
+    old = (tmp_path / "out" / "s_cells.tif").read_bytes()
     net = _CallingNet()
     second = ModelPair(net, _CallingNet(), settings={"min_size": 8})
     run = BatchRun(second, images, tmp_path / "out", options, overwrite=True, workers=0)
     net.hook = run.cancel
     assert [r.status for r in run] == ["not done"]
     net.hook = None
-    rerun = BatchRun(second, images, tmp_path / "out", options, workers=0)
+    # the old labels are there as they were, known as the first model's
+    assert (tmp_path / "out" / "s_cells.tif").read_bytes() == old
+    with pytest.raises(FileExistsError, match="made by another model"):
+        BatchRun(second, images, tmp_path / "out", options, workers=0)
+    assert [r.status for r in BatchRun(first, images, tmp_path / "out", options, workers=0)] == [
+        "done"  # measured again: its table was removed as the overwrite began
+    ]
+    rerun = BatchRun(second, images, tmp_path / "out", options, overwrite=True, workers=0)
     assert [r.status for r in rerun] == ["done"]
+    assert (tmp_path / "out" / "s_cells.tif").read_bytes() != old
 
 
 def test_a_worker_that_joins_a_run_shares_the_cores_of_its_host(model, tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -174,15 +173,6 @@ def _drop_lone_record(job: ImageJob) -> None:
         job.record.unlink(missing_ok=True)
 
 
-def _remove_results(job: ImageJob) -> None:
-    """Remove an image's earlier results, the table first (it marks them complete)."""
-    for path in (job.table, *reversed(job.outputs[:-1])):
-        if path.is_dir() and not path.is_symlink():  # an OME-Zarr store
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
 class _Stopped(Exception):
     """The run was stopped while an image was being segmented."""
 
@@ -287,7 +277,10 @@ def process_image(
 ) -> ImageResult:
     """Segment, write, measure one image; never raises for a problem with the image.
 
-    The record of what makes the results (:meth:`ImageJob.provenance`) is written first.
+    The record of what makes the results (:meth:`ImageJob.provenance`) is written first; with
+    ``overwrite``, once the new labels have replaced the old ones (the old table is removed
+    first, so that the image is incomplete until it is done).
+
     Labels that an earlier, interrupted run wrote (without ``overwrite``) are measured, not
     segmented again: :class:`~napari_mutualseg.batch.BatchRun` checks first that they are
     this image's, by this model, with these options.
@@ -322,12 +315,17 @@ def process_image(
         try:
             image = AxisImage.from_file(job.source, axes=options.axes)
             pixel_size = results_pixel_size(options.pixel_size, image)
-            record = job.provenance(fingerprint or pair.fingerprint(), options)
+            record = json.dumps(
+                job.provenance(fingerprint or pair.fingerprint(), options), indent=2
+            )
             if overwrite:
-                # the new record must not stand for the old results: stopped or killed
-                # before they are replaced, a rerun would skip them as this model's
-                _remove_results(job)
-            write_text(job.record, json.dumps(record, indent=2), overwrite=True)
+                # without the table the image is incomplete: a rerun does it again. The old
+                # labels stay (as their record) until the new ones replace them, so that a
+                # stop, a kill or a full disk leaves them as they were, never under a record
+                # of this model (a rerun would skip them as its own)
+                job.table.unlink(missing_ok=True)
+            else:
+                write_text(job.record, record, overwrite=True)
             if job.labels.exists() and not overwrite:
                 labels, notes = _open_labels(job.labels), ["labels kept from an earlier run"]
             elif job.table.exists() and not overwrite:
@@ -337,6 +335,8 @@ def process_image(
                 )
             else:
                 labels, notes = _segment(pair, image, job, options, pixel_size, overwrite, stop)
+            if overwrite:  # the labels are this model's now
+                write_text(job.record, record, overwrite=True)
             blocks = _blocks(pair, image, options)
             table = measure_image(labels, image, pixel_size, blocks=blocks)
             write_table(job.table, table, overwrite=overwrite)  # last: marks the image complete
