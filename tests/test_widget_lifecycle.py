@@ -149,6 +149,19 @@ def test_cells_of_an_image_removed_or_changed_while_segmented_are_not_shown(
     assert widget.status.text() == warning
 
 
+def test_results_of_images_closed_are_let_go(thresholded):
+    """Predicting one image after another, closing each: only open images' results are kept."""
+    viewer, widget = thresholded
+    kept = widget.controller.predictions, widget.controller.writer.written
+    first = viewer.add_image(disc_image()[0], name="a")
+    widget.predict(first, block=True)
+    assert all(str(first.unique_id) in cache for cache in kept)
+    viewer.layers.remove(first)
+    second = viewer.add_image(disc_image(seed=1)[0], name="b")
+    widget.predict(second, block=True)
+    assert [list(cache) for cache in kept] == [[str(second.unique_id)]] * 2
+
+
 def test_a_prediction_stops_after_the_plane_at_hand(thresholded, slow_planes, qtbot):
     viewer, widget = thresholded
     a = disc_image()[0]
@@ -255,6 +268,27 @@ def test_a_closed_panel_leaves_no_callbacks_on_the_viewer(make_napari_viewer):
     assert again.model.target.layer.name == "newest"
 
 
+def test_a_closed_panel_is_freed(make_napari_viewer, qtbot):
+    """Nothing of the plugin keeps a closed panel (nor the viewer through it) alive."""
+    import gc
+    import weakref
+
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    widget.controller.set_pair(threshold_pair())
+    image = viewer.add_image(disc_image()[0], name="x")
+    widget.predict(image, block=True)
+    widget.settings.rounds = 3  # through the form's editors
+    widget.training.form.editors["rounds"].setValue(4)
+    assert widget.settings.rounds == 4
+    panel = weakref.ref(widget)
+    viewer.window.remove_dock_widget(dock)  # the dock's close button
+    del dock, widget
+    qtbot.wait(10)  # napari deletes the dock later
+    gc.collect()
+    assert panel() is None
+
+
 def test_a_viewer_closed_while_another_is_current_ends_its_training(
     make_napari_viewer, slow_rounds, qtbot
 ):
@@ -267,6 +301,45 @@ def test_a_viewer_closed_while_another_is_current_ends_its_training(
     viewer.close()
     qtbot.waitUntil(job.done.is_set, timeout=TIMEOUT)
     assert len(widget.history) < 5
+
+
+def test_closing_another_viewer_leaves_this_viewers_job_running(
+    make_napari_viewer, slow_rounds, qtbot
+):
+    """The job is a task of its own viewer (napari files a worker under the current one):
+    another viewer's closing neither stops it nor lists it; its own closing stops it."""
+    viewer = make_napari_viewer()
+    widget, _image = boxed_widget(viewer)
+    other = make_napari_viewer()  # now the current viewer
+    widget.train()
+    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=TIMEOUT)
+    assert other.window._task_status_manager.get_status() == []
+    [task] = viewer.window._task_status_manager.get_status()
+    assert task == "napari-mutualseg: training on 'cells'"
+    other.close()
+    widget.wait()
+    assert len(widget.history) == 5  # trained to the end
+    assert viewer.window._task_status_manager.get_status() == []  # done: nothing to ask
+    widget.train()  # five more rounds, stopped by closing its own viewer
+    job = widget.controller.job
+    qtbot.waitUntil(lambda: len(widget.history) >= 6, timeout=TIMEOUT)
+    viewer.close()
+    qtbot.waitUntil(job.done.is_set, timeout=TIMEOUT)
+    assert len(widget.history) < 10
+
+
+def test_a_finished_job_leaves_nothing_alive_in_naparis_task_list(thresholded):
+    """napari keeps every task it listed; the plugin's keep no worker, model or image."""
+    import gc
+    import weakref
+
+    viewer, widget = thresholded
+    image = viewer.add_image(disc_image()[0], name="x")
+    widget.predict(image, block=True)
+    worker = weakref.ref(widget.controller.segmenting.worker)
+    widget.predict(image, block=True)  # the controller keeps only its newest job
+    gc.collect()
+    assert worker() is None
 
 
 def test_a_folder_run_ended_by_closing_the_viewer_writes_its_summary(

@@ -315,8 +315,9 @@ class CellsPanel(QGroupBox):
         form.addRow(self.view)
         form.addRow(_row(self.measure, *self.buttons.values()))
         self.measure.clicked.connect(self.measure_active)
-        for kind, button in self.buttons.items():
-            button.clicked.connect(lambda _=False, k=kind: self._ask_export(k))
+        # bound methods: a lambda held by Qt's connection would keep a closed panel alive
+        for button in self.buttons.values():
+            button.clicked.connect(self._export_clicked)
         self.view.clicked.connect(self._go_to_row)
         viewer.layers.selection.events.active.connect(self._on_active)
         self._on_active()
@@ -428,6 +429,11 @@ class CellsPanel(QGroupBox):
         camera(self.viewer).center = tuple(world[-2:])
         layer.selected_label = int(table["label"][row])
 
+    def _export_clicked(self) -> None:
+        kind = next((k for k, b in self.buttons.items() if b is self.sender()), None)
+        if kind is not None:
+            self._ask_export(kind)
+
     def _ask_export(self, kind: str) -> None:
         layer = self.layer
         if layer is None:
@@ -484,8 +490,11 @@ class FolderSummary(QGroupBox):
         self.view = QTableView()
         self.view.setModel(self.model)
         self.view.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
-        self.view.clicked.connect(lambda index: self.open(index.row()))
+        self.view.clicked.connect(self._row_clicked)
         layout.addRow(self.view)
+
+    def _row_clicked(self, index: QModelIndex) -> None:
+        self.open(index.row())
 
     def open(self, row: int) -> Labels | None:
         """Add the image of ``row`` and its cells (with their table) to the viewer."""

@@ -217,6 +217,21 @@ class RunController(QObject):
             start += layout.count
         return []
 
+    def forget_removed_images(self) -> None:
+        """Let go of the predictions (and cells written) of images no longer in the viewer.
+
+        Each holds an image's labels and disagreement; kept for every image ever predicted,
+        a day of predicting one image after another held them all. An image back in the
+        viewer (undo of a removal) is predicted again to be checked.
+        """
+        viewer = self.viewer
+        if viewer is None:
+            return
+        present = {str(layer.unique_id) for layer in viewer.layers}
+        for cache in (self.predictions, self.writer.written):
+            for key in [k for k in cache if k not in present]:
+                del cache[key]
+
     def add_training(self, item: TrainingItem) -> None:
         """Train on ``item`` too from now on (a corrected image; it replaces an earlier one)."""
         self.corrected[str(item.image.unique_id)] = item

@@ -353,11 +353,20 @@ class CheckPanel(QGroupBox):
         self._followed: dict[int, tuple[Any, Any]] = {}
         self._viewer = viewer
         viewer.layers.selection.events.active.connect(self._follow)
-        self.next.clicked.connect(lambda: self._do(self.corrector.next_cell))
-        self.merge.clicked.connect(lambda: self._do(self._merge))
-        self.split.clicked.connect(lambda: self._do(self._split))
-        self.propose.clicked.connect(lambda: self._do(self._propose))
-        self.add.clicked.connect(lambda: self._do(self._add))
+        # bound methods: a lambda held by Qt's connection would keep a closed panel alive
+        for button in (self.next, self.merge, self.split, self.propose, self.add):
+            button.clicked.connect(self._clicked)
+
+    def _clicked(self) -> None:
+        action = {
+            self.next: self.corrector.next_cell,
+            self.merge: self._merge,
+            self.split: self._split,
+            self.propose: self._propose,
+            self.add: self._add,
+        }.get(self.sender())
+        if action is not None:
+            self._do(action)
 
     def unwatch(self) -> None:
         """Stop following the viewer (the panel is closed)."""

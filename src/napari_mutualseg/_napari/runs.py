@@ -9,14 +9,17 @@ round history, the last prediction of each image.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from napari.qt.threading import GeneratorWorker, create_worker
+from napari.qt.threading import GeneratorWorker
 from qtpy.QtCore import QObject, QTimer
+from superqt.utils import create_worker
 
 from .layers import show_table, upsert_layer
 from .workers import (
@@ -83,6 +86,49 @@ class _StoppableWorker(GeneratorWorker):
             self.stop()
 
 
+def make_worker(
+    controller: RunController, description: str, func: Callable[..., Any], *args: Any
+) -> _StoppableWorker:
+    """A stoppable worker for ``func(*args)``, filed as a task of the controller's own viewer.
+
+    napari's ``create_worker`` files a worker under the *current* viewer: a job a script
+    started while another viewer was current was stopped when that other viewer closed, and
+    that viewer's close dialog listed it. It also keeps every worker it filed, with all it
+    refers to (a training's images and models, a predicted image), until its window is gone.
+    Here the task goes to the controller's viewer, under ``description``, and napari holds
+    only a weak reference to the worker: closing that window still stops the job (its
+    ``quit``), as does the window's destruction (:meth:`RunController.watch_window`).
+    """
+    worker = create_worker(func, *args, _worker_class=_StoppableWorker, _ignore_errors=True)
+    viewer = controller.viewer
+    window = getattr(viewer, "window", None)
+    register = getattr(window, "_register_task_status", None)  # napari's task list
+    update = getattr(window, "_update_task_status", None)
+    if register is None or update is None:  # no window (a headless viewer), or a new napari
+        return worker
+    from napari.utils.task_status import Status
+
+    ref = weakref.ref(worker)
+
+    def cancel() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.quit()
+
+    try:
+        task = register("napari-mutualseg", Status.PENDING, description, cancel_callback=cancel)
+    except Exception:  # a task list that takes other arguments: the job runs unlisted
+        return worker
+
+    def status(state: Status) -> None:
+        with contextlib.suppress(Exception):  # a window already closed
+            update(task, state, description)
+
+    worker.started.connect(lambda: status(Status.BUSY))
+    worker.finished.connect(lambda: status(Status.COMPLETED))
+    return worker
+
+
 class TrainingRun(QObject):
     """One training run: its worker, its rounds and how it ended.
 
@@ -125,9 +171,8 @@ class TrainingRun(QObject):
         pixels = [item.image.data for item in items]
         self.images: list[Image] = [item.image for item in items]
         self.job = TrainingJob(make_trainer, layouts, pixels, show_learning)
-        self.worker = create_worker(
-            run_training, self.job, _worker_class=_StoppableWorker, _ignore_errors=True
-        )
+        what = f"training on '{items[0].image.name}'" + (" and more" if len(items) > 1 else "")
+        self.worker = make_worker(controller, what, run_training, self.job)
         self.worker.stop = self.job.cancel
         self.worker.yielded.connect(self.on_update)
         self.worker.returned.connect(self._on_failure)
@@ -222,12 +267,15 @@ class _SegmentJob(QObject):
         self._outcome: Any = None
         worker.yielded.connect(self.on_progress)
         worker.returned.connect(self._keep)
-        worker.errored.connect(lambda exc: self._keep(WorkerFailure(exc)))
+        worker.errored.connect(self._errored)  # a bound method: a lambda would keep the job
         worker.finished.connect(self._on_finished)
         controller.set_state(self.state)
         controller.notify(message)
         freeze_gc()
         worker.start()
+
+    def _errored(self, exc: BaseException) -> None:
+        self._keep(WorkerFailure(exc))
 
     def _keep(self, value: Any) -> None:
         if self._outcome is None:
@@ -275,9 +323,9 @@ class PredictionRun(_SegmentJob):
     ) -> None:
         self.layer, self.data = layer, layer.data
         self._stop = threading.Event()
-        worker = create_worker(
-            run_prediction, controller.pair, self.data, axes, tile_size, layer.name, track,
-            self._stop, _worker_class=_StoppableWorker, _ignore_errors=True,
+        worker = make_worker(
+            controller, f"segmenting '{layer.name}'", run_prediction, controller.pair,
+            self.data, axes, tile_size, layer.name, track, self._stop,
         )  # fmt: skip
         super().__init__(controller, worker, f"Segmenting '{layer.name}'…")
 
@@ -308,6 +356,7 @@ class PredictionRun(_SegmentJob):
                 "warning",
             )
             return
+        controller.forget_removed_images()
         controller.predictions[str(layer.unique_id)] = value
         controller.writer.remember(layer, value.labels)
         # The box-guided result of the training image stays; prediction goes beside it.
@@ -361,12 +410,12 @@ class FolderRun(_SegmentJob):
         pair, options = controller.pair, BatchOptions(tile_size=tile_size, track=track)
         self._stop = threading.Event()
         self.on_conflict = on_conflict
-        worker = create_worker(
+        worker = make_worker(
+            controller,
+            f"segmenting the images of {', '.join(inputs)}",
             run_batch,
             lambda: BatchRun(pair, inputs, out_dir, options, workers=0, overwrite=overwrite),
             self._stop,
-            _worker_class=_StoppableWorker,
-            _ignore_errors=True,
         )
         super().__init__(controller, worker, f"Looking for images in {', '.join(inputs)}…")
 

@@ -248,16 +248,16 @@ class SettingsForm(QWidget):
         if setting.kind is bool:
             editor = QCheckBox(setting.label)
             editor.setChecked(value)
-            editor.toggled.connect(lambda v: setattr(self.settings, name, v))
+            editor.toggled.connect(self._edited)
         elif setting.choices is not None:
             editor = QComboBox()
             editor.addItems(list(setting.choices()))
             editor.setCurrentText(value)
-            editor.currentTextChanged.connect(lambda v: setattr(self.settings, name, v))
+            editor.currentTextChanged.connect(self._edited)
         elif setting.kind is str:
             editor = QLineEdit(value)
             editor.setPlaceholderText("every channel")
-            editor.editingFinished.connect(lambda: self._set_text(name, editor))
+            editor.editingFinished.connect(self._text_edited)
         else:
             editor = (
                 QDoubleSpinBox(decimals=setting.decimals)
@@ -267,8 +267,22 @@ class SettingsForm(QWidget):
             editor.setRange(setting.kind(setting.minimum), setting.kind(setting.maximum))
             editor.setSingleStep(setting.kind(setting.step))
             editor.setValue(value)
-            editor.valueChanged.connect(lambda v: setattr(self.settings, name, v))
+            editor.valueChanged.connect(self._edited)
+        # Bound methods, never lambdas: Qt's connection keeps a lambda (and the form, the
+        # panel around it) alive out of the garbage collector's sight; the editor's object
+        # name says which setting it edits.
+        editor.setObjectName(name)
         return editor
+
+    def _edited(self, value: Any) -> None:
+        name = self.sender().objectName()
+        if name in self.editors:
+            setattr(self.settings, name, value)
+
+    def _text_edited(self) -> None:
+        editor = self.sender()
+        if editor.objectName() in self.editors:
+            self._set_text(editor.objectName(), editor)
 
     def _set_text(self, name: str, editor: QLineEdit) -> None:
         try:

@@ -122,18 +122,29 @@ class MutualSegWidget(QWidget):
     def _connect(self) -> None:
         d, t, m, c = self.data, self.training, self.model, self.controller
         d.generate.clicked.connect(self.generate_supervision)
-        t.train.clicked.connect(lambda: self.train())
+        # Bound methods, never lambdas, for Qt signals: a lambda is kept by the C++ connection,
+        # out of the garbage collector's sight, and kept a closed panel alive with it.
+        t.train.clicked.connect(self._train_clicked)
         t.stop.clicked.connect(self.stop)
         t.reset.clicked.connect(self.reset_models)
-        m.predict.clicked.connect(lambda: self.predict())
-        m.save_requested.connect(lambda path: self.save_model(path, overwrite=True))
+        m.predict.clicked.connect(self._predict_clicked)
+        m.save_requested.connect(self._save_agreed)
         m.load_requested.connect(self.load_model)
         m.folder_requested.connect(self._segment_folder_asked)
-        self.check.train_requested.connect(lambda: self.train())
+        self.check.train_requested.connect(self._train_clicked)
         self.check.boxes_proposed.connect(self._use_proposed_boxes)
         self.settings.changed.connect(self._on_setting)
         self._view = PanelsView(c, self.settings, (d, t, m, self.check), self.status, self)
         c.batch_done.connect(self._show_summary)
+
+    def _train_clicked(self) -> None:
+        self.train()
+
+    def _predict_clicked(self) -> None:
+        self.predict()
+
+    def _save_agreed(self, path: str) -> None:
+        self.save_model(path, overwrite=True)  # the dialog asked before replacing a file
 
     def _on_setting(self, name: str, value: Any) -> None:
         if name == "show_learning" and self.controller.job is not None:
