@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from helpers import disc_image, messages, same
+from helpers import ThresholdNet, disc_image, messages, same
 from napari_mutualseg._napari.layers import OWNER_KEY, camera
 from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.models import ModelPair, build_unet
@@ -207,3 +207,29 @@ def test_a_loaded_pair_is_refined_by_corrections_alone(viewer_widget, notes):
     report = widget.last_report
     assert len(report.instances) == 1  # the corrected image alone
     assert (report.labels_a[0][3:7, 3:7] == CELL).all()  # the painted cell is trusted
+
+
+def test_next_cell_on_a_prediction_without_cells_says_there_is_nothing_to_check(
+    thresholded, notes
+):
+    """Predicted, but nothing found: not told to predict it first."""
+    import torch
+
+    class Background(ThresholdNet):  # sees no cell anywhere, as its peer
+        def forward(self, x):
+            return torch.cat([x * 0 + 8, x * 0 - 8, x * 0 - 8], dim=1)
+
+    viewer, widget = thresholded
+    widget.controller.set_pair(
+        ModelPair(Background(), Background(), settings={"min_size": 4, "rgb": "gray"})
+    )
+    dim = viewer.add_image(disc_image()[0], name="dim")
+    widget.check.image.value = dim
+    widget.check.next.click()
+    assert "predict it (or train on it) first" in messages(notes, "warning")[-1]
+    widget.predict(dim, block=True)
+    assert not viewer.layers["dim cells"].data.any()
+    widget.check.next.click()
+    warning = messages(notes, "warning")[-1]
+    assert "it has no cells, and no region where the two networks disagree" in warning
+    assert "first" not in warning

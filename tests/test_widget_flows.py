@@ -300,3 +300,19 @@ def test_supervision_of_another_image_waits_for_the_running_training(scene, qtbo
     widget.stop()
     wait_idle(qtbot, widget)
     assert viewer.layers["cells cells"].data.shape == image.data.shape
+
+
+def test_a_channel_asked_for_by_name_in_an_image_without_names_is_said_in_panel_words(
+    viewer_widget, notes
+):
+    viewer, widget = viewer_widget
+    image, rows = disc_image()
+    layer = viewer.add_image(np.stack([image, image]), name="two", axis_labels=("c", "y", "x"))
+    boxes = widget.new_boxes_layer()
+    boxes.add_rectangles([np.column_stack([np.zeros(4), r]) for r in rectangles(rows)])
+    widget.image_layer, widget.boxes_layer = layer, boxes
+    widget.settings.channels = "DAPI"
+    widget.train(block=True)
+    [error] = messages(notes, "error")
+    assert "channel 'DAPI' cannot be found" in error and "(the Channels setting)" in error
+    assert "--" not in error and "in Python" not in error

@@ -93,8 +93,16 @@ class Corrector:
         """Show the next cell (or region) to check: camera on it, its label selected."""
         spots = self.spots(image)
         if not spots:
+            controller = self.controller
+            segmented = str(image.unique_id) in controller.predictions or controller.round_maps(
+                image
+            )
             self.controller.notify(
-                f"Nothing to check on '{image.name}' yet: predict it (or train on it) first.",
+                f"Nothing to check on '{image.name}': it has no cells, and no region where "
+                "the two networks disagree. Draw boxes on the cells they missed and pick them "
+                "under Boxes, or train further."
+                if segmented
+                else f"Nothing to check on '{image.name}' yet: predict it (or train on it) first.",
                 "warning",
             )
             return None

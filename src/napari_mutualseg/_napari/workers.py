@@ -415,6 +415,7 @@ _PANEL_ADVICE = (
         "'RGB images as' gray, under Advanced, for an RGB image) and press Train.",
     ),
     (r"\(--channel, or channels= in Python\)", "(the Channels setting)"),
+    (r"\(--channel on the command line, channels= in Python\)", "(the Channels setting)"),
     # an image's result made meanwhile by another program: the panel asks on the next run
     (r"segment again with overwrite", "segment the folder again and answer Replace"),
 )
