@@ -876,3 +876,19 @@ def test_a_record_alone_refuses_no_run(model, tmp_path):
     other = BatchOptions(tile_size=64, overlap=16, min_size=3)
     run = BatchRun(model, [image], tmp_path / "out", other, workers=0)
     assert [r.status for r in run] == ["done"]
+
+
+def test_a_worker_whose_folder_was_cleaned_away_still_loads_the_model(model, tmp_path):
+    """'[Errno 2] No such file or directory: .../dask-scratch-space/worker-.../tmp...'"""
+    import shutil
+
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(2)]
+    with _cluster(1) as shared:
+        from distributed import Client
+
+        with Client(shared.scheduler_address) as client:
+            client.run(lambda dask_worker: shutil.rmtree(dask_worker.local_directory))
+        run = BatchRun(
+            model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address
+        )
+        assert [r.status for r in run] == ["done", "done"]

@@ -190,6 +190,8 @@ class _ModelPlugin(WorkerPlugin):
             device = f"cuda:{_pick_gpu(torch, rank)}"
         elif device in ("auto", "cpu"):
             self.threads = max(1, (os.cpu_count() or 1) // max(1, host_threads))
+        # a long-lived worker's folder may be gone (a cleaner of /tmp): made again
+        Path(worker.local_directory).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=worker.local_directory) as folder:
             path = Path(folder) / "model.pt"
             path.write_bytes(self.model)
