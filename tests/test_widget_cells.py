@@ -389,3 +389,26 @@ def test_results_of_other_options_in_the_folder_are_replaced_only_when_the_user_
 
     reason = in_panel_words(error_reason(ResultExistsError(f"{out}/f0_cells.tif already exists")))
     assert "segment the folder again and answer Replace" in reason and "overwrite" not in reason
+
+
+def test_a_folder_segmented_again_replaces_its_summary(thresholded, tmp_path):
+    """One summary per results folder, the newest: earlier ones do not pile up beside it."""
+    import tifffile
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer, widget = thresholded
+    folder, out = tmp_path / "plate", tmp_path / "results"
+    folder.mkdir()
+    tifffile.imwrite(folder / "f0.tif", disc_image()[0])
+
+    def summaries():
+        docks = viewer.window._qt_window.findChildren(QDockWidget)
+        return [d for d in docks if d.windowTitle() == "Summary of results"]
+
+    for _ in range(3):
+        widget.segment_folder(folder, out, block=True)
+    assert len(summaries()) == 1
+    assert [r.status for r in widget.summary.results] == ["skipped"]  # the newest run's
+    viewer.window.remove_dock_widget(summaries()[0])  # closed by the user
+    widget.segment_folder(folder, out, block=True)
+    assert len(summaries()) == 1

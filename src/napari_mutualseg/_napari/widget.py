@@ -8,6 +8,7 @@ trained pair stays with the viewer, and a reopened panel shows it again.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,7 @@ class MutualSegWidget(QWidget):
         self.check = CheckPanel(napari_viewer, self.correct)
         self.cells = CellsPanel(napari_viewer, self.controller.notify)
         self.summary: FolderSummary | None = None  # of the last folder segmented
+        self._summaries: dict[str, Any] = {}  # the dock of each results folder's summary
         self.status = QLabel("Draw a box around each cell, then press Train.")
         self.status.setWordWrap(True)
         self._docked = False
@@ -436,8 +438,15 @@ class MutualSegWidget(QWidget):
         return box.exec() == QMessageBox.StandardButton.Yes
 
     def _show_summary(self, run: Any) -> None:
+        # one summary per results folder: a run again (after Stop, with other images) replaces
+        # the earlier one, which would otherwise stay docked beside it, out of date
+        key = str(Path(run.out_dir).absolute())
+        earlier = self._summaries.pop(key, None)
+        if earlier is not None:
+            with contextlib.suppress(LookupError, RuntimeError):  # closed by the user already
+                self.viewer.window.remove_dock_widget(earlier)
         self.summary = FolderSummary(self.viewer, run, self.controller.notify)
-        self.viewer.window.add_dock_widget(
+        self._summaries[key] = self.viewer.window.add_dock_widget(
             self.summary, name=f"Summary of {Path(run.out_dir).name}", area="right"
         )
 
