@@ -412,3 +412,34 @@ def test_a_folder_segmented_again_replaces_its_summary(thresholded, tmp_path):
     viewer.window.remove_dock_widget(summaries()[0])  # closed by the user
     widget.segment_folder(folder, out, block=True)
     assert len(summaries()) == 1
+
+
+def test_a_folder_of_images_without_axes_asks_for_them(thresholded, tmp_path, qtbot, monkeypatch):
+    """Files that do not say their axes: the panel asks (the reason's advice is --axes, which
+    the panel has not) and segments them again with the axes typed; scripts pass axes=."""
+    import tifffile
+    from qtpy.QtWidgets import QInputDialog
+
+    _viewer, widget = thresholded
+    folder, out = tmp_path / "plate", tmp_path / "results"
+    folder.mkdir()
+    for k in range(2):  # z-stacks, saved without axes
+        stack = np.stack([disc_image(seed=k)[0]] * 3)
+        tifffile.imwrite(folder / f"f{k}.tif", stack, photometric="minisblack")
+    asked = []
+
+    def get_text(parent, title, label):
+        asked.append(label)
+        return "zyx", True
+
+    monkeypatch.setattr(QInputDialog, "getText", get_text)
+    widget.model.folder_requested.emit(str(folder), str(out))
+    qtbot.waitUntil(lambda: "Folder done: 2 segmented" in widget.status.text(), timeout=TIMEOUT)
+    widget.wait()
+    [question] = asked
+    assert "f0.tif holds an array of shape (3, 64, 64)" in question and "--" not in question
+    assert tifffile.imread(out / "f0_cells.tif").shape == (3, 64, 64)
+    assert [r.status for r in widget.summary.results] == ["done", "done"]
+    # a script gives them
+    widget.segment_folder(folder, tmp_path / "again", axes="ZYX", block=True)
+    assert (tmp_path / "again" / "f1_cells.csv").exists() and len(asked) == 1

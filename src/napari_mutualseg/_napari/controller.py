@@ -316,6 +316,8 @@ class RunController(QObject):
         track: bool = False,
         overwrite: bool = False,
         on_conflict: Callable[[ResultExistsError], None] | None = None,
+        axes: str | None = None,
+        on_axes_unknown: Callable[[str], None] | None = None,
     ) -> GeneratorWorker | None:
         """Segment and measure every image of ``inputs`` into ``out_dir`` in a worker, as
         ``napari-mutualseg predict`` does (:class:`napari_mutualseg.batch.BatchRun`, in this
@@ -323,11 +325,21 @@ class RunController(QObject):
 
         Results in ``out_dir`` that this run did not make (another model, other options)
         are replaced with ``overwrite``; otherwise they go to ``on_conflict`` (on the main
-        thread, once the run has ended) or, without it, are said as an error."""
+        thread, once the run has ended) or, without it, are said as an error. ``axes`` says
+        what the images' axes are where their files do not; when no image could be segmented
+        because no file said them, one such image's reason goes to ``on_axes_unknown``."""
         if not self._can_segment():
             return None
         self.segmenting = FolderRun(
-            self, inputs, out_dir, tile_size, track, overwrite=overwrite, on_conflict=on_conflict
+            self,
+            inputs,
+            out_dir,
+            tile_size,
+            track,
+            overwrite=overwrite,
+            on_conflict=on_conflict,
+            axes=axes,
+            on_axes_unknown=on_axes_unknown,
         )
         return self.segmenting.worker
 

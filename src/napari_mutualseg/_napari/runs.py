@@ -389,6 +389,10 @@ class PredictionRun(_SegmentJob):
             controller.notify(note, "warning")
 
 
+#: What a folder's image says when its file does not say its axes (readers.AxesUnknownError).
+AXES_UNKNOWN = "whose axes the file does not say"
+
+
 class FolderRun(_SegmentJob):
     """Segment and measure every image of a folder into an output folder, in this process, as
     ``napari-mutualseg predict`` does (:class:`napari_mutualseg.batch.BatchRun`)."""
@@ -404,12 +408,15 @@ class FolderRun(_SegmentJob):
         track: bool = False,
         overwrite: bool = False,
         on_conflict: Callable[[ResultExistsError], None] | None = None,
+        axes: str | None = None,
+        on_axes_unknown: Callable[[str], None] | None = None,
     ) -> None:
         from ..batch import BatchOptions, BatchRun
 
-        pair, options = controller.pair, BatchOptions(tile_size=tile_size, track=track)
+        options = BatchOptions(tile_size=tile_size, track=track, axes=axes)
+        pair = controller.pair
         self._stop = threading.Event()
-        self.on_conflict = on_conflict
+        self.on_conflict, self.on_axes_unknown = on_conflict, on_axes_unknown
         worker = make_worker(
             controller,
             f"segmenting the images of {', '.join(inputs)}",
@@ -454,3 +461,12 @@ class FolderRun(_SegmentJob):
             "warning" if counts["failed"] else "info",
         )
         self.controller.batch_done.emit(run)
+        failed = [r.reason for r in run.results if r.status == "failed"]
+        if (
+            self.on_axes_unknown is not None
+            and failed
+            and not counts["done"]
+            and all(AXES_UNKNOWN in reason for reason in failed)
+        ):
+            # every image failed for want of its axes, which the panel can ask for
+            self.on_axes_unknown(failed[0])

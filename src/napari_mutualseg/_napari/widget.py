@@ -17,6 +17,7 @@ from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QFrame,
+    QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -349,6 +350,7 @@ class MutualSegWidget(QWidget):
         out_dir: str | Path,
         *,
         overwrite: bool = False,
+        axes: str | None = None,
         block: bool = False,
     ) -> Any:
         """Segment and measure every image of a folder in the background, as the command
@@ -366,6 +368,9 @@ class MutualSegWidget(QWidget):
             Segment every image again, replacing results already in ``out_dir`` (those of
             another model or other options among them: without it, they are refused, with
             an error notification).
+        axes : str, optional
+            What each axis of the images is (``"ZYX"``, ``"TYX"``, ``"CYX"``...) where their
+            files do not say (the panel asks when no image could be segmented without them).
         block : bool
             Wait (keeping the viewer responsive) until the run is over.
 
@@ -374,7 +379,7 @@ class MutualSegWidget(QWidget):
         GeneratorWorker or None
             The worker, or ``None`` after a notification.
         """
-        return self._segment_folder(images, out_dir, overwrite=overwrite, block=block)
+        return self._segment_folder(images, out_dir, overwrite=overwrite, axes=axes, block=block)
 
     def _segment_folder(
         self,
@@ -382,11 +387,12 @@ class MutualSegWidget(QWidget):
         out_dir: str | Path,
         *,
         overwrite: bool = False,
+        axes: str | None = None,
         block: bool = False,
         ask: bool = False,
     ) -> Any:
         inputs = [str(p) for p in (images if isinstance(images, list) else [images])]
-        controller, on_conflict = self.controller, None
+        controller, on_conflict, on_axes_unknown = self.controller, None, None
         if ask:  # weakly: the run outlives a closed panel, which then asks nothing
             this = weakref.ref(self)
 
@@ -396,7 +402,12 @@ class MutualSegWidget(QWidget):
                     how = "segment the folder again from the panel and answer Replace"
                     controller.notify(err.advice(how), "error")
                 else:
-                    widget._replace_results(inputs, out_dir, err)
+                    widget._replace_results(inputs, out_dir, err, axes)
+
+            def on_axes_unknown(reason: str) -> None:
+                widget = this()
+                if widget is not None and not widget._closed:
+                    widget._ask_axes(inputs, out_dir, reason)
 
         worker = controller.segment_folder(
             inputs,
@@ -405,6 +416,8 @@ class MutualSegWidget(QWidget):
             track=self.settings.track,
             overwrite=overwrite,
             on_conflict=on_conflict,
+            axes=axes,
+            on_axes_unknown=on_axes_unknown,
         )
         return self._started(worker, block)
 
@@ -412,17 +425,32 @@ class MutualSegWidget(QWidget):
         # the panel's button: results in the way are the user's to replace, asked in a dialog
         self._segment_folder(images, out_dir, ask=True)
 
-    def _replace_results(self, inputs: list[str], out_dir: str | Path, err: Any) -> None:
+    def _replace_results(
+        self, inputs: list[str], out_dir: str | Path, err: Any, axes: str | None = None
+    ) -> None:
         """Ask whether to replace the results in the way; segment again, replacing them, on
         yes."""
         if self._confirm_replace(err):
-            self._segment_folder(inputs, out_dir, overwrite=True)
+            self._segment_folder(inputs, out_dir, overwrite=True, axes=axes, ask=True)
         else:
             self.controller.notify(
                 f"{err.reason}; nothing was segmented and those results are kept. "
                 f"To segment this folder, {err.remedy}.",
                 "warning",
             )
+
+    def _ask_axes(self, inputs: list[str], out_dir: str | Path, reason: str) -> None:
+        """No image of the folder says its axes: ask for them, and segment the folder again
+        with them (the advice of the reason, ``--axes``, is the command line's)."""
+        said = reason.split(": say what each axis is")[0]
+        text, ok = QInputDialog.getText(
+            self,
+            "Axes of the images",
+            f"{said}.\n\nWhat is each axis of these images? For example ZYX (z-stacks), TYX "
+            "(time series), CYX (channels), CZYX or TZYX:",
+        )
+        if ok and text.strip():
+            self._segment_folder(inputs, out_dir, axes=text.strip().upper(), ask=True)
 
     def _confirm_replace(self, err: Any) -> bool:
         box = QMessageBox(
