@@ -420,7 +420,7 @@ def test_a_folder_of_images_without_axes_asks_for_them(thresholded, tmp_path, qt
     import tifffile
     from qtpy.QtWidgets import QInputDialog
 
-    _viewer, widget = thresholded
+    viewer, widget = thresholded
     folder, out = tmp_path / "plate", tmp_path / "results"
     folder.mkdir()
     for k in range(2):  # z-stacks, saved without axes
@@ -443,3 +443,7 @@ def test_a_folder_of_images_without_axes_asks_for_them(thresholded, tmp_path, qt
     # a script gives them
     widget.segment_folder(folder, tmp_path / "again", axes="ZYX", block=True)
     assert (tmp_path / "again" / "f1_cells.csv").exists() and len(asked) == 1
+    # a click on a row opens the image with the axes the run was given
+    layer = widget.summary.open(0)
+    assert layer is not None and layer.data.shape == (3, 64, 64)
+    assert tuple(viewer.layers["f0.tif"].axis_labels) == ("z", "y", "x")

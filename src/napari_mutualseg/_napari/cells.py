@@ -464,6 +464,7 @@ class FolderSummary(QGroupBox):
         self.viewer = viewer
         self.notify = notify
         self.results = run.results_in_order()
+        self.axes = run.options.axes  # the axes the run was told, for files that do not say
         rows = [
             {
                 "image": r.job.name,
@@ -509,7 +510,7 @@ class FolderSummary(QGroupBox):
             self.notify(f"{job.name}: {result.status}. {reason}".strip(), "warning")
             return None
         try:
-            image = AxisImage.from_file(job.source, lazy=True)
+            image = AxisImage.from_file(job.source, axes=self.axes, lazy=True)
             labels = read_labels(job.labels)
             table = read_table(job.table)
         except (OSError, ValueError) as err:
