@@ -447,3 +447,21 @@ def test_a_folder_of_images_without_axes_asks_for_them(thresholded, tmp_path, qt
     layer = widget.summary.open(0)
     assert layer is not None and layer.data.shape == (3, 64, 64)
     assert tuple(viewer.layers["f0.tif"].axis_labels) == ("z", "y", "x")
+
+
+def test_a_stopped_folder_of_images_without_axes_asks_nothing(thresholded, tmp_path, monkeypatch):
+    import tifffile
+    from qtpy.QtWidgets import QInputDialog
+
+    _viewer, widget = thresholded
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    for k in range(3):
+        stack = np.stack([disc_image(seed=k)[0]] * 3)
+        tifffile.imwrite(folder / f"f{k}.tif", stack, photometric="minisblack")
+    asked = []
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a: asked.append(a) or ("ZYX", True))
+    widget.model.folder_requested.emit(str(folder), str(tmp_path / "results"))
+    widget.stop()
+    widget.wait()
+    assert "Folder stopped" in widget.status.text() and asked == []

@@ -464,8 +464,9 @@ class FolderRun(_SegmentJob):
         failed = [r.reason for r in run.results if r.status == "failed"]
         if (
             self.on_axes_unknown is not None
+            and not run.cancelled  # stopped: the user asked for nothing more
             and failed
-            and not counts["done"]
+            and not counts["done"] + counts["skipped"]  # else other files said theirs
             and all(AXES_UNKNOWN in reason for reason in failed)
         ):
             # every image failed for want of its axes, which the panel can ask for
