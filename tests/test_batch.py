@@ -35,6 +35,7 @@ from napari_mutualseg.cli import main
 from napari_mutualseg.cluster import check_scheduler
 from napari_mutualseg.image_task import process_image
 from napari_mutualseg.images import AxisImage
+from napari_mutualseg.io import write_labels, written_as
 from napari_mutualseg.jobs import plan_jobs
 from napari_mutualseg.models import ModelPair, build_unet
 from napari_mutualseg.ome import PixelSize
@@ -125,6 +126,14 @@ def test_inputs_are_files_folders_and_patterns_but_never_the_results(model, tmp_
     list(BatchRun(model, [tmp_path / "in"], tmp_path / "in", OPTIONS, workers=0))
     assert (tmp_path / "in" / "one_cells.tif").exists()
     assert find_images([tmp_path / "in"]) == [second, first]
+    # nor is a supervision saved among the images (by supervise --out, or from napari), or
+    # labels moved away from their record; named on its own, a file is taken as it is
+    supervision = write_labels(
+        tmp_path / "in" / "one_boxes.tif", np.ones((8, 8), np.uint8), kind="supervision"
+    )
+    moved = write_labels(tmp_path / "in" / "deep" / "old.tif", np.ones((8, 8), np.int32))
+    assert find_images([tmp_path / "in"]) == [second, first]
+    assert find_images([supervision, moved]) == [supervision, moved]
     with pytest.raises(FileNotFoundError, match="not found"):
         find_images([tmp_path / "nope"])
     (tmp_path / "empty").mkdir()
@@ -239,6 +248,8 @@ def test_named_files_and_maps_beside_the_inputs_are_taken_as_they_should(model, 
     assert _predict(capsys, model, folder, *maps)[0] == 0
     code, text = _predict(capsys, model, folder, *maps)
     assert code == 0 and "1 skipped" in text  # the same command again
+    maps_written = sorted((folder / "checks").glob("*.tif"))
+    assert [written_as(p) for p in maps_written] == ["disagreement"]
     # results of earlier runs found in a searched folder are not images
     assert find_images([folder]) == [folder / "a.tif"]
 

@@ -260,7 +260,7 @@ def _segment(
 
         tif, table = job.disagreement
         quantised = np.round(result.disagreement.astype(np.float32) * 255).astype(np.uint8)
-        write_labels(tif, quantised, overwrite=overwrite)
+        write_labels(tif, quantised, overwrite=overwrite, kind="disagreement")
         write_table(table, spot_table(result.spots), overwrite=overwrite)
         notes.append(f"{len(result.spots)} cells and regions to check")
     return labels, notes

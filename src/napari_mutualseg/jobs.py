@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .blockwise import DEFAULT_BLOCK_SIZE, check_blocks
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, check_tiling
-from .io import BIOIO_SUFFIXES, IMAGE_SUFFIXES, output_paths
+from .io import BIOIO_SUFFIXES, IMAGE_SUFFIXES, output_paths, written_as
 from .readers import is_zarr
 
 if TYPE_CHECKING:
@@ -295,7 +295,9 @@ def _an_output(path: Path) -> bool:
 def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """The image files that inputs name: files, folders (searched with their subfolders)
     and glob patterns (``plate1/**/*.tif``), each image once, in the order given. The results
-    of earlier runs found by a search are left out; a file named by the user is taken as it is.
+    of earlier runs and the label files this package wrote (supervisions, labels: their TIFF
+    header says so, :func:`napari_mutualseg.io.written_as`) found by a search are left out; a
+    file named by the user is taken as it is.
 
     Parameters
     ----------
@@ -331,7 +333,9 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             matches = [path]
         for path in matches:
             searched = _images_in(path) if path.is_dir() and not is_zarr(path) else [path]
-            found += [p for p in searched if not _an_output(p)]
+            # this package's label files (a supervision saved beside the images, results
+            # of an earlier version) are not images; a file named on its own still is
+            found += [p for p in searched if not _an_output(p) and written_as(p) is None]
     seen: set[str] = set()
     unique = []
     for path in found:  # a folder and a pattern may name the same file
