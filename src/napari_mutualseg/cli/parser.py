@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
+#: The box files ``supervise`` and ``train`` read (``box_tables.read_box_table``).
+BOX_FILES = (
+    "napari Shapes CSV, a y0,x0,y1,x1 CSV, a Fiji ROI set (.zip, .roi) or QuPath GeoJSON "
+    "rectangles"
+)
+
 #: The model argument of ``predict`` and ``info``.
 _MODEL_HELP = "model file (.pt) written by train, demo or the plugin's Save model"
 
@@ -115,7 +121,7 @@ def _add_image_options(p: argparse.ArgumentParser, channels: bool = True) -> Non
 def _add_supervise(sub: Subparsers) -> None:
     p = sub.add_parser("supervise", help="boxes -> ellipse supervision (class map TIFF)")
     p.add_argument("image", help="the image the boxes were drawn on")
-    p.add_argument("--boxes", required=True, help="box CSV (napari Shapes CSV or y0,x0,y1,x1)")
+    p.add_argument("--boxes", required=True, help=f"the boxes: {BOX_FILES}")
     p.add_argument("--out", required=True, help="class map TIFF to write")
     p.add_argument("--instances-out", help="also write the per-box instance map here")
     p.add_argument(
@@ -136,8 +142,8 @@ def _add_train(sub: Subparsers) -> None:
         "--boxes",
         nargs="+",
         required=True,
-        metavar="CSV",
-        help="one CSV per image, or one CSV with an 'image' column",
+        metavar="FILE",
+        help=f"one box file per image ({BOX_FILES}), or one CSV with an 'image' column",
     )
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument(
