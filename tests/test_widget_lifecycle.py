@@ -328,6 +328,18 @@ def test_closing_another_viewer_leaves_this_viewers_job_running(
     assert len(widget.history) < 10
 
 
+def test_a_training_stopped_before_it_began_is_no_task_of_its_viewer(make_napari_viewer):
+    """Stopped while its layers were made: napari must not ask, when the viewer closes,
+    whether to stop a task that never ran."""
+    viewer = make_napari_viewer()
+    widget, _image = boxed_widget(viewer)
+    assert widget.train() is not None
+    widget.stop()
+    widget.wait()
+    assert widget.history == [] and not widget.is_training
+    assert viewer.window._task_status_manager.get_status() == []
+
+
 def test_a_finished_job_leaves_nothing_alive_in_naparis_task_list(thresholded):
     """napari keeps every task it listed; the plugin's keep no worker, model or image."""
     import gc

@@ -115,17 +115,21 @@ def make_worker(
         if alive is not None:
             alive.quit()
 
-    try:
-        task = register("napari-mutualseg", Status.PENDING, description, cancel_callback=cancel)
-    except Exception:  # a task list that takes other arguments: the job runs unlisted
-        return worker
+    # listed once it runs: a job stopped before it began (Stop while its layers were made)
+    # would stay listed as pending, and napari would ask about it when the viewer closes
+    task: list[Any] = []
 
-    def status(state: Status) -> None:
-        with contextlib.suppress(Exception):  # a window already closed
-            update(task, state, description)
+    def started() -> None:
+        with contextlib.suppress(Exception):  # a task list that takes other arguments
+            task.append(register("napari-mutualseg", Status.BUSY, description, cancel))
 
-    worker.started.connect(lambda: status(Status.BUSY))
-    worker.finished.connect(lambda: status(Status.COMPLETED))
+    def finished() -> None:
+        if task:
+            with contextlib.suppress(Exception):  # a window already closed
+                update(task[0], Status.COMPLETED, description)
+
+    worker.started.connect(started)
+    worker.finished.connect(finished)
     return worker
 
 
