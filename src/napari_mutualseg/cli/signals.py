@@ -94,7 +94,7 @@ def report_interrupt(err: KeyboardInterrupt) -> int:
     """
     signum = getattr(err, "signum", signal.SIGINT)
     detail = getattr(err, "detail", "") or (
-        "every file reported as written is complete; nothing else was written"
+        "every file reported as written is complete, and no file is left half written"
     )
     # on a line of its own: the signal may have cut a progress bar (or ^C) short
     print(f"\ninterrupted ({signal.Signals(signum).name}): {detail}.", file=sys.stderr)
