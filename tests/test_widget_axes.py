@@ -8,6 +8,7 @@ import pytest
 
 from helpers import disc_image, messages, rectangles
 from napari_mutualseg._napari.axes import layer_axes
+from napari_mutualseg._napari.layers import CLASS_COLORS
 from napari_mutualseg.supervision import CELL, IGNORE
 
 
@@ -193,6 +194,28 @@ def test_a_file_opens_with_its_axes_and_pixel_size(viewer_widget, tmp_path, note
     with pytest.raises(Exception, match="Cannot read"):
         viewer.open(broken, plugin="napari-mutualseg")
     assert sum("set Axes" in m for m in messages(notes, "warning")) == 1
+
+
+def test_label_files_of_the_package_open_as_labels(make_napari_viewer, tmp_path):
+    from napari_mutualseg.io import write_labels
+    from napari_mutualseg.ome import PixelSize
+
+    viewer = make_napari_viewer()
+    cells = np.zeros((20, 30), np.int32)
+    cells[2:8, 3:9], cells[10:15, 12:20] = 1, 2
+    sup = np.where(cells > 0, 1, 0).astype(np.uint8)
+    sup[0] = 255
+    pixel = PixelSize(0.5, 0.5, "µm")
+    write_labels(tmp_path / "x_cells.tif", cells, pixel_size=pixel)
+    write_labels(tmp_path / "x supervision.tif", sup, kind="supervision")
+    [labels] = viewer.open(tmp_path / "x_cells.tif", plugin="napari-mutualseg")
+    assert labels._type_string == "labels" and labels.name == "x_cells"
+    np.testing.assert_array_equal(labels.data, cells)
+    np.testing.assert_allclose(labels.scale, (0.5, 0.5))
+    [painted] = viewer.open(tmp_path / "x supervision.tif", plugin="napari-mutualseg")
+    assert painted._type_string == "labels"
+    # in the class colours the plugin shows supervisions in: ignore (255) is grey, not random
+    np.testing.assert_allclose(painted.colormap.map(255), CLASS_COLORS[255], atol=1e-6)
 
 
 def test_channels_named_in_the_file_are_picked_by_name(viewer_widget, tmp_path, notes):

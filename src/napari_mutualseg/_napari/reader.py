@@ -6,6 +6,8 @@ from its metadata (ImageJ and OME-TIFF, OME-Zarr, CZI / ND2 / LIF with the ``bio
 large files lazily. The layer gets the axes as its axis labels (which the dock widget reads
 and napari names its sliders after), the channel axis first, the pixel size as its scale.
 A file whose axes are not written in it opens as stored, and a warning says to set its axes.
+Label files this package wrote (cells, a supervision) open as Labels layers, a supervision
+in its class colours, so that its paint can be reused or a result checked.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..io import BIOIO_SUFFIXES, TIFF_SUFFIXES, image_stem
+from ..io import BIOIO_SUFFIXES, TIFF_SUFFIXES, image_stem, written_as
 from ..readers import AxesUnknownError, is_zarr
 
 if TYPE_CHECKING:
@@ -49,7 +51,17 @@ def read_layers(path: str) -> list[LayerData]:
         # all raises: napari says why)
         show_warning(f"{Path(path).name}: {err} In the dock widget, set Axes instead.")
         return [(err.data, {"name": name}, "image")]
-    return [image_layer(image, name)]
+    layer = image_layer(image, name)
+    kind = written_as(path)
+    if kind in ("labels", "supervision"):
+        from .layers import class_layer_kwargs
+
+        data, kwargs, _ = layer
+        del kwargs["rgb"]
+        if kind == "supervision":
+            kwargs.update(class_layer_kwargs())
+        return [(data, kwargs, "labels")]
+    return [layer]
 
 
 def image_layer(image: AxisImage, name: str) -> LayerData:
