@@ -302,7 +302,7 @@ def test_refreshes_are_coalesced(scene, monkeypatch):
     assert len(widget.training.loss_plot.losses) == 6  # the loss curve still gets every round
 
 
-def test_stack_is_trained_plane_by_plane(viewer_widget, qtbot):
+def test_stack_is_trained_plane_by_plane(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     widget.settings.update(rounds=1, steps_per_round=2)
     a, rows_a = disc_image()
@@ -312,6 +312,12 @@ def test_stack_is_trained_plane_by_plane(viewer_widget, qtbot):
     boxes = widget.new_boxes_layer()
     assert boxes.ndim == 3
     boxes.add_rectangles(rectangles(rows_a, plane=0) + rectangles(rows_b, plane=1))
+    beyond = viewer.add_shapes(rectangles(rows_a, plane=5), shape_type="rectangle", name="b5")
+    widget.boxes_layer = beyond  # scripted past the last plane: said so, not "plane -1.0"
+    assert widget.generate_supervision() is None
+    said = "Shape 0 lies beyond the planes of the image, ZYX (3 z-planes)"
+    assert any(said in m for m in messages(notes, "error")), messages(notes)
+    widget.boxes_layer = boxes
     sup = widget.generate_supervision()
     assert sup.data.shape == stack.data.shape
     assert (sup.data[2] == IGNORE).all()  # no boxes on plane 2: not annotated

@@ -224,7 +224,16 @@ def _plane_coords(verts: list[np.ndarray], axes: LayerAxes) -> list[np.ndarray]:
     (channels dropped), or as (y, x) for an image of one plane."""
     if not axes.stacked:
         return [v[:, -2:] for v in verts]
-    return [np.array([[axes.plane_of(p), *p[-2:]] for p in v]) for v in verts]
+    coords = []
+    for k, v in enumerate(verts):
+        planes = [axes.plane_of(p) for p in v]
+        if min(planes) < 0:
+            raise ValueError(
+                f"Shape {k} lies beyond the planes of the image, {axes.describe()}: draw it "
+                "on one of the image's planes, with the image shown."
+            )
+        coords.append(np.array([[plane, *p[-2:]] for plane, p in zip(planes, v, strict=True)]))
+    return coords
 
 
 #: Shapes that outline a region (a path counts when its ends meet: :func:`_closed`).
