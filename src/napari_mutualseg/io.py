@@ -31,6 +31,7 @@ __all__ = [
     "BIOIO_SUFFIXES",
     "IMAGE_SUFFIXES",
     "LABEL_KINDS",
+    "LABEL_KIND_WORDS",
     "MIN_FREE",
     "NAPARI_2D",
     "NAPARI_3D",
@@ -65,6 +66,12 @@ BIOIO_SUFFIXES = (".czi", ".nd2", ".lif")
 #: which survives copies and renames and which :func:`written_as` reads back, so that these
 #: files are not taken for images (a supervision saved into a folder of images).
 LABEL_KINDS = ("labels", "supervision", "disagreement")
+#: Each kind of :data:`LABEL_KINDS` in a message's words.
+LABEL_KIND_WORDS = {
+    "labels": "cell labels",
+    "supervision": "a supervision (class map)",
+    "disagreement": "a disagreement map",
+}
 _SOFTWARE = "napari-mutualseg"
 
 

@@ -246,18 +246,17 @@ def painted_supervisions(
 ) -> list[np.ndarray | None]:
     """The class maps of ``--supervision``, one per plane of the images, as the engine's
     ``labels``: each file holds its image's labels shape (a stack: every plane)."""
-    from ..io import read_image, written_as
+    from ..io import LABEL_KIND_WORDS, read_image, written_as
     from ..supervision import check_class_map
 
     for path in paths:
         kind = written_as(path)
         # cells numbered 1 and 2 would pass as classes: cell 2 learnt as boundary
         if kind in ("labels", "disagreement"):
-            what = "cell labels" if kind == "labels" else "a disagreement map"
             raise ValueError(
-                f"{path} holds {what} written by napari-mutualseg, not a supervision (class "
-                "map): give the file that supervise wrote (0 background, 1 cell, 2 boundary, "
-                "255 ignore), painted on as you like."
+                f"{path} holds {LABEL_KIND_WORDS[kind]} written by napari-mutualseg, not a "
+                "supervision (class map): give the file that supervise wrote (0 background, "
+                "1 cell, 2 boundary, 255 ignore), painted on as you like."
             )
     if len(paths) != len(loaded):
         raise ValueError(

@@ -63,15 +63,15 @@ def format_metrics(m: dict[str, float]) -> str:
 
 def _label_image(path: str) -> np.ndarray:
     """An instance label image from ``path``, or a ValueError that says why it is not one."""
-    from ..io import read_image, written_as
+    from ..io import LABEL_KIND_WORDS, read_image, written_as
     from ..metrics import not_instance_labels
 
     kind = written_as(path)
     if kind in ("supervision", "disagreement"):
-        what = "a supervision (class map)" if kind == "supervision" else "a disagreement map"
         raise ValueError(
-            f"{path} is {what} written by napari-mutualseg, not instance labels: evaluate "
-            "compares instance labels, such as predict and train --labels-out write."
+            f"{path} is {LABEL_KIND_WORDS[kind]} written by napari-mutualseg, not instance "
+            "labels: evaluate compares instance labels, such as predict and train "
+            "--labels-out write."
         )
     image = np.asarray(read_image(path))
     while image.ndim > 2 and image.shape[0] == 1:
