@@ -182,8 +182,11 @@ def test_a_file_opens_with_its_axes_and_pixel_size(viewer_widget, tmp_path, note
     [layer] = viewer.open(path, plugin="napari-mutualseg")
     assert tuple(layer.axis_labels) == ("c", "y", "x")
     np.testing.assert_allclose(layer.scale[-2:], (0.5, 0.5))
+    # in µm for napari's scale bar and cursor, and the boxes drawn on it too
+    assert tuple(map(str, layer.units)) == ("pixel", "micrometer", "micrometer")
     widget.image_layer = layer
     assert widget.image_axes == "CYX"
+    assert widget.new_boxes_layer().units == layer.units
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, data)  # no axes written: opened as stored, the user is told
     [unnamed] = viewer.open(plain, plugin="napari-mutualseg")

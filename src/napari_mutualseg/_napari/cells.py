@@ -519,7 +519,7 @@ class FolderSummary(QGroupBox):
         # as File > Open shows it: axes and pixel size, so that it lines up with other images
         data, kwargs, _ = image_layer(image, job.name)
         self.viewer.add_image(data, **kwargs)
-        scale = kwargs["scale"][-labels.ndim :]
-        layer = self.viewer.add_labels(labels, name=f"{job.name} cells", scale=scale)
+        place = {k: kwargs[k][-labels.ndim :] for k in ("scale", "units") if k in kwargs}
+        layer = self.viewer.add_labels(labels, name=f"{job.name} cells", **place)
         show_table(layer, table)
         return layer

@@ -184,6 +184,7 @@ class DataPanel(QGroupBox):
         kw: dict[str, Any] = {"edge_width": 1.0}
         if image is not None:
             kw.update(ndim=image.ndim, scale=image.scale, translate=image.translate)
+            kw["units"] = image.units  # boxes in the image's units: napari's scale bar keeps them
             kw["edge_width"] = max(1.0, float(sum(image.scale[-2:]) / 2))
         viewer = self.viewer
         layer = viewer.add_shapes(

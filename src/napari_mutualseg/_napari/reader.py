@@ -85,5 +85,21 @@ def image_layer(image: AxisImage, name: str) -> LayerData:
         "axis_labels": tuple(a.lower() for a in named),
         "scale": tuple(float(image.pixel_size.get(a, 1.0)) for a in named),
         "metadata": meta,
+        **_units(image, named),
     }
     return data, kwargs, "image"
+
+
+def _units(image: AxisImage, named: str) -> dict[str, Any]:
+    """The layer's units: the file's length unit on the axes whose pixel size it gives, so
+    that napari's scale bar and cursor read in µm; none when napari does not know the unit."""
+    import pint  # napari's own units library, with its registry
+
+    sized = [a for a in named if a in "ZYX" and a in image.pixel_size]
+    if not image.unit or not sized:
+        return {}
+    try:
+        pint.get_application_registry().Unit(image.unit)
+    except Exception:  # pint's errors for a name it does not know have no common base
+        return {}
+    return {"units": tuple(image.unit if a in sized else "pixel" for a in named)}
