@@ -359,7 +359,7 @@ def test_results_of_other_options_in_the_folder_are_replaced_only_when_the_user_
     answer(QMessageBox.StandardButton.Cancel)
     widget.model.folder_requested.emit(str(folder), str(out))  # the panel's dialogs' answer
     qtbot.waitUntil(lambda: len(asked) == 1 and not widget.is_busy, timeout=TIMEOUT)
-    assert "made with other options (tile_size 64 -> 48)" in asked[0]
+    assert "made with other options (tile size 64 -> 48)" in asked[0]
     assert "--" not in asked[0] and "overwrite=True" not in asked[0]
     assert json.loads(record.read_text())["options"]["tile_size"] == 64  # kept
     warning = messages(notes, "warning")[-1]

@@ -122,6 +122,14 @@ class BatchOptions:
         return self.block_size or DEFAULT_BLOCK_SIZE
 
 
+_MISSING = object()
+
+
+def _option_value(value: Any) -> str:
+    """An option's value for people: ``None`` (left to the model or the image) as default."""
+    return "default" if value is None else str(value)
+
+
 @dataclass(frozen=True)
 class ImageJob:
     """One input image and where its results go."""
@@ -199,10 +207,12 @@ class ImageJob:
             return f"{self.labels} was made by another model"
         old = found.get("options")
         if old != expected["options"]:
+            before = old if isinstance(old, dict) else {}
+            # in words every face shares ("tile size", not tile_size or --tile-size)
             changed = [
-                f"{k} {old.get(k) if isinstance(old, dict) else None} -> {v}"
+                f"{k.replace('_', ' ')} {_option_value(before.get(k))} -> {_option_value(v)}"
                 for k, v in expected["options"].items()
-                if not isinstance(old, dict) or old.get(k) != v
+                if before.get(k, _MISSING) != v
             ]
             return f"{self.labels} was made with other options ({', '.join(changed)})"
         return None
