@@ -235,8 +235,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             reason = _unsafe_content(err)
         elif not head:
             reason = "the file is empty (0 bytes)"
-        elif _other_zip(path):
-            reason = f"it is a zip archive of other files ({_other_zip(path)}), not a model"
+        elif names := _other_zip(path):
+            reason = f"it is a zip archive of other files ({names}), not a model"
         elif head.startswith(_PICKLED):
             reason = (
                 "the file is damaged or incomplete (a broken copy or download, or a save that "
