@@ -245,8 +245,8 @@ def use_true_labels(trainer: MutualTrainer, masks: Sequence[np.ndarray]) -> Mutu
     """
     if len(masks) != len(trainer.contexts):
         raise ValueError(f"Got {len(masks)} masks for {len(trainer.contexts)} images.")
-    for ctx, mask in zip(trainer.contexts, masks, strict=True):
-        ctx.initial = true_classes(mask)
+    for ctx, mask, window in zip(trainer.contexts, masks, trainer.windows, strict=True):
+        ctx.initial = true_classes(mask[window])
     return trainer
 
 

@@ -296,6 +296,59 @@ def test_outside_the_annotated_region_stays_unlabelled_in_every_round(scene):
             assert (labels[~region] == IGNORE).all()
 
 
+def test_a_plane_annotated_in_part_trains_on_that_part_and_reports_the_whole_plane():
+    """Predictions between rounds cover the labelled pixels and a margin; reports and the
+    patches' labels keep the plane's shape."""
+    image, _, shapes = synthetic_scene((160, 160), 12, seed=5)
+    boxes = [b for b in boxes_from_shapes(shapes) if max(b.center) < 50]
+    assert boxes
+    region = np.zeros(image.shape, bool)
+    region[:50, :50] = True
+    region |= boxes_mask(image.shape, boxes)
+    partial = make_supervision(image.shape, boxes, region=region)
+    painted = partial.classes.copy()
+    painted[120:124, 10:14] = 0  # background painted outside the region is a label too
+    trainer = MutualTrainer(image, partial, TrainConfig(**TINY), labels=[painted])
+    rows, cols = trainer.windows[0]
+    margin = TINY["patch_size"] // 2
+    known = (partial.classes != IGNORE) | (painted != IGNORE)
+    assert rows.start == 0 and rows.stop == 124 + margin
+    assert cols.start == 0 and cols.stop == min(np.flatnonzero(known.any(0))[-1] + 1 + margin, 160)
+    outside = np.ones(image.shape, bool)
+    outside[rows, cols] = False
+    assert outside.any()
+    for report in trainer:
+        for name in ("classes_a", "instances", "disagreement"):
+            full = getattr(report, name)[0]
+            assert full.shape == image.shape and not full[outside].any()
+        assert report.probabilities[0].shape == (3, *image.shape)
+        for labels in (report.labels_a[0], report.labels_b[0]):
+            assert labels.shape == image.shape and (labels[outside] == IGNORE).all()
+            assert (labels[120:124, 10:14] == 0).all()
+        for net in trainer._trainers:  # patches are drawn from the whole plane
+            learnt = net.sampler.labels[0].numpy()
+            assert learnt.shape == image.shape and (learnt[outside] == IGNORE).all()
+            assert (learnt[120:124, 10:14] == 0).all() and (learnt[rows, cols] != IGNORE).any()
+    fully_boxed = MutualTrainer(image, make_supervision(image.shape, boxes), TrainConfig(**TINY))
+    assert fully_boxed.windows[0] == (slice(0, 160), slice(0, 160))
+
+
+def test_a_cropped_supervision_is_the_supervision_of_the_cropped_image(scene):
+    """Boxes move with the crop: the ellipses land on the same pixels."""
+    *_, sup = scene
+    window = (slice(7, 60), slice(12, 64))
+    cropped = sup.crop(window)
+    remade = make_supervision((53, 52), cropped.boxes)
+    inside = [b for b, c in zip(sup.boxes, cropped.boxes, strict=True) if c.within((53, 52))]
+    assert inside
+    np.testing.assert_array_equal(cropped.classes, sup.classes[window])
+    for box in inside:
+        k = sup.boxes.index(box) + 1
+        np.testing.assert_array_equal(
+            remade.instances == k, sup.instances[window] == k, err_msg=f"box {k}"
+        )
+
+
 def test_agreement_leaves_pixels_where_the_networks_disagree_ignored(scene):
     image, _, sup = scene
     trainer = MutualTrainer(

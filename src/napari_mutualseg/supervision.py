@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -90,6 +90,53 @@ class Supervision:
     boxes: list[Box]
     region: np.ndarray | None = None
     trusted: np.ndarray | None = None
+
+    def labelled_window(
+        self, labels: np.ndarray | None = None, margin: int = 0
+    ) -> tuple[slice, slice]:
+        """The rows and columns that hold every pixel training learns from, and ``margin``.
+
+        Those are the pixels that are not ignore (255) in :attr:`classes` or in ``labels``,
+        and the boxes (the exchange writes labels anywhere in a box).
+
+        Parameters
+        ----------
+        labels : numpy.ndarray, optional
+            The supervision as the user left it (painted over).
+        margin : int
+            Pixels of context kept around them, within the image.
+
+        Returns
+        -------
+        tuple of slice
+            ``(rows, cols)``; the whole image when no pixel is labelled.
+        """
+        known = self.classes != IGNORE
+        if labels is not None:
+            known |= labels != IGNORE
+        known |= boxes_mask(known.shape, self.boxes)
+        window = []
+        for axis, size in enumerate(known.shape):
+            used = np.flatnonzero(known.any(axis=1 - axis))
+            if not used.size:
+                return slice(0, known.shape[0]), slice(0, known.shape[1])
+            window.append(
+                slice(max(int(used[0]) - margin, 0), min(int(used[-1]) + 1 + margin, size))
+            )
+        return window[0], window[1]
+
+    def crop(self, window: tuple[slice, slice]) -> Supervision:
+        """This supervision on the ``(rows, cols)`` part of its image (boxes moved with it)."""
+        if tuple(window) == tuple(slice(0, n) for n in self.classes.shape):
+            return self
+        shift = np.array([window[0].start, window[1].start], float)
+        return Supervision(
+            classes=self.classes[window].copy(),
+            instances=self.instances[window].copy(),
+            boxes=[replace(b, center=tuple(np.asarray(b.center) - shift)) for b in self.boxes],
+            region=None if self.region is None else self.region[window].copy(),
+            trusted=None if self.trusted is None else self.trusted[window].copy(),
+        )
 
 
 def check_class_map(labels: np.ndarray, shape: Sequence[int], name: str) -> np.ndarray:

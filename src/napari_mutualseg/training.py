@@ -40,7 +40,7 @@ from .stepping import (
     guard_memory,
     train_round,
 )
-from .supervision import BACKGROUND, Supervision
+from .supervision import BACKGROUND, IGNORE, Supervision, check_class_map
 from .unet import N_CLASSES, UNet, build_unet
 
 T = TypeVar("T")
@@ -62,6 +62,11 @@ class RoundReport:
     pixels of all images counted together, the mean of A's and B's labels);
     ``found`` the fraction of boxes in which the ensemble found its cell (a round only counts
     as converged when most boxes have theirs).
+
+    Every array covers its whole image. Where an image is annotated in part (a region, or
+    corrected cells with the rest ignored) the networks predict only the labelled part and a
+    margin around it (:attr:`MutualTrainer.windows`); outside it the class maps, instances,
+    probabilities and disagreement are 0 and the labels ignore (255).
     """
 
     round: int
@@ -90,6 +95,23 @@ def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
     if pad_h or pad_w:
         image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
     return image
+
+
+def _training_window(
+    sup: Supervision, labels: np.ndarray | None, margin: int
+) -> tuple[slice, slice]:
+    """The part of a plane the networks predict between rounds.
+
+    A plane annotated in part (a region, corrected cells with the rest ignored) gives its
+    labelled pixels and ``margin`` of context: the exchange changes no label outside them,
+    and predicting a large plane whole every round would take most of the round. A window
+    that spares less than a quarter of the plane is the whole plane.
+    """
+    rows, cols = sup.labelled_window(labels, margin)
+    height, width = sup.classes.shape
+    if (rows.stop - rows.start) * (cols.stop - cols.start) > 0.75 * height * width:
+        return slice(0, height), slice(0, width)
+    return rows, cols
 
 
 def _resumed_config(config: TrainConfig, pair: ModelPair) -> TrainConfig:
@@ -188,6 +210,17 @@ class MutualTrainer:
     pair : ModelPair, optional
         Resume from these trained networks (they are copied, never changed in place).
 
+    Attributes
+    ----------
+    windows : list of tuple of slice
+        ``(rows, cols)`` of each supervised plane that the networks predict between rounds
+        (training patches come from the whole plane): the whole plane, or, where the plane
+        is annotated in part (a region, corrected cells with the rest ignored), its labelled
+        pixels and half a patch of context around them when that spares at least a quarter
+        of the plane.
+    plane_shapes : list of tuple of int
+        The ``(H, W)`` of each supervised plane, the shape of every report array.
+
     Raises
     ------
     ValueError
@@ -245,12 +278,30 @@ class MutualTrainer:
         supervisions = [sup for sup in supervisions if sup is not None]
         if labels is not None:
             labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
+            labels = [
+                check_class_map(lab, sup.classes.shape, "The edited supervision")
+                for lab, sup in zip(labels, supervisions, strict=True)
+            ]
         for i, (plane, sup) in enumerate(zip(planes, supervisions, strict=True)):
             if sup.classes.shape != plane.shape[-2:]:
                 raise ValueError(
                     f"Image {i} has shape {plane.shape[-2:]} but its supervision has shape "
                     f"{sup.classes.shape}; make the supervision from this image's shape."
                 )
+        self.plane_shapes = [sup.classes.shape for sup in supervisions]
+        self.windows = [
+            _training_window(sup, None if labels is None else labels[i], config.patch_size // 2)
+            for i, sup in enumerate(supervisions)
+        ]
+        windows = self.windows
+        # patches still come from the whole plane: on BBBC039 with a quarter of each image
+        # annotated, windowed patches lowered mAP on held-out images from 0.76 to 0.54-0.68
+        self._windowed = [
+            np.ascontiguousarray(p[:, r, c]) for p, (r, c) in zip(planes, windows, strict=True)
+        ]
+        supervisions = [sup.crop(w) for sup, w in zip(supervisions, windows, strict=True)]
+        if labels is not None:
+            labels = [lab[w] for lab, w in zip(labels, windows, strict=True)]
         self.device = select_device(config.device)
         self.device_name = describe_device(self.device)
         self.images = planes
@@ -359,7 +410,7 @@ class MutualTrainer:
                 return
             snapshot = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
             try:
-                report = self._round(r, targets, streams)
+                report, targets = self._round(r, targets, streams)
             except BaseException as err:
                 # cancelled or failed (a NaN loss, out of memory): the pair stays as of the
                 # last completed round, as :attr:`pair` promises
@@ -378,15 +429,15 @@ class MutualTrainer:
                     "device": report.device,
                 }
             )
-            targets = [report.labels_a, report.labels_b]
             yield report
             if report.converged:
                 return
 
     def _round(
         self, r: int, targets: list[list[np.ndarray]], streams: CudaStreams | None
-    ) -> RoundReport:
-        """Train round ``r`` on ``targets`` (A's, B's) and exchange: the round's report.
+    ) -> tuple[RoundReport, list[list[np.ndarray]]]:
+        """Train round ``r`` on ``targets`` (A's, B's) and exchange: the round's report, and
+        A's and B's labels for the next round (in the training windows).
 
         Raises
         ------
@@ -401,7 +452,7 @@ class MutualTrainer:
         lr = cfg.learning_rate * (cfg.later_lr_factor if (r > 1 or self.resumed) else 1.0)
         for trainer, t in zip(self._trainers, targets, strict=True):
             trainer.set_learning_rate(lr)
-            trainer.sampler.set_labels(t)
+            trainer.sampler.set_labels(self._whole(t, IGNORE))
         losses = train_round(self._trainers, cfg.steps_per_round, self._cancel, r, streams)
         return self._guarded(
             lambda: self._report(r, targets, losses, start),
@@ -410,8 +461,9 @@ class MutualTrainer:
 
     def _report(
         self, r: int, targets: list[list[np.ndarray]], losses: list[float], start: float
-    ) -> RoundReport:
-        """Predict, exchange and report round ``r``, trained on ``targets`` from ``start``."""
+    ) -> tuple[RoundReport, list[list[np.ndarray]]]:
+        """Predict, exchange and report round ``r``, trained on ``targets`` from ``start``;
+        the next round's labels with it."""
         cfg = self.config
         models = self._pair.models
         probas = [self._predict(m) for m in models]
@@ -422,30 +474,45 @@ class MutualTrainer:
         found = self._found(ensemble)
         # labels that stop changing because the networks find nothing have not converged
         converged = r > 1 and changed < cfg.min_change and found >= 0.5
+        whole = self._whole
         report = RoundReport(
             round=r,
             rounds=cfg.rounds,
             loss_a=losses[0],
             loss_b=losses[1],
-            classes_a=[p.argmax(0).astype(np.uint8) for p in probas[0]],
-            classes_b=[p.argmax(0).astype(np.uint8) for p in probas[1]],
-            instances_a=self._instances(probas[0]),
-            instances_b=self._instances(probas[1]),
-            instances=self._instances(ensemble),
-            labels_a=new_targets[0],
-            labels_b=new_targets[1],
+            classes_a=whole([p.argmax(0).astype(np.uint8) for p in probas[0]]),
+            classes_b=whole([p.argmax(0).astype(np.uint8) for p in probas[1]]),
+            instances_a=whole(self._instances(probas[0])),
+            instances_b=whole(self._instances(probas[1])),
+            instances=whole(self._instances(ensemble)),
+            labels_a=whole(new_targets[0], IGNORE),
+            labels_b=whole(new_targets[1], IGNORE),
             changed=changed,
             seconds=time.perf_counter() - start,
             device=str(self.device),
             converged=converged,
             found=found,
-            probabilities=ensemble,
-            disagreement=[
-                disagreement_map(pa, pb).astype(np.float16) for pa, pb in zip(*probas, strict=True)
-            ],
+            probabilities=whole(ensemble),
+            disagreement=whole(
+                [
+                    disagreement_map(pa, pb).astype(np.float16)
+                    for pa, pb in zip(*probas, strict=True)
+                ]
+            ),
         )
         self._check()  # cancelled during the round's last pass: no report
-        return report
+        return report, new_targets
+
+    def _whole(self, arrays: list[np.ndarray], fill: int = 0) -> list[np.ndarray]:
+        """Arrays of the training windows laid out on their whole planes, ``fill`` around."""
+        out = []
+        for a, (rows, cols), shape in zip(arrays, self.windows, self.plane_shapes, strict=True):
+            if a.shape[-2:] != shape:
+                full = np.full((*a.shape[:-2], *shape), fill, a.dtype)
+                full[..., rows, cols] = a
+                a = full
+            out.append(a)
+        return out
 
     def _guarded(self, work: Callable[[], T], doing: str) -> T:
         """``work()`` (a prediction over the training images), running out of memory while
@@ -476,7 +543,7 @@ class MutualTrainer:
                 flips=cfg.exchange.flip_labels,
                 check=self._check,
             )
-            for im in self.images
+            for im in self._windowed
         ]
 
     def _instances(self, probas: list[np.ndarray]) -> list[np.ndarray]:
