@@ -296,9 +296,12 @@ def test_outside_the_annotated_region_stays_unlabelled_in_every_round(scene):
             assert (labels[~region] == IGNORE).all()
 
 
-def test_a_plane_annotated_in_part_trains_on_that_part_and_reports_the_whole_plane():
-    """Predictions between rounds cover the labelled pixels and a margin; reports and the
-    patches' labels keep the plane's shape."""
+def test_a_large_plane_annotated_in_part_is_predicted_between_rounds_where_labelled(
+    monkeypatch,
+):
+    """Rounds before the last predict the labelled pixels and a margin; the last round the
+    whole plane; reports and the patches' labels keep the plane's shape."""
+    monkeypatch.setattr(training, "WINDOW_MIN_PIXELS", 0)
     image, _, shapes = synthetic_scene((160, 160), 12, seed=5)
     boxes = [b for b in boxes_from_shapes(shapes) if max(b.center) < 50]
     assert boxes
@@ -317,20 +320,29 @@ def test_a_plane_annotated_in_part_trains_on_that_part_and_reports_the_whole_pla
     outside = np.ones(image.shape, bool)
     outside[rows, cols] = False
     assert outside.any()
-    for report in trainer:
-        for name in ("classes_a", "instances", "disagreement"):
-            full = getattr(report, name)[0]
-            assert full.shape == image.shape and not full[outside].any()
-        assert report.probabilities[0].shape == (3, *image.shape)
+    reports = list(trainer)
+    assert [r.round for r in reports] == [1, 2]
+    for report in reports:
+        predicted = report.probabilities[0].sum(0)
+        if report.round < report.rounds:
+            assert not predicted[outside].any() and not report.disagreement[0][outside].any()
+            assert (
+                not report.classes_a[0][outside].any() and not report.instances[0][outside].any()
+            )
+        np.testing.assert_allclose(predicted[~outside], 1.0, atol=1e-3)
         for labels in (report.labels_a[0], report.labels_b[0]):
             assert labels.shape == image.shape and (labels[outside] == IGNORE).all()
             assert (labels[120:124, 10:14] == 0).all()
-        for net in trainer._trainers:  # patches are drawn from the whole plane
-            learnt = net.sampler.labels[0].numpy()
-            assert learnt.shape == image.shape and (learnt[outside] == IGNORE).all()
-            assert (learnt[120:124, 10:14] == 0).all() and (learnt[rows, cols] != IGNORE).any()
+    np.testing.assert_allclose(reports[-1].probabilities[0].sum(0), 1.0, atol=1e-3)
+    for net in trainer._trainers:  # patches are drawn from the whole plane
+        learnt = net.sampler.labels[0].numpy()
+        assert learnt.shape == image.shape and (learnt[outside] == IGNORE).all()
+        assert (learnt[120:124, 10:14] == 0).all() and (learnt[rows, cols] != IGNORE).any()
     fully_boxed = MutualTrainer(image, make_supervision(image.shape, boxes), TrainConfig(**TINY))
     assert fully_boxed.windows[0] == (slice(0, 160), slice(0, 160))
+    monkeypatch.undo()
+    small = MutualTrainer(image, partial, TrainConfig(**TINY))
+    assert small.windows[0] == (slice(0, 160), slice(0, 160))
 
 
 def test_a_cropped_supervision_is_the_supervision_of_the_cropped_image(scene):

@@ -45,6 +45,10 @@ from .unet import N_CLASSES, UNet, build_unet
 
 T = TypeVar("T")
 
+#: Planes from this many pixels on are predicted between rounds only where they are labelled
+#: (:attr:`MutualTrainer.windows`); a smaller plane's whole prediction takes a few seconds.
+WINDOW_MIN_PIXELS = 2048 * 2048
+
 __all__ = ["ExchangeSettings", "MutualTrainer", "RoundReport", "TrainConfig", "TrainingError"]
 
 
@@ -63,10 +67,12 @@ class RoundReport:
     ``found`` the fraction of boxes in which the ensemble found its cell (a round only counts
     as converged when most boxes have theirs).
 
-    Every array covers its whole image. Where an image is annotated in part (a region, or
-    corrected cells with the rest ignored) the networks predict only the labelled part and a
-    margin around it (:attr:`MutualTrainer.windows`); outside it the class maps, instances,
-    probabilities and disagreement are 0 and the labels ignore (255).
+    Every array covers its whole image. Where a large image is annotated in part (a region,
+    or corrected cells with the rest ignored) the networks predict between rounds only the
+    labelled part and a margin around it (:attr:`MutualTrainer.windows`): outside it, the
+    class maps, instances, probabilities and disagreement are 0 and the labels ignore (255),
+    except in the round that ends training (the last, or one that converged), which is
+    predicted whole.
     """
 
     round: int
@@ -102,14 +108,16 @@ def _training_window(
 ) -> tuple[slice, slice]:
     """The part of a plane the networks predict between rounds.
 
-    A plane annotated in part (a region, corrected cells with the rest ignored) gives its
-    labelled pixels and ``margin`` of context: the exchange changes no label outside them,
-    and predicting a large plane whole every round would take most of the round. A window
-    that spares less than a quarter of the plane is the whole plane.
+    A plane of at least :data:`WINDOW_MIN_PIXELS` annotated in part (a region, corrected
+    cells with the rest ignored) gives its labelled pixels and ``margin`` of context: the
+    exchange changes no label outside them, and predicting a large plane whole every round
+    would take most of the round. A smaller plane, or a window that spares less than a
+    quarter of the plane, is the whole plane.
     """
     rows, cols = sup.labelled_window(labels, margin)
     height, width = sup.classes.shape
-    if (rows.stop - rows.start) * (cols.stop - cols.start) > 0.75 * height * width:
+    area = (rows.stop - rows.start) * (cols.stop - cols.start)
+    if height * width < WINDOW_MIN_PIXELS or area > 0.75 * height * width:
         return slice(0, height), slice(0, width)
     return rows, cols
 
@@ -214,10 +222,10 @@ class MutualTrainer:
     ----------
     windows : list of tuple of slice
         ``(rows, cols)`` of each supervised plane that the networks predict between rounds
-        (training patches come from the whole plane): the whole plane, or, where the plane
-        is annotated in part (a region, corrected cells with the rest ignored), its labelled
-        pixels and half a patch of context around them when that spares at least a quarter
-        of the plane.
+        (training patches come from the whole plane): the whole plane, or, where a plane of
+        at least :data:`WINDOW_MIN_PIXELS` is annotated in part (a region, corrected cells
+        with the rest ignored), its labelled pixels and half a patch of context around them
+        when that spares at least a quarter of the plane.
     plane_shapes : list of tuple of int
         The ``(H, W)`` of each supervised plane, the shape of every report array.
 
@@ -299,6 +307,9 @@ class MutualTrainer:
         self._windowed = [
             np.ascontiguousarray(p[:, r, c]) for p, (r, c) in zip(planes, windows, strict=True)
         ]
+        if all(w.shape == p.shape for w, p in zip(self._windowed, planes, strict=True)):
+            self._windowed = planes
+        self._supervisions = supervisions
         supervisions = [sup.crop(w) for sup, w in zip(supervisions, windows, strict=True)]
         if labels is not None:
             labels = [lab[w] for lab, w in zip(labels, windows, strict=True)]
@@ -452,7 +463,7 @@ class MutualTrainer:
         lr = cfg.learning_rate * (cfg.later_lr_factor if (r > 1 or self.resumed) else 1.0)
         for trainer, t in zip(self._trainers, targets, strict=True):
             trainer.set_learning_rate(lr)
-            trainer.sampler.set_labels(self._whole(t, IGNORE))
+            trainer.sampler.set_labels(self._on_planes(t, IGNORE))
         losses = train_round(self._trainers, cfg.steps_per_round, self._cancel, r, streams)
         return self._guarded(
             lambda: self._report(r, targets, losses, start),
@@ -466,15 +477,19 @@ class MutualTrainer:
         the next round's labels with it."""
         cfg = self.config
         models = self._pair.models
-        probas = [self._predict(m) for m in models]
-        new_targets = self._exchange(probas)
+        # the last round is reported on the whole planes, the others on the windows
+        probas = [self._predict(m, whole=r == cfg.rounds) for m in models]
+        new_targets = self._exchange([self._in_windows(p) for p in probas])
         # each network's labels over all images together, then the mean of A and B
         changed = float(np.mean([changed_fraction(targets[k], new_targets[k]) for k in range(2)]))
         ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
-        found = self._found(ensemble)
+        found = self._found(self._in_windows(ensemble))
         # labels that stop changing because the networks find nothing have not converged
         converged = r > 1 and changed < cfg.min_change and found >= 0.5
-        whole = self._whole
+        if converged and r < cfg.rounds and self._windowed is not self.images:
+            probas = [self._predict(m, whole=True) for m in models]
+            ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
+        whole = self._on_planes
         report = RoundReport(
             round=r,
             rounds=cfg.rounds,
@@ -503,8 +518,9 @@ class MutualTrainer:
         self._check()  # cancelled during the round's last pass: no report
         return report, new_targets
 
-    def _whole(self, arrays: list[np.ndarray], fill: int = 0) -> list[np.ndarray]:
-        """Arrays of the training windows laid out on their whole planes, ``fill`` around."""
+    def _on_planes(self, arrays: list[np.ndarray], fill: int = 0) -> list[np.ndarray]:
+        """Arrays of the windows laid out on their whole planes, ``fill`` around (arrays of
+        whole planes as they are)."""
         out = []
         for a, (rows, cols), shape in zip(arrays, self.windows, self.plane_shapes, strict=True):
             if a.shape[-2:] != shape:
@@ -532,7 +548,15 @@ class MutualTrainer:
         """A's and B's next labels (:func:`~napari_mutualseg.exchange.exchange_labels`)."""
         return exchange_labels(self.contexts, probas, self.config.exchange, check=self._check)
 
-    def _predict(self, model: UNet) -> list[np.ndarray]:
+    def _in_windows(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Arrays of whole planes cut to their windows (arrays of windows as they are)."""
+        return [
+            a[..., rows, cols] if a.shape[-2:] == shape else a
+            for a, (rows, cols), shape in zip(arrays, self.windows, self.plane_shapes, strict=True)
+        ]
+
+    def _predict(self, model: UNet, whole: bool = False) -> list[np.ndarray]:
+        """``model``'s probabilities on the windows, or on the whole planes."""
         cfg = self.config
         return [
             predict_proba(
@@ -543,7 +567,7 @@ class MutualTrainer:
                 flips=cfg.exchange.flip_labels,
                 check=self._check,
             )
-            for im in self._windowed
+            for im in (self.images if whole else self._windowed)
         ]
 
     def _instances(self, probas: list[np.ndarray]) -> list[np.ndarray]:
@@ -553,12 +577,12 @@ class MutualTrainer:
             self._checked(
                 per_box_instances,
                 p,
-                ctx.supervision,
+                sup if p.shape[-2:] == sup.classes.shape else ctx.supervision,
                 fg_threshold=cfg.exchange.fg_threshold,
                 core_scale=cfg.exchange.core_scale,
                 min_size=cfg.min_size,
             )
-            for p, ctx in zip(probas, self.contexts, strict=True)
+            for p, sup, ctx in zip(probas, self._supervisions, self.contexts, strict=True)
         ]
 
     def _checked(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
