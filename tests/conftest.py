@@ -8,6 +8,7 @@ core tests still run.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -66,8 +67,15 @@ def preferences(request, tmp_path, monkeypatch):
     # napari's own `plugin_settings` fixture does the same, but blocks plugin discovery
     monkeypatch.setattr(settings, "_CFG_PATH", str(tmp_path / "settings.yaml"))
     settings._clear_plugin_settings_cache()
+    # What exists before the test (napari, Qt, torch and the objects of the tests before) is
+    # left out of the test's full garbage collections: napari's viewer fixture makes one at
+    # teardown, and scanning every object of the session made it take most of a second. The
+    # test's own objects are collected as before (a leak of them is still seen); a training
+    # job's own freeze and thaw (the plugin's freeze_gc) thaws everything, as in the app.
+    gc.freeze()
     yield settings.get_plugin_settings("napari-mutualseg")
     settings._clear_plugin_settings_cache()
+    gc.unfreeze()
 
 
 @pytest.fixture
