@@ -81,6 +81,7 @@ def test_proposed_boxes_are_the_predicted_cells(trained):
 
 def test_corrected_cells_are_learned_from_and_kept(trained, notes):
     viewer, widget, _image, _other = trained
+    widget.settings.steps_per_round = 3  # trusted pixels are kept whatever is learned
     cells = viewer.layers["other cells"]
     corrected = np.asarray(cells.data).copy()
     corrected[corrected == corrected.max()] = 0  # a wrong cell deleted
@@ -104,6 +105,7 @@ def test_corrected_cells_are_learned_from_and_kept(trained, notes):
 
 def test_corrections_painted_in_place_with_napari_tools_are_seen(trained, notes):
     viewer, widget, _image, _other = trained
+    widget.settings.steps_per_round = 3  # trusted pixels are kept whatever is learned
     cells = viewer.layers["other cells"]
     assert cells.data[16, 44] > 0  # a predicted cell
     cells.fill((16, 44), 0)  # erased with the fill tool: napari changes the array in place
