@@ -794,9 +794,9 @@ class TimedTrainer(MutualTrainer):
         yield
         self.spent[what] += time.perf_counter() - t
 
-    def _predict(self, model):
+    def _predict(self, model, whole=False):
         with self._clock("predict"):
-            return super()._predict(model)
+            return super()._predict(model, whole)
 
     def _exchange(self, probas):
         with self._clock("exchange"):

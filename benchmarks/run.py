@@ -211,10 +211,10 @@ class _Pooled:
             return [None] * len(probas)
         if self.pool is None:
             return super()._instances(probas)
-        sups = [ctx.supervision for ctx in self.contexts]
+        sups = self._supervisions_of(probas)
         ex = cfg.exchange
         args = (repeat(ex.fg_threshold), repeat(ex.core_scale), repeat(cfg.min_size))
-        return list(self.pool.map(read_boxed, probas, sups, *args, chunksize=4))
+        return self._on_planes(list(self.pool.map(read_boxed, probas, sups, *args, chunksize=4)))
 
 
 class PooledTrainer(_Pooled, MutualTrainer):

@@ -497,9 +497,9 @@ class MutualTrainer:
             loss_b=losses[1],
             classes_a=whole([p.argmax(0).astype(np.uint8) for p in probas[0]]),
             classes_b=whole([p.argmax(0).astype(np.uint8) for p in probas[1]]),
-            instances_a=whole(self._instances(probas[0])),
-            instances_b=whole(self._instances(probas[1])),
-            instances=whole(self._instances(ensemble)),
+            instances_a=self._instances(probas[0]),
+            instances_b=self._instances(probas[1]),
+            instances=self._instances(ensemble),
             labels_a=whole(new_targets[0], IGNORE),
             labels_b=whole(new_targets[1], IGNORE),
             changed=changed,
@@ -570,20 +570,30 @@ class MutualTrainer:
             for im in (self.images if whole else self._windowed)
         ]
 
-    def _instances(self, probas: list[np.ndarray]) -> list[np.ndarray]:
-        """Per-box instances of every training image (one object per box, unboxed cells added)."""
-        cfg = self.config
+    def _supervisions_of(self, probas: list[np.ndarray]) -> list[Supervision]:
+        """The supervision each of ``probas`` is read with: its plane's, or its window's."""
         return [
-            self._checked(
-                per_box_instances,
-                p,
-                sup if p.shape[-2:] == sup.classes.shape else ctx.supervision,
-                fg_threshold=cfg.exchange.fg_threshold,
-                core_scale=cfg.exchange.core_scale,
-                min_size=cfg.min_size,
-            )
+            sup if p.shape[-2:] == sup.classes.shape else ctx.supervision
             for p, sup, ctx in zip(probas, self._supervisions, self.contexts, strict=True)
         ]
+
+    def _instances(self, probas: list[np.ndarray]) -> list[np.ndarray]:
+        """Per-box instances of every training plane (one object per box, unboxed cells
+        added), on the whole plane."""
+        cfg = self.config
+        return self._on_planes(
+            [
+                self._checked(
+                    per_box_instances,
+                    p,
+                    sup,
+                    fg_threshold=cfg.exchange.fg_threshold,
+                    core_scale=cfg.exchange.core_scale,
+                    min_size=cfg.min_size,
+                )
+                for p, sup in zip(probas, self._supervisions_of(probas), strict=True)
+            ]
+        )
 
     def _checked(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``work(*args, **kwargs)`` unless the trainer was cancelled: one image at a time."""
