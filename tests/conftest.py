@@ -1,9 +1,9 @@
 """Fixtures: the dock widget in a viewer, a scene to train on, captured notifications.
 
-GUI tests (those using a viewer or ``qtbot``, marked ``gui`` here) need a display. Under
-``make test`` they run in a virtual X server (Xvfb, started by pytest-xvfb); where there is
-neither a display nor Xvfb they are skipped with one line that says how to run them, and the
-core tests still run.
+GUI tests (those using a viewer or ``qtbot``, directly or through a fixture, marked ``gui``
+here) need a display. Under ``make test`` they run in a virtual X server (Xvfb, started by
+pytest-xvfb); where there is neither a display nor Xvfb they are skipped with one line that
+says how to run them, and the core tests still run.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-_GUI_FIXTURES = {"make_napari_viewer", "qtbot", "viewer_widget", "scene"}
+_GUI_FIXTURES = {"make_napari_viewer", "qtbot", "viewer_widget"}
 
 
 def pytest_collection_modifyitems(config, items):
