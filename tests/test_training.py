@@ -350,7 +350,8 @@ def test_a_cropped_supervision_is_the_supervision_of_the_cropped_image(scene):
     *_, sup = scene
     window = (slice(7, 60), slice(12, 64))
     cropped = sup.crop(window)
-    remade = make_supervision((53, 52), cropped.boxes)
+    with pytest.warns(UserWarning, match="reach past the image border"):
+        remade = make_supervision((53, 52), cropped.boxes)
     inside = [b for b, c in zip(sup.boxes, cropped.boxes, strict=True) if c.within((53, 52))]
     assert inside
     np.testing.assert_array_equal(cropped.classes, sup.classes[window])
@@ -486,6 +487,41 @@ def test_a_pair_of_one_named_channel_resumes_on_an_image_of_that_channel_alone(s
     next(iter(resumed))
     # the choice stays recorded: prediction still finds the channel by name in named images
     assert resumed.pair.settings["channels"] == ["n"]
+
+
+def test_a_resumed_pair_finds_its_channel_by_name_in_an_image_of_another_order(scene):
+    """Resuming takes the channel the pair learnt, as prediction finds it, and keeps its name."""
+    image, _, sup = scene
+    noise = np.random.default_rng(0).random(image.shape).astype(np.float32)
+    named = AxisImage.from_array(np.stack([noise, image]), "CYX", channel_names=["DAPI", "GFP"])
+    first = MutualTrainer(named, sup, TrainConfig(**{**TINY, "rounds": 1}, channels=["GFP"]))
+    list(first)
+    swapped = AxisImage.from_array(np.stack([image, noise]), "CYX", channel_names=["GFP", "DAPI"])
+    resumed = MutualTrainer(swapped, sup, TrainConfig(**{**TINY, "rounds": 1}), pair=first.pair)
+    np.testing.assert_array_equal(resumed.images[0], first.images[0])  # GFP, not DAPI
+    assert resumed.pair.channel_names == ("GFP",)
+    # an image that names no channel leaves the pair's names as they were
+    again = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}), pair=resumed.pair)
+    assert again.pair.channel_names == ("GFP",)
+
+
+def test_a_resumed_trainer_says_the_network_size_it_trains(scene):
+    image, _, sup = scene
+    first = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1, "steps_per_round": 1}))
+    config = TrainConfig(**{**TINY, "width": 8, "depth": 3}, exchange={"width_b": 6})
+    resumed = MutualTrainer(image, sup, config, pair=first.pair)
+    assert (resumed.config.width, resumed.config.depth) == (4, 2)
+    assert resumed.config.exchange.width_b == 0
+
+
+def test_a_trainer_runs_once(scene):
+    """A second run would train again from the boxes' labels and report round 1 again."""
+    image, _, sup = scene
+    trainer = MutualTrainer(image, sup, TrainConfig(**{**TINY, "steps_per_round": 1}))
+    assert len(list(trainer)) == 2
+    with pytest.raises(RuntimeError, match=r"already trained.*pair=trainer\.pair"):
+        iter(trainer)
+    assert len(trainer.pair.history) == 2
 
 
 CPU_OUT_OF_MEMORY = RuntimeError(

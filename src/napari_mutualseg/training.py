@@ -27,7 +27,7 @@ from .config import ExchangeSettings, TrainConfig
 from .devices import describe_device, select_device
 from .disagreement import disagreement_map
 from .exchange import ExchangeContext, changed_fraction, exchange_labels, found_fraction
-from .images import AxisImage, as_images, parse_channels
+from .images import as_images, parse_channels
 from .inference import per_box_instances, predict_proba
 from .models import ModelPair
 from .network_input import network_planes
@@ -123,7 +123,8 @@ def _training_window(
 
 
 def _resumed_config(config: TrainConfig, pair: ModelPair) -> TrainConfig:
-    """``config`` with the pair's input settings where it leaves them unset.
+    """``config`` with the pair's input settings where it leaves them unset, and the size of
+    its networks (a resumed pair keeps its networks).
 
     Raises
     ------
@@ -143,25 +144,12 @@ def _resumed_config(config: TrainConfig, pair: ModelPair) -> TrainConfig:
         kept["channels"] = parse_channels(pair.settings.get("channels"))
     if "rgb" in config.unset:
         kept["rgb"] = pair.settings.get("rgb") or "channels"
+    width, width_b = pair.model_a.arch["width"], pair.model_b.arch["width"]
+    kept["width"], kept["depth"] = width, pair.model_a.arch["depth"]
+    kept["exchange"] = dataclasses.replace(
+        config.exchange, width_b=0 if width_b == width else width_b
+    )
     return dataclasses.replace(config, **kept)
-
-
-def _resumed_selection(
-    images: list[AxisImage], config: TrainConfig, pair: ModelPair
-) -> tuple[int | str, ...] | None:
-    """The channels to take from ``images`` for the pair's own channel choice.
-
-    Images that lack the chosen channels but give just as many channels as the networks take
-    (say, the nuclei alone for a pair trained on the nuclei channel) are taken whole, as
-    prediction takes them.
-    """
-    try:
-        for image in images:
-            image.select(config.channels, config.rgb)
-    except ValueError:
-        if all(im.select(None, config.rgb).n_channels == pair.in_channels for im in images):
-            return None
-    return config.channels
 
 
 def _starting_pair(pair: ModelPair | None, in_channels: int, config: TrainConfig) -> ModelPair:
@@ -258,10 +246,13 @@ class MutualTrainer:
         if pair is not None:
             config = _resumed_config(config, pair)
         self.config = config
-        # channels the caller gave are taken as given; the pair's as prediction takes them
+        # channels the caller gave are taken as given; the pair's as prediction finds them
+        # (by name where the image names its channels, whatever their order)
         selection = config.channels
-        if pair is not None and "channels" in unset:
-            selection = _resumed_selection(images, config, pair)
+        pairs_own = pair is not None and "channels" in unset
+        if pairs_own:
+            images = [pair.network_input(im, rgb=config.rgb, name=im.name) for im in images]
+            selection = None
         n_planes = sum(image.n_planes for image in images)
         if isinstance(supervisions, Supervision):
             supervisions = [supervisions]
@@ -337,17 +328,14 @@ class MutualTrainer:
             )
         self.resumed = pair is not None
         pair = _starting_pair(pair, planes[0].shape[0], config)
-        pair.channel_names = channel_names
-        # a resumed pair keeps its networks: record their size, not the config's
-        arch, width_b = pair.model_a.arch, pair.model_b.arch["width"]
-        settings = config.to_dict()
-        if width_b != (config.exchange.width_b or arch["width"]):
-            settings["exchange"]["width_b"] = 0 if width_b == arch["width"] else width_b
-        pair.settings = {**settings, "width": arch["width"], "depth": arch["depth"]}
+        if channel_names is not None or not pairs_own:
+            pair.channel_names = channel_names
+        pair.settings = config.to_dict()
         sides = [2 * max(box.extent) for sup in supervisions for box in sup.boxes]
         pair.cell_size = max([pair.cell_size or 0.0, *sides]) or None
         self._pair = pair.to(self.device)
         self._cancel = threading.Event()
+        self._started = False
         self._trainers: list[NetworkTrainer] = []
         self.total_steps = 2 * config.rounds * config.steps_per_round
 
@@ -384,6 +372,17 @@ class MutualTrainer:
     # -- the rounds -------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[RoundReport]:
+        if self._started:
+            # a second run would start over from the boxes' labels and report round 1 again
+            raise RuntimeError(
+                "This trainer has already trained; a trainer runs once. To train on, make a "
+                "new one from its networks: MutualTrainer(images, supervisions, config, "
+                "pair=trainer.pair)."
+            )
+        self._started = True
+        return self._rounds()
+
+    def _rounds(self) -> Iterator[RoundReport]:
         cfg = self.config
         models = self._pair.models
         divisor = models[0].divisor
