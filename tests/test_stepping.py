@@ -201,3 +201,22 @@ def test_the_engine_runs_its_rounds_through_the_two_thread_path(monkeypatch):
     for p, s in zip(parallel, sequential, strict=True):
         np.testing.assert_allclose([p.loss_a, p.loss_b], [s.loss_a, s.loss_b], rtol=1e-5)
         np.testing.assert_array_equal(p.instances[0], s.instances[0])
+
+
+def test_networks_built_at_once_in_threads_keep_their_seeds():
+    """torch's generator is the process's: concurrent builds must not draw each other's."""
+    arch = {"in_channels": 1, "n_classes": 3, "width": 8, "depth": 2}
+    expected = {s: build_unet(arch, s).state_dict() for s in range(4)}
+    wrong = []
+
+    def build(seed):
+        for _ in range(10):
+            got = build_unet(arch, seed).state_dict()
+            wrong.extend(seed for k, v in got.items() if not torch.equal(v, expected[seed][k]))
+
+    threads = [threading.Thread(target=build, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -79,9 +81,15 @@ class UNet(nn.Module):
 
 def build_unet(arch: dict[str, int], seed: int) -> UNet:
     """A freshly initialised U-Net; ``seed`` makes the initialisation reproducible."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return UNet(**arch)
-    finally:
-        torch.random.set_rng_state(state)
+    # torch's generator is the process's: two trainers starting at once (two viewers, two
+    # threads of a script) would draw each other's numbers and lose the seed
+    with _SEEDED:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return UNet(**arch)
+        finally:
+            torch.random.set_rng_state(state)
+
+
+_SEEDED = threading.Lock()
