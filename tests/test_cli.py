@@ -296,6 +296,16 @@ def test_a_shared_table_never_gives_two_images_the_same_boxes(data, tmp_path, ca
     assert code == 2 and "both match 'x.tif'" in err
 
 
+@pytest.mark.parametrize("header", ["y0,x0,y1,x1", "image,y0,x0,y1,x1\nother.tif,1,1,9,9"])
+def test_an_image_without_boxes_in_its_table_is_said_so(data, tmp_path, capsys, header):
+    table = tmp_path / "empty.csv"
+    table.write_text(header + "\n")
+    argv = ["train", data["image"], "--boxes", table, "--out", tmp_path / "m.pt", *TINY]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "the box table has no rows for it" in err and "None" not in err
+    assert ("it has boxes for other.tif" in err) == ("other.tif" in header)
+
+
 def test_a_shared_table_names_images_by_their_paths(data, tmp_path, capsys):
     rows = data["plain"].read_text().splitlines()
     images = []

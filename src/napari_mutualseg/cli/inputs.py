@@ -136,9 +136,11 @@ def boxes_for(
                     )
                 boxes = table.get(key, [])
             if len(boxes) == 0 and image.n_planes == 1:
+                named = sorted(str(k) for k in table if k is not None)
+                found = f" (it has boxes for {', '.join(named)})" if named else ""
                 raise ValueError(
-                    f"No boxes for {path}: the box table has no rows for it (keys found: "
-                    f"{sorted(map(str, table))}). Draw at least one box on this image."
+                    f"No boxes for {path}: the box table has no rows for it{found}. Draw at "
+                    "least one box on this image."
                 )
             suffix = image.plane_name(j)
             planes.append((f"{stem}_{suffix}" if suffix else stem, boxes) if boxes else None)
