@@ -608,17 +608,6 @@ def test_a_box_past_the_image_border_leaks_like_a_whole_one(corners):
     assert found_fraction([everything_cell], [ctx], settings) == 0.0
 
 
-def test_overlapping_boxes_whose_objects_fill_them_leak():
-    """Overlapping boxes share their objects' pixels out; a box's leak is its own object's."""
-    boxes = [Box.from_corners(*c) for c in ((10, 10, 40, 40), (12, 12, 42, 42), (15, 15, 45, 45))]
-    ctx = ExchangeContext.build(make_supervision((64, 64), boxes))
-    everything_cell = np.zeros((3, 64, 64), np.float32)
-    everything_cell[1] = 1.0
-    settings = ExchangeSettings()
-    assert found_fraction([everything_cell], [ctx], settings) == 0.0
-    np.testing.assert_array_equal(ctx.combine(everything_cell, settings), ctx.initial)
-
-
 def test_labels_without_any_background_are_warned_about(scene):
     image, _, sup = scene
     whole = make_supervision(image.shape, [Box.from_corners(0, 0, *image.shape)])

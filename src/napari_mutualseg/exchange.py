@@ -157,7 +157,9 @@ class ExchangeContext:
         objects, ratio = box_objects(
             (proba[1] + proba[2]) > settings.fg_threshold, sup, core_scale=self.core_scale
         )
-        fallback = self._fallback_boxes(ratio, settings.min_core_fraction, settings.leak_fraction)
+        fallback = self._fallback_boxes(
+            objects, ratio, settings.min_core_fraction, settings.leak_fraction
+        )
         confident = proba.max(axis=0) >= settings.confidence
         argmax = proba.argmax(axis=0)
         target = self.initial.copy()
@@ -187,29 +189,13 @@ class ExchangeContext:
         target[keep] = label[keep]
         return target
 
-    def _fallback_boxes(self, ratio: np.ndarray, min_core: float, leak: float) -> np.ndarray:
+    def _fallback_boxes(
+        self, objects: np.ndarray, ratio: np.ndarray, min_core: float, leak: float
+    ) -> np.ndarray:
         """Which boxes keep their round-1 label: object too small for its core, or leaking
-        (more than ``leak`` of :attr:`box_pixels`).
-
-        A leak is measured on the box's own object, before overlapping boxes share its
-        pixels out: shared, an object that fills its box (the whole image called cell) would
-        look small enough.
-        """
-        areas = ratio * self.core_pixels
+        (more than ``leak`` of :attr:`box_pixels`)."""
+        areas = np.bincount(objects.ravel(), minlength=len(ratio) + 1)[1:]
         return (ratio < min_core) | (areas > leak * self.box_pixels)
-
-    @cached_property
-    def core_pixels(self) -> np.ndarray:
-        """Each box's ellipse-core pixels on the image (float64), what ``box_objects``
-        measures an object against."""
-        shape = self.initial.shape
-        return np.array(
-            [
-                np.count_nonzero(u**2 + v**2 <= self.core_scale**2)
-                for _, u, v in (b.local_coords(shape) for b in self.supervision.boxes)
-            ],
-            dtype=np.float64,
-        )
 
     @cached_property
     def box_pixels(self) -> np.ndarray:
@@ -337,8 +323,10 @@ def found_fraction(
     hits = total = 0
     for p, ctx in zip(probas, contexts, strict=True):
         foreground = (p[1] + p[2]) > settings.fg_threshold
-        _, ratio = box_objects(foreground, ctx.supervision, core_scale=settings.core_scale)
-        fallback = ctx._fallback_boxes(ratio, settings.min_core_fraction, settings.leak_fraction)
+        objects, ratio = box_objects(foreground, ctx.supervision, core_scale=settings.core_scale)
+        fallback = ctx._fallback_boxes(
+            objects, ratio, settings.min_core_fraction, settings.leak_fraction
+        )
         hits += int((~fallback).sum())
         total += ratio.size
     return hits / total if total else 1.0
