@@ -120,6 +120,17 @@ def test_a_wrong_description_is_one_clear_line(tmp_path, change, message):
     assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
 
 
+@pytest.mark.parametrize(("key", "network"), [("state_a", "network A"), ("state_b", "network B")])
+def test_weights_that_are_not_finite_are_refused_with_their_network(tmp_path, key, network):
+    path = _pair().save(tmp_path / "m.pt")
+    payload = _payload(path)
+    payload[key]["head.weight"].view(-1)[0] = float("inf")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=f"{network}'s tensor head.weight") as info:
+        ModelPair.load(path)
+    assert "damaged" in str(info.value) and "earlier copy" in str(info.value)
+
+
 def test_a_huge_network_in_a_small_file_is_refused_before_it_is_built(tmp_path, monkeypatch):
     path = _pair().save(tmp_path / "m.pt")
     payload = _payload(path)

@@ -359,8 +359,22 @@ def _problem(payload: dict[str, Any]) -> str | None:
         return "its channel names are not a list of names"
     for name, tensor in _tensors(payload):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return f"its weights hold NaN or infinite values ({name}); the training diverged"
+            return (
+                f"{_tensor_place(name)} holds NaN or infinite values, so the file is damaged "
+                "or was saved from a training run that diverged; use an earlier copy of the "
+                "model or train again"
+            )
     return None
+
+
+def _tensor_place(name: str) -> str:
+    """A stored tensor's place in words: network A's tensor head.weight."""
+    for key, network in (("state_a", "network A"), ("state_b", "network B")):
+        prefix = f"[{key!r}]["
+        if name.startswith(prefix):
+            tensor = name[len(prefix) : -1].strip("'")
+            return f"{network}'s tensor {tensor}"
+    return f"the stored value {name}"
 
 
 def _arch_problem(arch: Any) -> str | None:
