@@ -454,3 +454,19 @@ def test_boxes_of_a_time_series_of_stacks_are_written_back(tmp_path):
     path = write_box_table(tmp_path / "tz.csv", boxes)  # raised: keys must be ... plane indices
     assert path.read_text().splitlines()[0].endswith("axis-2,axis-3")
     assert read_box_table(path) == boxes
+
+
+@pytest.mark.parametrize(
+    ("labels", "names"),
+    [
+        (["DAPI", "GFP"] * 3, ("DAPI", "GFP")),
+        ([f"z{z} c{c}" for z in range(3) for c in range(2)], None),
+    ],
+)
+def test_imagej_slice_labels_name_channels_only_when_they_name_each_channel(
+    tmp_path, labels, names
+):
+    path = tmp_path / "hyperstack.tif"
+    data = np.zeros((3, 2, 8, 8), np.uint16)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX", "Labels": labels})
+    assert AxisImage.from_file(path).channel_names == names

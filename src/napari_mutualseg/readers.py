@@ -310,6 +310,8 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         elif tif.is_imagej:
             scale, unit = _imagej_scale(tif.imagej_metadata or {}, page)
             source = "ImageJ metadata"
+            channels = series.shape[letters.index("C")] if "C" in letters else 0
+            names = _imagej_channel_names(tif.imagej_metadata or {}, channels)
         elif tif.is_shaped and (tif.shaped_metadata or [{}])[0].get("axes"):
             source = "file's metadata"
         elif "S" in series.axes and rgb:
@@ -387,6 +389,23 @@ def _ome_xml(xml: str | None) -> tuple[tuple[str, ...] | None, dict[str, float],
     channels = [e for e in pixels if e.tag.endswith("}Channel")]
     names = tuple(e.get("Name", "") for e in channels)
     return (names if names and all(names) else None), scale, unit
+
+
+def _imagej_channel_names(meta: Mapping[str, Any], channels: int) -> tuple[str, ...] | None:
+    """Channel names from ImageJ slice labels, when they name channels rather than planes.
+
+    Fiji stores a named channel as the label of each of its planes, in CZT order (channel
+    fastest); labels that differ within a channel describe planes and name nothing.
+    """
+    labels = meta.get("Labels")
+    if channels < 2 or not isinstance(labels, list | tuple) or len(labels) % channels:
+        return None
+    labels = [str(label).strip() for label in labels]
+    names = tuple(labels[:channels])
+    consistent = all(label == names[i % channels] for i, label in enumerate(labels))
+    if not consistent or not all(names) or len(set(names)) != channels:
+        return None
+    return names
 
 
 def _imagej_scale(meta: Mapping[str, Any], page: Any) -> tuple[dict[str, float], str | None]:
