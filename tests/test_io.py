@@ -245,6 +245,34 @@ def test_atomic_write_replaces_only_a_complete_file(tmp_path, temp_files):
     assert path.read_text() == "new"
 
 
+def test_part_files_of_killed_writers_on_this_machine_are_removed(tmp_path, monkeypatch):
+    """A part file names its machine and process: what a killed process of this machine left
+    goes with the next write into the folder; a live writer's and another machine's stay."""
+    import socket
+    import subprocess
+    import sys
+
+    monkeypatch.setattr("napari_mutualseg.files._PROC_FD", "/no/such/folder")
+    monkeypatch.setattr("napari_mutualseg.files._CLEANED", set())
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead, host = int(gone.stdout), socket.gethostname()
+    stale = tmp_path / f".a.csv.{host}.{dead}-0a1b2c3d.part"
+    live = tmp_path / f".b.csv.{host}.{os.getppid()}-0a1b2c3d.part"
+    elsewhere = tmp_path / f".a.csv.other-node.{dead}-0a1b2c3d.part"
+    for temp in (stale, live, elsewhere):
+        temp.write_bytes(b"half")
+    with atomic_write(tmp_path / "c.csv") as f:
+        staged = {p.name for p in tmp_path.iterdir()} - {live.name, elsewhere.name}
+        f.write(b"new")
+    (own,) = staged
+    assert own.startswith(f".c.csv.{host}.{os.getpid()}-") and own.endswith(".part")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["c.csv", live.name, elsewhere.name]
+    )
+
+
 def test_a_file_created_meanwhile_is_never_replaced(tmp_path, temp_files):
     path = tmp_path / "model.pt"
     with pytest.raises(FileExistsError, match="another program"), atomic_write(path) as f:

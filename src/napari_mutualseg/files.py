@@ -2,11 +2,13 @@
 
 Every file the package writes goes through :func:`atomic_write`: the data goes to a file in
 the destination's folder that has no name yet (Linux ``O_TMPFILE``; elsewhere a hidden
-``.<name>.<pid>-<random>.part``), is flushed to the disk, and only then gets its name. So a
-destination holds its old content or the complete new one, never a part; a crash, a full disk
-or Ctrl-C leave the old file as it was; and without ``overwrite`` the name is taken with an
-exclusive link, so a file that appears meanwhile (another run) is never replaced.
-:func:`check_writable` checks a destination before the work that fills it.
+``.<name>.<host>.<pid>-<random>.part``, see :func:`temp_path`), is flushed to the disk, and
+only then gets its name. So a destination holds its old content or the complete new one,
+never a part; a crash, a full disk or Ctrl-C leave the old file as it was (a killed process's
+part file is removed by the next write into that folder on the same machine); and without
+``overwrite`` the name is taken with an exclusive link, so a file that appears meanwhile
+(another run) is never replaced. :func:`check_writable` checks a destination before the work
+that fills it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import errno
 import os
 import secrets
 import shutil
+import socket
 import stat
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +33,9 @@ __all__ = [
     "check_outputs",
     "check_writable",
     "format_size",
+    "remove_stale_temps",
     "same_file_key",
+    "temp_path",
     "write_text",
 ]
 
@@ -130,8 +136,57 @@ _PROC_FD = "/proc/self/fd"
 MIN_FREE = 16 * 1024
 
 
+def temp_path(target: Path, suffix: str, *, unique: bool = True) -> Path:
+    """A hidden name beside ``target`` for this process's unfinished copy of it.
+
+    ``.<name>.<host>.<pid>[-<random>].<suffix>``: the host and process let
+    :func:`remove_stale_temps` tell what a killed process left from what a live one, on this
+    machine or another sharing the folder, is writing.
+
+    Parameters
+    ----------
+    target : pathlib.Path
+        The file or folder it will become.
+    suffix : str
+        What kind of temporary it is (``part``, ``partial``).
+    unique : bool
+        Add a random part, for several at once in one process.
+    """
+    token = f"-{secrets.token_hex(4)}" if unique else ""
+    return target.with_name(f".{target.name}.{socket.gethostname()}.{os.getpid()}{token}.{suffix}")
+
+
+def remove_stale_temps(folder: Path, suffix: str) -> None:
+    """Remove the temporaries (:func:`temp_path`) in ``folder`` that processes of this
+    machine left when they were killed; those of running processes and of other machines
+    are left alone."""
+    import psutil
+
+    host = f".{socket.gethostname()}"
+    for temp in Path(folder).glob(f".*.{suffix}"):
+        owner, _, pid = temp.name[: -len(suffix) - 1].rpartition(".")
+        pid = pid.partition("-")[0]
+        if owner.endswith(host) and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            if temp.is_dir():
+                shutil.rmtree(temp, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+
+
+#: Folders whose killed processes' part files this process has removed (once per folder: a
+#: batch writes thousands of files into one, and a listing of a network share is slow).
+_CLEANED: set[Path] = set()
+_CLEANING = threading.Lock()
+
+
 def _temp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    folder = target.parent.absolute()
+    with _CLEANING:
+        if folder not in _CLEANED:
+            _CLEANED.add(folder)
+            remove_stale_temps(folder, "part")
+    return temp_path(target, "part")
 
 
 def _open_unnamed(target: Path, mode: int) -> tuple[int, Path | None]:

@@ -14,18 +14,16 @@ down to one chunk.
 from __future__ import annotations
 
 import contextlib
-import glob
 import math
 import os
 import re
 import shutil
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import ResultExistsError
+from .files import ResultExistsError, remove_stale_temps, temp_path
 
 __all__ = [
     "NGFF_VERSION",
@@ -319,8 +317,8 @@ def labels_zarr(
     path = Path(path)
     check_writable_zarr(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_stores(path)
-    temp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.partial")
+    remove_stale_temps(path.parent, "partial")
+    temp = temp_path(path, "partial", unique=False)
     shutil.rmtree(temp, ignore_errors=True)
     try:
         group = zarr.open_group(str(temp), mode="w", zarr_format=2)
@@ -339,19 +337,6 @@ def labels_zarr(
         shutil.rmtree(temp, ignore_errors=True)
         raise
     _replace(temp, path)
-
-
-def _remove_stale_stores(path: Path) -> None:
-    """Remove the temporary stores of ``path`` that killed processes of this machine left
-    (a stopped run's workers): a store is labels of a whole image, too large to leave behind.
-    Those of running processes, and of other machines sharing the folder, are left alone."""
-    import psutil
-
-    host = socket.gethostname()
-    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-        owner, _, pid = temp.name[len(path.name) + 2 : -len(".partial")].rpartition(".")
-        if owner == host and pid.isdigit() and not psutil.pid_exists(int(pid)):
-            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _replace(temp: Path, path: Path) -> None:
