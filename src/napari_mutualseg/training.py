@@ -251,8 +251,11 @@ class MutualTrainer:
         selection = config.channels
         pairs_own = pair is not None and "channels" in unset
         if pairs_own:
-            images = [pair.network_input(im, rgb=config.rgb, name=im.name) for im in images]
-            selection = None
+            try:
+                images = [pair.network_input(im, rgb=config.rgb, name=im.name) for im in images]
+                selection = None
+            except ValueError:
+                pass  # images that do not fit the networks are refused below, in training's words
         n_planes = sum(image.n_planes for image in images)
         if isinstance(supervisions, Supervision):
             supervisions = [supervisions]
