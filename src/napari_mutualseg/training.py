@@ -114,12 +114,13 @@ def _training_window(
     would take most of the round. A smaller plane, or a window that spares less than a
     quarter of the plane, is the whole plane.
     """
-    rows, cols = sup.labelled_window(labels, margin)
     height, width = sup.classes.shape
+    whole = slice(0, height), slice(0, width)
+    if height * width < WINDOW_MIN_PIXELS:
+        return whole
+    rows, cols = sup.labelled_window(labels, margin)
     area = (rows.stop - rows.start) * (cols.stop - cols.start)
-    if height * width < WINDOW_MIN_PIXELS or area > 0.75 * height * width:
-        return slice(0, height), slice(0, width)
-    return rows, cols
+    return whole if area > 0.75 * height * width else (rows, cols)
 
 
 def _resumed_config(config: TrainConfig, pair: ModelPair) -> TrainConfig:
