@@ -95,8 +95,8 @@ def test_train_on_napari_csv_then_predict_another_image(data, tmp_path, capsys):
     )
     assert code == 0, err
     assert tifffile.imread(tmp_path / "pred" / "other_cells.tif").shape == (64, 80)
-    # resume from the saved model
-    code, _, err = _run(
+    # resume from the saved model: its rounds go on from the saved one
+    code, stdout, err = _run(
         capsys,
         "train",
         data["image"],
@@ -109,6 +109,7 @@ def test_train_on_napari_csv_then_predict_another_image(data, tmp_path, capsys):
         *TINY,
     )
     assert code == 0, err
+    assert "round 2/2" in stdout
 
 
 def test_train_from_a_painted_supervision(data, tmp_path, capsys):

@@ -134,10 +134,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     trainer = MutualTrainer([image for image, _ in loaded], sups, config, labels=labels, pair=pair)
     check_writable(out, args.overwrite, size=trainer.pair.file_size)
+    # a resumed pair's rounds go on from its history (round 3/5 after 2), as in the panel
+    first = len(trainer.pair.history)
 
     def show(r: RoundReport) -> None:
         print(
-            f"round {r.round}/{r.rounds}  loss A {r.loss_a:.4f}  B {r.loss_b:.4f}  "
+            f"round {first + r.round}/{first + r.rounds}  loss A {r.loss_a:.4f}  "
+            f"B {r.loss_b:.4f}  "
             f"labels changed {100 * r.changed:.2f}%  {r.seconds:.1f} s"
         )
 
@@ -150,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise Interrupted(stopped[0], detail)
             raise CommandFailed(f"Training stopped {detail}.")
         saved = outputs.pair(trainer.pair, out)
-        done = f"round {report.round}" if stopped else "the trained pair"
+        done = f"round {first + report.round}" if stopped else "the trained pair"
         print(f"Saved {done} to {saved}")
         sizes = [PixelSize.of(image) for image, planes in loaded for p in planes if p is not None]
         labels = zip(label_paths, report.instances, sizes, strict=True) if label_paths else ()
@@ -158,7 +161,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             written = outputs.labels(path, inst, size)
             print(f"Wrote {written} ({int(inst.max())} cells)")
     if stopped:
-        raise Interrupted(stopped[0], f"the networks of round {report.round} are in {saved}")
+        raise Interrupted(
+            stopped[0], f"the networks of round {first + report.round} are in {saved}"
+        )
     return outputs.status
 
 
