@@ -470,3 +470,32 @@ def test_imagej_slice_labels_name_channels_only_when_they_name_each_channel(
     data = np.zeros((3, 2, 8, 8), np.uint16)
     tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX", "Labels": labels})
     assert AxisImage.from_file(path).channel_names == names
+
+
+@pytest.mark.parametrize(("dpi", "size"), [(25400, 1.0), (39116.8, 0.649337)])
+def test_a_tiff_resolution_in_inches_is_a_pixel_size_in_micrometres(tmp_path, dpi, size):
+    path = tmp_path / "inch.tif"
+    tifffile.imwrite(
+        path, np.zeros((4, 6), np.uint8), resolution=(dpi, dpi), resolutionunit="INCH"
+    )
+    image = AxisImage.from_file(path, axes="YX")
+    assert image.pixel_size == {"Y": size, "X": size}
+    assert image.unit == "µm"
+
+
+@pytest.mark.parametrize(
+    ("resolution", "unit", "said"),
+    [(72, "INCH", "72 dpi"), (300, "INCH", "300 dpi"), (37.8, "CENTIMETER", "96 dpi")],
+)
+def test_a_tiff_resolution_of_a_screen_or_print_setting_is_no_pixel_size(
+    tmp_path, resolution, unit, said
+):
+    path = tmp_path / "screen.tif"
+    tifffile.imwrite(
+        path, np.zeros((4, 6), np.uint8), resolution=(resolution,) * 2, resolutionunit=unit
+    )
+    image = AxisImage.from_file(path, axes="YX")
+    assert image.pixel_size == {}
+    assert image.unit is None
+    (note,) = [note for note in image.notes if said in note]
+    assert "--pixel-size on the command line or pixel_size= in Python" in note

@@ -316,14 +316,18 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
             source = "file's metadata"
         elif "S" in series.axes and rgb:
             source = "RGB photometric tag"
+        resolution_note = None
         if not scale:
-            scale, unit = _resolution_scale(page, tifffile) or ({}, unit)
+            found, resolution_note = _resolution_scale(page, tifffile)
+            scale, unit = found or ({}, unit)
         big = series.size * series.dtype.itemsize > LAZY_BYTES if lazy is None else lazy
         if not big:
             data = series.asarray()
     if big:
         data = _lazy_tiff(path)
     notes = (f"axes {letters} from the {source}",) if source and "?" not in letters else ()
+    if resolution_note:
+        notes += (resolution_note,)
     if others:
         # several images in one file (positions, wells, a slide's label and overview): only
         # the first is read, which is said, never silent
@@ -424,16 +428,40 @@ def _imagej_scale(meta: Mapping[str, Any], page: Any) -> tuple[dict[str, float],
     return scale, unit
 
 
-def _resolution_scale(page: Any, tifffile: Any) -> tuple[dict[str, float], str] | None:
-    """Pixel size from plain TIFF resolution tags in centimetres (inches are left out: 72, 96
-    or 300 dpi are display and print defaults, not optics)."""
-    if page.resolutionunit != tifffile.RESUNIT.CENTIMETER:
-        return None
+#: Resolutions (dots per inch) that software writes when it knows no pixel size: screen
+#: settings (72, 96) and print or scan settings (150 to 1200). No microscope's pixel is one of
+#: these round sizes (352.8, 264.6, ... 21.2 µm), while screenshots and exports from drawing
+#: and office software carry them everywhere. A flatbed scan at 600 dpi is a true size, but it
+#: cannot be told from the print setting: it is left out and the note says how to give it.
+_DEFAULT_DPI = (72, 96, 150, 200, 300, 600, 1200)
+
+
+def _resolution_scale(
+    page: Any, tifffile: Any
+) -> tuple[tuple[dict[str, float], str] | None, str | None]:
+    """Pixel size in µm from plain TIFF resolution tags in centimetres or inches, and a note
+    when they hold a screen or print default (:data:`_DEFAULT_DPI`), which is none."""
+    centimetre = page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+    if not centimetre and page.resolutionunit != tifffile.RESUNIT.INCH:
+        return None, None
     x_res, y_res = page.get_resolution()
     if not (x_res > 0 and y_res > 0):
-        return None
+        return None, None
+    unit_um = 1e4 if centimetre else 25400.0
+    for res in (x_res, y_res):
+        dpi = res * 2.54 if centimetre else res
+        # within 0.1%: 72 dpi converted from PNG's pixels per metre is 72.009
+        default = next((d for d in _DEFAULT_DPI if abs(dpi - d) <= 1e-3 * d), None)
+        if default is not None:
+            said = f"{res:.4g} pixels per cm or {default} dpi" if centimetre else f"{default} dpi"
+            return None, (
+                f"the file's resolution, {said}, is a screen or print setting and no pixel "
+                "size: give the pixel size with --pixel-size on the command line or "
+                "pixel_size= in Python"
+            )
     # to the 6 digits a TIFF rational keeps
-    return {"Y": float(f"{1e4 / y_res:.6g}"), "X": float(f"{1e4 / x_res:.6g}")}, "µm"
+    size = {"Y": float(f"{unit_um / y_res:.6g}"), "X": float(f"{unit_um / x_res:.6g}")}
+    return (size, "µm"), None
 
 
 def _read_picture(path: Path) -> _Raw:
