@@ -233,3 +233,27 @@ def test_a_file_calling_a_blocked_module_says_it_holds_python_objects(tmp_path):
     torch.save({"format": "napari-mutualseg/pair", "settings": {"x": _System()}}, path)
     with pytest.raises(CheckpointError, match=r"Python objects \(\w+\.system\).*refused"):
         ModelPair.load(path)
+
+
+def test_the_smallest_cell_kept_is_part_of_the_fingerprint():
+    from helpers import ThresholdNet
+
+    image = np.zeros((16, 16), np.float32)
+    image[4:8, 4:8] = 1  # one cell of 16 pixels
+    kept = ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4})
+    dropped = kept.copy()
+    dropped.settings["min_size"] = 32
+    assert kept.segment(image).max() == 1
+    assert dropped.segment(image).max() == 0
+    # batch records tell a model's own results by it: these are not the same model's
+    assert kept.fingerprint() != dropped.fingerprint()
+
+
+def test_a_model_without_a_stored_min_size_keeps_its_fingerprint():
+    # segmented with the default: the digest of a file from before the setting, and of one
+    # with the default, is what batch records made with them hold
+    without = _pair()
+    del without.settings["min_size"]
+    default = without.copy()
+    default.settings["min_size"] = 16
+    assert without.fingerprint() == default.fingerprint()

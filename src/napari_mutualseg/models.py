@@ -20,6 +20,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import ARCH_LIMITS
+from .config import TrainConfig
 from .devices import select_device
 from .images import AxisImage, as_image, parse_channels
 from .preprocess import DEFAULT_PERCENTILES
@@ -187,8 +188,8 @@ class ModelPair(Segmenter):
 
     def fingerprint(self) -> str:
         """A digest of what decides the segmentation: both networks' weights, the intensity
-        scaling and the input channels. The same trained pair gives the same digest, in a
-        file or in memory, on any device."""
+        scaling, the input channels and the smallest cell kept (``min_size``). The same
+        trained pair gives the same digest, in a file or in memory, on any device."""
         digest = hashlib.sha256()
         for model in self.models:
             for name, tensor in model.state_dict().items():
@@ -199,6 +200,11 @@ class ModelPair(Segmenter):
                 digest.update(values.contiguous().numpy().tobytes())
         scaling = [list(map(float, self.percentiles)), self.settings.get("channels")]
         scaling += [self.settings.get("rgb"), self.channel_names]
+        min_size = self._min_size(None)
+        if min_size != TrainConfig.min_size:
+            # only a size other than the one files without it are segmented with: the digests
+            # of the others, and the batch records that hold them, stay as they were
+            scaling.append(min_size)
         digest.update(json.dumps(scaling).encode())  # a tuple and its loaded list agree
         return digest.hexdigest()[:16]
 
