@@ -235,3 +235,23 @@ def test_next_cell_on_a_prediction_without_cells_says_there_is_nothing_to_check(
     warning = messages(notes, "warning")[-1]
     assert "it has no cells, and no region where the two networks disagree" in warning
     assert "first" not in warning
+
+
+def test_merge_and_split_are_undone_with_napari_undo(thresholded):
+    """Merging the wrong cells is undone as a paint stroke is (Ctrl+Z on the layer)."""
+    viewer, widget = thresholded
+    image = viewer.add_image(disc_image()[0], name="x")
+    widget.predict(image, block=True)
+    cells = viewer.layers["x cells"]
+    before = np.asarray(cells.data).copy()
+    ids = [int(i) for i in np.unique(before) if i]
+    widget.correct.merge(image, ids[0], ids[1])
+    cells.undo()
+    np.testing.assert_array_equal(cells.data, before)
+    cells.redo()
+    assert not (cells.data == ids[1]).any()
+    cells.undo()
+    new = widget.correct.split(image, ids[0])
+    assert (cells.data == new).any()
+    cells.undo()
+    np.testing.assert_array_equal(cells.data, before)

@@ -140,18 +140,18 @@ class Corrector:
     def merge(self, image: Image, keep: int, into: int) -> None:
         """Make cell ``into`` part of cell ``keep`` in the cells of ``image``."""
         cells = self._editable(image, edit=True)
-        data = np.asarray(cells.data).copy()
+        data = np.asarray(cells.data)
         if keep == into or not (data == keep).any() or not (data == into).any():
             raise UserInputError(f"Pick two different cells of '{cells.name}' to merge.")
-        data[data == into] = keep
-        cells.data = data
+        # written as a paint stroke is, so that napari's undo (Ctrl+Z) takes it back
+        cells.data_setitem(np.nonzero(data == into), keep)
         refresh_table(cells, image)  # the table and its exports show the merged cell
         cells.selected_label = keep
 
     def split(self, image: Image, label: int) -> int:
         """Split cell ``label`` in two (where it narrows); the new cell's label."""
         cells = self._editable(image, edit=True)
-        data = np.asarray(cells.data).copy()
+        data = np.asarray(cells.data)
         mask = data == label
         if label == 0 or mask.sum() < 4:
             raise UserInputError(f"Pick a cell of '{cells.name}' to split (label {label}).")
@@ -168,8 +168,7 @@ class Corrector:
             halves = np.zeros(data.shape, np.int32)
             halves[tuple(np.argwhere(mask).T)] = np.where(centred @ axis < 0, 1, 2)
         new = int(data.max()) + 1
-        data[halves == 2] = new
-        cells.data = data
+        cells.data_setitem(np.nonzero(halves == 2), new)  # undone with napari's undo too
         refresh_table(cells, image)  # the table and its exports show both halves
         return new
 
