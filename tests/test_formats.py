@@ -499,3 +499,56 @@ def test_a_tiff_resolution_of_a_screen_or_print_setting_is_no_pixel_size(
     assert image.unit is None
     (note,) = [note for note in image.notes if said in note]
     assert "--pixel-size on the command line or pixel_size= in Python" in note
+
+
+def test_a_size_in_angstrom_is_read_in_angstrom(tmp_path):
+    # it was taken in the unit of the other axes: 6500 µm
+    metadata = {"axes": "ZYX", "PhysicalSizeZ": 0.5}  # µm, OME's default unit
+    metadata.update({"PhysicalSizeX": 6500, "PhysicalSizeXUnit": "Å"})
+    metadata.update({"PhysicalSizeY": 6500, "PhysicalSizeYUnit": "Å"})
+    tifffile.imwrite(
+        tmp_path / "em.ome.tif", np.zeros((2, 4, 6), np.uint8), ome=True, metadata=metadata
+    )
+    image = AxisImage.from_file(tmp_path / "em.ome.tif")
+    assert (image.pixel_size, image.unit) == ({"Z": 5000.0, "Y": 6500.0, "X": 6500.0}, "Å")
+
+    units = {"y": "angstrom", "x": "angstrom"}
+    path = _ome_zarr(tmp_path / "em.ome.zarr", np.zeros((4, 6), np.uint8), "yx", [8.0, 8.0], units)
+    assert AxisImage.from_file(path).unit == "Å"
+
+
+def test_a_size_in_a_unit_that_is_no_known_length_is_left_out_with_a_note(tmp_path):
+    metadata = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    metadata.update({"PhysicalSizeZ": 2, "PhysicalSizeZUnit": "furlong"})
+    tifffile.imwrite(
+        tmp_path / "z.ome.tif", np.zeros((2, 4, 6), np.uint8), ome=True, metadata=metadata
+    )
+    image = AxisImage.from_file(tmp_path / "z.ome.tif")
+    # it was 2 µm
+    assert (image.pixel_size, image.unit) == ({"Y": 0.5, "X": 0.5}, "µm")
+    (note,) = [note for note in image.notes if "Z 2 furlong" in note]
+    assert "--pixel-size on the command line or pixel_size= in Python" in note
+
+    path = tmp_path / "ij.tif"
+    metadata = {"unit": "mic", "axes": "YX"}
+    tifffile.imwrite(
+        path, np.zeros((4, 6), np.uint8), imagej=True, resolution=(2.0, 2.0), metadata=metadata
+    )
+    image = AxisImage.from_file(path)
+    assert (image.pixel_size, image.unit) == ({}, None)
+    assert any("X 0.5 mic, Y 0.5 mic" in note for note in image.notes)  # was silent
+
+
+@pytest.mark.parametrize(("dpi", "size"), [(72, None), (25400 / 0.65, 0.65)])
+def test_imagej_inches_are_dots_per_inch(tmp_path, dpi, size):
+    path = tmp_path / "ij.tif"
+    metadata = {"unit": "inch", "axes": "YX"}
+    tifffile.imwrite(
+        path, np.zeros((4, 6), np.uint8), imagej=True, resolution=(dpi, dpi), metadata=metadata
+    )
+    image = AxisImage.from_file(path)
+    if size is None:
+        assert image.pixel_size == {}
+        assert any("72 dpi, is a screen or print setting" in note for note in image.notes)
+    else:
+        assert (image.pixel_size, image.unit) == ({"Y": size, "X": size}, "µm")

@@ -43,6 +43,8 @@ ZARR_CHUNK = 1024
 
 # length units: the OME-NGFF (UDUNITS-2) name, its OME-XML symbol and its size in metres
 _UNITS = {
+    "picometer": ("pm", 1e-12),
+    "angstrom": ("Å", 1e-10),  # electron microscopy's unit
     "nanometer": ("nm", 1e-9),
     "micrometer": ("µm", 1e-6),
     "millimeter": ("mm", 1e-3),
@@ -58,6 +60,7 @@ _ALIASES = {
     "micron": "micrometer",
     "microns": "micrometer",
     "\\u00b5m": "micrometer",  # ImageJ's escaped spelling
+    "\u212b": "angstrom",  # the Angstrom sign, which lower() turns into another letter
 }
 
 

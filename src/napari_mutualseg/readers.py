@@ -263,12 +263,35 @@ def _check_tiff_data(path: Path) -> None:
         )
 
 
-def _unit(text: Any) -> str | None:
-    """A length unit as ``"µm"``; None for none, pixels, or what is not a length."""
-    try:
-        return unit_symbol(text)
-    except ValueError:
-        return None
+#: How each face takes a pixel size that a file lacks or gets wrong.
+_GIVE_PIXEL_SIZE = (
+    "give the pixel size with --pixel-size on the command line or pixel_size= in Python"
+)
+
+
+def _lengths(
+    sizes: Mapping[str, tuple[float, Any]],
+) -> tuple[dict[str, float], str | None, tuple[str, ...]]:
+    """Step sizes by axis, each with the unit the file names (None: none), in one unit
+    (:func:`~napari_mutualseg.ome.in_one_unit`), and a note of those left out.
+
+    A size in a unit that is no length this package knows is left out and said: taken in the
+    unit of the other axes, it would be wrong by orders of magnitude.
+    """
+    known, unknown = {}, {}
+    for axis, (value, unit) in sizes.items():
+        try:
+            known[axis] = (value, unit_symbol(unit))
+        except ValueError:
+            unknown[axis] = f"{axis} {value:g} {unit}"
+    scale, unit = in_one_unit(known)
+    if not unknown:
+        return scale, unit, ()
+    note = (
+        f"the file's pixel size {', '.join(unknown.values())} is in a unit that is no known "
+        f"length and is left out: {_GIVE_PIXEL_SIZE}"
+    )
+    return scale, unit, (note,)
 
 
 def _tiff_letters(series: Any, rgb: bool) -> str:
@@ -301,14 +324,15 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         )
         letters = _tiff_letters(series, rgb)
         names, scale, unit, source = None, {}, None, None
+        size_notes: tuple[str, ...] = ()
         if tif.is_ome:
-            names, scale, unit = _ome_xml(tif.ome_metadata)
+            names, scale, unit, size_notes = _ome_xml(tif.ome_metadata)
             source = "OME metadata"
             if names and len(names) != (series.shape[letters.index("C")] if "C" in letters else 1):
                 # one OME channel of RGB samples (brightfield, H&E) names no colour
                 names = None
         elif tif.is_imagej:
-            scale, unit = _imagej_scale(tif.imagej_metadata or {}, page)
+            scale, unit, size_notes = _imagej_scale(tif.imagej_metadata or {}, page, tifffile)
             source = "ImageJ metadata"
             channels = series.shape[letters.index("C")] if "C" in letters else 0
             names = _imagej_channel_names(tif.imagej_metadata or {}, channels)
@@ -316,18 +340,15 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
             source = "file's metadata"
         elif "S" in series.axes and rgb:
             source = "RGB photometric tag"
-        resolution_note = None
-        if not scale:
-            found, resolution_note = _resolution_scale(page, tifffile)
-            scale, unit = found or ({}, unit)
+        if not scale and not size_notes:
+            scale, unit, size_notes = _resolution_scale(page, tifffile) or ({}, unit, ())
         big = series.size * series.dtype.itemsize > LAZY_BYTES if lazy is None else lazy
         if not big:
             data = series.asarray()
     if big:
         data = _lazy_tiff(path)
     notes = (f"axes {letters} from the {source}",) if source and "?" not in letters else ()
-    if resolution_note:
-        notes += (resolution_note,)
+    notes += size_notes
     if others:
         # several images in one file (positions, wells, a slide's label and overview): only
         # the first is read, which is said, never silent
@@ -375,24 +396,26 @@ def _lazy_tiff(path: Path) -> Any:
         return tifffile.imread(path)
 
 
-def _ome_xml(xml: str | None) -> tuple[tuple[str, ...] | None, dict[str, float], str | None]:
-    """Channel names, pixel size and unit from OME-XML."""
+def _ome_xml(
+    xml: str | None,
+) -> tuple[tuple[str, ...] | None, dict[str, float], str | None, tuple[str, ...]]:
+    """Channel names, pixel size, unit and notes (see :func:`_lengths`) from OME-XML."""
     if not xml:
-        return None, {}, None
+        return None, {}, None, ()
     root = ET.fromstring(xml)
     pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels")), None)
     if pixels is None:
-        return None, {}, None
+        return None, {}, None, ()
     sizes = {}
     for letter in "ZYX":
         value = pixels.get(f"PhysicalSize{letter}")
         if value is not None:
             # OME's default unit is the micrometre; each axis may have its own
-            sizes[letter] = (float(value), _unit(pixels.get(f"PhysicalSize{letter}Unit", "µm")))
-    scale, unit = in_one_unit(sizes)
+            sizes[letter] = (float(value), pixels.get(f"PhysicalSize{letter}Unit", "µm"))
+    scale, unit, notes = _lengths(sizes)
     channels = [e for e in pixels if e.tag.endswith("}Channel")]
     names = tuple(e.get("Name", "") for e in channels)
-    return (names if names and all(names) else None), scale, unit
+    return (names if names and all(names) else None), scale, unit, notes
 
 
 def _imagej_channel_names(meta: Mapping[str, Any], channels: int) -> tuple[str, ...] | None:
@@ -412,20 +435,30 @@ def _imagej_channel_names(meta: Mapping[str, Any], channels: int) -> tuple[str, 
     return names
 
 
-def _imagej_scale(meta: Mapping[str, Any], page: Any) -> tuple[dict[str, float], str | None]:
-    """Pixel size from ImageJ's resolution tags, ``unit`` and ``spacing`` (when a unit is set)."""
-    unit = _unit(meta.get("unit"))
-    if not unit or unit == "pixel":
-        return {}, None
-    scale = {}
+def _imagej_scale(
+    meta: Mapping[str, Any], page: Any, tifffile: Any
+) -> tuple[dict[str, float], str | None, tuple[str, ...]]:
+    """Pixel size from ImageJ's resolution tags, ``unit`` and ``spacing`` (when a unit is
+    set), and notes (see :func:`_lengths`)."""
+    unit = meta.get("unit")
+    if str(unit or "").strip().lower() in ("inch", "inches", "in"):
+        # ImageJ's unit for a file's dots per inch (72 for a screenshot): read as such
+        scale, _, notes = _resolution_scale(page, tifffile, inches=True) or ({}, None, ())
+        if scale and meta.get("spacing"):
+            scale["Z"] = float(f"{float(meta['spacing']) * 25400:.6g}")
+        return scale, "µm" if scale else None, notes
+    with contextlib.suppress(ValueError):  # a unit that is no length: _lengths says so
+        if unit_symbol(unit) is None:
+            return {}, None, ()
+    sizes = {}
     for letter, tag in (("X", "XResolution"), ("Y", "YResolution")):
         if tag in page.tags:
             num, den = page.tags[tag].value
             if num:
-                scale[letter] = den / num
+                sizes[letter] = (den / num, unit)
     if meta.get("spacing"):
-        scale["Z"] = float(meta["spacing"])
-    return scale, unit
+        sizes["Z"] = (float(meta["spacing"]), unit)
+    return _lengths(sizes)
 
 
 #: Resolutions (dots per inch) that software writes when it knows no pixel size: screen
@@ -437,16 +470,17 @@ _DEFAULT_DPI = (72, 96, 150, 200, 300, 600, 1200)
 
 
 def _resolution_scale(
-    page: Any, tifffile: Any
-) -> tuple[tuple[dict[str, float], str] | None, str | None]:
-    """Pixel size in µm from plain TIFF resolution tags in centimetres or inches, and a note
-    when they hold a screen or print default (:data:`_DEFAULT_DPI`), which is none."""
-    centimetre = page.resolutionunit == tifffile.RESUNIT.CENTIMETER
-    if not centimetre and page.resolutionunit != tifffile.RESUNIT.INCH:
-        return None, None
+    page: Any, tifffile: Any, inches: bool = False
+) -> tuple[dict[str, float], str | None, tuple[str, ...]] | None:
+    """Pixel size in µm, its unit and notes from TIFF resolution tags in centimetres or
+    inches (``inches``: whatever the tags say); a screen or print default
+    (:data:`_DEFAULT_DPI`) is no size, which a note says. None without a usable resolution."""
+    centimetre = not inches and page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+    if not (centimetre or inches or page.resolutionunit == tifffile.RESUNIT.INCH):
+        return None
     x_res, y_res = page.get_resolution()
     if not (x_res > 0 and y_res > 0):
-        return None, None
+        return None
     unit_um = 1e4 if centimetre else 25400.0
     for res in (x_res, y_res):
         dpi = res * 2.54 if centimetre else res
@@ -454,14 +488,11 @@ def _resolution_scale(
         default = next((d for d in _DEFAULT_DPI if abs(dpi - d) <= 1e-3 * d), None)
         if default is not None:
             said = f"{res:.4g} pixels per cm or {default} dpi" if centimetre else f"{default} dpi"
-            return None, (
-                f"the file's resolution, {said}, is a screen or print setting and no pixel "
-                "size: give the pixel size with --pixel-size on the command line or "
-                "pixel_size= in Python"
-            )
+            note = f"the file's resolution, {said}, is a screen or print setting and no pixel size"
+            return {}, None, (f"{note}: {_GIVE_PIXEL_SIZE}",)
     # to the 6 digits a TIFF rational keeps
     size = {"Y": float(f"{unit_um / y_res:.6g}"), "X": float(f"{unit_um / x_res:.6g}")}
-    return (size, "µm"), None
+    return size, "µm", ()
 
 
 def _read_picture(path: Path) -> _Raw:
@@ -524,16 +555,14 @@ def _read_zarr(path: Path, level: int = 0) -> _Raw:
         for t in transforms:
             if t.get("type") == "scale" and len(t.get("scale", [])) == data.ndim:
                 scale = np.asarray(t["scale"], float) * (1 if scale is None else scale)
-    pixel_size, unit = {}, None
+    pixel_size, unit, size_notes = {}, None, ()
     if scale is not None:
         units = [a.get("unit") if isinstance(a, dict) else None for a in ms.get("axes", [])]
         units += [None] * (len(letters) - len(units))
         space = {
-            a: (float(v), _unit(u))
-            for a, v, u in zip(letters, scale, units, strict=True)
-            if a in "ZYX"
+            a: (float(v), u) for a, v, u in zip(letters, scale, units, strict=True) if a in "ZYX"
         }
-        pixel_size, unit = in_one_unit(space)
+        pixel_size, unit, size_notes = _lengths(space)
         # a time step is no length: kept as it is
         pixel_size.update({a: float(v) for a, v in zip(letters, scale, strict=True) if a == "T"})
     omero = ome.get("omero", attrs.get("omero", {})) or {}
@@ -542,7 +571,7 @@ def _read_zarr(path: Path, level: int = 0) -> _Raw:
     if channel_names and len(channel_names) != data.shape[letters.index("C")]:
         channel_names = None
     levels = len(ms["datasets"])
-    notes = [f"axes {letters} from the OME-Zarr metadata"]
+    notes = [f"axes {letters} from the OME-Zarr metadata", *size_notes]
     if level:
         notes.append(f"level {level} of {levels}, not the full resolution (level 0)")
     elif levels > 1:
