@@ -552,3 +552,14 @@ def test_imagej_inches_are_dots_per_inch(tmp_path, dpi, size):
         assert any("72 dpi, is a screen or print setting" in note for note in image.notes)
     else:
         assert (image.pixel_size, image.unit) == ({"Y": size, "X": size}, "µm")
+
+
+def test_an_imagej_z_step_in_a_unit_of_its_own_is_read_in_that_unit(tmp_path):
+    path = tmp_path / "ij.tif"
+    metadata = {"unit": "micron", "zunit": "nm", "spacing": 300, "axes": "ZYX"}
+    tifffile.imwrite(
+        path, np.zeros((2, 4, 6), np.uint8), imagej=True, resolution=(2.0, 2.0), metadata=metadata
+    )
+    image = AxisImage.from_file(path)
+    # it was 300 µm
+    assert (image.pixel_size, image.unit) == ({"Z": 0.3, "Y": 0.5, "X": 0.5}, "µm")

@@ -439,7 +439,7 @@ def _imagej_scale(
     meta: Mapping[str, Any], page: Any, tifffile: Any
 ) -> tuple[dict[str, float], str | None, tuple[str, ...]]:
     """Pixel size from ImageJ's resolution tags, ``unit`` and ``spacing`` (when a unit is
-    set), and notes (see :func:`_lengths`)."""
+    set; ``yunit`` and ``zunit`` where y or z have another), and notes (see :func:`_lengths`)."""
     unit = meta.get("unit")
     if str(unit or "").strip().lower() in ("inch", "inches", "in"):
         # ImageJ's unit for a file's dots per inch (72 for a screenshot): read as such
@@ -450,14 +450,15 @@ def _imagej_scale(
     with contextlib.suppress(ValueError):  # a unit that is no length: _lengths says so
         if unit_symbol(unit) is None:
             return {}, None, ()
+    units = {"X": unit, "Y": meta.get("yunit", unit), "Z": meta.get("zunit", unit)}
     sizes = {}
     for letter, tag in (("X", "XResolution"), ("Y", "YResolution")):
         if tag in page.tags:
             num, den = page.tags[tag].value
             if num:
-                sizes[letter] = (den / num, unit)
+                sizes[letter] = (den / num, units[letter])
     if meta.get("spacing"):
-        sizes["Z"] = (float(meta["spacing"]), unit)
+        sizes["Z"] = (float(meta["spacing"]), units["Z"])
     return _lengths(sizes)
 
 
