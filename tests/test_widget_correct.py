@@ -255,3 +255,12 @@ def test_merge_and_split_are_undone_with_napari_undo(thresholded):
     assert (cells.data == new).any()
     cells.undo()
     np.testing.assert_array_equal(cells.data, before)
+
+
+def test_check_buttons_without_an_image_say_to_pick_one(viewer_widget, notes):
+    _viewer, widget = viewer_widget
+    check = widget.check
+    for button in (check.next, check.merge, check.split, check.propose, check.add):
+        button.click()
+    said = messages(notes, "error")
+    assert len(said) == 5 and all("pick it under Check and correct" in m for m in said)

@@ -91,6 +91,7 @@ class Corrector:
 
     def next_cell(self, image: Image) -> Spot | None:
         """Show the next cell (or region) to check: camera on it, its label selected."""
+        check_image_layer(image, purpose="correct")
         spots = self.spots(image)
         if not spots:
             controller = self.controller
@@ -415,6 +416,7 @@ class CheckPanel(QGroupBox):
             self.merge.setText(f"Merge cells {self.picked[0][1]} + {self.picked[1][1]}")
 
     def _merge(self, image: Image) -> None:
+        check_image_layer(image, purpose="correct")
         cells = self.corrector.cells_layer(image)
         ids = [
             label for layer_id, label in self.picked if cells is not None and layer_id == id(cells)
