@@ -563,3 +563,14 @@ def test_an_imagej_z_step_in_a_unit_of_its_own_is_read_in_that_unit(tmp_path):
     image = AxisImage.from_file(path)
     # it was 300 µm
     assert (image.pixel_size, image.unit) == ({"Z": 0.3, "Y": 0.5, "X": 0.5}, "µm")
+
+
+def test_an_ome_tiff_whose_pixel_size_is_no_number_opens_without_it(tmp_path):
+    path = tmp_path / "comma.ome.tif"
+    tifffile.imwrite(path, np.zeros((4, 6), np.uint8), ome=True, metadata={"PhysicalSizeX": 0.5})
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata.replace('PhysicalSizeX="0.5"', 'PhysicalSizeX="0,65"')
+    tifffile.imwrite(path, np.zeros((4, 6), np.uint8), description=xml, metadata=None)
+    image = AxisImage.from_file(path)  # raised: could not convert string to float
+    assert image.pixel_size == {}
+    assert any("X 0,65 µm is no length" in note for note in image.notes)

@@ -270,26 +270,27 @@ _GIVE_PIXEL_SIZE = (
 
 
 def _lengths(
-    sizes: Mapping[str, tuple[float, Any]],
+    sizes: Mapping[str, tuple[Any, Any]],
 ) -> tuple[dict[str, float], str | None, tuple[str, ...]]:
-    """Step sizes by axis, each with the unit the file names (None: none), in one unit
-    (:func:`~napari_mutualseg.ome.in_one_unit`), and a note of those left out.
+    """Step sizes by axis as the file gives them, each with the unit it names (None: none),
+    in one unit (:func:`~napari_mutualseg.ome.in_one_unit`), and a note of those left out.
 
-    A size in a unit that is no length this package knows is left out and said: taken in the
-    unit of the other axes, it would be wrong by orders of magnitude.
+    A size that is no number (``"0,65"``), or in a unit that is no length this package knows,
+    is left out and said: taken in the unit of the other axes, it would be wrong by orders of
+    magnitude, and it is no reason not to open the image.
     """
     known, unknown = {}, {}
     for axis, (value, unit) in sizes.items():
         try:
-            known[axis] = (value, unit_symbol(unit))
+            known[axis] = (float(value), unit_symbol(unit))
         except ValueError:
-            unknown[axis] = f"{axis} {value:g} {unit}"
+            unknown[axis] = f"{axis} {value} {unit or ''}".rstrip()
     scale, unit = in_one_unit(known)
     if not unknown:
         return scale, unit, ()
     note = (
-        f"the file's pixel size {', '.join(unknown.values())} is in a unit that is no known "
-        f"length and is left out: {_GIVE_PIXEL_SIZE}"
+        f"the file's pixel size {', '.join(unknown.values())} is no length this package can "
+        f"read and is left out: {_GIVE_PIXEL_SIZE}"
     )
     return scale, unit, (note,)
 
@@ -411,7 +412,7 @@ def _ome_xml(
         value = pixels.get(f"PhysicalSize{letter}")
         if value is not None:
             # OME's default unit is the micrometre; each axis may have its own
-            sizes[letter] = (float(value), pixels.get(f"PhysicalSize{letter}Unit", "µm"))
+            sizes[letter] = (value, pixels.get(f"PhysicalSize{letter}Unit", "µm"))
     scale, unit, notes = _lengths(sizes)
     channels = [e for e in pixels if e.tag.endswith("}Channel")]
     names = tuple(e.get("Name", "") for e in channels)
@@ -458,7 +459,7 @@ def _imagej_scale(
             if num:
                 sizes[letter] = (den / num, units[letter])
     if meta.get("spacing"):
-        sizes["Z"] = (float(meta["spacing"]), units["Z"])
+        sizes["Z"] = (meta["spacing"], units["Z"])
     return _lengths(sizes)
 
 
