@@ -316,3 +316,19 @@ def test_a_channel_asked_for_by_name_in_an_image_without_names_is_said_in_panel_
     [error] = messages(notes, "error")
     assert "channel 'DAPI' cannot be found" in error and "(the Channels setting)" in error
     assert "--" not in error and "in Python" not in error
+
+
+def test_a_reopened_panel_shows_the_settings_of_the_pair_it_goes_on_with(make_napari_viewer):
+    """As after Load model: the network size and channels are the pair's, not the defaults."""
+    from helpers import ThresholdNet
+    from napari_mutualseg.models import ModelPair
+
+    viewer = make_napari_viewer()
+    dock, widget = open_widget(viewer)
+    kept = {"width": 6, "depth": 3, "channels": [1], "rgb": "gray"}
+    widget.controller.set_pair(ModelPair(ThresholdNet(), ThresholdNet(), settings=kept))
+    close_panel(viewer, dock)
+    _, reopened = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    settings = reopened.settings
+    assert (settings.width, settings.depth, settings.channels, settings.rgb) == (6, 3, "1", "gray")
+    assert reopened.training.form.editors["channels"].text() == "1"

@@ -90,6 +90,9 @@ class MutualSegWidget(QWidget):
         self.viewer = napari_viewer
         self.settings = TrainingSettings(preferred_settings())
         self.controller = RunController.for_viewer(napari_viewer)
+        if self.controller.pair is not None:
+            # a reopened panel goes on with the viewer's pair: its size and channels (as Load)
+            self.settings.take_model(self.controller.pair.settings)
         self.data = DataPanel(napari_viewer)
         self.training = TrainingPanel(self.settings)
         self.model = ModelPanel(napari_viewer)
