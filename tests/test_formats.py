@@ -574,3 +574,14 @@ def test_an_ome_tiff_whose_pixel_size_is_no_number_opens_without_it(tmp_path):
     image = AxisImage.from_file(path)  # raised: could not convert string to float
     assert image.pixel_size == {}
     assert any("X 0,65 µm is no length" in note for note in image.notes)
+
+
+def test_a_z_step_in_pixels_is_no_length(tmp_path):
+    metadata = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    metadata.update({"PhysicalSizeZ": 1, "PhysicalSizeZUnit": "pixel"})
+    tifffile.imwrite(
+        tmp_path / "z.ome.tif", np.zeros((2, 4, 6), np.uint8), ome=True, metadata=metadata
+    )
+    image = AxisImage.from_file(tmp_path / "z.ome.tif")
+    assert image.pixel_size == {"Y": 0.5, "X": 0.5}  # Z was 1 µm
+    assert any("Z 1 pixel is no length" in note for note in image.notes)

@@ -275,16 +275,21 @@ def _lengths(
     """Step sizes by axis as the file gives them, each with the unit it names (None: none),
     in one unit (:func:`~napari_mutualseg.ome.in_one_unit`), and a note of those left out.
 
-    A size that is no number (``"0,65"``), or in a unit that is no length this package knows,
-    is left out and said: taken in the unit of the other axes, it would be wrong by orders of
-    magnitude, and it is no reason not to open the image.
+    A size that is no number (``"0,65"``), in pixels, or in a unit that is no length this
+    package knows, is left out and said: taken in the unit of the other axes, it would be wrong
+    by orders of magnitude, and it is no reason not to open the image.
     """
     known, unknown = {}, {}
     for axis, (value, unit) in sizes.items():
         try:
-            known[axis] = (float(value), unit_symbol(unit))
+            number, symbol = float(value), unit_symbol(unit)
         except ValueError:
+            number = symbol = None
+        # a unit named but no length: pixels (unit_symbol's None)
+        if number is None or (symbol is None and str(unit or "").strip()):
             unknown[axis] = f"{axis} {value} {unit or ''}".rstrip()
+        else:
+            known[axis] = (number, symbol)
     scale, unit = in_one_unit(known)
     if not unknown:
         return scale, unit, ()
