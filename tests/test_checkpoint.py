@@ -257,3 +257,11 @@ def test_a_model_without_a_stored_min_size_keeps_its_fingerprint():
     default = without.copy()
     default.settings["min_size"] = 16
     assert without.fingerprint() == default.fingerprint()
+
+
+def test_info_says_the_smallest_cell_a_model_keeps(tmp_path):
+    from napari_mutualseg.cli.info import _text, model_card
+
+    card = model_card(str(_pair().save(tmp_path / "m.pt")))
+    assert card["min_size"] == 5
+    assert "smallest cell kept: 5 px" in _text(card)

@@ -19,6 +19,7 @@ def model_card(path: str) -> dict[str, Any]:
         If it is not a usable model (the message says why).
     """
     from ..blockwise import default_halo
+    from ..config import TrainConfig
     from ..models import ModelPair
 
     pair, payload = ModelPair.read(path)
@@ -49,6 +50,8 @@ def model_card(path: str) -> dict[str, Any]:
         ),
         "cell_size": pair.cell_size,
         "halo": default_halo(pair.cell_size),
+        # what segmenting keeps unless told otherwise, and part of the fingerprint
+        "min_size": int(settings.get("min_size", TrainConfig.min_size)),
         "settings": settings,
     }
 
@@ -94,6 +97,10 @@ def _text(card: dict[str, Any]) -> str:
             f"{side} px (or with --block-size) are segmented block by block with a margin of "
             f"{card['halo']} px"
         )
+    lines.append(
+        f"smallest cell kept: {card['min_size']} px (unless predict is given another with "
+        "--min-size)"
+    )
     lines.append(f"fingerprint: {card['fingerprint']} (in the record of every result it makes)")
     return "\n".join(lines)
 
