@@ -532,11 +532,11 @@ def test_a_size_in_a_unit_that_is_no_known_length_is_left_out_with_a_note(tmp_pa
     path = tmp_path / "ij.tif"
     metadata = {"unit": "mic", "axes": "YX"}
     tifffile.imwrite(
-        path, np.zeros((4, 6), np.uint8), imagej=True, resolution=(2.0, 2.0), metadata=metadata
+        path, np.zeros((4, 6), np.uint8), imagej=True, resolution=(3.0, 3.0), metadata=metadata
     )
     image = AxisImage.from_file(path)
     assert (image.pixel_size, image.unit) == ({}, None)
-    assert any("X 0.5 mic, Y 0.5 mic" in note for note in image.notes)  # was silent
+    assert any("X 0.333333 mic, Y 0.333333 mic" in note for note in image.notes)  # was silent
 
 
 @pytest.mark.parametrize(("dpi", "size"), [(72, None), (25400 / 0.65, 0.65)])

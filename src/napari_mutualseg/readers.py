@@ -287,7 +287,8 @@ def _lengths(
             number = symbol = None
         # a unit named but no length: pixels (unit_symbol's None)
         if number is None or (symbol is None and str(unit or "").strip()):
-            unknown[axis] = f"{axis} {value} {unit or ''}".rstrip()
+            shown = f"{value:g}" if isinstance(value, float | int) else value
+            unknown[axis] = f"{axis} {shown} {unit or ''}".rstrip()
         else:
             known[axis] = (number, symbol)
     scale, unit = in_one_unit(known)
