@@ -332,3 +332,32 @@ def test_a_reopened_panel_shows_the_settings_of_the_pair_it_goes_on_with(make_na
     settings = reopened.settings
     assert (settings.width, settings.depth, settings.channels, settings.rgb) == (6, 3, "1", "gray")
     assert reopened.training.form.editors["channels"].text() == "1"
+
+
+def test_the_last_rounds_results_stay_with_their_image_when_another_is_prepared_at_once(
+    scene, qtbot
+):
+    """Generate supervision on another image as training ends, its last round still being
+    drawn: that round's results go to the trained image's layers, never the new image's."""
+    from napari_mutualseg._napari.runs import RunState
+
+    viewer, widget, _image, _boxes = scene
+    data, rows = disc_image(centres=((12, 12), (30, 30)), seed=3)  # the same shape
+    other = viewer.add_image(data, name="other")
+    other_boxes = viewer.add_shapes(rectangles(rows), shape_type="rectangle", name="theirs")
+    busy = []
+
+    def prepare_other(state):
+        if state is RunState.IDLE and not busy:
+            busy.append(widget.is_busy)  # the last round is still on its way into the layers
+            widget.image_layer, widget.boxes_layer = other, other_boxes
+            widget.generate_supervision()
+
+    widget.controller.state_changed.connect(prepare_other)
+    widget.settings.rounds = 1
+    widget.train()
+    qtbot.waitUntil(lambda: bool(busy), timeout=TIMEOUT)
+    widget.wait()
+    assert busy == [True]
+    assert not viewer.layers["other disagreement"].data.any()
+    assert viewer.layers["cells disagreement"].data.any()

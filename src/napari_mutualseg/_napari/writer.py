@@ -47,9 +47,14 @@ class LayerWriter(QObject):
         # the cells the plugin last wrote for each image (by layer id): what a person corrects
         self.written: dict[str, np.ndarray] = {}
         self.defer_hidden = False
-        self._deferred: dict[tuple[str, int], np.ndarray] = {}
+        # the newest data of each hidden layer (by the layer's id): its role and image
+        self._deferred: dict[int, tuple[str, Layer, np.ndarray]] = {}
         self._watched: set[int] = set()
-        self._pending: tuple[int, list[tuple[str, int, np.ndarray]], dict] | None = None
+        # a round not shown yet: its index, its layers' data and its tables, each with its
+        # image (bound when the round arrived: a training started since has other images)
+        self._pending: (
+            tuple[int, list[tuple[str, Layer, np.ndarray]], list[tuple[Layer, Table]]] | None
+        ) = None
         self._steps: list[Callable[[], None]] = []
         self._timer = QTimer(self, singleShot=True)
         self._timer.timeout.connect(self._next)
@@ -66,8 +71,8 @@ class LayerWriter(QObject):
         self.images, self._deferred, self._gone = list(images), {}, set()
         # after the writes still queued (the last round of a training that just ended)
         self._steps += [
-            partial(self._ensure, role, part)
-            for part in range(len(images))
+            partial(self._ensure, role, image)
+            for part, image in enumerate(images)
             for role in roles
             if part == 0 or role in PER_IMAGE
         ]
@@ -83,14 +88,21 @@ class LayerWriter(QObject):
     ) -> None:
         """Put one round's layer data into the layers (replacing a round not shown yet), with
         the measurements of each training image's cells."""
-        self._pending = (round_index, layers, tables or {})
+        images = self.images
+        self._pending = (
+            round_index,
+            [(role, images[part], data) for role, part, data in layers],
+            [(images[part], table) for part, table in (tables or {}).items()],
+        )
         self._kick()
 
     def finish(self) -> None:
         """Training ended: hidden layers get the newest data too."""
         self.defer_hidden = False
         if self._pending is None and self._deferred:
-            self._steps += [partial(self._write, *key, d) for key, d in self._deferred.items()]
+            self._steps += [
+                partial(self._write, *deferred) for deferred in self._deferred.values()
+            ]
             self._deferred = {}
             self._kick()
 
@@ -102,8 +114,7 @@ class LayerWriter(QObject):
         if not self._timer.isActive():
             self._timer.start(0)
 
-    def _ensure(self, role: str, part: int) -> None:
-        image = self.images[part]
+    def _ensure(self, role: str, image: Layer) -> None:
         if not self._in_viewer(image):
             return
         shape = layer_axes(image).label_shape
@@ -111,7 +122,7 @@ class LayerWriter(QObject):
         if existing is None or tuple(existing.data.shape) != shape:
             kind = RESULT_LAYERS[role][1]
             dtype = {"labels": np.uint16, "classes": np.uint8, "image": np.float16}[kind]
-            self._write(role, part, np.zeros(shape, dtype))
+            self._write(role, image, np.zeros(shape, dtype))
 
     def remember(self, image: Layer, cells: np.ndarray) -> None:
         """Keep the cells just written for ``image`` as :attr:`written`: a copy, as napari's
@@ -140,17 +151,17 @@ class LayerWriter(QObject):
         self._gone.add(key)
         return False
 
-    def _write(self, role: str, part: int, data: np.ndarray) -> None:
-        viewer, image = self._viewer(), self.images[part]
+    def _write(self, role: str, image: Layer, data: np.ndarray) -> None:
+        viewer = self._viewer()
         if not self._in_viewer(image):
             return
         source = image if role in PER_IMAGE else None
         existing = find_own_layer(viewer, role, source)
         if self.defer_hidden and existing is not None and not existing.visible:
-            self._deferred[role, part] = data
+            self._deferred[id(existing)] = (role, image, data)
             if id(existing) not in self._watched:
                 self._watched.add(id(existing))
-                existing.events.visible.connect(partial(self._shown, role, part))
+                existing.events.visible.connect(partial(self._shown, id(existing)))
             return
         if role == "cells":
             self.remember(image, data)
@@ -170,17 +181,17 @@ class LayerWriter(QObject):
             # after this turn's drawing: a zero timer runs once the paint events are handled
             QTimer.singleShot(0, self.on_round_shown)
 
-    def _measured(self, part: int, table: Table) -> None:
-        if not self._in_viewer(self.images[part]):
+    def _measured(self, image: Layer, table: Table) -> None:
+        if not self._in_viewer(image):
             return
-        layer = find_own_layer(self._viewer(), "cells", self.images[part])
+        layer = find_own_layer(self._viewer(), "cells", image)
         if layer is not None:
             show_table(layer, table)
 
-    def _shown(self, role: str, part: int, event: object) -> None:
-        data = self._deferred.pop((role, part), None)
-        if data is not None and getattr(event, "value", True):
-            self._steps.append(partial(self._write, role, part, data))
+    def _shown(self, layer_id: int, event: object) -> None:
+        deferred = self._deferred.pop(layer_id, None)
+        if deferred is not None and getattr(event, "value", True):
+            self._steps.append(partial(self._write, *deferred))
             self._kick()
 
     def _next(self) -> None:
@@ -189,7 +200,7 @@ class LayerWriter(QObject):
         if self._pending is not None and not self._steps:
             (round_index, layers, tables), self._pending = self._pending, None
             self._steps = [partial(self._write, *layer) for layer in layers]
-            self._steps += [partial(self._measured, part, t) for part, t in tables.items()]
+            self._steps += [partial(self._measured, image, t) for image, t in tables]
             self._steps.append(partial(self._round_shown, round_index))
             if not self.defer_hidden:
                 self._deferred = {}
