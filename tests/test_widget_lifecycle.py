@@ -235,6 +235,19 @@ def test_editing_the_cells_being_trained_on_is_refused(training, notes):
     assert widget.check.add.isEnabled()
 
 
+def test_changing_the_annotation_mode_while_training_keeps_generate_disabled(training):
+    from napari_mutualseg._napari.panels import MODE_ALL, MODE_REGION
+
+    _viewer, widget, _image = training
+    data = widget.data
+    for mode in (MODE_REGION, MODE_ALL):
+        data.mode.value = mode
+        assert not data.generate.isEnabled() and not data.new_boxes.isEnabled()
+    widget.stop()
+    widget.wait()
+    assert data.generate.isEnabled() and data.new_boxes.isEnabled()
+
+
 def test_the_device_line_says_in_use_only_while_training(scene):
     _viewer, widget, _image, _boxes = scene
     widget.settings.rounds = 1

@@ -174,7 +174,8 @@ class DataPanel(QGroupBox):
         self.new_boxes.clicked.connect(self.new_boxes_layer)
         self.new_region.clicked.connect(self.new_region_layer)
         self.boxes.changed.connect(lambda _: self.region.reset_choices())
-        self.mode.changed.connect(lambda _: self.set_busy(False))
+        self._busy = False  # a job runs: Generate supervision waits for it
+        self.mode.changed.connect(lambda _: self.set_busy(self._busy))
         self.set_busy(False)
         self.show_axes()
 
@@ -327,6 +328,7 @@ class DataPanel(QGroupBox):
         return self.mode.value == MODE_REGION
 
     def set_busy(self, busy: bool) -> None:
+        self._busy = busy
         for w in (self.generate, self.new_boxes):
             w.setEnabled(not busy)
         self.region.enabled = self.region_mode
