@@ -16,6 +16,7 @@ from .blockwise import (
     default_halo,
     segment_blockwise,
 )
+from .config import TrainConfig
 from .disagreement import Prediction, cell_disagreement, spots_to_check
 from .images import AxisImage
 from .inference import (
@@ -339,7 +340,9 @@ class Segmenter:
 
     def _min_size(self, min_size: int | None) -> int:
         """The smallest cell kept: as given, else the training setting."""
-        min_size = int(self.settings.get("min_size", 16)) if min_size is None else int(min_size)
+        if min_size is None:  # files from before the setting: the setting's default
+            min_size = self.settings.get("min_size", TrainConfig.min_size)
+        min_size = int(min_size)
         if min_size < 0:
             raise ValueError(f"min_size must be 0 or more pixels, got {min_size}.")
         return min_size
