@@ -903,3 +903,39 @@ def test_a_worker_whose_folder_was_cleaned_away_still_loads_the_model(model, tmp
             model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address
         )
         assert [r.status for r in run] == ["done", "done"]
+
+
+def _in_process_cluster():
+    """A LocalCluster of threads in this process, so that a test can patch what its workers
+    run; the scheduler hands a worker an image only when it has a thread free."""
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        return LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tcp",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+        )
+
+
+def test_a_model_that_does_not_load_at_the_start_is_taken_off_the_cluster(
+    model, tmp_path, monkeypatch
+):
+    """The run failed, but its model stayed registered: every worker that joined the
+    cluster later loaded it again."""
+
+    def fails(self, worker, *share):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cluster._ModelPlugin, "_load", fails)
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(2)]
+    with _in_process_cluster() as shared:
+        run = BatchRun(
+            model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address
+        )
+        with pytest.raises(OSError, match="No space left on device"):
+            list(run)
+        assert not [n for n in shared.scheduler.worker_plugins if "mutualseg" in n]

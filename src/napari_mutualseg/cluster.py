@@ -609,9 +609,11 @@ def submit_jobs(
     check_paths(client, visible, writable)
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
     name = f"{_PLUGIN}-{run}"
-    client.register_plugin(_ModelPlugin(name, model, device, _host_shares(client)))
     futures: list[Future] = []
     try:
+        # in the block: the scheduler keeps a plugin that failed on a worker, and would load
+        # it on every worker that joins the cluster later
+        client.register_plugin(_ModelPlugin(name, model, device, _host_shares(client)))
         futures = client.map(
             _on_worker,
             jobs,
