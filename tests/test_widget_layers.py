@@ -79,3 +79,24 @@ def test_result_layers_are_in_the_images_units(viewer_widget):
     assert supervision is not None
     assert [str(u) for u in supervision.units] == ["micrometer"] * 2
     np.testing.assert_allclose(supervision.scale, layer.scale)
+
+
+def test_undo_after_a_new_prediction_leaves_the_new_cells_as_they_are(thresholded):
+    """A stroke painted on the cells predicted before is not undone into the new cells."""
+    import torch
+
+    class Background(ThresholdNet):  # sees no cell anywhere
+        def forward(self, x):
+            return torch.cat([x * 0 + 8, x * 0 - 8, x * 0 - 8], dim=1)
+
+    viewer, widget = thresholded
+    image = viewer.add_image(disc_image()[0], name="x")
+    widget.predict(image, block=True)
+    cells = viewer.layers["x cells"]
+    square = np.nonzero(np.ones((10, 10), bool))
+    cells.data_setitem((square[0] + 10, square[1] + 10), 9)  # a paint stroke
+    widget.controller.set_pair(ModelPair(Background(), Background(), settings={"min_size": 4}))
+    widget.predict(image, block=True)
+    assert not cells.data.any()
+    cells.undo()
+    assert not cells.data.any()

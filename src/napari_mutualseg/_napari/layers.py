@@ -228,6 +228,12 @@ def upsert_layer(
     if layer is not None:
         reshaped = tuple(layer.data.shape) != tuple(data.shape)
         layer.data = data
+        # the strokes in a Labels layer's undo history were painted on the result replaced:
+        # undone now, they would paste pieces of it into the new one (napari keeps them, and
+        # has no public way to forget them)
+        forget = getattr(layer, "_reset_history", None)
+        if forget is not None:
+            forget()
         if reshaped:
             for key, value in transform_kwargs(like, data.ndim).items():
                 setattr(layer, key, value)
