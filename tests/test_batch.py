@@ -939,3 +939,59 @@ def test_a_model_that_does_not_load_at_the_start_is_taken_off_the_cluster(
         with pytest.raises(OSError, match="No space left on device"):
             list(run)
         assert not [n for n in shared.scheduler.worker_plugins if "mutualseg" in n]
+
+
+def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner) -> list:
+    """Iterate ``run`` while its first worker is held on its first image and a second worker
+    joins (after ``late_joiner()``, which patches what that worker meets); the first is let
+    go once the late one has failed the other images."""
+    held, go = threading.Event(), threading.Event()
+    original = cluster.process_image
+
+    def hold_first(pair, job, *args, **kwargs):
+        if not held.is_set():
+            held.set()
+            go.wait(60)
+        return original(pair, job, *args, **kwargs)
+
+    monkeypatch.setattr(cluster, "process_image", hold_first)
+
+    def join():
+        held.wait(60)
+        late_joiner()
+        shared.scale(2)
+
+    threading.Thread(target=join, daemon=True).start()
+    results = []
+    for result in run:
+        results.append(result)
+        if sum(r.status == "failed" for r in results) == len(run.jobs) - 1:
+            go.set()
+    go.set()
+    return results
+
+
+def test_a_worker_that_joins_a_run_and_cannot_load_the_model_says_so_for_its_images(
+    model, tmp_path, monkeypatch
+):
+    """Its images failed with "AttributeError: 'NoneType' object has no attribute ..."."""
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(3)]
+    load = cluster._ModelPlugin._load
+
+    def fails_when_late(self, worker, *share):
+        if worker.address not in self.shares:
+            raise OSError(28, "No space left on device")
+        return load(self, worker, *share)
+
+    with _in_process_cluster() as shared:
+        run = BatchRun(
+            model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address
+        )
+        late = lambda: monkeypatch.setattr(cluster._ModelPlugin, "_load", fails_when_late)  # noqa: E731
+        results = _with_a_late_worker(run, shared, monkeypatch, late)
+    failed = [r for r in results if r.status == "failed"]
+    assert len(failed) == 2 and [r.status for r in results].count("done") == 1
+    for result in failed:
+        assert result.reason.startswith(f"The dask worker {result.worker} could not load")
+        assert "No space left on device" in result.reason and "run again" in result.reason
+        assert "NoneType" not in result.reason

@@ -11,6 +11,8 @@ Runs may share a cluster: each run's plugin and tasks have names of their own, s
 run never takes another's model or results, and the plugin is removed when the run ends.
 Before any task, :func:`check_versions` asks every worker for its versions of this package,
 torch and numpy: a worker with others would fail every image with an error of its own code.
+A worker that joins during the run and cannot load the model fails each of its images
+saying so.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .image_task import process_image
+from .image_task import error_reason, process_image
 from .jobs import BatchOptions, ImageJob, ImageResult
 
 if TYPE_CHECKING:
@@ -151,6 +153,9 @@ class _ModelPlugin(WorkerPlugin):
     Carries the model file's bytes, so that workers need not see the file; on a host with
     GPUs, each worker takes a GPU no other worker of the host holds (:func:`_claim_gpu`, also
     when it joins later), and CPU workers share the host's cores.
+
+    When the model does not load on a worker that joins later, ``problem`` says so, and
+    each of its images fails with that reason.
     """
 
     def __init__(
@@ -163,20 +168,34 @@ class _ModelPlugin(WorkerPlugin):
         self.shares = shares
         self.pair: ModelPair | None = None
         self.threads: int | None = None  # torch CPU threads per task
+        self.problem: str | None = None  # why this worker cannot segment the run's images
 
     async def setup(self, worker: Any) -> None:
         share = self.shares.get(worker.address)
-        if share is None:
-            # a worker that joined since the start counts the workers of its host as they
-            # are now, itself included (asked only by such a worker: on a cluster of
-            # thousands, every worker asking would each fetch all of them)
-            try:
-                info = await worker.scheduler.identity(n_workers=-1)
-                workers = info["workers"]
-            except Exception:  # a scheduler that does not say: this worker alone
-                workers = {}
-            share = _host_share(worker.address, worker.state.nthreads, workers)
-        self._load(worker, *share)
+        if share is not None:
+            self._load(worker, *share)  # a failure here fails the start of the run
+            return
+        # A worker that joined since the start: distributed keeps a plugin whose setup
+        # failed on it and sends it images all the same, so what is wrong is kept for them
+        # to say.
+        # It counts the workers of its host as they are now, itself included (asked only by
+        # such a worker: on a cluster of thousands, every worker asking would each fetch
+        # all of them).
+        try:
+            info = await worker.scheduler.identity(n_workers=-1)
+            workers = info["workers"]
+        except Exception:  # a scheduler that does not say: this worker alone
+            workers = {}
+        try:
+            self._load(worker, *_host_share(worker.address, worker.state.nthreads, workers))
+        except Exception as err:  # a full disk, a GPU that fails, a damaged copy
+            self.problem = (
+                f"The dask worker {worker.address} could not load the model "
+                f"({error_reason(err)}): free space in its folder {worker.local_directory} "
+                "and check its GPU, or stop that worker; then run again (the finished images "
+                "are skipped)."
+            )
+            logging.getLogger(__name__).exception(self.problem)
 
     def _load(self, worker: Any, rank: int | None, host_threads: int) -> None:
         import torch
@@ -208,6 +227,8 @@ def _on_worker(
 
     worker = get_worker()
     plugin = worker.plugins[plugin_name]
+    if plugin.problem is not None:
+        return ImageResult(job, "failed", reason=plugin.problem, worker=worker.address)
     if plugin.threads is not None:
         import torch
 
