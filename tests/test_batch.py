@@ -870,7 +870,7 @@ def test_a_worker_on_a_host_of_gpus_loads_the_model_on_a_gpu_no_other_worker_hol
     assert cluster._claim_gpu(["GPU-a"], str(tmp_path)) == 0  # another worker of the host
     other = cluster._GPU_HELD
     monkeypatch.setattr(cluster, "_GPU_HELD", {})  # this one
-    plugin = cluster._ModelPlugin("run", model.read_bytes(), device, {})
+    plugin = cluster._ModelPlugin("run", model.read_bytes(), device, {}, {})
     worker = type("Worker", (), {"local_directory": str(tmp_path)})()
     plugin._load(worker, None, 1)
     assert plugin.pair == "cuda:1"
@@ -995,3 +995,25 @@ def test_a_worker_that_joins_a_run_and_cannot_load_the_model_says_so_for_its_ima
         assert result.reason.startswith(f"The dask worker {result.worker} could not load")
         assert "No space left on device" in result.reason and "run again" in result.reason
         assert "NoneType" not in result.reason
+
+
+def test_a_worker_of_other_versions_that_joins_a_run_says_so_for_its_images(
+    model, tmp_path, monkeypatch
+):
+    """The versions were checked at the start only: a worker that joined later segmented
+    its images, or failed them in code of its own, without a word of its versions."""
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(3)]
+    here = cluster._version_probe()(cluster._MATCHED)
+    other = {**here, "torch": "1.0.0"}
+    words = cluster.version_problem(_Answers({"tcp://late:1": other}))
+    with _in_process_cluster() as shared:
+        run = BatchRun(
+            model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address
+        )
+        late = lambda: monkeypatch.setattr(cluster, "_version_probe", lambda: lambda n: other)  # noqa: E731
+        results = _with_a_late_worker(run, shared, monkeypatch, late)
+    failed = [r for r in results if r.status == "failed"]
+    assert len(failed) == 2 and [r.status for r in results].count("done") == 1
+    for result in failed:  # in the words of the check at the start
+        assert result.reason == words.replace("tcp://late:1", result.worker)
+        assert f"torch 1.0.0 (here {here['torch']})" in result.reason

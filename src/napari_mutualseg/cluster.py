@@ -11,8 +11,8 @@ Runs may share a cluster: each run's plugin and tasks have names of their own, s
 run never takes another's model or results, and the plugin is removed when the run ends.
 Before any task, :func:`check_versions` asks every worker for its versions of this package,
 torch and numpy: a worker with others would fail every image with an error of its own code.
-A worker that joins during the run and cannot load the model fails each of its images
-saying so.
+A worker that joins during the run is checked as it joins, by the plugin: when its versions
+differ or the model does not load there, each of its images fails saying so.
 """
 
 from __future__ import annotations
@@ -154,18 +154,25 @@ class _ModelPlugin(WorkerPlugin):
     GPUs, each worker takes a GPU no other worker of the host holds (:func:`_claim_gpu`, also
     when it joins later), and CPU workers share the host's cores.
 
-    When the model does not load on a worker that joins later, ``problem`` says so, and
-    each of its images fails with that reason.
+    A worker that joins later is checked here, as :func:`check_versions` checked the others
+    at the start: when its versions differ or the model does not load on it, ``problem``
+    says so, and each of its images fails with that reason.
     """
 
     def __init__(
-        self, name: str, model: bytes, device: str, shares: dict[str, tuple[int | None, int]]
+        self,
+        name: str,
+        model: bytes,
+        device: str,
+        shares: dict[str, tuple[int | None, int]],
+        versions: dict[str, str | None],
     ) -> None:
         self.name = name  # one per run: runs that share a cluster keep their own model
         self.model = model
         self.device = device
         # worker address -> (index on its host, task threads on its host) at the start
         self.shares = shares
+        self.versions = versions  # :data:`_MATCHED` of the process that started the run
         self.pair: ModelPair | None = None
         self.threads: int | None = None  # torch CPU threads per task
         self.problem: str | None = None  # why this worker cannot segment the run's images
@@ -178,6 +185,9 @@ class _ModelPlugin(WorkerPlugin):
         # A worker that joined since the start: distributed keeps a plugin whose setup
         # failed on it and sends it images all the same, so what is wrong is kept for them
         # to say.
+        if differs := _mismatch(self.versions, _version_probe()(_MATCHED)):
+            self.problem = _version_words(worker.address, differs, self.versions)
+            return
         # It counts the workers of its host as they are now, itself included (asked only by
         # such a worker: on a cluster of thousands, every worker asking would each fetch
         # all of them).
@@ -339,14 +349,21 @@ def version_problem(client: Client) -> str | None:
     if not bad:
         return None
     first = next(iter(bad))
-    more = f" (and {len(bad) - 1} more of the workers)" if len(bad) > 1 else ""
+    return _version_words(first, bad[first], here, more=len(bad) - 1)
+
+
+def _version_words(
+    address: str, differs: list[str], here: dict[str, str | None], more: int = 0
+) -> str:
+    """:func:`version_problem`'s sentence: a worker, how many ``more`` differ, what to do."""
+    others = f" (and {more} more of the workers)" if more else ""
     pins = " ".join(
         f"{n}=={v}" if n == "napari-mutualseg" else f'"{n}=={".".join(_release(v))}.*"'
         for n, v in here.items()
         if v is not None
     )
     return (
-        f"The dask worker {first}{more} has {', '.join(bad[first])}: install the versions of "
+        f"The dask worker {address}{others} has {', '.join(differs)}: install the versions of "
         f"this machine on every worker (pip install {pins}) and start the workers again."
     )
 
@@ -630,11 +647,12 @@ def submit_jobs(
     check_paths(client, visible, writable)
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
     name = f"{_PLUGIN}-{run}"
+    versions = _version_probe()(_MATCHED)  # for the workers that join later to compare
     futures: list[Future] = []
     try:
         # in the block: the scheduler keeps a plugin that failed on a worker, and would load
         # it on every worker that joins the cluster later
-        client.register_plugin(_ModelPlugin(name, model, device, _host_shares(client)))
+        client.register_plugin(_ModelPlugin(name, model, device, _host_shares(client), versions))
         futures = client.map(
             _on_worker,
             jobs,
