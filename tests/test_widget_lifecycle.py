@@ -248,6 +248,19 @@ def test_changing_the_annotation_mode_while_training_keeps_generate_disabled(tra
     assert data.generate.isEnabled() and data.new_boxes.isEnabled()
 
 
+def test_stopped_before_the_first_round_says_there_are_no_models(
+    make_napari_viewer, slow_rounds, qtbot
+):
+    viewer = make_napari_viewer()
+    widget, _image = boxed_widget(viewer)
+    widget.train()
+    widget.stop()
+    widget.wait()
+    assert widget.pair is None and not widget.model.predict.isEnabled()
+    assert "no models yet" in widget.status.text()
+    assert "models of the last completed round are kept" not in widget.status.text()
+
+
 def test_the_device_line_says_in_use_only_while_training(scene):
     _viewer, widget, _image, _boxes = scene
     widget.settings.rounds = 1

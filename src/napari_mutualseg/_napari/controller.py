@@ -271,6 +271,12 @@ class RunController(QObject):
         self.progress.emit(0, 0)
         if self.closing or run.error:
             return
+        if run.cancelled and self.pair is None:
+            self.notify(
+                "Stopped before the first round ended: there are no models yet. Press Train to "
+                "start training again."
+            )
+            return
         if run.cancelled:
             self.notify(
                 f"Stopped after {len(self.history)} of {self.planned} rounds; the models of the "
