@@ -5,6 +5,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from skimage.draw import disk
+from skimage.measure import regionprops
 
 from napari_mutualseg import training
 from napari_mutualseg.checkpoint import ARCH_LIMITS
@@ -606,6 +608,33 @@ def test_a_box_past_the_image_border_leaks_like_a_whole_one(corners):
     settings = ExchangeSettings()
     np.testing.assert_array_equal(ctx.combine(everything_cell, settings), ctx.initial)
     assert found_fraction([everything_cell], [ctx], settings) == 0.0
+
+
+def test_overlapping_boxes_all_called_cell_have_found_no_cell():
+    # Overlapping boxes share their pixels out among their objects: a peer that calls the
+    # whole image cell gives each box only its share, which leaks in no box alone, and
+    # training stopped as converged on it. The group of boxes is all object: none found.
+    shape = (48, 96)
+    boxes = [Box.from_corners(8, 8 + 12 * i, 40, 40 + 12 * i) for i in range(4)]
+    ctx = ExchangeContext.build(make_supervision(shape, boxes))
+    everything_cell = np.zeros((3, *shape), np.float32)
+    everything_cell[1] = 1.0
+    settings = ExchangeSettings()
+    np.testing.assert_array_equal(ctx.combine(everything_cell, settings), ctx.initial)
+    assert found_fraction([everything_cell], [ctx], settings) == 0.0
+
+
+def test_touching_cells_in_overlapping_boxes_are_found():
+    # Two touching round cells: their boxes overlap, and the cells leave the corners of the
+    # boxes' union background, so a right prediction is passed on for both.
+    gt = np.zeros((48, 64), np.int32)
+    for k, centre in enumerate([(24, 20), (24, 40)], start=1):
+        gt[disk(centre, 12, shape=gt.shape)] = k
+    boxes = [Box.from_corners(*r.bbox) for r in regionprops(gt)]
+    assert boxes[0].pixel_range()[3] > boxes[1].pixel_range()[1]  # the boxes overlap
+    ctx = ExchangeContext.build(make_supervision(gt.shape, boxes))
+    right = np.stack([gt == 0, gt > 0, np.zeros_like(gt, bool)]).astype(np.float32)
+    assert found_fraction([right], [ctx], ExchangeSettings()) == 1.0
 
 
 def test_labels_without_any_background_are_warned_about(scene):
