@@ -65,6 +65,16 @@ def test_ome_tiff_channel_names_and_selection(tmp_path):
         image.select([0, "DAPI"])
 
 
+def test_axes_given_against_the_file_replace_its_reading_in_the_notes(tmp_path):
+    # tifffile tags a (3, H, W) array as planar RGB: read so, the note says the RGB tag; given
+    # as a z-stack, that note would contradict the image it describes
+    path = tmp_path / "three.tif"
+    tifffile.imwrite(path, _ramp((3, 16, 20)), photometric="rgb", planarconfig="separate")
+    assert AxisImage.from_file(path).notes == ("axes CYX from the RGB photometric tag",)
+    stack = AxisImage.from_file(path, axes="ZYX")
+    assert stack.notes == ("axes ZYX as given (the file says SYX)",)
+
+
 def test_a_3d_file_without_metadata_asks_for_its_axes(tmp_path):
     path = tmp_path / "stack.tif"
     data = _ramp((5, 16, 20))

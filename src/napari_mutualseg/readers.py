@@ -93,6 +93,8 @@ def read_axis_image(
         if "?" in letters:
             notes.append(f"axes {axes} as given (the file does not say)")
         elif axes != letters:
+            # the file's reading of its axes is overruled: its note would say the opposite
+            notes = [n for n in notes if not n.startswith(f"axes {letters} from ")]
             notes.append(f"axes {axes} as given (the file says {raw.file_axes})")
         same_c = "C" in axes and "C" in letters and axes.index("C") == letters.index("C")
         image = AxisImage.from_array(
