@@ -171,8 +171,30 @@ def test_info_says_what_a_model_holds(data, tmp_path, capsys):
               pair.settings).save(wide_b)  # fmt: skip
     code, stdout, _ = _run(capsys, "info", wide_b)
     assert "A, a U-Net of width 4 and depth 2" in stdout and "B, a U-Net of width 8" in stdout
-    code, _, err = _run(capsys, "info", data["image"])  # the image given for the model
-    assert code == 2 and "is a TIFF image, not a napari-mutualseg model" in err
+    code, _, err = _run(capsys, "info", data["plain"])  # a box table given for the model
+    assert code == 2 and "is not a readable napari-mutualseg model" in err
+
+
+def test_info_says_how_an_image_file_is_read(tmp_path, capsys):
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((5, 16, 20), np.uint16))
+    code, _, err = _run(capsys, "info", stack)  # a plain 3D TIFF: its axes are asked for
+    assert code == 2 and "--axes" in err
+    code, stdout, err = _run(capsys, "info", stack, "--axes", "ZYX")
+    assert code == 0, err
+    assert "stack.tif: 16 x 20 px, 5 z-planes, axes ZYX" in stdout
+    assert "pixel size: none in the file" in stdout and "note: axes ZYX as given" in stdout
+    calibrated = tmp_path / "calibrated.ome.tif"
+    tifffile.imwrite(
+        calibrated,
+        np.zeros((2, 16, 20), np.uint16),
+        metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP"]}, "PhysicalSizeX": 0.65,
+                  "PhysicalSizeY": 0.65},
+    )  # fmt: skip
+    code, stdout, _ = _run(capsys, "info", calibrated, "--json")
+    card = json.loads(stdout)
+    assert card["axes"] == "CYX" and card["channel_names"] == ["DAPI", "GFP"]
+    assert card["pixel_size"] == {"Y": 0.65, "X": 0.65} and card["unit"] == "µm"
 
 
 def test_evaluate_prints_metrics(data, capsys):

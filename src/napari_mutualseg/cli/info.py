@@ -1,4 +1,5 @@
-"""``info``: what a model file holds, for the person about to use it or pass it on."""
+"""``info``: what a model file holds, for the person about to use it or pass it on, and how an
+image file is read (its axes, channels and pixel size), before it is trained on or segmented."""
 
 from __future__ import annotations
 
@@ -105,8 +106,63 @@ def _text(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def image_card(path: str, axes: str | None = None) -> dict[str, Any]:
+    """How the image file at ``path`` is read, as plain values: what every command and the
+    plugin take from it (axes, sizes, channels, pixel size) and the notes on what the file
+    did not say.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        If the file cannot be read, or its axes are not known and ``axes`` is not given.
+    """
+    import numpy as np
+
+    from ..images import AxisImage
+
+    image = AxisImage.from_file(path, axes=axes)
+    return {
+        "file": str(path),
+        "axes": image.axes,
+        "sizes": {a: int(n) for a, n in zip(image.axes, image.data.shape, strict=True)},
+        "dtype": str(image.data.dtype),
+        "channel_names": None if image.channel_names is None else list(image.channel_names),
+        "rgb": image.rgb,
+        "pixel_size": dict(image.pixel_size),
+        "unit": image.unit,
+        "read_lazily": not isinstance(image.data, np.ndarray),
+        "notes": list(image.notes),
+        "description": image.describe(),
+    }
+
+
+def _image_text(card: dict[str, Any]) -> str:
+    how = "read plane by plane" if card["read_lazily"] else "read whole"
+    lines = [card["description"], f"pixels: {card['dtype']}, {how}"]
+    if not card["pixel_size"]:
+        lines.append(
+            "pixel size: none in the file (tables are in pixels; predict --pixel-size gives one)"
+        )
+    lines += [f"note: {note}" for note in card["notes"]]
+    return "\n".join(lines)
+
+
+def _is_image(path: str) -> bool:
+    from ..io import BIOIO_SUFFIXES, IMAGE_SUFFIXES
+
+    return path.rstrip("/\\").lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr"))
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    """``info``: print what a model file holds; the exit status."""
-    card = model_card(args.model)
-    print(json.dumps(card, indent=2) if args.json else _text(card))
+    """``info``: print what a model file holds, or how an image file is read; the exit
+    status."""
+    if _is_image(args.file):
+        card = image_card(args.file, args.axes)
+        text = _image_text(card)
+    else:
+        card = model_card(args.file)
+        text = _text(card)
+    print(json.dumps(card, indent=2) if args.json else text)
     return 0

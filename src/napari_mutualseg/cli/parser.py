@@ -273,8 +273,15 @@ def _add_evaluate(sub: Subparsers) -> None:
 
 
 def _add_info(sub: Subparsers) -> None:
-    p = sub.add_parser("info", help="what a model file holds: input, networks, training")
-    p.add_argument("model", help=_MODEL_HELP)
+    p = sub.add_parser(
+        "info",
+        help="what a model file holds (input, networks, training), or how an image file is "
+        "read (axes, channels, pixel size)",
+    )
+    p.add_argument(
+        "file", help=f"{_MODEL_HELP}, or an image file or OME-Zarr to see how it is read"
+    )
+    _add_image_options(p, channels=False)
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=cmd_info)
 
