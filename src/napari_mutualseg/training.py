@@ -56,6 +56,8 @@ __all__ = ["ExchangeSettings", "MutualTrainer", "RoundReport", "TrainConfig", "T
 class RoundReport:
     """What one round produced, one entry per training image in every list.
 
+    ``round`` counts the rounds of this run, 1 to ``rounds``; a resumed pair's history goes
+    on from its saved rounds (round 1 of a run resumed after 2 is the pair's third).
     ``classes_*`` are each network's class maps (argmax); ``instances_a``, ``instances_b``
     and ``instances`` (the ensemble of both) are read box by box (one object per box, see
     :func:`~napari_mutualseg.inference.per_box_instances`); ``labels_a`` / ``labels_b`` are
