@@ -116,6 +116,21 @@ def test_corrections_painted_in_place_with_napari_tools_are_seen(trained, notes)
     assert widget.last_report.labels_a[1][16, 44] == BACKGROUND  # learned as erased
 
 
+def test_a_corrected_image_closed_since_trains_along_without_a_warning(trained, notes):
+    """Correct, add, close the image, go on: it is training data, not a removed result."""
+    viewer, widget, _image, _other = trained
+    widget.settings.steps_per_round = 3
+    cells = viewer.layers["other cells"]
+    cells.paint((5, 5), int(cells.data.max()) + 1)  # a missed cell, with the brush
+    widget.check.add.click()
+    widget.wait()
+    for name in [layer.name for layer in viewer.layers if layer.name.startswith("other")]:
+        viewer.layers.remove(name)
+    widget.train(block=True)
+    assert len(widget.last_report.instances) == 2  # the closed image trained along
+    assert not messages(notes, "warning") and not messages(notes, "error")
+
+
 def test_corrections_of_an_image_added_again_keep_the_earlier_ones(trained, notes):
     viewer, widget, _image, _other = trained
     widget.settings.steps_per_round = 3  # trusted pixels are kept whatever is learned

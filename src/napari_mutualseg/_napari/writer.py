@@ -68,7 +68,14 @@ class LayerWriter(QObject):
     ) -> None:
         """Make the missing result layers of the training ``images``, one per turn, then call
         ``then``; the first image gets every role, the others those of :data:`PER_IMAGE`."""
-        self.images, self._deferred, self._gone = list(images), {}, set()
+        viewer = self._viewer()
+        self.images, self._deferred = list(images), {}
+        # a corrected image closed since it was added trains on unseen: nothing to warn about
+        self._gone = {
+            str(image.unique_id)
+            for image in images
+            if viewer is not None and image not in viewer.layers
+        }
         # after the writes still queued (the last round of a training that just ended)
         self._steps += [
             partial(self._ensure, role, image)
