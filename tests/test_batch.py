@@ -394,35 +394,46 @@ def _cluster(n_workers: int):
     )
 
 
+@pytest.fixture(scope="module")
+def shared_cluster():
+    """A cluster of one worker for the tests that need a cluster but not a fresh one: its
+    start, and torch's on its worker, are most of such a test's time. A test that adds
+    workers takes them away again."""
+    with _cluster(1) as shared:
+        yield shared
+
+
 def test_a_worker_finishes_each_image_before_it_starts_the_next_also_from_lazy_files(
-    model, tmp_path
+    model, tmp_path, shared_cluster
 ):
     """Reading a lazy image (a dask array) on a worker must not hand the worker its next
     image: all of them would be in progress at once, with the memory of all of them."""
     for k in range(3):
         _zarr_image(tmp_path / "in" / f"w{k}.ome.zarr", k)
-    run = BatchRun(model, [tmp_path / "in"], tmp_path / "out", OPTIONS, workers=1)
+    address = shared_cluster.scheduler_address  # one worker of one thread
+    run = BatchRun(model, [tmp_path / "in"], tmp_path / "out", OPTIONS, scheduler=address)
     assert [r.status for r in run] == ["done"] * 3
     # the record is written as an image starts, its table as it ends
     spans = sorted((j.record.stat().st_mtime_ns, j.table.stat().st_mtime_ns) for j in run.jobs)
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
 
 
-def test_runs_that_share_a_cluster_keep_their_own_model_and_results(model, tmp_path):
+def test_runs_that_share_a_cluster_keep_their_own_model_and_results(
+    model, tmp_path, shared_cluster
+):
     arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
     other = ModelPair(build_unet(arch, 7), build_unet(arch, 8)).save(tmp_path / "other.pt")
     images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
-    with _cluster(1) as cluster:
-        address = cluster.scheduler_address
-        first = iter(BatchRun(model, images, tmp_path / "a", OPTIONS, scheduler=address))
-        next(first)  # its other images are on the cluster, or done and held there
-        second = list(BatchRun(other, images, tmp_path / "b", OPTIONS, scheduler=address))
-        assert len(list(first)) == 2 and [r.status for r in second] == ["done"] * 3
-        from distributed import Client
+    address = shared_cluster.scheduler_address
+    first = iter(BatchRun(model, images, tmp_path / "a", OPTIONS, scheduler=address))
+    next(first)  # its other images are on the cluster, or done and held there
+    second = list(BatchRun(other, images, tmp_path / "b", OPTIONS, scheduler=address))
+    assert len(list(first)) == 2 and [r.status for r in second] == ["done"] * 3
+    from distributed import Client
 
-        with Client(address) as client:  # each run took its model off the workers again
-            plugins = client.run(lambda dask_worker: list(dask_worker.plugins))
-        assert not [p for names in plugins.values() for p in names if "mutualseg" in p]
+    with Client(address) as client:  # each run took its model off the workers again
+        plugins = client.run(lambda dask_worker: list(dask_worker.plugins))
+    assert not [p for names in plugins.values() for p in names if "mutualseg" in p]
     for pair, folder in ((model, "a"), (other, "b")):
         here = BatchRun(pair, images, tmp_path / f"here_{folder}", OPTIONS, workers=0)
         assert all(r.status == "done" for r in here)
@@ -660,17 +671,18 @@ def test_a_stop_leaves_the_image_in_progress_between_planes_without_a_trace(tmp_
     assert [r.status for r in rerun] == ["done"] * 2
 
 
-def test_a_stopped_run_leaves_the_image_in_progress_on_a_cluster_that_goes_on(model, tmp_path):
+def test_a_stopped_run_leaves_the_image_in_progress_on_a_cluster_that_goes_on(
+    model, tmp_path, shared_cluster
+):
     """The cluster outlives the run: its worker must not finish the image for minutes and
     write it after the run ended."""
     from distributed import Client
 
     stack = _stack(tmp_path / "in" / "long.tif", 200, size=128)
     options = BatchOptions(tile_size=128, overlap=16, axes="ZYX")
-    with _cluster(1) as shared, Client(shared.scheduler_address) as client:
-        run = BatchRun(
-            model, [stack], tmp_path / "out", options, scheduler=shared.scheduler_address
-        )
+    address = shared_cluster.scheduler_address
+    with Client(address) as client:
+        run = BatchRun(model, [stack], tmp_path / "out", options, scheduler=address)
         results = iter(run)
         threading.Thread(target=lambda: (_wait_for(run.jobs[0].record), run.cancel())).start()
         assert list(results) == []
@@ -723,27 +735,34 @@ def test_results_being_overwritten_are_never_kept_as_the_new_models(tmp_path):
     assert (tmp_path / "out" / "s_cells.tif").read_bytes() != old
 
 
-def test_a_worker_that_joins_a_run_shares_the_cores_of_its_host(model, tmp_path):
+def test_a_worker_that_joins_a_run_shares_the_cores_of_its_host(model, tmp_path, shared_cluster):
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two cores to share")
-    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
-    with _cluster(1) as shared:
-        from distributed import Client
+    from distributed import Client
 
-        run = iter(
-            BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address)
-        )
-        next(run)  # the run's model is on the first worker
-        first = set(shared.scheduler_info["workers"])
-        shared.scale(2)
-        with Client(shared.scheduler_address) as client:
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
+    shared = shared_cluster
+    run = iter(
+        BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address)
+    )
+    next(run)  # the run's model is on the first worker
+    first = set(shared.scheduler_info["workers"])
+    with Client(shared.scheduler_address) as client:
+        try:
+            shared.scale(2)
             client.wait_for_workers(2, timeout=120)
 
             def threads(dask_worker):
                 return [p.threads for n, p in dask_worker.plugins.items() if "mutualseg" in n]
 
             [late] = [v for a, v in client.run(threads).items() if a not in first]
-        list(run)
+            list(run)
+        finally:  # the cluster of one worker the other tests share
+            shared.scale(1)
+            deadline = time.monotonic() + 120
+            while len(client.scheduler_info(n_workers=-1)["workers"]) > 1:
+                assert time.monotonic() < deadline, "the added worker did not leave"
+                time.sleep(0.05)
     # two workers of one thread each on this host: each task takes half of the cores
     assert late == [(os.cpu_count() or 1) // 2]
 
@@ -889,20 +908,20 @@ def test_a_record_alone_refuses_no_run(model, tmp_path):
     assert [r.status for r in run] == ["done"]
 
 
-def test_a_worker_whose_folder_was_cleaned_away_still_loads_the_model(model, tmp_path):
+def test_a_worker_whose_folder_was_cleaned_away_still_loads_the_model(
+    model, tmp_path, shared_cluster
+):
     """'[Errno 2] No such file or directory: .../dask-scratch-space/worker-.../tmp...'"""
     import shutil
 
-    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(2)]
-    with _cluster(1) as shared:
-        from distributed import Client
+    from distributed import Client
 
-        with Client(shared.scheduler_address) as client:
-            client.run(lambda dask_worker: shutil.rmtree(dask_worker.local_directory))
-        run = BatchRun(
-            model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address
-        )
-        assert [r.status for r in run] == ["done", "done"]
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(2)]
+    address = shared_cluster.scheduler_address
+    with Client(address) as client:
+        client.run(lambda dask_worker: shutil.rmtree(dask_worker.local_directory))
+    run = BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=address)
+    assert [r.status for r in run] == ["done", "done"]
 
 
 def _in_process_cluster():
