@@ -240,13 +240,14 @@ def test_tiff_labels_carry_the_pixel_size(tmp_path):
         ("0.5,0.65um", PixelSize(0.5, 0.65, "micrometer")),
         ("650 nm", PixelSize(650, 650, "nanometer")),
         ("0.5, 0.5 µm", PixelSize(0.5, 0.5)),
+        ("2,0.5,0.65um", PixelSize(0.5, 0.65, "micrometer", z=2.0)),  # a stack's z step
     ],
 )
 def test_pixel_size_from_text(text, expected):
     assert PixelSize.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "fast", "0.5,", "-1", "1 parsec", "0"])
+@pytest.mark.parametrize("text", ["", "fast", "0.5,", "-1", "1 parsec", "0", "1,2,3,4"])
 def test_bad_pixel_sizes_are_explained(text):
     with pytest.raises(ValueError, match=r"pixel size|unit|positive"):
         PixelSize.parse(text)

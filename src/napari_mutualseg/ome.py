@@ -175,22 +175,28 @@ class PixelSize:
     @classmethod
     def parse(cls, text: str) -> PixelSize:
         """A pixel size from text: ``"0.65"`` (square, micrometres), ``"0.5,0.65"`` (y, x),
-        optionally followed by a unit (``"650 nm"``, ``"0.5,0.65um"``).
+        ``"2,0.65,0.65"`` (the z step of a stack, y, x), optionally followed by a unit
+        (``"650 nm"``, ``"0.5,0.65um"``).
 
         Raises
         ------
         ValueError
-            When the text is not one or two positive numbers and an optional unit.
+            When the text is not one to three positive numbers and an optional unit.
         """
         number = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
-        match = re.fullmatch(rf"\s*{number}\s*(?:,\s*{number})?\s*([^\s0-9.,]*)\s*", text)
+        more = rf"(?:,\s*{number})?"
+        match = re.fullmatch(rf"\s*{number}\s*{more}\s*{more}\s*([^\s0-9.,]*)\s*", text)
         if match is None:
             raise ValueError(
-                f"Cannot read a pixel size from {text!r}: give one number (square pixels) or "
-                "y,x, optionally with a unit, e.g. 0.65 or 0.5,0.65um or 650nm."
+                f"Cannot read a pixel size from {text!r}: give one number (square pixels), "
+                "y,x or z,y,x (with the z step of a stack), optionally with a unit, e.g. 0.65 "
+                "or 0.5,0.65um or 2,0.65,0.65um or 650nm."
             )
-        y, x, unit = match.groups()
-        return cls(float(y), float(x or y), unit or "micrometer")
+        *numbers, unit = match.groups()
+        values = [float(n) for n in numbers if n is not None]
+        z = values.pop(0) if len(values) == 3 else None
+        y, x = values if len(values) == 2 else values * 2
+        return cls(y, x, unit or "micrometer", z)
 
 
 # ---------------------------------------------------------------------- OME-Zarr output

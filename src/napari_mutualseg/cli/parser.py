@@ -232,8 +232,9 @@ def _add_predict(sub: Subparsers) -> None:
     p.add_argument(
         "--pixel-size",
         type=_pixel_size_option,
-        help="pixel size written with the labels, e.g. 0.65 or 0.5,0.65um (default: the "
-        "input file's own)",
+        help="pixel size written with the labels and used in the cell tables, e.g. 0.65, "
+        "0.5,0.65um (y,x) or 2,0.65,0.65um (z,y,x: a stack's z step too) (default: the input "
+        "file's own)",
     )
     p.add_argument(
         "--disagreement-out",
