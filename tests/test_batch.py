@@ -1036,3 +1036,23 @@ def test_a_worker_of_other_versions_that_joins_a_run_says_so_for_its_images(
     for result in failed:  # in the words of the check at the start
         assert result.reason == words.replace("tcp://late:1", result.worker)
         assert f"torch 1.0.0 (here {here['torch']})" in result.reason
+
+
+def test_a_worker_that_cannot_load_the_model_at_the_start_is_named_in_one_line(
+    model, tmp_path, monkeypatch, capsys
+):
+    """A GPU that failed on a worker ended the command in a traceback of the worker's error,
+    naming neither the worker nor the model."""
+
+    def fails(self, worker, *share):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(cluster._ModelPlugin, "_load", fails)
+    image = _image(tmp_path / "in" / "a.tif", 0, shape=(32, 32))
+    with _in_process_cluster() as shared:
+        argv = ["predict", model, image, "--out", tmp_path / "out", "--tile-size", "64"]
+        code = main([str(a) for a in [*argv, "--scheduler", shared.scheduler_address]])
+        [address] = shared.scheduler_info["workers"]
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"The dask worker {address} could not load the model (RuntimeError: CUDA" in err

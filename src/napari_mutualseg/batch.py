@@ -132,8 +132,10 @@ class BatchRun:
         ``scheduler`` (:func:`~napari_mutualseg.cluster.check_scheduler`).
 
     Iterating raises :class:`~napari_mutualseg.cluster.WorkerVersionError` (a ValueError)
-    when the dask workers run other versions of this package, torch or numpy, before any
-    image is started.
+    when the dask workers run other versions of this package, torch or numpy, and
+    :class:`~napari_mutualseg.cluster.WorkerLoadError` (an OSError) when the model does not
+    load on one of them, before any image is started. A worker that joins later with other
+    versions, or on which the model does not load, fails its images saying so.
 
     Examples
     --------

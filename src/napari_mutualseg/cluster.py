@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECT_SECONDS",
+    "WorkerLoadError",
     "WorkerVersionError",
     "check_paths",
     "check_scheduler",
@@ -79,6 +80,11 @@ _GPU_HELD: dict[str, int] = {}
 
 class WorkerVersionError(ValueError):
     """Workers run other versions of napari-mutualseg, torch or numpy than this process."""
+
+
+class WorkerLoadError(OSError):
+    """A dask worker could not load the model (a full disk, a GPU that fails, a damaged
+    copy); an OSError, as what is wrong is the worker's machine."""
 
 
 def _gpu_ids(torch: Any) -> list[str] | None:
@@ -179,25 +185,25 @@ class _ModelPlugin(WorkerPlugin):
 
     async def setup(self, worker: Any) -> None:
         share = self.shares.get(worker.address)
-        if share is not None:
-            self._load(worker, *share)  # a failure here fails the start of the run
-            return
-        # A worker that joined since the start: distributed keeps a plugin whose setup
-        # failed on it and sends it images all the same, so what is wrong is kept for them
-        # to say.
-        if differs := _mismatch(self.versions, _version_probe()(_MATCHED)):
-            self.problem = _version_words(worker.address, differs, self.versions)
-            return
-        # It counts the workers of its host as they are now, itself included (asked only by
-        # such a worker: on a cluster of thousands, every worker asking would each fetch
-        # all of them).
+        late = share is None
+        if late:
+            # A worker that joined since the start: distributed keeps a plugin whose setup
+            # failed on it and sends it images all the same, so what is wrong is kept for
+            # them to say.
+            if differs := _mismatch(self.versions, _version_probe()(_MATCHED)):
+                self.problem = _version_words(worker.address, differs, self.versions)
+                return
+            # It counts the workers of its host as they are now, itself included (asked
+            # only by such a worker: on a cluster of thousands, every worker asking would
+            # each fetch all of them).
+            try:
+                info = await worker.scheduler.identity(n_workers=-1)
+                workers = info["workers"]
+            except Exception:  # a scheduler that does not say: this worker alone
+                workers = {}
+            share = _host_share(worker.address, worker.state.nthreads, workers)
         try:
-            info = await worker.scheduler.identity(n_workers=-1)
-            workers = info["workers"]
-        except Exception:  # a scheduler that does not say: this worker alone
-            workers = {}
-        try:
-            self._load(worker, *_host_share(worker.address, worker.state.nthreads, workers))
+            self._load(worker, *share)
         except Exception as err:  # a full disk, a GPU that fails, a damaged copy
             self.problem = (
                 f"The dask worker {worker.address} could not load the model "
@@ -205,6 +211,8 @@ class _ModelPlugin(WorkerPlugin):
                 "and check its GPU, or stop that worker; then run again (the finished images "
                 "are skipped)."
             )
+            if not late:  # the run does not start, in these words rather than the bare error
+                raise WorkerLoadError(self.problem) from err
             logging.getLogger(__name__).exception(self.problem)
 
     def _load(self, worker: Any, rank: int | None, host_threads: int) -> None:
@@ -632,6 +640,9 @@ def submit_jobs(
     WorkerVersionError
         When workers run other versions of this package, torch or numpy
         (:func:`check_versions`).
+    WorkerLoadError
+        When the model does not load on a worker (an OSError naming the worker, the load's
+        error and what to do).
     FileNotFoundError, PermissionError
         When a worker does not see a path of ``visible`` or cannot write in ``writable``.
     """
