@@ -49,6 +49,18 @@ def test_next_cell_to_check_goes_to_the_most_disputed_first(trained):
     assert "to check" in widget.status.text()
 
 
+def test_next_cell_to_check_is_on_the_image_just_predicted(thresholded, notes):
+    viewer, widget = thresholded
+    viewer.add_image(disc_image()[0], name="first")
+    viewer.add_image(disc_image(seed=4)[0], name="opened")  # picked next to Predict
+    widget.model.predict.click()
+    widget.wait()
+    assert same(widget.check.image.layer, viewer.layers["opened"])
+    widget.check.next.click()
+    assert not messages(notes, "warning")
+    assert "to check" in widget.status.text()
+
+
 def test_merge_and_split_a_cell(trained):
     viewer, widget, _image, other = trained
     cells = viewer.layers["other cells"]

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 from .cells import CellsPanel, FolderSummary
 from .controller import RunController, TrainingRequest
 from .correct import CheckPanel, Corrector
-from .layers import find_own_layer
+from .layers import find_own_layer, owner_info
 from .panels import DataPanel, ModelPanel, PanelsView, TrainingPanel
 from .prepare import (
     UserInputError,
@@ -345,6 +345,9 @@ class MutualSegWidget(QWidget):
         worker = self.controller.predict(
             layer, axes, self.settings.tile_size, track=self.settings.track
         )
+        if worker is not None and owner_info(layer) is None:
+            # the image segmented is the one whose cells are checked next
+            self.check.image.layer = layer
         return self._started(worker, block)
 
     def segment_folder(
