@@ -585,3 +585,22 @@ def test_a_z_step_in_pixels_is_no_length(tmp_path):
     image = AxisImage.from_file(tmp_path / "z.ome.tif")
     assert image.pixel_size == {"Y": 0.5, "X": 0.5}  # Z was 1 µm
     assert any("Z 1 pixel is no length" in note for note in image.notes)
+
+
+@pytest.mark.parametrize(("kind", "shape"), [("RECT", "rectangle"), ("OVAL", "ellipse")])
+def test_fiji_rois_at_sub_pixel_resolution_keep_their_corners(tmp_path, kind, shape):
+    import roifile
+
+    from napari_mutualseg.box_tables import read_box_table
+
+    # as ImageJ's RoiEncoder saves a rectangle with sub-pixel corners: its float bounds, and
+    # whole-pixel ones that only round them
+    roi = roifile.ImagejRoi(version=228, name="cell 1")
+    roi.roitype = roifile.ROI_TYPE[kind]
+    roi.options = roifile.ROI_OPTIONS.SUB_PIXEL_RESOLUTION
+    roi.top, roi.left, roi.bottom, roi.right = 2, 3, 12, 15
+    roi.xd, roi.yd, roi.widthd, roi.heightd = 3.5, 2.25, 12.0, 10.0
+    roifile.roiwrite(tmp_path / "cell.roi", roi)
+    (box,) = read_box_table(tmp_path / "cell.roi")[None]
+    assert box.kind == shape
+    assert box.pixel_range() == (2.25, 3.5, 12.25, 15.5)  # was (2, 3, 12, 15)

@@ -298,8 +298,15 @@ def _read_rois(path: Path) -> dict[BoxKey, list[Box]]:
                 "ovals are boxes. Delete the other ROIs from the ROI Manager before saving, "
                 "or save them to another file."
             )
+        # a rectangle at sub-pixel resolution: ImageJ reads its float bounds, its whole-pixel
+        # ones are only rounded
+        y0, x0, y1, x1 = (
+            (roi.yd, roi.xd, roi.yd + roi.heightd, roi.xd + roi.widthd)
+            if roi.subpixelrect
+            else (roi.top, roi.left, roi.bottom, roi.right)
+        )
         try:
-            box = Box.from_corners(roi.top, roi.left, roi.bottom, roi.right, kind)
+            box = Box.from_corners(y0, x0, y1, x1, kind)
         except ValueError as err:
             raise ValueError(f"{path}: {name}: {err}") from None
         out.setdefault(_roi_plane(roi), []).append(box)
