@@ -587,6 +587,72 @@ def test_a_z_step_in_pixels_is_no_length(tmp_path):
     assert any("Z 1 pixel is no length" in note for note in image.notes)
 
 
+def _qupath_feature(ring, geometry=None, kind="annotation"):
+    """One object as QuPath 0.4/0.5's *Export objects as GeoJSON* writes it."""
+    ring = [[round(float(x), 2), round(float(y), 2)] for x, y in ring]
+    return {
+        "type": "Feature",
+        "id": "8e0b3c52-7c1e-4a57-9d1e-2f6f3b2f0b61",
+        "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]], **(geometry or {})},
+        "properties": {
+            "objectType": kind,
+            "classification": {"name": "Cell", "color": [200, 0, 0]},
+            "isLocked": False,
+        },
+    }
+
+
+def _qupath_rectangle(x, y, width, height, **geometry):
+    corners = [(x, y), (x + width, y), (x + width, y + height), (x, y + height)]
+    return _qupath_feature(corners, geometry)
+
+
+def test_qupath_boxes_of_a_stack_keep_their_plane(tmp_path):
+    import json
+
+    from napari_mutualseg.box_tables import read_box_table
+
+    features = [
+        _qupath_rectangle(3, 2, 12, 10),  # the first plane: QuPath writes no plane
+        _qupath_rectangle(20, 5, 6, 8, plane={"c": -1, "z": 2, "t": 0}),
+        _qupath_rectangle(1, 1, 5, 5, plane={"c": -1, "z": 1, "t": 3}),
+    ]
+    path = tmp_path / "stack.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    # every box was taken for one of a 2D image, all planes on one
+    boxes = read_box_table(path)
+    assert {k: [b.pixel_range() for b in v] for k, v in boxes.items()} == {
+        0: [(2, 3, 12, 15)],
+        2: [(5, 20, 13, 26)],
+        (3, 1): [(1, 1, 6, 6)],
+    }
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features[:1]}))
+    assert list(read_box_table(path)) == [None]
+    features[1]["geometry"]["plane"] = {"c": -1, "z": 1.5, "t": 0}
+    path.write_text(json.dumps(features))
+    with pytest.raises(ValueError, match=r"object 2 has plane .* whole numbers from 0"):
+        read_box_table(path)
+
+
+def test_qupath_ellipses_are_boxes(tmp_path):
+    import json
+
+    from napari_mutualseg.box_tables import read_box_table
+
+    # QuPath writes an ellipse as its outline's polygon, marked so that it reads it back
+    angles = np.linspace(0, 2 * np.pi, 33)[:-1]
+    ring = np.c_[9 + 6 * np.cos(angles), 7 + 5 * np.sin(angles)]
+    ellipse = _qupath_feature(ring, {"isEllipse": True})
+    path = tmp_path / "ellipses.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [ellipse]}))
+    (box,) = read_box_table(path)[None]  # refused as a polygon of 32 corners
+    assert box.kind == "ellipse" and box.pixel_range() == (2, 3, 12, 15)
+    del ellipse["geometry"]["isEllipse"]  # a polygon drawn by hand stays refused
+    path.write_text(json.dumps([ellipse]))
+    with pytest.raises(ValueError, match="a polygon of 32 corners; only rectangles and"):
+        read_box_table(path)
+
+
 @pytest.mark.parametrize(("kind", "shape"), [("RECT", "rectangle"), ("OVAL", "ellipse")])
 def test_fiji_rois_at_sub_pixel_resolution_keep_their_corners(tmp_path, kind, shape):
     import roifile

@@ -21,9 +21,9 @@ Fiji ROI set
     lines, points, rotated rectangles) are refused with their name.
 QuPath GeoJSON
     What QuPath writes with *File > Export objects as GeoJSON* (``.geojson`` or ``.json``):
-    its rectangles are boxes (half-open pixel ranges, as QuPath's pixel-edge coordinates
-    are). QuPath stores ellipses and every other shape as polygons, which are refused with
-    their name, as they would be taken for boxes only by a guess.
+    its rectangles and ellipses are boxes (half-open pixel ranges, as QuPath's pixel-edge
+    coordinates are), on the plane they were drawn on (their z and time point, as Fiji's).
+    Other shapes (polygons, brush strokes, points, lines) are refused with their name.
 
 :func:`write_box_table` writes the plain table when every box is an axis-aligned rectangle
 on whole pixels (the common case, and the easiest to edit by hand), and napari's Shapes CSV
@@ -59,7 +59,7 @@ _FORMATS = (
     "File > Save Selected Layers with a .csv name; (b) a plain table with columns "
     "'y0,x0,y1,x1' and optionally 'image' (half-open pixel ranges, one box per row); (c) a "
     "Fiji ROI set (.zip) or ROI (.roi) of rectangles and ovals; (d) QuPath GeoJSON of "
-    "rectangles"
+    "rectangles and ellipses"
 )
 
 #: Suffixes of Fiji's ROI files: a ROI Manager's set, or one ROI.
@@ -141,22 +141,25 @@ def _is_napari(header: list[str]) -> bool:
 
 
 def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
-    """Read boxes from a napari Shapes CSV, a plain ``y0,x0,y1,x1[,image]`` CSV or Fiji ROIs.
+    """Read boxes from a napari Shapes CSV, a plain ``y0,x0,y1,x1[,image]`` CSV, Fiji ROIs
+    or QuPath GeoJSON.
 
     Parameters
     ----------
     path : str or path-like
-        The CSV file, Fiji ROI set (``.zip``) or ROI (``.roi``); see the module docs.
+        The CSV file, Fiji ROI set (``.zip``) or ROI (``.roi``), or QuPath GeoJSON; see the
+        module docs.
 
     Returns
     -------
     dict
         Boxes per key: ``None`` for a 2D table (napari 2D CSV or plain table without
-        ``image`` column, Fiji ROIs without a position), the plane index (int) for a napari
-        CSV of a stack (and Fiji ROIs with a slice, z or time position), ``(t, z)`` for one
-        of a time series of stacks (a tuple of every leading coordinate of a layer of more
-        axes; Fiji ROIs with both a time and a z position), the image name (str) for a
-        plain table with an ``image`` column. Boxes keep the file's order.
+        ``image`` column, Fiji ROIs without a position, QuPath objects all on the first
+        plane), the plane index (int) for a napari CSV of a stack (and Fiji ROIs with a
+        slice, z or time position; QuPath objects of the first time point), ``(t, z)`` for
+        one of a time series of stacks (a tuple of every leading coordinate of a layer of
+        more axes; Fiji ROIs and QuPath objects of a later time point), the image name (str)
+        for a plain table with an ``image`` column. Boxes keep the file's order.
 
     Raises
     ------
@@ -329,8 +332,9 @@ def _starts_like_json(path: Path) -> bool:
 
 
 def _read_geojson(path: Path) -> dict[BoxKey, list[Box]]:
-    """QuPath's rectangles as boxes: its objects exported as GeoJSON (a FeatureCollection or
-    a list of features), axis-aligned four-cornered polygons in pixel-edge coordinates."""
+    """QuPath's rectangles and ellipses as boxes, by the plane they were drawn on: its
+    objects exported as GeoJSON (a FeatureCollection or a list of features), axis-aligned
+    four-cornered polygons (or ellipses' polygons) in pixel-edge coordinates."""
     import json
 
     try:
@@ -360,16 +364,40 @@ def _read_geojson(path: Path) -> dict[BoxKey, list[Box]]:
             n = len(_ring(geometry) or ()) - 1
             what = f"a polygon of {n} corners" if kind == "Polygon" and n > 0 else repr(kind)
             raise ValueError(
-                f"{path}: {name} is {what}; only rectangles are boxes (QuPath stores ellipses "
-                "as polygons). Export the rectangles alone (select them, then File > Export "
-                "objects as GeoJSON > Selected objects)."
+                f"{path}: {name} is {what}; only rectangles and ellipses are boxes. Export "
+                "them alone (select them, then File > Export objects as GeoJSON > Selected "
+                "objects)."
             )
         (x0, y0), (x1, y1) = corners
+        # QuPath writes an ellipse as a polygon marked 'isEllipse', and reads it back as the
+        # ellipse of the polygon's bounds
+        kind = "ellipse" if geometry.get("isEllipse") is True else "rectangle"
         try:
-            boxes.append(Box.from_corners(y0, x0, y1, x1))
+            box = Box.from_corners(y0, x0, y1, x1, kind)
         except ValueError as err:
             raise ValueError(f"{path}: {name}: {err}") from None
-    return {None: boxes}
+        boxes.append((_qupath_plane(geometry, path, name), box))
+    if all(plane == (0, 0) for plane, _ in boxes):
+        return {None: [box for _, box in boxes]}
+    out: dict[BoxKey, list[Box]] = {}
+    for (t, z), box in boxes:
+        # as Fiji's ROIs: the first time point's planes by number, later ones as (t, z)
+        out.setdefault((t, z) if t > 0 else z, []).append(box)
+    return out
+
+
+def _qupath_plane(geometry: Mapping, path: Path, name: str) -> tuple[int, int]:
+    """``(t, z)`` of a QuPath object, from 0: QuPath writes ``"plane": {"c", "z", "t"}`` in
+    the geometry of an object off the first plane, and no plane on the first."""
+    plane = geometry.get("plane") or {}
+    where = (plane.get("t", 0), plane.get("z", 0)) if isinstance(plane, dict) else (None,)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in where):
+        raise ValueError(
+            f"{path}: {name} has plane {plane!r}; QuPath writes a plane as "
+            '{"c": -1, "z": 0, "t": 0}, z and t whole numbers from 0. Export the objects from '
+            "QuPath again."
+        )
+    return where  # type: ignore[return-value]
 
 
 def _ring(geometry: Mapping) -> list | None:
@@ -382,7 +410,8 @@ def _ring(geometry: Mapping) -> list | None:
 
 
 def _rectangle(geometry: Mapping) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """``((x0, y0), (x1, y1))`` of an axis-aligned rectangle polygon, else None."""
+    """``((x0, y0), (x1, y1))`` of an axis-aligned rectangle polygon or the bounds of a
+    QuPath ellipse, else None."""
     ring = _ring(geometry)
     try:
         points = np.asarray(ring, dtype=np.float64)
@@ -390,6 +419,9 @@ def _rectangle(geometry: Mapping) -> tuple[tuple[float, float], tuple[float, flo
         return None
     if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
         return None
+    if geometry.get("isEllipse") is True and len(points) > 2:
+        (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+        return (float(x0), float(y0)), (float(x1), float(y1))
     if len(points) > 1 and (points[0] == points[-1]).all():
         points = points[:-1]  # the ring closes on its first corner
     xs, ys = np.unique(points[:, 0]), np.unique(points[:, 1])
