@@ -670,3 +670,43 @@ def test_fiji_rois_at_sub_pixel_resolution_keep_their_corners(tmp_path, kind, sh
     (box,) = read_box_table(tmp_path / "cell.roi")[None]
     assert box.kind == shape
     assert box.pixel_range() == (2.25, 3.5, 12.25, 15.5)  # was (2, 3, 12, 15)
+
+
+def _imagej_turned_roi(path, subtype, points, ends):
+    """A Fiji ROI as ImageJ's RoiEncoder saves a rotated rectangle or an ellipse: a freehand
+    ROI of that subtype, its outline's float points and the ends of its long axis."""
+    import roifile
+
+    roi = roifile.ImagejRoi.frompoints(np.asarray(points, np.float32), name="cell 1")
+    roi.version = 228
+    roi.subtype = roifile.ROI_SUBTYPE[subtype]
+    (roi.x1, roi.y1), (roi.x2, roi.y2) = ends
+    roifile.roiwrite(path, roi)
+    return path
+
+
+def test_fiji_rotated_rectangles_and_ellipses_are_boxes(tmp_path):
+    from napari_mutualseg.box_tables import read_box_table
+
+    # ImageJ's pixel edges: a long axis from (3, 4) to (15, 10) (x, y), 6 pixels across
+    ends = np.array([[3.0, 4.0], [15.0, 10.0]])
+    along = (ends[1] - ends[0]) / 2
+    across = np.array([-along[1], along[0]]) / np.linalg.norm(along) * 3
+    centre = ends.mean(axis=0)
+    corners = [centre + s * along + t * across for s, t in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    # napari's box: pixel centres half a pixel up and left of ImageJ's edges, (y, x)
+    expected = sorted((np.asarray(corners)[:, ::-1] - 0.5).tolist())
+
+    path = _imagej_turned_roi(tmp_path / "rect.roi", "ROTATED_RECT", corners, ends)
+    (box,) = read_box_table(path)[None]  # was refused as a 'rotated rect'
+    assert box.kind == "rectangle"
+    np.testing.assert_allclose(sorted(box.corners.tolist()), expected, atol=1e-4)
+
+    # EllipseRoi.makeEllipse: 72 points from the end of the long axis round, the ends of the
+    # short one a quarter of the way
+    angle = np.linspace(0, 2 * np.pi, 73)[:-1]
+    outline = centre + np.cos(angle)[:, None] * along + np.sin(angle)[:, None] * across
+    path = _imagej_turned_roi(tmp_path / "ellipse.roi", "ELLIPSE", outline, ends)
+    (box,) = read_box_table(path)[None]
+    assert box.kind == "ellipse"
+    np.testing.assert_allclose(sorted(box.corners.tolist()), expected, atol=1e-4)

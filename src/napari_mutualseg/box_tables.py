@@ -16,9 +16,9 @@ plain table
     file the box belongs to (several images in one table).
 Fiji ROI set
     What Fiji's ROI Manager saves (*More > Save...*: ``RoiSet.zip``, or one ``.roi``):
-    rectangles and ovals are boxes, on the plane they were drawn on (their z and time
-    position; a stack's slice), whichever channel was shown. Other ROIs (polygons, freehand,
-    lines, points, rotated rectangles) are refused with their name.
+    rectangles and ovals, rotated rectangles and ellipses are boxes, on the plane they were
+    drawn on (their z and time position; a stack's slice), whichever channel was shown. Other
+    ROIs (polygons, freehand, lines, points) are refused with their name.
 QuPath GeoJSON
     What QuPath writes with *File > Export objects as GeoJSON* (``.geojson`` or ``.json``):
     its rectangles and ellipses are boxes (half-open pixel ranges, as QuPath's pixel-edge
@@ -58,7 +58,7 @@ _FORMATS = (
     "stacks 'axis-3'), as written by "
     "File > Save Selected Layers with a .csv name; (b) a plain table with columns "
     "'y0,x0,y1,x1' and optionally 'image' (half-open pixel ranges, one box per row); (c) a "
-    "Fiji ROI set (.zip) or ROI (.roi) of rectangles and ovals; (d) QuPath GeoJSON of "
+    "Fiji ROI set (.zip) or ROI (.roi) of rectangles and ellipses; (d) QuPath GeoJSON of "
     "rectangles and ellipses"
 )
 
@@ -273,7 +273,8 @@ def _read_napari(
 
 
 def _read_rois(path: Path) -> dict[BoxKey, list[Box]]:
-    """Fiji's rectangles and ovals as boxes, by the plane they were drawn on."""
+    """Fiji's rectangles and ellipses (rotated or not) as boxes, by the plane they were
+    drawn on."""
     import roifile
 
     try:
@@ -286,30 +287,41 @@ def _read_rois(path: Path) -> dict[BoxKey, list[Box]]:
     rois = rois if isinstance(rois, list) else [rois]
     if not rois:
         raise ValueError(f"{path} holds no ROI; draw rectangles in Fiji's ROI Manager first.")
+    # ImageJ's rotated rectangles and ellipses are freehand ROIs of their own subtype
+    turned = {
+        roifile.ROI_SUBTYPE.ROTATED_RECT: "rectangle",
+        roifile.ROI_SUBTYPE.ELLIPSE: "ellipse",
+    }
     out: dict[BoxKey, list[Box]] = {}
     for k, roi in enumerate(rois):
         name = f"ROI {k + 1}" + (f" ({roi.name!r})" if roi.name else "")
-        kind = {roifile.ROI_TYPE.RECT: "rectangle", roifile.ROI_TYPE.OVAL: "ellipse"}.get(
-            roi.roitype
-        )
+        if roi.roitype == roifile.ROI_TYPE.FREEHAND and roi.subtype in turned:
+            kind = turned[roi.subtype]
+        else:
+            kind = {roifile.ROI_TYPE.RECT: "rectangle", roifile.ROI_TYPE.OVAL: "ellipse"}.get(
+                roi.roitype
+            )
         # a text or an image overlay and a composite shape are stored as rectangles too
-        if kind is None or roi.subtype not in (0, -1) or roi.shape_roi_size:
+        plain = roi.subtype in (0, -1) or roi.subtype in turned
+        if kind is None or not plain or roi.shape_roi_size:
             what = getattr(roi.subtype, "name", "") if roi.subtype not in (0, -1) else ""
             what = what or ("composite" if roi.shape_roi_size else roi.roitype.name)
             raise ValueError(
                 f"{path}: {name} is a {what.lower().replace('_', ' ')}; only rectangles and "
-                "ovals are boxes. Delete the other ROIs from the ROI Manager before saving, "
-                "or save them to another file."
+                "ellipses (ovals) are boxes. Delete the other ROIs from the ROI Manager before "
+                "saving, or save them to another file."
             )
-        # a rectangle at sub-pixel resolution: ImageJ reads its float bounds, its whole-pixel
-        # ones are only rounded
-        y0, x0, y1, x1 = (
-            (roi.yd, roi.xd, roi.yd + roi.heightd, roi.xd + roi.widthd)
-            if roi.subpixelrect
-            else (roi.top, roi.left, roi.bottom, roi.right)
-        )
         try:
-            box = Box.from_corners(y0, x0, y1, x1, kind)
+            if roi.subtype in turned:
+                box = _turned_box(roi.coordinates(), kind)
+            elif roi.subpixelrect:
+                # ImageJ reads a rectangle at sub-pixel resolution at its float bounds; its
+                # whole-pixel ones are only rounded
+                box = Box.from_corners(
+                    roi.yd, roi.xd, roi.yd + roi.heightd, roi.xd + roi.widthd, kind
+                )
+            else:
+                box = Box.from_corners(roi.top, roi.left, roi.bottom, roi.right, kind)
         except ValueError as err:
             raise ValueError(f"{path}: {name}: {err}") from None
         out.setdefault(_roi_plane(roi), []).append(box)
@@ -320,6 +332,25 @@ def _read_rois(path: Path) -> dict[BoxKey, list[Box]]:
             "'Associate with slices')."
         )
     return out
+
+
+def _turned_box(outline: np.ndarray, kind: str) -> Box:
+    """The box of ImageJ's rotated rectangle (its 4 corners) or ellipse (its outline, whose
+    every quarter of points starts at the end of an axis), ``(x, y)`` pixel edges."""
+    points = np.asarray(outline, np.float64)[:, ::-1] - 0.5  # napari's (y, x)
+    n = len(points)
+    if kind == "ellipse":
+        if n < 4 or n % 4:
+            raise ValueError(
+                f"the ellipse has {n} outline points, not a multiple of 4 as ImageJ draws them; "
+                "draw it again in Fiji, or draw an oval."
+            )
+        centre = (points[0] + points[n // 2]) / 2
+        long, short = points[0] - centre, points[n // 4] - centre
+        points = centre + np.array(
+            [long + short, long - short, -long - short, -long + short], np.float64
+        )
+    return Box.from_vertices(points, kind)
 
 
 def _starts_like_json(path: Path) -> bool:
