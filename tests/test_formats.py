@@ -697,10 +697,12 @@ def test_fiji_rotated_rectangles_and_ellipses_are_boxes(tmp_path):
     # napari's box: pixel centres half a pixel up and left of ImageJ's edges, (y, x)
     expected = sorted((np.asarray(corners)[:, ::-1] - 0.5).tolist())
 
-    path = _imagej_turned_roi(tmp_path / "rect.roi", "ROTATED_RECT", corners, ends)
-    (box,) = read_box_table(path)[None]  # was refused as a 'rotated rect'
-    assert box.kind == "rectangle"
-    np.testing.assert_allclose(sorted(box.corners.tolist()), expected, atol=1e-4)
+    # drawn, and made by a macro (makeRotatedRectangle), which closes the outline
+    for outline in (corners, [*corners, corners[0]]):
+        path = _imagej_turned_roi(tmp_path / "rect.roi", "ROTATED_RECT", outline, ends)
+        (box,) = read_box_table(path)[None]  # was refused as a 'rotated rect'
+        assert box.kind == "rectangle"
+        np.testing.assert_allclose(sorted(box.corners.tolist()), expected, atol=1e-4)
 
     # EllipseRoi.makeEllipse: 72 points from the end of the long axis round, the ends of the
     # short one a quarter of the way

@@ -338,6 +338,8 @@ def _turned_box(outline: np.ndarray, kind: str) -> Box:
     """The box of ImageJ's rotated rectangle (its 4 corners) or ellipse (its outline, whose
     every quarter of points starts at the end of an axis), ``(x, y)`` pixel edges."""
     points = np.asarray(outline, np.float64)[:, ::-1] - 0.5  # napari's (y, x)
+    if len(points) > 4 and np.allclose(points[0], points[-1]):
+        points = points[:-1]  # a rotated rectangle made by a macro closes on its first corner
     n = len(points)
     if kind == "ellipse":
         if n < 4 or n % 4:
