@@ -143,6 +143,23 @@ def test_a_corrected_image_closed_since_trains_along_without_a_warning(trained, 
     assert not messages(notes, "warning") and not messages(notes, "error")
 
 
+def test_after_training_on_corrections_the_cells_to_check_are_the_new_ones(trained):
+    """The newest networks say where to look: the prediction the person corrected is done."""
+    from napari_mutualseg.disagreement import spots_to_check
+
+    viewer, widget, _image, other = trained
+    widget.settings.steps_per_round = 3
+    cells = viewer.layers["other cells"]
+    cells.paint((5, 5), int(cells.data.max()) + 1)  # a missed cell, with the brush
+    widget.check.add.click()
+    widget.wait()
+    [(_plane, labels, disagreement)] = widget.controller.round_maps(other)
+    newest = spots_to_check(labels, disagreement)
+    assert [spot for _, spot in widget.correct.spots(other)] == newest
+    first = widget.correct.next_cell(other)
+    assert viewer.layers["other cells"].selected_label == first.label
+
+
 def test_corrections_of_an_image_added_again_keep_the_earlier_ones(trained, notes):
     viewer, widget, _image, _other = trained
     widget.settings.steps_per_round = 3  # trusted pixels are kept whatever is learned

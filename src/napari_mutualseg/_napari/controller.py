@@ -177,6 +177,11 @@ class RunController(QObject):
             return None
         run = self.training = TrainingRun(self, items, config, resume, request.show_learning)
         self.planned = run.planned
+        # the cells to check are this training's from now on: those of its rounds (none yet),
+        # not the earlier run's nor the predictions the corrected images were corrected on
+        self.last_report = None
+        for item in corrected:
+            self.predictions.pop(str(item.image.unique_id), None)
         if boxed is not None:
             self.trained_image = boxed.image
         self.set_state(RunState.STARTING)
