@@ -712,3 +712,23 @@ def test_fiji_rotated_rectangles_and_ellipses_are_boxes(tmp_path):
     (box,) = read_box_table(path)[None]
     assert box.kind == "ellipse"
     np.testing.assert_allclose(sorted(box.corners.tolist()), expected, atol=1e-4)
+
+
+def test_fiji_boxes_of_a_time_series_of_stacks_are_written_as_a_box_table(tmp_path):
+    import roifile
+
+    from napari_mutualseg.box_tables import read_box_table, write_box_table
+
+    rois = []
+    for z, t in ((2, 1), (3, 2)):  # ImageJ's hyperstack positions, from 1
+        roi = roifile.ImagejRoi(version=228, name=f"z{z} t{t}")
+        roi.roitype = roifile.ROI_TYPE.RECT
+        roi.top, roi.left, roi.bottom, roi.right = 2, 3, 12, 15
+        roi.c_position, roi.z_position, roi.t_position = 1, z, t
+        rois.append(roi)
+    roifile.roiwrite(tmp_path / "RoiSet.zip", rois, mode="w")
+    boxes = read_box_table(tmp_path / "RoiSet.zip")
+    assert list(boxes) == [1, (1, 2)]  # the first time point's plane by number
+    # raised: keys must be all plane indices or all (t, z)
+    path = write_box_table(tmp_path / "boxes.csv", boxes)
+    assert read_box_table(path) == {(0, 1): boxes[1], (1, 2): boxes[(1, 2)]}

@@ -526,7 +526,8 @@ def write_box_table(
         Target CSV file; missing parent folders are created.
     boxes : sequence of Box or mapping
         The boxes of one image, or boxes per key as returned by :func:`read_box_table`
-        (``None``, plane ints, ``(t, z)`` tuples, or image names; one kind of key per file).
+        (``None``, plane ints, ``(t, z)`` tuples, or image names; one kind of key per file,
+        but for plane ints beside ``(t, z)``, which are time point 0's planes).
     overwrite : bool
         Replace an existing file.
 
@@ -553,6 +554,15 @@ def write_box_table(
         for k, box in enumerate(group):
             if not isinstance(box, Box):
                 raise TypeError(f"boxes[{key!r}][{k}] is a {type(box).__name__}, not a Box.")
+    if any(map(_is_index, groups)) and any(
+        isinstance(k, tuple) and len(k) == 2 and all(map(_is_index, k)) for k in groups
+    ):
+        # Fiji ROIs and QuPath objects of a time series of stacks: the first time point's
+        # planes by number, later ones as (t, z)
+        merged: dict[BoxKey, list[Box]] = {}
+        for key, group in groups.items():
+            merged.setdefault((0, int(key)) if _is_index(key) else key, []).extend(group)
+        groups = merged
     keys = list(groups)
     if keys == [None]:
         key_kind = "none"
