@@ -732,3 +732,22 @@ def test_fiji_boxes_of_a_time_series_of_stacks_are_written_as_a_box_table(tmp_pa
     # raised: keys must be all plane indices or all (t, z)
     path = write_box_table(tmp_path / "boxes.csv", boxes)
     assert read_box_table(path) == {(0, 1): boxes[1], (1, 2): boxes[(1, 2)]}
+
+
+@pytest.mark.parametrize(
+    ("geometry", "said"),
+    [
+        (None, "has no geometry"),  # was "is 'no geometry'"
+        ({"type": "MultiPoint", "coordinates": [[1, 2], [3, 4]]}, "is a MultiPoint"),
+    ],
+)
+def test_qupath_objects_that_are_no_boxes_are_named_in_words(tmp_path, geometry, said):
+    import json
+
+    from napari_mutualseg.box_tables import read_box_table
+
+    feature = {"type": "Feature", "geometry": geometry, "properties": {"objectType": "annotation"}}
+    path = tmp_path / "objects.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    with pytest.raises(ValueError, match=f"object 1 {said}; only rectangles and ellipses"):
+        read_box_table(path)

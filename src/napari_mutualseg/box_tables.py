@@ -393,11 +393,17 @@ def _read_geojson(path: Path) -> dict[BoxKey, list[Box]]:
         geometry = feature.get("geometry") or {}
         corners = _rectangle(geometry)
         if corners is None:
-            kind = geometry.get("type", "no geometry")
+            kind = geometry.get("type")
             n = len(_ring(geometry) or ()) - 1
-            what = f"a polygon of {n} corners" if kind == "Polygon" and n > 0 else repr(kind)
+            what = (
+                "has no geometry"
+                if not kind
+                else f"is a polygon of {n} corners"
+                if kind == "Polygon" and n > 0
+                else f"is a {kind}"
+            )
             raise ValueError(
-                f"{path}: {name} is {what}; only rectangles and ellipses are boxes. Export "
+                f"{path}: {name} {what}; only rectangles and ellipses are boxes. Export "
                 "them alone (select them, then File > Export objects as GeoJSON > Selected "
                 "objects)."
             )
