@@ -374,6 +374,32 @@ def test_bad_images_are_explained(tmp_path, data, capsys):
     assert code == 2 and "box" in err.lower()
 
 
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        # cells at x 66-78 of the 64 x 80 image, written x first: past its 64 rows
+        (["66,10,76,20", "68,40,78,50", "5,30,15,40"], "all would lie on it with x and y swapped"),
+        # the table of a larger image: most boxes beyond this one
+        (["100,100,120,120", "200,300,230,330", "10,10,30,30"], "made for another image"),
+    ],
+)
+def test_a_table_that_does_not_fit_the_image_is_refused(data, tmp_path, capsys, rows, message):
+    table = tmp_path / "t.csv"
+    table.write_text("y0,x0,y1,x1\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "s.tif"
+    code, _, err = _run(capsys, "supervise", data["image"], "--boxes", table, "--out", out)
+    assert code == 2 and message in err and "2 of 3 boxes lie outside" in err
+    assert not out.exists()
+
+
+def test_one_box_drawn_off_the_image_is_left_out(data, tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text(data["plain"].read_text() + "500,500,520,530\n")
+    out = tmp_path / "s.tif"
+    code, stdout, err = _run(capsys, "supervise", data["image"], "--boxes", table, "--out", out)
+    assert code == 0 and "5 boxes" in stdout and "1 of 6 boxes lie outside" in err
+
+
 def _actions(parser: argparse.ArgumentParser):
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

@@ -234,6 +234,7 @@ def supervision(name: str, image: AxisImage, boxes: list[Box], **kwargs: Any) ->
     from ..boxes import usable_boxes
     from ..supervision import make_supervision
 
+    _check_box_places(name, boxes, image.plane_shape)
     try:
         kept, notes = usable_boxes(boxes, image.plane_shape)
     except ValueError as err:
@@ -241,6 +242,41 @@ def supervision(name: str, image: AxisImage, boxes: list[Box], **kwargs: Any) ->
     for note in notes:
         warnings.warn(f"{name}: {note}", UserWarning, stacklevel=2)
     return make_supervision(image.plane_shape, kept, **kwargs)
+
+
+def _check_box_places(name: str, boxes: list[Box], shape: tuple[int, ...]) -> None:
+    """Refuse a table whose boxes do not fit the image: x and y swapped, or most boxes off it.
+
+    A box drawn in napari may stray off the image, and is left out with a warning; a table
+    with most of its boxes off the image, or that fits only with x and y swapped, was made
+    for another image or in other coordinates, and training on the rest would learn from the
+    wrong places.
+    """
+    from ..boxes import Box
+
+    sized = [b for b in boxes if not b.too_small]  # left out anyway, wherever they are
+    outside = [k for k, b in enumerate(boxes) if not b.too_small and not b.overlaps(shape)]
+    if not outside:
+        return
+    where = f"{name}: {len(outside)} of {len(sized)} boxes lie outside the image"
+    where += (
+        f" ({shape[0]} x {shape[1]} px; the first is {boxes[outside[0]].describe(outside[0])})"
+    )
+    stray = len(outside) == 1 and len(sized) > 1  # one box drawn off the image, most likely
+    swapped = all(
+        b.angle == 0 and Box(b.center[::-1], b.half_sizes[::-1]).overlaps(shape) for b in sized
+    )
+    if swapped and not stray:
+        raise ValueError(
+            f"{where}, and all would lie on it with x and y swapped: the table gives columns "
+            "(x) where rows (y) belong. Name its columns in the order they hold (y0,x0,y1,x1: "
+            "rows first; x0,y0,x1,y1 is read as such)."
+        )
+    if 2 * len(outside) > len(sized):
+        raise ValueError(
+            f"{where}: the table was made for another image or in other units. Give the box "
+            "table of this image, in its pixel coordinates."
+        )
 
 
 def painted_supervisions(
