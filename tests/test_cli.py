@@ -246,6 +246,10 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
         ),
         (lambda d, t: ["train", d["image"], "--boxes", d["gt"], "--out", t / "m.pt"], "box"),
         (
+            lambda d, t: ["supervise", d["image"], "--boxes", t, "--out", t / "s.tif"],
+            "is a folder, not a box table: give the box file of each image",
+        ),
+        (
             lambda d, t: ["supervise", d["image"], "--boxes", d["plain"], "--out", d["gt"]],
             "already exists",
         ),

@@ -77,6 +77,13 @@ def boxes_for(
     """
     from ..box_tables import read_box_table
 
+    for table in tables:
+        if Path(table).is_dir():
+            raise ValueError(
+                f"--boxes {table} is a folder, not a box table: give the box file of each "
+                "image (a napari Shapes CSV, a y0,x0,y1,x1 CSV, a Fiji RoiSet.zip or .roi, or "
+                "QuPath GeoJSON)."
+            )
     loaded = [read_box_table(t) for t in tables]
     if len(tables) not in (1, len(images)):
         raise ValueError(
