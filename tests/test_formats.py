@@ -751,3 +751,20 @@ def test_qupath_objects_that_are_no_boxes_are_named_in_words(tmp_path, geometry,
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     with pytest.raises(ValueError, match=f"object 1 {said}; only rectangles and ellipses"):
         read_box_table(path)
+
+
+@pytest.mark.parametrize(("kind", "said"), [("tmaCore", "TMA core"), ("tile", "tile")])
+def test_qupath_tma_cores_and_tiles_are_no_boxes(tmp_path, kind, said):
+    import json
+
+    from napari_mutualseg.box_tables import read_box_table
+
+    # QuPath writes a TMA core as an ellipse, a tile as a rectangle
+    angles = np.linspace(0, 2 * np.pi, 33)[:-1]
+    ring = np.c_[900 + 600 * np.cos(angles), 700 + 600 * np.sin(angles)]
+    core = _qupath_feature(ring, {"isEllipse": True}, kind=kind)
+    features = [_qupath_rectangle(3, 2, 12, 10), core]
+    path = tmp_path / "all objects.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with pytest.raises(ValueError, match=f"object 2 is a QuPath {said}, not a box drawn"):
+        read_box_table(path)

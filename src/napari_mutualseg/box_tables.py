@@ -72,6 +72,9 @@ _FIJI_RESULTS = {"bx", "by", "width", "height"}
 
 BoxKey = str | int | tuple[int, ...] | None
 
+#: QuPath's objects that are never a cell's box, by their 'objectType'.
+_QUPATH_NO_CELLS = {"tmaCore": "TMA core", "tma_core": "TMA core", "tile": "tile"}
+
 
 def _number(text: str, path: Path, line: int, column: str) -> float:
     try:
@@ -391,6 +394,14 @@ def _read_geojson(path: Path) -> dict[BoxKey, list[Box]]:
         props = feature.get("properties") or {}
         name = f"object {k + 1}" + (f" ({props['name']!r})" if props.get("name") else "")
         geometry = feature.get("geometry") or {}
+        # a TMA core is an ellipse and a tile a rectangle, neither drawn around a cell
+        other = _QUPATH_NO_CELLS.get(props.get("objectType", props.get("object_type")))
+        if other:
+            raise ValueError(
+                f"{path}: {name} is a QuPath {other}, not a box drawn around a cell. Export "
+                "the boxes alone (select them, then File > Export objects as GeoJSON > "
+                "Selected objects)."
+            )
         corners = _rectangle(geometry)
         if corners is None:
             kind = geometry.get("type")
