@@ -204,6 +204,13 @@ def test_evaluate_prints_metrics(data, capsys):
     assert metrics["f1_50"] == 1.0 and metrics["map"] == 1.0
 
 
+@pytest.mark.parametrize("swap", [False, True])
+def test_evaluate_refuses_the_microscope_image_for_labels(data, capsys, swap):
+    pair = (data["image"], data["gt"])
+    code, _, err = _run(capsys, "evaluate", *(pair[::-1] if swap else pair))
+    assert code == 2 and "cells.tif looks like a microscope image, not labels" in err
+
+
 def test_demo_runs_the_whole_flow(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, err = _run(
