@@ -768,3 +768,6 @@ def test_qupath_tma_cores_and_tiles_are_no_boxes(tmp_path, kind, said):
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     with pytest.raises(ValueError, match=f"object 2 is a QuPath {said}, not a box drawn"):
         read_box_table(path)
+    features[0]["properties"]["objectType"] = ["annotation"]  # not QuPath's: no type said
+    path.write_text(json.dumps(features[:1]))
+    assert len(read_box_table(path)[None]) == 1  # raised TypeError: unhashable type: 'list'

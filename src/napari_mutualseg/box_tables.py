@@ -395,7 +395,7 @@ def _read_geojson(path: Path) -> dict[BoxKey, list[Box]]:
         name = f"object {k + 1}" + (f" ({props['name']!r})" if props.get("name") else "")
         geometry = feature.get("geometry") or {}
         # a TMA core is an ellipse and a tile a rectangle, neither drawn around a cell
-        other = _QUPATH_NO_CELLS.get(props.get("objectType", props.get("object_type")))
+        other = _QUPATH_NO_CELLS.get(str(props.get("objectType", props.get("object_type"))))
         if other:
             raise ValueError(
                 f"{path}: {name} is a QuPath {other}, not a box drawn around a cell. Export "
