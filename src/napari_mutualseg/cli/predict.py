@@ -48,6 +48,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..batch import REPORT_NAME, SUMMARY_NAME, BatchRun
+    from ..files import check_writable
     from ..segmenter import NO_CELLS_ADVICE
 
     run = BatchRun(
@@ -61,6 +62,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         disagreement_dir=args.disagreement_out,
     )
+    # the disagreement maps' folders, checked before any image as the labels' folder is
+    folders = {path.parent: path for job in run.jobs for path in job.disagreement or ()}
+    for path in folders.values():
+        check_writable(path, overwrite=True)
     results = iter(run)
     with (
         contextlib.closing(results),
