@@ -327,3 +327,39 @@ def test_a_blank_plane_of_a_stack_is_left_empty_and_said(scene, notes):
         m.startswith("Every plane of 'blank' is constant") for m in messages(notes, "error")
     )
     assert "blank cells" not in viewer.layers
+
+
+def test_cells_trained_on_two_planes_of_a_stack_are_cells_of_their_own(viewer_widget, monkeypatch):
+    """Each trained plane numbers its cells from 1: on the stack, and in its table, a cell
+    of plane 0 and one of plane 2 must not be one object between them."""
+    from napari_mutualseg import training
+    from test_widget import fake_report
+
+    viewer, widget = viewer_widget
+    a, rows_a = disc_image(centres=((16, 16),))
+    b, rows_b = disc_image(centres=((46, 46),), seed=1)
+    stack = viewer.add_image(np.stack([a, a * 0 + 0.1, b]), name="stack")
+    widget.image_layer = stack
+    boxes = widget.new_boxes_layer()
+    boxes.add_rectangles(rectangles(rows_a, plane=0) + rectangles(rows_b, plane=2))
+
+    class OneCellEach(training.MutualTrainer):
+        def __iter__(self):
+            report = fake_report(1, rounds=1)
+            report.instances = [(a > 0.5).astype(np.int32), (b > 0.5).astype(np.int32)]
+            for name in ("classes_a", "classes_b", "labels_a", "labels_b", "disagreement"):
+                setattr(report, name, getattr(report, name) * 2)
+            yield report
+
+    monkeypatch.setattr(training, "MutualTrainer", OneCellEach)
+    widget.train(block=True)
+    cells = viewer.layers["stack cells"]
+    first, last = (int(cells.data[0, 16, 16]), int(cells.data[2, 46, 46]))
+    assert first and last and first != last
+    table = cells.features
+    assert sorted(table["label"]) == sorted([first, last])
+    assert sorted(table["centroid_z_px"]) == [0, 2]
+    # the cell to check is selected by the label it has on the stack
+    spot = widget.correct.next_cell(stack)
+    assert spot.label in (first, last)
+    assert cells.selected_label == spot.label

@@ -26,7 +26,14 @@ from qtpy.QtWidgets import QApplication
 
 from ..checkpoint import CheckpointError
 from .runs import FolderRun, PredictionRun, RunState, TrainingRun
-from .workers import LEARNING_ROLES, RESULT_LAYERS, PredictionResult, RoundUpdate, TrainingJob
+from .workers import (
+    LEARNING_ROLES,
+    RESULT_LAYERS,
+    PredictionResult,
+    RoundUpdate,
+    TrainingJob,
+    distinct_cells,
+)
 from .writer import LayerWriter
 
 if TYPE_CHECKING:
@@ -214,10 +221,8 @@ class RunController(QObject):
             if item_image == image:
                 planes = layout.planes or [None]
                 end = start + layout.count
-                maps = zip(
-                    planes, report.instances[start:end], report.disagreement[start:end],
-                    strict=True,
-                )  # fmt: skip
+                cells = distinct_cells(report.instances[start:end])  # as the layer has them
+                maps = zip(planes, cells, report.disagreement[start:end], strict=True)
                 return list(maps)
             start += layout.count
         return []

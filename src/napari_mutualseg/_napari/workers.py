@@ -159,6 +159,8 @@ class TrainingJob:
                 ):
                     continue
                 arrays = getattr(report, attribute)[start : start + layout.count]
+                if kind == "labels":
+                    arrays = distinct_cells(arrays)
                 fill = IGNORE if kind == "classes" else 0
                 data = layout.place(arrays, fill)
                 update.layers.append(
@@ -169,6 +171,24 @@ class TrainingJob:
                     update.tables[part] = measure(cells, self.images[part], layout.axes)
             start += layout.count
         return update
+
+
+def distinct_cells(planes: list[np.ndarray]) -> list[np.ndarray]:
+    """The cells of a stack's trained planes, each plane's numbered on from the plane before.
+
+    The trainer numbers every plane's cells from 1: laid out on the stack as they are, a cell
+    of one trained plane and a cell of another would be one object (one colour, one row of
+    the table, its centre on a plane between them).
+    """
+    if len(planes) < 2:
+        return planes
+    out, offset = [], 0
+    for labels in planes:
+        numbered = labels.astype(np.int64)
+        numbered[numbered > 0] += offset
+        out.append(numbered)
+        offset = max(offset, int(numbered.max(initial=0)))
+    return out
 
 
 def small_labels(labels: np.ndarray) -> np.ndarray:
