@@ -451,15 +451,18 @@ def test_predict_says_what_to_try_when_no_cell_is_found(data, tmp_path, capsys):
     assert "no cells found in cells.tif: the networks may need more training" in err
 
 
-def test_disagreement_maps_into_a_file_are_refused_before_any_image(data, tmp_path, capsys):
+def test_predict_refuses_mistakes_of_every_image_before_any_image(data, tmp_path, capsys):
     model = tmp_path / "m.pt"
     _run(capsys, "train", data["image"], "--boxes", data["plain"], "--out", model, *TINY)
     before = data["gt"].read_bytes()
     out = tmp_path / "p"
-    argv = ["predict", model, data["image"], "--out", out, "--disagreement-out", data["gt"]]
-    code, _, err = _run(capsys, *argv, "--overwrite")
+    argv = ["predict", model, data["image"], "--out", out]
+    code, _, err = _run(capsys, *argv, "--disagreement-out", data["gt"], "--overwrite")
     assert code == 2 and f"Cannot write into {data['gt']}: it is a file, not a folder" in err
-    assert data["gt"].read_bytes() == before and not (out / "cells_cells.tif").exists()
+    assert data["gt"].read_bytes() == before
+    code, _, err = _run(capsys, *argv, "--axes", "QYX")  # Q: no axis of any image
+    assert code == 2 and err.startswith("error: Axes 'QYX' for the images: use each of")
+    assert not (out / "cells_cells.tif").exists()
 
 
 def test_output_closed_by_its_reader_stops_quietly(data):

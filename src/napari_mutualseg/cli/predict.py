@@ -14,10 +14,11 @@ if TYPE_CHECKING:
 
 def _batch_options(args: argparse.Namespace) -> BatchOptions:
     from ..batch import BatchOptions
-    from ..images import parse_channels
+    from ..images import parse_axes, parse_channels
 
     return BatchOptions(
-        axes=args.axes,
+        # letters that fit no image are one mistake now, not a failure of every image
+        axes=parse_axes(args.axes, name="the images") if args.axes else None,
         channels=parse_channels(args.channel),
         rgb=args.rgb,
         tile_size=args.tile_size,
