@@ -388,3 +388,17 @@ def test_usable_boxes_leaves_repeats_out_with_a_note():
     kept, notes = usable_boxes([cell, near, cell, Box.from_corners(10, 10, 30, 34)], (64, 64))
     assert kept == [cell, near]
     assert notes == ["2 box(es) repeat another box on the same cell and were counted once."]
+
+
+def test_a_box_around_many_cells_is_taken_for_a_region_with_a_note():
+    # QuPath's "all objects" export holds the annotation drawn around the boxed area: as a
+    # cell, its ellipse would call the whole area cell
+    cells = [Box.from_corners(10 + 12 * i, 10, 20 + 12 * i, 20) for i in range(5)]
+    region = Box.from_corners(5, 5, 80, 40)
+    kept, notes = usable_boxes([cells[0], region, *cells[1:]], (96, 96))
+    assert kept == cells
+    assert len(notes) == 1 and notes[0].startswith("box 1 (y0, x0, y1, x1 = (5, 5, 80, 40))")
+    assert "holds 5 other boxes: taken for a region around cells" in notes[0]
+    # a cell whose box holds a few small neighbours' boxes stays a cell
+    big = Box.from_corners(5, 5, 60, 40)
+    assert usable_boxes([big, *cells[:4]], (96, 96)) == ([big, *cells[:4]], [])
