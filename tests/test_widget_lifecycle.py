@@ -176,6 +176,15 @@ def test_a_prediction_stops_after_the_plane_at_hand(thresholded, slow_planes, qt
     assert widget.model.predict.isEnabled() and not widget.training.stop.isEnabled()
 
 
+def test_predicting_a_layer_name_that_is_not_there_says_which_are(thresholded, notes):
+    viewer, widget = thresholded
+    viewer.add_image(disc_image()[0], name="nuclei")
+    assert widget.predict("nucleus") is None
+    assert messages(notes, "error")[-1] == (
+        "There is no layer named 'nucleus' to segment; the layers are: 'nuclei'."
+    )
+
+
 def test_predict_is_enabled_only_with_an_image_to_segment(thresholded, notes):
     viewer, widget = thresholded
     assert not widget.model.predict.isEnabled()  # a model, but no image

@@ -332,7 +332,14 @@ class MutualSegWidget(QWidget):
             The worker, or ``None`` after a notification.
         """
         if isinstance(layer, str):
-            layer = next((x for x in self.viewer.layers if x.name == layer), None)
+            name, layer = layer, next((x for x in self.viewer.layers if x.name == layer), None)
+            if layer is None:
+                names = ", ".join(f"'{x.name}'" for x in self.viewer.layers) or "none"
+                self.controller.notify(
+                    f"There is no layer named '{name}' to segment; the layers are: {names}.",
+                    "error",
+                )
+                return None
         elif layer is None:
             layer = self.model.target.layer
         try:
