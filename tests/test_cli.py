@@ -58,6 +58,17 @@ def test_supervise_writes_the_class_map(data, tmp_path, capsys):
     assert set(np.unique(classes)) == {0, 1, 2}
 
 
+def test_boxes_of_another_image_of_the_same_size_are_warned_of(data, tmp_path, capsys):
+    *_, boxes = synthetic_scene((64, 80), 5, seed=7)  # another field of the plate
+    table = tmp_path / "other.csv"
+    table.write_text("y0,x0,y1,x1\n" + "".join(",".join(map(str, b)) + "\n" for b in boxes))
+    for boxes, warned in ((data["plain"], False), (table, True)):
+        argv = ["supervise", data["image"], "--boxes", boxes, "--out", tmp_path / "s.tif"]
+        code, _, err = _run(capsys, *argv, "--overwrite")
+        assert code == 0
+        assert ("cells: the boxed cells are no brighter or darker" in err) == warned, err
+
+
 def test_supervision_and_training_labels_keep_the_pixel_size(data, tmp_path, capsys):
     image = tmp_path / "calibrated.ome.tif"
     pixels = tifffile.imread(data["image"])

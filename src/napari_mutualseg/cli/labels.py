@@ -35,7 +35,7 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     for j, plane in enumerate(planes):
         if plane is not None:
             name, boxes = plane
-            sup = supervision(name, image, boxes, edge_width=args.edge_width)
+            sup = supervision(name, image, boxes, j, edge_width=args.edge_width)
             classes[j], instances[j] = sup.classes, sup.instances
             n_boxes += len(sup.boxes)
     boxed = sum(p is not None for p in planes)

@@ -116,9 +116,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out, *_ = check_outputs([args.out, *label_paths], read, args.overwrite)
     # one supervision per plane; planes without boxes are left out of training
     sups = [
-        None if p is None else supervision(p[0], image, p[1])
+        None if p is None else supervision(p[0], image, p[1], j)
         for image, planes in loaded
-        for p in planes
+        for j, p in enumerate(planes)
     ]
     labels = painted_supervisions(painted, loaded) if painted else None
     if labels is not None:
