@@ -199,6 +199,18 @@ def test_a_file_opens_with_its_axes_and_pixel_size(viewer_widget, tmp_path, note
     assert sum("set Axes" in m for m in messages(notes, "warning")) == 1
 
 
+def test_opening_a_file_says_what_it_left_unsaid(make_napari_viewer, tmp_path, notes):
+    import tifffile
+
+    viewer = make_napari_viewer()
+    path = tmp_path / "screen.tif"
+    tifffile.imwrite(path, np.zeros((20, 30), np.uint8), resolution=(72, 72), resolutionunit=2)
+    [layer] = viewer.open(path, plugin="napari-mutualseg")
+    np.testing.assert_allclose(layer.scale, (1, 1))  # 72 dpi is no pixel size
+    [said] = messages(notes, "info")
+    assert said.startswith("screen.tif: 20 x 30 px") and "72 dpi" in said and "pixel_size=" in said
+
+
 def test_label_files_of_the_package_open_as_labels(make_napari_viewer, tmp_path):
     from napari_mutualseg.io import write_labels
     from napari_mutualseg.ome import PixelSize

@@ -5,7 +5,8 @@ A file is read as the command line and the Python API read it
 from its metadata (ImageJ and OME-TIFF, OME-Zarr, CZI / ND2 / LIF with the ``bioio`` extra),
 large files lazily. The layer gets the axes as its axis labels (which the dock widget reads
 and napari names its sliders after), the channel axis first, the pixel size as its scale.
-A file whose axes are not written in it opens as stored, and a warning says to set its axes.
+A file whose axes are not written in it opens as stored, and a warning says to set its axes;
+what was read, and what the file left unsaid (a pixel size left out), is said on opening.
 Label files this package wrote (cells, a supervision) open as Labels layers, a supervision
 in its class colours, so that its paint can be reused or a result checked.
 """
@@ -38,8 +39,9 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
 
 
 def read_layers(path: str) -> list[LayerData]:
-    """One image layer of the file, its axes in its axis labels and its pixel size as scale."""
-    from napari.utils.notifications import show_warning
+    """One image layer of the file, its axes in its axis labels and its pixel size as scale;
+    what was read, with the notes on what the file did not say, in a notification."""
+    from napari.utils.notifications import show_info, show_warning
 
     from ..images import AxisImage
 
@@ -51,6 +53,9 @@ def read_layers(path: str) -> list[LayerData]:
         # all raises: napari says why)
         show_warning(f"{Path(path).name}: {err} In the dock widget, set Axes instead.")
         return [(err.data, {"name": name}, "image")]
+    if image.notes:
+        # as the command line says it: where the axes came from, a pixel size left out
+        show_info(image.describe(notes=True))
     layer = image_layer(image, name)
     kind = written_as(path)
     if kind in ("labels", "supervision"):
