@@ -446,6 +446,22 @@ def test_every_option_is_explained_with_its_default(capsys):
     assert "(default: 512)" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "x.tif", "--out", "m.pt"], "arguments are required: --boxes (see "),
+        (["predict", "m.pt", "x.tif", "--out", "p", "--chanel", "0"], "did you mean --channel?"),
+        (["predict", "m.pt", "x.tif", "--out", "p", "--tilesize=256"], "mean --tile-size?"),
+    ],
+)
+def test_a_mistake_in_the_options_is_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.startswith("error: ") and message in err
+    assert err.count("\n") == 1 and "usage" not in err
+
+
 def test_predict_says_what_to_try_when_no_cell_is_found(data, tmp_path, capsys):
     import torch
 

@@ -44,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        args.parser.unknown(extra)
     from ..checkpoint import CheckpointError
     from ..files import ResultExistsError
     from ..training import TrainingError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from .. import __version__
 from .info import cmd_info
@@ -25,6 +25,24 @@ BOX_FILES = (
 
 #: The model argument of ``predict`` and ``info``.
 _MODEL_HELP = "model file (.pt) written by train, demo or the plugin's Save model"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A mistake in the options is one line, as every other mistake: what is wrong, a
+    close option name for a misspelt one, and where the options are listed."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def unknown(self, extra: list[str]) -> NoReturn:
+        """Refuse the arguments this command does not take (``--chanel``, a second file)."""
+        from difflib import get_close_matches
+
+        options = [o for a in self._actions for o in a.option_strings]
+        given = [a.split("=")[0] for a in extra if a.startswith("--")]
+        close = {a: get_close_matches(a, options, n=1) for a in given}
+        hints = [f"{a}: did you mean {c[0]}?" for a, c in close.items() if c]
+        self.error(f"unrecognized arguments: {' '.join(extra)}" + "".join(f"; {h}" for h in hints))
 
 
 def _pixel_size_option(text: str) -> PixelSize:
@@ -306,9 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
         Its parsed arguments name the subcommand's function as ``func``, which takes them and
-        returns the exit status.
+        returns the exit status, and its parser as ``parser``. A mistake in the options
+        exits with status 2 and one line.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="napari-mutualseg",
         description="Cell segmentation from boxes: two networks that teach each other.",
     )
@@ -316,4 +335,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_supervise, _add_train, _add_predict, _add_evaluate, _add_info, _add_demo):
         add(sub)
+    for command in sub.choices.values():
+        command.set_defaults(parser=command)  # whose options an unknown argument is told of
     return parser
