@@ -267,7 +267,8 @@ def _check_boxes_on_cells(name: str, pixels: np.ndarray, classes: np.ndarray) ->
     Measured as ``|2 AUC - 1|`` of the pixels inside the boxes' ellipses against those
     around (0: alike, 1: every one brighter, or darker): on BBBC039 at least 0.75 with each
     image's own boxes, at most 0.19 with another image's. The table of another field of a
-    plate, or tables given in another order, fit the image's size but not its cells.
+    plate, tables given in another order, or boxes in µm fit the image's size but not its
+    cells.
     """
     import numpy as np
     from scipy.stats import rankdata
@@ -284,8 +285,9 @@ def _check_boxes_on_cells(name: str, pixels: np.ndarray, classes: np.ndarray) ->
     if apart < _MIN_APART:
         warnings.warn(
             f"{name}: the boxed cells are no brighter or darker than the rest of the image: "
-            "is the box table this image's (one table per image, in the order of the "
-            "images)? Ignore this for cells as bright as their background (phase contrast).",
+            "is the box table this image's (one per image, in the order of the images), in "
+            "pixels (not µm)? Ignore this for cells as bright as their background (phase "
+            "contrast).",
             UserWarning,
             stacklevel=3,
         )
