@@ -169,7 +169,7 @@ def test_bad_inputs_are_refused_clearly(scene):
         MutualTrainer(np.ones_like(image), sup, TrainConfig(**TINY))
     bad = image.copy()
     bad[3, 3] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"NaN .*in Fiji, Process > Math > Remove NaNs"):
         MutualTrainer(bad, sup, TrainConfig(**TINY))
     with pytest.raises(ValueError, match="RGB"):
         MutualTrainer(np.stack([image] * 3, -1), sup, TrainConfig(**TINY))

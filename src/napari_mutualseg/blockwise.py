@@ -37,7 +37,7 @@ import numpy as np
 
 from .inference import instances_from_proba
 from .measure import Table, measure_cells
-from .preprocess import DEFAULT_PERCENTILES, apply_ranges, channel_ranges
+from .preprocess import DEFAULT_PERCENTILES, NAN_ADVICE, apply_ranges, channel_ranges
 
 __all__ = [
     "AUTO_BLOCKWISE_PIXELS",
@@ -179,7 +179,7 @@ def _read(image: Any, window: Window, ranges: np.ndarray, name: str) -> np.ndarr
         ys, xs = window
         raise ValueError(
             f"{name} contains NaN or infinite pixels (in rows {ys.start}-{ys.stop}, columns "
-            f"{xs.start}-{xs.stop}). Replace them first, e.g. with numpy.nan_to_num."
+            f"{xs.start}-{xs.stop}). {NAN_ADVICE}"
         )
     return apply_ranges(pixels, ranges)
 

@@ -16,6 +16,12 @@ import numpy as np
 #: Default percentiles mapped to 0 and 1; stored with every trained model.
 DEFAULT_PERCENTILES = (1.0, 99.8)
 
+#: What to do about NaN or infinite pixels, for people in Fiji as in Python.
+NAN_ADVICE = (
+    "Replace them with numbers first: in Fiji, Process > Math > Remove NaNs; in Python, "
+    "numpy.nan_to_num(image)."
+)
+
 #: Pixels per channel up to which the percentiles use every pixel; larger images use a strided
 #: sample of about half as many.
 SAMPLE_PIXELS = 4_000_000
@@ -44,10 +50,7 @@ def _check_pixels(array: np.ndarray, name: str) -> np.ndarray:
     array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
-        raise ValueError(
-            f"{name} contains {bad} NaN or infinite pixel(s). Replace them first, e.g. with "
-            "numpy.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)."
-        )
+        raise ValueError(f"{name} contains {bad} NaN or infinite pixel(s). {NAN_ADVICE}")
     return array
 
 
@@ -146,10 +149,7 @@ def channel_ranges(
             low, high = float(values.min()), float(values.max())
         what = name if sample.shape[0] == 1 else f"channel {c} of {name}"
         if not (np.isfinite(low) and np.isfinite(high)):
-            raise ValueError(
-                f"{what} contains NaN or infinite pixels. Replace them first, e.g. with "
-                "numpy.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)."
-            )
+            raise ValueError(f"{what} contains NaN or infinite pixels. {NAN_ADVICE}")
         if high <= low:
             fix = (
                 "Check that the right channel or plane was chosen."
