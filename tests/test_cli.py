@@ -66,7 +66,7 @@ def test_boxes_of_another_image_of_the_same_size_are_warned_of(data, tmp_path, c
         argv = ["supervise", data["image"], "--boxes", boxes, "--out", tmp_path / "s.tif"]
         code, _, err = _run(capsys, *argv, "--overwrite")
         assert code == 0
-        assert ("cells: the boxed cells are no brighter or darker" in err) == warned, err
+        assert ("cells.tif: the boxed cells are no brighter or darker" in err) == warned, err
 
 
 def test_supervision_and_training_labels_keep_the_pixel_size(data, tmp_path, capsys):

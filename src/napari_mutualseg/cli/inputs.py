@@ -107,7 +107,6 @@ def boxes_for(
         table = loaded[i] if len(tables) == len(images) else loaded[0]
         image = load_image(path, args)
         name = Path(path).name
-        stem = name.split(".")[0]
         table = _flat_planes(table, image, name)
         by_plane = all(isinstance(k, int) for k in table)
         if image.n_planes > 1 and not by_plane:
@@ -154,8 +153,9 @@ def boxes_for(
                     f"No boxes for {path}: the box table has no rows for it{found}. Draw at "
                     "least one box on this image."
                 )
+            # how messages name the plane: stack.tif z004
             suffix = image.plane_name(j)
-            planes.append((f"{stem}_{suffix}" if suffix else stem, boxes) if boxes else None)
+            planes.append((f"{name} {suffix}" if suffix else name, boxes) if boxes else None)
         result.append((image, planes))
     if len(tables) == 1:
         unused = sorted(k for k in loaded[0] if isinstance(k, str) and k not in used)
