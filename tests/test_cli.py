@@ -285,6 +285,18 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
             lambda d, t: ["train", d["image"], "--boxes", d["plain"], "--out", t / "model.tif"],
             "names an image or table file, but train writes a model: give it a .pt name",
         ),
+        (
+            lambda d, t: ["predict", d["image"], t / "m.pt", "--out", t / "p"],
+            "m.pt as an image: the model comes first",
+        ),
+        (
+            lambda d, t: ["predict", t / "a.pt", d["image"], t / "b.pt", "--out", t / "p"],
+            "b.pt is a model given among the images: predict takes one model",
+        ),
+        (
+            lambda d, t: ["train", d["image"], d["image"], "--boxes", d["plain"], "--out", t],
+            "cells.tif is given twice",
+        ),
         (  # one plain table for two images: which image is a box on?
             lambda d, t: ["train", d["image"], d["other"], "--boxes", d["plain"], "--out", t],
             "has no 'image' column, so it cannot say which of the 2 images a box is on",

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,6 +42,22 @@ def _with_folder(read: str, name: str) -> str:
     return f"{name}: {read.removeprefix(own)}" if read.startswith(own) else read
 
 
+def _check_model_order(args: argparse.Namespace) -> None:
+    """A model file among the inputs: the model and an image swapped, or a second model."""
+    models = [p for p in args.images if Path(p).suffix.lower() == ".pt"]
+    if not models:
+        return
+    if Path(args.model).suffix.lower() != ".pt":
+        raise ValueError(
+            f"{args.model} is given as the model and {models[0]} as an image: the model comes "
+            f"first (napari-mutualseg predict {models[0]} IMAGE ... --out FOLDER)."
+        )
+    raise ValueError(
+        f"{models[0]} is a model given among the images: predict takes one model, first; "
+        "run it once per model, each with its own --out folder."
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """``predict``: segment every input, report each image and sum up; the exit status.
 
@@ -52,6 +69,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..files import check_writable
     from ..segmenter import NO_CELLS_ADVICE
 
+    _check_model_order(args)
     run = BatchRun(
         args.model,
         args.images,
