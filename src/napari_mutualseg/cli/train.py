@@ -90,6 +90,20 @@ def _label_paths(
     return output_paths(sources, args.labels_out, parts=parts)
 
 
+def _check_each_image_once(images: list[str]) -> None:
+    """An image given twice would be trained on twice, each time with its own table's boxes
+    and the other's cells as background."""
+    from ..files import same_file_key
+
+    keys = [same_file_key(p) for p in images]
+    for k, key in enumerate(keys):
+        if key in keys[:k]:
+            raise ValueError(
+                f"{images[k]} is given twice (as {images[keys.index(key)]} before): give each "
+                "image once, with one box table of all its boxes."
+            )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``train``: train the pair on boxed images and save it; the exit status.
 
@@ -106,6 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"--out {args.out} names an image or table file, but train writes a model: give "
             f"it a .pt name, e.g. {model.with_suffix('.pt').name}."
         )
+    _check_each_image_once(args.images)
     pair, fixed = _resumed(args)
     config = config_from(args, **fixed)
     loaded = boxes_for(args.images, args.boxes, args)
