@@ -363,6 +363,16 @@ def test_an_image_without_boxes_in_its_table_is_said_so(data, tmp_path, capsys, 
     assert ("it has boxes for other.tif" in err) == ("other.tif" in header)
 
 
+@pytest.mark.parametrize("key", ["CELLS.TIF", "Cells"])
+def test_an_image_named_in_another_case_is_said_so(data, tmp_path, capsys, key):
+    rows = data["plain"].read_text().splitlines()
+    table = tmp_path / "named.csv"
+    table.write_text("\n".join(["image," + rows[0], *(f"{key},{r}" for r in rows[1:])]) + "\n")
+    argv = ["train", data["image"], "--boxes", table, "--out", tmp_path / "m.pt", *TINY]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and f"names '{key}', which differs in upper and lower case" in err
+
+
 def test_a_shared_table_names_images_by_their_paths(data, tmp_path, capsys):
     rows = data["plain"].read_text().splitlines()
     images = []

@@ -149,6 +149,12 @@ def boxes_for(
             if len(boxes) == 0 and image.n_planes == 1:
                 named = sorted(str(k) for k in table if k is not None)
                 found = f" (it has boxes for {', '.join(named)})" if named else ""
+                cased = [k for k in named if k.lower() in (name.lower(), _stem(name).lower())]
+                if cased:
+                    raise ValueError(
+                        f"No boxes for {path}: its box table names '{cased[0]}', which differs "
+                        f"in upper and lower case; write it as the file is named, {name}."
+                    )
                 raise ValueError(
                     f"No boxes for {path}: the box table has no rows for it{found}. Draw at "
                     "least one box on this image."
@@ -177,7 +183,7 @@ def _table_key(table: dict, path: str) -> str:
     file name, its name without extensions, or a path that ends like the image's (``plate1/
     a.tif``, or absolute); the stem when none does."""
     name = Path(path).name
-    stem = name.split(".")[0]
+    stem = _stem(name)
     if name in table or stem in table:
         return name if name in table else stem
     image_parts = Path(path).resolve().parts
@@ -189,6 +195,11 @@ def _table_key(table: dict, path: str) -> str:
         if image_parts[-len(parts) :] == parts:
             return key
     return stem
+
+
+def _stem(name: str) -> str:
+    """A file name without its extensions (``x`` of ``x.ome.tif``), as tables may name it."""
+    return name.split(".")[0]
 
 
 def _flat_planes(table: dict, image: AxisImage, name: str) -> dict:
