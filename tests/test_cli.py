@@ -282,6 +282,13 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
         ),
         (lambda d, t: ["demo", "--out", t, "--lr", "5"], "--lr must be a number in (0, 1)"),
         (
+            lambda d, t: [
+                *("supervise", d["image"], "--boxes", d["plain"], "--out", t / "s.tif"),
+                *("--edge-width", 0),
+            ],
+            "--edge-width must be at least 1 pixel, got 0",
+        ),
+        (
             lambda d, t: ["train", d["image"], "--boxes", d["plain"], "--out", t / "model.tif"],
             "names an image or table file, but train writes a model: give it a .pt name",
         ),

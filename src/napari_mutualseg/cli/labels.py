@@ -23,6 +23,8 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     from ..ome import PixelSize
     from ..supervision import IGNORE
 
+    if args.edge_width < 1:  # named as the option, before any file is read
+        raise ValueError(f"--edge-width must be at least 1 pixel, got {args.edge_width}.")
     out = Path(args.out)
     extra = Path(args.instances_out) if args.instances_out else None
     check_outputs(
