@@ -56,6 +56,17 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 @pytest.fixture(autouse=True)
+def default_dask_scheduler():
+    """A test leaves dask's default scheduler as it found it: a run's client that stayed
+    the default would take every later dask computation of the process (napari drawing a
+    lazy layer, a test reading a lazy file) to its workers, or fail once it is closed."""
+    import dask
+
+    yield
+    assert dask.config.get("scheduler", None) is None, "dask's default scheduler was changed"
+
+
+@pytest.fixture(autouse=True)
 def preferences(request, tmp_path, monkeypatch):
     """GUI tests: the plugin's napari Preferences, kept in the test's folder (never the
     user's own, which would change the panel's starting settings); ``None`` in core tests."""

@@ -418,6 +418,19 @@ def test_a_worker_finishes_each_image_before_it_starts_the_next_also_from_lazy_f
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
 
 
+def test_a_run_leaves_the_default_dask_scheduler_of_the_process_alone(
+    model, tmp_path, shared_cluster
+):
+    # napari draws lazy layers with dask in the main thread while a folder is segmented:
+    # their reads must not go to the run's workers, which may not see the files
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(2)]
+    address = shared_cluster.scheduler_address
+    run = iter(BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=address))
+    next(run)  # the run's client is open
+    assert dask.config.get("scheduler", None) is None
+    assert [r.status for r in run] == ["done"]
+
+
 def test_runs_that_share_a_cluster_keep_their_own_model_and_results(
     model, tmp_path, shared_cluster
 ):
@@ -742,12 +755,14 @@ def test_a_worker_that_joins_a_run_shares_the_cores_of_its_host(model, tmp_path,
 
     images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
     shared = shared_cluster
-    run = iter(
-        BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address)
-    )
-    next(run)  # the run's model is on the first worker
-    first = set(shared.scheduler_info["workers"])
+    # this test's client first: the run's, made later, closes first, as dask needs to set
+    # its default scheduler back (the other way round, later tests found no client)
     with Client(shared.scheduler_address) as client:
+        run = iter(
+            BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address)
+        )
+        next(run)  # the run's model is on the first worker
+        first = set(shared.scheduler_info["workers"])
         try:
             shared.scale(2)
             client.wait_for_workers(2, timeout=120)

@@ -345,7 +345,7 @@ class BatchRun:
         ):
             self.where = where
             by_key = {f.key: job for f, job in zip(futures, jobs, strict=True)}
-            pending = as_completed(futures)
+            pending = as_completed(futures, loop=client.loop)  # not the default client
             # the workers whose versions were checked (submit_jobs checks them at the start)
             seen = set(client.scheduler_info(n_workers=-1)["workers"])
             problem: str | None = None

@@ -551,9 +551,13 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     cluster = None
+    # not the process's default scheduler: napari draws lazy layers with dask in the main
+    # thread while a folder is segmented, and their reads would go to the run's workers
+    # (remote ones without the files)
+    own = {"set_as_default": False}
     if scheduler is not None:
         check_scheduler(scheduler)
-        client = Client(scheduler, timeout=f"{CONNECT_SECONDS}s")
+        client = Client(scheduler, timeout=f"{CONNECT_SECONDS}s", **own)
         where = f"on the dask cluster at {scheduler}"
     else:
         try:
@@ -579,7 +583,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
                 'script, run the batch under `if __name__ == "__main__":`, or pass workers=0 '
                 "to run it in this process."
             ) from None
-        client = Client(cluster)
+        client = Client(cluster, **own)
         client.run(_ignore_sigint)
         where = f"on {workers} local dask worker{'s' if workers > 1 else ''}"
     try:
