@@ -1071,3 +1071,16 @@ def test_a_worker_that_cannot_load_the_model_at_the_start_is_named_in_one_line(
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert f"The dask worker {address} could not load the model (RuntimeError: CUDA" in err
+
+
+def test_axes_that_fit_none_of_the_first_images_refuse_the_run_before_any_image(model, tmp_path):
+    # --axes ZYX for plain planes is every image's mistake: one message, before any work
+    images = [_image(tmp_path / "in" / f"p{k}.tif", k) for k in range(2)]
+    broken = tmp_path / "in" / "broken.tif"
+    broken.write_bytes(b"not a TIFF")  # a file that does not open is its own failure
+    options = BatchOptions(tile_size=64, overlap=16, axes="ZYX")
+    with pytest.raises(ValueError, match="ZYX"):
+        next(iter(BatchRun(model, [broken, *images], tmp_path / "out", options, workers=0)))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    results = list(BatchRun(model, [broken, *images], tmp_path / "plain", OPTIONS, workers=0))
+    assert [r.status for r in results] == ["failed", "done", "done"]

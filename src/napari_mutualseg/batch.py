@@ -214,10 +214,11 @@ class BatchRun:
             )
 
     def _check_options(self) -> None:
-        """The options against the model, on the first images to do that open: a wrong
-        channel is one message now, not a failure on every image later.
+        """The options against the model and the files, on the first images to do that
+        open: a wrong channel, or axes that do not fit (ZYX for planes), is one message now,
+        not a failure on every image later.
 
-        Refused when none of the first :data:`_CHECKED_IMAGES` fits the model; one image that
+        Refused when none of the first :data:`_CHECKED_IMAGES` fits; one image that
         does not fit (an overview among a plate's fields) is reported failed in its turn, and
         the others are segmented. Not checked when images of the run are complete already:
         their records say that this model and these options made them.
@@ -232,20 +233,43 @@ class BatchRun:
         for job in filter(self._to_do, self.jobs):
             try:
                 image = AxisImage.from_file(job.source, axes=self.options.axes, lazy=True)
-            except Exception:  # that image will be reported as failed; try the next one
-                continue
-            try:
-                self.pair.network_input(
-                    image, channels=self.options.channels, rgb=self.options.rgb, name=job.name
-                )
-                return
             except ValueError as err:
-                first = first or err
-                checked += 1
-                if checked == _CHECKED_IMAGES:
-                    break
+                # axes given that do not fit (ZYX for a plane) may be every image's mistake;
+                # a file that does not open at all is that image's failure, in its turn
+                if not (self.options.axes and self._opens(job)):
+                    continue
+                problem = err
+            except Exception:
+                continue
+            else:
+                try:
+                    self.pair.network_input(
+                        image, channels=self.options.channels, rgb=self.options.rgb, name=job.name
+                    )
+                    return
+                except ValueError as err:
+                    problem = err
+            first = first or problem
+            checked += 1
+            if checked == _CHECKED_IMAGES:
+                break
         if first is not None:
             raise first
+
+    @staticmethod
+    def _opens(job: ImageJob) -> bool:
+        """Whether ``job``'s image opens without the run's axes (its own, or none known):
+        then the axes given are what does not fit it, not the file."""
+        from .images import AxisImage
+        from .readers import AxesUnknownError
+
+        try:
+            AxisImage.from_file(job.source, lazy=True)
+        except AxesUnknownError:
+            return True
+        except Exception:
+            return False
+        return True
 
     @property
     def todo(self) -> list[ImageJob]:
