@@ -726,7 +726,7 @@ SETTINGS = [
     (TRAIN, "--lr 5", ("--lr",)),
     (TRAIN, "--resume {fx}/model.pt --width 8", ("--width 8", "resume")),
     (TRAIN, "--resume {work}/none.pt", ("none.pt",)),
-    (SUPERVISE, "--edge-width 0", ("edge_width",)),
+    (SUPERVISE, "--edge-width 0", ("--edge-width",)),
 ]
 # fmt: on
 
