@@ -436,6 +436,8 @@ _PANEL_ADVICE = (
     ),
     (r"\(--channel, or channels= in Python\)", "(the Channels setting)"),
     (r"\(--channel on the command line, channels= in Python\)", "(the Channels setting)"),
+    # pixels to replace: with Fiji, for a person at the panel
+    (r"; in Python, numpy\.nan_to_num\(image\)", ""),
     # an image's result made meanwhile by another program: the panel asks on the next run
     (r"segment again with overwrite", "segment the folder again and answer Replace"),
 )
