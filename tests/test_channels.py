@@ -31,8 +31,11 @@ def test_two_channels_train_two_input_channels_and_say_so(two_channel, tmp_path)
     pair = ModelPair.load(trainer.pair.save(tmp_path / "two.pt"), device="cpu")
     assert pair.in_channels == 2 and pair.settings["channels"] is None
     assert pair.segment(stack).shape == (64, 64)
+    # one channel has none to pick: the advice is another model, not --channel
     with pytest.raises(
-        ValueError, match="gives the networks 1 channel but they were trained on 2"
+        ValueError,
+        match="gives the networks 1 channel but they were trained on 2 channels: segment it "
+        "with models trained on images like this one",
     ):
         pair.segment(stack[1])
     with pytest.raises(ValueError, match=r"3 channels .* pick 2 channel\(s\) with --channel"):

@@ -175,9 +175,12 @@ class ModelPair(Segmenter):
             hints = []
             if img.rgb and self.in_channels == 1:
                 hints.append("convert RGB to gray with --rgb gray (rgb='gray')")
-            hints.append(
-                f"pick {self.in_channels} channel(s) with --channel (channels= in Python)"
-            )
+            if img.select(None, rgb).n_channels >= self.in_channels:
+                hints.append(
+                    f"pick {self.in_channels} channel(s) with --channel (channels= in Python)"
+                )
+            else:  # no choice of channels gives the networks theirs
+                hints.append("segment it with models trained on images like this one")
             if not isinstance(image, AxisImage) and axes is None and np.ndim(image) == 3:
                 hints.append("if the first axis is z or time, say so with axes='ZYX' or 'TYX'")
             raise ValueError(
