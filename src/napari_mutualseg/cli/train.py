@@ -155,8 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     def show(r: RoundReport) -> None:
         print(
             f"round {first + r.round}/{first + r.rounds}  loss A {r.loss_a:.4f}  "
-            f"B {r.loss_b:.4f}  "
-            f"labels changed {100 * r.changed:.2f}%  {r.seconds:.1f} s"
+            f"B {r.loss_b:.4f}  labels changed {100 * r.changed:.2f}%  {r.seconds:.1f} s"
         )
 
     outputs = Outputs(args.overwrite)
