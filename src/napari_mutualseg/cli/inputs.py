@@ -113,7 +113,10 @@ def boxes_for(
             raise ValueError(
                 f"{name} has {image.n_planes} planes ({image.plane_axes}) but its box table "
                 "does not say which plane a box is on: draw the boxes on the stack in napari "
-                "and save the Shapes layer as .csv (its first axis is the plane)."
+                "and save the Shapes layer as .csv (its first axis is the plane), or in Fiji "
+                "with the ROI Manager's More > Options > Associate with slices. QuPath writes "
+                "no plane for objects on the first one: give the stack's first plane alone, "
+                "or draw on another plane too."
             )
         beyond = sorted(k for k in table if isinstance(k, int) and k >= image.n_planes)
         if image.n_planes > 1 and beyond:
