@@ -228,7 +228,7 @@ class ExchangeContext:
         Fixed across rounds, so found once."""
         sup = self.supervision
         shape = self.initial.shape
-        groups, n = ndi.label(boxes_mask(shape, sup.boxes), structure=_CROSS)
+        groups, n = ndi.label(self.in_box, structure=_CROSS)
         box_group = np.zeros(len(sup.boxes), np.intp)
         for k, box in enumerate(sup.boxes):
             slices, u, v = box.local_coords(shape)
