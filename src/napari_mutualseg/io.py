@@ -44,6 +44,7 @@ __all__ = [
     "check_writable",
     "format_size",
     "image_stem",
+    "is_image_name",
     "output_paths",
     "read_box_table",
     "read_image",
@@ -109,10 +110,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return read_pixels(path)
 
 
+def is_image_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as an image this package reads: a TIFF, a picture, a bioio
+    format or an OME-Zarr store (``a.zarr/`` too)."""
+    return Path(path).name.lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr"))
+
+
 def image_stem(path: str | os.PathLike) -> str:
     """An image file's name without its image suffix (``a.ome.tif``, ``a.zarr`` → ``a``)."""
     name = Path(path).name
-    if name.lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr")):
+    if is_image_name(name):
         name = name[: name.rindex(".")]
         # microscopes and Windows write A.OME.TIF as often as a.ome.tif
         if name.lower().endswith(".ome"):

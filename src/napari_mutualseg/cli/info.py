@@ -149,16 +149,12 @@ def _image_text(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _is_image(path: str) -> bool:
-    from ..io import BIOIO_SUFFIXES, IMAGE_SUFFIXES
-
-    return path.rstrip("/\\").lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr"))
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     """``info``: print what a model file holds, or how an image file is read; the exit
     status."""
-    if _is_image(args.file):
+    from ..io import is_image_name
+
+    if is_image_name(args.file):
         card = image_card(args.file, args.axes)
         text = _image_text(card)
     else:

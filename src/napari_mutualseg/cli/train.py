@@ -109,12 +109,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     The first Ctrl-C or SIGTERM saves the networks of the last completed round.
     """
-    from ..io import BIOIO_SUFFIXES, IMAGE_SUFFIXES
+    from ..io import is_image_name
     from ..ome import PixelSize
     from ..training import MutualTrainer
 
     model = Path(args.out)
-    if model.name.lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr", ".csv")):
+    if is_image_name(model) or model.suffix.lower() == ".csv":
         # a model named like an image or a table would be taken for one (predict's folders)
         raise ValueError(
             f"--out {args.out} names an image or table file, but train writes a model: give "
