@@ -238,6 +238,35 @@ def test_tables_and_exports_follow_the_edited_cells(thresholded, qtbot, tmp_path
     )
 
 
+def test_file_save_measures_edited_cells_in_their_image_in_any_viewer(
+    thresholded, make_napari_viewer, tmp_path
+):
+    """An npe2 writer is given no viewer: the image is found in the viewer holding it, not
+    the current one; without it, a time series' cells are still measured frame by frame."""
+    viewer, widget = thresholded
+    movie = viewer.add_image(
+        _frames(), name="movie", axis_labels=("t", "y", "x"), scale=(1.0, 0.5, 0.5),
+        units=("s", "µm", "µm"),
+    )  # fmt: skip
+    widget.predict(movie, block=True)
+    cells = viewer.layers["movie cells"]
+    viewer.layers.selection.active = movie  # the panel leaves the cells' table as it was
+    make_napari_viewer()  # another viewer, the current one now
+
+    def saved_columns(name, value):
+        edited = np.asarray(cells.data).copy()
+        edited[1, 28:34, 2:8] = value  # a missed cell painted: the table is out of date
+        cells.data = edited
+        written = cells.save(str(tmp_path / name), plugin="napari-mutualseg")
+        return Path(written[0]).read_text().splitlines()[0].split(",")
+
+    columns = saved_columns("in_image.csv", 99)
+    assert columns[:2] == ["t", "label"] and {"area_um2", "mean_intensity_0"} <= set(columns)
+    viewer.layers.remove(movie)
+    columns = saved_columns("alone.csv", 98)
+    assert columns[:2] == ["t", "label"] and "area_um2" in columns
+
+
 def test_a_row_goes_to_its_cells_frame_and_plane(thresholded):
     viewer, widget = thresholded
     panel = widget.cells

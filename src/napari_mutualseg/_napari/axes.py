@@ -23,7 +23,7 @@ from ..images import AxisImage, parse_axes
 from ..ome import in_one_unit, unit_symbol
 
 if TYPE_CHECKING:
-    from napari.layers import Image
+    from napari.layers import Image, Layer
 
 
 @dataclass(frozen=True)
@@ -186,12 +186,14 @@ def layer_axes(layer: Image, given: str = "") -> LayerAxes:
             "separate layers (napari's channel_axis), or move the axis first (numpy.moveaxis)."
         )
     names = _channel_names(layer, axes, shape, rgb)
-    return LayerAxes(axes, shape, rgb, note, names, str(layer.name), _pixel_size(layer, axes))
+    return LayerAxes(axes, shape, rgb, note, names, str(layer.name), layer_pixel_size(layer, axes))
 
 
-def _pixel_size(layer: Image, axes: str) -> tuple[tuple[float, ...], str] | None:
-    """The physical size of a pixel of ``layer`` along each spatial axis of its cells, and
-    its unit, where it is known; else None.
+def layer_pixel_size(layer: Layer, axes: str) -> tuple[tuple[float, ...], str] | None:
+    """The physical size of a pixel of ``layer`` (an image, or the cells found in one) along
+    each spatial axis of its cells, and its unit, where it is known; else None.
+
+    ``axes`` names each axis of the layer's data (e.g. ``"TZYX"``).
 
     Known means a length unit for every one of those axes: napari's ``units`` of the layer
     (in the unit of x where they differ, :func:`~napari_mutualseg.ome.in_one_unit`), or, for

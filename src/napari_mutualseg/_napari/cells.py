@@ -24,8 +24,8 @@ from qtpy.QtWidgets import (
 
 from .. import files
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
-from ..measure import Table, measure_cells
-from .axes import layer_axes
+from ..measure import Table, measure_cells, with_pixel_size
+from .axes import layer_axes, layer_pixel_size
 from .layers import OWNER_KEY, camera, show_table
 from .panels import _row
 from .workers import in_panel_words, measure
@@ -56,7 +56,8 @@ def measure_layer(layer: Labels, image: Layer | None = None) -> Table:
     axes (a time series frame by frame, a z-stack as 3D cells, RGB and channel images in every
     channel), and in physical units too where the image's pixel size is known
     (:attr:`~.axes.LayerAxes.pixel_size`). Without one, the layer is a plane or a stack of 3D
-    cells, measured in the layer's units where its scale has units other than pixels.
+    cells, or a time series where its table says so (a ``t`` column: measured frame by frame
+    again), measured in the layer's units where its scale has length units.
 
     Raises
     ------
@@ -73,13 +74,20 @@ def measure_layer(layer: Labels, image: Layer | None = None) -> Table:
                 "to measure its cells."
             )
         return measure(labels, image.data, axes)
-    units = [f"{u:~}" for u in layer.units]
-    physical = bool(units) and units[-1] not in ("px", "pixel")
-    return measure_cells(
-        labels,
-        pixel_size=tuple(float(s) for s in layer.scale) if physical else None,
-        unit=units[-1] if physical else "um",
-    )
+    # a time series' table stays one (a row per cell and frame), its image closed or not:
+    # its frames measured as the z-planes of 3D cells would merge a cell across time
+    timed = "t" in layer.features and labels.ndim in (3, 4)
+    axes = "T" * timed + "ZYX"[max(0, 3 - labels.ndim + timed) :]
+    frames = [(t, labels[t]) for t in range(labels.shape[0])] if timed else [(None, labels)]
+    tables = []
+    for t, frame in frames:
+        table = measure_cells(frame)
+        if t is not None:
+            table = {"t": np.full(len(table["label"]), t, np.int64), **table}
+        tables.append(table)
+    table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    pixel_size = layer_pixel_size(layer, axes) if len(axes) == labels.ndim else None
+    return table if pixel_size is None else with_pixel_size(table, *pixel_size)
 
 
 def _cell_sizes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +154,19 @@ def refresh_table(layer: Labels, image: Layer | None = None) -> Table:
     table = measure_layer(layer, image)
     show_table(layer, table)
     return table
+
+
+def _open_viewers() -> list[napari.Viewer]:
+    """Every open viewer, the current one first.
+
+    napari keeps its viewers in ``Viewer._instances`` (what ``Viewer.close_all`` closes) and
+    offers no public list: an npe2 writer is given no viewer, and the current one is not
+    the one holding the image where there are two, or none from a script.
+    """
+    import napari
+
+    viewers = [napari.current_viewer(), *getattr(napari.Viewer, "_instances", ())]
+    return [v for v in dict.fromkeys(viewers) if v is not None]
 
 
 def image_of(viewer: napari.Viewer | None, layer: Layer) -> Layer | None:
@@ -218,7 +239,6 @@ def export(
 
 def _writer(kind: str):
     def write(path: str, data: Any, meta: dict) -> list[str]:
-        import napari
         from napari.layers import Labels
         from napari.utils.notifications import show_error
 
@@ -227,11 +247,14 @@ def _writer(kind: str):
             name=meta.get("name"),  # messages name the layer, not "data"
             features=meta.get("features"),
             scale=meta.get("scale"),
+            units=meta.get("units"),  # cells measured again are measured in µm too
             metadata=meta.get("metadata"),
         )
         try:
-            # cells changed since they were measured are measured again, in their image if open
-            image = image_of(napari.current_viewer(), layer)
+            # cells changed since they were measured are measured again, in their image if
+            # open in any viewer (its layer's id is unique to this napari)
+            found = (image_of(viewer, layer) for viewer in _open_viewers())
+            image = next((image for image in found if image is not None), None)
             table = cell_table(layer, image)
             return [export(kind, path, layer, table, overwrite=True, image=image)]
         except (OSError, ValueError) as err:
@@ -370,12 +393,9 @@ class CellsPanel(QGroupBox):
         if np.prod(layer.data.shape, dtype=float) > _AUTO_MEASURE_PIXELS:
             return
         stale = not table_is_current(layer)
-        image = image_of(self.viewer, layer)
-        # without its image, a time series' table (a row per cell and frame) cannot be made
-        # again: the labels alone do not say which axis is time
-        if stale and (image is not None or "t" not in layer.features):
+        if stale:
             try:
-                show_table(layer, measure_layer(layer, image))
+                show_table(layer, measure_layer(layer, image_of(self.viewer, layer)))
                 stale = False
             except ValueError:  # said when the person presses Measure
                 pass
