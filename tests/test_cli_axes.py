@@ -274,3 +274,33 @@ def test_cell_labels_given_as_a_supervision_are_refused(scene, tmp_path, capsys)
                         "--out", tmp_path / "m.pt", *TINY)  # fmt: skip
     assert code == 2 and "holds cell labels written by napari-mutualseg" in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_qupath_boxes_on_a_stacks_first_plane_supervise_that_plane(scene, tmp_path, capsys):
+    # QuPath writes no plane for objects on the first plane: a stack's table of such objects
+    # alone was refused as naming no plane
+    import json
+
+    image, _, boxes, _ = scene
+    movie = tmp_path / "movie.tif"
+    data = (np.stack([image] * 3) * 1000).astype(np.uint16)
+    tifffile.imwrite(movie, data, imagej=True, metadata={"axes": "TYX"})
+    features = [
+        {
+            "type": "Feature",
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+            },
+            "properties": {"objectType": "annotation"},
+        }
+        for y0, x0, y1, x1 in (map(int, b) for b in boxes)
+    ]
+    table = tmp_path / "boxes.geojson"
+    table.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    out = tmp_path / "sup.tif"
+    code, out_text, err = _run(capsys, "supervise", movie, "--boxes", table, "--out", out)
+    assert code == 0, err
+    assert f"{len(boxes)} boxes on 1 of 3 planes" in out_text
+    classes = tifffile.imread(out)
+    assert (classes[0] == 1).any() and (classes[1:] == 255).all()

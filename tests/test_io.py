@@ -487,3 +487,23 @@ def test_a_box_table_of_another_kind_is_named_in_a_line(tmp_path):
     with pytest.raises(ValueError, match="unknown header") as info:
         read_box_table(tmp_path / "long.csv")
     assert len(str(info.value)) < 1000
+
+
+def test_qupath_objects_without_a_plane_are_on_the_first_plane(tmp_path):
+    import json
+
+    from napari_mutualseg.export import qupath_geojson
+
+    labels = np.zeros((40, 50), np.int32)
+    labels[2:12, 3:15] = 1
+    path = tmp_path / "first.geojson"
+    path.write_text(qupath_geojson(labels))  # no plane: QuPath's first plane
+    assert list(read_box_table(path)) == [None]
+    boxes = read_box_table(path, first_plane=True)
+    assert {k: [b.pixel_range() for b in v] for k, v in boxes.items()} == {0: [(2, 3, 12, 15)]}
+    # beside objects on other planes they are plane 0 either way
+    features = json.loads(qupath_geojson(labels))["features"] * 2
+    features[1] = json.loads(json.dumps(features[1]))
+    features[1]["geometry"]["plane"] = {"c": -1, "z": 2, "t": 0}
+    path.write_text(json.dumps(features))
+    assert list(read_box_table(path)) == list(read_box_table(path, first_plane=True)) == [0, 2]

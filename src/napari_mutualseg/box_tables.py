@@ -143,7 +143,9 @@ def _is_napari(header: list[str]) -> bool:
     )
 
 
-def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
+def read_box_table(
+    path: str | os.PathLike, *, first_plane: bool = False
+) -> dict[BoxKey, list[Box]]:
     """Read boxes from a napari Shapes CSV, a plain ``y0,x0,y1,x1[,image]`` CSV, Fiji ROIs
     or QuPath GeoJSON.
 
@@ -152,14 +154,19 @@ def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
     path : str or path-like
         The CSV file, Fiji ROI set (``.zip``) or ROI (``.roi``), or QuPath GeoJSON; see the
         module docs.
+    first_plane : bool
+        Key QuPath objects that are all on the first plane by plane 0, not None: QuPath
+        writes no plane for them, so they are on the first plane of a stack, not on any. A
+        2D image takes a table keyed 0 as one keyed None.
 
     Returns
     -------
     dict
         Boxes per key: ``None`` for a 2D table (napari 2D CSV or plain table without
         ``image`` column, Fiji ROIs without a position, QuPath objects all on the first
-        plane), the plane index (int) for a napari CSV of a stack (and Fiji ROIs with a
-        slice, z or time position; QuPath objects of the first time point), ``(t, z)`` for
+        plane, unless ``first_plane``), the plane index (int) for a napari CSV of a stack
+        (and Fiji ROIs with a slice, z or time position; QuPath objects of the first time
+        point), ``(t, z)`` for
         one of a time series of stacks (a tuple of every leading coordinate of a layer of
         more axes; Fiji ROIs and QuPath objects of a later time point), the image name (str)
         for a plain table with an ``image`` column. Boxes keep the file's order.
@@ -178,7 +185,7 @@ def read_box_table(path: str | os.PathLike) -> dict[BoxKey, list[Box]]:
     if path.suffix.lower() in ROI_SUFFIXES:
         return _read_rois(path)
     if path.suffix.lower() in GEOJSON_SUFFIXES or _starts_like_json(path):
-        return _read_geojson(path)
+        return _read_geojson(path, first_plane)
     header, rows = _read_rows(path)
     if _is_napari(header):
         return _read_napari(path, header, rows)
@@ -367,10 +374,11 @@ def _starts_like_json(path: Path) -> bool:
         return False
 
 
-def _read_geojson(path: Path) -> dict[BoxKey, list[Box]]:
+def _read_geojson(path: Path, first_plane: bool = False) -> dict[BoxKey, list[Box]]:
     """QuPath's rectangles and ellipses as boxes, by the plane they were drawn on: its
     objects exported as GeoJSON (a FeatureCollection or a list of features), axis-aligned
-    four-cornered polygons (or ellipses' polygons) in pixel-edge coordinates."""
+    four-cornered polygons (or ellipses' polygons) in pixel-edge coordinates; all on the
+    first plane: keyed None, or 0 with ``first_plane``."""
     import json
 
     try:
@@ -427,7 +435,7 @@ def _read_geojson(path: Path) -> dict[BoxKey, list[Box]]:
         except ValueError as err:
             raise ValueError(f"{path}: {name}: {err}") from None
         boxes.append((_qupath_plane(geometry, path, name), box))
-    if all(plane == (0, 0) for plane, _ in boxes):
+    if not first_plane and all(plane == (0, 0) for plane, _ in boxes):
         return {None: [box for _, box in boxes]}
     out: dict[BoxKey, list[Box]] = {}
     for (t, z), box in boxes:

@@ -89,7 +89,8 @@ def boxes_for(
                 "image (a napari Shapes CSV, a y0,x0,y1,x1 CSV, a Fiji RoiSet.zip or .roi, or "
                 "QuPath GeoJSON)."
             )
-    loaded = [read_box_table(t) for t in tables]
+    # QuPath writes no plane for objects on the first one: a stack's boxes all there say so
+    loaded = [read_box_table(t, first_plane=True) for t in tables]
     if len(tables) not in (1, len(images)):
         raise ValueError(
             f"Got {len(images)} image(s) and {len(tables)} box table(s): give one --boxes CSV per "
@@ -114,9 +115,8 @@ def boxes_for(
                 f"{name} has {image.n_planes} planes ({image.plane_axes}) but its box table "
                 "does not say which plane a box is on: draw the boxes on the stack in napari "
                 "and save the Shapes layer as .csv (its first axis is the plane), or in Fiji "
-                "with the ROI Manager's More > Options > Associate with slices. QuPath writes "
-                "no plane for objects on the first one: give the stack's first plane alone, "
-                "or draw on another plane too."
+                "with the ROI Manager's More > Options > Associate with slices, or in QuPath "
+                "on the stack itself."
             )
         beyond = sorted(k for k in table if isinstance(k, int) and k >= image.n_planes)
         if image.n_planes > 1 and beyond:
