@@ -88,9 +88,14 @@ class LayerPicker(ComboBox):
 
     def _refresh(self, *_: Any) -> None:
         had = self.layer
-        self.reset_choices()
-        if had is not None and self.layer is None:  # the last one went: the combo box is silent
-            self.changed.emit(None)
+        with self.changed.blocked():
+            self.reset_choices()
+            # Qt's combo box knows its items by their text: a renamed layer's item is made
+            # anew, and the pick would fall to the first layer of the list
+            if any(value is had for _, value in self._layers()):
+                self.value = had
+        if self.layer is not had:  # said once (the last one gone: the combo box is silent)
+            self.changed.emit(self.layer)
 
     def _inserted(self, event: Any) -> None:
         layer = event.value
