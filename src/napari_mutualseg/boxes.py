@@ -31,6 +31,7 @@ __all__ = [
     "boxes_by_plane",
     "boxes_from_labels",
     "boxes_from_shapes",
+    "off_image",
     "rectangle_vertices",
     "region_boxes",
     "repeated_boxes",
@@ -598,6 +599,13 @@ def region_boxes(boxes: Sequence[Box]) -> dict[int, int]:
     return found
 
 
+def off_image(boxes: Sequence[Box], shape: Sequence[int]) -> list[int]:
+    """The indices of the boxes that lie wholly off an image of ``shape``, of those not
+    :attr:`Box.too_small` (left out whatever their place): :func:`usable_boxes` leaves them
+    out, and the command line refuses a table of mostly such boxes."""
+    return [k for k, b in enumerate(boxes) if not b.too_small and not b.overlaps(shape)]
+
+
 def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box], list[str]]:
     """The boxes of a drawing that can stand for cells of an image of ``shape``.
 
@@ -627,8 +635,9 @@ def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box],
     """
     boxes = list(boxes)
     tiny = [b for b in boxes if b.too_small]
-    outside = [b for b in boxes if not b.too_small and not b.overlaps(shape)]
-    kept = [b for b in boxes if not b.too_small and b.overlaps(shape)]
+    off = set(off_image(boxes, shape))
+    outside = [boxes[k] for k in sorted(off)]
+    kept = [b for k, b in enumerate(boxes) if not b.too_small and k not in off]
     repeated = repeated_boxes(kept)
     kept = [b for k, b in enumerate(kept) if k not in repeated]
     regions = region_boxes(kept)

@@ -315,10 +315,10 @@ def _check_box_places(name: str, boxes: list[Box], shape: tuple[int, ...]) -> No
     for another image or in other coordinates, and training on the rest would learn from the
     wrong places.
     """
-    from ..boxes import Box
+    from ..boxes import Box, off_image
 
     sized = [b for b in boxes if not b.too_small]  # left out anyway, wherever they are
-    outside = [k for k, b in enumerate(boxes) if not b.too_small and not b.overlaps(shape)]
+    outside = off_image(boxes, shape)
     if not outside:
         return
     where = f"{name}: {len(outside)} of {len(sized)} boxes lie outside the image"
