@@ -241,10 +241,69 @@ def test_small_labels_keeps_ids_that_need_more_than_16_bits():
     from napari_mutualseg._napari.workers import small_labels
 
     few = np.array([[0, 3], [65534, 1]], np.int32)
-    assert small_labels(few).dtype == np.uint16
-    np.testing.assert_array_equal(small_labels(few), few)
-    many = np.array([[0, 70000]], np.int32)
-    assert small_labels(many) is many
+    (small,) = small_labels([few])
+    assert small.dtype == np.uint16
+    np.testing.assert_array_equal(small, few)
+    # one plane's ids too many for 16 bits: every plane of the layer keeps its own
+    planes = [few, np.array([[0, 70000]], np.int32)]
+    assert all(a is b for a, b in zip(small_labels(planes), planes, strict=True))
+
+
+def _stack_round(axes, planes):
+    """Cells on ``planes`` of a stack shaped by ``axes``: each plane's and its layout."""
+    from napari_mutualseg._napari.workers import Layout, distinct_cells, small_labels
+
+    cells = []
+    for k in range(len(planes)):
+        plane = np.zeros(axes.label_shape[-2:], np.int32)
+        plane[2 + k : 6 + k, 3:9], plane[10:14, 1 + k : 5 + 2 * k] = 1, 2
+        cells.append(plane)
+    return small_labels(distinct_cells(cells)), Layout(axes.label_shape, planes, axes)
+
+
+def test_a_round_of_a_lazy_stack_reads_only_its_trained_planes_for_the_cells_table():
+    import dask.array as da
+
+    from napari_mutualseg._napari.axes import LayerAxes
+    from napari_mutualseg._napari.workers import measure, measure_planes
+
+    read = []
+
+    def plane(block_id=None):
+        read.append(block_id[1])
+        return np.random.default_rng(block_id[1]).random((2, 1, 16, 16), dtype=np.float32)
+
+    stack = da.map_blocks(plane, chunks=((2,), (1,) * 30, (16,), (16,)), dtype=np.float32)
+    sizes = ((2.0, 0.5, 0.5), "um")
+    axes = LayerAxes("CZYX", stack.shape, channel_names=("dna", "actin"), pixel_size=sizes)
+    cells, layout = _stack_round(axes, [4, 27])
+    read.clear()
+    table = measure_planes(cells, stack, layout)
+    assert sorted(set(read)) == [4, 27]  # not the 28 planes without boxes
+    whole = measure(layout.place(cells, 0), stack.compute(), axes)
+    assert list(table) == list(whole)
+    for column, values in whole.items():
+        assert table[column].dtype == values.dtype, column
+        np.testing.assert_array_equal(table[column], values, err_msg=column)
+
+
+def test_the_trained_planes_of_a_time_series_are_measured_as_on_the_whole_series():
+    from napari_mutualseg._napari.axes import LayerAxes
+    from napari_mutualseg._napari.workers import measure, measure_planes
+
+    rng = np.random.default_rng(0)
+    for letters, shape, planes, rgb in [
+        ("TZYX", (3, 4, 16, 16), [1, 2, 9], False),  # 3D cells per time point
+        ("TYX", (4, 16, 16, 3), [3, 1], True),  # 2D cells per frame, colours
+    ]:
+        data = rng.integers(0, 255, shape).astype(np.uint8)
+        axes = LayerAxes(letters, shape, rgb)
+        cells, layout = _stack_round(axes, planes)
+        table = measure_planes(cells, data, layout)
+        whole = measure(layout.place(cells, 0), data, axes)
+        assert list(table) == list(whole), letters
+        for column, values in whole.items():
+            np.testing.assert_array_equal(table[column], values, err_msg=f"{letters} {column}")
 
 
 def test_loss_plot_shows_a_single_round(qtbot):

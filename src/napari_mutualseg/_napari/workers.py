@@ -84,7 +84,10 @@ class Layout:
         """One array for the layer: ``arrays`` on their planes, ``fill`` elsewhere."""
         if self.planes is None:
             return arrays[0]
-        out = np.full(self.shape, fill, arrays[0].dtype)
+        # zeros are left to the system to supply: a stack's untrained planes cost nothing
+        # until they are shown
+        dtype = arrays[0].dtype
+        out = np.zeros(self.shape, dtype) if fill == 0 else np.full(self.shape, fill, dtype)
         flat = out.reshape((-1, *self.shape[-2:]))
         for p, array in zip(self.planes, arrays, strict=True):
             flat[p] = array
@@ -160,17 +163,67 @@ class TrainingJob:
                     continue
                 arrays = getattr(report, attribute)[start : start + layout.count]
                 if kind == "labels":
-                    arrays = distinct_cells(arrays)
+                    arrays = small_labels(distinct_cells(arrays))
                 fill = IGNORE if kind == "classes" else 0
-                data = layout.place(arrays, fill)
-                update.layers.append(
-                    (role, part, small_labels(data) if kind == "labels" else data)
-                )
+                update.layers.append((role, part, layout.place(arrays, fill)))
                 if role == "cells":
-                    cells = update.layers[-1][2]
-                    update.tables[part] = measure(cells, self.images[part], layout.axes)
+                    update.tables[part] = measure_planes(arrays, self.images[part], layout)
             start += layout.count
         return update
+
+
+def measure_planes(planes: list[np.ndarray], data: Any, layout: Layout) -> Table:
+    """The cells of a training image's trained planes, as :func:`measure` measures them laid
+    out on the whole image (no cells elsewhere), reading only those planes of ``data``.
+
+    Each round measures its cells: a lazy stack read whole every round took longer than the
+    round's training when only a few of its planes were trained.
+
+    Parameters
+    ----------
+    planes : list of numpy.ndarray
+        The cells of each trained plane, numbered across planes (:func:`distinct_cells`), in
+        the order of ``layout.planes``.
+    data : array_like
+        The image layer's pixels (numpy or dask).
+    layout : Layout
+        Where the planes lie in the image.
+
+    Returns
+    -------
+    Table
+        The rows of the cells, in label order; a stack's z and time columns are those of the
+        whole image.
+    """
+    axes = layout.axes
+    if layout.planes is None or axes is None or not axes.stacked:
+        return measure(layout.place(planes, 0), data, axes)
+    frames: dict[int | None, list[tuple[int, int, np.ndarray]]] = {}  # (z, plane, cells)
+    for p, cells in zip(layout.planes, planes, strict=True):
+        where = np.unravel_index(p, axes.label_shape[:-2])
+        position = dict(zip(axes.plane_axes, where, strict=True))
+        frames.setdefault(position.get("T"), []).append((int(position.get("Z", 0)), p, cells))
+    in_z = "Z" in axes.plane_axes  # a stack's cells are 3D: measured on a stack of its planes
+    tables = []
+    for t, members in sorted(frames.items(), key=lambda item: item[0] or 0):
+        members.sort(key=lambda member: member[0])
+        images = [axes.plane(data, p) for _, p, _ in members]  # (C)YX each, colours first
+        image, labels = images[0], members[0][2]
+        if in_z:
+            colours = "C" in image.axes
+            pixels = np.stack([np.asarray(im.data) for im in images], axis=int(colours))
+            image = replace(image, data=pixels, axes="C" * colours + "ZYX")
+            labels = np.stack([cells for _, _, cells in members])
+        table = measure_image(labels, image, None)
+        if in_z:  # each cell lies on one plane: its k-th of the stack measured, z_k
+            z = np.array([member[0] for member in members])[table["bbox_z0_px"]]
+            table["centroid_z_px"] = z.astype(table["centroid_z_px"].dtype)
+            table["bbox_z0_px"], table["bbox_z1_px"] = z, z + 1
+        if t is not None:
+            table = {"t": np.full(len(table["label"]), t, np.int64), **table}
+        tables.append(table)
+    table = {k: np.concatenate([tab[k] for tab in tables]) for k in tables[0]}
+    return table if axes.pixel_size is None else with_pixel_size(table, *axes.pixel_size)
 
 
 def distinct_cells(planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -191,11 +244,14 @@ def distinct_cells(planes: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def small_labels(labels: np.ndarray) -> np.ndarray:
-    """``labels`` as uint16 when they fit: napari shows uint8 and uint16 labels as they are,
-    but recasts wider ones for its texture on the main thread at every write (at 2048², 130-200
-    ms against 30)."""
-    return labels.astype(np.uint16) if labels.max(initial=0) < np.iinfo(np.uint16).max else labels
+def small_labels(planes: list[np.ndarray]) -> list[np.ndarray]:
+    """The labels of a layer's planes as uint16 when they all fit: napari shows uint8 and
+    uint16 labels as they are, but recasts wider ones for its texture on the main thread at
+    every write (at 2048², 130-200 ms against 30). Cast plane by plane, before they are laid
+    out on a stack, so that a stack's untrained planes are neither cast nor searched."""
+    if max(int(labels.max(initial=0)) for labels in planes) >= np.iinfo(np.uint16).max:
+        return planes
+    return [labels.astype(np.uint16) for labels in planes]
 
 
 def run_training(job: TrainingJob) -> Generator[RoundUpdate, None, WorkerFailure | None]:
