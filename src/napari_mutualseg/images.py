@@ -2,7 +2,8 @@
 
 An :class:`AxisImage` is pixel data with its axes named by letters from :data:`AXES`: ``T``
 (time), ``C`` (channel), ``Z``, ``Y`` and ``X``, always in that order, plus what is known about
-it (channel names, pixel size, whether the channels are the colours of an RGB image). The data
+it (channel names, pixel size, a time series' frame interval, whether the channels are the
+colours of an RGB image). The data
 stay what they were: a numpy array, or a lazy dask array for chunked and large files, which are
 read plane by plane (or block by block) and never loaded whole.
 
@@ -157,7 +158,8 @@ class AxisImage:
     channel_names : tuple of str, optional
         One name per channel, when the file names them.
     pixel_size : dict
-        Physical size of a step along ``"Z"``, ``"Y"``, ``"X"`` (and ``"T"``), when known.
+        Physical size of a step along ``"Z"``, ``"Y"``, ``"X"``, and along ``"T"`` the frame
+        interval in seconds, when known.
     unit : str, optional
         Unit of the spatial pixel sizes (``"µm"``), when known.
     rgb : bool
@@ -226,7 +228,8 @@ class AxisImage:
         channel_names : sequence of str, optional
             One name per channel.
         pixel_size : mapping, optional
-            Step sizes by axis letter, e.g. ``{"Y": 0.3, "X": 0.3}``.
+            Step sizes by axis letter, e.g. ``{"Y": 0.3, "X": 0.3}``; ``"T"``, a time series'
+            frame interval, in seconds.
         unit : str, optional
             Unit of the spatial step sizes.
         rgb : bool, optional
@@ -261,12 +264,12 @@ class AxisImage:
     ) -> AxisImage:
         """Read an image file (or OME-Zarr folder) with the meaning of its axes.
 
-        Axes, channel names and pixel size come from the file's metadata: ImageJ and OME-TIFF
-        (tifffile), OME-Zarr (zarr), and CZI, ND2, LIF and other formats through ``bioio`` when
-        installed (``pip install "napari-mutualseg[bioio]"``). Axes of length 1 that the file
-        does not name, and single time points or z positions, are dropped. Files larger than
-        :data:`~napari_mutualseg.readers.LAZY_BYTES` and every zarr store are opened lazily
-        (read a chunk at a time).
+        Axes, channel names, pixel size and a time series' frame interval come from the file's
+        metadata: ImageJ and OME-TIFF (tifffile), OME-Zarr (zarr), and CZI, ND2, LIF and other
+        formats through ``bioio`` when installed (``pip install "napari-mutualseg[bioio]"``).
+        Axes of length 1 that the file does not name, and single time points or z positions,
+        are dropped. Files larger than :data:`~napari_mutualseg.readers.LAZY_BYTES` and every
+        zarr store are opened lazily (read a chunk at a time).
 
         Parameters
         ----------
@@ -317,6 +320,11 @@ class AxisImage:
     def plane_shape(self) -> tuple[int, int]:
         """``(Y, X)``: the shape of one 2D plane."""
         return self.sizes["Y"], self.sizes["X"]
+
+    @property
+    def frame_interval(self) -> float | None:
+        """The time from one frame of a time series to the next, in seconds, when known."""
+        return self.pixel_size.get("T")
 
     @property
     def plane_axes(self) -> str:
@@ -394,8 +402,8 @@ class AxisImage:
         return channel_ranges(sample, percentiles, self.name)
 
     def describe(self, *, notes: bool = False) -> str:
-        """One line for people: name, channels, plane size, planes, axes and pixel size, and
-        with ``notes`` where the axes came from and what was chosen."""
+        """One line for people: name, channels, plane size, planes, axes, pixel size and frame
+        interval, and with ``notes`` where the axes came from and what was chosen."""
         parts = [f"{self.name}: {self.plane_shape[0]} x {self.plane_shape[1]} px"]
         if "C" in self.axes:
             n = self.n_channels
@@ -409,6 +417,8 @@ class AxisImage:
         spatial = [f"{a} {self.pixel_size[a]:g}" for a in "ZYX" if a in self.pixel_size]
         if spatial:
             parts.append(f"pixel size {', '.join(spatial)} {self.unit or ''}".rstrip())
+        if self.frame_interval is not None:
+            parts.append(f"frame interval {self.frame_interval:g} s")
         said = f" ({'; '.join(self.notes)})" if notes and self.notes else ""
         return ", ".join(parts) + said
 

@@ -1,9 +1,10 @@
 """Physical pixel size and OME-Zarr label output.
 
 The labels of a large image are written a chunk at a time (:func:`labels_zarr`), so that they
-are never whole in memory. The pixel size travels from the input (read with the image,
-:class:`napari_mutualseg.images.AxisImage`) to every output (:meth:`PixelSize.of`): OME-Zarr
-scale, and OME-TIFF metadata plus resolution tags (``io.write_labels``).
+are never whole in memory. The pixel size, and a time series' frame interval, travel from the
+input (read with the image, :class:`napari_mutualseg.images.AxisImage`) to every output
+(:meth:`PixelSize.of`): OME-Zarr scale, and OME-TIFF metadata plus resolution tags
+(``io.write_labels``).
 
 OME-Zarr output follows OME-NGFF 0.4 (zarr format 2, ``/`` chunk separator, the version the
 most viewers read): a multiscale group marked as a label image (``image-label``), the labels
@@ -31,6 +32,7 @@ __all__ = [
     "check_writable_zarr",
     "convert_length",
     "in_one_unit",
+    "in_seconds",
     "labels_zarr",
     "unit_symbol",
 ]
@@ -62,6 +64,38 @@ _ALIASES = {
     "\\u00b5m": "micrometer",  # ImageJ's escaped spelling
     "\u212b": "angstrom",  # the Angstrom sign, which lower() turns into another letter
 }
+
+
+# time units: every spelling of OME-XML (UnitsTime), OME-NGFF (UDUNITS-2) and ImageJ, in seconds
+_SECONDS = {
+    **dict.fromkeys(("ps", "picosecond", "picoseconds"), 1e-12),
+    **dict.fromkeys(("ns", "nanosecond", "nanoseconds"), 1e-9),
+    **dict.fromkeys(("µs", "μs", "us", "\\u00b5s", "microsecond", "microseconds"), 1e-6),
+    **dict.fromkeys(("ms", "msec", "millisecond", "milliseconds"), 1e-3),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("min", "mins", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
+}
+
+
+def in_seconds(value: Any, unit: Any) -> float:
+    """A time step given in ``unit`` (``"ms"``, ``"min"``, ``"minute"``, ImageJ's ``"sec"``...)
+    in seconds: ``in_seconds(5, "min")`` is 300.
+
+    Raises
+    ------
+    ValueError
+        For a unit that is not a time, or a value that is not a number.
+    """
+    factor = _SECONDS.get(str(unit).strip()) or _SECONDS.get(str(unit).strip().lower())
+    if factor is None:
+        raise ValueError(
+            f"Unknown time unit {unit!r}; use one of s, ms, µs, ns, min, h or d (or their "
+            "names: second, minute, ...)."
+        )
+    # to 12 digits, so that 100 ms is 0.1 s and not 0.10000000000000001
+    return float(f"{float(value) * factor:.12g}")
 
 
 def unit_symbol(unit: Any) -> str | None:
@@ -120,7 +154,8 @@ def _unit_name(unit: str) -> str:
 
 @dataclass(frozen=True, repr=False)
 class PixelSize:
-    """Physical size of one pixel along y and x (and of a z step, when known).
+    """Physical size of one pixel along y and x (and of a z step, and the time between the
+    frames of a time series, when known).
 
     Attributes
     ----------
@@ -131,27 +166,33 @@ class PixelSize:
         ``"micron"``, ``"nm"`` and the like are accepted.
     z : float, optional
         The distance between the planes of a z-stack, in ``unit``.
+    t : float, optional
+        The frame interval of a time series: the time from one frame to the next, in seconds.
     """
 
     y: float
     x: float
     unit: str = "micrometer"
     z: float | None = None
+    t: float | None = None
 
     def __post_init__(self) -> None:
-        for axis in ("y", "x", "z"):
-            if axis == "z" and self.z is None:
+        for axis in ("y", "x", "z", "t"):
+            if axis in ("z", "t") and getattr(self, axis) is None:
                 continue
             value = float(getattr(self, axis))
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"Pixel size along {axis} must be positive, got {value}.")
+                what = "The frame interval" if axis == "t" else f"Pixel size along {axis}"
+                raise ValueError(f"{what} must be positive, got {value}.")
             object.__setattr__(self, axis, value)
         object.__setattr__(self, "unit", _unit_name(self.unit))
 
     def __repr__(self) -> str:
-        # without a z step as before it had one: batch records compare this text
+        # without a z step or frame interval as before it had them: batch records compare
+        # this text
         z = f", z={self.z!r}" if self.z is not None else ""
-        return f"PixelSize(y={self.y!r}, x={self.x!r}, unit={self.unit!r}{z})"
+        t = f", t={self.t!r}" if self.t is not None else ""
+        return f"PixelSize(y={self.y!r}, x={self.x!r}, unit={self.unit!r}{z}{t})"
 
     @property
     def symbol(self) -> str:
@@ -166,11 +207,11 @@ class PixelSize:
     @classmethod
     def of(cls, image: Any) -> PixelSize | None:
         """The pixel size an :class:`~napari_mutualseg.images.AxisImage` knows (its z step
-        too, when it has one), else None."""
+        and frame interval too, when it has them), else None."""
         size = image.pixel_size
         if "Y" not in size or "X" not in size or not image.unit:
             return None
-        return cls(size["Y"], size["X"], image.unit, size.get("Z"))
+        return cls(size["Y"], size["X"], image.unit, size.get("Z"), size.get("T"))
 
     @classmethod
     def parse(cls, text: str) -> PixelSize:

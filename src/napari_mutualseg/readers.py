@@ -3,7 +3,8 @@
 One reader per kind of file: TIFF (ImageJ and OME metadata) through tifffile, PNG, JPEG and
 other pictures through scikit-image, OME-Zarr through zarr, and CZI, ND2, LIF and more through
 the optional ``bioio`` package. Each gives the stored array, its axes ('?' where the file does
-not say), channel names and pixel size; :func:`read_axis_image` makes an
+not say), channel names, pixel size and a time series' frame interval (in seconds, as the
+step of ``T``); :func:`read_axis_image` makes an
 :class:`~napari_mutualseg.images.AxisImage` of them, or of the axes the caller gives. Large
 TIFFs and every zarr store are opened lazily, a chunk at a time.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -25,7 +27,7 @@ import numpy as np
 from .files import format_size
 from .images import ASK_AXES, AXES, PLANE_AXES, AxisImage, parse_axes, rgb_like
 from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES
-from .ome import in_one_unit, unit_symbol
+from .ome import in_one_unit, in_seconds, unit_symbol
 
 __all__ = ["LAZY_BYTES", "AxesUnknownError", "is_zarr", "read_axis_image", "read_pixels"]
 
@@ -169,7 +171,7 @@ class _Raw:
     axes: str
     file_axes: str
     channel_names: tuple[str, ...] | None = None
-    pixel_size: dict[str, float] = field(default_factory=dict)
+    pixel_size: dict[str, float] = field(default_factory=dict)  # T in seconds
     unit: str | None = None
     rgb: bool = False
     notes: tuple[str, ...] = ()
@@ -303,6 +305,40 @@ def _lengths(
     return scale, unit, (note,)
 
 
+def _frame_interval(value: Any, unit: Any) -> tuple[dict[str, float], tuple[str, ...]]:
+    """A time series' frame interval as the file states it (a value and its time unit), as
+    ``{"T": seconds}``; none, and a note, for one that is no time step (0, negative, no number,
+    a unit that is no time): tables then give frames only, which is no reason not to open the
+    image."""
+    try:
+        seconds = in_seconds(value, unit)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if math.isfinite(seconds) and seconds > 0:
+        return {"T": seconds}, ()
+    shown = f"{value:g}" if isinstance(value, float | int) else str(value)
+    note = (
+        f"the file's frame interval, {shown} {unit or '(no unit)'}, is no time step and is "
+        "left out: cell tables give each cell's frame (t) but no time"
+    )
+    return {}, (note,)
+
+
+def _tiff_interval(tif: Any) -> tuple[dict[str, float], tuple[str, ...]]:
+    """The frame interval of an OME-TIFF (``Pixels/@TimeIncrement`` in
+    ``TimeIncrementUnit``, OME's default the second) or an ImageJ TIFF (``finterval`` in
+    ``tunit``, ImageJ's default the second), and notes (see :func:`_frame_interval`)."""
+    if tif.is_ome:
+        pixels = _ome_pixels(tif.ome_metadata)
+        if pixels is None or pixels.get("TimeIncrement") is None:
+            return {}, ()
+        return _frame_interval(pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s"))
+    meta = tif.imagej_metadata or {}
+    if meta.get("finterval") is None:
+        return {}, ()
+    return _frame_interval(meta["finterval"], meta.get("tunit", "sec"))
+
+
 def _tiff_letters(series: Any, rgb: bool) -> str:
     """tifffile's axis codes as ours: S is the colours of RGB, unknown codes become '?'."""
     letters = []
@@ -351,6 +387,9 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
             source = "RGB photometric tag"
         if not scale and not size_notes:
             scale, unit, size_notes = _resolution_scale(page, tifffile) or ({}, unit, ())
+        if "T" in letters:
+            interval, time_notes = _tiff_interval(tif)
+            scale, size_notes = {**scale, **interval}, size_notes + time_notes
         big = series.size * series.dtype.itemsize > LAZY_BYTES if lazy is None else lazy
         if not big:
             data = series.asarray()
@@ -409,10 +448,7 @@ def _ome_xml(
     xml: str | None,
 ) -> tuple[tuple[str, ...] | None, dict[str, float], str | None, tuple[str, ...]]:
     """Channel names, pixel size, unit and notes (see :func:`_lengths`) from OME-XML."""
-    if not xml:
-        return None, {}, None, ()
-    root = ET.fromstring(xml)
-    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels")), None)
+    pixels = _ome_pixels(xml)
     if pixels is None:
         return None, {}, None, ()
     sizes = {}
@@ -425,6 +461,13 @@ def _ome_xml(
     channels = [e for e in pixels if e.tag.endswith("}Channel")]
     names = tuple(e.get("Name", "") for e in channels)
     return (names if names and all(names) else None), scale, unit, notes
+
+
+def _ome_pixels(xml: str | None) -> ET.Element | None:
+    """The ``Pixels`` element of the first image of OME-XML, if any."""
+    if not xml:
+        return None
+    return next((e for e in ET.fromstring(xml).iter() if e.tag.endswith("}Pixels")), None)
 
 
 def _imagej_channel_names(meta: Mapping[str, Any], channels: int) -> tuple[str, ...] | None:
@@ -573,8 +616,13 @@ def _read_zarr(path: Path, level: int = 0) -> _Raw:
             a: (float(v), u) for a, v, u in zip(letters, scale, units, strict=True) if a in "ZYX"
         }
         pixel_size, unit, size_notes = _lengths(space)
-        # a time step is no length: kept as it is
-        pixel_size.update({a: float(v) for a, v in zip(letters, scale, strict=True) if a == "T"})
+        if "T" in letters:
+            step, own = scale[letters.index("T")], units[letters.index("T")]
+            # a scale of 1 without a unit is OME-Zarr's default: no interval stated
+            if own or step != 1:
+                interval, time_notes = _frame_interval(step, own)
+                pixel_size.update(interval)
+                size_notes += time_notes
     omero = ome.get("omero", attrs.get("omero", {})) or {}
     labels = tuple(str(c.get("label", "")) for c in omero.get("channels", []))
     channel_names = labels if labels and all(labels) and "C" in letters else None
@@ -653,6 +701,7 @@ def _read_bioio(path: Path) -> _Raw:
         data = image.dask_data
         names = tuple(str(n) for n in (image.channel_names or ()))
         sizes = image.physical_pixel_sizes
+        interval = _bioio_interval(image) if "T" in order else None
     except Exception as err:
         raise ValueError(
             f"Cannot read {path}: unsupported file type {suffix!r}, or its bioio reader (e.g. "
@@ -676,6 +725,10 @@ def _read_bioio(path: Path) -> _Raw:
         for a, v in zip("ZYX", (sizes.Z, sizes.Y, sizes.X), strict=True)
         if v is not None
     }
+    time_notes: tuple[str, ...] = ()
+    if interval is not None:
+        time, time_notes = _frame_interval(interval, "s")
+        scale.update(time)
     channel_names = (
         names
         if names and "C" in letters and len(names) == data.shape[letters.index("C")]
@@ -689,8 +742,18 @@ def _read_bioio(path: Path) -> _Raw:
         scale,
         "µm" if scale else None,
         rgb,
-        (f"axes {letters} from bioio",),
+        (f"axes {letters} from bioio", *time_notes),
     )
+
+
+def _bioio_interval(image: Any) -> float | None:
+    """The frame interval in seconds that bioio reads from the file, where it gives one as a
+    duration (``BioImage.time_interval``, a ``timedelta``): a bare number names no unit."""
+    try:
+        interval = image.time_interval
+        return float(interval.total_seconds()) if interval is not None else None
+    except Exception:  # an older bioio, or a reader that finds none: no interval
+        return None
 
 
 # ---------------------------------------------------------------------- network input

@@ -4,7 +4,9 @@ A file is read as the command line and the Python API read it
 (:meth:`napari_mutualseg.images.AxisImage.from_file`): axes, channel names and pixel size
 from its metadata (ImageJ and OME-TIFF, OME-Zarr, CZI / ND2 / LIF with the ``bioio`` extra),
 large files lazily. The layer gets the axes as its axis labels (which the dock widget reads
-and napari names its sliders after), the channel axis first, the pixel size as its scale.
+and napari names its sliders after), the channel axis first, the pixel size as its scale. A
+time series' frame interval is in the layer's metadata (``pixel_size["T"]``, in seconds) and
+in what is said on opening; its time axis keeps a step of one frame.
 A file whose axes are not written in it opens as stored, and a warning says to set its axes;
 what was read, and what the file left unsaid (a pixel size left out), is said on opening.
 Label files this package wrote (cells, a supervision) open as Labels layers, a supervision
@@ -88,7 +90,9 @@ def image_layer(image: AxisImage, name: str) -> LayerData:
         "name": name,
         "rgb": image.rgb,
         "axis_labels": tuple(a.lower() for a in named),
-        "scale": tuple(float(image.pixel_size.get(a, 1.0)) for a in named),
+        # a step of one frame along T: time points are counted, as box tables and results
+        # count them
+        "scale": tuple(1.0 if a == "T" else float(image.pixel_size.get(a, 1.0)) for a in named),
         "metadata": meta,
         **_units(image, named),
     }

@@ -1,5 +1,6 @@
 """``info``: what a model file holds, for the person about to use it or pass it on, and how an
-image file is read (its axes, channels and pixel size), before it is trained on or segmented."""
+image file is read (its axes, channels, pixel size and frame interval), before it is trained on
+or segmented."""
 
 from __future__ import annotations
 
@@ -108,8 +109,8 @@ def _text(card: dict[str, Any]) -> str:
 
 def image_card(path: str, axes: str | None = None) -> dict[str, Any]:
     """How the image file at ``path`` is read, as plain values: what every command and the
-    plugin take from it (axes, sizes, channels, pixel size) and the notes on what the file
-    did not say.
+    plugin take from it (axes, sizes, channels, pixel size in ``unit``, a time series' frame
+    interval in seconds) and the notes on what the file did not say.
 
     Raises
     ------
@@ -130,8 +131,9 @@ def image_card(path: str, axes: str | None = None) -> dict[str, Any]:
         "dtype": str(image.data.dtype),
         "channel_names": None if image.channel_names is None else list(image.channel_names),
         "rgb": image.rgb,
-        "pixel_size": dict(image.pixel_size),
+        "pixel_size": {a: v for a, v in image.pixel_size.items() if a in "ZYX"},
         "unit": image.unit,
+        "frame_interval_s": image.frame_interval,
         "read_lazily": not isinstance(image.data, np.ndarray),
         "notes": list(image.notes),
         "description": image.describe(),
@@ -145,6 +147,8 @@ def _image_text(card: dict[str, Any]) -> str:
         lines.append(
             "pixel size: none in the file (tables are in pixels; predict --pixel-size gives one)"
         )
+    if "T" in card["axes"] and card["frame_interval_s"] is None:
+        lines.append("frame interval: none in the file (tables give each cell's frame, t)")
     lines += [f"note: {note}" for note in card["notes"]]
     return "\n".join(lines)
 
