@@ -110,6 +110,22 @@ def test_pixel_size_keeps_the_frame_interval_and_its_text_without_one():
         PixelSize(0.5, 0.5, t=0)
 
 
+def test_labels_of_a_time_series_keep_the_frame_interval(tmp_path):
+    from napari_mutualseg.io import write_labels
+
+    labels = np.zeros((3, 8, 10), np.int32)
+    size = PixelSize(0.5, 0.5, "µm", t=150.0)
+    path = write_labels(tmp_path / "tyx.tif", labels, pixel_size=size, axes="TYX")
+    with tifffile.TiffFile(path) as tif:
+        assert 'TimeIncrement="150.0" TimeIncrementUnit="s"' in tif.ome_metadata
+    image = AxisImage.from_file(path)
+    assert image.pixel_size == {"T": 150.0, "Y": 0.5, "X": 0.5}
+    # a stack of planes has no time: nothing about it is written
+    path = write_labels(tmp_path / "zyx.tif", labels, pixel_size=size, axes="ZYX")
+    with tifffile.TiffFile(path) as tif:
+        assert "TimeIncrement" not in tif.ome_metadata
+
+
 def test_info_says_the_frame_interval(tmp_path, capsys):
     from napari_mutualseg.cli import main
 

@@ -242,8 +242,9 @@ def write_labels(
     overwrite : bool
         Replace an existing file (only once the new one is complete).
     pixel_size : PixelSize, optional
-        Written as OME-TIFF physical size (with the z step of a z-stack) and as resolution
-        tags (pixels per centimetre), so that Fiji, napari and Bio-Formats readers all find it.
+        Written as OME-TIFF physical size (with the z step of a z-stack, and the frame
+        interval of a time series as its ``TimeIncrement``) and as resolution tags (pixels per
+        centimetre), so that Fiji, napari and Bio-Formats readers all find it.
     axes : str, optional
         One letter per axis of ``labels`` from ``TZYX`` (``AxisImage.label_axes``), e.g.
         ``"ZYX"``; a 2D image is ``"YX"``.
@@ -291,6 +292,8 @@ def write_labels(
         for letter in "XY" + ("Z" if axes and "Z" in axes and pixel_size.z else ""):
             metadata[f"PhysicalSize{letter}"] = getattr(pixel_size, letter.lower())
             metadata[f"PhysicalSize{letter}Unit"] = pixel_size.symbol
+        if axes and "T" in axes and pixel_size.t:
+            metadata.update(TimeIncrement=pixel_size.t, TimeIncrementUnit="s")
     if axes and (metadata or len(axes) > 2):
         options.update(ome=True, metadata={"axes": axes, **metadata})
     with atomic_write(path, overwrite=overwrite) as f:
