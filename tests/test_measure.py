@@ -11,7 +11,12 @@ import pytest
 from skimage.measure import regionprops_table
 
 from napari_mutualseg.export import cell_outlines, fiji_roi_zip, qupath_geojson, table_csv
-from napari_mutualseg.measure import measure_cells, summarize, with_pixel_size
+from napari_mutualseg.measure import (
+    measure_cells,
+    summarize,
+    with_frame_interval,
+    with_pixel_size,
+)
 from napari_mutualseg.synthetic import synthetic_volume
 
 
@@ -118,6 +123,21 @@ def test_a_time_series_summary_counts_each_tracked_cell_once():
     row = summarize("movie", table)
     assert row["cells"] == 2 and row["frames"] == 3
     assert row["median_area_px"] == 14.0
+
+
+def test_a_time_series_table_gets_its_time_in_seconds_beside_its_frame():
+    table = {"t": np.array([0, 1, 3]), "label": np.array([1, 1, 1]), "area_px": np.array([9] * 3)}
+    table |= {"centroid_y_px": np.array([1.0] * 3), "centroid_x_px": np.array([2.0] * 3)}
+    timed = with_frame_interval(with_pixel_size(table, (0.5, 0.5)), 0.1)
+    assert list(timed)[:3] == ["t", "time_s", "label"]
+    assert timed["time_s"].tolist() == [0.0, 0.1, 0.3]
+    # sizes in µm added after the time keep it where it is
+    assert list(with_pixel_size(timed, (0.5, 0.5))) == list(timed)
+    assert summarize("movie", timed) == summarize("movie", table) | {"median_area_um2": 2.25}
+    with pytest.raises(ValueError, match="no frame column"):
+        with_frame_interval({"label": np.array([1])}, 0.1)
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        with_frame_interval(table, 0)
 
 
 @pytest.mark.parametrize("module", ["measure", "segmenter", "io", "box_tables", "export"])

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.measure import regionprops_table
 
-__all__ = ["Table", "measure_cells", "summarize", "with_pixel_size"]
+__all__ = ["Table", "measure_cells", "summarize", "with_frame_interval", "with_pixel_size"]
 
 Table = dict[str, np.ndarray]
 
@@ -174,6 +174,53 @@ def with_pixel_size(table: Table, pixel_size: Sequence[float], unit: str = "um")
     return {**pixels, **physical, **rest}
 
 
+def with_frame_interval(table: Table, seconds: float) -> Table:
+    """A time series' cell table with each row's time in seconds, ``time_s``, after its frame
+    ``t``: frame ``t`` was taken ``t * seconds`` after the first.
+
+    Parameters
+    ----------
+    table : Table
+        A time series' table, with its frame in ``t`` (a row per cell and frame).
+    seconds : float
+        The frame interval (:attr:`napari_mutualseg.images.AxisImage.frame_interval`).
+
+    Returns
+    -------
+    Table
+        A new table, its ``time_s`` replaced if it had one.
+
+    Raises
+    ------
+    ValueError
+        When the table has no ``t`` column or ``seconds`` is not a positive number.
+
+    Examples
+    --------
+    >>> table = {"t": np.array([0, 1, 2]), "label": np.array([1, 1, 1])}
+    >>> with_frame_interval(table, 0.1)["time_s"].tolist()
+    [0.0, 0.1, 0.2]
+    """
+    if "t" not in table:
+        raise ValueError(
+            "The table has no frame column 't': only a time series' table gets a time."
+        )
+    interval = float(seconds)
+    if not (np.isfinite(interval) and interval > 0):
+        raise ValueError(
+            f"The frame interval must be a positive number of seconds, got {seconds}."
+        )
+    # to 12 digits, so that frame 3 at 0.1 s is 0.3 s and not 0.30000000000000004
+    times = np.asarray([float(f"{v:.12g}") for v in np.asarray(table["t"]) * interval])
+    out: Table = {}
+    for key, values in table.items():
+        if key != "time_s":
+            out[key] = values
+        if key == "t":
+            out["time_s"] = times.astype(np.float64)
+    return out
+
+
 def _is_physical(column: str) -> bool:
     """Whether ``column`` is a size or centroid in physical units (not pixels)."""
     return column.startswith(("area_", "volume_", "centroid_")) and not column.endswith("_px")
@@ -188,8 +235,9 @@ def summarize(name: str, table: Table) -> dict[str, float | int | str]:
         The image's name (first column of the summary).
     table : Table
         From :func:`measure_cells`. A time series' table (a row per cell and frame, its frame
-        in ``t``) counts its cells by label (a tracked cell is one cell in every frame) and
-        its frames in ``frames``; sizes and intensities are over all its rows.
+        in ``t``, its time in ``time_s`` when known) counts its cells by label (a tracked
+        cell is one cell in every frame) and its frames in ``frames``; sizes and intensities
+        are over all its rows.
     """
     cells = len(np.unique(table["label"])) if "t" in table else len(table["label"])
     row: dict[str, float | int | str] = {"image": name, "cells": cells}
