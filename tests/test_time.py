@@ -75,6 +75,15 @@ def test_a_time_series_without_an_interval_has_none_and_no_note(tmp_path):
         assert not any("frame interval" in note for note in image.notes)
 
 
+def test_a_movie_kept_as_imagej_slices_gets_its_interval_once_named_a_time_series(tmp_path):
+    stack = _imagej(tmp_path / "slices.tif", axes="ZYX", finterval=2.0)
+    assert AxisImage.from_file(stack, axes="TYX").frame_interval == 2.0
+    assert AxisImage.from_file(stack).pixel_size == {}  # a z-stack has no time
+    # nor is it told of an interval that is no time step
+    image = AxisImage.from_file(_imagej(tmp_path / "zero.tif", axes="ZYX", finterval=0))
+    assert not any("frame interval" in note for note in image.notes)
+
+
 def test_bioio_gives_its_frame_interval_as_a_duration(tmp_path, monkeypatch):
     class FakeBioImage:
         def __init__(self, path):

@@ -134,6 +134,9 @@ def read_axis_image(
             name=name,
         )
     data, letters = _drop_single(image.data, image.axes, PLANE_AXES)
+    if "T" not in letters:
+        # a frame interval is nothing to an image without time (its step is dropped with T)
+        notes = [n for n in notes if not n.startswith(_INTERVAL_NOTE)]
     return replace(image, data=data, axes=letters, notes=tuple(notes) + image.notes)
 
 
@@ -305,6 +308,10 @@ def _lengths(
     return scale, unit, (note,)
 
 
+#: How a note on a frame interval left out begins.
+_INTERVAL_NOTE = "the file's frame interval"
+
+
 def _frame_interval(value: Any, unit: Any) -> tuple[dict[str, float], tuple[str, ...]]:
     """A time series' frame interval as the file states it (a value and its time unit), as
     ``{"T": seconds}``; none, and a note, for one that is no time step (0, negative, no number,
@@ -318,7 +325,7 @@ def _frame_interval(value: Any, unit: Any) -> tuple[dict[str, float], tuple[str,
         return {"T": seconds}, ()
     shown = f"{value:g}" if isinstance(value, float | int) else str(value)
     note = (
-        f"the file's frame interval, {shown} {unit or '(no unit)'}, is no time step and is "
+        f"{_INTERVAL_NOTE}, {shown} {unit or '(no unit)'}, is no time step and is "
         "left out: cell tables give each cell's frame (t) but no time"
     )
     return {}, (note,)
@@ -387,9 +394,9 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
             source = "RGB photometric tag"
         if not scale and not size_notes:
             scale, unit, size_notes = _resolution_scale(page, tifffile) or ({}, unit, ())
-        if "T" in letters:
-            interval, time_notes = _tiff_interval(tif)
-            scale, size_notes = {**scale, **interval}, size_notes + time_notes
+        # whatever the axes: Fiji keeps many a movie as a stack of slices, named T by --axes
+        interval, time_notes = _tiff_interval(tif)
+        scale, size_notes = {**scale, **interval}, size_notes + time_notes
         big = series.size * series.dtype.itemsize > LAZY_BYTES if lazy is None else lazy
         if not big:
             data = series.asarray()
