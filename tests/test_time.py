@@ -75,6 +75,22 @@ def test_a_time_series_without_an_interval_has_none_and_no_note(tmp_path):
         assert not any("frame interval" in note for note in image.notes)
 
 
+def test_an_ome_tiff_without_a_time_increment_takes_its_planes_delta_t(tmp_path):
+    # two channels a frame, 10 s apart within a few percent, as microscopes time them
+    movie = np.zeros((3, 2, 8, 10), np.uint8)
+    delta_t = {"DeltaT": [0.0, 0.1, 10.2, 10.3, 20.0, 20.1], "DeltaTUnit": ["s"] * 6}
+    path = tmp_path / "a.ome.tif"
+    tifffile.imwrite(path, movie, ome=True, metadata={"axes": "TCYX", "Plane": delta_t})
+    assert AxisImage.from_file(path).frame_interval == 10.0
+    # a pause in the acquisition: no one interval gives each frame's time
+    path = _ome(
+        tmp_path / "b.ome.tif", Plane={"DeltaT": [0, 1000, 30000], "DeltaTUnit": ["ms"] * 3}
+    )
+    image = AxisImage.from_file(path)
+    assert image.frame_interval is None
+    assert any("DeltaT are 1 to 29 s apart" in note for note in image.notes)
+
+
 def test_a_movie_kept_as_imagej_slices_gets_its_interval_once_named_a_time_series(tmp_path):
     stack = _imagej(tmp_path / "slices.tif", axes="ZYX", finterval=2.0)
     assert AxisImage.from_file(stack, axes="TYX").frame_interval == 2.0

@@ -333,17 +333,55 @@ def _frame_interval(value: Any, unit: Any) -> tuple[dict[str, float], tuple[str,
 
 def _tiff_interval(tif: Any) -> tuple[dict[str, float], tuple[str, ...]]:
     """The frame interval of an OME-TIFF (``Pixels/@TimeIncrement`` in
-    ``TimeIncrementUnit``, OME's default the second) or an ImageJ TIFF (``finterval`` in
-    ``tunit``, ImageJ's default the second), and notes (see :func:`_frame_interval`)."""
+    ``TimeIncrementUnit``, OME's default the second, else its planes' ``DeltaT``) or an
+    ImageJ TIFF (``finterval`` in ``tunit``, ImageJ's default the second), and notes (see
+    :func:`_frame_interval`)."""
     if tif.is_ome:
         pixels = _ome_pixels(tif.ome_metadata)
-        if pixels is None or pixels.get("TimeIncrement") is None:
+        if pixels is None:
             return {}, ()
+        if pixels.get("TimeIncrement") is None:
+            return _delta_t_interval(pixels)
         return _frame_interval(pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s"))
     meta = tif.imagej_metadata or {}
     if meta.get("finterval") is None:
         return {}, ()
     return _frame_interval(meta["finterval"], meta.get("tunit", "sec"))
+
+
+#: Most a step between two frames' DeltaT may differ from their mean step, as a share of it,
+#: for the mean to be the frame interval: a camera's timing varies by a few percent, while a
+#: pause in an acquisition (or a second phase at another rate) is a step many times the others.
+_DELTA_T_SPREAD = 0.2
+
+
+def _delta_t_interval(pixels: ET.Element) -> tuple[dict[str, float], tuple[str, ...]]:
+    """The frame interval from the ``DeltaT`` of OME planes (what Bio-Formats, Micro-Manager
+    and microscope software write where they give no ``TimeIncrement``): the mean step between
+    the first planes (z 0, channel 0) of the time points; none, and a note, when the steps are
+    too uneven for one interval to give each frame's time."""
+    times = {}
+    for plane in pixels:
+        if not plane.tag.endswith("}Plane") or plane.get("DeltaT") is None:
+            continue
+        if plane.get("TheZ", "0") != "0" or plane.get("TheC", "0") != "0":
+            continue
+        with contextlib.suppress(ValueError):
+            delta = in_seconds(plane.get("DeltaT"), plane.get("DeltaTUnit", "s"))
+            times[int(plane.get("TheT", "0"))] = delta
+    if len(times) < 2:
+        return {}, ()
+    frames = sorted(times)
+    at = np.asarray([times[t] for t in frames])
+    steps = np.diff(at) / np.diff(frames)
+    mean = (at[-1] - at[0]) / (frames[-1] - frames[0])
+    if mean > 0 and np.abs(steps - mean).max() <= _DELTA_T_SPREAD * mean:
+        return _frame_interval(float(f"{mean:.12g}"), "s")
+    note = (
+        f"{_INTERVAL_NOTE} varies (its planes' DeltaT are {steps.min():g} to {steps.max():g} s "
+        "apart) and is left out: cell tables give each cell's frame (t) but no time"
+    )
+    return {}, (note,)
 
 
 def _tiff_letters(series: Any, rgb: bool) -> str:
