@@ -347,6 +347,38 @@ def test_a_large_plane_annotated_in_part_is_predicted_between_rounds_where_label
     assert small.windows[0] == (slice(0, 160), slice(0, 160))
 
 
+def test_a_round_that_converges_predicts_again_only_the_planes_predicted_in_part(
+    scene, monkeypatch
+):
+    """The round that ends training is reported on whole planes: a windowed plane is
+    predicted again whole, a plane predicted whole already is not predicted twice."""
+    monkeypatch.setattr(training, "WINDOW_MIN_PIXELS", 100 * 100)
+    monkeypatch.setattr(training, "found_fraction", lambda *args, **kwargs: 1.0)
+    predicted = []
+
+    def counting(models, image, *args, **kwargs):
+        predicted.append(image.shape[-2:])
+        return predict_proba(models, image, *args, **kwargs)
+
+    monkeypatch.setattr(training, "predict_proba", counting)
+    large, _, shapes = synthetic_scene((160, 160), 12, seed=5)
+    boxes = [b for b in boxes_from_shapes(shapes) if max(b.center) < 50]
+    region = np.zeros(large.shape, bool)
+    region[:50, :50] = True
+    partial = make_supervision(large.shape, boxes, region=region | boxes_mask(large.shape, boxes))
+    image, _, sup = scene
+    cfg = TrainConfig(**{**TINY, "rounds": 3, "steps_per_round": 1, "min_change": 1.0})
+    trainer = MutualTrainer([large, image], [partial, sup], cfg)
+    window = trainer._windowed[0].shape[-2:]
+    assert window != large.shape
+    reports = list(trainer)
+    assert [r.converged for r in reports] == [False, True]
+    # two rounds, two networks: each plane (or window) twice a round, the window's plane once
+    assert sorted(predicted) == sorted([window] * 4 + [image.shape] * 4 + [large.shape] * 2)
+    for probabilities in reports[-1].probabilities:
+        np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-3)
+
+
 def test_a_cropped_supervision_is_the_supervision_of_the_cropped_image(scene):
     """Boxes move with the crop: the ellipses land on the same pixels."""
     *_, sup = scene

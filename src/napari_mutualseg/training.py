@@ -492,7 +492,9 @@ class MutualTrainer:
         # labels that stop changing because the networks find nothing have not converged
         converged = r > 1 and changed < cfg.min_change and found >= 0.5
         if converged and r < cfg.rounds and self._windowed is not self.images:
-            probas = [self._predict(m, whole=True) for m in models]
+            # the round ends training, so its report covers the whole planes: the windowed
+            # ones are predicted again, whole (the others are whole already)
+            probas = [self._widened(m, p) for m, p in zip(models, probas, strict=True)]
             ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
         whole = self._on_planes
         report = RoundReport(
@@ -562,18 +564,27 @@ class MutualTrainer:
 
     def _predict(self, model: UNet, whole: bool = False) -> list[np.ndarray]:
         """``model``'s probabilities on the windows, or on the whole planes."""
-        cfg = self.config
+        return [self._proba(model, im) for im in (self.images if whole else self._windowed)]
+
+    def _widened(self, model: UNet, probas: list[np.ndarray]) -> list[np.ndarray]:
+        """``model``'s ``probas`` on the windows, those of a part of a plane predicted again
+        on the whole plane."""
         return [
-            predict_proba(
-                [model],
-                im,
-                self.device,
-                tile_size=cfg.tile_size,
-                flips=cfg.exchange.flip_labels,
-                check=self._check,
-            )
-            for im in (self.images if whole else self._windowed)
+            p if p.shape[-2:] == im.shape[-2:] else self._proba(model, im)
+            for p, im in zip(probas, self.images, strict=True)
         ]
+
+    def _proba(self, model: UNet, image: np.ndarray) -> np.ndarray:
+        """``model``'s probabilities on one ``(C, H, W)`` plane (or window)."""
+        cfg = self.config
+        return predict_proba(
+            [model],
+            image,
+            self.device,
+            tile_size=cfg.tile_size,
+            flips=cfg.exchange.flip_labels,
+            check=self._check,
+        )
 
     def _supervisions_of(self, probas: list[np.ndarray]) -> list[Supervision]:
         """The supervision each of ``probas`` is read with: its plane's, or its window's."""
