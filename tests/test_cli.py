@@ -533,3 +533,28 @@ def test_output_closed_by_its_reader_stops_quietly(data):
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_predict_says_which_options_had_nothing_to_act_on(data, tmp_path, capsys):
+    # --track on planes, --rgb on a gray image and the like passed without a word
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([tifffile.imread(data["image"])] * 2), imagej=True,
+                     metadata={"axes": "ZYX"})  # fmt: skip
+    argv = ["predict", model, data["image"], stack, "--out", tmp_path / "p", "--workers", "0"]
+    code, _, err = _run(capsys, *argv, "--track", "--no-link", "--rgb", "gray", "--halo", "8",
+                        "--pixel-size", "2,0.65,0.65um")  # fmt: skip
+    assert code == 0, err
+    assert (
+        "warning: --track did nothing for 2 images (cells.tif, ...): no time axis, so no frames "
+        "to follow cells through; if the z-planes are time points, say so with --axes" in err
+    )
+    assert "warning: --no-link did nothing for cells.tif: no z-planes to keep apart." in err
+    assert "warning: --pixel-size gave a z step, unused for cells.tif: no z axis" in err
+    assert "warning: --halo did nothing for 2 images (cells.tif, ...): segmented whole" in err
+    assert "warning: --rgb gray did nothing for 2 images (cells.tif, ...): not an RGB" in err
+    # options that act are not told of
+    code, _, err = _run(capsys, *argv[:2], stack, "--out", tmp_path / "q", "--no-link",
+                        "--halo", "8", "--block-size", "32")  # fmt: skip
+    assert code == 0 and "did nothing" not in err, err

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ..batch import BatchOptions
+    from ..jobs import ImageResult
 
 
 def _batch_options(args: argparse.Namespace) -> BatchOptions:
@@ -40,6 +44,75 @@ def _with_folder(read: str, name: str) -> str:
     wells all hold an ``f1.tif``), not by its file name alone."""
     own = f"{name.replace(os.sep, '/').rsplit('/', 1)[-1]}: "
     return f"{name}: {read.removeprefix(own)}" if read.startswith(own) else read
+
+
+def _images_named(names: Sequence[str]) -> str:
+    """Some images, as a line names them: the one, or how many and the first."""
+    return names[0] if len(names) == 1 else f"{len(names)} images ({names[0]}, ...)"
+
+
+def _is_rgb(result: ImageResult, options: BatchOptions) -> bool | None:
+    """Whether an image of the run is an RGB picture (its header read again), or None when
+    it no longer opens."""
+    from ..images import AxisImage
+
+    try:
+        return AxisImage.from_file(result.job.source, axes=options.axes, lazy=True).rgb
+    except (OSError, ValueError):
+        return None
+
+
+def _idle_options(args: argparse.Namespace, results: Sequence[ImageResult]) -> list[str]:
+    """For each option given that had nothing to act on in some images segmented now, what
+    it did not do there and why: a script may pass the same options to every image, a
+    person expects them to act."""
+    from ..blockwise import AUTO_BLOCKWISE_PIXELS
+
+    options = _batch_options(args)
+    # (given, idle on a result, what it did not do, a hint when some of those were stacks)
+    checks = [
+        (
+            args.track,
+            lambda r: "T" not in r.axes,
+            "--track did nothing for {}: no time axis, so no frames to follow cells through",
+            "; if the z-planes are time points, say so with --axes, e.g. TYX",
+        ),
+        (
+            args.no_link,
+            lambda r: "Z" not in r.axes,
+            "--no-link did nothing for {}: no z-planes to keep apart",
+            "",
+        ),
+        (
+            args.pixel_size is not None and args.pixel_size.z is not None,
+            lambda r: "Z" not in r.axes,
+            "--pixel-size gave a z step, unused for {}: no z axis (its y and x sizes are used)",
+            "",
+        ),
+        (
+            args.halo is not None and not options.by_blocks,
+            lambda r: math.prod(r.shape[-2:]) <= AUTO_BLOCKWISE_PIXELS,
+            "--halo did nothing for {}: segmented whole, not block by block (images up to "
+            "4096 x 4096 px are, unless --block-size is given)",
+            "",
+        ),
+        (
+            args.rgb is not None,
+            lambda r: _is_rgb(r, options) is False,
+            f"--rgb {args.rgb} did nothing for {{}}: not an RGB picture",
+            "",
+        ),
+    ]
+    done = [r for r in results if r.status == "done"]
+    lines = []
+    for given, idle, message, stack_hint in checks:
+        idle_ones = [r for r in done if given and idle(r)]
+        if idle_ones:
+            hint = stack_hint if any("Z" in r.axes for r in idle_ones) else ""
+            lines.append(
+                message.format(_images_named([r.job.name for r in idle_ones])) + hint + "."
+            )
+    return lines
 
 
 def _check_model_order(args: argparse.Namespace) -> None:
@@ -113,8 +186,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cells = sum(r.cells for r in run.results)
     empty = [r.job.name for r in run.results if r.status == "done" and not r.cells]
     if empty:
-        where = empty[0] if len(empty) == 1 else f"{len(empty)} images ({empty[0]}, ...)"
+        where = _images_named(empty)
         print(f"warning: no cells found in {where}: {NO_CELLS_ADVICE}.", file=sys.stderr)
+    for line in _idle_options(args, run.results):
+        print(f"warning: {line}", file=sys.stderr)
     print(
         f"{len(run.jobs)} image{'s' if len(run.jobs) > 1 else ''}: {', '.join(parts)}; "
         f"{cells} cells. Tables per image beside the labels, {run.out_dir / SUMMARY_NAME}."
