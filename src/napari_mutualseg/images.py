@@ -3,9 +3,9 @@
 An :class:`AxisImage` is pixel data with its axes named by letters from :data:`AXES`: ``T``
 (time), ``C`` (channel), ``Z``, ``Y`` and ``X``, always in that order, plus what is known about
 it (channel names, pixel size, a time series' frame interval, whether the channels are the
-colours of an RGB image). The data
-stay what they were: a numpy array, or a lazy dask array for chunked and large files, which are
-read plane by plane (or block by block) and never loaded whole.
+colours of an RGB image). The data stay what they were: a numpy array, or a lazy dask array
+for chunked and large files, which are read plane by plane (or block by block) and never loaded
+whole.
 
 The axes come from the file's own metadata (ImageJ and OME-TIFF, OME-Zarr, and CZI, ND2, LIF
 and more through the optional ``bioio`` package; read in :mod:`napari_mutualseg.readers`), or
