@@ -281,6 +281,23 @@ def test_next_cell_on_a_prediction_without_cells_says_there_is_nothing_to_check(
     assert "first" not in warning
 
 
+def test_the_cell_to_check_of_a_stack_is_on_the_plane_the_sliders_show(thresholded):
+    viewer, widget = thresholded
+    first, _ = disc_image()
+    second, _ = disc_image(centres=((16, 44), (44, 16), (44, 46)), seed=5)
+    stacks = np.stack([np.stack([first] * 2), np.stack([second] * 2)])
+    tz = viewer.add_image(stacks, name="tz", axis_labels=("t", "z", "y", "x"))
+    widget.predict(tz, block=True)
+    said = []
+    for _ in widget.correct.spots(tz):
+        widget.correct.next_cell(tz)
+        said.append(widget.status.text())
+        if viewer.dims.point[:2] == (1, 1):
+            break
+    assert " on time point 0, z-plane 0 (1 of " in said[0]
+    assert " on time point 1, z-plane 1 (" in said[-1]
+
+
 def test_merge_and_split_are_undone_with_napari_undo(thresholded):
     """Merging the wrong cells is undone as a paint stroke is (Ctrl+Z on the layer)."""
     viewer, widget = thresholded

@@ -114,7 +114,9 @@ class Corrector:
         plane, spot = spots[k]
         self._show(image, plane, spot)
         what = f"Cell {spot.label}" if spot.kind == "cell" else "A region outside every cell"
-        where = "" if plane is None else f" on plane {plane}"
+        # named as napari's sliders number it: "time point 1, z-plane 4"
+        where = "" if plane is None else layer_axes(image).where(plane)
+        where = f" on {where}" if where else ""
         self.controller.notify(
             f"{what}{where} ({k + 1} of {len(spots)} to check): the networks disagree "
             f"{spot.score:.2f} there (0 agree, 1 opposite)."
