@@ -304,3 +304,49 @@ def test_class_maps_and_masks_are_not_taken_for_instance_labels():
     assert not_instance_labels(np.zeros((8, 8), np.uint8)) is None
     with pytest.warns(UserWarning, match="gt does not look like instance labels.*class map"):
         evaluate(truth, classes)
+
+
+def test_labels_and_masks_are_told_from_microscope_images_dim_ones_included():
+    from napari_mutualseg.metrics import label_evidence
+    from napari_mutualseg.synthetic import synthetic_scene
+
+    image, truth, _ = synthetic_scene((128, 128), 12, seed=3)
+    assert label_evidence(truth).labels is True
+    assert label_evidence((truth > 0).astype(np.uint8) * 255).labels is True  # a mask
+    assert label_evidence(truth > 0).labels is True
+    tiny = (np.arange(64)[:, None] // 3) * 100 + np.arange(64)[None] // 3 + 1
+    assert label_evidence(tiny).labels is True  # touching cells 3 pixels wide
+    assert label_evidence(image).labels is False
+    assert label_evidence((image * 4000).astype(np.uint16)).labels is False
+    # dim 8-bit pictures with a background of exact zeros and a few grey levels: a row
+    # crosses each level many times, where it crosses each cell once
+    for gain in (40, 8, 4):
+        dim = np.clip(np.round((image - 0.2) * gain), 0, 255).astype(np.uint8)
+        assert label_evidence(dim).labels is False, gain
+    rng = np.random.default_rng(0)
+    assert label_evidence(rng.poisson(0.5, (64, 64)).astype(np.uint8)).labels is False
+    # one grey level in specks is a nearly empty image, not a mask
+    specks = (rng.random((64, 64)) < 0.3).astype(np.uint8)
+    assert label_evidence(specks).labels is False
+    assert label_evidence(np.zeros((32, 32), np.uint16)).labels is None
+    # a stack is looked at plane by plane, whatever its size
+    assert label_evidence(np.stack([truth] * 3)).labels is True
+    assert "differ" in label_evidence(image).describe()
+
+
+def test_evaluate_refuses_a_dim_8_bit_image_given_for_labels(tmp_path, capsys):
+    """Its few grey levels made most neighbours equal: scored as labels of thousands of
+    'cells'."""
+    import tifffile
+
+    from napari_mutualseg.cli import main
+    from napari_mutualseg.synthetic import synthetic_scene
+
+    image, truth, _ = synthetic_scene((96, 96), 8, seed=1)
+    dim = np.clip(np.round((image - 0.2) * 4), 0, 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "dim.tif", dim)
+    tifffile.imwrite(tmp_path / "gt.tif", truth.astype(np.uint16))
+    assert main(["evaluate", str(tmp_path / "dim.tif"), str(tmp_path / "gt.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "dim.tif looks like a microscope image, not labels" in err and "per row" in err
+    assert main(["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif")]) == 0

@@ -99,23 +99,17 @@ def _label_image(path: str) -> np.ndarray:
 
 
 def _check_not_intensities(path: str, image: np.ndarray) -> None:
-    """Refuse a microscope image given where labels belong (the image, not its cells).
+    """Refuse a microscope image given where labels belong (the image, not its cells), by
+    the rule that leaves such files out of a folder given to predict
+    (:func:`napari_mutualseg.metrics.label_evidence`)."""
+    from ..metrics import label_evidence
 
-    Neighbouring pixels of instance labels differ only where two cells touch (at most a
-    few percent in BBBC039's masks); in a microscope image nearly all of them do.
-    """
-    pairs = differ = 0
-    for axis in range(image.ndim):
-        a = np.moveaxis(image, axis, 0)
-        both = (a[1:] != 0) & (a[:-1] != 0)
-        pairs += int(both.sum())
-        differ += int((both & (a[1:] != a[:-1])).sum())
-    if pairs and differ / pairs > 0.5:
+    evidence = label_evidence(image)
+    if evidence.labels is False:
         raise ValueError(
-            f"{path} looks like a microscope image, not labels: {100 * differ / pairs:.0f}% of "
-            "its neighbouring non-zero pixels differ, where a label image gives each cell one "
-            "number. Give the labels instead: the _cells.tif that predict writes, or the "
-            "ground truth's mask file."
+            f"{path} looks like a microscope image, not labels: {evidence.describe()}, where "
+            "a label image gives each cell one number. Give the labels instead: the "
+            "_cells.tif that predict writes, or the ground truth's mask file."
         )
 
 
