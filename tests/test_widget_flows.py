@@ -265,7 +265,8 @@ def test_a_round_of_a_lazy_stack_reads_only_its_trained_planes_for_the_cells_tab
     import dask.array as da
 
     from napari_mutualseg._napari.axes import LayerAxes
-    from napari_mutualseg._napari.workers import measure, measure_planes
+    from napari_mutualseg._napari.workers import Layout, TrainingJob, measure
+    from napari_mutualseg.training import RoundReport
 
     read = []
 
@@ -276,12 +277,20 @@ def test_a_round_of_a_lazy_stack_reads_only_its_trained_planes_for_the_cells_tab
     stack = da.map_blocks(plane, chunks=((2,), (1,) * 30, (16,), (16,)), dtype=np.float32)
     sizes = ((2.0, 0.5, 0.5), "um")
     axes = LayerAxes("CZYX", stack.shape, channel_names=("dna", "actin"), pixel_size=sizes)
-    cells, layout = _stack_round(axes, [4, 27])
+    cells = np.zeros((16, 16), np.int32)
+    cells[2:6, 3:9], cells[10:14, 1:5] = 1, 2
+    classes = (cells > 0).astype(np.uint8)
+    two = [[classes, classes]] * 2
+    report = RoundReport(1, 2, 1.0, 1.0, *two, *[[cells, cells]] * 3, *two, 0.1, 0.1, "cpu")
+    report.disagreement = [np.zeros((16, 16), np.float16)] * 2
+    job = TrainingJob(lambda: None, [Layout(axes.label_shape, [4, 27], axes)], [stack])
     read.clear()
-    table = measure_planes(cells, stack, layout)
+    update = job.update(report)
     assert sorted(set(read)) == [4, 27]  # not the 28 planes without boxes
-    whole = measure(layout.place(cells, 0), stack.compute(), axes)
-    assert list(table) == list(whole)
+    layer = next(data for role, _, data in update.layers if role == "cells")
+    whole = measure(layer, stack.compute(), axes)
+    table = update.tables[0]
+    assert list(table) == list(whole) and len(whole["label"]) == 4
     for column, values in whole.items():
         assert table[column].dtype == values.dtype, column
         np.testing.assert_array_equal(table[column], values, err_msg=column)
