@@ -531,7 +531,10 @@ class MutualTrainer:
         out = []
         for a, (rows, cols), shape in zip(arrays, self.windows, self.plane_shapes, strict=True):
             if a.shape[-2:] != shape:
-                full = np.full((*a.shape[:-2], *shape), fill, a.dtype)
+                # zeros are left to the system to supply: a large plane costs the pixels of
+                # its window, not a write of the whole plane per array and round
+                size = (*a.shape[:-2], *shape)
+                full = np.zeros(size, a.dtype) if fill == 0 else np.full(size, fill, a.dtype)
                 full[..., rows, cols] = a
                 a = full
             out.append(a)
