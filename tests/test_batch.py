@@ -7,6 +7,7 @@ import contextlib
 import csv
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -139,6 +140,41 @@ def test_inputs_are_files_folders_and_patterns_but_never_the_results(model, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="No images"):
         find_images([tmp_path / "empty"])
+
+
+def _mask(path: Path, seed: int, shape=(48, 56)) -> Path:
+    """Another tool's label image (a data set's ground truth) of ``_image``'s scene."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, synthetic_scene(shape, 5, seed=seed)[1].astype(np.uint16))
+    return path
+
+
+def test_a_plate_of_images_and_masks_folders_segments_the_images_and_says_so(tmp_path):
+    """BBBC039's layout: images/ and masks/ side by side. The masks were segmented too."""
+    images = [_image(tmp_path / "set" / "images" / f"w{k}.tif", k) for k in range(2)]
+    masks = [_mask(tmp_path / "set" / "masks" / f"w{k}.tif", k) for k in range(2)]
+    binary = tmp_path / "set" / "masks" / "all.png"
+    iio = pytest.importorskip("imageio.v3")
+    iio.imwrite(binary, ((tifffile.imread(masks[0]) > 0) * 255).astype(np.uint8))
+    where = re.escape(f"found in {tmp_path / 'set' / 'masks'} (3)")
+    with pytest.warns(UserWarning, match=f"Left out 3 label images or masks {where}"):
+        assert find_images([tmp_path / "set"]) == images
+    with pytest.warns(UserWarning, match="Left out 2 label images"):
+        assert find_images([str(tmp_path / "set" / "*" / "*.tif")]) == images
+    # named on its own, a file is segmented as it is, with a word
+    with pytest.warns(UserWarning, match=r"w1\.tif looks like a label image"):
+        assert find_images([masks[1]]) == [masks[1]]
+    with pytest.raises(ValueError, match=r"only label images or masks \(3 in .*masks \(3\)"):
+        find_images([tmp_path / "set" / "masks"])
+
+
+def test_a_folder_of_results_alone_is_told_for_what_it_is(model, tmp_path):
+    """It said "give folders holding ... tif files" of a folder full of tif files."""
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(2)]
+    list(BatchRun(model, images, tmp_path / "out", OPTIONS, workers=0))
+    with pytest.raises(ValueError, match="only napari-mutualseg results") as caught:
+        find_images([tmp_path / "out"])
+    assert "w0_cells.tif and 1 more" in str(caught.value) and "images" in str(caught.value)
 
 
 def test_a_killed_run_keeps_finished_images_and_a_rerun_does_the_rest(model, tmp_path):

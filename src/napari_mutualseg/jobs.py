@@ -13,6 +13,7 @@ import dataclasses
 import glob
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,12 +303,75 @@ def _an_output(path: Path) -> bool:
     return False
 
 
+#: Most pixels of an image's first plane read to tell labels from a microscope image: a
+#: band of rows across its middle beyond that (a slide scan's plane is gigabytes).
+_SAMPLE_PIXELS = 1 << 22
+
+
+def _first_plane(path: Path) -> Any:
+    """The first plane of an image file, not loaded where the reader allows (a TIFF's first
+    page read alone; other formats through :func:`~napari_mutualseg.readers.read_axis_image`)."""
+    from .io import TIFF_SUFFIXES
+    from .readers import AxesUnknownError, read_axis_image
+
+    if path.name.lower().endswith(TIFF_SUFFIXES) and path.is_file():
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.imagelength * page.imagewidth <= _SAMPLE_PIXELS:
+                # samples (RGB) or a page's depth: the first
+                return page.asarray()[tuple(slice(None) if a in "YX" else 0 for a in page.axes)]
+    try:
+        return read_axis_image(path, lazy=True).plane_array(0)[0]
+    except AxesUnknownError as err:
+        return err.data[(0,) * (err.data.ndim - 2)]
+
+
+def _label_file(path: Path) -> bool:
+    """Whether an image file holds labels or a mask (from another tool: a segmentation's
+    labels, a data set's ground truth) rather than a microscope image, by
+    :func:`napari_mutualseg.metrics.label_evidence` on its first plane (a band of rows across
+    its middle for a large one); False when it cannot tell or the file does not open (its
+    failure is then the image's, in its turn)."""
+    import numpy as np
+
+    from .metrics import label_evidence
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what reading says is said when it is segmented
+        try:
+            data = _first_plane(path)
+            height, width = data.shape
+            if height * width > _SAMPLE_PIXELS:
+                rows = max(1, _SAMPLE_PIXELS // width)
+                data = data[(height - rows) // 2 : (height + rows) // 2]
+            plane = np.asarray(data)
+        except Exception:
+            return False
+    return bool(label_evidence(plane).labels)
+
+
+def _where(paths: Sequence[Path]) -> str:
+    """The folders ``paths`` lie in, with how many each, for a message."""
+    folders: dict[Path, int] = {}
+    for path in paths:
+        folders[path.parent] = folders.get(path.parent, 0) + 1
+    named = [f"{os.fspath(folder) or os.curdir} ({n})" for folder, n in list(folders.items())[:3]]
+    more = len(folders) - len(named)
+    return ", ".join(named) + (f" and {more} more folder{'s' if more > 1 else ''}" if more else "")
+
+
 def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """The image files that inputs name: files, folders (searched with their subfolders)
-    and glob patterns (``plate1/**/*.tif``), each image once, in the order given. The results
-    of earlier runs and the label files this package wrote (supervisions, labels: their TIFF
-    header says so, :func:`napari_mutualseg.io.written_as`) found by a search are left out; a
-    file named by the user is taken as it is.
+    and glob patterns (``plate1/**/*.tif``), each image once, in the order given.
+
+    A search leaves out the results of earlier runs, the label files this package wrote
+    (supervisions, labels: their TIFF header says so,
+    :func:`napari_mutualseg.io.written_as`) and label images of other tools (a data set's
+    ``masks/`` beside its ``images/``: :func:`napari_mutualseg.metrics.label_evidence` on
+    their first plane), saying in a warning how many and where. A file named by the user is
+    taken as it is, with a warning when it holds labels.
 
     Parameters
     ----------
@@ -323,9 +387,13 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     FileNotFoundError
         When an input names nothing.
     ValueError
-        When the inputs hold no image at all.
+        When the inputs hold no image at all (only results of this package, only label
+        images: the message says so).
     """
     found: list[Path] = []
+    results: list[Path] = []  # this package's, left out of a search
+    labels: list[Path] = []  # other tools' label images, left out of a search
+    named_labels: list[Path] = []  # label images named by the user, segmented all the same
     for given in inputs:
         text = os.fspath(given)
         # a file whose name holds [ ] or * is itself, not a pattern
@@ -339,24 +407,65 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                 raise FileNotFoundError(f"{text} not found: no such file or folder.")
             if not path.is_dir() or is_zarr(path):
                 found.append(path)  # named by the user: taken as it is
+                if written_as(path) is None and _label_file(path):
+                    named_labels.append(path)
                 continue
             matches = [path]
         for path in matches:
             searched = _images_in(path) if path.is_dir() and not is_zarr(path) else [path]
-            # this package's label files (a supervision saved beside the images, results
-            # of an earlier version) are not images; a file named on its own still is
-            found += [p for p in searched if not _an_output(p) and written_as(p) is None]
+            for image in searched:
+                # this package's label files (a supervision saved beside the images, results
+                # of an earlier version) are not images, nor are other tools' labels
+                if _an_output(image) or written_as(image) is not None:
+                    results.append(image)
+                elif _label_file(image):
+                    labels.append(image)
+                else:
+                    found.append(image)
     seen: set[str] = set()
     unique = []
     for path in found:  # a folder and a pattern may name the same file
         if os.path.realpath(path) not in seen:
             seen.add(os.path.realpath(path))
             unique.append(path)
+    given = ", ".join(map(os.fspath, inputs))
     if not unique:
+        if labels:
+            raise ValueError(
+                f"No images in {given}: it holds only label images or masks ({len(labels)} in "
+                f"{_where(labels)}; each object one value, not a microscope image's pixels). "
+                "Give the folder of the images themselves (e.g. images/ beside masks/), or "
+                "name such files one by one to segment them all the same."
+            )
+        if results:
+            raise ValueError(
+                f"No images in {given}: it holds only napari-mutualseg results ({results[0]}"
+                f"{f' and {len(results) - 1} more' if len(results) > 1 else ''}). Give the "
+                "folder of the images that were segmented, not the results' folder."
+            )
         raise ValueError(
-            f"No images in {', '.join(map(os.fspath, inputs))}: give image files, folders "
-            f"holding {', '.join(sorted({s.lstrip('.') for s in FOLDER_SUFFIXES}))} files or "
+            f"No images in {given}: give image files, folders holding "
+            f"{', '.join(sorted({s.lstrip('.') for s in FOLDER_SUFFIXES}))} files or "
             "OME-Zarr stores, or patterns such as 'plate1/*.tif'."
+        )
+    if labels:
+        warnings.warn(
+            f"Left out {len(labels)} label image{'s' if len(labels) > 1 else ''} or mask"
+            f"{'s' if len(labels) > 1 else ''} found in {_where(labels)} (e.g. "
+            f"{labels[0].name}): each object is one value there, not a microscope image's "
+            "pixels. Name such a file on its own to segment it all the same.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if named_labels:
+        one = len(named_labels) == 1
+        warnings.warn(
+            f"{named_labels[0]}{'' if one else f' and {len(named_labels) - 1} more'} "
+            f"{'looks like a label image or mask' if one else 'look like label images or masks'}"
+            ", not a microscope image (each object is one value): segmented as named, but "
+            "cells are found in the images themselves.",
+            UserWarning,
+            stacklevel=2,
         )
     return unique
 
