@@ -558,3 +558,33 @@ def test_predict_says_which_options_had_nothing_to_act_on(data, tmp_path, capsys
     code, _, err = _run(capsys, *argv[:2], stack, "--out", tmp_path / "q", "--no-link",
                         "--halo", "8", "--block-size", "32")  # fmt: skip
     assert code == 0 and "did nothing" not in err, err
+
+
+def test_predict_stopped_by_a_signal_says_what_is_kept_and_how_to_go_on(
+    data, tmp_path, capsys, monkeypatch
+):
+    # it said only that no file was left half written: not which images were done, nor that
+    # the same command goes on from there
+    import napari_mutualseg.batch as batch
+
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    segment = batch.process_image
+
+    def stopped_at_the_second(pair, job, *args, **kwargs):
+        if job.source.name == "other.tif":
+            raise KeyboardInterrupt  # Ctrl-C
+        return segment(pair, job, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "process_image", stopped_at_the_second)
+    out = tmp_path / "p"
+    argv = ["predict", model, data["image"], data["other"], "--out", out, "--workers", "0"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 130
+    assert (
+        f"interrupted (SIGINT): 1 of 2 images are segmented and kept ({out / 'run_report.csv'} "
+        "lists them); the same command again segments the other 1, skipping those." in err
+    )
+    monkeypatch.setattr(batch, "process_image", segment)
+    code, stdout, _ = _run(capsys, *argv)
+    assert code == 0 and "1 segmented in this process, 1 skipped" in stdout

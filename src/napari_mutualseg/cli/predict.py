@@ -6,14 +6,17 @@ import argparse
 import contextlib
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
+from .signals import Interrupted
 
-    from ..batch import BatchOptions
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from ..batch import BatchOptions, BatchRun
     from ..jobs import ImageResult
 
 
@@ -131,6 +134,24 @@ def _check_model_order(args: argparse.Namespace) -> None:
     )
 
 
+@contextlib.contextmanager
+def _say_what_is_kept(run: BatchRun) -> Iterator[None]:
+    """A signal that stops the run says which images are kept and how to go on."""
+    from ..batch import REPORT_NAME
+
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        counts = run.counts()
+        kept = counts["done"] + counts["skipped"]
+        report = run.out_dir / REPORT_NAME
+        raise Interrupted(
+            getattr(err, "signum", signal.SIGINT),
+            f"{kept} of {len(run.jobs)} images are segmented and kept ({report} lists them); "
+            f"the same command again segments the other {len(run.jobs) - kept}, skipping those",
+        ) from None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """``predict``: segment every input, report each image and sum up; the exit status.
 
@@ -160,6 +181,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_writable(path, overwrite=True)
     results = iter(run)
     with (
+        _say_what_is_kept(run),
         contextlib.closing(results),
         tqdm(total=len(run.jobs), desc="images", unit="image", leave=False) as bar,
     ):
