@@ -1,6 +1,7 @@
 import dataclasses
 import threading
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -59,6 +60,22 @@ def test_reports_one_per_round_with_everything(scene):
         assert 0.0 <= r.changed <= 1.0
     assert trainer.step == trainer.total_steps == 2 * 2 * 4
     assert len(trainer.pair.history) == 2
+
+
+def test_a_rounds_seconds_count_all_its_work(scene, monkeypatch):
+    # a clock that moves only while A and B's disagreement is mapped, the report's last part
+    image, _, sup = scene
+    clock, disagreement_map = [0.0], training.disagreement_map
+
+    def slow_disagreement(pa, pb):
+        clock[0] += 10.0
+        return disagreement_map(pa, pb)
+
+    monkeypatch.setattr(training, "disagreement_map", slow_disagreement)
+    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    cfg = TrainConfig(**{**TINY, "rounds": 1, "steps_per_round": 1})
+    (report,) = MutualTrainer(image, sup, cfg)
+    assert report.seconds == 10.0
 
 
 def _flip(sup):

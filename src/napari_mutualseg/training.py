@@ -510,7 +510,6 @@ class MutualTrainer:
             labels_a=whole(new_targets[0], IGNORE),
             labels_b=whole(new_targets[1], IGNORE),
             changed=changed,
-            seconds=time.perf_counter() - start,
             device=str(self.device),
             converged=converged,
             found=found,
@@ -521,6 +520,7 @@ class MutualTrainer:
                     for pa, pb in zip(*probas, strict=True)
                 ]
             ),
+            seconds=time.perf_counter() - start,  # last: the round's whole work
         )
         self._check()  # cancelled during the round's last pass: no report
         return report, new_targets
