@@ -40,13 +40,20 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import cluster
-from .cluster import check_scheduler, dask_client, default_workers, submit_jobs
+from .cluster import (
+    WorkerUnfitError,
+    check_scheduler,
+    dask_client,
+    default_workers,
+    submit_jobs,
+)
 from .files import ResultExistsError
 from .image_task import error_reason, measure_image, process_image, read_labels, read_table
 from .io import check_writable
@@ -135,7 +142,9 @@ class BatchRun:
     when the dask workers run other versions of this package, torch or numpy, and
     :class:`~napari_mutualseg.cluster.WorkerLoadError` (an OSError) when the model does not
     load on one of them, before any image is started. A worker that joins later with other
-    versions, or on which the model does not load, fails its images saying so.
+    versions, or on which the model does not load, segments none of the run's images: it hands
+    each back at once and it goes to the other workers (never to it again); a warning names
+    the worker and says what to do.
 
     Examples
     --------
@@ -365,15 +374,17 @@ class BatchRun:
                 fingerprint=self.fingerprint,
                 visible=[sent[0].source, os.path.abspath(self.out_dir)],
                 writable=[os.path.abspath(self.out_dir)],
-            ) as futures,
+            ) as submitted,
         ):
             self.where = where
+            futures = submitted.futures
             by_key = {f.key: job for f, job in zip(futures, jobs, strict=True)}
             pending = as_completed(futures, loop=client.loop)  # not the default client
             # the workers whose versions were checked (submit_jobs checks them at the start)
             seen = set(client.scheduler_info(n_workers=-1)["workers"])
             problem: str | None = None
-            workers_gone = _Absence(client)
+            unfit: dict[str, str] = {}  # workers that joined and cannot segment the images
+            workers_gone = _Absence(client, unfit)
             while not pending.is_empty():
                 # a stop is seen while images are in progress, not when the next one ends;
                 # leaving the block removes the model from the workers, which leave their
@@ -386,6 +397,20 @@ class BatchRun:
                     job = by_key[future.key]
                     try:
                         result = dataclasses.replace(future.result(), job=job)
+                    except WorkerUnfitError as err:
+                        if err.worker not in unfit:
+                            unfit[err.worker] = err.problem
+                            warnings.warn(
+                                f"{err.problem} Its images of this run go to the other workers.",
+                                UserWarning,
+                                stacklevel=2,
+                            )
+                        again = submitted.retry(job, avoid=unfit)
+                        if again is not None:
+                            by_key[again.key] = job
+                            pending.add(again)
+                            continue
+                        result = ImageResult(job, "failed", reason=err.problem, worker=err.worker)
                     except Exception as err:  # a worker died (memory, a crash), or runs
                         # another version (one that joined since the start)
                         problem = self._recheck(client, seen) or problem
@@ -468,8 +493,9 @@ class _Absence:
     #: Seconds between two looks at the number of workers.
     LOOK_SECONDS = 5.0
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, unfit: dict[str, str]) -> None:
         self.client = client
+        self.unfit = unfit  # workers left out of the run, which count as none
         self.since: float | None = None
         self.next_look = time.monotonic() + self.LOOK_SECONDS
 
@@ -480,14 +506,19 @@ class _Absence:
         if now < self.next_look:
             return
         self.next_look = now + self.LOOK_SECONDS
-        if self.client.scheduler_info(n_workers=0)["n_workers"]:
+        if self.unfit:  # every worker's address, only once some are left out
+            workers = set(self.client.scheduler_info(n_workers=-1)["workers"]) - set(self.unfit)
+        else:
+            workers = self.client.scheduler_info(n_workers=0)["n_workers"]
+        if workers:
             self.since = None
             return
         self.since = self.since or now
         if now - self.since >= cluster.WORKER_SECONDS:
             address = self.client.scheduler.address
             raise TimeoutError(
-                f"The dask cluster at {address} has had no worker for "
+                f"The dask cluster at {address} has had no worker"
+                f"{' that can segment the images' if self.unfit else ''} for "
                 f"{cluster.WORKER_SECONDS} s, with {left} image{'s' if left > 1 else ''} not "
                 f"done: start workers (dask worker {address}) or scale the cluster, then run "
                 "again; the finished images are kept."

@@ -12,7 +12,9 @@ run never takes another's model or results, and the plugin is removed when the r
 Before any task, :func:`check_versions` asks every worker for its versions of this package,
 torch and numpy: a worker with others would fail every image with an error of its own code.
 A worker that joins during the run is checked as it joins, by the plugin: when its versions
-differ or the model does not load there, each of its images fails saying so.
+differ or the model does not load there, it hands each image it is given back at once
+(:class:`WorkerUnfitError`), and the run sends the image again to the other workers, never to
+it (:meth:`Submission.retry`); the worker itself is left running for other runs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -28,7 +31,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +48,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECT_SECONDS",
+    "Submission",
     "WorkerLoadError",
+    "WorkerUnfitError",
     "WorkerVersionError",
     "check_paths",
     "check_scheduler",
@@ -153,6 +158,27 @@ def _pick_gpu(torch: Any, rank: int | None) -> int:
     return (os.getpid() if rank is None else rank) % count
 
 
+class WorkerUnfitError(Exception):
+    """Raised by an image's task on a worker that joined the run and cannot segment its images
+    (the model does not load there, other versions): the image is for another worker.
+
+    Attributes
+    ----------
+    worker : str
+        The worker's address.
+    problem : str
+        What is wrong with it and what to do, in words.
+    """
+
+    def __init__(self, worker: str, problem: str) -> None:
+        super().__init__(worker, problem)
+        self.worker = worker
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return self.problem
+
+
 class _ModelPlugin(WorkerPlugin):
     """Loads the model once on every worker (also on workers that join later).
 
@@ -162,7 +188,7 @@ class _ModelPlugin(WorkerPlugin):
 
     A worker that joins later is checked here, as :func:`check_versions` checked the others
     at the start: when its versions differ or the model does not load on it, ``problem``
-    says so, and each of its images fails with that reason.
+    says so, and it hands back each image it is given (:class:`WorkerUnfitError`).
     """
 
     def __init__(
@@ -205,14 +231,17 @@ class _ModelPlugin(WorkerPlugin):
         try:
             self._load(worker, *share)
         except Exception as err:  # a full disk, a GPU that fails, a damaged copy
-            self.problem = (
-                f"The dask worker {worker.address} could not load the model "
-                f"({error_reason(err)}): free space in its folder {worker.local_directory} "
-                "and check its GPU, or stop that worker; then run again (the finished images "
-                "are skipped)."
+            what = (
+                f"The dask worker {worker.address} could not load the model ({error_reason(err)})"
+            )
+            fix = (
+                f"free space in its folder {worker.local_directory} and check its GPU, or stop it"
             )
             if not late:  # the run does not start, in these words rather than the bare error
-                raise WorkerLoadError(self.problem) from err
+                raise WorkerLoadError(
+                    f"{what}: {fix}; then run again (the finished images are skipped)."
+                ) from err
+            self.problem = f"{what}: {fix}."
             logging.getLogger(__name__).exception(self.problem)
 
     def _load(self, worker: Any, rank: int | None, host_threads: int) -> None:
@@ -246,7 +275,8 @@ def _on_worker(
     worker = get_worker()
     plugin = worker.plugins[plugin_name]
     if plugin.problem is not None:
-        return ImageResult(job, "failed", reason=plugin.problem, worker=worker.address)
+        # at once, rather than a failed image: the run sends it to another worker
+        raise WorkerUnfitError(worker.address, plugin.problem)
     if plugin.threads is not None:
         import torch
 
@@ -606,7 +636,7 @@ def submit_jobs(
     fingerprint: str,
     visible: Sequence[str | os.PathLike] = (),
     writable: Sequence[str | os.PathLike] = (),
-) -> Iterator[list[Future]]:
+) -> Iterator[Submission]:
     """Load the model on every worker, then start one task per image; when the block ends,
     cancel what is left and remove the model from the workers.
 
@@ -634,8 +664,9 @@ def submit_jobs(
 
     Yields
     ------
-    list of distributed.Future
-        One per job, in order; each gives the image's :class:`ImageResult`.
+    Submission
+        Its ``futures``: one per job, in order; each gives the image's :class:`ImageResult`
+        or raises :class:`WorkerUnfitError` (:meth:`Submission.retry`).
 
     Raises
     ------
@@ -663,23 +694,74 @@ def submit_jobs(
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
     name = f"{_PLUGIN}-{run}"
     versions = _version_probe()(_MATCHED)  # for the workers that join later to compare
-    futures: list[Future] = []
-    try:
-        # in the block: the scheduler keeps a plugin that failed on a worker, and would load
-        # it on every worker that joins the cluster later
-        client.register_plugin(_ModelPlugin(name, model, device, _host_shares(client), versions))
-        futures = client.map(
+    submission = Submission(
+        client,
+        functools.partial(
             _on_worker,
-            jobs,
             options=options,
             overwrite=overwrite,
             fingerprint=fingerprint,
             plugin_name=name,
-            pure=False,
-            key=[f"segment-{j.name}-{run}-{i}" for i, j in enumerate(jobs)],
-        )
-        yield futures
+        ),
+        run,
+    )
+    try:
+        # in the block: the scheduler keeps a plugin that failed on a worker, and would load
+        # it on every worker that joins the cluster later
+        client.register_plugin(_ModelPlugin(name, model, device, _host_shares(client), versions))
+        submission.start(jobs)
+        yield submission
     finally:
-        client.cancel(futures)
+        client.cancel(submission.futures + submission.retries)
         with contextlib.suppress(Exception):  # the cluster may be gone: nothing to remove
             client.unregister_worker_plugin(name)
+
+
+class Submission:
+    """The tasks of a run (:func:`submit_jobs`): one per image, in ``futures``, and those of
+    images sent again to other workers, in ``retries``.
+
+    Each gives the image's :class:`ImageResult`, or raises :class:`WorkerUnfitError` when the
+    worker it went to cannot segment the run's images; :meth:`retry` then sends the image to
+    the others.
+    """
+
+    def __init__(self, client: Client, task: Callable[[ImageJob], ImageResult], run: str) -> None:
+        self.client = client
+        self.task = task
+        self.run = run
+        self.futures: list[Future] = []
+        self.retries: list[Future] = []
+
+    def start(self, jobs: Sequence[ImageJob]) -> None:
+        """One task per image, on any worker: the scheduler hands a worker its next image
+        as a thread of it comes free, workers that join later included."""
+        self.futures = self.client.map(
+            self.task,
+            jobs,
+            pure=False,
+            key=[f"segment-{j.name}-{self.run}-{i}" for i, j in enumerate(jobs)],
+        )
+
+    def retry(self, job: ImageJob, avoid: Collection[str]) -> Future | None:
+        """Send ``job`` again, to the workers of the cluster now but those of ``avoid`` (which
+        cannot segment the run's images); None when there are no others.
+
+        The worker restrictions are strict: none of the workers of ``avoid``, which are left
+        running for other runs on the cluster, gets the image.
+        """
+        workers = [
+            a for a in self.client.scheduler_info(n_workers=-1)["workers"] if a not in avoid
+        ]
+        if not workers:
+            return None
+        future = self.client.submit(
+            self.task,
+            job,
+            pure=False,
+            key=f"segment-{job.name}-{self.run}-retry{len(self.retries)}",
+            workers=workers,
+            allow_other_workers=False,
+        )
+        self.retries.append(future)
+        return future
