@@ -146,6 +146,9 @@ def test_train_from_a_painted_supervision(data, tmp_path, capsys):
         (lambda sup, t: [sup, sup], "--supervision got 2 file(s) for 1 image(s)"),
         (lambda sup, t: [_written(t / "bad.tif", np.full((64, 80), 7, np.uint8))], "values"),
         (lambda sup, t: [_written(t / "small.tif", np.zeros((32, 80), np.uint8))], "shape"),
+        # another field's map: every pixel that differs was trusted as painted, the other
+        # field's cells learnt on this one
+        (lambda sup, t: [_other_fields_map(t / "other.tif")], "other.tif marks as cells only"),
     ],
 )
 def test_a_painted_supervision_that_does_not_fit_is_explained(
@@ -157,6 +160,14 @@ def test_a_painted_supervision_that_does_not_fit_is_explained(
     code, _, err = _run(capsys, *argv, "--supervision", *paint(sup, tmp_path))
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def _other_fields_map(path):
+    from napari_mutualseg.boxes import Box
+    from napari_mutualseg.supervision import make_supervision
+
+    boxes = [Box.from_corners(*b) for b in synthetic_scene((64, 80), 5, seed=5)[2]]
+    return _written(path, make_supervision((64, 80), boxes).classes)
 
 
 def _written(path, data):

@@ -135,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         for image, planes in loaded
         for j, p in enumerate(planes)
     ]
-    labels = painted_supervisions(painted, loaded) if painted else None
+    labels = painted_supervisions(painted, loaded, sups) if painted else None
     if labels is not None:
         edits = sum(
             int((lab != s.classes).sum())
