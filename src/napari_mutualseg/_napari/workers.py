@@ -176,8 +176,8 @@ def measure_planes(planes: list[np.ndarray], data: Any, layout: Layout) -> Table
     """The cells of a training image's trained planes, as :func:`measure` measures them laid
     out on the whole image (no cells elsewhere), reading only those planes of ``data``.
 
-    Each round measures its cells: a lazy stack read whole every round took longer than the
-    round's training when only a few of its planes were trained.
+    Each round measures its cells: measured on the whole image, a lazy stack of many planes
+    was read whole every round, however few of its planes were trained.
 
     Parameters
     ----------
@@ -215,7 +215,7 @@ def measure_planes(planes: list[np.ndarray], data: Any, layout: Layout) -> Table
             image = replace(image, data=pixels, axes="C" * colours + "ZYX")
             labels = np.stack([cells for _, _, cells in members])
         table = measure_image(labels, image, None)
-        if in_z:  # each cell lies on one plane: its k-th of the stack measured, z_k
+        if in_z:  # each cell lies on one plane: the k-th measured is the image's z-plane z[k]
             z = np.array([member[0] for member in members])[table["bbox_z0_px"]]
             table["centroid_z_px"] = z.astype(table["centroid_z_px"].dtype)
             table["bbox_z0_px"], table["bbox_z1_px"] = z, z + 1
