@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from napari.layers._layer_actions import _duplicate_layer
 
-from helpers import ThresholdNet, disc_image, rectangles, same
-from napari_mutualseg._napari.layers import OWNER_KEY
+from helpers import ThresholdNet, disc_image, messages, rectangles, same
+from napari_mutualseg._napari.layers import OWNER_KEY, owner_info
 from napari_mutualseg.models import ModelPair
 
 
@@ -81,8 +81,9 @@ def test_result_layers_are_in_the_images_units(viewer_widget):
     np.testing.assert_allclose(supervision.scale, layer.scale)
 
 
-def test_undo_after_a_new_prediction_leaves_the_new_cells_as_they_are(thresholded):
-    """A stroke painted on the cells predicted before is not undone into the new cells."""
+def test_cells_a_person_edited_are_kept_when_predicted_again(thresholded, notes):
+    """A new prediction never writes over a person's strokes: the edited layer becomes
+    theirs, and no stroke is undone or redone into the new cells."""
     import torch
 
     class Background(ThresholdNet):  # sees no cell anywhere
@@ -95,8 +96,19 @@ def test_undo_after_a_new_prediction_leaves_the_new_cells_as_they_are(thresholde
     cells = viewer.layers["x cells"]
     square = np.nonzero(np.ones((10, 10), bool))
     cells.data_setitem((square[0] + 10, square[1] + 10), 9)  # a paint stroke
+    painted = np.asarray(cells.data).copy()
     widget.controller.set_pair(ModelPair(Background(), Background(), settings={"min_size": 4}))
     widget.predict(image, block=True)
-    assert not cells.data.any()
-    cells.undo()
-    assert not cells.data.any()
+    np.testing.assert_array_equal(cells.data, painted)
+    assert cells.name == "x cells (edited)" and owner_info(cells)["role"] == "corrections"
+    new = viewer.layers["x cells"]
+    assert not new.data.any()
+    warning = messages(notes, "warning")[0]
+    assert warning.startswith("'x cells' holds your edits, so it is kept as 'x cells (edited)'")
+    # a stroke undone is no edit: the layer is written in place, and redo brings nothing back
+    new.data_setitem((square[0] + 10, square[1] + 10), 9)
+    new.undo()
+    widget.predict(image, block=True)
+    assert same(viewer.layers["x cells"], new) and len(viewer.layers) == 4
+    new.redo()
+    assert not new.data.any()

@@ -203,7 +203,9 @@ def upsert_layer(
 ) -> Layer:
     """Update the plugin's own layer for ``role`` in place, or add it if missing.
 
-    A user layer with the same name is never touched: the new layer gets a free name.
+    A user layer with the same name is never touched: the new layer gets a free name. Nor is
+    what a person painted on the plugin's layer (or merged, split): that layer is handed over
+    to them as "<name> (edited)" and the new data goes into a new layer, with a warning.
 
     Parameters
     ----------
@@ -225,6 +227,9 @@ def upsert_layer(
         Extra arguments for a new layer.
     """
     layer = find_own_layer(viewer, role, source)
+    if layer is not None and _edited(layer):
+        _hand_over(viewer, layer, name)
+        layer = None
     if layer is not None:
         reshaped = tuple(layer.data.shape) != tuple(data.shape)
         layer.data = data
@@ -247,6 +252,29 @@ def upsert_layer(
     if kind == "classes":
         kw = {**class_layer_kwargs(), **kw}
     return claim(viewer.add_labels(data, name=name, metadata=meta, **kw))
+
+
+def _edited(layer: Layer) -> bool:
+    """Whether a person changed ``layer`` since the plugin last wrote it: every write forgets
+    a Labels layer's undo history (:func:`upsert_layer`), so a stroke in it is theirs (napari
+    has no public way to ask)."""
+    return bool(getattr(layer, "_undo_history", None))
+
+
+def _hand_over(viewer: napari.Viewer, layer: Layer, name: str) -> None:
+    """Give the person the plugin's ``layer`` they edited, renamed, so that nothing writes
+    into it again; the plugin's next layer takes ``name``."""
+    from napari.utils.notifications import show_warning
+
+    old, kept = layer.name, free_name(viewer, f"{layer.name} (edited)")
+    # still tagged with its image, so that its cells are measured in it, but in no role the
+    # plugin writes (as the corrections added to training are kept)
+    layer.metadata[OWNER_KEY] = {**owner_info(layer), "role": "corrections"}
+    layer.name = kept
+    show_warning(
+        f"'{old}' holds your edits, so it is kept as '{kept}'; the new result is in "
+        f"'{free_name(viewer, name)}'."
+    )
 
 
 def show_table(layer: Labels, table: Table) -> None:

@@ -178,8 +178,9 @@ class LayerWriter(QObject):
             data=data, like=image, source=source, kind=RESULT_LAYERS[role][1],
             visible=role == "cells",
         )  # fmt: skip
-        if existing is None and active is not None:
-            # Keep the user's layer active, so that drawing or painting is not interrupted.
+        if active is not None and viewer.layers.selection.active is not active:
+            # A layer was added (or one the user edited handed over to them): keep the
+            # user's layer active, so that drawing or painting is not interrupted.
             viewer.layers.selection.active = active
 
     def _round_shown(self, round_index: int) -> None:
