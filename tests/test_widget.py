@@ -139,6 +139,10 @@ def test_region_mode_needs_a_region_and_takes_a_closed_path(scene, notes):
     errors = messages(notes, "error")
     assert len(errors) == 2 and all("New region layer" in m for m in errors)
     region = widget.new_region_layer()
+    assert widget.generate_supervision() is None  # nothing drawn on it yet
+    said = messages(notes, "error")[-1]
+    assert f"Annotation '{MODE_REGION}' needs a region" in said
+    assert "set Annotation to 'Every cell is boxed'" in said
     region.add_paths([np.array([[0, 0], [0, 40], [40, 40], [40, 0], [1, 0]], float)])
     layer = widget.generate_supervision()  # outlined with the path tool, ends meeting
     assert layer.data[60, 60] == IGNORE and layer.data[2, 30] == 0

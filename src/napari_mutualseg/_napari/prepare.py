@@ -364,9 +364,10 @@ def prepare_supervision(
         )
     if region is not None and len(region.data) == 0:
         raise UserInputError(
-            f"Annotation mode 'only inside a region' needs a region: draw polygons or "
-            f"rectangles on '{region.name}' around the area where every cell is boxed, or "
-            "switch the mode to 'every cell is boxed'."
+            # the panel's words (panels.MODE_REGION, MODE_ALL), which the user looks for
+            "Annotation 'Only inside a drawn region' needs a region: draw a polygon, "
+            f"rectangle or ellipse on '{region.name}' around the area where every cell is "
+            "boxed, or set Annotation to 'Every cell is boxed'."
         )
     if layout.note:
         notes.append(layout.note)
