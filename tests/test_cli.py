@@ -599,3 +599,26 @@ def test_predict_stopped_by_a_signal_says_what_is_kept_and_how_to_go_on(
     monkeypatch.setattr(batch, "process_image", segment)
     code, stdout, _ = _run(capsys, *argv)
     assert code == 0 and "1 segmented in this process, 1 skipped" in stdout
+
+
+def test_a_mistyped_path_is_told_with_the_names_close_to_it(data, tmp_path, capsys):
+    # a typo was told as 'not found' alone, the user left to find the file's name
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"")
+    train = ["train", "--out", tmp_path / "n.pt"]
+    cases = [
+        ([*train, tmp_path / "cels.tif", "--boxes", data["plain"]], "Image file not found: "
+         f"{tmp_path / 'cels.tif'} (did you mean {data['image']}?)."),
+        ([*train, data["image"], "--boxes", tmp_path / "BOXES.csv"], "Box table not found: "
+         f"{tmp_path / 'BOXES.csv'} (did you mean {data['plain']}?)."),
+        ([*train, data["image"], "--boxes", data["plain"], "--resume", tmp_path / "m2.pt"],
+         "Model file not found: "),
+        (["predict", tmp_path / "m2.pt", data["image"], "--out", tmp_path / "p"],
+         f"(did you mean {model}?)."),
+        (["predict", model, tmp_path / "plate" / "a.tif", "--out", tmp_path / "p"],
+         f"Input not found: {tmp_path / 'plate' / 'a.tif'} (there is no folder "
+         f"{tmp_path / 'plate'})."),
+    ]  # fmt: skip
+    for argv, message in cases:
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and message in err, err

@@ -7,7 +7,7 @@ import argparse
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +43,46 @@ _OPTIONS = {
 }
 
 
+def check_found(paths: Iterable[str], what: str) -> None:
+    """Refuse a path that names nothing, with the names in its folder that are close to it:
+    a typo is the likely reason.
+
+    Parameters
+    ----------
+    paths : iterable of str
+        Files or folders the command reads.
+    what : str
+        What they are, as the message names them ("Box table").
+
+    Raises
+    ------
+    FileNotFoundError
+        For the first path that does not exist.
+    """
+    from difflib import get_close_matches
+
+    for path in paths:
+        p = Path(path)
+        if p.exists():
+            continue
+        folder = p.parent
+        if not folder.is_dir():
+            hint = f" (there is no folder {folder})"
+        else:
+            # A06.TIF for A06.tif is as likely a slip as A6.tif
+            names = {c.name.lower(): c.name for c in folder.iterdir()}
+            key = p.name.lower()
+            close = [key] if key in names else get_close_matches(key, names, 2, 0.75)
+            named = " or ".join(str(p.with_name(names[c])) for c in close)
+            hint = f" (did you mean {named}?)" if close else ""
+        raise FileNotFoundError(f"{what} not found: {path}{hint}.")
+
+
 def load_image(path: str, args: argparse.Namespace) -> AxisImage:
     """The image of one file with its axes (from the file, or --axes); says what was read."""
     from ..images import AxisImage
 
+    check_found([path], "Image file")
     image = AxisImage.from_file(path, axes=getattr(args, "axes", None))
     print(image.describe(notes=True), file=sys.stderr)
     return image
@@ -85,6 +121,7 @@ def boxes_for(
     """
     from ..box_tables import read_box_table
 
+    check_found(tables, "Box table")
     for table in tables:
         if Path(table).is_dir():
             raise ValueError(

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .inputs import check_found
 from .signals import Interrupted
 
 if TYPE_CHECKING:
@@ -164,6 +165,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..segmenter import NO_CELLS_ADVICE
 
     _check_model_order(args)
+    check_found([args.model], "Model file")
+    # a glob pattern that matches nothing is told by the run, as it names no file to be near
+    check_found([p for p in args.images if not set("*?[") & set(p)], "Input")
     run = BatchRun(
         args.model,
         args.images,

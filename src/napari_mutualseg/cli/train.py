@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..files import check_outputs, check_writable
 from .errors import CommandFailed
-from .inputs import boxes_for, config_from, painted_supervisions, supervision
+from .inputs import boxes_for, check_found, config_from, painted_supervisions, supervision
 from .labels import format_metrics
 from .outputs import Outputs, write_overlay
 from .signals import Interrupted, stop_gently
@@ -121,6 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"it a .pt name, e.g. {model.with_suffix('.pt').name}."
         )
     _check_each_image_once(args.images)
+    check_found(args.supervision or [], "Supervision")
+    check_found([args.resume] if args.resume else [], "Model file")
     pair, fixed = _resumed(args)
     config = config_from(args, **fixed)
     loaded = boxes_for(args.images, args.boxes, args)
