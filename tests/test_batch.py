@@ -34,6 +34,7 @@ from napari_mutualseg.batch import (
 )
 from napari_mutualseg.cli import main
 from napari_mutualseg.cluster import check_scheduler
+from napari_mutualseg.files import ResultExistsError
 from napari_mutualseg.image_task import process_image
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.io import write_labels, written_as
@@ -200,6 +201,25 @@ def test_a_killed_run_keeps_finished_images_and_a_rerun_does_the_rest(model, tmp
     skipped = len(finished)
     assert f"{12 - skipped} segmented" in result.stdout and f"{skipped} skipped" in result.stdout
     assert len(_rows(out / SUMMARY_NAME)) == 12
+
+
+def test_a_run_resumed_on_the_plate_moved_elsewhere_skips_what_is_done(model, tmp_path):
+    """Copied from the microscope's computer to a server (times kept), the plate was another
+    image to the records: the rerun was refused, all results to be made again."""
+    import shutil
+
+    images = [_image(tmp_path / "scope" / "A01" / f"f{k}.tif", k, (32, 32)) for k in range(2)]
+    run = list(BatchRun(model, [tmp_path / "scope"], tmp_path / "o", OPTIONS, workers=0))
+    assert [r.status for r in run] == ["done", "done"]
+    (tmp_path / "o" / "A01" / "f1_cells.csv").unlink()  # stopped before its table
+    # the plate moved, and the run is resumed there
+    shutil.copytree(tmp_path / "scope", tmp_path / "server", copy_function=shutil.copy2)
+    again = BatchRun(model, [tmp_path / "server"], tmp_path / "o", OPTIONS, workers=0)
+    assert [r.status for r in again] == ["skipped", "done"]
+    # another file in its place is not taken for it
+    tifffile.imwrite(tmp_path / "server" / "A01" / "f0.tif", tifffile.imread(images[1]))
+    with pytest.raises(ResultExistsError, match=r"f0_cells\.tif was made from .*scope"):
+        BatchRun(model, [tmp_path / "server"], tmp_path / "o", OPTIONS, workers=0)
 
 
 def test_a_time_series_is_measured_frame_by_frame_in_every_channel():

@@ -125,6 +125,9 @@ class BatchOptions:
 
 _MISSING = object()
 
+#: What a record must share with an image found elsewhere to be that image's, moved.
+_SAME_IMAGE = ("image", "source_bytes", "source_modified_ns")
+
 
 def _option_value(value: Any) -> str:
     """An option's value for people: ``None`` (left to the model or the image) as default."""
@@ -199,8 +202,14 @@ class ImageJob:
             return f"{there[0]} was not written by a run on {self.source} (no {self.record.name})"
         except (OSError, ValueError):
             return f"{self.record} is not a record of this package's results"
-        if not isinstance(found, dict) or found.get("source") != expected["source"]:
-            made = found.get("source") if isinstance(found, dict) else None
+        if not isinstance(found, dict):
+            return f"{self.record} is not a record of this package's results"
+        # the same image moved (a plate copied from the microscope's computer to a server,
+        # a disk mounted elsewhere): its name below the inputs, size and modification time
+        # are the record's, where another image's would not all be
+        moved = all(found.get(k) == expected[k] for k in _SAME_IMAGE)
+        if found.get("source") != expected["source"] and not moved:
+            made = found.get("source")
             return f"{self.labels} was made from {made or 'another image'}, not {self.source}"
         if any(found.get(k) != expected[k] for k in ("source_bytes", "source_modified_ns")):
             return f"{self.source} has changed since {self.labels} was made from it"
