@@ -2,7 +2,8 @@
 they are segmented, and what happened to each.
 
 :func:`find_images` turns files, folders (searched with their subfolders), glob patterns and
-OME-Zarr stores into a list of images, leaving out the results of earlier runs;
+OME-Zarr stores into a list of images, leaving out of a search the results of earlier runs
+and label images (a data set's masks beside its images, said in a warning);
 :func:`plan_jobs` gives each image its outputs, which keep the images' folders below the
 output folder, so that same-named files in different folders never collide.
 """
