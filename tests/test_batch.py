@@ -222,6 +222,28 @@ def test_a_run_resumed_on_the_plate_moved_elsewhere_skips_what_is_done(model, tm
         BatchRun(model, [tmp_path / "server"], tmp_path / "o", OPTIONS, workers=0)
 
 
+def test_labels_left_without_their_disagreement_maps_get_them_when_run_again(model, tmp_path):
+    """Stopped between the labels and the maps, the image was reported done without maps,
+    and failed at every later run ('f0_cells.csv already exists')."""
+    images = [_image(tmp_path / "in" / f"f{k}.tif", k, (32, 32)) for k in range(2)]
+    options = BatchOptions(tile_size=64, overlap=16, disagreement=True)
+
+    def run(maps: str) -> list[str]:
+        batch = BatchRun(model, images, tmp_path / "out", options, workers=0,
+                         disagreement_dir=tmp_path / maps)  # fmt: skip
+        return [r.status for r in batch]
+
+    assert run("maps") == ["done", "done"]
+    (tmp_path / "maps" / "f0_disagreement.tif").unlink()
+    (tmp_path / "maps" / "f0_disagreement.csv").unlink()
+    (tmp_path / "out" / "f0_cells.csv").unlink()
+    assert run("maps") == ["skipped", "done"]
+    assert (tmp_path / "maps" / "f0_disagreement.tif").exists()
+    assert run("maps") == ["skipped", "skipped"]
+    assert run("other") == ["done", "done"]  # the maps asked into another folder
+    assert len(list((tmp_path / "other").glob("*_disagreement.tif"))) == 2
+
+
 def test_a_time_series_is_measured_frame_by_frame_in_every_channel():
     labels = np.zeros((2, 6, 8), np.int32)
     labels[0, 1:3, 1:3] = 1

@@ -282,7 +282,8 @@ def process_image(
     first, so that the image is incomplete until it is done).
 
     Labels that an earlier, interrupted run wrote (without ``overwrite``) are measured, not
-    segmented again: :class:`~napari_mutualseg.batch.BatchRun` checks first that they are
+    segmented again (unless their disagreement maps are missing, which need the
+    segmentation): :class:`~napari_mutualseg.batch.BatchRun` checks first that they are
     this image's, by this model, with these options.
 
     Parameters
@@ -310,6 +311,12 @@ def process_image(
     from .images import AxisImage
 
     t0 = time.perf_counter()
+    maps = job.disagreement or ()
+    if job.labels.exists() and not all(p.exists() for p in maps):
+        # labels an earlier run wrote without their disagreement maps (stopped between the
+        # two; maps asked into another folder): the maps need the segmentation again, which
+        # replaces them and the table with the same results
+        overwrite = True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
