@@ -622,3 +622,31 @@ def test_a_mistyped_path_is_told_with_the_names_close_to_it(data, tmp_path, caps
     for argv, message in cases:
         code, _, err = _run(capsys, *argv)
         assert code == 2 and message in err, err
+
+
+def test_train_stopped_by_a_signal_says_how_to_go_on(data, tmp_path, capsys, monkeypatch):
+    # it said where the networks were, not that --resume trains them on from there
+    import os
+    import signal
+
+    from napari_mutualseg.cli import train
+
+    rounds = train.run_rounds
+
+    def ctrl_c_after_a_round(trainer, on_round):
+        def then_stop(report):
+            on_round(report)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        return rounds(trainer, then_stop)
+
+    monkeypatch.setattr(train, "run_rounds", ctrl_c_after_a_round)
+    model = tmp_path / "m.pt"
+    argv = ["train", data["image"], "--boxes", data["plain"], "--out", model, *TINY]
+    code, stdout, err = _run(capsys, *argv, "--rounds", "3")
+    assert code == 130 and "round 1/3" in stdout and "round 2/3" not in stdout
+    assert (
+        f"interrupted (SIGINT): the networks of round 1 are in {model}; --resume {model} "
+        "trains them on from there." in err
+    )
+    assert ModelPair.load(model).history

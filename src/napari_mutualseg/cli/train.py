@@ -178,7 +178,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"Wrote {written} ({int(inst.max())} cells)")
     if stopped:
         raise Interrupted(
-            stopped[0], f"the networks of round {first + report.round} are in {saved}"
+            stopped[0],
+            f"the networks of round {first + report.round} are in {saved}; --resume {saved} "
+            "trains them on from there",
         )
     return outputs.status
 
