@@ -216,8 +216,13 @@ def test_a_run_resumed_on_the_plate_moved_elsewhere_skips_what_is_done(model, tm
     shutil.copytree(tmp_path / "scope", tmp_path / "server", copy_function=shutil.copy2)
     again = BatchRun(model, [tmp_path / "server"], tmp_path / "o", OPTIONS, workers=0)
     assert [r.status for r in again] == ["skipped", "done"]
-    # another file in its place is not taken for it
-    tifffile.imwrite(tmp_path / "server" / "A01" / "f0.tif", tifffile.imread(images[1]))
+    # another image in its place is not taken for it, of the same size and time as well (two
+    # plates extracted from archives, which keep times to the second)
+    other = tmp_path / "server" / "A01" / "f0.tif"
+    tifffile.imwrite(other, tifffile.imread(images[1]))
+    before = images[0].stat()
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert other.stat().st_size == before.st_size
     with pytest.raises(ResultExistsError, match=r"f0_cells\.tif was made from .*scope"):
         BatchRun(model, [tmp_path / "server"], tmp_path / "o", OPTIONS, workers=0)
 

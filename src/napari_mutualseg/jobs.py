@@ -126,8 +126,24 @@ class BatchOptions:
 
 _MISSING = object()
 
-#: What a record must share with an image found elsewhere to be that image's, moved.
-_SAME_IMAGE = ("image", "source_bytes", "source_modified_ns")
+#: What a record must share with an image found elsewhere to be that image's, moved: its
+#: name below the inputs, size, modification time and first bytes.
+_SAME_IMAGE = ("image", "source_bytes", "source_modified_ns", "source_head")
+
+#: Bytes at the start of an image file whose digest its record keeps.
+_HEAD_BYTES = 1 << 16
+
+
+def _head_digest(path: Path) -> str | None:
+    """A digest of the first bytes of an image file (None for a folder, an OME-Zarr store):
+    files of the same name, size and time from two plates (extracted from archives, which
+    keep times to the second) still differ there."""
+    import hashlib
+
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(_HEAD_BYTES)).hexdigest()
 
 
 def _option_value(value: Any) -> str:
@@ -183,6 +199,7 @@ class ImageJob:
             "source": os.path.realpath(self.source),
             "source_bytes": stat.st_size,
             "source_modified_ns": stat.st_mtime_ns,
+            "source_head": _head_digest(self.source),
             "model": model,
             # JSON has lists, not tuples: compared as read back
             "options": json.loads(json.dumps(settings)),
@@ -206,9 +223,11 @@ class ImageJob:
         if not isinstance(found, dict):
             return f"{self.record} is not a record of this package's results"
         # the same image moved (a plate copied from the microscope's computer to a server,
-        # a disk mounted elsewhere): its name below the inputs, size and modification time
-        # are the record's, where another image's would not all be
-        moved = all(found.get(k) == expected[k] for k in _SAME_IMAGE)
+        # a disk mounted elsewhere): its name below the inputs, size, modification time and
+        # first bytes are the record's, where another image's would not all be
+        moved = expected["source_head"] is not None and all(
+            found.get(k) == expected[k] for k in _SAME_IMAGE
+        )
         if found.get("source") != expected["source"] and not moved:
             made = found.get("source")
             return f"{self.labels} was made from {made or 'another image'}, not {self.source}"
