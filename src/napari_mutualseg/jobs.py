@@ -362,11 +362,14 @@ def _label_file(path: Path) -> bool:
     labels, a data set's ground truth) rather than a microscope image, by
     :func:`napari_mutualseg.metrics.label_evidence` on its first plane (a band of rows across
     its middle for a large one); False when it cannot tell or the file does not open (its
-    failure is then the image's, in its turn)."""
+    failure is then the image's, in its turn). Microscope formats (CZI, ND2, LIF) hold
+    microscope images: they are not opened."""
     import numpy as np
 
     from .metrics import label_evidence
 
+    if not (path.name.lower().endswith(IMAGE_SUFFIXES) or is_zarr(path)):
+        return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # what reading says is said when it is segmented
         try:
