@@ -492,6 +492,17 @@ def test_every_option_is_explained_with_its_default(capsys):
         (["train", "x.tif", "--out", "m.pt"], "arguments are required: --boxes (see "),
         (["predict", "m.pt", "x.tif", "--out", "p", "--chanel", "0"], "did you mean --channel?"),
         (["predict", "m.pt", "x.tif", "--out", "p", "--tilesize=256"], "mean --tile-size?"),
+        # another command's option was told as a misspelling of an unrelated one ('--rounds:
+        # did you mean --out?', '--channel: did you mean --help?')
+        (
+            ["predict", "m.pt", "x.tif", "--out", "p", "--rounds", "3"],
+            "; --rounds is an option of train and demo, not of predict (see",
+        ),
+        (
+            ["supervise", "x.tif", "--boxes", "b.csv", "--out", "s.tif", "--channel", "1"],
+            "; --channel is an option of train and predict, not of supervise (see",
+        ),
+        (["info", "m.pt", "--out", "x"], "--out is an option of supervise, train, predict and"),
     ],
 )
 def test_a_mistake_in_the_options_is_one_line(capsys, argv, message):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from .info import cmd_info
@@ -29,19 +29,42 @@ _MODEL_HELP = "model file (.pt) written by train, demo or the plugin's Save mode
 
 class _Parser(argparse.ArgumentParser):
     """A mistake in the options is one line, as every other mistake: what is wrong, a
-    close option name for a misspelt one, and where the options are listed."""
+    close option name for a misspelt one, the commands that take an option given to another,
+    and where the options are listed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The parsers of every command, by name (set by :func:`build_parser`).
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def options(self) -> list[str]:
+        """The option strings this command takes."""
+        return [o for a in self._actions for o in a.option_strings]
 
     def unknown(self, extra: list[str]) -> NoReturn:
         """Refuse the arguments this command does not take (``--chanel``, a second file)."""
         from difflib import get_close_matches
 
-        options = [o for a in self._actions for o in a.option_strings]
-        given = [a.split("=")[0] for a in extra if a.startswith("--")]
-        close = {a: get_close_matches(a, options, n=1) for a in given}
-        hints = [f"{a}: did you mean {c[0]}?" for a, c in close.items() if c]
+        command = self.prog.split()[-1]
+        hints = []
+        for given in (a.split("=")[0] for a in extra if a.startswith("--")):
+            # an option of predict given to train (a script passing the same ones to both)
+            takers = [
+                name
+                for name, p in self.commands.items()
+                if p is not self and isinstance(p, _Parser) and given in p.options()
+            ]
+            close = get_close_matches(given, self.options(), n=1, cutoff=0.75)
+            if takers:
+                named = " and ".join(
+                    [", ".join(takers[:-1]), takers[-1]] if takers[1:] else takers
+                )
+                hints.append(f"{given} is an option of {named}, not of {command}")
+            elif close:
+                hints.append(f"{given}: did you mean {close[0]}?")
         self.error(f"unrecognized arguments: {' '.join(extra)}" + "".join(f"; {h}" for h in hints))
 
 
@@ -337,4 +360,5 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for command in sub.choices.values():
         command.set_defaults(parser=command)  # whose options an unknown argument is told of
+        command.commands = sub.choices
     return parser
