@@ -90,6 +90,20 @@ def _label_paths(
     return output_paths(sources, args.labels_out, parts=parts)
 
 
+def _say_boxes(loaded: list[tuple[AxisImage, list[PlaneBoxes]]]) -> None:
+    """How many boxes each image gives, and on which planes of a stack: the table matched
+    to it, as it was read."""
+    for image, planes in loaded:
+        boxed = [(j, p) for j, p in enumerate(planes) if p is not None]
+        count = sum(len(p[1]) for _, p in boxed)
+        where = ""
+        if len(planes) > 1:
+            names = [image.plane_name(j) for j, _ in boxed]
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            where = f" on {len(boxed)} of {len(planes)} planes ({shown})"
+        print(f"{image.name}: {count} boxes{where}", file=sys.stderr)
+
+
 def _check_each_image_once(images: list[str]) -> None:
     """An image given twice would be trained on twice, each time with its own table's boxes
     and the other's cells as background."""
@@ -126,6 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     pair, fixed = _resumed(args)
     config = config_from(args, **fixed)
     loaded = boxes_for(args.images, args.boxes, args)
+    _say_boxes(loaded)
     label_paths = _label_paths(args, loaded)
     # the model may be saved over the one it resumes (with --overwrite); nothing else is read
     painted = args.supervision or []
