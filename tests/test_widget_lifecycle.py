@@ -185,6 +185,18 @@ def test_predicting_a_layer_name_that_is_not_there_says_which_are(thresholded, n
     )
 
 
+def test_a_layer_of_another_viewer_is_refused_with_a_reason(
+    thresholded, make_napari_viewer, notes
+):
+    """A script's layer of another viewer: its cells would have nowhere to go."""
+    _viewer, widget = thresholded
+    elsewhere = make_napari_viewer().add_image(disc_image()[0], name="elsewhere")
+    assert widget.predict(elsewhere) is None and not widget.is_busy
+    assert messages(notes, "error")[-1].startswith("'elsewhere' is not in this panel's viewer")
+    with pytest.raises(ValueError, match="'elsewhere' cannot be picked: it is not among"):
+        widget.image_layer = elsewhere
+
+
 def test_predict_is_enabled_only_with_an_image_to_segment(thresholded, notes):
     viewer, widget = thresholded
     assert not widget.model.predict.isEnabled()  # a model, but no image

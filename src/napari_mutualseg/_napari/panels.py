@@ -91,10 +91,11 @@ class LayerPicker(ComboBox):
         with self.changed.blocked():
             self.reset_choices()
             # Qt's combo box knows its items by their text: a renamed layer's item is made
-            # anew, and the pick would fall to the first layer of the list
-            if any(value is had for _, value in self._layers()):
+            # anew, and the pick would fall to the first layer of the list. (== and not `is`:
+            # napari hands a plugin proxies of its layers, which compare as their layers.)
+            if any(value == had for _, value in self._layers()):
                 self.value = had
-        if self.layer is not had:  # said once (the last one gone: the combo box is silent)
+        if self.layer != had:  # said once (the last one gone: the combo box is silent)
             self.changed.emit(self.layer)
 
     def _inserted(self, event: Any) -> None:
@@ -118,12 +119,18 @@ class LayerPicker(ComboBox):
 
     @layer.setter
     def layer(self, layer: Any) -> None:
+        self.reset_choices()
         if isinstance(layer, str):
             names = dict(self._layers())
             if layer not in names:
                 raise ValueError(f"There is no {self._kind.lower()} layer named {layer!r}.")
             layer = names[layer]
-        self.reset_choices()
+        elif not any(value == layer for _, value in self._layers()):
+            raise ValueError(
+                f"{getattr(layer, 'name', layer)!r} cannot be picked: it is not among the "
+                f"{self._kind} layers of this panel's viewer (the plugin's results are not "
+                "offered)."
+            )
         self.value = layer
 
 

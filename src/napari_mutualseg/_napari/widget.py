@@ -342,6 +342,15 @@ class MutualSegWidget(QWidget):
                 return None
         elif layer is None:
             layer = self.model.target.layer
+        if layer is not None and layer not in self.viewer.layers:
+            # its cells would have nowhere to go (a script's layer of another viewer, or one
+            # removed since)
+            self.controller.notify(
+                f"'{layer.name}' is not in this panel's viewer: add it to this viewer, or "
+                "segment it from the panel of the viewer that holds it.",
+                "error",
+            )
+            return None
         try:
             axes = check_image_layer(layer, purpose="segment")
         except UserInputError as err:
