@@ -394,6 +394,17 @@ def _where(paths: Sequence[Path]) -> str:
     return ", ".join(named) + (f" and {more} more folder{'s' if more > 1 else ''}" if more else "")
 
 
+def _once(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` without the second naming of a file, in their order."""
+    seen: set[str] = set()
+    unique = []
+    for path in paths:
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            unique.append(path)
+    return unique
+
+
 def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """The image files that inputs name: files, folders (searched with their subfolders)
     and glob patterns (``plate1/**/*.tif``), each image once, in the order given.
@@ -454,12 +465,8 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                     labels.append(image)
                 else:
                     found.append(image)
-    seen: set[str] = set()
-    unique = []
-    for path in found:  # a folder and a pattern may name the same file
-        if os.path.realpath(path) not in seen:
-            seen.add(os.path.realpath(path))
-            unique.append(path)
+    # a folder and a pattern may name the same file
+    unique, labels = _once(found), _once(labels)
     given = ", ".join(map(os.fspath, inputs))
     if not unique:
         if labels:
