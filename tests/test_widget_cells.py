@@ -46,6 +46,8 @@ def test_the_table_follows_the_active_layer_and_goes_to_a_cell(predicted):
     expected = (cells.features["centroid_y_px"][row], cells.features["centroid_x_px"][row])
     np.testing.assert_allclose(camera(viewer).center[-2:], expected)
     assert cells.selected_label == cells.features["label"][row]
+    cells.name = "mine"
+    assert panel.title.text() == f"'mine': {n} cells."
     viewer.layers.selection.active = viewer.layers["other"]  # an image: no table
     assert panel.model.rowCount() == 0
 

@@ -358,9 +358,9 @@ class CellsPanel(QGroupBox):
 
     def _edit_events(self, layer: Labels) -> list[Any]:
         # painting and erasing (paint), a script or merge/split (data), undo and redo: napari
-        # emits no edit event for those, only the redraw's set_data
+        # emits no edit event for those, only the redraw's set_data; the title names the layer
         events = layer.events
-        return [events.features, events.paint, events.data, events.set_data]
+        return [events.features, events.name, events.paint, events.data, events.set_data]
 
     def _follow(self, layer: Labels | None) -> None:
         if self.layer is not None:
@@ -375,7 +375,7 @@ class CellsPanel(QGroupBox):
         self._check()
 
     def _changed(self, event: Any) -> None:
-        if event.type == "features":
+        if event.type in ("features", "name"):
             self._refresh()
         else:  # once the person stops editing (a stroke emits one event, a fill several)
             self._recheck.start()
