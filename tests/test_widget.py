@@ -55,8 +55,13 @@ def test_settings_are_one_object_for_panel_and_scripts(viewer_widget):
     editor.setValue(4)
     assert widget.settings.rounds == 4 and widget.config().rounds == 4
     assert widget.training.form.editors["learning_rate"].decimals() >= 5
-    with pytest.raises(ValueError, match="rounds must be between"):
+    with pytest.raises(ValueError, match="rounds must be a whole number between 1 and 1000"):
         widget.settings.rounds = 0
+    for wrong in (2.5, "many", None):  # never rounded or converted into something else
+        with pytest.raises(ValueError, match=f"rounds must be a whole number.*got {wrong!r}"):
+            widget.settings.rounds = wrong
+    with pytest.raises(ValueError, match="show_learning must be True or False, got 'no'"):
+        widget.settings.show_learning = "no"
     with pytest.raises(AttributeError, match="no setting"):
         widget.settings.round = 3
     assert widget.settings.rounds == 4

@@ -207,14 +207,22 @@ def _checked(setting: Setting, value: Any) -> Any:
     if setting.kind is str:  # free text: the channels are the one such setting
         return _channels_text(value)
     if setting.kind is bool:
+        if not isinstance(value, bool) and value not in (0, 1):  # bool("no") would be True
+            raise ValueError(f"{setting.name} must be True or False, got {value!r}.")
         return bool(value)
-    value = setting.kind(value)
-    if not setting.minimum <= value <= setting.maximum:
+    whole = "whole " if setting.kind is int else ""
+    try:
+        number = setting.kind(value)
+        # int(2.7) would be 2: a script's fraction is a mistake to say, not to round away
+        fits = float(value) == number and setting.minimum <= number <= setting.maximum
+    except (TypeError, ValueError):
+        fits = False
+    if not fits:
         raise ValueError(
-            f"{setting.name} must be between {setting.minimum:g} and {setting.maximum:g}, "
-            f"got {value:g}."
+            f"{setting.name} must be a {whole}number between {setting.minimum:g} and "
+            f"{setting.maximum:g}, got {value!r}."
         )
-    return value
+    return number
 
 
 class SettingsForm(QWidget):
