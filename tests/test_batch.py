@@ -262,6 +262,20 @@ def test_a_time_series_is_measured_frame_by_frame_in_every_channel():
     assert table["area_px"].tolist() == [4, 12, 2]
     assert table["mean_intensity_dna"].tolist() == [10, 10, 20]
     assert table["max_intensity_actin"].tolist() == [2, 2, 3]
+    assert "time_s" not in table  # the file gave no frame interval
+
+
+def test_a_time_series_with_a_frame_interval_has_its_time_in_seconds(tmp_path):
+    from napari_mutualseg.image_task import results_pixel_size
+    from napari_mutualseg.ome import PixelSize
+
+    labels = np.zeros((3, 6, 8), np.int32)
+    labels[:, 1:3, 1:3] = 1
+    image = AxisImage.from_array(labels.astype(np.uint16), "TYX", pixel_size={"T": 30.0})
+    table = measure_image(labels, image, None)
+    assert list(table)[:2] == ["t", "time_s"] and table["time_s"].tolist() == [0, 30, 60]
+    # --pixel-size gives y and x; the file's frame interval stays with the results
+    assert results_pixel_size(PixelSize(0.5, 0.5), image).t == 30.0
 
 
 def _predict(capsys, model, *argv) -> tuple[int, str]:

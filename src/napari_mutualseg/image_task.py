@@ -23,7 +23,7 @@ import numpy as np
 from .files import ResultExistsError
 from .io import write_labels, write_table, write_text
 from .jobs import BatchOptions, ImageJob, ImageResult
-from .measure import Table, measure_cells, summarize
+from .measure import Table, measure_cells, summarize, with_frame_interval
 
 if TYPE_CHECKING:
     from .images import AxisImage
@@ -103,9 +103,12 @@ def measure_image(
         if t is not None:
             table = {"t": np.full(len(table["label"]), t, np.int64), **table}
         tables.append(table)
-    if len(tables) == 1:
-        return tables[0]
-    return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    table = tables[0]
+    if len(tables) > 1:
+        table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    if "T" in axes and image.frame_interval is not None:
+        table = with_frame_interval(table, image.frame_interval)
+    return table
 
 
 def _peak_memory() -> int | None:
@@ -157,13 +160,16 @@ def _open_labels(path: str | os.PathLike) -> Any:
 
 def results_pixel_size(given: PixelSize | None, image: AxisImage) -> PixelSize | None:
     """The pixel size an image's results get: ``given`` (``--pixel-size``), with the image's
-    own z step in its unit where it names none, else the image's own."""
+    own z step in its unit where it names none and its own frame interval, else the image's
+    own."""
     from .ome import PixelSize, convert_length
 
     own = PixelSize.of(image)
-    if given is None or given.z is not None or own is None or own.z is None:
-        return given or own
-    return replace(given, z=convert_length(own.z, own.unit, given.unit))
+    if given is None:
+        return own
+    if given.z is None and own is not None and own.z is not None:
+        given = replace(given, z=convert_length(own.z, own.unit, given.unit))
+    return replace(given, t=image.frame_interval)
 
 
 def _drop_lone_record(job: ImageJob) -> None:
