@@ -250,6 +250,22 @@ def test_labels_left_without_their_disagreement_maps_get_them_when_run_again(mod
     assert len(list((tmp_path / "other").glob("*_disagreement.tif"))) == 2
 
 
+def test_a_stack_in_a_run_with_disagreement_maps_fails_saying_how_to_segment_it(model, tmp_path):
+    stack = tmp_path / "in" / "stack.tif"
+    stack.parent.mkdir()
+    tifffile.imwrite(
+        stack, np.zeros((3, 32, 32), np.uint16), imagej=True, metadata={"axes": "ZYX"}
+    )
+    plane = _image(tmp_path / "in" / "plane.tif", 0, (32, 32))
+    options = BatchOptions(tile_size=64, overlap=16, disagreement=True)
+    results = {
+        r.job.name: r
+        for r in BatchRun(model, [stack, plane], tmp_path / "out", options, workers=0)
+    }
+    assert results["plane.tif"].status == "done" and results["stack.tif"].status == "failed"
+    assert "without disagreement maps (--disagreement-out)" in results["stack.tif"].reason
+
+
 def test_a_time_series_is_measured_frame_by_frame_in_every_channel():
     labels = np.zeros((2, 6, 8), np.int32)
     labels[0, 1:3, 1:3] = 1

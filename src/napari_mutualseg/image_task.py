@@ -231,7 +231,9 @@ def _segment(
     if job.disagreement is not None:
         if image.n_planes > 1:
             raise ValueError(
-                f"{image.n_planes} planes: disagreement maps take single-plane images."
+                f"{image.n_planes} planes: disagreement maps take single-plane images; "
+                "segment stacks and time series in a run without disagreement maps "
+                "(--disagreement-out)."
             )
         result = pair.predict(image, **common)
         labels = result.labels
