@@ -663,6 +663,8 @@ def test_workers_with_a_scheduler_are_refused_in_one_line(model, tmp_path, capsy
     assert main([str(a) for a in [*argv, "--scheduler", address]]) == 2
     err = capsys.readouterr().err
     assert "--workers" in err and "--scheduler" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match=r"workers \(--workers\) must be 0 or more, got -1"):
+        BatchRun(model, [image], tmp_path / "out", OPTIONS, workers=-1)
 
 
 class _Answers:

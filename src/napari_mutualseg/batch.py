@@ -179,7 +179,7 @@ class BatchRun:
         for path in (self.out_dir / SUMMARY_NAME, self.out_dir / REPORT_NAME):
             _check_report_place(path)
         if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be 0 or more, got {self.workers}.")
+            raise ValueError(f"workers (--workers) must be 0 or more, got {self.workers}.")
         if self.workers is not None and self.scheduler is not None:
             # a user who asks for both expects n workers on the cluster: say who decides that
             raise ValueError(
