@@ -183,7 +183,8 @@ def test_info_says_what_a_model_holds(data, tmp_path, capsys):
     assert "input: 1 channel" in stdout and "width 4 and depth 2" in stdout
     assert "trained: 1 round(s) on cpu" in stdout
     assert "images above 4096 x 4096 px (or with --block-size) are segmented block by" in stdout
-    code, stdout, _ = _run(capsys, "info", model, "--json")
+    code, stdout, err = _run(capsys, "info", model, "--json", "--axes", "ZYX")
+    assert code == 0 and "--axes ZYX did nothing: " in err and "give --axes to predict" in err
     card = json.loads(stdout)
     assert card["fingerprint"] == ModelPair.load(model).fingerprint()
     assert card["rounds_trained"] == 1 and card["networks"]["b"]["depth"] == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 
@@ -164,5 +165,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         card = model_card(args.file)
         text = _text(card)
+        if args.axes is not None:
+            print(
+                f"warning: --axes {args.axes} did nothing: {args.file} is a model, which "
+                "takes the axes of each image it segments (give --axes to predict).",
+                file=sys.stderr,
+            )
     print(json.dumps(card, indent=2) if args.json else text)
     return 0
