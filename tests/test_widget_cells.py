@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import TIMEOUT, disc_image, messages
+from helpers import TIMEOUT, disc_image, messages, same
 from napari_mutualseg._napari.cells import cell_table, export
 from napari_mutualseg._napari.layers import camera
 
@@ -211,6 +211,9 @@ def test_tables_and_exports_follow_the_edited_cells(thresholded, qtbot, tmp_path
     image = viewer.add_image(disc_image()[0], name="x")
     widget.predict(image, block=True)
     cells = viewer.layers["x cells"]
+    # the new cells are selected, their table shown (not the hidden disagreement added after)
+    assert same(viewer.layers.selection.active, cells)
+    assert panel.model.rowCount() == len(cells.features) > 0
     first = int(cells.features["label"][0])
     edited = np.asarray(cells.data).copy()
     edited[edited == first] = 0  # a wrong cell erased

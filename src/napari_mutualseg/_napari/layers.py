@@ -246,12 +246,19 @@ def upsert_layer(
     kw: dict[str, Any] = {**transform_kwargs(like, data.ndim), **kwargs}
     meta = owner_tag(role, source)
     name = free_name(viewer, name)
+    active = viewer.layers.selection.active
     if kind == "image":
         kw = {"colormap": "magma", "contrast_limits": (0, 1), "blending": "additive", **kw}
-        return claim(viewer.add_image(data, name=name, metadata=meta, **kw))
-    if kind == "classes":
-        kw = {**class_layer_kwargs(), **kw}
-    return claim(viewer.add_labels(data, name=name, metadata=meta, **kw))
+        layer = claim(viewer.add_image(data, name=name, metadata=meta, **kw))
+    else:
+        if kind == "classes":
+            kw = {**class_layer_kwargs(), **kw}
+        layer = claim(viewer.add_labels(data, name=name, metadata=meta, **kw))
+    if not layer.visible and active is not None:
+        # napari selects a layer it adds: a hidden one would take the selection from the
+        # layer shown (a prediction's cells, with their table), for painting unseen
+        viewer.layers.selection.active = active
+    return layer
 
 
 def _edited(layer: Layer) -> bool:
