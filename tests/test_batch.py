@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import dask
 import numpy as np
@@ -1155,6 +1156,40 @@ def test_a_worker_that_joins_a_run_and_cannot_load_the_model_hands_its_images_on
     [said] = [str(w.message) for w in caught if "could not load" in str(w.message)]
     assert said.startswith(f"The dask worker {late_worker} could not load the model")
     assert "No space left on device" in said and "go to the other workers" in said
+
+
+_HELD = threading.Event()  # module-level: the in-process workers unpickle it by reference
+
+
+def _held() -> None:
+    _HELD.wait(30)
+
+
+def _where(job) -> str:
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+def test_an_image_sent_again_does_not_wait_for_ever_for_workers_that_left():
+    """It was sent to the workers of that moment only: when all of them left (a job's
+    walltime) and new ones joined, it waited for ever, and so did the run."""
+    from distributed import Client
+
+    _HELD.clear()
+    with _in_process_cluster() as shared, Client(shared, set_as_default=False) as client:
+        [first] = client.scheduler_info()["workers"]
+        busy = client.submit(_held, workers=[first], pure=False)
+        job = SimpleNamespace(name="x.tif")
+        again = cluster.Submission(client, _where, "run").retry(job, avoid=set())
+        shared.scale(2)
+        while len(client.scheduler_info()["workers"]) < 2:
+            time.sleep(0.05)
+        [name] = [n for n, w in shared.workers.items() if w.address == first]
+        _HELD.set()  # a worker closes once its thread is free
+        client.sync(shared.workers[name].close)  # the first leaves, the image not fetched
+        assert again.result(timeout=20) not in (first, None)
+        del busy
 
 
 def test_a_worker_of_other_versions_that_joins_a_run_hands_its_images_on(

@@ -747,8 +747,10 @@ class Submission:
         """Send ``job`` again, to the workers of the cluster now but those of ``avoid`` (which
         cannot segment the run's images); None when there are no others.
 
-        The worker restrictions are strict: none of the workers of ``avoid``, which are left
-        running for other runs on the cluster, gets the image.
+        The workers of ``avoid`` are left running for other runs on the cluster. The
+        restriction is loose: should every worker named here leave (a job's walltime) and
+        only new ones join, the image goes to one of those rather than wait for ever; one of
+        ``avoid`` that gets it then hands it back again.
         """
         workers = [
             a for a in self.client.scheduler_info(n_workers=-1)["workers"] if a not in avoid
@@ -761,7 +763,7 @@ class Submission:
             pure=False,
             key=f"segment-{job.name}-{self.run}-retry{len(self.retries)}",
             workers=workers,
-            allow_other_workers=False,
+            allow_other_workers=True,
         )
         self.retries.append(future)
         return future
