@@ -290,6 +290,17 @@ def test_a_row_goes_to_its_cells_frame_and_plane(thresholded):
     expected = (table["centroid_y_px"][row], table["centroid_x_px"][row])
     np.testing.assert_allclose(camera(viewer).center[-2:], expected)
     assert cells.selected_label == table["label"][row]
+    # in a 3D view the camera turns about the cell, not the middle of the volume's depth
+    first = _frames()[0]
+    stack = viewer.add_image(np.stack([first, first, first * 0]), name="st", axis_labels="zyx")
+    widget.predict(stack, block=True)
+    viewer.layers.selection.active = viewer.layers["st cells"]
+    viewer.dims.ndisplay = 3
+    panel.view.clicked.emit(panel.model.index(0, 0))
+    table = panel.model.table
+    expected = [table[f"centroid_{a}_px"][0] for a in "zyx"]
+    np.testing.assert_allclose(camera(viewer).center, expected)
+    assert expected[0] == 0.5
 
 
 def test_cells_of_a_time_series_are_tracked_when_asked(thresholded):

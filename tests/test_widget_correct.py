@@ -288,6 +288,7 @@ def test_the_cell_to_check_of_a_stack_is_on_the_plane_the_sliders_show(threshold
     stacks = np.stack([np.stack([first] * 2), np.stack([second] * 2)])
     tz = viewer.add_image(stacks, name="tz", axis_labels=("t", "z", "y", "x"))
     widget.predict(tz, block=True)
+    viewer.dims.ndisplay = 3  # the camera turns about the cell, not the volume's middle
     said = []
     for _ in widget.correct.spots(tz):
         widget.correct.next_cell(tz)
@@ -296,6 +297,7 @@ def test_the_cell_to_check_of_a_stack_is_on_the_plane_the_sliders_show(threshold
             break
     assert " on time point 0, z-plane 0 (1 of " in said[0]
     assert " on time point 1, z-plane 1 (" in said[-1]
+    assert camera(viewer).center[0] == 1
 
 
 def test_merge_and_split_are_undone_with_napari_undo(thresholded):

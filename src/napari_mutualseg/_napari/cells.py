@@ -26,7 +26,7 @@ from .. import files
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
 from ..measure import Table, measure_cells, with_pixel_size
 from .axes import layer_axes, layer_pixel_size
-from .layers import OWNER_KEY, camera, show_table
+from .layers import OWNER_KEY, center_on, show_table
 from .panels import _row
 from .workers import in_panel_words, measure
 
@@ -446,7 +446,7 @@ class CellsPanel(QGroupBox):
         for k in range(unnamed, layer.ndim - 2):
             if first + k not in self.viewer.dims.displayed:
                 self.viewer.dims.set_point(first + k, world[k])
-        camera(self.viewer).center = tuple(world[-2:])
+        center_on(self.viewer, world)
         layer.selected_label = int(table["label"][row])
 
     def _export_clicked(self) -> None:

@@ -36,6 +36,7 @@ from .controller import RunController
 from .layers import (
     OWNER_KEY,
     camera,
+    center_on,
     find_own_layer,
     free_name,
     owner_info,
@@ -130,7 +131,7 @@ class Corrector:
         for k, letter in enumerate(axes.axes[:-2]):
             if letter != "C":  # the channel shown stays
                 self.viewer.dims.set_point(first + k, world[k])
-        camera(self.viewer).center = tuple(world[-2:])
+        center_on(self.viewer, world)
         y0, x0, y1, x1 = spot.bbox
         size = max(y1 - y0, x1 - x0, 8) * float(max(np.abs(image.scale[-2:])))
         camera(self.viewer).zoom = _CELL_ON_SCREEN / size

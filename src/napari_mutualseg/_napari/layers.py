@@ -165,6 +165,17 @@ def camera(viewer: napari.Viewer) -> Any:
     return getattr(viewer, "scene", viewer).camera
 
 
+def center_on(viewer: napari.Viewer, world: Any) -> None:
+    """Centre the camera on the point ``world`` (world coordinates of a layer's axes) along
+    the axes the canvas shows: y and x, and z too in a 3D view, which would otherwise turn
+    about a point at the volume's edge rather than the cell."""
+    shown = min(viewer.dims.ndisplay, len(world))
+    cam = camera(viewer)
+    centre = [float(c) for c in cam.center]
+    centre[-shown:] = [float(c) for c in world[-shown:]]
+    cam.center = tuple(centre)
+
+
 def free_name(viewer: napari.Viewer | None, name: str) -> str:
     """``name``, or ``name [2]``, ``[3]``... when a layer already uses it."""
     if viewer is None:
