@@ -171,3 +171,20 @@ def test_a_time_series_opens_in_napari_a_frame_a_step_with_its_interval(tmp_path
     _, kwargs, _ = image_layer(AxisImage.from_file(path), "movie")
     assert kwargs["scale"] == (1.0, 1.0, 1.0)
     assert kwargs["metadata"]["pixel_size"]["T"] == 300.0
+
+
+def test_the_panels_cell_table_of_a_time_series_has_its_time_in_seconds(tmp_path):
+    from napari.layers import Image
+
+    from napari_mutualseg._napari.axes import layer_axes
+    from napari_mutualseg._napari.reader import image_layer
+    from napari_mutualseg._napari.workers import measure
+
+    data, kwargs, _ = image_layer(
+        AxisImage.from_file(_imagej(tmp_path / "movie.tif", finterval=0.5)), "movie"
+    )
+    layer = Image(data, **kwargs)
+    labels = np.zeros(MOVIE.shape, np.int32)
+    labels[:, 2:5, 2:5] = 1
+    table = measure(labels, layer.data, layer_axes(layer))
+    assert table["time_s"].tolist() == [0.5 * t for t in range(MOVIE.shape[0])]

@@ -49,6 +49,9 @@ class LayerAxes:
     pixel_size : tuple, optional
         ``(sizes, unit)``: the physical size of a pixel along each spatial axis of the cells
         (``(y, x)``, or ``(z, y, x)`` for a stack) in one length unit, where it is known.
+    frame_interval : float, optional
+        A time series' time from one frame to the next, in seconds, where the file gave it
+        (the reader puts it in ``layer.metadata["pixel_size"]["T"]``).
     """
 
     axes: str
@@ -58,6 +61,7 @@ class LayerAxes:
     channel_names: tuple[str, ...] | None = None
     name: str = "image"
     pixel_size: tuple[tuple[float, ...], str] | None = None
+    frame_interval: float | None = None
 
     @property
     def label_axes(self) -> str:
@@ -186,7 +190,27 @@ def layer_axes(layer: Image, given: str = "") -> LayerAxes:
             "separate layers (napari's channel_axis), or move the axis first (numpy.moveaxis)."
         )
     names = _channel_names(layer, axes, shape, rgb)
-    return LayerAxes(axes, shape, rgb, note, names, str(layer.name), layer_pixel_size(layer, axes))
+    return LayerAxes(
+        axes,
+        shape,
+        rgb,
+        note,
+        names,
+        str(layer.name),
+        layer_pixel_size(layer, axes),
+        _frame_interval(layer) if "T" in axes else None,
+    )
+
+
+def _frame_interval(layer: Layer) -> float | None:
+    """The frame interval in seconds the plugin's reader put in the layer's metadata."""
+    meta = layer.metadata if isinstance(layer.metadata, dict) else {}
+    known = meta.get("pixel_size")
+    step = known.get("T") if isinstance(known, dict) else None
+    try:
+        return float(step) if step is not None and float(step) > 0 else None
+    except (TypeError, ValueError):  # metadata a script wrote: no interval
+        return None
 
 
 def layer_pixel_size(layer: Layer, axes: str) -> tuple[tuple[float, ...], str] | None:

@@ -22,7 +22,7 @@ from ..disagreement import Spot
 from ..image_task import measure_image
 from ..images import AxisImage
 from ..linking import link_labels
-from ..measure import Table, measure_cells, with_pixel_size
+from ..measure import Table, measure_cells, with_frame_interval, with_pixel_size
 from ..supervision import IGNORE
 from .axes import LayerAxes
 
@@ -223,7 +223,7 @@ def measure_planes(planes: list[np.ndarray], data: Any, layout: Layout) -> Table
             table = {"t": np.full(len(table["label"]), t, np.int64), **table}
         tables.append(table)
     table = {k: np.concatenate([tab[k] for tab in tables]) for k in tables[0]}
-    return table if axes.pixel_size is None else with_pixel_size(table, *axes.pixel_size)
+    return _in_units(table, axes)
 
 
 def distinct_cells(planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -413,7 +413,17 @@ def measure(labels: np.ndarray, data: Any, axes: LayerAxes | None = None) -> Tab
         letters = axes.axes + ("C" if axes.rgb else "")
         image = AxisImage.from_array(data, letters, rgb=axes.rgb, channel_names=axes.channel_names)
         table = measure_image(labels, image, None)
-    return table if axes.pixel_size is None else with_pixel_size(table, *axes.pixel_size)
+    return _in_units(table, axes)
+
+
+def _in_units(table: Table, axes: LayerAxes) -> Table:
+    """A cell table in the image's physical units too, where they are known: sizes and
+    positions in its length unit, a time series' frames in seconds (``time_s``)."""
+    if axes.pixel_size is not None:
+        table = with_pixel_size(table, *axes.pixel_size)
+    if axes.frame_interval is not None and "t" in table:
+        table = with_frame_interval(table, axes.frame_interval)
+    return table
 
 
 def _linked(result: PredictionResult, axes: LayerAxes, track: bool = False) -> PredictionResult:
