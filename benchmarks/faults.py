@@ -324,13 +324,13 @@ def leftovers(folder: Path) -> list[str]:
 
 def message_lines(err: str) -> list[str]:
     """The lines of an error report that are not progress bars, warnings, usage text or what
-    the tool says it read (``cells.tif: 64 x 80 px, axes YX``)."""
+    the tool says it read (``cells.tif: 64 x 80 px, axes YX``, ``cells.tif: 5 boxes``)."""
     lines = []
     for raw in err.splitlines():
         line = raw.split("\r")[-1]
         if not line.strip() or line.startswith(("warning:", "Training on", "usage:", " ")):
             continue  # argparse's usage goes on in indented lines
-        if re.match(r"\S+: \d+ x \d+ px\b", line):
+        if re.match(r"\S+: (\d+ x \d+ px|\d+ boxes)\b", line):
             continue
         line = line.strip()
         if "step/s" in line or "s/step" in line or "image/s" in line or "|" in line:
