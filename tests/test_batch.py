@@ -151,6 +151,27 @@ def _mask(path: Path, seed: int, shape=(48, 56)) -> Path:
     return path
 
 
+def test_looking_for_masks_in_a_damaged_tiff_logs_nothing(tmp_path, caplog):
+    """tifffile logs a line per damaged strip: the search repeated them before the image's
+    own one-line failure."""
+    import struct
+
+    from napari_mutualseg.jobs import find_images
+
+    path = tmp_path / "in" / "damaged.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint16))
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags["ImageLength"]
+        fmt = "<H" if tag.dtype == 3 else "<I"
+        data[tag.valueoffset : tag.valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, 4096)
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        assert find_images([path.parent]) == [path]
+    assert not [r for r in caplog.records if r.name == "tifffile"]
+
+
 def test_a_plate_of_images_and_masks_folders_segments_the_images_and_says_so(tmp_path):
     """BBBC039's layout: images/ and masks/ side by side. The masks were segmented too."""
     images = [_image(tmp_path / "set" / "images" / f"w{k}.tif", k) for k in range(2)]

@@ -7,10 +7,12 @@ here too, so that this one module serves a script's reading and writing.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -334,12 +336,25 @@ def written_as(path: str | os.PathLike) -> str | None:
     try:
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        with quiet_log("tifffile"), tifffile.TiffFile(path) as tif:
             software = str(tif.pages[0].software or "")
     except Exception:  # unreadable: not this package's, and reading it as an image says why
         return None
     name, _, kind = software.partition(" ")
     return kind if name == _SOFTWARE and kind in LABEL_KINDS else None
+
+
+@contextlib.contextmanager
+def quiet_log(logger: str) -> Iterator[None]:
+    """Hold back a library's log lines (tifffile logs one per damaged strip or tile): the
+    error raised when the image is read says what is wrong in one line."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _ngff_label_image(folder: Path) -> bool:

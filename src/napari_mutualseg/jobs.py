@@ -370,8 +370,11 @@ def _label_file(path: Path) -> bool:
 
     if not (path.name.lower().endswith(IMAGE_SUFFIXES) or is_zarr(path)):
         return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # what reading says is said when it is segmented
+    from .io import quiet_log
+
+    # what reading says (tifffile logs a line per damaged strip) is said when it is segmented
+    with warnings.catch_warnings(), quiet_log("tifffile"):
+        warnings.simplefilter("ignore")
         try:
             data = _first_plane(path)
             height, width = data.shape

@@ -12,12 +12,11 @@ TIFFs and every zarr store are opened lazily, a chunk at a time.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 
 from .files import format_size
 from .images import ASK_AXES, AXES, PLANE_AXES, AxisImage, parse_axes, rgb_like
-from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES
+from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES, quiet_log
 from .ome import in_one_unit, in_seconds, unit_symbol
 
 __all__ = ["LAZY_BYTES", "AxesUnknownError", "is_zarr", "read_axis_image", "read_pixels"]
@@ -204,7 +203,7 @@ def _open(path: Path, lazy: bool | None = None) -> _Raw:
     if suffix in TIFF_SUFFIXES:
         _check_tiff_data(path)
     try:
-        with _quiet("tifffile"):
+        with quiet_log("tifffile"):
             raw = _read_tiff(path, lazy) if suffix in TIFF_SUFFIXES else _read_picture(path)
     except _CodecMissing:
         raise  # says what to install
@@ -235,26 +234,13 @@ def _sizes_that_are_sizes(raw: _Raw) -> _Raw:
     return replace(raw, pixel_size=sizes, unit=unit, notes=(*raw.notes, note))
 
 
-@contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
-    """Hold back a library's log lines (tifffile logs one per damaged strip or tile): the
-    error raised says what is wrong in one line."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 def _check_tiff_data(path: Path) -> None:
     """Refuse, before reading, an uncompressed TIFF whose strips hold fewer bytes than its
     header declares (a damaged header that would have a huge image allocated)."""
     import tifffile
 
     try:
-        with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
+        with quiet_log("tifffile"), tifffile.TiffFile(path) as tif:
             page = tif.series[0].pages[0]
             shape, dtype = tuple(page.shape), page.dtype
             stored = sum(page.databytecounts)
