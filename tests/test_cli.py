@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -611,6 +612,32 @@ def test_predict_stopped_by_a_signal_says_what_is_kept_and_how_to_go_on(
     monkeypatch.setattr(batch, "process_image", segment)
     code, stdout, _ = _run(capsys, *argv)
     assert code == 0 and "1 segmented in this process, 1 skipped" in stdout
+
+
+def test_predict_stops_gently_on_the_first_signal(data, tmp_path, capsys, monkeypatch):
+    """A signal stopped predict at once, wherever it was: an image whose labels were written
+    but not yet its table was left on the disk unreported."""
+    import os
+
+    import napari_mutualseg.batch as batch
+
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    segment = batch.process_image
+
+    def signalled_at_the_second(pair, job, *args, **kwargs):
+        if job.source.name == "other.tif":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while it is being segmented
+        return segment(pair, job, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "process_image", signalled_at_the_second)
+    out = tmp_path / "p"
+    argv = ["predict", model, data["image"], data["other"], "--out", out, "--workers", "0"]
+    code, stdout, err = _run(capsys, *argv)
+    assert code == 130 and "SIGINT: stopping; the images done are kept" in err
+    written = [line.split()[1] for line in stdout.splitlines() if line.startswith("Wrote ")]
+    assert sorted(str(p) for p in out.glob("*_cells.tif")) == sorted(written)
+    assert "images are segmented and kept" in err
 
 
 def test_a_mistyped_path_is_told_with_the_names_close_to_it(data, tmp_path, capsys):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .inputs import check_found
-from .signals import Interrupted
+from .signals import Interrupted, stop_gently
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -184,8 +184,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in folders.values():
         check_writable(path, overwrite=True)
     results = iter(run)
+    kept = (
+        "the images done are kept, nothing of those in progress (a second Ctrl-C or SIGTERM "
+        "quits at once)"
+    )
     with (
         _say_what_is_kept(run),
+        stop_gently(run.cancel, kept) as stopped,
         contextlib.closing(results),
         tqdm(total=len(run.jobs), desc="images", unit="image", leave=False) as bar,
     ):
@@ -203,6 +208,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     f"Wrote {result.job.labels} ({result.cells} cells, {shape}, axes "
                     f"{result.axes}{notes})"
                 )
+        if stopped:
+            raise Interrupted(stopped[0])  # told with what is kept, as a second signal is
     counts = run.counts()
     parts = [f"{counts['done']} segmented {run.where}".rstrip()]
     if counts["skipped"]:

@@ -1,8 +1,9 @@
 """Ctrl-C and SIGTERM: the command stops with one line that says what was kept.
 
-Outside training a signal stops the command at once (:func:`interrupt`); during training the
-first one lets the trainer end its step and keep the last completed round
-(:func:`stop_gently`). Either way the exit status is 128 plus the signal's number.
+Outside training and segmenting a signal stops the command at once (:func:`interrupt`); during
+them the first one lets the work end its step (:func:`stop_gently`): training keeps the last
+completed round, segmenting the images already done and nothing of the ones in progress.
+Either way the exit status is 128 plus the signal's number.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ..training import MutualTrainer
+from typing import Any
 
 
 class Interrupted(KeyboardInterrupt):
@@ -51,11 +49,19 @@ def interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def stop_gently(trainer: MutualTrainer) -> Iterator[list[int]]:
-    """While training: the first SIGINT or SIGTERM cancels ``trainer``.
+def stop_gently(cancel: Callable[[], None], kept: str) -> Iterator[list[int]]:
+    """While training or segmenting: the first SIGINT or SIGTERM calls ``cancel``.
 
-    The trainer then stops within a step and keeps the networks of the last completed round;
-    a second signal stops at once.
+    The engine (``MutualTrainer.cancel``) or the run (``BatchRun.cancel``) then stops within
+    a step, keeping what ``kept`` says; a second signal stops at once.
+
+    Parameters
+    ----------
+    cancel : callable
+        Asks the work to stop; called from the signal handler.
+    kept : str
+        What stopping keeps and what a second signal does, for the line printed on the
+        first signal.
 
     Yields
     ------
@@ -68,12 +74,8 @@ def stop_gently(trainer: MutualTrainer) -> Iterator[list[int]]:
         if received:
             raise Interrupted(signum, "stopped at once on the second signal; nothing saved")
         received.append(signum)
-        trainer.cancel()
-        print(
-            f"\n{signal.Signals(signum).name}: stopping; the last completed round will be saved "
-            "(a second Ctrl-C or SIGTERM quits without saving)",
-            file=sys.stderr,
-        )
+        cancel()
+        print(f"\n{signal.Signals(signum).name}: stopping; {kept}", file=sys.stderr)
 
     with on_signals(handler):
         yield received

@@ -176,7 +176,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
 
     outputs = Outputs(args.overwrite)
-    with stop_gently(trainer) as stopped:
+    kept = (
+        "the last completed round will be saved (a second Ctrl-C or SIGTERM quits without saving)"
+    )
+    with stop_gently(trainer.cancel, kept) as stopped:
         report = run_rounds(trainer, show)
         if report is None:
             detail = "before the first round finished; nothing was saved"
