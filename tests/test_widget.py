@@ -205,6 +205,8 @@ def test_train_stop_resume_predict_save_load(scene, qtbot, tmp_path, notes):
     # every round rewrites the prediction layers
     wait_idle(qtbot, widget)
     assert seen == [1, 2]  # one report per round
+    # said where it is seen with the panel out of sight, not on its status line alone
+    assert any(m.startswith("Trained 2 round(s)") for m in messages(notes, "info"))
     assert widget.controller.applied_rounds[-1] == 2  # the newest round always lands
     for name in ("model A", "model B", "cells cells", "A learns from", "B learns from"):
         assert viewer.layers[name].metadata[OWNER_KEY], name

@@ -297,9 +297,11 @@ class RunController(QObject):
         early = " (labels settled early)" if self.history and self.history[-1]["converged"] else ""
         seconds = run.seconds
         per_round = seconds / max(run.count, 1)
+        # a notification too: training takes minutes, and the panel may be out of sight
         self.notify(
             f"Trained {run.count} round(s){early} in {seconds:.1f} s ({per_round:.1f} "
-            "s/round). Predict another image or save the model."
+            "s/round). Predict another image or save the model.",
+            "info",
         )
 
     # ------------------------------------------------------------------------------ predict
