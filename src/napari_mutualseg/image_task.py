@@ -379,4 +379,5 @@ def process_image(
         shape=tuple(labels.shape),
         axes=image.label_axes,
         read=image.describe(notes=True),
+        rgb=image.rgb,
     )

@@ -277,6 +277,8 @@ class ImageResult:
         Axes of the labels written (the image's, less C).
     read : str
         What was read: size, channels, axes, pixel size and where the axes came from.
+    rgb : bool
+        Whether the image is an RGB(A) picture.
     """
 
     job: ImageJob
@@ -290,6 +292,7 @@ class ImageResult:
     shape: tuple[int, ...] = ()
     axes: str = ""
     read: str = ""
+    rgb: bool = False
 
     def report_row(self) -> dict[str, Any]:
         return {

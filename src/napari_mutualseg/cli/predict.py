@@ -55,17 +55,6 @@ def _images_named(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} images ({names[0]}, ...)"
 
 
-def _is_rgb(result: ImageResult, options: BatchOptions) -> bool | None:
-    """Whether an image of the run is an RGB picture (its header read again), or None when
-    it no longer opens."""
-    from ..images import AxisImage
-
-    try:
-        return AxisImage.from_file(result.job.source, axes=options.axes, lazy=True).rgb
-    except (OSError, ValueError):
-        return None
-
-
 def _idle_options(args: argparse.Namespace, results: Sequence[ImageResult]) -> list[str]:
     """For each option given that had nothing to act on in some images segmented now, what
     it did not do there and why: a script may pass the same options to every image, a
@@ -102,7 +91,7 @@ def _idle_options(args: argparse.Namespace, results: Sequence[ImageResult]) -> l
         ),
         (
             args.rgb is not None,
-            lambda r: _is_rgb(r, options) is False,
+            lambda r: not r.rgb,
             f"--rgb {args.rgb} did nothing for {{}}: not an RGB picture",
             "",
         ),
