@@ -23,7 +23,7 @@ import numpy as np
 from .files import ResultExistsError
 from .io import write_labels, write_table, write_text
 from .jobs import BatchOptions, ImageJob, ImageResult
-from .measure import Table, measure_cells, summarize, with_frame_interval
+from .measure import Table, join_frames, measure_cells, summarize, with_frame_interval
 
 if TYPE_CHECKING:
     from .images import AxisImage
@@ -100,12 +100,8 @@ def measure_image(
         table = measure_cells(
             np.asarray(frame_labels), frame, channel_names=names, pixel_size=spacing, unit=unit
         )
-        if t is not None:
-            table = {"t": np.full(len(table["label"]), t, np.int64), **table}
-        tables.append(table)
-    table = tables[0]
-    if len(tables) > 1:
-        table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+        tables.append((t, table))
+    table = join_frames(tables)
     if "T" in axes and image.frame_interval is not None:
         table = with_frame_interval(table, image.frame_interval)
     return table

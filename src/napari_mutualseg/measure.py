@@ -13,7 +13,14 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.measure import regionprops_table
 
-__all__ = ["Table", "measure_cells", "summarize", "with_frame_interval", "with_pixel_size"]
+__all__ = [
+    "Table",
+    "join_frames",
+    "measure_cells",
+    "summarize",
+    "with_frame_interval",
+    "with_pixel_size",
+]
 
 Table = dict[str, np.ndarray]
 
@@ -172,6 +179,30 @@ def with_pixel_size(table: Table, pixel_size: Sequence[float], unit: str = "um")
     }
     rest = {k: v for k, v in table.items() if k not in pixels and not _is_physical(k)}
     return {**pixels, **physical, **rest}
+
+
+def join_frames(frames: Sequence[tuple[int | None, Table]]) -> Table:
+    """One table of the cells of several frames of a time series: each frame's rows, with
+    the frame in a first column ``t``, in the order given.
+
+    Parameters
+    ----------
+    frames : sequence of (int or None, Table)
+        Each frame's number and its table (from :func:`measure_cells`, same columns); a
+        number of None (an image without time) adds no ``t``.
+
+    Returns
+    -------
+    Table
+        The rows of every frame.
+    """
+    tables = [
+        table if t is None else {"t": np.full(len(table["label"]), t, np.int64), **table}
+        for t, table in frames
+    ]
+    if len(tables) == 1:
+        return tables[0]
+    return {k: np.concatenate([table[k] for table in tables]) for k in tables[0]}
 
 
 def with_frame_interval(table: Table, seconds: float) -> Table:

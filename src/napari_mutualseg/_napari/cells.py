@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 
 from .. import files
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
-from ..measure import Table, measure_cells, with_pixel_size
+from ..measure import Table, join_frames, measure_cells, with_pixel_size
 from .axes import layer_axes, layer_pixel_size
 from .layers import OWNER_KEY, center_on, show_table
 from .panels import _row
@@ -79,13 +79,7 @@ def measure_layer(layer: Labels, image: Layer | None = None) -> Table:
     timed = "t" in layer.features and labels.ndim in (3, 4)
     axes = "T" * timed + "ZYX"[max(0, 3 - labels.ndim + timed) :]
     frames = [(t, labels[t]) for t in range(labels.shape[0])] if timed else [(None, labels)]
-    tables = []
-    for t, frame in frames:
-        table = measure_cells(frame)
-        if t is not None:
-            table = {"t": np.full(len(table["label"]), t, np.int64), **table}
-        tables.append(table)
-    table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    table = join_frames([(t, measure_cells(frame)) for t, frame in frames])
     pixel_size = layer_pixel_size(layer, axes) if len(axes) == labels.ndim else None
     return table if pixel_size is None else with_pixel_size(table, *pixel_size)
 

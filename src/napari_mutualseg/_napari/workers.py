@@ -22,7 +22,13 @@ from ..disagreement import Spot
 from ..image_task import measure_image
 from ..images import AxisImage
 from ..linking import link_labels
-from ..measure import Table, measure_cells, with_frame_interval, with_pixel_size
+from ..measure import (
+    Table,
+    join_frames,
+    measure_cells,
+    with_frame_interval,
+    with_pixel_size,
+)
 from ..supervision import IGNORE
 from .axes import LayerAxes
 
@@ -219,11 +225,8 @@ def measure_planes(planes: list[np.ndarray], data: Any, layout: Layout) -> Table
             z = np.array([member[0] for member in members])[table["bbox_z0_px"]]
             table["centroid_z_px"] = z.astype(table["centroid_z_px"].dtype)
             table["bbox_z0_px"], table["bbox_z1_px"] = z, z + 1
-        if t is not None:
-            table = {"t": np.full(len(table["label"]), t, np.int64), **table}
-        tables.append(table)
-    table = {k: np.concatenate([tab[k] for tab in tables]) for k in tables[0]}
-    return _in_units(table, axes)
+        tables.append((t, table))
+    return _in_units(join_frames(tables), axes)
 
 
 def distinct_cells(planes: list[np.ndarray]) -> list[np.ndarray]:
