@@ -128,14 +128,19 @@ def test_corrections_painted_in_place_with_napari_tools_are_seen(trained, notes)
     assert widget.last_report.labels_a[1][16, 44] == BACKGROUND  # learned as erased
 
 
-def test_a_corrected_image_closed_since_trains_along_without_a_warning(trained, notes):
-    """Correct, add, close the image, go on: it is training data, not a removed result."""
-    viewer, widget, _image, _other = trained
+def _add_a_missed_cell(viewer, widget) -> None:
+    """Paint a cell the prediction of 'other' missed, and train on that correction."""
     widget.settings.steps_per_round = 3
     cells = viewer.layers["other cells"]
     cells.paint((5, 5), int(cells.data.max()) + 1)  # a missed cell, with the brush
     widget.check.add.click()
     widget.wait()
+
+
+def test_a_corrected_image_closed_since_trains_along_without_a_warning(trained, notes):
+    """Correct, add, close the image, go on: it is training data, not a removed result."""
+    viewer, widget, _image, _other = trained
+    _add_a_missed_cell(viewer, widget)
     for name in [layer.name for layer in viewer.layers if layer.name.startswith("other")]:
         viewer.layers.remove(name)
     widget.train(block=True)
@@ -148,11 +153,7 @@ def test_after_training_on_corrections_the_cells_to_check_are_the_new_ones(train
     from napari_mutualseg.disagreement import spots_to_check
 
     viewer, widget, _image, other = trained
-    widget.settings.steps_per_round = 3
-    cells = viewer.layers["other cells"]
-    cells.paint((5, 5), int(cells.data.max()) + 1)  # a missed cell, with the brush
-    widget.check.add.click()
-    widget.wait()
+    _add_a_missed_cell(viewer, widget)
     [(_plane, labels, disagreement)] = widget.controller.round_maps(other)
     newest = spots_to_check(labels, disagreement)
     assert [spot for _, spot in widget.correct.spots(other)] == newest
