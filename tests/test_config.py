@@ -47,6 +47,20 @@ def test_bad_settings_are_refused_with_the_setting_value_and_range(settings, sai
 
 
 @pytest.mark.parametrize(
+    ("make", "settings", "said"),
+    [
+        (TrainConfig, {"round": 5}, r"TrainConfig has no setting 'round' \(did you mean 'rounds'"),
+        (TrainConfig, {"steps": 5}, r"'steps' \(did you mean 'steps_per_round'\?\)"),
+        (TrainConfig, {"confidence": 0.7}, r"an exchange setting: exchange=\{'confidence'"),
+        (ExchangeSettings, {"confidance": 0.7}, r"did you mean 'confidence'"),
+    ],
+)
+def test_a_misspelled_setting_names_the_one_meant(make, settings, said):
+    with pytest.raises(TypeError, match=said):
+        make(**settings)
+
+
+@pytest.mark.parametrize(
     ("settings", "said"),
     [
         ({"width": MOST_WIDTH + 1}, rf"width must be a whole number from 1 to {MOST_WIDTH}"),

@@ -8,6 +8,8 @@ measured (``benchmarks/results/ablation_val.md``); their defaults are the recomm
 
 from __future__ import annotations
 
+import difflib
+import functools
 import math
 import numbers
 from collections.abc import Iterable
@@ -104,6 +106,40 @@ def _check_fraction(obj: Any, names: tuple[str, ...], problems: list[str]) -> No
         _check_range(obj, name, "(0, 1]", problems)
 
 
+def _unknown_settings(owner: str, unknown: Iterable[str], known: list[str]) -> str:
+    """Settings that ``owner`` does not have, each with the one it most likely meant."""
+    parts = []
+    for name in unknown:
+        name = str(name)
+        # a setting's first word ("steps" for steps_per_round) or a slip of the keyboard
+        close = [k for k in known if k.startswith(name)] or difflib.get_close_matches(
+            name, known, n=1
+        )
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        if not close and owner == "TrainConfig" and name in _EXCHANGE_FIELDS:
+            guess = f" (it is an exchange setting: exchange={{{name!r}: ...}})"
+        parts.append(f"{name!r}{guess}")
+    return f"{owner} has no setting {', '.join(parts)}; its settings are {', '.join(known)}"
+
+
+def _refuse_unknown(cls: type) -> type:
+    """Make a misspelled keyword of ``cls(...)`` name the setting it most likely meant,
+    where the dataclass's own error says only that the keyword is unexpected."""
+    init = cls.__init__
+    known = [f.name for f in fields(cls)]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            raise TypeError(_unknown_settings(cls.__name__, unknown, known) + ".")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_refuse_unknown
 @dataclass
 class ExchangeSettings:
     """How a network's prediction becomes its peer's next training labels.
@@ -205,10 +241,14 @@ _EXCHANGE_NUMBERS = (
 )
 _EXCHANGE_SWITCHES = ("ellipse_background", "agreement", "flip_labels")
 
+#: The settings of an :class:`ExchangeSettings`.
+_EXCHANGE_FIELDS = [f.name for f in fields(ExchangeSettings)]
+
 #: Keys of an :class:`ExchangeSettings` that older model files stored flat in their settings.
-_FLAT_EXCHANGE_KEYS = {f.name for f in fields(ExchangeSettings)} - {"rule"}
+_FLAT_EXCHANGE_KEYS = set(_EXCHANGE_FIELDS) - {"rule"}
 
 
+@_refuse_unknown
 @dataclass
 class TrainConfig:
     """Settings of the mutual-learning engine; the defaults are the recommended ones.
@@ -342,13 +382,9 @@ class TrainConfig:
     def _exchange_problems(self) -> list[str]:
         """Check ``exchange`` (a dict of its settings becomes :class:`ExchangeSettings`)."""
         if isinstance(self.exchange, dict):
-            known = [f.name for f in fields(ExchangeSettings)]
-            unknown = sorted(set(self.exchange) - set(known), key=str)
+            unknown = sorted(set(self.exchange) - set(_EXCHANGE_FIELDS), key=str)
             if unknown:
-                return [
-                    f"exchange has no setting {', '.join(map(repr, unknown))}; its settings are "
-                    f"{', '.join(known)}"
-                ]
+                return [_unknown_settings("exchange", unknown, _EXCHANGE_FIELDS)]
             self.exchange = ExchangeSettings(**self.exchange)
         if not isinstance(self.exchange, ExchangeSettings):
             return [
