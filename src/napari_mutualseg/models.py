@@ -69,6 +69,23 @@ class ModelPair(Segmenter):
     cell_size: float | None = None
     channel_names: tuple[str, ...] | None = None
 
+    def __repr__(self) -> str:
+        # what the pair is, not the layers of two networks
+        a, b = (m.arch for m in self.models)
+        size = (
+            f"width {a['width']}"
+            if a["width"] == b["width"]
+            else (f"width {a['width']} (A), {b['width']} (B)")
+        )
+        rounds = len(self.history)
+        low, high = self.percentiles
+        cell = "" if self.cell_size is None else f", cells up to {self.cell_size:g} px"
+        return (
+            f"ModelPair(two U-Nets of depth {a['depth']}, {size}; input "
+            f"{self.describe_input()}, scaled to percentiles {low:g}-{high:g}; "
+            f"{rounds} round{'' if rounds == 1 else 's'} trained; on {self.device}{cell})"
+        )
+
     @property
     def models(self) -> tuple[UNet, UNet]:
         """Both networks, A first."""

@@ -96,6 +96,16 @@ class RoundReport:
     probabilities: list[np.ndarray] = field(default_factory=list, repr=False)
     disagreement: list[np.ndarray] = field(default_factory=list, repr=False)
 
+    def __repr__(self) -> str:
+        # the numbers of the round and the planes' shapes, not megabytes of printed maps
+        shapes = ", ".join(f"{h} x {w}" for h, w in (c.shape[-2:] for c in self.classes_a))
+        return (
+            f"RoundReport(round={self.round}, rounds={self.rounds}, loss_a={self.loss_a:.4g}, "
+            f"loss_b={self.loss_b:.4g}, changed={self.changed:.4g}, found={self.found:.4g}, "
+            f"converged={self.converged}, seconds={self.seconds:.3g}, device={self.device!r}, "
+            f"planes=[{shapes}])"
+        )
+
 
 def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
     """A ``(C, H, W)`` image padded (mirrored) to at least ``size`` x ``size``."""
@@ -340,10 +350,21 @@ class MutualTrainer:
         sides = [2 * max(box.extent) for sup in supervisions for box in sup.boxes]
         pair.cell_size = max([pair.cell_size or 0.0, *sides]) or None
         self._pair = pair.to(self.device)
+        self._first_round = len(pair.history)
         self._cancel = threading.Event()
         self._started = False
         self._trainers: list[NetworkTrainer] = []
         self.total_steps = 2 * config.rounds * config.steps_per_round
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{h} x {w}" for h, w in self.plane_shapes)
+        done = len(self._pair.history) - self._first_round
+        n = len(self.plane_shapes)
+        return (
+            f"MutualTrainer({n} plane{'s' if n > 1 else ''} ({shapes}), {done} of up to "
+            f"{self.config.rounds} rounds done, on {self.device_name}"
+            f"{', cancelled' if self.cancelled else ''})"
+        )
 
     @property
     def pair(self) -> ModelPair:
