@@ -162,6 +162,16 @@ def test_read_plain_tables(tmp_path):
     assert table == {None: [Box.from_corners(4, 3, 15, 20)]}
 
 
+def test_a_regionprops_table_saved_by_pandas_is_a_box_table(tmp_path):
+    # regionprops_table(labels, properties=("label", "bbox", "area")), DataFrame.to_csv
+    text = ",label,bbox-0,bbox-1,bbox-2,bbox-3,area\n0,1,4,3,15,20,187.0\n1,2,0,30,8,41,88.0\n"
+    table = read_box_table(write(tmp_path / "cells.csv", text))
+    assert table == {None: [Box.from_corners(4, 3, 15, 20), Box.from_corners(0, 30, 8, 41)]}
+    stack = "label,bbox-0,bbox-1,bbox-2,bbox-3,bbox-4,bbox-5\n1,0,4,3,2,15,20\n"
+    with pytest.raises(ValueError, match="regionprops table of a 3D image"):
+        read_box_table(write(tmp_path / "stack.csv", stack))
+
+
 def test_box_table_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing\.csv"):
         read_box_table(tmp_path / "nothing.csv")

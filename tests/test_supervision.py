@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from skimage.measure import regionprops_table
 
 from napari_mutualseg.boxes import usable_boxes
 from napari_mutualseg.supervision import (
@@ -276,10 +277,36 @@ def test_accepts_table_rows_and_shapes():
 # ---------------------------------------------------------------------- bad input
 
 
+def test_accepts_regionprops_tables_and_data_frames_of_boxes():
+    labels = np.zeros((20, 24), np.int32)
+    labels[4:15, 3:20] = 7
+    expected = make_supervision(labels.shape, [Box.from_corners(4, 3, 15, 20)]).classes
+    table = regionprops_table(labels, properties=("label", "bbox", "area"))
+    np.testing.assert_array_equal(make_supervision(labels.shape, table).classes, expected)
+    pd = pytest.importorskip("pandas")
+    for frame in (
+        pd.DataFrame(table),
+        pd.DataFrame({"y0": [4], "x0": [3], "y1": [15], "x1": [20]}),
+    ):
+        np.testing.assert_array_equal(make_supervision(labels.shape, frame).classes, expected)
+    with pytest.raises(ValueError, match="No boxes"):
+        make_supervision(labels.shape, pd.DataFrame(columns=["y0", "x0", "y1", "x1"]))
+    with pytest.raises(ValueError, match=r"needs the columns y0, x0, y1, x1 .* this one has a"):
+        make_supervision(labels.shape, {"a": [1]})
+    stack = regionprops_table(np.stack([labels, labels]), properties=("bbox",))
+    with pytest.raises(ValueError, match="regionprops table of a 3D image"):
+        make_supervision(labels.shape, stack)
+
+
+def test_an_image_given_for_its_shape_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"takes the image's shape .* pass image\.shape"):
+        make_supervision(np.zeros((20, 24)), [Box.from_corners(4, 3, 15, 20)])
+
+
 def test_no_boxes():
-    with pytest.raises(ValueError, match="draw at least one rectangle around a cell"):
+    with pytest.raises(ValueError, match="give at least one box around a cell"):
         make_supervision((10, 10), [])
-    with pytest.raises(ValueError, match="draw at least one rectangle"):
+    with pytest.raises(ValueError, match="give at least one box"):
         make_supervision((10, 10), np.zeros((0, 4)))
 
 
@@ -289,6 +316,11 @@ def test_box_wholly_outside_names_it():
         ValueError, match=r"Box 1 \(y0, x0, y1, x1 = \(20, 30, 25, 40\)\).*outside"
     ):
         make_supervision((10, 10), boxes)
+
+
+def test_a_box_in_x_y_order_is_told_to_swap_its_columns():
+    with pytest.raises(ValueError, match=r"outside.*look like x, y.*swap the columns"):
+        make_supervision((20, 60), np.array([[40, 2, 50, 12]]))  # y0, x0 = 2, 40 meant
 
 
 def test_box_partly_outside_warns_and_is_clipped():

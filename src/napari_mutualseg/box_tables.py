@@ -13,7 +13,10 @@ napari Shapes CSV
 plain table
     One row per box, columns ``y0,x0,y1,x1`` (half-open pixel ranges as in
     ``skimage.measure.regionprops(...).bbox``) and optionally ``image``, the name of the image
-    file the box belongs to (several images in one table).
+    file the box belongs to (several images in one table). A table of
+    ``skimage.measure.regionprops_table(labels, properties=[..., "bbox"])`` of a 2D image,
+    saved with pandas' ``to_csv``, is one too: its ``bbox-0`` to ``bbox-3`` are ``y0,x0,y1,x1``
+    and its other columns (label, area, the index) are left out.
 Fiji ROI set
     What Fiji's ROI Manager saves (*More > Save...*: ``RoiSet.zip``, or one ``.roi``):
     rectangles and ovals, rotated rectangles and ellipses are boxes, on the plane they were
@@ -42,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .boxes import BOX_TYPES, Box, boxes_by_plane, boxes_from_shapes
+from .boxes import BOX_TYPES, Box, box_columns, boxes_by_plane, boxes_from_shapes
 from .files import write_text
 
 __all__ = ["BoxKey", "read_box_table", "write_box_table"]
@@ -57,7 +60,8 @@ _FORMATS = (
     "'index,shape-type,vertex-index,axis-0,axis-1' (stacks add 'axis-2', time series of "
     "stacks 'axis-3'), as written by "
     "File > Save Selected Layers with a .csv name; (b) a plain table with columns "
-    "'y0,x0,y1,x1' and optionally 'image' (half-open pixel ranges, one box per row); (c) a "
+    "'y0,x0,y1,x1' and optionally 'image' (half-open pixel ranges, one box per row), or "
+    "scikit-image's regionprops table with 'bbox-0' to 'bbox-3'; (c) a "
     "Fiji ROI set (.zip) or ROI (.roi) of rectangles and ellipses; (d) QuPath GeoJSON of "
     "rectangles and ellipses"
 )
@@ -197,6 +201,12 @@ def read_box_table(
                 f"table; {_FORMATS}."
             )
         return _read_plain(path, header, rows)
+    bbox = box_columns(header, str(path))
+    if bbox is not None:
+        # a regionprops table: its label, area and other measurements (its 'image' too, the
+        # cell's mask, no file name) are left out
+        named = {column: plain for column, plain in zip(bbox, PLAIN, strict=True)}
+        return _read_plain(path, [named.get(c, "") for c in header], rows)
     if set(header) >= _FIJI_RESULTS:
         raise ValueError(
             f"{path} is a Fiji Results table: its BX, BY, Width and Height are in the image's "

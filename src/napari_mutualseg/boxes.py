@@ -15,7 +15,7 @@ how a box on a stack finds its plane (:func:`boxes_by_plane`), when a box repeat
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 from skimage.measure import regionprops
 
 __all__ = [
+    "BOX_COLUMNS",
     "BOX_TYPES",
     "MIN_BOX_SIZE",
     "PLANE_TOLERANCE",
@@ -40,6 +41,10 @@ __all__ = [
 
 #: napari shape types that can stand for a cell's box.
 BOX_TYPES = ("rectangle", "ellipse")
+
+#: The columns of a table of boxes, ``y0, x0, y1, x1`` in this order: a plain box table's, and
+#: those of scikit-image's ``regionprops_table(labels, properties=["bbox"])`` of a 2D image.
+BOX_COLUMNS = (("y0", "x0", "y1", "x1"), ("bbox-0", "bbox-1", "bbox-2", "bbox-3"))
 
 #: Boxes narrower than this (pixels) have no interior once the edge is drawn: a click
 #: without a drag, not a cell.
@@ -370,10 +375,12 @@ def boxes_from_shapes(data: Any, shape_types: str | Sequence[str] | None = None)
 
     Parameters
     ----------
-    data : list of array_like or array_like
+    data : list of array_like, array_like, pandas.DataFrame or dict
         Either a napari Shapes layer's ``data`` (one ``(4, 2)`` vertex array per shape, any
-        vertex order, possibly rotated), or an ``(N, 4)`` array of half-open pixel boxes
-        ``y0, x0, y1, x1``.
+        vertex order, possibly rotated), an ``(N, 4)`` array of half-open pixel boxes
+        ``y0, x0, y1, x1``, or a table of them (a DataFrame or a dict of columns) with the
+        columns ``y0, x0, y1, x1`` or those of ``skimage.measure.regionprops_table(labels,
+        properties=["bbox"])``, ``bbox-0`` to ``bbox-3``; other columns are left out.
     shape_types : str or sequence of str, optional
         The layer's ``shape_type`` (one per shape, or one for all); default all rectangles.
         Only ``"rectangle"`` and ``"ellipse"`` are boxes. Ignored for an ``(N, 4)`` table.
@@ -393,6 +400,8 @@ def boxes_from_shapes(data: Any, shape_types: str | Sequence[str] | None = None)
     >>> boxes_from_shapes(np.array([[10, 20, 30, 40]]))[0].center
     (19.5, 29.5)
     """
+    if isinstance(data, Mapping) or hasattr(data, "columns"):
+        return _boxes_from_rows(_table_rows(data))
     if isinstance(data, np.ndarray) and data.ndim == 2 and data.shape[1] == 4:
         return _boxes_from_rows(data)
     if isinstance(data, np.ndarray) and data.shape == (4, 2):
@@ -420,6 +429,59 @@ def boxes_from_shapes(data: Any, shape_types: str | Sequence[str] | None = None)
         except ValueError as err:
             raise ValueError(f"Shape {k}: {err}") from None
     return boxes
+
+
+def box_columns(names: Sequence[str], where: str = "The table") -> tuple[str, ...] | None:
+    """The columns of ``names`` that hold ``y0, x0, y1, x1`` (:data:`BOX_COLUMNS`), or None.
+
+    Parameters
+    ----------
+    names : sequence of str
+        A table's column names (any case).
+    where : str
+        How the table is called in messages.
+
+    Returns
+    -------
+    tuple of str or None
+        The four columns in the order ``y0, x0, y1, x1``, as :data:`BOX_COLUMNS` spells them.
+
+    Raises
+    ------
+    ValueError
+        For a regionprops table of a 3D image (``bbox-0`` to ``bbox-5``): its boxes are
+        boxes in z too, which this package does not take; ``where`` names it.
+    """
+    names = [str(n).strip().lower() for n in names]
+    for wanted in BOX_COLUMNS:
+        if set(wanted) <= set(names):
+            if wanted[0] == "bbox-0" and "bbox-4" in names:
+                raise ValueError(
+                    f"{where} is a regionprops table of a 3D image (bbox-0 to bbox-5: z0, y0, "
+                    "x0, z1, y1, x1), but boxes are drawn on single planes: measure each plane "
+                    "on its own (regionprops_table(labels[z], properties=['bbox']))."
+                )
+            return wanted
+    return None
+
+
+def _table_rows(table: Any) -> np.ndarray:
+    """The ``(N, 4)`` rows ``y0, x0, y1, x1`` of a pandas DataFrame or a dict of columns."""
+    columns = table.columns if hasattr(table, "columns") else table.keys()
+    names = [str(c) for c in columns]
+    if names == ["0", "1", "2", "3"]:  # a DataFrame of an (N, 4) array, its columns unnamed
+        return np.asarray(table, dtype=np.float64).reshape(-1, 4)
+    wanted = box_columns(names)
+    if wanted is None:
+        raise ValueError(
+            f"A table of boxes needs the columns y0, x0, y1, x1 (half-open pixel ranges) or "
+            f"scikit-image's bbox-0 to bbox-3 (regionprops_table(labels, properties=['bbox'])); "
+            f"this one has {', '.join(names) or 'none'}. Rename its columns to y0, x0, y1, x1."
+        )
+    found = {n.strip().lower(): c for n, c in zip(names, columns, strict=True)}
+    return np.column_stack(
+        [np.asarray(table[found[w]], dtype=np.float64).reshape(-1) for w in wanted]
+    ).reshape(-1, 4)
 
 
 def _boxes_from_rows(rows: np.ndarray) -> list[Box]:

@@ -17,7 +17,7 @@ drawn beside them are ordinary boxes; the rest of the image is trusted as shown 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -197,9 +197,16 @@ def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
                 "delete it."
             )
         if not box.overlaps(shape):
+            swapped = Box(box.center[::-1], box.half_sizes[::-1], -box.angle, box.kind)
+            hint = (
+                " Its numbers look like x, y: a box row is y0, x0, y1, x1 (row first), as "
+                "regionprops gives it; swap the columns."
+                if swapped.within(shape)
+                else ""
+            )
             raise ValueError(
                 f"{name} lies wholly outside the image of shape {shape}; delete it or move it "
-                "onto the image."
+                f"onto the image.{hint}"
             )
         if not box.within(shape):
             partly.append(k)
@@ -274,6 +281,11 @@ def make_supervision(
     >>> sorted(np.unique(sup.classes).tolist())
     [0, 1, 2]
     """
+    if np.ndim(shape) > 1:
+        raise ValueError(
+            f"make_supervision takes the image's shape (H, W), but was given an array of shape "
+            f"{np.shape(shape)}: pass image.shape (image.plane_shape for an AxisImage)."
+        )
     shape = tuple(int(s) for s in np.atleast_1d(np.asarray(shape)))
     if len(shape) != 2:
         raise ValueError(
@@ -283,13 +295,16 @@ def make_supervision(
         )
     if min(shape) < 1:
         raise ValueError(f"The image shape {shape} is empty.")
-    if isinstance(boxes, np.ndarray) or (
-        len(boxes) > 0 and not all(isinstance(b, Box) for b in boxes)
-    ):
+    # a table (an array, a DataFrame, a dict of columns) iterates over rows or column names
+    table = isinstance(boxes, np.ndarray | Mapping) or hasattr(boxes, "columns")
+    boxes = boxes if table else list(boxes)
+    if table or not all(isinstance(b, Box) for b in boxes):
         boxes = boxes_from_shapes(boxes)
-    boxes = list(boxes)
     if not boxes:
-        raise ValueError("No boxes: draw at least one rectangle around a cell on the boxes layer.")
+        raise ValueError(
+            "No boxes: give at least one box around a cell (in napari, a rectangle on the "
+            "boxes layer)."
+        )
     edge_width = int(edge_width)
     if edge_width < 1:
         raise ValueError(f"edge_width must be at least 1 pixel, got {edge_width}.")
