@@ -1,0 +1,205 @@
+"""The documentation says what the code does: its commands parse, its imports resolve, its
+make targets and file paths exist, and the architecture names every module.
+
+Nothing is run: command lines go through the real argument parser only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks/README.md"]
+PACKAGE = ROOT / "src/napari_mutualseg"
+
+# A fence may be indented (a code block inside a list item).
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^[ \t]*```", re.M | re.S
+)
+SHELL = ("bash", "sh", "shell", "console")
+SPAN = re.compile(r"`([^`\n]+)`")
+# A path of this repository: not part of a longer path (../shared/..., /tmp/...) or a URL.
+# Folders that benchmarks/gpu_check.sh writes, named before they exist.
+WRITTEN = {"benchmarks/results/gpu/check/", "benchmarks/results/gpu_smoke/"}
+REPO_PATH = re.compile(r"(?<![\w./~-])((?:src|benchmarks|tests|docs)/[\w./*<>-]*[\w/*])")
+
+
+def code_blocks(text: str, langs: tuple[str, ...]) -> list[tuple[int, str]]:
+    """The code blocks of a Markdown text in these languages, each with its first line."""
+    return [
+        (text.count("\n", 0, m.start()) + 2, m["body"])
+        for m in FENCE.finditer(text)
+        if m["lang"] in langs
+    ]
+
+
+def shell_commands(body: str) -> list[str]:
+    """The commands of a shell block: continuation lines joined, comments dropped."""
+    commands = []
+    for line in re.sub(r"\\\n", " ", body).splitlines():
+        words = shlex.split(line, comments=True)
+        if words:
+            commands.append(shlex.join(words))
+    return commands
+
+
+def doc_items(langs: tuple[str, ...], pick) -> list:
+    """``(doc:line, item)`` for every item ``pick`` finds in the docs' code blocks."""
+    items = []
+    for doc in DOCS:
+        for line, body in code_blocks(doc.read_text(encoding="utf-8"), langs):
+            items += [pytest.param(item, id=f"{doc.name}:{line}") for item in pick(body)]
+    return items
+
+
+def cli_lines(body: str) -> list[list[str]]:
+    return [
+        shlex.split(c)[1:] for c in shell_commands(body) if shlex.split(c)[0] == "napari-mutualseg"
+    ]
+
+
+def check_parses(argv: list[str]) -> None:
+    """The argument parser takes these arguments, or the test fails with its message."""
+    from napari_mutualseg.cli.parser import build_parser
+
+    parser = build_parser()
+    try:
+        _, extra = parser.parse_known_args(argv)
+    except SystemExit as err:
+        pytest.fail(f"napari-mutualseg {shlex.join(argv)}: refused by the parser ({err})")
+    if extra:
+        pytest.fail(f"napari-mutualseg {shlex.join(argv)}: unknown arguments {extra}")
+
+
+@pytest.mark.parametrize("argv", doc_items(SHELL, cli_lines))
+def test_documented_command_lines_parse(argv: list[str]) -> None:
+    check_parses(argv)
+
+
+def test_a_renamed_option_fails_the_check() -> None:
+    """The check above catches drift: an option the parser does not know, a missing argument."""
+    doc = (
+        "```bash\nnapari-mutualseg predict m.pt x.tif \\\n"
+        "    --out o/ --tile-sise 256  # a typo\n```\n"
+    )
+    (argv,) = cli_lines(code_blocks(doc, ("bash",))[0][1])
+    assert argv == ["predict", "m.pt", "x.tif", "--out", "o/", "--tile-sise", "256"]
+    for wrong in (argv, ["supervise", "x.tif", "--out", "s.tif"]):
+        with pytest.raises(pytest.fail.Exception):
+            check_parses(wrong)
+
+
+def python_imports(body: str) -> list[tuple[str, str | None]]:
+    """``(module, name)`` for each import of this package in a Python block (name None for a
+    plain ``import``); a block that is a fragment is read line by line."""
+    found = []
+    for line in body.splitlines():
+        line = line.split("#")[0].strip()
+        if m := re.fullmatch(r"from (napari_mutualseg[\w.]*) import (.+)", line):
+            names = m[2].strip("()").split(",")
+            found += [(m[1], n.split(" as ")[0].strip()) for n in names if n.strip()]
+        elif m := re.fullmatch(r"import (napari_mutualseg[\w.]*)( as \w+)?", line):
+            found.append((m[1], None))
+    return found
+
+
+def check_resolves(module: str, name: str | None) -> None:
+    mod = importlib.import_module(module)
+    if name is not None:
+        assert hasattr(mod, name), f"{module} has no {name}"
+
+
+@pytest.mark.parametrize("module_name", doc_items(("python", "py"), python_imports))
+def test_documented_imports_resolve(module_name: tuple[str, str | None]) -> None:
+    check_resolves(*module_name)
+
+
+def test_dotted_names_in_the_text_resolve() -> None:
+    """``napari_mutualseg.x.y`` named in the text is there (a module, then an attribute)."""
+    missing = []
+    for doc in DOCS:
+        for span in SPAN.findall(doc.read_text(encoding="utf-8")):
+            m = re.fullmatch(r"(napari_mutualseg(?:\.\w+)+)(?:\(.*\))?", span)
+            if not m:
+                continue
+            parts = m[1].split(".")
+            for cut in range(len(parts), 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr, None)
+                if obj is None:
+                    missing.append(f"{doc.name}: {span}")
+                break
+    assert not missing
+
+
+def test_make_targets_exist() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([\w.-]+):", makefile, re.M))
+    named = set()
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for _, body in code_blocks(text, SHELL):
+            named |= {c.split()[1] for c in shell_commands(body) if c.startswith("make ")}
+        named |= {s.split()[1] for s in SPAN.findall(text) if re.match(r"make [\w-]+", s)}
+    assert named, "no make target found in the docs"
+    assert named <= targets, f"not in the Makefile: {sorted(named - targets)}"
+
+
+def test_named_files_exist() -> None:
+    """Paths of this repository (``src/…``, ``benchmarks/…``, ``tests/…``, ``docs/…``) and
+    relative links (with their anchors, within a Markdown file) point at something."""
+    missing = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for path in set(REPO_PATH.findall(text)):
+            if "<" in path or path in WRITTEN:  # a pattern, as `results/<name>.md`
+                continue
+            if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
+                missing.append(f"{doc.relative_to(ROOT)}: {path}")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"\w+://|mailto:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (doc.parent / file).resolve() if file else doc
+            if not linked.exists():
+                missing.append(f"{doc.relative_to(ROOT)}: link {target}")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                missing.append(f"{doc.relative_to(ROOT)}: link {target} (no such heading)")
+    assert not missing
+
+
+def anchors(doc: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    text = FENCE.sub("", doc.read_text(encoding="utf-8"))
+    slugs = set()
+    for heading in re.findall(r"^#+ (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        slugs.add(slug)
+    return slugs
+
+
+def test_architecture_names_every_module() -> None:
+    """Every module of the package and of ``_napari/`` is named in docs/ARCHITECTURE.md, and
+    every module it names exists."""
+    text = (ROOT / "docs/ARCHITECTURE.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"\b(\w+\.py)\b", text))
+    modules = {
+        p.name
+        for folder in (PACKAGE, PACKAGE / "_napari", PACKAGE / "cli")
+        for p in folder.glob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
+    assert not modules - named, f"modules without a word in ARCHITECTURE.md: {modules - named}"
+    benchmark_scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
+    test_files = {p.name for p in (ROOT / "tests").glob("*.py")}
+    unknown = named - modules - benchmark_scripts - test_files
+    assert not unknown, f"ARCHITECTURE.md names modules that do not exist: {unknown}"
