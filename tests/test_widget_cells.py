@@ -350,6 +350,37 @@ def test_a_save_that_cannot_be_done_says_why(viewer_widget, tmp_path, notes):
     assert viewer.layers.save(str(tmp_path / "cells.csv"), selected=True)
 
 
+def test_the_panel_writes_an_export_in_a_worker(
+    viewer_widget, tmp_path, notes, qtbot, monkeypatch
+):
+    """The outlines of tens of thousands of cells take seconds to write: the viewer stays
+    usable meanwhile, and is told once the file is there."""
+    import threading
+
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_mutualseg._napari import cells as cells_module
+
+    viewer, widget = viewer_widget
+    labels = np.zeros((32, 32), np.int32)
+    labels[4:10, 4:10], labels[20:28, 15:25] = 1, 2
+    viewer.layers.selection.active = viewer.add_labels(labels, name="x cells")
+    threads, real = [], cells_module.fiji_roi_zip
+
+    def roi_zip(*args):
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(cells_module, "fiji_roi_zip", roi_zip)
+    path = tmp_path / "rois.zip"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a: (str(path), ""))
+    widget.cells.buttons["fiji"].click()
+    qtbot.waitUntil(lambda: f"Wrote {path}" in messages(notes, "info"), timeout=TIMEOUT)
+    assert threads and threads[0] is not threading.main_thread()
+    with zipfile.ZipFile(path) as archive:
+        assert len(archive.namelist()) == 2
+
+
 def test_a_layer_without_cells_is_not_exported_and_says_so(
     viewer_widget, tmp_path, notes, monkeypatch
 ):

@@ -9,6 +9,8 @@ GeoJSON; the npe2 writers below are the same exports from File > Save Selected L
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableView,
 )
+from superqt.utils import create_worker
 
 from .. import files
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
@@ -198,6 +201,30 @@ def export(
         GeoJSON is most often the wrong layer picked, and Fiji refuses an empty ROI set),
         or when the format cannot hold them.
     """
+    return export_writer(kind, path, layer, table, image=image)(overwrite)
+
+
+def export_writer(
+    kind: str,
+    path: str,
+    layer: Labels,
+    table: Table,
+    *,
+    image: Layer | None = None,
+    snapshot: bool = False,
+) -> Callable[[bool], str]:
+    """What :func:`export` writes, checked now and written when called (with ``overwrite``),
+    touching no layer then: in a worker thread, as the panel writes, a Fiji ROI set or GeoJSON
+    of tens of thousands of cells takes seconds.
+
+    With ``snapshot``, the cells are copied: napari paints into the layer's own array, which
+    the person may do while the file is written.
+
+    Raises
+    ------
+    ValueError
+        As :func:`export`, when nothing can be written.
+    """
     labels = np.asarray(layer.data)
     if not labels.any():
         raise ValueError(
@@ -205,7 +232,7 @@ def export(
             "select the layer that holds the cells."
         )
     if kind == "table":
-        return str(files.write_text(path, table_csv(table), overwrite=overwrite))
+        return lambda overwrite: str(files.write_text(path, table_csv(table), overwrite=overwrite))
     axes = None
     if labels.ndim != 2 and kind == "fiji" and image is not None:
         axes = layer_axes(image).label_axes
@@ -220,12 +247,18 @@ def export(
         raise ValueError(
             f"'{layer.name}' is {labels.ndim}D: {what}; export the table, or one plane at a time."
         )
-    with files.atomic_write(path, overwrite=overwrite) as f:
-        if kind == "fiji":
-            f.write(fiji_roi_zip(labels, axes))
-        else:
-            f.write(qupath_geojson(labels, table).encode())
-    return str(path)
+    if snapshot:
+        labels = labels.copy()
+
+    def write(overwrite: bool) -> str:
+        with files.atomic_write(path, overwrite=overwrite) as f:
+            if kind == "fiji":
+                f.write(fiji_roi_zip(labels, axes))
+            else:
+                f.write(qupath_geojson(labels, table).encode())
+        return str(path)
+
+    return write
 
 
 # -- npe2 writers (File > Save Selected Layers…): napari asks before replacing a file ---------
@@ -460,12 +493,30 @@ class CellsPanel(QGroupBox):
             # the table shown is the one written: measured again if the cells changed
             image = image_of(self.viewer, layer)
             table = refresh_table(layer, image)
-            # the dialog asked before replacing an existing file
-            written = export(kind, path, layer, table, overwrite=True, image=image)
+            write = export_writer(kind, path, layer, table, image=image, snapshot=True)
         except (OSError, ValueError) as err:
             self.notify(f"Could not export: {err}", "error")
             return
-        self.notify(f"Wrote {written}", "info")
+        # written in a worker: the outlines of tens of thousands of cells take seconds, and
+        # the viewer stays usable meanwhile; the dialog asked before replacing a file
+        worker = create_worker(_written, write, _ignore_errors=True)
+        worker.returned.connect(partial(_tell_written, self.notify))
+        worker.start()
+
+
+def _written(write: Callable[[bool], str]) -> str | Exception:
+    """Run an export's ``write`` (in a worker); the path written, or the error."""
+    try:
+        return write(True)
+    except Exception as err:  # handed back: an error raised in a worker is not reported
+        return err
+
+
+def _tell_written(notify: Any, outcome: str | Exception) -> None:
+    if isinstance(outcome, Exception):
+        notify(f"Could not export: {outcome}", "error")
+    else:
+        notify(f"Wrote {outcome}", "info")
 
 
 class FolderSummary(QGroupBox):
