@@ -1,5 +1,8 @@
 """The Python API as a notebook uses it: what its objects print, and the inputs it takes."""
 
+import warnings
+
+import numpy as np
 import pytest
 
 from helpers import TINY, disc_image
@@ -27,3 +30,38 @@ def test_reports_trainer_and_pair_print_what_they_are_in_a_line(trained):
     pair = repr(trainer.pair)
     assert pair.startswith("ModelPair(two U-Nets of depth 2, width 4; input 1 channel")
     assert "1 round trained; on cpu" in pair and "Conv2d" not in pair
+
+
+def test_channels_last_without_axes_is_refused_with_the_axes_to_give(trained):
+    trainer, _ = trained
+    image, boxes = disc_image()
+    sup = make_supervision(image.shape, boxes)
+    two = np.stack([image, image], axis=-1)  # (Y, X, C) float: read as 64 planes of 64 x 2
+    with pytest.raises(ValueError, match=r"last axis \(2\) is too short to be x.*axes='YXC'"):
+        MutualTrainer(two, sup, TrainConfig(**TINY))
+    with pytest.raises(ValueError, match=r"last axis \(2\) is too short to be x.*axes='YXC'"):
+        trainer.pair.segment(two)
+    stack = np.stack([image, image, image])
+    with pytest.raises(ValueError, match=r"stack of 3 planes \(ZYX\).*from_array\(image, 'CYX'\)"):
+        MutualTrainer(stack, sup, TrainConfig(**TINY))
+
+
+@pytest.mark.parametrize("given", ["classes", "boxes"])
+def test_what_is_no_supervision_is_refused_with_how_to_make_one(given):
+    image, boxes = disc_image()
+    wrong = make_supervision(image.shape, boxes).classes if given == "classes" else boxes
+    with pytest.raises(TypeError, match=r"not a Supervision: .*make_supervision\(image\.shape"):
+        MutualTrainer(image, wrong, TrainConfig(**TINY))
+
+
+def test_labels_given_for_the_image_are_warned_of(trained):
+    trainer, _ = trained
+    image, boxes = disc_image()
+    sup = make_supervision(image.shape, boxes)
+    with pytest.warns(UserWarning, match="looks like labels or a mask"):
+        MutualTrainer(sup.instances.astype(np.int32), sup, TrainConfig(**TINY))
+    with pytest.warns(UserWarning, match="image looks like labels or a mask"):
+        trainer.pair.segment(sup.instances.astype(np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer.pair.segment((image * 1000).astype(np.uint16))  # intensities: no warning

@@ -33,6 +33,7 @@ import numpy as np
 
 from .preprocess import (
     DEFAULT_PERCENTILES,
+    MIN_EDGE,
     SAMPLE_PIXELS,
     channel_ranges,
     looks_rgb,
@@ -492,6 +493,21 @@ def _as_array(data: Any) -> Any:
 # ---------------------------------------------------------------------- network input
 
 
+def _check_last_axis(array: Any, name: str) -> None:
+    """Refuse a 3D array whose last axis is too short to be x: channels (or planes) last.
+
+    Read as a stack or as channels first, its planes would be a few pixels wide, which no
+    network segments; what that axis is cannot be told, so the caller says.
+    """
+    shape = tuple(array.shape)
+    if shape[-1] < MIN_EDGE <= min(shape[:2]):
+        raise ValueError(
+            f"{name} has shape {shape}: its last axis ({shape[-1]}) is too short to be x, so it "
+            f"holds channels or planes. Say which with axes='YXC' (channels, e.g. "
+            "AxisImage.from_array(image, 'YXC')) or axes='YXZ' (planes)."
+        )
+
+
 def as_image(data: Any, axes: str | None = None, *, name: str = "image") -> AxisImage:
     """An :class:`AxisImage` of ``data``, for the Python API's plain arrays.
 
@@ -505,6 +521,17 @@ def as_image(data: Any, axes: str | None = None, *, name: str = "image") -> Axis
         One letter per axis of ``data`` (see :meth:`AxisImage.from_array`).
     name : str
         How the image is called in messages.
+
+    Returns
+    -------
+    AxisImage
+
+    Raises
+    ------
+    ValueError
+        When the axes of ``data`` cannot be told without ``axes``: more than three, RGB
+        shapes of other than 8-bit pixels, or a last axis too short to be x (channels or
+        planes last).
     """
     if isinstance(data, AxisImage):
         return data
@@ -517,11 +544,13 @@ def as_image(data: Any, axes: str | None = None, *, name: str = "image") -> Axis
         if not rgb_like(array):
             raise ValueError(
                 f"{name} looks like an RGB(A) image (shape {tuple(array.shape)}) but its pixels "
-                f"are {array.dtype}, not 8-bit: say so with axes='YXC' to use its colours as "
-                "channels, or pass one channel alone (e.g. image[..., 0])."
+                f"are {array.dtype}, not 8-bit: say so with axes='YXC' (for training, "
+                "AxisImage.from_array(image, 'YXC')) to use its colours as channels, or pass "
+                "one channel alone (e.g. image[..., 0])."
             )
         return AxisImage.from_array(array, "YXC", rgb=True, name=name)
     if array.ndim == 3:
+        _check_last_axis(array, name)
         return AxisImage.from_array(array, "CYX", name=name)
     raise ValueError(f"{name} has shape {tuple(array.shape)}: {ASK_AXES}.")
 
@@ -535,6 +564,16 @@ def as_images(images: Any, name: str = "images") -> list[AxisImage]:
         See :func:`napari_mutualseg.network_input.network_planes`.
     name : str
         How the images are called in messages.
+
+    Returns
+    -------
+    list of AxisImage
+        One per image; a bare 3D array is one stack of planes (``ZYX``).
+
+    Raises
+    ------
+    ValueError
+        When there is no image, or the axes of one cannot be told (see :func:`as_image`).
     """
     if isinstance(images, (list, tuple)):
         if not images:
@@ -543,6 +582,7 @@ def as_images(images: Any, name: str = "images") -> list[AxisImage]:
     if not isinstance(images, AxisImage):
         array = np.asarray(images)
         if array.ndim == 3 and not looks_rgb(array):
+            _check_last_axis(array, name)
             # a bare 3D array is a stack of planes, each trained with its own boxes
             return [AxisImage.from_array(array, "ZYX", name=name)]
     return [as_image(images, name=name)]

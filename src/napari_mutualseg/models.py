@@ -23,6 +23,7 @@ from .checkpoint import ARCH_LIMITS
 from .config import TrainConfig
 from .devices import select_device
 from .images import AxisImage, as_image, parse_channels
+from .network_input import warn_if_labels
 from .preprocess import DEFAULT_PERCENTILES
 from .segmenter import Segmenter
 from .unet import N_CLASSES, UNet, build_unet
@@ -169,6 +170,8 @@ class ModelPair(Segmenter):
             When the image gives another number of channels than the networks take.
         """
         img = as_image(image, axes, name=name)
+        # the caller's frame: segment or predict (Segmenter) calls this
+        warn_if_labels(img, stacklevel=4)
         rgb = rgb or self.settings.get("rgb", "channels")
         if channels is not None:
             chosen = img.select(channels, rgb)

@@ -8,6 +8,7 @@ taken are stored in the model file, so prediction feeds the networks what they w
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -17,7 +18,47 @@ import numpy as np
 from .images import GRAY_WEIGHTS, RGB_MODES, AxisImage, _take, as_images, parse_channels
 from .preprocess import DEFAULT_PERCENTILES, apply_ranges, check_channels
 
-__all__ = ["channel_index", "network_planes", "select_channels"]
+__all__ = ["channel_index", "network_planes", "select_channels", "warn_if_labels"]
+
+
+def warn_if_labels(image: AxisImage, stacklevel: int = 2) -> bool:
+    """Warn when ``image`` holds labels or a mask, not a microscope image's intensities.
+
+    A label image given where the image belongs trains and segments without an error, into
+    nonsense. Only integer and boolean pixels held in memory are looked at (labels are
+    whole numbers; a lazy image is not read for this), on the first channel of its first
+    plane (:func:`napari_mutualseg.metrics.label_evidence`).
+
+    Parameters
+    ----------
+    image : AxisImage
+        The image as given.
+    stacklevel : int
+        Passed to :func:`warnings.warn`: the frame of the user's call.
+
+    Returns
+    -------
+    bool
+        Whether it warned.
+    """
+    from .metrics import label_evidence
+
+    dtype = np.dtype(image.dtype)
+    if not isinstance(image.data, np.ndarray) or not (
+        np.issubdtype(dtype, np.integer) or dtype == np.bool_
+    ):
+        return False
+    evidence = label_evidence(image.plane_array(0)[0])
+    if not evidence.labels:
+        return False
+    warnings.warn(
+        f"{image.name} looks like labels or a mask, not a microscope image: "
+        f"{evidence.describe()}. The networks learn from and segment intensities: give the "
+        "image itself (if it is, ignore this warning).",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return True
 
 
 def select_channels(

@@ -30,7 +30,7 @@ from .exchange import ExchangeContext, changed_fraction, exchange_labels, found_
 from .images import as_images, parse_channels
 from .inference import per_box_instances, predict_proba
 from .models import ModelPair
-from .network_input import network_planes
+from .network_input import network_planes, warn_if_labels
 from .stepping import (
     Cancelled,
     CudaStreams,
@@ -165,6 +165,22 @@ def _resumed_config(config: TrainConfig, pair: ModelPair) -> TrainConfig:
     return dataclasses.replace(config, **kept)
 
 
+def _supervision_list(supervisions: Any) -> list[Supervision | None]:
+    """The supervisions as a list, refusing what is none (boxes, a class map) with the fix."""
+    if isinstance(supervisions, np.ndarray) or hasattr(supervisions, "columns"):
+        items = [supervisions]
+    else:
+        items = list(supervisions)
+    for k, sup in enumerate(items):
+        if sup is not None and not isinstance(sup, Supervision):
+            raise TypeError(
+                f"Supervision {k} is of type {type(sup).__name__}, not a Supervision: make "
+                "one from the boxes with make_supervision(image.shape, boxes); a class map you "
+                "edited goes in labels=[...] beside it."
+            )
+    return items
+
+
 def _starting_pair(pair: ModelPair | None, in_channels: int, config: TrainConfig) -> ModelPair:
     """The networks a run starts from: new ones, or a copy of ``pair`` to resume."""
     if pair is None:
@@ -255,6 +271,8 @@ class MutualTrainer:
     ) -> None:
         config = config if config is not None else TrainConfig()
         images = as_images(images)
+        for image in images:
+            warn_if_labels(image, stacklevel=3)
         unset = config.unset
         if pair is not None:
             config = _resumed_config(config, pair)
@@ -272,11 +290,18 @@ class MutualTrainer:
         n_planes = sum(image.n_planes for image in images)
         if isinstance(supervisions, Supervision):
             supervisions = [supervisions]
-        supervisions = list(supervisions)
+        supervisions = _supervision_list(supervisions)
         if len(supervisions) != n_planes:
+            stack = ""
+            if len(images) == 1 and images[0].n_planes > 1:
+                stack = (
+                    f" The image is a stack of {n_planes} planes ({images[0].axes}), as a plain "
+                    "3D array is read: give one supervision per plane, or, if its first axis "
+                    "holds channels, pass AxisImage.from_array(image, 'CYX')."
+                )
             raise ValueError(
                 f"Got {n_planes} image(s) but {len(supervisions)} supervision(s): give one "
-                "supervision (set of boxes) per image, or None for a plane without boxes."
+                f"supervision (set of boxes) per image, or None for a plane without boxes.{stack}"
             )
         if labels is not None and len(labels) != n_planes:
             raise ValueError(f"Got {n_planes} image(s) but {len(labels)} label map(s).")
