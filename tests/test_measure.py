@@ -157,3 +157,26 @@ def test_channels_sharing_a_name_keep_a_column_each():
     table = measure_cells(labels, image, channel_names=["GFP", "GFP", "DAPI"])
     assert table["mean_intensity_GFP_0"][0] == 1.0 and table["mean_intensity_GFP_1"][0] == 2.0
     assert table["mean_intensity_DAPI"][0] == 3.0 and "mean_intensity_GFP" not in table
+
+
+def test_outlines_of_labels_of_any_number_type_and_size():
+    labels = np.zeros((12, 12), np.int64)
+    labels[2:6, 2:6], labels[7:11, 5:9] = 3, 5
+    outlines = cell_outlines(labels)
+    huge = cell_outlines(labels * 10**12)  # ids of another tool: no memory for every id
+    assert sorted(huge) == [3 * 10**12, 5 * 10**12]
+    np.testing.assert_array_equal(huge[5 * 10**12], outlines[5])
+    as_float = cell_outlines(labels.astype(np.float32))  # whole numbers read as float
+    assert all(np.array_equal(as_float[k], outlines[k]) for k in outlines)
+    with pytest.raises(ValueError, match=r"a mask .* skimage\.measure\.label\(mask\)"):
+        fiji_roi_zip(labels > 0)
+    with pytest.raises(ValueError, match="hold fractions"):
+        cell_outlines(labels + 0.5)
+    with pytest.raises(ValueError, match="negative values"):
+        qupath_geojson(-labels)
+
+
+def test_table_csv_of_a_data_frame_is_that_of_its_columns():
+    pd = pytest.importorskip("pandas")
+    table = {"label": np.array([1, 2]), "area": np.array([4.0, 9.5])}
+    assert table_csv(pd.DataFrame(table)) == table_csv(table) == "label,area\n1,4.0\n2,9.5\n"

@@ -18,8 +18,40 @@ from .measure import Table
 __all__ = ["cell_outlines", "fiji_roi_zip", "qupath_geojson", "table_csv"]
 
 
+def _label_array(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as whole numbers, refusing what holds no cell ids: a mask, fractions,
+    negative ids."""
+    labels = np.asarray(labels)
+    if labels.dtype == np.bool_:
+        raise ValueError(
+            "These are a mask (True/False), not labels: give each cell its own number first, "
+            "e.g. skimage.measure.label(mask)."
+        )
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            raise ValueError(
+                f"Labels of {labels.dtype} hold fractions (or NaN): give a label image, one "
+                "whole number per cell and 0 for the background."
+            )
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"Labels must be whole numbers, got pixels of {labels.dtype}.")
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise ValueError(
+            f"Labels hold negative values (down to {labels.min()}): cells are numbered from 1, "
+            "the background is 0."
+        )
+    return labels
+
+
 def cell_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
     """The outline of every cell of a 2D label image.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        2D instance labels: one whole number per cell (any size: ids need not follow one
+        another), 0 the background.
 
     Returns
     -------
@@ -31,15 +63,30 @@ def cell_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
         encloses exactly the cell's pixels, so its area is the cell's pixel count. Holes are
         not traced; a cell in several pieces (touching at most by a corner) is outlined by
         its largest piece.
+
+    Raises
+    ------
+    ValueError
+        For labels that are not 2D, a mask, fractions or negative numbers.
     """
-    labels = np.asarray(labels)
+    labels = _label_array(labels)
     if labels.ndim != 2:
-        raise ValueError(f"Outlines are drawn on 2D labels, got shape {labels.shape}.")
+        raise ValueError(
+            f"Outlines are drawn on 2D labels, got shape {labels.shape}: give one plane, or "
+            "a Fiji ROI set of the stack (fiji_roi_zip with axes)."
+        )
+    ids, dense = None, labels
+    if labels.size and int(labels.max()) > max(4 * labels.size, 1 << 16):
+        # find_objects takes room for every id up to the largest: number the cells 1..n
+        ids, dense = np.unique(labels, return_inverse=True)
+        dense = dense.reshape(labels.shape) + (0 if ids[0] == 0 else 1)
+        ids = ids[1:] if ids[0] == 0 else ids
     out = {}
-    for k, sl in enumerate(ndi.find_objects(labels), start=1):
+    for index, sl in enumerate(ndi.find_objects(dense), start=1):
         if sl is None:
             continue
-        pieces, n = ndi.label(labels[sl] == k)
+        k = index if ids is None else int(ids[index - 1])
+        pieces, n = ndi.label(dense[sl] == index)
         if n > 1:
             sizes = np.bincount(pieces.ravel())[1:]
             mask = pieces == 1 + int(np.argmax(sizes))
@@ -102,10 +149,22 @@ def fiji_roi_zip(labels: np.ndarray, axes: str | None = None) -> bytes:
         more than two. Each plane's cells then carry their place in the stack: ImageJ's stack
         position (1-based, planes over z within each time point) and their z slice and time
         frame, and ``z004``-style plane names.
+
+    Returns
+    -------
+    bytes
+        The ``.zip`` file's contents: one ``cell-00012.roi`` (``cell-00012-z004.roi`` in a
+        stack) per cell and plane, named by the cell's label.
+
+    Raises
+    ------
+    ValueError
+        For labels of more than two axes without ``axes``, or that hold no cell ids (see
+        :func:`cell_outlines`).
     """
     from roifile import ImagejRoi
 
-    labels = np.asarray(labels)
+    labels = _label_array(labels)
     lead = _stack_axes(labels, axes)
     planes = labels.reshape(-1, *labels.shape[-2:])
     buffer = io.BytesIO()
@@ -152,7 +211,19 @@ def qupath_geojson(labels: np.ndarray, table: Table | None = None) -> str:
     table : Table, optional
         Measurements (with a ``label`` column) to attach to each cell: numbers (and yes/no
         columns, as 1 and 0) as its QuPath measurements, other columns (a class a person or
-        another tool gave) as its metadata, text QuPath keeps beside them.
+        another tool gave) as its metadata, text QuPath keeps beside them. A pandas DataFrame
+        does as well.
+
+    Returns
+    -------
+    str
+        A GeoJSON ``FeatureCollection`` of detections, one per cell (QuPath: *File > Import
+        objects*, or drag the file onto the image).
+
+    Raises
+    ------
+    ValueError
+        For labels that are not 2D or hold no cell ids (see :func:`cell_outlines`).
     """
     rows: dict[int, dict[str, float]] = {}
     texts: dict[int, dict[str, str]] = {}
@@ -182,8 +253,23 @@ def qupath_geojson(labels: np.ndarray, table: Table | None = None) -> str:
 
 
 def table_csv(table: Table | list[dict]) -> str:
-    """A table as CSV text: columns of a :data:`~napari_mutualseg.measure.Table`, or rows (a
-    column for every key of any row, empty where a row has none)."""
+    """A table as CSV text.
+
+    Parameters
+    ----------
+    table : Table or list of dict
+        Columns (a :data:`~napari_mutualseg.measure.Table`, such as
+        :func:`~napari_mutualseg.measure.measure_cells` gives, or a pandas DataFrame), or rows
+        (a column for every key of any row, empty where a row has none).
+
+    Returns
+    -------
+    str
+        A header line, then one line per row.
+    """
+    if not isinstance(table, list):
+        # a DataFrame's items are its columns, as a dict's
+        table = {str(k): np.asarray(v) for k, v in table.items()}
     rows = (
         table
         if isinstance(table, list)
