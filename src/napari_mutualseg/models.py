@@ -100,14 +100,31 @@ class ModelPair(Segmenter):
         return sum(t.numel() * t.element_size() + 1024 for t in tensors) + 65536
 
     def to(self, device: str | torch.device) -> ModelPair:
-        """Move both networks to ``device`` (in place) and return the pair."""
+        """Move both networks to ``device`` (in place).
+
+        Parameters
+        ----------
+        device : str or torch.device
+            ``"auto"`` (CUDA, then MPS, then the CPU) or an explicit device.
+
+        Returns
+        -------
+        ModelPair
+            This pair, for chaining: ``ModelPair.load(path).to("cpu")``.
+        """
         self.device = select_device(device)
         self.model_a.to(self.device)
         self.model_b.to(self.device)
         return self
 
     def copy(self) -> ModelPair:
-        """A deep copy, so that a caller's pair never changes under it."""
+        """A deep copy, so that a caller's pair never changes under it.
+
+        Returns
+        -------
+        ModelPair
+            New networks with the same weights, settings and history.
+        """
         return ModelPair(
             copy.deepcopy(self.model_a),
             copy.deepcopy(self.model_b),
@@ -125,7 +142,13 @@ class ModelPair(Segmenter):
         return int(self.model_a.arch.get("in_channels", 1))
 
     def describe_input(self) -> str:
-        """The networks' input for people, e.g. ``"2 channels (DAPI, GFP)"``."""
+        """The networks' input for people.
+
+        Returns
+        -------
+        str
+            For example ``"2 channels (DAPI, GFP)"``.
+        """
         n = self.in_channels
         text = f"{n} channel{'s' if n > 1 else ''}"
         chosen = parse_channels(self.settings.get("channels"))
@@ -164,10 +187,21 @@ class ModelPair(Segmenter):
         name : str
             How the image is called in messages.
 
+        Returns
+        -------
+        AxisImage
+            The image with the networks' channels only (a C axis always).
+
         Raises
         ------
         ValueError
             When the image gives another number of channels than the networks take.
+
+        Warns
+        -----
+        UserWarning
+            When the image looks like labels or a mask rather than intensities
+            (:func:`~napari_mutualseg.network_input.warn_if_labels`).
         """
         img = as_image(image, axes, name=name)
         # the caller's frame: segment or predict (Segmenter) calls this
@@ -212,7 +246,13 @@ class ModelPair(Segmenter):
     def fingerprint(self) -> str:
         """A digest of what decides the segmentation: both networks' weights, the intensity
         scaling, the input channels and the smallest cell kept (``min_size``). The same
-        trained pair gives the same digest, in a file or in memory, on any device."""
+        trained pair gives the same digest, in a file or in memory, on any device.
+
+        Returns
+        -------
+        str
+            16 hexadecimal digits.
+        """
         digest = hashlib.sha256()
         for model in self.models:
             for name, tensor in model.state_dict().items():
@@ -234,10 +274,28 @@ class ModelPair(Segmenter):
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save both networks with their architecture, normalisation and settings (one file).
 
+        The file is written whole or not at all (a temporary file renamed into place), so a
+        pair loaded from ``path`` may be saved over it with ``overwrite=True``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The model file (``.pt`` by convention).
+        overwrite : bool
+            Replace a file already at ``path``.
+
+        Returns
+        -------
+        pathlib.Path
+            Where the model was saved.
+
         Raises
         ------
-        FileExistsError
-            If ``path`` exists and ``overwrite`` is false.
+        napari_mutualseg.files.ResultExistsError
+            If ``path`` exists and ``overwrite`` is false (a ``FileExistsError``).
+        napari_mutualseg.files.OutputError
+            If the file cannot be written there (a folder that cannot be made or written
+            to, a full disk); missing folders are made.
         """
         fields = {
             "percentiles": [float(p) for p in self.percentiles],
@@ -257,6 +315,18 @@ class ModelPair(Segmenter):
         stored weights have exactly the shapes it implies (so nothing larger than the file is
         ever allocated), and that they are finite.
 
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save` (or the plugin's *Save model*).
+        device : str or torch.device
+            Where to put the networks: ``"auto"`` (CUDA, then MPS, then the CPU) or an
+            explicit device.
+
+        Returns
+        -------
+        ModelPair
+
         Raises
         ------
         FileNotFoundError
@@ -272,6 +342,18 @@ class ModelPair(Segmenter):
     def read(cls, path: str | Path) -> tuple[ModelPair, dict[str, Any]]:
         """The pair saved at ``path`` on the CPU, checked as :meth:`load` checks it, and the
         file's fields as stored (its format and package versions among them).
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        pair : ModelPair
+            On the CPU.
+        fields : dict
+            The file's fields as stored.
 
         Raises
         ------
