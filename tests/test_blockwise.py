@@ -340,8 +340,6 @@ def test_stacks_and_time_series_go_block_by_block_plane_after_plane():
         assert blocks.max() == whole.max() == 11  # one label per cell through the stack
         assert _same_objects(blocks, whole)
     assert steps[-1] == (27, 27)  # three planes of nine blocks
-    with pytest.raises(ValueError, match="out= takes the labels of one plane"):
-        pair.segment(stack, axes="ZYX", out=np.zeros(image.shape, np.int32))
 
 
 def test_a_stack_segmented_by_blocks_in_a_batch_is_written_as_tiff(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.measure import label
 
-from napari_mutualseg.linking import link_labels, link_slices
+from napari_mutualseg.linking import StackLinker, link_labels, link_slices
 from napari_mutualseg.metrics import evaluate
 from napari_mutualseg.synthetic import synthetic_volume
 
@@ -65,3 +65,30 @@ def test_a_tracked_cell_missed_in_one_frame_keeps_its_label():
     assert link_labels(frames, "TYX", track=True)[4, 16, 16] != tracked[0, 16, 16]
     with pytest.raises(ValueError, match="max_gap"):
         link_slices(frames, max_gap=-1)
+
+
+@pytest.mark.parametrize(
+    ("axes", "settings"),
+    [
+        ("ZYX", {}),
+        ("ZYX", {"link": False}),
+        ("TYX", {"track": True, "max_gap": 2}),
+        ("TZYX", {"track": True}),
+        ("TZYX", {"link": False}),
+    ],
+)
+def test_planes_linked_one_at_a_time_are_the_stack_linked_whole(axes, settings):
+    """The stack linker, fed a plane at a time, gives each plane the labels ``link_labels``
+    gives the whole stack, the cells of a missed frame (max_gap) included."""
+    _, truth = synthetic_volume((6, 48, 48), 8, seed=1)
+    per_plane = np.stack([label(p > 0) for p in truth])
+    per_plane[3][per_plane[3] == per_plane[3].max()] = 0  # a cell missed in one plane
+    shape = (2, 3, 48, 48) if axes == "TZYX" else per_plane.shape
+    stack = per_plane.reshape(shape)
+    whole = link_labels(stack, axes, **settings)
+    linker = StackLinker(axes, shape, **settings)
+    streamed = np.zeros_like(per_plane)
+    for plane in per_plane:
+        for index, final in linker.add(plane):
+            streamed[index] = final
+    np.testing.assert_array_equal(streamed.reshape(shape), whole)

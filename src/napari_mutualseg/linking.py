@@ -11,13 +11,23 @@ of its own), while two neighbouring cells, which overlap little, are never merge
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 
 from .metrics import overlap_table
 
-__all__ = ["LINK_MIN_OVERLAP", "link_labels", "link_slices", "separate_planes"]
+__all__ = [
+    "LINK_MIN_OVERLAP",
+    "SliceLinker",
+    "StackLinker",
+    "link_labels",
+    "link_slices",
+    "separate_planes",
+]
 
 #: Least share of the smaller of two objects in consecutive slices that must overlap the other
 #: for both to become one (``benchmarks/volume.py`` measures it).
@@ -40,6 +50,78 @@ def _links(current: np.ndarray, previous: np.ndarray, min_overlap: float) -> tup
             cur.append(ov.pred_ids[c])
             prev.append(ov.gt_ids[p])
     return np.asarray(cur, np.int64), np.asarray(prev, np.int64)
+
+
+class SliceLinker:
+    """Link slices given one at a time, as :func:`link_slices` links them all.
+
+    Each slice (a plane, a frame, or a 3D frame) is relabelled as soon as it is given, from
+    the slices before it: only the last ``max_gap + 1`` are kept, so that the slices of a
+    stack larger than memory can be linked and written one after another.
+
+    Parameters
+    ----------
+    min_overlap, max_gap
+        See :func:`link_slices`.
+    dtype : numpy dtype
+        Integer type of the relabelled slices.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_overlap: float = LINK_MIN_OVERLAP,
+        max_gap: int = 0,
+        dtype: Any = np.int32,
+    ) -> None:
+        if not 0 < min_overlap <= 1:
+            raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}.")
+        if max_gap < 0:
+            raise ValueError(f"max_gap must be 0 or more slices, got {max_gap}.")
+        self.min_overlap = min_overlap
+        self.max_gap = max_gap
+        self.dtype = np.dtype(dtype)
+        self.next_id = 1
+        # newest last; slice k - back is _recent[-back]
+        self._recent: deque[np.ndarray] = deque(maxlen=max_gap + 1)
+
+    def __call__(self, current: np.ndarray) -> np.ndarray:
+        """``current`` relabelled: ids of the objects it continues, new ids for the others."""
+        current = np.asarray(current)
+        count = np.bincount(current.ravel())
+        present = np.flatnonzero(count)
+        present = present[present > 0]
+        lut = np.zeros(count.size, self.dtype)
+        recent = self._recent
+        if recent and present.size:
+            cur, prev = _links(current, recent[-1], self.min_overlap)
+            lut[cur] = prev
+            for back in range(2, len(recent) + 1):
+                left = present[lut[present] == 0]
+                if not left.size:
+                    break
+                # objects of slice k - back that are in no slice since, nor linked just now
+                since = np.unique(np.concatenate([s.ravel() for s in list(recent)[-back + 1 :]]))
+                ended = np.setdiff1d(np.unique(recent[-back]), np.union1d(since, lut))
+                if not ended.size:
+                    continue
+                cur, prev = _links(
+                    np.where(np.isin(current, left), current, 0),
+                    np.where(np.isin(recent[-back], ended), recent[-back], 0),
+                    self.min_overlap,
+                )
+                lut[cur] = prev
+        new = present[lut[present] == 0]
+        if self.next_id + new.size - 1 > np.iinfo(self.dtype).max:
+            raise ValueError(
+                f"More than {np.iinfo(self.dtype).max} objects: too many for {self.dtype} "
+                "labels; segment the stack in parts."
+            )
+        lut[new] = np.arange(self.next_id, self.next_id + new.size)
+        self.next_id += new.size
+        out = lut[current]
+        recent.append(out)
+        return out
 
 
 def link_slices(
@@ -66,44 +148,21 @@ def link_slices(
     numpy.ndarray
         int32 (int64 beyond 2**31 - 1 objects) labels of the same shape, 1..N over the whole
         array in the order objects first appear.
+
+    See Also
+    --------
+    SliceLinker : the same, one slice at a time.
     """
     labels = np.asarray(labels)
     if labels.ndim < 3:
         raise ValueError(f"labels must be slices of 2D labels or more, got shape {labels.shape}.")
-    if not 0 < min_overlap <= 1:
-        raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}.")
-    if max_gap < 0:
-        raise ValueError(f"max_gap must be 0 or more slices, got {max_gap}.")
-    counts = [np.bincount(s.ravel()) for s in labels]
-    total = sum(int(np.count_nonzero(c[1:])) for c in counts)
-    out = np.zeros(labels.shape, np.int32 if total < 2**31 else np.int64)
-    next_id = 1
-    for k, (current, count) in enumerate(zip(labels, counts, strict=True)):
-        present = np.flatnonzero(count)
-        present = present[present > 0]
-        lut = np.zeros(count.size, out.dtype)
-        if k and present.size:
-            cur, prev = _links(current, out[k - 1], min_overlap)
-            lut[cur] = prev
-            for back in range(2, min(max_gap + 1, k) + 1):
-                left = present[lut[present] == 0]
-                if not left.size:
-                    break
-                # objects of slice k - back that are in no slice since, nor linked just now
-                since = np.unique(out[k - back + 1 : k])
-                ended = np.setdiff1d(np.unique(out[k - back]), np.union1d(since, lut))
-                if not ended.size:
-                    continue
-                cur, prev = _links(
-                    np.where(np.isin(current, left), current, 0),
-                    np.where(np.isin(out[k - back], ended), out[k - back], 0),
-                    min_overlap,
-                )
-                lut[cur] = prev
-        new = present[lut[present] == 0]
-        lut[new] = np.arange(next_id, next_id + new.size)
-        next_id += new.size
-        out[k] = lut[current]
+    total = sum(int(np.count_nonzero(np.bincount(s.ravel())[1:])) for s in labels)
+    linker = SliceLinker(
+        min_overlap=min_overlap, max_gap=max_gap, dtype=np.int32 if total < 2**31 else np.int64
+    )
+    out = np.zeros(labels.shape, linker.dtype)
+    for k, current in enumerate(labels):
+        out[k] = linker(current)
     return out
 
 
@@ -141,18 +200,98 @@ def link_labels(
     numpy.ndarray
         The linked labels (``labels`` itself when there is nothing to link).
     """
-    axes = axes.upper()
-    if axes not in ("YX", "ZYX", "TYX", "TZYX") or len(axes) != np.ndim(labels):
-        raise ValueError(
-            f"Label axes must be YX, ZYX, TYX or TZYX, one per axis of the labels; got {axes!r} "
-            f"for shape {np.shape(labels)}."
-        )
+    axes = _check_axes(axes, np.ndim(labels), np.shape(labels))
     if "Z" in axes:
         join = partial(link_slices, min_overlap=min_overlap) if link else separate_planes
         labels = np.stack([join(frame) for frame in labels]) if "T" in axes else join(labels)
     if track and "T" in axes:
         labels = link_slices(labels, min_overlap=min_overlap, max_gap=max_gap)
     return labels
+
+
+class StackLinker:
+    """:func:`link_labels` one plane at a time, for labels written as they are made.
+
+    Planes are given in the order of the label image (z within each time point); each comes
+    back relabelled as soon as its labels are final: at once for a z-stack or a time series
+    of planes, at the end of its time point for a time series of z-stacks (tracking links
+    whole 3D frames). What it keeps is the last few planes (frames with ``max_gap``), never
+    the stack.
+
+    Parameters
+    ----------
+    axes : str
+        The label image's axes: ``"YX"``, ``"ZYX"``, ``"TYX"`` or ``"TZYX"``.
+    shape : sequence of int
+        The label image's shape.
+    link, track, min_overlap, max_gap
+        See :func:`link_labels`.
+
+    Examples
+    --------
+    >>> linker = StackLinker("ZYX", stack.shape)  # doctest: +SKIP
+    >>> for k, plane in enumerate(stack):  # doctest: +SKIP
+    ...     for index, final in linker.add(plane):
+    ...         out[index] = final
+    """
+
+    def __init__(
+        self,
+        axes: str,
+        shape: Sequence[int],
+        *,
+        link: bool = True,
+        track: bool = False,
+        min_overlap: float = LINK_MIN_OVERLAP,
+        max_gap: int = 1,
+    ) -> None:
+        axes = _check_axes(axes, len(shape), shape)
+        self._n_z = int(shape[axes.index("Z")]) if "Z" in axes else 0
+        self._link = link
+        self._min_overlap = min_overlap
+        self._track = (
+            SliceLinker(min_overlap=min_overlap, max_gap=max_gap)
+            if track and "T" in axes
+            else None
+        )
+        self._frame: list[np.ndarray] = []
+        self._z_link: SliceLinker | None = None
+        self._offset = 0
+        self._done = 0
+
+    def add(self, plane: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Give the next plane's own labels; the planes now final, as (plane index, labels)."""
+        plane = np.asarray(plane)
+        if self._n_z:
+            if not self._frame:  # a new z-stack
+                self._z_link = SliceLinker(min_overlap=self._min_overlap)
+                self._offset = 0
+            if self._link:
+                plane = self._z_link(plane)
+            else:  # as separate_planes
+                plane = np.where(plane > 0, plane.astype(np.int32) + self._offset, 0)
+                self._offset = max(self._offset, int(plane.max(initial=0)))
+            self._frame.append(plane)
+            if len(self._frame) < self._n_z:
+                return []
+            frame, self._frame = np.stack(self._frame), []
+        else:
+            frame = plane
+        if self._track is not None:
+            frame = self._track(frame)
+        frame = frame.reshape((-1, *frame.shape[-2:]))
+        first, self._done = self._done, self._done + len(frame)
+        return list(enumerate(frame, first))
+
+
+def _check_axes(axes: str, ndim: int, shape: Sequence[int]) -> str:
+    axes = axes.upper()
+    if axes not in ("YX", "ZYX", "TYX", "TZYX") or len(axes) != ndim:
+        raise ValueError(
+            f"Label axes must be YX, ZYX, TYX or TZYX, one per axis of the labels; got {axes!r} "
+            f"for shape {tuple(shape)}."
+        )
+    return axes
 
 
 def separate_planes(labels: np.ndarray) -> np.ndarray:

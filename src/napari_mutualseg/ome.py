@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .files import ResultExistsError, remove_stale_temps, temp_path
 
 __all__ = [
@@ -243,14 +245,32 @@ class PixelSize:
 # ---------------------------------------------------------------------- OME-Zarr output
 
 
-def _multiscales(name: str, levels: int, pixel_size: PixelSize | None) -> dict:
+def _multiscales(
+    name: str, axes: str, levels: int, pixel_size: PixelSize | None, frame_interval: float | None
+) -> dict:
     unit = {"unit": pixel_size.unit} if pixel_size is not None else {}
-    base = (pixel_size.y, pixel_size.x) if pixel_size is not None else (1.0, 1.0)
+    if pixel_size is not None and pixel_size.t is not None:
+        frame_interval = pixel_size.t
+    step = {
+        "T": frame_interval or 1.0,
+        "Z": pixel_size.z if pixel_size is not None and pixel_size.z else 1.0,
+        "Y": pixel_size.y if pixel_size is not None else 1.0,
+        "X": pixel_size.x if pixel_size is not None else 1.0,
+    }
+    described = []
+    for a in axes:
+        if a == "T":  # without an interval: OME-Zarr's default scale of 1, no unit
+            described.append(
+                {"name": "t", "type": "time"} | ({"unit": "second"} if frame_interval else {})
+            )
+        else:
+            z_unit = a != "Z" or (pixel_size is not None and pixel_size.z)
+            described.append({"name": a.lower(), "type": "space"} | (unit if z_unit else {}))
     datasets = [
         {
             "path": str(k),
             "coordinateTransformations": [
-                {"type": "scale", "scale": [base[0] * 2**k, base[1] * 2**k]}
+                {"type": "scale", "scale": [step[a] * (2**k if a in "YX" else 1) for a in axes]}
             ],
         }
         for k in range(levels)
@@ -260,17 +280,19 @@ def _multiscales(name: str, levels: int, pixel_size: PixelSize | None) -> dict:
             {
                 "version": NGFF_VERSION,
                 "name": name,
-                "axes": [{"name": a, "type": "space", **unit} for a in ("y", "x")],
+                "axes": described,
                 "datasets": datasets,
                 "type": "nearest",
-                "metadata": {"method": "every second pixel of the level above"},
+                "metadata": {"method": "every second pixel (along y and x) of the level above"},
             }
         ],
         "image-label": {"version": NGFF_VERSION},
     }
 
 
-def _new_array(group: Any, name: str, shape: Sequence[int], chunks: Sequence[int]) -> Any:
+def _new_array(group: Any, name: str, shape: Sequence[int], chunk: int) -> Any:
+    # one plane deep: a stack is written, and read back, a plane at a time
+    chunks = (1,) * (len(shape) - 2) + (chunk, chunk)
     return group.create_array(
         name,
         shape=tuple(shape),
@@ -282,13 +304,15 @@ def _new_array(group: Any, name: str, shape: Sequence[int], chunks: Sequence[int
 
 
 def _downsample(source: Any, target: Any) -> None:
-    """``target`` = every second pixel of ``source``, one target chunk at a time."""
-    ch_y, ch_x = target.chunks
-    for y in range(0, target.shape[0], ch_y):
-        for x in range(0, target.shape[1], ch_x):
-            target[y : y + ch_y, x : x + ch_x] = source[
-                2 * y : 2 * (y + ch_y) : 2, 2 * x : 2 * (x + ch_x) : 2
-            ]
+    """``target`` = every second pixel along y and x of ``source``, one target chunk at a
+    time."""
+    ch_y, ch_x = target.chunks[-2:]
+    for lead in np.ndindex(*target.shape[:-2]):
+        for y in range(0, target.shape[-2], ch_y):
+            for x in range(0, target.shape[-1], ch_x):
+                target[(*lead, slice(y, y + ch_y), slice(x, x + ch_x))] = source[
+                    (*lead, slice(2 * y, 2 * (y + ch_y), 2), slice(2 * x, 2 * (x + ch_x), 2))
+                ]
 
 
 def check_writable_zarr(path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -318,7 +342,9 @@ def labels_zarr(
     path: str | os.PathLike,
     shape: Sequence[int],
     *,
+    axes: str | None = None,
     pixel_size: PixelSize | None = None,
+    frame_interval: float | None = None,
     name: str = "cells",
     chunk: int = ZARR_CHUNK,
     overwrite: bool = False,
@@ -335,9 +361,18 @@ def labels_zarr(
     path : str or path-like
         Target folder, ending in ``.zarr`` (``cells.ome.zarr``).
     shape : sequence of int
-        ``(Y, X)`` of the labels; an image's leading (channel) axes are ignored.
+        The shape of the labels; without ``axes``, ``(Y, X)``: an image's leading (channel)
+        axes are ignored.
+    axes : str, optional
+        The labels' axes, ``"YX"`` (the default), ``"ZYX"``, ``"TYX"`` or ``"TZYX"``
+        (``AxisImage.label_axes``), the last ``len(axes)`` of ``shape``. A stack is stored in
+        chunks one plane deep, so that it can be written and read a plane at a time.
     pixel_size : PixelSize, optional
-        Written as the scale of every level (doubled per level down the pyramid).
+        Written as the scale of every level (y and x doubled per level down the pyramid),
+        with the z step and the frame interval (in seconds) of a stack when it has them.
+    frame_interval : float, optional
+        The time from one frame to the next in seconds, for labels of a time series whose
+        pixel size is unknown (the pixel size's own interval comes first).
     name : str
         The multiscale's name.
     chunk : int
@@ -348,14 +383,16 @@ def labels_zarr(
     Yields
     ------
     zarr.Array
-        int32 ``(Y, X)`` array, all 0, to write the labels into.
+        int32 array of ``shape`` (``(Y, X)`` without ``axes``), all 0, to write the labels
+        into.
 
     Raises
     ------
     FileExistsError
         When ``path`` exists and ``overwrite`` is False.
     ValueError
-        When ``path`` does not end in ``.zarr`` or zarr is not installed.
+        When ``path`` does not end in ``.zarr``, zarr is not installed, or ``axes`` are not
+        label axes of ``shape``.
 
     Examples
     --------
@@ -364,6 +401,12 @@ def labels_zarr(
     """
     import zarr
 
+    axes = "YX" if axes is None else axes.upper()
+    if axes not in ("YX", "ZYX", "TYX", "TZYX") or len(shape) < len(axes):
+        raise ValueError(
+            f"Label axes must be YX, ZYX, TYX or TZYX, one per axis of the labels; got {axes!r} "
+            f"for shape {tuple(shape)}."
+        )
     path = Path(path)
     check_writable_zarr(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -372,17 +415,16 @@ def labels_zarr(
     shutil.rmtree(temp, ignore_errors=True)
     try:
         group = zarr.open_group(str(temp), mode="w", zarr_format=2)
-        shape = tuple(int(s) for s in shape[-2:])
-        level = _new_array(group, "0", shape, (chunk, chunk))
+        shape = tuple(int(s) for s in shape[len(shape) - len(axes) :])
+        level = _new_array(group, "0", shape, chunk)
         yield level
         levels = 1
-        while max(level.shape) > chunk:
-            smaller = _new_array(
-                group, str(levels), [-(-s // 2) for s in level.shape], (chunk, chunk)
-            )
+        while max(level.shape[-2:]) > chunk:
+            smaller_shape = [*level.shape[:-2], *(-(-s // 2) for s in level.shape[-2:])]
+            smaller = _new_array(group, str(levels), smaller_shape, chunk)
             _downsample(level, smaller)
             level, levels = smaller, levels + 1
-        group.attrs.update(_multiscales(name, levels, pixel_size))
+        group.attrs.update(_multiscales(name, axes, levels, pixel_size, frame_interval))
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

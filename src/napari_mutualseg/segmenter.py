@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from .inference import (
     predict_disagreement,
     predict_proba,
 )
-from .linking import LINK_MIN_OVERLAP, link_labels
+from .linking import LINK_MIN_OVERLAP, StackLinker, link_labels
 from .preprocess import apply_ranges, check_channels
 
 #: What to try when a trained pair finds no cell in an image, for every face to say.
@@ -176,9 +176,12 @@ class Segmenter:
             Margin read around each block (default: from :attr:`cell_size`, see
             :func:`~napari_mutualseg.blockwise.default_halo`).
         out : array-like, optional
-            int32 array of zeros, shaped like the plane, to write the labels into (block by
-            block), e.g. from :func:`napari_mutualseg.ome.labels_zarr`; single-plane images
-            only.
+            int32 array of zeros shaped like the labels (``image.label_shape``) to write them
+            into, e.g. from :func:`napari_mutualseg.ome.labels_zarr` (with ``axes=`` for a
+            stack): one plane block by block; a stack plane after plane, each written as soon
+            as it is linked to the planes before it (a time series of z-stacks: at the end of
+            its time point), so that the memory holds a few planes, not the stack. The labels
+            are those the stack would have in memory.
         progress : callable, optional
             ``progress(done, total)`` after each plane (block by block: after each block).
 
@@ -194,75 +197,94 @@ class Segmenter:
         min_size = self._min_size(min_size)
         if blockwise is None:
             blockwise = out is not None or math.prod(chosen.plane_shape) > AUTO_BLOCKWISE_PIXELS
-        ranges = chosen.channel_ranges(self.percentiles)
+        blocks = None
         if blockwise:
-            if out is not None and chosen.n_planes != 1:
-                raise ValueError(
-                    f"{chosen.name} has {chosen.n_planes} planes; out= takes the labels of one "
-                    "plane (leave it out for a stack: its labels are returned)."
-                )
-            labels = self._segment_blocks(
-                chosen, ranges, tile_size, overlap, min_size, block_size, halo, out, progress
+            blocks = (block_size, default_halo(self.cell_size) if halo is None else halo)
+        ranges = chosen.channel_ranges(self.percentiles)
+        if out is not None and tuple(out.shape) != chosen.label_shape:
+            raise ValueError(
+                f"out has shape {tuple(out.shape)}, but the labels of {chosen.name} have shape "
+                f"{chosen.label_shape} (axes {chosen.label_axes}); make it with "
+                "labels_zarr(path, image.label_shape, axes=image.label_axes)."
             )
-            if out is not None:
-                return labels
-            return link_labels(
-                labels, chosen.label_axes, link=link, track=track, min_overlap=min_overlap
+        planes = self._planes(
+            chosen, ranges, tile_size, overlap, min_size, blocks, progress, out=out
+        )
+        if out is not None and chosen.n_planes == 1:
+            next(planes, None)  # written into out block by block
+            return out
+        if out is not None:
+            # each plane is written once linked to those before it: a few planes in memory
+            linker = StackLinker(
+                chosen.label_axes,
+                chosen.label_shape,
+                link=link,
+                track=track,
+                min_overlap=min_overlap,
             )
+            for plane in planes:
+                for index, final in linker.add(plane):
+                    out[_label_key(chosen, index)] = final
+            return out
         labels = np.zeros(chosen.label_shape, np.int32)
-        for index in range(chosen.n_planes):
-            proba = self._plane_proba(chosen, index, ranges, tile_size, overlap)
-            labels[_label_key(chosen, index)] = instances_from_proba(proba, min_size=min_size)
-            if progress is not None:
-                progress(index + 1, chosen.n_planes)
+        for index, plane in enumerate(planes):
+            labels[_label_key(chosen, index)] = plane
         return link_labels(
             labels, chosen.label_axes, link=link, track=track, min_overlap=min_overlap
         )
 
-    def _segment_blocks(
+    def _planes(
         self,
         image: AxisImage,
         ranges: np.ndarray,
-        tile_size,
-        overlap,
-        min_size,
-        block_size,
-        halo,
-        out,
-        progress,
-    ) -> Any:
-        """Every plane, block by block (:mod:`napari_mutualseg.blockwise`), each normalised
-        with ``ranges`` (the whole image's); the labels of each plane on their own."""
+        tile_size: int,
+        overlap: int,
+        min_size: int,
+        blocks: tuple[int, int] | None,
+        progress: Callable[[int, int], None] | None,
+        out: Any = None,
+    ) -> Iterator[Any]:
+        """The labels of every plane on its own, in order, each normalised with ``ranges``
+        (the whole image's): whole, or block by block with ``blocks`` (block size, halo)
+        (:mod:`napari_mutualseg.blockwise`), into ``out`` for a one-plane image."""
 
         def predict(block: np.ndarray) -> np.ndarray:
             return predict_proba(
                 self.models, block, self.device, tile_size=tile_size, overlap=overlap
             )
 
-        labels = np.zeros(image.label_shape, np.int32) if out is None else out
-        halo = default_halo(self.cell_size) if halo is None else halo
         planes = image.n_planes
-        blocks = len(block_grid(image.plane_shape, block_size, halo))
+        steps = 1 if blocks is None else len(block_grid(image.plane_shape, *blocks))
         cut_off = 0
         for index in range(planes):
             plane_progress = None
             if progress is not None:
 
                 def plane_progress(done: int, total: int, index: int = index) -> None:
-                    progress(index * blocks + done, planes * blocks)
+                    progress(index * steps + done, planes * steps)
 
-            result = segment_blockwise(
-                image.plane_array(index),
-                predict,
-                block_size=block_size,
-                halo=halo,
-                min_size=min_size,
-                out=labels if out is not None else labels[_label_key(image, index)],
-                progress=plane_progress,
-                name=image.name,
-                ranges=ranges,
-            )
-            cut_off += result.cut_off
+            if blocks is None:
+                proba = self._plane_proba(image, index, ranges, tile_size, overlap)
+                labels = instances_from_proba(proba, min_size=min_size)
+                if plane_progress is not None:
+                    plane_progress(1, 1)
+            else:
+                result = segment_blockwise(
+                    image.plane_array(index),
+                    predict,
+                    block_size=blocks[0],
+                    halo=blocks[1],
+                    min_size=min_size,
+                    out=np.zeros(image.plane_shape, np.int32)
+                    if planes > 1 or out is None
+                    else out,
+                    progress=plane_progress,
+                    name=image.name,
+                    ranges=ranges,
+                )
+                cut_off += result.cut_off
+                labels = result.labels
+            yield labels
         if cut_off:
             warnings.warn(
                 f"{image.name}: {cut_off} cell(s) reached the edge of their block's "
@@ -271,7 +293,6 @@ class Segmenter:
                 UserWarning,
                 stacklevel=3,
             )
-        return labels
 
     def predict(
         self,

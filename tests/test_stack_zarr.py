@@ -1,0 +1,79 @@
+"""Labels of z-stacks and time series written to OME-Zarr plane after plane."""
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from skimage.measure import label
+
+from napari_mutualseg.images import AxisImage
+from napari_mutualseg.models import ModelPair
+from napari_mutualseg.ome import PixelSize, labels_zarr
+from napari_mutualseg.synthetic import synthetic_volume
+
+
+class _PixelNet(torch.nn.Module):
+    """A 'network' that calls every pixel above 0.5 cell: labels without training."""
+
+    divisor = 1
+
+    def __init__(self):
+        super().__init__()
+        self.arch = {"in_channels": 1, "n_classes": 3}
+
+    def forward(self, x):
+        return torch.cat([(0.5 - x) * 8, (x - 0.5) * 8, x * 0 - 8], dim=1)
+
+
+def _pair() -> ModelPair:
+    return ModelPair(_PixelNet(), _PixelNet(), settings={"min_size": 4, "rgb": "gray"})
+
+
+def _stack() -> np.ndarray:
+    """Six 48 x 48 planes of cells, one of them missed in the fourth plane."""
+    _, truth = synthetic_volume((6, 48, 48), 8, seed=1)
+    truth[3][label(truth[3] > 0) == 1] = 0
+    return (truth > 0).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("axes", "settings"),
+    [("ZYX", {}), ("TYX", {"track": True}), ("TZYX", {"track": True})],
+)
+def test_a_stack_streamed_to_ome_zarr_has_the_labels_it_has_in_memory(tmp_path, axes, settings):
+    stack = _stack().reshape((2, 3, 48, 48) if axes == "TZYX" else (6, 48, 48))
+    pair = _pair()
+    whole = pair.segment(stack, axes=axes, blockwise=True, block_size=32, halo=8, **settings)
+    path = tmp_path / "cells.ome.zarr"
+    with labels_zarr(path, stack.shape, axes=axes, chunk=32) as out:
+        assert out.chunks == (1,) * (len(axes) - 2) + (32, 32)
+        pair.segment(stack, axes=axes, out=out, block_size=32, halo=8, **settings)
+    assert whole.max() > 1
+    written = AxisImage.from_file(path)
+    assert written.axes == axes
+    np.testing.assert_array_equal(np.asarray(written.data), whole)
+    level_1 = zarr.open_group(str(path), mode="r")["1"]
+    assert level_1.shape == (*stack.shape[:-2], 24, 24)  # halved along y and x only
+
+
+def test_a_stack_out_of_another_shape_is_refused():
+    with pytest.raises(ValueError, match=r"labels_zarr\(path, image.label_shape"):
+        _pair().segment(_stack(), axes="ZYX", out=np.zeros((48, 48), np.int32))
+
+
+def test_ome_zarr_labels_keep_z_step_frame_interval_and_units(tmp_path):
+    size = PixelSize(0.5, 0.5, "um", z=2.0, t=30.0)
+    with labels_zarr(tmp_path / "a.zarr", (2, 3, 8, 8), axes="TZYX", pixel_size=size) as out:
+        out[1, 2] = 1
+    image = AxisImage.from_file(tmp_path / "a.zarr")
+    assert image.axes == "TZYX"
+    assert image.pixel_size == {"T": 30.0, "Z": 2.0, "Y": 0.5, "X": 0.5}
+    assert image.unit in ("µm", "micrometer")
+
+
+def test_an_interval_without_a_pixel_size_is_written_alone(tmp_path):
+    with labels_zarr(tmp_path / "a.zarr", (3, 8, 8), axes="TYX", frame_interval=5.0):
+        pass
+    image = AxisImage.from_file(tmp_path / "a.zarr")
+    assert image.frame_interval == 5.0
+    assert PixelSize.of(image) is None  # no pixel size made up
