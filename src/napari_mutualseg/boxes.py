@@ -237,15 +237,31 @@ class Box:
         return (cy - ey, cx - ex, cy + ey, cx + ex)
 
     def pixel_range(self) -> tuple[float, float, float, float]:
-        """``y0, x0, y1, x1`` of the bounding rectangle as a half-open pixel range.
+        """The bounding rectangle as a half-open pixel range.
 
         The inverse of :meth:`from_corners` for axis-aligned boxes.
+
+        Returns
+        -------
+        tuple of float
+            ``y0, x0, y1, x1``.
         """
         ymin, xmin, ymax, xmax = self.bounds
         return (ymin + 0.5, xmin + 0.5, ymax + 0.5, xmax + 0.5)
 
     def describe(self, k: int) -> str:
-        """How messages name box ``k``: its pixel range, or centre, size and angle if rotated."""
+        """How messages name this box.
+
+        Parameters
+        ----------
+        k : int
+            The box's index.
+
+        Returns
+        -------
+        str
+            ``box k`` with its pixel range, or its centre, size and angle if rotated.
+        """
         if self.angle == 0.0:
             return f"box {k} (y0, x0, y1, x1 = {_fmt(self.pixel_range())})"
         return (
@@ -260,6 +276,15 @@ class Box:
         given twice), whichever shape drew them: a rectangle's inscribed ellipse is the same
         as an ellipse drawn in it. The later of two such boxes would get none of the cell's
         pixels.
+
+        Parameters
+        ----------
+        other : Box
+            Another box on the same plane.
+
+        Returns
+        -------
+        bool
         """
         gaps = np.abs(self.corners[:, None] - other.corners[None]).max(axis=2)
         # Each corner close to some corner of the other box: the same rectangle, whatever
@@ -272,11 +297,31 @@ class Box:
         return 2 * min(self.half_sizes) < MIN_BOX_SIZE - _EPS
 
     def overlaps(self, shape: Sequence[int]) -> bool:
-        """Whether any pixel centre of an image of ``shape`` lies in the box's bounds."""
+        """Whether any pixel centre of an image lies in the box's bounds.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Image shape ``(H, W)``.
+
+        Returns
+        -------
+        bool
+        """
         return all(s.stop > s.start for s in self.slices(shape))
 
     def within(self, shape: Sequence[int]) -> bool:
-        """Whether the whole box lies on an image of ``shape`` (nothing to clip)."""
+        """Whether the whole box lies on an image (nothing to clip).
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Image shape ``(H, W)``.
+
+        Returns
+        -------
+        bool
+        """
         ymin, xmin, ymax, xmax = self.pixel_range()
         return min(ymin, xmin) >= -_EPS and ymax <= shape[0] + _EPS and xmax <= shape[1] + _EPS
 
@@ -591,7 +636,17 @@ def boxes_from_labels(labels: Any) -> list[Box]:
 
 
 def rectangle_vertices(rows: Any) -> list[np.ndarray]:
-    """napari rectangles (4 ``(y, x)`` vertices each) from half-open pixel rows ``y0, x0, y1, x1``.
+    """napari rectangles from half-open pixel rows ``y0, x0, y1, x1``.
+
+    Parameters
+    ----------
+    rows : array_like
+        ``(N, 4)`` rows ``y0, x0, y1, x1`` (one row may be given flat).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One ``(4, 2)`` array of ``(y, x)`` vertices per row, for a Shapes layer's ``data``.
 
     Examples
     --------
@@ -662,9 +717,21 @@ def region_boxes(boxes: Sequence[Box]) -> dict[int, int]:
 
 
 def off_image(boxes: Sequence[Box], shape: Sequence[int]) -> list[int]:
-    """The indices of the boxes that lie wholly off an image of ``shape``, of those not
-    :attr:`Box.too_small` (left out whatever their place): :func:`usable_boxes` leaves them
-    out, and the command line refuses a table of mostly such boxes."""
+    """The boxes that lie wholly off an image: :func:`usable_boxes` leaves them out, and the
+    command line refuses a table of mostly such boxes.
+
+    Parameters
+    ----------
+    boxes : sequence of Box
+        The boxes.
+    shape : tuple of int
+        Image shape ``(H, W)``.
+
+    Returns
+    -------
+    list of int
+        Their indices, of the boxes not :attr:`Box.too_small` (left out wherever they are).
+    """
     return [k for k, b in enumerate(boxes) if not b.too_small and not b.overlaps(shape)]
 
 

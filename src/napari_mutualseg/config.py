@@ -196,7 +196,14 @@ class ExchangeSettings:
     width_b: int = 0
 
     def problems(self) -> list[str]:
-        """What is wrong with these settings (empty when they are valid)."""
+        """What is wrong with these settings.
+
+        Returns
+        -------
+        list of str
+            One phrase per problem, each naming the setting, its range and the value given;
+            empty when the settings are valid.
+        """
         problems = []
         if self.rule not in EXCHANGE_RULES:
             problems.append(
@@ -415,7 +422,13 @@ class TrainConfig:
         return cls(**{"device": str(device), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as plain Python values (stored in model files)."""
+        """The settings as plain Python values (stored in model files).
+
+        Returns
+        -------
+        dict
+            Every setting, ``exchange`` as a dict of its own; :meth:`from_dict` reads it back.
+        """
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
         d["channels"] = None if self.channels is None else list(self.channels)
@@ -426,6 +439,20 @@ class TrainConfig:
         """Settings from :meth:`to_dict` output, also as older versions stored them.
 
         Unknown keys (from newer versions, or switches since removed) are ignored.
+
+        Parameters
+        ----------
+        values : dict
+            Settings by name, such as a model file's (``ModelPair.settings``).
+
+        Returns
+        -------
+        TrainConfig
+
+        Raises
+        ------
+        ValueError
+            When a known setting is out of range.
         """
         values = dict(values)
         exchange = values.get("exchange", {})

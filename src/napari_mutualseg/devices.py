@@ -69,7 +69,19 @@ def select_device(preference: str | torch.device = "auto") -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """Human-readable device name, e.g. ``"cuda:0 (NVIDIA H100 80GB HBM3)"`` or ``"cpu"``."""
+    """The device's name for people.
+
+    Parameters
+    ----------
+    device : torch.device
+        A device, as :func:`select_device` gives.
+
+    Returns
+    -------
+    str
+        For example ``"cuda:0 (NVIDIA H100 80GB HBM3)"``, ``"mps (Apple GPU)"`` or
+        ``"cpu (8 threads)"``.
+    """
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     if device.type == "mps":

@@ -174,8 +174,16 @@ def spots_to_check(
 def spot_table(spots: list[Spot]) -> dict[str, list]:
     """Spots as table columns (one row per spot, in order), ready for a CSV.
 
-    Columns: ``rank`` (1 = check first), ``kind``, ``label``, ``score``, ``area``,
-    ``centroid_y``, ``centroid_x`` and the half-open box ``y0, x0, y1, x1``.
+    Parameters
+    ----------
+    spots : list of Spot
+        As :attr:`Prediction.spots`, most disputed first.
+
+    Returns
+    -------
+    dict of str to list
+        Columns ``rank`` (1 = check first), ``kind``, ``label``, ``score``, ``area``,
+        ``centroid_y``, ``centroid_x`` and the half-open box ``y0, x0, y1, x1``.
     """
     return {
         "rank": list(range(1, len(spots) + 1)),

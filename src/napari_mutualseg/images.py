@@ -110,6 +110,11 @@ def parse_channels(values: Any) -> tuple[int | str, ...] | None:
     ``None`` or an empty selection means every channel. ``"0,2"``, ``["0", "2"]``, ``[0, 2]``
     and ``"DAPI,GFP"`` are all understood; digits are indices, anything else is a name.
 
+    Parameters
+    ----------
+    values : str, int or sequence of int or str, optional
+        The channels as given.
+
     Returns
     -------
     tuple or None
@@ -348,7 +353,23 @@ class AxisImage:
         return tuple(self.sizes[a] for a in self.label_axes)
 
     def plane_position(self, index: int) -> dict[str, int]:
-        """Time point and z position of plane ``index`` (planes run over Z within each T)."""
+        """Time point and z position of plane ``index`` (planes run over Z within each T).
+
+        Parameters
+        ----------
+        index : int
+            The plane, from 0 to ``n_planes - 1`` (z within each time point).
+
+        Returns
+        -------
+        dict of str to int
+            ``{"T": t, "Z": z}``, those of the two the image has (empty for one plane).
+
+        Raises
+        ------
+        IndexError
+            For a plane the image does not have.
+        """
         if not 0 <= index < self.n_planes:
             raise IndexError(f"{self.name} has {self.n_planes} plane(s); there is no {index}.")
         sizes = [self.sizes[a] for a in self.plane_axes]
@@ -358,7 +379,18 @@ class AxisImage:
         return {a: int(i) for a, i in zip(self.plane_axes, position, strict=True)}
 
     def plane_name(self, index: int) -> str:
-        """``"t002_z013"``-style name of plane ``index`` (empty for a single plane)."""
+        """The name of plane ``index`` in file names.
+
+        Parameters
+        ----------
+        index : int
+            The plane, from 0 to ``n_planes - 1`` (z within each time point).
+
+        Returns
+        -------
+        str
+            ``"t002_z013"``-style (empty for a single plane).
+        """
         pos = self.plane_position(index)
         return "_".join(f"{a.lower()}{int(i):03d}" for a, i in pos.items())
 
@@ -366,6 +398,16 @@ class AxisImage:
         """Plane ``index`` as a ``(C, Y, X)`` array, not loaded: a numpy view or a dask array.
 
         This is what block-by-block prediction reads from.
+
+        Parameters
+        ----------
+        index : int
+            The plane, from 0 to ``n_planes - 1`` (z within each time point).
+
+        Returns
+        -------
+        array_like
+            ``(C, Y, X)``, one channel for an image without a C axis.
         """
         pos = self.plane_position(index)
         key = tuple(int(pos[a]) if a in pos else slice(None) for a in self.axes)
@@ -373,7 +415,18 @@ class AxisImage:
         return plane if "C" in self.axes else plane[None]
 
     def plane(self, index: int = 0) -> np.ndarray:
-        """Plane ``index`` as a ``(C, Y, X)`` numpy array (loaded)."""
+        """Plane ``index`` as a ``(C, Y, X)`` numpy array (loaded).
+
+        Parameters
+        ----------
+        index : int
+            The plane, from 0 to ``n_planes - 1`` (z within each time point).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(C, Y, X)``, one channel for an image without a C axis.
+        """
         return np.asarray(self.plane_array(index))
 
     def channel_ranges(self, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
@@ -384,6 +437,11 @@ class AxisImage:
         :data:`SAMPLE_PLANES` planes and, on large images, a strided sample of them
         (:func:`napari_mutualseg.preprocess.channel_ranges`); lazy data are never loaded
         whole.
+
+        Parameters
+        ----------
+        percentiles : tuple of float
+            The low and high percentiles, from 0 to 100.
 
         Returns
         -------
@@ -403,8 +461,19 @@ class AxisImage:
         return channel_ranges(sample, percentiles, self.name)
 
     def describe(self, *, notes: bool = False) -> str:
-        """One line for people: name, channels, plane size, planes, axes, pixel size and frame
-        interval, and with ``notes`` where the axes came from and what was chosen."""
+        """One line for people: name, plane size, channels, planes, axes, pixel size and
+        frame interval.
+
+        Parameters
+        ----------
+        notes : bool
+            Add where the axes came from and what was assumed or chosen.
+
+        Returns
+        -------
+        str
+            For example ``"cells.tif: 520 x 696 px, 2 channels (DAPI, GFP), axes CYX"``.
+        """
         parts = [f"{self.name}: {self.plane_shape[0]} x {self.plane_shape[1]} px"]
         if "C" in self.axes:
             n = self.n_channels

@@ -113,13 +113,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def is_image_name(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is named as an image this package reads: a TIFF, a picture, a bioio
-    format or an OME-Zarr store (``a.zarr/`` too)."""
+    """Whether ``path`` is named as an image this package reads.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file or folder name.
+
+    Returns
+    -------
+    bool
+        True for a TIFF, a picture, a bioio format or an OME-Zarr store (``a.zarr/`` too).
+    """
     return Path(path).name.lower().endswith((*IMAGE_SUFFIXES, *BIOIO_SUFFIXES, ".zarr"))
 
 
 def image_stem(path: str | os.PathLike) -> str:
-    """An image file's name without its image suffix (``a.ome.tif``, ``a.zarr`` → ``a``)."""
+    """An image file's name without its image suffix.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+
+    Returns
+    -------
+    str
+        ``a`` for ``dir/a.ome.tif``, ``a.zarr`` or ``A.OME.TIF``; another name as it is.
+    """
     name = Path(path).name
     if is_image_name(name):
         name = name[: name.rindex(".")]

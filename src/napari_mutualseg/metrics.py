@@ -225,7 +225,14 @@ class LabelEvidence:
         return self.differ <= _LABEL_MAX_DIFFER and self.runs <= _LABEL_MAX_RUNS
 
     def describe(self) -> str:
-        """Why the image holds intensities or labels, in words for a message."""
+        """Why the image holds intensities or labels, in words for a message.
+
+        Returns
+        -------
+        str
+            For example ``"2% of its neighbouring non-zero pixels differ and each value
+            recurs 1.0 times per row that holds it"``.
+        """
         differ = f"{100 * self.differ:.0f}% of its neighbouring non-zero pixels differ"
         if self.one_value:
             return f"it holds one value besides 0, {100 * self.short_runs:.0f}% of it in specks"

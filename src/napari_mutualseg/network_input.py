@@ -64,7 +64,29 @@ def warn_if_labels(image: AxisImage, stacklevel: int = 2) -> bool:
 def select_channels(
     image: AxisImage, channels: Sequence[int | str] | None = None, rgb: str = "channels"
 ) -> AxisImage:
-    """The network input of ``image``; see :meth:`napari_mutualseg.images.AxisImage.select`."""
+    """The network input of ``image``: the chosen channels, RGB as colours or gray.
+
+    Parameters
+    ----------
+    image : AxisImage
+        The image.
+    channels : sequence of int or str, optional
+        Channels by index or name, in order (``None``: every channel).
+    rgb : {"channels", "gray"}
+        How an RGB image is taken: its colours as channels, or one gray channel.
+
+    Returns
+    -------
+    AxisImage
+        The selection, always with a C axis; lazy for lazy data. See
+        :meth:`napari_mutualseg.images.AxisImage.select`.
+
+    Raises
+    ------
+    ValueError
+        For a channel the image does not have, an unknown ``rgb``, or channels picked
+        from a picture made gray.
+    """
     if rgb not in RGB_MODES:
         raise ValueError(f"rgb must be one of {', '.join(RGB_MODES)}, got {rgb!r}.")
     channels = parse_channels(channels)
@@ -93,6 +115,23 @@ def channel_index(image: AxisImage, channel: int | str) -> int:
 
     A number that is no index of the image but one of its channels' names (a wavelength,
     ``405``) is that channel.
+
+    Parameters
+    ----------
+    image : AxisImage
+        The image.
+    channel : int or str
+        An index (from 0) or a name.
+
+    Returns
+    -------
+    int
+        The channel's index.
+
+    Raises
+    ------
+    ValueError
+        For a channel the image does not have, or a name that several of its channels share.
     """
     n = image.n_channels
     lowered = [c.lower() for c in image.channel_names or ()]

@@ -126,7 +126,18 @@ class Supervision:
         return window[0], window[1]
 
     def crop(self, window: tuple[slice, slice]) -> Supervision:
-        """This supervision on the ``(rows, cols)`` part of its image (boxes moved with it)."""
+        """This supervision on a part of its image.
+
+        Parameters
+        ----------
+        window : tuple of slice
+            ``(rows, cols)`` of the part, with steps of 1.
+
+        Returns
+        -------
+        Supervision
+            The part, boxes moved with it; this one itself for the whole image.
+        """
         if tuple(window) == tuple(slice(0, n) for n in self.classes.shape):
             return self
         shift = np.array([window[0].start, window[1].start], float)
@@ -221,7 +232,20 @@ def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
 
 
 def boxes_mask(shape: Sequence[int], boxes: Sequence[Box]) -> np.ndarray:
-    """Pixels (centres) inside any of ``boxes``, as a bool ``shape`` array."""
+    """The pixels whose centres lie inside any of ``boxes``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape ``(H, W)``.
+    boxes : sequence of Box
+        The boxes (rotated ones too).
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, of ``shape``.
+    """
     mask = np.zeros(tuple(shape), bool)
     for box in boxes:
         slices, u, v = box.local_coords(mask.shape)
