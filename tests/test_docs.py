@@ -203,3 +203,22 @@ def test_architecture_names_every_module() -> None:
     test_files = {p.name for p in (ROOT / "tests").glob("*.py")}
     unknown = named - modules - benchmark_scripts - test_files
     assert not unknown, f"ARCHITECTURE.md names modules that do not exist: {unknown}"
+
+
+def test_benchmark_options_exist() -> None:
+    """Each ``--option`` given to a benchmark script in the docs is one the script names."""
+    missing = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        commands = [c for _, body in code_blocks(text, SHELL) for c in shell_commands(body)]
+        # inline ones too, also where a line breaks them
+        spans = (" ".join(s.split()) for s in re.findall(r"`([^`]+)`", FENCE.sub("", text)))
+        commands += [s for s in spans if re.search(r"(python|bash) benchmarks/", s)]
+        for command in commands:
+            words = command.split()
+            for script in (w for w in words if re.fullmatch(r"benchmarks/\w+\.(py|sh)", w)):
+                source = (ROOT / script).read_text(encoding="utf-8")
+                for option in {w.split("=")[0] for w in words if w.startswith("--")}:
+                    if not re.search(rf"{option}\b", source):
+                        missing.append(f"{doc.name}: {script} {option}")
+    assert not missing
