@@ -241,7 +241,8 @@ def test_train_stop_resume_predict_save_load(scene, qtbot, tmp_path, notes):
     assert same(widget.model.target.layer, other)  # a new image is picked to segment
     widget.predict(block=True)
     result = viewer.layers["other cells"]
-    assert result.data.shape == other_image.shape and result.data.dtype == np.int32
+    # uint16, which napari draws as it is: int32 is recast for its texture on the main thread
+    assert result.data.shape == other_image.shape and result.data.dtype == np.uint16
     assert result.metadata[OWNER_KEY]["role"] == "cells"
 
     # save, refuse to overwrite silently, load, predict again with the loaded pair
