@@ -112,3 +112,35 @@ def test_cells_a_person_edited_are_kept_when_predicted_again(thresholded, notes)
     assert same(viewer.layers["x cells"], new) and len(viewer.layers) == 4
     new.redo()
     assert not new.data.any()
+
+
+def test_a_prediction_adds_its_layers_one_event_loop_turn_apart(thresholded):
+    """Adding a layer takes the main thread a few tenths of a second at real sizes: the cells
+    and the disagreement of a prediction, added in one turn, froze the viewer for both."""
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = thresholded
+    image = viewer.add_image(disc_image()[0], name="x")
+    seen = []
+
+    def inserted(event):
+        if event.value.name == "x cells":  # what the next turn finds
+            QTimer.singleShot(0, lambda: seen.append("x disagreement" in viewer.layers))
+
+    viewer.layers.events.inserted.connect(inserted)
+    widget.predict(image, block=True)
+    assert seen == [False]
+    assert viewer.layers["x disagreement"].data.shape == image.data.shape
+    # other pixels in the image by the next turn: no disagreement is laid over them
+    viewer.layers.remove("x cells")
+    viewer.layers.remove("x disagreement")
+    viewer.layers.events.inserted.disconnect(inserted)
+    viewer.layers.events.inserted.connect(
+        lambda event: (
+            setattr(image, "data", disc_image(seed=3)[0])
+            if event.value.name == "x cells"
+            else None
+        )
+    )
+    widget.predict(image, block=True)
+    assert "x cells" in viewer.layers and "x disagreement" not in viewer.layers

@@ -103,6 +103,12 @@ class LayerWriter(QObject):
         )
         self._kick()
 
+    def later(self, step: Callable[[], None]) -> None:
+        """Run ``step`` in an event-loop turn of its own, after the writes queued: two layers
+        added in one turn freeze the viewer for both."""
+        self._steps.append(step)
+        self._kick()
+
     def finish(self) -> None:
         """Training ended: hidden layers get the newest data too."""
         self.defer_hidden = False
