@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import TINY, disc_image
+from napari_mutualseg.disagreement import Prediction, Spot
 from napari_mutualseg.supervision import make_supervision
 from napari_mutualseg.training import MutualTrainer, TrainConfig
 
@@ -65,3 +66,17 @@ def test_labels_given_for_the_image_are_warned_of(trained):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         trainer.pair.segment((image * 1000).astype(np.uint16))  # intensities: no warning
+
+
+def test_a_prediction_prints_its_counts_not_its_arrays():
+    labels = np.zeros((8, 10), np.int32)
+    labels[1:4, 1:4], labels[5:7, 5:9] = 1, 2
+    spot = Spot("cell", 2, 0.5, 8, (5.5, 6.5), (5, 5, 7, 9))
+    region = Spot("region", 0, 0.4, 3, (1.0, 8.0), (0, 7, 3, 9))
+    disagreement = np.full(labels.shape, 0.25, np.float16)
+    prediction = Prediction(
+        np.zeros((3, 8, 10)), labels, disagreement, np.zeros(3), [spot, region]
+    )
+    assert repr(prediction) == (
+        "Prediction(8 x 10 px, 2 cells; to check: 1 cell, 1 region; mean disagreement 0.250)"
+    )

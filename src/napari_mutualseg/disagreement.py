@@ -222,6 +222,19 @@ class Prediction:
     cell_scores: np.ndarray = field(repr=False)
     spots: list[Spot] = field(default_factory=list, repr=False)
 
+    def __repr__(self) -> str:
+        # what a notebook wants to see first, not the arrays
+        n_cells = int(self.labels.max()) if self.labels.size else 0  # cells are 1..N
+        cells = sum(s.kind == "cell" for s in self.spots)
+        shape = " x ".join(map(str, self.labels.shape))
+        mean = float(np.mean(self.disagreement, dtype=np.float64)) if self.disagreement.size else 0
+        regions = len(self.spots) - cells
+        return (
+            f"Prediction({shape} px, {n_cells} cell{'s' * (n_cells != 1)}; to check: {cells} "
+            f"cell{'s' * (cells != 1)}, {regions} region{'s' * (regions != 1)}; mean "
+            f"disagreement {mean:.3f})"
+        )
+
 
 def _centre(region) -> tuple[float, float]:
     y, x = region.centroid
