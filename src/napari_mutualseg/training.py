@@ -245,12 +245,29 @@ class MutualTrainer:
         when that spares at least a quarter of the plane.
     plane_shapes : list of tuple of int
         The ``(H, W)`` of each supervised plane, the shape of every report array.
+    total_steps : int
+        Training steps of both networks over every round: with :attr:`step`, the progress
+        within a round, which another thread may show (a round takes seconds to minutes).
 
     Raises
     ------
+    TypeError
+        When a supervision is no :class:`~napari_mutualseg.supervision.Supervision` (boxes
+        or a class map given in its place).
     ValueError
         When the images, supervisions or labels do not fit together, or do not fit ``pair``
         (another number of channels, other percentiles).
+
+    Warns
+    -----
+    UserWarning
+        When an image looks like labels or a mask rather than intensities, or the labels
+        have no background.
+
+    Notes
+    -----
+    Training prints nothing: each round is one report of the iteration, which the caller
+    shows (``print(report)``; ``tqdm(trainer, total=config.rounds)`` for a bar).
 
     Examples
     --------
