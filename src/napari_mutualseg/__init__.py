@@ -3,9 +3,11 @@
 The Python API lives in the modules (importing the package itself loads nothing heavy):
 
 - ``io.read_image``, ``io.read_box_table``: an image file and its boxes (a napari Shapes CSV,
-  a ``y0,x0,y1,x1`` table, a Fiji ROI set or QuPath GeoJSON); ``images.AxisImage.from_file``
-  reads an image with its axes, channel names and pixel size.
-- ``supervision.make_supervision``: boxes -> the ellipse labels the networks start from.
+  a ``y0,x0,y1,x1`` table or scikit-image's regionprops table, a Fiji ROI set or QuPath
+  GeoJSON); ``images.AxisImage.from_file`` reads an image with its axes, channel names and
+  pixel size.
+- ``supervision.make_supervision``: boxes (``y0, x0, y1, x1`` rows, napari rectangles, a
+  DataFrame or ``regionprops_table`` of them) -> the ellipse labels the networks start from.
 - ``training.MutualTrainer`` with ``config.TrainConfig``: trains the pair, one report per round.
 - ``models.ModelPair``: the trained pair; ``save``, ``load``, ``segment`` (cells) and
   ``predict`` (cells, where the two networks disagree, the cells to check first).
