@@ -262,3 +262,42 @@ def test_benchmark_options_exist() -> None:
                     if not re.search(rf"{option}\b", source):
                         missing.append(f"{doc.name}: {script} {option}")
     assert not missing, "\n".join(missing)
+
+
+SETTINGS = ("TrainConfig", "ExchangeSettings")
+
+
+def settings_calls(text: str) -> list[str]:
+    """The ``TrainConfig(...)`` and ``ExchangeSettings(...)`` a text writes, in code spans and
+    Python blocks, each as its source (those with only literal arguments)."""
+    sources = [s for s in SPAN.findall(text) if re.match(r"(TrainConfig|ExchangeSettings)\(", s)]
+    sources += [body for _, body in code_blocks(text, ("python", "py"))]
+    calls = []
+    for source in sources:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", "") in SETTINGS
+                and all(n.id in SETTINGS for n in ast.walk(node) if isinstance(n, ast.Name))
+            ):
+                calls.append(ast.unparse(node))
+    return calls
+
+
+def test_documented_settings_are_taken() -> None:
+    """Every ``TrainConfig(...)`` and ``ExchangeSettings(...)`` in the docs is accepted."""
+    from napari_mutualseg.config import ExchangeSettings, TrainConfig
+
+    names = {"TrainConfig": TrainConfig, "ExchangeSettings": ExchangeSettings}
+    refused = []
+    for doc in DOCS:
+        for call in settings_calls(doc.read_text(encoding="utf-8")):
+            try:
+                eval(call, {"__builtins__": {}}, names)  # literal arguments only
+            except (TypeError, ValueError) as err:
+                refused.append(f"{doc.name}: {call}: {err}")
+    assert not refused, "\n".join(refused)
