@@ -342,21 +342,31 @@ def test_stacks_and_time_series_go_block_by_block_plane_after_plane():
     assert steps[-1] == (27, 27)  # three planes of nine blocks
 
 
-def test_a_stack_segmented_by_blocks_in_a_batch_is_written_as_tiff(tmp_path):
+@pytest.mark.parametrize(("axes", "track"), [("ZYX", False), ("TYX", True)])
+def test_a_stack_in_a_batch_is_written_as_tiff_or_ome_zarr_with_one_table(tmp_path, axes, track):
+    """A z-stack or time series segmented by blocks in a batch: its OME-Zarr labels (written
+    plane after plane) and their cell table are those of the TIFF route, and a rerun keeps
+    them."""
     from napari_mutualseg.batch import BatchOptions, BatchRun
 
     image = _image_of(_cells_across_faces())
     (tmp_path / "in").mkdir()
-    tifffile.imwrite(tmp_path / "in" / "stack.tif", np.stack([image] * 2))
-    results = {}
-    for out_format in ("tif", "zarr"):
-        options = BatchOptions(axes="ZYX", block_size=BLOCK, halo=32, out_format=out_format)
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", np.stack([image, np.roll(image, 3, axis=1)]))
+    statuses = []
+    for out_format in ("tif", "zarr", "zarr"):  # the second zarr run: a rerun
+        options = BatchOptions(
+            axes=axes, block_size=BLOCK, halo=32, out_format=out_format, track=track
+        )
         run = BatchRun(_pair(), [tmp_path / "in"], tmp_path / out_format, options, workers=0)
-        (results[out_format],) = list(run)
-    assert results["tif"].status == "done" and results["tif"].cells == 11
-    assert tifffile.imread(tmp_path / "tif" / "stack_cells.tif").shape == (2, *image.shape)
-    assert results["zarr"].status == "failed"
-    assert "write the labels of a stack as TIFF" in results["zarr"].reason
+        statuses += [result.status for result in run]
+    assert statuses == ["done", "done", "skipped"]
+    tif = tifffile.imread(tmp_path / "tif" / "stack_cells.tif")
+    written = AxisImage.from_file(tmp_path / "zarr" / "stack_cells.ome.zarr")
+    assert written.axes == axes
+    np.testing.assert_array_equal(np.asarray(written.data), tif)
+    assert tif.max() == (11 if axes == "ZYX" or track else 22)
+    tables = [(tmp_path / f / "stack_cells.csv").read_text() for f in ("tif", "zarr")]
+    assert tables[0] == tables[1]
 
 
 def test_a_store_a_killed_process_left_is_removed_and_a_running_ones_kept(tmp_path):

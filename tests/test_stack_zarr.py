@@ -7,6 +7,7 @@ import zarr
 from skimage.measure import label
 
 from napari_mutualseg.images import AxisImage
+from napari_mutualseg.measure import measure_cells, measure_planes
 from napari_mutualseg.models import ModelPair
 from napari_mutualseg.ome import PixelSize, labels_zarr
 from napari_mutualseg.synthetic import synthetic_volume
@@ -77,3 +78,18 @@ def test_an_interval_without_a_pixel_size_is_written_alone(tmp_path):
     image = AxisImage.from_file(tmp_path / "a.zarr")
     assert image.frame_interval == 5.0
     assert PixelSize.of(image) is None  # no pixel size made up
+
+
+def test_3d_cells_measured_a_plane_at_a_time_are_measured_as_a_whole_stack():
+    _, truth = synthetic_volume((5, 40, 40), 6, seed=2)
+    image = np.random.default_rng(0).integers(0, 4000, (2, *truth.shape)).astype(np.uint16)
+    whole = measure_cells(truth, image, channel_names=["a", "b"], pixel_size=(2, 0.5, 0.5))
+    planes = measure_planes(
+        zip(truth, np.moveaxis(image, 1, 0), strict=True),
+        channel_names=["a", "b"],
+        pixel_size=(2, 0.5, 0.5),
+    )
+    assert list(planes) == list(whole)
+    for column in whole:
+        assert planes[column].dtype == whole[column].dtype, column
+        np.testing.assert_array_equal(planes[column], whole[column], err_msg=column)

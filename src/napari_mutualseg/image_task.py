@@ -23,7 +23,14 @@ import numpy as np
 from .files import ResultExistsError
 from .io import write_labels, write_table, write_text
 from .jobs import BatchOptions, ImageJob, ImageResult
-from .measure import Table, join_frames, measure_cells, summarize, with_frame_interval
+from .measure import (
+    Table,
+    join_frames,
+    measure_cells,
+    measure_planes,
+    summarize,
+    with_frame_interval,
+)
 
 if TYPE_CHECKING:
     from .images import AxisImage
@@ -62,7 +69,8 @@ def measure_image(
 ) -> Table:
     """Measure the cells of ``labels`` (``image.label_axes``) in every channel of ``image``.
 
-    A time series is measured frame by frame, with the frame in a first column ``t``. With
+    A time series is measured frame by frame, with the frame in a first column ``t``; the 3D
+    cells of a z-stack a plane at a time (:func:`~napari_mutualseg.measure.measure_planes`). With
     ``blocks`` (block size, halo), a single plane is measured a block at a time
     (:func:`~napari_mutualseg.blockwise.measure_blockwise`): neither the labels nor the image
     are loaded whole.
@@ -95,11 +103,20 @@ def measure_image(
     frames = range(labels.shape[0]) if "T" in axes else [None]
     tables = []
     for t in frames:
-        frame_labels = labels if t is None else labels[t]
-        frame = np.asarray(data if t is None else data[t])
-        table = measure_cells(
-            np.asarray(frame_labels), frame, channel_names=names, pixel_size=spacing, unit=unit
-        )
+        if "Z" in axes:
+            # 3D cells, a plane at a time: OME-Zarr labels are read back a plane at a time
+            n_z = image.sizes["Z"]
+            planes = (
+                (labels[z] if t is None else labels[t, z], image.plane(z + (t or 0) * n_z))
+                for z in range(n_z)
+            )
+            table = measure_planes(planes, channel_names=names, pixel_size=spacing, unit=unit)
+        else:
+            frame_labels = labels if t is None else labels[t]
+            frame = np.asarray(data if t is None else data[t])
+            table = measure_cells(
+                np.asarray(frame_labels), frame, channel_names=names, pixel_size=spacing, unit=unit
+            )
         tables.append((t, table))
     table = join_frames(tables)
     if "T" in axes and image.frame_interval is not None:
@@ -243,15 +260,16 @@ def _segment(
         if options.by_blocks:
             more.update(blockwise=True, block_size=options.block_edge)
         if options.out_format == "zarr":
-            if image.n_planes != 1:
-                raise ValueError(
-                    f"{image.n_planes} planes: OME-Zarr labels take one 2D image per file; "
-                    "write the labels of a stack as TIFF (--out-format tif)."
-                )
             from .ome import labels_zarr
 
+            # a stack's planes are written as they are linked: never whole in memory
             with labels_zarr(
-                job.labels, image.plane_shape, pixel_size=pixel_size, overwrite=overwrite
+                job.labels,
+                image.label_shape,
+                axes=image.label_axes,
+                pixel_size=pixel_size,
+                frame_interval=image.frame_interval,
+                overwrite=overwrite,
             ) as out:
                 pair.segment(image, out=out, **common, **more)
             return _open_labels(job.labels), notes

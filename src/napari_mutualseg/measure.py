@@ -8,7 +8,7 @@ A table is a dict of equally long 1D arrays (column name to values), which is wh
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from skimage.measure import regionprops_table
@@ -17,6 +17,7 @@ __all__ = [
     "Table",
     "join_frames",
     "measure_cells",
+    "measure_planes",
     "summarize",
     "with_frame_interval",
     "with_pixel_size",
@@ -78,7 +79,6 @@ def measure_cells(
             f"Labels must be a 2D or 3D integer image, got shape {labels.shape} and dtype "
             f"{labels.dtype}."
         )
-    axes = "yx" if labels.ndim == 2 else "zyx"
     properties = ["label", "area", "centroid", "bbox"]
     if labels.ndim == 2:
         properties += list(_SHAPE_2D)
@@ -96,21 +96,36 @@ def measure_cells(
         # regionprops wants channels last, and a single channel without a channel axis
         intensity = intensity[0] if len(intensity) == 1 else np.moveaxis(intensity, 0, -1)
     raw = regionprops_table(labels, intensity_image=intensity, properties=properties)
-    size = "area" if labels.ndim == 2 else "volume"
+    channels = None
+    if intensity is not None:
+        channels = 1 if intensity.ndim == labels.ndim else intensity.shape[-1]
+    return _table(raw, labels.ndim, channels, channel_names, pixel_size, unit)
+
+
+def _table(
+    raw: dict,
+    ndim: int,
+    channels: int | None,
+    channel_names: Sequence[str] | None,
+    pixel_size: Sequence[float] | None,
+    unit: str,
+) -> Table:
+    """The cell table of ``regionprops_table``'s columns (``raw``) for ``ndim``-D labels."""
+    axes = "yx" if ndim == 2 else "zyx"
+    size = "area" if ndim == 2 else "volume"
     table: Table = {"label": raw["label"].astype(np.int64)}
     table[f"{size}_px"] = raw["area"].astype(np.int64)  # a pixel count
     for i, axis in enumerate(axes):
         table[f"centroid_{axis}_px"] = raw[f"centroid-{i}"]
     for i, axis in enumerate(axes):
         table[f"bbox_{axis}0_px"] = raw[f"bbox-{i}"]
-        table[f"bbox_{axis}1_px"] = raw[f"bbox-{i + labels.ndim}"]
+        table[f"bbox_{axis}1_px"] = raw[f"bbox-{i + ndim}"]
     for name in _SHAPE_2D:
         if name in raw:
             table[name] = raw[name]
     if pixel_size is not None:
         table = with_pixel_size(table, pixel_size, unit)
-    if intensity is not None:
-        channels = 1 if intensity.ndim == labels.ndim else intensity.shape[-1]
+    if channels is not None:
         names = [str(c) for c in range(channels)] if channel_names is None else list(channel_names)
         if len(names) != channels:
             raise ValueError(f"Got {len(names)} channel names for {channels} channels.")
@@ -122,6 +137,85 @@ def measure_cells(
             table[f"mean_intensity_{name}"] = raw[f"intensity_mean{key}"]
             table[f"max_intensity_{name}"] = raw[f"intensity_max{key}"]
     return table
+
+
+def measure_planes(
+    planes: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    *,
+    channel_names: Sequence[str] | None = None,
+    pixel_size: Sequence[float] | None = None,
+    unit: str = "um",
+) -> Table:
+    """Measure the 3D cells of a z-stack given a plane at a time, as :func:`measure_cells`
+    measures the stack whole, so that neither labels nor image need to be whole in memory.
+
+    Parameters
+    ----------
+    planes : iterable of (numpy.ndarray, numpy.ndarray or None)
+        For each z position in order, its 2D labels and its intensities (``(Y, X)`` or
+        channels first ``(C, Y, X)``; None for no intensities, then in every plane).
+    channel_names, pixel_size, unit
+        As in :func:`measure_cells` (``pixel_size`` is ``(z, y, x)``).
+
+    Returns
+    -------
+    Table
+        The columns of :func:`measure_cells` for 3D labels: volume, centroid, bounding box
+        and per channel the mean and maximum intensity (summed in float64).
+    """
+    count = np.zeros(1, np.int64)
+    sums = np.zeros((3, 1), np.int64)  # z, y, x: centroids are exact integer sums / count
+    low = np.zeros((3, 1), np.int64)
+    high = np.zeros((3, 1), np.int64)
+    total = peak = None
+    channels = None
+    for z, (labels, image) in enumerate(planes):
+        labels = np.asarray(labels)
+        yy, xx = np.nonzero(labels)
+        ids = labels[yy, xx].astype(np.intp)
+        if ids.size and ids.max() >= count.size:  # room for the new labels
+            grow = int(ids.max()) + 1 - count.size
+            count = np.pad(count, (0, grow))
+            sums = np.pad(sums, ((0, 0), (0, grow)))
+            low = np.pad(low, ((0, 0), (0, grow)), constant_values=np.iinfo(np.int64).max)
+            high = np.pad(high, ((0, 0), (0, grow)))
+            if total is not None:
+                total = np.pad(total, ((0, 0), (0, grow)))
+                peak = np.pad(peak, ((0, 0), (0, grow)), constant_values=-np.inf)
+        here = np.bincount(ids, minlength=count.size)
+        count += here
+        sums[0] += here * z
+        for k, coords in ((1, yy), (2, xx)):
+            sums[k] += np.bincount(ids, weights=coords, minlength=count.size).astype(np.int64)
+            np.minimum.at(low[k], ids, coords)
+            np.maximum.at(high[k], ids, coords + 1)
+        seen = here > 0
+        low[0][seen] = np.minimum(low[0][seen], z)
+        high[0][seen] = z + 1
+        if image is None:
+            continue
+        image = np.asarray(image)
+        image = image[None] if image.ndim == 2 else image
+        if total is None:
+            channels = len(image)
+            total = np.zeros((channels, count.size))
+            peak = np.full((channels, count.size), -np.inf)
+        for c, values in enumerate(image[:, yy, xx]):
+            total[c] += np.bincount(ids, weights=values, minlength=count.size)
+            np.maximum.at(peak[c], ids, values)
+    present = np.flatnonzero(count)
+    present = present[present > 0]
+    n = count[present]
+    raw = {"label": present, "area": n}
+    for i in range(3):
+        raw[f"centroid-{i}"] = sums[i][present] / n
+        raw[f"bbox-{i}"] = low[i][present]
+        raw[f"bbox-{i + 3}"] = high[i][present]
+    for c in range(channels or 0):
+        key = "" if channels == 1 else f"-{c}"
+        raw[f"intensity_mean{key}"] = total[c][present] / n
+        raw[f"intensity_max{key}"] = peak[c][present]
+    return _table(raw, 3, channels, channel_names, pixel_size, unit)
 
 
 def with_pixel_size(table: Table, pixel_size: Sequence[float], unit: str = "um") -> Table:
