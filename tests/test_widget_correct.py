@@ -80,6 +80,31 @@ def test_merge_and_split_a_cell(trained):
     assert int(table["area_px"][table["label"].isin([ids[0], new])].sum()) == area
 
 
+def test_merge_and_split_measure_again_only_the_cells_they_change(trained, monkeypatch):
+    """Every cell measured again took the main thread seconds per merge or split at real
+    sizes; the table is the one a whole measurement gives."""
+    from napari_mutualseg._napari import cells as cells_module
+
+    viewer, widget, _image, other = trained
+    cells = viewer.layers["other cells"]
+    ids = [int(i) for i in np.unique(cells.data) if i]
+    measured, measure = [], cells_module.measure
+
+    def measuring(labels, *args):
+        measured.append(np.shape(labels))
+        return measure(labels, *args)
+
+    monkeypatch.setattr(cells_module, "measure", measuring)
+    widget.correct.merge(other, ids[0], ids[1])
+    widget.correct.split(other, ids[0])
+    assert measured and cells.data.shape not in measured
+    whole = cells_module.measure_layer(cells, other)
+    table = cells_module.cell_table(cells)
+    assert list(table) == list(whole)
+    for column, values in whole.items():
+        np.testing.assert_allclose(table[column], values, err_msg=column)
+
+
 def test_proposed_boxes_are_the_predicted_cells(trained):
     viewer, widget, _image, other = trained
     widget.check.propose.click()

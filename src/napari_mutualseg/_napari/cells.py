@@ -9,7 +9,8 @@ GeoJSON; the npe2 writers below are the same exports from File > Save Selected L
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +27,13 @@ from qtpy.QtWidgets import (
 from superqt.utils import create_worker
 
 from .. import files
+from ..blockwise import AUTO_BLOCKWISE_PIXELS
 from ..export import fiji_roi_zip, qupath_geojson, table_csv
 from ..measure import Table, join_frames, measure_cells, with_pixel_size
 from .axes import layer_axes, layer_pixel_size
 from .layers import OWNER_KEY, center_on, show_table
 from .panels import _row
-from .workers import in_panel_words, measure
+from .workers import in_panel_words, in_units, measure
 
 if TYPE_CHECKING:
     import napari
@@ -151,6 +153,80 @@ def refresh_table(layer: Labels, image: Layer | None = None) -> Table:
     table = measure_layer(layer, image)
     show_table(layer, table)
     return table
+
+
+def refresh_cells(layer: Labels, image: Layer | None, changed: Sequence[int]) -> Table:
+    """:func:`refresh_table` after an edit of the cells ``changed`` alone (a merge, a split):
+    their rows measured again in the window they cover, the others kept.
+
+    Measuring every cell again took the main thread seconds at real sizes (16 s for the 4000
+    cells of a 2048² image), for every merge and split. A layer that is not 2D, or whose
+    other cells do not match their rows (changed since they were measured), is measured whole.
+
+    Raises
+    ------
+    ValueError
+        When the cells cannot be measured (the message says why and what to do).
+    """
+    data = np.asarray(layer.data)
+    old = _features(layer)
+    if data.ndim != 2 or "label" not in old or not len(old["label"]):
+        return refresh_table(layer, image)
+    ids = np.unique(np.asarray(changed, np.int64))
+    inside = np.isin(data, ids)
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    keep = ~np.isin(np.asarray(old["label"], np.int64), ids)
+    table = {k: v[keep] for k, v in old.items()}
+    if rows.size:
+        (y0, y1), (x0, x1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+        window = np.where(inside[y0:y1, x0:x1], data[y0:y1, x0:x1], 0)
+        part = _measure_window(layer, image, window, (y0, x0), data.shape)
+        if part is None or list(part) != list(old):
+            return refresh_table(layer, image)
+        table = {k: np.concatenate([table[k], part[k]]) for k in old}
+        order = np.argsort(table["label"], kind="stable")  # rows in label order
+        table = {k: v[order] for k, v in table.items()}
+    show_table(layer, table)
+    if not table_is_current(layer):  # other cells changed as well: all measured again
+        return refresh_table(layer, image)
+    return table
+
+
+def _measure_window(
+    layer: Labels,
+    image: Layer | None,
+    window: np.ndarray,
+    origin: tuple[int, int],
+    shape: tuple[int, ...],
+) -> Table | None:
+    """The cells of ``window`` (of a 2D cells layer of ``shape``, at ``origin``) measured as
+    :func:`measure_layer` measures the whole layer; None where it would measure otherwise."""
+    (y0, y1), (x0, x1) = ((o, o + n) for o, n in zip(origin, window.shape, strict=True))
+    units: Callable[[Table], Table] | None = None
+    if image is None:
+        table = measure_cells(window)
+        pixel_size = layer_pixel_size(layer, "YX")
+        if pixel_size is not None:
+            units = partial(_with_size, pixel_size=pixel_size)
+    else:
+        axes = layer_axes(image)
+        if tuple(shape) != axes.label_shape or axes.axes[-2:] != "YX":
+            return None
+        units = partial(in_units, axes=axes)
+        if np.prod(shape, dtype=float) > AUTO_BLOCKWISE_PIXELS:  # shapes only, as whole
+            table = measure_cells(window)
+        else:
+            crop = (slice(None),) * (len(axes.axes) - 2) + (slice(y0, y1), slice(x0, x1))
+            bare = replace(axes, shape=window.shape, pixel_size=None, frame_interval=None)
+            table = measure(window, image.data[crop], bare)
+    for axis, offset in (("y", y0), ("x", x0)):
+        for column in (f"centroid_{axis}_px", f"bbox_{axis}0_px", f"bbox_{axis}1_px"):
+            table[column] = table[column] + offset
+    return table if units is None else units(table)
+
+
+def _with_size(table: Table, pixel_size: tuple[tuple[float, ...], str]) -> Table:
+    return with_pixel_size(table, *pixel_size)
 
 
 def _open_viewers() -> list[napari.Viewer]:

@@ -31,7 +31,7 @@ from ..supervision import (
     supervision_from_masks,
 )
 from .axes import layer_axes
-from .cells import refresh_table
+from .cells import refresh_cells
 from .controller import RunController
 from .layers import (
     OWNER_KEY,
@@ -149,7 +149,7 @@ class Corrector:
             raise UserInputError(f"Pick two different cells of '{cells.name}' to merge.")
         # written as a paint stroke is, so that napari's undo (Ctrl+Z) takes it back
         cells.data_setitem(np.nonzero(data == into), keep)
-        refresh_table(cells, image)  # the table and its exports show the merged cell
+        refresh_cells(cells, image, [keep, into])  # the table and its exports follow
         cells.selected_label = keep
 
     def split(self, image: Image, label: int) -> int:
@@ -173,7 +173,7 @@ class Corrector:
             halves[tuple(np.argwhere(mask).T)] = np.where(centred @ axis < 0, 1, 2)
         new = int(data.max()) + 1
         cells.data_setitem(np.nonzero(halves == 2), new)  # undone with napari's undo too
-        refresh_table(cells, image)  # the table and its exports show both halves
+        refresh_cells(cells, image, [label, new])  # the table and its exports follow
         return new
 
     def propose_boxes(self, image: Image) -> Shapes:

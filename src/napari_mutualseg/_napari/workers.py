@@ -226,7 +226,7 @@ def measure_planes(planes: list[np.ndarray], data: Any, layout: Layout) -> Table
             table["centroid_z_px"] = z.astype(table["centroid_z_px"].dtype)
             table["bbox_z0_px"], table["bbox_z1_px"] = z, z + 1
         tables.append((t, table))
-    return _in_units(join_frames(tables), axes)
+    return in_units(join_frames(tables), axes)
 
 
 def distinct_cells(planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -419,10 +419,10 @@ def measure(labels: np.ndarray, data: Any, axes: LayerAxes | None = None) -> Tab
         letters = axes.axes + ("C" if axes.rgb else "")
         image = AxisImage.from_array(data, letters, rgb=axes.rgb, channel_names=axes.channel_names)
         table = measure_image(labels, image, None)
-    return _in_units(table, axes)
+    return in_units(table, axes)
 
 
-def _in_units(table: Table, axes: LayerAxes) -> Table:
+def in_units(table: Table, axes: LayerAxes) -> Table:
     """A cell table in the image's physical units too, where they are known: sizes and
     positions in its length unit, a time series' frames in seconds (``time_s``)."""
     if axes.pixel_size is not None:
