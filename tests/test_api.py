@@ -80,3 +80,16 @@ def test_a_prediction_prints_its_counts_not_its_arrays():
     assert repr(prediction) == (
         "Prediction(8 x 10 px, 2 cells; to check: 1 cell, 1 region; mean disagreement 0.250)"
     )
+
+
+def test_settings_as_a_dict_and_an_empty_image(trained):
+    trainer, _ = trained
+    image, boxes = disc_image()
+    sup = make_supervision(image.shape, boxes)
+    assert MutualTrainer(image, sup, {**TINY, "rounds": 1}).config == TrainConfig(
+        **{**TINY, "rounds": 1}
+    )
+    with pytest.raises(TypeError, match="did you mean 'rounds'"):
+        MutualTrainer(image, sup, {"round": 1})
+    with pytest.raises(ValueError, match=r"too small \(\(0, 0\)\); it needs at least 8x8"):
+        trainer.pair.segment(np.zeros((0, 0), np.float32))

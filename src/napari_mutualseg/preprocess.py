@@ -36,13 +36,16 @@ def looks_rgb(array: Any) -> bool:
     return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
 
 
+def _check_size(shape: tuple[int, ...], name: str) -> None:
+    if len(shape) < 2 or min(shape[-2:]) < MIN_EDGE:
+        raise ValueError(
+            f"{name} is too small ({shape[-2:]}); it needs at least {MIN_EDGE}x{MIN_EDGE} pixels."
+        )
+
+
 def _check_pixels(array: np.ndarray, name: str) -> np.ndarray:
     """``array`` as float32 after the checks every image needs: size, dtype, finite values."""
-    if min(array.shape[-2:]) < MIN_EDGE:
-        raise ValueError(
-            f"{name} is too small ({array.shape[-2:]}); it needs at least {MIN_EDGE}x{MIN_EDGE} "
-            "pixels."
-        )
+    _check_size(array.shape, name)
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise ValueError(f"{name} has a non-numeric dtype {array.dtype}.")
     if np.iscomplexobj(array):
@@ -133,9 +136,11 @@ def channel_ranges(
     Raises
     ------
     ValueError
-        When a channel is constant (nothing to segment) or not finite.
+        When the image is smaller than :data:`MIN_EDGE` (empty, say), or a channel is
+        constant (nothing to segment) or not finite.
     """
     shape = tuple(image.shape)
+    _check_size(shape, name)  # an empty image has no percentiles
     height, width = shape[-2:]
     step = 1
     if height * width > SAMPLE_PIXELS:

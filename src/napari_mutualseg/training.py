@@ -225,8 +225,9 @@ class MutualTrainer:
         One per plane (see :func:`napari_mutualseg.supervision.make_supervision`), in the
         order of the images and their planes; ``None`` leaves a plane without boxes out
         (a z-stack boxed on some planes trains on those, normalised like the whole stack).
-    config : TrainConfig, optional
-        Settings; the defaults are the recommended ones. Resuming from ``pair``, the input
+    config : TrainConfig or dict, optional
+        Settings (a dict: those of a :class:`TrainConfig`); the defaults are the recommended
+        ones. Resuming from ``pair``, the input
         settings it leaves unset (``percentiles``, ``channels``, ``rgb``) are the pair's; the
         resulting settings are :attr:`config`.
     labels : sequence of numpy.ndarray, optional
@@ -281,12 +282,14 @@ class MutualTrainer:
         self,
         images: np.ndarray | Sequence[np.ndarray],
         supervisions: Supervision | Sequence[Supervision],
-        config: TrainConfig | None = None,
+        config: TrainConfig | dict[str, Any] | None = None,
         *,
         labels: Sequence[np.ndarray] | None = None,
         pair: ModelPair | None = None,
     ) -> None:
-        config = config if config is not None else TrainConfig()
+        if config is None or isinstance(config, dict):
+            # settings as a dict ({"rounds": 3}), as a notebook keeps them
+            config = TrainConfig(**(config or {}))
         images = as_images(images)
         for image in images:
             warn_if_labels(image, stacklevel=3)
