@@ -93,3 +93,21 @@ def test_3d_cells_measured_a_plane_at_a_time_are_measured_as_a_whole_stack():
     for column in whole:
         assert planes[column].dtype == whole[column].dtype, column
         np.testing.assert_array_equal(planes[column], whole[column], err_msg=column)
+
+
+def test_a_batchs_ome_zarr_labels_keep_the_frame_interval_of_a_file_without_pixel_size(tmp_path):
+    import tifffile
+
+    from napari_mutualseg.batch import BatchOptions, BatchRun
+
+    (tmp_path / "in").mkdir()
+    movie = np.random.default_rng(0).integers(0, 60, (3, 32, 32)).astype(np.uint8)
+    movie[:, 8:20, 8:20] += 150
+    metadata = {"axes": "TYX", "finterval": 2.5}
+    tifffile.imwrite(tmp_path / "in" / "m.tif", movie, imagej=True, metadata=metadata)
+    options = BatchOptions(out_format="zarr", track=True)
+    (result,) = BatchRun(_pair(), [tmp_path / "in"], tmp_path / "out", options, workers=0)
+    assert result.status == "done"
+    labels = AxisImage.from_file(tmp_path / "out" / "m_cells.ome.zarr")
+    assert labels.frame_interval == 2.5
+    assert PixelSize.of(labels) is None

@@ -72,7 +72,8 @@ class BatchOptions:
     block_size, halo : int, optional
         Segment block by block with this block edge (default: only images above 4096 x 4096).
     out_format : {"tif", "zarr"}
-        Labels as TIFF or as OME-Zarr written block by block (2D images).
+        Labels as TIFF or as OME-Zarr written block by block, a stack's plane after plane
+        (each as soon as it is linked), so that they are never whole in memory.
     pixel_size : PixelSize, optional
         Written with the labels and used for the measurements (default: each file's own).
     disagreement : bool
