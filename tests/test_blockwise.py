@@ -100,6 +100,15 @@ def test_a_halo_narrower_than_the_cells_is_reported():
     image = _image_of(_cells_across_faces())
     with pytest.warns(UserWarning, match="larger halo"):
         _pair().segment(image, blockwise=True, block_size=BLOCK, halo=0)
+    with pytest.warns(UserWarning, match="larger halo"):  # labels written into out too
+        _pair().segment(image, out=np.zeros(image.shape, np.int32), block_size=BLOCK, halo=0)
+
+
+def test_labels_segmented_whole_are_written_into_out():
+    image = _image_of(_cells_across_faces())
+    out = np.zeros(image.shape, np.int32)
+    assert _pair().segment(image, out=out, blockwise=False) is out
+    assert _same_objects(out, _pair().segment(image)) and out.max() == 11
 
 
 def test_halo_follows_the_cell_size_and_large_images_go_by_blocks():

@@ -211,7 +211,9 @@ class Segmenter:
             chosen, ranges, tile_size, overlap, min_size, blocks, progress, out=out
         )
         if out is not None and chosen.n_planes == 1:
-            next(planes, None)  # written into out block by block
+            for plane in planes:  # to the end: cells cut off at a block's margin are warned of
+                if plane is not out:  # segmented whole, not block by block into out
+                    out[...] = plane
             return out
         if out is not None:
             # each plane is written once linked to those before it: a few planes in memory
