@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 #: The box files ``supervise`` and ``train`` read (``box_tables.read_box_table``).
 BOX_FILES = (
-    "napari Shapes CSV, a y0,x0,y1,x1 CSV, a Fiji ROI set (.zip, .roi) or QuPath GeoJSON "
-    "rectangles"
+    "napari Shapes CSV, a y0,x0,y1,x1 CSV, a Fiji ROI set (.zip, .roi) or QuPath GeoJSON; "
+    "rectangles and ellipses"
 )
 
 #: The model argument of ``predict`` and ``info``.
@@ -139,8 +139,9 @@ def _add_image_options(p: argparse.ArgumentParser, channels: bool = True) -> Non
 
     p.add_argument(
         "--axes",
-        help="what each axis of the images is, when the files do not say: letters from TCZYX "
-        "in the stored order, e.g. CYX (channels), ZYX (z-stack), TYX (time series), TZCYX",
+        help="what each axis of the images is: letters from TCZYX in the stored order, e.g. CYX "
+        "(channels), ZYX (z-stack), TYX (time series), TZCYX; needed for files that do not say, "
+        "and it overrides what a file says",
     )
     if not channels:
         return
