@@ -517,3 +517,12 @@ def test_qupath_objects_without_a_plane_are_on_the_first_plane(tmp_path):
     features[1]["geometry"]["plane"] = {"c": -1, "z": 2, "t": 0}
     path.write_text(json.dumps(features))
     assert list(read_box_table(path)) == list(read_box_table(path, first_plane=True)) == [0, 2]
+
+
+def test_a_box_table_asked_for_a_key_it_lacks_names_those_it_has(tmp_path):
+    table = read_box_table(write(tmp_path / "stack.csv", NAPARI_3D_CSV))
+    with pytest.raises(KeyError, match=r"stack\.csv has no boxes under None: .* per plane"):
+        table[None]  # the README's 2D example on a stack's table
+    images = read_box_table(write(tmp_path / "two.csv", "y0,x0,y1,x1,image\n1,2,5,6,a.tif\n"))
+    with pytest.raises(KeyError, match=r"per image file .* take table\['a\.tif'\]"):
+        images["b.tif"]

@@ -42,13 +42,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .boxes import BOX_TYPES, Box, box_columns, boxes_by_plane, boxes_from_shapes
 from .files import write_text
 
-__all__ = ["BoxKey", "read_box_table", "write_box_table"]
+__all__ = ["BoxKey", "BoxTable", "read_box_table", "write_box_table"]
 
 NAPARI_2D = ("index", "shape-type", "vertex-index", "axis-0", "axis-1")
 NAPARI_3D = (*NAPARI_2D, "axis-2")
@@ -147,9 +148,7 @@ def _is_napari(header: list[str]) -> bool:
     )
 
 
-def read_box_table(
-    path: str | os.PathLike, *, first_plane: bool = False
-) -> dict[BoxKey, list[Box]]:
+def read_box_table(path: str | os.PathLike, *, first_plane: bool = False) -> BoxTable:
     """Read boxes from a napari Shapes CSV, a plain ``y0,x0,y1,x1[,image]`` CSV, Fiji ROIs
     or QuPath GeoJSON.
 
@@ -165,8 +164,8 @@ def read_box_table(
 
     Returns
     -------
-    dict
-        Boxes per key: ``None`` for a 2D table (napari 2D CSV or plain table without
+    BoxTable
+        A dict of boxes per key: ``None`` for a 2D table (napari 2D CSV or plain table without
         ``image`` column, Fiji ROIs without a position, QuPath objects all on the first
         plane, unless ``first_plane``), the plane index (int) for a napari CSV of a stack
         (and Fiji ROIs with a slice, z or time position; QuPath objects of the first time
@@ -186,6 +185,50 @@ def read_box_table(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Box table not found: {path}")
+    return BoxTable(_read(path, first_plane), name=path.name)
+
+
+class BoxTable(dict):
+    """Boxes per key, as :func:`read_box_table` gives them (a dict).
+
+    A key it does not hold (``table[None]`` of a stack's table) raises a ``KeyError`` that
+    names the keys it has and what they are, where a plain dict names only the key.
+
+    Parameters
+    ----------
+    boxes : mapping
+        Boxes per key.
+    name : str
+        How the table is called in messages (its file name).
+    """
+
+    def __init__(self, boxes: Mapping[BoxKey, list[Box]], name: str = "The box table") -> None:
+        super().__init__(boxes)
+        self.name = name
+
+    def __missing__(self, key: BoxKey) -> list[Box]:
+        keys = list(self)
+        if not keys:
+            raise KeyError(f"{self.name} holds no boxes.")
+        shown = ", ".join(map(repr, keys[:8])) + (" ..." if len(keys) > 8 else "")
+        if all(isinstance(k, str) for k in keys):
+            what = "boxes per image file (its 'image' column)"
+        elif any(k is not None for k in keys):
+            what = "boxes per plane of a stack ((t, z) in a time series)"
+        else:
+            what = "the boxes of one 2D image"
+        raise KeyError(
+            f"{self.name} has no boxes under {key!r}: it holds {what}, under {shown}; "
+            f"take table[{keys[0]!r}]."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # dict's own pickling would not pass the name to __init__
+        return (BoxTable, (dict(self), self.name))
+
+
+def _read(path: Path, first_plane: bool) -> dict[BoxKey, list[Box]]:
+    """The boxes of the table at ``path``, by its format (see :func:`read_box_table`)."""
     if path.suffix.lower() in ROI_SUFFIXES:
         return _read_rois(path)
     if path.suffix.lower() in GEOJSON_SUFFIXES or _starts_like_json(path):
