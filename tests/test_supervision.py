@@ -318,6 +318,13 @@ def test_box_wholly_outside_names_it():
         make_supervision((10, 10), boxes)
 
 
+def test_an_inverted_box_is_named_once_with_the_order_of_its_numbers():
+    with pytest.raises(
+        ValueError, match=r"^Box 1: y0, x0, y1, x1 = \(30, 40, 5, 6\) is inverted.*COCO"
+    ):
+        make_supervision((60, 60), np.array([[1, 2, 9, 9], [30, 40, 5, 6]]))
+
+
 def test_a_box_in_x_y_order_is_told_to_swap_its_columns():
     with pytest.raises(ValueError, match=r"outside.*look like x, y.*swap the columns"):
         make_supervision((20, 60), np.array([[40, 2, 50, 12]]))  # y0, x0 = 2, 40 meant

@@ -134,8 +134,9 @@ class Box:
         y0, x0, y1, x1 = (float(c) for c in (y0, x0, y1, x1))
         if y1 < y0 or x1 < x0:
             raise ValueError(
-                f"Box y0, x0, y1, x1 = {_fmt((y0, x0, y1, x1))} is inverted: y1 must be >= y0 "
-                "and x1 >= x0 (rows y0..y1-1, columns x0..x1-1)."
+                f"y0, x0, y1, x1 = {_fmt((y0, x0, y1, x1))} is inverted: y1 must be >= y0 "
+                "and x1 >= x0 (rows y0..y1-1, columns x0..x1-1). Boxes as x, y, width, "
+                "height (COCO's) are y, x, y + height, x + width."
             )
         # Pixel k spans k - 0.5 .. k + 0.5, so the range's centre is half a pixel up-left.
         center = ((y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5)
