@@ -19,14 +19,12 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench
 PACKAGE = ROOT / "src/napari_mutualseg"
 
 # A fence may be indented (a code block inside a list item).
-FENCE = re.compile(
-    r"^(?P<indent>[ \t]*)```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^[ \t]*```", re.M | re.S
-)
+FENCE = re.compile(r"^[ \t]*```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^[ \t]*```", re.M | re.S)
 SHELL = ("bash", "sh", "shell", "console")
 SPAN = re.compile(r"`([^`\n]+)`")
-# A path of this repository: not part of a longer path (../shared/..., /tmp/...) or a URL.
 # Folders that benchmarks/gpu_check.sh writes, named before they exist.
 WRITTEN = {"benchmarks/results/gpu/check/", "benchmarks/results/gpu_smoke/"}
+# A path of this repository: not part of a longer path (../shared/..., /tmp/...) or a URL.
 REPO_PATH = re.compile(r"(?<![\w./~-])((?:src|benchmarks|tests|docs)/[\w./*<>-]*[\w/*])")
 
 
@@ -40,17 +38,23 @@ def code_blocks(text: str, langs: tuple[str, ...]) -> list[tuple[int, str]]:
 
 
 def shell_commands(body: str) -> list[str]:
-    """The commands of a shell block: continuation lines joined, comments dropped."""
+    """The commands of a shell block: continuation lines joined, comments dropped, and
+    ``a && b``, ``a; b``, ``a | b`` apart."""
     commands = []
     for line in re.sub(r"\\\n", " ", body).splitlines():
-        words = shlex.split(line, comments=True)
-        if words:
-            commands.append(shlex.join(words))
+        command: list[str] = []
+        for word in [*shlex.split(line, comments=True), ";"]:
+            if word.rstrip(";") and word not in ("&&", "||", "|"):
+                command.append(word.rstrip(";"))
+            if word in ("&&", "||", "|") or word.endswith(";"):
+                commands += [shlex.join(command)] if command else []
+                command = []
     return commands
 
 
 def doc_items(langs: tuple[str, ...], pick) -> list:
-    """``(doc:line, item)`` for every item ``pick`` finds in the docs' code blocks."""
+    """Every item ``pick`` finds in the docs' code blocks, named by its block's file and
+    line."""
     items = []
     for doc in DOCS:
         for line, body in code_blocks(doc.read_text(encoding="utf-8"), langs):
@@ -59,6 +63,7 @@ def doc_items(langs: tuple[str, ...], pick) -> list:
 
 
 def cli_lines(body: str) -> list[list[str]]:
+    """The arguments of each ``napari-mutualseg`` command of a shell block."""
     return [
         shlex.split(c)[1:] for c in shell_commands(body) if shlex.split(c)[0] == "napari-mutualseg"
     ]
@@ -72,6 +77,8 @@ def check_parses(argv: list[str]) -> None:
     try:
         _, extra = parser.parse_known_args(argv)
     except SystemExit as err:
+        if err.code == 0:  # --help, --version
+            return
         pytest.fail(f"napari-mutualseg {shlex.join(argv)}: refused by the parser ({err})")
     if extra:
         pytest.fail(f"napari-mutualseg {shlex.join(argv)}: unknown arguments {extra}")
@@ -301,3 +308,36 @@ def test_documented_settings_are_taken() -> None:
             except (TypeError, ValueError) as err:
                 refused.append(f"{doc.name}: {call}: {err}")
     assert not refused, "\n".join(refused)
+
+
+def cli_options() -> set[str]:
+    """Every option string of the ``napari-mutualseg`` command and its subcommands."""
+    from napari_mutualseg.cli.parser import build_parser
+
+    parser = build_parser()
+    # every command's parser knows the others (what an unknown option is told of)
+    commands = parser.parse_known_args(["info", "x"])[0].parser.commands
+    return set(parser.options()).union(*(c.options() for c in commands.values()))
+
+
+def test_options_in_the_text_exist() -> None:
+    """An ``--option`` the text names in a code span is one of the command's (in the
+    benchmark notes, also one of a benchmark script's)."""
+    options = cli_options()
+    scripts = "\n".join(
+        p.read_text(encoding="utf-8")
+        for p in sorted((ROOT / "benchmarks").glob("*"))
+        if p.suffix in (".py", ".sh")
+    )
+    unknown = []
+    for doc in DOCS:
+        for span in re.findall(r"`([^`]+)`", FENCE.sub("", doc.read_text(encoding="utf-8"))):
+            span = " ".join(span.split())
+            if re.match(r"(make|pip) ", span):  # their own options
+                continue
+            benchmark = doc.parent.name == "benchmarks" or "benchmarks/" in span
+            for option in re.findall(r"(?<![\w-])--[a-z][\w-]*", span):
+                if option in options or (benchmark and re.search(rf"{option}\b", scripts)):
+                    continue
+                unknown.append(f"{doc.relative_to(ROOT)}: {option} in `{span}`")
+    assert not unknown, "\n".join(unknown)
