@@ -49,6 +49,19 @@ def test_next_cell_to_check_goes_to_the_most_disputed_first(trained):
     assert "to check" in widget.status.text()
 
 
+def test_the_cells_to_check_of_a_round_are_found_once(trained, monkeypatch):
+    """Finding them takes seconds at 2048²: each press of Next cell on the training image
+    searched the round again."""
+    from napari_mutualseg._napari import correct
+
+    _viewer, widget, image, _other = trained
+    calls, find = [], correct.spots_to_check
+    monkeypatch.setattr(correct, "spots_to_check", lambda *a: calls.append(1) or find(*a))
+    first, second = widget.correct.next_cell(image), widget.correct.next_cell(image)
+    spots = widget.correct.spots(image)
+    assert len(calls) == 1 and [first, second] == [s for _, s in spots[:2]]
+
+
 def test_next_cell_to_check_is_on_the_image_just_predicted(thresholded, notes):
     viewer, widget = thresholded
     viewer.add_image(disc_image()[0], name="first")

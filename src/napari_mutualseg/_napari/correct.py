@@ -10,6 +10,7 @@ ignored as the person says. :class:`CheckPanel` is its face in the dock widget.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,9 @@ class Corrector:
         self.viewer = viewer
         self.controller = controller
         self._visits: dict[str, int] = {}
+        # a training image's spots, by image, with the round they were found in: finding them
+        # takes the main thread seconds at 2048², which each press of Next cell paid again
+        self._round_spots: dict[str, tuple[weakref.ref, list[tuple[int | None, Spot]]]] = {}
 
     # ------------------------------------------------------------------------------ finding
 
@@ -83,12 +87,19 @@ class Corrector:
         prediction = self.controller.predictions.get(str(image.unique_id))
         if prediction is not None:
             return prediction.spots
+        key, report = str(image.unique_id), self.controller.last_report
+        cached = self._round_spots.get(key)
+        if report is not None and cached is not None and cached[0]() is report:
+            return cached[1]
         found = [
             (plane, spot)
             for plane, labels, dis in self.controller.round_maps(image)
             for spot in spots_to_check(labels, dis)
         ]
-        return sorted(found, key=lambda ps: -ps[1].score)
+        found.sort(key=lambda ps: -ps[1].score)
+        if report is not None:
+            self._round_spots[key] = (weakref.ref(report), found)
+        return found
 
     def next_cell(self, image: Image) -> Spot | None:
         """Show the next cell (or region) to check: camera on it, its label selected."""
