@@ -350,3 +350,14 @@ def test_evaluate_refuses_a_dim_8_bit_image_given_for_labels(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dim.tif looks like a microscope image, not labels" in err and "per row" in err
     assert main(["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif")]) == 0
+
+
+def test_a_microscope_image_scored_as_labels_is_warned_of():
+    from napari_mutualseg.sample import load_sample
+
+    sample = load_sample()
+    with pytest.warns(
+        UserWarning, match="pred does not look like instance labels: it looks like a microscope"
+    ):
+        scores = evaluate(sample.image, sample.ground_truth)
+    assert scores["f1"] == 0.0

@@ -498,11 +498,22 @@ def evaluate(
     Warns
     -----
     UserWarning
-        When either image looks like a class map or a mask rather than instance labels
-        (:func:`not_instance_labels`): its scores mean nothing.
+        When either image looks like a class map, a mask or a microscope image rather than
+        instance labels (:func:`not_instance_labels`, :func:`label_evidence`): its scores
+        mean nothing.
     """
     for name, labels in (("pred", pred), ("gt", gt)):
-        problem = not_instance_labels(_as_labels(labels, name))
+        labels = _as_labels(labels, name)
+        problem = not_instance_labels(labels)
+        evidence = label_evidence(labels)
+        # most neighbours differ: intensities for sure (small labels of many tiny touching
+        # cells differ where they touch, a fifth of their pixels at most)
+        if not problem and evidence.labels is False and evidence.differ > 0.5:
+            problem = (
+                f"it looks like a microscope image ({evidence.describe()}), where labels give "
+                "each cell one number: give the labels (what segment returns, the ground "
+                "truth's mask file)"
+            )
         if problem:
             # a warning, not an error: scripts score what they were given, but are told
             warnings.warn(
