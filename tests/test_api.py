@@ -93,3 +93,12 @@ def test_settings_as_a_dict_and_an_empty_image(trained):
         MutualTrainer(image, sup, {"round": 1})
     with pytest.raises(ValueError, match=r"too small \(\(0, 0\)\); it needs at least 8x8"):
         trainer.pair.segment(np.zeros((0, 0), np.float32))
+
+
+def test_the_sample_prints_what_it_holds():
+    from napari_mutualseg.sample import load_sample
+
+    assert repr(load_sample()) == (
+        "Sample(BBBC039 IXMtest_G13_s9: image 520 x 696 uint16, 73 boxes, 73 cells in the "
+        "ground truth)"
+    )

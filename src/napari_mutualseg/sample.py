@@ -35,6 +35,13 @@ class Sample:
     boxes: np.ndarray
     ground_truth: np.ndarray
 
+    def __repr__(self) -> str:
+        height, width = self.image.shape[-2:]
+        return (
+            f"Sample({self.name}: image {height} x {width} {self.image.dtype}, "
+            f"{len(self.boxes)} boxes, {int(self.ground_truth.max())} cells in the ground truth)"
+        )
+
 
 def _read_tiff(name: str) -> np.ndarray:
     # Read bytes rather than a path: the package may be imported from a zip archive.
