@@ -102,3 +102,18 @@ def test_the_sample_prints_what_it_holds():
         "Sample(BBBC039 IXMtest_G13_s9: image 520 x 696 uint16, 73 boxes, 73 cells in the "
         "ground truth)"
     )
+
+
+def test_supervisions_and_images_print_what_they_are():
+    image, boxes = disc_image()
+    sup = make_supervision(image.shape, boxes)
+    said = repr(sup)
+    assert said.startswith("Supervision(64 x 64 px, 4 boxes: ") and "% cell" in said
+    assert "array" not in said and "Box(" not in said
+    from napari_mutualseg.images import AxisImage
+
+    stack = AxisImage.from_array(np.stack([image, image]), "ZYX", name="cells.tif")
+    assert (
+        repr(stack)
+        == "AxisImage(cells.tif: 64 x 64 px, 2 z-planes, axes ZYX; float32 numpy pixels)"
+    )

@@ -185,6 +185,11 @@ class AxisImage:
     name: str = "image"
     notes: tuple[str, ...] = ()
 
+    def __repr__(self) -> str:
+        # what describe says, not the pixels
+        kind = "dask" if type(self.data).__module__.startswith("dask") else "numpy"
+        return f"AxisImage({self.describe()}; {self.dtype} {kind} pixels)"
+
     def __post_init__(self) -> None:
         axes = parse_axes(self.axes, len(self.data.shape), self.name)
         if axes != "".join(a for a in AXES if a in axes):

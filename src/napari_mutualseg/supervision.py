@@ -91,6 +91,24 @@ class Supervision:
     region: np.ndarray | None = None
     trusted: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        # the make-up of the labels, not two printed maps and every box
+        height, width = self.classes.shape
+        counts = np.bincount(self.classes.ravel(), minlength=IGNORE + 1)
+        shares = ", ".join(
+            f"{100 * counts[value] / self.classes.size:.0f}% {word}"
+            for value, word in (
+                (CELL, "cell"),
+                (BOUNDARY, "boundary"),
+                (BACKGROUND, "background"),
+                (IGNORE, "ignore"),
+            )
+        )
+        extra = "" if self.region is None else ", in a region"
+        if self.trusted is not None:
+            extra += f", {int(np.count_nonzero(self.trusted))} trusted pixels"
+        return f"Supervision({height} x {width} px, {len(self.boxes)} boxes: {shares}{extra})"
+
     def labelled_window(
         self, labels: np.ndarray | None = None, margin: int = 0
     ) -> tuple[slice, slice]:
