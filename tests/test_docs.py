@@ -341,3 +341,20 @@ def test_options_in_the_text_exist() -> None:
                     continue
                 unknown.append(f"{doc.relative_to(ROOT)}: {option} in `{span}`")
     assert not unknown, "\n".join(unknown)
+
+
+def test_architecture_classes_are_where_it_says() -> None:
+    """``Name, Other (module.py)`` in docs/ARCHITECTURE.md: each name is defined in that
+    module (read from its source: the napari face is not imported)."""
+    text = (ROOT / "docs/ARCHITECTURE.md").read_text(encoding="utf-8")
+    wrong = []
+    for names, module in re.findall(r"((?:[A-Z]\w+(?:, | \+ ))*[A-Z]\w+) \((\w+)\.py\)", text):
+        (path,) = [
+            p
+            for p in (PACKAGE / f"{module}.py", PACKAGE / "_napari" / f"{module}.py")
+            if p.exists()
+        ]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined = {getattr(n, "name", None) for n in tree.body}
+        wrong += [f"{n} ({module}.py)" for n in re.split(r", | \+ ", names) if n not in defined]
+    assert not wrong, "\n".join(wrong)
