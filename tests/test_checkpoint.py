@@ -39,6 +39,11 @@ def test_never_overwrites_by_accident(tmp_path):
     assert path.read_bytes() == b"precious"
     _pair().save(path, overwrite=True)
     assert ModelPair.load(path).model_a.arch == ARCH
+    # a notebook saves the pair it loaded over its own file
+    loaded = ModelPair.load(path)
+    loaded.history.append({"round": 1})
+    loaded.save(path, overwrite=True)
+    assert ModelPair.load(path).history == [{"round": 1}]
 
 
 @pytest.mark.parametrize(
