@@ -88,7 +88,12 @@ def test_planes_linked_one_at_a_time_are_the_stack_linked_whole(axes, settings):
     whole = link_labels(stack, axes, **settings)
     linker = StackLinker(axes, shape, **settings)
     streamed = np.zeros_like(per_plane)
-    for plane in per_plane:
-        for index, final in linker.add(plane):
+    whole_frames = axes == "TZYX" and settings.get("track")  # tracking links 3-plane frames
+    for k, plane in enumerate(per_plane):
+        given = linker.add(plane)
+        # every plane given back at once (the stack is never held), a tracked frame when whole
+        wanted = ([*range(k - 2, k + 1)] if k % 3 == 2 else []) if whole_frames else [k]
+        assert [index for index, _ in given] == wanted
+        for index, final in given:
             streamed[index] = final
     np.testing.assert_array_equal(streamed.reshape(shape), whole)

@@ -213,10 +213,10 @@ class StackLinker:
     """:func:`link_labels` one plane at a time, for labels written as they are made.
 
     Planes are given in the order of the label image (z within each time point); each comes
-    back relabelled as soon as its labels are final: at once for a z-stack or a time series
-    of planes, at the end of its time point for a time series of z-stacks (tracking links
-    whole 3D frames). What it keeps is the last few planes (frames with ``max_gap``), never
-    the stack.
+    back relabelled as soon as its labels are final: at once, except in a time series of
+    z-stacks that is tracked, where tracking links whole 3D frames: there at the end of its
+    time point. What it keeps is the last plane (with ``track``, the last ``max_gap + 1``
+    frames, and the z-stack in progress), never the stack.
 
     Parameters
     ----------
@@ -261,23 +261,23 @@ class StackLinker:
 
     def add(self, plane: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Give the next plane's own labels; the planes now final, as (plane index, labels)."""
-        plane = np.asarray(plane)
+        frame = np.asarray(plane)
         if self._n_z:
-            if not self._frame:  # a new z-stack
+            z = self._done % self._n_z if self._track is None else len(self._frame)
+            if z == 0:  # a new z-stack
                 self._z_link = SliceLinker(min_overlap=self._min_overlap)
                 self._offset = 0
             if self._link:
-                plane = self._z_link(plane)
+                frame = self._z_link(frame)
             else:  # as separate_planes
-                plane = np.where(plane > 0, plane.astype(np.int32) + self._offset, 0)
-                self._offset = max(self._offset, int(plane.max(initial=0)))
-            self._frame.append(plane)
-            if len(self._frame) < self._n_z:
-                return []
-            frame, self._frame = np.stack(self._frame), []
-        else:
-            frame = plane
-        if self._track is not None:
+                frame = np.where(frame > 0, frame.astype(np.int32) + self._offset, 0)
+                self._offset = max(self._offset, int(frame.max(initial=0)))
+            if self._track is not None:  # tracking links whole z-stacks: kept to its end
+                self._frame.append(frame)
+                if len(self._frame) < self._n_z:
+                    return []
+                frame, self._frame = self._track(np.stack(self._frame)), []
+        elif self._track is not None:
             frame = self._track(frame)
         frame = frame.reshape((-1, *frame.shape[-2:]))
         first, self._done = self._done, self._done + len(frame)
