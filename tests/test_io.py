@@ -526,3 +526,19 @@ def test_a_box_table_asked_for_a_key_it_lacks_names_those_it_has(tmp_path):
     images = read_box_table(write(tmp_path / "two.csv", "y0,x0,y1,x1,image\n1,2,5,6,a.tif\n"))
     with pytest.raises(KeyError, match=r"per image file .* take table\['a\.tif'\]"):
         images["b.tif"]
+
+
+def test_write_box_table_takes_rows_and_tables_of_boxes(tmp_path):
+    rows = np.array([[1, 2, 10, 12], [3, 4, 20, 30]])
+    expected = {None: [Box.from_corners(*r) for r in rows]}
+    for given in (
+        rows,
+        rows.tolist(),
+        {"y0": rows[:, 0], "x0": rows[:, 1], "y1": rows[:, 2], "x1": rows[:, 3]},
+    ):
+        path = write_box_table(tmp_path / "boxes.csv", given, overwrite=True)
+        assert read_box_table(path) == expected
+    planes = write_box_table(tmp_path / "planes.csv", {0: rows, 3: rows[:1]})
+    assert {k: len(v) for k, v in read_box_table(planes).items()} == {0: 2, 3: 1}
+    with pytest.raises(ValueError, match=r"Shape 0 is 'x', not a box"):
+        write_box_table(tmp_path / "bad.csv", ["x"])

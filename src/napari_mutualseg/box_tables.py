@@ -584,9 +584,27 @@ def _num(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
+def _as_boxes(group: Any) -> list[Box]:
+    """One image's or plane's boxes as :class:`Box` es: rows and shapes converted."""
+    if not (isinstance(group, np.ndarray | Mapping) or hasattr(group, "columns")):
+        group = list(group)
+        if all(isinstance(box, Box) for box in group):
+            return group
+    return boxes_from_shapes(group)
+
+
+def _box_groups(boxes: Any) -> dict[BoxKey, list[Box]]:
+    """Boxes per key from what :func:`write_box_table` takes."""
+    # a table of one image's boxes: rows, a DataFrame, a dict of its columns
+    columns = isinstance(boxes, Mapping) and box_columns([str(k) for k in boxes]) is not None
+    if columns or not isinstance(boxes, Mapping):
+        return {None: _as_boxes(boxes)}
+    return {key: _as_boxes(group) for key, group in boxes.items()}
+
+
 def write_box_table(
     path: str | os.PathLike,
-    boxes: Sequence[Box] | Mapping[BoxKey, Sequence[Box]],
+    boxes: Sequence[Box] | Mapping[BoxKey, Sequence[Box]] | Any,
     *,
     overwrite: bool = False,
 ) -> Path:
@@ -602,10 +620,13 @@ def write_box_table(
     ----------
     path : str or path-like
         Target CSV file; missing parent folders are created.
-    boxes : sequence of Box or mapping
-        The boxes of one image, or boxes per key as returned by :func:`read_box_table`
-        (``None``, plane ints, ``(t, z)`` tuples, or image names; one kind of key per file,
-        but for plane ints beside ``(t, z)``, which are time point 0's planes).
+    boxes : sequence of Box, array_like, pandas.DataFrame or mapping
+        The boxes of one image (as :class:`Box` es, or anything
+        :func:`~napari_mutualseg.boxes.boxes_from_shapes` takes: ``y0, x0, y1, x1`` rows, napari
+        rectangles, a DataFrame or ``regionprops_table`` of them), or such boxes per key as
+        returned by :func:`read_box_table` (``None``, plane ints, ``(t, z)`` tuples, or image
+        names; one kind of key per file, but for plane ints beside ``(t, z)``, which are time
+        point 0's planes).
     overwrite : bool
         Replace an existing file.
 
@@ -623,15 +644,7 @@ def write_box_table(
         image column).
     """
     path = Path(path)
-    groups: dict[BoxKey, list[Box]] = (
-        {k: list(v) for k, v in boxes.items()}
-        if isinstance(boxes, Mapping)
-        else {None: list(boxes)}
-    )
-    for key, group in groups.items():
-        for k, box in enumerate(group):
-            if not isinstance(box, Box):
-                raise TypeError(f"boxes[{key!r}][{k}] is a {type(box).__name__}, not a Box.")
+    groups = _box_groups(boxes)
     if any(map(_is_index, groups)) and any(
         isinstance(k, tuple) and len(k) == 2 and all(map(_is_index, k)) for k in groups
     ):

@@ -459,7 +459,13 @@ def boxes_from_shapes(data: Any, shape_types: str | Sequence[str] | None = None)
     boxes = []
     for k, (verts, kind) in enumerate(zip(items, types, strict=True)):
         _check_type(kind, k)
-        v = np.asarray(verts, dtype=np.float64)
+        try:
+            v = np.asarray(verts, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Shape {k} is {verts!r}, not a box: give Box es, y0, x0, y1, x1 rows or "
+                "napari rectangles (4 (y, x) vertices each)."
+            ) from None
         if v.ndim == 2 and v.shape[1] == 3:
             raise ValueError(
                 f"Shape {k} has 3D vertices {v.shape}: shapes drawn on a stack carry their "
