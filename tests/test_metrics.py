@@ -307,6 +307,8 @@ def test_class_maps_and_masks_are_not_taken_for_instance_labels():
 
 
 def test_labels_and_masks_are_told_from_microscope_images_dim_ones_included():
+    from skimage.draw import disk
+
     from napari_mutualseg.metrics import label_evidence
     from napari_mutualseg.synthetic import synthetic_scene
 
@@ -316,11 +318,16 @@ def test_labels_and_masks_are_told_from_microscope_images_dim_ones_included():
     assert label_evidence(truth > 0).labels is True
     tiny = (np.arange(64)[:, None] // 3) * 100 + np.arange(64)[None] // 3 + 1
     assert label_evidence(tiny).labels is True  # touching cells 3 pixels wide
+    rings = np.zeros((128, 128), np.int32)  # cells with holes: a row crosses each twice
+    for k, (y, x) in enumerate(np.ndindex(4, 4)):
+        rings[disk((16 + 32 * y, 16 + 32 * x), 12)] = k + 1
+        rings[disk((16 + 32 * y, 16 + 32 * x), 4)] = 0
+    assert label_evidence(rings).labels is True
     assert label_evidence(image).labels is False
     assert label_evidence((image * 4000).astype(np.uint16)).labels is False
     # dim 8-bit pictures with a background of exact zeros and a few grey levels: a row
     # crosses each level many times, where it crosses each cell once
-    for gain in (40, 8, 4):
+    for gain in (40, 8, 4, 1.5):
         dim = np.clip(np.round((image - 0.2) * gain), 0, 255).astype(np.uint8)
         assert label_evidence(dim).labels is False, gain
     rng = np.random.default_rng(0)
