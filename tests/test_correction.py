@@ -167,6 +167,14 @@ def test_masks_make_trusted_cells_with_a_background_ring_and_ignore_the_rest():
     assert sup.trusted[labels == 1].all() and not sup.trusted[labels == 2].any()
     assert len(sup.boxes) == 1 and c[34, 9] == CELL and not sup.trusted[34, 9]
     assert c[2, 40] == IGNORE
+    # the box as a row, or a table's columns, or no boxes said as None: the same
+    rows = supervision_from_masks(labels, cells=[1], background=gone, boxes=[[30, 4, 40, 16]])
+    table = {"y0": [30], "x0": [4], "y1": [40], "x1": [16]}
+    columns = supervision_from_masks(labels, cells=[1], background=gone, boxes=table)
+    np.testing.assert_array_equal(rows.classes, c)
+    np.testing.assert_array_equal(columns.classes, c)
+    unboxed = supervision_from_masks(labels, cells=[1], boxes=None)
+    assert not unboxed.boxes and unboxed.classes[34, 9] == IGNORE
     whole = supervision_from_masks(labels, rest="trusted")
     np.testing.assert_array_equal(
         whole.classes == CELL, np.isin(labels, [1, 2]) & (whole.classes != BOUNDARY)

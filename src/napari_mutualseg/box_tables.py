@@ -584,22 +584,13 @@ def _num(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _as_boxes(group: Any) -> list[Box]:
-    """One image's or plane's boxes as :class:`Box` es: rows and shapes converted."""
-    if not (isinstance(group, np.ndarray | Mapping) or hasattr(group, "columns")):
-        group = list(group)
-        if all(isinstance(box, Box) for box in group):
-            return group
-    return boxes_from_shapes(group)
-
-
 def _box_groups(boxes: Any) -> dict[BoxKey, list[Box]]:
     """Boxes per key from what :func:`write_box_table` takes."""
     # a table of one image's boxes: rows, a DataFrame, a dict of its columns
     columns = isinstance(boxes, Mapping) and box_columns([str(k) for k in boxes]) is not None
     if columns or not isinstance(boxes, Mapping):
-        return {None: _as_boxes(boxes)}
-    return {key: _as_boxes(group) for key, group in boxes.items()}
+        return {None: boxes_from_shapes(boxes)}
+    return {key: boxes_from_shapes(group) for key, group in boxes.items()}
 
 
 def write_box_table(

@@ -419,14 +419,17 @@ def _check_type(kind: str, k: int) -> None:
 def boxes_from_shapes(data: Any, shape_types: str | Sequence[str] | None = None) -> list[Box]:
     """Boxes from napari Shapes data or from a table of ``y0, x0, y1, x1`` rows.
 
+    The one conversion of boxes in any form: the API, the box tables and the widget use it.
+
     Parameters
     ----------
-    data : list of array_like, array_like, pandas.DataFrame or dict
-        Either a napari Shapes layer's ``data`` (one ``(4, 2)`` vertex array per shape, any
-        vertex order, possibly rotated), an ``(N, 4)`` array of half-open pixel boxes
-        ``y0, x0, y1, x1``, or a table of them (a DataFrame or a dict of columns) with the
-        columns ``y0, x0, y1, x1`` or those of ``skimage.measure.regionprops_table(labels,
-        properties=["bbox"])``, ``bbox-0`` to ``bbox-3``; other columns are left out.
+    data : list of Box or array_like, array_like, pandas.DataFrame or dict
+        :class:`Box` es (returned as they are); a napari Shapes layer's ``data`` (one
+        ``(4, 2)`` vertex array per shape, any vertex order, possibly rotated); an ``(N, 4)``
+        array of half-open pixel boxes ``y0, x0, y1, x1``; or a table of them (a DataFrame
+        or a dict of columns) with the columns ``y0, x0, y1, x1`` or those of
+        ``skimage.measure.regionprops_table(labels, properties=["bbox"])``, ``bbox-0`` to
+        ``bbox-3``; other columns are left out.
     shape_types : str or sequence of str, optional
         The layer's ``shape_type`` (one per shape, or one for all); default all rectangles.
         Only ``"rectangle"`` and ``"ellipse"`` are boxes. Ignored for an ``(N, 4)`` table.
@@ -453,7 +456,9 @@ def boxes_from_shapes(data: Any, shape_types: str | Sequence[str] | None = None)
     if isinstance(data, np.ndarray) and data.shape == (4, 2):
         data = [data]
     items = list(data)
-    if items and all(np.ndim(item) == 1 and np.size(item) == 4 for item in items):
+    if all(isinstance(item, Box) for item in items):
+        return items
+    if all(np.ndim(item) == 1 and np.size(item) == 4 for item in items):
         return _boxes_from_rows(np.asarray(items, dtype=np.float64))
     types = _shape_types(shape_types, len(items))
     boxes = []

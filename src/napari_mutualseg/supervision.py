@@ -17,7 +17,7 @@ drawn beside them are ordinary boxes; the rest of the image is trusted as shown 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -337,11 +337,7 @@ def make_supervision(
         )
     if min(shape) < 1:
         raise ValueError(f"The image shape {shape} is empty.")
-    # a table (an array, a DataFrame, a dict of columns) iterates over rows or column names
-    table = isinstance(boxes, np.ndarray | Mapping) or hasattr(boxes, "columns")
-    boxes = boxes if table else list(boxes)
-    if table or not all(isinstance(b, Box) for b in boxes):
-        boxes = boxes_from_shapes(boxes)
+    boxes = boxes_from_shapes(boxes)
     if not boxes:
         raise ValueError(
             "No boxes: give at least one box around a cell (in napari, a rectangle on the "
@@ -409,7 +405,7 @@ def supervision_from_masks(
     *,
     cells: Sequence[int] | np.ndarray | None = None,
     background: np.ndarray | None = None,
-    boxes: Sequence[Box] | np.ndarray = (),
+    boxes: Sequence[Box] | np.ndarray | None = None,
     rest: str = "ignore",
     edge_width: int = 1,
 ) -> Supervision:
@@ -433,7 +429,7 @@ def supervision_from_masks(
     background : numpy.ndarray, optional
         bool ``(H, W)``: further pixels known to be background (e.g. where a wrong cell was
         deleted).
-    boxes : sequence of Box or array_like
+    boxes : sequence of Box or array_like, optional
         Boxes around cells that have no mask (anything :func:`make_supervision` accepts).
     rest : {"ignore", "trusted"}
         What the pixels that are neither trusted nor boxed are.
@@ -476,11 +472,7 @@ def supervision_from_masks(
         raise ValueError(
             f"The background mask has shape {background.shape} but the labels are {shape}."
         )
-    if isinstance(boxes, np.ndarray) or (
-        len(boxes) > 0 and not all(isinstance(b, Box) for b in boxes)
-    ):
-        boxes = boxes_from_shapes(boxes)
-    boxes = list(boxes)
+    boxes = boxes_from_shapes(() if boxes is None else boxes)
     in_box = boxes_mask(shape, boxes)
     if rest == "trusted" or cells is None:
         masks = labels
