@@ -200,13 +200,13 @@ class Segmenter:
         blocks = None
         if blockwise:
             blocks = (block_size, default_halo(self.cell_size) if halo is None else halo)
-        ranges = chosen.channel_ranges(self.percentiles)
         if out is not None and tuple(out.shape) != chosen.label_shape:
             raise ValueError(
                 f"out has shape {tuple(out.shape)}, but the labels of {chosen.name} have shape "
                 f"{chosen.label_shape} (axes {chosen.label_axes}); make it with "
                 "labels_zarr(path, image.label_shape, axes=image.label_axes)."
             )
+        ranges = chosen.channel_ranges(self.percentiles)
         planes = self._planes(
             chosen, ranges, tile_size, overlap, min_size, blocks, progress, out=out
         )
