@@ -97,6 +97,7 @@ def test_merge_and_split_measure_again_only_the_cells_they_change(trained, monke
     """Every cell measured again took the main thread seconds per merge or split at real
     sizes; the table is the one a whole measurement gives."""
     from napari_mutualseg._napari import cells as cells_module
+    from napari_mutualseg._napari import correct
 
     viewer, widget, _image, other = trained
     cells = viewer.layers["other cells"]
@@ -108,9 +109,16 @@ def test_merge_and_split_measure_again_only_the_cells_they_change(trained, monke
         return measure(labels, *args)
 
     monkeypatch.setattr(cells_module, "measure", measuring)
+    transformed, transform = [], correct.ndi.distance_transform_edt
+    monkeypatch.setattr(
+        correct.ndi,
+        "distance_transform_edt",
+        lambda mask: transformed.append(mask.shape) or transform(mask),
+    )
     widget.correct.merge(other, ids[0], ids[1])
     widget.correct.split(other, ids[0])
     assert measured and cells.data.shape not in measured
+    assert transformed and cells.data.shape not in transformed  # split in the cell's box
     whole = cells_module.measure_layer(cells, other)
     table = cells_module.cell_table(cells)
     assert list(table) == list(whole)

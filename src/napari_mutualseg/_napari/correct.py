@@ -170,20 +170,29 @@ class Corrector:
         mask = data == label
         if label == 0 or mask.sum() < 4:
             raise UserInputError(f"Pick a cell of '{cells.name}' to split (label {label}).")
+        # the cell's box and a margin wider than peak_local_max's border: the same halves as
+        # on the whole image, whose distance transform took the main thread 0.4 s at 2048²
+        (box,) = ndi.find_objects(mask.astype(np.uint8))
+        box = tuple(
+            slice(max(b.start - 3, 0), min(b.stop + 3, n))
+            for b, n in zip(box, mask.shape, strict=True)
+        )
+        mask = mask[box]
         distance = ndi.distance_transform_edt(mask)
         peaks = peak_local_max(distance, min_distance=2, num_peaks=2, labels=mask.astype(int))
         if len(peaks) == 2:
-            markers = np.zeros(data.shape, np.int32)
+            markers = np.zeros(mask.shape, np.int32)
             markers[tuple(peaks.T)] = (1, 2)
             halves = watershed(-distance, markers, mask=mask)
         else:  # a convex cell: cut across its long axis, through its centre
             coords = np.argwhere(mask).astype(float)
             centred = coords - coords.mean(0)
             axis = np.linalg.svd(centred, full_matrices=False)[2][0]
-            halves = np.zeros(data.shape, np.int32)
+            halves = np.zeros(mask.shape, np.int32)
             halves[tuple(np.argwhere(mask).T)] = np.where(centred @ axis < 0, 1, 2)
         new = int(data.max()) + 1
-        cells.data_setitem(np.nonzero(halves == 2), new)  # undone with napari's undo too
+        second = tuple(i + b.start for i, b in zip(np.nonzero(halves == 2), box, strict=True))
+        cells.data_setitem(second, new)  # undone with napari's undo too
         refresh_cells(cells, image, [label, new])  # the table and its exports follow
         return new
 
