@@ -95,7 +95,10 @@ def test_3d_cells_measured_a_plane_at_a_time_are_measured_as_a_whole_stack():
         np.testing.assert_array_equal(planes[column], whole[column], err_msg=column)
 
 
-def test_a_batchs_ome_zarr_labels_keep_the_frame_interval_of_a_file_without_pixel_size(tmp_path):
+@pytest.mark.parametrize("out_format", ["zarr", "tif"])
+def test_a_batchs_labels_keep_the_frame_interval_of_a_file_without_a_pixel_size(
+    tmp_path, out_format
+):
     import tifffile
 
     from napari_mutualseg.batch import BatchOptions, BatchRun
@@ -105,9 +108,9 @@ def test_a_batchs_ome_zarr_labels_keep_the_frame_interval_of_a_file_without_pixe
     movie[:, 8:20, 8:20] += 150
     metadata = {"axes": "TYX", "finterval": 2.5}
     tifffile.imwrite(tmp_path / "in" / "m.tif", movie, imagej=True, metadata=metadata)
-    options = BatchOptions(out_format="zarr", track=True)
+    options = BatchOptions(out_format=out_format, track=True)
     (result,) = BatchRun(_pair(), [tmp_path / "in"], tmp_path / "out", options, workers=0)
     assert result.status == "done"
-    labels = AxisImage.from_file(tmp_path / "out" / "m_cells.ome.zarr")
+    labels = AxisImage.from_file(result.job.labels)
     assert labels.frame_interval == 2.5
     assert PixelSize.of(labels) is None

@@ -149,6 +149,10 @@ def test_labels_of_a_time_series_keep_the_frame_interval(tmp_path):
     path = write_labels(tmp_path / "zyx.tif", labels, pixel_size=size, axes="ZYX")
     with tifffile.TiffFile(path) as tif:
         assert "TimeIncrement" not in tif.ome_metadata
+    # a file that gives the interval but no pixel size: the interval alone
+    path = write_labels(tmp_path / "t.tif", labels, axes="TYX", frame_interval=2.5)
+    image = AxisImage.from_file(path)
+    assert image.frame_interval == 2.5 and PixelSize.of(image) is None
 
 
 def test_info_says_the_frame_interval(tmp_path, capsys):

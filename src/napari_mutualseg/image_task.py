@@ -275,7 +275,12 @@ def _segment(
             return _open_labels(job.labels), notes
         labels = pair.segment(image, **common, **more)
     write_labels(
-        job.labels, labels, overwrite=overwrite, pixel_size=pixel_size, axes=image.label_axes
+        job.labels,
+        labels,
+        overwrite=overwrite,
+        pixel_size=pixel_size,
+        axes=image.label_axes,
+        frame_interval=image.frame_interval,
     )
     if job.disagreement is not None:
         from .disagreement import spot_table

@@ -247,6 +247,7 @@ def write_labels(
     pixel_size: PixelSize | None = None,
     axes: str | None = None,
     kind: str = "labels",
+    frame_interval: float | None = None,
 ) -> Path:
     """Write a label or class image as a zlib-compressed TIFF, atomically.
 
@@ -275,6 +276,9 @@ def write_labels(
         What the file holds (:data:`LABEL_KINDS`), written in its TIFF ``Software`` tag and
         read back by :func:`written_as`: a supervision is a class map (0 background, 1 cell,
         2 boundary, 255 ignore), not instance labels.
+    frame_interval : float, optional
+        The time from one frame to the next in seconds, for labels of a time series whose
+        pixel size is unknown (the pixel size's own interval comes first).
 
     Returns
     -------
@@ -315,8 +319,9 @@ def write_labels(
         for letter in "XY" + ("Z" if axes and "Z" in axes and pixel_size.z else ""):
             metadata[f"PhysicalSize{letter}"] = getattr(pixel_size, letter.lower())
             metadata[f"PhysicalSize{letter}Unit"] = pixel_size.symbol
-        if axes and "T" in axes and pixel_size.t:
-            metadata.update(TimeIncrement=pixel_size.t, TimeIncrementUnit="s")
+        frame_interval = pixel_size.t or frame_interval
+    if axes and "T" in axes and frame_interval:
+        metadata.update(TimeIncrement=float(frame_interval), TimeIncrementUnit="s")
     if axes and (metadata or len(axes) > 2):
         options.update(ome=True, metadata={"axes": axes, **metadata})
     with atomic_write(path, overwrite=overwrite) as f:
