@@ -269,7 +269,8 @@ def _add_predict(sub: Subparsers) -> None:
         choices=("tif", "zarr"),
         default="tif",
         help="labels as TIFF (held in memory, 4 bytes a pixel) or OME-Zarr "
-        "(<name>_cells.ome.zarr, written block by block, with a pyramid)",
+        "(<name>_cells.ome.zarr, written block by block, a stack plane after plane, with a "
+        "pyramid)",
     )
     p.add_argument(
         "--pixel-size",
