@@ -105,6 +105,16 @@ def test_arrays_are_reordered_and_never_guessed():
     assert AxisImage.from_array(_ramp((16, 20))).axes == "YX"
 
 
+def test_an_axis_image_made_of_a_zarr_array_reads_it_through_dask(tmp_path):
+    import zarr
+
+    stored = zarr.open_array(tmp_path / "a.zarr", mode="w", shape=(2, 16, 20), dtype="uint16")
+    stored[:] = _ramp((2, 16, 20))
+    image = AxisImage(stored, "ZYX")
+    selected = image.select(None)  # zarr indexes neither with None nor with arrays
+    np.testing.assert_array_equal(np.asarray(selected.plane(1))[0], stored[1])
+
+
 def test_rgb_pictures_as_colours_or_gray(tmp_path):
     import skimage.io
 

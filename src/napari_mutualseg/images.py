@@ -158,7 +158,8 @@ class AxisImage:
     Attributes
     ----------
     data : array_like
-        The pixels (numpy, or dask for lazily read files), axes in :data:`AXES` order.
+        The pixels (numpy, or dask for lazily read files; a zarr array is read through
+        dask), axes in :data:`AXES` order.
     axes : str
         One letter per axis of ``data``, a subsequence of ``"TCZYX"`` ending in ``"YX"``.
     channel_names : tuple of str, optional
@@ -191,6 +192,8 @@ class AxisImage:
         return f"AxisImage({self.describe()}; {self.dtype} {kind} pixels)"
 
     def __post_init__(self) -> None:
+        # a zarr array indexes neither with None nor with arrays: read it through dask
+        object.__setattr__(self, "data", _as_array(self.data))
         axes = parse_axes(self.axes, len(self.data.shape), self.name)
         if axes != "".join(a for a in AXES if a in axes):
             raise ValueError(
