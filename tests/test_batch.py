@@ -343,6 +343,8 @@ def test_results_from_another_image_or_model_are_never_taken_for_this_one(model,
     assert "add --overwrite to replace these results" in text and "overwrite=True" not in text
     code, text = _predict(capsys, model, tmp_path / "p1", "--out", out, "--min-size", "3")
     assert code == 2 and "other options (min size default -> 3)" in text
+    code, text = _predict(capsys, model, tmp_path / "p1", "--out", out, "--pixel-size", "0.5")
+    assert code == 2 and "(pixel size default -> 0.5 x 0.5 micrometer)" in text
     code, text = _predict(capsys, other, tmp_path / "p1", "--out", out, "--overwrite")
     assert code == 0 and "1 segmented" in text
     # the same command again skips the image

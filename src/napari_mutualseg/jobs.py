@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,8 +149,18 @@ def _head_digest(path: Path) -> str | None:
 
 
 def _option_value(value: Any) -> str:
-    """An option's value for people: ``None`` (left to the model or the image) as default."""
-    return "default" if value is None else str(value)
+    """An option's value for people: ``None`` (left to the model or the image) as default,
+    a pixel size (kept in records as ``PixelSize(y=..., x=..., unit=...)``) in words."""
+    if value is None:
+        return "default"
+    size = re.fullmatch(r"PixelSize\((.*)\)", str(value))
+    if size is None:
+        return str(value)
+    steps = dict(re.findall(r"(\w+)=('[^']*'|[^,]+)", size.group(1)))
+    unit = steps.pop("unit", "").strip("'")
+    interval = steps.pop("t", None)
+    text = " x ".join(steps[k] for k in ("z", "y", "x") if k in steps) + f" {unit}"
+    return text + (f", {interval} s a frame" if interval else "")
 
 
 @dataclass(frozen=True)
