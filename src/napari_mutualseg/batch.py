@@ -54,6 +54,7 @@ from .cluster import (
     default_workers,
     submit_jobs,
 )
+from .devices import describe_device
 from .files import ResultExistsError
 from .image_task import error_reason, measure_image, process_image, read_labels, read_table
 from .io import check_writable
@@ -311,7 +312,7 @@ class BatchRun:
             if pending:  # a worker without an image only loads torch and the model
                 workers = min(workers, len(pending))
             if self.scheduler is None and workers == 0:
-                self.where = "in this process"
+                self.where = f"in this process on {describe_device(self.pair.device)}"
                 results: Iterator[ImageResult] = self._here(pending)
             else:
                 results = self._on_dask(pending, workers)
