@@ -118,7 +118,7 @@ def test_a_3d_file_needs_its_axes_and_a_z_stack_gives_3d_labels(scene, tmp_path,
         *TINY,
     )
     assert code == 0, err
-    assert "axes ZYX as given (the file does not say)" in err  # not tifffile's 'QYX'
+    assert "axes ZYX as given, where the file says none" in err  # not tifffile's 'QYX'
     assert f"stack.tif: {len(boxes)} boxes on 1 of 3 planes (z001)" in err  # as read
     assert (tmp_path / "labels" / "stack_z001_cells.tif").exists()  # the boxed plane
     code, stdout, err = _run(

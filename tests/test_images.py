@@ -72,7 +72,7 @@ def test_axes_given_against_the_file_replace_its_reading_in_the_notes(tmp_path):
     tifffile.imwrite(path, _ramp((3, 16, 20)), photometric="rgb", planarconfig="separate")
     assert AxisImage.from_file(path).notes == ("axes CYX from the RGB photometric tag",)
     stack = AxisImage.from_file(path, axes="ZYX")
-    assert stack.notes == ("axes ZYX as given (the file says SYX)",)
+    assert stack.notes == ("axes ZYX as given, not CYX as the file says",)
 
 
 def test_a_3d_file_without_metadata_asks_for_its_axes(tmp_path):

@@ -92,11 +92,11 @@ def read_axis_image(
             data, letters = _drop_single(data, letters, "?")
         axes = parse_axes(given, data.ndim, name)
         if "?" in letters:
-            notes.append(f"axes {axes} as given (the file does not say)")
+            notes.append(f"axes {axes} as given, where the file says none")
         elif axes != letters:
             # the file's reading of its axes is overruled: its note would say the opposite
             notes = [n for n in notes if not n.startswith(f"axes {letters} from ")]
-            notes.append(f"axes {axes} as given (the file says {raw.file_axes})")
+            notes.append(f"axes {axes} as given, not {letters} as the file says")
         same_c = "C" in axes and "C" in letters and axes.index("C") == letters.index("C")
         image = AxisImage.from_array(
             data,
@@ -171,7 +171,6 @@ class _Raw:
 
     data: Any
     axes: str
-    file_axes: str
     channel_names: tuple[str, ...] | None = None
     pixel_size: dict[str, float] = field(default_factory=dict)  # T in seconds
     unit: str | None = None
@@ -438,7 +437,7 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         )
         warnings.warn(f"{path.name}: {note}", UserWarning, stacklevel=4)
         notes += (note,)
-    return _Raw(data, letters, series.axes, names, scale, unit, rgb, notes)
+    return _Raw(data, letters, names, scale, unit, rgb, notes)
 
 
 def _check_codec(path: Path, page: Any, tifffile: Any) -> None:
@@ -591,7 +590,7 @@ def _read_picture(path: Path) -> _Raw:
         data, letters = data[..., 0], letters[:-1]
         notes = ("gray picture: its alpha (transparency) is left out",)
     rgb = "C" in letters and data.shape[-1] in (3, 4)
-    return _Raw(data, letters, letters, rgb=rgb, notes=notes)
+    return _Raw(data, letters, rgb=rgb, notes=notes)
 
 
 def _read_zarr(path: Path, level: int = 0) -> _Raw:
@@ -608,7 +607,7 @@ def _read_zarr(path: Path, level: int = 0) -> _Raw:
         if of_image is not None:
             return _read_zarr(path.parent, of_image)
         data = da.from_zarr(node)
-        return _Raw(data, "?" * data.ndim, "?" * data.ndim)
+        return _Raw(data, "?" * data.ndim)
     attrs = dict(node.attrs)
     ome = attrs.get("ome", attrs)
     multiscales = ome.get("multiscales")
@@ -667,7 +666,6 @@ def _read_zarr(path: Path, level: int = 0) -> _Raw:
         notes.append(f"full resolution, level 0 of {levels}")
     return _Raw(
         data,
-        letters,
         letters,
         channel_names,
         pixel_size,
@@ -768,7 +766,6 @@ def _read_bioio(path: Path) -> _Raw:
     return _Raw(
         data,
         letters,
-        order,
         channel_names,
         scale,
         "µm" if scale else None,
