@@ -279,9 +279,15 @@ class Bench:
         ids = np.unique(np.asarray(cells.data))
         ids = ids[ids > 0]
         print(f"   {len(ids)} cells on other2048")
-        if len(ids) < 3:
-            print("f) too few cells to merge and split: skipped")
-            return
+        if len(ids) < 3:  # a pair trained a few steps may find none: thresholded instead
+            print("   too few to correct: the cells of a thresholding pair are corrected")
+            trained = widget.pair
+            self.threshold_pair()
+            self.run("f", "Predict 2048² (thresholding pair)", lambda: widget.predict(other))
+            widget.controller.set_pair(trained)  # the pair Add to training goes on training
+            cells = viewer.layers["other2048 cells"]
+            ids = np.unique(np.asarray(cells.data))
+            ids = ids[ids > 0]
         viewer.layers.selection.active = cells
         settle(0.5)
         self.run(
