@@ -83,7 +83,7 @@ def test_the_manifest_passes_npe2_validate():
     from npe2 import PluginManifest
 
     manifest = PluginManifest.from_distribution("napari-mutualseg")
-    PluginManifest.validate(manifest.model_dump())  # what `npe2 validate` checks
+    PluginManifest.model_validate(manifest.model_dump())  # what `npe2 validate` checks
     writers = {w.command.rsplit(".", 1)[-1]: w for w in manifest.contributions.writers}
     for name, suffix in (("table", ".csv"), ("fiji_rois", ".zip"), ("qupath_geojson", ".geojson")):
         writer = writers[f"write_{name}"]

@@ -8,7 +8,7 @@ is one job per viewer at a time; :class:`RunState` says which.
 Everything here runs on the main thread. Reports reach it through the worker's ``yielded``
 signal with their layer data already laid out (:mod:`.workers`); the controller swaps one
 layer per event-loop turn, newest round first (:mod:`.writer`), and says where training
-stands at most twice a second, so that the viewer keeps drawing at its own pace.
+stands at most once a second, so that the viewer keeps drawing at its own pace.
 """
 
 from __future__ import annotations
