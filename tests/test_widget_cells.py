@@ -364,7 +364,8 @@ def test_the_panel_writes_an_export_in_a_worker(
     viewer, widget = viewer_widget
     labels = np.zeros((32, 32), np.int32)
     labels[4:10, 4:10], labels[20:28, 15:25] = 1, 2
-    viewer.layers.selection.active = viewer.add_labels(labels, name="x cells")
+    # named as a folder run names its layers: by the image's path below the plate
+    viewer.layers.selection.active = viewer.add_labels(labels, name="a/x.tif cells")
     threads, real = [], cells_module.fiji_roi_zip
 
     def roi_zip(*args):
@@ -373,8 +374,12 @@ def test_the_panel_writes_an_export_in_a_worker(
 
     monkeypatch.setattr(cells_module, "fiji_roi_zip", roi_zip)
     path = tmp_path / "rois.zip"
-    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a: (str(path), ""))
+    suggested = []
+    monkeypatch.setattr(
+        QFileDialog, "getSaveFileName", lambda *a: suggested.append(a[2]) or (str(path), "")
+    )
     widget.cells.buttons["fiji"].click()
+    assert suggested == ["a_x.tif cells.zip"]  # a file name, not a folder's
     qtbot.waitUntil(lambda: f"Wrote {path}" in messages(notes, "info"), timeout=TIMEOUT)
     assert threads and threads[0] is not threading.main_thread()
     with zipfile.ZipFile(path) as archive:

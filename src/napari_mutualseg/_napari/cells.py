@@ -9,6 +9,7 @@ GeoJSON; the npe2 writers below are the same exports from File > Save Selected L
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -562,7 +563,9 @@ class CellsPanel(QGroupBox):
         if layer is None:
             return
         label, suffix = EXPORTS[kind]
-        path, _ = QFileDialog.getSaveFileName(self, label, f"{layer.name}{suffix}", label)
+        # a folder run's layers are named by their image's path below the plate ('a/x.tif')
+        stem = re.sub(r'[\\/:*?"<>|]+', "_", layer.name)
+        path, _ = QFileDialog.getSaveFileName(self, label, f"{stem}{suffix}", label)
         if not path:
             return
         try:
