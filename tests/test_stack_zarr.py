@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from skimage.measure import label
 
+from helpers import ThresholdNet
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.measure import measure_cells, measure_planes
 from napari_mutualseg.models import ModelPair
@@ -13,21 +13,8 @@ from napari_mutualseg.ome import PixelSize, labels_zarr
 from napari_mutualseg.synthetic import synthetic_volume
 
 
-class _PixelNet(torch.nn.Module):
-    """A 'network' that calls every pixel above 0.5 cell: labels without training."""
-
-    divisor = 1
-
-    def __init__(self):
-        super().__init__()
-        self.arch = {"in_channels": 1, "n_classes": 3}
-
-    def forward(self, x):
-        return torch.cat([(0.5 - x) * 8, (x - 0.5) * 8, x * 0 - 8], dim=1)
-
-
 def _pair() -> ModelPair:
-    return ModelPair(_PixelNet(), _PixelNet(), settings={"min_size": 4, "rgb": "gray"})
+    return ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4, "rgb": "gray"})
 
 
 def _stack() -> np.ndarray:
