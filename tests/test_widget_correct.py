@@ -348,7 +348,11 @@ def test_the_cell_to_check_of_a_stack_is_on_the_plane_the_sliders_show(threshold
 
 
 def test_merge_and_split_are_undone_with_napari_undo(thresholded):
-    """Merging the wrong cells is undone as a paint stroke is (Ctrl+Z on the layer)."""
+    """Merging the wrong cells is undone as a paint stroke is (Ctrl+Z on the layer).
+
+    The next label after 65535 does not fit a uint16 layer (the cells layers are uint16
+    where their labels fit): a new cell there takes the smallest free label, and the layer
+    keeps its type and its undo."""
     viewer, widget = thresholded
     image = viewer.add_image(disc_image()[0], name="x")
     widget.predict(image, block=True)
@@ -365,6 +369,15 @@ def test_merge_and_split_are_undone_with_napari_undo(thresholded):
     assert (cells.data == new).any()
     cells.undo()
     np.testing.assert_array_equal(cells.data, before)
+    full = np.where(before == ids[1], 65535, before).astype(np.uint16)
+    cells.data = full.copy()
+    new = widget.correct.split(image, ids[0])
+    assert new == ids[1] and cells.data.dtype == np.uint16
+    assert (cells.data == new).any() and (cells.data == ids[0]).any()
+    np.testing.assert_array_equal(np.isin(cells.data, [ids[0], new]), full == ids[0])
+    assert new in cells.features["label"].tolist()
+    cells.undo()
+    np.testing.assert_array_equal(cells.data, full)
 
 
 def test_check_buttons_without_an_image_say_to_pick_one(viewer_widget, notes):
@@ -374,3 +387,14 @@ def test_check_buttons_without_an_image_say_to_pick_one(viewer_widget, notes):
         button.click()
     said = messages(notes, "error")
     assert len(said) == 5 and all("pick it under Check and correct" in m for m in said)
+
+
+def test_a_layer_with_every_label_of_its_type_taken_says_how_to_widen_it():
+    from napari_mutualseg._napari.correct import _new_label
+    from napari_mutualseg._napari.prepare import UserInputError
+
+    full = np.arange(256, dtype=np.uint8).reshape(16, 16)  # 0 to 255, every one there
+    with pytest.raises(UserInputError, match="Convert data type > Convert to int32"):
+        _new_label(full, "x cells")
+    full[3, 3] = 0  # cell 51 erased: its label is the one free
+    assert _new_label(full, "x cells") == 51

@@ -170,6 +170,7 @@ class Corrector:
         mask = data == label
         if label == 0 or mask.sum() < 4:
             raise UserInputError(f"Pick a cell of '{cells.name}' to split (label {label}).")
+        new = _new_label(data, cells.name)
         # the cell's box and a margin wider than peak_local_max's border: the same halves as
         # on the whole image, whose distance transform took the main thread 0.4 s at 2048²
         (box,) = ndi.find_objects(mask.astype(np.uint8))
@@ -190,7 +191,6 @@ class Corrector:
             axis = np.linalg.svd(centred, full_matrices=False)[2][0]
             halves = np.zeros(mask.shape, np.int32)
             halves[tuple(np.argwhere(mask).T)] = np.where(centred @ axis < 0, 1, 2)
-        new = int(data.max()) + 1
         second = tuple(i + b.start for i, b in zip(np.nonzero(halves == 2), box, strict=True))
         cells.data_setitem(second, new)  # undone with napari's undo too
         refresh_cells(cells, image, [label, new])  # the table and its exports follow
@@ -305,6 +305,29 @@ class Corrector:
         cells.metadata[OWNER_KEY] = {**owner_info(cells), "role": "corrections"}
         cells.name = free_name(self.viewer, f"{image.name} corrections")
         return cells
+
+
+def _new_label(data: np.ndarray, name: str) -> int:
+    """A label no cell of ``data`` has: the next after the largest, as napari's new label is,
+    else (at the end of the layer's type: 65535 for the uint16 cells layers) the smallest free
+    one. Not a wider type: napari recasts wider labels for display at every later stroke
+    (a fifth of a second each at 2048²), which the uint16 layers are there to spare."""
+    top = int(data.max(initial=0))
+    end = np.iinfo(data.dtype).max
+    if top < end:
+        return top + 1
+    flat = data.ravel()
+    # of the labels 1 to size + 1 one at least is free: the pixels cannot hold them all
+    n = min(flat.size + 1, end)
+    seen = np.bincount(flat[(flat > 0) & (flat <= n)].astype(np.intp), minlength=n + 1)
+    free = np.flatnonzero(seen[1:] == 0)
+    if not free.size:
+        raise UserInputError(
+            f"Every label a {data.dtype} layer can hold is taken in '{name}', none is left for "
+            f"a new cell: right-click '{name}' in the layer list, Convert data type > Convert "
+            "to int32, then split again."
+        )
+    return int(free[0]) + 1
 
 
 def _overlaps(box, sup: Supervision, drawn: list) -> bool:
