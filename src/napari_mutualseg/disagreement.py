@@ -203,23 +203,25 @@ class Prediction:
 
     Attributes
     ----------
-    probabilities : numpy.ndarray
-        ``(3, H, W)`` float32 mean softmax of both networks (background, cell, boundary).
+    probabilities : numpy.ndarray or None
+        ``(3, H, W)`` float32 mean softmax of both networks (background, cell, boundary);
+        None for a plane segmented block by block (:meth:`ModelPair.predict_planes`).
     labels : numpy.ndarray
         ``(H, W)`` int32 cells, 0 background, 1..N (as :meth:`ModelPair.segment`).
-    disagreement : numpy.ndarray
+    disagreement : numpy.ndarray or None
         ``(H, W)`` float16 disagreement of the two networks in ``[0, 1]``
-        (:func:`disagreement_map`).
-    cell_scores : numpy.ndarray
-        float32 score of every cell by its label (:func:`cell_disagreement`).
+        (:func:`disagreement_map`); None for a plane segmented block by block.
+    cell_scores : numpy.ndarray or None
+        float32 score of every cell by its label (:func:`cell_disagreement`); None for a
+        plane segmented block by block.
     spots : list of Spot
         Cells and regions to check, the most disputed first (:func:`spots_to_check`).
     """
 
-    probabilities: np.ndarray = field(repr=False)
+    probabilities: np.ndarray | None = field(repr=False)
     labels: np.ndarray = field(repr=False)
-    disagreement: np.ndarray = field(repr=False)
-    cell_scores: np.ndarray = field(repr=False)
+    disagreement: np.ndarray | None = field(repr=False)
+    cell_scores: np.ndarray | None = field(repr=False)
     spots: list[Spot] = field(default_factory=list, repr=False)
 
     def __repr__(self) -> str:
@@ -227,12 +229,14 @@ class Prediction:
         n_cells = int(self.labels.max()) if self.labels.size else 0  # cells are 1..N
         cells = sum(s.kind == "cell" for s in self.spots)
         shape = " x ".join(map(str, self.labels.shape))
+        found = f"Prediction({shape} px, {n_cells} cell{'s' * (n_cells != 1)}"
+        if self.disagreement is None:
+            return f"{found}; segmented block by block: no disagreement)"
         mean = float(np.mean(self.disagreement, dtype=np.float64)) if self.disagreement.size else 0
         regions = len(self.spots) - cells
         return (
-            f"Prediction({shape} px, {n_cells} cell{'s' * (n_cells != 1)}; to check: {cells} "
-            f"cell{'s' * (cells != 1)}, {regions} region{'s' * (regions != 1)}; mean "
-            f"disagreement {mean:.3f})"
+            f"{found}; to check: {cells} cell{'s' * (cells != 1)}, {regions} "
+            f"region{'s' * (regions != 1)}; mean disagreement {mean:.3f})"
         )
 
 

@@ -43,6 +43,22 @@ def _label_key(image: AxisImage, index: int) -> tuple:
     return tuple(int(position[a]) if a in position else slice(None) for a in image.label_axes)
 
 
+def _constant(plane: np.ndarray) -> bool:
+    """Whether a channel of a ``(C, H, W)`` plane has one value only."""
+    flat = plane.reshape(plane.shape[0], -1)
+    return bool(np.any(flat.min(axis=1) == flat.max(axis=1)))
+
+
+def _warn_cut_off(name: str, cut_off: int) -> None:
+    """Tell of the cells that reached the margin of their block (block by block)."""
+    warnings.warn(
+        f"{name}: {cut_off} cell(s) reached the edge of their block's margin and may be cut "
+        "off; a larger halo keeps them whole (halo= in Python, --halo on the command line).",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
 class Segmenter:
     """The methods of :class:`~napari_mutualseg.models.ModelPair` that use its networks on images.
 
@@ -288,13 +304,7 @@ class Segmenter:
                 labels = result.labels
             yield labels
         if cut_off:
-            warnings.warn(
-                f"{image.name}: {cut_off} cell(s) reached the edge of their block's "
-                "margin and may be cut off; a larger halo keeps them whole (halo= in Python, "
-                "--halo on the command line).",
-                UserWarning,
-                stacklevel=3,
-            )
+            _warn_cut_off(image.name, cut_off)
 
     def predict(
         self,
@@ -347,19 +357,153 @@ class Segmenter:
         check_tiling(tile_size, overlap)
         min_size = self._min_size(min_size)
         chosen = self._one_plane(image, channels, rgb, axes, name, "predict")
-        x = self._plane_input(chosen, 0, chosen.channel_ranges(self.percentiles))
-        proba, disagreement = predict_disagreement(
-            self.models, x, self.device, tile_size=tile_size, overlap=overlap
-        )
-        labels = instances_from_proba(proba, min_size=min_size)
-        disagreement = disagreement.astype(np.float16)
-        return Prediction(
-            probabilities=proba,
-            labels=labels,
-            disagreement=disagreement,
-            cell_scores=cell_disagreement(labels, disagreement),
-            spots=spots_to_check(labels, disagreement, min_size=min_size),
-        )
+        return next(self._predictions(chosen, tile_size, overlap, min_size, None, None))
+
+    def predict_planes(
+        self,
+        image: Any,
+        *,
+        channels: Sequence[int | str] | None = None,
+        rgb: str | None = None,
+        axes: str | None = None,
+        tile_size: int = DEFAULT_TILE_SIZE,
+        overlap: int = DEFAULT_OVERLAP,
+        min_size: int | None = None,
+        name: str = "image",
+        blockwise: bool | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        halo: int | None = None,
+        out: Any = None,
+    ) -> Iterator[Prediction]:
+        """:meth:`predict` of every plane of an image, one plane at a time.
+
+        Every plane (each z position of each time point) is normalised with the intensity
+        percentiles of the whole image, as :meth:`segment` does: each plane's cells are those
+        :meth:`segment` finds in it before the planes are linked
+        (:func:`napari_mutualseg.linking.link_labels` links them, and a spot's ``label``
+        maps through the same relabelling). Planes are predicted only as they are asked for,
+        so the caller may stop between any two.
+
+        Parameters
+        ----------
+        image : array_like or AxisImage
+            Any image :meth:`segment` takes.
+        channels, rgb, axes
+            See :meth:`network_input`.
+        tile_size, overlap : int
+            Sliding-window tile edge and overlap in pixels.
+        min_size : int, optional
+            Smallest cell and smallest region of disagreement kept, in pixels (default: the
+            training setting).
+        name : str
+            Name used in error messages.
+        blockwise : bool, optional
+            Segment every plane block by block (True) or whole (False); by default planes
+            larger than :data:`~napari_mutualseg.blockwise.AUTO_BLOCKWISE_PIXELS` go block by
+            block. A plane segmented block by block has cells only: its prediction's
+            ``probabilities``, ``disagreement`` and ``cell_scores`` are None, its ``spots``
+            empty.
+        block_size : int
+            Edge of a block's core in pixels.
+        halo : int, optional
+            Margin read around each block (default: from :attr:`cell_size`).
+        out : numpy.ndarray, optional
+            int32 array shaped like the labels (``image.label_shape``): each plane's cells
+            are written into their place in it, and a prediction's ``labels`` are a view of
+            that place.
+
+        Yields
+        ------
+        Prediction
+            One per plane, in order (z within each time point), each plane's cells numbered
+            from 1. A plane of a stack in which a channel is constant (blank padding, a frame
+            the microscope skipped) has nothing to segment: no cells, no disagreement.
+
+        Examples
+        --------
+        >>> from napari_mutualseg.io import read_image
+        >>> planes = pair.predict_planes(read_image("stack.tif"))  # doctest: +SKIP
+        >>> for z, result in enumerate(planes):  # doctest: +SKIP
+        ...     print(z, result)
+        """
+        check_tiling(tile_size, overlap)
+        min_size = self._min_size(min_size)
+        chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
+        if blockwise is None:
+            blockwise = math.prod(chosen.plane_shape) > AUTO_BLOCKWISE_PIXELS
+        blocks = None
+        if blockwise:
+            blocks = (block_size, default_halo(self.cell_size) if halo is None else halo)
+        if out is not None and tuple(out.shape) != chosen.label_shape:
+            raise ValueError(
+                f"out has shape {tuple(out.shape)}, but the labels of {chosen.name} have shape "
+                f"{chosen.label_shape} (axes {chosen.label_axes})."
+            )
+        yield from self._predictions(chosen, tile_size, overlap, min_size, blocks, out)
+
+    def _predictions(
+        self,
+        image: AxisImage,
+        tile_size: int,
+        overlap: int,
+        min_size: int,
+        blocks: tuple[int, int] | None,
+        out: Any,
+    ) -> Iterator[Prediction]:
+        """The :class:`Prediction` of every plane of ``image`` (the networks' channels), each
+        normalised with the whole image's percentiles; block by block with ``blocks``
+        (block size, halo)."""
+        ranges = image.channel_ranges(self.percentiles)
+        stacked = image.n_planes > 1
+        cut_off = 0
+        for index in range(image.n_planes):
+            target = None if out is None else out[_label_key(image, index)]
+            if blocks is not None:
+                result = segment_blockwise(
+                    image.plane_array(index),
+                    lambda block: predict_proba(
+                        self.models, block, self.device, tile_size=tile_size, overlap=overlap
+                    ),
+                    block_size=blocks[0],
+                    halo=blocks[1],
+                    min_size=min_size,
+                    out=target,
+                    name=image.name,
+                    ranges=ranges,
+                )
+                cut_off += result.cut_off
+                yield Prediction(None, result.labels, None, None)
+                continue
+            plane = f"{image.name} {image.plane_name(index)}".rstrip()
+            x = check_channels(image.plane(index), plane)
+            if stacked and _constant(x):
+                # nothing to segment: the networks would be asked about a flat field
+                proba = np.zeros((3, *image.plane_shape), np.float32)
+                proba[0] = 1
+                disagreement = np.zeros(image.plane_shape, np.float16)
+                labels = np.zeros(image.plane_shape, np.int32)
+            else:
+                proba, disagreement = predict_disagreement(
+                    self.models,
+                    apply_ranges(x, ranges),
+                    self.device,
+                    tile_size=tile_size,
+                    overlap=overlap,
+                )
+                labels = instances_from_proba(proba, min_size=min_size)
+                disagreement = disagreement.astype(np.float16)
+            if target is not None:
+                target[...] = labels
+                labels = target
+            yield Prediction(
+                probabilities=proba,
+                labels=labels,
+                disagreement=disagreement,
+                cell_scores=cell_disagreement(labels, disagreement),
+                spots=spots_to_check(labels, disagreement, min_size=min_size),
+            )
+        if cut_off:
+            _warn_cut_off(image.name, cut_off)
 
     def _min_size(self, min_size: int | None) -> int:
         """The smallest cell kept: as given, else the training setting."""

@@ -303,53 +303,50 @@ def run_prediction(
     stop: threading.Event | None = None,
 ) -> Generator[tuple[int, int], None, PredictionResult | WorkerFailure | None]:
     """The worker: segment every plane of an image layer's data (read one plane at a time, with
-    the channels the networks take), a time series' cells tracked with ``track``; yields
-    (done, total). ``stop`` ends it before the next plane, with ``None``."""
+    the channels the networks take, each normalised with the whole image's percentiles as
+    :meth:`~napari_mutualseg.models.ModelPair.segment` does), a time series' cells tracked
+    with ``track``; yields (done, total). ``stop`` ends it before the next plane, with
+    ``None``."""
     try:
         axes = replace(axes, name=name)  # the messages call the planes after the layer
         shape, n = axes.label_shape, axes.n_planes
         result = PredictionResult(np.zeros(shape, np.int32), np.zeros(shape, np.float16), [])
-        labels = result.labels.reshape((-1, *shape[-2:]))
         disagreement = result.disagreement.reshape((-1, *shape[-2:]))
+        letters = axes.axes + ("C" if axes.rgb else "")
+        image = AxisImage.from_array(
+            data, letters, rgb=axes.rgb, channel_names=axes.channel_names, name=f"'{name}'"
+        )
+        # a plane larger than 4096² (a slide scan) goes block by block, read a block at a
+        # time, without disagreement
+        planes = pair.predict_planes(image, tile_size=tile_size, out=result.labels)
         offset = 0
-        whole = int(np.prod(shape[-2:])) <= AUTO_BLOCKWISE_PIXELS
         blank: list[int] = []  # constant planes of a stack, left without cells
         for p in range(n):
             yield p, n
             if stop is not None and stop.is_set():
                 return None
-            image = axes.plane(data, p)
-            try:
-                if whole:
-                    prediction = pair.predict(image, tile_size=tile_size)
-                    found, spots = prediction.labels, prediction.spots
-                    disagreement[p] = prediction.disagreement
-                else:
-                    # a slide scan: block by block, read a block at a time (no disagreement)
-                    found = pair.segment(image, tile_size=tile_size, out=labels[p])
-                    spots = []
-            except ValueError:
-                # A blank plane (padding, a frame the microscope skipped) has nothing to
-                # segment; it must not cost the whole stack. A single image still gets the
-                # core's clear error.
-                if not axes.stacked or not _constant(pair, image):
-                    raise
+            prediction = next(planes)
+            found = prediction.labels  # the plane of result.labels
+            if not found.any() and axes.stacked and _constant(pair, axes.plane(data, p)):
+                # a blank plane (padding, a frame the microscope skipped) has nothing to
+                # segment; it must not cost the whole stack
                 blank.append(p)
-                if len(blank) == n:
-                    raise ValueError(
-                        f"Every plane of '{name}' is constant (every pixel the same): there "
-                        "is nothing to segment. Check that the right image was picked."
-                    ) from None
-                labels[p] = 0
                 continue
+            if prediction.disagreement is not None:
+                disagreement[p] = prediction.disagreement
             if offset:  # distinct ids across planes: each cell of a stack has its own colour
                 found[found > 0] += offset
-            labels[p] = found
             plane = p if axes.stacked else None
             result.spots += [
-                (plane, replace(s, label=s.label + offset if s.label else 0)) for s in spots
+                (plane, replace(s, label=s.label + offset if s.label else 0))
+                for s in prediction.spots
             ]
-            offset = max(offset, int(labels[p].max()))
+            offset = max(offset, int(found.max()))
+        if len(blank) == n > 1:
+            raise ValueError(
+                f"Every plane of '{name}' is constant (every pixel the same): there is nothing "
+                "to segment. Check that the right image was picked."
+            )
         result.spots.sort(key=lambda ps: -ps[1].score)
         if blank:
             result.notes.append(_blank_note(name, axes, blank))
