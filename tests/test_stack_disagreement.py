@@ -59,3 +59,11 @@ def test_predict_planes_gives_each_plane_the_cells_segment_finds(pair):
     # one plane: as predict
     one = next(pair.predict_planes(stack[0]))
     np.testing.assert_array_equal(one.labels, pair.predict(stack[0]).labels)
+
+
+def test_a_flat_plane_of_a_stack_has_no_cells_in_segment_as_in_predict_planes(pair):
+    a, _ = disc_image()
+    stack = AxisImage.from_array(np.stack([a, np.full_like(a, 1.0)]), "ZYX")
+    labels = pair.segment(stack, link=False)
+    assert labels[0].any() and not labels[1].any()  # not one cell the size of the plane
+    assert not list(pair.predict_planes(stack))[1].labels.any()

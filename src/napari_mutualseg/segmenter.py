@@ -43,6 +43,11 @@ def _label_key(image: AxisImage, index: int) -> tuple:
     return tuple(int(position[a]) if a in position else slice(None) for a in image.label_axes)
 
 
+def _checked_plane(image: AxisImage, index: int) -> np.ndarray:
+    """Plane ``index`` of ``image`` as checked ``(C, H, W)`` float32, not yet normalised."""
+    return check_channels(image.plane(index), f"{image.name} {image.plane_name(index)}".rstrip())
+
+
 def _constant(plane: np.ndarray) -> bool:
     """Whether a channel of a ``(C, H, W)`` plane has one value only."""
     flat = plane.reshape(plane.shape[0], -1)
@@ -113,15 +118,10 @@ class Segmenter:
             )
         return chosen
 
-    def _plane_input(self, image: AxisImage, index: int, ranges: np.ndarray) -> np.ndarray:
-        """Plane ``index`` checked and normalised with the image's ``ranges``."""
-        name = f"{image.name} {image.plane_name(index)}".rstrip()
-        return apply_ranges(check_channels(image.plane(index), name), ranges)
-
     def _plane_proba(
         self, image: AxisImage, index: int, ranges: np.ndarray, tile_size: int, overlap: int
     ) -> np.ndarray:
-        x = self._plane_input(image, index, ranges)
+        x = apply_ranges(_checked_plane(image, index), ranges)
         return predict_proba(self.models, x, self.device, tile_size=tile_size, overlap=overlap)
 
     def segment(
@@ -149,7 +149,9 @@ class Segmenter:
         Every 2D plane (each z position of each time point) is segmented, normalised with the
         intensity percentiles of the whole image (:meth:`AxisImage.channel_ranges`); the
         planes of a z-stack are linked into 3D objects and, with ``track``, the frames of a
-        time series keep their labels (:func:`napari_mutualseg.linking.link_labels`).
+        time series keep their labels (:func:`napari_mutualseg.linking.link_labels`). A plane
+        of a stack segmented whole in which a channel is constant (blank padding, a frame the
+        microscope skipped) has nothing to segment: it has no cells.
 
         Images up to :data:`~napari_mutualseg.blockwise.AUTO_BLOCKWISE_PIXELS` (4096 x 4096)
         are segmented whole. Larger ones, or any image with ``blockwise=True`` or an ``out``
@@ -282,8 +284,18 @@ class Segmenter:
                     progress(index * steps + done, planes * steps)
 
             if blocks is None:
-                proba = self._plane_proba(image, index, ranges, tile_size, overlap)
-                labels = instances_from_proba(proba, min_size=min_size)
+                x = _checked_plane(image, index)
+                if planes > 1 and _constant(x):  # nothing to segment, as predict_planes says
+                    labels = np.zeros(image.plane_shape, np.int32)
+                else:
+                    proba = predict_proba(
+                        self.models,
+                        apply_ranges(x, ranges),
+                        self.device,
+                        tile_size=tile_size,
+                        overlap=overlap,
+                    )
+                    labels = instances_from_proba(proba, min_size=min_size)
                 if plane_progress is not None:
                     plane_progress(1, 1)
             else:
@@ -474,8 +486,7 @@ class Segmenter:
                 cut_off += result.cut_off
                 yield Prediction(None, result.labels, None, None)
                 continue
-            plane = f"{image.name} {image.plane_name(index)}".rstrip()
-            x = check_channels(image.plane(index), plane)
+            x = _checked_plane(image, index)
             if stacked and _constant(x):
                 # nothing to segment: the networks would be asked about a flat field
                 proba = np.zeros((3, *image.plane_shape), np.float32)
