@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-from ..boxes import boxes_from_labels, boxes_from_shapes
+from ..boxes import Box, boxes_from_labels, boxes_from_shapes
 from ..disagreement import Spot, spots_to_check
 from ..supervision import (
     BACKGROUND,
@@ -288,7 +288,8 @@ class Corrector:
             # wherever the new corrections do not speak
             before = earlier.record.supervisions[0]
             if before.classes.shape == corrected.shape:
-                old_boxes = [b for b in before.boxes if not _overlaps(b, sup, drawn)]
+                said = sup.trusted | boxes_mask(corrected.shape, drawn)
+                old_boxes = [b for b in before.boxes if not _meets(b, said)]
                 if old_boxes:
                     sup = supervision_from_masks(
                         corrected, cells=changed, background=removed,
@@ -330,11 +331,13 @@ def _new_label(data: np.ndarray, name: str) -> int:
     return int(free[0]) + 1
 
 
-def _overlaps(box, sup: Supervision, drawn: list) -> bool:
-    """Whether ``box`` (drawn on an earlier correction) meets what the new one says: its
-    trusted pixels or one of its boxes. Such a box is replaced by the new corrections."""
-    inside = boxes_mask(sup.classes.shape, [box])
-    return bool((inside & sup.trusted).any() or (inside & boxes_mask(inside.shape, drawn)).any())
+def _meets(box: Box, said: np.ndarray) -> bool:
+    """Whether ``box`` (drawn on an earlier correction) covers a pixel of ``said`` (what the
+    new correction says: its trusted pixels and its boxes). Such a box is replaced by the new
+    corrections. Looked at in the box alone: a mask of the whole image per box took a
+    millisecond each at 2048²."""
+    slices, u, v = box.local_coords(said.shape)
+    return bool((said[slices] & (np.maximum(np.abs(u), np.abs(v)) <= 1.0)).any())
 
 
 def _with_earlier(sup: Supervision, before: Supervision) -> Supervision:
