@@ -274,20 +274,26 @@ def test_labels_left_without_their_disagreement_maps_get_them_when_run_again(mod
     assert len(list((tmp_path / "other").glob("*_disagreement.tif"))) == 2
 
 
-def test_a_stack_in_a_run_with_disagreement_maps_fails_saying_how_to_segment_it(model, tmp_path):
+def test_a_stack_in_a_run_with_disagreement_maps_gets_them_and_is_skipped_again(model, tmp_path):
     stack = tmp_path / "in" / "stack.tif"
     stack.parent.mkdir()
+    planes = [synthetic_scene((32, 32), 3, seed=k)[0] for k in range(3)]
     tifffile.imwrite(
-        stack, np.zeros((3, 32, 32), np.uint16), imagej=True, metadata={"axes": "ZYX"}
+        stack, (np.stack(planes) * 1000).astype(np.uint16), imagej=True, metadata={"axes": "ZYX"}
     )
     plane = _image(tmp_path / "in" / "plane.tif", 0, (32, 32))
     options = BatchOptions(tile_size=64, overlap=16, disagreement=True)
-    results = {
-        r.job.name: r
-        for r in BatchRun(model, [stack, plane], tmp_path / "out", options, workers=0)
-    }
-    assert results["plane.tif"].status == "done" and results["stack.tif"].status == "failed"
-    assert "without disagreement maps (--disagreement-out)" in results["stack.tif"].reason
+
+    def run() -> dict[str, str]:
+        batch = BatchRun(model, [stack, plane], tmp_path / "out", options, workers=0)
+        return {r.job.name: r.status for r in batch}
+
+    assert run() == {"stack.tif": "done", "plane.tif": "done"}
+    with tifffile.TiffFile(tmp_path / "out" / "stack_disagreement.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].shape == (3, 32, 32)
+    header = (tmp_path / "out" / "stack_disagreement.csv").read_text().splitlines()[0]
+    assert header.startswith("z,rank,kind,label")  # each cell to check with its plane
+    assert run() == {"stack.tif": "skipped", "plane.tif": "skipped"}
 
 
 def test_a_time_series_is_measured_frame_by_frame_in_every_channel():

@@ -12,6 +12,7 @@ outside the smaller of their masks). Disagreement outside every cell and its rim
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,21 +172,31 @@ def spots_to_check(
     return sorted(spots, key=lambda s: (-s.score, s.kind, s.bbox))
 
 
-def spot_table(spots: list[Spot]) -> dict[str, list]:
+def spot_table(
+    spots: list[Spot], planes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, list]:
     """Spots as table columns (one row per spot, in order), ready for a CSV.
 
     Parameters
     ----------
     spots : list of Spot
         As :attr:`Prediction.spots`, most disputed first.
+    planes : mapping of str to sequence of int, optional
+        Each spot's plane in a stack or time series, by axis: ``{"t": [...], "z": [...]}``,
+        one value per spot; the table's first columns.
 
     Returns
     -------
     dict of str to list
-        Columns ``rank`` (1 = check first), ``kind``, ``label``, ``score``, ``area``,
-        ``centroid_y``, ``centroid_x`` and the half-open box ``y0, x0, y1, x1``.
+        The columns of ``planes``, then ``rank`` (1 = check first), ``kind``, ``label``,
+        ``score``, ``area``, ``centroid_y``, ``centroid_x`` and the half-open box
+        ``y0, x0, y1, x1``.
     """
+    where = {axis: [int(i) for i in values] for axis, values in (planes or {}).items()}
+    if any(len(values) != len(spots) for values in where.values()):
+        raise ValueError(f"{len(spots)} spots need a plane each.")
     return {
+        **where,
         "rank": list(range(1, len(spots) + 1)),
         "kind": [s.kind for s in spots],
         "label": [s.label for s in spots],

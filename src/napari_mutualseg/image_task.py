@@ -33,6 +33,7 @@ from .measure import (
 )
 
 if TYPE_CHECKING:
+    from .disagreement import Spot
     from .images import AxisImage
     from .models import ModelPair
     from .ome import PixelSize
@@ -242,14 +243,7 @@ def _segment(
         "name": job.name,
     }
     if job.disagreement is not None:
-        if image.n_planes > 1:
-            raise ValueError(
-                f"{image.n_planes} planes: disagreement maps take single-plane images; "
-                "segment stacks and time series in a run without disagreement maps "
-                "(--disagreement-out)."
-            )
-        result = pair.predict(image, **common)
-        labels = result.labels
+        labels, disagreement, spots = _predict_with_maps(pair, image, options, common, stop)
     else:
         more = {
             "halo": options.halo,
@@ -283,14 +277,57 @@ def _segment(
         frame_interval=image.frame_interval,
     )
     if job.disagreement is not None:
-        from .disagreement import spot_table
-
         tif, table = job.disagreement
-        quantised = np.round(result.disagreement.astype(np.float32) * 255).astype(np.uint8)
-        write_labels(tif, quantised, overwrite=overwrite, kind="disagreement")
-        write_table(table, spot_table(result.spots), overwrite=overwrite)
-        notes.append(f"{len(result.spots)} cells and regions to check")
+        write_labels(
+            tif, disagreement, overwrite=overwrite, axes=image.label_axes, kind="disagreement"
+        )
+        write_table(table, spots, overwrite=overwrite)
+        notes.append(f"{len(spots['rank'])} cells and regions to check")
     return labels, notes
+
+
+def _predict_with_maps(
+    pair: ModelPair,
+    image: AxisImage,
+    options: BatchOptions,
+    common: dict[str, Any],
+    stop: Callable[[], bool] | None,
+) -> tuple[np.ndarray, np.ndarray, Table]:
+    """The labels of ``image`` (linked and tracked as without maps), where the two networks
+    disagree (uint8, 255 = opposite) and the table of the cells and regions to check, most
+    disputed first over all planes; a stack's spots with their plane (``t``, ``z``) and
+    their cells' linked labels. Raises :class:`_Stopped` between planes once ``stop()`` is
+    true."""
+    from .disagreement import spot_table
+    from .linking import link_labels
+
+    labels = np.zeros(image.label_shape, np.int32)
+    disagreement = np.zeros(image.label_shape, np.uint8)
+    maps = disagreement.reshape((-1, *image.plane_shape))
+    found: list[tuple[int, Spot]] = []  # (plane, spot)
+    # whole planes (disagreement maps need them), numbered from 1 each
+    predictions = pair.predict_planes(image, **common, blockwise=False, out=labels)
+    for index in range(image.n_planes):
+        if index and stop is not None and stop():
+            raise _Stopped
+        prediction = next(predictions)
+        maps[index] = np.round(prediction.disagreement.astype(np.float32) * 255)
+        found += [(index, spot) for spot in prediction.spots]
+    if image.n_planes == 1:
+        return labels, disagreement, spot_table([spot for _, spot in found])
+    linked = link_labels(labels, image.label_axes, link=options.link, track=options.track)
+    lookup = []  # per plane: its own label -> the linked one
+    for own, final in zip(labels.reshape(maps.shape), linked.reshape(maps.shape), strict=True):
+        table = np.zeros(int(own.max()) + 1, linked.dtype)
+        table[own.ravel()] = final.ravel()
+        lookup.append(table)
+    found = [(index, replace(spot, label=int(lookup[index][spot.label]))) for index, spot in found]
+    found.sort(key=lambda item: (-item[1].score, item[1].kind, item[0], item[1].bbox))
+    planes = {
+        axis.lower(): [image.plane_position(index)[axis] for index, _ in found]
+        for axis in image.plane_axes
+    }
+    return linked, disagreement, spot_table([spot for _, spot in found], planes)
 
 
 def process_image(

@@ -79,7 +79,9 @@ class BatchOptions:
         Written with the labels and used for the measurements (default: each file's own).
     disagreement : bool
         Also write where the two networks disagree (``_disagreement.tif``, uint8, 255 =
-        opposite) and the cells to check (``_disagreement.csv``); single-plane images only.
+        opposite; a stack's on the planes of its labels) and the cells to check
+        (``_disagreement.csv``, most disputed first; a stack's with their plane in columns
+        ``t`` and ``z`` and their label in the labels file); whole planes only.
     """
 
     axes: str | None = None
