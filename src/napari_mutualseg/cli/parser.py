@@ -282,8 +282,9 @@ def _add_predict(sub: Subparsers) -> None:
     p.add_argument(
         "--disagreement-out",
         metavar="FOLDER",
-        help="also write where the two networks disagree (TIFF) and the cells to check (CSV); "
-        "whole images only",
+        help="also write where the two networks disagree (TIFF; a stack's plane by plane) and "
+        "the cells to check (CSV, with the plane of each in a stack); whole planes only, not with "
+        "--block-size or --out-format zarr",
     )
     p.add_argument(
         "--workers",
