@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
 from napari_mutualseg.export import cell_outlines, fiji_roi_zip, qupath_geojson, table_csv
@@ -157,6 +158,84 @@ def test_channels_sharing_a_name_keep_a_column_each():
     table = measure_cells(labels, image, channel_names=["GFP", "GFP", "DAPI"])
     assert table["mean_intensity_GFP_0"][0] == 1.0 and table["mean_intensity_GFP_1"][0] == 2.0
     assert table["mean_intensity_DAPI"][0] == 3.0 and "mean_intensity_GFP" not in table
+
+
+def _outlines_one_step_at_a_time(labels):
+    """Each cell's outline the slow, plain way: its largest 4-connected piece (the first of
+    those as large), walked one pixel edge at a time from its first pixel's top-left corner,
+    turning right where two of its pixels touch only by a corner."""
+    out = {}
+    for k in np.unique(labels[labels > 0]).tolist():
+        pieces, _ = ndi.label(labels == k)
+        inside = np.pad(pieces == 1 + np.argmax(np.bincount(pieces.ravel())[1:]), 1)
+        ways = {}
+        for (dy, dx), (x0, y0), step in (
+            ((-1, 0), (0, 0), (1, 0)),
+            ((0, 1), (1, 0), (0, 1)),
+            ((1, 0), (1, 1), (-1, 0)),
+            ((0, -1), (0, 1), (0, -1)),
+        ):
+            for r, c in np.argwhere(inside & ~np.roll(inside, (-dy, -dx), (0, 1))).tolist():
+                ways.setdefault((c + x0, r + y0), []).append(step)
+        r, c = (int(i[0]) for i in np.nonzero(inside))
+        here, step, corners = (c, r), (1, 0), [(c, r)]
+        while (here := (here[0] + step[0], here[1] + step[1])) != corners[0]:
+            right = (-step[1], step[0])
+            turn = right if right in ways[here] else ways[here][0]
+            if turn != step:
+                corners.append(here)
+            step = turn
+        out[k] = np.array(corners, np.float64) - 1
+    return out
+
+
+@pytest.fixture
+def awkward_cells():
+    """Cells that touch, a ring around another cell, cells on the image's border and corners,
+    cells in pieces (two as large), outlines that touch themselves, an id of another tool, and
+    many small cells."""
+    labels = np.zeros((40, 36), np.int64)
+    labels[0:5, 0:7] = 1  # the top-left corner
+    labels[0:5, 7:12] = 2  # touches 1
+    labels[8:20, 8:20] = 3
+    labels[11:17, 11:17] = 0  # a hole in 3 ...
+    labels[13:15, 13:15] = 4  # ... with a cell in it
+    labels[9, 9] = 0  # a hole touching the outside only by a corner
+    labels[8, 8] = 0
+    labels[0:6, 30:36] = 2**40 + 7  # the right border, an id of another tool
+    labels[22:25, 0:3] = labels[25:28, 3:6] = 5  # two pieces as large, touching by a corner
+    labels[22:24, 10:12] = 6
+    labels[24:27, 12:15] = 6  # the second piece is the larger
+    labels[22:25, 18:21] = 7
+    labels[23, 19] = labels[24, 20] = 0  # 7 touches itself at a corner, around a notch
+    rng = np.random.default_rng(1)
+    labels[29:40, :] = rng.integers(0, 30, (11, 36)) + 100 * (rng.random((11, 36)) < 0.5)
+    return labels
+
+
+def test_outlines_are_those_walked_one_pixel_edge_at_a_time(awkward_cells):
+    from roifile import ImagejRoi
+
+    outlines = cell_outlines(awkward_cells)
+    expected = _outlines_one_step_at_a_time(awkward_cells)
+    assert list(outlines) == list(expected) and len(expected) > 40
+    for k, outline in expected.items():
+        assert type(k) is int and outlines[k].dtype == np.float64
+        np.testing.assert_array_equal(outlines[k], outline, err_msg=f"cell {k}")
+    collection = json.loads(qupath_geojson(awkward_cells))
+    for feature, outline in zip(collection["features"], expected.values(), strict=True):
+        ring = feature["geometry"]["coordinates"][0]
+        assert ring == [*outline.tolist(), outline[0].tolist()]
+        assert all(type(x) is float for corner in ring for x in corner)
+    stack = np.stack([awkward_cells, awkward_cells[::-1, ::-1]])
+    planes = [_outlines_one_step_at_a_time(plane) for plane in stack]
+    with zipfile.ZipFile(io.BytesIO(fiji_roi_zip(stack, axes="ZYX"))) as archive:
+        rois = [ImagejRoi.frombytes(archive.read(name)) for name in archive.namelist()]
+    expected_rois = [(z, k, v) for z, plane in enumerate(planes) for k, v in plane.items()]
+    assert len(rois) == len(expected_rois)
+    for roi, (z, k, outline) in zip(rois, expected_rois, strict=True):
+        assert roi.name == f"cell {k} z{z:03d}" and roi.z_position == z + 1
+        np.testing.assert_array_equal(roi.coordinates(), outline)
 
 
 def test_outlines_of_labels_of_any_number_type_and_size():

@@ -75,66 +75,181 @@ def cell_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
             f"Outlines are drawn on 2D labels, got shape {labels.shape}: give one plane, or "
             "a Fiji ROI set of the stack (fiji_roi_zip with axes)."
         )
-    ids, dense = None, labels
-    if labels.size and int(labels.max()) > max(4 * labels.size, 1 << 16):
-        # find_objects takes room for every id up to the largest: number the cells 1..n
-        ids, dense = np.unique(labels, return_inverse=True)
-        dense = dense.reshape(labels.shape) + (0 if ids[0] == 0 else 1)
-        ids = ids[1:] if ids[0] == 0 else ids
-    out = {}
-    for index, sl in enumerate(ndi.find_objects(dense), start=1):
-        if sl is None:
-            continue
-        k = index if ids is None else int(ids[index - 1])
-        pieces, n = ndi.label(dense[sl] == index)
-        if n > 1:
-            sizes = np.bincount(pieces.ravel())[1:]
-            mask = pieces == 1 + int(np.argmax(sizes))
-        else:
-            mask = pieces > 0
-        outline = _pixel_edges(mask)
-        out[k] = outline + np.array([sl[1].start, sl[0].start], dtype=np.float64)
-    return out
+    # every step of every outline is found at once, then all outlines are walked together:
+    # no work per cell on the whole image, nor a Python step per pixel edge
+    labels = np.ascontiguousarray(labels)  # read by flat index below
+    codes = _cell_edges(labels)
+    if not codes.size:
+        return {}
+    side = codes & 3
+    row, col = np.divmod(codes >> 2, labels.shape[1])
+    ids = labels.ravel()[codes >> 2]
+    succ, pred = _successors(labels, codes, row, col, ids)
+    # a cell's first pixel (row by row) has a top edge: its outline starts at that corner
+    tops = np.flatnonzero(side == 0)
+    cells, first = np.unique(ids[tops], return_index=True)
+    starts = tops[first]
+    cell_of = np.full(codes.size, -1, np.int64)
+    place = np.empty(codes.size, np.int64)
+    lengths = np.empty(cells.size, np.int64)
+    _trace(succ, np.arange(cells.size), starts, cell_of, place, lengths)
+    if (cell_of < 0).any():
+        # edges left over: holes, or cells in pieces, each outlined by its largest piece
+        redo, restart = _largest_pieces(labels, row, col, ids, cell_of < 0, cells, starts)
+        if redo.size:
+            cell_of[np.isin(cell_of, redo)] = -1
+            _trace(succ, redo, restart, cell_of, place, lengths)
+    ends = np.cumsum(lengths)
+    walked = np.flatnonzero(cell_of >= 0)
+    order = np.empty(ends[-1], np.int64)
+    order[ends[cell_of[walked]] - lengths[cell_of[walked]] + place[walked]] = walked
+    # a corner where the outline turns: at the start of an edge along another side than the last
+    turn = side[pred[order]] != side[order]
+    at = order[turn]
+    corners = (np.stack([col[at], row[at]], axis=1) + _START[side[at]]).astype(np.float64)
+    bounds = np.concatenate([[0], np.cumsum(turn)[ends - 1]]).tolist()
+    return {
+        k: corners[a:b] for k, a, b in zip(cells.tolist(), bounds[:-1], bounds[1:], strict=True)
+    }
 
 
-def _pixel_edges(mask: np.ndarray) -> np.ndarray:
-    """The outer boundary of a 4-connected region of ``mask`` along its pixels' edges.
+# The step (row, column) along each side of a pixel, walked with the pixel on the right
+# (clockwise on screen, y down): top (walked right), right (down), bottom (left), left (up).
+# A side's outward normal is the step of the side before it.
+_STEP = np.array([(0, 1), (1, 0), (0, -1), (-1, 0)])
+# the corner (x, y) each side starts from, from its pixel's top-left corner
+_START = np.array([(0, 0), (1, 0), (1, 1), (0, 1)])
+# outlines still being walked when this few are left are finished one at a time: a very long
+# outline then costs no numpy call per step
+_FEW = 16
 
-    ``(x, y)`` corners, clockwise on screen (y down) from the top-left corner of the
-    region's first pixel, the region on the right of every step.
-    """
-    inside = np.pad(mask, 1)
-    steps: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    # each pixel edge with the outside across it, directed to keep the pixel on its right
-    for (dy, dx), (start, end) in (
-        ((-1, 0), ((0, 0), (1, 0))),  # top edge, walked right
-        ((0, 1), ((1, 0), (1, 1))),  # right edge, walked down
-        ((1, 0), ((1, 1), (0, 1))),  # bottom edge, walked left
-        ((0, -1), ((0, 1), (0, 0))),  # left edge, walked up
+
+def _cell_edges(labels: np.ndarray) -> np.ndarray:
+    """Every pixel edge of the cells with another label (or the image's border) across it,
+    as ``4 * pixel + side`` (pixel row by row, side as in ``_STEP``), sorted."""
+    cells = labels > 0
+    differs = np.empty(labels.shape, bool)
+    rest, drop = slice(1, None), slice(None, -1)
+    codes = []
+    for side, (here, there, border) in enumerate(
+        (
+            ((rest,), (drop,), (0,)),  # top: the pixel above
+            ((slice(None), drop), (slice(None), rest), (slice(None), -1)),  # right
+            ((drop,), (rest,), (-1,)),  # bottom
+            ((slice(None), rest), (slice(None), drop), (slice(None), 0)),  # left
+        )
     ):
-        outside = ~np.roll(inside, (-dy, -dx), axis=(0, 1))
-        for r, c in zip(*np.nonzero(inside & outside), strict=True):
-            steps.setdefault((c + start[0], r + start[1]), []).append(
-                (end[0] - start[0], end[1] - start[1])
-            )
-    r0, c0 = (int(i[0]) for i in np.nonzero(inside))
-    first = (c0, r0)
-    corners = [first]
-    here, step = first, (1, 0)
-    while True:
-        here = (here[0] + step[0], here[1] + step[1])
-        if here == first:
-            break
-        ways = steps[here]
-        # where two pixels of the region touch only by this corner, turn right: pieces stay
-        # apart (4-connected) and the outline never crosses itself (it may touch itself here)
-        right = (-step[1], step[0])
-        turn = right if len(ways) > 1 and right in ways else ways[0]
-        if turn != step:
-            corners.append(here)
-        step = turn
-    # -1: the margin added above
-    return np.asarray(corners, dtype=np.float64) - 1
+        np.not_equal(labels[here], labels[there], out=differs[here])
+        differs[border] = True
+        differs &= cells
+        codes.append(np.flatnonzero(differs) * 4 + side)
+    codes = np.concatenate(codes)
+    codes.sort()
+    return codes
+
+
+def _successors(
+    labels: np.ndarray, codes: np.ndarray, row: np.ndarray, col: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The next and the previous edge of each edge along its cell's outline (indices into
+    ``codes``), the cell on the right.
+
+    At the end of an edge the outline turns right, onto the pixel's next side, where the pixel
+    ahead is not the cell's; else it goes straight on along that pixel where the pixel ahead
+    and outwards is not the cell's either; else it turns left onto that one. Two pixels of a
+    cell touching only by a corner are so kept apart (4-connected pieces), and the outline
+    never crosses itself (it may touch itself there).
+    """
+    height, width = labels.shape
+    flat = labels.ravel()
+    side = codes & 3
+
+    def same_cell(r: np.ndarray, c: np.ndarray, where: np.ndarray) -> np.ndarray:
+        where = where & (r >= 0) & (r < height) & (c >= 0) & (c < width)
+        where[where] = flat[r[where] * width + c[where]] == ids[where]
+        return where
+
+    following = codes + np.where(side == 3, -3, 1)
+    r, c = row + _STEP[side, 0], col + _STEP[side, 1]
+    on = same_cell(r, c, np.ones(codes.size, bool))
+    following[on] = (r[on] * width + c[on]) * 4 + side[on]
+    r += _STEP[side - 1, 0]
+    c += _STEP[side - 1, 1]
+    left = same_cell(r, c, on)
+    following[left] = (r[left] * width + c[left]) * 4 + ((side[left] - 1) & 3)
+    del r, c, on, left, side
+    # each edge follows exactly one other: sorting the followers gives each edge's predecessor
+    pred = np.argsort(following)
+    del following
+    succ = np.empty_like(pred)
+    succ[pred] = np.arange(pred.size)
+    return succ, pred
+
+
+def _trace(
+    succ: np.ndarray,
+    cells: np.ndarray,
+    starts: np.ndarray,
+    cell_of: np.ndarray,
+    place: np.ndarray,
+    lengths: np.ndarray,
+) -> None:
+    """Walk the outlines of ``cells`` from their ``starts`` all at once, noting each edge's
+    cell (``cell_of``) and place along the outline, and each outline's length."""
+    at = starts.copy()
+    step = 0
+    while cells.size > _FEW:
+        cell_of[at] = cells
+        place[at] = step
+        at = succ[at]
+        step += 1
+        back = at == starts
+        if back.any():
+            lengths[cells[back]] = step
+            cells, starts, at = cells[~back], starts[~back], at[~back]
+    for cell, start, edge in zip(cells.tolist(), starts.tolist(), at.tolist(), strict=True):
+        walk = [edge]
+        while (edge := succ.item(edge)) != start:
+            walk.append(edge)
+        cell_of[walk] = cell
+        place[walk] = np.arange(step, step + len(walk))
+        lengths[cell] = step + len(walk)
+
+
+def _largest_pieces(
+    labels: np.ndarray,
+    row: np.ndarray,
+    col: np.ndarray,
+    ids: np.ndarray,
+    left_over: np.ndarray,
+    cells: np.ndarray,
+    starts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cells (indices into ``cells``) whose largest 4-connected piece is not the one
+    their outline was walked around, and the first edge of that piece's outline (indices into
+    the edges; ``starts`` are those walked)."""
+    odd = np.unique(ids[left_over])
+    edges = np.flatnonzero(np.isin(ids, odd))
+    edges = edges[np.argsort(ids[edges], kind="stable")]
+    redo, restart = [], []
+    for k, mine in zip(
+        odd.tolist(), np.split(edges, np.flatnonzero(np.diff(ids[edges])) + 1), strict=True
+    ):
+        r0, c0 = int(row[mine].min()), int(col[mine].min())
+        box = labels[r0 : int(row[mine].max()) + 1, c0 : int(col[mine].max()) + 1]
+        pieces, n = ndi.label(box == k)
+        if n < 2:
+            continue
+        # the largest piece, the first (row by row) of those as large
+        piece = 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+        r, c = np.unravel_index(int(np.argmax(pieces == piece)), pieces.shape)
+        # its first pixel's top edge: the first of the edges of that pixel
+        start = mine[np.argmax((row[mine] == r0 + r) & (col[mine] == c0 + c))]
+        i = int(np.searchsorted(cells, k))
+        if start != starts[i]:
+            redo.append(i)
+            restart.append(start)
+    return np.array(redo, np.int64), np.array(restart, np.int64)
 
 
 def fiji_roi_zip(labels: np.ndarray, axes: str | None = None) -> bytes:
