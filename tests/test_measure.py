@@ -222,11 +222,22 @@ def test_outlines_are_those_walked_one_pixel_edge_at_a_time(awkward_cells):
     for k, outline in expected.items():
         assert type(k) is int and outlines[k].dtype == np.float64
         np.testing.assert_array_equal(outlines[k], outline, err_msg=f"cell {k}")
-    collection = json.loads(qupath_geojson(awkward_cells))
-    for feature, outline in zip(collection["features"], expected.values(), strict=True):
+    ids = np.array(list(expected))
+    table = {"label": ids, "big": ids * 3, "ratio": np.float32(1 / 3) * ids, "round": ids % 2 == 0}
+    table["kind"] = np.where(ids > 100, "small", "large")
+    collection = json.loads(qupath_geojson(awkward_cells, table))
+    for i, (feature, outline) in enumerate(
+        zip(collection["features"], expected.values(), strict=True)
+    ):
         ring = feature["geometry"]["coordinates"][0]
         assert ring == [*outline.tolist(), outline[0].tolist()]
         assert all(type(x) is float for corner in ring for x in corner)
+        assert feature["properties"]["measurements"] == {
+            "big": float(ids[i] * 3),
+            "ratio": float(table["ratio"][i]),
+            "round": float(ids[i] % 2 == 0),
+        }
+        assert feature["properties"]["metadata"] == {"kind": str(table["kind"][i])}
     stack = np.stack([awkward_cells, awkward_cells[::-1, ::-1]])
     planes = [_outlines_one_step_at_a_time(plane) for plane in stack]
     with zipfile.ZipFile(io.BytesIO(fiji_roi_zip(stack, axes="ZYX"))) as archive:

@@ -344,13 +344,17 @@ def qupath_geojson(labels: np.ndarray, table: Table | None = None) -> str:
     texts: dict[int, dict[str, str]] = {}
     if table is not None:
         columns = {k: np.asarray(v) for k, v in table.items() if k != "label"}
-        numeric = {k for k, v in columns.items() if v.dtype.kind in "biuf"}
-        for i, label in enumerate(table["label"]):
-            rows[int(label)] = {k: float(columns[k][i]) for k in columns if k in numeric}
-            texts[int(label)] = {k: str(columns[k][i]) for k in columns if k not in numeric}
+        # whole columns as Python numbers: a value at a time from numpy is slow for many cells
+        numbers = {
+            k: v.astype(np.float64).tolist() for k, v in columns.items() if v.dtype.kind in "biuf"
+        }
+        words = {k: v for k, v in columns.items() if k not in numbers}
+        for i, label in enumerate(np.asarray(table["label"]).tolist()):
+            rows[int(label)] = {k: v[i] for k, v in numbers.items()}
+            texts[int(label)] = {k: str(v[i]) for k, v in words.items()}
     features = []
     for k, outline in cell_outlines(labels).items():
-        ring = [[float(x), float(y)] for x, y in outline]
+        ring = outline.tolist()
         features.append(
             {
                 "type": "Feature",
