@@ -81,16 +81,16 @@ def cell_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
     codes = _cell_edges(labels)
     if not codes.size:
         return {}
-    side = codes & 3
-    row, col = np.divmod(codes >> 2, labels.shape[1])
+    side = (codes & 3).astype(np.int8)
+    row, col = (a.astype(np.int32) for a in np.divmod(codes >> 2, labels.shape[1]))
     ids = labels.ravel()[codes >> 2]
     succ, pred = _successors(labels, codes, row, col, ids)
     # a cell's first pixel (row by row) has a top edge: its outline starts at that corner
     tops = np.flatnonzero(side == 0)
     cells, first = np.unique(ids[tops], return_index=True)
     starts = tops[first]
-    cell_of = np.full(codes.size, -1, np.int64)
-    place = np.empty(codes.size, np.int64)
+    cell_of = np.full(codes.size, -1, np.int32)
+    place = np.empty(codes.size, np.int32)
     lengths = np.empty(cells.size, np.int64)
     _trace(succ, np.arange(cells.size), starts, cell_of, place, lengths)
     if (cell_of < 0).any():
@@ -162,7 +162,7 @@ def _successors(
     """
     height, width = labels.shape
     flat = labels.ravel()
-    side = codes & 3
+    side = (codes & 3).astype(np.int8)
 
     def same_cell(r: np.ndarray, c: np.ndarray, where: np.ndarray) -> np.ndarray:
         where = where & (r >= 0) & (r < height) & (c >= 0) & (c < width)
