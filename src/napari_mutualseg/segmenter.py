@@ -213,25 +213,15 @@ class Segmenter:
         check_tiling(tile_size, overlap)
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
         min_size = self._min_size(min_size)
-        if blockwise is None:
-            blockwise = out is not None or math.prod(chosen.plane_shape) > AUTO_BLOCKWISE_PIXELS
-        blocks = None
-        if blockwise:
-            blocks = (block_size, default_halo(self.cell_size) if halo is None else halo)
-        if out is not None and tuple(out.shape) != chosen.label_shape:
-            raise ValueError(
-                f"out has shape {tuple(out.shape)}, but the labels of {chosen.name} have shape "
-                f"{chosen.label_shape} (axes {chosen.label_axes}); make it with "
-                "labels_zarr(path, image.label_shape, axes=image.label_axes)."
-            )
-        ranges = chosen.channel_ranges(self.percentiles)
-        planes = self._planes(
-            chosen, ranges, tile_size, overlap, min_size, blocks, progress, out=out
-        )
+        if out is not None and blockwise is None:
+            blockwise = True
+        blocks = self._blocks(chosen, blockwise, block_size, halo, out)
+        # a stack's planes are linked before they are written: out takes one plane's labels
+        one = out if chosen.n_planes == 1 else None
+        planes = self._planes(chosen, tile_size, overlap, min_size, blocks, one, progress)
         if out is not None and chosen.n_planes == 1:
-            for plane in planes:  # to the end: cells cut off at a block's margin are warned of
-                if plane is not out:  # segmented whole, not block by block into out
-                    out[...] = plane
+            for _ in planes:  # to the end: cells cut off at a block's margin are warned of
+                pass
             return out
         if out is not None:
             # each plane is written once linked to those before it: a few planes in memory
@@ -243,36 +233,67 @@ class Segmenter:
                 min_overlap=min_overlap,
             )
             for plane in planes:
-                for index, final in linker.add(plane):
+                for index, final in linker.add(plane.labels):
                     out[_label_key(chosen, index)] = final
             return out
         labels = np.zeros(chosen.label_shape, np.int32)
         for index, plane in enumerate(planes):
-            labels[_label_key(chosen, index)] = plane
+            labels[_label_key(chosen, index)] = plane.labels
         return link_labels(
             labels, chosen.label_axes, link=link, track=track, min_overlap=min_overlap
         )
 
+    def _blocks(
+        self,
+        image: AxisImage,
+        blockwise: bool | None,
+        block_size: int,
+        halo: int | None,
+        out: Any,
+    ) -> tuple[int, int] | None:
+        """Block size and halo when ``image``'s planes go block by block (by default those
+        above :data:`AUTO_BLOCKWISE_PIXELS`), else None; ``out`` checked against its labels."""
+        if out is not None and tuple(out.shape) != image.label_shape:
+            raise ValueError(
+                f"out has shape {tuple(out.shape)}, but the labels of {image.name} have shape "
+                f"{image.label_shape} (axes {image.label_axes}); make it with "
+                "labels_zarr(path, image.label_shape, axes=image.label_axes)."
+            )
+        if blockwise is None:
+            blockwise = math.prod(image.plane_shape) > AUTO_BLOCKWISE_PIXELS
+        if not blockwise:
+            return None
+        return block_size, default_halo(self.cell_size) if halo is None else halo
+
     def _planes(
         self,
         image: AxisImage,
-        ranges: np.ndarray,
         tile_size: int,
         overlap: int,
         min_size: int,
         blocks: tuple[int, int] | None,
-        progress: Callable[[int, int], None] | None,
         out: Any = None,
-    ) -> Iterator[Any]:
-        """The labels of every plane on its own, in order, each normalised with ``ranges``
-        (the whole image's): whole, or block by block with ``blocks`` (block size, halo)
-        (:mod:`napari_mutualseg.blockwise`), into ``out`` for a one-plane image."""
+        progress: Callable[[int, int], None] | None = None,
+        disagree: bool = False,
+    ) -> Iterator[Prediction]:
+        """The cells of every plane of ``image`` (the networks' channels) on its own, in
+        order, each normalised with the whole image's percentiles: whole, or block by block
+        with ``blocks`` (block size, halo) (:mod:`napari_mutualseg.blockwise`).
+
+        ``out`` (labels-shaped) takes each plane's cells in their place: a one-plane image's
+        written block by block into it (any array, zarr too), a stack's planes into numpy
+        views. With ``disagree``, a plane segmented whole also gets where the networks
+        disagree, its cells' scores and the cells to check; otherwise its prediction holds
+        the cells (and probabilities) only. A flat plane of a stack (a channel of one value:
+        blank padding, a skipped frame) has nothing to segment and no cells.
+        """
 
         def predict(block: np.ndarray) -> np.ndarray:
             return predict_proba(
                 self.models, block, self.device, tile_size=tile_size, overlap=overlap
             )
 
+        ranges = image.channel_ranges(self.percentiles)
         planes = image.n_planes
         steps = 1 if blocks is None else len(block_grid(image.plane_shape, *blocks))
         cut_off = 0
@@ -283,38 +304,59 @@ class Segmenter:
                 def plane_progress(done: int, total: int, index: int = index) -> None:
                     progress(index * steps + done, planes * steps)
 
-            if blocks is None:
-                x = _checked_plane(image, index)
-                if planes > 1 and _constant(x):  # nothing to segment, as predict_planes says
-                    labels = np.zeros(image.plane_shape, np.int32)
-                else:
-                    proba = predict_proba(
-                        self.models,
-                        apply_ranges(x, ranges),
-                        self.device,
-                        tile_size=tile_size,
-                        overlap=overlap,
-                    )
-                    labels = instances_from_proba(proba, min_size=min_size)
-                if plane_progress is not None:
-                    plane_progress(1, 1)
-            else:
+            target = out
+            if out is not None and planes > 1:
+                target = out[_label_key(image, index)]
+            if blocks is not None:
                 result = segment_blockwise(
                     image.plane_array(index),
                     predict,
                     block_size=blocks[0],
                     halo=blocks[1],
                     min_size=min_size,
-                    out=np.zeros(image.plane_shape, np.int32)
-                    if planes > 1 or out is None
-                    else out,
+                    out=np.zeros(image.plane_shape, np.int32) if target is None else target,
                     progress=plane_progress,
                     name=image.name,
                     ranges=ranges,
                 )
                 cut_off += result.cut_off
-                labels = result.labels
-            yield labels
+                yield Prediction(None, result.labels, None, None)
+                continue
+            x = _checked_plane(image, index)
+            disagreement = None
+            if planes > 1 and _constant(x):
+                # nothing to segment: the networks would be asked about a flat field
+                proba = np.zeros((3, *image.plane_shape), np.float32)
+                proba[0] = 1
+                labels = np.zeros(image.plane_shape, np.int32)
+                if disagree:
+                    disagreement = np.zeros(image.plane_shape, np.float16)
+            else:
+                x = apply_ranges(x, ranges)
+                if disagree:
+                    proba, disagreement = predict_disagreement(
+                        self.models, x, self.device, tile_size=tile_size, overlap=overlap
+                    )
+                    disagreement = disagreement.astype(np.float16)
+                else:
+                    proba = predict(x)
+                labels = instances_from_proba(proba, min_size=min_size)
+            if target is not None:
+                target[...] = labels
+                if isinstance(target, np.ndarray):  # a view of the caller's array
+                    labels = target
+            if plane_progress is not None:
+                plane_progress(1, 1)
+            if disagreement is None:
+                yield Prediction(proba, labels, None, None)
+                continue
+            yield Prediction(
+                probabilities=proba,
+                labels=labels,
+                disagreement=disagreement,
+                cell_scores=cell_disagreement(labels, disagreement),
+                spots=spots_to_check(labels, disagreement, min_size=min_size),
+            )
         if cut_off:
             _warn_cut_off(image.name, cut_off)
 
@@ -369,7 +411,7 @@ class Segmenter:
         check_tiling(tile_size, overlap)
         min_size = self._min_size(min_size)
         chosen = self._one_plane(image, channels, rgb, axes, name, "predict")
-        return next(self._predictions(chosen, tile_size, overlap, min_size, None, None))
+        return next(self._planes(chosen, tile_size, overlap, min_size, None, disagree=True))
 
     def predict_planes(
         self,
@@ -441,80 +483,8 @@ class Segmenter:
         check_tiling(tile_size, overlap)
         min_size = self._min_size(min_size)
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
-        if blockwise is None:
-            blockwise = math.prod(chosen.plane_shape) > AUTO_BLOCKWISE_PIXELS
-        blocks = None
-        if blockwise:
-            blocks = (block_size, default_halo(self.cell_size) if halo is None else halo)
-        if out is not None and tuple(out.shape) != chosen.label_shape:
-            raise ValueError(
-                f"out has shape {tuple(out.shape)}, but the labels of {chosen.name} have shape "
-                f"{chosen.label_shape} (axes {chosen.label_axes})."
-            )
-        yield from self._predictions(chosen, tile_size, overlap, min_size, blocks, out)
-
-    def _predictions(
-        self,
-        image: AxisImage,
-        tile_size: int,
-        overlap: int,
-        min_size: int,
-        blocks: tuple[int, int] | None,
-        out: Any,
-    ) -> Iterator[Prediction]:
-        """The :class:`Prediction` of every plane of ``image`` (the networks' channels), each
-        normalised with the whole image's percentiles; block by block with ``blocks``
-        (block size, halo)."""
-        ranges = image.channel_ranges(self.percentiles)
-        stacked = image.n_planes > 1
-        cut_off = 0
-        for index in range(image.n_planes):
-            target = None if out is None else out[_label_key(image, index)]
-            if blocks is not None:
-                result = segment_blockwise(
-                    image.plane_array(index),
-                    lambda block: predict_proba(
-                        self.models, block, self.device, tile_size=tile_size, overlap=overlap
-                    ),
-                    block_size=blocks[0],
-                    halo=blocks[1],
-                    min_size=min_size,
-                    out=target,
-                    name=image.name,
-                    ranges=ranges,
-                )
-                cut_off += result.cut_off
-                yield Prediction(None, result.labels, None, None)
-                continue
-            x = _checked_plane(image, index)
-            if stacked and _constant(x):
-                # nothing to segment: the networks would be asked about a flat field
-                proba = np.zeros((3, *image.plane_shape), np.float32)
-                proba[0] = 1
-                disagreement = np.zeros(image.plane_shape, np.float16)
-                labels = np.zeros(image.plane_shape, np.int32)
-            else:
-                proba, disagreement = predict_disagreement(
-                    self.models,
-                    apply_ranges(x, ranges),
-                    self.device,
-                    tile_size=tile_size,
-                    overlap=overlap,
-                )
-                labels = instances_from_proba(proba, min_size=min_size)
-                disagreement = disagreement.astype(np.float16)
-            if target is not None:
-                target[...] = labels
-                labels = target
-            yield Prediction(
-                probabilities=proba,
-                labels=labels,
-                disagreement=disagreement,
-                cell_scores=cell_disagreement(labels, disagreement),
-                spots=spots_to_check(labels, disagreement, min_size=min_size),
-            )
-        if cut_off:
-            _warn_cut_off(image.name, cut_off)
+        blocks = self._blocks(chosen, blockwise, block_size, halo, out)
+        yield from self._planes(chosen, tile_size, overlap, min_size, blocks, out, disagree=True)
 
     def _min_size(self, min_size: int | None) -> int:
         """The smallest cell kept: as given, else the training setting."""
