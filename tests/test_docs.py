@@ -1,5 +1,6 @@
 """The documentation says what the code does: its commands parse, its imports resolve, its
-make targets and file paths exist, and the architecture names every module.
+make targets and file paths exist, its links and anchors lead somewhere, and the architecture
+names every module.
 
 Nothing is run: command lines go through the real argument parser only.
 """
@@ -202,36 +203,101 @@ def test_make_targets_exist() -> None:
 
 
 def test_named_files_exist() -> None:
-    """Paths of this repository (``src/…``, ``benchmarks/…``, ``tests/…``, ``docs/…``) and
-    relative links (with their anchors, within a Markdown file) point at something."""
+    """Paths of this repository (``src/…``, ``benchmarks/…``, ``tests/…``, ``docs/…``) named
+    in the text point at something."""
     missing = []
     for doc in DOCS:
-        text = doc.read_text(encoding="utf-8")
-        for path in set(REPO_PATH.findall(text)):
+        for path in set(REPO_PATH.findall(doc.read_text(encoding="utf-8"))):
             if "<" in path or path in WRITTEN:  # a pattern, as `results/<name>.md`
                 continue
             if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
                 missing.append(f"{doc.relative_to(ROOT)}: {path}")
-        for target in re.findall(r"\]\(([^)\s]+)\)", text):
-            if re.match(r"\w+://|mailto:", target):
-                continue
-            file, _, anchor = target.partition("#")
-            linked = (doc.parent / file).resolve() if file else doc
-            if not linked.exists():
-                missing.append(f"{doc.relative_to(ROOT)}: link {target}")
-            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
-                missing.append(f"{doc.relative_to(ROOT)}: link {target} (no such heading)")
     assert not missing, "\n".join(missing)
 
 
+# Where a Markdown text links to: inline links and images (``[t](x)``, ``[t](x "title")``),
+# reference definitions (``[ref]: x``) and HTML ``href``/``src``.
+LINKS = (
+    re.compile(r"\]\(\s*([^)\s]+)(?:\s+[\"'(][^)]*)?\)"),
+    re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?([^\s>]+)", re.M),
+    re.compile(r"<(?:a|img)\b[^>]*?\b(?:href|src)=[\"']([^\"']+)[\"']", re.I),
+)
+HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.M)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: its text (a link's text, no HTML tags) in lower case,
+    punctuation but ``-`` and ``_`` dropped, spaces to ``-``."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    text = re.sub(r"<[^>]+>", "", text)
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
 def anchors(doc: Path) -> set[str]:
-    """GitHub's anchors of a Markdown file's headings."""
-    text = FENCE.sub("", doc.read_text(encoding="utf-8"))
-    slugs = set()
-    for heading in re.findall(r"^#+ (.+)$", text, re.M):
-        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-        slugs.add(slug)
+    """GitHub's anchors of a Markdown file's headings; a repeated heading's get ``-1``,
+    ``-2``, … as GitHub numbers them."""
+    slugs: set[str] = set()
+    seen: dict[str, int] = {}
+    for heading in HEADING.findall(FENCE.sub("", doc.read_text(encoding="utf-8"))):
+        base = slug(heading)
+        slugs.add(f"{base}-{seen[base]}" if base in seen else base)
+        seen[base] = seen.get(base, 0) + 1
     return slugs
+
+
+def broken_links(doc: Path) -> list[str]:
+    """The relative links and anchors of a Markdown file that lead nowhere: a file or image
+    that is not there, or an anchor (``#part``, ``page.md#part``) no heading of its page has.
+    Code blocks and code spans hold no links."""
+    text = re.sub(r"`[^`]+`", "", FENCE.sub("", doc.read_text(encoding="utf-8")))
+    broken = []
+    for target in [t for pattern in LINKS for t in pattern.findall(text)]:
+        if re.match(r"\w+:|//", target):  # https://, mailto:
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (doc.parent / file).resolve() if file else doc
+        if not linked.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            broken.append(f"{target} (no such heading in {linked.name})")
+    return broken
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_links_lead_somewhere(doc: Path) -> None:
+    broken = broken_links(doc)
+    assert not broken, f"{doc.relative_to(ROOT)}: " + ", ".join(broken)
+
+
+def test_a_broken_link_fails_the_check(tmp_path: Path) -> None:
+    """Each way a link can lead nowhere is caught, and the ways that work pass."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "pic.png").write_bytes(b"")
+    (tmp_path / "docs/guide.md").write_text(
+        "# Guide\n\n## From a script: *Python*\n\n## From a script: *Python*\n\n"
+        "```bash\n# not a heading\n```\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "README.md").write_text(
+        "# Front\n\n## Whole experiments: folders, plates and clusters\n\n"
+        "[ok](#whole-experiments-folders-plates-and-clusters) [ok](docs/guide.md#guide)\n"
+        "[ok](docs/guide.md#from-a-script-python-1 'second') ![ok](pic.png) [ok](docs/)\n"
+        "[ok](https://napari.org#x) `[not a link](nowhere.md)`\n"
+        "[gone](#whole-experiments) [gone](docs/guide.md#from-a-script-python-2)\n"
+        "[gone](docs/guide.md#not-a-heading) ![gone](docs/pic.png)\n"
+        '[gone](guide.md) <img src="shot.png">\n\n'
+        "[ref]: docs/missing.md\n",
+        encoding="utf-8",
+    )
+    assert [b.split(" (")[0] for b in broken_links(tmp_path / "README.md")] == [
+        "#whole-experiments",
+        "docs/guide.md#from-a-script-python-2",
+        "docs/guide.md#not-a-heading",
+        "docs/pic.png",
+        "guide.md",
+        "docs/missing.md",
+        "shot.png",
+    ]
 
 
 def test_architecture_names_every_module() -> None:
