@@ -351,6 +351,32 @@ def test_stacks_and_time_series_go_block_by_block_plane_after_plane():
     assert steps[-1] == (27, 27)  # three planes of nine blocks
 
 
+def test_a_flat_plane_of_a_stack_has_no_cells_block_by_block_as_whole():
+    """A constant plane (blank padding, a skipped frame) is not one bright cell per block,
+    and a plane blank but for one cell in its last block keeps that cell."""
+    image = _image_of(_cells_across_faces())
+    yy, xx = np.mgrid[:192, :192]
+    last = _image_of(((yy - 170) ** 2 + (xx - 170) ** 2 <= 90).astype(np.int32))
+    stack = np.stack([image, np.ones_like(image), last])
+    pair = _pair()
+    whole = pair.segment(stack, axes="ZYX", link=False, blockwise=False)
+    assert not whole[1].any() and whole[2].any()
+    steps = []
+    blocks = pair.segment(
+        stack,
+        axes="ZYX",
+        link=False,
+        out=np.zeros(stack.shape, np.int32),
+        block_size=BLOCK,
+        halo=32,
+        progress=lambda done, total: steps.append((done, total)),
+    )
+    assert _same_objects(blocks, whole) and steps[-1] == (27, 27)
+    planes = pair.predict_planes(stack, axes="ZYX", blockwise=True, block_size=BLOCK, halo=32)
+    for prediction, z in zip(planes, whole, strict=True):
+        np.testing.assert_array_equal(prediction.labels > 0, z > 0)
+
+
 @pytest.mark.parametrize(("axes", "track"), [("ZYX", False), ("TYX", True)])
 def test_a_stack_in_a_batch_is_written_as_tiff_or_ome_zarr_with_one_table(tmp_path, axes, track):
     """A z-stack or time series segmented by blocks in a batch: its OME-Zarr labels (written

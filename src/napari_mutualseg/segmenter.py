@@ -12,6 +12,7 @@ import numpy as np
 from .blockwise import (
     AUTO_BLOCKWISE_PIXELS,
     DEFAULT_BLOCK_SIZE,
+    Block,
     block_grid,
     default_halo,
     segment_blockwise,
@@ -52,6 +53,21 @@ def _constant(plane: np.ndarray) -> bool:
     """Whether a channel of a ``(C, H, W)`` plane has one value only."""
     flat = plane.reshape(plane.shape[0], -1)
     return bool(np.any(flat.min(axis=1) == flat.max(axis=1)))
+
+
+def _constant_by_blocks(plane: Any, grid: list[Block]) -> bool:
+    """:func:`_constant` of a ``(C, H, W)`` plane read one block's core at a time, up to the
+    first core that shows every channel varies: one core of a plane with cells in it."""
+    low = high = None
+    for block in grid:
+        core = np.asarray(plane[(slice(None), *block.core)])
+        core_low, core_high = core.min(axis=(1, 2)), core.max(axis=(1, 2))
+        low = core_low if low is None else np.minimum(low, core_low)
+        high = core_high if high is None else np.maximum(high, core_high)
+        # NaN and infinite pixels are not a flat field: segment_blockwise says what they are
+        if not np.any((low == high) & np.isfinite(low)):
+            return False
+    return True
 
 
 def _warn_cut_off(name: str, cut_off: int) -> None:
@@ -150,8 +166,8 @@ class Segmenter:
         intensity percentiles of the whole image (:meth:`AxisImage.channel_ranges`); the
         planes of a z-stack are linked into 3D objects and, with ``track``, the frames of a
         time series keep their labels (:func:`napari_mutualseg.linking.link_labels`). A plane
-        of a stack segmented whole in which a channel is constant (blank padding, a frame the
-        microscope skipped) has nothing to segment: it has no cells.
+        of a stack in which a channel is constant (blank padding, a frame the microscope
+        skipped) has nothing to segment: it has no cells, whole or block by block.
 
         Images up to :data:`~napari_mutualseg.blockwise.AUTO_BLOCKWISE_PIXELS` (4096 x 4096)
         are segmented whole. Larger ones, or any image with ``blockwise=True`` or an ``out``
@@ -295,7 +311,8 @@ class Segmenter:
 
         ranges = image.channel_ranges(self.percentiles)
         planes = image.n_planes
-        steps = 1 if blocks is None else len(block_grid(image.plane_shape, *blocks))
+        grid = None if blocks is None else block_grid(image.plane_shape, *blocks)
+        steps = 1 if grid is None else len(grid)
         cut_off = 0
         for index in range(planes):
             plane_progress = None
@@ -307,7 +324,15 @@ class Segmenter:
             target = out
             if out is not None and planes > 1:
                 target = out[_label_key(image, index)]
-            if blocks is not None:
+            x = None if grid is not None else _checked_plane(image, index)
+            # a flat plane of a stack (blank padding, a skipped frame) has nothing to segment:
+            # the networks would be asked about a flat field
+            flat = planes > 1 and (
+                _constant(x)
+                if x is not None
+                else _constant_by_blocks(image.plane_array(index), grid)
+            )
+            if grid is not None and not flat:
                 result = segment_blockwise(
                     image.plane_array(index),
                     predict,
@@ -322,15 +347,14 @@ class Segmenter:
                 cut_off += result.cut_off
                 yield Prediction(None, result.labels, None, None)
                 continue
-            x = _checked_plane(image, index)
-            disagreement = None
-            if planes > 1 and _constant(x):
-                # nothing to segment: the networks would be asked about a flat field
-                proba = np.zeros((3, *image.plane_shape), np.float32)
-                proba[0] = 1
+            proba = disagreement = None
+            if flat:
                 labels = np.zeros(image.plane_shape, np.int32)
-                if disagree:
-                    disagreement = np.zeros(image.plane_shape, np.float16)
+                if x is not None:  # segmented whole: its probabilities are background's
+                    proba = np.zeros((3, *image.plane_shape), np.float32)
+                    proba[0] = 1
+                    if disagree:
+                        disagreement = np.zeros(image.plane_shape, np.float16)
             else:
                 x = apply_ranges(x, ranges)
                 if disagree:
@@ -346,7 +370,7 @@ class Segmenter:
                 if isinstance(target, np.ndarray):  # a view of the caller's array
                     labels = target
             if plane_progress is not None:
-                plane_progress(1, 1)
+                plane_progress(steps, steps)
             if disagreement is None:
                 yield Prediction(proba, labels, None, None)
                 continue
