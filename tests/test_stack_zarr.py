@@ -67,6 +67,22 @@ def test_an_interval_without_a_pixel_size_is_written_alone(tmp_path):
     assert PixelSize.of(image) is None  # no pixel size made up
 
 
+@pytest.mark.parametrize("size", [None, PixelSize(0.5, 0.5, "um")])
+def test_ome_zarr_and_tiff_labels_read_back_no_size_the_image_did_not_have(tmp_path, size):
+    """OME-Zarr's scale of 1 where no size is known is not read as a pixel size or a z step
+    of 1 µm: both routes give back what the image had."""
+    from napari_mutualseg.io import write_labels
+
+    labels = np.zeros((3, 8, 8), np.int32)
+    with labels_zarr(tmp_path / "a.zarr", labels.shape, axes="ZYX", pixel_size=size):
+        pass
+    tiff = write_labels(tmp_path / "a.tif", labels, pixel_size=size, axes="ZYX")
+    for path in (tmp_path / "a.zarr", tiff):
+        image = AxisImage.from_file(path)
+        assert PixelSize.of(image) == size
+        assert image.pixel_size == ({} if size is None else {"Y": 0.5, "X": 0.5})
+
+
 def test_3d_cells_measured_a_plane_at_a_time_are_measured_as_a_whole_stack():
     _, truth = synthetic_volume((5, 40, 40), 6, seed=2)
     image = np.random.default_rng(0).integers(0, 4000, (2, *truth.shape)).astype(np.uint16)

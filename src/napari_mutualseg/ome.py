@@ -135,8 +135,13 @@ def in_one_unit(
     that of x (else y, else z).
 
     OME metadata and napari layers give every axis its own unit (x and y in nm, z in µm is
-    common); an image's pixel size has one. An axis without a unit keeps its value.
+    common); an image's pixel size has one. An axis without a unit keeps its value, but a
+    step of 1 without a unit is left out: it is what OME-Zarr, which must give every axis a
+    scale, holds where no size is known (a stack's z step, an image without a pixel size),
+    not a size of 1 µm.
     """
+    # a unit-less 1 is no size: not a z step of one unit of x and y, not a pixel size
+    sizes = {a: (value, own) for a, (value, own) in sizes.items() if own or float(value) != 1}
     unit = next((sizes[a][1] for a in "XYZ" if a in sizes and sizes[a][1]), None)
     scale = {
         a: convert_length(value, own, unit) if own and unit else value
