@@ -174,6 +174,29 @@ def test_looking_for_masks_in_a_damaged_tiff_logs_nothing(tmp_path, caplog):
     assert not [r for r in caplog.records if r.name == "tifffile"]
 
 
+def test_a_folder_search_and_reading_open_each_tiff_once(tmp_path, monkeypatch):
+    """The search opened each TIFF twice (for this package's label files, then for other
+    tools' masks) and reading it twice again (its header checked, then read): a plate of
+    thousands of files on a network share pays for each opening."""
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(2)]
+    mask = _mask(tmp_path / "in" / "m.tif", 0, shape=(32, 32))
+    kept = write_labels(tmp_path / "in" / "s.tif", np.ones((8, 8), np.uint8), kind="supervision")
+    opened = []
+
+    class Counted(tifffile.TiffFile):
+        def __init__(self, arg, *args, **kwargs):
+            opened.append(Path(arg).name)
+            super().__init__(arg, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile, "TiffFile", Counted)
+    with pytest.warns(UserWarning, match="Left out 1 label image"):
+        assert find_images([tmp_path / "in"]) == images
+    assert sorted(opened) == sorted(p.name for p in [*images, mask, kept])
+    opened.clear()
+    AxisImage.from_file(images[0])
+    assert opened == [images[0].name]
+
+
 def test_a_plate_of_images_and_masks_folders_segments_the_images_and_says_so(tmp_path):
     """BBBC039's layout: images/ and masks/ side by side. The masks were segmented too."""
     images = [_image(tmp_path / "set" / "images" / f"w{k}.tif", k) for k in range(2)]

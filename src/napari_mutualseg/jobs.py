@@ -10,13 +10,14 @@ output folder, so that same-named files in different folders never collide.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -354,54 +355,87 @@ def _an_output(path: Path) -> bool:
 _SAMPLE_PIXELS = 1 << 22
 
 
+_Kind = Literal["result", "labels", "image"]
+
+
 def _first_plane(path: Path) -> Any:
-    """The first plane of an image file, not loaded where the reader allows (a TIFF's first
-    page read alone; other formats through :func:`~napari_mutualseg.readers.read_axis_image`)."""
-    from .io import TIFF_SUFFIXES
+    """The first plane of an image file, not loaded where the reader allows (through
+    :func:`~napari_mutualseg.readers.read_axis_image`)."""
     from .readers import AxesUnknownError, read_axis_image
 
-    if path.name.lower().endswith(TIFF_SUFFIXES) and path.is_file():
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            if page.imagelength * page.imagewidth <= _SAMPLE_PIXELS:
-                # samples (RGB) or a page's depth: the first
-                return page.asarray()[tuple(slice(None) if a in "YX" else 0 for a in page.axes)]
     try:
         return read_axis_image(path, lazy=True).plane_array(0)[0]
     except AxesUnknownError as err:
         return err.data[(0,) * (err.data.ndim - 2)]
 
 
-def _label_file(path: Path) -> bool:
-    """Whether an image file holds labels or a mask (from another tool: a segmentation's
-    labels, a data set's ground truth) rather than a microscope image, by
-    :func:`napari_mutualseg.metrics.label_evidence` on its first plane (a band of rows across
-    its middle for a large one); False when it cannot tell or the file does not open (its
-    failure is then the image's, in its turn). Microscope formats (CZI, ND2, LIF) hold
-    microscope images: they are not opened."""
+def _tiff_kind(path: Path) -> tuple[bool, Any]:
+    """Whether a TIFF's header says this package wrote it as labels (as
+    :func:`~napari_mutualseg.io.written_as` reads it) and, when not, its first plane if that
+    is small, from one opening of the file: a search of thousands of files on a network
+    share pays for each."""
+    import tifffile
+
+    from .io import _SOFTWARE, LABEL_KINDS
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        name, _, kind = str(page.software or "").partition(" ")
+        if name == _SOFTWARE and kind in LABEL_KINDS:
+            return True, None
+        if page.imagelength * page.imagewidth > _SAMPLE_PIXELS:
+            return False, None
+        # samples (RGB) or a page's depth: the first
+        return False, page.asarray()[tuple(slice(None) if a in "YX" else 0 for a in page.axes)]
+
+
+def _kind(path: Path) -> _Kind:
+    """Whether an image file found in a search is a label file this package wrote
+    (``"result"``: a supervision, labels, a disagreement map), one that holds labels or a
+    mask from another tool (``"labels"``: a segmentation's labels, a data set's ground
+    truth, by :func:`napari_mutualseg.metrics.label_evidence` on its first plane, a band of
+    rows across its middle for a large one), or an ``"image"``; an image when it cannot tell
+    or the file does not open (its failure is then the image's, in its turn). Microscope
+    formats (CZI, ND2, LIF) hold microscope images: they are not opened.
+
+    Call it within :func:`_quietly`."""
     import numpy as np
 
+    from .io import TIFF_SUFFIXES
     from .metrics import label_evidence
 
     if not (path.name.lower().endswith(IMAGE_SUFFIXES) or is_zarr(path)):
-        return False
+        return "image"
+    try:
+        data = None
+        if path.name.lower().endswith(TIFF_SUFFIXES) and path.is_file():
+            written, data = _tiff_kind(path)
+            if written:
+                return "result"
+        elif written_as(path) is not None:
+            return "result"
+        if data is None:
+            data = _first_plane(path)
+        height, width = data.shape
+        if height * width > _SAMPLE_PIXELS:
+            rows = max(1, _SAMPLE_PIXELS // width)
+            data = data[(height - rows) // 2 : (height + rows) // 2]
+        plane = np.asarray(data)
+    except Exception:
+        return "image"
+    return "labels" if label_evidence(plane).labels else "image"
+
+
+@contextlib.contextmanager
+def _quietly() -> Iterator[None]:
+    """What reading says (tifffile logs a line per damaged strip, warnings) is held back
+    while files are looked at: it is said when the image is segmented. Once for a search,
+    as each holding back costs a clearing of the logging caches."""
     from .io import quiet_log
 
-    # what reading says (tifffile logs a line per damaged strip) is said when it is segmented
     with warnings.catch_warnings(), quiet_log("tifffile"):
         warnings.simplefilter("ignore")
-        try:
-            data = _first_plane(path)
-            height, width = data.shape
-            if height * width > _SAMPLE_PIXELS:
-                rows = max(1, _SAMPLE_PIXELS // width)
-                data = data[(height - rows) // 2 : (height + rows) // 2]
-            plane = np.asarray(data)
-        except Exception:
-            return False
-    return bool(label_evidence(plane).labels)
+        yield
 
 
 def _where(paths: Sequence[Path]) -> str:
@@ -470,21 +504,20 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                 raise FileNotFoundError(f"{text} not found: no such file or folder.")
             if not path.is_dir() or is_zarr(path):
                 found.append(path)  # named by the user: taken as it is
-                if written_as(path) is None and _label_file(path):
-                    named_labels.append(path)
+                with _quietly():
+                    if _kind(path) == "labels":
+                        named_labels.append(path)
                 continue
             matches = [path]
         for path in matches:
             searched = _images_in(path) if path.is_dir() and not is_zarr(path) else [path]
-            for image in searched:
-                # this package's label files (a supervision saved beside the images, results
-                # of an earlier version) are not images, nor are other tools' labels
-                if _an_output(image) or written_as(image) is not None:
-                    results.append(image)
-                elif _label_file(image):
-                    labels.append(image)
-                else:
-                    found.append(image)
+            with _quietly():
+                for image in searched:
+                    # this package's label files (a supervision saved beside the images,
+                    # results of an earlier version) are not images, nor are other tools'
+                    # labels
+                    kind = "result" if _an_output(image) else _kind(image)
+                    {"result": results, "labels": labels, "image": found}[kind].append(image)
     # a folder and a pattern may name the same file
     unique, labels = _once(found), _once(labels)
     given = ", ".join(map(os.fspath, inputs))

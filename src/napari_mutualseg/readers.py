@@ -165,6 +165,10 @@ class _CodecMissing(ValueError):
     """A TIFF's compression needs a package that is not installed (the message says which)."""
 
 
+class _Damaged(ValueError):
+    """A TIFF's header declares more pixels than the file holds (the message says so)."""
+
+
 @dataclass(frozen=True)
 class _Raw:
     """What a reader found: the stored array, its axes ('?' where unknown) and metadata."""
@@ -199,13 +203,11 @@ def _open(path: Path, lazy: bool | None = None) -> _Raw:
         return _read_bioio(path)
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is an empty file (0 bytes), not an image.")
-    if suffix in TIFF_SUFFIXES:
-        _check_tiff_data(path)
     try:
         with quiet_log("tifffile"):
             raw = _read_tiff(path, lazy) if suffix in TIFF_SUFFIXES else _read_picture(path)
-    except _CodecMissing:
-        raise  # says what to install
+    except (_CodecMissing, _Damaged):
+        raise  # says what to install, or what is wrong with the file
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(
@@ -233,22 +235,18 @@ def _sizes_that_are_sizes(raw: _Raw) -> _Raw:
     return replace(raw, pixel_size=sizes, unit=unit, notes=(*raw.notes, note))
 
 
-def _check_tiff_data(path: Path) -> None:
+def _check_tiff_data(path: Path, page: Any) -> None:
     """Refuse, before reading, an uncompressed TIFF whose strips hold fewer bytes than its
     header declares (a damaged header that would have a huge image allocated)."""
-    import tifffile
-
     try:
-        with quiet_log("tifffile"), tifffile.TiffFile(path) as tif:
-            page = tif.series[0].pages[0]
-            shape, dtype = tuple(page.shape), page.dtype
-            stored = sum(page.databytecounts)
-            needed = int(np.prod(shape, dtype=np.float64)) * page.bitspersample // 8
-            raw = page.compression == 1
+        shape, dtype = tuple(page.shape), page.dtype
+        stored = sum(page.databytecounts)
+        needed = int(np.prod(shape, dtype=np.float64)) * page.bitspersample // 8
+        raw = page.compression == 1
     except Exception:
         return  # unreadable: reading it says why
     if raw and stored < needed:
-        raise ValueError(
+        raise _Damaged(
             f"{path} declares a {'x'.join(map(str, shape))} {dtype} image ({format_size(needed)}) "
             f"but holds only {format_size(stored)} of pixel data: the file is damaged or "
             "truncated."
@@ -389,6 +387,9 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         series = tif.series[0]
         others = len(tif.series) - 1
         page = series.pages[0]
+        # in the one opening of the file: a folder of thousands of TIFFs on a network share
+        # pays for each
+        _check_tiff_data(path, page)
         _check_codec(path, page, tifffile)
         # the photometric tag says that the samples are colours, whatever their bit depth
         # (16-bit RGB from brightfield and slide cameras)
