@@ -87,11 +87,15 @@ def cell_disagreement(
         there is no cell ``k`` (always at 0).
     """
     labels, disagreement = _check(labels, disagreement)
+    return _zone_means(labels, expand_labels(labels, rim) if rim > 0 else labels, disagreement)
+
+
+def _zone_means(labels: np.ndarray, zones: np.ndarray, disagreement: np.ndarray) -> np.ndarray:
+    """:func:`cell_disagreement` with the cells' ``zones`` (cell and rim) given."""
     top = int(labels.max(initial=0))
     scores = np.full(top + 1, np.nan, np.float32)
     ids = np.unique(labels[labels > 0])
     if ids.size:
-        zones = expand_labels(labels, rim) if rim > 0 else labels
         scores[ids] = ndi.mean(disagreement.astype(np.float32), zones, ids)
     return scores
 
@@ -157,12 +161,13 @@ def spots_to_check(
         Sorted by score, highest first (ties: cells before regions, then by position).
     """
     labels, disagreement = _check(labels, disagreement)
-    scores = cell_disagreement(labels, disagreement, rim=rim)
-    spots = [
-        Spot("cell", r.label, float(scores[r.label]), int(r.area), _centre(r), tuple(r.bbox))
-        for r in regionprops(labels)
-    ]
+    # the zones once, for the scores and the regions: each takes a third of a second at 2048²
     zones = expand_labels(labels, rim) if rim > 0 else labels
+    scores = _zone_means(labels, zones, disagreement)
+    spots = [
+        Spot("cell", label, float(scores[label]), area, centroid, bbox)
+        for label, area, centroid, bbox in _cells(labels)
+    ]
     regions, _ = ndi.label((disagreement >= threshold) & (zones == 0))
     for r in regionprops(regions, intensity_image=disagreement.astype(np.float32)):
         if r.area >= min_size:
@@ -254,6 +259,28 @@ class Prediction:
 def _centre(region) -> tuple[float, float]:
     y, x = region.centroid
     return float(y), float(x)
+
+
+def _cells(labels: np.ndarray) -> list[tuple[int, int, tuple[float, float], tuple]]:
+    """Every cell's label, area, centroid and box, as :func:`regionprops` gives them, at once.
+
+    One region object per cell took the main thread half a second at 2048² (4,000 cells).
+    The centroids are the same floats: sums of whole pixel coordinates are exact in float64,
+    divided by the area once, as regionprops's mean does.
+    """
+    flat = np.flatnonzero(labels > 0)
+    ids = labels.ravel()[flat].astype(np.intp)
+    y, x = np.divmod(flat, labels.shape[1])
+    n = int(ids.max(initial=0)) + 1
+    area = np.bincount(ids, minlength=n)
+    cy = np.bincount(ids, weights=y, minlength=n)
+    cx = np.bincount(ids, weights=x, minlength=n)
+    return [
+        (k + 1, int(area[k + 1]), (float(cy[k + 1] / area[k + 1]), float(cx[k + 1] / area[k + 1])),
+         (box[0].start, box[1].start, box[0].stop, box[1].stop))
+        for k, box in enumerate(ndi.find_objects(labels))
+        if box is not None
+    ]  # fmt: skip
 
 
 def _check(labels: np.ndarray, disagreement: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
