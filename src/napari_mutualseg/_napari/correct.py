@@ -21,6 +21,7 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QPushButton
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
+from superqt.utils import create_worker
 
 from ..boxes import Box, boxes_from_labels, boxes_from_shapes
 from ..disagreement import Spot, spots_to_check
@@ -52,8 +53,11 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Shapes
 
+    from ..training import RoundReport
+
 #: Canvas pixels the cell under check spans (the camera zooms to it).
 _CELL_ON_SCREEN = 150
+_NEXT = "Next cell to check"
 
 
 class Corrector:
@@ -84,22 +88,31 @@ class Corrector:
 
     def spots(self, image: Image) -> list[tuple[int | None, Spot]]:
         """Cells and regions of ``image`` to check, most disputed first, with their plane."""
+        found = self.known_spots(image)
+        if found is None:
+            report = self.controller.last_report
+            found = find_spots(self.controller.round_maps(image))
+            self.keep_spots(image, report, found)
+        return found
+
+    def known_spots(self, image: Image) -> list[tuple[int | None, Spot]] | None:
+        """The spots of ``image`` when they are known without a search (a prediction's, or
+        those found already in the newest round), else ``None``."""
         prediction = self.controller.predictions.get(str(image.unique_id))
         if prediction is not None:
             return prediction.spots
-        key, report = str(image.unique_id), self.controller.last_report
-        cached = self._round_spots.get(key)
+        report = self.controller.last_report
+        cached = self._round_spots.get(str(image.unique_id))
         if report is not None and cached is not None and cached[0]() is report:
             return cached[1]
-        found = [
-            (plane, spot)
-            for plane, labels, dis in self.controller.round_maps(image)
-            for spot in spots_to_check(labels, dis)
-        ]
-        found.sort(key=lambda ps: -ps[1].score)
+        return None
+
+    def keep_spots(
+        self, image: Image, report: RoundReport | None, found: list[tuple[int | None, Spot]]
+    ) -> None:
+        """Keep the spots of ``image`` found in the round of ``report`` (:func:`find_spots`)."""
         if report is not None:
-            self._round_spots[key] = (weakref.ref(report), found)
-        return found
+            self._round_spots[str(image.unique_id)] = (weakref.ref(report), found)
 
     def next_cell(self, image: Image) -> Spot | None:
         """Show the next cell (or region) to check: camera on it, its label selected."""
@@ -308,6 +321,24 @@ class Corrector:
         return cells
 
 
+def find_spots(
+    maps: list[tuple[int | None, np.ndarray, np.ndarray]],
+) -> list[tuple[int | None, Spot]]:
+    """The spots of a round's ``(plane, cells, disagreement)`` maps, most disputed first
+    (in a worker thread: at 2048² the search takes the better part of a second)."""
+    found = [(plane, spot) for plane, labels, dis in maps for spot in spots_to_check(labels, dis)]
+    found.sort(key=lambda ps: -ps[1].score)
+    return found
+
+
+def _found(maps: list[tuple[int | None, np.ndarray, np.ndarray]]) -> Any:
+    """:func:`find_spots` in a worker; an error is handed back (a worker's own is not told)."""
+    try:
+        return find_spots(maps)
+    except Exception as err:
+        return err
+
+
 def _new_label(data: np.ndarray, name: str) -> int:
     """A label no cell of ``data`` has: the next after the largest, as napari's new label is,
     else (at the end of the layer's type: 65535 for the uint16 cells layers) the smallest free
@@ -382,7 +413,7 @@ class CheckPanel(QGroupBox):
         self.boxes = LayerPicker(
             viewer, "Shapes", "Boxes drawn around cells the prediction missed", nullable=True
         )
-        self.next = QPushButton("Next cell to check")
+        self.next = QPushButton(_NEXT)
         self.next.setToolTip("Go to the cell (or region) where the two networks disagree most")
         self.merge = QPushButton("Merge cells")
         self.merge.setToolTip("Merge the last two cells picked in the cells layer")
@@ -415,8 +446,10 @@ class CheckPanel(QGroupBox):
             button.clicked.connect(self._clicked)
 
     def _clicked(self) -> None:
+        if self.sender() is self.next:
+            self._next()
+            return
         action = {
-            self.next: self.corrector.next_cell,
             self.merge: self._merge,
             self.split: self._split,
             self.propose: self._propose,
@@ -463,6 +496,34 @@ class CheckPanel(QGroupBox):
             self.picked.append((layer_id, label))
         if len(self.picked) == 2 and self.picked[0][0] == self.picked[1][0]:
             self.merge.setText(f"Merge cells {self.picked[0][1]} + {self.picked[1][1]}")
+
+    def _next(self) -> None:
+        """Next cell to check; the cells of a training round are searched in a worker first
+        (the better part of a second at 2048², which froze the viewer), the button saying so."""
+        image, corrector = self.image.layer, self.corrector
+        controller = corrector.controller
+        report = controller.last_report
+        if image is None or report is None or corrector.known_spots(image) is not None:
+            self._do(corrector.next_cell)  # nothing to search (or said why)
+            return
+        maps = controller.round_maps(image)
+        self.next.setEnabled(False)
+        self.next.setText("Finding cells to check…")
+        worker = create_worker(_found, maps, _ignore_errors=True)
+        worker.returned.connect(partial(self._spots_found, image, report))
+        worker.start()
+
+    def _spots_found(self, image: Image, report: RoundReport | None, found: Any) -> None:
+        self.next.setEnabled(True)
+        self.next.setText(_NEXT)
+        if isinstance(found, Exception):
+            self.corrector.controller.notify(
+                f"Could not find the cells to check: {found}", "error"
+            )
+            return
+        self.corrector.keep_spots(image, report, found)
+        if self.image.layer is image:  # still the image picked: shown now (or a newer
+            self._next()  # round's cells searched)
 
     def _merge(self, image: Image) -> None:
         check_image_layer(image, purpose="correct")
