@@ -297,3 +297,44 @@ def test_a_file_without_axes_is_told_in_words_not_the_readers_codes(tmp_path):
     message = str(err.value)
     assert "QQQ" not in message and "it names only Y and X" in message
     assert "5 letters for this file" in message
+
+
+class _Reads:
+    """An array that counts the pixels read from it (as a zarr store on disk would)."""
+
+    def __init__(self, data):
+        self.data, self.read = data, 0
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, key):
+        block = self.data[key]
+        self.read += block.size
+        return block
+
+
+def test_labels_given_as_the_image_are_warned_of_lazy_float_or_in_a_stack():
+    """Lazy labels (read a window only), labels saved as float32, and a stack of labels
+    whose first plane is empty are warned of; intensities, also as whole-number floats, not."""
+    import dask.array as da
+
+    from helpers import disc_image
+    from napari_mutualseg.network_input import warn_if_labels
+
+    yy, xx = np.mgrid[:512, :512]
+    labels = ((yy // 32) * 16 + xx // 32 + 1).astype(np.int32)  # 256 squares
+    labels[(yy % 32 < 4) | (xx % 32 < 4)] = 0
+    stored = _Reads(labels)
+    stack = np.stack([np.zeros_like(labels), labels])
+    intensities, _ = disc_image((128, 128))
+    for array, axes in [
+        (da.from_array(stored, chunks=64), "YX"),
+        (labels.astype(np.float32), "YX"),
+        (stack, "ZYX"),
+    ]:
+        with pytest.warns(UserWarning, match="looks like labels or a mask"):
+            assert warn_if_labels(AxisImage.from_array(array, axes))
+    assert 0 < stored.read <= labels.size // 4  # a window, not the image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for array in (intensities, (intensities * 1000).astype(np.uint16).astype(np.float32)):
+            assert not warn_if_labels(AxisImage.from_array(array, "YX"))

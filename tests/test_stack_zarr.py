@@ -18,10 +18,11 @@ def _pair() -> ModelPair:
 
 
 def _stack() -> np.ndarray:
-    """Six 48 x 48 planes of cells, one of them missed in the fourth plane."""
+    """Six 48 x 48 planes of cells, one of them missed in the fourth plane (intensities of
+    0.5 and 1.5: a mask of 0 and 1 is warned of as no microscope image)."""
     _, truth = synthetic_volume((6, 48, 48), 8, seed=1)
     truth[3][label(truth[3] > 0) == 1] = 0
-    return (truth > 0).astype(np.float32)
+    return (truth > 0).astype(np.float32) + 0.5
 
 
 @pytest.mark.parametrize(

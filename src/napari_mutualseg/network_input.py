@@ -21,13 +21,34 @@ from .preprocess import DEFAULT_PERCENTILES, apply_ranges, check_channels
 __all__ = ["channel_index", "network_planes", "select_channels", "warn_if_labels"]
 
 
+#: Edge of the window at the centre of a plane read from a lazy image (zarr, dask) to tell
+#: labels from intensities: a chunk or a few, never the image.
+LABEL_WINDOW = 256
+
+
+def _label_sample(image: AxisImage) -> np.ndarray:
+    """The first channel of ``image``'s middle plane (the middle z of the middle time point:
+    the first planes of a stack often hold no cells): whole when in memory, a window of at
+    most :data:`LABEL_WINDOW` pixels square at its centre when lazy."""
+    sizes = image.sizes
+    middle = sizes.get("T", 1) // 2 * sizes.get("Z", 1) + sizes.get("Z", 1) // 2
+    plane = image.plane_array(middle)[0]
+    if isinstance(plane, np.ndarray):
+        return plane
+    height, width = plane.shape
+    y0, x0 = max(0, (height - LABEL_WINDOW) // 2), max(0, (width - LABEL_WINDOW) // 2)
+    return np.asarray(plane[y0 : y0 + LABEL_WINDOW, x0 : x0 + LABEL_WINDOW])
+
+
 def warn_if_labels(image: AxisImage, stacklevel: int = 2) -> bool:
     """Warn when ``image`` holds labels or a mask, not a microscope image's intensities.
 
     A label image given where the image belongs trains and segments without an error, into
-    nonsense. Only integer and boolean pixels held in memory are looked at (labels are
-    whole numbers; a lazy image is not read for this), on the first channel of its first
-    plane (:func:`napari_mutualseg.metrics.label_evidence`).
+    nonsense. Looked at: the first channel of the middle plane
+    (:func:`napari_mutualseg.metrics.label_evidence`), of a lazy image only a window of
+    :data:`LABEL_WINDOW` pixels square at its centre (it is not read whole for this). Labels
+    are whole numbers: integer and boolean images are looked at, and floating-point ones
+    whose sampled pixels are all whole numbers (labels saved as float32).
 
     Parameters
     ----------
@@ -43,12 +64,16 @@ def warn_if_labels(image: AxisImage, stacklevel: int = 2) -> bool:
     """
     from .metrics import label_evidence
 
-    dtype = np.dtype(image.dtype)
-    if not isinstance(image.data, np.ndarray) or not (
-        np.issubdtype(dtype, np.integer) or dtype == np.bool_
-    ):
+    if np.dtype(image.dtype).kind not in "biuf":
         return False
-    evidence = label_evidence(image.plane_array(0)[0])
+    sample = _label_sample(image)
+    if sample.dtype.kind == "f":
+        # a strided look suffices: intensities have fractions nearly everywhere
+        step = max(1, int(np.sqrt(sample.size / LABEL_WINDOW**2)))
+        strided = sample[::step, ::step]
+        if not np.array_equal(strided, np.round(strided)):  # NaN is no whole number either
+            return False
+    evidence = label_evidence(sample)
     if not evidence.labels:
         return False
     warnings.warn(
