@@ -45,6 +45,23 @@ def test_a_stack_streamed_to_ome_zarr_has_the_labels_it_has_in_memory(tmp_path, 
     assert level_1.shape == (*stack.shape[:-2], 24, 24)  # halved along y and x only
 
 
+@pytest.mark.parametrize(("axes", "shape"), [("ZYX", (1, 48, 48)), ("TZYX", (1, 1, 48, 48))])
+def test_a_stack_of_one_plane_is_written_into_the_out_its_labels_shape_asks_for(
+    tmp_path, axes, shape
+):
+    """A z-stack of one plane, or a time series of one frame, fills the OME-Zarr made with
+    labels_zarr(path, image.label_shape, axes=image.label_axes) (it was refused)."""
+    image = AxisImage.from_array(_stack()[2:3].reshape(shape), axes)
+    pair = _pair()
+    path = tmp_path / "one.ome.zarr"
+    with labels_zarr(path, image.label_shape, axes=image.label_axes) as out:
+        pair.segment(image, out=out, block_size=32, halo=8, track=True)
+    expected = pair.segment(image, blockwise=True, block_size=32, halo=8, track=True)
+    assert expected.max() > 1
+    stored = zarr.open_group(str(path), mode="r")["0"]
+    np.testing.assert_array_equal(stored[...], expected)
+
+
 def test_a_stack_out_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r"labels_zarr\(path, image.label_shape"):
         _pair().segment(_stack(), axes="ZYX", out=np.zeros((48, 48), np.int32))

@@ -44,6 +44,30 @@ def _label_key(image: AxisImage, index: int) -> tuple:
     return tuple(int(position[a]) if a in position else slice(None) for a in image.label_axes)
 
 
+class _PlaneOut:
+    """Plane ``key`` (``_label_key``) of a labels-shaped ``out`` that slicing gives no view
+    of (a zarr array): what is read from or written to it goes to that plane."""
+
+    def __init__(self, out: Any, key: tuple) -> None:
+        self._out, self._lead = out, key[:-2]
+        self.shape = tuple(out.shape[-2:])
+
+    def __getitem__(self, window: Any) -> np.ndarray:
+        return self._out[(*self._lead, *np.index_exp[window])]
+
+    def __setitem__(self, window: Any, value: Any) -> None:
+        self._out[(*self._lead, *np.index_exp[window])] = value
+
+
+def _plane_out(out: Any, image: AxisImage, index: int) -> Any:
+    """Where plane ``index`` of ``image`` goes in ``out`` (None: nowhere): a numpy view, or
+    the plane of a zarr array; ``out`` itself for the labels of a plane without T or Z."""
+    if out is None or len(out.shape) == 2:
+        return out
+    key = _label_key(image, index)
+    return out[key] if isinstance(out, np.ndarray) else _PlaneOut(out, key)
+
+
 def _checked_plane(image: AxisImage, index: int) -> np.ndarray:
     """Plane ``index`` of ``image`` as checked ``(C, H, W)`` float32, not yet normalised."""
     return check_channels(image.plane(index), f"{image.name} {image.plane_name(index)}".rstrip())
@@ -297,11 +321,12 @@ class Segmenter:
         with ``blocks`` (block size, halo) (:mod:`napari_mutualseg.blockwise`).
 
         ``out`` (labels-shaped) takes each plane's cells in their place: a one-plane image's
-        written block by block into it (any array, zarr too), a stack's planes into numpy
-        views. With ``disagree``, a plane segmented whole also gets where the networks
-        disagree, its cells' scores and the cells to check; otherwise its prediction holds
-        the cells (and probabilities) only. A flat plane of a stack (a channel of one value:
-        blank padding, a skipped frame) has nothing to segment and no cells.
+        (a stack of one plane too) written block by block into it (any array, zarr too), a
+        stack's planes into numpy views (:func:`_plane_out`). With ``disagree``, a plane
+        segmented whole also gets where the networks disagree, its cells' scores and the
+        cells to check; otherwise its prediction holds the cells (and probabilities) only. A
+        flat plane of a stack (a channel of one value: blank padding, a skipped frame) has
+        nothing to segment and no cells.
         """
 
         def predict(block: np.ndarray) -> np.ndarray:
@@ -321,9 +346,7 @@ class Segmenter:
                 def plane_progress(done: int, total: int, index: int = index) -> None:
                     progress(index * steps + done, planes * steps)
 
-            target = out
-            if out is not None and planes > 1:
-                target = out[_label_key(image, index)]
+            target = _plane_out(out, image, index)
             x = None if grid is not None else _checked_plane(image, index)
             # a flat plane of a stack (blank padding, a skipped frame) has nothing to segment:
             # the networks would be asked about a flat field
