@@ -62,9 +62,12 @@ def test_a_stack_of_one_plane_is_written_into_the_out_its_labels_shape_asks_for(
     np.testing.assert_array_equal(stored[...], expected)
 
 
-def test_a_stack_out_of_another_shape_is_refused():
+def test_a_stack_out_of_another_shape_or_a_type_too_small_for_labels_is_refused():
     with pytest.raises(ValueError, match=r"labels_zarr\(path, image.label_shape"):
         _pair().segment(_stack(), axes="ZYX", out=np.zeros((48, 48), np.int32))
+    for dtype in (np.uint8, np.int16, np.float32):  # uint8 wrapped past 255 cells silently
+        with pytest.raises(ValueError, match=f"out has dtype {np.dtype(dtype)}; .* int32"):
+            _pair().segment(_stack(), axes="ZYX", out=np.zeros((6, 48, 48), dtype))
 
 
 def test_ome_zarr_labels_keep_z_step_frame_interval_and_units(tmp_path):

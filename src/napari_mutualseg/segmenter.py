@@ -292,12 +292,21 @@ class Segmenter:
         out: Any,
     ) -> tuple[int, int] | None:
         """Block size and halo when ``image``'s planes go block by block (by default those
-        above :data:`AUTO_BLOCKWISE_PIXELS`), else None; ``out`` checked against its labels."""
+        above :data:`AUTO_BLOCKWISE_PIXELS`), else None; ``out`` checked against its labels
+        (their shape, and an integer type of 32 bits or more)."""
         if out is not None and tuple(out.shape) != image.label_shape:
             raise ValueError(
                 f"out has shape {tuple(out.shape)}, but the labels of {image.name} have shape "
                 f"{image.label_shape} (axes {image.label_axes}); make it with "
                 "labels_zarr(path, image.label_shape, axes=image.label_axes)."
+            )
+        dtype = None if out is None else np.dtype(out.dtype)
+        if dtype is not None and (dtype.kind not in "iu" or dtype.itemsize < 4):
+            # a smaller type wraps past its largest number (255 cells in uint8) without a word
+            raise ValueError(
+                f"out has dtype {dtype}; labels need integers of 32 bits or more (a smaller "
+                "type wraps past its largest number, 255 in uint8): make it int32, as "
+                "labels_zarr does, or np.zeros(image.label_shape, np.int32)."
             )
         if blockwise is None:
             blockwise = math.prod(image.plane_shape) > AUTO_BLOCKWISE_PIXELS
