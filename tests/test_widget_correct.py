@@ -147,9 +147,14 @@ def test_merge_and_split_measure_again_only_the_cells_they_change(trained, monke
         np.testing.assert_allclose(table[column], values, err_msg=column)
 
 
-def test_proposed_boxes_are_the_predicted_cells(trained):
+def test_proposed_boxes_are_the_predicted_cells(trained, qtbot):
+    """Made in a worker (napari built 4,500 rectangles on the main thread for 3-4 s), the
+    button saying so meanwhile."""
     viewer, widget, _image, other = trained
     widget.check.propose.click()
+    assert not widget.check.propose.isEnabled() and "Proposing" in widget.check.propose.text()
+    qtbot.waitUntil(widget.check.propose.isEnabled, timeout=TIMEOUT)
+    assert widget.check.propose.text() == "Propose boxes"
     boxes = widget.boxes_layer
     assert same(widget.image_layer, other) and boxes.name == "other boxes"
     expected = boxes_from_labels(np.asarray(viewer.layers["other cells"].data))
