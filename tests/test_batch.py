@@ -1094,6 +1094,27 @@ def test_a_record_alone_refuses_no_run(model, tmp_path):
     assert [r.status for r in run] == ["done"]
 
 
+def test_an_image_done_again_by_dask_is_done_not_failed(tmp_path):
+    """dask runs an image's task again when its worker died after the files were written but
+    before its result reached the scheduler: the second try failed the complete image with
+    'x_cells.csv already exists; ... segment again with overwrite'. Results of another model
+    or options written there meanwhile (a run beside this one) are refused and left alone."""
+    pair = ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4})
+    pixels = np.zeros((32, 32), np.uint16)
+    pixels[4:12, 4:12] = pixels[18:28, 16:26] = 1000
+    tifffile.imwrite(tmp_path / "a.tif", pixels)
+    [job] = plan_jobs([tmp_path / "a.tif"], tmp_path / "o", OPTIONS)
+    first = process_image(pair, job, OPTIONS)
+    again = process_image(pair, job, OPTIONS)
+    assert (first.status, again.status) == ("done", "done")
+    assert again.cells == first.cells == 2 and again.summary == first.summary
+    table = job.table.read_bytes()
+    other = BatchOptions(tile_size=64, overlap=16, min_size=3)
+    refused = process_image(pair, job, other)
+    assert refused.status == "failed" and "made with other options (min size" in refused.reason
+    assert job.table.read_bytes() == table and job.labels.exists() and job.record.exists()
+
+
 def test_a_worker_whose_folder_was_cleaned_away_still_loads_the_model(
     model, tmp_path, shared_cluster
 ):

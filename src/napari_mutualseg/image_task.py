@@ -348,7 +348,9 @@ def process_image(
     Labels that an earlier, interrupted run wrote (without ``overwrite``) are measured, not
     segmented again (unless their disagreement maps are missing, which need the
     segmentation): :class:`~napari_mutualseg.batch.BatchRun` checks first that they are
-    this image's, by this model, with these options.
+    this image's, by this model, with these options. An image complete already (dask runs a
+    task again when its worker died before the result reached the scheduler) is measured
+    again when its record says that these are its results, and is refused otherwise.
 
     Parameters
     ----------
@@ -386,9 +388,14 @@ def process_image(
         try:
             image = AxisImage.from_file(job.source, axes=options.axes)
             pixel_size = results_pixel_size(options.pixel_size, image)
-            record = json.dumps(
-                job.provenance(fingerprint or pair.fingerprint(), options), indent=2
-            )
+            provenance = job.provenance(fingerprint or pair.fingerprint(), options)
+            record = json.dumps(provenance, indent=2)
+            # complete already: done by an earlier try of this task (dask runs it again when
+            # its worker died before the result reached the scheduler), or by a run beside
+            # this one. Its own results are measured again; another model's stay untouched
+            finished = not overwrite and job.complete()
+            if finished and (why := job.conflict(provenance)) is not None:
+                raise ResultExistsError(why, remedy="choose another output folder")
             if overwrite:
                 # without the table the image is incomplete: a rerun does it again. The old
                 # labels stay (as their record) until the new ones replace them, so that a
@@ -410,7 +417,8 @@ def process_image(
                 write_text(job.record, record, overwrite=True)
             blocks = _blocks(pair, image, options)
             table = measure_image(labels, image, pixel_size, blocks=blocks)
-            write_table(job.table, table, overwrite=overwrite)  # last: marks the image complete
+            # last: marks the image complete
+            write_table(job.table, table, overwrite=overwrite or finished)
         except _Stopped:
             _drop_lone_record(job)
             return ImageResult(job, "not done", seconds=time.perf_counter() - t0)
