@@ -600,6 +600,20 @@ def test_a_run_leaves_the_default_dask_scheduler_of_the_process_alone(
     assert [r.status for r in run] == ["done"]
 
 
+def test_a_run_in_this_process_reads_here_beside_a_default_dask_client(
+    model, tmp_path, shared_cluster
+):
+    """A notebook's (or dask-jobqueue's) Client made the default: the run's lazy reads went
+    to its cluster, which cannot be sent an open TIFF ('Could not serialize object of type
+    _HLGExprSequence' before any image)."""
+    from distributed import Client
+
+    images = [_image(tmp_path / "in" / "a.tif", 0), _zarr_image(tmp_path / "in" / "b.zarr", 1)]
+    with Client(shared_cluster.scheduler_address):
+        run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=0)
+        assert [r.status for r in run] == ["done", "done"]
+
+
 def test_runs_that_share_a_cluster_keep_their_own_model_and_results(
     model, tmp_path, shared_cluster
 ):

@@ -41,6 +41,7 @@ __all__ = [
     "find_images",
     "layout_base",
     "plan_jobs",
+    "reading_here",
 ]
 
 #: Image files a folder is searched for (besides OME-Zarr stores); bioio formats included.
@@ -427,13 +428,30 @@ def _kind(path: Path) -> _Kind:
 
 
 @contextlib.contextmanager
+def reading_here() -> Iterator[None]:
+    """Inside the block, lazy images (dask arrays) are read in this process, with dask's
+    threads, also where the caller made a dask ``Client`` the default (a notebook's, or
+    dask-jobqueue's): its workers would otherwise be sent the open file, which cannot travel
+    ("Could not serialize object ..."), or read the files in this process's place.
+
+    The setting is dask's, for the whole process while the block runs: keep the block to
+    the reading itself.
+    """
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        yield
+
+
+@contextlib.contextmanager
 def _quietly() -> Iterator[None]:
     """What reading says (tifffile logs a line per damaged strip, warnings) is held back
     while files are looked at: it is said when the image is segmented. Once for a search,
-    as each holding back costs a clearing of the logging caches."""
+    as each holding back costs a clearing of the logging caches. Lazy files are read here
+    (:func:`reading_here`)."""
     from .io import quiet_log
 
-    with warnings.catch_warnings(), quiet_log("tifffile"):
+    with warnings.catch_warnings(), quiet_log("tifffile"), reading_here():
         warnings.simplefilter("ignore")
         yield
 
