@@ -97,3 +97,24 @@ def test_planes_linked_one_at_a_time_are_the_stack_linked_whole(axes, settings):
         for index, final in given:
             streamed[index] = final
     np.testing.assert_array_equal(streamed.reshape(shape), whole)
+
+
+def test_a_tracked_time_series_of_z_stacks_holds_a_few_z_stacks_while_streamed():
+    """Tracking keeps the z-stack in progress and the last frame, not max_gap + 1 whole
+    frames, and compares frames a plane at a time (the peak was ten z-stacks)."""
+    import tracemalloc
+
+    _, truth = synthetic_volume((8, 128, 128), 12, seed=2)
+    planes = [label(p > 0).astype(np.int32) for p in truth]
+    z_stack = 8 * 128 * 128 * 4
+    linker = StackLinker("TZYX", (4, 8, 128, 128), track=True, max_gap=1)
+    tracemalloc.start()
+    try:
+        for t in range(4):
+            for z, plane in enumerate(planes):
+                linker.add(np.zeros_like(plane) if t == 2 and z % 2 else plane)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # beyond the z-stack in progress (made with the linker): the last frame and a gap's cells
+    assert held < 1.6 * z_stack and peak < 4 * z_stack

@@ -12,13 +12,11 @@ of its own), while two neighbouring cells, which overlap little, are never merge
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
-
-from .metrics import overlap_table
 
 __all__ = [
     "LINK_MIN_OVERLAP",
@@ -34,22 +32,116 @@ __all__ = [
 LINK_MIN_OVERLAP = 0.5
 
 
-def _links(current: np.ndarray, previous: np.ndarray, min_overlap: float) -> tuple:
-    """Pairs (current id, previous id) that are one object, best overlap first, one-to-one."""
-    ov = overlap_table(current, previous)
-    smaller = np.minimum(ov.gt_area[ov.pair_gt], ov.pred_area[ov.pair_pred])
-    share = ov.inter / smaller
+def _planes(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as a stack of 2D planes (a view): what is worked on a plane at a time, so
+    that no temporary is larger than a plane (a 3D frame's would be a z-stack each)."""
+    return labels.reshape((-1, *labels.shape[-2:]))
+
+
+def _ids(labels: np.ndarray) -> np.ndarray:
+    """The object ids (not 0) in ``labels``, sorted."""
+    ids = np.unique(np.concatenate([np.unique(plane) for plane in _planes(labels)]))
+    return ids[ids > 0]
+
+
+def _areas(labels: np.ndarray, size: int) -> np.ndarray:
+    """Pixels of each id below ``size`` in ``labels``."""
+    area = np.zeros(size, np.int64)
+    for plane in _planes(labels):
+        area += np.bincount(plane.ravel(), minlength=size)[:size]
+    return area
+
+
+class _Kept:
+    """A slice kept for the slices after it: whole while it is the newest, then only the
+    pixels of its objects that no later slice has (those a slice may continue after a gap),
+    as their flat positions and ids."""
+
+    def __init__(self, labels: np.ndarray, ids: np.ndarray) -> None:
+        self.labels: np.ndarray | None = labels
+        self.ids = ids
+        self._where = self._values = np.zeros(0, np.int64)
+
+    def prune(self, later: np.ndarray) -> None:
+        """Forget the objects of ids ``later`` (a later slice has them)."""
+        self.ids = np.setdiff1d(self.ids, later, assume_unique=True)
+        if self.labels is None:
+            keep = np.isin(self._values, self.ids)
+            self._where, self._values = self._where[keep], self._values[keep]
+            return
+        planes = _planes(self.labels)
+        where = [np.flatnonzero(np.isin(plane, self.ids)) for plane in planes]
+        position = np.int32 if self.labels.size < 2**31 else np.int64
+        kept = sum(w.size for w in where)
+        if kept * (np.dtype(position).itemsize + self.labels.itemsize) >= self.labels.nbytes:
+            return  # most of it stays (after an empty slice): whole is smaller
+        self._where = np.concatenate(
+            [(w + k * planes[0].size).astype(position) for k, w in enumerate(where)]
+        )
+        self._values = np.concatenate(
+            [plane.ravel()[w] for plane, w in zip(planes, where, strict=True)]
+        )
+        self.labels = None
+
+    def pairs(self, current: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(this slice's id, ``current``'s id) of every pixel labelled in both, a plane at
+        a time."""
+        if self.labels is None:
+            cur = current.reshape(-1)[self._where]
+            yield self._values[cur > 0], cur[cur > 0]
+            return
+        for cur, prev in zip(_planes(current), _planes(self.labels), strict=True):
+            both = (cur > 0) & (prev > 0)
+            yield prev[both], cur[both]
+
+    def areas(self, size: int) -> np.ndarray:
+        """Pixels of each id below ``size``."""
+        if self.labels is not None:
+            return _areas(self.labels, size)
+        return np.bincount(self._values, minlength=size)[:size]
+
+
+def _links(
+    current: np.ndarray,
+    previous: _Kept,
+    min_overlap: float,
+    current_ids: np.ndarray | None = None,
+    previous_ids: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (current id, previous id) that are one object, best overlap first, one-to-one;
+    among ``current_ids`` and ``previous_ids`` only, when given."""
+    # pairs in the order of the previous id, then the current one: ties are broken so
+    stride = int(current.max(initial=0)) + 1
+    keys, counts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for prev, cur in previous.pairs(current):
+        k, c = np.unique(prev.astype(np.int64) * stride + cur, return_counts=True)
+        keys.append(k)
+        counts.append(c)
+    keys, where = np.unique(np.concatenate(keys), return_inverse=True)
+    inter = np.bincount(where.ravel(), weights=np.concatenate(counts)).astype(np.int64)
+    prev, cur = np.divmod(keys, stride)
+    keep = np.ones(keys.size, bool)
+    if current_ids is not None:
+        keep &= np.isin(cur, current_ids)
+    if previous_ids is not None:
+        keep &= np.isin(prev, previous_ids)
+    cur, prev, inter = cur[keep], prev[keep], inter[keep]
+    if not cur.size:
+        return cur, prev
+    size = int(max(cur.max(), prev.max())) + 1
+    smaller = np.minimum(_areas(current, size)[cur], previous.areas(size)[prev])
+    share = inter / smaller
     ok = np.flatnonzero(share >= min_overlap)
-    order = ok[np.lexsort((-ov.inter[ok], -share[ok]))]
-    taken_cur, taken_prev, cur, prev = set(), set(), [], []
+    order = ok[np.lexsort((-inter[ok], -share[ok]))]
+    taken_cur, taken_prev, linked_cur, linked_prev = set(), set(), [], []
     for k in order:
-        c, p = int(ov.pair_pred[k]), int(ov.pair_gt[k])
+        c, p = int(cur[k]), int(prev[k])
         if c not in taken_cur and p not in taken_prev:
             taken_cur.add(c)
             taken_prev.add(p)
-            cur.append(ov.pred_ids[c])
-            prev.append(ov.gt_ids[p])
-    return np.asarray(cur, np.int64), np.asarray(prev, np.int64)
+            linked_cur.append(c)
+            linked_prev.append(p)
+    return np.asarray(linked_cur, np.int64), np.asarray(linked_prev, np.int64)
 
 
 class SliceLinker:
@@ -57,7 +149,10 @@ class SliceLinker:
 
     Each slice (a plane, a frame, or a 3D frame) is relabelled as soon as it is given, from
     the slices before it: only the last ``max_gap + 1`` are kept, so that the slices of a
-    stack larger than memory can be linked and written one after another.
+    stack larger than memory can be linked and written one after another: the last slice
+    whole, of those before it (with ``max_gap``) only the objects no later slice has, which
+    are all a slice after a gap can continue. A 3D frame is compared with the frames before
+    it a plane at a time, so that linking needs little memory beyond what it keeps.
 
     Parameters
     ----------
@@ -83,15 +178,13 @@ class SliceLinker:
         self.dtype = np.dtype(dtype)
         self.next_id = 1
         # newest last; slice k - back is _recent[-back]
-        self._recent: deque[np.ndarray] = deque(maxlen=max_gap + 1)
+        self._recent: deque[_Kept] = deque(maxlen=max_gap + 1)
 
     def __call__(self, current: np.ndarray) -> np.ndarray:
         """``current`` relabelled: ids of the objects it continues, new ids for the others."""
         current = np.asarray(current)
-        count = np.bincount(current.ravel())
-        present = np.flatnonzero(count)
-        present = present[present > 0]
-        lut = np.zeros(count.size, self.dtype)
+        present = _ids(current)
+        lut = np.zeros(int(present.max(initial=0)) + 1, self.dtype)
         recent = self._recent
         if recent and present.size:
             cur, prev = _links(current, recent[-1], self.min_overlap)
@@ -100,16 +193,12 @@ class SliceLinker:
                 left = present[lut[present] == 0]
                 if not left.size:
                     break
-                # objects of slice k - back that are in no slice since, nor linked just now
-                since = np.unique(np.concatenate([s.ravel() for s in list(recent)[-back + 1 :]]))
-                ended = np.setdiff1d(np.unique(recent[-back]), np.union1d(since, lut))
+                # objects of slice k - back that are in no slice since (all it keeps), nor
+                # linked just now
+                ended = np.setdiff1d(recent[-back].ids, lut)
                 if not ended.size:
                     continue
-                cur, prev = _links(
-                    np.where(np.isin(current, left), current, 0),
-                    np.where(np.isin(recent[-back], ended), recent[-back], 0),
-                    self.min_overlap,
-                )
+                cur, prev = _links(current, recent[-back], self.min_overlap, left, ended)
                 lut[cur] = prev
         new = present[lut[present] == 0]
         if self.next_id + new.size - 1 > np.iinfo(self.dtype).max:
@@ -120,7 +209,10 @@ class SliceLinker:
         lut[new] = np.arange(self.next_id, self.next_id + new.size)
         self.next_id += new.size
         out = lut[current]
-        recent.append(out)
+        ids = np.unique(lut[present])
+        for kept in recent if recent.maxlen > 1 else ():
+            kept.prune(ids)  # what a gap may continue: the objects this slice does not have
+        recent.append(_Kept(out, ids))
         return out
 
 
@@ -215,8 +307,9 @@ class StackLinker:
     Planes are given in the order of the label image (z within each time point); each comes
     back relabelled as soon as its labels are final: at once, except in a time series of
     z-stacks that is tracked, where tracking links whole 3D frames: there at the end of its
-    time point. What it keeps is the last plane (with ``track``, the last ``max_gap + 1``
-    frames, and the z-stack in progress), never the stack.
+    time point. What it keeps is the last plane (with ``track``, the z-stack in progress,
+    the last frame and, of the ``max_gap`` frames before it, the cells no later frame has),
+    never the stack.
 
     Parameters
     ----------
@@ -254,7 +347,9 @@ class StackLinker:
             if track and "T" in axes
             else None
         )
-        self._frame: list[np.ndarray] = []
+        # the z-stack in progress, tracked as a whole at its end
+        self._frame = np.zeros(shape[-3:], np.int32) if self._track and self._n_z else None
+        self._z = 0
         self._z_link: SliceLinker | None = None
         self._offset = 0
         self._done = 0
@@ -263,7 +358,7 @@ class StackLinker:
         """Give the next plane's own labels; the planes now final, as (plane index, labels)."""
         frame = np.asarray(plane)
         if self._n_z:
-            z = self._done % self._n_z if self._track is None else len(self._frame)
+            z = self._done % self._n_z if self._track is None else self._z
             if z == 0:  # a new z-stack
                 self._z_link = SliceLinker(min_overlap=self._min_overlap)
                 self._offset = 0
@@ -273,10 +368,11 @@ class StackLinker:
                 frame = np.where(frame > 0, frame.astype(np.int32) + self._offset, 0)
                 self._offset = max(self._offset, int(frame.max(initial=0)))
             if self._track is not None:  # tracking links whole z-stacks: kept to its end
-                self._frame.append(frame)
-                if len(self._frame) < self._n_z:
+                self._frame[z] = frame
+                self._z = (z + 1) % self._n_z
+                if self._z:
                     return []
-                frame, self._frame = self._track(np.stack(self._frame)), []
+                frame = self._track(self._frame)
         elif self._track is not None:
             frame = self._track(frame)
         frame = frame.reshape((-1, *frame.shape[-2:]))
