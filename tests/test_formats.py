@@ -771,3 +771,22 @@ def test_qupath_tma_cores_and_tiles_are_no_boxes(tmp_path, kind, said):
     features[0]["properties"]["objectType"] = ["annotation"]  # not QuPath's: no type said
     path.write_text(json.dumps(features[:1]))
     assert len(read_box_table(path)[None]) == 1  # raised TypeError: unhashable type: 'list'
+
+
+@pytest.mark.parametrize("imagej", [True, False], ids=["imagej-stack", "plane"])
+def test_a_tiff_cut_short_says_so(tmp_path, imagej):
+    """A copy that stopped halfway: an ImageJ z-stack was read as its first plane without a
+    word (tifffile's note was held back) and segmented so; a plane said 'failed to read
+    8192 bytes, got 3968'."""
+    pixels = np.arange(4 * 32 * 32, dtype=np.uint16).reshape(4, 32, 32)
+    path = tmp_path / "cut.tif"
+    if imagej:
+        tifffile.imwrite(path, pixels, imagej=True, metadata={"axes": "ZYX"})
+    else:
+        tifffile.imwrite(path, pixels[0])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        ValueError, match=r"Cannot read .*cut\.tif: it is cut short.*copy it again"
+    ):
+        AxisImage.from_file(path)

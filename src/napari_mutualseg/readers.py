@@ -253,6 +253,37 @@ def _check_tiff_data(path: Path, page: Any) -> None:
         )
 
 
+#: Why a TIFF may be cut short, and what to do, for the messages of :func:`_check_complete`.
+_CUT_SHORT = "a copy or transfer that stopped, or a file still being written: copy it again"
+
+
+def _check_complete(path: Path, tif: Any, series: Any) -> None:
+    """Refuse a TIFF cut short: its pixel data reach past its end, or its ImageJ metadata
+    count more planes than it holds (tifffile then reads its first plane alone, and a
+    z-stack would be segmented as one plane without a word)."""
+    try:
+        page = series.pages[0]
+        ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)]
+        if series.dataoffset is not None:  # contiguous: every plane's data in one run
+            ends.append(series.dataoffset + series.nbytes)
+        plane = page.imagelength * page.imagewidth * page.samplesperpixel
+        held = int(np.prod(series.shape)) // max(1, plane)
+        declared = int((tif.imagej_metadata or {}).get("images", 1)) if tif.is_imagej else 1
+        size = tif.filehandle.size
+    except Exception:
+        return  # unreadable: reading it says why
+    if max(ends, default=0) > size:
+        raise _Damaged(
+            f"Cannot read {path}: it is cut short or damaged, holding {format_size(size)} where "
+            f"its pixel data reach {format_size(max(ends))} ({_CUT_SHORT})."
+        )
+    if declared > held:
+        raise _Damaged(
+            f"Cannot read {path}: it is cut short, its ImageJ metadata counting {declared} "
+            f"planes where it holds {held} ({_CUT_SHORT})."
+        )
+
+
 #: How each face takes a pixel size that a file lacks or gets wrong.
 _GIVE_PIXEL_SIZE = (
     "give the pixel size with --pixel-size on the command line or pixel_size= in Python"
@@ -390,6 +421,7 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         # in the one opening of the file: a folder of thousands of TIFFs on a network share
         # pays for each
         _check_tiff_data(path, page)
+        _check_complete(path, tif, series)
         _check_codec(path, page, tifffile)
         # the photometric tag says that the samples are colours, whatever their bit depth
         # (16-bit RGB from brightfield and slide cameras)
