@@ -1097,6 +1097,26 @@ def test_a_worker_on_a_host_of_gpus_loads_the_model_on_a_gpu_no_other_worker_hol
         os.close(fd)
 
 
+def test_earlier_results_are_checked_without_reading_images_that_have_none(
+    model, tmp_path, monkeypatch
+):
+    """The check read the first 64 KB of every image (its record's digest) before any work,
+    also into an empty folder: a screen of thousands on a network share waited for it."""
+    from napari_mutualseg import jobs
+
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(3)]
+    read = []
+    digest = jobs._head_digest
+    monkeypatch.setattr(jobs, "_head_digest", lambda path: read.append(path) or digest(path))
+    run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=0)
+    assert read == []
+    list(run)
+    assert sorted(read) == images  # each in its turn, for its record
+    read.clear()
+    BatchRun(model, images[:2], tmp_path / "out", OPTIONS, workers=0)
+    assert sorted(read) == images[:2]  # its results are checked against each
+
+
 def test_a_record_alone_refuses_no_run(model, tmp_path):
     """A process killed in an image leaves its record, but no result to protect."""
     image = _image(tmp_path / "in" / "a.tif", 0)

@@ -211,11 +211,15 @@ class BatchRun:
 
     def _check_earlier_results(self) -> None:
         """Files at the outputs' places must be this run's own earlier results (same image,
-        model and options), never another image's or the user's: a rerun then skips them."""
+        model and options), never another image's or the user's: a rerun then skips them.
+
+        Only images with results are looked at: the record of an image reads the start of its
+        file, which a screen of thousands on a network share would pay for before any work."""
         conflicts = [
             reason
             for job in self.jobs
-            if (reason := job.conflict(job.provenance(self.fingerprint, self.options)))
+            if job.has_results()
+            and (reason := job.conflict(job.provenance(self.fingerprint, self.options)))
         ]
         if conflicts:
             more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""

@@ -203,6 +203,11 @@ class ImageJob:
         """Every output is there (each is written whole or not at all, the table last)."""
         return all(p.exists() for p in (self.record, *self.outputs))
 
+    def has_results(self) -> bool:
+        """Some output is there: a record alone stands for none (its image failed, or was
+        stopped or killed before its labels were written)."""
+        return any(p.exists() for p in self.outputs)
+
     def provenance(self, model: str, options: BatchOptions) -> dict[str, Any]:
         """The record of this image's outputs: the source as it is now, the model's
         :meth:`~napari_mutualseg.models.ModelPair.fingerprint` and the options."""
@@ -225,11 +230,9 @@ class ImageJob:
         """Why the files already at this job's outputs are not its results (made from
         another image, by another model, with other options, or not by this package);
         None when there are none or they are."""
-        there = [p for p in (self.record, *self.outputs) if p.exists()]
-        if there in ([], [self.record]):
-            # a record alone stands for no result (its image failed, or was stopped or
-            # killed before its labels were written): nothing there to be taken for this one's
+        if not self.has_results():  # nothing there to be taken for this one's
             return None
+        there = [p for p in (self.record, *self.outputs) if p.exists()]
         try:
             found = json.loads(self.record.read_text())
         except FileNotFoundError:
