@@ -30,7 +30,6 @@ from functools import cached_property
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import find_boundaries
 
 from .config import EXCHANGE_RULES, ExchangeSettings
 from .inference import box_objects
@@ -40,6 +39,7 @@ from .supervision import (
     CELL,
     IGNORE,
     Supervision,
+    _inner_boundaries,
     boxes_mask,
     check_class_map,
 )
@@ -49,11 +49,44 @@ _CROSS = ndi.generate_binary_structure(2, 1)
 
 def touching_lines(labels: np.ndarray) -> np.ndarray:
     """Pixels of an object that have a 4-neighbour belonging to another (non-zero) object."""
-    big = np.iinfo(np.int32).max
-    lab = labels.astype(np.int32, copy=False)
-    higher = ndi.grey_dilation(lab, footprint=_CROSS) > lab
-    lower = ndi.grey_erosion(np.where(lab == 0, big, lab), footprint=_CROSS) < lab
-    return (lab > 0) & (higher | lower)
+    # neighbours compared along each axis: a tenth of the time of a grey dilation and erosion
+    line = np.zeros(labels.shape, bool)
+    for axis in range(labels.ndim):
+        head = (slice(None),) * axis + (slice(1, None),)
+        tail = (slice(None),) * axis + (slice(None, -1),)
+        a, b = labels[head], labels[tail]
+        touch = (a != b) & (a != 0) & (b != 0)
+        line[head] |= touch
+        line[tail] |= touch
+    return line & (labels > 0)
+
+
+def top_class(proba: np.ndarray) -> np.ndarray:
+    """The most probable class of each pixel: ``proba.argmax(0)`` as uint8.
+
+    Equal probabilities go to the first class and a NaN counts as the largest, as with
+    ``argmax``, whose int64 map is eight times the size (290 MB at 6000²) and takes three to
+    four times as long.
+
+    Parameters
+    ----------
+    proba : numpy.ndarray
+        ``(C, H, W)`` class probabilities, at most 256 classes.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 ``(H, W)`` class indices.
+    """
+    top = np.zeros(proba.shape[1:], np.uint8)
+    best = proba[0].copy()
+    for k in range(1, len(proba)):
+        np.copyto(top, np.uint8(k), where=proba[k] > best)
+        np.maximum(best, proba[k], out=best)  # a NaN stays: the running maximum of its pixel
+    nan = np.isnan(best)
+    if nan.any():
+        top[nan] = np.isnan(proba[:, nan]).argmax(0)
+    return top
 
 
 @dataclass
@@ -161,7 +194,6 @@ class ExchangeContext:
             objects, ratio, settings.min_core_fraction, settings.leak_fraction
         )
         confident = proba.max(axis=0) >= settings.confidence
-        argmax = proba.argmax(axis=0)
         target = self.initial.copy()
         if self.rule == "literal":
             ids = np.flatnonzero(fallback) + 1
@@ -171,19 +203,20 @@ class ExchangeContext:
             box = self.in_box & ~self.edited
             target[box] = BACKGROUND
             target[box & (objects > 0)] = CELL
-            target[box & find_boundaries(objects, mode="inner")] = BOUNDARY
+            target[box & _inner_boundaries(objects)] = BOUNDARY
             target[box & ~confident & ~self.core] = IGNORE
             return target
         keep = self.in_box & ~self.edited & ~self._box_mask(fallback)
-        objects = np.where(keep, objects, 0)
+        objects[~keep] = 0  # box_objects' map is this call's own
         label = np.full(target.shape, IGNORE, np.uint8)
         obj = objects > 0
-        background = ~obj & confident & (argmax == BACKGROUND)
+        top = top_class(proba)
+        background = ~obj & confident & (top == BACKGROUND)
         if not settings.ellipse_background:
             background &= sup.instances == 0
         label[background] = BACKGROUND
-        label[obj & confident & (argmax != BACKGROUND)] = CELL
-        label[obj & confident & (argmax == BOUNDARY)] = BOUNDARY
+        label[obj & confident & (top != BACKGROUND)] = CELL
+        label[obj & confident & (top == BOUNDARY)] = BOUNDARY
         label[self.core] = CELL
         label[touching_lines(objects)] = BOUNDARY
         target[keep] = label[keep]
@@ -319,7 +352,7 @@ def exchange_labels(
         return [from_a, from_b]
     if settings.agreement:
         for ctx, pa, pb, la, lb in zip(contexts, *probas, from_a, from_b, strict=True):
-            differ = pa.argmax(0) != pb.argmax(0)
+            differ = top_class(pa) != top_class(pb)
             unsure = differ & ctx.in_box & ~ctx.core & ~ctx.edited
             la[unsure] = IGNORE
             lb[unsure] = IGNORE
