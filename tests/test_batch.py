@@ -1280,6 +1280,34 @@ def _where(job) -> str:
     return get_worker().address
 
 
+def _held_image(job) -> str:
+    _HELD.wait(30)
+    return job.name
+
+
+def test_a_worker_gets_its_next_image_only_when_a_thread_is_free_whatever_the_names():
+    """Keys began with the image's name: names whose first word differs (a plate named by
+    condition) made groups too small for the scheduler to hold back, so every image went to
+    a worker at once, queued behind another (an image that killed the worker took them
+    along, each counting a death)."""
+    from distributed import Client
+
+    _HELD.clear()
+    names = ["DAPI-1.tif", "GFP-1.tif", "BF-1.tif", "DAPI-2.tif", "GFP-2.tif"]
+    with _in_process_cluster() as shared, Client(shared, set_as_default=False) as client:
+        submission = cluster.Submission(client, _held_image, "run")
+        submission.start([SimpleNamespace(name=n) for n in names])  # its futures keep them
+        tasks = shared.scheduler.tasks
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+            len(tasks) < 5 or any(t.state not in ("processing", "queued") for t in tasks.values())
+        ):
+            time.sleep(0.05)
+        states = sorted(t.state for t in tasks.values())
+        _HELD.set()
+    assert states == ["processing"] + ["queued"] * 4  # one worker of one thread
+
+
 def test_an_image_sent_again_does_not_wait_for_ever_for_workers_that_left():
     """It was sent to the workers of that moment only: when all of them left (a job's
     walltime) and new ones joined, it waited for ever, and so did the run."""

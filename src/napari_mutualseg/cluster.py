@@ -735,12 +735,17 @@ class Submission:
 
     def start(self, jobs: Sequence[ImageJob]) -> None:
         """One task per image, on any worker: the scheduler hands a worker its next image
-        as a thread of it comes free, workers that join later included."""
+        as a thread of it comes free, workers that join later included.
+
+        The scheduler holds back only the tasks of a large group, named after the start of
+        their keys: the run's id comes first, so that the image names that follow (a plate
+        named by condition: ``DAPI-1.tif``, ``GFP-1.tif``) make no small groups of their own,
+        which would be sent to the workers at once."""
         self.futures = self.client.map(
             self.task,
             jobs,
             pure=False,
-            key=[f"segment-{j.name}-{self.run}-{i}" for i, j in enumerate(jobs)],
+            key=[f"segment-{self.run}-{i}-{j.name}" for i, j in enumerate(jobs)],
         )
 
     def retry(self, job: ImageJob, avoid: Collection[str]) -> Future | None:
@@ -761,7 +766,7 @@ class Submission:
             self.task,
             job,
             pure=False,
-            key=f"segment-{job.name}-{self.run}-retry{len(self.retries)}",
+            key=f"segment-{self.run}-retry{len(self.retries)}-{job.name}",
             workers=workers,
             allow_other_workers=True,
         )
