@@ -92,13 +92,14 @@ CLI = [
     sys.executable,
     "-c",
     """
-import os, resource, sys
+import os, sys
 from napari_mutualseg.cli import main
+from napari_mutualseg.image_task import _peak_memory  # its own, not this suite's (ru_maxrss)
 try:
     code = main(sys.argv[1:])
 finally:
     with open(os.environ["FAULTS_PEAK"], "w") as f:
-        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))  # KiB on Linux
+        f.write(str(_peak_memory() or ""))  # bytes
 sys.exit(code)
 """,
 ]
@@ -170,7 +171,7 @@ class Job:
             "".join(self.err),
             time.perf_counter() - self.start,
             timed_out,
-            int(peak) / 1024 if peak else None,
+            int(peak) / 2**20 if peak else None,
         )
 
 

@@ -9,7 +9,8 @@ Each image is a synthetic nuclei-like uint16 scan (bright touching nuclei of 7 t
 radius on a dim background, blurred and noisy, about 400 per 1024² tile) written as a tiled,
 compressed TIFF, as slide scanners write them; it is made once per size in ``--work``, tile by
 tile. Every (size, path) runs in its own process, so that each peak resident memory
-(``ru_maxrss``) is its own:
+(Linux's ``VmHWM``, which a child does not inherit from its parent as it does ``ru_maxrss``)
+is its own:
 
 - ``whole``: the image read into memory and segmented at once (``ModelPair.segment`` with
   ``blockwise=False``, the only path before block-by-block segmentation), labels in memory;
@@ -35,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import peak_mib
 from napari_mutualseg.files import write_text
 
 HERE = Path(__file__).resolve().parent
@@ -111,7 +112,7 @@ def make_image(path: Path, size: int, seed: int = 0) -> None:
 
 
 def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return peak_mib() / 2**10
 
 
 def run_child(args: argparse.Namespace) -> dict:

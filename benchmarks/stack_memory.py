@@ -17,14 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import (
+    RESULTS,
+    load_average,
+    load_text,
+    machine,
+    peak_mib,
+    threshold_pair,
+    write_results,
+)
 
 
 def _stack(path: Path, planes: int, edge: int) -> None:
@@ -52,34 +59,16 @@ def _stack(path: Path, planes: int, edge: int) -> None:
 def _one(stack: str, mode: str, out: str) -> dict:
     """One measurement, in this process (the child)."""
     import dask.array as da
-    import torch
     import zarr
 
+    from napari_mutualseg.devices import describe_device
     from napari_mutualseg.images import AxisImage
-    from napari_mutualseg.models import ModelPair
     from napari_mutualseg.ome import labels_zarr
 
-    class Threshold(torch.nn.Module):
-        divisor = 1
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.arch = {"in_channels": 1, "n_classes": 3}
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([(0.5 - x) * 8, (x - 0.5) * 8, x * 0 - 8], dim=1)
-
-    def peak() -> float:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
-
-    pair = ModelPair(Threshold(), Threshold(), settings={"min_size": 4, "rgb": "gray"})
+    pair = threshold_pair()
     data = da.from_zarr(zarr.open_array(stack, mode="r"))
     image = AxisImage(data, "ZYX", name="stack")
-    before = peak()
+    before = peak_mib()
     start = time.perf_counter()
     if mode == "memory":
         pair.segment(image, blockwise=True, tile_size=256)
@@ -89,9 +78,10 @@ def _one(stack: str, mode: str, out: str) -> dict:
             pair.segment(image, out=labels, tile_size=256)
     seconds = time.perf_counter() - start
     return {
-        "peak_mib": round(peak()),
+        "peak_mib": round(peak_mib()),
         "before_mib": round(before),
         "seconds_per_plane": round(seconds / data.shape[0], 3),
+        "device": describe_device(pair.device),
     }
 
 
@@ -106,7 +96,8 @@ def main() -> None:
         print(json.dumps(_one(*args.child)))
         return
     work = Path(args.work)
-    rows = []
+    load_start = load_average()
+    rows, device = [], "no stack measured"
     for spec in args.stacks.split(","):
         planes, edge = (int(v) for v in spec.split("x"))
         stack = work / f"stack_{planes}_{edge}.zarr"
@@ -116,14 +107,21 @@ def main() -> None:
             done = subprocess.run(child, capture_output=True, text=True, check=True)
             row = {"planes": planes, "edge": edge, "labels": mode}
             row |= json.loads(done.stdout.strip().splitlines()[-1])
+            device = row.pop("device")
             print(row, flush=True)
             rows.append(row)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
-    report = {"machine": machine, "rows": rows}
-    (out / "stack_memory.json").write_text(json.dumps(report, indent=1))
+    report = {
+        "machine": machine(),
+        "device": device,
+        "load_average": {"start": load_start, "end": load_average()},
+        "rows": rows,
+    }
+    loads = report["load_average"]
     lines = [
+        f"Lazy z-stacks segmented by a thresholding pair on {report['machine']}, {device}; "
+        f"load average (1 / 5 / 15 min) {load_text(loads['start'])} at the start, "
+        f"{load_text(loads['end'])} at the end.",
+        "",
         "| stack | labels | peak memory (MiB) | before segmenting (MiB) | s per plane |",
         "|---|---|---|---|---|",
     ]
@@ -133,7 +131,7 @@ def main() -> None:
             f"| {r['planes']} x {r['edge']}² | {where} | {r['peak_mib']} | {r['before_mib']} | "
             f"{r['seconds_per_plane']} |"
         )
-    (out / "stack_memory.md").write_text("\n".join(lines) + "\n")
+    write_results(Path(args.out), "stack_memory", report, "\n".join(lines))
     print("\n".join(lines))
 
 

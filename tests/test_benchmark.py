@@ -117,3 +117,34 @@ def test_eval_last_reads_only_the_last_rounds_instances():
     assert first.instances == [None]
     assert last.instances[0].shape == image.shape
     assert last.instances[0].max() >= 1
+
+
+def _bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", _PATH.with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmarks_read_a_processs_peak_memory_as_the_package_does(monkeypatch):
+    """large_image.py read ``ru_maxrss``, which a child inherits from its parent: after the
+    parent trained the pair, every child's peak (and baseline) was at least the parent's."""
+    import math
+
+    import _common
+    from napari_mutualseg import image_task
+
+    large_image = _bench_module("large_image")
+    monkeypatch.setattr(image_task, "_peak_memory", lambda: 3 * 2**30)
+    assert _common.peak_mib() == 3 * 2**10
+    assert large_image._rss_gb() == 3.0
+    monkeypatch.setattr(image_task, "_peak_memory", lambda: None)
+    assert math.isnan(_common.peak_mib())
+
+
+def test_the_benchmarks_thresholding_pair_finds_bright_cells():
+    import _common
+
+    image, cells, _ = synthetic_scene((64, 64), 4, seed=1)
+    assert _common.threshold_pair().segment(image).max() == cells.max() == 4
+
