@@ -691,3 +691,30 @@ def test_train_stopped_by_a_signal_says_how_to_go_on(data, tmp_path, capsys, mon
         "trains them on from there." in err
     )
     assert ModelPair.load(model).history
+
+
+def test_predict_says_it_is_finding_the_images_when_that_takes_a_while(
+    data, tmp_path, capsys, monkeypatch
+):
+    """A screen of 10,000 files was searched and checked for 18 s before the first word."""
+    import time
+
+    import napari_mutualseg.batch as batch
+    from napari_mutualseg.cli import predict
+
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    argv = ["predict", model, data["image"], "--workers", "0", "--out"]
+    said = f"Finding the images in {data['image']} and checking them before any is segmented"
+    code, _, err = _run(capsys, *argv, tmp_path / "p")
+    assert code == 0 and said not in err  # quick: nothing more to say
+    run = batch.BatchRun
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "BatchRun", slow)
+    monkeypatch.setattr(predict, "_PREPARING_SECONDS", 0.0)
+    code, _, err = _run(capsys, *argv, tmp_path / "q")
+    assert code == 0 and err.startswith(said)
