@@ -28,6 +28,12 @@ synthetic scene of about a thousand cells per 1024².
 
 ``--profile CASES`` (e.g. ``bd``) runs cProfile on the main thread during those cases and
 prints where its time went (napari's drawing appears under vispy and Qt's paint events).
+
+Writes ``gui_responsiveness.json`` and ``gui_responsiveness.md`` to ``--out`` after every case
+(a run stopped halfway keeps the cases it finished), with the machine, the device, the display
+and OpenGL renderer, and the machine's load average at the start and the end: on a shared
+machine the gaps grow with the load. A run of other cases, rounds or steps than the default,
+or profiled, writes ``gui_responsiveness_custom.*`` instead.
 """
 
 from __future__ import annotations
@@ -36,32 +42,31 @@ import argparse
 import cProfile
 import io
 import pstats
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from _common import (
+    RESULTS,
+    load_average,
+    load_text,
+    machine,
+    threshold_pair,
+    write_results,
+)
 from napari_mutualseg.boxes import rectangle_vertices
 from napari_mutualseg.config import TrainConfig
+from napari_mutualseg.devices import describe_device
 from napari_mutualseg.synthetic import synthetic_scene
 
 CASES = "abcdef"
-
-
-class ThresholdNet(torch.nn.Module):
-    """Bright is cell: a prediction without training (as the tests' own)."""
-
-    divisor = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arch = {"in_channels": 1, "n_classes": 3}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([(0.5 - x) * 8, (x - 0.5) * 8, x * 0 - 8], dim=1)
+DEFAULTS = {"cases": ",".join(CASES), "rounds": 2, "steps": 5}
 
 
 class Watch:
@@ -122,7 +127,9 @@ class Bench:
         import napari
 
         self.args = args
-        self.rows: list[tuple[str, float, str]] = []
+        self.rows: list[dict[str, Any]] = []
+        self.load_start = load_average()
+        self.started = time.perf_counter()
         self.viewer = napari.Viewer(title="gui responsiveness")
         self.viewer.window.resize(1500, 900)
         self.viewer.window._qt_window.show()
@@ -131,6 +138,18 @@ class Bench:
         )
         self.tmp = Path(tempfile.mkdtemp(prefix="gui_responsiveness_"))
         settle(1.0)
+        self.display = self._display()
+
+    def _display(self) -> str:
+        """Qt's platform and the canvas's OpenGL renderer: a software one (llvmpipe under
+        Xvfb) draws on the cores that the work runs on."""
+        from qtpy.QtWidgets import QApplication
+        from vispy.gloo import gl
+
+        canvas = self.viewer.window._qt_viewer.canvas._scene_canvas
+        canvas.set_current()
+        renderer = gl.glGetParameter(gl.GL_RENDERER)
+        return f"{QApplication.instance().platformName()}, OpenGL {renderer}"
 
     def run(
         self,
@@ -143,7 +162,7 @@ class Bench:
         watch = Watch(profile=case in (self.args.profile or ""))
         widget = self.widget
         gap = watch.measure(action, done or (lambda: not widget.is_busy))
-        self.rows.append((f"{case}) {name}", gap, note))
+        self.rows.append({"step": f"{case}) {name}", "gap_ms": round(gap), "note": note})
         print(f"{case}) {name}: {gap:.0f} ms {note}", flush=True)
         if watch.profiler is not None:
             out = io.StringIO()
@@ -152,10 +171,7 @@ class Bench:
             print(out.getvalue())
 
     def threshold_pair(self) -> None:
-        from napari_mutualseg.models import ModelPair
-
-        pair = ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4, "rgb": "gray"})
-        self.widget.controller.set_pair(pair)
+        self.widget.controller.set_pair(threshold_pair())
 
     def fresh(self) -> None:
         self.viewer.layers.clear()
@@ -304,23 +320,69 @@ class Bench:
 
         self.run("f", f"Add to training (trains {self.args.rounds} rounds)", add)
 
+    def report(self, argv: list[str]) -> tuple[dict[str, Any], str]:
+        """The report of the cases run so far and its table."""
+        return results(
+            self.rows,
+            machine=machine(),
+            device=describe_device(torch.device("cpu")),  # a) sets it; the pairs are there
+            display=self.display,
+            loads=(self.load_start, load_average()),
+            seconds=time.perf_counter() - self.started,
+            command=" ".join(["python benchmarks/gui_responsiveness.py", *argv]),
+        )
+
+
+def results(
+    rows: list[dict[str, Any]],
+    *,
+    machine: str,
+    device: str,
+    display: str,
+    loads: tuple[list[float] | None, list[float] | None],
+    seconds: float,
+    command: str,
+) -> tuple[dict[str, Any], str]:
+    """The JSON report of ``rows`` and its markdown table, headed by where and how they were
+    measured (``loads``: the load average at the start and now)."""
+    report = {
+        "machine": machine,
+        "device": device,
+        "display": display,
+        "load_average": {"start": loads[0], "end": loads[1]},
+        "seconds": round(seconds),
+        "command": command,
+        "rows": rows,
+    }
+    lines = [
+        f"**The main thread's longest gap per step** — {machine}; device {device}; display "
+        f"{display}; load average (1 / 5 / 15 min) {load_text(loads[0])} at the start, "
+        f"{load_text(loads[1])} at the end; {seconds:.0f} s in all (`{command}`).",
+        "",
+        "| step | longest main-thread gap | |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['step']} | {r['gap_ms']} ms | {r['note']} |" for r in rows]
+    return report, "\n".join(lines) + "\n"
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default=",".join(CASES), help="e.g. a,f or b,d")
-    p.add_argument("--rounds", type=int, default=2, help="training rounds in a) and f)")
-    p.add_argument("--steps", type=int, default=5, help="steps per round in a) and f)")
+    p.add_argument("--cases", default=DEFAULTS["cases"], help="e.g. a,f or b,d")
+    p.add_argument("--rounds", type=int, default=DEFAULTS["rounds"], help="rounds in a) and f)")
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="steps per round, a), f)")
     p.add_argument("--profile", help="cProfile the main thread in these cases, e.g. bd")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    custom = args.profile or any(getattr(args, k) != v for k, v in DEFAULTS.items())
+    name = "gui_responsiveness" + ("_custom" if custom else "")
     bench = Bench(args)
-    started = time.perf_counter()
     for case in args.cases.split(","):
         getattr(bench, case.strip())()
-    print(f"\n{time.perf_counter() - started:.0f} s in all\n")
-    print("| step | longest main-thread gap | |")
-    print("|---|---|---|")
-    for name, gap, note in bench.rows:
-        print(f"| {name} | {gap:.0f} ms | {note} |")
+        report, table = bench.report(argv)
+        write_results(args.out, name, report, table)
+    print(f"\n{table}")
     bench.widget.shutdown()
     bench.viewer.close()
 

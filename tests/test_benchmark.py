@@ -148,3 +148,31 @@ def test_the_benchmarks_thresholding_pair_finds_bright_cells():
     image, cells, _ = synthetic_scene((64, 64), 4, seed=1)
     assert _common.threshold_pair().segment(image).max() == cells.max() == 4
 
+
+def test_gui_responsiveness_writes_its_table_with_machine_device_and_load(tmp_path):
+    import json
+
+    import _common
+
+    gui = _bench_module("gui_responsiveness")
+    rows = [{"step": "b) Predict 4096²", "gap_ms": 120, "note": ""}]
+    report, table = gui.results(
+        rows,
+        machine="x86_64, EPYC, 2 cores",
+        device="cpu (2 threads)",
+        display="xcb, OpenGL llvmpipe",
+        loads=([1.5, 1.0, 0.5], None),
+        seconds=61.2,
+        command="python benchmarks/gui_responsiveness.py --cases b",
+    )
+    _common.write_results(tmp_path, "gui_responsiveness", report, table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gui_responsiveness.json",
+        "gui_responsiveness.md",
+    ]
+    written = json.loads((tmp_path / "gui_responsiveness.json").read_text())
+    assert written["load_average"] == {"start": [1.5, 1.0, 0.5], "end": None}
+    assert written["rows"] == rows and written["device"] == "cpu (2 threads)"
+    text = (tmp_path / "gui_responsiveness.md").read_text()
+    assert "x86_64, EPYC, 2 cores" in text and "1.50 / 1.00 / 0.50 at the start" in text
+    assert "| b) Predict 4096² | 120 ms |  |" in text
