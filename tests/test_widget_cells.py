@@ -384,6 +384,13 @@ def test_the_panel_writes_an_export_in_a_worker(
     assert threads and threads[0] is not threading.main_thread()
     with zipfile.ZipFile(path) as archive:
         assert len(archive.namelist()) == 2
+    # a write that fails in the worker is told (it was lost: superqt raised it there)
+    monkeypatch.setattr(cells_module, "fiji_roi_zip", lambda *a: 1 / 0)
+    widget.cells.buttons["fiji"].click()
+    qtbot.waitUntil(
+        lambda: any("Could not export: division" in m for m in messages(notes, "error")),
+        timeout=TIMEOUT,
+    )
 
 
 def test_a_layer_without_cells_is_not_exported_and_says_so(

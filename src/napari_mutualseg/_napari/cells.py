@@ -34,7 +34,7 @@ from ..measure import Table, join_frames, measure_cells, with_pixel_size
 from .axes import layer_axes, layer_pixel_size
 from .layers import OWNER_KEY, center_on, show_table
 from .panels import _row
-from .workers import in_panel_words, in_units, measure
+from .workers import WorkerFailure, in_panel_words, in_units, measure
 
 if TYPE_CHECKING:
     import napari
@@ -583,17 +583,18 @@ class CellsPanel(QGroupBox):
         worker.start()
 
 
-def _written(write: Callable[[bool], str]) -> str | Exception:
-    """Run an export's ``write`` (in a worker); the path written, or the error."""
+def _written(write: Callable[[bool], str]) -> str | WorkerFailure:
+    """Run an export's ``write`` (in a worker); the path written, or the error (wrapped:
+    superqt raises an exception a worker returns, and nothing listens to its errors)."""
     try:
         return write(True)
-    except Exception as err:  # handed back: an error raised in a worker is not reported
-        return err
+    except Exception as err:
+        return WorkerFailure(err)
 
 
-def _tell_written(notify: Any, outcome: str | Exception) -> None:
-    if isinstance(outcome, Exception):
-        notify(f"Could not export: {outcome}", "error")
+def _tell_written(notify: Any, outcome: str | WorkerFailure) -> None:
+    if isinstance(outcome, WorkerFailure):
+        notify(f"Could not export: {outcome.original}", "error")
     else:
         notify(f"Wrote {outcome}", "info")
 
