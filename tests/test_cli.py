@@ -718,3 +718,32 @@ def test_predict_says_it_is_finding_the_images_when_that_takes_a_while(
     monkeypatch.setattr(predict, "_PREPARING_SECONDS", 0.0)
     code, _, err = _run(capsys, *argv, tmp_path / "q")
     assert code == 0 and err.startswith(said)
+
+
+def test_predict_stopped_tells_failed_images_from_those_not_done(
+    data, tmp_path, capsys, monkeypatch
+):
+    """A stop after the last image said 'the same command again segments the other 4' of 4
+    images that had failed (a damaged file fails again)."""
+    import napari_mutualseg.batch as batch
+
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    (tmp_path / "bad.tif").write_bytes(b"not an image")
+    segment = batch.process_image
+
+    def stopped_at_other(pair, job, *args, **kwargs):
+        if job.source.name == "other.tif":
+            raise KeyboardInterrupt
+        return segment(pair, job, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "process_image", stopped_at_other)
+    out = tmp_path / "p"
+    images = [tmp_path / "bad.tif", data["image"], data["other"]]
+    code, _, err = _run(capsys, "predict", model, *images, "--out", out, "--workers", "0")
+    assert code == 130
+    assert (
+        f"1 of 3 images are segmented and kept, 1 failed ({out / 'run_report.csv'} lists them, "
+        "and why those failed); the same command again segments the other 1 and tries the "
+        "failed ones again, skipping those." in err
+    )

@@ -157,13 +157,21 @@ def _say_what_is_kept(run: BatchRun) -> Iterator[None]:
         yield
     except KeyboardInterrupt as err:
         counts = run.counts()
-        kept = counts["done"] + counts["skipped"]
+        kept, failed = counts["done"] + counts["skipped"], counts["failed"]
+        left = len(run.jobs) - kept - failed
         report = run.out_dir / REPORT_NAME
-        raise Interrupted(
-            getattr(err, "signum", signal.SIGINT),
-            f"{kept} of {len(run.jobs)} images are segmented and kept ({report} lists them); "
-            f"the same command again segments the other {len(run.jobs) - kept}, skipping those",
-        ) from None
+        # failed images are no work the stop left undone: a rerun meets their problem again
+        said = f"{kept} of {len(run.jobs)} images are segmented and kept"
+        if failed:
+            said += f", {failed} failed ({report} lists them, and why those failed)"
+        else:
+            said += f" ({report} lists them)"
+        if left:
+            again = " and tries the failed ones again" if failed else ""
+            said += f"; the same command again segments the other {left}{again}, skipping those"
+        elif failed:
+            said += "; the same command again tries the failed ones, skipping the others"
+        raise Interrupted(getattr(err, "signum", signal.SIGINT), said) from None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
