@@ -793,3 +793,11 @@ def test_top_class_is_argmax_as_uint8_with_its_ties_and_nans():
         top = exchange.top_class(proba)
         assert top.dtype == np.uint8
         np.testing.assert_array_equal(top, proba.argmax(0))
+
+
+def test_changed_fraction_counts_a_change_where_either_map_is_labelled():
+    before = np.array([[IGNORE, IGNORE, CELL, CELL], [0, BOUNDARY, IGNORE, 0]], np.uint8)
+    after = np.array([[IGNORE, CELL, CELL, 0], [IGNORE, BOUNDARY, IGNORE, 0]], np.uint8)
+    # labelled: 6 pixels (two ignored in both); changed: IGNORE->CELL, CELL->0, 0->IGNORE
+    assert exchange.changed_fraction(before, after) == 3 / 6
+    assert exchange.changed_fraction([before, after], [after, after]) == 3 / (6 + 5)
