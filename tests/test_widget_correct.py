@@ -62,14 +62,21 @@ def test_the_cells_to_check_of_a_round_are_found_once(trained, monkeypatch):
     assert len(calls) == 1 and [first, second] == [s for _, s in spots[:2]]
 
 
-def test_next_cell_button_searches_a_rounds_cells_in_a_worker(trained, qtbot):
+def test_next_cell_button_searches_a_rounds_cells_in_a_worker(trained, qtbot, notes, monkeypatch):
     """The search froze the viewer for most of a second at 2048² at the first press; the
-    button says it is busy meanwhile, then goes to the same cells in the same order."""
+    button says it is busy meanwhile, then goes to the same cells in the same order. A
+    search that fails says so, and the button works again."""
+    from napari_mutualseg._napari import correct
     from napari_mutualseg._napari.correct import find_spots
 
     viewer, widget, image, _other = trained
     check = widget.check
     check.image.layer = image
+    with monkeypatch.context() as patch:
+        patch.setattr(correct, "find_spots", lambda maps: 1 / 0)
+        check.next.click()
+        qtbot.waitUntil(check.next.isEnabled, timeout=TIMEOUT)
+    assert any("Could not find the cells to check" in m for m in messages(notes, "error"))
     check.next.click()
     assert not check.next.isEnabled() and "Finding" in check.next.text()
     qtbot.waitUntil(check.next.isEnabled, timeout=TIMEOUT)

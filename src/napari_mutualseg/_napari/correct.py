@@ -49,6 +49,7 @@ from .layers import (
 from .panels import LayerPicker, _row
 from .prepare import SupervisionRecord, TrainingItem, UserInputError, check_image_layer
 from .runs import RunState
+from .workers import WorkerFailure
 
 if TYPE_CHECKING:
     import napari
@@ -355,11 +356,12 @@ def boxes_layer(data: np.ndarray, kwargs: dict[str, Any]) -> Shapes:
 
 
 def _made(make: Callable[..., Any], *args: Any) -> Any:
-    """``make(*args)`` in a worker; an error is handed back (a worker's own is not told)."""
+    """``make(*args)`` in a worker; an error is handed back as a :class:`WorkerFailure`
+    (superqt raises an exception a worker returns, and nothing listens to its errors)."""
     try:
         return make(*args)
     except Exception as err:
-        return err
+        return WorkerFailure(err)
 
 
 def _new_label(data: np.ndarray, name: str) -> int:
@@ -463,6 +465,9 @@ class CheckPanel(QGroupBox):
         # cells layers whose picked label is followed: layer id -> (emitter, callback)
         self._followed: dict[int, tuple[Any, Any]] = {}
         self._viewer = viewer
+        # what a worker searches for: (image, round) of Next cell, the image of Propose boxes
+        self._searching: tuple[Image, RoundReport | None] | None = None
+        self._proposing: Image | None = None
         viewer.layers.selection.events.active.connect(self._follow)
         # bound methods: a lambda held by Qt's connection would keep a closed panel alive
         for button in (self.next, self.merge, self.split, self.propose, self.add):
@@ -532,16 +537,20 @@ class CheckPanel(QGroupBox):
         maps = controller.round_maps(image)
         self.next.setEnabled(False)
         self.next.setText("Finding cells to check…")
+        self._searching = (image, report)
         worker = create_worker(_made, find_spots, maps, _ignore_errors=True)
-        worker.returned.connect(partial(self._spots_found, image, report))
+        worker.returned.connect(self._spots_found)  # a bound method: gone with the panel
         worker.start()
 
-    def _spots_found(self, image: Image, report: RoundReport | None, found: Any) -> None:
+    def _spots_found(self, found: Any) -> None:
+        image, report = self._searching
         self.next.setEnabled(True)
         self.next.setText(_NEXT)
-        if isinstance(found, Exception):
+        if isinstance(found, WorkerFailure):
             self.corrector.controller.notify(
-                f"Could not find the cells to check: {found}", "error"
+                f"Could not find the cells to check: {found.original}. Press Next cell to "
+                "check again.",
+                "error",
             )
             return
         self.corrector.keep_spots(image, report, found)
@@ -571,16 +580,20 @@ class CheckPanel(QGroupBox):
         data, kwargs = self.corrector.proposal(image)
         self.propose.setEnabled(False)
         self.propose.setText("Proposing boxes…")
+        self._proposing = image
         worker = create_worker(_made, boxes_layer, data, kwargs, _ignore_errors=True)
-        worker.returned.connect(partial(self._proposed, image))
+        worker.returned.connect(self._proposed)
         worker.start()
 
-    def _proposed(self, image: Image, layer: Any) -> None:
+    def _proposed(self, layer: Any) -> None:
+        image = self._proposing
         self.propose.setEnabled(True)
         self.propose.setText(_PROPOSE)
         notify = self.corrector.controller.notify
-        if isinstance(layer, Exception):
-            notify(f"Could not propose boxes: {layer}", "error")
+        if isinstance(layer, WorkerFailure):
+            notify(
+                f"Could not propose boxes: {layer.original}. Press Propose boxes again.", "error"
+            )
         elif image not in self._viewer.layers:
             notify(f"'{image.name}' was closed: its proposed boxes are not shown.", "warning")
         else:
