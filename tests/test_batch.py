@@ -1201,10 +1201,11 @@ def test_a_model_that_does_not_load_at_the_start_is_taken_off_the_cluster(
         assert not [n for n in shared.scheduler.worker_plugins if "mutualseg" in n]
 
 
-def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner) -> list:
+def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner, sent=None) -> list:
     """Iterate ``run`` while its first worker is held on its first image and a second worker
     joins (after ``late_joiner()``, which patches what that worker meets); the first is let
-    go once the late one has handed back the other images."""
+    go once the late one has handed back the other images (the jobs sent again go to
+    ``sent``)."""
     held, go = threading.Event(), threading.Event()
     original = cluster.process_image
 
@@ -1216,7 +1217,7 @@ def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner) -> list
 
     monkeypatch.setattr(cluster, "process_image", hold_first)
     retry = cluster.Submission.retry
-    sent_again = []
+    sent_again = [] if sent is None else sent
 
     def counted(self, job, avoid):
         sent_again.append(job)
@@ -1242,8 +1243,11 @@ def test_a_worker_that_joins_a_run_and_cannot_load_the_model_hands_its_images_on
     model, tmp_path, monkeypatch
 ):
     """Its images failed, each in milliseconds, so that it took most of the run: now they go
-    to the other workers, and it is named once."""
-    images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(3)]
+    to the other workers, and it is named once. Each went again with its paths as given, where
+    the first sending makes them absolute: a worker running in another folder read and wrote
+    them there."""
+    monkeypatch.chdir(tmp_path)
+    images = [_image(Path("in") / f"w{k}.tif", k, shape=(32, 32)) for k in range(3)]
     load = cluster._ModelPlugin._load
 
     def fails_when_late(self, worker, *share):
@@ -1252,16 +1256,16 @@ def test_a_worker_that_joins_a_run_and_cannot_load_the_model_hands_its_images_on
         return load(self, worker, *share)
 
     with _in_process_cluster() as shared:
-        run = BatchRun(
-            model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address
-        )
+        run = BatchRun(model, images, "out", OPTIONS, scheduler=shared.scheduler_address)
         [first] = shared.scheduler_info["workers"]
         late = lambda: monkeypatch.setattr(cluster._ModelPlugin, "_load", fails_when_late)  # noqa: E731
+        sent = []
         with pytest.warns(UserWarning) as caught:
-            results = _with_a_late_worker(run, shared, monkeypatch, late)
+            results = _with_a_late_worker(run, shared, monkeypatch, late, sent)
         [late_worker] = set(shared.scheduler_info["workers"]) - {first}
     assert [r.status for r in results] == ["done"] * 3
     assert {r.worker for r in results} == {first}
+    assert len(sent) == 2 and all(j.source.is_absolute() and j.table.is_absolute() for j in sent)
     [said] = [str(w.message) for w in caught if "could not load" in str(w.message)]
     assert said.startswith(f"The dask worker {late_worker} could not load the model")
     assert "No space left on device" in said and "go to the other workers" in said

@@ -388,6 +388,7 @@ class BatchRun:
             self.where = where
             futures = submitted.futures
             by_key = {f.key: job for f, job in zip(futures, jobs, strict=True)}
+            absolute = dict(zip(jobs, sent, strict=True))  # an image sent again goes as sent
             pending = as_completed(futures, loop=client.loop)  # not the default client
             # the workers whose versions were checked (submit_jobs checks them at the start)
             seen = set(client.scheduler_info(n_workers=-1)["workers"])
@@ -414,7 +415,7 @@ class BatchRun:
                                 UserWarning,
                                 stacklevel=2,
                             )
-                        again = submitted.retry(job, avoid=unfit)
+                        again = submitted.retry(absolute[job], avoid=unfit)
                         if again is not None:
                             by_key[again.key] = job
                             pending.add(again)
