@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1204,9 +1205,11 @@ def test_a_model_that_does_not_load_at_the_start_is_taken_off_the_cluster(
 def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner, sent=None) -> list:
     """Iterate ``run`` while its first worker is held on its first image and a second worker
     joins (after ``late_joiner()``, which patches what that worker meets); the first is let
-    go once the late one has handed back the other images (the jobs sent again go to
-    ``sent``)."""
-    held, go = threading.Event(), threading.Event()
+    go once the late one has handed back the other images and the run has warned of it.
+    Each job sent again goes to ``sent``, with whether a worker was busy then."""
+    import napari_mutualseg.batch as batch
+
+    held, go, warned = threading.Event(), threading.Event(), threading.Event()
     original = cluster.process_image
 
     def hold_first(pair, job, *args, **kwargs):
@@ -1216,13 +1219,18 @@ def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner, sent=No
         return original(pair, job, *args, **kwargs)
 
     monkeypatch.setattr(cluster, "process_image", hold_first)
+
+    def warn(*args, **kwargs):  # the run's own warnings only
+        warnings.warn(*args, **kwargs)
+        warned.set()
+
+    monkeypatch.setattr(batch, "warnings", SimpleNamespace(warn=warn))
     retry = cluster.Submission.retry
     sent_again = [] if sent is None else sent
 
     def counted(self, job, avoid):
-        sent_again.append(job)
-        if len(sent_again) == len(run.jobs) - 1:
-            go.set()
+        busy = any(w.processing for w in list(shared.scheduler.workers.values()))
+        sent_again.append((job, busy))
         return retry(self, job, avoid)
 
     monkeypatch.setattr(cluster.Submission, "retry", counted)
@@ -1231,6 +1239,15 @@ def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner, sent=No
         held.wait(60)
         late_joiner()
         shared.scale(2)
+        # the images it handed back are the run's erred tasks
+        deadline = time.monotonic() + 60
+        tasks = shared.scheduler.tasks
+        while time.monotonic() < deadline and (
+            not warned.is_set()
+            or sum(t.state == "erred" for t in list(tasks.values())) < len(run.jobs) - 1
+        ):
+            time.sleep(0.05)
+        go.set()
 
     threading.Thread(target=join, daemon=True).start()
     try:
@@ -1244,8 +1261,9 @@ def test_a_worker_that_joins_a_run_and_cannot_load_the_model_hands_its_images_on
 ):
     """Its images failed, each in milliseconds, so that it took most of the run: now they go
     to the other workers, and it is named once. Each went again with its paths as given, where
-    the first sending makes them absolute: a worker running in another folder read and wrote
-    them there."""
+    the first sending makes them absolute (a worker running in another folder read and wrote
+    them there), and at once, to the queue of a busy worker (a death of that worker counted
+    as theirs): now as its thread comes free."""
     monkeypatch.chdir(tmp_path)
     images = [_image(Path("in") / f"w{k}.tif", k, shape=(32, 32)) for k in range(3)]
     load = cluster._ModelPlugin._load
@@ -1265,7 +1283,10 @@ def test_a_worker_that_joins_a_run_and_cannot_load_the_model_hands_its_images_on
         [late_worker] = set(shared.scheduler_info["workers"]) - {first}
     assert [r.status for r in results] == ["done"] * 3
     assert {r.worker for r in results} == {first}
-    assert len(sent) == 2 and all(j.source.is_absolute() and j.table.is_absolute() for j in sent)
+    assert len(sent) == 2 and all(
+        j.source.is_absolute() and j.table.is_absolute() for j, _ in sent
+    )
+    assert not any(busy for _, busy in sent)  # each as the first worker's thread came free
     [said] = [str(w.message) for w in caught if "could not load" in str(w.message)]
     assert said.startswith(f"The dask worker {late_worker} could not load the model")
     assert "No space left on device" in said and "go to the other workers" in said

@@ -34,6 +34,7 @@ their outputs, :mod:`napari_mutualseg.image_task` does one image, and
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -145,8 +146,8 @@ class BatchRun:
     :class:`~napari_mutualseg.cluster.WorkerLoadError` (an OSError) when the model does not
     load on one of them, before any image is started. A worker that joins later with other
     versions, or on which the model does not load, segments none of the run's images: it hands
-    each back at once and it goes to the other workers (never to it again); a warning names
-    the worker and says what to do.
+    each back at once, and it goes to the other workers as a thread of theirs comes free (never
+    to it again); a warning names the worker and says what to do.
 
     Examples
     --------
@@ -395,14 +396,21 @@ class BatchRun:
             problem: str | None = None
             unfit: dict[str, str] = {}  # workers that joined and cannot segment the images
             workers_gone = _Absence(client, unfit)
-            while not pending.is_empty():
+            # images handed back, sent again as threads of the other workers come free
+            waiting: collections.deque[ImageJob] = collections.deque()
+            while not pending.is_empty() or waiting:
                 # a stop is seen while images are in progress, not when the next one ends;
                 # leaving the block removes the model from the workers, which leave their
                 # images between two planes or blocks
                 if self._cancelled.wait(0 if pending.has_ready() else 0.2):
                     return
+                for again, job in _send_again(
+                    submitted, waiting, unfit, pending.count(), absolute
+                ):
+                    by_key[again.key] = job
+                    pending.add(again)
                 if not pending.has_ready():
-                    workers_gone.check(pending.count())
+                    workers_gone.check(pending.count() + len(waiting))
                 for future in pending.next_batch(block=False):
                     job = by_key[future.key]
                     try:
@@ -415,10 +423,8 @@ class BatchRun:
                                 UserWarning,
                                 stacklevel=2,
                             )
-                        again = submitted.retry(absolute[job], avoid=unfit)
-                        if again is not None:
-                            by_key[again.key] = job
-                            pending.add(again)
+                        if submitted.threads(avoid=unfit):
+                            waiting.append(job)
                             continue
                         result = ImageResult(job, "failed", reason=err.problem, worker=err.worker)
                     except Exception as err:  # a worker died (memory, a crash), or runs
@@ -533,6 +539,31 @@ class _Absence:
                 f"done: start workers (dask worker {address}) or scale the cluster, then run "
                 "again; the finished images are kept."
             )
+
+
+def _send_again(
+    submitted: Any,
+    waiting: collections.deque[ImageJob],
+    unfit: dict[str, str],
+    in_flight: int,
+    absolute: dict[ImageJob, ImageJob],
+) -> list[tuple[Any, ImageJob]]:
+    """Send the first images of ``waiting`` (handed back by workers that cannot segment
+    them) again, one per thread of the other workers that the run's ``in_flight`` images
+    leave free; (future, job) of each sent, taken off ``waiting``.
+
+    Sent at once, an image held to the other workers is not held back by the scheduler as
+    the run's first images are: it goes to a busy worker's queue, and counts a death of that
+    worker (its image out of memory) as its own, failed after four.
+    """
+    sent: list[tuple[Any, ImageJob]] = []
+    free = submitted.threads(avoid=unfit) - in_flight if waiting else 0
+    while waiting and free > len(sent):
+        again = submitted.retry(absolute[waiting[0]], avoid=unfit)
+        if again is None:  # no other worker now: once one joins
+            break
+        sent.append((again, waiting.popleft()))
+    return sent
 
 
 def _task_failure(err: BaseException) -> str:

@@ -748,6 +748,10 @@ class Submission:
             key=[f"segment-{self.run}-{i}-{j.name}" for i, j in enumerate(jobs)],
         )
 
+    def threads(self, avoid: Collection[str] = ()) -> int:
+        """Task threads of the cluster's workers now, but those of ``avoid``."""
+        return sum(n for a, n in self.client.nthreads().items() if a not in avoid)
+
     def retry(self, job: ImageJob, avoid: Collection[str]) -> Future | None:
         """Send ``job`` again, to the workers of the cluster now but those of ``avoid`` (which
         cannot segment the run's images); None when there are no others.
