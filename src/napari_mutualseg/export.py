@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import struct
 import zipfile
 
 import numpy as np
@@ -278,6 +277,8 @@ def fiji_roi_zip(labels: np.ndarray, axes: str | None = None) -> bytes:
         For labels of more than two axes without ``axes``, or that hold no cell ids (see
         :func:`cell_outlines`).
     """
+    from roifile import ImagejRoi
+
     labels = _label_array(labels)
     lead = _stack_axes(labels, axes)
     planes = labels.reshape(-1, *labels.shape[-2:])
@@ -288,69 +289,15 @@ def fiji_roi_zip(labels: np.ndarray, axes: str | None = None) -> bytes:
             tag = "".join(f"-{a.lower()}{int(i):03d}" for a, i in where.items())
             place = {"position": j} if lead else {}
             place.update({a.lower(): int(i) for a, i in where.items()})
-            outlines = cell_outlines(plane)
-            names = [f"cell {k}{tag.replace('-', ' ')}" for k in outlines]
-            for k, roi in zip(outlines, _rois(outlines, names, place), strict=True):
-                archive.writestr(f"cell-{k:05d}{tag}.roi", roi)
-    return buffer.getvalue()
-
-
-def _rois(outlines: dict[int, np.ndarray], names: list[str], place: dict[str, int]) -> list[bytes]:
-    """Each outline as the bytes of ``roifile.ImagejRoi.frompoints(outline, name=name,
-    **place).tobytes()``: an integer polygon (whole-pixel corners, as ImageJ's own traced
-    outlines), its name and its place in a stack.
-
-    Written here, all outlines of a plane at once, in the layout of roifile's ``tobytes``:
-    roifile's own took 1.2 s per 19,000 cells. Taken from roifile are the settings of a
-    polygon with this place, and the polygons it writes otherwise (a cell of more than
-    65,535 corners, or beyond 60,535 pixels: in floats).
-    """
-    from roifile import ImagejRoi
-
-    if not outlines:
-        return []
-    like = ImagejRoi.frompoints(np.zeros((1, 2), np.int32), name="cell", **place)
-    head = struct.Struct(">4shBxhhhhH16x")
-    style = struct.pack(
-        ">hi4s4shhBBhi", like.stroke_width, like.shape_roi_size, like.stroke_color,
-        like.fill_color, like.subtype.value, like.options.value,
-        like.arrow_style_or_aspect_ratio, like.arrow_head_size, like.rounded_rect_arc_size,
-        like.position,
-    )  # fmt: skip
-    tail = struct.Struct(">i")
-    header2 = struct.Struct(">4xiiiii4shBBifiii12x")
-    sizes = np.array([len(outline) for outline in outlines.values()])
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    every = np.round(np.concatenate(list(outlines.values()))).astype(np.int32)
-    low = np.minimum.reduceat(every, starts)
-    high = np.maximum.reduceat(every, starts) + 1
-    box = np.column_stack([low[:, ::-1], high[:, ::-1]]).astype(np.int16).tolist()
-    relative = every - np.repeat(low, sizes, axis=0)
-    xs, ys = (relative[:, i].astype(">i2").tobytes() for i in (0, 1))
-    out = []
-    for i, (name, (top, left, bottom, right)) in enumerate(zip(names, box, strict=True)):
-        n, a = int(sizes[i]), 2 * int(starts[i])
-        if n >= 2**16 or high[i].max() > 60536:
-            roi = ImagejRoi.frompoints(every[starts[i] : starts[i] + n], name=name, **place)
-            out.append(roi.tobytes())
-            continue
-        out.append(
-            b"".join(
-                (
-                    head.pack(b"Iout", like.version, like.roitype.value, top, left, bottom,
-                              right, n),
-                    style, tail.pack(64 + 4 * n), xs[a : a + 2 * n], ys[a : a + 2 * n],
-                    header2.pack(
-                        like.c_position, like.z_position, like.t_position, 128 + 4 * n,
-                        len(name), like.overlay_label_color, like.overlay_font_size,
-                        like.group, like.image_opacity, like.image_size,
-                        like.float_stroke_width, 0, 0, 0,
-                    ),
-                    name.encode("utf-16-be"),
+            for k, outline in cell_outlines(plane).items():
+                # whole-pixel corners: an integer polygon, as ImageJ's own traced outlines
+                roi = ImagejRoi.frompoints(
+                    np.round(outline).astype(np.int32),
+                    name=f"cell {k}{tag.replace('-', ' ')}",
+                    **place,
                 )
-            )
-        )  # fmt: skip
-    return out
+                archive.writestr(f"cell-{k:05d}{tag}.roi", roi.tobytes())
+    return buffer.getvalue()
 
 
 def _stack_axes(labels: np.ndarray, axes: str | None) -> str:
@@ -405,47 +352,23 @@ def qupath_geojson(labels: np.ndarray, table: Table | None = None) -> str:
         for i, label in enumerate(np.asarray(table["label"]).tolist()):
             rows[int(label)] = {k: v[i] for k, v in numbers.items()}
             texts[int(label)] = {k: str(v[i]) for k, v in words.items()}
-    outlines = cell_outlines(labels)
-    # the text json.dumps gives, each feature's made here: the outlines' corners written at
-    # once, not a Python list and a float per corner (19,000 cells took seconds)
-    features = [
-        f'{{"type": "Feature", "id": "cell-{k}", "geometry": {{"type": "Polygon", '
-        f'"coordinates": [[{ring}]]}}, "properties": '
-        + json.dumps(
+    features = []
+    for k, outline in cell_outlines(labels).items():
+        ring = outline.tolist()
+        features.append(
             {
-                "objectType": "detection",
-                "name": f"cell {k}",
-                "measurements": rows.get(k, {}),
-                **({"metadata": texts[k]} if texts.get(k) else {}),
+                "type": "Feature",
+                "id": f"cell-{k}",
+                "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
+                "properties": {
+                    "objectType": "detection",
+                    "name": f"cell {k}",
+                    "measurements": rows.get(k, {}),
+                    **({"metadata": texts[k]} if texts.get(k) else {}),
+                },
             }
         )
-        + "}"
-        for k, ring in zip(outlines, _ring_texts(outlines), strict=True)
-    ]
-    return '{"type": "FeatureCollection", "features": [' + ", ".join(features) + "]}"
-
-
-def _ring_texts(outlines: dict[int, np.ndarray]) -> list[str]:
-    """Each outline as the JSON text of its closed ring (``[x, y]`` pairs, the first again
-    at the end), as :func:`json.dumps` writes the corners: whole numbers, not negative, as
-    floats (``[3.0, 7.0]``)."""
-    if not outlines:
-        return []
-    corners = np.concatenate(list(outlines.values())).astype(np.int64)
-    text = ("[%d.0, %d.0], " * len(corners)) % tuple(corners.ravel().tolist())
-    # where each corner's "[x.0, y.0], " lies in the text: ten characters and the digits
-    digits = np.ones(corners.shape, np.int64)
-    power = 10
-    while power <= corners.max(initial=0):
-        digits += corners >= power
-        power *= 10
-    ends = np.cumsum(digits.sum(1) + 10).tolist()
-    starts = [0, *ends[:-1]]
-    sizes = np.cumsum([len(outline) for outline in outlines.values()]).tolist()
-    return [
-        text[starts[a] : ends[b - 1]] + text[starts[a] : ends[a] - 2]
-        for a, b in zip([0, *sizes[:-1]], sizes, strict=True)
-    ]
+    return json.dumps({"type": "FeatureCollection", "features": features})
 
 
 def table_csv(table: Table | list[dict]) -> str:
