@@ -26,7 +26,13 @@ from .checkpoint import ARCH_LIMITS
 from .config import ExchangeSettings, TrainConfig
 from .devices import describe_device, select_device
 from .disagreement import disagreement_map
-from .exchange import ExchangeContext, changed_fraction, exchange_labels, found_fraction
+from .exchange import (
+    ExchangeContext,
+    changed_fraction,
+    exchange_labels,
+    found_fraction,
+    top_class,
+)
 from .images import as_images, parse_channels
 from .inference import per_box_instances, predict_proba
 from .models import ModelPair
@@ -568,8 +574,8 @@ class MutualTrainer:
             rounds=cfg.rounds,
             loss_a=losses[0],
             loss_b=losses[1],
-            classes_a=whole([p.argmax(0).astype(np.uint8) for p in probas[0]]),
-            classes_b=whole([p.argmax(0).astype(np.uint8) for p in probas[1]]),
+            classes_a=whole([top_class(p) for p in probas[0]]),
+            classes_b=whole([top_class(p) for p in probas[1]]),
             instances_a=self._instances(probas[0]),
             instances_b=self._instances(probas[1]),
             instances=self._instances(ensemble),
