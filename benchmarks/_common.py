@@ -49,9 +49,9 @@ def peak_mib() -> float:
     from its parent (a parent that trained a pair raises every child's peak to its own), it
     is the process's own.
     """
-    from napari_mutualseg.image_task import _peak_memory
+    from napari_mutualseg.image_task import peak_memory
 
-    peak = _peak_memory()
+    peak = peak_memory()
     return float("nan") if peak is None else peak / 2**20
 
 

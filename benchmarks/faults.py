@@ -94,12 +94,12 @@ CLI = [
     """
 import os, sys
 from napari_mutualseg.cli import main
-from napari_mutualseg.image_task import _peak_memory  # its own, not this suite's (ru_maxrss)
+from napari_mutualseg.image_task import peak_memory  # its own, not this suite's (ru_maxrss)
 try:
     code = main(sys.argv[1:])
 finally:
     with open(os.environ["FAULTS_PEAK"], "w") as f:
-        f.write(str(_peak_memory() or ""))  # bytes
+        f.write(str(peak_memory() or ""))  # bytes
 sys.exit(code)
 """,
 ]

@@ -135,10 +135,10 @@ def test_benchmarks_read_a_processs_peak_memory_as_the_package_does(monkeypatch)
     from napari_mutualseg import image_task
 
     large_image = _bench_module("large_image")
-    monkeypatch.setattr(image_task, "_peak_memory", lambda: 3 * 2**30)
+    monkeypatch.setattr(image_task, "peak_memory", lambda: 3 * 2**30)
     assert _common.peak_mib() == 3 * 2**10
     assert large_image._rss_gb() == 3.0
-    monkeypatch.setattr(image_task, "_peak_memory", lambda: None)
+    monkeypatch.setattr(image_task, "peak_memory", lambda: None)
     assert math.isnan(_common.peak_mib())
 
 

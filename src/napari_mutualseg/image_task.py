@@ -125,9 +125,17 @@ def measure_image(
     return table
 
 
-def _peak_memory() -> int | None:
-    """Peak resident memory of this process in bytes (Linux: VmHWM, which, unlike
-    ``ru_maxrss``, does not carry over the parent's peak into a spawned worker)."""
+def peak_memory() -> int | None:
+    """Peak resident memory of this process.
+
+    On Linux ``VmHWM``, which, unlike ``ru_maxrss``, does not carry over the parent's peak
+    into a spawned worker or a child started by ``subprocess``; elsewhere ``ru_maxrss``.
+
+    Returns
+    -------
+    int or None
+        Bytes, or None where the system does not say (Windows).
+    """
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -429,7 +437,7 @@ def process_image(
                 "failed",
                 seconds=time.perf_counter() - t0,
                 reason=error_reason(err),
-                peak_memory=_peak_memory(),
+                peak_memory=peak_memory(),
             )
     notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     return ImageResult(
@@ -439,7 +447,7 @@ def process_image(
         seconds=time.perf_counter() - t0,
         reason="; ".join(notes),
         summary=summarize(job.name, table),
-        peak_memory=_peak_memory(),
+        peak_memory=peak_memory(),
         shape=tuple(labels.shape),
         axes=image.label_axes,
         read=image.describe(notes=True),
