@@ -281,11 +281,14 @@ class Bench:
             print("f) needs a): skipped")
             return
         image = viewer.layers["train2048"]
-        for press in ("first", "second"):
+        widget.check.image.layer = image
+        for press in ("first", "second"):  # the button, which searches in a worker
             self.run(
                 "f",
                 f"Next cell to check, {press} press (training image)",
-                lambda: widget.correct.next_cell(image),
+                widget.check.next.click,
+                "",
+                widget.check.next.isEnabled,
             )
         # a second 2048² image predicted with the trained pair: what a person corrects and adds
         other = viewer.add_image(synthetic_scene((2048, 2048), 4000, seed=2)[0], name="other2048")
@@ -319,6 +322,13 @@ class Bench:
             widget.check._do(widget.check._add)
 
         self.run("f", f"Add to training (trains {self.args.rounds} rounds)", add)
+        self.run(
+            "f",
+            "Propose boxes, 2048² (predicted cells)",
+            widget.check.propose.click,
+            "",
+            widget.check.propose.isEnabled,
+        )
 
     def report(self, argv: list[str]) -> tuple[dict[str, Any], str]:
         """The report of the cases run so far and its table."""
