@@ -5,7 +5,7 @@ An :class:`AxisImage` is pixel data with its axes named by letters from :data:`A
 it (channel names, pixel size, a time series' frame interval, whether the channels are the
 colours of an RGB image). The data stay what they were: a numpy array, or a lazy dask array
 for chunked and large files, which are read plane by plane (or block by block) and never loaded
-whole.
+whole, in this process (also beside a dask ``Client`` made the default).
 
 The axes come from the file's own metadata (ImageJ and OME-TIFF, OME-Zarr, and CZI, ND2, LIF
 and more through the optional ``bioio`` package; read in :mod:`napari_mutualseg.readers`), or
@@ -37,6 +37,7 @@ from .preprocess import (
     SAMPLE_PIXELS,
     channel_ranges,
     looks_rgb,
+    read_here,
 )
 
 __all__ = [
@@ -423,7 +424,8 @@ class AxisImage:
         return plane if "C" in self.axes else plane[None]
 
     def plane(self, index: int = 0) -> np.ndarray:
-        """Plane ``index`` as a ``(C, Y, X)`` numpy array (loaded).
+        """Plane ``index`` as a ``(C, Y, X)`` numpy array (loaded; lazy pixels are read in this
+        process, :func:`~napari_mutualseg.preprocess.read_here`).
 
         Parameters
         ----------
@@ -435,7 +437,7 @@ class AxisImage:
         numpy.ndarray
             ``(C, Y, X)``, one channel for an image without a C axis.
         """
-        return np.asarray(self.plane_array(index))
+        return read_here(self.plane_array(index))
 
     def channel_ranges(self, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
         """Low and high intensity of every channel over the whole image, for normalisation.
@@ -464,7 +466,7 @@ class AxisImage:
         if total > SAMPLE_PIXELS:
             step = math.ceil(math.sqrt(total / (SAMPLE_PIXELS / 2)))
         sample = np.concatenate(
-            [np.asarray(self.plane_array(int(j))[:, ::step, ::step]) for j in picks], axis=1
+            [read_here(self.plane_array(int(j))[:, ::step, ::step]) for j in picks], axis=1
         )
         return channel_ranges(sample, percentiles, self.name)
 

@@ -403,10 +403,9 @@ def _kind(path: Path) -> _Kind:
     formats (CZI, ND2, LIF) hold microscope images: they are not opened.
 
     Call it within :func:`_quietly`."""
-    import numpy as np
-
     from .io import TIFF_SUFFIXES
     from .metrics import label_evidence
+    from .preprocess import read_here
 
     if not (path.name.lower().endswith(IMAGE_SUFFIXES) or is_zarr(path)):
         return "image"
@@ -424,7 +423,7 @@ def _kind(path: Path) -> _Kind:
         if height * width > _SAMPLE_PIXELS:
             rows = max(1, _SAMPLE_PIXELS // width)
             data = data[(height - rows) // 2 : (height + rows) // 2]
-        plane = np.asarray(data)
+        plane = read_here(data)  # a lazy file in this process, not on a default Client
     except Exception:
         return "image"
     return "labels" if label_evidence(plane).labels else "image"
@@ -438,7 +437,8 @@ def reading_here() -> Iterator[None]:
     ("Could not serialize object ..."), or read the files in this process's place.
 
     The setting is dask's, for the whole process while the block runs: keep the block to
-    the reading itself.
+    the reading itself. The core reads with :func:`~napari_mutualseg.preprocess.read_here`,
+    which needs no block; a batch's image runs in one for what it loads otherwise.
     """
     import dask
 
@@ -450,11 +450,10 @@ def reading_here() -> Iterator[None]:
 def _quietly() -> Iterator[None]:
     """What reading says (tifffile logs a line per damaged strip, warnings) is held back
     while files are looked at: it is said when the image is segmented. Once for a search,
-    as each holding back costs a clearing of the logging caches. Lazy files are read here
-    (:func:`reading_here`)."""
+    as each holding back costs a clearing of the logging caches."""
     from .io import quiet_log
 
-    with warnings.catch_warnings(), quiet_log("tifffile"), reading_here():
+    with warnings.catch_warnings(), quiet_log("tifffile"):
         warnings.simplefilter("ignore")
         yield
 

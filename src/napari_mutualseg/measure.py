@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from skimage.measure import regionprops_table
 
+from .preprocess import read_here
+
 __all__ = [
     "Table",
     "join_frames",
@@ -73,7 +75,7 @@ def measure_cells(
     ValueError
         When the shapes of labels, image and pixel size do not fit together.
     """
-    labels = np.asarray(labels)
+    labels = read_here(labels)
     if labels.ndim not in (2, 3) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"Labels must be a 2D or 3D integer image, got shape {labels.shape} and dtype "
@@ -84,7 +86,7 @@ def measure_cells(
         properties += list(_SHAPE_2D)
     intensity = None
     if image is not None:
-        intensity = np.asarray(image)
+        intensity = read_here(image)
         if intensity.shape == labels.shape:
             intensity = intensity[None]
         if intensity.shape[1:] != labels.shape:
@@ -170,7 +172,7 @@ def measure_planes(
     total = peak = None
     channels = None
     for z, (labels, image) in enumerate(planes):
-        labels = np.asarray(labels)
+        labels = read_here(labels)
         yy, xx = np.nonzero(labels)
         ids = labels[yy, xx].astype(np.intp)
         if ids.size and ids.max() >= count.size:  # room for the new labels
@@ -194,7 +196,7 @@ def measure_planes(
         high[0][seen] = z + 1
         if image is None:
             continue
-        image = np.asarray(image)
+        image = read_here(image)
         image = image[None] if image.ndim == 2 else image
         if total is None:
             channels = len(image)

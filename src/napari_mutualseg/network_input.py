@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .images import GRAY_WEIGHTS, RGB_MODES, AxisImage, _take, as_images, parse_channels
-from .preprocess import DEFAULT_PERCENTILES, apply_ranges, check_channels
+from .preprocess import DEFAULT_PERCENTILES, apply_ranges, check_channels, read_here
 
 __all__ = ["channel_index", "network_planes", "select_channels", "warn_if_labels"]
 
@@ -37,7 +37,7 @@ def _label_sample(image: AxisImage) -> np.ndarray:
         return plane
     height, width = plane.shape
     y0, x0 = max(0, (height - LABEL_WINDOW) // 2), max(0, (width - LABEL_WINDOW) // 2)
-    return np.asarray(plane[y0 : y0 + LABEL_WINDOW, x0 : x0 + LABEL_WINDOW])
+    return read_here(plane[y0 : y0 + LABEL_WINDOW, x0 : x0 + LABEL_WINDOW])
 
 
 def warn_if_labels(image: AxisImage, stacklevel: int = 2) -> bool:

@@ -3,7 +3,8 @@
 Normalisation maps two intensity percentiles of every channel to 0 and 1. The percentiles are
 computed once per image (:func:`channel_ranges`, from a strided sample of a large image, so an
 image on disk or in chunks is never loaded whole for it) and applied to the whole image or to
-one block of it at a time (:func:`apply_ranges`).
+one block of it at a time (:func:`apply_ranges`). Lazy pixels (dask) are read in this process
+(:func:`read_here`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,32 @@ SAMPLE_PIXELS = 4_000_000
 
 #: Smallest image edge the networks accept.
 MIN_EDGE = 8
+
+
+def read_here(array: Any, dtype: Any = None) -> np.ndarray:
+    """``array`` as a numpy array; a lazy (dask) one is read in this process, with dask's
+    threads.
+
+    Also where the caller made a dask ``Client`` the default (a notebook's, dask-jobqueue's):
+    its workers would be sent the open file, which cannot travel ("Could not serialize object
+    ..."), or read pixels that are needed here anyway. Load with it wherever the pixels may
+    be lazy.
+
+    Parameters
+    ----------
+    array : array_like
+        numpy, dask, zarr or anything ``numpy.asarray`` takes.
+    dtype : numpy.dtype, optional
+        The type of the result (default: that of ``array``).
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    if type(array).__module__.startswith("dask"):
+        # per call, not dask.config.set: that is the whole process's, other threads' too
+        array = array.compute(scheduler="threads")
+    return np.asarray(array, dtype=dtype)
 
 
 def looks_rgb(array: Any) -> bool:
@@ -72,7 +99,7 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     numpy.ndarray
         The image as float32.
     """
-    array = np.asarray(image)
+    array = read_here(image)
     if looks_rgb(array):
         raise ValueError(
             f"{name} looks like an RGB(A) image (shape {array.shape}). Pass it as an AxisImage "
@@ -102,7 +129,7 @@ def check_channels(image: np.ndarray, name: str = "image") -> np.ndarray:
     numpy.ndarray
         ``(C, H, W)`` float32.
     """
-    array = np.asarray(image)
+    array = read_here(image)
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[0] < 1:
@@ -145,7 +172,7 @@ def channel_ranges(
     step = 1
     if height * width > SAMPLE_PIXELS:
         step = math.ceil(math.sqrt(height * width / (SAMPLE_PIXELS / 2)))
-    sample = np.asarray(image[..., ::step, ::step], dtype=np.float32)
+    sample = read_here(image[..., ::step, ::step], np.float32)
     sample = sample.reshape(-1 if sample.ndim == 3 else 1, sample.shape[-2] * sample.shape[-1])
     ranges = np.empty((sample.shape[0], 2), np.float64)
     for c, values in enumerate(sample):
@@ -183,7 +210,7 @@ def apply_ranges(block: Any, ranges: np.ndarray) -> np.ndarray:
     numpy.ndarray
         float32 of the shape of ``block``.
     """
-    block = np.asarray(block, dtype=np.float32)
+    block = read_here(block, np.float32)
     ranges = np.asarray(ranges, np.float64).reshape(-1, 2)
     if block.ndim == 2 and ranges.shape[0] != 1:
         raise ValueError(f"A 2D block has one channel but {ranges.shape[0]} ranges were given.")
@@ -221,6 +248,6 @@ def normalize(
     ValueError
         If the image (or a channel of it) is constant: there is nothing to segment.
     """
-    array = np.asarray(image)
+    array = read_here(image)
     checked = check_image(array, name) if array.ndim == 2 else check_channels(array, name)
     return apply_ranges(checked, channel_ranges(checked, percentiles, name))

@@ -27,6 +27,7 @@ from .files import format_size
 from .images import ASK_AXES, AXES, PLANE_AXES, AxisImage, parse_axes, rgb_like
 from .io import BIOIO_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES, quiet_log
 from .ome import in_one_unit, in_seconds, unit_symbol
+from .preprocess import read_here
 
 __all__ = ["LAZY_BYTES", "AxesUnknownError", "is_zarr", "read_axis_image", "read_pixels"]
 
@@ -150,7 +151,7 @@ def _named(letters: str) -> str:
 
 def read_pixels(path: str | os.PathLike) -> np.ndarray:
     """The pixels of an image file as stored, loaded (:func:`napari_mutualseg.io.read_image`)."""
-    return np.asarray(_open(Path(path)).data)
+    return read_here(_open(Path(path)).data)
 
 
 def is_zarr(path: Path) -> bool:

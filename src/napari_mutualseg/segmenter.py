@@ -29,7 +29,7 @@ from .inference import (
     predict_proba,
 )
 from .linking import LINK_MIN_OVERLAP, StackLinker, link_labels
-from .preprocess import apply_ranges, check_channels
+from .preprocess import apply_ranges, check_channels, read_here
 
 #: What to try when a trained pair finds no cell in an image, for every face to say.
 NO_CELLS_ADVICE = (
@@ -68,6 +68,19 @@ def _plane_out(out: Any, image: AxisImage, index: int) -> Any:
     return out[key] if isinstance(out, np.ndarray) else _PlaneOut(out, key)
 
 
+class _ReadHere:
+    """A lazy ``(C, Y, X)`` plane whose every slice is read in this process
+    (:func:`~napari_mutualseg.preprocess.read_here`), for block-by-block segmentation, which
+    slices it a window at a time: not on a dask ``Client`` the caller made the default."""
+
+    def __init__(self, plane: Any) -> None:
+        self._plane = plane
+        self.shape, self.dtype = tuple(plane.shape), np.dtype(plane.dtype)
+
+    def __getitem__(self, window: Any) -> np.ndarray:
+        return read_here(self._plane[window])
+
+
 def _checked_plane(image: AxisImage, index: int) -> np.ndarray:
     """Plane ``index`` of ``image`` as checked ``(C, H, W)`` float32, not yet normalised."""
     return check_channels(image.plane(index), f"{image.name} {image.plane_name(index)}".rstrip())
@@ -84,7 +97,7 @@ def _constant_by_blocks(plane: Any, grid: list[Block]) -> bool:
     first core that shows every channel varies: one core of a plane with cells in it."""
     low = high = None
     for block in grid:
-        core = np.asarray(plane[(slice(None), *block.core)])
+        core = read_here(plane[(slice(None), *block.core)])
         core_low, core_high = core.min(axis=(1, 2)), core.max(axis=(1, 2))
         low = core_low if low is None else np.minimum(low, core_low)
         high = core_high if high is None else np.maximum(high, core_high)
@@ -366,7 +379,7 @@ class Segmenter:
             )
             if grid is not None and not flat:
                 result = segment_blockwise(
-                    image.plane_array(index),
+                    _ReadHere(image.plane_array(index)),
                     predict,
                     block_size=blocks[0],
                     halo=blocks[1],
