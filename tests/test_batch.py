@@ -1150,6 +1150,41 @@ def test_an_image_done_again_by_dask_is_done_not_failed(tmp_path):
     assert job.table.read_bytes() == table and job.labels.exists() and job.record.exists()
 
 
+def test_an_images_notes_hold_its_own_warnings_not_another_threads(tmp_path, monkeypatch):
+    """A folder run in napari's worker thread noted the main thread's warnings as an image's
+    (its reason held another run's 'could not load the model'), and the main thread's
+    warning was never shown. The same words in the next image are noted again."""
+    import napari_mutualseg.image_task as image_task
+
+    pair = ModelPair(ThresholdNet(), ThresholdNet())
+    [job] = plan_jobs([_image(tmp_path / "a.tif", 0, shape=(32, 32))], tmp_path / "o", OPTIONS)
+    inside, go = threading.Event(), threading.Event()
+    measure = image_task.measure_image
+
+    def measured(*args, **kwargs):
+        warnings.warn("the image's own words", UserWarning, stacklevel=1)
+        inside.set()
+        go.wait(20)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(image_task, "measure_image", measured)
+    results = []
+
+    def run():
+        for overwrite in (False, True):
+            results.append(process_image(pair, job, OPTIONS, overwrite=overwrite))
+
+    thread = threading.Thread(target=run)
+    with pytest.warns(UserWarning, match="the main thread's") as shown:
+        thread.start()
+        inside.wait(20)
+        warnings.warn("the main thread's words", UserWarning, stacklevel=1)
+        go.set()
+        thread.join(20)
+    assert [r.reason for r in results] == ["the image's own words"] * 2
+    assert [str(w.message) for w in shown] == ["the main thread's words"]
+
+
 def test_a_worker_whose_folder_was_cleaned_away_still_loads_the_model(
     model, tmp_path, shared_cluster
 ):
