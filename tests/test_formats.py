@@ -79,6 +79,24 @@ def test_ome_zarr_axes_in_different_units_are_read_in_one_unit(tmp_path):
     assert image.pixel_size == pytest.approx({"T": 60.0, "Z": 300.0, "Y": 65.0, "X": 65.0})
 
 
+def test_an_ome_zarr_step_without_a_unit_beside_axes_with_one_is_left_out_with_a_note(tmp_path):
+    data = np.zeros((3, 8, 10), np.uint8)
+    units = {"y": "micrometer", "x": "micrometer"}
+    path = _ome_zarr(tmp_path / "z.ome.zarr", data, "zyx", [2.0, 0.5, 0.5], units)
+    image = AxisImage.from_file(path)
+    # it was a z step of 2 µm, the unit of y and x
+    assert (image.pixel_size, image.unit) == ({"Y": 0.5, "X": 0.5}, "µm")
+    (note,) = [note for note in image.notes if "Z 2 has no unit" in note]
+    assert "left out rather than taken in µm" in note and "--pixel-size" in note
+    # OME-Zarr's scale of 1 where no size is known is no size, and no unit at all no guess
+    path = _ome_zarr(tmp_path / "one.ome.zarr", data, "zyx", [1.0, 0.5, 0.5], units)
+    image = AxisImage.from_file(path)
+    assert image.pixel_size == {"Y": 0.5, "X": 0.5} and len(image.notes) == 1
+    path = _ome_zarr(tmp_path / "none.ome.zarr", data, "zyx", [2.0, 0.5, 0.5], {})
+    image = AxisImage.from_file(path)
+    assert (image.pixel_size, image.unit) == ({"Z": 2.0, "Y": 0.5, "X": 0.5}, None)
+
+
 def test_labels_of_a_stack_keep_their_axes_and_z_step(tmp_path):
     from napari_mutualseg.io import write_labels
     from napari_mutualseg.ome import PixelSize

@@ -295,11 +295,13 @@ def _lengths(
     sizes: Mapping[str, tuple[Any, Any]],
 ) -> tuple[dict[str, float], str | None, tuple[str, ...]]:
     """Step sizes by axis as the file gives them, each with the unit it names (None: none),
-    in one unit (:func:`~napari_mutualseg.ome.in_one_unit`), and a note of those left out.
+    in one unit (:func:`~napari_mutualseg.ome.in_one_unit`), and notes of those left out.
 
     A size that is no number (``"0,65"``), in pixels, or in a unit that is no length this
     package knows, is left out and said: taken in the unit of the other axes, it would be wrong
-    by orders of magnitude, and it is no reason not to open the image.
+    by orders of magnitude, and it is no reason not to open the image. So is a step without a
+    unit beside axes that name theirs (an OME-Zarr z step of 2 beside y and x in µm): its unit
+    would be a guess. A unit-less step of 1 is no size (:func:`~napari_mutualseg.ome.in_one_unit`).
     """
     known, unknown = {}, {}
     for axis, (value, unit) in sizes.items():
@@ -313,14 +315,23 @@ def _lengths(
             unknown[axis] = f"{axis} {shown} {unit or ''}".rstrip()
         else:
             known[axis] = (number, symbol)
+    named = [a for a in "XYZ" if a in known and known[a][1]]
+    unitless = [a for a, (number, symbol) in known.items() if named and not symbol and number != 1]
+    notes = []
+    if unitless:
+        steps = ", ".join(f"{a} {known.pop(a)[0]:g}" for a in unitless)
+        notes.append(
+            f"the file's pixel size {steps} has no unit where {' and '.join(named[::-1])} "
+            f"{'has' if len(named) == 1 else 'have'} one, and is left out rather than taken in "
+            f"{known[named[0]][1]}: {_GIVE_PIXEL_SIZE}"
+        )
     scale, unit = in_one_unit(known)
-    if not unknown:
-        return scale, unit, ()
-    note = (
-        f"the file's pixel size {', '.join(unknown.values())} is no length this package can "
-        f"read and is left out: {_GIVE_PIXEL_SIZE}"
-    )
-    return scale, unit, (note,)
+    if unknown:
+        notes.append(
+            f"the file's pixel size {', '.join(unknown.values())} is no length this package "
+            f"can read and is left out: {_GIVE_PIXEL_SIZE}"
+        )
+    return scale, unit, tuple(notes)
 
 
 #: How a note on a frame interval left out begins.
