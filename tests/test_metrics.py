@@ -336,6 +336,7 @@ def test_labels_and_masks_are_told_from_microscope_images_dim_ones_included():
     specks = (rng.random((64, 64)) < 0.3).astype(np.uint8)
     assert label_evidence(specks).labels is False
     assert label_evidence(np.zeros((32, 32), np.uint16)).labels is None
+    assert label_evidence(np.zeros((0, 0))).labels is None  # no pixel: it cannot tell
     # a stack is looked at plane by plane, whatever its size
     assert label_evidence(np.stack([truth] * 3)).labels is True
     assert "differ" in label_evidence(image).describe()

@@ -273,6 +273,8 @@ def label_evidence(image: np.ndarray) -> LabelEvidence:
     a = np.asarray(image)
     if a.ndim < 2:
         a = a.reshape(1, -1)
+    if a.size == 0:  # no pixel to tell from
+        return LabelEvidence(pairs=0, differ=0.0, runs=0.0, short_runs=0.0, one_value=False)
     height, width = a.shape[-2:]
     step = max(1, -(-a.size // _LABEL_SAMPLE))
     rows = a.reshape(-1, width)[::step]
