@@ -25,7 +25,9 @@ user's; a bad image is recorded as failed with its reason and the others go on. 
 workers are checked before any image: their versions of this package, torch and numpy, and
 that they see the first image and can write in DIR.
 ``summary.csv`` (one row per image with results in DIR) and ``run_report.csv`` (what this run
-did to each image) are written in DIR at the end of every run, also an interrupted one.
+did to each image) are written in DIR at the end of every run, also an interrupted one, and
+``wells.csv`` (the same images per well of a plate) when every image's name says its well
+(:func:`well_table`).
 
 The parts live beside this module: :mod:`napari_mutualseg.jobs` finds the images and plans
 their outputs, :mod:`napari_mutualseg.image_task` does one image, and
@@ -37,7 +39,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import os
+import re
+import statistics
 import tempfile
 import threading
 import time
@@ -78,6 +83,7 @@ if TYPE_CHECKING:
 __all__ = [
     "REPORT_NAME",
     "SUMMARY_NAME",
+    "WELLS_NAME",
     "BatchOptions",
     "BatchRun",
     "ImageJob",
@@ -88,11 +94,14 @@ __all__ = [
     "process_image",
     "read_labels",
     "read_table",
+    "well_table",
 ]
 
 #: Written in the output folder at the end of every run.
 SUMMARY_NAME = "summary.csv"
 REPORT_NAME = "run_report.csv"
+#: Written beside them when the images' names say their plate's wells.
+WELLS_NAME = "wells.csv"
 #: Images the options are checked on before any work: the run is refused only when none fits.
 _CHECKED_IMAGES = 3
 
@@ -105,7 +114,8 @@ class BatchRun:
     image is finished, in any order. :meth:`cancel` (thread-safe) stops the run: images in
     progress are left between two planes or blocks, with nothing of them written, and they
     and the images not reached come as ``"not done"``. ``summary.csv`` and
-    ``run_report.csv`` are written in ``out_dir`` when the iteration ends, however it ends.
+    ``run_report.csv`` (and ``wells.csv`` for a plate, :attr:`wells`) are written in
+    ``out_dir`` when the iteration ends, however it ends.
 
     Parameters
     ----------
@@ -201,6 +211,11 @@ class BatchRun:
         self.results: list[ImageResult] = []
         self._cancelled = threading.Event()
         self.where = ""
+        #: ``wells.csv`` once written and its rows (:func:`well_table`), and why none was
+        #: when the image names are mixed.
+        self.wells: Path | None = None
+        self.well_rows: list[dict[str, Any]] = []
+        self.wells_note = ""
 
     def _load(self, model: Any) -> ModelPair:
         from .models import ModelPair
@@ -467,11 +482,14 @@ class BatchRun:
         return sorted(self.results, key=lambda r: order[r.job])
 
     def write_reports(self) -> tuple[Path, Path]:
-        """Write ``summary.csv`` and ``run_report.csv`` in ``out_dir``.
+        """Write ``summary.csv`` and ``run_report.csv`` in ``out_dir``, and ``wells.csv``
+        when the images' names say their wells (:func:`well_table`).
 
         ``summary.csv`` has one row per image whose results are in ``out_dir``: this run's in
         the inputs' order, then those of earlier runs into the same folder (a second plate
         adds to the first). ``run_report.csv`` says what this run did to each image.
+        ``wells.csv`` sums up the same images per well: :attr:`wells` is its path (None when
+        none is written, and :attr:`wells_note` says why when the names are mixed).
         """
         from .export import table_csv
         from .io import write_text
@@ -484,7 +502,30 @@ class BatchRun:
         summary_path = write_text(self.out_dir / SUMMARY_NAME, text, overwrite=True)
         report = [r.report_row() for r in results]
         report_path = write_text(self.out_dir / REPORT_NAME, table_csv(report), overwrite=True)
+        self._write_wells(rows)
         return summary_path, report_path
+
+    def _write_wells(self, rows: list[dict[str, Any]]) -> None:
+        """``wells.csv`` from the summary's ``rows``; an earlier run's is removed when these
+        images say no wells, so that it never sums up other images than the summary."""
+        from .export import table_csv
+        from .io import write_text
+
+        path = self.out_dir / WELLS_NAME
+        self.well_rows, self.wells_note = well_table(rows)
+        self.wells = None
+        if path.exists() and not _ours(path, "plate,"):
+            # a plate map of the user's, say: left alone
+            if self.well_rows:
+                self.wells_note = (
+                    f"{path} is not a {WELLS_NAME} of an earlier run: no well table written "
+                    "(move it away to get one)"
+                )
+            return
+        if self.well_rows:
+            self.wells = write_text(path, table_csv(self.well_rows), overwrite=True)
+        else:
+            path.unlink(missing_ok=True)
 
     def _earlier_rows(self) -> list[dict[str, Any]]:
         """Summary rows of the complete images in ``out_dir`` that this run did not plan."""
@@ -581,15 +622,170 @@ def _task_failure(err: BaseException) -> str:
     return error_reason(err)
 
 
+def _ours(path: Path, start: str) -> bool:
+    """Whether the table at ``path`` begins as this package's does (its first column)."""
+    with open(path, newline="") as f:
+        return f.readline().startswith(start)
+
+
 def _check_report_place(path: Path) -> None:
     """The summary and the report are replaced at every run, so an existing file must be one
     an earlier run wrote (its first column ``image``), never a file of the user's."""
     check_writable(path, overwrite=True)
-    if path.exists():
-        with open(path, newline="") as f:
-            first = f.readline()
-        if not first.startswith("image,"):
-            raise FileExistsError(
-                f"{path} exists and is not a {path.name} of an earlier run; move it away or "
-                "choose another output folder."
-            )
+    if path.exists() and not _ours(path, "image,"):
+        raise FileExistsError(
+            f"{path} exists and is not a {path.name} of an earlier run; move it away or "
+            "choose another output folder."
+        )
+
+
+# ---------------------------------------------------------------------------- plates
+
+#: A plate's row: A to P (384 wells), AA to AF (1536).
+_ROW = r"(A[A-F]|[A-P])"
+#: How image names say their well, read on the file's name: Opera and Operetta (Harmony:
+#: ``r02c03f01p01-ch1sk1fk1fl1.tiff``, row and column numbers), and the well as a word of
+#: its own, first or after ``_`` (``B03_f1.tif``; MetaXpress and ImageXpress:
+#: ``Plate1_B03_s1_w1.tif``).
+_NAME_WELLS = (
+    re.compile(r"^r(\d{2})c(\d{2})f\d+p\d+-ch\d+"),
+    re.compile(rf"(?:^|_){_ROW}(\d{{1,2}})(?=[_.])"),
+)
+#: A folder per well (``B03/field1.tif``), when the file names say none.
+_FOLDER_WELL = re.compile(rf"{_ROW}(\d{{1,2}})")
+#: The channel a file holds where each is a file of its own (``_w2``, ``-ch2``).
+_CHANNEL = re.compile(r"(?:_w|-ch)(\d+)")
+
+
+def _row_letters(row: int) -> str:
+    """1 -> A, 16 -> P, 27 -> AA."""
+    return chr(64 + row) if row <= 26 else "A" + chr(64 + row - 26)
+
+
+def _row_number(letters: str) -> int:
+    return ord(letters[-1]) - 64 + (26 if len(letters) == 2 else 0)
+
+
+def _wells_in_name(name: str) -> set[tuple[str, int, int]]:
+    """(plate, row, column) of each well ``name``'s file name says; the plate is what comes
+    before the well: the folder, and a name's first words (``Plate1`` of
+    ``Plate1_B03_s1_w1.tif``)."""
+    folder, _, file = name.rpartition("/")
+    found = set()
+    for pattern in _NAME_WELLS:
+        for match in pattern.finditer(file):
+            row, column = match.groups()
+            number = int(row) if row.isdigit() else _row_number(row)
+            prefix = file[: match.start()]
+            found.add(("/".join(filter(None, (folder, prefix))), number, int(column)))
+    return found
+
+
+def _wells_in_folders(name: str) -> set[tuple[str, int, int]]:
+    """(plate, row, column) of each folder of ``name`` named as a well; the plate is the
+    folders above it."""
+    folders = name.split("/")[:-1]
+    found = set()
+    for i, folder in enumerate(folders):
+        if match := _FOLDER_WELL.fullmatch(folder):
+            row, column = match.groups()
+            found.add(("/".join(folders[:i]), _row_number(row), int(column)))
+    return found
+
+
+def well_table(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """``summary.csv``'s rows summed up per well of a plate, when the names of ALL its images
+    say their well in one of the ways microscopes name them; never a guess.
+
+    The well is read from the file's name (Opera / Operetta ``r02c03f01p01-ch1...``, a word
+    of its own such as ``B03_f1.tif`` or MetaXpress's ``Plate1_B03_s1_w1.tif``), else from a
+    folder named as a well (``B03/field1.tif``). No table when some names say no well or
+    two, or when the files of one well are of different channels (``_w1``, ``_w2``), whose
+    cells would be counted once per channel.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        ``summary.csv``'s rows (:func:`~napari_mutualseg.measure.summarize`), the image's
+        name (``/`` between folders) in ``image``.
+
+    Returns
+    -------
+    list of dict
+        One row per well, by plate, row and column: ``plate`` (the folders and the first
+        words of the name before the well; empty for one plate's images at the top),
+        ``well`` (``B03``), ``row`` (``B``), ``column`` (``3``), ``images``, ``cells`` (their
+        sum); each ``mean_intensity_*`` the mean
+        over the well's cells (the images' means weighted by their cells), each ``median_*``
+        (area, volume) the median of the images' medians, as a per-cell median cannot be
+        made from them. Empty when the names do not say the wells.
+    str
+        Why there is no table when some names say a well and others none or more than one;
+        empty otherwise.
+    """
+    if not rows:
+        return [], ""
+    names = [str(row["image"]).replace(os.sep, "/") for row in rows]
+    found = [_wells_in_name(n) for n in names]
+    if not any(found):  # the files do not say it: a folder per well, or no plate at all
+        found = [_wells_in_folders(n) for n in names]
+        if not any(found):
+            return [], ""
+    unclear = [(n, len(wells)) for n, wells in zip(names, found, strict=True) if len(wells) != 1]
+    if unclear:
+        name, count = unclear[0]
+        more = f" (and {len(unclear) - 1} more)" if len(unclear) > 1 else ""
+        says = "more than one well" if count else "no well"
+        return [], (
+            f"no {WELLS_NAME}: {name}{more} says {says}, "
+            "where the other image names say one; name every image with its well (e.g. "
+            "B03_f1.tif) to get a table per well"
+        )
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    channels: dict[tuple[str, int, int], set[str]] = {}
+    for name, (well,), row in zip(names, found, rows, strict=True):
+        groups.setdefault(well, []).append(row)
+        channel = _CHANNEL.findall(name.rpartition("/")[2])
+        channels.setdefault(well, set()).add(channel[-1] if channel else "")
+    if (mixed := next((w for w, c in channels.items() if len(c) > 1), None)) is not None:
+        well = f"{_row_letters(mixed[1])}{mixed[2]:02d}"
+        return [], (
+            f"no {WELLS_NAME}: the images of well {well} are files of different channels, "
+            "whose cells would be counted once per channel; segment one channel's files "
+            "(e.g. '*_w1*.tif') to get a table per well"
+        )
+    return [_well_row(w, groups[w]) for w in sorted(groups)], ""
+
+
+def _well_row(well: tuple[str, int, int], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One well's row of :func:`well_table`."""
+    plate, row, column = well
+    cells = [int(r.get("cells") or 0) for r in rows]
+    out: dict[str, Any] = {
+        "plate": plate,
+        "well": f"{_row_letters(row)}{column:02d}",
+        "row": _row_letters(row),
+        "column": column,
+        "images": len(rows),
+        "cells": sum(cells),
+    }
+    for key in dict.fromkeys(k for r in rows for k in r):
+        values = [_number(r.get(key)) for r in rows]
+        if key.startswith("median_"):
+            known = [v for v in values if not math.isnan(v)]
+            out[key] = float(statistics.median(known)) if known else float("nan")
+        elif key.startswith("mean_intensity_"):
+            weighted = [
+                (v, n) for v, n in zip(values, cells, strict=True) if n and not math.isnan(v)
+            ]
+            total = sum(n for _, n in weighted)
+            out[key] = sum(v * n for v, n in weighted) / total if total else float("nan")
+    return out
+
+
+def _number(value: Any) -> float:
+    """A summary value as a number; NaN for an empty cell (a column another image lacks)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")

@@ -250,8 +250,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"warning: no cells found in {where}: {NO_CELLS_ADVICE}.", file=sys.stderr)
     for line in _idle_options(args, run.results):
         print(f"warning: {line}", file=sys.stderr)
+    if run.wells_note:
+        print(f"note: {run.wells_note}.", file=sys.stderr)
+    wells = ""
+    if run.wells is not None:
+        count = len(run.well_rows)
+        wells = f" and per well in {run.wells} ({count} well{'s' if count > 1 else ''})"
     print(
         f"{len(run.jobs)} image{'s' if len(run.jobs) > 1 else ''}: {', '.join(parts)}; "
-        f"{cells} cells. Tables per image beside the labels, {run.out_dir / SUMMARY_NAME}."
+        f"{cells} cells. Tables per image beside the labels, {run.out_dir / SUMMARY_NAME}"
+        f"{wells}."
     )
     return 1 if counts["failed"] else 0
