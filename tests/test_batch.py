@@ -1260,15 +1260,15 @@ def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner, sent=No
         warned.set()
 
     monkeypatch.setattr(batch, "warnings", SimpleNamespace(warn=warn))
-    retry = cluster.Submission.retry
+    send = cluster.Submission.send
     sent_again = [] if sent is None else sent
 
     def counted(self, job, avoid):
         busy = any(w.processing for w in list(shared.scheduler.workers.values()))
         sent_again.append((job, busy))
-        return retry(self, job, avoid)
+        return send(self, job, avoid)
 
-    monkeypatch.setattr(cluster.Submission, "retry", counted)
+    monkeypatch.setattr(cluster.Submission, "send", counted)
 
     def join():
         held.wait(60)
@@ -1327,6 +1327,45 @@ def test_a_worker_that_joins_a_run_and_cannot_load_the_model_hands_its_images_on
     assert "No space left on device" in said and "go to the other workers" in said
 
 
+def test_a_small_run_sends_a_worker_its_next_image_only_when_a_thread_is_free(
+    model, tmp_path, monkeypatch
+):
+    """The scheduler holds back no run of at most twice the cluster's threads: its images
+    all went to the workers at once, queued behind one another, and an image that killed its
+    worker (out of memory) took those queued behind it along, each counting a death."""
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(2)]
+    held, go = threading.Event(), threading.Event()
+    original = cluster.process_image
+
+    def hold_first(pair, job, *args, **kwargs):
+        if not held.is_set():
+            held.set()
+            go.wait(60)
+        return original(pair, job, *args, **kwargs)
+
+    monkeypatch.setattr(cluster, "process_image", hold_first)
+    states = []
+    with _in_process_cluster() as shared:  # one worker of one thread
+
+        def look():
+            held.wait(60)
+            time.sleep(0.5)  # the run's loop goes round a few times
+            tasks = list(shared.scheduler.tasks.items())
+            states.extend(sorted(t.state for k, t in tasks if str(k).startswith("segment")))
+            go.set()
+
+        threading.Thread(target=look, daemon=True).start()
+        run = BatchRun(
+            model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address
+        )
+        try:
+            results = list(run)
+        finally:
+            go.set()
+    assert [r.status for r in results] == ["done", "done"]
+    assert states == ["processing"]  # the second image is sent once the first is done
+
+
 _HELD = threading.Event()  # module-level: the in-process workers unpickle it by reference
 
 
@@ -1378,7 +1417,7 @@ def test_an_image_sent_again_does_not_wait_for_ever_for_workers_that_left():
         [first] = client.scheduler_info()["workers"]
         busy = client.submit(_held, workers=[first], pure=False)
         job = SimpleNamespace(name="x.tif")
-        again = cluster.Submission(client, _where, "run").retry(job, avoid=set())
+        again = cluster.Submission(client, _where, "run").send(job)
         shared.scale(2)
         while len(client.scheduler_info()["workers"]) < 2:
             time.sleep(0.05)

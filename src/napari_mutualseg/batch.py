@@ -403,16 +403,18 @@ class BatchRun:
         ):
             self.where = where
             futures = submitted.futures
-            by_key = {f.key: job for f, job in zip(futures, jobs, strict=True)}
-            absolute = dict(zip(jobs, sent, strict=True))  # an image sent again goes as sent
+            # the first images: those held back (a small run) are sent as threads come free
+            by_key = {f.key: job for f, job in zip(futures, jobs[: len(futures)], strict=True)}
+            absolute = dict(zip(jobs, sent, strict=True))  # an image sent later goes as sent
             pending = as_completed(futures, loop=client.loop)  # not the default client
             # the workers whose versions were checked (submit_jobs checks them at the start)
             seen = set(client.scheduler_info(n_workers=-1)["workers"])
             problem: str | None = None
             unfit: dict[str, str] = {}  # workers that joined and cannot segment the images
             workers_gone = _Absence(client, unfit)
-            # images handed back, sent again as threads of the other workers come free
-            waiting: collections.deque[ImageJob] = collections.deque()
+            # images held back and images handed back, sent as threads of the workers (but
+            # those that cannot segment them) come free
+            waiting = collections.deque(jobs[len(futures) :])
             while not pending.is_empty() or waiting:
                 # a stop is seen while images are in progress, not when the next one ends;
                 # leaving the block removes the model from the workers, which leave their
@@ -589,18 +591,19 @@ def _send_again(
     in_flight: int,
     absolute: dict[ImageJob, ImageJob],
 ) -> list[tuple[Any, ImageJob]]:
-    """Send the first images of ``waiting`` (handed back by workers that cannot segment
-    them) again, one per thread of the other workers that the run's ``in_flight`` images
-    leave free; (future, job) of each sent, taken off ``waiting``.
+    """Send the first images of ``waiting`` (held back at the start of a small run, or
+    handed back by workers that cannot segment them), one per thread of the other workers
+    that the run's ``in_flight`` images leave free; (future, job) of each sent, taken off
+    ``waiting``.
 
-    Sent at once, an image held to the other workers is not held back by the scheduler as
-    the run's first images are: it goes to a busy worker's queue, and counts a death of that
-    worker (its image out of memory) as its own, failed after four.
+    Sent at once, such an image is not held back by the scheduler as a large run's images
+    are: it goes to a busy worker's queue, and counts a death of that worker (its image out
+    of memory) as its own, failed after four.
     """
     sent: list[tuple[Any, ImageJob]] = []
     free = submitted.threads(avoid=unfit) - in_flight if waiting else 0
     while waiting and free > len(sent):
-        again = submitted.retry(absolute[waiting[0]], avoid=unfit)
+        again = submitted.send(absolute[waiting[0]], avoid=unfit)
         if again is None:  # no other worker now: once one joins
             break
         sent.append((again, waiting.popleft()))

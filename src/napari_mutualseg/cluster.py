@@ -14,7 +14,7 @@ torch and numpy: a worker with others would fail every image with an error of it
 A worker that joins during the run is checked as it joins, by the plugin: when its versions
 differ or the model does not load there, it hands each image it is given back at once
 (:class:`WorkerUnfitError`), and the run sends the image again to the other workers, never to
-it (:meth:`Submission.retry`); the worker itself is left running for other runs.
+it (:meth:`Submission.send`); the worker itself is left running for other runs.
 """
 
 from __future__ import annotations
@@ -665,8 +665,9 @@ def submit_jobs(
     Yields
     ------
     Submission
-        Its ``futures``: one per job, in order; each gives the image's :class:`ImageResult`
-        or raises :class:`WorkerUnfitError` (:meth:`Submission.retry`).
+        Its ``futures``: one per job sent, in order (the others, ``held``, are sent by the
+        caller with :meth:`Submission.send`); each gives the image's :class:`ImageResult`
+        or raises :class:`WorkerUnfitError`.
 
     Raises
     ------
@@ -712,17 +713,18 @@ def submit_jobs(
         submission.start(jobs)
         yield submission
     finally:
-        client.cancel(submission.futures + submission.retries)
+        client.cancel(submission.futures + submission.later)
         with contextlib.suppress(Exception):  # the cluster may be gone: nothing to remove
             client.unregister_worker_plugin(name)
 
 
 class Submission:
-    """The tasks of a run (:func:`submit_jobs`): one per image, in ``futures``, and those of
-    images sent again to other workers, in ``retries``.
+    """The tasks of a run (:func:`submit_jobs`): one per image sent at the start, in
+    ``futures``; the images held back at the start, in ``held``; the tasks of images sent
+    later (held back, or handed back by a worker), in ``later``.
 
     Each gives the image's :class:`ImageResult`, or raises :class:`WorkerUnfitError` when the
-    worker it went to cannot segment the run's images; :meth:`retry` then sends the image to
+    worker it went to cannot segment the run's images; :meth:`send` then sends the image to
     the others.
     """
 
@@ -731,7 +733,8 @@ class Submission:
         self.task = task
         self.run = run
         self.futures: list[Future] = []
-        self.retries: list[Future] = []
+        self.held: list[ImageJob] = []
+        self.later: list[Future] = []
 
     def start(self, jobs: Sequence[ImageJob]) -> None:
         """One task per image, on any worker: the scheduler hands a worker its next image
@@ -740,21 +743,31 @@ class Submission:
         The scheduler holds back only the tasks of a large group, named after the start of
         their keys: the run's id comes first, so that the image names that follow (a plate
         named by condition: ``DAPI-1.tif``, ``GFP-1.tif``) make no small groups of their own,
-        which would be sent to the workers at once."""
+        which would be sent to the workers at once. A run of at most twice the cluster's
+        threads is such a small group all the same: its first images, one per thread, are
+        sent, and the others kept in ``held`` (the last of ``jobs``), for the caller to
+        :meth:`send` as threads come free; sent at once, they would wait in the workers'
+        queues, and an image that kills its worker (out of memory) would take those queued
+        behind it along, each failed after as many deaths as it.
+        """
+        threads = self.threads()
+        sent = jobs[:threads] if len(jobs) <= 2 * threads else jobs
+        self.held = list(jobs[len(sent) :])
         self.futures = self.client.map(
             self.task,
-            jobs,
+            sent,
             pure=False,
-            key=[f"segment-{self.run}-{i}-{j.name}" for i, j in enumerate(jobs)],
+            key=[f"segment-{self.run}-{i}-{j.name}" for i, j in enumerate(sent)],
         )
 
     def threads(self, avoid: Collection[str] = ()) -> int:
         """Task threads of the cluster's workers now, but those of ``avoid``."""
         return sum(n for a, n in self.client.nthreads().items() if a not in avoid)
 
-    def retry(self, job: ImageJob, avoid: Collection[str]) -> Future | None:
-        """Send ``job`` again, to the workers of the cluster now but those of ``avoid`` (which
-        cannot segment the run's images); None when there are no others.
+    def send(self, job: ImageJob, avoid: Collection[str] = ()) -> Future | None:
+        """Send ``job`` now (held back at the start, or handed back by a worker that cannot
+        segment it), to the workers of the cluster now but those of ``avoid`` (which cannot
+        segment the run's images); None when there are no others.
 
         The workers of ``avoid`` are left running for other runs on the cluster. The
         restriction is loose: should every worker named here leave (a job's walltime) and
@@ -770,9 +783,9 @@ class Submission:
             self.task,
             job,
             pure=False,
-            key=f"segment-{self.run}-retry{len(self.retries)}-{job.name}",
+            key=f"segment-{self.run}-later{len(self.later)}-{job.name}",
             workers=workers,
             allow_other_workers=True,
         )
-        self.retries.append(future)
+        self.later.append(future)
         return future
