@@ -66,7 +66,7 @@ def test_a_plates_wells_sum_up_their_images_and_a_second_run_adds_to_them(tmp_pa
 def test_mixed_names_give_no_well_table_and_say_so_once(tmp_path, capsys):
     arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
     model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "pair.pt")
-    plate = _plate(tmp_path / "plate", {"A01_f1.tif": 1, "B02_f1.tif": 1})
+    _plate(tmp_path / "plate", {"A01_f1.tif": 1, "B02_f1.tif": 1})
     argv = ["predict", model, tmp_path / "plate", "--out", tmp_path / "out", "--tile-size", "64"]
     assert main([str(a) for a in argv]) == 0
     out = capsys.readouterr().out
@@ -113,6 +113,7 @@ def test_a_wells_csv_of_the_users_is_left_alone(tmp_path):
         (["A01_f1.tif", "x.tif"], []),  # mixed
         (["A01_B02.tif"], []),  # two wells in one name
         (["A01_w1.tif", "A01_w2.tif"], []),  # each channel a file: cells counted twice
+        (["r01c01f01p01-ch1sk1fk1fl1.tiff", "r01c01f01p02-ch1sk1fk1fl1.tiff"], []),  # planes
         (["A01/B02_f1.tif", "A01/x.tif"], []),  # the file names say a well, not all of them
     ],
 )

@@ -656,8 +656,10 @@ _NAME_WELLS = (
 )
 #: A folder per well (``B03/field1.tif``), when the file names say none.
 _FOLDER_WELL = re.compile(rf"{_ROW}(\d{{1,2}})")
-#: The channel a file holds where each is a file of its own (``_w2``, ``-ch2``).
-_CHANNEL = re.compile(r"(?:_w|-ch)(\d+)")
+#: What a file's name says besides its field, where each channel, plane or time point of a
+#: field is a file of its own: MetaXpress's wavelength (``_w2``), Harmony's plane, channel
+#: and time point (``p01-ch2sk1``).
+_BESIDES_FIELD = re.compile(r"_w\d+|p\d+-ch\d+sk\d+")
 
 
 def _row_letters(row: int) -> str:
@@ -703,8 +705,9 @@ def well_table(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], st
     The well is read from the file's name (Opera / Operetta ``r02c03f01p01-ch1...``, a word
     of its own such as ``B03_f1.tif`` or MetaXpress's ``Plate1_B03_s1_w1.tif``), else from a
     folder named as a well (``B03/field1.tif``). No table when some names say no well or
-    two, or when the files of one well are of different channels (``_w1``, ``_w2``), whose
-    cells would be counted once per channel.
+    two, or when the files of one well are different channels, planes or time points of its
+    fields (``_w1``, ``_w2``; ``p01-ch1sk1``, ``p02-ch1sk1``), whose cells would be counted
+    once in each.
 
     Parameters
     ----------
@@ -718,10 +721,10 @@ def well_table(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], st
         One row per well, by plate, row and column: ``plate`` (the folders and the first
         words of the name before the well; empty for one plate's images at the top),
         ``well`` (``B03``), ``row`` (``B``), ``column`` (``3``), ``images``, ``cells`` (their
-        sum); each ``mean_intensity_*`` the mean
-        over the well's cells (the images' means weighted by their cells), each ``median_*``
-        (area, volume) the median of the images' medians, as a per-cell median cannot be
-        made from them. Empty when the names do not say the wells.
+        sum); each ``mean_intensity_*`` the mean over the well's cells (the images' means
+        weighted by their cells), each ``median_*`` (area, volume) the median of the
+        images' medians, as a per-cell median cannot be made from them. Empty when the names
+        do not say the wells.
     str
         Why there is no table when some names say a well and others none or more than one;
         empty otherwise.
@@ -745,17 +748,18 @@ def well_table(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], st
             "B03_f1.tif) to get a table per well"
         )
     groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
-    channels: dict[tuple[str, int, int], set[str]] = {}
+    besides: dict[tuple[str, int, int], set[tuple[str, ...]]] = {}
     for name, (well,), row in zip(names, found, rows, strict=True):
         groups.setdefault(well, []).append(row)
-        channel = _CHANNEL.findall(name.rpartition("/")[2])
-        channels.setdefault(well, set()).add(channel[-1] if channel else "")
-    if (mixed := next((w for w, c in channels.items() if len(c) > 1), None)) is not None:
+        file = name.rpartition("/")[2]
+        besides.setdefault(well, set()).add(tuple(_BESIDES_FIELD.findall(file)))
+    if (mixed := next((w for w, b in besides.items() if len(b) > 1), None)) is not None:
         well = f"{_row_letters(mixed[1])}{mixed[2]:02d}"
         return [], (
-            f"no {WELLS_NAME}: the images of well {well} are files of different channels, "
-            "whose cells would be counted once per channel; segment one channel's files "
-            "(e.g. '*_w1*.tif') to get a table per well"
+            f"no {WELLS_NAME}: the images of well {well} are different channels, planes or "
+            "time points of its fields, whose cells would be counted once in each; segment "
+            "one file of each field (e.g. '*_w1*.tif', '*p01-ch1sk1*.tiff') to get a table "
+            "per well"
         )
     return [_well_row(w, groups[w]) for w in sorted(groups)], ""
 
