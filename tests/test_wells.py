@@ -133,3 +133,17 @@ def test_a_well_of_images_without_cells_has_no_mean_intensity():
     ]
     [well] = well_table(rows)[0]
     assert well["cells"] == 0 and math.isnan(well["mean_intensity_0"])
+
+
+def test_the_folder_summary_in_napari_says_where_the_well_table_is(thresholded, tmp_path):
+    from qtpy.QtWidgets import QLabel
+
+    _viewer, widget = thresholded
+    _plate(tmp_path / "plate", {"A01_f1.tif": 1, "B02_f1.tif": 2})
+    widget.segment_folder(tmp_path / "plate", tmp_path / "out", block=True)
+    said = widget.summary.findChild(QLabel).text()
+    assert "summary.csv, run_report.csv and wells.csv (2 wells) are in the results" in said
+    _plate(tmp_path / "plate", {"overview.tif": 1})
+    widget.segment_folder(tmp_path / "plate", tmp_path / "out", block=True)
+    said = widget.summary.findChild(QLabel).text()
+    assert "summary.csv and run_report.csv are in the results folder. No wells.csv:" in said

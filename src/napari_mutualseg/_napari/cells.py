@@ -632,11 +632,18 @@ class FolderSummary(QGroupBox):
         )
         layout = QFormLayout(self)
         counts = run.counts()
+        files = f"{SUMMARY_NAME} and {REPORT_NAME}"
+        if run.wells is not None:
+            wells = len(run.well_rows)
+            files = f"{SUMMARY_NAME}, {REPORT_NAME} and {run.wells.name} ({wells} well"
+            files += f"{'s' if wells > 1 else ''})"
+        # why a plate whose names are mixed has no table per well
+        note = f" {run.wells_note[0].upper()}{run.wells_note[1:]}." if run.wells_note else ""
         layout.addRow(
             QLabel(
                 ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-                + f". Click an image to open it with its cells; {SUMMARY_NAME} and "
-                f"{REPORT_NAME} are in the results folder."
+                + f". Click an image to open it with its cells; {files} are in the results "
+                f"folder.{note}"
             )
         )
         self.view = QTableView()
