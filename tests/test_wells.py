@@ -83,10 +83,10 @@ def test_mixed_names_give_no_well_table_and_say_so_once(tmp_path, capsys):
 def test_a_wells_csv_of_the_users_is_left_alone(tmp_path):
     plate = _plate(tmp_path / "plate", {"A01_f1.tif": 1})
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / WELLS_NAME).write_text("well,treatment\nA01,DMSO\n")
+    (tmp_path / "out" / WELLS_NAME).write_text("plate,well,treatment\n1,A01,DMSO\n")
     run = BatchRun(_pair(), plate, tmp_path / "out", OPTIONS, workers=0)
     assert [r.status for r in run] == ["done"]
-    assert (tmp_path / "out" / WELLS_NAME).read_text() == "well,treatment\nA01,DMSO\n"
+    assert (tmp_path / "out" / WELLS_NAME).read_text() == "plate,well,treatment\n1,A01,DMSO\n"
     assert run.wells is None and "is not a wells.csv of an earlier run" in run.wells_note
 
 

@@ -516,8 +516,8 @@ class BatchRun:
         path = self.out_dir / WELLS_NAME
         self.well_rows, self.wells_note = well_table(rows)
         self.wells = None
-        if path.exists() and not _ours(path, "plate,"):
-            # a plate map of the user's, say: left alone
+        # a plate map of the user's (plate,well,treatment) is left alone
+        if path.exists() and not _ours(path, "plate,well,row,column,images,cells"):
             if self.well_rows:
                 self.wells_note = (
                     f"{path} is not a {WELLS_NAME} of an earlier run: no well table written "
