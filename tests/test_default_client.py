@@ -9,6 +9,7 @@ import tifffile
 import zarr
 
 from helpers import ThresholdNet
+from napari_mutualseg.blockwise import measure_blockwise
 from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.io import read_image
@@ -77,7 +78,8 @@ def test_segment_predict_and_measure_read_a_lazy_image_here(client, stack, kind)
         planes = [p.labels for p in pair.predict_planes(image)]
         table = measure_planes((planes[z], image.plane_array(z)) for z in range(image.n_planes))
         whole = read_image(folder / f"stack.{kind}")
-    assert blocks.max() > 1 and len(table["label"]) > 1
+        by_blocks = measure_blockwise(planes[1], image.plane_array(1), block_size=32, halo=8)
+    assert blocks.max() > 1 and len(table["label"]) > 1 and len(by_blocks["label"]) > 1
     np.testing.assert_array_equal(whole, pixels)
     assert sent.data == []  # nothing was read on the cluster
 

@@ -37,7 +37,13 @@ import numpy as np
 
 from .inference import instances_from_proba
 from .measure import Table, measure_cells
-from .preprocess import DEFAULT_PERCENTILES, NAN_ADVICE, apply_ranges, channel_ranges
+from .preprocess import (
+    DEFAULT_PERCENTILES,
+    NAN_ADVICE,
+    apply_ranges,
+    channel_ranges,
+    read_here,
+)
 
 __all__ = [
     "AUTO_BLOCKWISE_PIXELS",
@@ -174,7 +180,7 @@ def _check_image(image: Any, name: str) -> None:
 
 
 def _read(image: Any, window: Window, ranges: np.ndarray, name: str) -> np.ndarray:
-    pixels = np.asarray(image[(..., *window)]).astype(np.float32, copy=False)
+    pixels = read_here(image[(..., *window)], np.float32)
     if not np.isfinite(pixels).all():
         ys, xs = window
         raise ValueError(
@@ -449,9 +455,9 @@ def measure_blockwise(
     spacing = (1.0, 1.0) if pixel_size is None else tuple(map(float, pixel_size))
     tables = []
     for block in block_grid(tuple(labels.shape), block_size, halo):
-        pixels = None if image is None else np.asarray(image[(slice(None), *block.window)])
+        pixels = None if image is None else read_here(image[(slice(None), *block.window)])
         table = measure_cells(
-            np.asarray(labels[block.window]),
+            read_here(labels[block.window]),
             pixels,
             channel_names=channel_names,
             pixel_size=pixel_size,

@@ -68,19 +68,6 @@ def _plane_out(out: Any, image: AxisImage, index: int) -> Any:
     return out[key] if isinstance(out, np.ndarray) else _PlaneOut(out, key)
 
 
-class _ReadHere:
-    """A lazy ``(C, Y, X)`` plane whose every slice is read in this process
-    (:func:`~napari_mutualseg.preprocess.read_here`), for block-by-block segmentation, which
-    slices it a window at a time: not on a dask ``Client`` the caller made the default."""
-
-    def __init__(self, plane: Any) -> None:
-        self._plane = plane
-        self.shape, self.dtype = tuple(plane.shape), np.dtype(plane.dtype)
-
-    def __getitem__(self, window: Any) -> np.ndarray:
-        return read_here(self._plane[window])
-
-
 def _checked_plane(image: AxisImage, index: int) -> np.ndarray:
     """Plane ``index`` of ``image`` as checked ``(C, H, W)`` float32, not yet normalised."""
     return check_channels(image.plane(index), f"{image.name} {image.plane_name(index)}".rstrip())
@@ -379,7 +366,7 @@ class Segmenter:
             )
             if grid is not None and not flat:
                 result = segment_blockwise(
-                    _ReadHere(image.plane_array(index)),
+                    image.plane_array(index),
                     predict,
                     block_size=blocks[0],
                     halo=blocks[1],

@@ -29,6 +29,7 @@ from ..measure import (
     with_frame_interval,
     with_pixel_size,
 )
+from ..preprocess import read_here
 from ..supervision import IGNORE
 from .axes import LayerAxes
 
@@ -217,7 +218,7 @@ def measure_planes(planes: list[np.ndarray], data: Any, layout: Layout) -> Table
         image, labels = images[0], members[0][2]
         if in_z:
             colours = "C" in image.axes
-            pixels = np.stack([np.asarray(im.data) for im in images], axis=int(colours))
+            pixels = np.stack([read_here(im.data) for im in images], axis=int(colours))
             image = replace(image, data=pixels, axes="C" * colours + "ZYX")
             labels = np.stack([cells for _, _, cells in members])
         table = measure_image(labels, image, None)
@@ -367,8 +368,8 @@ def run_prediction(
 def _constant(pair: ModelPair, image: AxisImage) -> bool:
     """Whether a channel the networks take from ``image`` (one plane) has one value only."""
     plane = pair.network_input(image).plane_array(0)
-    low = np.asarray(plane.min(axis=(-2, -1)))  # a dask plane is read here, chunk by chunk
-    high = np.asarray(plane.max(axis=(-2, -1)))
+    low = read_here(plane.min(axis=(-2, -1)))  # a dask plane is read here, chunk by chunk
+    high = read_here(plane.max(axis=(-2, -1)))
     return bool(np.any(low == high))  # NaN is never equal: that error is not this one
 
 
