@@ -1417,7 +1417,7 @@ def test_an_image_sent_again_does_not_wait_for_ever_for_workers_that_left():
         [first] = client.scheduler_info()["workers"]
         busy = client.submit(_held, workers=[first], pure=False)
         job = SimpleNamespace(name="x.tif")
-        again = cluster.Submission(client, _where, "run").send(job)
+        again = cluster.Submission(client, _where, "run").send(job, avoid={"tcp://unfit:1"})
         shared.scale(2)
         while len(client.scheduler_info()["workers"]) < 2:
             time.sleep(0.05)

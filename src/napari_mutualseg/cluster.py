@@ -774,18 +774,20 @@ class Submission:
         only new ones join, the image goes to one of those rather than wait for ever; one of
         ``avoid`` that gets it then hands it back again.
         """
-        workers = [
-            a for a in self.client.scheduler_info(n_workers=-1)["workers"] if a not in avoid
-        ]
-        if not workers:
-            return None
+        where: dict[str, Any] = {}
+        if avoid:  # every worker's address: asked only once some are left out
+            workers = [
+                a for a in self.client.scheduler_info(n_workers=-1)["workers"] if a not in avoid
+            ]
+            if not workers:
+                return None
+            where = {"workers": workers, "allow_other_workers": True}
         future = self.client.submit(
             self.task,
             job,
             pure=False,
             key=f"segment-{self.run}-later{len(self.later)}-{job.name}",
-            workers=workers,
-            allow_other_workers=True,
+            **where,
         )
         self.later.append(future)
         return future
