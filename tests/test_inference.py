@@ -1,15 +1,9 @@
-import math
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage as ndi
 
-from napari_mutualseg import inference
-from napari_mutualseg.boxes import Box
 from napari_mutualseg.devices import available_devices, select_device
-from napari_mutualseg.inference import box_objects, instances_from_proba, predict_proba
+from napari_mutualseg.inference import instances_from_proba, predict_proba
 from napari_mutualseg.models import UNet
 
 
@@ -154,86 +148,3 @@ def test_a_tiling_that_cannot_be_used_is_refused_with_what_to_use(tiling, said):
         pair.segment(image, **tiling)
     # NumPy whole numbers are whole numbers
     assert pair.segment(image, tile_size=np.int64(32), overlap=np.int32(8)).shape == (40, 40)
-
-
-def _box_objects_one_by_one(foreground, boxes, core_scale):
-    """box_objects as its docstring says it, one box after the other: the best-covering
-    component in the box, holes filled, each pixel to the box with the smaller float32
-    distance so far."""
-    labels = np.zeros(foreground.shape, np.int32)
-    best = np.full(foreground.shape, np.inf, np.float32)
-    status = np.zeros(len(boxes), np.float32)
-    for k, box in enumerate(boxes):
-        slices, u, v = box.local_coords(foreground.shape)
-        dist = u**2 + v**2
-        inside = np.maximum(np.abs(u), np.abs(v)) <= 1.0
-        core = dist <= core_scale**2
-        comps, n = ndi.label(foreground[slices] & inside)
-        overlap = np.bincount(comps[core], minlength=n + 1)[1:]
-        if not overlap.any():
-            continue
-        obj = ndi.binary_fill_holes(comps == 1 + overlap.argmax()) & inside
-        status[k] = obj.sum() / core.sum()
-        closer = obj & (dist < best[slices])
-        labels[slices][closer] = k + 1
-        best[slices][closer] = dist[closer]
-    return labels, status
-
-
-def test_box_objects_fills_each_box_object_and_keeps_it_in_its_box():
-    foreground = np.zeros((12, 20), bool)
-    foreground[2:10, 2:8] = True
-    foreground[5:7, 4:6] = False  # a hole
-    foreground[2:10, 9:14] = True
-    boxes = [Box.from_corners(1, 1, 11, 9), Box.from_corners(1, 6, 11, 15)]
-    labels, status = box_objects(foreground, SimpleNamespace(boxes=boxes))
-    expected = np.zeros_like(labels)
-    expected[2:10, 2:8] = 1  # hole filled; box 1 reaches into box 0 but its object does not
-    expected[2:10, 9:14] = 2
-    np.testing.assert_array_equal(labels, expected)
-    assert labels.dtype == np.int32 and status.dtype == np.float32
-    # object area over the area of the core (the ellipse at half its axes)
-    cores = [(u**2 + v**2 <= 0.25).sum() for _, u, v in (b.local_coords((12, 20)) for b in boxes)]
-    np.testing.assert_array_equal(status, np.float32([48 / cores[0], 40 / cores[1]]))
-
-
-@pytest.mark.parametrize("strip_pixels", [50, 1 << 20])
-def test_box_objects_are_those_of_the_boxes_one_by_one(monkeypatch, strip_pixels):
-    # boxes read together give every pixel and ratio that boxes read one at a time give:
-    # overlapping, copied and shifted boxes (equal distances), rotated ones, ones past the
-    # border or off the image, 2-pixel ones, on empty, full and noisy foreground
-    monkeypatch.setattr(inference, "_STRIP_PIXELS", strip_pixels)
-    rng = np.random.default_rng(3)
-    for case in range(40):
-        shape = tuple(int(s) for s in rng.integers(6, 48, 2))
-        boxes = []
-        for _ in range(int(rng.integers(0, 14))):
-            pick = rng.random()
-            if pick < 0.5:
-                y0, x0 = (int(c) for c in rng.integers(-6, shape, 2))
-                y1, x1 = y0 + int(rng.integers(2, 20)), x0 + int(rng.integers(2, 20))
-                boxes.append(Box.from_corners(y0, x0, y1, x1))
-            elif pick < 0.75:
-                centre = tuple(rng.uniform(-3, s + 3) for s in shape)
-                angle = rng.uniform(-math.pi / 4, math.pi / 4)
-                boxes.append(Box(centre, tuple(rng.uniform(1, 10, 2)), angle))
-            elif boxes:
-                b = boxes[int(rng.integers(len(boxes)))]
-                shift = rng.integers(0, 6, 2)
-                centre = (b.center[0] + shift[0], b.center[1] + shift[1])
-                boxes.append(Box(centre, b.half_sizes, b.angle))
-        kind = case % 5
-        if kind == 0:
-            foreground = np.zeros(shape, bool)
-        elif kind == 1:
-            foreground = np.ones(shape, bool)
-        else:
-            noise = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 2))
-            foreground = noise > np.median(noise)
-        core_scale = [0.5, 0.3, 1.0][case % 3]
-        labels, status = box_objects(
-            foreground, SimpleNamespace(boxes=boxes), core_scale=core_scale
-        )
-        want_labels, want_status = _box_objects_one_by_one(foreground, boxes, core_scale)
-        np.testing.assert_array_equal(labels, want_labels, err_msg=f"case {case}")
-        np.testing.assert_array_equal(status, want_status, err_msg=f"case {case}")

@@ -21,7 +21,6 @@ from napari_mutualseg.supervision import (
     Supervision,
     boxes_by_plane,
     boxes_from_shapes,
-    boxes_mask,
     check_class_map,
     make_supervision,
 )
@@ -442,25 +441,3 @@ def test_a_box_around_many_cells_is_taken_for_a_region_with_a_note():
     # a cell whose box holds a few small neighbours' boxes stays a cell
     big = Box.from_corners(5, 5, 60, 40)
     assert usable_boxes([big, *cells[:4]], (96, 96)) == ([big, *cells[:4]], [])
-
-
-def test_boxes_mask_holds_the_pixel_centres_in_any_box():
-    # the pixels with max(|u|, |v|) <= 1 in some box, box by box: for boxes with edges on
-    # pixel centres, fractional ones, rotated ones, ones past or beyond the border
-    rng = np.random.default_rng(5)
-    for case in range(60):
-        shape = tuple(int(s) for s in rng.integers(5, 40, 2))
-        boxes = []
-        for _ in range(int(rng.integers(0, 10))):
-            centre = tuple(rng.integers(-4, s + 4) + 0.5 * rng.integers(0, 2) for s in shape)
-            half = tuple(rng.integers(0, 9, 2) + rng.choice([0.0, 0.5, rng.random()], 2))
-            angle = rng.choice([0.0, 0.0, rng.uniform(-math.pi / 4, math.pi / 4)])
-            boxes.append(Box(centre, half, angle))
-        expected = np.zeros(shape, bool)
-        for box in boxes:
-            slices, u, v = box.local_coords(shape)
-            expected[slices] |= np.maximum(np.abs(u), np.abs(v)) <= 1.0
-        np.testing.assert_array_equal(boxes_mask(shape, boxes), expected, err_msg=str(case))
-    # an unrotated box: its half-open pixel range
-    mask = boxes_mask((10, 12), [Box.from_corners(2, 3, 7, 11), Box.from_corners(-2, -1, 1, 2)])
-    assert mask.sum() == 5 * 8 + 1 * 2 and mask[2:7, 3:11].all() and mask[0, 0:2].all()

@@ -13,7 +13,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from .disagreement import disagreement_map
-from .supervision import _BoxFrames, boxes_mask
+from .supervision import boxes_mask
 
 if TYPE_CHECKING:
     from .supervision import Supervision
@@ -360,158 +360,27 @@ def box_objects(
         Per box: object area divided by the core area (0 when nothing overlaps the core).
     """
     shape = foreground.shape
-    boxes = supervision.boxes
-    status = np.zeros(len(boxes), np.float32)
+    labels = np.zeros(shape, np.int32)
     best = np.full(shape, np.inf, np.float32)
-    claims = np.full(shape, _UNCLAIMED, np.uint32)
-    if boxes:
-        frames = _BoxFrames(shape, boxes)
-        heights, widths = frames.y1 - frames.y0, frames.x1 - frames.x0
-        order = np.flatnonzero((heights > 0) & (widths > 0))
-        order = order[np.lexsort((widths[order], frames.aligned[order]))]
-        flat_foreground = foreground.reshape(-1)
-        start = 0
-        while start < order.size:
-            # Boxes of about one width, their crops one above the other in a canvas of
-            # _STRIP_PIXELS or so, read at once.
-            first = order[start]
-            width = widths[first] * 5 // 4 + 4
-            rest = order[start:]
-            fits = np.cumsum(heights[rest] + 1) * (width + 1) <= _STRIP_PIXELS
-            alike = (widths[rest] <= width) & (frames.aligned[rest] == frames.aligned[first])
-            take = alike & fits  # both hold for a run of boxes from the first on
-            strip = rest[: max(take.size if take.all() else int(take.argmin()), 1)]
-            pixels, owners, dist = _strip_objects(
-                flat_foreground, shape[1], frames, strip, core_scale**2, status
-            )
-            _claim(best.reshape(-1), claims.reshape(-1), pixels, owners, dist)
-            start += strip.size
-    del best  # its memory back before the claims are read out
-    return _claimed_labels(claims), status
-
-
-#: Canvas pixels :func:`box_objects` reads at once (about 40 bytes each, 5 MB): few enough to
-#: stay in the cache, whatever the number and size of the boxes.
-_STRIP_PIXELS = 1 << 17
-#: A claim of a pixel at the best distance: ``_LATER - k`` for box ``k`` when the box takes it
-#: from an earlier box at that distance, else ``_LATER + 1 + k``; the least one holds.
-_LATER = 2**31 - 1
-_UNCLAIMED = np.iinfo(np.uint32).max
-
-
-def _strip_objects(
-    flat_foreground: np.ndarray,
-    image_width: int,
-    frames: _BoxFrames,
-    strip: np.ndarray,
-    core2: float,
-    status: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`box_objects` of the boxes ``strip``, all at once: their crops one above the other
-    in a canvas, a gap row below each and a gap column right of it, so that no component or
-    hole reaches from one crop into another and each crop's are what it alone would have.
-
-    Sets ``status`` of the boxes and returns the object pixels (flat image indices), the box
-    of each and its distance ``u**2 + v**2`` (float64) from that box's centre.
-    """
-    heights = frames.y1[strip] - frames.y0[strip]
-    widths = frames.x1[strip] - frames.x0[strip]
-    row_box = np.repeat(np.arange(strip.size), heights + 1)
-    row_in = np.arange(row_box.size) - np.repeat(np.cumsum(heights + 1) - heights - 1, heights + 1)
-    real = row_in < heights[row_box]
-    owner = strip[row_box]
-    image_row = frames.y0[owner] + row_in
-    cols = np.arange(widths.max() + 1)
-    dy = image_row.astype(np.float64) - frames.cy[owner]
-    if frames.aligned[strip[0]]:
-        # v is a box's along its columns: computed once a box and copied to its rows
-        dx = (frames.x0[strip][:, None] + cols).astype(np.float64) - frames.cx[strip][:, None]
-        v = dx / frames.h1[strip][:, None]
-        off = cols >= widths[:, None]
-        v2 = v * v
-        v2[off] = np.inf
-        u = dy / frames.h0[owner]
-        dist = np.where(real, u * u, np.inf)[:, None] + v2[row_box]
-        inside = ((np.abs(u) <= 1.0) & real)[:, None] & ((np.abs(v) <= 1.0) & ~off)[row_box]
-        core = dist <= core2
-    else:
-        on = cols < np.where(real, widths[row_box], 0)[:, None]
-        dx = (frames.x0[owner][:, None] + cols).astype(np.float64) - frames.cx[owner][:, None]
-        c, s, dy = frames.cos[owner][:, None], frames.sin[owner][:, None], dy[:, None]
-        u = (dy * c + dx * s) / frames.h0[owner][:, None]
-        v = (dx * c - dy * s) / frames.h1[owner][:, None]
-        dist = u * u + v * v
-        inside = (np.maximum(np.abs(u), np.abs(v)) <= 1.0) & on
-        core = (dist <= core2) & on
-    pixels = (image_row * image_width + frames.x0[owner])[:, None] + cols
-    comps, n = ndi.label(np.take(flat_foreground, pixels, mode="clip") & inside)
-    core_rows = core.sum(axis=1)
-    on_core = comps[core]
-    overlap = np.bincount(on_core, minlength=n + 1)
-    overlap[0] = 0
-    comp_box = np.zeros(n + 1, np.intp)
-    comp_box[on_core] = np.repeat(row_box, core_rows)
-    most = np.zeros(strip.size, np.intp)
-    np.maximum.at(most, comp_box, overlap)
-    best = np.flatnonzero((overlap > 0) & (overlap == most[comp_box]))
-    # of equal overlaps the first component, as argmax takes it: a crop's components are
-    # numbered in its raster order on the canvas as on the image
-    best_box = comp_box[best]
-    by_box = np.lexsort((best, best_box))
-    best, best_box = best[by_box], best_box[by_box]
-    lead = np.r_[True, best_box[1:] != best_box[:-1]] if best.size else np.zeros(0, bool)
-    chosen = np.zeros(n + 1, bool)
-    chosen[best[lead]] = True
-    found = best_box[lead]
-    if not found.size:
-        return pixels[:0, 0], owner[:0], dist[:0, 0]
-    obj = _fill_holes(chosen[comps]) & inside
-    obj_rows = obj.sum(axis=1)
-    obj_area = np.bincount(row_box, weights=obj_rows, minlength=strip.size)
-    core_area = np.bincount(row_box, weights=core_rows, minlength=strip.size)
-    status[strip[found]] = obj_area[found] / core_area[found]
-    return pixels[obj], np.repeat(owner, obj_rows), dist[obj]
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``ndi.binary_fill_holes(mask)``, by labelling the gaps (a quarter of its time)."""
-    gaps, _ = ndi.label(~mask)
-    outside = np.zeros(int(gaps.max()) + 1, bool)
-    for edge in (gaps[0], gaps[-1], gaps[:, 0], gaps[:, -1]):
-        outside[edge] = True
-    outside[0] = False
-    return ~outside[gaps]
-
-
-def _claim(
-    best: np.ndarray, claims: np.ndarray, pixels: np.ndarray, owners: np.ndarray, dist: np.ndarray
-) -> None:
-    """Boxes claim their objects' pixels as if one after the other, each taking a pixel when
-    its distance is below the best so far (float32). That leaves a pixel to the first box of
-    least float32 distance, or to the last box at that distance whose float64 distance is
-    below it (it rounded up): to the least claim at the least distance, whatever the order of
-    the claims."""
-    near = dist.astype(np.float32)
-    before = best[pixels]
-    np.minimum.at(best, pixels, near)
-    now = best[pixels]
-    claims[pixels[now < before]] = _UNCLAIMED  # a nearer box: earlier claims are void
-    claim = np.where(dist < now, _LATER - owners, _LATER + 1 + owners).astype(np.uint32)
-    claim[near != now] = _UNCLAIMED
-    np.minimum.at(claims, pixels, claim)
-
-
-def _claimed_labels(claims: np.ndarray) -> np.ndarray:
-    """:func:`_claim`'s claims as int32 labels, ``k + 1`` for box ``k`` and 0 unclaimed, in
-    place."""
-    flat = claims.reshape(-1)
-    step = 1 << 16  # a part at a time, in the cache
-    for i in range(0, flat.size, step):
-        part = flat[i : i + step].astype(np.int64)
-        label = np.where(part <= _LATER, _LATER + 1 - part, part - _LATER)
-        label[part == _UNCLAIMED] = 0
-        flat[i : i + step] = label
-    return claims.view(np.int32)
+    status = np.zeros(len(supervision.boxes), np.float32)
+    for k, box in enumerate(supervision.boxes):
+        slices, u, v = box.local_coords(shape)
+        dist = u**2 + v**2
+        inside = np.maximum(np.abs(u), np.abs(v)) <= 1.0
+        core = dist <= core_scale**2
+        comps, n = ndi.label(foreground[slices] & inside)
+        if n == 0 or not core.any():
+            continue
+        overlap = np.bincount(comps[core], minlength=n + 1)
+        overlap[0] = 0
+        if overlap.max() == 0:
+            continue
+        obj = ndi.binary_fill_holes(comps == overlap.argmax()) & inside
+        status[k] = obj.sum() / core.sum()
+        closer = obj & (dist < best[slices])
+        labels[slices][closer] = k + 1
+        best[slices][closer] = dist[closer]
+    return labels, status
 
 
 def per_box_instances(
