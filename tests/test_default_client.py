@@ -11,6 +11,7 @@ import zarr
 from helpers import ThresholdNet
 from napari_mutualseg.blockwise import measure_blockwise
 from napari_mutualseg.boxes import boxes_from_labels
+from napari_mutualseg.image_task import measure_image
 from napari_mutualseg.images import AxisImage
 from napari_mutualseg.io import read_image
 from napari_mutualseg.jobs import find_images
@@ -79,7 +80,10 @@ def test_segment_predict_and_measure_read_a_lazy_image_here(client, stack, kind)
         table = measure_planes((planes[z], image.plane_array(z)) for z in range(image.n_planes))
         whole = read_image(folder / f"stack.{kind}")
         by_blocks = measure_blockwise(planes[1], image.plane_array(1), block_size=32, halo=8)
+        series = AxisImage(image.data, "TYX")  # a time series is measured frame by frame
+        frames = measure_image(np.stack(planes), series, None)
     assert blocks.max() > 1 and len(table["label"]) > 1 and len(by_blocks["label"]) > 1
+    assert len(frames["label"]) > 1 and set(frames["t"]) <= {0, 1, 2}
     np.testing.assert_array_equal(whole, pixels)
     assert sent.data == []  # nothing was read on the cluster
 

@@ -73,7 +73,6 @@ from .jobs import (
     find_images,
     layout_base,
     plan_jobs,
-    reading_here,
 )
 from .measure import summarize
 
@@ -206,8 +205,7 @@ class BatchRun:
         self.fingerprint = self.pair.fingerprint()
         if not self.overwrite:
             self._check_earlier_results()
-        with reading_here():
-            self._check_options()
+        self._check_options()
         self.results: list[ImageResult] = []
         self._cancelled = threading.Event()
         self.where = ""
@@ -367,16 +365,14 @@ class BatchRun:
         for job in jobs:
             if self.cancelled:
                 return
-            with reading_here():  # not while the caller has the result
-                result = process_image(
-                    self.pair,
-                    job,
-                    self.options,
-                    overwrite=self.overwrite,
-                    fingerprint=self.fingerprint,
-                    stop=self._cancelled.is_set,  # a large image is left between planes or blocks
-                )
-            yield result
+            yield process_image(
+                self.pair,
+                job,
+                self.options,
+                overwrite=self.overwrite,
+                fingerprint=self.fingerprint,
+                stop=self._cancelled.is_set,  # a large image is left between planes or blocks
+            )
 
     def _on_dask(self, jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
         from distributed import as_completed

@@ -33,6 +33,7 @@ from .measure import (
     summarize,
     with_frame_interval,
 )
+from .preprocess import read_here
 
 if TYPE_CHECKING:
     from .disagreement import Spot
@@ -116,9 +117,9 @@ def measure_image(
             table = measure_planes(planes, channel_names=names, pixel_size=spacing, unit=unit)
         else:
             frame_labels = labels if t is None else labels[t]
-            frame = np.asarray(data if t is None else data[t])
+            frame = read_here(data if t is None else data[t])
             table = measure_cells(
-                np.asarray(frame_labels), frame, channel_names=names, pixel_size=spacing, unit=unit
+                read_here(frame_labels), frame, channel_names=names, pixel_size=spacing, unit=unit
             )
         tables.append((t, table))
     table = join_frames(tables)

@@ -41,7 +41,6 @@ __all__ = [
     "find_images",
     "layout_base",
     "plan_jobs",
-    "reading_here",
 ]
 
 #: Image files a folder is searched for (besides OME-Zarr stores); bioio formats included.
@@ -427,23 +426,6 @@ def _kind(path: Path) -> _Kind:
     except Exception:
         return "image"
     return "labels" if label_evidence(plane).labels else "image"
-
-
-@contextlib.contextmanager
-def reading_here() -> Iterator[None]:
-    """Inside the block, lazy images (dask arrays) are read in this process, with dask's
-    threads, also where the caller made a dask ``Client`` the default (a notebook's, or
-    dask-jobqueue's): its workers would otherwise be sent the open file, which cannot travel
-    ("Could not serialize object ..."), or read the files in this process's place.
-
-    The setting is dask's, for the whole process while the block runs: keep the block to
-    the reading itself. The core reads with :func:`~napari_mutualseg.preprocess.read_here`,
-    which needs no block; a batch's image runs in one for what it loads otherwise.
-    """
-    import dask
-
-    with dask.config.set(scheduler="threads"):
-        yield
 
 
 @contextlib.contextmanager
