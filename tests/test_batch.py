@@ -1237,14 +1237,10 @@ def test_a_model_that_does_not_load_at_the_start_is_taken_off_the_cluster(
         assert not [n for n in shared.scheduler.worker_plugins if "mutualseg" in n]
 
 
-def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner, sent=None) -> list:
-    """Iterate ``run`` while its first worker is held on its first image and a second worker
-    joins (after ``late_joiner()``, which patches what that worker meets); the first is let
-    go once the late one has handed back the other images and the run has warned of it.
-    Each job sent again goes to ``sent``, with whether a worker was busy then."""
-    import napari_mutualseg.batch as batch
-
-    held, go, warned = threading.Event(), threading.Event(), threading.Event()
+def _hold_first_image(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Hold the run's first image on its worker: ``held`` is set once it is there, and it
+    goes on when ``go`` is set (or after 60 s)."""
+    held, go = threading.Event(), threading.Event()
     original = cluster.process_image
 
     def hold_first(pair, job, *args, **kwargs):
@@ -1254,6 +1250,18 @@ def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner, sent=No
         return original(pair, job, *args, **kwargs)
 
     monkeypatch.setattr(cluster, "process_image", hold_first)
+    return held, go
+
+
+def _with_a_late_worker(run: BatchRun, shared, monkeypatch, late_joiner, sent=None) -> list:
+    """Iterate ``run`` while its first worker is held on its first image and a second worker
+    joins (after ``late_joiner()``, which patches what that worker meets); the first is let
+    go once the late one has handed back the other images and the run has warned of it.
+    Each job sent again goes to ``sent``, with whether a worker was busy then."""
+    import napari_mutualseg.batch as batch
+
+    held, go = _hold_first_image(monkeypatch)
+    warned = threading.Event()
 
     def warn(*args, **kwargs):  # the run's own warnings only
         warnings.warn(*args, **kwargs)
@@ -1334,16 +1342,7 @@ def test_a_small_run_sends_a_worker_its_next_image_only_when_a_thread_is_free(
     all went to the workers at once, queued behind one another, and an image that killed its
     worker (out of memory) took those queued behind it along, each counting a death."""
     images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(2)]
-    held, go = threading.Event(), threading.Event()
-    original = cluster.process_image
-
-    def hold_first(pair, job, *args, **kwargs):
-        if not held.is_set():
-            held.set()
-            go.wait(60)
-        return original(pair, job, *args, **kwargs)
-
-    monkeypatch.setattr(cluster, "process_image", hold_first)
+    held, go = _hold_first_image(monkeypatch)
     states = []
     with _in_process_cluster() as shared:  # one worker of one thread
 
