@@ -47,6 +47,7 @@ __all__ = [
     "format_size",
     "image_stem",
     "is_image_name",
+    "label_kind",
     "output_paths",
     "read_box_table",
     "read_image",
@@ -366,6 +367,22 @@ def written_as(path: str | os.PathLike) -> str | None:
             software = str(tif.pages[0].software or "")
     except Exception:  # unreadable: not this package's, and reading it as an image says why
         return None
+    return label_kind(software)
+
+
+def label_kind(software: str) -> str | None:
+    """The kind of label file a TIFF ``Software`` tag says :func:`write_labels` wrote.
+
+    Parameters
+    ----------
+    software : str
+        The tag of the file's first page (empty when it has none).
+
+    Returns
+    -------
+    str or None
+        One of :data:`LABEL_KINDS`, or None for a tag this package did not write.
+    """
     name, _, kind = software.partition(" ")
     return kind if name == _SOFTWARE and kind in LABEL_KINDS else None
 

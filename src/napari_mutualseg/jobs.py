@@ -379,12 +379,11 @@ def _tiff_kind(path: Path) -> tuple[bool, Any]:
     share pays for each."""
     import tifffile
 
-    from .io import _SOFTWARE, LABEL_KINDS
+    from .io import label_kind
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        name, _, kind = str(page.software or "").partition(" ")
-        if name == _SOFTWARE and kind in LABEL_KINDS:
+        if label_kind(str(page.software or "")) is not None:
             return True, None
         if page.imagelength * page.imagewidth > _SAMPLE_PIXELS:
             return False, None
