@@ -1,5 +1,6 @@
 """Labels of z-stacks and time series written to OME-Zarr plane after plane."""
 
+import dask.array as da
 import numpy as np
 import pytest
 import zarr
@@ -63,11 +64,38 @@ def test_a_stack_of_one_plane_is_written_into_the_out_its_labels_shape_asks_for(
 
 
 def test_a_stack_out_of_another_shape_or_a_type_too_small_for_labels_is_refused():
-    with pytest.raises(ValueError, match=r"labels_zarr\(path, image.label_shape"):
-        _pair().segment(_stack(), axes="ZYX", out=np.zeros((48, 48), np.int32))
+    """The message gives the shape to make (the caller of the Python API has a plain array,
+    no image.label_shape), and predict_planes refuses at the call, not at the first plane."""
+    make = (
+        r"np.zeros\(\(6, 48, 48\), np.int32\), or labels_zarr\(path, \(6, 48, 48\), axes='ZYX'\)"
+    )
+    wrong = np.zeros((48, 48), np.int32)
+    with pytest.raises(ValueError, match=rf"shape \(6, 48, 48\) \(axes ZYX.*{make}"):
+        _pair().segment(_stack(), axes="ZYX", out=wrong)
+    with pytest.raises(ValueError, match=make):
+        _pair().predict_planes(_stack(), axes="ZYX", out=wrong)
+    with pytest.raises(TypeError, match=f"out must be an array .* got a list: make it {make}"):
+        _pair().segment(_stack(), axes="ZYX", out=wrong.tolist())
     for dtype in (np.uint8, np.int16, np.float32):  # uint8 wrapped past 255 cells silently
-        with pytest.raises(ValueError, match=f"out has dtype {np.dtype(dtype)}; .* int32"):
+        with pytest.raises(ValueError, match=f"out has dtype {np.dtype(dtype)}; .*{make}"):
             _pair().segment(_stack(), axes="ZYX", out=np.zeros((6, 48, 48), dtype))
+
+
+@pytest.mark.parametrize("blockwise", [True, False])
+def test_predict_planes_into_zarr_gives_each_planes_labels_read_from_it(tmp_path, blockwise):
+    """A prediction's labels are its plane of a zarr out, read when asked for, whether the
+    plane was segmented whole or block by block (block by block it was the internal writer,
+    which neither printed nor read as labels)."""
+    stack = _stack()[:3]
+    pair = _pair()
+    settings = {"axes": "ZYX", "blockwise": blockwise, "block_size": 32, "halo": 8}
+    expected = [p.labels for p in pair.predict_planes(stack, **settings)]
+    with labels_zarr(tmp_path / "cells.ome.zarr", stack.shape, axes="ZYX") as out:
+        for z, prediction in enumerate(pair.predict_planes(stack, **settings, out=out)):
+            assert isinstance(prediction.labels, da.Array)  # not read until asked for
+            assert f"48 x 48 px, {expected[z].max()} cells" in repr(prediction)
+            np.testing.assert_array_equal(np.asarray(prediction.labels), expected[z])
+            np.testing.assert_array_equal(out[z], expected[z])
 
 
 def test_ome_zarr_labels_keep_z_step_frame_interval_and_units(tmp_path):

@@ -68,6 +68,17 @@ def _plane_out(out: Any, image: AxisImage, index: int) -> Any:
     return out[key] if isinstance(out, np.ndarray) else _PlaneOut(out, key)
 
 
+def _lazy(out: Any) -> Any:
+    """A labels-shaped ``out`` that slicing gives no view of (a zarr array) as a dask array,
+    whose planes are read only when asked for; None for a numpy ``out`` or none."""
+    if out is None or isinstance(out, np.ndarray):
+        return None
+    import dask.array as da
+
+    # name=False: a random name, not a hash of the whole array's contents
+    return da.from_array(out, chunks=getattr(out, "chunks", None) or "auto", name=False)
+
+
 def _checked_plane(image: AxisImage, index: int) -> np.ndarray:
     """Plane ``index`` of ``image`` as checked ``(C, H, W)`` float32, not yet normalised."""
     return check_channels(image.plane(index), f"{image.name} {image.plane_name(index)}".rstrip())
@@ -102,6 +113,34 @@ def _warn_cut_off(name: str, cut_off: int) -> None:
         UserWarning,
         stacklevel=4,
     )
+
+
+def _check_out(out: Any, image: AxisImage) -> None:
+    """Refuse an ``out`` (None: none) that cannot hold ``image``'s labels: no array, another
+    shape than ``image.label_shape``, or a type other than integers of 32 bits or more."""
+    if out is None:
+        return
+    shape, axes = image.label_shape, image.label_axes
+    make = (
+        f"make it np.zeros({shape}, np.int32), or labels_zarr(path, {shape}, axes={axes!r}) "
+        "for an OME-Zarr on disk"
+    )
+    if not hasattr(out, "shape") or not hasattr(out, "dtype"):
+        raise TypeError(
+            f"out must be an array shaped like the labels, got a {type(out).__name__}: {make}."
+        )
+    if tuple(out.shape) != shape:
+        raise ValueError(
+            f"out has shape {tuple(out.shape)}, but the labels of {image.name} have shape "
+            f"{shape} (axes {axes}: the image's, less any channel axis): {make}."
+        )
+    dtype = np.dtype(out.dtype)
+    if dtype.kind not in "iu" or dtype.itemsize < 4:
+        # a smaller type wraps past its largest number (255 cells in uint8) without a word
+        raise ValueError(
+            f"out has dtype {dtype}; labels need integers of 32 bits or more (a smaller type "
+            f"wraps past its largest number, 255 in uint8): {make}."
+        )
 
 
 class Segmenter:
@@ -292,22 +331,9 @@ class Segmenter:
         out: Any,
     ) -> tuple[int, int] | None:
         """Block size and halo when ``image``'s planes go block by block (by default those
-        above :data:`AUTO_BLOCKWISE_PIXELS`), else None; ``out`` checked against its labels
-        (their shape, and an integer type of 32 bits or more)."""
-        if out is not None and tuple(out.shape) != image.label_shape:
-            raise ValueError(
-                f"out has shape {tuple(out.shape)}, but the labels of {image.name} have shape "
-                f"{image.label_shape} (axes {image.label_axes}); make it with "
-                "labels_zarr(path, image.label_shape, axes=image.label_axes)."
-            )
-        dtype = None if out is None else np.dtype(out.dtype)
-        if dtype is not None and (dtype.kind not in "iu" or dtype.itemsize < 4):
-            # a smaller type wraps past its largest number (255 cells in uint8) without a word
-            raise ValueError(
-                f"out has dtype {dtype}; labels need integers of 32 bits or more (a smaller "
-                "type wraps past its largest number, 255 in uint8): make it int32, as "
-                "labels_zarr does, or np.zeros(image.label_shape, np.int32)."
-            )
+        above :data:`AUTO_BLOCKWISE_PIXELS`), else None; ``out`` checked first
+        (:func:`_check_out`)."""
+        _check_out(out, image)
         if blockwise is None:
             blockwise = math.prod(image.plane_shape) > AUTO_BLOCKWISE_PIXELS
         if not blockwise:
@@ -329,9 +355,9 @@ class Segmenter:
         order, each normalised with the whole image's percentiles: whole, or block by block
         with ``blocks`` (block size, halo) (:mod:`napari_mutualseg.blockwise`).
 
-        ``out`` (labels-shaped) takes each plane's cells in their place: a one-plane image's
-        (a stack of one plane too) written block by block into it (any array, zarr too), a
-        stack's planes into numpy views (:func:`_plane_out`). With ``disagree``, a plane
+        ``out`` (labels-shaped, numpy or zarr) takes each plane's cells in their place
+        (:func:`_plane_out`), which a prediction's ``labels`` then are: a numpy view, or the
+        plane of a zarr ``out`` read lazily (:func:`_lazy`). With ``disagree``, a plane
         segmented whole also gets where the networks disagree, its cells' scores and the
         cells to check; otherwise its prediction holds the cells (and probabilities) only. A
         flat plane of a stack (a channel of one value: blank padding, a skipped frame) has
@@ -344,6 +370,7 @@ class Segmenter:
             )
 
         ranges = image.channel_ranges(self.percentiles)
+        stored = _lazy(out)
         planes = image.n_planes
         grid = None if blocks is None else block_grid(image.plane_shape, *blocks)
         steps = 1 if grid is None else len(grid)
@@ -356,6 +383,8 @@ class Segmenter:
                     progress(index * steps + done, planes * steps)
 
             target = _plane_out(out, image, index)
+            # what a prediction holds of the cells: their place in out when out is given
+            place = target if stored is None else stored[_label_key(image, index)]
             x = None if grid is not None else _checked_plane(image, index)
             # a flat plane of a stack (blank padding, a skipped frame) has nothing to segment:
             # the networks would be asked about a flat field
@@ -377,7 +406,7 @@ class Segmenter:
                     ranges=ranges,
                 )
                 cut_off += result.cut_off
-                yield Prediction(None, result.labels, None, None)
+                yield Prediction(None, result.labels if place is None else place, None, None)
                 continue
             proba = disagreement = None
             if flat:
@@ -399,16 +428,14 @@ class Segmenter:
                 labels = instances_from_proba(proba, min_size=min_size)
             if target is not None:
                 target[...] = labels
-                if isinstance(target, np.ndarray):  # a view of the caller's array
-                    labels = target
             if plane_progress is not None:
                 plane_progress(steps, steps)
             if disagreement is None:
-                yield Prediction(proba, labels, None, None)
+                yield Prediction(proba, labels if place is None else place, None, None)
                 continue
             yield Prediction(
                 probabilities=proba,
-                labels=labels,
+                labels=labels if place is None else place,
                 disagreement=disagreement,
                 cell_scores=cell_disagreement(labels, disagreement),
                 spots=spots_to_check(labels, disagreement, min_size=min_size),
@@ -492,7 +519,8 @@ class Segmenter:
         :meth:`segment` finds in it before the planes are linked
         (:func:`napari_mutualseg.linking.link_labels` links them, and a spot's ``label``
         maps through the same relabelling). Planes are predicted only as they are asked for,
-        so the caller may stop between any two.
+        so the caller may stop between any two; the image, the settings and ``out`` are
+        checked at the call.
 
         Parameters
         ----------
@@ -517,14 +545,16 @@ class Segmenter:
             Edge of a block's core in pixels.
         halo : int, optional
             Margin read around each block (default: from :attr:`cell_size`).
-        out : numpy.ndarray, optional
-            int32 array shaped like the labels (``image.label_shape``): each plane's cells
-            are written into their place in it, and a prediction's ``labels`` are a view of
-            that place.
+        out : array-like, optional
+            int32 array of zeros shaped like the labels (``image.label_shape``), numpy or
+            zarr (:func:`napari_mutualseg.ome.labels_zarr`): each plane's cells are written
+            into their place in it, and a prediction's ``labels`` are that place: a view of
+            a numpy ``out``; of a zarr one, a dask array that reads the plane from it when
+            asked (``np.asarray``, ``.compute()``), so that no plane stays in memory.
 
-        Yields
-        ------
-        Prediction
+        Returns
+        -------
+        iterator of Prediction
             One per plane, in order (z within each time point), each plane's cells numbered
             from 1. A plane of a stack in which a channel is constant (blank padding, a frame
             the microscope skipped) has nothing to segment: no cells, no disagreement.
@@ -540,7 +570,8 @@ class Segmenter:
         min_size = self._min_size(min_size)
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
         blocks = self._blocks(chosen, blockwise, block_size, halo, out)
-        yield from self._planes(chosen, tile_size, overlap, min_size, blocks, out, disagree=True)
+        # not a generator itself: a wrong setting or out is refused here, not at the first plane
+        return self._planes(chosen, tile_size, overlap, min_size, blocks, out, disagree=True)
 
     def _min_size(self, min_size: int | None) -> int:
         """The smallest cell kept: as given, else the training setting."""
