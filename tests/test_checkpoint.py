@@ -270,3 +270,35 @@ def test_info_says_the_smallest_cell_a_model_keeps(tmp_path):
     card = model_card(str(_pair().save(tmp_path / "m.pt")))
     assert card["min_size"] == 5
     assert "smallest cell kept: 5 px" in _text(card)
+
+
+def test_numpy_values_are_saved_plain_and_other_objects_refused_before_writing(tmp_path):
+    # a NumPy number or a path in the pair made a file that saved, over a good one with
+    # overwrite=True, but never loaded again
+    pair = _pair()
+    pair.cell_size = np.float32(15)
+    pair.history.append({"round": 1, "loss_a": np.float64(0.5)})
+    pair.settings["min_size"] = np.int64(5)
+    pair.channel_names = (np.str_("DAPI"),)
+    path = pair.save(tmp_path / "m.pt")
+    loaded = ModelPair.load(path)
+    assert (loaded.cell_size, loaded.settings["min_size"], loaded.channel_names) == (
+        15.0,
+        5,
+        ("DAPI",),
+    )
+    assert type(loaded.history[0]["loss_a"]) is float
+    before = path.read_bytes()
+    pair.settings["images"] = tmp_path / "plate1"
+    with pytest.raises(ValueError, match=r"settings\['images'\] is a \w*Path .*Nothing was"):
+        pair.save(path, overwrite=True)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["cells.tif", "cells.ome.tif", "Cells.PNG", "cells.ome.zarr"])
+def test_a_model_is_never_saved_under_an_image_name(tmp_path, name):
+    image = tmp_path / name
+    image.write_bytes(b"the user's image")
+    with pytest.raises(ValueError, match=r"an image's name.*save the model as .*[Cc]ells\.pt\b"):
+        _pair().save(image, overwrite=True)
+    assert image.read_bytes() == b"the user's image"

@@ -19,15 +19,18 @@ import math
 import os
 import pickle
 import re
+import reprlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
 from .files import atomic_write
+from .io import image_stem, is_image_name
 from .unet import N_CLASSES, UNet
 
 FORMAT = "napari-mutualseg/pair"
@@ -77,12 +80,24 @@ def write_checkpoint(
         False.
     napari_mutualseg.files.OutputError
         When the file cannot be written (full or read-only disk, no permission).
+    ValueError
+        When ``path`` is named as an image, or the payload holds a value a model file cannot
+        (anything but tensors, numbers, text, lists and tables of them; NumPy numbers and
+        arrays are stored as plain ones). Nothing is written then.
     """
+    if is_image_name(path):
+        # info, predict's folder search and napari would take it for an image, and saved
+        # with overwrite=True over the image it is named as, it would replace it
+        raise ValueError(
+            f"{path} is an image's name, which a model file must not have (it would be taken "
+            f"for an image, or replace one): save the model as "
+            f"{Path(path).with_name(image_stem(path) + '.pt')}. Nothing was written."
+        )
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
-        **payload,
+        **_plain(payload, ""),
     }
     payload[_CHECKSUM] = _checksum(payload)
     with atomic_write(path, overwrite=overwrite) as f:
@@ -94,6 +109,32 @@ def write_checkpoint(
                 raise err.__context__ from None
             raise
     return Path(path)
+
+
+def _plain(value: Any, name: str) -> Any:
+    """``value`` as a model file holds it, NumPy numbers and arrays as plain Python values.
+
+    The file is read back with ``weights_only``, which refuses every other object: written
+    as it is, a NumPy number in the history or a path in the settings made a file that saved
+    (over a good one, with ``overwrite``) but never loaded.
+    """
+    if isinstance(value, torch.Tensor) or type(value) in (bool, int, float, str, type(None)):
+        return value
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {
+            _plain(k, name): _plain(v, f"{name}[{k!r}]" if name else str(k))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        items = [_plain(v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise ValueError(
+        f"the model's {name} is a {type(value).__name__} ({reprlib.repr(value)}), which a "
+        "model file cannot hold (it holds numbers, text, and lists and tables of them): "
+        "store it as text or a number. Nothing was written."
+    )
 
 
 def write_networks(
