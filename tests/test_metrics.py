@@ -145,6 +145,22 @@ def test_dense_and_sparse_tables_agree(monkeypatch):
     assert evaluate(pred, gt) == pytest.approx(ref)
 
 
+def test_overlap_counts_are_each_pairs_shared_pixels_with_a_table_or_sorted_keys(monkeypatch):
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 5, (12, 16)) * 1000  # ids far apart, as linked labels are
+    b = rng.integers(0, 7, (12, 16))
+    pairs = [(i, j) for i in range(1000, 5000, 1000) for j in range(1, 7)]
+    expected = [(i, j, int(np.sum((a == i) & (b == j)))) for i, j in pairs]
+    expected = [pair for pair in expected if pair[2]]
+    for limit in (metrics._DENSE_TABLE_LIMIT, 0):  # a table for small ids, else sorted keys
+        monkeypatch.setattr(metrics, "_DENSE_TABLE_LIMIT", limit)
+        counted = metrics.overlap_counts(a, b)
+        assert [tuple(map(int, pair)) for pair in zip(*counted, strict=True)] == expected
+        assert all(x.dtype == np.int64 for x in counted)
+    small = a // 1000  # ids 1..4: counted in a table
+    assert metrics.overlap_counts(small, b)[2].sum() == np.sum((small > 0) & (b > 0))
+
+
 def test_identical_images_are_perfect():
     gt = random_labels(np.random.default_rng(3))
     r = evaluate(gt.copy(), gt)

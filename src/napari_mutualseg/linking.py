@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import overlap_counts
+
 __all__ = [
     "LINK_MIN_OVERLAP",
     "SliceLinker",
@@ -84,15 +86,12 @@ class _Kept:
         self.labels = None
 
     def pairs(self, current: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(this slice's id, ``current``'s id) of every pixel labelled in both, a plane at
-        a time."""
+        """The labels of this slice and of ``current`` at the same pixels, a plane at a time
+        (of a pruned slice, at the pixels it kept)."""
         if self.labels is None:
-            cur = current.reshape(-1)[self._where]
-            yield self._values[cur > 0], cur[cur > 0]
+            yield self._values, current.reshape(-1)[self._where]
             return
-        for cur, prev in zip(_planes(current), _planes(self.labels), strict=True):
-            both = (cur > 0) & (prev > 0)
-            yield prev[both], cur[both]
+        yield from zip(_planes(self.labels), _planes(current), strict=True)
 
     def areas(self, size: int) -> np.ndarray:
         """Pixels of each id below ``size``."""
@@ -114,9 +113,9 @@ def _links(
     stride = int(current.max(initial=0)) + 1
     keys, counts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for prev, cur in previous.pairs(current):
-        k, c = np.unique(prev.astype(np.int64) * stride + cur, return_counts=True)
-        keys.append(k)
-        counts.append(c)
+        p, c, shared = overlap_counts(prev, cur)
+        keys.append(p * stride + c)
+        counts.append(shared)
     keys, where = np.unique(np.concatenate(keys), return_inverse=True)
     inter = np.bincount(where.ravel(), weights=np.concatenate(counts)).astype(np.int64)
     prev, cur = np.divmod(keys, stride)

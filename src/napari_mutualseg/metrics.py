@@ -28,6 +28,7 @@ __all__ = [
     "match_instances",
     "mean_metrics",
     "not_instance_labels",
+    "overlap_counts",
     "overlap_table",
 ]
 
@@ -36,8 +37,8 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(
     float(t) for t in np.round(np.arange(0.5, 1.0, 0.05), 2)
 )
 
-# Above this many cells the dense contingency table would cost more memory than sorting the
-# overlapping pixels' pair keys.
+# Most entries of a dense table of pair counts (32 MB); above it, or above the overlapping
+# pixels counted, sorting their pair keys costs less memory.
 _DENSE_TABLE_LIMIT = 1 << 22
 
 
@@ -353,6 +354,36 @@ class Overlap:
     iou: np.ndarray
 
 
+def overlap_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels that every pair of overlapping objects of two label images share.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        Integer labels of the same shape (0 = background, any non-negative ids), e.g. two
+        planes, or the values of the same pixels in two images.
+
+    Returns
+    -------
+    a_ids, b_ids, pixels : numpy.ndarray
+        int64: per pair of objects labelled together in at least one pixel, the object's id
+        in ``a``, in ``b`` and the pixels they share; sorted by ``a``'s id, then ``b``'s.
+    """
+    a, b = np.ravel(a), np.ravel(b)
+    stride = int(b.max(initial=0)) + 1
+    both = (a > 0) & (b > 0)
+    keys = a[both].astype(np.int64) * stride + b[both]
+    size = (int(a.max(initial=0)) + 1) * stride
+    if size <= min(keys.size, _DENSE_TABLE_LIMIT):
+        # a table no larger than the keys: counted without sorting them
+        table = np.bincount(keys, minlength=size).reshape(-1, stride)
+        a_ids, b_ids = np.nonzero(table)
+        return a_ids, b_ids, table[a_ids, b_ids]
+    keys, pixels = np.unique(keys, return_counts=True)
+    a_ids, b_ids = np.divmod(keys, stride)
+    return a_ids, b_ids, pixels.astype(np.int64)
+
+
 def overlap_table(pred: np.ndarray, gt: np.ndarray) -> Overlap:
     """Every pair of overlapping objects of two label images of the same shape, in one pass.
 
@@ -375,16 +406,8 @@ def overlap_table(pred: np.ndarray, gt: np.ndarray) -> Overlap:
     n_p, n_g = pred_ids.size, gt_ids.size
     gt_area = np.bincount(g, minlength=n_g + 1)[1:]
     pred_area = np.bincount(p, minlength=n_p + 1)[1:]
-    if (n_g + 1) * (n_p + 1) <= _DENSE_TABLE_LIMIT:
-        table = np.bincount(g * (n_p + 1) + p, minlength=(n_g + 1) * (n_p + 1))
-        table = table.reshape(n_g + 1, n_p + 1)[1:, 1:]
-        pair_gt, pair_pred = np.nonzero(table)
-        inter = table[pair_gt, pair_pred]
-    else:
-        both = (g > 0) & (p > 0)
-        keys, inter = np.unique(g[both] * (n_p + 1) + p[both], return_counts=True)
-        pair_gt, pair_pred = np.divmod(keys, n_p + 1)
-        pair_gt, pair_pred = pair_gt - 1, pair_pred - 1
+    pair_gt, pair_pred, inter = overlap_counts(g, p)
+    pair_gt, pair_pred = pair_gt - 1, pair_pred - 1  # ids 1..n to object indices
     union = gt_area[pair_gt] + pred_area[pair_pred] - inter
     return Overlap(
         gt_ids=gt_ids,
