@@ -1,4 +1,5 @@
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -302,3 +303,26 @@ def test_a_model_is_never_saved_under_an_image_name(tmp_path, name):
     with pytest.raises(ValueError, match=r"an image's name.*save the model as .*[Cc]ells\.pt\b"):
         _pair().save(image, overwrite=True)
     assert image.read_bytes() == b"the user's image"
+
+
+@pytest.mark.parametrize(
+    ("names", "warned"),
+    [(("GFP",), True), (("dapi",), False), (None, False)],
+)
+def test_a_model_given_a_channel_named_otherwise_warns(names, warned):
+    # a nuclei model given a one-channel GFP image used it silently
+    from napari_mutualseg.images import AxisImage
+
+    pair = _pair()
+    pair.channel_names = ("DAPI",)
+    pixels = np.random.default_rng(0).random((1, 16, 16), np.float32)  # intensities, no mask
+    image = AxisImage.from_array(pixels, "CYX", channel_names=names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pair.network_input(image)
+        pair.network_input(image, channels=[0])  # picked by the user: as asked
+    said = [str(w.message) for w in caught]
+    if warned:
+        assert len(said) == 1 and "trained on DAPI and are given GFP" in said[0]
+    else:
+        assert said == []

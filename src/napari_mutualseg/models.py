@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,13 +202,15 @@ class ModelPair(Segmenter):
         -----
         UserWarning
             When the image looks like labels or a mask rather than intensities
-            (:func:`~napari_mutualseg.network_input.warn_if_labels`).
+            (:func:`~napari_mutualseg.network_input.warn_if_labels`), or when the channels
+            taken by default are named otherwise than those the networks were trained on.
         """
         img = as_image(image, axes, name=name)
         # the caller's frame: segment or predict (Segmenter) calls this
         warn_if_labels(img, stacklevel=4)
         rgb = rgb or self.settings.get("rgb", "channels")
-        if channels is not None:
+        picked = channels is not None
+        if picked:
             chosen = img.select(channels, rgb)
         else:
             channels = parse_channels(self.settings.get("channels"))
@@ -241,7 +244,24 @@ class ModelPair(Segmenter):
                 f"{img.name} gives the networks {given} channel{'s' if given > 1 else ''} but "
                 f"they were trained on {self.describe_input()}: {'; or '.join(hints)}."
             )
+        if not picked:
+            self._warn_if_renamed(chosen)
         return chosen
+
+    def _warn_if_renamed(self, chosen: AxisImage) -> None:
+        """Warn when the channels taken by default are named otherwise than the training
+        channels: found by their index, or the image's only ones, they may be another stain."""
+        if not (self.channel_names and chosen.channel_names):
+            return
+        if [n.lower() for n in chosen.channel_names] == [n.lower() for n in self.channel_names]:
+            return
+        warnings.warn(
+            f"{chosen.name}: the networks were trained on {', '.join(self.channel_names)} and "
+            f"are given {', '.join(chosen.channel_names)}; if that is not the same stain, pick "
+            "the channels with --channel (channels= in Python).",
+            UserWarning,
+            stacklevel=4,  # the caller of segment, as warn_if_labels
+        )
 
     def fingerprint(self) -> str:
         """A digest of what decides the segmentation: both networks' weights, the intensity
