@@ -326,3 +326,12 @@ def test_a_model_given_a_channel_named_otherwise_warns(names, warned):
         assert len(said) == 1 and "trained on DAPI and are given GFP" in said[0]
     else:
         assert said == []
+
+
+def test_two_models_alike_but_for_their_weights_are_told_apart_by_their_repr(tmp_path):
+    # trained alike on other images, two files printed the same line
+    first, second = _pair(), _pair()
+    second.model_a = build_unet(ARCH, 7)
+    loaded = [ModelPair.load(p.save(tmp_path / f"{i}.pt")) for i, p in enumerate((first, second))]
+    assert repr(loaded[0]) != repr(loaded[1])
+    assert repr(loaded[0]) == repr(first) and f"fingerprint {first.fingerprint()})" in repr(first)

@@ -82,10 +82,13 @@ class ModelPair(Segmenter):
         rounds = len(self.history)
         low, high = self.percentiles
         cell = "" if self.cell_size is None else f", cells up to {self.cell_size:g} px"
+        # the fingerprint tells apart pairs (and files) that are alike in all the rest, and
+        # is the one in the batch records of what they segmented
         return (
             f"ModelPair(two U-Nets of depth {a['depth']}, {size}; input "
             f"{self.describe_input()}, scaled to percentiles {low:g}-{high:g}; "
-            f"{rounds} round{'' if rounds == 1 else 's'} trained; on {self.device}{cell})"
+            f"{rounds} round{'' if rounds == 1 else 's'} trained; on {self.device}{cell}; "
+            f"fingerprint {self.fingerprint()})"
         )
 
     @property
