@@ -646,6 +646,28 @@ def test_found_counts_the_boxes_whose_object_is_passed_on(scene):
     assert found_fraction([nothing], [ctx], settings) == 0.0
 
 
+def test_the_exchange_reads_each_box_on_the_image_once_for_all_rounds(scene, monkeypatch):
+    # 16,384 boxes at 4096²: each pass over the boxes' geometry costs about half a second, and
+    # the context made three before the first round and one more a round for boxes that fall
+    # back to their round-1 label
+    _, gt, sup = scene
+    calls = []
+    local_coords = Box.local_coords
+    monkeypatch.setattr(
+        Box, "local_coords", lambda box, shape: calls.append(box) or local_coords(box, shape)
+    )
+    ctx = ExchangeContext.build(sup)
+    assert calls == sup.boxes
+    # a peer that found nothing: every box falls back
+    nothing = (np.zeros(gt.shape, np.int32), np.zeros(len(sup.boxes), np.float32))
+    monkeypatch.setattr(exchange, "box_objects", lambda *args, **kwargs: nothing)
+    proba = np.stack([gt == 0, gt > 0, np.zeros_like(gt, bool)]).astype(np.float32)
+    for _ in range(2):
+        np.testing.assert_array_equal(ctx.combine(proba, ExchangeSettings()), ctx.initial)
+    assert found_fraction([proba], [ctx], ExchangeSettings()) == 0.0
+    assert calls == sup.boxes
+
+
 @pytest.mark.filterwarnings("ignore:.*past the image border")
 @pytest.mark.parametrize("corners", [(10, 10, 30, 30), (-10, 10, 10, 30), (-10, -10, 10, 10)])
 def test_a_box_past_the_image_border_leaks_like_a_whole_one(corners):
