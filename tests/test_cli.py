@@ -666,7 +666,9 @@ def test_a_mistyped_path_is_told_with_the_names_close_to_it(data, tmp_path, caps
 
 
 def test_train_stopped_by_a_signal_says_how_to_go_on(data, tmp_path, capsys, monkeypatch):
-    # it said where the networks were, not that --resume trains them on from there
+    # it said where the networks were, not that --resume trains them on from there; then it
+    # said '--resume m.pt', with which the same command refused to replace m.pt and, given
+    # --overwrite, trained all the rounds again
     import os
     import signal
 
@@ -686,11 +688,30 @@ def test_train_stopped_by_a_signal_says_how_to_go_on(data, tmp_path, capsys, mon
     argv = ["train", data["image"], "--boxes", data["plain"], "--out", model, *TINY]
     code, stdout, err = _run(capsys, *argv, "--rounds", "3")
     assert code == 130 and "round 1/3" in stdout and "round 2/3" not in stdout
+    assert "\n\n" not in err  # no empty lines in a log file, where no bar was cut short
     assert (
-        f"interrupted (SIGINT): the networks of round 1 are in {model}; --resume {model} "
-        "trains them on from there." in err
+        f"interrupted (SIGINT): the networks of round 1 are in {model}; the same command with "
+        f"--resume {model} --overwrite --rounds 2 trains the 2 rounds left from there." in err
     )
     assert ModelPair.load(model).history
+    monkeypatch.setattr(train, "run_rounds", rounds)
+    code, stdout, err = _run(capsys, *argv, "--resume", model, "--overwrite", "--rounds", "2")
+    assert code == 0 and "round 3/3" in stdout and "round 4/" not in stdout, err
+
+
+def test_a_log_file_gets_one_line_per_step_not_progress_bars(data, tmp_path, capsys):
+    """Output to a file (a cluster job's log) held the progress bars' redraws, each behind a
+    carriage return, and no image's time nor how far the run was."""
+    model = tmp_path / "m.pt"
+    argv = ["train", data["image"], "--boxes", data["plain"], "--out", model, *TINY]
+    code, stdout, err = _run(capsys, *argv)
+    assert code == 0 and "\r" not in stdout + err, err
+    images = [data["image"], data["other"]]
+    argv = ["predict", model, *images, "--out", tmp_path / "p", "--workers", "0"]
+    code, stdout, err = _run(capsys, *argv)
+    assert code == 0 and "\r" not in stdout + err, err
+    wrote = r"Wrote \S+other_cells.tif \(\d+ cells, 64 x 80, axes YX, \d+\.\d s\) \[2/2\]\n"
+    assert re.search(wrote, stdout), stdout
 
 
 def test_predict_says_it_is_finding_the_images_when_that_takes_a_while(

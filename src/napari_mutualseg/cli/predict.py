@@ -219,21 +219,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _say_what_is_kept(run),
         stop_gently(run.cancel, kept) as stopped,
         contextlib.closing(results),
-        tqdm(total=len(run.jobs), desc="images", unit="image", leave=False) as bar,
+        # drawn on a terminal only: a log file gets each image's line, not the bar's redraws
+        tqdm(total=len(run.jobs), desc="images", unit="image", leave=False, disable=None) as bar,
     ):
-        for result in results:
+        for k, result in enumerate(results, 1):
             bar.update()
             bar.set_postfix(failed=run.counts()["failed"], refresh=False)
             name = result.job.name
+            # where the run is, for a log that has no bar
+            place = f"[{k}/{len(run.jobs)}]"
             if result.status == "failed":
-                bar.write(f"failed: {name}: {result.reason}", file=sys.stderr)
+                bar.write(f"failed: {name}: {result.reason} {place}", file=sys.stderr)
             elif result.status == "done":
                 bar.write(_with_folder(result.read, name), file=sys.stderr)
                 shape = " x ".join(map(str, result.shape))
                 notes = f"; {result.reason}" if result.reason else ""
                 bar.write(
                     f"Wrote {result.job.labels} ({result.cells} cells, {shape}, axes "
-                    f"{result.axes}{notes})"
+                    f"{result.axes}, {result.seconds:.1f} s{notes}) {place}"
                 )
         if stopped:
             raise Interrupted(stopped[0])  # told with what is kept, as a second signal is

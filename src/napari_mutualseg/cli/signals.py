@@ -75,7 +75,7 @@ def stop_gently(cancel: Callable[[], None], kept: str) -> Iterator[list[int]]:
             raise Interrupted(signum, "stopped at once on the second signal; nothing saved")
         received.append(signum)
         cancel()
-        print(f"\n{signal.Signals(signum).name}: stopping; {kept}", file=sys.stderr)
+        print(f"{_new_line()}{signal.Signals(signum).name}: stopping; {kept}", file=sys.stderr)
 
     with on_signals(handler):
         yield received
@@ -98,6 +98,11 @@ def report_interrupt(err: KeyboardInterrupt) -> int:
     detail = getattr(err, "detail", "") or (
         "every file reported as written is complete, and no file is left half written"
     )
-    # on a line of its own: the signal may have cut a progress bar (or ^C) short
-    print(f"\ninterrupted ({signal.Signals(signum).name}): {detail}.", file=sys.stderr)
+    print(f"{_new_line()}interrupted ({signal.Signals(signum).name}): {detail}.", file=sys.stderr)
     return 128 + signum
+
+
+def _new_line() -> str:
+    """What starts a line about a signal: on a terminal the signal may have cut a progress
+    bar (or ^C) short; a log file has neither, and gets no empty line."""
+    return "\n" if sys.stderr.isatty() else ""

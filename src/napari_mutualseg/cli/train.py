@@ -34,6 +34,9 @@ def run_rounds(
 ) -> RoundReport | None:
     """Run the engine with a step progress bar, calling ``on_round`` after each round.
 
+    The bar is drawn on a terminal only: redrawn in a log file (a cluster job's output) it
+    would fill it with carriage returns, where the rounds' lines say the progress.
+
     Returns
     -------
     RoundReport or None
@@ -43,7 +46,8 @@ def run_rounds(
 
     print(f"Training on {trainer.device_name}", file=sys.stderr)
     report = None
-    with tqdm(total=trainer.total_steps, unit="step", desc="training", leave=False) as bar:
+    bar = tqdm(total=trainer.total_steps, unit="step", desc="training", leave=False, disable=None)
+    with bar:
         for report in trainer:
             bar.update(trainer.step - bar.n)
             if on_round is not None:
@@ -195,11 +199,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             written = outputs.labels(path, inst, size)
             print(f"Wrote {written} ({int(inst.max())} cells)")
     if stopped:
-        raise Interrupted(
-            stopped[0],
-            f"the networks of round {first + report.round} are in {saved}; --resume {saved} "
-            "trains them on from there",
-        )
+        kept = f"the networks of round {first + report.round} are in {saved}"
+        left = report.rounds - report.round
+        if left:
+            # the command to run again, as a requeued cluster job needs it: the file saved is
+            # the one --out names, and --rounds counts the rounds still to train
+            kept += (
+                f"; the same command with --resume {saved} --overwrite --rounds {left} trains "
+                f"the {left} round{'s' if left > 1 else ''} left from there"
+            )
+        raise Interrupted(stopped[0], kept)
     return outputs.status
 
 
