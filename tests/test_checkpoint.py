@@ -106,6 +106,11 @@ def _payload(path):
     ("change", "message"),
     [
         (lambda p: p.update(format_version="1"), "format_version"),
+        (
+            lambda p: p.update(format_version=2, package_version="9.0"),
+            r"written by napari-mutualseg 9\.0 in model format 2, .* reads format 1 and older; "
+            r"upgrade it \(pip install --upgrade napari-mutualseg\)",
+        ),
         (lambda p: p["arch_a"].update(n_classes=1), "n_classes"),
         (lambda p: [p[k].update(in_channels=1000) for k in ("arch_a", "arch_b")], "in_channels"),
         (lambda p: p["arch_b"].update(in_channels=2), "different numbers of channels"),
@@ -335,3 +340,20 @@ def test_two_models_alike_but_for_their_weights_are_told_apart_by_their_repr(tmp
     loaded = [ModelPair.load(p.save(tmp_path / f"{i}.pt")) for i, p in enumerate((first, second))]
     assert repr(loaded[0]) != repr(loaded[1])
     assert repr(loaded[0]) == repr(first) and f"fingerprint {first.fingerprint()})" in repr(first)
+
+
+def test_a_file_of_the_first_release_loads_and_trains_on(tmp_path):
+    from napari_mutualseg.config import TrainConfig
+
+    # as 0.1.0 wrote it: no checksum, cell size nor channel names, the exchange rule by name
+    path = _pair().save(tmp_path / "m.pt")
+    payload = _payload(path)
+    for key in ("tensors_sha256", "cell_size", "channel_names"):
+        del payload[key]
+    payload["settings"] = {"rounds": 3, "exchange": "literal", "confidence": 0.7}
+    torch.save(payload, path)
+    loaded = ModelPair.load(path)
+    assert (loaded.cell_size, loaded.channel_names) == (None, None)
+    config = TrainConfig.from_dict(loaded.settings)
+    assert (config.exchange.rule, config.exchange.confidence) == ("literal", 0.7)
+    assert loaded.segment(np.random.default_rng(0).random((32, 32))).shape == (32, 32)

@@ -366,9 +366,12 @@ def _problem(payload: dict[str, Any]) -> str | None:
     if not _is_int(version) or version < 1:
         return f"its format_version is {version!r}, not a positive whole number"
     if version > FORMAT_VERSION:
+        written = payload.get("package_version")
+        by = f"napari-mutualseg {written}" if isinstance(written, str) else "a newer release"
         return (
-            f"it was written by a newer napari-mutualseg ({payload.get('package_version')}, "
-            f"format {version}); upgrade the package to read it"
+            f"it was written by {by} in model format {version}, and this napari-mutualseg "
+            f"({__version__}) reads format {FORMAT_VERSION} and older; upgrade it (pip install "
+            "--upgrade napari-mutualseg) to use the model"
         )
     percentiles = payload.get("percentiles")
     if (
