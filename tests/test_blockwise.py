@@ -111,6 +111,18 @@ def test_labels_segmented_whole_are_written_into_out():
     assert _same_objects(out, _pair().segment(image)) and out.max() == 11
 
 
+def test_an_out_segmented_into_again_holds_the_new_images_cells_only():
+    """Block by block (out's default), the labels an out held were kept as cells of earlier
+    blocks: a second image segmented into it had the first image's cells and lost its own."""
+    first = _image_of(_cells_across_faces())
+    second = first[::-1, ::-1].copy()
+    blocks = {"block_size": BLOCK, "halo": 32}
+    out = np.zeros(first.shape, np.int32)
+    _pair().segment(first, out=out, **blocks)
+    _pair().segment(second, out=out, **blocks)
+    np.testing.assert_array_equal(out, _pair().segment(second, out=np.zeros_like(out), **blocks))
+
+
 def test_halo_follows_the_cell_size_and_large_images_go_by_blocks():
     assert default_halo(None) == 128
     assert default_halo(10) == 64  # the networks' context at least

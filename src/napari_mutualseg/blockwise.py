@@ -377,8 +377,9 @@ def segment_blockwise(
     image, predict, block_size, halo, percentiles, min_size, name, ranges
         As in :func:`block_labels`.
     out : array-like, optional
-        int32 ``(Y, X)`` array of zeros to write the labels into, e.g. from
-        :func:`napari_mutualseg.ome.labels_zarr`; by default a numpy array is made.
+        int32 ``(Y, X)`` array to write the labels into, e.g. from
+        :func:`napari_mutualseg.ome.labels_zarr`; what it held is replaced. By default a
+        numpy array is made.
     progress : callable, optional
         Called as ``progress(done, total)`` after each block.
 
@@ -392,6 +393,10 @@ def segment_blockwise(
         out = np.zeros(shape, np.int32)
     elif tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}; the image's labels need {shape}.")
+    else:
+        # a block keeps the labels it finds in out as earlier blocks' cells: those of an
+        # image segmented into it before would stay, and push this image's cells out
+        out[...] = 0
     total = len(block_grid(shape, block_size, halo))
     next_id, cut_off = 1, 0
     blocks = block_labels(

@@ -273,12 +273,12 @@ class Segmenter:
             Margin read around each block (default: from :attr:`cell_size`, see
             :func:`~napari_mutualseg.blockwise.default_halo`).
         out : array-like, optional
-            int32 array of zeros shaped like the labels (``image.label_shape``) to write them
-            into, e.g. from :func:`napari_mutualseg.ome.labels_zarr` (with ``axes=`` for a
-            stack): one plane block by block; a stack plane after plane, each written as soon
-            as it is linked to the planes before it (a time series of z-stacks: at the end of
-            its time point), so that the memory holds a few planes, not the stack. The labels
-            are those the stack would have in memory.
+            int32 array shaped like the labels (``image.label_shape``) to write them into
+            (what it held is replaced), e.g. from :func:`napari_mutualseg.ome.labels_zarr`
+            (with ``axes=`` for a stack): one plane block by block; a stack plane after
+            plane, each written as soon as it is linked to the planes before it (a time
+            series of z-stacks: at the end of its time point), so that the memory holds a few
+            planes, not the stack. The labels are those the stack would have in memory.
         progress : callable, optional
             ``progress(done, total)`` after each plane (block by block: after each block).
 
@@ -286,8 +286,8 @@ class Segmenter:
         -------
         array-like
             Labels with the image's axes less C (``image.label_axes``): ``(H, W)`` for one
-            plane, ``(Z, H, W)`` for a z-stack, ``(T, [Z,] H, W)`` for a time series; ``out``
-            when given.
+            plane, ``(Z, H, W)`` for a z-stack, ``(T, [Z,] H, W)`` for a time series (each
+            frame's cells numbered from 1 on their own, unless ``track``); ``out`` when given.
         """
         check_tiling(tile_size, overlap)
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
@@ -546,9 +546,9 @@ class Segmenter:
         halo : int, optional
             Margin read around each block (default: from :attr:`cell_size`).
         out : array-like, optional
-            int32 array of zeros shaped like the labels (``image.label_shape``), numpy or
-            zarr (:func:`napari_mutualseg.ome.labels_zarr`): each plane's cells are written
-            into their place in it, and a prediction's ``labels`` are that place: a view of
+            int32 array shaped like the labels (``image.label_shape``), numpy or zarr
+            (:func:`napari_mutualseg.ome.labels_zarr`): each plane's cells replace what its
+            place in it held, and a prediction's ``labels`` are that place: a view of
             a numpy ``out``; of a zarr one, a dask array that reads the plane from it when
             asked (``np.asarray``, ``.compute()``), so that no plane stays in memory.
 
