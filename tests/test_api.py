@@ -68,6 +68,16 @@ def test_labels_given_for_the_image_are_warned_of(trained):
         trainer.pair.segment((image * 1000).astype(np.uint16))  # intensities: no warning
 
 
+def test_predict_given_a_stack_points_to_predict_planes(trained):
+    trainer, _ = trained
+    image, _ = disc_image()
+    stack = np.stack([image, image])
+    with pytest.raises(ValueError, match=r"2 planes; predict takes one \(predict_planes predicts"):
+        trainer.pair.predict(stack, axes="ZYX")
+    with pytest.raises(ValueError, match=r"predict_proba takes one \(segment takes stacks"):
+        trainer.pair.predict_proba(stack, axes="ZYX")
+
+
 def test_a_prediction_prints_its_counts_not_its_arrays():
     labels = np.zeros((8, 10), np.int32)
     labels[1:4, 1:4], labels[5:7, 5:9] = 1, 2

@@ -191,9 +191,11 @@ class Segmenter:
         """The network input of a one-plane image; stacks are for :meth:`segment`."""
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
         if chosen.n_planes != 1:
+            # predict_planes gives what predict gives, for each plane of a stack
+            planes = "predict_planes predicts each plane of a stack, " * (method == "predict")
             raise ValueError(
-                f"{chosen.name} has {chosen.n_planes} planes; {method} takes one (segment "
-                "takes stacks and time series)."
+                f"{chosen.name} has {chosen.n_planes} planes; {method} takes one ({planes}"
+                "segment takes stacks and time series)."
             )
         return chosen
 
