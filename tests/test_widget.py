@@ -68,9 +68,18 @@ def test_settings_are_one_object_for_panel_and_scripts(viewer_widget):
 
 
 def test_panel_fits_a_laptop_screen(viewer_widget):
+    from qtpy.QtWidgets import QScrollArea
+
     _viewer, widget = viewer_widget
     # a 1366 x 768 screen leaves about 650 px for a dock; the content scrolls instead
     assert widget.minimumSizeHint().height() < 400
+    # but not the status line: what runs, which round, what to do next stays in sight
+    assert not widget.findChild(QScrollArea).isAncestorOf(widget.status)
+    # and a long path in it does not widen the dock past the screen
+    width = widget.minimumSizeHint().width()
+    widget.controller.notify("Folder done; tables in /" + "a_long_folder_name" * 20 + ".")
+    widget.status.parentWidget().layout().activate()  # as showing it would
+    assert widget.minimumSizeHint().width() == width
 
 
 # -------------------------------------------------------------------------------- supervision

@@ -166,9 +166,11 @@ def test_a_prediction_stops_after_the_plane_at_hand(thresholded, slow_planes, qt
     viewer, widget = thresholded
     a = disc_image()[0]
     image = viewer.add_image(np.stack([a] * 20), name="st", axis_labels=("z", "y", "x"))
+    idle = widget.training.sizeHint()
     widget.predict(image)
-    qtbot.waitUntil(lambda: widget.training.progress.value() >= 1, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=TIMEOUT)
     assert widget.training.stop.isEnabled()  # a long stack can be stopped
+    assert widget.training.sizeHint() == idle  # the panel does not jump while a job runs
     widget.stop()
     widget.wait()
     assert "st cells" not in [layer.name for layer in viewer.layers]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -21,6 +21,8 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -348,7 +350,7 @@ class DataPanel(QGroupBox):
 
 
 class TrainingPanel(QGroupBox):
-    """The settings, Train / Stop / Reset, the progress of a run and the loss curve."""
+    """The settings, Train / Stop / Reset and the loss curve."""
 
     def __init__(self, settings: TrainingSettings) -> None:
         super().__init__("Training")
@@ -363,10 +365,6 @@ class TrainingPanel(QGroupBox):
         self.reset = QPushButton("Reset models")
         self.reset.setToolTip("Forget the trained models: the next Train starts fresh")
         form.addRow(_row(self.train, self.stop, self.reset))
-        self.progress = QProgressBar()
-        self.progress.setTextVisible(False)
-        self.progress.setMaximumHeight(8)
-        form.addRow(self.progress)
         self.loss_plot = LossPlot()
         form.addRow(self.loss_plot)
         self.set_state(training=False, busy=False, has_model=False)
@@ -378,11 +376,6 @@ class TrainingPanel(QGroupBox):
         self.train.setEnabled(not busy)
         self.stop.setEnabled(training or stoppable)
         self.reset.setEnabled(has_model and not busy)
-        self.progress.setVisible(busy)
-
-    def set_progress(self, done: int, total: int) -> None:
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
 
 
 class ModelPanel(QGroupBox):
@@ -459,6 +452,40 @@ class ModelPanel(QGroupBox):
             self.folder_requested.emit(images, out)
 
 
+class StatusLine(QWidget):
+    """What runs now, how far it is and what to do next: under the scrolling panels, so that
+    it stays in sight however far they are scrolled."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(False)
+        self.progress.setMaximumHeight(8)
+        # its room is kept while no job runs: the panel does not jump when one starts
+        policy = self.progress.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.progress.setSizePolicy(policy)
+        self.progress.hide()
+        self.text = QLabel(text)
+        self.text.setWordWrap(True)
+        self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # a long path that cannot wrap is cut, rather than widening the dock past the screen
+        policy = self.text.sizePolicy()
+        policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+        self.text.setSizePolicy(policy)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(9, 4, 9, 6)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.text)
+
+    def set_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+    def set_busy(self, busy: bool) -> None:
+        self.progress.setVisible(busy)
+
+
 class PanelsView(QObject):
     """Keeps the panels showing what a controller does and the device the settings pick.
 
@@ -471,16 +498,17 @@ class PanelsView(QObject):
         controller: RunController,
         settings: TrainingSettings,
         panels: tuple[DataPanel, TrainingPanel, ModelPanel, CheckPanel],
-        status: QLabel,
+        status: StatusLine,
         parent: QWidget,
     ) -> None:
         super().__init__(parent)
         self.controller = controller
         self.settings = settings
         self.data, self.training, self.model, self.check = panels
+        self.status = status
         self._links = [
             (controller.state_changed, self.show_state),
-            (controller.message, status.setText),
+            (controller.message, status.text.setText),
             (controller.progress, self._show_progress),
             (controller.round_done, self._add_round),
             (controller.pair_changed, self.show_pair),
@@ -489,7 +517,7 @@ class PanelsView(QObject):
         for signal, slot in self._links:
             signal.connect(slot)
         if controller.last_message:
-            status.setText(controller.last_message)
+            status.text.setText(controller.last_message)
         self._show_device("device", settings.device)
         self.show_pair()
 
@@ -506,13 +534,14 @@ class PanelsView(QObject):
         )
         self.model.set_state(busy=busy, has_model=has_model)
         self.check.set_busy(busy)
+        self.status.set_busy(busy)
         if state is RunState.TRAINING:
             self._show_job_device()
         else:  # no network is in use: the device the settings pick
             self._show_device("device", self.settings.device)
 
     def _show_progress(self, done: int, total: int) -> None:
-        self.training.set_progress(done, total)
+        self.status.set_progress(done, total)
         self._show_job_device()
 
     def _show_job_device(self) -> None:

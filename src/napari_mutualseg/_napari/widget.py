@@ -18,7 +18,6 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QFrame,
     QInputDialog,
-    QLabel,
     QMainWindow,
     QMessageBox,
     QScrollArea,
@@ -30,7 +29,7 @@ from .cells import CellsPanel, FolderSummary
 from .controller import RunController, TrainingRequest
 from .correct import CheckPanel, Corrector
 from .layers import find_own_layer, owner_info
-from .panels import DataPanel, ModelPanel, PanelsView, TrainingPanel
+from .panels import DataPanel, ModelPanel, PanelsView, StatusLine, TrainingPanel
 from .prepare import (
     UserInputError,
     check_image_layer,
@@ -73,6 +72,8 @@ class MutualSegWidget(QWidget):
         The training settings shown in the panel; set them from scripts.
     controller : RunController
         The viewer's jobs, trained pair and round history (shared by its panels).
+    status : QLabel
+        The status line under the panels: what runs, how far, and what to do next.
 
     Examples
     --------
@@ -101,8 +102,9 @@ class MutualSegWidget(QWidget):
         self.cells = CellsPanel(napari_viewer, self.controller.notify)
         self.summary: FolderSummary | None = None  # of the last folder segmented
         self._summaries: dict[str, Any] = {}  # the dock of each results folder's summary
-        self.status = QLabel("Draw a box around each cell, then press Train.")
-        self.status.setWordWrap(True)
+        self.footer = StatusLine("Draw a box around each cell, then press Train.")
+        self.status = self.footer.text
+        self.progress = self.footer.progress
         self._docked = False
         self._closed = False
         self._build()
@@ -112,17 +114,21 @@ class MutualSegWidget(QWidget):
     def _build(self) -> None:
         inner = QWidget()
         column = QVBoxLayout(inner)
-        for part in (self.data, self.training, self.model, self.check, self.cells, self.status):
+        for part in (self.data, self.training, self.model, self.check, self.cells):
             column.addWidget(part)
         column.addStretch(1)
-        # A scroll area: the panel fits a laptop screen however tall its content grows.
+        # A scroll area: the panel fits a laptop screen however tall its content grows. The
+        # status line stays under it, in sight: what runs, on which device and round, and what
+        # to do next.
         scroll = QScrollArea()
         scroll.setWidget(inner)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(scroll)
+        layout.setSpacing(0)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(self.footer)
         self.setMinimumHeight(200)
 
     def _connect(self) -> None:
@@ -140,7 +146,7 @@ class MutualSegWidget(QWidget):
         self.check.train_requested.connect(self._train_clicked)
         self.check.boxes_proposed.connect(self._use_proposed_boxes)
         self.settings.changed.connect(self._on_setting)
-        self._view = PanelsView(c, self.settings, (d, t, m, self.check), self.status, self)
+        self._view = PanelsView(c, self.settings, (d, t, m, self.check), self.footer, self)
         c.batch_done.connect(self._show_summary)
 
     def _train_clicked(self) -> None:
