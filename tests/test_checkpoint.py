@@ -115,6 +115,7 @@ def _payload(path):
         (lambda p: [p[k].update(in_channels=1000) for k in ("arch_a", "arch_b")], "in_channels"),
         (lambda p: p["arch_b"].update(in_channels=2), "different numbers of channels"),
         (lambda p: p.update(cell_size=-3.0), "cell size"),
+        (lambda p: p.update(pixel_size="0.65"), "pixel size '0.65' is not a positive number"),
         (lambda p: p["arch_a"].update(width=True), "width"),
         (lambda p: p["state_a"]["head.weight"].fill_(float("nan")), "NaN"),
         (lambda p: p.update(percentiles=[99.0, 1.0]), "percentiles"),
@@ -342,7 +343,7 @@ def test_two_models_alike_but_for_their_weights_are_told_apart_by_their_repr(tmp
     assert repr(loaded[0]) == repr(first) and f"fingerprint {first.fingerprint()})" in repr(first)
 
 
-def test_a_file_of_the_first_release_loads_and_trains_on(tmp_path):
+def test_a_file_of_the_first_release_loads_with_its_exchange_settings(tmp_path):
     from napari_mutualseg.config import TrainConfig
 
     # as 0.1.0 wrote it: no checksum, cell size nor channel names, the exchange rule by name
@@ -357,3 +358,28 @@ def test_a_file_of_the_first_release_loads_and_trains_on(tmp_path):
     config = TrainConfig.from_dict(loaded.settings)
     assert (config.exchange.rule, config.exchange.confidence) == ("literal", 0.7)
     assert loaded.segment(np.random.default_rng(0).random((32, 32))).shape == (32, 32)
+
+
+def test_a_model_remembers_its_pixel_size_and_warns_of_images_of_other_pixels(tmp_path):
+    # a model trained at 0.65 um segmented 0.325 um images (another objective) silently
+    from napari_mutualseg.images import AxisImage
+
+    def image(size, unit="µm"):
+        pixels = np.random.default_rng(0).random((32, 32), np.float32)
+        return AxisImage.from_array(pixels, "YX", pixel_size={"y": size, "x": size}, unit=unit)
+
+    pair = _pair()
+    pair.take_pixel_size([image(650, "nm"), image(0.65), AxisImage.from_array(np.ones((8, 8)))])
+    loaded = ModelPair.load(pair.save(tmp_path / "m.pt"))
+    assert loaded.pixel_size == 0.65 and "pixels of 0.65 µm" in repr(loaded)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for size in (0.6, 0.75):
+            loaded.network_input(image(size))  # within the tolerance
+        loaded.network_input(np.random.default_rng(0).random((32, 32)))  # no size said
+        loaded.network_input(image(0.325))
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and "pixels of 0.325 µm" in said[0] and "2 times as wide" in said[0]
+    # trained on at another pixel size, the networks know cells of both: no size to warn of
+    loaded.take_pixel_size([image(0.325)])
+    assert loaded.pixel_size is None

@@ -393,9 +393,10 @@ def _problem(payload: dict[str, Any]) -> str | None:
     history = payload.get("history", [])
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         return "its training history is not a list of rounds"
-    cell_size = payload.get("cell_size")
-    if cell_size is not None and not (_is_number(cell_size) and cell_size > 0):
-        return f"its cell size {cell_size!r} is not a positive number"
+    for key, what in (("cell_size", "cell size"), ("pixel_size", "pixel size")):
+        value = payload.get(key)
+        if value is not None and not (_is_number(value) and value > 0):
+            return f"its {what} {value!r} is not a positive number"
     names = payload.get("channel_names")
     if names is not None and not (
         isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)

@@ -25,11 +25,26 @@ from .config import TrainConfig
 from .devices import select_device
 from .images import AxisImage, as_image, parse_channels
 from .network_input import warn_if_labels
+from .ome import PixelSize, convert_length
 from .preprocess import DEFAULT_PERCENTILES
 from .segmenter import Segmenter
 from .unet import N_CLASSES, UNet, build_unet
 
-__all__ = ["ARCH_LIMITS", "N_CLASSES", "ModelPair", "UNet", "build_unet"]
+__all__ = ["ARCH_LIMITS", "N_CLASSES", "PIXEL_SIZE_TOLERANCE", "ModelPair", "UNet", "build_unet"]
+
+#: How much larger or smaller than the training images' an image's pixels may be before it is
+#: warned of: cells a quarter wider or narrower are within the spread of sizes one image holds,
+#: another objective or binning (twice or half the size) is not.
+PIXEL_SIZE_TOLERANCE = 1.25
+
+
+def _micrometres(image: AxisImage) -> float | None:
+    """The pixel width of ``image`` in micrometres, or None when it does not say it."""
+    try:
+        size = PixelSize.of(image)
+    except ValueError:  # a unit that is no length ("pixel"): no size
+        return None
+    return None if size is None else convert_length(size.x, size.unit, "micrometer")
 
 
 @dataclass
@@ -54,6 +69,10 @@ class ModelPair(Segmenter):
     channel_names : tuple of str, optional
         Names of the input channels the networks were trained on, when the images named them;
         prediction then finds them by name.
+    pixel_size : float, optional
+        Pixel width of the training images in micrometres, when they said it (and all the
+        same one, within :data:`PIXEL_SIZE_TOLERANCE`): an image of other pixels is warned
+        of, its cells being another size to the networks.
 
     Notes
     -----
@@ -70,6 +89,7 @@ class ModelPair(Segmenter):
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cell_size: float | None = None
     channel_names: tuple[str, ...] | None = None
+    pixel_size: float | None = None
 
     def __repr__(self) -> str:
         # what the pair is, not the layers of two networks
@@ -82,6 +102,8 @@ class ModelPair(Segmenter):
         rounds = len(self.history)
         low, high = self.percentiles
         cell = "" if self.cell_size is None else f", cells up to {self.cell_size:g} px"
+        if self.pixel_size is not None:
+            cell += f", pixels of {self.pixel_size:g} µm"
         # the fingerprint tells apart pairs (and files) that are alike in all the rest, and
         # is the one in the batch records of what they segmented
         return (
@@ -138,6 +160,7 @@ class ModelPair(Segmenter):
             self.device,
             self.cell_size,
             self.channel_names,
+            self.pixel_size,
         )
 
     @property
@@ -249,6 +272,7 @@ class ModelPair(Segmenter):
             )
         if not picked:
             self._warn_if_renamed(chosen)
+        self._warn_if_rescaled(img)
         return chosen
 
     def _warn_if_renamed(self, chosen: AxisImage) -> None:
@@ -265,6 +289,40 @@ class ModelPair(Segmenter):
             UserWarning,
             stacklevel=4,  # the caller of segment, as warn_if_labels
         )
+
+    def _warn_if_rescaled(self, image: AxisImage) -> None:
+        """Warn when ``image``'s pixels are another size than the training images': its cells
+        are then larger or smaller to the networks than any they learnt."""
+        given = _micrometres(image)
+        if self.pixel_size is None or given is None:
+            return
+        ratio = self.pixel_size / given  # how much wider, in pixels, its cells are
+        if 1 / PIXEL_SIZE_TOLERANCE <= ratio <= PIXEL_SIZE_TOLERANCE:
+            return
+        warnings.warn(
+            f"{image.name} has pixels of {given:g} µm, the networks were trained on pixels of "
+            f"{self.pixel_size:g} µm: its cells are {ratio:.2g} times as wide in pixels as "
+            "those they learnt, and may be split, merged or missed. Resample the image to "
+            f"{self.pixel_size:g} µm pixels, or train on images like it.",
+            UserWarning,
+            stacklevel=4,  # the caller of segment, as warn_if_labels
+        )
+
+    def take_pixel_size(self, images: Sequence[AxisImage]) -> None:
+        """Record the pixel size of the images the networks train on, with this pair's own.
+
+        Parameters
+        ----------
+        images : sequence of AxisImage
+            The training images. Those that do not say their pixel size leave it as it was;
+            sizes that differ by more than :data:`PIXEL_SIZE_TOLERANCE` make it unknown
+            (None): the networks learnt cells of several sizes.
+        """
+        sizes = sorted(
+            size for size in [self.pixel_size, *map(_micrometres, images)] if size is not None
+        )
+        agree = bool(sizes) and sizes[-1] / sizes[0] <= PIXEL_SIZE_TOLERANCE
+        self.pixel_size = sizes[len(sizes) // 2] if agree else None
 
     def fingerprint(self) -> str:
         """A digest of what decides the segmentation: both networks' weights, the intensity
@@ -330,6 +388,7 @@ class ModelPair(Segmenter):
             "history": [dict(h) for h in self.history],
             "cell_size": self.cell_size,
             "channel_names": None if self.channel_names is None else list(self.channel_names),
+            "pixel_size": self.pixel_size,
         }
         return checkpoint.write_networks(self.models, fields, path, overwrite=overwrite)
 
@@ -400,5 +459,6 @@ class ModelPair(Segmenter):
             channel_names=(
                 tuple(payload["channel_names"]) if payload.get("channel_names") else None
             ),
+            pixel_size=payload.get("pixel_size"),
         )
         return pair, payload
