@@ -374,9 +374,16 @@ class Box:
         sl = self.slices(shape)
         dy = np.arange(sl[0].start, sl[0].stop, dtype=np.float64)[:, None] - self.center[0]
         dx = np.arange(sl[1].start, sl[1].stop, dtype=np.float64)[None, :] - self.center[1]
-        c, s = math.cos(self.angle), math.sin(self.angle)
         # A degenerate axis would divide by zero; such boxes are rejected by make_supervision.
         h0, h1 = (max(h, 1e-12) for h in self.half_sizes)
+        if self.angle == 0.0:
+            # cos 0 and sin 0 are exactly 1 and 0, so the rotation below leaves dy and dx as
+            # they are, to the last bit: only the division is done, a third of the time of
+            # this function that every box's mask, ellipse and object is read through (16,384
+            # boxes at 4096², several times a training round)
+            size = (dy.size, dx.size)
+            return sl, np.divide(dy, h0, out=np.empty(size)), np.divide(dx, h1, out=np.empty(size))
+        c, s = math.cos(self.angle), math.sin(self.angle)
         u = (dy * c + dx * s) / h0
         v = (dx * c - dy * s) / h1
         return sl, u, v
