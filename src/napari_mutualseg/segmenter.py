@@ -236,9 +236,10 @@ class Segmenter:
 
         Images up to :data:`~napari_mutualseg.blockwise.AUTO_BLOCKWISE_PIXELS` (4096 x 4096)
         are segmented whole. Larger ones, or any image with ``blockwise=True`` or an ``out``
-        array, go block by block (:mod:`napari_mutualseg.blockwise`): the memory then
-        depends on ``block_size``, not on the image, and the cells are the same as the whole
-        image's (BBBC039 test: mAP equal to the third decimal, no cell split at a block face).
+        array (unless ``blockwise=False``), go block by block
+        (:mod:`napari_mutualseg.blockwise`): the memory then depends on ``block_size``, not
+        on the image, and the cells are the same as the whole image's (BBBC039 test: mAP
+        equal to the third decimal, no cell split at a block face).
 
         Parameters
         ----------
@@ -267,8 +268,9 @@ class Segmenter:
             Name used in error messages.
         blockwise : bool, optional
             Force (True) or forbid (False) block-by-block segmentation of every plane; by
-            default it is chosen by the plane's size. A stack's planes are then segmented one
-            after another, block by block, and linked as a stack segmented whole.
+            default it is chosen by the plane's size, and is block by block with ``out``. A
+            stack's planes are then segmented one after another, block by block, and linked
+            as a stack segmented whole.
         block_size : int
             Edge of a block's core in pixels.
         halo : int, optional
