@@ -172,6 +172,7 @@ def test_a_prediction_stops_after_the_plane_at_hand(thresholded, slow_planes, qt
     assert widget.training.stop.isEnabled()  # a long stack can be stopped
     assert widget.training.sizeHint() == idle  # the panel does not jump while a job runs
     widget.stop()
+    assert widget.is_busy and not widget.training.stop.isEnabled()  # asked once is enough
     widget.wait()
     assert "st cells" not in [layer.name for layer in viewer.layers]
     assert "Stopped segmenting 'st'" in widget.status.text()
@@ -269,6 +270,16 @@ def test_changing_the_annotation_mode_while_training_keeps_generate_disabled(tra
     widget.stop()
     widget.wait()
     assert data.generate.isEnabled() and data.new_boxes.isEnabled()
+
+
+def test_stop_is_disabled_while_training_stops(training):
+    _viewer, widget, _image = training
+    assert widget.training.stop.isEnabled()
+    widget.stop()
+    assert widget.is_training and not widget.training.stop.isEnabled()
+    assert "Stopping" in widget.status.text()
+    widget.wait()
+    assert widget.training.train.isEnabled() and not widget.training.stop.isEnabled()
 
 
 def test_stopped_before_the_first_round_says_there_are_no_models(

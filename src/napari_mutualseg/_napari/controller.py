@@ -91,7 +91,7 @@ class RunController(QObject):
         self.writer.on_round_shown = self._round_shown
         self.writer.notify = self.notify
         self.training: TrainingRun | None = None  # the running (or last) training
-        self.segmenting: PredictionRun | FolderRun | None = None
+        self.segmenting: PredictionRun | FolderRun | None = None  # the running (or last)
         self.closing = False  # the viewer (or the application) is closing
         self._windows: set[int] = set()  # the windows whose closing ends the jobs
         app = QApplication.instance()
@@ -122,6 +122,13 @@ class RunController(QObject):
     def busy(self) -> bool:
         """A job runs, or its results are still on their way into the layers."""
         return self.state is not RunState.IDLE or self.writer.busy
+
+    @property
+    def can_stop(self) -> bool:
+        """Whether Stop would end a job now: one runs and was not asked to stop yet."""
+        if self.state in (RunState.PREDICTING, RunState.BATCH):
+            return self.segmenting is not None and not self.segmenting.stopping
+        return self.state in (RunState.STARTING, RunState.TRAINING)
 
     @property
     def remaining(self) -> int:
@@ -252,6 +259,7 @@ class RunController(QObject):
         prediction after the plane at hand (nothing is shown)."""
         if self.state in (RunState.BATCH, RunState.PREDICTING) and self.segmenting is not None:
             self.segmenting.stop()
+            self.set_state(self.state)  # the same job, asked to stop: Stop has done its part
             where = "image" if self.state is RunState.BATCH else "plane"
             self.notify(f"Stopping after the current {where}…")
             return
@@ -322,8 +330,7 @@ class RunController(QObject):
         cells tracked with ``track``; ``None`` after a notification."""
         if not self._can_segment():
             return None
-        self.segmenting = PredictionRun(self, layer, axes, tile_size, track)
-        return self.segmenting.worker
+        return PredictionRun(self, layer, axes, tile_size, track).worker  # self.segmenting
 
     def segment_folder(
         self,
@@ -348,7 +355,7 @@ class RunController(QObject):
         because no file said them, one such image's reason goes to ``on_axes_unknown``."""
         if not self._can_segment():
             return None
-        self.segmenting = FolderRun(
+        run = FolderRun(  # self.segmenting from now on
             self,
             inputs,
             out_dir,
@@ -359,7 +366,7 @@ class RunController(QObject):
             axes=axes,
             on_axes_unknown=on_axes_unknown,
         )
-        return self.segmenting.worker
+        return run.worker
 
     # ------------------------------------------------------------------------------ files
 

@@ -374,7 +374,7 @@ class TrainingPanel(QGroupBox):
     ) -> None:
         self.form.set_training(training)
         self.train.setEnabled(not busy)
-        self.stop.setEnabled(training or stoppable)
+        self.stop.setEnabled(stoppable)
         self.reset.setEnabled(has_model and not busy)
 
 
@@ -527,10 +527,9 @@ class PanelsView(QObject):
         state, has_model = controller.state, controller.pair is not None
         busy = state is not RunState.IDLE
         trains = state.trains
-        stoppable = trains or state in (RunState.BATCH, RunState.PREDICTING)
         self.data.set_busy(busy)
         self.training.set_state(
-            training=trains, busy=busy, has_model=has_model, stoppable=stoppable
+            training=trains, busy=busy, has_model=has_model, stoppable=controller.can_stop
         )
         self.model.set_state(busy=busy, has_model=has_model)
         self.check.set_busy(busy)

@@ -264,6 +264,7 @@ class _SegmentJob(QObject):
     returns (or a failure) ends it."""
 
     state = RunState.IDLE
+    _stop: threading.Event  # what stop() sets: each job makes it for its worker, before this
 
     def __init__(self, controller: RunController, worker: GeneratorWorker, message: str) -> None:
         super().__init__()  # no Qt parent: the controller keeps only the newest job
@@ -275,6 +276,7 @@ class _SegmentJob(QObject):
         worker.returned.connect(self._keep)
         worker.errored.connect(self._errored)  # a bound method: a lambda would keep the job
         worker.finished.connect(self._on_finished)
+        controller.segmenting = self  # before its state is said: the panel asks it about Stop
         controller.set_state(self.state)
         controller.notify(message)
         freeze_gc()
@@ -306,6 +308,12 @@ class _SegmentJob(QObject):
 
     def stop(self) -> None:
         """Ask the worker to end after the plane or image at hand (thread-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the job was asked to stop."""
+        return self._stop.is_set()
 
     def on_progress(self, value: Any) -> None:
         """What the worker yielded."""
@@ -334,9 +342,6 @@ class PredictionRun(_SegmentJob):
             self.data, axes, tile_size, layer.name, track, self._stop,
         )  # fmt: skip
         super().__init__(controller, worker, f"Segmenting '{layer.name}'…")
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def on_progress(self, value: tuple[int, int]) -> None:
         self.controller.progress.emit(*value)
@@ -438,10 +443,6 @@ class FolderRun(_SegmentJob):
             self._stop,
         )
         super().__init__(controller, worker, f"Looking for images in {', '.join(inputs)}…")
-
-    def stop(self) -> None:
-        """End the run after the image at hand; the images finished are kept."""
-        self._stop.set()
 
     def failed(self, error: BaseException) -> bool:
         # results of another model, options or image in the output folder: the panel asks
