@@ -34,6 +34,10 @@ from .io import image_stem, is_image_name
 from .unet import N_CLASSES, UNet
 
 FORMAT = "napari-mutualseg/pair"
+#: Releases read files of their format version and older, refuse newer ones, and ignore the
+#: fields they do not know. A new field that only informs (the pixel size) keeps the version;
+#: one without which the model would be used wrongly raises it, so that the releases before it
+#: refuse the file and say to upgrade.
 FORMAT_VERSION = 1
 
 #: Settings the package reads back from a file, and the least value each may have.
