@@ -207,6 +207,12 @@ def check_class_map(labels: np.ndarray, shape: Sequence[int], name: str) -> np.n
     return labels.astype(np.uint8) if small is None else small
 
 
+def _named(box: Box, k: int) -> str:
+    """How a message that begins with it names box ``k``."""
+    name = box.describe(k)
+    return name[:1].upper() + name[1:]
+
+
 def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
     partly = []
     for k, box in enumerate(boxes):
@@ -215,12 +221,10 @@ def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
                 f"boxes[{k}] is a {type(box).__name__}, not a Box; convert shapes with "
                 "boxes_from_shapes."
             )
-        name = box.describe(k)
-        name = name[:1].upper() + name[1:]
         if box.too_small:
             h0, h1 = box.half_sizes
             raise ValueError(
-                f"{name} is {2 * h0:g} x {2 * h1:g} pixels; a box must be at least "
+                f"{_named(box, k)} is {2 * h0:g} x {2 * h1:g} pixels; a box must be at least "
                 f"{MIN_BOX_SIZE:g} pixels wide and tall. Redraw it around the whole cell or "
                 "delete it."
             )
@@ -233,8 +237,8 @@ def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
                 else ""
             )
             raise ValueError(
-                f"{name} lies wholly outside the image of shape {shape}; delete it or move it "
-                f"onto the image.{hint}"
+                f"{_named(box, k)} lies wholly outside the image of shape {shape}; delete it or "
+                f"move it onto the image.{hint}"
             )
         if not box.within(shape):
             partly.append(k)
