@@ -434,12 +434,13 @@ class Segmenter:
                 target[...] = labels
             if plane_progress is not None:
                 plane_progress(steps, steps)
+            shown = labels if place is None else place
             if disagreement is None:
-                yield Prediction(proba, labels if place is None else place, None, None)
+                yield Prediction(proba, shown, None, None)
                 continue
             yield Prediction(
                 probabilities=proba,
-                labels=labels if place is None else place,
+                labels=shown,
                 disagreement=disagreement,
                 cell_scores=cell_disagreement(labels, disagreement),
                 spots=spots_to_check(labels, disagreement, min_size=min_size),
