@@ -171,11 +171,13 @@ def test_a_prediction_stops_after_the_plane_at_hand(thresholded, slow_planes, qt
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=TIMEOUT)
     assert widget.training.stop.isEnabled()  # a long stack can be stopped
     assert widget.training.sizeHint() == idle  # the panel does not jump while a job runs
+    assert widget.training.device.text().startswith("Device in use: cpu")  # the pair's
     widget.stop()
     assert widget.is_busy and not widget.training.stop.isEnabled()  # asked once is enough
     widget.wait()
     assert "st cells" not in [layer.name for layer in viewer.layers]
     assert "Stopped segmenting 'st'" in widget.status.text()
+    assert widget.training.device.text().startswith("Device: ")  # the settings' pick again
     assert widget.model.predict.isEnabled() and not widget.training.stop.isEnabled()
 
 

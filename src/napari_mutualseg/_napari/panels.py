@@ -487,7 +487,8 @@ class StatusLine(QWidget):
 
 
 class PanelsView(QObject):
-    """Keeps the panels showing what a controller does and the device the settings pick.
+    """Keeps the panels showing what a controller does and the device: the one a job uses, or
+    the one the settings pick for the next.
 
     A child of the dock widget: deleted with it, so the controller (which outlives the panel)
     never calls into deleted controls.
@@ -512,13 +513,12 @@ class PanelsView(QObject):
             (controller.progress, self._show_progress),
             (controller.round_done, self._add_round),
             (controller.pair_changed, self.show_pair),
-            (settings.changed, self._show_device),
+            (settings.changed, self._setting_changed),
         ]
         for signal, slot in self._links:
             signal.connect(slot)
         if controller.last_message:
             status.text.setText(controller.last_message)
-        self._show_device("device", settings.device)
         self.show_pair()
 
     def show_state(self, *_: Any) -> None:
@@ -534,20 +534,34 @@ class PanelsView(QObject):
         self.model.set_state(busy=busy, has_model=has_model)
         self.check.set_busy(busy)
         self.status.set_busy(busy)
-        if state is RunState.TRAINING:
-            self._show_job_device()
-        else:  # no network is in use: the device the settings pick
-            self._show_device("device", self.settings.device)
+        self._show_device()
 
     def _show_progress(self, done: int, total: int) -> None:
         self.status.set_progress(done, total)
-        self._show_job_device()
+        self._show_device()
 
-    def _show_job_device(self) -> None:
-        # the worker names the device once its trainer is built, after the run has started
-        job = self.controller.job
-        if self.controller.state is RunState.TRAINING and job is not None and job.device_name:
-            self.training.device.setText(f"Device in use: {job.device_name}")
+    def _show_device(self) -> None:
+        """The device line: the one in use while a job runs, else the one the settings pick."""
+        controller = self.controller
+        state, job, pair = controller.state, controller.job, controller.pair
+        if state in (RunState.TRAINING, RunState.STOPPING):
+            # the worker names the device once its trainer is built, after the run has started
+            if job is None or not job.device_name:
+                return
+            text = f"Device in use: {job.device_name}"
+        elif state in (RunState.PREDICTING, RunState.BATCH) and pair is not None:
+            # the pair segments where it is, whatever the settings pick for the next training
+            text = f"Device in use: {describe_device(pair.device)}"
+        else:
+            try:
+                text = f"Device: {describe_device(select_device(self.settings.device))}"
+            except ValueError as err:
+                text = f"Device: unavailable ({err})"
+        self.training.device.setText(text)
+
+    def _setting_changed(self, name: str, _value: Any) -> None:
+        if name == "device":
+            self._show_device()
 
     def show_pair(self) -> None:
         """The loss curve of the pair's rounds."""
@@ -557,15 +571,6 @@ class PanelsView(QObject):
 
     def _add_round(self, entry: dict[str, Any]) -> None:
         self.training.loss_plot.add(entry["loss_a"], entry["loss_b"])
-
-    def _show_device(self, name: str, value: Any) -> None:
-        if name != "device":
-            return
-        try:
-            device = describe_device(select_device(value))
-        except ValueError as err:
-            device = f"unavailable ({err})"
-        self.training.device.setText(f"Device: {device}")
 
     def unfollow(self) -> None:
         """Stop following (the panel is closed; the controller lives on)."""
