@@ -383,3 +383,10 @@ def test_a_model_remembers_its_pixel_size_and_warns_of_images_of_other_pixels(tm
     # trained on at another pixel size, the networks know cells of both: no size to warn of
     loaded.take_pixel_size([image(0.325)])
     assert loaded.pixel_size is None
+
+
+def test_a_pair_given_to_torch_save_whole_is_told_how_to_save_it(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(_pair(), path)
+    with pytest.raises(CheckpointError, match=r"ModelPair\).*refused.* with pair\.save\(path\)"):
+        ModelPair.load(path)

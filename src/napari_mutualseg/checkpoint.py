@@ -186,9 +186,12 @@ def _unsafe_content(err: Exception) -> str:
     """What a refused file held, from torch's message (whose advice is left out)."""
     found = re.search(r"\bGLOBAL\s+(\S+)", str(err))
     what = f" ({found.group(1)})" if found else ""
+    # a pair given to torch.save whole: the file is this package's, written the wrong way
+    ours = found is not None and found.group(1).startswith("napari_mutualseg.")
+    how = "; save a pair with pair.save(path), which writes a model file" if ours else ""
     return (
         f"it holds Python objects{what} besides tensors and plain values, which a model file "
-        "never does; it was refused without running anything from it"
+        f"never does; it was refused without running anything from it{how}"
     )
 
 
