@@ -82,6 +82,24 @@ def test_panel_fits_a_laptop_screen(viewer_widget):
     assert widget.minimumSizeHint().width() == width
 
 
+def test_every_setting_and_button_says_what_it_does(viewer_widget):
+    from qtpy.QtWidgets import QPushButton
+
+    from napari_mutualseg._napari.settings import SETTINGS
+
+    _viewer, widget = viewer_widget
+    for setting in SETTINGS:
+        editor = widget.training.form.editors[setting.name]
+        assert editor.toolTip() == setting.tooltip
+        if setting.kind is not bool:  # its name, beside it, says it too
+            label = editor.parentWidget().layout().labelForField(editor)
+            assert label.text() == setting.label and label.toolTip() == setting.tooltip
+    panels = (widget.data, widget.training, widget.model)
+    buttons = [b for panel in panels for b in panel.findChildren(QPushButton)]
+    assert len(buttons) >= 9
+    assert [b.text() for b in buttons if not b.toolTip()] == []
+
+
 # -------------------------------------------------------------------------------- supervision
 
 

@@ -163,6 +163,10 @@ class DataPanel(QGroupBox):
         self.new_boxes = QPushButton("New boxes layer")
         self.new_boxes.setToolTip("Add a Shapes layer 'boxes' in rectangle mode")
         self.new_region = QPushButton("New region layer")
+        self.new_region.setToolTip(
+            "Add a Shapes layer 'region' in polygon mode: outline the area where every cell is "
+            "boxed"
+        )
         self.earlier = LayerPicker(
             viewer,
             "Labels",
@@ -361,7 +365,16 @@ class TrainingPanel(QGroupBox):
         self.device.setWordWrap(True)
         form.addRow(self.device)
         self.train = QPushButton("Train")
+        self.train.setToolTip(
+            "Train both networks on the picked image's boxes, in the background; after a "
+            "training, Train goes on from the trained models"
+        )
         self.stop = QPushButton("Stop")
+        self.stop.setToolTip(
+            "Stop the running job: training after the current step (the models of the last "
+            "completed round are kept), Predict after the current plane, a folder after the "
+            "current image"
+        )
         self.reset = QPushButton("Reset models")
         self.reset.setToolTip("Forget the trained models: the next Train starts fresh")
         form.addRow(_row(self.train, self.stop, self.reset))
@@ -400,7 +413,9 @@ class ModelPanel(QGroupBox):
         self._can_segment = False  # a model and no running job
         self.target.changed.connect(lambda _: self._show_predict())
         self.save = QPushButton("Save model…")
+        self.save.setToolTip("Save both trained networks, with their settings, to one .pt file")
         self.load = QPushButton("Load model…")
+        self.load.setToolTip("Load a model saved earlier: Predict with it, or Train it further")
         self.folder = QPushButton("Segment a folder…")
         self.folder.setToolTip(
             "Segment and measure every image of a folder (and its subfolders) in the "

@@ -54,15 +54,20 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("rounds", "Rounds", "Rounds of mutual learning (stops early when labels settle)",
+    Setting("rounds", "Rounds", "Rounds of mutual learning: in each, both networks train, then "
+            "each learns from the other's cells. It stops early when those no longer change",
             minimum=1, maximum=1000),
-    Setting("steps_per_round", "Steps per round", "Training steps of each network per round",
+    Setting("steps_per_round", "Steps per round", "Training steps of each network in a round: "
+            "more steps learn more, and each round takes longer",
             minimum=1, maximum=1_000_000, step=50),
-    Setting("width", "Model width", "Channels of the first U-Net level (model size)",
+    Setting("width", "Model width", "Size of the networks (channels of the first U-Net "
+            "level): wider learns more, trains slower and needs more memory",
             minimum=2, maximum=256, step=4),
-    Setting("learning_rate", "Learning rate", "Adam learning rate of the first round",
+    Setting("learning_rate", "Learning rate", "How fast the networks learn at first (Adam's "
+            "learning rate); lower it when the loss curve jumps up and down",
             kind=float, minimum=1e-6, maximum=0.5, step=1e-4, decimals=6),
-    Setting("seed", "Seed", "Seeds the networks and the sampling (reproducible on the CPU)",
+    Setting("seed", "Seed", "Start of the random numbers: the same seed, settings and boxes "
+            "train the same networks again on the CPU",
             minimum=0, maximum=2**31 - 1),
     Setting("device", "Device", "auto: CUDA, then Apple MPS, then the CPU", kind=str,
             choices=available_devices),
@@ -72,13 +77,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rgb", "RGB images as", "channels: the three colours as input; gray: one gray "
             "channel. Stored in the model file", kind=str, choices=lambda: RGB_MODES,
             advanced=True),
-    Setting("depth", "Model depth", "U-Net levels", minimum=1, maximum=8, advanced=True),
-    Setting("patch_size", "Patch size", "Training crop edge in pixels; lower it when memory runs "
-            "out", minimum=16, maximum=4096, step=32, advanced=True),
-    Setting("batch_size", "Batch size", "Crops per training step", minimum=1, maximum=256,
+    Setting("depth", "Model depth", "U-Net levels: more levels see more around each pixel "
+            "(for large cells), fewer train faster", minimum=1, maximum=8, advanced=True),
+    Setting("patch_size", "Patch size", "Edge in pixels of the image crops the networks train "
+            "on; keep it larger than a cell, lower it when memory runs out", minimum=16,
+            maximum=4096, step=32, advanced=True),
+    Setting("batch_size", "Batch size", "Image crops per training step; lower it when memory "
+            "runs out", minimum=1, maximum=256, advanced=True),
+    Setting("tile_size", "Tile size", "Edge in pixels of the tiles an image is segmented in; "
+            "lower it when memory runs out on big images", minimum=32, maximum=8192, step=64,
             advanced=True),
-    Setting("tile_size", "Tile size", "Tile edge for whole-image prediction; lower it for big "
-            "images", minimum=32, maximum=8192, step=64, advanced=True),
     Setting("show_learning", "Show what A and B learn from", "Add the layers 'A learns from' "
             "and 'B learns from'", kind=bool, view_only=True),
     Setting("track", "Track cells in time series", "Predict and Segment a folder: a cell "
@@ -235,6 +243,10 @@ class SettingsForm(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         advanced = QCollapsible("Advanced")
+        advanced.toggleButton().setToolTip(
+            "More settings: how RGB images are read, the model's depth, and the sizes to "
+            "lower when memory runs out"
+        )
         inner = QWidget()
         advanced_form = QFormLayout(inner)
         for setting in SETTINGS:
@@ -246,6 +258,8 @@ class SettingsForm(QWidget):
                 target.addRow(editor)
             else:
                 target.addRow(setting.label, editor)
+                # the name is where the eye rests: it says what the setting does too
+                target.labelForField(editor).setToolTip(setting.tooltip)
         advanced.addWidget(inner)
         form.addRow(advanced)
         settings.changed.connect(self._show)

@@ -102,7 +102,10 @@ class MutualSegWidget(QWidget):
         self.cells = CellsPanel(napari_viewer, self.controller.notify)
         self.summary: FolderSummary | None = None  # of the last folder segmented
         self._summaries: dict[str, Any] = {}  # the dock of each results folder's summary
-        self.footer = StatusLine("Draw a box around each cell, then press Train.")
+        self.footer = StatusLine(
+            "Draw a box around each cell of an image (New boxes layer), then press Train. Or "
+            "Load model… to segment with one trained before."
+        )
         self.status = self.footer.text
         self.progress = self.footer.progress
         self._docked = False
