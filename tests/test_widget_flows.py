@@ -330,6 +330,19 @@ def test_loss_plot_shows_a_single_round(qtbot):
     assert blue in colours and orange in colours
 
 
+def test_the_loss_axis_has_room_for_its_labels_and_stays_at_or_above_zero(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 120)
+    plot.set_history([(123.4, 99.1), (12.1, 10.2)])
+    assert plot.value_range()[0] == 0  # its margin below 10.2 made it -1.12
+    plot.set_history([(0.0345, 0.0291), (0.0151, 0.0112)])  # late rounds
+    lo, hi = plot.value_range()
+    assert 0 < lo < 0.0112 and hi > 0.0345
+    widest = max(plot.fontMetrics().horizontalAdvance(t) for t in plot.value_labels())
+    assert plot.value_labels()[1].startswith("0.00") and plot.frame().left() > widest
+
+
 def test_a_result_layer_napari_refuses_is_reported_and_training_still_runs(
     scene, notes, monkeypatch
 ):

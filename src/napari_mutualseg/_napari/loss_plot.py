@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtCore import QPointF, QRect, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
@@ -32,6 +32,29 @@ class LossPlot(QWidget):
         self.losses = [(float(a), float(b)) for a, b in losses]
         self.update()
 
+    def value_range(self) -> tuple[float, float] | None:
+        """The loss axis, bottom and top: the losses with a margin, so that no point sits on
+        the frame, never below 0 (a loss is not negative); ``None`` without finite losses."""
+        finite = [v for pair in self.losses for v in pair if np.isfinite(v)]
+        if not finite:
+            return None
+        lo, hi = min(finite), max(finite)
+        pad = max(hi - lo, abs(hi) * 0.1, 1e-6) * 0.1
+        return (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
+
+    def value_labels(self) -> tuple[str, str]:
+        """The texts beside the axis' top and bottom (empty without finite losses)."""
+        axis = self.value_range()
+        return ("", "") if axis is None else (f"{axis[1]:.3g}", f"{axis[0]:.3g}")
+
+    def frame(self) -> QRect:
+        """Where the curves go: room left for the value labels (as wide as they are), above
+        for the legend and below for the round labels."""
+        metrics = self.fontMetrics()
+        line = metrics.height()
+        widest = max(metrics.horizontalAdvance(t) for t in ("0.000", *self.value_labels()))
+        return self.rect().adjusted(widest + 8, line + 4, -8, -line - 6)
+
     def paintEvent(self, event: Any) -> None:
         painter = QPainter(self)
         try:
@@ -43,29 +66,25 @@ class LossPlot(QWidget):
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         metrics = painter.fontMetrics()
         line = metrics.height()
-        # room for the value labels left, the legend above and the round labels below
-        rect = self.rect().adjusted(
-            metrics.horizontalAdvance("0.000") + 8, line + 4, -8, -line - 6
-        )
+        rect = self.frame()
         fg = self.palette().color(self.foregroundRole())
         painter.setPen(QPen(fg, 1))
         painter.drawRect(rect)
-        finite = [v for pair in self.losses for v in pair if np.isfinite(v)]
-        if not finite:
+        axis = self.value_range()
+        if axis is None:
             painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, "loss per round")
             return
-        lo, hi = min(finite), max(finite)
-        pad = max(hi - lo, abs(hi) * 0.1, 1e-6) * 0.1
-        lo, hi = lo - pad, hi + pad  # no point sits on the frame
+        lo, hi = axis
         n = len(self.losses)
         left = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
         right = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
-        for y, value in ((rect.top(), hi), (rect.bottom(), lo)):
+        for y, label in zip((rect.top(), rect.bottom()), self.value_labels(), strict=True):
             box = QRectF(0, y - line / 2, rect.left() - 4, line)
-            painter.drawText(box, right, f"{value:.3g}")
+            painter.drawText(box, right, label)
         below = QRectF(rect.left(), rect.bottom() + 3, rect.width(), line)
         painter.drawText(below, left, "round 1")
-        painter.drawText(below, right, f"{n}")
+        if n > 1:  # a single round is round 1 alone
+            painter.drawText(below, right, f"{n}")
         painter.drawText(QRectF(rect.left(), 0, rect.width(), line), left, "loss")
         x = rect.right()
         for label, color in zip(("B", "A"), self.COLORS[::-1], strict=True):
