@@ -195,7 +195,9 @@ def output_paths(
         raise ValueError(f"Got {len(sources)} inputs but {len(parts)} parts.")
     if not sources:
         return []
-    folders = [os.path.abspath(p.parent) for p in sources]
+    # strings, not Paths: each Path made of 100,000 inputs costs a parse of the whole path
+    names = [os.fspath(p) for p in sources]
+    folders = [os.path.abspath(os.path.dirname(p)) for p in names]
     try:
         common = os.path.commonpath(folders)
     except ValueError:
@@ -203,16 +205,20 @@ def output_paths(
             "The inputs are on different drives, so their folders cannot be kept below one "
             "output folder; run them one drive at a time."
         ) from None
-    out_dir = Path(out_dir)
-    outputs = []
-    for source, folder, part in zip(sources, folders, parts, strict=True):
-        name = image_stem(source)
-        below = os.path.relpath(folder, common)
-        outputs.append(out_dir / below / f"{name}{'_' + part if part else ''}{suffix}")
+    below = {folder: os.path.relpath(folder, common) for folder in set(folders)}
+    outputs = [
+        os.path.normpath(
+            os.path.join(
+                out_dir,
+                below[folder],
+                f"{image_stem(os.path.basename(name))}{'_' + part if part else ''}{suffix}",
+            )
+        )
+        for name, folder, part in zip(names, folders, parts, strict=True)
+    ]
     seen: dict[str, Path] = {}
-    inputs_at = {same_file_key(p): p for p in sources}
-    for source, out in zip(sources, outputs, strict=True):
-        out = Path(os.path.normpath(out))
+    inputs_at = dict(zip(_file_keys(names), sources, strict=True))
+    for source, out, real in zip(sources, outputs, _file_keys(outputs), strict=True):
         key = os.path.normcase(os.path.abspath(out)).lower()
         if key in seen and seen[key] != source:
             raise ValueError(
@@ -222,7 +228,6 @@ def output_paths(
         if key in seen:
             raise ValueError(f"{source} is given twice; give each image once.")
         seen[key] = source
-        real = same_file_key(out)
         if real in inputs_at:
             raise ValueError(
                 f"The result of {source} would be written over the input {inputs_at[real]}; "
@@ -230,14 +235,34 @@ def output_paths(
             )
     # an image that is a folder (OME-Zarr) gets no foreign files in it
     stores = {os.path.realpath(p): p for p in sources if p.is_dir()}
-    for out in outputs:
+    for out in outputs if stores else ():
         for parent in Path(os.path.realpath(out)).parents:
             if str(parent) in stores:
                 raise ValueError(
                     f"Results would be written inside the image {stores[str(parent)]} (an "
                     "OME-Zarr folder); choose an output folder outside it."
                 )
-    return [Path(os.path.normpath(o)) for o in outputs]
+    return [Path(o) for o in outputs]
+
+
+def _file_keys(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """:func:`~napari_mutualseg.files.same_file_key` of each path, each folder resolved once.
+
+    A plate's 10,000 images lie in a few folders; resolving every folder of every path again
+    (a system call each, slow on a network disk) took seconds.
+    """
+    folder_keys: dict[str, str] = {}
+    keys = []
+    for path in map(os.fspath, paths):
+        folder, name = os.path.split(path)
+        # a link, or a name that is no file ('..', a trailing separator), is resolved whole
+        if name in ("", ".", "..") or os.path.islink(path):
+            keys.append(same_file_key(path))
+            continue
+        if folder not in folder_keys:
+            folder_keys[folder] = same_file_key(folder)  # '' is the working folder
+        keys.append(os.path.join(folder_keys[folder], os.path.normcase(name).lower()))
+    return keys
 
 
 def write_labels(
