@@ -108,8 +108,8 @@ def _payload(path):
         (lambda p: p.update(format_version="1"), "format_version"),
         (
             lambda p: p.update(format_version=2, package_version="9.0"),
-            r"written by napari-mutualseg 9\.0 in model format 2, .* reads format 1 and older; "
-            r"upgrade it \(pip install --upgrade napari-mutualseg\)",
+            r"written by a newer napari-mutualseg \(9\.0, model format 2\) than this one "
+            r"\(.*reads format 1 and older\); upgrade it \(pip install --upgrade napari-mutual",
         ),
         (lambda p: p["arch_a"].update(n_classes=1), "n_classes"),
         (lambda p: [p[k].update(in_channels=1000) for k in ("arch_a", "arch_b")], "in_channels"),

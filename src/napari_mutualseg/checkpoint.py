@@ -374,11 +374,11 @@ def _problem(payload: dict[str, Any]) -> str | None:
         return f"its format_version is {version!r}, not a positive whole number"
     if version > FORMAT_VERSION:
         written = payload.get("package_version")
-        by = f"napari-mutualseg {written}" if isinstance(written, str) else "a newer release"
+        release = f"{written}, " if isinstance(written, str) else ""
         return (
-            f"it was written by {by} in model format {version}, and this napari-mutualseg "
-            f"({__version__}) reads format {FORMAT_VERSION} and older; upgrade it (pip install "
-            "--upgrade napari-mutualseg) to use the model"
+            f"it was written by a newer napari-mutualseg ({release}model format {version}) "
+            f"than this one ({__version__}, which reads format {FORMAT_VERSION} and older); "
+            "upgrade it (pip install --upgrade napari-mutualseg) to use the model"
         )
     percentiles = payload.get("percentiles")
     if (
