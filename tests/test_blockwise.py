@@ -102,6 +102,9 @@ def test_a_halo_narrower_than_the_cells_is_reported():
         _pair().segment(image, blockwise=True, block_size=BLOCK, halo=0)
     with pytest.warns(UserWarning, match="larger halo"):  # labels written into out too
         _pair().segment(image, out=np.zeros(image.shape, np.int32), block_size=BLOCK, halo=0)
+    with pytest.warns(UserWarning, match="larger halo") as told:  # plane by plane too
+        list(_pair().predict_planes(image, blockwise=True, block_size=BLOCK, halo=0))
+    assert told[0].filename == __file__  # the caller's line
 
 
 def test_labels_segmented_whole_are_written_into_out():

@@ -575,8 +575,11 @@ class Segmenter:
         min_size = self._min_size(min_size)
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
         blocks = self._blocks(chosen, blockwise, block_size, halo, out)
-        # not a generator itself: a wrong setting or out is refused here, not at the first plane
-        return self._planes(chosen, tile_size, overlap, min_size, blocks, out, disagree=True)
+        planes = self._planes(chosen, tile_size, overlap, min_size, blocks, out, disagree=True)
+        # not a generator itself, so that a wrong setting or out is refused here, not at the
+        # first plane; a generator's frame between the caller and _planes, as segment's is,
+        # so that _planes' warnings name the caller's line
+        return (prediction for prediction in planes)
 
     def _min_size(self, min_size: int | None) -> int:
         """The smallest cell kept: as given, else the training setting."""
