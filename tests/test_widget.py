@@ -83,7 +83,7 @@ def test_panel_fits_a_laptop_screen(viewer_widget):
 
 
 def test_every_setting_and_button_says_what_it_does(viewer_widget):
-    from qtpy.QtWidgets import QPushButton
+    from qtpy.QtWidgets import QLabel, QPushButton
 
     from napari_mutualseg._napari.settings import SETTINGS
 
@@ -98,6 +98,9 @@ def test_every_setting_and_button_says_what_it_does(viewer_widget):
     buttons = [b for panel in panels for b in panel.findChildren(QPushButton)]
     assert len(buttons) >= 9
     assert [b.text() for b in buttons if not b.toolTip()] == []
+    names = [name for panel in (widget.data, widget.model) for name in panel.findChildren(QLabel)]
+    assert len(names) >= 7
+    assert [name.text() for name in names if not name.toolTip()] == []
 
 
 # -------------------------------------------------------------------------------- supervision

@@ -32,7 +32,7 @@ from .layers import free_name, owner_info
 from .loss_plot import LossPlot
 from .prepare import UserInputError
 from .runs import RunState
-from .settings import SettingsForm, TrainingSettings
+from .settings import SettingsForm, TrainingSettings, label_tooltips
 
 if TYPE_CHECKING:
     import napari
@@ -187,6 +187,7 @@ class DataPanel(QGroupBox):
         form.addRow("Region", _row(self.region.native, self.new_region))
         form.addRow("Reuse paint", self.earlier.native)
         form.addRow(self.generate)
+        label_tooltips(form)
         self.axes.editingFinished.connect(self._axes_entered)
         self.image.changed.connect(lambda _: self.show_axes())
         self.new_boxes.clicked.connect(self.new_boxes_layer)
@@ -424,6 +425,7 @@ class ModelPanel(QGroupBox):
         form.addRow("Segment", _row(self.target.native, self.predict))
         form.addRow(self.folder)
         form.addRow(_row(self.save, self.load))
+        label_tooltips(form)
         self.save.clicked.connect(self._ask_save)
         self.load.clicked.connect(self._ask_load)
         self.folder.clicked.connect(self._ask_folder)

@@ -200,6 +200,18 @@ class TrainingSettings:
         return TrainConfig.recommended(given.pop("device"), **given)
 
 
+def label_tooltips(form: QFormLayout) -> None:
+    """Give the name of each row of ``form`` the tooltip of its field (of the first control of
+    a row of several): the name is where the eye rests."""
+    label_role, field_role = QFormLayout.ItemRole.LabelRole, QFormLayout.ItemRole.FieldRole
+    for row in range(form.rowCount()):
+        label, field = form.itemAt(row, label_role), form.itemAt(row, field_role)
+        if label is None or label.widget() is None or field is None:
+            continue
+        control = field.widget() or field.layout().itemAt(0).widget()
+        label.widget().setToolTip(control.toolTip())
+
+
 def _channels_text(channels: Any) -> str:
     """Channels as the form shows them: ``"0, DAPI"``; ``""`` for every channel."""
     chosen = parse_channels(channels)
@@ -258,8 +270,8 @@ class SettingsForm(QWidget):
                 target.addRow(editor)
             else:
                 target.addRow(setting.label, editor)
-                # the name is where the eye rests: it says what the setting does too
-                target.labelForField(editor).setToolTip(setting.tooltip)
+        for target in (form, advanced_form):
+            label_tooltips(target)
         advanced.addWidget(inner)
         form.addRow(advanced)
         settings.changed.connect(self._show)
