@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers import TINY, disc_image
+from helpers import TINY, ThresholdNet, disc_image
 from napari_mutualseg.disagreement import Prediction, Spot
 from napari_mutualseg.supervision import make_supervision
 from napari_mutualseg.training import MutualTrainer, TrainConfig
@@ -76,6 +76,27 @@ def test_predict_given_a_stack_points_to_predict_planes(trained):
         trainer.pair.predict(stack, axes="ZYX")
     with pytest.raises(ValueError, match=r"predict_proba takes one \(segment takes stacks"):
         trainer.pair.predict_proba(stack, axes="ZYX")
+
+
+def test_a_warning_about_the_image_names_the_line_that_segments_or_predicts_it():
+    """predict and predict_proba named a line of their own: Python's default filter then
+    showed the warning once per session, whichever image a later call was given."""
+    from napari_mutualseg.images import AxisImage
+    from napari_mutualseg.models import ModelPair
+
+    pair = ModelPair(ThresholdNet(), ThresholdNet(), channel_names=("DAPI",))
+    image, _ = disc_image()
+    gfp = AxisImage.from_array(image[None], "CYX", channel_names=["GFP"])
+    calls = {
+        "segment": pair.segment,
+        "predict": pair.predict,
+        "predict_proba": pair.predict_proba,
+        "predict_planes": lambda image: list(pair.predict_planes(image)),
+    }
+    for method, call in calls.items():
+        with pytest.warns(UserWarning, match="trained on DAPI and are given GFP") as told:
+            call(gfp)
+        assert told[0].filename == __file__, method
 
 
 def test_a_prediction_prints_its_counts_not_its_arrays():

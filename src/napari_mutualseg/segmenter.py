@@ -143,6 +143,17 @@ def _check_out(out: Any, image: AxisImage) -> None:
         )
 
 
+def _one_plane(image: AxisImage, method: str) -> None:
+    """Refuse a stack to ``method``, which takes one plane; stacks are for segment."""
+    if image.n_planes != 1:
+        # predict_planes gives what predict gives, for each plane of a stack
+        planes = "predict_planes predicts each plane of a stack, " * (method == "predict")
+        raise ValueError(
+            f"{image.name} has {image.n_planes} planes; {method} takes one ({planes}segment "
+            "takes stacks and time series)."
+        )
+
+
 class Segmenter:
     """The methods of :class:`~napari_mutualseg.models.ModelPair` that use its networks on images.
 
@@ -183,21 +194,11 @@ class Segmenter:
             ``(3, H, W)`` float32 mean softmax of both networks.
         """
         check_tiling(tile_size, overlap)
-        chosen = self._one_plane(image, channels, rgb, axes, name, "predict_proba")
+        # network_input from here: its warnings name the caller's line, as segment's do
+        chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
+        _one_plane(chosen, "predict_proba")
         ranges = chosen.channel_ranges(self.percentiles)
         return self._plane_proba(chosen, 0, ranges, tile_size, overlap)
-
-    def _one_plane(self, image, channels, rgb, axes, name: str, method: str) -> AxisImage:
-        """The network input of a one-plane image; stacks are for :meth:`segment`."""
-        chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
-        if chosen.n_planes != 1:
-            # predict_planes gives what predict gives, for each plane of a stack
-            planes = "predict_planes predicts each plane of a stack, " * (method == "predict")
-            raise ValueError(
-                f"{chosen.name} has {chosen.n_planes} planes; {method} takes one ({planes}"
-                "segment takes stacks and time series)."
-            )
-        return chosen
 
     def _plane_proba(
         self, image: AxisImage, index: int, ranges: np.ndarray, tile_size: int, overlap: int
@@ -498,7 +499,8 @@ class Segmenter:
         """
         check_tiling(tile_size, overlap)
         min_size = self._min_size(min_size)
-        chosen = self._one_plane(image, channels, rgb, axes, name, "predict")
+        chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
+        _one_plane(chosen, "predict")
         return next(self._planes(chosen, tile_size, overlap, min_size, None, disagree=True))
 
     def predict_planes(
