@@ -228,8 +228,10 @@ class ModelPair(Segmenter):
         -----
         UserWarning
             When the image looks like labels or a mask rather than intensities
-            (:func:`~napari_mutualseg.network_input.warn_if_labels`), or when the channels
-            taken by default are named otherwise than those the networks were trained on.
+            (:func:`~napari_mutualseg.network_input.warn_if_labels`); when the channels taken
+            by default are named otherwise than those the networks were trained on; when its
+            pixels are another size than the training images' (:attr:`pixel_size`, beyond
+            :data:`PIXEL_SIZE_TOLERANCE`).
         """
         img = as_image(image, axes, name=name)
         # the caller's frame: segment or predict (Segmenter) calls this
