@@ -222,8 +222,10 @@ class Prediction:
     probabilities : numpy.ndarray or None
         ``(3, H, W)`` float32 mean softmax of both networks (background, cell, boundary);
         None for a plane segmented block by block (:meth:`ModelPair.predict_planes`).
-    labels : numpy.ndarray
-        ``(H, W)`` int32 cells, 0 background, 1..N (as :meth:`ModelPair.segment`).
+    labels : numpy.ndarray or dask.array.Array
+        ``(H, W)`` int32 cells, 0 background, 1..N (as :meth:`ModelPair.segment`); from
+        :meth:`ModelPair.predict_planes` with ``out``, that plane of ``out`` (of a zarr
+        ``out``, read lazily).
     disagreement : numpy.ndarray or None
         ``(H, W)`` float16 disagreement of the two networks in ``[0, 1]``
         (:func:`disagreement_map`); None for a plane segmented block by block.
