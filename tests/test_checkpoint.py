@@ -389,3 +389,10 @@ def test_a_pair_given_to_torch_save_whole_is_told_how_to_save_it(tmp_path):
     torch.save(_pair(), path)
     with pytest.raises(CheckpointError, match=r"ModelPair\).*refused.* with pair\.save\(path\)"):
         ModelPair.load(path)
+
+
+def test_a_copy_shares_no_settings_with_its_pair():
+    pair = _pair()
+    pair.settings["exchange"] = {"confidence": 0.6}
+    pair.copy().settings["exchange"]["confidence"] = 0.9
+    assert pair.settings["exchange"] == {"confidence": 0.6}

@@ -155,8 +155,8 @@ class ModelPair(Segmenter):
             copy.deepcopy(self.model_a),
             copy.deepcopy(self.model_b),
             tuple(self.percentiles),
-            dict(self.settings),
-            [dict(h) for h in self.history],
+            copy.deepcopy(self.settings),  # its exchange settings are a dict of their own
+            copy.deepcopy(self.history),
             self.device,
             self.cell_size,
             self.channel_names,
