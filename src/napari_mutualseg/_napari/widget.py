@@ -74,6 +74,8 @@ class MutualSegWidget(QWidget):
         The viewer's jobs, trained pair and round history (shared by its panels).
     status : QLabel
         The status line under the panels: what runs, how far, and what to do next.
+    progress : QProgressBar
+        How far the running job is, above the status line (hidden while none runs).
 
     Examples
     --------
