@@ -302,11 +302,13 @@ def test_numpy_values_are_saved_plain_and_other_objects_refused_before_writing(t
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("name", ["cells.tif", "cells.ome.tif", "Cells.PNG", "cells.ome.zarr"])
-def test_a_model_is_never_saved_under_an_image_name(tmp_path, name):
+@pytest.mark.parametrize(
+    "name", ["cells.tif", "cells.ome.tif", "Cells.PNG", "cells.ome.zarr", "cells.csv"]
+)
+def test_a_model_is_never_saved_under_an_image_or_table_name(tmp_path, name):
     image = tmp_path / name
     image.write_bytes(b"the user's image")
-    with pytest.raises(ValueError, match=r"an image's name.*save the model as .*[Cc]ells\.pt\b"):
+    with pytest.raises(ValueError, match=r"an image or a table.*save the model as .*ells\.pt\b"):
         _pair().save(image, overwrite=True)
     assert image.read_bytes() == b"the user's image"
 

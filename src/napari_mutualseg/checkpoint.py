@@ -85,18 +85,12 @@ def write_checkpoint(
     napari_mutualseg.files.OutputError
         When the file cannot be written (full or read-only disk, no permission).
     ValueError
-        When ``path`` is named as an image, or the payload holds a value a model file cannot
-        (anything but tensors, numbers, text, lists and tables of them; NumPy numbers and
-        arrays are stored as plain ones). Nothing is written then.
+        When ``path`` is an image's or a table's name (:func:`check_model_name`), or the
+        payload holds a value a model file cannot (anything but tensors, numbers, text, lists
+        and tables of them; NumPy numbers and arrays are stored as plain ones). Nothing is
+        written then.
     """
-    if is_image_name(path):
-        # info, predict's folder search and napari would take it for an image, and saved
-        # with overwrite=True over the image it is named as, it would replace it
-        raise ValueError(
-            f"{path} is an image's name, which a model file must not have (it would be taken "
-            f"for an image, or replace one): save the model as "
-            f"{Path(path).with_name(image_stem(path) + '.pt')}. Nothing was written."
-        )
+    check_model_name(path)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -113,6 +107,31 @@ def write_checkpoint(
                 raise err.__context__ from None
             raise
     return Path(path)
+
+
+def check_model_name(path: str | os.PathLike) -> None:
+    """Refuse to name a model file as an image or a table: info, predict's folder search
+    and napari would take it for one, and saved over one with ``overwrite`` it would replace
+    it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where a model is to be saved.
+
+    Raises
+    ------
+    ValueError
+        For an image's name (``cells.tif``, ``plate.ome.zarr``) or a table's (``.csv``),
+        with the ``.pt`` name to give instead.
+    """
+    if is_image_name(path) or Path(path).suffix.lower() == ".csv":
+        stem = image_stem(path) if is_image_name(path) else Path(path).stem
+        raise ValueError(
+            f"{path} is the name of an image or a table, which a model file must not have (it "
+            f"would be taken for one, or replace one): save the model as "
+            f"{Path(path).with_name(stem + '.pt')}. Nothing was written."
+        )
 
 
 def _plain(value: Any, name: str) -> Any:

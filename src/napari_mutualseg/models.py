@@ -380,9 +380,10 @@ class ModelPair(Segmenter):
             If the file cannot be written there (a folder that cannot be made or written
             to, a full disk); missing folders are made.
         ValueError
-            If ``path`` is an image's name (``cells.tif``), or the pair holds a value a model
-            file cannot (its settings and history hold numbers, text, and lists and tables of
-            them; NumPy numbers are saved as plain ones). Nothing is written then.
+            If ``path`` is an image's or a table's name (``cells.tif``,
+            :func:`~napari_mutualseg.checkpoint.check_model_name`), or the pair holds a value
+            a model file cannot (its settings and history hold numbers, text, and lists and
+            tables of them; NumPy numbers are saved as plain ones). Nothing is written then.
         """
         fields = {
             "percentiles": [float(p) for p in self.percentiles],
