@@ -489,6 +489,27 @@ def test_every_option_is_explained_with_its_default(capsys):
     assert "(default: 512)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_every_command_says_what_it_does_with_examples_that_parse():
+    """A command's help listed its options only: no word of what it does, no example."""
+    import shlex
+
+    from napari_mutualseg.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in commands.choices.items():
+        assert command.description, name
+        examples = [
+            line.split("#")[0]
+            for line in command.epilog.splitlines()
+            if line.lstrip().startswith("napari-mutualseg")
+        ]
+        said = [shlex.split(e)[1:] for e in examples]
+        assert any(argv[0] == name for argv in said), name
+        for argv in said:
+            assert parser.parse_args(argv).command == argv[0]  # a mistake exits
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
