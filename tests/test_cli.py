@@ -735,6 +735,31 @@ def test_a_log_file_gets_one_line_per_step_not_progress_bars(data, tmp_path, cap
     assert re.search(wrote, stdout), stdout
 
 
+def test_a_log_file_gets_each_line_when_it_is_printed(data, tmp_path, capsys, monkeypatch):
+    """Redirected to a file, stdout was written in blocks: a cluster job's rounds came at its
+    end (none if it was killed), after the lines on stderr."""
+    import io
+    import sys
+
+    from napari_mutualseg.cli import train
+
+    log = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(log))  # as a file is opened
+    rounds, seen = train.run_rounds, []
+
+    def look_after_each_round(trainer, on_round):
+        def then_look(report):
+            on_round(report)
+            seen.append(log.getvalue().decode())
+
+        return rounds(trainer, then_look)
+
+    monkeypatch.setattr(train, "run_rounds", look_after_each_round)
+    argv = ["train", data["image"], "--boxes", data["plain"], "--out", tmp_path / "m.pt", *TINY]
+    assert main([str(a) for a in argv]) == 0
+    assert seen and "round 1/1" in seen[0]
+
+
 def test_predict_says_it_is_finding_the_images_when_that_takes_a_while(
     data, tmp_path, capsys, monkeypatch
 ):

@@ -43,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (see the module docs); mistakes are printed as one line, never as a
         traceback.
     """
+    # redirected to a file (a cluster job's log), stdout is written in blocks: each round's
+    # line came at the end of the job, after the lines on stderr
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
