@@ -304,7 +304,8 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
         ),
         (
             lambda d, t: ["train", d["image"], "--boxes", d["plain"], "--out", t / "model.tif"],
-            "names an image or table file, but train writes a model: give it a .pt name",
+            "model.tif is the name of an image or a table, which a model file must not have "
+            "(it would be taken for one, or replace one): save the model as ",
         ),
         (
             lambda d, t: ["predict", d["image"], t / "m.pt", "--out", t / "p"],
@@ -345,7 +346,7 @@ def test_an_input_is_never_written_over_even_with_overwrite(data, capsys, make):
     before = {key: path.read_bytes() for key, path in data.items()}
     code, _, err = _run(capsys, *make(data), "--overwrite")
     # train refuses a model named like an image or table before it compares with the inputs
-    assert code == 2 and ("is an input" in err or "names an image or table file" in err)
+    assert code == 2 and ("is an input" in err or "is the name of an image or a table" in err)
     assert {key: path.read_bytes() for key, path in data.items()} == before
 
 
@@ -358,7 +359,7 @@ def test_two_results_of_one_command_never_share_a_name(data, tmp_path, capsys):
     model = labels / "cells_cells.tif"  # where --labels-out puts the image's segmentation
     argv = ["train", data["image"], "--boxes", data["plain"], "--out", model, *TINY]
     code, _, err = _run(capsys, *argv, "--labels-out", labels)
-    assert code == 2 and "names an image or table file" in err and not labels.exists()
+    assert code == 2 and "is the name of an image or a table" in err and not labels.exists()
 
 
 def test_a_shared_table_never_gives_two_images_the_same_boxes(data, tmp_path, capsys):

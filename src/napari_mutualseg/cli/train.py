@@ -127,17 +127,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     The first Ctrl-C or SIGTERM saves the networks of the last completed round.
     """
-    from ..io import is_image_name
+    from ..checkpoint import check_model_name
     from ..ome import PixelSize
     from ..training import MutualTrainer
 
-    model = Path(args.out)
-    if is_image_name(model) or model.suffix.lower() == ".csv":
-        # a model named like an image or a table would be taken for one (predict's folders)
-        raise ValueError(
-            f"--out {args.out} names an image or table file, but train writes a model: give "
-            f"it a .pt name, e.g. {model.with_suffix('.pt').name}."
-        )
+    try:
+        check_model_name(args.out)  # before any training, not when the pair is saved
+    except ValueError as err:
+        raise ValueError(f"--out {err}") from None
     _check_each_image_once(args.images)
     check_found(args.supervision or [], "Supervision")
     check_found([args.resume] if args.resume else [], "Model file")
