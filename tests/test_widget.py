@@ -82,6 +82,17 @@ def test_panel_fits_a_laptop_screen(viewer_widget):
     assert widget.minimumSizeHint().width() == width
 
 
+def test_a_long_layer_name_does_not_widen_the_panel(make_napari_viewer):
+    def widths(name):
+        viewer = make_napari_viewer()
+        viewer.add_image(np.zeros((8, 8)), name=name)  # opened before the panel
+        _, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+        return [panel.minimumSizeHint().width() for panel in (widget.data, widget.model)]
+
+    # its buttons stay in sight: the name is cut in the box
+    assert widths("20231012_HeLa_DAPI_GFP_plate3_well_B07_field_012") == widths("nuclei")
+
+
 def test_every_setting_and_button_says_what_it_does(viewer_widget):
     from qtpy.QtWidgets import QLabel, QPushButton
 

@@ -13,6 +13,7 @@ from magicgui.widgets import ComboBox
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -70,6 +71,12 @@ class LayerPicker(ComboBox):
     ) -> None:
         self._viewer, self._kind, self._exclude, self._pick_new = viewer, kind, exclude, pick_new
         super().__init__(choices=self._layers, nullable=nullable, tooltip=tooltip)
+        # a long layer name (a file's, often) is cut in the box rather than widening the panel
+        # past its dock, its buttons pushed out of sight; the list shows it whole
+        self.native.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.native.setMinimumContentsLength(10)
         events = viewer.layers.events
         self._watched = [(events.inserted, self._inserted), (events.removed, self._refresh)]
         self._watched.append((events.moved, self._refresh))
