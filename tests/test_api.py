@@ -93,9 +93,15 @@ def test_a_warning_about_the_image_names_the_line_that_segments_or_predicts_it()
         "predict_proba": pair.predict_proba,
         "predict_planes": lambda image: list(pair.predict_planes(image)),
     }
+    mask = np.zeros((64, 64), np.uint16)
+    for i in range(1, 9):
+        mask[i * 6 : i * 6 + 4, 5:20] = i
     for method, call in calls.items():
         with pytest.warns(UserWarning, match="trained on DAPI and are given GFP") as told:
             call(gfp)
+        assert told[0].filename == __file__, method
+        with pytest.warns(UserWarning, match="looks like labels or a mask") as told:
+            call(mask)
         assert told[0].filename == __file__, method
 
 

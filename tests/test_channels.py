@@ -94,8 +94,9 @@ def test_rgb_as_colours_or_gray_and_old_single_channel_models():
     arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
     old = ModelPair(build_unet(arch, 0), build_unet(arch, 1), settings={"min_size": 16})
     assert old.in_channels == 1 and old.segment(image).shape == (64, 64)
-    with pytest.raises(ValueError, match="--rgb gray"):
+    with pytest.raises(ValueError, match="--rgb gray") as refused:
         old.segment(rgb)
+    assert "axes=" not in str(refused.value)  # an RGB picture's colours are no z axis
     assert old.segment(rgb, rgb="gray").shape == (64, 64)
 
 

@@ -234,8 +234,8 @@ class ModelPair(Segmenter):
             :data:`PIXEL_SIZE_TOLERANCE`).
         """
         img = as_image(image, axes, name=name)
-        # the caller's frame: segment or predict (Segmenter) calls this
-        warn_if_labels(img, stacklevel=4)
+        # the caller of segment or predict (Segmenter), which call this
+        warn_if_labels(img, stacklevel=3)
         rgb = rgb or self.settings.get("rgb", "channels")
         picked = channels is not None
         if picked:
@@ -266,7 +266,12 @@ class ModelPair(Segmenter):
                 )
             else:  # no choice of channels gives the networks theirs
                 hints.append("segment it with models trained on images like this one")
-            if not isinstance(image, AxisImage) and axes is None and np.ndim(image) == 3:
+            if (
+                not isinstance(image, AxisImage)
+                and axes is None
+                and not img.rgb
+                and np.ndim(image) == 3
+            ):
                 hints.append("if the first axis is z or time, say so with axes='ZYX' or 'TYX'")
             raise ValueError(
                 f"{img.name} gives the networks {given} channel{'s' if given > 1 else ''} but "
