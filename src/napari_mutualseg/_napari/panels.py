@@ -172,7 +172,7 @@ class DataPanel(QGroupBox):
         self.new_region = QPushButton("New region layer")
         self.new_region.setToolTip(
             "Add a Shapes layer 'region' in polygon mode: outline the area where every cell is "
-            "boxed"
+            f"boxed (with Annotation '{MODE_REGION}')"
         )
         self.earlier = LayerPicker(
             viewer,
