@@ -386,6 +386,18 @@ def test_a_model_remembers_its_pixel_size_and_warns_of_images_of_other_pixels(tm
     assert loaded.pixel_size is None
 
 
+def test_training_records_its_images_pixel_size():
+    from helpers import TINY, disc_image
+    from napari_mutualseg.images import AxisImage
+    from napari_mutualseg.supervision import make_supervision
+    from napari_mutualseg.training import MutualTrainer
+
+    pixels, boxes = disc_image()
+    image = AxisImage.from_array(pixels, "YX", pixel_size={"y": 0.5, "x": 0.5}, unit="µm")
+    trainer = MutualTrainer(image, make_supervision(pixels.shape, boxes), TINY)
+    assert trainer.pair.pixel_size == 0.5
+
+
 def test_a_pair_given_to_torch_save_whole_is_told_how_to_save_it(tmp_path):
     path = tmp_path / "m.pt"
     torch.save(_pair(), path)

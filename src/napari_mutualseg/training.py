@@ -395,6 +395,7 @@ class MutualTrainer:
             )
         self.resumed = pair is not None
         pair = _starting_pair(pair, planes[0].shape[0], config)
+        pair.take_pixel_size(images)
         if channel_names is not None or not pairs_own:
             pair.channel_names = channel_names
         pair.settings = config.to_dict()
