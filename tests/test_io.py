@@ -255,6 +255,17 @@ def test_atomic_write_replaces_only_a_complete_file(tmp_path, temp_files):
     assert path.read_text() == "new"
 
 
+def test_a_write_to_a_folder_name_or_under_a_file_says_so_and_writes_nothing(tmp_path):
+    # "models/" became a file named models; a file where a folder should be gave errno 17
+    with pytest.raises(IsADirectoryError, match="names a folder"):
+        write_text(f"{tmp_path}/models/", "x")
+    (tmp_path / "out").write_text("precious")
+    with pytest.raises(NotADirectoryError, match="out: it is a file, not a folder"):
+        write_text(tmp_path / "out" / "model" / "m.pt", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out").read_text() == "precious"
+
+
 def test_part_files_of_killed_writers_on_this_machine_are_removed(tmp_path, monkeypatch):
     """A part file names its machine and process: what a killed process of this machine left
     goes with the next write into the folder; a live writer's and another machine's stay."""

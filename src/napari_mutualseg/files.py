@@ -100,8 +100,12 @@ def _explain(err: OSError, path: Path, existed: bool = False) -> OSError:
     return OutputError(err.errno, text)
 
 
-def _destination(path: Path, overwrite: bool) -> Path:
-    """The file to write for ``path``: a link is followed to its file, never a broken one."""
+def _destination(given: str | os.PathLike, overwrite: bool) -> Path:
+    """The file to write for ``given``: a link is followed to its file, never a broken one."""
+    path = Path(given)
+    if os.fspath(given).endswith(("/", os.sep)) and not path.is_dir():
+        # Path drops the separator: "models/" would be written as a file named models
+        raise IsADirectoryError(f"{given} names a folder; give a file name inside it instead.")
     if path.is_symlink():
         real = Path(os.path.realpath(path))
         if not real.exists():
@@ -275,6 +279,9 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     ------
     FileExistsError
         When ``path`` exists (or appears meanwhile) and ``overwrite`` is False.
+    IsADirectoryError, NotADirectoryError
+        When ``path`` is (or names, ending in a separator) a folder, or a parent of it is a
+        file.
     OutputError
         When the file cannot be written (full or read-only disk, no permission); the old file
         is unchanged and no temporary file is left.
@@ -284,8 +291,9 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     >>> with atomic_write("table.csv") as f:
     ...     _ = f.write(b"y0,x0,y1,x1\\n")
     """
-    path = Path(path)
     target = _destination(path, overwrite)
+    path = Path(path)
+    _existing_folder(target.parent)  # a file where a folder of the path should be
     existed = target.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -356,8 +364,8 @@ def check_writable(
     ValueError
         When ``path`` is a broken link or not a regular file.
     """
-    path = Path(path)
     target = _destination(path, overwrite)
+    path = Path(path)
     folder = _existing_folder(target.parent)
     try:
         fd, temp = _open_unnamed(folder / target.name, 0o600)
