@@ -3,6 +3,7 @@ end with their viewer, closed panels leave nothing behind, and every refusal is 
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -272,6 +273,14 @@ def test_changing_the_annotation_mode_while_training_keeps_generate_disabled(tra
     widget.stop()
     widget.wait()
     assert data.generate.isEnabled() and data.new_boxes.isEnabled()
+
+
+def test_the_status_line_says_the_round_and_how_far_it_is(training, qtbot):
+    _viewer, widget, _image = training
+    qtbot.waitUntil(lambda: "round" in widget.status.text(), timeout=TIMEOUT)
+    assert re.fullmatch(r"Training on cpu.*: round [1-5] of 5 \(\d+%\)\.", widget.status.text())
+    widget.stop()
+    widget.wait()
 
 
 def test_stop_is_disabled_while_training_stops(training):

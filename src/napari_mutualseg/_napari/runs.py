@@ -223,10 +223,13 @@ class TrainingRun(QObject):
         done, total = self.job.progress()
         if total:
             now = min(self.first_round + self.count + 1, self.planned)
+            # how far the round at hand is: the run's steps of both networks (240 for 3 rounds
+            # of 40 steps) matched no number the user set
+            per_round = total / max(self.planned - self.first_round, 1)
+            share = min(max(done - self.count * per_round, 0) / per_round, 1)
             self.controller.progress.emit(done, total)
             self.controller.message.emit(
-                f"Training on {self.job.device_name}: round {now} of {self.planned}, "
-                f"step {done} of {total}."
+                f"Training on {self.job.device_name}: round {now} of {self.planned} ({share:.0%})."
             )
 
     def on_update(self, update: RoundUpdate) -> None:
