@@ -681,6 +681,11 @@ def test_a_mistyped_path_is_told_with_the_names_close_to_it(data, tmp_path, caps
         (["predict", model, tmp_path / "plate" / "a.tif", "--out", tmp_path / "p"],
          f"Input not found: {tmp_path / 'plate' / 'a.tif'} (there is no folder "
          f"{tmp_path / 'plate'})."),
+        (["info", tmp_path / "m2.pt"], f"Model file not found: {tmp_path / 'm2.pt'} (did you "
+         f"mean {model}?)."),
+        (["info", tmp_path / "cels.tif"], f"(did you mean {data['image']}?)."),
+        (["evaluate", tmp_path / "cels.tif", data["gt"]], "Label image not found: "
+         f"{tmp_path / 'cels.tif'} (did you mean {data['image']}?)."),
     ]  # fmt: skip
     for argv, message in cases:
         code, _, err = _run(capsys, *argv)

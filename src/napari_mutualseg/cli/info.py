@@ -10,6 +10,8 @@ import math
 import sys
 from typing import Any
 
+from .inputs import check_found
+
 
 def model_card(path: str) -> dict[str, Any]:
     """What the model file at ``path`` says about itself, as plain values.
@@ -159,6 +161,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     status."""
     from ..io import is_image_name
 
+    check_found([args.file], "Image file" if is_image_name(args.file) else "Model file")
     if is_image_name(args.file):
         card = image_card(args.file, args.axes)
         text = _image_text(card)

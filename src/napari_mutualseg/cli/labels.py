@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import check_outputs
-from .inputs import boxes_for, supervision
+from .inputs import boxes_for, check_found, supervision
 from .outputs import Outputs
 
 
@@ -117,6 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: print the scores of a label image against ground truth; the exit status."""
     from ..metrics import evaluate
 
+    check_found([args.pred, args.gt], "Label image")
     pred, gt = _label_image(args.pred), _label_image(args.gt)
     # after both are read, so that a missing file is named first
     _check_not_intensities(args.pred, pred)
