@@ -190,12 +190,14 @@ def test_info_says_what_a_model_holds(data, tmp_path, capsys):
     card = json.loads(stdout)
     assert card["fingerprint"] == ModelPair.load(model).fingerprint()
     assert card["rounds_trained"] == 1 and card["networks"]["b"]["depth"] == 2
+    assert "pixels:" not in stdout and card["pixel_size"] is None  # the image said none
     wide_b = tmp_path / "wide_b.pt"
     pair = ModelPair.load(model)
     ModelPair(pair.model_a, build_unet({**pair.model_b.arch, "width": 8}, 1), pair.percentiles,
-              pair.settings).save(wide_b)  # fmt: skip
+              pair.settings, pixel_size=0.65).save(wide_b)  # fmt: skip
     code, stdout, _ = _run(capsys, "info", wide_b)
     assert "A, a U-Net of width 4 and depth 2" in stdout and "B, a U-Net of width 8" in stdout
+    assert "pixels: 0.65 µm in training" in stdout
     code, _, err = _run(capsys, "info", data["plain"])  # a box table given for the model
     assert code == 2 and "is not a readable napari-mutualseg model" in err
 

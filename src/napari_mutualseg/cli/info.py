@@ -54,6 +54,7 @@ def model_card(path: str) -> dict[str, Any]:
             None if not history else [history[-1].get("loss_a"), history[-1].get("loss_b")]
         ),
         "cell_size": pair.cell_size,
+        "pixel_size": pair.pixel_size,
         "halo": default_halo(pair.cell_size),
         # what segmenting keeps unless told otherwise, and part of the fingerprint
         "min_size": int(settings.get("min_size", TrainConfig.min_size)),
@@ -71,9 +72,11 @@ def _text(card: dict[str, Any]) -> str:
         for net in nets.values()
     ]
     same = shapes[0] == shapes[1]
+    written = card["package_version"]
+    written = f"version {written}" if written else "an unrecorded release"
     lines = [
-        f"{card['file']}: napari-mutualseg model (written by version "
-        f"{card['package_version']}, format {card['format_version']})",
+        f"{card['file']}: napari-mutualseg model (written by {written}, format "
+        f"{card['format_version']})",
         f"input: {card['input']}; intensities scaled between percentiles "
         f"{card['percentiles'][0]:g} and {card['percentiles'][1]:g} of each image",
         f"networks: A and B, U-Nets of {shapes[0]} each"
@@ -101,6 +104,10 @@ def _text(card: dict[str, Any]) -> str:
             f"cells: up to {card['cell_size']:g} px across in training; images above {side} x "
             f"{side} px (or with --block-size) are segmented block by block with a margin of "
             f"{card['halo']} px"
+        )
+    if card["pixel_size"]:
+        lines.append(
+            f"pixels: {card['pixel_size']:g} µm in training; images of other pixels are warned of"
         )
     lines.append(
         f"smallest cell kept: {card['min_size']} px (unless predict is given another with "
