@@ -830,7 +830,7 @@ def test_output_paths_resolve_each_folder_once_with_the_same_keys(tmp_path, monk
     import os
 
     from napari_mutualseg import io
-    from napari_mutualseg.files import same_file_key
+    from napari_mutualseg.files import same_file_key, same_file_keys
 
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "x.tif").touch()
@@ -843,7 +843,7 @@ def test_output_paths_resolve_each_folder_once_with_the_same_keys(tmp_path, monk
         tmp_path / "missing" / "z.tif",
         "x.tif",
     ]
-    assert io._file_keys(tricky) == [same_file_key(p) for p in tricky]
+    assert same_file_keys(tricky) == [same_file_key(p) for p in tricky]
     resolved = []
     realpath = os.path.realpath
     monkeypatch.setattr(os.path, "realpath", lambda p, **k: resolved.append(p) or realpath(p, **k))

@@ -24,7 +24,7 @@ from .files import (
     atomic_write,
     check_writable,
     format_size,
-    same_file_key,
+    same_file_keys,
     write_text,
 )
 from .ome import PixelSize
@@ -217,8 +217,8 @@ def output_paths(
         for name, folder, part in zip(names, folders, parts, strict=True)
     ]
     seen: dict[str, Path] = {}
-    inputs_at = dict(zip(_file_keys(names), sources, strict=True))
-    for source, out, real in zip(sources, outputs, _file_keys(outputs), strict=True):
+    inputs_at = dict(zip(same_file_keys(names), sources, strict=True))
+    for source, out, real in zip(sources, outputs, same_file_keys(outputs), strict=True):
         key = os.path.normcase(os.path.abspath(out)).lower()
         if key in seen and seen[key] != source:
             raise ValueError(
@@ -243,26 +243,6 @@ def output_paths(
                     "OME-Zarr folder); choose an output folder outside it."
                 )
     return [Path(o) for o in outputs]
-
-
-def _file_keys(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """:func:`~napari_mutualseg.files.same_file_key` of each path, each folder resolved once.
-
-    A plate's 10,000 images lie in a few folders; resolving every folder of every path again
-    (a system call each, slow on a network disk) took seconds.
-    """
-    folder_keys: dict[str, str] = {}
-    keys = []
-    for path in map(os.fspath, paths):
-        folder, name = os.path.split(path)
-        # a link, or a name that is no file ('..', a trailing separator), is resolved whole
-        if name in ("", ".", "..") or os.path.islink(path):
-            keys.append(same_file_key(path))
-            continue
-        if folder not in folder_keys:
-            folder_keys[folder] = same_file_key(folder)  # '' is the working folder
-        keys.append(os.path.join(folder_keys[folder], os.path.normcase(name).lower()))
-    return keys
 
 
 def write_labels(
