@@ -692,8 +692,10 @@ def test_a_cluster_without_workers_says_so(model, tmp_path, monkeypatch):
     assert [r.status for r in run.results] == ["not done"] * 2
 
 
-def test_ctrl_c_stops_a_run_on_local_workers_in_one_line(model, tmp_path):
-    """Ctrl-C reaches the whole process group: the workers leave it to the command."""
+def test_a_stop_signal_to_the_job_stops_a_run_on_local_workers_in_one_line(model, tmp_path):
+    """SIGTERM (SLURM at the time limit, scancel) and Ctrl-C reach the whole process group:
+    the workers leave them to the command. Killed by SIGTERM, they left the command talking
+    to workers that were gone: dask's CommClosedError and a traceback in the log."""
     images = [_image(tmp_path / "in" / f"i{k}.tif", k, shape=(512, 512)) for k in range(6)]
     out = tmp_path / "out"
     command = [sys.executable, "-m", "napari_mutualseg.cli", "predict", str(model)]
@@ -702,12 +704,21 @@ def test_ctrl_c_stops_a_run_on_local_workers_in_one_line(model, tmp_path):
     deadline = time.monotonic() + 120
     while not list(out.glob("*_cells.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal sends it
+    os.killpg(process.pid, signal.SIGTERM)  # as SLURM sends it
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
-    assert (
-        "interrupted (SIGINT)" in err and "Traceback" not in err and "KeyboardInterrupt" not in err
-    )
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted (SIGTERM)" in err
+    assert not [w for w in ("Traceback", "KeyboardInterrupt", "Error", "ERROR") if w in err], err
+
+
+def test_local_workers_leave_ctrl_c_and_sigterm_to_the_command():
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cluster._ignore_stop_signals()
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in previous)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def test_local_workers_that_do_not_start_are_explained(monkeypatch):

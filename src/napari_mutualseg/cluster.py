@@ -428,10 +428,15 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def _ignore_sigint() -> None:
+def _ignore_stop_signals() -> None:
     """Run on each local worker: Ctrl-C in a terminal reaches the whole process group, and
-    this process stops the workers itself, so they need not print its KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    so does SIGTERM from a batch system (SLURM at the time limit or on scancel). This process
+    stops the workers itself once the run has stopped in order; killed by the signal first,
+    they would leave it talking to workers that are gone (dask's CommClosedError in the
+    log). A worker still exits when this process dies (distributed's ``AsyncProcess``
+    watches its parent)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _not_a_scheduler(address: str, what: str) -> ConnectionError:
@@ -568,7 +573,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
     scheduler : str, optional
         Address of an existing scheduler (``tcp://host:8786``), checked with
         :func:`check_scheduler`. Without it a LocalCluster is started: ``workers`` processes
-        of one thread each, which leave Ctrl-C to this process.
+        of one thread each, which leave Ctrl-C and SIGTERM to this process.
     workers : int
         Worker processes of the LocalCluster.
 
@@ -614,7 +619,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
                 "to run it in this process."
             ) from None
         client = Client(cluster, **own)
-        client.run(_ignore_sigint)
+        client.run(_ignore_stop_signals)
         where = f"on {workers} local dask worker{'s' if workers > 1 else ''}"
     try:
         yield client, where
