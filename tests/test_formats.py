@@ -233,21 +233,41 @@ def test_a_16_bit_rgb_tiff_is_read_as_its_colours(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "encoding"),
     [
-        "y0;x0;y1;x1;image\n3;11,5;23;31;a.tif\n",  # a spreadsheet set to a decimal comma
-        "y0\tx0\ty1\tx1\timage\n3\t11.5\t23\t31\ta.tif\n",  # tab-separated
-        "y0,x0,y1,x1,image,,\n3,11.5,23,31,a.tif,,\n",  # empty columns after the last
-        "y0,x0,y1,x1,image\n3,11.5,23,31,a.tif,\n",  # a comma after the last value
+        ("y0;x0;y1;x1;image\n3;11,5;23;31;a.tif\n", "utf-8"),  # a decimal comma
+        ("y0\tx0\ty1\tx1\timage\n3\t11.5\t23\t31\ta.tif\n", "utf-8"),  # tab-separated
+        ("y0,x0,y1,x1,image,,\n3,11.5,23,31,a.tif,,\n", "utf-8"),  # empty columns after
+        ("y0,x0,y1,x1,image\n3,11.5,23,31,a.tif,\n", "utf-8"),  # a comma after the last
+        # Excel's 'Unicode Text': UTF-16 with its byte order mark, tab-separated, CRLF
+        ("y0\tx0\ty1\tx1\timage\r\n3\t11.5\t23\t31\ta.tif\r\n", "utf-16"),
     ],
 )
-def test_box_tables_as_spreadsheets_save_them(tmp_path, text):
+def test_box_tables_as_spreadsheets_save_them(tmp_path, text, encoding):
     from napari_mutualseg.box_tables import read_box_table
 
     path = tmp_path / "boxes.csv"
-    path.write_text(text)
+    path.write_bytes(text.encode(encoding))
     (box,) = read_box_table(path)["a.tif"]
     assert box.pixel_range() == pytest.approx((3, 11.5, 23, 31))
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        # Excel's plain 'CSV' on Windows: its own encoding, an image named café.tif
+        ("y0,x0,y1,x1,image\n3,1,23,31,café.tif\n".encode("cp1252"), "not saved as UTF-8"),
+        # a decimal comma, quoted, in a table separated by commas
+        (b'y0,x0,y1,x1\n"3,5",1,23,31\n', "decimal comma .* semicolons between"),
+    ],
+)
+def test_a_box_table_saved_otherwise_says_how_to_save_it(tmp_path, data, said):
+    from napari_mutualseg.box_tables import read_box_table
+
+    path = tmp_path / "boxes.csv"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=said):
+        read_box_table(path)
 
 
 def test_64_bit_labels_are_written_as_32_bit(tmp_path):

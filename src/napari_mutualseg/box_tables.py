@@ -1,7 +1,8 @@
 """Box tables: the CSV files that hold the boxes drawn around cells, read and written.
 
-Three formats are read: two CSV tables (first line a header; separated by commas, or by
-semicolons with decimal commas or by tabs, as spreadsheets save them) and Fiji's ROIs:
+Four formats are read: two CSV tables (first line a header; separated by commas, or by
+semicolons with decimal commas or by tabs, as spreadsheets save them; UTF-8, or UTF-16 as
+Excel's *Unicode Text*), Fiji's ROIs and QuPath's GeoJSON:
 
 napari Shapes CSV
     What napari writes when a Shapes layer is saved as ``.csv``: one row per vertex,
@@ -36,6 +37,7 @@ the file still opens in napari.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import math
@@ -85,6 +87,12 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
     try:
         value = float(text)
     except ValueError:
+        if _decimal_point(text) != text:
+            raise ValueError(
+                f"{path}, line {line}: column {column!r} is {text!r}, a number with a decimal "
+                "comma in a table whose columns are separated by commas too: save it with "
+                "decimal points, or with semicolons between the columns."
+            ) from None
         raise ValueError(
             f"{path}, line {line}: column {column!r} should be a number, got {text!r}."
         ) from None
@@ -94,11 +102,20 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    raw = path.read_bytes()
+    # Excel's 'Unicode Text' is UTF-16, said by its first bytes
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    if not utf16 and b"\0" in raw:
+        raise ValueError(f"{path} is not a text (CSV) file; {_FORMATS}.")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a text (CSV) file; {_FORMATS}.") from None
+        text = raw.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not saved as UTF-8 text (byte {err.start + 1} is "
+            f"0x{raw[err.start]:02X}, a letter of another encoding such as Windows'): save it "
+            "again as UTF-8 (Excel: Save As, 'CSV UTF-8 (Comma delimited)'; LibreOffice: "
+            "character set 'Unicode (UTF-8)')."
+        ) from None
     first = next((line for line in text.splitlines() if line.strip()), "")
     # spreadsheets set to a decimal comma save their CSV with semicolons; others save tabs
     delimiter = next((d for d in ",;\t" if d in first), ",")
