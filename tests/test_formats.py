@@ -241,6 +241,7 @@ def test_a_16_bit_rgb_tiff_is_read_as_its_colours(tmp_path):
         ("y0,x0,y1,x1,image\n3,11.5,23,31,a.tif,\n", "utf-8"),  # a comma after the last
         # Excel's 'Unicode Text': UTF-16 with its byte order mark, tab-separated, CRLF
         ("y0\tx0\ty1\tx1\timage\r\n3\t11.5\t23\t31\ta.tif\r\n", "utf-16"),
+        (",y0,x0,y1,x1,image\n0,3,11.5,23,31,a.tif\n", "utf-8"),  # pandas' to_csv, its index
     ],
 )
 def test_box_tables_as_spreadsheets_save_them(tmp_path, text, encoding):

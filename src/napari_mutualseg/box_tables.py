@@ -17,7 +17,8 @@ plain table
     file the box belongs to (several images in one table). A table of
     ``skimage.measure.regionprops_table(labels, properties=[..., "bbox"])`` of a 2D image,
     saved with pandas' ``to_csv``, is one too: its ``bbox-0`` to ``bbox-3`` are ``y0,x0,y1,x1``
-    and its other columns (label, area, the index) are left out.
+    and its other columns (label, area, the index) are left out. So is the index that pandas'
+    ``to_csv`` writes first, a column without a name, in a plain table.
 Fiji ROI set
     What Fiji's ROI Manager saves (*More > Save...*: ``RoiSet.zip``, or one ``.roi``):
     rectangles and ovals, rotated rectangles and ellipses are boxes, on the plane they were
@@ -254,10 +255,13 @@ def _read(path: Path, first_plane: bool) -> dict[BoxKey, list[Box]]:
     if _is_napari(header):
         return _read_napari(path, header, rows)
     if set(PLAIN) <= set(header):
-        extra = [c for c in header if c not in (*PLAIN, "image")]
-        if extra or len(set(header)) != len(header):
+        # pandas' to_csv writes the index first, a column without a name, left out as a
+        # regionprops table's is
+        named = header[1:] if header[0] == "" else header
+        extra = [c for c in named if c not in (*PLAIN, "image")]
+        if extra or len(set(named)) != len(named):
             raise ValueError(
-                f"{path}: unexpected or repeated columns {extra or header} in a plain box "
+                f"{path}: unexpected or repeated columns {extra or named} in a plain box "
                 f"table; {_FORMATS}."
             )
         return _read_plain(path, header, rows)
