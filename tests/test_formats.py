@@ -673,6 +673,38 @@ def test_qupath_boxes_of_a_stack_keep_their_plane(tmp_path):
         read_box_table(path)
 
 
+def test_box_tables_say_what_wrote_them(tmp_path):
+    import json
+    import pickle
+
+    import roifile
+
+    from napari_mutualseg.box_tables import read_box_table
+
+    # (1, 0) is time point 1 of Fiji's and QuPath's (t, z), but channel 1 of time point 0
+    # of a napari layer of a time series with channels: only what wrote the table tells
+    roi = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=2, top=3, right=9, bottom=8)
+    roi.c_position, roi.z_position, roi.t_position = 2, 1, 2
+    roi.tofile(tmp_path / "fiji.roi")
+    plane = {"c": -1, "z": 0, "t": 1}
+    collection = {
+        "type": "FeatureCollection",
+        "features": [_qupath_rectangle(2, 3, 7, 5, plane=plane)],
+    }
+    (tmp_path / "qupath.geojson").write_text(json.dumps(collection))
+    corners = [(3, 2), (3, 9), (8, 9), (8, 2)]
+    rows = [f"0,rectangle,{v},1,0,{y - 0.5},{x - 0.5}" for v, (y, x) in enumerate(corners)]
+    header = "index,shape-type,vertex-index,axis-0,axis-1,axis-2,axis-3"
+    (tmp_path / "napari.csv").write_text("\n".join([header, *rows]) + "\n")
+    (tmp_path / "plain.csv").write_text("y0,x0,y1,x1\n3,2,8,9\n")
+    for origin in ("fiji", "qupath", "napari"):
+        (path,) = tmp_path.glob(f"{origin}.*")
+        table = read_box_table(path)
+        assert list(table) == [(1, 0)] and table[(1, 0)][0].pixel_range() == (3, 2, 8, 9)
+        assert table.origin == pickle.loads(pickle.dumps(table)).origin == origin
+    assert read_box_table(tmp_path / "plain.csv").origin == "table"
+
+
 def test_qupath_ellipses_are_boxes(tmp_path):
     import json
 

@@ -190,7 +190,8 @@ def read_box_table(path: str | os.PathLike, *, first_plane: bool = False) -> Box
         point), ``(t, z)`` for
         one of a time series of stacks (a tuple of every leading coordinate of a layer of
         more axes; Fiji ROIs and QuPath objects of a later time point), the image name (str)
-        for a plain table with an ``image`` column. Boxes keep the file's order.
+        for a plain table with an ``image`` column. Boxes keep the file's order. Its
+        ``origin`` says which of these the file was, and so what a tuple key means.
 
     Raises
     ------
@@ -203,7 +204,8 @@ def read_box_table(path: str | os.PathLike, *, first_plane: bool = False) -> Box
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Box table not found: {path}")
-    return BoxTable(_read(path, first_plane), name=path.name)
+    boxes, origin = _read(path, first_plane)
+    return BoxTable(boxes, name=path.name, origin=origin)
 
 
 class BoxTable(dict):
@@ -218,11 +220,22 @@ class BoxTable(dict):
         Boxes per key.
     name : str
         How the table is called in messages (its file name).
+    origin : str
+        What wrote it: ``"napari"`` (a Shapes layer: a tuple key holds the layer's leading
+        coordinates, a channel axis among them where the layer has one), ``"fiji"`` or
+        ``"qupath"`` (a tuple key is ``(t, z)``, whatever channels the image has),
+        ``"table"`` (a plain or regionprops table), or ``""`` when not known.
     """
 
-    def __init__(self, boxes: Mapping[BoxKey, list[Box]], name: str = "The box table") -> None:
+    def __init__(
+        self,
+        boxes: Mapping[BoxKey, list[Box]],
+        name: str = "The box table",
+        origin: str = "",
+    ) -> None:
         super().__init__(boxes)
         self.name = name
+        self.origin = origin
 
     def __missing__(self, key: BoxKey) -> list[Box]:
         keys = list(self)
@@ -241,19 +254,20 @@ class BoxTable(dict):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # dict's own pickling would not pass the name to __init__
-        return (BoxTable, (dict(self), self.name))
+        # dict's own pickling would not pass the name and origin to __init__
+        return (BoxTable, (dict(self), self.name, self.origin))
 
 
-def _read(path: Path, first_plane: bool) -> dict[BoxKey, list[Box]]:
-    """The boxes of the table at ``path``, by its format (see :func:`read_box_table`)."""
+def _read(path: Path, first_plane: bool) -> tuple[dict[BoxKey, list[Box]], str]:
+    """The boxes of the table at ``path`` and what wrote it, by its format (see
+    :func:`read_box_table`)."""
     if path.suffix.lower() in ROI_SUFFIXES:
-        return _read_rois(path)
+        return _read_rois(path), "fiji"
     if path.suffix.lower() in GEOJSON_SUFFIXES or _starts_like_json(path):
-        return _read_geojson(path, first_plane)
+        return _read_geojson(path, first_plane), "qupath"
     header, rows = _read_rows(path)
     if _is_napari(header):
-        return _read_napari(path, header, rows)
+        return _read_napari(path, header, rows), "napari"
     if set(PLAIN) <= set(header):
         # pandas' to_csv writes the index first, a column without a name, left out as a
         # regionprops table's is
@@ -264,13 +278,13 @@ def _read(path: Path, first_plane: bool) -> dict[BoxKey, list[Box]]:
                 f"{path}: unexpected or repeated columns {extra or named} in a plain box "
                 f"table; {_FORMATS}."
             )
-        return _read_plain(path, header, rows)
+        return _read_plain(path, header, rows), "table"
     bbox = box_columns(header, str(path))
     if bbox is not None:
         # a regionprops table: its label, area and other measurements (its 'image' too, the
         # cell's mask, no file name) are left out
         named = {column: plain for column, plain in zip(bbox, PLAIN, strict=True)}
-        return _read_plain(path, [named.get(c, "") for c in header], rows)
+        return _read_plain(path, [named.get(c, "") for c in header], rows), "table"
     if set(header) >= _FIJI_RESULTS:
         raise ValueError(
             f"{path} is a Fiji Results table: its BX, BY, Width and Height are in the image's "
