@@ -260,6 +260,8 @@ def test_box_tables_as_spreadsheets_save_them(tmp_path, text, encoding):
         ("y0,x0,y1,x1,image\n3,1,23,31,café.tif\n".encode("cp1252"), "not saved as UTF-8"),
         # a decimal comma, quoted, in a table separated by commas
         (b'y0,x0,y1,x1\n"3,5",1,23,31\n', "decimal comma .* semicolons between"),
+        # no header: which column is x is not guessed
+        (b"3;1,5;23;31\n", r"no header: .*\('3', '1,5', '23', '31'\).* 'x0,y0,x1,y1'"),
     ],
 )
 def test_a_box_table_saved_otherwise_says_how_to_save_it(tmp_path, data, said):

@@ -102,6 +102,14 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     raw = path.read_bytes()
     # Excel's 'Unicode Text' is UTF-16, said by its first bytes
@@ -118,8 +126,9 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             "character set 'Unicode (UTF-8)')."
         ) from None
     first = next((line for line in text.splitlines() if line.strip()), "")
-    # spreadsheets set to a decimal comma save their CSV with semicolons; others save tabs
-    delimiter = next((d for d in ",;\t" if d in first), ",")
+    # spreadsheets set to a decimal comma save their CSV with semicolons (and may write
+    # decimal commas in the first line too); others save tabs
+    delimiter = max(",;\t", key=first.count)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows = [(reader.line_num, row) for row in reader]
     rows = [(n, r) for n, r in rows if any(cell.strip() for cell in r)]
@@ -294,6 +303,13 @@ def _read(path: Path, first_plane: bool) -> tuple[dict[BoxKey, list[Box]], str]:
     # a long first line (a whole file on one line) is shown in part
     said = ",".join(header)
     said = said if len(said) <= 120 else said[:120] + "..."
+    if all(_is_number(_decimal_point(cell)) for cell in header if cell):
+        raise ValueError(
+            f"{path} has no header: its first line holds numbers "
+            f"({', '.join(map(repr, header[:8]))}), not column names. Add a first line "
+            "that names the columns in their order, 'y0,x0,y1,x1' or 'x0,y0,x1,y1' (half-open "
+            "pixel ranges); which number is x and which is y is not guessed."
+        )
     raise ValueError(f"{path}: unknown header {said!r}; {_FORMATS}.")
 
 
