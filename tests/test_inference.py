@@ -148,3 +148,26 @@ def test_a_tiling_that_cannot_be_used_is_refused_with_what_to_use(tiling, said):
         pair.segment(image, **tiling)
     # NumPy whole numbers are whole numbers
     assert pair.segment(image, tile_size=np.int64(32), overlap=np.int32(8)).shape == (40, 40)
+
+
+def test_seeds_found_group_by_group_are_those_of_the_whole_image():
+    """Seeds are h-maxima found one group of pixels above 0 at a time (a whole-image
+    reconstruction sorted every pixel); they must be the whole image's, to the pixel."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+
+    from napari_mutualseg.inference import _h_maxima
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        shape = tuple(rng.integers(8, 60, 2))
+        cores = rng.random(shape) < rng.uniform(0.02, 0.9)
+        if trial % 3 == 0:  # no pixel of 0 left: h above the image's range finds none
+            cores[:] = True
+            cores[rng.integers(0, shape[0], 2)] = False
+        distance = ndi.distance_transform_edt(cores)
+        if trial % 2:
+            distance = ndi.gaussian_filter(distance, rng.uniform(0.5, 2))
+        for h in (0.5, 1.0, 2.5):
+            whole = h_maxima(distance, h).astype(bool) & cores
+            assert (_h_maxima(distance, h) & cores == whole).all(), (trial, h)

@@ -328,9 +328,35 @@ def instances_from_proba(
     foreground = (cell + boundary) > fg_threshold
     cores = (cell > seed_threshold) & (boundary < boundary_threshold) & foreground
     distance = ndi.gaussian_filter(ndi.distance_transform_edt(cores), smoothing)
-    markers, _ = ndi.label(h_maxima(distance, h) & cores)
+    markers, _ = ndi.label(_h_maxima(distance, h) & cores)
     labels = watershed(-distance, markers, mask=foreground)
     return _relabel_min_size(labels.astype(np.int32, copy=False), min_size)
+
+
+def _h_maxima(distance: np.ndarray, h: float) -> np.ndarray:
+    """``h_maxima(distance, h)`` on the pixels above 0, one group of them at a time.
+
+    scikit-image's reconstruction sorts every pixel of the image, the background's too: at
+    2048² it took 4.6 s, where the watershed takes 0.5 s. A group of pixels above 0 meets the others only through
+    pixels of 0, so a path from outside it adds to its reconstruction no more than the
+    image's highest value does across a gap of 0: that value, put in its window's corner two
+    pixels off the group, gives each group's window the result the whole image gives it.
+    """
+    support = distance > 0
+    if support.all():  # one group: h_maxima also answers for an h above the image's range
+        return h_maxima(distance, h).astype(bool)
+    eight = np.ones((3,) * distance.ndim, bool)  # h_maxima's default neighbourhood
+    groups, _ = ndi.label(support, structure=eight)
+    tops = np.zeros(distance.shape, bool)
+    highest = distance.max()
+    for label, where in enumerate(ndi.find_objects(groups), 1):
+        mine = groups[where] == label
+        window = np.zeros(tuple(n + 4 for n in mine.shape), distance.dtype)
+        inner = tuple(slice(2, n + 2) for n in mine.shape)
+        window[inner] = np.where(mine, distance[where], 0)
+        window.flat[0] = highest
+        tops[where] |= h_maxima(window, h)[inner].astype(bool) & mine
+    return tops
 
 
 def box_objects(
