@@ -258,8 +258,9 @@ def test_box_tables_as_spreadsheets_save_them(tmp_path, text, encoding):
     [
         # Excel's plain 'CSV' on Windows: its own encoding, an image named café.tif
         ("y0,x0,y1,x1,image\n3,1,23,31,café.tif\n".encode("cp1252"), "not saved as UTF-8"),
-        # a decimal comma, quoted, in a table separated by commas
-        (b'y0,x0,y1,x1\n"3,5",1,23,31\n', "decimal comma .* semicolons between"),
+        # a decimal comma or a thousands separator, quoted, in a table separated by commas
+        (b'y0,x0,y1,x1\n"3,5",1,23,31\n', "decimal comma, or one between thousands"),
+        (b'y0,x0,y1,x1\n"1,203",1,"1,223",31\n', "decimal comma, or one between thousands"),
         # no header: which column is x is not guessed
         (b"3;1,5;23;31\n", r"no header: .*\('3', '1,5', '23', '31'\).* 'x0,y0,x1,y1'"),
     ],

@@ -90,9 +90,10 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
     except ValueError:
         if _decimal_point(text) != text:
             raise ValueError(
-                f"{path}, line {line}: column {column!r} is {text!r}, a number with a decimal "
-                "comma in a table whose columns are separated by commas too: save it with "
-                "decimal points, or with semicolons between the columns."
+                f"{path}, line {line}: column {column!r} is {text!r}, a number with a comma "
+                "(a decimal comma, or one between thousands) in a table whose columns are "
+                "separated by commas too: save the numbers plainly (a decimal point, no "
+                "thousands separator), or a decimal comma with semicolons between the columns."
             ) from None
         raise ValueError(
             f"{path}, line {line}: column {column!r} should be a number, got {text!r}."
