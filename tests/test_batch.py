@@ -895,10 +895,30 @@ def test_a_stopped_run_leaves_the_image_in_progress_on_a_cluster_that_goes_on(
         run = BatchRun(model, [stack], tmp_path / "out", options, scheduler=address)
         results = iter(run)
         threading.Thread(target=lambda: (_wait_for(run.jobs[0].record), run.cancel())).start()
-        assert list(results) == []
+        assert [r.status for r in results] == ["not done"]  # as in this process
         _wait_for_idle(client)
     assert [r.status for r in run.results] == ["not done"]
     assert not run.jobs[0].labels.exists() and not run.jobs[0].record.exists()
+
+
+def test_images_that_finish_as_a_run_on_dask_stops_are_told_as_they_are_kept(
+    model, tmp_path, shared_cluster
+):
+    """An image of one plane finishes after the stop: it was kept and counted, but never
+    given as a result (no 'Wrote' line), or recorded as not done while its worker wrote it."""
+    from distributed import Client
+
+    images = [_image(tmp_path / "in" / f"p{k}.tif", k, shape=(160, 160)) for k in range(3)]
+    address = shared_cluster.scheduler_address
+    with Client(address) as client:
+        run = BatchRun(model, images, tmp_path / "out", OPTIONS, scheduler=address)
+        results = iter(run)
+        threading.Thread(target=lambda: (_wait_for(run.jobs[0].record), run.cancel())).start()
+        told = [r.job.name for r in results if r.status == "done"]
+        _wait_for_idle(client)
+    kept = [job.name for job in run.jobs if job.complete()]
+    assert told == kept == ["p0.tif"]
+    assert [r.job.name for r in run.results if r.status == "done"] == kept
 
 
 def _wait_for(path: Path, seconds: float = 120) -> None:

@@ -103,6 +103,10 @@ REPORT_NAME = "run_report.csv"
 WELLS_NAME = "wells.csv"
 #: Images the options are checked on before any work: the run is refused only when none fits.
 _CHECKED_IMAGES = 3
+#: Seconds a stopped run on dask waits for the images in progress: each stops between two
+#: planes or blocks, and an image of one plane or block finishes (a batch system kills the
+#: job some time after its SIGTERM: SLURM's KillWait is 30 s by default).
+STOP_SECONDS = 10.0
 
 
 @dataclass
@@ -112,7 +116,8 @@ class BatchRun:
     Complete images (from an earlier run) come first as ``"skipped"``, then one result as each
     image is finished, in any order. :meth:`cancel` (thread-safe) stops the run: images in
     progress are left between two planes or blocks, with nothing of them written, and they
-    and the images not reached come as ``"not done"``. ``summary.csv`` and
+    and the images not reached come as ``"not done"``; an image of one plane or block in
+    progress finishes, and comes as ``"done"`` as the others. ``summary.csv`` and
     ``run_report.csv`` (and ``wells.csv`` for a plate, :attr:`wells`) are written in
     ``out_dir`` when the iteration ends, however it ends.
 
@@ -311,7 +316,8 @@ class BatchRun:
 
     def cancel(self) -> None:
         """Stop the run (thread-safe): images in progress are left between two planes or
-        blocks, with nothing of them written; finished images are kept."""
+        blocks, with nothing of them written (an image of one plane or block finishes);
+        finished images are kept."""
         self._cancelled.set()
 
     @property
@@ -412,10 +418,9 @@ class BatchRun:
             # those that cannot segment them) come free
             waiting = collections.deque(jobs[len(futures) :])
             while not pending.is_empty() or waiting:
-                # a stop is seen while images are in progress, not when the next one ends;
-                # leaving the block removes the model from the workers, which leave their
-                # images between two planes or blocks
+                # a stop is seen while images are in progress, not when the next one ends
                 if self._cancelled.wait(0 if pending.has_ready() else 0.2):
+                    yield from self._stopped(submitted, by_key)
                     return
                 for again, job in _send_again(
                     submitted, waiting, unfit, pending.count(), absolute
@@ -425,7 +430,7 @@ class BatchRun:
                 if not pending.has_ready():
                     workers_gone.check(pending.count() + len(waiting))
                 for future in pending.next_batch(block=False):
-                    job = by_key[future.key]
+                    job = by_key.pop(future.key)
                     try:
                         result = dataclasses.replace(future.result(), job=job)
                     except WorkerUnfitError as err:
@@ -446,6 +451,19 @@ class BatchRun:
                         reason = _task_failure(err) + (f"; {problem}" if problem else "")
                         result = ImageResult(job, "failed", reason=reason)
                     yield result
+
+    @staticmethod
+    def _stopped(submitted: Any, by_key: dict[str, ImageJob]) -> Iterator[ImageResult]:
+        """The results of the images finished or in progress as the run stops, each as it
+        ends (within :data:`STOP_SECONDS` of the stop): an image of one plane or block
+        finishes and is kept, so it is told and counted as the others are."""
+        deadline = time.monotonic() + STOP_SECONDS
+        for future in submitted.stop(by_key):
+            try:
+                result = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # not ended in time, or its worker died: not done
+                continue
+            yield dataclasses.replace(result, job=by_key[future.key])
 
     @staticmethod
     def _recheck(client: Any, seen: set[str]) -> str | None:

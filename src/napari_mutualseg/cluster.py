@@ -63,6 +63,12 @@ __all__ = [
 
 _PLUGIN = "napari-mutualseg-model"
 
+
+def _plugin_name(run: str) -> str:
+    """The name of a run's model on the workers: runs may share a cluster."""
+    return f"{_PLUGIN}-{run}"
+
+
 #: Seconds an existing scheduler has to answer.
 CONNECT_SECONDS = 30
 
@@ -273,7 +279,9 @@ def _on_worker(
     from distributed import get_worker
 
     worker = get_worker()
-    plugin = worker.plugins[plugin_name]
+    plugin = worker.plugins.get(plugin_name)
+    if plugin is None:  # the run stopped before the image started (Submission.stop)
+        return ImageResult(job, "not done", worker=worker.address)
     if plugin.problem is not None:
         # at once, rather than a failed image: the run sends it to another worker
         raise WorkerUnfitError(worker.address, plugin.problem)
@@ -698,7 +706,7 @@ def submit_jobs(
     check_versions(client)  # before the plugin: another version's setup fails in its own way
     check_paths(client, visible, writable)
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
-    name = f"{_PLUGIN}-{run}"
+    name = _plugin_name(run)
     versions = _version_probe()(_MATCHED)  # for the workers that join later to compare
     submission = Submission(
         client,
@@ -719,8 +727,7 @@ def submit_jobs(
         yield submission
     finally:
         client.cancel(submission.futures + submission.later)
-        with contextlib.suppress(Exception):  # the cluster may be gone: nothing to remove
-            client.unregister_worker_plugin(name)
+        submission.remove_model()
 
 
 class Submission:
@@ -737,6 +744,7 @@ class Submission:
         self.client = client
         self.task = task
         self.run = run
+        self.plugin: str | None = _plugin_name(run)  # the run's model on the workers, if there
         self.futures: list[Future] = []
         self.held: list[ImageJob] = []
         self.later: list[Future] = []
@@ -796,3 +804,39 @@ class Submission:
         )
         self.later.append(future)
         return future
+
+    def stop(self, keys: Collection[str]) -> list[Future]:
+        """Stop the run: the images in progress stop between two planes or blocks (an image
+        of one plane or block finishes), those not started are not.
+
+        Parameters
+        ----------
+        keys : collection of str
+            The keys of the tasks whose results the caller has not taken yet.
+
+        Returns
+        -------
+        list of Future
+            Those of ``keys`` finished or in progress: each gives its image's result (done,
+            or not done when stopped in it) as it ends. The others are cancelled.
+        """
+        self.remove_model()
+        # asked after the removal: a task that starts later finds no model and is not done
+        try:
+            running = {key for keys in self.client.processing().values() for key in keys}
+        except OSError:  # the scheduler is gone: so are its tasks
+            running = set()
+        futures = [f for f in self.futures + self.later if f.key in keys]
+        kept = [f for f in futures if f.done() or f.key in running]
+        self.client.cancel([f for f in futures if f not in kept])
+        return kept
+
+    def remove_model(self) -> None:
+        """Remove the run's model from the workers (once: the scheduler logs an error for a
+        model it does not have); an image in progress then stops between two planes or
+        blocks."""
+        if self.plugin is None:
+            return
+        with contextlib.suppress(Exception):  # the cluster may be gone: nothing to remove
+            self.client.unregister_worker_plugin(self.plugin)
+        self.plugin = None
