@@ -1,5 +1,7 @@
 """The command line with channels, RGB pictures, z-stacks and time series."""
 
+import json
+
 import numpy as np
 import pytest
 import skimage.io
@@ -305,3 +307,37 @@ def test_qupath_boxes_on_a_stacks_first_plane_supervise_that_plane(scene, tmp_pa
     assert f"{len(boxes)} boxes on 1 of 3 planes" in out_text
     classes = tifffile.imread(out)
     assert (classes[0] == 1).any() and (classes[1:] == 255).all()
+
+
+@pytest.mark.parametrize("source", ["fiji", "qupath"])
+def test_fiji_and_qupath_boxes_of_a_time_series_with_channels_go_to_their_time_point(
+    tmp_path, capsys, source
+):
+    import roifile
+
+    from napari_mutualseg.cli import main
+
+    image = np.zeros((3, 2, 32, 32), np.float32)  # T, C, Y, X
+    image[:, :, 8:16, 8:16] = 1
+    tifffile.imwrite(tmp_path / "ct.tif", image, imagej=True, metadata={"axes": "TCYX"})
+    if source == "fiji":  # drawn on channel 2 of the last time point: c, z, t from 1
+        roi = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=6, top=6, right=18, bottom=18)
+        roi.c_position, roi.z_position, roi.t_position = 2, 1, 3
+        roi.tofile(boxes := tmp_path / "boxes.roi")
+    else:
+        ring = [[6, 6], [18, 6], [18, 18], [6, 18], [6, 6]]
+        geometry = {"type": "Polygon", "coordinates": [ring], "plane": {"c": -1, "z": 0, "t": 2}}
+        feature = {
+            "type": "Feature",
+            "geometry": geometry,
+            "properties": {"objectType": "annotation"},
+        }
+        (boxes := tmp_path / "boxes.geojson").write_text(json.dumps([feature]))
+    out = tmp_path / "sup.tif"
+    # was written on time point 0 (its (t, z) = (2, 0) taken for channel 2, time point 0)
+    assert (
+        main(["supervise", str(tmp_path / "ct.tif"), "--boxes", str(boxes), "--out", str(out)])
+        == 0
+    )
+    classes = tifffile.imread(out)
+    assert [bool((plane == 1).any()) for plane in classes] == [False, False, True]

@@ -257,7 +257,9 @@ def _flat_planes(table: dict, image: AxisImage, name: str) -> dict:
 
     sizes = [image.sizes[a] for a in image.plane_axes]
     keys = list(table)
-    plain_t = image.plane_axes == "T" and ("C" not in image.axes or image.rgb)
+    # Fiji's and QuPath's (t, z) hold no channel; a napari layer's leading coordinates do
+    positions = getattr(table, "origin", "") in ("fiji", "qupath")
+    plain_t = image.plane_axes == "T" and (positions or "C" not in image.axes or image.rgb)
     if plain_t and any(isinstance(k, tuple) for k in keys) and all(map(_t_of_no_z, keys)):
         # Fiji ROIs of a time series without z: (t, 0) on later time points, as a time series
         # of stacks gives them; the first time point's are plane numbers already
@@ -265,7 +267,7 @@ def _flat_planes(table: dict, image: AxisImage, name: str) -> dict:
         for key, boxes in table.items():
             flat.setdefault(key[0] if isinstance(key, tuple) else key, []).extend(boxes)
         return flat
-    channel_first = "C" in image.axes and not image.rgb and sizes and keys
+    channel_first = not positions and "C" in image.axes and not image.rgb and sizes and keys
     if channel_first and all(isinstance(k, tuple) and len(k) == len(sizes) + 1 for k in keys):
         by_plane: dict = {}
         for key, boxes in table.items():
