@@ -551,6 +551,29 @@ def test_one_image_that_does_not_fit_the_model_fails_alone_also_when_run_again(
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("out_format", ["tif", "zarr"])
+def test_tables_and_maps_are_named_as_output_paths_names_them(tmp_path, out_format):
+    from napari_mutualseg.io import output_paths
+
+    images = [tmp_path / "in" / name for name in ("a/s.v1.tif", "b/s.v1.ome.tif", "x.tiff")]
+    for image in images:
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.touch()
+    maps = out_format == "tif"  # whole images only
+    options = BatchOptions(out_format=out_format, disagreement=maps)
+    jobs = plan_jobs(images, tmp_path / "out", options, tmp_path / "maps")
+    assert [j.labels for j in jobs] == output_paths(
+        images, tmp_path / "out", suffix=options.label_suffix
+    )
+    assert [j.table for j in jobs] == output_paths(images, tmp_path / "out", suffix="_cells.csv")
+    if maps:
+        expected = [
+            output_paths(images, tmp_path / "maps", suffix=f"_disagreement.{e}")
+            for e in ("tif", "csv")
+        ]
+        assert [j.disagreement for j in jobs] == list(zip(*expected, strict=True))
+
+
 def _cluster(n_workers: int):
     """A LocalCluster of its own for a test, on TCP as a remote one."""
     from distributed import LocalCluster

@@ -613,12 +613,12 @@ def plan_jobs(
                 disagreement_dir = Path(disagreement_dir) / below
             common = os.path.abspath(base)
     labels = output_paths(images, out_dir, suffix=options.label_suffix)
-    tables = output_paths(images, out_dir, suffix="_cells.csv")
+    tables = _beside(labels, options.label_suffix, "_cells.csv")
     maps: list[Any] = [None] * len(images)
     if options.disagreement:
         folder = out_dir if disagreement_dir is None else disagreement_dir
         tifs = output_paths(images, folder, suffix="_disagreement.tif")
-        csvs = output_paths(images, folder, suffix="_disagreement.csv")
+        csvs = _beside(tifs, "_disagreement.tif", "_disagreement.csv")
         maps = list(zip(tifs, csvs, strict=True))
     return [
         ImageJob(
@@ -630,3 +630,11 @@ def plan_jobs(
         )
         for source, label, table, pair in zip(images, labels, tables, maps, strict=True)
     ]
+
+
+def _beside(paths: list[Path], suffix: str, other: str) -> list[Path]:
+    """The files beside ``paths`` (:func:`~napari_mutualseg.io.output_paths` of one suffix)
+    that end in ``other`` instead: what output_paths gives for ``other``, whose checks (two
+    images to one file, an image overwritten) the tables and maps pass when their labels
+    do, without its cost again (0.3 s per kind for a screen of 10,000 images)."""
+    return [path.with_name(path.name[: -len(suffix)] + other) for path in paths]
