@@ -1,4 +1,4 @@
-"""The npe2 manifest: widgets, the Layers > Segment command, the reader and the sample data."""
+"""The npe2 manifest: widgets, the Layers > Segment command, the readers and the sample data."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def test_manifest_is_valid_and_importable():
     assert any(titles[c] == "Boxes → ellipse supervision" for c in segment)
     samples = {s.key: s for s in contributions.sample_data}
     assert "bbbc039" in samples
-    [reader] = contributions.readers
-    assert "*.tif" in reader.filename_patterns and reader.accepts_directories  # OME-Zarr
+    images, boxes = contributions.readers
+    assert "*.tif" in images.filename_patterns and images.accepts_directories  # OME-Zarr
+    assert {"*.roi", "*.zip", "*.geojson"} == set(boxes.filename_patterns)  # Fiji, QuPath
 
 
 def test_sample_data_layers():

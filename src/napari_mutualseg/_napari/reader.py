@@ -11,10 +11,17 @@ A file whose axes are not written in it opens as stored, and a warning says to s
 what was read, and what the file left unsaid (a pixel size left out), is said on opening.
 Label files this package wrote (cells, a supervision) open as Labels layers, a supervision
 in its class colours, so that its paint can be reused or a result checked.
+
+Boxes drawn in Fiji (a ROI Manager's ``RoiSet.zip`` or one ``.roi``) or QuPath (*Export
+objects as GeoJSON*) open as a Shapes layer the dock widget takes as its boxes, read by
+:func:`~napari_mutualseg.box_tables.read_box_table`: each box on its plane of the image
+open in the viewer (the selected image, else the top one), with that image's pixel size,
+as the command line lays them on an image.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +32,12 @@ from ..io import BIOIO_SUFFIXES, TIFF_SUFFIXES, image_stem, written_as
 from ..readers import AxesUnknownError, is_zarr
 
 if TYPE_CHECKING:
+    from napari.layers import Image
+
+    from ..box_tables import BoxKey
+    from ..boxes import Box
     from ..images import AxisImage
+    from .axes import LayerAxes
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -38,6 +50,202 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
     if p.suffix.lower() in (*TIFF_SUFFIXES, *BIOIO_SUFFIXES) or is_zarr(p):
         return read_layers
     return None
+
+
+def get_box_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
+    """The reader of ``path`` when it holds boxes drawn in Fiji (a ``.roi``, or a ``.zip``
+    of ROIs: a ROI Manager's set) or QuPath (``.geojson`` of QuPath's objects); ``None``
+    for any other zip or GeoJSON, which other readers open."""
+    if isinstance(path, list):
+        return None
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".roi" or (suffix == ".zip" and _roi_set(p)):
+        return read_boxes
+    if suffix == ".geojson" and _qupath_objects(p):
+        return read_boxes
+    return None
+
+
+def _roi_set(path: Path) -> bool:
+    """Whether ``path`` is a zip of ImageJ ROIs, as the ROI Manager saves them."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return bool(names) and all(n.lower().endswith(".roi") for n in names)
+
+
+def _qupath_objects(path: Path) -> bool:
+    """Whether ``path`` holds QuPath's objects: GeoJSON features, each with the
+    ``objectType`` QuPath writes in its properties (``object_type`` in older releases)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if isinstance(data, dict):
+        data = data.get("features") if data.get("type") == "FeatureCollection" else [data]
+    return (
+        isinstance(data, list)
+        and bool(data)
+        and all(
+            isinstance(f, dict)
+            and isinstance(f.get("properties"), dict)
+            and bool({"objectType", "object_type"} & set(f["properties"]))
+            for f in data
+        )
+    )
+
+
+def read_boxes(path: str) -> list[LayerData]:
+    """The boxes of a Fiji ROI set or QuPath GeoJSON as one Shapes layer, on the planes of
+    the image open in the viewer (see :func:`box_layer`); what was done, in a notification.
+    A file of other shapes (polygons, freehand, points) is refused with their names."""
+    from napari.utils.notifications import show_info
+
+    image = _viewer_image()
+    layer = box_layer(path, image)
+    show_info(layer[1]["metadata"]["note"])
+    return [layer]
+
+
+def _viewer_image() -> Image | None:
+    """The image the boxes are laid on: the selected layer of the current viewer when it is
+    an image, else its top image layer; None without either. napari gives a reader no
+    viewer, and boxes are opened onto the image they were drawn on."""
+    import napari
+    from napari.layers import Image
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return None
+    active = viewer.layers.selection.active
+    if isinstance(active, Image):
+        return active
+    images = [layer for layer in viewer.layers if isinstance(layer, Image)]
+    return images[-1] if images else None
+
+
+def box_layer(path: str | os.PathLike, image: Image | None = None) -> LayerData:
+    """The boxes of ``path``, a Fiji ROI set or ROI or QuPath GeoJSON (read by
+    :func:`~napari_mutualseg.box_tables.read_box_table`), as a Shapes layer over ``image``.
+
+    Each box is a rectangle or ellipse (rotated ones too) on its plane: the layer has the
+    image's axes without its channels (``(t, z, y, x)`` of a time series of stacks), as the
+    result layers do, so the boxes show whichever channel is shown, and it takes the image's
+    scale and place, so the boxes lie on the pixels they were drawn on. Without an image,
+    the layer is in pixels, its leading coordinates those of the table (a plane, or ``(t, z)``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The box file.
+    image : napari.layers.Image, optional
+        The image the boxes were drawn on.
+
+    Returns
+    -------
+    tuple
+        ``(data, kwargs, "shapes")``; ``kwargs["metadata"]["note"]`` says where the boxes went.
+
+    Raises
+    ------
+    ValueError
+        When the file holds other shapes, or its planes do not fit the image.
+    """
+    from ..box_tables import read_box_table
+    from .layers import transform_kwargs
+
+    p = Path(path)
+    kwargs: dict[str, Any] = {
+        "name": p.name,
+        "edge_color": "yellow",
+        "face_color": "transparent",
+        "edge_width": 1.5,
+    }
+    if image is None:
+        table = read_box_table(p)
+        placed = [(_table_position(key), box) for key, boxes in table.items() for box in boxes]
+        note = (
+            f"{p.name}: {len(placed)} boxes in pixels; no image was open. Open the image first, "
+            "then the boxes, to lay them on its planes and pixel size."
+        )
+    else:
+        placed, where = _image_positions(p, image)
+        ndim = len(where.label_shape) if where.stacked else 2
+        kwargs.update(transform_kwargs(image, ndim))
+        planes = len({lead for lead, _ in placed})
+        on = f"{planes} plane(s) of " if where.stacked else ""
+        note = f"{p.name}: {len(placed)} boxes on {on}'{image.name}' ({where.describe()})."
+    # a layer's shapes share its leading axes: fewer leading coordinates come first as 0
+    lead = max((len(lead) for lead, _ in placed), default=0)
+    data = [
+        np.column_stack([np.tile((0.0,) * (lead - len(at)) + at, (4, 1)), box.corners])
+        for at, box in placed
+    ]
+    kwargs["shape_type"] = [box.kind for _, box in placed]
+    kwargs["ndim"] = lead + 2
+    kwargs["metadata"] = {"source": str(p), "note": note}
+    return data, kwargs, "shapes"
+
+
+def _table_position(key: BoxKey) -> tuple[float, ...]:
+    """The leading coordinates of a Fiji or QuPath table's key: none for a 2D image's, the
+    plane, or ``(t, z)``."""
+    if key is None:
+        return ()
+    return tuple(float(k) for k in (key if isinstance(key, tuple) else (key,)))
+
+
+def _image_positions(
+    path: Path, image: Image
+) -> tuple[list[tuple[tuple[float, ...], Box]], LayerAxes]:
+    """Each box of ``path`` with its plane's leading coordinates in ``image``'s axes
+    without channels, planes matched as the command line matches them (a Fiji time series
+    without z: its ``(t, 0)`` is time point t); and those axes."""
+    from ..box_tables import read_box_table
+
+    # the command line's one rule for matching a table's planes to an image's axes
+    from ..cli.inputs import _flat_planes
+    from ..images import AxisImage
+    from .axes import layer_axes
+
+    try:
+        where = layer_axes(image)
+    except ValueError as err:
+        raise ValueError(f"{err} Then open {path.name} again.") from None
+    # QuPath writes no plane for objects on the first: on a stack, they lie there
+    table = read_box_table(path, first_plane=where.stacked)
+    data = image.data[0] if image.multiscale else image.data
+    pixels = AxisImage.from_array(data, where.axes + "C" * where.rgb, rgb=where.rgb)
+    flat = _flat_planes(table, pixels, f"'{image.name}'")
+    if not where.stacked:
+        return [((), box) for boxes in flat.values() for box in boxes], where
+    placed = []
+    for plane, boxes in flat.items():
+        if plane is None:
+            raise ValueError(
+                f"{path.name} does not say which plane of '{image.name}' ({where.describe()}) "
+                "each box is on: in Fiji, add every ROI with its slice shown (ROI Manager: "
+                "More > Options, 'Associate with slices') and save them again; or select "
+                "the image they were drawn on before opening them."
+            )
+        if not 0 <= plane < where.n_planes:
+            raise ValueError(
+                f"{path.name} has boxes on plane {plane}, but '{image.name}' has "
+                f"{where.n_planes} ({where.describe()}): select the image the boxes were "
+                "drawn on, then open them again."
+            )
+        # the plane's position without the channel, where the result layers put it
+        at = where.data_point(plane, (0.0, 0.0))[int(where.axes[0] == "C") : -2]
+        placed += [(at, box) for box in boxes]
+    return placed, where
 
 
 def read_layers(path: str) -> list[LayerData]:
