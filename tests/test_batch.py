@@ -960,6 +960,22 @@ def _wait_for_idle(client, seconds: float = 120) -> None:
         time.sleep(0.1)
 
 
+def test_an_overwrite_run_stopped_says_the_images_it_did_not_reach_are_not_done(model, tmp_path):
+    """Their earlier results were counted as done by it: '3 of 3 images are segmented and
+    kept' after one."""
+    images = [_image(tmp_path / "in" / f"i{k}.tif", k) for k in range(3)]
+    list(BatchRun(model, images, tmp_path / "out", OPTIONS, workers=0))
+    run = BatchRun(model, images, tmp_path / "out", OPTIONS, overwrite=True, workers=0)
+    for _ in run:
+        run.cancel()
+    results = run.results_in_order()
+    assert [r.status for r in results] == ["done", "not done", "not done"]
+    assert "an earlier run's" in results[1].reason
+    with open(tmp_path / "out" / SUMMARY_NAME, newline="") as f:
+        summed = [row["image"] for row in csv.DictReader(f)]
+    assert summed == ["i0.tif", "i1.tif", "i2.tif"]  # the folder holds results of each
+
+
 def test_results_being_overwritten_are_never_kept_as_the_new_models(tmp_path):
     """An overwrite run stopped (or killed) in an image had recorded the new model for the
     old model's labels: the next run skipped them as complete."""

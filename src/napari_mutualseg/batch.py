@@ -347,12 +347,25 @@ class BatchRun:
                 yield self._record(result)
         finally:
             for job in self.jobs:
-                if job in todo:  # a worker may have finished it after the stop
-                    done = job.complete()
-                    self._record(
-                        self._from_disk(job, "done") if done else ImageResult(job, "not done")
-                    )
+                if job in todo:
+                    self._record(self._left(job))
             self.write_reports()
+
+    def _left(self, job: ImageJob) -> ImageResult:
+        """The result of an image the run did not give when it stopped: done when a worker
+        finished it after the stop, else not done. With ``overwrite`` its results may be an
+        earlier run's, not done again: not done, their row kept in the summary (the folder
+        holds them)."""
+        if not job.complete():
+            return ImageResult(job, "not done")
+        if not self.overwrite:  # incomplete at the start: finished by this run
+            return self._from_disk(job, "done")
+        earlier = self._from_disk(job, "not done")
+        if earlier.status == "not done":
+            earlier.reason = (
+                "stopped before it was segmented again: its results are an earlier run's"
+            )
+        return earlier
 
     def _record(self, result: ImageResult) -> ImageResult:
         self.results.append(result)
