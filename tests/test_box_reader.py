@@ -163,16 +163,22 @@ def test_boxes_that_fit_no_plane_of_the_image_are_refused(tmp_path):
 def test_roi_set_opens_in_napari_over_its_image(make_napari_viewer, tmp_path):
     import roifile
 
+    from napari_mutualseg._napari.layers import claim, owner_tag
     from napari_mutualseg._napari.prepare import prepare_supervision
 
     viewer = make_napari_viewer()
+    other = viewer.add_image(np.zeros((8, 8), np.float32), name="other")
     image = viewer.add_image(np.zeros((3, 16, 20), np.float32), axis_labels=("t", "y", "x"))
-    viewer.add_image(np.zeros((8, 8), np.float32), name="other")
-    viewer.layers.selection.active = image
+    # the plugin's own map on top, selected: the boxes go to the image the user opened
+    claim(viewer.add_image(np.zeros((3, 16, 20)), metadata=owner_tag("disagreement", image)))
     roifile.roiwrite(tmp_path / "RoiSet.zip", [_roi(2, 3, 9, 8, t=3, z=1)])
     [boxes] = viewer.open(tmp_path / "RoiSet.zip", plugin="napari-mutualseg")
     assert boxes.name == "RoiSet.zip" and boxes.ndim == 3
     assert prepare_supervision(image, boxes).planes == [2]
+    _roi(2, 3, 9, 8).tofile(tmp_path / "cell.roi")  # no plane: refused on a time series
+    viewer.layers.selection.active = other  # the selected image comes first
+    [boxes] = viewer.open(tmp_path / "cell.roi", plugin="napari-mutualseg")
+    assert boxes.ndim == 2 and prepare_supervision(other, boxes).n_boxes == 1
     # a freehand ROI is named, not opened
     roi = roifile.ImagejRoi.frompoints(np.array([[1, 1], [8, 2], [5, 9]], np.float32))
     roi.tofile(tmp_path / "drawn.roi")

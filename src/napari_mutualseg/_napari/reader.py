@@ -116,20 +116,20 @@ def read_boxes(path: str) -> list[LayerData]:
 
 
 def _viewer_image() -> Image | None:
-    """The image the boxes are laid on: the selected layer of the current viewer when it is
-    an image, else its top image layer; None without either. napari gives a reader no
-    viewer, and boxes are opened onto the image they were drawn on."""
+    """The image the boxes are laid on: of the current viewer's images (not the plugin's
+    own maps), the selected one, else the top one; None without any. napari gives a reader
+    no viewer, and boxes are opened onto the image they were drawn on."""
     import napari
     from napari.layers import Image
+
+    from .layers import owner_info
 
     viewer = napari.current_viewer()
     if viewer is None:
         return None
+    images = [x for x in viewer.layers if isinstance(x, Image) and owner_info(x) is None]
     active = viewer.layers.selection.active
-    if isinstance(active, Image):
-        return active
-    images = [layer for layer in viewer.layers if isinstance(layer, Image)]
-    return images[-1] if images else None
+    return active if active in images else (images[-1] if images else None)
 
 
 def box_layer(path: str | os.PathLike, image: Image | None = None) -> LayerData:
