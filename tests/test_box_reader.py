@@ -151,6 +151,8 @@ def test_boxes_that_fit_no_plane_of_the_image_are_refused(tmp_path):
     )
     with pytest.raises(ValueError, match=r"plane 5, but 'cells' has 3 \(ZYX"):
         reader.box_layer(tmp_path / "RoiSet.zip", _image((3, 16, 20), "ZYX"))
+    with pytest.raises(ValueError, match=r"plane 5, but 'cells' has 1 \(YX"):
+        reader.box_layer(tmp_path / "RoiSet.zip", _image((16, 20), "YX"))  # was all on it
     _roi(2, 3, 9, 8).tofile(tmp_path / "cell.roi")  # no slice
     with pytest.raises(ValueError, match="does not say which plane of 'cells'"):
         reader.box_layer(tmp_path / "cell.roi", _image((3, 16, 20), "ZYX"))

@@ -225,18 +225,16 @@ def _image_positions(
     data = image.data[0] if image.multiscale else image.data
     pixels = AxisImage.from_array(data, where.axes + "C" * where.rgb, rgb=where.rgb)
     flat = _flat_planes(table, pixels, f"'{image.name}'")
-    if not where.stacked:
-        return [((), box) for boxes in flat.values() for box in boxes], where
     placed = []
     for plane, boxes in flat.items():
-        if plane is None:
+        if plane is None and where.stacked:
             raise ValueError(
                 f"{path.name} does not say which plane of '{image.name}' ({where.describe()}) "
                 "each box is on: in Fiji, add every ROI with its slice shown (ROI Manager: "
                 "More > Options, 'Associate with slices') and save them again; or select "
                 "the image they were drawn on before opening them."
             )
-        if not 0 <= plane < where.n_planes:
+        if plane is not None and not 0 <= plane < where.n_planes:
             raise ValueError(
                 f"{path.name} has boxes on plane {plane}, but '{image.name}' has "
                 f"{where.n_planes} ({where.describe()}): select the image the boxes were "
