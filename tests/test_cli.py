@@ -638,6 +638,10 @@ def test_predict_stopped_by_a_signal_says_what_is_kept_and_how_to_go_on(
     code, stdout, _ = _run(capsys, *argv)
     said = r"1 segmented in this process on cpu \(\d+ threads\), 1 skipped"
     assert code == 0 and re.search(said, stdout)
+    # with --overwrite the same command skips nothing: it was told it would skip
+    monkeypatch.setattr(batch, "process_image", stopped_at_the_second)
+    code, _, err = _run(capsys, *argv, "--overwrite")
+    assert code == 130 and "the same command again segments all 2 images again." in err
 
 
 def test_predict_stops_gently_on_the_first_signal(data, tmp_path, capsys, monkeypatch):

@@ -166,7 +166,9 @@ def _say_what_is_kept(run: BatchRun) -> Iterator[None]:
             said += f", {failed} failed ({report} lists them, and why those failed)"
         else:
             said += f" ({report} lists them)"
-        if left:
+        if left and run.overwrite:
+            said += f"; the same command again segments all {len(run.jobs)} images again"
+        elif left:
             again = " and tries the failed ones again" if failed else ""
             said += f"; the same command again segments the other {left}{again}, skipping those"
         elif failed:
@@ -212,8 +214,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_writable(path, overwrite=True)
     results = iter(run)
     kept = (
-        "the images done are kept, nothing of those in progress (a second Ctrl-C or SIGTERM "
-        "quits at once)"
+        "the images done are kept; those in progress end at their next plane or block, with "
+        "nothing of them written unless they finish (a second Ctrl-C or SIGTERM quits at once)"
     )
     with (
         _say_what_is_kept(run),
