@@ -45,14 +45,17 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .boxes import BOX_TYPES, Box, box_columns, boxes_by_plane, boxes_from_shapes
 from .files import write_text
 
-__all__ = ["BoxKey", "BoxTable", "read_box_table", "write_box_table"]
+if TYPE_CHECKING:
+    from .images import AxisImage
+
+__all__ = ["BoxKey", "BoxTable", "read_box_table", "table_planes", "write_box_table"]
 
 NAPARI_2D = ("index", "shape-type", "vertex-index", "axis-0", "axis-1")
 NAPARI_3D = (*NAPARI_2D, "axis-2")
@@ -742,3 +745,75 @@ def write_box_table(
                 index += 1
     write_text(path, text.getvalue(), overwrite=overwrite)
     return path
+
+
+def table_planes(table: Mapping, image: AxisImage, name: str = "The image") -> dict:
+    """A box table's keys as the plane numbers of ``image`` (z within each time point).
+
+    A table drawn on a time series of stacks (napari's leading coordinates, Fiji's or
+    QuPath's ``(t, z)``) has its keys made plane numbers; a table drawn on an image with
+    channels, opened in napari with its channel axis first (as this package's reader does),
+    has the channel first in its keys: a box belongs to its plane whichever channel was
+    shown. Other tables are returned as they are.
+
+    Parameters
+    ----------
+    table : mapping
+        Boxes by key, as :func:`read_box_table` gives them (a :class:`BoxTable` says what
+        wrote it, which decides how a ``(t, z)`` key is read).
+    image : AxisImage
+        The image the boxes were drawn on.
+    name : str
+        How the image is called in messages.
+
+    Returns
+    -------
+    dict
+        Boxes by plane number (keys other than tuples as they were).
+
+    Raises
+    ------
+    ValueError
+        When a key names a plane the image does not have.
+    """
+    sizes = [image.sizes[a] for a in image.plane_axes]
+    keys = list(table)
+    # Fiji's and QuPath's (t, z) hold no channel; a napari layer's leading coordinates do
+    positions = getattr(table, "origin", "") in ("fiji", "qupath")
+    plain_t = image.plane_axes == "T" and (positions or "C" not in image.axes or image.rgb)
+    if plain_t and any(isinstance(k, tuple) for k in keys) and all(map(_t_of_no_z, keys)):
+        # Fiji ROIs of a time series without z: (t, 0) on later time points, as a time series
+        # of stacks gives them; the first time point's are plane numbers already
+        flat: dict = {}
+        for key, boxes in table.items():
+            flat.setdefault(key[0] if isinstance(key, tuple) else key, []).extend(boxes)
+        return flat
+    channel_first = not positions and "C" in image.axes and not image.rgb and sizes and keys
+    if channel_first and all(isinstance(k, tuple) and len(k) == len(sizes) + 1 for k in keys):
+        by_plane: dict = {}
+        for key, boxes in table.items():
+            by_plane.setdefault(key[1:] if len(key) > 2 else key[1], []).extend(boxes)
+        table = by_plane
+    if not any(isinstance(k, tuple) for k in table):
+        return table
+    flat: dict = {}
+    for key, boxes in table.items():
+        if isinstance(key, int):
+            # Fiji ROIs of the first time point beside later ones: their plane number (z
+            # within time point 0) is the flat one already
+            flat.setdefault(key, []).extend(boxes)
+            continue
+        if len(key) != len(sizes) or any(not 0 <= i < n for i, n in zip(key, sizes, strict=True)):
+            raise ValueError(
+                f"{name} has {' x '.join(map(str, sizes)) or 'no'} planes "
+                f"({image.plane_axes or 'one plane'}) but its box table has boxes at "
+                f"{key}: check the image's axes (--axes, or Axes in the panel), or that the "
+                "table was drawn on this image."
+            )
+        flat.setdefault(int(np.ravel_multi_index(key, sizes)), []).extend(boxes)
+    return flat
+
+
+def _t_of_no_z(key: object) -> bool:
+    """A ``(t, 0)`` key (a Fiji ROI on a later time point) or a plain plane number."""
+    return isinstance(key, int) or (isinstance(key, tuple) and len(key) == 2 and key[1] == 0)

@@ -207,12 +207,9 @@ def _image_positions(
     path: Path, image: Image
 ) -> tuple[list[tuple[tuple[float, ...], Box]], LayerAxes]:
     """Each box of ``path`` with its plane's leading coordinates in ``image``'s axes
-    without channels, planes matched as the command line matches them (a Fiji time series
+    without channels, planes matched by ``table_planes`` (a Fiji time series
     without z: its ``(t, 0)`` is time point t); and those axes."""
-    from ..box_tables import read_box_table
-
-    # the command line's one rule for matching a table's planes to an image's axes
-    from ..cli.inputs import _flat_planes
+    from ..box_tables import read_box_table, table_planes
     from ..images import AxisImage
     from .axes import layer_axes
 
@@ -224,7 +221,7 @@ def _image_positions(
     table = read_box_table(path, first_plane=where.stacked)
     data = image.data[0] if image.multiscale else image.data
     pixels = AxisImage.from_array(data, where.axes + "C" * where.rgb, rgb=where.rgb)
-    flat = _flat_planes(table, pixels, f"'{image.name}'")
+    flat = table_planes(table, pixels, f"'{image.name}'")
     placed = []
     for plane, boxes in flat.items():
         if plane is None and where.stacked:

@@ -95,9 +95,10 @@ def boxes_for(
 
     One CSV per image or one shared CSV. A stack's table is a napari Shapes CSV whose first
     axis is the plane (planes run over z within each time point), after the channel when it
-    was drawn on the image with its channels (see :func:`_flat_planes`); a table drawn on a
-    single-plane image as a stack (e.g. a (C, Y, X) image shown without channel_axis) gives
-    that plane all its boxes.
+    was drawn on the image with its channels
+    (:func:`~napari_mutualseg.box_tables.table_planes`); a table drawn on a single-plane
+    image as a stack (e.g. a (C, Y, X) image shown without channel_axis) gives that plane all
+    its boxes.
 
     Parameters
     ----------
@@ -119,7 +120,7 @@ def boxes_for(
     ValueError
         When the tables do not fit the images, or no image has any boxes.
     """
-    from ..box_tables import read_box_table
+    from ..box_tables import read_box_table, table_planes
 
     check_found(tables, "Box table")
     for table in tables:
@@ -148,7 +149,7 @@ def boxes_for(
         table = loaded[i] if len(tables) == len(images) else loaded[0]
         image = load_image(path, args)
         name = Path(path).name
-        table = _flat_planes(table, image, name)
+        table = table_planes(table, image, name)
         by_plane = all(isinstance(k, int) for k in table)
         if image.n_planes > 1 and not by_plane:
             raise ValueError(
@@ -243,58 +244,6 @@ def _table_key(table: dict, path: str) -> str:
 def _stem(name: str) -> str:
     """A file name without its extensions (``x`` of ``x.ome.tif``), as tables may name it."""
     return name.split(".")[0]
-
-
-def _flat_planes(table: dict, image: AxisImage, name: str) -> dict:
-    """A table drawn on a time series of stacks, its ``(t, z)`` keys as the image's plane
-    numbers (z within each time point); other tables as they are.
-
-    A table drawn on an image with channels, opened in napari with its channel axis first
-    (as this package's reader does), has the channel first in its keys: a box belongs to its
-    plane whichever channel was shown.
-    """
-    import numpy as np
-
-    sizes = [image.sizes[a] for a in image.plane_axes]
-    keys = list(table)
-    # Fiji's and QuPath's (t, z) hold no channel; a napari layer's leading coordinates do
-    positions = getattr(table, "origin", "") in ("fiji", "qupath")
-    plain_t = image.plane_axes == "T" and (positions or "C" not in image.axes or image.rgb)
-    if plain_t and any(isinstance(k, tuple) for k in keys) and all(map(_t_of_no_z, keys)):
-        # Fiji ROIs of a time series without z: (t, 0) on later time points, as a time series
-        # of stacks gives them; the first time point's are plane numbers already
-        flat: dict = {}
-        for key, boxes in table.items():
-            flat.setdefault(key[0] if isinstance(key, tuple) else key, []).extend(boxes)
-        return flat
-    channel_first = not positions and "C" in image.axes and not image.rgb and sizes and keys
-    if channel_first and all(isinstance(k, tuple) and len(k) == len(sizes) + 1 for k in keys):
-        by_plane: dict = {}
-        for key, boxes in table.items():
-            by_plane.setdefault(key[1:] if len(key) > 2 else key[1], []).extend(boxes)
-        table = by_plane
-    if not any(isinstance(k, tuple) for k in table):
-        return table
-    flat: dict = {}
-    for key, boxes in table.items():
-        if isinstance(key, int):
-            # Fiji ROIs of the first time point beside later ones: their plane number (z
-            # within time point 0) is the flat one already
-            flat.setdefault(key, []).extend(boxes)
-            continue
-        if len(key) != len(sizes) or any(not 0 <= i < n for i, n in zip(key, sizes, strict=True)):
-            raise ValueError(
-                f"{name} has {' x '.join(map(str, sizes)) or 'no'} planes "
-                f"({image.plane_axes or 'one plane'}) but its box table has boxes at "
-                f"{key}: check --axes, or that the table was drawn on this image."
-            )
-        flat.setdefault(int(np.ravel_multi_index(key, sizes)), []).extend(boxes)
-    return flat
-
-
-def _t_of_no_z(key: object) -> bool:
-    """A ``(t, 0)`` key (a Fiji ROI on a later time point) or a plain plane number."""
-    return isinstance(key, int) or (isinstance(key, tuple) and len(key) == 2 and key[1] == 0)
 
 
 def supervision(
