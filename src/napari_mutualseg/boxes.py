@@ -32,6 +32,7 @@ __all__ = [
     "boxes_by_plane",
     "boxes_from_labels",
     "boxes_from_shapes",
+    "inside_box",
     "off_image",
     "rectangle_vertices",
     "region_boxes",
@@ -387,6 +388,22 @@ class Box:
         u = (dy * c + dx * s) / h0
         v = (dx * c - dy * s) / h1
         return sl, u, v
+
+
+def inside_box(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The pixels inside their box, from its coordinates (:meth:`Box.local_coords`).
+
+    Parameters
+    ----------
+    u, v : numpy.ndarray
+        A box's normalised coordinates of its pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool: ``max(|u|, |v|) <= 1``.
+    """
+    return np.maximum(np.abs(u), np.abs(v)) <= 1.0
 
 
 def _closer_to_y(t0: float, t1: float) -> bool:

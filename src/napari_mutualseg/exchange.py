@@ -31,6 +31,7 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage as ndi
 
+from .boxes import inside_box
 from .config import EXCHANGE_RULES, ExchangeSettings
 from .inference import box_objects
 from .supervision import (
@@ -154,7 +155,7 @@ class ExchangeContext:
         box_windows = []
         for box in supervision.boxes:
             slices, u, v = box.local_coords(shape)
-            inside = np.maximum(np.abs(u), np.abs(v)) <= 1.0
+            inside = inside_box(u, v)
             in_box[slices] |= inside
             core[slices] |= u**2 + v**2 <= core_scale**2
             box_windows.append((slices, inside))

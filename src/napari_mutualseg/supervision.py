@@ -29,6 +29,7 @@ from .boxes import (
     Box,
     boxes_by_plane,
     boxes_from_shapes,
+    inside_box,
     repeated_boxes,
 )
 
@@ -270,7 +271,7 @@ def boxes_mask(shape: Sequence[int], boxes: Sequence[Box]) -> np.ndarray:
     mask = np.zeros(tuple(shape), bool)
     for box in boxes:
         slices, u, v = box.local_coords(mask.shape)
-        mask[slices] |= np.maximum(np.abs(u), np.abs(v)) <= 1.0
+        mask[slices] |= inside_box(u, v)
     return mask
 
 
