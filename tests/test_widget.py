@@ -165,6 +165,22 @@ def test_user_layer_with_the_same_name_is_never_touched(scene):
     assert OWNER_KEY not in user.metadata
 
 
+def test_boxes_opened_from_fiji_are_picked_and_the_users_layers_are_not(scene, tmp_path):
+    import roifile
+
+    viewer, widget, _image, boxes = scene
+    viewer.add_shapes(name="notes")  # a layer the user adds leaves the pick as it is
+    assert same(widget.boxes_layer, boxes)
+    roi = roifile.ImagejRoi(version=228, name="cell", roitype=roifile.ROI_TYPE["RECT"])
+    roi.left, roi.top, roi.right, roi.bottom = 2, 3, 9, 8
+    roifile.roiwrite(tmp_path / "RoiSet.zip", [roi])
+    [opened] = viewer.open(tmp_path / "RoiSet.zip", plugin="napari-mutualseg")
+    assert same(widget.boxes_layer, opened)
+    widget.boxes_layer = boxes
+    viewer.add_shapes(opened.data, metadata=opened.metadata, name="copy")  # the user's
+    assert same(widget.boxes_layer, boxes)
+
+
 def test_region_mode_ignores_outside_the_region(scene):
     _viewer, widget, _image, _boxes = scene
     region = widget.new_region_layer()

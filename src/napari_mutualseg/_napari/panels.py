@@ -7,6 +7,7 @@ holding the layers themselves, so a renamed layer stays picked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox
@@ -53,11 +54,20 @@ def _row(*widgets: QWidget) -> QHBoxLayout:
     return row
 
 
+def _opened_boxes(layer: Any) -> bool:
+    """Whether napari opened ``layer`` with this plugin's reader, from a file of boxes drawn
+    in Fiji or QuPath (the only Shapes layers it reads). napari names the reader in the
+    layer's ``source``, which it does not give a copy: a layer the user duplicated is theirs."""
+    reader = getattr(getattr(layer, "source", None), "reader_plugin", None)
+    return reader == "napari-mutualseg"  # the name in napari.yaml
+
+
 class LayerPicker(ComboBox):
     """A combo box of the viewer's layers of one kind (the layers themselves are the values).
 
     It follows the layer list (added, removed, moved and renamed layers) until
-    :meth:`unwatch`; with ``pick_new``, a layer added to the viewer becomes the picked one.
+    :meth:`unwatch`; with ``pick_new``, a layer added to the viewer becomes the picked one
+    (given a function, a layer for which it is true).
     """
 
     def __init__(
@@ -66,7 +76,7 @@ class LayerPicker(ComboBox):
         kind: str,
         tooltip: str,
         exclude: Any = None,
-        pick_new: bool = False,
+        pick_new: bool | Callable[[Any], bool] = False,
         nullable: bool = False,
     ) -> None:
         self._viewer, self._kind, self._exclude, self._pick_new = viewer, kind, exclude, pick_new
@@ -112,7 +122,8 @@ class LayerPicker(ComboBox):
         layer.events.name.connect(self._refresh)
         self._watched.append((layer.events.name, self._refresh))
         self.reset_choices()
-        if self._pick_new and any(value == layer for _, value in self._layers()):
+        pick = self._pick_new(layer) if callable(self._pick_new) else self._pick_new
+        if pick and any(value == layer for _, value in self._layers()):
             self.value = layer
 
     def unwatch(self) -> None:
@@ -158,7 +169,11 @@ class DataPanel(QGroupBox):
             "What each axis of the image is, e.g. CYX (channels), ZYX (z-stack), TYX (time), "
             "CZYX. Stored in the layer's axis labels; empty: as the layer says"
         )
-        self.boxes = LayerPicker(viewer, "Shapes", "A Shapes layer with a rectangle per cell")
+        # boxes just opened from Fiji or QuPath are the ones to train on; a Shapes layer the
+        # user adds (a region, notes) leaves the pick as it is
+        self.boxes = LayerPicker(
+            viewer, "Shapes", "A Shapes layer with a rectangle per cell", pick_new=_opened_boxes
+        )
         self.region = LayerPicker(
             viewer, "Shapes", "Where every cell is boxed", exclude=lambda: self.boxes.layer
         )
