@@ -441,12 +441,25 @@ class CellsPanel(QGroupBox):
         self.view.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
         self.measure = QPushButton("Measure")
         self.measure.setToolTip("Measure the cells of the active layer in its image")
-        self.buttons = {kind: QPushButton(label) for kind, label in (
-            ("table", "Save table…"), ("fiji", "Fiji ROIs…"), ("qupath", "QuPath GeoJSON…")
-        )}  # fmt: skip
+        self.buttons: dict[str, QPushButton] = {}
+        for kind, label, tip in (
+            ("table", "Save table…", "Save the table of the active cells layer as a CSV file, "
+             "a row per cell"),
+            ("fiji", "Fiji ROIs…", "Save the outlines of the active layer's cells as a Fiji "
+             "ROI set (.zip) for the ROI Manager; a stack's cells keep their planes"),
+            ("qupath", "QuPath GeoJSON…", "Save the outlines of the active layer's 2D cells, "
+             "with their measurements, as QuPath GeoJSON (File > Import objects)"),
+        ):  # fmt: skip
+            self.buttons[kind] = QPushButton(label)
+            self.buttons[kind].setToolTip(
+                f"{tip}. Cells changed since the table was made are measured again first"
+            )
         form.addRow(self.title)
         form.addRow(self.view)
-        form.addRow(_row(self.measure, *self.buttons.values()))
+        # two buttons a row: four in one held the dock open sideways below 420 px
+        table, fiji, qupath = self.buttons.values()
+        form.addRow(_row(self.measure, table))
+        form.addRow(_row(fiji, qupath))
         self.measure.clicked.connect(self.measure_active)
         # bound methods: a lambda held by Qt's connection would keep a closed panel alive
         for button in self.buttons.values():
@@ -523,6 +536,8 @@ class CellsPanel(QGroupBox):
             f"'{layer.name}': {n} cells when last measured; its cells changed since: press "
             "Measure." if self._stale else f"'{layer.name}': {n} cells."
         )  # fmt: skip
+        # an empty table took 190 px of a laptop screen's height: shown once it has rows
+        self.view.setVisible(n > 0)
         for button in (self.measure, *self.buttons.values()):
             button.setEnabled(layer is not None)
 
