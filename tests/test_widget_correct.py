@@ -351,7 +351,8 @@ def test_next_cell_on_a_prediction_without_cells_says_there_is_nothing_to_check(
     )
     dim = viewer.add_image(disc_image()[0], name="dim")
     widget.check.image.value = dim
-    widget.check.next.click()
+    assert not widget.check.next.isEnabled()  # no cells to check yet; a script is told why
+    widget.correct.next_cell(dim)
     assert "predict it (or train on it) first" in messages(notes, "warning")[-1]
     widget.predict(dim, block=True)
     assert not viewer.layers["dim cells"].data.any()
@@ -413,13 +414,25 @@ def test_merge_and_split_are_undone_with_napari_undo(thresholded):
     np.testing.assert_array_equal(cells.data, full)
 
 
-def test_check_buttons_without_an_image_say_to_pick_one(viewer_widget, notes):
-    _viewer, widget = viewer_widget
+def test_check_buttons_wait_for_the_picked_images_cells(thresholded):
+    viewer, widget = thresholded
     check = widget.check
-    for button in (check.next, check.merge, check.split, check.propose, check.add):
-        button.click()
-    said = messages(notes, "error")
-    assert len(said) == 5 and all("pick it under Check and correct" in m for m in said)
+    buttons = (check.next, check.merge, check.split, check.propose, check.add)
+
+    def enabled():
+        return [b.isEnabled() for b in buttons]
+
+    assert enabled() == [False] * 5  # no image
+    assert all("predict the image" in b.toolTip() for b in buttons)
+    image = viewer.add_image(disc_image()[0], name="discs")
+    assert same(check.image.layer, image) and enabled() == [False] * 5  # not predicted
+    widget.predict(image, block=True)
+    assert enabled() == [True] * 5
+    check.set_busy(True)  # a job runs: training is not started again
+    assert enabled() == [True] * 4 + [False]
+    check.set_busy(False)
+    del viewer.layers["discs cells"]
+    assert enabled() == [False] * 5
 
 
 def test_a_layer_with_every_label_of_its_type_taken_says_how_to_widen_it():

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 _CELL_ON_SCREEN = 150
 _NEXT = "Next cell to check"
 _PROPOSE = "Propose boxes"
+_NEEDS_CELLS = " (predict the image picked here, or train on it, first)"
 
 
 class Corrector:
@@ -439,13 +440,17 @@ class CheckPanel(QGroupBox):
             viewer, "Shapes", "Boxes drawn around cells the prediction missed", nullable=True
         )
         self.next = QPushButton(_NEXT)
-        self.next.setToolTip("Go to the cell (or region) where the two networks disagree most")
+        self.next.setToolTip(
+            f"Go to the cell (or region) where the two networks disagree most{_NEEDS_CELLS}"
+        )
         self.merge = QPushButton("Merge cells")
-        self.merge.setToolTip("Merge the last two cells picked in the cells layer")
+        self.merge.setToolTip(f"Merge the last two cells picked in the cells layer{_NEEDS_CELLS}")
         self.split = QPushButton("Split cell")
-        self.split.setToolTip("Split the picked cell in two, where it narrows")
+        self.split.setToolTip(f"Split the picked cell in two, where it narrows{_NEEDS_CELLS}")
         self.propose = QPushButton(_PROPOSE)
-        self.propose.setToolTip("A box around every predicted cell, to fix instead of drawing")
+        self.propose.setToolTip(
+            f"A box around every predicted cell, to fix instead of drawing{_NEEDS_CELLS}"
+        )
         self.rest = QCheckBox("The rest of this image is right")
         self.rest.setToolTip(
             "Checked: every cell you did not change, and the background, are trusted too.\n"
@@ -453,7 +458,8 @@ class CheckPanel(QGroupBox):
         )
         self.add = QPushButton("Add to training")
         self.add.setToolTip(
-            "Learn from this image's corrections: training resumes over all images"
+            "Learn from this image's corrections: training resumes over all images (predict "
+            "the image and correct its cells first; not while a job runs)"
         )
         form.addRow("Image", self.image.native)
         form.addRow(_row(self.next, self.propose))
@@ -468,10 +474,18 @@ class CheckPanel(QGroupBox):
         # what a worker searches for: (image, round) of Next cell, the image of Propose boxes
         self._searching: tuple[Image, RoundReport | None] | None = None
         self._proposing: Image | None = None
+        self._busy = False  # a job runs: nothing is added to training
         viewer.layers.selection.events.active.connect(self._follow)
+        # the buttons need the picked image's cells, which a prediction or a round adds
+        self._watched = [(viewer.layers.events.inserted, self._show_state)]
+        self._watched.append((viewer.layers.events.removed, self._show_state))
+        for emitter, slot in self._watched:
+            emitter.connect(slot)
+        self.image.changed.connect(self._show_state)
         # bound methods: a lambda held by Qt's connection would keep a closed panel alive
         for button in (self.next, self.merge, self.split, self.propose, self.add):
             button.clicked.connect(self._clicked)
+        self._show_state()
 
     def _clicked(self) -> None:
         if self.sender() is self.next:
@@ -489,6 +503,9 @@ class CheckPanel(QGroupBox):
     def unwatch(self) -> None:
         """Stop following the viewer (the panel is closed)."""
         self._viewer.layers.selection.events.active.disconnect(self._follow)
+        for emitter, slot in self._watched:
+            emitter.disconnect(slot)
+        self._watched = []
         for emitter, callback in self._followed.values():
             emitter.disconnect(callback)
         self._followed = {}
@@ -497,7 +514,19 @@ class CheckPanel(QGroupBox):
 
     def set_busy(self, busy: bool) -> None:
         """While a job runs, nothing is added to training (it starts one)."""
-        self.add.setEnabled(not busy)
+        self._busy = busy
+        self._show_state()
+
+    def _show_state(self, *_: Any) -> None:
+        """Enable what can be done: every button needs the picked image's cells (the plugin's
+        prediction or training result); what else it needs is said when it is pressed."""
+        image = self.image.layer
+        cells = image is not None and self.corrector.cells_layer(image) is not None
+        self.next.setEnabled(cells and self._searching is None)
+        self.propose.setEnabled(cells and self._proposing is None)
+        self.merge.setEnabled(cells)
+        self.split.setEnabled(cells)
+        self.add.setEnabled(cells and not self._busy)
 
     def _do(self, action: Any) -> None:
         image = self.image.layer
@@ -544,7 +573,8 @@ class CheckPanel(QGroupBox):
 
     def _spots_found(self, found: Any) -> None:
         image, report = self._searching
-        self.next.setEnabled(True)
+        self._searching = None
+        self._show_state()
         self.next.setText(_NEXT)
         if isinstance(found, WorkerFailure):
             self.corrector.controller.notify(
@@ -587,7 +617,8 @@ class CheckPanel(QGroupBox):
 
     def _proposed(self, layer: Any) -> None:
         image = self._proposing
-        self.propose.setEnabled(True)
+        self._proposing = None
+        self._show_state()
         self.propose.setText(_PROPOSE)
         notify = self.corrector.controller.notify
         if isinstance(layer, WorkerFailure):
