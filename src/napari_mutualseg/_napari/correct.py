@@ -24,7 +24,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 from superqt.utils import create_worker
 
-from ..boxes import Box, boxes_from_labels, boxes_from_shapes
+from ..boxes import Box, boxes_from_labels, boxes_from_shapes, inside_box
 from ..disagreement import Spot, spots_to_check
 from ..supervision import (
     BACKGROUND,
@@ -394,7 +394,7 @@ def _meets(box: Box, said: np.ndarray) -> bool:
     corrections. Looked at in the box alone: a mask of the whole image per box took a
     millisecond each at 2048²."""
     slices, u, v = box.local_coords(said.shape)
-    return bool((said[slices] & (np.maximum(np.abs(u), np.abs(v)) <= 1.0)).any())
+    return bool((said[slices] & inside_box(u, v)).any())
 
 
 def _with_earlier(sup: Supervision, before: Supervision) -> Supervision:
