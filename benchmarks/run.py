@@ -194,23 +194,39 @@ def _serial_map(fn, *iterables) -> list:
 
 
 class _Pooled:
-    """Reads the engine's per-round instance maps in worker processes when a pool is given.
+    """Reads the engine's per-round instance maps in worker processes when a pool is given,
+    and each network's own (:meth:`network_instances`), which the engine does not read.
 
-    The per-box reading (a watershed per image, three maps per round) is CPU work that a GPU
-    run would otherwise wait on, image after image; with ``eval_last`` only the last round's
-    maps are read.
+    The per-box reading (a watershed per image) is CPU work that a GPU run would otherwise
+    wait on, image after image; with ``eval_last`` only the last round's maps are read.
     """
 
     pool: Executor | None = None
     eval_last = False
+
+    def _predict(self, model, whole=False):
+        probas = super()._predict(model, whole)
+        # each network's prediction of the round, for network_instances
+        self._network_probas = {**getattr(self, "_network_probas", {}), id(model): probas}
+        return probas
+
+    def network_instances(self) -> list[list[np.ndarray]]:
+        """Per-box instances of A's and of B's prediction of the last round, as the engine
+        reads the ensemble's (``report.instances``)."""
+        probas = self._network_probas
+        return [self._read_boxed(probas[id(model)]) for model in self.pair.models]
 
     def _instances(self, probas):
         cfg = self.config
         if self.eval_last and cfg.min_change == 0 and len(self.pair.history) + 1 < cfg.rounds:
             # --eval-last scores only the last round (and no round ends the run early)
             return [None] * len(probas)
+        return self._read_boxed(probas)
+
+    def _read_boxed(self, probas):
         if self.pool is None:
             return super()._instances(probas)
+        cfg = self.config
         sups = self._supervisions_of(probas)
         ex = cfg.exchange
         args = (repeat(ex.fg_threshold), repeat(ex.core_scale), repeat(cfg.min_size))
@@ -262,9 +278,10 @@ def run_trained(method, ctx, sups, mode) -> dict:
                 log(f"  {method} round {report.round}: {report.seconds:.1f} s")
                 continue
             common = {"round": report.round, "seconds": round(report.seconds, 2)}
+            instances_a, instances_b = trainer.network_instances()
             for model, inst in (
-                ("a", report.instances_a),
-                ("b", report.instances_b),
+                ("a", instances_a),
+                ("b", instances_b),
                 ("ensemble", report.instances),
             ):
                 m = score(inst, ctx["train_masks"])

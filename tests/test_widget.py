@@ -346,8 +346,6 @@ def fake_report(k, shape=(64, 64), rounds=3):
         loss_b=1.5 / k,
         classes_a=[classes],
         classes_b=[classes],
-        instances_a=[instances],
-        instances_b=[instances],
         instances=[instances],
         labels_a=[classes],
         labels_b=[classes],

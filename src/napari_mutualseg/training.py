@@ -64,8 +64,8 @@ class RoundReport:
 
     ``round`` counts the rounds of this run, 1 to ``rounds``; a resumed pair's history goes
     on from its saved rounds (round 1 of a run resumed after 2 is the pair's third).
-    ``classes_*`` are each network's class maps (argmax); ``instances_a``, ``instances_b``
-    and ``instances`` (the ensemble of both) are read box by box (one object per box, see
+    ``classes_*`` are each network's class maps (argmax); ``instances``, the cells of the
+    ensemble of both, are read box by box (one object per box, see
     :func:`~napari_mutualseg.inference.per_box_instances`); ``labels_a`` / ``labels_b`` are
     what A / B learn from in the next round (from B's / A's prediction); ``probabilities``
     is the ensemble softmax and ``disagreement`` where A and B disagree (float16 in
@@ -89,8 +89,6 @@ class RoundReport:
     loss_b: float
     classes_a: list[np.ndarray]
     classes_b: list[np.ndarray]
-    instances_a: list[np.ndarray]
-    instances_b: list[np.ndarray]
     instances: list[np.ndarray]
     labels_a: list[np.ndarray]
     labels_b: list[np.ndarray]
@@ -577,8 +575,6 @@ class MutualTrainer:
             loss_b=losses[1],
             classes_a=whole([top_class(p) for p in probas[0]]),
             classes_b=whole([top_class(p) for p in probas[1]]),
-            instances_a=self._instances(probas[0]),
-            instances_b=self._instances(probas[1]),
             instances=self._instances(ensemble),
             labels_a=whole(new_targets[0], IGNORE),
             labels_b=whole(new_targets[1], IGNORE),
