@@ -74,7 +74,13 @@ def test_panel_fits_a_laptop_screen(viewer_widget):
     # a 1366 x 768 screen leaves about 650 px for a dock; the content scrolls instead
     assert widget.minimumSizeHint().height() < 400
     # but not the status line: what runs, which round, what to do next stays in sight
-    assert not widget.findChild(QScrollArea).isAncestorOf(widget.status)
+    scroll = widget.findChild(QScrollArea)
+    assert not scroll.isAncestorOf(widget.status)
+    # nor sideways: the dock is as wide as the panels beside the scroll bar (it opened
+    # narrower, the panels' right-hand buttons behind a sideways scroll bar)
+    panels = scroll.widget().minimumSizeHint().width()
+    bar = scroll.verticalScrollBar().sizeHint().width()
+    assert widget.minimumSizeHint().width() >= panels + bar
     # and a long path in it does not widen the dock past the screen
     width = widget.minimumSizeHint().width()
     widget.controller.notify("Folder done; tables in /" + "a_long_folder_name" * 20 + ".")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, QSize
 from qtpy.QtWidgets import (
     QFrame,
     QInputDialog,
@@ -56,6 +56,31 @@ def _forward(panel: str, prop: property) -> property:
         lambda self, value: prop.fset(getattr(self, panel), value),
         doc=prop.__doc__,
     )
+
+
+class _PanelScroll(QScrollArea):
+    """The panels' scroll area, as wide as the panels need beside its scroll bar.
+
+    A scroll area's size hint leaves the bar out, and is not asked again when the panels
+    grow (a layer picked, a longer name): the dock opened narrower than the panels, their
+    right-hand buttons behind a sideways scroll bar.
+    """
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        # the bar, and the frame a style may draw around the panels
+        extra = self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+        width = self.widget().minimumSizeHint().width() + extra
+        return QSize(max(hint.width(), width), hint.height())
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        return QSize(max(hint.width(), self.minimumSizeHint().width()), hint.height())
+
+    def eventFilter(self, watched: Any, event: QEvent) -> bool:
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the panels' new size reaches the dock
+        return super().eventFilter(watched, event)
 
 
 class MutualSegWidget(QWidget):
@@ -125,7 +150,7 @@ class MutualSegWidget(QWidget):
         # A scroll area: the panel fits a laptop screen however tall its content grows. The
         # status line stays under it, in sight: what runs, on which device and round, and what
         # to do next.
-        scroll = QScrollArea()
+        scroll = _PanelScroll()
         scroll.setWidget(inner)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
