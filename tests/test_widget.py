@@ -88,17 +88,10 @@ def test_panel_fits_a_laptop_screen(viewer_widget):
     assert widget.minimumSizeHint().width() == width
 
 
-def test_the_cells_panel_keeps_a_narrow_dock_and_its_room_until_measured(viewer_widget):
-    viewer, widget = viewer_widget
+def test_the_cells_panel_keeps_a_narrow_dock(viewer_widget):
+    _viewer, widget = viewer_widget
     # its buttons do not widen a dock dragged narrow (four in a row held it at 420 px)
     assert widget.cells.minimumSizeHint().width() < 300
-    empty = widget.cells.sizeHint().height()
-    assert empty < 150  # an empty table takes no room
-    labels = np.zeros((16, 16), np.int32)
-    labels[2:6, 2:6] = 1
-    viewer.add_labels(labels, name="cells")  # the active layer
-    assert widget.cells.measure_active() is not None
-    assert widget.cells.sizeHint().height() > empty + 80  # its rows are shown
 
 
 def test_a_long_layer_name_does_not_widen_the_panel(make_napari_viewer):

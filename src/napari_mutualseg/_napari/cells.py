@@ -536,8 +536,6 @@ class CellsPanel(QGroupBox):
             f"'{layer.name}': {n} cells when last measured; its cells changed since: press "
             "Measure." if self._stale else f"'{layer.name}': {n} cells."
         )  # fmt: skip
-        # an empty table took 190 px of a laptop screen's height: shown once it has rows
-        self.view.setVisible(n > 0)
         for button in (self.measure, *self.buttons.values()):
             button.setEnabled(layer is not None)
 
