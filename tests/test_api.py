@@ -96,6 +96,9 @@ def test_a_warning_about_the_image_names_the_line_that_segments_or_predicts_it()
     mask = np.zeros((64, 64), np.uint16)
     for i in range(1, 9):
         mask[i * 6 : i * 6 + 4, 5:20] = i
+    with pytest.warns(UserWarning, match="looks like labels or a mask") as told:
+        MutualTrainer(mask, make_supervision(mask.shape, [(5, 5, 20, 20)]), TINY)
+    assert told[0].filename == __file__, "MutualTrainer"
     for method, call in calls.items():
         with pytest.warns(UserWarning, match="trained on DAPI and are given GFP") as told:
             call(gfp)

@@ -332,6 +332,7 @@ def test_labels_and_masks_are_told_from_microscope_images_dim_ones_included():
     assert label_evidence(truth).labels is True
     assert label_evidence((truth > 0).astype(np.uint8) * 255).labels is True  # a mask
     assert label_evidence(truth > 0).labels is True
+    assert label_evidence(np.ones((64, 64), np.uint8)).labels is None  # a blank field
     tiny = (np.arange(64)[:, None] // 3) * 100 + np.arange(64)[None] // 3 + 1
     assert label_evidence(tiny).labels is True  # touching cells 3 pixels wide
     rings = np.zeros((128, 128), np.int32)  # cells with holes: a row crosses each twice

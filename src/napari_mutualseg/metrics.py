@@ -269,17 +269,21 @@ def label_evidence(image: np.ndarray) -> LabelEvidence:
     -------
     LabelEvidence
         Its ``labels``: True (labels or a mask), False (intensities) or None (too few
-        non-zero pixels to tell).
+        non-zero pixels to tell, or one value everywhere: a blank field is neither).
     """
     a = np.asarray(image)
     if a.ndim < 2:
         a = a.reshape(1, -1)
+    none = LabelEvidence(pairs=0, differ=0.0, runs=0.0, short_runs=0.0, one_value=False)
     if a.size == 0:  # no pixel to tell from
-        return LabelEvidence(pairs=0, differ=0.0, runs=0.0, short_runs=0.0, one_value=False)
+        return none
     height, width = a.shape[-2:]
     step = max(1, -(-a.size // _LABEL_SAMPLE))
     rows = a.reshape(-1, width)[::step]
     columns = a.reshape(-1, height, width)[:, :, ::step]
+    first = rows.flat[0]
+    if (rows == first).all() and (columns == first).all():
+        return none  # one value everywhere: a blank field is no mask
     pairs = differ = 0
     for x, y in ((rows[:, 1:], rows[:, :-1]), (columns[:, 1:], columns[:, :-1])):
         both = (x != 0) & (y != 0)

@@ -296,7 +296,7 @@ class MutualTrainer:
             config = TrainConfig(**(config or {}))
         images = as_images(images)
         for image in images:
-            warn_if_labels(image, stacklevel=3)
+            warn_if_labels(image, stacklevel=2)
         unset = config.unset
         if pair is not None:
             config = _resumed_config(config, pair)
