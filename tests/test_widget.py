@@ -105,6 +105,29 @@ def test_a_long_layer_name_does_not_widen_the_panel(make_napari_viewer):
     assert widths("20231012_HeLa_DAPI_GFP_plate3_well_B07_field_012") == widths("nuclei")
 
 
+def test_a_narrow_dock_shows_a_long_layer_name_without_sideways_scrolling(
+    make_napari_viewer, qtbot
+):
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer()
+    name = "2024-03-12_HeLa_H2B-GFP_plate3_wellB07_field04.tif"
+    viewer.add_image(np.zeros((8, 8)), name=name)
+    widget = MutualSegWidget(viewer)
+    qtbot.addWidget(widget)
+    # a laptop's dock: 430 px were the least, or the panels scrolled sideways
+    widget.resize(330, 600)
+    widget.show()
+    qtbot.waitExposed(widget)
+    assert widget.width() == 330
+    assert widget.findChild(QScrollArea).horizontalScrollBar().maximum() == 0
+    # the name is cut in its middle, its end (well, field) in sight; hovering shows it whole
+    shown = widget.data.image.shown_name
+    assert "…" in shown and name.startswith(shown[:4]) and name.endswith(shown[-4:])
+    assert widget.data.image.tooltip_text.startswith(f"{name}\n")
+    widget.close_panel()
+
+
 def test_every_setting_and_button_says_what_it_does(viewer_widget):
     from qtpy.QtWidgets import QLabel, QPushButton
 

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
-    QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -24,6 +23,10 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
+    QStyle,
+    QStyleOptionComboBox,
+    QStylePainter,
+    QToolTip,
     QVBoxLayout,
     QWidget,
 )
@@ -34,7 +37,7 @@ from .layers import free_name, owner_info
 from .loss_plot import LossPlot
 from .prepare import UserInputError
 from .runs import RunState
-from .settings import SettingsForm, TrainingSettings, label_tooltips
+from .settings import SettingsForm, TrainingSettings, label_tooltips, wrapping_form
 
 if TYPE_CHECKING:
     import napari
@@ -62,6 +65,55 @@ def _opened_boxes(layer: Any) -> bool:
     return reader == "napari-mutualseg"  # the name in napari.yaml
 
 
+class _MiddleCut(QObject):
+    """Shows a combo box's text cut in the middle where it does not fit, and whole in its
+    tooltip, over the box's own description.
+
+    Qt cuts it at the right, where a file's name says which well and field it is: two
+    images of one plate looked alike.
+    """
+
+    def __init__(self, combo: QComboBox) -> None:
+        super().__init__(combo)
+        combo.installEventFilter(self)
+
+    @staticmethod
+    def shown(combo: QComboBox) -> str:
+        """The text as the box shows it."""
+        option = QStyleOptionComboBox()
+        combo.initStyleOption(option)
+        field = combo.style().subControlRect(
+            QStyle.ComplexControl.CC_ComboBox,
+            option,
+            QStyle.SubControl.SC_ComboBoxEditField,
+            combo,
+        )
+        metrics = combo.fontMetrics()
+        return metrics.elidedText(option.currentText, Qt.TextElideMode.ElideMiddle, field.width())
+
+    def eventFilter(self, combo: Any, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Paint:
+            # QComboBox.paintEvent, with the text cut in the middle
+            painter = QStylePainter(combo)
+            painter.setPen(combo.palette().color(combo.foregroundRole()))
+            option = QStyleOptionComboBox()
+            combo.initStyleOption(option)
+            painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, option)
+            option.currentText = self.shown(combo)
+            painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, option)
+            painter.end()
+            return True
+        if event.type() == QEvent.Type.ToolTip and combo.currentText():
+            QToolTip.showText(event.globalPos(), _tooltip(combo), combo)
+            return True
+        return False
+
+
+def _tooltip(combo: QComboBox) -> str:
+    """A layer picker's tooltip: the picked layer's whole name, then what the box is for."""
+    return f"{combo.currentText()}\n\n{combo.toolTip()}"
+
+
 class LayerPicker(ComboBox):
     """A combo box of the viewer's layers of one kind (the layers themselves are the values).
 
@@ -82,11 +134,12 @@ class LayerPicker(ComboBox):
         self._viewer, self._kind, self._exclude, self._pick_new = viewer, kind, exclude, pick_new
         super().__init__(choices=self._layers, nullable=nullable, tooltip=tooltip)
         # a long layer name (a file's, often) is cut in the box rather than widening the panel
-        # past its dock, its buttons pushed out of sight; the list shows it whole
+        # past its dock, its buttons pushed out of sight; the list and the tooltip show it whole
         self.native.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
-        self.native.setMinimumContentsLength(10)
+        self.native.setMinimumContentsLength(6)
+        _MiddleCut(self.native)
         events = viewer.layers.events
         self._watched = [(events.inserted, self._inserted), (events.removed, self._refresh)]
         self._watched.append((events.moved, self._refresh))
@@ -133,6 +186,17 @@ class LayerPicker(ComboBox):
         self._watched = []
 
     @property
+    def shown_name(self) -> str:
+        """The picked layer's name as the box shows it: cut in the middle where it does not
+        fit (its tooltip shows it whole)."""
+        return _MiddleCut.shown(self.native)
+
+    @property
+    def tooltip_text(self) -> str:
+        """What hovering the box shows: the picked layer's whole name, then what it is for."""
+        return _tooltip(self.native) if self.native.currentText() else self.tooltip
+
+    @property
     def layer(self) -> Any:
         """The picked layer, or ``None``."""
         return self.value if self.choices else None
@@ -160,7 +224,7 @@ class DataPanel(QGroupBox):
     def __init__(self, viewer: napari.Viewer) -> None:
         super().__init__("Data")
         self.viewer = viewer
-        form = QFormLayout(self)
+        form = wrapping_form(self)
         self.image = LayerPicker(
             viewer, "Image", "The image to train on: 2D, with channels, z or time, or RGB"
         )
@@ -381,7 +445,7 @@ class TrainingPanel(QGroupBox):
 
     def __init__(self, settings: TrainingSettings) -> None:
         super().__init__("Training")
-        form = QFormLayout(self)
+        form = wrapping_form(self)
         self.form = SettingsForm(settings)
         form.addRow(self.form)
         self.device = QLabel()
@@ -423,7 +487,7 @@ class ModelPanel(QGroupBox):
 
     def __init__(self, viewer: napari.Viewer) -> None:
         super().__init__("Model")
-        form = QFormLayout(self)
+        form = wrapping_form(self)
         # a newly opened image is the likeliest one to segment next
         self.target = LayerPicker(
             viewer, "Image", "The image to segment with the trained models", pick_new=True

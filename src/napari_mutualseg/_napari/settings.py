@@ -200,6 +200,14 @@ class TrainingSettings:
         return TrainConfig.recommended(given.pop("device"), **given)
 
 
+def wrapping_form(parent: QWidget) -> QFormLayout:
+    """A form layout on ``parent`` that fits a narrow dock: a row whose field does not fit
+    beside its name goes under it, instead of holding the dock open sideways."""
+    form = QFormLayout(parent)
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    return form
+
+
 def label_tooltips(form: QFormLayout) -> None:
     """Give the name of each row of ``form`` the tooltip of its field (of the first control of
     a row of several): the name is where the eye rests."""
@@ -252,7 +260,7 @@ class SettingsForm(QWidget):
         super().__init__(parent)
         self.settings = settings
         self.editors: dict[str, QWidget] = {}
-        form = QFormLayout(self)
+        form = wrapping_form(self)
         form.setContentsMargins(0, 0, 0, 0)
         advanced = QCollapsible("Advanced")
         advanced.toggleButton().setToolTip(
@@ -260,7 +268,7 @@ class SettingsForm(QWidget):
             "lower when memory runs out"
         )
         inner = QWidget()
-        advanced_form = QFormLayout(inner)
+        advanced_form = wrapping_form(inner)
         for setting in SETTINGS:
             editor = self._editor(setting)
             editor.setToolTip(setting.tooltip)
