@@ -154,12 +154,34 @@ def test_boxes_that_fit_no_plane_of_the_image_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"plane 5, but 'cells' has 1 \(YX"):
         reader.box_layer(tmp_path / "RoiSet.zip", _image((16, 20), "YX"))  # was all on it
     _roi(2, 3, 9, 8).tofile(tmp_path / "cell.roi")  # no slice
-    with pytest.raises(ValueError, match="does not say which plane of 'cells'"):
+    with pytest.raises(ValueError, match="no slice of its own: Fiji shows it on every slice"):
         reader.box_layer(tmp_path / "cell.roi", _image((3, 16, 20), "ZYX"))
     # without an image: the file's own planes, in pixels
     data, kwargs, _ = reader.box_layer(tmp_path / "RoiSet.zip")
     assert kwargs["ndim"] == 3 and [v[0, 0] for v in data] == [0, 5]
     assert "no image was open" in kwargs["metadata"]["note"]
+
+
+@pytest.mark.parametrize(
+    ("z", "t", "said", "axes", "plane"), [(0, 2, "slice", "TYX", 1), (3, 0, "frame", "ZYX", 2)]
+)
+def test_fiji_rois_on_every_slice_or_frame_of_a_stack_are_refused(
+    tmp_path, z, t, said, axes, plane
+):
+    import roifile
+
+    # ImageJ's 0 is every slice (frame): such a ROI was put on the first slice of its frame
+    # (on the first frame at its slice) without a word
+    rois = [_roi(2, 3, 9, 8, z=1, t=1, name="a"), _roi(4, 4, 9, 9, z=z, t=t)]
+    roifile.roiwrite(tmp_path / "RoiSet.zip", rois)
+    with pytest.raises(ValueError, match=rf"ROI 2 \(1 of 2\) has no {said} of its own"):
+        reader.box_layer(tmp_path / "RoiSet.zip", _image((3, 4, 16, 20), "TZYX"))
+    # where the image has one slice (frame), that one is the ROI's
+    got = _planes(tmp_path / "RoiSet.zip", _image((4, 16, 20), axes))
+    assert {k: [b.pixel_range() for b in v] for k, v in got.items()} == {
+        0: [(3, 2, 8, 9)],
+        plane: [(4, 4, 9, 9)],
+    }
 
 
 def test_roi_set_opens_in_napari_over_its_image(make_napari_viewer, tmp_path):
@@ -186,3 +208,13 @@ def test_roi_set_opens_in_napari_over_its_image(make_napari_viewer, tmp_path):
     roi.tofile(tmp_path / "drawn.roi")
     with pytest.raises(Exception, match="only rectangles and ellipses"):
         viewer.open(tmp_path / "drawn.roi", plugin="napari-mutualseg")
+
+
+def test_a_fiji_roi_of_a_2d_image_with_channels_lies_on_it(tmp_path):
+    # a 2D image's channels are a stack to ImageJ: a ROI drawn on channel 2 has index 2,
+    # which was taken for plane 1 and refused ("plane 1, but 'cells' has 1")
+    roi = _roi(2, 3, 9, 8)
+    roi.position = 2
+    roi.tofile(tmp_path / "cell.roi")
+    got = _planes(tmp_path / "cell.roi", _image((2, 16, 20), "CYX"))
+    assert {k: [b.pixel_range() for b in v] for k, v in got.items()} == {None: [(3, 2, 8, 9)]}

@@ -864,3 +864,22 @@ def test_a_tiff_cut_short_says_so(tmp_path, imagej):
         ValueError, match=r"Cannot read .*cut\.tif: it is cut short.*copy it again"
     ):
         AxisImage.from_file(path)
+
+
+def test_a_fiji_stack_index_counts_the_channels_of_the_image(tmp_path):
+    import roifile
+
+    from napari_mutualseg.box_tables import read_box_table, table_planes
+
+    # ImageJ's stack index runs over channels, then slices: index 4 of a 2-channel z-stack
+    # shown as a plain stack is slice 2 (plane 1); it was read as plane 3
+    roi = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=2, top=3, right=9, bottom=8)
+    roi.position = 4
+    roi.tofile(tmp_path / "cell.roi")
+    table = read_box_table(tmp_path / "cell.roi")
+    assert list(table) == [3]  # without the image, as of one channel
+    czyx = AxisImage.from_array(np.zeros((2, 3, 8, 8), np.uint16), "CZYX")
+    assert list(table_planes(table, czyx)) == [1]
+    # an RGB image's colours are no channels to ImageJ
+    rgb = AxisImage.from_array(np.zeros((5, 8, 8, 3), np.uint8), "ZYXC", rgb=True)
+    assert list(table_planes(table, rgb)) == [3]

@@ -22,8 +22,11 @@ plain table
 Fiji ROI set
     What Fiji's ROI Manager saves (*More > Save...*: ``RoiSet.zip``, or one ``.roi``):
     rectangles and ovals, rotated rectangles and ellipses are boxes, on the plane they were
-    drawn on (their z and time position; a stack's slice), whichever channel was shown. Other
-    ROIs (polygons, freehand, lines, points) are refused with their name.
+    drawn on (their z and time position; a plain stack's index, which counts the image's
+    channels first, as ImageJ's does), whichever channel was shown. A ROI that Fiji shows on
+    every slice or frame of a stack (its position none, or 0 for z or time) has no plane of
+    its own and is refused there. Other ROIs (polygons, freehand, lines, points) are refused
+    with their name.
 QuPath GeoJSON
     What QuPath writes with *File > Export objects as GeoJSON* (``.geojson`` or ``.json``):
     its rectangles and ellipses are boxes (half-open pixel ranges, as QuPath's pixel-edge
@@ -82,6 +85,12 @@ GEOJSON_SUFFIXES = (".geojson", ".json")
 _FIJI_RESULTS = {"bx", "by", "width", "height"}
 
 BoxKey = str | int | tuple[int, ...] | None
+
+#: How to give Fiji's ROIs a plane each.
+_GIVE_PLANES = (
+    "in Fiji, give each its plane (ROI Manager: select it, Properties..., Position; c,z,t on "
+    "a hyperstack) or delete it, and save the ROIs again."
+)
 
 #: QuPath's objects that are never a cell's box, by their 'objectType'.
 _QUPATH_NO_CELLS = {"tmaCore": "TMA core", "tma_core": "TMA core", "tile": "tile"}
@@ -199,12 +208,15 @@ def read_box_table(path: str | os.PathLike, *, first_plane: bool = False) -> Box
         A dict of boxes per key: ``None`` for a 2D table (napari 2D CSV or plain table without
         ``image`` column, Fiji ROIs without a position, QuPath objects all on the first
         plane, unless ``first_plane``), the plane index (int) for a napari CSV of a stack
-        (and Fiji ROIs with a slice, z or time position; QuPath objects of the first time
-        point), ``(t, z)`` for
+        (and Fiji ROIs with a slice, z or time position, a stack index taken as of an image
+        of one channel, as the image's channels are not known here; QuPath objects of the
+        first time point), ``(t, z)`` for
         one of a time series of stacks (a tuple of every leading coordinate of a layer of
         more axes; Fiji ROIs and QuPath objects of a later time point), the image name (str)
         for a plain table with an ``image`` column. Boxes keep the file's order. Its
-        ``origin`` says which of these the file was, and so what a tuple key means.
+        ``origin`` says which of these the file was, and so what a tuple key means; of Fiji
+        ROIs, its ``positions`` keep ImageJ's, which :func:`table_planes` reads with the
+        image's channels and sizes.
 
     Raises
     ------
@@ -217,8 +229,8 @@ def read_box_table(path: str | os.PathLike, *, first_plane: bool = False) -> Box
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Box table not found: {path}")
-    boxes, origin = _read(path, first_plane)
-    return BoxTable(boxes, name=path.name, origin=origin)
+    boxes, origin, positions = _read(path, first_plane)
+    return BoxTable(boxes, name=path.name, origin=origin, positions=positions)
 
 
 class BoxTable(dict):
@@ -238,6 +250,12 @@ class BoxTable(dict):
         coordinates, a channel axis among them where the layer has one), ``"fiji"`` or
         ``"qupath"`` (a tuple key is ``(t, z)``, whatever channels the image has),
         ``"table"`` (a plain or regionprops table), or ``""`` when not known.
+    positions : sequence of (tuple, Box), optional
+        Of Fiji ROIs, each box with ImageJ's position of its ROI, ``(z, t, index)`` (each from
+        1, 0 for none: a hyperstack's z slice and frame, or else a plain stack's index, which
+        counts channels too), in the file's order. The keys hold what the position says
+        without the image (one channel; a ROI on every slice or frame on its first);
+        :func:`table_planes` places each box from its position on the image itself.
     """
 
     def __init__(
@@ -245,10 +263,12 @@ class BoxTable(dict):
         boxes: Mapping[BoxKey, list[Box]],
         name: str = "The box table",
         origin: str = "",
+        positions: Sequence[tuple[tuple[int, int, int], Box]] = (),
     ) -> None:
         super().__init__(boxes)
         self.name = name
         self.origin = origin
+        self.positions = tuple(positions)
 
     def __missing__(self, key: BoxKey) -> list[Box]:
         keys = list(self)
@@ -267,20 +287,21 @@ class BoxTable(dict):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # dict's own pickling would not pass the name and origin to __init__
-        return (BoxTable, (dict(self), self.name, self.origin))
+        # dict's own pickling would not pass the name, origin and positions to __init__
+        return (BoxTable, (dict(self), self.name, self.origin, self.positions))
 
 
-def _read(path: Path, first_plane: bool) -> tuple[dict[BoxKey, list[Box]], str]:
-    """The boxes of the table at ``path`` and what wrote it, by its format (see
-    :func:`read_box_table`)."""
+def _read(path: Path, first_plane: bool) -> tuple[dict[BoxKey, list[Box]], str, list]:
+    """The boxes of the table at ``path``, what wrote it and the positions of Fiji's ROIs, by
+    its format (see :func:`read_box_table`)."""
     if path.suffix.lower() in ROI_SUFFIXES:
-        return _read_rois(path), "fiji"
+        boxes, positions = _read_rois(path)
+        return boxes, "fiji", positions
     if path.suffix.lower() in GEOJSON_SUFFIXES or _starts_like_json(path):
-        return _read_geojson(path, first_plane), "qupath"
+        return _read_geojson(path, first_plane), "qupath", []
     header, rows = _read_rows(path)
     if _is_napari(header):
-        return _read_napari(path, header, rows), "napari"
+        return _read_napari(path, header, rows), "napari", []
     if set(PLAIN) <= set(header):
         # pandas' to_csv writes the index first, a column without a name, left out as a
         # regionprops table's is
@@ -291,13 +312,13 @@ def _read(path: Path, first_plane: bool) -> tuple[dict[BoxKey, list[Box]], str]:
                 f"{path}: unexpected or repeated columns {extra or named} in a plain box "
                 f"table; {_FORMATS}."
             )
-        return _read_plain(path, header, rows), "table"
+        return _read_plain(path, header, rows), "table", []
     bbox = box_columns(header, str(path))
     if bbox is not None:
         # a regionprops table: its label, area and other measurements (its 'image' too, the
         # cell's mask, no file name) are left out
         named = {column: plain for column, plain in zip(bbox, PLAIN, strict=True)}
-        return _read_plain(path, [named.get(c, "") for c in header], rows), "table"
+        return _read_plain(path, [named.get(c, "") for c in header], rows), "table", []
     if set(header) >= _FIJI_RESULTS:
         raise ValueError(
             f"{path} is a Fiji Results table: its BX, BY, Width and Height are in the image's "
@@ -390,9 +411,9 @@ def _read_napari(
         raise ValueError(f"{path}: {err}") from None
 
 
-def _read_rois(path: Path) -> dict[BoxKey, list[Box]]:
+def _read_rois(path: Path) -> tuple[dict[BoxKey, list[Box]], list]:
     """Fiji's rectangles and ellipses (rotated or not) as boxes, by the plane they were
-    drawn on."""
+    drawn on without the image (:func:`_roi_key`), and each with its ROI's position."""
     import roifile
 
     try:
@@ -411,6 +432,7 @@ def _read_rois(path: Path) -> dict[BoxKey, list[Box]]:
         roifile.ROI_SUBTYPE.ELLIPSE: "ellipse",
     }
     out: dict[BoxKey, list[Box]] = {}
+    positions = []
     for k, roi in enumerate(rois):
         name = f"ROI {k + 1}" + (f" ({roi.name!r})" if roi.name else "")
         if roi.roitype == roifile.ROI_TYPE.FREEHAND and roi.subtype in turned:
@@ -442,14 +464,15 @@ def _read_rois(path: Path) -> dict[BoxKey, list[Box]]:
                 box = Box.from_corners(roi.top, roi.left, roi.bottom, roi.right, kind)
         except ValueError as err:
             raise ValueError(f"{path}: {name}: {err}") from None
-        out.setdefault(_roi_plane(roi), []).append(box)
+        position = _roi_position(roi)
+        positions.append((position, box))
+        out.setdefault(_roi_key(position), []).append(box)
     if None in out and len(out) > 1:
         raise ValueError(
-            f"{path}: {len(out[None])} ROI(s) have no slice position while others have one; "
-            "in Fiji, add every ROI with its slice shown (ROI Manager: More > Options, "
-            "'Associate with slices')."
+            f"{path}: {len(out[None])} ROI(s) have no slice position while others have one "
+            f"(Fiji shows them on every slice); {_GIVE_PLANES}"
         )
-    return out
+    return out, positions
 
 
 def _turned_box(outline: np.ndarray, kind: str) -> Box:
@@ -599,21 +622,34 @@ def _rectangle(geometry: Mapping) -> tuple[tuple[float, float], tuple[float, flo
     return (float(xs[0]), float(ys[0])), (float(xs[1]), float(ys[1]))
 
 
-def _roi_plane(roi: object) -> BoxKey:
-    """The plane a Fiji ROI was drawn on: a plane number, ``(t, z)``, or None for none.
+def _roi_position(roi: object) -> tuple[int, int, int]:
+    """ImageJ's position of a Fiji ROI, ``(z, t, index)``, each from 1 (0 for none).
 
-    A hyperstack's ROI has its channel, z and time positions (from 1, 0 for none); the
-    channel does not matter to a box. On the first time point the z position is the plane
-    number, in a z-stack and in a time series of stacks alike; a later time point is
-    ``(t, z)`` (``(t, 0)`` in a time series without z, where the command line takes it as
-    plane ``t``). A plain stack's ROI has its slice (``position``)."""
-    t, z = int(roi.t_position), int(roi.z_position)  # type: ignore[attr-defined]
+    A hyperstack's ROI has its channel, z and time positions, which replace its stack index
+    (ImageJ's ``RoiDecoder``); the channel does not matter to a box. A plain stack's ROI (a
+    z-stack, a time series, or the channels of a 2D image: ImageJ's hyperstacks have two of
+    these) has its index in the stack (``position``), channels counted first."""
+    c, z, t = (int(p) for p in (roi.c_position, roi.z_position, roi.t_position))  # type: ignore[attr-defined]
+    if c > 0 or z > 0 or t > 0:
+        return (z, t, 0)
+    return (0, 0, max(int(roi.position), 0))  # type: ignore[attr-defined]
+
+
+def _roi_key(position: tuple[int, int, int]) -> BoxKey:
+    """The plane a Fiji ROI at ``position`` (:func:`_roi_position`) is on without its image:
+    a plane number, ``(t, z)``, or None for none.
+
+    On the first time point the z position is the plane number, in a z-stack and in a time
+    series of stacks alike; a later time point is ``(t, z)`` (``(t, 0)`` in a time series
+    without z). A stack index is taken as a plane number, as of an image of one channel."""
+    z, t, index = position
+    if index:
+        return index - 1
     if t > 1:
         return (t - 1, max(z, 1) - 1)
     if t > 0 or z > 0:
         return max(z, 1) - 1
-    position = int(roi.position)  # type: ignore[attr-defined]
-    return position - 1 if position > 0 else None
+    return None
 
 
 def _aligned_corners(box: Box) -> tuple[int, int, int, int] | None:
@@ -754,7 +790,11 @@ def table_planes(table: Mapping, image: AxisImage, name: str = "The image") -> d
     QuPath's ``(t, z)``) has its keys made plane numbers; a table drawn on an image with
     channels, opened in napari with its channel axis first (as this package's reader does),
     has the channel first in its keys: a box belongs to its plane whichever channel was
-    shown. Other tables are returned as they are.
+    shown. Fiji's ROIs are placed from their positions as ImageJ shows them on ``image``: a
+    plain stack's index counts the image's channels first (a 2D image's channels are a
+    stack to ImageJ, RGB colours are not), and a ROI Fiji shows on several planes (no
+    position, or none along z or time where the image has several) is refused, as no plane
+    of its own can be chosen for it. Other tables are returned as they are.
 
     Parameters
     ----------
@@ -774,8 +814,10 @@ def table_planes(table: Mapping, image: AxisImage, name: str = "The image") -> d
     Raises
     ------
     ValueError
-        When a key names a plane the image does not have.
+        When a key names a plane the image does not have, or a Fiji ROI lies on several.
     """
+    if getattr(table, "positions", ()):
+        return _fiji_planes(table, image, name)  # type: ignore[arg-type]
     sizes = [image.sizes[a] for a in image.plane_axes]
     keys = list(table)
     # Fiji's and QuPath's (t, z) hold no channel; a napari layer's leading coordinates do
@@ -804,13 +846,58 @@ def table_planes(table: Mapping, image: AxisImage, name: str = "The image") -> d
             flat.setdefault(key, []).extend(boxes)
             continue
         if len(key) != len(sizes) or any(not 0 <= i < n for i, n in zip(key, sizes, strict=True)):
-            raise ValueError(
-                f"{name} has {' x '.join(map(str, sizes)) or 'no'} planes "
-                f"({image.plane_axes or 'one plane'}) but its box table has boxes at "
-                f"{key}: check the image's axes (--axes, or Axes in the panel), or that the "
-                "table was drawn on this image."
-            )
+            raise _no_plane(image, name, key)
         flat.setdefault(int(np.ravel_multi_index(key, sizes)), []).extend(boxes)
+    return flat
+
+
+def _no_plane(image: AxisImage, name: str, key: tuple) -> ValueError:
+    """The error of boxes at ``key`` (of the image's plane axes) that ``image`` lacks."""
+    sizes = [image.sizes[a] for a in image.plane_axes]
+    return ValueError(
+        f"{name} has {' x '.join(map(str, sizes)) or 'no'} planes "
+        f"({image.plane_axes or 'one plane'}) but its box table has boxes at "
+        f"{key}: check the image's axes (--axes, or Axes in the panel), or that the "
+        "table was drawn on this image."
+    )
+
+
+def _fiji_planes(table: BoxTable, image: AxisImage, name: str) -> dict:
+    """The boxes of Fiji's ROIs by plane number of ``image``, each from its ROI's position as
+    ImageJ shows it there (see :func:`table_planes`)."""
+    # ImageJ's stack index counts channels first; an RGB image's colours are no channels to it
+    channels = 1 if image.rgb else image.n_channels
+    nz, nt = (image.sizes.get(a, 1) for a in "ZT")
+    if image.n_planes == 1 and not any(any(p) for p, _ in table.positions):
+        return {None: [box for _, box in table.positions]}
+    flat: dict = {}
+    spread: list[tuple[int, list[str]]] = []  # ROIs Fiji shows on several planes
+    for k, ((z, t, index), box) in enumerate(table.positions, 1):
+        if index:
+            plane = (index - 1) // channels
+        else:
+            every = [
+                what for what, at, n in (("slice", z, nz), ("frame", t, nt)) if not at and n > 1
+            ]
+            if every:
+                spread.append((k, every))
+                continue
+            if z > nz and nt > 1:
+                # past the last slice of a frame: a plane number would name the next frame's
+                raise _no_plane(image, name, (t - 1, z - 1))
+            plane = (max(t, 1) - 1) * nz + max(z, 1) - 1
+        flat.setdefault(plane, []).append(box)
+    if spread:
+        numbers = ", ".join(str(k) for k, _ in spread[:8]) + (" ..." if len(spread) > 8 else "")
+        every = " and ".join(sorted({what for _, whats in spread for what in whats}))
+        one = len(spread) == 1
+        raise ValueError(
+            f"{table.name}: ROI {numbers} ({len(spread)} of {len(table.positions)}) "
+            f"{'has' if one else 'have'} no {every.replace(' and ', ' or ')} of "
+            f"{'its' if one else 'their'} own: Fiji shows {'it' if one else 'each'} on every "
+            f"{every} of {name}, but a box belongs to the one plane its cell was drawn on; "
+            f"{_GIVE_PLANES} ROIs drawn on a 2D image, such as a projection, go with that image."
+        )
     return flat
 
 

@@ -208,7 +208,8 @@ def _image_positions(
 ) -> tuple[list[tuple[tuple[float, ...], Box]], LayerAxes]:
     """Each box of ``path`` with its plane's leading coordinates in ``image``'s axes
     without channels, planes matched by ``table_planes`` (a Fiji time series
-    without z: its ``(t, 0)`` is time point t); and those axes."""
+    without z: its ``(t, 0)`` is time point t; a Fiji ROI on every slice of a stack is
+    refused there); and those axes."""
     from ..box_tables import read_box_table, table_planes
     from ..images import AxisImage
     from .axes import layer_axes
@@ -224,13 +225,6 @@ def _image_positions(
     flat = table_planes(table, pixels, f"'{image.name}'")
     placed = []
     for plane, boxes in flat.items():
-        if plane is None and where.stacked:
-            raise ValueError(
-                f"{path.name} does not say which plane of '{image.name}' ({where.describe()}) "
-                "each box is on: in Fiji, add every ROI with its slice shown (ROI Manager: "
-                "More > Options, 'Associate with slices') and save them again; or select "
-                "the image they were drawn on before opening them."
-            )
         if plane is not None and not 0 <= plane < where.n_planes:
             raise ValueError(
                 f"{path.name} has boxes on plane {plane}, but '{image.name}' has "
