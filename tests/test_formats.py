@@ -788,13 +788,22 @@ def test_fiji_rotated_rectangles_and_ellipses_are_boxes(tmp_path):
     np.testing.assert_allclose(sorted(box.corners.tolist()), expected, atol=1e-4)
 
 
-def test_fiji_boxes_of_a_time_series_of_stacks_are_written_as_a_box_table(tmp_path):
+@pytest.mark.parametrize(
+    ("axes", "shape", "places", "planes"),
+    [
+        ("TZYX", (3, 4), [(2, 1), (3, 2)], [1, 6]),
+        ("CTYX", (2, 3), [(1, 1), (1, 3)], [0, 2]),  # frame 3 was read back as frame 1
+    ],
+)
+def test_fiji_boxes_on_planes_are_written_as_the_planes_of_their_image(
+    tmp_path, axes, shape, places, planes
+):
     import roifile
 
-    from napari_mutualseg.box_tables import read_box_table, write_box_table
+    from napari_mutualseg.box_tables import read_box_table, table_planes, write_box_table
 
     rois = []
-    for z, t in ((2, 1), (3, 2)):  # ImageJ's hyperstack positions, from 1
+    for z, t in places:  # ImageJ's hyperstack positions, from 1
         roi = roifile.ImagejRoi(version=228, name=f"z{z} t{t}")
         roi.roitype = roifile.ROI_TYPE.RECT
         roi.top, roi.left, roi.bottom, roi.right = 2, 3, 12, 15
@@ -802,10 +811,14 @@ def test_fiji_boxes_of_a_time_series_of_stacks_are_written_as_a_box_table(tmp_pa
         rois.append(roi)
     roifile.roiwrite(tmp_path / "RoiSet.zip", rois, mode="w")
     boxes = read_box_table(tmp_path / "RoiSet.zip")
-    assert list(boxes) == [1, (1, 2)]  # the first time point's plane by number
-    # raised: keys must be all plane indices or all (t, z)
-    path = write_box_table(tmp_path / "boxes.csv", boxes)
-    assert read_box_table(path) == {(0, 1): boxes[1], (1, 2): boxes[(1, 2)]}
+    # their (t, z) came back as a napari layer's (c, t) on a time series with channels
+    with pytest.raises(ValueError, match=r"write box_tables\.table_planes\(table, image\)"):
+        write_box_table(tmp_path / "raw.csv", boxes)
+    image = AxisImage.from_array(np.zeros((*shape, 8, 8), np.uint16), axes)
+    placed = table_planes(boxes, image)
+    assert list(placed) == planes
+    path = write_box_table(tmp_path / "boxes.csv", placed)
+    assert table_planes(read_box_table(path), image) == placed
 
 
 @pytest.mark.parametrize(

@@ -696,7 +696,13 @@ def write_box_table(
     (with an ``image`` column for several named images). Any rotated box, ellipse or box with
     sub-pixel corners switches the file to napari's Shapes CSV, which keeps them exactly and
     opens in napari; boxes per plane (int keys) are always written that way, with the plane as
-    ``axis-0`` (and per ``(t, z)`` with those as ``axis-0`` and ``axis-1``).
+    ``axis-0`` (and per tuple of a napari layer's leading coordinates with those first).
+
+    Fiji's and QuPath's boxes on planes are written as the plane numbers of the image they
+    were drawn on, ``table_planes(table, image)``: their positions (a Fiji stack index that
+    counts channels, a ROI on every slice, a time point without z) mean a plane only on the
+    image, and a napari layer's leading coordinates would read back otherwise (``(t, 0)`` as
+    channel t of a time series with channels).
 
     Parameters
     ----------
@@ -706,9 +712,8 @@ def write_box_table(
         The boxes of one image (as :class:`Box` es, or anything
         :func:`~napari_mutualseg.boxes.boxes_from_shapes` takes: ``y0, x0, y1, x1`` rows, napari
         rectangles, a DataFrame or ``regionprops_table`` of them), or such boxes per key as
-        returned by :func:`read_box_table` (``None``, plane ints, ``(t, z)`` tuples, or image
-        names; one kind of key per file, but for plane ints beside ``(t, z)``, which are time
-        point 0's planes).
+        returned by :func:`read_box_table` or :func:`table_planes` (``None``, plane ints,
+        tuples of leading coordinates, or image names; one kind of key per file).
     overwrite : bool
         Replace an existing file.
 
@@ -722,20 +727,18 @@ def write_box_table(
     FileExistsError
         When the file exists and ``overwrite`` is False.
     ValueError
-        For mixed key kinds, or rotated boxes keyed by image name (napari's format has no
-        image column).
+        For mixed key kinds, rotated boxes keyed by image name (napari's format has no
+        image column), or Fiji's or QuPath's boxes on planes not yet made the image's.
     """
     path = Path(path)
+    origin = getattr(boxes, "origin", "")
+    if origin in ("fiji", "qupath") and any(key is not None for key in boxes):
+        raise ValueError(
+            f"{boxes.name} holds boxes on planes as {'Fiji' if origin == 'fiji' else 'QuPath'} "
+            "counts them, which only the image they were drawn on turns into its plane "
+            "numbers: write box_tables.table_planes(table, image) instead."
+        )
     groups = _box_groups(boxes)
-    if any(map(_is_index, groups)) and any(
-        isinstance(k, tuple) and len(k) == 2 and all(map(_is_index, k)) for k in groups
-    ):
-        # Fiji ROIs and QuPath objects of a time series of stacks: the first time point's
-        # planes by number, later ones as (t, z)
-        merged: dict[BoxKey, list[Box]] = {}
-        for key, group in groups.items():
-            merged.setdefault((0, int(key)) if _is_index(key) else key, []).extend(group)
-        groups = merged
     keys = list(groups)
     if keys == [None]:
         key_kind = "none"
