@@ -944,6 +944,43 @@ def test_images_that_finish_as_a_run_on_dask_stops_are_told_as_they_are_kept(
     assert [r.job.name for r in run.results if r.status == "done"] == kept
 
 
+def test_an_image_still_in_progress_when_a_stop_stops_waiting_is_told_as_not_done(
+    model, tmp_path, monkeypatch
+):
+    """Local workers end the task in hand as they close: an image of one plane finished
+    then was counted as done in run_report.csv, never given as a result (no 'Wrote' line)."""
+    from napari_mutualseg import batch
+
+    held, go = _hold_first_image(monkeypatch)
+    monkeypatch.setattr(batch, "STOP_SECONDS", 0.1)
+    images = [_image(tmp_path / "in" / f"p{k}.tif", k, shape=(32, 32)) for k in range(2)]
+    job = plan_jobs(images, tmp_path / "out", OPTIONS)[0]
+    opened = batch.dask_client
+
+    @contextlib.contextmanager
+    def closing_ends_the_image(*args):
+        with opened(*args) as client_and_where:
+            yield client_and_where
+        go.set()  # as a local worker ends its task as it closes, after the stop's wait
+        _wait_for(job.table)
+
+    monkeypatch.setattr(batch, "dask_client", closing_ends_the_image)
+    with _in_process_cluster() as shared:
+        run = BatchRun(
+            model, images, tmp_path / "out", OPTIONS, scheduler=shared.scheduler_address
+        )
+        threading.Thread(target=lambda: (held.wait(60), run.cancel())).start()
+        told = [(r.job.name, r.status) for r in run]
+    assert told == [("p0.tif", "not done")]
+    assert [r.status for r in run.results_in_order()] == ["not done"] * 2
+    assert "its results are kept" in run.results_in_order()[0].reason
+    assert [row["image"] for row in _rows(tmp_path / "out" / SUMMARY_NAME)] == ["p0.tif"]
+    assert [r.status for r in BatchRun(model, images, tmp_path / "out", OPTIONS, workers=0)] == [
+        "skipped",
+        "done",
+    ]
+
+
 def _wait_for(path: Path, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while not path.exists() and time.monotonic() < deadline:

@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,7 +117,9 @@ class BatchRun:
     image is finished, in any order. :meth:`cancel` (thread-safe) stops the run: images in
     progress are left between two planes or blocks, with nothing of them written, and they
     and the images not reached come as ``"not done"``; an image of one plane or block in
-    progress finishes, and comes as ``"done"`` as the others. ``summary.csv`` and
+    progress finishes, and comes as ``"done"`` as the others (on dask, when it ends within
+    :data:`STOP_SECONDS`; later, it comes as ``"not done"``, and its results are kept
+    should its worker finish it as the run ends). ``summary.csv`` and
     ``run_report.csv`` (and ``wells.csv`` for a plate, :attr:`wells`) are written in
     ``out_dir`` when the iteration ends, however it ends.
 
@@ -351,21 +353,37 @@ class BatchRun:
                     self._record(self._left(job))
             self.write_reports()
 
-    def _left(self, job: ImageJob) -> ImageResult:
-        """The result of an image the run did not give when it stopped: done when a worker
-        finished it after the stop, else not done. With ``overwrite`` its results may be an
-        earlier run's, not done again: not done, their row kept in the summary (the folder
-        holds them)."""
+    def _left(self, job: ImageJob, in_progress: bool = False) -> ImageResult:
+        """The result of an image the run did not finish when it stopped: not done.
+
+        ``in_progress``: an image that had not ended :data:`STOP_SECONDS` after the stop. Its
+        worker may still finish it as the run ends (local workers end the task in hand as
+        they close; a cluster that outlives the run finishes an image of one plane or block):
+        not done all the same, as it was never given as done, but its complete results are
+        kept, with their row in the summary. With ``overwrite``, the results of an image not
+        reached are an earlier run's, their row kept in the summary (the folder holds them).
+        """
         if not job.complete():
-            return ImageResult(job, "not done")
-        if not self.overwrite:  # incomplete at the start: finished by this run
-            return self._from_disk(job, "done")
-        earlier = self._from_disk(job, "not done")
-        if earlier.status == "not done":
-            earlier.reason = (
+            reason = ""
+            if in_progress:
+                reason = (
+                    f"not finished {STOP_SECONDS:g} s after the run was stopped: left "
+                    "unfinished, a rerun segments it"
+                )
+            return ImageResult(job, "not done", reason=reason)
+        result = self._from_disk(job, "not done")
+        if result.status != "not done":
+            return result
+        if in_progress or not self.overwrite:  # incomplete at the start: finished now
+            result.reason = (
+                "finished as the run ended, after it stopped waiting for it: its results are "
+                "kept, and a rerun skips it"
+            )
+        else:
+            result.reason = (
                 "stopped before it was segmented again: its results are an earlier run's"
             )
-        return earlier
+        return result
 
     def _record(self, result: ImageResult) -> ImageResult:
         self.results.append(result)
@@ -399,6 +417,7 @@ class BatchRun:
         if not jobs:
             return
         sent = [job.absolute() for job in jobs]  # workers may run in other folders
+        late: list[ImageJob] = []  # in progress when a stop's wait ended
         # the reports go there at the end anyway; made now, so that the workers can be
         # asked whether they see it
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -433,8 +452,8 @@ class BatchRun:
             while not pending.is_empty() or waiting:
                 # a stop is seen while images are in progress, not when the next one ends
                 if self._cancelled.wait(0 if pending.has_ready() else 0.2):
-                    yield from self._stopped(submitted, by_key)
-                    return
+                    late = yield from self._stopped(submitted, by_key)
+                    break
                 for again, job in _send_again(
                     submitted, waiting, unfit, pending.count(), absolute
                 ):
@@ -464,19 +483,29 @@ class BatchRun:
                         reason = _task_failure(err) + (f"; {problem}" if problem else "")
                         result = ImageResult(job, "failed", reason=reason)
                     yield result
+        # told once the cluster is closed: its local workers may finish them as they close
+        for job in late:
+            yield self._left(job, in_progress=True)
 
     @staticmethod
-    def _stopped(submitted: Any, by_key: dict[str, ImageJob]) -> Iterator[ImageResult]:
+    def _stopped(
+        submitted: Any, by_key: dict[str, ImageJob]
+    ) -> Generator[ImageResult, None, list[ImageJob]]:
         """The results of the images finished or in progress as the run stops, each as it
         ends (within :data:`STOP_SECONDS` of the stop): an image of one plane or block
-        finishes and is kept, so it is told and counted as the others are."""
+        finishes and is kept, so it is told and counted as the others are. Returns the
+        images that did not end in time (or whose worker died), for :meth:`_left` once the
+        cluster is closed: their worker may still write them until then."""
         deadline = time.monotonic() + STOP_SECONDS
+        late = []
         for future in submitted.stop(by_key):
             try:
                 result = future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception:  # not ended in time, or its worker died: not done
+            except Exception:  # not ended in time, or its worker died
+                late.append(by_key[future.key])
                 continue
             yield dataclasses.replace(result, job=by_key[future.key])
+        return late
 
     @staticmethod
     def _recheck(client: Any, seen: set[str]) -> str | None:
