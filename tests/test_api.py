@@ -7,6 +7,7 @@ import pytest
 
 from helpers import TINY, ThresholdNet, disc_image
 from napari_mutualseg.disagreement import Prediction, Spot
+from napari_mutualseg.segmenter import NoCellsWarning
 from napari_mutualseg.supervision import make_supervision
 from napari_mutualseg.training import MutualTrainer, TrainConfig
 
@@ -55,6 +56,7 @@ def test_what_is_no_supervision_is_refused_with_how_to_make_one(given):
         MutualTrainer(image, wrong, TrainConfig(**TINY))
 
 
+@pytest.mark.filterwarnings("ignore::napari_mutualseg.segmenter.NoCellsWarning")
 def test_labels_given_for_the_image_are_warned_of(trained):
     trainer, _ = trained
     image, boxes = disc_image()
@@ -65,6 +67,7 @@ def test_labels_given_for_the_image_are_warned_of(trained):
         trainer.pair.segment(sup.instances.astype(np.uint16))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.simplefilter("ignore", NoCellsWarning)  # a pair trained a step finds none
         trainer.pair.segment((image * 1000).astype(np.uint16))  # intensities: no warning
 
 
@@ -106,6 +109,47 @@ def test_a_warning_about_the_image_names_the_line_that_segments_or_predicts_it()
         with pytest.warns(UserWarning, match="looks like labels or a mask") as told:
             call(mask)
         assert told[0].filename == __file__, method
+
+
+def test_an_image_without_cells_is_warned_of_at_the_line_that_segments_it():
+    """An image of another kind, or a blank field, gave all-zero labels without a word."""
+    from napari_mutualseg.models import ModelPair
+
+    pair = ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4})
+    blank = np.full((64, 64), 0.1, np.float32)
+    blank[30, 30] = 1  # one bright pixel: no cell of 4 pixels
+    calls = {
+        "segment": pair.segment,
+        "predict": pair.predict,
+        "predict_planes": lambda image: list(pair.predict_planes(image)),
+    }
+    for method, call in calls.items():
+        with pytest.warns(NoCellsWarning, match="No cells found in image: .*check their channels"):
+            call(blank)
+        with warnings.catch_warnings(record=True) as told:
+            warnings.simplefilter("always")
+            call(blank)
+        assert [w.filename for w in told] == [__file__], method
+
+
+def test_a_stack_with_planes_without_cells_is_warned_of_once():
+    from napari_mutualseg.models import ModelPair
+
+    pair = ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4})
+    image, _ = disc_image()
+    dim = disc_image(seed=1)[0] * 0.05  # cells far below the stack's range
+    flat = np.full_like(image, 0.1)  # nothing to segment: not counted
+    stack = np.stack([image, dim, flat, dim])
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always")
+        labels = pair.segment(stack, axes="ZYX", link=False)
+    assert [int(plane.max()) for plane in labels] == [4, 0, 0, 0]
+    assert [w.category for w in told] == [NoCellsWarning]
+    assert str(told[0].message).startswith(
+        "No cells found in 2 of the 3 planes of image (z001, z003): if they hold cells"
+    )
+    with pytest.warns(NoCellsWarning, match=r"in image \(in any of its 2 planes\)"):
+        pair.segment(np.stack([dim, flat, dim]), axes="ZYX")
 
 
 def test_a_prediction_prints_its_counts_not_its_arrays():

@@ -384,6 +384,16 @@ def test_results_from_another_image_or_model_are_never_taken_for_this_one(model,
     assert code == 0 and "1 skipped" in text
 
 
+def test_an_image_without_cells_is_told_once_by_the_command(model, tmp_path, capsys):
+    """The Python API warns of it (NoCellsWarning): not an image's note as well as the
+    command's own warning at the end."""
+    blank = tmp_path / "blank.tif"
+    tifffile.imwrite(blank, np.random.default_rng(0).normal(100, 1, (48, 56)).astype(np.uint16))
+    code, said = _predict(capsys, model, blank, "--out", tmp_path / "out", "--workers", "0")
+    assert code == 0 and "(0 cells, 48 x 56, axes YX," in said
+    assert said.lower().count("no cells found") == 1, said
+
+
 def test_a_second_plate_adds_to_the_summary_of_the_first(model, tmp_path, capsys):
     _image(tmp_path / "p1" / "a.tif", 1)
     _image(tmp_path / "p2" / "b.tif", 2)

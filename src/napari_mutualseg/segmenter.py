@@ -33,9 +33,23 @@ from .preprocess import apply_ranges, check_channels, read_here
 
 #: What to try when a trained pair finds no cell in an image, for every face to say.
 NO_CELLS_ADVICE = (
-    "the networks may need more training (more rounds or steps per round), or the images "
-    "differ from those they were trained on (other stain, magnification or contrast)"
+    "the networks may need more training (more rounds or steps per round, on images like "
+    "these), or the images differ from those they were trained on: check their channels "
+    "(which, in what order), pixel size and intensities (stain, magnification, contrast)"
 )
+
+
+class NoCellsWarning(RuntimeWarning):
+    """The networks found no cell in an image (or in some planes of a stack), which is then
+    all background: :meth:`Segmenter.segment` and :meth:`Segmenter.predict` say so, and
+    :meth:`Segmenter.predict_planes` once its planes are all taken.
+
+    A RuntimeWarning, as numpy's about what a computation gave, shown by default: a batch
+    keeps an image's UserWarnings as its notes and leaves this one out, as the command line
+    and the panel name the images without cells once, in their own words.
+    ``warnings.filterwarnings("ignore", category=NoCellsWarning)`` silences it, e.g. in a
+    loop over blank fields.
+    """
 
 
 def _label_key(image: AxisImage, index: int) -> tuple:
@@ -113,6 +127,24 @@ def _warn_cut_off(name: str, cut_off: int) -> None:
         UserWarning,
         stacklevel=4,
     )
+
+
+def _warn_no_cells(image: AxisImage, empty: list[int], segmented: int) -> None:
+    """Tell, once per image, of the planes of ``image`` (``empty``, by index) in which the
+    networks found no cell, of the ``segmented`` planes that had something to segment."""
+    if not empty:
+        return
+    if len(empty) == segmented:
+        planes = f" (in any of its {segmented} planes)" if segmented > 1 else ""
+        said = f"No cells found in {image.name}{planes}: {NO_CELLS_ADVICE}."
+    else:
+        shown = ", ".join(image.plane_name(index) for index in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        said = (
+            f"No cells found in {len(empty)} of the {segmented} planes of {image.name} "
+            f"({shown}{more}): if they hold cells, {NO_CELLS_ADVICE}."
+        )
+    warnings.warn(said, NoCellsWarning, stacklevel=4)  # the caller of segment, as cut-off
 
 
 def _check_out(out: Any, image: AxisImage) -> None:
@@ -293,6 +325,12 @@ class Segmenter:
             Labels with the image's axes less C (``image.label_axes``): ``(H, W)`` for one
             plane, ``(Z, H, W)`` for a z-stack, ``(T, [Z,] H, W)`` for a time series (each
             frame's cells numbered from 1 on their own, unless ``track``); ``out`` when given.
+
+        Warns
+        -----
+        NoCellsWarning
+            When the networks find no cell in the image, or in some planes of a stack: one
+            warning, naming them (a constant plane, which has nothing to segment, is not).
         """
         check_tiling(tile_size, overlap)
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
@@ -380,6 +418,8 @@ class Segmenter:
         grid = None if blocks is None else block_grid(image.plane_shape, *blocks)
         steps = 1 if grid is None else len(grid)
         cut_off = 0
+        empty: list[int] = []  # planes with something to segment in which no cell was found
+        flats = 0
         for index in range(planes):
             plane_progress = None
             if progress is not None:
@@ -411,9 +451,12 @@ class Segmenter:
                     ranges=ranges,
                 )
                 cut_off += result.cut_off
+                if not result.objects:
+                    empty.append(index)
                 yield Prediction(None, result.labels if place is None else place, None, None)
                 continue
             proba = disagreement = None
+            flats += flat
             if flat:
                 labels = np.zeros(image.plane_shape, np.int32)
                 if x is not None:  # segmented whole: its probabilities are background's
@@ -431,6 +474,8 @@ class Segmenter:
                 else:
                     proba = predict(x)
                 labels = instances_from_proba(proba, min_size=min_size)
+                if not labels.any():
+                    empty.append(index)
             if target is not None:
                 target[...] = labels
             if plane_progress is not None:
@@ -448,6 +493,7 @@ class Segmenter:
             )
         if cut_off:
             _warn_cut_off(image.name, cut_off)
+        _warn_no_cells(image, empty, planes - flats)
 
     def predict(
         self,
@@ -487,6 +533,11 @@ class Segmenter:
             Probabilities, cells, the disagreement map (float16), each cell's score and the
             cells and regions to check, most disputed first.
 
+        Warns
+        -----
+        NoCellsWarning
+            When the networks find no cell in the image.
+
         Examples
         --------
         >>> from napari_mutualseg.io import read_image
@@ -501,7 +552,9 @@ class Segmenter:
         min_size = self._min_size(min_size)
         chosen = self.network_input(image, channels=channels, rgb=rgb, axes=axes, name=name)
         _one_plane(chosen, "predict")
-        return next(self._planes(chosen, tile_size, overlap, min_size, None, disagree=True))
+        # taken to the end, here, so that a plane without cells is warned of at the caller
+        (prediction,) = self._planes(chosen, tile_size, overlap, min_size, None, disagree=True)
+        return prediction
 
     def predict_planes(
         self,
@@ -565,6 +618,12 @@ class Segmenter:
             One per plane, in order (z within each time point), each plane's cells numbered
             from 1. A plane of a stack in which a channel is constant (blank padding, a frame
             the microscope skipped) has nothing to segment: no cells, no disagreement.
+
+        Warns
+        -----
+        NoCellsWarning
+            Once every plane is taken (as a ``for`` loop takes them), when the networks found
+            no cell in some of them: one warning, as :meth:`segment`'s.
 
         Examples
         --------
