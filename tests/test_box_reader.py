@@ -218,3 +218,14 @@ def test_a_fiji_roi_of_a_2d_image_with_channels_lies_on_it(tmp_path):
     roi.tofile(tmp_path / "cell.roi")
     got = _planes(tmp_path / "cell.roi", _image((2, 16, 20), "CYX"))
     assert {k: [b.pixel_range() for b in v] for k, v in got.items()} == {None: [(3, 2, 8, 9)]}
+
+
+def test_fiji_stack_positions_opened_without_an_image_say_their_channels_are_not_known(
+    tmp_path,
+):
+    roi = _roi(2, 3, 9, 8)
+    roi.position = 4  # slice 2 of a 2-channel stack, or slice 4 of one channel
+    roi.tofile(tmp_path / "cell.roi")
+    data, kwargs, _ = reader.box_layer(tmp_path / "cell.roi")
+    assert [v[0, 0] for v in data] == [3]
+    assert "read as of an image without channels" in kwargs["metadata"]["note"]

@@ -172,9 +172,13 @@ def box_layer(path: str | os.PathLike, image: Image | None = None) -> LayerData:
     if image is None:
         table = read_box_table(p)
         placed = [(_table_position(key), box) for key, boxes in table.items() for box in boxes]
+        # ImageJ's stack index counts the image's channels, which only the image says
+        counted = any(index for (_, _, index), _ in table.positions)
+        unknown = ", so their stack positions are read as of an image without channels"
         note = (
-            f"{p.name}: {len(placed)} boxes in pixels; no image was open. Open the image first, "
-            "then the boxes, to lay them on its planes and pixel size."
+            f"{p.name}: {len(placed)} boxes in pixels; no image was open"
+            f"{unknown if counted else ''}. Open the image first, then the boxes, to lay them "
+            "on its planes and pixel size."
         )
     else:
         placed, where = _image_positions(p, image)
