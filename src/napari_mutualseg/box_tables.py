@@ -879,11 +879,11 @@ def _fiji_planes(table: BoxTable, image: AxisImage, name: str) -> dict:
         if index:
             plane = (index - 1) // channels
         else:
-            every = [
+            spans = [
                 what for what, at, n in (("slice", z, nz), ("frame", t, nt)) if not at and n > 1
             ]
-            if every:
-                spread.append((k, every))
+            if spans:
+                spread.append((k, spans))
                 continue
             if z > nz and nt > 1:
                 # past the last slice of a frame: a plane number would name the next frame's
