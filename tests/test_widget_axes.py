@@ -377,3 +377,21 @@ def test_cells_trained_on_two_planes_of_a_stack_are_cells_of_their_own(viewer_wi
     spot = widget.correct.next_cell(stack)
     assert spot.label in (first, last)
     assert cells.selected_label == spot.label
+
+
+def test_the_planes_of_a_layer_carry_its_pixel_size():
+    """The size the core records for a model trained in the panel, and warns of when
+    segmenting, is that of the layer's planes: y and x of a z-stack or time series too."""
+    from napari.layers import Image
+
+    from napari_mutualseg.ome import PixelSize
+
+    stack = np.zeros((3, 8, 10), np.float32)
+    zyx = Image(stack, axis_labels=("z", "y", "x"), scale=(2, 0.5, 0.25), units=("um",) * 3)
+    tyx = Image(stack, axis_labels=("t", "y", "x"), scale=(60, 0.5, 0.5), units=("s", "nm", "nm"))
+    plain = Image(stack)  # a script's array: scale 1, no units
+    axes = layer_axes(zyx)
+    assert PixelSize.of(axes.plane(zyx.data, 1)) == PixelSize(0.5, 0.25, "µm")
+    assert PixelSize.of(axes.image(zyx.data)) == PixelSize(0.5, 0.25, "µm", z=2)
+    assert PixelSize.of(layer_axes(tyx).plane(tyx.data, 2)) == PixelSize(0.5, 0.5, "nm")
+    assert layer_axes(plain).plane(plain.data, 0).pixel_size == {}

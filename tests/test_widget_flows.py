@@ -442,3 +442,34 @@ def test_the_last_rounds_results_stay_with_their_image_when_another_is_prepared_
     assert busy == [True]
     assert not viewer.layers["other disagreement"].data.any()
     assert viewer.layers["cells disagreement"].data.any()
+
+
+def test_a_model_trained_in_the_panel_keeps_the_pixel_size_of_its_image(viewer_widget, tmp_path):
+    from napari_mutualseg.models import ModelPair
+
+    viewer, widget = viewer_widget
+    image, rows = disc_image()
+    scale = {"scale": (0.5, 0.5), "units": ("um", "um")}  # as the plugin's reader opens a file
+    widget.image_layer = viewer.add_image(image, name="cells", **scale)
+    widget.new_boxes_layer().add_rectangles(rectangles(rows))
+    widget.settings.update(rounds=1, steps_per_round=1)
+    widget.train(block=True)
+    assert widget.pair.pixel_size == 0.5
+    assert ModelPair.load(widget.save_model(tmp_path / "m.pt")).pixel_size == 0.5
+
+
+def test_an_image_of_other_pixels_than_the_training_images_is_warned_of_once(thresholded, notes):
+    viewer, widget = thresholded
+    widget.pair.pixel_size = 0.5  # µm, as trained on
+    image, _ = disc_image()
+    blank = np.zeros_like(image)
+    stack = viewer.add_image(
+        np.stack([image, blank, blank]), name="stack", scale=(2, 5, 5), units=("um",) * 3
+    )
+    widget.predict(stack, block=True)
+    [warning] = [m for m in messages(notes, "warning") if "pixels of" in m]
+    assert warning.startswith("'stack' has pixels of 5 µm, the networks were trained on pixels")
+    assert any("z-plane 1, z-plane 2 are constant" in m for m in messages(notes, "warning"))
+    notes.clear()
+    widget.predict(viewer.add_image(image, name="plain"), block=True)  # no pixel size: no word
+    assert not [m for m in messages(notes, "warning") if "pixels of" in m]

@@ -102,8 +102,19 @@ class LayerAxes:
         position = zip(self.plane_axes, self._position(index), strict=True)
         return ", ".join(f"{words[a]} {i}" for a, i in position)
 
+    def image(self, data: Any) -> AxisImage:
+        """The layer's data (shaped as :attr:`shape`) as an image, lazily, with what is known
+        of it: channel names, pixel size and frame interval.
+
+        It is called after the layer in the core's messages, e.g. "'nuclei' has pixels of
+        2 µm", and knows its pixel size so that the core can warn of models trained on other
+        pixels and record the size of the pixels they train on.
+        """
+        return self._image(data, self.axes + ("C" if self.rgb else ""), f"'{self.name}'")
+
     def plane(self, data: Any, index: int) -> AxisImage:
-        """Plane ``index`` (counted over time and z) as an image with its channels, lazily.
+        """Plane ``index`` (counted over time and z) as an image with its channels and pixel
+        size, lazily.
 
         It is called after the layer (and the plane, in a stack) in the core's messages, e.g.
         "'nuclei' (z-plane 3) is constant".
@@ -113,8 +124,26 @@ class LayerAxes:
         axes = ("C" if channel_first else "") + "YX" + ("C" if self.rgb else "")
         where = self.where(index)
         name = f"'{self.name}'" + (f" ({where})" if where else "")
+        return self._image(data[key], axes, name)
+
+    def _image(self, data: Any, axes: str, name: str) -> AxisImage:
+        """``data`` with ``axes`` as an image of this layer (its steps along axes that
+        ``data`` lacks are left out by the image)."""
+        steps: dict[str, float] = {}
+        unit = None
+        if self.pixel_size is not None:
+            sizes, unit = self.pixel_size
+            steps = dict(zip([a for a in self.axes if a in "ZYX"], sizes, strict=True))
+        if self.frame_interval is not None:
+            steps["T"] = self.frame_interval
         return AxisImage.from_array(
-            data[key], axes, rgb=self.rgb, channel_names=self.channel_names, name=name
+            data,
+            axes,
+            rgb=self.rgb,
+            channel_names=self.channel_names,
+            pixel_size=steps,
+            unit=unit,
+            name=name,
         )
 
     def plane_of(self, point: np.ndarray) -> int:

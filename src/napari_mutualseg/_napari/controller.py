@@ -13,6 +13,7 @@ stands at most once a second, so that the viewer keeps drawing at its own pace.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import (
+    notification_manager,
+    show_error,
+    show_info,
+    show_warning,
+)
 from qtpy.QtCore import QEventLoop, QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
@@ -33,13 +39,14 @@ from .workers import (
     RoundUpdate,
     TrainingJob,
     distinct_cells,
+    in_panel_words,
 )
 from .writer import LayerWriter
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Layer
-    from napari.qt.threading import GeneratorWorker
+    from superqt.utils import GeneratorWorker
 
     from ..config import TrainConfig
     from ..files import ResultExistsError
@@ -74,6 +81,7 @@ class RunController(QObject):
     round_done = Signal(object)  # the history entry of each finished round
     pair_changed = Signal()
     batch_done = Signal(object)  # the finished (or stopped) BatchRun
+    _job_warning = Signal(str)  # a worker thread's warning, for the main thread
 
     def __init__(self, viewer: napari.Viewer) -> None:
         super().__init__()
@@ -94,6 +102,8 @@ class RunController(QObject):
         self.segmenting: PredictionRun | FolderRun | None = None  # the running (or last)
         self.closing = False  # the viewer (or the application) is closing
         self._windows: set[int] = set()  # the windows whose closing ends the jobs
+        self._told: set[str] = set()  # the warnings of the running job said so far
+        self._job_warning.connect(self._tell_warning)
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
@@ -137,6 +147,8 @@ class RunController(QObject):
 
     def set_state(self, state: RunState) -> None:
         """Say what the controller does now (for its jobs)."""
+        if self.state is RunState.IDLE and state is not RunState.IDLE:
+            self._told.clear()  # a new job: its warnings are said again
         self.state = state
         self.state_changed.emit(state)
 
@@ -147,6 +159,26 @@ class RunController(QObject):
         {"info": show_info, "warning": show_warning, "error": show_error}.get(
             level, lambda _: None
         )(text)
+
+    def relay_warning(self, shown: tuple) -> None:
+        """A warning raised while a job runs (``warnings.showwarning``'s arguments, which
+        superqt's worker hands to its ``warned`` signal; connected directly, so this runs in
+        the thread that raised it).
+
+        The core's, raised in the worker (an image of other pixels than the training
+        images'), are told in the panel's words, each once a job; the others (napari's, on
+        the main thread meanwhile) go to napari's notifications as they would without a job.
+        """
+        if threading.current_thread() is threading.main_thread():
+            notification_manager.receive_warning(*shown)
+        else:
+            self._job_warning.emit(in_panel_words(str(shown[0])))
+
+    def _tell_warning(self, text: str) -> None:
+        # said once a job: a warning raised in a loop (superqt shows every one) says no more
+        if text not in self._told:
+            self._told.add(text)
+            self.notify(text, "warning")
 
     def set_pair(self, pair: ModelPair | None) -> None:
         """Use ``pair`` from now on (a loaded model, or ``None`` to start from scratch)."""

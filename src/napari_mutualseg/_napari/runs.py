@@ -18,9 +18,8 @@ from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from napari.qt.threading import GeneratorWorker
-from qtpy.QtCore import QObject, QTimer
-from superqt.utils import create_worker
+from qtpy.QtCore import QObject, Qt, QTimer
+from superqt.utils import GeneratorWorker, create_worker
 
 from .layers import show_table, upsert_layer
 from .workers import (
@@ -79,6 +78,10 @@ class _StoppableWorker(GeneratorWorker):
 
     The generator then ends by itself. Aborting it, as a plain worker's ``quit`` does, would
     leave it unfinished: its clean-up unrun, a folder's summary and run report unwritten.
+
+    superqt's worker, not napari's: napari's relays the worker's warnings to its notifications
+    under PyQt only (its mixin's ``__init__`` is never called under PySide, whose ``QRunnable``
+    does not call on), so the core's warnings were lost; :func:`make_worker` relays them.
     """
 
     stop: Callable[[], None] | None = None
@@ -102,6 +105,9 @@ def make_worker(
     ``quit``), as does the window's destruction (:meth:`RunController.watch_window`).
     """
     worker = create_worker(func, *args, _worker_class=_StoppableWorker, _ignore_errors=True)
+    # the core's warnings (an image of other pixels or channels than the training images',
+    # a label image given for the image) reach the worker's signal, not the user
+    worker.warned.connect(controller.relay_warning, Qt.DirectConnection)
     viewer = controller.viewer
     window = getattr(viewer, "window", None)
     register = getattr(window, "_register_task_status", None)  # napari's task list

@@ -313,13 +313,12 @@ def run_prediction(
         shape, n = axes.label_shape, axes.n_planes
         result = PredictionResult(np.zeros(shape, np.int32), np.zeros(shape, np.float16), [])
         disagreement = result.disagreement.reshape((-1, *shape[-2:]))
-        letters = axes.axes + ("C" if axes.rgb else "")
-        image = AxisImage.from_array(
-            data, letters, rgb=axes.rgb, channel_names=axes.channel_names, name=f"'{name}'"
-        )
+        # with its pixel size: the pair warns when it was trained on other pixels
+        image = axes.image(data)
         # a plane larger than 4096² (a slide scan) goes block by block, read a block at a
         # time, without disagreement
         planes = pair.predict_planes(image, tile_size=tile_size, out=result.labels)
+        taken: AxisImage | None = None  # the networks' channels, for planes without cells
         offset = 0
         blank: list[int] = []  # constant planes of a stack, left without cells
         for p in range(n):
@@ -328,11 +327,15 @@ def run_prediction(
                 return None
             prediction = next(planes)
             found = prediction.labels  # the plane of result.labels
-            if not found.any() and axes.stacked and _constant(pair, axes.plane(data, p)):
-                # a blank plane (padding, a frame the microscope skipped) has nothing to
-                # segment; it must not cost the whole stack
-                blank.append(p)
-                continue
+            if not found.any() and axes.stacked:
+                # chosen once, not for each plane: its warnings are those predict_planes
+                # gave, in the same words, which the panel says once
+                taken = taken if taken is not None else pair.network_input(image)
+                if _constant(taken.plane_array(p)):
+                    # a blank plane (padding, a frame the microscope skipped) has nothing to
+                    # segment; it must not cost the whole stack
+                    blank.append(p)
+                    continue
             if prediction.disagreement is not None:
                 disagreement[p] = prediction.disagreement
             if offset:  # distinct ids across planes: each cell of a stack has its own colour
@@ -365,9 +368,8 @@ def run_prediction(
         release_device_memory()
 
 
-def _constant(pair: ModelPair, image: AxisImage) -> bool:
-    """Whether a channel the networks take from ``image`` (one plane) has one value only."""
-    plane = pair.network_input(image).plane_array(0)
+def _constant(plane: Any) -> bool:
+    """Whether a channel of a ``(C, Y, X)`` plane has one value only."""
     low = read_here(plane.min(axis=(-2, -1)))  # a dask plane is read here, chunk by chunk
     high = read_here(plane.max(axis=(-2, -1)))
     return bool(np.any(low == high))  # NaN is never equal: that error is not this one
@@ -414,9 +416,7 @@ def measure(labels: np.ndarray, data: Any, axes: LayerAxes | None = None) -> Tab
     if labels.ndim == 2 and labels.size > AUTO_BLOCKWISE_PIXELS:
         table = measure_cells(labels)
     else:
-        letters = axes.axes + ("C" if axes.rgb else "")
-        image = AxisImage.from_array(data, letters, rgb=axes.rgb, channel_names=axes.channel_names)
-        table = measure_image(labels, image, None)
+        table = measure_image(labels, axes.image(data), None)
     return in_units(table, axes)
 
 
