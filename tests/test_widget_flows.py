@@ -473,3 +473,32 @@ def test_an_image_of_other_pixels_than_the_training_images_is_warned_of_once(thr
     notes.clear()
     widget.predict(viewer.add_image(image, name="plain"), block=True)  # no pixel size: no word
     assert not [m for m in messages(notes, "warning") if "pixels of" in m]
+
+
+def test_segmenting_uses_the_device_chosen_now_not_the_one_the_pair_is_on(
+    thresholded, tmp_path, notes
+):
+    """Trained or loaded on a GPU, then the CPU chosen to free it: the CPU segments (a pair
+    on the meta device stands for a GPU, on which this machine cannot compute)."""
+    import tifffile
+    import torch
+
+    from napari_mutualseg._napari.axes import layer_axes
+
+    viewer, widget = thresholded
+    controller = widget.controller
+    image, _ = disc_image()
+    layer = viewer.add_image(image, name="img")
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image)
+    for segment in (
+        lambda: controller.predict(layer, layer_axes(layer), 64, device="cpu"),
+        lambda: controller.segment_folder([str(tmp_path / "in")], str(tmp_path), 64, device="cpu"),
+    ):
+        widget.pair.device = torch.device("meta")
+        segment()
+        widget.wait()
+        assert widget.pair.device == torch.device("cpu")
+    assert not messages(notes, "error")
+    assert viewer.layers["img cells"].data.max() == 4
+    assert (tmp_path / "a_cells.csv").exists()

@@ -346,21 +346,39 @@ class RunController(QObject):
 
     # ------------------------------------------------------------------------------ predict
 
-    def _can_segment(self) -> bool:
-        """A trained pair and no running job; else a notification that says what to do."""
+    def _can_segment(self, device: str | None) -> bool:
+        """A trained pair, no running job, and the pair on ``device`` (moved there; None: where
+        it is); else a notification that says what to do."""
         if self.pair is None:
             self.notify(
                 "No trained model yet: train one (Train) or load one (Load model…).", "error"
             )
             return False
-        return self.idle()
+        if not self.idle():
+            return False
+        if device is not None:
+            # the device chosen now, not the one the pair was trained or loaded on: a user who
+            # picks the CPU to free the GPU expects the CPU to segment, as the panel says
+            try:
+                self.pair.to(device)
+            except ValueError as err:  # a device this machine lacks
+                self.notify(str(err), "error")
+                return False
+        return True
 
     def predict(
-        self, layer: Image, axes: LayerAxes, tile_size: int, *, track: bool = False
+        self,
+        layer: Image,
+        axes: LayerAxes,
+        tile_size: int,
+        *,
+        track: bool = False,
+        device: str | None = None,
     ) -> GeneratorWorker | None:
-        """Segment ``layer`` (its ``axes`` read) with the pair in a worker, a time series'
-        cells tracked with ``track``; ``None`` after a notification."""
-        if not self._can_segment():
+        """Segment ``layer`` (its ``axes`` read) with the pair in a worker, on ``device``
+        (``"auto"``, ``"cpu"``...; None: where the pair is), a time series' cells tracked
+        with ``track``; ``None`` after a notification."""
+        if not self._can_segment(device):
             return None
         return PredictionRun(self, layer, axes, tile_size, track).worker  # self.segmenting
 
@@ -375,17 +393,19 @@ class RunController(QObject):
         on_conflict: Callable[[ResultExistsError], None] | None = None,
         axes: str | None = None,
         on_axes_unknown: Callable[[str], None] | None = None,
+        device: str | None = None,
     ) -> GeneratorWorker | None:
         """Segment and measure every image of ``inputs`` into ``out_dir`` in a worker, as
         ``napari-mutualseg predict`` does (:class:`napari_mutualseg.batch.BatchRun`, in this
-        process); ``batch_done`` carries the run. ``None`` after a notification.
+        process, on ``device``: None, where the pair is); ``batch_done`` carries the run.
+        ``None`` after a notification.
 
         Results in ``out_dir`` that this run did not make (another model, other options)
         are replaced with ``overwrite``; otherwise they go to ``on_conflict`` (on the main
         thread, once the run has ended) or, without it, are said as an error. ``axes`` says
         what the images' axes are where their files do not; when no image could be segmented
         because no file said them, one such image's reason goes to ``on_axes_unknown``."""
-        if not self._can_segment():
+        if not self._can_segment(device):
             return None
         run = FolderRun(  # self.segmenting from now on
             self,
