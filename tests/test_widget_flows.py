@@ -502,3 +502,19 @@ def test_segmenting_uses_the_device_chosen_now_not_the_one_the_pair_is_on(
     assert not messages(notes, "error")
     assert viewer.layers["img cells"].data.max() == 4
     assert (tmp_path / "a_cells.csv").exists()
+
+
+def test_channels_named_otherwise_than_in_training_are_warned_of_in_panel_words():
+    import pytest
+
+    from helpers import ThresholdNet
+    from napari_mutualseg._napari.workers import in_panel_words
+    from napari_mutualseg.images import AxisImage
+    from napari_mutualseg.models import ModelPair
+
+    pair = ModelPair(ThresholdNet(), ThresholdNet(), channel_names=("DAPI",))
+    image = AxisImage.from_array(disc_image()[0][None], "CYX", channel_names=["GFP"])
+    with pytest.warns(UserWarning, match="trained on DAPI and are given GFP") as caught:
+        pair.network_input(image)
+    said = in_panel_words(str(caught[0].message))
+    assert "--" not in said and "in Python" not in said and "set Channels" in said

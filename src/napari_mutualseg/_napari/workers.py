@@ -505,6 +505,12 @@ _PANEL_ADVICE = (
         "'RGB images as' gray, under Advanced, for an RGB image) and press Train.",
     ),
     (r"\(--channel, or channels= in Python\)", "(the Channels setting)"),
+    # channels named otherwise than in training: Predict takes the networks' own
+    (
+        r"pick the channels with --channel \(channels= in Python\)",
+        "segment images of the channels they were trained on, or train models for this kind "
+        "of image (press 'Reset models', set Channels and press Train)",
+    ),
     (r"\(--channel on the command line, channels= in Python\)", "(the Channels setting)"),
     # pixels to replace: with Fiji, for a person at the panel
     (r"; in Python, numpy\.nan_to_num\(image\)", ""),
