@@ -156,8 +156,8 @@ def boxes_for(
                 f"{name} has {image.n_planes} planes ({image.plane_axes}) but its box table "
                 "does not say which plane a box is on: draw the boxes on the stack in napari "
                 "and save the Shapes layer as .csv (its first axis is the plane), or in Fiji "
-                "with the ROI Manager's More > Options > Associate with slices, or in QuPath "
-                "on the stack itself."
+                "by adding each ROI with its slice shown (the ROI Manager's Add; Properties... "
+                "sets a ROI's Position), or in QuPath on the stack itself."
             )
         beyond = sorted(k for k in table if isinstance(k, int) and k >= image.n_planes)
         if image.n_planes > 1 and beyond:
