@@ -744,6 +744,36 @@ def test_a_stop_signal_to_the_job_stops_a_run_on_local_workers_in_one_line(model
     assert not [w for w in ("Traceback", "KeyboardInterrupt", "Error", "ERROR") if w in err], err
 
 
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_stop_signal_that_kills_local_workers_as_they_start_stops_the_run(
+    model, tmp_path, monkeypatch, stopped
+):
+    """Ctrl-C or SIGTERM reaches the whole process group: local workers that were starting
+    died of it, before they could be told to leave it to the command, and the stopped run
+    failed with a traceback, 'The local dask workers did not start (Nanny failed to start)'
+    and advice about a script's main guard."""
+    from napari_mutualseg import batch
+
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k, shape=(32, 32)) for k in range(2)]
+    run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=2)
+
+    @contextlib.contextmanager
+    def killed_as_they_start(scheduler, workers):
+        if stopped:
+            run.cancel()  # what the command's handler does on the signal
+        raise RuntimeError("The local dask workers did not start (Nanny failed to start).")
+        yield
+
+    monkeypatch.setattr(batch, "dask_client", killed_as_they_start)
+    if stopped:
+        assert list(run) == []
+    else:  # a start that fails on its own is told as it was
+        with pytest.raises(RuntimeError, match="did not start"):
+            list(run)
+    assert [r.status for r in run.results] == ["not done"] * 2
+    assert [row["status"] for row in _rows(tmp_path / "out" / REPORT_NAME)] == ["not done"] * 2
+
+
 def test_local_workers_leave_ctrl_c_and_sigterm_to_the_command():
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -37,6 +37,7 @@ their outputs, :mod:`napari_mutualseg.image_task` does one image, and
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -421,20 +422,29 @@ class BatchRun:
         # the reports go there at the end anyway; made now, so that the workers can be
         # asked whether they see it
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with (
-            dask_client(self.scheduler, workers) as (client, where),
-            submit_jobs(
-                client,
-                sent,
-                self.options,
-                overwrite=self.overwrite,
-                model=self._model_bytes(),
-                device=self.device,
-                fingerprint=self.fingerprint,
-                visible=[sent[0].source, os.path.abspath(self.out_dir)],
-                writable=[os.path.abspath(self.out_dir)],
-            ) as submitted,
-        ):
+        with contextlib.ExitStack() as stack:
+            try:
+                client, where = stack.enter_context(dask_client(self.scheduler, workers))
+            except Exception:
+                # Ctrl-C or SIGTERM reaches the whole process group: local workers starting
+                # then die of it ('Nanny failed to start'), before they are told to leave it
+                # to this process. The run was stopped, not failed: its images are not done.
+                if self.cancelled:
+                    return
+                raise
+            submitted = stack.enter_context(
+                submit_jobs(
+                    client,
+                    sent,
+                    self.options,
+                    overwrite=self.overwrite,
+                    model=self._model_bytes(),
+                    device=self.device,
+                    fingerprint=self.fingerprint,
+                    visible=[sent[0].source, os.path.abspath(self.out_dir)],
+                    writable=[os.path.abspath(self.out_dir)],
+                )
+            )
             self.where = where
             futures = submitted.futures
             # the first images: those held back (a small run) are sent as threads come free

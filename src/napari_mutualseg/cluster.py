@@ -442,7 +442,8 @@ def _ignore_stop_signals() -> None:
     stops the workers itself once the run has stopped in order; killed by the signal first,
     they would leave it talking to workers that are gone (dask's CommClosedError in the
     log). A worker still exits when this process dies (distributed's ``AsyncProcess``
-    watches its parent)."""
+    watches its parent). A signal while they start, before this runs, kills them: the start
+    fails, which :class:`~napari_mutualseg.batch.BatchRun` takes for the stop it is."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
 
