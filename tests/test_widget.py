@@ -128,6 +128,24 @@ def test_a_narrow_dock_shows_a_long_layer_name_without_sideways_scrolling(
     widget.close_panel()
 
 
+def test_panels_that_grow_widen_the_dock_without_a_sideways_scroll_bar(make_napari_viewer):
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    QApplication.processEvents()
+    width, bar = widget.width(), widget.findChild(QScrollArea).horizontalScrollBar()
+    # a button's text grows while a job runs (Next cell to check while it searches)
+    widget.check.next.setText("Finding the cells where the networks disagree most…")
+    ranges = []
+    for _ in range(10):  # event-loop turns: the panels, the dock, the window laid out again
+        QApplication.processEvents()
+        ranges.append(bar.maximum())
+    # the dock widened at once: a sideways bar showed until the window's next layout pass
+    assert widget.width() > width
+    assert ranges == [0] * 10
+
+
 def test_every_setting_and_button_says_what_it_does(viewer_widget):
     from qtpy.QtWidgets import QLabel, QPushButton
 

@@ -63,7 +63,8 @@ class _PanelScroll(QScrollArea):
 
     A scroll area's size hint leaves the bar out, and is not asked again when the panels
     grow (a layer picked, a longer name): the dock opened narrower than the panels, their
-    right-hand buttons behind a sideways scroll bar.
+    right-hand buttons behind a sideways scroll bar. Panels that grow (a button's text while
+    a job runs) widen the dock at once, before a sideways bar could show.
     """
 
     def minimumSizeHint(self) -> QSize:
@@ -80,6 +81,14 @@ class _PanelScroll(QScrollArea):
     def eventFilter(self, watched: Any, event: QEvent) -> bool:
         if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
             self.updateGeometry()  # the panels' new size reaches the dock
+            if self.widget().minimumSizeHint().width() > self.viewport().width():
+                # ...now, before the scroll bars are set: a sideways bar showed until the
+                # window laid the dock out again, a second later while training
+                parent = self.parentWidget()
+                while parent is not None:
+                    if parent.layout() is not None:
+                        parent.layout().activate()
+                    parent = parent.parentWidget()
         return super().eventFilter(watched, event)
 
 
