@@ -358,11 +358,12 @@ class BatchRun:
         """The result of an image the run did not finish when it stopped: not done.
 
         ``in_progress``: an image that had not ended :data:`STOP_SECONDS` after the stop. Its
-        worker may still finish it as the run ends (local workers end the task in hand as
-        they close; a cluster that outlives the run finishes an image of one plane or block):
-        not done all the same, as it was never given as done, but its complete results are
-        kept, with their row in the summary. With ``overwrite``, the results of an image not
-        reached are an earlier run's, their row kept in the summary (the folder holds them).
+        worker may still finish it as the run ends (local workers have a few seconds to end
+        their task as they close; a cluster that outlives the run finishes an image of one
+        plane or block): not done all the same, as it was never given as done, but its
+        complete results are kept, with their row in the summary. With ``overwrite``, the
+        results of an image not reached are an earlier run's, their row kept in the summary
+        (the folder holds them).
         """
         if not job.complete():
             reason = ""
@@ -378,7 +379,7 @@ class BatchRun:
         if in_progress or not self.overwrite:  # incomplete at the start: finished now
             result.reason = (
                 "finished as the run ended, after it stopped waiting for it: its results are "
-                "kept, and a rerun skips it"
+                "kept" + ("" if self.overwrite else ", and a rerun skips it")
             )
         else:
             result.reason = (
