@@ -464,11 +464,45 @@ def test_fiji_rois_of_a_stack_carry_their_plane(tmp_path):
     rois = {r.name: r for r in roifile.roiread(path)}
     assert sorted(rois) == ["cell 1 t000 z000", "cell 4 t001 z002"]
     roi = rois["cell 4 t001 z002"]
-    # ImageJ's 1-based stack index (z within t), slice and frame
-    assert (roi.position, roi.z_position, roi.t_position) == (6, 3, 2)
+    # a hyperstack's ROI: its 1-based slice and frame, on every channel, as ImageJ writes them
+    assert (roi.position, roi.c_position, roi.z_position, roi.t_position) == (0, 0, 3, 2)
     assert sorted(roi.coordinates().tolist()) == [[3, 2], [3, 5], [7, 2], [7, 5]]
     (roi,) = roifile.roiread(_write(tmp_path / "z.zip", fiji_roi_zip(labels[1], axes="ZYX")))
-    assert (roi.name, roi.position, roi.z_position) == ("cell 4 z002", 3, 3)
+    # a plain stack's ROI: its 1-based stack position only
+    assert (roi.name, roi.position, roi.z_position) == ("cell 4 z002", 3, 0)
+
+
+@pytest.mark.parametrize(
+    ("image_axes", "sizes", "fields"),
+    [
+        # a plain stack's ROI with a z or frame: ImageJ drew it on every plane
+        ("ZYX", (3,), (2, 0, 0)),
+        ("TYX", (3,), (2, 0, 0)),
+        ("TZYX", (2, 3), (0, 2, 1)),
+        # with channels, a stack position counts them: ImageJ drew such a ROI on no plane
+        ("CZYX", (2, 3), (0, 2, 1)),
+        ("CTYX", (2, 3), (0, 1, 2)),
+    ],
+)
+def test_fiji_shows_a_stacks_cell_on_its_plane_only(tmp_path, image_axes, sizes, fields):
+    """Each cell's ROI has the fields ImageJ gives a ROI added on its plane (ImageJ's canvas
+    draws it there only), and reads back on that plane."""
+    import roifile
+
+    from napari_mutualseg.box_tables import read_box_table, table_planes
+    from napari_mutualseg.export import fiji_roi_zip
+
+    image = AxisImage.from_array(np.zeros((*sizes, 8, 8), np.uint8), image_axes)
+    labels = np.zeros((*sizes[image_axes.startswith("C") :], 8, 8), np.int32)
+    labels.reshape(-1, 8, 8)[1, 2:5, 3:6] = 4
+    channels = sizes[0] if image_axes.startswith("C") else 1
+    data = fiji_roi_zip(labels, image_axes.replace("C", ""), channels=channels)
+    (roi,) = roifile.roiread(_write(tmp_path / "cells.zip", data))
+    assert (roi.position, roi.z_position, roi.t_position) == fields and roi.c_position == 0
+    # the project's own reader places it there too (as a box: cells are outlines)
+    roi.roitype, roi.integer_coordinates, roi.n_coordinates = roifile.ROI_TYPE.RECT, None, 0
+    table = read_box_table(_write(tmp_path / "box.roi", roi.tobytes()))
+    assert list(table_planes(table, image)) == [1]
 
 
 def _write(path, data):

@@ -328,8 +328,19 @@ def test_a_stacks_cells_go_to_fiji_with_their_planes(thresholded, tmp_path):
     path = export("fiji", tmp_path / "stack.zip", cells, cells.features, overwrite=False,
                   image=image)  # fmt: skip
     rois = roiread(path)
-    assert sorted({roi.z_position for roi in rois}) == [1, 2, 3]  # ImageJ counts from 1
+    # a plain z-stack's ROIs: their stack position only (a z was drawn on every slice)
+    assert sorted({(roi.position, roi.z_position) for roi in rois}) == [(1, 0), (2, 0), (3, 0)]
     assert len(rois) == 3 * len(np.unique(np.asarray(cells.data)[0])[1:])
+    # the same cells of the stack with its channels: a hyperstack's, on every channel (a stack
+    # position counts channels there)
+    channels = viewer.add_image(np.stack([stack, stack]), axis_labels=("c", "z", "y", "x"))
+    export("fiji", path, cells, cells.features, overwrite=True, image=channels)
+    rois = roiread(path)
+    assert sorted({(r.position, r.c_position, r.z_position) for r in rois}) == [
+        (0, 0, 1),
+        (0, 0, 2),
+        (0, 0, 3),
+    ]
 
 
 def test_a_save_that_cannot_be_done_says_why(viewer_widget, tmp_path, notes):
@@ -368,9 +379,9 @@ def test_the_panel_writes_an_export_in_a_worker(
     viewer.layers.selection.active = viewer.add_labels(labels, name="a/x.tif cells")
     threads, real = [], cells_module.fiji_roi_zip
 
-    def roi_zip(*args):
+    def roi_zip(*args, **kwargs):
         threads.append(threading.current_thread())
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(cells_module, "fiji_roi_zip", roi_zip)
     path = tmp_path / "rois.zip"
@@ -385,7 +396,7 @@ def test_the_panel_writes_an_export_in_a_worker(
     with zipfile.ZipFile(path) as archive:
         assert len(archive.namelist()) == 2
     # a write that fails in the worker is told (it was lost: superqt raised it there)
-    monkeypatch.setattr(cells_module, "fiji_roi_zip", lambda *a: 1 / 0)
+    monkeypatch.setattr(cells_module, "fiji_roi_zip", lambda *a, **k: 1 / 0)
     widget.cells.buttons["fiji"].click()
     qtbot.waitUntil(
         lambda: any("Could not export: division" in m for m in messages(notes, "error")),

@@ -252,7 +252,7 @@ def _largest_pieces(
     return np.array(redo, np.int64), np.array(restart, np.int64)
 
 
-def fiji_roi_zip(labels: np.ndarray, axes: str | None = None) -> bytes:
+def fiji_roi_zip(labels: np.ndarray, axes: str | None = None, *, channels: int = 1) -> bytes:
     """A Fiji / ImageJ ROI set (the ``.zip`` the ROI Manager opens), one polygon per cell.
 
     Parameters
@@ -261,9 +261,15 @@ def fiji_roi_zip(labels: np.ndarray, axes: str | None = None) -> bytes:
         Instance labels: 2D, or a z-stack or time series of planes (``axes``).
     axes : str, optional
         The axes of ``labels`` from ``TZYX`` (``"ZYX"``, ``"TYX"``, ``"TZYX"``), needed for
-        more than two. Each plane's cells then carry their place in the stack: ImageJ's stack
-        position (1-based, planes over z within each time point) and their z slice and time
-        frame, and ``z004``-style plane names.
+        more than two. Each plane's cells then carry their place in the stack as ImageJ
+        keeps that of a ROI added on the plane shown, so that Fiji shows each cell on its
+        own plane only and goes there when it is clicked in the ROI Manager: in a
+        hyperstack (an image with channels, or with both z and time) their z slice and time
+        frame (1-based), on every channel; in a plain z-stack or time series their stack
+        position (1-based). Their names tell the plane, ``z004``-style (counted from 0).
+    channels : int
+        The number of channels of the image the cells were found in (ImageJ's, so 1 for an
+        RGB image): with channels, a stack is a hyperstack to ImageJ.
 
     Returns
     -------
@@ -281,14 +287,23 @@ def fiji_roi_zip(labels: np.ndarray, axes: str | None = None) -> bytes:
 
     labels = _label_array(labels)
     lead = _stack_axes(labels, axes)
+    sizes = dict(zip(lead, labels.shape[:-2], strict=True))
+    # ImageJ reads a plain stack's ROI by its stack position only (its z or frame is drawn on
+    # every plane and not gone to), a hyperstack's by its slice and frame only (a stack
+    # position counts channels there); channel 0 is every channel, as ImageJ's own composite
+    hyperstack = channels > 1 or min(sizes.get("Z", 1), sizes.get("T", 1)) > 1
     planes = labels.reshape(-1, *labels.shape[-2:])
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for j, plane in enumerate(planes):
             where = dict(zip(lead, np.unravel_index(j, labels.shape[:-2]), strict=True))
             tag = "".join(f"-{a.lower()}{int(i):03d}" for a, i in where.items())
-            place = {"position": j} if lead else {}
-            place.update({a.lower(): int(i) for a, i in where.items()})
+            if not lead:
+                place = {}
+            elif hyperstack:
+                place = {"z": int(where.get("Z", 0)), "t": int(where.get("T", 0))}
+            else:
+                place = {"position": j}
             for k, outline in cell_outlines(plane).items():
                 # whole-pixel corners: an integer polygon, as ImageJ's own traced outlines
                 roi = ImagejRoi.frompoints(

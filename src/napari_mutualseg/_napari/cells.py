@@ -316,10 +316,12 @@ def export_writer(
         )
     if kind == "table":
         return lambda overwrite: str(files.write_text(path, table_csv(table), overwrite=overwrite))
-    axes = None
+    axes, channels = None, 1
     if labels.ndim != 2 and kind == "fiji" and image is not None:
-        axes = layer_axes(image).label_axes
-        axes = axes if len(axes) == labels.ndim else None
+        found = layer_axes(image)
+        axes = found.label_axes if len(found.label_axes) == labels.ndim else None
+        # an RGB image's colours are no channels to ImageJ (nor in its axes)
+        channels = found.shape[found.axes.index("C")] if "C" in found.axes else 1
     if labels.ndim != 2 and axes is None:
         what = (
             "a Fiji ROI set of a stack's cells needs the image they were found in, open in "
@@ -336,7 +338,7 @@ def export_writer(
     def write(overwrite: bool) -> str:
         with files.atomic_write(path, overwrite=overwrite) as f:
             if kind == "fiji":
-                f.write(fiji_roi_zip(labels, axes))
+                f.write(fiji_roi_zip(labels, axes, channels=channels))
             else:
                 f.write(qupath_geojson(labels, table).encode())
         return str(path)
