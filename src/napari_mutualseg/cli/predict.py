@@ -158,12 +158,9 @@ def _say_what_is_kept(run: BatchRun) -> Iterator[None]:
     except KeyboardInterrupt as err:
         counts = run.counts()
         failed = counts["failed"]
-        if run.overwrite:
-            kept = counts["done"]
-        else:
-            # what a rerun skips: with the images done, one a dask worker finished as the run
-            # ended, after the run stopped waiting for it (reported as not done)
-            kept = sum(job.complete() for job in run.jobs)
+        # without overwrite, what a rerun skips: one a dask worker finished as the run ended,
+        # after the run stopped waiting for it (reported as not done), with the images done
+        kept = counts["done"] if run.overwrite else sum(job.complete() for job in run.jobs)
         left = len(run.jobs) - kept - failed
         report = run.out_dir / REPORT_NAME
         # failed images are no work the stop left undone: a rerun meets their problem again
