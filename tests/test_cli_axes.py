@@ -99,7 +99,7 @@ def test_a_3d_file_needs_its_axes_and_a_z_stack_gives_3d_labels(scene, tmp_path,
     code, _, err = _run(
         capsys, "train", stack, "--axes", "ZYX", "--boxes", plain, "--out", model, *TINY
     )
-    assert code == 2 and "which plane" in err and "Associate with slices" in err
+    assert code == 2 and "which plane" in err and "with its slice shown" in err
     beyond = _napari_csv(tmp_path / "beyond.csv", boxes, 7)  # plane 7 of a three-plane stack
     code, _, err = _run(
         capsys, "train", stack, "--axes", "ZYX", "--boxes", beyond, "--out", model, *TINY

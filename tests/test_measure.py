@@ -245,7 +245,7 @@ def test_outlines_are_those_walked_one_pixel_edge_at_a_time(awkward_cells):
     expected_rois = [(z, k, v) for z, plane in enumerate(planes) for k, v in plane.items()]
     assert len(rois) == len(expected_rois)
     for roi, (z, k, outline) in zip(rois, expected_rois, strict=True):
-        assert roi.name == f"cell {k} z{z:03d}" and roi.z_position == z + 1
+        assert roi.name == f"cell {k} z{z:03d}" and roi.position == z + 1
         np.testing.assert_array_equal(roi.coordinates(), outline)
 
 
