@@ -518,3 +518,27 @@ def test_channels_named_otherwise_than_in_training_are_warned_of_in_panel_words(
         pair.network_input(image)
     said = in_panel_words(str(caught[0].message))
     assert "--" not in said and "in Python" not in said and "set Channels" in said
+
+
+def test_cells_cut_off_at_a_blocks_margin_are_warned_of(thresholded, notes, monkeypatch):
+    """A slide scan goes block by block; the core warns of the cells cut off once it has
+    taken every block, which the panel did not wait for."""
+    from functools import partial
+
+    from napari_mutualseg import segmenter
+
+    viewer, widget = thresholded
+    pair = widget.pair
+    monkeypatch.setattr(segmenter, "AUTO_BLOCKWISE_PIXELS", 1)  # as a plane above 4096²
+    blocks = partial(type(pair).predict_planes, pair, block_size=64)
+    monkeypatch.setattr(pair, "predict_planes", blocks)
+    monkeypatch.setattr(pair, "cell_size", 4)  # boxes of 4 px: a margin of 64
+    image = np.full((224, 32), 0.1, np.float32)
+    image[4:220, 10:20] = 1  # a cell longer than a block and its margins
+    widget.predict(viewer.add_image(image, name="scan"), block=True)
+    assert any("reached the edge of their block's margin" in m for m in messages(notes, "warning"))
+    notes.clear()
+    speck = np.zeros((64, 64), np.float32)
+    speck[5, 5] = 1  # smaller than a cell
+    widget.predict(viewer.add_image(speck, name="empty"), block=True)
+    assert len([m for m in messages(notes) if m.startswith("No cells found")]) == 1

@@ -166,12 +166,16 @@ class RunController(QObject):
         the thread that raised it).
 
         The core's, raised in the worker (an image of other pixels than the training
-        images'), are told in the panel's words, each once a job; the others (napari's, on
-        the main thread meanwhile) go to napari's notifications as they would without a job.
+        images'), are told in the panel's words, each once a job, but for the images without
+        cells, which the prediction names in its own; the others (napari's, on the main
+        thread meanwhile) go to napari's notifications as they would without a job.
         """
         if threading.current_thread() is threading.main_thread():
             notification_manager.receive_warning(*shown)
-        else:
+            return
+        from ..segmenter import NoCellsWarning  # the worker has imported the engine
+
+        if not issubclass(shown[1], NoCellsWarning):
             self._job_warning.emit(in_panel_words(str(shown[0])))
 
     def _tell_warning(self, text: str) -> None:

@@ -346,6 +346,8 @@ def run_prediction(
                 for s in prediction.spots
             ]
             offset = max(offset, int(found.max()))
+        for _ in planes:  # none left: the core then warns of the whole image (cells cut off)
+            pass
         if len(blank) == n > 1:
             raise ValueError(
                 f"Every plane of '{name}' is constant (every pixel the same): there is nothing "
