@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 from skimage.draw import disk
 from skimage.measure import regionprops
 
@@ -394,6 +395,65 @@ def test_a_round_that_converges_predicts_again_only_the_planes_predicted_in_part
     assert sorted(predicted) == sorted([window] * 4 + [image.shape] * 4 + [large.shape] * 2)
     for probabilities in reports[-1].probabilities:
         np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("ending", ["last", "converged"])
+def test_found_and_the_instances_share_the_ensembles_box_objects_where_they_read_alike(
+    scene, ending, monkeypatch
+):
+    """The ensemble's object in each box, read for found, serves the instances where they
+    read the same prediction (a window, a plane predicted whole), not where a plane predicted
+    in part is predicted whole (the last or a converged round): the reports are those of
+    reading the objects afresh."""
+    monkeypatch.setattr(training, "WINDOW_MIN_PIXELS", 100 * 100)
+    seen: dict[int, float] = {}
+
+    def blurred(models, image, *args, **kwargs):
+        # a prediction with context, so that a window's differs from its plane's at its edges,
+        # and A's from B's
+        shift = seen.setdefault(id(models[0]), 0.1 * len(seen))
+        cell = 1 / (1 + np.exp(-8 * (ndi.gaussian_filter(image[0], 2) - 0.5 - shift)))
+        return np.stack([1 - cell, cell, np.zeros_like(cell)]).astype(np.float32)
+
+    monkeypatch.setattr(training, "predict_proba", blurred)
+    large, _, shapes = synthetic_scene((160, 160), 12, seed=4)
+    boxes = [b for b in boxes_from_shapes(shapes) if min(b.center) > 100]
+    region = np.zeros(large.shape, bool)
+    region[90:, 90:] = True  # its window does not start at the plane's corner
+    partial = make_supervision(large.shape, boxes, region=region | boxes_mask(large.shape, boxes))
+    image, _, sup = scene
+    last = ending == "last"
+    cfg = TrainConfig(
+        **{
+            **TINY,
+            "rounds": 2 if last else 3,
+            "steps_per_round": 1,
+            "min_change": 0 if last else 1,
+        }
+    )
+    per_box_instances, shared = training.per_box_instances, []
+
+    def recorded(proba, supervision, *, objects=None, **kwargs):
+        shared.append(objects is not None)
+        return per_box_instances(proba, supervision, objects=objects, **kwargs)
+
+    def fresh(proba, supervision, *, objects=None, **kwargs):
+        return per_box_instances(proba, supervision, **kwargs)
+
+    monkeypatch.setattr(training, "per_box_instances", recorded)
+    read_once = list(MutualTrainer([large, image], [partial, sup], cfg))
+    # the large plane's window and the small plane, then the large plane whole and the small
+    assert shared == [True, True, False, True]
+    monkeypatch.setattr(training, "per_box_instances", fresh)
+    seen.clear()
+    read_afresh = list(MutualTrainer([large, image], [partial, sup], cfg))
+    assert [r.converged for r in read_once] == [False, not last]
+    for once, afresh in zip(read_once, read_afresh, strict=True):
+        assert (once.found, once.converged) == (afresh.found, afresh.converged)
+        assert once.found > 0.5
+        for name in ("instances", "labels_a", "labels_b"):
+            for a, b in zip(getattr(once, name), getattr(afresh, name), strict=True):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_a_cropped_supervision_is_the_supervision_of_the_cropped_image(scene):

@@ -188,9 +188,7 @@ class ExchangeContext:
             uint8 label map (0, 1, 2, 255).
         """
         sup = self.supervision
-        objects, ratio = box_objects(
-            (proba[1] + proba[2]) > settings.fg_threshold, sup, core_scale=self.core_scale
-        )
+        objects, ratio = self.objects(proba, settings)
         fallback = self._fallback_boxes(
             objects, ratio, settings.min_core_fraction, settings.leak_fraction
         )
@@ -222,6 +220,27 @@ class ExchangeContext:
         label[touching_lines(objects)] = BOUNDARY
         target[keep] = label[keep]
         return target
+
+    def objects(
+        self, proba: np.ndarray, settings: ExchangeSettings
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The object of each box in a prediction as the exchange reads it.
+
+        Parameters
+        ----------
+        proba : numpy.ndarray
+            ``(3, H, W)`` probabilities.
+        settings : ExchangeSettings
+            The foreground threshold (``fg_threshold``).
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            :func:`~napari_mutualseg.inference.box_objects` with this context's core size.
+        """
+        return box_objects(
+            proba, self.supervision, fg_threshold=settings.fg_threshold, core_scale=self.core_scale
+        )
 
     def _fallback_boxes(
         self, objects: np.ndarray, ratio: np.ndarray, min_core: float, leak: float
@@ -358,7 +377,11 @@ def exchange_labels(
 
 
 def found_fraction(
-    probas: Sequence[np.ndarray], contexts: Sequence[ExchangeContext], settings: ExchangeSettings
+    probas: Sequence[np.ndarray],
+    contexts: Sequence[ExchangeContext],
+    settings: ExchangeSettings,
+    *,
+    objects: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> float:
     """Fraction of all boxes whose object the prediction found (1 when there are no boxes).
 
@@ -377,19 +400,22 @@ def found_fraction(
     contexts : sequence of ExchangeContext
         One per image.
     settings : ExchangeSettings
-        The foreground threshold, core size, least core fraction and leak fraction.
+        The foreground threshold, least core fraction and leak fraction.
+    objects : sequence of tuple of numpy.ndarray, optional
+        Each image's :meth:`ExchangeContext.objects` of ``probas``, when already read (a loop
+        over the boxes: seconds on a large image).
 
     Returns
     -------
     float
         Boxes found over all boxes.
     """
+    if objects is None:
+        objects = [ctx.objects(p, settings) for p, ctx in zip(probas, contexts, strict=True)]
     hits = total = 0
-    for p, ctx in zip(probas, contexts, strict=True):
-        foreground = (p[1] + p[2]) > settings.fg_threshold
-        objects, ratio = box_objects(foreground, ctx.supervision, core_scale=settings.core_scale)
+    for (labels, ratio), ctx in zip(objects, contexts, strict=True):
         fallback = ctx._fallback_boxes(
-            objects, ratio, settings.min_core_fraction, settings.leak_fraction
+            labels, ratio, settings.min_core_fraction, settings.leak_fraction
         )
         hits += int((~fallback).sum())
         total += ratio.size

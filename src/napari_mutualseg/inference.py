@@ -362,21 +362,28 @@ def _h_maxima(distance: np.ndarray, h: float) -> np.ndarray:
 
 
 def box_objects(
-    foreground: np.ndarray, supervision: Supervision, *, core_scale: float = 0.5
+    proba: np.ndarray,
+    supervision: Supervision,
+    *,
+    fg_threshold: float = 0.5,
+    core_scale: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One object per box: the foreground component that best covers the box's ellipse core.
 
-    Within each box, the connected component of ``foreground`` overlapping the core of the
+    The foreground is where cell and boundary together are more probable than
+    ``fg_threshold``. Within each box, its connected component overlapping the core of the
     box's ellipse (the ellipse shrunk to ``core_scale`` of its axes) most is kept and its holes
     filled. Where two boxes claim a pixel, the box with the smaller normalised elliptical
     distance wins.
 
     Parameters
     ----------
-    foreground : numpy.ndarray
-        Boolean ``(H, W)`` foreground mask.
+    proba : numpy.ndarray
+        ``(3, H, W)`` probabilities of background, cell and boundary.
     supervision : Supervision
         The boxes (and image shape) to read objects for.
+    fg_threshold : float
+        Foreground threshold.
     core_scale : float
         Core size relative to the ellipse.
 
@@ -387,6 +394,7 @@ def box_objects(
     status : numpy.ndarray
         Per box: object area divided by the core area (0 when nothing overlaps the core).
     """
+    foreground = (proba[1] + proba[2]) > fg_threshold
     shape = foreground.shape
     labels = np.zeros(shape, np.int32)
     best = np.full(shape, np.inf, np.float32)
@@ -418,6 +426,7 @@ def per_box_instances(
     fg_threshold: float = 0.5,
     core_scale: float = 0.5,
     min_size: int = 16,
+    objects: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Instances of a boxed image: one object per box, plus the cells nobody boxed.
 
@@ -435,14 +444,22 @@ def per_box_instances(
         Foreground threshold and ellipse core size (see :func:`box_objects`).
     min_size : int
         Smallest unboxed object kept, in pixels.
+    objects : tuple of numpy.ndarray, optional
+        :func:`box_objects` of ``proba`` and ``supervision`` at this ``fg_threshold`` and
+        ``core_scale``, when already read (a loop over the boxes: seconds on a large image);
+        they are left unchanged.
 
     Returns
     -------
     numpy.ndarray
         int32 labels: ``k + 1`` for box ``k``, larger ids for unboxed cells.
     """
-    foreground = (proba[1] + proba[2]) > fg_threshold
-    labels, found = box_objects(foreground, supervision, core_scale=core_scale)
+    if objects is None:
+        labels, found = box_objects(
+            proba, supervision, fg_threshold=fg_threshold, core_scale=core_scale
+        )
+    else:
+        labels, found = objects[0].copy(), objects[1]  # filled in below, not the caller's
     missing = np.isin(supervision.instances, np.flatnonzero(found == 0) + 1) & (labels == 0)
     labels[missing] = supervision.instances[missing]
     in_box = boxes_mask(labels.shape, supervision.boxes)

@@ -559,7 +559,8 @@ class MutualTrainer:
         # each network's labels over all images together, then the mean of A and B
         changed = float(np.mean([changed_fraction(targets[k], new_targets[k]) for k in range(2)]))
         ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
-        found = self._found(self._in_windows(ensemble))
+        windows = self._in_windows(ensemble)
+        found, objects = self._found(windows)
         # labels that stop changing because the networks find nothing have not converged
         converged = r > 1 and changed < cfg.min_change and found >= 0.5
         if converged and r < cfg.rounds and self._windowed is not self.images:
@@ -567,6 +568,12 @@ class MutualTrainer:
             # ones are predicted again, whole (the others are whole already)
             probas = [self._widened(m, p) for m, p in zip(models, probas, strict=True)]
             ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
+        # found's box objects serve the instances where those read the same prediction: the
+        # windows, not the whole of a plane predicted in part (the last or a converged round)
+        objects = [
+            o if e.shape == w.shape else None
+            for o, e, w in zip(objects, ensemble, windows, strict=True)
+        ]
         whole = self._on_planes
         report = RoundReport(
             round=r,
@@ -575,7 +582,7 @@ class MutualTrainer:
             loss_b=losses[1],
             classes_a=whole([top_class(p) for p in probas[0]]),
             classes_b=whole([top_class(p) for p in probas[1]]),
-            instances=self._instances(ensemble),
+            instances=self._instances(ensemble, objects),
             labels_a=whole(new_targets[0], IGNORE),
             labels_b=whole(new_targets[1], IGNORE),
             changed=changed,
@@ -665,10 +672,17 @@ class MutualTrainer:
             for p, sup, ctx in zip(probas, self._supervisions, self.contexts, strict=True)
         ]
 
-    def _instances(self, probas: list[np.ndarray]) -> list[np.ndarray]:
+    def _instances(
+        self,
+        probas: list[np.ndarray],
+        objects: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
+    ) -> list[np.ndarray]:
         """Per-box instances of every training plane (one object per box, unboxed cells
-        added), on the whole plane."""
+        added), on the whole plane; ``objects``, where given, are each plane's box objects of
+        ``probas`` already read (:meth:`_found`)."""
         cfg = self.config
+        if objects is None:
+            objects = [None] * len(probas)
         return self._on_planes(
             [
                 self._checked(
@@ -678,8 +692,9 @@ class MutualTrainer:
                     fg_threshold=cfg.exchange.fg_threshold,
                     core_scale=cfg.exchange.core_scale,
                     min_size=cfg.min_size,
+                    objects=o,
                 )
-                for p, sup in zip(probas, self._supervisions_of(probas), strict=True)
+                for p, sup, o in zip(probas, self._supervisions_of(probas), objects, strict=True)
             ]
         )
 
@@ -688,6 +703,15 @@ class MutualTrainer:
         self._check()
         return work(*args, **kwargs)
 
-    def _found(self, probas: list[np.ndarray]) -> float:
-        """Fraction of all boxes whose object the ensemble found (1 when there are no boxes)."""
-        return found_fraction(probas, self.contexts, self.config.exchange)
+    def _found(
+        self, probas: list[np.ndarray]
+    ) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
+        """Fraction of all boxes whose object the ensemble found (1 when there are no boxes)
+        in ``probas`` of the windows, and each window's box objects, which the instances
+        take too (a loop over the boxes: seconds on a large plane)."""
+        settings = self.config.exchange
+        objects = [
+            self._checked(ctx.objects, p, settings)
+            for p, ctx in zip(probas, self.contexts, strict=True)
+        ]
+        return found_fraction(probas, self.contexts, settings, objects=objects), objects
