@@ -108,7 +108,9 @@ def test_a_long_layer_name_does_not_widen_the_panel(make_napari_viewer):
 def test_a_narrow_dock_shows_a_long_layer_name_without_sideways_scrolling(
     make_napari_viewer, qtbot
 ):
-    from qtpy.QtWidgets import QScrollArea
+    from qtpy.QtCore import QEvent, QPoint
+    from qtpy.QtGui import QHelpEvent
+    from qtpy.QtWidgets import QApplication, QScrollArea, QToolTip
 
     viewer = make_napari_viewer()
     name = "2024-03-12_HeLa_H2B-GFP_plate3_wellB07_field04.tif"
@@ -124,7 +126,10 @@ def test_a_narrow_dock_shows_a_long_layer_name_without_sideways_scrolling(
     # the name is cut in its middle, its end (well, field) in sight; hovering shows it whole
     shown = widget.data.image.shown_name
     assert "…" in shown and name.startswith(shown[:4]) and name.endswith(shown[-4:])
-    assert widget.data.image.tooltip_text.startswith(f"{name}\n")
+    combo = widget.data.image.native
+    at = QPoint(5, 5)
+    QApplication.sendEvent(combo, QHelpEvent(QEvent.Type.ToolTip, at, combo.mapToGlobal(at)))
+    assert QToolTip.text().startswith(f"{name}\n")
     widget.close_panel()
 
 

@@ -104,14 +104,11 @@ class _MiddleCut(QObject):
             painter.end()
             return True
         if event.type() == QEvent.Type.ToolTip and combo.currentText():
-            QToolTip.showText(event.globalPos(), _tooltip(combo), combo)
+            # the picked layer's whole name, then what the box is for
+            text = f"{combo.currentText()}\n\n{combo.toolTip()}"
+            QToolTip.showText(event.globalPos(), text, combo)
             return True
         return False
-
-
-def _tooltip(combo: QComboBox) -> str:
-    """A layer picker's tooltip: the picked layer's whole name, then what the box is for."""
-    return f"{combo.currentText()}\n\n{combo.toolTip()}"
 
 
 class LayerPicker(ComboBox):
@@ -190,11 +187,6 @@ class LayerPicker(ComboBox):
         """The picked layer's name as the box shows it: cut in the middle where it does not
         fit (its tooltip shows it whole)."""
         return _MiddleCut.shown(self.native)
-
-    @property
-    def tooltip_text(self) -> str:
-        """What hovering the box shows: the picked layer's whole name, then what it is for."""
-        return _tooltip(self.native) if self.native.currentText() else self.tooltip
 
     @property
     def layer(self) -> Any:
