@@ -483,25 +483,22 @@ def test_segmenting_uses_the_device_chosen_now_not_the_one_the_pair_is_on(
     import tifffile
     import torch
 
-    from napari_mutualseg._napari.axes import layer_axes
-
     viewer, widget = thresholded
-    controller = widget.controller
+    widget.settings.device = "cpu"
     image, _ = disc_image()
     layer = viewer.add_image(image, name="img")
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "a.tif", image)
     for segment in (
-        lambda: controller.predict(layer, layer_axes(layer), 64, device="cpu"),
-        lambda: controller.segment_folder([str(tmp_path / "in")], str(tmp_path), 64, device="cpu"),
+        lambda: widget.predict(layer, block=True),
+        lambda: widget.segment_folder(tmp_path / "in", tmp_path / "out", block=True),
     ):
         widget.pair.device = torch.device("meta")
         segment()
-        widget.wait()
         assert widget.pair.device == torch.device("cpu")
     assert not messages(notes, "error")
     assert viewer.layers["img cells"].data.max() == 4
-    assert (tmp_path / "a_cells.csv").exists()
+    assert (tmp_path / "out" / "a_cells.csv").exists()
 
 
 def test_channels_named_otherwise_than_in_training_are_warned_of_in_panel_words():

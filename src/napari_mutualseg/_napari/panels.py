@@ -645,7 +645,7 @@ class PanelsView(QObject):
                 return
             text = f"Device in use: {job.device_name}"
         elif state in (RunState.PREDICTING, RunState.BATCH) and pair is not None:
-            # the pair segments where it is, whatever the settings pick for the next training
+            # the pair, moved to the device the settings picked when the job started
             text = f"Device in use: {describe_device(pair.device)}"
         else:
             try:

@@ -404,7 +404,11 @@ class MutualSegWidget(QWidget):
         if axes.note:
             show_warning(axes.note)
         worker = self.controller.predict(
-            layer, axes, self.settings.tile_size, track=self.settings.track
+            layer,
+            axes,
+            self.settings.tile_size,
+            track=self.settings.track,
+            device=self.settings.device,
         )
         if worker is not None and owner_info(layer) is None:
             # the image segmented is the one whose cells are checked next
@@ -485,6 +489,7 @@ class MutualSegWidget(QWidget):
             on_conflict=on_conflict,
             axes=axes,
             on_axes_unknown=on_axes_unknown,
+            device=self.settings.device,
         )
         return self._started(worker, block)
 
