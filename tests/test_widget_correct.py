@@ -77,8 +77,10 @@ def test_next_cell_button_searches_a_rounds_cells_in_a_worker(trained, qtbot, no
         check.next.click()
         qtbot.waitUntil(check.next.isEnabled, timeout=TIMEOUT)
     assert any("Could not find the cells to check" in m for m in messages(notes, "error"))
+    idle = check.next.sizeHint().width()
     check.next.click()
     assert not check.next.isEnabled() and "Finding" in check.next.text()
+    assert check.next.sizeHint().width() <= idle  # a wider text widened the dock meanwhile
     qtbot.waitUntil(check.next.isEnabled, timeout=TIMEOUT)
     spots = widget.correct.spots(image)
     assert spots == find_spots(widget.controller.round_maps(image))
@@ -158,8 +160,10 @@ def test_proposed_boxes_are_the_predicted_cells(trained, qtbot):
     """Made in a worker (napari built 4,500 rectangles on the main thread for 3-4 s), the
     button saying so meanwhile."""
     viewer, widget, _image, other = trained
+    idle = widget.check.propose.sizeHint().width()
     widget.check.propose.click()
     assert not widget.check.propose.isEnabled() and "Proposing" in widget.check.propose.text()
+    assert widget.check.propose.sizeHint().width() <= idle
     qtbot.waitUntil(widget.check.propose.isEnabled, timeout=TIMEOUT)
     assert widget.check.propose.text() == "Propose boxes"
     boxes = widget.boxes_layer

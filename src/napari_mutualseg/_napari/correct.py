@@ -565,7 +565,7 @@ class CheckPanel(QGroupBox):
             return
         maps = controller.round_maps(image)
         self.next.setEnabled(False)
-        self.next.setText("Finding cells to check…")
+        self.next.setText("Finding cells…")  # no wider than its text: the dock keeps its width
         self._searching = (image, report)
         worker = create_worker(_made, find_spots, maps, _ignore_errors=True)
         worker.returned.connect(self._spots_found)  # a bound method: gone with the panel
@@ -609,7 +609,7 @@ class CheckPanel(QGroupBox):
     def _propose(self, image: Image) -> None:
         data, kwargs = self.corrector.proposal(image)
         self.propose.setEnabled(False)
-        self.propose.setText("Proposing boxes…")
+        self.propose.setText("Proposing…")
         self._proposing = image
         worker = create_worker(_made, boxes_layer, data, kwargs, _ignore_errors=True)
         worker.returned.connect(self._proposed)
