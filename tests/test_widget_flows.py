@@ -458,6 +458,19 @@ def test_a_model_trained_in_the_panel_keeps_the_pixel_size_of_its_image(viewer_w
     assert ModelPair.load(widget.save_model(tmp_path / "m.pt")).pixel_size == 0.5
 
 
+def test_units_given_to_a_layer_after_its_supervision_reach_the_model(viewer_widget):
+    # the supervision made before, without units, was reused: the model recorded no pixel size
+    viewer, widget = viewer_widget
+    image, rows = disc_image()
+    layer = widget.image_layer = viewer.add_image(image, name="cells", scale=(0.5, 0.5))
+    widget.new_boxes_layer().add_rectangles(rectangles(rows))
+    widget.generate_supervision()
+    layer.units = ("um", "um")
+    widget.settings.update(rounds=1, steps_per_round=1)
+    widget.train(block=True)
+    assert widget.pair.pixel_size == 0.5
+
+
 def test_an_image_of_other_pixels_than_the_training_images_is_warned_of_once(thresholded, notes):
     viewer, widget = thresholded
     widget.pair.pixel_size = 0.5  # µm, as trained on

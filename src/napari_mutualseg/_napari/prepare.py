@@ -278,9 +278,11 @@ def _region_mask(region: Shapes, image: Image, axes: LayerAxes) -> tuple[np.ndar
 
 
 def fingerprint(image: Layer, *shapes: Shapes | None) -> bytes:
-    """Changes whenever the boxes, the region, the image's placement, its axes or its shape
-    change (other pixels put into the layer: the supervision must be made for them)."""
-    h = hashlib.sha1(repr((tuple(image.axis_labels), tuple(image.data.shape))).encode())
+    """Changes whenever the boxes, the region, the image's placement, its axes, units or its
+    shape change (other pixels put into the layer: the supervision must be made for them; the
+    units give its pixel size)."""
+    units = tuple(map(str, getattr(image, "units", ())))  # napari before 0.6 has none
+    h = hashlib.sha1(repr((tuple(image.axis_labels), tuple(image.data.shape), units)).encode())
     for layer in (image, *shapes):
         if layer is None:
             h.update(b"none")
