@@ -802,9 +802,9 @@ class TimedTrainer(MutualTrainer):
         with self._clock("exchange"):
             return super()._exchange(probas)
 
-    def _instances(self, probas):
+    def _instances(self, probas, objects=None):
         with self._clock("instances"):
-            return super()._instances(probas)
+            return super()._instances(probas, objects)
 
     def _found(self, probas):
         with self._clock("found"):

@@ -216,16 +216,17 @@ class _Pooled:
         probas = self._network_probas
         return [self._read_boxed(probas[id(model)]) for model in self.pair.models]
 
-    def _instances(self, probas):
+    def _instances(self, probas, objects=None):
         cfg = self.config
         if self.eval_last and cfg.min_change == 0 and len(self.pair.history) + 1 < cfg.rounds:
             # --eval-last scores only the last round (and no round ends the run early)
             return [None] * len(probas)
-        return self._read_boxed(probas)
+        return self._read_boxed(probas, objects)
 
-    def _read_boxed(self, probas):
+    def _read_boxed(self, probas, objects=None):
         if self.pool is None:
-            return super()._instances(probas)
+            return super()._instances(probas, objects)
+        # the pool's workers read each plane's box objects again, in parallel
         cfg = self.config
         sups = self._supervisions_of(probas)
         ex = cfg.exchange
