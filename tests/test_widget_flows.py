@@ -552,3 +552,20 @@ def test_cells_cut_off_at_a_blocks_margin_are_warned_of(thresholded, notes, monk
     speck[5, 5] = 1  # smaller than a cell
     widget.predict(viewer.add_image(speck, name="empty"), block=True)
     assert len([m for m in messages(notes) if m.startswith("No cells found")]) == 1
+
+
+def test_planes_of_a_stack_without_cells_are_said_once(thresholded, notes):
+    """A stack whose later planes came out empty: the user is told which, once; an image
+    without any cell is still said once, in the panel's words."""
+    viewer, widget = thresholded
+    image, _ = disc_image()
+    dim = np.random.default_rng(0).uniform(0, 0.05, image.shape).astype(image.dtype)
+    widget.predict(viewer.add_image(np.stack([image, dim, dim]), name="stack"), block=True)
+    [said] = [m for m in messages(notes, "warning") if "No cells found" in m]
+    assert said.startswith("No cells found in 2 of the 3 planes of 'stack' (z001, z002)")
+    notes.clear()
+    speck = np.zeros_like(image)
+    speck[5, 5] = 1  # smaller than a cell
+    widget.predict(viewer.add_image(np.stack([speck, speck]), name="empty"), block=True)
+    [said] = [m for m in messages(notes) if "No cells found" in m]
+    assert said.startswith("No cells found in 'empty':")

@@ -81,7 +81,7 @@ class RunController(QObject):
     round_done = Signal(object)  # the history entry of each finished round
     pair_changed = Signal()
     batch_done = Signal(object)  # the finished (or stopped) BatchRun
-    _job_warning = Signal(str)  # a worker thread's warning, for the main thread
+    _job_warning = Signal(str, bool)  # a worker thread's warning; whether of cells not found
 
     def __init__(self, viewer: napari.Viewer) -> None:
         super().__init__()
@@ -103,6 +103,7 @@ class RunController(QObject):
         self.closing = False  # the viewer (or the application) is closing
         self._windows: set[int] = set()  # the windows whose closing ends the jobs
         self._told: set[str] = set()  # the warnings of the running job said so far
+        self.no_cells = ""  # the running job's word on planes without cells, said at its end
         self._job_warning.connect(self._tell_warning)
         app = QApplication.instance()
         if app is not None:
@@ -149,6 +150,7 @@ class RunController(QObject):
         """Say what the controller does now (for its jobs)."""
         if self.state is RunState.IDLE and state is not RunState.IDLE:
             self._told.clear()  # a new job: its warnings are said again
+            self.no_cells = ""
         self.state = state
         self.state_changed.emit(state)
 
@@ -166,21 +168,25 @@ class RunController(QObject):
         the thread that raised it).
 
         The core's, raised in the worker (an image of other pixels than the training
-        images'), are told in the panel's words, each once a job, but for the images without
-        cells, which the prediction names in its own; the others (napari's, on the main
-        thread meanwhile) go to napari's notifications as they would without a job.
+        images'), are told in the panel's words, each once a job; its word on the planes
+        without cells is kept in :attr:`no_cells` for the prediction to say once it is shown
+        (an image without any cell is said in the prediction's own words). The others
+        (napari's, on the main thread meanwhile) go to napari's notifications as they would
+        without a job.
         """
         if threading.current_thread() is threading.main_thread():
             notification_manager.receive_warning(*shown)
             return
         from ..segmenter import NoCellsWarning  # the worker has imported the engine
 
-        if not issubclass(shown[1], NoCellsWarning):
-            self._job_warning.emit(in_panel_words(str(shown[0])))
+        no_cells = issubclass(shown[1], NoCellsWarning)
+        self._job_warning.emit(in_panel_words(str(shown[0])), no_cells)
 
-    def _tell_warning(self, text: str) -> None:
+    def _tell_warning(self, text: str, no_cells: bool) -> None:
+        if no_cells:
+            self.no_cells = text
         # said once a job: a warning raised in a loop (superqt shows every one) says no more
-        if text not in self._told:
+        elif text not in self._told:
             self._told.add(text)
             self.notify(text, "warning")
 

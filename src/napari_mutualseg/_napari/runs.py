@@ -396,7 +396,9 @@ class PredictionRun(_SegmentJob):
                 f"'{out.name}': {n} cells. 'Next cell to check' shows where the two networks "
                 "disagree most."
             )
-        else:
+            if controller.no_cells:  # some planes of a stack have none
+                controller.notify(controller.no_cells, "warning")
+        else:  # the core's word on it is left unsaid: this one names the layer alone
             from ..segmenter import NO_CELLS_ADVICE
 
             controller.notify(
