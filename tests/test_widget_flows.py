@@ -569,3 +569,45 @@ def test_planes_of_a_stack_without_cells_are_said_once(thresholded, notes):
     widget.predict(viewer.add_image(np.stack([speck, speck]), name="empty"), block=True)
     [said] = [m for m in messages(notes) if "No cells found" in m]
     assert said.startswith("No cells found in 'empty':")
+
+
+def test_a_device_without_room_for_the_models_is_said_and_the_pair_stays_usable(
+    thresholded, tmp_path, notes, monkeypatch
+):
+    """Moving the models to the device chosen fails halfway through (one network moved, the
+    other out of memory, as on a GPU without room; this machine has only the CPU, so the move
+    to it stands in): the user is told what to do, the panel stays idle, the pair where it
+    was."""
+    import tifffile
+    import torch
+
+    viewer, widget = thresholded
+    pair = widget.pair
+    layer = viewer.add_image(disc_image()[0], name="img")
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", layer.data)
+    move = pair.model_b.to
+    for segment in (
+        lambda: widget.predict(layer, block=True),
+        lambda: widget.segment_folder(tmp_path / "in", tmp_path / "out", block=True),
+    ):
+        moved = []
+
+        def no_room(device, moved=moved):
+            moved.append(device)
+            if len(moved) == 1:  # there; back where it was, it fits again
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return move(device)
+
+        monkeypatch.setattr(pair.model_b, "to", no_room)
+        segment()
+        [error] = messages(notes, "error")
+        assert error.startswith("Could not move the models to cpu: it has no room for them")
+        assert error.endswith(
+            "other programs using the GPU, or choose another Device (e.g. cpu), and segment again."
+        )
+        assert not widget.controller.busy and len(moved) == 2  # moved back where it was
+        notes.clear()
+    monkeypatch.undo()
+    widget.predict(layer, block=True)
+    assert viewer.layers["img cells"].data.max() == 4

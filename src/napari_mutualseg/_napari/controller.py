@@ -13,6 +13,7 @@ stands at most once a second, so that the viewer keeps drawing at its own pace.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from qtpy.QtCore import QEventLoop, QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
 from ..checkpoint import CheckpointError
+from ..devices import select_device
 from .runs import FolderRun, PredictionRun, RunState, TrainingRun
 from .workers import (
     LEARNING_ROLES,
@@ -40,6 +42,7 @@ from .workers import (
     TrainingJob,
     distinct_cells,
     in_panel_words,
+    out_of_memory,
 )
 from .writer import LayerWriter
 
@@ -369,10 +372,27 @@ class RunController(QObject):
         if device is not None:
             # the device chosen now, not the one the pair was trained or loaded on: a user who
             # picks the CPU to free the GPU expects the CPU to segment, as the panel says
+            before, target = self.pair.device, device
             try:
-                self.pair.to(device)
+                target = select_device(device)
+                self.pair.to(target)
             except ValueError as err:  # a device this machine lacks
                 self.notify(str(err), "error")
+                return False
+            except Exception as err:  # a GPU without room for the models, a CUDA error
+                # back where it was, whole: the move may have failed with one network moved
+                with contextlib.suppress(Exception):
+                    self.pair.to(before)
+                why = (
+                    "it has no room for them (out of memory)"
+                    if out_of_memory(err)
+                    else f"{type(err).__name__}: {err}"
+                )
+                self.notify(
+                    f"Could not move the models to {target}: {why}. Close other programs using "
+                    "the GPU, or choose another Device (e.g. cpu), and segment again.",
+                    "error",
+                )
                 return False
         return True
 
