@@ -1,6 +1,6 @@
 """The documentation says what the code does: its commands parse, its imports resolve, its
-make targets and file paths exist, its links and anchors lead somewhere, and the architecture
-names every module.
+make targets and file paths exist, its links and anchors lead somewhere, the panel's words it
+quotes are the panel's, and the architecture names every module.
 
 Nothing is run: command lines go through the real argument parser only.
 """
@@ -424,3 +424,23 @@ def test_architecture_classes_are_where_it_says() -> None:
         defined = {getattr(n, "name", None) for n in tree.body}
         wrong += [f"{n} ({module}.py)" for n in re.split(r", | \+ ", names) if n not in defined]
     assert not wrong, "\n".join(wrong)
+
+
+# What other programs' menus say (Fiji's ROI Manager), quoted beside the panel's own words.
+OTHER_PROGRAMS = {"Properties…"}
+
+
+def test_quoted_panel_words_are_the_panels() -> None:
+    """A button or menu item the text quotes with its ellipsis (*Segment a folder…*,
+    *Finding cells…*) is a text the plugin shows; a menu path (*More › Save…*) is
+    another program's."""
+    source = "\n".join(
+        p.read_text(encoding="utf-8") for p in (PACKAGE / "_napari").glob("*.py")
+    ) + (PACKAGE / "napari.yaml").read_text(encoding="utf-8")
+    missing = []
+    for doc in DOCS:
+        text = FENCE.sub("", doc.read_text(encoding="utf-8"))
+        for quoted in re.findall(r"(?<!\*)\*{1,2}([^*\n]+…)\*", text):
+            if quoted not in OTHER_PROGRAMS and "›" not in quoted and quoted not in source:
+                missing.append(f"{doc.relative_to(ROOT)}: {quoted}")
+    assert not missing, "\n".join(missing)
