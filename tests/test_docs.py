@@ -1,6 +1,7 @@
 """The documentation says what the code does: its commands parse, its imports resolve, its
-make targets and file paths exist, its links and anchors lead somewhere, the panel's words it
-quotes are the panel's, and the architecture names every module.
+Python blocks import what they use, its make targets and file paths exist, its links and
+anchors lead somewhere, the panel's words it quotes are the panel's, and the architecture
+names every module.
 
 Nothing is run: command lines go through the real argument parser only.
 """
@@ -11,6 +12,7 @@ import ast
 import importlib
 import re
 import shlex
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -443,4 +445,41 @@ def test_quoted_panel_words_are_the_panels() -> None:
         for quoted in re.findall(r"(?<!\*)\*{1,2}([^*\n]+…)\*", text):
             if quoted not in OTHER_PROGRAMS and "›" not in quoted and quoted not in source:
                 missing.append(f"{doc.relative_to(ROOT)}: {quoted}")
+    assert not missing, "\n".join(missing)
+
+
+def package_names() -> set[str]:
+    """The public names of the core's modules (their ``__all__``)."""
+    names: set[str] = set()
+    for path in PACKAGE.glob("*.py"):
+        if path.stem not in ("__init__", "__main__"):
+            names |= set(
+                getattr(importlib.import_module(f"napari_mutualseg.{path.stem}"), "__all__", ())
+            )
+    return names
+
+
+def unimported(body: str, names: set[str]) -> set[str]:
+    """Which of ``names`` a Python block uses without importing them itself."""
+    tree = ast.parse(textwrap.dedent(body))
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    used = {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }
+    return (used & names) - imported
+
+
+def test_python_blocks_import_what_they_use() -> None:
+    """A Python block copied alone runs as far as this package goes: it imports every name of
+    the package it uses (its data, ``image`` or ``boxes``, may come from an earlier block)."""
+    names = package_names()
+    missing = []
+    for doc in DOCS:
+        for line, body in code_blocks(doc.read_text(encoding="utf-8"), ("python", "py")):
+            missing += [f"{doc.name}:{line}: {n}" for n in sorted(unimported(body, names))]
     assert not missing, "\n".join(missing)
