@@ -134,11 +134,21 @@ def test_a_narrow_dock_shows_a_long_layer_name_without_sideways_scrolling(
 
 
 def test_panels_that_grow_widen_the_dock_without_a_sideways_scroll_bar(make_napari_viewer):
-    from qtpy.QtWidgets import QApplication, QScrollArea
+    from qtpy.QtWidgets import QApplication, QFormLayout, QScrollArea
 
     viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
     QApplication.processEvents()
+    # the dock opens wide enough for every field beside its name: napari sized it before its
+    # font reached the panels, which opened with the Boxes and Region rows under their names
+    for _ in range(5):
+        QApplication.processEvents()
+    form = widget.data.layout()
+    label, field = QFormLayout.ItemRole.LabelRole, QFormLayout.ItemRole.FieldRole
+    for row in range(form.rowCount()):
+        name, control = form.itemAt(row, label), form.itemAt(row, field)
+        if name is not None and control is not None:
+            assert control.geometry().top() <= name.geometry().center().y()
     width, bar = widget.width(), widget.findChild(QScrollArea).horizontalScrollBar()
     # a button's text grows while a job runs (Next cell to check while it searches)
     widget.check.next.setText("Finding the cells where the networks disagree most…")

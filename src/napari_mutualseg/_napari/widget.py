@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import QEvent, QSize
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
+    QDockWidget,
     QFrame,
     QInputDialog,
     QMainWindow,
@@ -76,7 +77,28 @@ class _PanelScroll(QScrollArea):
 
     def sizeHint(self) -> QSize:
         hint = super().sizeHint()
-        return QSize(max(hint.width(), self.minimumSizeHint().width()), hint.height())
+        extra = self.minimumSizeHint().width() - self.widget().minimumSizeHint().width()
+        return QSize(max(hint.width(), self.widget().sizeHint().width() + extra), hint.height())
+
+    def showEvent(self, event: QEvent) -> None:
+        super().showEvent(event)
+        if not getattr(self, "_opened", False):
+            self._opened = True
+            # napari sizes its dock before its style sheet's larger font reaches the panels,
+            # which then opened with fields under their names: widened once, laid out
+            timer = QTimer(self)  # gone with the panels, when closed before it fires
+            timer.setSingleShot(True)
+            timer.timeout.connect(self._open_wide)
+            timer.start(0)
+
+    def _open_wide(self) -> None:
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        window = dock.parentWidget() if dock is not None else None
+        wider = self.sizeHint().width() - self.width()
+        if isinstance(window, QMainWindow) and wider > 0:
+            window.resizeDocks([dock], [dock.width() + wider], Qt.Orientation.Horizontal)
 
     def eventFilter(self, watched: Any, event: QEvent) -> bool:
         if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
