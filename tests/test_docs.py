@@ -378,14 +378,42 @@ def test_documented_settings_are_taken() -> None:
     assert not refused, "\n".join(refused)
 
 
+def command_options() -> dict[str, set[str]]:
+    """The option strings of each ``napari-mutualseg`` subcommand."""
+    from napari_mutualseg.cli.parser import build_parser
+
+    # every command's parser knows the others (what an unknown option is told of)
+    commands = build_parser().parse_known_args(["info", "x"])[0].parser.commands
+    return {name: set(command.options()) for name, command in commands.items()}
+
+
 def cli_options() -> set[str]:
     """Every option string of the ``napari-mutualseg`` command and its subcommands."""
     from napari_mutualseg.cli.parser import build_parser
 
-    parser = build_parser()
-    # every command's parser knows the others (what an unknown option is told of)
-    commands = parser.parse_known_args(["info", "x"])[0].parser.commands
-    return set(parser.options()).union(*(c.options() for c in commands.values()))
+    return set(build_parser().options()).union(*command_options().values())
+
+
+def misplaced_options(span: str, commands: dict[str, set[str]]) -> list[str]:
+    """The options a code span gives a command (``train --labels-out``, ``napari-mutualseg
+    info --json``) that are not that command's."""
+    m = re.match(rf"(?:napari-mutualseg )?({'|'.join(commands)})\b(.*)", span)
+    if not m:
+        return []
+    return [o for o in re.findall(r"(?<![\w-])--[a-z][\w-]*", m[2]) if o not in commands[m[1]]]
+
+
+def test_options_in_the_text_are_their_commands() -> None:
+    """``predict --option`` in the text names an option of ``predict``, not of another
+    command."""
+    commands = command_options()
+    assert misplaced_options("info --labels-out x | head", commands) == ["--labels-out"]
+    wrong = []
+    for doc in DOCS:
+        for span in re.findall(r"`([^`]+)`", FENCE.sub("", doc.read_text(encoding="utf-8"))):
+            span = " ".join(span.split())
+            wrong += [f"{doc.name}: {o} in `{span}`" for o in misplaced_options(span, commands)]
+    assert not wrong, "\n".join(wrong)
 
 
 def test_options_in_the_text_exist() -> None:
