@@ -448,3 +448,41 @@ def test_a_folder_run_ended_by_closing_the_viewer_writes_its_summary(
     assert len((out / "summary.csv").read_text().splitlines()) == 1 + done
     report = (out / "run_report.csv").read_text().splitlines()
     assert len(report) == 1 + 20 and sum("not done" in row for row in report) == 20 - done
+
+
+def test_jobs_of_two_viewers_at_once_each_say_their_own_warnings(make_napari_viewer, monkeypatch):
+    """Two viewers segment at once, the first ends while the second runs: each job's warnings
+    reach its own panel, and once both have ended the process's warnings are as before."""
+    import threading
+    import warnings
+
+    from napari_mutualseg._napari import runs
+
+    both, first_done = threading.Barrier(2, timeout=TIMEOUT / 1000), threading.Event()
+
+    def job(pair, data, axes, tile_size, name, *args):
+        both.wait()  # both jobs run
+        if name == "b":
+            first_done.wait(TIMEOUT / 1000)
+        yield 0, 1
+        warnings.warn(f"a word on '{name}'", UserWarning, stacklevel=1)
+        return None
+
+    monkeypatch.setattr(runs, "run_prediction", job)
+    hook, filters = warnings.showwarning, list(warnings.filters)
+    said = {}
+    for name in "ab":
+        viewer = make_napari_viewer()
+        _, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+        widget.settings.device = "cpu"
+        widget.controller.set_pair(threshold_pair())
+        said[name] = (widget, [])
+        widget.controller.message.connect(said[name][1].append)
+        widget.predict(viewer.add_image(disc_image()[0], name=name))
+    said["a"][0].wait()
+    first_done.set()
+    said["b"][0].wait()
+    assert [m for m in said["a"][1] if "a word" in m] == ["a word on 'a'"]
+    assert [m for m in said["b"][1] if "a word" in m] == ["a word on 'b'"]
+    # a finished job's hook and superqt's "always" were left in place for good
+    assert warnings.showwarning is hook and warnings.filters[: len(filters)] == filters

@@ -14,7 +14,6 @@ stands at most once a second, so that the viewer keeps drawing at its own pace.
 from __future__ import annotations
 
 import contextlib
-import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils.notifications import (
-    notification_manager,
     show_error,
     show_info,
     show_warning,
@@ -166,20 +164,16 @@ class RunController(QObject):
         )(text)
 
     def relay_warning(self, shown: tuple) -> None:
-        """A warning raised while a job runs (``warnings.showwarning``'s arguments, which
-        superqt's worker hands to its ``warned`` signal; connected directly, so this runs in
-        the thread that raised it).
+        """A warning raised in a job's worker thread (``warnings.showwarning``'s arguments,
+        which the worker hands to its ``warned`` signal; connected directly, so this runs in
+        that thread).
 
-        The core's, raised in the worker (an image of other pixels than the training
-        images'), are told in the panel's words, each once a job; its word on the planes
-        without cells is kept in :attr:`no_cells` for the prediction to say once it is shown
-        (an image without any cell is said in the prediction's own words). The others
-        (napari's, on the main thread meanwhile) go to napari's notifications as they would
-        without a job.
+        The core's (an image of other pixels than the training images') are told in the
+        panel's words, each once a job; its word on the planes without cells is kept in
+        :attr:`no_cells` for the prediction to say once it is shown (an image without any
+        cell is said in the prediction's own words). Warnings of other threads (napari's, on
+        the main thread meanwhile) never come here: they go where they would without a job.
         """
-        if threading.current_thread() is threading.main_thread():
-            notification_manager.receive_warning(*shown)
-            return
         from ..segmenter import NoCellsWarning  # the worker has imported the engine
 
         no_cells = issubclass(shown[1], NoCellsWarning)
