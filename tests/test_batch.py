@@ -1147,7 +1147,7 @@ def test_no_more_local_workers_start_than_images_are_left(model, tmp_path, monke
 
     def on_dask(self, jobs, workers):
         started.append(workers)
-        return iter(())
+        yield from ()
 
     monkeypatch.setattr(BatchRun, "_on_dask", on_dask)
     list(BatchRun(model, images, tmp_path / "out", OPTIONS, workers=4))
@@ -1628,3 +1628,53 @@ def test_axes_that_fit_none_of_the_first_images_refuse_the_run_before_any_image(
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     results = list(BatchRun(model, [broken, *images], tmp_path / "plain", OPTIONS, workers=0))
     assert [r.status for r in results] == ["failed", "done", "done"]
+
+
+def _on_local_workers(monkeypatch, shared, closing: threading.Event) -> None:
+    """The run's local cluster (``workers=n``) is ``shared``, closed as the run ends, when
+    ``closing`` is set."""
+    from distributed import Client
+
+    from napari_mutualseg import batch
+
+    @contextlib.contextmanager
+    def local(scheduler, workers):
+        with Client(shared, set_as_default=False) as client:
+            yield client, "on 1 local dask worker"
+        closing.set()
+        shared.close()
+
+    monkeypatch.setattr(batch, "dask_client", local)
+
+
+@pytest.mark.parametrize("end", ["killed as its cluster closes", "its worker died"])
+def test_an_image_whose_local_worker_went_leaves_no_record_of_results(
+    model, tmp_path, monkeypatch, end
+):
+    """Its record, written as it started, was left alone: a file of results that do not
+    exist. An earlier run's complete results stay."""
+    from napari_mutualseg import batch
+
+    images = [_image(tmp_path / "in" / f"p{k}.tif", k, shape=(32, 32)) for k in range(3)]
+    list(BatchRun(model, images[2:], tmp_path / "out", OPTIONS, workers=0))
+    held, closing = threading.Event(), threading.Event()
+
+    def started(pair, job, *args, **kwargs):
+        job.record.write_text("{}")  # as process_image does first
+        if end == "its worker died":
+            raise RuntimeError("worker died")  # dask's KilledWorker, on this side
+        held.set()
+        closing.wait(60)  # killed as the cluster closes: it never ends
+        return None
+
+    monkeypatch.setattr(cluster, "process_image", started)
+    monkeypatch.setattr(batch, "STOP_SECONDS", 0.1)
+    with _in_process_cluster() as shared:
+        _on_local_workers(monkeypatch, shared, closing)
+        run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=2)
+        threading.Thread(target=lambda: (held.wait(60), run.cancel()), daemon=True).start()
+        list(run)
+    expected = "not done" if end.startswith("killed") else "failed"
+    assert run.results_in_order()[0].status == expected
+    kept = sorted(p.name for p in (tmp_path / "out").glob("*_cells.*"))
+    assert kept == ["p2_cells.csv", "p2_cells.json", "p2_cells.tif"]

@@ -329,6 +329,7 @@ class BatchRun:
 
     def __iter__(self) -> Iterator[ImageResult]:
         todo = set(self.todo)
+        results: Generator[ImageResult, None, None] | None = None
         try:
             for job in self.jobs:
                 if job not in todo:
@@ -342,13 +343,15 @@ class BatchRun:
                 workers = min(workers, len(pending))
             if self.scheduler is None and workers == 0:
                 self.where = f"in this process on {describe_device(self.pair.device)}"
-                results: Iterator[ImageResult] = self._here(pending)
+                results = self._here(pending)
             else:
                 results = self._on_dask(pending, workers)
             for result in results:
                 todo.discard(result.job)
                 yield self._record(result)
         finally:
+            if results is not None:  # its cluster closed, before the images left are told
+                results.close()
             for job in self.jobs:
                 if job in todo:
                     self._record(self._left(job))
@@ -363,9 +366,14 @@ class BatchRun:
         plane or block): not done all the same, as it was never given as done, but its
         complete results are kept, with their row in the summary. With ``overwrite``, the
         results of an image not reached are an earlier run's, their row kept in the summary
-        (the folder holds them).
+        (the folder holds them). On this machine, where the run's workers are gone by now,
+        the record of an image left without any result is removed.
         """
         if not job.complete():
+            if self.scheduler is None:
+                # its worker (this process, or a local one, closed with the run) is gone: a
+                # record it wrote as the image started stands for nothing
+                job.drop_lone_record()
             reason = ""
             if in_progress:
                 reason = (
@@ -400,7 +408,7 @@ class BatchRun:
         summary = summarize(job.name, table)
         return ImageResult(job, status, cells=int(summary["cells"]), summary=summary)
 
-    def _here(self, jobs: list[ImageJob]) -> Iterator[ImageResult]:
+    def _here(self, jobs: list[ImageJob]) -> Generator[ImageResult, None, None]:
         for job in jobs:
             if self.cancelled:
                 return
@@ -413,7 +421,7 @@ class BatchRun:
                 stop=self._cancelled.is_set,  # a large image is left between planes or blocks
             )
 
-    def _on_dask(self, jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
+    def _on_dask(self, jobs: list[ImageJob], workers: int) -> Generator[ImageResult, None, None]:
         from distributed import as_completed
 
         if not jobs:
@@ -492,6 +500,7 @@ class BatchRun:
                         # another version (one that joined since the start)
                         problem = self._recheck(client, seen) or problem
                         reason = _task_failure(err) + (f"; {problem}" if problem else "")
+                        job.drop_lone_record()  # written as the image started, on its worker
                         result = ImageResult(job, "failed", reason=reason)
                     yield result
         # told once the cluster is closed: its local workers may finish them as they close

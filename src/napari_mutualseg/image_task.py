@@ -244,13 +244,6 @@ def _own_warnings() -> Iterator[list[warnings.WarningMessage]]:
         _notes.caught = outer
 
 
-def _drop_lone_record(job: ImageJob) -> None:
-    """Remove the record of an image of which nothing was written (it failed, or was
-    stopped): it would stand for results that are not there."""
-    if not any(p.exists() for p in job.outputs):
-        job.record.unlink(missing_ok=True)
-
-
 class _Stopped(Exception):
     """The run was stopped while an image was being segmented."""
 
@@ -477,10 +470,10 @@ def process_image(
             # last: marks the image complete
             write_table(job.table, table, overwrite=overwrite or finished)
         except _Stopped:
-            _drop_lone_record(job)
+            job.drop_lone_record()
             return ImageResult(job, "not done", seconds=time.perf_counter() - t0)
         except Exception as err:
-            _drop_lone_record(job)
+            job.drop_lone_record()
             return ImageResult(
                 job,
                 "failed",

@@ -207,6 +207,13 @@ class ImageJob:
         stopped or killed before its labels were written)."""
         return any(p.exists() for p in self.outputs)
 
+    def drop_lone_record(self) -> None:
+        """Remove the record when none of the outputs is there (the image failed, or was
+        stopped or killed before its labels were written): it would stand for results that
+        are not. A record with outputs, complete or not, stays with them."""
+        if not self.has_results():
+            self.record.unlink(missing_ok=True)
+
     def provenance(self, model: str, options: BatchOptions) -> dict[str, Any]:
         """The record of this image's outputs: the source as it is now, the model's
         :meth:`~napari_mutualseg.models.ModelPair.fingerprint` and the options."""
