@@ -784,6 +784,28 @@ def test_local_workers_leave_ctrl_c_and_sigterm_to_the_command():
             signal.signal(s, handler)
 
 
+def test_a_local_worker_started_again_by_its_nanny_leaves_ctrl_c_and_sigterm_to_the_command(
+    monkeypatch,
+):
+    """One that ran out of memory, or was killed, came back without it: the next Ctrl-C or
+    SIGTERM killed it, and the stop ended in dask's errors ('failed to teardown')."""
+    import distributed
+
+    start = distributed.LocalCluster
+    told = []  # workers told (in this process: threads, which may not set signal handlers)
+    monkeypatch.setattr(
+        distributed, "LocalCluster", lambda **kwargs: start(**{**kwargs, "processes": False})
+    )
+    monkeypatch.setattr(cluster, "_ignore_stop_signals", lambda: told.append(1))
+    with cluster.dask_client(None, 1) as (client, _):
+        client.cluster.scale(2)  # as a nanny starts a worker again
+        client.wait_for_workers(2)
+        deadline = time.monotonic() + 30
+        while len(told) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(told) == 2
+
+
 def test_local_workers_that_do_not_start_are_explained(monkeypatch):
     import distributed
 

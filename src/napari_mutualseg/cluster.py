@@ -448,6 +448,17 @@ def _ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+class _StopSignals(WorkerPlugin):
+    """:func:`_ignore_stop_signals` on each local worker, also on one its nanny starts again
+    (the worker ran out of memory, or was killed): run once at the start, a worker started
+    again was killed by the next Ctrl-C or SIGTERM, and the stop ended in dask's errors."""
+
+    name = "napari-mutualseg-stop-signals"
+
+    def setup(self, worker: Any) -> None:
+        _ignore_stop_signals()
+
+
 def _not_a_scheduler(address: str, what: str) -> ConnectionError:
     return ConnectionError(
         f"{address} {what}: give the address of a dask scheduler (`dask scheduler` prints it, "
@@ -628,7 +639,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
                 "to run it in this process."
             ) from None
         client = Client(cluster, **own)
-        client.run(_ignore_stop_signals)
+        client.register_plugin(_StopSignals())
         where = f"on {workers} local dask worker{'s' if workers > 1 else ''}"
     try:
         yield client, where
