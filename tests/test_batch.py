@@ -1201,6 +1201,22 @@ def test_an_image_that_kills_its_worker_fails_alone_and_says_why(monkeypatch):
     assert saturation == 1.0  # no image waits on a worker behind another
 
 
+@pytest.mark.parametrize("workers", [1, 4])
+def test_an_image_that_kills_a_local_worker_says_what_gives_it_more_memory(workers):
+    """The advice was the workers' logs, which a local run does not show, and more memory
+    for the workers, which it has no option for: each local worker has its share of the
+    machine's memory, and its nanny ends it past that share."""
+    from distributed.scheduler import KilledWorker
+
+    from napari_mutualseg.batch import _task_failure
+
+    worker = SimpleNamespace(address="tcp://a:1", memory_limit=4 * 2**30)
+    reason = _task_failure(KilledWorker("segment-x", worker, 3), local=workers)
+    assert reason.startswith("the local dask worker segmenting it died, 4 times (out of memory")
+    assert "logs" not in reason and "4.00 GiB" in reason and "--block-size" in reason
+    assert ("--workers 1 gives one all of it" in reason) == (workers > 1)
+
+
 def test_workers_that_do_not_see_the_folders_are_named_before_any_image(tmp_path):
     """Each image failed on its own ('Image file not found', 'read-only disk'), a screen's
     worth of them."""

@@ -499,7 +499,8 @@ class BatchRun:
                     except Exception as err:  # a worker died (memory, a crash), or runs
                         # another version (one that joined since the start)
                         problem = self._recheck(client, seen) or problem
-                        reason = _task_failure(err) + (f"; {problem}" if problem else "")
+                        local = workers if self.scheduler is None else None
+                        reason = _task_failure(err, local) + (f"; {problem}" if problem else "")
                         job.drop_lone_record()  # written as the image started, on its worker
                         result = ImageResult(job, "failed", reason=reason)
                     yield result
@@ -686,19 +687,37 @@ def _send_again(
     return sent
 
 
-def _task_failure(err: BaseException) -> str:
+def _task_failure(err: BaseException, local: int | None = None) -> str:
     """Why an image's task failed on dask, for the report: dask's KilledWorker in the
-    words of a person who has to do something about it."""
+    words of a person who has to do something about it. ``local``: the number of local
+    workers, which share this machine's memory in equal parts (dask's memory limit per
+    worker, past which its nanny ends it) and whose logs are not shown."""
+    from dask.utils import format_bytes
     from distributed.scheduler import KilledWorker
 
-    if isinstance(err, KilledWorker):
-        tries = getattr(err, "allowed_failures", 0) + 1
+    if not isinstance(err, KilledWorker):
+        return error_reason(err)
+    tries = getattr(err, "allowed_failures", 0) + 1
+    if local is None:
         return (
             f"the dask worker segmenting it died, {tries} times (out of "
             "memory, most often; the workers' logs say why): give the workers more memory, "
             "or segment it block by block (--block-size)"
         )
-    return error_reason(err)
+    limit = getattr(getattr(err, "last_worker", None), "memory_limit", None)
+    size = f", {format_bytes(limit)}" if limit else ""
+    if local == 1:
+        return (
+            f"the local dask worker segmenting it died, {tries} times (out of memory, most "
+            f"often: it has this machine's memory{size}): segment it block by block "
+            "(--block-size), or on a machine with more memory"
+        )
+    return (
+        f"the local dask worker segmenting it died, {tries} times (out of memory, most "
+        f"often: each of the {local} local workers has 1/{local} of this machine's memory"
+        f"{size}): segment it with fewer workers (--workers 1 gives one all of it), or "
+        "block by block (--block-size)"
+    )
 
 
 def _ours(path: Path, start: str) -> bool:
