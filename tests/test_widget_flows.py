@@ -611,3 +611,33 @@ def test_a_device_without_room_for_the_models_is_said_and_the_pair_stays_usable(
     monkeypatch.undo()
     widget.predict(layer, block=True)
     assert viewer.layers["img cells"].data.max() == 4
+
+
+def test_a_model_loaded_onto_a_device_without_room_is_said(
+    thresholded, tmp_path, notes, monkeypatch
+):
+    """Load model… moves the networks to the device chosen; there out of memory (a GPU
+    without room, the CPU standing in) is said, and the pair in use stays."""
+    import torch
+
+    from napari_mutualseg.models import ModelPair
+    from napari_mutualseg.unet import UNet
+
+    _, widget = thresholded
+    pair = widget.pair
+    path = ModelPair(UNet(width=2, depth=1), UNet(width=2, depth=1)).save(tmp_path / "m.pt")
+
+    moves, move = [], ModelPair.to
+
+    def no_room(self, device):
+        moves.append(device)
+        if len(moves) > 1:  # the file is read onto the CPU; the device chosen has no room
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return move(self, device)
+
+    monkeypatch.setattr(ModelPair, "to", no_room)
+    assert widget.load_model(path) is None
+    [error] = messages(notes, "error")
+    assert error.startswith("Could not move the models to cpu: it has no room for them")
+    assert error.endswith("or choose another Device (e.g. cpu), and load the model again.")
+    assert widget.pair is pair and not widget.controller.busy

@@ -363,31 +363,36 @@ class RunController(QObject):
             return False
         if not self.idle():
             return False
-        if device is not None:
-            # the device chosen now, not the one the pair was trained or loaded on: a user who
-            # picks the CPU to free the GPU expects the CPU to segment, as the panel says
-            before, target = self.pair.device, device
-            try:
-                target = select_device(device)
-                self.pair.to(target)
-            except ValueError as err:  # a device this machine lacks
-                self.notify(str(err), "error")
-                return False
-            except Exception as err:  # a GPU without room for the models, a CUDA error
-                # back where it was, whole: the move may have failed with one network moved
-                with contextlib.suppress(Exception):
-                    self.pair.to(before)
-                why = (
-                    "it has no room for them (out of memory)"
-                    if out_of_memory(err)
-                    else f"{type(err).__name__}: {err}"
-                )
-                self.notify(
-                    f"Could not move the models to {target}: {why}. Close other programs using "
-                    "the GPU, or choose another Device (e.g. cpu), and segment again.",
-                    "error",
-                )
-                return False
+        # the device chosen now, not the one the pair was trained or loaded on: a user who
+        # picks the CPU to free the GPU expects the CPU to segment, as the panel says
+        return device is None or self._moved(self.pair, device, "segment again")
+
+    def _moved(self, pair: ModelPair, device: str, again: str) -> bool:
+        """Whether ``pair`` is now on ``device``; else a notification that says why and to
+        ``again`` (what the user did) after freeing the GPU or choosing another device, and
+        the pair left where it was."""
+        before, target = pair.device, device
+        try:
+            target = select_device(device)
+            pair.to(target)
+        except ValueError as err:  # a device this machine lacks
+            self.notify(str(err), "error")
+            return False
+        except Exception as err:  # a GPU without room for the models, a CUDA error
+            # back where it was, whole: the move may have failed with one network moved
+            with contextlib.suppress(Exception):
+                pair.to(before)
+            why = (
+                "it has no room for them (out of memory)"
+                if out_of_memory(err)
+                else f"{type(err).__name__}: {err}"
+            )
+            self.notify(
+                f"Could not move the models to {target}: {why}. Close other programs using "
+                f"the GPU, or choose another Device (e.g. cpu), and {again}.",
+                "error",
+            )
+            return False
         return True
 
     def predict(
@@ -470,9 +475,11 @@ class RunController(QObject):
             self.notify("A job is running: stop it before loading a model.", "warning")
             return None
         try:
-            pair = ModelPair.load(path, device=device)
+            pair = ModelPair.load(path, device="cpu")  # read; then moved, where it may not fit
         except (OSError, CheckpointError) as err:
             self.notify(str(err), "error")
+            return None
+        if not self._moved(pair, device, "load the model again"):
             return None
         self.set_pair(pair)
         self.notify(
