@@ -1716,3 +1716,32 @@ def test_an_image_whose_local_worker_went_leaves_no_record_of_results(
     assert run.results_in_order()[0].status == expected
     kept = sorted(p.name for p in (tmp_path / "out").glob("*_cells.*"))
     assert kept == ["p2_cells.csv", "p2_cells.json", "p2_cells.tif"]
+
+
+@pytest.mark.parametrize("where", ["here", "dask"])
+def test_a_full_disk_stops_the_run_at_the_image_it_meets(model, tmp_path, monkeypatch, where):
+    """Each image after it was segmented, for minutes on a plate, only to fail the same way:
+    a night's run of a 384-well plate ended with hundreds of failed images."""
+    import errno
+
+    from napari_mutualseg import image_task
+
+    tables = []
+
+    def full(path, *args, **kwargs):
+        tables.append(path)
+        raise OSError(errno.ENOSPC, f"Not enough space to write {path}")
+
+    monkeypatch.setattr(image_task, "write_table", full)
+    # two: a run on one thread holds back the second until the first has ended
+    images = [_image(tmp_path / "in" / f"p{k}.tif", k, shape=(32, 32)) for k in range(2)]
+    with contextlib.ExitStack() as stack:
+        on = {"workers": 0}
+        if where == "dask":
+            shared = stack.enter_context(_in_process_cluster())
+            on = {"scheduler": shared.scheduler_address}
+        run = BatchRun(model, images, tmp_path / "out", OPTIONS, **on)
+        with pytest.raises(OSError, match="Not enough space"):
+            list(run)
+    assert len(tables) == 1
+    assert [r.status for r in run.results_in_order()] == ["not done"] * 2

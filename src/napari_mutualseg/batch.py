@@ -63,7 +63,14 @@ from .cluster import (
 )
 from .devices import describe_device
 from .files import ResultExistsError
-from .image_task import error_reason, measure_image, process_image, read_labels, read_table
+from .image_task import (
+    disk_full,
+    error_reason,
+    measure_image,
+    process_image,
+    read_labels,
+    read_table,
+)
 from .io import check_writable
 from .jobs import (
     RECORD_SUFFIX,
@@ -164,7 +171,10 @@ class BatchRun:
     load on one of them, before any image is started. A worker that joins later with other
     versions, or on which the model does not load, segments none of the run's images: it hands
     each back at once, and it goes to the other workers as a thread of theirs comes free (never
-    to it again); a warning names the worker and says what to do.
+    to it again); a warning names the worker and says what to do. It raises an OSError when
+    the disk (or quota) of the results fills up: the run stops there, as every image after
+    would be segmented only to fail the same way; those not finished are not done, and a
+    rerun once there is space segments them.
 
     Examples
     --------
@@ -498,6 +508,8 @@ class BatchRun:
                         result = ImageResult(job, "failed", reason=err.problem, worker=err.worker)
                     except Exception as err:  # a worker died (memory, a crash), or runs
                         # another version (one that joined since the start)
+                        if disk_full(err):  # the run stops, as in this process
+                            raise
                         problem = self._recheck(client, seen) or problem
                         local = workers if self.scheduler is None else None
                         reason = _task_failure(err, local) + (f"; {problem}" if problem else "")

@@ -1,14 +1,16 @@
 """One image of a batch run: read, segment, write the labels, measure, write the table.
 
 :func:`process_image` never raises for a problem with the image: the failure is its result,
-so that a run goes on with the other images. The table is written last and so marks an image
-complete; :func:`read_labels` and :func:`read_table` read back what an earlier run wrote.
+so that a run goes on with the other images (a full disk, no image's problem, is raised).
+The table is written last and so marks an image complete; :func:`read_labels` and
+:func:`read_table` read back what an earlier run wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import sys
@@ -41,7 +43,14 @@ if TYPE_CHECKING:
     from .models import ModelPair
     from .ome import PixelSize
 
-__all__ = ["error_reason", "measure_image", "process_image", "read_labels", "read_table"]
+__all__ = [
+    "disk_full",
+    "error_reason",
+    "measure_image",
+    "process_image",
+    "read_labels",
+    "read_table",
+]
 
 
 def read_table(path: str | os.PathLike) -> Table:
@@ -163,6 +172,12 @@ def error_reason(err: BaseException) -> str:
     if isinstance(err, (ValueError, OSError)) and text:
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the disk (or the user's quota) is full: no image after it can be
+    written either."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
@@ -424,6 +439,12 @@ def process_image(
     -------
     ImageResult
         ``status`` ``"done"``, ``"failed"`` with the reason, or ``"not done"`` when stopped.
+
+    Raises
+    ------
+    OSError
+        When the disk or the quota is full (:func:`disk_full`): each image after this one
+        would be segmented only to fail the same way. Nothing of the image is left.
     """
     from .images import AxisImage
 
@@ -474,6 +495,8 @@ def process_image(
             return ImageResult(job, "not done", seconds=time.perf_counter() - t0)
         except Exception as err:
             job.drop_lone_record()
+            if disk_full(err):  # not this image's problem: every next one would meet it
+                raise
             return ImageResult(
                 job,
                 "failed",
