@@ -528,6 +528,22 @@ def test_a_z_stacks_labels_and_volumes_keep_its_z_step_in_the_unit_given(tmp_pat
     assert float(row["centroid_z_nm"]) == pytest.approx(1.5 * 2000)
 
 
+def test_a_tracked_time_series_counts_its_cells_once_however_many_frames(tmp_path):
+    # the first run counted a row per cell and frame (114 for 19 cells in 6 frames), a rerun
+    # the summary's 19
+    movie = np.random.default_rng(0).integers(0, 200, (3, 32, 32)).astype(np.uint16)
+    movie[:, 8:16, 8:16] += 1000  # one cell, still, in every frame
+    path = tmp_path / "movie.ome.tif"
+    tifffile.imwrite(path, movie, metadata={"axes": "TYX"})
+    pair = ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4})
+    options = BatchOptions(tile_size=64, overlap=16, track=True)
+    [job] = plan_jobs([path], tmp_path / "out", options)
+    result = process_image(pair, job, options)
+    assert result.cells == result.summary["cells"] == 1
+    [again] = BatchRun(pair, [path], tmp_path / "out", options, workers=0)
+    assert again.status == "skipped" and again.cells == 1
+
+
 def test_one_image_that_does_not_fit_the_model_fails_alone_also_when_run_again(
     model, tmp_path, capsys
 ):

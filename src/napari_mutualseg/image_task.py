@@ -505,13 +505,14 @@ def process_image(
                 peak_memory=peak_memory(),
             )
     notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    summary = summarize(job.name, table)  # a time series' cells counted once, not per frame
     return ImageResult(
         job,
         "done",
-        cells=len(table["label"]),
+        cells=int(summary["cells"]),
         seconds=time.perf_counter() - t0,
         reason="; ".join(notes),
-        summary=summarize(job.name, table),
+        summary=summary,
         peak_memory=peak_memory(),
         shape=tuple(labels.shape),
         axes=image.label_axes,
