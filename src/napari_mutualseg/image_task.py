@@ -8,16 +8,14 @@ The table is written last and so marks an image complete; :func:`read_labels` an
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import json
 import os
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +34,7 @@ from .measure import (
     with_frame_interval,
 )
 from .preprocess import read_here
+from .thread_warnings import thread_warnings
 
 if TYPE_CHECKING:
     from .disagreement import Spot
@@ -210,53 +209,6 @@ def results_pixel_size(given: PixelSize | None, image: AxisImage) -> PixelSize |
     if given.z is None and own is not None and own.z is not None:
         given = replace(given, z=convert_length(own.z, own.unit, given.unit))
     return replace(given, t=image.frame_interval)
-
-
-#: The warnings of the image each thread is doing, while it does one.
-_notes = threading.local()
-_hook_lock = threading.Lock()
-
-
-class _ByThread:
-    """A ``warnings.showwarning`` that keeps a warning for the image its thread is doing
-    (:func:`_own_warnings`) and shows the others as the one it replaced did."""
-
-    def __init__(self, previous: Callable[..., Any]) -> None:
-        self.previous = previous
-
-    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
-        caught = getattr(_notes, "caught", None)
-        if caught is None:
-            self.previous(message, category, filename, lineno, file, line)
-        else:
-            caught.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
-
-
-@contextlib.contextmanager
-def _own_warnings() -> Iterator[list[warnings.WarningMessage]]:
-    """The warnings this thread raises while the block runs, kept from being shown; those of
-    other threads are shown as before.
-
-    Not ``warnings.catch_warnings(record=True)``, which takes every thread's warnings: a folder
-    run in napari's worker thread noted the main thread's as an image's, and images done at
-    once in the threads of a dask worker took each other's (and the last to end could leave
-    the process's warnings going into a finished image's list).
-    """
-    with _hook_lock:
-        # put back in place when a catch_warnings block elsewhere restored the one before
-        if not isinstance(warnings.showwarning, _ByThread):
-            warnings.showwarning = _ByThread(warnings.showwarning)
-        # Python shows a warning once per place and words: a change of the filters forgets
-        # which were shown (this one, at the end, changes no warning's action), so that an
-        # image notes a warning an earlier image or run had in the same words
-        warnings.simplefilter("default", append=True)
-    caught: list[warnings.WarningMessage] = []
-    outer = getattr(_notes, "caught", None)
-    _notes.caught = caught
-    try:
-        yield caught
-    finally:
-        _notes.caught = outer
 
 
 class _Stopped(Exception):
@@ -455,7 +407,8 @@ def process_image(
         # two; maps asked into another folder): the maps need the segmentation again, which
         # replaces them and the table with the same results
         overwrite = True
-    with _own_warnings() as caught:
+    caught: list[warnings.WarningMessage] = []
+    with thread_warnings(caught.append):  # this image's own, not another thread's
         try:
             image = AxisImage.from_file(job.source, axes=options.axes)
             pixel_size = results_pixel_size(options.pixel_size, image)

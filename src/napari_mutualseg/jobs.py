@@ -436,13 +436,13 @@ def _kind(path: Path) -> _Kind:
 
 @contextlib.contextmanager
 def _quietly() -> Iterator[None]:
-    """What reading says (tifffile logs a line per damaged strip, warnings) is held back
-    while files are looked at: it is said when the image is segmented. Once for a search,
-    as each holding back costs a clearing of the logging caches."""
+    """What reading says (tifffile logs a line per damaged strip, this thread's warnings) is
+    held back while files are looked at: it is said when the image is segmented. Once for a
+    search, as each holding back costs a clearing of the logging caches."""
     from .io import quiet_log
+    from .thread_warnings import thread_warnings
 
-    with warnings.catch_warnings(), quiet_log("tifffile"):
-        warnings.simplefilter("ignore")
+    with thread_warnings(lambda shown: None), quiet_log("tifffile"):
         yield
 
 

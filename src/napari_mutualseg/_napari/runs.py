@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QObject, Qt, QTimer
 from superqt.utils import GeneratorWorker, create_worker
 
+from ..thread_warnings import thread_warnings
 from .layers import show_table, upsert_layer
 from .workers import (
     Layout,
@@ -92,19 +93,20 @@ class _StoppableWorker(GeneratorWorker):
             self.stop()
 
     def run(self) -> None:
-        """superqt's ``WorkerBase.run`` with the job's warnings sent to ``warned`` by thread.
+        """superqt's ``WorkerBase.run``, the warnings of the job's own thread sent to
+        ``warned`` (:func:`~napari_mutualseg.thread_warnings.thread_warnings`).
 
         superqt's swaps the process's ``warnings.showwarning`` and filters for the job's time
-        (``warnings.catch_warnings``, superqt/utils/_qthreading.py, ``WorkerBase.run``): with
-        two viewers' jobs at once, the first job's warnings went to the other viewer's panel,
-        the second's were lost once the first ended, and the last to end left a finished
-        job's hook and its "always" filter on the process for good. A failure the worker
-        returns (superqt's generator worker returns what its generator raised) is ``errored``.
+        (``warnings.catch_warnings``): with two viewers' jobs at once, the first job's
+        warnings went to the other viewer's panel, the second's were lost once the first
+        ended, and the last to end left a finished job's hook and its "always" filter on the
+        process for good. A failure the worker returns (superqt's generator worker returns
+        what its generator raised) is ``errored``.
         """
         self.started.emit()
         self._running = True
         try:
-            with _warnings_to(self):
+            with thread_warnings(self._warned):
                 result = self.work()
             if isinstance(result, Exception):
                 raise result
@@ -116,54 +118,11 @@ class _StoppableWorker(GeneratorWorker):
         self.finished.emit()
         self._finished.emit(self)
 
-
-#: The workers running, by thread: where a warning raised in that thread goes.
-_job_threads: dict[int, _StoppableWorker] = {}
-_hook_lock = threading.Lock()
-
-
-class _JobWarnings:
-    """A ``warnings.showwarning`` that sends a warning raised in a job's thread to that job's
-    worker (its ``warned`` signal), and the others where the hook it replaced did."""
-
-    def __init__(self, previous: Callable[..., Any]) -> None:
-        self.previous = previous
-
-    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
-        worker = _job_threads.get(threading.get_ident())
-        if worker is None:
-            self.previous(message, category, filename, lineno, file, line)
-        else:
-            worker.warned.emit((message, category, filename, lineno, file, line))
-
-
-def _installed(hook: Any) -> bool:
-    """Whether ``hook`` is a :class:`_JobWarnings` or passes warnings on to one (a folder's
-    image keeps its own warnings with a hook in front of it, ``image_task._own_warnings``)."""
-    while hook is not None and not isinstance(hook, _JobWarnings):
-        hook = getattr(hook, "previous", None)
-    return hook is not None
-
-
-@contextlib.contextmanager
-def _warnings_to(worker: _StoppableWorker) -> Iterator[None]:
-    """Send the warnings this thread raises to ``worker`` while the block runs."""
-    thread = threading.get_ident()
-    with _hook_lock:
-        if not _installed(warnings.showwarning):  # or put back, when something replaced it
-            warnings.showwarning = _JobWarnings(warnings.showwarning)
-        # Python shows a warning once per place and words: a change of the filters forgets
-        # which were shown (this one, at the end, changes no warning's action), so that each
-        # job says its own again
-        warnings.simplefilter("default", append=True)
-        _job_threads[thread] = worker
-    try:
-        yield
-    finally:
-        with _hook_lock:
-            del _job_threads[thread]
-            if not _job_threads and isinstance(warnings.showwarning, _JobWarnings):
-                warnings.showwarning = warnings.showwarning.previous
+    def _warned(self, shown: warnings.WarningMessage) -> None:
+        # what superqt's ``warned`` carries: ``warnings.showwarning``'s arguments
+        self.warned.emit(
+            (shown.message, shown.category, shown.filename, shown.lineno, shown.file, shown.line)
+        )
 
 
 def make_worker(
