@@ -410,3 +410,20 @@ def test_a_copy_shares_no_settings_with_its_pair():
     pair.settings["exchange"] = {"confidence": 0.6}
     pair.copy().settings["exchange"]["confidence"] = 0.9
     assert pair.settings["exchange"] == {"confidence": 0.6}
+
+
+def test_a_pair_that_does_not_fit_its_new_device_stays_whole_where_it_was(monkeypatch):
+    # B did not fit on the GPU after A had moved: the pair said the GPU, A was there, B not
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    pair = ModelPair(build_unet(arch, 0), build_unet(arch, 1))
+    pair.device = torch.device("meta")  # where it is (no network is moved here)
+    moves = []
+    monkeypatch.setattr(pair.model_a, "to", lambda device: moves.append(str(device)))
+
+    def no_room(device):
+        raise torch.OutOfMemoryError("stands for a GPU without room for B")
+
+    monkeypatch.setattr(pair.model_b, "to", no_room)
+    with pytest.raises(torch.OutOfMemoryError):
+        pair.to("cpu")
+    assert moves == ["cpu", "meta"] and pair.device == torch.device("meta")

@@ -7,6 +7,7 @@ What the pair does with images (probabilities, cells, disagreement) is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -137,10 +138,26 @@ class ModelPair(Segmenter):
         -------
         ModelPair
             This pair, for chaining: ``ModelPair.load(path).to("cpu")``.
+
+        Raises
+        ------
+        ValueError
+            When ``device`` is not available here.
+        RuntimeError
+            When a network does not fit on ``device`` (``torch.OutOfMemoryError``): the pair
+            stays whole where it was.
         """
-        self.device = select_device(device)
-        self.model_a.to(self.device)
-        self.model_b.to(self.device)
+        target = select_device(device)
+        try:
+            for model in self.models:
+                model.to(target)
+        except BaseException:
+            # one network moved, the other not: both back where the pair says they are
+            for model in self.models:
+                with contextlib.suppress(Exception):
+                    model.to(self.device)
+            raise
+        self.device = target
         return self
 
     def copy(self) -> ModelPair:

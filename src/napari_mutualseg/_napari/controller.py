@@ -13,7 +13,6 @@ stands at most once a second, so that the viewer keeps drawing at its own pace.
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -371,17 +370,14 @@ class RunController(QObject):
         """Whether ``pair`` is now on ``device``; else a notification that says why and to
         ``again`` (what the user did) after freeing the GPU or choosing another device, and
         the pair left where it was."""
-        before, target = pair.device, device
+        target = device
         try:
             target = select_device(device)
-            pair.to(target)
+            pair.to(target)  # whole where it was when the move fails
         except ValueError as err:  # a device this machine lacks
             self.notify(str(err), "error")
             return False
         except Exception as err:  # a GPU without room for the models, a CUDA error
-            # back where it was, whole: the move may have failed with one network moved
-            with contextlib.suppress(Exception):
-                pair.to(before)
             why = (
                 "it has no room for them (out of memory)"
                 if out_of_memory(err)
