@@ -644,6 +644,35 @@ def test_predict_stopped_by_a_signal_says_what_is_kept_and_how_to_go_on(
     assert code == 130 and "the same command again segments all 2 images again." in err
 
 
+def test_predict_stopped_by_a_full_disk_says_what_is_kept_and_how_to_go_on(
+    data, tmp_path, capsys, monkeypatch
+):
+    # it said to free some space, not that the images done are kept and a rerun goes on
+    import errno
+
+    import napari_mutualseg.image_task as image_task
+    from napari_mutualseg.files import OutputError
+
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    write_table = image_task.write_table
+
+    def full_at_the_second(path, *args, **kwargs):
+        if path.name.startswith("other"):
+            raise OutputError(errno.ENOSPC, f"Not enough space to write {path}; free some space.")
+        return write_table(path, *args, **kwargs)
+
+    monkeypatch.setattr(image_task, "write_table", full_at_the_second)
+    out = tmp_path / "p"
+    argv = ["predict", model, data["image"], data["other"], "--out", out, "--workers", "0"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    assert (
+        f"free some space. 1 of 2 images are segmented and kept ({out / 'run_report.csv'} lists "
+        "them); the same command again segments the other 1, skipping those." in err
+    )
+
+
 def test_predict_stops_gently_on_the_first_signal(data, tmp_path, capsys, monkeypatch):
     """A signal stopped predict at once, wherever it was: an image whose labels were written
     but not yet its table was left on the disk unreported."""

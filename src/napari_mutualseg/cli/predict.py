@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import CommandFailed
 from .inputs import check_found
 from .signals import Interrupted, stop_gently
 
@@ -150,33 +151,47 @@ def _check_model_order(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def _say_what_is_kept(run: BatchRun) -> Iterator[None]:
-    """A signal that stops the run says which images are kept and how to go on."""
-    from ..batch import REPORT_NAME
+    """A signal or a full disk that stops the run says which images are kept and how to go
+    on."""
+    from ..image_task import disk_full
 
     try:
         yield
     except KeyboardInterrupt as err:
-        counts = run.counts()
-        failed = counts["failed"]
-        # without overwrite, what a rerun skips: one a dask worker finished as the run ended,
-        # after the run stopped waiting for it (reported as not done), with the images done
-        kept = counts["done"] if run.overwrite else sum(job.complete() for job in run.jobs)
-        left = len(run.jobs) - kept - failed
-        report = run.out_dir / REPORT_NAME
-        # failed images are no work the stop left undone: a rerun meets their problem again
-        said = f"{kept} of {len(run.jobs)} images are segmented and kept"
-        if failed:
-            said += f", {failed} failed ({report} lists them, and why those failed)"
-        else:
-            said += f" ({report} lists them)"
-        if left and run.overwrite:
-            said += f"; the same command again segments all {len(run.jobs)} images again"
-        elif left:
-            again = " and tries the failed ones again" if failed else ""
-            said += f"; the same command again segments the other {left}{again}, skipping those"
-        elif failed:
-            said += "; the same command again tries the failed ones, skipping the others"
-        raise Interrupted(getattr(err, "signum", signal.SIGINT), said) from None
+        raise Interrupted(getattr(err, "signum", signal.SIGINT), _kept(run)) from None
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        # the command again, once there is space: the run stopped at the first image it
+        # could not write
+        raise CommandFailed(f"{err} {_kept(run)}.") from None
+
+
+def _kept(run: BatchRun) -> str:
+    """Which images of a stopped run are kept, and what the same command does next."""
+    from ..batch import REPORT_NAME
+
+    counts = run.counts()
+    failed = counts["failed"]
+    # without overwrite, what a rerun skips: one a dask worker finished as the run ended,
+    # after the run stopped waiting for it (reported as not done), with the images done
+    kept = counts["done"] if run.overwrite else sum(job.complete() for job in run.jobs)
+    left = len(run.jobs) - kept - failed
+    report = run.out_dir / REPORT_NAME
+    # failed images are no work the stop left undone: a rerun meets their problem again
+    said = f"{kept} of {len(run.jobs)} images are segmented and kept"
+    if failed:
+        said += f", {failed} failed ({report} lists them, and why those failed)"
+    else:
+        said += f" ({report} lists them)"
+    if left and run.overwrite:
+        said += f"; the same command again segments all {len(run.jobs)} images again"
+    elif left:
+        again = " and tries the failed ones again" if failed else ""
+        said += f"; the same command again segments the other {left}{again}, skipping those"
+    elif failed:
+        said += "; the same command again tries the failed ones, skipping the others"
+    return said
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
