@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from helpers import TIMEOUT, WIDGET_NAME, disc_image, messages, rectangles, same, wait_idle
 from napari_mutualseg._napari.layers import OWNER_KEY
@@ -554,6 +555,7 @@ def test_cells_cut_off_at_a_blocks_margin_are_warned_of(thresholded, notes, monk
     assert len([m for m in messages(notes) if m.startswith("No cells found")]) == 1
 
 
+@pytest.mark.filterwarnings("default::napari_mutualseg.segmenter.NoCellsWarning")  # told
 def test_planes_of_a_stack_without_cells_are_said_once(thresholded, notes):
     """A stack whose later planes came out empty: the user is told which, once; an image
     without any cell is still said once, in the panel's words."""
