@@ -164,6 +164,12 @@ def test_a_painted_supervision_that_does_not_fit_is_explained(
     assert not (tmp_path / "m.pt").exists()
 
 
+def _untrained_model(path):
+    """A tiny untrained pair saved at ``path`` (its file's path)."""
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    return ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(path)
+
+
 def _other_fields_map(path):
     from napari_mutualseg.boxes import Box
     from napari_mutualseg.supervision import make_supervision
@@ -586,8 +592,7 @@ def test_output_closed_by_its_reader_stops_quietly(data):
 
 def test_predict_says_which_options_had_nothing_to_act_on(data, tmp_path, capsys):
     # --track on planes, --rgb on a gray image and the like passed without a word
-    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
-    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    model = _untrained_model(tmp_path / "m.pt")
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.stack([tifffile.imread(data["image"])] * 2), imagej=True,
                      metadata={"axes": "ZYX"})  # fmt: skip
@@ -616,8 +621,7 @@ def test_predict_stopped_by_a_signal_says_what_is_kept_and_how_to_go_on(
     # the same command goes on from there
     import napari_mutualseg.batch as batch
 
-    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
-    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    model = _untrained_model(tmp_path / "m.pt")
     segment = batch.process_image
 
     def stopped_at_the_second(pair, job, *args, **kwargs):
@@ -653,8 +657,7 @@ def test_predict_stopped_by_a_full_disk_says_what_is_kept_and_how_to_go_on(
     import napari_mutualseg.image_task as image_task
     from napari_mutualseg.files import OutputError
 
-    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
-    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    model = _untrained_model(tmp_path / "m.pt")
     write_table = image_task.write_table
 
     def full_at_the_second(path, *args, **kwargs):
@@ -680,8 +683,7 @@ def test_predict_stops_gently_on_the_first_signal(data, tmp_path, capsys, monkey
 
     import napari_mutualseg.batch as batch
 
-    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
-    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    model = _untrained_model(tmp_path / "m.pt")
     segment = batch.process_image
 
     def signalled_at_the_second(pair, job, *args, **kwargs):
@@ -810,8 +812,7 @@ def test_predict_says_it_is_finding_the_images_when_that_takes_a_while(
     import napari_mutualseg.batch as batch
     from napari_mutualseg.cli import predict
 
-    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
-    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    model = _untrained_model(tmp_path / "m.pt")
     argv = ["predict", model, data["image"], "--workers", "0", "--out"]
     said = f"Finding the images in {data['image']} and checking them before any is segmented"
     code, _, err = _run(capsys, *argv, tmp_path / "p")
@@ -835,8 +836,7 @@ def test_predict_stopped_tells_failed_images_from_those_not_done(
     images that had failed (a damaged file fails again)."""
     import napari_mutualseg.batch as batch
 
-    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
-    model = ModelPair(build_unet(arch, 0), build_unet(arch, 1)).save(tmp_path / "m.pt")
+    model = _untrained_model(tmp_path / "m.pt")
     (tmp_path / "bad.tif").write_bytes(b"not an image")
     segment = batch.process_image
 
