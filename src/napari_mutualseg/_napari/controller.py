@@ -30,6 +30,7 @@ from qtpy.QtWidgets import QApplication
 
 from ..checkpoint import CheckpointError
 from ..devices import select_device
+from ..stepping import out_of_memory
 from .runs import FolderRun, PredictionRun, RunState, TrainingRun
 from .workers import (
     LEARNING_ROLES,
@@ -39,7 +40,6 @@ from .workers import (
     TrainingJob,
     distinct_cells,
     in_panel_words,
-    out_of_memory,
 )
 from .writer import LayerWriter
 

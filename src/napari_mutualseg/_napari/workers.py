@@ -477,18 +477,15 @@ def unfreeze_gc() -> None:
             gc.unfreeze()
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` says a device ran out of memory (torch's ``OutOfMemoryError``, or a
-    ``RuntimeError`` that says so, as older torch and other backends raise)."""
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
-
-
 def describe_error(exc: BaseException, device: str = "") -> str:
     """A user-facing message with advice for an exception raised while training or predicting."""
     original = getattr(exc, "original", exc)
     text = str(original)
     where = f" on {device}" if device else ""
-    if out_of_memory(original):
+    # also a TrainingError that says so (stepping.guard_memory's), which the core's
+    # out_of_memory leaves out
+    oom = type(original).__name__ == "OutOfMemoryError" or "out of memory" in text.lower()
+    if oom:
         return (
             f"Out of memory{where}. Lower 'patch size' or 'batch size' (Advanced) or the tile "
             "size, close other programs using the GPU, or choose device 'cpu'. The models of the "
