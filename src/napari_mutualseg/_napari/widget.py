@@ -70,15 +70,17 @@ class _PanelScroll(QScrollArea):
 
     def minimumSizeHint(self) -> QSize:
         hint = super().minimumSizeHint()
-        # the bar, and the frame a style may draw around the panels
-        extra = self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
-        width = self.widget().minimumSizeHint().width() + extra
+        width = self.widget().minimumSizeHint().width() + self._beside()
         return QSize(max(hint.width(), width), hint.height())
 
     def sizeHint(self) -> QSize:
         hint = super().sizeHint()
-        extra = self.minimumSizeHint().width() - self.widget().minimumSizeHint().width()
-        return QSize(max(hint.width(), self.widget().sizeHint().width() + extra), hint.height())
+        width = self.widget().sizeHint().width() + self._beside()
+        return QSize(max(hint.width(), self.minimumSizeHint().width(), width), hint.height())
+
+    def _beside(self) -> int:
+        """The width beside the panels: the bar, and the frame a style may draw around them."""
+        return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
 
     def showEvent(self, event: QEvent) -> None:
         super().showEvent(event)
