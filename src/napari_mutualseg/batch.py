@@ -62,9 +62,8 @@ from .cluster import (
     submit_jobs,
 )
 from .devices import describe_device
-from .files import ResultExistsError
+from .files import ResultExistsError, disk_full
 from .image_task import (
-    disk_full,
     error_reason,
     measure_image,
     process_image,

@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write",
     "check_outputs",
     "check_writable",
+    "disk_full",
     "format_size",
     "remove_stale_temps",
     "same_file_key",
@@ -78,13 +79,29 @@ class ResultExistsError(FileExistsError):
         return self.advice("pass overwrite=True")
 
 
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the disk (or the user's quota) is full: no file after it can be
+    written there either.
+
+    Parameters
+    ----------
+    err : BaseException
+        An error raised while writing.
+
+    Returns
+    -------
+    bool
+    """
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _explain(err: OSError, path: Path, existed: bool = False) -> OSError:
     """``err`` as an :class:`OutputError` whose message a user can act on."""
     if isinstance(err, OutputError | FileExistsError):
         return err
     folder = path.parent
     kept = " The earlier file is unchanged." if existed else ""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    if disk_full(err):
         text = (
             f"Not enough space to write {path} (the disk or your quota is full); free some "
             f"space or choose another folder.{kept}"

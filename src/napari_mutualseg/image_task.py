@@ -9,7 +9,6 @@ The table is written last and so marks an image complete; :func:`read_labels` an
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .files import ResultExistsError
+from .files import ResultExistsError, disk_full
 from .io import write_labels, write_table, write_text
 from .jobs import BatchOptions, ImageJob, ImageResult
 from .measure import (
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
     from .ome import PixelSize
 
 __all__ = [
-    "disk_full",
     "error_reason",
     "measure_image",
     "process_image",
@@ -171,12 +169,6 @@ def error_reason(err: BaseException) -> str:
     if isinstance(err, (ValueError, OSError)) and text:
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def disk_full(err: BaseException) -> bool:
-    """Whether ``err`` says the disk (or the user's quota) is full: no image after it can be
-    written either."""
-    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:

@@ -153,7 +153,7 @@ def _check_model_order(args: argparse.Namespace) -> None:
 def _say_what_is_kept(run: BatchRun) -> Iterator[None]:
     """A signal or a full disk that stops the run says which images are kept and how to go
     on."""
-    from ..image_task import disk_full
+    from ..files import disk_full
 
     try:
         yield
