@@ -20,7 +20,6 @@ import os
 import pickle
 import re
 import reprlib
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from . import __version__
 from .files import atomic_write
 from .io import image_stem, is_image_name
+from .thread_warnings import thread_warnings
 from .unet import N_CLASSES, UNet
 
 FORMAT = "napari-mutualseg/pair"
@@ -289,8 +289,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if kind:
         raise CheckpointError(f"{path} is {kind}, not a napari-mutualseg model file (.pt).")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's notes on pickle protocols, not for users
+        # torch's notes on pickle protocols, not for users (another thread's are still shown)
+        with thread_warnings(lambda shown: None):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         # torch's refusal advises loading the file unsafely: that advice is never passed on,

@@ -18,6 +18,7 @@ import numpy as np
 from ..boxes import BOX_TYPES, boxes_by_plane, boxes_from_shapes, usable_boxes
 from ..images import AxisImage
 from ..supervision import CELL, IGNORE, Supervision, check_class_map, make_supervision
+from ..thread_warnings import thread_warnings
 from .axes import LayerAxes, layer_axes
 from .layers import (
     OWNER_KEY,
@@ -420,8 +421,8 @@ def prepare_supervision(
                 "that plane counts as boxed."
             )
             mask = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        caught: list[warnings.WarningMessage] = []
+        with thread_warnings(caught.append):  # a job's, meanwhile, are not this plane's
             sup = make_supervision(plane_shape, kept, region=mask, edge_width=edge_width)
         notes += [f"{str(w.message)[:1].upper()}{str(w.message)[1:]}" for w in caught]
         planes.append(p)
