@@ -248,6 +248,24 @@ def test_network_planes_of_every_input_form():
         network_planes([two, two[0]])
 
 
+def test_training_images_naming_their_channels_in_another_order_are_taken_by_name():
+    rng = np.random.default_rng(0)
+    dapi, gfp = rng.random((2, 16, 20)).astype(np.float32)
+    a = AxisImage.from_array(np.stack([dapi, gfp]), "CYX", channel_names=["DAPI", "GFP"])
+    b = AxisImage.from_array(np.stack([gfp, dapi]), "CYX", channel_names=["gfp", "dapi"])
+    # by position, the first input channel was DAPI in a and GFP in b, and no names were kept
+    planes, names = network_planes([a, b])
+    np.testing.assert_array_equal(planes[1], planes[0])
+    assert names == ("DAPI", "GFP")
+
+
+def test_training_images_of_other_channel_counts_are_named_in_the_refusal():
+    gray = AxisImage.from_array(np.random.default_rng(0).random((16, 20)), "YX", name="g.tif")
+    rgb = AxisImage.from_array(np.zeros((16, 20, 3), np.uint8) + 9, "YXC", rgb=True, name="c.png")
+    with pytest.raises(ValueError, match=r"\(1 channel: g.tif; 3 channels: c.png\): .*--rgb gray"):
+        network_planes([gray, rgb])
+
+
 def test_per_channel_ranges_apply_to_blocks_as_to_the_whole():
     rng = np.random.default_rng(1)
     image = np.stack([rng.random((40, 50)) * 10, rng.random((40, 50)) * 1000 + 5])

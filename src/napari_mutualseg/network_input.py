@@ -274,26 +274,62 @@ def network_planes(
     keep = [True] * total if keep is None else [bool(k) for k in keep]
     if len(keep) != total:
         raise ValueError(f"{name} have {total} plane(s) but {len(keep)} were marked to keep.")
-    planes: list[np.ndarray] = []
-    names: set[tuple[str, ...] | None] = set()
+    chosen: list[tuple[AxisImage, list[int]]] = []
     start = 0
     for image in items:
         wanted = [j for j in range(image.n_planes) if keep[start + j]]
         start += image.n_planes
-        if not wanted:
-            continue
-        chosen = image.select(channels, rgb)
-        names.add(chosen.channel_names)
+        if wanted:
+            selected = image.select(channels, rgb)
+            if channels is None and chosen:
+                selected = _named_as(selected, chosen[0][0].channel_names)
+            chosen.append((selected, wanted))
+    _check_channel_counts([image for image, _ in chosen])
+    planes: list[np.ndarray] = []
+    for image, wanted in chosen:
         loaded = [
-            check_channels(chosen.plane(j), f"{chosen.name} {chosen.plane_name(j)}".rstrip())
+            check_channels(image.plane(j), f"{image.name} {image.plane_name(j)}".rstrip())
             for j in wanted
         ]
-        ranges = chosen.channel_ranges(percentiles)
+        ranges = image.channel_ranges(percentiles)
         planes += [apply_ranges(plane, ranges) for plane in loaded]
-    counts = sorted({p.shape[0] for p in planes})
-    if len(counts) > 1:
-        raise ValueError(
-            f"The images give different numbers of channels ({', '.join(map(str, counts))}): "
-            "pick the same channels in every image (--channel, or channels= in Python)."
-        )
-    return planes, (names.pop() if len(names) == 1 else None)
+    first = chosen[0][0].channel_names if chosen else None
+    alike = all(_lowered(image.channel_names) == _lowered(first) for image, _ in chosen)
+    return planes, (first if alike else None)
+
+
+def _lowered(names: tuple[str, ...] | None) -> list[str] | None:
+    """Channel names as they are compared: ignoring case."""
+    return None if names is None else [n.lower() for n in names]
+
+
+def _named_as(image: AxisImage, names: tuple[str, ...] | None) -> AxisImage:
+    """``image`` with its channels in the order of ``names``, when it holds the channels of
+    those names in another order (a file saved with its channels as another microscope orders
+    them): taken by position, each network input channel would be another stain in each image.
+    """
+    own, wanted = _lowered(image.channel_names) or [], _lowered(names) or []
+    if own == wanted or sorted(own) != sorted(wanted) or len(set(own)) != len(own):
+        return image
+    return image.select([own.index(n) for n in wanted])
+
+
+def _check_channel_counts(images: Sequence[AxisImage]) -> None:
+    """Refuse training images that give the networks different numbers of channels, naming
+    which gives how many (one odd file among many is otherwise hard to find)."""
+    counts: dict[int, list[str]] = {}
+    for image in images:
+        counts.setdefault(image.n_channels, []).append(image.name)
+    if len(counts) < 2:
+        return
+    given = "; ".join(
+        f"{n} channel{'s' if n > 1 else ''}: {', '.join(names[:3])}"
+        + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        for n, names in sorted(counts.items())
+    )
+    fix = "pick the same channels in every image (--channel, or channels= in Python)"
+    if any(image.rgb for image in images) and 1 in counts:
+        fix = f"make the RGB images gray (--rgb gray, or rgb='gray' in Python), or {fix}"
+    raise ValueError(
+        f"The images give the networks different numbers of channels ({given}): {fix}."
+    )
