@@ -257,6 +257,9 @@ def test_training_images_naming_their_channels_in_another_order_are_taken_by_nam
     planes, names = network_planes([a, b])
     np.testing.assert_array_equal(planes[1], planes[0])
     assert names == ("DAPI", "GFP")
+    # picked by index, channel 0 is DAPI in one and GFP in the other: said, not silent
+    with pytest.warns(UserWarning, match=r"other names \(image: DAPI; image: gfp\).*by name"):
+        network_planes([a, b], channels=[0])
 
 
 def test_training_images_of_other_channel_counts_are_named_in_the_refusal():

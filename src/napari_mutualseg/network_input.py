@@ -249,7 +249,8 @@ def network_planes(
         RGB(A) image; an :class:`AxisImage` (each of its planes); or a list of 2D images,
         channels-first ``(C, H, W)`` images and :class:`AxisImage` s.
     channels : sequence of int or str, optional
-        The channels to keep (see :meth:`AxisImage.select`); every channel when left out.
+        The channels to keep (see :meth:`AxisImage.select`); every channel when left out, in
+        the first image's order in images that name the same channels in another order.
     rgb : {"channels", "gray"}
         How RGB images are taken.
     percentiles : tuple of float
@@ -267,7 +268,14 @@ def network_planes(
     planes : list of numpy.ndarray
         ``(C, H, W)`` float32 of the kept planes, every one with the same number of channels.
     channel_names : tuple of str or None
-        The names of the input channels, when every image names them alike.
+        The names of the input channels (the first image's), when every image names them
+        alike, ignoring case.
+
+    Warns
+    -----
+    UserWarning
+        When the images name the channels they give the networks otherwise (channel 0 is
+        DAPI in one and GFP in another): they are taken by position.
     """
     items = as_images(images, name)
     total = sum(image.n_planes for image in items)
@@ -285,6 +293,7 @@ def network_planes(
                 selected = _named_as(selected, chosen[0][0].channel_names)
             chosen.append((selected, wanted))
     _check_channel_counts([image for image, _ in chosen])
+    _warn_if_named_otherwise([image for image, _ in chosen])
     planes: list[np.ndarray] = []
     for image, wanted in chosen:
         loaded = [
@@ -296,6 +305,26 @@ def network_planes(
     first = chosen[0][0].channel_names if chosen else None
     alike = all(_lowered(image.channel_names) == _lowered(first) for image, _ in chosen)
     return planes, (first if alike else None)
+
+
+def _warn_if_named_otherwise(images: Sequence[AxisImage]) -> None:
+    """Warn when training images that name their channels give the networks channels of other
+    names: taken by position (an index, or every channel), each input channel may be another
+    stain from image to image."""
+    first: dict[tuple[str, ...], AxisImage] = {}
+    for image in images:
+        if image.channel_names:
+            first.setdefault(tuple(_lowered(image.channel_names)), image)
+    if len(first) < 2:
+        return
+    said = "; ".join(f"{i.name}: {', '.join(i.channel_names)}" for i in list(first.values())[:3])
+    warnings.warn(
+        f"The images give the networks channels of other names ({said}), taken by their "
+        "position: if they are not the same stains, pick the channels by name, which finds "
+        f"each in every image ({_SETTING}).",
+        UserWarning,
+        stacklevel=4,  # the caller of MutualTrainer
+    )
 
 
 def _lowered(names: tuple[str, ...] | None) -> list[str] | None:
