@@ -183,6 +183,17 @@ def test_overlap_counts_are_each_pairs_shared_pixels_with_a_table_or_sorted_keys
     assert metrics.overlap_counts(small, b)[2].sum() == np.sum((small > 0) & (b > 0))
 
 
+def test_overlap_counts_of_uint64_ids_and_ids_near_2_to_the_32():
+    """uint64 labels made float keys (and float ids, which linking cannot index with); two
+    images of ids near 2**32 overflowed the int64 key of a pair."""
+    a = np.array([[3, 3, 2**32 - 2, 0]], np.uint64)
+    b = np.array([[2**32 - 1, 2**32 - 1, 5, 5]], np.uint32)
+    for x, y in ((a, b.astype(np.uint64)), (a.astype(np.uint32), b)):
+        counted = metrics.overlap_counts(x, y)
+        assert [c.tolist() for c in counted] == [[3, 2**32 - 2], [2**32 - 1, 5], [2, 1]]
+        assert all(c.dtype == np.int64 for c in counted)
+
+
 def test_identical_images_are_perfect():
     gt = random_labels(np.random.default_rng(3))
     r = evaluate(gt.copy(), gt)

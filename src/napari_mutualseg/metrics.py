@@ -366,7 +366,7 @@ def overlap_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     Parameters
     ----------
     a, b : numpy.ndarray
-        Integer labels of the same shape (0 = background, any non-negative ids), e.g. two
+        Integer labels of the same shape (0 = background, any ids below 2**63), e.g. two
         planes, or the values of the same pixels in two images.
 
     Returns
@@ -376,10 +376,20 @@ def overlap_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
         in ``a``, in ``b`` and the pixels they share; sorted by ``a``'s id, then ``b``'s.
     """
     a, b = np.ravel(a), np.ravel(b)
-    stride = int(b.max(initial=0)) + 1
     both = (a > 0) & (b > 0)
-    keys = a[both].astype(np.int64) * stride + b[both]
-    size = (int(a.max(initial=0)) + 1) * stride
+    a, b = a[both], b[both]
+    a_top, b_top = int(a.max(initial=0)), int(b.max(initial=0))
+    if (a_top + 1) * (b_top + 1) > np.iinfo(np.int64).max:
+        # ids too large to pack a pair in one int64 key (two images of ids near 2**32):
+        # counted on their ranks
+        a_ids, a_rank = np.unique(a, return_inverse=True)
+        b_ids, b_rank = np.unique(b, return_inverse=True)
+        a_at, b_at, pixels = overlap_counts(a_rank + 1, b_rank + 1)
+        return a_ids[a_at - 1].astype(np.int64), b_ids[b_at - 1].astype(np.int64), pixels
+    stride = b_top + 1
+    # both as int64: uint64 ids with int64 ones would make float keys
+    keys = a.astype(np.int64) * stride + b.astype(np.int64)
+    size = (a_top + 1) * stride
     if size <= min(keys.size, _DENSE_TABLE_LIMIT):
         # a table no larger than the keys: counted without sorting them
         table = np.bincount(keys, minlength=size).reshape(-1, stride)
