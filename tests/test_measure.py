@@ -270,3 +270,25 @@ def test_table_csv_of_a_data_frame_is_that_of_its_columns():
     pd = pytest.importorskip("pandas")
     table = {"label": np.array([1, 2]), "area": np.array([4.0, 9.5])}
     assert table_csv(pd.DataFrame(table)) == table_csv(table) == "label,area\n1,4.0\n2,9.5\n"
+
+
+def test_a_plane_measured_band_by_band_is_measured_as_regionprops_measures_it(monkeypatch):
+    # ragged cells (lines, single pixels, holes) over bands of a few rows each
+    from napari_mutualseg import measure
+
+    monkeypatch.setattr(measure, "_BAND_PIXELS", 3 * 40)
+    rng = np.random.default_rng(0)
+    labels = ndi.label(rng.random((30, 40)) < 0.45)[0]
+    counts = rng.integers(0, 60000, labels.shape).astype(np.uint16)
+    image = np.stack([counts, rng.random(labels.shape)])
+    table = measure_cells(labels, image)
+    shape = ("eccentricity", "solidity", "intensity_mean", "intensity_max")
+    expected = regionprops_table(
+        labels, np.moveaxis(image, 0, -1), properties=("label", "area", "centroid", "bbox", *shape)
+    )
+    assert len(table["label"]) > 50 and (table["area_px"] == 1).any()
+    pairs = {"label": "label", "area_px": "area", "eccentricity": "eccentricity"}
+    pairs |= {"solidity": "solidity", "centroid_y_px": "centroid-0", "bbox_x1_px": "bbox-3"}
+    pairs |= {"mean_intensity_0": "intensity_mean-0", "max_intensity_1": "intensity_max-1"}
+    for column, prop in pairs.items():
+        np.testing.assert_allclose(table[column], expected[prop], rtol=1e-12, err_msg=column)

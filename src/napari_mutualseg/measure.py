@@ -1,4 +1,4 @@
-"""Per-cell measurements: one row per cell, from scikit-image's ``regionprops_table``.
+"""Per-cell measurements: one row per cell, as scikit-image's ``regionprops_table`` gives them.
 
 A table is a dict of equally long 1D arrays (column name to values), which is what
 ``regionprops_table`` returns, what napari's ``layer.features`` and pandas take, and what
@@ -8,7 +8,7 @@ A table is a dict of equally long 1D arrays (column name to values), which is wh
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from skimage.measure import regionprops_table
@@ -68,7 +68,7 @@ def measure_cells(
         ``eccentricity`` and ``solidity``, with a pixel size ``area_<unit>2`` /
         ``volume_<unit>3`` and ``centroid_<axis>_<unit>``, and per channel
         ``mean_intensity_<channel>`` and ``max_intensity_<channel>``. One row per cell, in
-        label order.
+        label order. The values are those of scikit-image's ``regionprops_table``.
 
     Raises
     ------
@@ -81,9 +81,6 @@ def measure_cells(
             f"Labels must be a 2D or 3D integer image, got shape {labels.shape} and dtype "
             f"{labels.dtype}."
         )
-    properties = ["label", "area", "centroid", "bbox"]
-    if labels.ndim == 2:
-        properties += list(_SHAPE_2D)
     intensity = None
     if image is not None:
         intensity = read_here(image)
@@ -94,14 +91,135 @@ def measure_cells(
                 f"The image has shape {np.shape(image)}; it must have the labels' shape "
                 f"{labels.shape}, or channels first (C, {', '.join(map(str, labels.shape))})."
             )
-        properties += ["intensity_mean", "intensity_max"]
-        # regionprops wants channels last, and a single channel without a channel axis
-        intensity = intensity[0] if len(intensity) == 1 else np.moveaxis(intensity, 0, -1)
-    raw = regionprops_table(labels, intensity_image=intensity, properties=properties)
-    channels = None
-    if intensity is not None:
-        channels = 1 if intensity.ndim == labels.ndim else intensity.shape[-1]
-    return _table(raw, labels.ndim, channels, channel_names, pixel_size, unit)
+    if labels.ndim == 3:
+        planes = (
+            (plane, None if intensity is None else intensity[:, z])
+            for z, plane in enumerate(labels)
+        )
+        return measure_planes(
+            planes, channel_names=channel_names, pixel_size=pixel_size, unit=unit
+        )
+    sums = _Sums()
+    sums.add(0, labels, intensity)
+    raw = sums.columns(2)
+    raw["eccentricity"] = _eccentricity(labels, sums, raw["label"])
+    # the convex hull of each cell, which has no sums to add up: scikit-image's own
+    raw["solidity"] = regionprops_table(labels, properties=("solidity",))["solidity"]
+    return _table(raw, 2, sums.channels, channel_names, pixel_size, unit)
+
+
+#: Pixels of a plane whose cells are found at once: the temporaries of a whole slide scan's
+#: plane would take several times its labels' memory.
+_BAND_PIXELS = 1 << 22
+
+
+def _cell_pixels(labels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The pixels of the cells of a 2D label image, a band of rows at a time: their labels,
+    rows and columns."""
+    rows = max(1, _BAND_PIXELS // max(1, labels.shape[1]))
+    for start in range(0, labels.shape[0], rows):
+        band = labels[start : start + rows]
+        yy, xx = np.nonzero(band)
+        yield band[yy, xx].astype(np.intp), yy + start, xx
+
+
+class _Sums:
+    """What a cell table adds up over the pixels of each cell, given a plane at a time:
+    pixels, coordinate sums (exact integers, for centroids), bounding boxes and per channel
+    the intensity totals and maxima; indexed by label."""
+
+    def __init__(self) -> None:
+        self.count = np.zeros(1, np.int64)
+        self.sums = np.zeros((3, 1), np.int64)  # z, y, x
+        self.low = np.zeros((3, 1), np.int64)
+        self.high = np.zeros((3, 1), np.int64)
+        self.total: np.ndarray | None = None
+        self.peak: np.ndarray | None = None
+
+    @property
+    def channels(self) -> int | None:
+        """Channels of the intensities given (None: none given)."""
+        return None if self.total is None else len(self.total)
+
+    def _grow(self, size: int) -> None:
+        """Room for labels below ``size``."""
+        grow = size - self.count.size
+        if grow <= 0:
+            return
+        self.count = np.pad(self.count, (0, grow))
+        self.sums = np.pad(self.sums, ((0, 0), (0, grow)))
+        self.low = np.pad(self.low, ((0, 0), (0, grow)), constant_values=np.iinfo(np.int64).max)
+        self.high = np.pad(self.high, ((0, 0), (0, grow)))
+        if self.total is not None:
+            self.total = np.pad(self.total, ((0, 0), (0, grow)))
+            self.peak = np.pad(self.peak, ((0, 0), (0, grow)), constant_values=-np.inf)
+
+    def add(self, z: int, labels: np.ndarray, image: np.ndarray | None) -> None:
+        """Add plane ``z``: its 2D labels and intensities (``(Y, X)``, ``(C, Y, X)`` or
+        None, the same in every plane)."""
+        if image is not None:
+            image = image[None] if image.ndim == 2 else image
+            if self.total is None:
+                self.total = np.zeros((len(image), self.count.size))
+                self.peak = np.full((len(image), self.count.size), -np.inf)
+        for ids, yy, xx in _cell_pixels(labels):
+            if not ids.size:
+                continue
+            self._grow(int(ids.max()) + 1)
+            size = self.count.size
+            here = np.bincount(ids, minlength=size)
+            self.count += here
+            self.sums[0] += here * z
+            for k, coords in ((1, yy), (2, xx)):
+                # float weights: bincount converts integer ones slowly; exact below 2**53
+                weights = coords.astype(np.float64)
+                self.sums[k] += np.bincount(ids, weights, size).astype(np.int64)
+                np.minimum.at(self.low[k], ids, coords)
+                np.maximum.at(self.high[k], ids, coords + 1)
+            seen = here > 0
+            self.low[0][seen] = np.minimum(self.low[0][seen], z)
+            self.high[0][seen] = z + 1
+            if image is None:
+                continue
+            for c, values in enumerate(image[:, yy, xx].astype(np.float64)):
+                self.total[c] += np.bincount(ids, values, size)
+                np.maximum.at(self.peak[c], ids, values)
+
+    def columns(self, ndim: int) -> dict[str, np.ndarray]:
+        """The cells' columns as ``regionprops_table`` names them, for ``ndim``-D cells (2:
+        the y and x of plane 0 only)."""
+        present = np.flatnonzero(self.count)
+        present = present[present > 0]
+        n = self.count[present]
+        raw = {"label": present, "area": n}
+        for i, k in enumerate(range(3 - ndim, 3)):
+            raw[f"centroid-{i}"] = self.sums[k][present] / n
+            raw[f"bbox-{i}"] = self.low[k][present]
+            raw[f"bbox-{i + ndim}"] = self.high[k][present]
+        for c in range(self.channels or 0):
+            key = "" if self.channels == 1 else f"-{c}"
+            raw[f"intensity_mean{key}"] = self.total[c][present] / n
+            raw[f"intensity_max{key}"] = self.peak[c][present]
+        return raw
+
+
+def _eccentricity(labels: np.ndarray, sums: _Sums, present: np.ndarray) -> np.ndarray:
+    """The eccentricity of each cell ``present`` in 2D ``labels``, as scikit-image computes
+    it: of the ellipse with the cell's second moments (about its centroid, which keeps their
+    digits far from the image's origin)."""
+    n = sums.count[present]
+    centre = np.zeros((2, sums.count.size))
+    centre[:, present] = sums.sums[1:, present] / n
+    moments = np.zeros((3, sums.count.size))  # yy, xx, yx
+    for ids, yy, xx in _cell_pixels(labels):
+        dy, dx = yy - centre[0][ids], xx - centre[1][ids]
+        for k, weights in enumerate((dy * dy, dx * dx, dy * dx)):
+            moments[k] += np.bincount(ids, weights, sums.count.size)
+    yy, xx, yx = moments[:, present] / n
+    mean, half = (yy + xx) / 2, np.sqrt(((yy - xx) / 2) ** 2 + yx**2)
+    largest, smallest = mean + half, np.clip(mean - half, 0, None)
+    ratio = np.divide(smallest, largest, out=np.ones_like(largest), where=largest > 0)
+    return np.sqrt(1 - np.minimum(ratio, 1))  # a single pixel: 0
 
 
 def _table(
@@ -165,59 +283,10 @@ def measure_planes(
         The columns of :func:`measure_cells` for 3D labels: volume, centroid, bounding box
         and per channel the mean and maximum intensity (summed in float64).
     """
-    count = np.zeros(1, np.int64)
-    sums = np.zeros((3, 1), np.int64)  # z, y, x: centroids are exact integer sums / count
-    low = np.zeros((3, 1), np.int64)
-    high = np.zeros((3, 1), np.int64)
-    total = peak = None
-    channels = None
+    sums = _Sums()
     for z, (labels, image) in enumerate(planes):
-        labels = read_here(labels)
-        yy, xx = np.nonzero(labels)
-        ids = labels[yy, xx].astype(np.intp)
-        if ids.size and ids.max() >= count.size:  # room for the new labels
-            grow = int(ids.max()) + 1 - count.size
-            count = np.pad(count, (0, grow))
-            sums = np.pad(sums, ((0, 0), (0, grow)))
-            low = np.pad(low, ((0, 0), (0, grow)), constant_values=np.iinfo(np.int64).max)
-            high = np.pad(high, ((0, 0), (0, grow)))
-            if total is not None:
-                total = np.pad(total, ((0, 0), (0, grow)))
-                peak = np.pad(peak, ((0, 0), (0, grow)), constant_values=-np.inf)
-        here = np.bincount(ids, minlength=count.size)
-        count += here
-        sums[0] += here * z
-        for k, coords in ((1, yy), (2, xx)):
-            sums[k] += np.bincount(ids, weights=coords, minlength=count.size).astype(np.int64)
-            np.minimum.at(low[k], ids, coords)
-            np.maximum.at(high[k], ids, coords + 1)
-        seen = here > 0
-        low[0][seen] = np.minimum(low[0][seen], z)
-        high[0][seen] = z + 1
-        if image is None:
-            continue
-        image = read_here(image)
-        image = image[None] if image.ndim == 2 else image
-        if total is None:
-            channels = len(image)
-            total = np.zeros((channels, count.size))
-            peak = np.full((channels, count.size), -np.inf)
-        for c, values in enumerate(image[:, yy, xx]):
-            total[c] += np.bincount(ids, weights=values, minlength=count.size)
-            np.maximum.at(peak[c], ids, values)
-    present = np.flatnonzero(count)
-    present = present[present > 0]
-    n = count[present]
-    raw = {"label": present, "area": n}
-    for i in range(3):
-        raw[f"centroid-{i}"] = sums[i][present] / n
-        raw[f"bbox-{i}"] = low[i][present]
-        raw[f"bbox-{i + 3}"] = high[i][present]
-    for c in range(channels or 0):
-        key = "" if channels == 1 else f"-{c}"
-        raw[f"intensity_mean{key}"] = total[c][present] / n
-        raw[f"intensity_max{key}"] = peak[c][present]
-    return _table(raw, 3, channels, channel_names, pixel_size, unit)
+        sums.add(z, read_here(labels), None if image is None else read_here(image))
+    return _table(sums.columns(3), 3, sums.channels, channel_names, pixel_size, unit)
 
 
 def with_pixel_size(table: Table, pixel_size: Sequence[float], unit: str = "um") -> Table:
