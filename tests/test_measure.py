@@ -292,3 +292,19 @@ def test_a_plane_measured_band_by_band_is_measured_as_regionprops_measures_it(mo
     pairs |= {"mean_intensity_0": "intensity_mean-0", "max_intensity_1": "intensity_max-1"}
     for column, prop in pairs.items():
         np.testing.assert_allclose(table[column], expected[prop], rtol=1e-12, err_msg=column)
+
+
+def test_cells_with_ids_of_another_tool_are_measured_under_their_ids(cells):
+    # ids far apart took memory per id up to the largest (MemoryError beyond about 10**9)
+    labels, image = cells
+    labels = labels.astype(np.int64)
+    small = measure_cells(labels, image)
+    huge = measure_cells(labels * 10**12, image)
+    assert huge["label"].tolist() == [10**12, 2 * 10**12]
+    assert all(np.array_equal(huge[k], small[k]) for k in small if k != "label")
+    # no background: every pixel a cell's, the first id too
+    full = measure_cells(np.where(labels > 0, labels, 3) * 10**12)
+    assert full["label"].tolist() == [10**12, 2 * 10**12, 3 * 10**12]
+    assert full["area_px"].sum() == labels.size
+    volume = measure_cells(np.stack([labels, labels]) * 10**12)
+    np.testing.assert_array_equal(volume["volume_px"], 2 * small["area_px"])

@@ -91,21 +91,32 @@ def measure_cells(
                 f"The image has shape {np.shape(image)}; it must have the labels' shape "
                 f"{labels.shape}, or channels first (C, {', '.join(map(str, labels.shape))})."
             )
+    ids = None
+    if labels.size and int(labels.max()) >= labels.size:
+        # ids of another tool, far apart: measured by rank, as the sums take memory per id
+        ids, ranks = np.unique(labels, return_inverse=True)
+        labels = ranks.reshape(labels.shape)
+        if ids[0] != 0:  # no background: the first id is no background either
+            ids, labels = np.concatenate([[0], ids]), labels + 1
     if labels.ndim == 3:
         planes = (
             (plane, None if intensity is None else intensity[:, z])
             for z, plane in enumerate(labels)
         )
-        return measure_planes(
+        table = measure_planes(
             planes, channel_names=channel_names, pixel_size=pixel_size, unit=unit
         )
-    sums = _Sums()
-    sums.add(0, labels, intensity)
-    raw = sums.columns(2)
-    raw["eccentricity"] = _eccentricity(labels, sums, raw["label"])
-    # the convex hull of each cell, which has no sums to add up: scikit-image's own
-    raw["solidity"] = regionprops_table(labels, properties=("solidity",))["solidity"]
-    return _table(raw, 2, sums.channels, channel_names, pixel_size, unit)
+    else:
+        sums = _Sums()
+        sums.add(0, labels, intensity)
+        raw = sums.columns(2)
+        raw["eccentricity"] = _eccentricity(labels, sums, raw["label"])
+        # the convex hull of each cell, which has no sums to add up: scikit-image's own
+        raw["solidity"] = regionprops_table(labels, properties=("solidity",))["solidity"]
+        table = _table(raw, 2, sums.channels, channel_names, pixel_size, unit)
+    if ids is not None:
+        table["label"] = ids[table["label"]].astype(np.int64)
+    return table
 
 
 #: Pixels of a plane whose cells are found at once: the temporaries of a whole slide scan's
