@@ -14,6 +14,9 @@ from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.models import ModelPair, build_unet
 from napari_mutualseg.supervision import BACKGROUND, CELL
 
+#: Two discs side by side (their cells touch) and one apart.
+TOUCHING = ((20, 20), (20, 35), (46, 46))
+
 
 @pytest.fixture
 def trained(second_image):
@@ -107,20 +110,19 @@ def test_next_cell_to_check_is_on_the_image_just_predicted(thresholded, notes):
 def test_merge_and_split_a_cell(trained):
     viewer, widget, _image, other = trained
     cells = viewer.layers["other cells"]
-    ids = [int(i) for i in np.unique(cells.data) if i]
-    assert len(ids) >= 2
-    area = int(np.isin(cells.data, ids[:2]).sum())
-    widget.correct.merge(other, ids[0], ids[1])
-    assert not (cells.data == ids[1]).any() and int((cells.data == ids[0]).sum()) == area
+    label = int(np.unique(cells.data)[1])
+    area = int((cells.data == label).sum())
+    new = widget.correct.split(other, label)
+    assert (cells.data == new).any() and (cells.data == label).any()
+    assert int(np.isin(cells.data, [label, new]).sum()) == area
     table = cells.features  # the table (and what is exported from it) follows
-    assert ids[1] not in table["label"].tolist()
-    assert int(table["area_px"][table["label"] == ids[0]].iloc[0]) == area
-    new = widget.correct.split(other, ids[0])
-    assert (cells.data == new).any() and (cells.data == ids[0]).any()
-    assert int(np.isin(cells.data, [ids[0], new]).sum()) == area
+    assert {label, new} <= set(table["label"].tolist())
+    assert int(table["area_px"][table["label"].isin([label, new])].sum()) == area
+    widget.correct.merge(other, label, new)  # the two halves touch
+    assert not (cells.data == new).any() and int((cells.data == label).sum()) == area
     table = cells.features
-    assert {ids[0], new} <= set(table["label"].tolist())
-    assert int(table["area_px"][table["label"].isin([ids[0], new])].sum()) == area
+    assert new not in table["label"].tolist()
+    assert int(table["area_px"][table["label"] == label].iloc[0]) == area
 
 
 def test_merge_and_split_measure_again_only_the_cells_they_change(trained, monkeypatch):
@@ -145,8 +147,8 @@ def test_merge_and_split_measure_again_only_the_cells_they_change(trained, monke
         "distance_transform_edt",
         lambda mask: transformed.append(mask.shape) or transform(mask),
     )
-    widget.correct.merge(other, ids[0], ids[1])
-    widget.correct.split(other, ids[0])
+    new = widget.correct.split(other, ids[0])
+    widget.correct.merge(other, ids[0], new)
     assert measured and cells.data.shape not in measured
     assert transformed and cells.data.shape not in transformed  # split in the cell's box
     whole = cells_module.measure_layer(cells, other)
@@ -392,7 +394,7 @@ def test_merge_and_split_are_undone_with_napari_undo(thresholded):
     where their labels fit): a new cell there takes the smallest free label, and the layer
     keeps its type and its undo."""
     viewer, widget = thresholded
-    image = viewer.add_image(disc_image()[0], name="x")
+    image = viewer.add_image(disc_image(centres=TOUCHING)[0], name="x")
     widget.predict(image, block=True)
     cells = viewer.layers["x cells"]
     before = np.asarray(cells.data).copy()
@@ -416,6 +418,47 @@ def test_merge_and_split_are_undone_with_napari_undo(thresholded):
     assert new in cells.features["label"].tolist()
     cells.undo()
     np.testing.assert_array_equal(cells.data, full)
+
+
+def test_cells_that_do_not_touch_are_not_merged(thresholded):
+    """One cell of two pieces is no cell: the last two labels picked (Next cell's among
+    them) were merged wherever they lay."""
+    from napari_mutualseg._napari.prepare import UserInputError
+
+    viewer, widget = thresholded
+    image = viewer.add_image(disc_image(centres=TOUCHING)[0], name="x")
+    widget.predict(image, block=True)
+    cells = viewer.layers["x cells"]
+    before = np.asarray(cells.data).copy()
+    side, other, apart = (int(before[c]) for c in TOUCHING)
+    with pytest.raises(UserInputError, match=f"Cells {side} and {apart} of 'x cells' do not"):
+        widget.correct.merge(image, side, apart)
+    np.testing.assert_array_equal(cells.data, before)
+    widget.correct.merge(image, side, other)
+    assert int((cells.data == side).sum()) == int(np.isin(before, [side, other]).sum())
+
+
+def test_merge_and_split_on_a_stack_change_the_plane_shown(thresholded):
+    """As napari's brush and fill: a z-stack's cells are linked through z, and a split cut
+    the linked cell between its planes, the cell on the plane shown unchanged."""
+    viewer, widget = thresholded
+    plane = disc_image(centres=TOUCHING)[0]
+    stack = viewer.add_image(np.stack([plane] * 4), name="st", axis_labels=("z", "y", "x"))
+    widget.predict(stack, block=True)
+    cells = viewer.layers["st cells"]
+    before = np.asarray(cells.data).copy()
+    viewer.dims.set_point(0, 2)
+    side, other, _ = (int(before[(2, *c)]) for c in TOUCHING)
+    new = widget.correct.split(stack, side)
+    assert (cells.data[2] == new).any() and (cells.data[2] == side).any()
+    widget.correct.merge(stack, side, new)
+    np.testing.assert_array_equal(cells.data, before)
+    widget.correct.merge(stack, side, other)
+    assert not (cells.data[2] == other).any()
+    np.testing.assert_array_equal(np.delete(cells.data, 2, 0), np.delete(before, 2, 0))
+    cells.n_edit_dimensions = 3  # napari's "n edit dim": whole 3D cells
+    widget.correct.merge(stack, side, other)
+    assert not (cells.data == other).any()
 
 
 def test_check_buttons_wait_for_the_picked_images_cells(thresholded):

@@ -170,23 +170,41 @@ class Corrector:
     # ------------------------------------------------------------------------------ editing
 
     def merge(self, image: Image, keep: int, into: int) -> None:
-        """Make cell ``into`` part of cell ``keep`` in the cells of ``image``."""
+        """Make cell ``into`` part of cell ``keep`` in the cells of ``image``; of a stack, on
+        the plane the sliders show (:meth:`edited_part`)."""
         cells = self._editable(image, edit=True)
-        data = np.asarray(cells.data)
+        part = self.edited_part(cells)
+        data = np.asarray(cells.data)[part]
+        on = " on the plane shown" if part else ""
         if keep == into or not (data == keep).any() or not (data == into).any():
-            raise UserInputError(f"Pick two different cells of '{cells.name}' to merge.")
+            raise UserInputError(f"Pick two different cells of '{cells.name}'{on} to merge.")
+        if not _touch(data == keep, data == into):
+            # one cell of two pieces is no cell: a mis-pick (the last two labels selected,
+            # Next cell's among them) more often than a wish
+            raise UserInputError(
+                f"Cells {keep} and {into} of '{cells.name}' do not touch{on}: merged, they "
+                "would make one cell of two pieces. Pick two cells side by side (the last two "
+                "picked are merged); to join cells across a gap, paint the gap with the label "
+                "of one of them first."
+            )
         # written as a paint stroke is, so that napari's undo (Ctrl+Z) takes it back
-        cells.data_setitem(np.nonzero(data == into), keep)
+        cells.data_setitem(_in_part(part, np.nonzero(data == into)), keep)
         refresh_cells(cells, image, [keep, into])  # the table and its exports follow
         cells.selected_label = keep
 
     def split(self, image: Image, label: int) -> int:
-        """Split cell ``label`` in two (where it narrows); the new cell's label."""
+        """Split cell ``label`` in two (where it narrows); the new cell's label. Of a stack,
+        the cell on the plane the sliders show (:meth:`edited_part`)."""
         cells = self._editable(image, edit=True)
+        part = self.edited_part(cells)
         data = np.asarray(cells.data)
-        mask = data == label
+        mask = data[part] == label
         if label == 0 or mask.sum() < 4:
-            raise UserInputError(f"Pick a cell of '{cells.name}' to split (label {label}).")
+            on = " on the plane shown" if part else ""
+            raise UserInputError(
+                f"Pick a cell of '{cells.name}'{on} to split (label {label}); a cell of "
+                "fewer than 4 pixels is not split."
+            )
         new = _new_label(data, cells.name)
         # the cell's box and a margin wider than peak_local_max's border: the same halves as
         # on the whole image, whose distance transform took the main thread 0.4 s at 2048²
@@ -209,9 +227,22 @@ class Corrector:
             halves = np.zeros(mask.shape, np.int32)
             halves[tuple(np.argwhere(mask).T)] = np.where(centred @ axis < 0, 1, 2)
         second = tuple(i + b.start for i, b in zip(np.nonzero(halves == 2), box, strict=True))
-        cells.data_setitem(second, new)  # undone with napari's undo too
+        cells.data_setitem(_in_part(part, second), new)  # undone with napari's undo too
         refresh_cells(cells, image, [label, new])  # the table and its exports follow
         return new
+
+    def edited_part(self, cells: Labels) -> tuple[int, ...]:
+        """The indices of the leading axes of ``cells`` that Merge and Split keep: the plane
+        the sliders show, as napari's brush and fill edit it (the layer's last
+        ``n_edit_dimensions`` axes; with 3, a z-stack's whole cells); () edits it all.
+
+        A stack's cells are linked through z: edited whole, a split cut a cell between its
+        planes, and the cell on the plane shown did not change.
+        """
+        lead = cells.ndim - min(max(cells.n_edit_dimensions, 2), cells.ndim)
+        point = cells.world_to_data(self.viewer.dims.point)
+        shape = cells.data.shape
+        return tuple(int(np.clip(np.round(point[k]), 0, shape[k] - 1)) for k in range(lead))
 
     def propose_boxes(self, image: Image) -> Shapes:
         """A new Shapes layer with a box around every cell of ``image`` to fix by hand."""
@@ -386,6 +417,20 @@ def _new_label(data: np.ndarray, name: str) -> int:
             "to int32, then split again."
         )
     return int(free[0]) + 1
+
+
+def _in_part(part: tuple[int, ...], where: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Indices ``where`` of the plane ``part`` (:meth:`Corrector.edited_part`) as indices of
+    the whole layer."""
+    n = len(where[0])
+    return tuple(np.full(n, i, np.intp) for i in part) + tuple(where)
+
+
+def _touch(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether masks ``a`` and ``b`` touch (diagonals too). Looked at in the box of both."""
+    (box,) = ndi.find_objects((a | b).astype(np.uint8))
+    grown = ndi.binary_dilation(a[box], structure=np.ones((3,) * a.ndim, bool))
+    return bool((grown & b[box]).any())
 
 
 def _meets(box: Box, said: np.ndarray) -> bool:
