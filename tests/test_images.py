@@ -284,6 +284,18 @@ def test_per_channel_ranges_apply_to_blocks_as_to_the_whole():
         channel_ranges(image)
 
 
+def test_a_constant_channel_is_called_as_the_file_calls_it_not_by_its_place_in_the_pick():
+    rng = np.random.default_rng(0)
+    data = np.concatenate([rng.random((2, 16, 20)), np.zeros((1, 16, 20))]).astype(np.float32)
+    unnamed = AxisImage.from_array(data, "CYX", name="a.tif")
+    # channels 0 and 2 picked: the empty one was called channel 1, which was not picked
+    with pytest.raises(ValueError, match=r"channel 2 of a\.tif is constant"):
+        network_planes(unnamed, channels=[0, 2])
+    named = AxisImage.from_array(data, "CYX", channel_names=["DAPI", "GFP", "empty"])
+    with pytest.raises(ValueError, match="channel empty of image is constant"):
+        network_planes(named, channels=[2, 0])
+
+
 def test_large_images_sample_the_percentiles(monkeypatch):
     from napari_mutualseg import preprocess
 

@@ -176,6 +176,9 @@ class AxisImage:
         How the image is called in messages (the file name).
     notes : tuple of str
         Where the axes came from and what was assumed, for people.
+    source_channels : tuple of int, optional
+        Of picked channels (:meth:`select`), each one's index in the image it was picked
+        from: what messages call it by where the channels have no names.
     """
 
     data: Any
@@ -186,6 +189,7 @@ class AxisImage:
     rgb: bool = False
     name: str = "image"
     notes: tuple[str, ...] = ()
+    source_channels: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         # what describe says, not the pixels
@@ -215,6 +219,14 @@ class AxisImage:
         sizes = {k.upper(): float(v) for k, v in dict(self.pixel_size).items()}
         object.__setattr__(self, "pixel_size", {k: v for k, v in sizes.items() if k in axes})
         object.__setattr__(self, "notes", tuple(self.notes))
+        if self.source_channels is not None:
+            sources = tuple(int(i) for i in self.source_channels)
+            if len(sources) != self.n_channels:
+                raise ValueError(
+                    f"{self.name} has {self.n_channels} channel(s) but {len(sources)} source "
+                    "channel(s) were given."
+                )
+            object.__setattr__(self, "source_channels", sources)
 
     # ------------------------------------------------------------------ constructors
 
@@ -468,7 +480,10 @@ class AxisImage:
         sample = np.concatenate(
             [read_here(self.plane_array(int(j))[:, ::step, ::step]) for j in picks], axis=1
         )
-        return channel_ranges(sample, percentiles, self.name)
+        names = self.channel_names or self.source_channels
+        return channel_ranges(
+            sample, percentiles, self.name, channels=None if names is None else map(str, names)
+        )
 
     def describe(self, *, notes: bool = False) -> str:
         """One line for people: name, plane size, channels, planes, axes, pixel size and

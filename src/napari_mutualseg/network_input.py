@@ -200,7 +200,12 @@ def _gray(image: AxisImage) -> AxisImage:
     gray = (colours * weights).sum(axis=c, keepdims=True).astype(np.float32)
     note = "RGB converted to one gray channel"
     return replace(
-        image, data=gray, channel_names=("gray",), rgb=False, notes=(*image.notes, note)
+        image,
+        data=gray,
+        channel_names=("gray",),
+        rgb=False,
+        notes=(*image.notes, note),
+        source_channels=None,
     )
 
 
@@ -220,7 +225,9 @@ def _pick_channels(image: AxisImage, channels: tuple[int | str, ...] | None) -> 
     if indices == list(range(image.n_channels)):
         return replace(image, notes=tuple(notes))
     names = tuple(image.channel_names[i] for i in indices) if image.channel_names else None
-    chosen = ", ".join(names) if names else ", ".join(map(str, indices))
+    sources = image.source_channels
+    sources = tuple(sources[i] if sources else i for i in indices)
+    chosen = ", ".join(names) if names else ", ".join(map(str, sources))
     if channels is not None:
         notes.append(f"network input: channel(s) {chosen}")
     return replace(
@@ -228,6 +235,7 @@ def _pick_channels(image: AxisImage, channels: tuple[int | str, ...] | None) -> 
         data=_take(image.data, image.axes.index("C"), indices),
         channel_names=names,
         notes=tuple(notes),
+        source_channels=sources,
     )
 
 

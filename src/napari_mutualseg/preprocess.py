@@ -10,6 +10,7 @@ one block of it at a time (:func:`apply_ranges`). Lazy pixels (dask) are read in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -138,7 +139,11 @@ def check_channels(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def channel_ranges(
-    image: Any, percentiles: tuple[float, float] = DEFAULT_PERCENTILES, name: str = "image"
+    image: Any,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    name: str = "image",
+    *,
+    channels: Iterable[str] | None = None,
 ) -> np.ndarray:
     """Low and high intensity of every channel at ``percentiles``.
 
@@ -154,6 +159,9 @@ def channel_ranges(
         The two percentiles mapped to 0 and 1.
     name : str
         How the image is called in error messages.
+    channels : iterable of str, optional
+        How each channel is called in error messages (its name, or its index in the image
+        it was picked from); by default its index in ``image``.
 
     Returns
     -------
@@ -175,11 +183,12 @@ def channel_ranges(
     sample = read_here(image[..., ::step, ::step], np.float32)
     sample = sample.reshape(-1 if sample.ndim == 3 else 1, sample.shape[-2] * sample.shape[-1])
     ranges = np.empty((sample.shape[0], 2), np.float64)
+    called = list(channels) if channels is not None else list(range(sample.shape[0]))
     for c, values in enumerate(sample):
         low, high = np.percentile(values, percentiles)
         if high <= low:
             low, high = float(values.min()), float(values.max())
-        what = name if sample.shape[0] == 1 else f"channel {c} of {name}"
+        what = name if sample.shape[0] == 1 else f"channel {called[c]} of {name}"
         if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError(f"{what} contains NaN or infinite pixels. {NAN_ADVICE}")
         if high <= low:
