@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers import WIDGET_NAME
-from napari_mutualseg._napari import sample_data
+from helpers import WIDGET_NAME, rectangles
+from napari_mutualseg._napari import reader, sample_data
 
 
 def test_manifest_is_valid_and_importable():
@@ -25,7 +25,8 @@ def test_manifest_is_valid_and_importable():
     assert "bbbc039" in samples
     images, boxes = contributions.readers
     assert "*.tif" in images.filename_patterns and images.accepts_directories  # OME-Zarr
-    assert {"*.roi", "*.zip", "*.geojson"} == set(boxes.filename_patterns)  # Fiji, QuPath
+    # Fiji, QuPath, box tables
+    assert {"*.roi", "*.zip", "*.geojson", "*.csv"} == set(boxes.filename_patterns)
 
 
 def test_sample_data_layers():
@@ -98,3 +99,29 @@ def test_panel_starts_with_the_preferences(make_napari_viewer, preferences, note
     [warning] = [str(n.message) for n in notes if "Preferences" in str(n.message)]
     assert "patch_size" in warning and "8" in warning
     widget.shutdown(timeout=30)
+
+
+def test_box_tables_open_on_the_image_they_were_drawn_on(make_napari_viewer, tmp_path):
+    """Boxes saved as napari's Shapes CSV (File > Save Selected Layers) open on the image
+    they were drawn on: napari's own reader lays them in pixels, at twice their size on an
+    image of 0.5 µm pixels. A plain y0,x0,y1,x1 table opens so too; other CSVs are left to
+    other readers."""
+    import napari
+
+    from napari_mutualseg._napari.prepare import prepare_supervision
+    from napari_mutualseg.box_tables import write_box_table
+
+    viewer = make_napari_viewer()
+    rows = [(4, 6, 12, 16), (20, 24, 28, 34)]
+    image = viewer.add_image(np.zeros((32, 40), np.float32), scale=(0.5, 0.5), units="um")
+    drawn = viewer.add_shapes(rectangles(rows), shape_type="rectangle", scale=(0.5, 0.5))
+    napari.save_layers(str(tmp_path / "boxes.csv"), [drawn])
+    write_box_table(tmp_path / "plain.csv", rows)
+    (tmp_path / "cells.csv").write_text("label,area_px\n1,80\n")
+    for name in ("boxes.csv", "plain.csv"):
+        viewer.layers.selection.active = image
+        [opened] = viewer.open(tmp_path / name, plugin="napari-mutualseg")
+        np.testing.assert_allclose(opened.scale, image.scale)
+        [supervision] = prepare_supervision(image, opened).supervisions
+        assert [b.pixel_range() for b in supervision.boxes] == rows
+    assert reader.get_box_reader(str(tmp_path / "cells.csv")) is None

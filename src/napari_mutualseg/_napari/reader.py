@@ -13,10 +13,11 @@ Label files this package wrote (cells, a supervision) open as Labels layers, a s
 in its class colours, so that its paint can be reused or a result checked.
 
 Boxes drawn in Fiji (a ROI Manager's ``RoiSet.zip`` or one ``.roi``) or QuPath (*Export
-objects as GeoJSON*) open as a Shapes layer the dock widget takes as its boxes, read by
-:func:`~napari_mutualseg.box_tables.read_box_table`: each box on its plane of the image
-open in the viewer (the selected image, else the top one), with that image's pixel size,
-as the command line lays them on an image.
+objects as GeoJSON*), and CSV box tables (napari's Shapes CSV of rectangles and ellipses,
+``y0,x0,y1,x1`` and regionprops tables), open as a Shapes layer the dock widget takes as
+its boxes, read by :func:`~napari_mutualseg.box_tables.read_box_table`: each box on its
+plane of the image open in the viewer (the selected image, else the top one), with that
+image's pixel size, as the command line lays them on an image.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
 
 def get_box_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
     """The reader of ``path`` when it holds boxes drawn in Fiji (a ``.roi``, or a ``.zip``
-    of ROIs: a ROI Manager's set) or QuPath (``.geojson`` of QuPath's objects); ``None``
-    for any other zip or GeoJSON, which other readers open."""
+    of ROIs: a ROI Manager's set) or QuPath (``.geojson`` of QuPath's objects), or a CSV
+    box table of one image; ``None`` for any other zip, GeoJSON or CSV, which other readers
+    open."""
     if isinstance(path, list):
         return None
     p = Path(path)
@@ -63,6 +65,8 @@ def get_box_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | 
     if suffix == ".roi" or (suffix == ".zip" and _roi_set(p)):
         return read_boxes
     if suffix == ".geojson" and _qupath_objects(p):
+        return read_boxes
+    if suffix == ".csv" and _box_table(p):
         return read_boxes
     return None
 
@@ -101,6 +105,22 @@ def _qupath_objects(path: Path) -> bool:
             for f in data
         )
     )
+
+
+def _box_table(path: Path) -> bool:
+    """Whether ``path`` is a CSV table of one image's boxes that
+    :func:`~napari_mutualseg.box_tables.read_box_table` reads: napari's Shapes CSV of
+    rectangles and ellipses (napari's own reader opens it in pixels, off an image with a
+    pixel size), a ``y0,x0,y1,x1`` or regionprops table. A table of several images' boxes
+    (an ``image`` column) is left out: which of them belong to the image open is not
+    known."""
+    from ..box_tables import read_box_table
+
+    try:
+        table = read_box_table(path)
+    except (OSError, ValueError):
+        return False
+    return not any(isinstance(key, str) for key in table)
 
 
 def read_boxes(path: str) -> list[LayerData]:
