@@ -231,6 +231,25 @@ def test_a_failed_segmentation_leaves_no_store_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_store_another_run_finished_meanwhile_is_kept(tmp_path):
+    """Without overwrite, the labels of a run that finished first stay: the last run replaced
+    them (and two in one process shared one temporary store, leaving neither readable)."""
+    import zarr
+
+    from napari_mutualseg.ome import labels_zarr
+
+    target = tmp_path / "c.ome.zarr"
+    with (
+        pytest.raises(FileExistsError, match="already exists"),
+        labels_zarr(target, (16, 16)) as out,
+    ):
+        out[:] = 1
+        with labels_zarr(target, (16, 16)) as first:
+            first[:] = 2
+    assert zarr.open_group(str(target), mode="r")["0"][0, 0] == 2
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
 def test_uncompressed_tiff_is_read_window_by_window_with_its_calibration(tmp_path):
     raw = np.arange(120 * 90, dtype=np.uint16).reshape(120, 90)
     path = tmp_path / "plain.tif"

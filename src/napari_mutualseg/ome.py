@@ -359,7 +359,9 @@ def labels_zarr(
     The store is written under a temporary name in the same folder; on leaving the ``with``
     block the pyramid levels and the OME-NGFF metadata are added and it is renamed into place.
     If the block raises, the temporary store is removed and ``path`` is left as it was; one
-    that a killed process of this machine left for ``path`` is removed at the start.
+    that a killed process of this machine left for ``path`` is removed at the start. Without
+    ``overwrite``, a ``path`` that appeared meanwhile (another run's) is kept and this store
+    removed.
 
     Parameters
     ----------
@@ -394,7 +396,8 @@ def labels_zarr(
     Raises
     ------
     FileExistsError
-        When ``path`` exists and ``overwrite`` is False.
+        When ``path`` exists, or appears before the store is complete, and ``overwrite`` is
+        False.
     ValueError
         When ``path`` does not end in ``.zarr``, zarr is not installed, or ``axes`` are not
         label axes of ``shape``.
@@ -416,8 +419,8 @@ def labels_zarr(
     check_writable_zarr(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, "partial")
-    temp = temp_path(path, "partial", unique=False)
-    shutil.rmtree(temp, ignore_errors=True)
+    # unique: two stores of one target in one process (two runs in threads) stay apart
+    temp = temp_path(path, "partial")
     try:
         group = zarr.open_group(str(temp), mode="w", zarr_format=2)
         shape = tuple(int(s) for s in shape[len(shape) - len(axes) :])
@@ -430,16 +433,32 @@ def labels_zarr(
             _downsample(level, smaller)
             level, levels = smaller, levels + 1
         group.attrs.update(_multiscales(name, axes, levels, pixel_size, frame_interval))
+        _replace(temp, path, overwrite)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    _replace(temp, path)
 
 
-def _replace(temp: Path, path: Path) -> None:
-    """Rename ``temp`` to ``path``; a folder already there is moved aside first, then removed."""
-    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+def _replace(temp: Path, path: Path, overwrite: bool) -> None:
+    """Rename ``temp`` to ``path``. With ``overwrite``, a folder already there is moved aside
+    first, then removed (put back if the rename fails); without, one there is kept."""
+    if not overwrite:
+        if path.exists():
+            raise ResultExistsError(f"{path} already exists (written while this one was made)")
+        try:
+            temp.rename(path)  # onto a folder that appeared since the check: refused
+        except OSError:
+            if path.exists():
+                raise ResultExistsError(f"{path} already exists") from None
+            raise
+        return
+    old = temp_path(path, "old")
     if path.exists():
         path.rename(old)
-    temp.rename(path)
+    try:
+        temp.rename(path)
+    except BaseException:
+        if old.exists():
+            old.rename(path)
+        raise
     shutil.rmtree(old, ignore_errors=True)
