@@ -12,7 +12,7 @@ thresholds costs little more than evaluating one.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,9 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(
 # Most entries of a dense table of pair counts (32 MB); above it, or above the overlapping
 # pixels counted, sorting their pair keys costs less memory.
 _DENSE_TABLE_LIMIT = 1 << 22
+# Pixels of two label images counted at a time: scoring needs a few arrays of this size besides
+# the images, however large a stack is.
+_CHUNK = 1 << 22
 
 
 def _ratio(num: float, den: float, empty: float) -> float:
@@ -147,7 +150,11 @@ def not_instance_labels(labels: np.ndarray) -> str | None:
     x = np.asarray(labels)
     if x.size == 0 or x.dtype.kind not in "biu" or int(x.max()) > 255:
         return None
-    counts = np.bincount(x.ravel().astype(np.intp), minlength=256)
+    flat = x.reshape(-1)
+    counts = sum(
+        np.bincount(flat[i : i + _CHUNK].astype(np.intp), minlength=256)
+        for i in range(0, flat.size, _CHUNK)
+    )
     present = [v for v in np.flatnonzero(counts) if v != 0]
     if not present or set(present) - set(_CLASS_VALUES):
         return None
@@ -314,24 +321,24 @@ def label_evidence(image: np.ndarray) -> LabelEvidence:
     )
 
 
-def _consecutive(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Relabel to 0..n (0 stays background); return (flat relabelled, original ids of 1..n)."""
-    flat = x.ravel()
-    top = int(flat.max()) if flat.size else 0
-    if top <= max(4 * flat.size, 1 << 16):
-        # A lookup table is linear in the pixel count, np.unique would sort them.
+def _object_numbers(flat: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """The ids of a flat label image, and what turns a part of it into object numbers 1..n
+    (0 stays background), each read :data:`_CHUNK` pixels at a time."""
+    top = int(flat.max(initial=0))
+    parts = range(0, flat.size, _CHUNK)
+    if top <= max(4 * min(flat.size, _CHUNK), 1 << 16):
+        # a lookup table, where ids are not far above the pixels: no sorting of them
         present = np.zeros(top + 1, dtype=bool)
-        present[flat] = True
+        for start in parts:
+            present[flat[start : start + _CHUNK]] = True
         present[0] = False
         ids = np.flatnonzero(present)
-        lut = np.zeros(top + 1, dtype=np.int64)
+        lut = np.zeros(top + 1, dtype=np.int32 if top < 2**31 else np.int64)
         lut[ids] = np.arange(1, ids.size + 1)
-        return lut[flat], ids
-    ids, inverse = np.unique(flat, return_inverse=True)
-    inverse = inverse.reshape(-1).astype(np.int64)
-    if ids.size and ids[0] == 0:
-        return inverse, ids[1:]
-    return inverse + 1, ids
+        return ids, lambda part: lut[part]
+    ids = np.unique(np.concatenate([np.unique(flat[i : i + _CHUNK]) for i in parts]))
+    ids = ids[ids != 0]
+    return ids, lambda part: np.where(part > 0, np.searchsorted(ids, part) + 1, 0)
 
 
 @dataclass(frozen=True)
@@ -417,13 +424,26 @@ def overlap_table(pred: np.ndarray, gt: np.ndarray) -> Overlap:
     gt = _as_labels(gt, "gt")
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt shapes differ: {pred.shape} vs {gt.shape}")
-    p, pred_ids = _consecutive(pred)
-    g, gt_ids = _consecutive(gt)
-    n_p, n_g = pred_ids.size, gt_ids.size
-    gt_area = np.bincount(g, minlength=n_g + 1)[1:]
-    pred_area = np.bincount(p, minlength=n_p + 1)[1:]
-    pair_gt, pair_pred, inter = overlap_counts(g, p)
-    pair_gt, pair_pred = pair_gt - 1, pair_pred - 1  # ids 1..n to object indices
+    gt_flat, pred_flat = gt.reshape(-1), pred.reshape(-1)
+    gt_ids, gt_numbers = _object_numbers(gt_flat)
+    pred_ids, pred_numbers = _object_numbers(pred_flat)
+    gt_area = np.zeros(gt_ids.size + 1, np.int64)
+    pred_area = np.zeros(pred_ids.size + 1, np.int64)
+    counted = []
+    for start in range(0, gt.size or 1, _CHUNK):  # one empty part of an empty image
+        g = gt_numbers(gt_flat[start : start + _CHUNK])
+        p = pred_numbers(pred_flat[start : start + _CHUNK])
+        gt_area += np.bincount(g, minlength=gt_area.size)
+        pred_area += np.bincount(p, minlength=pred_area.size)
+        counted.append(overlap_counts(g, p))
+    pair_gt, pair_pred, inter = (np.concatenate(column) for column in zip(*counted, strict=True))
+    if len(counted) > 1:  # the counts of a pair in several parts added up
+        stride = pred_ids.size + 1
+        keys, where = np.unique(pair_gt * stride + pair_pred, return_inverse=True)
+        inter = np.bincount(where, weights=inter).astype(np.int64)
+        pair_gt, pair_pred = np.divmod(keys, stride)
+    gt_area, pred_area = gt_area[1:], pred_area[1:]
+    pair_gt, pair_pred = pair_gt - 1, pair_pred - 1  # numbers 1..n to object indices
     union = gt_area[pair_gt] + pred_area[pair_pred] - inter
     return Overlap(
         gt_ids=gt_ids,
