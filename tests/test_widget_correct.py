@@ -461,6 +461,22 @@ def test_merge_and_split_on_a_stack_change_the_plane_shown(thresholded):
     assert not (cells.data == other).any()
 
 
+def test_next_cell_passes_over_the_cells_merged_away_or_erased(thresholded, notes):
+    """Checked already: Next cell went to them, and selected a label no cell had."""
+    viewer, widget = thresholded
+    image = viewer.add_image(disc_image(centres=TOUCHING)[0], name="x")
+    widget.predict(image, block=True)
+    cells = viewer.layers["x cells"]
+    side, other, apart = (int(cells.data[c]) for c in TOUCHING)
+    widget.correct.merge(image, side, other)
+    shown = [widget.correct.next_cell(image).label for _ in range(3)]
+    assert sorted(shown) == sorted([side, apart, side]) and cells.selected_label != other
+    cells.fill(TOUCHING[0], 0)
+    cells.fill(TOUCHING[2], 0)
+    assert widget.correct.next_cell(image) is None
+    assert "Every cell to check on 'x' was changed" in messages(notes, "warning")[-1]
+
+
 def test_check_buttons_wait_for_the_picked_images_cells(thresholded):
     viewer, widget = thresholded
     check = widget.check

@@ -137,8 +137,19 @@ class Corrector:
             )
             return None
         key = str(image.unique_id)
-        k = self._visits.get(key, -1) + 1
-        k = 0 if k >= len(spots) else k
+        cells = self.cells_layer(image)
+        first = self._visits.get(key, -1) + 1
+        # a cell merged away or erased since is checked: its label selected would be no cell
+        ks = (k % len(spots) for k in range(first, first + len(spots)))
+        k = next((k for k in ks if _still_there(cells, *spots[k])), None)
+        if k is None:
+            self.controller.notify(
+                f"Every cell to check on '{image.name}' was changed since they were found: "
+                "press Add to training (or train further), and the next round says where the "
+                "networks disagree now.",
+                "warning",
+            )
+            return None
         self._visits[key] = k
         plane, spot = spots[k]
         self._show(image, plane, spot)
@@ -417,6 +428,17 @@ def _new_label(data: np.ndarray, name: str) -> int:
             "to int32, then split again."
         )
     return int(free[0]) + 1
+
+
+def _still_there(cells: Labels | None, plane: int | None, spot: Spot) -> bool:
+    """Whether the cell of ``spot`` still has pixels in ``cells`` where it was found (a
+    region always: it is no cell). Looked at in its box alone."""
+    if spot.kind != "cell" or cells is None:
+        return True
+    data = np.asarray(cells.data)
+    lead = np.unravel_index(plane or 0, data.shape[:-2]) if data.ndim > 2 else ()
+    y0, x0, y1, x1 = spot.bbox
+    return bool((data[(*lead, slice(y0, y1), slice(x0, x1))] == spot.label).any())
 
 
 def _in_part(part: tuple[int, ...], where: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
