@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from napari_mutualseg import readers
-from napari_mutualseg.images import AxisImage, as_image, parse_channels
+from napari_mutualseg.images import AxisImage, as_image, as_images, parse_channels
 from napari_mutualseg.io import read_image
 from napari_mutualseg.network_input import network_planes
 from napari_mutualseg.preprocess import apply_ranges, channel_ranges, normalize
@@ -246,6 +246,14 @@ def test_network_planes_of_every_input_form():
     assert names == ("b",)
     with pytest.raises(ValueError, match="different numbers of channels"):
         network_planes([two, two[0]])
+
+
+def test_a_lazy_stack_given_for_training_is_not_loaded_whole():
+    import dask.array as da
+
+    stack = da.from_array(np.random.default_rng(0).random((3, 16, 20)), chunks=(1, 16, 20))
+    (image,) = as_images(stack)  # was read whole, by dask's default scheduler
+    assert image.axes == "ZYX" and type(image.data).__module__.startswith("dask")
 
 
 def test_training_images_naming_their_channels_in_another_order_are_taken_by_name():

@@ -602,6 +602,12 @@ def _check_last_axis(array: Any, name: str) -> None:
         )
 
 
+def _unloaded(data: Any) -> Any:
+    """``data`` as it is when it is an array (numpy, dask, zarr: a lazy one stays unread, to
+    be read a plane at a time in this process), else as a numpy array (a list of lists)."""
+    return data if hasattr(data, "shape") and hasattr(data, "dtype") else np.asarray(data)
+
+
 def as_image(data: Any, axes: str | None = None, *, name: str = "image") -> AxisImage:
     """An :class:`AxisImage` of ``data``, for the Python API's plain arrays.
 
@@ -631,7 +637,7 @@ def as_image(data: Any, axes: str | None = None, *, name: str = "image") -> Axis
         return data
     if axes is not None:
         return AxisImage.from_array(data, axes, name=name)
-    array = data if hasattr(data, "shape") and hasattr(data, "dtype") else np.asarray(data)
+    array = _unloaded(data)
     if array.ndim == 2:
         return AxisImage.from_array(array, "YX", name=name)
     if array.ndim == 3 and looks_rgb(array):
@@ -674,7 +680,7 @@ def as_images(images: Any, name: str = "images") -> list[AxisImage]:
             raise ValueError(f"{name} is empty: give at least one image.")
         return [as_image(x, name=f"{name}[{i}]") for i, x in enumerate(images)]
     if not isinstance(images, AxisImage):
-        array = np.asarray(images)
+        array = _unloaded(images)
         if array.ndim == 3 and not looks_rgb(array):
             _check_last_axis(array, name)
             # a bare 3D array is a stack of planes, each trained with its own boxes
