@@ -531,7 +531,8 @@ def match_instances(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) ->
     -----
     Above 0.5 every object has at most one candidate and the matching is unique. At lower
     thresholds the assignment maximises the number of matches, then their summed IoU
-    (``scipy.optimize.linear_sum_assignment``), as StarDist's ``matching`` does.
+    (``scipy.optimize.linear_sum_assignment``), as StarDist's ``matching`` does; each group of
+    objects competing for each other is assigned on its own.
     """
     return _match(overlap_table(pred, gt), threshold)
 
@@ -569,6 +570,10 @@ def evaluate(
     thresholds: Iterable[float] = DEFAULT_THRESHOLDS,
 ) -> dict[str, float]:
     """Score one predicted label image against its ground truth.
+
+    A pair of objects matches at IoU >= a threshold, one-to-one (:func:`match_instances`), as
+    StarDist and Cellpose count them. A 3D image is one volume, its objects 3D: score a time
+    series frame by frame and average the frames' scores with :func:`mean_metrics`.
 
     Parameters
     ----------
