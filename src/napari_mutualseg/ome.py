@@ -441,7 +441,7 @@ def labels_zarr(
 
 def _replace(temp: Path, path: Path, overwrite: bool) -> None:
     """Rename ``temp`` to ``path``. With ``overwrite``, a folder already there is moved aside
-    first, then removed (put back if the rename fails); without, one there is kept."""
+    first, then removed; without, one there is kept."""
     if not overwrite:
         if path.exists():
             raise ResultExistsError(f"{path} already exists (written while this one was made)")
@@ -452,13 +452,8 @@ def _replace(temp: Path, path: Path, overwrite: bool) -> None:
                 raise ResultExistsError(f"{path} already exists") from None
             raise
         return
-    old = temp_path(path, "old")
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
     if path.exists():
         path.rename(old)
-    try:
-        temp.rename(path)
-    except BaseException:
-        if old.exists():
-            old.rename(path)
-        raise
+    temp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
