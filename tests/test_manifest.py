@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers import WIDGET_NAME, rectangles
+from helpers import WIDGET_NAME, messages, rectangles
 from napari_mutualseg._napari import reader, sample_data
 
 
@@ -125,3 +125,14 @@ def test_box_tables_open_on_the_image_they_were_drawn_on(make_napari_viewer, tmp
         [supervision] = prepare_supervision(image, opened).supervisions
         assert [b.pixel_range() for b in supervision.boxes] == rows
     assert reader.get_box_reader(str(tmp_path / "cells.csv")) is None
+
+
+def test_a_file_without_axes_says_what_to_do_in_napari(tmp_path, notes):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((5, 8, 10), np.uint16))
+    [(data, _, kind)] = reader.read_layers(str(tmp_path / "plain.tif"))
+    assert kind == "image" and data.shape == (5, 8, 10)
+    [said] = messages(notes, "warning")
+    assert "(5, 8, 10)" in said and "pick it under Image and set Axes" in said
+    assert "--axes" not in said and "axes=" not in said  # the command line's and Python's

@@ -273,8 +273,14 @@ def read_layers(path: str) -> list[LayerData]:
         image = AxisImage.from_file(path)
     except AxesUnknownError as err:
         # as stored, for the user to name in the dock widget (a file that cannot be read at
-        # all raises: napari says why)
-        show_warning(f"{Path(path).name}: {err} In the dock widget, set Axes instead.")
+        # all raises: napari says why); said in the panel's words, not the command line's
+        shape = tuple(err.data.shape)
+        show_warning(
+            f"{Path(path).name} does not say what its {len(shape)} axes {shape} are: it is "
+            "open as stored. In the Mutual segmentation panel, pick it under Image and set "
+            "Axes, one letter per axis: ZYX (a z-stack), CYX (channels), TYX (a time "
+            "series), CZYX or TZYX."
+        )
         return [(err.data, {"name": name}, "image")]
     if image.notes:
         # as the command line says it: where the axes came from, a pixel size left out
