@@ -417,8 +417,10 @@ def with_frame_interval(table: Table, seconds: float) -> Table:
         raise ValueError(
             f"The frame interval must be a positive number of seconds, got {seconds}."
         )
-    # to 12 digits, so that frame 3 at 0.1 s is 0.3 s and not 0.30000000000000004
-    times = np.asarray([float(f"{v:.12g}") for v in np.asarray(table["t"]) * interval])
+    # to 12 digits, so that frame 3 at 0.1 s is 0.3 s and not 0.30000000000000004; each
+    # frame once, not each of its cells
+    frames, row_frame = np.unique(np.asarray(table["t"]), return_inverse=True)
+    times = np.array([float(f"{v:.12g}") for v in frames * interval])[row_frame.ravel()]
     out: Table = {}
     for key, values in table.items():
         if key != "time_s":
