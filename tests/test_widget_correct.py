@@ -7,12 +7,21 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import TIMEOUT, ThresholdNet, disc_image, messages, same
 from napari_mutualseg._napari.layers import OWNER_KEY, camera
 from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.models import ModelPair, build_unet
 from napari_mutualseg.supervision import BACKGROUND, CELL
+
+
+class Background(ThresholdNet):
+    """Sees no cell anywhere, as its peer."""
+
+    def forward(self, x):
+        return torch.cat([x * 0 + 8, x * 0 - 8, x * 0 - 8], dim=1)
+
 
 #: Two discs side by side (their cells touch) and one apart.
 TOUCHING = ((20, 20), (20, 35), (46, 46))
@@ -345,12 +354,6 @@ def test_next_cell_on_a_prediction_without_cells_says_there_is_nothing_to_check(
     thresholded, notes
 ):
     """Predicted, but nothing found: not told to predict it first."""
-    import torch
-
-    class Background(ThresholdNet):  # sees no cell anywhere, as its peer
-        def forward(self, x):
-            return torch.cat([x * 0 + 8, x * 0 - 8, x * 0 - 8], dim=1)
-
     viewer, widget = thresholded
     widget.controller.set_pair(
         ModelPair(Background(), Background(), settings={"min_size": 4, "rgb": "gray"})
@@ -366,6 +369,19 @@ def test_next_cell_on_a_prediction_without_cells_says_there_is_nothing_to_check(
     warning = messages(notes, "warning")[-1]
     assert "it has no cells, and no region where the two networks disagree" in warning
     assert "first" not in warning
+
+
+def test_proposing_boxes_where_no_cell_is_predicted_says_to_draw_them(thresholded):
+    """It said "0 boxes proposed: delete the wrong ones"."""
+    viewer, widget = thresholded
+    widget.controller.set_pair(
+        ModelPair(Background(), Background(), settings={"min_size": 4, "rgb": "gray"})
+    )
+    dim = viewer.add_image(disc_image()[0], name="dim")
+    widget.predict(dim, block=True)
+    boxes = widget.correct.propose_boxes(dim)
+    assert not len(boxes.data) and boxes.name == "dim boxes"
+    assert widget.status.text().startswith("No cell is predicted on 'dim', so no box is")
 
 
 def test_the_cell_to_check_of_a_stack_is_on_the_plane_the_sliders_show(thresholded):

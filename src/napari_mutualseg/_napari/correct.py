@@ -274,9 +274,13 @@ class Corrector:
         """Show the proposed boxes of ``image`` (:func:`boxes_layer`) as "<image> boxes"."""
         layer.name = free_name(self.viewer, f"{image.name} boxes")
         self.viewer.add_layer(layer)
+        n = len(layer.data)
         self.controller.notify(
-            f"{len(layer.data)} boxes proposed on '{layer.name}': delete the wrong ones, draw "
+            f"{n} box{'es' * (n != 1)} proposed on '{layer.name}': delete the wrong ones, draw "
             "the missing ones, then train on this image with them."
+            if n
+            else f"No cell is predicted on '{image.name}', so no box is proposed: draw a box "
+            f"around each of its cells on '{layer.name}', then train on this image with them."
         )
         return layer
 
