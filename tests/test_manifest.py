@@ -136,3 +136,13 @@ def test_a_file_without_axes_says_what_to_do_in_napari(tmp_path, notes):
     [said] = messages(notes, "warning")
     assert "(5, 8, 10)" in said and "pick it under Image and set Axes" in said
     assert "--axes" not in said and "axes=" not in said  # the command line's and Python's
+
+
+def test_the_menu_command_without_boxes_says_how_to_draw_them(notes):
+    from napari.layers import Image
+
+    from napari_mutualseg._napari.commands import boxes_to_supervision
+
+    assert boxes_to_supervision(Image(np.zeros((16, 16), np.float32)), None) is None
+    [said] = messages(notes, "error")
+    assert "File > New Layer > Shapes" in said and "New boxes layer" not in said

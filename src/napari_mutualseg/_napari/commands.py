@@ -38,6 +38,13 @@ def boxes_to_supervision(
     """
     from napari.utils.notifications import show_error, show_warning
 
+    if image is not None and boxes is None:
+        # in this widget's words: the panel's advice names its own 'New boxes layer' button
+        show_error(
+            "No Shapes layer to take the boxes from: add one (File > New Layer > Shapes), "
+            "draw a rectangle around each cell (shortcut R), then pick it under 'boxes'."
+        )
+        return None
     try:
         record = prepare_supervision(image, boxes)
     except ValueError as err:
