@@ -238,6 +238,32 @@ def test_a_supervision_is_marked_and_evaluate_refuses_it_and_masks(scene, tmp_pa
     assert code == 0 and "mAP 1.000" in out
 
 
+def test_evaluate_scores_a_time_series_frame_by_frame_and_asks_a_plain_stack_its_axes(
+    tmp_path, capsys
+):
+    # a time series was scored as one 3D volume: a perfect tracked segmentation against
+    # truth numbered anew in every frame scored mAP 0
+    from napari_mutualseg.io import write_labels
+
+    frames = [synthetic_scene((48, 48), 4, seed=s)[1].astype(np.uint16) for s in range(5)]
+    truth = np.stack(frames)
+    tracked = truth + np.arange(5, dtype=np.uint16)[:, None, None] * 10 * (truth > 0)
+    write_labels(tmp_path / "pred.tif", tracked, axes="TYX")
+    tifffile.imwrite(tmp_path / "truth.tif", truth)  # a plain stack: no axes
+    code, out, err = _run(capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "truth.tif")
+    assert code == 0, err
+    assert "mAP 1.000" in out and "mean of 5 frames" in out
+    code, out, err = _run(capsys, "evaluate", tmp_path / "truth.tif", tmp_path / "truth.tif")
+    assert code == 2 and "--axes ZYX" in err and "--axes TYX" in err
+    argv = ["evaluate", tmp_path / "truth.tif", tmp_path / "truth.tif", "--axes", "ZYX"]
+    code, out, err = _run(capsys, *argv, "--json")
+    assert code == 0 and "frames" not in json.loads(out)
+    code, out, err = _run(
+        capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "truth.tif", "--axes", "ZYX"
+    )
+    assert code == 0 and "mAP 1.000" not in out  # one volume: each cell's frames are 3D objects
+
+
 def test_fiji_rois_on_time_points_supervise_their_frames(scene, tmp_path, capsys):
     import roifile
 

@@ -63,10 +63,12 @@ def format_metrics(m: dict[str, float]) -> str:
     )
 
 
-def _label_image(path: str) -> np.ndarray:
-    """An instance label image from ``path``, or a ValueError that says why it is not one."""
-    from ..io import LABEL_KIND_WORDS, read_image, written_as
+def _label_image(path: str, axes: str | None) -> tuple[np.ndarray, str | None]:
+    """An instance label image from ``path`` and its axes (None where the file does not say
+    and ``axes`` is not given), or a ValueError that says why it is not one."""
+    from ..io import LABEL_KIND_WORDS, written_as
     from ..metrics import not_instance_labels
+    from ..readers import AxesUnknownError, read_axis_image
 
     kind = written_as(path)
     if kind in ("supervision", "disagreement"):
@@ -75,27 +77,53 @@ def _label_image(path: str) -> np.ndarray:
             "labels: evaluate compares instance labels, such as predict and train "
             "--labels-out write."
         )
-    image = np.asarray(read_image(path))
+    try:
+        read = read_axis_image(path, axes, lazy=False)
+        image, letters = np.asarray(read.data), read.axes
+    except AxesUnknownError as unknown:
+        image, letters = np.asarray(unknown.data), None
     while image.ndim > 2 and image.shape[0] == 1:
         image = image[0]  # a plane saved as a stack of one, (1, H, W), is that plane
+    if image.ndim == 2:
+        letters = "YX"
     if image.dtype == bool or np.issubdtype(image.dtype, np.integer):
         whole = True
     else:
         whole = np.issubdtype(image.dtype, np.floating) and bool(
             np.all(np.isfinite(image)) and np.all(image == np.round(image))
         )
-    if not whole or image.min() < 0:
+    if not whole or image.min() < 0 or (letters is not None and "C" in letters):
         raise ValueError(
-            f"{path} ({image.dtype}, values {image.min():g} to {image.max():g}) is not a label "
-            "image: evaluate compares instance labels, whole numbers from 0 (background) with "
-            "one number per object, such as predict writes."
+            f"{path} ({image.dtype}, values {image.min():g} to {image.max():g}"
+            f"{'' if letters is None else ', axes ' + letters}) is not a label image: "
+            "evaluate compares instance labels, whole numbers from 0 (background) with one "
+            "number per object and no channels, such as predict writes."
         )
-    image = image.astype(np.int64, copy=False)
+    if not np.issubdtype(image.dtype, np.integer):
+        image = image.astype(np.int64)
     # scores of a class map or a mask mean nothing: refused, where Python only warns
     problem = not_instance_labels(image)
     if problem:
         raise ValueError(f"{path} is not an instance label image: {problem}.")
-    return image
+    return image, letters
+
+
+def _common_axes(paths: list[str], axes: list[str | None], ndim: int) -> str:
+    """The axes both label images are scored by: what the files say (or ``--axes``)."""
+    known = {a for a in axes if a is not None}
+    if len(known) > 1:
+        said = "; ".join(f"{p}: {a}" for p, a in zip(paths, axes, strict=True))
+        raise ValueError(
+            f"The two label images have other axes ({said}): give the ground truth of the "
+            "same z-stack or time series, or --axes with one letter per axis of both."
+        )
+    if not known:
+        raise ValueError(
+            f"{paths[0]} and {paths[1]} do not say what their {ndim} axes are: give --axes "
+            "ZYX to score a z-stack's cells as 3D objects, or --axes TYX to score a time "
+            "series frame by frame."
+        )
+    return known.pop()
 
 
 def _check_not_intensities(path: str, image: np.ndarray) -> None:
@@ -114,16 +142,29 @@ def _check_not_intensities(path: str, image: np.ndarray) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``evaluate``: print the scores of a label image against ground truth; the exit status."""
-    from ..metrics import evaluate
+    """``evaluate``: print the scores of a label image against ground truth; the exit status.
 
-    check_found([args.pred, args.gt], "Label image")
-    pred, gt = _label_image(args.pred), _label_image(args.gt)
+    A z-stack's cells are scored as 3D objects; a time series is scored frame by frame and
+    the frames' scores averaged, as its cells are numbered anew or tracked from frame to
+    frame.
+    """
+    from ..metrics import evaluate, mean_metrics
+
+    paths = [args.pred, args.gt]
+    check_found(paths, "Label image")
+    (pred, pred_axes), (gt, gt_axes) = (_label_image(p, args.axes) for p in paths)
     # after both are read, so that a missing file is named first
     _check_not_intensities(args.pred, pred)
     _check_not_intensities(args.gt, gt)
     if pred.shape != gt.shape:
         raise ValueError(f"Prediction {pred.shape} and ground truth {gt.shape} differ in shape.")
-    m = evaluate(pred, gt)
-    print(json.dumps(m, indent=2) if args.json else format_metrics(m))
+    axes = _common_axes(paths, [pred_axes, gt_axes], pred.ndim)
+    if "T" in axes:  # T comes first (TZYX)
+        m = mean_metrics([evaluate(p, g) for p, g in zip(pred, gt, strict=True)])
+        m["frames"] = len(pred)
+        line = f"{format_metrics(m)}  (mean of {len(pred)} frames)"
+    else:
+        m = evaluate(pred, gt)
+        line = format_metrics(m)
+    print(json.dumps(m, indent=2) if args.json else line)
     return 0

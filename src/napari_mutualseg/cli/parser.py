@@ -464,6 +464,12 @@ def _add_evaluate(sub: Subparsers) -> None:
     )
     p.add_argument("pred", help="the segmentation: an instance label image (0 background)")
     p.add_argument("gt", help="the ground truth: an instance label image of the same size")
+    p.add_argument(
+        "--axes",
+        metavar="LETTERS",
+        help="what each axis of both images is, for files that do not say: ZYX (a z-stack: "
+        "cells scored as 3D objects) or TYX (a time series: scored frame by frame)",
+    )
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
