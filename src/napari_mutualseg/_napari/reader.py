@@ -124,9 +124,10 @@ def _box_table(path: Path) -> bool:
 
 
 def read_boxes(path: str) -> list[LayerData]:
-    """The boxes of a Fiji ROI set or QuPath GeoJSON as one Shapes layer, on the planes of
-    the image open in the viewer (see :func:`box_layer`); what was done, in a notification.
-    A file of other shapes (polygons, freehand, points) is refused with their names."""
+    """The boxes of a Fiji ROI set, QuPath GeoJSON or box table as one Shapes layer, on the
+    planes of the image open in the viewer (see :func:`box_layer`); what was done, in a
+    notification. A file of other shapes (polygons, freehand, points) is refused with their
+    names."""
     from napari.utils.notifications import show_info
 
     image = _viewer_image()
@@ -153,8 +154,9 @@ def _viewer_image() -> Image | None:
 
 
 def box_layer(path: str | os.PathLike, image: Image | None = None) -> LayerData:
-    """The boxes of ``path``, a Fiji ROI set or ROI or QuPath GeoJSON (read by
-    :func:`~napari_mutualseg.box_tables.read_box_table`), as a Shapes layer over ``image``.
+    """The boxes of ``path``, a Fiji ROI set or ROI, QuPath GeoJSON or CSV box table (read
+    by :func:`~napari_mutualseg.box_tables.read_box_table`), as a Shapes layer over
+    ``image``.
 
     Each box is a rectangle or ellipse (rotated ones too) on its plane: the layer has the
     image's axes without its channels (``(t, z, y, x)`` of a time series of stacks), as the
