@@ -11,7 +11,6 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-from skimage.measure import regionprops_table
 
 from .preprocess import read_here
 
@@ -111,8 +110,7 @@ def measure_cells(
         sums.add(0, labels, intensity)
         raw = sums.columns(2)
         raw["eccentricity"] = _eccentricity(labels, sums, raw["label"])
-        # the convex hull of each cell, which has no sums to add up: scikit-image's own
-        raw["solidity"] = regionprops_table(labels, properties=("solidity",))["solidity"]
+        raw["solidity"] = raw["area"] / _convex_areas(labels, sums, raw["label"])
         table = _table(raw, 2, sums.channels, channel_names, pixel_size, unit)
     if ids is not None:
         table["label"] = ids[table["label"]].astype(np.int64)
@@ -231,6 +229,73 @@ def _eccentricity(labels: np.ndarray, sums: _Sums, present: np.ndarray) -> np.nd
     largest, smallest = mean + half, np.clip(mean - half, 0, None)
     ratio = np.divide(smallest, largest, out=np.ones_like(largest), where=largest > 0)
     return np.sqrt(1 - np.minimum(ratio, 1))  # a single pixel: 0
+
+
+def _convex_areas(labels: np.ndarray, sums: _Sums, present: np.ndarray) -> np.ndarray:
+    """The convex area of each cell ``present`` in 2D ``labels`` as scikit-image counts it
+    for solidity: the pixels whose centre lies in the convex hull of the midpoints of the
+    cell's pixel edges, on its border included.
+
+    The hulls of all cells are found at once, a side at a time: in coordinates doubled to
+    stay integers, the outermost pixel of each row gives a side its points on three levels
+    (the row's top edge, centre and bottom edge), whose envelope is the hull's side; each
+    row counts the pixel centres between its two sides.
+    """
+    n = present.size
+    if not n:
+        return np.zeros(0)
+    rank = np.zeros(sums.count.size, np.intp)
+    rank[present] = np.arange(n)
+    top = sums.low[1][present]
+    height = sums.high[1][present] - top
+    first = np.cumsum(height) - height  # each cell's first row among all cells' rows
+    row_cell = np.repeat(np.arange(n), height)
+    row = np.arange(row_cell.size) - first[row_cell]  # 0 at the cell's top
+    none = np.iinfo(np.int64).min
+    outer = np.full((2, row_cell.size), none)  # per row: the rightmost x, minus the leftmost
+    for ids, yy, xx in _cell_pixels(labels):
+        slot = first[rank[ids]] + yy - top[rank[ids]]
+        np.maximum.at(outer[0], slot, xx)
+        np.maximum.at(outer[1], slot, -xx)
+    filled = outer[0] > none  # a cell in pieces may skip rows
+    level_cell = np.repeat(np.arange(n), 2 * height + 1)  # level 2r + 1: row r's centre
+    level_first = 2 * first + np.arange(n)
+    level = np.arange(level_cell.size) - level_first[level_cell]
+    stride = 2 * int(height.max()) + 1
+    count = np.ones(row_cell.size, np.int64)  # per row: its last centre in, less its first, + 1
+    for side in outer:
+        x = np.full(level_cell.size, none)
+        at, edge = level_first[row_cell[filled]] + 2 * row[filled], 2 * side[filled]
+        for step, bulge in ((0, 0), (1, 1), (2, 0)):  # top edge, centre, bottom edge
+            np.maximum.at(x, at + step, edge + bulge)
+        points = x > none
+        cell, y, x = _concave_envelope(level_cell[points], level[points], x[points])
+        # each row's centre on the segment of the envelope across it: the last pixel
+        # centre on this side of it (x doubled: its pixel's x is half of it, rounded down)
+        centre = 2 * row + 1
+        b = np.searchsorted(cell * stride + y, row_cell * stride + centre, side="right")
+        a = b - 1
+        run = y[b] - y[a]
+        count += (x[a] * run + (centre - y[a]) * (x[b] - x[a])) // (2 * run)
+    return np.bincount(row_cell, count, n)
+
+
+def _concave_envelope(
+    cell: np.ndarray, y: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The vertices of the concave envelope of each cell's points ``(y, x)``, sorted by cell
+    then ``y``: every point on or below the segment between its neighbours lies inside the
+    hull, so all of them are dropped at once, until none is left."""
+    while True:
+        i = np.flatnonzero((cell[:-2] == cell[1:-1]) & (cell[2:] == cell[1:-1])) + 1
+        below = x[i] * (y[i + 1] - y[i - 1]) <= (
+            x[i - 1] * (y[i + 1] - y[i]) + x[i + 1] * (y[i] - y[i - 1])
+        )
+        if not below.any():
+            return cell, y, x
+        keep = np.ones(cell.size, bool)
+        keep[i[below]] = False
+        cell, y, x = cell[keep], y[keep], x[keep]
 
 
 def _table(
