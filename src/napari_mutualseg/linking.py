@@ -42,7 +42,11 @@ def _planes(labels: np.ndarray) -> np.ndarray:
 
 def _ids(labels: np.ndarray) -> np.ndarray:
     """The object ids (not 0) in ``labels``, sorted."""
-    ids = np.unique(np.concatenate([np.unique(plane) for plane in _planes(labels)]))
+    top = max((int(plane.max()) for plane in _planes(labels)), default=0)
+    if top < labels.size:  # ids no more than pixels (a segmentation's): counted, not sorted
+        ids = np.flatnonzero(_areas(labels, top + 1))
+    else:
+        ids = np.unique(np.concatenate([np.unique(plane) for plane in _planes(labels)]))
     return ids[ids > 0]
 
 
