@@ -443,13 +443,13 @@ def _replace(temp: Path, path: Path, overwrite: bool) -> None:
     """Rename ``temp`` to ``path``. With ``overwrite``, a folder already there is moved aside
     first, then removed; without, one there is kept."""
     if not overwrite:
-        if path.exists():
-            raise ResultExistsError(f"{path} already exists (written while this one was made)")
         try:
-            temp.rename(path)  # onto a folder that appeared since the check: refused
+            temp.rename(path)  # refused onto a store there (another run's, written meanwhile)
         except OSError:
             if path.exists():
-                raise ResultExistsError(f"{path} already exists") from None
+                raise ResultExistsError(
+                    f"{path} already exists (written while this one was made)"
+                ) from None
             raise
         return
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
