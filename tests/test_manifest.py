@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from helpers import WIDGET_NAME, messages, rectangles
@@ -26,7 +28,7 @@ def test_manifest_is_valid_and_importable():
     images, boxes = contributions.readers
     assert "*.tif" in images.filename_patterns and images.accepts_directories  # OME-Zarr
     # Fiji, QuPath, box tables
-    assert {"*.roi", "*.zip", "*.geojson", "*.csv"} == set(boxes.filename_patterns)
+    assert {"*.roi", "*.zip", "*.geojson", "*.json", "*.csv"} == set(boxes.filename_patterns)
 
 
 def test_sample_data_layers():
@@ -104,8 +106,8 @@ def test_panel_starts_with_the_preferences(make_napari_viewer, preferences, note
 def test_box_tables_open_on_the_image_they_were_drawn_on(make_napari_viewer, tmp_path):
     """Boxes saved as napari's Shapes CSV (File > Save Selected Layers) open on the image
     they were drawn on: napari's own reader lays them in pixels, at twice their size on an
-    image of 0.5 µm pixels. A plain y0,x0,y1,x1 table opens so too; other CSVs are left to
-    other readers."""
+    image of 0.5 µm pixels. A plain y0,x0,y1,x1 table and QuPath's objects saved as .json
+    open so too; other CSVs and JSON are left to other readers."""
     import napari
 
     from napari_mutualseg._napari.prepare import prepare_supervision
@@ -118,13 +120,26 @@ def test_box_tables_open_on_the_image_they_were_drawn_on(make_napari_viewer, tmp
     napari.save_layers(str(tmp_path / "boxes.csv"), [drawn])
     write_box_table(tmp_path / "plain.csv", rows)
     (tmp_path / "cells.csv").write_text("label,area_px\n1,80\n")
+    # QuPath's objects saved as .json (its own name for GeoJSON in scripts and older releases)
+    ring = [[x, y] for x, y in ((24, 20), (34, 20), (34, 28), (24, 28), (24, 20))]
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"objectType": "annotation"},
+    }
+    (tmp_path / "qupath.json").write_text(json.dumps([feature]))
+    (tmp_path / "other.json").write_text("{}")
     for name in ("boxes.csv", "plain.csv"):
         viewer.layers.selection.active = image
         [opened] = viewer.open(tmp_path / name, plugin="napari-mutualseg")
         np.testing.assert_allclose(opened.scale, image.scale)
         [supervision] = prepare_supervision(image, opened).supervisions
         assert [b.pixel_range() for b in supervision.boxes] == rows
-    assert reader.get_box_reader(str(tmp_path / "cells.csv")) is None
+    [opened] = viewer.open(tmp_path / "qupath.json", plugin="napari-mutualseg")
+    [supervision] = prepare_supervision(image, opened).supervisions
+    assert [b.pixel_range() for b in supervision.boxes] == rows[1:]
+    for name in ("cells.csv", "other.json"):
+        assert reader.get_box_reader(str(tmp_path / name)) is None
 
 
 def test_a_file_without_axes_says_what_to_do_in_napari(tmp_path, notes):

@@ -13,11 +13,12 @@ Label files this package wrote (cells, a supervision) open as Labels layers, a s
 in its class colours, so that its paint can be reused or a result checked.
 
 Boxes drawn in Fiji (a ROI Manager's ``RoiSet.zip`` or one ``.roi``) or QuPath (*Export
-objects as GeoJSON*), and CSV box tables (napari's Shapes CSV of rectangles and ellipses,
-``y0,x0,y1,x1`` and regionprops tables), open as a Shapes layer the dock widget takes as
-its boxes, read by :func:`~napari_mutualseg.box_tables.read_box_table`: each box on its
-plane of the image open in the viewer (the selected image, else the top one), with that
-image's pixel size, as the command line lays them on an image.
+objects as GeoJSON*, ``.geojson`` or ``.json``), and CSV box tables (napari's Shapes CSV
+of rectangles and ellipses, ``y0,x0,y1,x1`` and regionprops tables), open as a Shapes
+layer the dock widget takes as its boxes, read by
+:func:`~napari_mutualseg.box_tables.read_box_table`: each box on its plane of the image
+open in the viewer (the selected image, else the top one), with that image's pixel size,
+as the command line lays them on an image.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..box_tables import GEOJSON_SUFFIXES
 from ..io import BIOIO_SUFFIXES, TIFF_SUFFIXES, image_stem, written_as
 from ..readers import AxesUnknownError, is_zarr
 
@@ -55,16 +57,16 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
 
 def get_box_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
     """The reader of ``path`` when it holds boxes drawn in Fiji (a ``.roi``, or a ``.zip``
-    of ROIs: a ROI Manager's set) or QuPath (``.geojson`` of QuPath's objects), or a CSV
-    box table of one image; ``None`` for any other zip, GeoJSON or CSV, which other readers
-    open."""
+    of ROIs: a ROI Manager's set) or QuPath (``.geojson`` or ``.json`` of QuPath's
+    objects), or a CSV box table of one image; ``None`` for any other zip, JSON or CSV,
+    which other readers open."""
     if isinstance(path, list):
         return None
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".roi" or (suffix == ".zip" and _roi_set(p)):
         return read_boxes
-    if suffix == ".geojson" and _qupath_objects(p):
+    if suffix in GEOJSON_SUFFIXES and _qupath_objects(p):
         return read_boxes
     if suffix == ".csv" and _box_table(p):
         return read_boxes
