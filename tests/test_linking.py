@@ -134,3 +134,13 @@ def test_a_tracked_time_series_of_z_stacks_holds_a_few_z_stacks_while_streamed()
         tracemalloc.stop()
     # beyond the z-stack in progress (made with the linker): the last frame and a gap's cells
     assert held < 1.6 * z_stack and peak < 4 * z_stack
+
+
+def test_ids_far_apart_link_as_ids_close_together():
+    # ids counted where they are no more than the pixels, sorted where they are far apart
+    planes = np.zeros((3, 8, 8), np.int64)
+    planes[:, 1:5, 1:5] = [[[1]], [[2]], [[1]]]
+    planes[1:, 5:8, 5:8] = 3
+    linked = link_slices(planes)
+    assert linked.max() == 2 and (linked[:, 2, 2] == 1).all()
+    np.testing.assert_array_equal(link_slices(planes * 10**6), linked)
