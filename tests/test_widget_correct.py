@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TIMEOUT, ThresholdNet, disc_image, messages, same
+from helpers import TIMEOUT, WIDGET_NAME, ThresholdNet, disc_image, messages, same
 from napari_mutualseg._napari.layers import OWNER_KEY, camera
 from napari_mutualseg.boxes import boxes_from_labels
 from napari_mutualseg.models import ModelPair, build_unet
@@ -491,6 +491,26 @@ def test_next_cell_passes_over_the_cells_merged_away_or_erased(thresholded, note
     cells.fill(TOUCHING[2], 0)
     assert widget.correct.next_cell(image) is None
     assert "Every cell to check on 'x' was changed" in messages(notes, "warning")[-1]
+
+
+def test_a_panel_opened_again_merges_the_cells_picked_in_the_active_layer(make_napari_viewer):
+    """The cells layer active as the panel opened was not followed: Merge asked to pick the
+    two cells that were just picked."""
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    widget.controller.set_pair(
+        ModelPair(ThresholdNet(), ThresholdNet(), settings={"min_size": 4, "rgb": "gray"})
+    )
+    image = viewer.add_image(disc_image(centres=TOUCHING)[0], name="x")
+    widget.predict(image, block=True)
+    cells = viewer.layers["x cells"]
+    viewer.layers.selection.active = cells
+    viewer.window.remove_dock_widget(dock)  # the dock's close button
+    _, again = viewer.window.add_plugin_dock_widget("napari-mutualseg", WIDGET_NAME)
+    side, other, _ = (int(cells.data[c]) for c in TOUCHING)
+    cells.selected_label, cells.selected_label = other, side  # napari starts at 1
+    again.check.merge.click()
+    assert not (cells.data == side).any()
 
 
 def test_check_buttons_wait_for_the_picked_images_cells(thresholded):

@@ -547,6 +547,11 @@ class CheckPanel(QGroupBox):
         self._proposing: Image | None = None
         self._busy = False  # a job runs: nothing is added to training
         viewer.layers.selection.events.active.connect(self._follow)
+        # a cells layer active as the panel opens (opened again, or after the menu command)
+        # is picked in without a change of the active layer; napari hands plugins a proxy of
+        # it, which the picks (by the layer's id) would not know
+        active = viewer.layers.selection.active
+        self._follow_layer(getattr(active, "__wrapped__", active))
         # the buttons need the picked image's cells, which a prediction or a round adds
         self._watched = [(viewer.layers.events.inserted, self._show_state)]
         self._watched.append((viewer.layers.events.removed, self._show_state))
@@ -607,7 +612,9 @@ class CheckPanel(QGroupBox):
             self.corrector.controller.notify(str(err), "error")
 
     def _follow(self, event: Any) -> None:
-        layer = event.value
+        self._follow_layer(event.value)
+
+    def _follow_layer(self, layer: Any) -> None:
         info = owner_info(layer) if layer is not None else None
         if (
             info
