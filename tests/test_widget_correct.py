@@ -467,6 +467,9 @@ def test_merge_and_split_on_a_stack_change_the_plane_shown(thresholded):
     side, other, _ = (int(before[(2, *c)]) for c in TOUCHING)
     new = widget.correct.split(stack, side)
     assert (cells.data[2] == new).any() and (cells.data[2] == side).any()
+    cells.undo()  # napari's Ctrl+Z on the layer
+    np.testing.assert_array_equal(cells.data, before)
+    cells.redo()
     widget.correct.merge(stack, side, new)
     np.testing.assert_array_equal(cells.data, before)
     widget.correct.merge(stack, side, other)
