@@ -89,6 +89,14 @@ def test_read_image_errors(tmp_path):
         read_image(other)
 
 
+def test_a_tiff_without_pages_says_it_holds_no_image(tmp_path):
+    path = tmp_path / "empty.tif"
+    with tifffile.TiffWriter(path):
+        pass  # a header, no page
+    with pytest.raises(ValueError, match=r"empty\.tif holds no image: .* without pages"):
+        read_image(path)
+
+
 def test_write_labels_compressed_no_overwrite(tmp_path):
     labels = np.zeros((20, 30), np.int32)
     labels[5:10, 5:12] = 7

@@ -167,7 +167,7 @@ class _CodecMissing(ValueError):
 
 
 class _Damaged(ValueError):
-    """A TIFF's header declares more pixels than the file holds (the message says so)."""
+    """A TIFF holds less than its header declares, or no image at all (the message says so)."""
 
 
 @dataclass(frozen=True)
@@ -427,6 +427,11 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise _Damaged(
+                f"{path} holds no image: it is a TIFF file without pages (saved empty, or cut "
+                "short by a copy that stopped): save or copy the image again."
+            )
         series = tif.series[0]
         others = len(tif.series) - 1
         page = series.pages[0]
