@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_mutualseg.images import AxisImage
 from napari_mutualseg.io import (
     OutputError,
     atomic_write,
@@ -22,6 +23,7 @@ from napari_mutualseg.io import (
     write_labels,
     write_text,
 )
+from napari_mutualseg.readers import AxesUnknownError
 from napari_mutualseg.supervision import Box, make_supervision
 
 # Exactly what napari's builtin writer produces for a Shapes layer saved as CSV: a rectangle,
@@ -95,6 +97,23 @@ def test_a_tiff_without_pages_says_it_holds_no_image(tmp_path):
         pass  # a header, no page
     with pytest.raises(ValueError, match=r"empty\.tif holds no image: .* without pages"):
         read_image(path)
+
+
+@pytest.mark.filterwarnings("ignore:<tifffile.TiffWriter.write>:DeprecationWarning")
+def test_planes_that_tifffile_tags_as_rgb_unasked_are_no_colours(tmp_path):
+    # tifffile.imwrite(path, array) tags 3 or 4 planes as RGB: 4 fluorescence channels lost
+    # the 4th as alpha, a 3-plane z-stack was to be blended to gray, whatever axes were given
+    path = tmp_path / "four.tif"
+    tifffile.imwrite(path, np.arange(4 * 16 * 20, dtype=np.uint16).reshape(4, 16, 20))
+    with pytest.raises(AxesUnknownError, match=r"shape \(4, 16, 20\)"):
+        AxisImage.from_file(path)
+    channels = AxisImage.from_file(path, axes="CYX")
+    assert (channels.n_channels, channels.rgb) == (4, False)
+    tifffile.imwrite(path, np.zeros((3, 16, 20), np.uint8))
+    assert AxisImage.from_file(path, axes="ZYX").data.shape == (3, 16, 20)
+    # what tifffile tags as RGB by design, 8 or 16 bits with 3 values last, are colours
+    tifffile.imwrite(path, np.zeros((16, 20, 3), np.uint16))
+    assert AxisImage.from_file(path).rgb
 
 
 def test_write_labels_compressed_no_overwrite(tmp_path):

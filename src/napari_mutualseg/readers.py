@@ -423,6 +423,20 @@ def _tiff_letters(series: Any, rgb: bool) -> str:
     return "".join(letters)
 
 
+def _guessed_rgb(tif: Any, page: Any, tifffile: Any) -> bool:
+    """Whether a TIFF's RGB tag may be tifffile's guess rather than the writer's word.
+
+    ``tifffile.imwrite(path, array)`` without ``photometric`` tags 3 or 4 planes of any array
+    (a 3-plane z-stack, a 4-channel fluorescence image) as RGB in separate planes, and 3 or 4
+    values last of other than 8 or 16 bits as RGB: what its deprecation warning says it will
+    stop doing. Such a file, tifffile-shaped without axes, is the same byte for byte as one
+    written with ``photometric="rgb"``, so its samples are no known colours.
+    """
+    shaped = tif.is_shaped and not (tif.shaped_metadata or [{}])[0].get("axes")
+    separate = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+    return shaped and (separate or page.dtype.char not in "BH")
+
+
 def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
     import tifffile
 
@@ -441,11 +455,12 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         _check_complete(path, tif, series)
         _check_codec(path, page, tifffile)
         # the photometric tag says that the samples are colours, whatever their bit depth
-        # (16-bit RGB from brightfield and slide cameras)
+        # (16-bit RGB from brightfield and slide cameras), unless it is tifffile's guess
         rgb = (
             "S" in series.axes
             and int(page.photometric) == int(tifffile.PHOTOMETRIC.RGB)
             and series.shape[series.axes.index("S")] in (3, 4)
+            and not _guessed_rgb(tif, page, tifffile)
         )
         letters = _tiff_letters(series, rgb)
         names, scale, unit, source = None, {}, None, None
