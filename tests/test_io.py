@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from napari_mutualseg.io import (
     write_labels,
     write_text,
 )
+from napari_mutualseg.preprocess import read_here
 from napari_mutualseg.readers import AxesUnknownError
 from napari_mutualseg.supervision import Box, make_supervision
 
@@ -114,6 +116,21 @@ def test_planes_that_tifffile_tags_as_rgb_unasked_are_no_colours(tmp_path):
     # what tifffile tags as RGB by design, 8 or 16 bits with 3 values last, are colours
     tifffile.imwrite(path, np.zeros((16, 20, 3), np.uint16))
     assert AxisImage.from_file(path).rgb
+
+
+def test_a_lazy_uncompressed_tiff_reads_a_window_without_its_whole_plane(tmp_path):
+    # one strip per plane (tifffile's and ImageJ's default) was read whole for any window
+    stack = np.arange(2 * 40 * 1100, dtype=np.uint16).reshape(2, 40, 1100)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, metadata={"axes": "ZYX"}, byteorder=">")  # as ImageJ
+    image = AxisImage.from_file(path, lazy=True)
+    assert image.data.chunksize == (1, 40, 1024) and image.dtype == np.uint16
+    window = (1, slice(8, 24), slice(1000, 1050))
+    np.testing.assert_array_equal(read_here(image.data[window]), stack[window])
+    # a dask worker is sent where the pixels lie, not the pixels
+    assert len(pickle.dumps(image.data)) < 10_000
+    tifffile.imwrite(path, stack, metadata={"axes": "ZYX"}, compression="zlib")
+    assert AxisImage.from_file(path, lazy=True).data.chunksize[-1] == 1100  # its strips
 
 
 def test_write_labels_compressed_no_overwrite(tmp_path):

@@ -489,7 +489,7 @@ def _read_tiff(path: Path, lazy: bool | None = None) -> _Raw:
         if not big:
             data = series.asarray()
     if big:
-        data = _lazy_tiff(path)
+        data = _lazy_tiff(path, series.axes)
     notes = (f"axes {letters} from the {source}",) if source and "?" not in letters else ()
     notes += size_notes
     if others:
@@ -518,13 +518,31 @@ def _check_codec(path: Path, page: Any, tifffile: Any) -> None:
         ) from None
 
 
-def _lazy_tiff(path: Path) -> Any:
-    """A large TIFF as a dask array read chunk by chunk through tifffile's zarr store: its
-    first series (the one whose metadata were read) at full resolution."""
+#: Rows and columns of a chunk of a lazy TIFF mapped from the file (:func:`_lazy_tiff`).
+_MAPPED_CHUNK = 1024
+
+
+def _lazy_tiff(path: Path, axes: str) -> Any:
+    """A large TIFF as a dask array read chunk by chunk: its first series (the one whose
+    metadata were read) at full resolution.
+
+    Uncompressed pixels stored in one run (tifffile's and ImageJ's default, one strip per
+    plane) are mapped from the file, in chunks of :data:`_MAPPED_CHUNK` rows and columns:
+    tifffile's zarr store reads a strip whole, so a window of a 6000² plane read all of it.
+    Compressed and tiled files are read through that store, a strip or tile at a time.
+    ``axes`` are tifffile's letters of the series.
+    """
     import dask.array as da
     import tifffile
     import zarr
 
+    if "Y" in axes and "X" in axes:
+        try:
+            mapped = tifffile.memmap(path, series=0, level=0, mode="r")
+        except (ValueError, OSError):  # compressed, planes apart, or a disk without mmap
+            pass
+        else:
+            return _mapped_dask(mapped, axes)
     try:
         # level 0: the store of a pyramid (slide scans, SubIFDs) is otherwise a zarr group
         store = tifffile.imread(path, aszarr=True, series=0, level=0)
@@ -537,6 +555,49 @@ def _lazy_tiff(path: Path) -> Any:
             stacklevel=3,
         )
         return tifffile.imread(path)
+
+
+def _mapped_dask(mapped: np.memmap, axes: str) -> Any:
+    """The pixels ``tifffile.memmap`` mapped as a dask array of chunks of
+    :data:`_MAPPED_CHUNK` rows and columns, one plane and all of a pixel's samples each."""
+    import dask.array as da
+
+    after_x = axes.index("X") + 1
+    chunks = tuple(
+        _MAPPED_CHUNK if a in "YX" else (n if k >= after_x else 1)
+        for k, (a, n) in enumerate(zip(axes, mapped.shape, strict=True))
+    )
+    run = _MappedRun(str(mapped.filename), mapped.dtype, mapped.offset, mapped.shape)
+    meta = np.empty((0,) * run.ndim, run.dtype)
+    # a new name at each opening: one made of the path would have napari's dask cache give
+    # the pixels of a file since replaced
+    return da.from_array(run, chunks=chunks, meta=meta, name=False)
+
+
+@dataclass(frozen=True)
+class _MappedRun:
+    """Pixels stored in one uncompressed run of a file (where ``tifffile.memmap`` found
+    them), each window read by mapping the file anew: a copy in this machine's byte order
+    (ImageJ writes big-endian), that keeps no file open and sends a dask worker where the
+    pixels lie, not the pixels. No ``copy`` method: ``dask.array.from_array`` copies an array
+    that has one, which would read a mapped file whole."""
+
+    path: str
+    stored: np.dtype
+    offset: int
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.stored.newbyteorder("=")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        mapped = np.memmap(self.path, self.stored, "r", self.offset, self.shape)
+        return np.array(mapped[key], dtype=self.dtype)
 
 
 def _ome_xml(
