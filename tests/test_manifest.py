@@ -27,8 +27,9 @@ def test_manifest_is_valid_and_importable():
     assert "bbbc039" in samples
     images, boxes = contributions.readers
     assert "*.tif" in images.filename_patterns and images.accepts_directories  # OME-Zarr
-    # Fiji, QuPath, box tables
-    assert {"*.roi", "*.zip", "*.geojson", "*.json", "*.csv"} == set(boxes.filename_patterns)
+    # Fiji, QuPath, box tables; CSVs named as boxes only, so that opening any other CSV
+    # (points, tables) does not ask which reader to use
+    assert {"*.roi", "*.zip", "*.geojson", "*.json", "*box*.csv"} == set(boxes.filename_patterns)
 
 
 def test_sample_data_layers():
@@ -118,7 +119,7 @@ def test_box_tables_open_on_the_image_they_were_drawn_on(make_napari_viewer, tmp
     image = viewer.add_image(np.zeros((32, 40), np.float32), scale=(0.5, 0.5), units="um")
     drawn = viewer.add_shapes(rectangles(rows), shape_type="rectangle", scale=(0.5, 0.5))
     napari.save_layers(str(tmp_path / "boxes.csv"), [drawn])
-    write_box_table(tmp_path / "plain.csv", rows)
+    write_box_table(tmp_path / "plain_boxes.csv", rows)
     (tmp_path / "cells.csv").write_text("label,area_px\n1,80\n")
     # QuPath's objects saved as .json (its own name for GeoJSON in scripts and older releases)
     ring = [[x, y] for x, y in ((24, 20), (34, 20), (34, 28), (24, 28), (24, 20))]
@@ -129,7 +130,7 @@ def test_box_tables_open_on_the_image_they_were_drawn_on(make_napari_viewer, tmp
     }
     (tmp_path / "qupath.json").write_text(json.dumps([feature]))
     (tmp_path / "other.json").write_text("{}")
-    for name in ("boxes.csv", "plain.csv"):
+    for name in ("boxes.csv", "plain_boxes.csv"):
         viewer.layers.selection.active = image
         [opened] = viewer.open(tmp_path / name, plugin="napari-mutualseg")
         np.testing.assert_allclose(opened.scale, image.scale)
