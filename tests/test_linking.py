@@ -144,3 +144,20 @@ def test_ids_far_apart_link_as_ids_close_together():
     linked = link_slices(planes)
     assert linked.max() == 2 and (linked[:, 2, 2] == 1).all()
     np.testing.assert_array_equal(link_slices(planes * 10**6), linked)
+
+
+def test_a_cell_missed_or_merged_in_one_plane_stays_one_3d_object():
+    stack = np.zeros((7, 20, 40), np.int32)
+    stack[:, 5:15, 2:12] = 1  # cell A, merged with B in plane 3
+    stack[:, 5:15, 16:26] = 2  # cell B
+    stack[:, 5:15, 30:38] = 3  # cell C, missed in plane 3
+    stack[3, 5:15, 2:26], stack[3, 5:15, 30:38] = 1, 0
+    linked = link_labels(stack, "ZYX")
+    a, b, c = linked[0, 10, 5], linked[0, 10, 20], linked[0, 10, 33]
+    assert (linked[:, 10, 5] == a).all() and (linked[:, 10, 33][[0, 1, 2, 4, 5, 6]] == c).all()
+    assert linked[:, 10, 20].tolist() == [b, b, b, a, b, b, b] and linked.max() == 3
+    # each split in two without a gap
+    assert link_labels(stack, "ZYX", max_gap=0).max() == 5
+    linker = StackLinker("ZYX", stack.shape)
+    streamed = np.stack([final for plane in stack for _, final in linker.add(plane)])
+    np.testing.assert_array_equal(streamed, linked)

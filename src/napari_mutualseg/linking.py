@@ -287,8 +287,9 @@ def link_labels(
     min_overlap : float
         See :func:`link_slices`.
     max_gap : int
-        Frames a tracked cell may be missing from and keep its label (see
-        :func:`link_slices`); planes along z are linked without gaps.
+        Planes along z, and frames of a tracked cell, that an object may be missing from and
+        keep its label (see :func:`link_slices`): a cell the segmentation missed in one plane,
+        or merged there with a cell it touches, stays one 3D object, as in time one track.
 
     Returns
     -------
@@ -297,7 +298,11 @@ def link_labels(
     """
     axes = _check_axes(axes, np.ndim(labels), np.shape(labels))
     if "Z" in axes:
-        join = partial(link_slices, min_overlap=min_overlap) if link else separate_planes
+        join = (
+            partial(link_slices, min_overlap=min_overlap, max_gap=max_gap)
+            if link
+            else separate_planes
+        )
         labels = np.stack([join(frame) for frame in labels]) if "T" in axes else join(labels)
     if track and "T" in axes:
         labels = link_slices(labels, min_overlap=min_overlap, max_gap=max_gap)
@@ -310,9 +315,10 @@ class StackLinker:
     Planes are given in the order of the label image (z within each time point); each comes
     back relabelled as soon as its labels are final: at once, except in a time series of
     z-stacks that is tracked, where tracking links whole 3D frames: there at the end of its
-    time point. What it keeps is the last plane (with ``track``, the z-stack in progress,
-    the last frame and, of the ``max_gap`` frames before it, the cells no later frame has),
-    never the stack.
+    time point. What it keeps is the last plane and, of the ``max_gap`` planes before it,
+    the cells no later plane has (with ``track``, also the z-stack in progress, the last
+    frame and, of the ``max_gap`` frames before it, the cells no later frame has), never the
+    stack.
 
     Parameters
     ----------
@@ -345,6 +351,7 @@ class StackLinker:
         self._n_z = int(shape[axes.index("Z")]) if "Z" in axes else 0
         self._link = link
         self._min_overlap = min_overlap
+        self._max_gap = max_gap
         self._track = (
             SliceLinker(min_overlap=min_overlap, max_gap=max_gap)
             if track and "T" in axes
@@ -363,7 +370,7 @@ class StackLinker:
         if self._n_z:
             z = self._done % self._n_z if self._track is None else self._z
             if z == 0:  # a new z-stack
-                self._z_link = SliceLinker(min_overlap=self._min_overlap)
+                self._z_link = SliceLinker(min_overlap=self._min_overlap, max_gap=self._max_gap)
                 self._offset = 0
             if self._link:
                 frame = self._z_link(frame)
