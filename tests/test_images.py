@@ -66,10 +66,12 @@ def test_ome_tiff_channel_names_and_selection(tmp_path):
 
 
 def test_axes_given_against_the_file_replace_its_reading_in_the_notes(tmp_path):
-    # tifffile tags a (3, H, W) array as planar RGB: read so, the note says the RGB tag; given
-    # as a z-stack, that note would contradict the image it describes
+    # a (3, H, W) TIFF that its writer tagged planar RGB (tifffile's own unasked tag asks for
+    # axes): read so, the note says the RGB tag; given as a z-stack, that note would
+    # contradict the image it describes
     path = tmp_path / "three.tif"
-    tifffile.imwrite(path, _ramp((3, 16, 20)), photometric="rgb", planarconfig="separate")
+    data = _ramp((3, 16, 20))
+    tifffile.imwrite(path, data, photometric="rgb", planarconfig="separate", metadata=None)
     assert AxisImage.from_file(path).notes == ("axes CYX from the RGB photometric tag",)
     stack = AxisImage.from_file(path, axes="ZYX")
     assert stack.notes == ("axes ZYX as given, not CYX as the file says",)
