@@ -107,6 +107,19 @@ def test_cells_and_regions_are_ranked_by_their_disagreement():
     assert spots[1].bbox == (30, 5, 40, 15)
 
 
+def test_cells_to_check_keep_ids_far_apart():
+    """Ids of another tool (10**9): the scores and sums per id took 24 GB."""
+    labels = np.zeros((40, 40), np.int64)
+    labels[5:15, 5:15], labels[25:35, 5:15] = 1, 2
+    disagreement = np.random.default_rng(0).random(labels.shape).astype(np.float32)
+    near = spots_to_check(labels, disagreement)
+    far = spots_to_check(np.where(labels == 2, 10**9, labels), disagreement)
+    assert [s.label for s in far] == [{0: 0, 1: 1, 2: 10**9}[s.label] for s in near]
+    assert [(s.score, s.area, s.centroid, s.bbox) for s in far] == [
+        (s.score, s.area, s.centroid, s.bbox) for s in near
+    ]
+
+
 # ---------------------------------------------------------------- propose boxes
 
 

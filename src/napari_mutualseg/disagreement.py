@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
-from skimage.segmentation import expand_labels
+from skimage.segmentation import expand_labels, relabel_sequential
 
 __all__ = [
     "REGION_THRESHOLD",
@@ -145,7 +145,7 @@ def spots_to_check(
     Parameters
     ----------
     labels : numpy.ndarray
-        Integer instance labels (a prediction, possibly corrected).
+        Integer instance labels, 0 background (a prediction, possibly corrected; any ids).
     disagreement : numpy.ndarray
         Per-pixel disagreement of the same shape.
     rim : int
@@ -161,12 +161,19 @@ def spots_to_check(
         Sorted by score, highest first (ties: cells before regions, then by position).
     """
     labels, disagreement = _check(labels, disagreement)
+    ids = None
+    if labels.size and int(labels.max()) >= labels.size:
+        # ids far apart (another tool's, 10**9 and beyond): scored by rank, as the scores and
+        # the cells' sums take memory per id (gigabytes)
+        labels, _, ids = relabel_sequential(labels)
     # the zones once, for the scores and the regions: each takes a third of a second at 2048²
     zones = expand_labels(labels, rim) if rim > 0 else labels
     scores = _zone_means(labels, zones, disagreement)
+    cells = _cells(labels)
+    named = [c[0] for c in cells] if ids is None else ids[np.array([c[0] for c in cells])]
     spots = [
-        Spot("cell", label, float(scores[label]), area, centroid, bbox)
-        for label, area, centroid, bbox in _cells(labels)
+        Spot("cell", int(name), float(scores[label]), area, centroid, bbox)
+        for name, (label, area, centroid, bbox) in zip(named, cells, strict=True)
     ]
     regions, _ = ndi.label((disagreement >= threshold) & (zones == 0))
     for r in regionprops(regions, intensity_image=disagreement.astype(np.float32)):
