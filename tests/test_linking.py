@@ -144,6 +144,9 @@ def test_ids_far_apart_link_as_ids_close_together():
     linked = link_slices(planes)
     assert linked.max() == 2 and (linked[:, 2, 2] == 1).all()
     np.testing.assert_array_equal(link_slices(planes * 10**6), linked)
+    # beyond memory for a table up to the largest (MemoryError)
+    np.testing.assert_array_equal(link_labels(planes * 10**12, "TYX", track=True), linked)
+    np.testing.assert_array_equal(link_labels(planes * 10**12, "ZYX"), linked)
 
 
 def test_a_cell_missed_or_merged_in_one_plane_stays_one_3d_object():

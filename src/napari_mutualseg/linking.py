@@ -187,6 +187,10 @@ class SliceLinker:
         """``current`` relabelled: ids of the objects it continues, new ids for the others."""
         current = np.asarray(current)
         present = _ids(current)
+        if present.size and present[-1] >= current.size:
+            # ids of another tool, far apart: linked by rank, as tables here go up to the id
+            current = np.where(current > 0, np.searchsorted(present, current) + 1, 0)
+            present = np.arange(1, present.size + 1)
         lut = np.zeros(int(present.max(initial=0)) + 1, self.dtype)
         recent = self._recent
         if recent and present.size:
@@ -251,7 +255,7 @@ def link_slices(
     labels = np.asarray(labels)
     if labels.ndim < 3:
         raise ValueError(f"labels must be slices of 2D labels or more, got shape {labels.shape}.")
-    total = sum(int(np.count_nonzero(np.bincount(s.ravel())[1:])) for s in labels)
+    total = sum(_ids(s).size for s in labels)
     linker = SliceLinker(
         min_overlap=min_overlap, max_gap=max_gap, dtype=np.int32 if total < 2**31 else np.int64
     )
