@@ -70,6 +70,15 @@ def test_exports_from_the_panel_and_from_file_save(predicted, tmp_path):
     written = cells.save(str(tmp_path / "cells.geojson"), plugin="napari-mutualseg")
     features = json.loads(Path(written[0]).read_text())["features"]
     assert len(features) == n and features[0]["properties"]["measurements"]["area_px"] > 0
+    # napari's Save dialog passes the name as typed, without the filter's suffix: the writer
+    # adds it, and replaces no file of that name, which napari did not ask about
+    from napari_mutualseg._napari.cells import write_fiji_rois
+
+    data, meta = cells.data, {"name": cells.name}
+    assert write_fiji_rois(str(tmp_path / "typed"), data, meta) == [str(tmp_path / "typed.zip")]
+    before = (tmp_path / "typed.zip").read_bytes()
+    assert write_fiji_rois(str(tmp_path / "typed"), data[:, ::-1], meta) == []
+    assert (tmp_path / "typed.zip").read_bytes() == before
 
 
 def test_a_folder_is_segmented_in_the_background_and_its_summary_opens(predicted, tmp_path, notes):

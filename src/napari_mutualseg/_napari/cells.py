@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -267,7 +268,7 @@ def export(
     kind: str,
     path: str,
     layer: Labels,
-    table: Table,
+    table: Table | None,
     *,
     overwrite: bool,
     image: Layer | None = None,
@@ -291,7 +292,7 @@ def export_writer(
     kind: str,
     path: str,
     layer: Labels,
-    table: Table,
+    table: Table | None,
     *,
     image: Layer | None = None,
     snapshot: bool = False,
@@ -362,13 +363,26 @@ def _writer(kind: str):
             units=meta.get("units"),  # cells measured again are measured in µm too
             metadata=meta.get("metadata"),
         )
+        # napari's Save dialog passes the name as typed ('x cells' for the layer of that
+        # name); napari's own writers add their suffix, and so does this one, replacing
+        # nothing under the new name, which napari did not ask about
+        suffix = EXPORTS[kind][1]
+        asked = Path(path).suffix.lower() == suffix
+        path = path if asked else path + suffix
         try:
             # cells changed since they were measured are measured again, in their image if
-            # open in any viewer (its layer's id is unique to this napari)
+            # open in any viewer (its layer's id is unique to this napari); a ROI set holds
+            # outlines only
             found = (image_of(viewer, layer) for viewer in _open_viewers())
             image = next((image for image in found if image is not None), None)
-            table = cell_table(layer, image)
-            return [export(kind, path, layer, table, overwrite=True, image=image)]
+            table = None if kind == "fiji" else cell_table(layer, image)
+            return [export(kind, path, layer, table, overwrite=asked, image=image)]
+        except files.ResultExistsError:
+            show_error(
+                f"{path} was not written: a file of that name exists, and napari asked about "
+                f"the name without {suffix}. Save again and pick that file to replace it."
+            )
+            return []
         except (OSError, ValueError) as err:
             # napari takes a ValueError from a writer for "no plugin can write this" and says
             # only that: napari 0.9.2 napari/plugins/_npe2.py write_layers, lines 94-95
