@@ -14,6 +14,7 @@ from skimage.measure import regionprops_table
 from napari_mutualseg.export import cell_outlines, fiji_roi_zip, qupath_geojson, table_csv
 from napari_mutualseg.measure import (
     measure_cells,
+    measure_planes,
     summarize,
     with_frame_interval,
     with_pixel_size,
@@ -320,3 +321,17 @@ def test_cells_with_ids_of_another_tool_are_measured_under_their_ids(cells):
     assert full["area_px"].sum() == labels.size
     volume = measure_cells(np.stack([labels, labels]) * 10**12)
     np.testing.assert_array_equal(volume["volume_px"], 2 * small["area_px"])
+
+
+def test_labels_are_taken_or_refused_as_exports_take_them(cells):
+    # whole numbers stored as floats (a Fiji label image) were refused; a negative id's cell
+    # was left out of the table without a word
+    labels, image = cells
+    as_float = measure_cells(labels.astype(np.float32), image)
+    np.testing.assert_array_equal(as_float["area_px"], measure_cells(labels, image)["area_px"])
+    with pytest.raises(ValueError, match=r"skimage\.measure\.label\(mask\)"):
+        measure_cells(labels > 0)
+    with pytest.raises(ValueError, match="negative values"):
+        measure_cells(np.where(labels == 2, -2, labels))
+    with pytest.raises(ValueError, match="hold fractions"):
+        measure_planes([(labels + 0.5, None)])

@@ -72,14 +72,13 @@ def measure_cells(
     Raises
     ------
     ValueError
-        When the shapes of labels, image and pixel size do not fit together.
+        When the labels are no cell ids (a mask, fractions, negative ids; whole numbers
+        stored as floats are taken), or the shapes of labels, image and pixel size do not
+        fit together.
     """
-    labels = read_here(labels)
-    if labels.ndim not in (2, 3) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"Labels must be a 2D or 3D integer image, got shape {labels.shape} and dtype "
-            f"{labels.dtype}."
-        )
+    labels = _cell_ids(read_here(labels))
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"Labels must be a 2D or 3D image, got shape {labels.shape}.")
     intensity = None
     if image is not None:
         intensity = read_here(image)
@@ -115,6 +114,14 @@ def measure_cells(
     if ids is not None:
         table["label"] = ids[table["label"]].astype(np.int64)
     return table
+
+
+def _cell_ids(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as cell ids, by the rule exports follow: a mask, fractions and negative
+    ids are refused with what to give instead, whole numbers stored as floats taken."""
+    from .export import _label_array  # export imports this module's Table
+
+    return _label_array(labels)
 
 
 #: Pixels of a plane whose cells are found at once: the temporaries of a whole slide scan's
@@ -361,7 +368,7 @@ def measure_planes(
     """
     sums = _Sums()
     for z, (labels, image) in enumerate(planes):
-        sums.add(z, read_here(labels), None if image is None else read_here(image))
+        sums.add(z, _cell_ids(read_here(labels)), None if image is None else read_here(image))
     return _table(sums.columns(3), 3, sums.channels, channel_names, pixel_size, unit)
 
 
