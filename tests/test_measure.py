@@ -295,18 +295,6 @@ def test_a_plane_measured_band_by_band_is_measured_as_regionprops_measures_it(mo
         np.testing.assert_allclose(table[column], expected[prop], rtol=1e-12, err_msg=column)
 
 
-@pytest.mark.parametrize("density", [0.3, 0.6, 0.9])
-def test_solidity_is_that_of_regionprops_for_cells_of_any_shape(density):
-    # the convex areas of all cells are counted at once: ragged cells, and cells in pieces
-    # (rows without pixels between their pieces), give scikit-image's values exactly
-    rng = np.random.default_rng(int(density * 10))
-    ragged = ndi.label(rng.random((40, 50)) < density)[0]
-    pieces = rng.integers(0, 6, (30, 20)) * (rng.random((30, 20)) < density)
-    for labels in (ragged, pieces):
-        expected = regionprops_table(labels, properties=("solidity",))["solidity"]
-        np.testing.assert_array_equal(measure_cells(labels)["solidity"], expected)
-
-
 def test_cells_with_ids_of_another_tool_are_measured_under_their_ids(cells):
     # ids far apart took memory per id up to the largest (MemoryError beyond about 10**9)
     labels, image = cells

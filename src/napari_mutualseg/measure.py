@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+from skimage.measure import regionprops_table
 
 from .preprocess import read_here
 
@@ -108,8 +109,8 @@ def measure_cells(
         sums = _Sums()
         sums.add(0, labels, intensity)
         raw = sums.columns(2)
-        raw["eccentricity"] = _eccentricity(labels, sums, raw["label"])
-        raw["solidity"] = raw["area"] / _convex_areas(labels, sums, raw["label"])
+        # the shape of each cell, its second moments and convex hull: scikit-image's own
+        raw.update(regionprops_table(labels, properties=_SHAPE_2D))
         table = _table(raw, 2, sums.channels, channel_names, pixel_size, unit)
     if ids is not None:
         table["label"] = ids[table["label"]].astype(np.int64)
@@ -217,92 +218,6 @@ class _Sums:
             raw[f"intensity_mean{key}"] = self.total[c][present] / n
             raw[f"intensity_max{key}"] = self.peak[c][present]
         return raw
-
-
-def _eccentricity(labels: np.ndarray, sums: _Sums, present: np.ndarray) -> np.ndarray:
-    """The eccentricity of each cell ``present`` in 2D ``labels``, as scikit-image computes
-    it: of the ellipse with the cell's second moments (about its centroid, which keeps their
-    digits far from the image's origin)."""
-    n = sums.count[present]
-    centre = np.zeros((2, sums.count.size))
-    centre[:, present] = sums.sums[1:, present] / n
-    moments = np.zeros((3, sums.count.size))  # yy, xx, yx
-    for ids, yy, xx in _cell_pixels(labels):
-        dy, dx = yy - centre[0][ids], xx - centre[1][ids]
-        for k, weights in enumerate((dy * dy, dx * dx, dy * dx)):
-            moments[k] += np.bincount(ids, weights, sums.count.size)
-    yy, xx, yx = moments[:, present] / n
-    mean, half = (yy + xx) / 2, np.sqrt(((yy - xx) / 2) ** 2 + yx**2)
-    largest, smallest = mean + half, np.clip(mean - half, 0, None)
-    ratio = np.divide(smallest, largest, out=np.ones_like(largest), where=largest > 0)
-    return np.sqrt(1 - np.minimum(ratio, 1))  # a single pixel: 0
-
-
-def _convex_areas(labels: np.ndarray, sums: _Sums, present: np.ndarray) -> np.ndarray:
-    """The convex area of each cell ``present`` in 2D ``labels`` as scikit-image counts it
-    for solidity: the pixels whose centre lies in the convex hull of the midpoints of the
-    cell's pixel edges, on its border included.
-
-    The hulls of all cells are found at once, a side at a time: in coordinates doubled to
-    stay integers, the outermost pixel of each row gives a side its points on three levels
-    (the row's top edge, centre and bottom edge), whose envelope is the hull's side; each
-    row counts the pixel centres between its two sides.
-    """
-    n = present.size
-    if not n:
-        return np.zeros(0)
-    rank = np.zeros(sums.count.size, np.intp)
-    rank[present] = np.arange(n)
-    top = sums.low[1][present]
-    height = sums.high[1][present] - top
-    first = np.cumsum(height) - height  # each cell's first row among all cells' rows
-    row_cell = np.repeat(np.arange(n), height)
-    row = np.arange(row_cell.size) - first[row_cell]  # 0 at the cell's top
-    none = np.iinfo(np.int64).min
-    outer = np.full((2, row_cell.size), none)  # per row: the rightmost x, minus the leftmost
-    for ids, yy, xx in _cell_pixels(labels):
-        slot = first[rank[ids]] + yy - top[rank[ids]]
-        np.maximum.at(outer[0], slot, xx)
-        np.maximum.at(outer[1], slot, -xx)
-    filled = outer[0] > none  # a cell in pieces may skip rows
-    level_cell = np.repeat(np.arange(n), 2 * height + 1)  # level 2r + 1: row r's centre
-    level_first = 2 * first + np.arange(n)
-    level = np.arange(level_cell.size) - level_first[level_cell]
-    stride = 2 * int(height.max()) + 1
-    count = np.ones(row_cell.size, np.int64)  # per row: its last centre in, less its first, + 1
-    for side in outer:
-        x = np.full(level_cell.size, none)
-        at, edge = level_first[row_cell[filled]] + 2 * row[filled], 2 * side[filled]
-        for step, bulge in ((0, 0), (1, 1), (2, 0)):  # top edge, centre, bottom edge
-            np.maximum.at(x, at + step, edge + bulge)
-        points = x > none
-        cell, y, x = _concave_envelope(level_cell[points], level[points], x[points])
-        # each row's centre on the segment of the envelope across it: the last pixel
-        # centre on this side of it (x doubled: its pixel's x is half of it, rounded down)
-        centre = 2 * row + 1
-        b = np.searchsorted(cell * stride + y, row_cell * stride + centre, side="right")
-        a = b - 1
-        run = y[b] - y[a]
-        count += (x[a] * run + (centre - y[a]) * (x[b] - x[a])) // (2 * run)
-    return np.bincount(row_cell, count, n)
-
-
-def _concave_envelope(
-    cell: np.ndarray, y: np.ndarray, x: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The vertices of the concave envelope of each cell's points ``(y, x)``, sorted by cell
-    then ``y``: every point on or below the segment between its neighbours lies inside the
-    hull, so all of them are dropped at once, until none is left."""
-    while True:
-        i = np.flatnonzero((cell[:-2] == cell[1:-1]) & (cell[2:] == cell[1:-1])) + 1
-        below = x[i] * (y[i + 1] - y[i - 1]) <= (
-            x[i - 1] * (y[i + 1] - y[i]) + x[i + 1] * (y[i] - y[i - 1])
-        )
-        if not below.any():
-            return cell, y, x
-        keep = np.ones(cell.size, bool)
-        keep[i[below]] = False
-        cell, y, x = cell[keep], y[keep], x[keep]
 
 
 def _table(
