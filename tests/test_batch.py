@@ -542,6 +542,12 @@ def test_a_tracked_time_series_counts_its_cells_once_however_many_frames(tmp_pat
     assert result.cells == result.summary["cells"] == 1
     [again] = BatchRun(pair, [path], tmp_path / "out", options, workers=0)
     assert again.status == "skipped" and again.cells == 1
+    # untracked, each frame numbers its cells anew: every frame's cell is counted (a count
+    # of its labels took 6 cells, none the same from frame to frame, for 3)
+    untracked = BatchOptions(tile_size=64, overlap=16, track=False)
+    [result] = BatchRun(pair, [path], tmp_path / "apart", untracked, workers=0)
+    [again] = BatchRun(pair, [path], tmp_path / "apart", untracked, workers=0)
+    assert result.cells == again.cells == 3 and again.status == "skipped"
 
 
 def test_one_image_that_does_not_fit_the_model_fails_alone_also_when_run_again(

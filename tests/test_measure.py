@@ -125,6 +125,7 @@ def test_a_time_series_summary_counts_each_tracked_cell_once():
     row = summarize("movie", table)
     assert row["cells"] == 2 and row["frames"] == 3
     assert row["median_area_px"] == 14.0
+    assert summarize("movie", table, tracked=False)["cells"] == 5  # each frame's own cells
 
 
 def test_a_time_series_table_gets_its_time_in_seconds_beside_its_frame():

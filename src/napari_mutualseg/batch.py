@@ -414,7 +414,7 @@ class BatchRun:
             table = read_table(job.table)
         except (OSError, ValueError) as err:
             return ImageResult(job, "failed", reason=f"{job.table}: {error_reason(err)}")
-        summary = summarize(job.name, table)
+        summary = summarize(job.name, table, tracked=self.options.track)
         return ImageResult(job, status, cells=int(summary["cells"]), summary=summary)
 
     def _here(self, jobs: list[ImageJob]) -> Generator[ImageResult, None, None]:
@@ -626,8 +626,9 @@ class BatchRun:
             if os.path.realpath(record) in ours or not table.exists():
                 continue
             try:
-                name = json.loads(record.read_text())["image"]
-                rows.append(summarize(name, read_table(table)))
+                found = json.loads(record.read_text())
+                tracked = found["options"]["track"]
+                rows.append(summarize(found["image"], read_table(table), tracked=tracked))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not a result of this package: not summed up
         return rows

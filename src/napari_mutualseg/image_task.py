@@ -450,7 +450,7 @@ def process_image(
                 peak_memory=peak_memory(),
             )
     notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    summary = summarize(job.name, table)  # a time series' cells counted once, not per frame
+    summary = summarize(job.name, table, tracked=options.track)
     return ImageResult(
         job,
         "done",

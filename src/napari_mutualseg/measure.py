@@ -422,7 +422,7 @@ def _is_physical(column: str) -> bool:
     return column.startswith(("area_", "volume_", "centroid_")) and not column.endswith("_px")
 
 
-def summarize(name: str, table: Table) -> dict[str, float | int | str]:
+def summarize(name: str, table: Table, *, tracked: bool = True) -> dict[str, float | int | str]:
     """One summary row of an image's cell table: count, median and mean size, mean intensities.
 
     Parameters
@@ -431,11 +431,15 @@ def summarize(name: str, table: Table) -> dict[str, float | int | str]:
         The image's name (first column of the summary).
     table : Table
         From :func:`measure_cells`. A time series' table (a row per cell and frame, its frame
-        in ``t``, its time in ``time_s`` when known) counts its cells by label (a tracked
-        cell is one cell in every frame) and its frames in ``frames``; sizes and intensities
-        are over all its rows.
+        in ``t``, its time in ``time_s`` when known) counts its frames in ``frames``; sizes and
+        intensities are over all its rows.
+    tracked : bool
+        Whether a time series' labels were kept from frame to frame: its cells are then
+        counted by label (a tracked cell is one cell in every frame). Untracked, each frame
+        numbers its cells anew, and every row is counted.
     """
-    cells = len(np.unique(table["label"])) if "t" in table else len(table["label"])
+    once = "t" in table and tracked
+    cells = len(np.unique(table["label"])) if once else len(table["label"])
     row: dict[str, float | int | str] = {"image": name, "cells": cells}
     if "t" in table:
         row["frames"] = len(np.unique(table["t"]))
