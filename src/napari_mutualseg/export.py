@@ -13,35 +13,9 @@ import zipfile
 import numpy as np
 from scipy import ndimage as ndi
 
-from .measure import Table
+from .measure import Table, _cell_ids
 
 __all__ = ["cell_outlines", "fiji_roi_zip", "qupath_geojson", "table_csv"]
-
-
-def _label_array(labels: np.ndarray) -> np.ndarray:
-    """``labels`` as whole numbers, refusing what holds no cell ids: a mask, fractions,
-    negative ids."""
-    labels = np.asarray(labels)
-    if labels.dtype == np.bool_:
-        raise ValueError(
-            "These are a mask (True/False), not labels: give each cell its own number first, "
-            "e.g. skimage.measure.label(mask)."
-        )
-    if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
-            raise ValueError(
-                f"Labels of {labels.dtype} hold fractions (or NaN): give a label image, one "
-                "whole number per cell and 0 for the background."
-            )
-        labels = labels.astype(np.int64)
-    elif labels.dtype.kind not in "iu":
-        raise ValueError(f"Labels must be whole numbers, got pixels of {labels.dtype}.")
-    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
-        raise ValueError(
-            f"Labels hold negative values (down to {labels.min()}): cells are numbered from 1, "
-            "the background is 0."
-        )
-    return labels
 
 
 def cell_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -69,7 +43,7 @@ def cell_outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
     ValueError
         For labels that are not 2D, a mask, fractions or negative numbers.
     """
-    labels = _label_array(labels)
+    labels = _cell_ids(labels)
     if labels.ndim != 2:
         raise ValueError(
             f"Outlines are drawn on 2D labels, got shape {labels.shape}: give one plane, or "
@@ -285,7 +259,7 @@ def fiji_roi_zip(labels: np.ndarray, axes: str | None = None, *, channels: int =
     """
     from roifile import ImagejRoi
 
-    labels = _label_array(labels)
+    labels = _cell_ids(labels)
     lead = _stack_axes(labels, axes)
     sizes = dict(zip(lead, labels.shape[:-2], strict=True))
     # ImageJ reads a plain stack's ROI by its stack position only (its z or frame is drawn on

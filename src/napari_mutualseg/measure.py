@@ -118,11 +118,29 @@ def measure_cells(
 
 
 def _cell_ids(labels: np.ndarray) -> np.ndarray:
-    """``labels`` as cell ids, by the rule exports follow: a mask, fractions and negative
-    ids are refused with what to give instead, whole numbers stored as floats taken."""
-    from .export import _label_array  # export imports this module's Table
-
-    return _label_array(labels)
+    """``labels`` as whole numbers, refusing what holds no cell ids: a mask, fractions,
+    negative ids. The one rule of cell tables and exports."""
+    labels = np.asarray(labels)
+    if labels.dtype == np.bool_:
+        raise ValueError(
+            "These are a mask (True/False), not labels: give each cell its own number first, "
+            "e.g. skimage.measure.label(mask)."
+        )
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            raise ValueError(
+                f"Labels of {labels.dtype} hold fractions (or NaN): give a label image, one "
+                "whole number per cell and 0 for the background."
+            )
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"Labels must be whole numbers, got pixels of {labels.dtype}.")
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise ValueError(
+            f"Labels hold negative values (down to {labels.min()}): cells are numbered from 1, "
+            "the background is 0."
+        )
+    return labels
 
 
 #: Pixels of a plane whose cells are found at once: the temporaries of a whole slide scan's
