@@ -67,6 +67,7 @@ def _label_image(path: str, axes: str | None) -> tuple[np.ndarray, str | None]:
     """An instance label image from ``path`` and its axes (None where the file does not say
     and ``axes`` is not given), or a ValueError that says why it is not one."""
     from ..io import LABEL_KIND_WORDS, written_as
+    from ..measure import _cell_ids
     from ..metrics import not_instance_labels
     from ..readers import AxesUnknownError, read_axis_image
 
@@ -86,21 +87,18 @@ def _label_image(path: str, axes: str | None) -> tuple[np.ndarray, str | None]:
         image = image[0]  # a plane saved as a stack of one, (1, H, W), is that plane
     if image.ndim == 2:
         letters = "YX"
-    if image.dtype == bool or np.issubdtype(image.dtype, np.integer):
-        whole = True
-    else:
-        whole = np.issubdtype(image.dtype, np.floating) and bool(
-            np.all(np.isfinite(image)) and np.all(image == np.round(image))
-        )
-    if not whole or image.min() < 0 or (letters is not None and "C" in letters):
+    if letters is not None and "C" in letters:
         raise ValueError(
-            f"{path} ({image.dtype}, values {image.min():g} to {image.max():g}"
-            f"{'' if letters is None else ', axes ' + letters}) is not a label image: "
-            "evaluate compares instance labels, whole numbers from 0 (background) with one "
+            f"{path} has channels (axes {letters}): evaluate compares instance labels, one "
             "number per object and no channels, such as predict writes."
         )
-    if not np.issubdtype(image.dtype, np.integer):
-        image = image.astype(np.int64)
+    try:
+        image = _cell_ids(image)
+    except ValueError as err:
+        raise ValueError(
+            f"{path} is not a label image: {err} evaluate compares instance labels, such as "
+            "predict writes."
+        ) from None
     # scores of a class map or a mask mean nothing: refused, where Python only warns
     problem = not_instance_labels(image)
     if problem:
