@@ -215,8 +215,10 @@ def layer_axes(layer: Image, given: str = "") -> LayerAxes:
     if "C" in axes[1:]:
         raise ValueError(
             f"Axes {axes} of '{layer.name}': the channel axis must come first, so that the "
-            "result layers line up with every channel. Open the file with its channels as "
-            "separate layers (napari's channel_axis), or move the axis first (numpy.moveaxis)."
+            "result layers line up with every channel. Open the file with napari-mutualseg's "
+            "reader (File > Open, napari-mutualseg when napari asks), which puts its channels "
+            "first, or with its channels as separate layers (napari's channel_axis), or move "
+            "the axis first (numpy.moveaxis)."
         )
     names = _channel_names(layer, axes, shape, rgb)
     return LayerAxes(
