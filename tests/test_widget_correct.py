@@ -580,3 +580,41 @@ def test_cells_to_check_are_described_as_regionprops_describes_them():
         for r in regionprops(labels)
     }
     assert {k: (s.area, s.centroid, s.bbox) for k, s in cells.items()} == expected
+
+
+def test_corrections_kept_by_a_new_prediction_are_added_to_training(trained, notes):
+    """Predicted again, the painted cells are kept as '(edited)': those, not the new
+    unedited cells, are what Add to training learns from (it said nothing was corrected)."""
+    viewer, widget, _image, other = trained
+    widget.settings.steps_per_round = 3  # trusted pixels are kept whatever is learned
+    cells = viewer.layers["other cells"]
+    cells.paint((5, 5), int(cells.data.max()) + 1)  # a missed cell, with the brush
+    widget.predict(other, block=True)
+    assert same(viewer.layers["other cells (edited)"], cells)
+    widget.check.add.click()
+    widget.wait()
+    assert not messages(notes, "error")
+    for labels in (widget.last_report.labels_a[1], widget.last_report.labels_b[1]):
+        assert (labels[4:7, 4:7] == CELL).all()
+    assert same(viewer.layers["other corrections"], cells)
+    assert viewer.layers["other cells"].metadata[OWNER_KEY]["role"] == "cells"
+    took = "The corrections in 'other cells (edited)' were added to training"
+    assert any(m.startswith(took) for m in messages(notes, "info"))
+
+
+def test_cells_painted_while_training_are_added_to_training(trained, notes):
+    """Cells of a training image painted between rounds are kept as '(edited)' by the next
+    round: Add to training learns from them (it said nothing was corrected)."""
+    viewer, widget, _image, _other = trained
+    _add_a_missed_cell(viewer, widget)
+    cells = viewer.layers["other cells"]  # the new round's cells of the corrected image
+    assert not cells.data[56:61, 4:9].any()
+    cells.paint((58, 6), int(cells.data.max()) + 1)  # another missed cell
+    widget.train(block=True)  # the next round
+    assert same(viewer.layers["other cells (edited)"], cells)
+    widget.check.add.click()
+    widget.wait()
+    assert not messages(notes, "error")
+    for labels in (widget.last_report.labels_a[1], widget.last_report.labels_b[1]):
+        assert (labels[57:60, 5:8] == CELL).all()  # the cell painted between rounds
+        assert (labels[4:7, 4:7] == CELL).all()  # and the first correction

@@ -114,6 +114,36 @@ def test_cells_a_person_edited_are_kept_when_predicted_again(thresholded, notes)
     assert not new.data.any()
 
 
+def test_edited_cells_kept_by_a_new_prediction_take_what_they_were_compared_with(
+    thresholded, qtbot
+):
+    """The cells the plugin wrote into a layer a person edited go with that layer when it is
+    handed over to them (its corrections are told from them), and are let go with it."""
+    import gc
+    import weakref
+
+    viewer, widget = thresholded
+    image = viewer.add_image(disc_image()[0], name="x")
+    widget.predict(image, block=True)
+    cells = viewer.layers["x cells"]
+    written = np.asarray(cells.data).copy()
+    cells.paint((5, 5), int(written.max()) + 1)
+    widget.predict(image, block=True)
+    layer, before = widget.correct.corrected_layer(image)
+    assert same(layer, cells) and cells.name == "x cells (edited)"
+    np.testing.assert_array_equal(before, written)
+    kept = weakref.ref(before)
+    del layer, before
+    viewer.layers.remove(cells)
+    del cells
+    qtbot.wait(10)  # napari's layer controls hold the layer until Qt deletes them
+    gc.collect()
+    assert kept() is None
+    layer, before = widget.correct.corrected_layer(image)  # the newest, unedited
+    assert same(layer, viewer.layers["x cells"])
+    np.testing.assert_array_equal(before, layer.data)
+
+
 def test_a_prediction_adds_its_layers_one_event_loop_turn_apart(thresholded):
     """Adding a layer takes the main thread a few tenths of a second at real sizes: the cells
     and the disagreement of a prediction, added in one turn, froze the viewer for both."""

@@ -38,9 +38,10 @@ from .cells import refresh_cells
 from .controller import RunController
 from .layers import (
     OWNER_KEY,
+    WRITTEN,
     camera,
+    cells_layer,
     center_on,
-    find_own_layer,
     free_name,
     owner_info,
     shapes_to_image_coords,
@@ -86,9 +87,7 @@ class Corrector:
 
     def cells_layer(self, image: Image) -> Labels | None:
         """The plugin's cells of ``image``: its prediction, or its training result."""
-        return find_own_layer(self.viewer, "prediction", image) or find_own_layer(
-            self.viewer, "cells", image
-        )
+        return cells_layer(self.viewer, image)
 
     def spots(self, image: Image) -> list[tuple[int | None, Spot]]:
         """Cells and regions of ``image`` to check, most disputed first, with their plane."""
@@ -311,7 +310,7 @@ class Corrector:
                 f"'{image.name}' is trained from its boxes: correct its supervision layer "
                 "instead (paint on it), then Train."
             )
-        written = self.controller.writer.written.get(str(image.unique_id))
+        cells, written = self.corrected_layer(image)
         corrected = np.asarray(cells.data)
         axes = layer_axes(image)
         if corrected.ndim != 2 or axes.stacked:
@@ -364,12 +363,43 @@ class Corrector:
         record = SupervisionRecord(tuple(corrected.shape), None, [sup], axes=layer_axes(image))
         return TrainingItem(image, record, [sup.classes])
 
-    def keep_corrections(self, image: Image) -> Labels:
-        """Hand the corrected cells layer over to the user as "<image> corrections", so that
-        training writes its new cells beside it, never over the person's work."""
+    def corrected_layer(self, image: Image) -> tuple[Labels, np.ndarray | None]:
+        """The cells layer of ``image`` whose corrections Add to training takes, with the
+        cells the plugin last wrote into it (``None``: not known).
+
+        Its newest cells (:meth:`cells_layer`) when they changed since they were written;
+        else the topmost layer of its cells the person edited and the plugin handed over to
+        them as "(edited)" when it wrote the image's cells again (a new prediction, a round);
+        else the newest cells, which boxes or "the rest is right" may still say something of.
+        """
         cells = self._editable(image)
-        cells.metadata[OWNER_KEY] = {**owner_info(cells), "role": "corrections"}
+        found = self.controller.writer.cells_written(image)
+        edited = (
+            (layer, written)
+            for layer, written in found
+            if written is not None
+            and written.shape == layer.data.shape
+            and not np.array_equal(written, np.asarray(layer.data))
+        )
+        return next(edited, (cells, found[0][1]))
+
+    def keep_corrections(self, image: Image) -> Labels:
+        """Hand the corrected cells layer (:meth:`corrected_layer`) over to the user as
+        "<image> corrections", so that training writes its new cells beside it, never over
+        the person's work."""
+        cells, _ = self.corrected_layer(image)
+        newest, name = self.cells_layer(image), cells.name
+        # in training now: no longer compared with what was written into it
+        info = {k: v for k, v in owner_info(cells).items() if k != WRITTEN}
+        cells.metadata[OWNER_KEY] = {**info, "role": "corrections"}
         cells.name = free_name(self.viewer, f"{image.name} corrections")
+        if cells is not newest:
+            self.controller.notify(
+                f"The corrections in '{name}' were added to training, as '{newest.name}' "
+                f"(the newest cells of '{image.name}') has none; they are kept as "
+                f"'{cells.name}'.",
+                "info",
+            )
         return cells
 
 

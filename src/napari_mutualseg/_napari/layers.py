@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 OWNER_KEY = "napari-mutualseg"
 #: Key in the tag: the ``unique_id`` of the layer the tag was made for.
 LAYER_ID = "layer_id"
+#: Key in the tag of cells a person edited and the plugin handed over to them: the cells the
+#: plugin last wrote into the layer, which tell the person's edits (kept with the layer, so
+#: that they go when it goes).
+WRITTEN = "written"
 
 #: Class colours (RGBA): background faint so the image stays visible, ignore grey.
 CLASS_COLORS: dict[int | None, tuple[float, float, float, float]] = {
@@ -160,6 +164,12 @@ def find_own_layer(viewer: napari.Viewer, role: str, source: Layer | None = None
     return None
 
 
+def cells_layer(viewer: napari.Viewer, image: Layer) -> Labels | None:
+    """The plugin's cells of ``image``: its prediction (beside the cells of the image trained
+    from boxes), or its cells."""
+    return find_own_layer(viewer, "prediction", image) or find_own_layer(viewer, "cells", image)
+
+
 def camera(viewer: napari.Viewer) -> Any:
     """The viewer's camera (``viewer.scene.camera`` from napari 0.9 on)."""
     return getattr(viewer, "scene", viewer).camera
@@ -238,7 +248,7 @@ def upsert_layer(
         Extra arguments for a new layer.
     """
     layer = find_own_layer(viewer, role, source)
-    if layer is not None and _edited(layer):
+    if layer is not None and edited(layer):
         _hand_over(viewer, layer, name)
         layer = None
     if layer is not None:
@@ -272,7 +282,7 @@ def upsert_layer(
     return layer
 
 
-def _edited(layer: Layer) -> bool:
+def edited(layer: Layer) -> bool:
     """Whether a person changed ``layer`` since the plugin last wrote it: every write forgets
     a Labels layer's undo history (:func:`upsert_layer`), so a stroke in it is theirs (napari
     has no public way to ask)."""
@@ -285,8 +295,9 @@ def _hand_over(viewer: napari.Viewer, layer: Layer, name: str) -> None:
     from napari.utils.notifications import show_warning
 
     old, kept = layer.name, free_name(viewer, f"{layer.name} (edited)")
-    # still tagged with its image, so that its cells are measured in it, but in no role the
-    # plugin writes (as the corrections added to training are kept)
+    # still tagged with its image, so that its cells are measured in it (and its edits told
+    # from the cells last written into it, WRITTEN), but in no role the plugin writes (as the
+    # corrections added to training are kept)
     layer.metadata[OWNER_KEY] = {**owner_info(layer), "role": "corrections"}
     layer.name = kept
     show_warning(

@@ -18,7 +18,16 @@ from qtpy.QtCore import QObject, QTimer
 
 from ..measure import Table
 from .axes import layer_axes
-from .layers import find_own_layer, show_table, upsert_layer
+from .layers import (
+    OWNER_KEY,
+    WRITTEN,
+    cells_layer,
+    edited,
+    find_own_layer,
+    owner_info,
+    show_table,
+    upsert_layer,
+)
 from .workers import PER_IMAGE, RESULT_LAYERS
 
 if TYPE_CHECKING:
@@ -138,14 +147,39 @@ class LayerWriter(QObject):
             self._write(role, image, np.zeros(shape, dtype))
 
     def remember(self, image: Layer, cells: np.ndarray) -> None:
-        """Keep the cells just written for ``image`` as :attr:`written`: a copy, as napari's
-        paint, fill and erase tools change the layer's own array in place. Only a 2D image's,
-        the only ones a correction is added from (a stack's would double its memory)."""
+        """Keep the cells about to be written for ``image`` as :attr:`written`: a copy, as
+        napari's paint, fill and erase tools change the layer's own array in place. Only a 2D
+        image's, the only ones a correction is added from (a stack's would double its memory).
+
+        The cells layer of ``image`` a person edited is handed over to them by the write that
+        follows (:func:`~.layers.upsert_layer`): it takes the cells it was written with along
+        in its tag (:data:`~.layers.WRITTEN`), so that its edits can still be added to
+        training (:meth:`cells_written`).
+        """
         key = str(image.unique_id)
+        before = self.written.pop(key, None)
+        viewer = self._viewer()
+        layer = None if before is None or viewer is None else cells_layer(viewer, image)
+        if layer is not None and edited(layer):
+            layer.metadata[OWNER_KEY] = {**owner_info(layer), WRITTEN: before}
         if isinstance(cells, np.ndarray) and cells.ndim == 2:
             self.written[key] = cells.copy()
-        else:
-            self.written.pop(key, None)
+
+    def cells_written(self, image: Layer) -> list[tuple[Layer, np.ndarray | None]]:
+        """The plugin's cells of ``image`` (:func:`~.layers.cells_layer`), then those a person
+        edited that it handed over to them (topmost first), each with the cells last written
+        into it (``None``: not known, as of a stack); empty while ``image`` has no cells."""
+        viewer = self._viewer()
+        cells = None if viewer is None else cells_layer(viewer, image)
+        if cells is None:
+            return []
+        key = str(image.unique_id)
+        found = [(cells, owner_info(cells).get(WRITTEN, self.written.get(key)))]
+        for layer in reversed(viewer.layers):
+            info = owner_info(layer) or {}
+            if layer is not cells and info.get("source_id") == key and WRITTEN in info:
+                found.append((layer, info[WRITTEN]))
+        return found
 
     def _in_viewer(self, image: Layer) -> bool:
         """Whether ``image`` is still in the viewer; the first time it is not, the user is told
