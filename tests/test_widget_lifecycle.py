@@ -283,6 +283,31 @@ def test_the_status_line_says_the_round_and_how_far_it_is(training, qtbot):
     widget.wait()
 
 
+def test_the_status_line_says_how_long_the_job_has_left(training):
+    _viewer, widget, _image = training
+    progress, left = widget.controller.progress, widget.footer.left
+    progress.emit(10, 100)  # the pace is taken from here on, not from the set-up before
+    time.sleep(0.05)
+    progress.emit(20, 100)  # 5 ms a step, 80 steps to go
+    assert left.text() == "about 5 s left"
+    widget.stop()
+    assert left.text() == ""  # a stopping job has no time left to tell
+    widget.wait()
+
+
+def test_the_round_note_says_the_cells_found_and_the_labels_changed(training):
+    _viewer, widget, _image = training
+    note = widget.training.round_note
+    said = "cells found in 100% of the boxes; 10.0% of the labels changed"
+    assert re.match(rf"Round [1-5]: {said} \(training ends early once under 0.5%", note.text())
+    widget.stop()
+    widget.wait()
+    # still the report's word on the last round once the run has ended
+    assert note.text().startswith(f"Round {widget.history[-1]['round']}: {said}")
+    widget.reset_models()
+    assert note.text() == ""
+
+
 def test_stop_is_disabled_while_training_stops(training):
     _viewer, widget, _image = training
     assert widget.training.stop.isEnabled()

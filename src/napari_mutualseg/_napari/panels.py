@@ -7,6 +7,8 @@ holding the layers themselves, so a renamed layer stays picked.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..config import TrainConfig
 from ..devices import describe_device, select_device
 from .axes import layer_axes, set_layer_axes
 from .layers import free_name, owner_info
@@ -459,6 +462,10 @@ class TrainingPanel(QGroupBox):
         form.addRow(_row(self.train, self.stop, self.reset))
         self.loss_plot = LossPlot()
         form.addRow(self.loss_plot)
+        # what the losses do not say: whether the cells are found and the labels settle
+        self.round_note = QLabel()
+        self.round_note.setWordWrap(True)
+        form.addRow(self.round_note)
         self.set_state(training=False, busy=False, has_model=False)
 
     def set_state(
@@ -561,6 +568,11 @@ class StatusLine(QWidget):
         policy.setRetainSizeWhenHidden(True)
         self.progress.setSizePolicy(policy)
         self.progress.hide()
+        self.left = QLabel()
+        policy = self.left.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.left.setSizePolicy(policy)
+        self.left.hide()
         self.text = QLabel(text)
         self.text.setWordWrap(True)
         self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -570,15 +582,45 @@ class StatusLine(QWidget):
         self.text.setSizePolicy(policy)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(9, 4, 9, 6)
-        layout.addWidget(self.progress)
+        bar = QHBoxLayout()
+        bar.addWidget(self.progress, 1)
+        bar.addWidget(self.left)
+        layout.addLayout(bar)
         layout.addWidget(self.text)
 
     def set_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
 
+    def set_time_left(self, text: str) -> None:
+        """Say how long the running job has left (``""``: not known)."""
+        self.left.setText(text)
+
     def set_busy(self, busy: bool) -> None:
         self.progress.setVisible(busy)
+        self.left.setVisible(busy)
+
+
+def time_left(seconds: float) -> str:
+    """How long a job has left, as a person says it: rounded up, in seconds, minutes or hours."""
+    if seconds < 55:
+        return f"about {5 * math.ceil(max(seconds, 1) / 5)} s left"
+    if seconds < 60 * 60:
+        return f"about {math.ceil(seconds / 60)} min left"
+    return f"about {seconds / 3600:.1f} h left"
+
+
+def round_note(entry: dict[str, Any], found: float | None) -> str:
+    """The latest round in words: the share of boxes whose cell was found (when known) and of
+    the labels that changed, beside what ends training early."""
+    cells = "" if found is None else f"cells found in {found:.0%} of the boxes; "
+    text = f"Round {entry['round']}: {cells}{entry['changed']:.1%} of the labels changed"
+    if entry.get("converged"):
+        return f"{text}: the labels have settled."
+    return (
+        f"{text} (training ends early once under {TrainConfig.min_change:.1%}, with most "
+        "cells found)."
+    )
 
 
 class PanelsView(QObject):
@@ -602,6 +644,8 @@ class PanelsView(QObject):
         self.settings = settings
         self.data, self.training, self.model, self.check = panels
         self.status = status
+        self._pace: tuple[float, int] | None = None  # when the job's progress first passed 0
+        self._noted: dict[str, Any] | None = None  # the history entry the round note tells
         self._links = [
             (controller.state_changed, self.show_state),
             (controller.message, status.text.setText),
@@ -629,11 +673,28 @@ class PanelsView(QObject):
         self.model.set_state(busy=busy, has_model=has_model)
         self.check.set_busy(busy)
         self.status.set_busy(busy)
+        if not controller.can_stop:  # no job, or one stopping: no time left to tell
+            self._pace = None
+            self.status.set_time_left("")
         self._show_device()
 
     def _show_progress(self, done: int, total: int) -> None:
         self.status.set_progress(done, total)
+        if self.controller.can_stop:
+            self.status.set_time_left(self._time_left(done, total))
         self._show_device()
+
+    def _time_left(self, done: int, total: int) -> str:
+        """The time left at the pace since the job's progress first passed 0 (the set-up
+        before it, a network built or a model moved to the GPU, would make it look slow)."""
+        now = time.perf_counter()
+        if done <= 0 or self._pace is None or done < self._pace[1]:
+            self._pace = (now, done) if done > 0 else None
+            return ""
+        since, first = self._pace
+        if done == first:  # no pace yet (or still the one step: the text shown stays)
+            return self.status.left.text()
+        return time_left((now - since) / (done - first) * max(total - done, 0))
 
     def _show_device(self) -> None:
         """The device line: the one in use while a job runs, else the one the settings pick."""
@@ -662,10 +723,19 @@ class PanelsView(QObject):
         """The loss curve of the pair's rounds."""
         history = self.controller.history
         self.training.loss_plot.set_history([(h["loss_a"], h["loss_b"]) for h in history])
+        # a round reported in this session keeps its note: its report said the cells found
+        if not history:
+            self.training.round_note.setText("")
+        elif history[-1] is not self._noted:
+            self.training.round_note.setText(round_note(history[-1], history[-1].get("found")))
         self.show_state()
 
     def _add_round(self, entry: dict[str, Any]) -> None:
         self.training.loss_plot.add(entry["loss_a"], entry["loss_b"])
+        report = self.controller.last_report
+        found = entry.get("found", None if report is None else report.found)
+        self.training.round_note.setText(round_note(entry, found))
+        self._noted = entry
 
     def unfollow(self) -> None:
         """Stop following (the panel is closed; the controller lives on)."""
