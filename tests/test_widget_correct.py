@@ -618,3 +618,16 @@ def test_cells_painted_while_training_are_added_to_training(trained, notes):
     for labels in (widget.last_report.labels_a[1], widget.last_report.labels_b[1]):
         assert (labels[57:60, 5:8] == CELL).all()  # the cell painted between rounds
         assert (labels[4:7, 4:7] == CELL).all()  # and the first correction
+
+
+def test_edited_cells_are_added_once_the_new_prediction_is_deleted(trained):
+    """Predicted again, then the new cells deleted to keep the edited ones: those are added
+    (Add to training was greyed out)."""
+    viewer, widget, _image, other = trained
+    cells = viewer.layers["other cells"]
+    cells.paint((5, 5), int(cells.data.max()) + 1)  # a missed cell, with the brush
+    widget.predict(other, block=True)
+    viewer.layers.remove("other cells")  # the new prediction
+    assert widget.check.add.isEnabled()
+    [sup] = widget.correct.training_item(other).record.supervisions
+    assert (sup.classes[4:7, 4:7] == CELL).all() and sup.trusted[4:7, 4:7].all()

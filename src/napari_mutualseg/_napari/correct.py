@@ -304,13 +304,12 @@ class Corrector:
         self, image: Image, *, rest_trusted: bool = False, boxes: Shapes | None = None
     ) -> TrainingItem:
         """The corrected ``image`` as training data (see the module docs)."""
-        cells = self._editable(image)
+        cells, written = self.corrected_layer(image)
         if image == self.controller.trained_image:
             raise UserInputError(
                 f"'{image.name}' is trained from its boxes: correct its supervision layer "
                 "instead (paint on it), then Train."
             )
-        cells, written = self.corrected_layer(image)
         corrected = np.asarray(cells.data)
         axes = layer_axes(image)
         if corrected.ndim != 2 or axes.stacked:
@@ -369,10 +368,11 @@ class Corrector:
 
         Its newest cells (:meth:`cells_layer`) when they changed since they were written;
         else the topmost layer of its cells the person edited and the plugin handed over to
-        them as "(edited)" when it wrote the image's cells again (a new prediction, a round);
-        else the newest cells, which boxes or "the rest is right" may still say something of.
+        them as "(edited)" when it wrote the image's cells again (a new prediction, a round),
+        whether or not the newest cells are still there; else the newest cells, which boxes
+        or "the rest is right" may still say something of.
         """
-        cells = self._editable(image)
+        check_image_layer(image, purpose="correct")
         found = self.controller.writer.cells_written(image)
         edited = (
             (layer, written)
@@ -381,7 +381,10 @@ class Corrector:
             and written.shape == layer.data.shape
             and not np.array_equal(written, np.asarray(layer.data))
         )
-        return next(edited, (cells, found[0][1]))
+        taken = next(edited, None)
+        if taken is None:
+            taken = self._editable(image), found[0][1]  # raises while there are no cells
+        return taken
 
     def keep_corrections(self, image: Image) -> Labels:
         """Hand the corrected cells layer (:meth:`corrected_layer`) over to the user as
@@ -395,9 +398,8 @@ class Corrector:
         cells.name = free_name(self.viewer, f"{image.name} corrections")
         if cells is not newest:
             self.controller.notify(
-                f"The corrections in '{name}' were added to training, as '{newest.name}' "
-                f"(the newest cells of '{image.name}') has none; they are kept as "
-                f"'{cells.name}'.",
+                f"The corrections in '{name}' were added to training (the newest cells of "
+                f"'{image.name}' have none); they are kept as '{cells.name}'.",
                 "info",
             )
         return cells
@@ -625,14 +627,16 @@ class CheckPanel(QGroupBox):
 
     def _show_state(self, *_: Any) -> None:
         """Enable what can be done: every button needs the picked image's cells (the plugin's
-        prediction or training result); what else it needs is said when it is pressed."""
+        prediction or training result), Add to training those or its cells a person edited
+        and the plugin kept as "(edited)"; what else it needs is said when it is pressed."""
         image = self.image.layer
         cells = image is not None and self.corrector.cells_layer(image) is not None
         self.next.setEnabled(cells and self._searching is None)
         self.propose.setEnabled(cells and self._proposing is None)
         self.merge.setEnabled(cells)
         self.split.setEnabled(cells)
-        self.add.setEnabled(cells and not self._busy)
+        kept = image is not None and bool(self.corrector.controller.writer.cells_written(image))
+        self.add.setEnabled(kept and not self._busy)
 
     def _do(self, action: Any) -> None:
         image = self.image.layer

@@ -166,15 +166,17 @@ class LayerWriter(QObject):
             self.written[key] = cells.copy()
 
     def cells_written(self, image: Layer) -> list[tuple[Layer, np.ndarray | None]]:
-        """The plugin's cells of ``image`` (:func:`~.layers.cells_layer`), then those a person
-        edited that it handed over to them (topmost first), each with the cells last written
-        into it (``None``: not known, as of a stack); empty while ``image`` has no cells."""
+        """The plugin's cells of ``image`` (:func:`~.layers.cells_layer`), if any, then those a
+        person edited that it handed over to them (topmost first), each with the cells last
+        written into it (``None``: not known, as of a stack)."""
         viewer = self._viewer()
-        cells = None if viewer is None else cells_layer(viewer, image)
-        if cells is None:
+        if viewer is None:
             return []
         key = str(image.unique_id)
-        found = [(cells, owner_info(cells).get(WRITTEN, self.written.get(key)))]
+        cells = cells_layer(viewer, image)
+        found = []
+        if cells is not None:
+            found.append((cells, owner_info(cells).get(WRITTEN, self.written.get(key))))
         for layer in reversed(viewer.layers):
             info = owner_info(layer) or {}
             if layer is not cells and info.get("source_id") == key and WRITTEN in info:
