@@ -511,3 +511,32 @@ def test_jobs_of_two_viewers_at_once_each_say_their_own_warnings(make_napari_vie
     assert [m for m in said["b"][1] if "a word" in m] == ["a word on 'b'"]
     # a finished job's hook and superqt's "always" were left in place for good
     assert warnings.showwarning is hook and warnings.filters[: len(filters)] == filters
+
+
+def test_the_loss_legend_gives_each_networks_latest_loss(qtbot):
+    from napari_mutualseg._napari.loss_plot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    assert plot.legend() == ("— A", "— B")
+    plot.set_history([(0.8, 0.5), (0.41234, float("nan"))])
+    assert plot.legend() == ("— A 0.412", "— B 0.5")  # B's last finite loss
+
+
+def test_the_loss_plot_marks_each_round_on_its_axis(qtbot):
+    from qtpy.QtGui import QColor, QImage
+
+    from napari_mutualseg._napari.loss_plot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 120)
+    plot.set_history([(1.0, 1.0), (0.5, 0.5), (0.1, 0.1)])
+    picture = QImage(plot.size(), QImage.Format.Format_ARGB32)
+    picture.fill(QColor(0, 0, 0))
+    plot.render(picture)
+    frame = plot.frame()
+    middle = frame.left() + frame.width() // 2  # round 2 of 3, where the curves are high
+    y = frame.bottom() - 2
+    background = picture.pixelColor(middle + 10, y)
+    assert any(picture.pixelColor(x, y) != background for x in range(middle - 1, middle + 2))

@@ -47,6 +47,15 @@ class LossPlot(QWidget):
         axis = self.value_range()
         return ("", "") if axis is None else (f"{axis[1]:.3g}", f"{axis[0]:.3g}")
 
+    def legend(self) -> tuple[str, str]:
+        """The names of A's and B's curves, each with its latest finite loss: the values the
+        axis does not give."""
+        labels = []
+        for k, name in enumerate("AB"):
+            finite = [pair[k] for pair in self.losses if np.isfinite(pair[k])]
+            labels.append(f"— {name} {finite[-1]:.3g}" if finite else f"— {name}")
+        return labels[0], labels[1]
+
     def frame(self) -> QRect:
         """Where the curves go: room left for the value labels (as wide as they are), above
         for the legend and below for the round labels."""
@@ -87,10 +96,15 @@ class LossPlot(QWidget):
             painter.drawText(below, right, f"{n}")
         painter.drawText(QRectF(rect.left(), 0, rect.width(), line), left, "loss")
         x = rect.right()
-        for label, color in zip(("B", "A"), self.COLORS[::-1], strict=True):
-            x -= metrics.horizontalAdvance(f"— {label}") + 8
+        for label, color in zip(self.legend()[::-1], self.COLORS[::-1], strict=True):
+            x -= metrics.horizontalAdvance(label) + 8
             painter.setPen(QPen(color, 2))
-            painter.drawText(QRectF(x, 0, rect.right() - x, line), left, f"— {label}")
+            painter.drawText(QRectF(x, 0, rect.right() - x, line), left, label)
+        painter.setPen(QPen(fg, 1))
+        if n > 2 and rect.width() >= 4 * (n - 1):  # a tick on the frame where each round ends
+            for i in range(1, n - 1):
+                px = rect.left() + rect.width() * i / (n - 1)
+                painter.drawLine(QPointF(px, rect.bottom()), QPointF(px, rect.bottom() - 4))
 
         def point(i: int, v: float) -> QPointF:
             # a single round sits in the middle rather than on the frame
