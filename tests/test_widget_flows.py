@@ -384,6 +384,17 @@ def test_supervision_of_another_image_waits_for_the_running_training(scene, qtbo
     assert viewer.layers["cells cells"].data.shape == image.data.shape
 
 
+def test_predict_or_save_during_the_first_training_says_to_wait_not_to_train(scene, notes):
+    _viewer, widget, _image, _boxes = scene
+    widget.train()  # no pair yet: the first training
+    assert widget.predict("cells") is None and widget.save_model("cells.pt") is None
+    said = messages(notes)
+    assert not any("No trained model" in m for m in said)
+    assert any("Busy" in m for m in said) and any("A job is running" in m for m in said)
+    widget.stop()
+    widget.wait()
+
+
 def test_a_channel_asked_for_by_name_in_an_image_without_names_is_said_in_panel_words(
     viewer_widget, notes
 ):

@@ -355,12 +355,12 @@ class RunController(QObject):
     def _can_segment(self, device: str | None) -> bool:
         """A trained pair, no running job, and the pair on ``device`` (moved there; None: where
         it is); else a notification that says what to do."""
+        if not self.idle():  # first: while the first training runs there is no pair yet
+            return False
         if self.pair is None:
             self.notify(
                 "No trained model yet: train one (Train) or load one (Load model…).", "error"
             )
-            return False
-        if not self.idle():
             return False
         # the device chosen now, not the one the pair was trained or loaded on: a user who
         # picks the CPU to free the GPU expects the CPU to segment, as the panel says
@@ -449,11 +449,11 @@ class RunController(QObject):
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path | None:
         """Save the pair; the path written, or ``None`` after a notification."""
+        if self.state is not RunState.IDLE:  # first: the first training has no pair yet
+            self.notify("A job is running: stop it (or let it finish) before saving.", "warning")
+            return None
         if self.pair is None:
             self.notify("No trained model to save: train one first.", "error")
-            return None
-        if self.state is not RunState.IDLE:
-            self.notify("A job is running: stop it (or let it finish) before saving.", "warning")
             return None
         try:
             out = self.pair.save(path, overwrite=overwrite)
