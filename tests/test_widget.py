@@ -67,6 +67,19 @@ def test_settings_are_one_object_for_panel_and_scripts(viewer_widget):
     assert widget.settings.rounds == 4
 
 
+def test_a_scripts_wrong_setting_is_refused_in_plain_words():
+    from napari_mutualseg._napari.settings import TrainingSettings
+
+    settings = TrainingSettings()
+    with pytest.raises(ValueError, match=r"rounds must be a whole number.*got True"):
+        settings.rounds = True  # not 1
+    with pytest.raises(ValueError, match="seed must be a whole number between 0 and 2147483647"):
+        settings.seed = -1
+    with pytest.raises(ValueError, match=r"channels must be channel indices or names.*got 1\.5"):
+        settings.channels = 1.5
+    assert settings.rounds != 1 and settings.channels == ""
+
+
 def test_panel_fits_a_laptop_screen(viewer_widget):
     from qtpy.QtWidgets import QScrollArea
 

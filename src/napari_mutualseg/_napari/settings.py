@@ -233,7 +233,13 @@ def _checked(setting: Setting, value: Any) -> Any:
             raise ValueError(f"{setting.name} must be one of {', '.join(choices)}, got {value!r}.")
         return value
     if setting.kind is str:  # free text: the channels are the one such setting
-        return _channels_text(value)
+        try:
+            return _channels_text(value)
+        except TypeError:  # a lone number that is no index (1.5): "not iterable" said nothing
+            raise ValueError(
+                f"{setting.name} must be channel indices or names, comma-separated (e.g. 0 or "
+                f"DAPI,GFP), got {value!r}."
+            ) from None
     if setting.kind is bool:
         if not isinstance(value, bool) and value not in (0, 1):  # bool("no") would be True
             raise ValueError(f"{setting.name} must be True or False, got {value!r}.")
@@ -241,14 +247,19 @@ def _checked(setting: Setting, value: Any) -> Any:
     whole = "whole " if setting.kind is int else ""
     try:
         number = setting.kind(value)
-        # int(2.7) would be 2: a script's fraction is a mistake to say, not to round away
-        fits = float(value) == number and setting.minimum <= number <= setting.maximum
+        # int(2.7) would be 2: a script's fraction is a mistake to say, not to round away, and
+        # so is True, which Python counts as 1
+        fits = (
+            not isinstance(value, bool)
+            and float(value) == number
+            and setting.minimum <= number <= setting.maximum
+        )
     except (TypeError, ValueError):
         fits = False
     if not fits:
+        low, high = setting.kind(setting.minimum), setting.kind(setting.maximum)
         raise ValueError(
-            f"{setting.name} must be a {whole}number between {setting.minimum:g} and "
-            f"{setting.maximum:g}, got {value!r}."
+            f"{setting.name} must be a {whole}number between {low} and {high}, got {value!r}."
         )
     return number
 
