@@ -60,7 +60,10 @@ def test_reports_one_per_round_with_everything(scene):
         assert set(np.unique(r.labels_a[0])) <= {0, CELL, BOUNDARY, IGNORE}
         assert 0.0 <= r.changed <= 1.0
     assert trainer.step == trainer.total_steps == 2 * 2 * 4
-    assert len(trainer.pair.history) == 2
+    # the history saved with the model says what each report said of its round's cells
+    assert [(h["found"], h["converged"]) for h in trainer.pair.history] == [
+        (r.found, r.converged) for r in reports
+    ]
 
 
 def test_a_rounds_seconds_count_all_its_work(scene, monkeypatch):

@@ -512,6 +512,8 @@ class MutualTrainer:
                     "loss_a": report.loss_a,
                     "loss_b": report.loss_b,
                     "changed": report.changed,
+                    "found": report.found,
+                    "converged": report.converged,
                     "seconds": report.seconds,
                     "device": report.device,
                 }

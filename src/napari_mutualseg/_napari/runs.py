@@ -283,6 +283,7 @@ class TrainingRun(QObject):
             "loss_a": report.loss_a,
             "loss_b": report.loss_b,
             "changed": report.changed,
+            "found": report.found,
             "seconds": report.seconds,
             "device": self.job.device_name or report.device,
             "converged": report.converged,
