@@ -11,6 +11,7 @@ import pytest
 
 from helpers import TIMEOUT, WIDGET_NAME, ThresholdNet, disc_image, messages, rectangles, same
 from napari_mutualseg._napari.layers import OWNER_KEY
+from napari_mutualseg._napari.runs import training_status
 from napari_mutualseg.models import ModelPair
 
 
@@ -278,9 +279,14 @@ def test_changing_the_annotation_mode_while_training_keeps_generate_disabled(tra
 def test_the_status_line_says_the_round_and_how_far_it_is(training, qtbot):
     _viewer, widget, _image = training
     qtbot.waitUntil(lambda: "round" in widget.status.text(), timeout=TIMEOUT)
-    assert re.fullmatch(r"Training on cpu.*: round [1-5] of 5 \(\d+%\)\.", widget.status.text())
+    text = widget.status.text()
+    assert re.fullmatch(r"Training on cpu.*: round [1-5] of 5 \((\d+%|predicting .*)\)\.", text)
     widget.stop()
     widget.wait()
+    # a round's steps done, it said 100% for the seconds the networks predict
+    assert training_status("cpu", 2, 5, 1.0).endswith(
+        "round 2 of 5 (predicting the training images)."
+    )
 
 
 def test_the_status_line_says_how_long_the_job_has_left(training):

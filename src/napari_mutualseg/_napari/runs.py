@@ -175,6 +175,13 @@ def make_worker(
     return worker
 
 
+def training_status(device: str, now: int, planned: int, share: float) -> str:
+    """The status line of a training run in round ``now`` of ``planned``, ``share`` of its
+    steps done: once they are, the networks predict the training images, for seconds."""
+    where = "predicting the training images" if share >= 1 else f"{share:.0%}"
+    return f"Training on {device}: round {now} of {planned} ({where})."
+
+
 class TrainingRun(QObject):
     """One training run: its worker, its rounds and how it ended.
 
@@ -269,7 +276,7 @@ class TrainingRun(QObject):
             share = min(max(done - self.count * per_round, 0) / per_round, 1)
             self.controller.progress.emit(done, total)
             self.controller.message.emit(
-                f"Training on {self.job.device_name}: round {now} of {self.planned} ({share:.0%})."
+                training_status(self.job.device_name, now, self.planned, share)
             )
 
     def on_update(self, update: RoundUpdate) -> None:
