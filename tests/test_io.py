@@ -509,6 +509,12 @@ def test_fiji_rois_that_are_no_boxes_are_named(tmp_path):
     outlines.write_bytes(fiji_roi_zip(labels))
     with pytest.raises(ValueError, match=r"ROI 1 \('cell 1'\) is a freehand; only rectangles"):
         read_box_table(outlines)
+    # cells exported as outlines were told to be deleted from the ROI Manager
+    with pytest.raises(ValueError, match=r"None of its 1 ROIs is: these are outlines"):
+        read_box_table(outlines)
+    kinds = _fiji_rois(tmp_path / "kinds.zip", [(2, 3, 12, 15)] * 2, ["RECT", "POLYGON"])
+    with pytest.raises(ValueError, match=r"ROI 2 .*Delete the other ROIs from the ROI Manager"):
+        read_box_table(kinds)
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:

@@ -411,6 +411,22 @@ def _read_napari(
         raise ValueError(f"{path}: {err}") from None
 
 
+def _box_kind(roi: Any, turned: dict[Any, str]) -> str | None:
+    """The kind of box a Fiji ROI is ("rectangle" or "ellipse"; ``turned``: the subtypes of
+    ImageJ's rotated ones), or None where it is no box."""
+    import roifile
+
+    if roi.roitype == roifile.ROI_TYPE.FREEHAND and roi.subtype in turned:
+        kind = turned[roi.subtype]
+    else:
+        kind = {roifile.ROI_TYPE.RECT: "rectangle", roifile.ROI_TYPE.OVAL: "ellipse"}.get(
+            roi.roitype
+        )
+    # a text or an image overlay and a composite shape are stored as rectangles too
+    plain = roi.subtype in (0, -1) or roi.subtype in turned
+    return kind if plain and not roi.shape_roi_size else None
+
+
 def _read_rois(path: Path) -> tuple[dict[BoxKey, list[Box]], list]:
     """Fiji's rectangles and ellipses (rotated or not) as boxes, by the plane they were
     drawn on without the image (:func:`_roi_key`), and each with its ROI's position."""
@@ -433,23 +449,24 @@ def _read_rois(path: Path) -> tuple[dict[BoxKey, list[Box]], list]:
     }
     out: dict[BoxKey, list[Box]] = {}
     positions = []
-    for k, roi in enumerate(rois):
+    kinds = [_box_kind(roi, turned) for roi in rois]
+    for k, (roi, kind) in enumerate(zip(rois, kinds, strict=True)):
         name = f"ROI {k + 1}" + (f" ({roi.name!r})" if roi.name else "")
-        if roi.roitype == roifile.ROI_TYPE.FREEHAND and roi.subtype in turned:
-            kind = turned[roi.subtype]
-        else:
-            kind = {roifile.ROI_TYPE.RECT: "rectangle", roifile.ROI_TYPE.OVAL: "ellipse"}.get(
-                roi.roitype
-            )
-        # a text or an image overlay and a composite shape are stored as rectangles too
-        plain = roi.subtype in (0, -1) or roi.subtype in turned
-        if kind is None or not plain or roi.shape_roi_size:
+        if kind is None:
             what = getattr(roi.subtype, "name", "") if roi.subtype not in (0, -1) else ""
             what = what or ("composite" if roi.shape_roi_size else roi.roitype.name)
+            fix = (
+                "Delete the other ROIs from the ROI Manager before saving, or save them to "
+                "another file."
+                if any(kinds)
+                else f"None of its {len(rois)} ROIs is: these are outlines (as napari-mutualseg "
+                "exports cells, or Fiji's Analyze Particles adds them), not boxes drawn around "
+                "cells. Open the cells' label image to see them, or draw a rectangle around "
+                "each cell."
+            )
             raise ValueError(
                 f"{path}: {name} is a {what.lower().replace('_', ' ')}; only rectangles and "
-                "ellipses (ovals) are boxes. Delete the other ROIs from the ROI Manager before "
-                "saving, or save them to another file."
+                f"ellipses (ovals) are boxes. {fix}"
             )
         try:
             if roi.subtype in turned:
