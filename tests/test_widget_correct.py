@@ -11,7 +11,7 @@ import torch
 
 from helpers import TIMEOUT, WIDGET_NAME, ThresholdNet, disc_image, messages, same
 from napari_mutualseg._napari.layers import OWNER_KEY, camera
-from napari_mutualseg.boxes import boxes_from_labels
+from napari_mutualseg.boxes import boxes_from_labels, rectangle_vertices
 from napari_mutualseg.models import ModelPair, build_unet
 from napari_mutualseg.supervision import BACKGROUND, CELL
 
@@ -303,17 +303,20 @@ def _corrected(viewer, widget, image):
     return cells
 
 
-def test_corrections_that_cannot_be_added_say_why_and_stay(thresholded, notes):
+def test_corrections_that_cannot_be_added_say_why_and_stay(thresholded, notes, monkeypatch):
+    from napari_mutualseg._napari import writer
+
     viewer, widget = thresholded
     image = disc_image()[0]
-    # a z-stack: predicting it again would not help
+    # a stack whose cells are too large to keep as predicted: predicting it again would not
+    # help (its cells 24 KiB)
+    monkeypatch.setattr(writer, "KEPT_STACK_BYTES", 16 * 2**10)
     stack = viewer.add_image(np.stack([image] * 3), name="st", axis_labels=("z", "y", "x"))
     _corrected(viewer, widget, stack)
     widget.check.add.click()
-    assert (
-        "'st' is ZYX (3 z-planes): corrections are added to training from 2D images only"
-        in (messages(notes, "error")[-1])
-    )
+    said = messages(notes, "error")[-1]
+    assert said.startswith("The cells of 'st' (0 MiB) are too large to tell your corrections")
+    assert "Draw boxes on the cells of a few of its planes and train on it" in said
     # an image whose data changed since it was segmented
     flat = viewer.add_image(image, name="flat")
     cells = _corrected(viewer, widget, flat)
@@ -631,3 +634,50 @@ def test_edited_cells_are_added_once_the_new_prediction_is_deleted(trained):
     assert widget.check.add.isEnabled()
     [sup] = widget.correct.training_item(other).record.supervisions
     assert (sup.classes[4:7, 4:7] == CELL).all() and sup.trusted[4:7, 4:7].all()
+
+
+def _loaded_pair(widget) -> None:
+    """A pair as loaded from a file: tiny, untrained, trainable."""
+    arch = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}
+    widget.controller.set_pair(ModelPair(build_unet(arch, 0), build_unet(arch, 1)))
+
+
+@pytest.mark.parametrize("lead", [{"z": 3}, {"t": 2, "z": 2}])
+def test_corrections_on_planes_of_a_stack_train_those_planes(viewer_widget, notes, lead):
+    """Corrections on a z-stack or time series were refused ("from 2D images only"): each
+    plane corrected is learned from, the others left out, and added again with another
+    plane corrected, the first plane's corrections stay."""
+    from napari_mutualseg._napari.prepare import UserInputError
+
+    viewer, widget = viewer_widget
+    _loaded_pair(widget)
+    shape = tuple(lead.values())
+    planes = [disc_image((48, 48), ((14, 14), (30, 32)), seed=s)[0] for s in range(3)]
+    data = np.stack([planes[p % 3] for p in range(int(np.prod(shape)))]).reshape(*shape, 48, 48)
+    stack = viewer.add_image(data, name="st", axis_labels=(*lead, "y", "x"))
+    widget.predict(stack, block=True)
+    widget.check.image.layer = stack
+    cells = viewer.layers["st cells"]
+    with pytest.raises(UserInputError, match="Nothing on the planes of 'st' was corrected"):
+        widget.correct.training_item(stack, rest_trusted=True)  # of no plane in particular
+    first, second = (np.unravel_index(p, shape) for p in (1, 2))
+    for axis, at in enumerate(first):
+        viewer.dims.set_point(axis, at)
+    cells.paint((*first, 5, 5), int(cells.data.max()) + 1)  # a missed cell, on plane 1 only
+    widget.check.add.click()
+    widget.wait()
+    assert not messages(notes, "error")
+    report = widget.last_report
+    assert len(report.instances) == 1  # plane 1 alone
+    assert (report.labels_a[0][4:7, 4:7] == CELL).all()
+    assert [plane for plane, *_ in widget.controller.round_maps(stack)] == [1]
+    assert same(viewer.layers["st corrections"], cells)
+    again = viewer.layers["st cells"]
+    again.paint((*second, 40, 8), int(again.data.max()) + 1)  # another, on plane 2
+    [box] = rectangle_vertices([[20, 20, 30, 30]])  # a missed cell boxed on plane 0
+    boxes = viewer.add_shapes([np.column_stack([np.zeros((4, len(shape))), box])])
+    record = widget.correct.training_item(stack, boxes=boxes).record
+    assert record.planes == [0, 1, 2]
+    assert [len(sup.boxes) for sup in record.supervisions] == [1, 0, 0]
+    assert (record.supervisions[1].classes[4:7, 4:7] == CELL).all()  # still learned
+    assert (record.supervisions[2].classes[39:42, 7:10] == CELL).all()

@@ -5,7 +5,8 @@ person should look at first. :class:`Corrector` steps the camera through them, a
 edits napari's label tools lack (merge two cells, split one), proposes boxes from predicted
 cells, and turns a corrected image into training data: the cells the person changed are
 trusted whole masks, new boxes are ordinary boxes, and the rest of the image is trusted or
-ignored as the person says. :class:`CheckPanel` is its face in the dock widget.
+ignored as the person says; on a z-stack or time series plane by plane, the planes left as
+predicted left out. :class:`CheckPanel` is its face in the dock widget.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 from superqt.utils import create_worker
 
-from ..boxes import Box, boxes_from_labels, boxes_from_shapes, inside_box
+from ..boxes import Box, boxes_from_labels, inside_box
 from ..disagreement import Spot, spots_to_check
 from ..supervision import (
     BACKGROUND,
@@ -44,19 +45,26 @@ from .layers import (
     center_on,
     free_name,
     owner_info,
-    shapes_to_image_coords,
     transform_kwargs,
 )
 from .panels import LayerPicker, _row
-from .prepare import SupervisionRecord, TrainingItem, UserInputError, check_image_layer
+from .prepare import (
+    SupervisionRecord,
+    TrainingItem,
+    UserInputError,
+    _boxes_per_plane,
+    check_image_layer,
+)
 from .runs import RunState
 from .workers import WorkerFailure
+from .writer import KEPT_STACK_BYTES, keeps_copy
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Shapes
 
     from ..training import RoundReport
+    from .axes import LayerAxes
 
 #: Canvas pixels the cell under check spans (the camera zooms to it).
 _CELL_ON_SCREEN = 150
@@ -312,12 +320,6 @@ class Corrector:
             )
         corrected = np.asarray(cells.data)
         axes = layer_axes(image)
-        if corrected.ndim != 2 or axes.stacked:
-            raise UserInputError(
-                f"'{image.name}' is {axes.describe()}: corrections are added to training from "
-                "2D images only. Draw boxes on the planes of this image and train on it, or "
-                "correct a 2D image."
-            )
         if axes.label_shape != corrected.shape:
             raise UserInputError(
                 f"'{image.name}' changed since its cells were found (cells "
@@ -325,42 +327,73 @@ class Corrector:
                 f"{' x '.join(map(str, axes.label_shape))}): "
                 f"predict '{image.name}' again, correct its cells, then press Add to training."
             )
+        if written is None and not keeps_copy(corrected):
+            mib = KEPT_STACK_BYTES // 2**20
+            raise UserInputError(
+                f"The cells of '{image.name}' ({corrected.nbytes / 2**20:.0f} MiB) are too "
+                f"large to tell your corrections from the prediction (up to {mib} MiB are "
+                "kept): they cannot be added to training. Draw boxes on the cells of a few "
+                "of its planes and train on it instead, or open a few of its planes (or a "
+                "crop of them) as an image of their own, e.g. saved from Fiji with Image > "
+                "Duplicate, and predict and correct that."
+            )
         if written is None or written.shape != corrected.shape:
             raise UserInputError(
-                f"Add a 2D image that was segmented in this session: predict '{image.name}', "
+                f"Add an image that was segmented in this session: predict '{image.name}', "
                 "correct its cells, then press Add to training."
             )
-        changed, removed = corrected_cells(written, corrected)
-        drawn = []
-        if boxes is not None:
-            verts = [v[:, -2:] for v in shapes_to_image_coords(boxes, image)]  # no channel
-            drawn = boxes_from_shapes(verts, boxes.shape_type)
-        if not (len(changed) or removed.any() or drawn or rest_trusted):
+        drawn = {} if boxes is None else _drawn_boxes(boxes, image, axes)
+        plane_shape = corrected.shape[-2:]
+        now = corrected.reshape(-1, *plane_shape)
+        was = written.reshape(now.shape)
+        rest = "trusted" if rest_trusted else "ignore"
+        # "the rest is right" speaks of a 2D image whole, of a stack's corrected planes only
+        whole = rest_trusted and not axes.stacked
+        earlier = self.controller.corrected.get(str(image.unique_id))
+        before = {}
+        if earlier is not None and earlier.record.shape == corrected.shape:
+            added = earlier.record.planes or [0]
+            before = dict(zip(added, earlier.record.supervisions, strict=True))
+        sups: dict[int, Supervision] = {}
+        for p, plane in enumerate(now):
+            new_boxes = drawn.get(p, [])
+            if not (new_boxes or whole) and np.array_equal(was[p], plane):
+                continue  # a plane of a stack left as it was is left out
+            changed, removed = corrected_cells(was[p], plane)
+            if not (len(changed) or removed.any() or new_boxes or whole):
+                continue  # its cells renumbered, none changed
+            sup = supervision_from_masks(
+                plane, cells=changed, background=removed, boxes=new_boxes, rest=rest
+            )
+            if p in before:
+                # the plane was added before: its earlier corrections are not in the cells
+                # corrected now (a new prediction, which need not show them), so they are
+                # kept wherever the new corrections do not speak
+                said = sup.trusted | boxes_mask(plane_shape, new_boxes)
+                old_boxes = [b for b in before[p].boxes if not _meets(b, said)]
+                if old_boxes:
+                    sup = supervision_from_masks(
+                        plane, cells=changed, background=removed,
+                        boxes=[*new_boxes, *old_boxes], rest=rest,
+                    )  # fmt: skip
+                sup = _with_earlier(sup, before[p])
+            sups[p] = sup
+        if not sups:
             raise UserInputError(
                 f"Nothing on '{image.name}' was corrected: fix some cells (paint, erase, "
                 "merge, split), draw boxes around missed cells, or tick that the rest is right."
+                if not axes.stacked
+                else f"Nothing on the planes of '{image.name}' was corrected: fix some cells "
+                "on a plane (paint, erase, merge, split) or draw boxes around missed cells; "
+                "'the rest is right' speaks of the planes you corrected."
             )
-        rest = "trusted" if rest_trusted else "ignore"
-        sup = supervision_from_masks(
-            corrected, cells=changed, background=removed, boxes=drawn, rest=rest
+        if axes.stacked:  # the planes added before and not corrected now stay as they were
+            sups = {**{p: sup for p, sup in before.items() if p not in sups}, **sups}
+        planes = sorted(sups) if axes.stacked else None
+        record = SupervisionRecord(
+            tuple(corrected.shape), planes, [sups[p] for p in sorted(sups)], axes=axes
         )
-        earlier = self.controller.corrected.get(str(image.unique_id))
-        if earlier is not None and len(earlier.record.supervisions) == 1:
-            # the image was added before: its earlier corrections are not in the cells
-            # corrected now (a new prediction, which need not show them), so they are kept
-            # wherever the new corrections do not speak
-            before = earlier.record.supervisions[0]
-            if before.classes.shape == corrected.shape:
-                said = sup.trusted | boxes_mask(corrected.shape, drawn)
-                old_boxes = [b for b in before.boxes if not _meets(b, said)]
-                if old_boxes:
-                    sup = supervision_from_masks(
-                        corrected, cells=changed, background=removed,
-                        boxes=[*drawn, *old_boxes], rest=rest,
-                    )  # fmt: skip
-                sup = _with_earlier(sup, before)
-        record = SupervisionRecord(tuple(corrected.shape), None, [sup], axes=layer_axes(image))
-        return TrainingItem(image, record, [sup.classes])
+        return TrainingItem(image, record, [sup.classes for sup in record.supervisions])
 
     def corrected_layer(self, image: Image) -> tuple[Labels, np.ndarray | None]:
         """The cells layer of ``image`` whose corrections Add to training takes, with the
@@ -491,6 +524,14 @@ def _touch(a: np.ndarray, b: np.ndarray) -> bool:
     return bool((grown & b[box]).any())
 
 
+def _drawn_boxes(boxes: Shapes, image: Image, axes: LayerAxes) -> dict[int, list[Box]]:
+    """The boxes of ``boxes`` by the plane of ``image`` they were drawn on (0 for a 2D
+    image), read as boxes for training are."""
+    kinds = list(boxes.shape_type)
+    groups = _boxes_per_plane(boxes, image, axes, list(range(len(kinds))), kinds)
+    return {p or 0: found for p, found in groups.items()}
+
+
 def _meets(box: Box, said: np.ndarray) -> bool:
     """Whether ``box`` (drawn on an earlier correction) covers a pixel of ``said`` (what the
     new correction says: its trusted pixels and its boxes). Such a box is replaced by the new
@@ -556,7 +597,8 @@ class CheckPanel(QGroupBox):
         )
         self.rest = QCheckBox("The rest of this image is right")
         self.rest.setToolTip(
-            "Checked: every cell you did not change, and the background, are trusted too.\n"
+            "Checked: every cell you did not change, and the background, are trusted too\n"
+            "(of a z-stack or time series, on the planes you corrected).\n"
             "Unchecked: only what you changed (and your boxes) is learned from."
         )
         self.add = QPushButton("Add to training")

@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 #: Delay between two layer writes: lets Qt and vispy draw in between.
 _GAP_MS = 5
 
+#: The largest cells of a stack or time series kept as written (:meth:`LayerWriter.remember`),
+#: in bytes: 512 MiB, 64 planes of 2048² in uint16 labels. The copy doubles the memory of a
+#: prediction's cells; a larger stack's corrections cannot be added to training (a 2D image's
+#: always can).
+KEPT_STACK_BYTES = 512 * 2**20
+
 
 class LayerWriter(QObject):
     """Writes a training's results into the plugin's layers (see the module docs).
@@ -148,8 +154,8 @@ class LayerWriter(QObject):
 
     def remember(self, image: Layer, cells: np.ndarray) -> None:
         """Keep the cells about to be written for ``image`` as :attr:`written`: a copy, as
-        napari's paint, fill and erase tools change the layer's own array in place. Only a 2D
-        image's, the only ones a correction is added from (a stack's would double its memory).
+        napari's paint, fill and erase tools change the layer's own array in place. A stack's
+        only up to :data:`KEPT_STACK_BYTES`: the copy doubles the memory of its cells.
 
         The cells layer of ``image`` a person edited is handed over to them by the write that
         follows (:func:`~.layers.upsert_layer`): it takes the cells it was written with along
@@ -162,13 +168,14 @@ class LayerWriter(QObject):
         layer = None if before is None or viewer is None else cells_layer(viewer, image)
         if layer is not None and edited(layer):
             layer.metadata[OWNER_KEY] = {**owner_info(layer), WRITTEN: before}
-        if isinstance(cells, np.ndarray) and cells.ndim == 2:
-            self.written[key] = cells.copy()
+        if isinstance(cells, np.ndarray) and keeps_copy(cells):
+            self.written[key] = _copy(cells)
 
     def cells_written(self, image: Layer) -> list[tuple[Layer, np.ndarray | None]]:
         """The plugin's cells of ``image`` (:func:`~.layers.cells_layer`), if any, then those a
         person edited that it handed over to them (topmost first), each with the cells last
-        written into it (``None``: not known, as of a stack)."""
+        written into it (``None``: not known, as of a stack too large to keep them,
+        :func:`keeps_copy`)."""
         viewer = self._viewer()
         if viewer is None:
             return []
@@ -263,3 +270,23 @@ class LayerWriter(QObject):
                     self.notify(f"A result could not be shown: {err}", "error")
         if self._steps or self._pending is not None:
             self._timer.start(_GAP_MS)
+
+
+def keeps_copy(cells: np.ndarray) -> bool:
+    """Whether a copy of ``cells`` is kept as written (:meth:`LayerWriter.remember`), which
+    telling a person's corrections needs: a 2D image's always, a stack's or a time series'
+    up to :data:`KEPT_STACK_BYTES`."""
+    return cells.ndim == 2 or cells.nbytes <= KEPT_STACK_BYTES
+
+
+def _copy(cells: np.ndarray) -> np.ndarray:
+    """A copy of ``cells`` whose planes without cells are left to the system to supply, as
+    a training round's untrained planes are (:meth:`~.workers.Layout.place`): copied, they
+    took a 400 MiB stack's memory and a second of the main thread every round."""
+    if cells.ndim == 2:
+        return cells.copy()
+    out = np.zeros(cells.shape, cells.dtype)
+    for index in np.ndindex(cells.shape[:-2]):
+        if cells[index].any():
+            out[index] = cells[index]
+    return out
