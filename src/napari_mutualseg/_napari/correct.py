@@ -52,7 +52,7 @@ from .prepare import (
     SupervisionRecord,
     TrainingItem,
     UserInputError,
-    _boxes_per_plane,
+    boxes_per_plane,
     check_image_layer,
 )
 from .runs import RunState
@@ -528,7 +528,7 @@ def _drawn_boxes(boxes: Shapes, image: Image, axes: LayerAxes) -> dict[int, list
     """The boxes of ``boxes`` by the plane of ``image`` they were drawn on (0 for a 2D
     image), read as boxes for training are."""
     kinds = list(boxes.shape_type)
-    groups = _boxes_per_plane(boxes, image, axes, list(range(len(kinds))), kinds)
+    groups = boxes_per_plane(boxes, image, axes, list(range(len(kinds))), kinds)
     return {p or 0: found for p, found in groups.items()}
 
 

@@ -298,9 +298,17 @@ def fingerprint(image: Layer, *shapes: Shapes | None) -> bytes:
     return h.digest()
 
 
-def _boxes_per_plane(
+def boxes_per_plane(
     boxes: Shapes, image: Image, axes: LayerAxes, keep: list[int], kinds: list[str]
 ) -> dict[int | None, list]:
+    """The shapes ``keep`` of ``boxes`` (of ``kinds``) as boxes of ``image``, by the plane
+    they were drawn on (``None``: a 2D image's), for boxed training and corrections alike.
+
+    Raises
+    ------
+    UserInputError
+        When the layer has no plane axes for a stack, or a shape is no box.
+    """
     if boxes.ndim < len(axes.label_shape):
         raise UserInputError(
             f"The shapes layer '{boxes.name}' has {boxes.ndim} dimensions but the image "
@@ -375,7 +383,7 @@ def prepare_supervision(
     if layout.note:
         notes.append(layout.note)
     shape = layout.label_shape
-    groups = _boxes_per_plane(boxes, image, layout, keep, kinds)
+    groups = boxes_per_plane(boxes, image, layout, keep, kinds)
     outside = [p for p in groups if p is not None and not 0 <= p < layout.n_planes]
     for p in outside:
         del groups[p]
