@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import numpy as np
@@ -172,6 +173,17 @@ def test_train_after_stop_trains_the_remaining_rounds(scene, qtbot):
     widget.settings.rounds = 1
     widget.train(block=True)
     assert [h["round"] for h in widget.history] == [1, 2, 3, 4]
+
+
+def test_ctrl_c_while_a_script_waits_stops_training_and_reaches_the_script(scene):
+    _viewer, widget, _image, _boxes = scene
+    widget.settings.update(rounds=3, steps_per_round=20)
+    interrupt = widget.controller.round_done.connect(lambda _: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt, match="Stopped after 1 of 3 rounds"):
+        widget.train(block=True)  # it was printed by the slot running, and training went on
+    widget.controller.round_done.disconnect(interrupt)
+    assert [h["round"] for h in widget.history] == [1] and not widget.is_busy
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_predicting_the_training_image_keeps_the_box_guided_result(scene, notes, monkeypatch):

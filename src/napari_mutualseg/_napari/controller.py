@@ -13,8 +13,11 @@ stands at most once a second, so that the viewer keeps drawing at its own pace.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +59,25 @@ if TYPE_CHECKING:
     from .prepare import TrainingItem
 
 _CONTROLLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _ctrl_c_calls(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Ctrl-C calls ``handler`` inside the block, where Python's own handler is in place.
+
+    Its ``KeyboardInterrupt`` would be raised in whatever slot runs in Qt's event loop, which
+    prints it and goes on: a script waiting for a job could not be interrupted. A handler of
+    the script's own is left alone.
+    """
+    own = threading.current_thread() is threading.main_thread()
+    if not own or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass
@@ -486,13 +508,29 @@ class RunController(QObject):
 
     def wait(self) -> None:
         """Return once no job runs and every result is in the layers, running the event loop
-        meanwhile (the viewer stays responsive)."""
+        meanwhile (the viewer stays responsive).
+
+        Ctrl-C (a notebook's interrupt) meanwhile stops the job as Stop does and, once it has
+        ended, raises ``KeyboardInterrupt`` with what was kept; a second one raises it at once,
+        the job still stopping.
+        """
+        interrupts: list[int] = []
         loop, timer = QEventLoop(), QTimer()
-        timer.timeout.connect(lambda: loop.quit() if not self.busy else None)
+
+        def check() -> None:
+            if len(interrupts) == 1 and self.can_stop:
+                self.stop()
+            if not self.busy or len(interrupts) > 1:
+                loop.quit()
+
+        timer.timeout.connect(check)
         timer.start(20)
-        while self.busy:
-            loop.exec()
+        with _ctrl_c_calls(lambda signum, _frame: interrupts.append(signum)):
+            while self.busy and len(interrupts) < 2:
+                loop.exec()
         timer.stop()
+        if interrupts:
+            raise KeyboardInterrupt(self.last_message)
 
     # ------------------------------------------------------------------------------ closing
 
