@@ -78,6 +78,9 @@ def test_a_scripts_wrong_setting_is_refused_in_plain_words():
     with pytest.raises(ValueError, match=r"channels must be channel indices or names.*got 1\.5"):
         settings.channels = 1.5
     assert settings.rounds != 1 and settings.channels == ""
+    with pytest.raises(ValueError, match="seed must be"):
+        settings.update(rounds=7, seed=-1)
+    assert settings.rounds != 7  # none of them, not the ones before the wrong one
 
 
 def test_panel_fits_a_laptop_screen(viewer_widget):

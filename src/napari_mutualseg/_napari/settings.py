@@ -163,12 +163,7 @@ class TrainingSettings:
             raise AttributeError(f"There is no setting {name!r}.") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setting = _BY_NAME.get(name)
-        if setting is None:
-            raise AttributeError(
-                f"There is no setting {name!r}; the settings are {', '.join(_BY_NAME)}."
-            )
-        value = _checked(setting, value)
+        value = _checked(_setting(name), value)
         if value != self._values[name]:
             self._values[name] = value
             self.changed.emit(name, value)
@@ -177,7 +172,10 @@ class TrainingSettings:
         return "TrainingSettings(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
 
     def update(self, **values: Any) -> None:
-        """Set several settings at once."""
+        """Set several settings at once; none of them when one is wrong (a script's half-made
+        change would train with settings nobody chose)."""
+        for name, value in values.items():
+            _checked(_setting(name), value)
         for name, value in values.items():
             setattr(self, name, value)
 
@@ -224,6 +222,15 @@ def _channels_text(channels: Any) -> str:
     """Channels as the form shows them: ``"0, DAPI"``; ``""`` for every channel."""
     chosen = parse_channels(channels)
     return "" if chosen is None else ", ".join(map(str, chosen))
+
+
+def _setting(name: str) -> Setting:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise AttributeError(
+            f"There is no setting {name!r}; the settings are {', '.join(_BY_NAME)}."
+        ) from None
 
 
 def _checked(setting: Setting, value: Any) -> Any:
