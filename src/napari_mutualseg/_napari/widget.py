@@ -375,7 +375,11 @@ class MutualSegWidget(QWidget):
 
     def wait(self) -> None:
         """Return once every job is done and its results are in the layers (the viewer stays
-        responsive meanwhile)."""
+        responsive meanwhile); ``block=True`` waits so.
+
+        Ctrl-C (a notebook's interrupt) meanwhile stops the job as Stop does and raises
+        ``KeyboardInterrupt`` once it has ended, saying what was kept.
+        """
         self.controller.wait()
 
     # ------------------------------------------------------------------------------ predict
