@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from napari_mutualseg import readers
+from napari_mutualseg.config import TrainConfig
 from napari_mutualseg.images import AxisImage, as_image, as_images, parse_channels
 from napari_mutualseg.io import read_image
 from napari_mutualseg.network_input import network_planes
@@ -233,6 +234,12 @@ def test_parse_channels_forms():
     assert parse_channels(None) is None and parse_channels([]) is None
     assert parse_channels(["0,2", "GFP"]) == (0, 2, "GFP")
     assert parse_channels(1) == (1,)
+    # True and fractions were taken as channels named "True" and "0.5", or raised TypeError
+    for value in (True, [0.5], 1.5, [np.float32(2)]):
+        with pytest.raises(ValueError, match=r"by index .* or by name"):
+            parse_channels(value)
+    with pytest.raises(ValueError, match="got True"):
+        TrainConfig(channels=[True])
 
 
 def test_network_planes_of_every_input_form():

@@ -75,8 +75,10 @@ def test_a_scripts_wrong_setting_is_refused_in_plain_words():
         settings.rounds = True  # not 1
     with pytest.raises(ValueError, match="seed must be a whole number between 0 and 2147483647"):
         settings.seed = -1
-    with pytest.raises(ValueError, match=r"channels must be channel indices or names.*got 1\.5"):
+    with pytest.raises(ValueError, match=r"channels: .*by index .* or by name, got 1\.5"):
         settings.channels = 1.5
+    with pytest.raises(ValueError, match=r"channels: .*got True"):  # not a channel named True
+        settings.channels = [True]
     assert settings.rounds != 1 and settings.channels == ""
     with pytest.raises(ValueError, match="seed must be"):
         settings.update(rounds=7, seed=-1)

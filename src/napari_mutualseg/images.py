@@ -123,11 +123,16 @@ def parse_channels(values: Any) -> tuple[int | str, ...] | None:
     """
     if values is None:
         return None
-    if isinstance(values, (str, int, np.integer)):
+    if isinstance(values, (str, int, float, np.number)):
         values = [values]
     out: list[int | str] = []
     for value in values:
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if isinstance(value, (bool, np.bool_, float, np.floating)):
+            # True or 1.5 read as the channel named "True" or "1.5" was refused as no name
+            raise ValueError(
+                f"Channels are given by index (a whole number from 0) or by name, got {value!r}."
+            )
+        if isinstance(value, (int, np.integer)):
             out.append(int(value))
             continue
         for part in str(value).split(","):

@@ -242,11 +242,8 @@ def _checked(setting: Setting, value: Any) -> Any:
     if setting.kind is str:  # free text: the channels are the one such setting
         try:
             return _channels_text(value)
-        except TypeError:  # a lone number that is no index (1.5): "not iterable" said nothing
-            raise ValueError(
-                f"{setting.name} must be channel indices or names, comma-separated (e.g. 0 or "
-                f"DAPI,GFP), got {value!r}."
-            ) from None
+        except ValueError as err:  # the core's rule (parse_channels), in the setting's name
+            raise ValueError(f"{setting.name}: {err}") from None
     if setting.kind is bool:
         if not isinstance(value, bool) and value not in (0, 1):  # bool("no") would be True
             raise ValueError(f"{setting.name} must be True or False, got {value!r}.")
