@@ -349,7 +349,10 @@ def test_train_stop_resume_predict_save_load(scene, qtbot, tmp_path, notes):
     wait_idle(qtbot, widget)
     assert seen == [1, 2]  # one report per round
     # said where it is seen with the panel out of sight, not on its status line alone
-    assert any(m.startswith("Trained 2 round(s)") for m in messages(notes, "info"))
+    [said] = [m for m in messages(notes, "info") if m.startswith("Trained 2 round(s)")]
+    # the losses fall on tiny networks, the cells of the boxes are not found: train on
+    found = widget.history[-1]["found"]
+    assert found < 0.5 and f"found the cells of only {found:.0%} of the boxes" in said
     assert widget.controller.applied_rounds[-1] == 2  # the newest round always lands
     for name in ("model A", "model B", "cells cells", "A learns from", "B learns from"):
         assert viewer.layers[name].metadata[OWNER_KEY], name

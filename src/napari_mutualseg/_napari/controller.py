@@ -365,10 +365,17 @@ class RunController(QObject):
         early = " (labels settled early)" if self.history and self.history[-1]["converged"] else ""
         seconds = run.seconds
         per_round = seconds / max(run.count, 1)
+        found = self.history[-1].get("found") if self.history else None
+        after = "Predict another image or save the model."
+        if found is not None and found < 0.5:  # the losses fell, yet the cells are not there
+            after = (
+                f"The networks found the cells of only {found:.0%} of the boxes: train on "
+                "(Train), or with more Steps per round, before predicting."
+            )
         # a notification too: training takes minutes, and the panel may be out of sight
         self.notify(
             f"Trained {run.count} round(s){early} in {seconds:.1f} s ({per_round:.1f} "
-            "s/round). Predict another image or save the model.",
+            f"s/round). {after}",
             "info",
         )
 
