@@ -211,27 +211,27 @@ class AxisImage:
                 "AxisImage.from_array, which reorders."
             )
         object.__setattr__(self, "axes", axes)
-        if self.channel_names is not None:
-            names = tuple(str(n) for n in self.channel_names)
-            if len(names) != self.n_channels:
-                raise ValueError(
-                    f"{self.name} has {self.n_channels} channel(s) but {len(names)} channel "
-                    "name(s) were given."
-                )
-            object.__setattr__(self, "channel_names", names)
+        self._one_per_channel("channel_names", str, "channel name(s)")
         if self.rgb and "C" not in axes:
             raise ValueError(f"{self.name}: an RGB image needs a C axis for its colours.")
         sizes = {k.upper(): float(v) for k, v in dict(self.pixel_size).items()}
         object.__setattr__(self, "pixel_size", {k: v for k, v in sizes.items() if k in axes})
         object.__setattr__(self, "notes", tuple(self.notes))
-        if self.source_channels is not None:
-            sources = tuple(int(i) for i in self.source_channels)
-            if len(sources) != self.n_channels:
-                raise ValueError(
-                    f"{self.name} has {self.n_channels} channel(s) but {len(sources)} source "
-                    "channel(s) were given."
-                )
-            object.__setattr__(self, "source_channels", sources)
+        self._one_per_channel("source_channels", int, "source channel(s)")
+
+    def _one_per_channel(self, field: str, kind: type, what: str) -> None:
+        """Check that ``field`` (optional) gives one value per channel, kept as a tuple of
+        ``kind``."""
+        given = getattr(self, field)
+        if given is None:
+            return
+        values = tuple(kind(v) for v in given)
+        if len(values) != self.n_channels:
+            raise ValueError(
+                f"{self.name} has {self.n_channels} channel(s) but {len(values)} {what} were "
+                "given."
+            )
+        object.__setattr__(self, field, values)
 
     # ------------------------------------------------------------------ constructors
 
