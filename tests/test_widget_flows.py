@@ -166,7 +166,7 @@ def test_train_after_stop_trains_the_remaining_rounds(scene, qtbot):
     widget.train(block=True)
     widget.controller.round_done.disconnect(stop_after_first)
     assert [h["round"] for h in widget.history] == [1]
-    assert "1 of 3 rounds" in widget.status.text()
+    assert "1 of 3 rounds" in widget.status.text() and widget.last_error is None
     widget.train(block=True)
     assert [h["round"] for h in widget.history] == [1, 2, 3]
     # a finished training goes on for the rounds set
@@ -666,3 +666,51 @@ def test_a_model_loaded_onto_a_device_without_room_is_said(
     assert error.startswith("Could not move the models to cpu: it has no room for them")
     assert error.endswith("or choose another Device (e.g. cpu), and load the model again.")
     assert widget.pair is pair and not widget.controller.busy
+
+
+def test_a_script_is_told_that_training_failed_and_then_that_it_worked(scene, monkeypatch):
+    from napari_mutualseg import training
+
+    _viewer, widget, _image, _boxes = scene
+
+    class Failing(training.MutualTrainer):
+        def __iter__(self):
+            raise training.TrainingError("The loss of network A became NaN in round 1.")
+
+    original = training.MutualTrainer
+    monkeypatch.setattr(training, "MutualTrainer", Failing)
+    assert widget.train(block=True) is not None  # the job started, then failed
+    assert widget.last_error.startswith("The loss of network A became NaN in round 1.")
+    monkeypatch.setattr(training, "MutualTrainer", original)
+    widget.settings.update(rounds=1, steps_per_round=1)
+    widget.train(block=True)
+    assert widget.last_error is None and len(widget.history) == 1
+
+
+def test_a_script_is_told_that_a_prediction_or_a_folder_failed(thresholded, tmp_path):
+    import tifffile
+
+    viewer, widget = thresholded
+    image, _ = disc_image()
+    nan = image.copy()
+    nan[5, 5] = np.nan
+    widget.predict(viewer.add_image(nan, name="nan"), block=True)
+    assert widget.last_error.startswith("'nan' contains NaN")
+    good = viewer.add_image(image, name="good")
+    widget.predict(good, block=True)
+    assert widget.last_error is None
+    widget.predict(good)
+    viewer.layers.remove(good)  # before its cells arrive: they have nowhere to go
+    widget.wait()
+    assert "'good' was removed while it was segmented" in widget.last_error
+
+    widget.segment_folder(tmp_path / "nowhere", tmp_path / "out", block=True)
+    assert "nowhere not found" in widget.last_error
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image)
+    (tmp_path / "in" / "b.tif").write_bytes(b"not an image")
+    widget.segment_folder(tmp_path / "in", tmp_path / "out", block=True)
+    assert "1 failed" in widget.last_error and "run_report.csv" in widget.last_error
+    (tmp_path / "in" / "b.tif").unlink()
+    widget.segment_folder(tmp_path / "in", tmp_path / "out", block=True)
+    assert widget.last_error is None

@@ -117,6 +117,7 @@ class RunController(QObject):
         self.corrected: dict[str, TrainingItem] = {}  # images added to training, by layer id
         self.predictions: dict[str, PredictionResult] = {}  # the last one of each image
         self.last_message = ""
+        self.last_error: str | None = None  # why the last job failed; None: it ended well
         self.writer = LayerWriter(self._viewer)
         self.writer.on_round_shown = self._round_shown
         self.writer.notify = self.notify
@@ -173,6 +174,7 @@ class RunController(QObject):
         if self.state is RunState.IDLE and state is not RunState.IDLE:
             self._told.clear()  # a new job: its warnings are said again
             self.no_cells = ""
+            self.last_error = None
         self.state = state
         self.state_changed.emit(state)
 
@@ -183,6 +185,12 @@ class RunController(QObject):
         {"info": show_info, "warning": show_warning, "error": show_error}.get(
             level, lambda _: None
         )(text)
+
+    def fail(self, text: str, level: str = "error") -> None:
+        """Say why the running job failed (or left its results unshown); kept in
+        :attr:`last_error` for a script, which cannot read notifications."""
+        self.last_error = text
+        self.notify(text, level)
 
     def relay_warning(self, shown: tuple) -> None:
         """A warning raised in a job's worker thread (``warnings.showwarning``'s arguments,

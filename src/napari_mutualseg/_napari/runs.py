@@ -300,7 +300,7 @@ class TrainingRun(QObject):
     def _on_failure(self, value: Any) -> None:
         if isinstance(value, (WorkerFailure, BaseException)):
             self.error = describe_error(value, self.job.device_name)
-            self.controller.notify(self.error, "error")
+            self.controller.fail(self.error)
 
     def _on_finished(self) -> None:
         self._status.stop()
@@ -348,8 +348,11 @@ class _SegmentJob(QObject):
         if controller.closing or controller.viewer is None:
             return
         if isinstance(value, WorkerFailure):
+            error = describe_error(value, str(controller.pair.device))
+            # kept before failed(): the panel's answer to it may start the next job
+            controller.last_error = error
             if not self.failed(value.original):
-                controller.notify(describe_error(value, str(controller.pair.device)), "error")
+                controller.notify(error, "error")
             return
         self.done(value)
 
@@ -406,13 +409,13 @@ class PredictionRun(_SegmentJob):
         # the cells are those of the pixels segmented: never laid over a layer that is gone
         # or now holds other pixels (another file opened into it, a script's change)
         if layer not in viewer.layers:
-            controller.notify(
+            controller.fail(
                 f"'{layer.name}' was removed while it was segmented: its cells are not shown.",
                 "warning",
             )
             return
         if layer.data is not self.data:
-            controller.notify(
+            controller.fail(
                 f"'{layer.name}' changed while it was segmented: its cells are not shown. "
                 "Predict it again.",
                 "warning",
@@ -519,14 +522,19 @@ class FolderRun(_SegmentJob):
     def done(self, run: BatchRun | None) -> None:
         if run is None:  # nothing returned: the worker was ended from outside
             return
+        from ..batch import REPORT_NAME
+
         counts = run.counts()
         parts = [f"{counts['done']} segmented"]
         parts += [f"{counts[k]} {k}" for k in ("skipped", "failed", "not done") if counts[k]]
-        self.controller.notify(
+        said = (
             f"Folder {'stopped' if run.cancelled else 'done'}: {', '.join(parts)}; tables and "
-            f"summary in {run.out_dir}.",
-            "warning" if counts["failed"] else "info",
+            f"summary in {run.out_dir}."
         )
+        if counts["failed"]:  # as the command's exit status 1: the run did not do it all
+            self.controller.fail(f"{said} {REPORT_NAME} says why each image failed.", "warning")
+        else:
+            self.controller.notify(said, "info")
         self.controller.batch_done.emit(run)
         failed = [r.reason for r in run.results if r.status == "failed"]
         if (

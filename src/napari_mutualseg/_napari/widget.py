@@ -142,6 +142,7 @@ class MutualSegWidget(QWidget):
     >>> widget.settings.rounds = 3
     >>> widget.generate_supervision()
     >>> widget.train(block=True)
+    >>> assert widget.last_error is None, widget.last_error
     >>> widget.predict(viewer.layers["other image"], block=True)
     >>> widget.save_model("cells.pt")
     """
@@ -292,6 +293,18 @@ class MutualSegWidget(QWidget):
     def last_report(self) -> RoundReport | None:
         """The newest round's full report (class maps, instances, labels)."""
         return self.controller.last_report
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last job (training, prediction, folder) failed, as the panel said it;
+        ``None`` once it ended well or was stopped (Stop, Ctrl-C), and while one runs.
+
+        The one sign for a script that a job it started did not work: the call returned its
+        worker, and ``block=True`` came back all the same. A folder whose images did not all
+        segment failed too (``run_report.csv`` says why each did). A call refused before a
+        job started returns ``None`` instead and leaves this as it was.
+        """
+        return self.controller.last_error
 
     @property
     def is_training(self) -> bool:
