@@ -714,3 +714,16 @@ def test_a_script_is_told_that_a_prediction_or_a_folder_failed(thresholded, tmp_
     (tmp_path / "in" / "b.tif").unlink()
     widget.segment_folder(tmp_path / "in", tmp_path / "out", block=True)
     assert widget.last_error is None
+
+
+def test_a_call_refused_before_its_job_starts_is_a_failure_for_a_script(thresholded, tmp_path):
+    viewer, widget = thresholded
+    widget.predict(viewer.add_image(disc_image()[0], name="good"), block=True)
+    assert widget.last_error is None
+    assert widget.predict("god", block=True) is None  # a script's misspelt layer name
+    assert widget.last_error.startswith("There is no layer named 'god' to segment")
+    widget.reset_models()
+    assert widget.segment_folder(tmp_path, tmp_path / "out", block=True) is None
+    assert widget.last_error.startswith("No trained model yet")
+    assert widget.train(block=True) is None
+    assert widget.last_error.startswith("No boxes layer selected")

@@ -192,6 +192,10 @@ class RunController(QObject):
         self.last_error = text
         self.notify(text, level)
 
+    def refused(self) -> None:
+        """A job asked for did not start: why, said last, is the failure a script reads."""
+        self.last_error = self.last_message
+
     def relay_warning(self, shown: tuple) -> None:
         """A warning raised in a job's worker thread (``warnings.showwarning``'s arguments,
         which the worker hands to its ``warned`` signal; connected directly, so this runs in

@@ -296,13 +296,16 @@ class MutualSegWidget(QWidget):
 
     @property
     def last_error(self) -> str | None:
-        """Why the last job (training, prediction, folder) failed, as the panel said it;
-        ``None`` once it ended well or was stopped (Stop, Ctrl-C), and while one runs.
+        """Why the last ``train``, ``predict`` or ``segment_folder`` did not work, as the panel
+        said it; ``None`` once its job ended well or was stopped (Stop, Ctrl-C), and while it
+        runs.
 
-        The one sign for a script that a job it started did not work: the call returned its
-        worker, and ``block=True`` came back all the same. A folder whose images did not all
-        segment failed too (``run_report.csv`` says why each did). A call refused before a
-        job started returns ``None`` instead and leaves this as it was.
+        The one sign for a script that a job it started failed (a NaN loss, out of memory,
+        an image that cannot be read): the call returned its worker, and ``block=True`` came
+        back all the same. A folder whose images did not all segment failed too
+        (``run_report.csv`` says why each did). A call refused before its job started (no
+        trained model, no such layer, another job running) returns ``None`` and says why
+        here too.
         """
         return self.controller.last_error
 
@@ -338,6 +341,9 @@ class MutualSegWidget(QWidget):
         GeneratorWorker or None
             The worker, or ``None`` after a notification when training cannot start.
         """
+        return self._started(self._start_training(), block)
+
+    def _start_training(self) -> Any:
         notify = self.controller.notify
         if not self.controller.idle():
             return None
@@ -346,8 +352,7 @@ class MutualSegWidget(QWidget):
         unboxed = image is None or self.boxes_layer is None
         if unboxed and self.controller.corrected and self.controller.pair is not None:
             # a loaded (or trained) pair refined by the corrected images alone
-            worker = self.controller.train(TrainingRequest(None, config(), show))
-            return self._started(worker, block)
+            return self.controller.train(TrainingRequest(None, config(), show))
         try:
             check_image_layer(image)
             boxes, region = self.boxes_layer, self.data.picked_region()
@@ -365,8 +370,7 @@ class MutualSegWidget(QWidget):
         except ValueError as err:
             notify(str(err), "error")
             return None
-        worker = self.controller.train(request)
-        return self._started(worker, block)
+        return self.controller.train(request)
 
     def stop(self) -> None:
         """Stop training within one step; the models of the last completed round are kept."""
@@ -378,11 +382,14 @@ class MutualSegWidget(QWidget):
 
     def _started(self, worker: Any, block: bool) -> Any:
         """A job was asked for: if it started, it ends when the viewer's window closes; wait
-        for it with ``block``."""
+        for it with ``block``. If not, why (said last) is :attr:`last_error`."""
+        if worker is None:
+            self.controller.refused()
+            return None
         window = self.window()
-        if worker is not None and isinstance(window, QMainWindow):  # docked in the viewer
+        if isinstance(window, QMainWindow):  # docked in the viewer
             self.controller.watch_window(window)
-        if worker is not None and block:
+        if block:
             self.wait()
         return worker
 
@@ -417,6 +424,9 @@ class MutualSegWidget(QWidget):
         GeneratorWorker or None
             The worker, or ``None`` after a notification.
         """
+        return self._started(self._start_prediction(layer), block)
+
+    def _start_prediction(self, layer: Image | str | None) -> Any:
         if isinstance(layer, str):
             name, layer = layer, next((x for x in self.viewer.layers if x.name == layer), None)
             if layer is None:
@@ -454,7 +464,7 @@ class MutualSegWidget(QWidget):
         if worker is not None and owner_info(layer) is None:
             # the image segmented is the one whose cells are checked next
             self.check.image.layer = layer
-        return self._started(worker, block)
+        return worker
 
     def segment_folder(
         self,
