@@ -117,7 +117,7 @@ class RunController(QObject):
         self.corrected: dict[str, TrainingItem] = {}  # images added to training, by layer id
         self.predictions: dict[str, PredictionResult] = {}  # the last one of each image
         self.last_message = ""
-        self.last_error: str | None = None  # why the last job failed; None: it ended well
+        self.last_error: str | None = None  # why the last job failed or was refused
         self.writer = LayerWriter(self._viewer)
         self.writer.on_round_shown = self._round_shown
         self.writer.notify = self.notify
