@@ -109,13 +109,25 @@ def log(msg: str) -> None:
 
 
 def load_split(root: Path, split: str, limit: int) -> tuple[list, list, list[str]]:
-    """The first ``limit`` images and instance masks of one split, in file-name order."""
+    """The first ``limit`` images and instance masks of one split with cells, in file-name
+    order. A few BBBC039 fields hold no cell (three of the train split): no box can be drawn
+    on them, and their scores would be 0 or 1 whatever was segmented."""
     folder = root / split / "images"
-    names = sorted(p.name for p in folder.glob("*.tif"))[:limit]
+    names, masks, empty = [], [], []
+    for name in sorted(p.name for p in folder.glob("*.tif")):
+        if len(names) == limit:
+            break
+        mask = tifffile.imread(root / split / "masks" / name).astype(np.int32)
+        if not mask.any():
+            empty.append(name)
+            continue
+        names.append(name)
+        masks.append(mask)
     if not names:
         raise SystemExit(f"No images in {folder}; pass --data PATH to the BBBC039 folder.")
+    if empty:
+        log(f"{split}: left out {len(empty)} image(s) without cells: {', '.join(empty)}")
     images = [tifffile.imread(folder / n) for n in names]
-    masks = [tifffile.imread(root / split / "masks" / n).astype(np.int32) for n in names]
     return images, masks, names
 
 
