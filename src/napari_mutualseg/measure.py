@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from skimage.measure import regionprops_table
+from skimage.segmentation import relabel_sequential
 
 from .preprocess import read_here
 
@@ -93,10 +94,8 @@ def measure_cells(
     ids = None
     if labels.size and int(labels.max()) >= labels.size:
         # ids of another tool, far apart: measured by rank, as the sums take memory per id
-        ids, ranks = np.unique(labels, return_inverse=True)
-        labels = ranks.reshape(labels.shape)
-        if ids[0] != 0:  # no background: the first id is no background either
-            ids, labels = np.concatenate([[0], ids]), labels + 1
+        # (the cells to check do the same, disagreement.spots_to_check)
+        labels, _, ids = relabel_sequential(labels)
     if labels.ndim == 3:
         planes = (
             (plane, None if intensity is None else intensity[:, z])
