@@ -499,7 +499,7 @@ def test_results_of_other_options_in_the_folder_are_replaced_only_when_the_user_
     assert "segment the folder again and answer Replace" in reason and "overwrite" not in reason
 
 
-def test_a_folder_segmented_again_replaces_its_summary(thresholded, tmp_path):
+def test_a_folder_segmented_again_replaces_its_summary(thresholded, tmp_path, qtbot):
     """One summary per results folder, the newest: earlier ones do not pile up beside it."""
     import tifffile
     from qtpy.QtWidgets import QDockWidget
@@ -513,12 +513,15 @@ def test_a_folder_segmented_again_replaces_its_summary(thresholded, tmp_path):
         docks = viewer.window._qt_window.findChildren(QDockWidget)
         return [d for d in docks if d.windowTitle() == "Summary of results"]
 
+    # a removed dock is deleted on the next pass of the event loop (napari's deleteLater)
     for _ in range(3):
         widget.segment_folder(folder, out, block=True)
+    qtbot.waitUntil(lambda: len(summaries()) <= 1)
     assert len(summaries()) == 1
     assert [r.status for r in widget.summary.results] == ["skipped"]  # the newest run's
     viewer.window.remove_dock_widget(summaries()[0])  # closed by the user
     widget.segment_folder(folder, out, block=True)
+    qtbot.waitUntil(lambda: len(summaries()) <= 1)
     assert len(summaries()) == 1
 
 
