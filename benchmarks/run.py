@@ -507,6 +507,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     log(f"{args.config} config on {device_name}; data {args.data}")
     train_raw, train_masks, _ = load_split(args.data, "train", n_train)
     eval_raw, eval_masks, _ = load_split(args.data, args.split_eval, n_eval)
+    # what was loaded, which a folder with fewer images with cells than asked holds
+    n_train, n_eval = len(train_raw), len(eval_raw)
     percentiles = TrainConfig().percentiles
     ctx = {
         "device": device,
