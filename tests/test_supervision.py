@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
-from napari_mutualseg.boxes import usable_boxes
+from napari_mutualseg.boxes import REGION_MIN_BOXES, region_boxes, usable_boxes
 from napari_mutualseg.supervision import (
     BACKGROUND,
     BOUNDARY,
@@ -474,3 +474,23 @@ def test_a_box_around_many_cells_is_taken_for_a_region_with_a_note():
     # a cell whose box holds a few small neighbours' boxes stays a cell
     big = Box.from_corners(5, 5, 60, 40)
     assert usable_boxes([big, *cells[:4]], (96, 96)) == ([big, *cells[:4]], [])
+
+
+def test_regions_are_the_boxes_that_hold_enough_others_however_the_boxes_lie():
+    # region_boxes compares each box with the boxes of its rows only; the boxes it finds are
+    # those of the definition, every box against every other: rotated, nested, repeated,
+    # and boxes whose edges meet exactly
+    rng = np.random.default_rng(7)
+    boxes = [
+        Box(tuple(rng.integers(0, 60, 2) / 2), tuple(rng.integers(1, 30, 2) / 2), angle)
+        for angle in rng.choice([0.0, 0.0, 0.3, -0.7], 300)
+    ]
+    boxes += boxes[:20]
+    bounds = np.array([b.bounds for b in boxes])
+    eps = 1e-6
+    holds = (bounds[:, None, :2] - eps <= bounds[None, :, :2]).all(axis=2)
+    holds &= (bounds[:, None, 2:] + eps >= bounds[None, :, 2:]).all(axis=2)
+    counts = holds.sum(axis=1) - 1
+    expected = {k: int(n) for k, n in enumerate(counts) if n >= REGION_MIN_BOXES}
+    assert 20 < len(expected) < len(boxes) - 20
+    assert region_boxes(boxes) == expected

@@ -740,15 +740,25 @@ def region_boxes(boxes: Sequence[Box]) -> dict[int, int]:
         return {}
     bounds = np.array([b.bounds for b in boxes])
     lo, hi = bounds[:, :2] - _EPS, bounds[:, 2:] + _EPS
+    # The boxes a box holds begin between its top and its bottom: a run of the boxes sorted
+    # by their tops, so each box is compared with the boxes of its rows only, not with all
+    # of them (16,384 boxes of a 4096² plate: a minute all against all).
+    order = np.argsort(bounds[:, 0], kind="stable")
+    tops = bounds[order, 0]
+    first = np.searchsorted(tops, lo[:, 0], side="left")
+    runs = np.searchsorted(tops, hi[:, 0], side="right") - first
     found: dict[int, int] = {}
-    # 512 boxes against all at a time: the thousands of boxes of a plate in bounded memory
+    # 512 boxes against the boxes of their rows at a time: bounded memory for any drawing
     for start in range(0, len(boxes), 512):
-        rows = slice(start, start + 512)
-        holds = (lo[rows, None] <= bounds[None, :, :2]).all(axis=2)
-        holds &= (hi[rows, None] >= bounds[None, :, 2:]).all(axis=2)
-        counts = holds.sum(axis=1) - 1  # each box holds itself
-        for k in np.flatnonzero(counts >= REGION_MIN_BOXES):
-            found[start + int(k)] = int(counts[k])
+        ks = np.arange(start, min(start + 512, len(boxes)))
+        k = np.repeat(ks, runs[ks])
+        # the place of each pair in its box's run, added to where the run begins
+        step = np.arange(k.size) - np.repeat(np.cumsum(runs[ks]) - runs[ks], runs[ks])
+        near = bounds[order[first[k] + step]]
+        holds = (near[:, 1] >= lo[k, 1]) & (near[:, 2:] <= hi[k]).all(axis=1)
+        counts = np.bincount(k[holds] - start, minlength=ks.size) - 1  # each box holds itself
+        for i in np.flatnonzero(counts >= REGION_MIN_BOXES):
+            found[start + int(i)] = int(counts[i])
     return found
 
 
