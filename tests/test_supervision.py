@@ -347,6 +347,23 @@ def test_a_box_in_x_y_order_is_told_to_swap_its_columns():
         make_supervision((20, 60), np.array([[40, 2, 50, 12]]))  # y0, x0 = 2, 40 meant
 
 
+def test_a_box_that_reaches_the_image_outside_its_ellipse_only_stands_for_no_cell_of_it():
+    # a table's box of a cell beyond the image, whose corner reaches it: its cell would get
+    # no pixel, and the pixels of its corner would be ignored as those of a box
+    cell, beyond = Box.from_corners(10, 10, 20, 20), Box.from_corners(-20, -20, 2, 2)
+    assert not beyond.overlaps((40, 40)) and beyond.slices((40, 40)) == (slice(0, 2),) * 2
+    with pytest.raises(ValueError, match=r"^Box 1 .* reaches the image .* only outside its ell"):
+        make_supervision((40, 40), [cell, beyond])
+    assert usable_boxes([cell, beyond], (40, 40)) == (
+        [cell],
+        ["1 of 2 boxes lie outside the image and were ignored."],
+    )
+    # rotated: its bounds reach the image, the box itself not
+    tilted = Box((-6.0, -6.0), (8.0, 2.0), math.pi / 4)
+    assert tilted.slices((40, 40)) == (slice(0, 2), slice(0, 2))
+    assert not tilted.overlaps((40, 40))
+
+
 def test_box_partly_outside_warns_and_is_clipped():
     boxes = [Box.from_corners(1, 1, 5, 5), Box.from_corners(-3, 6, 6, 14)]
     with pytest.warns(UserWarning, match=r"box 1\).*clipped"):
@@ -440,14 +457,16 @@ def test_ellipses_are_those_of_skimage_draw_for_any_box_on_or_past_the_border():
         h, w = (int(s) for s in rng.integers(8, 40, 2))
         y0, x0 = int(rng.integers(-6, h - 1)), int(rng.integers(-6, w - 1))
         y1, x1 = y0 + int(rng.integers(2, 25)), x0 + int(rng.integers(2, 25))
-        if min(y1, x1) <= 0:
-            continue  # wholly outside the image: refused
-        sup = make_supervision((h, w), [Box.from_corners(y0, x0, y1, x1)])
         expected = np.zeros((h, w), bool)
         rows, cols = ellipse(
             (y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2, (y1 - y0) / 2, (x1 - x0) / 2, shape=(h, w)
         )
         expected[rows, cols] = True
+        if not expected.any():  # no cell on the image: refused, also a box that reaches it
+            with pytest.raises(ValueError, match=r"outside|off the image"):
+                make_supervision((h, w), [Box.from_corners(y0, x0, y1, x1)])
+            continue
+        sup = make_supervision((h, w), [Box.from_corners(y0, x0, y1, x1)])
         np.testing.assert_array_equal(sup.instances > 0, expected, err_msg=str((y0, x0, y1, x1)))
 
 

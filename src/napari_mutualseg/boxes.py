@@ -299,7 +299,11 @@ class Box:
         return 2 * min(self.half_sizes) < MIN_BOX_SIZE - _EPS
 
     def overlaps(self, shape: Sequence[int]) -> bool:
-        """Whether any pixel centre of an image lies in the box's bounds.
+        """Whether the box's cell lies on an image, at least in part: a pixel centre of the
+        image lies in its ellipse.
+
+        A box that reaches the image only outside its ellipse (a corner) stands for a cell off
+        the image.
 
         Parameters
         ----------
@@ -310,7 +314,14 @@ class Box:
         -------
         bool
         """
-        return all(s.stop > s.start for s in self.slices(shape))
+        if not all(s.stop > s.start for s in self.slices(shape)):
+            return False
+        if self.within(shape):
+            # the ellipse of a box of MIN_BOX_SIZE holds the disc of radius 1 about its centre,
+            # which holds a pixel centre, itself in the box
+            return True
+        _, u, v = self.local_coords(shape)
+        return bool((u * u + v * v <= 1.0).any())
 
     def within(self, shape: Sequence[int]) -> bool:
         """Whether the whole box lies on an image (nothing to clip).
@@ -763,8 +774,8 @@ def region_boxes(boxes: Sequence[Box]) -> dict[int, int]:
 
 
 def off_image(boxes: Sequence[Box], shape: Sequence[int]) -> list[int]:
-    """The boxes that lie wholly off an image: :func:`usable_boxes` leaves them out, and the
-    command line refuses a table of mostly such boxes.
+    """The boxes whose cell lies off an image (:meth:`Box.overlaps`): :func:`usable_boxes`
+    leaves them out, and the command line refuses a table of mostly such boxes.
 
     Parameters
     ----------
@@ -784,10 +795,10 @@ def off_image(boxes: Sequence[Box], shape: Sequence[int]) -> list[int]:
 def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box], list[str]]:
     """The boxes of a drawing that can stand for cells of an image of ``shape``.
 
-    Boxes smaller than :data:`MIN_BOX_SIZE` (a click without a drag), boxes wholly outside
-    the image, boxes that repeat an earlier one (:meth:`Box.repeats`) and boxes around many
-    others (:func:`region_boxes`) are left out, each kind with a note that says so; the rest
-    keep their order.
+    Boxes smaller than :data:`MIN_BOX_SIZE` (a click without a drag), boxes whose cell lies
+    outside the image (:meth:`Box.overlaps`), boxes that repeat an earlier one
+    (:meth:`Box.repeats`) and boxes around many others (:func:`region_boxes`) are left out,
+    each kind with a note that says so; the rest keep their order.
 
     Parameters
     ----------

@@ -237,9 +237,15 @@ def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
                 if swapped.within(shape)
                 else ""
             )
+            if all(s.stop > s.start for s in box.slices(shape)):
+                where = (
+                    f"reaches the image of shape {shape} only outside its ellipse: the cell it "
+                    "stands for lies off the image"
+                )
+            else:
+                where = f"lies wholly outside the image of shape {shape}"
             raise ValueError(
-                f"{_named(box, k)} lies wholly outside the image of shape {shape}; delete it or "
-                f"move it onto the image.{hint}"
+                f"{_named(box, k)} {where}; delete it or move it onto the image.{hint}"
             )
         if not box.within(shape):
             partly.append(k)
@@ -313,8 +319,9 @@ def make_supervision(
     Raises
     ------
     ValueError
-        No boxes, a box wholly outside the image or smaller than 2 pixels, an image shape
-        that is not 2D, a region of another shape, or an edge width below 1.
+        No boxes, a box whose ellipse lies outside the image (:meth:`Box.overlaps`) or that
+        is smaller than 2 pixels, an image shape that is not 2D, a region of another shape,
+        or an edge width below 1.
 
     Warns
     -----
