@@ -26,6 +26,7 @@ MOST_DEPTH = ARCH_LIMITS["depth"][1]
         ({"min_change": -1}, r"min_change must be a number in \[0, 1\].* got -1"),
         ({"min_change": 5}, r"min_change must be a number in \[0, 1\].* got 5"),
         ({"exchange": "literal"}, r"exchange must be an ExchangeSettings .* got 'literal'"),
+        ({"device": 0}, r"device must be text such as 'auto', 'cpu' or 'cuda:0' .* got 0"),
         ({"exchange": {"treshold": 1}}, r"exchange has no setting 'treshold'"),
         (
             {"exchange": ExchangeSettings(min_core_fraction=-1)},
@@ -148,3 +149,10 @@ def test_sizes_left_out_are_those_recommended_for_the_device(monkeypatch):
     monkeypatch.setattr(config_module, "select_device", lambda device: torch.device("cuda", 0))
     gpu = TrainConfig()
     assert (gpu.steps_per_round, gpu.batch_size, gpu.patch_size, gpu.depth) == (200, 8, 256, 4)
+
+
+def test_a_torch_device_is_held_as_its_name_which_a_model_file_takes(tmp_path):
+    # held as the object, it trained, then the pair could not be saved
+    settings = TrainConfig(device=torch.device("cpu"), depth=2)
+    assert settings.device == "cpu" and settings.to_dict()["device"] == "cpu"
+    assert TrainConfig(device=None).device == "auto"

@@ -280,7 +280,8 @@ class TrainConfig:
         Seeds weights (A uses ``seed``, B ``seed + 1``) and sampling; reproducible on the CPU.
         From 0 to 2**32 - 1.
     device : str
-        ``"auto"`` (CUDA, then MPS, then CPU) or an explicit device.
+        ``"auto"`` (CUDA, then MPS, then CPU) or an explicit device (a ``torch.device`` is
+        held as its name).
     min_change : float
         Stop when fewer than this fraction of labelled pixels change class between rounds.
     min_size : int
@@ -333,16 +334,18 @@ class TrainConfig:
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
 
     def __post_init__(self) -> None:
+        problems = self._device_problems()
         unsized = [n for n in DEVICE_SIZES["gpu"] if getattr(self, n) is None]
         if unsized:
-            kind = "cpu" if select_device(self.device).type == "cpu" else "gpu"
+            # a device given wrongly is refused below; the sizes only need some value
+            cpu = bool(problems) or select_device(self.device).type == "cpu"
             for name in unsized:
-                setattr(self, name, DEVICE_SIZES[kind][name])
+                setattr(self, name, DEVICE_SIZES["cpu" if cpu else "gpu"][name])
         self._unset = frozenset(n for n in PAIR_INPUT_SETTINGS if getattr(self, n) is None)
         if self.rgb is None:
             self.rgb = "channels"
         self.channels = parse_channels(self.channels)
-        problems = self._percentile_problems()
+        problems += self._percentile_problems()
         counted = {n: _check_whole(self, n, least, None, problems) for n, least in _COUNTS.items()}
         _check_whole(self, "tile_size", MIN_TILE_SIZE, None, problems)
         # a network larger than the model file accepts would train, then never load again
@@ -369,6 +372,23 @@ class TrainConfig:
             setattr(self, name, float(getattr(self, name)))
         self.parallel = bool(self.parallel)
         self.exchange._plain()
+
+    def _device_problems(self) -> list[str]:
+        """Check that ``device`` names a device, and hold it as text (``None`` as "auto").
+
+        Whether this machine has it is checked where it is used: a model file's settings
+        name the device it was trained on, which another machine may lack.
+        """
+        if self.device is None:
+            self.device = "auto"
+        if isinstance(self.device, str | torch.device):
+            # model files hold text, not torch.device objects
+            self.device = str(self.device)
+            return []
+        return [
+            f"device must be text such as 'auto', 'cpu' or 'cuda:0' (or a torch.device), got "
+            f"{self.device!r}"
+        ]
 
     def _percentile_problems(self) -> list[str]:
         """Check ``percentiles`` (the default when left out) and store them as floats."""
