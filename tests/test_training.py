@@ -517,6 +517,32 @@ def test_cancel_during_the_prediction_between_rounds_stops_it_and_reports_nothin
         torch.testing.assert_close(v, before[k])
 
 
+def test_a_resumed_pair_whose_labels_no_longer_change_stops_after_its_first_round(
+    scene, monkeypatch
+):
+    # round 1 of a resumed pair compares its labels with those of the pair's own prediction,
+    # not with the boxes' labels: it may end training as any later round does
+    image, gt, sup = scene
+    right = np.stack([gt == 0, gt > 0, np.zeros_like(gt, bool)]).astype(np.float32)
+    monkeypatch.setattr(training, "predict_proba", lambda *args, **kwargs: right)
+    cfg = TrainConfig(**{**TINY, "rounds": 3, "steps_per_round": 1, "min_change": 0.005})
+    first = MutualTrainer(image, sup, dataclasses.replace(cfg, rounds=1))
+    assert not next(iter(first)).converged  # from the boxes' labels: not comparable
+    reports = list(MutualTrainer(image, sup, cfg, pair=first.pair))
+    assert [(r.round, r.changed, r.converged) for r in reports] == [(1, 0.0, True)]
+
+
+def test_a_device_this_machine_lacks_is_refused_before_the_images_are_read(scene, monkeypatch):
+    image, _, sup = scene
+
+    def normalised(*args, **kwargs):
+        raise AssertionError("the images were normalised for a device that is refused")
+
+    monkeypatch.setattr(training, "network_planes", normalised)
+    with pytest.raises(ValueError, match=r"Unknown device 'gpu'; choose one of auto, .*cpu"):
+        MutualTrainer(image, sup, TrainConfig(**{**TINY, "device": "gpu"}))
+
+
 def test_a_resumed_pair_records_its_own_network_size(scene):
     image, _, sup = scene
     first = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}))

@@ -294,6 +294,9 @@ class MutualTrainer:
         if config is None or isinstance(config, dict):
             # settings as a dict ({"rounds": 3}), as a notebook keeps them
             config = TrainConfig(**(config or {}))
+        # a device this machine lacks is refused before the images are read and normalised
+        self.device = select_device(config.device)
+        self.device_name = describe_device(self.device)
         images = as_images(images)
         for image in images:
             warn_if_labels(image, stacklevel=2)
@@ -369,8 +372,6 @@ class MutualTrainer:
         supervisions = [sup.crop(w) for sup, w in zip(supervisions, windows, strict=True)]
         if labels is not None:
             labels = [lab[w] for lab, w in zip(labels, windows, strict=True)]
-        self.device = select_device(config.device)
-        self.device_name = describe_device(self.device)
         self.images = planes
         exchange = config.exchange
         self.contexts = [
@@ -563,8 +564,10 @@ class MutualTrainer:
         ensemble = [(pa + pb) / 2 for pa, pb in zip(*probas, strict=True)]
         windows = self._in_windows(ensemble)
         found, objects = self._found(windows)
-        # labels that stop changing because the networks find nothing have not converged
-        converged = r > 1 and changed < cfg.min_change and found >= 0.5
+        # labels that stop changing because the networks find nothing have not converged;
+        # round 1 of a new pair changes the boxes' labels, a resumed pair's its own
+        compared = r > 1 or self.resumed
+        converged = compared and changed < cfg.min_change and found >= 0.5
         if converged and r < cfg.rounds and self._windowed is not self.images:
             # the round ends training, so its report covers the whole planes: the windowed
             # ones are predicted again, whole (the others are whole already)
