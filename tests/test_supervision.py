@@ -480,6 +480,21 @@ def test_a_cell_boxed_twice_is_counted_once():
     assert set(np.unique(sup.instances)) == {0, 1, 2}
 
 
+def test_a_box_that_gets_no_pixel_is_named_with_the_box_that_took_them(recwarn):
+    # near the centre of a larger box, every pixel of a smaller box's ellipse is deeper in
+    # the larger one's: its id has no pixel, which the person is told, box numbers as given
+    big, small = Box.from_corners(0, 0, 40, 40), Box.from_corners(15, 15, 25, 25)
+    other = Box.from_corners(50, 50, 60, 60)
+    with pytest.warns(UserWarning, match=r"^1 box\(es\) have no pixel .*\(box 3 inside box 0\)"):
+        sup = make_supervision((64, 64), [big, big, other, small])
+    assert sup.boxes == [big, other, small]  # ids stay those of the boxes kept
+    assert set(np.unique(sup.instances)) == {0, 1, 2}
+    # boxes that overlap in part each keep pixels: nothing to say
+    recwarn.clear()
+    make_supervision((64, 64), [big, Box.from_corners(25, 25, 50, 50)])
+    assert not recwarn.list
+
+
 def test_usable_boxes_leaves_repeats_out_with_a_note():
     cell = Box.from_corners(10, 10, 30, 34)
     near = Box.from_corners(11, 10, 30, 34)  # one pixel off: another drawing, kept

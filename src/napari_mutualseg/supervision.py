@@ -376,7 +376,8 @@ def make_supervision(
             UserWarning,
             stacklevel=2,
         )
-        boxes = [b for k, b in enumerate(boxes) if k not in repeated]
+    numbers = [k for k in range(len(boxes)) if k not in repeated]  # as the caller counts
+    boxes = [boxes[k] for k in numbers]
 
     instances = np.zeros(shape, np.int32)
     best = np.full(shape, np.inf, np.float64)
@@ -387,11 +388,34 @@ def make_supervision(
         take = (dist <= 1.0) & (dist < best[sl])
         instances[sl][take] = k + 1
         best[sl][take] = dist[take]
+    _warn_hidden(instances, boxes, numbers)
 
     classes = _cell_classes(instances, edge_width)
     if region is not None:
         classes[~region & (instances == 0)] = IGNORE
     return Supervision(classes=classes, instances=instances, boxes=boxes, region=region)
+
+
+def _warn_hidden(instances: np.ndarray, boxes: Sequence[Box], numbers: Sequence[int]) -> None:
+    """Warn of the boxes that own no pixel: each lies where another box's ellipse is deeper
+    (a box inside another near its centre), so its cell has no pixel of its own."""
+    owned = np.bincount(instances.ravel(), minlength=len(boxes) + 1)[1:]
+    hidden = np.flatnonzero(owned == 0)
+    if not hidden.size:
+        return
+    shown = []
+    for k in hidden[:5]:
+        sl, u, v = boxes[k].local_coords(instances.shape)
+        owner = np.bincount(instances[sl][u * u + v * v <= 1.0]).argmax() - 1
+        shown.append(f"box {numbers[k]} inside box {numbers[owner]}")
+    warnings.warn(
+        f"{hidden.size} box(es) have no pixel in the supervision ({', '.join(shown)}): each "
+        "lies where the ellipse of another box is deeper, which takes its pixels. Delete one "
+        "of two boxes drawn around the same cell; paint a small cell that lies on a larger "
+        "one on the supervision.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _cell_classes(instances: np.ndarray, edge_width: int) -> np.ndarray:
