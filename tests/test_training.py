@@ -120,10 +120,21 @@ def test_reproducible_on_cpu_and_models_differ(scene):
 
 def test_cancel_stops_within_a_step_and_keeps_last_round(scene):
     image, _, sup = scene
-    cfg = TrainConfig(**{**TINY, "rounds": 50, "steps_per_round": 30})
+    cfg = TrainConfig(**{**TINY, "rounds": 3, "steps_per_round": 5})
     trainer = MutualTrainer(image, sup, cfg)
     reports, states = [], []
-    at_cancel = {}
+    reached, cancelled, at_cancel = threading.Event(), threading.Event(), []
+    forwards = []
+
+    def cancel_in_round_2(module, inputs, output):
+        # A's third step of round 2 waits here while another thread cancels: no timing
+        forwards.append(module.training)
+        if forwards.count(True) == 5 + 3:
+            at_cancel.append(trainer.step)
+            reached.set()
+            cancelled.wait(60)
+
+    trainer.pair.model_a.register_forward_hook(cancel_in_round_2)
 
     def run():
         for r in trainer:
@@ -132,13 +143,13 @@ def test_cancel_stops_within_a_step_and_keeps_last_round(scene):
 
     thread = threading.Thread(target=run)
     thread.start()
-    while trainer.step < 2 * 30 + 10:  # inside round 2
-        thread.join(0.01)
-    at_cancel["step"] = trainer.step
+    assert reached.wait(60)
     trainer.cancel()
-    thread.join(30)
+    cancelled.set()
+    thread.join(60)
     assert not thread.is_alive()
-    assert trainer.step <= at_cancel["step"] + 1
+    assert at_cancel == [5 + 5 + 2]
+    assert trainer.step == at_cancel[0] + 1  # the step under way, and no other
     assert len(reports) == 1
     for k, v in trainer.pair.model_a.state_dict().items():
         torch.testing.assert_close(v, states[-1][k])
