@@ -427,3 +427,16 @@ def test_a_pair_that_does_not_fit_its_new_device_stays_whole_where_it_was(monkey
     with pytest.raises(torch.OutOfMemoryError):
         pair.to("cpu")
     assert moves == ["cpu", "meta"] and pair.device == torch.device("meta")
+
+
+@pytest.mark.parametrize("protocol", [pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL])
+def test_a_pair_given_to_pickle_dump_is_told_how_to_save_it_not_called_damaged(tmp_path, protocol):
+    # pickle.dump(pair, f) (or joblib.dump) was called "damaged or incomplete: copy it again"
+    path = tmp_path / "m.pt"
+    path.write_bytes(pickle.dumps(_pair(), protocol=protocol))
+    with pytest.raises(CheckpointError, match=r"refused without running.* pair\.save\(path\)"):
+        ModelPair.load(path)
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=protocol))
+    with pytest.raises(CheckpointError, match="Python pickle") as info:
+        ModelPair.load(path)
+    assert "damaged" not in str(info.value)

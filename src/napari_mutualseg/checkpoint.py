@@ -223,9 +223,11 @@ def _names_code(text: str) -> bool:
     return re.search(r"\bGLOBAL\s+\S", text) is not None
 
 
-#: How files start: a model file is a zip archive (or, from old PyTorch, a pickle); an image
-#: given where a model is asked for is named as what it is.
+#: How files start: a model file is a zip archive (or, from old PyTorch, a pickle that begins
+#: with its magic number, pickled with protocol 2); any other pickle is no PyTorch file, and
+#: an image given where a model is asked for is named as what it is.
 _PICKLED = (b"PK\x03\x04", b"\x80")
+_OLD_TORCH = b"\x80\x02\x8a\n"
 _IMAGE_MAGIC = {
     b"II*\x00": "a TIFF image",
     b"MM\x00*": "a TIFF image",
@@ -302,6 +304,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             reason = _unsafe_content(err)
         elif not head:
             reason = "the file is empty (0 bytes)"
+        elif head.startswith(b"\x80") and not head.startswith(_OLD_TORCH):
+            # pickle.dump(pair, f): torch refuses its first opcode as it refuses damaged bytes
+            reason = (
+                "it is a Python pickle (written by pickle.dump or joblib), not a model file, "
+                "and was refused without running anything from it; save a pair with "
+                "pair.save(path), which writes a model file"
+            )
         elif names := _other_zip(path):
             reason = f"it is a zip archive of other files ({names}), not a model"
         elif head.startswith(_PICKLED):
