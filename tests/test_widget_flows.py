@@ -679,12 +679,13 @@ def test_a_script_is_told_that_training_failed_and_then_that_it_worked(scene, mo
 
     original = training.MutualTrainer
     monkeypatch.setattr(training, "MutualTrainer", Failing)
-    assert widget.train(block=True) is not None  # the job started, then failed
+    assert widget.train(block=True) is None  # the job started, then failed
     assert widget.last_error.startswith("The loss of network A became NaN in round 1.")
     monkeypatch.setattr(training, "MutualTrainer", original)
     widget.settings.update(rounds=1, steps_per_round=1)
-    widget.train(block=True)
+    pair = widget.train(block=True)  # what it trained
     assert widget.last_error is None and len(widget.history) == 1
+    assert pair is not None and pair is widget.pair
 
 
 def test_a_script_is_told_that_a_prediction_or_a_folder_failed(thresholded, tmp_path):
@@ -727,3 +728,19 @@ def test_a_call_refused_before_its_job_starts_is_a_failure_for_a_script(threshol
     assert widget.last_error.startswith("No trained model yet")
     assert widget.train(block=True) is None
     assert widget.last_error.startswith("No boxes layer selected")
+
+
+def test_a_blocking_call_returns_what_it_made(thresholded, tmp_path):
+    """A script looked the cells layer up by name: block=True returned the worker."""
+    import tifffile
+
+    viewer, widget = thresholded
+    image, _ = disc_image()
+    good = viewer.add_image(image, name="good")
+    assert same(widget.predict(good, block=True), viewer.layers["good cells"])
+    assert widget.predict("nowhere", block=True) is None
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image)
+    run = widget.segment_folder(tmp_path / "in", tmp_path / "out", block=True)
+    assert [r.status for r in run.results] == ["done"]
+    assert widget.segment_folder(tmp_path / "nowhere", tmp_path / "out", block=True) is None

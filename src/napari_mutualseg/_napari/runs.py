@@ -40,7 +40,7 @@ from .workers import (
 
 if TYPE_CHECKING:
     import numpy as np
-    from napari.layers import Image
+    from napari.layers import Image, Labels
 
     from ..batch import BatchRun
     from ..config import TrainConfig
@@ -390,6 +390,7 @@ class PredictionRun(_SegmentJob):
         track: bool = False,
     ) -> None:
         self.layer, self.data = layer, layer.data
+        self.cells: Labels | None = None  # the layer its cells went into, once shown
         self._stop = threading.Event()
         worker = make_worker(
             controller, f"segmenting '{layer.name}'", run_prediction, controller.pair,
@@ -433,6 +434,7 @@ class PredictionRun(_SegmentJob):
             viewer, role=role, name=name, data=value.labels, like=layer, source=layer
         )
         show_table(out, value.table)
+        self.cells = out
         # in the next turn: adding a layer takes the main thread 0.2-0.6 s at 1024² and more
         controller.writer.later(partial(self._show_disagreement, value.disagreement))
         n = int(value.labels.max()) if value.labels.size else 0
@@ -489,6 +491,7 @@ class FolderRun(_SegmentJob):
 
         options = BatchOptions(tile_size=tile_size, track=track, axes=axes)
         pair = controller.pair
+        self.batch: BatchRun | None = None  # the run, once it is over
         self._stop = threading.Event()
         self.on_conflict, self.on_axes_unknown = on_conflict, on_axes_unknown
         worker = make_worker(
@@ -524,6 +527,7 @@ class FolderRun(_SegmentJob):
             return
         from ..batch import REPORT_NAME
 
+        self.batch = run
         counts = run.counts()
         parts = [f"{counts['done']} segmented"]
         parts += [f"{counts[k]} {k}" for k in ("skipped", "failed", "not done") if counts[k]]

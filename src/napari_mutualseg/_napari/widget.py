@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,9 @@ from .settings import TrainingSettings, preferred_settings
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Shapes
+    from superqt.utils import GeneratorWorker
 
+    from ..batch import BatchRun
     from ..config import TrainConfig
     from ..files import ResultExistsError
     from ..models import ModelPair
@@ -141,9 +144,9 @@ class MutualSegWidget(QWidget):
     >>> viewer.window.add_dock_widget(widget)
     >>> widget.settings.rounds = 3
     >>> widget.generate_supervision()
-    >>> widget.train(block=True)
-    >>> assert widget.last_error is None, widget.last_error
-    >>> widget.predict(viewer.layers["other image"], block=True)
+    >>> pair = widget.train(block=True)
+    >>> assert pair is not None, widget.last_error
+    >>> cells = widget.predict(viewer.layers["other image"], block=True)
     >>> widget.save_model("cells.pt")
     """
 
@@ -300,12 +303,13 @@ class MutualSegWidget(QWidget):
         said it; ``None`` once its job ended well or was stopped (Stop, Ctrl-C), and while it
         runs.
 
-        The one sign for a script that a job it started failed (a NaN loss, out of memory,
-        an image that cannot be read): the call returned its worker, and ``block=True`` came
-        back all the same. A folder whose images did not all segment failed too
-        (``run_report.csv`` says why each did). A call refused before its job started (no
-        trained model, no such layer, another job running) returns ``None`` and says why
-        here too.
+        A job a script started and did not wait for (the call returned its worker) failed
+        when this is set once it ended (a NaN loss, out of memory, an image that cannot be
+        read); with ``block=True`` the call returned ``None``. A folder whose images did not
+        all segment failed too (``run_report.csv`` says why each did), though its
+        ``block=True`` call returns the run, whose results say which. A call refused before
+        its job started (no trained model, no such layer, another job running) returns
+        ``None`` and says why here too.
         """
         return self.controller.last_error
 
@@ -323,7 +327,7 @@ class MutualSegWidget(QWidget):
         """The engine's settings as the panel shows them."""
         return self.settings.to_config()
 
-    def train(self, *, block: bool = False) -> Any:
+    def train(self, *, block: bool = False) -> GeneratorWorker | ModelPair | None:
         """Train (or resume training) on the picked image in a worker thread.
 
         Uses the supervision layer with every pixel the user painted on it. It is made first
@@ -334,14 +338,20 @@ class MutualSegWidget(QWidget):
         Parameters
         ----------
         block : bool
-            Wait (keeping the viewer responsive) until training ends.
+            Wait (keeping the viewer responsive) until training ends and its results are in
+            the layers.
 
         Returns
         -------
-        GeneratorWorker or None
-            The worker, or ``None`` after a notification when training cannot start.
+        GeneratorWorker, ModelPair or None
+            Without ``block``, the worker. With ``block``, the trained pair (:attr:`pair`),
+            also of a training stopped after a round; ``None`` when it failed
+            (:attr:`last_error` says why) or was stopped before its first round ended.
+            ``None`` after a notification when training cannot start (:attr:`last_error`
+            says why).
         """
-        return self._started(self._start_training(), block)
+        worker = self._start_training()
+        return self._started(worker, block, lambda: None if self.last_error else self.pair)
 
     def _start_training(self) -> Any:
         notify = self.controller.notify
@@ -380,18 +390,20 @@ class MutualSegWidget(QWidget):
         """Forget the trained models: the next training starts from scratch."""
         self.controller.reset()
 
-    def _started(self, worker: Any, block: bool) -> Any:
-        """A job was asked for: if it started, it ends when the viewer's window closes; wait
-        for it with ``block``. If not, why (said last) is :attr:`last_error`."""
+    def _started(self, worker: Any, block: bool, made: Callable[[], Any]) -> Any:
+        """A job was asked for: if it started, it ends when the viewer's window closes; its
+        worker, or with ``block`` what it ``made`` once it has ended. If not, ``None``, and
+        why (said last) is :attr:`last_error`."""
         if worker is None:
             self.controller.refused()
             return None
         window = self.window()
         if isinstance(window, QMainWindow):  # docked in the viewer
             self.controller.watch_window(window)
-        if block:
-            self.wait()
-        return worker
+        if not block:
+            return worker
+        self.wait()
+        return made()
 
     def wait(self) -> None:
         """Return once every job is done and its results are in the layers (the viewer stays
@@ -404,7 +416,9 @@ class MutualSegWidget(QWidget):
 
     # ------------------------------------------------------------------------------ predict
 
-    def predict(self, layer: Image | str | None = None, *, block: bool = False) -> Any:
+    def predict(
+        self, layer: Image | str | None = None, *, block: bool = False
+    ) -> GeneratorWorker | Labels | None:
         """Segment an image layer with the trained models in a worker ("<image> cells").
 
         On the training image itself the result goes beside the box-guided one, as
@@ -421,10 +435,16 @@ class MutualSegWidget(QWidget):
 
         Returns
         -------
-        GeneratorWorker or None
-            The worker, or ``None`` after a notification.
+        GeneratorWorker, napari.layers.Labels or None
+            Without ``block``, the worker. With ``block``, the cells layer made, its cell
+            measurements in its ``features``; ``None`` when none was shown: the prediction
+            failed, or its image was removed or changed meanwhile (:attr:`last_error` says
+            why), or it was stopped. ``None`` after a notification when it cannot start
+            (:attr:`last_error` says why).
         """
-        return self._started(self._start_prediction(layer), block)
+        worker = self._start_prediction(layer)
+        run = self.controller.segmenting  # the prediction just started, where one did
+        return self._started(worker, block, lambda: run.cells)
 
     def _start_prediction(self, layer: Image | str | None) -> Any:
         if isinstance(layer, str):
@@ -474,7 +494,7 @@ class MutualSegWidget(QWidget):
         overwrite: bool = False,
         axes: str | None = None,
         block: bool = False,
-    ) -> Any:
+    ) -> GeneratorWorker | BatchRun | None:
         """Segment and measure every image of a folder in the background, as the command
         ``napari-mutualseg predict MODEL FOLDER --out OUT`` does: ``<name>_cells.tif`` and
         ``<name>_cells.csv`` per image, ``summary.csv`` and ``run_report.csv``; images already
@@ -498,8 +518,13 @@ class MutualSegWidget(QWidget):
 
         Returns
         -------
-        GeneratorWorker or None
-            The worker, or ``None`` after a notification.
+        GeneratorWorker, BatchRun or None
+            Without ``block``, the worker. With ``block``, the run once it is over (stopped
+            too), its ``results`` one per image (done, skipped, failed with its reason, not
+            done); some failed when :attr:`last_error` says so. ``None`` when the run itself
+            failed (no such folder, results of another model in ``out_dir``:
+            :attr:`last_error` says why). ``None`` after a notification when it cannot start
+            (:attr:`last_error` says why).
         """
         return self._segment_folder(images, out_dir, overwrite=overwrite, axes=axes, block=block)
 
@@ -542,7 +567,8 @@ class MutualSegWidget(QWidget):
             on_axes_unknown=on_axes_unknown,
             device=self.settings.device,
         )
-        return self._started(worker, block)
+        run = controller.segmenting  # the run just started, where one did
+        return self._started(worker, block, lambda: run.batch)
 
     def _segment_folder_asked(self, images: str, out_dir: str) -> None:
         # the panel's button: results in the way are the user's to replace, asked in a dialog
