@@ -298,6 +298,17 @@ def test_labels_left_without_their_disagreement_maps_get_them_when_run_again(mod
     assert len(list((tmp_path / "other").glob("*_disagreement.tif"))) == 2
 
 
+def test_a_maps_folder_that_cannot_be_written_refuses_the_run_before_any_image(model, tmp_path):
+    """Each image was segmented, then failed at its map ('Cannot write into ...'), a
+    plate's worth of them."""
+    image = _image(tmp_path / "in" / "f0.tif", 0, (32, 32))
+    (tmp_path / "maps").write_text("a file where the maps' folder should be")
+    options = BatchOptions(tile_size=64, overlap=16, disagreement=True)
+    with pytest.raises(NotADirectoryError, match="maps: it is a file"):
+        BatchRun(model, [image], tmp_path / "out", options, disagreement_dir=tmp_path / "maps")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_stack_in_a_run_with_disagreement_maps_gets_them_and_is_skipped_again(model, tmp_path):
     stack = tmp_path / "in" / "stack.tif"
     stack.parent.mkdir()

@@ -161,8 +161,9 @@ class BatchRun:
         same output, the model cannot be read, or the options do not fit the model (checked
         on the first images that open, before any work: refused when none of them fits).
     OSError
-        When the output folder cannot be written, or no dask scheduler answers at
-        ``scheduler`` (:func:`~napari_mutualseg.cluster.check_scheduler`).
+        When the output folder (or that of the disagreement maps) cannot be written, or no
+        dask scheduler answers at ``scheduler``
+        (:func:`~napari_mutualseg.cluster.check_scheduler`).
 
     Iterating raises :class:`~napari_mutualseg.cluster.WorkerVersionError` (a ValueError)
     when the dask workers run other versions of this package, torch or numpy, and
@@ -207,6 +208,11 @@ class BatchRun:
         )
         for path in (self.out_dir / SUMMARY_NAME, self.out_dir / REPORT_NAME):
             _check_report_place(path)
+        # the maps may go elsewhere (disagreement_dir): a folder they cannot go to would fail
+        # every image, each after its segmentation
+        maps = {path.parent: path for job in self.jobs for path in job.disagreement or ()}
+        for path in maps.values():
+            check_writable(path, overwrite=True)
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers (--workers) must be 0 or more, got {self.workers}.")
         if self.workers is not None and self.scheduler is not None:
