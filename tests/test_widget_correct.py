@@ -681,3 +681,47 @@ def test_corrections_on_planes_of_a_stack_train_those_planes(viewer_widget, note
     assert [len(sup.boxes) for sup in record.supervisions] == [1, 0, 0]
     assert (record.supervisions[1].classes[4:7, 4:7] == CELL).all()  # still learned
     assert (record.supervisions[2].classes[39:42, 7:10] == CELL).all()
+
+
+def test_a_stack_too_large_to_correct_is_said_when_its_cells_are_shown(
+    thresholded, notes, monkeypatch
+):
+    """It was said only once the person had corrected it and pressed Add to training."""
+    from napari_mutualseg._napari import writer
+
+    viewer, widget = thresholded
+    monkeypatch.setattr(writer, "KEPT_STACK_BYTES", 16 * 2**10)  # its cells 24 KiB
+    image = disc_image()[0]
+    stack = viewer.add_image(np.stack([image] * 3), name="st", axis_labels=("z", "y", "x"))
+    widget.predict(stack, block=True)
+    [said] = [m for m in messages(notes, "warning") if "too large" in m]
+    assert said.startswith("The cells of 'st' (0 MiB) are too large to tell your corrections")
+    widget.predict(viewer.add_image(np.stack([image[:32, :32]] * 3), name="small"), block=True)
+    assert len([m for m in messages(notes, "warning") if "too large" in m]) == 1
+
+
+def test_the_check_buttons_act_on_the_image_cells_layer_picked(thresholded):
+    """Merge, Split, Next cell and Propose boxes took the newest cells alone: with the
+    '(edited)' layer active they merged in the newest, and once the newest was deleted they
+    were greyed out (a script was told to predict the image first)."""
+    viewer, widget = thresholded
+    image = viewer.add_image(disc_image(centres=TOUCHING)[0], name="x")
+    widget.predict(image, block=True)
+    edited = viewer.layers["x cells"]
+    edited.paint((2, 2), int(edited.data.max()) + 1)  # a missed cell, with the brush
+    widget.predict(image, block=True)
+    newest = viewer.layers["x cells"]
+    assert same(viewer.layers["x cells (edited)"], edited)
+    before = np.asarray(newest.data).copy()
+    side, other, apart = (int(edited.data[c]) for c in TOUCHING)
+    viewer.layers.selection.active = edited  # the layer the person works on
+    edited.selected_label, edited.selected_label = other, side  # napari starts at 1
+    widget.check.merge.click()
+    assert not (edited.data == other).any()
+    np.testing.assert_array_equal(newest.data, before)
+    viewer.layers.remove(newest)  # to keep the edited cells
+    viewer.layers.selection.active = image
+    check = widget.check
+    assert all(b.isEnabled() for b in (check.next, check.merge, check.split, check.propose))
+    new = widget.correct.split(image, apart)
+    assert (edited.data == new).any()

@@ -57,7 +57,7 @@ from .prepare import (
 )
 from .runs import RunState
 from .workers import WorkerFailure
-from .writer import KEPT_STACK_BYTES, keeps_copy
+from .writer import too_large_to_correct
 
 if TYPE_CHECKING:
     import napari
@@ -327,16 +327,9 @@ class Corrector:
                 f"{' x '.join(map(str, axes.label_shape))}): "
                 f"predict '{image.name}' again, correct its cells, then press Add to training."
             )
-        if written is None and not keeps_copy(corrected):
-            mib = KEPT_STACK_BYTES // 2**20
-            raise UserInputError(
-                f"The cells of '{image.name}' ({corrected.nbytes / 2**20:.0f} MiB) are too "
-                f"large to tell your corrections from the prediction (up to {mib} MiB are "
-                "kept): they cannot be added to training. Draw boxes on the cells of a few "
-                "of its planes and train on it instead, or open a few of its planes (or a "
-                "crop of them) as an image of their own, e.g. saved from Fiji with Image > "
-                "Duplicate, and predict and correct that."
-            )
+        too_large = None if written is not None else too_large_to_correct(image.name, corrected)
+        if too_large:
+            raise UserInputError(too_large)
         if written is None or written.shape != corrected.shape:
             raise UserInputError(
                 f"Add an image that was segmented in this session: predict '{image.name}', "

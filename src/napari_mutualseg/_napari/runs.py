@@ -37,6 +37,7 @@ from .workers import (
     run_training,
     unfreeze_gc,
 )
+from .writer import too_large_to_correct
 
 if TYPE_CHECKING:
     import numpy as np
@@ -437,6 +438,9 @@ class PredictionRun(_SegmentJob):
         self.cells = out
         # in the next turn: adding a layer takes the main thread 0.2-0.6 s at 1024² and more
         controller.writer.later(partial(self._show_disagreement, value.disagreement))
+        too_large = None if beside else too_large_to_correct(layer.name, value.labels)
+        if too_large:  # said now, before the person spends time correcting them
+            controller.notify(too_large, "warning")
         n = int(value.labels.max()) if value.labels.size else 0
         if n:
             controller.notify(

@@ -279,6 +279,22 @@ def keeps_copy(cells: np.ndarray) -> bool:
     return cells.ndim == 2 or cells.nbytes <= KEPT_STACK_BYTES
 
 
+def too_large_to_correct(name: str, cells: np.ndarray) -> str | None:
+    """Why corrections of ``cells``, the cells of image ``name``, cannot be added to training
+    (no copy of them is kept, :func:`keeps_copy`) and what to do instead; ``None`` when they
+    can be."""
+    if keeps_copy(cells):
+        return None
+    return (
+        f"The cells of '{name}' ({cells.nbytes / 2**20:.0f} MiB) are too large to tell your "
+        f"corrections from the prediction (up to {KEPT_STACK_BYTES // 2**20} MiB are kept): "
+        "they cannot be added to training. Draw boxes on the cells of a few of its planes "
+        "and train on it instead, or open a few of its planes (or a crop of them) as an "
+        "image of their own, e.g. saved from Fiji with Image > Duplicate, and predict and "
+        "correct that."
+    )
+
+
 def _copy(cells: np.ndarray) -> np.ndarray:
     """A copy of ``cells`` whose planes without cells are left to the system to supply, as
     a training round's untrained planes are (:meth:`~.workers.Layout.place`): copied, they
