@@ -440,3 +440,17 @@ def test_a_pair_given_to_pickle_dump_is_told_how_to_save_it_not_called_damaged(t
     with pytest.raises(CheckpointError, match="Python pickle") as info:
         ModelPair.load(path)
     assert "damaged" not in str(info.value)
+
+
+def test_a_pair_saved_with_its_weights_on_a_gpu_loads_on_a_machine_without_one(tmp_path):
+    # what torch.save records of tensors that lived on a GPU: without mapping them to the
+    # CPU, torch.load fails here with "Attempting to deserialize object on a CUDA device"
+    from unittest import mock
+
+    pair = _pair()
+    path = pair.save(tmp_path / "m.pt")
+    payload = _payload(path)
+    with mock.patch("torch.serialization.location_tag", lambda storage: "cuda:0"):
+        torch.save(payload, path)
+    loaded = ModelPair.load(path, device="cpu")
+    assert loaded.fingerprint() == pair.fingerprint()
