@@ -554,6 +554,23 @@ def test_a_device_this_machine_lacks_is_refused_before_the_images_are_read(scene
         MutualTrainer(image, sup, TrainConfig(**{**TINY, "device": "gpu"}))
 
 
+def test_crops_larger_than_every_plane_are_taken_at_the_largest_planes_size(scene):
+    # a 256 px crop of a 64 px plane is 15/16 padding: sixteen times the work for nothing
+    image, _, sup = scene
+    cfg = TrainConfig(**{**TINY, "rounds": 1, "steps_per_round": 1, "patch_size": 256})
+    small = make_supervision((40, 48), [Box.from_corners(5, 5, 20, 20)])
+    trainer = MutualTrainer([image, image[:40, :48].copy()], [sup, small], cfg)
+    crops = []
+
+    def crop_size(module, inputs, output):
+        if module.training:
+            crops.append(inputs[0].shape[-2:])
+
+    trainer.pair.model_a.register_forward_hook(crop_size)
+    list(trainer)
+    assert crops == [(64, 64)]
+
+
 def test_a_resumed_pair_records_its_own_network_size(scene):
     image, _, sup = scene
     first = MutualTrainer(image, sup, TrainConfig(**{**TINY, "rounds": 1}))

@@ -267,7 +267,8 @@ class TrainConfig:
     steps_per_round : int, optional
         Optimiser steps per network per round.
     batch_size, patch_size : int, optional
-        Random crops per step and their edge in pixels.
+        Random crops per step and their edge in pixels (at most that of the largest training
+        plane: more would be padding).
     width : int
         U-Net channels at the first level (both networks).
     depth : int, optional

@@ -464,7 +464,10 @@ class MutualTrainer:
         cfg = self.config
         models = self._pair.models
         divisor = models[0].divisor
-        patch = max(divisor, cfg.patch_size // divisor * divisor)
+        # a crop larger than every plane would be mostly padding, which the loss ignores
+        largest = max(max(im.shape[-2:]) for im in self.images)
+        patch = min(cfg.patch_size, -(-largest // divisor) * divisor)
+        patch = max(divisor, patch // divisor * divisor)
         padded = [torch.from_numpy(_pad_to(im, patch)).to(self.device) for im in self.images]
         ema = cfg.exchange.ema
         self._trainers = [
