@@ -168,6 +168,28 @@ def test_resume_continues_from_a_pair(scene):
         torch.testing.assert_close(v, before[k])
 
 
+def test_a_resumed_pair_trains_on_other_crops_than_in_its_first_rounds(scene):
+    image, _, sup = scene
+    cfg = TrainConfig(**{**TINY, "rounds": 1, "steps_per_round": 1})
+
+    def crops(trainer):
+        seen = []
+
+        def record(module, inputs, output):
+            if module.training:
+                seen.append(inputs[0].clone())
+
+        trainer.pair.model_a.register_forward_hook(record)
+        list(trainer)
+        return seen[0]
+
+    first = MutualTrainer(image, sup, cfg)
+    drawn = crops(first)
+    resumed = [crops(MutualTrainer(image, sup, cfg, pair=first.pair)) for _ in range(2)]
+    assert not torch.equal(resumed[0], drawn)
+    assert torch.equal(resumed[0], resumed[1])  # and the same ones again: reproducible
+
+
 def test_user_edits_are_trusted(scene):
     image, _, sup = scene
     edited = sup.classes.copy()

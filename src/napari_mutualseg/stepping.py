@@ -99,11 +99,17 @@ class PatchSampler:
     """Random augmented crops of (image, label) pairs, drawn on the training device.
 
     Images are ``(C, H, W)`` tensors (a 2D one is taken as one channel); every crop, rotation
-    and flip moves all channels together.
+    and flip moves all channels together. ``seed`` is a number or a sequence of them, as
+    :func:`numpy.random.default_rng` takes it.
     """
 
     def __init__(
-        self, images: list[torch.Tensor], patch: int, batch: int, seed: int, device: torch.device
+        self,
+        images: list[torch.Tensor],
+        patch: int,
+        batch: int,
+        seed: int | Sequence[int],
+        device: torch.device,
     ) -> None:
         self.images = [im[None] if im.ndim == 2 else im for im in images]
         self.patch = patch

@@ -470,13 +470,17 @@ class MutualTrainer:
         patch = max(divisor, patch // divisor * divisor)
         padded = [torch.from_numpy(_pad_to(im, patch)).to(self.device) for im in self.images]
         ema = cfg.exchange.ema
+        # a resumed pair draws crops other than those of the rounds it has trained already
+        seeds = [cfg.seed * 2 + k + 1000 for k in range(2)]
+        if self.resumed:
+            seeds = [[seed, self._first_round] for seed in seeds]
         self._trainers = [
             NetworkTrainer(
                 "AB"[k],
                 # With a moving average, the pair holds the averaged weights (what is shown,
                 # exchanged and saved) and training runs in a copy.
                 copy.deepcopy(m) if ema else m,
-                PatchSampler(padded, patch, cfg.batch_size, cfg.seed * 2 + k + 1000, self.device),
+                PatchSampler(padded, patch, cfg.batch_size, seeds[k], self.device),
                 cfg.learning_rate,
                 self.device,
                 average=m if ema else None,
