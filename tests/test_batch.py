@@ -517,6 +517,19 @@ def test_an_ome_zarr_store_in_a_folder_is_one_image_with_its_pixel_size(model, t
     np.testing.assert_allclose(table["area_um2"], table["area_px"] * 0.25)
 
 
+def test_the_pattern_over_an_ome_zarr_plates_fields_names_its_fields_only(tmp_path):
+    """The pattern a plate's message suggests (plate.zarr/*/*/*) matched each well's
+    zarr.json too: one failed image per well ('unsupported file type .json')."""
+    import zarr
+
+    plate = tmp_path / "plate.zarr"
+    fields = [_zarr_image(plate / "B" / "3" / field, k) for k, field in enumerate("01")]
+    zarr.open_group(str(plate / "B" / "3"), mode="a")  # the well's metadata: zarr.json
+    assert find_images([plate / "*" / "*" / "*"]) == fields
+    # the shell's expansion of the same pattern, unquoted
+    assert find_images(sorted((plate / "B" / "3").iterdir())) == fields
+
+
 def test_a_z_stacks_labels_and_volumes_keep_its_z_step_in_the_unit_given(tmp_path):
     stack = np.zeros((4, 32, 32), np.uint16)
     stack[1:3, 8:16, 8:16] = 1000  # one cell: 2 planes of 8 x 8 pixels

@@ -446,6 +446,13 @@ def _quietly() -> Iterator[None]:
         yield
 
 
+def _in_store(path: Path) -> bool:
+    """A file of a zarr store's own (its metadata: ``zarr.json``), not an image: what a
+    pattern over the fields of an OME-Zarr plate (``plate.zarr/*/*/*``) matches beside them
+    in every well."""
+    return path.is_file() and is_zarr(path.parent)
+
+
 def _where(paths: Sequence[Path]) -> str:
     """The folders ``paths`` lie in, with how many each, for a message."""
     folders: dict[Path, int] = {}
@@ -476,7 +483,9 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     :func:`napari_mutualseg.io.written_as`) and label images of other tools (a data set's
     ``masks/`` beside its ``images/``: :func:`napari_mutualseg.metrics.label_evidence` on
     their first plane), saying in a warning how many and where. A file named by the user is
-    taken as it is, with a warning when it holds labels.
+    taken as it is, with a warning when it holds labels; a zarr store's own files
+    (``zarr.json``, which ``plate.zarr/*/*/*`` matches in each well of an OME-Zarr plate)
+    are never images.
 
     Parameters
     ----------
@@ -510,6 +519,8 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             path = Path(text)
             if not path.exists():
                 raise FileNotFoundError(f"{text} not found: no such file or folder.")
+            if _in_store(path):  # a shell's expansion of a pattern over a plate's fields
+                continue
             if not path.is_dir() or is_zarr(path):
                 found.append(path)  # named by the user: taken as it is
                 with _quietly():
@@ -517,7 +528,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                         named_labels.append(path)
                 continue
             matches = [path]
-        for path in matches:
+        for path in filter(lambda match: not _in_store(match), matches):
             searched = _images_in(path) if path.is_dir() and not is_zarr(path) else [path]
             with _quietly():
                 for image in searched:
