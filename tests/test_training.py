@@ -233,6 +233,13 @@ def test_bad_inputs_are_refused_clearly(scene):
         MutualTrainer(image[:40], sup, TrainConfig(**TINY))
 
 
+@pytest.mark.parametrize("settings", ["fast", TrainConfig], ids=["text", "the class"])
+def test_settings_of_another_kind_are_refused_saying_how_to_give_them(scene, settings):
+    image, _, sup = scene
+    with pytest.raises(TypeError, match=r"must be a TrainConfig .* TrainConfig\(rounds=3\)"):
+        MutualTrainer(image, sup, settings)
+
+
 @pytest.mark.slow
 def test_mutual_rounds_beat_round_one_on_non_elliptical_cells():
     """Bean-shaped cells: the ellipse prior is wrong, the exchange must recover the shape."""

@@ -258,7 +258,7 @@ class MutualTrainer:
     ------
     TypeError
         When a supervision is no :class:`~napari_mutualseg.supervision.Supervision` (boxes
-        or a class map given in its place).
+        or a class map given in its place), or ``config`` is neither settings nor a dict.
     ValueError
         When the images, supervisions or labels do not fit together, or do not fit ``pair``
         (another number of channels, other percentiles).
@@ -294,6 +294,11 @@ class MutualTrainer:
         if config is None or isinstance(config, dict):
             # settings as a dict ({"rounds": 3}), as a notebook keeps them
             config = TrainConfig(**(config or {}))
+        if not isinstance(config, TrainConfig):
+            raise TypeError(
+                f"The settings must be a TrainConfig or a dict of its settings, got {config!r}: "
+                "give, for example, TrainConfig(rounds=3) or {'rounds': 3}."
+            )
         # a device this machine lacks is refused before the images are read and normalised
         self.device = select_device(config.device)
         self.device_name = describe_device(self.device)
