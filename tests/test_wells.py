@@ -109,6 +109,9 @@ def test_a_wells_csv_of_the_users_is_left_alone(tmp_path):
             ["p1/A01/field1.tif", "p1/A01/field2.tif", "p1/AF48/f.tif"],
             [("p1", "A01", 2), ("p1", "AF48", 1)],
         ),
+        # an OME-Zarr plate's fields: a folder per row, in it one per column
+        (["B/3/0", "B/3/1", "P/24/0"], [("", "B03", 2), ("", "P24", 1)]),
+        (["p1.zarr/AF/48/0", "p2.zarr/A/1/0"], [("p1.zarr", "AF48", 1), ("p2.zarr", "A01", 1)]),
         (["a.tif", "b.tif"], []),  # not a plate
         (["A01_f1.tif", "x.tif"], []),  # mixed
         (["A01_B02.tif"], []),  # two wells in one name

@@ -769,6 +769,9 @@ _NAME_WELLS = (
 )
 #: A folder per well (``B03/field1.tif``), when the file names say none.
 _FOLDER_WELL = re.compile(rf"{_ROW}(\d{{1,2}})")
+#: An OME-Zarr plate's well: a folder per row, and in it one per column (``B/3/0``: the
+#: field ``0`` of well B03, as ``plate.zarr/*/*/*`` names it).
+_ZARR_WELL = (re.compile(_ROW), re.compile(r"\d{1,2}"))
 #: What a file's name says besides its field, where each channel, plane or time point of a
 #: field is a file of its own: MetaXpress's wavelength (``_w2``), Harmony's plane, channel
 #: and time point (``p01-ch2sk1``).
@@ -800,14 +803,19 @@ def _wells_in_name(name: str) -> set[tuple[str, int, int]]:
 
 
 def _wells_in_folders(name: str) -> set[tuple[str, int, int]]:
-    """(plate, row, column) of each folder of ``name`` named as a well; the plate is the
-    folders above it."""
+    """(plate, row, column) of each folder of ``name`` named as a well, and of each pair
+    of folders that are an OME-Zarr plate's row and column; the plate is the folders above
+    it."""
     folders = name.split("/")[:-1]
     found = set()
     for i, folder in enumerate(folders):
         if match := _FOLDER_WELL.fullmatch(folder):
             row, column = match.groups()
             found.add(("/".join(folders[:i]), _row_number(row), int(column)))
+        elif folders[i + 1 : i + 2] and all(
+            p.fullmatch(f) for p, f in zip(_ZARR_WELL, folders[i : i + 2], strict=True)
+        ):
+            found.add(("/".join(folders[:i]), _row_number(folder), int(folders[i + 1])))
     return found
 
 
@@ -817,7 +825,8 @@ def well_table(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], st
 
     The well is read from the file's name (Opera / Operetta ``r02c03f01p01-ch1...``, a word
     of its own such as ``B03_f1.tif`` or MetaXpress's ``Plate1_B03_s1_w1.tif``), else from a
-    folder named as a well (``B03/field1.tif``). No table when some names say no well or
+    folder named as a well (``B03/field1.tif``) or an OME-Zarr plate's folders of its row
+    and column (``plate.zarr/B/3/0``). No table when some names say no well or
     two, or when the files of one well are different channels, planes or time points of its
     fields (``_w1``, ``_w2``; ``p01-ch1sk1``, ``p02-ch1sk1``), whose cells would be counted
     once in each.
