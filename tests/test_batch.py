@@ -1222,6 +1222,28 @@ def test_no_more_local_workers_start_than_images_are_left(model, tmp_path, monke
     assert started == [1]  # one image left
 
 
+def test_a_run_stopped_while_it_tells_the_complete_images_starts_no_dask_workers(
+    model, tmp_path, monkeypatch
+):
+    """A stop as a rerun told its complete images (it reads each one's table) started the
+    cluster all the same, and an image was segmented after the stop."""
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
+    list(BatchRun(model, images[:1], tmp_path / "out", OPTIONS, workers=0))
+    started = []
+
+    def on_dask(self, jobs, workers):
+        started.append(workers)
+        yield from ()
+
+    monkeypatch.setattr(BatchRun, "_on_dask", on_dask)
+    run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=2)
+    results = iter(run)
+    assert next(results).status == "skipped"
+    run.cancel()
+    assert list(results) == [] and started == []
+    assert [r.status for r in run.results_in_order()] == ["skipped", "not done", "not done"]
+
+
 def test_an_image_that_kills_its_worker_fails_alone_and_says_why(monkeypatch):
     """A worker had its next image queued behind the one at hand: an image that killed it
     (out of memory) took that one along, both 'KilledWorker: Attempted to run task ...'."""

@@ -349,6 +349,8 @@ class BatchRun:
             for job in self.jobs:
                 if job not in todo:
                     yield self._record(self._from_disk(job, "skipped"))
+            if self.cancelled:  # while the complete images were told: nothing is started
+                return
             pending = [j for j in self.jobs if j in todo]
             workers = self.workers
             if workers is None:  # a cluster of one worker only adds its start-up
