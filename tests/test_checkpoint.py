@@ -351,7 +351,7 @@ def test_a_file_of_the_first_release_loads_with_its_exchange_settings(tmp_path):
     # as 0.1.0 wrote it: no checksum, cell size nor channel names, the exchange rule by name
     path = _pair().save(tmp_path / "m.pt")
     payload = _payload(path)
-    for key in ("tensors_sha256", "cell_size", "channel_names"):
+    for key in ("tensors_sha256", "fields_sha256", "cell_size", "channel_names"):
         del payload[key]
     payload["settings"] = {"rounds": 3, "exchange": "literal", "confidence": 0.7}
     torch.save(payload, path)
@@ -454,3 +454,19 @@ def test_a_pair_saved_with_its_weights_on_a_gpu_loads_on_a_machine_without_one(t
         torch.save(payload, path)
     loaded = ModelPair.load(path, device="cpu")
     assert loaded.fingerprint() == pair.fingerprint()
+
+
+def test_values_damaged_after_saving_are_found(tmp_path):
+    # a byte changed in the stored normalisation (a bad copy, a failing disk) loaded, and
+    # every image was then scaled otherwise: only the weights had a checksum, and PyTorch
+    # does not check the zip's own
+    import struct
+
+    path = _pair().save(tmp_path / "m.pt")
+    data = path.read_bytes()
+    stored = b"G" + struct.pack(">d", 99.0)  # the upper percentile as the pickle holds it
+    assert data.count(stored) == 1
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(data.replace(stored, b"G" + struct.pack(">d", 98.5)))
+    with pytest.raises(CheckpointError, match=r"damaged: its normalisation, settings or hist"):
+        ModelPair.load(damaged)

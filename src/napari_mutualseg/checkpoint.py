@@ -5,9 +5,10 @@ The file is written with :func:`torch.save` through :func:`napari_mutualseg.file
 never runs code from it. What a file describes is checked before anything is built from it:
 the format and its version, the normalisation, settings and history, and that every stored
 tensor is finite. :func:`read_networks` also checks each network's stored architecture
-(within :data:`ARCH_LIMITS`) against its stored weights before it builds the network. A
-checksum of the tensors, written with them, finds weights damaged after saving (a bad copy,
-a failing disk), which the zip container itself lets through. The pair
+(within :data:`ARCH_LIMITS`) against its stored weights before it builds the network.
+Checksums of the tensors and of the plain values, written with them, find a file damaged
+after saving (a bad copy, a failing disk), which PyTorch's reader of the zip container lets
+through. The pair
 (:class:`napari_mutualseg.models.ModelPair`) says what else goes in the file and builds itself
 from the networks and those fields.
 """
@@ -15,6 +16,7 @@ from the networks and those fields.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -98,6 +100,7 @@ def write_checkpoint(
         **_plain(payload, ""),
     }
     payload[_CHECKSUM] = _checksum(payload)
+    payload[_FIELDS_CHECKSUM] = _fields_checksum(payload)
     with atomic_write(path, overwrite=overwrite) as f:
         try:
             torch.save(payload, f)
@@ -385,13 +388,17 @@ def read_networks(path: str | os.PathLike) -> tuple[dict[str, Any], tuple[UNet, 
             raise CheckpointError(f"{path} is damaged: {str(err).splitlines()[0]}") from None
         networks.append(network)
     # last, so that a file edited by hand is told what it lacks; files of older versions have
-    # no checksum
-    if _CHECKSUM in payload and payload[_CHECKSUM] != _checksum(payload):
-        raise CheckpointError(
-            f"{path} is damaged: its weights changed after it was saved (they no longer match "
-            "the checksum saved with them). Copy the file again from where it was saved, or "
-            "train the model again."
-        )
+    # no checksums, or that of the weights alone
+    for key, checksum, what in (
+        (_CHECKSUM, _checksum, "weights"),
+        (_FIELDS_CHECKSUM, _fields_checksum, "normalisation, settings or history"),
+    ):
+        if key in payload and payload[key] != checksum(payload):
+            raise CheckpointError(
+                f"{path} is damaged: its {what} changed after it was saved (they no longer "
+                "match the checksum saved with them). Copy the file again from where it was "
+                "saved, or train the model again."
+            )
     return payload, (networks[0], networks[1])
 
 
@@ -500,8 +507,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-#: The payload key of the tensors' checksum.
+#: The payload keys of the checksums of the tensors and of the plain values.
 _CHECKSUM = "tensors_sha256"
+_FIELDS_CHECKSUM = "fields_sha256"
 
 
 def _checksum(payload: dict[str, Any]) -> str:
@@ -512,6 +520,18 @@ def _checksum(payload: dict[str, Any]) -> str:
         digest.update(f"{name} {values.dtype} {tuple(tensor.shape)}".encode())
         digest.update(values.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _fields_checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 of the plain values in ``payload`` in their stored order, as JSON (whose text
+    of a number or a name is the same in every Python); the values holding tensors are the
+    other checksum's."""
+    plain = {
+        key: value
+        for key, value in payload.items()
+        if key not in (_CHECKSUM, _FIELDS_CHECKSUM) and not _tensors(value)
+    }
+    return hashlib.sha256(json.dumps(plain, skipkeys=True).encode()).hexdigest()
 
 
 def _tensors(value: Any, name: str = "") -> list[tuple[str, torch.Tensor]]:
