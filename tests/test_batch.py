@@ -771,6 +771,30 @@ def test_a_cluster_without_workers_says_so(model, tmp_path, monkeypatch):
     assert [r.status for r in run.results] == ["not done"] * 2
 
 
+def test_a_run_stopped_while_it_waits_for_its_first_worker_stops_then(
+    model, tmp_path, monkeypatch
+):
+    """It waited out the two minutes a cluster has to get a worker (a batch system's queue
+    holding the workers' jobs), then failed: 'No dask worker joined'."""
+    from napari_mutualseg import batch
+
+    monkeypatch.setattr(cluster, "WORKER_SECONDS", 3600)
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(2)]
+    run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=2)
+
+    class Queued:  # a cluster whose workers are not there yet
+        scheduler = SimpleNamespace(address="tcp://queued:8786")
+
+        def wait_for_workers(self, n_workers, timeout):
+            run.cancel()
+            raise TimeoutError
+
+    queued = contextlib.nullcontext((Queued(), "on the cluster"))
+    monkeypatch.setattr(batch, "dask_client", lambda scheduler, workers: queued)
+    assert list(run) == []
+    assert [r.status for r in run.results] == ["not done"] * 2
+
+
 def test_a_stop_signal_to_the_job_stops_a_run_on_local_workers_in_one_line(model, tmp_path):
     """SIGTERM (SLURM at the time limit, scancel) and Ctrl-C reach the whole process group:
     the workers leave them to the command. Killed by SIGTERM, they left the command talking

@@ -60,6 +60,7 @@ from .cluster import (
     dask_client,
     default_workers,
     submit_jobs,
+    wait_for_a_worker,
 )
 from .devices import describe_device
 from .files import ResultExistsError, disk_full
@@ -458,6 +459,10 @@ class BatchRun:
                 if self.cancelled:
                     return
                 raise
+            # a cluster whose workers are still queued (a batch system's) is waited for
+            # until the run is stopped
+            if not wait_for_a_worker(client, self._cancelled.is_set):
+                return
             submitted = stack.enter_context(
                 submit_jobs(
                     client,

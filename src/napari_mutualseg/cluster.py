@@ -59,6 +59,7 @@ __all__ = [
     "default_workers",
     "submit_jobs",
     "version_problem",
+    "wait_for_a_worker",
 ]
 
 _PLUGIN = "napari-mutualseg-model"
@@ -649,6 +650,50 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[tuple[Client, s
             cluster.close()
 
 
+#: Seconds between two looks at a stop while waiting for a cluster's first worker.
+_STOP_LOOK_SECONDS = 0.5
+
+
+def wait_for_a_worker(client: Client, stop: Callable[[], bool] | None = None) -> bool:
+    """Wait until the cluster has a worker, at most :data:`WORKER_SECONDS` (a batch
+    system's queue may hold the workers' jobs for a while).
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster's client.
+    stop : callable, optional
+        Asked as the wait goes on: a run stopped then (Ctrl-C) stops waiting at once, rather
+        than when the time is up.
+
+    Returns
+    -------
+    bool
+        True once a worker is there; False when ``stop()`` came true first.
+
+    Raises
+    ------
+    TimeoutError
+        When no worker joins in time, saying what to do.
+    """
+    deadline = time.monotonic() + WORKER_SECONDS
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            client.wait_for_workers(1, timeout=max(0.01, min(_STOP_LOOK_SECONDS, left)))
+            return True
+        except TimeoutError:
+            if stop is not None and stop():
+                return False
+            if left <= _STOP_LOOK_SECONDS:
+                break
+    address = client.scheduler.address
+    raise TimeoutError(
+        f"No dask worker joined the scheduler at {address} within {WORKER_SECONDS} s: "
+        f"start workers (dask worker {address}) or scale the cluster, then run again."
+    )
+
+
 @contextlib.contextmanager
 def submit_jobs(
     client: Client,
@@ -707,14 +752,7 @@ def submit_jobs(
     FileNotFoundError, PermissionError
         When a worker does not see a path of ``visible`` or cannot write in ``writable``.
     """
-    try:
-        client.wait_for_workers(1, timeout=WORKER_SECONDS)
-    except TimeoutError:
-        address = client.scheduler.address
-        raise TimeoutError(
-            f"No dask worker joined the scheduler at {address} within {WORKER_SECONDS} s: "
-            f"start workers (dask worker {address}) or scale the cluster, then run again."
-        ) from None
+    wait_for_a_worker(client)
     check_versions(client)  # before the plugin: another version's setup fails in its own way
     check_paths(client, visible, writable)
     run = uuid.uuid4().hex[:12]  # tasks and plugin of this run, whatever else the cluster runs
