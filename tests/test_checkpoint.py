@@ -303,14 +303,22 @@ def test_numpy_values_are_saved_plain_and_other_objects_refused_before_writing(t
 
 
 @pytest.mark.parametrize(
-    "name", ["cells.tif", "cells.ome.tif", "Cells.PNG", "cells.ome.zarr", "cells.csv"]
-)
+    "name",
+    # Fiji's ROI sets and QuPath's GeoJSON boxes were replaced by a model with overwrite
+    ["cells.tif", "cells.ome.tif", "Cells.PNG", "cells.ome.zarr", "cells.csv", "cells.zip",
+     "cells.roi", "cells.geojson", "cells.json"],
+)  # fmt: skip
 def test_a_model_is_never_saved_under_an_image_or_table_name(tmp_path, name):
     image = tmp_path / name
     image.write_bytes(b"the user's image")
     with pytest.raises(ValueError, match=r"an image or a table.*save the model as .*ells\.pt\b"):
         _pair().save(image, overwrite=True)
     assert image.read_bytes() == b"the user's image"
+
+
+def test_a_model_named_as_an_image_is_told_its_name_without_a_second_pt(tmp_path):
+    with pytest.raises(ValueError, match=r"save the model as \S*cells\.pt\. Nothing"):
+        _pair().save(tmp_path / "cells.pt.tif")
 
 
 @pytest.mark.parametrize(

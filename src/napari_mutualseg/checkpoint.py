@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .box_tables import GEOJSON_SUFFIXES, ROI_SUFFIXES
 from .files import atomic_write
 from .io import image_stem, is_image_name
 from .thread_warnings import thread_warnings
@@ -125,16 +126,21 @@ def check_model_name(path: str | os.PathLike) -> None:
     Raises
     ------
     ValueError
-        For an image's name (``cells.tif``, ``plate.ome.zarr``) or a table's (``.csv``),
-        with the ``.pt`` name to give instead.
+        For an image's name (``cells.tif``, ``plate.ome.zarr``) or a table's (``.csv``, a
+        Fiji ROI set, QuPath's GeoJSON), with the ``.pt`` name to give instead.
     """
-    if is_image_name(path) or Path(path).suffix.lower() == ".csv":
+    if is_image_name(path) or Path(path).suffix.lower() in _TABLE_SUFFIXES:
         stem = image_stem(path) if is_image_name(path) else Path(path).stem
+        name = stem if stem.lower().endswith(".pt") else f"{stem}.pt"
         raise ValueError(
             f"{path} is the name of an image or a table, which a model file must not have (it "
             f"would be taken for one, or replace one): save the model as "
-            f"{Path(path).with_name(stem + '.pt')}. Nothing was written."
+            f"{Path(path).with_name(name)}. Nothing was written."
         )
+
+
+#: Tables of cells and boxes (box tables as Fiji and QuPath save them too).
+_TABLE_SUFFIXES = (".csv", *ROI_SUFFIXES, *GEOJSON_SUFFIXES)
 
 
 def _plain(value: Any, name: str) -> Any:
