@@ -572,15 +572,26 @@ def test_a_resumed_pair_whose_labels_no_longer_change_stops_after_its_first_roun
     assert [(r.round, r.changed, r.converged) for r in reports] == [(1, 0.0, True)]
 
 
+def _not_normalised(*args, **kwargs):
+    raise AssertionError("the images were normalised for training that is refused")
+
+
 def test_a_device_this_machine_lacks_is_refused_before_the_images_are_read(scene, monkeypatch):
     image, _, sup = scene
-
-    def normalised(*args, **kwargs):
-        raise AssertionError("the images were normalised for a device that is refused")
-
-    monkeypatch.setattr(training, "network_planes", normalised)
+    monkeypatch.setattr(training, "network_planes", _not_normalised)
     with pytest.raises(ValueError, match=r"Unknown device 'gpu'; choose one of auto, .*cpu"):
         MutualTrainer(image, sup, TrainConfig(**{**TINY, "device": "gpu"}))
+
+
+def test_supervisions_and_labels_that_do_not_fit_are_refused_before_the_images_are_read(
+    scene, monkeypatch
+):
+    image, _, sup = scene
+    monkeypatch.setattr(training, "network_planes", _not_normalised)
+    with pytest.raises(ValueError, match=r"Image 1 has shape \(40, 64\) but its supervision"):
+        MutualTrainer([image, image[:40].copy()], [sup, sup], TrainConfig(**TINY))
+    with pytest.raises(ValueError, match=r"The edited supervision"):
+        MutualTrainer(image, sup, TrainConfig(**TINY), labels=[sup.classes[:40]])
 
 
 def test_crops_larger_than_every_plane_are_taken_at_the_largest_planes_size(scene):

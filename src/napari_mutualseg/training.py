@@ -340,6 +340,22 @@ class MutualTrainer:
         keep = [sup is not None for sup in supervisions]
         if not any(keep):
             raise ValueError("No image has a supervision: draw boxes on at least one plane.")
+        # supervisions and labels that do not fit are refused before the images are normalised
+        shapes = [image.plane_shape for image in images for _ in range(image.n_planes)]
+        shapes = [shape for shape, k in zip(shapes, keep, strict=True) if k]
+        supervisions = [sup for sup in supervisions if sup is not None]
+        for i, (shape, sup) in enumerate(zip(shapes, supervisions, strict=True)):
+            if sup.classes.shape != shape:
+                raise ValueError(
+                    f"Image {i} has shape {shape} but its supervision has shape "
+                    f"{sup.classes.shape}; make the supervision from this image's shape."
+                )
+        if labels is not None:
+            labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
+            labels = [
+                check_class_map(lab, sup.classes.shape, "The edited supervision")
+                for lab, sup in zip(labels, supervisions, strict=True)
+            ]
         planes, channel_names = network_planes(
             images,
             channels=selection,
@@ -347,19 +363,6 @@ class MutualTrainer:
             percentiles=config.percentiles,
             keep=keep,
         )
-        supervisions = [sup for sup in supervisions if sup is not None]
-        if labels is not None:
-            labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
-            labels = [
-                check_class_map(lab, sup.classes.shape, "The edited supervision")
-                for lab, sup in zip(labels, supervisions, strict=True)
-            ]
-        for i, (plane, sup) in enumerate(zip(planes, supervisions, strict=True)):
-            if sup.classes.shape != plane.shape[-2:]:
-                raise ValueError(
-                    f"Image {i} has shape {plane.shape[-2:]} but its supervision has shape "
-                    f"{sup.classes.shape}; make the supervision from this image's shape."
-                )
         self.plane_shapes = [sup.classes.shape for sup in supervisions]
         self.windows = [
             _training_window(sup, None if labels is None else labels[i], config.patch_size // 2)
