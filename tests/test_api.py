@@ -201,3 +201,17 @@ def test_supervisions_and_images_print_what_they_are():
         repr(stack)
         == "AxisImage(cells.tif: 64 x 64 px, 2 z-planes, axes ZYX; float32 numpy pixels)"
     )
+
+
+def test_the_package_map_names_only_what_its_modules_hold():
+    import importlib
+    import re
+
+    import napari_mutualseg
+
+    named = re.findall(r"``(\w+)\.(\w+)(?:\.(\w+))?", napari_mutualseg.__doc__)
+    assert len(named) > 10
+    for module, name, attribute in named:
+        found = getattr(importlib.import_module(f"napari_mutualseg.{module}"), name)
+        if attribute:
+            getattr(found, attribute)

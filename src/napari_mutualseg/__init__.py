@@ -13,6 +13,8 @@ The Python API lives in the modules (importing the package itself loads nothing 
   ``predict`` (cells, where the two networks disagree, the cells to check first).
 - ``supervision.corrected_cells``, ``supervision.supervision_from_masks``: a corrected
   segmentation back into training.
+- ``ome.labels_zarr``: OME-Zarr labels that ``segment`` writes block by block (``out=``);
+  ``linking.link_labels``: labels segmented plane by plane linked through z or time.
 - ``batch.BatchRun``: folders of images, here or on a dask cluster.
 - ``measure.measure_cells``, ``export``: cell tables, Fiji ROI sets, QuPath GeoJSON.
 - ``metrics.evaluate``: scores against ground truth; ``sample.load_sample``: the bundled image.

@@ -424,7 +424,9 @@ class ModelPair(Segmenter):
         What the file describes is checked before anything is built: the architecture of
         each network (within :data:`~napari_mutualseg.checkpoint.ARCH_LIMITS`), that the
         stored weights have exactly the shapes it implies (so nothing larger than the file is
-        ever allocated), and that they are finite.
+        ever allocated), and that they are finite; then that neither the weights nor the other
+        values changed since the file was saved (their checksums). The file is read on the
+        CPU, so a pair saved on a GPU loads on a machine without one.
 
         Parameters
         ----------
@@ -445,6 +447,8 @@ class ModelPair(Segmenter):
         napari_mutualseg.checkpoint.CheckpointError
             If the file is damaged, not a napari-mutualseg model, or describes networks this
             package cannot build; the message says what is wrong in one line.
+        ValueError
+            When ``device`` is not available here.
         """
         pair, _ = cls.read(path)
         return pair.to(select_device(device))
