@@ -156,3 +156,10 @@ def test_a_torch_device_is_held_as_its_name_which_a_model_file_takes(tmp_path):
     settings = TrainConfig(device=torch.device("cpu"), depth=2)
     assert settings.device == "cpu" and settings.to_dict()["device"] == "cpu"
     assert TrainConfig(device=None).device == "auto"
+
+
+def test_exchange_thresholds_that_no_object_could_pass_are_refused():
+    # every box would fall back to its round-1 label, even under a perfect prediction
+    with pytest.raises(ValueError, match=r"leak_fraction 0.5 is below the least object .*0\.79"):
+        TrainConfig(exchange={"min_core_fraction": 1, "core_scale": 1, "leak_fraction": 0.5})
+    TrainConfig(exchange={"min_core_fraction": 1, "core_scale": 1, "leak_fraction": 0.8})

@@ -222,6 +222,18 @@ class ExchangeSettings:
             )
         for name in _EXCHANGE_SWITCHES:
             _check_switch(self, name, problems)
+        if not problems:
+            # a box passes on an object of at least min_core_fraction of its core, which
+            # covers pi / 4 * core_scale**2 of the box: above leak_fraction none ever could
+            least = self.min_core_fraction * math.pi / 4 * self.core_scale**2
+            if least > self.leak_fraction:
+                problems.append(
+                    f"leak_fraction {self.leak_fraction:g} is below the least object a box "
+                    f"passes on ({least:.2g} of its box: min_core_fraction "
+                    f"{self.min_core_fraction:g} of a core of core_scale {self.core_scale:g}), "
+                    "so every box would keep its round-1 label; raise leak_fraction or lower "
+                    "min_core_fraction or core_scale"
+                )
         return problems
 
     def _plain(self) -> None:
