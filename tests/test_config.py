@@ -33,6 +33,10 @@ MOST_DEPTH = ARCH_LIMITS["depth"][1]
             r"min_core_fraction must be a number in \[0, 1\], got -1",
         ),
         (
+            {"exchange": ExchangeSettings(fg_threshold=1)},
+            r"fg_threshold must be a number in \(0, 1\), got 1",
+        ),
+        (
             {"exchange": ExchangeSettings(leak_fraction=0)},
             r"leak_fraction must be a number in \(0, 1\], got 0",
         ),

@@ -155,7 +155,7 @@ class ExchangeSettings:
     core_scale : float
         Trusted core of each ellipse, relative to its axes.
     fg_threshold : float
-        Foreground is P(cell) + P(boundary) above this.
+        Foreground is P(cell) + P(boundary) above this (in ``(0, 1)``).
     confidence : float
         Least top probability of a pixel that is passed on.
     min_core_fraction, leak_fraction : float
@@ -211,7 +211,9 @@ class ExchangeSettings:
             )
         if self.teacher not in ("peer", "self"):
             problems.append(f"teacher must be 'peer' or 'self', got {self.teacher!r}")
-        _check_fraction(self, ("core_scale", "fg_threshold", "confidence"), problems)
+        _check_fraction(self, ("core_scale", "confidence"), problems)
+        # cell and boundary together are never more probable than 1: nothing would be cell
+        _check_range(self, "fg_threshold", "(0, 1)", problems)
         _check_range(self, "min_core_fraction", "[0, 1]", problems)
         _check_fraction(self, ("leak_fraction",), problems)
         _check_range(self, "ema", "[0, 1)", problems, " (0 turns it off; 0.99 is typical)")
