@@ -94,8 +94,21 @@ class Corrector:
     # ------------------------------------------------------------------------------ finding
 
     def cells_layer(self, image: Image) -> Labels | None:
-        """The plugin's cells of ``image``: its prediction, or its training result."""
-        return cells_layer(self.viewer, image)
+        """The cells of ``image`` that Next cell, Merge, Split and Propose boxes act on: of
+        its cells layers (:meth:`cells_written`), the one active in the viewer, else the
+        first."""
+        found = self.cells_written(image)
+        return found[0][0] if found else None
+
+    def cells_written(self, image: Image) -> list[tuple[Labels, np.ndarray | None]]:
+        """The cells layers of ``image`` a person may correct, each with the cells the plugin
+        last wrote into it (:meth:`~.writer.LayerWriter.cells_written`: its newest cells,
+        then those a person edited that it handed over to them as "(edited)"), the one
+        active in the viewer first: the one the person works on."""
+        found = self.controller.writer.cells_written(image)
+        active = self.viewer.layers.selection.active
+        active = getattr(active, "__wrapped__", active)  # napari hands plugins a proxy
+        return sorted(found, key=lambda pair: pair[0] is not active)  # stable
 
     def spots(self, image: Image) -> list[tuple[int | None, Spot]]:
         """Cells and regions of ``image`` to check, most disputed first, with their plane."""
@@ -392,14 +405,16 @@ class Corrector:
         """The cells layer of ``image`` whose corrections Add to training takes, with the
         cells the plugin last wrote into it (``None``: not known).
 
-        Its newest cells (:meth:`cells_layer`) when they changed since they were written;
-        else the topmost layer of its cells the person edited and the plugin handed over to
-        them as "(edited)" when it wrote the image's cells again (a new prediction, a round),
-        whether or not the newest cells are still there; else the newest cells, which boxes
-        or "the rest is right" may still say something of.
+        Of its cells layers (:meth:`cells_written`), the one active in the viewer when it
+        changed since it was written; else its newest cells when they did; else the topmost
+        layer of its cells the person edited and the plugin handed over to them as
+        "(edited)" when it wrote the image's cells again (a new prediction, a round),
+        whether or not the newest cells are still there; else the layer Merge and Split act
+        on (:meth:`cells_layer`), which boxes or "the rest is right" may still say something
+        of.
         """
         check_image_layer(image, purpose="correct")
-        found = self.controller.writer.cells_written(image)
+        found = self.cells_written(image)
         edited = (
             (layer, written)
             for layer, written in found
@@ -417,7 +432,7 @@ class Corrector:
         "<image> corrections", so that training writes its new cells beside it, never over
         the person's work."""
         cells, _ = self.corrected_layer(image)
-        newest, name = self.cells_layer(image), cells.name
+        newest, name = cells_layer(self.viewer, image), cells.name
         # in training now: no longer compared with what was written into it
         info = {k: v for k, v in owner_info(cells).items() if k != WRITTEN}
         cells.metadata[OWNER_KEY] = {**info, "role": "corrections"}
@@ -562,7 +577,9 @@ class CheckPanel(QGroupBox):
     """Check the cells where the networks disagree, correct them, add the image to training.
 
     Merge takes the last two cells picked (with napari's colour picker or by selecting their
-    label) in one of the plugin's cells layers.
+    label) in the image's cells layer that Merge, Split, Next cell and Propose boxes act on:
+    of its newest cells and those kept as "(edited)", the one active in the layer list
+    (:meth:`Corrector.cells_layer`).
     """
 
     train_requested = Signal()
@@ -662,16 +679,15 @@ class CheckPanel(QGroupBox):
 
     def _show_state(self, *_: Any) -> None:
         """Enable what can be done: every button needs the picked image's cells (the plugin's
-        prediction or training result), Add to training those or its cells a person edited
-        and the plugin kept as "(edited)"; what else it needs is said when it is pressed."""
+        prediction or training result, or those a person edited that it kept as "(edited)");
+        what else it needs is said when it is pressed."""
         image = self.image.layer
         cells = image is not None and self.corrector.cells_layer(image) is not None
         self.next.setEnabled(cells and self._searching is None)
         self.propose.setEnabled(cells and self._proposing is None)
         self.merge.setEnabled(cells)
         self.split.setEnabled(cells)
-        kept = image is not None and bool(self.corrector.controller.writer.cells_written(image))
-        self.add.setEnabled(kept and not self._busy)
+        self.add.setEnabled(cells and not self._busy)
 
     def _do(self, action: Any) -> None:
         image = self.image.layer
@@ -685,11 +701,9 @@ class CheckPanel(QGroupBox):
 
     def _follow_layer(self, layer: Any) -> None:
         info = owner_info(layer) if layer is not None else None
-        if (
-            info
-            and info.get("role") in ("cells", "prediction")
-            and id(layer) not in self._followed
-        ):
+        # the plugin's cells, and those a person edited that it handed over to them
+        cells = info and (info.get("role") in ("cells", "prediction") or WRITTEN in info)
+        if cells and id(layer) not in self._followed:
             callback = partial(self._picked, id(layer))
             layer.events.selected_label.connect(callback)
             self._followed[id(layer)] = (layer.events.selected_label, callback)
