@@ -252,6 +252,18 @@ def test_a_killed_run_keeps_finished_images_and_a_rerun_does_the_rest(model, tmp
     assert len(_rows(out / SUMMARY_NAME)) == 12
 
 
+def test_a_run_iterated_again_reports_each_image_once(model, tmp_path):
+    """The second pass (a notebook's cell run again) added its results to the first's: each
+    image twice in summary.csv, and its well's images and cells counted twice."""
+    run = BatchRun(model, [_image(tmp_path / "A01_f1.tif", 0, (32, 32))], tmp_path / "out",
+                   OPTIONS, workers=0)  # fmt: skip
+    assert [r.status for r in run] == ["done"]
+    assert [r.status for r in run] == ["skipped"]
+    assert [r.status for r in run.results] == ["skipped"]
+    assert [row["image"] for row in _rows(tmp_path / "out" / SUMMARY_NAME)] == ["A01_f1.tif"]
+    assert run.well_rows[0]["images"] == 1
+
+
 def test_a_run_resumed_on_the_plate_moved_elsewhere_skips_what_is_done(model, tmp_path):
     """Copied from the microscope's computer to a server (times kept), the plate was another
     image to the records: the rerun was refused, all results to be made again."""

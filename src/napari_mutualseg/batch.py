@@ -122,7 +122,8 @@ class BatchRun:
     """A run over many images: iterate to get an :class:`ImageResult` per image.
 
     Complete images (from an earlier run) come first as ``"skipped"``, then one result as each
-    image is finished, in any order. :meth:`cancel` (thread-safe) stops the run: images in
+    image is finished, in any order; iterated again, it runs again (:attr:`results` and the
+    reports are the new pass's). :meth:`cancel` (thread-safe) stops the run: images in
     progress are left between two planes or blocks, with nothing of them written, and they
     and the images not reached come as ``"not done"``; an image of one plane or block in
     progress finishes, and comes as ``"done"`` as the others (on dask, when it ends within
@@ -344,6 +345,9 @@ class BatchRun:
         return self._cancelled.is_set()
 
     def __iter__(self) -> Iterator[ImageResult]:
+        # each pass is a run of its own, its reports of its results only: a second one
+        # skips what the first finished, and would count those twice
+        self.results = []
         todo = set(self.todo)
         results: Generator[ImageResult, None, None] | None = None
         try:
