@@ -329,7 +329,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 "again"
             )
         else:
-            reason = "another kind of file, or a damaged one"
+            reason = (
+                "another kind of file, or a damaged one; give a file written by the panel's "
+                "Save model…, pair.save(path) or napari-mutualseg train --out"
+            )
         raise CheckpointError(
             f"{path} is not a readable napari-mutualseg model: {reason}."
         ) from None
