@@ -744,3 +744,24 @@ def test_a_blocking_call_returns_what_it_made(thresholded, tmp_path):
     run = widget.segment_folder(tmp_path / "in", tmp_path / "out", block=True)
     assert [r.status for r in run.results] == ["done"]
     assert widget.segment_folder(tmp_path / "nowhere", tmp_path / "out", block=True) is None
+
+
+def test_the_images_of_a_folder_run_may_be_any_iterable_of_paths(thresholded, tmp_path):
+    """A tuple, or ``Path.glob``'s paths, were taken as one name, which was not found."""
+    import tifffile
+
+    _viewer, widget = thresholded
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", disc_image()[0])
+    run = widget.segment_folder(tmp_path.glob("*.tif"), tmp_path / "out", block=True)
+    assert widget.last_error is None
+    assert [r.status for r in run.results] == ["done", "done"]
+
+
+def test_pixels_given_to_predict_instead_of_a_layer_are_refused_saying_why(thresholded):
+    """A script's array raised an AttributeError from inside the panel."""
+    _viewer, widget = thresholded
+    assert widget.predict(disc_image()[0], block=True) is None
+    assert widget.last_error.startswith(
+        "predict takes an image layer of this viewer or its name (it was given a ndarray)"
+    )

@@ -9,11 +9,13 @@ trained pair stays with the viewer, and a reopened panel shows it again.
 from __future__ import annotations
 
 import contextlib
+import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from napari.layers import Layer
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
@@ -458,6 +460,14 @@ class MutualSegWidget(QWidget):
                 return None
         elif layer is None:
             layer = self.model.target.layer
+        elif not isinstance(layer, Layer):  # pixels, not a layer: no layer to put cells beside
+            self.controller.notify(
+                "predict takes an image layer of this viewer or its name (it was given a "
+                f"{type(layer).__name__}): add the image first (layer = viewer.add_image(data, "
+                "name=...)) and pass that layer.",
+                "error",
+            )
+            return None
         if layer is not None and layer not in self.viewer.layers:
             # its cells would have nowhere to go (a script's layer of another viewer, or one
             # removed since)
@@ -488,7 +498,7 @@ class MutualSegWidget(QWidget):
 
     def segment_folder(
         self,
-        images: str | Path | list,
+        images: str | os.PathLike | Iterable[str | os.PathLike],
         out_dir: str | Path,
         *,
         overwrite: bool = False,
@@ -502,8 +512,9 @@ class MutualSegWidget(QWidget):
 
         Parameters
         ----------
-        images : str, path or list of them
-            Folders (searched with their subfolders), image files or glob patterns.
+        images : str, path or iterable of them
+            Folders (searched with their subfolders), image files or glob patterns (a list,
+            a tuple, ``Path.glob``'s paths).
         out_dir : str or path
             Folder for the results.
         overwrite : bool
@@ -530,7 +541,7 @@ class MutualSegWidget(QWidget):
 
     def _segment_folder(
         self,
-        images: str | Path | list,
+        images: str | os.PathLike | Iterable[str | os.PathLike],
         out_dir: str | Path,
         *,
         overwrite: bool = False,
@@ -538,7 +549,8 @@ class MutualSegWidget(QWidget):
         block: bool = False,
         ask: bool = False,
     ) -> Any:
-        inputs = [str(p) for p in (images if isinstance(images, list) else [images])]
+        one = isinstance(images, (str, os.PathLike))
+        inputs = [str(p) for p in ([images] if one else images)]
         controller, on_conflict, on_axes_unknown = self.controller, None, None
         if ask:  # weakly: the run outlives a closed panel, which then asks nothing
             this = weakref.ref(self)
