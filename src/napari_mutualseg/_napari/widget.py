@@ -348,7 +348,8 @@ class MutualSegWidget(QWidget):
         GeneratorWorker, ModelPair or None
             Without ``block``, the worker. With ``block``, the trained pair (:attr:`pair`),
             also of a training stopped after a round; ``None`` when it failed
-            (:attr:`last_error` says why) or was stopped before its first round ended.
+            (:attr:`last_error` says why; :attr:`pair` keeps the pair of its last good
+            round) or was stopped before its first round ended.
             ``None`` after a notification when training cannot start (:attr:`last_error`
             says why).
         """
@@ -385,7 +386,9 @@ class MutualSegWidget(QWidget):
         return self.controller.train(request)
 
     def stop(self) -> None:
-        """Stop training within one step; the models of the last completed round are kept."""
+        """Stop the running job: training within one step (the models of the last completed
+        round are kept), a prediction after the plane at hand (nothing is shown), a folder
+        after the image at hand (the images done are kept)."""
         self.controller.stop()
 
     def reset_models(self) -> None:
