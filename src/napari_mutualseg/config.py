@@ -389,7 +389,8 @@ class TrainConfig:
         self.exchange._plain()
 
     def _device_problems(self) -> list[str]:
-        """Check that ``device`` names a device, and hold it as text (``None`` as "auto").
+        """Check that ``device`` is given as text (or a ``torch.device``) and hold it as text
+        (``None`` as "auto").
 
         Whether this machine has it is checked where it is used: a model file's settings
         name the device it was trained on, which another machine may lack.
