@@ -152,6 +152,18 @@ def test_rgb_pictures_train_as_colours_or_gray(scene, tmp_path, capsys):
     assert code == 2 and "trained on 3 channels" in err
 
 
+def test_train_says_rgb_had_nothing_to_act_on_in_gray_images(scene, tmp_path, capsys):
+    image, _, _, plain = scene
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, (image * 1000).astype(np.uint16))
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"")  # told before any training: the existing --out stops it there
+    argv = ["train", gray, "--boxes", plain, "--rgb", "gray", "--out", model, *TINY]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "m.pt already exists" in err
+    assert "warning: --rgb gray did nothing for gray.tif: not an RGB picture." in err
+
+
 def test_boxes_napari_saved_on_a_time_series_of_stacks_train_their_plane(scene, tmp_path, capsys):
     image, _, boxes, _ = scene
     movie = tmp_path / "movie.tif"

@@ -29,6 +29,9 @@ _SAMPLE = 100_000
 #: The least share of the pixels inside the boxes' ellipses that a painted class map keeps
 #: as cell or boundary (see :func:`_check_painted_on_boxes`).
 _MIN_PAINTED_KEPT = 0.5
+#: The warning for --rgb given for images that are not RGB pictures (``rgb``: the option's
+#: value, ``images``: :func:`images_named`).
+RGB_IDLE = "--rgb {rgb} did nothing for {images}: not an RGB picture"
 
 # command-line option -> TrainConfig field
 _OPTIONS = {
@@ -76,6 +79,11 @@ def check_found(paths: Iterable[str], what: str) -> None:
             named = " or ".join(str(p.with_name(names[c])) for c in close)
             hint = f" (did you mean {named}?)" if close else ""
         raise FileNotFoundError(f"{what} not found: {path}{hint}.")
+
+
+def images_named(names: Sequence[str]) -> str:
+    """Some images, as a line names them: the one, or how many and the first."""
+    return names[0] if len(names) == 1 else f"{len(names)} images ({names[0]}, ...)"
 
 
 def load_image(path: str, args: argparse.Namespace) -> AxisImage:

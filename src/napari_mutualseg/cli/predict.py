@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CommandFailed
-from .inputs import check_found
+from .inputs import RGB_IDLE, check_found, images_named
 from .signals import Interrupted, stop_gently
 
 if TYPE_CHECKING:
@@ -75,11 +75,6 @@ def _with_folder(read: str, name: str) -> str:
     return f"{name}: {read.removeprefix(own)}" if read.startswith(own) else read
 
 
-def _images_named(names: Sequence[str]) -> str:
-    """Some images, as a line names them: the one, or how many and the first."""
-    return names[0] if len(names) == 1 else f"{len(names)} images ({names[0]}, ...)"
-
-
 def _idle_options(args: argparse.Namespace, results: Sequence[ImageResult]) -> list[str]:
     """For each option given that had nothing to act on in some images segmented now, what
     it did not do there and why: a script may pass the same options to every image, a
@@ -117,7 +112,7 @@ def _idle_options(args: argparse.Namespace, results: Sequence[ImageResult]) -> l
         (
             args.rgb is not None,
             lambda r: not r.rgb,
-            f"--rgb {args.rgb} did nothing for {{}}: not an RGB picture",
+            RGB_IDLE.format(rgb=args.rgb, images="{}"),
             "",
         ),
     ]
@@ -128,7 +123,7 @@ def _idle_options(args: argparse.Namespace, results: Sequence[ImageResult]) -> l
         if idle_ones:
             hint = stack_hint if any("Z" in r.axes for r in idle_ones) else ""
             lines.append(
-                message.format(_images_named([r.job.name for r in idle_ones])) + hint + "."
+                message.format(images_named([r.job.name for r in idle_ones])) + hint + "."
             )
     return lines
 
@@ -269,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cells = sum(r.cells for r in run.results)
     empty = [r.job.name for r in run.results if r.status == "done" and not r.cells]
     if empty:
-        where = _images_named(empty)
+        where = images_named(empty)
         print(f"warning: no cells found in {where}: {NO_CELLS_ADVICE}.", file=sys.stderr)
     for line in _idle_options(args, run.results):
         print(f"warning: {line}", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -14,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..files import check_outputs, check_writable
 from .errors import CommandFailed
-from .inputs import boxes_for, check_found, config_from, painted_supervisions, supervision
+from .inputs import (
+    RGB_IDLE,
+    boxes_for,
+    check_found,
+    config_from,
+    images_named,
+    painted_supervisions,
+    supervision,
+)
 from .labels import format_metrics
 from .outputs import Outputs, write_overlay
 from .signals import Interrupted, stop_gently
@@ -142,6 +151,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from(args, **fixed)
     loaded = boxes_for(args.images, args.boxes, args)
     _say_boxes(loaded)
+    # as predict tells it: otherwise the model would say its gray images were RGB made gray
+    gray = [image.name for image, _ in loaded if not image.rgb]
+    if args.rgb is not None and gray:
+        idle = RGB_IDLE.format(rgb=args.rgb, images=images_named(gray))
+        warnings.warn(f"{idle}.", UserWarning, stacklevel=2)
     label_paths = _label_paths(args, loaded)
     # the model may be saved over the one it resumes (with --overwrite); nothing else is read
     painted = args.supervision or []
