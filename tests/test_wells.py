@@ -117,6 +117,12 @@ def test_a_wells_csv_of_the_users_is_left_alone(tmp_path):
         (["A01_B02.tif"], []),  # two wells in one name
         (["A01_w1.tif", "A01_w2.tif"], []),  # each channel a file: cells counted twice
         (["r01c01f01p01-ch1sk1fk1fl1.tiff", "r01c01f01p02-ch1sk1fk1fl1.tiff"], []),  # planes
+        # Incucyte (LIVECell): each time point a file
+        (["A172_Phase_A7_1_00d00h00m_1.tif", "A172_Phase_A7_1_00d04h00m_1.tif"], []),
+        (
+            ["A172_Phase_A7_1_00d00h00m_1.tif", "A172_Phase_A7_2_00d00h00m_1.tif"],
+            [("A172_Phase", "A07", 2)],
+        ),
         (["A01/B02_f1.tif", "A01/x.tif"], []),  # the file names say a well, not all of them
     ],
 )

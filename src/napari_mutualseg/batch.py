@@ -785,8 +785,8 @@ _FOLDER_WELL = re.compile(rf"{_ROW}(\d{{1,2}})")
 _ZARR_WELL = (re.compile(_ROW), re.compile(r"\d{1,2}"))
 #: What a file's name says besides its field, where each channel, plane or time point of a
 #: field is a file of its own: MetaXpress's wavelength (``_w2``), Harmony's plane, channel
-#: and time point (``p01-ch2sk1``).
-_BESIDES_FIELD = re.compile(r"_w\d+|p\d+-ch\d+sk\d+")
+#: and time point (``p01-ch2sk1``), Incucyte's time since the start (``A7_1_01d04h00m``).
+_BESIDES_FIELD = re.compile(r"_w\d+|p\d+-ch\d+sk\d+|_\d+d\d+h\d+m")
 
 
 def _row_letters(row: int) -> str:
@@ -891,8 +891,8 @@ def well_table(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], st
         return [], (
             f"no {WELLS_NAME}: the images of well {well} are different channels, planes or "
             "time points of its fields, whose cells would be counted once in each; segment "
-            "one file of each field (e.g. '*_w1*.tif', '*p01-ch1sk1*.tiff') to get a table "
-            "per well"
+            "one file of each field (e.g. '*_w1*.tif', '*p01-ch1sk1*.tiff', "
+            "'*_00d00h00m*.tif') to get a table per well"
         )
     return [_well_row(w, groups[w]) for w in sorted(groups)], ""
 
