@@ -546,6 +546,17 @@ def test_a_mistake_in_the_options_is_one_line(capsys, argv, message):
     assert err.count("\n") == 1 and "usage" not in err
 
 
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_a_device_the_machine_lacks_is_told_before_any_work(data, tmp_path, capsys, command):
+    inputs = [data["image"], "--boxes", data["plain"]] if command == "train" else []
+    out = tmp_path / ("m.pt" if command == "train" else "demo")
+    argv = [command, *inputs, "--out", out, *TINY, "--device", "gpu"]  # the last --device
+    code, stdout, err = _run(capsys, *argv)
+    # no image read nor the sample scored first: the mistake's one line
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert err.startswith("error: Unknown device 'gpu'; choose one of auto")
+
+
 def test_predict_says_what_to_try_when_no_cell_is_found(data, tmp_path, capsys):
     import torch
 

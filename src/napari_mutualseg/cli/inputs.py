@@ -433,9 +433,17 @@ def config_from(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
     Returns
     -------
     TrainConfig
+
+    Raises
+    ------
+    ValueError
+        For a device this machine does not have, or a setting out of its range.
     """
     from ..config import ExchangeSettings, TrainConfig
+    from ..devices import select_device
 
+    # a mistyped or absent device told now, not after every image was read
+    select_device(args.device)
     given: dict[str, Any] = {
         field: getattr(args, opt)
         for opt, field in _OPTIONS.items()

@@ -239,6 +239,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     for p in (overlay_path, metrics_path, model_path):
         check_writable(p, args.overwrite)
+    config = config_from(args, rounds=DEMO_ROUNDS)
     start = time.perf_counter()
     sample = load_sample()
     boxes = boxes_from_shapes(sample.boxes)
@@ -249,7 +250,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     baseline = evaluate(sup.instances, sample.ground_truth)
     print(f"ellipse label        {format_metrics(baseline)}")
-    config = config_from(args, rounds=DEMO_ROUNDS)
     trainer = MutualTrainer(sample.image, sup, config)
     check_writable(model_path, args.overwrite, size=trainer.pair.file_size)
     rounds = []
