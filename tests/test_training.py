@@ -980,3 +980,18 @@ def test_changed_fraction_counts_a_change_where_either_map_is_labelled():
     # labelled: 6 pixels (two ignored in both); changed: IGNORE->CELL, CELL->0, 0->IGNORE
     assert exchange.changed_fraction(before, after) == 3 / 6
     assert exchange.changed_fraction([before, after], [after, after]) == 3 / (6 + 5)
+
+
+def test_resuming_on_images_with_other_channel_counts_says_what_can_help(scene):
+    from napari_mutualseg.models import ModelPair
+    from napari_mutualseg.unet import build_unet
+
+    image, _, sup = scene
+    arch = {"in_channels": 2, "n_classes": 3, "width": 4, "depth": 2}
+    pair = ModelPair(build_unet(arch, 0), build_unet(arch, 1), (1.0, 99.8))
+    # an image with fewer channels: no choice of channels helps
+    with pytest.raises(ValueError, match="take 2 channels but the images give 1: train new"):
+        MutualTrainer(image, sup, TrainConfig(**TINY), pair=pair)
+    three = AxisImage.from_array(np.stack([image] * 3), "CYX")
+    with pytest.raises(ValueError, match="give 3: pick the channels they were trained on"):
+        MutualTrainer(three, sup, TrainConfig(**TINY), pair=pair)

@@ -207,10 +207,15 @@ def _starting_pair(pair: ModelPair | None, in_channels: int, config: TrainConfig
             build_unet(arch, config.seed), build_unet(arch_b, config.seed + 1), config.percentiles
         )
     if pair.in_channels != in_channels:
+        # no choice of channels gives an image more than it has
+        fix = (
+            "pick the channels they were trained on (--channel, or channels= in Python)"
+            if in_channels > pair.in_channels
+            else "train new networks on images like these (without the model to resume)"
+        )
         raise ValueError(
             f"The networks to resume take {pair.describe_input()} but the images give "
-            f"{in_channels}: pick the channels they were trained on (--channel, or channels= "
-            "in Python)."
+            f"{in_channels}: {fix}."
         )
     return pair.copy()
 
