@@ -536,6 +536,11 @@ def test_every_command_says_what_it_does_with_examples_that_parse():
             "; --channel is an option of train and predict, not of supervise (see",
         ),
         (["info", "m.pt", "--out", "x"], "--out is an option of supervise, train, predict and"),
+        (
+            ["train", "--boxes", "a.csv", "a.tif", "--out", "m.pt"],
+            "; --boxes took a.csv a.tif, as it takes every name up to the next option: put "
+            "IMAGE before --boxes (see",
+        ),
     ],
 )
 def test_a_mistake_in_the_options_is_one_line(capsys, argv, message):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
+from itertools import takewhile
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
@@ -74,8 +77,45 @@ class _Parser(argparse.ArgumentParser):
         #: The parsers of every command, by name (set by :func:`build_parser`).
         self.commands: dict[str, argparse.ArgumentParser] = {}
 
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        #: The arguments given, for what :meth:`error` says of them.
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        hint = self._taken_by_option(message)
+        self.exit(2, f"error: {message}{hint} (see {self.prog} --help)\n")
+
+    def _taken_by_option(self, message: str) -> str:
+        """Where a missing positional argument went: an option of several values takes every
+        name up to the next option (``train --boxes a.csv a.tif``: the image taken for a box
+        table)."""
+        required = "the following arguments are required:"
+        if not message.startswith(required):
+            return ""
+        missing = {name.strip() for name in message.removeprefix(required).split(",")}
+        positional = [
+            a.metavar or a.dest
+            for a in self._actions
+            if not a.option_strings and (a.metavar or a.dest) in missing
+        ]
+        if not positional:
+            return ""
+        several = [o for a in self._actions if a.nargs == "+" for o in a.option_strings]
+        given = getattr(self, "given", [])
+        for k, arg in enumerate(given):
+            # argparse takes a unique start of an option's name for it (--box)
+            if len(arg) < 3 or not any(o.startswith(arg) for o in several):
+                continue
+            values = list(takewhile(lambda v: not v.startswith("-"), given[k + 1 :]))
+            if len(values) > 1:
+                return (
+                    f"; {arg} took {' '.join(values)}, as it takes every name up to the next "
+                    f"option: put {positional[0]} before {arg}"
+                )
+        return ""
 
     def options(self) -> list[str]:
         """The option strings this command takes."""
