@@ -237,6 +237,14 @@ def test_evaluate_prints_metrics(data, capsys):
     assert metrics["f1_50"] == 1.0 and metrics["map"] == 1.0
 
 
+def test_evaluate_says_what_to_give_for_ground_truth_of_another_size(data, tmp_path, capsys):
+    crop = tmp_path / "crop.tif"
+    tifffile.imwrite(crop, tifffile.imread(data["gt"])[:60])
+    code, _, err = _run(capsys, "evaluate", data["gt"], crop)
+    assert code == 2 and "gt.tif is 64 x 80 px but its ground truth" in err
+    assert "crop.tif is 60 x 80 px: give the ground truth of the image that was segmented" in err
+
+
 @pytest.mark.parametrize("swap", [False, True])
 def test_evaluate_refuses_the_microscope_image_for_labels(data, capsys, swap):
     pair = (data["image"], data["gt"])

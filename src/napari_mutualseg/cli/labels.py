@@ -155,7 +155,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_not_intensities(args.pred, pred)
     _check_not_intensities(args.gt, gt)
     if pred.shape != gt.shape:
-        raise ValueError(f"Prediction {pred.shape} and ground truth {gt.shape} differ in shape.")
+        sizes = [" x ".join(map(str, image.shape)) for image in (pred, gt)]
+        raise ValueError(
+            f"{args.pred} is {sizes[0]} px but its ground truth {args.gt} is {sizes[1]} px: "
+            "give the ground truth of the image that was segmented, at that image's size."
+        )
     axes = _common_axes(paths, [pred_axes, gt_axes], pred.ndim)
     if "T" in axes:  # T comes first (TZYX)
         m = mean_metrics([evaluate(p, g) for p, g in zip(pred, gt, strict=True)])
