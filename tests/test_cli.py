@@ -501,6 +501,8 @@ def test_every_option_is_explained_with_its_default(capsys):
     assert "default: 4" in helps["demo", "rounds"]
     steps = DEVICE_SIZES["gpu"]["steps_per_round"], DEVICE_SIZES["cpu"]["steps_per_round"]
     assert "{} on a GPU, {} on the CPU".format(*steps) in helps["train", "steps"]
+    # demo has no --resume
+    assert "resumed" in helps["train", "lr"] and "resumed" not in helps["demo", "lr"]
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     assert "(default: 512)" in " ".join(capsys.readouterr().out.split())

@@ -173,6 +173,7 @@ def _add_training_options(
         return f"default: {gpu} on a GPU, {cpu} on the CPU"
 
     resumed = "; with --resume, the model's" if resume else ""
+    later = ", and resumed training," if resume else ""
     rounds = default["rounds"] if rounds is None else rounds
     more = (
         "; with --resume, the rounds to train now, numbered on from the model's" if resume else ""
@@ -215,7 +216,7 @@ def _add_training_options(
         "--lr",
         type=float,
         metavar="RATE",
-        help=f"learning rate of round 1; later rounds, and resumed training, take "
+        help=f"learning rate of round 1; later rounds{later} take "
         f"{default['later_lr_factor']:g} of it (default: {default['learning_rate']:g})",
     )
     p.add_argument(
