@@ -446,11 +446,14 @@ def _quietly() -> Iterator[None]:
         yield
 
 
-def _in_store(path: Path) -> bool:
+def _in_store(path: Path, stores: dict[Path, bool]) -> bool:
     """A file of a zarr store's own (its metadata: ``zarr.json``), not an image: what a
     pattern over the fields of an OME-Zarr plate (``plate.zarr/*/*/*``) matches beside them
-    in every well."""
-    return path.is_file() and is_zarr(path.parent)
+    in every well. ``stores``: whether each folder looked at is a store, asked once per
+    folder (a pattern's thousands of matches on a network share share a few)."""
+    if path.parent not in stores:
+        stores[path.parent] = is_zarr(path.parent)
+    return stores[path.parent] and path.is_file()
 
 
 def _where(paths: Sequence[Path]) -> str:
@@ -508,6 +511,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     results: list[Path] = []  # this package's, left out of a search
     labels: list[Path] = []  # other tools' label images, left out of a search
     named_labels: list[Path] = []  # label images named by the user, segmented all the same
+    stores: dict[Path, bool] = {}  # folders that are zarr stores, each asked once
     for given in inputs:
         text = os.fspath(given)
         # a file whose name holds [ ] or * is itself, not a pattern
@@ -519,7 +523,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             path = Path(text)
             if not path.exists():
                 raise FileNotFoundError(f"{text} not found: no such file or folder.")
-            if _in_store(path):  # a shell's expansion of a pattern over a plate's fields
+            if _in_store(path, stores):  # a shell's expansion of a pattern over the fields
                 continue
             if not path.is_dir() or is_zarr(path):
                 found.append(path)  # named by the user: taken as it is
@@ -528,7 +532,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                         named_labels.append(path)
                 continue
             matches = [path]
-        for path in filter(lambda match: not _in_store(match), matches):
+        for path in (m for m in matches if not _in_store(m, stores)):
             searched = _images_in(path) if path.is_dir() and not is_zarr(path) else [path]
             with _quietly():
                 for image in searched:
