@@ -230,6 +230,16 @@ def test_info_says_how_an_image_file_is_read(tmp_path, capsys):
     assert card["pixel_size"] == {"Y": 0.65, "X": 0.65} and card["unit"] == "µm"
 
 
+def test_info_says_a_file_holds_labels_not_an_image(data, tmp_path, capsys):
+    sup = tmp_path / "sup.tif"
+    _run(capsys, "supervise", data["image"], "--boxes", data["plain"], "--out", sup)
+    code, stdout, _ = _run(capsys, "info", sup)
+    assert code == 0
+    assert "holds: a supervision (class map), not a microscope image, as its file says" in stdout
+    code, stdout, _ = _run(capsys, "info", data["image"], "--json")
+    assert json.loads(stdout)["written_as"] is None
+
+
 def test_evaluate_prints_metrics(data, capsys):
     code, stdout, _ = _run(capsys, "evaluate", data["gt"], data["gt"], "--json")
     assert code == 0

@@ -132,10 +132,13 @@ def image_card(path: str, axes: str | None = None) -> dict[str, Any]:
     import numpy as np
 
     from ..images import AxisImage
+    from ..io import written_as
 
     image = AxisImage.from_file(path, axes=axes)
     return {
         "file": str(path),
+        # labels, a supervision or a disagreement map this package wrote: no image to segment
+        "written_as": written_as(path),
         "axes": image.axes,
         "sizes": {a: int(n) for a, n in zip(image.axes, image.data.shape, strict=True)},
         "dtype": str(image.data.dtype),
@@ -151,8 +154,15 @@ def image_card(path: str, axes: str | None = None) -> dict[str, Any]:
 
 
 def _image_text(card: dict[str, Any]) -> str:
+    from ..io import LABEL_KIND_WORDS
+
     how = "read plane by plane" if card["read_lazily"] else "read whole"
     lines = [card["description"], f"pixels: {card['dtype']}, {how}"]
+    if card["written_as"]:
+        lines.append(
+            f"holds: {LABEL_KIND_WORDS[card['written_as']]}, not a microscope image, as its file "
+            "says (predict leaves it out of the folders it searches)"
+        )
     if not card["pixel_size"]:
         lines.append(
             "pixel size: none in the file (tables are in pixels; predict --pixel-size gives one)"
