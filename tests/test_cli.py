@@ -518,6 +518,15 @@ def test_every_option_is_explained_with_its_default(capsys):
     assert "(default: 512)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_every_command_names_its_arguments_alike():
+    """Usage lines mixed 'model INPUT', 'image' and 'IMAGE', 'pred gt'."""
+    from napari_mutualseg.cli import build_parser
+
+    named = {(cmd, a.metavar) for cmd, a in _actions(build_parser()) if not a.option_strings}
+    assert all(m is not None and m.isupper() for _, m in named), named
+    assert ("evaluate", "TRUTH") in named and ("predict", "MODEL") in named
+
+
 def test_every_command_says_what_it_does_with_examples_that_parse():
     """A command's help listed its options only: no word of what it does, no example."""
     import shlex

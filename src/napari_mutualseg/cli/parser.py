@@ -286,7 +286,7 @@ def _add_supervise(sub: Subparsers) -> None:
         "  napari-mutualseg train image.tif --boxes boxes.csv --supervision supervision.tif "
         "--out cells.pt",
     )
-    p.add_argument("image", help="the image the boxes were drawn on")
+    p.add_argument("image", metavar="IMAGE", help="the image the boxes were drawn on")
     p.add_argument("--boxes", required=True, metavar="FILE", help=f"the boxes: {BOX_FILES}")
     p.add_argument("--out", required=True, metavar="TIF", help="class map TIFF to write")
     p.add_argument(
@@ -381,7 +381,7 @@ def _add_predict(sub: Subparsers) -> None:
         "  napari-mutualseg predict cells.pt plate1/ --out predictions/ --scheduler "
         "tcp://10.0.0.5:8786",
     )
-    p.add_argument("model", help=_MODEL_HELP)
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     p.add_argument(
         "images",
         nargs="+",
@@ -503,8 +503,12 @@ def _add_evaluate(sub: Subparsers) -> None:
         "  napari-mutualseg evaluate predictions/new1_cells.tif new1_truth.tif\n"
         "  napari-mutualseg evaluate predictions/new1_cells.tif new1_truth.tif --json",
     )
-    p.add_argument("pred", help="the segmentation: an instance label image (0 background)")
-    p.add_argument("gt", help="the ground truth: an instance label image of the same size")
+    p.add_argument(
+        "pred", metavar="LABELS", help="the segmentation: an instance label image (0 background)"
+    )
+    p.add_argument(
+        "gt", metavar="TRUTH", help="the ground truth: an instance label image of the same size"
+    )
     p.add_argument(
         "--axes",
         metavar="LETTERS",
@@ -530,7 +534,9 @@ def _add_info(sub: Subparsers) -> None:
         "  napari-mutualseg info cells.pt --json",
     )
     p.add_argument(
-        "file", help=f"{_MODEL_HELP}, or an image file or OME-Zarr to see how it is read"
+        "file",
+        metavar="FILE",
+        help=f"{_MODEL_HELP}, or an image file or OME-Zarr to see how it is read",
     )
     _add_image_options(p, channels=False)
     p.add_argument("--json", action="store_true", help="print it as JSON")
