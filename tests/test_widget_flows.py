@@ -244,8 +244,11 @@ def test_the_viewer_repaints_only_when_a_round_is_shown(make_napari_viewer, qtbo
     assert widget.controller.applied_rounds[-1] == widget.history[-1]["round"]
     # a few paints per shown round, not an activity spinner's 30 a second for the whole run
     assert paints.count <= 4 * rounds + 2
-    # the status line follows the steps at a timer's pace, not at every step
-    assert redraws.count <= 6 * rounds + 2 * seconds + 4
+    # the status line follows the steps at a timer's pace (once a second), not at every step
+    # (tens a second); each of its updates repaints the window where the bar, the status line
+    # and the canvas lie, four redraws under Xvfb: allowed two, a loaded machine's longer run
+    # failed it
+    assert redraws.count <= 6 * rounds + 5 * seconds + 4
     # cells come as uint16, which napari draws without recasting the whole array at each write
     assert viewer.layers["cells cells"].data.dtype == np.uint16
 
