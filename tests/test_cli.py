@@ -774,12 +774,10 @@ def test_a_mistyped_path_is_told_with_the_names_close_to_it(data, tmp_path, caps
         assert code == 2 and message in err, err
 
 
-def test_train_stopped_by_a_signal_says_how_to_go_on(data, tmp_path, capsys, monkeypatch):
-    # it said where the networks were, not that --resume trains them on from there; then it
-    # said '--resume m.pt', with which the same command refused to replace m.pt and, given
-    # --overwrite, trained all the rounds again
+def _ctrl_c_after_the_first_round(monkeypatch):
+    """Training commands get a Ctrl-C as their first round is reported; undone by calling
+    the function returned."""
     import os
-    import signal
 
     from napari_mutualseg.cli import train
 
@@ -793,6 +791,14 @@ def test_train_stopped_by_a_signal_says_how_to_go_on(data, tmp_path, capsys, mon
         return rounds(trainer, then_stop)
 
     monkeypatch.setattr(train, "run_rounds", ctrl_c_after_a_round)
+    return lambda: monkeypatch.setattr(train, "run_rounds", rounds)
+
+
+def test_train_stopped_by_a_signal_says_how_to_go_on(data, tmp_path, capsys, monkeypatch):
+    # it said where the networks were, not that --resume trains them on from there; then it
+    # said '--resume m.pt', with which the same command refused to replace m.pt and, given
+    # --overwrite, trained all the rounds again
+    undo = _ctrl_c_after_the_first_round(monkeypatch)
     model = tmp_path / "m.pt"
     argv = ["train", data["image"], "--boxes", data["plain"], "--out", model, *TINY]
     code, stdout, err = _run(capsys, *argv, "--rounds", "3")
@@ -803,9 +809,27 @@ def test_train_stopped_by_a_signal_says_how_to_go_on(data, tmp_path, capsys, mon
         f"--resume {model} --overwrite --rounds 2 trains the 2 rounds left from there." in err
     )
     assert ModelPair.load(model).history
-    monkeypatch.setattr(train, "run_rounds", rounds)
+    undo()
     code, stdout, err = _run(capsys, *argv, "--resume", model, "--overwrite", "--rounds", "2")
     assert code == 0 and "round 3/3" in stdout and "round 4/" not in stdout, err
+
+
+def test_demo_stopped_by_a_signal_keeps_the_rounds_done(tmp_path, capsys, monkeypatch):
+    # it kept nothing of them, where train keeps the last completed round
+    from napari_mutualseg import sample
+
+    image, gt, boxes = synthetic_scene((64, 80), 5, seed=2)
+    tiny = sample.Sample("tiny", (image * 1000).astype(np.uint16), np.asarray(boxes), gt)
+    monkeypatch.setattr(sample, "load_sample", lambda: tiny)
+    _ctrl_c_after_the_first_round(monkeypatch)
+    out = tmp_path / "demo"
+    code, stdout, err = _run(capsys, "demo", "--out", out, *TINY, "--rounds", "3")
+    assert code == 130 and "round 1/3" in stdout and "round 2/3" not in stdout
+    assert (
+        f"interrupted (SIGINT): the overlay, scores and model of round 1 of 3 are in {out}." in err
+    )
+    assert len(json.loads((out / "metrics.json").read_text())["rounds"]) == 1
+    assert ModelPair.load(out / "model.pt").history
 
 
 def test_a_log_file_gets_one_line_per_step_not_progress_bars(data, tmp_path, capsys):

@@ -263,31 +263,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"labels changed {100 * r.changed:.1f}%, {r.seconds:.1f} s)"
         )
 
-    report = run_rounds(trainer, on_round=show)
-    if report is None:
-        raise CommandFailed("Training was stopped before the first round finished.")
     outputs = Outputs(args.overwrite)
-    draw = partial(
-        write_overlay, image=sample.image, pred=report.instances[0], gt=sample.ground_truth
-    )
-    overlay = outputs.write(draw, overlay_path)
-    model = outputs.pair(trainer.pair, model_path)
-    total = time.perf_counter() - start
-    summary = {
-        "sample": sample.name,
-        "device": trainer.device_name,
-        "package_version": __version__,
-        "settings": config.to_dict(),
-        "ellipse_label": baseline,
-        "rounds": rounds,
-        "final": rounds[-1],
-        "seconds_total": total,
-    }
-    metrics = outputs.write(partial(write_text, text=json.dumps(summary, indent=2)), metrics_path)
+    kept = "the last completed round will be written (a second Ctrl-C or SIGTERM quits at once)"
+    # as train does: a stop keeps the rounds done, here their overlay, scores and model
+    with stop_gently(trainer.cancel, kept) as stopped:
+        report = run_rounds(trainer, on_round=show)
+        if report is None:
+            detail = "before the first round finished; nothing was written"
+            if stopped:
+                raise Interrupted(stopped[0], detail)
+            raise CommandFailed(f"Training stopped {detail}.")
+        draw = partial(
+            write_overlay, image=sample.image, pred=report.instances[0], gt=sample.ground_truth
+        )
+        overlay = outputs.write(draw, overlay_path)
+        model = outputs.pair(trainer.pair, model_path)
+        total = time.perf_counter() - start
+        summary = {
+            "sample": sample.name,
+            "device": trainer.device_name,
+            "package_version": __version__,
+            "settings": config.to_dict(),
+            "ellipse_label": baseline,
+            "rounds": rounds,
+            "final": rounds[-1],
+            "seconds_total": total,
+        }
+        write = partial(write_text, text=json.dumps(summary, indent=2))
+        metrics = outputs.write(write, metrics_path)
     final = rounds[-1]
     print(
         f"Final: F1@0.5 {final['f1_50']:.3f}, mAP {final['map']:.3f} after {len(rounds)} "
         f"round{'s' if len(rounds) > 1 else ''} in {total:.0f} s on {trainer.device_name}"
     )
     print(f"Wrote {overlay}, {metrics} and {model}")
+    if stopped:
+        raise Interrupted(
+            stopped[0],
+            f"the overlay, scores and model of round {report.round} of {report.rounds} are in "
+            f"{overlay.parent}",
+        )
     return outputs.status
