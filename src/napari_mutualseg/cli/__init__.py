@@ -4,11 +4,12 @@ What the command promises about files: every output appears complete or not at a
 existing file is replaced only with ``--overwrite`` (a file that another program creates
 meanwhile is left alone and the result written beside it, exit status 1); every output place
 is checked before any work; Ctrl-C or SIGTERM during ``train`` saves the networks of the last
-completed round; ``predict`` keeps every finished image and skips it when run again
-(:mod:`napari_mutualseg.batch`). Exit status: 0 done, 1 done but a result went to another name
-(the warning says which) or, for ``predict``, some images failed (``run_report.csv`` says why),
-2 a mistake the message explains, 130/143 interrupted by SIGINT/SIGTERM, 141 (as for
-SIGPIPE) when the reader of the output closed it (``info --json | head``), without a word.
+completed round (``demo``: its overlay, scores and model); ``predict`` keeps every finished
+image and skips it when run again (:mod:`napari_mutualseg.batch`). Exit status: 0 done, 1
+done but a result went to another name (the warning says which) or, for ``predict``, some
+images failed (``run_report.csv`` says why), 2 a mistake the message explains, 130/143
+interrupted by SIGINT/SIGTERM, 141 (as for SIGPIPE) when the reader of the output closed it
+(``info --json | head``), without a word.
 
 The options are in :mod:`.parser`, the commands in :mod:`.labels` (``supervise``,
 ``evaluate``), :mod:`.train` (``train``, ``demo``), :mod:`.predict` and :mod:`.info`.
