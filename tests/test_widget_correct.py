@@ -701,7 +701,7 @@ def test_a_stack_too_large_to_correct_is_said_when_its_cells_are_shown(
     assert len([m for m in messages(notes, "warning") if "too large" in m]) == 1
 
 
-def test_the_check_buttons_act_on_the_image_cells_layer_picked(thresholded):
+def test_the_check_buttons_act_on_the_image_cells_layer_picked(thresholded, notes):
     """Merge, Split, Next cell and Propose boxes took the newest cells alone: with the
     '(edited)' layer active they merged in the newest, and once the newest was deleted they
     were greyed out (a script was told to predict the image first)."""
@@ -715,8 +715,13 @@ def test_the_check_buttons_act_on_the_image_cells_layer_picked(thresholded):
     assert same(viewer.layers["x cells (edited)"], edited)
     before = np.asarray(newest.data).copy()
     side, other, apart = (int(edited.data[c]) for c in TOUCHING)
-    viewer.layers.selection.active = edited  # the layer the person works on
     edited.selected_label, edited.selected_label = other, side  # napari starts at 1
+    widget.check.merge.click()  # the newest cells active: the person is told what to select
+    assert messages(notes, "error")[-1].startswith(
+        "Pick the two cells to merge in 'x cells' first (napari's colour picker, or type their "
+        "labels one after the other). To merge in another cells layer of 'x', select it"
+    )
+    viewer.layers.selection.active = edited  # the layer the person works on
     widget.check.merge.click()
     assert not (edited.data == side).any()
     np.testing.assert_array_equal(newest.data, before)

@@ -755,9 +755,11 @@ class CheckPanel(QGroupBox):
             label for layer_id, label in self.picked if cells is not None and layer_id == id(cells)
         ]
         if len(ids) != 2:
+            where = "the cells layer" if cells is None else f"'{cells.name}'"
             raise UserInputError(
-                "Pick the two cells to merge in the cells layer first (napari's colour picker, "
-                "or type their labels one after the other)."
+                f"Pick the two cells to merge in {where} first (napari's colour picker, or type "
+                "their labels one after the other). To merge in another cells layer of "
+                f"'{image.name}', select it in the layer list."
             )
         self.corrector.merge(image, *ids)
         self.picked.clear()
