@@ -164,6 +164,18 @@ def test_train_says_rgb_had_nothing_to_act_on_in_gray_images(scene, tmp_path, ca
     assert "warning: --rgb gray did nothing for gray.tif: not an RGB picture." in err
 
 
+def test_empty_axes_are_refused_by_predict_as_by_the_other_commands(scene, tmp_path, capsys):
+    # a script's empty "$AXES": predict alone took it for no --axes
+    image = tmp_path / "x.tif"
+    tifffile.imwrite(image, (scene[0] * 1000).astype(np.uint16))
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"")  # refused before the model is read
+    for argv in (["predict", model, image, "--out", tmp_path / "p"], ["info", image]):
+        code, _, err = _run(capsys, *argv, "--axes", "")
+        assert code == 2 and err.startswith("error: Axes '' for "), err
+    assert not (tmp_path / "p").exists()
+
+
 def test_boxes_napari_saved_on_a_time_series_of_stacks_train_their_plane(scene, tmp_path, capsys):
     image, _, boxes, _ = scene
     movie = tmp_path / "movie.tif"

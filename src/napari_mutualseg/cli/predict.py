@@ -52,7 +52,7 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
 
     return BatchOptions(
         # letters that fit no image are one mistake now, not a failure of every image
-        axes=parse_axes(args.axes, name="the images") if args.axes else None,
+        axes=None if args.axes is None else parse_axes(args.axes, name="the images"),
         channels=parse_channels(args.channel),
         rgb=args.rgb,
         tile_size=args.tile_size,
