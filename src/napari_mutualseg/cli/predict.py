@@ -197,7 +197,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..batch import REPORT_NAME, SUMMARY_NAME, BatchRun
-    from ..files import check_writable
     from ..segmenter import NO_CELLS_ADVICE
 
     _check_model_order(args)
@@ -221,10 +220,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     finally:
         note.cancel()
-    # the disagreement maps' folders, checked before any image as the labels' folder is
-    folders = {path.parent: path for job in run.jobs for path in job.disagreement or ()}
-    for path in folders.values():
-        check_writable(path, overwrite=True)
     results = iter(run)
     kept = (
         "the images done are kept; those in progress end at their next plane or block, with "
