@@ -56,7 +56,8 @@ def test_both_channels_as_input_and_a_wrong_channel_count_is_explained(viewer_wi
     widget.train(block=True)
     assert widget.pair.in_channels == 2
     gray = viewer.add_image(data[1], name="one channel")
-    assert widget.predict(gray, block=True) is not None
+    assert widget.predict(gray, block=True) is None  # started, then failed
+    assert "trained on 2 channels" in widget.last_error
     assert any("trained on 2 channels" in m for m in messages(notes, "error"))
     assert "one channel cells" not in [layer.name for layer in viewer.layers]
 

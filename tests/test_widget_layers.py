@@ -136,9 +136,8 @@ def test_edited_cells_kept_by_a_new_prediction_take_what_they_were_compared_with
     del layer, before
     viewer.layers.remove(cells)
     del cells
-    qtbot.wait(10)  # napari's layer controls hold the layer until Qt deletes them
-    gc.collect()
-    assert kept() is None
+    # napari's layer controls hold the layer until Qt deletes them (deleteLater)
+    qtbot.waitUntil(lambda: gc.collect() is not None and kept() is None)
     layer, before = widget.correct.corrected_layer(image)  # the newest, unedited
     assert same(layer, viewer.layers["x cells"])
     np.testing.assert_array_equal(before, layer.data)

@@ -386,9 +386,8 @@ def test_a_closed_panel_is_freed(make_napari_viewer, qtbot):
     panel = weakref.ref(widget)
     viewer.window.remove_dock_widget(dock)  # the dock's close button
     del dock, widget
-    qtbot.wait(10)  # napari deletes the dock later
-    gc.collect()
-    assert panel() is None
+    # napari deletes the dock later (deleteLater)
+    qtbot.waitUntil(lambda: gc.collect() is not None and panel() is None)
 
 
 def test_a_viewer_closed_while_another_is_current_ends_its_training(
