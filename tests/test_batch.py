@@ -1244,9 +1244,8 @@ def test_a_plate_still_being_acquired_keeps_its_layout_when_wells_are_added(mode
     assert one.jobs[0].labels == tmp_path / "one" / "f0_cells.tif"
 
 
-def test_no_more_local_workers_start_than_images_are_left(model, tmp_path, monkeypatch):
-    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
-    list(BatchRun(model, images[:2], tmp_path / "out", OPTIONS, workers=0))
+def _dask_starts(monkeypatch) -> list[int]:
+    """The workers each start of a dask cluster asks for, none started."""
     started = []
 
     def on_dask(self, jobs, workers):
@@ -1254,6 +1253,13 @@ def test_no_more_local_workers_start_than_images_are_left(model, tmp_path, monke
         yield from ()
 
     monkeypatch.setattr(BatchRun, "_on_dask", on_dask)
+    return started
+
+
+def test_no_more_local_workers_start_than_images_are_left(model, tmp_path, monkeypatch):
+    images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
+    list(BatchRun(model, images[:2], tmp_path / "out", OPTIONS, workers=0))
+    started = _dask_starts(monkeypatch)
     list(BatchRun(model, images, tmp_path / "out", OPTIONS, workers=4))
     assert started == [1]  # one image left
 
@@ -1265,13 +1271,7 @@ def test_a_run_stopped_while_it_tells_the_complete_images_starts_no_dask_workers
     cluster all the same, and an image was segmented after the stop."""
     images = [_image(tmp_path / "in" / f"w{k}.tif", k) for k in range(3)]
     list(BatchRun(model, images[:1], tmp_path / "out", OPTIONS, workers=0))
-    started = []
-
-    def on_dask(self, jobs, workers):
-        started.append(workers)
-        yield from ()
-
-    monkeypatch.setattr(BatchRun, "_on_dask", on_dask)
+    started = _dask_starts(monkeypatch)
     run = BatchRun(model, images, tmp_path / "out", OPTIONS, workers=2)
     results = iter(run)
     assert next(results).status == "skipped"
