@@ -60,6 +60,20 @@ def test_supervise_writes_the_class_map(data, tmp_path, capsys):
     assert set(np.unique(classes)) == {0, 1, 2}
 
 
+def test_supervise_names_boxes_by_their_rows_in_the_table(data, tmp_path, capsys):
+    # row 0 a click, left out: the rows after it were named one less, and not by image
+    rows = data["plain"].read_text().splitlines()
+    y0, x0, y1, x1 = map(int, rows[1].split(","))
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    table = tmp_path / "rows.csv"
+    inner = f"{cy - 2},{cx - 2},{cy + 2},{cx + 2}"  # inside row 1's box, near its centre
+    table.write_text("\n".join([rows[0], "5,5,6,6", *rows[1:], inner]) + "\n")
+    argv = ["supervise", data["image"], "--boxes", table, "--out", tmp_path / "s.tif"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 0
+    assert "cells.tif: 1 box(es) have no pixel in the supervision (box 6 inside box 1)" in err
+
+
 def test_boxes_of_another_image_of_the_same_size_are_warned_of(data, tmp_path, capsys):
     *_, boxes = synthetic_scene((64, 80), 5, seed=7)  # another field of the plate
     table = tmp_path / "other.csv"

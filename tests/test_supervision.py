@@ -357,6 +357,7 @@ def test_a_box_that_reaches_the_image_outside_its_ellipse_only_stands_for_no_cel
     assert usable_boxes([cell, beyond], (40, 40)) == (
         [cell],
         ["1 of 2 boxes lie outside the image and were ignored."],
+        [0],
     )
     # rotated: its bounds reach the image, the box itself not
     tilted = Box((-6.0, -6.0), (8.0, 2.0), math.pi / 4)
@@ -498,8 +499,10 @@ def test_a_box_that_gets_no_pixel_is_named_with_the_box_that_took_them(recwarn):
 def test_usable_boxes_leaves_repeats_out_with_a_note():
     cell = Box.from_corners(10, 10, 30, 34)
     near = Box.from_corners(11, 10, 30, 34)  # one pixel off: another drawing, kept
-    kept, notes = usable_boxes([cell, near, cell, Box.from_corners(10, 10, 30, 34)], (64, 64))
-    assert kept == [cell, near]
+    kept, notes, numbers = usable_boxes(
+        [cell, near, cell, Box.from_corners(10, 10, 30, 34)], (64, 64)
+    )
+    assert kept == [cell, near] and numbers == [0, 1]
     assert notes == ["2 box(es) repeat another box on the same cell and were counted once."]
 
 
@@ -508,13 +511,35 @@ def test_a_box_around_many_cells_is_taken_for_a_region_with_a_note():
     # cell, its ellipse would call the whole area cell
     cells = [Box.from_corners(10 + 12 * i, 10, 20 + 12 * i, 20) for i in range(5)]
     region = Box.from_corners(5, 5, 80, 40)
-    kept, notes = usable_boxes([cells[0], region, *cells[1:]], (96, 96))
+    kept, notes, _ = usable_boxes([cells[0], region, *cells[1:]], (96, 96))
     assert kept == cells
     assert len(notes) == 1 and notes[0].startswith("box 1 (y0, x0, y1, x1 = (5, 5, 80, 40))")
     assert "holds 5 other boxes: taken for a region around cells" in notes[0]
     # a cell whose box holds a few small neighbours' boxes stays a cell
     big = Box.from_corners(5, 5, 60, 40)
-    assert usable_boxes([big, *cells[:4]], (96, 96)) == ([big, *cells[:4]], [])
+    assert usable_boxes([big, *cells[:4]], (96, 96)) == ([big, *cells[:4]], [], [0, 1, 2, 3, 4])
+
+
+def test_boxes_left_out_do_not_shift_the_numbers_messages_give():
+    # a click-sized box first: the boxes kept are named as the user counts them (a Shapes
+    # layer's index, a table's row), not by their place among the boxes kept
+    click = Box.from_corners(5, 5, 6, 6)
+    outer, inner = Box.from_corners(10, 10, 40, 40), Box.from_corners(20, 20, 30, 30)
+    border = Box.from_corners(80, 80, 100, 100)
+    cells = [Box.from_corners(50 + 6 * i, 5, 54 + 6 * i, 9) for i in range(REGION_MIN_BOXES)]
+    region = Box.from_corners(48, 2, 96, 12)
+    drawn = [click, outer, outer, inner, border, region, *cells]
+    kept, notes, numbers = usable_boxes(drawn, (96, 96), [10 + k for k in range(len(drawn))])
+    assert numbers == [11, 13, 14, *range(16, 16 + REGION_MIN_BOXES)]
+    assert notes[-1].startswith("box 15 (y0, x0, y1, x1 = (48, 2, 96, 12)) holds")
+    with pytest.warns(UserWarning) as caught:
+        make_supervision((96, 96), kept, numbers=numbers)
+    said = " ".join(str(w.message) for w in caught)
+    assert "(box 14)" in said and "box 13 inside box 11" in said
+    with pytest.warns(UserWarning, match="box 7 repeats box 3"):
+        make_supervision((96, 96), [outer, cells[0], outer], numbers=[3, 5, 7])
+    with pytest.raises(ValueError, match="numbers has 2 entries for 1 boxes: give one per box"):
+        make_supervision((96, 96), [outer], numbers=[1, 2])
 
 
 def test_regions_are_the_boxes_that_hold_enough_others_however_the_boxes_lie():

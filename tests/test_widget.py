@@ -316,6 +316,25 @@ def test_a_stack_plane_boxed_without_a_region_is_named_as_the_slider_does(viewer
     assert any("The boxes on z-plane 1 have no region" in m for m in messages(notes, "warning"))
 
 
+def test_box_warnings_name_the_shapes_as_the_layer_counts_them(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    a, rows = disc_image()
+    widget.image_layer = viewer.add_image(
+        np.stack([a, a]), name="stack", axis_labels=("z", "y", "x")
+    )
+    boxes = widget.new_boxes_layer()
+    # shape 0: a click on plane 1; 1-4: plane 0's cells; 5 on plane 1 around 6, 7 over the edge
+    outer, inner, edge = [10, 10, 40, 40], [20, 20, 30, 30], [50, 50, 70, 70]
+    boxes.add_rectangles(
+        rectangles([[5, 5, 6, 6]], plane=1)
+        + rectangles(rows, plane=0)
+        + rectangles([outer, inner, edge], plane=1)
+    )
+    assert widget.generate_supervision() is not None
+    said = " ".join(messages(notes, "warning"))
+    assert "box 6 inside box 5" in said and "(box 7)" in said
+
+
 def test_menu_command_without_the_dock_widget(make_napari_viewer):
     viewer = make_napari_viewer()
     image, rows = disc_image()

@@ -37,6 +37,7 @@ __all__ = [
     "rectangle_vertices",
     "region_boxes",
     "repeated_boxes",
+    "shapes_by_plane",
     "usable_boxes",
 ]
 
@@ -610,12 +611,46 @@ def boxes_by_plane(
     Raises
     ------
     ValueError
+        As :func:`shapes_by_plane`.
+    """
+    items = list(data)
+    types = _shape_types(shape_types, len(items))
+    return {
+        plane: boxes_from_shapes(
+            [np.asarray(items[k], dtype=np.float64)[:, -2:] for k in ks], [types[k] for k in ks]
+        )
+        for plane, ks in shapes_by_plane(items, types).items()
+    }
+
+
+def shapes_by_plane(
+    data: Any, shape_types: str | Sequence[str] | None = None
+) -> dict[Any, list[int]]:
+    """Which shapes of a stack were drawn on each plane: :func:`boxes_by_plane`, by the
+    shapes' indices in ``data`` (how messages name them to the user).
+
+    Parameters
+    ----------
+    data : list of array_like
+        napari Shapes data of a 3D layer or more, as :func:`boxes_by_plane` takes it.
+    shape_types : str or sequence of str, optional
+        As in :func:`boxes_from_shapes`.
+
+    Returns
+    -------
+    dict of int (or tuple of int) to list of int
+        The indices of the shapes on each plane (``(t, z)``, ... with more leading axes),
+        planes in increasing order, shapes in the order drawn.
+
+    Raises
+    ------
+    ValueError
         For shapes that are not 3D or more, shapes spanning several planes or lying between
         planes or before the first, or non-box shapes.
     """
     items = list(data)
     types = _shape_types(shape_types, len(items))
-    grouped: dict[Any, list[Box]] = {}
+    grouped: dict[Any, list[int]] = {}
     for k, (verts, kind) in enumerate(zip(items, types, strict=True)):
         _check_type(kind, k)
         v = np.asarray(verts, dtype=np.float64)
@@ -644,8 +679,7 @@ def boxes_by_plane(
                 "the image open (New shapes layer), or give it the image's scale."
             )
         where = tuple(int(c) for c in np.round(at))
-        boxes = boxes_from_shapes([v[:, -2:]], [kind])
-        grouped.setdefault(where[0] if len(where) == 1 else where, []).extend(boxes)
+        grouped.setdefault(where[0] if len(where) == 1 else where, []).append(k)
     return dict(sorted(grouped.items()))
 
 
@@ -792,7 +826,9 @@ def off_image(boxes: Sequence[Box], shape: Sequence[int]) -> list[int]:
     return [k for k, b in enumerate(boxes) if not b.too_small and not b.overlaps(shape)]
 
 
-def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box], list[str]]:
+def usable_boxes(
+    boxes: Sequence[Box], shape: Sequence[int], numbers: Sequence[int] | None = None
+) -> tuple[list[Box], list[str], list[int]]:
     """The boxes of a drawing that can stand for cells of an image of ``shape``.
 
     Boxes smaller than :data:`MIN_BOX_SIZE` (a click without a drag), boxes whose cell lies
@@ -806,6 +842,9 @@ def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box],
         The boxes as drawn (or read from a table).
     shape : tuple of int
         ``(H, W)`` of the image they belong to.
+    numbers : sequence of int, optional
+        How the user counts the boxes (a Shapes layer's index, a table's row), one per box;
+        the notes name boxes by them. ``None``: their places in ``boxes``.
 
     Returns
     -------
@@ -813,6 +852,9 @@ def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box],
         Boxes to use.
     notes : list of str
         One sentence per kind of box left out.
+    kept_numbers : list of int
+        The numbers of the boxes kept, for
+        :func:`~napari_mutualseg.supervision.make_supervision` to name them as the user does.
 
     Raises
     ------
@@ -820,21 +862,27 @@ def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box],
         When no box is left, with a message that says why.
     """
     boxes = list(boxes)
+    numbers = list(range(len(boxes)) if numbers is None else numbers)
+    if len(numbers) != len(boxes):
+        raise ValueError(
+            f"numbers has {len(numbers)} entries for {len(boxes)} boxes: give one per box."
+        )
     tiny = [b for b in boxes if b.too_small]
     off = set(off_image(boxes, shape))
-    outside = [boxes[k] for k in sorted(off)]
-    kept = [b for k, b in enumerate(boxes) if not b.too_small and k not in off]
-    repeated = repeated_boxes(kept)
-    kept = [b for k, b in enumerate(kept) if k not in repeated]
-    regions = region_boxes(kept)
+    outside = sorted(off)
+    # places in ``boxes``, narrowed kind by kind
+    kept = [k for k, b in enumerate(boxes) if not b.too_small and k not in off]
+    repeated = repeated_boxes([boxes[k] for k in kept])
+    kept = [k for i, k in enumerate(kept) if i not in repeated]
+    regions = {kept[i]: n for i, n in region_boxes([boxes[k] for k in kept]).items()}
     region_notes = [
-        f"{kept[k].describe(k)} holds {n} other boxes: taken for a region around cells, not a "
-        "cell, and ignored (an annotation around the boxed area, in QuPath or on the boxes "
-        "layer); to mark where every cell is boxed, draw the region on its own layer in the "
-        "plugin (Annotation mode 'only inside a region')."
+        f"{boxes[k].describe(numbers[k])} holds {n} other boxes: taken for a region around "
+        "cells, not a cell, and ignored (an annotation around the boxed area, in QuPath or on "
+        "the boxes layer); to mark where every cell is boxed, draw the region on its own layer "
+        "in the plugin (Annotation mode 'only inside a region')."
         for k, n in regions.items()
     ]
-    kept = [b for k, b in enumerate(kept) if k not in regions]
+    kept = [k for k in kept if k not in regions]
     if not boxes:
         raise ValueError("No boxes: draw at least one rectangle around a cell.")
     if not kept and not outside:
@@ -843,10 +891,11 @@ def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box],
             "each whole cell."
         )
     if not kept:
+        first = outside[0]
         raise ValueError(
             f"None of the {len(boxes)} boxes lies on the image of shape {tuple(shape)}: they are "
-            f"all outside it (the first is {outside[0].describe(0)}). Check that the boxes "
-            "belong to this image and use its pixel coordinates."
+            f"all outside it (the first is {boxes[first].describe(numbers[first])}). Check that "
+            "the boxes belong to this image and use its pixel coordinates."
         )
     notes = []
     if tiny:
@@ -862,4 +911,4 @@ def usable_boxes(boxes: Sequence[Box], shape: Sequence[int]) -> tuple[list[Box],
         notes.append(
             f"{len(repeated)} box(es) repeat another box on the same cell and were counted once."
         )
-    return kept, notes + region_notes
+    return [boxes[k] for k in kept], notes + region_notes, [numbers[k] for k in kept]

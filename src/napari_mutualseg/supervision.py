@@ -214,9 +214,9 @@ def _named(box: Box, k: int) -> str:
     return name[:1].upper() + name[1:]
 
 
-def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
+def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box], numbers: Sequence[int]) -> None:
     partly = []
-    for k, box in enumerate(boxes):
+    for k, (box, number) in enumerate(zip(boxes, numbers, strict=True)):
         if not isinstance(box, Box):
             raise TypeError(
                 f"boxes[{k}] is a {type(box).__name__}, not a Box; convert shapes with "
@@ -225,7 +225,7 @@ def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
         if box.too_small:
             h0, h1 = box.half_sizes
             raise ValueError(
-                f"{_named(box, k)} is {2 * h0:g} x {2 * h1:g} pixels; a box must be at least "
+                f"{_named(box, number)} is {2 * h0:g} x {2 * h1:g} pixels; a box must be at least "
                 f"{MIN_BOX_SIZE:g} pixels wide and tall. Redraw it around the whole cell or "
                 "delete it."
             )
@@ -245,10 +245,10 @@ def _check_boxes(shape: tuple[int, int], boxes: Sequence[Box]) -> None:
             else:
                 where = f"lies wholly outside the image of shape {shape}"
             raise ValueError(
-                f"{_named(box, k)} {where}; delete it or move it onto the image.{hint}"
+                f"{_named(box, number)} {where}; delete it or move it onto the image.{hint}"
             )
         if not box.within(shape):
-            partly.append(k)
+            partly.append(number)
     if partly:
         shown = ", ".join(str(k) for k in partly[:10]) + (" ..." if len(partly) > 10 else "")
         warnings.warn(
@@ -287,6 +287,7 @@ def make_supervision(
     *,
     region: np.ndarray | None = None,
     edge_width: int = 1,
+    numbers: Sequence[int] | None = None,
 ) -> Supervision:
     """The ellipse supervision of one image from its boxes (round-0 label).
 
@@ -311,6 +312,10 @@ def make_supervision(
         ``None`` (default): the whole image is annotated.
     edge_width : int
         Thickness of the boundary in pixels (inwards from each ellipse's edge).
+    numbers : sequence of int, optional
+        How the user counts the boxes (a Shapes layer's index, a table's row), one per box;
+        messages name boxes by them. ``None`` (default): their places in ``boxes``. The
+        numbers :func:`~napari_mutualseg.boxes.usable_boxes` gives for the boxes it keeps.
 
     Returns
     -------
@@ -321,7 +326,7 @@ def make_supervision(
     ValueError
         No boxes, a box whose ellipse lies outside the image (:meth:`Box.overlaps`) or that
         is smaller than 2 pixels, an image shape that is not 2D, a region of another shape,
-        or an edge width below 1.
+        an edge width below 1, or not one number per box.
 
     Warns
     -----
@@ -365,19 +370,26 @@ def make_supervision(
                 "region on this image (or pass region=None when every cell is boxed)."
             )
         region = region.astype(bool, copy=False)
+    numbers = list(range(len(boxes)) if numbers is None else numbers)
+    if len(numbers) != len(boxes):
+        raise ValueError(
+            f"numbers has {len(numbers)} entries for {len(boxes)} boxes: give one per box."
+        )
     h, w = shape
-    _check_boxes((h, w), boxes)
+    _check_boxes((h, w), boxes, numbers)
     repeated = repeated_boxes(boxes)
     if repeated:
-        shown = ", ".join(f"box {k} repeats box {j}" for k, j in list(repeated.items())[:5])
+        shown = ", ".join(
+            f"box {numbers[k]} repeats box {numbers[j]}" for k, j in list(repeated.items())[:5]
+        )
         warnings.warn(
             f"{len(repeated)} box(es) repeat an earlier box on the same cell ({shown}); each "
             "cell is counted once.",
             UserWarning,
             stacklevel=2,
         )
-    numbers = [k for k in range(len(boxes)) if k not in repeated]  # as the caller counts
-    boxes = [boxes[k] for k in numbers]
+    numbers = [n for k, n in enumerate(numbers) if k not in repeated]
+    boxes = [b for k, b in enumerate(boxes) if k not in repeated]
 
     instances = np.zeros(shape, np.int32)
     best = np.full(shape, np.inf, np.float64)

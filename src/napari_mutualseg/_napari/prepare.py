@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..boxes import BOX_TYPES, boxes_by_plane, boxes_from_shapes, usable_boxes
+from ..boxes import BOX_TYPES, boxes_from_shapes, shapes_by_plane, usable_boxes
 from ..images import AxisImage
 from ..supervision import CELL, IGNORE, Supervision, check_class_map, make_supervision
 from ..thread_warnings import thread_warnings
@@ -309,6 +309,21 @@ def boxes_per_plane(
     UserInputError
         When the layer has no plane axes for a stack, or a shape is no box.
     """
+    groups = numbered_boxes_per_plane(boxes, image, axes, keep, kinds)
+    return {p: found for p, (found, _) in groups.items()}
+
+
+def numbered_boxes_per_plane(
+    boxes: Shapes, image: Image, axes: LayerAxes, keep: list[int], kinds: list[str]
+) -> dict[int | None, tuple[list, list[int]]]:
+    """As :func:`boxes_per_plane`, with the index of each box's shape in ``boxes``: how the
+    user counts them, for messages to name them.
+
+    Raises
+    ------
+    UserInputError
+        As :func:`boxes_per_plane`.
+    """
     if boxes.ndim < len(axes.label_shape):
         raise UserInputError(
             f"The shapes layer '{boxes.name}' has {boxes.ndim} dimensions but the image "
@@ -319,12 +334,14 @@ def boxes_per_plane(
         )
     try:
         verts = [v for k, v in enumerate(shapes_to_image_coords(boxes, image)) if k in keep]
-        if not axes.stacked:
-            return {None: boxes_from_shapes([v[:, -2:] for v in verts], kinds)}
-        # a box whose vertices lie on different planes is refused there
-        return dict(boxes_by_plane(_plane_coords(verts, axes), kinds))
+        # a box whose vertices lie on different planes is refused there, before its corners
+        groups = shapes_by_plane(_plane_coords(verts, axes), kinds) if axes.stacked else None
+        drawn = boxes_from_shapes([v[:, -2:] for v in verts], kinds)
     except ValueError as err:
         raise UserInputError(f"'{boxes.name}': {err}") from None
+    if groups is None:
+        return {None: (drawn, list(keep))}
+    return {p: ([drawn[i] for i in ks], [keep[i] for i in ks]) for p, ks in groups.items()}
 
 
 def prepare_supervision(
@@ -383,7 +400,7 @@ def prepare_supervision(
     if layout.note:
         notes.append(layout.note)
     shape = layout.label_shape
-    groups = boxes_per_plane(boxes, image, layout, keep, kinds)
+    groups = numbered_boxes_per_plane(boxes, image, layout, keep, kinds)
     outside = [p for p in groups if p is not None and not 0 <= p < layout.n_planes]
     for p in outside:
         del groups[p]
@@ -406,7 +423,7 @@ def prepare_supervision(
                 "is boxed'."
             )
     planes, sups = [], []
-    for p, plane_boxes in sorted(groups.items(), key=lambda item: item[0] or 0):
+    for p, (plane_boxes, shape_numbers) in sorted(groups.items(), key=lambda item: item[0] or 0):
         where = "" if p is None else f" on plane {p}"
         plane_shape = shape[-2:]
         if not any(b.overlaps(plane_shape) for b in plane_boxes):
@@ -415,7 +432,8 @@ def prepare_supervision(
             )
             continue
         try:
-            kept, plane_notes = usable_boxes(plane_boxes, plane_shape)
+            # named by their shapes' index in the layer, as the user counts them
+            kept, plane_notes, numbers = usable_boxes(plane_boxes, plane_shape, shape_numbers)
         except ValueError as err:
             notes.append(f"{err}{where}")
             continue
@@ -431,7 +449,9 @@ def prepare_supervision(
             mask = None
         caught: list[warnings.WarningMessage] = []
         with thread_warnings(caught.append):  # a job's, meanwhile, are not this plane's
-            sup = make_supervision(plane_shape, kept, region=mask, edge_width=edge_width)
+            sup = make_supervision(
+                plane_shape, kept, region=mask, edge_width=edge_width, numbers=numbers
+            )
         notes += [f"{str(w.message)[:1].upper()}{str(w.message)[1:]}" for w in caught]
         planes.append(p)
         sups.append(sup)

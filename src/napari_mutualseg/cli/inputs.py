@@ -261,15 +261,21 @@ def supervision(
     as are boxes that do not sit on cells (:func:`_check_boxes_on_cells`)."""
     from ..boxes import usable_boxes
     from ..supervision import make_supervision
+    from ..thread_warnings import thread_warnings
 
     _check_box_places(name, boxes, image.plane_shape)
     try:
-        kept, notes = usable_boxes(boxes, image.plane_shape)
+        kept, notes, numbers = usable_boxes(boxes, image.plane_shape)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
     for note in notes:
         warnings.warn(f"{name}: {note}", UserWarning, stacklevel=2)
-    sup = make_supervision(image.plane_shape, kept, **kwargs)
+    caught: list[warnings.WarningMessage] = []
+    with thread_warnings(caught.append):  # said with the plane they are about, as the notes
+        # named by their place among the plane's boxes, as _check_box_places names them
+        sup = make_supervision(image.plane_shape, kept, numbers=numbers, **kwargs)
+    for said in caught:
+        warnings.warn(f"{name}: {said.message}", said.category, stacklevel=2)
     _check_boxes_on_cells(name, image.plane(plane), sup.classes)
     return sup
 
