@@ -1849,3 +1849,31 @@ def test_a_full_disk_stops_the_run_at_the_image_it_meets(model, tmp_path, monkey
             list(run)
     assert len(tables) == 1
     assert [r.status for r in run.results_in_order()] == ["not done"] * 2
+
+
+@pytest.mark.parametrize("where", ["here", "dask"])
+def test_a_run_says_where_it_segments_before_the_first_image(model, tmp_path, monkeypatch, where):
+    """A long run told CPU or GPU only as it ended: its caller is told as the run starts."""
+    from napari_mutualseg import batch
+
+    said = []
+    # what starts the first image: segmenting it here, or sending the images to the workers
+    starts = "process_image" if where == "here" else "submit_jobs"
+    first = getattr(batch, starts)
+
+    def noted(*args, **kwargs):
+        said.append(starts)
+        return first(*args, **kwargs)
+
+    monkeypatch.setattr(batch, starts, noted)
+    images = [_image(tmp_path / "in" / "p.tif", 0, shape=(32, 32))]
+    with contextlib.ExitStack() as stack:
+        on = {"workers": 0}
+        if where == "dask":
+            shared = stack.enter_context(_in_process_cluster())
+            on = {"scheduler": shared.scheduler_address}
+        run = BatchRun(model, images, tmp_path / "out", OPTIONS, on_start=said.append, **on)
+        assert [r.status for r in run] == ["done"]
+        assert said == [run.where, starts] and run.where
+        said.clear()
+        assert [r.status for r in run] == ["skipped"] and said == []  # nothing to segment

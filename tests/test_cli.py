@@ -4,6 +4,7 @@ import argparse
 import json
 import re
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -910,6 +911,26 @@ def test_predict_says_it_is_finding_the_images_when_that_takes_a_while(
     monkeypatch.setattr(predict, "_PREPARING_SECONDS", 0.0)
     code, _, err = _run(capsys, *argv, tmp_path / "q")
     assert code == 0 and err.startswith(said)
+
+
+def test_predict_says_where_it_segments_before_the_first_image(
+    data, tmp_path, capsys, monkeypatch
+):
+    """A long run's log told GPU or CPU only in its last line."""
+    import napari_mutualseg.batch as batch
+
+    segment = batch.process_image
+
+    def said_first(*args, **kwargs):
+        print("an image starts", file=sys.stderr)
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "process_image", said_first)
+    model = _untrained_model(tmp_path / "m.pt")
+    argv = ["predict", model, data["image"], "--workers", "0", "--out", tmp_path / "p"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 0
+    assert re.search(r"Segmenting in this process on cpu \(\d+ threads\)\.\.\.\nan image", err)
 
 
 def test_predict_stopped_tells_failed_images_from_those_not_done(

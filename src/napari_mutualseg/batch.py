@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,6 +155,11 @@ class BatchRun:
         ``"auto"`` (CUDA, MPS, CPU), or e.g. ``"cpu"`` or ``"cuda:1"``.
     disagreement_dir : str or path-like, optional
         Where disagreement maps go (with ``options.disagreement``; default ``out_dir``).
+    on_start : callable, optional
+        Called with :attr:`where` (``"in this process on cuda:0 (...)"``, ``"on 4 local dask
+        workers"``) once it is known, before the first image is segmented, in the thread
+        that iterates: a long run's log says where it segments from the start. Not called
+        when every image is complete already.
 
     Raises
     ------
@@ -197,6 +202,7 @@ class BatchRun:
     scheduler: str | None = None
     device: str = "auto"
     disagreement_dir: str | os.PathLike | None = None
+    on_start: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -365,6 +371,8 @@ class BatchRun:
                 workers = min(workers, len(pending))
             if self.scheduler is None and workers == 0:
                 self.where = f"in this process on {describe_device(self.pair.device)}"
+                if pending:
+                    self._started()
                 results = self._here(pending)
             else:
                 results = self._on_dask(pending, workers)
@@ -378,6 +386,10 @@ class BatchRun:
                 if job in todo:
                     self._record(self._left(job))
             self.write_reports()
+
+    def _started(self) -> None:
+        if self.on_start is not None:
+            self.on_start(self.where)
 
     def _left(self, job: ImageJob, in_progress: bool = False) -> ImageResult:
         """The result of an image the run did not finish when it stopped: not done.
@@ -467,6 +479,8 @@ class BatchRun:
             # until the run is stopped
             if not wait_for_a_worker(client, self._cancelled.is_set):
                 return
+            self.where = where
+            self._started()  # before the images go to the workers
             submitted = stack.enter_context(
                 submit_jobs(
                     client,
@@ -480,7 +494,6 @@ class BatchRun:
                     writable=[os.path.abspath(self.out_dir)],
                 )
             )
-            self.where = where
             futures = submitted.futures
             # the first images: those held back (a small run) are sent as threads come free
             by_key = {f.key: job for f, job in zip(futures, jobs[: len(futures)], strict=True)}

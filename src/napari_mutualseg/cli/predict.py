@@ -217,6 +217,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
             device=args.device,
             disagreement_dir=args.disagreement_out,
+            # said as the first image starts, not only in the last line: is the GPU used?
+            on_start=lambda where: tqdm.write(f"Segmenting {where}...", file=sys.stderr),
         )
     finally:
         note.cancel()
