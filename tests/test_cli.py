@@ -891,6 +891,7 @@ def test_predict_says_it_is_finding_the_images_when_that_takes_a_while(
     data, tmp_path, capsys, monkeypatch
 ):
     """A screen of 10,000 files was searched and checked for 18 s before the first word."""
+    import threading
     import time
 
     import napari_mutualseg.batch as batch
@@ -899,12 +900,19 @@ def test_predict_says_it_is_finding_the_images_when_that_takes_a_while(
     model = _untrained_model(tmp_path / "m.pt")
     argv = ["predict", model, data["image"], "--workers", "0", "--out"]
     said = f"Finding the images in {data['image']} and checking them before any is segmented"
+    # quick, on a loaded machine too: nothing more to say
+    monkeypatch.setattr(predict, "_PREPARING_SECONDS", 60.0)
     code, _, err = _run(capsys, *argv, tmp_path / "p")
-    assert code == 0 and said not in err  # quick: nothing more to say
+    assert code == 0 and said not in err
     run = batch.BatchRun
 
     def slow(*args, **kwargs):
-        time.sleep(0.5)
+        # finding the images outlasts the note's delay: it has been said before they are found
+        end = time.monotonic() + 60
+        while time.monotonic() < end and any(
+            isinstance(t, threading.Timer) and t.is_alive() for t in threading.enumerate()
+        ):
+            time.sleep(0.01)
         return run(*args, **kwargs)
 
     monkeypatch.setattr(batch, "BatchRun", slow)
