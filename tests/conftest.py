@@ -185,3 +185,16 @@ def notes():
     notification_manager.notification_ready.connect(got.append)
     yield got
     notification_manager.notification_ready.disconnect(got.append)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for torch in this process: tiny networks gain nothing from a
+    second one, and where the cores are busy (a shared 2-core CI machine) its waiting for the
+    other thread makes each step many times slower. The processes a test starts keep theirs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

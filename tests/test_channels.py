@@ -12,6 +12,9 @@ from napari_mutualseg.supervision import boxes_from_shapes, make_supervision
 from napari_mutualseg.synthetic import synthetic_scene, synthetic_volume
 from napari_mutualseg.training import MutualTrainer, TrainConfig
 
+# tiny networks train faster on one torch thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SETTINGS = {**TINY, "rounds": 1}
 
 

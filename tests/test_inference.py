@@ -6,6 +6,9 @@ from napari_mutualseg.devices import available_devices, select_device
 from napari_mutualseg.inference import instances_from_proba, predict_proba
 from napari_mutualseg.models import UNet
 
+# tiny networks train faster on one torch thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _proba_from_labels(labels: np.ndarray) -> np.ndarray:
     """Probabilities a perfect network would give: cell inside, boundary on the edges."""
