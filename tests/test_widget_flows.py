@@ -200,11 +200,19 @@ def test_predicting_the_training_image_keeps_the_box_guided_result(scene, notes,
     assert any("No cells found" in m and "more training" in m for m in messages(notes, "warning"))
 
 
-def test_the_viewer_repaints_only_when_a_round_is_shown(make_napari_viewer, qtbot, capsys):
+def test_the_viewer_repaints_only_when_a_round_is_shown(
+    make_napari_viewer, qtbot, capsys, monkeypatch
+):
     # Counts, not clocks: how long a round or a stall takes is measured in
     # benchmarks/viewer_cost.py on an otherwise idle machine.
     from qtpy.QtCore import QEvent, QObject
     from qtpy.QtWidgets import QOpenGLWidget
+
+    from napari_mutualseg._napari import runs
+
+    # the status line's once-a-second update does not come, so that the count does not grow
+    # with the time a loaded machine takes
+    monkeypatch.setattr(runs, "_STATUS_MS", 24 * 3600 * 1000)
 
     viewer = make_napari_viewer(show=True)  # a drawn window: paints are part of the cost
     image, rows = disc_image()
@@ -244,11 +252,9 @@ def test_the_viewer_repaints_only_when_a_round_is_shown(make_napari_viewer, qtbo
     assert widget.controller.applied_rounds[-1] == widget.history[-1]["round"]
     # a few paints per shown round, not an activity spinner's 30 a second for the whole run
     assert paints.count <= 4 * rounds + 2
-    # the status line follows the steps at a timer's pace (once a second), not at every step
-    # (tens a second); each of its updates repaints the window where the bar, the status line
-    # and the canvas lie, four redraws under Xvfb: allowed two, a loaded machine's longer run
-    # failed it
-    assert redraws.count <= 6 * rounds + 5 * seconds + 4
+    # the status line follows the steps at its timer's pace, not at every step: 60 steps
+    # would redraw the window where the bar, the status line and the canvas lie 60 times more
+    assert redraws.count <= 7 * rounds + 6
     # cells come as uint16, which napari draws without recasting the whole array at each write
     assert viewer.layers["cells cells"].data.dtype == np.uint16
 
