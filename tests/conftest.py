@@ -187,10 +187,11 @@ def notes():
     notification_manager.notification_ready.disconnect(got.append)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """One intra-op thread for torch in this process: tiny networks gain nothing from a
-    second one, and where the cores are busy (a shared 2-core CI machine) its waiting for the
+    """One intra-op thread for torch in this process, the threads it starts (Qt workers,
+    training threads) included: tiny networks gain nothing from a second one, and where the
+    cores are busy (a shared 2-core CI machine, Xvfb drawing beside) its waiting for the
     other thread makes each step many times slower. The processes a test starts keep theirs."""
     import torch
 

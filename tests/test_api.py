@@ -12,7 +12,6 @@ from napari_mutualseg.supervision import make_supervision
 from napari_mutualseg.training import MutualTrainer, TrainConfig
 
 # tiny networks train faster on one torch thread (conftest.py)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from helpers import TINY
 from napari_mutualseg.boxes import boxes_from_shapes
@@ -16,7 +15,6 @@ from napari_mutualseg.synthetic import synthetic_scene
 from napari_mutualseg.training import TrainConfig
 
 # tiny networks train faster on one torch thread (conftest.py)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines.py"
 _spec = importlib.util.spec_from_file_location("bench_baselines", _PATH)

@@ -13,7 +13,6 @@ from napari_mutualseg.synthetic import synthetic_scene, synthetic_volume
 from napari_mutualseg.training import MutualTrainer, TrainConfig
 
 # tiny networks train faster on one torch thread (conftest.py)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SETTINGS = {**TINY, "rounds": 1}
 

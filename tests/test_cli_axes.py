@@ -11,7 +11,6 @@ from napari_mutualseg.cli import main
 from napari_mutualseg.synthetic import synthetic_scene
 
 # tiny networks train faster on one torch thread (conftest.py)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = ["--rounds", "1", "--steps", "2", "--width", "4", "--depth", "2"]
 TINY += ["--patch-size", "32", "--batch-size", "2", "--device", "cpu"]

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 # tiny networks train faster on one torch thread (conftest.py)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "faults.py"
 _spec = importlib.util.spec_from_file_location("bench_faults", _PATH)

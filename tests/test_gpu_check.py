@@ -21,7 +21,6 @@ import torch
 from napari_mutualseg.synthetic import synthetic_scene
 
 # tiny networks train faster on one torch thread (conftest.py)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 

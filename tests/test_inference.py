@@ -7,7 +7,6 @@ from napari_mutualseg.inference import instances_from_proba, predict_proba
 from napari_mutualseg.models import UNet
 
 # tiny networks train faster on one torch thread (conftest.py)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _proba_from_labels(labels: np.ndarray) -> np.ndarray:

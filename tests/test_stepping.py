@@ -25,7 +25,6 @@ from napari_mutualseg.synthetic import synthetic_scene
 from napari_mutualseg.training import MutualTrainer, TrainConfig
 
 # tiny networks train faster on one torch thread (conftest.py)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = torch.device("cpu")
 ARCH = {"in_channels": 1, "n_classes": 3, "width": 4, "depth": 2}

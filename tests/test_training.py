@@ -29,7 +29,6 @@ from napari_mutualseg.synthetic import synthetic_scene
 from napari_mutualseg.training import ExchangeSettings, MutualTrainer, TrainConfig, TrainingError
 
 # tiny networks train faster on one torch thread (conftest.py)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {
     "rounds": 2,
