@@ -324,12 +324,14 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def message_lines(err: str) -> list[str]:
-    """The lines of an error report that are not progress bars, warnings, usage text or what
-    the tool says it read (``cells.tif: 64 x 80 px, axes YX``, ``cells.tif: 5 boxes``)."""
+    """The lines of an error report that are not progress bars, warnings, usage text, where
+    the work runs (``Training on cpu``, ``Segmenting in this process on cpu``) or what the
+    tool says it read (``cells.tif: 64 x 80 px, axes YX``, ``cells.tif: 5 boxes``)."""
     lines = []
     for raw in err.splitlines():
         line = raw.split("\r")[-1]
-        if not line.strip() or line.startswith(("warning:", "Training on", "usage:", " ")):
+        said = ("warning:", "Training on", "Segmenting ", "usage:", " ")
+        if not line.strip() or line.startswith(said):
             continue  # argparse's usage goes on in indented lines
         if re.match(r"\S+: (\d+ x \d+ px|\d+ boxes)\b", line):
             continue
