@@ -29,6 +29,7 @@ __all__ = [
     "PLANE_TOLERANCE",
     "REGION_MIN_BOXES",
     "Box",
+    "box_numbers",
     "boxes_by_plane",
     "boxes_from_labels",
     "boxes_from_shapes",
@@ -826,6 +827,23 @@ def off_image(boxes: Sequence[Box], shape: Sequence[int]) -> list[int]:
     return [k for k, b in enumerate(boxes) if not b.too_small and not b.overlaps(shape)]
 
 
+def box_numbers(numbers: Sequence[int] | None, count: int) -> list[int]:
+    """How the user counts ``count`` boxes (a Shapes layer's index, a table's row), by which
+    messages name them: ``numbers``, or their places when ``None``.
+
+    Raises
+    ------
+    ValueError
+        When ``numbers`` does not hold one number per box.
+    """
+    numbers = list(range(count) if numbers is None else numbers)
+    if len(numbers) != count:
+        raise ValueError(
+            f"numbers has {len(numbers)} entries for {count} boxes: give one per box."
+        )
+    return numbers
+
+
 def usable_boxes(
     boxes: Sequence[Box], shape: Sequence[int], numbers: Sequence[int] | None = None
 ) -> tuple[list[Box], list[str], list[int]]:
@@ -862,11 +880,7 @@ def usable_boxes(
         When no box is left, with a message that says why.
     """
     boxes = list(boxes)
-    numbers = list(range(len(boxes)) if numbers is None else numbers)
-    if len(numbers) != len(boxes):
-        raise ValueError(
-            f"numbers has {len(numbers)} entries for {len(boxes)} boxes: give one per box."
-        )
+    numbers = box_numbers(numbers, len(boxes))
     tiny = [b for b in boxes if b.too_small]
     off = set(off_image(boxes, shape))
     outside = sorted(off)

@@ -27,6 +27,7 @@ from .boxes import (
     BOX_TYPES,
     MIN_BOX_SIZE,
     Box,
+    box_numbers,
     boxes_by_plane,
     boxes_from_shapes,
     inside_box,
@@ -370,11 +371,7 @@ def make_supervision(
                 "region on this image (or pass region=None when every cell is boxed)."
             )
         region = region.astype(bool, copy=False)
-    numbers = list(range(len(boxes)) if numbers is None else numbers)
-    if len(numbers) != len(boxes):
-        raise ValueError(
-            f"numbers has {len(numbers)} entries for {len(boxes)} boxes: give one per box."
-        )
+    numbers = box_numbers(numbers, len(boxes))
     h, w = shape
     _check_boxes((h, w), boxes, numbers)
     repeated = repeated_boxes(boxes)
